@@ -1,0 +1,63 @@
+"""``miss-server``: run one hub node until SIGINT or SIGTERM.
+
+With no configuration it serves the embedded defaults on 127.0.0.1:8765.
+Exit status: 0 after a clean shutdown, 2 for a configuration error, 1 when
+the store or port cannot be used.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import signal
+import sys
+
+from .app import HubServer
+from .config import ConfigError, load_settings
+from .logs import setup_logging
+from .store.base import SchemaMismatch, StoreUnavailable
+
+log = logging.getLogger("miss.server")
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="miss-server", description="Run a MiSS hub node.")
+    p.add_argument("--config", metavar="FILE", help="TOML configuration file (default: $MISS_CONFIG)")
+    p.add_argument("--host", help="listen address (default 127.0.0.1)")
+    p.add_argument("--port", type=int, help="listen port (default 8765)")
+    p.add_argument("--store", help="store URL (default sqlite:///miss-data/miss.db)")
+    p.add_argument("--broker", help="broker URL (default memory://)")
+    return p
+
+
+async def _run(server: HubServer) -> None:
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    await server.start()
+    print(f"MiSS hub serving {server.url} (store {server.settings.store})", flush=True)
+    await stop.wait()
+    log.info("shutting down")
+    await server.stop()
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        settings = load_settings(args.config, host=args.host, port=args.port, store=args.store, broker=args.broker)
+    except ConfigError as exc:
+        print(f"miss-server: {exc}", file=sys.stderr)
+        return 2
+    setup_logging(settings.log_level, settings.log_format)
+    try:
+        asyncio.run(_run(HubServer(settings)))
+    except (SchemaMismatch, StoreUnavailable, OSError, NotImplementedError) as exc:
+        print(f"miss-server: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,142 @@
+"""Composition root: the one place that reads Settings and picks implementations.
+
+``build_store`` and ``build_broker`` turn the configured URLs into a Store
+and a Broker; :class:`HubServer` wires them into a :class:`~miss_server.hub.Hub`
+and serves WebSocket connections and the HTTP endpoints (``/healthz``,
+``/metrics``) on one port. Everything else receives its dependencies from
+here through constructors.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import ssl
+from http import HTTPStatus
+from types import TracebackType
+
+from prometheus_client import CONTENT_TYPE_LATEST
+from websockets.asyncio.server import Server, ServerConnection, serve
+from websockets.datastructures import Headers
+from websockets.http11 import Request, Response
+
+from protocol.frames import SUBPROTOCOL
+
+from .broker.base import Broker
+from .broker.memory import MemoryBroker
+from .config import Settings
+from .connection import serve_connection
+from .hub import Hub
+from .metrics import Metrics
+from .store.base import Store
+from .store.sqlite import SQLiteStore
+
+__all__ = ["build_store", "build_broker", "HubServer"]
+
+log = logging.getLogger("miss.app")
+
+
+def build_store(settings: Settings) -> Store:
+    if settings.store.startswith("sqlite:///"):
+        return SQLiteStore(settings.sqlite_path)
+    raise NotImplementedError(f"store {settings.store.split(':', 1)[0]} is not available in this build")
+
+
+def build_broker(settings: Settings) -> Broker:
+    if settings.broker.startswith("memory://"):
+        return MemoryBroker()
+    raise NotImplementedError(f"broker {settings.broker.split(':', 1)[0]} is not available in this build")
+
+
+def embedded_store(settings: Settings) -> bool:
+    """The embedded store migrates itself at start; production ones need
+    ``miss-admin migrate`` so that a schema change is an operator's decision."""
+    return settings.store.startswith("sqlite:///")
+
+
+class HubServer:
+    """A running hub node. Use ``async with HubServer(settings) as hub:``,
+    or :meth:`start` / :meth:`stop`."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.metrics = Metrics()
+        self.store = build_store(settings)
+        self.broker = build_broker(settings)
+        self.hub = Hub(self.store, self.broker, settings, self.metrics)
+        self._server: Server | None = None
+        self._expiry: asyncio.Task[None] | None = None
+
+    @property
+    def port(self) -> int:
+        assert self._server is not None, "not started"
+        return int(self._server.sockets[0].getsockname()[1])
+
+    @property
+    def url(self) -> str:
+        scheme = "wss" if self.settings.tls_cert else "ws"
+        return f"{scheme}://{self.settings.host}:{self.port}/"
+
+    async def start(self) -> None:
+        if embedded_store(self.settings):
+            await self.store.migrate()
+        await self.store.open()
+        await self.broker.start()
+        tls = None
+        if self.settings.tls_cert and self.settings.tls_key:
+            tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+            tls.load_cert_chain(self.settings.tls_cert, self.settings.tls_key)
+        self._server = await serve(
+            self._handle,
+            self.settings.host,
+            self.settings.port,
+            subprotocols=[SUBPROTOCOL],  # type: ignore[list-item]
+            process_request=self._process_request,
+            max_size=self.settings.max_frame_bytes,
+            max_queue=16,
+            compression=None,  # envelopes are ciphertext: deflate gains nothing
+            ssl=tls,
+            server_header="MiSS",
+        )
+        self._expiry = asyncio.create_task(self.hub.expire_forever(), name="expiry")
+        log.info("hub listening", extra={"url": self.url, "store": self.settings.store.split(":", 1)[0]})
+
+    async def stop(self) -> None:
+        if self._expiry is not None:
+            self._expiry.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._expiry
+        if self._server is not None:
+            self._server.close()  # closes connections with 1001
+            await self._server.wait_closed()
+        await self.broker.close()
+        await self.store.close()
+
+    async def serve_forever(self) -> None:
+        assert self._server is not None
+        await self._server.serve_forever()
+
+    async def __aenter__(self) -> HubServer:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.stop()
+
+    async def _handle(self, ws: ServerConnection) -> None:
+        await serve_connection(ws, self.hub)
+
+    def _process_request(self, ws: ServerConnection, request: Request) -> Response | None:
+        path = request.path.split("?", 1)[0]
+        if path == "/healthz":
+            return ws.respond(HTTPStatus.OK, "ok\n")
+        if path == "/metrics":
+            body = self.metrics.render()
+            headers = Headers([("Content-Type", CONTENT_TYPE_LATEST), ("Content-Length", str(len(body)))])
+            return Response(200, "OK", headers, body)
+        if path != "/":
+            return ws.respond(HTTPStatus.NOT_FOUND, "not found\n")
+        return None  # the WebSocket endpoint

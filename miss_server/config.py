@@ -1,0 +1,122 @@
+"""Hub configuration: one validated object, read once by the composition root.
+
+Sources, strongest first: explicit overrides (command-line flags), ``MISS_*``
+environment variables (``MISS_PORT=9000``), a TOML file (``--config`` or
+``MISS_CONFIG``), then the defaults below. With no configuration at all the
+hub serves the embedded defaults (in-process broker, SQLite under
+``./miss-data``) on 127.0.0.1:8765.
+
+Anything invalid (unknown key, wrong type, out-of-range value, unreadable
+file) raises :class:`ConfigError` whose message names every bad setting and
+where it came from; ``miss-server`` prints it and exits with status 2.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import Field, ValidationError, field_validator
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+__all__ = ["Settings", "ConfigError", "load_settings"]
+
+DEFAULT_STORE = "sqlite:///miss-data/miss.db"
+
+
+class ConfigError(Exception):
+    """The configuration cannot be used; the message says why."""
+
+
+class Settings(BaseSettings):
+    """Every setting of a hub node (README, "Configuration reference")."""
+
+    model_config = SettingsConfigDict(env_prefix="MISS_", extra="forbid", frozen=True)
+
+    host: str = Field("127.0.0.1", description="Address to listen on.")
+    port: int = Field(8765, ge=0, le=65535, description="TCP port (0 picks a free one).")
+    store: str = Field(
+        DEFAULT_STORE,
+        description="Where durable state lives: sqlite:///PATH (relative to the working directory) "
+        "or sqlite:////ABSOLUTE/PATH; postgresql://... in production.",
+    )
+    broker: str = Field("memory://", description="memory:// (one node) or redis://... (several nodes).")
+    message_ttl_days: float = Field(30, gt=0, le=3650, description="How long undelivered envelopes are kept.")
+    invite_ttl_hours: float = Field(72, gt=0, le=24 * 90, description="Lifetime of an invitation code.")
+    link_code_ttl_minutes: float = Field(15, gt=0, le=24 * 60, description="Lifetime of a device link code.")
+    max_frame_bytes: int = Field(64 * 1024, ge=1024, le=1024 * 1024, description="Largest accepted frame.")
+    auth_timeout_seconds: float = Field(10, gt=0, le=300, description="Time a new connection has to authenticate.")
+    expiry_interval_seconds: float = Field(60, gt=0, description="How often expired envelopes are purged.")
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    log_format: Literal["text", "json"] = "text"
+    tls_cert: Path | None = Field(None, description="PEM certificate chain; serve wss:// directly.")
+    tls_key: Path | None = Field(None, description="PEM private key file for tls_cert.")
+
+    @field_validator("store")
+    @classmethod
+    def _known_store(cls, v: str) -> str:
+        if not v.startswith(("sqlite:///", "postgresql://", "postgres://")):
+            raise ValueError("must start with sqlite:/// or postgresql://")
+        return v
+
+    @field_validator("broker")
+    @classmethod
+    def _known_broker(cls, v: str) -> str:
+        if not v.startswith(("memory://", "redis://", "rediss://")):
+            raise ValueError("must be memory:// or start with redis:// or rediss://")
+        return v
+
+    def model_post_init(self, __context: Any) -> None:
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise ValueError("tls_cert and tls_key go together")
+
+    @property
+    def sqlite_path(self) -> Path:
+        """The SQLite database file, for a ``sqlite:///`` store."""
+        return Path(self.store.removeprefix("sqlite:///"))
+
+    @property
+    def message_ttl_ms(self) -> int:
+        return int(self.message_ttl_days * 86_400_000)
+
+
+def load_settings(config_file: str | Path | None = None, **overrides: Any) -> Settings:
+    """Read and validate the configuration; raises ConfigError."""
+    path = config_file or os.environ.get("MISS_CONFIG") or None
+    if path is not None and not Path(path).is_file():
+        raise ConfigError(f"config file {path} does not exist")
+    toml_path = Path(path) if path else None
+
+    class _Sourced(Settings):
+        @classmethod
+        def settings_customise_sources(
+            cls,
+            settings_cls: type[BaseSettings],
+            init_settings: PydanticBaseSettingsSource,
+            env_settings: PydanticBaseSettingsSource,
+            dotenv_settings: PydanticBaseSettingsSource,
+            file_secret_settings: PydanticBaseSettingsSource,
+        ) -> tuple[PydanticBaseSettingsSource, ...]:
+            sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+            if toml_path is not None:
+                sources.append(TomlConfigSettingsSource(settings_cls, toml_file=toml_path))
+            return tuple(sources)
+
+    try:
+        return _Sourced(**{k: v for k, v in overrides.items() if v is not None})
+    except ValidationError as exc:
+        lines = []
+        for err in exc.errors():
+            where = ".".join(str(p) for p in err["loc"])
+            label = f"{where} (MISS_{where.upper()})" if where else "settings"
+            lines.append(f"  {label}: {err['msg']}")
+        origin = f" (from {toml_path}, MISS_* variables and flags)" if toml_path else ""
+        raise ConfigError("invalid configuration" + origin + ":\n" + "\n".join(lines)) from None
+    except Exception as exc:  # unreadable TOML and the like
+        raise ConfigError(f"cannot read configuration: {exc}") from None

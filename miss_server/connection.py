@@ -1,0 +1,119 @@
+"""One WebSocket connection, from challenge to close (SPEC.md §4).
+
+The handler is the thin shell around :class:`protocol.session.ServerSession`:
+it reads a message, lets the session check it, hands the frame to the
+:class:`~miss_server.hub.Hub`, and writes the reply. Fatal protocol errors
+become an ``error`` frame followed by a close with the error's close code;
+request errors become an ``error`` frame and the connection goes on. An
+exception we did not expect closes this connection with 1011 and is logged;
+it never reaches another connection.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from websockets.asyncio.server import ServerConnection
+from websockets.exceptions import ConnectionClosed
+
+from protocol import errors
+from protocol.frames import Ack, Auth, Frame, LinkCode, Lookup, Send, Welcome, encode
+from protocol.session import ServerSession, error_frame
+
+from .delivery import DeviceLink
+from .hub import Hub
+
+__all__ = ["serve_connection"]
+
+log = logging.getLogger("miss.connection")
+
+
+def _binary(data: str | bytes) -> bytes:
+    if not isinstance(data, bytes):
+        raise errors.MalformedFrame("text frame")
+    return data
+
+
+async def serve_connection(ws: ServerConnection, hub: Hub) -> None:
+    """Run one connection to its end. Never raises."""
+    metrics = hub.metrics
+    metrics.connections.inc()
+    session = ServerSession()
+    link: DeviceLink | None = None
+    peer = ws.remote_address[0] if ws.remote_address else "?"
+    try:
+        await ws.send(session.challenge())
+        try:
+            async with asyncio.timeout(hub.settings.auth_timeout_seconds):
+                first = await ws.recv()
+        except TimeoutError:
+            raise errors.AuthTimeout() from None
+        frame = session.receive(_binary(first))
+        metrics.frames.labels(frame.TYPE).inc()
+        if isinstance(frame, Auth):
+            await hub.authenticate(session, frame)
+        else:
+            await hub.enroll(session, frame)  # type: ignore[arg-type]
+        assert session.user_id is not None and session.device_id is not None
+        log.info("authenticated", extra={"device": session.device_id, "peer": peer})
+        await ws.send(encode(Welcome(session.user_id, session.device_id)))
+        link = await hub.attach(session.device_id, ws.send, ws.close)
+        async for data in ws:
+            frame = session.receive(_binary(data))
+            metrics.frames.labels(frame.TYPE).inc()
+            await _dispatch(hub, session, link, ws, frame)
+    except errors.FatalError as exc:
+        metrics.errors.labels(exc.code).inc()
+        log.info(
+            "closing on protocol error",
+            extra={"code": exc.code, "detail": exc.detail, "device": session.device_id, "peer": peer},
+        )
+        try:
+            await ws.send(error_frame(exc))
+            await ws.close(exc.close_code or 4400, exc.code)
+        except ConnectionClosed:
+            pass
+    except errors.StorageUnavailable as exc:  # during authentication
+        metrics.errors.labels(exc.code).inc()
+        try:
+            await ws.send(error_frame(exc))
+            await ws.close(1013, exc.code)  # 1013: try again later
+        except ConnectionClosed:
+            pass
+    except ConnectionClosed:
+        pass
+    except Exception:
+        log.exception("connection failed", extra={"device": session.device_id, "peer": peer})
+        try:
+            await ws.close(1011, "internal error")
+        except ConnectionClosed:
+            pass
+    finally:
+        if link is not None:
+            await hub.detach(link)
+        metrics.connections.dec()
+
+
+async def _dispatch(hub: Hub, session: ServerSession, link: DeviceLink, ws: ServerConnection, frame: Frame) -> None:
+    """Handle one authenticated frame; request errors answer that request only."""
+    try:
+        if type(frame) is Send:
+            reply = await hub.send(session, frame)
+        elif type(frame) is Ack:
+            await hub.ack(session, link, frame)
+            return
+        elif type(frame) is Lookup:
+            reply = await hub.lookup(frame)
+        elif type(frame) is LinkCode:
+            reply = await hub.link_code(session, frame)
+        else:  # the session's state table admits nothing else
+            raise errors.FrameNotAllowed(frame.TYPE)
+    except errors.RequestError as exc:
+        hub.metrics.errors.labels(exc.code).inc()
+        reply = error_frame(
+            exc,
+            id=frame.id if type(frame) is Send else None,
+            rid=frame.rid if type(frame) in (Lookup, LinkCode) else None,  # type: ignore[attr-defined]
+        )
+    await ws.send(reply)

@@ -1,0 +1,169 @@
+"""Delivery to one authenticated connection: store drain plus live wake-ups.
+
+Theory of operation
+-------------------
+The store holds every row a device has not acked; the broker only says "a
+row for you was just committed" and carries a copy so that the common case
+costs no read. A :class:`DeviceLink` owns one task that writes to the
+socket, so frames leave in one order:
+
+1. On attach, ``need_drain`` is set: the task pages through
+   :meth:`Store.pending` in ``seq`` order and sends every row. Wake-ups that
+   arrive meanwhile wait in the outbox.
+2. Afterwards each wake-up's frame is sent as it comes.
+3. ``inflight`` holds the seqs sent on this connection and not yet acked, so
+   a row seen both by the drain and by a wake-up is sent once.
+4. A peer that reads slower than rows arrive fills the outbox; past
+   ``OUTBOX_LIMIT`` the outbox is dropped and the link falls back to a drain
+   once the socket has caught up. Memory stays bounded and nothing is lost,
+   since every dropped frame is a row in the store.
+
+A wake-up payload is ``b"Q" + seq (8 bytes, big-endian) + frame`` for a
+queued row, or ``b"X" + close code (2 bytes) + reason`` to close the
+connection (another connection authenticated as the same device).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import deque
+from collections.abc import Awaitable, Callable
+
+from protocol.frames import Deliver, Delivered, encode
+
+from .store.base import Kind, Queued, Store, StoreUnavailable
+
+__all__ = ["DeviceLink", "row_wakeup", "close_wakeup", "row_frame"]
+
+log = logging.getLogger("miss.delivery")
+
+TAG_ROW = ord("Q")
+TAG_CLOSE = ord("X")
+PAGE = 500
+OUTBOX_LIMIT = 2000
+STORE_RETRY_SECONDS = 1.0
+
+
+def row_frame(row: Queued) -> bytes:
+    """The frame that carries a queued row to its device."""
+    if row.kind is Kind.MESSAGE:
+        return encode(Deliver(row.seq, row.message_id, row.peer_user, row.peer_device, row.ts, row.payload))
+    return encode(Delivered(row.seq, row.message_id, row.peer_user, row.peer_device, row.ts))
+
+
+def row_wakeup(row: Queued) -> bytes:
+    return b"Q" + row.seq.to_bytes(8, "big") + row_frame(row)
+
+
+def close_wakeup(code: int, reason: str) -> bytes:
+    return b"X" + code.to_bytes(2, "big") + reason.encode()
+
+
+def _now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+class DeviceLink:
+    """Sends a device's queued rows over one connection (see module doc).
+
+    ``send`` writes one frame to the socket; ``close`` closes it with a code
+    and reason. Call :meth:`start` once, :meth:`acked` when the device acks,
+    and :meth:`stop` when the connection ends.
+    """
+
+    def __init__(
+        self,
+        device_id: str,
+        store: Store,
+        send: Callable[[bytes], Awaitable[None]],
+        close: Callable[[int, str], Awaitable[None]],
+        on_sent: Callable[[int], None] = lambda n: None,
+    ) -> None:
+        self.device_id = device_id
+        self._store = store
+        self._send = send
+        self._close = close
+        self._on_sent = on_sent
+        self._outbox: deque[tuple[int, bytes]] = deque()
+        self._inflight: set[int] = set()
+        self._need_drain = True
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        self._wake.set()
+        self._task = asyncio.create_task(self._run(), name=f"link-{self.device_id}")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            try:
+                await self._task
+            except (asyncio.CancelledError, Exception):
+                pass
+
+    @property
+    def inflight(self) -> int:
+        return len(self._inflight)
+
+    def on_wakeup(self, payload: bytes) -> None:
+        """Broker handler: runs on the event loop, never blocks."""
+        tag = payload[0]
+        if tag == TAG_ROW:
+            if not self._need_drain:
+                if len(self._outbox) >= OUTBOX_LIMIT:
+                    self._outbox.clear()
+                    self._need_drain = True
+                else:
+                    self._outbox.append((int.from_bytes(payload[1:9], "big"), payload[9:]))
+            self._wake.set()
+        elif tag == TAG_CLOSE:
+            code = int.from_bytes(payload[1:3], "big")
+            asyncio.get_running_loop().create_task(self._close(code, payload[3:].decode()))
+
+    def acked(self, seqs: tuple[int, ...]) -> None:
+        self._inflight.difference_update(seqs)
+
+    async def _run(self) -> None:
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            if self._need_drain:
+                self._need_drain = False
+                self._outbox.clear()  # every frame there is a committed row the drain reads
+                try:
+                    await self._drain()
+                except StoreUnavailable as exc:
+                    log.warning("drain failed, retrying", extra={"device": self.device_id, "error": str(exc)})
+                    self._need_drain = True
+                    await asyncio.sleep(STORE_RETRY_SECONDS)
+                    self._wake.set()
+                    continue
+            sent = 0
+            while self._outbox and not self._need_drain:
+                seq, frame = self._outbox.popleft()
+                if seq in self._inflight:
+                    continue
+                self._inflight.add(seq)
+                await self._send(frame)
+                sent += 1
+            if sent:
+                self._on_sent(sent)
+
+    async def _drain(self) -> None:
+        cursor = 0
+        while True:
+            rows = await self._store.pending(self.device_id, cursor, PAGE, _now_ms())
+            sent = 0
+            for row in rows:
+                if row.seq in self._inflight:
+                    continue
+                self._inflight.add(row.seq)
+                await self._send(row_frame(row))
+                sent += 1
+            self._on_sent(sent)
+            if len(rows) < PAGE:
+                return
+            cursor = rows[-1].seq

@@ -1,0 +1,439 @@
+"""The embedded Store: one SQLite file in WAL mode.
+
+Theory of operation
+-------------------
+SQLite calls block, so none runs on the event loop. Two threads each own one
+connection:
+
+* the **writer** runs every write. When it wakes it takes every job waiting
+  (up to ``MAX_BATCH``) and runs them in one ``BEGIN IMMEDIATE`` transaction,
+  each inside its own savepoint, then commits once: group commit. A job's
+  future resolves only after that ``COMMIT`` returned, with
+  ``synchronous=FULL``, so "accepted" always means "on disk" while a busy
+  hub pays one fsync per batch rather than per message.
+* the **reader** runs reads, which WAL lets proceed beside the writer.
+
+Other processes (``miss-admin`` while the hub runs) share the file; the busy
+timeout makes them wait for the lock rather than fail.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import queue
+import secrets
+import sqlite3
+import threading
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+from . import migrations as migration_files
+from .base import (
+    AcceptResult,
+    CodeInvalid,
+    Device,
+    Kind,
+    NewMessage,
+    Queued,
+    SchemaMismatch,
+    StoreUnavailable,
+    User,
+)
+
+__all__ = ["SQLiteStore"]
+
+T = TypeVar("T")
+Job = tuple[Callable[..., Any], tuple[Any, ...], "asyncio.Future[Any]"]
+
+MAX_BATCH = 512
+BUSY_TIMEOUT_MS = 5000
+DIALECT = "sqlite"
+
+_QUEUED_COLUMNS = "seq, device_id, kind, message_id, peer_user, peer_device, ts, payload"
+
+
+def _queued(row: tuple[Any, ...]) -> Queued:
+    return Queued(row[0], row[1], Kind(row[2]), row[3], row[4], row[5], row[6], row[7])
+
+
+def _user(row: tuple[Any, ...] | None) -> User | None:
+    if row is None:
+        return None
+    return User(row[0], row[1], row[2], row[3], row[4], row[5], bool(row[6]))
+
+
+def _device(row: tuple[Any, ...]) -> Device:
+    return Device(row[0], row[1], row[2], row[3], row[4], row[5], row[6] is not None)
+
+
+_USER_COLUMNS = "user_id, name, rpps, profession, organisation, created_at, suspended"
+_DEVICE_COLUMNS = "device_id, user_id, sign_pk, box_pk, label, created_at, revoked_at"
+
+
+def _connect(path: Path) -> sqlite3.Connection:
+    conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+    conn.execute("PRAGMA journal_mode = WAL")
+    conn.execute("PRAGMA synchronous = FULL")
+    conn.execute("PRAGMA foreign_keys = ON")
+    return conn
+
+
+class _DbThread:
+    """One connection, one thread, jobs in submission order (see module doc)."""
+
+    def __init__(self, path: Path, name: str, group_commit: bool) -> None:
+        self._path = path
+        self._group_commit = group_commit
+        self._jobs: queue.SimpleQueue[Job | None] = queue.SimpleQueue()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._ready = threading.Event()
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+
+    def start(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+        self._thread.start()
+        self._ready.wait()
+        if self._error is not None:
+            raise StoreUnavailable(f"cannot open {self._path}: {self._error}")
+
+    def stop(self) -> None:
+        if self._thread.is_alive():
+            self._jobs.put(None)
+            self._thread.join()
+
+    def submit(self, fn: Callable[..., T], *args: Any) -> asyncio.Future[T]:
+        assert self._loop is not None, "store not opened"
+        fut: asyncio.Future[T] = self._loop.create_future()
+        self._jobs.put((fn, args, fut))
+        return fut
+
+    def _run(self) -> None:
+        try:
+            conn = _connect(self._path)
+        except Exception as exc:  # surfaced by start()
+            self._error = exc
+            self._ready.set()
+            return
+        self._ready.set()
+        try:
+            while True:
+                job = self._jobs.get()
+                if job is None:
+                    return
+                batch = [job]
+                stop = False
+                if self._group_commit:
+                    while len(batch) < MAX_BATCH:
+                        try:
+                            nxt = self._jobs.get_nowait()
+                        except queue.Empty:
+                            break
+                        if nxt is None:
+                            stop = True
+                            break
+                        batch.append(nxt)
+                results = self._run_batch(conn, batch) if self._group_commit else self._run_one(conn, job)
+                assert self._loop is not None
+                if not self._loop.is_closed():
+                    self._loop.call_soon_threadsafe(_resolve_all, results)
+                if stop:
+                    return
+        finally:
+            conn.close()
+
+    @staticmethod
+    def _run_one(conn: sqlite3.Connection, job: Job) -> list[tuple[asyncio.Future[Any], Any, Any]]:
+        fn, args, fut = job
+        try:
+            return [(fut, fn(conn, *args), None)]
+        except Exception as exc:
+            return [(fut, None, _translate(exc))]
+
+    @staticmethod
+    def _run_batch(conn: sqlite3.Connection, batch: list[Job]) -> list[tuple[asyncio.Future[Any], Any, Any]]:
+        results: list[tuple[asyncio.Future[Any], Any, Any]] = []
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+        except Exception as exc:
+            err = _translate(exc)
+            return [(fut, None, err) for _, _, fut in batch]
+        for fn, args, fut in batch:
+            try:
+                conn.execute("SAVEPOINT job")
+                value = fn(conn, *args)
+                conn.execute("RELEASE job")
+                results.append((fut, value, None))
+            except Exception as exc:
+                try:
+                    conn.execute("ROLLBACK TO job")
+                    conn.execute("RELEASE job")
+                except sqlite3.Error:
+                    pass
+                results.append((fut, None, _translate(exc)))
+        try:
+            conn.execute("COMMIT")
+        except Exception as exc:
+            try:
+                conn.execute("ROLLBACK")
+            except sqlite3.Error:
+                pass
+            err = _translate(exc)
+            return [(fut, None, err) for fut, _, _ in results]
+        return results
+
+
+def _translate(exc: BaseException) -> BaseException:
+    if isinstance(exc, sqlite3.IntegrityError):
+        return ValueError(str(exc))
+    if isinstance(exc, sqlite3.Error):
+        return StoreUnavailable(f"{type(exc).__name__}: {exc}")
+    return exc
+
+
+def _resolve_all(results: list[tuple[asyncio.Future[Any], Any, Any]]) -> None:
+    for fut, value, err in results:
+        if fut.done():  # the awaiting task was cancelled
+            continue
+        if err is not None:
+            fut.set_exception(err)
+        else:
+            fut.set_result(value)
+
+
+class SQLiteStore:
+    """Store on one SQLite file (see :class:`~miss_server.store.base.Store`)."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self._writer: _DbThread | None = None
+        self._reader: _DbThread | None = None
+
+    # --- life cycle ---------------------------------------------------------
+
+    async def _start(self) -> None:
+        if self._writer is not None:
+            return
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        loop = asyncio.get_running_loop()
+        writer = _DbThread(self.path, "sqlite-writer", group_commit=True)
+        reader = _DbThread(self.path, "sqlite-reader", group_commit=False)
+        await asyncio.to_thread(writer.start, loop)
+        await asyncio.to_thread(reader.start, loop)
+        self._writer, self._reader = writer, reader
+
+    async def open(self) -> None:
+        await self._start()
+        version = await self._read(lambda c: c.execute("PRAGMA user_version").fetchone()[0])
+        latest = migration_files.latest_version(DIALECT)
+        if version != latest:
+            await self.close()
+            raise SchemaMismatch(
+                f"{self.path} has schema version {version}, this hub needs {latest}: run `miss-admin migrate`"
+                if version < latest
+                else f"{self.path} has schema version {version}, newer than this hub knows ({latest})"
+            )
+
+    async def migrate(self) -> int:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        return await asyncio.to_thread(_migrate, self.path)
+
+    async def close(self) -> None:
+        for thread in (self._writer, self._reader):
+            if thread is not None:
+                await asyncio.to_thread(thread.stop)
+        self._writer = self._reader = None
+
+    async def _read(self, fn: Callable[..., T], *args: Any) -> T:
+        if self._reader is None:
+            raise StoreUnavailable("store is closed")
+        return await self._reader.submit(fn, *args)
+
+    async def _write(self, fn: Callable[..., T], *args: Any) -> T:
+        if self._writer is None:
+            raise StoreUnavailable("store is closed")
+        return await self._writer.submit(fn, *args)
+
+    # --- accounts and devices -------------------------------------------------
+
+    async def create_user(self, name: str, rpps: str, profession: str, organisation: str, now: int) -> User:
+        user = User("u_" + secrets.token_hex(8), name, rpps, profession, organisation, now)
+
+        def run(conn: sqlite3.Connection) -> None:
+            conn.execute(
+                f"INSERT INTO users ({_USER_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, 0)",
+                (user.user_id, name, rpps, profession, organisation, now),
+            )
+
+        await self._write(run)
+        return user
+
+    async def get_user(self, user_id: str) -> User | None:
+        return await self._read(
+            lambda c: _user(c.execute(f"SELECT {_USER_COLUMNS} FROM users WHERE user_id = ?", (user_id,)).fetchone())
+        )
+
+    async def find_user_by_rpps(self, rpps: str) -> User | None:
+        return await self._read(
+            lambda c: _user(c.execute(f"SELECT {_USER_COLUMNS} FROM users WHERE rpps = ?", (rpps,)).fetchone())
+        )
+
+    async def list_users(self) -> list[User]:
+        def run(conn: sqlite3.Connection) -> list[User]:
+            rows = conn.execute(f"SELECT {_USER_COLUMNS} FROM users ORDER BY name, user_id").fetchall()
+            return [u for u in map(_user, rows) if u is not None]
+
+        return await self._read(run)
+
+    async def add_enrollment_code(self, user_id: str, code_hash: bytes, expires_at: int) -> None:
+        await self._write(
+            lambda c: c.execute(
+                "INSERT INTO enrollment_codes (code_hash, user_id, expires_at) VALUES (?, ?, ?)",
+                (code_hash, user_id, expires_at),
+            )
+        )
+
+    async def enroll_device(self, code_hash: bytes, sign_pk: bytes, box_pk: bytes, label: str, now: int) -> Device:
+        device_id = "d_" + secrets.token_hex(8)
+
+        def run(conn: sqlite3.Connection) -> Device:
+            row = conn.execute(
+                "UPDATE enrollment_codes SET used_at = ? "
+                "WHERE code_hash = ? AND used_at IS NULL AND expires_at > ? RETURNING user_id",
+                (now, code_hash, now),
+            ).fetchone()
+            if row is None:
+                raise CodeInvalid("unknown, used or expired code")
+            conn.execute(
+                f"INSERT INTO devices ({_DEVICE_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, NULL)",
+                (device_id, row[0], sign_pk, box_pk, label, now),
+            )
+            return Device(device_id, row[0], sign_pk, box_pk, label, now)
+
+        return await self._write(run)
+
+    async def get_device(self, device_id: str) -> Device | None:
+        def run(conn: sqlite3.Connection) -> Device | None:
+            row = conn.execute(f"SELECT {_DEVICE_COLUMNS} FROM devices WHERE device_id = ?", (device_id,)).fetchone()
+            return None if row is None else _device(row)
+
+        return await self._read(run)
+
+    async def user_devices(self, user_id: str) -> list[Device]:
+        def run(conn: sqlite3.Connection) -> list[Device]:
+            rows = conn.execute(
+                f"SELECT {_DEVICE_COLUMNS} FROM devices WHERE user_id = ? AND revoked_at IS NULL "
+                "ORDER BY created_at, device_id",
+                (user_id,),
+            ).fetchall()
+            return [_device(r) for r in rows]
+
+        return await self._read(run)
+
+    # --- messages -----------------------------------------------------------
+
+    async def accept(self, message: NewMessage) -> AcceptResult:
+        return await self._write(_accept, message)
+
+    async def pending(self, device_id: str, after_seq: int, limit: int, now: int) -> list[Queued]:
+        def run(conn: sqlite3.Connection) -> list[Queued]:
+            rows = conn.execute(
+                f"SELECT {_QUEUED_COLUMNS} FROM queue "
+                "WHERE device_id = ? AND seq > ? AND expires_at > ? ORDER BY seq LIMIT ?",
+                (device_id, after_seq, now, limit),
+            ).fetchall()
+            return [_queued(r) for r in rows]
+
+        return await self._read(run)
+
+    async def ack(self, device_id: str, seqs: list[int], now: int, expires_at: int) -> list[Queued]:
+        return await self._write(_ack, device_id, seqs, now, expires_at)
+
+    async def expire(self, now: int) -> int:
+        def run(conn: sqlite3.Connection) -> int:
+            n = conn.execute("DELETE FROM queue WHERE expires_at <= ?", (now,)).rowcount
+            conn.execute("DELETE FROM accepted_ids WHERE expires_at <= ?", (now,))
+            conn.execute("DELETE FROM enrollment_codes WHERE expires_at <= ?", (now,))
+            return int(n)
+
+        return await self._write(run)
+
+    async def count_pending(self, device_id: str) -> int:
+        return await self._read(
+            lambda c: int(c.execute("SELECT count(*) FROM queue WHERE device_id = ?", (device_id,)).fetchone()[0])
+        )
+
+
+def _migrate(path: Path) -> int:
+    """Apply every migration newer than the file's ``user_version``."""
+    conn = _connect(path)
+    try:
+        current = int(conn.execute("PRAGMA user_version").fetchone()[0])
+        for version, _name, sql in migration_files.migrations(DIALECT):
+            if version > current:
+                conn.executescript(f"BEGIN IMMEDIATE;\n{sql}\nPRAGMA user_version = {version};\nCOMMIT;")
+                current = version
+        return current
+    finally:
+        conn.close()
+
+
+def _accept(conn: sqlite3.Connection, m: NewMessage) -> AcceptResult:
+    inserted = conn.execute(
+        "INSERT OR IGNORE INTO accepted_ids (sender_user, message_id, expires_at) VALUES (?, ?, ?)",
+        (m.sender_user, m.message_id, m.expires_at),
+    ).rowcount
+    if not inserted:
+        return AcceptResult(duplicate=True, queued=[])
+    queued = []
+    for device_id, envelope in m.envelopes.items():
+        cur = conn.execute(
+            "INSERT INTO queue (device_id, kind, message_id, peer_user, peer_device, recipient_user, ts, "
+            "expires_at, payload) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (
+                device_id,
+                int(Kind.MESSAGE),
+                m.message_id,
+                m.sender_user,
+                m.sender_device,
+                m.recipient_user,
+                m.ts,
+                m.expires_at,
+                envelope,
+            ),
+        )
+        assert cur.lastrowid is not None
+        queued.append(
+            Queued(cur.lastrowid, device_id, Kind.MESSAGE, m.message_id, m.sender_user, m.sender_device, m.ts, envelope)
+        )
+    return AcceptResult(duplicate=False, queued=queued)
+
+
+def _ack(conn: sqlite3.Connection, device_id: str, seqs: list[int], now: int, expires_at: int) -> list[Queued]:
+    owner = conn.execute("SELECT user_id FROM devices WHERE device_id = ?", (device_id,)).fetchone()
+    receipts: list[Queued] = []
+    for seq in seqs:
+        row = conn.execute(
+            "DELETE FROM queue WHERE seq = ? AND device_id = ? RETURNING kind, message_id, peer_user, recipient_user",
+            (seq, device_id),
+        ).fetchone()
+        if row is None or row[0] != Kind.MESSAGE or owner is None:
+            continue
+        kind, message_id, sender_user, recipient_user = row
+        if owner[0] != recipient_user or sender_user == recipient_user:
+            continue  # a copy for the sender's own device: no receipt
+        for (sender_device,) in conn.execute(
+            "SELECT device_id FROM devices WHERE user_id = ? AND revoked_at IS NULL", (sender_user,)
+        ).fetchall():
+            cur = conn.execute(
+                "INSERT INTO queue (device_id, kind, message_id, peer_user, peer_device, recipient_user, ts, "
+                "expires_at, payload) VALUES (?, ?, ?, ?, ?, ?, ?, ?, x'')",
+                (sender_device, int(Kind.RECEIPT), message_id, owner[0], device_id, sender_user, now, expires_at),
+            )
+            assert cur.lastrowid is not None
+            receipts.append(
+                Queued(cur.lastrowid, sender_device, Kind.RECEIPT, message_id, owner[0], device_id, now, b"")
+            )
+    return receipts

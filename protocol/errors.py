@@ -1,0 +1,218 @@
+"""Every error the MiSS protocol can signal, in one place.
+
+Theory of operation
+-------------------
+An error either ends the connection or it does not:
+
+* **Fatal errors** are protocol violations (a frame that cannot be parsed, a
+  frame the connection state does not allow, a failed authentication, a
+  forged sender). The hub sends one ``error`` frame naming the code, then
+  closes the WebSocket with the close code below and the error code as the
+  close reason. Nothing the offender did is kept.
+* **Request errors** answer one request (``send``, ``lookup``, ...). The hub
+  sends an ``error`` frame carrying the request's ``id`` or ``rid`` and the
+  connection stays open. Some are retryable and carry ``retry_after`` (ms).
+
+The tree::
+
+    ProtocolError                      base; .code (wire name), .close_code
+    ├── FatalError                     the connection is closed
+    │   ├── MalformedFrame             4400 malformed_frame
+    │   ├── UnknownFrameType           4404 unknown_frame_type
+    │   ├── FrameNotAllowed            4405 frame_not_allowed
+    │   ├── AuthFailed                 4401 auth_failed
+    │   ├── InvalidCode                4402 invalid_code
+    │   ├── AuthTimeout                4408 auth_timeout
+    │   ├── ForgedSender               4403 forged_sender
+    │   ├── UnsupportedVersion         4426 unsupported_version
+    │   └── SessionReplaced            4409 session_replaced
+    └── RequestError                   the connection stays open
+        ├── UnknownUser                unknown_user
+        ├── UnknownDevice              unknown_device
+        ├── NoDevices                  no_devices        (recipient has enrolled no device yet)
+        ├── MissingDevices             missing_devices   (.missing: list of device ids)
+        ├── StorageUnavailable         storage_unavailable (retryable)
+        └── RateLimited                rate_limited      (retryable)
+
+A frame larger than the size limit is refused by the WebSocket layer itself
+with close code 1009 (message too big) before it is parsed.
+
+As in python-websockets, the peer never sees exception details beyond the
+code and a fixed, human-readable message: they may be security-sensitive.
+See SPEC.md §7.
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+__all__ = [
+    "CLOSE_GOING_AWAY",
+    "CLOSE_TOO_BIG",
+    "AuthFailed",
+    "AuthTimeout",
+    "FatalError",
+    "ForgedSender",
+    "FrameNotAllowed",
+    "InvalidCode",
+    "MalformedFrame",
+    "MissingDevices",
+    "ProtocolError",
+    "RateLimited",
+    "RequestError",
+    "SessionReplaced",
+    "StorageUnavailable",
+    "UnknownDevice",
+    "UnknownFrameType",
+    "UnknownUser",
+    "UnsupportedVersion",
+    "error_class",
+]
+
+#: WebSocket close code for a frame over the size limit (RFC 6455).
+CLOSE_TOO_BIG = 1009
+#: WebSocket close code when the hub shuts down (RFC 6455).
+CLOSE_GOING_AWAY = 1001
+
+
+class ProtocolError(Exception):
+    """Base class. ``code`` is the wire name; ``message`` is safe to show a peer."""
+
+    code: ClassVar[str] = "protocol_error"
+    close_code: ClassVar[int | None] = None
+    message: ClassVar[str] = "protocol error"
+    retryable: ClassVar[bool] = False
+
+    def __init__(self, detail: str = "", *, retry_after_ms: int | None = None) -> None:
+        # ``detail`` is for our logs only; it never goes on the wire.
+        super().__init__(detail or self.message)
+        self.detail = detail
+        #: For retryable errors: how long the peer should wait, in ms.
+        self.retry_after_ms = retry_after_ms
+
+
+class FatalError(ProtocolError):
+    """A protocol violation: the hub closes the connection with ``close_code``."""
+
+    close_code: ClassVar[int | None] = 4400
+
+
+class MalformedFrame(FatalError):
+    code = "malformed_frame"
+    close_code = 4400
+    message = "frame is not a valid msgpack map for its type"
+
+
+class UnknownFrameType(FatalError):
+    code = "unknown_frame_type"
+    close_code = 4404
+    message = "unknown frame type"
+
+
+class FrameNotAllowed(FatalError):
+    code = "frame_not_allowed"
+    close_code = 4405
+    message = "frame not allowed in this connection state"
+
+
+class AuthFailed(FatalError):
+    code = "auth_failed"
+    close_code = 4401
+    message = "authentication failed"
+
+
+class AuthTimeout(FatalError):
+    code = "auth_timeout"
+    close_code = 4408
+    message = "no authentication in time"
+
+
+class ForgedSender(FatalError):
+    code = "forged_sender"
+    close_code = 4403
+    message = "'from' is not the authenticated device"
+
+
+class UnsupportedVersion(FatalError):
+    code = "unsupported_version"
+    close_code = 4426
+    message = "unsupported protocol version"
+
+
+class SessionReplaced(FatalError):
+    code = "session_replaced"
+    close_code = 4409
+    message = "the same device authenticated on another connection"
+
+
+class RequestError(ProtocolError):
+    """An error answering one request; the connection stays open."""
+
+
+class InvalidCode(FatalError):
+    code = "invalid_code"
+    close_code = 4402
+    message = "enrollment code is unknown, used or expired"
+
+
+class UnknownUser(RequestError):
+    code = "unknown_user"
+    message = "no such user"
+
+
+class UnknownDevice(RequestError):
+    code = "unknown_device"
+    message = "envelope addressed to a device that is not an active device of the recipient or sender"
+
+
+class NoDevices(RequestError):
+    code = "no_devices"
+    message = "the recipient has no enrolled device yet"
+
+
+class MissingDevices(RequestError):
+    code = "missing_devices"
+    message = "envelopes missing for some active devices; refresh the device list and resend"
+
+    def __init__(self, missing: list[str], detail: str = "") -> None:
+        super().__init__(detail)
+        self.missing = missing
+
+
+class StorageUnavailable(RequestError):
+    code = "storage_unavailable"
+    message = "storage unavailable; the message was not accepted, retry later"
+    retryable = True
+
+
+class RateLimited(RequestError):
+    code = "rate_limited"
+    message = "too many requests; retry later"
+    retryable = True
+
+
+_BY_CODE: dict[str, type[ProtocolError]] = {
+    cls.code: cls
+    for cls in (
+        MalformedFrame,
+        UnknownFrameType,
+        FrameNotAllowed,
+        AuthFailed,
+        AuthTimeout,
+        ForgedSender,
+        UnsupportedVersion,
+        SessionReplaced,
+        InvalidCode,
+        UnknownUser,
+        UnknownDevice,
+        NoDevices,
+        MissingDevices,
+        StorageUnavailable,
+        RateLimited,
+    )
+}
+
+
+def error_class(code: str) -> type[ProtocolError]:
+    """The exception class for a wire error code (``ProtocolError`` if unknown)."""
+    return _BY_CODE.get(code, ProtocolError)

@@ -1,0 +1,22 @@
+"""Fixtures shared by every test directory."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parent))  # so tests can import wire.py
+
+from miss_server.app import HubServer  # noqa: E402
+from miss_server.config import load_settings  # noqa: E402
+
+
+@pytest.fixture
+async def hub(tmp_path: Path) -> AsyncIterator[HubServer]:
+    """A hub on the embedded defaults, on a free port, with its own database."""
+    settings = load_settings(store=f"sqlite:///{tmp_path}/miss.db", port=0, auth_timeout_seconds=2)
+    async with HubServer(settings) as server:
+        yield server

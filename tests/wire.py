@@ -1,0 +1,114 @@
+"""Test helpers that speak the wire protocol directly, with no SDK in between.
+
+Used by the hub tests to send exactly the frames (good or bad) a test needs,
+over a real WebSocket connection.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass, field
+
+from websockets.asyncio.client import ClientConnection, connect
+
+from miss_server.app import HubServer
+from miss_server.codes import code_hash, new_code
+from protocol import crypto
+from protocol.frames import (
+    SUBPROTOCOL,
+    Ack,
+    Auth,
+    Challenge,
+    Deliver,
+    Enroll,
+    Frame,
+    Lookup,
+    LookupOk,
+    Send,
+    Welcome,
+    decode,
+    encode,
+)
+
+
+async def invite(hub: HubServer, name: str, rpps: str) -> tuple[str, str]:
+    """Record a clinician in the hub's store; returns (user id, enrollment code)."""
+    now = time.time_ns() // 1_000_000
+    user = await hub.store.create_user(name, rpps, "médecin", "CHRU Test", now)
+    code = new_code()
+    await hub.store.add_enrollment_code(user.user_id, code_hash(code), now + 3_600_000)
+    return user.user_id, code
+
+
+@dataclass
+class RawDevice:
+    """One device's keys and, once connected, its WebSocket."""
+
+    url: str
+    keys: crypto.DeviceKeys = field(default_factory=crypto.DeviceKeys.generate)
+    user_id: str = ""
+    device_id: str = ""
+    ws: ClientConnection | None = None
+    nonce: bytes = b""
+
+    async def open(self) -> Challenge:
+        self.ws = await connect(self.url, subprotocols=[SUBPROTOCOL], max_size=None)  # type: ignore[list-item]
+        challenge = await self.recv()
+        assert isinstance(challenge, Challenge)
+        self.nonce = challenge.nonce
+        return challenge
+
+    async def enroll(self, code: str) -> Welcome:
+        await self.open()
+        sig = self.keys.sign(crypto.enroll_message(self.nonce, code, self.keys.sign_pk, self.keys.box_pk))
+        await self.send_frame(Enroll(1, code, self.keys.sign_pk, self.keys.box_pk, "test", sig))
+        welcome = await self.recv()
+        assert isinstance(welcome, Welcome), welcome
+        self.user_id, self.device_id = welcome.user, welcome.device
+        return welcome
+
+    async def auth(self) -> Welcome:
+        await self.open()
+        sig = self.keys.sign(crypto.auth_message(self.nonce, self.device_id))
+        await self.send_frame(Auth(1, self.device_id, sig))
+        welcome = await self.recv()
+        assert isinstance(welcome, Welcome), welcome
+        return welcome
+
+    async def send_frame(self, frame: Frame) -> None:
+        assert self.ws is not None
+        await self.ws.send(encode(frame))
+
+    async def recv(self, timeout: float = 5.0) -> Frame:
+        assert self.ws is not None
+        data = await asyncio.wait_for(self.ws.recv(), timeout)
+        assert isinstance(data, bytes)
+        return decode(data)
+
+    async def lookup(self, user: str) -> LookupOk:
+        await self.send_frame(Lookup(rid=1, user=user))
+        reply = await self.recv()
+        assert isinstance(reply, LookupOk), reply
+        return reply
+
+    def message(self, to: LookupOk, body: str, own: LookupOk | None = None, mid: bytes | None = None) -> Send:
+        """A ``send`` sealing ``body`` for every device of ``to`` and of ``own``
+        (except this one)."""
+        mid = mid or crypto.new_message_id()
+        plain = crypto.pack_plaintext(
+            crypto.Plaintext(mid, self.user_id, to.user, time.time_ns() // 1_000_000, "text", body)
+        )
+        targets = list(to.devices) + [d for d in (own.devices if own else ()) if d.device != self.device_id]
+        envs = {d.device: crypto.seal(plain, self.keys, d.box_pk) for d in targets}
+        return Send(mid, self.device_id, to.user, envs)
+
+    def open_deliver(self, frame: Deliver, sender_box_pk: bytes) -> crypto.Plaintext:
+        return crypto.unpack_plaintext(crypto.open_envelope(frame.env, self.keys, sender_box_pk))
+
+    async def ack(self, *seqs: int) -> None:
+        await self.send_frame(Ack(tuple(seqs)))
+
+    async def close(self) -> None:
+        if self.ws is not None:
+            await self.ws.close()
