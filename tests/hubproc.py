@@ -1,0 +1,97 @@
+"""Run ``miss-server`` and ``miss-admin`` as real subprocesses, for tests that
+kill, restart or read the output of a hub."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+BIN = Path(sys.executable).parent
+URL_LINE = re.compile(r"MiSS hub serving (ws://\S+)")
+
+
+class HubProcess:
+    """A ``miss-server`` child with its own data directory and log file.
+
+    ``env`` is passed on top of the current environment, so a test can point
+    the hub at PostgreSQL or Redis with ``MISS_STORE``/``MISS_BROKER``.
+    """
+
+    def __init__(self, workdir: Path, env: dict[str, str] | None = None, port: int = 0) -> None:
+        self.workdir = workdir
+        self.env = {**os.environ, **(env or {})}
+        self.env.setdefault("MISS_STORE", f"sqlite:///{workdir / 'data' / 'miss.db'}")
+        self.env["MISS_LOG_LEVEL"] = "debug"
+        self.port = port
+        self.log_path = workdir / "hub.log"
+        self.proc: subprocess.Popen[str] | None = None
+        self.url = ""
+
+    def start(self, timeout: float = 20.0) -> str:
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        log = self.log_path.open("a")
+        self.proc = subprocess.Popen(
+            [str(BIN / "miss-server"), "--port", str(self.port)],
+            cwd=self.workdir,
+            env=self.env,
+            stdout=subprocess.PIPE,
+            stderr=log,
+            text=True,
+        )
+        assert self.proc.stdout is not None
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            line = self.proc.stdout.readline()
+            if not line:
+                break
+            m = URL_LINE.search(line)
+            if m:
+                self.url = m.group(1)
+                self.port = int(self.url.rsplit(":", 1)[1].strip("/"))  # restart on the same port
+                return self.url
+        raise RuntimeError(f"hub did not start; log:\n{self.log_path.read_text()}")
+
+    def kill(self) -> None:
+        """SIGKILL: no shutdown code runs."""
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait(10)
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+
+    async def stop_async(self) -> None:
+        """Stop from a test's event loop, letting its clients answer the close."""
+        await asyncio.to_thread(self.stop)
+
+    def admin(self, *args: str) -> dict[str, object]:
+        """Run ``miss-admin --json ARGS`` against this hub's store."""
+        out = subprocess.run(
+            [str(BIN / "miss-admin"), "--json", *args],
+            cwd=self.workdir,
+            env=self.env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        if out.returncode != 0:
+            raise RuntimeError(f"miss-admin {' '.join(args)} failed: {out.stderr}")
+        result: dict[str, object] = json.loads(out.stdout)
+        return result
+
+    def invite(self, name: str, rpps: str) -> tuple[str, str]:
+        r = self.admin("invite", "--name", name, "--rpps", rpps, "--profession", "médecin", "--organisation", "CHRU")
+        return str(r["user"]), str(r["code"])

@@ -1,0 +1,291 @@
+"""Bad input gets the typed error or close code SPEC.md §7 names, and costs
+nobody else anything: after each offence, two bystanders still exchange a
+message through the same hub."""
+
+from __future__ import annotations
+
+import asyncio
+
+import msgpack
+import pytest
+from websockets.asyncio.client import connect
+from websockets.exceptions import ConnectionClosed, InvalidStatus
+from wire import RawDevice, invite
+
+from miss_server.app import HubServer
+from protocol import crypto, errors
+from protocol.frames import (
+    Ack,
+    Accepted,
+    Auth,
+    Deliver,
+    Error,
+    Lookup,
+    LookupOk,
+    Send,
+    encode,
+)
+
+
+class Pair:
+    """Two enrolled clinicians who keep talking while others misbehave."""
+
+    def __init__(self, a: RawDevice, b: RawDevice, la: LookupOk, lb: LookupOk) -> None:
+        self.a, self.b, self.la, self.lb = a, b, la, lb
+
+    async def still_served(self) -> None:
+        send = self.a.message(self.lb, "still here")
+        await self.a.send_frame(send)
+        assert await self.a.recv() == Accepted(send.id)
+        got = await self.b.recv()
+        assert isinstance(got, Deliver) and got.id == send.id
+        assert self.b.open_deliver(got, self.a.keys.box_pk).body == "still here"
+        await self.b.ack(got.seq)
+        await self.a.recv()  # the delivered receipt
+
+
+@pytest.fixture
+async def pair(hub: HubServer) -> Pair:
+    _, code_a = await invite(hub, "Alice", "10000000001")
+    _, code_b = await invite(hub, "Bob", "10000000002")
+    a, b = RawDevice(hub.url), RawDevice(hub.url)
+    await a.enroll(code_a)
+    await b.enroll(code_b)
+    return Pair(a, b, await a.lookup(a.user_id), await a.lookup(b.user_id))
+
+
+async def expect_close(dev: RawDevice, error: type[errors.FatalError]) -> None:
+    """The hub sends a fatal ``error`` frame naming the code, then closes with
+    the code's close code."""
+    frame = await dev.recv()
+    assert isinstance(frame, Error) and frame.fatal and frame.code == error.code, frame
+    assert dev.ws is not None
+    with pytest.raises(ConnectionClosed) as closed:
+        await dev.recv()
+    assert closed.value.rcvd is not None
+    assert closed.value.rcvd.code == error.close_code
+    assert closed.value.rcvd.reason == error.code
+
+
+async def test_malformed_msgpack_closes_4400(hub: HubServer, pair: Pair) -> None:
+    bad = RawDevice(hub.url)
+    await bad.open()
+    assert bad.ws is not None
+    await bad.ws.send(b"\xc1\xff\x00 not msgpack")
+    await expect_close(bad, errors.MalformedFrame)
+    await pair.still_served()
+
+
+async def test_malformed_after_auth_closes_4400(hub: HubServer, pair: Pair) -> None:
+    # A well-formed msgpack map with a field of the wrong type.
+    assert pair.a.ws is not None
+    await pair.a.ws.send(msgpack.packb({"t": "ack", "seqs": "not a list"}))
+    await expect_close(pair.a, errors.MalformedFrame)
+    await pair.a.auth()
+    await pair.still_served()
+
+
+async def test_text_frame_closes_4400(hub: HubServer, pair: Pair) -> None:
+    bad = RawDevice(hub.url)
+    await bad.open()
+    assert bad.ws is not None
+    await bad.ws.send('{"t": "auth"}')
+    await expect_close(bad, errors.MalformedFrame)
+    await pair.still_served()
+
+
+async def test_unknown_frame_type_closes_4404(hub: HubServer, pair: Pair) -> None:
+    bad = RawDevice(hub.url)
+    await bad.open()
+    assert bad.ws is not None
+    await bad.ws.send(msgpack.packb({"t": "subscribe_all", "x": 1}))
+    await expect_close(bad, errors.UnknownFrameType)
+    await pair.still_served()
+
+
+async def test_server_frame_from_client_is_unknown(hub: HubServer, pair: Pair) -> None:
+    # A client may not send frames only the hub sends (here: deliver).
+    assert pair.a.ws is not None
+    await pair.a.send_frame(Deliver(1, crypto.new_message_id(), "u", "d", 0, b"x"))
+    await expect_close(pair.a, errors.UnknownFrameType)
+
+
+async def test_oversize_frame_closes_1009(hub: HubServer, pair: Pair) -> None:
+    bad = RawDevice(hub.url)
+    await bad.open()
+    assert bad.ws is not None
+    await bad.ws.send(b"\x00" * (hub.settings.max_frame_bytes + 1))
+    with pytest.raises(ConnectionClosed) as closed:
+        await bad.recv()
+    assert closed.value.rcvd is not None and closed.value.rcvd.code == errors.CLOSE_TOO_BIG
+    await pair.still_served()
+
+
+@pytest.mark.parametrize(
+    "frame",
+    [
+        Send(b"\x01" * 16, "d_x", "u_x", {"d_y": b"e"}),
+        Ack((1,)),
+        Lookup(rid=1, user="u_x"),
+    ],
+    ids=["send", "ack", "lookup"],
+)
+async def test_frames_before_authentication_close_4405(hub: HubServer, pair: Pair, frame: object) -> None:
+    bad = RawDevice(hub.url)
+    await bad.open()
+    await bad.send_frame(frame)  # type: ignore[arg-type]
+    await expect_close(bad, errors.FrameNotAllowed)
+    await pair.still_served()
+
+
+async def test_second_auth_on_authenticated_connection_closes_4405(pair: Pair) -> None:
+    sig = pair.a.keys.sign(crypto.auth_message(pair.a.nonce, pair.a.device_id))
+    await pair.a.send_frame(Auth(1, pair.a.device_id, sig))
+    await expect_close(pair.a, errors.FrameNotAllowed)
+
+
+async def test_wrong_challenge_signature_closes_4401(hub: HubServer, pair: Pair) -> None:
+    impostor = RawDevice(hub.url, device_id=pair.b.device_id)  # right id, other key
+    await impostor.open()
+    sig = impostor.keys.sign(crypto.auth_message(impostor.nonce, pair.b.device_id))
+    await impostor.send_frame(Auth(1, pair.b.device_id, sig))
+    await expect_close(impostor, errors.AuthFailed)
+    await pair.still_served()
+
+
+async def test_unknown_device_auth_closes_4401(hub: HubServer, pair: Pair) -> None:
+    stranger = RawDevice(hub.url, device_id="d_0000000000000000")
+    await stranger.open()
+    sig = stranger.keys.sign(crypto.auth_message(stranger.nonce, stranger.device_id))
+    await stranger.send_frame(Auth(1, stranger.device_id, sig))
+    await expect_close(stranger, errors.AuthFailed)
+
+
+async def test_replayed_authentication_closes_4401(hub: HubServer, pair: Pair) -> None:
+    # An eavesdropper captures Bob's valid auth frame and replays it on its
+    # own connection: the hub's fresh challenge makes it worthless.
+    honest = RawDevice(hub.url, keys=pair.b.keys, device_id=pair.b.device_id)
+    await honest.open()
+    captured = Auth(1, pair.b.device_id, pair.b.keys.sign(crypto.auth_message(honest.nonce, pair.b.device_id)))
+    replayer = RawDevice(hub.url)
+    await replayer.open()
+    await replayer.send_frame(captured)
+    await expect_close(replayer, errors.AuthFailed)
+    await honest.close()
+    await pair.still_served()
+
+
+async def test_forged_sender_closes_4403(hub: HubServer, pair: Pair) -> None:
+    good = pair.a.message(pair.lb, "spoof")
+    forged = Send(good.id, pair.b.device_id, good.to, good.envs)  # claims to be Bob's device
+    await pair.a.send_frame(forged)
+    await expect_close(pair.a, errors.ForgedSender)
+    # Nothing forged reached Bob: his next frame is the bystanders' message.
+    await pair.a.auth()
+    await pair.still_served()
+
+
+async def test_message_for_unknown_device_is_refused_and_connection_kept(pair: Pair) -> None:
+    send = pair.a.message(pair.lb, "to nobody")
+    envs = dict(send.envs)
+    envs["d_ffffffffffffffff"] = next(iter(envs.values()))
+    await pair.a.send_frame(Send(send.id, send.sender, send.to, envs))
+    reply = await pair.a.recv()
+    assert isinstance(reply, Error) and not reply.fatal
+    assert reply.code == errors.UnknownDevice.code and reply.id == send.id
+    # Nothing was stored: the same id, well addressed, is accepted as new.
+    await pair.a.send_frame(send)
+    assert await pair.a.recv() == Accepted(send.id, dup=False)
+    got = await pair.b.recv()
+    assert isinstance(got, Deliver) and got.id == send.id
+
+
+async def test_missing_device_is_named(hub: HubServer, pair: Pair) -> None:
+    # Bob adds a second device; Alice's stale list misses it.
+    _ = await invite(hub, "Carol", "10000000003")
+    code = await _link_code(pair.b)
+    second = RawDevice(hub.url, keys=crypto.DeviceKeys.generate())
+    await second.enroll(code)
+    send = pair.a.message(pair.lb, "stale list")  # pair.lb predates the new device
+    await pair.a.send_frame(send)
+    reply = await pair.a.recv()
+    assert isinstance(reply, Error) and reply.code == errors.MissingDevices.code
+    assert reply.missing == (second.device_id,)
+
+
+async def test_unknown_recipient(pair: Pair) -> None:
+    send = pair.a.message(pair.lb, "x")
+    await pair.a.send_frame(Send(send.id, send.sender, "u_ffffffffffffffff", send.envs))
+    reply = await pair.a.recv()
+    assert isinstance(reply, Error) and reply.code == errors.UnknownUser.code and not reply.fatal
+
+
+async def test_invalid_enrollment_code_closes_4402(hub: HubServer, pair: Pair) -> None:
+    guesser = RawDevice(hub.url)
+    await guesser.open()
+    k = guesser.keys
+    code = "AAAA-BBBB-CCCC-DDDD"
+    from protocol.frames import Enroll
+
+    sig = k.sign(crypto.enroll_message(guesser.nonce, code, k.sign_pk, k.box_pk))
+    await guesser.send_frame(Enroll(1, code, k.sign_pk, k.box_pk, "x", sig))
+    await expect_close(guesser, errors.InvalidCode)
+    await pair.still_served()
+
+
+async def test_auth_timeout_closes_4408(hub: HubServer, pair: Pair) -> None:
+    idle = RawDevice(hub.url)
+    await idle.open()
+    # The test hub allows 2 s to authenticate.
+    await expect_close_after(idle, errors.AuthTimeout, timeout=hub.settings.auth_timeout_seconds + 3)
+    await pair.still_served()
+
+
+async def expect_close_after(dev: RawDevice, error: type[errors.FatalError], timeout: float) -> None:
+    frame = await dev.recv(timeout=timeout)
+    assert isinstance(frame, Error) and frame.code == error.code
+    with pytest.raises(ConnectionClosed) as closed:
+        await dev.recv()
+    assert closed.value.rcvd is not None and closed.value.rcvd.code == error.close_code
+
+
+async def test_handshake_without_subprotocol_is_refused(hub: HubServer) -> None:
+    with pytest.raises(InvalidStatus) as refused:
+        async with connect(hub.url):
+            pass
+    assert refused.value.response.status_code == 400
+
+
+async def test_unsupported_version_closes_4426(hub: HubServer, pair: Pair) -> None:
+    dev = RawDevice(hub.url, keys=pair.a.keys, device_id=pair.a.device_id)
+    await dev.open()
+    sig = dev.keys.sign(crypto.auth_message(dev.nonce, dev.device_id))
+    await dev.send_frame(Auth(2, dev.device_id, sig))
+    await expect_close(dev, errors.UnsupportedVersion)
+
+
+async def test_many_bad_connections_do_not_disturb_a_conversation(hub: HubServer, pair: Pair) -> None:
+    async def offend(i: int) -> None:
+        bad = RawDevice(hub.url)
+        await bad.open()
+        assert bad.ws is not None
+        await bad.ws.send(bytes([0xC1, i % 256]))
+        try:
+            await bad.recv()
+            await bad.recv()
+        except ConnectionClosed:
+            pass
+
+    offenders = asyncio.gather(*(offend(i) for i in range(50)))
+    for _ in range(5):
+        await pair.still_served()
+    await offenders
+
+
+async def _link_code(dev: RawDevice) -> str:
+    from protocol.frames import LinkCode, LinkCodeOk
+
+    await dev.send_frame(LinkCode(rid=7))
+    reply = await dev.recv()
+    assert isinstance(reply, LinkCodeOk) and reply.rid == 7
+    return reply.code
