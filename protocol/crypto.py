@@ -24,7 +24,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-import msgpack  # type: ignore[import-untyped]
+import msgpack
 import nacl.bindings
 import nacl.exceptions
 import nacl.public

@@ -19,7 +19,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, fields
 from typing import Any, ClassVar, TypeVar
 
-import msgpack  # type: ignore[import-untyped]
+import msgpack
 
 from .errors import MalformedFrame, UnknownFrameType
 

@@ -1,0 +1,701 @@
+"""Write the protocol v1 test vectors: ``frames.json`` and ``crypto.json``.
+
+Run by hand, from the repository root, whenever the wire format changes on
+purpose (it never should within v1)::
+
+    .venv/bin/python protocol/vectors/generate.py
+
+It only WRITES the two JSON files beside this script, from the fixed inputs
+below, through the ``protocol`` package. Nothing imports or calls it: the
+tests (``tests/protocol/test_vectors.py``) recompute every value from the
+inputs stored in the JSON, independently, so a change to the codec or the
+crypto that alters a single byte makes them fail. If you regenerate, review
+the diff: any change to an existing vector breaks every other implementation
+(the browser client included). SPEC.md §3, §5, §6, §8, §9 describe what the
+vectors pin down.
+
+Encoding used in the JSON files: a msgpack *bin* value (Python ``bytes``) is
+written as ``{"bin": "<lowercase hex>"}``; strings, integers, booleans,
+arrays and maps are their JSON selves. Every other byte string (keys,
+nonces, signatures, encoded frames) is lowercase hex.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import msgpack
+
+from protocol import crypto
+from protocol.frames import (
+    Accepted,
+    Ack,
+    Auth,
+    Challenge,
+    Deliver,
+    Delivered,
+    DeviceInfo,
+    Enroll,
+    Error,
+    Frame,
+    LinkCode,
+    LinkCodeOk,
+    Lookup,
+    LookupOk,
+    Send,
+    Welcome,
+    encode,
+)
+
+HERE = Path(__file__).resolve().parent
+
+# --- fixed inputs ---------------------------------------------------------
+# Simple byte ranges, so that anyone can retype them without this file.
+
+ALICE = "u_0123456789abcdef"
+BOB = "u_fedcba9876543210"
+ALICE_PHONE = "d_a11ce00000000001"
+ALICE_LAPTOP = "d_a11ce00000000002"
+BOB_PHONE = "d_b0b0000000000001"
+
+KEYS = {
+    ALICE_PHONE: crypto.DeviceKeys(bytes(range(0x01, 0x21)), bytes(range(0x21, 0x41))),
+    ALICE_LAPTOP: crypto.DeviceKeys(bytes(range(0x41, 0x61)), bytes(range(0x61, 0x81))),
+    BOB_PHONE: crypto.DeviceKeys(bytes(range(0x81, 0xA1)), bytes(range(0xA1, 0xC1))),
+}
+CHALLENGE_NONCE = bytes(range(0xC0, 0xE0))  # 32 bytes
+ENVELOPE_NONCE = bytes(range(0x40, 0x58))  # 24 bytes
+ENROLL_CODE = "7K3M-9QXR-2H4P-VW8N"
+T0 = 1_767_225_600_000  # 2026-01-01T00:00:00Z in ms
+MESSAGE_ID = crypto.new_message_id(T0 + 1234, bytes(range(0xF0, 0xFA)))
+MESSAGE_ID_2 = crypto.new_message_id(T0 + 5678, bytes(range(0x10, 0x1A)))
+
+
+def jsonable(value: Any) -> Any:
+    """Python wire value -> JSON, with bytes as {"bin": hex}."""
+    if isinstance(value, bytes):
+        return {"bin": value.hex()}
+    if isinstance(value, DeviceInfo):
+        return jsonable(value.to_map())
+    if isinstance(value, (list, tuple)):
+        return [jsonable(v) for v in value]
+    if isinstance(value, dict):
+        return {k: jsonable(v) for k, v in value.items()}
+    return value
+
+
+# --- frames.json ------------------------------------------------------------
+
+
+def frame_vector(name: str, direction: str, description: str, frame: Frame) -> dict[str, Any]:
+    fields = {
+        key: jsonable(getattr(frame, attr)) for attr, key, _ in frame.WIRE if getattr(frame, attr) is not None
+    }
+    encoded = encode(frame)
+    # The canonical form is exactly the wire map in the listed order.
+    assert msgpack.packb({"t": frame.TYPE, **frame.to_map()}, use_bin_type=True) == encoded
+    return {
+        "name": name,
+        "description": description,
+        "direction": direction,
+        "type": frame.TYPE,
+        "fields": fields,
+        "msgpack": encoded.hex(),
+    }
+
+
+def invalid_vector(name: str, description: str, data: bytes, decode_as: str, error: str) -> dict[str, Any]:
+    return {
+        "name": name,
+        "description": description,
+        "decode_as": decode_as,
+        "msgpack": data.hex(),
+        "error": error,
+    }
+
+
+def pack(obj: Any) -> bytes:
+    packed: bytes = msgpack.packb(obj, use_bin_type=True)
+    return packed
+
+
+def sealed(plaintext: crypto.Plaintext, sender: str, recipient: str) -> bytes:
+    return crypto.seal(
+        crypto.pack_plaintext(plaintext), KEYS[sender], KEYS[recipient].box_pk, nonce=ENVELOPE_NONCE
+    )
+
+
+def frames_document() -> dict[str, Any]:
+    text = crypto.Plaintext(MESSAGE_ID, ALICE, BOB, T0 + 1234, "text", "Bonjour, ECG reçu ?")
+    env_bob = sealed(text, ALICE_PHONE, BOB_PHONE)
+    env_laptop = sealed(text, ALICE_PHONE, ALICE_LAPTOP)
+    auth_sig = KEYS[ALICE_PHONE].sign(crypto.auth_message(CHALLENGE_NONCE, ALICE_PHONE))
+    bob = KEYS[BOB_PHONE]
+    enroll_sig = bob.sign(crypto.enroll_message(CHALLENGE_NONCE, ENROLL_CODE, bob.sign_pk, bob.box_pk))
+    c, s = "client->hub", "hub->client"
+    valid = [
+        frame_vector(
+            "auth",
+            c,
+            "auth answering the challenge of vector 'challenge'; sig is crypto.json auth.signature",
+            Auth(v=1, device=ALICE_PHONE, sig=auth_sig),
+        ),
+        frame_vector(
+            "enroll",
+            c,
+            "enroll of Bob's phone with an invitation code; sig is crypto.json enroll.signature",
+            Enroll(
+                v=1, code=ENROLL_CODE, sign_pk=bob.sign_pk, box_pk=bob.box_pk, label="Pixel 8", sig=enroll_sig
+            ),
+        ),
+        frame_vector(
+            "enroll_empty_label",
+            c,
+            "enroll with an empty label (allowed: label may be empty)",
+            Enroll(v=1, code=ENROLL_CODE, sign_pk=bob.sign_pk, box_pk=bob.box_pk, label="", sig=enroll_sig),
+        ),
+        frame_vector(
+            "send",
+            c,
+            "send from Alice's phone to Bob: one envelope for Bob's phone, one for Alice's laptop "
+            "(the sender's other device); the wire key of the sender is 'from'",
+            Send(
+                id=MESSAGE_ID, sender=ALICE_PHONE, to=BOB, envs={BOB_PHONE: env_bob, ALICE_LAPTOP: env_laptop}
+            ),
+        ),
+        frame_vector(
+            "ack",
+            c,
+            "ack of several seqs; shows the integer widths (fixint, uint8, uint16, uint32, uint64); "
+            "the largest is 2**53 - 1, so that JSON parsers with float64 numbers read every vector exactly",
+            Ack(seqs=(1, 200, 65535, 70_000, 4_294_967_296, 2**53 - 1)),
+        ),
+        frame_vector("ack_empty", c, "ack with an empty list (allowed)", Ack(seqs=())),
+        frame_vector(
+            "lookup_user",
+            c,
+            "lookup by user id; 'rpps' is absent, not nil",
+            Lookup(rid=7, user=BOB),
+        ),
+        frame_vector(
+            "lookup_rpps",
+            c,
+            "lookup by RPPS number; 'user' is absent, not nil",
+            Lookup(rid=8, rpps="10101234567"),
+        ),
+        frame_vector("link_code", c, "ask for a code to enroll another device", LinkCode(rid=9)),
+        frame_vector(
+            "challenge",
+            s,
+            "the first frame on every connection; nonce is crypto.json auth.nonce",
+            Challenge(v=1, nonce=CHALLENGE_NONCE),
+        ),
+        frame_vector("welcome", s, "authentication succeeded", Welcome(user=ALICE, device=ALICE_PHONE)),
+        frame_vector("accepted", s, "message durably stored", Accepted(id=MESSAGE_ID, dup=False)),
+        frame_vector(
+            "accepted_dup",
+            s,
+            "a resend of an already accepted id: no second copy",
+            Accepted(id=MESSAGE_ID, dup=True),
+        ),
+        frame_vector(
+            "deliver",
+            s,
+            "the message of vector 'send' delivered to Bob's phone; env is crypto.json envelopes[0].envelope",
+            Deliver(
+                seq=42, id=MESSAGE_ID, from_user=ALICE, from_device=ALICE_PHONE, ts=T0 + 1300, env=env_bob
+            ),
+        ),
+        frame_vector(
+            "delivered",
+            s,
+            "receipt to Alice's devices: Bob's phone acked the message",
+            Delivered(seq=43, id=MESSAGE_ID, user=BOB, device=BOB_PHONE, ts=T0 + 2000),
+        ),
+        frame_vector(
+            "lookup_ok",
+            s,
+            "answer to 'lookup_user' for Alice, who has two devices",
+            LookupOk(
+                rid=7,
+                user=ALICE,
+                name="Dr Alice Martin",
+                rpps="10101234567",
+                profession="Médecin généraliste",
+                organisation="CHRU de Tours",
+                devices=tuple(
+                    DeviceInfo(d, KEYS[d].sign_pk, KEYS[d].box_pk) for d in (ALICE_PHONE, ALICE_LAPTOP)
+                ),
+            ),
+        ),
+        frame_vector(
+            "lookup_ok_no_devices",
+            s,
+            "a clinician with no active device yet: empty devices list, empty profession/organisation",
+            LookupOk(
+                rid=8,
+                user=BOB,
+                name="Dr Bob Durand",
+                rpps="10107654321",
+                profession="",
+                organisation="",
+                devices=(),
+            ),
+        ),
+        frame_vector(
+            "link_code_ok",
+            s,
+            "a one-time link code expiring 15 min after T0 (absolute ms)",
+            LinkCodeOk(rid=9, code="Q8ZD-4MNC-7T1V-KE2B", expires=T0 + 15 * 60 * 1000),
+        ),
+        frame_vector(
+            "error_fatal",
+            s,
+            "a fatal error: only the three required keys",
+            Error(code="auth_failed", message="authentication failed", fatal=True),
+        ),
+        frame_vector(
+            "error_missing_devices",
+            s,
+            "missing_devices answering a send: carries id and missing",
+            Error(
+                code="missing_devices",
+                message="envelopes missing for some active devices; refresh the device list and resend",
+                id=MESSAGE_ID,
+                missing=(ALICE_LAPTOP,),
+            ),
+        ),
+        frame_vector(
+            "error_unknown_user",
+            s,
+            "unknown_user answering a lookup: carries rid",
+            Error(code="unknown_user", message="no such user", rid=8),
+        ),
+        frame_vector(
+            "error_storage_unavailable",
+            s,
+            "a retryable error answering a send: carries id and retry_after (ms)",
+            Error(
+                code="storage_unavailable",
+                message="storage unavailable; the message was not accepted, retry later",
+                id=MESSAGE_ID_2,
+                retry_after=500,
+            ),
+        ),
+    ]
+
+    auth_map = {"t": "auth", "v": 1, "device": ALICE_PHONE, "sig": auth_sig}
+    send_map = {"t": "send", "id": MESSAGE_ID, "from": ALICE_PHONE, "to": BOB, "envs": {BOB_PHONE: env_bob}}
+    mal, unk = "malformed_frame", "unknown_frame_type"
+    invalid = [
+        invalid_vector("not_msgpack", "0xc1 is never used by msgpack", b"\xc1", "any", mal),
+        invalid_vector("empty", "zero bytes", b"", "any", mal),
+        invalid_vector("truncated", "a map announcing 2 entries that stops early", b"\x82\xa1t", "any", mal),
+        invalid_vector("not_a_map", "an array, not a map", pack(["auth", 1]), "any", mal),
+        invalid_vector("no_type", "a map without 't'", pack({"v": 1}), "any", mal),
+        invalid_vector("type_not_string", "'t' is an integer", pack({"t": 1}), "any", mal),
+        invalid_vector("type_is_bin", "'t' is bin, not str", pack({"t": b"auth"}), "any", mal),
+        invalid_vector("unknown_type", "'t' names no frame type", pack({"t": "bogus"}), "any", unk),
+        invalid_vector(
+            "server_frame_from_client",
+            "a hub->client type sent by a client is unknown in that direction",
+            pack({"t": "welcome", "user": ALICE, "device": ALICE_PHONE}),
+            "client",
+            unk,
+        ),
+        invalid_vector(
+            "client_frame_from_hub",
+            "a client->hub type sent by the hub is unknown in that direction",
+            pack({"t": "ack", "seqs": [1]}),
+            "server",
+            unk,
+        ),
+        invalid_vector(
+            "trailing_bytes",
+            "a valid frame followed by one more byte",
+            pack(auth_map) + b"\xc0",
+            "any",
+            mal,
+        ),
+        invalid_vector(
+            "integer_map_key",
+            "an otherwise valid link_code with an integer map key: keys must be strings",
+            b"\x83" + pack("t") + pack("link_code") + pack("rid") + pack(1) + pack(1) + pack(2),
+            "any",
+            mal,
+        ),
+        invalid_vector("invalid_utf8", "a str that is not UTF-8", b"\x81\xa1t\xa2\xff\xfe", "any", mal),
+        invalid_vector(
+            "auth_missing_device",
+            "a required key is absent",
+            pack({"t": "auth", "v": 1, "sig": auth_sig}),
+            "any",
+            mal,
+        ),
+        invalid_vector(
+            "auth_short_sig",
+            "sig must be exactly 64 bytes",
+            pack({**auth_map, "sig": auth_sig[:63]}),
+            "any",
+            mal,
+        ),
+        invalid_vector(
+            "auth_sig_as_str", "sig must be bin, not str", pack({**auth_map, "sig": "x" * 64}), "any", mal
+        ),
+        invalid_vector(
+            "auth_v_negative", "integers are non-negative", pack({**auth_map, "v": -1}), "any", mal
+        ),
+        invalid_vector(
+            "auth_v_float", "1.0 is a float, not an integer", pack({**auth_map, "v": 1.0}), "any", mal
+        ),
+        invalid_vector(
+            "auth_v_bool", "true is a boolean, not an integer", pack({**auth_map, "v": True}), "any", mal
+        ),
+        invalid_vector(
+            "auth_v_nil", "nil is not accepted for a required key", pack({**auth_map, "v": None}), "any", mal
+        ),
+        invalid_vector(
+            "auth_empty_device", "ids are non-empty", pack({**auth_map, "device": ""}), "any", mal
+        ),
+        invalid_vector(
+            "auth_long_device",
+            "ids are at most 128 characters",
+            pack({**auth_map, "device": "d" * 129}),
+            "any",
+            mal,
+        ),
+        invalid_vector(
+            "send_empty_envs", "envs has at least one entry", pack({**send_map, "envs": {}}), "any", mal
+        ),
+        invalid_vector(
+            "send_short_id",
+            "message ids are exactly 16 bytes",
+            pack({**send_map, "id": MESSAGE_ID[:15]}),
+            "any",
+            mal,
+        ),
+        invalid_vector(
+            "send_bin_device_key",
+            "envs keys are str device ids",
+            pack({**send_map, "envs": {BOB_PHONE.encode(): env_bob}}),
+            "any",
+            mal,
+        ),
+        invalid_vector(
+            "send_too_many_envs",
+            "at most 64 envelopes",
+            pack({**send_map, "envs": {f"d_{i:016x}": b"\x00" * 40 for i in range(65)}}),
+            "any",
+            mal,
+        ),
+        invalid_vector("ack_str_seq", "seqs are integers", pack({"t": "ack", "seqs": [1, "2"]}), "any", mal),
+        invalid_vector(
+            "ack_too_many", "at most 1024 seqs", pack({"t": "ack", "seqs": list(range(1025))}), "any", mal
+        ),
+        invalid_vector(
+            "ack_seq_too_big", "integers fit in 63 bits", pack({"t": "ack", "seqs": [2**64 - 1]}), "any", mal
+        ),
+        invalid_vector(
+            "lookup_long_rpps",
+            "rpps is at most 32 characters",
+            pack({"t": "lookup", "rid": 1, "rpps": "1" * 33}),
+            "any",
+            mal,
+        ),
+        invalid_vector(
+            "lookup_nil_user",
+            "an optional key is omitted, never nil",
+            pack({"t": "lookup", "rid": 1, "user": None}),
+            "any",
+            mal,
+        ),
+        invalid_vector(
+            "enroll_long_label",
+            "label is at most 64 characters",
+            pack(
+                {
+                    "t": "enroll",
+                    "v": 1,
+                    "code": ENROLL_CODE,
+                    "sign_pk": bob.sign_pk,
+                    "box_pk": bob.box_pk,
+                    "label": "x" * 65,
+                    "sig": enroll_sig,
+                }
+            ),
+            "any",
+            mal,
+        ),
+        invalid_vector(
+            "accepted_no_dup",
+            "dup is required on the wire",
+            pack({"t": "accepted", "id": MESSAGE_ID}),
+            "any",
+            mal,
+        ),
+        invalid_vector(
+            "error_no_fatal",
+            "fatal is required on the wire",
+            pack({"t": "error", "code": "auth_failed", "message": "authentication failed"}),
+            "any",
+            mal,
+        ),
+        invalid_vector(
+            "lookup_ok_short_key",
+            "device keys are exactly 32 bytes",
+            pack(
+                {
+                    "t": "lookup_ok",
+                    "rid": 7,
+                    "user": ALICE,
+                    "name": "Dr Alice Martin",
+                    "rpps": "10101234567",
+                    "profession": "",
+                    "organisation": "",
+                    "devices": [{"device": ALICE_PHONE, "sign_pk": b"\x01" * 31, "box_pk": b"\x02" * 32}],
+                }
+            ),
+            "any",
+            mal,
+        ),
+        invalid_vector(
+            "ext_type",
+            "msgpack ext values are never valid",
+            pack({"t": "link_code", "rid": msgpack.ExtType(1, b"\x00")}),
+            "any",
+            mal,
+        ),
+    ]
+    return {
+        "description": (
+            "MiSS protocol v1 frame vectors (SPEC.md §3). Each 'valid' vector gives a frame's type, "
+            "its fields keyed by WIRE key in canonical order, and the exact msgpack bytes (hex) of its "
+            "canonical encoding: a map whose first key is 't' (= type) followed by 'fields' in the "
+            'listed order. A msgpack bin value is written {"bin": "<hex>"}; str, int, bool, array '
+            "and map values are their JSON selves. An implementation MUST encode 'fields' to exactly "
+            "'msgpack' and decode 'msgpack' back to 'fields'. Each 'invalid' vector gives bytes that a "
+            "decoder MUST refuse with the named error code (SPEC.md §7); decode_as says which frame "
+            "types the decoder admits: 'client' = client->hub types (as the hub decodes), 'server' = "
+            "hub->client types (as a client decodes), 'any' = all types."
+        ),
+        "generator": "protocol/vectors/generate.py",
+        "protocol": "miss.v1",
+        "valid": valid,
+        "invalid": invalid,
+    }
+
+
+# --- crypto.json -----------------------------------------------------------------
+
+
+def crypto_document() -> dict[str, Any]:
+    keys = [
+        {
+            "device": d,
+            "sign_seed": k.sign_seed.hex(),
+            "sign_pk": k.sign_pk.hex(),
+            "box_secret": k.box_secret.hex(),
+            "box_pk": k.box_pk.hex(),
+        }
+        for d, k in KEYS.items()
+    ]
+    alice, bob = KEYS[ALICE_PHONE], KEYS[BOB_PHONE]
+    auth_msg = crypto.auth_message(CHALLENGE_NONCE, ALICE_PHONE)
+    enroll_msg = crypto.enroll_message(CHALLENGE_NONCE, ENROLL_CODE, bob.sign_pk, bob.box_pk)
+
+    def envelope_vector(description: str, p: crypto.Plaintext, sender: str, recipient: str) -> dict[str, Any]:
+        packed = crypto.pack_plaintext(p)
+        env = crypto.seal(packed, KEYS[sender], KEYS[recipient].box_pk, nonce=ENVELOPE_NONCE)
+        assert crypto.open_envelope(env, KEYS[recipient], KEYS[sender].box_pk) == packed
+        plaintext: dict[str, Any] = {
+            "id": p.id.hex(),
+            "from_user": p.from_user,
+            "to_user": p.to_user,
+            "sent_at": p.sent_at,
+            "kind": p.kind,
+            "body": p.body,
+        }
+        if p.reply_to is not None:
+            plaintext["reply_to"] = p.reply_to.hex()
+        return {
+            "description": description,
+            "sender_device": sender,
+            "recipient_device": recipient,
+            "nonce": ENVELOPE_NONCE.hex(),
+            "plaintext": plaintext,
+            "packed_plaintext": packed.hex(),
+            "envelope": env.hex(),
+        }
+
+    text = crypto.Plaintext(MESSAGE_ID, ALICE, BOB, T0 + 1234, "text", "Bonjour, ECG reçu ?")
+    reply = crypto.Plaintext(MESSAGE_ID_2, BOB, ALICE, T0 + 5678, "text", "Oui, RAS.", reply_to=MESSAGE_ID)
+    envelopes = [
+        envelope_vector(
+            "Alice's phone -> Bob's phone (also vector 'deliver' of frames.json)",
+            text,
+            ALICE_PHONE,
+            BOB_PHONE,
+        ),
+        envelope_vector("the same message, copy for Alice's own laptop", text, ALICE_PHONE, ALICE_LAPTOP),
+        envelope_vector("Bob's reply, with reply_to", reply, BOB_PHONE, ALICE_PHONE),
+    ]
+    good_env = bytes.fromhex(envelopes[0]["envelope"])
+    tampered = bytearray(good_env)
+    tampered[-1] ^= 0x01
+    bad_envelopes = [
+        {
+            "description": "last ciphertext byte flipped: the Poly1305 tag fails",
+            "sender_device": ALICE_PHONE,
+            "recipient_device": BOB_PHONE,
+            "envelope": bytes(tampered).hex(),
+        },
+        {
+            "description": "nonce byte flipped",
+            "sender_device": ALICE_PHONE,
+            "recipient_device": BOB_PHONE,
+            "envelope": (bytes([good_env[0] ^ 0x80]) + good_env[1:]).hex(),
+        },
+        {
+            "description": "opened by the wrong recipient (Alice's laptop instead of Bob's phone)",
+            "sender_device": ALICE_PHONE,
+            "recipient_device": ALICE_LAPTOP,
+            "envelope": good_env.hex(),
+        },
+        {
+            "description": "shorter than nonce + tag (39 bytes)",
+            "sender_device": ALICE_PHONE,
+            "recipient_device": BOB_PHONE,
+            "envelope": good_env[:39].hex(),
+        },
+    ]
+    base = {"v": 1, "id": MESSAGE_ID, "from": ALICE, "to": BOB, "sent_at": T0, "kind": "text", "body": "x"}
+
+    def bad_plaintext(description: str, obj: Any) -> dict[str, Any]:
+        return {"description": description, "packed_plaintext": pack(obj).hex()}
+
+    bad_plaintexts = [
+        bad_plaintext("version 2", {**base, "v": 2}),
+        bad_plaintext("v is true, not the integer 1", {**base, "v": True}),
+        bad_plaintext("id of 15 bytes", {**base, "id": MESSAGE_ID[:15]}),
+        bad_plaintext("body missing", {k: v for k, v in base.items() if k != "body"}),
+        bad_plaintext("body is bin, not str", {**base, "body": b"x"}),
+        bad_plaintext("from is not a str", {**base, "from": 7}),
+        bad_plaintext("sent_at is a str", {**base, "sent_at": "2026-01-01"}),
+        bad_plaintext("reply_to is not a 16-byte id", {**base, "reply_to": b"\x00" * 8}),
+        bad_plaintext("not a map", ["v", 1]),
+        {"description": "not msgpack", "packed_plaintext": "c1"},
+    ]
+
+    message_ids: list[dict[str, Any]] = [
+        {
+            "description": "T0 + 1234 ms (vector 'send')",
+            "now_ms": T0 + 1234,
+            "rand": bytes(range(0xF0, 0xFA)).hex(),
+        },
+        {"description": "T0 + 5678 ms", "now_ms": T0 + 5678, "rand": bytes(range(0x10, 0x1A)).hex()},
+        {
+            "description": "all-ones random bits: version and variant still forced",
+            "now_ms": T0,
+            "rand": "ff" * 10,
+        },
+        {"description": "all-zero random bits, time 0", "now_ms": 0, "rand": "00" * 10},
+        {"description": "largest 48-bit time", "now_ms": 2**48 - 1, "rand": "5a" * 10},
+    ]
+    for m in message_ids:
+        mid = crypto.new_message_id(m["now_ms"], bytes.fromhex(m["rand"]))
+        m["id"] = mid.hex()
+        m["uuid"] = f"{mid[:4].hex()}-{mid[4:6].hex()}-{mid[6:8].hex()}-{mid[8:10].hex()}-{mid[10:].hex()}"
+
+    a_keys = [KEYS[ALICE_LAPTOP].sign_pk, KEYS[ALICE_PHONE].sign_pk]  # deliberately not sorted
+    b_keys = [KEYS[BOB_PHONE].sign_pk]
+    b_new = crypto.DeviceKeys(bytes(range(0xD0, 0xF0)), bytes(range(0xE0, 0x100)))  # Bob's new phone
+
+    def safety(description: str, ua: str, ka: list[bytes], ub: str, kb: list[bytes]) -> dict[str, Any]:
+        return {
+            "description": description,
+            "user_a": ua,
+            "keys_a": [k.hex() for k in ka],
+            "user_b": ub,
+            "keys_b": [k.hex() for k in kb],
+            "fingerprint_a": crypto._fingerprint(ua, ka),
+            "fingerprint_b": crypto._fingerprint(ub, kb),
+            "safety_number": crypto.safety_number(ua, ka, ub, kb),
+        }
+
+    safety_numbers = [
+        safety("Alice (phone + laptop, keys given unsorted) and Bob (phone)", ALICE, a_keys, BOB, b_keys),
+        safety("the same two users seen from Bob's side: the same number", BOB, b_keys, ALICE, a_keys),
+        safety(
+            "Alice without her laptop: the number changes", ALICE, [KEYS[ALICE_PHONE].sign_pk], BOB, b_keys
+        ),
+        safety("Bob's phone key replaced: the number changes", ALICE, a_keys, BOB, [b_new.sign_pk]),
+    ]
+
+    return {
+        "description": (
+            "MiSS protocol v1 crypto vectors (SPEC.md §5, §6, §8, §9). All byte strings are lowercase hex; "
+            "every output is deterministic given the listed inputs (Ed25519 signatures are deterministic, "
+            "envelopes use the fixed nonce given, instead of a random one). 'keys' are the test devices: "
+            "Ed25519 public keys from 32-byte seeds (RFC 8032), X25519 public keys from 32-byte secrets."
+        ),
+        "generator": "protocol/vectors/generate.py",
+        "protocol": "miss.v1",
+        "users": {ALICE: [ALICE_PHONE, ALICE_LAPTOP], BOB: [BOB_PHONE]},
+        "keys": keys,
+        "auth": {
+            "description": "auth_message = b'miss.v1/auth\\x00' || nonce(32) || UTF-8(device); "
+            "signature = Ed25519(sign_seed of device, auth_message)",
+            "nonce": CHALLENGE_NONCE.hex(),
+            "device": ALICE_PHONE,
+            "auth_message": auth_msg.hex(),
+            "signature": alice.sign(auth_msg).hex(),
+        },
+        "enroll": {
+            "description": "enroll_message = b'miss.v1/enroll\\x00' || nonce(32) || sign_pk(32) "
+            "|| box_pk(32) || UTF-8(code exactly as sent); "
+            "signature = Ed25519(new device's sign_seed, enroll_message)",
+            "nonce": CHALLENGE_NONCE.hex(),
+            "device": BOB_PHONE,
+            "code": ENROLL_CODE,
+            "sign_pk": bob.sign_pk.hex(),
+            "box_pk": bob.box_pk.hex(),
+            "enroll_message": enroll_msg.hex(),
+            "signature": bob.sign(enroll_msg).hex(),
+        },
+        "envelopes": {
+            "description": "packed_plaintext = msgpack map of the plaintext fields (SPEC §6.3); "
+            "envelope = nonce(24) || crypto_box(packed_plaintext, nonce, recipient box_pk, "
+            "sender box_secret) (SPEC §6.1). "
+            "'invalid' envelopes MUST fail to open; 'invalid_plaintexts' MUST be refused after opening.",
+            "valid": envelopes,
+            "invalid": bad_envelopes,
+            "invalid_plaintexts": bad_plaintexts,
+        },
+        "message_ids": {
+            "description": "new_message_id(now_ms, rand): 6-byte big-endian now_ms || rand(10), then "
+            "byte 6 = 0x70 | (byte 6 & 0x0f) and byte 8 = 0x80 | (byte 8 & 0x3f) (UUIDv7, SPEC §9)",
+            "vectors": message_ids,
+        },
+        "safety_numbers": {
+            "description": "safety_number(user_a, keys_a, user_b, keys_b) (SPEC §8); fingerprint_x is the "
+            "30-digit fingerprint of one user",
+            "vectors": safety_numbers,
+        },
+    }
+
+
+def write(name: str, document: dict[str, Any]) -> None:
+    path = HERE / name
+    path.write_text(json.dumps(document, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    print(f"wrote {path}")
+
+
+def main() -> None:
+    write("frames.json", frames_document())
+    write("crypto.json", crypto_document())
+
+
+if __name__ == "__main__":
+    main()
