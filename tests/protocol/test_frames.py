@@ -1,0 +1,413 @@
+"""The frame codec (SPEC.md §3): round trips, canonical bytes, field checks,
+and the promise that ``decode`` raises only MalformedFrame or UnknownFrameType."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgpack
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from protocol.errors import MalformedFrame, UnknownFrameType
+from protocol.frames import (
+    CLIENT_FRAMES,
+    MAX_FRAME_BYTES,
+    SERVER_FRAMES,
+    Accepted,
+    Ack,
+    Auth,
+    Challenge,
+    Deliver,
+    Delivered,
+    DeviceInfo,
+    Enroll,
+    Error,
+    Frame,
+    LinkCode,
+    LinkCodeOk,
+    Lookup,
+    LookupOk,
+    Send,
+    Welcome,
+    decode,
+    encode,
+)
+
+MID = bytes(range(16))
+PK1, PK2 = b"\x11" * 32, b"\x22" * 32
+
+#: One full instance of every frame type (every optional field set).
+SAMPLES: dict[type[Frame], Frame] = {
+    Auth: Auth(v=1, device="d_0000000000000001", sig=b"\x01" * 64),
+    Enroll: Enroll(v=1, code="ABCD-EFGH-JKMN-PQRS", sign_pk=PK1, box_pk=PK2, label="phone", sig=b"\x02" * 64),
+    Send: Send(
+        id=MID, sender="d_0000000000000001", to="u_0000000000000002", envs={"d_0000000000000002": b"e" * 60}
+    ),
+    Ack: Ack(seqs=(1, 2, 3)),
+    Lookup: Lookup(rid=1, user="u_0000000000000002", rpps="10101234567"),
+    LinkCode: LinkCode(rid=2),
+    Challenge: Challenge(v=1, nonce=b"\x03" * 32),
+    Welcome: Welcome(user="u_0000000000000001", device="d_0000000000000001"),
+    Accepted: Accepted(id=MID, dup=True),
+    Deliver: Deliver(seq=5, id=MID, from_user="u_1", from_device="d_1", ts=1_767_225_600_000, env=b"e" * 60),
+    Delivered: Delivered(seq=6, id=MID, user="u_2", device="d_2", ts=1_767_225_600_001),
+    LookupOk: LookupOk(
+        rid=1,
+        user="u_2",
+        name="Dr B",
+        rpps="10101234567",
+        profession="Cardiologue",
+        organisation="CHRU",
+        devices=(DeviceInfo("d_2", PK1, PK2), DeviceInfo("d_3", PK2, PK1)),
+    ),
+    LinkCodeOk: LinkCodeOk(rid=2, code="ABCD-EFGH-JKMN-PQRS", expires=1_767_226_500_000),
+    Error: Error(
+        code="missing_devices", message="m", fatal=False, id=MID, rid=3, retry_after=10, missing=("d_9",)
+    ),
+}
+
+
+def wire(frame: Frame) -> dict[str, Any]:
+    out: dict[str, Any] = msgpack.unpackb(encode(frame), raw=False)
+    return out
+
+
+def pack(m: Any) -> bytes:
+    out: bytes = msgpack.packb(m, use_bin_type=True)
+    return out
+
+
+def test_samples_cover_every_frame_type() -> None:
+    assert set(SAMPLES) == set(CLIENT_FRAMES) | set(SERVER_FRAMES)
+    assert not set(CLIENT_FRAMES) & set(SERVER_FRAMES)
+
+
+@pytest.mark.parametrize("frame", SAMPLES.values(), ids=lambda f: f.TYPE)
+def test_round_trip(frame: Frame) -> None:
+    data = encode(frame)
+    assert decode(data) == frame
+    own_direction = CLIENT_FRAMES if type(frame) in CLIENT_FRAMES else SERVER_FRAMES
+    other_direction = SERVER_FRAMES if own_direction is CLIENT_FRAMES else CLIENT_FRAMES
+    assert decode(data, own_direction) == frame
+    with pytest.raises(UnknownFrameType):
+        decode(data, other_direction)
+
+
+@pytest.mark.parametrize("frame", SAMPLES.values(), ids=lambda f: f.TYPE)
+def test_canonical_key_order(frame: Frame) -> None:
+    assert list(wire(frame)) == ["t", *(key for _, key, _ in frame.WIRE)]
+    assert wire(frame)["t"] == frame.TYPE
+    assert encode(decode(encode(frame))) == encode(frame)
+
+
+def test_send_uses_wire_key_from() -> None:
+    m = wire(SAMPLES[Send])
+    assert m["from"] == "d_0000000000000001" and "sender" not in m
+
+
+def test_optional_fields_are_omitted_not_nil() -> None:
+    assert wire(Lookup(rid=1, user="u_1")) == {"t": "lookup", "rid": 1, "user": "u_1"}
+    assert wire(Lookup(rid=1, rpps="123")) == {"t": "lookup", "rid": 1, "rpps": "123"}
+    minimal = Error(code="auth_failed", message="authentication failed", fatal=True)
+    assert wire(minimal) == {
+        "t": "error",
+        "code": "auth_failed",
+        "message": "authentication failed",
+        "fatal": True,
+    }
+    back = decode(encode(minimal))
+    assert isinstance(back, Error)
+    assert (back.id, back.rid, back.retry_after, back.missing) == (None, None, None, None)
+
+
+def test_defaulted_booleans_are_always_on_the_wire() -> None:
+    assert wire(Accepted(id=MID)) == {"t": "accepted", "id": MID, "dup": False}
+    assert wire(Error(code="x", message="y"))["fatal"] is False
+    with pytest.raises(MalformedFrame):
+        decode(pack({"t": "accepted", "id": MID}))
+
+
+def test_unknown_keys_are_ignored() -> None:
+    m = wire(SAMPLES[Welcome])
+    m["later_v1_extension"] = [1, 2]
+    m["odd_values_too"] = {"nil": None, "float": 1.5, "ext": msgpack.ExtType(1, b"x"), "neg": -5}
+    assert decode(pack(m)) == SAMPLES[Welcome]
+
+
+def test_lists_decode_to_tuples() -> None:
+    frame = decode(pack({"t": "ack", "seqs": [3, 1, 2]}))
+    assert frame == Ack(seqs=(3, 1, 2))
+
+
+# --- every required key, every checker ------------------------------------------------
+
+
+REQUIRED = [
+    (cls, key)
+    for cls, sample in SAMPLES.items()
+    for attr, key, _ in cls.WIRE
+    if key not in {"user", "rpps"} or cls is not Lookup
+    if not (cls is Error and key in {"id", "rid", "retry_after", "missing"})
+]
+
+
+@pytest.mark.parametrize(("cls", "key"), REQUIRED, ids=lambda x: x if isinstance(x, str) else x.TYPE)
+def test_missing_required_key_is_malformed(cls: type[Frame], key: str) -> None:
+    m = wire(SAMPLES[cls])
+    del m[key]
+    with pytest.raises(MalformedFrame):
+        decode(pack(m))
+
+
+def test_optional_keys_may_be_missing() -> None:
+    assert decode(pack({"t": "lookup", "rid": 1})) == Lookup(rid=1)
+    assert decode(pack({"t": "error", "code": "c", "message": "m", "fatal": False})) == Error("c", "m")
+
+
+BAD_BYTES_16 = ["x" * 16, 16, None, b"\x00" * 15, b"\x00" * 17, [0] * 16]
+BAD_ID = [b"d_1", 1, None, "", "d" * 129, ["d_1"]]
+BAD_INT = [-1, 1.0, True, "1", None, 2**63, b"\x01"]
+BAD_BOOL = [0, 1, "true", None, b"\x01"]
+BAD_SIG = [b"\x00" * 63, b"\x00" * 65, "s" * 64, None]
+BAD_KEY = [b"\x00" * 31, b"\x00" * 33, "k" * 32, None]
+
+BAD_FIELDS: list[tuple[type[Frame], str, list[Any]]] = [
+    (Auth, "v", BAD_INT),
+    (Auth, "device", BAD_ID),
+    (Auth, "sig", BAD_SIG),
+    (Enroll, "v", BAD_INT),
+    (Enroll, "code", BAD_ID),
+    (Enroll, "sign_pk", BAD_KEY),
+    (Enroll, "box_pk", BAD_KEY),
+    (Enroll, "label", ["x" * 65, b"phone", None, 3]),
+    (Enroll, "sig", BAD_SIG),
+    (Send, "id", BAD_BYTES_16),
+    (Send, "from", BAD_ID),
+    (Send, "to", BAD_ID),
+    (
+        Send,
+        "envs",
+        [
+            {},
+            [b"e"],
+            None,
+            {"d_1": "not bytes"},
+            {b"d_1": b"e"},
+            {"": b"e"},
+            {"d" * 129: b"e"},
+            {f"d_{i}": b"e" for i in range(65)},
+            {"d_1": b"e" * (MAX_FRAME_BYTES + 1)},
+        ],
+    ),
+    (Ack, "seqs", [None, 1, [1, -1], [1, "2"], [1.5], [True], list(range(1025)), {"1": 1}]),
+    (Lookup, "rid", BAD_INT),
+    (Lookup, "user", BAD_ID),
+    (Lookup, "rpps", ["1" * 33, "", 101, None]),
+    (LinkCode, "rid", BAD_INT),
+    (Challenge, "v", BAD_INT),
+    (Challenge, "nonce", [b"\x00" * 31, b"\x00" * 33, "n" * 32, None]),
+    (Welcome, "user", BAD_ID),
+    (Welcome, "device", BAD_ID),
+    (Accepted, "id", BAD_BYTES_16),
+    (Accepted, "dup", BAD_BOOL),
+    (Deliver, "seq", BAD_INT),
+    (Deliver, "id", BAD_BYTES_16),
+    (Deliver, "from_user", BAD_ID),
+    (Deliver, "from_device", BAD_ID),
+    (Deliver, "ts", BAD_INT),
+    (Deliver, "env", ["env", None, 7, b"e" * (MAX_FRAME_BYTES + 1)]),
+    (Delivered, "seq", BAD_INT),
+    (Delivered, "id", BAD_BYTES_16),
+    (Delivered, "user", BAD_ID),
+    (Delivered, "device", BAD_ID),
+    (Delivered, "ts", BAD_INT),
+    (LookupOk, "rid", BAD_INT),
+    (LookupOk, "user", BAD_ID),
+    (LookupOk, "name", BAD_ID),
+    (LookupOk, "rpps", ["1" * 33, "", None]),
+    (LookupOk, "profession", ["p" * 129, None, b"p"]),
+    (LookupOk, "organisation", ["o" * 129, None, b"o"]),
+    (
+        LookupOk,
+        "devices",
+        [
+            None,
+            {"device": "d_1"},
+            ["d_1"],
+            [{"device": "d_1", "sign_pk": PK1}],
+            [{"device": "d_1", "sign_pk": PK1, "box_pk": b"\x00" * 31}],
+            [{"device": "", "sign_pk": PK1, "box_pk": PK2}],
+            [{"device": "d_1", "sign_pk": "k" * 32, "box_pk": PK2}],
+            [{"device": "d_1", "sign_pk": PK1, "box_pk": PK2}] * 65,
+        ],
+    ),
+    (LinkCodeOk, "rid", BAD_INT),
+    (LinkCodeOk, "code", BAD_ID),
+    (LinkCodeOk, "expires", BAD_INT),
+    (Error, "code", BAD_ID),
+    (Error, "message", ["m" * 513, "", None, b"m"]),
+    (Error, "fatal", BAD_BOOL),
+    (Error, "id", BAD_BYTES_16),
+    (Error, "rid", BAD_INT),
+    (Error, "retry_after", BAD_INT),
+    (Error, "missing", [None, "d_1", [""], [b"d_1"], ["d_1"] * 65, [1]]),
+]
+
+
+@pytest.mark.parametrize(
+    ("cls", "key", "bad"),
+    [(cls, key, bad) for cls, key, bads in BAD_FIELDS for bad in bads],
+    ids=lambda x: x.TYPE if isinstance(x, type) and issubclass(x, Frame) else repr(x)[:24],
+)
+def test_checker_rejects_bad_value(cls: type[Frame], key: str, bad: Any) -> None:
+    m = wire(SAMPLES[cls])
+    assert decode(pack(m)) == SAMPLES[cls]  # the base map is valid
+    m[key] = bad
+    with pytest.raises(MalformedFrame):
+        decode(pack(m))
+
+
+def test_every_wire_key_has_bad_values() -> None:
+    covered = {(cls, key) for cls, key, _ in BAD_FIELDS}
+    assert covered == {(cls, key) for cls in SAMPLES for _, key, _ in cls.WIRE}
+
+
+@pytest.mark.parametrize(
+    ("cls", "key", "good"),
+    [
+        (Auth, "device", "d" * 128),
+        (Enroll, "label", "x" * 64),
+        (Enroll, "label", ""),
+        (Lookup, "rpps", "1" * 32),
+        (Ack, "seqs", list(range(1024))),
+        (Ack, "seqs", []),
+        (Deliver, "ts", 2**63 - 1),
+        (Send, "envs", {f"d_{i}": b"e" for i in range(64)}),
+        (Error, "message", "m" * 512),
+        (LookupOk, "devices", []),
+        (LookupOk, "profession", ""),
+    ],
+    ids=lambda x: x.TYPE if isinstance(x, type) and issubclass(x, Frame) else repr(x)[:16],
+)
+def test_limits_are_inclusive(cls: type[Frame], key: str, good: Any) -> None:
+    m = wire(SAMPLES[cls])
+    m[key] = good
+    decode(pack(m))
+
+
+# --- decode raises only MalformedFrame / UnknownFrameType -----------------------------------------
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        b"",
+        b"\xc1",
+        b"\x91" * 100_000 + b"\xc0",  # deeper than the unpacker's stack
+        b"\xdd\xff\xff\xff\xff",  # announces 4 G array items
+        b"\xc6\xff\xff\xff\xff",  # announces 4 GB of bin
+        pack({"t": "auth", "v": {"nested": [1, 2]}, "device": "d", "sig": b"s" * 64}),
+        pack({"t": "send", "id": MID, "from": "d", "to": "u", "envs": {"d": [b"e"]}}),
+        pack(
+            {
+                "t": "lookup_ok",
+                "rid": 1,
+                "user": "u",
+                "name": "n",
+                "rpps": "r",
+                "profession": "",
+                "organisation": "",
+                "devices": [[1, 2, 3]],
+            }
+        ),
+    ],
+)
+def test_hostile_inputs_are_malformed(data: bytes) -> None:
+    with pytest.raises(MalformedFrame):
+        decode(data)
+
+
+@pytest.mark.parametrize(
+    "data",
+    [encode(SAMPLES[Welcome]).decode("latin-1"), "a text frame", None, 12, 1.5],
+    ids=["valid-frame-as-str", "text", "None", "int", "float"],
+)
+def test_non_bytes_input_is_malformed(data: Any) -> None:
+    """A WebSocket text frame reaches decode as ``str``: malformed (SPEC §2)."""
+    with pytest.raises(MalformedFrame):
+        decode(data)
+
+
+def check_decode(data: bytes) -> None:
+    """decode either returns a frame that re-encodes to an equal frame, or
+    raises exactly MalformedFrame or UnknownFrameType."""
+    try:
+        frame = decode(data)
+    except (MalformedFrame, UnknownFrameType):
+        return
+    assert decode(encode(frame)) == frame
+
+
+FUZZ = settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+
+scalars = (
+    st.none()
+    | st.booleans()
+    | st.integers(min_value=-(2**63), max_value=2**64 - 1)
+    | st.floats()
+    | st.text(max_size=140)
+    | st.binary(max_size=70)
+)
+msgpack_values = st.recursive(
+    scalars,
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=12), inner, max_size=4),
+    max_leaves=20,
+)
+ALL_KEYS = sorted({key for cls in SAMPLES for _, key, _ in cls.WIRE} | {"device", "sign_pk", "box_pk"})
+FRAME_TYPES = sorted(cls.TYPE for cls in SAMPLES)
+
+
+@st.composite
+def frame_like_maps(draw: st.DrawFn) -> dict[str, Any]:
+    """Maps that look like frames: a real "t" and real keys with random values,
+    or a real sample with one value replaced, so the checkers are exercised."""
+    if draw(st.booleans()):
+        sample = draw(st.sampled_from(list(SAMPLES.values())))
+        m = wire(sample)
+        m[draw(st.sampled_from(list(m)))] = draw(msgpack_values)
+        return m
+    m = {"t": draw(st.sampled_from(FRAME_TYPES) | st.text(max_size=10))}
+    m.update(draw(st.dictionaries(st.sampled_from(ALL_KEYS), msgpack_values, max_size=8)))
+    return m
+
+
+@FUZZ
+@given(st.binary(max_size=300))
+def test_fuzz_random_bytes(data: bytes) -> None:
+    check_decode(data)
+
+
+@FUZZ
+@given(msgpack_values)
+def test_fuzz_random_msgpack_objects(obj: Any) -> None:
+    check_decode(pack(obj))
+
+
+@FUZZ
+@given(frame_like_maps())
+def test_fuzz_frame_like_maps(m: dict[str, Any]) -> None:
+    check_decode(pack(m))
+
+
+@FUZZ
+@given(st.sampled_from(list(SAMPLES.values())), st.data())
+def test_fuzz_corrupted_valid_frames(frame: Frame, data: st.DataObject) -> None:
+    raw = bytearray(encode(frame))
+    for _ in range(data.draw(st.integers(1, 4))):
+        i = data.draw(st.integers(0, len(raw) - 1))
+        raw[i] = data.draw(st.integers(0, 255))
+    cut = data.draw(st.integers(0, len(raw)))
+    check_decode(bytes(raw[:cut]))
+    check_decode(bytes(raw))

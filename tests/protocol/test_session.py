@@ -1,0 +1,368 @@
+"""The hub's connection state table and authentication (SPEC.md §4, §5)."""
+
+from __future__ import annotations
+
+import pytest
+
+from protocol import crypto, errors
+from protocol.frames import (
+    CLIENT_FRAMES,
+    SERVER_FRAMES,
+    Accepted,
+    Ack,
+    Auth,
+    Challenge,
+    Deliver,
+    Delivered,
+    Enroll,
+    Error,
+    Frame,
+    LinkCode,
+    LinkCodeOk,
+    Lookup,
+    LookupOk,
+    Send,
+    Welcome,
+    decode,
+    encode,
+)
+from protocol.session import ALLOWED, ServerSession, State, error_frame
+
+USER = "u_00000000000000a1"
+DEVICE = "d_00000000000000a1"
+OTHER_DEVICE = "d_00000000000000a2"
+KEYS = crypto.DeviceKeys(bytes(range(32)), bytes(range(32, 64)))
+OTHER_KEYS = crypto.DeviceKeys(bytes(range(64, 96)), bytes(range(96, 128)))
+CODE = "7K3M-9QXR-2H4P-VW8N"
+
+
+def auth_frame(
+    session: ServerSession, keys: crypto.DeviceKeys = KEYS, device: str = DEVICE, v: int = 1
+) -> Auth:
+    return Auth(v=v, device=device, sig=keys.sign(crypto.auth_message(session.nonce, device)))
+
+
+def enroll_frame(
+    session: ServerSession, keys: crypto.DeviceKeys = KEYS, code: str = CODE, v: int = 1
+) -> Enroll:
+    sig = keys.sign(crypto.enroll_message(session.nonce, code, keys.sign_pk, keys.box_pk))
+    return Enroll(v=v, code=code, sign_pk=keys.sign_pk, box_pk=keys.box_pk, label="phone", sig=sig)
+
+
+def authenticated() -> ServerSession:
+    session = ServerSession()
+    frame = session.receive(encode(auth_frame(session)))
+    assert isinstance(frame, Auth)
+    session.authenticate(frame, USER, KEYS.sign_pk)
+    assert session.state is State.AUTHENTICATED
+    return session
+
+
+def closed() -> ServerSession:
+    session = ServerSession()
+    with pytest.raises(errors.MalformedFrame):
+        session.receive(b"\xc1")
+    assert session.state is State.CLOSED
+    return session
+
+
+SESSION_IN = {State.CHALLENGED: ServerSession, State.AUTHENTICATED: authenticated, State.CLOSED: closed}
+
+
+def sample(cls: type[Frame], session: ServerSession) -> Frame:
+    """A valid frame of each client type, as seen on ``session``."""
+    if cls is Auth:
+        return auth_frame(session)
+    if cls is Enroll:
+        return enroll_frame(session)
+    if cls is Send:
+        return Send(
+            id=crypto.new_message_id(), sender=DEVICE, to="u_00000000000000b1", envs={"d_b": b"e" * 40}
+        )
+    if cls is Ack:
+        return Ack(seqs=(1,))
+    if cls is Lookup:
+        return Lookup(rid=1, user="u_00000000000000b1")
+    assert cls is LinkCode
+    return LinkCode(rid=1)
+
+
+# --- the table ----------------------------------------------------------------------------
+
+
+def test_challenge_frame() -> None:
+    a, b = ServerSession(), ServerSession()
+    assert a.state is State.CHALLENGED
+    frame = decode(a.challenge(), SERVER_FRAMES)
+    assert frame == Challenge(v=1, nonce=a.nonce)
+    assert len(a.nonce) == 32 and a.nonce != b.nonce
+
+
+def test_table_covers_every_client_frame_once() -> None:
+    assert ALLOWED[State.CHALLENGED] == {Auth, Enroll}
+    assert ALLOWED[State.AUTHENTICATED] == {Send, Ack, Lookup, LinkCode}
+    assert ALLOWED[State.CLOSED] == set()
+    assert set(ALLOWED) == set(State)
+
+
+@pytest.mark.parametrize(
+    ("state", "cls"),
+    [(state, cls) for state in State for cls in CLIENT_FRAMES if cls not in ALLOWED[state]],
+    ids=lambda x: x.value if isinstance(x, State) else x.TYPE,
+)
+def test_disallowed_frame_closes(state: State, cls: type[Frame]) -> None:
+    session = SESSION_IN[state]()
+    with pytest.raises(errors.FrameNotAllowed) as caught:
+        session.receive(encode(sample(cls, session)))
+    assert caught.value.close_code == 4405 and caught.value.code == "frame_not_allowed"
+    assert session.state is State.CLOSED
+    # Nothing is admitted afterwards, not even a frame the old state allowed.
+    for again in CLIENT_FRAMES:
+        with pytest.raises(errors.FrameNotAllowed):
+            session.receive(encode(sample(again, session)))
+
+
+@pytest.mark.parametrize(
+    ("state", "cls"),
+    [(state, cls) for state in State for cls in ALLOWED[state]],
+    ids=lambda x: x.value if isinstance(x, State) else x.TYPE,
+)
+def test_allowed_frame_is_admitted(state: State, cls: type[Frame]) -> None:
+    session = SESSION_IN[state]()
+    frame = sample(cls, session)
+    assert session.receive(encode(frame)) == frame
+    assert session.state is state  # receive alone never authenticates
+
+
+MID = bytes(range(16))
+SERVER_SAMPLES: list[Frame] = [
+    Challenge(v=1, nonce=bytes(32)),
+    Welcome(user=USER, device=DEVICE),
+    Accepted(id=MID),
+    Deliver(seq=1, id=MID, from_user="u_b", from_device="d_b", ts=1, env=b"e" * 40),
+    Delivered(seq=2, id=MID, user="u_b", device="d_b", ts=2),
+    LookupOk(rid=1, user="u_b", name="B", rpps="1", profession="", organisation="", devices=()),
+    LinkCodeOk(rid=1, code=CODE, expires=3),
+    Error(code="auth_failed", message="m", fatal=True),
+]
+
+
+def test_server_samples_cover_server_frames() -> None:
+    assert {type(f) for f in SERVER_SAMPLES} == set(SERVER_FRAMES)
+
+
+@pytest.mark.parametrize("state", [State.CHALLENGED, State.AUTHENTICATED])
+@pytest.mark.parametrize("frame", SERVER_SAMPLES, ids=lambda f: f.TYPE)
+def test_server_frame_from_client_is_unknown(state: State, frame: Frame) -> None:
+    session = SESSION_IN[state]()
+    with pytest.raises(errors.UnknownFrameType) as caught:
+        session.receive(encode(frame))
+    assert caught.value.close_code == 4404
+    assert session.state is State.CLOSED
+
+
+@pytest.mark.parametrize("state", [State.CHALLENGED, State.AUTHENTICATED])
+def test_malformed_and_unknown_close(state: State) -> None:
+    for data, exc, close in (
+        (b"\x93\x01\x02\x03", errors.MalformedFrame, 4400),
+        (b"\x81\xa1t\xa5hello", errors.UnknownFrameType, 4404),
+    ):
+        session = SESSION_IN[state]()
+        with pytest.raises(exc) as caught:
+            session.receive(data)
+        assert caught.value.close_code == close
+        assert session.state is State.CLOSED
+
+
+# --- auth ---------------------------------------------------------------------------------
+
+
+def test_auth_with_good_signature() -> None:
+    session = ServerSession()
+    frame = session.receive(encode(auth_frame(session)))
+    assert isinstance(frame, Auth)
+    session.authenticate(frame, USER, KEYS.sign_pk)
+    assert (session.state, session.user_id, session.device_id) == (State.AUTHENTICATED, USER, DEVICE)
+
+
+@pytest.mark.parametrize(
+    "make_sig",
+    [
+        pytest.param(lambda n: OTHER_KEYS.sign(crypto.auth_message(n, DEVICE)), id="signed-by-another-key"),
+        pytest.param(
+            lambda n: KEYS.sign(crypto.auth_message(n, OTHER_DEVICE)), id="signed-for-another-device"
+        ),
+        pytest.param(lambda n: KEYS.sign(n + DEVICE.encode()), id="no-context"),
+        pytest.param(lambda n: KEYS.sign(b"miss.v1/enroll\x00" + n + DEVICE.encode()), id="enroll-context"),
+        pytest.param(lambda n: KEYS.sign(crypto.auth_message(bytes(32), DEVICE)), id="other-nonce"),
+        pytest.param(lambda n: b"\x00" * 64, id="zero-signature"),
+    ],
+)
+def test_auth_with_bad_signature_fails(make_sig: object) -> None:
+    session = ServerSession()
+    frame = session.receive(encode(Auth(v=1, device=DEVICE, sig=make_sig(session.nonce))))  # type: ignore[operator]
+    assert isinstance(frame, Auth)
+    with pytest.raises(errors.AuthFailed) as caught:
+        session.authenticate(frame, USER, KEYS.sign_pk)
+    assert caught.value.close_code == 4401
+    assert session.state is State.CLOSED and session.device_id is None
+    # A closed session cannot be talked back into life with a good signature.
+    with pytest.raises(errors.FrameNotAllowed):
+        session.receive(encode(auth_frame(session)))
+    with pytest.raises(errors.FatalError):
+        session.authenticate(auth_frame(session), USER, KEYS.sign_pk)
+    assert session.state is State.CLOSED
+
+
+@pytest.mark.parametrize(("user_id", "sign_pk"), [(None, None), (USER, None), (None, KEYS.sign_pk)])
+def test_auth_of_unknown_or_revoked_device_fails(user_id: str | None, sign_pk: bytes | None) -> None:
+    session = ServerSession()
+    frame = session.receive(encode(auth_frame(session)))
+    assert isinstance(frame, Auth)
+    with pytest.raises(errors.AuthFailed):
+        session.authenticate(frame, user_id, sign_pk)
+    assert session.state is State.CLOSED
+
+
+def test_captured_auth_is_useless_on_another_connection() -> None:
+    victim = ServerSession()
+    captured = encode(auth_frame(victim))
+    attacker = ServerSession()
+    assert attacker.nonce != victim.nonce
+    frame = attacker.receive(captured)
+    assert isinstance(frame, Auth)
+    with pytest.raises(errors.AuthFailed):
+        attacker.authenticate(frame, USER, KEYS.sign_pk)
+    assert attacker.state is State.CLOSED
+
+
+def test_nonce_answers_one_auth_only() -> None:
+    session = ServerSession()
+    data = encode(auth_frame(session))
+    frame = session.receive(data)
+    assert isinstance(frame, Auth)
+    session.authenticate(frame, USER, KEYS.sign_pk)
+    with pytest.raises(errors.FrameNotAllowed):
+        session.receive(data)
+    assert session.state is State.CLOSED
+
+
+def test_binding_twice_closes() -> None:
+    session = authenticated()
+    with pytest.raises(errors.FrameNotAllowed):
+        session.enrolled(USER, OTHER_DEVICE)
+    assert session.state is State.CLOSED and session.device_id == DEVICE
+
+
+# --- enroll -------------------------------------------------------------------------------
+
+
+def test_enroll_with_good_signature() -> None:
+    session = ServerSession()
+    frame = session.receive(encode(enroll_frame(session)))
+    assert isinstance(frame, Enroll)
+    session.check_enroll(frame)
+    assert session.state is State.CHALLENGED
+    session.enrolled(USER, "d_00000000000000a9")
+    assert (session.state, session.user_id, session.device_id) == (
+        State.AUTHENTICATED,
+        USER,
+        "d_00000000000000a9",
+    )
+
+
+def _enroll_variant(session: ServerSession, what: str) -> Enroll:
+    good = enroll_frame(session)
+    if what == "box-key-swapped":  # an attacker substitutes its own box key
+        return Enroll(good.v, good.code, good.sign_pk, OTHER_KEYS.box_pk, good.label, good.sig)
+    if what == "sign-key-swapped":
+        return Enroll(good.v, good.code, OTHER_KEYS.sign_pk, good.box_pk, good.label, good.sig)
+    if what == "code-changed":
+        return Enroll(good.v, "7K3M9QXR2H4PVW8N", good.sign_pk, good.box_pk, good.label, good.sig)
+    if what == "auth-context":
+        sig = KEYS.sign(b"miss.v1/auth\x00" + session.nonce + KEYS.sign_pk + KEYS.box_pk + CODE.encode())
+        return Enroll(good.v, good.code, good.sign_pk, good.box_pk, good.label, sig)
+    assert what == "other-connection"
+    return enroll_frame(ServerSession())
+
+
+@pytest.mark.parametrize(
+    "what", ["box-key-swapped", "sign-key-swapped", "code-changed", "auth-context", "other-connection"]
+)
+def test_enroll_with_bad_signature_fails(what: str) -> None:
+    session = ServerSession()
+    frame = session.receive(encode(_enroll_variant(session, what)))
+    assert isinstance(frame, Enroll)
+    with pytest.raises(errors.AuthFailed) as caught:
+        session.check_enroll(frame)
+    assert caught.value.close_code == 4401
+    assert session.state is State.CLOSED
+
+
+def test_label_is_not_signed() -> None:
+    """SPEC §5.1: the label is not covered by the enrollment signature."""
+    session = ServerSession()
+    good = enroll_frame(session)
+    relabelled = Enroll(good.v, good.code, good.sign_pk, good.box_pk, "renamed", good.sig)
+    frame = session.receive(encode(relabelled))
+    assert isinstance(frame, Enroll)
+    session.check_enroll(frame)
+    assert session.state is State.CHALLENGED
+
+
+# --- after authentication -------------------------------------------------------------------
+
+
+def test_send_from_own_device_is_admitted() -> None:
+    session = authenticated()
+    frame = sample(Send, session)
+    assert session.receive(encode(frame)) == frame
+
+
+def test_forged_sender_closes() -> None:
+    session = authenticated()
+    forged = Send(id=crypto.new_message_id(), sender=OTHER_DEVICE, to="u_b", envs={"d_b": b"e" * 40})
+    with pytest.raises(errors.ForgedSender) as caught:
+        session.receive(encode(forged))
+    assert (caught.value.code, caught.value.close_code) == ("forged_sender", 4403)
+    assert session.state is State.CLOSED
+
+
+@pytest.mark.parametrize("v", [0, 2, 99])
+@pytest.mark.parametrize("kind", ["auth", "enroll"])
+def test_unsupported_version_closes(kind: str, v: int) -> None:
+    session = ServerSession()
+    frame = auth_frame(session, v=v) if kind == "auth" else enroll_frame(session, v=v)
+    with pytest.raises(errors.UnsupportedVersion) as caught:
+        session.receive(encode(frame))
+    assert (caught.value.code, caught.value.close_code) == ("unsupported_version", 4426)
+    assert session.state is State.CLOSED
+
+
+# --- error frames ---------------------------------------------------------------------------
+
+
+def test_fatal_error_frame_hides_details() -> None:
+    frame = decode(error_frame(errors.AuthFailed("device d_secret has key 0xdeadbeef")), SERVER_FRAMES)
+    assert frame == Error(code="auth_failed", message=errors.AuthFailed.message, fatal=True)
+    assert "secret" not in frame.message and "deadbeef" not in frame.message
+
+
+def test_request_error_frames_carry_their_request() -> None:
+    mid = crypto.new_message_id()
+    missing = decode(error_frame(errors.MissingDevices(["d_1", "d_2"]), id=mid))
+    assert missing == Error(
+        code="missing_devices",
+        message=errors.MissingDevices.message,
+        fatal=False,
+        id=mid,
+        missing=("d_1", "d_2"),
+    )
+    retry = decode(error_frame(errors.StorageUnavailable(retry_after_ms=250), id=mid))
+    assert isinstance(retry, Error) and (retry.retry_after, retry.fatal, retry.id) == (250, False, mid)
+    unknown = decode(error_frame(errors.UnknownUser(), rid=7))
+    assert isinstance(unknown, Error) and (unknown.code, unknown.rid, unknown.id) == ("unknown_user", 7, None)
+
+
+def test_unknown_error_code_maps_to_base_class() -> None:
+    assert errors.error_class("a_code_from_the_future") is errors.ProtocolError

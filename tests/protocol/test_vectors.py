@@ -1,0 +1,327 @@
+"""Reproduce every test vector in ``protocol/vectors/*.json`` byte for byte.
+
+The vectors are what keeps the browser client and any other implementation
+byte-compatible with this one (SPEC.md §3, §5, §6, §8, §9). Each value is
+recomputed here from the inputs stored in the JSON, through the ``protocol``
+package; ``generate.py`` is never called. Where SPEC.md gives a formula, the
+test also recomputes the value from that formula, so the document and the
+code cannot drift apart.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import uuid
+from pathlib import Path
+from typing import Any
+
+import msgpack
+import pytest
+
+import protocol
+from protocol import crypto, errors
+from protocol.frames import CLIENT_FRAMES, SERVER_FRAMES, DeviceInfo, Error, Frame, LookupOk, decode, encode
+from protocol.session import ServerSession, State
+
+PROTOCOL_DIR = Path(protocol.__file__).resolve().parent
+VECTORS = PROTOCOL_DIR / "vectors"
+FRAMES = json.loads((VECTORS / "frames.json").read_text(encoding="utf-8"))
+CRYPTO = json.loads((VECTORS / "crypto.json").read_text(encoding="utf-8"))
+FRAME_TYPES: dict[str, type[Frame]] = {cls.TYPE: cls for cls in CLIENT_FRAMES + SERVER_FRAMES}
+ALLOWED_BY_DIRECTION = {"client": CLIENT_FRAMES, "server": SERVER_FRAMES, "any": None}
+KEYS = {k["device"]: k for k in CRYPTO["keys"]}
+
+
+def from_json(value: Any) -> Any:
+    """JSON vector value -> wire value ({"bin": hex} -> bytes)."""
+    if isinstance(value, dict):
+        if set(value) == {"bin"}:
+            return bytes.fromhex(value["bin"])
+        return {k: from_json(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [from_json(v) for v in value]
+    return value
+
+
+def build_frame(frame_type: str, fields: dict[str, Any]) -> Frame:
+    """Build the dataclass from wire keys, without going through decode."""
+    cls = FRAME_TYPES[frame_type]
+    wire_keys = {key: attr for attr, key, _ in cls.WIRE}
+    assert set(fields) <= set(wire_keys), f"vector has keys {set(fields) - set(wire_keys)} unknown to {cls}"
+    kwargs: dict[str, Any] = {}
+    for key, raw in fields.items():
+        value = from_json(raw)
+        if cls is LookupOk and key == "devices":
+            value = tuple(DeviceInfo(**d) for d in value)
+        elif isinstance(value, list):
+            value = tuple(value)
+        kwargs[wire_keys[key]] = value
+    return cls(**kwargs)
+
+
+def device_keys(device: str) -> crypto.DeviceKeys:
+    k = KEYS[device]
+    return crypto.DeviceKeys(bytes.fromhex(k["sign_seed"]), bytes.fromhex(k["box_secret"]))
+
+
+def ids(vectors: list[dict[str, Any]]) -> list[str]:
+    return [v.get("name") or v["description"][:40] for v in vectors]
+
+
+# --- the files themselves -------------------------------------------------------
+
+
+def test_files_describe_themselves() -> None:
+    for doc in (FRAMES, CRYPTO):
+        assert doc["protocol"] == protocol.SUBPROTOCOL
+        assert doc["description"]
+    every = (
+        FRAMES["valid"] + FRAMES["invalid"] + CRYPTO["envelopes"]["valid"] + CRYPTO["message_ids"]["vectors"]
+    )
+    assert all(v["description"] for v in every)
+    names = [v["name"] for v in FRAMES["valid"] + FRAMES["invalid"]]
+    assert len(names) == len(set(names))
+
+
+def test_every_frame_type_has_a_vector() -> None:
+    assert {v["type"] for v in FRAMES["valid"]} == set(FRAME_TYPES)
+    error_keys = set().union(*(v["fields"] for v in FRAMES["valid"] if v["type"] == "error"))
+    assert {"id", "rid", "retry_after", "missing"} <= error_keys
+    assert any(v["fields"]["devices"] for v in FRAMES["valid"] if v["type"] == "lookup_ok")
+    assert {v["error"] for v in FRAMES["invalid"]} == {"malformed_frame", "unknown_frame_type"}
+
+
+# --- frames.json -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("vector", FRAMES["valid"], ids=ids(FRAMES["valid"]))
+def test_valid_frame_vector(vector: dict[str, Any]) -> None:
+    expected = bytes.fromhex(vector["msgpack"])
+    frame = build_frame(vector["type"], vector["fields"])
+
+    assert encode(frame) == expected
+    assert decode(expected) == frame
+    direction = CLIENT_FRAMES if vector["direction"] == "client->hub" else SERVER_FRAMES
+    assert decode(expected, direction) == frame
+    # Canonical = "t" first, then the keys in the order the vector lists them,
+    # each in msgpack's shortest form: a generic packer must agree.
+    wire_map = {"t": vector["type"], **from_json(vector["fields"])}
+    assert msgpack.packb(wire_map, use_bin_type=True) == expected
+    assert list(msgpack.unpackb(expected, raw=False)) == ["t", *vector["fields"]]
+
+
+@pytest.mark.parametrize("vector", FRAMES["invalid"], ids=ids(FRAMES["invalid"]))
+def test_invalid_frame_vector(vector: dict[str, Any]) -> None:
+    expected = errors.error_class(vector["error"])
+    assert expected is not errors.ProtocolError
+    with pytest.raises(errors.FatalError) as caught:
+        decode(bytes.fromhex(vector["msgpack"]), ALLOWED_BY_DIRECTION[vector["decode_as"]])
+    assert type(caught.value) is expected
+    assert caught.value.code == vector["error"]
+
+
+@pytest.mark.parametrize(
+    "vector", [v for v in FRAMES["invalid"] if v["decode_as"] == "client"], ids=lambda v: v["name"]
+)
+def test_hub_session_refuses_invalid_client_vectors(vector: dict[str, Any]) -> None:
+    session = ServerSession()
+    with pytest.raises(errors.FatalError) as caught:
+        session.receive(bytes.fromhex(vector["msgpack"]))
+    assert caught.value.code == vector["error"]
+    assert session.state is State.CLOSED
+
+
+def test_frame_vectors_use_the_crypto_vectors() -> None:
+    by_name = {v["name"]: v for v in FRAMES["valid"]}
+    assert by_name["challenge"]["fields"]["nonce"]["bin"] == CRYPTO["auth"]["nonce"]
+    assert by_name["auth"]["fields"]["sig"]["bin"] == CRYPTO["auth"]["signature"]
+    assert by_name["enroll"]["fields"]["sig"]["bin"] == CRYPTO["enroll"]["signature"]
+    assert by_name["deliver"]["fields"]["env"]["bin"] == CRYPTO["envelopes"]["valid"][0]["envelope"]
+    assert by_name["send"]["fields"]["id"]["bin"] == CRYPTO["message_ids"]["vectors"][0]["id"]
+
+
+# --- crypto.json: keys and signatures ----------------------------------------------------
+
+
+@pytest.mark.parametrize("key", CRYPTO["keys"], ids=lambda k: k["device"])
+def test_key_vector(key: dict[str, str]) -> None:
+    keys = device_keys(key["device"])
+    assert keys.sign_pk.hex() == key["sign_pk"]
+    assert keys.box_pk.hex() == key["box_pk"]
+
+
+def test_auth_vector() -> None:
+    v = CRYPTO["auth"]
+    nonce = bytes.fromhex(v["nonce"])
+    message = crypto.auth_message(nonce, v["device"])
+    assert message.hex() == v["auth_message"]
+    assert message == b"miss.v1/auth\x00" + nonce + v["device"].encode("utf-8")  # SPEC §5.2
+    keys = device_keys(v["device"])
+    assert keys.sign(message).hex() == v["signature"]
+    assert crypto.verify_signature(keys.sign_pk, message, bytes.fromhex(v["signature"]))
+
+    # The vector's auth frame authenticates on a session holding the vector's nonce.
+    auth_frame = next(f for f in FRAMES["valid"] if f["name"] == "auth")
+    session = ServerSession(nonce=nonce)
+    frame = session.receive(bytes.fromhex(auth_frame["msgpack"]))
+    user = next(u for u, devices in CRYPTO["users"].items() if v["device"] in devices)
+    session.authenticate(frame, user, keys.sign_pk)  # type: ignore[arg-type]
+    assert (session.state, session.user_id, session.device_id) == (State.AUTHENTICATED, user, v["device"])
+
+
+def test_enroll_vector() -> None:
+    v = CRYPTO["enroll"]
+    nonce, sign_pk, box_pk = (bytes.fromhex(v[k]) for k in ("nonce", "sign_pk", "box_pk"))
+    keys = device_keys(v["device"])
+    assert (keys.sign_pk, keys.box_pk) == (sign_pk, box_pk)
+    message = crypto.enroll_message(nonce, v["code"], sign_pk, box_pk)
+    assert message.hex() == v["enroll_message"]
+    # SPEC §5.1
+    assert message == b"miss.v1/enroll\x00" + nonce + sign_pk + box_pk + v["code"].encode("utf-8")
+    assert keys.sign(message).hex() == v["signature"]
+
+    enroll_frame = next(f for f in FRAMES["valid"] if f["name"] == "enroll")
+    session = ServerSession(nonce=nonce)
+    frame = session.receive(bytes.fromhex(enroll_frame["msgpack"]))
+    session.check_enroll(frame)  # type: ignore[arg-type]
+    assert session.state is State.CHALLENGED  # bound only once the hub has consumed the code
+
+
+# --- crypto.json: envelopes and plaintexts -------------------------------------------------
+
+
+def plaintext_of(fields: dict[str, Any]) -> crypto.Plaintext:
+    reply_to = fields.get("reply_to")
+    return crypto.Plaintext(
+        id=bytes.fromhex(fields["id"]),
+        from_user=fields["from_user"],
+        to_user=fields["to_user"],
+        sent_at=fields["sent_at"],
+        kind=fields["kind"],
+        body=fields["body"],
+        reply_to=bytes.fromhex(reply_to) if reply_to is not None else None,
+    )
+
+
+@pytest.mark.parametrize("vector", CRYPTO["envelopes"]["valid"], ids=ids(CRYPTO["envelopes"]["valid"]))
+def test_envelope_vector(vector: dict[str, Any]) -> None:
+    sender, recipient = device_keys(vector["sender_device"]), device_keys(vector["recipient_device"])
+    nonce = bytes.fromhex(vector["nonce"])
+    plaintext = plaintext_of(vector["plaintext"])
+    packed = crypto.pack_plaintext(plaintext)
+    assert packed.hex() == vector["packed_plaintext"]
+
+    envelope = crypto.seal(packed, sender, recipient.box_pk, nonce=nonce)
+    assert envelope.hex() == vector["envelope"]
+    assert envelope[:24] == nonce  # SPEC §6.1 layout: nonce || ciphertext(len + 16)
+    assert len(envelope) == 24 + 16 + len(packed)
+
+    assert crypto.open_envelope(envelope, recipient, sender.box_pk) == packed
+    assert crypto.unpack_plaintext(packed) == plaintext
+
+
+@pytest.mark.parametrize("vector", CRYPTO["envelopes"]["invalid"], ids=ids(CRYPTO["envelopes"]["invalid"]))
+def test_invalid_envelope_vector(vector: dict[str, Any]) -> None:
+    sender, recipient = device_keys(vector["sender_device"]), device_keys(vector["recipient_device"])
+    with pytest.raises(crypto.EnvelopeError):
+        crypto.open_envelope(bytes.fromhex(vector["envelope"]), recipient, sender.box_pk)
+
+
+@pytest.mark.parametrize(
+    "vector", CRYPTO["envelopes"]["invalid_plaintexts"], ids=ids(CRYPTO["envelopes"]["invalid_plaintexts"])
+)
+def test_invalid_plaintext_vector(vector: dict[str, Any]) -> None:
+    with pytest.raises(crypto.EnvelopeError):
+        crypto.unpack_plaintext(bytes.fromhex(vector["packed_plaintext"]))
+
+
+# --- crypto.json: message ids and safety numbers ---------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "vector", CRYPTO["message_ids"]["vectors"], ids=ids(CRYPTO["message_ids"]["vectors"])
+)
+def test_message_id_vector(vector: dict[str, Any]) -> None:
+    rand = bytes.fromhex(vector["rand"])
+    message_id = crypto.new_message_id(vector["now_ms"], rand)
+    assert message_id.hex() == vector["id"]
+    # SPEC §9, from the formula.
+    b = bytearray(vector["now_ms"].to_bytes(6, "big") + rand)
+    b[6] = 0x70 | (b[6] & 0x0F)
+    b[8] = 0x80 | (b[8] & 0x3F)
+    assert bytes(b) == message_id
+    as_uuid = uuid.UUID(bytes=message_id)
+    assert str(as_uuid) == vector["uuid"]
+    assert as_uuid.version == 7 and as_uuid.variant == uuid.RFC_4122
+    assert crypto.message_id_time_ms(message_id) == vector["now_ms"]
+
+
+def spec_fingerprint(user_id: str, sign_pks: list[bytes]) -> str:
+    """SPEC.md §8, step by step."""
+    uid = user_id.encode("utf-8")
+    digest = hashlib.sha512(
+        b"miss.v1/safety\x00" + len(uid).to_bytes(2, "big") + uid + b"".join(sorted(sign_pks))
+    ).digest()
+    return "".join(f"{int.from_bytes(digest[i : i + 5], 'big') % 100_000:05d}" for i in range(0, 30, 5))
+
+
+@pytest.mark.parametrize(
+    "vector", CRYPTO["safety_numbers"]["vectors"], ids=ids(CRYPTO["safety_numbers"]["vectors"])
+)
+def test_safety_number_vector(vector: dict[str, Any]) -> None:
+    keys_a = [bytes.fromhex(k) for k in vector["keys_a"]]
+    keys_b = [bytes.fromhex(k) for k in vector["keys_b"]]
+    number = crypto.safety_number(vector["user_a"], keys_a, vector["user_b"], keys_b)
+    assert number == vector["safety_number"]
+    fa, fb = spec_fingerprint(vector["user_a"], keys_a), spec_fingerprint(vector["user_b"], keys_b)
+    assert (fa, fb) == (vector["fingerprint_a"], vector["fingerprint_b"])
+    digits = fa + fb if vector["user_a"].encode() <= vector["user_b"].encode() else fb + fa
+    assert number == " ".join(digits[i : i + 5] for i in range(0, 60, 5))
+
+
+def test_safety_number_vectors_show_symmetry_and_change() -> None:
+    numbers = [v["safety_number"] for v in CRYPTO["safety_numbers"]["vectors"]]
+    assert numbers[0] == numbers[1]
+    assert len({numbers[0], *numbers[2:]}) == len(numbers) - 1
+
+
+# --- SPEC.md agrees with errors.py --------------------------------------------------------------
+
+
+def test_spec_error_table_matches_errors_module() -> None:
+    """Every row of the SPEC §7 table names the code, fatality, close code and
+    retryability that errors.py gives it, and every error class has a row."""
+    spec = (PROTOCOL_DIR / "SPEC.md").read_text(encoding="utf-8")
+    section = spec.split("## 7.", 1)[1].split("\n## 8.", 1)[0]
+    rows = re.findall(r"^\| `([a-z_]+)` \| (yes|no) \| (\d{4}|—) \|[^|]*\|[^|]*\| (yes|no) \|", section, re.M)
+    assert rows, "no error table found in SPEC §7"
+    table = {
+        code: (fatal == "yes", None if close == "—" else int(close), retry == "yes")
+        for code, fatal, close, retry in rows
+    }
+    classes = {cls.code: cls for cls in _error_classes()}
+    assert set(table) == set(classes)
+    for code, cls in classes.items():
+        assert table[code] == (issubclass(cls, errors.FatalError), cls.close_code, cls.retryable), code
+        assert errors.error_class(code) is cls
+
+
+def _error_classes() -> list[type[errors.ProtocolError]]:
+    found: list[type[errors.ProtocolError]] = []
+    todo: list[type[errors.ProtocolError]] = [errors.ProtocolError]
+    while todo:
+        cls = todo.pop()
+        todo.extend(cls.__subclasses__())
+        if cls.code not in ("protocol_error",) and "code" in cls.__dict__:
+            found.append(cls)
+    return found
+
+
+def test_error_frame_message_matches_errors_module() -> None:
+    for vector in (v for v in FRAMES["valid"] if v["type"] == "error"):
+        frame = decode(bytes.fromhex(vector["msgpack"]))
+        assert isinstance(frame, Error)
+        cls = errors.error_class(frame.code)
+        assert (frame.message, frame.fatal) == (cls.message, issubclass(cls, errors.FatalError))
