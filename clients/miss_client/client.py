@@ -1,0 +1,506 @@
+"""The asyncio client SDK: one authenticated device connection (SPEC §4-§6).
+
+Theory of operation
+-------------------
+``async with Client.connect(profile) as client:`` opens the WebSocket,
+answers the challenge with an ``auth`` signed by the device key, and starts
+one background *reader* task that owns ``recv``:
+
+* answers are matched to their request: ``lookup_ok``/``link_code_ok`` and
+  ``error`` frames by ``rid``, ``accepted`` and ``error`` frames by message
+  ``id``, each to a future the caller awaits;
+* ``deliver`` and ``delivered`` frames go, untouched, to an incoming queue;
+* a fatal ``error`` frame or a close ends the connection: every waiting
+  future and every later call raises the :mod:`protocol.errors` exception the
+  hub named (or ConnectionLost).
+
+Incoming frames are decrypted, checked, stored and acked by whoever consumes
+them (:meth:`Client.events`, :meth:`Client.receive`, :meth:`Client.drain`),
+not by the reader: opening an envelope may need a ``lookup`` of the sender,
+whose answer the reader must stay free to route. The policy (store, then
+ack; drop duplicates by id; ack and drop, with a logged warning, envelopes
+that do not open or fail the SPEC §6.3 checks) lives in
+:mod:`miss_client.inbox`. Only one consumer should read events at a time.
+
+Sending (:meth:`Client.send`) encrypts one envelope per active device of the
+recipient and of our own other devices, and waits for ``accepted``. A
+``missing_devices``/``unknown_device`` answer refreshes both device lists and
+resends with the same id; ``storage_unavailable``/``rate_limited`` are
+retried after ``retry_after`` a bounded number of times (:class:`RetryPolicy`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import time
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+
+from websockets.asyncio.client import ClientConnection
+from websockets.exceptions import ConnectionClosed
+
+from protocol import crypto
+from protocol import frames as f
+from protocol.errors import (
+    MissingDevices,
+    ProtocolError,
+    RateLimited,
+    RequestError,
+    StorageUnavailable,
+    UnknownDevice,
+    UnknownUser,
+)
+
+from .connection import close_error, error_from_frame, handshake, open_websocket
+from .errors import (
+    BadRecipient,
+    ClientError,
+    ConnectionFailed,
+    ConnectionLost,
+    MessageTooLarge,
+    RequestTimeout,
+)
+from .inbox import Inbox, Undecryptable
+from .models import Delivered, Event, Message, Peer, PeerChange, format_id, is_rpps, is_user_id
+from .outbox import RetryPolicy, build_send
+from .profile import Profile
+from .state import LocalState
+
+__all__ = ["Client", "RetryPolicy"]
+
+log = logging.getLogger("miss_client")
+
+_CLOSED = object()  # queued by the reader when the connection has ended
+
+
+def _log_key_change(peer: Peer, change: PeerChange) -> None:
+    log.warning(
+        "devices of %s (%s) changed: %d added, %d removed, %d with new keys; compare safety numbers",
+        peer.user,
+        peer.rpps,
+        len(change.added),
+        len(change.removed),
+        len(change.changed),
+    )
+
+
+def _now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+class Client:
+    """One authenticated connection of the profile's device. Build it with
+    :meth:`connect`; all methods must be called from the event loop that did."""
+
+    def __init__(
+        self,
+        ws: ClientConnection,
+        profile: Profile,
+        state: LocalState,
+        *,
+        request_timeout: float = 30.0,
+        retry: RetryPolicy | None = None,
+    ) -> None:
+        self.profile = profile
+        self.state = state
+        self.request_timeout = request_timeout
+        self.retry = retry or RetryPolicy()
+        #: Called when a looked-up peer's pinned devices changed (default: log a warning).
+        self.on_key_change: Callable[[Peer, PeerChange], None] = _log_key_change
+        self._ws = ws
+        self._rids = itertools.count(1)
+        self._requests: dict[int, asyncio.Future[f.Frame]] = {}
+        self._sends: dict[bytes, asyncio.Future[f.Accepted]] = {}
+        self._incoming: asyncio.Queue[object] = asyncio.Queue()
+        self._peers: dict[str, Peer] = {}  # this connection's lookups, by user id
+        self._rpps: dict[str, str] = {}  # RPPS number -> user id
+        self._fatal: ProtocolError | None = None
+        self._terminal: Exception | None = None
+        self._closing = False
+        self._reader: asyncio.Task[None] | None = None
+        self._inbox = Inbox(state, profile.keys, profile.user_id, self._sender_device, self._ack)
+
+    # --- life cycle ------------------------------------------------------------
+
+    @classmethod
+    @asynccontextmanager
+    async def connect(
+        cls,
+        profile: Profile,
+        *,
+        url: str | None = None,
+        state: LocalState | None = None,
+        open_timeout: float = 10.0,
+        request_timeout: float = 30.0,
+        retry: RetryPolicy | None = None,
+    ) -> AsyncIterator[Client]:
+        """Connect to ``url`` (default: the profile's server) and authenticate.
+
+        Raises ConnectionFailed, AuthFailed (device unknown or revoked) or
+        another :mod:`protocol.errors` exception. Opens the profile's state
+        DB unless ``state`` is given; closes what it opened on exit.
+        """
+        ws = await open_websocket(url or profile.server, open_timeout)
+        try:
+
+            def answer(nonce: bytes) -> f.Auth:
+                sig = profile.keys.sign(crypto.auth_message(nonce, profile.device_id))
+                return f.Auth(v=f.PROTOCOL_VERSION, device=profile.device_id, sig=sig)
+
+            welcome = await handshake(ws, answer, open_timeout)
+            if (welcome.user, welcome.device) != (profile.user_id, profile.device_id):
+                raise ConnectionFailed("the hub welcomed another device than this profile's")
+            own_state = state is None
+            local = profile.open_state() if state is None else state
+        except BaseException:
+            await ws.close()
+            raise
+        client = cls(ws, profile, local, request_timeout=request_timeout, retry=retry)
+        client._reader = asyncio.create_task(client._read_loop(), name="miss-client-reader")
+        try:
+            yield client
+        finally:
+            await client.aclose()
+            if own_state:
+                local.close()
+
+    @property
+    def user_id(self) -> str:
+        return self.profile.user_id
+
+    @property
+    def device_id(self) -> str:
+        return self.profile.device_id
+
+    @property
+    def closed(self) -> bool:
+        """True once the connection has ended (for whatever reason)."""
+        return self._terminal is not None
+
+    async def aclose(self) -> None:
+        """Close the connection; pending requests raise ConnectionLost. Idempotent."""
+        self._closing = True
+        await self._ws.close()
+        if self._reader is not None:
+            await self._reader
+
+    # --- reader ------------------------------------------------------------------
+
+    async def _read_loop(self) -> None:
+        try:
+            async for data in self._ws:
+                if isinstance(data, str):
+                    raise ConnectionFailed("the hub sent a text frame")
+                self._dispatch(f.decode(data, f.SERVER_FRAMES))
+        except ConnectionClosed:
+            pass
+        except (ProtocolError, ConnectionFailed) as exc:
+            log.warning("closing: the hub sent an invalid frame (%s)", type(exc).__name__)
+            self._terminal = exc
+            await self._ws.close(4400, "malformed_frame")
+        finally:
+            if self._terminal is None:
+                if self._fatal is not None:
+                    self._terminal = self._fatal
+                elif self._closing:
+                    self._terminal = ConnectionLost("connection closed by the client", self._ws.close_code)
+                else:
+                    self._terminal = close_error(self._ws.close_code, self._ws.close_reason)
+            for request in self._requests.values():
+                if not request.done():
+                    request.set_exception(self._terminal)
+            for sending in self._sends.values():
+                if not sending.done():
+                    sending.set_exception(self._terminal)
+            self._incoming.put_nowait(_CLOSED)
+
+    def _dispatch(self, frame: f.Frame) -> None:
+        if isinstance(frame, f.Deliver | f.Delivered):
+            self._incoming.put_nowait(frame)
+        elif isinstance(frame, f.Accepted):
+            accepted = self._sends.get(frame.id)
+            if accepted is not None and not accepted.done():
+                accepted.set_result(frame)
+        elif isinstance(frame, f.LookupOk | f.LinkCodeOk):
+            answered = self._requests.get(frame.rid)
+            if answered is not None and not answered.done():
+                answered.set_result(frame)
+        elif isinstance(frame, f.Error):
+            exc = error_from_frame(frame)
+            target: asyncio.Future[f.Frame] | asyncio.Future[f.Accepted] | None = None
+            if frame.fatal:
+                self._fatal = exc  # the hub closes next; the reader's exit reports it
+                log.warning("the hub reported a fatal error: %s", frame.code)
+            elif frame.rid is not None:
+                target = self._requests.get(frame.rid)
+            elif frame.id is not None:
+                target = self._sends.get(frame.id)
+            else:
+                log.warning("the hub reported an error: %s", frame.code)
+            if target is not None and not target.done():
+                target.set_exception(exc)
+        else:
+            log.warning("ignoring an unexpected %r frame from the hub", frame.TYPE)
+
+    # --- requests ----------------------------------------------------------------
+
+    async def _send_bytes(self, data: bytes) -> None:
+        if self._terminal is not None:
+            raise self._terminal
+        try:
+            await self._ws.send(data)
+        except ConnectionClosed:
+            if self._reader is not None:
+                await self._reader  # it sets _terminal from the close
+            raise self._terminal or ConnectionLost("connection lost") from None
+
+    async def _wait(self, fut: asyncio.Future[f.Frame] | asyncio.Future[f.Accepted]) -> f.Frame:
+        try:
+            async with asyncio.timeout(self.request_timeout):
+                return await fut
+        except TimeoutError:
+            raise RequestTimeout(f"no answer from the hub within {self.request_timeout:g} s") from None
+
+    async def _request(self, build: Callable[[int], f.Frame]) -> f.Frame:
+        rid = next(self._rids)
+        fut: asyncio.Future[f.Frame] = asyncio.get_running_loop().create_future()
+        self._requests[rid] = fut
+        try:
+            await self._send_bytes(f.encode(build(rid)))
+            return await self._wait(fut)
+        finally:
+            self._requests.pop(rid, None)
+
+    async def lookup(
+        self, user: str | None = None, rpps: str | None = None, *, refresh: bool = False
+    ) -> Peer:
+        """A clinician's directory entry and active devices, by user id or RPPS.
+
+        Answers come from this connection's cache unless ``refresh``. Each
+        answer is pinned in the local state; if the devices differ from the
+        pinned ones, :attr:`on_key_change` is called. Raises UnknownUser.
+        """
+        if (user is None) == (rpps is None):
+            raise ValueError("look up by exactly one of user or rpps")
+        if not refresh:
+            cached = self._peers.get(user if user is not None else self._rpps.get(rpps or "", ""))
+            if cached is not None:
+                return cached
+        reply = await self._request(lambda rid: f.Lookup(rid=rid, user=user, rpps=rpps))
+        if not isinstance(reply, f.LookupOk) or (user or reply.user) != reply.user:
+            raise ConnectionFailed("the hub answered a lookup with something else")
+        peer = Peer(reply.user, reply.name, reply.rpps, reply.profession, reply.organisation, reply.devices)
+        self._peers[peer.user] = peer
+        self._rpps[peer.rpps] = peer.user
+        change = self.state.save_peer(peer)
+        if change and not change.first_seen:
+            self.on_key_change(peer, change)
+        return peer
+
+    async def resolve(self, recipient: str, *, refresh: bool = False) -> Peer:
+        """Look up a recipient given as an RPPS number (digits) or a user id (``u_...``)."""
+        recipient = recipient.strip()
+        if is_user_id(recipient):
+            return await self.lookup(user=recipient, refresh=refresh)
+        if is_rpps(recipient):
+            return await self.lookup(rpps=recipient, refresh=refresh)
+        raise BadRecipient(f"{recipient!r} is neither an RPPS number nor a user id (u_...)")
+
+    async def link_code(self) -> tuple[str, int]:
+        """A one-time code to enroll another device of this clinician, and its
+        expiry (ms since the epoch)."""
+        reply = await self._request(lambda rid: f.LinkCode(rid=rid))
+        if not isinstance(reply, f.LinkCodeOk):
+            raise ConnectionFailed("the hub answered link_code with something else")
+        return reply.code, reply.expires
+
+    async def safety_number(self, recipient: str) -> str:
+        """The 60-digit safety number between this user and ``recipient``,
+        from freshly looked-up device keys (SPEC §8)."""
+        own = await self.lookup(user=self.user_id, refresh=True)
+        peer = await self.resolve(recipient, refresh=True)
+        return crypto.safety_number(self.user_id, own.sign_pks, peer.user, peer.sign_pks)
+
+    # --- sending -------------------------------------------------------------------
+
+    async def send(self, to: str, text: str, message_id: bytes | None = None, *, kind: str = "text") -> bytes:
+        """Encrypt ``text`` for every device of ``to`` and our other devices,
+        and return the message id once the hub has durably accepted it.
+
+        ``message_id`` (16 bytes) defaults to a fresh UUIDv7; passing the id of
+        an earlier attempt resends it without a second copy. The message is
+        recorded in the local history first (``pending``), then marked
+        ``accepted``, or ``failed`` on a definitive refusal.
+
+        Raises BadRecipient, UnknownUser, NoDevices, MessageTooLarge, the last
+        retryable error once :attr:`retry` is exhausted, RequestTimeout,
+        ConnectionLost or a fatal :mod:`protocol.errors` exception. After
+        RequestTimeout or ConnectionLost the message stays ``pending``: it
+        may have been accepted, and :meth:`resend_pending` finds out.
+        """
+        if message_id is None:
+            message_id = crypto.new_message_id()
+        elif len(message_id) != 16:
+            raise ValueError("a message id is 16 bytes")
+        peer = await self.resolve(to)
+        plaintext = crypto.Plaintext(message_id, self.user_id, peer.user, _now_ms(), kind, text)
+        self.state.record_outgoing(message_id, peer.user, plaintext.sent_at, kind, text)
+        await self._send_recorded(plaintext)
+        return message_id
+
+    async def resend_pending(self) -> list[bytes]:
+        """Resend, with their original ids, messages recorded but never seen
+        accepted (e.g. the connection dropped while waiting); the hub answers
+        ``dup`` for any it had in fact stored. Returns the ids now accepted.
+
+        A message the hub refuses for good is marked ``failed`` and skipped
+        (logged); connection errors and fatal errors propagate.
+        """
+        done = []
+        for entry in self.state.pending_outgoing():
+            plaintext = crypto.Plaintext(
+                entry.id, self.user_id, entry.peer, entry.sent_at, entry.kind, entry.body
+            )
+            try:
+                await self._send_recorded(plaintext)
+            except (RequestError, MessageTooLarge) as exc:
+                log.warning("pending message %s not resent: %s", format_id(entry.id), type(exc).__name__)
+                continue
+            done.append(entry.id)
+        return done
+
+    async def _send_recorded(self, plaintext: crypto.Plaintext) -> None:
+        try:
+            await self._send_until_accepted(plaintext)
+        except (RequestError, MessageTooLarge) as exc:
+            # A definitive refusal; retryable errors, timeouts and lost
+            # connections leave the message pending for resend_pending().
+            if not (isinstance(exc, RequestError) and exc.retryable):
+                self.state.set_status(plaintext.id, "failed")
+            raise
+        self.state.set_status(plaintext.id, "accepted")
+
+    async def _send_until_accepted(self, plaintext: crypto.Plaintext) -> f.Accepted:
+        if plaintext.id in self._sends:
+            raise ValueError(f"message {format_id(plaintext.id)} is already being sent")
+        packed = crypto.pack_plaintext(plaintext)
+        tries = refreshes = 0
+        refresh = False
+        while True:
+            peer = await self.lookup(user=plaintext.to_user, refresh=refresh)
+            own = await self.lookup(user=self.user_id, refresh=refresh)
+            data = build_send(packed, plaintext.id, self.profile.keys, self.device_id, peer, own)
+            fut: asyncio.Future[f.Accepted] = asyncio.get_running_loop().create_future()
+            self._sends[plaintext.id] = fut
+            try:
+                await self._send_bytes(data)
+                accepted = await self._wait(fut)
+                assert isinstance(accepted, f.Accepted)
+                return accepted
+            except (MissingDevices, UnknownDevice) as exc:
+                if refreshes >= self.retry.refreshes:
+                    raise
+                refreshes += 1
+                refresh = True
+                log.info("resending %s: device list changed (%s)", format_id(plaintext.id), exc.code)
+            except (StorageUnavailable, RateLimited) as exc:
+                tries += 1
+                if tries >= self.retry.attempts:
+                    raise
+                delay = self.retry.delay(exc)
+                log.info("resending %s in %.2f s: %s", format_id(plaintext.id), delay, exc.code)
+                await asyncio.sleep(delay)
+            finally:
+                self._sends.pop(plaintext.id, None)
+
+    # --- receiving -------------------------------------------------------------------
+
+    async def receive(self) -> Event:
+        """The next new message or receipt, already stored and acked.
+
+        Duplicates and undecryptable envelopes are acked and skipped (see
+        :mod:`miss_client.inbox`). Once the connection has ended and nothing
+        is left to process, raises the error that ended it (ConnectionLost if
+        :meth:`aclose` did). Cancelling it mid-processing loses nothing but
+        the return value: the message is in the local history.
+        """
+        return await self._receive(None)
+
+    async def _receive(self, wait: float | None) -> Event:
+        # ``wait`` bounds the wait for a frame (TimeoutError), never the
+        # processing of one, so that a deadline cannot drop a stored event.
+        while True:
+            async with asyncio.timeout(wait):
+                item = await self._incoming.get()
+            if item is _CLOSED:
+                self._incoming.put_nowait(_CLOSED)  # every later call sees it too
+                assert self._terminal is not None
+                raise self._terminal
+            assert isinstance(item, f.Deliver | f.Delivered)
+            event = await self._inbox.process(item)
+            if event is not None:
+                return event
+
+    async def events(self) -> AsyncIterator[Event]:
+        """Messages and receipts in arrival order, until the connection ends.
+
+        Ends quietly after :meth:`aclose`; raises the hub's error or
+        ConnectionLost if the connection ended otherwise.
+        """
+        while True:
+            try:
+                event = await self.receive()
+            except ConnectionLost:
+                if self._closing:
+                    return
+                raise
+            yield event
+
+    async def messages(self) -> AsyncIterator[Message]:
+        """Like :meth:`events`, messages only (receipts are still stored and acked)."""
+        async for event in self.events():
+            if isinstance(event, Message):
+                yield event
+
+    async def receipts(self) -> AsyncIterator[Delivered]:
+        """Like :meth:`events`, receipts only (messages are still stored and acked)."""
+        async for event in self.events():
+            if isinstance(event, Delivered):
+                yield event
+
+    async def drain(self, idle: float = 0.5, limit: float | None = 30.0) -> list[Event]:
+        """Everything waiting: events until no frame arrives for ``idle``
+        seconds, or ``limit`` seconds in all. The hub sends queued deliveries
+        right after ``welcome``, so this is "the inbox"."""
+        deadline = None if limit is None else asyncio.get_running_loop().time() + limit
+        out: list[Event] = []
+        while True:
+            wait = idle
+            if deadline is not None:
+                wait = min(idle, deadline - asyncio.get_running_loop().time())
+                if wait <= 0:
+                    return out
+            try:
+                out.append(await self._receive(wait))
+            except TimeoutError:
+                return out
+
+    async def _sender_device(self, user: str, device: str) -> f.DeviceInfo | None:
+        """Keys of a sender device, refreshing the lookup once if it is new to us."""
+        try:
+            found = (await self.lookup(user=user)).device(device)
+            if found is None:
+                found = (await self.lookup(user=user, refresh=True)).device(device)
+        except UnknownUser:
+            raise Undecryptable("sender is not in the directory") from None
+        return found
+
+    async def _ack(self, seq: int) -> None:
+        # Best effort: an ack lost with the connection means a redelivery,
+        # which the seen table drops.
+        try:
+            await self._send_bytes(f.encode(f.Ack(seqs=(seq,))))
+        except (ConnectionLost, ProtocolError, ClientError) as exc:
+            log.debug("ack of seq %d not sent: %s", seq, type(exc).__name__)

@@ -1,0 +1,301 @@
+"""The local profile: one device's identity, sealed under a passphrase.
+
+Theory of operation
+-------------------
+A profile is a directory (mode 0700) holding two files (mode 0600):
+
+``profile.sealed``
+    A msgpack map. In clear: a format version, the Argon2id salt (16 random
+    bytes) and the opslimit/memlimit that derive the passphrase key; nothing
+    secret. Under ``"box"``: the ``nacl.secret.SecretBox`` ciphertext, under
+    that derived key, of another msgpack map holding the device's two private
+    key seeds, user id, device id, server URL, device label, and a random
+    32-byte *storage key*. Salt and ciphertext live in one file so that
+    replacing it (passphrase change) is a single atomic rename.
+``state.db``
+    The SQLite state (:mod:`miss_client.state`): history, seen ids, peer
+    directory. Message bodies in it are sealed with the storage key, so
+    nothing on disk is readable without the passphrase, and changing the
+    passphrase only re-seals ``profile.sealed``.
+
+A wrong passphrase fails the SecretBox MAC check and raises
+:class:`~miss_client.errors.WrongPassphrase`; so does any alteration of the
+sealed file or of its KDF parameters. The file is replaced atomically (write
+to a temporary file, fsync, rename), so a crash leaves the old profile or
+the new one, never half of each.
+
+The KDF cost defaults to libsodium's MODERATE (about 1 s and 256 MiB);
+callers may pass :data:`KDF_INTERACTIVE` (tests, low-memory devices).
+Stored parameters are bounds-checked when read, so an edited header cannot
+make the client allocate absurd memory.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+import unicodedata
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import msgpack
+import nacl.exceptions
+import nacl.pwhash.argon2id as argon2id
+import nacl.secret
+import nacl.utils
+
+from protocol.crypto import DeviceKeys
+
+from .errors import ProfileCorrupt, ProfileExists, ProfileNotFound, WeakPassphrase, WrongPassphrase
+from .state import LocalState
+
+__all__ = [
+    "KDF_INTERACTIVE",
+    "KDF_MODERATE",
+    "MIN_PASSPHRASE_CHARS",
+    "KdfParams",
+    "Profile",
+    "change_passphrase",
+    "check_can_create",
+    "check_passphrase",
+    "create_profile",
+    "load_profile",
+    "profile_exists",
+    "write_private_file",
+]
+
+SEALED_FILE = "profile.sealed"
+STATE_FILE = "state.db"
+#: Passphrases shorter than this are refused when a profile is created.
+MIN_PASSPHRASE_CHARS = 8
+_FORMAT_VERSION = 1
+
+
+@dataclass(frozen=True, slots=True)
+class KdfParams:
+    """Argon2id cost parameters (libsodium ``opslimit``/``memlimit``)."""
+
+    opslimit: int
+    memlimit: int
+
+    def check(self) -> None:
+        """Raise ProfileCorrupt unless within libsodium's MIN..SENSITIVE bounds."""
+        if not (argon2id.OPSLIMIT_MIN <= self.opslimit <= argon2id.OPSLIMIT_SENSITIVE) or not (
+            argon2id.MEMLIMIT_MIN <= self.memlimit <= argon2id.MEMLIMIT_SENSITIVE
+        ):
+            raise ProfileCorrupt("KDF parameters out of range")
+
+
+KDF_MODERATE = KdfParams(argon2id.OPSLIMIT_MODERATE, argon2id.MEMLIMIT_MODERATE)
+KDF_INTERACTIVE = KdfParams(argon2id.OPSLIMIT_INTERACTIVE, argon2id.MEMLIMIT_INTERACTIVE)
+
+
+@dataclass(frozen=True, slots=True)
+class Profile:
+    """An opened profile. Holds private keys: never log it (its repr hides them)."""
+
+    directory: Path
+    server: str
+    user_id: str
+    device_id: str
+    label: str
+    keys: DeviceKeys = field(repr=False)
+    #: SecretBox key sealing message bodies in the state DB.
+    storage_key: bytes = field(repr=False)
+    created_at: int = 0
+
+    @property
+    def state_path(self) -> Path:
+        return self.directory / STATE_FILE
+
+    def open_state(self) -> LocalState:
+        """Open this profile's state DB (the caller closes it)."""
+        return LocalState.open(self.state_path, self.storage_key, self.user_id, self.device_id)
+
+
+def profile_exists(directory: Path) -> bool:
+    """True if ``directory`` holds a sealed profile."""
+    return (Path(directory) / SEALED_FILE).exists()
+
+
+def check_can_create(directory: Path) -> None:
+    """Raise ProfileExists if a profile is already there, OSError if the
+    directory cannot be created or written. Call before spending an
+    enrollment code, so the code is not burnt for a profile we cannot write."""
+    directory = Path(directory)
+    if profile_exists(directory):
+        raise ProfileExists(f"a profile already exists in {directory}")
+    _make_private_dir(directory)
+    probe = directory / ".write-probe"
+    write_private_file(probe, b"")
+    probe.unlink()
+
+
+def create_profile(
+    directory: Path,
+    passphrase: str,
+    *,
+    server: str,
+    user_id: str,
+    device_id: str,
+    keys: DeviceKeys,
+    label: str = "",
+    kdf: KdfParams = KDF_MODERATE,
+) -> Profile:
+    """Write a new profile and return it opened.
+
+    Raises ProfileExists if one is there, WeakPassphrase if the passphrase
+    has fewer than MIN_PASSPHRASE_CHARS characters.
+    """
+    directory = Path(directory)
+    check_passphrase(passphrase)
+    if profile_exists(directory):
+        raise ProfileExists(f"a profile already exists in {directory}")
+    _make_private_dir(directory)
+    profile = Profile(
+        directory=directory,
+        server=server,
+        user_id=user_id,
+        device_id=device_id,
+        label=label,
+        keys=keys,
+        storage_key=nacl.utils.random(nacl.secret.SecretBox.KEY_SIZE),
+        created_at=time.time_ns() // 1_000_000,
+    )
+    _seal(profile, passphrase, kdf)
+    return profile
+
+
+def load_profile(directory: Path, passphrase: str) -> Profile:
+    """Open the profile in ``directory``.
+
+    Raises ProfileNotFound, WrongPassphrase (also for a tampered file) or
+    ProfileCorrupt.
+    """
+    directory = Path(directory)
+    sealed_path = directory / SEALED_FILE
+    if not sealed_path.exists():
+        raise ProfileNotFound(f"no profile in {directory} (run enroll first)")
+    try:
+        outer = msgpack.unpackb(sealed_path.read_bytes(), raw=False)
+        salt, sealed = outer["salt"], outer["box"]
+        kdf = KdfParams(int(outer["opslimit"]), int(outer["memlimit"]))
+        if outer["v"] != _FORMAT_VERSION or type(salt) is not bytes or type(sealed) is not bytes:
+            raise ValueError("bad header")
+    except Exception as exc:  # OSError, msgpack's several error types, KeyError...
+        raise ProfileCorrupt(f"cannot read the profile in {directory}: {type(exc).__name__}") from None
+    if len(salt) != argon2id.SALTBYTES:
+        raise ProfileCorrupt("bad salt length")
+    kdf.check()
+    box = nacl.secret.SecretBox(_derive(passphrase, salt, kdf))
+    try:
+        m = msgpack.unpackb(box.decrypt(sealed), raw=False)
+    except nacl.exceptions.CryptoError:
+        raise WrongPassphrase("wrong passphrase") from None
+    except Exception:
+        raise ProfileCorrupt("sealed profile is not readable") from None
+    try:
+        if m["v"] != _FORMAT_VERSION:
+            raise ProfileCorrupt(f"unknown profile format {m['v']!r}")
+        return Profile(
+            directory=directory,
+            server=m["server"],
+            user_id=m["user"],
+            device_id=m["device"],
+            label=m["label"],
+            keys=DeviceKeys(m["sign_seed"], m["box_secret"]),
+            storage_key=m["storage_key"],
+            created_at=m["created_at"],
+        )
+    except (KeyError, TypeError) as exc:
+        raise ProfileCorrupt(f"sealed profile lacks {exc}") from None
+
+
+def change_passphrase(directory: Path, old: str, new: str, kdf: KdfParams = KDF_MODERATE) -> Profile:
+    """Re-seal the profile under a new passphrase (and fresh salt).
+
+    The storage key is kept, so the state DB needs no rewrite. Raises like
+    :func:`load_profile`, and WeakPassphrase for a short new passphrase.
+    """
+    check_passphrase(new)
+    profile = load_profile(directory, old)
+    _seal(profile, new, kdf)
+    return profile
+
+
+def write_private_file(path: Path, data: bytes) -> None:
+    """Atomically replace ``path`` with ``data``, mode 0600, fsynced."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        os.fchmod(fd, 0o600)  # O_CREAT's mode does not apply to an existing file
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view) :]
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(tmp, path)
+    _fsync_dir(path.parent)
+
+
+def check_passphrase(passphrase: str) -> None:
+    """Raise WeakPassphrase unless the passphrase is long enough to seal a profile."""
+    if len(passphrase) < MIN_PASSPHRASE_CHARS:
+        raise WeakPassphrase(f"passphrase must have at least {MIN_PASSPHRASE_CHARS} characters")
+
+
+# --- internals ----------------------------------------------------------------
+
+
+def _derive(passphrase: str, salt: bytes, kdf: KdfParams) -> bytes:
+    # NFC so that the same passphrase typed on two keyboards gives one key.
+    secret = unicodedata.normalize("NFC", passphrase).encode()
+    return argon2id.kdf(
+        nacl.secret.SecretBox.KEY_SIZE, secret, salt, opslimit=kdf.opslimit, memlimit=kdf.memlimit
+    )
+
+
+def _seal(profile: Profile, passphrase: str, kdf: KdfParams) -> None:
+    kdf.check()
+    salt = nacl.utils.random(argon2id.SALTBYTES)
+    box = nacl.secret.SecretBox(_derive(passphrase, salt, kdf))
+    content: dict[str, Any] = {
+        "v": _FORMAT_VERSION,
+        "server": profile.server,
+        "user": profile.user_id,
+        "device": profile.device_id,
+        "label": profile.label,
+        "sign_seed": profile.keys.sign_seed,
+        "box_secret": profile.keys.box_secret,
+        "storage_key": profile.storage_key,
+        "created_at": profile.created_at,
+    }
+    sealed = bytes(box.encrypt(msgpack.packb(content, use_bin_type=True)))
+    header = {
+        "v": _FORMAT_VERSION,
+        "kdf": "argon2id13",
+        "salt": salt,
+        "opslimit": kdf.opslimit,
+        "memlimit": kdf.memlimit,
+    }
+    write_private_file(profile.directory / SEALED_FILE, msgpack.packb({**header, "box": sealed}))
+
+
+def _make_private_dir(directory: Path) -> None:
+    directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+    os.chmod(directory, 0o700)  # mkdir's mode is filtered by the umask
+
+
+def _fsync_dir(directory: Path) -> None:
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)

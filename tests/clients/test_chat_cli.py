@@ -1,0 +1,173 @@
+"""The ``miss-chat`` command against the fake hub (main() run in a worker thread,
+since it starts its own event loop)."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import re
+from pathlib import Path
+
+import pytest
+from client_fixtures import PASSPHRASE
+from fakehub import FakeHub, wait_for
+from miss_client import Client, Message, load_profile
+from miss_client.chat import main
+
+from protocol.crypto import new_message_id
+from protocol.frames import Send
+
+SAFETY = re.compile(r"^(\d{5} ){11}\d{5}$", re.M)
+UUID = r"[0-9a-f]{8}-[0-9a-f]{4}-7[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}"
+
+
+class Cli:
+    def __init__(self, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+        self.tmp_path = tmp_path
+        self.capsys = capsys
+
+    async def __call__(self, profile: str, *args: str) -> tuple[int, str, str]:
+        self.capsys.readouterr()
+        rc = await asyncio.to_thread(main, ["--profile", str(self.tmp_path / profile), *args])
+        out, err = self.capsys.readouterr()
+        return rc, out, err
+
+
+@pytest.fixture
+def cli(tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> Cli:
+    monkeypatch.setenv("MISS_PASSPHRASE", PASSPHRASE)
+    return Cli(tmp_path, capsys)
+
+
+async def enroll(cli: Cli, hub: FakeHub, name: str, rpps: str) -> str:
+    user = hub.add_user(f"Dr {name.title()}", rpps)
+    rc, out, err = await cli(name, "enroll", "--server", hub.url, hub.invite(user), "--kdf", "interactive")
+    assert rc == 0, err
+    assert f"user {user}" in out
+    return user
+
+
+async def test_enroll_send_inbox_history_safety_link(cli: Cli, fakehub: FakeHub) -> None:
+    alice = await enroll(cli, fakehub, "alice", "10000000001")
+    await enroll(cli, fakehub, "bob", "10000000002")
+
+    rc, out, _ = await cli("alice", "whoami")
+    assert rc == 0 and alice in out and fakehub.url in out
+
+    rc, out, _ = await cli("alice", "send", "10000000002", "Bonjour Bob, INR à 4 ?")
+    assert rc == 0 and re.fullmatch(rf"{UUID} accepted\n", out), out
+
+    rc, out, _ = await cli("bob", "inbox", "--idle", "0.2")
+    assert rc == 0
+    assert re.fullmatch(
+        r"\[\d{4}-\d\d-\d\d \d\d:\d\d\] Dr Alice \(10000000001\): Bonjour Bob, INR à 4 \?\n", out
+    ), out
+    rc, out, err = await cli("bob", "inbox", "--idle", "0.2")
+    assert rc == 0 and out == "" and "nothing new" in err, "the inbox was acked"
+
+    rc, out, _ = await cli("alice", "inbox", "--idle", "0.2")
+    assert "✓ delivered" in out and "Dr Bob (10000000002)" in out
+
+    rc, out, _ = await cli("alice", "history", "10000000002")
+    assert rc == 0 and "me → Dr Bob (10000000002): Bonjour Bob, INR à 4 ? ✓" in out
+
+    _, from_alice, _ = await cli("alice", "safety", "10000000002")
+    _, from_bob, _ = await cli("bob", "safety", alice)
+    assert SAFETY.search(from_alice) and SAFETY.findall(from_alice) == SAFETY.findall(from_bob)
+
+    rc, out, _ = await cli("alice", "link")
+    assert rc == 0 and out.strip() in fakehub.codes
+
+
+async def test_chat_reads_piped_stdin(cli: Cli, fakehub: FakeHub, monkeypatch: pytest.MonkeyPatch) -> None:
+    await enroll(cli, fakehub, "alice", "10000000001")
+    await enroll(cli, fakehub, "bob", "10000000002")
+    await cli("alice", "send", "10000000002", "waiting for bob")
+    monkeypatch.setattr("sys.stdin", io.StringIO("salut Alice\n\nune autre\n/quit\nnot sent\n"))
+    rc, out, err = await cli("bob", "chat", "10000000001")
+    assert rc == 0, err
+    assert "Dr Alice (10000000001): waiting for bob" in out
+    assert "me → Dr Alice (10000000001): salut Alice" in out and "une autre" in out
+    assert "not sent" not in out
+    rc, out, _ = await cli("alice", "inbox", "--idle", "0.2")
+    lines = out.splitlines()
+    assert [line.split(": ", 1)[1] for line in lines if "Dr Bob" in line and "✓" not in line] == [
+        "salut Alice",
+        "une autre",
+    ]
+
+
+async def test_chat_at_end_of_input_lingers_for_receipts(
+    cli: Cli, fakehub: FakeHub, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    await enroll(cli, fakehub, "alice", "10000000001")
+    await enroll(cli, fakehub, "bob", "10000000002")
+    monkeypatch.setattr("sys.stdin", io.StringIO("are you there?\n"))
+    chat = asyncio.create_task(cli("alice", "chat", "10000000002", "--linger", "2"))
+    await wait_for(lambda: any(isinstance(fr, Send) for fr in fakehub.received), within=10)
+    # bob reads (through the SDK, not to disturb the captured output): alice gets a receipt
+    async with Client.connect(load_profile(cli.tmp_path / "bob", PASSPHRASE)) as bob:
+        assert [m.body for m in await bob.drain(idle=0.1) if isinstance(m, Message)] == ["are you there?"]
+    rc, out, _ = await chat
+    assert rc == 0 and "✓ delivered" in out
+
+
+async def test_send_first_finishes_what_an_earlier_run_left_pending(cli: Cli, fakehub: FakeHub) -> None:
+    await enroll(cli, fakehub, "alice", "10000000001")
+    bob = await enroll(cli, fakehub, "bob", "10000000002")
+    # an earlier run recorded a message, then lost the connection before "accepted"
+    with load_profile(cli.tmp_path / "alice", PASSPHRASE).open_state() as state:
+        state.record_outgoing(new_message_id(), bob, 1, "text", "left pending")
+    rc, _, err = await cli("alice", "send", "10000000002", "new one")
+    assert rc == 0 and "resent 1 message" in err
+    rc, out, _ = await cli("bob", "inbox", "--idle", "0.2")
+    assert [line.split(": ", 1)[1] for line in out.splitlines()] == ["left pending", "new one"]
+
+
+async def test_peer_text_cannot_drive_the_terminal(cli: Cli, fakehub: FakeHub) -> None:
+    await enroll(cli, fakehub, "alice", "10000000001")
+    await enroll(cli, fakehub, "bob", "10000000002")
+    await cli("alice", "send", "10000000002", "\x1b[2J\u202eevil")
+    _, out, _ = await cli("bob", "inbox", "--idle", "0.2")
+    assert "\x1b" not in out and "\u202e" not in out and "\\u001b[2J\\u202eevil" in out
+
+
+@pytest.mark.parametrize(
+    ("setup", "args", "message"),
+    [
+        ("alice", ["--passphrase-env-wrong"], "wrong passphrase"),
+        ("alice", ["send", "19999999999", "x"], "unknown recipient"),
+        ("alice", ["send", "bob", "x"], "neither an RPPS number nor a user id"),
+        ("alice", ["history", "10000000099"], "no conversation with"),
+        (None, ["whoami"], "no profile in"),
+        (
+            None,
+            ["enroll", "--server", "ws://127.0.0.1:1/", "AAAA-BBBB-CCCC-DDDD", "--kdf", "interactive"],
+            "connection refused",
+        ),
+        (
+            None,
+            ["enroll", "--server", "HUB", "AAAA-BBBB-CCCC-DDDD", "--kdf", "interactive"],
+            "invalid enrollment code",
+        ),
+    ],
+)
+async def test_expected_errors_are_one_line_on_stderr(
+    cli: Cli,
+    fakehub: FakeHub,
+    monkeypatch: pytest.MonkeyPatch,
+    setup: str | None,
+    args: list[str],
+    message: str,
+) -> None:
+    if setup:
+        await enroll(cli, fakehub, setup, "10000000001")
+    if args == ["--passphrase-env-wrong"]:
+        monkeypatch.setenv("MISS_PASSPHRASE", "not the passphrase")
+        args = ["whoami"]
+    args = [fakehub.url if a == "HUB" else a for a in args]
+    rc, out, err = await cli("alice" if setup else "nobody", *args)
+    assert rc == 1
+    assert out == ""
+    assert err.count("\n") == 1 and err.startswith("miss-chat: error: ") and message in err, err
+    assert "Traceback" not in err

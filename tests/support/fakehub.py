@@ -1,0 +1,224 @@
+"""A scripted, in-memory stand-in for the hub, for testing the client SDK alone.
+
+It speaks protocol v1 over a real WebSocket (``protocol.session`` does the
+challenge and signature checks), keeps everything in dicts, and lets a test
+inject what the real hub only does under stress: retryable errors, fatal
+errors, crafted deliveries. It is deliberately small: the real hub's
+behaviour is tested in tests/server and end to end.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from websockets.asyncio.server import Server, ServerConnection, serve
+from websockets.exceptions import ConnectionClosed
+
+from protocol import crypto
+from protocol import frames as f
+from protocol.errors import FatalError, InvalidCode, MissingDevices, ProtocolError, UnknownDevice, UnknownUser
+from protocol.session import ServerSession, error_frame
+
+
+def _now() -> int:
+    return time.time_ns() // 1_000_000
+
+
+@dataclass
+class FakeUser:
+    user: str
+    name: str
+    rpps: str
+    devices: dict[str, f.DeviceInfo] = field(default_factory=dict)
+
+
+class FakeHub:
+    def __init__(self) -> None:
+        self.users: dict[str, FakeUser] = {}
+        self.codes: dict[str, str] = {}  # code -> user id
+        self.owner: dict[str, str] = {}  # device id -> user id
+        self.pending: dict[str, dict[int, f.Frame]] = {}  # device -> seq -> deliver/delivered
+        self.conns: dict[str, ServerConnection] = {}
+        self.accepted: set[tuple[str, bytes]] = set()
+        self.received: list[f.Frame] = []  # every frame clients sent after auth
+        #: Errors to answer the next ``send`` frames with, in order, instead of accepting.
+        self.send_errors: list[ProtocolError] = []
+        #: A fatal error to raise on the next lookup (then close the connection).
+        self.fatal_on_lookup: FatalError | None = None
+        self._seq = itertools.count(1)
+        self._server: Server | None = None
+        self.url = ""
+
+    async def __aenter__(self) -> FakeHub:
+        self._server = await serve(self._handle, "127.0.0.1", 0, subprotocols=[f.SUBPROTOCOL])  # type: ignore[list-item]
+        port = next(iter(self._server.sockets)).getsockname()[1]
+        self.url = f"ws://127.0.0.1:{port}/"
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        assert self._server is not None
+        self._server.close()
+        await self._server.wait_closed()
+
+    # --- directory -----------------------------------------------------------
+
+    def add_user(self, name: str, rpps: str) -> str:
+        user = "u_" + os.urandom(8).hex()
+        self.users[user] = FakeUser(user, name, rpps)
+        return user
+
+    def invite(self, user: str) -> str:
+        raw = os.urandom(10).hex().upper()[:16]
+        code = "-".join(raw[i : i + 4] for i in range(0, 16, 4))
+        self.codes[code] = user
+        return code
+
+    def add_device(self, user: str, keys: crypto.DeviceKeys) -> str:
+        device = "d_" + os.urandom(8).hex()
+        self.users[user].devices[device] = f.DeviceInfo(device, keys.sign_pk, keys.box_pk)
+        self.owner[device] = user
+        return device
+
+    # --- queues --------------------------------------------------------------
+
+    async def push(self, device: str, build: Callable[[int], f.Frame]) -> int:
+        """Queue ``build(seq)`` for ``device`` and send it if connected."""
+        seq = next(self._seq)
+        frame = build(seq)
+        self.pending.setdefault(device, {})[seq] = frame
+        ws = self.conns.get(device)
+        if ws is not None:
+            try:
+                await ws.send(f.encode(frame))
+            except ConnectionClosed:
+                pass
+        return seq
+
+    async def deliver_raw(
+        self, device: str, message_id: bytes, from_user: str, from_device: str, env: bytes
+    ) -> int:
+        return await self.push(
+            device, lambda seq: f.Deliver(seq, message_id, from_user, from_device, _now(), env)
+        )
+
+    # --- connection ------------------------------------------------------------
+
+    async def _handle(self, ws: ServerConnection) -> None:
+        session = ServerSession()
+        await ws.send(session.challenge())
+        try:
+            async for data in ws:
+                try:
+                    await self._frame(ws, session, session.receive(data if isinstance(data, bytes) else b""))
+                except FatalError as exc:
+                    await ws.send(error_frame(exc))
+                    await ws.close(exc.close_code or 4400, exc.code)
+                    return
+        except ConnectionClosed:
+            pass
+        finally:
+            if session.device_id is not None and self.conns.get(session.device_id) is ws:
+                del self.conns[session.device_id]
+
+    async def _frame(self, ws: ServerConnection, session: ServerSession, frame: f.Frame) -> None:
+        if isinstance(frame, f.Auth):
+            info = self.users.get(self.owner.get(frame.device, ""))
+            device = info.devices.get(frame.device) if info else None
+            session.authenticate(frame, info.user if info else None, device.sign_pk if device else None)
+            await self._welcome(ws, session)
+            return
+        if isinstance(frame, f.Enroll):
+            session.check_enroll(frame)
+            user = self.codes.pop(frame.code, None)
+            if user is None:
+                raise InvalidCode(frame.code)
+            device = "d_" + os.urandom(8).hex()
+            self.users[user].devices[device] = f.DeviceInfo(device, frame.sign_pk, frame.box_pk)
+            self.owner[device] = user
+            session.enrolled(user, device)
+            await self._welcome(ws, session)
+            return
+        self.received.append(frame)
+        if isinstance(frame, f.Lookup):
+            if self.fatal_on_lookup is not None:
+                exc, self.fatal_on_lookup = self.fatal_on_lookup, None
+                raise exc
+            found = self.users.get(frame.user or "") or next(
+                (u for u in self.users.values() if u.rpps == frame.rpps), None
+            )
+            if found is None:
+                await ws.send(error_frame(UnknownUser(), rid=frame.rid))
+                return
+            reply = f.LookupOk(
+                frame.rid,
+                found.user,
+                found.name,
+                found.rpps,
+                "médecin",
+                "CHRU",
+                tuple(found.devices.values()),
+            )
+            await ws.send(f.encode(reply))
+        elif isinstance(frame, f.LinkCode):
+            assert session.user_id is not None
+            await ws.send(f.encode(f.LinkCodeOk(frame.rid, self.invite(session.user_id), _now() + 900_000)))
+        elif isinstance(frame, f.Send):
+            await self._send(ws, session, frame)
+        elif isinstance(frame, f.Ack):
+            assert session.device_id is not None
+            for seq in frame.seqs:
+                await self._ack(session.device_id, seq)
+
+    async def _welcome(self, ws: ServerConnection, session: ServerSession) -> None:
+        assert session.user_id is not None and session.device_id is not None
+        await ws.send(f.encode(f.Welcome(session.user_id, session.device_id)))
+        self.conns[session.device_id] = ws
+        for _, frame in sorted(self.pending.get(session.device_id, {}).items()):
+            await ws.send(f.encode(frame))
+
+    async def _send(self, ws: ServerConnection, session: ServerSession, frame: f.Send) -> None:
+        assert session.user_id is not None and session.device_id is not None
+        if self.send_errors:
+            await ws.send(error_frame(self.send_errors.pop(0), id=frame.id))
+            return
+        recipient = self.users.get(frame.to)
+        if recipient is None:
+            await ws.send(error_frame(UnknownUser(), id=frame.id))
+            return
+        sender = self.users[session.user_id]
+        expected = set(recipient.devices) | (set(sender.devices) - {session.device_id})
+        if set(frame.envs) - expected:
+            await ws.send(error_frame(UnknownDevice(), id=frame.id))
+            return
+        if expected - set(frame.envs):
+            await ws.send(error_frame(MissingDevices(sorted(expected - set(frame.envs))), id=frame.id))
+            return
+        key = (session.user_id, frame.id)
+        dup = key in self.accepted
+        self.accepted.add(key)
+        await ws.send(f.encode(f.Accepted(frame.id, dup)))
+        if not dup:
+            for device, env in frame.envs.items():
+                await self.deliver_raw(device, frame.id, session.user_id, session.device_id, env)
+
+    async def _ack(self, device: str, seq: int) -> None:
+        frame = self.pending.get(device, {}).pop(seq, None)
+        if not isinstance(frame, f.Deliver):
+            return
+        acker = self.owner[device]
+        if acker == frame.from_user:
+            return  # own copies produce no receipt
+        for sender_device in self.users[frame.from_user].devices:
+            await self.push(sender_device, lambda seq, d=device: f.Delivered(seq, frame.id, acker, d, _now()))
+
+
+async def wait_for(predicate: Callable[[], bool], within: float = 5.0) -> None:
+    """Poll until ``predicate()`` is true (for state the hub updates asynchronously)."""
+    async with asyncio.timeout(within):
+        while not predicate():  # noqa: ASYNC110 - polling test state is the point
+            await asyncio.sleep(0.01)
