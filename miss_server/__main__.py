@@ -46,7 +46,9 @@ async def _run(server: HubServer) -> None:
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
-        settings = load_settings(args.config, host=args.host, port=args.port, store=args.store, broker=args.broker)
+        settings = load_settings(
+            args.config, host=args.host, port=args.port, store=args.store, broker=args.broker
+        )
     except ConfigError as exc:
         print(f"miss-server: {exc}", file=sys.stderr)
         return 2

@@ -75,10 +75,18 @@ async def cmd_invite(store: Store, settings: Settings, args: argparse.Namespace)
 async def cmd_users(store: Store, settings: Settings, args: argparse.Namespace) -> dict[str, Any]:
     users = await store.list_users()
     rows = [
-        {"user": u.user_id, "name": u.name, "rpps": u.rpps, "profession": u.profession, "organisation": u.organisation}
+        {
+            "user": u.user_id,
+            "name": u.name,
+            "rpps": u.rpps,
+            "profession": u.profession,
+            "organisation": u.organisation,
+        }
         for u in users
     ]
-    text = "\n".join(f"{r['user']}  {r['rpps']}  {r['name']} — {r['profession']}, {r['organisation']}" for r in rows)
+    text = "\n".join(
+        f"{r['user']}  {r['rpps']}  {r['name']} — {r['profession']}, {r['organisation']}" for r in rows
+    )
     return {"users": rows, "text": text or "no clinicians yet"}
 
 

@@ -32,7 +32,7 @@ from .metrics import Metrics
 from .store.base import Store
 from .store.sqlite import SQLiteStore
 
-__all__ = ["build_store", "build_broker", "HubServer"]
+__all__ = ["HubServer", "build_broker", "build_store"]
 
 log = logging.getLogger("miss.app")
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 import secrets
 
-__all__ = ["new_code", "normalize_code", "code_hash"]
+__all__ = ["code_hash", "new_code", "normalize_code"]
 
 _ALPHABET = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"  # Crockford: no I, L, O, U
 _CONFUSABLE = str.maketrans({"I": "1", "L": "1", "O": "0"})

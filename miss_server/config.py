@@ -25,7 +25,7 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
-__all__ = ["Settings", "ConfigError", "load_settings"]
+__all__ = ["ConfigError", "Settings", "load_settings"]
 
 DEFAULT_STORE = "sqlite:///miss-data/miss.db"
 
@@ -51,7 +51,9 @@ class Settings(BaseSettings):
     invite_ttl_hours: float = Field(72, gt=0, le=24 * 90, description="Lifetime of an invitation code.")
     link_code_ttl_minutes: float = Field(15, gt=0, le=24 * 60, description="Lifetime of a device link code.")
     max_frame_bytes: int = Field(64 * 1024, ge=1024, le=1024 * 1024, description="Largest accepted frame.")
-    auth_timeout_seconds: float = Field(10, gt=0, le=300, description="Time a new connection has to authenticate.")
+    auth_timeout_seconds: float = Field(
+        10, gt=0, le=300, description="Time a new connection has to authenticate."
+    )
     expiry_interval_seconds: float = Field(60, gt=0, description="How often expired envelopes are purged.")
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     log_format: Literal["text", "json"] = "text"

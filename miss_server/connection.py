@@ -95,7 +95,9 @@ async def serve_connection(ws: ServerConnection, hub: Hub) -> None:
         metrics.connections.dec()
 
 
-async def _dispatch(hub: Hub, session: ServerSession, link: DeviceLink, ws: ServerConnection, frame: Frame) -> None:
+async def _dispatch(
+    hub: Hub, session: ServerSession, link: DeviceLink, ws: ServerConnection, frame: Frame
+) -> None:
     """Handle one authenticated frame; request errors answer that request only."""
     try:
         if type(frame) is Send:

@@ -35,7 +35,7 @@ from protocol.frames import Deliver, Delivered, encode
 
 from .store.base import Kind, Queued, Store, StoreUnavailable
 
-__all__ = ["DeviceLink", "row_wakeup", "close_wakeup", "row_frame"]
+__all__ = ["DeviceLink", "close_wakeup", "row_frame", "row_wakeup"]
 
 log = logging.getLogger("miss.delivery")
 

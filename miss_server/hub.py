@@ -82,7 +82,9 @@ class Hub:
         session.check_enroll(frame)
         try:
             device = await self._store_call(
-                self.store.enroll_device(code_hash(frame.code), frame.sign_pk, frame.box_pk, frame.label, now_ms())
+                self.store.enroll_device(
+                    code_hash(frame.code), frame.sign_pk, frame.box_pk, frame.label, now_ms()
+                )
             )
         except CodeInvalid:
             raise errors.InvalidCode("code rejected") from None
@@ -105,7 +107,9 @@ class Hub:
         connection of the same device on this node is closed (4409)."""
         old = self._links.get(device_id)
         if old is not None:
-            old.on_wakeup(close_wakeup(errors.SessionReplaced.close_code or 4409, errors.SessionReplaced.code))
+            old.on_wakeup(
+                close_wakeup(errors.SessionReplaced.close_code or 4409, errors.SessionReplaced.code)
+            )
         link = DeviceLink(device_id, self.store, send, close, self.metrics.deliveries.inc)
         self._links[device_id] = link
         await self.broker.subscribe(device_channel(device_id), link.on_wakeup)

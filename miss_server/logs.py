@@ -26,7 +26,9 @@ class TextFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         ts = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
         extra = " ".join(f"{k}={v}" for k, v in _fields(record).items())
-        line = f"{ts}.{int(record.msecs):03d}Z {record.levelname.lower():7} {record.name}: {record.getMessage()}"
+        line = (
+            f"{ts}.{int(record.msecs):03d}Z {record.levelname.lower():7} {record.name}: {record.getMessage()}"
+        )
         if extra:
             line += " " + extra
         if record.exc_info:

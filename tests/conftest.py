@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).parent))  # so tests can import wire.py
+sys.path.insert(0, str(Path(__file__).parent / "support"))  # shared test helpers
 
-from miss_server.app import HubServer  # noqa: E402
-from miss_server.config import load_settings  # noqa: E402
+from miss_server.app import HubServer
+from miss_server.config import load_settings
 
 
 @pytest.fixture

@@ -31,16 +31,16 @@ from dataclasses import dataclass
 from typing import Protocol
 
 __all__ = [
-    "StoreUnavailable",
+    "AcceptResult",
     "CodeInvalid",
-    "SchemaMismatch",
-    "Kind",
-    "User",
     "Device",
+    "Kind",
     "NewMessage",
     "Queued",
-    "AcceptResult",
+    "SchemaMismatch",
     "Store",
+    "StoreUnavailable",
+    "User",
 ]
 
 
@@ -139,9 +139,7 @@ class Store(Protocol):
 
     # --- accounts and devices ---------------------------------------------
 
-    async def create_user(
-        self, name: str, rpps: str, profession: str, organisation: str, now: int
-    ) -> User:
+    async def create_user(self, name: str, rpps: str, profession: str, organisation: str, now: int) -> User:
         """Record a clinician; raises ValueError if the RPPS number is taken."""
 
     async def get_user(self, user_id: str) -> User | None: ...

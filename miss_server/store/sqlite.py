@@ -272,12 +272,16 @@ class SQLiteStore:
 
     async def get_user(self, user_id: str) -> User | None:
         return await self._read(
-            lambda c: _user(c.execute(f"SELECT {_USER_COLUMNS} FROM users WHERE user_id = ?", (user_id,)).fetchone())
+            lambda c: _user(
+                c.execute(f"SELECT {_USER_COLUMNS} FROM users WHERE user_id = ?", (user_id,)).fetchone()
+            )
         )
 
     async def find_user_by_rpps(self, rpps: str) -> User | None:
         return await self._read(
-            lambda c: _user(c.execute(f"SELECT {_USER_COLUMNS} FROM users WHERE rpps = ?", (rpps,)).fetchone())
+            lambda c: _user(
+                c.execute(f"SELECT {_USER_COLUMNS} FROM users WHERE rpps = ?", (rpps,)).fetchone()
+            )
         )
 
     async def list_users(self) -> list[User]:
@@ -295,7 +299,9 @@ class SQLiteStore:
             )
         )
 
-    async def enroll_device(self, code_hash: bytes, sign_pk: bytes, box_pk: bytes, label: str, now: int) -> Device:
+    async def enroll_device(
+        self, code_hash: bytes, sign_pk: bytes, box_pk: bytes, label: str, now: int
+    ) -> Device:
         device_id = "d_" + secrets.token_hex(8)
 
         def run(conn: sqlite3.Connection) -> Device:
@@ -316,7 +322,9 @@ class SQLiteStore:
 
     async def get_device(self, device_id: str) -> Device | None:
         def run(conn: sqlite3.Connection) -> Device | None:
-            row = conn.execute(f"SELECT {_DEVICE_COLUMNS} FROM devices WHERE device_id = ?", (device_id,)).fetchone()
+            row = conn.execute(
+                f"SELECT {_DEVICE_COLUMNS} FROM devices WHERE device_id = ?", (device_id,)
+            ).fetchone()
             return None if row is None else _device(row)
 
         return await self._read(run)
@@ -362,7 +370,9 @@ class SQLiteStore:
 
     async def count_pending(self, device_id: str) -> int:
         return await self._read(
-            lambda c: int(c.execute("SELECT count(*) FROM queue WHERE device_id = ?", (device_id,)).fetchone()[0])
+            lambda c: int(
+                c.execute("SELECT count(*) FROM queue WHERE device_id = ?", (device_id,)).fetchone()[0]
+            )
         )
 
 
@@ -406,22 +416,34 @@ def _accept(conn: sqlite3.Connection, m: NewMessage) -> AcceptResult:
         )
         assert cur.lastrowid is not None
         queued.append(
-            Queued(cur.lastrowid, device_id, Kind.MESSAGE, m.message_id, m.sender_user, m.sender_device, m.ts, envelope)
+            Queued(
+                cur.lastrowid,
+                device_id,
+                Kind.MESSAGE,
+                m.message_id,
+                m.sender_user,
+                m.sender_device,
+                m.ts,
+                envelope,
+            )
         )
     return AcceptResult(duplicate=False, queued=queued)
 
 
-def _ack(conn: sqlite3.Connection, device_id: str, seqs: list[int], now: int, expires_at: int) -> list[Queued]:
+def _ack(
+    conn: sqlite3.Connection, device_id: str, seqs: list[int], now: int, expires_at: int
+) -> list[Queued]:
     owner = conn.execute("SELECT user_id FROM devices WHERE device_id = ?", (device_id,)).fetchone()
     receipts: list[Queued] = []
     for seq in seqs:
         row = conn.execute(
-            "DELETE FROM queue WHERE seq = ? AND device_id = ? RETURNING kind, message_id, peer_user, recipient_user",
+            "DELETE FROM queue WHERE seq = ? AND device_id = ? "
+            "RETURNING kind, message_id, peer_user, recipient_user",
             (seq, device_id),
         ).fetchone()
         if row is None or row[0] != Kind.MESSAGE or owner is None:
             continue
-        kind, message_id, sender_user, recipient_user = row
+        _, message_id, sender_user, recipient_user = row
         if owner[0] != recipient_user or sender_user == recipient_user:
             continue  # a copy for the sender's own device: no receipt
         for (sender_device,) in conn.execute(
@@ -430,7 +452,16 @@ def _ack(conn: sqlite3.Connection, device_id: str, seqs: list[int], now: int, ex
             cur = conn.execute(
                 "INSERT INTO queue (device_id, kind, message_id, peer_user, peer_device, recipient_user, ts, "
                 "expires_at, payload) VALUES (?, ?, ?, ?, ?, ?, ?, ?, x'')",
-                (sender_device, int(Kind.RECEIPT), message_id, owner[0], device_id, sender_user, now, expires_at),
+                (
+                    sender_device,
+                    int(Kind.RECEIPT),
+                    message_id,
+                    owner[0],
+                    device_id,
+                    sender_user,
+                    now,
+                    expires_at,
+                ),
             )
             assert cur.lastrowid is not None
             receipts.append(

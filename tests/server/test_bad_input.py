@@ -15,15 +15,14 @@ from wire import RawDevice, invite
 from miss_server.app import HubServer
 from protocol import crypto, errors
 from protocol.frames import (
-    Ack,
     Accepted,
+    Ack,
     Auth,
     Deliver,
     Error,
     Lookup,
     LookupOk,
     Send,
-    encode,
 )
 
 
@@ -166,7 +165,9 @@ async def test_replayed_authentication_closes_4401(hub: HubServer, pair: Pair) -
     # own connection: the hub's fresh challenge makes it worthless.
     honest = RawDevice(hub.url, keys=pair.b.keys, device_id=pair.b.device_id)
     await honest.open()
-    captured = Auth(1, pair.b.device_id, pair.b.keys.sign(crypto.auth_message(honest.nonce, pair.b.device_id)))
+    captured = Auth(
+        1, pair.b.device_id, pair.b.keys.sign(crypto.auth_message(honest.nonce, pair.b.device_id))
+    )
     replayer = RawDevice(hub.url)
     await replayer.open()
     await replayer.send_frame(captured)

@@ -93,5 +93,7 @@ class HubProcess:
         return result
 
     def invite(self, name: str, rpps: str) -> tuple[str, str]:
-        r = self.admin("invite", "--name", name, "--rpps", rpps, "--profession", "médecin", "--organisation", "CHRU")
+        r = self.admin(
+            "invite", "--name", name, "--rpps", rpps, "--profession", "médecin", "--organisation", "CHRU"
+        )
         return str(r["user"]), str(r["code"])

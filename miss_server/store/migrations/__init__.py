@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from importlib import resources
 
-__all__ = ["migrations", "latest_version"]
+__all__ = ["latest_version", "migrations"]
 
 
 def migrations(dialect: str) -> list[tuple[int, str, str]]:
