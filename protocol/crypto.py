@@ -38,6 +38,7 @@ __all__ = [
     "EnvelopeError",
     "Plaintext",
     "auth_message",
+    "device_identity",
     "enroll_message",
     "message_id_time_ms",
     "new_message_id",
@@ -214,13 +215,20 @@ def message_id_time_ms(message_id: bytes) -> int:
     return int.from_bytes(message_id[:6], "big")
 
 
-def _fingerprint(user_id: str, sign_pks: list[bytes]) -> str:
+def device_identity(sign_pk: bytes, box_pk: bytes) -> bytes:
+    """What a safety number covers of one device: both its public keys
+    (``sign_pk || box_pk``, 64 bytes). Covering the box key matters: it is
+    the key messages are sealed to, so substituting it must show."""
+    return sign_pk + box_pk
+
+
+def _fingerprint(user_id: str, identities: list[bytes]) -> str:
     h = hashlib.sha512()
     h.update(SAFETY_CONTEXT)
     uid = user_id.encode()
     h.update(len(uid).to_bytes(2, "big") + uid)
-    for pk in sorted(sign_pks):
-        h.update(pk)
+    for identity in sorted(identities):
+        h.update(identity)
     digest = h.digest()
     # Six chunks of 5 bytes, each reduced to 5 decimal digits: 30 digits.
     return "".join(f"{int.from_bytes(digest[i : i + 5], 'big') % 100000:05d}" for i in range(0, 30, 5))
@@ -229,8 +237,9 @@ def _fingerprint(user_id: str, sign_pks: list[bytes]) -> str:
 def safety_number(user_a: str, keys_a: list[bytes], user_b: str, keys_b: list[bytes]) -> str:
     """The 60-digit safety number of a conversation (SPEC §8).
 
-    Both sides compute the same number: each user's 30-digit fingerprint
-    covers their user id and every device signing key; the two are
+    ``keys_a``/``keys_b`` hold each device's :func:`device_identity` (both
+    public keys). Both sides compute the same number: each user's 30-digit
+    fingerprint covers their user id and every device's keys; the two are
     concatenated in user-id order and shown as 12 groups of 5 digits. Any
     added, removed or substituted device key changes it.
     """

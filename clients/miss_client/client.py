@@ -321,7 +321,7 @@ class Client:
         from freshly looked-up device keys (SPEC §8)."""
         own = await self.lookup(user=self.user_id, refresh=True)
         peer = await self.resolve(recipient, refresh=True)
-        return crypto.safety_number(self.user_id, own.sign_pks, peer.user, peer.sign_pks)
+        return crypto.safety_number(self.user_id, own.identities, peer.user, peer.identities)
 
     # --- sending -------------------------------------------------------------------
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 import uuid
 from dataclasses import dataclass, field
 
+from protocol import crypto
 from protocol.frames import DeviceInfo
 
 __all__ = [
@@ -72,9 +73,9 @@ class Peer:
         return None
 
     @property
-    def sign_pks(self) -> list[bytes]:
-        """Every device's signing key (the input of a safety number)."""
-        return [d.sign_pk for d in self.devices]
+    def identities(self) -> list[bytes]:
+        """Every device's public keys (the input of a safety number, SPEC §8)."""
+        return [crypto.device_identity(d.sign_pk, d.box_pk) for d in self.devices]
 
     @property
     def display(self) -> str:

@@ -608,8 +608,11 @@ def crypto_document() -> dict[str, Any]:
         m["id"] = mid.hex()
         m["uuid"] = f"{mid[:4].hex()}-{mid[4:6].hex()}-{mid[6:8].hex()}-{mid[8:10].hex()}-{mid[10:].hex()}"
 
-    a_keys = [KEYS[ALICE_LAPTOP].sign_pk, KEYS[ALICE_PHONE].sign_pk]  # deliberately not sorted
-    b_keys = [KEYS[BOB_PHONE].sign_pk]
+    def ident(k: crypto.DeviceKeys) -> bytes:
+        return crypto.device_identity(k.sign_pk, k.box_pk)
+
+    a_keys = [ident(KEYS[ALICE_LAPTOP]), ident(KEYS[ALICE_PHONE])]  # deliberately not sorted
+    b_keys = [ident(KEYS[BOB_PHONE])]
     b_new = crypto.DeviceKeys(bytes(range(0xD0, 0xF0)), bytes(range(0xE0, 0x100)))  # Bob's new phone
 
     def safety(description: str, ua: str, ka: list[bytes], ub: str, kb: list[bytes]) -> dict[str, Any]:
@@ -628,9 +631,16 @@ def crypto_document() -> dict[str, Any]:
         safety("Alice (phone + laptop, keys given unsorted) and Bob (phone)", ALICE, a_keys, BOB, b_keys),
         safety("the same two users seen from Bob's side: the same number", BOB, b_keys, ALICE, a_keys),
         safety(
-            "Alice without her laptop: the number changes", ALICE, [KEYS[ALICE_PHONE].sign_pk], BOB, b_keys
+            "Alice without her laptop: the number changes", ALICE, [ident(KEYS[ALICE_PHONE])], BOB, b_keys
         ),
-        safety("Bob's phone key replaced: the number changes", ALICE, a_keys, BOB, [b_new.sign_pk]),
+        safety("Bob's phone keys replaced: the number changes", ALICE, a_keys, BOB, [ident(b_new)]),
+        safety(
+            "only Bob's box (encryption) key substituted: the number changes",
+            ALICE,
+            a_keys,
+            BOB,
+            [crypto.device_identity(KEYS[BOB_PHONE].sign_pk, b_new.box_pk)],
+        ),
     ]
 
     return {
@@ -679,8 +689,9 @@ def crypto_document() -> dict[str, Any]:
             "vectors": message_ids,
         },
         "safety_numbers": {
-            "description": "safety_number(user_a, keys_a, user_b, keys_b) (SPEC §8); fingerprint_x is the "
-            "30-digit fingerprint of one user",
+            "description": "safety_number(user_a, keys_a, user_b, keys_b) (SPEC §8); each entry of "
+            "keys_x is one device's sign_pk || box_pk (64 bytes); fingerprint_x is the 30-digit "
+            "fingerprint of one user",
             "vectors": safety_numbers,
         },
     }

@@ -254,8 +254,8 @@ def test_fresh_message_ids_differ_and_carry_the_current_time() -> None:
 
 # --- safety numbers ---------------------------------------------------------------------------------
 
-A_KEYS = [ALICE.sign_pk, MALLORY.sign_pk]
-B_KEYS = [BOB.sign_pk]
+A_KEYS = [crypto.device_identity(k.sign_pk, k.box_pk) for k in (ALICE, MALLORY)]
+B_KEYS = [crypto.device_identity(BOB.sign_pk, BOB.box_pk)]
 
 
 def test_safety_number_format() -> None:
@@ -274,8 +274,10 @@ def test_safety_number_is_symmetric() -> None:
 
 def test_safety_number_changes_with_any_key_or_user() -> None:
     base = crypto.safety_number("u_a", A_KEYS, "u_b", B_KEYS)
-    new_key = crypto.DeviceKeys.generate().sign_pk
+    fresh = crypto.DeviceKeys.generate()
+    new_key = crypto.device_identity(fresh.sign_pk, fresh.box_pk)
     variants = [
+        ("u_a", A_KEYS, "u_b", [crypto.device_identity(BOB.sign_pk, fresh.box_pk)]),  # only a box key swapped
         ("u_a", [new_key, A_KEYS[1]], "u_b", B_KEYS),  # Alice's first key replaced
         ("u_a", [A_KEYS[0], new_key], "u_b", B_KEYS),  # Alice's second key replaced
         ("u_a", A_KEYS, "u_b", [new_key]),  # Bob's key replaced
@@ -291,8 +293,13 @@ def test_safety_number_changes_with_any_key_or_user() -> None:
     assert len(numbers) == len(variants)
 
 
+def new_identity() -> bytes:
+    k = crypto.DeviceKeys.generate()
+    return crypto.device_identity(k.sign_pk, k.box_pk)
+
+
 def test_safety_number_halves_are_per_user() -> None:
     """Only the half of the user whose key changed moves (SPEC §8)."""
     before = crypto.safety_number("u_a", A_KEYS, "u_b", B_KEYS).split()
-    after = crypto.safety_number("u_a", A_KEYS, "u_b", [crypto.DeviceKeys.generate().sign_pk]).split()
+    after = crypto.safety_number("u_a", A_KEYS, "u_b", [new_identity()]).split()
     assert before[:6] == after[:6] and before[6:] != after[6:]

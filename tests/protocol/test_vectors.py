@@ -258,11 +258,11 @@ def test_message_id_vector(vector: dict[str, Any]) -> None:
     assert crypto.message_id_time_ms(message_id) == vector["now_ms"]
 
 
-def spec_fingerprint(user_id: str, sign_pks: list[bytes]) -> str:
-    """SPEC.md §8, step by step."""
+def spec_fingerprint(user_id: str, identities: list[bytes]) -> str:
+    """SPEC.md §8, step by step (each identity is sign_pk || box_pk)."""
     uid = user_id.encode("utf-8")
     digest = hashlib.sha512(
-        b"miss.v1/safety\x00" + len(uid).to_bytes(2, "big") + uid + b"".join(sorted(sign_pks))
+        b"miss.v1/safety\x00" + len(uid).to_bytes(2, "big") + uid + b"".join(sorted(identities))
     ).digest()
     return "".join(f"{int.from_bytes(digest[i : i + 5], 'big') % 100_000:05d}" for i in range(0, 30, 5))
 
@@ -273,6 +273,7 @@ def spec_fingerprint(user_id: str, sign_pks: list[bytes]) -> str:
 def test_safety_number_vector(vector: dict[str, Any]) -> None:
     keys_a = [bytes.fromhex(k) for k in vector["keys_a"]]
     keys_b = [bytes.fromhex(k) for k in vector["keys_b"]]
+    assert all(len(k) == 64 for k in keys_a + keys_b)  # both public keys of each device
     number = crypto.safety_number(vector["user_a"], keys_a, vector["user_b"], keys_b)
     assert number == vector["safety_number"]
     fa, fb = spec_fingerprint(vector["user_a"], keys_a), spec_fingerprint(vector["user_b"], keys_b)
