@@ -37,7 +37,7 @@ async def _run(server: HubServer) -> None:
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     await server.start()
-    print(f"MiSS hub serving {server.url} (store {server.settings.store})", flush=True)
+    print(f"MiSS hub serving {server.url} (store {server.settings.store_display})", flush=True)
     await stop.wait()
     log.info("shutting down")
     await server.stop()

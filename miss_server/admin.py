@@ -24,7 +24,7 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from .app import build_store
+from .app import build_store, embedded_store
 from .codes import code_hash, new_code
 from .config import ConfigError, Settings, load_settings
 from .store.base import SchemaMismatch, Store, StoreUnavailable, User
@@ -131,7 +131,7 @@ async def _run(settings: Settings, args: argparse.Namespace) -> dict[str, Any]:
             return await cmd_migrate(store, settings, args)
         finally:
             await store.close()
-    if settings.store.startswith("sqlite:///"):
+    if embedded_store(settings):
         await store.migrate()  # the embedded store migrates itself, as the hub does
     await store.open()
     try:

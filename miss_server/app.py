@@ -30,6 +30,7 @@ from .connection import serve_connection
 from .hub import Hub
 from .metrics import Metrics
 from .store.base import Store
+from .store.postgres import PostgresStore
 from .store.sqlite import SQLiteStore
 
 __all__ = ["HubServer", "build_broker", "build_store"]
@@ -40,6 +41,8 @@ log = logging.getLogger("miss.app")
 def build_store(settings: Settings) -> Store:
     if settings.store.startswith("sqlite:///"):
         return SQLiteStore(settings.sqlite_path)
+    if settings.store.startswith(("postgresql://", "postgres://")):
+        return PostgresStore(settings.store)
     raise NotImplementedError(f"store {settings.store.split(':', 1)[0]} is not available in this build")
 
 

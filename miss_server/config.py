@@ -16,6 +16,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import urlsplit, urlunsplit
 
 from pydantic import Field, ValidationError, field_validator
 from pydantic_settings import (
@@ -79,6 +80,11 @@ class Settings(BaseSettings):
             raise ValueError("tls_cert and tls_key go together")
 
     @property
+    def store_display(self) -> str:
+        """The store URL without its password, for logs and banners."""
+        return _redact(self.store)
+
+    @property
     def sqlite_path(self) -> Path:
         """The SQLite database file, for a ``sqlite:///`` store."""
         return Path(self.store.removeprefix("sqlite:///"))
@@ -86,6 +92,14 @@ class Settings(BaseSettings):
     @property
     def message_ttl_ms(self) -> int:
         return int(self.message_ttl_days * 86_400_000)
+
+
+def _redact(url: str) -> str:
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
+    return urlunsplit(parts._replace(netloc=netloc))
 
 
 def load_settings(config_file: str | Path | None = None, **overrides: Any) -> Settings:

@@ -19,19 +19,23 @@ socket, so frames leave in one order:
    since every dropped frame is a row in the store.
 
 A wake-up payload is ``b"Q" + seq (8 bytes, big-endian) + frame`` for a
-queued row, or ``b"X" + close code (2 bytes) + reason`` to close the
-connection (another connection authenticated as the same device).
+queued row, or ``b"X" + error code`` to end the connection with that fatal
+error (e.g. ``session_replaced``: another connection authenticated as the
+same device): the peer gets the ``error`` frame, then the close code.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable
 
+from protocol import errors
 from protocol.frames import Deliver, Delivered, encode
+from protocol.session import error_frame
 
 from .store.base import Kind, Queued, Store, StoreUnavailable
 
@@ -57,8 +61,8 @@ def row_wakeup(row: Queued) -> bytes:
     return b"Q" + row.seq.to_bytes(8, "big") + row_frame(row)
 
 
-def close_wakeup(code: int, reason: str) -> bytes:
-    return b"X" + code.to_bytes(2, "big") + reason.encode()
+def close_wakeup(error: type[errors.FatalError]) -> bytes:
+    return b"X" + error.code.encode()
 
 
 def _now_ms() -> int:
@@ -120,8 +124,16 @@ class DeviceLink:
                     self._outbox.append((int.from_bytes(payload[1:9], "big"), payload[9:]))
             self._wake.set()
         elif tag == TAG_CLOSE:
-            code = int.from_bytes(payload[1:3], "big")
-            asyncio.get_running_loop().create_task(self._close(code, payload[3:].decode()))
+            error = errors.error_class(payload[1:].decode())
+            if issubclass(error, errors.FatalError):
+                asyncio.get_running_loop().create_task(self._end(error()))
+
+    async def _end(self, exc: errors.FatalError) -> None:
+        # The peer may be gone already; then there is nothing to tell it.
+        with contextlib.suppress(Exception):
+            await self._send(error_frame(exc))
+        with contextlib.suppress(Exception):
+            await self._close(exc.close_code or 4400, exc.code)
 
     def acked(self, seqs: tuple[int, ...]) -> None:
         self._inflight.difference_update(seqs)

@@ -107,9 +107,7 @@ class Hub:
         connection of the same device on this node is closed (4409)."""
         old = self._links.get(device_id)
         if old is not None:
-            old.on_wakeup(
-                close_wakeup(errors.SessionReplaced.close_code or 4409, errors.SessionReplaced.code)
-            )
+            old.on_wakeup(close_wakeup(errors.SessionReplaced))
         link = DeviceLink(device_id, self.store, send, close, self.metrics.deliveries.inc)
         self._links[device_id] = link
         await self.broker.subscribe(device_channel(device_id), link.on_wakeup)

@@ -290,3 +290,11 @@ async def _link_code(dev: RawDevice) -> str:
     reply = await dev.recv()
     assert isinstance(reply, LinkCodeOk) and reply.rid == 7
     return reply.code
+
+
+async def test_second_connection_of_a_device_replaces_the_first(hub: HubServer, pair: Pair) -> None:
+    newer = RawDevice(hub.url, keys=pair.b.keys, device_id=pair.b.device_id, user_id=pair.b.user_id)
+    await newer.auth()
+    await expect_close(pair.b, errors.SessionReplaced)
+    pair.b = newer  # the newer connection gets Bob's messages
+    await pair.still_served()

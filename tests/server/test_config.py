@@ -1,0 +1,68 @@
+"""Configuration: sources, validation messages, and the README reference."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+from pathlib import Path
+
+import pytest
+from hubproc import BIN
+
+from miss_server.config import ConfigError, Settings, load_settings
+
+README = Path(__file__).parents[2] / "README.md"
+
+
+def test_defaults_are_the_embedded_hub_on_loopback(monkeypatch: pytest.MonkeyPatch) -> None:
+    for var in ("MISS_CONFIG", "MISS_STORE", "MISS_BROKER", "MISS_PORT", "MISS_HOST"):
+        monkeypatch.delenv(var, raising=False)
+    s = load_settings()
+    assert (s.host, s.port, s.store, s.broker) == (
+        "127.0.0.1",
+        8765,
+        "sqlite:///miss-data/miss.db",
+        "memory://",
+    )
+
+
+def test_flags_beat_environment_beat_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    toml = tmp_path / "miss.toml"
+    toml.write_text('port = 9001\nhost = "0.0.0.0"\nmessage_ttl_days = 7\n')
+    monkeypatch.setenv("MISS_PORT", "9002")
+    s = load_settings(toml)
+    assert (s.port, s.host, s.message_ttl_days) == (9002, "0.0.0.0", 7)
+    assert load_settings(toml, port=9003).port == 9003
+
+
+def test_every_bad_setting_is_named(tmp_path: Path) -> None:
+    toml = tmp_path / "bad.toml"
+    toml.write_text('port = "eighty"\nstore = "mysql://x"\nbogus = 1\n')
+    with pytest.raises(ConfigError) as err:
+        load_settings(toml)
+    message = str(err.value)
+    for name in ("port", "store", "bogus", "MISS_PORT"):
+        assert name in message
+
+
+def test_miss_server_exits_2_with_a_clear_message(tmp_path: Path) -> None:
+    out = subprocess.run(
+        [str(BIN / "miss-server"), "--port", "99999"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        cwd=tmp_path,
+    )
+    assert out.returncode == 2
+    assert "port" in out.stderr and "Traceback" not in out.stderr
+
+
+def test_store_password_is_not_displayed() -> None:
+    s = load_settings(store="postgresql://miss:s3cret@db.internal:5432/miss")
+    assert "s3cret" not in s.store_display and "db.internal" in s.store_display
+
+
+def test_readme_documents_every_setting() -> None:
+    rows = [line for line in README.read_text().splitlines() if line.startswith("| `")]
+    documented = {name for row in rows for name in re.findall(r"`([a-z_]+)`", row.split("|")[1])}
+    assert set(Settings.model_fields) <= documented, set(Settings.model_fields) - documented
