@@ -28,8 +28,10 @@ __all__ = [
     "MAX_FRAME_BYTES",
     "MAX_ID_CHARS",
     "MAX_RECIPIENT_DEVICES",
+    "MAX_WATCH",
     "PROTOCOL_VERSION",
     "SERVER_FRAMES",
+    "STATUSES",
     "SUBPROTOCOL",
     "Accepted",
     "Ack",
@@ -45,7 +47,12 @@ __all__ = [
     "LinkCodeOk",
     "Lookup",
     "LookupOk",
+    "Ok",
+    "Presence",
     "Send",
+    "SetStatus",
+    "Watch",
+    "Watching",
     "Welcome",
     "decode",
     "encode",
@@ -135,13 +142,20 @@ class Frame:
     WIRE: ClassVar[tuple[tuple[str, str, Checker], ...]] = ()
 
     def to_map(self) -> dict[str, Any]:
-        out: dict[str, Any] = {"t": self.TYPE}
+        return {"t": self.TYPE, **self.fields_map()}
+
+    def fields_map(self) -> dict[str, Any]:
+        """The frame's fields without ``"t"`` (how a frame nests in another)."""
+        out: dict[str, Any] = {}
         for attr, key, _ in self.WIRE:
             value = getattr(self, attr)
             if value is None:
                 continue
             if isinstance(value, tuple):
-                value = [v.to_map() if isinstance(v, Record) else v for v in value]
+                value = [
+                    v.fields_map() if isinstance(v, Frame) else v.to_map() if isinstance(v, Record) else v
+                    for v in value
+                ]
             out[key] = value
         return out
 
@@ -242,6 +256,38 @@ class LinkCode(Frame):
     TYPE = "link_code"
     rid: int
     WIRE = (("rid", "rid", _int),)
+
+
+#: Statuses a clinician can set (SPEC §6.7).
+STATUSES = ("available", "busy", "on_call", "off_duty")
+#: Most users one ``watch`` may name.
+MAX_WATCH = 512
+
+
+def _status(v: Any) -> str:
+    if v not in STATUSES:
+        raise _bad("unknown status")
+    return str(v)
+
+
+@dataclass(frozen=True, slots=True)
+class SetStatus(Frame):
+    """Set the clinician's status, shown to their contacts (SPEC §6.7)."""
+
+    TYPE = "set_status"
+    rid: int
+    status: str
+    WIRE = (("rid", "rid", _int), ("status", "status", _status))
+
+
+@dataclass(frozen=True, slots=True)
+class Watch(Frame):
+    """Follow the presence of these users; replaces the previous watch list."""
+
+    TYPE = "watch"
+    rid: int
+    users: tuple[str, ...]
+    WIRE = (("rid", "rid", _int), ("users", "users", _list(_str(), MAX_WATCH)))
 
 
 # --- hub → client -----------------------------------------------------------
@@ -383,7 +429,46 @@ class Error(Frame):
     )
 
 
-CLIENT_FRAMES: tuple[type[Frame], ...] = (Auth, Enroll, Send, Ack, Lookup, LinkCode)
+@dataclass(frozen=True, slots=True)
+class Ok(Frame):
+    """A request that returns nothing succeeded (``set_status``)."""
+
+    TYPE = "ok"
+    rid: int
+    WIRE = (("rid", "rid", _int),)
+
+
+@dataclass(frozen=True, slots=True)
+class Presence(Frame):
+    """A watched user's status and whether any of their devices is online.
+    Pushed on every change; ``watching`` carries the current ones."""
+
+    TYPE = "presence"
+    user: str
+    status: str
+    online: bool
+    WIRE = (("user", "user", _str()), ("status", "status", _status), ("online", "online", _bool))
+
+
+def _presence(v: Any) -> Presence:
+    if type(v) is not dict:
+        raise _bad("expected a presence map")
+    return Presence.from_map(v)
+
+
+@dataclass(frozen=True, slots=True)
+class Watching(Frame):
+    """Answer to ``watch``: the presence of every user the hub lets this
+    clinician see (contacts and colleagues of the same organisation); users
+    left out are unknown or not visible."""
+
+    TYPE = "watching"
+    rid: int
+    presence: tuple[Presence, ...]
+    WIRE = (("rid", "rid", _int), ("presence", "presence", _list(_presence, MAX_WATCH)))
+
+
+CLIENT_FRAMES: tuple[type[Frame], ...] = (Auth, Enroll, Send, Ack, Lookup, LinkCode, SetStatus, Watch)
 SERVER_FRAMES: tuple[type[Frame], ...] = (
     Challenge,
     Welcome,
@@ -392,6 +477,9 @@ SERVER_FRAMES: tuple[type[Frame], ...] = (
     Delivered,
     LookupOk,
     LinkCodeOk,
+    Ok,
+    Presence,
+    Watching,
     Error,
 )
 _BY_TYPE: dict[str, type[Frame]] = {cls.TYPE: cls for cls in CLIENT_FRAMES + SERVER_FRAMES}

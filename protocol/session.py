@@ -42,6 +42,8 @@ from .frames import (
     LinkCode,
     Lookup,
     Send,
+    SetStatus,
+    Watch,
     decode,
     encode,
 )
@@ -58,7 +60,7 @@ class State(enum.Enum):
 #: Which client frame types each state accepts (SPEC §4, table 2).
 ALLOWED: dict[State, frozenset[type[Frame]]] = {
     State.CHALLENGED: frozenset({Auth, Enroll}),
-    State.AUTHENTICATED: frozenset({Send, Ack, Lookup, LinkCode}),
+    State.AUTHENTICATED: frozenset({Send, Ack, Lookup, LinkCode, SetStatus, Watch}),
     State.CLOSED: frozenset(),
 }
 

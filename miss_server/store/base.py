@@ -19,6 +19,8 @@ Contracts that the hub's guarantees rest on (DESIGN.md):
 * Sequence numbers (``seq``) grow with insertion order for a given device;
   :meth:`Store.pending` returns a device's rows in ``seq`` order.
 * Enrollment codes are stored hashed (SHA-256), single-use and expiring.
+* :meth:`Store.accept` also records the sender and recipient as contacts of
+  each other (for presence visibility), in the same transaction.
 
 Errors: every method may raise :class:`StoreUnavailable` when the backend
 cannot be reached; nothing was written in that case.
@@ -72,6 +74,7 @@ class User:
     organisation: str
     created_at: int  # ms
     suspended: bool = False
+    status: str = "available"  # one of protocol.frames.STATUSES
 
 
 @dataclass(frozen=True, slots=True)
@@ -150,6 +153,17 @@ class Store(Protocol):
         """Every clinician, by name."""
 
     async def add_enrollment_code(self, user_id: str, code_hash: bytes, expires_at: int) -> None: ...
+
+    async def set_status(self, user_id: str, status: str) -> None:
+        """Durably record a clinician's status (available, busy, on_call, off_duty)."""
+
+    async def statuses(self, user_ids: list[str]) -> dict[str, str]:
+        """The status of each existing user among ``user_ids`` (unknown ids are left out)."""
+
+    async def visible_users(self, viewer: str, candidates: list[str]) -> set[str]:
+        """Those of ``candidates`` whose presence ``viewer`` may see: users of
+        the viewer's organisation, and contacts (a message was accepted
+        between the two, either way). The viewer always sees themself."""
 
     async def enroll_device(
         self, code_hash: bytes, sign_pk: bytes, box_pk: bytes, label: str, now: int
