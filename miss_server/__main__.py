@@ -14,6 +14,7 @@ import signal
 import sys
 
 from .app import HubServer
+from .broker.base import BrokerUnavailable
 from .config import ConfigError, load_settings
 from .logs import setup_logging
 from .store.base import SchemaMismatch, StoreUnavailable
@@ -55,7 +56,14 @@ def main(argv: list[str] | None = None) -> int:
     setup_logging(settings.log_level, settings.log_format)
     try:
         asyncio.run(_run(HubServer(settings)))
-    except (SchemaMismatch, StoreUnavailable, OSError, NotImplementedError) as exc:
+    except (
+        SchemaMismatch,
+        StoreUnavailable,
+        BrokerUnavailable,
+        OSError,
+        NotImplementedError,
+        ValueError,
+    ) as exc:
         print(f"miss-server: {exc}", file=sys.stderr)
         return 1
     return 0

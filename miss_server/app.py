@@ -23,12 +23,14 @@ from websockets.http11 import Request, Response
 
 from protocol.frames import SUBPROTOCOL
 
-from .broker.base import Broker
-from .broker.memory import MemoryBroker
+from .broker.base import CONTROL_CHANNEL, Broker, Presence
+from .broker.memory import MemoryBroker, MemoryPresence
+from .broker.redis import RedisBroker, RedisPresence
 from .config import Settings
 from .connection import serve_connection
 from .hub import Hub
 from .metrics import Metrics
+from .presence import PresenceService
 from .store.base import Store
 from .store.postgres import PostgresStore
 from .store.sqlite import SQLiteStore
@@ -46,9 +48,13 @@ def build_store(settings: Settings) -> Store:
     raise NotImplementedError(f"store {settings.store.split(':', 1)[0]} is not available in this build")
 
 
-def build_broker(settings: Settings) -> Broker:
+def build_broker(settings: Settings) -> tuple[Broker, Presence]:
+    """The broker and the presence backend, which share their connection."""
     if settings.broker.startswith("memory://"):
-        return MemoryBroker()
+        return MemoryBroker(), MemoryPresence()
+    if settings.broker.startswith(("redis://", "rediss://")):
+        broker = RedisBroker(settings.broker)
+        return broker, RedisPresence(broker)
     raise NotImplementedError(f"broker {settings.broker.split(':', 1)[0]} is not available in this build")
 
 
@@ -66,10 +72,13 @@ class HubServer:
         self.settings = settings
         self.metrics = Metrics()
         self.store = build_store(settings)
-        self.broker = build_broker(settings)
-        self.hub = Hub(self.store, self.broker, settings, self.metrics)
+        self.broker, presence_backend = build_broker(settings)
+        self.presence = PresenceService(
+            presence_backend, self.broker, self.store, settings.presence_ttl_seconds
+        )
+        self.hub = Hub(self.store, self.broker, self.presence, settings, self.metrics)
         self._server: Server | None = None
-        self._expiry: asyncio.Task[None] | None = None
+        self._tasks: list[asyncio.Task[None]] = []
 
     @property
     def port(self) -> int:
@@ -86,6 +95,8 @@ class HubServer:
             await self.store.migrate()
         await self.store.open()
         await self.broker.start()
+        self.broker.on_gap(self.hub.on_broker_gap)
+        await self.broker.subscribe(CONTROL_CHANNEL, self.hub.on_control)
         tls = None
         if self.settings.tls_cert and self.settings.tls_key:
             tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
@@ -102,14 +113,24 @@ class HubServer:
             ssl=tls,
             server_header="MiSS",
         )
-        self._expiry = asyncio.create_task(self.hub.expire_forever(), name="expiry")
-        log.info("hub listening", extra={"url": self.url, "store": self.settings.store.split(":", 1)[0]})
+        self._tasks = [
+            asyncio.create_task(self.hub.expire_forever(), name="expiry"),
+            asyncio.create_task(self.presence.run_forever(), name="presence"),
+        ]
+        log.info(
+            "hub listening",
+            extra={
+                "url": self.url,
+                "store": self.settings.store_display,
+                "broker": self.settings.broker_display,
+            },
+        )
 
     async def stop(self) -> None:
-        if self._expiry is not None:
-            self._expiry.cancel()
+        for task in self._tasks:
+            task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
-                await self._expiry
+                await task
         if self._server is not None:
             self._server.close()  # closes connections with 1001
             await self._server.wait_closed()

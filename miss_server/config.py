@@ -47,13 +47,19 @@ class Settings(BaseSettings):
         description="Where durable state lives: sqlite:///PATH (relative to the working directory) "
         "or sqlite:////ABSOLUTE/PATH; postgresql://... in production.",
     )
-    broker: str = Field("memory://", description="memory:// (one node) or redis://... (several nodes).")
+    broker: str = Field(
+        "memory://",
+        description="memory:// (one node) or redis://host:port/db[?prefix=NAME] (several nodes).",
+    )
     message_ttl_days: float = Field(30, gt=0, le=3650, description="How long undelivered envelopes are kept.")
     invite_ttl_hours: float = Field(72, gt=0, le=24 * 90, description="Lifetime of an invitation code.")
     link_code_ttl_minutes: float = Field(15, gt=0, le=24 * 60, description="Lifetime of a device link code.")
     max_frame_bytes: int = Field(64 * 1024, ge=1024, le=1024 * 1024, description="Largest accepted frame.")
     auth_timeout_seconds: float = Field(
         10, gt=0, le=300, description="Time a new connection has to authenticate."
+    )
+    presence_ttl_seconds: float = Field(
+        30, ge=1, le=600, description="Longest time a device of a dead hub node still shows online."
     )
     expiry_interval_seconds: float = Field(60, gt=0, description="How often expired envelopes are purged.")
     log_level: Literal["debug", "info", "warning", "error"] = "info"
@@ -83,6 +89,10 @@ class Settings(BaseSettings):
     def store_display(self) -> str:
         """The store URL without its password, for logs and banners."""
         return _redact(self.store)
+
+    @property
+    def broker_display(self) -> str:
+        return _redact(self.broker)
 
     @property
     def sqlite_path(self) -> Path:

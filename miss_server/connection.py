@@ -18,7 +18,7 @@ from websockets.asyncio.server import ServerConnection
 from websockets.exceptions import ConnectionClosed
 
 from protocol import errors
-from protocol.frames import Ack, Auth, Frame, LinkCode, Lookup, Send, Welcome, encode
+from protocol.frames import Ack, Auth, Frame, LinkCode, Lookup, Send, SetStatus, Watch, Welcome, encode
 from protocol.session import ServerSession, error_frame
 
 from .delivery import DeviceLink
@@ -58,7 +58,7 @@ async def serve_connection(ws: ServerConnection, hub: Hub) -> None:
         assert session.user_id is not None and session.device_id is not None
         log.info("authenticated", extra={"device": session.device_id, "peer": peer})
         await ws.send(encode(Welcome(session.user_id, session.device_id)))
-        link = await hub.attach(session.device_id, ws.send, ws.close)
+        link = await hub.attach(session.user_id, session.device_id, ws.send, ws.close)
         async for data in ws:
             frame = session.receive(_binary(data))
             metrics.frames.labels(frame.TYPE).inc()
@@ -90,8 +90,8 @@ async def serve_connection(ws: ServerConnection, hub: Hub) -> None:
         except ConnectionClosed:
             pass
     finally:
-        if link is not None:
-            await hub.detach(link)
+        if link is not None and session.user_id is not None:
+            await hub.detach(session.user_id, link)
         metrics.connections.dec()
 
 
@@ -99,9 +99,10 @@ async def _dispatch(
     hub: Hub, session: ServerSession, link: DeviceLink, ws: ServerConnection, frame: Frame
 ) -> None:
     """Handle one authenticated frame; request errors answer that request only."""
+    wakeups: list[tuple[str, bytes]] = []
     try:
         if type(frame) is Send:
-            reply = await hub.send(session, frame)
+            reply, wakeups = await hub.send(session, frame)
         elif type(frame) is Ack:
             await hub.ack(session, link, frame)
             return
@@ -109,6 +110,10 @@ async def _dispatch(
             reply = await hub.lookup(frame)
         elif type(frame) is LinkCode:
             reply = await hub.link_code(session, frame)
+        elif type(frame) is SetStatus:
+            reply = await hub.set_status(session, frame)
+        elif type(frame) is Watch:
+            reply = await hub.watch(session, link, frame)
         else:  # the session's state table admits nothing else
             raise errors.FrameNotAllowed(frame.TYPE)
     except errors.RequestError as exc:
@@ -116,6 +121,8 @@ async def _dispatch(
         reply = error_frame(
             exc,
             id=frame.id if type(frame) is Send else None,
-            rid=frame.rid if type(frame) in (Lookup, LinkCode) else None,  # type: ignore[attr-defined]
+            rid=frame.rid if type(frame) in (Lookup, LinkCode, SetStatus, Watch) else None,  # type: ignore[attr-defined]
         )
     await ws.send(reply)
+    # The sender hears "accepted" first; the recipients' wake-ups follow.
+    await hub.wake(wakeups)

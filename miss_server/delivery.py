@@ -18,10 +18,18 @@ socket, so frames leave in one order:
    once the socket has caught up. Memory stays bounded and nothing is lost,
    since every dropped frame is a row in the store.
 
-A wake-up payload is ``b"Q" + seq (8 bytes, big-endian) + frame`` for a
-queued row, or ``b"X" + error code`` to end the connection with that fatal
-error (e.g. ``session_replaced``: another connection authenticated as the
-same device): the peer gets the ``error`` frame, then the close code.
+A wake-up payload is one of:
+
+* ``b"Q" + seq (8 bytes, big-endian) + frame``: a queued row;
+* ``b"D"``: "drain": rows may exist that no wake-up announced (a resend of
+  an id whose first wake-ups died with a hub node);
+* ``b"X" + error code``: end the connection with that fatal error (e.g.
+  ``session_replaced``: the same device authenticated elsewhere); the peer
+  gets the ``error`` frame, then the close code.
+
+Frames that are not queued rows (presence pushes) go through :meth:`push`:
+they are sent in order with the rest but never dropped for a drain; a peer
+that lets more than ``PUSH_LIMIT`` of them pile up loses the oldest.
 """
 
 from __future__ import annotations
@@ -44,7 +52,10 @@ __all__ = ["DeviceLink", "close_wakeup", "row_frame", "row_wakeup"]
 log = logging.getLogger("miss.delivery")
 
 TAG_ROW = ord("Q")
+TAG_DRAIN = ord("D")
 TAG_CLOSE = ord("X")
+DRAIN_WAKEUP = b"D"
+PUSH_LIMIT = 256
 PAGE = 500
 OUTBOX_LIMIT = 2000
 STORE_RETRY_SECONDS = 1.0
@@ -86,11 +97,14 @@ class DeviceLink:
         on_sent: Callable[[int], None] = lambda n: None,
     ) -> None:
         self.device_id = device_id
+        #: the connection's presence entry, set by the hub once attached
+        self.presence_key = ""
         self._store = store
         self._send = send
         self._close = close
         self._on_sent = on_sent
         self._outbox: deque[tuple[int, bytes]] = deque()
+        self._pushes: deque[bytes] = deque(maxlen=PUSH_LIMIT)
         self._inflight: set[int] = set()
         self._need_drain = True
         self._wake = asyncio.Event()
@@ -123,10 +137,22 @@ class DeviceLink:
                 else:
                     self._outbox.append((int.from_bytes(payload[1:9], "big"), payload[9:]))
             self._wake.set()
+        elif tag == TAG_DRAIN:
+            self.request_drain()
         elif tag == TAG_CLOSE:
             error = errors.error_class(payload[1:].decode())
             if issubclass(error, errors.FatalError):
                 asyncio.get_running_loop().create_task(self._end(error()))
+
+    def request_drain(self) -> None:
+        """Read the store again: wake-ups may have been lost."""
+        self._need_drain = True
+        self._wake.set()
+
+    def push(self, frame: bytes) -> None:
+        """Send a frame that is not a queued row (e.g. ``presence``)."""
+        self._pushes.append(frame)
+        self._wake.set()
 
     async def _end(self, exc: errors.FatalError) -> None:
         # The peer may be gone already; then there is nothing to tell it.
@@ -142,6 +168,8 @@ class DeviceLink:
         while True:
             await self._wake.wait()
             self._wake.clear()
+            while self._pushes:
+                await self._send(self._pushes.popleft())
             if self._need_drain:
                 self._need_drain = False
                 self._outbox.clear()  # every frame there is a committed row the drain reads

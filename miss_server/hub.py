@@ -15,6 +15,7 @@ store before the sender is told anything is wrong.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -31,16 +32,21 @@ from protocol.frames import (
     LinkCodeOk,
     Lookup,
     LookupOk,
+    Ok,
     Send,
+    SetStatus,
+    Watch,
+    Watching,
     encode,
 )
 from protocol.session import ServerSession
 
-from .broker.base import Broker, device_channel
+from .broker.base import CONTROL_CHANNEL, Broker, BrokerUnavailable, device_channel
 from .codes import code_hash, new_code
 from .config import Settings
-from .delivery import DeviceLink, close_wakeup, row_wakeup
+from .delivery import DRAIN_WAKEUP, DeviceLink, close_wakeup, row_wakeup
 from .metrics import Metrics
+from .presence import PresenceService
 from .store.base import CodeInvalid, NewMessage, Queued, Store, StoreUnavailable
 
 __all__ = ["Hub"]
@@ -55,12 +61,19 @@ def now_ms() -> int:
     return time.time_ns() // 1_000_000
 
 
+def _wakeups(rows: list[Queued]) -> list[tuple[str, bytes]]:
+    return [(device_channel(row.device_id), row_wakeup(row)) for row in rows]
+
+
 class Hub:
     """Routing and account logic of one hub node."""
 
-    def __init__(self, store: Store, broker: Broker, settings: Settings, metrics: Metrics) -> None:
+    def __init__(
+        self, store: Store, broker: Broker, presence: PresenceService, settings: Settings, metrics: Metrics
+    ) -> None:
         self.store = store
         self.broker = broker
+        self.presence = presence
         self.settings = settings
         self.metrics = metrics
         self._device_ids: dict[str, frozenset[str]] = {}
@@ -91,6 +104,8 @@ class Hub:
         except ValueError:  # the signing key is already registered
             raise errors.AuthFailed("signing key already enrolled") from None
         self._device_ids.pop(device.user_id, None)
+        with contextlib.suppress(BrokerUnavailable):
+            await self.broker.publish(CONTROL_CHANNEL, b"I" + device.user_id.encode())
         self.metrics.enrollments.inc()
         log.info("device enrolled", extra={"user": device.user_id, "device": device.device_id})
         session.enrolled(device.user_id, device.device_id)
@@ -99,23 +114,27 @@ class Hub:
 
     async def attach(
         self,
+        user_id: str,
         device_id: str,
         send: Callable[[bytes], Awaitable[None]],
         close: Callable[[int, str], Awaitable[None]],
     ) -> DeviceLink:
         """Start delivering to a freshly authenticated connection. A previous
-        connection of the same device on this node is closed (4409)."""
-        old = self._links.get(device_id)
-        if old is not None:
-            old.on_wakeup(close_wakeup(errors.SessionReplaced))
+        connection of the same device, on any node, is ended with 4409."""
+        channel = device_channel(device_id)
+        try:  # before subscribing, so that only the older connection hears it
+            await self.broker.publish(channel, close_wakeup(errors.SessionReplaced))
+        except BrokerUnavailable:
+            pass  # an older connection elsewhere keeps a subscription that no one publishes to
         link = DeviceLink(device_id, self.store, send, close, self.metrics.deliveries.inc)
         self._links[device_id] = link
-        await self.broker.subscribe(device_channel(device_id), link.on_wakeup)
+        await self.broker.subscribe(channel, link.on_wakeup)
         link.start()
+        link.presence_key = await self.presence.connected(user_id, link)
         self.metrics.authenticated.inc()
         return link
 
-    async def detach(self, link: DeviceLink) -> None:
+    async def detach(self, user_id: str, link: DeviceLink) -> None:
         await link.stop()
         if self._links.get(link.device_id) is link:
             del self._links[link.device_id]
@@ -123,12 +142,29 @@ class Hub:
             await self.broker.unsubscribe(device_channel(link.device_id), link.on_wakeup)
         except Exception:  # the broker may be down; the subscription dies with it
             log.warning("unsubscribe failed", extra={"device": link.device_id})
+        await self.presence.disconnected(user_id, link.presence_key, link)
         self.metrics.authenticated.dec()
+
+    def on_broker_gap(self) -> None:
+        """Wake-ups may have been lost: every local device reads the store
+        again, and presence is re-established."""
+        for link in self._links.values():
+            link.request_drain()
+        asyncio.get_running_loop().create_task(self.presence.resync())
+
+    def on_control(self, payload: bytes) -> None:
+        """Node-wide announcements: ``b"I" + user id``: that user's devices changed."""
+        if payload[:1] == b"I":
+            self._device_ids.pop(payload[1:].decode(), None)
 
     # --- requests -----------------------------------------------------------
 
-    async def send(self, session: ServerSession, frame: Send) -> bytes:
-        """Accept a message durably, then wake its devices. Returns ``accepted``."""
+    async def send(self, session: ServerSession, frame: Send) -> tuple[bytes, list[tuple[str, bytes]]]:
+        """Accept a message durably. Returns the ``accepted`` frame and the
+        wake-ups to publish once the sender has it (:meth:`wake`).
+
+        A resend of a stored id stores nothing; its wake-ups ask the target
+        devices to drain, in case the first ones died with a hub node."""
         assert session.user_id is not None and session.device_id is not None
         started = time.perf_counter()
         await self._check_targets(session.user_id, session.device_id, frame)
@@ -146,11 +182,12 @@ class Hub:
         self.metrics.accept_seconds.observe(time.perf_counter() - started)
         if result.duplicate:
             self.metrics.duplicates.inc()
-            return encode(Accepted(frame.id, dup=True))
+            return encode(Accepted(frame.id, dup=True)), [
+                (device_channel(d), DRAIN_WAKEUP) for d in frame.envs
+            ]
         self.metrics.accepted.inc()
         self.metrics.envelopes.inc(len(result.queued))
-        await self._wake(result.queued)
-        return encode(Accepted(frame.id))
+        return encode(Accepted(frame.id)), _wakeups(result.queued)
 
     async def ack(self, session: ServerSession, link: DeviceLink, frame: Ack) -> None:
         assert session.device_id is not None
@@ -162,7 +199,7 @@ class Hub:
         )
         link.acked(frame.seqs)
         self.metrics.acks.inc(len(frame.seqs))
-        await self._wake(receipts)
+        await self.wake(_wakeups(receipts))
 
     async def lookup(self, frame: Lookup) -> bytes:
         if frame.user is not None:
@@ -194,6 +231,22 @@ class Hub:
         await self._store_call(self.store.add_enrollment_code(session.user_id, code_hash(code), expires))
         log.info("link code issued", extra={"user": session.user_id, "device": session.device_id})
         return encode(LinkCodeOk(rid=frame.rid, code=code, expires=expires))
+
+    async def set_status(self, session: ServerSession, frame: SetStatus) -> bytes:
+        assert session.user_id is not None
+        try:
+            await self.presence.set_status(session.user_id, frame.status)
+        except StoreUnavailable as exc:
+            raise errors.StorageUnavailable(str(exc), retry_after_ms=STORE_RETRY_MS) from None
+        return encode(Ok(frame.rid))
+
+    async def watch(self, session: ServerSession, link: DeviceLink, frame: Watch) -> bytes:
+        assert session.user_id is not None
+        try:
+            current = await self.presence.watch(session.user_id, link, frame.users)
+        except StoreUnavailable as exc:
+            raise errors.StorageUnavailable(str(exc), retry_after_ms=STORE_RETRY_MS) from None
+        return encode(Watching(frame.rid, tuple(current)))
 
     # --- maintenance ----------------------------------------------------------
 
@@ -244,12 +297,18 @@ class Hub:
         self._device_ids[user_id] = ids
         return ids
 
-    async def _wake(self, rows: list[Queued]) -> None:
-        for row in rows:
-            try:
-                await self.broker.publish(device_channel(row.device_id), row_wakeup(row))
-            except Exception as exc:  # a lost wake-up only delays: the row is stored
-                log.warning("wake-up not published", extra={"error": type(exc).__name__})
+    async def wake(self, wakeups: list[tuple[str, bytes]]) -> None:
+        """Publish wake-ups. A lost one only delays: the row is stored, and
+        a broker outage ends with a gap, which drains every device."""
+        if not wakeups:
+            return
+        try:
+            if len(wakeups) == 1:
+                await self.broker.publish(*wakeups[0])
+            else:
+                await self.broker.publish_many(wakeups)
+        except BrokerUnavailable as exc:
+            log.warning("wake-ups not published", extra={"count": len(wakeups), "error": str(exc)})
 
     @staticmethod
     async def _store_call(call: Awaitable[T]) -> T:

@@ -1,14 +1,27 @@
-"""The Broker interface: wake a device wherever it is connected.
+"""The Broker and Presence interfaces: wake a device wherever it is connected,
+and know which clinicians are online.
 
-Contract (as centrifuge states it for its brokers): delivery through a
-broker is **at most once**. A published payload reaches the subscriber of a
-device if one exists at that moment on any node, or nobody. The Store always
-holds the durable copy (DESIGN.md, guarantee 1), so a lost wake-up costs
-latency, never a message: a device drains the store on every (re)connect.
+Broker contract (as centrifuge states it for its brokers): delivery through
+a broker is **at most once**. A published payload reaches the subscriber of
+a channel if one exists at that moment on any node, or nobody. The Store
+always holds the durable copy (DESIGN.md, guarantee 1), so a lost wake-up
+costs latency, never a message: a device drains the store on every
+(re)connect, and on every *gap* (the broker tells the hub, through
+:meth:`Broker.on_gap`, when it may have dropped payloads, e.g. after a lost
+connection to Redis).
 
-Channels are named per device (``dev:{device_id}``) so that with Redis
-Cluster each one lives on one shard and sharded pub/sub works unchanged.
-Payloads are opaque bytes.
+Channels are named per device (``dev:{device_id}``), per watched user
+(``pres:{user_id}``) and one node-wide control channel (``ctl``), so that
+with Redis Cluster each lives on one shard and sharded pub/sub
+(``SSUBSCRIBE``/``SPUBLISH``) works unchanged. Payloads are opaque bytes.
+
+Presence contract: a *connection entry* (user, connection key) lives until
+``expires_at``; the hub refreshes its own entries well before that. A user
+is online while any of their entries is live. Operations that change
+whether a user is online report it, atomically, to exactly one caller, so
+that one node publishes each change: ``connect`` (offline → online),
+``disconnect`` and ``sweep`` (online → offline), ``refresh`` (an expired or
+lost entry came back).
 """
 
 from __future__ import annotations
@@ -16,27 +29,76 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Protocol
 
-__all__ = ["Broker", "Handler", "device_channel"]
+__all__ = [
+    "CONTROL_CHANNEL",
+    "Broker",
+    "BrokerUnavailable",
+    "Handler",
+    "Presence",
+    "device_channel",
+    "presence_channel",
+]
 
 #: Called on the event loop with each payload published to a subscribed channel.
 Handler = Callable[[bytes], None]
+
+#: Node-wide announcements (e.g. "this user's devices changed").
+CONTROL_CHANNEL = "ctl"
+
+
+class BrokerUnavailable(Exception):
+    """The broker cannot be reached; the publish was not made."""
 
 
 def device_channel(device_id: str) -> str:
     return f"dev:{device_id}"
 
 
+def presence_channel(user_id: str) -> str:
+    return f"pres:{user_id}"
+
+
 class Broker(Protocol):
-    async def start(self) -> None: ...
+    async def start(self) -> None:
+        """Connect; raises BrokerUnavailable if the broker cannot be reached."""
 
     async def close(self) -> None: ...
 
     async def subscribe(self, channel: str, handler: Handler) -> None:
         """Route the channel's payloads to ``handler`` on this node. One
-        handler per channel per node; subscribing again replaces it."""
+        handler per channel per node; subscribing again replaces it. Never
+        fails: while the broker is down the subscription is made on
+        reconnection (followed by a gap)."""
 
     async def unsubscribe(self, channel: str, handler: Handler) -> None:
-        """Stop routing, if ``handler`` is still the channel's handler."""
+        """Stop routing, if ``handler`` is still the channel's handler
+        (compared with ``==``, so a bound method matches itself)."""
 
     async def publish(self, channel: str, payload: bytes) -> None:
-        """Send ``payload`` to the channel's subscriber on any node (at most once)."""
+        """Send ``payload`` to the channel's subscriber on any node (at most
+        once). Raises BrokerUnavailable, quickly, while the broker is down."""
+
+    async def publish_many(self, messages: list[tuple[str, bytes]]) -> None:
+        """Several :meth:`publish` calls, in order, in as few round trips as possible."""
+
+    def on_gap(self, callback: Callable[[], None]) -> None:
+        """Call ``callback`` (on the loop) after payloads may have been lost,
+        once every subscription is in place again."""
+
+
+class Presence(Protocol):
+    async def connect(self, user_id: str, conn: str, expires_at: int, now: int) -> bool:
+        """Add a live entry; True if the user was offline until now."""
+
+    async def disconnect(self, user_id: str, conn: str, now: int) -> bool:
+        """Remove an entry; True if the user has no live entry left."""
+
+    async def refresh(self, entries: list[tuple[str, str]], expires_at: int, now: int) -> list[str]:
+        """Extend (or re-create) these ``(user, conn)`` entries; returns the
+        users that were offline before (their entries had expired or were lost)."""
+
+    async def sweep(self, now: int) -> list[str]:
+        """Delete expired entries; returns the users left with none."""
+
+    async def online(self, user_ids: list[str], now: int) -> set[str]:
+        """Which of these users have a live entry."""

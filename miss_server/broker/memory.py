@@ -1,16 +1,18 @@
-"""The embedded Broker: a dict of channel handlers inside one hub process.
+"""The embedded Broker and Presence: dicts inside one hub process.
 
 At most once, like every broker (see ``base.py``): a publish to a channel
 with no handler on this node is dropped. Handlers run synchronously inside
 ``publish``; they must not block (the hub's handlers only append to an
-outbox).
+outbox). There is no connection to lose, so there is never a gap.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from .base import Handler
 
-__all__ = ["MemoryBroker"]
+__all__ = ["MemoryBroker", "MemoryPresence"]
 
 
 class MemoryBroker:
@@ -27,10 +29,63 @@ class MemoryBroker:
         self._handlers[channel] = handler
 
     async def unsubscribe(self, channel: str, handler: Handler) -> None:
-        if self._handlers.get(channel) is handler:
+        if self._handlers.get(channel) == handler:
             del self._handlers[channel]
 
     async def publish(self, channel: str, payload: bytes) -> None:
         handler = self._handlers.get(channel)
         if handler is not None:
             handler(payload)
+
+    async def publish_many(self, messages: list[tuple[str, bytes]]) -> None:
+        for channel, payload in messages:
+            await self.publish(channel, payload)
+
+    def on_gap(self, callback: Callable[[], None]) -> None:
+        return None  # nothing is ever lost in process
+
+
+class MemoryPresence:
+    """Connection entries in a dict: user → {conn: expires_at}."""
+
+    def __init__(self) -> None:
+        self._entries: dict[str, dict[str, int]] = {}
+
+    def _live(self, user_id: str, now: int) -> int:
+        return sum(1 for exp in self._entries.get(user_id, {}).values() if exp > now)
+
+    async def connect(self, user_id: str, conn: str, expires_at: int, now: int) -> bool:
+        was_offline = self._live(user_id, now) == 0
+        self._entries.setdefault(user_id, {})[conn] = expires_at
+        return was_offline
+
+    async def disconnect(self, user_id: str, conn: str, now: int) -> bool:
+        entries = self._entries.get(user_id, {})
+        if entries.pop(conn, None) is None:
+            return False
+        if not entries:
+            self._entries.pop(user_id, None)
+        return self._live(user_id, now) == 0
+
+    async def refresh(self, entries: list[tuple[str, str]], expires_at: int, now: int) -> list[str]:
+        back = []
+        for user_id, conn in entries:
+            if self._live(user_id, now) == 0:
+                back.append(user_id)
+            self._entries.setdefault(user_id, {})[conn] = expires_at
+        return sorted(set(back))
+
+    async def sweep(self, now: int) -> list[str]:
+        gone = []
+        for user_id in list(self._entries):
+            entries = self._entries[user_id]
+            expired = [c for c, exp in entries.items() if exp <= now]
+            for conn in expired:
+                del entries[conn]
+            if expired and not entries:
+                del self._entries[user_id]
+                gone.append(user_id)
+        return gone
+
+    async def online(self, user_ids: list[str], now: int) -> set[str]:
+        return {u for u in user_ids if self._live(u, now)}

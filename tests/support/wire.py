@@ -32,10 +32,10 @@ from protocol.frames import (
 )
 
 
-async def invite(hub: HubServer, name: str, rpps: str) -> tuple[str, str]:
+async def invite(hub: HubServer, name: str, rpps: str, organisation: str = "CHRU Test") -> tuple[str, str]:
     """Record a clinician in the hub's store; returns (user id, enrollment code)."""
     now = time.time_ns() // 1_000_000
-    user = await hub.store.create_user(name, rpps, "médecin", "CHRU Test", now)
+    user = await hub.store.create_user(name, rpps, "médecin", organisation, now)
     code = new_code()
     await hub.store.add_enrollment_code(user.user_id, code_hash(code), now + 3_600_000)
     return user.user_id, code

@@ -1,0 +1,312 @@
+"""The production Broker and Presence on Redis (``redis.asyncio``).
+
+Theory of operation
+-------------------
+*Wake-ups* use sharded pub/sub (``SPUBLISH``/``SSUBSCRIBE``, Redis 7), so a
+Redis Cluster spreads channels over shards with no change here. One
+dedicated pub/sub connection per node carries every subscription; one
+reader task dispatches each message to its channel's handler. When that
+connection breaks, the reader reconnects with backoff, subscribes to every
+channel again, and only then calls the *gap* callbacks: the hub drains
+every local device from the store, which holds whatever was published
+meanwhile. While the connection is down, :meth:`RedisBroker.publish` fails
+fast with BrokerUnavailable instead of waiting on a dead server.
+
+*Presence* lives in two sorted sets per deployment, under the hash tag
+``{presence}`` so that a cluster keeps them on one shard: ``exp`` (member
+``user|conn``, score = expiry in ms) and one ``u:{user}`` per user (member
+``conn``, same score). Small Lua scripts make each transition atomic, so
+exactly one node learns that a user went online or offline.
+
+Every key and channel starts with a prefix (``miss`` by default, or
+``?prefix=NAME`` in the URL), so deployments and test runs can share a
+Redis without meeting. Redis is never the only copy of a message.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable
+from typing import Any
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+import redis.asyncio as aioredis
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import RedisError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from .base import CONTROL_CHANNEL, BrokerUnavailable, Handler
+
+__all__ = ["RedisBroker", "RedisPresence", "split_prefix"]
+
+log = logging.getLogger("miss.broker.redis")
+
+SUBSCRIBE_CHUNK = 1000
+BACKOFF_MAX = 2.0
+_DOWN = (RedisConnectionError, RedisTimeoutError, OSError, ConnectionError)
+
+
+def split_prefix(url: str) -> tuple[str, str]:
+    """``redis://host/0?prefix=x`` → (``redis://host/0``, ``x``)."""
+    parts = urlsplit(url)
+    query = parse_qsl(parts.query)
+    prefix = next((v for k, v in query if k == "prefix"), "miss")
+    rest = urlencode([(k, v) for k, v in query if k != "prefix"])
+    if not prefix.replace("_", "").replace("-", "").isalnum():
+        raise ValueError("the Redis key prefix may hold letters, digits, '-' and '_' only")
+    return urlunsplit(parts._replace(query=rest)), prefix
+
+
+def _client(url: str) -> aioredis.Redis:
+    return aioredis.Redis.from_url(
+        url,
+        decode_responses=False,
+        socket_connect_timeout=2.0,
+        socket_timeout=5.0,
+        health_check_interval=10,
+    )
+
+
+class RedisBroker:
+    """Wake-ups over Redis sharded pub/sub (see module doc)."""
+
+    def __init__(self, url: str) -> None:
+        base, self.prefix = split_prefix(url)
+        self._redis = _client(base)
+        self._handlers: dict[str, Handler] = {}
+        self._pubsub: Any = None  # redis.asyncio.client.PubSub while connected
+        self._reader: asyncio.Task[None] | None = None
+        self._gap_callbacks: list[Callable[[], None]] = []
+        self._connected = asyncio.Event()
+
+    @property
+    def redis(self) -> aioredis.Redis:
+        """The command connection pool (shared with :class:`RedisPresence`)."""
+        return self._redis
+
+    def _key(self, channel: str) -> bytes:
+        return f"{self.prefix}:{channel}".encode()
+
+    async def start(self) -> None:
+        try:
+            await self._redis.ping()
+        except _DOWN as exc:
+            raise BrokerUnavailable(f"Redis does not answer: {exc}") from None
+        self._reader = asyncio.create_task(self._read_forever(), name="redis-broker-reader")
+        await self._connected.wait()
+
+    async def close(self) -> None:
+        if self._reader is not None:
+            self._reader.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._reader
+        await self._drop_pubsub()
+        await self._redis.aclose()
+
+    async def subscribe(self, channel: str, handler: Handler) -> None:
+        new = channel not in self._handlers
+        self._handlers[channel] = handler
+        if new and self._pubsub is not None:
+            try:
+                await self._pubsub.ssubscribe(self._key(channel))
+            except _DOWN:
+                pass  # the reader resubscribes everything when it reconnects
+
+    async def unsubscribe(self, channel: str, handler: Handler) -> None:
+        if self._handlers.get(channel) != handler:
+            return
+        del self._handlers[channel]
+        if self._pubsub is not None:
+            try:
+                await self._pubsub.sunsubscribe(self._key(channel))
+            except _DOWN:
+                pass
+
+    async def publish(self, channel: str, payload: bytes) -> None:
+        if not self._connected.is_set():
+            raise BrokerUnavailable("Redis connection is down")
+        try:
+            await self._redis.spublish(self._key(channel), payload)
+        except _DOWN as exc:
+            raise BrokerUnavailable(str(exc)) from None
+
+    async def publish_many(self, messages: list[tuple[str, bytes]]) -> None:
+        """Several publishes in one round trip."""
+        if not self._connected.is_set():
+            raise BrokerUnavailable("Redis connection is down")
+        try:
+            async with self._redis.pipeline(transaction=False) as pipe:
+                for channel, payload in messages:
+                    pipe.spublish(self._key(channel), payload)
+                await pipe.execute()
+        except _DOWN as exc:
+            raise BrokerUnavailable(str(exc)) from None
+
+    def on_gap(self, callback: Callable[[], None]) -> None:
+        self._gap_callbacks.append(callback)
+
+    # --- the reader -----------------------------------------------------------
+
+    async def _connect_pubsub(self) -> None:
+        pubsub = self._redis.pubsub()
+        # The control channel keeps the connection subscribed even on an idle node.
+        channels = [self._key(CONTROL_CHANNEL), *(self._key(c) for c in self._handlers)]
+        for i in range(0, len(channels), SUBSCRIBE_CHUNK):
+            await pubsub.ssubscribe(*channels[i : i + SUBSCRIBE_CHUNK])
+        self._pubsub = pubsub
+
+    async def _drop_pubsub(self) -> None:
+        pubsub, self._pubsub = self._pubsub, None
+        if pubsub is not None:
+            with contextlib.suppress(Exception):
+                await pubsub.aclose()
+
+    async def _read_forever(self) -> None:
+        backoff = 0.05
+        lost = False
+        while True:
+            try:
+                if self._pubsub is None:
+                    await self._connect_pubsub()
+                    self._connected.set()
+                    backoff = 0.05
+                    if lost:
+                        log.warning("Redis pub/sub reconnected; draining devices from the store")
+                        for callback in self._gap_callbacks:
+                            callback()
+                message = await self._pubsub.get_message(ignore_subscribe_messages=True, timeout=1.0)
+                if message is not None and message["type"] in (b"smessage", "smessage"):
+                    self._dispatch(message["channel"], message["data"])
+            except asyncio.CancelledError:
+                raise
+            except (*_DOWN, RedisError) as exc:
+                if not lost or self._connected.is_set():
+                    log.warning("Redis pub/sub connection lost", extra={"error": type(exc).__name__})
+                lost = True
+                self._connected.clear()
+                await self._drop_pubsub()
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, BACKOFF_MAX)
+
+    def _dispatch(self, channel: bytes, data: bytes) -> None:
+        name = channel.decode()[len(self.prefix) + 1 :]
+        handler = self._handlers.get(name)
+        if handler is not None:
+            try:
+                handler(data)
+            except Exception:
+                log.exception("broker handler failed", extra={"channel": name.split(":", 1)[0]})
+
+
+# --- presence -----------------------------------------------------------------
+
+# KEYS[1] exp, KEYS[2] u:{user}; ARGV: member(user|conn), conn, expires_at, now
+_CONNECT = """
+local live = redis.call('ZCOUNT', KEYS[2], '(' .. ARGV[4], '+inf')
+redis.call('ZADD', KEYS[2], ARGV[3], ARGV[2])
+redis.call('ZADD', KEYS[1], ARGV[3], ARGV[1])
+redis.call('PEXPIREAT', KEYS[2], ARGV[3], 'NX')
+redis.call('PEXPIREAT', KEYS[2], ARGV[3], 'GT')
+return live == 0 and 1 or 0
+"""
+
+# KEYS[1] exp, KEYS[2] u:{user}; ARGV: member, conn, now
+_DISCONNECT = """
+redis.call('ZREM', KEYS[1], ARGV[1])
+if redis.call('ZREM', KEYS[2], ARGV[2]) == 0 then return 0 end
+return redis.call('ZCOUNT', KEYS[2], '(' .. ARGV[3], '+inf') == 0 and 1 or 0
+"""
+
+# KEYS[1] exp; ARGV: now, limit, user key prefix. Returns the number of
+# entries removed, then the users left with none. Keys are derived inside the
+# script but share KEYS[1]'s {presence} hash tag, hence its cluster slot.
+_SWEEP = """
+local expired = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, tonumber(ARGV[2]))
+local gone, seen = {#expired}, {}
+for _, m in ipairs(expired) do
+  redis.call('ZREM', KEYS[1], m)
+  local sep = string.find(m, '|', 1, true)
+  local user = string.sub(m, 1, sep - 1)
+  local ukey = ARGV[3] .. user
+  redis.call('ZREM', ukey, string.sub(m, sep + 1))
+  if not seen[user] and redis.call('ZCOUNT', ukey, '(' .. ARGV[1], '+inf') == 0 then
+    seen[user] = true
+    gone[#gone + 1] = user
+  end
+end
+return gone
+"""
+
+# KEYS[1] exp; ARGV: expires_at, now, user key prefix, then user, conn pairs
+_REFRESH = """
+local back = {}
+for i = 4, #ARGV, 2 do
+  local user, conn = ARGV[i], ARGV[i + 1]
+  local ukey = ARGV[3] .. user
+  if redis.call('ZCOUNT', ukey, '(' .. ARGV[2], '+inf') == 0 then back[#back + 1] = user end
+  redis.call('ZADD', ukey, ARGV[1], conn)
+  redis.call('PEXPIREAT', ukey, ARGV[1], 'NX')
+  redis.call('PEXPIREAT', ukey, ARGV[1], 'GT')
+  redis.call('ZADD', KEYS[1], ARGV[1], user .. '|' .. conn)
+end
+return back
+"""
+
+SWEEP_LIMIT = 1000
+REFRESH_CHUNK = 500
+
+
+class RedisPresence:
+    """Connection entries in Redis sorted sets (see module doc)."""
+
+    def __init__(self, broker: RedisBroker) -> None:
+        self._redis = broker.redis
+        tag = f"{broker.prefix}:{{presence}}"
+        self._exp = f"{tag}:exp"
+        self._user_prefix = f"{tag}:u:"
+        self._connect = self._redis.register_script(_CONNECT)
+        self._disconnect = self._redis.register_script(_DISCONNECT)
+        self._sweep = self._redis.register_script(_SWEEP)
+        self._refresh = self._redis.register_script(_REFRESH)
+
+    async def _run(self, coro: Any) -> Any:
+        try:
+            return await coro
+        except _DOWN as exc:
+            raise BrokerUnavailable(str(exc)) from None
+
+    async def connect(self, user_id: str, conn: str, expires_at: int, now: int) -> bool:
+        keys = [self._exp, self._user_prefix + user_id]
+        return bool(await self._run(self._connect(keys, [f"{user_id}|{conn}", conn, expires_at, now])))
+
+    async def disconnect(self, user_id: str, conn: str, now: int) -> bool:
+        keys = [self._exp, self._user_prefix + user_id]
+        return bool(await self._run(self._disconnect(keys, [f"{user_id}|{conn}", conn, now])))
+
+    async def refresh(self, entries: list[tuple[str, str]], expires_at: int, now: int) -> list[str]:
+        back: set[str] = set()
+        for i in range(0, len(entries), REFRESH_CHUNK):
+            args: list[Any] = [expires_at, now, self._user_prefix]
+            for user_id, conn in entries[i : i + REFRESH_CHUNK]:
+                args += [user_id, conn]
+            back.update(u.decode() for u in await self._run(self._refresh([self._exp], args)))
+        return sorted(back)
+
+    async def sweep(self, now: int) -> list[str]:
+        gone: list[str] = []
+        while True:
+            removed, *users = await self._run(self._sweep([self._exp], [now, SWEEP_LIMIT, self._user_prefix]))
+            gone += [u.decode() for u in users]
+            if removed < SWEEP_LIMIT:  # a full batch may hide more expired entries
+                return sorted(set(gone))
+
+    async def online(self, user_ids: list[str], now: int) -> set[str]:
+        if not user_ids:
+            return set()
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for user_id in user_ids:
+                pipe.zcount(self._user_prefix + user_id, f"({now}", "+inf")
+            counts = await self._run(pipe.execute())
+        return {u for u, n in zip(user_ids, counts, strict=True) if n}

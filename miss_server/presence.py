@@ -1,0 +1,196 @@
+"""Presence: who is online, with which status, pushed to those allowed to see it.
+
+Theory of operation
+-------------------
+* **Online** comes from the Presence backend (``broker/``): each
+  authenticated connection is an entry that this node refreshes every
+  ``ttl/3``. Entries expire ``2/3·ttl`` after their last refresh, and every
+  node sweeps expired entries every ``ttl/3``, so the devices of a node that
+  died show offline within ``ttl``.
+* **Status** (available, busy, on call, off duty) is a choice the clinician
+  makes; it is kept durably in the Store.
+* **Watching.** A device sends ``watch`` with the users it wants to follow;
+  the hub keeps those the Store says it may see (contacts and colleagues of
+  the same organisation). This node subscribes to ``pres:{user}`` once for
+  all its local watchers of that user.
+* **Changes.** Whoever observes a change (the node where a device connects,
+  disconnects or sets a status, or the node whose sweep finds a user gone)
+  publishes one ``presence`` frame on ``pres:{user}``. Only nodes with
+  watchers of that user receive it, and each hands it to its local
+  watchers: a change costs work in proportion to the watchers, not to the
+  users.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets
+import time
+from collections.abc import Iterable
+
+from protocol.frames import Presence as PresenceFrame
+from protocol.frames import decode, encode
+
+from .broker.base import Broker, BrokerUnavailable, Presence, presence_channel
+from .delivery import DeviceLink
+from .store.base import Store, StoreUnavailable
+
+__all__ = ["PresenceService"]
+
+log = logging.getLogger("miss.presence")
+
+
+def _now() -> int:
+    return time.time_ns() // 1_000_000
+
+
+class PresenceService:
+    """Presence for one hub node (see module doc)."""
+
+    def __init__(self, backend: Presence, broker: Broker, store: Store, ttl_seconds: float) -> None:
+        self._backend = backend
+        self._broker = broker
+        self._store = store
+        self.ttl_ms = int(ttl_seconds * 1000)
+        #: connection key → (user, link), for every authenticated local connection
+        self._local: dict[str, tuple[str, DeviceLink]] = {}
+        #: user → local links watching them
+        self._watchers: dict[str, set[DeviceLink]] = {}
+        #: link → users it watches
+        self._watching: dict[DeviceLink, set[str]] = {}
+
+    @property
+    def _entry_ttl_ms(self) -> int:
+        return self.ttl_ms * 2 // 3
+
+    # --- connections ----------------------------------------------------------
+
+    async def connected(self, user_id: str, link: DeviceLink) -> str:
+        """Record a new authenticated connection; returns its key."""
+        conn = f"{link.device_id}/{secrets.token_hex(4)}"
+        self._local[conn] = (user_id, link)
+        now = _now()
+        try:
+            if await self._backend.connect(user_id, conn, now + self._entry_ttl_ms, now):
+                await self.announce(user_id, online=True)
+        except (BrokerUnavailable, StoreUnavailable) as exc:
+            log.warning("presence not recorded", extra={"error": str(exc)})  # the next refresh will
+        return conn
+
+    async def disconnected(self, user_id: str, conn: str, link: DeviceLink) -> None:
+        self._local.pop(conn, None)
+        await self._set_watch_and_subscribe(link, set())
+        try:
+            if await self._backend.disconnect(user_id, conn, _now()):
+                await self.announce(user_id, online=False)
+        except (BrokerUnavailable, StoreUnavailable) as exc:
+            log.warning("presence not cleared", extra={"error": str(exc)})  # the entry will expire
+
+    # --- requests -------------------------------------------------------------
+
+    async def set_status(self, user_id: str, status: str) -> None:
+        """Raises StoreUnavailable if the status could not be kept."""
+        await self._store.set_status(user_id, status)
+        try:
+            await self.announce(user_id, status=status)
+        except BrokerUnavailable as exc:
+            log.warning("status change not pushed", extra={"error": str(exc)})
+
+    async def watch(self, viewer: str, link: DeviceLink, users: Iterable[str]) -> list[PresenceFrame]:
+        """Replace what ``link`` watches; returns the current presence of the
+        users it may see (the others are dropped silently)."""
+        wanted = list(dict.fromkeys(users))
+        visible = await self._store.visible_users(viewer, wanted) if wanted else set()
+        kept = [u for u in wanted if u in visible]
+        await self._set_watch_and_subscribe(link, set(kept))
+        return await self.current(kept)
+
+    async def current(self, users: list[str]) -> list[PresenceFrame]:
+        if not users:
+            return []
+        statuses = await self._store.statuses(users)
+        try:
+            online = await self._backend.online(users, _now())
+        except BrokerUnavailable:
+            online = {u for u, _ in self._local.values() if u in statuses}
+        return [PresenceFrame(u, statuses[u], u in online) for u in users if u in statuses]
+
+    # --- changes --------------------------------------------------------------
+
+    async def announce(self, user_id: str, *, online: bool | None = None, status: str | None = None) -> None:
+        """Publish a user's presence to every node that has watchers of them."""
+        if status is None:
+            status = (await self._store.statuses([user_id])).get(user_id, "available")
+        if online is None:
+            online = user_id in await self._backend.online([user_id], _now())
+        await self._broker.publish(presence_channel(user_id), encode(PresenceFrame(user_id, status, online)))
+
+    def _on_presence(self, payload: bytes) -> None:
+        # The frame is ready to send; it is parsed only to find the watchers.
+        frame = decode(payload)
+        if isinstance(frame, PresenceFrame):
+            for link in self._watchers.get(frame.user, ()):
+                link.push(payload)
+
+    async def _set_watch_and_subscribe(self, link: DeviceLink, users: set[str]) -> None:
+        added, removed = self._set_watch(link, users)
+        for user in added:
+            await self._broker.subscribe(presence_channel(user), self._on_presence)
+        for user in removed:
+            await self._broker.unsubscribe(presence_channel(user), self._on_presence)
+
+    def _set_watch(self, link: DeviceLink, users: set[str]) -> tuple[list[str], list[str]]:
+        """Update the watch maps; returns users that gained their first local
+        watcher and users that lost their last one."""
+        before = self._watching.pop(link, set())
+        if users:
+            self._watching[link] = users
+        added, removed = [], []
+        for user in users - before:
+            watchers = self._watchers.setdefault(user, set())
+            if not watchers:
+                added.append(user)
+            watchers.add(link)
+        for user in before - users:
+            watchers = self._watchers.get(user, set())
+            watchers.discard(link)
+            if not watchers:
+                self._watchers.pop(user, None)
+                removed.append(user)
+        return added, removed
+
+    # --- upkeep ---------------------------------------------------------------
+
+    async def refresh_and_sweep(self) -> None:
+        """Extend this node's entries, then expire everyone's dead ones."""
+        now = _now()
+        entries = [(user, conn) for conn, (user, _) in self._local.items()]
+        back = await self._backend.refresh(entries, now + self._entry_ttl_ms, now) if entries else []
+        gone = await self._backend.sweep(now)
+        for user in back:
+            await self.announce(user, online=True)
+        for user in gone:
+            await self.announce(user, online=False)
+
+    async def run_forever(self) -> None:
+        """Refresh and sweep every ``ttl/3`` (runs as a task)."""
+        while True:
+            await asyncio.sleep(self.ttl_ms / 3000)
+            try:
+                await self.refresh_and_sweep()
+            except (BrokerUnavailable, StoreUnavailable) as exc:
+                log.warning("presence upkeep failed", extra={"error": str(exc)})
+
+    async def resync(self) -> None:
+        """After a broker gap: entries may be gone and pushes lost. Re-create
+        this node's entries, and send every local watcher the current state."""
+        try:
+            await self.refresh_and_sweep()
+            for user, links in list(self._watchers.items()):
+                for frame in await self.current([user]):
+                    payload = encode(frame)
+                    for link in links:
+                        link.push(payload)
+        except (BrokerUnavailable, StoreUnavailable) as exc:
+            log.warning("presence resync failed", extra={"error": str(exc)})

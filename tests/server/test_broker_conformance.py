@@ -1,0 +1,171 @@
+"""The Broker and Presence contracts (miss_server/broker/base.py), run against
+the in-process implementation and against the real Redis on this machine.
+
+Each Redis test uses its own key prefix and deletes its keys afterwards; it
+fails (never skips) when Redis does not answer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import secrets
+import time
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from typing import Any
+
+import pytest
+import redis.asyncio as aioredis
+
+from miss_server.broker.base import Broker, BrokerUnavailable, Presence
+from miss_server.broker.memory import MemoryBroker, MemoryPresence
+from miss_server.broker.redis import RedisBroker, RedisPresence
+
+REDIS_URL = os.environ.get("MISS_TEST_REDIS", "redis://127.0.0.1:6379/0")
+
+
+@asynccontextmanager
+async def memory() -> AsyncIterator[tuple[Broker, Presence]]:
+    broker = MemoryBroker()
+    await broker.start()
+    yield broker, MemoryPresence()
+    await broker.close()
+
+
+@asynccontextmanager
+async def redis_backed() -> AsyncIterator[tuple[Broker, Presence]]:
+    prefix = "miss_test_" + secrets.token_hex(4)
+    broker = RedisBroker(f"{REDIS_URL}?prefix={prefix}")
+    await broker.start()
+    try:
+        yield broker, RedisPresence(broker)
+    finally:
+        await broker.close()
+        cleanup = aioredis.Redis.from_url(REDIS_URL)
+        keys = [k async for k in cleanup.scan_iter(match=f"{prefix}:*")]
+        if keys:
+            await cleanup.delete(*keys)
+        await cleanup.aclose()
+
+
+BACKENDS: dict[str, Callable[[], Any]] = {"memory": memory, "redis": redis_backed}
+
+
+@pytest.fixture(params=sorted(BACKENDS))
+async def backend(request: pytest.FixtureRequest) -> AsyncIterator[tuple[Broker, Presence]]:
+    async with BACKENDS[request.param]() as pair:
+        yield pair
+
+
+async def received(inbox: list[bytes], n: int, timeout: float = 3.0) -> list[bytes]:
+    deadline = time.monotonic() + timeout
+    while len(inbox) < n and time.monotonic() < deadline:
+        await asyncio.sleep(0.01)
+    return inbox
+
+
+async def test_publish_reaches_the_subscriber_with_binary_payloads(backend: tuple[Broker, Presence]) -> None:
+    broker, _ = backend
+    inbox: list[bytes] = []
+    await broker.subscribe("dev:a", inbox.append)
+    payloads = [bytes(range(256)), b"\x00", b"Q" + (7).to_bytes(8, "big") + b"\xc1\xff"]
+    for p in payloads:
+        await broker.publish("dev:a", p)
+    assert await received(inbox, 3) == payloads
+
+
+async def test_publish_many_keeps_order_and_routes_by_channel(backend: tuple[Broker, Presence]) -> None:
+    broker, _ = backend
+    a: list[bytes] = []
+    b: list[bytes] = []
+    await broker.subscribe("dev:a", a.append)
+    await broker.subscribe("dev:b", b.append)
+    await broker.publish_many([("dev:a", b"1"), ("dev:b", b"x"), ("dev:a", b"2"), ("dev:nobody", b"-")])
+    assert await received(a, 2) == [b"1", b"2"]
+    assert await received(b, 1) == [b"x"]
+
+
+async def test_unsubscribe_and_replace(backend: tuple[Broker, Presence]) -> None:
+    broker, _ = backend
+    first: list[bytes] = []
+    second: list[bytes] = []
+    await broker.subscribe("dev:a", first.append)
+    await broker.subscribe("dev:a", second.append)  # replaces
+    await broker.unsubscribe("dev:a", first.append)  # not the current handler: no effect
+    await broker.publish("dev:a", b"1")
+    assert await received(second, 1) == [b"1"] and first == []
+    await broker.unsubscribe("dev:a", second.append)
+    await broker.publish("dev:a", b"2")
+    await asyncio.sleep(0.2)
+    assert second == [b"1"]
+
+
+async def test_presence_transitions_are_reported_once(backend: tuple[Broker, Presence]) -> None:
+    _, presence = backend
+    now = time.time_ns() // 1_000_000
+    assert await presence.connect("u1", "d1/a", now + 10_000, now) is True  # offline → online
+    assert await presence.connect("u1", "d2/b", now + 10_000, now) is False  # already online
+    assert await presence.online(["u1", "u2"], now) == {"u1"}
+    assert await presence.disconnect("u1", "d1/a", now) is False  # d2 still there
+    assert await presence.disconnect("u1", "d1/a", now) is False  # already gone
+    assert await presence.disconnect("u1", "d2/b", now) is True  # online → offline
+    assert await presence.online(["u1"], now) == set()
+
+
+async def test_expired_entries_are_swept_once(backend: tuple[Broker, Presence]) -> None:
+    _, presence = backend
+    now = time.time_ns() // 1_000_000
+    await presence.connect("u1", "d1/a", now + 1_000, now)
+    await presence.connect("u2", "d2/a", now + 1_000, now)
+    await presence.connect("u2", "d2/b", now + 60_000, now)  # u2 has a live device left
+    assert await presence.sweep(now + 500) == []
+    assert sorted(await presence.sweep(now + 2_000)) == ["u1"]
+    assert await presence.sweep(now + 2_000) == []  # reported once
+    assert await presence.online(["u1", "u2"], now + 2_000) == {"u2"}
+
+
+async def test_refresh_extends_and_recreates(backend: tuple[Broker, Presence]) -> None:
+    _, presence = backend
+    now = time.time_ns() // 1_000_000
+    await presence.connect("u1", "d1/a", now + 1_000, now)
+    assert await presence.refresh([("u1", "d1/a")], now + 60_000, now) == []  # still live: no change
+    assert await presence.sweep(now + 2_000) == []
+    assert await presence.online(["u1"], now + 2_000) == {"u1"}
+    # An entry lost (expired, or a Redis restart) comes back, and says so.
+    assert await presence.refresh([("u3", "d3/a")], now + 60_000, now) == ["u3"]
+
+
+async def test_redis_gap_after_a_lost_connection() -> None:
+    """When the pub/sub connection dies, the broker reconnects, subscribes
+    again, and only then reports a gap; publishes work again afterwards."""
+    async with redis_backed() as (broker, _):
+        assert isinstance(broker, RedisBroker)
+        inbox: list[bytes] = []
+        gaps: list[float] = []
+        broker.on_gap(lambda: gaps.append(time.monotonic()))
+        await broker.subscribe("dev:a", inbox.append)
+        admin = aioredis.Redis.from_url(REDIS_URL)
+        try:
+            # Kill every pub/sub connection of this broker (they are the ones subscribed).
+            clients = await admin.client_list(_type="pubsub")
+            assert clients, "the broker holds a pub/sub connection"
+            for c in clients:
+                await admin.client_kill_filter(_id=c["id"])
+            deadline = time.monotonic() + 10
+            while not gaps and time.monotonic() < deadline:
+                await asyncio.sleep(0.05)
+            assert gaps, "a gap was reported after reconnecting"
+            await broker.publish("dev:a", b"after")
+            assert await received(inbox, 1) == [b"after"]
+        finally:
+            await admin.aclose()
+
+
+async def test_redis_unreachable_fails_fast_and_clearly() -> None:
+    broker = RedisBroker("redis://127.0.0.1:1/0")
+    started = time.monotonic()
+    with pytest.raises(BrokerUnavailable):
+        await broker.start()
+    assert time.monotonic() - started < 5
+    await broker.close()
