@@ -57,8 +57,9 @@ async def serve_connection(ws: ServerConnection, hub: Hub) -> None:
             await hub.enroll(session, frame)  # type: ignore[arg-type]
         assert session.user_id is not None and session.device_id is not None
         log.info("authenticated", extra={"device": session.device_id, "peer": peer})
-        await ws.send(encode(Welcome(session.user_id, session.device_id)))
         link = await hub.attach(session.user_id, session.device_id, ws.send, ws.close)
+        await ws.send(encode(Welcome(session.user_id, session.device_id)))
+        link.start()
         async for data in ws:
             frame = session.receive(_binary(data))
             metrics.frames.labels(frame.TYPE).inc()

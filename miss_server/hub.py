@@ -119,8 +119,11 @@ class Hub:
         send: Callable[[bytes], Awaitable[None]],
         close: Callable[[int, str], Awaitable[None]],
     ) -> DeviceLink:
-        """Start delivering to a freshly authenticated connection. A previous
-        connection of the same device, on any node, is ended with 4409."""
+        """Register a freshly authenticated connection: its device channel and
+        its presence. A previous connection of the same device, on any node,
+        is ended with 4409. The caller sends ``welcome``, then starts the
+        link, so that the device is online for everyone once it is welcomed
+        and its first deliveries follow the ``welcome``."""
         channel = device_channel(device_id)
         try:  # before subscribing, so that only the older connection hears it
             await self.broker.publish(channel, close_wakeup(errors.SessionReplaced))
@@ -129,7 +132,6 @@ class Hub:
         link = DeviceLink(device_id, self.store, send, close, self.metrics.deliveries.inc)
         self._links[device_id] = link
         await self.broker.subscribe(channel, link.on_wakeup)
-        link.start()
         link.presence_key = await self.presence.connected(user_id, link)
         self.metrics.authenticated.inc()
         return link

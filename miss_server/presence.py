@@ -99,7 +99,9 @@ class PresenceService:
 
     async def watch(self, viewer: str, link: DeviceLink, users: Iterable[str]) -> list[PresenceFrame]:
         """Replace what ``link`` watches; returns the current presence of the
-        users it may see (the others are dropped silently)."""
+        users it may see (the others are dropped silently). If the store
+        fails while the visibility is read, nothing changed; the snapshot is
+        read after subscribing, so that no change falls between the two."""
         wanted = list(dict.fromkeys(users))
         visible = await self._store.visible_users(viewer, wanted) if wanted else set()
         kept = [u for u in wanted if u in visible]

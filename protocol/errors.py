@@ -181,7 +181,7 @@ class MissingDevices(RequestError):
 
 class StorageUnavailable(RequestError):
     code = "storage_unavailable"
-    message = "storage unavailable; the message was not accepted, retry later"
+    message = "storage unavailable; the request was not carried out, retry later"
     retryable = True
 
 

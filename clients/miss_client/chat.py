@@ -9,6 +9,8 @@ Usage::
     miss-chat --profile DIR history [PEER]
     miss-chat --profile DIR link                     # a code to enroll another device
     miss-chat --profile DIR safety RECIPIENT         # the 60-digit safety number
+    miss-chat --profile DIR status [available|busy|on_call|off_duty]   # set; alone: print it
+    miss-chat --profile DIR presence RECIPIENT...    # "● Dr X (RPPS) is on call", "○ ... is offline"
     miss-chat --profile DIR chat RECIPIENT           # interactive; /quit leaves
 
 RECIPIENT is an RPPS number (digits) or a user id (``u_...``). ``send`` and
@@ -19,8 +21,14 @@ read from ``$MISS_PASSPHRASE``, else asked on the terminal.
 
 ``chat`` reads one message per line from stdin, which may be a pipe: at end
 of input it keeps printing what arrives until nothing has for ``--linger``
-seconds, then exits. Incoming messages and ``✓ delivered`` receipts are
-printed as they arrive.
+seconds, then exits. Incoming messages, ``✓ delivered`` receipts and the
+peer's presence (``● Dr X (RPPS) is on call``, ``○ Dr X (RPPS) is offline``:
+first their current one, then each change) are printed as they arrive.
+
+A status (SPEC §6.7) is the user's, shared by all their devices, and kept by
+the hub until changed; ``on-call`` is accepted for ``on_call``. Presence is
+shown only for clinicians who may see each other: same organisation, or a
+message exchanged once.
 
 Exit status: 0 on success, 1 on an expected error (printed as one line on
 stderr, no traceback: wrong passphrase, hub unreachable, unknown recipient,
@@ -47,9 +55,19 @@ from protocol.errors import AuthFailed, InvalidCode, NoDevices, ProtocolError, S
 from .client import Client
 from .connection import enroll
 from .errors import ClientError, ProfileError
-from .models import Delivered, Message, Peer, PeerChange, format_id, is_user_id
+from .models import STATUSES, Delivered, Message, Peer, PeerChange, PresenceChanged, format_id, is_user_id
 from .profile import KDF_INTERACTIVE, KDF_MODERATE, Profile, load_profile
-from .render import Names, clean, format_time, history_line, message_line, receipt_line, short_id
+from .render import (
+    Names,
+    clean,
+    format_time,
+    history_line,
+    message_line,
+    presence_line,
+    receipt_line,
+    short_id,
+    status_label,
+)
 
 __all__ = ["main"]
 
@@ -97,7 +115,7 @@ def warn_key_change(peer: Peer, change: PeerChange) -> None:
     )
 
 
-async def print_event(event: Message | Delivered, client: Client, names: Names) -> None:
+async def print_event(event: Message | Delivered | PresenceChanged, client: Client, names: Names) -> None:
     """Print one event, looking up the peer first if the local directory lacks
     them (e.g. a copy of a message sent from another device)."""
     peer = event.peer if isinstance(event, Message) else event.user
@@ -106,7 +124,12 @@ async def print_event(event: Message | Delivered, client: Client, names: Names) 
             await client.lookup(user=peer)
         except (ProtocolError, ClientError):
             pass  # shown by user id then
-    line = message_line(event, names) if isinstance(event, Message) else receipt_line(event, names)
+    if isinstance(event, Message):
+        line = message_line(event, names)
+    elif isinstance(event, Delivered):
+        line = receipt_line(event, names)
+    else:
+        line = presence_line(event, names)
     print(line, flush=True)
 
 
@@ -204,6 +227,58 @@ async def cmd_safety(args: argparse.Namespace) -> int:
     return 0
 
 
+async def cmd_status(args: argparse.Namespace) -> int:
+    async with Client.connect(open_profile(args)) as client:
+        if args.status is not None:
+            await client.set_status(args.status)
+            status = args.status
+        else:
+            # Our own presence is always visible to us; this connection watches nothing else.
+            mine = [p for p in await client.watch([client.user_id]) if p.user == client.user_id]
+            if not mine:
+                raise ClientError("the hub did not report your status")
+            status = mine[0].status
+    print(f"status: {status_label(status)}")
+    return 0
+
+
+async def cmd_presence(args: argparse.Namespace) -> int:
+    async with Client.connect(open_profile(args)) as client:
+        client.on_key_change = warn_key_change
+        peers: dict[str, Peer] = {}
+        for recipient in args.recipients:
+            try:
+                peer = await client.resolve(recipient)
+            except UnknownUser:
+                raise UsageError(
+                    f"unknown recipient {recipient!r} (no such clinician in the directory)"
+                ) from None
+            peers.setdefault(peer.user, peer)
+        shown = {p.user: p for p in await client.watch(list(peers))}
+        names = Names(client.state)
+        for user, peer in peers.items():
+            if user in shown:
+                print(presence_line(shown[user], names))
+            else:
+                print(f"? {clean(peer.display)}: presence not shared with you")
+    return 0
+
+
+async def watch_peer(client: Client, peer: Peer, names: Names) -> None:
+    """Follow the peer's presence and print the current one (chat, on start)."""
+    try:
+        current = await client.watch([peer.user])
+    except (ProtocolError, ClientError) as exc:
+        if client.closed:
+            raise
+        print(f"{PROG}: presence of {clean(peer.display)} unavailable: {describe(exc)}", file=sys.stderr)
+        return
+    if current:
+        print(presence_line(current[0], names), flush=True)
+    else:
+        print(f"{PROG}: the presence of {clean(peer.display)} is not shared with you", file=sys.stderr)
+
+
 async def cmd_chat(args: argparse.Namespace) -> int:
     interactive = sys.stdin.isatty()
     async with Client.connect(open_profile(args)) as client:
@@ -212,6 +287,7 @@ async def cmd_chat(args: argparse.Namespace) -> int:
         await resend_pending(client)
         names = Names(client.state)
         print(f"chatting with {clean(peer.display)}; /quit leaves", file=sys.stderr)
+        await watch_peer(client, peer, names)
         loop = asyncio.get_running_loop()
         last_activity = [loop.time()]
 
@@ -349,6 +425,16 @@ def build_parser() -> argparse.ArgumentParser:
     add("link", cmd_link, "get a code to enroll another device of yours")
     p = add("safety", cmd_safety, "print the safety number with a recipient")
     p.add_argument("recipient")
+    p = add("status", cmd_status, "set your status, or print it")
+    p.add_argument(
+        "status",
+        nargs="?",
+        type=lambda s: s.strip().lower().replace("-", "_"),
+        choices=STATUSES,
+        help="the new status (default: print the current one)",
+    )
+    p = add("presence", cmd_presence, "print the presence of clinicians")
+    p.add_argument("recipients", nargs="+", metavar="RECIPIENT", help="RPPS number or user id")
     p = add("chat", cmd_chat, "interactive conversation (reads lines from stdin)")
     p.add_argument("recipient")
     p.add_argument(

@@ -6,10 +6,18 @@ Theory of operation
 answers the challenge with an ``auth`` signed by the device key, and starts
 one background *reader* task that owns ``recv``:
 
-* answers are matched to their request: ``lookup_ok``/``link_code_ok`` and
-  ``error`` frames by ``rid``, ``accepted`` and ``error`` frames by message
-  ``id``, each to a future the caller awaits;
+* answers are matched to their request: ``lookup_ok``/``link_code_ok``/
+  ``ok``/``watching`` and ``error`` frames by ``rid``, ``accepted`` and
+  ``error`` frames by message ``id``, each to a future the caller awaits,
+  whatever else arrives in between;
 * ``deliver`` and ``delivered`` frames go, untouched, to an incoming queue;
+* presence (SPEC §6.7) is applied by the reader itself, in arrival order:
+  a ``watching`` answer replaces the presence cache (:meth:`Client.presence`)
+  with its snapshot, and a ``presence`` push updates it and, if it changed
+  what we knew, queues a :class:`~miss_client.models.PresenceChanged` event
+  with the deliveries. Doing both in the reader, not in the awaiting
+  caller, keeps a push that follows a snapshot on the wire from being
+  overwritten by it;
 * a fatal ``error`` frame or a close ends the connection: every waiting
   future and every later call raises the :mod:`protocol.errors` exception the
   hub named (or ConnectionLost).
@@ -35,7 +43,7 @@ import asyncio
 import itertools
 import logging
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterable
 from contextlib import asynccontextmanager
 
 from websockets.asyncio.client import ClientConnection
@@ -63,7 +71,18 @@ from .errors import (
     RequestTimeout,
 )
 from .inbox import Inbox, Undecryptable
-from .models import Delivered, Event, Message, Peer, PeerChange, format_id, is_rpps, is_user_id
+from .models import (
+    Delivered,
+    Event,
+    Message,
+    Peer,
+    PeerChange,
+    PresenceChanged,
+    PresenceInfo,
+    format_id,
+    is_rpps,
+    is_user_id,
+)
 from .outbox import RetryPolicy, build_send
 from .profile import Profile
 from .state import LocalState
@@ -116,6 +135,9 @@ class Client:
         self._incoming: asyncio.Queue[object] = asyncio.Queue()
         self._peers: dict[str, Peer] = {}  # this connection's lookups, by user id
         self._rpps: dict[str, str] = {}  # RPPS number -> user id
+        self._presence: dict[str, PresenceInfo] = {}  # last known, for watched users only
+        self._watched: frozenset[str] = frozenset()  # as of the last ``watching``
+        self._watch_rids: set[int] = set()  # ``watch`` requests not answered yet
         self._fatal: ProtocolError | None = None
         self._terminal: Exception | None = None
         self._closing = False
@@ -219,15 +241,21 @@ class Client:
     def _dispatch(self, frame: f.Frame) -> None:
         if isinstance(frame, f.Deliver | f.Delivered):
             self._incoming.put_nowait(frame)
+        elif isinstance(frame, f.Presence):
+            self._on_presence(frame)
         elif isinstance(frame, f.Accepted):
             accepted = self._sends.get(frame.id)
             if accepted is not None and not accepted.done():
                 accepted.set_result(frame)
-        elif isinstance(frame, f.LookupOk | f.LinkCodeOk):
+        elif isinstance(frame, f.LookupOk | f.LinkCodeOk | f.Ok | f.Watching):
+            if isinstance(frame, f.Watching):
+                self._on_watching(frame)
             answered = self._requests.get(frame.rid)
             if answered is not None and not answered.done():
                 answered.set_result(frame)
         elif isinstance(frame, f.Error):
+            if frame.rid is not None:
+                self._watch_rids.discard(frame.rid)
             exc = error_from_frame(frame)
             target: asyncio.Future[f.Frame] | asyncio.Future[f.Accepted] | None = None
             if frame.fatal:
@@ -243,6 +271,23 @@ class Client:
                 target.set_exception(exc)
         else:
             log.warning("ignoring an unexpected %r frame from the hub", frame.TYPE)
+
+    def _on_watching(self, frame: f.Watching) -> None:
+        # The hub answers requests in order, so the last answer is the list in force.
+        self._watch_rids.discard(frame.rid)
+        self._watched = frozenset(p.user for p in frame.presence)
+        self._presence = {p.user: PresenceInfo(p.user, p.status, p.online) for p in frame.presence}
+
+    def _on_presence(self, frame: f.Presence) -> None:
+        if frame.user not in self._watched and not self._watch_rids:
+            # Sent before the hub saw our latest watch, which dropped this user.
+            log.debug("ignoring presence of %s, who is not watched", frame.user)
+            return
+        info = PresenceInfo(frame.user, frame.status, frame.online)
+        if self._presence.get(frame.user) == info:
+            return  # a repeat (SPEC §6.7): nothing changed
+        self._presence[frame.user] = info
+        self._incoming.put_nowait(PresenceChanged(frame.user, frame.status, frame.online))
 
     # --- requests ----------------------------------------------------------------
 
@@ -272,6 +317,21 @@ class Client:
             return await self._wait(fut)
         finally:
             self._requests.pop(rid, None)
+
+    async def _request_retrying(self, build: Callable[[int], f.Frame], what: str) -> f.Frame:
+        """:meth:`_request` for idempotent requests: retries storage_unavailable
+        and rate_limited as :attr:`retry` says (each try with a new rid)."""
+        tries = 0
+        while True:
+            try:
+                return await self._request(build)
+            except (StorageUnavailable, RateLimited) as exc:
+                tries += 1
+                if tries >= self.retry.attempts:
+                    raise
+                delay = self.retry.delay(exc)
+                log.info("retrying %s in %.2f s: %s", what, delay, exc.code)
+                await asyncio.sleep(delay)
 
     async def lookup(
         self, user: str | None = None, rpps: str | None = None, *, refresh: bool = False
@@ -315,6 +375,76 @@ class Client:
         if not isinstance(reply, f.LinkCodeOk):
             raise ConnectionFailed("the hub answered link_code with something else")
         return reply.code, reply.expires
+
+    # --- presence (SPEC §6.7) ------------------------------------------------------
+
+    async def set_status(self, status: str) -> None:
+        """Set this clinician's status, for all their devices: one of
+        :data:`~miss_client.models.STATUSES` (``available``, ``busy``,
+        ``on_call``, ``off_duty``). Returns once the hub has stored it.
+
+        Raises ValueError for another value (checked here: the hub would close
+        the connection), StorageUnavailable or RateLimited once the retries of
+        :attr:`retry` are spent.
+        """
+        if status not in f.STATUSES:
+            raise ValueError(f"unknown status {status!r} (expected one of {', '.join(f.STATUSES)})")
+        reply = await self._request_retrying(lambda rid: f.SetStatus(rid=rid, status=status), "set_status")
+        if not isinstance(reply, f.Ok):
+            raise ConnectionFailed("the hub answered set_status with something else")
+
+    async def watch(self, users: Iterable[str]) -> list[PresenceInfo]:
+        """Follow the presence of ``users`` (user ids or RPPS numbers) on this
+        connection, **replacing** what it watched before (an empty list stops
+        watching). Returns the current presence of those the hub lets us see
+        (ourself, colleagues of the same organisation, contacts), in the
+        order given; the others are left out, and unknown user ids too.
+
+        From then on, changes arrive as :class:`PresenceChanged` events from
+        :meth:`events`/:meth:`receive`, and :meth:`presence` tells the last
+        known state. A watch lasts as long as the connection: watch again
+        after reconnecting. Raises UnknownUser for an RPPS number that names
+        nobody, BadRecipient for a string that is neither, ValueError for
+        more than 512 users, StorageUnavailable or RateLimited once the
+        retries of :attr:`retry` are spent.
+        """
+        wanted: list[str] = []
+        for recipient in users:
+            recipient = recipient.strip()
+            if is_user_id(recipient):
+                wanted.append(recipient)
+            elif is_rpps(recipient):
+                wanted.append((await self.lookup(rpps=recipient)).user)
+            else:
+                raise BadRecipient(f"{recipient!r} is neither an RPPS number nor a user id (u_...)")
+        ids = tuple(dict.fromkeys(wanted))
+        if len(ids) > f.MAX_WATCH:
+            raise ValueError(f"at most {f.MAX_WATCH} users can be watched at once")
+
+        rids: set[int] = set()
+
+        def build(rid: int) -> f.Watch:
+            rids.add(rid)
+            self._watch_rids.add(rid)  # until answered, pushes of users not yet watched count
+            return f.Watch(rid=rid, users=ids)
+
+        try:
+            reply = await self._request_retrying(build, "watch")
+        finally:
+            self._watch_rids -= rids
+        if not isinstance(reply, f.Watching):
+            raise ConnectionFailed("the hub answered watch with something else")
+        return [PresenceInfo(p.user, p.status, p.online) for p in reply.presence]
+
+    def presence(self, user: str) -> PresenceInfo | None:
+        """The last known presence of a watched user (user id, or RPPS number
+        of someone looked up on this connection); None if not watched."""
+        return self._presence.get(self._rpps.get(user, user))
+
+    @property
+    def watched(self) -> frozenset[str]:
+        """User ids this connection watches, as the hub last confirmed."""
+        return self._watched
 
     async def safety_number(self, recipient: str) -> str:
         """The 60-digit safety number between this user and ``recipient``,
@@ -418,7 +548,8 @@ class Client:
     # --- receiving -------------------------------------------------------------------
 
     async def receive(self) -> Event:
-        """The next new message or receipt, already stored and acked.
+        """The next new message or receipt, already stored and acked, or
+        presence change of a watched user (:meth:`watch`).
 
         Duplicates and undecryptable envelopes are acked and skipped (see
         :mod:`miss_client.inbox`). Once the connection has ended and nothing
@@ -438,13 +569,16 @@ class Client:
                 self._incoming.put_nowait(_CLOSED)  # every later call sees it too
                 assert self._terminal is not None
                 raise self._terminal
+            if isinstance(item, PresenceChanged):
+                return item
             assert isinstance(item, f.Deliver | f.Delivered)
             event = await self._inbox.process(item)
             if event is not None:
                 return event
 
     async def events(self) -> AsyncIterator[Event]:
-        """Messages and receipts in arrival order, until the connection ends.
+        """Messages, receipts and presence changes (once :meth:`watch` was
+        called) in arrival order, until the connection ends.
 
         Ends quietly after :meth:`aclose`; raises the hub's error or
         ConnectionLost if the connection ended otherwise.

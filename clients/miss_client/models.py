@@ -7,6 +7,7 @@ an application can match on them::
         match event:
             case Message(): ...
             case Delivered(): ...
+            case PresenceChanged(): ...  # only after client.watch()
 
 Message ids are the 16 raw bytes of the wire; :func:`format_id` shows one as
 a UUID string (ids are laid out as UUIDv7).
@@ -18,15 +19,18 @@ import uuid
 from dataclasses import dataclass, field
 
 from protocol import crypto
-from protocol.frames import DeviceInfo
+from protocol.frames import STATUSES, DeviceInfo
 
 __all__ = [
+    "STATUSES",
     "Delivered",
     "Event",
     "HistoryEntry",
     "Message",
     "Peer",
     "PeerChange",
+    "PresenceChanged",
+    "PresenceInfo",
     "format_id",
     "is_rpps",
     "is_user_id",
@@ -137,8 +141,32 @@ class Delivered:
     ts: int = 0
 
 
+@dataclass(frozen=True, slots=True)
+class PresenceInfo:
+    """A clinician's presence (SPEC §6.7): the ``status`` they chose (one of
+    :data:`STATUSES`) and whether any of their devices is ``online``."""
+
+    user: str
+    status: str
+    online: bool
+
+
+@dataclass(frozen=True, slots=True)
+class PresenceChanged:
+    """Event: a watched clinician's presence changed; the fields are their
+    whole new presence. Not stored in the history."""
+
+    user: str
+    status: str
+    online: bool
+
+    @property
+    def info(self) -> PresenceInfo:
+        return PresenceInfo(self.user, self.status, self.online)
+
+
 #: What :meth:`miss_client.client.Client.events` yields.
-Event = Message | Delivered
+Event = Message | Delivered | PresenceChanged
 
 
 @dataclass(frozen=True, slots=True)

@@ -24,7 +24,9 @@ __all__ = ["RetryPolicy", "build_send"]
 
 @dataclass(frozen=True, slots=True)
 class RetryPolicy:
-    """How :meth:`~miss_client.client.Client.send` retries.
+    """How :meth:`~miss_client.client.Client.send` retries (and, with
+    ``attempts`` only, :meth:`~miss_client.client.Client.set_status` and
+    :meth:`~miss_client.client.Client.watch`).
 
     ``attempts``: total tries when the hub answers a retryable error
     (storage_unavailable, rate_limited), waiting its ``retry_after`` (or

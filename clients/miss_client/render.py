@@ -1,4 +1,4 @@
-"""How the terminal client shows messages, receipts and history lines.
+"""How the terminal client shows messages, receipts, presence and history lines.
 
 Everything a peer controls (message bodies, directory names) goes through
 :func:`clean` first: control characters and bidirectional overrides are
@@ -11,10 +11,22 @@ from __future__ import annotations
 import re
 from datetime import datetime
 
-from .models import Delivered, HistoryEntry, Message, Peer, format_id
+from .models import Delivered, HistoryEntry, Message, Peer, PresenceChanged, PresenceInfo, format_id
 from .state import LocalState
 
-__all__ = ["Names", "clean", "format_time", "history_line", "message_line", "receipt_line", "short_id"]
+__all__ = [
+    "Names",
+    "clean",
+    "format_time",
+    "history_line",
+    "message_line",
+    "presence_line",
+    "receipt_line",
+    "short_id",
+    "status_label",
+]
+
+_STATUS_LABELS = {"available": "available", "busy": "busy", "on_call": "on call", "off_duty": "off duty"}
 
 _UNSAFE = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u200b-\u200f\u202a-\u202e\u2066-\u2069\ufeff]")
 
@@ -61,6 +73,23 @@ def receipt_line(receipt: Delivered, names: Names) -> str:
     """``[time] ✓ delivered <short id> to Name (RPPS)``."""
     when = format_time(receipt.ts) if receipt.ts else "-"
     return f"[{when}] ✓ delivered {short_id(receipt.id)} to {names.of(receipt.user)}"
+
+
+def status_label(status: str) -> str:
+    """``on_call`` -> ``on call`` (SPEC §6.7 statuses, as people say them)."""
+    return _STATUS_LABELS.get(status, clean(status))
+
+
+def presence_line(presence: PresenceInfo | PresenceChanged, names: Names) -> str:
+    """``● Name (RPPS) is on call`` while any of their devices is connected;
+    ``○ Name (RPPS) is offline``, with the status they keep unless it is
+    ``available``, e.g. ``○ Name (RPPS) is offline (on call)``."""
+    who = names.of(presence.user)
+    if presence.online:
+        return f"● {who} is {status_label(presence.status)}"
+    if presence.status == "available":
+        return f"○ {who} is offline"
+    return f"○ {who} is offline ({status_label(presence.status)})"
 
 
 def history_line(entry: HistoryEntry, names: Names) -> str:

@@ -33,6 +33,8 @@ from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import redis.asyncio as aioredis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
@@ -59,13 +61,14 @@ def split_prefix(url: str) -> tuple[str, str]:
     return urlunsplit(parts._replace(query=rest)), prefix
 
 
-def _client(url: str) -> aioredis.Redis:
+def _client(url: str, retries: int) -> aioredis.Redis:
     return aioredis.Redis.from_url(
         url,
         decode_responses=False,
         socket_connect_timeout=2.0,
         socket_timeout=5.0,
         health_check_interval=10,
+        retry=Retry(NoBackoff(), retries),
     )
 
 
@@ -74,7 +77,13 @@ class RedisBroker:
 
     def __init__(self, url: str) -> None:
         base, self.prefix = split_prefix(url)
-        self._redis = _client(base)
+        # Commands get one immediate retry (a stale pooled socket), no more:
+        # while Redis is down, publishing must fail fast, not stall senders.
+        self._redis = _client(base, retries=1)
+        # The pub/sub connection gets none: redis-py would otherwise reconnect
+        # and resubscribe behind our back, and the payloads published in the
+        # meantime would be lost without the gap that makes devices drain.
+        self._subscriber = _client(base, retries=0)
         self._handlers: dict[str, Handler] = {}
         self._pubsub: Any = None  # redis.asyncio.client.PubSub while connected
         self._reader: asyncio.Task[None] | None = None
@@ -104,6 +113,7 @@ class RedisBroker:
                 await self._reader
         await self._drop_pubsub()
         await self._redis.aclose()
+        await self._subscriber.aclose()
 
     async def subscribe(self, channel: str, handler: Handler) -> None:
         new = channel not in self._handlers
@@ -150,7 +160,7 @@ class RedisBroker:
     # --- the reader -----------------------------------------------------------
 
     async def _connect_pubsub(self) -> None:
-        pubsub = self._redis.pubsub()
+        pubsub = self._subscriber.pubsub()
         # The control channel keeps the connection subscribed even on an idle node.
         channels = [self._key(CONTROL_CHANNEL), *(self._key(c) for c in self._handlers)]
         for i in range(0, len(channels), SUBSCRIBE_CHUNK):

@@ -20,6 +20,7 @@ timeout makes them wait for the lock rather than fail.
 from __future__ import annotations
 
 import asyncio
+import json
 import queue
 import secrets
 import sqlite3
@@ -27,6 +28,8 @@ import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
+
+from protocol.frames import STATUSES
 
 from . import migrations as migration_files
 from .base import (
@@ -60,15 +63,30 @@ def _queued(row: tuple[Any, ...]) -> Queued:
 def _user(row: tuple[Any, ...] | None) -> User | None:
     if row is None:
         return None
-    return User(row[0], row[1], row[2], row[3], row[4], row[5], bool(row[6]))
+    return User(row[0], row[1], row[2], row[3], row[4], row[5], bool(row[6]), row[7])
 
 
 def _device(row: tuple[Any, ...]) -> Device:
     return Device(row[0], row[1], row[2], row[3], row[4], row[5], row[6] is not None)
 
 
-_USER_COLUMNS = "user_id, name, rpps, profession, organisation, created_at, suspended"
+_USER_COLUMNS = "user_id, name, rpps, profession, organisation, created_at, suspended, status"
 _DEVICE_COLUMNS = "device_id, user_id, sign_pk, box_pk, label, created_at, revoked_at"
+
+
+# Lists of ids travel as one JSON array (json_each): one statement and one
+# parameter whatever their length. Candidates are found by primary key, then
+# kept if the viewer is them, shares their organisation, or is their contact:
+# the viewer's contacts are read once (primary key, contacts_by_b), not
+# looked up per candidate.
+_VISIBLE_USERS = """
+SELECT u.user_id FROM users u
+WHERE u.user_id IN (SELECT value FROM json_each(:candidates))
+  AND (u.user_id = :viewer
+       OR (u.organisation <> '' AND u.organisation = (SELECT organisation FROM users WHERE user_id = :viewer))
+       OR u.user_id IN (SELECT user_b FROM contacts WHERE user_a = :viewer
+                        UNION ALL
+                        SELECT user_a FROM contacts WHERE user_b = :viewer))"""
 
 
 def _connect(path: Path) -> sqlite3.Connection:
@@ -263,8 +281,8 @@ class SQLiteStore:
 
         def run(conn: sqlite3.Connection) -> None:
             conn.execute(
-                f"INSERT INTO users ({_USER_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, 0)",
-                (user.user_id, name, rpps, profession, organisation, now),
+                f"INSERT INTO users ({_USER_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, 0, ?)",
+                (user.user_id, name, rpps, profession, organisation, now, user.status),
             )
 
         await self._write(run)
@@ -298,6 +316,38 @@ class SQLiteStore:
                 (code_hash, user_id, expires_at),
             )
         )
+
+    async def set_status(self, user_id: str, status: str) -> None:
+        """Unknown ``user_id``: nothing is written. Raises ValueError for a
+        status not in ``protocol.frames.STATUSES``."""
+        if status not in STATUSES:
+            raise ValueError(f"unknown status {status!r}")
+        await self._write(
+            lambda c: c.execute("UPDATE users SET status = ? WHERE user_id = ?", (status, user_id))
+        )
+
+    async def statuses(self, user_ids: list[str]) -> dict[str, str]:
+        if not user_ids:
+            return {}
+
+        def run(conn: sqlite3.Connection) -> dict[str, str]:
+            rows = conn.execute(
+                "SELECT user_id, status FROM users WHERE user_id IN (SELECT value FROM json_each(?))",
+                (json.dumps(user_ids),),
+            ).fetchall()
+            return dict(rows)
+
+        return await self._read(run)
+
+    async def visible_users(self, viewer: str, candidates: list[str]) -> set[str]:
+        if not candidates:
+            return set()
+
+        def run(conn: sqlite3.Connection) -> set[str]:
+            rows = conn.execute(_VISIBLE_USERS, {"viewer": viewer, "candidates": json.dumps(candidates)})
+            return {r[0] for r in rows}
+
+        return await self._read(run)
 
     async def enroll_device(
         self, code_hash: bytes, sign_pk: bytes, box_pk: bytes, label: str, now: int
@@ -397,6 +447,12 @@ def _accept(conn: sqlite3.Connection, m: NewMessage) -> AcceptResult:
     ).rowcount
     if not inserted:
         return AcceptResult(duplicate=True, queued=[])
+    if m.sender_user != m.recipient_user:
+        # Code point order, which is SQLite's BINARY collation for the CHECK.
+        conn.execute(
+            "INSERT INTO contacts (user_a, user_b) VALUES (?, ?) ON CONFLICT DO NOTHING",
+            tuple(sorted((m.sender_user, m.recipient_user))),
+        )
     queued = []
     for device_id, envelope in m.envelopes.items():
         cur = conn.execute(

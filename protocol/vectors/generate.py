@@ -1,7 +1,8 @@
 """Write the protocol v1 test vectors: ``frames.json`` and ``crypto.json``.
 
 Run by hand, from the repository root, whenever the wire format changes on
-purpose (it never should within v1)::
+purpose: within v1 only by addition (new frame types such as the presence
+frames of SPEC §6.7, see §10), which adds vectors and changes none::
 
     .venv/bin/python protocol/vectors/generate.py
 
@@ -44,7 +45,12 @@ from protocol.frames import (
     LinkCodeOk,
     Lookup,
     LookupOk,
+    Ok,
+    Presence,
     Send,
+    SetStatus,
+    Watch,
+    Watching,
     Welcome,
     encode,
 )
@@ -59,6 +65,7 @@ BOB = "u_fedcba9876543210"
 ALICE_PHONE = "d_a11ce00000000001"
 ALICE_LAPTOP = "d_a11ce00000000002"
 BOB_PHONE = "d_b0b0000000000001"
+CAROL = "u_0c0c0c0c0c0c0c0c"  # a third clinician, only in the presence vectors
 
 KEYS = {
     ALICE_PHONE: crypto.DeviceKeys(bytes(range(0x01, 0x21)), bytes(range(0x21, 0x41))),
@@ -79,6 +86,8 @@ def jsonable(value: Any) -> Any:
         return {"bin": value.hex()}
     if isinstance(value, DeviceInfo):
         return jsonable(value.to_map())
+    if isinstance(value, Presence):  # nested in 'watching': its fields, no "t"
+        return jsonable(value.fields_map())
     if isinstance(value, (list, tuple)):
         return [jsonable(v) for v in value]
     if isinstance(value, dict):
@@ -187,6 +196,19 @@ def frames_document() -> dict[str, Any]:
         ),
         frame_vector("link_code", c, "ask for a code to enroll another device", LinkCode(rid=9)),
         frame_vector(
+            "set_status",
+            c,
+            "set the clinician's status (SPEC §6.7); one of available, busy, on_call, off_duty",
+            SetStatus(rid=10, status="on_call"),
+        ),
+        frame_vector(
+            "watch",
+            c,
+            "follow the presence of two users, by user id; replaces the connection's previous list",
+            Watch(rid=11, users=(BOB, CAROL)),
+        ),
+        frame_vector("watch_empty", c, "an empty list: stop watching anybody", Watch(rid=12, users=())),
+        frame_vector(
             "challenge",
             s,
             "the first frame on every connection; nonce is crypto.json auth.nonce",
@@ -250,6 +272,39 @@ def frames_document() -> dict[str, Any]:
             "a one-time link code expiring 15 min after T0 (absolute ms)",
             LinkCodeOk(rid=9, code="Q8ZD-4MNC-7T1V-KE2B", expires=T0 + 15 * 60 * 1000),
         ),
+        frame_vector("ok", s, "answer to 'set_status': the status is stored", Ok(rid=10)),
+        frame_vector(
+            "watching",
+            s,
+            "answer to 'watch' with two entries, in the order of the request; nested presence maps are "
+            "user, status, online, with no 't'",
+            Watching(
+                rid=11,
+                presence=(
+                    Presence(user=BOB, status="on_call", online=True),
+                    Presence(user=CAROL, status="off_duty", online=False),
+                ),
+            ),
+        ),
+        frame_vector(
+            "watching_empty",
+            s,
+            "answer to a 'watch' whose users are all unknown or not visible (or to 'watch_empty'): "
+            "an empty presence list",
+            Watching(rid=12, presence=()),
+        ),
+        frame_vector(
+            "presence",
+            s,
+            "pushed to watchers of Bob: his status changed to busy while a device is connected",
+            Presence(user=BOB, status="busy", online=True),
+        ),
+        frame_vector(
+            "presence_offline",
+            s,
+            "pushed to watchers of Bob: his last device disconnected; the status is kept",
+            Presence(user=BOB, status="available", online=False),
+        ),
         frame_vector(
             "error_fatal",
             s,
@@ -279,15 +334,27 @@ def frames_document() -> dict[str, Any]:
             "a retryable error answering a send: carries id and retry_after (ms)",
             Error(
                 code="storage_unavailable",
-                message="storage unavailable; the message was not accepted, retry later",
+                message="storage unavailable; the request was not carried out, retry later",
                 id=MESSAGE_ID_2,
                 retry_after=500,
+            ),
+        ),
+        frame_vector(
+            "error_storage_unavailable_watch",
+            s,
+            "a retryable error answering a request with a rid (here the 'watch' of vector 'watch')",
+            Error(
+                code="storage_unavailable",
+                message="storage unavailable; the request was not carried out, retry later",
+                rid=11,
+                retry_after=1000,
             ),
         ),
     ]
 
     auth_map = {"t": "auth", "v": 1, "device": ALICE_PHONE, "sig": auth_sig}
     send_map = {"t": "send", "id": MESSAGE_ID, "from": ALICE_PHONE, "to": BOB, "envs": {BOB_PHONE: env_bob}}
+    presence_map = {"user": BOB, "status": "busy", "online": True}
     mal, unk = "malformed_frame", "unknown_frame_type"
     invalid = [
         invalid_vector("not_msgpack", "0xc1 is never used by msgpack", b"\xc1", "any", mal),
@@ -459,6 +526,97 @@ def frames_document() -> dict[str, Any]:
             ),
             "any",
             mal,
+        ),
+        invalid_vector(
+            "set_status_unknown_status",
+            "status must be one of available, busy, on_call, off_duty",
+            pack({"t": "set_status", "rid": 10, "status": "on_holiday"}),
+            "any",
+            mal,
+        ),
+        invalid_vector(
+            "set_status_status_spelling",
+            "status values are exact: 'on call' (with a space) is not 'on_call'",
+            pack({"t": "set_status", "rid": 10, "status": "on call"}),
+            "any",
+            mal,
+        ),
+        invalid_vector(
+            "set_status_status_as_bin",
+            "status is str, not bin",
+            pack({"t": "set_status", "rid": 10, "status": b"busy"}),
+            "any",
+            mal,
+        ),
+        invalid_vector(
+            "watch_users_not_a_list",
+            "users is an array, even for one user",
+            pack({"t": "watch", "rid": 11, "users": BOB}),
+            "any",
+            mal,
+        ),
+        invalid_vector(
+            "watch_users_map",
+            "users is an array, not a map",
+            pack({"t": "watch", "rid": 11, "users": {BOB: True}}),
+            "any",
+            mal,
+        ),
+        invalid_vector(
+            "watch_empty_user",
+            "user ids are non-empty",
+            pack({"t": "watch", "rid": 11, "users": [BOB, ""]}),
+            "any",
+            mal,
+        ),
+        invalid_vector(
+            "watch_too_many_users",
+            "at most 512 users",
+            pack({"t": "watch", "rid": 11, "users": [f"u_{i:016x}" for i in range(513)]}),
+            "any",
+            mal,
+        ),
+        invalid_vector(
+            "presence_unknown_status",
+            "a client refuses a status it does not know, too",
+            pack({"t": "presence", **presence_map, "status": "away"}),
+            "any",
+            mal,
+        ),
+        invalid_vector(
+            "presence_online_int",
+            "online is a boolean, not 0/1",
+            pack({"t": "presence", **presence_map, "online": 1}),
+            "any",
+            mal,
+        ),
+        invalid_vector(
+            "watching_entry_not_a_map",
+            "each entry of presence is a map, not a user id",
+            pack({"t": "watching", "rid": 11, "presence": [BOB]}),
+            "any",
+            mal,
+        ),
+        invalid_vector(
+            "watching_entry_missing_online",
+            "each entry has user, status and online",
+            pack({"t": "watching", "rid": 11, "presence": [{"user": BOB, "status": "busy"}]}),
+            "any",
+            mal,
+        ),
+        invalid_vector(
+            "watch_from_hub",
+            "a client->hub type (watch) sent by the hub is unknown in that direction",
+            pack({"t": "watch", "rid": 11, "users": [BOB]}),
+            "server",
+            unk,
+        ),
+        invalid_vector(
+            "presence_from_client",
+            "a hub->client type (presence) sent by a client is unknown in that direction",
+            pack({"t": "presence", **presence_map}),
+            "client",
+            unk,
         ),
         invalid_vector(
             "ext_type",

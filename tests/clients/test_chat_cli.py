@@ -171,3 +171,78 @@ async def test_expected_errors_are_one_line_on_stderr(
     assert out == ""
     assert err.count("\n") == 1 and err.startswith("miss-chat: error: ") and message in err, err
     assert "Traceback" not in err
+
+
+# --- presence (SPEC §6.7) ----------------------------------------------------------------
+
+
+async def test_status_sets_and_prints(cli: Cli, fakehub: FakeHub) -> None:
+    alice = await enroll(cli, fakehub, "alice", "10000000001")
+    rc, out, _ = await cli("alice", "status")
+    assert (rc, out) == (0, "status: available\n")
+    rc, out, _ = await cli("alice", "status", "on-call")
+    assert (rc, out) == (0, "status: on call\n")
+    assert fakehub.statuses[alice] == "on_call"
+    rc, out, _ = await cli("alice", "status")
+    assert (rc, out) == (0, "status: on call\n")
+    with pytest.raises(SystemExit) as usage:
+        await cli("alice", "status", "away")
+    assert usage.value.code == 2 and fakehub.statuses[alice] == "on_call"
+
+
+async def test_presence_prints_each_recipient(cli: Cli, fakehub: FakeHub) -> None:
+    alice = await enroll(cli, fakehub, "alice", "10000000001")
+    bob = await enroll(cli, fakehub, "bob", "10000000002")
+    carol = await enroll(cli, fakehub, "carol", "10000000003")
+    fakehub.hidden.add(carol)
+    fakehub.statuses[alice] = "on_call"
+    rc, out, _ = await cli("bob", "presence", "10000000001", bob, "10000000003", "10000000001")
+    assert rc == 0
+    assert out.splitlines() == [
+        "○ Dr Alice (10000000001) is offline (on call)",
+        "● Dr Bob (10000000002) is available",
+        "? Dr Carol (10000000003): presence not shared with you",
+    ]
+    async with Client.connect(load_profile(cli.tmp_path / "alice", PASSPHRASE)) as a:
+        await a.set_status("busy")
+        _, out, _ = await cli("bob", "presence", alice)
+    assert out == "● Dr Alice (10000000001) is busy\n"
+    rc, out, err = await cli("bob", "presence", "10000000001", "19999999999")
+    assert rc == 1 and out == "" and "unknown recipient '19999999999'" in err and err.count("\n") == 1
+
+
+async def test_chat_shows_the_peer_presence_and_its_changes(
+    cli: Cli, fakehub: FakeHub, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    alice = await enroll(cli, fakehub, "alice", "10000000001")
+    await enroll(cli, fakehub, "bob", "10000000002")
+    fakehub.statuses[alice] = "busy"
+    a = Client.connect(load_profile(cli.tmp_path / "alice", PASSPHRASE))
+    alice_client = await a.__aenter__()
+    monkeypatch.setattr("sys.stdin", io.StringIO(""))
+    chat = asyncio.create_task(cli("bob", "chat", "10000000001", "--linger", "1"))
+    try:
+        await wait_for(lambda: any(alice in users for users in fakehub.watchers.values()), within=10)
+        await alice_client.set_status("on_call")
+    finally:
+        await a.__aexit__(None, None, None)
+    rc, out, err = await chat
+    assert rc == 0, err
+    assert [line for line in out.splitlines() if "Dr Alice" in line] == [
+        "● Dr Alice (10000000001) is busy",
+        "● Dr Alice (10000000001) is on call",
+        "○ Dr Alice (10000000001) is offline (on call)",
+    ]
+
+
+async def test_chat_says_when_presence_is_not_shared(
+    cli: Cli, fakehub: FakeHub, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    alice = await enroll(cli, fakehub, "alice", "10000000001")
+    await enroll(cli, fakehub, "bob", "10000000002")
+    fakehub.hidden.add(alice)
+    monkeypatch.setattr("sys.stdin", io.StringIO("bonjour\n"))
+    rc, out, err = await cli("bob", "chat", "10000000001", "--linger", "0.1")
+    assert rc == 0, err
+    assert "presence of Dr Alice (10000000001) is not shared with you" in err
+    assert "●" not in out and "○" not in out and "me → Dr Alice (10000000001): bonjour" in out

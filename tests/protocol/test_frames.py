@@ -14,7 +14,9 @@ from protocol.errors import MalformedFrame, UnknownFrameType
 from protocol.frames import (
     CLIENT_FRAMES,
     MAX_FRAME_BYTES,
+    MAX_WATCH,
     SERVER_FRAMES,
+    STATUSES,
     Accepted,
     Ack,
     Auth,
@@ -29,7 +31,12 @@ from protocol.frames import (
     LinkCodeOk,
     Lookup,
     LookupOk,
+    Ok,
+    Presence,
     Send,
+    SetStatus,
+    Watch,
+    Watching,
     Welcome,
     decode,
     encode,
@@ -48,6 +55,8 @@ SAMPLES: dict[type[Frame], Frame] = {
     Ack: Ack(seqs=(1, 2, 3)),
     Lookup: Lookup(rid=1, user="u_0000000000000002", rpps="10101234567"),
     LinkCode: LinkCode(rid=2),
+    SetStatus: SetStatus(rid=4, status="on_call"),
+    Watch: Watch(rid=5, users=("u_0000000000000002", "u_0000000000000003")),
     Challenge: Challenge(v=1, nonce=b"\x03" * 32),
     Welcome: Welcome(user="u_0000000000000001", device="d_0000000000000001"),
     Accepted: Accepted(id=MID, dup=True),
@@ -65,6 +74,15 @@ SAMPLES: dict[type[Frame], Frame] = {
     LinkCodeOk: LinkCodeOk(rid=2, code="ABCD-EFGH-JKMN-PQRS", expires=1_767_226_500_000),
     Error: Error(
         code="missing_devices", message="m", fatal=False, id=MID, rid=3, retry_after=10, missing=("d_9",)
+    ),
+    Ok: Ok(rid=4),
+    Presence: Presence(user="u_0000000000000002", status="busy", online=True),
+    Watching: Watching(
+        rid=5,
+        presence=(
+            Presence(user="u_0000000000000002", status="busy", online=True),
+            Presence(user="u_0000000000000003", status="off_duty", online=False),
+        ),
     ),
 }
 
@@ -141,6 +159,20 @@ def test_lists_decode_to_tuples() -> None:
     assert frame == Ack(seqs=(3, 1, 2))
 
 
+def test_watching_nests_presence_maps_without_type() -> None:
+    m = wire(SAMPLES[Watching])
+    assert m["presence"][1] == {"user": "u_0000000000000003", "status": "off_duty", "online": False}
+    # a "t" inside a nested map is an unknown key like any other
+    m["presence"][1]["t"] = "presence"
+    assert decode(pack(m)) == SAMPLES[Watching]
+
+
+@pytest.mark.parametrize("status", STATUSES)
+def test_every_status_is_accepted(status: str) -> None:
+    assert decode(pack({"t": "set_status", "rid": 1, "status": status})) == SetStatus(1, status)
+    assert decode(encode(Presence("u_1", status, False))) == Presence("u_1", status, False)
+
+
 # --- every required key, every checker ------------------------------------------------
 
 
@@ -172,6 +204,7 @@ BAD_INT = [-1, 1.0, True, "1", None, 2**63, b"\x01"]
 BAD_BOOL = [0, 1, "true", None, b"\x01"]
 BAD_SIG = [b"\x00" * 63, b"\x00" * 65, "s" * 64, None]
 BAD_KEY = [b"\x00" * 31, b"\x00" * 33, "k" * 32, None]
+BAD_STATUS = ["away", "on call", "On_Call", "", b"busy", 1, None, ["busy"], {"busy": 1}]
 
 BAD_FIELDS: list[tuple[type[Frame], str, list[Any]]] = [
     (Auth, "v", BAD_INT),
@@ -206,6 +239,14 @@ BAD_FIELDS: list[tuple[type[Frame], str, list[Any]]] = [
     (Lookup, "user", BAD_ID),
     (Lookup, "rpps", ["1" * 33, "", 101, None]),
     (LinkCode, "rid", BAD_INT),
+    (SetStatus, "rid", BAD_INT),
+    (SetStatus, "status", BAD_STATUS),
+    (Watch, "rid", BAD_INT),
+    (
+        Watch,
+        "users",
+        [None, "u_1", {"u_1": True}, [""], ["u" * 129], [b"u_1"], [1], ["u_1"] * (MAX_WATCH + 1)],
+    ),
     (Challenge, "v", BAD_INT),
     (Challenge, "nonce", [b"\x00" * 31, b"\x00" * 33, "n" * 32, None]),
     (Welcome, "user", BAD_ID),
@@ -253,6 +294,25 @@ BAD_FIELDS: list[tuple[type[Frame], str, list[Any]]] = [
     (Error, "rid", BAD_INT),
     (Error, "retry_after", BAD_INT),
     (Error, "missing", [None, "d_1", [""], [b"d_1"], ["d_1"] * 65, [1]]),
+    (Ok, "rid", BAD_INT),
+    (Presence, "user", BAD_ID),
+    (Presence, "status", BAD_STATUS),
+    (Presence, "online", BAD_BOOL),
+    (Watching, "rid", BAD_INT),
+    (
+        Watching,
+        "presence",
+        [
+            None,
+            {"user": "u_1", "status": "busy", "online": True},
+            ["u_1"],
+            [{"user": "u_1", "status": "busy"}],
+            [{"user": "u_1", "status": "away", "online": True}],
+            [{"user": "", "status": "busy", "online": True}],
+            [{"user": "u_1", "status": "busy", "online": 1}],
+            [{"user": "u_1", "status": "busy", "online": True}] * (MAX_WATCH + 1),
+        ],
+    ),
 ]
 
 
@@ -288,6 +348,14 @@ def test_every_wire_key_has_bad_values() -> None:
         (Error, "message", "m" * 512),
         (LookupOk, "devices", []),
         (LookupOk, "profession", ""),
+        (Watch, "users", []),
+        (Watch, "users", [f"u_{i}" for i in range(MAX_WATCH)]),
+        (Watching, "presence", []),
+        (
+            Watching,
+            "presence",
+            [{"user": f"u_{i}", "status": "busy", "online": True} for i in range(MAX_WATCH)],
+        ),
     ],
     ids=lambda x: x.TYPE if isinstance(x, type) and issubclass(x, Frame) else repr(x)[:16],
 )

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import re
+from pathlib import Path
+
 import pytest
 
+import protocol
 from protocol import crypto, errors
 from protocol.frames import (
     CLIENT_FRAMES,
@@ -21,7 +25,12 @@ from protocol.frames import (
     LinkCodeOk,
     Lookup,
     LookupOk,
+    Ok,
+    Presence,
     Send,
+    SetStatus,
+    Watch,
+    Watching,
     Welcome,
     decode,
     encode,
@@ -83,6 +92,10 @@ def sample(cls: type[Frame], session: ServerSession) -> Frame:
         return Ack(seqs=(1,))
     if cls is Lookup:
         return Lookup(rid=1, user="u_00000000000000b1")
+    if cls is SetStatus:
+        return SetStatus(rid=1, status="busy")
+    if cls is Watch:
+        return Watch(rid=1, users=("u_00000000000000b1",))
     assert cls is LinkCode
     return LinkCode(rid=1)
 
@@ -100,9 +113,24 @@ def test_challenge_frame() -> None:
 
 def test_table_covers_every_client_frame_once() -> None:
     assert ALLOWED[State.CHALLENGED] == {Auth, Enroll}
-    assert ALLOWED[State.AUTHENTICATED] == {Send, Ack, Lookup, LinkCode}
+    assert ALLOWED[State.AUTHENTICATED] == {Send, Ack, Lookup, LinkCode, SetStatus, Watch}
     assert ALLOWED[State.CLOSED] == set()
     assert set(ALLOWED) == set(State)
+
+
+def test_spec_table_2_matches_allowed() -> None:
+    """SPEC §4 Table 2 lists, per state, exactly the frames ALLOWED admits
+    and, as not admitted, every other client frame type."""
+    spec = (Path(protocol.__file__).resolve().parent / "SPEC.md").read_text(encoding="utf-8")
+    table = spec.split("*Table 2.", 1)[1].split("*Table 3.", 1)[0]
+    every = {cls.TYPE for cls in CLIENT_FRAMES}
+    for state in State:
+        row = re.search(rf"^\| {state.name} \| ([^|]*) \| ([^|]*) \|$", table, re.M)
+        assert row is not None, state
+        admitted = set(re.findall(r"`([a-z_]+)`", row[1]))
+        refused = every if row[2].strip() == "everything" else set(re.findall(r"`([a-z_]+)`", row[2]))
+        assert admitted == {cls.TYPE for cls in ALLOWED[state]}, state
+        assert refused == every - admitted, state
 
 
 @pytest.mark.parametrize(
@@ -143,6 +171,9 @@ SERVER_SAMPLES: list[Frame] = [
     Delivered(seq=2, id=MID, user="u_b", device="d_b", ts=2),
     LookupOk(rid=1, user="u_b", name="B", rpps="1", profession="", organisation="", devices=()),
     LinkCodeOk(rid=1, code=CODE, expires=3),
+    Ok(rid=1),
+    Presence(user="u_b", status="on_call", online=True),
+    Watching(rid=1, presence=(Presence(user="u_b", status="off_duty", online=False),)),
     Error(code="auth_failed", message="m", fatal=True),
 ]
 

@@ -22,7 +22,19 @@ import pytest
 
 import protocol
 from protocol import crypto, errors
-from protocol.frames import CLIENT_FRAMES, SERVER_FRAMES, DeviceInfo, Error, Frame, LookupOk, decode, encode
+from protocol.frames import (
+    CLIENT_FRAMES,
+    SERVER_FRAMES,
+    STATUSES,
+    DeviceInfo,
+    Error,
+    Frame,
+    LookupOk,
+    Presence,
+    Watching,
+    decode,
+    encode,
+)
 from protocol.session import ServerSession, State
 
 PROTOCOL_DIR = Path(protocol.__file__).resolve().parent
@@ -55,6 +67,8 @@ def build_frame(frame_type: str, fields: dict[str, Any]) -> Frame:
         value = from_json(raw)
         if cls is LookupOk and key == "devices":
             value = tuple(DeviceInfo(**d) for d in value)
+        elif cls is Watching and key == "presence":
+            value = tuple(Presence(**d) for d in value)
         elif isinstance(value, list):
             value = tuple(value)
         kwargs[wire_keys[key]] = value
@@ -90,6 +104,13 @@ def test_every_frame_type_has_a_vector() -> None:
     error_keys = set().union(*(v["fields"] for v in FRAMES["valid"] if v["type"] == "error"))
     assert {"id", "rid", "retry_after", "missing"} <= error_keys
     assert any(v["fields"]["devices"] for v in FRAMES["valid"] if v["type"] == "lookup_ok")
+    # nested presence maps: a list of two, and an empty list
+    assert {len(v["fields"]["presence"]) for v in FRAMES["valid"] if v["type"] == "watching"} >= {0, 2}
+    statuses = {v["fields"]["status"] for v in FRAMES["valid"] if v["type"] in ("set_status", "presence")}
+    statuses |= {
+        p["status"] for v in FRAMES["valid"] if v["type"] == "watching" for p in v["fields"]["presence"]
+    }
+    assert statuses == set(STATUSES), "every status value appears in a vector"
     assert {v["error"] for v in FRAMES["invalid"]} == {"malformed_frame", "unknown_frame_type"}
 
 

@@ -74,8 +74,10 @@ async def store(make_store: MakeStore) -> PostgresStore:
     return s
 
 
-async def _user_with_devices(store: PostgresStore, rpps: str, n: int) -> tuple[str, list[str]]:
-    user = await store.create_user(f"Dr {rpps}", rpps, "médecin", "CHRU", NOW)
+async def _user_with_devices(
+    store: PostgresStore, rpps: str, n: int, organisation: str = "CHRU"
+) -> tuple[str, list[str]]:
+    user = await store.create_user(f"Dr {rpps}", rpps, "médecin", organisation, NOW)
     devices = []
     for i in range(n):
         await store.add_enrollment_code(user.user_id, code_hash(f"C-{rpps}-{i}"), NOW + DAY)
@@ -188,7 +190,9 @@ async def test_migrate_creates_the_schema_and_is_idempotent(
     tables = await admin.fetch(
         "SELECT table_name FROM information_schema.tables WHERE table_schema = $1", schema
     )
-    assert {"users", "devices", "enrollment_codes", "accepted_ids", "queue"} <= {r[0] for r in tables}
+    assert {"users", "devices", "enrollment_codes", "accepted_ids", "queue", "contacts"} <= {
+        r[0] for r in tables
+    }
     await s.open()
     assert await s.list_users() == []
 
@@ -344,6 +348,32 @@ async def test_concurrent_acks_and_accepts_batch_with_receipts(store: PostgresSt
     assert await store.count_pending(a1) == 100 and await store.count_pending(a2) == 100
     rows = await store.pending(a1, 0, 500, NOW)
     assert [r.message_id for r in rows] == [i.to_bytes(16, "big") for i in range(100)]
+
+
+async def test_contacts_are_recorded_by_the_batch_once_per_pair(
+    store: PostgresStore, admin: asyncpg.Connection, schema: str
+) -> None:
+    # Eight clinicians, each alone in their organisation: only messages make contacts.
+    users = [await _user_with_devices(store, f"1000000000{i}", 1, f"Org {i}") for i in range(8)]
+    pairs = [(i, (i + 1) % 8) for i in range(8)] + [(0, 4)]  # a ring and one chord
+    before = store.group_commit_stats.transactions
+    calls = []
+    for _ in range(10):  # every pair, both ways, many times, all at once
+        for x, y in pairs:
+            (sx, (dx,)), (sy, (dy,)) = users[x], users[y]
+            calls.append(store.accept(_message(len(calls), sx, dx, sy, [dy])))
+            calls.append(store.accept(_message(len(calls), sy, dy, sx, [dx])))
+    results = await asyncio.gather(*calls)
+    assert all(not r.duplicate for r in results)
+    assert store.group_commit_stats.transactions - before < 20  # contacts did not break batching
+    ids = [u for u, _ in users]
+    for i, user in enumerate(ids):
+        partners = {ids[y] for x, y in pairs if x == i} | {ids[x] for x, y in pairs if y == i}
+        assert await store.visible_users(user, ids) == partners | {user}
+    rows = await admin.fetch(f"SELECT user_a, user_b FROM {schema}.contacts")
+    assert sorted((r[0], r[1]) for r in rows) == sorted(
+        (min(ids[x], ids[y]), max(ids[x], ids[y])) for x, y in pairs
+    )
 
 
 async def test_close_finishes_calls_already_made(store: PostgresStore) -> None:

@@ -3,8 +3,15 @@
 It speaks protocol v1 over a real WebSocket (``protocol.session`` does the
 challenge and signature checks), keeps everything in dicts, and lets a test
 inject what the real hub only does under stress: retryable errors, fatal
-errors, crafted deliveries. It is deliberately small: the real hub's
-behaviour is tested in tests/server and end to end.
+errors, crafted deliveries, frames slipped in before an answer. It is
+deliberately small: the real hub's behaviour is tested in tests/server and
+end to end.
+
+Presence (SPEC §6.7) follows the real hub's rules in miniature: statuses in a
+dict (``available`` by default), online = a connected device, a ``watch``
+replaces the connection's list and keeps the users the watcher may see
+(everyone but the users in :attr:`FakeHub.hidden`, who only see themselves),
+and every change is pushed to the connections watching that user.
 """
 
 from __future__ import annotations
@@ -50,6 +57,15 @@ class FakeHub:
         self.send_errors: list[ProtocolError] = []
         #: A fatal error to raise on the next lookup (then close the connection).
         self.fatal_on_lookup: FatalError | None = None
+        #: Errors to answer the next ``set_status``/``watch`` frames with, in order.
+        self.presence_errors: list[ProtocolError] = []
+        #: Frames to send, once, just before / just after the next answer to a request with a rid.
+        self.before_reply: list[f.Frame] = []
+        self.after_reply: list[f.Frame] = []
+        self.statuses: dict[str, str] = {}  # user -> status; absent: available
+        #: Users whose presence nobody else may see (as if another organisation, no contact).
+        self.hidden: set[str] = set()
+        self.watchers: dict[ServerConnection, tuple[str, ...]] = {}  # connection -> watched users
         self._seq = itertools.count(1)
         self._server: Server | None = None
         self.url = ""
@@ -83,6 +99,29 @@ class FakeHub:
         self.users[user].devices[device] = f.DeviceInfo(device, keys.sign_pk, keys.box_pk)
         self.owner[device] = user
         return device
+
+    # --- presence --------------------------------------------------------------
+
+    def online(self, user: str) -> bool:
+        return any(self.owner.get(device) == user for device in self.conns)
+
+    def presence_of(self, user: str) -> f.Presence:
+        return f.Presence(user, self.statuses.get(user, "available"), self.online(user))
+
+    async def push_presence(self, user: str) -> None:
+        """Send ``user``'s current presence to every connection watching them."""
+        data = f.encode(self.presence_of(user))
+        for ws, users in list(self.watchers.items()):
+            if user in users:
+                try:
+                    await ws.send(data)
+                except ConnectionClosed:
+                    pass
+
+    async def set_status(self, user: str, status: str) -> None:
+        """Change a status as if one of the user's devices had (and push it)."""
+        self.statuses[user] = status
+        await self.push_presence(user)
 
     # --- queues --------------------------------------------------------------
 
@@ -122,8 +161,12 @@ class FakeHub:
         except ConnectionClosed:
             pass
         finally:
+            self.watchers.pop(ws, None)
             if session.device_id is not None and self.conns.get(session.device_id) is ws:
                 del self.conns[session.device_id]
+                assert session.user_id is not None
+                if not self.online(session.user_id):
+                    await self.push_presence(session.user_id)
 
     async def _frame(self, ws: ServerConnection, session: ServerSession, frame: f.Frame) -> None:
         if isinstance(frame, f.Auth):
@@ -144,7 +187,14 @@ class FakeHub:
             await self._welcome(ws, session)
             return
         self.received.append(frame)
-        if isinstance(frame, f.Lookup):
+        if self.before_reply and isinstance(frame, f.Lookup | f.LinkCode | f.SetStatus | f.Watch):
+            for extra in self.before_reply:
+                await ws.send(f.encode(extra))
+            self.before_reply = []
+        if isinstance(frame, f.SetStatus | f.Watch):
+            await self._presence_request(ws, session, frame)
+            await self._after_reply(ws)
+        elif isinstance(frame, f.Lookup):
             if self.fatal_on_lookup is not None:
                 exc, self.fatal_on_lookup = self.fatal_on_lookup, None
                 raise exc
@@ -164,9 +214,11 @@ class FakeHub:
                 tuple(found.devices.values()),
             )
             await ws.send(f.encode(reply))
+            await self._after_reply(ws)
         elif isinstance(frame, f.LinkCode):
             assert session.user_id is not None
             await ws.send(f.encode(f.LinkCodeOk(frame.rid, self.invite(session.user_id), _now() + 900_000)))
+            await self._after_reply(ws)
         elif isinstance(frame, f.Send):
             await self._send(ws, session, frame)
         elif isinstance(frame, f.Ack):
@@ -174,10 +226,37 @@ class FakeHub:
             for seq in frame.seqs:
                 await self._ack(session.device_id, seq)
 
+    async def _after_reply(self, ws: ServerConnection) -> None:
+        extra, self.after_reply = self.after_reply, []
+        for frame in extra:
+            await ws.send(f.encode(frame))
+
+    async def _presence_request(
+        self, ws: ServerConnection, session: ServerSession, frame: f.SetStatus | f.Watch
+    ) -> None:
+        assert session.user_id is not None
+        if self.presence_errors:
+            await ws.send(error_frame(self.presence_errors.pop(0), rid=frame.rid))
+            return
+        if isinstance(frame, f.SetStatus):
+            self.statuses[session.user_id] = frame.status
+            await ws.send(f.encode(f.Ok(frame.rid)))
+            await self.push_presence(session.user_id)
+            return
+        viewer = session.user_id
+        kept = tuple(
+            u for u in dict.fromkeys(frame.users) if u in self.users and (u == viewer or u not in self.hidden)
+        )
+        self.watchers[ws] = kept
+        await ws.send(f.encode(f.Watching(frame.rid, tuple(self.presence_of(u) for u in kept))))
+
     async def _welcome(self, ws: ServerConnection, session: ServerSession) -> None:
         assert session.user_id is not None and session.device_id is not None
         await ws.send(f.encode(f.Welcome(session.user_id, session.device_id)))
+        was_online = self.online(session.user_id)
         self.conns[session.device_id] = ws
+        if not was_online:
+            await self.push_presence(session.user_id)
         for _, frame in sorted(self.pending.get(session.device_id, {}).items()):
             await ws.send(f.encode(frame))
 
@@ -220,5 +299,5 @@ class FakeHub:
 async def wait_for(predicate: Callable[[], bool], within: float = 5.0) -> None:
     """Poll until ``predicate()`` is true (for state the hub updates asynchronously)."""
     async with asyncio.timeout(within):
-        while not predicate():  # noqa: ASYNC110 - polling test state is the point
+        while not predicate():
             await asyncio.sleep(0.01)

@@ -1,0 +1,71 @@
+"""Two real hub processes sharing this machine's PostgreSQL and Redis.
+
+Used by tests/multinode (its conftest makes the ``cluster`` fixture).
+
+Each test gets its own PostgreSQL schema and Redis key prefix, removed at
+the end. A missing service makes the test fail, never skip.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import secrets
+import subprocess
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import asyncpg
+import redis.asyncio as aioredis
+from hubproc import BIN, HubProcess
+
+POSTGRES = os.environ.get("MISS_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/test")
+REDIS = os.environ.get("MISS_TEST_REDIS", "redis://127.0.0.1:6379/0")
+PRESENCE_TTL = 3
+
+
+@dataclass
+class Cluster:
+    nodes: list[HubProcess]
+    env: dict[str, str]
+
+    @property
+    def urls(self) -> list[str]:
+        return [n.url for n in self.nodes]
+
+
+@asynccontextmanager
+async def running_cluster(workdir: Path, nodes: int = 2) -> AsyncIterator[Cluster]:
+    tag = "miss_test_" + secrets.token_hex(4)
+    env = {
+        "MISS_STORE": f"{POSTGRES}?schema={tag}",
+        "MISS_BROKER": f"{REDIS}?prefix={tag}",
+        "MISS_PRESENCE_TTL_SECONDS": str(PRESENCE_TTL),
+    }
+    migrate = await asyncio.to_thread(
+        subprocess.run,
+        [str(BIN / "miss-admin"), "migrate"],
+        env={**os.environ, **env},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert migrate.returncode == 0, migrate.stderr
+    nodes = [HubProcess(workdir / f"node{i}", env) for i in range(nodes)]
+    try:
+        for node in nodes:
+            await asyncio.to_thread(node.start)
+        yield Cluster(nodes, env)
+    finally:
+        for node in nodes:
+            await node.stop_async()
+        conn = await asyncpg.connect(POSTGRES)
+        await conn.execute(f'DROP SCHEMA IF EXISTS "{tag}" CASCADE')
+        await conn.close()
+        r = aioredis.Redis.from_url(REDIS)
+        keys = [k async for k in r.scan_iter(match=f"{tag}:*")]
+        if keys:
+            await r.delete(*keys)
+        await r.aclose()
