@@ -20,12 +20,19 @@ socket, so frames leave in one order:
 
 A wake-up payload is one of:
 
-* ``b"Q" + seq (8 bytes, big-endian) + frame``: a queued row;
+* ``b"Q" + seq (8 bytes, big-endian) + frame``: a queued message;
+* ``b"R" + seq + frame``: a queued receipt;
 * ``b"D"``: "drain": rows may exist that no wake-up announced (a resend of
   an id whose first wake-ups died with a hub node);
 * ``b"X" + error code``: end the connection with that fatal error (e.g.
   ``session_replaced``: the same device authenticated elsewhere); the peer
   gets the ``error`` frame, then the close code.
+
+Writes are batched: whatever is ready when the task runs (a page of a
+drain, several wake-ups) leaves in one write to the socket, since on this
+path the system calls cost more than everything else. Receipts, which no
+one waits for, are held up to ``RECEIPT_DELAY`` so that several share a
+write; messages are never held.
 
 Frames that are not queued rows (presence pushes) go through :meth:`push`:
 they are sent in order with the rest but never dropped for a drain; a peer
@@ -39,7 +46,7 @@ import contextlib
 import logging
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 
 from protocol import errors
 from protocol.frames import Deliver, Delivered, encode
@@ -52,6 +59,9 @@ __all__ = ["DeviceLink", "close_wakeup", "row_frame", "row_wakeup"]
 log = logging.getLogger("miss.delivery")
 
 TAG_ROW = ord("Q")
+TAG_RECEIPT = ord("R")
+#: How long a receipt may wait for others to share its write (s).
+RECEIPT_DELAY = 0.05
 TAG_DRAIN = ord("D")
 TAG_CLOSE = ord("X")
 DRAIN_WAKEUP = b"D"
@@ -69,7 +79,8 @@ def row_frame(row: Queued) -> bytes:
 
 
 def row_wakeup(row: Queued) -> bytes:
-    return b"Q" + row.seq.to_bytes(8, "big") + row_frame(row)
+    tag = b"Q" if row.kind is Kind.MESSAGE else b"R"
+    return tag + row.seq.to_bytes(8, "big") + row_frame(row)
 
 
 def close_wakeup(error: type[errors.FatalError]) -> bytes:
@@ -83,16 +94,17 @@ def _now_ms() -> int:
 class DeviceLink:
     """Sends a device's queued rows over one connection (see module doc).
 
-    ``send`` writes one frame to the socket; ``close`` closes it with a code
-    and reason. Call :meth:`start` once, :meth:`acked` when the device acks,
-    and :meth:`stop` when the connection ends.
+    ``send`` writes frames to the socket, in order, in as few writes as it
+    can; ``close`` closes it with a code and reason. Call :meth:`start`
+    once, :meth:`acked` when the device acks, and :meth:`stop` when the
+    connection ends.
     """
 
     def __init__(
         self,
         device_id: str,
         store: Store,
-        send: Callable[[bytes], Awaitable[None]],
+        send: Callable[[list[bytes]], Awaitable[None]],
         close: Callable[[int, str], Awaitable[None]],
         on_sent: Callable[[int], None] = lambda n: None,
     ) -> None:
@@ -109,12 +121,15 @@ class DeviceLink:
         self._need_drain = True
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
+        self._receipt_timer: asyncio.TimerHandle | None = None
 
     def start(self) -> None:
         self._wake.set()
         self._task = asyncio.create_task(self._run(), name=f"link-{self.device_id}")
 
     async def stop(self) -> None:
+        if self._receipt_timer is not None:
+            self._receipt_timer.cancel()
         if self._task is not None:
             self._task.cancel()
             try:
@@ -129,20 +144,27 @@ class DeviceLink:
     def on_wakeup(self, payload: bytes) -> None:
         """Broker handler: runs on the event loop, never blocks."""
         tag = payload[0]
-        if tag == TAG_ROW:
+        if tag == TAG_ROW or tag == TAG_RECEIPT:
             if not self._need_drain:
                 if len(self._outbox) >= OUTBOX_LIMIT:
                     self._outbox.clear()
                     self._need_drain = True
                 else:
                     self._outbox.append((int.from_bytes(payload[1:9], "big"), payload[9:]))
-            self._wake.set()
+            if tag == TAG_ROW or self._need_drain:
+                self._wake.set()
+            elif self._receipt_timer is None:
+                self._receipt_timer = asyncio.get_running_loop().call_later(RECEIPT_DELAY, self._receipts_due)
         elif tag == TAG_DRAIN:
             self.request_drain()
         elif tag == TAG_CLOSE:
             error = errors.error_class(payload[1:].decode())
             if issubclass(error, errors.FatalError):
                 asyncio.get_running_loop().create_task(self._end(error()))
+
+    def _receipts_due(self) -> None:
+        self._receipt_timer = None
+        self._wake.set()
 
     def request_drain(self) -> None:
         """Read the store again: wake-ups may have been lost."""
@@ -157,7 +179,7 @@ class DeviceLink:
     async def _end(self, exc: errors.FatalError) -> None:
         # The peer may be gone already; then there is nothing to tell it.
         with contextlib.suppress(Exception):
-            await self._send(error_frame(exc))
+            await self._send([error_frame(exc)])
         with contextlib.suppress(Exception):
             await self._close(exc.close_code or 4400, exc.code)
 
@@ -168,8 +190,10 @@ class DeviceLink:
         while True:
             await self._wake.wait()
             self._wake.clear()
-            while self._pushes:
-                await self._send(self._pushes.popleft())
+            if self._pushes:
+                pushes = list(self._pushes)
+                self._pushes.clear()
+                await self._send(pushes)
             if self._need_drain:
                 self._need_drain = False
                 self._outbox.clear()  # every frame there is a committed row the drain reads
@@ -181,29 +205,26 @@ class DeviceLink:
                     await asyncio.sleep(STORE_RETRY_SECONDS)
                     self._wake.set()
                     continue
-            sent = 0
-            while self._outbox and not self._need_drain:
-                seq, frame = self._outbox.popleft()
-                if seq in self._inflight:
-                    continue
+            if self._outbox and not self._need_drain:
+                await self._send_rows(self._outbox)
+                self._outbox.clear()
+
+    async def _send_rows(self, rows: Iterable[tuple[int, bytes]]) -> None:
+        """Send the rows not already in flight, in one write."""
+        frames = []
+        for seq, frame in rows:
+            if seq not in self._inflight:
                 self._inflight.add(seq)
-                await self._send(frame)
-                sent += 1
-            if sent:
-                self._on_sent(sent)
+                frames.append(frame)
+        if frames:
+            await self._send(frames)
+            self._on_sent(len(frames))
 
     async def _drain(self) -> None:
         cursor = 0
         while True:
             rows = await self._store.pending(self.device_id, cursor, PAGE, _now_ms())
-            sent = 0
-            for row in rows:
-                if row.seq in self._inflight:
-                    continue
-                self._inflight.add(row.seq)
-                await self._send(row_frame(row))
-                sent += 1
-            self._on_sent(sent)
+            await self._send_rows((row.seq, row_frame(row)) for row in rows)
             if len(rows) < PAGE:
                 return
             cursor = rows[-1].seq

@@ -116,7 +116,7 @@ class Hub:
         self,
         user_id: str,
         device_id: str,
-        send: Callable[[bytes], Awaitable[None]],
+        send: Callable[[list[bytes]], Awaitable[None]],
         close: Callable[[int, str], Awaitable[None]],
     ) -> DeviceLink:
         """Register a freshly authenticated connection: its device channel and
