@@ -140,8 +140,12 @@ class Hub:
         await link.stop()
         if self._links.get(link.device_id) is link:
             del self._links[link.device_id]
+        channel = device_channel(link.device_id)
         try:
-            await self.broker.unsubscribe(device_channel(link.device_id), link.on_wakeup)
+            await self.broker.unsubscribe(channel, link.on_wakeup)
+            # A newer connection of this device elsewhere may have missed rows
+            # this one was handed locally while both existed: it reads the store.
+            await self.broker.publish(channel, DRAIN_WAKEUP)
         except Exception:  # the broker may be down; the subscription dies with it
             log.warning("unsubscribe failed", extra={"device": link.device_id})
         await self.presence.disconnected(user_id, link.presence_key, link)

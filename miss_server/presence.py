@@ -15,10 +15,13 @@ Theory of operation
   all its local watchers of that user.
 * **Changes.** Whoever observes a change (the node where a device connects,
   disconnects or sets a status, or the node whose sweep finds a user gone)
-  publishes one ``presence`` frame on ``pres:{user}``. Only nodes with
-  watchers of that user receive it, and each hands it to its local
-  watchers: a change costs work in proportion to the watchers, not to the
-  users.
+  publishes one event on ``pres:{user}``: msgpack ``[user, status, online]``,
+  where ``status`` is None when only the online state changed, so that a
+  connecting device costs no read of its status. Only nodes with watchers
+  of that user receive it; each knows the user's status from the snapshot
+  it gave its watchers and the events since, builds the ``presence``
+  frame, and hands it to its local watchers: a change costs work in
+  proportion to the watchers, not to the users.
 """
 
 from __future__ import annotations
@@ -29,8 +32,10 @@ import secrets
 import time
 from collections.abc import Iterable
 
+import msgpack
+
 from protocol.frames import Presence as PresenceFrame
-from protocol.frames import decode, encode
+from protocol.frames import encode
 
 from .broker.base import Broker, BrokerUnavailable, Presence, presence_channel
 from .delivery import DeviceLink
@@ -59,6 +64,8 @@ class PresenceService:
         self._watchers: dict[str, set[DeviceLink]] = {}
         #: link → users it watches
         self._watching: dict[DeviceLink, set[str]] = {}
+        #: last known status of each user watched here
+        self._statuses: dict[str, str] = {}
 
     @property
     def _entry_ttl_ms(self) -> int:
@@ -112,6 +119,9 @@ class PresenceService:
         if not users:
             return []
         statuses = await self._store.statuses(users)
+        for user, status in statuses.items():
+            if user in self._watchers:
+                self._statuses[user] = status
         try:
             online = await self._backend.online(users, _now())
         except BrokerUnavailable:
@@ -121,19 +131,24 @@ class PresenceService:
     # --- changes --------------------------------------------------------------
 
     async def announce(self, user_id: str, *, online: bool | None = None, status: str | None = None) -> None:
-        """Publish a user's presence to every node that has watchers of them."""
-        if status is None:
-            status = (await self._store.statuses([user_id])).get(user_id, "available")
+        """Publish a user's presence to every node that has watchers of them
+        (``status`` None: unchanged, the watchers' nodes know it)."""
         if online is None:
             online = user_id in await self._backend.online([user_id], _now())
-        await self._broker.publish(presence_channel(user_id), encode(PresenceFrame(user_id, status, online)))
+        await self._broker.publish(presence_channel(user_id), msgpack.packb([user_id, status, online]))
 
     def _on_presence(self, payload: bytes) -> None:
-        # The frame is ready to send; it is parsed only to find the watchers.
-        frame = decode(payload)
-        if isinstance(frame, PresenceFrame):
-            for link in self._watchers.get(frame.user, ()):
-                link.push(payload)
+        user, status, online = msgpack.unpackb(payload)
+        watchers = self._watchers.get(user)
+        if not watchers:
+            return
+        if status is None:
+            status = self._statuses.get(user, "available")
+        else:
+            self._statuses[user] = status
+        frame = encode(PresenceFrame(user, status, bool(online)))
+        for link in watchers:
+            link.push(frame)
 
     async def _set_watch_and_subscribe(self, link: DeviceLink, users: set[str]) -> None:
         added, removed = self._set_watch(link, users)
@@ -159,6 +174,7 @@ class PresenceService:
             watchers.discard(link)
             if not watchers:
                 self._watchers.pop(user, None)
+                self._statuses.pop(user, None)
                 removed.append(user)
         return added, removed
 

@@ -15,6 +15,12 @@ Channels are named per device (``dev:{device_id}``), per watched user
 with Redis Cluster each lives on one shard and sharded pub/sub
 (``SSUBSCRIBE``/``SPUBLISH``) works unchanged. Payloads are opaque bytes.
 
+A device channel has at most one subscriber in the whole deployment: the
+hub ends a device's older connection, on any node, when a newer one
+attaches, and when a connection ends it publishes a drain request on its
+channel for whichever connection may remain. A broker may therefore hand a
+``dev:`` payload straight to a local subscriber without the network.
+
 Presence contract: a *connection entry* (user, connection key) lives until
 ``expires_at``; the hub refreshes its own entries well before that. A user
 is online while any of their entries is live. Operations that change
@@ -31,6 +37,7 @@ from typing import Protocol
 
 __all__ = [
     "CONTROL_CHANNEL",
+    "DEVICE_PREFIX",
     "Broker",
     "BrokerUnavailable",
     "Handler",
@@ -50,8 +57,11 @@ class BrokerUnavailable(Exception):
     """The broker cannot be reached; the publish was not made."""
 
 
+DEVICE_PREFIX = "dev:"
+
+
 def device_channel(device_id: str) -> str:
-    return f"dev:{device_id}"
+    return f"{DEVICE_PREFIX}{device_id}"
 
 
 def presence_channel(user_id: str) -> str:

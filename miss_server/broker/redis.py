@@ -39,7 +39,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from .base import CONTROL_CHANNEL, BrokerUnavailable, Handler
+from .base import CONTROL_CHANNEL, DEVICE_PREFIX, BrokerUnavailable, Handler
 
 __all__ = ["RedisBroker", "RedisPresence", "split_prefix"]
 
@@ -134,7 +134,19 @@ class RedisBroker:
             except _DOWN:
                 pass
 
+    def _deliver_locally(self, channel: str, payload: bytes) -> bool:
+        """A device channel subscribed on this node has no subscriber on any
+        other (see base.py): hand the payload over without the network."""
+        if channel.startswith(DEVICE_PREFIX):
+            handler = self._handlers.get(channel)
+            if handler is not None:
+                handler(payload)
+                return True
+        return False
+
     async def publish(self, channel: str, payload: bytes) -> None:
+        if self._deliver_locally(channel, payload):
+            return
         if not self._connected.is_set():
             raise BrokerUnavailable("Redis connection is down")
         try:
@@ -143,12 +155,15 @@ class RedisBroker:
             raise BrokerUnavailable(str(exc)) from None
 
     async def publish_many(self, messages: list[tuple[str, bytes]]) -> None:
-        """Several publishes in one round trip."""
+        """Several publishes in one round trip (local devices need none)."""
+        remote = [(c, p) for c, p in messages if not self._deliver_locally(c, p)]
+        if not remote:
+            return
         if not self._connected.is_set():
             raise BrokerUnavailable("Redis connection is down")
         try:
             async with self._redis.pipeline(transaction=False) as pipe:
-                for channel, payload in messages:
+                for channel, payload in remote:
                     pipe.spublish(self._key(channel), payload)
                 await pipe.execute()
         except _DOWN as exc:

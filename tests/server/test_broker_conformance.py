@@ -68,10 +68,10 @@ async def received(inbox: list[bytes], n: int, timeout: float = 3.0) -> list[byt
 async def test_publish_reaches_the_subscriber_with_binary_payloads(backend: tuple[Broker, Presence]) -> None:
     broker, _ = backend
     inbox: list[bytes] = []
-    await broker.subscribe("dev:a", inbox.append)
+    await broker.subscribe("pres:a", inbox.append)
     payloads = [bytes(range(256)), b"\x00", b"Q" + (7).to_bytes(8, "big") + b"\xc1\xff"]
     for p in payloads:
-        await broker.publish("dev:a", p)
+        await broker.publish("pres:a", p)
     assert await received(inbox, 3) == payloads
 
 
@@ -79,9 +79,9 @@ async def test_publish_many_keeps_order_and_routes_by_channel(backend: tuple[Bro
     broker, _ = backend
     a: list[bytes] = []
     b: list[bytes] = []
-    await broker.subscribe("dev:a", a.append)
-    await broker.subscribe("dev:b", b.append)
-    await broker.publish_many([("dev:a", b"1"), ("dev:b", b"x"), ("dev:a", b"2"), ("dev:nobody", b"-")])
+    await broker.subscribe("pres:a", a.append)
+    await broker.subscribe("pres:b", b.append)
+    await broker.publish_many([("pres:a", b"1"), ("pres:b", b"x"), ("pres:a", b"2"), ("pres:nobody", b"-")])
     assert await received(a, 2) == [b"1", b"2"]
     assert await received(b, 1) == [b"x"]
 
@@ -90,13 +90,13 @@ async def test_unsubscribe_and_replace(backend: tuple[Broker, Presence]) -> None
     broker, _ = backend
     first: list[bytes] = []
     second: list[bytes] = []
-    await broker.subscribe("dev:a", first.append)
-    await broker.subscribe("dev:a", second.append)  # replaces
-    await broker.unsubscribe("dev:a", first.append)  # not the current handler: no effect
-    await broker.publish("dev:a", b"1")
+    await broker.subscribe("pres:a", first.append)
+    await broker.subscribe("pres:a", second.append)  # replaces
+    await broker.unsubscribe("pres:a", first.append)  # not the current handler: no effect
+    await broker.publish("pres:a", b"1")
     assert await received(second, 1) == [b"1"] and first == []
-    await broker.unsubscribe("dev:a", second.append)
-    await broker.publish("dev:a", b"2")
+    await broker.unsubscribe("pres:a", second.append)
+    await broker.publish("pres:a", b"2")
     await asyncio.sleep(0.2)
     assert second == [b"1"]
 
@@ -144,7 +144,7 @@ async def test_redis_gap_after_a_lost_connection() -> None:
         inbox: list[bytes] = []
         gaps: list[float] = []
         broker.on_gap(lambda: gaps.append(time.monotonic()))
-        await broker.subscribe("dev:a", inbox.append)
+        await broker.subscribe("pres:a", inbox.append)
         admin = aioredis.Redis.from_url(REDIS_URL)
         try:
             # Kill every pub/sub connection of this broker (they are the ones subscribed).
@@ -156,7 +156,7 @@ async def test_redis_gap_after_a_lost_connection() -> None:
             while not gaps and time.monotonic() < deadline:
                 await asyncio.sleep(0.05)
             assert gaps, "a gap was reported after reconnecting"
-            await broker.publish("dev:a", b"after")
+            await broker.publish("pres:a", b"after")
             assert await received(inbox, 1) == [b"after"]
         finally:
             await admin.aclose()
@@ -169,3 +169,23 @@ async def test_redis_unreachable_fails_fast_and_clearly() -> None:
         await broker.start()
     assert time.monotonic() - started < 5
     await broker.close()
+
+
+async def test_redis_device_wakeups_cross_nodes_and_stay_local_on_one() -> None:
+    """Two brokers on one prefix are two hub nodes: a device channel
+    subscribed on node A gets node B's publish through Redis, and node A's
+    own publish without it."""
+    async with redis_backed() as (node_a, _):
+        assert isinstance(node_a, RedisBroker)
+        node_b = RedisBroker(f"{REDIS_URL}?prefix={node_a.prefix}")
+        await node_b.start()
+        try:
+            inbox: list[bytes] = []
+            await node_a.subscribe("dev:d1", inbox.append)
+            await asyncio.sleep(0.1)
+            await node_b.publish("dev:d1", b"from b")
+            assert await received(inbox, 1) == [b"from b"]
+            await node_a.publish("dev:d1", b"from a")
+            assert inbox == [b"from b", b"from a"]  # delivered synchronously, no round trip
+        finally:
+            await node_b.close()
