@@ -92,6 +92,10 @@ __all__ = ["Client", "RetryPolicy"]
 log = logging.getLogger("miss_client")
 
 _CLOSED = object()  # queued by the reader when the connection has ended
+#: Acks wait this long (s) for others to share their frame ...
+ACK_DELAY = 0.05
+#: ... unless this many are waiting.
+ACK_BATCH = 256
 
 
 def _log_key_change(peer: Peer, change: PeerChange) -> None:
@@ -142,6 +146,9 @@ class Client:
         self._terminal: Exception | None = None
         self._closing = False
         self._reader: asyncio.Task[None] | None = None
+        self._acks: list[int] = []
+        self._ack_timer: asyncio.TimerHandle | None = None
+        self._ack_task: asyncio.Future[None] | None = None
         self._inbox = Inbox(state, profile.keys, profile.user_id, self._sender_device, self._ack)
 
     # --- life cycle ------------------------------------------------------------
@@ -203,6 +210,8 @@ class Client:
 
     async def aclose(self) -> None:
         """Close the connection; pending requests raise ConnectionLost. Idempotent."""
+        if not self._closing:
+            await self._flush_acks()
         self._closing = True
         await self._ws.close()
         if self._reader is not None:
@@ -632,9 +641,30 @@ class Client:
         return found
 
     async def _ack(self, seq: int) -> None:
+        """Queue an ack (the event is already stored). Acks leave together,
+        ``ACK_DELAY`` after the first one, on close, or once ``ACK_BATCH``
+        wait: one frame for a burst instead of one per message, which the
+        hub feels; only the sender's receipt waits the few milliseconds."""
+        self._acks.append(seq)
+        if len(self._acks) >= ACK_BATCH:
+            await self._flush_acks()
+        elif self._ack_timer is None:
+            self._ack_timer = asyncio.get_running_loop().call_later(ACK_DELAY, self._acks_due)
+
+    def _acks_due(self) -> None:
+        self._ack_timer = None
+        self._ack_task = asyncio.ensure_future(self._flush_acks())
+
+    async def _flush_acks(self) -> None:
+        if self._ack_timer is not None:
+            self._ack_timer.cancel()
+            self._ack_timer = None
+        seqs, self._acks = self._acks, []
+        if not seqs:
+            return
         # Best effort: an ack lost with the connection means a redelivery,
         # which the seen table drops.
         try:
-            await self._send_bytes(f.encode(f.Ack(seqs=(seq,))))
+            await self._send_bytes(f.encode(f.Ack(seqs=tuple(seqs))))
         except (ConnectionLost, ProtocolError, ClientError) as exc:
-            log.debug("ack of seq %d not sent: %s", seq, type(exc).__name__)
+            log.debug("ack of %d seqs not sent: %s", len(seqs), type(exc).__name__)
