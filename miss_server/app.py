@@ -112,6 +112,7 @@ class HubServer:
             compression=None,  # envelopes are ciphertext: deflate gains nothing
             ssl=tls,
             server_header="MiSS",
+            backlog=4096,  # a hospital's morning reconnect storm must not overflow the SYN queue
         )
         self._tasks = [
             asyncio.create_task(self.hub.expire_forever(), name="expiry"),

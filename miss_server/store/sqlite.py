@@ -21,12 +21,10 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import queue
 import secrets
 import sqlite3
 import threading
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
@@ -52,10 +50,6 @@ T = TypeVar("T")
 Job = tuple[Callable[..., Any], tuple[Any, ...], "asyncio.Future[Any]"]
 
 MAX_BATCH = 512
-#: How long a busy writer waits to gather more jobs into one commit (s).
-COMMIT_WINDOW = float(os.environ.get("MISS_SQLITE_COMMIT_WINDOW", "0.002"))
-#: The writer counts as busy if it committed this recently (s).
-BUSY_WITHIN = 0.010
 BUSY_TIMEOUT_MS = 5000
 DIALECT = "sqlite"
 
@@ -157,7 +151,6 @@ class _DbThread:
             self._ready.set()
             return
         self._ready.set()
-        last_commit = 0.0
         try:
             while True:
                 job = self._jobs.get()
@@ -166,23 +159,15 @@ class _DbThread:
                 batch = [job]
                 stop = False
                 if self._group_commit:
-                    # Busy (the last commit was recent)? Wait a moment for
-                    # more jobs: one commit then serves them all, which saves
-                    # far more CPU than the window costs in latency. Idle, the
-                    # first job commits at once.
-                    now = time.monotonic()
-                    deadline = now + COMMIT_WINDOW if now - last_commit < BUSY_WITHIN else now
                     while len(batch) < MAX_BATCH:
                         try:
-                            wait = deadline - time.monotonic()
-                            nxt = self._jobs.get(timeout=wait) if wait > 0 else self._jobs.get_nowait()
+                            nxt = self._jobs.get_nowait()
                         except queue.Empty:
                             break
                         if nxt is None:
                             stop = True
                             break
                         batch.append(nxt)
-                    last_commit = time.monotonic()
                 results = self._run_batch(conn, batch) if self._group_commit else self._run_one(conn, job)
                 assert self._loop is not None
                 if not self._loop.is_closed():

@@ -1,0 +1,126 @@
+"""``miss-bench``: load-test a MiSS hub against a bare relay, in one run.
+
+    miss-bench run --scenario online --rate 1000 --seconds 10
+    miss-bench run --scenario online --backend services --rate 1000
+    miss-bench run --scenario connections --connections 10000
+    miss-bench run --scenario offline-drain --messages 10000
+    miss-bench run --scenario auth-storm --storm 2000
+    miss-bench run --scenario fanout --devices 4 --own-devices 3 --rate 200
+    miss-bench run --scenario multi-node --rate 1000
+
+See README, "Benchmarks", for what each figure means.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from .report import table, write_json, write_plot
+from .runner import Run
+from .scenarios import SCENARIOS
+
+__all__ = ["main"]
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="miss-bench", description=__doc__.splitlines()[0])
+    sub = p.add_subparsers(dest="command", required=True)
+    r = sub.add_parser("run", help="run one scenario", description="Run one scenario, relay then hub.")
+    r.add_argument("--scenario", required=True, choices=sorted(SCENARIOS))
+    r.add_argument(
+        "--backend",
+        choices=("embedded", "services"),
+        default="embedded",
+        help="embedded: SQLite + in-process broker; services: PostgreSQL and Redis "
+        "from MISS_STORE/MISS_BROKER (default this machine's)",
+    )
+    r.add_argument("--seconds", type=float, default=10.0, help="length of each measured load window")
+    r.add_argument(
+        "--rate",
+        type=float,
+        help="messages per second offered in all (open loop); "
+        "without it: closed loop, the maximum rate reached",
+    )
+    r.add_argument(
+        "--closed-loop",
+        action="store_true",
+        help="with --rate: also run a closed loop, reported under closed_loop",
+    )
+    r.add_argument("--json", type=Path, help="JSON report (default OUT/SCENARIO-BACKEND.json)")
+    r.add_argument("--plot", type=Path, help="PNG plots (default OUT/SCENARIO-BACKEND.png)")
+    r.add_argument("--out", default="bench/out", help="output directory (default bench/out)")
+    r.add_argument(
+        "--url",
+        action="append",
+        help="use this running hub instead of starting one (twice for multi-node); needs --store",
+    )
+    r.add_argument("--store", help="with --url: the hub's store URL (default $MISS_STORE)")
+    r.add_argument("--workers", type=int, default=2, help="load generator processes (default 2)")
+    r.add_argument(
+        "--pairs",
+        type=int,
+        default=50,
+        help="pairs of clinicians (online, multi-node, connections traffic; default 50)",
+    )
+    r.add_argument("--payload", type=int, default=256, help="message body size in bytes (default 256)")
+    r.add_argument("--connections", type=int, default=10_000, help="connections: how many (default 10,000)")
+    r.add_argument(
+        "--messages", type=int, default=10_000, help="offline-drain: messages queued (default 10,000)"
+    )
+    r.add_argument(
+        "--storm", type=int, default=2000, help="auth-storm: devices connecting at once (default 2,000)"
+    )
+    r.add_argument("--devices", type=int, default=4, help="fanout: devices of the recipient (default 4)")
+    r.add_argument(
+        "--own-devices", type=int, default=3, help="fanout: devices of the sender's clinician (default 3)"
+    )
+    r.add_argument(
+        "--warmup", type=float, default=1.0, help="unmeasured warm-up before each message window (s)"
+    )
+    r.add_argument("--profile", help="write a py-spy flame graph (SVG) of the hub during its window")
+    r.add_argument("--keep", action="store_true", help="keep the run's work directory (hub logs, database)")
+    r.add_argument("--quiet", action="store_true", help="no progress output")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    out = Path(args.out)
+    stem = f"{args.scenario}-{'services' if args.scenario == 'multi-node' else args.backend}"
+    json_path = args.json or out / f"{stem}.json"
+    plot_path = args.plot or out / f"{stem}.png"
+    started = time.time()
+    run = Run(args)
+    try:
+        result = SCENARIOS[args.scenario](run)
+    finally:
+        run.close()
+    report: dict[str, Any] = {
+        "scenario": args.scenario,
+        "backend": args.backend,
+        "seconds": args.seconds,
+        "mode": result.pop("mode"),
+        "rate_offered": args.rate,
+        "unit": result.pop("unit", "message"),
+        **result,
+        "pinning": run.pinning(),
+        "machine": run.machine(),
+        "loadgen": {"workers": args.workers},
+        "command": "miss-bench " + " ".join(sys.argv[1:] if argv is None else argv),
+        "started_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(started)),
+        "duration_s": round(time.time() - started, 1),
+        "notes": run.notes,
+    }
+    write_json(report, json_path)
+    write_plot(report, plot_path)
+    print(table(report))
+    print(f"\nreport: {json_path}\nplots:  {plot_path}")
+    return 0 if report["hub"].get("delivered") else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

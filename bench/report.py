@@ -1,0 +1,155 @@
+"""The bench's outputs: a table on standard output, the JSON report, and
+one PNG with the latency distribution, latency over time and throughput
+over time, hub and relay side by side."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+__all__ = ["table", "write_json", "write_plot"]
+
+
+def _fmt(v: Any, unit: str = "") -> str:
+    if v is None:
+        return "-"
+    if isinstance(v, float):
+        text = f"{v:,.3f}" if abs(v) < 10 else f"{v:,.1f}"
+    elif isinstance(v, int):
+        text = f"{v:,}"
+    else:
+        text = str(v)
+    return text + unit
+
+
+ROWS: list[tuple[str, str, str]] = [
+    ("delivered", "delivered", ""),
+    ("rate", "rate (per s)", ""),
+    ("cpu_seconds", "CPU seconds", " s"),
+    ("cpu_us_per_msg", "CPU per unit", " µs"),
+    ("postgres_cpu_us_per_msg", "PostgreSQL CPU per unit", " µs"),
+    ("redis_cpu_us_per_msg", "Redis CPU per unit", " µs"),
+    ("p50_ms", "latency p50", " ms"),
+    ("p90_ms", "latency p90", " ms"),
+    ("p99_ms", "latency p99", " ms"),
+    ("p999_ms", "latency p99.9", " ms"),
+    ("max_ms", "latency max", " ms"),
+    ("accept_p50_ms", "send→accepted p50", " ms"),
+    ("accept_p99_ms", "send→accepted p99", " ms"),
+    ("drain_seconds", "drain time", " s"),
+    ("auth_per_s", "authentications per s", ""),
+    ("auth_capacity_per_s", "  per s on one full core", ""),
+    ("connect_per_s", "connections per s", ""),
+    ("connections", "connections held", ""),
+    ("rss_kib_per_connection", "RSS per connection", " KiB"),
+    ("send_lag_p99_ms", "sender lag p99", " ms"),
+    ("loadgen_cpu_util", "load generator CPU", ""),
+]
+
+
+def _section(hub: dict[str, Any], relay: dict[str, Any], ratio: Any) -> list[str]:
+    lines = [f"  {'':28}{'hub':>14}{'relay':>14}{'hub/relay':>12}"]
+    for key, label, unit in ROWS:
+        if key not in hub and key not in relay:
+            continue
+        extra = ""
+        if key == "cpu_us_per_msg" and ratio is not None:
+            extra = f"{ratio:>12.2f}"
+        lines.append(f"  {label:28}{_fmt(hub.get(key), unit):>14}{_fmt(relay.get(key), unit):>14}{extra}")
+    for name, side in (("hub", hub), ("relay", relay)):
+        if side.get("errors"):
+            shown = ", ".join(f"{k}: {v}" for k, v in list(side["errors"].items())[:6])
+            lines.append(f"  {name} errors: {shown}")
+        if side.get("complete") is False:
+            lines.append(f"  {name}: NOT COMPLETE (deliveries or receipts missing 15 s after the last send)")
+    return lines
+
+
+def table(report: dict[str, Any]) -> str:
+    params = ", ".join(f"{k}={v}" for k, v in report.get("params", {}).items())
+    rate = f"{report['rate_offered']:g}/s offered" if report.get("rate_offered") else "closed loop"
+    if report["mode"] in ("storm", "drain"):
+        rate = report["mode"]
+    head = f"miss-bench {report['scenario']} ({report['backend']}): {rate}, {report['seconds']:g} s" + (
+        f"; {params}" if params else ""
+    )
+    unit = report.get("unit", "message")
+    lines = [
+        head,
+        f"  unit of work: one {unit}; servers on CPU {report['pinning']['servers_cpus']}, "
+        f"load on CPU {report['pinning']['loadgen_cpus']}",
+        "",
+    ]
+    lines += _section(report["hub"], report["relay"], report.get("ratio_cpu"))
+    if "closed_loop" in report:
+        c = report["closed_loop"]
+        lines += ["", "closed loop (maximum rate):", *_section(c["hub"], c["relay"], c.get("ratio_cpu"))]
+    if report.get("ratio_rss") is not None:
+        lines.append(f"  RSS per connection, hub/relay: {report['ratio_rss']:.2f}")
+    for note in report.get("notes", []):
+        lines.append(f"  note: {note}")
+    return "\n".join(lines)
+
+
+def write_json(report: dict[str, Any], path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n")
+
+
+def write_plot(report: dict[str, Any], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.ticker import FixedLocator, FuncFormatter
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    sides = [("hub", report["hub"], "tab:red"), ("relay", report["relay"], "tab:blue")]
+    fig, axes = plt.subplots(1, 3, figsize=(17, 5))
+    unit = report.get("unit", "message")
+    title = f"miss-bench {report['scenario']} ({report['backend']}, {report['mode']})"
+    fig.suptitle(title + f": latency and throughput per {unit}, hub vs bare relay")
+
+    ax = axes[0]
+    for name, side, color in sides:
+        curve = side.get("curve") or []
+        if curve:
+            xs = [1 / (1 - min(p, 99.999) / 100) for p, _ in curve]
+            ax.plot(xs, [v for _, v in curve], marker="o", ms=3, color=color, label=name)
+    ax.set_xscale("log")
+    ticks = [1, 10, 100, 1000, 10000, 100000]
+    ax.xaxis.set_major_locator(FixedLocator(ticks))
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda x, _: f"{100 - 100 / x:g}%" if x > 1 else "0%"))
+    ax.set_xlabel("percentile")
+    ax.set_ylabel("latency (ms)")
+    ax.set_title("latency distribution")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend()
+
+    ax = axes[1]
+    for name, side, color in sides:
+        ts = side.get("timeseries") or {}
+        if ts.get("t_s"):
+            ax.plot(ts["t_s"], ts["p50_ms"], color=color, label=f"{name} p50")
+            ax.plot(ts["t_s"], ts["p99_ms"], color=color, linestyle="--", label=f"{name} p99")
+    ax.set_xlabel("seconds since the start of the load")
+    ax.set_ylabel("latency (ms)")
+    ax.set_title("latency over time (by send time)")
+    ax.grid(True, alpha=0.3)
+    ax.legend()
+
+    ax = axes[2]
+    for name, side, color in sides:
+        ts = side.get("timeseries") or {}
+        if ts.get("t_s"):
+            ax.plot(ts["t_s"], ts["per_s"], color=color, label=name, drawstyle="steps-mid")
+    ax.set_xlabel("seconds since the start of the load")
+    ax.set_ylabel(f"{unit}s completed per second")
+    ax.set_title("throughput over time")
+    ax.grid(True, alpha=0.3)
+    ax.legend()
+
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)

@@ -1,0 +1,20 @@
+"""One module per scenario; each exposes ``run(r: Run) -> dict`` returning
+the scenario's part of the report (``hub``, ``relay``, ``ratio_cpu``...)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from . import auth_storm, connections, fanout, multi_node, offline_drain, online
+
+__all__ = ["SCENARIOS"]
+
+SCENARIOS: dict[str, Callable[[Any], dict[str, Any]]] = {
+    "online": online.run,
+    "offline-drain": offline_drain.run,
+    "fanout": fanout.run,
+    "connections": connections.run,
+    "auth-storm": auth_storm.run,
+    "multi-node": multi_node.run,
+}

@@ -1,0 +1,94 @@
+"""``auth-storm``: ``--storm`` enrolled devices connect and authenticate all
+at once (as after a hub restart or at a shift change).
+
+The unit of work is one authentication: TCP and WebSocket handshake,
+``challenge``, Ed25519 signature checked against the store, presence and
+delivery set up, ``welcome``. ``hub.auth_per_s`` is welcomes ÷ (last welcome
+- first connection attempt); latency is connection attempt → ``welcome``.
+The relay's unit is one WebSocket connection opened (the handshake alone),
+so ``ratio_cpu`` is the CPU of an authentication over that of a bare
+connection."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from ..runner import Population, Run
+from ..stats import latency_summary, percentile_curve, timeseries
+from .common import ratio
+
+
+def connect_figures(
+    r: Run, label: str, pids: list[int], urls: dict[int, str], services: bool, concurrency: int | None
+) -> dict[str, Any]:
+    """Connect every device while the meters run; the figures of that."""
+    meters = r.meters(pids, services)
+    for m in meters.values():
+        m.start()
+    load0, wall0 = r.pool.cpu_seconds(), time.monotonic()
+    result = r.connect(urls, label, concurrency=concurrency)
+    wall = time.monotonic() - wall0
+    cpu = {name: m.stop() for name, m in meters.items()}
+    load_cpu = r.pool.cpu_seconds() - load0
+    timings = result["timings"]
+    n = len(timings)
+    first = min((t[0] for t in timings), default=0)
+    last = max((t[2] for t in timings), default=0)
+    elapsed = (last - first) / 1e9 if n else 0.0
+    lat = [max(1, (t[2] - t[0]) // 1000) for t in timings]
+    summary, hist = latency_summary(lat)
+    out: dict[str, Any] = {
+        "delivered": n,
+        "unit": "authentication",
+        "failed": result["failed"],
+        "window_seconds": round(elapsed, 3),
+        "rate": round(n / elapsed, 1) if elapsed else 0.0,
+        "auth_per_s": round(n / elapsed, 1) if elapsed else 0.0,
+        "cpu_seconds": round(cpu["server"], 3),
+        "cpu_us_per_msg": round(cpu["server"] * 1e6 / n, 1) if n else None,
+        "cpu_us_per_auth": round(cpu["server"] * 1e6 / n, 1) if n else None,
+        # What one fully busy server core would sustain at this cost, for when
+        # the load generator (one core of Python clients) is the limit.
+        "auth_capacity_per_s": round(n / cpu["server"], 1) if cpu["server"] else None,
+        **summary,
+        "loadgen_cpu_util": round(load_cpu / wall / max(1, len(r.load_cpus)), 3),
+        "errors": {},
+    }
+    for name in ("postgres", "redis"):
+        if name in cpu:
+            out[f"{name}_cpu_seconds"] = round(cpu[name], 3)
+            out[f"{name}_cpu_us_per_msg"] = round(cpu[name] * 1e6 / n, 1) if n else None
+    statuses = r.pool.call_all("collect")
+    for st in statuses:
+        for k, v in st["errors"].items():
+            out["errors"][k] = out["errors"].get(k, 0) + v
+    out["timeseries"] = timeseries([t[0] for t in timings], [t[2] for t in timings], lat, first)
+    out["curve"] = percentile_curve(hist)
+    return out
+
+
+def run(r: Run) -> dict[str, Any]:
+    n = r.args.storm
+    pop = Population(len(r.pool))
+    for i in range(n):
+        pop.add_user(1, i)
+    r.set_population(pop)
+
+    relay = r.start_relay()
+    relay_res = connect_figures(r, "relay: storm", [relay.pid], r.relay_urls(relay), False, None)
+    r.disconnect()
+    r.stop(relay)
+
+    r.start_hubs(1)
+    r.enroll()
+    hub_res = connect_figures(r, "hub: auth storm", r.hub_pids, r.hub_device_urls(), r.using_services(), None)
+    r.disconnect()
+    return {
+        "mode": "storm",
+        "unit": "authentication",
+        "hub": hub_res,
+        "relay": relay_res,
+        "ratio_cpu": ratio(hub_res["cpu_us_per_msg"], relay_res["cpu_us_per_msg"]),
+        "params": {"devices": n, "concurrency": "all at once"},
+    }

@@ -1,0 +1,161 @@
+"""``miss-bench`` runs every scenario, briefly, and writes a well-formed
+report and a PNG. No test here checks a speed: only that the instrument
+works and that its figures are consistent with each other.
+
+``multi-node`` (and ``online --backend services``) run against this
+machine's PostgreSQL and Redis; they fail, never skip, when those are down.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+BIN = Path(sys.executable).parent
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+TINY = ["--seconds", "1", "--warmup", "0.2", "--workers", "2", "--pairs", "3", "--quiet"]
+
+pytestmark = pytest.mark.slow
+
+#: Each test's command line. They run three at a time, started when the first
+#: test of this module asks (the module's time is then about a third).
+RUNS: dict[str, tuple[str, ...]] = {
+    "online": ("--scenario", "online", "--rate", "200", "--closed-loop"),
+    "online-services": ("--scenario", "online", "--backend", "services", "--rate", "100"),
+    "fanout": ("--scenario", "fanout", "--rate", "50", "--devices", "3", "--own-devices", "2"),
+    "offline-drain": ("--scenario", "offline-drain", "--messages", "300"),
+    "auth-storm": ("--scenario", "auth-storm", "--storm", "60"),
+    "connections": ("--scenario", "connections", "--connections", "200", "--rate", "50"),
+    "multi-node": ("--scenario", "multi-node", "--rate", "100"),
+}
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Future[dict[str, Any]]]]:
+    with ThreadPoolExecutor(3) as pool:
+        yield {name: pool.submit(bench, tmp_path_factory.mktemp(name), *args) for name, args in RUNS.items()}
+
+
+def bench(tmp_path: Path, *args: str) -> dict[str, Any]:
+    out = tmp_path / "out"
+    report_path, plot_path = tmp_path / "report.json", tmp_path / "plot.png"
+    run = subprocess.run(
+        [
+            str(BIN / "miss-bench"),
+            "run",
+            *args,
+            *TINY,
+            "--out",
+            str(out),
+            "--json",
+            str(report_path),
+            "--plot",
+            str(plot_path),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
+    assert run.returncode == 0, f"stdout:\n{run.stdout}\nstderr:\n{run.stderr[-4000:]}"
+    assert "hub" in run.stdout and "relay" in run.stdout  # the table
+    assert plot_path.read_bytes()[:8] == PNG_MAGIC
+    assert not list(out.glob("run-*")), "the work directory was left behind"
+    report: dict[str, Any] = json.loads(report_path.read_text())
+    check_common(report, args)
+    return report
+
+
+def check_side(side: dict[str, Any]) -> None:
+    assert isinstance(side["delivered"], int) and side["delivered"] > 0
+    assert side["rate"] > 0
+    assert side["cpu_us_per_msg"] is not None and side["cpu_us_per_msg"] >= 0
+    percentiles = [side[k] for k in ("p50_ms", "p90_ms", "p99_ms", "p999_ms", "max_ms")]
+    assert all(isinstance(p, int | float) and p > 0 for p in percentiles), percentiles
+    assert percentiles == sorted(percentiles)
+    assert not side["errors"], side["errors"]
+
+
+def check_common(report: dict[str, Any], args: tuple[str, ...]) -> None:
+    assert report["scenario"] == args[args.index("--scenario") + 1]
+    assert report["backend"] in ("embedded", "services")
+    assert report["seconds"] == 1
+    check_side(report["hub"])
+    check_side(report["relay"])
+    hub, relay = report["hub"]["cpu_us_per_msg"], report["relay"]["cpu_us_per_msg"]
+    if hub and relay:
+        assert report["ratio_cpu"] == pytest.approx(hub / relay, rel=0.01)
+    assert report["pinning"]["servers_cpus"] and report["pinning"]["loadgen_cpus"]
+
+
+def check_messages(side: dict[str, Any], envelopes_per_message: int = 1) -> None:
+    """Every accepted message reached every target exactly once."""
+    assert side.get("complete") is True
+    assert side["delivered"] == side["sent"] * envelopes_per_message
+
+
+def test_online_fixed_rate_and_closed_loop(runs: dict[str, Future[dict[str, Any]]]) -> None:
+    report = runs["online"].result()
+    assert report["mode"] == "fixed-rate" and report["rate_offered"] == 200
+    check_messages(report["hub"])
+    check_messages(report["relay"])
+    hub = report["hub"]
+    assert hub["accepted"] == hub["sent"] and hub["receipts"] == hub["delivered"]
+    closed = report["closed_loop"]
+    check_side(closed["hub"])
+    assert closed["hub"]["mode"] == "closed-loop" and closed["hub"]["delivered"] > 0
+
+
+def test_online_services(runs: dict[str, Future[dict[str, Any]]]) -> None:
+    report = runs["online-services"].result()
+    check_messages(report["hub"])
+    assert report["backend"] == "services"
+    assert report["hub"]["postgres_cpu_us_per_msg"] > 0
+    assert report["hub"]["redis_cpu_us_per_msg"] is not None
+
+
+def test_fanout(runs: dict[str, Future[dict[str, Any]]]) -> None:
+    report = runs["fanout"].result()
+    assert report["params"]["envelopes_per_message"] == 4
+    check_messages(report["hub"], 4)
+    check_messages(report["relay"], 4)
+    # each of the 3 recipient devices' acks yields a receipt on both sender devices
+    assert report["hub"]["receipts"] == report["hub"]["sent"] * 3 * 2
+
+
+def test_offline_drain(runs: dict[str, Future[dict[str, Any]]]) -> None:
+    report = runs["offline-drain"].result()
+    hub = report["hub"]
+    assert hub["delivered"] == 300 and hub["complete"]
+    assert 0 < hub["drain_seconds"] and hub["max_ms"] <= hub["drain_seconds"] * 1000 + 1
+
+
+def test_auth_storm(runs: dict[str, Future[dict[str, Any]]]) -> None:
+    report = runs["auth-storm"].result()
+    hub = report["hub"]
+    assert report["unit"] == "authentication"
+    assert hub["delivered"] == 60 and hub["failed"] == 0
+    assert hub["auth_per_s"] > 0 and hub["auth_per_s"] == hub["rate"]
+
+
+def test_connections(runs: dict[str, Future[dict[str, Any]]]) -> None:
+    report = runs["connections"].result()
+    hub = report["hub"]
+    assert hub["connections"] == 200
+    assert isinstance(hub["rss_kib_per_connection"], int | float)
+    assert hub["rss_kib_after"] > hub["rss_kib_before"] > 0
+    check_messages(hub)
+
+
+def test_multi_node(runs: dict[str, Future[dict[str, Any]]]) -> None:
+    report = runs["multi-node"].result()
+    assert report["backend"] == "services" and report["params"]["nodes"] == 2
+    check_messages(report["hub"])
+    assert report["hub"]["postgres_cpu_us_per_msg"] > 0
+    assert report["hub"]["redis_cpu_us_per_msg"] > 0
