@@ -125,10 +125,9 @@ async def _dispatch(
     hub: Hub, session: ServerSession, link: DeviceLink, ws: ServerConnection, frame: Frame
 ) -> None:
     """Handle one authenticated frame; request errors answer that request only."""
-    wakeups: list[tuple[str, bytes]] = []
     try:
         if type(frame) is Send:
-            reply, wakeups = await hub.send(session, frame)
+            reply = await hub.send(session, frame)
         elif type(frame) is Ack:
             await hub.ack(session, link, frame)
             return
@@ -150,5 +149,3 @@ async def _dispatch(
             rid=frame.rid if type(frame) in (Lookup, LinkCode, SetStatus, Watch) else None,  # type: ignore[attr-defined]
         )
     await ws.send(reply)
-    # The sender hears "accepted" first; the recipients' wake-ups follow.
-    await hub.wake(wakeups)

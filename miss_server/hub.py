@@ -165,12 +165,14 @@ class Hub:
 
     # --- requests -----------------------------------------------------------
 
-    async def send(self, session: ServerSession, frame: Send) -> tuple[bytes, list[tuple[str, bytes]]]:
-        """Accept a message durably. Returns the ``accepted`` frame and the
-        wake-ups to publish once the sender has it (:meth:`wake`).
+    async def send(self, session: ServerSession, frame: Send) -> bytes:
+        """Accept a message durably, wake its devices, return ``accepted``.
 
-        A resend of a stored id stores nothing; its wake-ups ask the target
-        devices to drain, in case the first ones died with a hub node."""
+        The wake-ups leave *before* the sender hears ``accepted``: a hub
+        that dies in between leaves the sender without an answer, so it
+        resends, and a resend of a stored id (which stores nothing) asks the
+        target devices to drain. The other order would let a node die with
+        the message stored, acknowledged, and announced to no one."""
         assert session.user_id is not None and session.device_id is not None
         started = time.perf_counter()
         await self._check_targets(session.user_id, session.device_id, frame)
@@ -188,12 +190,12 @@ class Hub:
         self.metrics.accept_seconds.observe(time.perf_counter() - started)
         if result.duplicate:
             self.metrics.duplicates.inc()
-            return encode(Accepted(frame.id, dup=True)), [
-                (device_channel(d), DRAIN_WAKEUP) for d in frame.envs
-            ]
+            await self.wake([(device_channel(d), DRAIN_WAKEUP) for d in frame.envs])
+            return encode(Accepted(frame.id, dup=True))
         self.metrics.accepted.inc()
         self.metrics.envelopes.inc(len(result.queued))
-        return encode(Accepted(frame.id)), _wakeups(result.queued)
+        await self.wake(_wakeups(result.queued))
+        return encode(Accepted(frame.id))
 
     async def ack(self, session: ServerSession, link: DeviceLink, frame: Ack) -> None:
         assert session.device_id is not None
