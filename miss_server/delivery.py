@@ -137,10 +137,6 @@ class DeviceLink:
             except (asyncio.CancelledError, Exception):
                 pass
 
-    @property
-    def inflight(self) -> int:
-        return len(self._inflight)
-
     def on_wakeup(self, payload: bytes) -> None:
         """Broker handler: runs on the event loop, never blocks."""
         tag = payload[0]

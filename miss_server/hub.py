@@ -242,18 +242,12 @@ class Hub:
 
     async def set_status(self, session: ServerSession, frame: SetStatus) -> bytes:
         assert session.user_id is not None
-        try:
-            await self.presence.set_status(session.user_id, frame.status)
-        except StoreUnavailable as exc:
-            raise errors.StorageUnavailable(str(exc), retry_after_ms=STORE_RETRY_MS) from None
+        await self._store_call(self.presence.set_status(session.user_id, frame.status))
         return encode(Ok(frame.rid))
 
     async def watch(self, session: ServerSession, link: DeviceLink, frame: Watch) -> bytes:
         assert session.user_id is not None
-        try:
-            current = await self.presence.watch(session.user_id, link, frame.users)
-        except StoreUnavailable as exc:
-            raise errors.StorageUnavailable(str(exc), retry_after_ms=STORE_RETRY_MS) from None
+        current = await self._store_call(self.presence.watch(session.user_id, link, frame.users))
         return encode(Watching(frame.rid, tuple(current)))
 
     # --- maintenance ----------------------------------------------------------

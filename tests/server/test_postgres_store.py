@@ -18,16 +18,15 @@ from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 import pytest
+from store_samples import DAY, NOW, message, user_with_devices
 
 from miss_server.codes import code_hash
 from miss_server.store import postgres
-from miss_server.store.base import AcceptResult, Kind, NewMessage, SchemaMismatch, StoreUnavailable
+from miss_server.store.base import AcceptResult, Kind, SchemaMismatch, StoreUnavailable
 from miss_server.store.migrations import latest_version
 from miss_server.store.postgres import PostgresStore
 
 DSN = os.environ.get("MISS_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/test")
-NOW = 1_800_000_000_000
-DAY = 86_400_000
 LATEST = latest_version("postgres")
 
 MakeStore = Callable[..., PostgresStore]
@@ -72,33 +71,6 @@ async def store(make_store: MakeStore) -> PostgresStore:
     await s.migrate()
     await s.open()
     return s
-
-
-async def _user_with_devices(
-    store: PostgresStore, rpps: str, n: int, organisation: str = "CHRU"
-) -> tuple[str, list[str]]:
-    user = await store.create_user(f"Dr {rpps}", rpps, "médecin", organisation, NOW)
-    devices = []
-    for i in range(n):
-        await store.add_enrollment_code(user.user_id, code_hash(f"C-{rpps}-{i}"), NOW + DAY)
-        sign_pk = bytes([i]) + rpps.encode().ljust(31, b"k")
-        d = await store.enroll_device(code_hash(f"C-{rpps}-{i}"), sign_pk, b"b" * 32, f"dev{i}", NOW + i)
-        devices.append(d.device_id)
-    return user.user_id, devices
-
-
-def _message(
-    mid: int, sender: str, sender_dev: str, to: str, targets: list[str], ts: int = NOW
-) -> NewMessage:
-    return NewMessage(
-        message_id=mid.to_bytes(16, "big"),
-        sender_user=sender,
-        sender_device=sender_dev,
-        recipient_user=to,
-        envelopes={d: f"env-{mid}-{d}".encode() for d in targets},
-        ts=ts,
-        expires_at=ts + DAY,
-    )
 
 
 async def _terminate(admin: asyncpg.Connection, store: PostgresStore) -> int:
@@ -278,10 +250,10 @@ async def test_unreachable_server_is_store_unavailable() -> None:
 async def test_group_commit_batches_concurrent_accepts(
     store: PostgresStore, admin: asyncpg.Connection, schema: str
 ) -> None:
-    a, (a1,) = await _user_with_devices(store, "10000000001", 1)
-    b, (b1,) = await _user_with_devices(store, "10000000002", 1)
+    a, (a1,) = await user_with_devices(store, "10000000001", 1)
+    b, (b1,) = await user_with_devices(store, "10000000002", 1)
     before = store.group_commit_stats.transactions
-    results = await asyncio.gather(*(store.accept(_message(i, a, a1, b, [b1])) for i in range(500)))
+    results = await asyncio.gather(*(store.accept(message(i, a, a1, b, [b1])) for i in range(500)))
     transactions = store.group_commit_stats.transactions - before
     assert all(not r.duplicate for r in results)
     seqs = [r.queued[0].seq for r in results]
@@ -292,12 +264,12 @@ async def test_group_commit_batches_concurrent_accepts(
 
 
 async def test_accepted_means_committed(store: PostgresStore, admin: asyncpg.Connection, schema: str) -> None:
-    a, (a1,) = await _user_with_devices(store, "10000000001", 1)
-    b, (b1,) = await _user_with_devices(store, "10000000002", 1)
+    a, (a1,) = await user_with_devices(store, "10000000001", 1)
+    b, (b1,) = await user_with_devices(store, "10000000002", 1)
     seen_when_accepted: list[int] = []
 
     async def send(i: int) -> None:
-        result = await store.accept(_message(i, a, a1, b, [b1]))
+        result = await store.accept(message(i, a, a1, b, [b1]))
         seen_when_accepted.append(
             await admin.fetchval(f"SELECT count(*) FROM {schema}.queue WHERE seq = $1", result.queued[0].seq)
         )
@@ -308,10 +280,10 @@ async def test_accepted_means_committed(store: PostgresStore, admin: asyncpg.Con
 
 
 async def test_one_bad_call_fails_alone(store: PostgresStore) -> None:
-    a, (a1,) = await _user_with_devices(store, "10000000001", 1)
-    b, (b1,) = await _user_with_devices(store, "10000000002", 1)
-    bad = _message(999, "u_\x00nul", a1, b, [b1])  # PostgreSQL text cannot hold NUL
-    calls = [store.accept(_message(i, a, a1, b, [b1])) for i in range(50)]
+    a, (a1,) = await user_with_devices(store, "10000000001", 1)
+    b, (b1,) = await user_with_devices(store, "10000000002", 1)
+    bad = message(999, "u_\x00nul", a1, b, [b1])  # PostgreSQL text cannot hold NUL
+    calls = [store.accept(message(i, a, a1, b, [b1])) for i in range(50)]
     calls.insert(25, store.accept(bad))
     results = await asyncio.gather(*calls, return_exceptions=True)
     assert isinstance(results[25], ValueError)
@@ -321,24 +293,24 @@ async def test_one_bad_call_fails_alone(store: PostgresStore) -> None:
 
 
 async def test_repeats_within_one_batch_are_stored_once(store: PostgresStore) -> None:
-    a, (a1,) = await _user_with_devices(store, "10000000001", 1)
-    b, (b1,) = await _user_with_devices(store, "10000000002", 1)
-    results = await asyncio.gather(*(store.accept(_message(i % 10, a, a1, b, [b1])) for i in range(40)))
+    a, (a1,) = await user_with_devices(store, "10000000001", 1)
+    b, (b1,) = await user_with_devices(store, "10000000002", 1)
+    results = await asyncio.gather(*(store.accept(message(i % 10, a, a1, b, [b1])) for i in range(40)))
     assert sum(not r.duplicate for r in results) == 10
     assert all(r.duplicate for r in results[10:])
     assert await store.count_pending(b1) == 10
 
 
 async def test_concurrent_acks_and_accepts_batch_with_receipts(store: PostgresStore) -> None:
-    a, (a1, a2) = await _user_with_devices(store, "10000000001", 2)
-    b, (b1,) = await _user_with_devices(store, "10000000002", 1)
-    accepted = await asyncio.gather(*(store.accept(_message(i, a, a1, b, [b1, a2])) for i in range(100)))
+    a, (a1, a2) = await user_with_devices(store, "10000000001", 2)
+    b, (b1,) = await user_with_devices(store, "10000000002", 1)
+    accepted = await asyncio.gather(*(store.accept(message(i, a, a1, b, [b1, a2])) for i in range(100)))
     to_b = [next(q for q in r.queued if q.device_id == b1) for r in accepted]
     copies = [next(q for q in r.queued if q.device_id == a2) for r in accepted]
     calls: list[Any] = [store.ack(b1, [q.seq], NOW + 1, NOW + DAY) for q in to_b]
     calls += [store.ack(b1, [to_b[0].seq, to_b[1].seq], NOW + 1, NOW + DAY)]  # acked twice: no new receipt
     calls += [store.ack(a2, [q.seq for q in copies], NOW + 1, NOW + DAY)]  # own copies: no receipt
-    calls += [store.accept(_message(1000 + i, a, a1, b, [b1])) for i in range(10)]
+    calls += [store.accept(message(1000 + i, a, a1, b, [b1])) for i in range(10)]
     results = await asyncio.gather(*calls)
     receipts = [r for batch in results[:100] for r in batch]
     assert len(receipts) == 200 and results[100] == [] and results[101] == []
@@ -354,15 +326,15 @@ async def test_contacts_are_recorded_by_the_batch_once_per_pair(
     store: PostgresStore, admin: asyncpg.Connection, schema: str
 ) -> None:
     # Eight clinicians, each alone in their organisation: only messages make contacts.
-    users = [await _user_with_devices(store, f"1000000000{i}", 1, f"Org {i}") for i in range(8)]
+    users = [await user_with_devices(store, f"1000000000{i}", 1, f"Org {i}") for i in range(8)]
     pairs = [(i, (i + 1) % 8) for i in range(8)] + [(0, 4)]  # a ring and one chord
     before = store.group_commit_stats.transactions
     calls = []
     for _ in range(10):  # every pair, both ways, many times, all at once
         for x, y in pairs:
             (sx, (dx,)), (sy, (dy,)) = users[x], users[y]
-            calls.append(store.accept(_message(len(calls), sx, dx, sy, [dy])))
-            calls.append(store.accept(_message(len(calls), sy, dy, sx, [dx])))
+            calls.append(store.accept(message(len(calls), sx, dx, sy, [dy])))
+            calls.append(store.accept(message(len(calls), sy, dy, sx, [dx])))
     results = await asyncio.gather(*calls)
     assert all(not r.duplicate for r in results)
     assert store.group_commit_stats.transactions - before < 20  # contacts did not break batching
@@ -377,14 +349,14 @@ async def test_contacts_are_recorded_by_the_batch_once_per_pair(
 
 
 async def test_close_finishes_calls_already_made(store: PostgresStore) -> None:
-    a, (a1,) = await _user_with_devices(store, "10000000001", 1)
-    b, (b1,) = await _user_with_devices(store, "10000000002", 1)
-    tasks = [asyncio.create_task(store.accept(_message(i, a, a1, b, [b1]))) for i in range(100)]
+    a, (a1,) = await user_with_devices(store, "10000000001", 1)
+    b, (b1,) = await user_with_devices(store, "10000000002", 1)
+    tasks = [asyncio.create_task(store.accept(message(i, a, a1, b, [b1]))) for i in range(100)]
     await asyncio.sleep(0)  # every task has made its call
     await store.close()
     assert all(not t.result().duplicate for t in tasks)
     with pytest.raises(StoreUnavailable):
-        await store.accept(_message(500, a, a1, b, [b1]))
+        await store.accept(message(500, a, a1, b, [b1]))
     await store.open()
     assert await store.count_pending(b1) == 100
 
@@ -395,10 +367,10 @@ async def test_close_finishes_calls_already_made(store: PostgresStore) -> None:
 async def test_recovers_after_its_connections_are_killed(
     store: PostgresStore, admin: asyncpg.Connection
 ) -> None:
-    a, (a1,) = await _user_with_devices(store, "10000000001", 1)
-    b, (b1,) = await _user_with_devices(store, "10000000002", 1)
+    a, (a1,) = await user_with_devices(store, "10000000001", 1)
+    b, (b1,) = await user_with_devices(store, "10000000002", 1)
     for i in range(20):
-        await store.accept(_message(i, a, a1, b, [b1]))
+        await store.accept(message(i, a, a1, b, [b1]))
     assert await _terminate(admin, store) >= 1
     try:  # the very next call may fail; the store retries a lost connection once
         assert await store.count_pending(b1) == 20
@@ -407,7 +379,7 @@ async def test_recovers_after_its_connections_are_killed(
     # Without reopening the store, calls work again shortly.
     assert await _eventually(lambda: store.count_pending(b1)) == 20
     assert await _terminate(admin, store) >= 1
-    await _eventually(lambda: store.accept(_message(20, a, a1, b, [b1])))
+    await _eventually(lambda: store.accept(message(20, a, a1, b, [b1])))
     assert await _eventually(lambda: store.ack(b1, [], NOW, NOW + DAY)) == []
     assert await store.count_pending(b1) == 21
     assert [r.payload for r in await store.pending(b1, 0, 100, NOW)] == [
@@ -422,21 +394,21 @@ async def test_recovers_when_the_server_comes_back(schema: str) -> None:
     try:
         await s.migrate()
         await s.open()
-        a, (a1,) = await _user_with_devices(s, "10000000001", 1)
-        b, (b1,) = await _user_with_devices(s, "10000000002", 1)
+        a, (a1,) = await user_with_devices(s, "10000000001", 1)
+        b, (b1,) = await user_with_devices(s, "10000000002", 1)
         for i in range(10):
-            await s.accept(_message(i, a, a1, b, [b1]))
+            await s.accept(message(i, a, a1, b, [b1]))
         await outage.down()
         with pytest.raises(StoreUnavailable):
             await s.count_pending(b1)
         with pytest.raises(StoreUnavailable):
-            await s.accept(_message(10, a, a1, b, [b1]))
+            await s.accept(message(10, a, a1, b, [b1]))
         with pytest.raises(StoreUnavailable):
             await s.ack(b1, [1], NOW, NOW + DAY)
         await outage.up()
         # The same store, not reopened, works again; nothing accepted was lost.
         assert await _eventually(lambda: s.count_pending(b1)) == 10
-        assert not (await s.accept(_message(10, a, a1, b, [b1]))).duplicate  # the failed call wrote nothing
+        assert not (await s.accept(message(10, a, a1, b, [b1]))).duplicate  # the failed call wrote nothing
         assert await s.count_pending(b1) == 11
     finally:
         await s.close()
@@ -446,15 +418,15 @@ async def test_recovers_when_the_server_comes_back(schema: str) -> None:
 async def test_no_accepted_message_is_lost_when_connections_die(
     store: PostgresStore, admin: asyncpg.Connection
 ) -> None:
-    a, (a1,) = await _user_with_devices(store, "10000000001", 1)
-    b, (b1,) = await _user_with_devices(store, "10000000002", 1)
+    a, (a1,) = await user_with_devices(store, "10000000001", 1)
+    b, (b1,) = await user_with_devices(store, "10000000002", 1)
     accepted: set[int] = set()
     failed: set[int] = set()
 
     async def send(i: int) -> None:
         await asyncio.sleep(i * 0.002)  # spread the calls over the killings
         try:
-            await store.accept(_message(i, a, a1, b, [b1]))
+            await store.accept(message(i, a, a1, b, [b1]))
             accepted.add(i)
         except StoreUnavailable:
             failed.add(i)
@@ -474,7 +446,7 @@ async def test_no_accepted_message_is_lost_when_connections_die(
     }
     assert accepted <= stored  # every "accepted" survived
     for i in sorted(failed):  # a failed call is resent, as a client would: stored once, whatever happened
-        await _eventually(lambda i=i: store.accept(_message(i, a, a1, b, [b1])))
+        await _eventually(lambda i=i: store.accept(message(i, a, a1, b, [b1])))
     assert await store.count_pending(b1) == 300
 
 
@@ -484,8 +456,8 @@ async def test_a_hung_server_is_store_unavailable(
     s = make_store(command_timeout=0.5)
     await s.migrate()
     await s.open()
-    a, (a1,) = await _user_with_devices(s, "10000000001", 1)
-    b, (b1,) = await _user_with_devices(s, "10000000002", 1)
+    a, (a1,) = await user_with_devices(s, "10000000001", 1)
+    b, (b1,) = await user_with_devices(s, "10000000002", 1)
     blocker = admin.transaction()
     await blocker.start()
     await admin.execute(f"LOCK TABLE {schema}.queue IN ACCESS EXCLUSIVE MODE")
@@ -494,12 +466,12 @@ async def test_a_hung_server_is_store_unavailable(
         with pytest.raises(StoreUnavailable):
             await s.count_pending(b1)
         with pytest.raises(StoreUnavailable):
-            await s.accept(_message(1, a, a1, b, [b1]))
+            await s.accept(message(1, a, a1, b, [b1]))
         assert time.monotonic() - started < 5
     finally:
         await blocker.rollback()
     # Nothing was written by the call that timed out: the resend is not a duplicate.
-    assert not (await s.accept(_message(1, a, a1, b, [b1]))).duplicate
+    assert not (await s.accept(message(1, a, a1, b, [b1]))).duplicate
     assert await s.count_pending(b1) == 1
 
 
@@ -519,10 +491,10 @@ async def test_expire_deletes_in_bounded_batches(
     store: PostgresStore, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(postgres, "EXPIRE_BATCH", 7)
-    a, (a1,) = await _user_with_devices(store, "10000000001", 1)
-    b, (b1,) = await _user_with_devices(store, "10000000002", 1)
-    await asyncio.gather(*(store.accept(_message(i, a, a1, b, [b1], ts=NOW)) for i in range(30)))
-    await store.accept(_message(100, a, a1, b, [b1], ts=NOW + DAY))
+    a, (a1,) = await user_with_devices(store, "10000000001", 1)
+    b, (b1,) = await user_with_devices(store, "10000000002", 1)
+    await asyncio.gather(*(store.accept(message(i, a, a1, b, [b1], ts=NOW)) for i in range(30)))
+    await store.accept(message(100, a, a1, b, [b1], ts=NOW + DAY))
     assert await store.expire(NOW + DAY) == 30
     assert await store.count_pending(b1) == 1
-    assert not (await store.accept(_message(3, a, a1, b, [b1], ts=NOW + DAY))).duplicate  # its id was freed
+    assert not (await store.accept(message(3, a, a1, b, [b1], ts=NOW + DAY))).duplicate  # its id was freed

@@ -17,13 +17,13 @@ from typing import Any
 
 import asyncpg
 import pytest
+from store_samples import DAY, NOW, message, user_with_devices
 
 from miss_server.codes import code_hash
 from miss_server.store import migrations
 from miss_server.store.base import (
     CodeInvalid,
     Kind,
-    NewMessage,
     SchemaMismatch,
     Store,
     StoreUnavailable,
@@ -32,10 +32,6 @@ from miss_server.store.base import (
 from miss_server.store.postgres import PostgresStore
 from miss_server.store.sqlite import SQLiteStore
 from protocol.frames import STATUSES
-
-NOW = 1_800_000_000_000
-DAY = 86_400_000
-
 
 # Not skipped when unreachable: a PostgreSQL run that cannot connect fails.
 POSTGRES_DSN = os.environ.get("MISS_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/test")
@@ -83,35 +79,6 @@ async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator
         yield s
 
 
-async def _user_with_devices(
-    store: Store, rpps: str, n: int, organisation: str = "CHRU"
-) -> tuple[str, list[str]]:
-    user = await store.create_user(f"Dr {rpps}", rpps, "médecin", organisation, NOW)
-    devices = []
-    for i in range(n):
-        code = f"CODE-{rpps}-{i}"
-        await store.add_enrollment_code(user.user_id, code_hash(code), NOW + DAY)
-        d = await store.enroll_device(
-            code_hash(code), bytes([i]) + rpps.encode().ljust(31, b"k"), b"b" * 32, f"dev{i}", NOW + i
-        )
-        devices.append(d.device_id)
-    return user.user_id, devices
-
-
-def _message(
-    mid: int, sender: str, sender_dev: str, to: str, targets: list[str], ts: int = NOW
-) -> NewMessage:
-    return NewMessage(
-        message_id=mid.to_bytes(16, "big"),
-        sender_user=sender,
-        sender_device=sender_dev,
-        recipient_user=to,
-        envelopes={d: f"env-{mid}-{d}".encode() for d in targets},
-        ts=ts,
-        expires_at=ts + DAY,
-    )
-
-
 @pytest.mark.parametrize("kind", sorted(STORES))
 async def test_open_refuses_an_unmigrated_schema(kind: str, tmp_path: Path) -> None:
     async with STORES[kind](tmp_path / "fresh") as s:
@@ -147,9 +114,9 @@ async def test_enrollment_codes_are_single_use_and_expire(store: Store) -> None:
 
 
 async def test_accept_queues_one_row_per_device_and_is_idempotent(store: Store) -> None:
-    a, (a1, a2) = await _user_with_devices(store, "10000000001", 2)
-    b, (b1, b2) = await _user_with_devices(store, "10000000002", 2)
-    m = _message(1, a, a1, b, [b1, b2, a2])
+    a, (a1, a2) = await user_with_devices(store, "10000000001", 2)
+    b, (b1, b2) = await user_with_devices(store, "10000000002", 2)
+    m = message(1, a, a1, b, [b1, b2, a2])
     first = await store.accept(m)
     assert not first.duplicate and sorted(r.device_id for r in first.queued) == sorted([b1, b2, a2])
     again = await store.accept(m)
@@ -161,10 +128,10 @@ async def test_accept_queues_one_row_per_device_and_is_idempotent(store: Store) 
 
 
 async def test_pending_is_in_acceptance_order_and_pages(store: Store) -> None:
-    a, (a1,) = await _user_with_devices(store, "10000000001", 1)
-    b, (b1,) = await _user_with_devices(store, "10000000002", 1)
+    a, (a1,) = await user_with_devices(store, "10000000001", 1)
+    b, (b1,) = await user_with_devices(store, "10000000002", 1)
     for i in range(25):
-        await store.accept(_message(i + 1, a, a1, b, [b1]))
+        await store.accept(message(i + 1, a, a1, b, [b1]))
     page1 = await store.pending(b1, 0, 10, NOW)
     page2 = await store.pending(b1, page1[-1].seq, 100, NOW)
     ids = [int.from_bytes(r.message_id, "big") for r in page1 + page2]
@@ -173,18 +140,18 @@ async def test_pending_is_in_acceptance_order_and_pages(store: Store) -> None:
 
 
 async def test_concurrent_accepts_are_all_stored(store: Store) -> None:
-    a, (a1,) = await _user_with_devices(store, "10000000001", 1)
-    b, (b1,) = await _user_with_devices(store, "10000000002", 1)
-    results = await asyncio.gather(*(store.accept(_message(i, a, a1, b, [b1])) for i in range(1, 201)))
+    a, (a1,) = await user_with_devices(store, "10000000001", 1)
+    b, (b1,) = await user_with_devices(store, "10000000002", 1)
+    results = await asyncio.gather(*(store.accept(message(i, a, a1, b, [b1])) for i in range(1, 201)))
     assert all(not r.duplicate for r in results)
     assert len({r.queued[0].seq for r in results}) == 200
     assert await store.count_pending(b1) == 200
 
 
 async def test_ack_deletes_and_queues_receipts_for_every_sender_device(store: Store) -> None:
-    a, (a1, a2) = await _user_with_devices(store, "10000000001", 2)
-    b, (b1,) = await _user_with_devices(store, "10000000002", 1)
-    accepted = await store.accept(_message(7, a, a1, b, [b1, a2]))
+    a, (a1, a2) = await user_with_devices(store, "10000000001", 2)
+    b, (b1,) = await user_with_devices(store, "10000000002", 1)
+    accepted = await store.accept(message(7, a, a1, b, [b1, a2]))
     to_b = next(r for r in accepted.queued if r.device_id == b1)
     copy = next(r for r in accepted.queued if r.device_id == a2)
     receipts = await store.ack(b1, [to_b.seq], NOW + 5, NOW + DAY)
@@ -203,24 +170,24 @@ async def test_ack_deletes_and_queues_receipts_for_every_sender_device(store: St
 
 
 async def test_ack_ignores_other_devices_rows(store: Store) -> None:
-    a, (a1,) = await _user_with_devices(store, "10000000001", 1)
-    b, (b1,) = await _user_with_devices(store, "10000000002", 1)
-    _, (c1,) = await _user_with_devices(store, "10000000003", 1)
-    row = (await store.accept(_message(1, a, a1, b, [b1]))).queued[0]
+    a, (a1,) = await user_with_devices(store, "10000000001", 1)
+    b, (b1,) = await user_with_devices(store, "10000000002", 1)
+    _, (c1,) = await user_with_devices(store, "10000000003", 1)
+    row = (await store.accept(message(1, a, a1, b, [b1]))).queued[0]
     assert await store.ack(c1, [row.seq], NOW, NOW + DAY) == []  # not c1's row
     assert await store.count_pending(b1) == 1
 
 
 async def test_expiry_deletes_rows_and_frees_ids(store: Store) -> None:
-    a, (a1,) = await _user_with_devices(store, "10000000001", 1)
-    b, (b1,) = await _user_with_devices(store, "10000000002", 1)
-    await store.accept(_message(1, a, a1, b, [b1], ts=NOW))
-    await store.accept(_message(2, a, a1, b, [b1], ts=NOW + DAY))
+    a, (a1,) = await user_with_devices(store, "10000000001", 1)
+    b, (b1,) = await user_with_devices(store, "10000000002", 1)
+    await store.accept(message(1, a, a1, b, [b1], ts=NOW))
+    await store.accept(message(2, a, a1, b, [b1], ts=NOW + DAY))
     assert len(await store.pending(b1, 0, 10, NOW + DAY)) == 1  # the first is past its expiry
     assert await store.expire(NOW + DAY) == 1
     assert await store.count_pending(b1) == 1
     # Past expiry, the id record is gone too.
-    assert not (await store.accept(_message(1, a, a1, b, [b1], ts=NOW + DAY))).duplicate
+    assert not (await store.accept(message(1, a, a1, b, [b1], ts=NOW + DAY))).duplicate
 
 
 # --- statuses and presence visibility ------------------------------------------------
@@ -279,14 +246,14 @@ async def test_presence_is_visible_within_an_organisation(store: Store) -> None:
 
 
 async def test_a_message_either_way_makes_two_organisations_contacts(store: Store) -> None:
-    a, (a1,) = await _user_with_devices(store, "10000000001", 1, "CHRU")
-    b, _ = await _user_with_devices(store, "10000000002", 1, "CHRU")
-    c, (c1,) = await _user_with_devices(store, "10000000003", 1, "Clinique du Parc")
-    c_colleague, _ = await _user_with_devices(store, "10000000004", 1, "Clinique du Parc")
-    d, (d1,) = await _user_with_devices(store, "10000000005", 1, "Cabinet Dupont")
+    a, (a1,) = await user_with_devices(store, "10000000001", 1, "CHRU")
+    b, _ = await user_with_devices(store, "10000000002", 1, "CHRU")
+    c, (c1,) = await user_with_devices(store, "10000000003", 1, "Clinique du Parc")
+    c_colleague, _ = await user_with_devices(store, "10000000004", 1, "Clinique du Parc")
+    d, (d1,) = await user_with_devices(store, "10000000005", 1, "Cabinet Dupont")
     assert await store.visible_users(a, [c, d]) == set()
-    await store.accept(_message(1, a, a1, c, [c1]))  # a wrote to c
-    await store.accept(_message(1, d, d1, a, [a1]))  # d wrote to a
+    await store.accept(message(1, a, a1, c, [c1]))  # a wrote to c
+    await store.accept(message(1, d, d1, a, [a1]))  # d wrote to a
     assert await store.visible_users(a, [a, b, c, c_colleague, d]) == {a, b, c, d}
     assert await store.visible_users(c, [a, b, c, c_colleague, d]) == {a, c, c_colleague}
     assert await store.visible_users(d, [a, b, c, c_colleague, d]) == {a, d}
@@ -294,17 +261,17 @@ async def test_a_message_either_way_makes_two_organisations_contacts(store: Stor
 
 
 async def test_contacts_survive_resends_replies_and_notes_to_self(store: Store) -> None:
-    a, (a1, a2) = await _user_with_devices(store, "10000000001", 2, "CHRU")
-    c, (c1,) = await _user_with_devices(store, "10000000003", 1, "Clinique du Parc")
-    m = _message(1, a, a1, c, [c1, a2])
+    a, (a1, a2) = await user_with_devices(store, "10000000001", 2, "CHRU")
+    c, (c1,) = await user_with_devices(store, "10000000003", 1, "Clinique du Parc")
+    m = message(1, a, a1, c, [c1, a2])
     assert not (await store.accept(m)).duplicate
     assert (await store.accept(m)).duplicate
-    assert not (await store.accept(_message(1, c, c1, a, [a1, a2]))).duplicate  # a reply, same id
-    assert not (await store.accept(_message(2, a, a1, a, [a2]))).duplicate  # a note to oneself
+    assert not (await store.accept(message(1, c, c1, a, [a1, a2]))).duplicate  # a reply, same id
+    assert not (await store.accept(message(2, a, a1, a, [a2]))).duplicate  # a note to oneself
     # Many at once, both ways (one batch where the store batches).
     results = await asyncio.gather(
-        *(store.accept(_message(100 + i, a, a1, c, [c1])) for i in range(10)),
-        *(store.accept(_message(100 + i, c, c1, a, [a1])) for i in range(10)),
+        *(store.accept(message(100 + i, a, a1, c, [c1])) for i in range(10)),
+        *(store.accept(message(100 + i, c, c1, a, [a1])) for i in range(10)),
         store.accept(m),
     )
     assert [r.duplicate for r in results] == [False] * 20 + [True]
@@ -405,7 +372,7 @@ async def test_a_version_1_database_migrates_with_its_data(kind: str, tmp_path: 
             "d_c1",
             b"sealed",
         )
-        assert (await s.accept(_message(1, "u_c", "d_c1", "u_a", ["d_a1"]))).duplicate  # ids kept
+        assert (await s.accept(message(1, "u_c", "d_c1", "u_a", ["d_a1"]))).duplicate  # ids kept
         # The message still queued made the two organisations contacts.
         assert await s.visible_users("u_a", ["u_a", "u_b", "u_c"]) == {"u_a", "u_b", "u_c"}
         assert await s.visible_users("u_c", ["u_a", "u_b"]) == {"u_a"}
