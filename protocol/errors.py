@@ -25,14 +25,20 @@ The tree::
     │   ├── AuthTimeout                4408 auth_timeout
     │   ├── ForgedSender               4403 forged_sender
     │   ├── UnsupportedVersion         4426 unsupported_version
-    │   └── SessionReplaced            4409 session_replaced
+    │   ├── SessionReplaced            4409 session_replaced
+    │   ├── DeviceRevoked              4410 device_revoked    (for ever: enroll anew)
+    │   └── AccountSuspended           4411 account_suspended
     └── RequestError                   the connection stays open
         ├── UnknownUser                unknown_user
         ├── UnknownDevice              unknown_device
         ├── NoDevices                  no_devices        (recipient has enrolled no device yet)
         ├── MissingDevices             missing_devices   (.missing: list of device ids)
         ├── StorageUnavailable         storage_unavailable (retryable)
-        └── RateLimited                rate_limited      (retryable)
+        ├── RateLimited                rate_limited      (retryable, retry_after)
+        ├── NotVerified                not_verified      (the sender's account or device)
+        ├── RecipientNotVerified       recipient_not_verified
+        ├── TooManyRecipients          too_many_recipients
+        └── Forbidden                  forbidden         (e.g. revoking another's device)
 
 A frame larger than the size limit is refused by the WebSocket layer itself
 with close code 1009 (message too big) before it is parsed.
@@ -49,19 +55,25 @@ from typing import ClassVar
 __all__ = [
     "CLOSE_GOING_AWAY",
     "CLOSE_TOO_BIG",
+    "AccountSuspended",
     "AuthFailed",
     "AuthTimeout",
+    "DeviceRevoked",
     "FatalError",
+    "Forbidden",
     "ForgedSender",
     "FrameNotAllowed",
     "InvalidCode",
     "MalformedFrame",
     "MissingDevices",
+    "NotVerified",
     "ProtocolError",
     "RateLimited",
+    "RecipientNotVerified",
     "RequestError",
     "SessionReplaced",
     "StorageUnavailable",
+    "TooManyRecipients",
     "UnknownDevice",
     "UnknownFrameType",
     "UnknownUser",
@@ -145,6 +157,18 @@ class SessionReplaced(FatalError):
     message = "the same device authenticated on another connection"
 
 
+class DeviceRevoked(FatalError):
+    code = "device_revoked"
+    close_code = 4410
+    message = "this device has been revoked; enroll it again with a new code"
+
+
+class AccountSuspended(FatalError):
+    code = "account_suspended"
+    close_code = 4411
+    message = "this account is suspended; contact your administrator"
+
+
 class RequestError(ProtocolError):
     """An error answering one request; the connection stays open."""
 
@@ -191,6 +215,26 @@ class RateLimited(RequestError):
     retryable = True
 
 
+class NotVerified(RequestError):
+    code = "not_verified"
+    message = "this account or device is not verified by the authority; ask an administrator"
+
+
+class RecipientNotVerified(RequestError):
+    code = "recipient_not_verified"
+    message = "the recipient is not a verified clinician"
+
+
+class TooManyRecipients(RequestError):
+    code = "too_many_recipients"
+    message = "more envelopes than this hub accepts in one message"
+
+
+class Forbidden(RequestError):
+    code = "forbidden"
+    message = "not allowed"
+
+
 _BY_CODE: dict[str, type[ProtocolError]] = {
     cls.code: cls
     for cls in (
@@ -202,6 +246,8 @@ _BY_CODE: dict[str, type[ProtocolError]] = {
         ForgedSender,
         UnsupportedVersion,
         SessionReplaced,
+        DeviceRevoked,
+        AccountSuspended,
         InvalidCode,
         UnknownUser,
         UnknownDevice,
@@ -209,6 +255,10 @@ _BY_CODE: dict[str, type[ProtocolError]] = {
         MissingDevices,
         StorageUnavailable,
         RateLimited,
+        NotVerified,
+        RecipientNotVerified,
+        TooManyRecipients,
+        Forbidden,
     )
 }
 

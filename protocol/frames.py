@@ -39,7 +39,10 @@ __all__ = [
     "Challenge",
     "Deliver",
     "Delivered",
+    "DeviceEntry",
     "DeviceInfo",
+    "Devices",
+    "DevicesOk",
     "Enroll",
     "Error",
     "Frame",
@@ -49,6 +52,9 @@ __all__ = [
     "LookupOk",
     "Ok",
     "Presence",
+    "Revoke",
+    "Search",
+    "SearchOk",
     "Send",
     "SetStatus",
     "Watch",
@@ -66,6 +72,10 @@ MAX_FRAME_BYTES = 64 * 1024
 MAX_ID_CHARS = 128
 #: Most envelopes one ``send`` may carry (recipient devices + own devices).
 MAX_RECIPIENT_DEVICES = 64
+#: Largest attestation (SPEC §11).
+MAX_ATTESTATION_BYTES = 8192
+#: Most entries a ``search`` answers with.
+MAX_SEARCH_RESULTS = 50
 
 # --- field checkers -------------------------------------------------------
 # A checker returns the value if it is acceptable and raises MalformedFrame
@@ -290,6 +300,36 @@ class Watch(Frame):
     WIRE = (("rid", "rid", _int), ("users", "users", _list(_str(), MAX_WATCH)))
 
 
+@dataclass(frozen=True, slots=True)
+class Search(Frame):
+    """Search the directory of verified clinicians: ``query`` matches a name,
+    an RPPS number, a profession or an organisation (SPEC §11.3)."""
+
+    TYPE = "search"
+    rid: int
+    query: str
+    WIRE = (("rid", "rid", _int), ("query", "query", _str(64)))
+
+
+@dataclass(frozen=True, slots=True)
+class Devices(Frame):
+    """List this clinician's active devices (SPEC §11.4)."""
+
+    TYPE = "devices"
+    rid: int
+    WIRE = (("rid", "rid", _int),)
+
+
+@dataclass(frozen=True, slots=True)
+class Revoke(Frame):
+    """Revoke one of this clinician's devices, for ever (SPEC §11.4)."""
+
+    TYPE = "revoke"
+    rid: int
+    device: str
+    WIRE = (("rid", "rid", _int), ("device", "device", _str()))
+
+
 # --- hub → client -----------------------------------------------------------
 
 
@@ -386,6 +426,8 @@ class LookupOk(Frame):
     profession: str
     organisation: str
     devices: tuple[DeviceInfo, ...]
+    #: The authority's attestation (attestation.py); absent if not verified.
+    att: bytes | None = None
     WIRE = (
         ("rid", "rid", _int),
         ("user", "user", _str()),
@@ -394,7 +436,62 @@ class LookupOk(Frame):
         ("profession", "profession", _str(allow_empty=True)),
         ("organisation", "organisation", _str(allow_empty=True)),
         ("devices", "devices", _list(_device_info, MAX_RECIPIENT_DEVICES)),
+        ("att", "att", _bytes(max_len=MAX_ATTESTATION_BYTES)),
     )
+
+
+@dataclass(frozen=True, slots=True)
+class SearchOk(Frame):
+    """Answer to ``search``: the attestations of the matching verified
+    clinicians. A client shows an entry only if its attestation verifies."""
+
+    TYPE = "search_ok"
+    rid: int
+    atts: tuple[bytes, ...]
+    WIRE = (
+        ("rid", "rid", _int),
+        ("atts", "atts", _list(_bytes(max_len=MAX_ATTESTATION_BYTES), MAX_SEARCH_RESULTS)),
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class DeviceEntry(Record):
+    """One of the clinician's own devices, as ``devices_ok`` lists them."""
+
+    device: str
+    label: str
+    created: int
+    attested: bool
+
+    def to_map(self) -> dict[str, Any]:
+        return {
+            "device": self.device,
+            "label": self.label,
+            "created": self.created,
+            "attested": self.attested,
+        }
+
+
+def _device_entry(v: Any) -> DeviceEntry:
+    if type(v) is not dict:
+        raise _bad("expected a device entry")
+    try:
+        return DeviceEntry(
+            _str()(v["device"]),
+            _str(64, allow_empty=True)(v["label"]),
+            _int(v["created"]),
+            _bool(v["attested"]),
+        )
+    except KeyError as exc:
+        raise _bad(f"device entry lacks {exc}") from None
+
+
+@dataclass(frozen=True, slots=True)
+class DevicesOk(Frame):
+    TYPE = "devices_ok"
+    rid: int
+    devices: tuple[DeviceEntry, ...]
+    WIRE = (("rid", "rid", _int), ("devices", "devices", _list(_device_entry, MAX_RECIPIENT_DEVICES)))
 
 
 @dataclass(frozen=True, slots=True)
@@ -468,7 +565,19 @@ class Watching(Frame):
     WIRE = (("rid", "rid", _int), ("presence", "presence", _list(_presence, MAX_WATCH)))
 
 
-CLIENT_FRAMES: tuple[type[Frame], ...] = (Auth, Enroll, Send, Ack, Lookup, LinkCode, SetStatus, Watch)
+CLIENT_FRAMES: tuple[type[Frame], ...] = (
+    Auth,
+    Enroll,
+    Send,
+    Ack,
+    Lookup,
+    LinkCode,
+    SetStatus,
+    Watch,
+    Search,
+    Devices,
+    Revoke,
+)
 SERVER_FRAMES: tuple[type[Frame], ...] = (
     Challenge,
     Welcome,
@@ -480,6 +589,8 @@ SERVER_FRAMES: tuple[type[Frame], ...] = (
     Ok,
     Presence,
     Watching,
+    SearchOk,
+    DevicesOk,
     Error,
 )
 _BY_TYPE: dict[str, type[Frame]] = {cls.TYPE: cls for cls in CLIENT_FRAMES + SERVER_FRAMES}

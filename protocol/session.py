@@ -36,11 +36,14 @@ from .frames import (
     Ack,
     Auth,
     Challenge,
+    Devices,
     Enroll,
     Error,
     Frame,
     LinkCode,
     Lookup,
+    Revoke,
+    Search,
     Send,
     SetStatus,
     Watch,
@@ -60,7 +63,7 @@ class State(enum.Enum):
 #: Which client frame types each state accepts (SPEC §4, table 2).
 ALLOWED: dict[State, frozenset[type[Frame]]] = {
     State.CHALLENGED: frozenset({Auth, Enroll}),
-    State.AUTHENTICATED: frozenset({Send, Ack, Lookup, LinkCode, SetStatus, Watch}),
+    State.AUTHENTICATED: frozenset({Send, Ack, Lookup, LinkCode, SetStatus, Watch, Search, Devices, Revoke}),
     State.CLOSED: frozenset(),
 }
 

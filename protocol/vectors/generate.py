@@ -28,8 +28,9 @@ from pathlib import Path
 from typing import Any
 
 import msgpack
+import nacl.signing
 
-from protocol import crypto
+from protocol import attestation, crypto
 from protocol.frames import (
     Accepted,
     Ack,
@@ -37,7 +38,10 @@ from protocol.frames import (
     Challenge,
     Deliver,
     Delivered,
+    DeviceEntry,
     DeviceInfo,
+    Devices,
+    DevicesOk,
     Enroll,
     Error,
     Frame,
@@ -47,6 +51,9 @@ from protocol.frames import (
     LookupOk,
     Ok,
     Presence,
+    Revoke,
+    Search,
+    SearchOk,
     Send,
     SetStatus,
     Watch,
@@ -78,13 +85,35 @@ ENROLL_CODE = "7K3M-9QXR-2H4P-VW8N"
 T0 = 1_767_225_600_000  # 2026-01-01T00:00:00Z in ms
 MESSAGE_ID = crypto.new_message_id(T0 + 1234, bytes(range(0xF0, 0xFA)))
 MESSAGE_ID_2 = crypto.new_message_id(T0 + 5678, bytes(range(0x10, 0x1A)))
+AUTHORITY_SEED = bytes(range(0x30, 0x50))  # the verification authority's Ed25519 seed (SPEC §11)
+DAY_MS = 86_400_000
+
+
+def alice_attestation() -> attestation.Attestation:
+    return attestation.Attestation(
+        user=ALICE,
+        rpps="10101234567",
+        name="Dr Alice Martin",
+        profession="Médecin généraliste",
+        organisation="CHRU de Tours",
+        devices=tuple(
+            attestation.AttestedDevice(d, KEYS[d].sign_pk, KEYS[d].box_pk)
+            for d in (ALICE_LAPTOP, ALICE_PHONE)
+        ),
+        not_before=T0,
+        not_after=T0 + 365 * DAY_MS,
+    )
+
+
+def alice_att() -> bytes:
+    return attestation.sign(alice_attestation(), nacl.signing.SigningKey(AUTHORITY_SEED))
 
 
 def jsonable(value: Any) -> Any:
     """Python wire value -> JSON, with bytes as {"bin": hex}."""
     if isinstance(value, bytes):
         return {"bin": value.hex()}
-    if isinstance(value, DeviceInfo):
+    if isinstance(value, (DeviceInfo, DeviceEntry)):
         return jsonable(value.to_map())
     if isinstance(value, Presence):  # nested in 'watching': its fields, no "t"
         return jsonable(value.fields_map())
@@ -251,6 +280,47 @@ def frames_document() -> dict[str, Any]:
                     DeviceInfo(d, KEYS[d].sign_pk, KEYS[d].box_pk) for d in (ALICE_PHONE, ALICE_LAPTOP)
                 ),
             ),
+        ),
+        frame_vector(
+            "lookup_ok_attested",
+            s,
+            "lookup_ok of Alice with her attestation (crypto.json attestation.att)",
+            LookupOk(
+                rid=7,
+                user=ALICE,
+                name="Dr Alice Martin",
+                rpps="10101234567",
+                profession="Médecin généraliste",
+                organisation="CHRU de Tours",
+                devices=tuple(
+                    DeviceInfo(d, KEYS[d].sign_pk, KEYS[d].box_pk) for d in (ALICE_PHONE, ALICE_LAPTOP)
+                ),
+                att=alice_att(),
+            ),
+        ),
+        frame_vector("search", c, "directory search (SPEC §11.3)", Search(rid=13, query="martin")),
+        frame_vector(
+            "search_ok",
+            s,
+            "one verified clinician found: Alice's attestation",
+            SearchOk(rid=13, atts=(alice_att(),)),
+        ),
+        frame_vector("search_ok_empty", s, "nobody found", SearchOk(rid=14, atts=())),
+        frame_vector("devices", c, "list my devices (SPEC §11.4)", Devices(rid=15)),
+        frame_vector(
+            "devices_ok",
+            s,
+            "Alice's two devices; the laptop was linked after her last verification",
+            DevicesOk(
+                rid=15,
+                devices=(
+                    DeviceEntry(ALICE_PHONE, "Pixel 8", T0, True),
+                    DeviceEntry(ALICE_LAPTOP, "", T0 + DAY_MS, False),
+                ),
+            ),
+        ),
+        frame_vector(
+            "revoke", c, "revoke Alice's laptop from her phone", Revoke(rid=16, device=ALICE_LAPTOP)
         ),
         frame_vector(
             "lookup_ok_no_devices",
@@ -845,6 +915,26 @@ def crypto_document() -> dict[str, Any]:
             "description": "new_message_id(now_ms, rand): 6-byte big-endian now_ms || rand(10), then "
             "byte 6 = 0x70 | (byte 6 & 0x0f) and byte 8 = 0x80 | (byte 8 & 0x3f) (UUIDv7, SPEC §9)",
             "vectors": message_ids,
+        },
+        "attestation": {
+            "description": "SPEC §11.1: att = sig(64) || body; body = msgpack ['miss-att', 1, user, "
+            "rpps, name, "
+            "profession, organisation, [[device, sign_pk, box_pk] sorted by device], not_before, not_after]; "
+            "sig = Ed25519(authority seed, b'miss.v1/attestation\\x00' || body). Valid from not_before "
+            "(inclusive) to not_after (exclusive).",
+            "authority_seed": AUTHORITY_SEED.hex(),
+            "authority_pk": bytes(nacl.signing.SigningKey(AUTHORITY_SEED).verify_key).hex(),
+            "user": ALICE,
+            "rpps": "10101234567",
+            "name": "Dr Alice Martin",
+            "profession": "Médecin généraliste",
+            "organisation": "CHRU de Tours",
+            "devices": [
+                [d, KEYS[d].sign_pk.hex(), KEYS[d].box_pk.hex()] for d in (ALICE_PHONE, ALICE_LAPTOP)
+            ],
+            "not_before": T0,
+            "not_after": T0 + 365 * DAY_MS,
+            "att": alice_att().hex(),
         },
         "safety_numbers": {
             "description": "safety_number(user_a, keys_a, user_b, keys_b) (SPEC §8); each entry of "

@@ -23,7 +23,10 @@ from protocol.frames import (
     Challenge,
     Deliver,
     Delivered,
+    DeviceEntry,
     DeviceInfo,
+    Devices,
+    DevicesOk,
     Enroll,
     Error,
     Frame,
@@ -33,6 +36,9 @@ from protocol.frames import (
     LookupOk,
     Ok,
     Presence,
+    Revoke,
+    Search,
+    SearchOk,
     Send,
     SetStatus,
     Watch,
@@ -70,7 +76,13 @@ SAMPLES: dict[type[Frame], Frame] = {
         profession="Cardiologue",
         organisation="CHRU",
         devices=(DeviceInfo("d_2", PK1, PK2), DeviceInfo("d_3", PK2, PK1)),
+        att=b"\x07" * 200,
     ),
+    Search: Search(rid=6, query="cardio"),
+    SearchOk: SearchOk(rid=6, atts=(b"\x07" * 200, b"\x08" * 300)),
+    Devices: Devices(rid=7),
+    DevicesOk: DevicesOk(rid=7, devices=(DeviceEntry("d_1", "phone", 1_767_225_600_000, True),)),
+    Revoke: Revoke(rid=8, device="d_0000000000000002"),
     LinkCodeOk: LinkCodeOk(rid=2, code="ABCD-EFGH-JKMN-PQRS", expires=1_767_226_500_000),
     Error: Error(
         code="missing_devices", message="m", fatal=False, id=MID, rid=3, retry_after=10, missing=("d_9",)
@@ -182,6 +194,7 @@ REQUIRED = [
     for attr, key, _ in cls.WIRE
     if key not in {"user", "rpps"} or cls is not Lookup
     if not (cls is Error and key in {"id", "rid", "retry_after", "missing"})
+    if not (cls is LookupOk and key == "att")
 ]
 
 
@@ -284,6 +297,28 @@ BAD_FIELDS: list[tuple[type[Frame], str, list[Any]]] = [
             [{"device": "d_1", "sign_pk": PK1, "box_pk": PK2}] * 65,
         ],
     ),
+    (LookupOk, "att", ["a" * 100, None, 7, b"a" * 8193]),
+    (Search, "rid", BAD_INT),
+    (Search, "query", [b"q", None, "", "q" * 65]),
+    (SearchOk, "rid", BAD_INT),
+    (SearchOk, "atts", [None, b"a", ["a"], [b"a" * 8193], [b"a"] * 51]),
+    (Devices, "rid", BAD_INT),
+    (DevicesOk, "rid", BAD_INT),
+    (
+        DevicesOk,
+        "devices",
+        [
+            None,
+            ["d_1"],
+            [{"device": "d_1", "label": "x", "created": 1}],
+            [{"device": "", "label": "x", "created": 1, "attested": True}],
+            [{"device": "d_1", "label": "x" * 65, "created": 1, "attested": True}],
+            [{"device": "d_1", "label": "x", "created": -1, "attested": True}],
+            [{"device": "d_1", "label": "x", "created": 1, "attested": 1}],
+        ],
+    ),
+    (Revoke, "rid", BAD_INT),
+    (Revoke, "device", BAD_ID),
     (LinkCodeOk, "rid", BAD_INT),
     (LinkCodeOk, "code", BAD_ID),
     (LinkCodeOk, "expires", BAD_INT),

@@ -18,6 +18,9 @@ from protocol.frames import (
     Challenge,
     Deliver,
     Delivered,
+    DeviceEntry,
+    Devices,
+    DevicesOk,
     Enroll,
     Error,
     Frame,
@@ -27,6 +30,9 @@ from protocol.frames import (
     LookupOk,
     Ok,
     Presence,
+    Revoke,
+    Search,
+    SearchOk,
     Send,
     SetStatus,
     Watch,
@@ -96,6 +102,12 @@ def sample(cls: type[Frame], session: ServerSession) -> Frame:
         return SetStatus(rid=1, status="busy")
     if cls is Watch:
         return Watch(rid=1, users=("u_00000000000000b1",))
+    if cls is Search:
+        return Search(rid=1, query="cardio")
+    if cls is Devices:
+        return Devices(rid=1)
+    if cls is Revoke:
+        return Revoke(rid=1, device="d_1")
     assert cls is LinkCode
     return LinkCode(rid=1)
 
@@ -113,7 +125,17 @@ def test_challenge_frame() -> None:
 
 def test_table_covers_every_client_frame_once() -> None:
     assert ALLOWED[State.CHALLENGED] == {Auth, Enroll}
-    assert ALLOWED[State.AUTHENTICATED] == {Send, Ack, Lookup, LinkCode, SetStatus, Watch}
+    assert ALLOWED[State.AUTHENTICATED] == {
+        Send,
+        Ack,
+        Lookup,
+        LinkCode,
+        SetStatus,
+        Watch,
+        Search,
+        Devices,
+        Revoke,
+    }
     assert ALLOWED[State.CLOSED] == set()
     assert set(ALLOWED) == set(State)
 
@@ -174,6 +196,8 @@ SERVER_SAMPLES: list[Frame] = [
     Ok(rid=1),
     Presence(user="u_b", status="on_call", online=True),
     Watching(rid=1, presence=(Presence(user="u_b", status="off_duty", online=False),)),
+    SearchOk(rid=1, atts=(b"a" * 100,)),
+    DevicesOk(rid=1, devices=(DeviceEntry("d_a", "phone", 1, False),)),
     Error(code="auth_failed", message="m", fatal=True),
 ]
 

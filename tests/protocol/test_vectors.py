@@ -18,15 +18,18 @@ from pathlib import Path
 from typing import Any
 
 import msgpack
+import nacl.signing
 import pytest
 
 import protocol
-from protocol import crypto, errors
+from protocol import attestation, crypto, errors
 from protocol.frames import (
     CLIENT_FRAMES,
     SERVER_FRAMES,
     STATUSES,
+    DeviceEntry,
     DeviceInfo,
+    DevicesOk,
     Error,
     Frame,
     LookupOk,
@@ -69,6 +72,8 @@ def build_frame(frame_type: str, fields: dict[str, Any]) -> Frame:
             value = tuple(DeviceInfo(**d) for d in value)
         elif cls is Watching and key == "presence":
             value = tuple(Presence(**d) for d in value)
+        elif cls is DevicesOk and key == "devices":
+            value = tuple(DeviceEntry(**d) for d in value)
         elif isinstance(value, list):
             value = tuple(value)
         kwargs[wire_keys[key]] = value
@@ -301,6 +306,38 @@ def test_safety_number_vector(vector: dict[str, Any]) -> None:
     assert (fa, fb) == (vector["fingerprint_a"], vector["fingerprint_b"])
     digits = fa + fb if vector["user_a"].encode() <= vector["user_b"].encode() else fb + fa
     assert number == " ".join(digits[i : i + 5] for i in range(0, 60, 5))
+
+
+def test_attestation_vector() -> None:
+    """SPEC §11.1, recomputed from the spec's words with plain msgpack and
+    PyNaCl, then checked by protocol.attestation."""
+    v = CRYPTO["attestation"]
+    authority = nacl.signing.SigningKey(bytes.fromhex(v["authority_seed"]))
+    assert bytes(authority.verify_key).hex() == v["authority_pk"]
+    devices = sorted([d, bytes.fromhex(s), bytes.fromhex(b)] for d, s, b in v["devices"])
+    body = msgpack.packb(
+        [
+            "miss-att",
+            1,
+            v["user"],
+            v["rpps"],
+            v["name"],
+            v["profession"],
+            v["organisation"],
+            devices,
+            v["not_before"],
+            v["not_after"],
+        ],
+        use_bin_type=True,
+    )
+    att = authority.sign(b"miss.v1/attestation\x00" + body).signature + body
+    assert att.hex() == v["att"]
+    checked = attestation.verify(att, bytes.fromhex(v["authority_pk"]), v["not_before"])
+    assert checked.user == v["user"] and [d.device for d in checked.devices] == [d[0] for d in devices]
+    with pytest.raises(attestation.AttestationExpired):
+        attestation.verify(att, bytes.fromhex(v["authority_pk"]), v["not_after"])
+    lookup = next(x for x in FRAMES["valid"] if x["name"] == "lookup_ok_attested")
+    assert lookup["fields"]["att"] == {"bin": v["att"]}
 
 
 def test_safety_number_vectors_show_symmetry_and_change() -> None:
