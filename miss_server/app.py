@@ -23,14 +23,17 @@ from websockets.http11 import Request, Response
 
 from protocol.frames import SUBPROTOCOL
 
+from .audit import AuditTrail
 from .broker.base import CONTROL_CHANNEL, Broker, Presence
 from .broker.memory import MemoryBroker, MemoryPresence
 from .broker.redis import RedisBroker, RedisPresence
 from .config import Settings
 from .connection import serve_connection
+from .guard import Guard
 from .hub import Hub
 from .metrics import Metrics
 from .presence import PresenceService
+from .ratelimit import Limiter, MemoryLimiter, RedisLimiter
 from .store.base import Store
 from .store.postgres import PostgresStore
 from .store.sqlite import SQLiteStore
@@ -58,6 +61,13 @@ def build_broker(settings: Settings) -> tuple[Broker, Presence]:
     raise NotImplementedError(f"broker {settings.broker.split(':', 1)[0]} is not available in this build")
 
 
+def build_limiter(broker: Broker) -> Limiter:
+    """Buckets shared by every node: in Redis when Redis is the broker."""
+    if isinstance(broker, RedisBroker):
+        return RedisLimiter(broker.redis, broker.prefix)
+    return MemoryLimiter()
+
+
 def embedded_store(settings: Settings) -> bool:
     """The embedded store migrates itself at start; production ones need
     ``miss-admin migrate`` so that a schema change is an operator's decision."""
@@ -76,7 +86,10 @@ class HubServer:
         self.presence = PresenceService(
             presence_backend, self.broker, self.store, settings.presence_ttl_seconds
         )
-        self.hub = Hub(self.store, self.broker, self.presence, settings, self.metrics)
+        self.audit = AuditTrail(self.store)
+        self.limiter = build_limiter(self.broker)
+        self.guard = Guard(settings, self.limiter, self.audit, self.metrics)
+        self.hub = Hub(self.store, self.broker, self.presence, settings, self.metrics, self.guard, self.audit)
         self._server: Server | None = None
         self._tasks: list[asyncio.Task[None]] = []
 
@@ -114,10 +127,17 @@ class HubServer:
             server_header="MiSS",
             backlog=4096,  # a hospital's morning reconnect storm must not overflow the SYN queue
         )
+        self.audit.start()
         self._tasks = [
             asyncio.create_task(self.hub.expire_forever(), name="expiry"),
             asyncio.create_task(self.presence.run_forever(), name="presence"),
+            asyncio.create_task(self.hub.watch_security_forever(), name="security"),
         ]
+        if self.settings.authority_public_key is None:
+            log.warning(
+                "no verification authority configured (authority_key): no account counts as verified, "
+                "so nobody can send; see `miss-admin authority init`"
+            )
         log.info(
             "hub listening",
             extra={
@@ -135,6 +155,8 @@ class HubServer:
         if self._server is not None:
             self._server.close()  # closes connections with 1001
             await self._server.wait_closed()
+        await self.audit.stop()
+        await self.limiter.close()
         await self.broker.close()
         await self.store.close()
 

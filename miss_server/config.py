@@ -26,6 +26,10 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
+from protocol.attestation import decode_authority_key
+
+from .ratelimit import parse_rate
+
 __all__ = ["ConfigError", "Settings", "load_settings"]
 
 DEFAULT_STORE = "sqlite:///miss-data/miss.db"
@@ -66,6 +70,33 @@ class Settings(BaseSettings):
     log_format: Literal["text", "json"] = "text"
     tls_cert: Path | None = Field(None, description="PEM certificate chain; serve wss:// directly.")
     tls_key: Path | None = Field(None, description="PEM private key file for tls_cert.")
+    authority_key: str | None = Field(
+        None,
+        description="Public key (base64) of the verification authority, as `miss-admin authority init` "
+        "prints it. Without it no account counts as verified, so nobody can send.",
+    )
+    rate_device: str = Field(
+        "10/s burst 50", description="Requests (send, lookup, search...) one device may make; acks are free."
+    )
+    rate_address: str = Field(
+        "200/s burst 400", description="Requests of all devices behind one client address (a hospital NAT)."
+    )
+    rate_auth: str = Field(
+        "100/s burst 1000", description="Authentication and enrollment attempts from one client address."
+    )
+    rate_failed_auth: str = Field(
+        "10/min burst 20",
+        description="Failed authentications and wrong enrollment codes per client address and per "
+        "device id; past it, attempts are refused unchecked.",
+    )
+    max_envelopes: int = Field(
+        64, ge=1, le=64, description="Most envelopes (recipient + own devices) in one message."
+    )
+    trust_forwarded_for: bool = Field(
+        False,
+        description="Take the client address from the last X-Forwarded-For entry (only behind a "
+        "reverse proxy that sets it, as deploy/nginx.conf does).",
+    )
 
     @field_validator("store")
     @classmethod
@@ -79,6 +110,19 @@ class Settings(BaseSettings):
     def _known_broker(cls, v: str) -> str:
         if not v.startswith(("memory://", "redis://", "rediss://")):
             raise ValueError("must be memory:// or start with redis:// or rediss://")
+        return v
+
+    @field_validator("authority_key")
+    @classmethod
+    def _authority_key(cls, v: str | None) -> str | None:
+        if v is not None:
+            decode_authority_key(v)  # raises ValueError with a clear message
+        return v
+
+    @field_validator("rate_device", "rate_address", "rate_auth", "rate_failed_auth")
+    @classmethod
+    def _rate(cls, v: str) -> str:
+        parse_rate(v)  # raises ValueError with a clear message
         return v
 
     def model_post_init(self, __context: Any) -> None:
@@ -102,6 +146,10 @@ class Settings(BaseSettings):
     @property
     def message_ttl_ms(self) -> int:
         return int(self.message_ttl_days * 86_400_000)
+
+    @property
+    def authority_public_key(self) -> bytes | None:
+        return decode_authority_key(self.authority_key) if self.authority_key else None
 
 
 def _redact(url: str) -> str:

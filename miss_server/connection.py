@@ -19,7 +19,21 @@ from websockets.exceptions import ConnectionClosed
 from websockets.protocol import State
 
 from protocol import errors
-from protocol.frames import Ack, Auth, Frame, LinkCode, Lookup, Send, SetStatus, Watch, Welcome, encode
+from protocol.frames import (
+    Ack,
+    Auth,
+    Devices,
+    Frame,
+    LinkCode,
+    Lookup,
+    Revoke,
+    Search,
+    Send,
+    SetStatus,
+    Watch,
+    Welcome,
+    encode,
+)
 from protocol.session import ServerSession, error_frame
 
 from .delivery import DeviceLink
@@ -28,6 +42,21 @@ from .hub import Hub
 __all__ = ["serve_connection"]
 
 log = logging.getLogger("miss.connection")
+
+
+#: Longest pause in reading a device that keeps sending while rate-limited (s).
+MAX_PENALTY = 1.0
+_RID_FRAMES = (Lookup, LinkCode, SetStatus, Watch, Search, Devices, Revoke)
+
+
+def client_address(ws: ServerConnection, trust_forwarded_for: bool) -> str:
+    """The client's IP address: the peer's, or behind a trusted reverse
+    proxy the last entry of ``X-Forwarded-For`` (the one the proxy added)."""
+    if trust_forwarded_for and ws.request is not None:
+        forwarded = ws.request.headers.get("X-Forwarded-For")
+        if forwarded:
+            return forwarded.rsplit(",", 1)[-1].strip()[:64] or "?"
+    return str(ws.remote_address[0]) if ws.remote_address else "?"
 
 
 def _binary(data: str | bytes) -> bytes:
@@ -42,7 +71,7 @@ async def serve_connection(ws: ServerConnection, hub: Hub) -> None:
     metrics.connections.inc()
     session = ServerSession()
     link: DeviceLink | None = None
-    peer = ws.remote_address[0] if ws.remote_address else "?"
+    peer = client_address(ws, hub.settings.trust_forwarded_for)
     try:
         await ws.send(session.challenge())
         try:
@@ -53,9 +82,9 @@ async def serve_connection(ws: ServerConnection, hub: Hub) -> None:
         frame = session.receive(_binary(first))
         metrics.frames.labels(frame.TYPE).inc()
         if isinstance(frame, Auth):
-            await hub.authenticate(session, frame)
+            await hub.authenticate(session, frame, peer)
         else:
-            await hub.enroll(session, frame)  # type: ignore[arg-type]
+            await hub.enroll(session, frame, peer)  # type: ignore[arg-type]
         assert session.user_id is not None and session.device_id is not None
         log.info("authenticated", extra={"device": session.device_id, "peer": peer})
         link = await hub.attach(
@@ -66,7 +95,7 @@ async def serve_connection(ws: ServerConnection, hub: Hub) -> None:
         async for data in ws:
             frame = session.receive(_binary(data))
             metrics.frames.labels(frame.TYPE).inc()
-            await _dispatch(hub, session, link, ws, frame)
+            await _dispatch(hub, session, link, ws, frame, peer)
     except errors.FatalError as exc:
         metrics.errors.labels(exc.code).inc()
         log.info(
@@ -78,11 +107,12 @@ async def serve_connection(ws: ServerConnection, hub: Hub) -> None:
             await ws.close(exc.close_code or 4400, exc.code)
         except ConnectionClosed:
             pass
-    except errors.StorageUnavailable as exc:  # during authentication
+    except errors.RequestError as exc:  # during authentication: storage_unavailable, rate_limited
         metrics.errors.labels(exc.code).inc()
         try:
             await ws.send(error_frame(exc))
-            await ws.close(1013, exc.code)  # 1013: try again later
+            # 1013: try again later; 1008: policy violation (too many attempts)
+            await ws.close(1008 if isinstance(exc, errors.RateLimited) else 1013, exc.code)
         except ConnectionClosed:
             pass
     except ConnectionClosed:
@@ -122,30 +152,48 @@ async def send_frames(ws: ServerConnection, frames: list[bytes]) -> None:
 
 
 async def _dispatch(
-    hub: Hub, session: ServerSession, link: DeviceLink, ws: ServerConnection, frame: Frame
+    hub: Hub, session: ServerSession, link: DeviceLink, ws: ServerConnection, frame: Frame, address: str
 ) -> None:
-    """Handle one authenticated frame; request errors answer that request only."""
+    """Handle one authenticated frame; request errors answer that request only.
+
+    Every request but ``ack`` spends the device's and the address's budget
+    first (guard.py). A device over its budget gets ``rate_limited`` and its
+    next frame is read only after the delay it was told (at most
+    MAX_PENALTY): a flood then queues in its own socket, not in the hub."""
+    penalty = 0.0
+    assert session.user_id is not None and session.device_id is not None
     try:
-        if type(frame) is Send:
-            reply = await hub.send(session, frame)
-        elif type(frame) is Ack:
+        if type(frame) is Ack:
             await hub.ack(session, link, frame)
             return
+        await hub.guard.request(session.user_id, session.device_id, address)
+        if type(frame) is Send:
+            reply = await hub.send(session, frame)
         elif type(frame) is Lookup:
             reply = await hub.lookup(frame)
+        elif type(frame) is Search:
+            reply = await hub.search(frame)
         elif type(frame) is LinkCode:
             reply = await hub.link_code(session, frame)
         elif type(frame) is SetStatus:
             reply = await hub.set_status(session, frame)
         elif type(frame) is Watch:
             reply = await hub.watch(session, link, frame)
+        elif type(frame) is Devices:
+            reply = await hub.devices(session, frame)
+        elif type(frame) is Revoke:
+            reply = await hub.revoke(session, frame)
         else:  # the session's state table admits nothing else
             raise errors.FrameNotAllowed(frame.TYPE)
     except errors.RequestError as exc:
         hub.metrics.errors.labels(exc.code).inc()
+        if isinstance(exc, errors.RateLimited) and exc.retry_after_ms:
+            penalty = min(MAX_PENALTY, exc.retry_after_ms / 1000)
         reply = error_frame(
             exc,
             id=frame.id if type(frame) is Send else None,
-            rid=frame.rid if type(frame) in (Lookup, LinkCode, SetStatus, Watch) else None,  # type: ignore[attr-defined]
+            rid=frame.rid if type(frame) in _RID_FRAMES else None,  # type: ignore[attr-defined]
         )
     await ws.send(reply)
+    if penalty:
+        await asyncio.sleep(penalty)

@@ -1,4 +1,5 @@
-"""The hub's request handlers: enrollment, authentication, send, ack, lookup.
+"""The hub's request handlers: enrollment, authentication, send, ack, lookup,
+directory search, device management.
 
 :class:`Hub` holds no I/O of its own: it is given a Store and a Broker (the
 composition root in ``app.py`` picks them) and the connection handler in
@@ -7,9 +8,17 @@ checked. Every handler that answers a request returns the reply frame;
 request errors are raised as :mod:`protocol.errors` exceptions, which the
 connection turns into ``error`` frames.
 
-The hub caches each user's set of active device ids to check a ``send``
-without a read. The cache is a hint: on any mismatch it is reloaded from the
-store before the sender is told anything is wrong.
+The hub caches each user's account (``accounts.py``: suspended or not,
+verified until when, which devices are targets) to check a ``send`` without
+a read. The cache is a hint: on any mismatch it is reloaded from the store
+before the sender is told anything is wrong.
+
+Security events (revocations, suspensions, verifications) reach every node
+twice: at once through the broker when a hub made the change, and through
+the audit log, which every node polls (:meth:`Hub.watch_security_forever`),
+for changes ``miss-admin`` made without a broker at hand. A revoked device
+or a suspended account connected to any node is thus closed within about
+a second.
 """
 
 from __future__ import annotations
@@ -23,31 +32,41 @@ from typing import TypeVar
 
 from protocol import errors
 from protocol.frames import (
+    MAX_SEARCH_RESULTS,
     Accepted,
     Ack,
     Auth,
+    DeviceEntry,
     DeviceInfo,
+    Devices,
+    DevicesOk,
     Enroll,
     LinkCode,
     LinkCodeOk,
     Lookup,
     LookupOk,
     Ok,
+    Revoke,
+    Search,
+    SearchOk,
     Send,
     SetStatus,
     Watch,
     Watching,
     encode,
 )
-from protocol.session import ServerSession
+from protocol.session import ServerSession, State
 
+from .accounts import Account, Accounts
+from .audit import AuditTrail
 from .broker.base import CONTROL_CHANNEL, Broker, BrokerUnavailable, device_channel
 from .codes import code_hash, new_code
 from .config import Settings
 from .delivery import DRAIN_WAKEUP, DeviceLink, close_wakeup, row_wakeup
+from .guard import Guard
 from .metrics import Metrics
 from .presence import PresenceService
-from .store.base import CodeInvalid, NewMessage, Queued, Store, StoreUnavailable
+from .store.base import AuditEvent, CodeInvalid, NewMessage, Queued, Store, StoreUnavailable
 
 __all__ = ["Hub"]
 
@@ -55,6 +74,17 @@ log = logging.getLogger("miss.hub")
 T = TypeVar("T")
 
 STORE_RETRY_MS = 1000
+#: Audit actions that change what a node must enforce (see module doc).
+SECURITY_ACTIONS = [
+    "device.revoked",
+    "device.enrolled",
+    "account.suspended",
+    "account.unsuspended",
+    "account.verified",
+]
+#: How far back each poll of the audit log looks (ms): events are written
+#: in the background, so one may appear a little after its time.
+SECURITY_WINDOW_MS = 60_000
 
 
 def now_ms() -> int:
@@ -69,29 +99,60 @@ class Hub:
     """Routing and account logic of one hub node."""
 
     def __init__(
-        self, store: Store, broker: Broker, presence: PresenceService, settings: Settings, metrics: Metrics
+        self,
+        store: Store,
+        broker: Broker,
+        presence: PresenceService,
+        settings: Settings,
+        metrics: Metrics,
+        guard: Guard,
+        audit: AuditTrail,
     ) -> None:
         self.store = store
         self.broker = broker
         self.presence = presence
         self.settings = settings
         self.metrics = metrics
-        self._device_ids: dict[str, frozenset[str]] = {}
+        self.guard = guard
+        self.audit = audit
+        self.accounts = Accounts(store, settings.authority_public_key)
         self._links: dict[str, DeviceLink] = {}
+        self._local: dict[str, set[str]] = {}  # user id -> ids of their devices connected here
+        self._seen_events: dict[int, int] = {}  # audit seq -> at, of security events applied
 
     # --- authentication -----------------------------------------------------
 
-    async def authenticate(self, session: ServerSession, frame: Auth) -> None:
-        """Check an ``auth`` frame; raises AuthFailed or StorageUnavailable."""
+    async def authenticate(self, session: ServerSession, frame: Auth, address: str) -> None:
+        """Check an ``auth`` frame; raises AuthFailed, DeviceRevoked,
+        AccountSuspended, RateLimited or StorageUnavailable."""
+        await self.guard.attempt(address, frame.device)
         device = await self._store_call(self.store.get_device(frame.device))
-        if device is None or device.revoked:
-            session.authenticate(frame, None, None)
-        else:
-            session.authenticate(frame, device.user_id, device.sign_pk)
+        try:
+            session.authenticate(frame, *((device.user_id, device.sign_pk) if device else (None, None)))
+        except errors.AuthFailed as exc:
+            await self.guard.failed(address, frame.device, exc)
+            raise
+        assert device is not None
+        if device.revoked:
+            session.state = State.CLOSED
+            self.audit.record(
+                device.user_id,
+                "auth.revoked_device",
+                user_id=device.user_id,
+                device_id=device.device_id,
+                address=address,
+                quiet_key=f"rv:{device.device_id}",
+            )
+            raise errors.DeviceRevoked(device.device_id)
+        account = await self._store_call(self.accounts.get(device.user_id))
+        if account is None or account.suspended:
+            session.state = State.CLOSED
+            raise errors.AccountSuspended(device.user_id)
 
-    async def enroll(self, session: ServerSession, frame: Enroll) -> None:
+    async def enroll(self, session: ServerSession, frame: Enroll, address: str) -> None:
         """Register the device of an ``enroll`` frame; raises AuthFailed,
-        InvalidCode or StorageUnavailable."""
+        InvalidCode, RateLimited or StorageUnavailable."""
+        await self.guard.attempt(address, None)
         session.check_enroll(frame)
         try:
             device = await self._store_call(
@@ -100,13 +161,21 @@ class Hub:
                 )
             )
         except CodeInvalid:
-            raise errors.InvalidCode("code rejected") from None
+            exc = errors.InvalidCode("code rejected")
+            await self.guard.failed(address, None, exc)
+            raise exc from None
         except ValueError:  # the signing key is already registered
             raise errors.AuthFailed("signing key already enrolled") from None
-        self._device_ids.pop(device.user_id, None)
-        with contextlib.suppress(BrokerUnavailable):
-            await self.broker.publish(CONTROL_CHANNEL, b"I" + device.user_id.encode())
+        await self._user_changed(device.user_id)
         self.metrics.enrollments.inc()
+        self.audit.record(
+            device.user_id,
+            "device.enrolled",
+            user_id=device.user_id,
+            device_id=device.device_id,
+            address=address,
+            detail=f"label {frame.label!r}",
+        )
         log.info("device enrolled", extra={"user": device.user_id, "device": device.device_id})
         session.enrolled(device.user_id, device.device_id)
 
@@ -131,6 +200,7 @@ class Hub:
             pass  # an older connection elsewhere keeps a subscription that no one publishes to
         link = DeviceLink(device_id, self.store, send, close, self.metrics.deliveries.inc)
         self._links[device_id] = link
+        self._local.setdefault(user_id, set()).add(device_id)
         await self.broker.subscribe(channel, link.on_wakeup)
         link.presence_key = await self.presence.connected(user_id, link)
         self.metrics.authenticated.inc()
@@ -140,6 +210,11 @@ class Hub:
         await link.stop()
         if self._links.get(link.device_id) is link:
             del self._links[link.device_id]
+            local = self._local.get(user_id)
+            if local is not None:
+                local.discard(link.device_id)
+                if not local:
+                    del self._local[user_id]
         channel = device_channel(link.device_id)
         try:
             await self.broker.unsubscribe(channel, link.on_wakeup)
@@ -159,9 +234,10 @@ class Hub:
         asyncio.get_running_loop().create_task(self.presence.resync())
 
     def on_control(self, payload: bytes) -> None:
-        """Node-wide announcements: ``b"I" + user id``: that user's devices changed."""
+        """Node-wide announcements: ``b"I" + user id``: that user's account
+        or devices changed."""
         if payload[:1] == b"I":
-            self._device_ids.pop(payload[1:].decode(), None)
+            self.accounts.forget(payload[1:].decode())
 
     # --- requests -----------------------------------------------------------
 
@@ -175,8 +251,10 @@ class Hub:
         the message stored, acknowledged, and announced to no one."""
         assert session.user_id is not None and session.device_id is not None
         started = time.perf_counter()
-        await self._check_targets(session.user_id, session.device_id, frame)
+        if len(frame.envs) > self.settings.max_envelopes:
+            raise errors.TooManyRecipients(f"{len(frame.envs)} envelopes")
         now = now_ms()
+        await self._check_targets(session.user_id, session.device_id, frame, now)
         message = NewMessage(
             message_id=frame.id,
             sender_user=session.user_id,
@@ -211,15 +289,18 @@ class Hub:
 
     async def lookup(self, frame: Lookup) -> bytes:
         if frame.user is not None:
-            user = await self._store_call(self.store.get_user(frame.user))
+            user_id = frame.user
         elif frame.rpps is not None:
             user = await self._store_call(self.store.find_user_by_rpps(frame.rpps))
+            if user is None:
+                raise errors.UnknownUser("no such user")
+            user_id = user.user_id
         else:
             raise errors.UnknownUser("lookup names nobody")
-        if user is None:
+        account = await self._store_call(self.accounts.get(user_id, refresh=True))
+        if account is None:
             raise errors.UnknownUser("no such user")
-        devices = await self._store_call(self.store.user_devices(user.user_id))
-        self._device_ids[user.user_id] = frozenset(d.device_id for d in devices)
+        user = account.user
         return encode(
             LookupOk(
                 rid=frame.rid,
@@ -228,9 +309,44 @@ class Hub:
                 rpps=user.rpps,
                 profession=user.profession,
                 organisation=user.organisation,
-                devices=tuple(DeviceInfo(d.device_id, d.sign_pk, d.box_pk) for d in devices),
+                devices=tuple(DeviceInfo(d.device_id, d.sign_pk, d.box_pk) for d in account.devices),
+                att=user.attestation,
             )
         )
+
+    async def search(self, frame: Search) -> bytes:
+        users = await self._store_call(self.store.search_users(frame.query, MAX_SEARCH_RESULTS))
+        return encode(SearchOk(frame.rid, tuple(u.attestation for u in users if u.attestation is not None)))
+
+    async def devices(self, session: ServerSession, frame: Devices) -> bytes:
+        assert session.user_id is not None
+        account = await self._store_call(self.accounts.get(session.user_id, refresh=True))
+        assert account is not None
+        entries = tuple(
+            DeviceEntry(d.device_id, d.label, d.created_at, d.device_id in account.targets)
+            for d in account.devices
+        )
+        return encode(DevicesOk(frame.rid, entries))
+
+    async def revoke(self, session: ServerSession, frame: Revoke) -> bytes:
+        """Revoke one of the requester's own devices (SPEC §11.4)."""
+        assert session.user_id is not None
+        account = await self._store_call(self.accounts.get(session.user_id, refresh=True))
+        if account is None or frame.device not in {d.device_id for d in account.devices}:
+            raise errors.Forbidden("not one of your active devices")
+        revoked = await self._store_call(self.store.revoke_device(frame.device, now_ms()))
+        if revoked is not None:
+            self.audit.record(
+                session.user_id,
+                "device.revoked",
+                user_id=session.user_id,
+                device_id=frame.device,
+                detail=f"by its owner, from {session.device_id}",
+            )
+            self.metrics.revoked.inc()
+            log.info("device revoked", extra={"user": session.user_id, "device": frame.device})
+            await self._device_revoked(session.user_id, frame.device)
+        return encode(Ok(frame.rid))
 
     async def link_code(self, session: ServerSession, frame: LinkCode) -> bytes:
         assert session.user_id is not None
@@ -267,37 +383,96 @@ class Hub:
 
     # --- helpers ------------------------------------------------------------
 
-    async def _check_targets(self, sender_user: str, sender_device: str, frame: Send) -> None:
-        """The envelopes must cover exactly the recipient's active devices and
-        the sender's other active devices (SPEC §6.2)."""
+    async def _check_targets(self, sender_user: str, sender_device: str, frame: Send, now: int) -> None:
+        """The sender must be verified and the recipient too, and the
+        envelopes must cover exactly the target set (SPEC §6.2): the
+        recipient's targets and the sender's other targets."""
         targets = frame.envs.keys()
+        sender: Account | None = None
+        recipient: Account | None = None
+        required: frozenset[str] = frozenset()
         for refresh in (False, True):
-            recipient = await self._device_set(frame.to, refresh)
+            sender = await self._store_call(self.accounts.get(sender_user, refresh=refresh))
+            if sender is None or sender.suspended:
+                if refresh:
+                    raise errors.AccountSuspended(sender_user)
+                continue
+            if not sender.may_send(sender_device, now):
+                if refresh:
+                    raise errors.NotVerified(sender_device)
+                continue
+            recipient = await self._store_call(self.accounts.get(frame.to, refresh=refresh))
             if recipient is None:
-                raise errors.UnknownUser("unknown recipient")
-            own = await self._device_set(sender_user, refresh)
-            required = (recipient | (own or frozenset())) - {sender_device}
+                if refresh:
+                    raise errors.UnknownUser("unknown recipient")
+                continue
+            if not recipient.verified(now):
+                if refresh:
+                    raise errors.RecipientNotVerified(frame.to)
+                continue
+            required = (recipient.targets | sender.targets) - {sender_device}
             if targets == required:
                 return
-        if not recipient:
+        assert recipient is not None
+        if not recipient.targets:
             raise errors.NoDevices("recipient has no device")
         extra = targets - required
         if extra:
             raise errors.UnknownDevice(f"{len(extra)} unknown target devices")
         raise errors.MissingDevices(sorted(required - targets))
 
-    async def _device_set(self, user_id: str, refresh: bool) -> frozenset[str] | None:
-        """Active device ids of a user; None if the user does not exist."""
-        if not refresh:
-            cached = self._device_ids.get(user_id)
-            if cached is not None:
-                return cached
-        devices = await self._store_call(self.store.user_devices(user_id))
-        if not devices and await self._store_call(self.store.get_user(user_id)) is None:
-            return None
-        ids = frozenset(d.device_id for d in devices)
-        self._device_ids[user_id] = ids
-        return ids
+    # --- security events ----------------------------------------------------------
+
+    async def _user_changed(self, user_id: str) -> None:
+        """Every node forgets its cached account of ``user_id``."""
+        self.accounts.forget(user_id)
+        with contextlib.suppress(BrokerUnavailable):
+            await self.broker.publish(CONTROL_CHANNEL, b"I" + user_id.encode())
+
+    async def _device_revoked(self, user_id: str, device_id: str) -> None:
+        """End the device's connection wherever it is, now (the audit log
+        feed is the slower second path)."""
+        await self._user_changed(user_id)
+        self._close_local(device_id, errors.DeviceRevoked)
+        with contextlib.suppress(BrokerUnavailable):
+            await self.broker.publish(device_channel(device_id), close_wakeup(errors.DeviceRevoked))
+
+    def _close_local(self, device_id: str, error: type[errors.FatalError]) -> None:
+        link = self._links.get(device_id)
+        if link is not None:
+            link.on_wakeup(close_wakeup(error))
+
+    def apply_security_event(self, event: AuditEvent) -> None:
+        """Enforce one security event of the audit log on this node."""
+        if event.user_id is None:
+            return
+        self.accounts.forget(event.user_id)
+        if event.action == "device.revoked" and event.device_id is not None:
+            self._close_local(event.device_id, errors.DeviceRevoked)
+        elif event.action == "account.suspended":
+            for device_id in list(self._local.get(event.user_id, ())):
+                self._close_local(device_id, errors.AccountSuspended)
+
+    async def watch_security_forever(self, interval: float = 0.5) -> None:
+        """Poll the audit log for security events (runs as a task). Events
+        already in the log when the node starts are only marked seen: the
+        store already tells the truth to every later authentication."""
+        first = True
+        while True:
+            since = now_ms() - SECURITY_WINDOW_MS
+            try:
+                events = await self.store.audit_log(since_at=since, actions=SECURITY_ACTIONS, limit=10_000)
+            except StoreUnavailable:
+                await asyncio.sleep(interval)
+                continue
+            for event in events:
+                if event.seq not in self._seen_events:
+                    self._seen_events[event.seq] = event.at
+                    if not first:
+                        self.apply_security_event(event)
+            first = False
+            await asyncio.sleep(interval)
+            self._seen_events = {seq: at for seq, at in self._seen_events.items() if at >= since}
 
     async def wake(self, wakeups: list[tuple[str, bytes]]) -> None:
         """Publish wake-ups. A lost one only delays: the row is stored, and

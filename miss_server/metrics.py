@@ -26,6 +26,12 @@ class Metrics:
         self.acks = Counter("miss_rows_acked_total", "Queued rows acked by devices", registry=r)
         self.errors = Counter("miss_errors_total", "Errors sent to peers, by code", ["code"], registry=r)
         self.enrollments = Counter("miss_enrollments_total", "Devices enrolled", registry=r)
+        self.throttled = Counter(
+            "miss_throttled_total", "Requests refused by a rate limit, by bucket", ["bucket"], registry=r
+        )
+        self.revoked = Counter(
+            "miss_devices_revoked_total", "Devices revoked (all nodes' events)", registry=r
+        )
         self.expired = Counter("miss_rows_expired_total", "Queued rows deleted at expiry", registry=r)
         self.accept_seconds = Histogram(
             "miss_accept_seconds",

@@ -21,6 +21,13 @@ Contracts that the hub's guarantees rest on (DESIGN.md):
 * Enrollment codes are stored hashed (SHA-256), single-use and expiring.
 * :meth:`Store.accept` also records the sender and recipient as contacts of
   each other (for presence visibility), in the same transaction.
+* :meth:`Store.revoke_device` is for ever: the device leaves
+  :meth:`Store.user_devices`, its queued rows are deleted, and
+  :meth:`Store.get_device` reports it ``revoked`` from then on.
+* The audit log is append-only and holds who, when and what, never message
+  content: :meth:`Store.audit` appends, :meth:`Store.audit_log` reads. Hub
+  nodes poll it (:meth:`Store.audit_log` with ``since_at`` and ``actions``)
+  to learn of revocations and suspensions made elsewhere.
 
 Errors: every method may raise :class:`StoreUnavailable` when the backend
 cannot be reached; nothing was written in that case.
@@ -34,10 +41,13 @@ from typing import Protocol
 
 __all__ = [
     "AcceptResult",
+    "AuditEvent",
     "CodeInvalid",
     "Device",
+    "Invitation",
     "Kind",
     "NewMessage",
+    "Organisation",
     "Queued",
     "SchemaMismatch",
     "Store",
@@ -75,6 +85,8 @@ class User:
     created_at: int  # ms
     suspended: bool = False
     status: str = "available"  # one of protocol.frames.STATUSES
+    #: The latest attestation of the verification authority (protocol.attestation), if any.
+    attestation: bytes | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,6 +98,38 @@ class Device:
     label: str
     created_at: int  # ms
     revoked: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Organisation:
+    name: str
+    created_at: int  # ms
+
+
+@dataclass(frozen=True, slots=True)
+class Invitation:
+    """An enrollment code not used yet and not expired (the code itself is not kept)."""
+
+    user_id: str
+    expires_at: int  # ms
+
+
+@dataclass(frozen=True, slots=True)
+class AuditEvent:
+    """One line of the audit log. ``actor`` is who acted (``admin:<login>``,
+    a user id, ``hub``); ``action`` a dotted name (``device.revoked``,
+    ``auth.failed``...); ``detail`` a short free text that never holds
+    message content, keys or codes. ``seq`` is assigned by the store (0 when
+    appending)."""
+
+    at: int  # ms
+    actor: str
+    action: str
+    user_id: str | None = None
+    device_id: str | None = None
+    address: str | None = None
+    detail: str = ""
+    seq: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -175,6 +219,52 @@ class Store(Protocol):
 
     async def user_devices(self, user_id: str) -> list[Device]:
         """Active (not revoked) devices of a user, oldest first."""
+
+    # --- verification, suspension, revocation (SPEC §11) ------------------
+
+    async def set_attestation(self, user_id: str, attestation: bytes) -> None:
+        """Record the user's latest attestation (replacing any earlier one);
+        raises LookupError for an unknown user."""
+
+    async def set_suspended(self, user_id: str, suspended: bool) -> None:
+        """Suspend or reinstate an account; raises LookupError for an unknown user."""
+
+    async def revoke_device(self, device_id: str, now: int) -> Device | None:
+        """Revoke an active device for ever and delete its queued rows;
+        returns it as it was, or None if unknown or already revoked."""
+
+    async def search_users(self, query: str, limit: int) -> list[User]:
+        """Users with an attestation, not suspended, whose name, RPPS number,
+        profession or organisation contains ``query`` (case-insensitive, at
+        least for ASCII), by name, at most ``limit``."""
+
+    # --- organisations and invitations ------------------------------------
+
+    async def add_organisation(self, name: str, now: int) -> Organisation:
+        """Raises ValueError if an organisation of that name exists."""
+
+    async def list_organisations(self) -> list[Organisation]:
+        """By name."""
+
+    async def invitations(self, now: int) -> list[Invitation]:
+        """Unused, unexpired enrollment codes, soonest expiry first."""
+
+    # --- audit log ------------------------------------------------------------
+
+    async def audit(self, events: list[AuditEvent]) -> None:
+        """Append events (their ``seq`` is ignored and assigned)."""
+
+    async def audit_log(
+        self,
+        *,
+        since_at: int = 0,
+        user_id: str | None = None,
+        actions: list[str] | None = None,
+        limit: int = 100,
+    ) -> list[AuditEvent]:
+        """Events with ``at >= since_at``, optionally only about ``user_id``
+        or with one of ``actions``, oldest first, at most ``limit``
+        (the *newest* ``limit`` when more match)."""
 
     # --- messages ---------------------------------------------------------
 

@@ -6,7 +6,8 @@ Three modules, one job each:
 
 * this one, :class:`PostgresStore`: the pool and its life cycle, migrations,
   and every call that is one statement or one short transaction (accounts,
-  devices, statuses, presence visibility, ``pending``, ``expire``);
+  devices and their revocation, statuses, presence visibility, search,
+  organisations, the audit log, ``pending``, ``expire``);
 * ``postgres_batch.py``: **group commit** for ``accept`` and ``ack``, the
   writes that keep the hub running (many calls, one transaction, one WAL
   flush; see its theory of operation);
@@ -56,10 +57,13 @@ from protocol.frames import STATUSES
 from . import migrations as migration_files
 from .base import (
     AcceptResult,
+    AuditEvent,
     CodeInvalid,
     Device,
+    Invitation,
     Kind,
     NewMessage,
+    Organisation,
     Queued,
     SchemaMismatch,
     StoreUnavailable,
@@ -81,9 +85,10 @@ CLOSE_TIMEOUT = 5.0
 ATTEMPTS = 3  # work that lost its connection before COMMIT runs again on a fresh one, twice at most
 _SCHEMA_NAME = re.compile(r"[a-z_][a-z0-9_]{0,62}")
 
-_USER_COLUMNS = "user_id, name, rpps, profession, organisation, created_at, suspended, status"
+_USER_COLUMNS = "user_id, name, rpps, profession, organisation, created_at, suspended, status, attestation"
 _DEVICE_COLUMNS = "device_id, user_id, sign_pk, box_pk, label, created_at, revoked_at"
 _QUEUED_COLUMNS = "seq, device_id, kind, message_id, peer_user, peer_device, ts, payload"
+_AUDIT_COLUMNS = "seq, at, actor, action, user_id, device_id, address, detail"
 
 _SCHEMA_VERSION_TABLE = """
 CREATE TABLE IF NOT EXISTS schema_version (
@@ -103,6 +108,27 @@ WHERE u.user_id = ANY($2::text[])
        OR u.user_id IN (SELECT user_b FROM contacts WHERE user_a = $1
                         UNION ALL
                         SELECT user_a FROM contacts WHERE user_b = $1))"""
+
+# A plain scan of users (no index serves a substring): fine for the few
+# thousand clinicians of a hub. ILIKE's escape character is the backslash by
+# default; $1 is the escaped query (_like_pattern). COLLATE "C" as list_users.
+_SEARCH_USERS = f"""
+SELECT {_USER_COLUMNS} FROM users
+WHERE attestation IS NOT NULL AND NOT suspended
+  AND (name ILIKE '%' || $1 || '%'
+       OR rpps ILIKE '%' || $1 || '%'
+       OR profession ILIKE '%' || $1 || '%'
+       OR organisation ILIKE '%' || $1 || '%')
+ORDER BY name COLLATE "C", user_id
+LIMIT $2"""
+
+# Rows are inserted in array order, so the identity hands out seqs in that order.
+_INSERT_AUDIT = """
+INSERT INTO audit_log (at, actor, action, user_id, device_id, address, detail)
+SELECT at, actor, action, user_id, device_id, address, detail
+FROM unnest($1::bigint[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[])
+     WITH ORDINALITY AS e (at, actor, action, user_id, device_id, address, detail, ord)
+ORDER BY ord"""
 
 # SKIP LOCKED: expiry never waits behind the hub's own writes; what it skips, the next run takes.
 _EXPIRE = {
@@ -162,7 +188,7 @@ def _where(dsn: str, schema: str | None) -> str:
 def _user(row: asyncpg.Record | None) -> User | None:
     if row is None:
         return None
-    return User(row[0], row[1], row[2], row[3], row[4], row[5], bool(row[6]), row[7])
+    return User(row[0], row[1], row[2], row[3], row[4], row[5], bool(row[6]), row[7], row[8])
 
 
 def _device(row: asyncpg.Record | None) -> Device | None:
@@ -173,6 +199,20 @@ def _device(row: asyncpg.Record | None) -> Device | None:
 
 def _queued(row: asyncpg.Record) -> Queued:
     return Queued(row[0], row[1], Kind(row[2]), row[3], row[4], row[5], row[6], row[7])
+
+
+def _audit_event(row: asyncpg.Record) -> AuditEvent:
+    return AuditEvent(row[1], row[2], row[3], row[4], row[5], row[6], row[7], row[0])
+
+
+def _like_pattern(query: str) -> str:
+    """``query`` for ``ILIKE '%' || $1 || '%'``: its own %, _ and \\ are literal."""
+    return query.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+
+
+def _count(status: str) -> int:
+    """The row count of a command status (``UPDATE 1``, ``INSERT 0 1``)."""
+    return int(status.split()[-1])
 
 
 # --- the store --------------------------------------------------------------------
@@ -373,7 +413,7 @@ class PostgresStore:
         user = User("u_" + secrets.token_hex(8), name, rpps, profession, organisation, now)
         await self._write(
             lambda c: c.execute(
-                f"INSERT INTO users ({_USER_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, FALSE, $7)",
+                f"INSERT INTO users ({_USER_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, FALSE, $7, NULL)",
                 user.user_id,
                 name,
                 rpps,
@@ -483,6 +523,123 @@ class PostgresStore:
             )
         )
         return [d for d in map(_device, rows) if d is not None]
+
+    # --- verification, suspension, revocation ----------------------------------
+
+    async def set_attestation(self, user_id: str, attestation: bytes) -> None:
+        await self._update_user(user_id, "attestation", attestation)
+
+    async def set_suspended(self, user_id: str, suspended: bool) -> None:
+        await self._update_user(user_id, "suspended", suspended)
+
+    async def _update_user(self, user_id: str, column: str, value: object) -> None:
+        """Set one column of a user's row; LookupError if there is none."""
+        status = await self._write(
+            lambda c: c.execute(f"UPDATE users SET {column} = $1 WHERE user_id = $2", value, user_id)
+        )
+        if not _count(status):
+            raise LookupError(f"unknown user {user_id!r}")
+
+    async def revoke_device(self, device_id: str, now: int) -> Device | None:
+        async def run(conn: asyncpg.Connection) -> Device | None:
+            row = await conn.fetchrow(
+                "UPDATE devices SET revoked_at = $1 WHERE device_id = $2 AND revoked_at IS NULL "
+                f"RETURNING {_DEVICE_COLUMNS}",
+                now,
+                device_id,
+            )
+            if row is None:
+                return None
+            # Rows that an accept batch inserts for the device after this
+            # DELETE's snapshot stay until they expire: the hub reads targets
+            # from user_devices() before accept, so only a race leaves any.
+            await conn.execute("DELETE FROM queue WHERE device_id = $1", device_id)
+            return Device(row[0], row[1], row[2], row[3], row[4], row[5], revoked=False)
+
+        return await self._write(run)
+
+    async def search_users(self, query: str, limit: int) -> list[User]:
+        if limit <= 0:
+            return []
+        rows = await self._retryable(lambda c: c.fetch(_SEARCH_USERS, _like_pattern(query), limit))
+        return [u for u in map(_user, rows) if u is not None]
+
+    # --- organisations and invitations ------------------------------------------
+
+    async def add_organisation(self, name: str, now: int) -> Organisation:
+        status = await self._write(
+            lambda c: c.execute(
+                "INSERT INTO organisations (name, created_at) VALUES ($1, $2) ON CONFLICT DO NOTHING",
+                name,
+                now,
+            )
+        )
+        if not _count(status):
+            raise ValueError(f"organisation {name!r} exists")
+        return Organisation(name, now)
+
+    async def list_organisations(self) -> list[Organisation]:
+        rows = await self._retryable(
+            lambda c: c.fetch('SELECT name, created_at FROM organisations ORDER BY name COLLATE "C"')
+        )
+        return [Organisation(r[0], r[1]) for r in rows]
+
+    async def invitations(self, now: int) -> list[Invitation]:
+        rows = await self._retryable(
+            lambda c: c.fetch(
+                "SELECT user_id, expires_at FROM enrollment_codes WHERE used_at IS NULL AND expires_at > $1 "
+                'ORDER BY expires_at, user_id COLLATE "C", code_hash',
+                now,
+            )
+        )
+        return [Invitation(r[0], r[1]) for r in rows]
+
+    # --- audit log ----------------------------------------------------------------
+
+    async def audit(self, events: list[AuditEvent]) -> None:
+        if not events:
+            return
+        columns = [
+            [e.at for e in events],
+            [e.actor for e in events],
+            [e.action for e in events],
+            [e.user_id for e in events],
+            [e.device_id for e in events],
+            [e.address for e in events],
+            [e.detail for e in events],
+        ]
+        await self._write(lambda c: c.execute(_INSERT_AUDIT, *columns))
+
+    async def audit_log(
+        self,
+        *,
+        since_at: int = 0,
+        user_id: str | None = None,
+        actions: list[str] | None = None,
+        limit: int = 100,
+    ) -> list[AuditEvent]:
+        """``actions=[]`` matches nothing."""
+        actions = None if actions is None else list(actions)
+        if limit <= 0 or actions == []:
+            return []
+        # One statement per combination of filters (four in all), so that each
+        # gets a plan of its own rather than a generic one full of ORs.
+        where: list[str] = ["at >= $1"]
+        args: list[object] = [since_at]
+        if user_id is not None:
+            args.append(user_id)
+            where.append(f"user_id = ${len(args)}")
+        if actions is not None:
+            args.append(actions)
+            where.append(f"action = ANY(${len(args)}::text[])")
+        args.append(limit)
+        # The newest ``limit`` that match, handed back oldest first.
+        sql = (
+            f"SELECT {_AUDIT_COLUMNS} FROM audit_log WHERE {' AND '.join(where)} "
+            f"ORDER BY seq DESC LIMIT ${len(args)}"
+        )
+        rows = await self._retryable(lambda c: c.fetch(sql, *args))
+        return [_audit_event(r) for r in reversed(rows)]
 
     # --- messages -----------------------------------------------------------
 

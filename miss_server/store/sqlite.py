@@ -34,10 +34,13 @@ from protocol.frames import STATUSES
 from . import migrations as migration_files
 from .base import (
     AcceptResult,
+    AuditEvent,
     CodeInvalid,
     Device,
+    Invitation,
     Kind,
     NewMessage,
+    Organisation,
     Queued,
     SchemaMismatch,
     StoreUnavailable,
@@ -63,15 +66,25 @@ def _queued(row: tuple[Any, ...]) -> Queued:
 def _user(row: tuple[Any, ...] | None) -> User | None:
     if row is None:
         return None
-    return User(row[0], row[1], row[2], row[3], row[4], row[5], bool(row[6]), row[7])
+    return User(row[0], row[1], row[2], row[3], row[4], row[5], bool(row[6]), row[7], row[8])
 
 
 def _device(row: tuple[Any, ...]) -> Device:
     return Device(row[0], row[1], row[2], row[3], row[4], row[5], row[6] is not None)
 
 
-_USER_COLUMNS = "user_id, name, rpps, profession, organisation, created_at, suspended, status"
+def _audit_event(row: tuple[Any, ...]) -> AuditEvent:
+    return AuditEvent(row[1], row[2], row[3], row[4], row[5], row[6], row[7], row[0])
+
+
+def _like_pattern(query: str) -> str:
+    """``query`` for ``LIKE '%' || ? || '%' ESCAPE '\\'``: its own %, _ and \\ are literal."""
+    return query.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+
+
+_USER_COLUMNS = "user_id, name, rpps, profession, organisation, created_at, suspended, status, attestation"
 _DEVICE_COLUMNS = "device_id, user_id, sign_pk, box_pk, label, created_at, revoked_at"
+_AUDIT_COLUMNS = "seq, at, actor, action, user_id, device_id, address, detail"
 
 
 # Lists of ids travel as one JSON array (json_each): one statement and one
@@ -87,6 +100,18 @@ WHERE u.user_id IN (SELECT value FROM json_each(:candidates))
        OR u.user_id IN (SELECT user_b FROM contacts WHERE user_a = :viewer
                         UNION ALL
                         SELECT user_a FROM contacts WHERE user_b = :viewer))"""
+
+# A plain scan of users (no index serves a substring): fine for the few
+# thousand clinicians of a hub. lower() folds ASCII only, as SQLite's LIKE does.
+_SEARCH_USERS = f"""
+SELECT {_USER_COLUMNS} FROM users
+WHERE attestation IS NOT NULL AND NOT suspended
+  AND (lower(name) LIKE '%' || lower(:q) || '%' ESCAPE '\\'
+       OR lower(rpps) LIKE '%' || lower(:q) || '%' ESCAPE '\\'
+       OR lower(profession) LIKE '%' || lower(:q) || '%' ESCAPE '\\'
+       OR lower(organisation) LIKE '%' || lower(:q) || '%' ESCAPE '\\')
+ORDER BY name, user_id
+LIMIT :limit"""
 
 
 class _Conn(sqlite3.Connection):
@@ -307,7 +332,7 @@ class SQLiteStore:
 
         def run(conn: sqlite3.Connection) -> None:
             conn.execute(
-                f"INSERT INTO users ({_USER_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, 0, ?)",
+                f"INSERT INTO users ({_USER_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, 0, ?, NULL)",
                 (user.user_id, name, rpps, profession, organisation, now, user.status),
             )
 
@@ -413,6 +438,135 @@ class SQLiteStore:
                 (user_id,),
             ).fetchall()
             return [_device(r) for r in rows]
+
+        return await self._read(run)
+
+    # --- verification, suspension, revocation ----------------------------------
+
+    async def set_attestation(self, user_id: str, attestation: bytes) -> None:
+        await self._update_user(user_id, "attestation", attestation)
+
+    async def set_suspended(self, user_id: str, suspended: bool) -> None:
+        await self._update_user(user_id, "suspended", int(suspended))
+
+    async def _update_user(self, user_id: str, column: str, value: Any) -> None:
+        """Set one column of a user's row. An unknown user makes the UPDATE
+        write nothing, and LookupError is raised here, not in the writer, so
+        that it cannot fail the batch it rode in."""
+
+        def run(conn: sqlite3.Connection) -> int:
+            return int(
+                conn.execute(f"UPDATE users SET {column} = ? WHERE user_id = ?", (value, user_id)).rowcount
+            )
+
+        if not await self._write(run):
+            raise LookupError(f"unknown user {user_id!r}")
+
+    async def revoke_device(self, device_id: str, now: int) -> Device | None:
+        def run(conn: sqlite3.Connection) -> Device | None:
+            row = conn.execute(
+                "UPDATE devices SET revoked_at = ? WHERE device_id = ? AND revoked_at IS NULL "
+                f"RETURNING {_DEVICE_COLUMNS}",
+                (now, device_id),
+            ).fetchone()
+            if row is None:
+                return None
+            conn.execute("DELETE FROM queue WHERE device_id = ?", (device_id,))
+            # _Conn's caches stay true: a revoked device keeps its owner (_ack
+            # finds nothing left to delete), and contacts are between users.
+            # user_devices() reads the table, never a cache. An accept whose
+            # targets were read before this commit may still queue rows for
+            # the device; they stay until they expire (accept does not check).
+            return Device(row[0], row[1], row[2], row[3], row[4], row[5], revoked=False)
+
+        return await self._write(run)
+
+    async def search_users(self, query: str, limit: int) -> list[User]:
+        if limit <= 0:
+            return []
+
+        def run(conn: sqlite3.Connection) -> list[User]:
+            rows = conn.execute(_SEARCH_USERS, {"q": _like_pattern(query), "limit": limit}).fetchall()
+            return [u for u in map(_user, rows) if u is not None]
+
+        return await self._read(run)
+
+    # --- organisations and invitations ------------------------------------------
+
+    async def add_organisation(self, name: str, now: int) -> Organisation:
+        def run(conn: sqlite3.Connection) -> int:
+            return int(
+                conn.execute(
+                    "INSERT INTO organisations (name, created_at) VALUES (?, ?) ON CONFLICT DO NOTHING",
+                    (name, now),
+                ).rowcount
+            )
+
+        # A duplicate inserts nothing and fails here, not in the writer's batch.
+        if not await self._write(run):
+            raise ValueError(f"organisation {name!r} exists")
+        return Organisation(name, now)
+
+    async def list_organisations(self) -> list[Organisation]:
+        return await self._read(
+            lambda c: [
+                Organisation(*row)
+                for row in c.execute("SELECT name, created_at FROM organisations ORDER BY name")
+            ]
+        )
+
+    async def invitations(self, now: int) -> list[Invitation]:
+        return await self._read(
+            lambda c: [
+                Invitation(*row)
+                for row in c.execute(
+                    "SELECT user_id, expires_at FROM enrollment_codes "
+                    "WHERE used_at IS NULL AND expires_at > ? ORDER BY expires_at, user_id, code_hash",
+                    (now,),
+                )
+            ]
+        )
+
+    # --- audit log ----------------------------------------------------------------
+
+    async def audit(self, events: list[AuditEvent]) -> None:
+        if not events:
+            return
+        rows = [(e.at, e.actor, e.action, e.user_id, e.device_id, e.address, e.detail) for e in events]
+        await self._write(
+            lambda c: c.executemany(
+                "INSERT INTO audit_log (at, actor, action, user_id, device_id, address, detail) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?)",
+                rows,
+            )
+        )
+
+    async def audit_log(
+        self,
+        *,
+        since_at: int = 0,
+        user_id: str | None = None,
+        actions: list[str] | None = None,
+        limit: int = 100,
+    ) -> list[AuditEvent]:
+        """``actions=[]`` matches nothing."""
+        actions = None if actions is None else list(actions)
+        if limit <= 0 or actions == []:
+            return []
+        where: list[str] = ["at >= ?"]
+        params: list[object] = [since_at]
+        if user_id is not None:
+            where.append("user_id = ?")
+            params.append(user_id)
+        if actions is not None:
+            where.append("action IN (SELECT value FROM json_each(?))")
+            params.append(json.dumps(actions))
+        # The newest ``limit`` that match, handed back oldest first.
+        sql = f"SELECT {_AUDIT_COLUMNS} FROM audit_log WHERE {' AND '.join(where)} ORDER BY seq DESC LIMIT ?"
+        params.append(limit)
+
+        def run(conn: sqlite3.Connection) -> list[AuditEvent]:
+            return [_audit_event(r) for r in reversed(conn.execute(sql, params).fetchall())]
 
         return await self._read(run)
 

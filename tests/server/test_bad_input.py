@@ -8,6 +8,7 @@ import asyncio
 
 import msgpack
 import pytest
+from authority import verify
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 from wire import RawDevice, invite
@@ -207,6 +208,7 @@ async def test_missing_device_is_named(hub: HubServer, pair: Pair) -> None:
     code = await _link_code(pair.b)
     second = RawDevice(hub.url, keys=crypto.DeviceKeys.generate())
     await second.enroll(code)
+    await verify(hub.store, pair.b.user_id)  # the administrator attests the new device too
     send = pair.a.message(pair.lb, "stale list")  # pair.lb predates the new device
     await pair.a.send_frame(send)
     reply = await pair.a.recv()

@@ -22,6 +22,8 @@ async def enrolled_pair(hub: HubProcess) -> tuple[RawDevice, RawDevice]:
     a, b = RawDevice(hub.url), RawDevice(hub.url)
     await a.enroll(code_a)
     await b.enroll(code_b)
+    await asyncio.to_thread(hub.verify, a.user_id)  # miss-admin verify, as after any enrollment
+    await asyncio.to_thread(hub.verify, b.user_id)
     return a, b
 
 

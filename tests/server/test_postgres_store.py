@@ -162,9 +162,16 @@ async def test_migrate_creates_the_schema_and_is_idempotent(
     tables = await admin.fetch(
         "SELECT table_name FROM information_schema.tables WHERE table_schema = $1", schema
     )
-    assert {"users", "devices", "enrollment_codes", "accepted_ids", "queue", "contacts"} <= {
-        r[0] for r in tables
-    }
+    assert {
+        "users",
+        "devices",
+        "enrollment_codes",
+        "accepted_ids",
+        "queue",
+        "contacts",
+        "organisations",
+        "audit_log",
+    } <= {r[0] for r in tables}
     await s.open()
     assert await s.list_users() == []
 

@@ -12,6 +12,7 @@ import secrets
 import sqlite3
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -22,8 +23,11 @@ from store_samples import DAY, NOW, message, user_with_devices
 from miss_server.codes import code_hash
 from miss_server.store import migrations
 from miss_server.store.base import (
+    AuditEvent,
     CodeInvalid,
+    Invitation,
     Kind,
+    Organisation,
     SchemaMismatch,
     Store,
     StoreUnavailable,
@@ -283,14 +287,15 @@ async def test_contacts_survive_resends_replies_and_notes_to_self(store: Store) 
 
 # --- migrating an existing database ------------------------------------------------------
 
-# A version 1 database in use: three users, two devices, one message still
-# queued from the clinic (u_c) to the hospital (u_a). Blobs are written by
-# the dialect's formatter.
+# A version 1 database in use: four users (one of no organisation), two
+# devices, one message still queued from the clinic (u_c) to the hospital
+# (u_a). Blobs are written by the dialect's formatter.
 V1_DATA = """
 INSERT INTO users (user_id, name, rpps, profession, organisation, created_at, suspended) VALUES
     ('u_a', 'Dr A', '10000000001', 'médecin', 'CHRU', {now}, FALSE),
-    ('u_b', 'Dr B', '10000000002', 'infirmier', 'CHRU', {now}, FALSE),
-    ('u_c', 'Dr C', '10000000003', 'médecin', 'Clinique du Parc', {now}, TRUE);
+    ('u_b', 'Dr B', '10000000002', 'infirmier', 'CHRU', {earlier}, FALSE),
+    ('u_c', 'Dr C', '10000000003', 'médecin', 'Clinique du Parc', {now}, TRUE),
+    ('u_d', 'Dr D', '10000000004', 'médecin', '', {now}, FALSE);
 INSERT INTO devices (device_id, user_id, sign_pk, box_pk, label, created_at, revoked_at) VALUES
     ('d_a1', 'u_a', {sign_a}, {box}, 'phone', {now}, NULL),
     ('d_c1', 'u_c', {sign_c}, {box}, 'desk', {now}, NULL);
@@ -304,6 +309,7 @@ VALUES ('d_a1', 1, {mid}, 'u_c', 'd_c1', 'u_a', {now}, {expires}, {payload});
 def _v1_data(blob: Callable[[bytes], str]) -> str:
     return V1_DATA.format(
         now=NOW,
+        earlier=NOW - 5,
         expires=NOW + DAY,
         sign_a=blob(b"a" * 32),
         sign_c=blob(b"c" * 32),
@@ -363,6 +369,7 @@ async def test_a_version_1_database_migrates_with_its_data(kind: str, tmp_path: 
             ("u_a", False, "available"),
             ("u_b", False, "available"),
             ("u_c", True, "available"),
+            ("u_d", False, "available"),
         ]
         [row] = await s.pending("d_a1", 0, 10, NOW)
         assert (row.kind, row.message_id, row.peer_user, row.peer_device, row.payload) == (
@@ -381,9 +388,292 @@ async def test_a_version_1_database_migrates_with_its_data(kind: str, tmp_path: 
         assert await s.statuses(["u_a", "u_b"]) == {"u_a": "available", "u_b": "off_duty"}
         await s.ack("d_a1", [row.seq], NOW + 1, NOW + DAY)
         assert await s.count_pending("d_c1") == 1  # the delivered receipt
+        # Version 3: the organisations users named, dated by their first user; nobody attested yet.
+        assert await s.list_organisations() == [
+            Organisation("CHRU", NOW - 5),
+            Organisation("Clinique du Parc", NOW),
+        ]
+        assert [u.attestation for u in await s.list_users()] == [None] * 4
+        await s.set_attestation("u_a", b"attested")
+        assert [u.user_id for u in await s.search_users("dr", 10)] == ["u_a"]
+        assert await s.audit_log() == []
 
 
 async def test_an_empty_organisation_makes_nobody_a_colleague(store: Store) -> None:
     a = await store.create_user("Dr A", "10000000001", "médecin", "", NOW)
     b = await store.create_user("Dr B", "10000000002", "médecin", "", NOW)
     assert await store.visible_users(a.user_id, [b.user_id]) == set()
+
+
+# --- verification, suspension, revocation ----------------------------------------------
+
+
+async def test_attestation_round_trips_through_every_user_read(store: Store) -> None:
+    a = await store.create_user("Dr A", "10000000001", "médecin", "CHRU", NOW)
+    b = await store.create_user("Dr B", "10000000002", "médecin", "CHRU", NOW)
+    assert a.attestation is None and await store.get_user(a.user_id) == a
+    await store.set_attestation(a.user_id, b"first")
+    att = bytes(range(256))  # any bytes, NUL included
+    await store.set_attestation(a.user_id, att)  # replaces the first
+    expected = replace(a, attestation=att)
+    assert await store.get_user(a.user_id) == expected
+    assert await store.find_user_by_rpps("10000000001") == expected
+    assert await store.list_users() == [expected, b]
+    with pytest.raises(LookupError):
+        await store.set_attestation("u_nobody", b"x")
+    assert await store.list_users() == [expected, b]
+
+
+async def test_an_unknown_user_fails_alone_among_concurrent_writes(store: Store) -> None:
+    a = await store.create_user("Dr A", "10000000001", "médecin", "CHRU", NOW)
+    results = await asyncio.gather(
+        store.set_attestation("u_nobody", b"x"),
+        store.set_suspended("u_nobody", True),
+        store.set_attestation(a.user_id, b"att"),
+        store.set_status(a.user_id, "busy"),
+        store.create_user("Dr B", "10000000002", "médecin", "CHRU", NOW),
+        return_exceptions=True,
+    )
+    assert [type(r) for r in results[:2]] == [LookupError, LookupError]
+    assert results[2:4] == [None, None] and isinstance(results[4], User)
+    assert await store.get_user(a.user_id) == replace(a, attestation=b"att", status="busy")
+
+
+async def test_suspension_is_recorded_and_lifted(store: Store) -> None:
+    a = await store.create_user("Dr A", "10000000001", "médecin", "CHRU", NOW)
+    b = await store.create_user("Dr B", "10000000002", "médecin", "CHRU", NOW)
+    assert not a.suspended
+    await store.set_suspended(a.user_id, True)
+    await store.set_suspended(a.user_id, True)  # twice is once
+    assert await store.get_user(a.user_id) == replace(a, suspended=True)
+    assert await store.find_user_by_rpps("10000000001") == replace(a, suspended=True)
+    assert [u.suspended for u in await store.list_users()] == [True, False]
+    await store.set_suspended(a.user_id, False)
+    assert await store.get_user(a.user_id) == a and await store.get_user(b.user_id) == b
+    with pytest.raises(LookupError):
+        await store.set_suspended("u_nobody", True)
+
+
+async def test_revoking_a_device_is_for_ever_and_drops_its_queue(store: Store) -> None:
+    a, (a1,) = await user_with_devices(store, "10000000001", 1)
+    b, (b1, b2) = await user_with_devices(store, "10000000002", 2)
+    first = await store.accept(message(1, a, a1, b, [b1, b2]))
+    await store.accept(message(2, a, a1, b, [b1, b2]))
+    before = await store.get_device(b1)
+    assert before is not None and not before.revoked
+    assert await store.revoke_device(b1, NOW + 10) == before  # as it was
+    assert await store.get_device(b1) == replace(before, revoked=True)
+    assert [d.device_id for d in await store.user_devices(b)] == [b2]
+    assert await store.pending(b1, 0, 10, NOW) == [] and await store.count_pending(b1) == 0
+    assert await store.count_pending(b2) == 2  # the other device keeps its rows
+    # Acking a row the revocation deleted does nothing.
+    to_b1 = next(q for q in first.queued if q.device_id == b1)
+    assert await store.ack(b1, [to_b1.seq], NOW + 11, NOW + DAY) == []
+    assert await store.count_pending(a1) == 0
+    # Again, or an unknown device: nothing.
+    assert await store.revoke_device(b1, NOW + 20) is None
+    assert await store.revoke_device("d_nobody", NOW + 20) is None
+    assert await store.get_device(b1) == replace(before, revoked=True)
+    # Messages afterwards go to the devices that remain.
+    targets = [d.device_id for d in await store.user_devices(b)]
+    result = await store.accept(message(3, a, a1, b, targets))
+    assert not result.duplicate and [q.device_id for q in result.queued] == [b2]
+    assert await store.count_pending(b1) == 0 and await store.count_pending(b2) == 3
+
+
+async def test_receipts_skip_a_revoked_sender_device(store: Store) -> None:
+    a, (a1, a2) = await user_with_devices(store, "10000000001", 2)
+    b, (b1,) = await user_with_devices(store, "10000000002", 1)
+    row = (await store.accept(message(1, a, a1, b, [b1]))).queued[0]
+    # The owners cache of a store that keeps one learns of a2 before its revocation.
+    assert await store.ack(a2, [], NOW, NOW + DAY) == []
+    revoked = await store.revoke_device(a2, NOW + 1)
+    assert revoked is not None and revoked.device_id == a2 and not revoked.revoked
+    receipts = await store.ack(b1, [row.seq], NOW + 2, NOW + DAY)
+    assert [r.device_id for r in receipts] == [a1]
+    assert await store.count_pending(a2) == 0
+
+
+async def test_revocations_and_other_writes_at_once(store: Store) -> None:
+    a, (a1,) = await user_with_devices(store, "10000000001", 1)
+    b, (b1, b2, b3) = await user_with_devices(store, "10000000002", 3)
+    await store.accept(message(1, a, a1, b, [b1, b2, b3]))
+    results = await asyncio.gather(
+        store.revoke_device(b1, NOW + 1),
+        store.revoke_device(b1, NOW + 1),
+        store.revoke_device(b2, NOW + 1),
+        store.accept(message(2, a, a1, b, [b3])),
+    )
+    assert sorted(r is None for r in results[:3]) == [False, False, True]
+    assert [d.device_id for d in await store.user_devices(b)] == [b3]
+    assert [await store.count_pending(d) for d in (b1, b2, b3)] == [0, 0, 2]
+
+
+# --- search ------------------------------------------------------------------------------
+
+
+async def _attested(store: Store, name: str, rpps: str, profession: str, organisation: str) -> str:
+    user = await store.create_user(name, rpps, profession, organisation, NOW)
+    await store.set_attestation(user.user_id, b"att-" + rpps.encode())
+    return user.user_id
+
+
+async def test_search_matches_each_field_case_insensitively(store: Store) -> None:
+    alice = await _attested(store, "Alice Martin", "10000000001", "Cardiologue", "CHRU Lille")
+    bob = await _attested(store, "bob durand", "10000000002", "Infirmier", "Clinique_du_Parc")
+    chloe = await _attested(store, "Chloé 100% Dispo", "10000000003", "médecin", "Cabinet Dupont")
+    denis = await _attested(store, "Denis Back\\slash", "10000000004", "sage-femme", "Maternité")
+
+    async def search(query: str, limit: int = 10) -> list[str]:
+        return [u.user_id for u in await store.search_users(query, limit)]
+
+    assert await search("alice") == await search("ALICE") == await search("iCe mAr") == [alice]
+    assert await search("0000000002") == [bob]  # RPPS
+    assert await search("INFIRM") == await search("infirmier") == [bob]  # profession
+    assert await search("lille") == await search("chru") == [alice]  # organisation
+    assert await search("DUPONT") == await search("chloé") == [chloe]
+    assert await search("nobody") == []
+    # Wildcards and the escape character in the query are literal.
+    assert await search("_") == await search("e_d") == [bob]
+    assert await search("%") == await search("0%") == [chloe]
+    assert await search("\\") == [denis]
+    assert await search("a%n") == await search("b_b") == []
+    # By name (code point order: capitals first), then at most ``limit``.
+    assert await search("000000000") == [alice, chloe, denis, bob]
+    assert await search("000000000", 2) == [alice, chloe]
+    assert await search("000000000", 0) == []
+    found = await store.search_users("alice", 10)
+    assert [u.attestation for u in found] == [b"att-10000000001"]
+
+
+async def test_search_shows_only_attested_unsuspended_users(store: Store) -> None:
+    alice = await _attested(store, "Dr Alice", "10000000001", "médecin", "CHRU")
+    unverified = await store.create_user("Dr Alice Unverified", "10000000002", "médecin", "CHRU", NOW)
+    suspended = await _attested(store, "Dr Alice Suspended", "10000000003", "médecin", "CHRU")
+    await store.set_suspended(suspended, True)
+    assert [u.user_id for u in await store.search_users("alice", 10)] == [alice]
+    await store.set_suspended(suspended, False)
+    await store.set_attestation(unverified.user_id, b"now verified")
+    assert [u.user_id for u in await store.search_users("alice", 10)] == [
+        alice,
+        suspended,
+        unverified.user_id,
+    ]
+
+
+async def test_search_orders_namesakes_by_user_id(store: Store) -> None:
+    ids = [await _attested(store, "Dr Martin", f"1000000000{i}", "médecin", "CHRU") for i in range(4)]
+    assert [u.user_id for u in await store.search_users("martin", 10)] == sorted(ids)
+    assert [u.user_id for u in await store.search_users("martin", 3)] == sorted(ids)[:3]
+
+
+# --- organisations and invitations ---------------------------------------------------------
+
+
+async def test_organisations_are_unique_and_listed_by_name(store: Store) -> None:
+    assert await store.list_organisations() == []
+    assert await store.add_organisation("Clinique du Parc", NOW) == Organisation("Clinique du Parc", NOW)
+    assert await store.add_organisation("CHRU", NOW + 1) == Organisation("CHRU", NOW + 1)
+    with pytest.raises(ValueError):
+        await store.add_organisation("CHRU", NOW + 2)
+    assert await store.list_organisations() == [
+        Organisation("CHRU", NOW + 1),
+        Organisation("Clinique du Parc", NOW),
+    ]
+    # A duplicate fails alone among concurrent writes.
+    results = await asyncio.gather(
+        store.add_organisation("Cabinet Dupont", NOW + 3),
+        store.add_organisation("Cabinet Dupont", NOW + 3),
+        store.create_user("Dr A", "10000000001", "médecin", "Cabinet Dupont", NOW),
+        return_exceptions=True,
+    )
+    assert sorted(type(r).__name__ for r in results[:2]) == ["Organisation", "ValueError"]
+    assert isinstance(results[2], User)
+    assert [o.name for o in await store.list_organisations()] == [
+        "CHRU",
+        "Cabinet Dupont",
+        "Clinique du Parc",
+    ]
+
+
+async def test_invitations_are_unused_unexpired_codes_soonest_first(store: Store) -> None:
+    a = (await store.create_user("Dr A", "10000000001", "médecin", "CHRU", NOW)).user_id
+    b = (await store.create_user("Dr B", "10000000002", "médecin", "CHRU", NOW)).user_id
+    assert await store.invitations(NOW) == []
+    await store.add_enrollment_code(a, code_hash("A-LATE"), NOW + 3000)
+    await store.add_enrollment_code(b, code_hash("B-SOON"), NOW + 1000)
+    await store.add_enrollment_code(a, code_hash("A-MID"), NOW + 2000)
+    await store.add_enrollment_code(b, code_hash("B-GONE"), NOW)  # expires at NOW: expired
+    assert await store.invitations(NOW) == [
+        Invitation(b, NOW + 1000),
+        Invitation(a, NOW + 2000),
+        Invitation(a, NOW + 3000),
+    ]
+    await store.enroll_device(code_hash("B-SOON"), b"s" * 32, b"b" * 32, "phone", NOW + 1)
+    assert await store.invitations(NOW + 1) == [Invitation(a, NOW + 2000), Invitation(a, NOW + 3000)]
+    assert await store.invitations(NOW + 2000) == [Invitation(a, NOW + 3000)]
+    assert await store.invitations(NOW + 3000) == []
+
+
+# --- audit log -------------------------------------------------------------------------------
+
+EVENTS = [
+    AuditEvent(NOW, "admin:root", "user.created", user_id="u_a", detail="RPPS 10000000001"),
+    AuditEvent(NOW + 1, "u_a", "auth.failed", user_id="u_a", device_id="d_a1", address="192.0.2.7"),
+    AuditEvent(NOW + 2, "admin:root", "device.revoked", user_id="u_b", device_id="d_b1"),
+    AuditEvent(NOW + 3, "hub", "user.suspended", user_id="u_b", address="2001:db8::1", detail="é ✓"),
+    AuditEvent(NOW + 3, "hub", "hub.started"),
+]
+
+
+async def test_audit_appends_and_reads_oldest_first(store: Store) -> None:
+    assert await store.audit_log() == []
+    await store.audit(EVENTS[:2])
+    await store.audit([])
+    await store.audit(EVENTS[2:])
+    log = await store.audit_log()
+    assert [replace(e, seq=0) for e in log] == EVENTS
+    seqs = [e.seq for e in log]
+    assert seqs[0] > 0 and seqs == sorted(set(seqs))
+
+    async def read(**kwargs: Any) -> list[AuditEvent]:
+        return [replace(e, seq=0) for e in await store.audit_log(**kwargs)]
+
+    assert await read(since_at=NOW + 2) == EVENTS[2:]
+    assert await read(since_at=NOW + 4) == []
+    assert await read(user_id="u_b") == EVENTS[2:4]
+    assert await read(user_id="u_nobody") == []
+    assert await read(actions=["user.suspended", "device.revoked"]) == EVENTS[2:4]
+    assert await read(actions=["device.revoked"], since_at=NOW + 3) == []
+    assert await read(actions=[]) == []
+    assert await read(user_id="u_a", actions=["auth.failed", "device.revoked"]) == [EVENTS[1]]
+    assert await read(user_id="u_a", since_at=NOW + 1, actions=["auth.failed"]) == [EVENTS[1]]
+    # More match than ``limit``: the newest, still oldest first.
+    assert await read(limit=2) == EVENTS[3:]
+    assert await read(user_id="u_a", limit=1) == [EVENTS[1]]
+    assert await read(limit=0) == []
+    # The store assigns seq, whatever the event carried.
+    await store.audit([replace(EVENTS[0], at=NOW + 9, seq=1)])
+    [last] = await store.audit_log(since_at=NOW + 9)
+    assert last.seq > seqs[-1] and last.seq not in seqs
+
+
+async def test_audit_keeps_order_and_takes_concurrent_appends(store: Store) -> None:
+    batch = [AuditEvent(NOW, "hub", "test.batch", detail=str(i)) for i in range(150)]
+    await store.audit(batch)
+    await asyncio.gather(*(store.audit([AuditEvent(NOW + 1, f"u_{i}", "test.one")]) for i in range(20)))
+    newest = await store.audit_log()  # the default limit: 100
+    assert len(newest) == 100 and [e.detail for e in newest[:80]] == [str(i) for i in range(70, 150)]
+    assert sorted(e.actor for e in newest[80:]) == sorted(f"u_{i}" for i in range(20))
+    assert [e.seq for e in newest] == sorted({e.seq for e in newest})
+    in_order = await store.audit_log(actions=["test.batch"], limit=1000)
+    assert [e.detail for e in in_order] == [str(i) for i in range(150)]
+
+
+async def test_expire_keeps_the_audit_log(store: Store) -> None:
+    a, (a1,) = await user_with_devices(store, "10000000001", 1)
+    b, (b1,) = await user_with_devices(store, "10000000002", 1)
+    await store.audit(EVENTS)
+    await store.accept(message(1, a, a1, b, [b1], ts=NOW))
+    assert await store.expire(NOW + 10 * DAY) == 1
+    assert [replace(e, seq=0) for e in await store.audit_log()] == EVENTS

@@ -13,6 +13,8 @@ import sys
 import time
 from pathlib import Path
 
+from authority import AUTHORITY_TEXT, UNLIMITED, write_key_file
+
 BIN = Path(sys.executable).parent
 URL_LINE = re.compile(r"MiSS hub serving (ws://\S+)")
 
@@ -29,6 +31,12 @@ class HubProcess:
         self.env = {**os.environ, **(env or {})}
         self.env.setdefault("MISS_STORE", f"sqlite:///{workdir / 'data' / 'miss.db'}")
         self.env["MISS_LOG_LEVEL"] = "debug"
+        # The tests' authority (authority.py): the hub gets its public key,
+        # miss-admin its key file; budgets out of reach unless a test sets them.
+        self.env.setdefault("MISS_AUTHORITY_KEY", AUTHORITY_TEXT)
+        self.env.setdefault("MISS_AUTHORITY_KEY_FILE", str(workdir / "authority.key"))
+        for key, value in UNLIMITED.items():
+            self.env.setdefault(f"MISS_{key.upper()}", value)
         self.port = port
         self.log_path = workdir / "hub.log"
         self.proc: subprocess.Popen[str] | None = None
@@ -36,6 +44,9 @@ class HubProcess:
 
     def start(self, timeout: float = 20.0) -> str:
         self.workdir.mkdir(parents=True, exist_ok=True)
+        key_file = Path(self.env["MISS_AUTHORITY_KEY_FILE"])
+        if not key_file.exists():
+            write_key_file(key_file)
         log = self.log_path.open("a")
         self.proc = subprocess.Popen(
             [str(BIN / "miss-server"), "--port", str(self.port)],
@@ -92,8 +103,22 @@ class HubProcess:
         result: dict[str, object] = json.loads(out.stdout)
         return result
 
-    def invite(self, name: str, rpps: str) -> tuple[str, str]:
+    def invite(self, name: str, rpps: str, organisation: str = "CHRU") -> tuple[str, str]:
+        if organisation not in {o["organisation"] for o in self.admin("orgs")["organisations"]}:  # type: ignore[attr-defined]
+            self.admin("org", "add", organisation)
         r = self.admin(
-            "invite", "--name", name, "--rpps", rpps, "--profession", "médecin", "--organisation", "CHRU"
+            "invite",
+            "--name",
+            name,
+            "--rpps",
+            rpps,
+            "--profession",
+            "médecin",
+            "--organisation",
+            organisation,
         )
         return str(r["user"]), str(r["code"])
+
+    def verify(self, user: str) -> dict[str, object]:
+        """``miss-admin verify USER`` with the tests' authority key file."""
+        return self.admin("verify", user)

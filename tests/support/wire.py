@@ -10,10 +10,12 @@ import asyncio
 import time
 from dataclasses import dataclass, field
 
+from authority import verify
 from websockets.asyncio.client import ClientConnection, connect
 
 from miss_server.app import HubServer
 from miss_server.codes import code_hash, new_code
+from miss_server.store.base import Store
 from protocol import crypto
 from protocol.frames import (
     SUBPROTOCOL,
@@ -31,13 +33,24 @@ from protocol.frames import (
     encode,
 )
 
+#: Codes of clinicians to verify as soon as a device enrolls with them.
+_VERIFY_ON_ENROLL: dict[str, Store] = {}
 
-async def invite(hub: HubServer, name: str, rpps: str, organisation: str = "CHRU Test") -> tuple[str, str]:
-    """Record a clinician in the hub's store; returns (user id, enrollment code)."""
+
+async def invite(
+    hub: HubServer, name: str, rpps: str, organisation: str = "CHRU Test", *, verified: bool = True
+) -> tuple[str, str]:
+    """Record a clinician in the hub's store; returns (user id, enrollment code).
+
+    With ``verified`` (the default), :meth:`RawDevice.enroll` with that code
+    then has the tests' authority attest the user and their devices, as an
+    administrator would right after the enrollment (authority.py)."""
     now = time.time_ns() // 1_000_000
     user = await hub.store.create_user(name, rpps, "médecin", organisation, now)
     code = new_code()
     await hub.store.add_enrollment_code(user.user_id, code_hash(code), now + 3_600_000)
+    if verified:
+        _VERIFY_ON_ENROLL[code] = hub.store
     return user.user_id, code
 
 
@@ -66,6 +79,9 @@ class RawDevice:
         welcome = await self.recv()
         assert isinstance(welcome, Welcome), welcome
         self.user_id, self.device_id = welcome.user, welcome.device
+        store = _VERIFY_ON_ENROLL.pop(code, None)
+        if store is not None:
+            await verify(store, self.user_id)
         return welcome
 
     async def auth(self) -> Welcome:
