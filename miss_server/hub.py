@@ -145,6 +145,8 @@ class Hub:
             )
             raise errors.DeviceRevoked(device.device_id)
         account = await self._store_call(self.accounts.get(device.user_id))
+        if account is None or account.suspended:  # the cache may not know of a reinstatement yet
+            account = await self._store_call(self.accounts.get(device.user_id, refresh=True))
         if account is None or account.suspended:
             session.state = State.CLOSED
             raise errors.AccountSuspended(device.user_id)

@@ -33,6 +33,7 @@ async def pairs_across(cluster: Cluster) -> tuple[list[Sender], list[Recipient]]
         s, r = RawDevice(cluster.urls[0]), RawDevice(cluster.urls[1])
         await s.enroll(code_s)
         await r.enroll(code_r)
+        await cluster.verify(s.user_id, r.user_id)
         peer, own = await s.lookup(r.user_id), await s.lookup(s.user_id)
         senders.append(Sender(s, peer, own, cluster.urls))
         recipients.append(Recipient(r, s.keys.box_pk, cluster.urls[::-1]))

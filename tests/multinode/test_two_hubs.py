@@ -18,6 +18,7 @@ async def enroll_on(cluster: Cluster, node: int, name: str, rpps: str) -> RawDev
     _, code = await asyncio.to_thread(cluster.nodes[0].invite, name, rpps)
     dev = RawDevice(cluster.urls[node])
     await dev.enroll(code)
+    await asyncio.to_thread(cluster.nodes[0].verify, dev.user_id)
     return dev
 
 

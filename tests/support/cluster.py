@@ -19,7 +19,10 @@ from pathlib import Path
 
 import asyncpg
 import redis.asyncio as aioredis
+from authority import verify
 from hubproc import BIN, HubProcess
+
+from miss_server.store.postgres import PostgresStore
 
 POSTGRES = os.environ.get("MISS_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/test")
 REDIS = os.environ.get("MISS_TEST_REDIS", "redis://127.0.0.1:6379/0")
@@ -34,6 +37,17 @@ class Cluster:
     @property
     def urls(self) -> list[str]:
         return [n.url for n in self.nodes]
+
+    async def verify(self, *user_ids: str) -> None:
+        """Attest users with the tests' authority, straight into PostgreSQL
+        (what ``miss-admin verify`` does, without a process per user)."""
+        store = PostgresStore(self.env["MISS_STORE"])
+        await store.open()
+        try:
+            for user_id in user_ids:
+                await verify(store, user_id)
+        finally:
+            await store.close()
 
 
 @asynccontextmanager

@@ -23,10 +23,12 @@ from protocol.frames import (
     Auth,
     Challenge,
     Deliver,
+    Delivered,
     Enroll,
     Frame,
     Lookup,
     LookupOk,
+    Presence,
     Send,
     Welcome,
     decode,
@@ -64,6 +66,7 @@ class RawDevice:
     device_id: str = ""
     ws: ClientConnection | None = None
     nonce: bytes = b""
+    held: list[Frame] = field(default_factory=list)  # pushes read while waiting for an answer
 
     async def open(self) -> Challenge:
         self.ws = await connect(self.url, subprotocols=[SUBPROTOCOL], max_size=None)  # type: ignore[list-item]
@@ -97,16 +100,25 @@ class RawDevice:
         await self.ws.send(encode(frame))
 
     async def recv(self, timeout: float = 5.0) -> Frame:
+        if self.held:
+            return self.held.pop(0)
         assert self.ws is not None
         data = await asyncio.wait_for(self.ws.recv(), timeout)
         assert isinstance(data, bytes)
         return decode(data)
 
     async def lookup(self, user: str) -> LookupOk:
+        """Look ``user`` up; deliveries that arrive first are held for :meth:`recv`."""
         await self.send_frame(Lookup(rid=1, user=user))
-        reply = await self.recv()
-        assert isinstance(reply, LookupOk), reply
-        return reply
+        skipped = []
+        while True:
+            reply = await self.recv()
+            if isinstance(reply, (Deliver, Delivered, Presence)):
+                skipped.append(reply)
+                continue
+            self.held[:0] = skipped
+            assert isinstance(reply, LookupOk), reply
+            return reply
 
     def message(self, to: LookupOk, body: str, own: LookupOk | None = None, mid: bytes | None = None) -> Send:
         """A ``send`` sealing ``body`` for every device of ``to`` and of ``own``

@@ -1,0 +1,403 @@
+"""Only verified clinicians talk (SPEC.md §11), seen from the wire: the hub
+refuses unverified and suspended accounts, revokes devices for ever, serves
+the directory of attested clinicians, and audits what happened."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import json
+import time
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any
+
+import nacl.signing
+import pytest
+from authority import AUTHORITY_TEXT, UNLIMITED, verify, write_key_file
+from websockets.exceptions import ConnectionClosed
+from wire import RawDevice, invite
+
+from miss_server import admin
+from miss_server.app import HubServer
+from miss_server.config import load_settings
+from protocol import attestation, crypto, errors
+from protocol.frames import (
+    Accepted,
+    Auth,
+    Deliver,
+    Devices,
+    DevicesOk,
+    Enroll,
+    Error,
+    LinkCode,
+    LinkCodeOk,
+    Ok,
+    Revoke,
+    Search,
+    SearchOk,
+)
+
+HubFactory = Callable[..., Any]
+
+
+@pytest.fixture
+async def make_hub(tmp_path: Path) -> AsyncIterator[HubFactory]:
+    """``await make_hub(**settings)``: a hub like the ``hub`` fixture's, with overrides."""
+    started: list[HubServer] = []
+
+    async def make(**overrides: Any) -> HubServer:
+        settings = load_settings(
+            store=f"sqlite:///{tmp_path}/miss.db",
+            port=0,
+            auth_timeout_seconds=2,
+            authority_key=AUTHORITY_TEXT,
+            **{**UNLIMITED, **overrides},
+        )
+        server = HubServer(settings)
+        await server.start()
+        started.append(server)
+        return server
+
+    yield make
+    for server in started:
+        await server.stop()
+
+
+async def enrolled(hub: HubServer, name: str, rpps: str, *, verified: bool = True) -> RawDevice:
+    _, code = await invite(hub, name, rpps, verified=verified)
+    dev = RawDevice(hub.url)
+    await dev.enroll(code)
+    return dev
+
+
+async def send_text(sender: RawDevice, to: str, body: str) -> Accepted | Error:
+    """Look both users up, seal for their devices, send; the hub's answer."""
+    peer, own = await sender.lookup(to), await sender.lookup(sender.user_id)
+    frame = sender.message(peer, body, own)
+    await sender.send_frame(frame)
+    while True:  # deliveries to the sender may come first
+        reply = await sender.recv()
+        if isinstance(reply, (Accepted, Error)) and reply.id == frame.id:
+            return reply
+
+
+async def closed_with(dev: RawDevice, timeout: float) -> tuple[Error | None, int | None]:
+    """Read until the hub closes the connection: (last error frame, close code)."""
+    assert dev.ws is not None
+    error = None
+    deadline = time.monotonic() + timeout
+    try:
+        while True:
+            frame = await dev.recv(timeout=max(0.01, deadline - time.monotonic()))
+            if isinstance(frame, Error):
+                error = frame
+    except ConnectionClosed:
+        pass
+    return error, dev.ws.close_code
+
+
+async def auth_refused(dev: RawDevice) -> tuple[Error | None, int | None]:
+    """Authenticate again; the error and close code the hub answers with."""
+    await dev.open()
+    sig = dev.keys.sign(crypto.auth_message(dev.nonce, dev.device_id))
+    await dev.send_frame(Auth(1, dev.device_id, sig))
+    return await closed_with(dev, 5)
+
+
+def run_admin(hub: HubServer, *args: str) -> None:
+    """``miss-admin`` against the hub's store, as an administrator types it."""
+    assert admin.main(["--store", hub.settings.store, *args]) == 0
+
+
+# --- verification -------------------------------------------------------------------
+
+
+async def test_unverified_accounts_can_neither_send_nor_be_written_to(hub: HubServer) -> None:
+    alice = await enrolled(hub, "Alice", "10000000001", verified=False)
+    bob = await enrolled(hub, "Bob", "10000000002")
+
+    reply = await send_text(alice, bob.user_id, "hello")
+    assert isinstance(reply, Error) and reply.code == errors.NotVerified.code
+    reply = await send_text(bob, alice.user_id, "hello")
+    assert isinstance(reply, Error) and reply.code == errors.RecipientNotVerified.code
+    assert await hub.store.count_pending(bob.device_id) == 0
+    assert await hub.store.count_pending(alice.device_id) == 0
+
+    # Verified while connected: the next send goes through, no reconnection needed.
+    await verify(hub.store, alice.user_id)
+    assert isinstance(await send_text(alice, bob.user_id, "hello again"), Accepted)
+
+
+@pytest.mark.parametrize("flaw", ["expired", "other key", "other device keys"])
+async def test_an_invalid_attestation_does_not_verify(hub: HubServer, flaw: str) -> None:
+    alice = await enrolled(hub, "Alice", "10000000001", verified=False)
+    bob = await enrolled(hub, "Bob", "10000000002")
+    now = time.time_ns() // 1_000_000
+    if flaw == "expired":
+        await verify(hub.store, alice.user_id, not_before=now - 10_000, not_after=now - 1)
+    elif flaw == "other key":
+        await verify(hub.store, alice.user_id, key=nacl.signing.SigningKey.generate())
+    else:
+        impostor = crypto.DeviceKeys.generate()
+        devices = [attestation.AttestedDevice(alice.device_id, impostor.sign_pk, impostor.box_pk)]
+        await verify(hub.store, alice.user_id, devices=devices)
+    reply = await send_text(alice, bob.user_id, "hello")
+    assert isinstance(reply, Error) and reply.code == errors.NotVerified.code
+
+
+async def test_a_linked_device_is_no_target_until_verified_again(hub: HubServer) -> None:
+    alice = await enrolled(hub, "Alice", "10000000001")
+    bob = await enrolled(hub, "Bob", "10000000002")
+    await bob.send_frame(LinkCode(rid=3))
+    code = await bob.recv()
+    assert isinstance(code, LinkCodeOk)
+    laptop = RawDevice(hub.url)
+    await laptop.enroll(code.code)  # same user: not attested yet
+
+    # Alice seals for the attested phone only: accepted, and the laptop gets nothing.
+    peer = await alice.lookup(bob.user_id)
+    phone_only = dataclasses.replace(
+        peer, devices=tuple(d for d in peer.devices if d.device == bob.device_id)
+    )
+    frame = alice.message(phone_only, "to the phone")
+    await alice.send_frame(frame)
+    assert await alice.recv() == Accepted(frame.id)
+    assert isinstance(await bob.recv(), Deliver)
+    assert await hub.store.count_pending(laptop.device_id) == 0
+    reply = await send_text(laptop, alice.user_id, "from the laptop")
+    assert isinstance(reply, Error) and reply.code == errors.NotVerified.code
+    await bob.send_frame(Devices(rid=4))
+    listed = await bob.recv()
+    assert isinstance(listed, DevicesOk)
+    assert {(d.device, d.attested) for d in listed.devices} == {
+        (bob.device_id, True),
+        (laptop.device_id, False),
+    }
+
+    await verify(hub.store, bob.user_id)  # the administrator attests the laptop too
+    reply = await send_text(laptop, alice.user_id, "from the laptop")
+    assert isinstance(reply, Accepted)
+    assert isinstance(await alice.recv(), Deliver)  # the laptop's message
+    await alice.send_frame(alice.message(phone_only, "stale"))
+    missing = await alice.recv()
+    assert isinstance(missing, Error) and missing.code == errors.MissingDevices.code
+    assert missing.missing == (laptop.device_id,)
+
+
+async def test_too_many_envelopes_are_refused(make_hub: HubFactory) -> None:
+    hub = await make_hub(max_envelopes=1)
+    alice = await enrolled(hub, "Alice", "10000000001")
+    bob = await enrolled(hub, "Bob", "10000000002")
+    await alice.send_frame(LinkCode(rid=1))
+    code = await alice.recv()
+    assert isinstance(code, LinkCodeOk)
+    laptop = RawDevice(hub.url)
+    await laptop.enroll(code.code)
+    await verify(hub.store, alice.user_id)
+    reply = await send_text(alice, bob.user_id, "bob's phone and my laptop: two envelopes")
+    assert isinstance(reply, Error) and reply.code == errors.TooManyRecipients.code
+
+
+# --- directory ------------------------------------------------------------------------
+
+
+async def test_search_answers_with_attestations_of_verified_clinicians_only(hub: HubServer) -> None:
+    alice = await enrolled(hub, "Dr Alice Martin", "10000000001")
+    await enrolled(hub, "Dr Martine Petit", "10000000002", verified=False)
+    bob = await enrolled(hub, "Dr Bob Martinez", "10000000003")
+    await alice.send_frame(Search(rid=9, query="MARTIN"))
+    found = await alice.recv()
+    assert isinstance(found, SearchOk) and found.rid == 9
+    people = [
+        attestation.verify(a, hub.settings.authority_public_key or b"", time.time_ns() // 10**6)
+        for a in found.atts
+    ]
+    assert [(p.user, p.name) for p in people] == [
+        (alice.user_id, "Dr Alice Martin"),
+        (bob.user_id, "Dr Bob Martinez"),
+    ]
+    await alice.send_frame(Search(rid=10, query="10000000003"))
+    by_rpps = await alice.recv()
+    assert isinstance(by_rpps, SearchOk) and len(by_rpps.atts) == 1
+
+
+# --- suspension and revocation ---------------------------------------------------------------
+
+
+async def test_a_suspended_account_is_disconnected_and_cannot_authenticate(hub: HubServer) -> None:
+    alice = await enrolled(hub, "Alice", "10000000001")
+    bob = await enrolled(hub, "Bob", "10000000002")
+    started = time.monotonic()
+    await asyncio.to_thread(run_admin, hub, "suspend", alice.user_id, "--reason", "left the hospital")
+    error, code = await closed_with(alice, 3)
+    assert time.monotonic() - started < 2.0
+    assert code == errors.AccountSuspended.close_code and error and error.code == "account_suspended"
+    assert await auth_refused(alice) == (
+        Error("account_suspended", errors.AccountSuspended.message, fatal=True),
+        errors.AccountSuspended.close_code,
+    )
+    reply = await send_text(bob, alice.user_id, "are you there?")
+    assert isinstance(reply, Error) and reply.code == errors.RecipientNotVerified.code
+
+    await asyncio.to_thread(run_admin, hub, "unsuspend", alice.user_id)
+    assert (await alice.auth()).device == alice.device_id
+    events = await hub.store.audit_log(user_id=alice.user_id)
+    actions = [(e.action, e.actor.startswith("admin")) for e in events]
+    assert ("account.suspended", True) in actions and ("account.unsuspended", True) in actions
+
+
+async def test_a_clinician_revokes_a_lost_device_from_another(hub: HubServer) -> None:
+    phone = await enrolled(hub, "Alice", "10000000001")
+    bob = await enrolled(hub, "Bob", "10000000002")
+    await phone.send_frame(LinkCode(rid=1))
+    code = await phone.recv()
+    assert isinstance(code, LinkCodeOk)
+    laptop = RawDevice(hub.url)
+    await laptop.enroll(code.code)
+    await verify(hub.store, phone.user_id)
+
+    await laptop.send_frame(Revoke(rid=2, device=bob.device_id))
+    forbidden = await laptop.recv()
+    assert isinstance(forbidden, Error) and forbidden.code == errors.Forbidden.code and forbidden.rid == 2
+
+    started = time.monotonic()
+    await laptop.send_frame(Revoke(rid=3, device=phone.device_id))
+    assert await laptop.recv() == Ok(3)
+    error, close = await closed_with(phone, 3)
+    assert time.monotonic() - started < 2.0
+    assert close == errors.DeviceRevoked.close_code and error and error.code == "device_revoked"
+    assert await auth_refused(phone) == (
+        Error("device_revoked", errors.DeviceRevoked.message, fatal=True),
+        errors.DeviceRevoked.close_code,
+    )
+    await laptop.send_frame(Devices(rid=4))
+    listed = await laptop.recv()
+    assert isinstance(listed, DevicesOk) and [d.device for d in listed.devices] == [laptop.device_id]
+    # Bob no longer needs to (nor may) seal for the revoked phone.
+    assert isinstance(await send_text(bob, phone.user_id, "to the laptop only"), Accepted)
+    await hub.audit.flush()
+    revoked = await hub.store.audit_log(actions=["device.revoked"])
+    assert [(e.actor, e.device_id) for e in revoked] == [(phone.user_id, phone.device_id)]
+
+
+async def test_an_administrator_revokes_a_device_within_two_seconds(hub: HubServer) -> None:
+    alice = await enrolled(hub, "Alice", "10000000001")
+    started = time.monotonic()
+    await asyncio.to_thread(run_admin, hub, "revoke", alice.device_id, "--reason", "stolen")
+    error, close = await closed_with(alice, 3)
+    assert time.monotonic() - started < 2.0
+    assert close == errors.DeviceRevoked.close_code and error and error.code == "device_revoked"
+    assert (await auth_refused(alice))[1] == errors.DeviceRevoked.close_code
+
+
+# --- anti-abuse -------------------------------------------------------------------------------
+
+
+async def test_a_device_over_its_budget_is_told_when_to_retry(make_hub: HubFactory) -> None:
+    hub = await make_hub(rate_device="5/s burst 10")
+    alice = await enrolled(hub, "Alice", "10000000001")
+    bob = await enrolled(hub, "Bob", "10000000002")
+    peer, own = await alice.lookup(bob.user_id), await alice.lookup(alice.user_id)  # 2 requests
+    frames = [alice.message(peer, f"m{i}", own) for i in range(20)]
+    started = time.monotonic()
+    for frame in frames:
+        await alice.send_frame(frame)
+    replies = [await alice.recv() for _ in frames]  # Bob is not connected: only answers come
+    elapsed = time.monotonic() - started
+    accepted = [r for r in replies if isinstance(r, Accepted)]
+    limited = [r for r in replies if isinstance(r, Error) and r.code == "rate_limited"]
+    assert len(accepted) + len(limited) == 20 and len(limited) >= 5
+    # The burst (less the two lookups), then no faster than 5/s: the hub
+    # paused reading the flood for as long as it told the sender to wait.
+    assert 8 <= len(accepted) <= 8 + 5 * elapsed + 1
+    assert all(r.retry_after and 0 < r.retry_after <= 1000 for r in limited)
+    # Bob, another device, is not affected; Alice gets through after waiting.
+    assert isinstance(await send_text(bob, alice.user_id, "fine here"), Accepted)
+    await asyncio.sleep(max(r.retry_after or 0 for r in limited) / 1000)
+    resend = next(f for f, r in zip(frames, replies, strict=True) if isinstance(r, Error))
+    await alice.send_frame(resend)
+    answers = [await alice.recv(), await alice.recv()]  # and Bob's message
+    assert Accepted(resend.id) in answers
+
+
+async def test_guessing_a_device_key_is_throttled_and_audited(make_hub: HubFactory) -> None:
+    hub = await make_hub(rate_failed_auth="5/min burst 5")
+    alice = await enrolled(hub, "Alice", "10000000001")
+    await alice.close()
+    thief = RawDevice(hub.url, device_id=alice.device_id)  # the device id, not the key
+    for _ in range(5):
+        assert (await auth_refused(thief))[1] == errors.AuthFailed.close_code
+    error, close = await auth_refused(thief)
+    assert close == 1008 and error is not None and error.code == "rate_limited" and error.retry_after
+    # The device id is locked for a while, even with the right key.
+    assert (await auth_refused(alice))[1] == 1008
+    await hub.audit.flush()
+    events = await hub.store.audit_log(actions=["auth.failed", "auth.throttled"])
+    assert [e.action for e in events] == ["auth.failed"] * 5 + ["auth.throttled"]
+    assert all(e.device_id == alice.device_id and e.address == "127.0.0.1" for e in events)
+
+
+async def test_guessing_enrollment_codes_is_throttled_and_audited(make_hub: HubFactory) -> None:
+    hub = await make_hub(rate_failed_auth="3/min burst 3")
+    _, real_code = await invite(hub, "Alice", "10000000001")
+    guesser = RawDevice(hub.url)
+    for i in range(3):
+        await guesser.open()
+        keys = guesser.keys
+        code = f"AAAA-AAAA-AAAA-AAA{i}"
+        sig = keys.sign(crypto.enroll_message(guesser.nonce, code, keys.sign_pk, keys.box_pk))
+        await guesser.send_frame(Enroll(1, code, keys.sign_pk, keys.box_pk, "", sig))
+        assert (await closed_with(guesser, 5))[1] == errors.InvalidCode.close_code
+    # Even the real code is not tried now, from this address.
+    await guesser.open()
+    keys = guesser.keys
+    sig = keys.sign(crypto.enroll_message(guesser.nonce, real_code, keys.sign_pk, keys.box_pk))
+    await guesser.send_frame(Enroll(1, real_code, keys.sign_pk, keys.box_pk, "", sig))
+    error, close = await closed_with(guesser, 5)
+    assert close == 1008 and error is not None and error.code == "rate_limited"
+    await hub.audit.flush()
+    events = await hub.store.audit_log(actions=["enroll.failed", "auth.throttled"])
+    assert [e.action for e in events] == ["enroll.failed"] * 3 + ["auth.throttled"]
+    assert all(real_code not in e.detail for e in await hub.store.audit_log())
+
+
+async def test_admin_commands_write_the_audit_log(
+    hub: HubServer, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    key_file = write_key_file(tmp_path / "authority.key")
+    store = hub.settings.store
+
+    async def run(*args: str) -> dict[str, Any]:
+        assert await asyncio.to_thread(admin.main, ["--store", store, "--json", *args]) == 0
+        out: dict[str, Any] = json.loads(capsys.readouterr().out.splitlines()[-1])
+        return out
+
+    bob = await enrolled(hub, "Bob", "10000000002")
+    await run("org", "add", "CHRU de Lille")
+    invited = await run(
+        "invite",
+        "--name",
+        "Dr A",
+        "--rpps",
+        "10000000009",
+        "--profession",
+        "médecin",
+        "--organisation",
+        "CHRU de Lille",
+    )
+    dev = RawDevice(hub.url)
+    await dev.enroll(invited["code"])
+    assert isinstance(await send_text(dev, bob.user_id, "too early"), Error)
+    await hub.audit.flush()
+    verified = await run("verify", "10000000009", "--key-file", str(key_file))
+    assert verified["devices"] == [dev.device_id]
+    assert isinstance(await send_text(dev, bob.user_id, "verified now"), Accepted)
+
+    events = (await run("audit", "--user", "10000000009"))["events"]
+    assert [(e["action"], e["actor"].startswith("admin")) for e in events] == [
+        ("account.invited", True),
+        ("device.enrolled", False),
+        ("account.verified", True),
+    ]
+    assert invited["code"] not in json.dumps(events)
