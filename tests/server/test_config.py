@@ -66,3 +66,19 @@ def test_readme_documents_every_setting() -> None:
     rows = [line for line in README.read_text().splitlines() if line.startswith("| `")]
     documented = {name for row in rows for name in re.findall(r"`([a-z_]+)`", row.split("|")[1])}
     assert set(Settings.model_fields) <= documented, set(Settings.model_fields) - documented
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "says"),
+    [
+        ("authority_key", "not base64!", "not base64"),
+        ("authority_key", "AAAA", "32-byte"),
+        ("rate_device", "fast", "COUNT/s"),
+        ("rate_failed_auth", "10/day", "COUNT/s"),
+        ("max_envelopes", 65, "less than or equal to 64"),
+    ],
+)
+def test_bad_security_settings_are_refused_clearly(key: str, value: object, says: str) -> None:
+    with pytest.raises(ConfigError) as err:
+        load_settings(**{key: value})
+    assert key in str(err.value) and says in str(err.value)
