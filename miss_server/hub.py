@@ -30,7 +30,7 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
-from protocol import errors
+from protocol import attestation, errors
 from protocol.frames import (
     MAX_SEARCH_RESULTS,
     Accepted,
@@ -317,8 +317,21 @@ class Hub:
         )
 
     async def search(self, frame: Search) -> bytes:
-        users = await self._store_call(self.store.search_users(frame.query, MAX_SEARCH_RESULTS))
-        return encode(SearchOk(frame.rid, tuple(u.attestation for u in users if u.attestation is not None)))
+        """Attestations of matching clinicians, leaving out those no client
+        would accept (expired, or not readable): they would only take the
+        places of valid ones."""
+        users = await self._store_call(self.store.search_users(frame.query, 4 * MAX_SEARCH_RESULTS))
+        now = now_ms()
+        atts = []
+        for user in users:
+            try:
+                if user.attestation is not None and attestation.peek(user.attestation).not_after > now:
+                    atts.append(user.attestation)
+            except attestation.AttestationError:
+                continue
+            if len(atts) == MAX_SEARCH_RESULTS:
+                break
+        return encode(SearchOk(frame.rid, tuple(atts)))
 
     async def devices(self, session: ServerSession, frame: Devices) -> bytes:
         assert session.user_id is not None

@@ -3,9 +3,12 @@
 Modules, from the bottom up:
 
 * :mod:`.errors`: the SDK's own exceptions (hub errors are :mod:`protocol.errors`).
-* :mod:`.models`: Peer, Message, Delivered, PresenceInfo, PresenceChanged, HistoryEntry.
-* :mod:`.profile`: the passphrase-sealed profile directory (device keys, ids).
-* :mod:`.state`: the local SQLite state (history, seen ids, pinned peer keys).
+* :mod:`.models`: Peer, PeerChange, DirectoryEntry, OwnDevice, Message, Delivered,
+  PresenceInfo, PresenceChanged, HistoryEntry.
+* :mod:`.profile`: the passphrase-sealed profile directory (device keys, ids,
+  the verification authority's public key).
+* :mod:`.state`: the local SQLite state (history, seen ids, pinned peer keys,
+  pending key changes, peers verified in person).
 * :mod:`.outbox` / :mod:`.inbox`: sealing ``send`` frames; opening and
   checking ``deliver`` frames, store-then-ack.
 * :mod:`.connection`: WebSocket, challenge, auth/enroll; :func:`enroll`.
@@ -14,9 +17,14 @@ Modules, from the bottom up:
 
 Quick start::
 
-    profile = await enroll("wss://hub/", "ABCD-EFGH-JKMN-PQRS", Path("~/.miss"), passphrase)
+    profile = await enroll("wss://hub/", "ABCD-EFGH-JKMN-PQRS", Path("~/.miss"), passphrase,
+                           authority="<the administrator's authority key, base64>")
     async with Client.connect(profile) as client:
+        client.on_key_change = warn_user                  # (peer, PeerChange)
         await client.send("10000000001", "Bonjour, une question sur M. X ?")
+        # UnverifiedPeer: not a verified clinician; KeyChangePending: their
+        # keys changed: compare client.safety_number(...), then client.accept_keys(...)
+        [entry] = await client.search("Durand")          # verified clinicians only
         await client.watch(["10000000001"])        # presence pushes, SPEC §6.7
         async for event in client.events():        # Message, Delivered, PresenceChanged
             ...
@@ -24,12 +32,15 @@ Quick start::
 
 from .client import Client
 from .connection import enroll
+from .errors import AuthorityNotSet, ClientError, KeyChangePending, UnverifiedPeer
 from .models import (
     STATUSES,
     Delivered,
+    DirectoryEntry,
     Event,
     HistoryEntry,
     Message,
+    OwnDevice,
     Peer,
     PeerChange,
     PresenceChanged,
@@ -38,26 +49,33 @@ from .models import (
     parse_id,
 )
 from .outbox import RetryPolicy
-from .profile import KDF_INTERACTIVE, KDF_MODERATE, KdfParams, Profile, load_profile
+from .profile import KDF_INTERACTIVE, KDF_MODERATE, KdfParams, Profile, load_profile, set_authority
 
 __all__ = [
     "KDF_INTERACTIVE",
     "KDF_MODERATE",
     "STATUSES",
+    "AuthorityNotSet",
     "Client",
+    "ClientError",
     "Delivered",
+    "DirectoryEntry",
     "Event",
     "HistoryEntry",
     "KdfParams",
+    "KeyChangePending",
     "Message",
+    "OwnDevice",
     "Peer",
     "PeerChange",
     "PresenceChanged",
     "PresenceInfo",
     "Profile",
     "RetryPolicy",
+    "UnverifiedPeer",
     "enroll",
     "format_id",
     "load_profile",
     "parse_id",
+    "set_authority",
 ]

@@ -2,13 +2,19 @@
 
 Usage::
 
-    miss-chat --profile DIR enroll --server URL CODE [--label L] [--kdf moderate|interactive]
-    miss-chat --profile DIR whoami
+    miss-chat --profile DIR enroll --server URL --authority KEY CODE [--label L] [--kdf moderate|interactive]
+    miss-chat --profile DIR set-authority KEY [--replace]   # for a profile from before authorities
+    miss-chat --profile DIR whoami                   # ids, server, authority fingerprint
     miss-chat --profile DIR send RECIPIENT TEXT      # prints "<message id> accepted"
     miss-chat --profile DIR inbox                    # prints what is waiting, then exits
     miss-chat --profile DIR history [PEER]
     miss-chat --profile DIR link                     # a code to enroll another device
-    miss-chat --profile DIR safety RECIPIENT         # the 60-digit safety number
+    miss-chat --profile DIR safety RECIPIENT         # the 60-digit safety number, verified or not
+    miss-chat --profile DIR verify RECIPIENT [--yes] # mark verified in person, after comparing numbers
+    miss-chat --profile DIR trust RECIPIENT|me [--yes]   # accept a key change
+    miss-chat --profile DIR search QUERY             # verified clinicians: name, RPPS, profession...
+    miss-chat --profile DIR devices                  # your devices
+    miss-chat --profile DIR revoke DEVICE [--yes]    # revoke one of them, for ever
     miss-chat --profile DIR status [available|busy|on_call|off_duty]   # set; alone: print it
     miss-chat --profile DIR presence RECIPIENT...    # "● Dr X (RPPS) is on call", "○ ... is offline"
     miss-chat --profile DIR chat RECIPIENT           # interactive; /quit leaves
@@ -30,6 +36,20 @@ the hub until changed; ``on-call`` is accepted for ``on_call``. Presence is
 shown only for clinicians who may see each other: same organisation, or a
 message exchanged once.
 
+Verified clinicians (SPEC §11). ``enroll`` requires ``--authority KEY``, the
+verification authority's public key (base64) that the administrator gives
+with the code (``miss-admin invite`` prints it); a profile from before
+authorities existed is refused until ``set-authority KEY`` stores one.
+Only clinicians whose attestation by that authority verifies can be written
+to. The device keys of each one are pinned the first time; if they change
+later (a new device, new keys, or keys the authority never signed), a
+warning says so and nothing is sent to them until ``trust RECIPIENT``
+accepts the change (after comparing safety numbers with ``safety``); ``trust
+me`` accepts a change of your own devices. ``verify RECIPIENT`` marks a
+clinician verified in person once both read the same safety number; a key
+change clears the mark. ``verify``, ``trust`` and ``revoke`` ask for
+confirmation on stdin unless given ``--yes``.
+
 Exit status: 0 on success, 1 on an expected error (printed as one line on
 stderr, no traceback: wrong passphrase, hub unreachable, unknown recipient,
 ...), 2 on a usage error, 130 on Ctrl-C.
@@ -50,13 +70,26 @@ from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Any
 
-from protocol.errors import AuthFailed, InvalidCode, NoDevices, ProtocolError, SessionReplaced, UnknownUser
+from protocol.attestation import authority_fingerprint
+from protocol.errors import (
+    AccountSuspended,
+    AuthFailed,
+    DeviceRevoked,
+    Forbidden,
+    InvalidCode,
+    NoDevices,
+    NotVerified,
+    ProtocolError,
+    RecipientNotVerified,
+    SessionReplaced,
+    UnknownUser,
+)
 
 from .client import Client
 from .connection import enroll
-from .errors import ClientError, ProfileError
+from .errors import ClientError, KeyChangePending, ProfileError, UnverifiedPeer
 from .models import STATUSES, Delivered, Message, Peer, PeerChange, PresenceChanged, format_id, is_user_id
-from .profile import KDF_INTERACTIVE, KDF_MODERATE, Profile, load_profile
+from .profile import KDF_INTERACTIVE, KDF_MODERATE, Profile, load_profile, parse_authority, set_authority
 from .render import (
     Names,
     clean,
@@ -103,16 +136,36 @@ def open_profile(args: argparse.Namespace) -> Profile:
     return load_profile(args.profile, read_passphrase())
 
 
-def warn_key_change(peer: Peer, change: PeerChange) -> None:
-    """Tell the user, on stderr, that a peer's devices changed since last seen."""
-    parts = [f"{len(change.added)} added"] if change.added else []
-    parts += [f"{len(change.removed)} removed"] if change.removed else []
-    parts += [f"{len(change.changed)} with NEW KEYS"] if change.changed else []
+def warn_key_changes(client: Client) -> None:
+    """Have ``client`` tell the user, on stderr, when a peer's devices change."""
+    client.on_key_change = lambda peer, change: warn_key_change(client, peer, change)
+
+
+def warn_key_change(client: Client, peer: Peer, change: PeerChange) -> None:
+    """Tell the user, on stderr, that a peer's devices changed since pinned."""
+    own = peer.user == client.user_id
+    who = "your own account" if own else clean(peer.display)
+    if not change.needs_acceptance:
+        print(f"{PROG}: note: the devices of {who} changed ({change.describe()})", file=sys.stderr)
+        return
+    arg = "me" if own else peer.rpps
+    compare = "" if own else f"compare safety numbers (`{PROG} safety {arg}`), then "
     print(
-        f"{PROG}: note: the devices of {clean(peer.display)} changed ({', '.join(parts)}); "
-        "compare safety numbers again",
+        f"{PROG}: WARNING: the devices of {who} changed ({change.describe()}); nothing is sent to "
+        f"{'anyone' if own else 'them'} until you accept: {compare}run `{PROG} trust {arg}`",
         file=sys.stderr,
     )
+
+
+async def confirm(question: str, yes: bool) -> bool:
+    """``--yes``, or a y/n answer read from stdin (the question on stderr)."""
+    if yes:
+        return True
+    print(f"{question} [y/N] ", end="", file=sys.stderr, flush=True)
+    line = await asyncio.to_thread(sys.stdin.readline)  # the connection keeps answering pings meanwhile
+    if not line:
+        raise UsageError("no answer on stdin: pass --yes to confirm without being asked")
+    return line.strip().lower() in ("y", "yes", "o", "oui")
 
 
 async def print_event(event: Message | Delivered | PresenceChanged, client: Client, names: Names) -> None:
@@ -139,23 +192,52 @@ async def print_event(event: Message | Delivered | PresenceChanged, client: Clie
 async def cmd_enroll(args: argparse.Namespace) -> int:
     kdf = KDF_INTERACTIVE if args.kdf == "interactive" else KDF_MODERATE
     label = args.label if args.label is not None else socket.gethostname()[:64]
+    authority = parse_authority(args.authority)  # before asking the passphrase
     profile = await enroll(
-        args.server, args.code, args.profile, read_passphrase(confirm=True), label, kdf=kdf
+        args.server,
+        args.code,
+        args.profile,
+        read_passphrase(confirm=True),
+        label,
+        authority=authority,
+        kdf=kdf,
     )
     print(f"enrolled: user {profile.user_id} device {profile.device_id}")
+    print(f"authority fingerprint: {profile.authority_fingerprint}")
+    return 0
+
+
+async def cmd_set_authority(args: argparse.Namespace) -> int:
+    key = parse_authority(args.key)
+    passphrase = read_passphrase()
+    current = load_profile(args.profile, passphrase).authority_pk
+    if current == key:
+        print(f"authority unchanged: {authority_fingerprint(key)}")
+        return 0
+    if current is not None and not args.replace:
+        raise UsageError(
+            f"this profile already trusts the authority {authority_fingerprint(current)}; "
+            "pass --replace to trust another one instead"
+        )
+    set_authority(args.profile, passphrase, key)
+    print(f"authority set: {authority_fingerprint(key)}")
     return 0
 
 
 async def cmd_whoami(args: argparse.Namespace) -> int:
     profile = open_profile(args)
-    print(f"user    {profile.user_id}")
-    print(f"device  {profile.device_id}" + (f" ({clean(profile.label)})" if profile.label else ""))
-    print(f"server  {profile.server}")
+    print(f"user      {profile.user_id}")
+    print(f"device    {profile.device_id}" + (f" ({clean(profile.label)})" if profile.label else ""))
+    print(f"server    {profile.server}")
+    if profile.authority_fingerprint is not None:
+        print(f"authority {profile.authority_fingerprint}")
+    else:
+        print(f"authority none: run `{PROG} set-authority KEY` with the key your administrator gives you")
     with profile.open_state() as state:
         me = state.get_peer(profile.user_id)
     if me is not None:
-        print(f"name    {clean(me.display)}")
-        print(f"devices {len(me.devices)}")
+        print(f"name      {clean(me.display)}")
+        print(f"devices   {len(me.devices)}")
     return 0
 
 
@@ -168,7 +250,7 @@ async def resend_pending(client: Client) -> None:
 
 async def cmd_send(args: argparse.Namespace) -> int:
     async with Client.connect(open_profile(args)) as client:
-        client.on_key_change = warn_key_change
+        warn_key_changes(client)
         await resend_pending(client)
         message_id = await client.send(args.recipient, args.text)
     print(f"{format_id(message_id)} accepted")
@@ -177,7 +259,7 @@ async def cmd_send(args: argparse.Namespace) -> int:
 
 async def cmd_inbox(args: argparse.Namespace) -> int:
     async with Client.connect(open_profile(args)) as client:
-        client.on_key_change = warn_key_change
+        warn_key_changes(client)
         names = Names(client.state)
         events = await client.drain(idle=args.idle)
         for event in events:
@@ -211,7 +293,7 @@ async def cmd_link(args: argparse.Namespace) -> int:
     print(code)
     print(
         f"valid until {format_time(expires)}; on the new device run: {PROG} --profile DIR enroll "
-        f"--server URL {code}",
+        f"--server URL --authority KEY {code}; then an administrator verifies your account again",
         file=sys.stderr,
     )
     return 0
@@ -219,11 +301,125 @@ async def cmd_link(args: argparse.Namespace) -> int:
 
 async def cmd_safety(args: argparse.Namespace) -> int:
     async with Client.connect(open_profile(args)) as client:
-        client.on_key_change = warn_key_change
+        warn_key_changes(client)
         number = await client.safety_number(args.recipient)
         peer = await client.resolve(args.recipient)
     print(f"Safety number with {clean(peer.display)}:")
     print(number)
+    if peer.verified:
+        print("verified in person: yes ✓")
+    else:
+        print(f"verified in person: no (once you both read the same number: `{PROG} verify {peer.rpps}`)")
+    if peer.pending is not None:
+        print(f"key change pending: {peer.pending.describe()} (accept it with `{PROG} trust {peer.rpps}`)")
+    return 0
+
+
+def _device_lines(peer: Peer, change: PeerChange) -> list[str]:
+    """What a pending change consists of, one device per line."""
+    listed = {d.device: d for d in peer.listed}
+    lines = []
+    for label, ids in (
+        ("new device", change.added),
+        ("NEW KEYS", change.changed),
+        ("keys NOT signed by the authority (never encrypted to)", change.substituted),
+    ):
+        for device in ids:
+            known = listed.get(device)
+            keys = f" {known.sign_pk.hex()[:16]}…/{known.box_pk.hex()[:16]}…" if known else ""
+            lines.append(f"  {device}: {label}{keys}")
+    return lines
+
+
+async def cmd_trust(args: argparse.Namespace) -> int:
+    async with Client.connect(open_profile(args)) as client:
+        warn_key_changes(client)
+        own = args.recipient.strip().lower() == "me"
+        who = client.user_id if own else args.recipient
+        peer = await client.resolve(who, refresh=True)
+        name = "your own account" if peer.user == client.user_id else clean(peer.display)
+        if peer.pending is None:
+            print(f"nothing to accept: the devices of {name} are the pinned ones")
+            return 0
+        print(f"Key change of {name}: {peer.pending.describe()}")
+        print("\n".join(_device_lines(peer, peer.pending)))
+        if peer.user != client.user_id:
+            print("New safety number:")
+            print(await client.safety_number(peer.user))
+        if not await confirm(f"Accept the new devices of {name}?", args.yes):
+            print("not accepted: nothing is sent to them until you accept", file=sys.stderr)
+            return 1
+        await client.accept_keys(peer.user, expected=peer.pending)
+    print(f"accepted: the current devices of {name} are now pinned")
+    return 0
+
+
+async def cmd_verify(args: argparse.Namespace) -> int:
+    async with Client.connect(open_profile(args)) as client:
+        warn_key_changes(client)
+        number = await client.safety_number(args.recipient)
+        peer = await client.resolve(args.recipient)
+        if peer.user == client.user_id:
+            raise UsageError("compare safety numbers with someone else, not yourself")
+        print(f"Safety number with {clean(peer.display)}:")
+        print(number)
+        if peer.pending is not None:
+            print(f"(this also accepts their pending key change: {peer.pending.describe()})")
+        if not await confirm(f"Does {clean(peer.display)} read the same number?", args.yes):
+            print("not marked verified", file=sys.stderr)
+            return 1
+        await client.mark_verified(peer.user)
+    print(f"{clean(peer.display)} is verified in person ✓")
+    return 0
+
+
+async def cmd_search(args: argparse.Namespace) -> int:
+    async with Client.connect(open_profile(args)) as client:
+        entries = await client.search(args.query)
+        for entry in entries:
+            pinned = client.state.get_peer(entry.user)
+            mark = " ✓" if pinned is not None and pinned.verified else ""
+            fields = [
+                f"{clean(entry.name)}{mark}",
+                f"RPPS {clean(entry.rpps)}",
+                clean(entry.profession) or "-",
+                clean(entry.organisation) or "-",
+                entry.user,
+            ]
+            print(" | ".join(fields))
+    if not entries:
+        print(f"{PROG}: no verified clinician matches {args.query!r}", file=sys.stderr)
+    return 0
+
+
+async def cmd_devices(args: argparse.Namespace) -> int:
+    async with Client.connect(open_profile(args)) as client:
+        devices = await client.devices()
+    for d in devices:
+        state = "attested" if d.attested else "NOT attested (ask an administrator to verify you again)"
+        label = clean(d.label) or "-"
+        current = "  (this device)" if d.current else ""
+        print(f"{d.device}  {label}  enrolled {format_time(d.created)}  {state}{current}")
+    return 0
+
+
+async def cmd_revoke(args: argparse.Namespace) -> int:
+    async with Client.connect(open_profile(args)) as client:
+        target = next((d for d in await client.devices() if d.device == args.device), None)
+        if target is None:
+            raise UsageError(f"{args.device} is not one of your active devices (`{PROG} devices` lists them)")
+        if target.current:
+            print(
+                f"{PROG}: warning: {target.device} is THIS device: once revoked, this profile can "
+                "no longer connect (enroll again with a new code)",
+                file=sys.stderr,
+            )
+        label = f" ({clean(target.label)})" if target.label else ""
+        if not await confirm(f"Revoke {target.device}{label} for ever?", args.yes):
+            print("not revoked", file=sys.stderr)
+            return 1
+        await client.revoke(target.device)
+    print(f"revoked {target.device}")
     return 0
 
 
@@ -244,7 +440,7 @@ async def cmd_status(args: argparse.Namespace) -> int:
 
 async def cmd_presence(args: argparse.Namespace) -> int:
     async with Client.connect(open_profile(args)) as client:
-        client.on_key_change = warn_key_change
+        warn_key_changes(client)
         peers: dict[str, Peer] = {}
         for recipient in args.recipients:
             try:
@@ -282,7 +478,7 @@ async def watch_peer(client: Client, peer: Peer, names: Names) -> None:
 async def cmd_chat(args: argparse.Namespace) -> int:
     interactive = sys.stdin.isatty()
     async with Client.connect(open_profile(args)) as client:
-        client.on_key_change = warn_key_change
+        warn_key_changes(client)
         peer = await client.resolve(args.recipient)
         await resend_pending(client)
         names = Names(client.state)
@@ -382,6 +578,43 @@ def describe(exc: BaseException) -> str:
         return "this device connected again elsewhere (another miss-chat running with this profile?)"
     if isinstance(exc, InvalidCode):
         return "invalid enrollment code (unknown, already used or expired)"
+    if isinstance(exc, DeviceRevoked):
+        return "this device has been revoked: it can no longer connect; enroll again with a new code"
+    if isinstance(exc, AccountSuspended):
+        return "your account is suspended; contact your administrator"
+    if isinstance(exc, NotVerified):
+        return (
+            "your account or this device is not verified by the authority: ask an administrator to "
+            "run `miss-admin verify` (again, after you link a device)"
+        )
+    if isinstance(exc, RecipientNotVerified):
+        return "the recipient is not a verified clinician (not attested, or suspended)"
+    if isinstance(exc, Forbidden):
+        return f"not one of your active devices (`{PROG} devices` lists them)"
+    if isinstance(exc, KeyChangePending):
+        if exc.own:
+            return (
+                f"the devices of your own account changed ({exc.change.describe()}): nothing is sent "
+                f"until you accept them with `{PROG} trust me`"
+            )
+        arg = exc.peer.rpps
+        return (
+            f"the devices of {clean(exc.peer.display)} changed ({exc.change.describe()}): nothing is "
+            f"sent until you accept; compare safety numbers (`{PROG} safety {arg}`), "
+            f"then run `{PROG} trust {arg}`"
+        )
+    if isinstance(exc, UnverifiedPeer):
+        if exc.own and exc.reason == "device_not_attested":
+            return (
+                "this device is not attested yet (linked since your account was last verified): "
+                "ask an administrator to run `miss-admin verify` again"
+            )
+        if exc.own:
+            return (
+                f"your account is not verified by the authority ({exc.reason.replace('_', ' ')}): "
+                "ask an administrator to run `miss-admin verify`"
+            )
+        return clean(str(exc))
     if isinstance(exc, ProtocolError):
         return f"{exc.message} ({exc.code})" if type(exc) is not ProtocolError else str(exc)
     return str(exc)
@@ -405,6 +638,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = add("enroll", cmd_enroll, "enroll this device with an invitation or link code")
     p.add_argument("--server", required=True, help="hub URL, e.g. wss://miss.example.org/")
+    p.add_argument(
+        "--authority",
+        required=True,
+        metavar="KEY",
+        help="the verification authority's public key (base64), as your administrator gives it",
+    )
     p.add_argument("code", help="the one-time code, XXXX-XXXX-XXXX-XXXX")
     p.add_argument("--label", help="device label shown to you (default: host name)")
     p.add_argument(
@@ -413,7 +652,10 @@ def build_parser() -> argparse.ArgumentParser:
         default="moderate",
         help="passphrase hashing cost (default: moderate)",
     )
-    add("whoami", cmd_whoami, "show this device's identity")
+    p = add("set-authority", cmd_set_authority, "store the verification authority's public key")
+    p.add_argument("key", metavar="KEY", help="the authority's public key (base64)")
+    p.add_argument("--replace", action="store_true", help="replace an authority key already set")
+    add("whoami", cmd_whoami, "show this device's identity and authority")
     p = add("send", cmd_send, "send one message")
     p.add_argument("recipient", help="RPPS number or user id")
     p.add_argument("text")
@@ -425,6 +667,18 @@ def build_parser() -> argparse.ArgumentParser:
     add("link", cmd_link, "get a code to enroll another device of yours")
     p = add("safety", cmd_safety, "print the safety number with a recipient")
     p.add_argument("recipient")
+    p = add("verify", cmd_verify, "mark a clinician verified in person, after comparing safety numbers")
+    p.add_argument("recipient")
+    p.add_argument("--yes", action="store_true", help="do not ask for confirmation")
+    p = add("trust", cmd_trust, "accept a clinician's key change (`me`: your own devices)")
+    p.add_argument("recipient", help="RPPS number, user id, or `me`")
+    p.add_argument("--yes", action="store_true", help="do not ask for confirmation")
+    p = add("search", cmd_search, "search the directory of verified clinicians")
+    p.add_argument("query", help="part of a name, RPPS number, profession or organisation")
+    add("devices", cmd_devices, "list your devices")
+    p = add("revoke", cmd_revoke, "revoke one of your devices, for ever")
+    p.add_argument("device", help="device id (d_...), as `devices` prints it")
+    p.add_argument("--yes", action="store_true", help="do not ask for confirmation")
     p = add("status", cmd_status, "set your status, or print it")
     p.add_argument(
         "status",

@@ -30,11 +30,34 @@ ack; drop duplicates by id; ack and drop, with a logged warning, envelopes
 that do not open or fail the SPEC §6.3 checks) lives in
 :mod:`miss_client.inbox`. Only one consumer should read events at a time.
 
-Sending (:meth:`Client.send`) encrypts one envelope per active device of the
+Verified clinicians (SPEC §11.2): every ``lookup_ok`` is checked before
+anything is encrypted. :meth:`Client.lookup` verifies the attestation with
+the profile's authority key (missing, malformed, another key, not yet
+valid, expired, or about another user: :class:`UnverifiedPeer`, and the
+peer is neither cached nor pinned), takes the peer's identity from it, and
+keeps as targets only the listed devices that it vouches for with the same
+keys; listed devices with other keys are *substituted*. The attested keys
+are then compared with the ones pinned in the local state
+(:meth:`LocalState.observe_peer`): trust on first use, and afterwards a new
+device, new keys or a substitution is a key change, reported through
+:attr:`Client.on_key_change` and *pending* until :meth:`Client.accept_keys`
+(or :meth:`Client.mark_verified`). While a change is pending for the
+recipient or for our own user, :meth:`Client.send` raises
+:class:`KeyChangePending` and encrypts nothing.
+
+Sending (:meth:`Client.send`) encrypts one envelope per target device of the
 recipient and of our own other devices, and waits for ``accepted``. A
 ``missing_devices``/``unknown_device`` answer refreshes both device lists and
 resends with the same id; ``storage_unavailable``/``rate_limited`` are
-retried after ``retry_after`` a bounded number of times (:class:`RetryPolicy`).
+retried after ``retry_after`` a bounded number of times (:class:`RetryPolicy`),
+as are the idempotent requests (lookup, search, devices, revoke, link code,
+status, watch).
+
+Receiving: a ``deliver`` is opened only with the keys of a target device of
+its sender (attested, same keys); anything else (an unverified sender, a
+device the attestation does not name, substituted keys) is acked and
+dropped with a logged warning. A pending key change does not stop
+receiving: the device is the authority's word, and the user was warned.
 """
 
 from __future__ import annotations
@@ -45,13 +68,15 @@ import logging
 import time
 from collections.abc import AsyncIterator, Callable, Iterable
 from contextlib import asynccontextmanager
+from dataclasses import replace
 
 from websockets.asyncio.client import ClientConnection
 from websockets.exceptions import ConnectionClosed
 
-from protocol import crypto
+from protocol import attestation, crypto
 from protocol import frames as f
 from protocol.errors import (
+    DeviceRevoked,
     MissingDevices,
     ProtocolError,
     RateLimited,
@@ -67,14 +92,18 @@ from .errors import (
     ClientError,
     ConnectionFailed,
     ConnectionLost,
+    KeyChangePending,
     MessageTooLarge,
     RequestTimeout,
+    UnverifiedPeer,
 )
 from .inbox import Inbox, Undecryptable
 from .models import (
     Delivered,
+    DirectoryEntry,
     Event,
     Message,
+    OwnDevice,
     Peer,
     PeerChange,
     PresenceChanged,
@@ -100,17 +129,29 @@ ACK_BATCH = 256
 
 def _log_key_change(peer: Peer, change: PeerChange) -> None:
     log.warning(
-        "devices of %s (%s) changed: %d added, %d removed, %d with new keys; compare safety numbers",
+        "devices of %s (%s) changed: %s; compare safety numbers%s",
         peer.user,
         peer.rpps,
-        len(change.added),
-        len(change.removed),
-        len(change.changed),
+        change.describe(),
+        ", then accept the change" if change.needs_acceptance else "",
     )
+
+
+#: SPEC §11.2 step 1 failures, as UnverifiedPeer reasons.
+_ATTESTATION_REASONS: tuple[tuple[type[attestation.AttestationError], str], ...] = (
+    (attestation.AttestationMalformed, "malformed"),
+    (attestation.AttestationSignatureInvalid, "signature"),
+    (attestation.AttestationNotYetValid, "not_yet_valid"),
+    (attestation.AttestationExpired, "expired"),
+)
 
 
 def _now_ms() -> int:
     return time.time_ns() // 1_000_000
+
+
+def _same_change(a: PeerChange, b: PeerChange) -> bool:
+    return (a.user, a.added, a.changed, a.substituted) == (b.user, b.added, b.changed, b.substituted)
 
 
 class Client:
@@ -130,7 +171,9 @@ class Client:
         self.state = state
         self.request_timeout = request_timeout
         self.retry = retry or RetryPolicy()
-        #: Called when a looked-up peer's pinned devices changed (default: log a warning).
+        #: Called when a lookup finds a key change relative to the pinned keys
+        #: (new device, new keys, substituted keys: then it is pending until
+        #: accepted), or pinned devices removed. Default: log a warning.
         self.on_key_change: Callable[[Peer, PeerChange], None] = _log_key_change
         self._ws = ws
         self._rids = itertools.count(1)
@@ -167,10 +210,13 @@ class Client:
     ) -> AsyncIterator[Client]:
         """Connect to ``url`` (default: the profile's server) and authenticate.
 
-        Raises ConnectionFailed, AuthFailed (device unknown or revoked) or
+        Raises AuthorityNotSet (a profile without an authority key: nobody
+        could be verified) before connecting; then ConnectionFailed,
+        AuthFailed (device unknown), DeviceRevoked, AccountSuspended or
         another :mod:`protocol.errors` exception. Opens the profile's state
         DB unless ``state`` is given; closes what it opened on exit.
         """
+        profile.authority  # noqa: B018 - raises AuthorityNotSet
         ws = await open_websocket(url or profile.server, open_timeout)
         try:
 
@@ -256,7 +302,7 @@ class Client:
             accepted = self._sends.get(frame.id)
             if accepted is not None and not accepted.done():
                 accepted.set_result(frame)
-        elif isinstance(frame, f.LookupOk | f.LinkCodeOk | f.Ok | f.Watching):
+        elif isinstance(frame, f.LookupOk | f.LinkCodeOk | f.Ok | f.Watching | f.SearchOk | f.DevicesOk):
             if isinstance(frame, f.Watching):
                 self._on_watching(frame)
             answered = self._requests.get(frame.rid)
@@ -345,11 +391,19 @@ class Client:
     async def lookup(
         self, user: str | None = None, rpps: str | None = None, *, refresh: bool = False
     ) -> Peer:
-        """A clinician's directory entry and active devices, by user id or RPPS.
+        """A verified clinician and their target devices, by user id or RPPS
+        (SPEC §11.2).
 
-        Answers come from this connection's cache unless ``refresh``. Each
-        answer is pinned in the local state; if the devices differ from the
-        pinned ones, :attr:`on_key_change` is called. Raises UnknownUser.
+        Answers come from this connection's cache unless ``refresh``. The
+        attestation is verified first: if it is missing, malformed, signed
+        by another key than the profile's authority, not valid yet, expired,
+        or names another user (or RPPS number) than the one looked up,
+        raises UnverifiedPeer and nothing about the peer is kept. Otherwise
+        the identity comes from the attestation, and its device keys are
+        compared with the pinned ones: a change is reported to
+        :attr:`on_key_change` and, unless it only removes devices, stays
+        pending (``Peer.pending``) until :meth:`accept_keys`. Raises
+        UnknownUser.
         """
         if (user is None) == (rpps is None):
             raise ValueError("look up by exactly one of user or rpps")
@@ -357,15 +411,68 @@ class Client:
             cached = self._peers.get(user if user is not None else self._rpps.get(rpps or "", ""))
             if cached is not None:
                 return cached
-        reply = await self._request(lambda rid: f.Lookup(rid=rid, user=user, rpps=rpps))
+        reply = await self._request_retrying(lambda rid: f.Lookup(rid=rid, user=user, rpps=rpps), "lookup")
         if not isinstance(reply, f.LookupOk) or (user or reply.user) != reply.user:
             raise ConnectionFailed("the hub answered a lookup with something else")
-        peer = Peer(reply.user, reply.name, reply.rpps, reply.profession, reply.organisation, reply.devices)
+        try:
+            peer = self._verified_peer(reply, rpps)
+        except UnverifiedPeer as exc:
+            self._peers.pop(reply.user, None)
+            log.info("refusing %s: %s", reply.user, exc.reason)
+            raise
         self._peers[peer.user] = peer
         self._rpps[peer.rpps] = peer.user
-        change = self.state.save_peer(peer)
-        if change and not change.first_seen:
-            self.on_key_change(peer, change)
+        return peer
+
+    def _verified_peer(self, reply: f.LookupOk, rpps: str | None) -> Peer:
+        """SPEC §11.2 steps 1-3 for one ``lookup_ok``; raises UnverifiedPeer."""
+        own = reply.user == self.user_id
+        if reply.att is None:
+            raise UnverifiedPeer(reply.user, "missing", "the hub has no attestation of them", own=own)
+        try:
+            att = attestation.verify(reply.att, self.profile.authority, _now_ms())
+        except attestation.AttestationError as exc:
+            reason = next((r for cls, r in _ATTESTATION_REASONS if isinstance(exc, cls)), "malformed")
+            raise UnverifiedPeer(reply.user, reason, str(exc), own=own) from None
+        if att.user != reply.user or (rpps is not None and att.rpps != rpps):
+            raise UnverifiedPeer(reply.user, "wrong_user", "the attestation is about someone else", own=own)
+        attested = {d.device: f.DeviceInfo(d.device, d.sign_pk, d.box_pk) for d in att.devices}
+        targets: list[f.DeviceInfo] = []
+        substitutes: list[f.DeviceInfo] = []
+        unattested: list[str] = []
+        for listed in dict((d.device, d) for d in reply.devices).values():
+            vouched = attested.get(listed.device)
+            if vouched is None:
+                unattested.append(listed.device)
+            elif vouched != listed:
+                substitutes.append(listed)
+            else:
+                targets.append(listed)
+        peer = Peer(
+            att.user,
+            att.name,
+            att.rpps,
+            att.profession,
+            att.organisation,
+            tuple(targets),
+            listed=reply.devices,
+            substituted=tuple(d.device for d in substitutes),
+            unattested=tuple(unattested),
+            attested_until=att.not_after,
+        )
+        trusted = None
+        if own:
+            trusted = f.DeviceInfo(self.device_id, self.profile.keys.sign_pk, self.profile.keys.box_pk)
+        seen = self.state.observe_peer(peer, attested.values(), substitutes, trusted=trusted)
+        peer = replace(peer, verified=seen.verified, pending=seen.pending)
+        if substitutes:
+            log.warning(
+                "the hub lists %d device(s) of %s with keys the authority did not sign: never encrypted to",
+                len(substitutes),
+                peer.user,
+            )
+        if seen.report is not None:
+            self.on_key_change(peer, seen.report)
         return peer
 
     async def resolve(self, recipient: str, *, refresh: bool = False) -> Peer:
@@ -380,7 +487,7 @@ class Client:
     async def link_code(self) -> tuple[str, int]:
         """A one-time code to enroll another device of this clinician, and its
         expiry (ms since the epoch)."""
-        reply = await self._request(lambda rid: f.LinkCode(rid=rid))
+        reply = await self._request_retrying(lambda rid: f.LinkCode(rid=rid), "link_code")
         if not isinstance(reply, f.LinkCodeOk):
             raise ConnectionFailed("the hub answered link_code with something else")
         return reply.code, reply.expires
@@ -457,10 +564,105 @@ class Client:
 
     async def safety_number(self, recipient: str) -> str:
         """The 60-digit safety number between this user and ``recipient``,
-        from freshly looked-up device keys (SPEC §8)."""
+        from freshly looked-up device keys (SPEC §8: every device the hub
+        lists for either user). Raises UnverifiedPeer like :meth:`lookup`."""
         own = await self.lookup(user=self.user_id, refresh=True)
         peer = await self.resolve(recipient, refresh=True)
         return crypto.safety_number(self.user_id, own.identities, peer.user, peer.identities)
+
+    # --- trust (SPEC §11.2) -----------------------------------------------------------
+
+    async def accept_keys(self, user: str, expected: PeerChange | None = None) -> Peer:
+        """Accept the pending key change of ``user`` (user id or RPPS number;
+        our own user id for our own devices): the attested keys of the last
+        lookup, the one that reported the change, become the pinned ones,
+        and sending to them resumes. A no-op if nothing is pending.
+
+        With ``expected`` (the change the user was shown), raises
+        KeyChangePending if the pending change is another one by now.
+        Raises UnverifiedPeer if the peer does not verify.
+        """
+        peer = await self.resolve(user)
+        pending = self.state.pending_change(peer.user)
+        if expected is not None and pending is not None and not _same_change(pending, expected):
+            raise KeyChangePending(peer, pending, own=peer.user == self.user_id)
+        accepted = self.state.accept_pending(peer.user)
+        if accepted is not None:
+            log.info("key change of %s accepted: %s", peer.user, accepted.describe())
+        peer = replace(peer, pending=None)
+        self._peers[peer.user] = peer
+        return peer
+
+    async def mark_verified(self, user: str) -> Peer:
+        """Mark ``user`` verified in person, once both sides read the same
+        safety number (:meth:`safety_number`). The number covers the keys of
+        a fresh lookup, so a pending key change is accepted along with it.
+        Any later key change clears the mark (``Peer.verified``)."""
+        peer = await self.resolve(user, refresh=True)
+        if peer.pending is not None:
+            peer = await self.accept_keys(peer.user)
+        self.state.set_verified(peer.user)
+        peer = replace(peer, verified=True)
+        self._peers[peer.user] = peer
+        return peer
+
+    # --- directory and own devices (SPEC §11.3, §11.4) ---------------------------------
+
+    async def search(self, query: str) -> list[DirectoryEntry]:
+        """Verified clinicians whose name, RPPS number, profession or
+        organisation contains ``query`` (1-64 characters), at most 50, in the
+        hub's order (by name). Each entry is verified with the authority key
+        and described by its attestation only; entries that do not verify
+        are dropped (logged at debug level)."""
+        query = query.strip()
+        if not 1 <= len(query) <= 64:
+            raise ValueError("a search is 1 to 64 characters")
+        authority = self.profile.authority
+        reply = await self._request_retrying(lambda rid: f.Search(rid=rid, query=query), "search")
+        if not isinstance(reply, f.SearchOk):
+            raise ConnectionFailed("the hub answered search with something else")
+        now = _now_ms()
+        found: dict[str, DirectoryEntry] = {}
+        for blob in reply.atts:
+            try:
+                att = attestation.verify(blob, authority, now)
+            except attestation.AttestationError as exc:
+                log.debug("search: dropping an entry that does not verify: %s", exc)
+                continue
+            found.setdefault(
+                att.user,
+                DirectoryEntry(att.user, att.name, att.rpps, att.profession, att.organisation, att.not_after),
+            )
+        return list(found.values())
+
+    async def devices(self) -> list[OwnDevice]:
+        """This clinician's active devices, oldest first, ``attested`` if the
+        current attestation vouches for them."""
+        reply = await self._request_retrying(lambda rid: f.Devices(rid=rid), "devices")
+        if not isinstance(reply, f.DevicesOk):
+            raise ConnectionFailed("the hub answered devices with something else")
+        return [
+            OwnDevice(d.device, d.label, d.created, d.attested, d.device == self.device_id)
+            for d in reply.devices
+        ]
+
+    async def revoke(self, device_id: str) -> None:
+        """Revoke one of this clinician's active devices, for ever (a lost
+        phone): the hub drops its queue and disconnects it. Revoking this
+        very device is allowed; the hub then closes this connection too, and
+        the profile can no longer connect. Raises Forbidden if ``device_id``
+        is not one of our active devices."""
+        if not device_id or len(device_id) > f.MAX_ID_CHARS:
+            raise ValueError("a device id looks like d_0123456789abcdef")
+        try:
+            reply = await self._request_retrying(lambda rid: f.Revoke(rid=rid, device=device_id), "revoke")
+        except DeviceRevoked:
+            if device_id == self.device_id:
+                return  # the hub closed us before its answer reached us
+            raise
+        if not isinstance(reply, f.Ok):
+            raise ConnectionFailed("the hub answered revoke with something else")
+        self._peers.pop(self.user_id, None)  # our device list changed
 
     # --- sending -------------------------------------------------------------------
 
@@ -473,6 +675,13 @@ class Client:
         recorded in the local history first (``pending``), then marked
         ``accepted``, or ``failed`` on a definitive refusal.
 
+        Only verified clinicians are written to (SPEC §11.2): raises
+        UnverifiedPeer if the recipient's attestation, or our own, does not
+        verify, or this device is not attested yet; KeyChangePending if the
+        keys of the recipient or of our own user changed since they were
+        pinned and the change was not accepted. In both cases nothing is
+        encrypted and nothing recorded.
+
         Raises BadRecipient, UnknownUser, NoDevices, MessageTooLarge, the last
         retryable error once :attr:`retry` is exhausted, RequestTimeout,
         ConnectionLost or a fatal :mod:`protocol.errors` exception. After
@@ -484,6 +693,7 @@ class Client:
         elif len(message_id) != 16:
             raise ValueError("a message id is 16 bytes")
         peer = await self.resolve(to)
+        self._check_sendable(peer, await self.lookup(user=self.user_id))
         plaintext = crypto.Plaintext(message_id, self.user_id, peer.user, _now_ms(), kind, text)
         self.state.record_outgoing(message_id, peer.user, plaintext.sent_at, kind, text)
         await self._send_recorded(plaintext)
@@ -495,7 +705,9 @@ class Client:
         ``dup`` for any it had in fact stored. Returns the ids now accepted.
 
         A message the hub refuses for good is marked ``failed`` and skipped
-        (logged); connection errors and fatal errors propagate.
+        (logged); one to a peer that does not verify or whose key change is
+        pending stays ``pending`` and is skipped (logged); connection errors
+        and fatal errors propagate.
         """
         done = []
         for entry in self.state.pending_outgoing():
@@ -504,7 +716,7 @@ class Client:
             )
             try:
                 await self._send_recorded(plaintext)
-            except (RequestError, MessageTooLarge) as exc:
+            except (RequestError, MessageTooLarge, UnverifiedPeer, KeyChangePending) as exc:
                 log.warning("pending message %s not resent: %s", format_id(entry.id), type(exc).__name__)
                 continue
             done.append(entry.id)
@@ -530,6 +742,7 @@ class Client:
         while True:
             peer = await self.lookup(user=plaintext.to_user, refresh=refresh)
             own = await self.lookup(user=self.user_id, refresh=refresh)
+            self._check_sendable(peer, own)
             data = build_send(packed, plaintext.id, self.profile.keys, self.device_id, peer, own)
             fut: asyncio.Future[f.Accepted] = asyncio.get_running_loop().create_future()
             self._sends[plaintext.id] = fut
@@ -553,6 +766,22 @@ class Client:
                 await asyncio.sleep(delay)
             finally:
                 self._sends.pop(plaintext.id, None)
+
+    def _check_sendable(self, peer: Peer, own: Peer) -> None:
+        """Refuse to encrypt while a key change of either user is pending
+        (as the local state says now: it may have been accepted on another
+        connection), or if this device is not attested."""
+        for who in (peer, own):
+            pending = self.state.pending_change(who.user)
+            if pending is not None:
+                raise KeyChangePending(who, pending, own=who.user == self.user_id)
+        if own.device(self.device_id) is None:
+            raise UnverifiedPeer(
+                self.user_id,
+                "device_not_attested",
+                "this device is not attested yet (linked since the last verification)",
+                own=True,
+            )
 
     # --- receiving -------------------------------------------------------------------
 
@@ -631,13 +860,16 @@ class Client:
                 return out
 
     async def _sender_device(self, user: str, device: str) -> f.DeviceInfo | None:
-        """Keys of a sender device, refreshing the lookup once if it is new to us."""
+        """Keys of a sender device, refreshing the lookup once if it is new to
+        us; only a target device (attested with the same keys) qualifies."""
         try:
             found = (await self.lookup(user=user)).device(device)
             if found is None:
                 found = (await self.lookup(user=user, refresh=True)).device(device)
         except UnknownUser:
             raise Undecryptable("sender is not in the directory") from None
+        except UnverifiedPeer as exc:
+            raise Undecryptable(f"sender is not a verified clinician ({exc.reason})") from None
         return found
 
     async def _ack(self, seq: int) -> None:

@@ -11,9 +11,11 @@ from its nonce (an ``auth`` or an ``enroll`` frame) and returns the
 :mod:`protocol.errors` exception it names (:func:`close_error`).
 
 :func:`enroll` is the one-shot use of the two: it registers a new device
-with an invitation or link code and writes the profile. It checks that the
-profile can be written and that the passphrase is acceptable *before*
-spending the code, since a code is single-use.
+with an invitation or link code and writes the profile, with the
+verification authority's public key the administrator gave along with the
+code (SPEC §11.1). It checks that the profile can be written, that the
+passphrase is acceptable and that the authority key is well formed
+*before* spending the code, since a code is single-use.
 """
 
 from __future__ import annotations
@@ -44,7 +46,15 @@ from protocol.frames import (
 )
 
 from .errors import ConnectionFailed, ConnectionLost, MessageTooLarge
-from .profile import KDF_MODERATE, KdfParams, Profile, check_can_create, check_passphrase, create_profile
+from .profile import (
+    KDF_MODERATE,
+    KdfParams,
+    Profile,
+    check_can_create,
+    check_passphrase,
+    create_profile,
+    parse_authority,
+)
 
 __all__ = [
     "MAX_INCOMING_BYTES",
@@ -103,13 +113,17 @@ def close_error(code: int | None, reason: str | None) -> Exception:
     """The exception a close by the hub stands for.
 
     The hub closes after a fatal error with the error code as the reason, so
-    the reason is mapped back to its :mod:`protocol.errors` class; other
-    closes become ConnectionLost (or MessageTooLarge for 1009).
+    the reason is mapped back to its :mod:`protocol.errors` class (or, if
+    the reason is missing or unknown, the close code: 4410 is DeviceRevoked,
+    4411 AccountSuspended...); other closes become ConnectionLost (or
+    MessageTooLarge for 1009).
     """
     if reason:
         cls = error_class(reason)
         if issubclass(cls, FatalError) and cls is not FatalError:
             return cls(f"connection closed by the hub ({code} {reason})")
+    if code is not None and code in _FATAL_BY_CLOSE_CODE:
+        return _FATAL_BY_CLOSE_CODE[code](f"connection closed by the hub ({code})")
     if code == 1009:
         return MessageTooLarge("the hub refused a frame over its size limit")
     if code == 1001:
@@ -121,6 +135,21 @@ def close_error(code: int | None, reason: str | None) -> Exception:
     if code == 1000:
         return ConnectionLost("the hub closed the connection", code)
     return ConnectionLost(f"connection lost (close code {code})", code)
+
+
+def _fatal_classes() -> dict[int, type[FatalError]]:
+    out: dict[int, type[FatalError]] = {}
+    pending: list[type[FatalError]] = list(FatalError.__subclasses__())
+    while pending:
+        cls = pending.pop()
+        pending.extend(cls.__subclasses__())
+        if cls.close_code is not None:
+            out.setdefault(cls.close_code, cls)
+    return out
+
+
+#: Fatal error classes by close code (4400-4426), for closes without a reason.
+_FATAL_BY_CLOSE_CODE = _fatal_classes()
 
 
 async def recv_frame(ws: ClientConnection) -> Frame:
@@ -174,17 +203,24 @@ async def enroll(
     passphrase: str,
     label: str = "",
     *,
+    authority: bytes | str,
     kdf: KdfParams = KDF_MODERATE,
     open_timeout: float = 10.0,
 ) -> Profile:
     """Register a new device with a one-time code and write its profile (SPEC §5.1).
 
+    ``authority`` is the verification authority's public key (32 bytes, or
+    the base64 text ``miss-admin authority init``/``invite`` print): the
+    profile trusts the clinicians it attests, and no one else.
+
     Generates the device keys, signs the hub's challenge with them, and on
-    ``welcome`` seals the keys, user id, device id and ``url`` into
-    ``profile_dir`` under ``passphrase``. Raises ProfileExists or
+    ``welcome`` seals the keys, user id, device id, ``url`` and authority
+    key into ``profile_dir`` under ``passphrase``. Raises ValueError (a
+    malformed code, label or authority key), ProfileExists or
     WeakPassphrase before any network traffic; InvalidCode (the code is
     unknown, used or expired), ConnectionFailed or ConnectionLost after.
     """
+    authority_pk = parse_authority(authority)
     code = code.strip()
     if not code or len(code) > MAX_ID_CHARS:
         raise ValueError("an enrollment code looks like XXXX-XXXX-XXXX-XXXX")
@@ -227,4 +263,5 @@ async def enroll(
         keys=keys,
         label=label,
         kdf=kdf,
+        authority_pk=authority_pk,
     )

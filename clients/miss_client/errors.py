@@ -14,7 +14,10 @@ The tree::
     │   ├── ProfileExists       refusing to overwrite an existing profile
     │   ├── WrongPassphrase     the passphrase does not open the profile
     │   ├── WeakPassphrase      refused when creating or changing a profile
-    │   └── ProfileCorrupt      files present but unreadable
+    │   ├── ProfileCorrupt      files present but unreadable
+    │   └── AuthorityNotSet     the profile holds no verification authority key
+    ├── UnverifiedPeer          a peer whose attestation does not verify: nothing is encrypted to it
+    ├── KeyChangePending        a peer's attested keys differ from the pinned ones: accept them first
     ├── ConnectionFailed        could not open a MiSS connection (refused, TLS, HTTP status, no miss.v1)
     ├── ConnectionLost          the connection ended without a protocol error (network, hub shutdown)
     ├── RequestTimeout          the hub did not answer a request in time
@@ -27,17 +30,25 @@ material or message text.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from .models import Peer, PeerChange
+
 __all__ = [
+    "AuthorityNotSet",
     "BadRecipient",
     "ClientError",
     "ConnectionFailed",
     "ConnectionLost",
+    "KeyChangePending",
     "MessageTooLarge",
     "ProfileCorrupt",
     "ProfileError",
     "ProfileExists",
     "ProfileNotFound",
     "RequestTimeout",
+    "UnverifiedPeer",
     "WeakPassphrase",
     "WrongPassphrase",
 ]
@@ -69,6 +80,56 @@ class WeakPassphrase(ProfileError):
 
 class ProfileCorrupt(ProfileError):
     """Profile files exist but cannot be parsed."""
+
+
+class AuthorityNotSet(ProfileError):
+    """The profile was created before verification authorities existed (or
+    without one): the client cannot check anyone's attestation, so it
+    refuses to connect. Set the key your administrator gives you with
+    ``miss-chat set-authority KEY`` (:func:`miss_client.profile.set_authority`)."""
+
+
+class UnverifiedPeer(ClientError):
+    """A clinician whose attestation (SPEC §11.2) is missing, malformed, not
+    signed by the trusted authority, not yet valid, expired, or about
+    another user: nothing is encrypted to them and they are not shown as a
+    clinician. ``reason`` is one of ``REASONS``; ``own`` is true when the
+    clinician is the profile's own user (so this device cannot send at all)."""
+
+    REASONS = (
+        "missing",
+        "malformed",
+        "signature",
+        "not_yet_valid",
+        "expired",
+        "wrong_user",
+        "device_not_attested",  # our own account is verified, but not this device (yet)
+    )
+
+    def __init__(self, user: str, reason: str, detail: str, *, own: bool = False) -> None:
+        who = "your own account" if own else user
+        super().__init__(f"{who} is not a verified clinician: {detail}")
+        self.user = user
+        self.reason = reason
+        self.detail = detail
+        self.own = own
+
+
+class KeyChangePending(ClientError):
+    """The device keys the authority attests for ``peer`` differ from the ones
+    pinned in this profile (a new device, new keys, or keys the hub lists
+    that the authority never signed): nothing is encrypted to anyone of
+    that peer until the user accepts the change
+    (:meth:`miss_client.client.Client.accept_keys`, ``miss-chat trust``),
+    ideally after comparing safety numbers. ``own`` is true when the change
+    is in our own user's devices (then nothing is sent to anyone)."""
+
+    def __init__(self, peer: Peer, change: PeerChange, *, own: bool = False) -> None:
+        who = "your own account" if own else peer.display
+        super().__init__(f"the devices of {who} changed ({change.describe()}); accept them first")
+        self.peer = peer
+        self.change = change
+        self.own = own
 
 
 class ConnectionFailed(ClientError):

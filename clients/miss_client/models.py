@@ -24,9 +24,11 @@ from protocol.frames import STATUSES, DeviceInfo
 __all__ = [
     "STATUSES",
     "Delivered",
+    "DirectoryEntry",
     "Event",
     "HistoryEntry",
     "Message",
+    "OwnDevice",
     "Peer",
     "PeerChange",
     "PresenceChanged",
@@ -60,7 +62,23 @@ def is_user_id(recipient: str) -> bool:
 
 @dataclass(frozen=True, slots=True)
 class Peer:
-    """A clinician from the directory, with their active devices' public keys."""
+    """A verified clinician (SPEC §11.2), as :meth:`Client.lookup` returns it.
+
+    The identity (name, RPPS number, profession, organisation) comes from
+    the authority's attestation, never from the hub's own fields.
+    ``devices`` is the target set: the active devices that the attestation
+    vouches for with the same keys, the only ones anything is encrypted to
+    or accepted from. ``listed`` is every active device as the hub listed
+    it (the input of a safety number, SPEC §8); ``substituted`` names listed
+    devices whose keys differ from the attested ones and ``unattested`` the
+    ones the attestation does not name (linked since the last verification).
+
+    ``pending`` is the key change (relative to the keys pinned in the local
+    state) that the user has not accepted yet: while it is set, nothing is
+    sent to this peer. ``verified`` is true if the user marked the peer
+    verified in person after comparing safety numbers (cleared by any key
+    change). ``attested_until`` is the end of the attestation (ms).
+    """
 
     user: str
     name: str
@@ -68,9 +86,15 @@ class Peer:
     profession: str
     organisation: str
     devices: tuple[DeviceInfo, ...]
+    listed: tuple[DeviceInfo, ...] = ()
+    substituted: tuple[str, ...] = ()
+    unattested: tuple[str, ...] = ()
+    attested_until: int = 0
+    verified: bool = False
+    pending: PeerChange | None = None
 
     def device(self, device_id: str) -> DeviceInfo | None:
-        """The device with this id, or None if it is not an active device."""
+        """The target device with this id, or None if it is not one."""
         for d in self.devices:
             if d.device == device_id:
                 return d
@@ -78,8 +102,9 @@ class Peer:
 
     @property
     def identities(self) -> list[bytes]:
-        """Every device's public keys (the input of a safety number, SPEC §8)."""
-        return [crypto.device_identity(d.sign_pk, d.box_pk) for d in self.devices]
+        """Public keys of every device the hub lists (or, for an entry from
+        the local state, of the pinned ones): a safety number's input (SPEC §8)."""
+        return [crypto.device_identity(d.sign_pk, d.box_pk) for d in (self.listed or self.devices)]
 
     @property
     def display(self) -> str:
@@ -89,11 +114,16 @@ class Peer:
 
 @dataclass(frozen=True, slots=True)
 class PeerChange:
-    """How a peer's device list differs from the one pinned in the local state.
+    """How a peer's attested devices differ from the ones pinned in the
+    local state (SPEC §11.2, step 3), device ids in each field.
 
-    ``first_seen`` is true when nothing was pinned yet (no warning is due).
-    ``changed`` lists device ids whose keys differ from the pinned ones: that
-    should never happen for an honest hub and deserves a loud warning.
+    ``first_seen`` is true when nothing was pinned yet: the keys are pinned
+    without a warning (trust on first use), unless some are ``substituted``.
+    ``added``: attested devices that were not pinned; ``changed``: pinned
+    devices whose attested keys differ; ``substituted``: devices the hub
+    lists with keys the authority did not sign (never encrypted to);
+    ``removed``: pinned devices no longer attested (dropped without asking,
+    so they never make a change pending on their own).
     """
 
     user: str
@@ -101,9 +131,55 @@ class PeerChange:
     added: tuple[str, ...] = ()
     removed: tuple[str, ...] = ()
     changed: tuple[str, ...] = ()
+    substituted: tuple[str, ...] = ()
 
     def __bool__(self) -> bool:
-        return bool(self.added or self.removed or self.changed)
+        return bool(self.added or self.removed or self.changed or self.substituted)
+
+    @property
+    def needs_acceptance(self) -> bool:
+        """True if the user must accept this change before anything is sent."""
+        return bool(self.added or self.changed or self.substituted)
+
+    def describe(self) -> str:
+        """``1 added, 1 with NEW KEYS, ...``, for a warning."""
+        parts = [f"{len(self.added)} added"] if self.added else []
+        parts += [f"{len(self.changed)} with NEW KEYS"] if self.changed else []
+        parts += [f"{len(self.substituted)} with keys the authority did not sign"] if self.substituted else []
+        parts += [f"{len(self.removed)} removed"] if self.removed else []
+        return ", ".join(parts) or "no change"
+
+
+@dataclass(frozen=True, slots=True)
+class DirectoryEntry:
+    """A verified clinician found by :meth:`Client.search`, from their
+    attestation alone (SPEC §11.3): who they are, not which devices are
+    active (look them up for that)."""
+
+    user: str
+    name: str
+    rpps: str
+    profession: str
+    organisation: str
+    attested_until: int
+
+    @property
+    def display(self) -> str:
+        return f"{self.name} ({self.rpps})"
+
+
+@dataclass(frozen=True, slots=True)
+class OwnDevice:
+    """One of this clinician's active devices (SPEC §11.4): ``created`` in ms,
+    ``attested`` if the current attestation vouches for it (otherwise it
+    can neither send nor receive until an administrator verifies the
+    account again), ``current`` if it is the device of this profile."""
+
+    device: str
+    label: str
+    created: int
+    attested: bool
+    current: bool
 
 
 @dataclass(frozen=True, slots=True)

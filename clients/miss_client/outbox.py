@@ -1,8 +1,10 @@
 """The send side, without I/O: sealing a ``send`` frame and the retry policy (SPEC §6.2).
 
-:func:`build_send` encrypts one inner plaintext for every target device:
-every active device of the recipient and every active device of the
-sender except the sending one. The hub refuses anything else
+:func:`build_send` encrypts one inner plaintext for every device of the
+target set *T* (SPEC §6.2, §11.2): the recipient's active devices that
+their attestation vouches for with the same keys, and the sender's such
+devices except the sending one (``Peer.devices`` holds exactly those;
+:meth:`miss_client.client.Client.lookup` built them). The hub refuses anything else
 (``missing_devices``/``unknown_device``), and :class:`RetryPolicy` bounds
 how often :meth:`miss_client.client.Client.send` refreshes device lists or
 waits out retryable errors before giving up.
@@ -50,10 +52,12 @@ def build_send(
     plaintext: bytes, message_id: bytes, keys: crypto.DeviceKeys, own_device: str, peer: Peer, own: Peer
 ) -> bytes:
     """The encoded ``send`` frame carrying ``plaintext`` (a packed
-    :class:`protocol.crypto.Plaintext`) sealed for every device of ``peer``
-    and of ``own`` (this user) except ``own_device``, each under a fresh nonce.
+    :class:`protocol.crypto.Plaintext`) sealed for every target device of
+    ``peer`` and of ``own`` (this user) except ``own_device``, each under a
+    fresh nonce. Devices listed but not attested with the same keys are not
+    in ``Peer.devices`` and get nothing.
 
-    Raises :class:`protocol.errors.NoDevices` if ``peer`` has no active
+    Raises :class:`protocol.errors.NoDevices` if ``peer`` has no target
     device (nobody could read it: SPEC §6.2 says not to send), MessageTooLarge if
     the frame would exceed MAX_FRAME_BYTES, ClientError past
     MAX_RECIPIENT_DEVICES devices.
@@ -61,7 +65,7 @@ def build_send(
     targets = {d.device: d.box_pk for d in own.devices if d.device != own_device}
     targets.update((d.device, d.box_pk) for d in peer.devices if d.device != own_device)
     if not peer.devices or not targets:
-        raise NoDevices(f"{peer.user} has no active device")
+        raise NoDevices(f"{peer.user} has no active, verified device")
     if len(targets) > f.MAX_RECIPIENT_DEVICES:
         raise ClientError(f"more than {f.MAX_RECIPIENT_DEVICES} devices to encrypt for")
     envs = {device: crypto.seal(plaintext, keys, box_pk) for device, box_pk in targets.items()}

@@ -9,8 +9,11 @@ A profile is a directory (mode 0700) holding two files (mode 0600):
     bytes) and the opslimit/memlimit that derive the passphrase key; nothing
     secret. Under ``"box"``: the ``nacl.secret.SecretBox`` ciphertext, under
     that derived key, of another msgpack map holding the device's two private
-    key seeds, user id, device id, server URL, device label, and a random
-    32-byte *storage key*. Salt and ciphertext live in one file so that
+    key seeds, user id, device id, server URL, device label, the public key
+    of the verification authority (SPEC §11.1), and a random 32-byte
+    *storage key*. The authority key is sealed with the rest, so that whoever
+    can write the profile directory but lacks the passphrase cannot make the
+    client trust another authority. Salt and ciphertext live in one file so that
     replacing it (passphrase change) is a single atomic rename.
 ``state.db``
     The SQLite state (:mod:`miss_client.state`): history, seen ids, peer
@@ -24,6 +27,12 @@ sealed file or of its KDF parameters. The file is replaced atomically (write
 to a temporary file, fsync, rename), so a crash leaves the old profile or
 the new one, never half of each.
 
+Profiles written before verification authorities existed have no authority
+key: they still load (``authority_pk`` is None), but
+:meth:`miss_client.client.Client.connect` refuses them with
+:class:`~miss_client.errors.AuthorityNotSet` until :func:`set_authority`
+(``miss-chat set-authority KEY``) has stored one.
+
 The KDF cost defaults to libsodium's MODERATE (about 1 s and 256 MiB);
 callers may pass :data:`KDF_INTERACTIVE` (tests, low-memory devices).
 Stored parameters are bounds-checked when read, so an edited header cannot
@@ -35,7 +44,7 @@ from __future__ import annotations
 import os
 import time
 import unicodedata
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -45,9 +54,17 @@ import nacl.pwhash.argon2id as argon2id
 import nacl.secret
 import nacl.utils
 
+from protocol import attestation
 from protocol.crypto import DeviceKeys
 
-from .errors import ProfileCorrupt, ProfileExists, ProfileNotFound, WeakPassphrase, WrongPassphrase
+from .errors import (
+    AuthorityNotSet,
+    ProfileCorrupt,
+    ProfileExists,
+    ProfileNotFound,
+    WeakPassphrase,
+    WrongPassphrase,
+)
 from .state import LocalState
 
 __all__ = [
@@ -61,7 +78,9 @@ __all__ = [
     "check_passphrase",
     "create_profile",
     "load_profile",
+    "parse_authority",
     "profile_exists",
+    "set_authority",
     "write_private_file",
 ]
 
@@ -104,6 +123,24 @@ class Profile:
     #: SecretBox key sealing message bodies in the state DB.
     storage_key: bytes = field(repr=False)
     created_at: int = 0
+    #: Ed25519 public key of the verification authority (SPEC §11.1); None
+    #: in a profile from before authorities (refused at connect time).
+    authority_pk: bytes | None = None
+
+    @property
+    def authority(self) -> bytes:
+        """The authority key; raises AuthorityNotSet if the profile has none."""
+        if self.authority_pk is None:
+            raise AuthorityNotSet(
+                "this profile has no verification authority key, so no clinician can be checked: "
+                "set the key your administrator gives you with `miss-chat set-authority KEY`"
+            )
+        return self.authority_pk
+
+    @property
+    def authority_fingerprint(self) -> str | None:
+        """The authority key's fingerprint, for people to compare (or None)."""
+        return None if self.authority_pk is None else attestation.authority_fingerprint(self.authority_pk)
 
     @property
     def state_path(self) -> Path:
@@ -142,14 +179,19 @@ def create_profile(
     keys: DeviceKeys,
     label: str = "",
     kdf: KdfParams = KDF_MODERATE,
+    authority_pk: bytes | str | None = None,
 ) -> Profile:
     """Write a new profile and return it opened.
 
-    Raises ProfileExists if one is there, WeakPassphrase if the passphrase
-    has fewer than MIN_PASSPHRASE_CHARS characters.
+    ``authority_pk`` is the verification authority's public key (32 bytes,
+    or its base64 text form); without it the profile cannot connect until
+    :func:`set_authority`. Raises ProfileExists if one is there,
+    WeakPassphrase if the passphrase has fewer than MIN_PASSPHRASE_CHARS
+    characters, ValueError for a malformed authority key.
     """
     directory = Path(directory)
     check_passphrase(passphrase)
+    authority = None if authority_pk is None else parse_authority(authority_pk)
     if profile_exists(directory):
         raise ProfileExists(f"a profile already exists in {directory}")
     _make_private_dir(directory)
@@ -162,6 +204,7 @@ def create_profile(
         keys=keys,
         storage_key=nacl.utils.random(nacl.secret.SecretBox.KEY_SIZE),
         created_at=time.time_ns() // 1_000_000,
+        authority_pk=authority,
     )
     _seal(profile, passphrase, kdf)
     return profile
@@ -174,20 +217,7 @@ def load_profile(directory: Path, passphrase: str) -> Profile:
     ProfileCorrupt.
     """
     directory = Path(directory)
-    sealed_path = directory / SEALED_FILE
-    if not sealed_path.exists():
-        raise ProfileNotFound(f"no profile in {directory} (run enroll first)")
-    try:
-        outer = msgpack.unpackb(sealed_path.read_bytes(), raw=False)
-        salt, sealed = outer["salt"], outer["box"]
-        kdf = KdfParams(int(outer["opslimit"]), int(outer["memlimit"]))
-        if outer["v"] != _FORMAT_VERSION or type(salt) is not bytes or type(sealed) is not bytes:
-            raise ValueError("bad header")
-    except Exception as exc:  # OSError, msgpack's several error types, KeyError...
-        raise ProfileCorrupt(f"cannot read the profile in {directory}: {type(exc).__name__}") from None
-    if len(salt) != argon2id.SALTBYTES:
-        raise ProfileCorrupt("bad salt length")
-    kdf.check()
+    salt, sealed, kdf = _read_header(directory)
     box = nacl.secret.SecretBox(_derive(passphrase, salt, kdf))
     try:
         m = msgpack.unpackb(box.decrypt(sealed), raw=False)
@@ -198,6 +228,9 @@ def load_profile(directory: Path, passphrase: str) -> Profile:
     try:
         if m["v"] != _FORMAT_VERSION:
             raise ProfileCorrupt(f"unknown profile format {m['v']!r}")
+        authority = m.get("authority_pk")
+        if authority is not None and (type(authority) is not bytes or len(authority) != 32):
+            raise ProfileCorrupt("the sealed authority key is not a 32-byte key")
         return Profile(
             directory=directory,
             server=m["server"],
@@ -207,6 +240,7 @@ def load_profile(directory: Path, passphrase: str) -> Profile:
             keys=DeviceKeys(m["sign_seed"], m["box_secret"]),
             storage_key=m["storage_key"],
             created_at=m["created_at"],
+            authority_pk=authority,
         )
     except (KeyError, TypeError) as exc:
         raise ProfileCorrupt(f"sealed profile lacks {exc}") from None
@@ -222,6 +256,27 @@ def change_passphrase(directory: Path, old: str, new: str, kdf: KdfParams = KDF_
     profile = load_profile(directory, old)
     _seal(profile, new, kdf)
     return profile
+
+
+def set_authority(directory: Path, passphrase: str, authority_pk: bytes | str) -> Profile:
+    """Store the verification authority's public key (32 bytes or its base64
+    text, as ``miss-admin authority init`` prints it) in the profile,
+    re-sealed under the same passphrase and KDF cost. Raises like
+    :func:`load_profile`, and ValueError for a malformed key."""
+    key = parse_authority(authority_pk)
+    _, _, kdf = _read_header(Path(directory))
+    profile = replace(load_profile(directory, passphrase), authority_pk=key)
+    _seal(profile, passphrase, kdf)
+    return profile
+
+
+def parse_authority(authority_pk: bytes | str) -> bytes:
+    """An authority public key from bytes or base64 text; ValueError if malformed."""
+    if isinstance(authority_pk, str):
+        return attestation.decode_authority_key(authority_pk)
+    if type(authority_pk) is not bytes or len(authority_pk) != 32:
+        raise ValueError("the authority key is not a 32-byte Ed25519 public key")
+    return authority_pk
 
 
 def write_private_file(path: Path, data: bytes) -> None:
@@ -249,6 +304,25 @@ def check_passphrase(passphrase: str) -> None:
 # --- internals ----------------------------------------------------------------
 
 
+def _read_header(directory: Path) -> tuple[bytes, bytes, KdfParams]:
+    """Salt, sealed box and KDF cost of the profile file (nothing secret)."""
+    sealed_path = directory / SEALED_FILE
+    if not sealed_path.exists():
+        raise ProfileNotFound(f"no profile in {directory} (run enroll first)")
+    try:
+        outer = msgpack.unpackb(sealed_path.read_bytes(), raw=False)
+        salt, sealed = outer["salt"], outer["box"]
+        kdf = KdfParams(int(outer["opslimit"]), int(outer["memlimit"]))
+        if outer["v"] != _FORMAT_VERSION or type(salt) is not bytes or type(sealed) is not bytes:
+            raise ValueError("bad header")
+    except Exception as exc:  # OSError, msgpack's several error types, KeyError...
+        raise ProfileCorrupt(f"cannot read the profile in {directory}: {type(exc).__name__}") from None
+    if len(salt) != argon2id.SALTBYTES:
+        raise ProfileCorrupt("bad salt length")
+    kdf.check()
+    return salt, sealed, kdf
+
+
 def _derive(passphrase: str, salt: bytes, kdf: KdfParams) -> bytes:
     # NFC so that the same passphrase typed on two keyboards gives one key.
     secret = unicodedata.normalize("NFC", passphrase).encode()
@@ -272,6 +346,8 @@ def _seal(profile: Profile, passphrase: str, kdf: KdfParams) -> None:
         "storage_key": profile.storage_key,
         "created_at": profile.created_at,
     }
+    if profile.authority_pk is not None:  # absent, not nil: older readers never see a new key
+        content["authority_pk"] = profile.authority_pk
     sealed = bytes(box.encrypt(msgpack.packb(content, use_bin_type=True)))
     header = {
         "v": _FORMAT_VERSION,

@@ -18,15 +18,38 @@ Nothing here is readable without the profile's storage key:
   device ids, times, message ids) and the public directory (names, RPPS
   numbers, public keys).
 
-Tables (``PRAGMA user_version`` = 1):
+Tables (``PRAGMA user_version`` = 2):
 
 ``messages``  one row per message, keyed by ``(from_user, id)``: message ids
               are chosen by senders, so they are unique per sender only.
 ``seen``      ``(from_user, id)`` of every message recorded; survives
               deletion of history so that a redelivery is still dropped.
 ``receipts``  which recipient devices acknowledged our messages.
-``peers``     last directory entry of each peer, with device keys: they are
-              the pinned keys that :meth:`LocalState.save_peer` compares with.
+``peers``     each verified peer (our own user included): the identity from
+              their last attestation (``attested_until`` its end), and the
+              **pins** of SPEC §11.2 step 3: ``devices``, the attested device
+              keys the user accepted (the first seen: trust on first use),
+              and ``substitutes``, devices listed by the hub with keys the
+              authority never signed that the user acknowledged (never
+              encrypted to; acknowledging only stops the warning).
+              ``pending`` holds the key change awaiting acceptance (the view
+              to pin on acceptance and what changed), NULL if none;
+              ``verified_at`` when the user marked the peer verified in
+              person (NULL if not, or since a key change).
+
+Pinning (:meth:`LocalState.observe_peer`, on every verified lookup): an
+attested device that is not pinned, or whose attested keys differ from the
+pinned ones, or a substitute not acknowledged, is a key change: it is
+recorded as pending (and clears ``verified_at``) until
+:meth:`LocalState.accept_pending` pins that view. Pinned devices that the
+attestation no longer names are dropped at once. If the attestation goes
+back to the pinned keys, the pending change is dropped.
+
+Schema history: version 1 had ``peers`` without the last four columns, its
+``devices`` being the keys of the last lookup (before attestations
+existed). Opening such a DB adds the columns; those keys stay pinned, so
+the first verified attestation is compared with them rather than trusted
+blindly.
 
 Not thread-safe: use one LocalState from one thread (the event loop's).
 """
@@ -36,8 +59,9 @@ from __future__ import annotations
 import os
 import sqlite3
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -50,11 +74,11 @@ from protocol.frames import DeviceInfo
 from .errors import ProfileCorrupt
 from .models import HistoryEntry, Message, Peer, PeerChange
 
-__all__ = ["SCHEMA_VERSION", "LocalState"]
+__all__ = ["SCHEMA_VERSION", "LocalState", "Observation"]
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
-_SCHEMA = """
+_SCHEMA_V1 = """
 CREATE TABLE messages (
     from_user   TEXT    NOT NULL,
     id          BLOB    NOT NULL,
@@ -93,6 +117,47 @@ CREATE TABLE peers (
 CREATE INDEX peers_by_rpps ON peers (rpps);
 """
 
+#: Each entry migrates from the version before it (index 0: from 1 to 2).
+_MIGRATIONS = (
+    """
+ALTER TABLE peers ADD COLUMN substitutes BLOB NOT NULL DEFAULT x'90';
+ALTER TABLE peers ADD COLUMN pending BLOB;
+ALTER TABLE peers ADD COLUMN verified_at INTEGER;
+ALTER TABLE peers ADD COLUMN attested_until INTEGER NOT NULL DEFAULT 0;
+""",
+)
+
+_PEER_COLUMNS = (
+    "user, name, rpps, profession, organisation, devices, substitutes, pending, verified_at, attested_until"
+)
+
+
+def _device_rows(devices: Iterable[DeviceInfo]) -> list[list[Any]]:
+    return [[d.device, d.sign_pk, d.box_pk] for d in sorted(devices, key=lambda d: d.device)]
+
+
+def _pack_devices(devices: Iterable[DeviceInfo]) -> bytes:
+    packed: bytes = msgpack.packb(_device_rows(devices), use_bin_type=True)
+    return packed
+
+
+def _unpack_devices(blob: bytes) -> tuple[DeviceInfo, ...]:
+    return tuple(DeviceInfo(d, s, b) for d, s, b in msgpack.unpackb(blob, raw=False))
+
+
+@dataclass(frozen=True, slots=True)
+class Observation:
+    """What :meth:`LocalState.observe_peer` concluded about a verified lookup.
+
+    ``report`` is the change to tell the user about now (None if there is
+    nothing new: no change, or the same pending change as before);
+    ``pending`` the change awaiting acceptance (None if none); ``verified``
+    whether the peer is still marked verified in person."""
+
+    report: PeerChange | None
+    pending: PeerChange | None
+    verified: bool
+
 
 def _now_ms() -> int:
     return time.time_ns() // 1_000_000
@@ -119,10 +184,16 @@ class LocalState:
             db.execute("PRAGMA journal_mode=WAL")
             db.execute("PRAGMA synchronous=FULL")
             version = db.execute("PRAGMA user_version").fetchone()[0]
-            if version == 0:
-                db.executescript(f"BEGIN; {_SCHEMA} PRAGMA user_version={SCHEMA_VERSION}; COMMIT;")
-            elif version != SCHEMA_VERSION:
-                raise ProfileCorrupt(f"state DB schema {version} is not {SCHEMA_VERSION}")
+            if version > SCHEMA_VERSION:
+                raise ProfileCorrupt(
+                    f"state DB schema {version} is newer than this client's ({SCHEMA_VERSION}): upgrade it"
+                )
+            if version < SCHEMA_VERSION:
+                # One transaction from whatever version to the current one: a
+                # crash leaves the old schema, never half of the new one.
+                steps = [] if version else [_SCHEMA_V1]
+                steps += _MIGRATIONS[max(version, 1) - 1 :]
+                db.executescript(f"BEGIN; {''.join(steps)} PRAGMA user_version={SCHEMA_VERSION}; COMMIT;")
         except sqlite3.DatabaseError as exc:
             db.close()
             raise ProfileCorrupt(f"state DB unreadable: {exc}") from None
@@ -288,44 +359,165 @@ class LocalState:
             delivered_to=delivered,
         )
 
-    # --- directory -------------------------------------------------------------
+    # --- directory (pinned keys, SPEC §11.2) -------------------------------------
 
-    def save_peer(self, peer: Peer) -> PeerChange:
-        """Store ``peer`` as the pinned entry and say how its devices changed."""
-        devices = msgpack.packb([[d.device, d.sign_pk, d.box_pk] for d in peer.devices], use_bin_type=True)
+    def observe_peer(
+        self,
+        peer: Peer,
+        attested: Iterable[DeviceInfo],
+        substitutes: Iterable[DeviceInfo] = (),
+        *,
+        trusted: DeviceInfo | None = None,
+    ) -> Observation:
+        """Compare a verified lookup with the pins and record the outcome.
+
+        ``peer`` carries the identity from the attestation (stored for
+        display) and ``attested_until``; ``attested`` is every device the
+        attestation vouches for, with its keys; ``substitutes`` the devices
+        the hub listed with other keys than the attested ones. ``trusted``
+        (this very device, for our own user) counts as pinned: a device
+        never has to accept its own keys.
+
+        The first verified lookup of a peer pins its attested devices
+        without a change to accept (unless there are substitutes).
+        """
+        view_a = {d.device: d for d in attested}
+        view_s = {(d.device, d.sign_pk, d.box_pk): d for d in substitutes}
+        now = _now_ms()
         with self._tx() as db:
-            old = self._get_peer(db, "user = ?", peer.user)
+            row = db.execute(
+                "SELECT devices, substitutes, pending, verified_at FROM peers WHERE user = ?", (peer.user,)
+            ).fetchone()
+            first_seen = row is None
+            if first_seen:
+                pins: dict[str, DeviceInfo] = dict(view_a)
+                acked: set[tuple[str, bytes, bytes]] = set()
+                old_pending, verified_at = None, None
+            else:
+                pins = {d.device: d for d in _unpack_devices(row[0])}
+                acked = {(d.device, d.sign_pk, d.box_pk) for d in _unpack_devices(row[1])}
+                old_pending, verified_at = row[2], row[3]
+            if trusted is not None and view_a.get(trusted.device) == trusted:
+                pins[trusted.device] = trusted
+            removed = tuple(sorted(k for k in pins if k not in view_a))
+            for k in removed:
+                del pins[k]
+            acked &= view_s.keys()  # forget acknowledged substitutes the hub no longer lists
+            added = tuple(sorted(k for k in view_a if k not in pins))
+            changed = tuple(sorted(k for k in view_a if k in pins and pins[k] != view_a[k]))
+            substituted = tuple(sorted({key[0] for key in view_s.keys() - acked}))
+            pending: PeerChange | None = None
+            pending_blob: bytes | None = None
+            if added or changed or substituted:
+                pending = PeerChange(peer.user, first_seen, added, (), changed, substituted)
+                pending_blob = msgpack.packb(
+                    {
+                        "a": _device_rows(view_a.values()),
+                        "s": _device_rows(view_s.values()),
+                        "added": list(added),
+                        "changed": list(changed),
+                        "substituted": list(substituted),
+                    },
+                    use_bin_type=True,
+                )
+                verified_at = None  # a key change clears "verified in person"
+            report: PeerChange | None = None
+            if (pending_blob is not None and pending_blob != old_pending) or (removed and not first_seen):
+                report = PeerChange(peer.user, first_seen, added, removed, changed, substituted)
             db.execute(
-                "INSERT OR REPLACE INTO peers VALUES (?, ?, ?, ?, ?, ?, ?)",
-                (peer.user, peer.name, peer.rpps, peer.profession, peer.organisation, devices, _now_ms()),
+                "INSERT OR REPLACE INTO peers (user, name, rpps, profession, organisation, devices, "
+                "updated_at, substitutes, pending, verified_at, attested_until) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    peer.user,
+                    peer.name,
+                    peer.rpps,
+                    peer.profession,
+                    peer.organisation,
+                    _pack_devices(pins.values()),
+                    now,
+                    _pack_devices(view_s[k] for k in acked),
+                    pending_blob,
+                    verified_at,
+                    peer.attested_until,
+                ),
             )
-        if old is None:
-            return PeerChange(peer.user, first_seen=True)
-        before = {d.device: d for d in old.devices}
-        after = {d.device: d for d in peer.devices}
+        return Observation(report, pending, verified_at is not None)
+
+    def accept_pending(self, user: str) -> PeerChange | None:
+        """Pin the view of ``user``'s pending key change (the attested keys
+        and substitutes of the lookup that raised it); returns the change
+        accepted, None if nothing was pending."""
+        with self._tx() as db:
+            row = db.execute("SELECT pending FROM peers WHERE user = ?", (user,)).fetchone()
+            if row is None or row[0] is None:
+                return None
+            view = msgpack.unpackb(row[0], raw=False)
+            db.execute(
+                "UPDATE peers SET devices = ?, substitutes = ?, pending = NULL, updated_at = ? "
+                "WHERE user = ?",
+                (
+                    msgpack.packb(view["a"], use_bin_type=True),
+                    msgpack.packb(view["s"], use_bin_type=True),
+                    _now_ms(),
+                    user,
+                ),
+            )
+        return self._pending_change(user, row[0])
+
+    def pending_change(self, user: str) -> PeerChange | None:
+        """The key change of ``user`` awaiting acceptance, if any."""
+        row = self._db.execute("SELECT pending FROM peers WHERE user = ?", (user,)).fetchone()
+        return None if row is None or row[0] is None else self._pending_change(user, row[0])
+
+    def set_verified(self, user: str, verified: bool = True) -> None:
+        """Mark ``user`` verified in person (or not). Raises LookupError if the
+        peer was never pinned, ValueError if a key change is pending."""
+        with self._tx() as db:
+            row = db.execute("SELECT pending FROM peers WHERE user = ?", (user,)).fetchone()
+            if row is None:
+                raise LookupError(f"{user} is not a known peer")
+            if verified and row[0] is not None:
+                raise ValueError("a key change is pending: accept it first")
+            db.execute(
+                "UPDATE peers SET verified_at = ? WHERE user = ?", (_now_ms() if verified else None, user)
+            )
+
+    @staticmethod
+    def _pending_change(user: str, blob: bytes) -> PeerChange:
+        m = msgpack.unpackb(blob, raw=False)
         return PeerChange(
-            peer.user,
-            added=tuple(sorted(after.keys() - before.keys())),
-            removed=tuple(sorted(before.keys() - after.keys())),
-            changed=tuple(sorted(k for k in after.keys() & before.keys() if after[k] != before[k])),
+            user,
+            added=tuple(m["added"]),
+            changed=tuple(m["changed"]),
+            substituted=tuple(m["substituted"]),
         )
 
     def get_peer(self, user: str) -> Peer | None:
-        """The pinned directory entry of ``user``, if any."""
+        """The pinned entry of ``user``, if any (``devices`` are the pins)."""
         return self._get_peer(self._db, "user = ?", user)
 
     def find_peer(self, user_or_rpps: str) -> Peer | None:
         """A pinned entry by user id or RPPS number (most recently updated wins)."""
         return self._get_peer(self._db, "user = ? OR rpps = ?", user_or_rpps, user_or_rpps)
 
-    @staticmethod
-    def _get_peer(db: sqlite3.Connection, where: str, *args: str) -> Peer | None:
+    @classmethod
+    def _get_peer(cls, db: sqlite3.Connection, where: str, *args: str) -> Peer | None:
         row = db.execute(
-            "SELECT user, name, rpps, profession, organisation, devices FROM peers "
-            f"WHERE {where} ORDER BY updated_at DESC LIMIT 1",
+            f"SELECT {_PEER_COLUMNS} FROM peers WHERE {where} ORDER BY updated_at DESC LIMIT 1",
             args,
         ).fetchone()
         if row is None:
             return None
-        devices = tuple(DeviceInfo(d, s, b) for d, s, b in msgpack.unpackb(row[5], raw=False))
-        return Peer(row[0], row[1], row[2], row[3], row[4], devices)
+        user, name, rpps, profession, organisation, devices, _subs, pending, verified_at, until = row
+        return Peer(
+            user,
+            name,
+            rpps,
+            profession,
+            organisation,
+            _unpack_devices(devices),
+            attested_until=until,
+            verified=verified_at is not None,
+            pending=None if pending is None else cls._pending_change(user, pending),
+        )

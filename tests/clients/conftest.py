@@ -1,28 +1,54 @@
-"""Fixtures for the client SDK tests: profiles with a fast KDF, a fake hub."""
+"""Fixtures for the client SDK tests: profiles with a fast KDF, a fake hub
+whose users are verified, and verified clinicians on the real hub."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
+import sys
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
-from client_fixtures import new_profile
-from fakehub import FakeHub
-from miss_client.profile import Profile
+
+sys.path.insert(0, str(Path(__file__).parent))  # verified_hubs.py
+
+from authority import AUTHORITY_PK
+from client_fixtures import PASSPHRASE, new_profile
+from miss_client.profile import Profile, set_authority
+from verified_hubs import AttestedFakeHub, enroll_clinician
+
+from miss_server.app import HubServer
 
 
 @pytest.fixture
 def make_profile(tmp_path: Path) -> Callable[..., Profile]:
-    """``make_profile(name="alice", **kw)`` creates a profile in ``tmp_path/name``."""
+    """``make_profile(name="alice", authority=True, **kw)`` creates a profile in
+    ``tmp_path/name`` that trusts the tests' authority (or, with
+    ``authority=False``, none: a profile from before authorities)."""
 
-    def make(name: str = "alice", **kw: Any) -> Profile:
-        return new_profile(tmp_path / name, **kw)
+    def make(name: str = "alice", *, authority: bool = True, **kw: Any) -> Profile:
+        profile = new_profile(tmp_path / name, **kw)
+        if authority:
+            profile = set_authority(profile.directory, PASSPHRASE, AUTHORITY_PK)
+        return profile
 
     return make
 
 
 @pytest.fixture
-async def fakehub() -> AsyncIterator[FakeHub]:
-    async with FakeHub() as hub:
+async def fakehub() -> AsyncIterator[AttestedFakeHub]:
+    """The scripted fake hub; its lookups carry attestations by the tests' authority."""
+    async with AttestedFakeHub() as hub:
         yield hub
+
+
+@pytest.fixture
+def clinician(hub: HubServer, tmp_path: Path) -> Callable[..., Awaitable[Profile]]:
+    """``await clinician("alice", "10000000001", verified=True)``: a clinician
+    enrolled on the real ``hub`` (profile in ``tmp_path/alice``) and, by
+    default, verified by the authority."""
+
+    async def make(name: str, rpps: str, **kw: Any) -> Profile:
+        return await enroll_clinician(hub, tmp_path / name, name, rpps, **kw)
+
+    return make

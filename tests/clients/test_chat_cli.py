@@ -1,19 +1,27 @@
-"""The ``miss-chat`` command against the fake hub (main() run in a worker thread,
-since it starts its own event loop)."""
+"""The ``miss-chat`` command against the fake hub, and against the real hub
+for verification, search, devices and revocation (main() run in a worker
+thread, since it starts its own event loop)."""
 
 from __future__ import annotations
 
 import asyncio
 import io
 import re
+from collections.abc import Callable
 from pathlib import Path
 
+import nacl.signing
 import pytest
+from authority import AUTHORITY_PK, AUTHORITY_TEXT, verify
 from client_fixtures import PASSPHRASE
 from fakehub import FakeHub, wait_for
-from miss_client import Client, Message, load_profile
+from miss_client import Client, Message, Profile, load_profile
 from miss_client.chat import main
+from wire import invite
 
+from miss_server.app import HubServer
+from miss_server.store.base import AuditEvent
+from protocol.attestation import authority_fingerprint, encode_authority_key
 from protocol.crypto import new_message_id
 from protocol.frames import Send
 
@@ -26,9 +34,14 @@ class Cli:
         self.tmp_path = tmp_path
         self.capsys = capsys
 
-    async def __call__(self, profile: str, *args: str) -> tuple[int, str, str]:
+    async def __call__(self, profile: str, *args: str, stdin: str | None = None) -> tuple[int, str, str]:
         self.capsys.readouterr()
-        rc = await asyncio.to_thread(main, ["--profile", str(self.tmp_path / profile), *args])
+        if stdin is None:
+            rc = await asyncio.to_thread(main, ["--profile", str(self.tmp_path / profile), *args])
+        else:
+            with pytest.MonkeyPatch.context() as mp:
+                mp.setattr("sys.stdin", io.StringIO(stdin))
+                rc = await asyncio.to_thread(main, ["--profile", str(self.tmp_path / profile), *args])
         out, err = self.capsys.readouterr()
         return rc, out, err
 
@@ -41,7 +54,17 @@ def cli(tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.
 
 async def enroll(cli: Cli, hub: FakeHub, name: str, rpps: str) -> str:
     user = hub.add_user(f"Dr {name.title()}", rpps)
-    rc, out, err = await cli(name, "enroll", "--server", hub.url, hub.invite(user), "--kdf", "interactive")
+    rc, out, err = await cli(
+        name,
+        "enroll",
+        "--server",
+        hub.url,
+        "--authority",
+        AUTHORITY_TEXT,
+        hub.invite(user),
+        "--kdf",
+        "interactive",
+    )
     assert rc == 0, err
     assert f"user {user}" in out
     return user
@@ -53,6 +76,7 @@ async def test_enroll_send_inbox_history_safety_link(cli: Cli, fakehub: FakeHub)
 
     rc, out, _ = await cli("alice", "whoami")
     assert rc == 0 and alice in out and fakehub.url in out
+    assert f"authority {authority_fingerprint(AUTHORITY_PK)}" in out
 
     rc, out, _ = await cli("alice", "send", "10000000002", "Bonjour Bob, INR à 4 ?")
     assert rc == 0 and re.fullmatch(rf"{UUID} accepted\n", out), out
@@ -142,12 +166,12 @@ async def test_peer_text_cannot_drive_the_terminal(cli: Cli, fakehub: FakeHub) -
         (None, ["whoami"], "no profile in"),
         (
             None,
-            ["enroll", "--server", "ws://127.0.0.1:1/", "AAAA-BBBB-CCCC-DDDD", "--kdf", "interactive"],
+            ["enroll", "--server", "ws://127.0.0.1:1/", "--authority", AUTHORITY_TEXT, "AAAA-BBBB-CCCC-DDDD"],
             "connection refused",
         ),
         (
             None,
-            ["enroll", "--server", "HUB", "AAAA-BBBB-CCCC-DDDD", "--kdf", "interactive"],
+            ["enroll", "--server", "HUB", "--authority", AUTHORITY_TEXT, "AAAA-BBBB-CCCC-DDDD"],
             "invalid enrollment code",
         ),
     ],
@@ -246,3 +270,206 @@ async def test_chat_says_when_presence_is_not_shared(
     assert rc == 0, err
     assert "presence of Dr Alice (10000000001) is not shared with you" in err
     assert "●" not in out and "○" not in out and "me → Dr Alice (10000000001): bonjour" in out
+
+
+# --- verified clinicians (SPEC §11), against the real hub ----------------------------------
+
+
+async def enroll_real(cli: Cli, hub: HubServer, name: str, rpps: str, *, verified: bool = True) -> str:
+    """An invitation on the real hub, ``miss-chat enroll``, then (as an
+    administrator would) ``miss-admin verify``."""
+    user, code = await invite(hub, f"Dr {name.title()}", rpps, verified=False)
+    rc, _, err = await cli(
+        name,
+        "enroll",
+        "--server",
+        hub.url,
+        "--authority",
+        AUTHORITY_TEXT,
+        code,
+        "--kdf",
+        "interactive",
+        "--label",
+        name,
+    )
+    assert rc == 0, err
+    if verified:
+        await verify(hub.store, user)
+    return user
+
+
+async def link_real(cli: Cli, hub: HubServer, existing: str, name: str) -> str:
+    """``miss-chat link`` on ``existing``, ``enroll`` of ``name`` with the code,
+    then the administrator verifies the user again; returns the new device id."""
+    rc, code, err = await cli(existing, "link")
+    assert rc == 0, err
+    rc, out, err = await cli(
+        name,
+        "enroll",
+        "--server",
+        hub.url,
+        "--authority",
+        AUTHORITY_TEXT,
+        code.strip(),
+        "--kdf",
+        "interactive",
+        "--label",
+        name,
+    )
+    assert rc == 0, err
+    await verify(hub.store, load_profile(cli.tmp_path / name, PASSPHRASE).user_id)
+    return out.split("device ")[1].split()[0]
+
+
+async def test_enroll_needs_a_well_formed_authority_and_whoami_shows_its_fingerprint(
+    cli: Cli, hub: HubServer
+) -> None:
+    _, code = await invite(hub, "Dr Alice", "10000000001", verified=False)
+    with pytest.raises(SystemExit) as usage:
+        await cli("alice", "enroll", "--server", hub.url, code, "--kdf", "interactive")
+    assert usage.value.code == 2
+    rc, out, err = await cli("alice", "enroll", "--server", hub.url, "--authority", "bm9wZQ==", code)
+    assert rc == 1 and "not a 32-byte Ed25519 public key" in err and out == ""
+    # the code was not spent
+    rc, out, err = await cli(
+        "alice", "enroll", "--server", hub.url, "--authority", AUTHORITY_TEXT, code, "--kdf", "interactive"
+    )
+    assert rc == 0, err
+    assert f"authority fingerprint: {authority_fingerprint(AUTHORITY_PK)}" in out
+    rc, out, _ = await cli("alice", "whoami")
+    assert f"authority {authority_fingerprint(AUTHORITY_PK)}" in out
+
+
+async def test_a_profile_from_before_authorities_is_told_to_set_one(
+    cli: Cli, hub: HubServer, make_profile: Callable[..., Profile]
+) -> None:
+    make_profile("old", authority=False, server=hub.url)
+    rc, out, _ = await cli("old", "whoami")
+    assert rc == 0 and "authority none: run `miss-chat set-authority KEY`" in out
+    rc, out, err = await cli("old", "send", "10000000002", "bonjour")
+    assert rc == 1 and out == "" and "set-authority KEY" in err and err.count("\n") == 1
+    rc, out, _ = await cli("old", "set-authority", AUTHORITY_TEXT)
+    assert (rc, out) == (0, f"authority set: {authority_fingerprint(AUTHORITY_PK)}\n")
+    other = encode_authority_key(bytes(nacl.signing.SigningKey.generate().verify_key))
+    rc, _, err = await cli("old", "set-authority", other)
+    assert rc == 1 and "--replace" in err
+    rc, out, _ = await cli("old", "whoami")
+    assert f"authority {authority_fingerprint(AUTHORITY_PK)}" in out, "not replaced without --replace"
+    rc, _, _ = await cli("old", "set-authority", other, "--replace")
+    assert rc == 0 and load_profile(cli.tmp_path / "old", PASSPHRASE).authority_pk != AUTHORITY_PK
+
+
+async def test_unverified_accounts_get_a_clear_refusal(cli: Cli, hub: HubServer) -> None:
+    await enroll_real(cli, hub, "alice", "10000000001", verified=False)
+    await enroll_real(cli, hub, "bob", "10000000002")
+    await enroll_real(cli, hub, "carol", "10000000003", verified=False)
+    rc, _, err = await cli("alice", "send", "10000000002", "x")
+    assert rc == 1 and "your account is not verified by the authority (missing)" in err
+    assert "miss-admin verify" in err
+    rc, _, err = await cli("bob", "send", "10000000003", "x")
+    assert rc == 1 and "is not a verified clinician: the hub has no attestation of them" in err
+    assert await hub.store.count_pending(load_profile(cli.tmp_path / "carol", PASSPHRASE).device_id) == 0
+
+
+async def test_search(cli: Cli, hub: HubServer) -> None:
+    alice = await enroll_real(cli, hub, "alice", "10000000001")
+    bob = await enroll_real(cli, hub, "bob", "10000000002")
+    await enroll_real(cli, hub, "carol", "10000000003", verified=False)
+    rc, out, _ = await cli("alice", "search", "dr")
+    assert rc == 0
+    assert out.splitlines() == [
+        f"Dr Alice | RPPS 10000000001 | médecin | CHRU Test | {alice}",
+        f"Dr Bob | RPPS 10000000002 | médecin | CHRU Test | {bob}",
+    ]
+    rc, out, err = await cli("alice", "search", "carol")
+    assert rc == 0 and out == "" and "no verified clinician matches 'carol'" in err
+
+
+async def test_key_change_then_trust_and_verification_in_person(cli: Cli, hub: HubServer) -> None:
+    await enroll_real(cli, hub, "alice", "10000000001")
+    await enroll_real(cli, hub, "bob", "10000000002")
+    rc, _, err = await cli("alice", "send", "10000000002", "avant")
+    assert rc == 0, err
+
+    rc, out, err = await cli("alice", "verify", "10000000002", stdin="n\n")
+    assert rc == 1 and SAFETY.search(out) and "not marked verified" in err
+    rc, out, err = await cli("alice", "verify", "10000000002", stdin="y\n")
+    assert rc == 0 and "Does Dr Bob (10000000002) read the same number? [y/N]" in err
+    assert out.endswith("Dr Bob (10000000002) is verified in person ✓\n")
+    _, from_bob, _ = await cli("bob", "safety", "10000000001")
+    assert SAFETY.findall(out) == SAFETY.findall(from_bob)
+    rc, out, _ = await cli("alice", "safety", "10000000002")
+    assert "verified in person: yes ✓" in out
+    rc, out, _ = await cli("alice", "search", "Bob")
+    assert out.startswith("Dr Bob ✓ | RPPS 10000000002")
+
+    laptop = await link_real(cli, hub, "bob", "bob-laptop")
+    rc, out, err = await cli("alice", "send", "10000000002", "après")
+    assert rc == 1 and out == ""
+    assert "WARNING: the devices of Dr Bob (10000000002) changed (1 added)" in err
+    assert "miss-chat trust 10000000002" in err
+    rc, out, _ = await cli("alice", "safety", "10000000002")
+    assert "verified in person: no" in out and "key change pending: 1 added" in out
+
+    rc, out, err = await cli("alice", "trust", "10000000002", stdin="n\n")
+    assert rc == 1 and f"{laptop}: new device" in out and SAFETY.search(out)
+    rc, _, _ = await cli("alice", "send", "10000000002", "après")
+    assert rc == 1, "still not accepted"
+    rc, out, err = await cli("alice", "trust", "10000000002", "--yes")
+    assert rc == 0 and "accepted: the current devices of Dr Bob (10000000002) are now pinned" in out
+    rc, out, err = await cli("alice", "send", "10000000002", "après")
+    assert rc == 0, err
+    rc, out, _ = await cli("alice", "trust", "10000000002", "--yes")
+    assert out == "nothing to accept: the devices of Dr Bob (10000000002) are the pinned ones\n"
+    rc, out, _ = await cli("bob-laptop", "inbox", "--idle", "0.3")
+    assert "Dr Alice (10000000001): après" in out
+
+    # bob's phone sees its own new device as a change to accept too
+    rc, _, err = await cli("bob", "send", "10000000001", "merci")
+    assert rc == 1 and "your own account changed (1 added)" in err and "trust me" in err
+    rc, out, _ = await cli("bob", "trust", "me", "--yes")
+    assert rc == 0 and "accepted: the current devices of your own account are now pinned" in out
+    rc, _, err = await cli("bob", "send", "10000000001", "merci")
+    assert rc == 0, err
+
+
+async def test_devices_and_revoke(cli: Cli, hub: HubServer) -> None:
+    await enroll_real(cli, hub, "bob", "10000000002")
+    phone = load_profile(cli.tmp_path / "bob", PASSPHRASE).device_id
+    laptop = await link_real(cli, hub, "bob", "bob-laptop")
+    rc, out, _ = await cli("bob", "devices")
+    lines = out.splitlines()
+    assert rc == 0 and len(lines) == 2
+    assert lines[0].startswith(f"{phone}  bob  enrolled ") and lines[0].endswith("attested  (this device)")
+    assert lines[1].startswith(f"{laptop}  bob-laptop  enrolled ") and lines[1].endswith("attested")
+
+    rc, _, err = await cli("bob", "revoke", laptop, stdin="no\n")
+    assert rc == 1 and "not revoked" in err
+    rc, _, err = await cli("bob", "revoke", "d_0000000000000000", "--yes")
+    assert rc == 1 and "is not one of your active devices" in err
+    rc, out, _ = await cli("bob", "revoke", laptop, "--yes")
+    assert (rc, out) == (0, f"revoked {laptop}\n")
+    rc, out, err = await cli("bob-laptop", "inbox")
+    assert rc == 1 and out == ""
+    assert err == (
+        "miss-chat: error: this device has been revoked: it can no longer connect; "
+        "enroll again with a new code\n"
+    )
+    rc, out, _ = await cli("bob", "devices")
+    assert len(out.splitlines()) == 1
+
+    rc, out, err = await cli("bob", "revoke", phone, stdin="y\n")
+    assert rc == 0 and "is THIS device" in err
+    rc, _, err = await cli("bob", "whoami")
+    assert rc == 0, "the profile still opens"
+    rc, _, err = await cli("bob", "devices")
+    assert rc == 1 and "this device has been revoked" in err
+
+
+async def test_a_suspended_account_is_told_so(cli: Cli, hub: HubServer) -> None:
+    user = await enroll_real(cli, hub, "bob", "10000000002")
+    await hub.store.set_suspended(user, True)
+    await hub.store.audit([AuditEvent(0, "admin:test", "account.suspended", user)])
+    hub.hub.accounts.forget(user)
+    rc, _, err = await cli("bob", "inbox")
+    assert (rc, err) == (1, "miss-chat: error: your account is suspended; contact your administrator\n")

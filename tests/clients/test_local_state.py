@@ -1,13 +1,17 @@
-"""The local state DB (miss_client.state): dedupe, history, receipts, pinning."""
+"""The local state DB (miss_client.state): dedupe, history, receipts, pinning, migration."""
 
 from __future__ import annotations
 
+import sqlite3
 from collections.abc import Callable
 
+import msgpack
 import pytest
+from miss_client import state as state_module
 from miss_client.errors import ProfileCorrupt
-from miss_client.models import Message, Peer
+from miss_client.models import Message, Peer, PeerChange
 from miss_client.profile import Profile
+from miss_client.state import Observation
 
 from protocol.crypto import DeviceKeys, new_message_id
 from protocol.frames import DeviceInfo
@@ -89,22 +93,110 @@ def test_receipts_are_recorded_once(make_profile: Callable[..., Profile]) -> Non
         assert state.history()[0].delivered_to == ("d_b1", "d_b2")
 
 
-def test_pinning_reports_device_changes(make_profile: Callable[..., Profile]) -> None:
+def test_pins_trust_the_first_attestation_then_changes_wait_for_acceptance(
+    make_profile: Callable[..., Profile],
+) -> None:
     profile = make_profile()
     b1, b2 = device("d_b1"), device("d_b2")
     with profile.open_state() as state:
-        first = state.save_peer(bob(b1))
-        assert first.first_seen and not first
-        assert not state.save_peer(bob(b1)), "same devices: no change"
-        grown = state.save_peer(bob(b1, b2))
-        assert grown.added == ("d_b2",) and not grown.changed
-        rekeyed = state.save_peer(bob(device("d_b1"), b2))
-        assert rekeyed.changed == ("d_b1",) and not rekeyed.added
-        shrunk = state.save_peer(bob(b2))
-        assert shrunk.removed == ("d_b1",)
-        assert state.find_peer("10000000002") == bob(b2)
-        assert state.find_peer("u_bob") == bob(b2)
+        first = state.observe_peer(bob(b1), [b1])
+        assert first == Observation(None, None, False), "first seen: pinned without a warning"
+        assert state.observe_peer(bob(b1), [b1]) == Observation(None, None, False), "same devices"
+
+        grown = state.observe_peer(bob(b1, b2), [b1, b2])
+        assert grown.report is not None and grown.report.added == ("d_b2",)
+        assert grown.pending == PeerChange("u_bob", added=("d_b2",))
+        assert state.get_peer("u_bob").devices == (b1,), "not pinned before it is accepted"  # type: ignore[union-attr]
+        again = state.observe_peer(bob(b1, b2), [b1, b2])
+        assert again.report is None and again.pending == grown.pending, "reported once, still pending"
+        assert state.accept_pending("u_bob") == grown.pending
+        assert state.accept_pending("u_bob") is None, "nothing left to accept"
+        assert state.get_peer("u_bob").devices == (b1, b2)  # type: ignore[union-attr]
+
+        rekeyed = device("d_b1")
+        changed = state.observe_peer(bob(rekeyed, b2), [rekeyed, b2])
+        assert changed.pending == PeerChange("u_bob", changed=("d_b1",))
+        back = state.observe_peer(bob(b1, b2), [b1, b2])
+        assert back.pending is None and state.pending_change("u_bob") is None, "back to the pinned keys"
+
+        shrunk = state.observe_peer(bob(b2), [b2])
+        assert shrunk.report == PeerChange("u_bob", removed=("d_b1",)) and shrunk.pending is None
+        assert state.get_peer("u_bob").devices == (b2,), "removed devices are dropped without asking"  # type: ignore[union-attr]
+        assert state.find_peer("10000000002").user == "u_bob"  # type: ignore[union-attr]
         assert state.get_peer("u_nobody") is None
+
+
+def test_substituted_keys_are_a_change_until_acknowledged(make_profile: Callable[..., Profile]) -> None:
+    profile = make_profile()
+    b1 = device("d_b1")
+    fake = DeviceInfo("d_b1", b1.sign_pk, DeviceKeys.generate().box_pk)
+    with profile.open_state() as state:
+        state.observe_peer(bob(b1), [b1])
+        seen = state.observe_peer(bob(fake), [b1], [fake])
+        assert seen.pending == PeerChange("u_bob", substituted=("d_b1",))
+        assert seen.report is not None and seen.report.substituted == ("d_b1",)
+        state.accept_pending("u_bob")
+        assert state.get_peer("u_bob").devices == (b1,), "the attested keys stay pinned"  # type: ignore[union-attr]
+        assert state.observe_peer(bob(fake), [b1], [fake]).pending is None, "acknowledged"
+        other_fake = DeviceInfo("d_b1", b1.sign_pk, DeviceKeys.generate().box_pk)
+        assert state.observe_peer(bob(other_fake), [b1], [other_fake]).pending is not None, "a new substitute"
+
+
+def test_a_key_change_clears_verified_in_person(make_profile: Callable[..., Profile]) -> None:
+    profile = make_profile()
+    b1, b2 = device("d_b1"), device("d_b2")
+    with profile.open_state() as state:
+        state.observe_peer(bob(b1), [b1])
+        state.set_verified("u_bob")
+        assert state.get_peer("u_bob").verified  # type: ignore[union-attr]
+        assert state.observe_peer(bob(b1), [b1]).verified, "no change: still verified"
+        assert not state.observe_peer(bob(b1, b2), [b1, b2]).verified
+        assert not state.get_peer("u_bob").verified  # type: ignore[union-attr]
+        with pytest.raises(ValueError, match="pending"):
+            state.set_verified("u_bob")
+        state.accept_pending("u_bob")
+        assert not state.get_peer("u_bob").verified, "accepting is not verifying"  # type: ignore[union-attr]
+
+
+def test_this_device_never_has_to_accept_its_own_keys(make_profile: Callable[..., Profile]) -> None:
+    profile = make_profile()
+    me = DeviceInfo(profile.device_id, profile.keys.sign_pk, profile.keys.box_pk)
+    phone, laptop = device("d_phone"), device("d_laptop")
+    own = Peer(profile.user_id, "Dr Alice", "10000000001", "", "", ())
+    with profile.open_state() as state:
+        # this device enrolled (linked) but is not attested yet: the phone is pinned
+        assert state.observe_peer(own, [phone], trusted=me).pending is None
+        # the administrator verified the account again: this device appears, and is ours
+        assert state.observe_peer(own, [phone, me], trusted=me) == Observation(None, None, False)
+        later = state.observe_peer(own, [phone, me, laptop], trusted=me)
+        assert later.pending == PeerChange(profile.user_id, added=("d_laptop",))
+
+
+def test_a_version_1_state_is_migrated_and_keeps_its_pins(make_profile: Callable[..., Profile]) -> None:
+    profile = make_profile()
+    b1 = device("d_b1")
+    db = sqlite3.connect(profile.state_path)
+    db.executescript(f"{state_module._SCHEMA_V1} PRAGMA user_version = 1;")  # as version 1 wrote it
+    db.execute(
+        "INSERT INTO peers VALUES (?, ?, ?, ?, ?, ?, ?)",
+        ("u_bob", "Dr Bob", "10000000002", "", "", msgpack.packb([[b1.device, b1.sign_pk, b1.box_pk]]), 1),
+    )
+    db.commit()
+    db.close()
+    with profile.open_state() as state:
+        assert state._db.execute("PRAGMA user_version").fetchone()[0] == state_module.SCHEMA_VERSION
+        assert state.get_peer("u_bob").devices == (b1,)  # type: ignore[union-attr]
+        rekeyed = device("d_b1")
+        first_attested = state.observe_peer(bob(rekeyed), [rekeyed])
+        assert first_attested.pending == PeerChange("u_bob", changed=("d_b1",)), (
+            "keys pinned before attestations existed are compared, not replaced"
+        )
+    db = sqlite3.connect(profile.state_path)
+    db.execute("PRAGMA user_version = 99")
+    db.commit()
+    db.close()
+    with pytest.raises(ProfileCorrupt, match="newer"):
+        profile.open_state()
 
 
 def test_a_sealed_body_moved_to_another_row_does_not_open(make_profile: Callable[..., Profile]) -> None:

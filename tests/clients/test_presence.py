@@ -7,6 +7,7 @@ import asyncio
 from pathlib import Path
 
 import pytest
+from authority import AUTHORITY_PK
 from client_fixtures import PASSPHRASE
 from fakehub import FakeHub, wait_for
 from miss_client import Client, Message, PresenceChanged, PresenceInfo, RetryPolicy, enroll
@@ -21,7 +22,15 @@ ALICE_RPPS, BOB_RPPS, CAROL_RPPS = "10000000001", "10000000002", "10000000003"
 
 async def clinician(hub: FakeHub, tmp_path: Path, name: str, rpps: str) -> Profile:
     user = hub.add_user(f"Dr {name.title()}", rpps)
-    return await enroll(hub.url, hub.invite(user), tmp_path / name, PASSPHRASE, name, kdf=KDF_INTERACTIVE)
+    return await enroll(
+        hub.url,
+        hub.invite(user),
+        tmp_path / name,
+        PASSPHRASE,
+        name,
+        authority=AUTHORITY_PK,
+        kdf=KDF_INTERACTIVE,
+    )
 
 
 @pytest.fixture

@@ -9,8 +9,17 @@ from pathlib import Path
 
 import msgpack
 import pytest
+from authority import AUTHORITY_PK, AUTHORITY_TEXT
 from client_fixtures import PASSPHRASE
-from miss_client.errors import ProfileCorrupt, ProfileExists, ProfileNotFound, WeakPassphrase, WrongPassphrase
+from miss_client import Client
+from miss_client.errors import (
+    AuthorityNotSet,
+    ProfileCorrupt,
+    ProfileExists,
+    ProfileNotFound,
+    WeakPassphrase,
+    WrongPassphrase,
+)
 from miss_client.models import Message, Peer
 from miss_client.profile import (
     KDF_INTERACTIVE,
@@ -19,8 +28,10 @@ from miss_client.profile import (
     change_passphrase,
     create_profile,
     load_profile,
+    set_authority,
 )
 
+from protocol.attestation import authority_fingerprint
 from protocol.crypto import DeviceKeys, new_message_id
 from protocol.frames import DeviceInfo
 
@@ -145,15 +156,9 @@ def test_no_key_material_or_plaintext_on_disk(make_profile: Callable[..., Profil
     body_out = "Réduire la dose de moitié, contrôle demain"
     peer_keys = DeviceKeys.generate()
     with profile.open_state() as state:
-        state.save_peer(
-            Peer(
-                "u_bob",
-                "Dr Bob",
-                "10000000002",
-                "cardiologue",
-                "CHRU",
-                (DeviceInfo("d_b", peer_keys.sign_pk, peer_keys.box_pk),),
-            )
+        bob_device = DeviceInfo("d_b", peer_keys.sign_pk, peer_keys.box_pk)
+        state.observe_peer(
+            Peer("u_bob", "Dr Bob", "10000000002", "cardiologue", "CHRU", (bob_device,)), [bob_device]
         )
         state.record_incoming(Message(new_message_id(), "u_bob", "d_b", profile.user_id, 1, body_in))
         state.record_outgoing(new_message_id(), "u_bob", 2, "text", body_out)
@@ -176,3 +181,52 @@ def test_no_key_material_or_plaintext_on_disk(make_profile: Callable[..., Profil
     # and the bodies are still there for the right key holder
     with load_profile(profile.directory, PASSPHRASE).open_state() as state:
         assert sorted(e.body for e in state.history()) == sorted([body_in, body_out])
+
+
+def test_the_authority_key_is_sealed_in_the_profile(tmp_path: Path) -> None:
+    made = create_profile(
+        tmp_path / "p",
+        PASSPHRASE,
+        server="ws://x/",
+        user_id="u_1",
+        device_id="d_1",
+        keys=DeviceKeys.generate(),
+        kdf=KDF_INTERACTIVE,
+        authority_pk=AUTHORITY_TEXT,  # the text form, as an administrator hands it out
+    )
+    loaded = load_profile(made.directory, PASSPHRASE)
+    assert loaded == made and loaded.authority_pk == AUTHORITY_PK
+    assert loaded.authority_fingerprint == authority_fingerprint(AUTHORITY_PK)
+    assert AUTHORITY_PK not in (made.directory / SEALED_FILE).read_bytes(), "inside the sealed box"
+    changed = change_passphrase(made.directory, PASSPHRASE, "a whole new passphrase", KDF_INTERACTIVE)
+    assert changed.authority_pk == AUTHORITY_PK
+    with pytest.raises(ValueError, match="32-byte"):
+        create_profile(
+            tmp_path / "q",
+            PASSPHRASE,
+            server="ws://x/",
+            user_id="u_1",
+            device_id="d_1",
+            keys=DeviceKeys.generate(),
+            authority_pk=b"short",
+        )
+
+
+async def test_a_profile_without_authority_cannot_connect_until_one_is_set(
+    make_profile: Callable[..., Profile],
+) -> None:
+    old = make_profile("old", authority=False)  # as written before authorities existed
+    header = msgpack.unpackb((old.directory / SEALED_FILE).read_bytes())
+    assert load_profile(old.directory, PASSPHRASE).authority_pk is None
+    with pytest.raises(AuthorityNotSet, match="miss-chat set-authority"):
+        async with Client.connect(old):
+            pass
+    with pytest.raises(WrongPassphrase):
+        set_authority(old.directory, "not the passphrase", AUTHORITY_TEXT)
+    with pytest.raises(ValueError, match="base64"):
+        set_authority(old.directory, PASSPHRASE, "not a key!")
+    updated = set_authority(old.directory, PASSPHRASE, AUTHORITY_TEXT)
+    assert load_profile(old.directory, PASSPHRASE) == updated
+    assert updated.authority_pk == AUTHORITY_PK and updated.keys.sign_pk == old.keys.sign_pk
+    after = msgpack.unpackb((old.directory / SEALED_FILE).read_bytes())
+    assert (after["opslimit"], after["memlimit"]) == (header["opslimit"], header["memlimit"]), "same KDF cost"

@@ -1,4 +1,5 @@
-"""The client SDK against a scripted fake hub (tests/clients/fakehub.py).
+"""The client SDK against a scripted fake hub (tests/support/fakehub.py, with
+attestations: tests/clients/verified_hubs.py).
 
 What the real hub does is tested in tests/server; here the hub is a stand-in
 so each test can make it misbehave exactly as the SDK must survive.
@@ -11,21 +12,45 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from authority import AUTHORITY_PK
 from client_fixtures import PASSPHRASE
 from fakehub import FakeHub, wait_for
 from miss_client import Client, Delivered, Message, RetryPolicy, enroll
-from miss_client.errors import BadRecipient, ConnectionFailed, ConnectionLost, ProfileExists
+from miss_client.errors import (
+    BadRecipient,
+    ConnectionFailed,
+    ConnectionLost,
+    KeyChangePending,
+    ProfileExists,
+    UnverifiedPeer,
+)
 from miss_client.models import Peer, PeerChange
 from miss_client.profile import KDF_INTERACTIVE, Profile, load_profile
 
 from protocol import crypto
 from protocol import frames as f
-from protocol.errors import AuthFailed, ForgedSender, InvalidCode, NoDevices, StorageUnavailable, UnknownUser
+from protocol.errors import (
+    AuthFailed,
+    ForgedSender,
+    InvalidCode,
+    NoDevices,
+    RateLimited,
+    StorageUnavailable,
+    UnknownUser,
+)
 
 
 async def clinician(hub: FakeHub, tmp_path: Path, name: str, rpps: str) -> Profile:
     user = hub.add_user(f"Dr {name.title()}", rpps)
-    return await enroll(hub.url, hub.invite(user), tmp_path / name, PASSPHRASE, name, kdf=KDF_INTERACTIVE)
+    return await enroll(
+        hub.url,
+        hub.invite(user),
+        tmp_path / name,
+        PASSPHRASE,
+        name,
+        authority=AUTHORITY_PK,
+        kdf=KDF_INTERACTIVE,
+    )
 
 
 @pytest.fixture
@@ -48,17 +73,22 @@ async def test_enroll_writes_a_profile_that_authenticates(fakehub: FakeHub, tmp_
 async def test_enroll_failures(
     fakehub: FakeHub, tmp_path: Path, make_profile: Callable[..., Profile]
 ) -> None:
+    kw = {"authority": AUTHORITY_PK, "kdf": KDF_INTERACTIVE}
     with pytest.raises(InvalidCode):
-        await enroll(fakehub.url, "AAAA-BBBB-CCCC-DDDD", tmp_path / "x", PASSPHRASE, kdf=KDF_INTERACTIVE)
+        await enroll(fakehub.url, "AAAA-BBBB-CCCC-DDDD", tmp_path / "x", PASSPHRASE, **kw)
     assert not (tmp_path / "x").exists(), "a failed enrollment leaves no profile directory"
-    # an existing profile is refused before the single-use code is spent
+    # an existing profile, or a malformed authority key, is refused before the single-use code is spent
     make_profile("taken")
     code = fakehub.invite(fakehub.add_user("Dr Y", "1"))
     with pytest.raises(ProfileExists):
-        await enroll(fakehub.url, code, tmp_path / "taken", PASSPHRASE, kdf=KDF_INTERACTIVE)
+        await enroll(fakehub.url, code, tmp_path / "taken", PASSPHRASE, **kw)
+    with pytest.raises(ValueError, match="authority key"):
+        await enroll(
+            fakehub.url, code, tmp_path / "z", PASSPHRASE, authority="bm90IGEga2V5", kdf=KDF_INTERACTIVE
+        )
     assert code in fakehub.codes
     with pytest.raises(ConnectionFailed):
-        await enroll("ws://127.0.0.1:1/", code, tmp_path / "y", PASSPHRASE, kdf=KDF_INTERACTIVE)
+        await enroll("ws://127.0.0.1:1/", code, tmp_path / "y", PASSPHRASE, **kw)
 
 
 async def test_message_and_receipt(pair: tuple[Profile, Profile]) -> None:
@@ -88,10 +118,17 @@ async def test_copies_go_to_own_other_devices(
     async with Client.connect(alice) as a:
         code, _expires = await a.link_code()
     phone = await enroll(
-        fakehub.url, code, tmp_path / "alice-phone", PASSPHRASE, "phone", kdf=KDF_INTERACTIVE
+        fakehub.url,
+        code,
+        tmp_path / "alice-phone",
+        PASSPHRASE,
+        "phone",
+        authority=AUTHORITY_PK,
+        kdf=KDF_INTERACTIVE,
     )
     assert phone.user_id == alice.user_id and phone.device_id != alice.device_id
     async with Client.connect(alice) as a:
+        # alice's desk had not pinned its own user yet: the phone is trusted on first use
         mid = await a.send(bob.user_id, "copied")
     async with Client.connect(phone) as p:
         [copy] = await p.drain(idle=0.2)
@@ -99,21 +136,60 @@ async def test_copies_go_to_own_other_devices(
     assert copy.outgoing_copy and copy.id == mid and copy.to_user == bob.user_id and copy.body == "copied"
 
 
-async def test_missing_devices_refresh_and_resend_with_the_same_id(
+async def test_a_device_revoked_since_the_lookup_is_dropped_and_the_message_resent(
+    fakehub: FakeHub, pair: tuple[Profile, Profile]
+) -> None:
+    alice, bob = pair
+    gone = fakehub.add_device(bob.user_id, crypto.DeviceKeys.generate())
+    changes: list[PeerChange] = []
+    async with Client.connect(alice) as a:
+        a.on_key_change = lambda peer, change: changes.append(change)
+        await a.lookup(user=bob.user_id)  # both of bob's devices pinned (first seen: no warning)
+        del fakehub.users[bob.user_id].devices[gone]  # revoked: the hub answers unknown_device
+        mid = await a.send(bob.user_id, "to the remaining device")
+    sends = [fr for fr in fakehub.received if isinstance(fr, f.Send)]
+    assert [s.id for s in sends] == [mid, mid], "resent with the same id"
+    assert gone in sends[0].envs and set(sends[1].envs) == {bob.device_id}
+    assert [c.removed for c in changes] == [(gone,)], "reported, without asking"
+    assert not any(c.needs_acceptance for c in changes)
+
+
+async def test_a_device_added_since_the_lookup_waits_for_acceptance_then_gets_the_same_message(
     fakehub: FakeHub, pair: tuple[Profile, Profile]
 ) -> None:
     alice, bob = pair
     changes: list[PeerChange] = []
     async with Client.connect(alice) as a:
         a.on_key_change = lambda peer, change: changes.append(change)
-        await a.lookup(user=bob.user_id)  # cached before bob adds a device
+        await a.lookup(user=bob.user_id)  # cached and pinned before bob adds a device
         new_device = fakehub.add_device(bob.user_id, crypto.DeviceKeys.generate())
-        mid = await a.send(bob.user_id, "to both of bob's devices")
+        with pytest.raises(KeyChangePending) as pending:
+            await a.send(bob.user_id, "to both of bob's devices")
+        assert pending.value.change.added == (new_device,)
+        assert [c.added for c in changes] == [(new_device,)], "the new device is reported"
+        sends = [fr for fr in fakehub.received if isinstance(fr, f.Send)]
+        assert len(sends) == 1 and new_device not in sends[0].envs, "nothing sealed after the change"
+        [entry] = a.state.history()
+        assert entry.status == "pending", "kept, to go out once the change is accepted"
+        await a.accept_keys(bob.user_id)
+        assert await a.resend_pending() == [entry.id]
     sends = [fr for fr in fakehub.received if isinstance(fr, f.Send)]
-    assert [s.id for s in sends] == [mid, mid]
-    assert new_device in sends[1].envs and new_device not in sends[0].envs
-    assert any(isinstance(fr, f.Deliver) and fr.id == mid for fr in fakehub.pending[new_device].values())
-    assert [c.added for c in changes] == [(new_device,)], "the new device is reported"
+    assert [s.id for s in sends] == [entry.id, entry.id]
+    assert set(sends[1].envs) == {bob.device_id, new_device}
+    assert any(isinstance(fr, f.Deliver) and fr.id == entry.id for fr in fakehub.pending[new_device].values())
+
+
+async def test_a_user_the_hub_serves_without_attestation_is_refused(
+    fakehub: FakeHub, pair: tuple[Profile, Profile]
+) -> None:
+    alice, bob = pair
+    fakehub.unverified.add(bob.user_id)  # type: ignore[attr-defined]
+    async with Client.connect(alice) as a:
+        with pytest.raises(UnverifiedPeer) as refused:
+            await a.send(bob.user_id, "x")
+        assert (refused.value.user, refused.value.reason) == (bob.user_id, "missing")
+        assert a.state.history() == [] and a.state.get_peer(bob.user_id) is None
+    assert not [fr for fr in fakehub.received if isinstance(fr, f.Send)]
 
 
 async def test_retryable_errors_are_retried_then_given_up(
@@ -131,6 +207,47 @@ async def test_retryable_errors_are_retried_then_given_up(
         assert a.state.history()[-1].status == "pending", "kept for resend_pending"
         assert await a.resend_pending() == [a.state.history()[-1].id]
         assert a.state.history()[-1].status == "accepted"
+
+
+async def test_lookups_are_retried_after_rate_limited(
+    fakehub: FakeHub, pair: tuple[Profile, Profile]
+) -> None:
+    alice, bob = pair
+    fakehub.lookup_errors = [RateLimited(retry_after_ms=200), StorageUnavailable(retry_after_ms=10)]  # type: ignore[attr-defined]
+    async with Client.connect(alice, retry=RetryPolicy(attempts=3)) as a:
+        started = asyncio.get_running_loop().time()
+        assert (await a.lookup(rpps=bob_rpps(fakehub, bob))).user == bob.user_id
+        assert asyncio.get_running_loop().time() - started >= 0.2, "waited retry_after"
+    assert len([fr for fr in fakehub.received if isinstance(fr, f.Lookup)]) == 3
+
+
+def bob_rpps(hub: FakeHub, profile: Profile) -> str:
+    return hub.users[profile.user_id].rpps
+
+
+async def test_a_message_from_a_device_the_attestation_does_not_vouch_for_is_dropped(
+    fakehub: FakeHub, pair: tuple[Profile, Profile]
+) -> None:
+    alice, bob = pair
+    genuine = list(fakehub.users[alice.user_id].devices.values())
+    # the hub slips in a device of its own for alice, which the authority never attested
+    evil = crypto.DeviceKeys.generate()
+    evil_device = fakehub.add_device(alice.user_id, evil)
+    fakehub.attestations[alice.user_id] = fakehub.attest(alice.user_id, genuine)  # type: ignore[attr-defined]
+    forged = crypto.new_message_id()
+    plain = crypto.Plaintext(forged, alice.user_id, bob.user_id, 1, "text", "virez 10 000 € sur ce compte")
+    await fakehub.deliver_raw(
+        bob.device_id,
+        forged,
+        alice.user_id,
+        evil_device,
+        crypto.seal(crypto.pack_plaintext(plain), evil, bob.keys.box_pk),
+    )
+    async with Client.connect(bob) as b:
+        assert await b.drain(idle=0.2) == []
+        await wait_for(lambda: not fakehub.pending[bob.device_id])  # acked, not shown
+        assert b.state.history() == []
+        assert (await b.lookup(user=alice.user_id)).unattested == (evil_device,)
 
 
 async def test_resend_with_same_id_is_delivered_once(pair: tuple[Profile, Profile]) -> None:

@@ -1,8 +1,10 @@
 """End to end: the Python SDK against a real hub over real WebSockets.
 
 Alice has one device; Bob has two (a phone enrolled from an invitation and
-a laptop linked from the phone). Every message is sealed with real NaCl
-keys on the sending device and opened on the receiving one.
+a laptop linked from the phone). Both are verified by the authority once
+their devices are enrolled, as an administrator would (``miss-admin
+verify``). Every message is sealed with real NaCl keys on the sending
+device and opened on the receiving one.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from authority import AUTHORITY_PK, verify
 from client_fixtures import PASSPHRASE
 from miss_client import KDF_INTERACTIVE, Client, Delivered, Message, Profile, enroll
 from wire import invite
@@ -29,14 +32,17 @@ class Clinicians:
 
 @pytest.fixture
 async def people(hub: HubServer, tmp_path: Path) -> Clinicians:
-    _, code_a = await invite(hub, "Dr Alice Martin", "10000000001")
-    _, code_b = await invite(hub, "Dr Bob Durand", "10000000002")
-    alice = await enroll(hub.url, code_a, tmp_path / "alice", PASSPHRASE, "desk", kdf=KDF_INTERACTIVE)
-    phone = await enroll(hub.url, code_b, tmp_path / "bob-phone", PASSPHRASE, "phone", kdf=KDF_INTERACTIVE)
+    _, code_a = await invite(hub, "Dr Alice Martin", "10000000001", verified=False)
+    _, code_b = await invite(hub, "Dr Bob Durand", "10000000002", verified=False)
+    kw = {"authority": AUTHORITY_PK, "kdf": KDF_INTERACTIVE}
+    alice = await enroll(hub.url, code_a, tmp_path / "alice", PASSPHRASE, "desk", **kw)
+    phone = await enroll(hub.url, code_b, tmp_path / "bob-phone", PASSPHRASE, "phone", **kw)
     async with Client.connect(phone) as c:
         link, _ = await c.link_code()
-    laptop = await enroll(hub.url, link, tmp_path / "bob-laptop", PASSPHRASE, "laptop", kdf=KDF_INTERACTIVE)
+    laptop = await enroll(hub.url, link, tmp_path / "bob-laptop", PASSPHRASE, "laptop", **kw)
     assert laptop.user_id == phone.user_id and laptop.device_id != phone.device_id
+    await verify(hub.store, alice.user_id)
+    await verify(hub.store, phone.user_id)  # both of Bob's devices
     return Clinicians(alice, phone, laptop)
 
 

@@ -1,6 +1,8 @@
 """The README's five-minute walkthrough, command for command, as a user
-types it: ``miss-server``, ``miss-admin invite`` while the hub runs,
-``miss-chat enroll``, ``send``, ``inbox``, ``safety``, ``link``."""
+types it: ``miss-server`` trusting the verification authority,
+``miss-admin org add`` and ``invite`` while the hub runs, ``miss-chat enroll
+--authority``, ``miss-admin verify`` once the devices are enrolled, then
+``send``, ``inbox``, ``safety``, ``verify``, ``search``."""
 
 from __future__ import annotations
 
@@ -30,30 +32,94 @@ def chat(profile: Path, *args: str, env: dict[str, str]) -> str:
 
 
 async def test_readme_walkthrough(tmp_path: Path) -> None:
+    # HubProcess plays `miss-admin authority init`: an authority key file for
+    # miss-admin, and its public key in MISS_AUTHORITY_KEY for the hub.
     hub = HubProcess(tmp_path / "hub")
     hub.start()
     env = {**os.environ, "MISS_PASSPHRASE": "une phrase de passe solide"}
     try:
-        _, code_a = hub.invite("Dr Alice Martin", "10000000001")
-        _, code_b = hub.invite("Dr Bob Durand", "10000000002")
+        authority = hub.admin("authority", "show")
+        hub.admin("org", "add", "CHRU de Lille")
+        invited = [
+            hub.admin(
+                "invite",
+                "--name",
+                name,
+                "--rpps",
+                rpps,
+                "--profession",
+                profession,
+                "--organisation",
+                "CHRU de Lille",
+            )
+            for name, rpps, profession in (
+                ("Dr Alice Martin", "10000000001", "médecin"),
+                ("Dr Bob Durand", "10000000002", "cardiologue"),
+            )
+        ]
+        key = str(invited[0]["authority"])  # `invite` prints the key to give along with the code
+        assert key == authority["public_key"]
+        code_a, code_b = (str(i["code"]) for i in invited)
         alice, bob = tmp_path / "alice", tmp_path / "bob"
 
-        def run() -> tuple[str, str, str, str]:
-            chat(alice, "enroll", "--server", hub.url, "--kdf", "interactive", code_a, env=env)
-            chat(bob, "enroll", "--server", hub.url, "--kdf", "interactive", code_b, env=env)
-            sent = chat(alice, "send", "10000000002", "Bonjour Bob, un avis sur un patient ?", env=env)
-            inbox = chat(bob, "inbox", env=env)
-            safety_a = chat(alice, "safety", "10000000002", env=env)
-            safety_b = chat(bob, "safety", "10000000001", env=env)
-            return sent, inbox, safety_a, safety_b
+        def run() -> dict[str, str]:
+            out = {}
+            out["enroll"] = chat(
+                alice,
+                "enroll",
+                "--server",
+                hub.url,
+                "--authority",
+                key,
+                "--kdf",
+                "interactive",
+                code_a,
+                env=env,
+            )
+            chat(
+                bob,
+                "enroll",
+                "--server",
+                hub.url,
+                "--authority",
+                key,
+                "--kdf",
+                "interactive",
+                code_b,
+                env=env,
+            )
+            out["whoami"] = chat(alice, "whoami", env=env)
+            # The administrator checks each identity, then attests the enrolled devices.
+            hub.verify("10000000001")
+            hub.verify("10000000002")
+            out["sent"] = chat(alice, "send", "10000000002", "Bonjour Bob, un avis sur un patient ?", env=env)
+            out["inbox"] = chat(bob, "inbox", env=env)
+            chat(bob, "send", "10000000001", "Oui, envoyez-le.", env=env)
+            out["answer"] = chat(alice, "inbox", env=env)
+            out["safety_a"] = chat(alice, "safety", "10000000002", env=env)
+            out["safety_b"] = chat(bob, "safety", "10000000001", env=env)
+            out["verify"] = chat(alice, "verify", "10000000002", "--yes", env=env)
+            out["search"] = chat(alice, "search", "Durand", env=env)
+            out["again"] = chat(bob, "inbox", env=env)
+            return out
 
-        sent, inbox, safety_a, safety_b = await asyncio.to_thread(run)
-        assert "accepted" in sent
-        assert "Dr Alice Martin" in inbox and "Bonjour Bob, un avis sur un patient ?" in inbox
-        number = re.search(r"(\d{5} ){11}\d{5}", safety_a)
-        assert number and number.group(0) in safety_b
+        out = await asyncio.to_thread(run)
+        assert f"authority fingerprint: {authority['fingerprint']}" in out["enroll"]
+        assert str(authority["fingerprint"]) in out["whoami"]
+        assert "accepted" in out["sent"]
+        assert "Dr Alice Martin (10000000001): Bonjour Bob, un avis sur un patient ?" in out["inbox"]
+        assert (
+            "✓ delivered" in out["answer"]
+            and "Dr Bob Durand (10000000002): Oui, envoyez-le." in out["answer"]
+        )
+        number = re.search(r"(\d{5} ){11}\d{5}", out["safety_a"])
+        assert number and number.group(0) in out["safety_b"] and number.group(0) in out["verify"]
+        assert "Dr Bob Durand (10000000002) is verified in person ✓" in out["verify"]
+        assert re.fullmatch(
+            r"Dr Bob Durand ✓ \| RPPS 10000000002 \| cardiologue \| CHRU de Lille \| u_[0-9a-f]{16}\n",
+            out["search"],
+        ), out["search"]
         # Bob's inbox is empty the second time: the message was acked.
-        again = await asyncio.to_thread(chat, bob, "inbox", env=env)
-        assert "Bonjour Bob" not in again
+        assert "Bonjour Bob" not in out["again"]
     finally:
         await hub.stop_async()

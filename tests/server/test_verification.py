@@ -206,6 +206,9 @@ async def test_search_answers_with_attestations_of_verified_clinicians_only(hub:
     alice = await enrolled(hub, "Dr Alice Martin", "10000000001")
     await enrolled(hub, "Dr Martine Petit", "10000000002", verified=False)
     bob = await enrolled(hub, "Dr Bob Martinez", "10000000003")
+    lapsed = await enrolled(hub, "Dr Carole Martin", "10000000004", verified=False)
+    now = time.time_ns() // 1_000_000
+    await verify(hub.store, lapsed.user_id, not_before=now - 10_000, not_after=now - 1)  # expired
     await alice.send_frame(Search(rid=9, query="MARTIN"))
     found = await alice.recv()
     assert isinstance(found, SearchOk) and found.rid == 9
