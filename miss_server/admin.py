@@ -289,12 +289,15 @@ async def cmd_invite(store: Store, settings: Settings, args: argparse.Namespace)
     expires = now + int(settings.invite_ttl_hours * 3_600_000)
     await store.add_enrollment_code(user.user_id, code_hash(code), expires)
     await _record(store, "account.invited", user_id=user.user_id, detail=f"RPPS {user.rpps}")
-    authority = settings.authority_key or "(not configured: set authority_key)"
+    public = settings.authority_key
+    if public is None and _key_file(args).exists():  # the administrator's own key file
+        public = attestation.encode_authority_key(bytes(load_authority(_key_file(args)).verify_key))
+    authority = public or "(unknown: set authority_key, or run where the authority key file is)"
     return {
         "user": user.user_id,
         "code": code,
         "expires": expires,
-        "authority": settings.authority_key,
+        "authority": public,
         "text": f"invited {user.name} (RPPS {user.rpps}) as {user.user_id}\n"
         f"enrollment code: {code}  (single use, expires {_iso(expires)})\n"
         f"authority key:   {authority}\n"
@@ -373,6 +376,7 @@ def _parser() -> argparse.ArgumentParser:
     inv.add_argument("--rpps", required=True, help="11-digit RPPS number")
     inv.add_argument("--profession", required=True, help="e.g. médecin, pharmacien, infirmier")
     inv.add_argument("--organisation", required=True)
+    inv.add_argument("--key-file", help="authority key file, to print its public key with the code")
     sub.add_parser("users", help="list clinicians")
     dev = sub.add_parser("devices", help="list a clinician's devices")
     dev.add_argument("user", help="user id or RPPS number")
