@@ -7,6 +7,7 @@
     miss-bench run --scenario auth-storm --storm 2000
     miss-bench run --scenario fanout --devices 4 --own-devices 3 --rate 200
     miss-bench run --scenario multi-node --rate 1000
+    miss-bench run --scenario flood --rate 200 --flood-messages 5000
 
 See README, "Benchmarks", for what each figure means.
 """
@@ -21,7 +22,7 @@ from typing import Any
 
 from .report import table, write_json, write_plot
 from .runner import Run
-from .scenarios import SCENARIOS
+from .scenarios import EXTRA_WORKERS, SCENARIOS
 
 __all__ = ["main"]
 
@@ -43,7 +44,7 @@ def _parser() -> argparse.ArgumentParser:
         "--rate",
         type=float,
         help="messages per second offered in all (open loop); "
-        "without it: closed loop, the maximum rate reached",
+        "without it: closed loop, the maximum rate reached (connections: 100, flood: 200)",
     )
     r.add_argument(
         "--closed-loop",
@@ -56,15 +57,22 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument(
         "--url",
         action="append",
-        help="use this running hub instead of starting one (twice for multi-node); needs --store",
+        help="use this running hub instead of starting one (twice for multi-node); "
+        "needs --store and --authority-key-file; raise its rate limits first",
     )
     r.add_argument("--store", help="with --url: the hub's store URL (default $MISS_STORE)")
+    r.add_argument(
+        "--authority-key-file",
+        type=Path,
+        help="with --url (required): the key file of the hub's verification authority "
+        "(`miss-admin authority init`), to verify the simulated clinicians",
+    )
     r.add_argument("--workers", type=int, default=2, help="load generator processes (default 2)")
     r.add_argument(
         "--pairs",
         type=int,
         default=50,
-        help="pairs of clinicians (online, multi-node, connections traffic; default 50)",
+        help="pairs of clinicians (online, multi-node, flood, connections traffic; default 50)",
     )
     r.add_argument("--payload", type=int, default=256, help="message body size in bytes (default 256)")
     r.add_argument("--connections", type=int, default=10_000, help="connections: how many (default 10,000)")
@@ -79,6 +87,12 @@ def _parser() -> argparse.ArgumentParser:
         "--own-devices", type=int, default=3, help="fanout: devices of the sender's clinician (default 3)"
     )
     r.add_argument(
+        "--flood-messages",
+        type=int,
+        default=5000,
+        help="flood: most messages the flooder sends in its window (default 5,000)",
+    )
+    r.add_argument(
         "--warmup", type=float, default=1.0, help="unmeasured warm-up before each message window (s)"
     )
     r.add_argument("--profile", help="write a py-spy flame graph (SVG) of the hub during its window")
@@ -88,17 +102,30 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if args.url and args.authority_key_file is None:
+        parser.error("--url needs --authority-key-file (the hub's verification authority)")
     out = Path(args.out)
     stem = f"{args.scenario}-{'services' if args.scenario == 'multi-node' else args.backend}"
     json_path = args.json or out / f"{stem}.json"
     plot_path = args.plot or out / f"{stem}.png"
     started = time.time()
-    run = Run(args)
+    run = Run(args, extra_workers=EXTRA_WORKERS.get(args.scenario, 0))
     try:
         result = SCENARIOS[args.scenario](run)
     finally:
         run.close()
+    refused = {"not_verified", "recipient_not_verified"} & set(result["hub"].get("errors", {}))
+    if refused:
+        run.notes.append(
+            f"the hub refused the clinicians ({', '.join(sorted(refused))}): "
+            + (
+                "is --authority-key-file the authority the hub is configured with?"
+                if args.url
+                else "the bench's attestations were not accepted"
+            )
+        )
     report: dict[str, Any] = {
         "scenario": args.scenario,
         "backend": args.backend,
@@ -109,7 +136,7 @@ def main(argv: list[str] | None = None) -> int:
         **result,
         "pinning": run.pinning(),
         "machine": run.machine(),
-        "loadgen": {"workers": args.workers},
+        "loadgen": {"workers": args.workers, **result.pop("loadgen", {})},
         "command": "miss-bench " + " ".join(sys.argv[1:] if argv is None else argv),
         "started_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(started)),
         "duration_s": round(time.time() - started, 1),

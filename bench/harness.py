@@ -7,6 +7,10 @@ generators run on the others, so that neither steals the other's core.
 PostgreSQL and Redis are shared services of the machine: the bench does not
 pin, stop or restart them; it only creates (and afterwards drops) its own
 schema and key prefix.
+
+The hubs the bench starts trust the run's own verification authority
+(``MISS_AUTHORITY_KEY``, a key made for the run) and get budgets out of
+reach (:data:`UNLIMITED`) unless a scenario is about the limits.
 """
 
 from __future__ import annotations
@@ -29,9 +33,11 @@ __all__ = [
     "BIN",
     "DEFAULT_POSTGRES",
     "DEFAULT_REDIS",
+    "UNLIMITED",
     "ServerProcess",
     "Services",
     "cpu_split",
+    "hub_settings",
     "raise_fd_limit",
     "start_hub",
     "start_relay",
@@ -42,6 +48,16 @@ DEFAULT_POSTGRES = "postgresql://postgres@127.0.0.1:5432/test"
 DEFAULT_REDIS = "redis://127.0.0.1:6379/0"
 FD_LIMIT = 65536
 _URL_LINE = re.compile(r"serving (ws://\S+)")
+#: The hub's budgets (``rate_*`` settings) while the bench measures
+#: throughput, not the limits: out of reach, since every simulated device
+#: comes from 127.0.0.1.
+UNLIMITED_RATE = "1000000/s burst 1000000"
+UNLIMITED = {
+    "rate_device": UNLIMITED_RATE,
+    "rate_address": UNLIMITED_RATE,
+    "rate_auth": UNLIMITED_RATE,
+    "rate_failed_auth": UNLIMITED_RATE,
+}
 
 
 def cpu_split() -> tuple[set[int], set[int]]:
@@ -126,9 +142,27 @@ def _start(name: str, argv: list[str], env: dict[str, str], cwd: Path, cpus: set
     raise RuntimeError(f"{name} did not start; its log ({log_path}):\n{log_path.read_text()[-3000:]}")
 
 
-def start_hub(name: str, workdir: Path, store: str, broker: str, cpus: set[int]) -> ServerProcess:
-    """``miss-server`` on a free port with this store and broker."""
+def hub_settings(authority_key: str, **rates: str | None) -> dict[str, str]:
+    """The environment the bench gives its hubs: the run's verification
+    authority and every budget out of reach (``UNLIMITED``), except the
+    ``rate_*`` settings given here (a scenario about the limits); a value of
+    ``None`` leaves that budget at the hub's default."""
+    env = {"MISS_AUTHORITY_KEY": authority_key}
+    budgets: dict[str, str | None] = {**UNLIMITED, **rates}
+    for key, value in budgets.items():
+        if value is not None:
+            env[f"MISS_{key.upper()}"] = value
+    return env
+
+
+def start_hub(
+    name: str, workdir: Path, store: str, broker: str, cpus: set[int], settings: dict[str, str]
+) -> ServerProcess:
+    """``miss-server`` on a free port with this store and broker, and the
+    ``MISS_*`` ``settings`` of :func:`hub_settings` (the caller's own
+    ``MISS_*`` variables are not passed on)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("MISS_")}
+    env.update(settings)
     env.update({"MISS_STORE": store, "MISS_BROKER": broker, "MISS_PORT": "0"})
     env["MISS_LOG_LEVEL"] = os.environ.get("MISS_BENCH_HUB_LOG_LEVEL", "info")
     return _start(name, [str(BIN / "miss-server")], env, workdir, cpus)

@@ -19,6 +19,16 @@ from different processes. Scheduled rather than actual send time: when the
 system falls behind a fixed rate, the wait counts (no coordinated
 omission). Each sender also records how late it actually sent (its *lag*),
 so that a load generator that cannot keep up shows as such.
+
+A request the hub refuses with ``rate_limited`` is counted apart (counter
+``rate_limited``, not an error) and sent again with the same id after the
+``retry_after`` it was told, as a client must (SPEC §6.2); the latency of
+such a message includes the wait. The ``flood`` scenario's *flooder* is the
+exception: its frames are sealed beforehand (``flood_prepare``), written as
+fast as the socket takes them without waiting for any answer, never sent
+again, and counted under ``flood_*`` so that they stay out of the figures of
+the legitimate traffic; a delivery of a flood message (body ``flood|...``)
+is counted as ``flood_delivered``.
 """
 
 from __future__ import annotations
@@ -47,6 +57,8 @@ from .plan import Entry, Flow
 __all__ = ["worker_main"]
 
 RETRYABLE = ("rate_limited", "storage_unavailable")
+#: Body prefix of the flooder's messages.
+FLOOD_MARK = "flood|"
 CLOSED_LOOP_TIMEOUT = 30.0
 TROUBLE = (ConnectionClosed, InvalidHandshake, OSError, TimeoutError, HubRefused)
 
@@ -72,6 +84,10 @@ class Worker:
         self.job: asyncio.Task[Any] | None = None
         self.job_name = ""
         self.exit = asyncio.Event()
+        # The flooder (flood scenario), if this worker has it: kept across collects.
+        self.flooder: Device | None = None
+        self.flood_frames: list[bytes] = []
+        self.flood_ids: set[bytes] = set()
         self.reset()
 
     def reset(self) -> None:
@@ -128,6 +144,8 @@ class Worker:
             return self.set_directory(**kw)
         if cmd == "collect":
             return self.collect()
+        if cmd == "flood_prepare":
+            return self.flood_prepare(**kw)
         if cmd == "exit":
             self.exit.set()
             return None
@@ -261,15 +279,26 @@ class Worker:
         await dev.ws.send(frame)
         self.counters["sent"] += 1
 
-    async def run(self, t0_ns: int, t_end_ns: int, rate: float | None, payload: int) -> dict[str, Any]:
+    async def run(
+        self, t0_ns: int, t_end_ns: int, rate: float | None, payload: int, flood: bool = False
+    ) -> dict[str, Any]:
         """Send from every flow of this worker until ``t_end_ns``: at ``rate``
         messages per second in all (open loop), or, with ``rate`` None, each
         flow sending its next message once the last one was delivered to all
-        its targets (closed loop)."""
+        its targets (closed loop). With ``flood``, the flooder's prepared
+        frames go out too, from ``t0_ns``."""
         await asyncio.sleep(max(0, t0_ns - time.monotonic_ns()) / 1e9)
-        if not self.flows:
-            self.counters["done_sending"] = 1
-            return {"sent": 0}
+        out: dict[str, Any] = {}
+        flooding = asyncio.create_task(self._flood(t_end_ns)) if flood else None
+        if self.flows:
+            await self._flows(t0_ns, t_end_ns, rate, payload)
+        if flooding is not None:
+            out["flood"] = await flooding
+        self.counters["done_sending"] = 1
+        out["sent"] = self.counters["sent"]
+        return out
+
+    async def _flows(self, t0_ns: int, t_end_ns: int, rate: float | None, payload: int) -> None:
         try:
             if rate is None:
                 await asyncio.gather(*(self._closed_loop(f, t_end_ns, payload) for f in self.flows))
@@ -277,8 +306,6 @@ class Worker:
                 await self._open_loop(t0_ns, t_end_ns, rate, payload)
         except ConnectionClosed as exc:
             self.errors[f"send: connection closed {exc.rcvd}"] += 1
-        self.counters["done_sending"] = 1
-        return {"sent": self.counters["sent"]}
 
     async def _open_loop(self, t0_ns: int, t_end_ns: int, rate: float, payload: int) -> None:
         interval = 1e9 / rate
@@ -338,6 +365,42 @@ class Worker:
         self.window = self.all_accepted = None
         return {"started_ns": started, "sent_ns": sent, "done_ns": time.monotonic_ns()}
 
+    # --- the flooder (flood scenario) ------------------------------------------------
+
+    def flood_prepare(self, flow: Flow, count: int, payload: int) -> int:
+        """Seal ``count`` messages of ``flow`` (the flooder's, whose sender is
+        on this worker) beforehand, so that the flood costs no crypto in its
+        window."""
+        dev, to_user, targets, _ = self._send_parts(flow)
+        self.flooder = dev
+        self.flood_frames = []
+        self.flood_ids = set()
+        body = FLOOD_MARK.ljust(payload, ".")
+        for _ in range(count):
+            mid, frame = dev.seal_send(to_user, targets, body)
+            self.flood_frames.append(frame)
+            self.flood_ids.add(mid)
+        return count
+
+    async def _flood(self, t_end_ns: int) -> dict[str, int]:
+        """Write the prepared frames back to back, pipelined, answers unread
+        here (``_on_hub_frame`` counts them), until all are written or
+        ``t_end_ns``; the socket's flow control is the only brake."""
+        dev = self.flooder
+        assert dev is not None and dev.ws is not None, "flood: the flooder is not connected"
+        frames, self.flood_frames = self.flood_frames, []
+        started = time.monotonic_ns()
+        try:
+            async with asyncio.timeout((t_end_ns - time.monotonic_ns()) / 1e9):
+                for frame in frames:
+                    await dev.ws.send(frame)
+                    self.counters["flood_sent"] += 1
+        except TimeoutError:
+            pass  # the window is over: what is not written is not sent
+        except ConnectionClosed as exc:
+            self.errors[f"flood: connection closed {exc.rcvd}"] += 1
+        return {"sent": self.counters["flood_sent"], "started_ns": started, "ended_ns": time.monotonic_ns()}
+
     # --- receiving ----------------------------------------------------------------
 
     async def _receive(self, dev: Device) -> None:
@@ -353,7 +416,11 @@ class Worker:
             pass
         finally:
             if dev.ws is not None and dev.ws.close_code not in (None, 1000, 1001):
-                self.errors[f"closed by server: {dev.ws.close_code} {dev.ws.close_reason}"] += 1
+                closed = f"closed by server: {dev.ws.close_code} {dev.ws.close_reason}"
+                if dev is self.flooder:  # the hub's business with the flooder, not an error of the bench
+                    self.counters[f"flood_{closed}"] += 1
+                else:
+                    self.errors[closed] += 1
 
     def _on_hub_frame(self, dev: Device, data: bytes) -> None:
         frame = decode(data, SERVER_FRAMES)
@@ -372,7 +439,7 @@ class Worker:
             dev.want_ack(frame.seq)  # acked even when it fails the checks (SPEC §6.3)
         elif kind is Delivered:
             assert isinstance(frame, Delivered)
-            self.counters["receipts"] += 1
+            self.counters["flood_receipts" if dev is self.flooder else "receipts"] += 1
             dev.want_ack(frame.seq)
         elif kind is Accepted:
             assert isinstance(frame, Accepted)
@@ -398,6 +465,9 @@ class Worker:
             self.counters["duplicates"] += 1
             return
         dev.seen.add(mid)
+        if plain.body.startswith(FLOOD_MARK):  # the flooder's: not part of the measured traffic
+            self.counters["flood_delivered"] += 1
+            return
         self.sched_ns.append(int(plain.body[: plain.body.index("|")]))
         self.recv_ns.append(now)
         self.counters["delivered"] += 1
@@ -412,6 +482,8 @@ class Worker:
     def _accepted(self, mid: bytes) -> None:
         entry = self.outstanding.pop(mid, None)
         if entry is None:
+            if mid in self.flood_ids:
+                self.counters["flood_accepted"] += 1
             return
         self.accept_ns.append(time.monotonic_ns() - entry[0])
         self.counters["accepted"] += 1
@@ -421,7 +493,14 @@ class Worker:
             self.all_accepted.set()
 
     def _error(self, frame: Error) -> None:
-        self.errors[frame.code] += 1
+        if frame.id is not None and frame.id in self.flood_ids:
+            # The flooder does not wait, and does not try again.
+            self.counters[f"flood_{frame.code}"] += 1
+            return
+        if frame.code == "rate_limited":  # the hub's budget, not a failure: counted apart
+            self.counters["rate_limited"] += 1
+        else:
+            self.errors[frame.code] += 1
         if frame.id is None:
             return
         entry = self.outstanding.get(frame.id)

@@ -1,7 +1,12 @@
-"""Invite the simulated clinicians: users and enrollment codes written in
-bulk through the Store API of the very store the hub uses (as
-``miss-admin invite`` does, one at a time). The devices then enroll with
-those codes over WebSocket, like real clients (see ``loadgen``).
+"""Invite and verify the simulated clinicians, in bulk, through the Store
+API of the very store the hub uses.
+
+:func:`invite_all` writes users and enrollment codes (as ``miss-admin
+invite`` does, one at a time); the devices then enroll with those codes over
+WebSocket, like real clients (see ``loadgen``). :func:`verify_all` then
+does what ``miss-admin verify`` does for each of them: it signs, with the
+run's authority key, an attestation of the user and their enrolled devices
+(SPEC §11) and records it, so that the hub lets them send and be sent to.
 """
 
 from __future__ import annotations
@@ -9,15 +14,24 @@ from __future__ import annotations
 import asyncio
 import secrets
 import time
+from collections.abc import Sequence
+
+import nacl.signing
 
 from miss_server.app import build_store, embedded_store
 from miss_server.codes import code_hash, new_code
 from miss_server.config import load_settings
+from miss_server.store.base import Store
+from protocol import attestation
 
-__all__ = ["invite_all"]
+__all__ = ["invite_all", "verify_all"]
 
 CHUNK = 256
 CODE_TTL_MS = 6 * 3_600_000
+#: Validity of the bench's attestations: the minute of leeway of
+#: ``miss-admin verify`` before, and far more than any run after.
+ATTESTATION_LEEWAY_MS = 60_000
+ATTESTATION_TTL_MS = 2 * 86_400_000
 
 
 def invite_all(store_url: str, devices_per_user: list[int]) -> tuple[list[str], list[list[str]]]:
@@ -58,5 +72,45 @@ async def _invite_all(store_url: str, devices_per_user: list[int]) -> tuple[list
             users += [u.user_id for u in created]
             codes += batch_codes
         return users, codes
+    finally:
+        await store.close()
+
+
+def verify_all(store_url: str, user_ids: Sequence[str], signing_key: nacl.signing.SigningKey) -> int:
+    """Attest every user with their active (enrolled) devices, signed with
+    the authority ``signing_key``; returns the number of devices attested."""
+    return asyncio.run(_verify_all(store_url, list(user_ids), signing_key))
+
+
+async def _verify_one(store: Store, user_id: str, key: nacl.signing.SigningKey, now: int) -> int:
+    user = await store.get_user(user_id)
+    if user is None:
+        raise LookupError(f"no user {user_id} in the bench's store")
+    devices = await store.user_devices(user_id)
+    att = attestation.Attestation(
+        user=user.user_id,
+        rpps=user.rpps,
+        name=user.name,
+        profession=user.profession,
+        organisation=user.organisation,
+        devices=tuple(attestation.AttestedDevice(d.device_id, d.sign_pk, d.box_pk) for d in devices),
+        not_before=now - ATTESTATION_LEEWAY_MS,
+        not_after=now + ATTESTATION_TTL_MS,
+    )
+    await store.set_attestation(user_id, attestation.sign(att, key))
+    return len(devices)
+
+
+async def _verify_all(store_url: str, user_ids: list[str], key: nacl.signing.SigningKey) -> int:
+    settings = load_settings(store=store_url)
+    store = build_store(settings)
+    await store.open()
+    try:
+        now = time.time_ns() // 1_000_000
+        attested = 0
+        for start in range(0, len(user_ids), CHUNK):
+            batch = user_ids[start : start + CHUNK]
+            attested += sum(await asyncio.gather(*(_verify_one(store, u, key, now) for u in batch)))
+        return attested
     finally:
         await store.close()

@@ -1,6 +1,7 @@
 """The bench's outputs: a table on standard output, the JSON report, and
 one PNG with the latency distribution, latency over time and throughput
-over time, hub and relay side by side."""
+over time, hub and relay side by side (``flood``: the hub with and without
+the flood, and the relay)."""
 
 from __future__ import annotations
 
@@ -23,6 +24,9 @@ def _fmt(v: Any, unit: str = "") -> str:
     return text + unit
 
 
+#: Rows shown only when one side is not zero.
+IF_NONZERO = {"rate_limited"}
+
 ROWS: list[tuple[str, str, str]] = [
     ("delivered", "delivered", ""),
     ("rate", "rate (per s)", ""),
@@ -33,6 +37,7 @@ ROWS: list[tuple[str, str, str]] = [
     ("p50_ms", "latency p50", " ms"),
     ("p90_ms", "latency p90", " ms"),
     ("p99_ms", "latency p99", " ms"),
+    ("p99_ms_no_flood", "  p99 without the flood", " ms"),
     ("p999_ms", "latency p99.9", " ms"),
     ("max_ms", "latency max", " ms"),
     ("accept_p50_ms", "send→accepted p50", " ms"),
@@ -43,6 +48,8 @@ ROWS: list[tuple[str, str, str]] = [
     ("connect_per_s", "connections per s", ""),
     ("connections", "connections held", ""),
     ("rss_kib_per_connection", "RSS per connection", " KiB"),
+    ("rate_limited", "rate_limited (then resent)", ""),
+    ("lost", "messages lost", ""),
     ("send_lag_p99_ms", "sender lag p99", " ms"),
     ("loadgen_cpu_util", "load generator CPU", ""),
 ]
@@ -52,6 +59,8 @@ def _section(hub: dict[str, Any], relay: dict[str, Any], ratio: Any) -> list[str
     lines = [f"  {'':28}{'hub':>14}{'relay':>14}{'hub/relay':>12}"]
     for key, label, unit in ROWS:
         if key not in hub and key not in relay:
+            continue
+        if key in IF_NONZERO and not (hub.get(key) or relay.get(key)):
             continue
         extra = ""
         if key == "cpu_us_per_msg" and ratio is not None:
@@ -85,6 +94,27 @@ def table(report: dict[str, Any]) -> str:
     if "closed_loop" in report:
         c = report["closed_loop"]
         lines += ["", "closed loop (maximum rate):", *_section(c["hub"], c["relay"], c.get("ratio_cpu"))]
+    if "no_flood" in report:
+        q = report["no_flood"]
+        lines += [
+            "",
+            "without the flood (same hub, same pairs):",
+            *_section(q["hub"], report["relay"], q["ratio_cpu"]),
+        ]
+    if "flood" in report:
+        f = report["flood"]
+        lines += [
+            "",
+            f"flood: {_fmt(f['sent'])} messages written by the flooder in {_fmt(f['send_seconds'])} s "
+            f"(per-device budget {f['rate_device']})",
+            f"  accepted {_fmt(f['accepted'])}, rate_limited {_fmt(f['rate_limited'])}, "
+            f"unanswered {_fmt(f['unanswered'])}; delivered to the victim {_fmt(f['delivered'])}",
+            f"  pairs' p99 with ÷ without the flood: {_fmt(f['p99_ratio'])}",
+        ]
+        if f.get("other_errors"):
+            lines.append(
+                "  flooder, other answers: " + ", ".join(f"{k}: {v}" for k, v in f["other_errors"].items())
+            )
     if report.get("ratio_rss") is not None:
         lines.append(f"  RSS per connection, hub/relay: {report['ratio_rss']:.2f}")
     for note in report.get("notes", []):
@@ -106,10 +136,18 @@ def write_plot(report: dict[str, Any], path: Path) -> None:
 
     path.parent.mkdir(parents=True, exist_ok=True)
     sides = [("hub", report["hub"], "tab:red"), ("relay", report["relay"], "tab:blue")]
+    versus = "hub vs bare relay"
+    if "no_flood" in report:
+        sides = [
+            ("hub, flood", report["hub"], "tab:red"),
+            ("hub, no flood", report["no_flood"]["hub"], "tab:orange"),
+            ("relay", report["relay"], "tab:blue"),
+        ]
+        versus = "hub with and without the flood vs bare relay"
     fig, axes = plt.subplots(1, 3, figsize=(17, 5))
     unit = report.get("unit", "message")
     title = f"miss-bench {report['scenario']} ({report['backend']}, {report['mode']})"
-    fig.suptitle(title + f": latency and throughput per {unit}, hub vs bare relay")
+    fig.suptitle(title + f": latency and throughput per {unit}, {versus}")
 
     ax = axes[0]
     for name, side, color in sides:

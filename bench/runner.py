@@ -23,16 +23,18 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+import nacl.signing
 from websockets.version import version as websockets_version
 
-from protocol import crypto
+from miss_server.admin import load_authority
+from protocol import attestation, crypto
 
-from .harness import ServerProcess, Services, cpu_split, start_hub, start_relay
+from .harness import ServerProcess, Services, cpu_split, hub_settings, start_hub, start_relay
 from .measure import CpuMeter, pid_listening_on, postgres_pids, redis_pids
 from .plan import DeviceSpec, Entry, Flow, relay_ids
 from .pool import WorkerPool
 from .progress import Progress
-from .provision import invite_all
+from .provision import invite_all, verify_all
 from .stats import encoded, latency_summary, merge_samples, percentile_curve, timeseries
 
 __all__ = ["Population", "Run"]
@@ -83,15 +85,19 @@ class Population:
 class Run:
     """One invocation: owns the pool, the servers and the temporary files."""
 
-    def __init__(self, args: Any) -> None:
+    def __init__(self, args: Any, extra_workers: int = 0) -> None:
         self.args = args
+        self.authority = self._authority()
+        #: The ``MISS_*`` settings of the hubs this run starts (``start_hubs``).
+        self.hub_env = hub_settings(self.authority_key)
         self.server_cpus, self.load_cpus = cpu_split()
         self.out_dir = Path(args.out)
         self.tag = time.strftime("%Y%m%d-%H%M%S") + "-" + secrets.token_hex(2)
         self.workdir = self.out_dir / f"run-{self.tag}"
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.progress = Progress(enabled=not args.quiet)
-        self.pool = WorkerPool(args.workers, self.load_cpus)
+        # ``extra_workers``: processes of a scenario's own beyond ``--workers`` (flood's flooder).
+        self.pool = WorkerPool(args.workers + extra_workers, self.load_cpus)
         self.servers: list[ServerProcess] = []
         self.services: Services | None = None
         self.store_url = ""
@@ -100,8 +106,38 @@ class Run:
         self.pop: Population | None = None
         self.notes: list[str] = []
         self.directory: dict[int, Entry] = {}
+        self.last_results: list[Any] = []
+        self.last_counters: dict[str, int] = {}
 
     # --- life -------------------------------------------------------------------
+
+    def _authority(self) -> nacl.signing.SigningKey:
+        """The verification authority of the run: a key of its own for the
+        hubs it starts; with ``--url``, the hub's (``--authority-key-file``)."""
+        if not self.args.url:
+            return nacl.signing.SigningKey.generate()
+        path = getattr(self.args, "authority_key_file", None)
+        if path is None:
+            raise SystemExit(
+                "miss-bench: with --url, give the hub's verification authority key file "
+                "(--authority-key-file, as `miss-admin authority init` writes it)"
+            )
+        try:
+            key = load_authority(Path(path))
+        except ValueError as exc:
+            raise SystemExit(f"miss-bench: {exc}") from None
+        configured = os.environ.get("MISS_AUTHORITY_KEY")
+        if configured and configured.strip() != attestation.encode_authority_key(bytes(key.verify_key)):
+            raise SystemExit(
+                f"miss-bench: {path} is not the authority of MISS_AUTHORITY_KEY "
+                "(the hub would refuse every message as not_verified)"
+            )
+        return key
+
+    @property
+    def authority_key(self) -> str:
+        """The authority's public key in the hub's ``MISS_AUTHORITY_KEY`` form."""
+        return attestation.encode_authority_key(bytes(self.authority.verify_key))
 
     def close(self) -> None:
         for server in self.servers:
@@ -163,9 +199,12 @@ class Run:
 
     # --- the hub ----------------------------------------------------------------------
 
-    def start_hubs(self, nodes: int = 1) -> list[str]:
-        """Start the hub node(s) of the chosen backend (or use ``--url``)."""
+    def start_hubs(self, nodes: int = 1, **rates: str | None) -> list[str]:
+        """Start the hub node(s) of the chosen backend (or use ``--url``).
+        They trust the run's authority; their budgets are out of reach
+        except the ``rate_*`` settings given (None: the hub's default)."""
         args = self.args
+        self.hub_env = hub_settings(self.authority_key, **rates)
         if args.url:
             if len(args.url) < nodes:
                 raise SystemExit(f"miss-bench: this scenario needs {nodes} --url")
@@ -189,15 +228,19 @@ class Run:
             self.services.migrate()
             self.store_url, broker = self.services.store, self.services.broker
         for n in range(nodes):
-            hub = start_hub(f"hub{n}", self.workdir / f"hub{n}", self.store_url, broker, self.server_cpus)
+            hub = start_hub(
+                f"hub{n}", self.workdir / f"hub{n}", self.store_url, broker, self.server_cpus, self.hub_env
+            )
             self.servers.append(hub)
             self.hub_urls.append(hub.url)
             self.hub_pids.append(hub.pid)
         return self.hub_urls
 
     def enroll(self, concurrency: int = 32) -> None:
-        """Invite every clinician through the store, then enroll every device
-        over WebSocket with its code (outside any measured window)."""
+        """Invite every clinician through the store, enroll every device
+        over WebSocket with its code, then verify every clinician (an
+        attestation of their devices signed by the run's authority), all
+        outside any measured window."""
         pop = self.pop
         assert pop is not None
         self.progress.note(f"inviting {len(pop.user_devices)} clinicians ({len(pop.devices)} devices)")
@@ -222,6 +265,8 @@ class Run:
             "enroll", per_worker, lambda st: self.progress.update(sum(s.get("enrolled", 0) for s in st))
         )
         self.progress.finish(f"{total} devices enrolled")
+        attested = verify_all(self.store_url, user_ids, self.authority)
+        self.progress.note(f"verified {len(user_ids)} clinicians ({attested} devices attested)")
         entries = {}
         for result in results:
             for index, (user_id, device_id) in result.items():
@@ -322,15 +367,28 @@ class Run:
             time.sleep(0.02)
 
     def message_phase(
-        self, label: str, servers: list[int], rate: float | None, seconds: float, payload: int, services: bool
+        self,
+        label: str,
+        servers: list[int],
+        rate: float | None,
+        seconds: float,
+        payload: int,
+        services: bool,
+        extra: dict[int, dict[str, Any]] | None = None,
     ) -> dict[str, Any]:
         """Messages at a fixed offered rate (or closed loop) for ``seconds``;
-        returns the figures of the phase."""
+        returns the figures of the phase. ``extra``: more arguments of the
+        measured window's ``run`` job, per worker (the flood). The workers'
+        job results and raw counters stay in ``last_results`` and
+        ``last_counters``."""
         self.warm_up(rate, payload)
         meters = self.meters(servers, services)
         t0 = time.monotonic_ns() + 300_000_000
         t_end = t0 + int(seconds * 1e9)
-        self.pool.start_job("run", self._run_kwargs(t0, t_end, rate, payload))
+        kwargs = self._run_kwargs(t0, t_end, rate, payload)
+        for w, more in (extra or {}).items():
+            kwargs[w].update(more)
+        self.pool.start_job("run", kwargs)
         time.sleep(max(0.0, (t0 - time.monotonic_ns()) / 1e9))
         for m in meters.values():
             m.start()
@@ -341,16 +399,23 @@ class Run:
         def show(st: list[dict[str, Any]]) -> None:
             elapsed = time.monotonic() - started
             delivered = sum(s.get("delivered", 0) for s in st)
-            self.progress.update(elapsed, delivered=delivered, rate=f"{delivered / max(elapsed, 1e-9):.0f}/s")
+            more = {}
+            if extra:
+                sent, limited = (sum(s.get(f"flood_{k}", 0) for s in st) for k in ("sent", "rate_limited"))
+                more["flood"] = f"{sent} sent/{limited} limited"
+            self.progress.update(
+                elapsed, delivered=delivered, rate=f"{delivered / max(elapsed, 1e-9):.0f}/s", **more
+            )
 
         self.pool.wait_job(show)
-        self.pool.finish_job()
+        self.last_results = self.pool.finish_job()
         complete = self._wait_complete(time.monotonic() + GRACE_SECONDS, show)
         t_done = time.monotonic_ns()
         cpu = {name: m.stop() for name, m in meters.items()}
         load_cpu = self.pool.cpu_seconds() - load0
         self.progress.finish()
         samples = merge_samples(self.pool.call_all("collect"))
+        self.last_counters = dict(samples.counters)
         window = (t_done - t0) / 1e9
         lat = samples.latencies_us()
         result = self._figures(samples, lat, window, cpu, load_cpu, t0, samples.sched_ns)
@@ -384,6 +449,9 @@ class Run:
             "accepted": samples.counters.get("accepted", 0),
             "receipts": samples.counters.get("receipts", 0),
             "duplicates": samples.counters.get("duplicates", 0),
+            # refused by the hub's budgets, then sent again after retry_after (not errors)
+            "rate_limited": samples.counters.get("rate_limited", 0),
+            "resent": samples.counters.get("resent", 0),
             "errors": samples.errors,
             "send_lag_p99_ms": lag["send_lag_p99_ms"],
             "accept_p50_ms": accept["accept_p50_ms"],

@@ -18,13 +18,18 @@ def ratio(hub: float | None, relay: float | None) -> float | None:
     return round(hub / relay, 2)
 
 
-def pairs_population(r: Run, pairs: int, nodes: tuple[int, int] = (0, 0)) -> Population:
+def pairs_population(
+    r: Run, pairs: int, nodes: tuple[int, int] = (0, 0), workers: int | None = None
+) -> Population:
     """``pairs`` pairs of clinicians with one device each, writing to each
-    other; the first of a pair on hub node ``nodes[0]``, the second on ``nodes[1]``."""
+    other; the first of a pair on hub node ``nodes[0]``, the second on
+    ``nodes[1]``. The pairs are spread over the first ``workers`` workers
+    (default all of them)."""
     pop = Population(len(r.pool))
+    spread = workers or len(r.pool)
     for p in range(pairs):
-        a = pop.add_user(1, p, [nodes[0]])
-        b = pop.add_user(1, p, [nodes[1]])
+        a = pop.add_user(1, p % spread, [nodes[0]])
+        b = pop.add_user(1, p % spread, [nodes[1]])
         pop.add_flow(pop.user_devices[a][0], b)
         pop.add_flow(pop.user_devices[b][0], a)
     return pop

@@ -69,7 +69,7 @@ def run(r: Run) -> dict[str, Any]:
     if not args.url:  # a fresh hub on the same store: "before" is an idle hub
         old = r.servers.pop()
         old.stop()
-        hub = start_hub("hub0", r.workdir / "hub0", r.store_url, old_broker(r), r.server_cpus)
+        hub = start_hub("hub0", r.workdir / "hub0", r.store_url, old_broker(r), r.server_cpus, r.hub_env)
         r.servers.append(hub)
         r.hub_urls, r.hub_pids, hub_pid = [hub.url], [hub.pid], hub.pid
         time.sleep(0.5)

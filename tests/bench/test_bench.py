@@ -4,6 +4,11 @@ works and that its figures are consistent with each other.
 
 ``multi-node`` (and ``online --backend services``) run against this
 machine's PostgreSQL and Redis; they fail, never skip, when those are down.
+
+Every hub the bench starts refuses unverified clinicians and has rate
+limits (SPEC §11): a run with nothing lost and no errors is also the check
+that the bench verifies its clinicians and raises the budgets; ``flood`` is
+the one scenario that keeps the per-device budget, and must hit it.
 """
 
 from __future__ import annotations
@@ -34,6 +39,8 @@ RUNS: dict[str, tuple[str, ...]] = {
     "auth-storm": ("--scenario", "auth-storm", "--storm", "60"),
     "connections": ("--scenario", "connections", "--connections", "200", "--rate", "50"),
     "multi-node": ("--scenario", "multi-node", "--rate", "100"),
+    # 3 pairs at 30/s: 5/s per device, under the hub's default budget of 10/s
+    "flood": ("--scenario", "flood", "--rate", "30", "--flood-messages", "500"),
 }
 
 
@@ -159,3 +166,50 @@ def test_multi_node(runs: dict[str, Future[dict[str, Any]]]) -> None:
     check_messages(report["hub"])
     assert report["hub"]["postgres_cpu_us_per_msg"] > 0
     assert report["hub"]["redis_cpu_us_per_msg"] > 0
+
+
+def test_flood(runs: dict[str, Future[dict[str, Any]]]) -> None:
+    report = runs["flood"].result()
+    assert report["mode"] == "fixed-rate" and report["rate_offered"] == 30
+    hub, quiet, flood = report["hub"], report["no_flood"]["hub"], report["flood"]
+    check_side(quiet)
+    # every pair message of both windows arrived, once, and none was refused
+    for side in (hub, quiet):
+        check_messages(side)
+        assert side["lost"] == 0
+        assert side["accepted"] == side["sent"] and side["receipts"] == side["delivered"]
+        assert side["rate_limited"] == 0 and side["resent"] == 0
+    assert hub["lost_no_flood"] == 0 and hub["complete_no_flood"] is True
+    check_messages(report["relay"])
+    # the figures of both windows, and their ratio
+    assert hub["p99_ms_no_flood"] == quiet["p99_ms"] > 0
+    assert flood["p99_ratio"] == pytest.approx(hub["p99_ms"] / quiet["p99_ms"], abs=0.01)
+    relay_cpu = report["relay"]["cpu_us_per_msg"]
+    if quiet["cpu_us_per_msg"] and relay_cpu:  # 10 ms ticks: a brief run may charge none
+        assert report["no_flood"]["ratio_cpu"] == pytest.approx(quiet["cpu_us_per_msg"] / relay_cpu, rel=0.01)
+    # the flooder: its own counts, kept out of the pairs' figures
+    for key in ("prepared", "sent", "accepted", "rate_limited", "unanswered", "delivered", "receipts"):
+        assert isinstance(flood[key], int) and flood[key] >= 0, (key, flood)
+    assert flood["prepared"] == 500 and 0 < flood["sent"] <= 500
+    assert flood["rate_limited"] >= 1, flood  # the hub's default per-device budget bit
+    assert flood["accepted"] >= 1 and flood["delivered"] <= flood["accepted"]
+    assert flood["accepted"] + flood["rate_limited"] + flood["unanswered"] <= flood["sent"]
+    assert not flood["other_errors"], flood["other_errors"]
+    assert flood["rate_device"] == report["params"]["rate_device"] == "10/s burst 50"
+    assert report["loadgen"]["flooder"]
+
+
+def test_external_hub_needs_the_authority_key(tmp_path: Path) -> None:
+    """``--url`` without the hub's authority, or with a file that is not
+    one: refused before anything starts."""
+    base = [str(BIN / "miss-bench"), "run", "--scenario", "online", "--url", "ws://127.0.0.1:9/"]
+    base += ["--store", f"sqlite:///{tmp_path / 'none.db'}", "--out", str(tmp_path / "out"), "--quiet"]
+    run = subprocess.run(base, capture_output=True, text=True, timeout=60)
+    assert run.returncode == 2 and "--authority-key-file" in run.stderr
+    bad = tmp_path / "bad.key"
+    bad.write_text("# not a key\nnot base64!\n")
+    run = subprocess.run(
+        [*base, "--authority-key-file", str(bad)], capture_output=True, text=True, timeout=60
+    )
+    assert run.returncode != 0 and "not an authority key file" in run.stderr
+    assert not (tmp_path / "out").exists()
