@@ -95,7 +95,11 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument(
         "--warmup", type=float, default=1.0, help="unmeasured warm-up before each message window (s)"
     )
-    r.add_argument("--profile", help="write a py-spy flame graph (SVG) of the hub during its window")
+    r.add_argument(
+        "--profile",
+        help="write a py-spy profile of the hub during its window: "
+        "flame graph (.svg) or collapsed stacks (.txt)",
+    )
     r.add_argument("--keep", action="store_true", help="keep the run's work directory (hub logs, database)")
     r.add_argument("--quiet", action="store_true", help="no progress output")
     return p

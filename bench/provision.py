@@ -19,18 +19,16 @@ from collections.abc import Sequence
 import nacl.signing
 
 from miss_server.app import build_store, embedded_store
+from miss_server.authority import attest
 from miss_server.codes import code_hash, new_code
 from miss_server.config import load_settings
 from miss_server.store.base import Store
-from protocol import attestation
 
 __all__ = ["invite_all", "verify_all"]
 
 CHUNK = 256
 CODE_TTL_MS = 6 * 3_600_000
-#: Validity of the bench's attestations: the minute of leeway of
-#: ``miss-admin verify`` before, and far more than any run after.
-ATTESTATION_LEEWAY_MS = 60_000
+#: Validity of the bench's attestations: far more than any run.
 ATTESTATION_TTL_MS = 2 * 86_400_000
 
 
@@ -83,22 +81,8 @@ def verify_all(store_url: str, user_ids: Sequence[str], signing_key: nacl.signin
 
 
 async def _verify_one(store: Store, user_id: str, key: nacl.signing.SigningKey, now: int) -> int:
-    user = await store.get_user(user_id)
-    if user is None:
-        raise LookupError(f"no user {user_id} in the bench's store")
-    devices = await store.user_devices(user_id)
-    att = attestation.Attestation(
-        user=user.user_id,
-        rpps=user.rpps,
-        name=user.name,
-        profession=user.profession,
-        organisation=user.organisation,
-        devices=tuple(attestation.AttestedDevice(d.device_id, d.sign_pk, d.box_pk) for d in devices),
-        not_before=now - ATTESTATION_LEEWAY_MS,
-        not_after=now + ATTESTATION_TTL_MS,
-    )
-    await store.set_attestation(user_id, attestation.sign(att, key))
-    return len(devices)
+    att = await attest(store, user_id, key, valid_ms=ATTESTATION_TTL_MS, now=now)
+    return len(att.devices)
 
 
 async def _verify_all(store_url: str, user_ids: list[str], key: nacl.signing.SigningKey) -> int:

@@ -26,7 +26,7 @@ from urllib.parse import urlsplit
 import nacl.signing
 from websockets.version import version as websockets_version
 
-from miss_server.admin import load_authority
+from miss_server.authority import load_authority
 from protocol import attestation, crypto
 
 from .harness import ServerProcess, Services, cpu_split, hub_settings, start_hub, start_relay

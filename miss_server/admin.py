@@ -53,12 +53,12 @@ import nacl.signing
 from protocol import attestation
 
 from .app import build_store, embedded_store
+from .authority import attest, key_file_text, load_authority
 from .codes import code_hash, new_code
 from .config import ConfigError, Settings, load_settings
 from .store.base import AuditEvent, SchemaMismatch, Store, StoreUnavailable, User
 
 DEFAULT_KEY_FILE = "miss-authority.key"
-_KEY_HEADER = "# MiSS verification authority key (Ed25519 seed, base64). Keep it secret and off the hub."
 
 RPPS = re.compile(r"^\d{11}$")
 
@@ -88,22 +88,6 @@ def _key_file(args: argparse.Namespace) -> Path:
     return Path(args.key_file or os.environ.get("MISS_AUTHORITY_KEY_FILE") or DEFAULT_KEY_FILE)
 
 
-def load_authority(path: Path) -> nacl.signing.SigningKey:
-    """Read an authority key file written by ``authority init``; raises ValueError."""
-    try:
-        lines = [x.strip() for x in path.read_text().splitlines() if x.strip() and not x.startswith("#")]
-        seed = base64.b64decode(lines[-1], validate=True)
-    except FileNotFoundError:
-        raise ValueError(
-            f"no authority key file {path} (create one with `miss-admin authority init`)"
-        ) from None
-    except (OSError, IndexError, ValueError) as exc:
-        raise ValueError(f"{path} is not an authority key file ({type(exc).__name__})") from None
-    if len(seed) != 32:
-        raise ValueError(f"{path} is not an authority key file")
-    return nacl.signing.SigningKey(seed)
-
-
 def _public_text(key: nacl.signing.SigningKey) -> dict[str, Any]:
     public = bytes(key.verify_key)
     text = attestation.encode_authority_key(public)
@@ -125,7 +109,7 @@ async def cmd_authority(store: Store | None, settings: Settings, args: argparse.
         key = nacl.signing.SigningKey.generate()
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         with os.fdopen(fd, "w") as fh:
-            fh.write(f"{_KEY_HEADER}\n{base64.b64encode(bytes(key)).decode()}\n")
+            fh.write(key_file_text(key))
         out = _public_text(key)
         out["text"] = f"wrote {path} (mode 600)\n" + out["text"]
         return out
@@ -165,18 +149,7 @@ async def cmd_verify(store: Store, settings: Settings, args: argparse.Namespace)
     devices = await store.user_devices(user.user_id)
     if not devices:
         raise ValueError(f"{user.name} has no device yet: verify once they have enrolled one")
-    now = _now()
-    att = attestation.Attestation(
-        user=user.user_id,
-        rpps=user.rpps,
-        name=user.name,
-        profession=user.profession,
-        organisation=user.organisation,
-        devices=tuple(attestation.AttestedDevice(d.device_id, d.sign_pk, d.box_pk) for d in devices),
-        not_before=now - 60_000,  # a minute of leeway for clients whose clock is behind
-        not_after=now + int(args.days * 86_400_000),
-    )
-    await store.set_attestation(user.user_id, attestation.sign(att, key))
+    att = await attest(store, user.user_id, key, valid_ms=int(args.days * 86_400_000))
     detail = f"{len(devices)} devices, until {_iso(att.not_after)}"
     await _record(store, "account.verified", user_id=user.user_id, detail=detail)
     return {

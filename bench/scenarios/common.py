@@ -36,7 +36,9 @@ def pairs_population(
 
 
 def with_profile(r: Run, pids: list[int], seconds: float) -> subprocess.Popen[bytes] | None:
-    """``--profile SVG``: py-spy samples the hub during its measured window."""
+    """``--profile FILE``: py-spy samples the hub (every thread) during its
+    measured window; a flame graph (SVG), or collapsed stacks if FILE ends
+    in ``.txt`` (one line per stack, for grep and sort)."""
     if not r.args.profile or not pids:
         return None
     return subprocess.Popen(
@@ -50,8 +52,9 @@ def with_profile(r: Run, pids: list[int], seconds: float) -> subprocess.Popen[by
             "--rate",
             "250",
             "--nonblocking",
+            "--threads",
             "--format",
-            "flamegraph",
+            "raw" if str(r.args.profile).endswith(".txt") else "flamegraph",
             "-o",
             r.args.profile,
         ],

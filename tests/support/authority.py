@@ -14,6 +14,7 @@ from pathlib import Path
 
 import nacl.signing
 
+from miss_server.authority import LEEWAY_MS, attest, key_file_text
 from miss_server.store.base import Store
 from protocol import attestation
 
@@ -37,9 +38,7 @@ def now_ms() -> int:
 
 def write_key_file(path: Path) -> Path:
     """The authority key in the file format of ``miss-admin authority init``."""
-    import base64
-
-    path.write_text(f"# test authority\n{base64.b64encode(bytes(AUTHORITY)).decode()}\n")
+    path.write_text(key_file_text(AUTHORITY))
     path.chmod(0o600)
     return path
 
@@ -54,25 +53,14 @@ async def verify(
     devices: list[attestation.AttestedDevice] | None = None,
 ) -> bytes:
     """Attest ``user_id`` and (unless ``devices`` is given) their active
-    devices; returns the attestation recorded in the store."""
-    user = await store.get_user(user_id)
-    assert user is not None, user_id
-    if devices is None:
-        devices = [
-            attestation.AttestedDevice(d.device_id, d.sign_pk, d.box_pk)
-            for d in await store.user_devices(user_id)
-        ]
+    devices, as ``miss-admin verify`` does, valid for a day unless the
+    bounds are given; returns the attestation recorded in the store."""
     now = now_ms()
-    att = attestation.Attestation(
-        user=user.user_id,
-        rpps=user.rpps,
-        name=user.name,
-        profession=user.profession,
-        organisation=user.organisation,
-        devices=tuple(devices),
-        not_before=now - 60_000 if not_before is None else not_before,
-        not_after=now + DAY_MS if not_after is None else not_after,
+    start = now - LEEWAY_MS if not_before is None else not_before
+    end = now + DAY_MS if not_after is None else not_after
+    await attest(
+        store, user_id, key, valid_ms=end - start - LEEWAY_MS, now=start + LEEWAY_MS, devices=devices
     )
-    blob = attestation.sign(att, key)
-    await store.set_attestation(user_id, blob)
-    return blob
+    user = await store.get_user(user_id)
+    assert user is not None and user.attestation is not None
+    return user.attestation
