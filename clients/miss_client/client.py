@@ -115,6 +115,7 @@ from .models import (
 from .outbox import RetryPolicy, build_send
 from .profile import Profile
 from .state import LocalState
+from .trust import check_lookup
 
 __all__ = ["Client", "RetryPolicy"]
 
@@ -135,15 +136,6 @@ def _log_key_change(peer: Peer, change: PeerChange) -> None:
         change.describe(),
         ", then accept the change" if change.needs_acceptance else "",
     )
-
-
-#: SPEC §11.2 step 1 failures, as UnverifiedPeer reasons.
-_ATTESTATION_REASONS: tuple[tuple[type[attestation.AttestationError], str], ...] = (
-    (attestation.AttestationMalformed, "malformed"),
-    (attestation.AttestationSignatureInvalid, "signature"),
-    (attestation.AttestationNotYetValid, "not_yet_valid"),
-    (attestation.AttestationExpired, "expired"),
-)
 
 
 def _now_ms() -> int:
@@ -425,45 +417,15 @@ class Client:
         return peer
 
     def _verified_peer(self, reply: f.LookupOk, rpps: str | None) -> Peer:
-        """SPEC §11.2 steps 1-3 for one ``lookup_ok``; raises UnverifiedPeer."""
+        """SPEC §11.2 for one ``lookup_ok`` (steps 1-2 in trust.py, then the
+        pins); raises UnverifiedPeer."""
         own = reply.user == self.user_id
-        if reply.att is None:
-            raise UnverifiedPeer(reply.user, "missing", "the hub has no attestation of them", own=own)
-        try:
-            att = attestation.verify(reply.att, self.profile.authority, _now_ms())
-        except attestation.AttestationError as exc:
-            reason = next((r for cls, r in _ATTESTATION_REASONS if isinstance(exc, cls)), "malformed")
-            raise UnverifiedPeer(reply.user, reason, str(exc), own=own) from None
-        if att.user != reply.user or (rpps is not None and att.rpps != rpps):
-            raise UnverifiedPeer(reply.user, "wrong_user", "the attestation is about someone else", own=own)
-        attested = {d.device: f.DeviceInfo(d.device, d.sign_pk, d.box_pk) for d in att.devices}
-        targets: list[f.DeviceInfo] = []
-        substitutes: list[f.DeviceInfo] = []
-        unattested: list[str] = []
-        for listed in dict((d.device, d) for d in reply.devices).values():
-            vouched = attested.get(listed.device)
-            if vouched is None:
-                unattested.append(listed.device)
-            elif vouched != listed:
-                substitutes.append(listed)
-            else:
-                targets.append(listed)
-        peer = Peer(
-            att.user,
-            att.name,
-            att.rpps,
-            att.profession,
-            att.organisation,
-            tuple(targets),
-            listed=reply.devices,
-            substituted=tuple(d.device for d in substitutes),
-            unattested=tuple(unattested),
-            attested_until=att.not_after,
-        )
+        checked = check_lookup(reply, self.profile.authority, _now_ms(), own=own, rpps=rpps)
+        peer, substitutes = checked.peer, list(checked.substitutes)
         trusted = None
         if own:
             trusted = f.DeviceInfo(self.device_id, self.profile.keys.sign_pk, self.profile.keys.box_pk)
-        seen = self.state.observe_peer(peer, attested.values(), substitutes, trusted=trusted)
+        seen = self.state.observe_peer(peer, checked.attested, substitutes, trusted=trusted)
         peer = replace(peer, verified=seen.verified, pending=seen.pending)
         if substitutes:
             log.warning(
