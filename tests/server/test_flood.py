@@ -43,8 +43,10 @@ async def converse(a: RawDevice, b: RawDevice) -> list[float]:
             await src.send_frame(frame)
 
     async def read(dst: RawDevice) -> None:
-        got = 0
-        while got < count:
+        """Until every message to ``dst`` arrived and every one it sent was
+        accepted, so that nothing of this conversation is left unread."""
+        got = accepted = 0
+        while got < count or accepted < count:
             frame = await dst.recv(timeout=30)
             if isinstance(frame, Deliver):
                 latencies.append(time.monotonic() - sent[frame.id])
@@ -54,6 +56,7 @@ async def converse(a: RawDevice, b: RawDevice) -> list[float]:
                 await dst.ack(frame.seq)
             else:
                 assert isinstance(frame, Accepted), frame  # never rate_limited
+                accepted += 1
 
     await asyncio.gather(write(a, to_b, la), write(b, to_a, lb), read(a), read(b))
     assert len(latencies) == 2 * count
