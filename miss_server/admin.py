@@ -278,20 +278,40 @@ async def cmd_invite(store: Store, settings: Settings, args: argparse.Namespace)
     }
 
 
+def _standing(user: User, now: int) -> tuple[int | None, str]:
+    """(attestation end, one word for people): verified, expired, unverified, suspended."""
+    until = None
+    if user.attestation is not None:
+        with contextlib.suppress(attestation.AttestationError):
+            until = attestation.peek(user.attestation).not_after
+    if user.suspended:
+        return until, "suspended"
+    if until is None:
+        return None, "unverified"
+    return until, "verified" if until > now else "expired"
+
+
 async def cmd_users(store: Store, settings: Settings, args: argparse.Namespace) -> dict[str, Any]:
     users = await store.list_users()
-    rows = [
-        {
-            "user": u.user_id,
-            "name": u.name,
-            "rpps": u.rpps,
-            "profession": u.profession,
-            "organisation": u.organisation,
-        }
-        for u in users
-    ]
+    now = _now()
+    rows: list[dict[str, Any]] = []
+    for u in users:
+        until, standing = _standing(u, now)
+        rows.append(
+            {
+                "user": u.user_id,
+                "name": u.name,
+                "rpps": u.rpps,
+                "profession": u.profession,
+                "organisation": u.organisation,
+                "standing": standing,
+                "verified_until": until,
+            }
+        )
     text = "\n".join(
-        f"{r['user']}  {r['rpps']}  {r['name']} — {r['profession']}, {r['organisation']}" for r in rows
+        f"{r['user']}  {r['rpps']}  {r['name']} — {r['profession']}, {r['organisation']}  [{r['standing']}"
+        + (f" until {_iso(r['verified_until'])}]" if r["standing"] == "verified" else "]")
+        for r in rows
     )
     return {"users": rows, "text": text or "no clinicians yet"}
 

@@ -162,7 +162,9 @@ def test_suspend_revoke_and_the_audit_log(run: Admin) -> None:
     )
     device = enroll_device(run, invited["code"])
     run("verify", "10000000001", "--key-file", str(run.key_file))
+    assert [u["standing"] for u in run("users")["users"]] == ["verified"]
     run("suspend", "10000000001", "--reason", "on leave")
+    assert "[suspended]" in run.text("users")
     run("unsuspend", "10000000001")
     run("revoke", device, "--reason", "phone lost")
     assert "no active device" in run("revoke", device, status=1)["error"]
