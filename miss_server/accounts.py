@@ -7,7 +7,8 @@ that attestation. A device linked since the last verification, or one whose
 keys in the store differ from the attested ones, is not a target: honest
 clients encrypt nothing to it, and it may not send.
 
-:class:`Accounts` caches them per user. The cache is a hint: the hub reloads
+:class:`Accounts` caches them per user, the ``max_entries`` most recently
+used (a clinician's account is about a kilobyte). The cache is a hint: the hub reloads
 an entry before it refuses anything because of it, and drops entries when a
 node announces a change (enrollment, revocation, verification, suspension).
 """
@@ -16,6 +17,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections import OrderedDict
 from dataclasses import dataclass
 
 from protocol import attestation
@@ -52,18 +54,23 @@ class Account:
 class Accounts:
     """Account records of one hub node, loaded from the store on demand."""
 
-    def __init__(self, store: Store, authority_pk: bytes | None) -> None:
+    def __init__(self, store: Store, authority_pk: bytes | None, max_entries: int = 50_000) -> None:
         self.store = store
         self.authority_pk = authority_pk
-        self._cache: dict[str, Account | None] = {}
+        self.max_entries = max_entries
+        self._cache: OrderedDict[str, Account | None] = OrderedDict()  # least recently used first
 
     async def get(self, user_id: str, *, refresh: bool = False) -> Account | None:
         """The account of ``user_id``, None if no such user. Raises StoreUnavailable."""
         if not refresh and user_id in self._cache:
+            self._cache.move_to_end(user_id)
             return self._cache[user_id]
         user = await self.store.get_user(user_id)
         account = None if user is None else self._build(user, await self.store.user_devices(user_id))
         self._cache[user_id] = account
+        self._cache.move_to_end(user_id)
+        if len(self._cache) > self.max_entries:
+            self._cache.popitem(last=False)
         return account
 
     def forget(self, user_id: str) -> None:
