@@ -76,9 +76,6 @@ class Accounts:
     def forget(self, user_id: str) -> None:
         self._cache.pop(user_id, None)
 
-    def forget_all(self) -> None:
-        self._cache.clear()
-
     def _build(self, user: User, devices: list[Device]) -> Account:
         targets: frozenset[str] = frozenset()
         verified_until = 0
@@ -90,10 +87,10 @@ class Accounts:
             else:
                 if att.user == user.user_id:
                     verified_until = att.not_after
-                    bad = set(
-                        attestation.mismatched_devices(
-                            att, ((d.device_id, d.sign_pk, d.box_pk) for d in devices)
-                        )
+                    targets = frozenset(
+                        d.device_id
+                        for d in devices
+                        if att.device(d.device_id)
+                        == attestation.AttestedDevice(d.device_id, d.sign_pk, d.box_pk)
                     )
-                    targets = frozenset(d.device_id for d in devices if d.device_id not in bad)
         return Account(user, tuple(devices), targets, verified_until)

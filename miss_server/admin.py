@@ -36,7 +36,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import base64
-import contextlib
 import getpass
 import json
 import os
@@ -104,10 +103,11 @@ def _public_text(key: nacl.signing.SigningKey) -> dict[str, Any]:
 async def cmd_authority(store: Store | None, settings: Settings, args: argparse.Namespace) -> dict[str, Any]:
     path = _key_file(args)
     if args.action == "init":
-        if path.exists():
-            raise ValueError(f"{path} exists already; refusing to replace an authority key")
         key = nacl.signing.SigningKey.generate()
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        except FileExistsError:
+            raise ValueError(f"{path} exists already; refusing to replace an authority key") from None
         with os.fdopen(fd, "w") as fh:
             fh.write(key_file_text(key))
         out = _public_text(key)
@@ -130,12 +130,11 @@ async def cmd_orgs(store: Store, settings: Settings, args: argparse.Namespace) -
 
 async def cmd_invitations(store: Store, settings: Settings, args: argparse.Namespace) -> dict[str, Any]:
     pending = await store.invitations(_now())
-    rows = []
-    for inv in pending:
-        user = await store.get_user(inv.user_id)
-        rows.append(
-            {"user": inv.user_id, "name": user.name if user else "?", "expires": _iso(inv.expires_at)}
-        )
+    names = {u.user_id: u.name for u in await store.list_users()} if pending else {}
+    rows = [
+        {"user": inv.user_id, "name": names.get(inv.user_id, "?"), "expires": _iso(inv.expires_at)}
+        for inv in pending
+    ]
     text = "\n".join(f"{r['user']}  {r['name']}  expires {r['expires']}" for r in rows)
     return {"invitations": rows, "text": text or "no pending invitations"}
 
@@ -278,12 +277,20 @@ async def cmd_invite(store: Store, settings: Settings, args: argparse.Namespace)
     }
 
 
+def _attestation_of(user: User) -> attestation.Attestation | None:
+    """What the user's stored attestation says (unchecked: for display)."""
+    if user.attestation is None:
+        return None
+    try:
+        return attestation.peek(user.attestation)
+    except attestation.AttestationError:
+        return None
+
+
 def _standing(user: User, now: int) -> tuple[int | None, str]:
     """(attestation end, one word for people): verified, expired, unverified, suspended."""
-    until = None
-    if user.attestation is not None:
-        with contextlib.suppress(attestation.AttestationError):
-            until = attestation.peek(user.attestation).not_after
+    att = _attestation_of(user)
+    until = att.not_after if att is not None else None
     if user.suspended:
         return until, "suspended"
     if until is None:
@@ -319,10 +326,8 @@ async def cmd_users(store: Store, settings: Settings, args: argparse.Namespace) 
 async def cmd_devices(store: Store, settings: Settings, args: argparse.Namespace) -> dict[str, Any]:
     user = await _resolve(store, args.user)
     devices = await store.user_devices(user.user_id)
-    attested: set[str] = set()
-    if user.attestation is not None:
-        with contextlib.suppress(attestation.AttestationError):
-            attested = {d.device for d in attestation.peek(user.attestation).devices}
+    att = _attestation_of(user)
+    attested = {d.device for d in att.devices} if att is not None else set()
     rows: list[dict[str, Any]] = [
         {
             "device": d.device_id,

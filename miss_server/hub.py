@@ -448,9 +448,10 @@ class Hub:
         """End the device's connection wherever it is, now (the audit log
         feed is the slower second path)."""
         await self._user_changed(user_id)
-        self._close_local(device_id, errors.DeviceRevoked)
-        with contextlib.suppress(BrokerUnavailable):
+        try:  # reaches this node's connection of the device too
             await self.broker.publish(device_channel(device_id), close_wakeup(errors.DeviceRevoked))
+        except BrokerUnavailable:
+            self._close_local(device_id, errors.DeviceRevoked)
 
     def _close_local(self, device_id: str, error: type[errors.FatalError]) -> None:
         link = self._links.get(device_id)
@@ -475,19 +476,16 @@ class Hub:
         first = True
         while True:
             since = now_ms() - SECURITY_WINDOW_MS
-            try:
+            with contextlib.suppress(StoreUnavailable):  # try again at the next poll
                 events = await self.store.audit_log(since_at=since, actions=SECURITY_ACTIONS, limit=10_000)
-            except StoreUnavailable:
-                await asyncio.sleep(interval)
-                continue
-            for event in events:
-                if event.seq not in self._seen_events:
-                    self._seen_events[event.seq] = event.at
-                    if not first:
-                        self.apply_security_event(event)
-            first = False
+                self._seen_events = {seq: at for seq, at in self._seen_events.items() if at >= since}
+                for event in events:
+                    if event.seq not in self._seen_events:
+                        self._seen_events[event.seq] = event.at
+                        if not first:
+                            self.apply_security_event(event)
+                first = False
             await asyncio.sleep(interval)
-            self._seen_events = {seq: at for seq, at in self._seen_events.items() if at >= since}
 
     async def wake(self, wakeups: list[tuple[str, bytes]]) -> None:
         """Publish wake-ups. A lost one only delays: the row is stored, and

@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import base64
 import hashlib
-from collections.abc import Iterable
 from dataclasses import dataclass
 
 import msgpack
@@ -46,7 +45,6 @@ __all__ = [
     "authority_fingerprint",
     "decode_authority_key",
     "encode_authority_key",
-    "mismatched_devices",
     "peek",
     "sign",
     "verify",
@@ -176,17 +174,6 @@ def verify(blob: bytes, authority_pk: bytes, now_ms: int) -> Attestation:
     if now_ms >= attestation.not_after:
         raise AttestationExpired("attestation expired: the clinician must be verified again")
     return attestation
-
-
-def mismatched_devices(attestation: Attestation, devices: Iterable[tuple[str, bytes, bytes]]) -> list[str]:
-    """Ids of ``(device, sign_pk, box_pk)`` entries that the attestation does
-    not vouch for with exactly these keys."""
-    bad = []
-    for device, sign_pk, box_pk in devices:
-        attested = attestation.device(device)
-        if attested is None or attested.sign_pk != sign_pk or attested.box_pk != box_pk:
-            bad.append(device)
-    return bad
 
 
 # --- the authority key in text ------------------------------------------------

@@ -12,57 +12,29 @@ import asyncpg
 import pytest
 import redis.asyncio as aioredis
 from cluster import POSTGRES, REDIS, Cluster
-from websockets.exceptions import ConnectionClosed
 from wire import RawDevice
 
-from protocol import crypto, errors
-from protocol.frames import Accepted, Auth, Deliver, Error, LinkCode, LinkCodeOk, Ok, Revoke
+from protocol import errors
+from protocol.frames import Accepted, Deliver, Ok, Revoke
 
 pytestmark = pytest.mark.slow
 
 
-async def enroll_on(cluster: Cluster, node: int, name: str, rpps: str) -> RawDevice:
-    _, code = await asyncio.to_thread(cluster.nodes[0].invite, name, rpps)
-    dev = RawDevice(cluster.urls[node])
-    await dev.enroll(code)
-    return dev
-
-
-async def link_on(cluster: Cluster, node: int, first: RawDevice) -> RawDevice:
-    await first.send_frame(LinkCode(rid=7))
-    code = await first.recv()
-    assert isinstance(code, LinkCodeOk)
-    dev = RawDevice(cluster.urls[node])
-    await dev.enroll(code.code)
-    return dev
-
-
 async def closed_with(dev: RawDevice, timeout: float) -> tuple[str | None, int | None]:
-    """Read until the hub closes: (last error code, close code)."""
-    assert dev.ws is not None
-    code = None
-    deadline = time.monotonic() + timeout
-    try:
-        while True:
-            frame = await dev.recv(timeout=max(0.01, deadline - time.monotonic()))
-            if isinstance(frame, Error):
-                code = frame.code
-    except (ConnectionClosed, TimeoutError):
-        pass
-    return code, dev.ws.close_code
+    """(error code, close code) once the hub has closed the connection."""
+    error, close = await dev.until_closed(timeout)
+    return (error.code if error else None), close
 
 
 async def reauth(dev: RawDevice, url: str) -> tuple[str | None, int | None]:
-    dev.url = url
-    await dev.open()
-    await dev.send_frame(Auth(1, dev.device_id, dev.keys.sign(crypto.auth_message(dev.nonce, dev.device_id))))
-    return await closed_with(dev, 5)
+    error, close = await dev.auth_refused(url)
+    return (error.code if error else None), close
 
 
 async def test_a_device_revoked_on_one_node_is_cut_off_on_the_other(cluster: Cluster) -> None:
-    laptop = await enroll_on(cluster, 0, "Dr Alice", "10000000001")
-    phone = await link_on(cluster, 1, laptop)
-    await cluster.verify(laptop.user_id)
+    laptop = await cluster.enroll(0, "Dr Alice", "10000000001")
+    phone = await laptop.link(cluster.urls[1])
+    await cluster.verify(laptop.user_id)  # the phone too
 
     started = time.monotonic()
     await laptop.send_frame(Revoke(rid=8, device=phone.device_id))
@@ -77,7 +49,7 @@ async def test_a_device_revoked_on_one_node_is_cut_off_on_the_other(cluster: Clu
 async def test_an_administrator_revokes_a_device_connected_to_any_node(cluster: Cluster) -> None:
     """``miss-admin revoke`` reaches no broker: the nodes learn it from the
     audit log they poll."""
-    alice = await enroll_on(cluster, 1, "Dr Alice", "10000000001")
+    alice = await cluster.enroll(1, "Dr Alice", "10000000001")
     started = time.monotonic()
     await asyncio.to_thread(cluster.nodes[0].admin, "revoke", alice.device_id, "--reason", "stolen")
     code, close = await closed_with(alice, 3)
@@ -94,9 +66,8 @@ async def test_marker_is_nowhere_in_postgres_redis_or_logs(cluster: Cluster) -> 
     Its plaintext marker is then in no table (audit log included), in no
     Redis key or command, and in no hub log."""
     marker = "MARKER-" + secrets.token_hex(12)
-    alice = await enroll_on(cluster, 0, "Dr Alice", "10000000001")
-    bob = await enroll_on(cluster, 1, "Dr Bob", "10000000002")
-    await cluster.verify(alice.user_id, bob.user_id)
+    alice = await cluster.enroll(0, "Dr Alice", "10000000001")
+    bob = await cluster.enroll(1, "Dr Bob", "10000000002")
 
     monitor_client = aioredis.Redis.from_url(REDIS)
     seen_by_redis: list[str] = []

@@ -7,24 +7,15 @@ import time
 
 import pytest
 from cluster import PRESENCE_TTL, Cluster
-from wire import RawDevice
 
 from protocol.frames import Accepted, Deliver, Delivered, Ok, Presence, SetStatus, Watch, Watching
 
 pytestmark = pytest.mark.slow
 
 
-async def enroll_on(cluster: Cluster, node: int, name: str, rpps: str) -> RawDevice:
-    _, code = await asyncio.to_thread(cluster.nodes[0].invite, name, rpps)
-    dev = RawDevice(cluster.urls[node])
-    await dev.enroll(code)
-    await asyncio.to_thread(cluster.nodes[0].verify, dev.user_id)
-    return dev
-
-
 async def test_messages_receipts_and_presence_cross_nodes(cluster: Cluster) -> None:
-    alice = await enroll_on(cluster, 0, "Dr Alice", "10000000001")
-    bob = await enroll_on(cluster, 1, "Dr Bob", "10000000002")
+    alice = await cluster.enroll(0, "Dr Alice", "10000000001")
+    bob = await cluster.enroll(1, "Dr Bob", "10000000002")
     await alice.send_frame(Watch(rid=1, users=(bob.user_id,)))
     assert await alice.recv() == Watching(1, (Presence(bob.user_id, "available", True),))
 
@@ -61,8 +52,8 @@ async def test_messages_receipts_and_presence_cross_nodes(cluster: Cluster) -> N
 
 
 async def test_dead_nodes_devices_go_offline_within_the_presence_ttl(cluster: Cluster) -> None:
-    alice = await enroll_on(cluster, 0, "Dr Alice", "10000000001")
-    bob = await enroll_on(cluster, 1, "Dr Bob", "10000000002")
+    alice = await cluster.enroll(0, "Dr Alice", "10000000001")
+    bob = await cluster.enroll(1, "Dr Bob", "10000000002")
     await alice.send_frame(Watch(rid=1, users=(bob.user_id,)))
     assert await alice.recv() == Watching(1, (Presence(bob.user_id, "available", True),))
     killed_at = time.monotonic()

@@ -69,6 +69,21 @@ def enroll_device(run: Admin, code: str) -> str:
     return device.device_id
 
 
+def invite_dr_a(run: Admin) -> dict[str, Any]:
+    """``miss-admin invite`` of Dr A (RPPS 10000000001) to organisation CHRU."""
+    return run(
+        "invite",
+        "--name",
+        "Dr A",
+        "--rpps",
+        "10000000001",
+        "--profession",
+        "médecin",
+        "--organisation",
+        "CHRU",
+    )
+
+
 def test_authority_init_writes_a_private_key_file_once(run: Admin, tmp_path: Path) -> None:
     key_file = tmp_path / "miss-authority.key"
     made = run("authority", "init", "--key-file", str(key_file))
@@ -97,17 +112,7 @@ def test_invite_needs_a_known_organisation(run: Admin) -> None:
 def test_verify_attests_the_enrolled_devices_with_the_key_file(run: Admin, tmp_path: Path) -> None:
     write_key_file(run.key_file)
     run("org", "add", "CHRU")
-    invited = run(
-        "invite",
-        "--name",
-        "Dr A",
-        "--rpps",
-        "10000000001",
-        "--profession",
-        "médecin",
-        "--organisation",
-        "CHRU",
-    )
+    invited = invite_dr_a(run)
     early = run("verify", "10000000001", "--key-file", str(run.key_file), status=1)
     assert "no device yet" in early["error"]
     device = enroll_device(run, invited["code"])
@@ -131,17 +136,7 @@ def test_verify_refuses_a_key_file_that_is_not_the_hubs_authority(
     other_public = run("authority", "init", "--key-file", str(other))["public_key"]
     monkeypatch.setenv("MISS_AUTHORITY_KEY", other_public)
     run("org", "add", "CHRU")
-    run(
-        "invite",
-        "--name",
-        "Dr A",
-        "--rpps",
-        "10000000001",
-        "--profession",
-        "médecin",
-        "--organisation",
-        "CHRU",
-    )
+    invite_dr_a(run)
     refused = run("verify", "10000000001", "--key-file", str(run.key_file), status=1)
     assert "not the authority the hub is configured with" in refused["error"]
 
@@ -149,17 +144,7 @@ def test_verify_refuses_a_key_file_that_is_not_the_hubs_authority(
 def test_suspend_revoke_and_the_audit_log(run: Admin) -> None:
     write_key_file(run.key_file)
     run("org", "add", "CHRU")
-    invited = run(
-        "invite",
-        "--name",
-        "Dr A",
-        "--rpps",
-        "10000000001",
-        "--profession",
-        "médecin",
-        "--organisation",
-        "CHRU",
-    )
+    invited = invite_dr_a(run)
     device = enroll_device(run, invited["code"])
     run("verify", "10000000001", "--key-file", str(run.key_file))
     assert [u["standing"] for u in run("users")["users"]] == ["verified"]

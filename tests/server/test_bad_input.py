@@ -205,9 +205,7 @@ async def test_message_for_unknown_device_is_refused_and_connection_kept(pair: P
 async def test_missing_device_is_named(hub: HubServer, pair: Pair) -> None:
     # Bob adds a second device; Alice's stale list misses it.
     _ = await invite(hub, "Carol", "10000000003")
-    code = await _link_code(pair.b)
-    second = RawDevice(hub.url, keys=crypto.DeviceKeys.generate())
-    await second.enroll(code)
+    second = await pair.b.link()
     await verify(hub.store, pair.b.user_id)  # the administrator attests the new device too
     send = pair.a.message(pair.lb, "stale list")  # pair.lb predates the new device
     await pair.a.send_frame(send)
@@ -283,15 +281,6 @@ async def test_many_bad_connections_do_not_disturb_a_conversation(hub: HubServer
     for _ in range(5):
         await pair.still_served()
     await offenders
-
-
-async def _link_code(dev: RawDevice) -> str:
-    from protocol.frames import LinkCode, LinkCodeOk
-
-    await dev.send_frame(LinkCode(rid=7))
-    reply = await dev.recv()
-    assert isinstance(reply, LinkCodeOk) and reply.rid == 7
-    return reply.code
 
 
 async def test_second_connection_of_a_device_replaces_the_first(hub: HubServer, pair: Pair) -> None:

@@ -7,17 +7,10 @@ from __future__ import annotations
 import asyncio
 
 import pytest
-from wire import RawDevice, invite
+from wire import RawDevice, enrolled
 
 from miss_server.app import HubServer
 from protocol.frames import Accepted, Deliver, Ok, Presence, SetStatus, Watch, Watching
-
-
-async def enrolled(hub: HubServer, name: str, rpps: str, organisation: str = "CHRU Test") -> RawDevice:
-    _, code = await invite(hub, name, rpps, organisation)
-    dev = RawDevice(hub.url)
-    await dev.enroll(code)
-    return dev
 
 
 async def connections_settle(hub: HubServer, authenticated: int) -> None:

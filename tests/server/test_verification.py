@@ -15,8 +15,7 @@ from typing import Any
 import nacl.signing
 import pytest
 from authority import AUTHORITY_TEXT, UNLIMITED, verify, write_key_file
-from websockets.exceptions import ConnectionClosed
-from wire import RawDevice, invite
+from wire import RawDevice, enrolled, invite
 
 from miss_server import admin
 from miss_server.app import HubServer
@@ -24,14 +23,11 @@ from miss_server.config import load_settings
 from protocol import attestation, crypto, errors
 from protocol.frames import (
     Accepted,
-    Auth,
     Deliver,
     Devices,
     DevicesOk,
     Enroll,
     Error,
-    LinkCode,
-    LinkCodeOk,
     Ok,
     Revoke,
     Search,
@@ -64,13 +60,6 @@ async def make_hub(tmp_path: Path) -> AsyncIterator[HubFactory]:
         await server.stop()
 
 
-async def enrolled(hub: HubServer, name: str, rpps: str, *, verified: bool = True) -> RawDevice:
-    _, code = await invite(hub, name, rpps, verified=verified)
-    dev = RawDevice(hub.url)
-    await dev.enroll(code)
-    return dev
-
-
 async def send_text(sender: RawDevice, to: str, body: str) -> Accepted | Error:
     """Look both users up, seal for their devices, send; the hub's answer."""
     peer, own = await sender.lookup(to), await sender.lookup(sender.user_id)
@@ -80,29 +69,6 @@ async def send_text(sender: RawDevice, to: str, body: str) -> Accepted | Error:
         reply = await sender.recv()
         if isinstance(reply, (Accepted, Error)) and reply.id == frame.id:
             return reply
-
-
-async def closed_with(dev: RawDevice, timeout: float) -> tuple[Error | None, int | None]:
-    """Read until the hub closes the connection: (last error frame, close code)."""
-    assert dev.ws is not None
-    error = None
-    deadline = time.monotonic() + timeout
-    try:
-        while True:
-            frame = await dev.recv(timeout=max(0.01, deadline - time.monotonic()))
-            if isinstance(frame, Error):
-                error = frame
-    except ConnectionClosed:
-        pass
-    return error, dev.ws.close_code
-
-
-async def auth_refused(dev: RawDevice) -> tuple[Error | None, int | None]:
-    """Authenticate again; the error and close code the hub answers with."""
-    await dev.open()
-    sig = dev.keys.sign(crypto.auth_message(dev.nonce, dev.device_id))
-    await dev.send_frame(Auth(1, dev.device_id, sig))
-    return await closed_with(dev, 5)
 
 
 def run_admin(hub: HubServer, *args: str) -> None:
@@ -149,11 +115,7 @@ async def test_an_invalid_attestation_does_not_verify(hub: HubServer, flaw: str)
 async def test_a_linked_device_is_no_target_until_verified_again(hub: HubServer) -> None:
     alice = await enrolled(hub, "Alice", "10000000001")
     bob = await enrolled(hub, "Bob", "10000000002")
-    await bob.send_frame(LinkCode(rid=3))
-    code = await bob.recv()
-    assert isinstance(code, LinkCodeOk)
-    laptop = RawDevice(hub.url)
-    await laptop.enroll(code.code)  # same user: not attested yet
+    laptop = await bob.link()  # same user: not attested yet
 
     # Alice seals for the attested phone only: accepted, and the laptop gets nothing.
     peer = await alice.lookup(bob.user_id)
@@ -189,11 +151,7 @@ async def test_too_many_envelopes_are_refused(make_hub: HubFactory) -> None:
     hub = await make_hub(max_envelopes=1)
     alice = await enrolled(hub, "Alice", "10000000001")
     bob = await enrolled(hub, "Bob", "10000000002")
-    await alice.send_frame(LinkCode(rid=1))
-    code = await alice.recv()
-    assert isinstance(code, LinkCodeOk)
-    laptop = RawDevice(hub.url)
-    await laptop.enroll(code.code)
+    await alice.link()
     await verify(hub.store, alice.user_id)
     reply = await send_text(alice, bob.user_id, "bob's phone and my laptop: two envelopes")
     assert isinstance(reply, Error) and reply.code == errors.TooManyRecipients.code
@@ -233,10 +191,10 @@ async def test_a_suspended_account_is_disconnected_and_cannot_authenticate(hub: 
     bob = await enrolled(hub, "Bob", "10000000002")
     started = time.monotonic()
     await asyncio.to_thread(run_admin, hub, "suspend", alice.user_id, "--reason", "left the hospital")
-    error, code = await closed_with(alice, 3)
+    error, code = await alice.until_closed(3)
     assert time.monotonic() - started < 2.0
     assert code == errors.AccountSuspended.close_code and error and error.code == "account_suspended"
-    assert await auth_refused(alice) == (
+    assert await alice.auth_refused() == (
         Error("account_suspended", errors.AccountSuspended.message, fatal=True),
         errors.AccountSuspended.close_code,
     )
@@ -253,11 +211,7 @@ async def test_a_suspended_account_is_disconnected_and_cannot_authenticate(hub: 
 async def test_a_clinician_revokes_a_lost_device_from_another(hub: HubServer) -> None:
     phone = await enrolled(hub, "Alice", "10000000001")
     bob = await enrolled(hub, "Bob", "10000000002")
-    await phone.send_frame(LinkCode(rid=1))
-    code = await phone.recv()
-    assert isinstance(code, LinkCodeOk)
-    laptop = RawDevice(hub.url)
-    await laptop.enroll(code.code)
+    laptop = await phone.link()
     await verify(hub.store, phone.user_id)
 
     await laptop.send_frame(Revoke(rid=2, device=bob.device_id))
@@ -267,10 +221,10 @@ async def test_a_clinician_revokes_a_lost_device_from_another(hub: HubServer) ->
     started = time.monotonic()
     await laptop.send_frame(Revoke(rid=3, device=phone.device_id))
     assert await laptop.recv() == Ok(3)
-    error, close = await closed_with(phone, 3)
+    error, close = await phone.until_closed(3)
     assert time.monotonic() - started < 2.0
     assert close == errors.DeviceRevoked.close_code and error and error.code == "device_revoked"
-    assert await auth_refused(phone) == (
+    assert await phone.auth_refused() == (
         Error("device_revoked", errors.DeviceRevoked.message, fatal=True),
         errors.DeviceRevoked.close_code,
     )
@@ -288,10 +242,10 @@ async def test_an_administrator_revokes_a_device_within_two_seconds(hub: HubServ
     alice = await enrolled(hub, "Alice", "10000000001")
     started = time.monotonic()
     await asyncio.to_thread(run_admin, hub, "revoke", alice.device_id, "--reason", "stolen")
-    error, close = await closed_with(alice, 3)
+    error, close = await alice.until_closed(3)
     assert time.monotonic() - started < 2.0
     assert close == errors.DeviceRevoked.close_code and error and error.code == "device_revoked"
-    assert (await auth_refused(alice))[1] == errors.DeviceRevoked.close_code
+    assert (await alice.auth_refused())[1] == errors.DeviceRevoked.close_code
 
 
 # --- anti-abuse -------------------------------------------------------------------------------
@@ -330,11 +284,11 @@ async def test_guessing_a_device_key_is_throttled_and_audited(make_hub: HubFacto
     await alice.close()
     thief = RawDevice(hub.url, device_id=alice.device_id)  # the device id, not the key
     for _ in range(5):
-        assert (await auth_refused(thief))[1] == errors.AuthFailed.close_code
-    error, close = await auth_refused(thief)
+        assert (await thief.auth_refused())[1] == errors.AuthFailed.close_code
+    error, close = await thief.auth_refused()
     assert close == 1008 and error is not None and error.code == "rate_limited" and error.retry_after
     # The device id is locked for a while, even with the right key.
-    assert (await auth_refused(alice))[1] == 1008
+    assert (await alice.auth_refused())[1] == 1008
     await hub.audit.flush()
     events = await hub.store.audit_log(actions=["auth.failed", "auth.throttled"])
     assert [e.action for e in events] == ["auth.failed"] * 5 + ["auth.throttled"]
@@ -351,13 +305,13 @@ async def test_guessing_enrollment_codes_is_throttled_and_audited(make_hub: HubF
         code = f"AAAA-AAAA-AAAA-AAA{i}"
         sig = keys.sign(crypto.enroll_message(guesser.nonce, code, keys.sign_pk, keys.box_pk))
         await guesser.send_frame(Enroll(1, code, keys.sign_pk, keys.box_pk, "", sig))
-        assert (await closed_with(guesser, 5))[1] == errors.InvalidCode.close_code
+        assert (await guesser.until_closed(5))[1] == errors.InvalidCode.close_code
     # Even the real code is not tried now, from this address.
     await guesser.open()
     keys = guesser.keys
     sig = keys.sign(crypto.enroll_message(guesser.nonce, real_code, keys.sign_pk, keys.box_pk))
     await guesser.send_frame(Enroll(1, real_code, keys.sign_pk, keys.box_pk, "", sig))
-    error, close = await closed_with(guesser, 5)
+    error, close = await guesser.until_closed(5)
     assert close == 1008 and error is not None and error.code == "rate_limited"
     await hub.audit.flush()
     events = await hub.store.audit_log(actions=["enroll.failed", "auth.throttled"])

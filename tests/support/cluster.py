@@ -21,6 +21,7 @@ import asyncpg
 import redis.asyncio as aioredis
 from authority import verify
 from hubproc import BIN, HubProcess
+from wire import RawDevice
 
 from miss_server.store.postgres import PostgresStore
 
@@ -37,6 +38,14 @@ class Cluster:
     @property
     def urls(self) -> list[str]:
         return [n.url for n in self.nodes]
+
+    async def enroll(self, node: int, name: str, rpps: str) -> RawDevice:
+        """Invite a clinician, enroll a device on node ``node``, verify them."""
+        _, code = await asyncio.to_thread(self.nodes[0].invite, name, rpps)
+        dev = RawDevice(self.urls[node])
+        await dev.enroll(code)
+        await self.verify(dev.user_id)
+        return dev
 
     async def verify(self, *user_ids: str) -> None:
         """Attest users with the tests' authority, straight into PostgreSQL

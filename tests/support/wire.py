@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 
 from authority import verify
 from websockets.asyncio.client import ClientConnection, connect
+from websockets.exceptions import ConnectionClosed
 
 from miss_server.app import HubServer
 from miss_server.codes import code_hash, new_code
@@ -25,7 +26,10 @@ from protocol.frames import (
     Deliver,
     Delivered,
     Enroll,
+    Error,
     Frame,
+    LinkCode,
+    LinkCodeOk,
     Lookup,
     LookupOk,
     Presence,
@@ -54,6 +58,16 @@ async def invite(
     if verified:
         _VERIFY_ON_ENROLL[code] = hub.store
     return user.user_id, code
+
+
+async def enrolled(
+    hub: HubServer, name: str, rpps: str, organisation: str = "CHRU Test", *, verified: bool = True
+) -> RawDevice:
+    """A clinician invited with :func:`invite` and their first device, connected."""
+    _, code = await invite(hub, name, rpps, organisation, verified=verified)
+    dev = RawDevice(hub.url)
+    await dev.enroll(code)
+    return dev
 
 
 @dataclass
@@ -106,6 +120,42 @@ class RawDevice:
         data = await asyncio.wait_for(self.ws.recv(), timeout)
         assert isinstance(data, bytes)
         return decode(data)
+
+    async def link(self, url: str | None = None) -> RawDevice:
+        """Get a link code and enroll a new device of the same clinician with
+        it (on ``url``, by default the same hub); returns that device."""
+        await self.send_frame(LinkCode(rid=7))
+        reply = await self.recv()
+        assert isinstance(reply, LinkCodeOk) and reply.rid == 7, reply
+        other = RawDevice(url or self.url)
+        await other.enroll(reply.code)
+        return other
+
+    async def until_closed(self, timeout: float) -> tuple[Error | None, int | None]:
+        """Read until the hub closes the connection, at most ``timeout`` s:
+        (the last error frame, the close code)."""
+        assert self.ws is not None
+        error = None
+        deadline = time.monotonic() + timeout
+        try:
+            while True:
+                frame = await self.recv(timeout=max(0.01, deadline - time.monotonic()))
+                if isinstance(frame, Error):
+                    error = frame
+        except (ConnectionClosed, TimeoutError):
+            pass
+        return error, self.ws.close_code
+
+    async def auth_refused(self, url: str | None = None) -> tuple[Error | None, int | None]:
+        """Authenticate again (on ``url``, by default the same hub); what the
+        hub answers before it closes: (error frame, close code)."""
+        if url is not None:
+            self.url = url
+        await self.open()
+        await self.send_frame(
+            Auth(1, self.device_id, self.keys.sign(crypto.auth_message(self.nonce, self.device_id)))
+        )
+        return await self.until_closed(5)
 
     async def lookup(self, user: str) -> LookupOk:
         """Look ``user`` up; deliveries that arrive first are held for :meth:`recv`."""
