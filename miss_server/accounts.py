@@ -76,6 +76,10 @@ class Accounts:
     def forget(self, user_id: str) -> None:
         self._cache.pop(user_id, None)
 
+    def forget_all(self) -> None:
+        """Forget every cached account (what a node restart does)."""
+        self._cache.clear()
+
     def _build(self, user: User, devices: list[Device]) -> Account:
         targets: frozenset[str] = frozenset()
         verified_until = 0
