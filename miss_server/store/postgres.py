@@ -60,6 +60,7 @@ from .base import (
     AuditEvent,
     CodeInvalid,
     Device,
+    GroupCommitStats,
     Invitation,
     Kind,
     NewMessage,
@@ -69,7 +70,7 @@ from .base import (
     StoreUnavailable,
     User,
 )
-from .postgres_batch import GroupCommit, GroupCommitStats
+from .postgres_batch import GroupCommit
 from .postgres_errors import discard_if_broken, is_connection_lost, is_statement_error, reraise
 
 __all__ = ["GroupCommitStats", "PostgresStore"]

@@ -10,8 +10,9 @@ of waiting calls. When it wakes it takes every call waiting (up to
 one for all the queue rows, ``RETURNING seq``). A caller's future resolves
 only after ``COMMIT`` returned, so "accepted" always means "durable" while a
 busy hub pays one commit (one WAL flush) per batch rather than per message.
-Calls arriving while a commit is in flight wait for the next batch: an idle
-hub adds no latency, a busy one batches more. If a statement of a batch fails
+Calls arriving while a commit is in flight wait for the next batch, and the
+next batch starts no sooner than ``COMMIT_INTERVAL`` after the last commit
+(``base.py``): a quiet hub adds no latency, a busy one batches more. If a statement of a batch fails
 (bad input, not a lost connection) the transaction is rolled back and the
 batch replayed with one savepoint per call, so one bad call fails alone. One
 transaction is in flight at a time per store, so within one hub node ``seq``
@@ -38,7 +39,7 @@ from typing import Any
 
 import asyncpg
 
-from .base import AcceptResult, Kind, NewMessage, Queued, StoreUnavailable
+from .base import COMMIT_INTERVAL, AcceptResult, GroupCommitStats, Kind, NewMessage, Queued, StoreUnavailable
 from .postgres_errors import failure, is_statement_error
 
 __all__ = ["GroupCommit", "GroupCommitStats", "Transaction"]
@@ -103,14 +104,6 @@ class _Ack:
 _Job = _Accept | _Ack
 
 
-@dataclass(slots=True)
-class GroupCommitStats:
-    """Counters of the committer: ``calls / transactions`` is the batching factor."""
-
-    transactions: int = 0  # committed transactions that carried calls
-    calls: int = 0  # accept/ack calls resolved by them
-
-
 class GroupCommit:
     """One task committing waiting accept/ack calls in batches (module doc).
 
@@ -151,6 +144,8 @@ class GroupCommit:
         return await job.future
 
     async def _loop(self) -> None:
+        loop = asyncio.get_running_loop()
+        last_commit = 0.0
         try:
             while True:
                 if not self._waiting:
@@ -159,6 +154,9 @@ class GroupCommit:
                     self._wakeup.clear()
                     await self._wakeup.wait()
                     continue
+                pause = last_commit + COMMIT_INTERVAL - loop.time()
+                if pause > 0 and not self._closing:
+                    await asyncio.sleep(pause)
                 batch: list[_Job] = []
                 while self._waiting and len(batch) < self._max_batch:
                     job = self._waiting.popleft()
@@ -166,6 +164,7 @@ class GroupCommit:
                         batch.append(job)
                 if batch:
                     await self._commit(batch)
+                    last_commit = loop.time()
         except asyncio.CancelledError:
             for job in self._waiting:
                 if not job.future.done():

@@ -5,8 +5,9 @@ Theory of operation
 SQLite calls block, so none runs on the event loop. Two threads each own one
 connection:
 
-* the **writer** runs every write. When it wakes it takes every job waiting
-  (up to ``MAX_BATCH``) and runs them in one ``BEGIN IMMEDIATE`` transaction,
+* the **writer** runs every write. When it wakes, no sooner than
+  ``COMMIT_INTERVAL`` (``base.py``) after its previous commit, it takes
+  every job waiting (up to ``MAX_BATCH``) and runs them in one ``BEGIN IMMEDIATE`` transaction,
   each inside its own savepoint, then commits once: group commit. A job's
   future resolves only after that ``COMMIT`` returned, with
   ``synchronous=FULL``, so "accepted" always means "on disk" while a busy
@@ -25,6 +26,7 @@ import queue
 import secrets
 import sqlite3
 import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
@@ -33,10 +35,12 @@ from protocol.frames import STATUSES
 
 from . import migrations as migration_files
 from .base import (
+    COMMIT_INTERVAL,
     AcceptResult,
     AuditEvent,
     CodeInvalid,
     Device,
+    GroupCommitStats,
     Invitation,
     Kind,
     NewMessage,
@@ -149,6 +153,7 @@ class _DbThread:
         self._ready = threading.Event()
         self._error: BaseException | None = None
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+        self.stats = GroupCommitStats()
 
     def start(self, loop: asyncio.AbstractEventLoop) -> None:
         self._loop = loop
@@ -176,6 +181,7 @@ class _DbThread:
             self._ready.set()
             return
         self._ready.set()
+        last_commit = 0.0
         try:
             while True:
                 job = self._jobs.get()
@@ -184,6 +190,9 @@ class _DbThread:
                 batch = [job]
                 stop = False
                 if self._group_commit:
+                    pause = last_commit + COMMIT_INTERVAL - time.monotonic()
+                    if pause > 0:
+                        time.sleep(pause)
                     while len(batch) < MAX_BATCH:
                         try:
                             nxt = self._jobs.get_nowait()
@@ -194,6 +203,9 @@ class _DbThread:
                             break
                         batch.append(nxt)
                 results = self._run_batch(conn, batch) if self._group_commit else self._run_one(conn, job)
+                last_commit = time.monotonic()
+                self.stats.transactions += 1
+                self.stats.calls += len(batch)
                 assert self._loop is not None
                 if not self._loop.is_closed():
                     self._loop.call_soon_threadsafe(_resolve_all, results)
@@ -279,6 +291,11 @@ class SQLiteStore:
         self.path = Path(path)
         self._writer: _DbThread | None = None
         self._reader: _DbThread | None = None
+
+    @property
+    def group_commit_stats(self) -> GroupCommitStats:
+        """The writer's batching (its transactions count failed ones too)."""
+        return self._writer.stats if self._writer is not None else GroupCommitStats()
 
     # --- life cycle ---------------------------------------------------------
 

@@ -23,6 +23,7 @@ from store_samples import DAY, NOW, message, user_with_devices
 from miss_server.codes import code_hash
 from miss_server.store import migrations
 from miss_server.store.base import (
+    COMMIT_INTERVAL,
     AuditEvent,
     CodeInvalid,
     Invitation,
@@ -677,3 +678,23 @@ async def test_expire_keeps_the_audit_log(store: Store) -> None:
     await store.accept(message(1, a, a1, b, [b1], ts=NOW))
     assert await store.expire(NOW + 10 * DAY) == 1
     assert [replace(e, seq=0) for e in await store.audit_log()] == EVENTS
+
+
+async def test_a_steady_stream_of_writes_commits_at_most_once_per_interval(store: Store) -> None:
+    """Group commit pacing (store/base.py): calls arriving one at a time,
+    a millisecond apart, share transactions instead of syncing one each."""
+    a, (a1,) = await user_with_devices(store, "10000000001", 1)
+    b, (b1,) = await user_with_devices(store, "10000000002", 1)
+    stats = store.group_commit_stats  # type: ignore[attr-defined]
+    before = stats.transactions
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    calls = []
+    for i in range(100):
+        calls.append(asyncio.ensure_future(store.accept(message(i, a, a1, b, [b1]))))
+        await asyncio.sleep(0.001)
+    results = await asyncio.gather(*calls)
+    elapsed = loop.time() - started
+    assert all(not r.duplicate and len(r.queued) == 1 for r in results)
+    transactions = stats.transactions - before
+    assert transactions <= elapsed / COMMIT_INTERVAL + 2, f"{transactions} commits in {elapsed:.3f} s"
