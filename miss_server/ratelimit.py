@@ -16,6 +16,16 @@ node draws from one shared bucket and a client cannot multiply its allowance
 by spreading over nodes. When Redis fails, :class:`RedisLimiter` limits in
 this process instead: an outage must neither stop clinicians from talking
 nor remove the limits.
+
+A node does not ask Redis for every token of a busy shared bucket: it takes
+a **lease**, up to a tenth of a second's refill (at most a tenth of the
+burst) at once, and spends it locally for at most ``LEASE_SECONDS``. Leased
+tokens are taken from the shared bucket when leased, so the nodes together
+never spend more than the budget; what a lease leaves unspent when it ends
+is lost, which makes the limit slightly stricter, never looser. A bucket
+that refills by less than one token a tenth of a second (the failure
+buckets, the defaults for a single address) leases exactly what each take
+asks: one Redis call per take, as without leases.
 """
 
 from __future__ import annotations
@@ -37,6 +47,10 @@ __all__ = ["Limiter", "MemoryLimiter", "Rate", "RedisLimiter", "parse_rate"]
 log = logging.getLogger("miss.ratelimit")
 
 WARN_INTERVAL = 10.0  # seconds between two "Redis is down" warnings
+#: How long a node may spend the tokens it leased from a shared bucket (s).
+LEASE_SECONDS = 0.1
+#: Past this many leases, the ended ones are dropped.
+MAX_LEASES = 10_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -167,9 +181,10 @@ class MemoryLimiter:
 
 
 # KEYS[1]: hash {tokens, stamp (µs of Redis TIME)}; ARGV: per_second, burst, cost, mode
-# ('take', or 'peek' to take nothing).
-# Returns 0 when taken, else the wait in ms. Redis 7 replicates a script's effects,
-# so reading TIME is allowed; every node thus shares Redis's clock.
+# ('take', or 'peek' to take nothing), want (>= cost: a take takes up to that many).
+# Returns {wait in ms (0 when taken), tokens taken (a decimal string)}. Redis 7
+# replicates a script's effects, so reading TIME is allowed; every node thus
+# shares Redis's clock.
 _TAKE = """
 local per_second, burst, cost = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
 local time = redis.call('TIME')
@@ -182,15 +197,16 @@ elseif now > stamp then
   tokens = math.min(burst, tokens + (now - stamp) * per_second / 1000000)
 end
 if tokens < cost then
-  return math.max(1, math.ceil((cost - tokens) * 1000 / per_second))
+  return {math.max(1, math.ceil((cost - tokens) * 1000 / per_second)), '0'}
 end
 if ARGV[4] == 'peek' then
-  return 0
+  return {0, '0'}
 end
-tokens = tokens - cost
+local taken = math.min(tokens, tonumber(ARGV[5]))
+tokens = tokens - taken
 redis.call('HSET', KEYS[1], 'tokens', string.format('%.17g', tokens), 'stamp', string.format('%.17g', now))
 redis.call('PEXPIRE', KEYS[1], math.ceil((burst - tokens) * 1000 / per_second) + 1000)
-return 0
+return {0, string.format('%.17g', taken)}
 """
 
 
@@ -202,26 +218,53 @@ def _is_outage(exc: Exception) -> bool:
 class RedisLimiter:
     """Buckets in Redis, shared by every hub node on the same `prefix`.
 
-    Each take is one atomic script on ``{prefix}:rl:{{key}}`` (a hash tag, so
-    Redis Cluster works); an idle bucket expires once it would be full again.
-    When Redis fails, the take goes to `fallback` (a new MemoryLimiter when
-    None) and a warning is logged at most every 10 s. Give `redis` short
-    socket timeouts: a take waits as long as the client does before falling
-    back. The client and the fallback belong to the caller, who closes them.
+    Each call to Redis is one atomic script on ``{prefix}:rl:{{key}}`` (a
+    hash tag, so Redis Cluster works); an idle bucket expires once it would
+    be full again. Takes are served from this node's lease while it lasts
+    (module doc). When Redis fails, the take goes to `fallback` (a new
+    MemoryLimiter when None) and a warning is logged at most every 10 s.
+    Give `redis` short socket timeouts: a take waits as long as the client
+    does before falling back. The client and the fallback belong to the
+    caller, who closes them.
     """
 
-    def __init__(self, redis: aioredis.Redis, prefix: str, fallback: MemoryLimiter | None = None) -> None:
+    def __init__(
+        self,
+        redis: aioredis.Redis,
+        prefix: str,
+        fallback: MemoryLimiter | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self._prefix = prefix
         self._script = redis.register_script(_TAKE)
         self._fallback = fallback if fallback is not None else MemoryLimiter()
+        self._clock = clock
         self._warned_at = -math.inf
+        self._leases: dict[str, tuple[float, float]] = {}  # key -> (tokens left, when the lease ends)
+
+    def _leased(self, key: str, cost: float) -> tuple[float, float] | None:
+        """This node's live lease of ``key`` if it holds ``cost`` tokens."""
+        lease = self._leases.get(key)
+        if lease is None:
+            return None
+        if lease[1] <= self._clock():
+            del self._leases[key]
+            return None
+        return lease if lease[0] >= cost else None
 
     async def _call(self, key: str, rate: Rate, cost: float, mode: str) -> int:
-        """One run of the script, ``mode`` "take" or "peek"; falls back when Redis is down."""
+        """Take (or peek at) ``cost`` tokens: from the lease, else from Redis,
+        which leases up to ``want`` tokens; falls back when Redis is down."""
         _check_cost(rate, cost)
+        lease = self._leased(key, cost)
+        if lease is not None:
+            if mode == "take":
+                self._leases[key] = (lease[0] - cost, lease[1])
+            return 0
+        want = max(cost, min(rate.burst / 10, rate.per_second * LEASE_SECONDS))
         try:
-            wait = await self._script(
-                keys=[f"{self._prefix}:rl:{{{key}}}"], args=[rate.per_second, rate.burst, cost, mode]
+            wait, taken = await self._script(
+                keys=[f"{self._prefix}:rl:{{{key}}}"], args=[rate.per_second, rate.burst, cost, mode, want]
             )
         except (RedisError, OSError) as exc:
             if not _is_outage(exc):
@@ -233,7 +276,19 @@ class RedisLimiter:
                     "rate limits kept in this process: Redis failed (%s: %s)", type(exc).__name__, exc
                 )
             return (self._fallback.take_now if mode == "take" else self._fallback.peek_now)(key, rate, cost)
+        if mode == "take" and not wait:
+            left = float(taken) - cost
+            if left > 0:
+                if len(self._leases) >= MAX_LEASES:
+                    self._drop_ended_leases()
+                self._leases[key] = (left, self._clock() + LEASE_SECONDS)
         return int(wait)
+
+    def _drop_ended_leases(self) -> None:
+        now = self._clock()
+        self._leases = {k: lease for k, lease in self._leases.items() if lease[1] > now}
+        while len(self._leases) >= MAX_LEASES:  # every lease is live: drop the oldest
+            del self._leases[next(iter(self._leases))]
 
     async def take(self, key: str, rate: Rate, cost: float = 1.0) -> int:
         """See :meth:`Limiter.take`. Raises a script or data error (a bug) rather than hide it."""
@@ -244,4 +299,5 @@ class RedisLimiter:
         return await self._call(key, rate, cost, "peek")
 
     async def close(self) -> None:
-        """Nothing to release: the client and the fallback belong to the caller."""
+        """Forget the leases; the client and the fallback belong to the caller."""
+        self._leases.clear()

@@ -159,6 +159,36 @@ async def test_two_nodes_share_a_bucket() -> None:
         assert await RedisLimiter(client, other).take("203.0.113.7", rate) == 0  # another deployment
 
 
+async def test_a_busy_shared_bucket_is_leased_and_the_nodes_never_overspend() -> None:
+    """A bucket that refills by several tokens a tenth of a second is leased:
+    one Redis call takes a tenth of a second's refill for the node to spend
+    locally. The lease leaves the shared bucket at once, so two nodes
+    together still spend at most the budget; an ended lease is not spent."""
+    async with redis_client() as (client, new_prefix):
+        prefix = new_prefix()
+        clock = FakeClock()
+        node1 = RedisLimiter(client, prefix, clock=clock)
+        node2 = RedisLimiter(client, prefix, clock=clock)
+        rate = Rate(per_second=50, burst=50)  # leases of 5 tokens
+        key = f"{prefix}:rl:{{203.0.113.7}}"
+        started = time.monotonic()
+        assert await node1.take("203.0.113.7", rate) == 0
+        assert float(await client.hget(key, "tokens") or b"nan") == 45.0  # the whole lease left Redis
+        granted = 0
+        while await node2.take("203.0.113.7", rate) == 0:
+            granted += 1
+        refilled = 50 * (time.monotonic() - started)
+        assert 45 <= granted <= 45 + refilled + 1, "node2 spends what node1 did not lease, no more"
+
+        # Redis empty (and not refilling): node1 still spends its own lease, and only while it lasts.
+        await client.hset(key, mapping={"tokens": "0", "stamp": str(time.time_ns() // 1000 + 10**9)})
+        assert await node2.take("203.0.113.7", rate) > 0
+        for _ in range(3):
+            assert await node1.take("203.0.113.7", rate) == 0
+        clock.now += 1.0
+        assert await node1.take("203.0.113.7", rate) > 0, "an ended lease is not spent"
+
+
 async def test_redis_bucket_is_a_hash_tagged_key_that_expires_once_full() -> None:
     async with redis_client() as (client, new_prefix):
         prefix = new_prefix()
