@@ -79,6 +79,7 @@ class Device:
         self.boxes: dict[str, nacl.public.Box] = {}
         self.acks: list[int] = []
         self.ack_wanted = asyncio.Event()
+        self.acks_sent = 0  # ack frames written (the load generator counts frames)
         self.seen: set[bytes] = set()
         self.tasks: list[asyncio.Task[None]] = []
 
@@ -213,3 +214,4 @@ class Device:
                     await self.ws.send(encode(Ack(tuple(seqs))))
                 except ConnectionClosed:
                     return
+                self.acks_sent += 1

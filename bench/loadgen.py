@@ -172,6 +172,9 @@ class Worker:
         }
 
     def collect(self) -> dict[str, Any]:
+        for dev in self.devices.values():
+            self.counters["frames_out"] += dev.acks_sent
+            dev.acks_sent = 0
         out = {
             "counters": dict(self.counters),
             "errors": dict(self.errors),
@@ -278,6 +281,7 @@ class Worker:
         self.counters["expected"] += len(flow.targets)
         await dev.ws.send(frame)
         self.counters["sent"] += 1
+        self.counters["frames_out"] += 1
 
     async def run(
         self, t0_ns: int, t_end_ns: int, rate: float | None, payload: int, flood: bool = False
@@ -408,6 +412,8 @@ class Worker:
         try:
             async for data in dev.ws:
                 assert isinstance(data, bytes)
+                if dev is not self.flooder:  # the flood's frames are counted apart
+                    self.counters["frames_in"] += 1
                 if self.mode == "hub":
                     self._on_hub_frame(dev, data)
                 else:
@@ -517,4 +523,5 @@ class Worker:
         entry = self.outstanding.get(mid)
         if entry is not None and entry[2].ws is not None:
             self.counters["resent"] += 1
+            self.counters["frames_out"] += 1
             asyncio.get_running_loop().create_task(entry[2].ws.send(entry[1]))

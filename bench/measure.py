@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 __all__ = [
     "CpuMeter",
     "cpu_seconds",
+    "main_thread_cpu_seconds",
     "pid_listening_on",
     "postgres_pids",
     "process_name",
@@ -28,16 +29,25 @@ __all__ = [
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU seconds of a process (all its threads) so far; 0.0 if it is gone."""
+def _stat_cpu(path: str) -> float:
     try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
+        with open(path, "rb") as f:
             stat = f.read()
     except (FileNotFoundError, ProcessLookupError):
         return 0.0
     # The command name may hold spaces and parentheses: split after the last ')'.
     fields = stat[stat.rindex(b")") + 2 :].split()
     return (int(fields[11]) + int(fields[12])) / CLK_TCK
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of a process (all its threads) so far; 0.0 if it is gone."""
+    return _stat_cpu(f"/proc/{pid}/stat")
+
+
+def main_thread_cpu_seconds(pid: int) -> float:
+    """The same for the process's main thread alone (an asyncio server's event loop)."""
+    return _stat_cpu(f"/proc/{pid}/task/{pid}/stat")
 
 
 def rss_kib(pid: int) -> int:
@@ -135,17 +145,23 @@ class CpuMeter:
     appear during the window (a PostgreSQL backend) are counted."""
 
     find: Callable[[], list[int]]
-    _start: dict[int, float] = field(default_factory=dict)
+    _start: dict[int, tuple[float, float]] = field(default_factory=dict)
     seconds: float = 0.0
+    #: the part of ``seconds`` spent by the processes' main threads
+    main_thread_seconds: float = 0.0
     pids: list[int] = field(default_factory=list)
 
     def start(self) -> None:
-        self._start = {pid: cpu_seconds(pid) for pid in self.find()}
+        self._start = {pid: (cpu_seconds(pid), main_thread_cpu_seconds(pid)) for pid in self.find()}
 
     def stop(self) -> float:
         end_pids = self.find()
         self.pids = sorted(set(end_pids) | set(self._start))
-        self.seconds = sum(max(0.0, cpu_seconds(pid) - self._start.get(pid, 0.0)) for pid in end_pids)
+        self.seconds = self.main_thread_seconds = 0.0
+        for pid in end_pids:
+            total, main = self._start.get(pid, (0.0, 0.0))
+            self.seconds += max(0.0, cpu_seconds(pid) - total)
+            self.main_thread_seconds += max(0.0, main_thread_cpu_seconds(pid) - main)
         return self.seconds
 
 

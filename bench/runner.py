@@ -316,6 +316,14 @@ class Run:
             meters["redis"] = CpuMeter(redis_pids)
         return meters
 
+    @staticmethod
+    def stop_meters(meters: dict[str, CpuMeter]) -> dict[str, float]:
+        """Stop every meter: CPU seconds by meter name, and the server
+        processes' main threads (their event loops) as ``server_main_thread``."""
+        cpu = {name: m.stop() for name, m in meters.items()}
+        cpu["server_main_thread"] = meters["server"].main_thread_seconds
+        return cpu
+
     def using_services(self) -> bool:
         return self.store_url.startswith(("postgresql://", "postgres://"))
 
@@ -411,7 +419,7 @@ class Run:
         self.last_results = self.pool.finish_job()
         complete = self._wait_complete(time.monotonic() + GRACE_SECONDS, show)
         t_done = time.monotonic_ns()
-        cpu = {name: m.stop() for name, m in meters.items()}
+        cpu = self.stop_meters(meters)
         load_cpu = self.pool.cpu_seconds() - load0
         self.progress.finish()
         samples = merge_samples(self.pool.call_all("collect"))
@@ -444,6 +452,13 @@ class Run:
             "rate": round(delivered / window, 1) if window > 0 else 0.0,
             "cpu_seconds": round(cpu["server"], 3),
             "cpu_us_per_msg": round(cpu["server"] * 1e6 / delivered, 1) if delivered else None,
+            # the event loop's share, and the rest (the SQLite writer and reader, executors)
+            "cpu_us_per_msg_event_loop": (
+                round(cpu["server_main_thread"] * 1e6 / delivered, 1) if delivered else None
+            ),
+            "cpu_us_per_msg_other_threads": (
+                round((cpu["server"] - cpu["server_main_thread"]) * 1e6 / delivered, 1) if delivered else None
+            ),
             **summary,
             "sent": samples.counters.get("sent", 0),
             "accepted": samples.counters.get("accepted", 0),
@@ -456,6 +471,16 @@ class Run:
             "send_lag_p99_ms": lag["send_lag_p99_ms"],
             "accept_p50_ms": accept["accept_p50_ms"],
             "accept_p99_ms": accept["accept_p99_ms"],
+            # WebSocket frames the clients wrote and read, per unit: what the server had to handle
+            "frames_per_msg": (
+                round(
+                    (samples.counters.get("frames_in", 0) + samples.counters.get("frames_out", 0))
+                    / delivered,
+                    2,
+                )
+                if delivered
+                else None
+            ),
             "loadgen_cpu_util": round(load_cpu / window / max(1, len(self.load_cpus)), 3) if window else None,
         }
         for name in ("postgres", "redis"):

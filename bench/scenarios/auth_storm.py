@@ -29,7 +29,7 @@ def connect_figures(
     load0, wall0 = r.pool.cpu_seconds(), time.monotonic()
     result = r.connect(urls, label, concurrency=concurrency)
     wall = time.monotonic() - wall0
-    cpu = {name: m.stop() for name, m in meters.items()}
+    cpu = r.stop_meters(meters)
     load_cpu = r.pool.cpu_seconds() - load0
     timings = result["timings"]
     n = len(timings)

@@ -72,7 +72,7 @@ def run(r: Run) -> dict[str, Any]:
     r.pool.start_job("blast", blasts)
     complete = _wait_delivered(r, n, "relay: burst")
     blast = r.pool.finish_job()[0]
-    cpu = {k: m.stop() for k, m in meters.items()}
+    cpu = r.stop_meters(meters)
     load = (r.pool.cpu_seconds() - load0, time.monotonic() - wall0)
     relay_res = _figures(r, blast["started_ns"], cpu, load, complete)
     r.disconnect()
@@ -95,7 +95,7 @@ def run(r: Run) -> dict[str, Any]:
     connected = r.connect(urls, "hub: recipient connects", indices=[recipient])
     complete = _wait_delivered(r, n, "hub: drain")
     time.sleep(SETTLE_SECONDS)  # its last acks reach the store inside the window
-    cpu = {k: m.stop() for k, m in meters.items()}
+    cpu = r.stop_meters(meters)
     auth_sent = connected["timings"][0][1] if connected["timings"] else time.monotonic_ns()
     # The receiving client works only during the drain: its load over that.
     load = (r.pool.cpu_seconds() - load0, None)

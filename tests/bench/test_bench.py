@@ -114,6 +114,13 @@ def test_online_fixed_rate_and_closed_loop(runs: dict[str, Future[dict[str, Any]
     check_messages(report["relay"])
     hub = report["hub"]
     assert hub["accepted"] == hub["sent"] and hub["receipts"] == hub["delivered"]
+    # What the server handled per message: the relay forwards it (1 frame in, 1 out); the hub
+    # also answers `accepted`, delivers a receipt, and reads the acks (some of them batched).
+    assert report["relay"]["frames_per_msg"] == 2.0
+    assert 4.0 <= hub["frames_per_msg"] <= 6.0
+    for side in (hub, report["relay"]):  # the event loop's share and the rest add up
+        parts = side["cpu_us_per_msg_event_loop"] + side["cpu_us_per_msg_other_threads"]
+        assert parts == pytest.approx(side["cpu_us_per_msg"], abs=0.2)
     closed = report["closed_loop"]
     check_side(closed["hub"])
     assert closed["hub"]["mode"] == "closed-loop" and closed["hub"]["delivered"] > 0
@@ -165,7 +172,8 @@ def test_multi_node(runs: dict[str, Future[dict[str, Any]]]) -> None:
     assert report["backend"] == "services" and report["params"]["nodes"] == 2
     check_messages(report["hub"])
     assert report["hub"]["postgres_cpu_us_per_msg"] > 0
-    assert report["hub"]["redis_cpu_us_per_msg"] > 0
+    # measured, but a second of cross-node wake-ups may cost Redis less than one 10 ms tick
+    assert report["hub"]["redis_cpu_us_per_msg"] >= 0
 
 
 def test_flood(runs: dict[str, Future[dict[str, Any]]]) -> None:
