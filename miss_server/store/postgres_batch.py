@@ -20,7 +20,11 @@ order is commit order.
 
 Rows that other hubs may insert at the same time (message ids, contact pairs)
 are inserted in sorted order, ids before contacts: every transaction takes
-those locks in one global order, so concurrent batches never deadlock.
+those locks in one global order, so concurrent batches never deadlock. A pair
+is inserted once per committer: contacts are never deleted, so the pairs a
+committed batch wrote (or found) are remembered (up to
+``MAX_KNOWN_CONTACTS``) and a batch of messages between known contacts
+skips that statement, as sqlite.py does.
 
 The store lends the committer its transaction runner (``PostgresStore``'s
 ``_transaction``: retries a connection lost before ``COMMIT``, reports an
@@ -34,6 +38,7 @@ import asyncio
 import logging
 from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass
 from typing import Any
 
@@ -45,6 +50,9 @@ from .postgres_errors import failure, is_statement_error
 __all__ = ["GroupCommit", "GroupCommitStats", "Transaction"]
 
 log = logging.getLogger("miss.store.postgres")
+
+#: Contact pairs a committer remembers before it starts afresh.
+MAX_KNOWN_CONTACTS = 100_000
 
 #: Runs a function in one transaction on a pooled connection and returns its value.
 Transaction = Callable[[Callable[[asyncpg.Connection], Awaitable[Any]]], Awaitable[Any]]
@@ -116,6 +124,7 @@ class GroupCommit:
         self._waiting: deque[_Job] = deque()
         self._wakeup = asyncio.Event()
         self._closing = False
+        self._contacts: set[tuple[str, str]] = set()  # pairs committed to contacts (module doc)
         self._task = asyncio.create_task(self._loop(), name="miss-postgres-group-commit")
         self.stats = GroupCommitStats()
 
@@ -189,13 +198,20 @@ class GroupCommit:
 
     async def _run(self, jobs: list[_Job]) -> list[object]:
         """The fast path, or one savepoint per call; an outcome per job."""
+        learned: set[tuple[str, str]] = set()
         try:
-            outcomes: list[object] = await self._transaction(lambda conn: _apply(conn, jobs))
-            return outcomes
+            outcomes: list[object] = await self._transaction(
+                lambda conn: _apply(conn, jobs, self._contacts, learned)
+            )
         except Exception as exc:
             if len(jobs) == 1 or not is_statement_error(exc):
                 return [failure(exc) for _ in jobs]
             log.warning("a batched call failed, replaying one by one", extra={"calls": len(jobs)})
+        else:
+            if len(self._contacts) + len(learned) > MAX_KNOWN_CONTACTS:
+                self._contacts.clear()
+            self._contacts |= learned
+            return outcomes
         try:
             outcomes = await self._transaction(lambda conn: _apply_each(conn, jobs))
             return outcomes
@@ -217,8 +233,20 @@ async def _insert_rows(conn: asyncpg.Connection, rows: list[tuple[Any, ...]]) ->
     ]
 
 
-async def _accept_many(conn: asyncpg.Connection, messages: list[NewMessage]) -> list[AcceptResult]:
-    """Like sqlite.py's ``_accept`` for every message, in three statements."""
+def _pair(a: str, b: str) -> tuple[str, str]:
+    """The key of a contact pair in the committer's memory (either order)."""
+    return (a, b) if a <= b else (b, a)
+
+
+async def _accept_many(
+    conn: asyncpg.Connection,
+    messages: list[NewMessage],
+    known: AbstractSet[tuple[str, str]],
+    learned: set[tuple[str, str]],
+) -> list[AcceptResult]:
+    """Like sqlite.py's ``_accept`` for every message, in at most three
+    statements: contact pairs not in ``known`` are inserted, and added to
+    ``learned``."""
     first: dict[tuple[str, bytes], int] = {}
     for i, m in enumerate(messages):
         first.setdefault((m.sender_user, m.message_id), i)  # a repeat in the same batch is a duplicate
@@ -238,9 +266,15 @@ async def _accept_many(conn: asyncpg.Connection, messages: list[NewMessage]) -> 
         if first[key] == i and key in inserted:
             stored.append(i)
     # A duplicate stores nothing, not even a contact; a note to oneself makes none.
-    met = [messages[i] for i in stored if messages[i].sender_user != messages[i].recipient_user]
+    met = [
+        messages[i]
+        for i in stored
+        if messages[i].sender_user != messages[i].recipient_user
+        and _pair(messages[i].sender_user, messages[i].recipient_user) not in known
+    ]
     if met:
         await conn.execute(_INSERT_CONTACTS, [m.sender_user for m in met], [m.recipient_user for m in met])
+        learned.update(_pair(m.sender_user, m.recipient_user) for m in met)
     queued: dict[int, list[Queued]] = {i: [] for i in stored}
     owners: list[int] = []
     rows: list[tuple[Any, ...]] = []
@@ -300,15 +334,22 @@ async def _ack_many(conn: asyncpg.Connection, jobs: list[_Ack]) -> list[list[Que
     return results
 
 
-async def _apply(conn: asyncpg.Connection, jobs: Sequence[_Job]) -> list[object]:
+async def _apply(
+    conn: asyncpg.Connection,
+    jobs: Sequence[_Job],
+    known: AbstractSet[tuple[str, str]],
+    learned: set[tuple[str, str]] | None,
+) -> list[object]:
     """Run a batch with set-based statements; accepts first (an ack in the
-    same batch cannot name a seq the batch creates)."""
+    same batch cannot name a seq the batch creates). Contact pairs: see
+    :func:`_accept_many` (``learned`` None: not remembered)."""
     outcomes: list[object] = [None] * len(jobs)
     accepts = [i for i, job in enumerate(jobs) if isinstance(job, _Accept)]
     acks = [i for i, job in enumerate(jobs) if isinstance(job, _Ack)]
     if accepts:
         messages = [jobs[i].message for i in accepts]  # type: ignore[union-attr]
-        for i, result in zip(accepts, await _accept_many(conn, messages), strict=True):
+        results = await _accept_many(conn, messages, known, set() if learned is None else learned)
+        for i, result in zip(accepts, results, strict=True):
             outcomes[i] = result
     if acks:
         ack_jobs = [jobs[i] for i in acks]
@@ -323,7 +364,7 @@ async def _apply_each(conn: asyncpg.Connection, jobs: Sequence[_Job]) -> list[ob
     for job in jobs:
         try:
             async with conn.transaction():
-                outcomes.extend(await _apply(conn, [job]))
+                outcomes.extend(await _apply(conn, [job], frozenset(), None))
         except Exception as exc:
             if not is_statement_error(exc):
                 raise
