@@ -86,12 +86,11 @@ WITH gone AS (
     WHERE q.seq = a.seq AND q.device_id = a.device_id
     RETURNING q.seq, q.device_id, q.kind, q.message_id, q.peer_user, q.recipient_user
 )
-SELECT g.seq, g.device_id, g.kind, g.message_id, g.peer_user, g.recipient_user, d.user_id AS owner
+SELECT g.seq, g.device_id, g.kind, g.message_id, g.peer_user, g.recipient_user, d.user_id AS owner,
+       CASE WHEN g.kind = 1 THEN ARRAY(
+           SELECT s.device_id FROM devices s WHERE s.user_id = g.peer_user AND s.revoked_at IS NULL
+           ORDER BY s.created_at, s.device_id) END AS sender_devices
 FROM gone g LEFT JOIN devices d ON d.device_id = g.device_id"""
-
-_ACTIVE_DEVICES = """
-SELECT user_id, device_id FROM devices WHERE user_id = ANY($1::text[]) AND revoked_at IS NULL
-ORDER BY user_id, created_at, device_id"""
 
 
 @dataclass(slots=True)
@@ -296,7 +295,9 @@ async def _accept_many(
 
 
 async def _ack_many(conn: asyncpg.Connection, jobs: list[_Ack]) -> list[list[Queued]]:
-    """Like sqlite.py's ``_ack`` for every job, in three statements."""
+    """Like sqlite.py's ``_ack`` for every job, in two statements: the
+    deletion (which also reads each sender's active devices) and the
+    receipts."""
     results: list[list[Queued]] = [[] for _ in jobs]
     devices = [job.device_id for job in jobs for _ in job.seqs]
     if not devices:
@@ -316,16 +317,13 @@ async def _ack_many(conn: asyncpg.Connection, jobs: list[_Ack]) -> list[list[Que
             claims.append((i, row))
     if not claims:
         return results
-    sender_devices: dict[str, list[str]] = {}
-    for user_id, device_id in await conn.fetch(_ACTIVE_DEVICES, sorted({r["peer_user"] for _, r in claims})):
-        sender_devices.setdefault(user_id, []).append(device_id)
     owners: list[int] = []
     rows: list[tuple[Any, ...]] = []
     for i, row in claims:
         job = jobs[i]
         # peer = the acking device, recipient_user = the original sender (sqlite.py's layout)
         common = (row["message_id"], row["owner"], job.device_id, row["peer_user"], job.now, job.expires_at)
-        for sender_device in sender_devices.get(row["peer_user"], []):
+        for sender_device in row["sender_devices"]:
             owners.append(i)
             rows.append((sender_device, int(Kind.RECEIPT), b"", *common))
     if rows:
