@@ -12,9 +12,10 @@ only after ``COMMIT`` returned, so "accepted" always means "durable" while a
 busy hub pays one commit (one WAL flush) per batch rather than per message.
 Calls arriving while a commit is in flight wait for the next batch, and the
 next batch starts no sooner than ``COMMIT_INTERVAL`` after the last commit
-(``base.py``): a quiet hub adds no latency, a busy one batches more. If a statement of a batch fails
-(bad input, not a lost connection) the transaction is rolled back and the
-batch replayed with one savepoint per call, so one bad call fails alone. One
+(``base.py``): a quiet hub adds no latency, a busy one batches more. If a
+statement of a batch fails (bad input, not a lost connection) the
+transaction is rolled back and the batch replayed with one savepoint per
+call, so one bad call fails alone. One
 transaction is in flight at a time per store, so within one hub node ``seq``
 order is commit order.
 
