@@ -27,6 +27,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections import deque
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
@@ -85,6 +86,9 @@ SECURITY_ACTIONS = [
 #: How far back each poll of the audit log looks (ms): events are written
 #: in the background, so one may appear a little after its time.
 SECURITY_WINDOW_MS = 60_000
+#: How old (s) a seq seen by a poll must be before later polls skip every
+#: event up to it (Hub.watch_security_forever).
+SECURITY_SETTLE_SECONDS = 5.0
 
 
 def now_ms() -> int:
@@ -472,19 +476,37 @@ class Hub:
     async def watch_security_forever(self, interval: float = 0.5) -> None:
         """Poll the audit log for security events (runs as a task). Events
         already in the log when the node starts are only marked seen: the
-        store already tells the truth to every later authentication."""
+        store already tells the truth to every later authentication.
+
+        Each poll reads the last minute's events above a cursor: the highest
+        seq seen at least ``SECURITY_SETTLE_SECONDS`` ago (an event with a lower seq
+        could only appear later if its transaction stayed open that long).
+        A burst (10,000 devices enrolled at once) is thus read for a few
+        seconds, not at every poll for a minute."""
+        loop = asyncio.get_running_loop()
         first = True
+        cursor = 0
+        marks: deque[tuple[float, int]] = deque()  # (when, the highest seq seen by then)
         while True:
             since = now_ms() - SECURITY_WINDOW_MS
             with contextlib.suppress(StoreUnavailable):  # try again at the next poll
-                events = await self.store.audit_log(since_at=since, actions=SECURITY_ACTIONS, limit=10_000)
-                self._seen_events = {seq: at for seq, at in self._seen_events.items() if at >= since}
+                events = await self.store.audit_log(
+                    since_at=since, actions=SECURITY_ACTIONS, limit=10_000, after_seq=cursor
+                )
                 for event in events:
                     if event.seq not in self._seen_events:
                         self._seen_events[event.seq] = event.at
                         if not first:
                             self.apply_security_event(event)
                 first = False
+                now = loop.time()
+                highest = max([e.seq for e in events], default=0)
+                marks.append((now, max(highest, marks[-1][1] if marks else cursor)))
+                while marks and marks[0][0] <= now - SECURITY_SETTLE_SECONDS:
+                    cursor = max(cursor, marks.popleft()[1])
+                self._seen_events = {
+                    seq: at for seq, at in self._seen_events.items() if at >= since and seq > cursor
+                }
             await asyncio.sleep(interval)
 
     async def wake(self, wakeups: list[tuple[str, bytes]]) -> None:

@@ -282,10 +282,11 @@ class Store(Protocol):
         user_id: str | None = None,
         actions: list[str] | None = None,
         limit: int = 100,
+        after_seq: int = 0,
     ) -> list[AuditEvent]:
-        """Events with ``at >= since_at``, optionally only about ``user_id``
-        or with one of ``actions``, oldest first, at most ``limit``
-        (the *newest* ``limit`` when more match)."""
+        """Events with ``at >= since_at`` and ``seq > after_seq``, optionally
+        only about ``user_id`` or with one of ``actions``, oldest first, at
+        most ``limit`` (the *newest* ``limit`` when more match)."""
 
     # --- messages ---------------------------------------------------------
 

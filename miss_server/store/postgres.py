@@ -618,6 +618,7 @@ class PostgresStore:
         user_id: str | None = None,
         actions: list[str] | None = None,
         limit: int = 100,
+        after_seq: int = 0,
     ) -> list[AuditEvent]:
         """``actions=[]`` matches nothing."""
         actions = None if actions is None else list(actions)
@@ -625,8 +626,8 @@ class PostgresStore:
             return []
         # One statement per combination of filters (four in all), so that each
         # gets a plan of its own rather than a generic one full of ORs.
-        where: list[str] = ["at >= $1"]
-        args: list[object] = [since_at]
+        where: list[str] = ["at >= $1", "seq > $2"]
+        args: list[object] = [since_at, after_seq]
         if user_id is not None:
             args.append(user_id)
             where.append(f"user_id = ${len(args)}")

@@ -565,13 +565,14 @@ class SQLiteStore:
         user_id: str | None = None,
         actions: list[str] | None = None,
         limit: int = 100,
+        after_seq: int = 0,
     ) -> list[AuditEvent]:
         """``actions=[]`` matches nothing."""
         actions = None if actions is None else list(actions)
         if limit <= 0 or actions == []:
             return []
-        where: list[str] = ["at >= ?"]
-        params: list[object] = [since_at]
+        where: list[str] = ["at >= ?", "seq > ?"]
+        params: list[object] = [since_at, after_seq]
         if user_id is not None:
             where.append("user_id = ?")
             params.append(user_id)

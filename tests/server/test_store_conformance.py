@@ -653,6 +653,10 @@ async def test_audit_appends_and_reads_oldest_first(store: Store) -> None:
     assert await read(limit=2) == EVENTS[3:]
     assert await read(user_id="u_a", limit=1) == [EVENTS[1]]
     assert await read(limit=0) == []
+    # Above a seq (a poll's cursor), with the other filters.
+    assert await read(after_seq=seqs[1]) == EVENTS[2:]
+    assert await read(after_seq=seqs[1], actions=["auth.failed", "device.revoked"]) == [EVENTS[2]]
+    assert await read(after_seq=seqs[-1]) == []
     # The store assigns seq, whatever the event carried.
     await store.audit([replace(EVENTS[0], at=NOW + 9, seq=1)])
     [last] = await store.audit_log(since_at=NOW + 9)

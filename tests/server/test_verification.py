@@ -18,8 +18,10 @@ from authority import AUTHORITY_TEXT, UNLIMITED, verify, write_key_file
 from wire import RawDevice, enrolled, invite
 
 from miss_server import admin
+from miss_server import hub as hub_module
 from miss_server.app import HubServer
 from miss_server.config import load_settings
+from miss_server.store.base import AuditEvent
 from protocol import attestation, crypto, errors
 from protocol.frames import (
     Accepted,
@@ -246,6 +248,33 @@ async def test_an_administrator_revokes_a_device_within_two_seconds(hub: HubServ
     assert time.monotonic() - started < 2.0
     assert close == errors.DeviceRevoked.close_code and error and error.code == "device_revoked"
     assert (await alice.auth_refused())[1] == errors.DeviceRevoked.close_code
+
+
+async def test_a_burst_of_security_events_is_read_for_seconds_not_a_minute(
+    hub: HubServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """10,000 devices enrolled at once must not make every poll of the audit
+    log read them all again for a minute (it stalled the hub's clinicians)."""
+    monkeypatch.setattr(hub_module, "SECURITY_SETTLE_SECONDS", 0.5)
+    polls: list[int] = []
+    read = hub.store.audit_log
+
+    async def counted(**kwargs: Any) -> list[AuditEvent]:
+        events = await read(**kwargs)
+        if kwargs.get("actions") == hub_module.SECURITY_ACTIONS:
+            polls.append(len(events))
+        return events
+
+    monkeypatch.setattr(hub.store, "audit_log", counted)
+    now = time.time_ns() // 1_000_000
+    burst = [
+        AuditEvent(now, "hub", "device.enrolled", user_id=f"u_{i}", device_id=f"d_{i}") for i in range(2000)
+    ]
+    await hub.store.audit(burst)
+    await asyncio.sleep(3.0)  # six polls
+    full = [n for n in polls if n >= len(burst)]
+    assert 1 <= len(full) <= 3, polls  # read until the burst is 0.5 s old, then skipped
+    assert polls[-2:] == [0, 0], polls
 
 
 # --- anti-abuse -------------------------------------------------------------------------------
