@@ -27,7 +27,8 @@ GROUP BY organisation;
 -- Who did what, when: append-only, never message content, keys or codes.
 -- expire() leaves it alone. seq comes from an identity sequence: it grows with
 -- insertion (nextval) order, which across concurrent transactions is not always
--- commit order; hubs poll by time (since_at), not by seq.
+-- commit order; hubs poll by time (since_at), and skip a seq only once it has
+-- been seen for a few seconds (Hub.watch_security_forever).
 -- No foreign keys: an event may name an unknown user (a failed login) and
 -- outlives what it names. Read by time and by user.
 CREATE TABLE audit_log (
