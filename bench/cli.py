@@ -51,6 +51,14 @@ def _parser() -> argparse.ArgumentParser:
         action="store_true",
         help="with --rate: also run a closed loop, reported under closed_loop",
     )
+    r.add_argument(
+        "--repeat",
+        type=int,
+        default=1,
+        metavar="N",
+        help="online, fanout, multi-node: measure the relay and the hub N times, alternately, "
+        "and report the round with the median ratio (every round's figures under rounds)",
+    )
     r.add_argument("--json", type=Path, help="JSON report (default OUT/SCENARIO-BACKEND.json)")
     r.add_argument("--plot", type=Path, help="PNG plots (default OUT/SCENARIO-BACKEND.png)")
     r.add_argument("--out", default="bench/out", help="output directory (default bench/out)")

@@ -94,6 +94,12 @@ def table(report: dict[str, Any]) -> str:
         "",
     ]
     lines += _section(report["hub"], report["relay"], report.get("ratio_cpu"))
+    if report.get("rounds"):
+        shown = "; ".join(
+            f"{_fmt(o['hub_cpu_us_per_msg'])} ÷ {_fmt(o['relay_cpu_us_per_msg'])} = {_fmt(o['ratio_cpu'])}"
+            for o in report["rounds"]
+        )
+        lines.append(f"  CPU per unit (µs) in each round, hub ÷ relay (the median round shown): {shown}")
     if "closed_loop" in report:
         c = report["closed_loop"]
         lines += ["", "closed loop (maximum rate):", *_section(c["hub"], c["relay"], c.get("ratio_cpu"))]

@@ -106,6 +106,7 @@ class Run:
         self.pop: Population | None = None
         self.notes: list[str] = []
         self.directory: dict[int, Entry] = {}
+        self._hub_directory: tuple[dict[int, Entry], dict[int, str]] = ({}, {})
         self.last_results: list[Any] = []
         self.last_counters: dict[str, int] = {}
 
@@ -271,7 +272,12 @@ class Run:
         for result in results:
             for index, (user_id, device_id) in result.items():
                 entries[index] = Entry(user_id, device_id, _box_pk(pop.devices[index]))
-        self._directory("hub", entries, dict(enumerate(user_ids)))
+        self._hub_directory = (entries, dict(enumerate(user_ids)))
+        self.use_hub()
+
+    def use_hub(self) -> None:
+        """Give the devices their hub identities again (after a relay round)."""
+        self._directory("hub", *self._hub_directory)
 
     def hub_device_urls(self) -> dict[int, str]:
         assert self.pop is not None

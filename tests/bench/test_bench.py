@@ -34,7 +34,18 @@ pytestmark = pytest.mark.slow
 RUNS: dict[str, tuple[str, ...]] = {
     "online": ("--scenario", "online", "--rate", "200", "--closed-loop"),
     "online-services": ("--scenario", "online", "--backend", "services", "--rate", "100"),
-    "fanout": ("--scenario", "fanout", "--rate", "50", "--devices", "3", "--own-devices", "2"),
+    "fanout": (
+        "--scenario",
+        "fanout",
+        "--rate",
+        "50",
+        "--devices",
+        "3",
+        "--own-devices",
+        "2",
+        "--repeat",
+        "3",
+    ),
     "offline-drain": ("--scenario", "offline-drain", "--messages", "300"),
     "auth-storm": ("--scenario", "auth-storm", "--storm", "60"),
     "connections": ("--scenario", "connections", "--connections", "200", "--rate", "50"),
@@ -141,6 +152,10 @@ def test_fanout(runs: dict[str, Future[dict[str, Any]]]) -> None:
     check_messages(report["relay"], 4)
     # each of the 3 recipient devices' acks yields a receipt on both sender devices
     assert report["hub"]["receipts"] == report["hub"]["sent"] * 3 * 2
+    # --repeat 3: three rounds of relay then hub; the report is the median round's
+    rounds = report["rounds"]
+    assert len(rounds) == 3 and all(o["hub_cpu_us_per_msg"] and o["relay_cpu_us_per_msg"] for o in rounds)
+    assert report["ratio_cpu"] == sorted(o["ratio_cpu"] for o in rounds)[1]
 
 
 def test_offline_drain(runs: dict[str, Future[dict[str, Any]]]) -> None:
