@@ -166,6 +166,19 @@ class NewMessage:
     ts: int
     expires_at: int
 
+    def queued(self, seq: int, device_id: str) -> Queued:
+        """The queue row of this message's envelope for ``device_id``, stored as ``seq``."""
+        return Queued(
+            seq,
+            device_id,
+            Kind.MESSAGE,
+            self.message_id,
+            self.sender_user,
+            self.sender_device,
+            self.ts,
+            self.envelopes[device_id],
+        )
+
 
 @dataclass(frozen=True, slots=True)
 class Queued:

@@ -262,19 +262,8 @@ async def _apply(
     got = sorted(by_tag["Q"], key=lambda r: r["seq"])
     if [(r["device_id"], r["message_id"]) for r in got] != [(r[2], r[1].message_id) for r in mine]:
         raise RuntimeError("queue rows did not get seqs in insertion order")
-    for (i, m, device_id, envelope), r in zip(mine, got, strict=True):
-        queued[i].append(
-            Queued(
-                r["seq"],
-                device_id,
-                Kind.MESSAGE,
-                m.message_id,
-                m.sender_user,
-                m.sender_device,
-                m.ts,
-                envelope,
-            )
-        )
+    for (i, m, device_id, _), r in zip(mine, got, strict=True):
+        queued[i].append(m.queued(r["seq"], device_id))
     for i in accepts:
         outcomes[i] = AcceptResult(i not in queued, queued.get(i, []))
     receipts: dict[int, list[Queued]] = {i: [] for i in calls}

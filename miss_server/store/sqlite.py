@@ -669,18 +669,7 @@ def _accept(conn: _Conn, m: NewMessage) -> AcceptResult:
             ),
         )
         assert cur.lastrowid is not None
-        queued.append(
-            Queued(
-                cur.lastrowid,
-                device_id,
-                Kind.MESSAGE,
-                m.message_id,
-                m.sender_user,
-                m.sender_device,
-                m.ts,
-                envelope,
-            )
-        )
+        queued.append(m.queued(cur.lastrowid, device_id))
     return AcceptResult(duplicate=False, queued=queued)
 
 
