@@ -478,11 +478,11 @@ class Hub:
         already in the log when the node starts are only marked seen: the
         store already tells the truth to every later authentication.
 
-        Each poll reads the last minute's events above a cursor: the highest
-        seq seen at least ``SECURITY_SETTLE_SECONDS`` ago (an event with a lower seq
-        could only appear later if its transaction stayed open that long).
-        A burst (10,000 devices enrolled at once) is thus read for a few
-        seconds, not at every poll for a minute."""
+        Each poll reads the last minute's events above a cursor: the
+        highest seq seen at least ``SECURITY_SETTLE_SECONDS`` ago (an event
+        with a lower seq could only appear later if its transaction stayed
+        open that long). A burst (10,000 devices enrolled at once) is thus
+        read for a few seconds, not at every poll for a minute."""
         loop = asyncio.get_running_loop()
         first = True
         cursor = 0

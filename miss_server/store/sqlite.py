@@ -7,11 +7,13 @@ connection:
 
 * the **writer** runs every write. When it wakes, no sooner than
   ``COMMIT_INTERVAL`` (``base.py``) after its previous commit, it takes
-  every job waiting (up to ``MAX_BATCH``) and runs them in one ``BEGIN IMMEDIATE`` transaction,
-  each inside its own savepoint, then commits once: group commit. A job's
-  future resolves only after that ``COMMIT`` returned, with
-  ``synchronous=FULL``, so "accepted" always means "on disk" while a busy
-  hub pays one fsync per batch rather than per message.
+  every job waiting (up to ``MAX_BATCH``), runs them in one ``BEGIN
+  IMMEDIATE`` transaction and commits once: group commit (if a job fails,
+  the batch is rolled back and each job runs again in a transaction of its
+  own, so that it fails alone). A job's future resolves only after that
+  ``COMMIT`` returned, with ``synchronous=FULL``, so "accepted" always
+  means "on disk" while a busy hub pays one fsync per batch rather than
+  per message.
 * the **reader** runs reads, which WAL lets proceed beside the writer.
 
 Other processes (``miss-admin`` while the hub runs) share the file; the busy
