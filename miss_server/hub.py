@@ -485,8 +485,8 @@ class Hub:
         read for a few seconds, not at every poll for a minute."""
         loop = asyncio.get_running_loop()
         first = True
-        cursor = 0
-        marks: deque[tuple[float, int]] = deque()  # (when, the highest seq seen by then)
+        cursor = top = 0  # top: the highest seq seen so far
+        marks: deque[tuple[float, int]] = deque()  # (when, top then)
         while True:
             since = now_ms() - SECURITY_WINDOW_MS
             with contextlib.suppress(StoreUnavailable):  # try again at the next poll
@@ -500,10 +500,10 @@ class Hub:
                             self.apply_security_event(event)
                 first = False
                 now = loop.time()
-                highest = max([e.seq for e in events], default=0)
-                marks.append((now, max(highest, marks[-1][1] if marks else cursor)))
+                top = max([top, *(e.seq for e in events)])
+                marks.append((now, top))
                 while marks and marks[0][0] <= now - SECURITY_SETTLE_SECONDS:
-                    cursor = max(cursor, marks.popleft()[1])
+                    cursor = marks.popleft()[1]
                 self._seen_events = {
                     seq: at for seq, at in self._seen_events.items() if at >= since and seq > cursor
                 }

@@ -73,7 +73,7 @@ from .base import (
 from .postgres_batch import GroupCommit
 from .postgres_errors import discard_if_broken, is_connection_lost, is_statement_error, reraise
 
-__all__ = ["GroupCommitStats", "PostgresStore"]
+__all__ = ["PostgresStore"]
 
 log = logging.getLogger("miss.store.postgres")
 

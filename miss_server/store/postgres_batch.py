@@ -49,7 +49,7 @@ import asyncpg
 from .base import COMMIT_INTERVAL, AcceptResult, GroupCommitStats, Kind, NewMessage, Queued, StoreUnavailable
 from .postgres_errors import failure, is_statement_error
 
-__all__ = ["GroupCommit", "GroupCommitStats", "Transaction"]
+__all__ = ["GroupCommit", "Transaction"]
 
 log = logging.getLogger("miss.store.postgres")
 
@@ -219,7 +219,7 @@ async def _apply(
         for _, m in messages
         if m.sender_user != m.recipient_user and _pair(m.sender_user, m.recipient_user) not in known
     ]
-    rows = [(i, m, device_id, envelope) for i, m in messages for device_id, envelope in m.envelopes.items()]
+    rows = [(i, m, device_id) for i, m in messages for device_id in m.envelopes]
     # ack(): each (device, seq) belongs to the first call that names it.
     acked: dict[tuple[str, int], int] = {}
     for i, call in calls.items():
@@ -235,7 +235,7 @@ async def _apply(
         [m.recipient_user for m in pairs],
         [m.message_id for m in pairs],
         [r[2] for r in rows],
-        [r[3] for r in rows],
+        [r[1].envelopes[r[2]] for r in rows],
         [r[1].message_id for r in rows],
         [r[1].sender_user for r in rows],
         [r[1].sender_device for r in rows],
@@ -262,7 +262,7 @@ async def _apply(
     got = sorted(by_tag["Q"], key=lambda r: r["seq"])
     if [(r["device_id"], r["message_id"]) for r in got] != [(r[2], r[1].message_id) for r in mine]:
         raise RuntimeError("queue rows did not get seqs in insertion order")
-    for (i, m, device_id, _), r in zip(mine, got, strict=True):
+    for (i, m, device_id), r in zip(mine, got, strict=True):
         queued[i].append(m.queued(r["seq"], device_id))
     for i in accepts:
         outcomes[i] = AcceptResult(i not in queued, queued.get(i, []))

@@ -205,9 +205,10 @@ class _DbThread:
                             break
                         batch.append(nxt)
                 results = self._run_batch(conn, batch) if self._group_commit else self._run_one(conn, job)
-                last_commit = time.monotonic()
-                self.stats.transactions += 1
-                self.stats.calls += len(batch)
+                if self._group_commit:
+                    last_commit = time.monotonic()
+                    self.stats.transactions += 1
+                    self.stats.calls += len(batch)
                 assert self._loop is not None
                 if not self._loop.is_closed():
                     self._loop.call_soon_threadsafe(_resolve_all, results)
