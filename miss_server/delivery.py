@@ -202,8 +202,11 @@ class DeviceLink:
                     self._wake.set()
                     continue
             if self._outbox and not self._need_drain:
-                await self._send_rows(self._outbox)
+                # Taken before the write, which waits while the socket is
+                # full: wake-ups that come meanwhile stay for the next turn.
+                rows = list(self._outbox)
                 self._outbox.clear()
+                await self._send_rows(rows)
 
     async def _send_rows(self, rows: Iterable[tuple[int, bytes]]) -> None:
         """Send the rows not already in flight, in one write."""

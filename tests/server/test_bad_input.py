@@ -5,6 +5,9 @@ message through the same hub."""
 from __future__ import annotations
 
 import asyncio
+import socket
+import time
+from pathlib import Path
 
 import msgpack
 import pytest
@@ -20,6 +23,7 @@ from protocol.frames import (
     Ack,
     Auth,
     Deliver,
+    Delivered,
     Error,
     Lookup,
     LookupOk,
@@ -289,3 +293,72 @@ async def test_second_connection_of_a_device_replaces_the_first(hub: HubServer, 
     await expect_close(pair.b, errors.SessionReplaced)
     pair.b = newer  # the newer connection gets Bob's messages
     await pair.still_served()
+
+
+# A device that stops reading its socket costs nobody else anything and
+# loses nothing: once it reads again it gets every message, in order, once.
+# Its sender writes it far more than the sockets' buffers hold, so the hub's
+# writes to it back up (websockets pauses writing) and its deliveries wait in
+# the hub while two bystanders keep talking.
+SLOW_MESSAGES = 300
+SLOW_BODY = "x" * 60_000  # one envelope ≈ 60 KB, inside the 64 KiB frame limit
+#: The largest send buffer the kernel gives a TCP socket (bytes).
+SEND_BUFFER_MAX = int(Path("/proc/sys/net/ipv4/tcp_wmem").read_text().split()[2])
+
+
+async def test_a_device_that_stops_reading_harms_nobody_and_loses_nothing(
+    hub: HubServer,
+    pair: Pair,
+) -> None:
+    _, code_s = await invite(hub, "Sender", "10000000003")
+    _, code_r = await invite(hub, "Reader", "10000000004")
+    sender, reader = RawDevice(hub.url), RawDevice(hub.url)
+    await sender.enroll(code_s)
+    await reader.enroll(code_r)
+    to_reader = await sender.lookup(reader.user_id)
+    assert reader.ws is not None
+    # More than the kernel can hold between the hub and the reader (the hub's
+    # send buffer at its largest, the reader's receive buffer as it is): the
+    # rest must wait in the hub, which then writes only as the reader reads.
+    receive_buffer = reader.ws.transport.get_extra_info("socket").getsockopt(
+        socket.SOL_SOCKET, socket.SO_RCVBUF
+    )
+    assert SLOW_MESSAGES * len(SLOW_BODY) > 2 * (SEND_BUFFER_MAX + receive_buffer)
+
+    # The reader reads nothing from here on; its sender writes without waiting.
+    sent = [sender.message(to_reader, f"{i}:{SLOW_BODY}") for i in range(SLOW_MESSAGES)]
+    writing = asyncio.gather(*(sender.send_frame(frame) for frame in sent))
+    accepted = 0
+    latencies = []
+    while accepted < SLOW_MESSAGES:
+        frame = await sender.recv(timeout=30)
+        assert isinstance(frame, Accepted), frame
+        accepted += 1
+        if accepted % 60 == 0:  # the bystanders, while the reader's socket is full
+            started = time.perf_counter()
+            await pair.still_served()
+            latencies.append(time.perf_counter() - started)
+    await writing
+    assert max(latencies) < 1.0, latencies
+
+    # Now it reads: every message, in the order sent, once.
+    got = []
+    while len(got) < SLOW_MESSAGES:
+        try:
+            frame = await reader.recv(timeout=10)
+        except TimeoutError:
+            raise AssertionError(f"the reader got {len(got)} messages of {SLOW_MESSAGES}") from None
+        assert isinstance(frame, Deliver), frame
+        got.append(frame)
+    bodies = [reader.open_deliver(frame, sender.keys.box_pk).body for frame in got]
+    assert [b.split(":", 1)[0] for b in bodies] == [str(i) for i in range(SLOW_MESSAGES)]
+    assert [frame.id for frame in got] == [frame.id for frame in sent]
+    seqs = [frame.seq for frame in got]
+    assert seqs == sorted(seqs)
+    await reader.ack(*seqs)
+    receipts = set()
+    while len(receipts) < SLOW_MESSAGES:
+        frame = await sender.recv(timeout=10)
+        assert isinstance(frame, Delivered), frame
+        receipts.add(frame.id)
+    assert receipts == {frame.id for frame in sent}
