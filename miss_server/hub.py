@@ -89,6 +89,8 @@ SECURITY_WINDOW_MS = 60_000
 #: How old (s) a seq seen by a poll must be before later polls skip every
 #: event up to it (Hub.watch_security_forever).
 SECURITY_SETTLE_SECONDS = 5.0
+#: Events a poll reads at a time; a poll reads pages until one is not full.
+SECURITY_PAGE = 10_000
 
 
 def now_ms() -> int:
@@ -478,11 +480,13 @@ class Hub:
         already in the log when the node starts are only marked seen: the
         store already tells the truth to every later authentication.
 
-        Each poll reads the last minute's events above a cursor: the
-        highest seq seen at least ``SECURITY_SETTLE_SECONDS`` ago (an event
-        with a lower seq could only appear later if its transaction stayed
-        open that long). A burst (10,000 devices enrolled at once) is thus
-        read for a few seconds, not at every poll for a minute."""
+        Each poll reads the last minute's events above a cursor, page by
+        page (``SECURITY_PAGE``), oldest first, so that no event is skipped
+        however many come at once. The cursor is the highest seq seen at
+        least ``SECURITY_SETTLE_SECONDS`` ago (an event with a lower seq
+        could only appear later if its transaction stayed open that long).
+        A burst (10,000 devices enrolled at once) is thus read for a few
+        seconds, not at every poll for a minute."""
         loop = asyncio.get_running_loop()
         first = True
         cursor = top = 0  # top: the highest seq seen so far
@@ -490,17 +494,27 @@ class Hub:
         while True:
             since = now_ms() - SECURITY_WINDOW_MS
             with contextlib.suppress(StoreUnavailable):  # try again at the next poll
-                events = await self.store.audit_log(
-                    since_at=since, actions=SECURITY_ACTIONS, limit=10_000, after_seq=cursor
-                )
-                for event in events:
-                    if event.seq not in self._seen_events:
-                        self._seen_events[event.seq] = event.at
-                        if not first:
-                            self.apply_security_event(event)
+                after = cursor
+                while True:
+                    page = await self.store.audit_log(
+                        since_at=since,
+                        actions=SECURITY_ACTIONS,
+                        limit=SECURITY_PAGE,
+                        after_seq=after,
+                        oldest=True,
+                    )
+                    for event in page:
+                        if event.seq not in self._seen_events:
+                            self._seen_events[event.seq] = event.at
+                            if not first:
+                                self.apply_security_event(event)
+                    if page:
+                        after = page[-1].seq
+                        top = max(top, after)
+                    if len(page) < SECURITY_PAGE:
+                        break
                 first = False
                 now = loop.time()
-                top = max([top, *(e.seq for e in events)])
                 marks.append((now, top))
                 while marks and marks[0][0] <= now - SECURITY_SETTLE_SECONDS:
                     cursor = marks.popleft()[1]

@@ -296,10 +296,13 @@ class Store(Protocol):
         actions: list[str] | None = None,
         limit: int = 100,
         after_seq: int = 0,
+        oldest: bool = False,
     ) -> list[AuditEvent]:
         """Events with ``at >= since_at`` and ``seq > after_seq``, optionally
         only about ``user_id`` or with one of ``actions``, oldest first, at
-        most ``limit`` (the *newest* ``limit`` when more match)."""
+        most ``limit``: the *newest* ``limit`` when more match, or with
+        ``oldest`` the oldest ``limit``, a page to read the log forward
+        (the next page is after the last seq of this one)."""
 
     # --- messages ---------------------------------------------------------
 

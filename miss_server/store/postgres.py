@@ -619,6 +619,7 @@ class PostgresStore:
         actions: list[str] | None = None,
         limit: int = 100,
         after_seq: int = 0,
+        oldest: bool = False,
     ) -> list[AuditEvent]:
         """``actions=[]`` matches nothing."""
         actions = None if actions is None else list(actions)
@@ -635,13 +636,13 @@ class PostgresStore:
             args.append(actions)
             where.append(f"action = ANY(${len(args)}::text[])")
         args.append(limit)
-        # The newest ``limit`` that match, handed back oldest first.
+        # The newest (or oldest) ``limit`` that match, handed back oldest first.
         sql = (
             f"SELECT {_AUDIT_COLUMNS} FROM audit_log WHERE {' AND '.join(where)} "
-            f"ORDER BY seq DESC LIMIT ${len(args)}"
+            f"ORDER BY seq {'ASC' if oldest else 'DESC'} LIMIT ${len(args)}"
         )
         rows = await self._retryable(lambda c: c.fetch(sql, *args))
-        return [_audit_event(r) for r in reversed(rows)]
+        return [_audit_event(r) for r in (rows if oldest else reversed(rows))]
 
     # --- messages -----------------------------------------------------------
 

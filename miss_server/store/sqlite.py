@@ -569,6 +569,7 @@ class SQLiteStore:
         actions: list[str] | None = None,
         limit: int = 100,
         after_seq: int = 0,
+        oldest: bool = False,
     ) -> list[AuditEvent]:
         """``actions=[]`` matches nothing."""
         actions = None if actions is None else list(actions)
@@ -582,12 +583,16 @@ class SQLiteStore:
         if actions is not None:
             where.append("action IN (SELECT value FROM json_each(?))")
             params.append(json.dumps(actions))
-        # The newest ``limit`` that match, handed back oldest first.
-        sql = f"SELECT {_AUDIT_COLUMNS} FROM audit_log WHERE {' AND '.join(where)} ORDER BY seq DESC LIMIT ?"
+        # The newest (or oldest) ``limit`` that match, handed back oldest first.
+        order = "ASC" if oldest else "DESC"
+        sql = (
+            f"SELECT {_AUDIT_COLUMNS} FROM audit_log WHERE {' AND '.join(where)} ORDER BY seq {order} LIMIT ?"
+        )
         params.append(limit)
 
         def run(conn: sqlite3.Connection) -> list[AuditEvent]:
-            return [_audit_event(r) for r in reversed(conn.execute(sql, params).fetchall())]
+            rows = conn.execute(sql, params).fetchall()
+            return [_audit_event(r) for r in (rows if oldest else reversed(rows))]
 
         return await self._read(run)
 

@@ -657,6 +657,11 @@ async def test_audit_appends_and_reads_oldest_first(store: Store) -> None:
     assert await read(after_seq=seqs[1]) == EVENTS[2:]
     assert await read(after_seq=seqs[1], actions=["auth.failed", "device.revoked"]) == [EVENTS[2]]
     assert await read(after_seq=seqs[-1]) == []
+    # Read forward a page at a time (a poll): the oldest first, every event once.
+    assert await read(limit=2, oldest=True) == EVENTS[:2]
+    assert await read(limit=2, oldest=True, after_seq=seqs[1]) == EVENTS[2:4]
+    assert await read(limit=2, oldest=True, after_seq=seqs[3]) == EVENTS[4:]
+    assert await read(limit=2, oldest=True, after_seq=seqs[1], user_id="u_b", since_at=NOW + 3) == [EVENTS[3]]
     # The store assigns seq, whatever the event carried.
     await store.audit([replace(EVENTS[0], at=NOW + 9, seq=1)])
     [last] = await store.audit_log(since_at=NOW + 9)

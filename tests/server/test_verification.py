@@ -277,6 +277,30 @@ async def test_a_burst_of_security_events_is_read_for_seconds_not_a_minute(
     assert polls[-2:] == [0, 0], polls
 
 
+async def test_a_revocation_followed_by_a_larger_burst_is_still_enforced(
+    hub: HubServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A poll must read every event above its cursor, not only the newest
+    page: a revocation followed, before the next poll, by more events than
+    one read returns (another tool enrolling a ward at once) still closes
+    the revoked device."""
+    monkeypatch.setattr(hub_module, "SECURITY_SETTLE_SECONDS", 0.5)
+    alice = await enrolled(hub, "Alice", "10000000001")
+    await asyncio.sleep(1.0)  # the hub's polls have seen Alice's enrollment and moved on
+    now = time.time_ns() // 1_000_000
+    assert await hub.store.revoke_device(alice.device_id, now) is not None  # as another process would
+    revoked = AuditEvent(
+        now, "admin:test", "device.revoked", user_id=alice.user_id, device_id=alice.device_id
+    )
+    burst = [
+        AuditEvent(now, "admin:test", "device.enrolled", user_id=f"u_{i}", device_id=f"d_{i}")
+        for i in range(hub_module.SECURITY_PAGE + 500)
+    ]
+    await hub.store.audit([revoked, *burst])
+    error, close = await alice.until_closed(5)
+    assert close == errors.DeviceRevoked.close_code and error and error.code == "device_revoked"
+
+
 # --- anti-abuse -------------------------------------------------------------------------------
 
 
