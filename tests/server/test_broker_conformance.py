@@ -189,3 +189,36 @@ async def test_redis_device_wakeups_cross_nodes_and_stay_local_on_one() -> None:
             assert inbox == [b"from b", b"from a"]  # delivered synchronously, no round trip
         finally:
             await node_b.close()
+
+
+async def test_redis_publishes_made_at_once_share_one_round_trip_in_call_order(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The wake-ups of senders resolved by one group commit leave in one
+    pipeline (one round trip to Redis, not one each), in the order they
+    were made, and each publisher returns once Redis has them."""
+    async with redis_backed() as (node_a, _):
+        assert isinstance(node_a, RedisBroker)
+        node_b = RedisBroker(f"{REDIS_URL}?prefix={node_a.prefix}")
+        await node_b.start()
+        try:
+            inbox: list[bytes] = []
+            await node_a.subscribe("dev:d1", inbox.append)
+            await asyncio.sleep(0.1)
+            pipelines: list[int] = []
+            real = node_b.redis.pipeline
+
+            def counted(*args: Any, **kwargs: Any) -> Any:
+                pipelines.append(1)
+                return real(*args, **kwargs)
+
+            monkeypatch.setattr(node_b.redis, "pipeline", counted)
+            payloads = [str(i).encode() for i in range(100)]
+            await asyncio.gather(*(node_b.publish("dev:d1", p) for p in payloads))
+            assert len(pipelines) == 1
+            assert await received(inbox, 100) == payloads
+            await node_b.publish_many([("dev:d1", b"a"), ("dev:d1", b"b")])
+            assert len(pipelines) == 2
+            assert await received(inbox, 102) == [*payloads, b"a", b"b"]
+        finally:
+            await node_b.close()
