@@ -14,9 +14,12 @@ socket, so frames leave in one order:
 3. ``inflight`` holds the seqs sent on this connection and not yet acked, so
    a row seen both by the drain and by a wake-up is sent once.
 4. A peer that reads slower than rows arrive fills the outbox; past
-   ``OUTBOX_LIMIT`` the outbox is dropped and the link falls back to a drain
-   once the socket has caught up. Memory stays bounded and nothing is lost,
-   since every dropped frame is a row in the store.
+   ``OUTBOX_LIMIT`` frames or ``OUTBOX_BYTES`` the outbox is dropped and the
+   link falls back to a drain once the socket has caught up. Nothing is
+   lost, since every dropped frame is a row in the store, and what a peer
+   that stops reading costs the hub stays small: the outbox, one write of
+   at most ``WRITE_BYTES`` waiting in the socket's buffer, and one drain
+   page of about ``PAGE_BYTES``.
 
 A wake-up payload is one of:
 
@@ -30,7 +33,9 @@ A wake-up payload is one of:
 
 Writes are batched: whatever is ready when the task runs (a page of a
 drain, several wake-ups) leaves in one write to the socket, since on this
-path the system calls cost more than everything else. Receipts, which no
+path the system calls cost more than everything else, up to
+``WRITE_BYTES``; the task waits for the socket to take each write before
+the next. Receipts, which no
 one waits for, are held up to ``RECEIPT_DELAY`` so that several share a
 write; messages are never held.
 
@@ -66,8 +71,16 @@ TAG_DRAIN = ord("D")
 TAG_CLOSE = ord("X")
 DRAIN_WAKEUP = b"D"
 PUSH_LIMIT = 256
+#: A drain page: at most PAGE rows; the first FIRST_PAGE, the next about
+#: PAGE_BYTES of envelopes by the size of the rows before.
 PAGE = 500
+FIRST_PAGE = 64
+PAGE_BYTES = 1 << 20
+#: Wake-ups an outbox holds (frames, bytes) before the link drains instead.
 OUTBOX_LIMIT = 2000
+OUTBOX_BYTES = 1 << 20
+#: The most one write to the socket carries (it carries one frame at least).
+WRITE_BYTES = 256 * 1024
 STORE_RETRY_SECONDS = 1.0
 
 
@@ -116,6 +129,7 @@ class DeviceLink:
         self._close = close
         self._on_sent = on_sent
         self._outbox: deque[tuple[int, bytes]] = deque()
+        self._outbox_bytes = 0
         self._pushes: deque[bytes] = deque(maxlen=PUSH_LIMIT)
         self._inflight: set[int] = set()
         self._need_drain = True
@@ -142,11 +156,13 @@ class DeviceLink:
         tag = payload[0]
         if tag == TAG_ROW or tag == TAG_RECEIPT:
             if not self._need_drain:
-                if len(self._outbox) >= OUTBOX_LIMIT:
-                    self._outbox.clear()
+                frame = payload[9:]
+                if len(self._outbox) >= OUTBOX_LIMIT or self._outbox_bytes + len(frame) > OUTBOX_BYTES:
+                    self._take_outbox()
                     self._need_drain = True
                 else:
-                    self._outbox.append((int.from_bytes(payload[1:9], "big"), payload[9:]))
+                    self._outbox.append((int.from_bytes(payload[1:9], "big"), frame))
+                    self._outbox_bytes += len(frame)
             if tag == TAG_ROW or self._need_drain:
                 self._wake.set()
             elif self._receipt_timer is None:
@@ -179,6 +195,12 @@ class DeviceLink:
         with contextlib.suppress(Exception):
             await self._close(exc.close_code or 4400, exc.code)
 
+    def _take_outbox(self) -> list[tuple[int, bytes]]:
+        rows = list(self._outbox)
+        self._outbox.clear()
+        self._outbox_bytes = 0
+        return rows
+
     def acked(self, seqs: tuple[int, ...]) -> None:
         self._inflight.difference_update(seqs)
 
@@ -192,7 +214,7 @@ class DeviceLink:
                 await self._send(pushes)
             if self._need_drain:
                 self._need_drain = False
-                self._outbox.clear()  # every frame there is a committed row the drain reads
+                self._take_outbox()  # every frame there is a committed row the drain reads
                 try:
                     await self._drain()
                 except StoreUnavailable as exc:
@@ -204,26 +226,34 @@ class DeviceLink:
             if self._outbox and not self._need_drain:
                 # Taken before the write, which waits while the socket is
                 # full: wake-ups that come meanwhile stay for the next turn.
-                rows = list(self._outbox)
-                self._outbox.clear()
-                await self._send_rows(rows)
+                await self._send_rows(self._take_outbox())
 
     async def _send_rows(self, rows: Iterable[tuple[int, bytes]]) -> None:
-        """Send the rows not already in flight, in one write."""
-        frames = []
+        """Send the rows not already in flight, in order, in writes of at
+        most ``WRITE_BYTES``, each taken by the socket before the next."""
+        frames: list[bytes] = []
+        size = 0
         for seq, frame in rows:
-            if seq not in self._inflight:
-                self._inflight.add(seq)
-                frames.append(frame)
+            if seq in self._inflight:
+                continue
+            self._inflight.add(seq)
+            if frames and size + len(frame) > WRITE_BYTES:
+                await self._send(frames)
+                self._on_sent(len(frames))
+                frames, size = [], 0
+            frames.append(frame)
+            size += len(frame)
         if frames:
             await self._send(frames)
             self._on_sent(len(frames))
 
     async def _drain(self) -> None:
-        cursor = 0
+        cursor, limit = 0, FIRST_PAGE
         while True:
-            rows = await self._store.pending(self.device_id, cursor, PAGE, _now_ms())
+            rows = await self._store.pending(self.device_id, cursor, limit, _now_ms())
             await self._send_rows((row.seq, row_frame(row)) for row in rows)
-            if len(rows) < PAGE:
+            if len(rows) < limit:
                 return
             cursor = rows[-1].seq
+            size = sum(len(row.payload) for row in rows) or 1
+            limit = max(1, min(PAGE, PAGE_BYTES * len(rows) // size))

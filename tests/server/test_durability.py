@@ -8,23 +8,11 @@ import secrets
 from pathlib import Path
 
 import pytest
-from hubproc import HubProcess
-from wire import RawDevice
+from hubproc import HubProcess, enrolled_pair
 
 from protocol.frames import Accepted, Deliver, Delivered
 
 pytestmark = pytest.mark.slow
-
-
-async def enrolled_pair(hub: HubProcess) -> tuple[RawDevice, RawDevice]:
-    _, code_a = hub.invite("Dr Alice Martin", "10000000011")
-    _, code_b = hub.invite("Dr Bob Durand", "10000000012")
-    a, b = RawDevice(hub.url), RawDevice(hub.url)
-    await a.enroll(code_a)
-    await b.enroll(code_b)
-    await asyncio.to_thread(hub.verify, a.user_id)  # miss-admin verify, as after any enrollment
-    await asyncio.to_thread(hub.verify, b.user_id)
-    return a, b
 
 
 async def test_accepted_message_survives_sigkill(tmp_path: Path) -> None:

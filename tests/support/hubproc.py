@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 from authority import AUTHORITY_TEXT, UNLIMITED, write_key_file
+from wire import RawDevice
 
 BIN = Path(sys.executable).parent
 URL_LINE = re.compile(r"MiSS hub serving (ws://\S+)")
@@ -122,3 +123,15 @@ class HubProcess:
     def verify(self, user: str) -> dict[str, object]:
         """``miss-admin verify USER`` with the tests' authority key file."""
         return self.admin("verify", user)
+
+
+async def enrolled_pair(hub: HubProcess) -> tuple[RawDevice, RawDevice]:
+    """Two clinicians enrolled on ``hub`` and verified, one device each, connected."""
+    _, code_a = hub.invite("Dr Alice Martin", "10000000011")
+    _, code_b = hub.invite("Dr Bob Durand", "10000000012")
+    a, b = RawDevice(hub.url), RawDevice(hub.url)
+    await a.enroll(code_a)
+    await b.enroll(code_b)
+    await asyncio.to_thread(hub.verify, a.user_id)  # miss-admin verify, as after any enrollment
+    await asyncio.to_thread(hub.verify, b.user_id)
+    return a, b
