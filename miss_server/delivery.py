@@ -32,12 +32,11 @@ A wake-up payload is one of:
   gets the ``error`` frame, then the close code.
 
 Writes are batched: whatever is ready when the task runs (a page of a
-drain, several wake-ups) leaves in one write to the socket, since on this
-path the system calls cost more than everything else, up to
-``WRITE_BYTES``; the task waits for the socket to take each write before
-the next. Receipts, which no
-one waits for, are held up to ``RECEIPT_DELAY`` so that several share a
-write; messages are never held.
+drain, several wake-ups) leaves in one write to the socket, up to
+``WRITE_BYTES``, since on this path the system calls cost more than
+everything else; the task waits for the socket to take each write before
+the next. Receipts, which no one waits for, are held up to
+``RECEIPT_DELAY`` so that several share a write; messages are never held.
 
 Frames that are not queued rows (presence pushes) go through :meth:`push`:
 they are sent in order with the rest but never dropped for a drain; a peer

@@ -171,10 +171,10 @@ async def test_redis_unreachable_fails_fast_and_clearly() -> None:
     await broker.close()
 
 
-async def test_redis_device_wakeups_cross_nodes_and_stay_local_on_one() -> None:
-    """Two brokers on one prefix are two hub nodes: a device channel
-    subscribed on node A gets node B's publish through Redis, and node A's
-    own publish without it."""
+@asynccontextmanager
+async def two_redis_nodes() -> AsyncIterator[tuple[RedisBroker, RedisBroker, list[bytes]]]:
+    """Two brokers on one prefix (two hub nodes), and the inbox of device
+    channel ``dev:d1``, subscribed on the first."""
     async with redis_backed() as (node_a, _):
         assert isinstance(node_a, RedisBroker)
         node_b = RedisBroker(f"{REDIS_URL}?prefix={node_a.prefix}")
@@ -183,12 +183,20 @@ async def test_redis_device_wakeups_cross_nodes_and_stay_local_on_one() -> None:
             inbox: list[bytes] = []
             await node_a.subscribe("dev:d1", inbox.append)
             await asyncio.sleep(0.1)
-            await node_b.publish("dev:d1", b"from b")
-            assert await received(inbox, 1) == [b"from b"]
-            await node_a.publish("dev:d1", b"from a")
-            assert inbox == [b"from b", b"from a"]  # delivered synchronously, no round trip
+            yield node_a, node_b, inbox
         finally:
             await node_b.close()
+
+
+async def test_redis_device_wakeups_cross_nodes_and_stay_local_on_one() -> None:
+    """Two brokers on one prefix are two hub nodes: a device channel
+    subscribed on node A gets node B's publish through Redis, and node A's
+    own publish without it."""
+    async with two_redis_nodes() as (node_a, node_b, inbox):
+        await node_b.publish("dev:d1", b"from b")
+        assert await received(inbox, 1) == [b"from b"]
+        await node_a.publish("dev:d1", b"from a")
+        assert inbox == [b"from b", b"from a"]  # delivered synchronously, no round trip
 
 
 async def test_redis_publishes_made_at_once_share_one_round_trip_in_call_order(
@@ -197,28 +205,19 @@ async def test_redis_publishes_made_at_once_share_one_round_trip_in_call_order(
     """The wake-ups of senders resolved by one group commit leave in one
     pipeline (one round trip to Redis, not one each), in the order they
     were made, and each publisher returns once Redis has them."""
-    async with redis_backed() as (node_a, _):
-        assert isinstance(node_a, RedisBroker)
-        node_b = RedisBroker(f"{REDIS_URL}?prefix={node_a.prefix}")
-        await node_b.start()
-        try:
-            inbox: list[bytes] = []
-            await node_a.subscribe("dev:d1", inbox.append)
-            await asyncio.sleep(0.1)
-            pipelines: list[int] = []
-            real = node_b.redis.pipeline
+    async with two_redis_nodes() as (_, node_b, inbox):
+        pipelines: list[int] = []
+        real = node_b.redis.pipeline
 
-            def counted(*args: Any, **kwargs: Any) -> Any:
-                pipelines.append(1)
-                return real(*args, **kwargs)
+        def counted(*args: Any, **kwargs: Any) -> Any:
+            pipelines.append(1)
+            return real(*args, **kwargs)
 
-            monkeypatch.setattr(node_b.redis, "pipeline", counted)
-            payloads = [str(i).encode() for i in range(100)]
-            await asyncio.gather(*(node_b.publish("dev:d1", p) for p in payloads))
-            assert len(pipelines) == 1
-            assert await received(inbox, 100) == payloads
-            await node_b.publish_many([("dev:d1", b"a"), ("dev:d1", b"b")])
-            assert len(pipelines) == 2
-            assert await received(inbox, 102) == [*payloads, b"a", b"b"]
-        finally:
-            await node_b.close()
+        monkeypatch.setattr(node_b.redis, "pipeline", counted)
+        payloads = [str(i).encode() for i in range(100)]
+        await asyncio.gather(*(node_b.publish("dev:d1", p) for p in payloads))
+        assert len(pipelines) == 1
+        assert await received(inbox, 100) == payloads
+        await node_b.publish_many([("dev:d1", b"a"), ("dev:d1", b"b")])
+        assert len(pipelines) == 2
+        assert await received(inbox, 102) == [*payloads, b"a", b"b"]
