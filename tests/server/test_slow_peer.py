@@ -44,7 +44,7 @@ async def test_a_device_that_stops_reading_costs_the_hub_little_memory(tmp_path:
         assert peak - before < MAX_GROWTH_KIB, f"the hub grew by {(peak - before) // 1024} MiB"
 
         got = [await reader.recv(timeout=30) for _ in range(MESSAGES)]
-        assert all(isinstance(frame, Deliver) for frame in got)
-        assert [frame.id for frame in got] == [frame.id for frame in sent]  # type: ignore[union-attr]
+        delivered = [frame for frame in got if isinstance(frame, Deliver)]
+        assert [frame.id for frame in delivered] == [frame.id for frame in sent]  # all, in order, once
     finally:
         await hub.stop_async()
