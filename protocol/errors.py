@@ -38,6 +38,7 @@ The tree::
         ├── NotVerified                not_verified      (the sender's account or device)
         ├── RecipientNotVerified       recipient_not_verified
         ├── TooManyRecipients          too_many_recipients
+        ├── TooManyDevices             too_many_devices  (the account's device cap; at enroll: close 1008)
         └── Forbidden                  forbidden         (e.g. revoking another's device)
 
 A frame larger than the size limit is refused by the WebSocket layer itself
@@ -73,6 +74,7 @@ __all__ = [
     "RequestError",
     "SessionReplaced",
     "StorageUnavailable",
+    "TooManyDevices",
     "TooManyRecipients",
     "UnknownDevice",
     "UnknownFrameType",
@@ -216,6 +218,10 @@ class RateLimited(RequestError):
 
 
 class NotVerified(RequestError):
+    """The requesting (or sending) account has no valid attestation, or the
+    device is not one it vouches for: such a device may only authenticate,
+    ack and revoke itself (SPEC §11.4)."""
+
     code = "not_verified"
     message = "this account or device is not verified by the authority; ask an administrator"
 
@@ -228,6 +234,11 @@ class RecipientNotVerified(RequestError):
 class TooManyRecipients(RequestError):
     code = "too_many_recipients"
     message = "more envelopes than this hub accepts in one message"
+
+
+class TooManyDevices(RequestError):
+    code = "too_many_devices"
+    message = "this account has as many devices as it may; revoke one first"
 
 
 class Forbidden(RequestError):
@@ -258,6 +269,7 @@ _BY_CODE: dict[str, type[ProtocolError]] = {
         NotVerified,
         RecipientNotVerified,
         TooManyRecipients,
+        TooManyDevices,
         Forbidden,
     )
 }

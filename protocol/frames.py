@@ -24,7 +24,11 @@ import msgpack
 from .errors import MalformedFrame, UnknownFrameType
 
 __all__ = [
+    "CAP_REFUSALS",
     "CLIENT_FRAMES",
+    "HUB_CAPS",
+    "MAX_ACK_BYTES",
+    "MAX_ACK_REFUSALS",
     "MAX_FRAME_BYTES",
     "MAX_ID_CHARS",
     "MAX_RECIPIENT_DEVICES",
@@ -52,6 +56,8 @@ __all__ = [
     "LookupOk",
     "Ok",
     "Presence",
+    "Refusal",
+    "Refused",
     "Revoke",
     "Search",
     "SearchOk",
@@ -76,6 +82,17 @@ MAX_RECIPIENT_DEVICES = 64
 MAX_ATTESTATION_BYTES = 8192
 #: Most entries a ``search`` answers with.
 MAX_SEARCH_RESULTS = 50
+#: Most seqs one ``ack`` carries, and most refusals (SPEC §6.4).
+MAX_ACK_SEQS = 1024
+MAX_ACK_REFUSALS = 64
+#: Capabilities (SPEC §10): named in ``challenge.caps`` by the hub and in
+#: ``auth.caps``/``enroll.caps`` by the client. ``refusals``: the client
+#: sends ``ack.refused`` and understands ``refused`` receipts (SPEC §6.5).
+CAP_REFUSALS = "refusals"
+#: What this hub implementation announces.
+HUB_CAPS = (CAP_REFUSALS,)
+#: Most capabilities one side may name, and their length.
+MAX_CAPS = 16
 
 # --- field checkers -------------------------------------------------------
 # A checker returns the value if it is acceptable and raises MalformedFrame
@@ -125,6 +142,22 @@ def _list(item: Checker, max_items: int) -> Checker:
         return tuple(item(x) for x in v)
 
     return check
+
+
+def _token(max_len: int) -> Checker:
+    """A short lowercase name: ``[a-z0-9_]``, 1 to ``max_len`` characters
+    (capabilities, refusal reasons)."""
+
+    def check(v: Any) -> str:
+        if type(v) is not str or not 0 < len(v) <= max_len or not _TOKEN_CHARS.issuperset(v):
+            raise _bad("expected a lowercase name")
+        return v
+
+    return check
+
+
+_TOKEN_CHARS = frozenset("abcdefghijklmnopqrstuvwxyz0123456789_")
+_caps = _list(_token(32), MAX_CAPS)
 
 
 def _envs(v: Any) -> dict[str, bytes]:
@@ -198,7 +231,14 @@ class Auth(Frame):
     v: int
     device: str
     sig: bytes
-    WIRE = (("v", "v", _int), ("device", "device", _str()), ("sig", "sig", _bytes(64)))
+    #: Capabilities of the client (SPEC §10); unknown ones are ignored.
+    caps: tuple[str, ...] | None = None
+    WIRE = (
+        ("v", "v", _int),
+        ("device", "device", _str()),
+        ("sig", "sig", _bytes(64)),
+        ("caps", "caps", _caps),
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -212,6 +252,7 @@ class Enroll(Frame):
     box_pk: bytes
     label: str
     sig: bytes
+    caps: tuple[str, ...] | None = None
     WIRE = (
         ("v", "v", _int),
         ("code", "code", _str()),
@@ -219,6 +260,7 @@ class Enroll(Frame):
         ("box_pk", "box_pk", _bytes(32)),
         ("label", "label", _str(64, allow_empty=True)),
         ("sig", "sig", _bytes(64)),
+        ("caps", "caps", _caps),
     )
 
 
@@ -240,12 +282,38 @@ class Send(Frame):
 
 
 @dataclass(frozen=True, slots=True)
+class Refusal(Record):
+    """One queued message this device refuses, and why (SPEC §6.5):
+    ``reason`` is a short lowercase name, e.g. ``sender_unverified``."""
+
+    seq: int
+    reason: str
+
+    def to_map(self) -> dict[str, Any]:
+        return {"seq": self.seq, "reason": self.reason}
+
+
+def _refusal(v: Any) -> Refusal:
+    if type(v) is not dict:
+        raise _bad("expected a refusal map")
+    try:
+        return Refusal(_int(v["seq"]), _token(32)(v["reason"]))
+    except KeyError as exc:
+        raise _bad(f"refusal lacks {exc}") from None
+
+
+@dataclass(frozen=True, slots=True)
 class Ack(Frame):
-    """The device has durably kept these deliveries; the hub may forget them."""
+    """The device has durably kept the deliveries ``seqs``, and refuses the
+    messages of ``refused`` (SPEC §6.4, §6.5); the hub may forget them all."""
 
     TYPE = "ack"
     seqs: tuple[int, ...]
-    WIRE = (("seqs", "seqs", _list(_int, 1024)),)
+    refused: tuple[Refusal, ...] | None = None
+    WIRE = (
+        ("seqs", "seqs", _list(_int, MAX_ACK_SEQS)),
+        ("refused", "refused", _list(_refusal, MAX_ACK_REFUSALS)),
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -335,10 +403,21 @@ class Revoke(Frame):
 
 @dataclass(frozen=True, slots=True)
 class Challenge(Frame):
+    """The first frame of a connection. ``authority``: the verification
+    authority key the hub is configured with, for a client to check its own
+    before it enrolls (SPEC §5.1); ``caps``: the hub's capabilities (§10)."""
+
     TYPE = "challenge"
     v: int
     nonce: bytes
-    WIRE = (("v", "v", _int), ("nonce", "nonce", _bytes(32)))
+    authority: bytes | None = None
+    caps: tuple[str, ...] | None = None
+    WIRE = (
+        ("v", "v", _int),
+        ("nonce", "nonce", _bytes(32)),
+        ("authority", "authority", _bytes(32)),
+        ("caps", "caps", _caps),
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -394,6 +473,29 @@ class Delivered(Frame):
         ("user", "user", _str()),
         ("device", "device", _str()),
         ("ts", "ts", _int),
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class Refused(Frame):
+    """Receipt: device ``device`` of user ``user`` refused message ``id``
+    (``reason``, SPEC §6.5). Sent only to a connection whose ``auth`` named
+    the ``refusals`` capability; acked like a ``delivered``."""
+
+    TYPE = "refused"
+    seq: int
+    id: bytes
+    user: str
+    device: str
+    ts: int
+    reason: str
+    WIRE = (
+        ("seq", "seq", _int),
+        ("id", "id", _bytes(16)),
+        ("user", "user", _str()),
+        ("device", "device", _str()),
+        ("ts", "ts", _int),
+        ("reason", "reason", _token(32)),
     )
 
 
@@ -584,6 +686,7 @@ SERVER_FRAMES: tuple[type[Frame], ...] = (
     Accepted,
     Deliver,
     Delivered,
+    Refused,
     LookupOk,
     LinkCodeOk,
     Ok,
@@ -599,6 +702,19 @@ _OPTIONAL: dict[type[Frame], frozenset[str]] = {
 }
 
 _packer = msgpack.Packer(use_bin_type=True)
+
+#: The largest ``ack`` an honest client can send: 1024 seqs and 64 refusals,
+#: each at its widest (12,762 bytes). The hub refuses a larger one as
+#: ``malformed_frame``: the extra room could only carry keys it ignores.
+MAX_ACK_BYTES = len(
+    _packer.pack(
+        {
+            "t": "ack",
+            "seqs": [2**63 - 1] * MAX_ACK_SEQS,
+            "refused": [{"seq": 2**63 - 1, "reason": "x" * 32}] * MAX_ACK_REFUSALS,
+        }
+    )
+)
 
 
 def encode(frame: Frame) -> bytes:

@@ -26,12 +26,15 @@ from .errors import (
     FatalError,
     ForgedSender,
     FrameNotAllowed,
+    MalformedFrame,
     MissingDevices,
     ProtocolError,
     UnsupportedVersion,
 )
 from .frames import (
     CLIENT_FRAMES,
+    HUB_CAPS,
+    MAX_ACK_BYTES,
     PROTOCOL_VERSION,
     Ack,
     Auth,
@@ -87,17 +90,22 @@ def error_frame(exc: ProtocolError, *, id: bytes | None = None, rid: int | None 
 class ServerSession:
     """One connection's protocol state. Not thread-safe; one per connection."""
 
-    __slots__ = ("device_id", "nonce", "state", "user_id")
+    __slots__ = ("authority", "caps", "device_id", "nonce", "state", "user_id")
 
-    def __init__(self, nonce: bytes | None = None) -> None:
+    def __init__(self, nonce: bytes | None = None, authority: bytes | None = None) -> None:
         self.state = State.CHALLENGED
         self.nonce = nonce if nonce is not None else os.urandom(32)
+        #: The verification authority key the hub announces (SPEC §5.1).
+        self.authority = authority
         self.user_id: str | None = None
         self.device_id: str | None = None
+        #: Capabilities the client named in its ``auth``/``enroll`` (SPEC §10).
+        self.caps: frozenset[str] = frozenset()
 
     def challenge(self) -> bytes:
-        """The first frame the hub sends on a new connection."""
-        return encode(Challenge(v=PROTOCOL_VERSION, nonce=self.nonce))
+        """The first frame the hub sends on a new connection: the nonce, the
+        authority key (if the hub has one) and the hub's capabilities."""
+        return encode(Challenge(PROTOCOL_VERSION, self.nonce, self.authority, HUB_CAPS))
 
     def receive(self, data: bytes) -> Frame:
         """Parse and admit one client frame.
@@ -109,13 +117,17 @@ class ServerSession:
         """
         try:
             frame = decode(data, CLIENT_FRAMES)
+            if type(frame) is Ack and len(data) > MAX_ACK_BYTES:
+                raise MalformedFrame(f"ack of {len(data)} bytes")
             if type(frame) not in ALLOWED[self.state]:
                 raise FrameNotAllowed(f"{frame.TYPE} in {self.state.value}")
             if type(frame) is Send:
                 if frame.sender != self.device_id:
                     raise ForgedSender(f"from={frame.sender[:64]!r}")
-            elif type(frame) in (Auth, Enroll) and frame.v != PROTOCOL_VERSION:  # type: ignore[attr-defined]
-                raise UnsupportedVersion(f"v={frame.v}")  # type: ignore[attr-defined]
+            elif type(frame) in (Auth, Enroll):
+                if frame.v != PROTOCOL_VERSION:  # type: ignore[attr-defined]
+                    raise UnsupportedVersion(f"v={frame.v}")  # type: ignore[attr-defined]
+                self.caps = frozenset(frame.caps or ())  # type: ignore[attr-defined]
         except FatalError:
             self.state = State.CLOSED
             raise

@@ -51,6 +51,8 @@ from protocol.frames import (
     LookupOk,
     Ok,
     Presence,
+    Refusal,
+    Refused,
     Revoke,
     Search,
     SearchOk,
@@ -113,7 +115,7 @@ def jsonable(value: Any) -> Any:
     """Python wire value -> JSON, with bytes as {"bin": hex}."""
     if isinstance(value, bytes):
         return {"bin": value.hex()}
-    if isinstance(value, (DeviceInfo, DeviceEntry)):
+    if isinstance(value, (DeviceInfo, DeviceEntry, Refusal)):
         return jsonable(value.to_map())
     if isinstance(value, Presence):  # nested in 'watching': its fields, no "t"
         return jsonable(value.fields_map())
@@ -420,6 +422,81 @@ def frames_document() -> dict[str, Any]:
                 retry_after=1000,
             ),
         ),
+        # --- SPEC revision 2 (§12): capabilities, refusals, the enrollment check, the device cap
+        frame_vector(
+            "challenge_with_authority_and_caps",
+            s,
+            "a challenge from a hub configured with the authority key of crypto.json "
+            "attestation.authority_public_key, announcing the 'refusals' capability (SPEC §5.1, §10)",
+            Challenge(
+                v=1,
+                nonce=CHALLENGE_NONCE,
+                authority=bytes(nacl.signing.SigningKey(AUTHORITY_SEED).verify_key),
+                caps=("refusals",),
+            ),
+        ),
+        frame_vector(
+            "auth_with_caps",
+            c,
+            "the auth of vector 'auth' from a client naming the 'refusals' capability (caps is not signed)",
+            Auth(v=1, device=ALICE_PHONE, sig=auth_sig, caps=("refusals",)),
+        ),
+        frame_vector(
+            "enroll_with_caps",
+            c,
+            "the enroll of vector 'enroll' from a client naming the 'refusals' capability",
+            Enroll(
+                v=1,
+                code=ENROLL_CODE,
+                sign_pk=bob.sign_pk,
+                box_pk=bob.box_pk,
+                label="Pixel 8",
+                sig=enroll_sig,
+                caps=("refusals",),
+            ),
+        ),
+        frame_vector(
+            "ack_with_refusal",
+            c,
+            "Bob's phone keeps the row of seq 42 and refuses the message of seq 44: it could not verify "
+            "its sender (SPEC §6.3, §6.5)",
+            Ack(seqs=(42,), refused=(Refusal(seq=44, reason="sender_unverified"),)),
+        ),
+        frame_vector(
+            "ack_only_refusals",
+            c,
+            "an ack that only refuses: an empty seqs list and one refusal",
+            Ack(seqs=(), refused=(Refusal(seq=46, reason="undecryptable"),)),
+        ),
+        frame_vector(
+            "refused",
+            s,
+            "refusal receipt to Alice's devices: Bob's phone refused the message of vector 'send' "
+            "(sent only to a connection that named the 'refusals' capability)",
+            Refused(
+                seq=47, id=MESSAGE_ID, user=BOB, device=BOB_PHONE, ts=T0 + 2500, reason="sender_unverified"
+            ),
+        ),
+        frame_vector(
+            "error_too_many_devices",
+            s,
+            "too_many_devices answering a link_code: the account has max_devices devices and link codes",
+            Error(
+                code="too_many_devices",
+                message="this account has as many devices as it may; revoke one first",
+                rid=9,
+            ),
+        ),
+        frame_vector(
+            "error_not_verified_lookup",
+            s,
+            "not_verified answering a lookup from a device its account's attestation does not vouch for",
+            Error(
+                code="not_verified",
+                message="this account or device is not verified by the authority; ask an administrator",
+                rid=7,
+            ),
+        ),
     ]
 
     auth_map = {"t": "auth", "v": 1, "device": ALICE_PHONE, "sig": auth_sig}
@@ -685,6 +762,71 @@ def frames_document() -> dict[str, Any]:
             "presence_from_client",
             "a hub->client type (presence) sent by a client is unknown in that direction",
             pack({"t": "presence", **presence_map}),
+            "client",
+            unk,
+        ),
+        invalid_vector(
+            "ack_refusal_reason_case",
+            "a refusal reason is [a-z0-9_], 1 to 32 characters",
+            pack({"t": "ack", "seqs": [], "refused": [{"seq": 44, "reason": "Sender_Unverified"}]}),
+            "any",
+            mal,
+        ),
+        invalid_vector(
+            "ack_refusal_without_reason",
+            "each refusal has seq and reason",
+            pack({"t": "ack", "seqs": [], "refused": [{"seq": 44}]}),
+            "any",
+            mal,
+        ),
+        invalid_vector(
+            "ack_too_many_refusals",
+            "at most 64 refusals",
+            pack(
+                {
+                    "t": "ack",
+                    "seqs": [],
+                    "refused": [{"seq": i, "reason": "undecryptable"} for i in range(65)],
+                }
+            ),
+            "any",
+            mal,
+        ),
+        invalid_vector(
+            "auth_caps_not_a_list",
+            "caps is an array of names, even for one",
+            pack({**auth_map, "caps": "refusals"}),
+            "any",
+            mal,
+        ),
+        invalid_vector(
+            "auth_too_many_caps",
+            "at most 16 capabilities",
+            pack({**auth_map, "caps": [f"cap_{i}" for i in range(17)]}),
+            "any",
+            mal,
+        ),
+        invalid_vector(
+            "challenge_short_authority",
+            "the authority key is exactly 32 bytes",
+            pack({"t": "challenge", "v": 1, "nonce": CHALLENGE_NONCE, "authority": b"\x01" * 31}),
+            "any",
+            mal,
+        ),
+        invalid_vector(
+            "refused_from_client",
+            "a hub->client type (refused) sent by a client is unknown in that direction",
+            pack(
+                {
+                    "t": "refused",
+                    "seq": 47,
+                    "id": MESSAGE_ID,
+                    "user": BOB,
+                    "device": BOB_PHONE,
+                    "ts": T0 + 2500,
+                    "reason": "undecryptable",
+                }
+            ),
             "client",
             unk,
         ),

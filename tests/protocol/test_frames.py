@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 from protocol.errors import MalformedFrame, UnknownFrameType
 from protocol.frames import (
     CLIENT_FRAMES,
+    MAX_ACK_BYTES,
     MAX_FRAME_BYTES,
     MAX_WATCH,
     SERVER_FRAMES,
@@ -36,6 +37,8 @@ from protocol.frames import (
     LookupOk,
     Ok,
     Presence,
+    Refusal,
+    Refused,
     Revoke,
     Search,
     SearchOk,
@@ -53,21 +56,24 @@ PK1, PK2 = b"\x11" * 32, b"\x22" * 32
 
 #: One full instance of every frame type (every optional field set).
 SAMPLES: dict[type[Frame], Frame] = {
-    Auth: Auth(v=1, device="d_0000000000000001", sig=b"\x01" * 64),
-    Enroll: Enroll(v=1, code="ABCD-EFGH-JKMN-PQRS", sign_pk=PK1, box_pk=PK2, label="phone", sig=b"\x02" * 64),
+    Auth: Auth(v=1, device="d_0000000000000001", sig=b"\x01" * 64, caps=("refusals",)),
+    Enroll: Enroll(
+        v=1, code="ABCD-EFGH-JKMN-PQRS", sign_pk=PK1, box_pk=PK2, label="phone", sig=b"\x02" * 64, caps=()
+    ),
     Send: Send(
         id=MID, sender="d_0000000000000001", to="u_0000000000000002", envs={"d_0000000000000002": b"e" * 60}
     ),
-    Ack: Ack(seqs=(1, 2, 3)),
+    Ack: Ack(seqs=(1, 2, 3), refused=(Refusal(4, "sender_unverified"), Refusal(5, "undecryptable"))),
     Lookup: Lookup(rid=1, user="u_0000000000000002", rpps="10101234567"),
     LinkCode: LinkCode(rid=2),
     SetStatus: SetStatus(rid=4, status="on_call"),
     Watch: Watch(rid=5, users=("u_0000000000000002", "u_0000000000000003")),
-    Challenge: Challenge(v=1, nonce=b"\x03" * 32),
+    Challenge: Challenge(v=1, nonce=b"\x03" * 32, authority=PK1, caps=("refusals", "later_one")),
     Welcome: Welcome(user="u_0000000000000001", device="d_0000000000000001"),
     Accepted: Accepted(id=MID, dup=True),
     Deliver: Deliver(seq=5, id=MID, from_user="u_1", from_device="d_1", ts=1_767_225_600_000, env=b"e" * 60),
     Delivered: Delivered(seq=6, id=MID, user="u_2", device="d_2", ts=1_767_225_600_001),
+    Refused: Refused(seq=7, id=MID, user="u_2", device="d_2", ts=1_767_225_600_002, reason="undecryptable"),
     LookupOk: LookupOk(
         rid=1,
         user="u_2",
@@ -166,6 +172,20 @@ def test_unknown_keys_are_ignored() -> None:
     assert decode(pack(m)) == SAMPLES[Welcome]
 
 
+def test_new_optional_keys_may_be_missing() -> None:
+    """SPEC §12, revision 2: older peers send none of them."""
+    assert decode(pack({"t": "ack", "seqs": [1]})) == Ack(seqs=(1,))
+    assert decode(pack({"t": "challenge", "v": 1, "nonce": b"\x03" * 32})) == Challenge(1, b"\x03" * 32)
+    assert decode(pack({"t": "auth", "v": 1, "device": "d_1", "sig": b"\x01" * 64})) == Auth(
+        1, "d_1", b"\x01" * 64
+    )
+
+
+def test_the_largest_honest_ack_fits_the_ack_size_limit() -> None:
+    widest = Ack(seqs=(2**63 - 1,) * 1024, refused=tuple(Refusal(2**63 - 1, "r" * 32) for _ in range(64)))
+    assert len(encode(widest)) == MAX_ACK_BYTES < MAX_FRAME_BYTES
+
+
 def test_lists_decode_to_tuples() -> None:
     frame = decode(pack({"t": "ack", "seqs": [3, 1, 2]}))
     assert frame == Ack(seqs=(3, 1, 2))
@@ -195,6 +215,8 @@ REQUIRED = [
     if key not in {"user", "rpps"} or cls is not Lookup
     if not (cls is Error and key in {"id", "rid", "retry_after", "missing"})
     if not (cls is LookupOk and key == "att")
+    if not (cls in (Auth, Enroll, Challenge) and key in {"caps", "authority"})
+    if not (cls is Ack and key == "refused")
 ]
 
 
@@ -217,18 +239,21 @@ BAD_INT = [-1, 1.0, True, "1", None, 2**63, b"\x01"]
 BAD_BOOL = [0, 1, "true", None, b"\x01"]
 BAD_SIG = [b"\x00" * 63, b"\x00" * 65, "s" * 64, None]
 BAD_KEY = [b"\x00" * 31, b"\x00" * 33, "k" * 32, None]
+BAD_TOKEN = ["", "Refusals", "x" * 33, "with space", "é", b"refusals", 1, None]
 BAD_STATUS = ["away", "on call", "On_Call", "", b"busy", 1, None, ["busy"], {"busy": 1}]
 
 BAD_FIELDS: list[tuple[type[Frame], str, list[Any]]] = [
     (Auth, "v", BAD_INT),
     (Auth, "device", BAD_ID),
     (Auth, "sig", BAD_SIG),
+    (Auth, "caps", [None, "refusals", [""], ["Refusals"], ["x" * 33], [b"refusals"], ["c"] * 17]),
     (Enroll, "v", BAD_INT),
     (Enroll, "code", BAD_ID),
     (Enroll, "sign_pk", BAD_KEY),
     (Enroll, "box_pk", BAD_KEY),
     (Enroll, "label", ["x" * 65, b"phone", None, 3]),
     (Enroll, "sig", BAD_SIG),
+    (Enroll, "caps", [None, "refusals", ["a b"], ["c"] * 17]),
     (Send, "id", BAD_BYTES_16),
     (Send, "from", BAD_ID),
     (Send, "to", BAD_ID),
@@ -248,6 +273,23 @@ BAD_FIELDS: list[tuple[type[Frame], str, list[Any]]] = [
         ],
     ),
     (Ack, "seqs", [None, 1, [1, -1], [1, "2"], [1.5], [True], list(range(1025)), {"1": 1}]),
+    (
+        Ack,
+        "refused",
+        [
+            None,
+            {"seq": 1, "reason": "undecryptable"},
+            [1],
+            [{"seq": 1}],
+            [{"reason": "undecryptable"}],
+            [{"seq": -1, "reason": "undecryptable"}],
+            *(
+                [{"seq": 1, "reason": bad}]
+                for bad in ["", "Refusals", "x" * 33, "with space", "é", b"refusals", 1, None]
+            ),
+            [{"seq": 1, "reason": "undecryptable"}] * 65,
+        ],
+    ),
     (Lookup, "rid", BAD_INT),
     (Lookup, "user", BAD_ID),
     (Lookup, "rpps", ["1" * 33, "", 101, None]),
@@ -262,6 +304,8 @@ BAD_FIELDS: list[tuple[type[Frame], str, list[Any]]] = [
     ),
     (Challenge, "v", BAD_INT),
     (Challenge, "nonce", [b"\x00" * 31, b"\x00" * 33, "n" * 32, None]),
+    (Challenge, "authority", [b"\x00" * 31, b"\x00" * 33, "k" * 32, None]),
+    (Challenge, "caps", [None, "refusals", [1], ["c"] * 17]),
     (Welcome, "user", BAD_ID),
     (Welcome, "device", BAD_ID),
     (Accepted, "id", BAD_BYTES_16),
@@ -277,6 +321,12 @@ BAD_FIELDS: list[tuple[type[Frame], str, list[Any]]] = [
     (Delivered, "user", BAD_ID),
     (Delivered, "device", BAD_ID),
     (Delivered, "ts", BAD_INT),
+    (Refused, "seq", BAD_INT),
+    (Refused, "id", BAD_BYTES_16),
+    (Refused, "user", BAD_ID),
+    (Refused, "device", BAD_ID),
+    (Refused, "ts", BAD_INT),
+    (Refused, "reason", BAD_TOKEN),
     (LookupOk, "rid", BAD_INT),
     (LookupOk, "user", BAD_ID),
     (LookupOk, "name", BAD_ID),

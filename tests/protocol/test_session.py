@@ -5,12 +5,14 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+import msgpack
 import pytest
 
 import protocol
 from protocol import crypto, errors
 from protocol.frames import (
     CLIENT_FRAMES,
+    MAX_ACK_BYTES,
     SERVER_FRAMES,
     Accepted,
     Ack,
@@ -30,6 +32,7 @@ from protocol.frames import (
     LookupOk,
     Ok,
     Presence,
+    Refused,
     Revoke,
     Search,
     SearchOk,
@@ -116,11 +119,33 @@ def sample(cls: type[Frame], session: ServerSession) -> Frame:
 
 
 def test_challenge_frame() -> None:
-    a, b = ServerSession(), ServerSession()
+    a, b = ServerSession(), ServerSession(authority=b"\x05" * 32)
     assert a.state is State.CHALLENGED
     frame = decode(a.challenge(), SERVER_FRAMES)
-    assert frame == Challenge(v=1, nonce=a.nonce)
+    assert frame == Challenge(v=1, nonce=a.nonce, caps=("refusals",))
     assert len(a.nonce) == 32 and a.nonce != b.nonce
+    # The authority key the hub is configured with, for enrolling clients (SPEC §5.1).
+    other = decode(b.challenge(), SERVER_FRAMES)
+    assert isinstance(other, Challenge) and other.authority == b"\x05" * 32
+
+
+def test_the_client_caps_are_kept_for_the_connection() -> None:
+    session = ServerSession()
+    session.receive(encode(Auth(1, DEVICE, b"\x00" * 64, caps=("refusals", "some_later_one"))))
+    assert session.caps == {"refusals", "some_later_one"}
+    plain = ServerSession()
+    plain.receive(encode(Auth(1, DEVICE, b"\x00" * 64)))
+    assert plain.caps == frozenset()
+
+
+def test_an_ack_over_the_size_an_honest_one_needs_is_malformed() -> None:
+    session = SESSION_IN[State.AUTHENTICATED]()
+    padded = msgpack.packb({"t": "ack", "seqs": [1], "junk": b"x" * MAX_ACK_BYTES}, use_bin_type=True)
+    with pytest.raises(errors.MalformedFrame):
+        session.receive(padded)
+    assert session.state is State.CLOSED
+    fine = SESSION_IN[State.AUTHENTICATED]()
+    assert fine.receive(encode(Ack(seqs=tuple(range(1024))))) == Ack(seqs=tuple(range(1024)))
 
 
 def test_table_covers_every_client_frame_once() -> None:
@@ -191,6 +216,7 @@ SERVER_SAMPLES: list[Frame] = [
     Accepted(id=MID),
     Deliver(seq=1, id=MID, from_user="u_b", from_device="d_b", ts=1, env=b"e" * 40),
     Delivered(seq=2, id=MID, user="u_b", device="d_b", ts=2),
+    Refused(seq=3, id=MID, user="u_b", device="d_b", ts=3, reason="undecryptable"),
     LookupOk(rid=1, user="u_b", name="B", rpps="1", profession="", organisation="", devices=()),
     LinkCodeOk(rid=1, code=CODE, expires=3),
     Ok(rid=1),

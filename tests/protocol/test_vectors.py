@@ -27,6 +27,7 @@ from protocol.frames import (
     CLIENT_FRAMES,
     SERVER_FRAMES,
     STATUSES,
+    Ack,
     DeviceEntry,
     DeviceInfo,
     DevicesOk,
@@ -34,6 +35,7 @@ from protocol.frames import (
     Frame,
     LookupOk,
     Presence,
+    Refusal,
     Watching,
     decode,
     encode,
@@ -74,6 +76,8 @@ def build_frame(frame_type: str, fields: dict[str, Any]) -> Frame:
             value = tuple(Presence(**d) for d in value)
         elif cls is DevicesOk and key == "devices":
             value = tuple(DeviceEntry(**d) for d in value)
+        elif cls is Ack and key == "refused":
+            value = tuple(Refusal(**d) for d in value)
         elif isinstance(value, list):
             value = tuple(value)
         kwargs[wire_keys[key]] = value
@@ -116,6 +120,12 @@ def test_every_frame_type_has_a_vector() -> None:
         p["status"] for v in FRAMES["valid"] if v["type"] == "watching" for p in v["fields"]["presence"]
     }
     assert statuses == set(STATUSES), "every status value appears in a vector"
+    # SPEC revision 2: every optional key it added appears in a vector.
+    added = {("challenge", "authority"), ("challenge", "caps"), ("auth", "caps"), ("enroll", "caps")}
+    added |= {("ack", "refused")}
+    assert added <= {(v["type"], k) for v in FRAMES["valid"] for k in v["fields"]}
+    codes = {v["fields"]["code"] for v in FRAMES["valid"] if v["type"] == "error"}
+    assert {"too_many_devices", "not_verified"} <= codes
     assert {v["error"] for v in FRAMES["invalid"]} == {"malformed_frame", "unknown_frame_type"}
 
 
