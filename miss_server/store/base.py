@@ -13,9 +13,15 @@ Contracts that the hub's guarantees rest on (DESIGN.md):
 * Queued rows leave the store only through :meth:`Store.ack` by the device
   they are addressed to, or through :meth:`Store.expire` once past
   ``expires_at``.
-* :meth:`Store.ack` deletes the acked rows and, in the same transaction,
-  queues a ``delivered`` receipt for every device of the sender, so a receipt
-  cannot be lost between the two.
+* :meth:`Store.ack` deletes the acked (and refused) rows and, in the same
+  transaction, queues a ``delivered`` (or ``refused``) receipt for every
+  *attested* active device of the sender, so a receipt cannot be lost
+  between the two, and devices nobody vouched for get none (SPEC §6.5).
+* A device is *attested* while the user's stored attestation names it with
+  its keys: :meth:`Store.set_attestation` keeps ``Device.attested`` in step.
+* A user has at most ``max_devices`` active devices: :meth:`Store.enroll_device`
+  and :meth:`Store.add_link_code` check it in the transaction that would
+  exceed it, and raise :class:`DeviceLimit` (SPEC §5.3).
 * Sequence numbers (``seq``) grow with insertion order for a given device;
   :meth:`Store.pending` returns a device's rows in ``seq`` order.
 * Enrollment codes are stored hashed (SHA-256), single-use and expiring.
@@ -45,6 +51,7 @@ __all__ = [
     "AuditEvent",
     "CodeInvalid",
     "Device",
+    "DeviceLimit",
     "GroupCommitStats",
     "Invitation",
     "Kind",
@@ -85,6 +92,11 @@ class CodeInvalid(Exception):
     """An enrollment code that is unknown, already used or expired."""
 
 
+class DeviceLimit(Exception):
+    """The user has as many active devices (and, for a link code, unused link
+    codes) as the cap allows; nothing was written, the code stays unused."""
+
+
 class SchemaMismatch(Exception):
     """The database schema is not the version this code knows."""
 
@@ -94,6 +106,7 @@ class Kind(enum.IntEnum):
 
     MESSAGE = 1  # an envelope: a ``deliver`` frame
     RECEIPT = 2  # a ``delivered`` receipt
+    REFUSAL = 3  # a ``refused`` receipt; the payload is the reason (ASCII)
 
 
 @dataclass(frozen=True, slots=True)
@@ -119,6 +132,8 @@ class Device:
     label: str
     created_at: int  # ms
     revoked: bool = False
+    #: The user's stored attestation names this device with these keys.
+    attested: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -185,8 +200,10 @@ class Queued:
     """A row waiting for one device.
 
     For ``Kind.MESSAGE``, ``peer_user``/``peer_device`` are the sender and
-    ``payload`` the envelope. For ``Kind.RECEIPT``, they are the recipient
-    device that acked message ``message_id`` and ``payload`` is empty.
+    ``payload`` the envelope. For ``Kind.RECEIPT`` and ``Kind.REFUSAL``,
+    they are the recipient device that acked (or refused) message
+    ``message_id``; ``payload`` is empty for a receipt and the reason, in
+    ASCII, for a refusal.
     """
 
     seq: int
@@ -230,7 +247,15 @@ class Store(Protocol):
     async def list_users(self) -> list[User]:
         """Every clinician, by name."""
 
-    async def add_enrollment_code(self, user_id: str, code_hash: bytes, expires_at: int) -> None: ...
+    async def add_enrollment_code(self, user_id: str, code_hash: bytes, expires_at: int) -> None:
+        """Record an invitation code (an administrator's): it does not count
+        under the device cap until it enrolls a device."""
+
+    async def add_link_code(
+        self, user_id: str, code_hash: bytes, expires_at: int, now: int, max_devices: int
+    ) -> None:
+        """Record a link code (SPEC §5.3); raises DeviceLimit if the user's
+        active devices plus unused, unexpired link codes reach ``max_devices``."""
 
     async def set_status(self, user_id: str, status: str) -> None:
         """Durably record a clinician's status (available, busy, on_call, off_duty)."""
@@ -244,21 +269,32 @@ class Store(Protocol):
         between the two, either way). The viewer always sees themself."""
 
     async def enroll_device(
-        self, code_hash: bytes, sign_pk: bytes, box_pk: bytes, label: str, now: int
+        self,
+        code_hash: bytes,
+        sign_pk: bytes,
+        box_pk: bytes,
+        label: str,
+        now: int,
+        max_devices: int | None = None,
     ) -> Device:
         """Consume a code and register a device for its user; raises
-        CodeInvalid if the code is unknown, used or expired."""
+        CodeInvalid if the code is unknown, used or expired, DeviceLimit if
+        the user already has ``max_devices`` active devices (the code is
+        then left unused), ValueError if the signing key is enrolled."""
 
     async def get_device(self, device_id: str) -> Device | None: ...
 
-    async def user_devices(self, user_id: str) -> list[Device]:
-        """Active (not revoked) devices of a user, oldest first."""
+    async def user_devices(self, user_id: str, include_revoked: bool = False) -> list[Device]:
+        """Active (not revoked) devices of a user, oldest first; with
+        ``include_revoked``, the revoked ones too."""
 
     # --- verification, suspension, revocation (SPEC §11) ------------------
 
     async def set_attestation(self, user_id: str, attestation: bytes) -> None:
-        """Record the user's latest attestation (replacing any earlier one);
-        raises LookupError for an unknown user."""
+        """Record the user's latest attestation (replacing any earlier one)
+        and mark attested exactly the user's devices it names with their
+        keys (none, for bytes that are not an attestation); raises
+        LookupError for an unknown user."""
 
     async def set_suspended(self, user_id: str, suspended: bool) -> None:
         """Suspend or reinstate an account; raises LookupError for an unknown user."""
@@ -270,7 +306,15 @@ class Store(Protocol):
     async def search_users(self, query: str, limit: int) -> list[User]:
         """Users with an attestation, not suspended, whose name, RPPS number,
         profession or organisation contains ``query`` (case-insensitive, at
-        least for ASCII), by name, at most ``limit``."""
+        least for ASCII), by name, at most ``limit``. Served by an index for
+        queries of three characters or more (SPEC §11.3)."""
+
+    async def delete_user(self, user_id: str) -> bool:
+        """Erase an account (GDPR): its row, devices, enrollment codes,
+        contacts and the rows queued for its devices. Rows it sent that
+        wait for others stay theirs, and the records of its accepted message
+        ids expire with the message lifetime (SPEC §6.6). False if unknown.
+        The audit log is left alone (its events name the user id)."""
 
     # --- organisations and invitations ------------------------------------
 
@@ -312,9 +356,18 @@ class Store(Protocol):
     async def pending(self, device_id: str, after_seq: int, limit: int, now: int) -> list[Queued]:
         """Unexpired rows for a device with ``seq > after_seq``, in seq order."""
 
-    async def ack(self, device_id: str, seqs: list[int], now: int, expires_at: int) -> list[Queued]:
-        """Delete the device's rows with these seqs (others are ignored);
-        returns the receipts queued for the senders' devices."""
+    async def ack(
+        self,
+        device_id: str,
+        seqs: list[int],
+        now: int,
+        expires_at: int,
+        refused: dict[int, str] | None = None,
+    ) -> list[Queued]:
+        """Delete the device's rows with these seqs and those of ``refused``
+        (seq -> reason; seqs that are not the device's rows are ignored);
+        returns the receipts (``delivered``, or ``refused`` with the reason)
+        queued for the attested devices of the messages' senders."""
 
     async def expire(self, now: int) -> int:
         """Delete expired rows, message-id records and codes; returns how many rows."""

@@ -60,6 +60,7 @@ from .base import (
     AuditEvent,
     CodeInvalid,
     Device,
+    DeviceLimit,
     GroupCommitStats,
     Invitation,
     Kind,
@@ -70,6 +71,7 @@ from .base import (
     StoreUnavailable,
     User,
 )
+from .common import SEARCH_SEPARATOR, attested_keys
 from .postgres_batch import GroupCommit
 from .postgres_errors import discard_if_broken, is_connection_lost, is_statement_error, reraise
 
@@ -87,7 +89,7 @@ ATTEMPTS = 3  # work that lost its connection before COMMIT runs again on a fres
 _SCHEMA_NAME = re.compile(r"[a-z_][a-z0-9_]{0,62}")
 
 _USER_COLUMNS = "user_id, name, rpps, profession, organisation, created_at, suspended, status, attestation"
-_DEVICE_COLUMNS = "device_id, user_id, sign_pk, box_pk, label, created_at, revoked_at"
+_DEVICE_COLUMNS = "device_id, user_id, sign_pk, box_pk, label, created_at, revoked_at, attested"
 _QUEUED_COLUMNS = "seq, device_id, kind, message_id, peer_user, peer_device, ts, payload"
 _AUDIT_COLUMNS = "seq, at, actor, action, user_id, device_id, address, detail"
 
@@ -110,18 +112,23 @@ WHERE u.user_id = ANY($2::text[])
                         UNION ALL
                         SELECT user_a FROM contacts WHERE user_b = $1))"""
 
-# A plain scan of users (no index serves a substring): fine for the few
-# thousand clinicians of a hub. ILIKE's escape character is the backslash by
-# default; $1 is the escaped query (_like_pattern). COLLATE "C" as list_users.
+# The directory index (migration 0006): the same expression and predicate as
+# users_search, so that a pattern of three characters or more goes through
+# its trigrams. LIKE's escape character is the backslash by default; $1 is
+# the escaped, lower-cased query (_like_pattern). COLLATE "C" as list_users.
 _SEARCH_USERS = f"""
 SELECT {_USER_COLUMNS} FROM users
 WHERE attestation IS NOT NULL AND NOT suspended
-  AND (name ILIKE '%' || $1 || '%'
-       OR rpps ILIKE '%' || $1 || '%'
-       OR profession ILIKE '%' || $1 || '%'
-       OR organisation ILIKE '%' || $1 || '%')
+  AND lower(name || chr(31) || rpps || chr(31) || profession || chr(31) || organisation) LIKE '%' || $1 || '%'
 ORDER BY name COLLATE "C", user_id
 LIMIT $2"""
+
+# Places a user holds under the device cap (SPEC §5.3): active devices and
+# unused, unexpired link codes.
+_PLACES_TAKEN = """
+SELECT (SELECT count(*) FROM devices WHERE user_id = $1 AND revoked_at IS NULL)
+     + (SELECT count(*) FROM enrollment_codes
+        WHERE user_id = $1 AND link AND used_at IS NULL AND expires_at > $2)"""
 
 # Rows are inserted in array order, so the identity hands out seqs in that order.
 _INSERT_AUDIT = """
@@ -195,7 +202,7 @@ def _user(row: asyncpg.Record | None) -> User | None:
 def _device(row: asyncpg.Record | None) -> Device | None:
     if row is None:
         return None
-    return Device(row[0], row[1], row[2], row[3], row[4], row[5], row[6] is not None)
+    return Device(row[0], row[1], row[2], row[3], row[4], row[5], row[6] is not None, row[7])
 
 
 def _queued(row: asyncpg.Record) -> Queued:
@@ -253,6 +260,9 @@ class PostgresStore:
         self._migrate_lock = int.from_bytes(digest[:8], "big", signed=True)
         self._pool: asyncpg.Pool | None = None
         self._group_commit: GroupCommit | None = None
+        #: Searches in flight at once: they hold pooled connections, which
+        #: authentications and sends must still find (SPEC §11.3).
+        self._searches = asyncio.Semaphore(max(1, pool_max // 4))
 
     @property
     def group_commit_stats(self) -> GroupCommitStats:
@@ -457,6 +467,27 @@ class PostgresStore:
             )
         )
 
+    async def add_link_code(
+        self, user_id: str, code_hash: bytes, expires_at: int, now: int, max_devices: int
+    ) -> None:
+        async def run(conn: asyncpg.Connection) -> bool:
+            # The user's row lock serialises the count and the insert against
+            # concurrent link codes and enrollments of the same user.
+            await conn.execute("SELECT 1 FROM users WHERE user_id = $1 FOR UPDATE", user_id)
+            if await conn.fetchval(_PLACES_TAKEN, user_id, now) >= max_devices:
+                return False
+            await conn.execute(
+                "INSERT INTO enrollment_codes (code_hash, user_id, expires_at, link) "
+                "VALUES ($1, $2, $3, TRUE)",
+                code_hash,
+                user_id,
+                expires_at,
+            )
+            return True
+
+        if not await self._write(run):
+            raise DeviceLimit(f"{user_id} has {max_devices} devices and link codes")
+
     async def set_status(self, user_id: str, status: str) -> None:
         """Unknown ``user_id``: nothing is written. Raises ValueError for a
         status not in ``protocol.frames.STATUSES``."""
@@ -481,7 +512,13 @@ class PostgresStore:
         return {r[0] for r in rows}
 
     async def enroll_device(
-        self, code_hash: bytes, sign_pk: bytes, box_pk: bytes, label: str, now: int
+        self,
+        code_hash: bytes,
+        sign_pk: bytes,
+        box_pk: bytes,
+        label: str,
+        now: int,
+        max_devices: int | None = None,
     ) -> Device:
         device_id = "d_" + secrets.token_hex(8)
 
@@ -494,9 +531,17 @@ class PostgresStore:
             )
             if user_id is None:
                 raise CodeInvalid("unknown, used or expired code")
+            if max_devices is not None:
+                # The user's row lock: two enrollments at once count each other.
+                await conn.execute("SELECT 1 FROM users WHERE user_id = $1 FOR UPDATE", user_id)
+                active = await conn.fetchval(
+                    "SELECT count(*) FROM devices WHERE user_id = $1 AND revoked_at IS NULL", user_id
+                )
+                if active >= max_devices:  # rolls back the use of the code
+                    raise DeviceLimit(f"{user_id} has {max_devices} active devices")
             # A duplicate signing key fails here and rolls back the use of the code.
             await conn.execute(
-                f"INSERT INTO devices ({_DEVICE_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, NULL)",
+                f"INSERT INTO devices ({_DEVICE_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, NULL, FALSE)",
                 device_id,
                 user_id,
                 sign_pk,
@@ -515,10 +560,11 @@ class PostgresStore:
             )
         )
 
-    async def user_devices(self, user_id: str) -> list[Device]:
+    async def user_devices(self, user_id: str, include_revoked: bool = False) -> list[Device]:
+        active = "" if include_revoked else " AND revoked_at IS NULL"
         rows = await self._retryable(
             lambda c: c.fetch(
-                f"SELECT {_DEVICE_COLUMNS} FROM devices WHERE user_id = $1 AND revoked_at IS NULL "
+                f"SELECT {_DEVICE_COLUMNS} FROM devices WHERE user_id = $1{active} "
                 "ORDER BY created_at, device_id",
                 user_id,
             )
@@ -528,7 +574,26 @@ class PostgresStore:
     # --- verification, suspension, revocation ----------------------------------
 
     async def set_attestation(self, user_id: str, attestation: bytes) -> None:
-        await self._update_user(user_id, "attestation", attestation)
+        named = attested_keys(attestation)
+
+        async def run(conn: asyncpg.Connection) -> int:
+            n = _count(
+                await conn.execute(
+                    "UPDATE users SET attestation = $1 WHERE user_id = $2", attestation, user_id
+                )
+            )
+            rows = await conn.fetch(
+                "SELECT device_id, sign_pk, box_pk FROM devices WHERE user_id = $1", user_id
+            )
+            await conn.execute(
+                "UPDATE devices SET attested = (device_id = ANY($2::text[])) WHERE user_id = $1",
+                user_id,
+                [r[0] for r in rows if (r[0], r[1], r[2]) in named],
+            )
+            return n
+
+        if not await self._write(run):
+            raise LookupError(f"unknown user {user_id!r}")
 
     async def set_suspended(self, user_id: str, suspended: bool) -> None:
         await self._update_user(user_id, "suspended", suspended)
@@ -555,15 +620,31 @@ class PostgresStore:
             # DELETE's snapshot stay until they expire: the hub reads targets
             # from user_devices() before accept, so only a race leaves any.
             await conn.execute("DELETE FROM queue WHERE device_id = $1", device_id)
-            return Device(row[0], row[1], row[2], row[3], row[4], row[5], revoked=False)
+            return Device(row[0], row[1], row[2], row[3], row[4], row[5], revoked=False, attested=row[7])
 
         return await self._write(run)
 
     async def search_users(self, query: str, limit: int) -> list[User]:
-        if limit <= 0:
+        if limit <= 0 or not query or SEARCH_SEPARATOR in query:
             return []
-        rows = await self._retryable(lambda c: c.fetch(_SEARCH_USERS, _like_pattern(query), limit))
+        async with self._searches:
+            rows = await self._retryable(
+                lambda c: c.fetch(_SEARCH_USERS, _like_pattern(query.lower()), limit)
+            )
         return [u for u in map(_user, rows) if u is not None]
+
+    async def delete_user(self, user_id: str) -> bool:
+        async def run(conn: asyncpg.Connection) -> bool:
+            devices = [
+                r[0] for r in await conn.fetch("SELECT device_id FROM devices WHERE user_id = $1", user_id)
+            ]
+            await conn.execute("DELETE FROM queue WHERE device_id = ANY($1::text[])", devices)
+            await conn.execute("DELETE FROM enrollment_codes WHERE user_id = $1", user_id)
+            await conn.execute("DELETE FROM contacts WHERE user_a = $1 OR user_b = $1", user_id)
+            await conn.execute("DELETE FROM devices WHERE user_id = $1", user_id)
+            return bool(_count(await conn.execute("DELETE FROM users WHERE user_id = $1", user_id)))
+
+        return await self._write(run)
 
     # --- organisations and invitations ------------------------------------------
 
@@ -667,8 +748,15 @@ class PostgresStore:
         )
         return [_queued(r) for r in rows]
 
-    async def ack(self, device_id: str, seqs: list[int], now: int, expires_at: int) -> list[Queued]:
-        return await self._committer().ack(device_id, seqs, now, expires_at)
+    async def ack(
+        self,
+        device_id: str,
+        seqs: list[int],
+        now: int,
+        expires_at: int,
+        refused: dict[int, str] | None = None,
+    ) -> list[Queued]:
+        return await self._committer().ack(device_id, seqs, now, expires_at, refused or {})
 
     async def expire(self, now: int) -> int:
         """Delete in statements of at most ``EXPIRE_BATCH`` rows, each its own

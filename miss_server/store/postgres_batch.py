@@ -6,7 +6,7 @@ Writes that keep the hub running, ``accept`` and ``ack``, go through **group
 commit**: a single task, the committer (:class:`GroupCommit`), owns the queue
 of waiting calls. When it wakes it takes every call waiting (up to
 ``max_batch``) and runs them in one transaction, as one call of the
-server-side function ``miss_group_commit`` (migration 0004): set-based
+server-side function ``miss_group_commit`` (migrations 0004, 0006): set-based
 statements over ``unnest`` arrays for the message ids, the contacts, the
 queue rows, the acked rows and their receipts, so a batch costs three round
 trips (``BEGIN``, the call, ``COMMIT``) whatever its size. A caller's
@@ -59,8 +59,8 @@ MAX_KNOWN_CONTACTS = 100_000
 #: Runs a function in one transaction on a pooled connection and returns its value.
 Transaction = Callable[[Callable[[asyncpg.Connection], Awaitable[Any]]], Awaitable[Any]]
 
-#: One group commit: migrations/postgres/0004_group_commit_function.sql.
-_GROUP_COMMIT = "SELECT * FROM miss_group_commit(" + ", ".join(f"${i}" for i in range(1, 19)) + ")"
+#: One group commit: migrations/postgres/0006_caps_receipts_search.sql.
+_GROUP_COMMIT = "SELECT * FROM miss_group_commit(" + ", ".join(f"${i}" for i in range(1, 20)) + ")"
 
 
 @dataclass(slots=True)
@@ -75,6 +75,7 @@ class _Ack:
     seqs: list[int]
     now: int
     expires_at: int
+    refused: dict[int, str]  # seq -> reason
     future: asyncio.Future[Any]
 
 
@@ -102,10 +103,13 @@ class GroupCommit:
         result: AcceptResult = await self._call(_Accept(message, asyncio.get_running_loop().create_future()))
         return result
 
-    async def ack(self, device_id: str, seqs: list[int], now: int, expires_at: int) -> list[Queued]:
+    async def ack(
+        self, device_id: str, seqs: list[int], now: int, expires_at: int, refused: dict[int, str]
+    ) -> list[Queued]:
         """:meth:`Store.ack <miss_server.store.base.Store.ack>`, batched."""
         future = asyncio.get_running_loop().create_future()
-        receipts: list[Queued] = await self._call(_Ack(device_id, list(seqs), now, expires_at, future))
+        job = _Ack(device_id, list(seqs), now, expires_at, dict(refused), future)
+        receipts: list[Queued] = await self._call(job)
         return receipts
 
     async def stop(self) -> None:
@@ -220,10 +224,11 @@ async def _apply(
         if m.sender_user != m.recipient_user and _pair(m.sender_user, m.recipient_user) not in known
     ]
     rows = [(i, m, device_id) for i, m in messages for device_id in m.envelopes]
-    # ack(): each (device, seq) belongs to the first call that names it.
+    # ack(): each (device, seq) belongs to the first call that names it, a
+    # refusal if that call refused it.
     acked: dict[tuple[str, int], int] = {}
     for i, call in calls.items():
-        for seq in call.seqs:
+        for seq in (*call.seqs, *call.refused):
             acked.setdefault((call.device_id, seq), i)
     acks = [(d, seq, calls[i]) for (d, seq), i in acked.items()]
     records = await conn.fetch(
@@ -246,6 +251,7 @@ async def _apply(
         [a[1] for a in acks],
         [a[2].now for a in acks],
         [a[2].expires_at for a in acks],
+        [a[2].refused.get(a[1], "") for a in acks],
     )
     by_tag: dict[str, list[asyncpg.Record]] = {"I": [], "Q": [], "A": [], "R": []}
     for r in records:
@@ -267,18 +273,23 @@ async def _apply(
     for i in accepts:
         outcomes[i] = AcceptResult(i not in queued, queued.get(i, []))
     receipts: dict[int, list[Queued]] = {i: [] for i in calls}
-    claimed = {(r["device_id"], r["message_id"]): acked[(r["device_id"], r["ref"])] for r in by_tag["A"]}
+    # (acking device, message id) -> the acked row's seq
+    claimed = {(r["device_id"], r["message_id"]): r["ref"] for r in by_tag["A"]}
     for r in sorted(by_tag["R"], key=lambda r: r["seq"]):
-        receipts[claimed[(r["peer_device"], r["message_id"])]].append(
+        seq = claimed[(r["peer_device"], r["message_id"])]
+        job = acked[(r["peer_device"], seq)]
+        reason = calls[job].refused.get(seq)
+        kind, payload = (Kind.RECEIPT, b"") if reason is None else (Kind.REFUSAL, reason.encode())
+        receipts[job].append(
             Queued(
                 r["seq"],
                 r["device_id"],
-                Kind.RECEIPT,
+                kind,
                 r["message_id"],
                 r["peer_user"],
                 r["peer_device"],
                 r["ts"],
-                b"",
+                payload,
             )
         )
     for i, queued_receipts in receipts.items():

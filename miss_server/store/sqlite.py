@@ -14,16 +14,25 @@ connection:
   ``COMMIT`` returned, with ``synchronous=FULL``, so "accepted" always
   means "on disk" while a busy hub pays one fsync per batch rather than
   per message.
-* the **reader** runs reads, which WAL lets proceed beside the writer.
+* the **reader** runs reads, which WAL lets proceed beside the writer;
+* the **searcher** runs directory searches (SPEC §11.3), on a thread of
+  their own so that one device searching at its budget never delays the
+  reads that authentications and lookups wait for.
 
 Other processes (``miss-admin`` while the hub runs) share the file; the busy
 timeout makes them wait for the lock rather than fail.
+
+The file holds ciphertext, but also who wrote to whom: it is created private
+to its owner (directory 0700, database 0600, and so SQLite's -wal and -shm
+files, which take the database's mode).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+import os
 import queue
 import secrets
 import sqlite3
@@ -42,6 +51,7 @@ from .base import (
     AuditEvent,
     CodeInvalid,
     Device,
+    DeviceLimit,
     GroupCommitStats,
     Invitation,
     Kind,
@@ -52,6 +62,7 @@ from .base import (
     StoreUnavailable,
     User,
 )
+from .common import SEARCH_SEPARATOR, attested_keys
 
 __all__ = ["SQLiteStore"]
 
@@ -76,7 +87,7 @@ def _user(row: tuple[Any, ...] | None) -> User | None:
 
 
 def _device(row: tuple[Any, ...]) -> Device:
-    return Device(row[0], row[1], row[2], row[3], row[4], row[5], row[6] is not None)
+    return Device(row[0], row[1], row[2], row[3], row[4], row[5], row[6] is not None, bool(row[7]))
 
 
 def _audit_event(row: tuple[Any, ...]) -> AuditEvent:
@@ -89,7 +100,7 @@ def _like_pattern(query: str) -> str:
 
 
 _USER_COLUMNS = "user_id, name, rpps, profession, organisation, created_at, suspended, status, attestation"
-_DEVICE_COLUMNS = "device_id, user_id, sign_pk, box_pk, label, created_at, revoked_at"
+_DEVICE_COLUMNS = "device_id, user_id, sign_pk, box_pk, label, created_at, revoked_at, attested"
 _AUDIT_COLUMNS = "seq, at, actor, action, user_id, device_id, address, detail"
 
 
@@ -107,17 +118,33 @@ WHERE u.user_id IN (SELECT value FROM json_each(:candidates))
                         UNION ALL
                         SELECT user_a FROM contacts WHERE user_b = :viewer))"""
 
-# A plain scan of users (no index serves a substring): fine for the few
-# thousand clinicians of a hub. lower() folds ASCII only, as SQLite's LIKE does.
-_SEARCH_USERS = f"""
+# The directory index (migration 0005): a query of three characters or more
+# is a trigram phrase (MATCH, Unicode case folding); a shorter one a LIKE over
+# the index's own text (ASCII case folding), which scans it. The users come
+# by rowid, the order by name.
+_SEARCH_USERS = {
+    "match": f"""
 SELECT {_USER_COLUMNS} FROM users
-WHERE attestation IS NOT NULL AND NOT suspended
-  AND (lower(name) LIKE '%' || lower(:q) || '%' ESCAPE '\\'
-       OR lower(rpps) LIKE '%' || lower(:q) || '%' ESCAPE '\\'
-       OR lower(profession) LIKE '%' || lower(:q) || '%' ESCAPE '\\'
-       OR lower(organisation) LIKE '%' || lower(:q) || '%' ESCAPE '\\')
+WHERE rowid IN (SELECT rowid FROM users_search WHERE users_search MATCH :q)
+  AND attestation IS NOT NULL AND NOT suspended
 ORDER BY name, user_id
-LIMIT :limit"""
+LIMIT :limit""",
+    "like": f"""
+SELECT {_USER_COLUMNS} FROM users
+WHERE rowid IN (SELECT rowid FROM users_search WHERE text LIKE '%' || :q || '%' ESCAPE '\\')
+  AND attestation IS NOT NULL AND NOT suspended
+ORDER BY name, user_id
+LIMIT :limit""",
+}
+#: Shortest query the trigram index serves.
+TRIGRAM = 3
+
+# Places a user holds under the device cap (SPEC §5.3): active devices and
+# unused, unexpired link codes.
+_PLACES_TAKEN = """
+SELECT (SELECT count(*) FROM devices WHERE user_id = :user AND revoked_at IS NULL)
+     + (SELECT count(*) FROM enrollment_codes
+        WHERE user_id = :user AND link AND used_at IS NULL AND expires_at > :now)"""
 
 
 class _Conn(sqlite3.Connection):
@@ -133,6 +160,21 @@ class _Conn(sqlite3.Connection):
 
     def forget(self) -> None:
         self.contacts.clear()
+
+
+def _make_private(path: Path) -> None:
+    """Create the database file 0600, in a new directory 0700 if it has none
+    yet; an existing file readable by others is made 0600. An existing
+    directory is left as it is (it may be the operator's working directory)."""
+    if not path.parent.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        os.chmod(path.parent, 0o700)  # mkdir's mode is filtered by the umask
+    try:
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+    except FileExistsError:
+        with contextlib.suppress(OSError):  # a file we do not own: leave it
+            if path.stat().st_mode & 0o077:
+                os.chmod(path, 0o600)
 
 
 def _connect(path: Path) -> _Conn:
@@ -294,6 +336,7 @@ class SQLiteStore:
         self.path = Path(path)
         self._writer: _DbThread | None = None
         self._reader: _DbThread | None = None
+        self._searcher: _DbThread | None = None
 
     @property
     def group_commit_stats(self) -> GroupCommitStats:
@@ -305,13 +348,17 @@ class SQLiteStore:
     async def _start(self) -> None:
         if self._writer is not None:
             return
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        if not self.path.exists():  # sqlite3 would create an empty one
+            raise SchemaMismatch(f"no store at {self.path}: create one with `miss-admin migrate`")
         loop = asyncio.get_running_loop()
-        writer = _DbThread(self.path, "sqlite-writer", group_commit=True)
-        reader = _DbThread(self.path, "sqlite-reader", group_commit=False)
-        await asyncio.to_thread(writer.start, loop)
-        await asyncio.to_thread(reader.start, loop)
-        self._writer, self._reader = writer, reader
+        threads = (
+            _DbThread(self.path, "sqlite-writer", group_commit=True),
+            _DbThread(self.path, "sqlite-reader", group_commit=False),
+            _DbThread(self.path, "sqlite-searcher", group_commit=False),
+        )
+        for thread in threads:
+            await asyncio.to_thread(thread.start, loop)
+        self._writer, self._reader, self._searcher = threads
 
     async def open(self) -> None:
         await self._start()
@@ -326,19 +373,26 @@ class SQLiteStore:
             )
 
     async def migrate(self) -> int:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        """Create the file if needed (private: module doc) and bring its
+        schema to the newest version."""
+        await asyncio.to_thread(_make_private, self.path)
         return await asyncio.to_thread(_migrate, self.path)
 
     async def close(self) -> None:
-        for thread in (self._writer, self._reader):
+        for thread in (self._writer, self._reader, self._searcher):
             if thread is not None:
                 await asyncio.to_thread(thread.stop)
-        self._writer = self._reader = None
+        self._writer = self._reader = self._searcher = None
 
     async def _read(self, fn: Callable[..., T], *args: Any) -> T:
         if self._reader is None:
             raise StoreUnavailable("store is closed")
         return await self._reader.submit(fn, *args)
+
+    async def _search(self, fn: Callable[..., T], *args: Any) -> T:
+        if self._searcher is None:
+            raise StoreUnavailable("store is closed")
+        return await self._searcher.submit(fn, *args)
 
     async def _write(self, fn: Callable[..., T], *args: Any) -> T:
         if self._writer is None:
@@ -388,6 +442,23 @@ class SQLiteStore:
             )
         )
 
+    async def add_link_code(
+        self, user_id: str, code_hash: bytes, expires_at: int, now: int, max_devices: int
+    ) -> None:
+        def run(conn: sqlite3.Connection) -> bool:
+            taken = conn.execute(_PLACES_TAKEN, {"user": user_id, "now": now}).fetchone()[0]
+            if taken >= max_devices:
+                return False
+            conn.execute(
+                "INSERT INTO enrollment_codes (code_hash, user_id, expires_at, link) VALUES (?, ?, ?, 1)",
+                (code_hash, user_id, expires_at),
+            )
+            return True
+
+        # Refused here, not in the writer, so that it cannot fail the batch it rode in.
+        if not await self._write(run):
+            raise DeviceLimit(f"{user_id} has {max_devices} devices and link codes")
+
     async def set_status(self, user_id: str, status: str) -> None:
         """Unknown ``user_id``: nothing is written. Raises ValueError for a
         status not in ``protocol.frames.STATUSES``."""
@@ -421,25 +492,41 @@ class SQLiteStore:
         return await self._read(run)
 
     async def enroll_device(
-        self, code_hash: bytes, sign_pk: bytes, box_pk: bytes, label: str, now: int
+        self,
+        code_hash: bytes,
+        sign_pk: bytes,
+        box_pk: bytes,
+        label: str,
+        now: int,
+        max_devices: int | None = None,
     ) -> Device:
         device_id = "d_" + secrets.token_hex(8)
 
-        def run(conn: sqlite3.Connection) -> Device:
+        def run(conn: sqlite3.Connection) -> Device | None:
             row = conn.execute(
-                "UPDATE enrollment_codes SET used_at = ? "
-                "WHERE code_hash = ? AND used_at IS NULL AND expires_at > ? RETURNING user_id",
-                (now, code_hash, now),
+                "SELECT user_id FROM enrollment_codes "
+                "WHERE code_hash = ? AND used_at IS NULL AND expires_at > ?",
+                (code_hash, now),
             ).fetchone()
             if row is None:
                 raise CodeInvalid("unknown, used or expired code")
+            if max_devices is not None:
+                active = conn.execute(
+                    "SELECT count(*) FROM devices WHERE user_id = ? AND revoked_at IS NULL", (row[0],)
+                ).fetchone()[0]
+                if active >= max_devices:
+                    return None
+            conn.execute("UPDATE enrollment_codes SET used_at = ? WHERE code_hash = ?", (now, code_hash))
             conn.execute(
-                f"INSERT INTO devices ({_DEVICE_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, NULL)",
+                f"INSERT INTO devices ({_DEVICE_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, NULL, 0)",
                 (device_id, row[0], sign_pk, box_pk, label, now),
             )
             return Device(device_id, row[0], sign_pk, box_pk, label, now)
 
-        return await self._write(run)
+        device = await self._write(run)
+        if device is None:  # raised here, not in the writer: the batch it rode in commits
+            raise DeviceLimit(f"the code's user has {max_devices} active devices")
+        return device
 
     async def get_device(self, device_id: str) -> Device | None:
         def run(conn: sqlite3.Connection) -> Device | None:
@@ -450,10 +537,12 @@ class SQLiteStore:
 
         return await self._read(run)
 
-    async def user_devices(self, user_id: str) -> list[Device]:
+    async def user_devices(self, user_id: str, include_revoked: bool = False) -> list[Device]:
+        active = "" if include_revoked else " AND revoked_at IS NULL"
+
         def run(conn: sqlite3.Connection) -> list[Device]:
             rows = conn.execute(
-                f"SELECT {_DEVICE_COLUMNS} FROM devices WHERE user_id = ? AND revoked_at IS NULL "
+                f"SELECT {_DEVICE_COLUMNS} FROM devices WHERE user_id = ?{active} "
                 "ORDER BY created_at, device_id",
                 (user_id,),
             ).fetchall()
@@ -464,7 +553,23 @@ class SQLiteStore:
     # --- verification, suspension, revocation ----------------------------------
 
     async def set_attestation(self, user_id: str, attestation: bytes) -> None:
-        await self._update_user(user_id, "attestation", attestation)
+        named = attested_keys(attestation)
+
+        def run(conn: sqlite3.Connection) -> int:
+            n = conn.execute(
+                "UPDATE users SET attestation = ? WHERE user_id = ?", (attestation, user_id)
+            ).rowcount
+            for device_id, sign_pk, box_pk, _ in conn.execute(
+                "SELECT device_id, sign_pk, box_pk, attested FROM devices WHERE user_id = ?", (user_id,)
+            ).fetchall():
+                conn.execute(
+                    "UPDATE devices SET attested = ? WHERE device_id = ?",
+                    (int((device_id, sign_pk, box_pk) in named), device_id),
+                )
+            return int(n)
+
+        if not await self._write(run):
+            raise LookupError(f"unknown user {user_id!r}")
 
     async def set_suspended(self, user_id: str, suspended: bool) -> None:
         await self._update_user(user_id, "suspended", int(suspended))
@@ -497,19 +602,41 @@ class SQLiteStore:
             # user_devices() reads the table, never a cache. An accept whose
             # targets were read before this commit may still queue rows for
             # the device; they stay until they expire (accept does not check).
-            return Device(row[0], row[1], row[2], row[3], row[4], row[5], revoked=False)
+            return Device(
+                row[0], row[1], row[2], row[3], row[4], row[5], revoked=False, attested=bool(row[7])
+            )
 
         return await self._write(run)
 
     async def search_users(self, query: str, limit: int) -> list[User]:
-        if limit <= 0:
+        if limit <= 0 or not query or SEARCH_SEPARATOR in query:
             return []
+        if len(query) >= TRIGRAM:
+            sql, q = _SEARCH_USERS["match"], '"' + query.replace('"', '""') + '"'
+        else:
+            sql, q = _SEARCH_USERS["like"], _like_pattern(query)
 
         def run(conn: sqlite3.Connection) -> list[User]:
-            rows = conn.execute(_SEARCH_USERS, {"q": _like_pattern(query), "limit": limit}).fetchall()
+            rows = conn.execute(sql, {"q": q, "limit": limit}).fetchall()
             return [u for u in map(_user, rows) if u is not None]
 
-        return await self._read(run)
+        return await self._search(run)
+
+    async def delete_user(self, user_id: str) -> bool:
+        def run(conn: sqlite3.Connection) -> bool:
+            devices = [
+                d for (d,) in conn.execute("SELECT device_id FROM devices WHERE user_id = ?", (user_id,))
+            ]
+            conn.execute(
+                "DELETE FROM queue WHERE device_id IN (SELECT value FROM json_each(?))",
+                (json.dumps(devices),),
+            )
+            conn.execute("DELETE FROM enrollment_codes WHERE user_id = ?", (user_id,))
+            conn.execute("DELETE FROM contacts WHERE user_a = ? OR user_b = ?", (user_id, user_id))
+            conn.execute("DELETE FROM devices WHERE user_id = ?", (user_id,))
+            return bool(conn.execute("DELETE FROM users WHERE user_id = ?", (user_id,)).rowcount)
+
+        return await self._write(run)
 
     # --- organisations and invitations ------------------------------------------
 
@@ -612,8 +739,15 @@ class SQLiteStore:
 
         return await self._read(run)
 
-    async def ack(self, device_id: str, seqs: list[int], now: int, expires_at: int) -> list[Queued]:
-        return await self._write(_ack, device_id, seqs, now, expires_at)
+    async def ack(
+        self,
+        device_id: str,
+        seqs: list[int],
+        now: int,
+        expires_at: int,
+        refused: dict[int, str] | None = None,
+    ) -> list[Queued]:
+        return await self._write(_ack, device_id, seqs, now, expires_at, dict(refused or {}))
 
     async def expire(self, now: int) -> int:
         def run(conn: sqlite3.Connection) -> int:
@@ -681,7 +815,12 @@ def _accept(conn: _Conn, m: NewMessage) -> AcceptResult:
     return AcceptResult(duplicate=False, queued=queued)
 
 
-def _ack(conn: _Conn, device_id: str, seqs: list[int], now: int, expires_at: int) -> list[Queued]:
+def _ack(
+    conn: _Conn, device_id: str, seqs: list[int], now: int, expires_at: int, refused: dict[int, str]
+) -> list[Queued]:
+    """Delete the acked and refused rows; for each message of another user
+    that this device's user received, queue a receipt (a refusal, with its
+    reason, for a refused row) for each attested active device of the sender."""
     user = conn.owners.get(device_id)
     if user is None:
         owner = conn.execute("SELECT user_id FROM devices WHERE device_id = ?", (device_id,)).fetchone()
@@ -689,31 +828,45 @@ def _ack(conn: _Conn, device_id: str, seqs: list[int], now: int, expires_at: int
             user = conn.owners[device_id] = owner[0]
     rows = conn.execute(
         "DELETE FROM queue WHERE device_id = ? AND seq IN (SELECT value FROM json_each(?)) "
-        "RETURNING kind, message_id, peer_user, recipient_user",
-        (device_id, json.dumps(seqs)),
+        "RETURNING seq, kind, message_id, peer_user, recipient_user",
+        (device_id, json.dumps([*seqs, *refused])),
     ).fetchall()
     if user is None:
         return []
     receipts: list[Queued] = []
     sender_devices: dict[str, list[str]] = {}
-    for kind, message_id, sender_user, recipient_user in rows:
+    for seq, kind, message_id, sender_user, recipient_user in sorted(rows):
         if kind != Kind.MESSAGE or user != recipient_user or sender_user == recipient_user:
             continue  # a receipt, or a copy for the sender's own device: no receipt
         if sender_user not in sender_devices:
             sender_devices[sender_user] = [
                 d
                 for (d,) in conn.execute(
-                    "SELECT device_id FROM devices WHERE user_id = ? AND revoked_at IS NULL", (sender_user,)
+                    "SELECT device_id FROM devices WHERE user_id = ? AND revoked_at IS NULL AND attested "
+                    "ORDER BY created_at, device_id",
+                    (sender_user,),
                 )
             ]
+        reason = refused.get(seq)
+        kind, payload = (Kind.RECEIPT, b"") if reason is None else (Kind.REFUSAL, reason.encode())
         for sender_device in sender_devices[sender_user]:
             cur = conn.execute(
                 "INSERT INTO queue (device_id, kind, message_id, peer_user, peer_device, recipient_user, ts, "
-                "expires_at, payload) VALUES (?, ?, ?, ?, ?, ?, ?, ?, x'')",
-                (sender_device, int(Kind.RECEIPT), message_id, user, device_id, sender_user, now, expires_at),
+                "expires_at, payload) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    sender_device,
+                    int(kind),
+                    message_id,
+                    user,
+                    device_id,
+                    sender_user,
+                    now,
+                    expires_at,
+                    payload,
+                ),
             )
             assert cur.lastrowid is not None
             receipts.append(
-                Queued(cur.lastrowid, sender_device, Kind.RECEIPT, message_id, user, device_id, now, b"")
+                Queued(cur.lastrowid, sender_device, kind, message_id, user, device_id, now, payload)
             )
     return receipts

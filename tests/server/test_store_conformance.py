@@ -1,23 +1,21 @@
 """The Store contract (miss_server/store/base.py), run against every Store.
 
-Each implementation joins ``STORES``; every test here runs on each.
+Each implementation joins ``STORES`` (tests/support/store_fixtures.py);
+every test here runs on each.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import os
-import secrets
 import sqlite3
-from collections.abc import AsyncIterator, Callable
-from contextlib import AbstractAsyncContextManager
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import asyncpg
 import pytest
+from store_fixtures import POSTGRES_DSN, STORES
 from store_samples import DAY, NOW, message, user_with_devices
 
 from miss_server.codes import code_hash
@@ -37,51 +35,6 @@ from miss_server.store.base import (
 from miss_server.store.postgres import PostgresStore
 from miss_server.store.sqlite import SQLiteStore
 from protocol.frames import STATUSES
-
-# Not skipped when unreachable: a PostgreSQL run that cannot connect fails.
-POSTGRES_DSN = os.environ.get("MISS_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/test")
-
-
-@contextlib.asynccontextmanager
-async def _sqlite(tmp_path: Path) -> AsyncIterator[Store]:
-    s = SQLiteStore(tmp_path / "conformance.db")
-    try:
-        yield s
-    finally:
-        await s.close()
-
-
-@contextlib.asynccontextmanager
-async def _postgres(tmp_path: Path) -> AsyncIterator[Store]:
-    """A store in a schema of its own, dropped afterwards whatever happened."""
-    schema = "miss_test_" + secrets.token_hex(6)
-    s = PostgresStore(POSTGRES_DSN, schema=schema, pool_min=1, pool_max=4)
-    try:
-        yield s
-    finally:
-        try:
-            await s.close()
-        finally:
-            conn = await asyncpg.connect(POSTGRES_DSN)
-            try:
-                await conn.execute(f"DROP SCHEMA IF EXISTS {schema} CASCADE")
-            finally:
-                await conn.close()
-
-
-# Each entry makes a store that is not yet migrated nor open, and cleans up after it.
-STORES: dict[str, Callable[[Path], AbstractAsyncContextManager[Store]]] = {
-    "sqlite": _sqlite,
-    "postgresql": _postgres,
-}
-
-
-@pytest.fixture(params=sorted(STORES))
-async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Store]:
-    async with STORES[request.param](tmp_path) as s:
-        await s.migrate()
-        await s.open()
-        yield s
 
 
 @pytest.mark.parametrize("kind", sorted(STORES))
@@ -388,7 +341,9 @@ async def test_a_version_1_database_migrates_with_its_data(kind: str, tmp_path: 
         await s.set_status("u_b", "off_duty")
         assert await s.statuses(["u_a", "u_b"]) == {"u_a": "available", "u_b": "off_duty"}
         await s.ack("d_a1", [row.seq], NOW + 1, NOW + DAY)
-        assert await s.count_pending("d_c1") == 1  # the delivered receipt
+        assert await s.count_pending("d_a1") == 0
+        # No receipt: version 1 knew no attestations, and receipts go to attested devices only.
+        assert await s.count_pending("d_c1") == 0
         # Version 3: the organisations users named, dated by their first user; nobody attested yet.
         assert await s.list_organisations() == [
             Organisation("CHRU", NOW - 5),

@@ -3,6 +3,8 @@ PostgreSQL-specific), written straight through the Store API."""
 
 from __future__ import annotations
 
+from authority import verify
+
 from miss_server.codes import code_hash
 from miss_server.store.base import NewMessage, Store
 
@@ -11,9 +13,10 @@ DAY = 86_400_000
 
 
 async def user_with_devices(
-    store: Store, rpps: str, n: int, organisation: str = "CHRU"
+    store: Store, rpps: str, n: int, organisation: str = "CHRU", *, attested: bool = True
 ) -> tuple[str, list[str]]:
-    """A clinician with ``n`` enrolled devices; returns (user id, device ids)."""
+    """A clinician with ``n`` enrolled devices, attested by the tests'
+    authority unless ``attested`` is false; returns (user id, device ids)."""
     user = await store.create_user(f"Dr {rpps}", rpps, "médecin", organisation, NOW)
     devices = []
     for i in range(n):
@@ -22,6 +25,8 @@ async def user_with_devices(
         sign_pk = bytes([i]) + rpps.encode().ljust(31, b"k")
         d = await store.enroll_device(code_hash(code), sign_pk, b"b" * 32, f"dev{i}", NOW + i)
         devices.append(d.device_id)
+    if attested and devices:
+        await verify(store, user.user_id)
     return user.user_id, devices
 
 
