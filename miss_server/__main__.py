@@ -13,6 +13,7 @@ import logging
 import signal
 import sys
 
+from .admission import raise_open_file_limit
 from .app import HubServer
 from .broker.base import BrokerUnavailable
 from .config import ConfigError, load_settings
@@ -54,16 +55,17 @@ def main(argv: list[str] | None = None) -> int:
         print(f"miss-server: {exc}", file=sys.stderr)
         return 2
     setup_logging(settings.log_level, settings.log_format)
+    # Each connection is a file descriptor; the common default of 1,024 is
+    # spent by a morning's reconnections (admission.py keeps a quarter spare).
+    log.info("open-file limit", extra={"soft": raise_open_file_limit()})
     try:
         asyncio.run(_run(HubServer(settings)))
-    except (
-        SchemaMismatch,
-        StoreUnavailable,
-        BrokerUnavailable,
-        OSError,
-        NotImplementedError,
-        ValueError,
-    ) as exc:
+    except OSError as exc:  # the port is taken, the store's directory cannot be written...
+        what = exc.strerror or str(exc)
+        where = f" ({exc.filename})" if exc.filename else ""
+        print(f"miss-server: cannot start: {what}{where}; store {settings.store_display}", file=sys.stderr)
+        return 1
+    except (SchemaMismatch, StoreUnavailable, BrokerUnavailable, NotImplementedError, ValueError) as exc:
         print(f"miss-server: {exc}", file=sys.stderr)
         return 1
     return 0

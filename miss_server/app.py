@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hmac
+import ipaddress
 import logging
 import ssl
 from http import HTTPStatus
@@ -23,12 +25,13 @@ from websockets.http11 import Request, Response
 
 from protocol.frames import SUBPROTOCOL
 
+from .admission import AcceptErrorFilter, GatedConnection, PendingGate, effective_pending_cap
 from .audit import AuditTrail
 from .broker.base import CONTROL_CHANNEL, Broker, Presence
 from .broker.memory import MemoryBroker, MemoryPresence
 from .broker.redis import RedisBroker, RedisPresence
 from .config import Settings
-from .connection import serve_connection
+from .connection import client_address, serve_connection
 from .guard import Guard
 from .hub import Hub
 from .metrics import Metrics
@@ -90,8 +93,15 @@ class HubServer:
         self.limiter = build_limiter(self.broker)
         self.guard = Guard(settings, self.limiter, self.audit, self.metrics)
         self.hub = Hub(self.store, self.broker, self.presence, settings, self.metrics, self.guard, self.audit)
+        self.gate = PendingGate(
+            settings.max_pending_per_address,
+            effective_pending_cap(settings.max_pending),
+            lambda scope: self.metrics.pending_refused.labels(scope).inc(),
+        )
+        self._metrics_token = settings.metrics_token
         self._server: Server | None = None
         self._tasks: list[asyncio.Task[None]] = []
+        self._loop_handler: AcceptErrorFilter | None = None
 
     @property
     def port(self) -> int:
@@ -114,10 +124,16 @@ class HubServer:
         if self.settings.tls_cert and self.settings.tls_key:
             tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
             tls.load_cert_chain(self.settings.tls_cert, self.settings.tls_key)
+        loop = asyncio.get_running_loop()
+        self._loop_handler = AcceptErrorFilter(loop.get_exception_handler())
+        loop.set_exception_handler(self._loop_handler)
         self._server = await serve(
             self._handle,
             self.settings.host,
             self.settings.port,
+            create_connection=GatedConnection.factory(
+                self.gate, by_peer=not self.settings.trust_forwarded_for
+            ),
             subprotocols=[SUBPROTOCOL],  # type: ignore[list-item]
             process_request=self._process_request,
             max_size=self.settings.max_frame_bytes,
@@ -144,6 +160,7 @@ class HubServer:
                 "url": self.url,
                 "store": self.settings.store_display,
                 "broker": self.settings.broker_display,
+                "max_pending": self.gate.total,
             },
         )
 
@@ -159,6 +176,9 @@ class HubServer:
         await self.limiter.close()
         await self.broker.close()
         await self.store.close()
+        if self._loop_handler is not None:
+            asyncio.get_running_loop().set_exception_handler(self._loop_handler.previous)
+            self._loop_handler = None
 
     async def serve_forever(self) -> None:
         assert self._server is not None
@@ -181,9 +201,26 @@ class HubServer:
         if path == "/healthz":
             return ws.respond(HTTPStatus.OK, "ok\n")
         if path == "/metrics":
+            if not self._may_read_metrics(ws, request):
+                return ws.respond(HTTPStatus.FORBIDDEN, "forbidden\n")
             body = self.metrics.render()
             headers = Headers([("Content-Type", CONTENT_TYPE_LATEST), ("Content-Length", str(len(body)))])
             return Response(200, "OK", headers, body)
         if path != "/":
             return ws.respond(HTTPStatus.NOT_FOUND, "not found\n")
+        if self.settings.trust_forwarded_for and isinstance(ws, GatedConnection):
+            if not ws.admit_forwarded(client_address(ws, True)):
+                return ws.respond(HTTPStatus.SERVICE_UNAVAILABLE, "too many connections\n")
         return None  # the WebSocket endpoint
+
+    def _may_read_metrics(self, ws: ServerConnection, request: Request) -> bool:
+        """With a token, a request that bears it; without, a loopback peer
+        (the socket's, never X-Forwarded-For)."""
+        if self._metrics_token is not None:
+            given = request.headers.get("Authorization", "")
+            return hmac.compare_digest(given.encode(), f"Bearer {self._metrics_token}".encode())
+        peer = ws.remote_address[0] if ws.remote_address else ""
+        try:
+            return ipaddress.ip_address(str(peer).split("%", 1)[0]).is_loopback
+        except ValueError:
+            return False

@@ -76,7 +76,16 @@ class Settings(BaseSettings):
         "prints it. Without it no account counts as verified, so nobody can send.",
     )
     rate_device: str = Field(
-        "10/s burst 50", description="Requests (send, lookup, search...) one device may make; acks are free."
+        "10/s burst 50",
+        description="Requests (send, lookup, search...) one device may make; acks have their own budget.",
+    )
+    rate_ack: str = Field(
+        "50/s burst 500",
+        description="Ack frames one device may send (each costs 1, plus 1 per full 4 KiB); over it, "
+        "the device is read more slowly.",
+    )
+    rate_search: str = Field(
+        "1/s burst 10", description="Directory searches one device may make, on top of rate_device."
     )
     rate_address: str = Field(
         "200/s burst 400", description="Requests of all devices behind one client address (a hospital NAT)."
@@ -91,6 +100,26 @@ class Settings(BaseSettings):
     )
     max_envelopes: int = Field(
         64, ge=1, le=64, description="Most envelopes (recipient + own devices) in one message."
+    )
+    max_devices: int = Field(
+        8,
+        ge=1,
+        le=32,
+        description="Most active devices per clinician (unused link codes count): at most 32, so that a "
+        "message to one clinician and the sender's other devices fits in 64 envelopes.",
+    )
+    max_pending_per_address: int = Field(
+        256, ge=1, description="Connections not yet authenticated from one client address."
+    )
+    max_pending: int = Field(
+        4096,
+        ge=1,
+        description="Connections not yet authenticated in all (at most a quarter of the open-file limit).",
+    )
+    metrics_token_file: Path | None = Field(
+        None,
+        description="File holding the bearer token that GET /metrics requires; without it, /metrics "
+        "answers loopback clients only.",
     )
     trust_forwarded_for: bool = Field(
         False,
@@ -119,7 +148,21 @@ class Settings(BaseSettings):
             decode_authority_key(v)  # raises ValueError with a clear message
         return v
 
-    @field_validator("rate_device", "rate_address", "rate_auth", "rate_failed_auth")
+    @field_validator("metrics_token_file")
+    @classmethod
+    def _token_file(cls, v: Path | None) -> Path | None:
+        if v is not None:
+            try:
+                token = v.read_text().strip()
+            except OSError as exc:
+                raise ValueError(f"cannot read {v}: {exc.strerror or exc}") from None
+            if len(token) < 16:
+                raise ValueError(f"{v} must hold a token of at least 16 characters")
+        return v
+
+    @field_validator(
+        "rate_device", "rate_address", "rate_auth", "rate_failed_auth", "rate_ack", "rate_search"
+    )
     @classmethod
     def _rate(cls, v: str) -> str:
         parse_rate(v)  # raises ValueError with a clear message
@@ -146,6 +189,11 @@ class Settings(BaseSettings):
     @property
     def message_ttl_ms(self) -> int:
         return int(self.message_ttl_days * 86_400_000)
+
+    @property
+    def metrics_token(self) -> str | None:
+        """The bearer token of ``/metrics`` (read from its file), if any."""
+        return self.metrics_token_file.read_text().strip() if self.metrics_token_file else None
 
     @property
     def authority_public_key(self) -> bytes | None:
@@ -193,4 +241,5 @@ def load_settings(config_file: str | Path | None = None, **overrides: Any) -> Se
         origin = f" (from {toml_path}, MISS_* variables and flags)" if toml_path else ""
         raise ConfigError("invalid configuration" + origin + ":\n" + "\n".join(lines)) from None
     except Exception as exc:  # unreadable TOML and the like
-        raise ConfigError(f"cannot read configuration: {exc}") from None
+        where = f" file {toml_path}" if toml_path is not None else ""
+        raise ConfigError(f"cannot read configuration{where}: {exc}") from None

@@ -36,6 +36,7 @@ from protocol.frames import (
 )
 from protocol.session import ServerSession, error_frame
 
+from .admission import GatedConnection
 from .delivery import DeviceLink
 from .hub import Hub
 
@@ -69,7 +70,7 @@ async def serve_connection(ws: ServerConnection, hub: Hub) -> None:
     """Run one connection to its end. Never raises."""
     metrics = hub.metrics
     metrics.connections.inc()
-    session = ServerSession()
+    session = ServerSession(authority=hub.settings.authority_public_key)
     link: DeviceLink | None = None
     peer = client_address(ws, hub.settings.trust_forwarded_for)
     try:
@@ -87,15 +88,21 @@ async def serve_connection(ws: ServerConnection, hub: Hub) -> None:
             await hub.enroll(session, frame, peer)  # type: ignore[arg-type]
         assert session.user_id is not None and session.device_id is not None
         log.info("authenticated", extra={"device": session.device_id, "peer": peer})
+        if isinstance(ws, GatedConnection):
+            ws.settle()  # no longer a pending connection (admission.py)
         link = await hub.attach(
-            session.user_id, session.device_id, lambda frames: send_frames(ws, frames), ws.close
+            session.user_id,
+            session.device_id,
+            lambda frames: send_frames(ws, frames),
+            ws.close,
+            session.caps,
         )
         await ws.send(encode(Welcome(session.user_id, session.device_id)))
         link.start()
         async for data in ws:
             frame = session.receive(_binary(data))
             metrics.frames.labels(frame.TYPE).inc()
-            await _dispatch(hub, session, link, ws, frame, peer)
+            await _dispatch(hub, session, link, ws, frame, peer, len(data))
     except errors.FatalError as exc:
         metrics.errors.labels(exc.code).inc()
         log.info(
@@ -107,12 +114,13 @@ async def serve_connection(ws: ServerConnection, hub: Hub) -> None:
             await ws.close(exc.close_code or 4400, exc.code)
         except ConnectionClosed:
             pass
-    except errors.RequestError as exc:  # during authentication: storage_unavailable, rate_limited
+    except errors.RequestError as exc:  # during authentication: storage_unavailable, rate_limited...
         metrics.errors.labels(exc.code).inc()
         try:
             await ws.send(error_frame(exc))
-            # 1013: try again later; 1008: policy violation (too many attempts)
-            await ws.close(1008 if isinstance(exc, errors.RateLimited) else 1013, exc.code)
+            # 1013: try again later; 1008: policy violation (too many attempts, devices)
+            policy = isinstance(exc, errors.RateLimited | errors.TooManyDevices)
+            await ws.close(1008 if policy else 1013, exc.code)
         except ConnectionClosed:
             pass
     except ConnectionClosed:
@@ -151,48 +159,67 @@ async def send_frames(ws: ServerConnection, frames: list[bytes]) -> None:
 
 
 async def _dispatch(
-    hub: Hub, session: ServerSession, link: DeviceLink, ws: ServerConnection, frame: Frame, address: str
+    hub: Hub,
+    session: ServerSession,
+    link: DeviceLink,
+    ws: ServerConnection,
+    frame: Frame,
+    address: str,
+    size: int,
 ) -> None:
-    """Handle one authenticated frame; request errors answer that request only.
+    """Handle one authenticated frame of ``size`` bytes; request errors
+    answer that request only.
 
-    Every request but ``ack`` spends the device's and the address's budget
-    first (guard.py). A device over its budget gets ``rate_limited`` and its
-    next frame is read only after the delay it was told (at most
+    Every request spends the device's and the address's budget first
+    (guard.py), a search its own too, an ``ack`` its own ack budget. Then
+    only an attested device of a verified account may go on (SPEC §11.4),
+    except to revoke itself; a ``send`` checks that itself, with its
+    targets. A device over its budget gets ``rate_limited`` (an ack, no
+    answer) and its next frame is read only after the delay (at most
     MAX_PENALTY): a flood then queues in its own socket, not in the hub."""
     penalty = 0.0
+    reply: bytes | None = None
     assert session.user_id is not None and session.device_id is not None
     try:
         if type(frame) is Ack:
+            penalty = hub.guard.ack(session.device_id, size)
             await hub.ack(session, link, frame)
-            return
-        await hub.guard.request(session.user_id, session.device_id, address)
-        if type(frame) is Send:
-            reply = await hub.send(session, frame)
-        elif type(frame) is Lookup:
-            reply = await hub.lookup(frame)
-        elif type(frame) is Search:
-            reply = await hub.search(frame)
-        elif type(frame) is LinkCode:
-            reply = await hub.link_code(session, frame)
-        elif type(frame) is SetStatus:
-            reply = await hub.set_status(session, frame)
-        elif type(frame) is Watch:
-            reply = await hub.watch(session, link, frame)
-        elif type(frame) is Devices:
-            reply = await hub.devices(session, frame)
-        elif type(frame) is Revoke:
-            reply = await hub.revoke(session, frame)
-        else:  # the session's state table admits nothing else
-            raise errors.FrameNotAllowed(frame.TYPE)
+        else:
+            await hub.guard.request(session.user_id, session.device_id, address, search=type(frame) is Search)
+            if type(frame) is not Send and not (type(frame) is Revoke and frame.device == session.device_id):
+                await hub.requester(session)
+            reply = await _request(hub, session, link, frame)
     except errors.RequestError as exc:
         hub.metrics.errors.labels(exc.code).inc()
         if isinstance(exc, errors.RateLimited) and exc.retry_after_ms:
-            penalty = min(MAX_PENALTY, exc.retry_after_ms / 1000)
+            penalty = exc.retry_after_ms / 1000
         reply = error_frame(
             exc,
             id=frame.id if type(frame) is Send else None,
             rid=frame.rid if type(frame) in _RID_FRAMES else None,  # type: ignore[attr-defined]
         )
-    await send_frames(ws, [reply])
+    if reply is not None:
+        await send_frames(ws, [reply])
     if penalty:
-        await asyncio.sleep(penalty)
+        await asyncio.sleep(min(MAX_PENALTY, penalty))
+
+
+async def _request(hub: Hub, session: ServerSession, link: DeviceLink, frame: Frame) -> bytes:
+    """The answer to one admitted request (not an ``ack``)."""
+    if type(frame) is Send:
+        return await hub.send(session, frame)
+    if type(frame) is Lookup:
+        return await hub.lookup(session, frame)
+    if type(frame) is Search:
+        return await hub.search(frame)
+    if type(frame) is LinkCode:
+        return await hub.link_code(session, frame)
+    if type(frame) is SetStatus:
+        return await hub.set_status(session, frame)
+    if type(frame) is Watch:
+        return await hub.watch(session, link, frame)
+    if type(frame) is Devices:
+        return await hub.devices(session, frame)
+    if type(frame) is Revoke:
+        return await hub.revoke(session, frame)
+    raise errors.FrameNotAllowed(frame.TYPE)  # the session's state table admits nothing else

@@ -25,6 +25,9 @@ A wake-up payload is one of:
 
 * ``b"Q" + seq (8 bytes, big-endian) + frame``: a queued message;
 * ``b"R" + seq + frame``: a queued receipt;
+* ``b"F" + seq + frame``: a queued refusal receipt (``refused``), which a
+  link sends only if its client named the ``refusals`` capability (SPEC
+  §6.5): to any other the row does not exist, and waits in the store;
 * ``b"D"``: "drain": rows may exist that no wake-up announced (a resend of
   an id whose first wake-ups died with a hub node);
 * ``b"X" + error code``: end the connection with that fatal error (e.g.
@@ -53,7 +56,7 @@ from collections import deque
 from collections.abc import Awaitable, Callable, Iterable
 
 from protocol import errors
-from protocol.frames import Deliver, Delivered, encode
+from protocol.frames import Deliver, Delivered, Refused, encode
 from protocol.session import error_frame
 
 from .store.base import Kind, Queued, Store, StoreUnavailable
@@ -64,6 +67,7 @@ log = logging.getLogger("miss.delivery")
 
 TAG_ROW = ord("Q")
 TAG_RECEIPT = ord("R")
+TAG_REFUSAL = ord("F")
 #: How long a receipt may wait for others to share its write (s).
 RECEIPT_DELAY = 0.05
 TAG_DRAIN = ord("D")
@@ -87,12 +91,17 @@ def row_frame(row: Queued) -> bytes:
     """The frame that carries a queued row to its device."""
     if row.kind is Kind.MESSAGE:
         return encode(Deliver(row.seq, row.message_id, row.peer_user, row.peer_device, row.ts, row.payload))
+    if row.kind is Kind.REFUSAL:
+        reason = row.payload.decode("ascii")
+        return encode(Refused(row.seq, row.message_id, row.peer_user, row.peer_device, row.ts, reason))
     return encode(Delivered(row.seq, row.message_id, row.peer_user, row.peer_device, row.ts))
 
 
+_TAGS = {Kind.MESSAGE: b"Q", Kind.RECEIPT: b"R", Kind.REFUSAL: b"F"}
+
+
 def row_wakeup(row: Queued) -> bytes:
-    tag = b"Q" if row.kind is Kind.MESSAGE else b"R"
-    return tag + row.seq.to_bytes(8, "big") + row_frame(row)
+    return _TAGS[row.kind] + row.seq.to_bytes(8, "big") + row_frame(row)
 
 
 def close_wakeup(error: type[errors.FatalError]) -> bytes:
@@ -107,9 +116,10 @@ class DeviceLink:
     """Sends a device's queued rows over one connection (see module doc).
 
     ``send`` writes frames to the socket, in order, in as few writes as it
-    can; ``close`` closes it with a code and reason. Call :meth:`start`
-    once, :meth:`acked` when the device acks, and :meth:`stop` when the
-    connection ends.
+    can; ``close`` closes it with a code and reason. ``refusals``: the
+    client named that capability, so refusal receipts are sent to it. Call
+    :meth:`start` once, :meth:`acked` when the device acks, and :meth:`stop`
+    when the connection ends.
     """
 
     def __init__(
@@ -119,8 +129,11 @@ class DeviceLink:
         send: Callable[[list[bytes]], Awaitable[None]],
         close: Callable[[int, str], Awaitable[None]],
         on_sent: Callable[[int], None] = lambda n: None,
+        *,
+        refusals: bool = False,
     ) -> None:
         self.device_id = device_id
+        self.refusals = refusals
         #: the connection's presence entry, set by the hub once attached
         self.presence_key = ""
         self._store = store
@@ -153,6 +166,10 @@ class DeviceLink:
     def on_wakeup(self, payload: bytes) -> None:
         """Broker handler: runs on the event loop, never blocks."""
         tag = payload[0]
+        if tag == TAG_REFUSAL:
+            if not self.refusals:
+                return  # the client would not understand it (module doc)
+            tag = TAG_RECEIPT  # otherwise it travels like a receipt
         if tag == TAG_ROW or tag == TAG_RECEIPT:
             if not self._need_drain:
                 frame = payload[9:]
@@ -250,7 +267,9 @@ class DeviceLink:
         cursor, limit = 0, FIRST_PAGE
         while True:
             rows = await self._store.pending(self.device_id, cursor, limit, _now_ms())
-            await self._send_rows((row.seq, row_frame(row)) for row in rows)
+            await self._send_rows(
+                (row.seq, row_frame(row)) for row in rows if self.refusals or row.kind is not Kind.REFUSAL
+            )
             if len(rows) < limit:
                 return
             cursor = rows[-1].seq

@@ -2,16 +2,23 @@
 
 :class:`Guard` owns the token buckets and says, for each attempt, whether it
 may go on: it raises :class:`protocol.errors.RateLimited` (with the delay)
-when not. The buckets:
+when not, or says how long to wait. The buckets:
 
-* ``dev:<device>``: requests of one authenticated device (in this process:
-  a device is connected to one node at a time);
+* ``dev:<device>``: requests of one authenticated device, acks excepted (in
+  this process: a device is connected to one node at a time);
+* ``search:<device>``: its directory searches, on top of ``dev:``;
+* ``ack:<device>``: its ``ack`` frames, weighed by size. An ack has no
+  answer to carry ``rate_limited``: over budget, the device is read more
+  slowly instead (:meth:`Guard.ack` returns the pause);
 * ``addr:<address>``: requests of every device behind one client address;
 * ``auth:<address>``: authentication and enrollment attempts;
-* ``fail:<address>`` and ``faildev:<device id>``: failed authentications and
-  wrong enrollment codes. Once one is empty, attempts from that address (or
-  for that device id) are refused *before* any check, so a guesser learns
-  nothing more until it refills. Every refusal and every failure is audited.
+* ``fail:<address>``: failed authentications and wrong enrollment codes.
+  Failures slow their address down and never refuse a correct attempt: once
+  the bucket is empty, a failed ``auth`` is closed only after a pause
+  (:meth:`Guard.failed`), and an ``enroll`` is held before its code is
+  checked (:meth:`Guard.enroll_hold`). A device id named by failures is not
+  slowed down at all: a signature cannot be guessed, so only its owner's
+  correct ones would suffer. Every failure and refusal is audited.
 
 Address, authentication and failure buckets are shared by all nodes through
 Redis when Redis is the broker (``ratelimit.RedisLimiter``).
@@ -26,7 +33,13 @@ from .config import Settings
 from .metrics import Metrics
 from .ratelimit import Limiter, MemoryLimiter, parse_rate
 
-__all__ = ["Guard"]
+__all__ = ["ACK_BYTES_PER_TOKEN", "MAX_HOLD_SECONDS", "Guard"]
+
+#: An ack frame costs one token, plus one per this many bytes.
+ACK_BYTES_PER_TOKEN = 4096
+#: Longest pause a failing address's attempt is held (s): within the time a
+#: connection has to authenticate (SPEC §4).
+MAX_HOLD_SECONDS = 3.0
 
 
 class Guard:
@@ -36,17 +49,27 @@ class Guard:
         self.audit = audit
         self.metrics = metrics
         self.device_rate = parse_rate(settings.rate_device)
+        self.search_rate = parse_rate(settings.rate_search)
+        self.ack_rate = parse_rate(settings.rate_ack)
         self.address_rate = parse_rate(settings.rate_address)
         self.auth_rate = parse_rate(settings.rate_auth)
         self.failed_rate = parse_rate(settings.rate_failed_auth)
 
-    async def request(self, user_id: str, device_id: str, address: str) -> None:
-        """One request of an authenticated device; raises RateLimited."""
-        wait = self.local.take_now(f"dev:{device_id}", self.device_rate)
-        bucket = "device"
+    async def request(self, user_id: str, device_id: str, address: str, *, search: bool = False) -> None:
+        """One request of an authenticated device (a directory search if
+        ``search``); raises RateLimited."""
+        wait = 0
+        if search:  # peeked first, taken last: a search refused costs no search token
+            wait = self.local.peek_now(f"search:{device_id}", self.search_rate)
+            bucket = "search"
+        if not wait:
+            wait = self.local.take_now(f"dev:{device_id}", self.device_rate)
+            bucket = "device"
         if not wait:
             wait = await self.shared.take(f"addr:{address}", self.address_rate)
             bucket = "address"
+        if not wait and search:
+            self.local.take_now(f"search:{device_id}", self.search_rate)
         if wait:
             self.metrics.throttled.labels(bucket).inc()
             self.audit.record(
@@ -60,33 +83,62 @@ class Guard:
             )
             raise errors.RateLimited(bucket, retry_after_ms=wait)
 
-    async def attempt(self, address: str, device_id: str | None) -> None:
-        """An ``auth`` (of ``device_id``) or ``enroll`` (None) about to be
-        checked; raises RateLimited if the address or the device id may not
-        try now."""
-        wait = await self.shared.take(f"auth:{address}", self.auth_rate)
-        what = "attempts"
+    def ack(self, device_id: str, size: int) -> float:
+        """One ``ack`` frame of ``size`` bytes: the pause (s) before the
+        device's next frame is read, 0 within its budget."""
+        cost = min(self.ack_rate.burst, 1 + size // ACK_BYTES_PER_TOKEN)
+        wait = self.local.take_now(f"ack:{device_id}", self.ack_rate, cost)
         if not wait:
-            wait = await self.shared.peek(f"fail:{address}", self.failed_rate)
-            what = "failures"
-        if not wait and device_id is not None:
-            wait = await self.shared.peek(f"faildev:{device_id}", self.failed_rate)
+            return 0.0
+        self.metrics.throttled.labels("ack").inc()
+        return wait / 1000
+
+    async def attempt(self, address: str) -> None:
+        """An ``auth`` or ``enroll`` about to be checked; raises RateLimited
+        if the address has spent its attempts."""
+        wait = await self.shared.take(f"auth:{address}", self.auth_rate)
         if wait:
             self.metrics.throttled.labels("auth").inc()
             self.audit.record(
                 "hub",
                 "auth.throttled",
-                device_id=device_id,
                 address=address,
-                detail=f"too many {what}",
+                detail="too many attempts",
                 quiet_key=f"at:{address}",
             )
             raise errors.RateLimited("authentication", retry_after_ms=wait)
 
-    async def failed(self, address: str, device_id: str | None, error: errors.ProtocolError) -> None:
-        """An attempt failed (bad signature, unknown device, wrong code)."""
-        await self.shared.take(f"fail:{address}", self.failed_rate)
-        if device_id is not None:
-            await self.shared.take(f"faildev:{device_id}", self.failed_rate)
+    async def enroll_hold(self, address: str) -> float:
+        """How long (s) to hold an ``enroll`` from ``address`` before its code
+        is checked: 0 unless the address has spent its failures."""
+        wait = await self.shared.peek(f"fail:{address}", self.failed_rate)
+        if not wait:
+            return 0.0
+        hold = min(MAX_HOLD_SECONDS, wait / 1000)
+        self.metrics.throttled.labels("failures").inc()
+        self.audit.record(
+            "hub",
+            "auth.throttled",
+            address=address,
+            detail=f"too many failures: enrollment held {hold:.1f} s",
+            quiet_key=f"at:{address}",
+        )
+        return hold
+
+    async def failed(self, address: str, device_id: str | None, error: errors.ProtocolError) -> float:
+        """An attempt failed (bad signature, unknown device, wrong code):
+        the pause (s) before its connection is closed, 0 while the address
+        has failures to spare."""
+        wait = await self.shared.take(f"fail:{address}", self.failed_rate)
         action = "enroll.failed" if device_id is None else "auth.failed"
-        self.audit.record("hub", action, device_id=device_id, address=address, detail=error.code)
+        self.audit.record(
+            "hub",
+            action,
+            device_id=device_id,
+            address=address,
+            detail=error.code,
+            quiet_key=f"af:{address}:{device_id}" if wait else None,
+        )
+        if wait:
+            self.metrics.throttled.labels("failures").inc()
+        return min(MAX_HOLD_SECONDS, wait / 1000)

@@ -13,6 +13,11 @@ verified until when, which devices are targets) to check a ``send`` without
 a read. The cache is a hint: on any mismatch it is reloaded from the store
 before the sender is told anything is wrong.
 
+What a device may ask (SPEC §11.4): only an attested device of a verified,
+unsuspended account may make requests (:meth:`Hub.requester`); any other
+device may authenticate, ack and revoke itself, and nothing else. So a
+device enrolled from a stolen link code cannot act for the account's owner.
+
 Security events (revocations, suspensions, verifications) reach every node
 twice: at once through the broker when a hub made the change, and through
 the audit log, which every node polls (:meth:`Hub.watch_security_forever`),
@@ -33,6 +38,8 @@ from typing import TypeVar
 
 from protocol import attestation, errors
 from protocol.frames import (
+    CAP_REFUSALS,
+    MAX_RECIPIENT_DEVICES,
     MAX_SEARCH_RESULTS,
     Accepted,
     Ack,
@@ -67,7 +74,7 @@ from .delivery import DRAIN_WAKEUP, DeviceLink, close_wakeup, row_wakeup
 from .guard import Guard
 from .metrics import Metrics
 from .presence import PresenceService
-from .store.base import AuditEvent, CodeInvalid, NewMessage, Queued, Store, StoreUnavailable
+from .store.base import AuditEvent, CodeInvalid, DeviceLimit, NewMessage, Queued, Store, StoreUnavailable
 
 __all__ = ["Hub"]
 
@@ -82,6 +89,7 @@ SECURITY_ACTIONS = [
     "account.suspended",
     "account.unsuspended",
     "account.verified",
+    "account.deleted",
 ]
 #: How far back each poll of the audit log looks (ms): events are written
 #: in the background, so one may appear a little after its time.
@@ -130,13 +138,15 @@ class Hub:
 
     async def authenticate(self, session: ServerSession, frame: Auth, address: str) -> None:
         """Check an ``auth`` frame; raises AuthFailed, DeviceRevoked,
-        AccountSuspended, RateLimited or StorageUnavailable."""
-        await self.guard.attempt(address, frame.device)
+        AccountSuspended, RateLimited or StorageUnavailable. Earlier
+        failures never refuse a good signature (guard.py); a failure from an
+        address that has spent its failures is raised only after a pause."""
+        await self.guard.attempt(address)
         device = await self._store_call(self.store.get_device(frame.device))
         try:
             session.authenticate(frame, *((device.user_id, device.sign_pk) if device else (None, None)))
         except errors.AuthFailed as exc:
-            await self.guard.failed(address, frame.device, exc)
+            await asyncio.sleep(await self.guard.failed(address, frame.device, exc))
             raise
         assert device is not None
         if device.revoked:
@@ -159,19 +169,29 @@ class Hub:
 
     async def enroll(self, session: ServerSession, frame: Enroll, address: str) -> None:
         """Register the device of an ``enroll`` frame; raises AuthFailed,
-        InvalidCode, RateLimited or StorageUnavailable."""
-        await self.guard.attempt(address, None)
+        InvalidCode, TooManyDevices (the code left unused), RateLimited or
+        StorageUnavailable. From an address that has spent its failures,
+        the code is checked only after a pause (guard.py)."""
+        await self.guard.attempt(address)
         session.check_enroll(frame)
+        await asyncio.sleep(await self.guard.enroll_hold(address))
         try:
             device = await self._store_call(
                 self.store.enroll_device(
-                    code_hash(frame.code), frame.sign_pk, frame.box_pk, frame.label, now_ms()
+                    code_hash(frame.code),
+                    frame.sign_pk,
+                    frame.box_pk,
+                    frame.label,
+                    now_ms(),
+                    self.settings.max_devices,
                 )
             )
         except CodeInvalid:
             exc = errors.InvalidCode("code rejected")
-            await self.guard.failed(address, None, exc)
+            await asyncio.sleep(await self.guard.failed(address, None, exc))
             raise exc from None
+        except DeviceLimit:
+            raise errors.TooManyDevices("enrollment at the device cap") from None
         except ValueError:  # the signing key is already registered
             raise errors.AuthFailed("signing key already enrolled") from None
         await self._user_changed(device.user_id)
@@ -195,6 +215,7 @@ class Hub:
         device_id: str,
         send: Callable[[list[bytes]], Awaitable[None]],
         close: Callable[[int, str], Awaitable[None]],
+        caps: frozenset[str] = frozenset(),
     ) -> DeviceLink:
         """Register a freshly authenticated connection: its device channel and
         its presence. A previous connection of the same device, on any node,
@@ -206,7 +227,9 @@ class Hub:
             await self.broker.publish(channel, close_wakeup(errors.SessionReplaced))
         except BrokerUnavailable:
             pass  # an older connection elsewhere keeps a subscription that no one publishes to
-        link = DeviceLink(device_id, self.store, send, close, self.metrics.deliveries.inc)
+        link = DeviceLink(
+            device_id, self.store, send, close, self.metrics.deliveries.inc, refusals=CAP_REFUSALS in caps
+        )
         self._links[device_id] = link
         self._local.setdefault(user_id, set()).add(device_id)
         await self.broker.subscribe(channel, link.on_wakeup)
@@ -284,18 +307,40 @@ class Hub:
         return encode(Accepted(frame.id))
 
     async def ack(self, session: ServerSession, link: DeviceLink, frame: Ack) -> None:
+        """Forget the acked and refused rows; queue and announce the
+        receipts (SPEC §6.4, §6.5)."""
         assert session.device_id is not None
-        if not frame.seqs:
+        refused = {r.seq: r.reason for r in frame.refused or ()}
+        if not frame.seqs and not refused:
             return
         now = now_ms()
         receipts = await self._store_call(
-            self.store.ack(session.device_id, list(frame.seqs), now, now + self.settings.message_ttl_ms)
+            self.store.ack(
+                session.device_id, list(frame.seqs), now, now + self.settings.message_ttl_ms, refused
+            )
         )
-        link.acked(frame.seqs)
+        link.acked((*frame.seqs, *refused))
         self.metrics.acks.inc(len(frame.seqs))
+        if refused:
+            self.metrics.refusals.inc(len(refused))
         await self.wake(_wakeups(receipts))
 
-    async def lookup(self, frame: Lookup) -> bytes:
+    async def requester(self, session: ServerSession) -> Account:
+        """The requester's account, if this device may make requests: an
+        attested device of a verified, unsuspended account (SPEC §11.4).
+        Raises NotVerified (after reloading a cached refusal) or
+        StorageUnavailable."""
+        assert session.user_id is not None and session.device_id is not None
+        now = now_ms()
+        for refresh in (False, True):
+            account = await self._store_call(self.accounts.get(session.user_id, refresh=refresh))
+            if account is not None and account.may_send(session.device_id, now):
+                return account
+        raise errors.NotVerified(session.device_id)
+
+    async def lookup(self, session: ServerSession, frame: Lookup) -> bytes:
+        """A verified, unsuspended clinician (or the requester's own account)
+        and their active devices, attested ones first (SPEC §11.3)."""
         if frame.user is not None:
             user_id = frame.user
         elif frame.rpps is not None:
@@ -306,9 +351,12 @@ class Hub:
         else:
             raise errors.UnknownUser("lookup names nobody")
         account = await self._store_call(self.accounts.get(user_id, refresh=True))
-        if account is None:
-            raise errors.UnknownUser("no such user")
+        if account is None or (user_id != session.user_id and not account.verified(now_ms())):
+            raise errors.UnknownUser("no such user")  # hidden like one that does not exist
         user = account.user
+        # Attested first (sorted is stable: oldest first within each); at most
+        # what a lookup_ok carries, for accounts from before the device cap.
+        listed = sorted(account.devices, key=lambda d: d.device_id not in account.targets)
         return encode(
             LookupOk(
                 rid=frame.rid,
@@ -317,7 +365,9 @@ class Hub:
                 rpps=user.rpps,
                 profession=user.profession,
                 organisation=user.organisation,
-                devices=tuple(DeviceInfo(d.device_id, d.sign_pk, d.box_pk) for d in account.devices),
+                devices=tuple(
+                    DeviceInfo(d.device_id, d.sign_pk, d.box_pk) for d in listed[:MAX_RECIPIENT_DEVICES]
+                ),
                 att=user.attestation,
             )
         )
@@ -350,7 +400,8 @@ class Hub:
         return encode(DevicesOk(frame.rid, entries))
 
     async def revoke(self, session: ServerSession, frame: Revoke) -> bytes:
-        """Revoke one of the requester's own devices (SPEC §11.4)."""
+        """Revoke one of the requester's own devices (SPEC §11.4); the caller
+        checked that the requester may (any device may revoke itself)."""
         assert session.user_id is not None
         account = await self._store_call(self.accounts.get(session.user_id, refresh=True))
         if account is None or frame.device not in {d.device_id for d in account.devices}:
@@ -370,10 +421,19 @@ class Hub:
         return encode(Ok(frame.rid))
 
     async def link_code(self, session: ServerSession, frame: LinkCode) -> bytes:
+        """A link code, if the user has room under the device cap (SPEC §5.3)."""
         assert session.user_id is not None
         code = new_code()
-        expires = now_ms() + int(self.settings.link_code_ttl_minutes * 60_000)
-        await self._store_call(self.store.add_enrollment_code(session.user_id, code_hash(code), expires))
+        now = now_ms()
+        expires = now + int(self.settings.link_code_ttl_minutes * 60_000)
+        try:
+            await self._store_call(
+                self.store.add_link_code(
+                    session.user_id, code_hash(code), expires, now, self.settings.max_devices
+                )
+            )
+        except DeviceLimit:
+            raise errors.TooManyDevices(session.user_id) from None
         log.info("link code issued", extra={"user": session.user_id, "device": session.device_id})
         return encode(LinkCodeOk(rid=frame.rid, code=code, expires=expires))
 
@@ -471,7 +531,7 @@ class Hub:
         self.accounts.forget(event.user_id)
         if event.action == "device.revoked" and event.device_id is not None:
             self._close_local(event.device_id, errors.DeviceRevoked)
-        elif event.action == "account.suspended":
+        elif event.action in ("account.suspended", "account.deleted"):
             for device_id in list(self._local.get(event.user_id, ())):
                 self._close_local(device_id, errors.AccountSuspended)
 

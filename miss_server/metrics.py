@@ -24,6 +24,15 @@ class Metrics:
         self.envelopes = Counter("miss_envelopes_stored_total", "Envelopes queued for devices", registry=r)
         self.deliveries = Counter("miss_frames_delivered_total", "deliver/delivered frames sent", registry=r)
         self.acks = Counter("miss_rows_acked_total", "Queued rows acked by devices", registry=r)
+        self.refusals = Counter(
+            "miss_messages_refused_total", "Messages a recipient device refused (SPEC §6.5)", registry=r
+        )
+        self.pending_refused = Counter(
+            "miss_pending_connections_refused_total",
+            "Connections closed before their handshake: too many not yet authenticated, by scope",
+            ["scope"],
+            registry=r,
+        )
         self.errors = Counter("miss_errors_total", "Errors sent to peers, by code", ["code"], registry=r)
         self.enrollments = Counter("miss_enrollments_total", "Devices enrolled", registry=r)
         self.throttled = Counter(

@@ -26,10 +26,13 @@ from protocol import attestation, crypto, errors
 from protocol.frames import (
     Accepted,
     Deliver,
+    DeviceInfo,
     Devices,
     DevicesOk,
     Enroll,
     Error,
+    Lookup,
+    LookupOk,
     Ok,
     Revoke,
     Search,
@@ -65,12 +68,37 @@ async def make_hub(tmp_path: Path) -> AsyncIterator[HubFactory]:
 async def send_text(sender: RawDevice, to: str, body: str) -> Accepted | Error:
     """Look both users up, seal for their devices, send; the hub's answer."""
     peer, own = await sender.lookup(to), await sender.lookup(sender.user_id)
+    return await send_sealed(sender, peer, own, body)
+
+
+async def send_sealed(sender: RawDevice, peer: LookupOk, own: LookupOk | None, body: str) -> Accepted | Error:
+    """Seal for the devices listed in ``peer`` and ``own``, send; the hub's answer."""
     frame = sender.message(peer, body, own)
     await sender.send_frame(frame)
     while True:  # deliveries to the sender may come first
         reply = await sender.recv()
         if isinstance(reply, (Accepted, Error)) and reply.id == frame.id:
             return reply
+
+
+async def listing(hub: HubServer, user_id: str) -> LookupOk:
+    """What a lookup of ``user_id`` would list, read from the store: the hub
+    no longer answers lookups from, or about, unverified users (SPEC §11.3),
+    and these tests need their devices to show what a send does."""
+    user = await hub.store.get_user(user_id)
+    assert user is not None
+    devices = await hub.store.user_devices(user_id)
+    info = tuple(DeviceInfo(d.device_id, d.sign_pk, d.box_pk) for d in devices)
+    return LookupOk(
+        0, user_id, user.name, user.rpps, user.profession, user.organisation, info, user.attestation
+    )
+
+
+async def refused_lookup(dev: RawDevice, user: str) -> str:
+    """The error code the hub answers a lookup of ``user`` by ``dev`` with."""
+    reply = await dev.ask(Lookup(rid=3, user=user))
+    assert isinstance(reply, Error) and reply.rid == 3, reply
+    return reply.code
 
 
 def run_admin(hub: HubServer, *args: str) -> None:
@@ -85,9 +113,12 @@ async def test_unverified_accounts_can_neither_send_nor_be_written_to(hub: HubSe
     alice = await enrolled(hub, "Alice", "10000000001", verified=False)
     bob = await enrolled(hub, "Bob", "10000000002")
 
-    reply = await send_text(alice, bob.user_id, "hello")
+    # Alice may not even look anyone up; nobody finds her.
+    assert await refused_lookup(alice, bob.user_id) == errors.NotVerified.code
+    assert await refused_lookup(bob, alice.user_id) == errors.UnknownUser.code
+    reply = await send_sealed(alice, await listing(hub, bob.user_id), None, "hello")
     assert isinstance(reply, Error) and reply.code == errors.NotVerified.code
-    reply = await send_text(bob, alice.user_id, "hello")
+    reply = await send_sealed(bob, await listing(hub, alice.user_id), await bob.lookup(bob.user_id), "hello")
     assert isinstance(reply, Error) and reply.code == errors.RecipientNotVerified.code
     assert await hub.store.count_pending(bob.device_id) == 0
     assert await hub.store.count_pending(alice.device_id) == 0
@@ -110,8 +141,11 @@ async def test_an_invalid_attestation_does_not_verify(hub: HubServer, flaw: str)
         impostor = crypto.DeviceKeys.generate()
         devices = [attestation.AttestedDevice(alice.device_id, impostor.sign_pk, impostor.box_pk)]
         await verify(hub.store, alice.user_id, devices=devices)
-    reply = await send_text(alice, bob.user_id, "hello")
+    reply = await send_sealed(alice, await listing(hub, bob.user_id), None, "hello")
     assert isinstance(reply, Error) and reply.code == errors.NotVerified.code
+    assert await refused_lookup(alice, alice.user_id) == errors.NotVerified.code
+    if flaw != "other device keys":  # then Alice is verified, but not her device
+        assert await refused_lookup(bob, alice.user_id) == errors.UnknownUser.code
 
 
 async def test_a_linked_device_is_no_target_until_verified_again(hub: HubServer) -> None:
@@ -129,7 +163,9 @@ async def test_a_linked_device_is_no_target_until_verified_again(hub: HubServer)
     assert await alice.recv() == Accepted(frame.id)
     assert isinstance(await bob.recv(), Deliver)
     assert await hub.store.count_pending(laptop.device_id) == 0
-    reply = await send_text(laptop, alice.user_id, "from the laptop")
+    reply = await send_sealed(
+        laptop, await listing(hub, alice.user_id), await listing(hub, bob.user_id), "from the laptop"
+    )
     assert isinstance(reply, Error) and reply.code == errors.NotVerified.code
     await bob.send_frame(Devices(rid=4))
     listed = await bob.recv()
@@ -200,7 +236,9 @@ async def test_a_suspended_account_is_disconnected_and_cannot_authenticate(hub: 
         Error("account_suspended", errors.AccountSuspended.message, fatal=True),
         errors.AccountSuspended.close_code,
     )
-    reply = await send_text(bob, alice.user_id, "are you there?")
+    assert await refused_lookup(bob, alice.user_id) == errors.UnknownUser.code  # hidden
+    own = await bob.lookup(bob.user_id)
+    reply = await send_sealed(bob, await listing(hub, alice.user_id), own, "are you there?")
     assert isinstance(reply, Error) and reply.code == errors.RecipientNotVerified.code
 
     await asyncio.to_thread(run_admin, hub, "unsuspend", alice.user_id)
@@ -331,24 +369,31 @@ async def test_a_device_over_its_budget_is_told_when_to_retry(make_hub: HubFacto
     assert Accepted(resend.id) in answers
 
 
-async def test_guessing_a_device_key_is_throttled_and_audited(make_hub: HubFactory) -> None:
+async def test_failed_authentications_slow_the_guesser_not_the_device(make_hub: HubFactory) -> None:
+    """SPEC §11.5: failures naming a device id never lock that device out."""
     hub = await make_hub(rate_failed_auth="5/min burst 5")
     alice = await enrolled(hub, "Alice", "10000000001")
     await alice.close()
     thief = RawDevice(hub.url, device_id=alice.device_id)  # the device id, not the key
     for _ in range(5):
         assert (await thief.auth_refused())[1] == errors.AuthFailed.close_code
-    error, close = await thief.auth_refused()
-    assert close == 1008 and error is not None and error.code == "rate_limited" and error.retry_after
-    # The device id is locked for a while, even with the right key.
-    assert (await alice.auth_refused())[1] == 1008
+    started = time.monotonic()
+    assert (await thief.auth_refused())[1] == errors.AuthFailed.close_code
+    slowed = time.monotonic() - started
+    assert slowed >= 1.0, slowed  # the guesser's failures now come after a pause
+    # The device itself, with its key, gets in at once.
+    started = time.monotonic()
+    assert (await alice.auth()).device == alice.device_id
+    assert time.monotonic() - started < 0.5
     await hub.audit.flush()
-    events = await hub.store.audit_log(actions=["auth.failed", "auth.throttled"])
-    assert [e.action for e in events] == ["auth.failed"] * 5 + ["auth.throttled"]
+    events = await hub.store.audit_log(actions=["auth.failed"])
+    assert len(events) >= 5
     assert all(e.device_id == alice.device_id and e.address == "127.0.0.1" for e in events)
 
 
-async def test_guessing_enrollment_codes_is_throttled_and_audited(make_hub: HubFactory) -> None:
+async def test_wrong_enrollment_codes_hold_the_address_without_refusing_a_good_code(
+    make_hub: HubFactory,
+) -> None:
     hub = await make_hub(rate_failed_auth="3/min burst 3")
     _, real_code = await invite(hub, "Alice", "10000000001")
     guesser = RawDevice(hub.url)
@@ -359,13 +404,12 @@ async def test_guessing_enrollment_codes_is_throttled_and_audited(make_hub: HubF
         sig = keys.sign(crypto.enroll_message(guesser.nonce, code, keys.sign_pk, keys.box_pk))
         await guesser.send_frame(Enroll(1, code, keys.sign_pk, keys.box_pk, "", sig))
         assert (await guesser.until_closed(5))[1] == errors.InvalidCode.close_code
-    # Even the real code is not tried now, from this address.
-    await guesser.open()
-    keys = guesser.keys
-    sig = keys.sign(crypto.enroll_message(guesser.nonce, real_code, keys.sign_pk, keys.box_pk))
-    await guesser.send_frame(Enroll(1, real_code, keys.sign_pk, keys.box_pk, "", sig))
-    error, close = await guesser.until_closed(5)
-    assert close == 1008 and error is not None and error.code == "rate_limited"
+    # A clinician behind the same address (a hospital's NAT) with the real
+    # code is held a moment, then enrolled.
+    clinician = RawDevice(hub.url)
+    started = time.monotonic()
+    welcome = await clinician.enroll(real_code)
+    assert welcome.user and time.monotonic() - started >= 1.0
     await hub.audit.flush()
     events = await hub.store.audit_log(actions=["enroll.failed", "auth.throttled"])
     assert [e.action for e in events] == ["enroll.failed"] * 3 + ["auth.throttled"]
@@ -398,9 +442,9 @@ async def test_admin_commands_write_the_audit_log(
     )
     dev = RawDevice(hub.url)
     await dev.enroll(invited["code"])
-    assert isinstance(await send_text(dev, bob.user_id, "too early"), Error)
+    assert isinstance(await send_sealed(dev, await listing(hub, bob.user_id), None, "too early"), Error)
     await hub.audit.flush()
-    verified = await run("verify", "10000000009", "--key-file", str(key_file))
+    verified = await run("verify", "10000000009", "--key-file", str(key_file), "--device", dev.device_id)
     assert verified["devices"] == [dev.device_id]
     assert isinstance(await send_text(dev, bob.user_id, "verified now"), Accepted)
 

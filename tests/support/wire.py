@@ -33,6 +33,7 @@ from protocol.frames import (
     Lookup,
     LookupOk,
     Presence,
+    Refused,
     Send,
     Welcome,
     decode,
@@ -157,18 +158,24 @@ class RawDevice:
         )
         return await self.until_closed(5)
 
-    async def lookup(self, user: str) -> LookupOk:
-        """Look ``user`` up; deliveries that arrive first are held for :meth:`recv`."""
-        await self.send_frame(Lookup(rid=1, user=user))
+    async def ask(self, frame: Frame) -> Frame:
+        """Send a request; its answer (or error). Deliveries, receipts and
+        presence pushes that arrive first are held for :meth:`recv`."""
+        await self.send_frame(frame)
         skipped = []
         while True:
             reply = await self.recv()
-            if isinstance(reply, (Deliver, Delivered, Presence)):
+            if isinstance(reply, (Deliver, Delivered, Refused, Presence)):
                 skipped.append(reply)
                 continue
             self.held[:0] = skipped
-            assert isinstance(reply, LookupOk), reply
             return reply
+
+    async def lookup(self, user: str) -> LookupOk:
+        """Look ``user`` up (the hub must answer ``lookup_ok``)."""
+        reply = await self.ask(Lookup(rid=1, user=user))
+        assert isinstance(reply, LookupOk), reply
+        return reply
 
     def message(self, to: LookupOk, body: str, own: LookupOk | None = None, mid: bytes | None = None) -> Send:
         """A ``send`` sealing ``body`` for every device of ``to`` and of ``own``

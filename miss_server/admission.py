@@ -1,0 +1,218 @@
+"""Admission of new connections: caps on connections that have not
+authenticated yet (SPEC §2, "Connections before authentication").
+
+Theory of operation
+-------------------
+A connection that has not authenticated costs the hub a socket and a file
+descriptor while it does nothing for anyone: a thousand silent ones from one
+address once took every descriptor a hub had, and every clinician's next
+connection with them. :class:`PendingGate` counts such connections, per
+client address and in all, and refuses one past either cap:
+
+* at TCP accept (:class:`GatedConnection`, the hub's WebSocket connection
+  class), before a byte is read: the connection is aborted, it never reaches
+  the handshake, nothing is logged for it (a metric counts it). The address
+  is the TCP peer's;
+* behind a trusted reverse proxy every TCP peer is the proxy, so there the
+  per-address cap waits for the HTTP request, which names the client
+  (``X-Forwarded-For``): :meth:`PendingGate.admit_forwarded` answers before
+  the WebSocket handshake, and the hub refuses with HTTP 503.
+
+A connection leaves the count when it authenticates (:meth:`settle`) or
+closes, whichever comes first.
+
+:func:`raise_open_file_limit` lifts the process's soft limit on open files
+to its hard limit at start, and :func:`effective_pending_cap` keeps the
+overall cap at a quarter of what the process may open, so that pending
+connections can never take the descriptors authenticated ones need.
+:class:`AcceptErrorFilter` makes asyncio's "out of system resource" errors,
+which it logs with a traceback at every failed accept, one line per ten
+seconds with a count.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import resource
+import time
+from collections.abc import Callable
+from typing import Any, cast
+
+from websockets.asyncio.server import ServerConnection
+
+__all__ = [
+    "AcceptErrorFilter",
+    "GatedConnection",
+    "PendingGate",
+    "effective_pending_cap",
+    "raise_open_file_limit",
+]
+
+log = logging.getLogger("miss.admission")
+
+
+class PendingGate:
+    """Counts connections not authenticated yet, per address and in all."""
+
+    def __init__(
+        self, per_address: int, total: int, on_refused: Callable[[str], None] = lambda scope: None
+    ) -> None:
+        self.per_address = per_address
+        self.total = total
+        self._on_refused = on_refused
+        self._by_address: dict[str, int] = {}
+        self._count = 0
+
+    @property
+    def pending(self) -> int:
+        return self._count
+
+    def admit(self, address: str | None) -> bool:
+        """Count one more pending connection (from ``address``; None: count
+        it in the total only); False, counting nothing, past a cap."""
+        if self._count >= self.total:
+            self._on_refused("total")
+            return False
+        if address is not None:
+            n = self._by_address.get(address, 0)
+            if n >= self.per_address:
+                self._on_refused("address")
+                return False
+            self._by_address[address] = n + 1
+        self._count += 1
+        return True
+
+    def admit_forwarded(self, address: str) -> bool:
+        """The per-address cap for a connection already counted in the total
+        (behind a proxy); False, counting nothing, past it."""
+        n = self._by_address.get(address, 0)
+        if n >= self.per_address:
+            self._on_refused("address")
+            return False
+        self._by_address[address] = n + 1
+        return True
+
+    def release(self, address: str | None, *, counted: bool = True) -> None:
+        """Forget one pending connection: of ``address`` (if given) and, if
+        ``counted``, of the total."""
+        if counted:
+            self._count -= 1
+        if address is not None:
+            n = self._by_address.get(address, 0) - 1
+            if n > 0:
+                self._by_address[address] = n
+            else:
+                self._by_address.pop(address, None)
+
+
+class GatedConnection(ServerConnection):
+    """The hub's WebSocket connection: counted by a :class:`PendingGate`
+    from TCP accept until it authenticates or closes. Build it with
+    :meth:`factory`."""
+
+    gate: PendingGate
+    by_peer: bool  # count per TCP peer address (False behind a trusted proxy)
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._pending = False
+        self._pending_address: str | None = None
+        self._forwarded_address: str | None = None
+        self._refused = False
+
+    @classmethod
+    def factory(cls, gate: PendingGate, *, by_peer: bool) -> type[GatedConnection]:
+        """A subclass bound to ``gate``, for ``serve(create_connection=...)``."""
+        return type("HubConnection", (cls,), {"gate": gate, "by_peer": by_peer})
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        peer = transport.get_extra_info("peername")
+        address = str(peer[0]) if peer and self.by_peer else None
+        if not self.gate.admit(address):
+            # Before the handshake exists: no handler task, nothing to log.
+            self._refused = True
+            cast(asyncio.Transport, transport).abort()
+            return
+        self._pending, self._pending_address = True, address
+        super().connection_made(transport)
+
+    def admit_forwarded(self, address: str) -> bool:
+        """Behind a proxy: the per-address cap, once the request names the client."""
+        if not self._pending or self._forwarded_address is not None:
+            return True
+        if not self.gate.admit_forwarded(address):
+            return False
+        self._forwarded_address = address
+        return True
+
+    def settle(self) -> None:
+        """The connection authenticated (or is done): it no longer counts. Idempotent."""
+        if self._pending:
+            self._pending = False
+            self.gate.release(self._pending_address)
+            if self._forwarded_address is not None:
+                self.gate.release(self._forwarded_address, counted=False)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self._refused:
+            return  # connection_made stopped before the connection existed
+        self.settle()
+        super().connection_lost(exc)
+
+
+def raise_open_file_limit() -> int:
+    """Lift the soft limit on open files to the hard one; returns the soft
+    limit now in force."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY or soft < hard:
+        target = hard if hard != resource.RLIM_INFINITY else max(soft, 1 << 20)
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+            soft = target
+        except (ValueError, OSError) as exc:
+            log.warning("could not raise the open-file limit", extra={"soft": soft, "error": str(exc)})
+    return soft
+
+
+def effective_pending_cap(configured: int) -> int:
+    """``configured``, at most a quarter of this process's open-file limit."""
+    soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    if soft == resource.RLIM_INFINITY:
+        return configured
+    return max(1, min(configured, soft // 4))
+
+
+class AcceptErrorFilter:
+    """An event loop exception handler: accept failures for lack of
+    resources (EMFILE, ENFILE, ENOBUFS, ENOMEM), which asyncio reports with a
+    traceback each time it retries, become one warning per ``interval``
+    seconds with the count; everything else goes to ``previous``."""
+
+    def __init__(
+        self,
+        previous: Callable[[asyncio.AbstractEventLoop, dict[str, Any]], object] | None,
+        interval: float = 10.0,
+    ) -> None:
+        self.previous = previous
+        self._interval = interval
+        self._last = -interval
+        self._folded = 0
+
+    def __call__(self, loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+        if str(context.get("message", "")).startswith("socket.accept() out of system resource"):
+            now = time.monotonic()
+            if now - self._last < self._interval:
+                self._folded += 1
+                return
+            error = context.get("exception")
+            log.warning(
+                "cannot accept connections: out of system resources",
+                extra={"error": str(error), "since_last": self._folded},
+            )
+            self._last, self._folded = now, 0
+            return
+        if self.previous is not None:
+            self.previous(loop, context)
+        else:
+            loop.default_exception_handler(context)
