@@ -10,7 +10,8 @@ one background *reader* task that owns ``recv``:
   ``ok``/``watching`` and ``error`` frames by ``rid``, ``accepted`` and
   ``error`` frames by message ``id``, each to a future the caller awaits,
   whatever else arrives in between;
-* ``deliver`` and ``delivered`` frames go, untouched, to an incoming queue;
+* ``deliver``, ``delivered`` and ``refused`` frames go, untouched, to an
+  incoming queue;
 * presence (SPEC §6.7) is applied by the reader itself, in arrival order:
   a ``watching`` answer replaces the presence cache (:meth:`Client.presence`)
   with its snapshot, and a ``presence`` push updates it and, if it changed
@@ -20,15 +21,19 @@ one background *reader* task that owns ``recv``:
   overwritten by it;
 * a fatal ``error`` frame or a close ends the connection: every waiting
   future and every later call raises the :mod:`protocol.errors` exception the
-  hub named (or ConnectionLost).
+  hub named (or ConnectionLost);
+* a frame that does not decode does not end the connection: if it names a
+  ``rid`` or an ``id``, that request fails (ConnectionFailed), otherwise it
+  is logged and skipped. A hub's bad answer about one sender must never
+  stop the client from reading the rest of its queue.
 
 Incoming frames are decrypted, checked, stored and acked by whoever consumes
 them (:meth:`Client.events`, :meth:`Client.receive`, :meth:`Client.drain`),
 not by the reader: opening an envelope may need a ``lookup`` of the sender,
 whose answer the reader must stay free to route. The policy (store, then
-ack; drop duplicates by id; ack and drop, with a logged warning, envelopes
-that do not open or fail the SPEC §6.3 checks) lives in
-:mod:`miss_client.inbox`. Only one consumer should read events at a time.
+ack; drop duplicates by id; refuse, with a logged warning, what does not
+open or fails the SPEC §6.3 checks; hold what cannot be decided yet) lives
+in :mod:`miss_client.inbox`. Only one consumer should read events at a time.
 
 Verified clinicians (SPEC §11.2): every ``lookup_ok`` is checked before
 anything is encrypted. :meth:`Client.lookup` verifies the attestation with
@@ -55,9 +60,13 @@ status, watch).
 
 Receiving: a ``deliver`` is opened only with the keys of a target device of
 its sender (attested, same keys); anything else (an unverified sender, a
-device the attestation does not name, substituted keys) is acked and
-dropped with a logged warning. A pending key change does not stop
-receiving: the device is the authority's word, and the user was warned.
+device the attestation does not name, substituted keys) is refused, and the
+sender's devices are told so (SPEC §6.5). A pending key change does not
+stop receiving: the device is the authority's word, and the user was warned.
+
+The client names the capabilities it speaks (``connection.CLIENT_CAPS``) in
+its ``auth``; :attr:`Client.hub_authority` and :attr:`Client.hub_caps` hold
+what the hub's ``challenge`` announced.
 """
 
 from __future__ import annotations
@@ -70,6 +79,7 @@ from collections.abc import AsyncIterator, Callable, Iterable
 from contextlib import asynccontextmanager
 from dataclasses import replace
 
+import msgpack
 from websockets.asyncio.client import ClientConnection
 from websockets.exceptions import ConnectionClosed
 
@@ -86,7 +96,7 @@ from protocol.errors import (
     UnknownUser,
 )
 
-from .connection import close_error, error_from_frame, handshake, open_websocket
+from .connection import CLIENT_CAPS, close_error, error_from_frame, handshake, open_websocket
 from .errors import (
     BadRecipient,
     ClientError,
@@ -122,6 +132,8 @@ __all__ = ["Client", "RetryPolicy"]
 log = logging.getLogger("miss_client")
 
 _CLOSED = object()  # queued by the reader when the connection has ended
+#: An RPPS number (répertoire partagé des professionnels de santé) has 11 digits.
+RPPS_DIGITS = 11
 #: Acks wait this long (s) for others to share their frame ... Each ack
 #: frame costs the hub a read and a store call; the only thing that waits is
 #: the sender's "delivered" tick, for which a fifth of a second is nothing.
@@ -163,6 +175,7 @@ class Client:
         *,
         request_timeout: float = 30.0,
         retry: RetryPolicy | None = None,
+        challenge: f.Challenge | None = None,
     ) -> None:
         self.profile = profile
         self.state = state
@@ -186,10 +199,18 @@ class Client:
         self._terminal: Exception | None = None
         self._closing = False
         self._reader: asyncio.Task[None] | None = None
+        #: The verification authority key the hub announced (SPEC §5.1), if
+        #: any: when it differs from the profile's, every clinician will
+        #: look unverified to this client (tell the user).
+        self.hub_authority: bytes | None = challenge.authority if challenge else None
+        #: The capabilities the hub announced (SPEC §10).
+        self.hub_caps: frozenset[str] = frozenset(challenge.caps or ()) if challenge else frozenset()
         self._acks: list[int] = []
+        self._refusals: list[f.Refusal] = []
         self._ack_timer: asyncio.TimerHandle | None = None
         self._ack_task: asyncio.Future[None] | None = None
-        self._inbox = Inbox(state, profile.keys, profile.user_id, self._sender_device, self._ack)
+        refuse = self._refuse if f.CAP_REFUSALS in self.hub_caps else None
+        self._inbox = Inbox(state, profile.keys, profile.user_id, self._sender_device, self._ack, refuse)
 
     # --- life cycle ------------------------------------------------------------
 
@@ -217,11 +238,11 @@ class Client:
         ws = await open_websocket(url or profile.server, open_timeout)
         try:
 
-            def answer(nonce: bytes) -> f.Auth:
-                sig = profile.keys.sign(crypto.auth_message(nonce, profile.device_id))
-                return f.Auth(v=f.PROTOCOL_VERSION, device=profile.device_id, sig=sig)
+            def answer(challenge: f.Challenge) -> f.Auth:
+                sig = profile.keys.sign(crypto.auth_message(challenge.nonce, profile.device_id))
+                return f.Auth(v=f.PROTOCOL_VERSION, device=profile.device_id, sig=sig, caps=CLIENT_CAPS)
 
-            welcome = await handshake(ws, answer, open_timeout)
+            challenge, welcome = await handshake(ws, answer, open_timeout)
             if (welcome.user, welcome.device) != (profile.user_id, profile.device_id):
                 raise ConnectionFailed("the hub welcomed another device than this profile's")
             own_state = state is None
@@ -229,7 +250,7 @@ class Client:
         except BaseException:
             await ws.close()
             raise
-        client = cls(ws, profile, local, request_timeout=request_timeout, retry=retry)
+        client = cls(ws, profile, local, request_timeout=request_timeout, retry=retry, challenge=challenge)
         client._reader = asyncio.create_task(client._read_loop(), name="miss-client-reader")
         try:
             yield client
@@ -267,11 +288,16 @@ class Client:
             async for data in self._ws:
                 if isinstance(data, str):
                     raise ConnectionFailed("the hub sent a text frame")
-                self._dispatch(f.decode(data, f.SERVER_FRAMES))
+                try:
+                    frame = f.decode(data, f.SERVER_FRAMES)
+                except ProtocolError as exc:
+                    self._unreadable(data, exc)
+                    continue
+                self._dispatch(frame)
         except ConnectionClosed:
             pass
-        except (ProtocolError, ConnectionFailed) as exc:
-            log.warning("closing: the hub sent an invalid frame (%s)", type(exc).__name__)
+        except ConnectionFailed as exc:
+            log.warning("closing: the hub sent a text frame")
             self._terminal = exc
             await self._ws.close(4400, "malformed_frame")
         finally:
@@ -290,8 +316,29 @@ class Client:
                     sending.set_exception(self._terminal)
             self._incoming.put_nowait(_CLOSED)
 
+    def _unreadable(self, data: bytes, exc: ProtocolError) -> None:
+        """A frame that does not decode (e.g. a ``lookup_ok`` listing more
+        devices than SPEC §2 allows): the request it answers fails, if it
+        names one; the connection goes on either way."""
+        try:
+            m = msgpack.unpackb(data, raw=False)
+        except Exception:
+            m = None
+        rid = m.get("rid") if isinstance(m, dict) else None
+        mid = m.get("id") if isinstance(m, dict) else None
+        kind = m.get("t") if isinstance(m, dict) else None
+        failed = ConnectionFailed(f"the hub's answer could not be read ({exc.code})")
+        target: asyncio.Future[f.Frame] | asyncio.Future[f.Accepted] | None = None
+        if type(rid) is int:
+            target = self._requests.get(rid)
+        elif type(mid) is bytes and kind in ("accepted", "error"):
+            target = self._sends.get(mid)
+        if target is not None and not target.done():
+            target.set_exception(failed)
+        log.warning("ignoring a %r frame from the hub that does not decode (%s)", kind, exc.code)
+
     def _dispatch(self, frame: f.Frame) -> None:
-        if isinstance(frame, f.Deliver | f.Delivered):
+        if isinstance(frame, f.Deliver | f.Delivered | f.Refused):
             self._incoming.put_nowait(frame)
         elif isinstance(frame, f.Presence):
             self._on_presence(frame)
@@ -426,11 +473,20 @@ class Client:
         pins); raises UnverifiedPeer."""
         own = reply.user == self.user_id
         checked = check_lookup(reply, self.profile.authority, _now_ms(), own=own, rpps=rpps)
+        if checked.not_before < self.state.attestation_floor(reply.user):
+            raise UnverifiedPeer(
+                reply.user,
+                "stale",
+                "the hub served an attestation older than one already seen (a revoked device?)",
+                own=own,
+            )
         peer, substitutes = checked.peer, list(checked.substitutes)
         trusted = None
         if own:
             trusted = f.DeviceInfo(self.device_id, self.profile.keys.sign_pk, self.profile.keys.box_pk)
-        seen = self.state.observe_peer(peer, checked.attested, substitutes, trusted=trusted)
+        seen = self.state.observe_peer(
+            peer, checked.attested, substitutes, trusted=trusted, attested_from=checked.not_before
+        )
         peer = replace(peer, verified=seen.verified, pending=seen.pending)
         if substitutes:
             log.warning(
@@ -443,11 +499,14 @@ class Client:
         return peer
 
     async def resolve(self, recipient: str, *, refresh: bool = False) -> Peer:
-        """Look up a recipient given as an RPPS number (digits) or a user id (``u_...``)."""
+        """Look up a recipient given as an RPPS number (11 digits) or a user
+        id (``u_...``); raises BadRecipient for anything else."""
         recipient = recipient.strip()
         if is_user_id(recipient):
             return await self.lookup(user=recipient, refresh=refresh)
         if is_rpps(recipient):
+            if len(recipient) != RPPS_DIGITS:
+                raise BadRecipient(f"an RPPS number has {RPPS_DIGITS} digits, not {len(recipient)}")
             return await self.lookup(rpps=recipient, refresh=refresh)
         raise BadRecipient(f"{recipient!r} is neither an RPPS number nor a user id (u_...)")
 
@@ -649,17 +708,24 @@ class Client:
         pinned and the change was not accepted. In both cases nothing is
         encrypted and nothing recorded.
 
-        Raises BadRecipient, UnknownUser, NoDevices, MessageTooLarge, the last
+        Raises ValueError for an empty message, BadRecipient (also for
+        ourselves), UnknownUser (nobody, or nobody verified: SPEC §11.3),
+        NotVerified (this device may not look anyone up: not attested),
+        NoDevices, MessageTooLarge, the last
         retryable error once :attr:`retry` is exhausted, RequestTimeout,
         ConnectionLost or a fatal :mod:`protocol.errors` exception. After
         RequestTimeout or ConnectionLost the message stays ``pending``: it
         may have been accepted, and :meth:`resend_pending` finds out.
         """
+        if not text.strip():
+            raise ValueError("empty message: nothing to send")
         if message_id is None:
             message_id = crypto.new_message_id()
         elif len(message_id) != 16:
             raise ValueError("a message id is 16 bytes")
         peer = await self.resolve(to)
+        if peer.user == self.user_id:
+            raise BadRecipient("you cannot send a message to yourself")
         self._check_sendable(peer, await self.lookup(user=self.user_id))
         plaintext = crypto.Plaintext(message_id, self.user_id, peer.user, _now_ms(), kind, text)
         self.state.record_outgoing(message_id, peer.user, plaintext.sent_at, kind, text)
@@ -776,7 +842,7 @@ class Client:
                 raise self._terminal
             if isinstance(item, PresenceChanged):
                 return item
-            assert isinstance(item, f.Deliver | f.Delivered)
+            assert isinstance(item, f.Deliver | f.Delivered | f.Refused)
             event = await self._inbox.process(item)
             if event is not None:
                 return event
@@ -834,9 +900,11 @@ class Client:
             if found is None:
                 found = (await self.lookup(user=user, refresh=True)).device(device)
         except UnknownUser:
-            raise Undecryptable("sender is not in the directory") from None
+            raise Undecryptable("sender is not in the directory", "sender_unverified") from None
         except UnverifiedPeer as exc:
-            raise Undecryptable(f"sender is not a verified clinician ({exc.reason})") from None
+            raise Undecryptable(
+                f"sender is not a verified clinician ({exc.reason})", "sender_unverified"
+            ) from None
         return found
 
     async def _ack(self, seq: int) -> None:
@@ -845,7 +913,15 @@ class Client:
         wait: one frame for a burst instead of one per message, which the
         hub feels; only the sender's receipt waits, a fraction of a second."""
         self._acks.append(seq)
-        if len(self._acks) >= ACK_BATCH:
+        await self._acks_queued()
+
+    async def _refuse(self, seq: int, reason: str) -> None:
+        """Queue a refusal (SPEC §6.5); it leaves with the acks."""
+        self._refusals.append(f.Refusal(seq, reason))
+        await self._acks_queued()
+
+    async def _acks_queued(self) -> None:
+        if len(self._acks) >= ACK_BATCH or len(self._refusals) >= f.MAX_ACK_REFUSALS:
             await self._flush_acks()
         elif self._ack_timer is None:
             self._ack_timer = asyncio.get_running_loop().call_later(ACK_DELAY, self._acks_due)
@@ -859,11 +935,13 @@ class Client:
             self._ack_timer.cancel()
             self._ack_timer = None
         seqs, self._acks = self._acks, []
-        if not seqs:
+        refused, self._refusals = self._refusals, []
+        if not seqs and not refused:
             return
         # Best effort: an ack lost with the connection means a redelivery,
-        # which the seen table drops.
+        # which the seen table drops (and a refusal, another refusal).
+        frame = f.Ack(seqs=tuple(seqs), refused=tuple(refused) if refused else None)
         try:
-            await self._send_bytes(f.encode(f.Ack(seqs=tuple(seqs))))
+            await self._send_bytes(f.encode(frame))
         except (ConnectionLost, ProtocolError, ClientError) as exc:
-            log.debug("ack of %d seqs not sent: %s", len(seqs), type(exc).__name__)
+            log.debug("ack of %d seqs not sent: %s", len(seqs) + len(refused), type(exc).__name__)

@@ -4,9 +4,12 @@ Theory of operation
 -------------------
 :func:`open_websocket` opens the WebSocket with the ``miss.v1`` subprotocol
 and turns every way it can fail (bad URL, refused, TLS, HTTP status, no
-subprotocol) into :class:`~miss_client.errors.ConnectionFailed`.
+subprotocol) into :class:`~miss_client.errors.ConnectionFailed`. It refuses
+``ws://`` to any host but this machine's loopback (SPEC §2): without TLS a
+man in the middle reads the metadata and answers for the hub.
 :func:`handshake` then reads the hub's ``challenge``, sends the answer built
-from its nonce (an ``auth`` or an ``enroll`` frame) and returns the
+from it (an ``auth`` or an ``enroll`` frame, naming the capabilities this
+client speaks, ``CLIENT_CAPS``) and returns the challenge and the
 ``welcome``; an ``error`` frame or a close surfaces as the
 :mod:`protocol.errors` exception it names (:func:`close_error`).
 
@@ -15,15 +18,18 @@ with an invitation or link code and writes the profile, with the
 verification authority's public key the administrator gave along with the
 code (SPEC §11.1). It checks that the profile can be written, that the
 passphrase is acceptable and that the authority key is well formed
-*before* spending the code, since a code is single-use.
+*before* spending the code, since a code is single-use, and that the hub
+announces the same authority key as the one given (SPEC §5.1).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
 from collections.abc import Callable
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus, InvalidURI
@@ -31,6 +37,7 @@ from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidSta
 from protocol import crypto
 from protocol.errors import FatalError, MissingDevices, ProtocolError, UnsupportedVersion, error_class
 from protocol.frames import (
+    CAP_REFUSALS,
     MAX_FRAME_BYTES,
     MAX_ID_CHARS,
     PROTOCOL_VERSION,
@@ -45,7 +52,7 @@ from protocol.frames import (
     encode,
 )
 
-from .errors import ConnectionFailed, ConnectionLost, MessageTooLarge
+from .errors import AuthorityMismatch, ConnectionFailed, ConnectionLost, MessageTooLarge
 from .profile import (
     KDF_MODERATE,
     KdfParams,
@@ -57,6 +64,7 @@ from .profile import (
 )
 
 __all__ = [
+    "CLIENT_CAPS",
     "MAX_INCOMING_BYTES",
     "close_error",
     "enroll",
@@ -68,10 +76,27 @@ __all__ = [
 #: Largest frame we accept from the hub. A ``deliver`` carries one envelope of
 #: a ``send`` that fit in MAX_FRAME_BYTES, plus a small header, so allow slack.
 MAX_INCOMING_BYTES = 2 * MAX_FRAME_BYTES
+#: The capabilities this client speaks (SPEC §10), named in ``auth``/``enroll``.
+CLIENT_CAPS = (CAP_REFUSALS,)
+
+
+def _loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 async def open_websocket(url: str, open_timeout: float = 10.0) -> ClientConnection:
-    """Open a WebSocket speaking ``miss.v1``; raises ConnectionFailed."""
+    """Open a WebSocket speaking ``miss.v1``; raises ConnectionFailed (also
+    for ``ws://`` to a host that is not this machine: SPEC §2)."""
+    parts = urlsplit(url)
+    if parts.scheme == "ws" and not _loopback(parts.hostname or ""):
+        raise ConnectionFailed(
+            f"refusing {url}: ws:// (without TLS) is only for a hub on this machine; use wss://"
+        )
     try:
         ws = await connect(
             url,
@@ -170,9 +195,10 @@ async def recv_frame(ws: ClientConnection) -> Frame:
 
 
 async def handshake(
-    ws: ClientConnection, answer: Callable[[bytes], Frame], time_limit: float = 10.0
-) -> Welcome:
-    """Read the challenge, send ``answer(nonce)``, return the ``welcome``.
+    ws: ClientConnection, answer: Callable[[Challenge], Frame], time_limit: float = 10.0
+) -> tuple[Challenge, Welcome]:
+    """Read the challenge, send ``answer(challenge)``, return the challenge
+    and the ``welcome``. ``answer`` may raise to send nothing.
 
     Raises the hub's error (AuthFailed, InvalidCode, UnsupportedVersion...),
     ConnectionLost, or ConnectionFailed for a hub that does not follow SPEC §4.
@@ -185,7 +211,7 @@ async def handshake(
             if challenge.v != PROTOCOL_VERSION:
                 raise UnsupportedVersion(f"hub speaks version {challenge.v}")
             try:
-                await ws.send(encode(answer(challenge.nonce)))
+                await ws.send(encode(answer(challenge)))
             except ConnectionClosed:
                 raise close_error(ws.close_code, ws.close_reason) from None
             welcome = await recv_frame(ws)
@@ -193,7 +219,7 @@ async def handshake(
         raise ConnectionFailed("the hub did not complete the handshake in time") from None
     if not isinstance(welcome, Welcome):
         raise ConnectionFailed(f"the hub sent {welcome.TYPE!r} instead of welcome")
-    return welcome
+    return challenge, welcome
 
 
 async def enroll(
@@ -217,8 +243,11 @@ async def enroll(
     ``welcome`` seals the keys, user id, device id, ``url`` and authority
     key into ``profile_dir`` under ``passphrase``. Raises ValueError (a
     malformed code, label or authority key), ProfileExists or
-    WeakPassphrase before any network traffic; InvalidCode (the code is
-    unknown, used or expired), ConnectionFailed or ConnectionLost after.
+    WeakPassphrase before any network traffic; AuthorityMismatch (the hub
+    announces another authority key: nothing was sent, the code is
+    unused), InvalidCode (the code is unknown, used or expired),
+    TooManyDevices (the account has all the devices it may; the code is
+    unused), ConnectionFailed or ConnectionLost after.
     """
     authority_pk = parse_authority(authority)
     code = code.strip()
@@ -232,8 +261,10 @@ async def enroll(
     check_can_create(profile_dir)
     keys = crypto.DeviceKeys.generate()
 
-    def answer(nonce: bytes) -> Enroll:
-        message = crypto.enroll_message(nonce, code, keys.sign_pk, keys.box_pk)
+    def answer(challenge: Challenge) -> Enroll:
+        if challenge.authority is not None and challenge.authority != authority_pk:
+            raise AuthorityMismatch(authority_pk, challenge.authority)
+        message = crypto.enroll_message(challenge.nonce, code, keys.sign_pk, keys.box_pk)
         return Enroll(
             v=PROTOCOL_VERSION,
             code=code,
@@ -241,12 +272,13 @@ async def enroll(
             box_pk=keys.box_pk,
             label=label,
             sig=keys.sign(message),
+            caps=CLIENT_CAPS,
         )
 
     try:
         ws = await open_websocket(url, open_timeout)
         try:
-            welcome = await handshake(ws, answer, open_timeout)
+            _, welcome = await handshake(ws, answer, open_timeout)
         finally:
             await ws.close()
     except BaseException:

@@ -18,6 +18,7 @@ The tree::
     │   └── AuthorityNotSet     the profile holds no verification authority key
     ├── UnverifiedPeer          a peer whose attestation does not verify: nothing is encrypted to it
     ├── KeyChangePending        a peer's attested keys differ from the pinned ones: accept them first
+    ├── AuthorityMismatch       enrolling: the hub uses another authority key than the one given
     ├── ConnectionFailed        could not open a MiSS connection (refused, TLS, HTTP status, no miss.v1)
     ├── ConnectionLost          the connection ended without a protocol error (network, hub shutdown)
     ├── RequestTimeout          the hub did not answer a request in time
@@ -32,10 +33,13 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from protocol.attestation import authority_fingerprint
+
 if TYPE_CHECKING:
     from .models import Peer, PeerChange
 
 __all__ = [
+    "AuthorityMismatch",
     "AuthorityNotSet",
     "BadRecipient",
     "ClientError",
@@ -104,6 +108,7 @@ class UnverifiedPeer(ClientError):
         "expired",
         "wrong_user",
         "device_not_attested",  # our own account is verified, but not this device (yet)
+        "stale",  # older than an attestation of theirs already seen: a hub replaying it
     )
 
     def __init__(self, user: str, reason: str, detail: str, *, own: bool = False) -> None:
@@ -130,6 +135,22 @@ class KeyChangePending(ClientError):
         self.peer = peer
         self.change = change
         self.own = own
+
+
+class AuthorityMismatch(ClientError):
+    """The hub announces another verification authority key than the one the
+    user was given (SPEC §5.1): enrolling with it would make every clinician
+    look unverified. Raised before the code is spent. ``given`` and ``hub``
+    are the two keys."""
+
+    def __init__(self, given: bytes, hub: bytes) -> None:
+        super().__init__(
+            "the authority key you were given (fingerprint "
+            f"{authority_fingerprint(given)}) is not the one this hub uses ({authority_fingerprint(hub)}): "
+            "check the key with your administrator; your code was not used"
+        )
+        self.given = given
+        self.hub = hub
 
 
 class ConnectionFailed(ClientError):

@@ -1,4 +1,5 @@
-"""Turning ``deliver``/``delivered`` frames into application events (SPEC §6.3, §6.4).
+"""Turning ``deliver``/``delivered``/``refused`` frames into application
+events (SPEC §6.3, §6.4, §6.5).
 
 Theory of operation
 -------------------
@@ -13,16 +14,26 @@ copied to this device (then it is flagged ``outgoing_copy``).
 frame in arrival order:
 
 1. a frame whose ``(from_user, id)`` was seen before is acked and dropped;
-2. an envelope that does not open or fails the checks is acked and dropped
-   with a logged warning (id and sender only, never content): it can only
-   come from a broken or hostile peer or hub, and an unacked frame would be
-   redelivered forever;
-3. otherwise the message is written to the local state, *then* acked, then
+2. a message this device cannot accept is **refused** (SPEC §6.3): the
+   sender is not a verified clinician for this device's authority key, or
+   the sending device is not one their attestation vouches for
+   (``sender_unverified``), or the envelope does not open or fails the
+   checks (``undecryptable``). The sender then sees "refused", never a
+   false "delivered". With a hub that does not know refusals, it is acked
+   and dropped instead, as before them. Either way a warning is logged
+   (id and sender only, never content);
+3. a message whose sender cannot be resolved *yet* (the lookup timed out,
+   the hub's answer could not be read, this device may not look anyone up
+   now) is **held**: neither acked nor refused, so the hub delivers it
+   again on the next connection, and reported as a
+   :class:`~miss_client.models.MessageHeld` event. The frames after it are
+   handled as usual: one sender never stops the queue;
+4. otherwise the message is written to the local state, *then* acked, then
    returned. A crash between the two steps means a redelivery, which rule 1
    drops, so the user sees each message once.
 
-Receipts follow the same store-then-ack order and are deduplicated by
-``(id, device)``.
+Receipts (``delivered`` and ``refused``) follow the same store-then-ack order
+and are deduplicated by ``(id, device)``.
 """
 
 from __future__ import annotations
@@ -32,8 +43,10 @@ from collections.abc import Awaitable, Callable
 
 from protocol import crypto
 from protocol import frames as f
+from protocol.errors import NotVerified, RateLimited, StorageUnavailable, UnknownUser
 
-from .models import Delivered, Event, Message, format_id
+from .errors import ConnectionFailed, RequestTimeout, UnverifiedPeer
+from .models import Delivered, Event, Message, MessageHeld, Refused, format_id
 from .state import LocalState
 
 __all__ = ["Inbox", "Undecryptable", "open_delivery"]
@@ -44,9 +57,17 @@ log = logging.getLogger("miss_client")
 #: None if that device is not an active device of that user.
 SenderLookup = Callable[[str, str], Awaitable[f.DeviceInfo | None]]
 
+#: Sender lookups that fail for a reason that may pass: the message is held.
+_NOT_YET = (RequestTimeout, ConnectionFailed, StorageUnavailable, RateLimited, NotVerified)
+
 
 class Undecryptable(Exception):
-    """A delivery to ack and drop. The message is safe to log (no content)."""
+    """A delivery to refuse. ``reason`` is the refusal reason of SPEC §6.5;
+    the message is safe to log (no content)."""
+
+    def __init__(self, detail: str, reason: str = "undecryptable") -> None:
+        super().__init__(detail)
+        self.reason = reason
 
 
 def open_delivery(frame: f.Deliver, keys: crypto.DeviceKeys, own_user: str, sender: f.DeviceInfo) -> Message:
@@ -82,8 +103,9 @@ class Inbox:
     """Receive-side policy of one connection (see the module docstring).
 
     ``find_sender`` supplies sender keys (it may do a network lookup);
-    ``ack`` sends an ``ack`` for one seq and must not raise when the
-    connection is gone (a lost ack only means a redelivery).
+    ``ack`` acknowledges one seq and ``refuse`` refuses one (None: the hub
+    does not know refusals, so refused messages are acked); neither may
+    raise when the connection is gone (a lost ack only means a redelivery).
     """
 
     def __init__(
@@ -93,38 +115,65 @@ class Inbox:
         own_user: str,
         find_sender: SenderLookup,
         ack: Callable[[int], Awaitable[None]],
+        refuse: Callable[[int, str], Awaitable[None]] | None = None,
     ) -> None:
         self._state = state
         self._keys = keys
         self._own_user = own_user
         self._find_sender = find_sender
         self._ack = ack
+        self._refuse = refuse
 
-    async def process(self, frame: f.Deliver | f.Delivered) -> Event | None:
-        """Store, ack and return the event a frame carries, or None if it is a
-        duplicate or was dropped. Errors from ``find_sender`` other than
-        Undecryptable (e.g. the connection ended) propagate, nothing acked."""
-        if isinstance(frame, f.Delivered):
-            new = self._state.record_receipt(frame.id, frame.user, frame.device, frame.ts)
+    async def process(self, frame: f.Deliver | f.Delivered | f.Refused) -> Event | None:
+        """Store, ack and return the event a frame carries; a MessageHeld for
+        a message kept for later; None if it is a duplicate or was refused.
+        Errors from ``find_sender`` that say the connection ended propagate,
+        nothing acked."""
+        if isinstance(frame, f.Delivered | f.Refused):
+            reason = frame.reason if isinstance(frame, f.Refused) else None
+            new = self._state.record_receipt(frame.id, frame.user, frame.device, frame.ts, reason)
             await self._ack(frame.seq)
-            return Delivered(frame.id, frame.user, frame.device, frame.ts) if new else None
+            if not new:
+                return None
+            if reason is not None:
+                return Refused(frame.id, frame.user, frame.device, frame.ts, reason)
+            return Delivered(frame.id, frame.user, frame.device, frame.ts)
         if self._state.is_seen(frame.from_user, frame.id):
             await self._ack(frame.seq)
             return None
         try:
-            sender = await self._find_sender(frame.from_user, frame.from_device)
+            try:
+                sender = await self._find_sender(frame.from_user, frame.from_device)
+            except (UnverifiedPeer, UnknownUser) as exc:
+                raise Undecryptable(
+                    f"sender is not a verified clinician ({exc})", "sender_unverified"
+                ) from None
             if sender is None:
-                raise Undecryptable("sender device is not an active device of the sender")
+                raise Undecryptable(
+                    "sender device is not one their attestation vouches for", "sender_unverified"
+                )
             message = open_delivery(frame, self._keys, self._own_user, sender)
+        except _NOT_YET as exc:
+            log.warning(
+                "holding message %s from %s/%s for the next connection: %s",
+                format_id(frame.id),
+                frame.from_user,
+                frame.from_device,
+                type(exc).__name__,
+            )
+            return MessageHeld(frame.id, frame.from_user, frame.from_device, str(exc))
         except Undecryptable as exc:
             log.warning(
-                "dropping message %s from %s/%s: %s",
+                "refusing message %s from %s/%s: %s",
                 format_id(frame.id),
                 frame.from_user,
                 frame.from_device,
                 exc,
             )
-            await self._ack(frame.seq)
+            if self._refuse is not None:
+                await self._refuse(frame.seq, exc.reason)
+            else:
+                await self._ack(frame.seq)
             return None
         new = self._state.record_incoming(message)
         await self._ack(frame.seq)

@@ -6,8 +6,10 @@ an application can match on them::
     async for event in client.events():
         match event:
             case Message(): ...
-            case Delivered(): ...
-            case PresenceChanged(): ...  # only after client.watch()
+            case Delivered(): ...          # a device of the recipient kept it
+            case Refused(): ...            # a device of the recipient refused it (SPEC §6.5)
+            case MessageHeld(): ...        # a message we could not check yet: it comes again
+            case PresenceChanged(): ...    # only after client.watch()
 
 Message ids are the 16 raw bytes of the wire; :func:`format_id` shows one as
 a UUID string (ids are laid out as UUIDv7).
@@ -22,17 +24,20 @@ from protocol import crypto
 from protocol.frames import STATUSES, DeviceInfo
 
 __all__ = [
+    "REFUSAL_REASONS",
     "STATUSES",
     "Delivered",
     "DirectoryEntry",
     "Event",
     "HistoryEntry",
     "Message",
+    "MessageHeld",
     "OwnDevice",
     "Peer",
     "PeerChange",
     "PresenceChanged",
     "PresenceInfo",
+    "Refused",
     "format_id",
     "is_rpps",
     "is_user_id",
@@ -217,6 +222,38 @@ class Delivered:
     ts: int = 0
 
 
+#: Why a device refuses a message (SPEC §6.3, §6.5), as the SDK sends them.
+REFUSAL_REASONS = ("sender_unverified", "undecryptable")
+
+
+@dataclass(frozen=True, slots=True)
+class Refused:
+    """Receipt: device ``device`` of user ``user`` refused our message ``id``
+    at ``ts`` (ms) because of ``reason`` (one of :data:`REFUSAL_REASONS`, or
+    a later one): the message was **not** delivered to that device. Shown as
+    a refusal, never as delivered (DESIGN.md, guarantee 7)."""
+
+    id: bytes
+    user: str
+    device: str
+    ts: int
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class MessageHeld:
+    """A message this device could not check yet (the sender's lookup failed
+    for a reason that may pass: a timeout, a dropped connection, an answer
+    the SDK could not read). It was neither kept nor refused: the hub
+    delivers it again on the next connection. ``reason`` is for people and
+    logs; it never holds message content."""
+
+    id: bytes
+    from_user: str
+    from_device: str
+    reason: str
+
+
 @dataclass(frozen=True, slots=True)
 class PresenceInfo:
     """A clinician's presence (SPEC §6.7): the ``status`` they chose (one of
@@ -242,7 +279,7 @@ class PresenceChanged:
 
 
 #: What :meth:`miss_client.client.Client.events` yields.
-Event = Message | Delivered | PresenceChanged
+Event = Message | Delivered | Refused | MessageHeld | PresenceChanged
 
 
 @dataclass(frozen=True, slots=True)
@@ -252,7 +289,8 @@ class HistoryEntry:
     ``direction`` is ``"in"`` or ``"out"``; ``status`` is ``"pending"``,
     ``"accepted"`` or ``"failed"`` for outgoing messages sent from this
     device, ``"received"`` otherwise. ``delivered_to`` lists the recipient
-    devices that acknowledged it.
+    devices that acknowledged it; ``refused_by`` the ``(device, reason)``
+    of those that refused it.
     """
 
     id: bytes
@@ -265,3 +303,4 @@ class HistoryEntry:
     body: str = field(repr=False)
     status: str
     delivered_to: tuple[str, ...] = field(default=())
+    refused_by: tuple[tuple[str, str], ...] = field(default=())

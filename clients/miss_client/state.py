@@ -18,13 +18,14 @@ Nothing here is readable without the profile's storage key:
   device ids, times, message ids) and the public directory (names, RPPS
   numbers, public keys).
 
-Tables (``PRAGMA user_version`` = 2):
+Tables (``PRAGMA user_version`` = 3):
 
 ``messages``  one row per message, keyed by ``(from_user, id)``: message ids
               are chosen by senders, so they are unique per sender only.
 ``seen``      ``(from_user, id)`` of every message recorded; survives
               deletion of history so that a redelivery is still dropped.
-``receipts``  which recipient devices acknowledged our messages.
+``receipts``  which recipient devices acknowledged our messages, or refused
+              them (``reason`` set: SPEC §6.5).
 ``peers``     each verified peer (our own user included): the identity from
               their last attestation (``attested_until`` its end), and the
               **pins** of SPEC §11.2 step 3: ``devices``, the attested device
@@ -35,7 +36,10 @@ Tables (``PRAGMA user_version`` = 2):
               ``pending`` holds the key change awaiting acceptance (the view
               to pin on acceptance and what changed), NULL if none;
               ``verified_at`` when the user marked the peer verified in
-              person (NULL if not, or since a key change).
+              person (NULL if not, or since a key change);
+              ``attested_from`` the start (``not_before``) of the newest
+              attestation accepted for them: an older one is refused as
+              stale (SPEC §11.2, step 1).
 
 Pinning (:meth:`LocalState.observe_peer`, on every verified lookup): an
 attested device that is not pinned, or whose attested keys differ from the
@@ -49,7 +53,7 @@ Schema history: version 1 had ``peers`` without the last four columns, its
 ``devices`` being the keys of the last lookup (before attestations
 existed). Opening such a DB adds the columns; those keys stay pinned, so
 the first verified attestation is compared with them rather than trusted
-blindly.
+blindly. Version 3 added ``receipts.reason`` and ``peers.attested_from``.
 
 Not thread-safe: use one LocalState from one thread (the event loop's).
 """
@@ -76,7 +80,7 @@ from .models import HistoryEntry, Message, Peer, PeerChange
 
 __all__ = ["SCHEMA_VERSION", "LocalState", "Observation"]
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 _SCHEMA_V1 = """
 CREATE TABLE messages (
@@ -124,6 +128,10 @@ ALTER TABLE peers ADD COLUMN substitutes BLOB NOT NULL DEFAULT x'90';
 ALTER TABLE peers ADD COLUMN pending BLOB;
 ALTER TABLE peers ADD COLUMN verified_at INTEGER;
 ALTER TABLE peers ADD COLUMN attested_until INTEGER NOT NULL DEFAULT 0;
+""",
+    """
+ALTER TABLE receipts ADD COLUMN reason TEXT;
+ALTER TABLE peers ADD COLUMN attested_from INTEGER NOT NULL DEFAULT 0;
 """,
 )
 
@@ -307,12 +315,16 @@ class LocalState:
                 (status, self.own_user, message_id),
             )
 
-    def record_receipt(self, message_id: bytes, user: str, device: str, ts: int) -> bool:
-        """Record that ``device`` of ``user`` acknowledged our message; False if known."""
+    def record_receipt(
+        self, message_id: bytes, user: str, device: str, ts: int, reason: str | None = None
+    ) -> bool:
+        """Record that ``device`` of ``user`` kept our message (``reason``
+        None) or refused it (``reason`` says why); False if that device's
+        answer was known already."""
         with self._tx() as db:
             cur = db.execute(
-                "INSERT OR IGNORE INTO receipts (id, device, user, ts) VALUES (?, ?, ?, ?)",
-                (message_id, device, user, ts),
+                "INSERT OR IGNORE INTO receipts (id, device, user, ts, reason) VALUES (?, ?, ?, ?, ?)",
+                (message_id, device, user, ts, reason),
             )
             return cur.rowcount > 0
 
@@ -338,14 +350,16 @@ class LocalState:
     def _entry(self, row: tuple[Any, ...]) -> HistoryEntry:
         from_user, message_id, peer, direction, sent_at, received_at, status, sealed = row
         kind, body = self._open(message_id, sealed)
-        delivered: tuple[str, ...] = ()
+        delivered: list[str] = []
+        refused: list[tuple[str, str]] = []
         if from_user == self.own_user:
-            delivered = tuple(
-                r[0]
-                for r in self._db.execute(
-                    "SELECT device FROM receipts WHERE id = ? ORDER BY ts", (message_id,)
-                )
-            )
+            for device, reason in self._db.execute(
+                "SELECT device, reason FROM receipts WHERE id = ? ORDER BY ts", (message_id,)
+            ):
+                if reason is None:
+                    delivered.append(device)
+                else:
+                    refused.append((device, reason))
         return HistoryEntry(
             id=message_id,
             from_user=from_user,
@@ -356,7 +370,8 @@ class LocalState:
             kind=kind,
             body=body,
             status=status,
-            delivered_to=delivered,
+            delivered_to=tuple(delivered),
+            refused_by=tuple(refused),
         )
 
     # --- directory (pinned keys, SPEC §11.2) -------------------------------------
@@ -368,6 +383,7 @@ class LocalState:
         substitutes: Iterable[DeviceInfo] = (),
         *,
         trusted: DeviceInfo | None = None,
+        attested_from: int = 0,
     ) -> Observation:
         """Compare a verified lookup with the pins and record the outcome.
 
@@ -376,7 +392,9 @@ class LocalState:
         attestation vouches for, with its keys; ``substitutes`` the devices
         the hub listed with other keys than the attested ones. ``trusted``
         (this very device, for our own user) counts as pinned: a device
-        never has to accept its own keys.
+        never has to accept its own keys. ``attested_from`` is the
+        attestation's ``not_before``: the newest one seen is remembered
+        (:meth:`attestation_floor`).
 
         The first verified lookup of a peer pins its attested devices
         without a change to accept (unless there are substitutes).
@@ -426,8 +444,9 @@ class LocalState:
                 report = PeerChange(peer.user, first_seen, added, removed, changed, substituted)
             db.execute(
                 "INSERT OR REPLACE INTO peers (user, name, rpps, profession, organisation, devices, "
-                "updated_at, substitutes, pending, verified_at, attested_until) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                "updated_at, substitutes, pending, verified_at, attested_until, attested_from) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, "
+                "max(?, coalesce((SELECT attested_from FROM peers WHERE user = ?), 0)))",
                 (
                     peer.user,
                     peer.name,
@@ -440,9 +459,17 @@ class LocalState:
                     pending_blob,
                     verified_at,
                     peer.attested_until,
+                    attested_from,
+                    peer.user,
                 ),
             )
         return Observation(report, pending, verified_at is not None)
+
+    def attestation_floor(self, user: str) -> int:
+        """The ``not_before`` of the newest attestation of ``user`` accepted
+        so far (0 if none): an older one is stale (SPEC §11.2, step 1)."""
+        row = self._db.execute("SELECT attested_from FROM peers WHERE user = ?", (user,)).fetchone()
+        return 0 if row is None else int(row[0])
 
     def accept_pending(self, user: str) -> PeerChange | None:
         """Pin the view of ``user``'s pending key change (the attested keys

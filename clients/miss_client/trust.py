@@ -36,6 +36,7 @@ class Checked:
     peer: Peer  # targets in ``devices``; not yet compared with the pins
     attested: tuple[f.DeviceInfo, ...]  # every device the attestation vouches for
     substitutes: tuple[f.DeviceInfo, ...]  # listed by the hub with keys the authority did not sign
+    not_before: int  # the attestation's start: newer attestations start later
 
 
 def check_lookup(
@@ -76,4 +77,4 @@ def check_lookup(
         unattested=tuple(unattested),
         attested_until=att.not_after,
     )
-    return Checked(peer, tuple(attested.values()), tuple(substitutes))
+    return Checked(peer, tuple(attested.values()), tuple(substitutes), att.not_before)

@@ -6,8 +6,9 @@ import logging
 from collections.abc import Callable, Iterator
 
 import pytest
+from miss_client.errors import ConnectionFailed, RequestTimeout, UnverifiedPeer
 from miss_client.inbox import Inbox, Undecryptable, open_delivery
-from miss_client.models import Delivered, Message
+from miss_client.models import Delivered, Message, MessageHeld, Refused
 from miss_client.profile import Profile
 from miss_client.state import LocalState
 
@@ -71,20 +72,28 @@ def test_open_delivery_rejects(tamper: dict[str, object]) -> None:
 
 
 class Harness:
-    """An Inbox over a real state DB, recording acks and what was stored at ack time."""
+    """An Inbox over a real state DB, recording acks, refusals and what was
+    stored at ack time. ``lookup_fails`` makes the sender lookup raise."""
 
     def __init__(self, state: LocalState, keys: crypto.DeviceKeys) -> None:
         self.state = state
         self.acks: list[int] = []
+        self.refused: list[tuple[int, str]] = []
         self.stored_when_acked: list[bool] = []
-        self.inbox = Inbox(state, keys, ME, self.find_sender, self.ack)
+        self.lookup_fails: Exception | None = None
+        self.inbox = Inbox(state, keys, ME, self.find_sender, self.ack, self.refuse)
 
     async def find_sender(self, user: str, device: str) -> f.DeviceInfo | None:
+        if self.lookup_fails is not None:
+            raise self.lookup_fails
         return BOB_DEVICE if (user, device) == (BOB, "d_b1") else None
 
     async def ack(self, seq: int) -> None:
         self.acks.append(seq)
         self.stored_when_acked.append(len(self.state.history()) > 0)
+
+    async def refuse(self, seq: int, reason: str) -> None:
+        self.refused.append((seq, reason))
 
 
 @pytest.fixture
@@ -105,17 +114,60 @@ async def test_store_then_ack_then_drop_duplicates(harness: Harness) -> None:
     assert len(harness.state.history()) == 1
 
 
-async def test_undecryptable_is_acked_dropped_and_logged_without_content(
+async def test_what_cannot_be_accepted_is_refused_not_acked_and_logged_without_content(
     harness: Harness, caplog: pytest.LogCaptureFixture
 ) -> None:
+    """SPEC §6.3: acking would make the sender see a false "delivered"."""
     forged = deliver(harness.inbox._keys, "SECRET CONTENT", inner_to="u_carol", seq=7)
     unknown_device = deliver(harness.inbox._keys, "SECRET CONTENT", from_device="d_gone", seq=8)
     with caplog.at_level(logging.WARNING, logger="miss_client"):
         assert await harness.inbox.process(forged) is None
         assert await harness.inbox.process(unknown_device) is None
-    assert harness.acks == [7, 8]
+        harness.lookup_fails = UnverifiedPeer(BOB, "signature", "not signed by the verification authority")
+        assert await harness.inbox.process(deliver(harness.inbox._keys, "SECRET", seq=9)) is None
+    assert harness.acks == []
+    assert harness.refused == [(7, "undecryptable"), (8, "sender_unverified"), (9, "sender_unverified")]
     assert harness.state.history() == []
-    assert "dropping message" in caplog.text and "SECRET" not in caplog.text
+    assert "refusing message" in caplog.text and "SECRET" not in caplog.text
+
+
+async def test_without_refusals_at_the_hub_an_unacceptable_message_is_acked(
+    make_profile: Callable[..., Profile],
+) -> None:
+    profile = make_profile(user_id=ME)
+    with profile.open_state() as state:
+        harness = Harness(state, profile.keys)
+        harness.inbox = Inbox(state, profile.keys, ME, harness.find_sender, harness.ack)  # no refuse
+        assert await harness.inbox.process(deliver(profile.keys, inner_to="u_carol", seq=3)) is None
+        assert harness.acks == [3] and harness.refused == []
+
+
+@pytest.mark.parametrize(
+    "failure",
+    [RequestTimeout("slow hub"), ConnectionFailed("the hub's answer could not be read (malformed_frame)")],
+)
+async def test_a_sender_that_cannot_be_resolved_yet_holds_the_message_and_not_the_queue(
+    harness: Harness, failure: Exception
+) -> None:
+    held = deliver(harness.inbox._keys, "first", seq=1)
+    harness.lookup_fails = failure
+    event = await harness.inbox.process(held)
+    assert event == MessageHeld(held.id, BOB, "d_b1", str(failure))
+    assert harness.acks == [] and harness.refused == [], "kept for the next connection"
+    harness.lookup_fails = None
+    later = await harness.inbox.process(deliver(harness.inbox._keys, "second", seq=2))
+    assert isinstance(later, Message) and later.body == "second" and harness.acks == [2]
+    # Redelivered on the next connection, it is taken then.
+    again = await harness.inbox.process(held)
+    assert isinstance(again, Message) and again.body == "first" and harness.acks == [2, 1]
+
+
+async def test_refusal_receipts_are_stored_acked_and_deduplicated(harness: Harness) -> None:
+    mid = crypto.new_message_id()
+    first = await harness.inbox.process(f.Refused(3, mid, BOB, "d_b1", 50, "sender_unverified"))
+    assert first == Refused(mid, BOB, "d_b1", 50, "sender_unverified")
+    assert await harness.inbox.process(f.Refused(4, mid, BOB, "d_b1", 50, "sender_unverified")) is None
+    assert harness.acks == [3, 4]
 
 
 async def test_receipts_are_stored_acked_and_deduplicated(harness: Harness) -> None:

@@ -24,7 +24,7 @@ from miss_client.errors import (
     ProfileExists,
     UnverifiedPeer,
 )
-from miss_client.models import Peer, PeerChange
+from miss_client.models import Peer, PeerChange, Refused
 from miss_client.profile import KDF_INTERACTIVE, Profile, load_profile
 
 from protocol import crypto
@@ -225,7 +225,7 @@ def bob_rpps(hub: FakeHub, profile: Profile) -> str:
     return hub.users[profile.user_id].rpps
 
 
-async def test_a_message_from_a_device_the_attestation_does_not_vouch_for_is_dropped(
+async def test_a_message_from_a_device_the_attestation_does_not_vouch_for_is_refused(
     fakehub: FakeHub, pair: tuple[Profile, Profile]
 ) -> None:
     alice, bob = pair
@@ -245,9 +245,10 @@ async def test_a_message_from_a_device_the_attestation_does_not_vouch_for_is_dro
     )
     async with Client.connect(bob) as b:
         assert await b.drain(idle=0.2) == []
-        await wait_for(lambda: not fakehub.pending[bob.device_id])  # acked, not shown
+        await wait_for(lambda: not fakehub.pending[bob.device_id])  # refused, not shown
         assert b.state.history() == []
         assert (await b.lookup(user=alice.user_id)).unattested == (evil_device,)
+    assert fakehub.refusals == [(bob.device_id, forged, "sender_unverified")]
 
 
 async def test_resend_with_same_id_is_delivered_once(pair: tuple[Profile, Profile]) -> None:
@@ -259,7 +260,7 @@ async def test_resend_with_same_id_is_delivered_once(pair: tuple[Profile, Profil
         assert [e.id for e in await b.drain(idle=0.2)] == [mid]
 
 
-async def test_redelivered_and_undecryptable_frames_are_acked_not_shown(
+async def test_redelivered_frames_are_acked_and_undecryptable_ones_refused_not_shown(
     fakehub: FakeHub, pair: tuple[Profile, Profile]
 ) -> None:
     alice, bob = pair
@@ -269,13 +270,19 @@ async def test_redelivered_and_undecryptable_frames_are_acked_not_shown(
     assert isinstance(original, f.Deliver)
     # the hub lost an ack and redelivers; and something forged arrives
     await fakehub.deliver_raw(bob.device_id, mid, alice.user_id, alice.device_id, original.env)
-    await fakehub.deliver_raw(
-        bob.device_id, crypto.new_message_id(), alice.user_id, alice.device_id, b"\0" * 80
-    )
+    forged = crypto.new_message_id()
+    await fakehub.deliver_raw(bob.device_id, forged, alice.user_id, alice.device_id, b"\0" * 80)
     async with Client.connect(bob) as b:
         events = await b.drain(idle=0.2)
         await wait_for(lambda: not fakehub.pending[bob.device_id])
     assert [e.id for e in events] == [mid]
+    assert fakehub.refusals == [(bob.device_id, forged, "undecryptable")]
+    # Alice's device learns it was refused, and shows it so, never as delivered.
+    async with Client.connect(alice) as a:
+        receipts = await a.drain(idle=0.2)
+    refused = [e for e in receipts if isinstance(e, Refused)]
+    assert [(r.id, r.device, r.reason) for r in refused] == [(forged, bob.device_id, "undecryptable")]
+    assert not any(isinstance(e, Delivered) and e.id == forged for e in receipts)
 
 
 async def test_unknown_malformed_and_unreachable_recipients(

@@ -13,17 +13,18 @@ from pathlib import Path
 
 import nacl.signing
 import pytest
-from authority import DAY_MS, verify
+from authority import AUTHORITY, DAY_MS, verify
 from miss_client import Client, Message, Profile
 from miss_client.connection import close_error
 from miss_client.errors import KeyChangePending, UnverifiedPeer
 from miss_client.models import Peer, PeerChange
-from verified_hubs import enroll_linked, hub_sql, overwrite_device_keys
+from verified_hubs import AttestedFakeHub, enroll_linked, fake_clinician, hub_sql, overwrite_device_keys
 
 from miss_server.app import HubServer
 from miss_server.store.base import AuditEvent
 from protocol import attestation, crypto
-from protocol.errors import AccountSuspended, DeviceRevoked, Forbidden, NoDevices
+from protocol import frames as f
+from protocol.errors import AccountSuspended, DeviceRevoked, Forbidden, NoDevices, NotVerified, UnknownUser
 
 Enroll = Callable[..., Awaitable[Profile]]
 ALICE, BOB, CAROL, DAVE = "10000000001", "10000000002", "10000000003", "10000000004"
@@ -54,34 +55,58 @@ async def queued(hub: HubServer, *profiles: Profile) -> list[int]:
 # --- SPEC §11.2 step 1-2: peers that are refused ---------------------------------------------
 
 
-async def _attest_another_user(hub: HubServer, alice: Profile, bob: Profile) -> None:
-    # a valid attestation, by the right key, but of alice: served as bob's
-    att = await verify(hub.store, alice.user_id)
-    await hub.store.set_attestation(bob.user_id, att)
+def _attestation_of(
+    hub: AttestedFakeHub,
+    user: str,
+    *,
+    key: nacl.signing.SigningKey = AUTHORITY,
+    start: int | None = None,
+    end: int | None = None,
+    as_user: str | None = None,
+) -> bytes:
+    """A crafted attestation of ``user``'s devices on the fake hub."""
+    info = hub.users[user]
+    now = now_ms()
+    devices = tuple(attestation.AttestedDevice(d.device, d.sign_pk, d.box_pk) for d in info.devices.values())
+    att = attestation.Attestation(
+        as_user or info.user,
+        info.rpps,
+        info.name,
+        "médecin",
+        "CHRU",
+        devices,
+        now - 60_000 if start is None else start,
+        now + DAY_MS if end is None else end,
+    )
+    return attestation.sign(att, key)
 
 
-REFUSALS: dict[str, Callable[[HubServer, Profile, Profile], Awaitable[object]]] = {
-    "missing": lambda hub, alice, bob: asyncio.sleep(0),  # bob was never verified
-    "expired": lambda hub, alice, bob: verify(
-        hub.store, bob.user_id, not_before=now_ms() - 2 * DAY_MS, not_after=now_ms() - DAY_MS
+#: What a hostile (or broken) hub serves for bob, by the reason the client refuses him.
+FORGERIES: dict[str, Callable[[AttestedFakeHub, str, str], None]] = {
+    "missing": lambda hub, alice, bob: hub.unverified.add(bob),
+    "expired": lambda hub, alice, bob: hub.attestations.__setitem__(
+        bob, _attestation_of(hub, bob, start=now_ms() - 2 * DAY_MS, end=now_ms() - DAY_MS)
     ),
-    "not_yet_valid": lambda hub, alice, bob: verify(
-        hub.store, bob.user_id, not_before=now_ms() + DAY_MS, not_after=now_ms() + 2 * DAY_MS
+    "not_yet_valid": lambda hub, alice, bob: hub.attestations.__setitem__(
+        bob, _attestation_of(hub, bob, start=now_ms() + DAY_MS, end=now_ms() + 2 * DAY_MS)
     ),
-    "signature": lambda hub, alice, bob: verify(
-        hub.store, bob.user_id, key=nacl.signing.SigningKey.generate()
+    "signature": lambda hub, alice, bob: hub.attestations.__setitem__(
+        bob, _attestation_of(hub, bob, key=nacl.signing.SigningKey.generate())
     ),
-    "wrong_user": _attest_another_user,
+    "wrong_user": lambda hub, alice, bob: hub.attestations.__setitem__(
+        bob, _attestation_of(hub, bob, as_user=alice)
+    ),
 }
 
 
-@pytest.mark.parametrize("reason", list(REFUSALS))
+@pytest.mark.parametrize("reason", list(FORGERIES))
 async def test_a_peer_whose_attestation_does_not_verify_is_refused(
-    hub: HubServer, clinician: Enroll, reason: str
+    fakehub: AttestedFakeHub, tmp_path: Path, reason: str
 ) -> None:
-    alice = await clinician("alice", ALICE)
-    bob = await clinician("bob", BOB, verified=False)
-    await REFUSALS[reason](hub, alice, bob)
+    """SPEC §11.2 step 1, against a hub that lists what the real one hides."""
+    alice = await fake_clinician(fakehub, tmp_path, "alice", ALICE)
+    bob = await fake_clinician(fakehub, tmp_path, "bob", BOB)
+    FORGERIES[reason](fakehub, alice.user_id, bob.user_id)
     async with Client.connect(alice) as a:
         with pytest.raises(UnverifiedPeer) as refused:
             await a.send(BOB, "Bonjour, êtes-vous de garde ?")
@@ -90,6 +115,47 @@ async def test_a_peer_whose_attestation_does_not_verify_is_refused(
         assert a.state.get_peer(bob.user_id) is None, "not pinned, not shown as a clinician"
         with pytest.raises(UnverifiedPeer):
             await a.lookup(user=bob.user_id, refresh=True)
+    assert not [fr for fr in fakehub.received if isinstance(fr, f.Send)], "nothing was sent for bob"
+
+
+async def test_an_attestation_older_than_one_already_seen_is_refused(
+    fakehub: AttestedFakeHub, tmp_path: Path
+) -> None:
+    """SPEC §11.2 step 1: a hub replaying the attestation from before a
+    revocation, to a client that saw the one after it."""
+    alice = await fake_clinician(fakehub, tmp_path, "alice", ALICE)
+    bob = await fake_clinician(fakehub, tmp_path, "bob", BOB)
+    before = _attestation_of(fakehub, bob.user_id, start=now_ms() - 120_000)
+    fakehub.attestations[bob.user_id] = _attestation_of(fakehub, bob.user_id, start=now_ms() - 60_000)
+    async with Client.connect(alice) as a:
+        await a.send(BOB, "avec l'attestation du jour")
+        fakehub.attestations[bob.user_id] = before
+        with pytest.raises(UnverifiedPeer) as stale:
+            await a.lookup(user=bob.user_id, refresh=True)
+        assert stale.value.reason == "stale"
+        with pytest.raises(UnverifiedPeer):
+            await a.send(BOB, "avec l'ancienne")
+
+
+@pytest.mark.parametrize("reason", ["missing", "expired", "not_yet_valid", "signature", "wrong_user"])
+async def test_the_real_hub_does_not_list_clinicians_it_does_not_verify(
+    hub: HubServer, clinician: Enroll, reason: str
+) -> None:
+    """SPEC §11.3: a lookup finds only verified, unsuspended clinicians."""
+    alice = await clinician("alice", ALICE)
+    bob = await clinician("bob", BOB, verified=False)
+    if reason == "expired":
+        await verify(hub.store, bob.user_id, not_before=now_ms() - 2 * DAY_MS, not_after=now_ms() - DAY_MS)
+    elif reason == "not_yet_valid":
+        await verify(hub.store, bob.user_id, not_before=now_ms() + DAY_MS, not_after=now_ms() + 2 * DAY_MS)
+    elif reason == "signature":
+        await verify(hub.store, bob.user_id, key=nacl.signing.SigningKey.generate())
+    elif reason == "wrong_user":
+        await hub.store.set_attestation(bob.user_id, await verify(hub.store, alice.user_id))
+    async with Client.connect(alice) as a:
+        with pytest.raises(UnknownUser):
+            await a.send(BOB, "Bonjour, êtes-vous de garde ?")
+        assert a.state.history() == []
     assert await queued(hub, bob) == [0], "nothing was stored for bob"
 
 
@@ -232,13 +298,15 @@ async def test_a_device_not_attested_yet_cannot_send(
     await clinician("bob", BOB)
     phone = await enroll_linked(hub, alice, tmp_path / "alice-phone", "phone", verified=False)
     async with Client.connect(phone) as p:
-        with pytest.raises(UnverifiedPeer) as refused:
+        # SPEC §11.4: an unattested device may not even look anyone up, nor list devices.
+        with pytest.raises(NotVerified):
             await p.send(BOB, "x")
-        assert (refused.value.own, refused.value.reason) == (True, "device_not_attested")
         assert p.state.history() == []
-        [desk, mine] = await p.devices()
-        assert (desk.attested, mine.attested, mine.current) == (True, False, True)
+        with pytest.raises(NotVerified):
+            await p.devices()
     async with Client.connect(alice) as a:
+        [desk, other] = await a.devices()
+        assert (desk.attested, other.attested, other.device) == (True, False, phone.device_id)
         # alice's desk does not encrypt to the phone either (not attested), and the hub agrees
         assert await a.send(BOB, "y")
     assert await queued(hub, phone) == [0]

@@ -39,6 +39,7 @@ __all__ = [
     "AttestedFakeHub",
     "enroll_clinician",
     "enroll_linked",
+    "fake_clinician",
     "hub_sql",
     "overwrite_device_keys",
 ]
@@ -100,6 +101,20 @@ class AttestedFakeHub(FakeHub):
         )
         await ws.send(f.encode(reply))
         await self._after_reply(ws)
+
+
+async def fake_clinician(hub: AttestedFakeHub, directory: Path, name: str, rpps: str) -> Profile:
+    """``Dr <Name>`` enrolled with the SDK on the fake hub, in ``directory/name``."""
+    user = hub.add_user(f"Dr {name.title()}", rpps)
+    return await enroll(
+        hub.url,
+        hub.invite(user),
+        directory / name,
+        PASSPHRASE,
+        name,
+        authority=AUTHORITY_PK,
+        kdf=KDF_INTERACTIVE,
+    )
 
 
 async def enroll_clinician(

@@ -53,6 +53,7 @@ class FakeHub:
         self.conns: dict[str, ServerConnection] = {}
         self.accepted: set[tuple[str, bytes]] = set()
         self.received: list[f.Frame] = []  # every frame clients sent after auth
+        self.refusals: list[tuple[str, bytes, str]] = []  # (refusing device, message id, reason)
         #: Errors to answer the next ``send`` frames with, in order, instead of accepting.
         self.send_errors: list[ProtocolError] = []
         #: A fatal error to raise on the next lookup (then close the connection).
@@ -225,6 +226,8 @@ class FakeHub:
             assert session.device_id is not None
             for seq in frame.seqs:
                 await self._ack(session.device_id, seq)
+            for refusal in frame.refused or ():
+                await self._ack(session.device_id, refusal.seq, refusal.reason)
 
     async def _after_reply(self, ws: ServerConnection) -> None:
         extra, self.after_reply = self.after_reply, []
@@ -285,15 +288,24 @@ class FakeHub:
             for device, env in frame.envs.items():
                 await self.deliver_raw(device, frame.id, session.user_id, session.device_id, env)
 
-    async def _ack(self, device: str, seq: int) -> None:
+    async def _ack(self, device: str, seq: int, refused: str | None = None) -> None:
+        """An ack (or, with a reason, a refusal) of one row: a ``delivered``
+        (or ``refused``) receipt to each device of the sender."""
         frame = self.pending.get(device, {}).pop(seq, None)
         if not isinstance(frame, f.Deliver):
             return
         acker = self.owner[device]
         if acker == frame.from_user:
             return  # own copies produce no receipt
+        self.refusals.extend([(device, frame.id, refused)] if refused else [])
         for sender_device in self.users[frame.from_user].devices:
-            await self.push(sender_device, lambda seq, d=device: f.Delivered(seq, frame.id, acker, d, _now()))
+
+            def receipt(seq: int, d: str = device) -> f.Frame:
+                if refused is None:
+                    return f.Delivered(seq, frame.id, acker, d, _now())
+                return f.Refused(seq, frame.id, acker, d, _now(), refused)
+
+            await self.push(sender_device, receipt)
 
 
 async def wait_for(predicate: Callable[[], bool], within: float = 5.0) -> None:
