@@ -57,6 +57,11 @@ UNLIMITED = {
     "rate_address": UNLIMITED_RATE,
     "rate_auth": UNLIMITED_RATE,
     "rate_failed_auth": UNLIMITED_RATE,
+    "rate_ack": UNLIMITED_RATE,
+    "rate_search": UNLIMITED_RATE,
+    # A reconnection storm from one address is the point of some scenarios.
+    "max_pending_per_address": "1000000",
+    "max_pending": "1000000",
 }
 
 

@@ -37,12 +37,13 @@ async def people(hub: HubServer, tmp_path: Path) -> Clinicians:
     kw = {"authority": AUTHORITY_PK, "kdf": KDF_INTERACTIVE}
     alice = await enroll(hub.url, code_a, tmp_path / "alice", PASSPHRASE, "desk", **kw)
     phone = await enroll(hub.url, code_b, tmp_path / "bob-phone", PASSPHRASE, "phone", **kw)
+    await verify(hub.store, phone.user_id)  # only an attested device may link another (SPEC §11.4)
     async with Client.connect(phone) as c:
         link, _ = await c.link_code()
     laptop = await enroll(hub.url, link, tmp_path / "bob-laptop", PASSPHRASE, "laptop", **kw)
     assert laptop.user_id == phone.user_id and laptop.device_id != phone.device_id
     await verify(hub.store, alice.user_id)
-    await verify(hub.store, phone.user_id)  # both of Bob's devices
+    await verify(hub.store, phone.user_id)  # again: both of Bob's devices
     return Clinicians(alice, phone, laptop)
 
 

@@ -29,6 +29,8 @@ UNLIMITED = {
     "rate_address": "100000/s burst 100000",
     "rate_auth": "100000/s burst 100000",
     "rate_failed_auth": "100000/s burst 100000",
+    "rate_ack": "100000/s burst 100000",
+    "rate_search": "100000/s burst 100000",
 }
 
 
