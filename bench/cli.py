@@ -8,6 +8,7 @@
     miss-bench run --scenario fanout --devices 4 --own-devices 3 --rate 200
     miss-bench run --scenario multi-node --rate 1000
     miss-bench run --scenario flood --rate 200 --flood-messages 5000
+    miss-bench run --scenario search --users 57000
 
 See README, "Benchmarks", for what each figure means.
 """
@@ -17,18 +18,20 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from importlib.metadata import version
 from pathlib import Path
 from typing import Any
 
 from .report import table, write_json, write_plot
 from .runner import Run
-from .scenarios import EXTRA_WORKERS, SCENARIOS
+from .scenarios import EXTRA_WORKERS, PLOTS, SCENARIOS, TABLES
 
 __all__ = ["main"]
 
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="miss-bench", description=__doc__.splitlines()[0])
+    p.add_argument("--version", action="version", version=f"%(prog)s {version('miss')}")
     sub = p.add_subparsers(dest="command", required=True)
     r = sub.add_parser("run", help="run one scenario", description="Run one scenario, relay then hub.")
     r.add_argument("--scenario", required=True, choices=sorted(SCENARIOS))
@@ -44,7 +47,8 @@ def _parser() -> argparse.ArgumentParser:
         "--rate",
         type=float,
         help="messages per second offered in all (open loop); "
-        "without it: closed loop, the maximum rate reached (connections: 100, flood: 200)",
+        "without it: closed loop, the maximum rate reached (connections: 100, flood: 200; "
+        "search: authentications per second, 50)",
     )
     r.add_argument(
         "--closed-loop",
@@ -101,6 +105,18 @@ def _parser() -> argparse.ArgumentParser:
         help="flood: most messages the flooder sends in its window (default 5,000)",
     )
     r.add_argument(
+        "--users",
+        type=int,
+        default=57_000,
+        help="search: verified clinicians in the directory (default 57,000)",
+    )
+    r.add_argument(
+        "--searches", type=int, default=200, help="search: searches timed of each kind of query (default 200)"
+    )
+    r.add_argument(
+        "--probes", type=int, default=8, help="search: devices that authenticate in turn (default 8)"
+    )
+    r.add_argument(
         "--warmup", type=float, default=1.0, help="unmeasured warm-up before each message window (s)"
     )
     r.add_argument(
@@ -155,8 +171,8 @@ def main(argv: list[str] | None = None) -> int:
         "notes": run.notes,
     }
     write_json(report, json_path)
-    write_plot(report, plot_path)
-    print(table(report))
+    PLOTS.get(args.scenario, write_plot)(report, plot_path)
+    print("\n".join([table(report), *TABLES.get(args.scenario, lambda _: [])(report)]))
     print(f"\nreport: {json_path}\nplots:  {plot_path}")
     return 0 if report["hub"].get("delivered") else 1
 

@@ -12,6 +12,7 @@ import asyncio
 import logging
 import signal
 import sys
+from importlib.metadata import version
 
 from .admission import raise_open_file_limit
 from .app import HubServer
@@ -25,6 +26,7 @@ log = logging.getLogger("miss.server")
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="miss-server", description="Run a MiSS hub node.")
+    p.add_argument("--version", action="version", version=f"%(prog)s {version('miss')}")
     p.add_argument("--config", metavar="FILE", help="TOML configuration file (default: $MISS_CONFIG)")
     p.add_argument("--host", help="listen address (default 127.0.0.1)")
     p.add_argument("--port", type=int, help="listen port (default 8765)")

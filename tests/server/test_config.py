@@ -57,6 +57,32 @@ def test_miss_server_exits_2_with_a_clear_message(tmp_path: Path) -> None:
     assert "port" in out.stderr and "Traceback" not in out.stderr
 
 
+def _server(tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [str(BIN / "miss-server"), *args], capture_output=True, text=True, timeout=30, cwd=tmp_path
+    )
+
+
+def test_miss_server_says_which_file_and_store_it_could_not_use(tmp_path: Path) -> None:
+    """Issue 11, point 16: TOML errors named no file; an unwritable store path
+    gave a bare errno."""
+    toml = tmp_path / "hub.toml"
+    toml.write_text("port = \n")
+    out = _server(tmp_path, "--config", str(toml))
+    assert out.returncode == 2 and str(toml) in out.stderr and "Traceback" not in out.stderr
+    blocker = tmp_path / "not-a-directory"
+    blocker.write_text("")
+    out = _server(tmp_path, "--port", "0", "--store", f"sqlite:///{blocker}/miss.db")
+    assert out.returncode == 1 and "Traceback" not in out.stderr
+    assert "cannot start" in out.stderr and str(blocker) in out.stderr
+
+
+def test_every_command_tells_its_version() -> None:
+    for command in ("miss-server", "miss-admin", "miss-chat", "miss-bench"):
+        out = subprocess.run([str(BIN / command), "--version"], capture_output=True, text=True, timeout=30)
+        assert out.returncode == 0 and out.stdout.startswith(f"{command} 0."), (command, out)
+
+
 def test_store_password_is_not_displayed() -> None:
     s = load_settings(store="postgresql://miss:s3cret@db.internal:5432/miss")
     assert "s3cret" not in s.store_display and "db.internal" in s.store_display
