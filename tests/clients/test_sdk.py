@@ -26,6 +26,7 @@ from miss_client.errors import (
 )
 from miss_client.models import Peer, PeerChange, Refused
 from miss_client.profile import KDF_INTERACTIVE, Profile, load_profile
+from verified_hubs import fake_clinician
 
 from protocol import crypto
 from protocol import frames as f
@@ -40,29 +41,16 @@ from protocol.errors import (
 )
 
 
-async def clinician(hub: FakeHub, tmp_path: Path, name: str, rpps: str) -> Profile:
-    user = hub.add_user(f"Dr {name.title()}", rpps)
-    return await enroll(
-        hub.url,
-        hub.invite(user),
-        tmp_path / name,
-        PASSPHRASE,
-        name,
-        authority=AUTHORITY_PK,
-        kdf=KDF_INTERACTIVE,
-    )
-
-
 @pytest.fixture
 async def pair(fakehub: FakeHub, tmp_path: Path) -> tuple[Profile, Profile]:
     return (
-        await clinician(fakehub, tmp_path, "alice", "10000000001"),
-        await clinician(fakehub, tmp_path, "bob", "10000000002"),
+        await fake_clinician(fakehub, tmp_path, "alice", "10000000001"),
+        await fake_clinician(fakehub, tmp_path, "bob", "10000000002"),
     )
 
 
 async def test_enroll_writes_a_profile_that_authenticates(fakehub: FakeHub, tmp_path: Path) -> None:
-    profile = await clinician(fakehub, tmp_path, "alice", "10000000001")
+    profile = await fake_clinician(fakehub, tmp_path, "alice", "10000000001")
     assert load_profile(tmp_path / "alice", PASSPHRASE) == profile
     assert profile.server == fakehub.url and profile.device_id in fakehub.owner
     async with Client.connect(profile) as client:

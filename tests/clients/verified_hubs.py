@@ -103,7 +103,7 @@ class AttestedFakeHub(FakeHub):
         await self._after_reply(ws)
 
 
-async def fake_clinician(hub: AttestedFakeHub, directory: Path, name: str, rpps: str) -> Profile:
+async def fake_clinician(hub: FakeHub, directory: Path, name: str, rpps: str) -> Profile:
     """``Dr <Name>`` enrolled with the SDK on the fake hub, in ``directory/name``."""
     user = hub.add_user(f"Dr {name.title()}", rpps)
     return await enroll(

@@ -6,41 +6,17 @@ from __future__ import annotations
 
 import asyncio
 import http.client
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
-from authority import AUTHORITY_TEXT, UNLIMITED
 from wire import RawDevice, enrolled
 
 from miss_server.admission import AcceptErrorFilter, PendingGate
-from miss_server.app import HubServer
-from miss_server.config import load_settings
 
+#: ``make_hub`` (conftest.py): ``await make_hub(**settings)`` starts a hub.
 HubFactory = Callable[..., Any]
-
-
-@pytest.fixture
-async def make_hub(tmp_path: Path) -> AsyncIterator[HubFactory]:
-    started: list[HubServer] = []
-
-    async def make(**overrides: Any) -> HubServer:
-        settings = load_settings(
-            store=f"sqlite:///{tmp_path}/miss.db",
-            port=0,
-            auth_timeout_seconds=5,
-            authority_key=AUTHORITY_TEXT,
-            **{**UNLIMITED, **overrides},
-        )
-        server = HubServer(settings)
-        await server.start()
-        started.append(server)
-        return server
-
-    yield make
-    for server in started:
-        await server.stop()
 
 
 async def _silent(port: int, host: str = "127.0.0.1") -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:

@@ -8,19 +8,18 @@ import asyncio
 import dataclasses
 import json
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import nacl.signing
 import pytest
-from authority import AUTHORITY_TEXT, UNLIMITED, verify, write_key_file
+from authority import verify, write_key_file
 from wire import RawDevice, enrolled, invite
 
 from miss_server import admin
 from miss_server import hub as hub_module
 from miss_server.app import HubServer
-from miss_server.config import load_settings
 from miss_server.store.base import AuditEvent
 from protocol import attestation, crypto, errors
 from protocol.frames import (
@@ -39,30 +38,8 @@ from protocol.frames import (
     SearchOk,
 )
 
+#: ``make_hub`` (conftest.py): ``await make_hub(**settings)`` starts a hub.
 HubFactory = Callable[..., Any]
-
-
-@pytest.fixture
-async def make_hub(tmp_path: Path) -> AsyncIterator[HubFactory]:
-    """``await make_hub(**settings)``: a hub like the ``hub`` fixture's, with overrides."""
-    started: list[HubServer] = []
-
-    async def make(**overrides: Any) -> HubServer:
-        settings = load_settings(
-            store=f"sqlite:///{tmp_path}/miss.db",
-            port=0,
-            auth_timeout_seconds=2,
-            authority_key=AUTHORITY_TEXT,
-            **{**UNLIMITED, **overrides},
-        )
-        server = HubServer(settings)
-        await server.start()
-        started.append(server)
-        return server
-
-    yield make
-    for server in started:
-        await server.stop()
 
 
 async def send_text(sender: RawDevice, to: str, body: str) -> Accepted | Error:
