@@ -91,6 +91,7 @@ from protocol.errors import (
     ProtocolError,
     RateLimited,
     RequestError,
+    SessionReplaced,
     StorageUnavailable,
     UnknownDevice,
     UnknownUser,
@@ -359,7 +360,10 @@ class Client:
             target: asyncio.Future[f.Frame] | asyncio.Future[f.Accepted] | None = None
             if frame.fatal:
                 self._fatal = exc  # the hub closes next; the reader's exit reports it
-                log.warning("the hub reported a fatal error: %s", frame.code)
+                # Another connection of this device (a one-shot command while a
+                # chat runs) is routine; the caller decides what it means.
+                level = logging.INFO if isinstance(exc, SessionReplaced) else logging.WARNING
+                log.log(level, "the hub reported a fatal error: %s", frame.code)
             elif frame.rid is not None:
                 target = self._requests.get(frame.rid)
             elif frame.id is not None:
