@@ -9,11 +9,25 @@ Modules, from the bottom up:
   the verification authority's public key).
 * :mod:`.state`: the local SQLite state (history, seen ids, pinned peer keys,
   pending key changes, peers verified in person).
+* :mod:`.trust`: checking a lookup's attestation against the authority
+  (SPEC §11.2), without I/O.
 * :mod:`.outbox` / :mod:`.inbox`: sealing ``send`` frames; opening and
   checking ``deliver`` frames, store-then-ack.
 * :mod:`.connection`: WebSocket, challenge, auth/enroll; :func:`enroll`.
 * :mod:`.client`: :class:`Client`, one authenticated connection.
-* :mod:`.chat`: the ``miss-chat`` command.
+* :mod:`.reconnect`: profile locks, backoff, and reconnecting a long-lived
+  connection.
+
+The ``miss-chat`` terminal client, on top of the SDK:
+
+* :mod:`.render`: messages, receipts, presence and history as terminal lines.
+* :mod:`.cli_common`: what its commands share: passphrase prompts and
+  unlocking, connecting, warnings, :class:`~.cli_common.EventPrinter`,
+  error descriptions.
+* :mod:`.chat_session`: the interactive ``chat`` (prompt or piped stdin,
+  reconnecting).
+* :mod:`.chat`: the parser, ``main`` (the ``miss-chat`` entry point) and
+  the one-shot commands.
 
 Quick start::
 

@@ -1,10 +1,16 @@
-"""``miss-chat``: the terminal client.
+"""``miss-chat``: the terminal client's parser, :func:`main`, and its one-shot
+commands (``cmd_*``: connect if needed, do one thing, print, exit).
+
+The interactive ``chat`` lives in :mod:`.chat_session`; what both use
+(passphrases, connecting, warnings, event lines, error descriptions) in
+:mod:`.cli_common`.
 
 Usage::
 
     miss-chat --profile DIR enroll --server URL --authority KEY CODE [--label L] [--kdf moderate|interactive]
     miss-chat --profile DIR set-authority KEY [--replace]   # for a profile from before authorities
     miss-chat --profile DIR whoami                   # ids, server, authority fingerprint
+    miss-chat --profile DIR passphrase [--kdf ...]   # change the passphrase (and the hashing cost)
     miss-chat --profile DIR send RECIPIENT TEXT      # prints "<message id> accepted"
     miss-chat --profile DIR inbox                    # prints what is waiting, then exits
     miss-chat --profile DIR history [PEER]
@@ -17,19 +23,24 @@ Usage::
     miss-chat --profile DIR revoke DEVICE [--yes]    # revoke one of them, for ever
     miss-chat --profile DIR status [available|busy|on_call|off_duty]   # set; alone: print it
     miss-chat --profile DIR presence RECIPIENT...    # "● Dr X (RPPS) is on call", "○ ... is offline"
-    miss-chat --profile DIR chat RECIPIENT           # interactive; /quit leaves
+    miss-chat --profile DIR chat RECIPIENT           # a conversation; /quit leaves (see chat_session)
+    miss-chat --version
 
-RECIPIENT is an RPPS number (digits) or a user id (``u_...``). ``send`` and
-``chat`` first resend, with their original ids, messages that an earlier run
-recorded but never saw accepted (the hub drops any it already had). The profile
-directory defaults to ``$MISS_PROFILE``, else ``~/.miss``. The passphrase is
-read from ``$MISS_PASSPHRASE``, else asked on the terminal.
+RECIPIENT is an RPPS number (11 digits) or a user id (``u_...``); not
+oneself. ``send`` and ``chat`` first resend, with their original ids,
+messages that an earlier run recorded but never saw accepted (the hub drops
+any it already had); an empty message is not sent. The profile directory
+defaults to ``$MISS_PROFILE``, else ``~/.miss``. The passphrase is read
+from ``$MISS_PASSPHRASE``, else asked on the terminal (three attempts).
+``passphrase`` changes it: the old one as above, the new one from
+``$MISS_NEW_PASSPHRASE``, else asked twice on the terminal; the passphrase
+hashing cost stays the profile's unless ``--kdf`` is given.
 
-``chat`` reads one message per line from stdin, which may be a pipe: at end
-of input it keeps printing what arrives until nothing has for ``--linger``
-seconds, then exits. Incoming messages, ``✓ delivered`` receipts and the
-peer's presence (``● Dr X (RPPS) is on call``, ``○ Dr X (RPPS) is offline``:
-first their current one, then each change) are printed as they arrive.
+``chat`` is a conversation (:mod:`.chat_session` describes it): a prompt on
+a terminal, else one message per line of stdin; it survives the hub
+restarting, and steps aside while other commands use the profile. Commands
+that connect warn if the hub announces another verification authority than
+the profile's.
 
 A status (SPEC §6.7) is the user's, shared by all their devices, and kept by
 the hub until changed; ``on-call`` is accepted for ``on_call``. Presence is
@@ -59,131 +70,51 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import getpass
 import logging
 import os
 import socket
 import sys
-import threading
-import time
 from collections.abc import Callable, Coroutine
+from importlib.metadata import PackageNotFoundError
+from importlib.metadata import version as distribution_version
 from pathlib import Path
 from typing import Any
 
 from protocol.attestation import authority_fingerprint
-from protocol.errors import (
-    AccountSuspended,
-    AuthFailed,
-    DeviceRevoked,
-    Forbidden,
-    InvalidCode,
-    NoDevices,
-    NotVerified,
-    ProtocolError,
-    RecipientNotVerified,
-    SessionReplaced,
-    UnknownUser,
-)
+from protocol.errors import ProtocolError, UnknownUser
 
+from .chat_session import cmd_chat
+from .cli_common import (
+    PROG,
+    EventPrinter,
+    UsageError,
+    check_not_self,
+    check_recipient,
+    confirm,
+    connected,
+    describe,
+    open_profile,
+    read_new_passphrase,
+    read_passphrase_for_new_profile,
+    unlock,
+    warn_key_changes,
+)
 from .client import Client
 from .connection import enroll
-from .errors import ClientError, KeyChangePending, ProfileError, UnverifiedPeer
-from .models import STATUSES, Delivered, Message, Peer, PeerChange, PresenceChanged, format_id, is_user_id
-from .profile import KDF_INTERACTIVE, KDF_MODERATE, Profile, load_profile, parse_authority, set_authority
-from .render import (
-    Names,
-    clean,
-    format_time,
-    history_line,
-    message_line,
-    presence_line,
-    receipt_line,
-    short_id,
-    status_label,
+from .errors import ClientError, ProfileError
+from .models import STATUSES, Peer, PeerChange, format_id, is_user_id
+from .profile import (
+    KDF_INTERACTIVE,
+    KDF_MODERATE,
+    KdfParams,
+    change_passphrase,
+    parse_authority,
+    set_authority,
 )
+from .render import Names, clean, format_time, history_line, presence_line, status_label
 
-__all__ = ["main"]
-
-PROG = "miss-chat"
-
-
-class UsageError(ClientError):
-    """A mistake in how the command was called that argparse cannot see."""
-
-
-# --- passphrase and profile ----------------------------------------------------
-
-
-def read_passphrase(confirm: bool = False) -> str:
-    """``$MISS_PASSPHRASE`` if set, else ask on the terminal (twice if ``confirm``)."""
-    env = os.environ.get("MISS_PASSPHRASE")
-    if env is not None:
-        return env
-    try:
-        os.close(os.open("/dev/tty", os.O_RDWR))
-    except OSError:
-        raise UsageError("no terminal to ask the passphrase on: set MISS_PASSPHRASE") from None
-    try:
-        passphrase = getpass.getpass("Passphrase: ")
-        if confirm and getpass.getpass("Passphrase again: ") != passphrase:
-            raise UsageError("the two passphrases differ")
-    except EOFError:
-        raise UsageError("no passphrase given") from None
-    return passphrase
-
-
-def open_profile(args: argparse.Namespace) -> Profile:
-    return load_profile(args.profile, read_passphrase())
-
-
-def warn_key_changes(client: Client) -> None:
-    """Have ``client`` tell the user, on stderr, when a peer's devices change."""
-    client.on_key_change = lambda peer, change: warn_key_change(client, peer, change)
-
-
-def warn_key_change(client: Client, peer: Peer, change: PeerChange) -> None:
-    """Tell the user, on stderr, that a peer's devices changed since pinned."""
-    own = peer.user == client.user_id
-    who = "your own account" if own else clean(peer.display)
-    if not change.needs_acceptance:
-        print(f"{PROG}: note: the devices of {who} changed ({change.describe()})", file=sys.stderr)
-        return
-    arg = "me" if own else peer.rpps
-    compare = "" if own else f"compare safety numbers (`{PROG} safety {arg}`), then "
-    print(
-        f"{PROG}: WARNING: the devices of {who} changed ({change.describe()}); nothing is sent to "
-        f"{'anyone' if own else 'them'} until you accept: {compare}run `{PROG} trust {arg}`",
-        file=sys.stderr,
-    )
-
-
-async def confirm(question: str, yes: bool) -> bool:
-    """``--yes``, or a y/n answer read from stdin (the question on stderr)."""
-    if yes:
-        return True
-    print(f"{question} [y/N] ", end="", file=sys.stderr, flush=True)
-    line = await asyncio.to_thread(sys.stdin.readline)  # the connection keeps answering pings meanwhile
-    if not line:
-        raise UsageError("no answer on stdin: pass --yes to confirm without being asked")
-    return line.strip().lower() in ("y", "yes", "o", "oui")
-
-
-async def print_event(event: Message | Delivered | PresenceChanged, client: Client, names: Names) -> None:
-    """Print one event, looking up the peer first if the local directory lacks
-    them (e.g. a copy of a message sent from another device)."""
-    peer = event.peer if isinstance(event, Message) else event.user
-    if client.state.get_peer(peer) is None and not client.closed:
-        try:
-            await client.lookup(user=peer)
-        except (ProtocolError, ClientError):
-            pass  # shown by user id then
-    if isinstance(event, Message):
-        line = message_line(event, names)
-    elif isinstance(event, Delivered):
-        line = receipt_line(event, names)
-    else:
-        line = presence_line(event, names)
-    print(line, flush=True)
+# EventPrinter moved to cli_common; it stays importable from here, where it was.
+__all__ = ["EventPrinter", "build_parser", "main"]
 
 
 # --- commands --------------------------------------------------------------------
@@ -197,7 +128,7 @@ async def cmd_enroll(args: argparse.Namespace) -> int:
         args.server,
         args.code,
         args.profile,
-        read_passphrase(confirm=True),
+        read_passphrase_for_new_profile(),
         label,
         authority=authority,
         kdf=kdf,
@@ -209,8 +140,8 @@ async def cmd_enroll(args: argparse.Namespace) -> int:
 
 async def cmd_set_authority(args: argparse.Namespace) -> int:
     key = parse_authority(args.key)
-    passphrase = read_passphrase()
-    current = load_profile(args.profile, passphrase).authority_pk
+    profile, passphrase = unlock(args.profile)
+    current = profile.authority_pk
     if current == key:
         print(f"authority unchanged: {authority_fingerprint(key)}")
         return 0
@@ -221,6 +152,19 @@ async def cmd_set_authority(args: argparse.Namespace) -> int:
         )
     set_authority(args.profile, passphrase, key)
     print(f"authority set: {authority_fingerprint(key)}")
+    return 0
+
+
+async def cmd_passphrase(args: argparse.Namespace) -> int:
+    # Without --kdf the profile keeps its cost: a profile made "interactive"
+    # for a low-memory device must not silently become "moderate".
+    kdf: KdfParams | None = None
+    if args.kdf is not None:
+        kdf = KDF_INTERACTIVE if args.kdf == "interactive" else KDF_MODERATE
+    _, old = unlock(args.profile)
+    new = read_new_passphrase()
+    change_passphrase(args.profile, old, new, kdf)
+    print("passphrase changed")
     return 0
 
 
@@ -249,21 +193,28 @@ async def resend_pending(client: Client) -> None:
 
 
 async def cmd_send(args: argparse.Namespace) -> int:
-    async with Client.connect(open_profile(args)) as client:
+    if not args.text.strip():
+        raise UsageError("empty message: nothing sent")
+    check_recipient(args.recipient)  # before asking the passphrase
+    profile = open_profile(args)
+    check_recipient(args.recipient, profile)
+    async with connected(args, profile) as client:
         warn_key_changes(client)
         await resend_pending(client)
-        message_id = await client.send(args.recipient, args.text)
+        peer = await client.resolve(args.recipient)
+        check_not_self(peer, client)
+        message_id = await client.send(peer.user, args.text)
     print(f"{format_id(message_id)} accepted")
     return 0
 
 
 async def cmd_inbox(args: argparse.Namespace) -> int:
-    async with Client.connect(open_profile(args)) as client:
+    async with connected(args) as client:
         warn_key_changes(client)
-        names = Names(client.state)
+        printer = EventPrinter(client.state)
         events = await client.drain(idle=args.idle)
         for event in events:
-            await print_event(event, client, names)
+            print(await printer.line(event, client))
     if not events:
         print(f"{PROG}: nothing new", file=sys.stderr)
     return 0
@@ -288,7 +239,7 @@ async def cmd_history(args: argparse.Namespace) -> int:
 
 
 async def cmd_link(args: argparse.Namespace) -> int:
-    async with Client.connect(open_profile(args)) as client:
+    async with connected(args) as client:
         code, expires = await client.link_code()
     print(code)
     print(
@@ -300,7 +251,8 @@ async def cmd_link(args: argparse.Namespace) -> int:
 
 
 async def cmd_safety(args: argparse.Namespace) -> int:
-    async with Client.connect(open_profile(args)) as client:
+    check_recipient(args.recipient)
+    async with connected(args) as client:
         warn_key_changes(client)
         number = await client.safety_number(args.recipient)
         peer = await client.resolve(args.recipient)
@@ -332,7 +284,9 @@ def _device_lines(peer: Peer, change: PeerChange) -> list[str]:
 
 
 async def cmd_trust(args: argparse.Namespace) -> int:
-    async with Client.connect(open_profile(args)) as client:
+    if args.recipient.strip().lower() != "me":
+        check_recipient(args.recipient)
+    async with connected(args) as client:
         warn_key_changes(client)
         own = args.recipient.strip().lower() == "me"
         who = client.user_id if own else args.recipient
@@ -355,7 +309,8 @@ async def cmd_trust(args: argparse.Namespace) -> int:
 
 
 async def cmd_verify(args: argparse.Namespace) -> int:
-    async with Client.connect(open_profile(args)) as client:
+    check_recipient(args.recipient)
+    async with connected(args) as client:
         warn_key_changes(client)
         number = await client.safety_number(args.recipient)
         peer = await client.resolve(args.recipient)
@@ -374,7 +329,7 @@ async def cmd_verify(args: argparse.Namespace) -> int:
 
 
 async def cmd_search(args: argparse.Namespace) -> int:
-    async with Client.connect(open_profile(args)) as client:
+    async with connected(args) as client:
         entries = await client.search(args.query)
         for entry in entries:
             pinned = client.state.get_peer(entry.user)
@@ -393,7 +348,7 @@ async def cmd_search(args: argparse.Namespace) -> int:
 
 
 async def cmd_devices(args: argparse.Namespace) -> int:
-    async with Client.connect(open_profile(args)) as client:
+    async with connected(args) as client:
         devices = await client.devices()
     for d in devices:
         state = "attested" if d.attested else "NOT attested (ask an administrator to verify you again)"
@@ -404,7 +359,7 @@ async def cmd_devices(args: argparse.Namespace) -> int:
 
 
 async def cmd_revoke(args: argparse.Namespace) -> int:
-    async with Client.connect(open_profile(args)) as client:
+    async with connected(args) as client:
         target = next((d for d in await client.devices() if d.device == args.device), None)
         if target is None:
             raise UsageError(f"{args.device} is not one of your active devices (`{PROG} devices` lists them)")
@@ -424,7 +379,7 @@ async def cmd_revoke(args: argparse.Namespace) -> int:
 
 
 async def cmd_status(args: argparse.Namespace) -> int:
-    async with Client.connect(open_profile(args)) as client:
+    async with connected(args) as client:
         if args.status is not None:
             await client.set_status(args.status)
             status = args.status
@@ -439,7 +394,9 @@ async def cmd_status(args: argparse.Namespace) -> int:
 
 
 async def cmd_presence(args: argparse.Namespace) -> int:
-    async with Client.connect(open_profile(args)) as client:
+    for recipient in args.recipients:
+        check_recipient(recipient)
+    async with connected(args) as client:
         warn_key_changes(client)
         peers: dict[str, Peer] = {}
         for recipient in args.recipients:
@@ -460,164 +417,15 @@ async def cmd_presence(args: argparse.Namespace) -> int:
     return 0
 
 
-async def watch_peer(client: Client, peer: Peer, names: Names) -> None:
-    """Follow the peer's presence and print the current one (chat, on start)."""
-    try:
-        current = await client.watch([peer.user])
-    except (ProtocolError, ClientError) as exc:
-        if client.closed:
-            raise
-        print(f"{PROG}: presence of {clean(peer.display)} unavailable: {describe(exc)}", file=sys.stderr)
-        return
-    if current:
-        print(presence_line(current[0], names), flush=True)
-    else:
-        print(f"{PROG}: the presence of {clean(peer.display)} is not shared with you", file=sys.stderr)
-
-
-async def cmd_chat(args: argparse.Namespace) -> int:
-    interactive = sys.stdin.isatty()
-    async with Client.connect(open_profile(args)) as client:
-        warn_key_changes(client)
-        peer = await client.resolve(args.recipient)
-        await resend_pending(client)
-        names = Names(client.state)
-        print(f"chatting with {clean(peer.display)}; /quit leaves", file=sys.stderr)
-        await watch_peer(client, peer, names)
-        loop = asyncio.get_running_loop()
-        last_activity = [loop.time()]
-
-        async def show_events() -> None:
-            async for event in client.events():
-                await print_event(event, client, names)
-                last_activity[0] = loop.time()
-
-        async def send_lines() -> str:
-            lines = _stdin_lines(loop)
-            while True:
-                line = await lines.get()
-                if line is None:
-                    return "eof"
-                text = line.rstrip("\r\n")
-                if text.strip() == "/quit":
-                    return "quit"
-                if not text.strip():
-                    continue
-                try:
-                    message_id = await client.send(peer.user, text)
-                except (ProtocolError, ClientError) as exc:
-                    if client.closed:
-                        raise
-                    print(f"{PROG}: not sent: {describe(exc)}", file=sys.stderr)
-                    continue
-                if not interactive:
-                    when = format_time(time.time_ns() // 1_000_000)
-                    shown = f"{clean(text)} ({short_id(message_id)} accepted)"
-                    print(f"[{when}] me → {clean(peer.display)}: {shown}", flush=True)
-                last_activity[0] = loop.time()
-
-        printer = asyncio.create_task(show_events())
-        sender = asyncio.create_task(send_lines())
-        try:
-            done, _ = await asyncio.wait({printer, sender}, return_when=asyncio.FIRST_COMPLETED)
-            if printer in done:
-                printer.result()  # the connection ended: raise why
-                return 0
-            if sender.result() == "eof":
-                while (left := args.linger - (loop.time() - last_activity[0])) > 0 and not printer.done():
-                    await asyncio.wait({printer}, timeout=left)
-                if printer.done():
-                    printer.result()
-        finally:
-            for task in (printer, sender):
-                task.cancel()
-            await asyncio.gather(printer, sender, return_exceptions=True)
-    return 0
-
-
-def _stdin_lines(loop: asyncio.AbstractEventLoop) -> asyncio.Queue[str | None]:
-    """Lines of stdin, read by a daemon thread (so that a blocked read never
-    holds the program open); None marks the end of input."""
-    queue: asyncio.Queue[str | None] = asyncio.Queue()
-
-    def put(item: str | None) -> bool:
-        try:
-            loop.call_soon_threadsafe(queue.put_nowait, item)
-        except RuntimeError:  # the loop is closed: the program is leaving
-            return False
-        return True
-
-    def run() -> None:
-        while True:
-            try:
-                line = sys.stdin.readline()
-            except (OSError, ValueError):
-                line = ""
-            if not line:
-                put(None)
-                return
-            if not put(line):
-                return
-
-    threading.Thread(target=run, name="miss-chat-stdin", daemon=True).start()
-    return queue
-
-
 # --- entry point --------------------------------------------------------------------
 
 
-def describe(exc: BaseException) -> str:
-    """A one-line, user-facing description of an expected error."""
-    if isinstance(exc, UnknownUser):
-        return "unknown recipient (no such clinician in the directory)"
-    if isinstance(exc, AuthFailed):
-        return "authentication failed: this device is unknown to the hub or was revoked"
-    if isinstance(exc, NoDevices):
-        return "the recipient has no device enrolled yet; nobody could read the message"
-    if isinstance(exc, SessionReplaced):
-        return "this device connected again elsewhere (another miss-chat running with this profile?)"
-    if isinstance(exc, InvalidCode):
-        return "invalid enrollment code (unknown, already used or expired)"
-    if isinstance(exc, DeviceRevoked):
-        return "this device has been revoked: it can no longer connect; enroll again with a new code"
-    if isinstance(exc, AccountSuspended):
-        return "your account is suspended; contact your administrator"
-    if isinstance(exc, NotVerified):
-        return (
-            "your account or this device is not verified by the authority: ask an administrator to "
-            "run `miss-admin verify` (again, after you link a device)"
-        )
-    if isinstance(exc, RecipientNotVerified):
-        return "the recipient is not a verified clinician (not attested, or suspended)"
-    if isinstance(exc, Forbidden):
-        return f"not one of your active devices (`{PROG} devices` lists them)"
-    if isinstance(exc, KeyChangePending):
-        if exc.own:
-            return (
-                f"the devices of your own account changed ({exc.change.describe()}): nothing is sent "
-                f"until you accept them with `{PROG} trust me`"
-            )
-        arg = exc.peer.rpps
-        return (
-            f"the devices of {clean(exc.peer.display)} changed ({exc.change.describe()}): nothing is "
-            f"sent until you accept; compare safety numbers (`{PROG} safety {arg}`), "
-            f"then run `{PROG} trust {arg}`"
-        )
-    if isinstance(exc, UnverifiedPeer):
-        if exc.own and exc.reason == "device_not_attested":
-            return (
-                "this device is not attested yet (linked since your account was last verified): "
-                "ask an administrator to run `miss-admin verify` again"
-            )
-        if exc.own:
-            return (
-                f"your account is not verified by the authority ({exc.reason.replace('_', ' ')}): "
-                "ask an administrator to run `miss-admin verify`"
-            )
-        return clean(str(exc))
-    if isinstance(exc, ProtocolError):
-        return f"{exc.message} ({exc.code})" if type(exc) is not ProtocolError else str(exc)
-    return str(exc)
+def miss_version() -> str:
+    """The installed version of the ``miss`` distribution."""
+    try:
+        return distribution_version("miss")
+    except PackageNotFoundError:
+        return "(version unknown: not installed)"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -629,6 +437,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="profile directory (default: $MISS_PROFILE or ~/.miss)",
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="log SDK details to stderr")
+    parser.add_argument("--version", action="version", version=f"{PROG} {miss_version()}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def add(name: str, func: Callable[[argparse.Namespace], Coroutine[Any, Any, int]], help: str) -> Any:
@@ -656,6 +465,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("key", metavar="KEY", help="the authority's public key (base64)")
     p.add_argument("--replace", action="store_true", help="replace an authority key already set")
     add("whoami", cmd_whoami, "show this device's identity and authority")
+    p = add(
+        "passphrase",
+        cmd_passphrase,
+        "change the passphrase of this profile (old one: $MISS_PASSPHRASE, new one: $MISS_NEW_PASSPHRASE, "
+        "else both asked on the terminal)",
+    )
+    p.add_argument(
+        "--kdf",
+        choices=("moderate", "interactive"),
+        help="a new passphrase hashing cost (default: keep the profile's)",
+    )
     p = add("send", cmd_send, "send one message")
     p.add_argument("recipient", help="RPPS number or user id")
     p.add_argument("text")
@@ -689,7 +509,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p = add("presence", cmd_presence, "print the presence of clinicians")
     p.add_argument("recipients", nargs="+", metavar="RECIPIENT", help="RPPS number or user id")
-    p = add("chat", cmd_chat, "interactive conversation (reads lines from stdin)")
+    p = add("chat", cmd_chat, "conversation: a prompt on a terminal, else one message per line of stdin")
     p.add_argument("recipient")
     p.add_argument(
         "--linger", type=float, default=1.0, help="at end of input, seconds to wait for news before leaving"

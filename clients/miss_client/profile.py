@@ -246,15 +246,17 @@ def load_profile(directory: Path, passphrase: str) -> Profile:
         raise ProfileCorrupt(f"sealed profile lacks {exc}") from None
 
 
-def change_passphrase(directory: Path, old: str, new: str, kdf: KdfParams = KDF_MODERATE) -> Profile:
+def change_passphrase(directory: Path, old: str, new: str, kdf: KdfParams | None = None) -> Profile:
     """Re-seal the profile under a new passphrase (and fresh salt).
 
-    The storage key is kept, so the state DB needs no rewrite. Raises like
+    The KDF cost stays the profile's unless ``kdf`` is given. The storage
+    key is kept, so the state DB needs no rewrite. Raises like
     :func:`load_profile`, and WeakPassphrase for a short new passphrase.
     """
     check_passphrase(new)
+    _, _, current = _read_header(Path(directory))
     profile = load_profile(directory, old)
-    _seal(profile, new, kdf)
+    _seal(profile, new, current if kdf is None else kdf)
     return profile
 
 

@@ -1,34 +1,67 @@
 """How the terminal client shows messages, receipts, presence and history lines.
 
-Everything a peer controls (message bodies, directory names) goes through
-:func:`clean` first: control characters and bidirectional overrides are
-shown escaped, so a message cannot move the cursor, recolour the terminal
-or disguise text ("Trojan source"). Times are local, ``YYYY-MM-DD HH:MM``.
+Everything a peer controls (message bodies, directory names, device labels,
+refusal reasons) goes through :func:`clean` first: control characters and
+bidirectional overrides are shown escaped, so a message cannot move the
+cursor, recolour the terminal or disguise text ("Trojan source"). Times are
+local, ``YYYY-MM-DD HH:MM``.
+
+Receipts name what the user knows: the message by a short excerpt of its
+text (``«Bonjour, un avis sur…»``, from :class:`MessageTexts`) and the device
+by the short form of its id (``d_1a2b…``), with its label when it is one of
+the user's own devices. A refusal (SPEC §6.5) is always shown as
+``✗ NOT delivered``, never as delivered (DESIGN.md, guarantee 7).
 """
 
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from datetime import datetime
 
-from .models import Delivered, HistoryEntry, Message, Peer, PresenceChanged, PresenceInfo, format_id
+from .models import (
+    Delivered,
+    HistoryEntry,
+    Message,
+    MessageHeld,
+    Peer,
+    PresenceChanged,
+    PresenceInfo,
+    Refused,
+)
 from .state import LocalState
 
 __all__ = [
+    "MessageTexts",
     "Names",
     "clean",
+    "excerpt",
     "format_time",
+    "held_line",
     "history_line",
     "message_line",
+    "outgoing_line",
     "presence_line",
     "receipt_line",
-    "short_id",
+    "refusal_reason",
+    "refused_line",
+    "short_device",
     "status_label",
 ]
 
 _STATUS_LABELS = {"available": "available", "busy": "busy", "on_call": "on call", "off_duty": "off duty"}
 
+#: What a refusal reason (SPEC §6.3) means, as the sender reads it; other
+#: reasons (from a later revision) are shown as they come.
+_REFUSAL_REASONS = {
+    "sender_unverified": "the sender could not be verified by that device",
+    "undecryptable": "that device could not decrypt or check it",
+}
+
 _UNSAFE = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u200b-\u200f\u202a-\u202e\u2066-\u2069\ufeff]")
+
+#: Characters of a message shown in a receipt.
+EXCERPT_CHARS = 24
 
 
 def clean(text: str) -> str:
@@ -42,9 +75,22 @@ def format_time(ms: int) -> str:
     return datetime.fromtimestamp(ms / 1000).strftime("%Y-%m-%d %H:%M")
 
 
-def short_id(message_id: bytes) -> str:
-    """The last 8 hex digits of a message id (the first ones are a timestamp)."""
-    return format_id(message_id)[-8:]
+def excerpt(text: str, chars: int = EXCERPT_CHARS) -> str:
+    """``«first words…»``: the start of a message on one line, made safe."""
+    flat = " ".join(text.split())
+    if len(flat) > chars:
+        flat = flat[:chars].rstrip() + "…"
+    return f"«{clean(flat)}»"
+
+
+def short_device(device: str) -> str:
+    """``d_1a2b…``: enough of a device id to tell devices apart on screen."""
+    return clean(device if len(device) <= 6 else device[:6] + "…")
+
+
+def refusal_reason(reason: str) -> str:
+    """A refusal reason as people say it (unknown ones as they come)."""
+    return _REFUSAL_REASONS.get(reason, clean(reason))
 
 
 class Names:
@@ -59,6 +105,39 @@ class Names:
         return clean(peer.display) if peer is not None else user
 
 
+class MessageTexts:
+    """The text of our own messages, for receipts: remembered when sent in
+    this run, else found among the last ``scan`` messages of the local
+    history (one scan per conversation, cached)."""
+
+    def __init__(self, state: LocalState, scan: int = 500) -> None:
+        self._state = state
+        self._scan = scan
+        self._bodies: dict[bytes, str] = {}
+        self._scanned: set[str | None] = set()
+
+    def remember(self, message_id: bytes, body: str) -> None:
+        self._bodies[message_id] = body
+
+    def excerpt(self, message_id: bytes, peer: str | None) -> str:
+        """``«Bonjour…»`` for message ``message_id`` (sent to ``peer``, if
+        known), or a plain phrase if this device's history lacks it."""
+        for where in (peer, None):
+            if message_id in self._bodies:
+                break
+            if where not in self._scanned:
+                self._scanned.add(where)
+                for entry in self._state.history(where, limit=self._scan):
+                    self._bodies.setdefault(entry.id, entry.body)
+        body = self._bodies.get(message_id)
+        return excerpt(body) if body is not None else "a message not in this device's history"
+
+
+def _device(device: str, labels: Mapping[str, str]) -> str:
+    label = labels.get(device)
+    return f"{short_device(device)} ({clean(label)})" if label else short_device(device)
+
+
 def message_line(message: Message, names: Names) -> str:
     """``[time] Name (RPPS): text``, or ``[time] me → Name (RPPS): text`` for
     a copy of a message this user sent from another device."""
@@ -69,10 +148,42 @@ def message_line(message: Message, names: Names) -> str:
     return f"[{when}] {names.of(message.from_user)}: {body}"
 
 
-def receipt_line(receipt: Delivered, names: Names) -> str:
-    """``[time] ✓ delivered <short id> to Name (RPPS)``."""
+def outgoing_line(sent_at: int, to_user: str, text: str, names: Names, note: str = "") -> str:
+    """``[time] me → Name (RPPS): text``, then `` (note)`` if given."""
+    suffix = f" ({note})" if note else ""
+    return f"[{format_time(sent_at)}] me → {names.of(to_user)}: {clean(text)}{suffix}"
+
+
+def receipt_line(
+    receipt: Delivered, names: Names, texts: MessageTexts, labels: Mapping[str, str] | None = None
+) -> str:
+    """``[time] ✓ delivered to Name (RPPS), device d_1a2b…: «Bonjour…»``;
+    ``labels`` names the user's own devices."""
     when = format_time(receipt.ts) if receipt.ts else "-"
-    return f"[{when}] ✓ delivered {short_id(receipt.id)} to {names.of(receipt.user)}"
+    device = _device(receipt.device, labels or {})
+    what = texts.excerpt(receipt.id, receipt.user)
+    return f"[{when}] ✓ delivered to {names.of(receipt.user)}, device {device}: {what}"
+
+
+def refused_line(
+    refusal: Refused, names: Names, texts: MessageTexts, labels: Mapping[str, str] | None = None
+) -> str:
+    """``[time] ✗ NOT delivered: Name (RPPS)'s device d_1a2b… refused «Bonjour…» (reason: ...)``."""
+    when = format_time(refusal.ts) if refusal.ts else "-"
+    device = _device(refusal.device, labels or {})
+    what = texts.excerpt(refusal.id, refusal.user)
+    return (
+        f"[{when}] ✗ NOT delivered: {names.of(refusal.user)}'s device {device} refused {what} "
+        f"(reason: {refusal_reason(refusal.reason)})"
+    )
+
+
+def held_line(held: MessageHeld, names: Names) -> str:
+    """One warning, without content, for a message that could not be checked yet."""
+    return (
+        f"! a message from {names.of(held.from_user)} could not be checked yet ({clean(held.reason)}); "
+        "it will come again on the next connection"
+    )
 
 
 def status_label(status: str) -> str:
@@ -93,15 +204,20 @@ def presence_line(presence: PresenceInfo | PresenceChanged, names: Names) -> str
 
 
 def history_line(entry: HistoryEntry, names: Names) -> str:
-    """One history entry; outgoing ones end with their status or ``✓``."""
+    """One history entry. Outgoing ones end with ``✓`` once a device of the
+    recipient kept them, ``✗ NOT delivered: refused by d_1a2b… (reason)``
+    for each device that refused them, or their status (pending, failed)."""
     when = format_time(entry.sent_at)
     body = clean(entry.body)
     if entry.direction == "in":
         return f"[{when}] {names.of(entry.from_user)}: {body}"
+    marks = []
     if entry.delivered_to:
-        mark = " ✓"
-    elif entry.status in ("pending", "failed"):
-        mark = f" ({entry.status})"
-    else:
-        mark = ""
+        marks.append("✓")
+    if entry.refused_by:
+        refusals = ", ".join(f"{short_device(d)} ({refusal_reason(r)})" for d, r in entry.refused_by)
+        marks.append(f"✗ {'' if entry.delivered_to else 'NOT delivered: '}refused by {refusals}")
+    elif not entry.delivered_to and entry.status in ("pending", "failed"):
+        marks.append(f"({entry.status})")
+    mark = f" {' '.join(marks)}" if marks else ""
     return f"[{when}] me → {names.of(entry.peer)}: {body}{mark}"

@@ -5,7 +5,9 @@ thread, since it starts its own event loop)."""
 from __future__ import annotations
 
 import asyncio
+import importlib.metadata
 import io
+import os
 import re
 from collections.abc import Callable
 from pathlib import Path
@@ -364,10 +366,12 @@ async def test_unverified_accounts_get_a_clear_refusal(cli: Cli, hub: HubServer)
     await enroll_real(cli, hub, "bob", "10000000002")
     await enroll_real(cli, hub, "carol", "10000000003", verified=False)
     rc, _, err = await cli("alice", "send", "10000000002", "x")
-    assert rc == 1 and "your account is not verified by the authority (missing)" in err
+    # The hub answers nothing to an account it does not know verified (SPEC §11.4).
+    assert rc == 1 and "your account or this device is not verified by the authority" in err
     assert "miss-admin verify" in err
     rc, _, err = await cli("bob", "send", "10000000003", "x")
-    assert rc == 1 and "is not a verified clinician: the hub has no attestation of them" in err
+    # An unverified clinician is nobody in the directory (SPEC §11.3).
+    assert (rc, err) == (1, "miss-chat: error: unknown recipient (no such clinician in the directory)\n")
     assert await hub.store.count_pending(load_profile(cli.tmp_path / "carol", PASSPHRASE).device_id) == 0
 
 
@@ -473,3 +477,175 @@ async def test_a_suspended_account_is_told_so(cli: Cli, hub: HubServer) -> None:
     hub.hub.accounts.forget(user)
     rc, _, err = await cli("bob", "inbox")
     assert (rc, err) == (1, "miss-chat: error: your account is suspended; contact your administrator\n")
+
+
+# --- rough edges (issue 11, point 16) ------------------------------------------------------
+
+
+def test_version(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as done:
+        main(["--version"])
+    assert done.value.code == 0
+    assert capsys.readouterr().out == f"miss-chat {importlib.metadata.version('miss')}\n"
+
+
+async def test_an_empty_message_is_refused_by_send_and_ignored_in_chat(
+    cli: Cli, fakehub: FakeHub, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    await enroll(cli, fakehub, "alice", "10000000001")
+    await enroll(cli, fakehub, "bob", "10000000002")
+    for text in ("", "  \t "):
+        rc, out, err = await cli("alice", "send", "10000000002", text)
+        assert (rc, out, err) == (1, "", "miss-chat: error: empty message: nothing sent\n")
+    monkeypatch.setattr("sys.stdin", io.StringIO("   \nbonjour\n\n"))
+    rc, out, err = await cli("alice", "chat", "10000000002", "--linger", "0.1")
+    assert rc == 0, err
+    assert err.count("miss-chat: empty message: nothing sent\n") == 2
+    assert [
+        fr for fr in fakehub.received if isinstance(fr, Send)
+    ] and "me → Dr Bob (10000000002): bonjour" in out
+    rc, out, _ = await cli("bob", "inbox", "--idle", "0.2")
+    assert [line.split(": ", 1)[1] for line in out.splitlines()] == ["bonjour"]
+
+
+async def test_sending_to_oneself_is_refused_as_such(cli: Cli, fakehub: FakeHub) -> None:
+    alice = await enroll(cli, fakehub, "alice", "10000000001")
+    await enroll(cli, fakehub, "bob", "10000000002")
+    refusal = "miss-chat: error: you cannot send a message to yourself\n"
+    for recipient in ("10000000001", alice):
+        rc, out, err = await cli("alice", "send", recipient, "note à moi-même")
+        assert (rc, out, err) == (1, "", refusal)
+        rc, out, err = await cli("alice", "chat", recipient, stdin="x\n")
+        assert (rc, err) == (1, refusal)
+    assert not [fr for fr in fakehub.received if isinstance(fr, Send)]
+    # Once the profile knows its own RPPS number, it says so before connecting.
+    rc, _, _ = await cli("alice", "send", "10000000002", "bonjour")
+    assert rc == 0
+    before = len(fakehub.received)
+    rc, _, err = await cli("alice", "send", "10000000001", "note")
+    assert (rc, err) == (1, refusal) and len(fakehub.received) == before
+
+
+@pytest.mark.parametrize("command", [["send", "{rpps}", "x"], ["chat", "{rpps}"], ["presence", "{rpps}"]])
+@pytest.mark.parametrize("rpps", ["1000000000", "100000000011", "42"])
+async def test_a_malformed_rpps_number_is_not_an_unknown_recipient(
+    cli: Cli, fakehub: FakeHub, command: list[str], rpps: str
+) -> None:
+    await enroll(cli, fakehub, "alice", "10000000001")
+    rc, out, err = await cli("alice", *[a.format(rpps=rpps) for a in command], stdin="x\n")
+    assert (rc, out) == (1, "")
+    assert err == f"miss-chat: error: an RPPS number has 11 digits ({rpps!r} has {len(rpps)})\n"
+
+
+async def test_receipts_show_the_message_and_the_device_not_an_id(cli: Cli, fakehub: FakeHub) -> None:
+    await enroll(cli, fakehub, "alice", "10000000001")
+    await enroll(cli, fakehub, "bob", "10000000002")
+    bob_device = load_profile(cli.tmp_path / "bob", PASSPHRASE).device_id
+    await cli("alice", "send", "10000000002", "Bonjour Bob, un avis sur le patient de la 12 ?")
+    await cli("alice", "send", "10000000002", "Merci")
+    await cli("bob", "inbox", "--idle", "0.2")
+    rc, out, _ = await cli("alice", "inbox", "--idle", "0.3")
+    assert rc == 0
+    device = re.escape(f"{bob_device[:6]}…")
+    assert re.fullmatch(
+        rf"\[[-\d :]+\] ✓ delivered to Dr Bob \(10000000002\), device {device}: «Bonjour Bob, un avis sur…»\n"
+        rf"\[[-\d :]+\] ✓ delivered to Dr Bob \(10000000002\), device {device}: «Merci»\n",
+        out,
+    ), out
+
+
+async def test_passphrase_command_for_scripts(
+    cli: Cli, fakehub: FakeHub, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    await enroll(cli, fakehub, "alice", "10000000001")
+    monkeypatch.setenv("MISS_NEW_PASSPHRASE", "short")
+    rc, out, err = await cli("alice", "passphrase", "--kdf", "interactive")
+    assert (rc, out) == (1, "") and err == "miss-chat: error: passphrase must have at least 8 characters\n"
+
+    monkeypatch.setenv("MISS_NEW_PASSPHRASE", "a brand new passphrase")
+    rc, out, err = await cli("alice", "passphrase", "--kdf", "interactive")
+    assert (rc, out, err) == (0, "passphrase changed\n", "")
+    rc, _, err = await cli("alice", "whoami")
+    assert (rc, err) == (1, "miss-chat: error: wrong passphrase\n"), "the old one no longer opens it"
+    monkeypatch.setenv("MISS_PASSPHRASE", "a brand new passphrase")
+    rc, out, _ = await cli("alice", "whoami")
+    assert rc == 0 and "user      u_" in out
+
+
+async def test_a_fatal_error_while_reconnecting_ends_the_chat_with_its_message(
+    cli: Cli, fakehub: FakeHub, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    await enroll(cli, fakehub, "alice", "10000000001")
+    await enroll(cli, fakehub, "bob", "10000000002")
+    alice = load_profile(cli.tmp_path / "alice", PASSPHRASE)
+    read, write = os.pipe()
+    monkeypatch.setattr("sys.stdin", os.fdopen(read, "r"))
+    chat = asyncio.create_task(cli("alice", "chat", "10000000002"))
+    try:
+        await wait_for(lambda: alice.device_id in fakehub.conns, within=10)
+        first = fakehub.conns[alice.device_id]
+        await first.close(1001)  # the hub restarts: the chat comes back
+        await wait_for(lambda: fakehub.conns.get(alice.device_id) not in (None, first), within=10)
+        # The device is revoked meanwhile: the next authentication fails.
+        del fakehub.users[alice.user_id].devices[alice.device_id]
+        await fakehub.conns[alice.device_id].close(1001)
+        rc, _, err = await asyncio.wait_for(chat, 10)
+    finally:
+        os.close(write)
+    assert rc == 1
+    assert "miss-chat: connection lost (the hub is restarting); reconnecting\n" in err
+    assert "miss-chat: connected again\n" in err
+    assert err.endswith(
+        "miss-chat: error: authentication failed: this device is unknown to the hub or was revoked\n"
+    )
+    assert "Traceback" not in err
+
+
+# --- refusals and the hub's authority (issue 11, points 10 and 11), against the real hub --------
+
+
+async def test_a_refusal_is_shown_as_not_delivered_in_inbox_and_history(cli: Cli, hub: HubServer) -> None:
+    await enroll_real(cli, hub, "alice", "10000000001")
+    await enroll_real(cli, hub, "bob", "10000000002")
+    bob_device = load_profile(cli.tmp_path / "bob", PASSPHRASE).device_id
+    # Bob's profile trusts another authority: his device cannot verify Alice.
+    other = encode_authority_key(bytes(nacl.signing.SigningKey.generate().verify_key))
+    rc, _, _ = await cli("bob", "set-authority", other, "--replace")
+    assert rc == 0
+    rc, _, err = await cli("alice", "send", "10000000002", "Bonjour Bob, un avis sur le patient de la 12 ?")
+    assert rc == 0, err
+    rc, out, _ = await cli("bob", "inbox", "--idle", "0.3")
+    assert "Bonjour" not in out
+    rc, out, _ = await cli("alice", "inbox", "--idle", "0.5")
+    assert rc == 0 and "✓" not in out and "delivered to" not in out
+    assert re.fullmatch(
+        rf"\[[-\d :]+\] ✗ NOT delivered: Dr Bob \(10000000002\)'s device {re.escape(bob_device[:6])}… "
+        r"refused "
+        r"«Bonjour Bob, un avis sur…» \(reason: the sender could not be verified by that device\)\n",
+        out,
+    ), out
+    rc, out, _ = await cli("alice", "history", "10000000002")
+    assert out.endswith(
+        "me → Dr Bob (10000000002): Bonjour Bob, un avis sur le patient de la 12 ? ✗ NOT delivered: "
+        f"refused by {bob_device[:6]}… (the sender could not be verified by that device)\n"
+    ), out
+
+
+async def test_commands_warn_when_the_hub_announces_another_authority(cli: Cli, hub: HubServer) -> None:
+    await enroll_real(cli, hub, "alice", "10000000001")
+    other_key = nacl.signing.SigningKey.generate().verify_key
+    other = encode_authority_key(bytes(other_key))
+    rc, _, _ = await cli("alice", "set-authority", other, "--replace")
+    assert rc == 0
+    rc, out, err = await cli("alice", "devices")
+    assert rc == 0 and out
+    assert err == (
+        "miss-chat: WARNING: the hub announces the verification authority "
+        f"{authority_fingerprint(AUTHORITY_PK)} but this profile trusts "
+        f"{authority_fingerprint(bytes(other_key))}: "
+        "every clinician will look unverified until the profile has the right key: "
+        "`miss-chat set-authority KEY --replace` with the key your administrator gives you\n"
+    )
+    rc, _, _ = await cli("alice", "set-authority", AUTHORITY_TEXT, "--replace")
+    rc, _, err = await cli("alice", "devices")
+    assert (rc, err) == (0, "")

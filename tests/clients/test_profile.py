@@ -8,6 +8,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import msgpack
+import nacl.pwhash.argon2id as argon2id
 import pytest
 from authority import AUTHORITY_PK, AUTHORITY_TEXT
 from client_fixtures import PASSPHRASE
@@ -24,6 +25,7 @@ from miss_client.models import Message, Peer
 from miss_client.profile import (
     KDF_INTERACTIVE,
     SEALED_FILE,
+    KdfParams,
     Profile,
     change_passphrase,
     create_profile,
@@ -133,6 +135,33 @@ def test_change_passphrase_keeps_history_readable(make_profile: Callable[..., Pr
     reopened = load_profile(profile.directory, "a whole new passphrase")
     with reopened.open_state() as state:
         assert [e.body for e in state.history()] == ["keep me"]
+
+
+def _sealed_kdf(directory: Path) -> KdfParams:
+    outer = msgpack.unpackb((directory / SEALED_FILE).read_bytes())
+    return KdfParams(outer["opslimit"], outer["memlimit"])
+
+
+def test_change_passphrase_keeps_the_kdf_cost_unless_given(tmp_path: Path) -> None:
+    # A low-memory device's profile must not become MODERATE (256 MiB) behind its back.
+    directory = tmp_path / "p"
+    create_profile(
+        directory,
+        PASSPHRASE,
+        server="ws://x/",
+        user_id="u_1",
+        device_id="d_1",
+        keys=DeviceKeys.generate(),
+        kdf=KDF_INTERACTIVE,
+    )
+    change_passphrase(directory, PASSPHRASE, "a whole new passphrase")
+    assert _sealed_kdf(directory) == KDF_INTERACTIVE
+    assert load_profile(directory, "a whole new passphrase").user_id == "u_1"
+
+    cheapest = KdfParams(argon2id.OPSLIMIT_MIN, argon2id.MEMLIMIT_MIN)
+    change_passphrase(directory, "a whole new passphrase", "and yet another one", cheapest)
+    assert _sealed_kdf(directory) == cheapest
+    assert load_profile(directory, "and yet another one").user_id == "u_1"
 
 
 def test_permissions(tmp_path: Path, make_profile: Callable[..., Profile]) -> None:
