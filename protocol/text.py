@@ -14,9 +14,11 @@ so that whatever someone typed is shown, and cannot act:
   LF), DEL becomes ``␡``. An ANSI escape sequence thus loses its ESC (or,
   for the 8-bit CSI, the C1 character below) and shows as text
   (``␛[2K``): it is neutralised, and the administrator sees it was there.
-* C1 controls (U+0080 to U+009F), bidi embeddings, overrides and isolates
-  (U+202A to U+202E, U+2066 to U+2069), line and paragraph separators (U+2028,
-  U+2029) and lone surrogates become U+FFFD ``�``.
+* C1 controls (U+0080 to U+009F), bidi marks, embeddings, overrides and
+  isolates (U+200E, U+200F, U+202A to U+202E, U+2066 to U+2069), the
+  zero-width spaces that can hide a difference between two names (U+200B,
+  U+FEFF), line and paragraph separators (U+2028, U+2029) and lone
+  surrogates become U+FFFD ``�``.
 
 Everything else (accents, other scripts, emoji with their joiners) is kept.
 The function is pure and total: any ``str`` in, a ``str`` that encodes in
@@ -29,13 +31,15 @@ __all__ = ["printable"]
 
 REPLACEMENT = "\ufffd"
 
-_BIDI_CONTROLS = (*range(0x202A, 0x202F), *range(0x2066, 0x206A))
+_BIDI_CONTROLS = (0x200E, 0x200F, *range(0x202A, 0x202F), *range(0x2066, 0x206A))
+_INVISIBLE = (0x200B, 0xFEFF)
 
 _TABLE: dict[int, str] = {
     **{c: chr(0x2400 + c) for c in range(0x20)},
     0x7F: "\u2421",
     **dict.fromkeys(range(0x80, 0xA0), REPLACEMENT),
     **dict.fromkeys(_BIDI_CONTROLS, REPLACEMENT),
+    **dict.fromkeys(_INVISIBLE, REPLACEMENT),
     0x2028: REPLACEMENT,
     0x2029: REPLACEMENT,
     **dict.fromkeys(range(0xD800, 0xE000), REPLACEMENT),

@@ -15,9 +15,10 @@ the user's own devices. A refusal (SPEC §6.5) is always shown as
 
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping
 from datetime import datetime
+
+from protocol.text import printable
 
 from .models import (
     Delivered,
@@ -58,16 +59,14 @@ _REFUSAL_REASONS = {
     "undecryptable": "that device could not decrypt or check it",
 }
 
-_UNSAFE = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u200b-\u200f\u202a-\u202e\u2066-\u2069\ufeff]")
-
 #: Characters of a message shown in a receipt.
 EXCERPT_CHARS = 24
 
 
 def clean(text: str) -> str:
-    """``text`` with terminal-unsafe characters escaped; newlines indented."""
-    text = _UNSAFE.sub(lambda m: f"\\u{ord(m.group()):04x}", text)
-    return text.replace("\n", "\n    ")
+    """``text`` made safe for a terminal (protocol.text.printable), each line
+    of it, the lines after the first indented."""
+    return "\n    ".join(printable(line) for line in text.split("\n"))
 
 
 def format_time(ms: int) -> str:

@@ -155,7 +155,7 @@ async def test_peer_text_cannot_drive_the_terminal(cli: Cli, fakehub: FakeHub) -
     await enroll(cli, fakehub, "bob", "10000000002")
     await cli("alice", "send", "10000000002", "\x1b[2J\u202eevil")
     _, out, _ = await cli("bob", "inbox", "--idle", "0.2")
-    assert "\x1b" not in out and "\u202e" not in out and "\\u001b[2J\\u202eevil" in out
+    assert "\x1b" not in out and "\u202e" not in out and "␛[2J\ufffdevil" in out
 
 
 @pytest.mark.parametrize(

@@ -41,7 +41,7 @@ def test_excerpts_are_short_one_line_and_safe() -> None:
     assert excerpt("Merci") == "«Merci»"
     assert excerpt("Bonjour, un avis sur le patient de la 12 ?") == "«Bonjour, un avis sur le…»"
     assert excerpt("deux\nlignes") == "«deux lignes»"
-    assert excerpt("\x1b[2Jeffacé") == "«\\u001b[2Jeffacé»"
+    assert excerpt("\x1b[2Jeffacé") == "«␛[2Jeffacé»"
 
 
 def test_receipts_and_refusals_name_the_message_from_the_history(state: LocalState) -> None:
