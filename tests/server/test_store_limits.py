@@ -16,7 +16,7 @@ from store_samples import DAY, NOW, message, user_with_devices
 
 from miss_server.codes import code_hash
 from miss_server.store import migrations
-from miss_server.store.base import CodeInvalid, DeviceLimit, Kind, Store
+from miss_server.store.base import CodeInvalid, DeviceLimit, Kind, SchemaMismatch, Store
 from miss_server.store.postgres import PostgresStore
 from miss_server.store.sqlite import SQLiteStore
 from protocol import attestation
@@ -285,3 +285,31 @@ async def test_devices_attested_before_the_column_are_found_in_their_attestation
         devices = {d.device_id: d.attested for d in await s.user_devices("u_0000000000000001")}
         assert devices == {good: True, other: False, later: False}
         assert [u.name for u in await s.search_users("dr a", 5)] == ["Dr A"]
+
+
+async def test_the_embedded_store_is_private_to_its_owner(tmp_path: Path) -> None:
+    """Issue 11, point 9: it was created 0755/0644 (who wrote to whom, readable by all)."""
+    store = SQLiteStore(tmp_path / "miss-data" / "miss.db")
+    await store.migrate()
+    await store.open()
+    try:
+        await store.create_user("Dr A", "10000000001", "médecin", "CHRU", NOW)
+    finally:
+        await store.close()
+    assert (tmp_path / "miss-data").stat().st_mode & 0o777 == 0o700
+    for name in ("miss.db", "miss.db-wal", "miss.db-shm"):
+        path = tmp_path / "miss-data" / name
+        if path.exists():
+            assert path.stat().st_mode & 0o777 == 0o600, name
+    # A store made readable by others is taken back at the next start.
+    (tmp_path / "miss-data" / "miss.db").chmod(0o644)
+    await SQLiteStore(tmp_path / "miss-data" / "miss.db").migrate()
+    assert (tmp_path / "miss-data" / "miss.db").stat().st_mode & 0o777 == 0o600
+
+
+async def test_opening_a_store_that_does_not_exist_creates_nothing(tmp_path: Path) -> None:
+    """Issue 11, point 15: miss-admin in another directory made an empty store."""
+    store = SQLiteStore(tmp_path / "nowhere" / "miss.db")
+    with pytest.raises(SchemaMismatch, match="no store at"):
+        await store.open()
+    assert not (tmp_path / "nowhere").exists()
