@@ -10,7 +10,7 @@ from pathlib import Path
 
 import asyncpg
 import pytest
-from authority import verify
+from authority import AUTHORITY, verify
 from store_fixtures import POSTGRES_DSN, STORES
 from store_samples import DAY, NOW, message, user_with_devices
 
@@ -259,8 +259,6 @@ async def test_devices_attested_before_the_column_are_found_in_their_attestation
             NOW,
             NOW + DAY,
         )
-        from authority import AUTHORITY
-
         blob = attestation.sign(att, AUTHORITY)
         false, null = (0, None) if kind == "sqlite" else (False, None)
         rows: list[tuple[str, tuple[object, ...]]] = [
