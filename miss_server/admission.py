@@ -9,10 +9,16 @@ address once took every descriptor a hub had, and every clinician's next
 connection with them. :class:`PendingGate` counts such connections, per
 client address and in all, and refuses one past either cap:
 
-* at TCP accept (:class:`GatedConnection`, the hub's WebSocket connection
-  class), before a byte is read: the connection is aborted, it never reaches
-  the handshake, nothing is logged for it (a metric counts it). The address
-  is the TCP peer's;
+* at TCP accept (:class:`Acceptor`), before a byte is read or an object is
+  made for it: the socket is closed at once, it never reaches the
+  handshake, nothing is logged for it (a metric counts it). The address is
+  the TCP peer's. The hub accepts connections itself, a batch at a time,
+  because asyncio's own accept would first build every connection's
+  WebSocket objects: a thousand refused connections a second from one
+  address then cost the event loop (and its garbage collector) tens of
+  milliseconds at a stretch, which the clinicians' messages waited for.
+  :class:`GatedConnection`, the hub's WebSocket connection class, counts
+  the connections admitted, by the same rules;
 * behind a trusted reverse proxy every TCP peer is the proxy, so there the
   per-address cap waits for the HTTP request, which names the client
   (``X-Forwarded-For``): :meth:`PendingGate.admit_forwarded` answers before
@@ -33,8 +39,11 @@ seconds with a count.
 from __future__ import annotations
 
 import asyncio
+import errno
 import logging
 import resource
+import socket
+import ssl
 import time
 from collections.abc import Callable
 from typing import Any, cast
@@ -43,6 +52,7 @@ from websockets.asyncio.server import ServerConnection
 
 __all__ = [
     "AcceptErrorFilter",
+    "Acceptor",
     "GatedConnection",
     "PendingGate",
     "effective_pending_cap",
@@ -81,6 +91,16 @@ class PendingGate:
                 return False
             self._by_address[address] = n + 1
         self._count += 1
+        return True
+
+    def would_admit(self, address: str | None) -> bool:
+        """What :meth:`admit` would answer, counting nothing but a refusal."""
+        if self._count >= self.total:
+            self._on_refused("total")
+            return False
+        if address is not None and self._by_address.get(address, 0) >= self.per_address:
+            self._on_refused("address")
+            return False
         return True
 
     def admit_forwarded(self, address: str) -> bool:
@@ -159,6 +179,91 @@ class GatedConnection(ServerConnection):
             return  # connection_made stopped before the connection existed
         self.settle()
         super().connection_lost(exc)
+
+
+#: Accept failures for lack of resources, after which accepting pauses.
+_OUT_OF_RESOURCES = (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM)
+#: How long accepting pauses after such a failure (s), as asyncio does.
+ACCEPT_RETRY_SECONDS = 1.0
+
+
+class Acceptor:
+    """Accepts the connections of a listening ``server`` in place of asyncio
+    (module doc): at most ``batch`` per wake-up; one that ``gate`` would
+    refuse is closed at once; the others get ``factory``'s protocol, as
+    asyncio would have given them (``ssl`` for TLS).
+
+    ``start`` takes over the server's listening sockets; ``close`` gives
+    them back to nobody (call it before closing the server)."""
+
+    def __init__(
+        self,
+        listening: list[socket.socket],
+        factory: Callable[[], asyncio.BaseProtocol],
+        gate: PendingGate,
+        *,
+        by_peer: bool,
+        batch: int,
+        tls: ssl.SSLContext | None = None,
+    ) -> None:
+        self._listening = listening
+        self._factory = factory
+        self._gate = gate
+        self._by_peer = by_peer
+        self._batch = batch
+        self._tls = tls
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    def start(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        for sock in self._listening:
+            sock.setblocking(False)
+            self._loop.add_reader(sock.fileno(), self._accept, sock)
+
+    def close(self) -> None:
+        if self._loop is not None:
+            for sock in self._listening:
+                self._loop.remove_reader(sock.fileno())
+        for sock in self._listening:
+            sock.close()
+
+    def _accept(self, sock: socket.socket) -> None:
+        assert self._loop is not None
+        for _ in range(self._batch):
+            try:
+                conn, peer = sock.accept()
+            except (BlockingIOError, InterruptedError, ConnectionAbortedError):
+                return
+            except OSError as exc:
+                if exc.errno not in _OUT_OF_RESOURCES:
+                    log.warning("accept failed", extra={"error": str(exc)})
+                    return
+                # The socket stays readable: stop listening a while (AcceptErrorFilter logs it).
+                self._loop.call_exception_handler(
+                    {"message": "socket.accept() out of system resource", "exception": exc}
+                )
+                self._loop.remove_reader(sock.fileno())
+                self._loop.call_later(
+                    ACCEPT_RETRY_SECONDS, self._loop.add_reader, sock.fileno(), self._accept, sock
+                )
+                return
+            address = str(peer[0]) if self._by_peer and peer else None
+            if not self._gate.would_admit(address):
+                conn.close()
+                continue
+            conn.setblocking(False)
+            task = self._loop.create_task(self._connect(conn))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    async def _connect(self, conn: socket.socket) -> None:
+        assert self._loop is not None
+        try:
+            await self._loop.connect_accepted_socket(self._factory, conn, ssl=self._tls)
+        except (OSError, ssl.SSLError) as exc:  # the peer left, or its TLS handshake failed
+            log.debug("connection not set up", extra={"error": str(exc)})
+            conn.close()
 
 
 def raise_open_file_limit() -> int:

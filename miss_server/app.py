@@ -25,7 +25,7 @@ from websockets.http11 import Request, Response
 
 from protocol.frames import SUBPROTOCOL
 
-from .admission import AcceptErrorFilter, GatedConnection, PendingGate, effective_pending_cap
+from .admission import AcceptErrorFilter, Acceptor, GatedConnection, PendingGate, effective_pending_cap
 from .audit import AuditTrail
 from .broker.base import CONTROL_CHANNEL, Broker, Presence
 from .broker.memory import MemoryBroker, MemoryPresence
@@ -44,6 +44,12 @@ from .store.sqlite import SQLiteStore
 __all__ = ["HubServer", "build_broker", "build_store"]
 
 log = logging.getLogger("miss.app")
+
+#: Connections the hub accepts per wake-up of its listening socket: a burst
+#: is set up a batch at a time, between other work (admission.py).
+ACCEPT_BATCH = 64
+#: Connections the kernel queues until the hub accepts them.
+LISTEN_BACKLOG = 4096
 
 
 def build_store(settings: Settings) -> Store:
@@ -93,15 +99,19 @@ class HubServer:
         self.limiter = build_limiter(self.broker)
         self.guard = Guard(settings, self.limiter, self.audit, self.metrics)
         self.hub = Hub(self.store, self.broker, self.presence, settings, self.metrics, self.guard, self.audit)
+        total = effective_pending_cap(settings.max_pending)
         self.gate = PendingGate(
-            settings.max_pending_per_address,
-            effective_pending_cap(settings.max_pending),
+            # One address never fills the whole gate: with a low open-file
+            # limit the total shrinks, and others must still get in.
+            min(settings.max_pending_per_address, max(1, total // 4)),
+            total,
             lambda scope: self.metrics.pending_refused.labels(scope).inc(),
         )
         self._metrics_token = settings.metrics_token
         self._server: Server | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._loop_handler: AcceptErrorFilter | None = None
+        self._acceptor: Acceptor | None = None
 
     @property
     def port(self) -> int:
@@ -141,8 +151,9 @@ class HubServer:
             compression=None,  # envelopes are ciphertext: deflate gains nothing
             ssl=tls,
             server_header="MiSS",
-            backlog=4096,  # a hospital's morning reconnect storm must not overflow the SYN queue
+            backlog=LISTEN_BACKLOG,  # a morning reconnect storm must not overflow the SYN queue
         )
+        self._take_over_accept(tls)
         self.audit.start()
         self._tasks = [
             asyncio.create_task(self.hub.expire_forever(), name="expiry"),
@@ -164,7 +175,37 @@ class HubServer:
             },
         )
 
+    def _take_over_accept(self, tls: ssl.SSLContext | None) -> None:
+        """Accept connections with admission.Acceptor rather than asyncio's
+        own accept (admission.py says why). It needs the protocol factory
+        websockets gave asyncio, which only asyncio's private
+        ``_protocol_factory`` holds: without it (another Python), asyncio
+        keeps accepting, and the caps still hold, only at a higher cost."""
+        assert self._server is not None
+        listening = self._server.server
+        factory = getattr(listening, "_protocol_factory", None)
+        if factory is None:
+            log.warning("asyncio accepts the connections: refused ones cost more")
+            return
+        loop = asyncio.get_running_loop()
+        sockets = []
+        for transport_socket in listening.sockets:
+            loop.remove_reader(transport_socket.fileno())
+            sockets.append(transport_socket.dup())  # closed by the Acceptor; asyncio closes its own
+        self._acceptor = Acceptor(
+            sockets,
+            factory,
+            self.gate,
+            by_peer=not self.settings.trust_forwarded_for,
+            batch=ACCEPT_BATCH,
+            tls=tls,
+        )
+        self._acceptor.start()
+
     async def stop(self) -> None:
+        if self._acceptor is not None:
+            self._acceptor.close()
+            self._acceptor = None
         for task in self._tasks:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):

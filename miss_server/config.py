@@ -109,7 +109,10 @@ class Settings(BaseSettings):
         "message to one clinician and the sender's other devices fits in 64 envelopes.",
     )
     max_pending_per_address: int = Field(
-        256, ge=1, description="Connections not yet authenticated from one client address."
+        256,
+        ge=1,
+        description="Connections not yet authenticated from one client address (at most a quarter of "
+        "the max_pending in force).",
     )
     max_pending: int = Field(
         4096,

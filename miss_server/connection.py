@@ -174,15 +174,16 @@ async def _dispatch(
     (guard.py), a search its own too, an ``ack`` its own ack budget. Then
     only an attested device of a verified account may go on (SPEC §11.4),
     except to revoke itself; a ``send`` checks that itself, with its
-    targets. A device over its budget gets ``rate_limited`` (an ack, no
-    answer) and its next frame is read only after the delay (at most
-    MAX_PENALTY): a flood then queues in its own socket, not in the hub."""
+    targets. A device over its budget gets ``rate_limited`` and its next
+    frame is read only after the delay (at most MAX_PENALTY); an ack over
+    budget waits for its tokens first. A flood then queues in its own
+    socket, not in the hub."""
     penalty = 0.0
     reply: bytes | None = None
     assert session.user_id is not None and session.device_id is not None
     try:
         if type(frame) is Ack:
-            penalty = hub.guard.ack(session.device_id, size)
+            await hub.guard.ack(session.device_id, size)
             await hub.ack(session, link, frame)
         else:
             await hub.guard.request(session.user_id, session.device_id, address, search=type(frame) is Search)

@@ -8,8 +8,9 @@ when not, or says how long to wait. The buckets:
   this process: a device is connected to one node at a time);
 * ``search:<device>``: its directory searches, on top of ``dev:``;
 * ``ack:<device>``: its ``ack`` frames, weighed by size. An ack has no
-  answer to carry ``rate_limited``: over budget, the device is read more
-  slowly instead (:meth:`Guard.ack` returns the pause);
+  answer to carry ``rate_limited``: over budget, the frame waits for its
+  tokens before it is handled, and the device's socket is not read
+  meanwhile (:meth:`Guard.ack`);
 * ``addr:<address>``: requests of every device behind one client address;
 * ``auth:<address>``: authentication and enrollment attempts;
 * ``fail:<address>``: failed authentications and wrong enrollment codes.
@@ -25,6 +26,8 @@ Redis when Redis is the broker (``ratelimit.RedisLimiter``).
 """
 
 from __future__ import annotations
+
+import asyncio
 
 from protocol import errors
 
@@ -83,15 +86,15 @@ class Guard:
             )
             raise errors.RateLimited(bucket, retry_after_ms=wait)
 
-    def ack(self, device_id: str, size: int) -> float:
-        """One ``ack`` frame of ``size`` bytes: the pause (s) before the
-        device's next frame is read, 0 within its budget."""
+    async def ack(self, device_id: str, size: int) -> None:
+        """Pay for one ``ack`` frame of ``size`` bytes before it is handled:
+        over budget, wait (the device's socket is not read meanwhile) until
+        the bucket holds the cost, so a device never gets more acks through
+        than its budget."""
         cost = min(self.ack_rate.burst, 1 + size // ACK_BYTES_PER_TOKEN)
-        wait = self.local.take_now(f"ack:{device_id}", self.ack_rate, cost)
-        if not wait:
-            return 0.0
-        self.metrics.throttled.labels("ack").inc()
-        return wait / 1000
+        while wait := self.local.take_now(f"ack:{device_id}", self.ack_rate, cost):
+            self.metrics.throttled.labels("ack").inc()
+            await asyncio.sleep(wait / 1000)
 
     async def attempt(self, address: str) -> None:
         """An ``auth`` or ``enroll`` about to be checked; raises RateLimited
