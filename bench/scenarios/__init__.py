@@ -1,16 +1,19 @@
 """One module per scenario; each exposes ``run(r: Run) -> dict`` returning
 the scenario's part of the report (``hub``, ``relay``, ``ratio_cpu``...).
 ``EXTRA_WORKERS``: load generator processes a scenario needs beyond
-``--workers`` (the flooder of ``flood`` has its own)."""
+``--workers`` (the flooder of ``flood`` has its own). ``PLOTS`` and
+``TABLES``: a scenario's own plot, and lines of its own under the table,
+for figures that are not the hub-versus-relay kind (``search``)."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
-from . import auth_storm, connections, fanout, flood, multi_node, offline_drain, online
+from . import auth_storm, connections, fanout, flood, multi_node, offline_drain, online, search
 
-__all__ = ["EXTRA_WORKERS", "SCENARIOS"]
+__all__ = ["EXTRA_WORKERS", "PLOTS", "SCENARIOS", "TABLES"]
 
 SCENARIOS: dict[str, Callable[[Any], dict[str, Any]]] = {
     "online": online.run,
@@ -20,6 +23,11 @@ SCENARIOS: dict[str, Callable[[Any], dict[str, Any]]] = {
     "auth-storm": auth_storm.run,
     "multi-node": multi_node.run,
     "flood": flood.run,
+    "search": search.run,
 }
 
 EXTRA_WORKERS: dict[str, int] = {"flood": 1}
+
+PLOTS: dict[str, Callable[[dict[str, Any], Path], None]] = {"search": search.plot}
+
+TABLES: dict[str, Callable[[dict[str, Any]], list[str]]] = {"search": search.table}

@@ -52,6 +52,7 @@ RUNS: dict[str, tuple[str, ...]] = {
     "multi-node": ("--scenario", "multi-node", "--rate", "100"),
     # 3 pairs at 30/s: 5/s per device, under the hub's default budget of 10/s
     "flood": ("--scenario", "flood", "--rate", "30", "--flood-messages", "500"),
+    "search": ("--scenario", "search", "--users", "300", "--searches", "4", "--probes", "2", "--rate", "20"),
 }
 
 
@@ -105,6 +106,9 @@ def check_common(report: dict[str, Any], args: tuple[str, ...]) -> None:
     assert report["backend"] in ("embedded", "services")
     assert report["seconds"] == 1
     check_side(report["hub"])
+    if report["scenario"] == "search":  # measured against its bar and itself, not a relay
+        assert report["relay"] == {}
+        return
     check_side(report["relay"])
     hub, relay = report["hub"]["cpu_us_per_msg"], report["relay"]["cpu_us_per_msg"]
     if hub and relay:
@@ -220,6 +224,36 @@ def test_flood(runs: dict[str, Future[dict[str, Any]]]) -> None:
     assert not flood["other_errors"], flood["other_errors"]
     assert flood["rate_device"] == report["params"]["rate_device"] == "10/s burst 50"
     assert report["loadgen"]["flooder"]
+
+
+def test_search(runs: dict[str, Future[dict[str, Any]]]) -> None:
+    """The directory scenario: every kind of query timed, then authentications
+    alone and beside a device searching at the hub's default budgets."""
+    from bench.scenarios.search import QUERY_CLASSES
+
+    report = runs["search"].result()
+    assert report["unit"] == "authentication" and report["rate_offered"] == 20
+    search = report["search"]
+    assert search["users"] == report["params"]["users"] == 300
+    assert set(search["classes"]) == set(QUERY_CLASSES)
+    for figures in search["classes"].values():
+        assert figures["count"] == 4 and 0 < figures["p50_ms"] <= figures["p99_ms"] <= figures["max_ms"]
+        assert figures["curve"]
+    assert search["count"] == 4 * len(QUERY_CLASSES) and not search["errors"]
+    assert search["classes"]["no match"]["results_mean"] == 0
+    assert search["classes"]["matches thousands"]["results_mean"] > 0
+    assert search["bar_ms"] == 10 and search["within_bar"] == (search["p99_ms"] <= 10)
+    # authentications: 20 a second for the one-second window, alone and beside the searcher
+    quiet, loud = report["no_search"]["hub"], report["hub"]
+    for side in (quiet, loud):
+        check_side(side)
+        assert side["delivered"] == 20 and side["failed"] == 0
+    assert search["auth_p99_ratio"] == pytest.approx(loud["p99_ms"] / quiet["p99_ms"], abs=0.01)
+    # the searcher met the hub's default search budget, which the scenario keeps
+    searcher = search["searcher"]
+    assert searcher["answers"].get("search_ok", 0) >= 1 and searcher["answers"].get("rate_limited", 0) >= 1
+    assert set(searcher["answers"]) <= {"search_ok", "rate_limited"}
+    assert report["params"]["rate_search"] == search["budgets"]["rate_search"]
 
 
 def test_external_hub_needs_the_authority_key(tmp_path: Path) -> None:
