@@ -99,6 +99,8 @@ SECURITY_WINDOW_MS = 60_000
 SECURITY_SETTLE_SECONDS = 5.0
 #: Events a poll reads at a time; a poll reads pages until one is not full.
 SECURITY_PAGE = 10_000
+#: Users a search asks the store for (MAX_SEARCH_RESULTS and some spare).
+SEARCH_FETCH = MAX_SEARCH_RESULTS + 14
 
 
 def now_ms() -> int:
@@ -376,7 +378,8 @@ class Hub:
         """Attestations of matching clinicians, leaving out those no client
         would accept (expired, or not readable): they would only take the
         places of valid ones."""
-        users = await self._store_call(self.store.search_users(frame.query, 4 * MAX_SEARCH_RESULTS))
+        # A few more than the answer holds: an expired attestation is skipped.
+        users = await self._store_call(self.store.search_users(frame.query.strip(), SEARCH_FETCH))
         now = now_ms()
         atts = []
         for user in users:

@@ -33,6 +33,7 @@ __all__ = [
     "MAX_ID_CHARS",
     "MAX_RECIPIENT_DEVICES",
     "MAX_WATCH",
+    "MIN_SEARCH_CHARS",
     "PROTOCOL_VERSION",
     "SERVER_FRAMES",
     "STATUSES",
@@ -82,6 +83,8 @@ MAX_RECIPIENT_DEVICES = 64
 MAX_ATTESTATION_BYTES = 8192
 #: Most entries a ``search`` answers with.
 MAX_SEARCH_RESULTS = 50
+#: The shortest query a ``search`` answers (shorter ones: no entry, SPEC §11.3).
+MIN_SEARCH_CHARS = 3
 #: Most seqs one ``ack`` carries, and most refusals (SPEC §6.4).
 MAX_ACK_SEQS = 1024
 MAX_ACK_REFUSALS = 64

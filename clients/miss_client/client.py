@@ -640,13 +640,13 @@ class Client:
 
     async def search(self, query: str) -> list[DirectoryEntry]:
         """Verified clinicians whose name, RPPS number, profession or
-        organisation contains ``query`` (1-64 characters), at most 50, in the
+        organisation contains ``query`` (3-64 characters), at most 50, in the
         hub's order (by name). Each entry is verified with the authority key
         and described by its attestation only; entries that do not verify
         are dropped (logged at debug level)."""
         query = query.strip()
-        if not 1 <= len(query) <= 64:
-            raise ValueError("a search is 1 to 64 characters")
+        if not f.MIN_SEARCH_CHARS <= len(query) <= 64:
+            raise ValueError(f"a search is {f.MIN_SEARCH_CHARS} to 64 characters")
         authority = self.profile.authority
         reply = await self._request_retrying(lambda rid: f.Search(rid=rid, query=query), "search")
         if not isinstance(reply, f.SearchOk):

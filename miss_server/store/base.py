@@ -306,8 +306,8 @@ class Store(Protocol):
     async def search_users(self, query: str, limit: int) -> list[User]:
         """Users with an attestation, not suspended, whose name, RPPS number,
         profession or organisation contains ``query`` (case-insensitive, at
-        least for ASCII), by name, at most ``limit``. Served by an index for
-        queries of three characters or more (SPEC §11.3)."""
+        least for ASCII), by name, at most ``limit``; none for a query of
+        fewer than three characters. Served by an index (SPEC §11.3)."""
 
     async def delete_user(self, user_id: str) -> bool:
         """Erase an account (GDPR): its row, devices, enrollment codes,

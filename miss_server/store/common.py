@@ -4,12 +4,16 @@ keys, and the directory's field separator."""
 from __future__ import annotations
 
 from protocol import attestation
+from protocol.frames import MIN_SEARCH_CHARS
 
-__all__ = ["SEARCH_SEPARATOR", "attested_keys"]
+__all__ = ["SEARCH_MIN_CHARS", "SEARCH_SEPARATOR", "attested_keys"]
 
 #: Joins a user's searched fields in the directory index (unit separator):
 #: no query contains it, so no match spans two fields.
 SEARCH_SEPARATOR = "\x1f"
+#: The shortest query the directory answers (SPEC §11.3): the shortest a
+#: trigram index serves, and shorter ones match thousands and tell nobody anything.
+SEARCH_MIN_CHARS = MIN_SEARCH_CHARS
 
 
 def attested_keys(blob: bytes) -> set[tuple[str, bytes, bytes]]:

@@ -71,7 +71,7 @@ from .base import (
     StoreUnavailable,
     User,
 )
-from .common import SEARCH_SEPARATOR, attested_keys
+from .common import SEARCH_MIN_CHARS, SEARCH_SEPARATOR, attested_keys
 from .postgres_batch import GroupCommit
 from .postgres_errors import discard_if_broken, is_connection_lost, is_statement_error, reraise
 
@@ -625,7 +625,7 @@ class PostgresStore:
         return await self._write(run)
 
     async def search_users(self, query: str, limit: int) -> list[User]:
-        if limit <= 0 or not query or SEARCH_SEPARATOR in query:
+        if limit <= 0 or len(query) < SEARCH_MIN_CHARS or SEARCH_SEPARATOR in query:
             return []
         async with self._searches:
             rows = await self._retryable(

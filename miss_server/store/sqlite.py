@@ -62,7 +62,7 @@ from .base import (
     StoreUnavailable,
     User,
 )
-from .common import SEARCH_SEPARATOR, attested_keys
+from .common import SEARCH_MIN_CHARS, SEARCH_SEPARATOR, attested_keys
 
 __all__ = ["SQLiteStore"]
 
@@ -94,11 +94,6 @@ def _audit_event(row: tuple[Any, ...]) -> AuditEvent:
     return AuditEvent(row[1], row[2], row[3], row[4], row[5], row[6], row[7], row[0])
 
 
-def _like_pattern(query: str) -> str:
-    """``query`` for ``LIKE '%' || ? || '%' ESCAPE '\\'``: its own %, _ and \\ are literal."""
-    return query.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
-
-
 _USER_COLUMNS = "user_id, name, rpps, profession, organisation, created_at, suspended, status, attestation"
 _DEVICE_COLUMNS = "device_id, user_id, sign_pk, box_pk, label, created_at, revoked_at, attested"
 _AUDIT_COLUMNS = "seq, at, actor, action, user_id, device_id, address, detail"
@@ -118,26 +113,27 @@ WHERE u.user_id IN (SELECT value FROM json_each(:candidates))
                         UNION ALL
                         SELECT user_a FROM contacts WHERE user_b = :viewer))"""
 
-# The directory index (migration 0005): a query of three characters or more
-# is a trigram phrase (MATCH, Unicode case folding); a shorter one a LIKE over
-# the index's own text (ASCII case folding), which scans it. The users come
-# by rowid, the order by name.
-_SEARCH_USERS = {
-    "match": f"""
+# The directory (migration 0005). A query that matches many users is best
+# served by walking the directory in name order until enough rows match
+# (a few hundred rows at most); one that matches few, by the trigram index
+# (MATCH, Unicode case folding) and a sort of its matches. A search tries
+# the first for DIRECTORY_WALK rows, then falls back to the second.
+_DIRECTORY_WALK = """
+SELECT u.rowid, s.text FROM users u INDEXED BY users_directory JOIN users_search s ON s.rowid = u.rowid
+WHERE u.attestation IS NOT NULL AND NOT u.suspended
+ORDER BY u.name, u.user_id
+LIMIT :rows"""
+_SEARCH_MATCHES = f"""
 SELECT {_USER_COLUMNS} FROM users
 WHERE rowid IN (SELECT rowid FROM users_search WHERE users_search MATCH :q)
   AND attestation IS NOT NULL AND NOT suspended
 ORDER BY name, user_id
-LIMIT :limit""",
-    "like": f"""
-SELECT {_USER_COLUMNS} FROM users
-WHERE rowid IN (SELECT rowid FROM users_search WHERE text LIKE '%' || :q || '%' ESCAPE '\\')
-  AND attestation IS NOT NULL AND NOT suspended
-ORDER BY name, user_id
-LIMIT :limit""",
-}
-#: Shortest query the trigram index serves.
-TRIGRAM = 3
+LIMIT :limit"""
+_USERS_BY_ROWID = f"""
+SELECT {_USER_COLUMNS} FROM users WHERE rowid IN (SELECT value FROM json_each(:rowids))
+ORDER BY name, user_id"""
+#: Directory rows a search walks before it asks the trigram index instead.
+DIRECTORY_WALK = 600
 
 # Places a user holds under the device cap (SPEC §5.3): active devices and
 # unused, unexpired link codes.
@@ -609,15 +605,24 @@ class SQLiteStore:
         return await self._write(run)
 
     async def search_users(self, query: str, limit: int) -> list[User]:
-        if limit <= 0 or not query or SEARCH_SEPARATOR in query:
+        if limit <= 0 or len(query) < SEARCH_MIN_CHARS or SEARCH_SEPARATOR in query:
             return []
-        if len(query) >= TRIGRAM:
-            sql, q = _SEARCH_USERS["match"], '"' + query.replace('"', '""') + '"'
-        else:
-            sql, q = _SEARCH_USERS["like"], _like_pattern(query)
+        folded = query.lower()
 
         def run(conn: sqlite3.Connection) -> list[User]:
-            rows = conn.execute(sql, {"q": q, "limit": limit}).fetchall()
+            found, walked = [], 0
+            for rowid, text in conn.execute(_DIRECTORY_WALK, {"rows": DIRECTORY_WALK}):
+                walked += 1
+                if folded in text.lower():
+                    found.append(rowid)
+                    if len(found) == limit:
+                        break
+            else:
+                if walked == DIRECTORY_WALK:  # the directory goes on: few match, ask the index
+                    phrase = '"' + query.replace('"', '""') + '"'
+                    rows = conn.execute(_SEARCH_MATCHES, {"q": phrase, "limit": limit}).fetchall()
+                    return [u for u in map(_user, rows) if u is not None]
+            rows = conn.execute(_USERS_BY_ROWID, {"rowids": json.dumps(found)}).fetchall()
             return [u for u in map(_user, rows) if u is not None]
 
         return await self._search(run)

@@ -379,7 +379,7 @@ async def test_search(cli: Cli, hub: HubServer) -> None:
     alice = await enroll_real(cli, hub, "alice", "10000000001")
     bob = await enroll_real(cli, hub, "bob", "10000000002")
     await enroll_real(cli, hub, "carol", "10000000003", verified=False)
-    rc, out, _ = await cli("alice", "search", "dr")
+    rc, out, _ = await cli("alice", "search", "chru")
     assert rc == 0
     assert out.splitlines() == [
         f"Dr Alice | RPPS 10000000001 | médecin | CHRU Test | {alice}",

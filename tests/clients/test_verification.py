@@ -346,7 +346,7 @@ async def test_search_shows_only_clinicians_whose_attestation_verifies(
     inflated = replace(attestation.peek(signed), name="Dr Dave, chef de service")
     await hub.store.set_attestation(dave.user_id, signed[:64] + inflated.body())
     async with Client.connect(alice) as a:
-        found = await a.search("Dr")
+        found = await a.search("CHRU Test")
         assert [(e.name, e.rpps, e.profession, e.organisation) for e in found] == [
             ("Dr Alice", ALICE, "médecin", "CHRU Test"),
             ("Dr Bob", BOB, "médecin", "CHRU Test"),
@@ -355,6 +355,8 @@ async def test_search_shows_only_clinicians_whose_attestation_verifies(
         assert await a.search("nobody here") == []
         with pytest.raises(ValueError):
             await a.search(" ")
+        with pytest.raises(ValueError, match="3 to 64"):
+            await a.search(" Dr ")  # two characters: nobody
         with pytest.raises(ValueError):
             await a.search("x" * 65)
         assert not a.closed

@@ -490,10 +490,12 @@ async def test_search_matches_each_field_case_insensitively(store: Store) -> Non
     assert await search("DUPONT") == await search("chloé") == [chloe]
     assert await search("nobody") == []
     # Wildcards and the escape character in the query are literal.
-    assert await search("_") == await search("e_d") == [bob]
-    assert await search("%") == await search("0%") == [chloe]
-    assert await search("\\") == [denis]
+    assert await search("e_d") == await search("_du") == [bob]
+    assert await search("00%") == await search("0% D") == [chloe]
+    assert await search("k\\s") == [denis]
     assert await search("a%n") == await search("b_b") == []
+    # A query of fewer than three characters finds nobody (SPEC §11.3).
+    assert await search("_") == await search("ch") == await search("") == []
     # By name (code point order: capitals first), then at most ``limit``.
     assert await search("000000000") == [alice, chloe, denis, bob]
     assert await search("000000000", 2) == [alice, chloe]
