@@ -351,7 +351,7 @@ async def test_a_version_1_database_migrates_with_its_data(kind: str, tmp_path: 
         ]
         assert [u.attestation for u in await s.list_users()] == [None] * 4
         await s.set_attestation("u_a", b"attested")
-        assert [u.user_id for u in await s.search_users("dr", 10)] == ["u_a"]
+        assert [u.user_id for u in await s.search_users("dr ", 10)] == ["u_a"]
         assert await s.audit_log() == []
 
 

@@ -57,7 +57,7 @@ from pathlib import Path
 from typing import Any
 
 from authority import verify
-from hubproc import BIN, URL_LINE, HubProcess
+from hubproc import HubProcess
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 from wire import RawDevice
@@ -167,40 +167,13 @@ class LimitedHub(HubProcess):
             env["MISS_STORE"] = f"sqlite:///{self.memory / 'miss.db'}"
         super().__init__(workdir, env=env)
         self.nofile = nofile
+        if nofile is not None:  # soft and hard: the hub cannot raise it
+            self.preexec = lambda: resource.setrlimit(resource.RLIMIT_NOFILE, (nofile, nofile))
 
     def stop(self) -> None:
         super().stop()
         if self.memory is not None:
             shutil.rmtree(self.memory, ignore_errors=True)
-
-    def start(self, timeout: float = 20.0) -> str:
-        if self.nofile is None:
-            return super().start(timeout)
-        # HubProcess.start with a preexec_fn: hubproc.py has no hook for one.
-        self.workdir.mkdir(parents=True, exist_ok=True)
-        nofile = self.nofile
-        with self.log_path.open("a") as log:
-            self.proc = subprocess.Popen(
-                [str(BIN / "miss-server"), "--port", str(self.port)],
-                cwd=self.workdir,
-                env=self.env,
-                stdout=subprocess.PIPE,
-                stderr=log,
-                text=True,
-                preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_NOFILE, (nofile, nofile)),
-            )
-        assert self.proc.stdout is not None
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            line = self.proc.stdout.readline()
-            if not line:
-                break
-            m = URL_LINE.search(line)
-            if m:
-                self.url = m.group(1)
-                self.port = int(self.url.rsplit(":", 1)[1].strip("/"))
-                return self.url
-        raise RuntimeError(f"hub did not start; log:\n{self.log_path.read_text()}")
 
     @property
     def store_url(self) -> str:

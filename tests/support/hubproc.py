@@ -11,6 +11,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from authority import AUTHORITY_TEXT, UNLIMITED, write_key_file
@@ -31,6 +32,8 @@ class HubProcess:
         self.workdir = workdir
         self.env = {**os.environ, **(env or {})}
         self.env.setdefault("MISS_STORE", f"sqlite:///{workdir / 'data' / 'miss.db'}")
+        #: Run in the child before miss-server (e.g. to lower its open-file limit).
+        self.preexec: Callable[[], None] | None = None
         self.env["MISS_LOG_LEVEL"] = "debug"
         # The tests' authority (authority.py): the hub gets its public key,
         # miss-admin its key file; budgets out of reach unless a test sets them.
@@ -56,6 +59,7 @@ class HubProcess:
             stdout=subprocess.PIPE,
             stderr=log,
             text=True,
+            preexec_fn=self.preexec,
         )
         assert self.proc.stdout is not None
         deadline = time.monotonic() + timeout
