@@ -2,18 +2,14 @@
 
 from __future__ import annotations
 
-import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).parent / "support"))  # shared test helpers
-
-from authority import AUTHORITY_TEXT, UNLIMITED
-
 from miss_server.app import HubServer
 from miss_server.config import load_settings
+from tests.support.authority import AUTHORITY_TEXT, UNLIMITED
 
 
 @pytest.fixture

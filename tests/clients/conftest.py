@@ -3,21 +3,17 @@ whose users are verified, and verified clinicians on the real hub."""
 
 from __future__ import annotations
 
-import sys
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
-
-sys.path.insert(0, str(Path(__file__).parent))  # verified_hubs.py
-
-from authority import AUTHORITY_PK
-from client_fixtures import PASSPHRASE, new_profile
 from miss_client.profile import Profile, set_authority
-from verified_hubs import AttestedFakeHub, enroll_clinician
 
 from miss_server.app import HubServer
+from tests.support.authority import AUTHORITY_PK
+from tests.support.client_fixtures import PASSPHRASE, new_profile
+from tests.support.verified_hubs import AttestedFakeHub, enroll_clinician
 
 
 @pytest.fixture

@@ -14,18 +14,18 @@ from pathlib import Path
 
 import nacl.signing
 import pytest
-from authority import AUTHORITY_PK, AUTHORITY_TEXT, verify
-from client_fixtures import PASSPHRASE
-from fakehub import FakeHub, wait_for
 from miss_client import Client, Message, Profile, load_profile
 from miss_client.chat import main
-from wire import invite
 
 from miss_server.app import HubServer
 from miss_server.store.base import AuditEvent
 from protocol.attestation import authority_fingerprint, encode_authority_key
 from protocol.crypto import new_message_id
 from protocol.frames import Send
+from tests.support.authority import AUTHORITY_PK, AUTHORITY_TEXT, verify
+from tests.support.client_fixtures import PASSPHRASE
+from tests.support.fakehub import FakeHub, wait_for
+from tests.support.wire import invite
 
 SAFETY = re.compile(r"^(\d{5} ){11}\d{5}$", re.M)
 UUID = r"[0-9a-f]{8}-[0-9a-f]{4}-7[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}"

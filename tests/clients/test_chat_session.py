@@ -15,10 +15,11 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
 import pytest
-from authority import AUTHORITY_PK
-from client_fixtures import PASSPHRASE
-from hubproc import HubProcess
 from miss_client import KDF_INTERACTIVE, Client, Message, Profile, enroll, load_profile
+
+from tests.support.authority import AUTHORITY_PK
+from tests.support.client_fixtures import PASSPHRASE
+from tests.support.hubproc import HubProcess
 
 BIN = Path(sys.executable).parent
 

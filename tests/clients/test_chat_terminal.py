@@ -18,9 +18,10 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
 import pytest
-from client_fixtures import PASSPHRASE
-from fakehub import FakeHub
 from miss_client import Client, Message, Profile, load_profile
+
+from tests.support.client_fixtures import PASSPHRASE
+from tests.support.fakehub import FakeHub
 
 BIN = Path(sys.executable).parent
 #: CSI and OSC sequences, charset selection, keypad modes.
@@ -120,8 +121,9 @@ async def terminal() -> AsyncIterator[Callable[..., Terminal]]:
 @pytest.fixture
 def fake_clinician(fakehub: FakeHub, tmp_path: Path) -> Callable[..., Awaitable[Profile]]:
     """``await fake_clinician("bob", "10000000002")``: enrolled on the fake hub."""
-    from authority import AUTHORITY_PK
     from miss_client import KDF_INTERACTIVE, enroll
+
+    from tests.support.authority import AUTHORITY_PK
 
     async def make(name: str, rpps: str) -> Profile:
         user = fakehub.add_user(f"Dr {name.title()}", rpps)

@@ -7,15 +7,15 @@ import asyncio
 from pathlib import Path
 
 import pytest
-from authority import AUTHORITY_PK
-from client_fixtures import PASSPHRASE
-from fakehub import FakeHub, wait_for
 from miss_client import Client, Message, PresenceChanged, PresenceInfo, RetryPolicy, enroll
 from miss_client.errors import BadRecipient
 from miss_client.profile import KDF_INTERACTIVE, Profile
 
 from protocol import frames as f
 from protocol.errors import StorageUnavailable, UnknownUser
+from tests.support.authority import AUTHORITY_PK
+from tests.support.client_fixtures import PASSPHRASE
+from tests.support.fakehub import FakeHub, wait_for
 
 ALICE_RPPS, BOB_RPPS, CAROL_RPPS = "10000000001", "10000000002", "10000000003"
 

@@ -10,8 +10,6 @@ from pathlib import Path
 import msgpack
 import nacl.pwhash.argon2id as argon2id
 import pytest
-from authority import AUTHORITY_PK, AUTHORITY_TEXT
-from client_fixtures import PASSPHRASE
 from miss_client import Client
 from miss_client.errors import (
     AuthorityNotSet,
@@ -36,6 +34,8 @@ from miss_client.profile import (
 from protocol.attestation import authority_fingerprint
 from protocol.crypto import DeviceKeys, new_message_id
 from protocol.frames import DeviceInfo
+from tests.support.authority import AUTHORITY_PK, AUTHORITY_TEXT
+from tests.support.client_fixtures import PASSPHRASE
 
 
 def test_round_trip(make_profile: Callable[..., Profile]) -> None:

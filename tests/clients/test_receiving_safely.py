@@ -10,18 +10,18 @@ from pathlib import Path
 
 import nacl.signing
 import pytest
-from authority import AUTHORITY_PK, verify
-from client_fixtures import PASSPHRASE
 from miss_client import KDF_INTERACTIVE, Client, Message, enroll
 from miss_client.errors import AuthorityMismatch, BadRecipient, ConnectionFailed
 from miss_client.models import Delivered, MessageHeld, Refused
 from miss_client.profile import Profile, set_authority
-from verified_hubs import AttestedFakeHub, fake_clinician
-from wire import invite
 
 from miss_server.app import HubServer
 from protocol import crypto
 from protocol.attestation import encode_authority_key
+from tests.support.authority import AUTHORITY_PK, verify
+from tests.support.client_fixtures import PASSPHRASE
+from tests.support.verified_hubs import AttestedFakeHub, fake_clinician
+from tests.support.wire import invite
 
 ALICE, BOB, CAROL = "10000000001", "10000000002", "10000000003"
 

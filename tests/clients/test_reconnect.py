@@ -10,12 +10,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from fakehub import wait_for
 from miss_client import Client, Profile
 from miss_client.errors import ConnectionFailed, ConnectionLost
 from miss_client.reconnect import SESSION_LOCK, Phase, ProfileLock, Reconnector, Status, session_lock
 
 from protocol.errors import AccountSuspended, DeviceRevoked, SessionReplaced, UnknownUser
+from tests.support.fakehub import wait_for
 
 SLACK = 0.5  # s: a loaded machine wakes sleepers late, never early
 

@@ -12,9 +12,6 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from authority import AUTHORITY_PK
-from client_fixtures import PASSPHRASE
-from fakehub import FakeHub, wait_for
 from miss_client import Client, Delivered, Message, RetryPolicy, enroll
 from miss_client.errors import (
     BadRecipient,
@@ -26,7 +23,6 @@ from miss_client.errors import (
 )
 from miss_client.models import Peer, PeerChange, Refused
 from miss_client.profile import KDF_INTERACTIVE, Profile, load_profile
-from verified_hubs import fake_clinician
 
 from protocol import crypto
 from protocol import frames as f
@@ -39,6 +35,10 @@ from protocol.errors import (
     StorageUnavailable,
     UnknownUser,
 )
+from tests.support.authority import AUTHORITY_PK
+from tests.support.client_fixtures import PASSPHRASE
+from tests.support.fakehub import FakeHub, wait_for
+from tests.support.verified_hubs import fake_clinician
 
 
 @pytest.fixture

@@ -13,18 +13,24 @@ from pathlib import Path
 
 import nacl.signing
 import pytest
-from authority import AUTHORITY, DAY_MS, verify
 from miss_client import Client, Message, Profile
 from miss_client.connection import close_error
 from miss_client.errors import KeyChangePending, UnverifiedPeer
 from miss_client.models import Peer, PeerChange
-from verified_hubs import AttestedFakeHub, enroll_linked, fake_clinician, hub_sql, overwrite_device_keys
 
 from miss_server.app import HubServer
 from miss_server.store.base import AuditEvent
 from protocol import attestation, crypto
 from protocol import frames as f
 from protocol.errors import AccountSuspended, DeviceRevoked, Forbidden, NoDevices, NotVerified, UnknownUser
+from tests.support.authority import AUTHORITY, DAY_MS, verify
+from tests.support.verified_hubs import (
+    AttestedFakeHub,
+    enroll_linked,
+    fake_clinician,
+    hub_sql,
+    overwrite_device_keys,
+)
 
 Enroll = Callable[..., Awaitable[Profile]]
 ALICE, BOB, CAROL, DAVE = "10000000001", "10000000002", "10000000003", "10000000004"

@@ -14,13 +14,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from authority import AUTHORITY_PK, verify
-from client_fixtures import PASSPHRASE
 from miss_client import KDF_INTERACTIVE, Client, Delivered, Message, Profile, enroll
-from wire import invite
 
 from miss_server.app import HubServer
 from protocol import crypto
+from tests.support.authority import AUTHORITY_PK, verify
+from tests.support.client_fixtures import PASSPHRASE
+from tests.support.wire import invite
 
 
 @dataclass

@@ -32,7 +32,8 @@ from typing import Any
 
 import pytest
 import redis
-from hubproc import BIN
+
+from tests.support.hubproc import BIN
 
 pytestmark = pytest.mark.slow
 

@@ -13,7 +13,8 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from hubproc import BIN, HubProcess
+
+from tests.support.hubproc import BIN, HubProcess
 
 pytestmark = pytest.mark.slow
 

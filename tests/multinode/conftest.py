@@ -6,7 +6,8 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
-from cluster import Cluster, running_cluster
+
+from tests.support.cluster import Cluster, running_cluster
 
 
 @pytest.fixture

@@ -15,9 +15,10 @@ import subprocess
 from collections.abc import Awaitable, Callable
 
 import pytest
-from cluster import Cluster
-from traffic import Recipient, Sender, wait_until
-from wire import RawDevice
+
+from tests.support.cluster import Cluster
+from tests.support.traffic import Recipient, Sender, wait_until
+from tests.support.wire import RawDevice
 
 pytestmark = pytest.mark.slow
 

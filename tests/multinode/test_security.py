@@ -11,11 +11,11 @@ import time
 import asyncpg
 import pytest
 import redis.asyncio as aioredis
-from cluster import POSTGRES, REDIS, Cluster
-from wire import RawDevice
 
 from protocol import errors
 from protocol.frames import Accepted, Deliver, Ok, Revoke
+from tests.support.cluster import POSTGRES, REDIS, Cluster
+from tests.support.wire import RawDevice
 
 pytestmark = pytest.mark.slow
 

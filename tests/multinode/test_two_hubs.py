@@ -6,9 +6,9 @@ import asyncio
 import time
 
 import pytest
-from cluster import PRESENCE_TTL, Cluster
 
 from protocol.frames import Accepted, Deliver, Delivered, Ok, Presence, SetStatus, Watch, Watching
+from tests.support.cluster import PRESENCE_TTL, Cluster
 
 pytestmark = pytest.mark.slow
 

@@ -7,12 +7,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from authority import AUTHORITY_TEXT, UNLIMITED
-from store_fixtures import STORES
 
 from miss_server.app import HubServer
 from miss_server.config import load_settings
 from miss_server.store.base import Store
+from tests.support.authority import AUTHORITY_TEXT, UNLIMITED
+from tests.support.store_fixtures import STORES
 
 HubFactory = Callable[..., Any]
 

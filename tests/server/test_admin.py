@@ -18,10 +18,10 @@ from importlib.metadata import version
 from pathlib import Path
 
 import pytest
-from admin_cli import Admin, on_new_store
 
 from miss_server import admin
 from protocol import attestation
+from tests.support.admin_cli import Admin, on_new_store
 
 BIN = Path(sys.executable).parent
 

@@ -9,12 +9,12 @@ import json
 from pathlib import Path
 
 import pytest
-from admin_cli import Admin, on_new_store
-from authority import AUTHORITY_TEXT
-from wire import enrolled
 
 from miss_server.app import HubServer
 from protocol import errors
+from tests.support.admin_cli import Admin, on_new_store
+from tests.support.authority import AUTHORITY_TEXT
+from tests.support.wire import enrolled
 
 
 @pytest.fixture

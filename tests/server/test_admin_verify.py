@@ -10,13 +10,13 @@ from pathlib import Path
 
 import nacl.signing
 import pytest
-from admin_cli import Admin, on_new_store
-from authority import DAY_MS, verify
-from wire import enrolled
 
 from miss_server.app import HubServer
 from miss_server.store.base import Store, User
 from protocol import attestation
+from tests.support.admin_cli import Admin, on_new_store
+from tests.support.authority import DAY_MS, verify
+from tests.support.wire import enrolled
 
 
 @pytest.fixture

@@ -11,9 +11,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from wire import RawDevice, enrolled
 
 from miss_server.admission import AcceptErrorFilter, PendingGate
+from tests.support.wire import RawDevice, enrolled
 
 #: ``make_hub`` (conftest.py): ``await make_hub(**settings)`` starts a hub.
 HubFactory = Callable[..., Any]

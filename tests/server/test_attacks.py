@@ -25,26 +25,6 @@ from typing import Any
 
 import msgpack
 import pytest
-from authority import AUTHORITY, AUTHORITY_PK, verify
-from bystanders import (
-    Attacker,
-    Bystanders,
-    Device,
-    LimitedHub,
-    answer_code,
-    attacked_window,
-    auth_answer,
-    clinician,
-    default_rate,
-    enroll_answer,
-    hub_metric,
-    hub_store,
-    invite,
-    judge,
-    percentile,
-    request,
-)
-from client_fixtures import PASSPHRASE
 from miss_client import Client, Message, enroll
 from miss_client.profile import KDF_INTERACTIVE
 
@@ -65,6 +45,26 @@ from protocol.frames import (
     SetStatus,
     Welcome,
 )
+from tests.support.authority import AUTHORITY, AUTHORITY_PK, verify
+from tests.support.bystanders import (
+    Attacker,
+    Bystanders,
+    Device,
+    LimitedHub,
+    answer_code,
+    attacked_window,
+    auth_answer,
+    clinician,
+    default_rate,
+    enroll_answer,
+    hub_metric,
+    hub_store,
+    invite,
+    judge,
+    percentile,
+    request,
+)
+from tests.support.client_fixtures import PASSPHRASE
 
 pytestmark = pytest.mark.slow
 

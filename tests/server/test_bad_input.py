@@ -11,10 +11,8 @@ from pathlib import Path
 
 import msgpack
 import pytest
-from authority import verify
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
-from wire import RawDevice, invite
 
 from miss_server.app import HubServer
 from protocol import crypto, errors
@@ -29,6 +27,8 @@ from protocol.frames import (
     LookupOk,
     Send,
 )
+from tests.support.authority import verify
+from tests.support.wire import RawDevice, invite
 
 
 class Pair:

@@ -7,9 +7,9 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from hubproc import BIN
 
 from miss_server.config import ConfigError, Settings, load_settings
+from tests.support.hubproc import BIN
 
 README = Path(__file__).parents[2] / "README.md"
 

@@ -8,9 +8,9 @@ import secrets
 from pathlib import Path
 
 import pytest
-from hubproc import HubProcess, enrolled_pair
 
 from protocol.frames import Accepted, Deliver, Delivered
+from tests.support.hubproc import HubProcess, enrolled_pair
 
 pytestmark = pytest.mark.slow
 

@@ -13,14 +13,15 @@ import time
 from pathlib import Path
 
 import pytest
-from hubproc import HubProcess
-from wire import RawDevice
 
 from protocol.frames import Accepted, Deliver, Delivered
+from tests.support.hubproc import HubProcess
+from tests.support.wire import RawDevice
 
 pytestmark = pytest.mark.slow
 
-FLOODER = Path(__file__).parents[1] / "support" / "flooder.py"
+FLOODER = "tests.support.flooder"  # run as a module from the repository root
+REPOSITORY = Path(__file__).parents[2]
 RATE = 8  # messages a second, each way: within the default budget of 10/s
 SECONDS = 5.0
 
@@ -88,10 +89,12 @@ async def test_a_flooder_is_throttled_and_the_others_do_not_notice(tmp_path: Pat
         _, code = await asyncio.to_thread(hub.invite, "Dr Flood", "10000000004")
         flooder = await asyncio.create_subprocess_exec(
             sys.executable,
-            str(FLOODER),
+            "-m",
+            FLOODER,
             *(hub.url, code, victim.user_id, "5000", str(SECONDS + 1)),
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
+            cwd=REPOSITORY,
         )
         assert flooder.stdin is not None and flooder.stdout is not None
         ids = json.loads(await flooder.stdout.readline())

@@ -18,13 +18,13 @@ from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 import pytest
-from store_samples import DAY, NOW, message, user_with_devices
 
 from miss_server.codes import code_hash
 from miss_server.store import postgres
 from miss_server.store.base import AcceptResult, Kind, SchemaMismatch, StoreUnavailable
 from miss_server.store.migrations import latest_version
 from miss_server.store.postgres import PostgresStore
+from tests.support.store_samples import DAY, NOW, message, user_with_devices
 
 DSN = os.environ.get("MISS_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/test")
 LATEST = latest_version("postgres")

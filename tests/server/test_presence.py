@@ -7,10 +7,10 @@ from __future__ import annotations
 import asyncio
 
 import pytest
-from wire import RawDevice, enrolled
 
 from miss_server.app import HubServer
 from protocol.frames import Accepted, Deliver, Ok, Presence, SetStatus, Watch, Watching
+from tests.support.wire import RawDevice, enrolled
 
 
 async def connections_settle(hub: HubServer, authenticated: int) -> None:

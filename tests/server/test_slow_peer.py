@@ -11,10 +11,10 @@ import asyncio
 from pathlib import Path
 
 import pytest
-from hubproc import HubProcess, enrolled_pair
 
 from bench.measure import rss_kib
 from protocol.frames import Accepted, Deliver
+from tests.support.hubproc import HubProcess, enrolled_pair
 
 pytestmark = pytest.mark.slow
 

@@ -15,8 +15,6 @@ from typing import Any
 
 import asyncpg
 import pytest
-from store_fixtures import POSTGRES_DSN, STORES
-from store_samples import DAY, NOW, message, user_with_devices
 
 from miss_server.codes import code_hash
 from miss_server.store import migrations
@@ -35,6 +33,8 @@ from miss_server.store.base import (
 from miss_server.store.postgres import PostgresStore
 from miss_server.store.sqlite import SQLiteStore
 from protocol.frames import STATUSES
+from tests.support.store_fixtures import POSTGRES_DSN, STORES
+from tests.support.store_samples import DAY, NOW, message, user_with_devices
 
 
 @pytest.mark.parametrize("kind", sorted(STORES))

@@ -10,9 +10,6 @@ from pathlib import Path
 
 import asyncpg
 import pytest
-from authority import AUTHORITY, verify
-from store_fixtures import POSTGRES_DSN, STORES
-from store_samples import DAY, NOW, message, user_with_devices
 
 from miss_server.codes import code_hash
 from miss_server.store import migrations
@@ -20,6 +17,9 @@ from miss_server.store.base import CodeInvalid, DeviceLimit, Kind, SchemaMismatc
 from miss_server.store.postgres import PostgresStore
 from miss_server.store.sqlite import SQLiteStore
 from protocol import attestation
+from tests.support.authority import AUTHORITY, verify
+from tests.support.store_fixtures import POSTGRES_DSN, STORES
+from tests.support.store_samples import DAY, NOW, message, user_with_devices
 
 
 async def enroll(store: Store, user_id: str, n: int, *, max_devices: int | None = None) -> str:

@@ -14,8 +14,6 @@ from typing import Any
 
 import nacl.signing
 import pytest
-from authority import verify, write_key_file
-from wire import RawDevice, enrolled, invite
 
 from miss_server import admin
 from miss_server import hub as hub_module
@@ -37,6 +35,8 @@ from protocol.frames import (
     Search,
     SearchOk,
 )
+from tests.support.authority import verify, write_key_file
+from tests.support.wire import RawDevice, enrolled, invite
 
 #: ``make_hub`` (conftest.py): ``await make_hub(**settings)`` starts a hub.
 HubFactory = Callable[..., Any]

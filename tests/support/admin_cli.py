@@ -18,7 +18,6 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import pytest
-from authority import write_key_file
 
 from miss_server import admin
 from miss_server.app import build_store
@@ -26,6 +25,7 @@ from miss_server.codes import code_hash, new_code
 from miss_server.config import load_settings
 from miss_server.store.base import Store
 from protocol import crypto
+from tests.support.authority import write_key_file
 
 T = TypeVar("T")
 

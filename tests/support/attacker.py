@@ -1,7 +1,7 @@
 """The attacks of issue 11, each in a process of its own (started by
 ``bystanders.Attacker`` at nice 19) against a real hub.
 
-    python tests/support/attacker.py MODE JSON_ARGS
+    python -m tests.support.attacker MODE JSON_ARGS
 
 The process sets itself up (authenticates the devices it is given, from the
 loopback address it is given), prints ``{"ready": ...}`` and waits for
@@ -41,13 +41,9 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable
-from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).parent))
-
 import msgpack
-from bystanders import Device, answer_code, auth_answer, enroll_answer, request
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake
 
@@ -70,6 +66,7 @@ from protocol.frames import (
     SetStatus,
     Welcome,
 )
+from tests.support.bystanders import Device, answer_code, auth_answer, enroll_answer, request
 
 Commands = asyncio.Queue[str]
 

@@ -56,11 +56,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from authority import verify
-from hubproc import HubProcess
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
-from wire import RawDevice
 
 from miss_server.app import build_store
 from miss_server.codes import code_hash, new_code
@@ -82,6 +79,9 @@ from protocol.frames import (
     Presence,
     Welcome,
 )
+from tests.support.authority import verify
+from tests.support.hubproc import HubProcess
+from tests.support.wire import RawDevice
 
 __all__ = [
     "ATTACKER",
@@ -106,7 +106,9 @@ __all__ = [
     "request",
 ]
 
-ATTACKER = Path(__file__).parent / "attacker.py"
+#: The attacker runs as a module from the repository root (tests.support.attacker).
+ATTACKER = "tests.support.attacker"
+REPOSITORY = Path(__file__).parents[2]
 
 #: Every setting that bounds what one device or address may do; those this
 #: hub's Settings define are passed with their default (a hub from before a
@@ -483,13 +485,15 @@ class Attacker:
     async def start(self, timeout: float = 60.0) -> dict[str, Any]:
         self.proc = await asyncio.create_subprocess_exec(
             sys.executable,
-            str(ATTACKER),
+            "-m",
+            ATTACKER,
             self.mode,
             json.dumps(self.args),
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             preexec_fn=lambda: os.nice(19),
             limit=1 << 20,
+            cwd=REPOSITORY,
         )
         return await self.expect("ready", timeout)
 

@@ -19,11 +19,11 @@ from pathlib import Path
 
 import asyncpg
 import redis.asyncio as aioredis
-from authority import verify
-from hubproc import BIN, HubProcess
-from wire import RawDevice
 
 from miss_server.store.postgres import PostgresStore
+from tests.support.authority import verify
+from tests.support.hubproc import BIN, HubProcess
+from tests.support.wire import RawDevice
 
 POSTGRES = os.environ.get("MISS_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/test")
 REDIS = os.environ.get("MISS_TEST_REDIS", "redis://127.0.0.1:6379/0")

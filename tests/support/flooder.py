@@ -4,7 +4,7 @@ sends up to ``count`` messages to ``victim`` as fast as the connection takes
 them, without waiting for answers, for at most ``seconds``, and prints what
 the hub answered by then (JSON).
 
-    python tests/support/flooder.py URL CODE VICTIM_USER COUNT SECONDS
+    python -m tests.support.flooder URL CODE VICTIM_USER COUNT SECONDS
 """
 
 from __future__ import annotations
@@ -13,13 +13,9 @@ import asyncio
 import json
 import sys
 import time
-from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).parent))
-
-from wire import RawDevice
 
 from protocol.frames import Accepted, Error
+from tests.support.wire import RawDevice
 
 
 async def main(url: str, code: str, victim: str, count: int, seconds: float) -> None:

@@ -14,8 +14,8 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from authority import AUTHORITY_TEXT, UNLIMITED, write_key_file
-from wire import RawDevice
+from tests.support.authority import AUTHORITY_TEXT, UNLIMITED, write_key_file
+from tests.support.wire import RawDevice
 
 BIN = Path(sys.executable).parent
 URL_LINE = re.compile(r"MiSS hub serving (ws://\S+)")

@@ -3,10 +3,9 @@ PostgreSQL-specific), written straight through the Store API."""
 
 from __future__ import annotations
 
-from authority import verify
-
 from miss_server.codes import code_hash
 from miss_server.store.base import NewMessage, Store
+from tests.support.authority import verify
 
 NOW = 1_800_000_000_000
 DAY = 86_400_000

@@ -18,10 +18,10 @@ from collections import Counter
 from dataclasses import dataclass, field
 
 from websockets.exceptions import ConnectionClosed, InvalidHandshake
-from wire import RawDevice
 
 from protocol import crypto, errors
 from protocol.frames import Accepted, Deliver, Delivered, Error, LookupOk, Send
+from tests.support.wire import RawDevice
 
 CONNECTION_TROUBLE = (ConnectionClosed, InvalidHandshake, OSError, TimeoutError, asyncio.TimeoutError)
 

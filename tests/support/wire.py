@@ -10,7 +10,6 @@ import asyncio
 import time
 from dataclasses import dataclass, field
 
-from authority import verify
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
@@ -39,6 +38,7 @@ from protocol.frames import (
     decode,
     encode,
 )
+from tests.support.authority import verify
 
 #: Codes of clinicians to verify as soon as a device enrolls with them.
 _VERIFY_ON_ENROLL: dict[str, Store] = {}

@@ -9,9 +9,6 @@
 * :func:`enroll_clinician`: a clinician on the real in-process hub (the
   ``hub`` fixture), enrolled through the SDK and, by default, verified by
   the authority right after, as an administrator would.
-
-The module name is unique across the test tree (tests/clients is put on
-``sys.path`` by its conftest).
 """
 
 from __future__ import annotations
@@ -20,18 +17,18 @@ import sqlite3
 import time
 from pathlib import Path
 
-from authority import AUTHORITY, AUTHORITY_PK, DAY_MS, verify
-from client_fixtures import PASSPHRASE
-from fakehub import FakeHub
 from miss_client import KDF_INTERACTIVE, Profile, enroll
 from websockets.asyncio.server import ServerConnection
-from wire import invite
 
 from miss_server.app import HubServer
 from protocol import attestation
 from protocol import frames as f
 from protocol.errors import ProtocolError, UnknownUser
 from protocol.session import ServerSession, error_frame
+from tests.support.authority import AUTHORITY, AUTHORITY_PK, DAY_MS, verify
+from tests.support.client_fixtures import PASSPHRASE
+from tests.support.fakehub import FakeHub
+from tests.support.wire import invite
 
 __all__ = [
     "AUTHORITY_PK",
