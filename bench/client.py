@@ -1,7 +1,8 @@
 """One simulated device inside a load generator worker: a raw-protocol
 client with real keys, in the style of ``tests/support/wire.py``.
 
-It enrolls with a code, authenticates by signing the challenge, seals each
+It enrolls with a code, authenticates by signing the challenge (through
+:class:`protocol.client_session.ClientSession`, as the SDK does), seals each
 message for every target device (``crypto_box``), opens what it receives,
 checks the inner plaintext as SPEC §6.3 requires, and acks what it got in
 batches, like the SDK does. The X25519 shared key of each peer is computed
@@ -27,15 +28,13 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
 from protocol import crypto
+from protocol.client_session import ClientSession, Welcomed
+from protocol.errors import ProtocolError, UnexpectedFrame
 from protocol.frames import (
     CLIENT_FRAMES,
-    SERVER_FRAMES,
     SUBPROTOCOL,
     Ack,
-    Auth,
-    Challenge,
     Deliver,
-    Enroll,
     Send,
     Welcome,
     decode,
@@ -101,27 +100,42 @@ class Device:
 
     # --- connection life ------------------------------------------------------
 
-    async def _challenge(self, url: str) -> bytes:
-        self.ws = await open_ws(url)
-        challenge = decode(await self.ws.recv(decode=False), SERVER_FRAMES)
-        if not isinstance(challenge, Challenge):
-            raise HubRefused(f"expected challenge, got {challenge.TYPE}")
-        return challenge.nonce
+    def sign(self, message: bytes) -> bytes:
+        """Detached Ed25519 signature (the session's ``Signer``)."""
+        return self.signing_key.sign(message).signature
 
-    async def _welcome(self) -> Welcome:
+    async def _challenge(self, url: str) -> ClientSession:
+        self.ws = await open_ws(url)
+        session = ClientSession()
+        try:
+            session.receive(await self.ws.recv(decode=False))
+        except UnexpectedFrame as exc:
+            raise HubRefused(f"expected challenge, got {exc.frame_type}") from None
+        except ProtocolError as exc:
+            if not exc.remote:
+                raise
+            raise HubRefused("expected challenge, got error") from None
+        return session
+
+    async def _welcome(self, session: ClientSession) -> Welcome:
         assert self.ws is not None
-        reply = decode(await self.ws.recv(decode=False), SERVER_FRAMES)
-        if not isinstance(reply, Welcome):
-            raise HubRefused(getattr(reply, "code", reply.TYPE))
-        return reply
+        try:
+            event = session.receive(await self.ws.recv(decode=False))
+        except UnexpectedFrame as exc:
+            raise HubRefused(exc.frame_type) from None
+        except ProtocolError as exc:
+            if not exc.remote:
+                raise
+            raise HubRefused(exc.code) from None
+        assert isinstance(event, Welcomed)
+        return event.welcome
 
     async def enroll(self, url: str, code: str) -> None:
         """Enroll with a one-time code (SPEC §5.1), learn the ids, and hang up."""
-        nonce = await self._challenge(url)
-        sig = self.signing_key.sign(crypto.enroll_message(nonce, code, self.sign_pk, self.box_pk)).signature
+        session = await self._challenge(url)
         assert self.ws is not None
-        await self.ws.send(encode(Enroll(1, code, self.sign_pk, self.box_pk, "miss-bench", sig)))
-        welcome = await self._welcome()
+        await self.ws.send(session.enroll(code, self, "miss-bench"))
+        welcome = await self._welcome(session)
         self.user_id, self.device_id = welcome.user, welcome.device
         await self.close()
 
@@ -129,12 +143,11 @@ class Device:
         """Connect and authenticate (SPEC §5.2). Returns the monotonic ns at
         which the connection started, the ``auth`` left, and ``welcome`` came."""
         started = time.monotonic_ns()
-        nonce = await self._challenge(url)
-        sig = self.signing_key.sign(crypto.auth_message(nonce, self.device_id)).signature
+        session = await self._challenge(url)
         assert self.ws is not None
-        await self.ws.send(encode(Auth(1, self.device_id, sig)))
+        await self.ws.send(session.auth(self.device_id, self))
         auth_sent = time.monotonic_ns()
-        await self._welcome()
+        await self._welcome(session)
         return started, auth_sent, time.monotonic_ns()
 
     async def open_relay(self, url: str) -> tuple[int, int, int]:

@@ -1,4 +1,5 @@
-"""MiSS protocol v1, sans I/O: frames, codec, crypto helpers, session state.
+"""MiSS protocol v1, sans I/O: frames, codec, crypto helpers, session state
+(the hub's side in ``session``, the client's in ``client_session``).
 
 This package imports no asyncio, network or database library (a test
 enforces it); the hub and every client build on it. The contract it

@@ -20,6 +20,7 @@ The tree::
     │   ├── MalformedFrame             4400 malformed_frame
     │   ├── UnknownFrameType           4404 unknown_frame_type
     │   ├── FrameNotAllowed            4405 frame_not_allowed
+    │   │   └── UnexpectedFrame        a peer's frame this side's state does not admit (local)
     │   ├── AuthFailed                 4401 auth_failed
     │   ├── InvalidCode                4402 invalid_code
     │   ├── AuthTimeout                4408 auth_timeout
@@ -43,6 +44,15 @@ The tree::
 
 A frame larger than the size limit is refused by the WebSocket layer itself
 with close code 1009 (message too big) before it is parsed.
+
+Local or remote: every error says who found it (``ProtocolError.remote``).
+A *local* error (``remote`` False) comes from this side's own checks: the
+peer sent something malformed or out of place (if the error is fatal, this
+side closes the connection with ``close_code``), or this side tried to send
+a frame its state does not allow (nothing is sent). A *remote* error (``remote`` True) is one
+the peer reported, in an ``error`` frame or as the code and reason of its
+close (``client_session.error_from_frame``, ``error_from_close``); if it is
+fatal, the peer closes the connection.
 
 As in python-websockets, the peer never sees exception details beyond the
 code and a fixed, human-readable message: they may be security-sensitive.
@@ -76,6 +86,7 @@ __all__ = [
     "StorageUnavailable",
     "TooManyDevices",
     "TooManyRecipients",
+    "UnexpectedFrame",
     "UnknownDevice",
     "UnknownFrameType",
     "UnknownUser",
@@ -96,6 +107,9 @@ class ProtocolError(Exception):
     close_code: ClassVar[int | None] = None
     message: ClassVar[str] = "protocol error"
     retryable: ClassVar[bool] = False
+    #: True if the peer reported this error, False (the default) if this
+    #: side found it (see "Local or remote" above).
+    remote: bool = False
 
     def __init__(self, detail: str = "", *, retry_after_ms: int | None = None) -> None:
         # ``detail`` is for our logs only; it never goes on the wire.
@@ -127,6 +141,18 @@ class FrameNotAllowed(FatalError):
     code = "frame_not_allowed"
     close_code = 4405
     message = "frame not allowed in this connection state"
+
+
+class UnexpectedFrame(FrameNotAllowed):
+    """A well-formed frame that this side's state does not admit, found by
+    this side: for a client, a hub frame SPEC §4 does not allow at this point
+    of the connection. ``frame_type`` is its ``"t"``. Never built from a
+    peer's report (``error_class`` maps ``frame_not_allowed`` to
+    :class:`FrameNotAllowed`)."""
+
+    def __init__(self, frame_type: str, detail: str = "") -> None:
+        super().__init__(detail or f"unexpected {frame_type!r} frame")
+        self.frame_type = frame_type
 
 
 class AuthFailed(FatalError):

@@ -12,7 +12,9 @@ reports back with :meth:`authenticate` or :meth:`enrolled`.
 The state table is :data:`ALLOWED`: a frame type not listed for the current
 state is a :class:`~protocol.errors.FrameNotAllowed`. A challenge nonce
 answers exactly one ``auth`` or ``enroll``; any failure closes the session,
-so a captured signature is useless on any other connection.
+so a captured signature is useless on any other connection. The handler
+closes it too (:meth:`ServerSession.close`) when it refuses a device whose
+signature was good: revoked, or of a suspended account.
 """
 
 from __future__ import annotations
@@ -129,7 +131,7 @@ class ServerSession:
                     raise UnsupportedVersion(f"v={frame.v}")  # type: ignore[attr-defined]
                 self.caps = frozenset(frame.caps or ())  # type: ignore[attr-defined]
         except FatalError:
-            self.state = State.CLOSED
+            self.close()
             raise
         return frame
 
@@ -142,7 +144,7 @@ class ServerSession:
             or user_id is None
             or not crypto.verify_signature(sign_pk, crypto.auth_message(self.nonce, frame.device), frame.sig)
         ):
-            self.state = State.CLOSED
+            self.close()
             raise AuthFailed(f"device {frame.device[:64]!r}")
         self._bind(user_id, frame.device)
 
@@ -151,16 +153,25 @@ class ServerSession:
         (and binds ``box_pk`` to it). Raises AuthFailed (and closes)."""
         message = crypto.enroll_message(self.nonce, frame.code, frame.sign_pk, frame.box_pk)
         if not crypto.verify_signature(frame.sign_pk, message, frame.sig):
-            self.state = State.CLOSED
+            self.close()
             raise AuthFailed("bad enrollment signature")
 
     def enrolled(self, user_id: str, device_id: str) -> None:
         """The store registered the device: the connection is now that device."""
         self._bind(user_id, device_id)
 
+    def close(self) -> None:
+        """Move to CLOSED, from any state: nothing more is admitted. The
+        session does so itself on every fatal error it raises; the handler
+        calls it before raising a fatal error of its own (a revoked device,
+        a suspended account), and then closes the connection with that
+        error's close code. ``user_id`` and ``device_id`` are kept, for the
+        handler's logs."""
+        self.state = State.CLOSED
+
     def _bind(self, user_id: str, device_id: str) -> None:
         if self.state is not State.CHALLENGED:
-            self.state = State.CLOSED  # like every fatal error (see receive)
+            self.close()  # like every fatal error (see receive)
             raise FrameNotAllowed("already authenticated")
         self.state = State.AUTHENTICATED
         self.user_id = user_id

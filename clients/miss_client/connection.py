@@ -11,7 +11,12 @@ man in the middle reads the metadata and answers for the hub.
 from it (an ``auth`` or an ``enroll`` frame, naming the capabilities this
 client speaks, ``CLIENT_CAPS``) and returns the challenge and the
 ``welcome``; an ``error`` frame or a close surfaces as the
-:mod:`protocol.errors` exception it names (:func:`close_error`).
+:mod:`protocol.errors` exception it names (:func:`close_error`). The
+protocol's side of it (the state table, the signatures, which error a frame
+or a close names) is :class:`protocol.client_session.ClientSession`; this
+module adds the I/O and the SDK's own errors (ConnectionFailed,
+ConnectionLost, MessageTooLarge, AuthorityMismatch).
+:func:`authenticator` builds the ``auth`` answer of an enrolled device.
 
 :func:`enroll` is the one-shot use of the two: it registers a new device
 with an invitation or link code and writes the profile, with the
@@ -35,21 +40,27 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus, InvalidURI
 
 from protocol import crypto
-from protocol.errors import FatalError, MissingDevices, ProtocolError, UnsupportedVersion, error_class
+from protocol.client_session import (
+    ClientSession,
+    Event,
+    Signer,
+    WrongAuthority,
+    answer_auth,
+    answer_enroll,
+    error_from_close,
+    error_from_frame,
+)
+from protocol.errors import ProtocolError, UnexpectedFrame, UnsupportedVersion
 from protocol.frames import (
     CAP_REFUSALS,
     MAX_FRAME_BYTES,
     MAX_ID_CHARS,
-    PROTOCOL_VERSION,
-    SERVER_FRAMES,
     SUBPROTOCOL,
+    Auth,
     Challenge,
     Enroll,
-    Error,
     Frame,
     Welcome,
-    decode,
-    encode,
 )
 
 from .errors import AuthorityMismatch, ConnectionFailed, ConnectionLost, MessageTooLarge
@@ -66,10 +77,12 @@ from .profile import (
 __all__ = [
     "CLIENT_CAPS",
     "MAX_INCOMING_BYTES",
+    "authenticator",
     "close_error",
     "enroll",
     "error_from_frame",
     "handshake",
+    "handshake_session",
     "open_websocket",
 ]
 
@@ -124,31 +137,18 @@ async def open_websocket(url: str, open_timeout: float = 10.0) -> ClientConnecti
     return ws
 
 
-def error_from_frame(frame: Error) -> ProtocolError:
-    """The :mod:`protocol.errors` exception an ``error`` frame names."""
-    cls = error_class(frame.code)
-    if cls is MissingDevices:
-        return MissingDevices(list(frame.missing or ()), frame.message)
-    if cls is ProtocolError:  # a code this client does not know: keep it readable
-        return ProtocolError(f"{frame.code}: {frame.message}", retry_after_ms=frame.retry_after)
-    return cls(frame.message, retry_after_ms=frame.retry_after)
-
-
 def close_error(code: int | None, reason: str | None) -> Exception:
     """The exception a close by the hub stands for.
 
     The hub closes after a fatal error with the error code as the reason, so
     the reason is mapped back to its :mod:`protocol.errors` class (or, if
     the reason is missing or unknown, the close code: 4410 is DeviceRevoked,
-    4411 AccountSuspended...); other closes become ConnectionLost (or
-    MessageTooLarge for 1009).
+    4411 AccountSuspended...: :func:`protocol.client_session.error_from_close`);
+    other closes become ConnectionLost (or MessageTooLarge for 1009).
     """
-    if reason:
-        cls = error_class(reason)
-        if issubclass(cls, FatalError) and cls is not FatalError:
-            return cls(f"connection closed by the hub ({code} {reason})")
-    if code is not None and code in _FATAL_BY_CLOSE_CODE:
-        return _FATAL_BY_CLOSE_CODE[code](f"connection closed by the hub ({code})")
+    fatal = error_from_close(code, reason)
+    if fatal is not None:
+        return fatal
     if code == 1009:
         return MessageTooLarge("the hub refused a frame over its size limit")
     if code == 1001:
@@ -162,23 +162,9 @@ def close_error(code: int | None, reason: str | None) -> Exception:
     return ConnectionLost(f"connection lost (close code {code})", code)
 
 
-def _fatal_classes() -> dict[int, type[FatalError]]:
-    out: dict[int, type[FatalError]] = {}
-    pending: list[type[FatalError]] = list(FatalError.__subclasses__())
-    while pending:
-        cls = pending.pop()
-        pending.extend(cls.__subclasses__())
-        if cls.close_code is not None:
-            out.setdefault(cls.close_code, cls)
-    return out
-
-
-#: Fatal error classes by close code (4400-4426), for closes without a reason.
-_FATAL_BY_CLOSE_CODE = _fatal_classes()
-
-
-async def recv_frame(ws: ClientConnection) -> Frame:
-    """Receive one hub frame during the handshake; errors raised as exceptions."""
+async def _handshake_event(ws: ClientConnection, session: ClientSession) -> Event:
+    """The next hub frame of the handshake, through ``session``; what it
+    refuses, as the SDK's errors."""
     try:
         data = await ws.recv()
     except ConnectionClosed:
@@ -186,12 +172,35 @@ async def recv_frame(ws: ClientConnection) -> Frame:
     if isinstance(data, str):
         raise ConnectionFailed("the hub sent a text frame; is this a MiSS hub?")
     try:
-        frame = decode(data, SERVER_FRAMES)
+        return session.receive(data)
+    except UnexpectedFrame as exc:
+        raise ConnectionFailed(exc.detail) from None
     except ProtocolError as exc:
+        if exc.remote or isinstance(exc, UnsupportedVersion):
+            raise
         raise ConnectionFailed(f"the hub sent an invalid frame ({exc.code})") from None
-    if isinstance(frame, Error):
-        raise error_from_frame(frame)
-    return frame
+
+
+async def handshake_session(
+    ws: ClientConnection, answer: Callable[[Challenge], Frame], time_limit: float = 10.0
+) -> ClientSession:
+    """:func:`handshake`, returning the AUTHENTICATED session (its
+    ``challenge`` and ``welcome`` included), for a caller that goes on
+    speaking through it."""
+    session = ClientSession()
+    try:
+        async with asyncio.timeout(time_limit):
+            await _handshake_event(ws, session)
+            assert session.challenge is not None  # or the session raised
+            try:
+                await ws.send(session.send(answer(session.challenge)))
+            except ConnectionClosed:
+                raise close_error(ws.close_code, ws.close_reason) from None
+            await _handshake_event(ws, session)
+    except TimeoutError:
+        raise ConnectionFailed("the hub did not complete the handshake in time") from None
+    assert session.welcome is not None  # or the session raised
+    return session
 
 
 async def handshake(
@@ -203,23 +212,20 @@ async def handshake(
     Raises the hub's error (AuthFailed, InvalidCode, UnsupportedVersion...),
     ConnectionLost, or ConnectionFailed for a hub that does not follow SPEC §4.
     """
-    try:
-        async with asyncio.timeout(time_limit):
-            challenge = await recv_frame(ws)
-            if not isinstance(challenge, Challenge):
-                raise ConnectionFailed(f"the hub sent {challenge.TYPE!r} instead of a challenge")
-            if challenge.v != PROTOCOL_VERSION:
-                raise UnsupportedVersion(f"hub speaks version {challenge.v}")
-            try:
-                await ws.send(encode(answer(challenge)))
-            except ConnectionClosed:
-                raise close_error(ws.close_code, ws.close_reason) from None
-            welcome = await recv_frame(ws)
-    except TimeoutError:
-        raise ConnectionFailed("the hub did not complete the handshake in time") from None
-    if not isinstance(welcome, Welcome):
-        raise ConnectionFailed(f"the hub sent {welcome.TYPE!r} instead of welcome")
-    return challenge, welcome
+    session = await handshake_session(ws, answer, time_limit)
+    assert session.challenge is not None and session.welcome is not None
+    return session.challenge, session.welcome
+
+
+def authenticator(keys: Signer, device_id: str) -> Callable[[Challenge], Auth]:
+    """The ``answer`` for :func:`handshake` of the enrolled device
+    ``device_id``: its ``auth``, signed with ``keys`` and naming ``CLIENT_CAPS``
+    (SPEC §5.2)."""
+
+    def answer(challenge: Challenge) -> Auth:
+        return answer_auth(challenge, device_id, keys, CLIENT_CAPS)
+
+    return answer
 
 
 async def enroll(
@@ -262,18 +268,10 @@ async def enroll(
     keys = crypto.DeviceKeys.generate()
 
     def answer(challenge: Challenge) -> Enroll:
-        if challenge.authority is not None and challenge.authority != authority_pk:
-            raise AuthorityMismatch(authority_pk, challenge.authority)
-        message = crypto.enroll_message(challenge.nonce, code, keys.sign_pk, keys.box_pk)
-        return Enroll(
-            v=PROTOCOL_VERSION,
-            code=code,
-            sign_pk=keys.sign_pk,
-            box_pk=keys.box_pk,
-            label=label,
-            sig=keys.sign(message),
-            caps=CLIENT_CAPS,
-        )
+        try:
+            return answer_enroll(challenge, code, keys, label, CLIENT_CAPS, authority=authority_pk)
+        except WrongAuthority as exc:
+            raise AuthorityMismatch(exc.expected, exc.announced) from None
 
     try:
         ws = await open_websocket(url, open_timeout)

@@ -335,6 +335,23 @@ def test_binding_twice_closes() -> None:
     assert session.state is State.CLOSED and session.device_id == DEVICE
 
 
+@pytest.mark.parametrize("state", [State.CHALLENGED, State.AUTHENTICATED, State.CLOSED])
+def test_close_admits_nothing_more(state: State) -> None:
+    """The hub closes a session whose device it refuses after a good
+    signature (revoked, suspended): no frame is admitted afterwards, and
+    the session still names the device for the hub's logs."""
+    session = SESSION_IN[state]()
+    device = session.device_id
+    session.close()
+    assert session.state is State.CLOSED and session.device_id == device
+    for cls in CLIENT_FRAMES:
+        with pytest.raises(errors.FrameNotAllowed):
+            session.receive(encode(sample(cls, session)))
+    with pytest.raises(errors.FatalError):
+        session.enrolled(USER, OTHER_DEVICE)
+    assert session.state is State.CLOSED and session.device_id == device
+
+
 # --- enroll -------------------------------------------------------------------------------
 
 

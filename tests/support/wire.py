@@ -1,7 +1,9 @@
 """Test helpers that speak the wire protocol directly, with no SDK in between.
 
 Used by the hub tests to send exactly the frames (good or bad) a test needs,
-over a real WebSocket connection.
+over a real WebSocket connection. The handshake goes through
+:class:`protocol.client_session.ClientSession`, which reads the challenge and
+signs the answers; everything after ``welcome`` is raw frames.
 """
 
 from __future__ import annotations
@@ -9,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import time
 from dataclasses import dataclass, field
+from typing import Any
 
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
@@ -17,6 +20,7 @@ from miss_server.app import HubServer
 from miss_server.codes import code_hash, new_code
 from miss_server.store.base import Store
 from protocol import crypto
+from protocol.client_session import Challenged, ClientSession, answer_auth, answer_enroll
 from protocol.frames import (
     SUBPROTOCOL,
     Ack,
@@ -82,20 +86,41 @@ class RawDevice:
     ws: ClientConnection | None = None
     nonce: bytes = b""
     held: list[Frame] = field(default_factory=list)  # pushes read while waiting for an answer
+    #: The protocol state of the current connection's handshake.
+    session: ClientSession = field(default_factory=ClientSession)
+
+    def connect_options(self) -> dict[str, Any]:
+        """Extra keyword arguments of ``websockets.connect`` (a subclass may
+        bind a local address)."""
+        return {}
 
     async def open(self) -> Challenge:
-        self.ws = await connect(self.url, subprotocols=[SUBPROTOCOL], max_size=None)  # type: ignore[list-item]
-        challenge = await self.recv()
-        assert isinstance(challenge, Challenge)
-        self.nonce = challenge.nonce
-        return challenge
+        """Connect and read the challenge (a new :attr:`session`)."""
+        self.ws = await connect(
+            self.url,
+            subprotocols=[SUBPROTOCOL],  # type: ignore[list-item]
+            max_size=None,
+            **self.connect_options(),
+        )
+        self.session = ClientSession()
+        event = self.session.receive(await self._recv_bytes())
+        assert isinstance(event, Challenged), event
+        self.nonce = event.challenge.nonce
+        return event.challenge
+
+    def auth_frame(self) -> Auth:
+        """The ``auth`` answering the current challenge (after :meth:`open`)."""
+        assert self.session.challenge is not None
+        return answer_auth(self.session.challenge, self.device_id, self.keys)
+
+    def enroll_frame(self, code: str, label: str = "test") -> Enroll:
+        """The ``enroll`` answering the current challenge (after :meth:`open`)."""
+        assert self.session.challenge is not None
+        return answer_enroll(self.session.challenge, code, self.keys, label)
 
     async def enroll(self, code: str) -> Welcome:
         await self.open()
-        sig = self.keys.sign(crypto.enroll_message(self.nonce, code, self.keys.sign_pk, self.keys.box_pk))
-        await self.send_frame(Enroll(1, code, self.keys.sign_pk, self.keys.box_pk, "test", sig))
-        welcome = await self.recv()
-        assert isinstance(welcome, Welcome), welcome
+        welcome = await self._answer(self.enroll_frame(code))
         self.user_id, self.device_id = welcome.user, welcome.device
         store = _VERIFY_ON_ENROLL.pop(code, None)
         if store is not None:
@@ -104,11 +129,23 @@ class RawDevice:
 
     async def auth(self) -> Welcome:
         await self.open()
-        sig = self.keys.sign(crypto.auth_message(self.nonce, self.device_id))
-        await self.send_frame(Auth(1, self.device_id, sig))
-        welcome = await self.recv()
+        return await self._answer(self.auth_frame())
+
+    async def _answer(self, frame: Auth | Enroll) -> Welcome:
+        """Send the answer to the challenge; the hub's ``welcome``."""
+        assert self.ws is not None
+        await self.ws.send(self.session.send(frame))
+        data = await self._recv_bytes()
+        welcome = decode(data)
         assert isinstance(welcome, Welcome), welcome
+        self.session.receive(data)
         return welcome
+
+    async def _recv_bytes(self, timeout: float = 5.0) -> bytes:
+        assert self.ws is not None
+        data = await asyncio.wait_for(self.ws.recv(), timeout)
+        assert isinstance(data, bytes)
+        return data
 
     async def send_frame(self, frame: Frame) -> None:
         assert self.ws is not None
@@ -117,10 +154,7 @@ class RawDevice:
     async def recv(self, timeout: float = 5.0) -> Frame:
         if self.held:
             return self.held.pop(0)
-        assert self.ws is not None
-        data = await asyncio.wait_for(self.ws.recv(), timeout)
-        assert isinstance(data, bytes)
-        return decode(data)
+        return decode(await self._recv_bytes(timeout))
 
     async def link(self, url: str | None = None) -> RawDevice:
         """Get a link code and enroll a new device of the same clinician with
@@ -153,9 +187,8 @@ class RawDevice:
         if url is not None:
             self.url = url
         await self.open()
-        await self.send_frame(
-            Auth(1, self.device_id, self.keys.sign(crypto.auth_message(self.nonce, self.device_id)))
-        )
+        assert self.ws is not None
+        await self.ws.send(self.session.send(self.auth_frame()))
         return await self.until_closed(5)
 
     async def ask(self, frame: Frame) -> Frame:

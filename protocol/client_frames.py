@@ -1,0 +1,222 @@
+"""Client → hub frames of protocol v1 (SPEC.md §3.3).
+
+Each type is a frozen dataclass that checks its fields when decoded
+(:mod:`protocol.frame_base`). Import them from :mod:`protocol.frames`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from .frame_base import (
+    MAX_ACK_REFUSALS,
+    MAX_ACK_SEQS,
+    MAX_WATCH,
+    Frame,
+    Record,
+    check_bytes,
+    check_caps,
+    check_envs,
+    check_int,
+    check_list,
+    check_status,
+    check_str,
+    check_token,
+    malformed,
+)
+
+__all__ = [
+    "CLIENT_FRAMES",
+    "Ack",
+    "Auth",
+    "Devices",
+    "Enroll",
+    "LinkCode",
+    "Lookup",
+    "Refusal",
+    "Revoke",
+    "Search",
+    "Send",
+    "SetStatus",
+    "Watch",
+]
+
+
+@dataclass(frozen=True, slots=True)
+class Auth(Frame):
+    """Authenticate as an enrolled device by signing the challenge (SPEC §5.2)."""
+
+    TYPE = "auth"
+    v: int
+    device: str
+    sig: bytes
+    #: Capabilities of the client (SPEC §10); unknown ones are ignored.
+    caps: tuple[str, ...] | None = None
+    WIRE = (
+        ("v", "v", check_int),
+        ("device", "device", check_str()),
+        ("sig", "sig", check_bytes(64)),
+        ("caps", "caps", check_caps),
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class Enroll(Frame):
+    """Register a new device with a one-time code (SPEC §5.1)."""
+
+    TYPE = "enroll"
+    v: int
+    code: str
+    sign_pk: bytes
+    box_pk: bytes
+    label: str
+    sig: bytes
+    caps: tuple[str, ...] | None = None
+    WIRE = (
+        ("v", "v", check_int),
+        ("code", "code", check_str()),
+        ("sign_pk", "sign_pk", check_bytes(32)),
+        ("box_pk", "box_pk", check_bytes(32)),
+        ("label", "label", check_str(64, allow_empty=True)),
+        ("sig", "sig", check_bytes(64)),
+        ("caps", "caps", check_caps),
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class Send(Frame):
+    """One message, as one envelope per target device (SPEC §6.2)."""
+
+    TYPE = "send"
+    id: bytes
+    sender: str
+    to: str
+    envs: dict[str, bytes]
+    WIRE = (
+        ("id", "id", check_bytes(16)),
+        ("sender", "from", check_str()),
+        ("to", "to", check_str()),
+        ("envs", "envs", check_envs),
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class Refusal(Record):
+    """One queued message this device refuses, and why (SPEC §6.5):
+    ``reason`` is a short lowercase name, e.g. ``sender_unverified``."""
+
+    seq: int
+    reason: str
+
+    def to_map(self) -> dict[str, Any]:
+        return {"seq": self.seq, "reason": self.reason}
+
+
+def _refusal(v: Any) -> Refusal:
+    if type(v) is not dict:
+        raise malformed("expected a refusal map")
+    try:
+        return Refusal(check_int(v["seq"]), check_token(32)(v["reason"]))
+    except KeyError as exc:
+        raise malformed(f"refusal lacks {exc}") from None
+
+
+@dataclass(frozen=True, slots=True)
+class Ack(Frame):
+    """The device has durably kept the deliveries ``seqs``, and refuses the
+    messages of ``refused`` (SPEC §6.4, §6.5); the hub may forget them all."""
+
+    TYPE = "ack"
+    seqs: tuple[int, ...]
+    refused: tuple[Refusal, ...] | None = None
+    WIRE = (
+        ("seqs", "seqs", check_list(check_int, MAX_ACK_SEQS)),
+        ("refused", "refused", check_list(_refusal, MAX_ACK_REFUSALS)),
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class Lookup(Frame):
+    """Find a clinician by user id or RPPS number, with their devices."""
+
+    TYPE = "lookup"
+    rid: int
+    user: str | None = None
+    rpps: str | None = None
+    WIRE = (("rid", "rid", check_int), ("user", "user", check_str()), ("rpps", "rpps", check_str(32)))
+
+
+@dataclass(frozen=True, slots=True)
+class LinkCode(Frame):
+    """Ask for a one-time code that enrolls another device of the same clinician."""
+
+    TYPE = "link_code"
+    rid: int
+    WIRE = (("rid", "rid", check_int),)
+
+
+@dataclass(frozen=True, slots=True)
+class SetStatus(Frame):
+    """Set the clinician's status, shown to their contacts (SPEC §6.7)."""
+
+    TYPE = "set_status"
+    rid: int
+    status: str
+    WIRE = (("rid", "rid", check_int), ("status", "status", check_status))
+
+
+@dataclass(frozen=True, slots=True)
+class Watch(Frame):
+    """Follow the presence of these users; replaces the previous watch list."""
+
+    TYPE = "watch"
+    rid: int
+    users: tuple[str, ...]
+    WIRE = (("rid", "rid", check_int), ("users", "users", check_list(check_str(), MAX_WATCH)))
+
+
+@dataclass(frozen=True, slots=True)
+class Search(Frame):
+    """Search the directory of verified clinicians: ``query`` matches a name,
+    an RPPS number, a profession or an organisation (SPEC §11.3)."""
+
+    TYPE = "search"
+    rid: int
+    query: str
+    WIRE = (("rid", "rid", check_int), ("query", "query", check_str(64)))
+
+
+@dataclass(frozen=True, slots=True)
+class Devices(Frame):
+    """List this clinician's active devices (SPEC §11.4)."""
+
+    TYPE = "devices"
+    rid: int
+    WIRE = (("rid", "rid", check_int),)
+
+
+@dataclass(frozen=True, slots=True)
+class Revoke(Frame):
+    """Revoke one of this clinician's devices, for ever (SPEC §11.4)."""
+
+    TYPE = "revoke"
+    rid: int
+    device: str
+    WIRE = (("rid", "rid", check_int), ("device", "device", check_str()))
+
+
+#: Every client → hub frame type, in the order of SPEC §3.3.
+CLIENT_FRAMES: tuple[type[Frame], ...] = (
+    Auth,
+    Enroll,
+    Send,
+    Ack,
+    Lookup,
+    LinkCode,
+    SetStatus,
+    Watch,
+    Search,
+    Devices,
+    Revoke,
+)

@@ -1,0 +1,225 @@
+"""Limits, field checkers and the base class of the wire frames (SPEC.md §2, §3).
+
+What the frame modules share: the protocol's constants and limits, the tiny
+checkers that validate each field as it is decoded, and :class:`Frame`,
+whose :meth:`Frame.from_map` runs them. The frame types are in
+:mod:`protocol.client_frames` (client → hub) and :mod:`protocol.hub_frames`
+(hub → client); :mod:`protocol.frames` registers them (:func:`register`)
+and holds the codec. Code outside ``protocol/`` imports from
+:mod:`protocol.frames` only.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, fields
+from typing import Any, ClassVar, TypeVar
+
+from .errors import MalformedFrame
+
+__all__ = [
+    "CAP_REFUSALS",
+    "HUB_CAPS",
+    "MAX_ACK_REFUSALS",
+    "MAX_ACK_SEQS",
+    "MAX_ATTESTATION_BYTES",
+    "MAX_CAPS",
+    "MAX_FRAME_BYTES",
+    "MAX_ID_CHARS",
+    "MAX_RECIPIENT_DEVICES",
+    "MAX_SEARCH_RESULTS",
+    "MAX_WATCH",
+    "MIN_SEARCH_CHARS",
+    "PROTOCOL_VERSION",
+    "STATUSES",
+    "SUBPROTOCOL",
+    "Checker",
+    "Frame",
+    "Record",
+    "check_bool",
+    "check_bytes",
+    "check_caps",
+    "check_envs",
+    "check_int",
+    "check_list",
+    "check_status",
+    "check_str",
+    "check_token",
+    "malformed",
+    "register",
+]
+
+PROTOCOL_VERSION = 1
+SUBPROTOCOL = "miss.v1"
+#: Largest frame the hub accepts (bytes); larger ones are closed with 1009.
+MAX_FRAME_BYTES = 64 * 1024
+#: Longest user id, device id, enrollment code, name... (characters).
+MAX_ID_CHARS = 128
+#: Most envelopes one ``send`` may carry (recipient devices + own devices).
+MAX_RECIPIENT_DEVICES = 64
+#: Largest attestation (SPEC §11).
+MAX_ATTESTATION_BYTES = 8192
+#: Most entries a ``search`` answers with.
+MAX_SEARCH_RESULTS = 50
+#: The shortest query a ``search`` answers (shorter ones: no entry, SPEC §11.3).
+MIN_SEARCH_CHARS = 3
+#: Most seqs one ``ack`` carries, and most refusals (SPEC §6.4).
+MAX_ACK_SEQS = 1024
+MAX_ACK_REFUSALS = 64
+#: Capabilities (SPEC §10): named in ``challenge.caps`` by the hub and in
+#: ``auth.caps``/``enroll.caps`` by the client. ``refusals``: the client
+#: sends ``ack.refused`` and understands ``refused`` receipts (SPEC §6.5).
+CAP_REFUSALS = "refusals"
+#: What this hub implementation announces.
+HUB_CAPS = (CAP_REFUSALS,)
+#: Most capabilities one side may name, and their length.
+MAX_CAPS = 16
+#: Statuses a clinician can set (SPEC §6.7).
+STATUSES = ("available", "busy", "on_call", "off_duty")
+#: Most users one ``watch`` may name.
+MAX_WATCH = 512
+
+# --- field checkers -------------------------------------------------------
+# A checker returns the value if it is acceptable and raises MalformedFrame
+# otherwise. They run on every decoded frame, so they stay tiny.
+
+Checker = Callable[[Any], Any]
+
+
+def malformed(what: str) -> MalformedFrame:
+    return MalformedFrame(what)
+
+
+def check_bytes(n: int | None = None, max_len: int = MAX_FRAME_BYTES) -> Checker:
+    def check(v: Any) -> bytes:
+        if type(v) is not bytes or (n is not None and len(v) != n) or len(v) > max_len:
+            raise malformed(f"expected {n or 'some'} bytes")
+        return v
+
+    return check
+
+
+def check_str(max_len: int = MAX_ID_CHARS, allow_empty: bool = False) -> Checker:
+    def check(v: Any) -> str:
+        if type(v) is not str or len(v) > max_len or (not v and not allow_empty):
+            raise malformed("expected a non-empty string")
+        return v
+
+    return check
+
+
+def check_int(v: Any) -> int:
+    if type(v) is not int or v < 0 or v > 2**63 - 1:
+        raise malformed("expected a non-negative integer")
+    return v
+
+
+def check_bool(v: Any) -> bool:
+    if type(v) is not bool:
+        raise malformed("expected a boolean")
+    return v
+
+
+def check_list(item: Checker, max_items: int) -> Checker:
+    def check(v: Any) -> tuple[Any, ...]:
+        if type(v) is not list or len(v) > max_items:
+            raise malformed("expected a list")
+        return tuple(item(x) for x in v)
+
+    return check
+
+
+def check_token(max_len: int) -> Checker:
+    """A short lowercase name: ``[a-z0-9_]``, 1 to ``max_len`` characters
+    (capabilities, refusal reasons)."""
+
+    def check(v: Any) -> str:
+        if type(v) is not str or not 0 < len(v) <= max_len or not _TOKEN_CHARS.issuperset(v):
+            raise malformed("expected a lowercase name")
+        return v
+
+    return check
+
+
+_TOKEN_CHARS = frozenset("abcdefghijklmnopqrstuvwxyz0123456789_")
+check_caps = check_list(check_token(32), MAX_CAPS)
+
+
+def check_envs(v: Any) -> dict[str, bytes]:
+    if type(v) is not dict or not v or len(v) > MAX_RECIPIENT_DEVICES:
+        raise malformed("expected a map of device id to envelope")
+    check_id, check_env = check_str(), check_bytes(max_len=MAX_FRAME_BYTES)
+    for k, env in v.items():
+        check_id(k)
+        check_env(env)
+    return v
+
+
+def check_status(v: Any) -> str:
+    if v not in STATUSES:
+        raise malformed("unknown status")
+    return str(v)
+
+
+# --- frame base class -------------------------------------------------------
+
+F = TypeVar("F", bound="Frame")
+
+
+@dataclass(frozen=True, slots=True)
+class Frame:
+    """Base of all frames. ``TYPE`` is the wire ``"t"``; ``WIRE`` maps each
+    dataclass field to its wire key and checker; keys whose field default is
+    ``None`` are optional and omitted when ``None``."""
+
+    TYPE: ClassVar[str] = ""
+    WIRE: ClassVar[tuple[tuple[str, str, Checker], ...]] = ()
+
+    def to_map(self) -> dict[str, Any]:
+        return {"t": self.TYPE, **self.fields_map()}
+
+    def fields_map(self) -> dict[str, Any]:
+        """The frame's fields without ``"t"`` (how a frame nests in another)."""
+        out: dict[str, Any] = {}
+        for attr, key, _ in self.WIRE:
+            value = getattr(self, attr)
+            if value is None:
+                continue
+            if isinstance(value, tuple):
+                value = [
+                    v.fields_map() if isinstance(v, Frame) else v.to_map() if isinstance(v, Record) else v
+                    for v in value
+                ]
+            out[key] = value
+        return out
+
+    @classmethod
+    def from_map(cls: type[F], m: dict[str, Any]) -> F:
+        kwargs: dict[str, Any] = {}
+        for attr, key, check in cls.WIRE:
+            if key in m:
+                kwargs[attr] = check(m[key])
+            elif attr not in _OPTIONAL[cls]:
+                raise malformed(f"{cls.TYPE}: missing {key!r}")
+        return cls(**kwargs)
+
+
+class Record:
+    """Marker for nested maps inside a frame (see :class:`DeviceInfo`)."""
+
+    def to_map(self) -> dict[str, Any]:  # pragma: no cover - overridden
+        raise NotImplementedError
+
+
+#: The optional fields (default ``None``) of each registered frame type,
+#: which :meth:`Frame.from_map` lets a map omit.
+_OPTIONAL: dict[type[Frame], frozenset[str]] = {}
+
+
+def register(classes: tuple[type[Frame], ...]) -> dict[str, type[Frame]]:
+    """Prepare frame types for decoding: note their optional fields, and
+    return them by wire type (``"t"``). :mod:`protocol.frames` registers
+    every type once, at import."""
+    for cls in classes:
+        _OPTIONAL[cls] = frozenset(f.name for f in fields(cls) if f.default is None)
+    return {cls.TYPE: cls for cls in classes}
