@@ -8,13 +8,20 @@ Modules, from the bottom up:
 * :mod:`.profile`: the passphrase-sealed profile directory (device keys, ids,
   the verification authority's public key).
 * :mod:`.state`: the local SQLite state (history, seen ids, pinned peer keys,
-  pending key changes, peers verified in person).
+  pending key changes, peers verified in person); :mod:`.state_schema` its
+  tables and migrations.
 * :mod:`.trust`: checking a lookup's attestation against the authority
   (SPEC §11.2), without I/O.
-* :mod:`.outbox` / :mod:`.inbox`: sealing ``send`` frames; opening and
-  checking ``deliver`` frames, store-then-ack.
+* :mod:`.retry`: :class:`RetryPolicy`, when a request is resent.
 * :mod:`.connection`: WebSocket, challenge, auth/enroll; :func:`enroll`.
-* :mod:`.client`: :class:`Client`, one authenticated connection.
+* :mod:`.requests`: the reader of one connection, matching answers to requests.
+* :mod:`.peers`: verified clinicians: lookups, pins, key changes, safety numbers.
+* :mod:`.presence`: our status and watched clinicians' presence.
+* :mod:`.outbox` / :mod:`.inbox`: sealing and sending ``send`` frames until
+  accepted; opening and checking ``deliver`` frames, store-then-ack, acks in
+  batches.
+* :mod:`.client`: :class:`Client`, one authenticated connection, the facade
+  over the modules above.
 * :mod:`.reconnect`: profile locks, backoff, and reconnecting a long-lived
   connection.
 
@@ -26,8 +33,8 @@ The ``miss-chat`` terminal client, on top of the SDK:
   error descriptions.
 * :mod:`.chat_session`: the interactive ``chat`` (prompt or piped stdin,
   reconnecting).
-* :mod:`.chat`: the parser, ``main`` (the ``miss-chat`` entry point) and
-  the one-shot commands.
+* :mod:`.chat_commands`: the one-shot commands.
+* :mod:`.chat`: the parser and ``main`` (the ``miss-chat`` entry point).
 
 Quick start::
 
@@ -62,8 +69,8 @@ from .models import (
     format_id,
     parse_id,
 )
-from .outbox import RetryPolicy
 from .profile import KDF_INTERACTIVE, KDF_MODERATE, KdfParams, Profile, load_profile, set_authority
+from .retry import RetryPolicy
 
 __all__ = [
     "KDF_INTERACTIVE",

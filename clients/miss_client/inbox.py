@@ -34,24 +34,38 @@ frame in arrival order:
 
 Receipts (``delivered`` and ``refused``) follow the same store-then-ack order
 and are deduplicated by ``(id, device)``.
+
+:class:`AckBatcher` sends those acks and refusals in batches
+(:data:`ACK_DELAY`, :data:`ACK_BATCH`).
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Awaitable, Callable
 
 from protocol import crypto
 from protocol import frames as f
-from protocol.errors import NotVerified, RateLimited, StorageUnavailable, UnknownUser
+from protocol.errors import NotVerified, ProtocolError, RateLimited, StorageUnavailable, UnknownUser
 
-from .errors import ConnectionFailed, RequestTimeout, UnverifiedPeer
+from .errors import ClientError, ConnectionFailed, ConnectionLost, RequestTimeout, UnverifiedPeer
 from .models import Delivered, Event, Message, MessageHeld, Refused, format_id
 from .state import LocalState
 
-__all__ = ["Inbox", "Undecryptable", "open_delivery"]
+__all__ = ["ACK_BATCH", "ACK_DELAY", "AckBatcher", "Inbox", "Undecryptable", "open_delivery"]
 
 log = logging.getLogger("miss_client")
+
+#: Acks wait this long (s) for others to share their frame ... Each ack
+#: frame costs the hub a read and a store call; the only thing that waits is
+#: the sender's "delivered" tick, for which a fifth of a second is nothing.
+#: A device receiving ten messages a second (the bench's ``online``) sends
+#: one ack frame per four or five rows instead of one per row or two
+#: (0.05 s): 4.4 frames per message through the hub instead of 5.0.
+ACK_DELAY = 0.2
+#: ... unless this many are waiting.
+ACK_BATCH = 256
 
 #: Finds a sender device's public keys: ``(user, device) -> DeviceInfo``, or
 #: None if that device is not an active device of that user.
@@ -178,3 +192,57 @@ class Inbox:
         new = self._state.record_incoming(message)
         await self._ack(frame.seq)
         return message if new else None
+
+
+class AckBatcher:
+    """Acks and refusals of one connection, sent in batches through
+    ``send`` (one encoded frame). :meth:`ack` and :meth:`refuse` only queue
+    (the event is already stored) and never raise for a lost connection;
+    :meth:`flush` sends what is queued now. Use from one event loop."""
+
+    def __init__(self, send: Callable[[bytes], Awaitable[None]]) -> None:
+        self._send = send
+        self._acks: list[int] = []
+        self._refusals: list[f.Refusal] = []
+        self._timer: asyncio.TimerHandle | None = None
+        self._task: asyncio.Future[None] | None = None  # a flush the timer started
+
+    async def ack(self, seq: int) -> None:
+        """Queue an ack. Acks leave together, ``ACK_DELAY`` after the first
+        one, on :meth:`flush`, or once ``ACK_BATCH`` wait: one frame for a
+        burst instead of one per message, which the hub feels; only the
+        sender's receipt waits, a fraction of a second."""
+        self._acks.append(seq)
+        await self._queued()
+
+    async def refuse(self, seq: int, reason: str) -> None:
+        """Queue a refusal (SPEC §6.5); it leaves with the acks."""
+        self._refusals.append(f.Refusal(seq, reason))
+        await self._queued()
+
+    async def _queued(self) -> None:
+        if len(self._acks) >= ACK_BATCH or len(self._refusals) >= f.MAX_ACK_REFUSALS:
+            await self.flush()
+        elif self._timer is None:
+            self._timer = asyncio.get_running_loop().call_later(ACK_DELAY, self._due)
+
+    def _due(self) -> None:
+        self._timer = None
+        self._task = asyncio.ensure_future(self.flush())
+
+    async def flush(self) -> None:
+        """Send every queued ack and refusal in one frame, if any."""
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        seqs, self._acks = self._acks, []
+        refused, self._refusals = self._refusals, []
+        if not seqs and not refused:
+            return
+        # Best effort: an ack lost with the connection means a redelivery,
+        # which the seen table drops (and a refusal, another refusal).
+        frame = f.Ack(seqs=tuple(seqs), refused=tuple(refused) if refused else None)
+        try:
+            await self._send(f.encode(frame))
+        except (ConnectionLost, ProtocolError, ClientError) as exc:
+            log.debug("ack of %d seqs not sent: %s", len(seqs) + len(refused), type(exc).__name__)

@@ -17,6 +17,7 @@ a UUID string (ids are laid out as UUIDv7).
 
 from __future__ import annotations
 
+import time
 import uuid
 from dataclasses import dataclass, field
 
@@ -41,8 +42,14 @@ __all__ = [
     "format_id",
     "is_rpps",
     "is_user_id",
+    "now_ms",
     "parse_id",
 ]
+
+
+def now_ms() -> int:
+    """This machine's clock in ms since the epoch, as the protocol counts time."""
+    return time.time_ns() // 1_000_000
 
 
 def format_id(message_id: bytes) -> str:
@@ -231,7 +238,7 @@ class Refused:
     """Receipt: device ``device`` of user ``user`` refused our message ``id``
     at ``ts`` (ms) because of ``reason`` (one of :data:`REFUSAL_REASONS`, or
     a later one): the message was **not** delivered to that device. Shown as
-    a refusal, never as delivered (DESIGN.md, guarantee 7)."""
+    a refusal, never as delivered (docs/ARCHITECTURE.md, guarantee 7)."""
 
     id: bytes
     user: str

@@ -10,7 +10,7 @@ Receipts name what the user knows: the message by a short excerpt of its
 text (``«Bonjour, un avis sur…»``, from :class:`MessageTexts`) and the device
 by the short form of its id (``d_1a2b…``), with its label when it is one of
 the user's own devices. A refusal (SPEC §6.5) is always shown as
-``✗ NOT delivered``, never as delivered (DESIGN.md, guarantee 7).
+``✗ NOT delivered``, never as delivered (docs/ARCHITECTURE.md, guarantee 7).
 """
 
 from __future__ import annotations

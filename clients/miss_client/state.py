@@ -18,28 +18,9 @@ Nothing here is readable without the profile's storage key:
   device ids, times, message ids) and the public directory (names, RPPS
   numbers, public keys).
 
-Tables (``PRAGMA user_version`` = 3):
-
-``messages``  one row per message, keyed by ``(from_user, id)``: message ids
-              are chosen by senders, so they are unique per sender only.
-``seen``      ``(from_user, id)`` of every message recorded; survives
-              deletion of history so that a redelivery is still dropped.
-``receipts``  which recipient devices acknowledged our messages, or refused
-              them (``reason`` set: SPEC §6.5).
-``peers``     each verified peer (our own user included): the identity from
-              their last attestation (``attested_until`` its end), and the
-              **pins** of SPEC §11.2 step 3: ``devices``, the attested device
-              keys the user accepted (the first seen: trust on first use),
-              and ``substitutes``, devices listed by the hub with keys the
-              authority never signed that the user acknowledged (never
-              encrypted to; acknowledging only stops the warning).
-              ``pending`` holds the key change awaiting acceptance (the view
-              to pin on acceptance and what changed), NULL if none;
-              ``verified_at`` when the user marked the peer verified in
-              person (NULL if not, or since a key change);
-              ``attested_from`` the start (``not_before``) of the newest
-              attestation accepted for them: an older one is refused as
-              stale (SPEC §11.2, step 1).
+The tables and their history: :mod:`miss_client.state_schema`. ``peers``
+holds the **pins** of SPEC §11.2 step 3 for each verified peer (our own
+user included).
 
 Pinning (:meth:`LocalState.observe_peer`, on every verified lookup): an
 attested device that is not pinned, or whose attested keys differ from the
@@ -49,20 +30,12 @@ recorded as pending (and clears ``verified_at``) until
 attestation no longer names are dropped at once. If the attestation goes
 back to the pinned keys, the pending change is dropped.
 
-Schema history: version 1 had ``peers`` without the last four columns, its
-``devices`` being the keys of the last lookup (before attestations
-existed). Opening such a DB adds the columns; those keys stay pinned, so
-the first verified attestation is compared with them rather than trusted
-blindly. Version 3 added ``receipts.reason`` and ``peers.attested_from``.
-
 Not thread-safe: use one LocalState from one thread (the event loop's).
 """
 
 from __future__ import annotations
 
-import os
 import sqlite3
-import time
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -76,81 +49,19 @@ import nacl.secret
 from protocol.frames import DeviceInfo
 
 from .errors import ProfileCorrupt
-from .models import HistoryEntry, Message, Peer, PeerChange
+from .models import HistoryEntry, Message, Peer, PeerChange, now_ms
+from .state_schema import (
+    PEER_COLUMNS,
+    SCHEMA_VERSION,
+    open_db,
+    pack_devices,
+    pack_pending,
+    pending_view,
+    unpack_devices,
+    unpack_pending,
+)
 
 __all__ = ["SCHEMA_VERSION", "LocalState", "Observation"]
-
-SCHEMA_VERSION = 3
-
-_SCHEMA_V1 = """
-CREATE TABLE messages (
-    from_user   TEXT    NOT NULL,
-    id          BLOB    NOT NULL,
-    peer        TEXT    NOT NULL,
-    direction   TEXT    NOT NULL CHECK (direction IN ('in', 'out')),
-    from_device TEXT    NOT NULL,
-    sent_at     INTEGER NOT NULL,
-    received_at INTEGER NOT NULL,
-    status      TEXT    NOT NULL,
-    sealed      BLOB    NOT NULL,
-    PRIMARY KEY (from_user, id)
-) WITHOUT ROWID;
-CREATE INDEX messages_by_peer ON messages (peer, sent_at);
-CREATE TABLE seen (
-    from_user TEXT    NOT NULL,
-    id        BLOB    NOT NULL,
-    seen_at   INTEGER NOT NULL,
-    PRIMARY KEY (from_user, id)
-) WITHOUT ROWID;
-CREATE TABLE receipts (
-    id     BLOB    NOT NULL,
-    device TEXT    NOT NULL,
-    user   TEXT    NOT NULL,
-    ts     INTEGER NOT NULL,
-    PRIMARY KEY (id, device)
-) WITHOUT ROWID;
-CREATE TABLE peers (
-    user         TEXT PRIMARY KEY,
-    name         TEXT NOT NULL,
-    rpps         TEXT NOT NULL,
-    profession   TEXT NOT NULL,
-    organisation TEXT NOT NULL,
-    devices      BLOB NOT NULL,
-    updated_at   INTEGER NOT NULL
-);
-CREATE INDEX peers_by_rpps ON peers (rpps);
-"""
-
-#: Each entry migrates from the version before it (index 0: from 1 to 2).
-_MIGRATIONS = (
-    """
-ALTER TABLE peers ADD COLUMN substitutes BLOB NOT NULL DEFAULT x'90';
-ALTER TABLE peers ADD COLUMN pending BLOB;
-ALTER TABLE peers ADD COLUMN verified_at INTEGER;
-ALTER TABLE peers ADD COLUMN attested_until INTEGER NOT NULL DEFAULT 0;
-""",
-    """
-ALTER TABLE receipts ADD COLUMN reason TEXT;
-ALTER TABLE peers ADD COLUMN attested_from INTEGER NOT NULL DEFAULT 0;
-""",
-)
-
-_PEER_COLUMNS = (
-    "user, name, rpps, profession, organisation, devices, substitutes, pending, verified_at, attested_until"
-)
-
-
-def _device_rows(devices: Iterable[DeviceInfo]) -> list[list[Any]]:
-    return [[d.device, d.sign_pk, d.box_pk] for d in sorted(devices, key=lambda d: d.device)]
-
-
-def _pack_devices(devices: Iterable[DeviceInfo]) -> bytes:
-    packed: bytes = msgpack.packb(_device_rows(devices), use_bin_type=True)
-    return packed
-
-
-def _unpack_devices(blob: bytes) -> tuple[DeviceInfo, ...]:
-    return tuple(DeviceInfo(d, s, b) for d, s, b in msgpack.unpackb(blob, raw=False))
 
 
 @dataclass(frozen=True, slots=True)
@@ -167,10 +78,6 @@ class Observation:
     verified: bool
 
 
-def _now_ms() -> int:
-    return time.time_ns() // 1_000_000
-
-
 class LocalState:
     """The state DB of one profile. Open with :meth:`open`, close with :meth:`close`
     (or use it as a context manager)."""
@@ -184,31 +91,7 @@ class LocalState:
     @classmethod
     def open(cls, path: Path, storage_key: bytes, own_user: str, own_device: str) -> LocalState:
         """Open (creating with mode 0600 if needed) and migrate the state DB."""
-        path = Path(path)
-        if not path.exists():
-            os.close(os.open(path, os.O_WRONLY | os.O_CREAT, 0o600))
-        db = sqlite3.connect(path, isolation_level=None)
-        try:
-            db.execute("PRAGMA journal_mode=WAL")
-            db.execute("PRAGMA synchronous=FULL")
-            version = db.execute("PRAGMA user_version").fetchone()[0]
-            if version > SCHEMA_VERSION:
-                raise ProfileCorrupt(
-                    f"state DB schema {version} is newer than this client's ({SCHEMA_VERSION}): upgrade it"
-                )
-            if version < SCHEMA_VERSION:
-                # One transaction from whatever version to the current one: a
-                # crash leaves the old schema, never half of the new one.
-                steps = [] if version else [_SCHEMA_V1]
-                steps += _MIGRATIONS[max(version, 1) - 1 :]
-                db.executescript(f"BEGIN; {''.join(steps)} PRAGMA user_version={SCHEMA_VERSION}; COMMIT;")
-        except sqlite3.DatabaseError as exc:
-            db.close()
-            raise ProfileCorrupt(f"state DB unreadable: {exc}") from None
-        except BaseException:
-            db.close()
-            raise
-        return cls(db, storage_key, own_user, own_device)
+        return cls(open_db(path), storage_key, own_user, own_device)
 
     def close(self) -> None:
         self._db.close()
@@ -257,7 +140,7 @@ class LocalState:
         Returns False, writing nothing, if ``(from_user, id)`` was seen before.
         The caller acks the delivery only after this returned.
         """
-        now = _now_ms()
+        now = now_ms()
         with self._tx() as db:
             cur = db.execute(
                 "INSERT OR IGNORE INTO seen (from_user, id, seen_at) VALUES (?, ?, ?)",
@@ -302,7 +185,7 @@ class LocalState:
             )
             db.execute(
                 "INSERT OR IGNORE INTO seen (from_user, id, seen_at) VALUES (?, ?, ?)",
-                (self.own_user, message_id, _now_ms()),
+                (self.own_user, message_id, now_ms()),
             )
 
     def set_status(self, message_id: bytes, status: str) -> None:
@@ -401,7 +284,7 @@ class LocalState:
         """
         view_a = {d.device: d for d in attested}
         view_s = {(d.device, d.sign_pk, d.box_pk): d for d in substitutes}
-        now = _now_ms()
+        now = now_ms()
         with self._tx() as db:
             row = db.execute(
                 "SELECT devices, substitutes, pending, verified_at FROM peers WHERE user = ?", (peer.user,)
@@ -412,8 +295,8 @@ class LocalState:
                 acked: set[tuple[str, bytes, bytes]] = set()
                 old_pending, verified_at = None, None
             else:
-                pins = {d.device: d for d in _unpack_devices(row[0])}
-                acked = {(d.device, d.sign_pk, d.box_pk) for d in _unpack_devices(row[1])}
+                pins = {d.device: d for d in unpack_devices(row[0])}
+                acked = {(d.device, d.sign_pk, d.box_pk) for d in unpack_devices(row[1])}
                 old_pending, verified_at = row[2], row[3]
             if trusted is not None and view_a.get(trusted.device) == trusted:
                 pins[trusted.device] = trusted
@@ -428,16 +311,7 @@ class LocalState:
             pending_blob: bytes | None = None
             if added or changed or substituted:
                 pending = PeerChange(peer.user, first_seen, added, (), changed, substituted)
-                pending_blob = msgpack.packb(
-                    {
-                        "a": _device_rows(view_a.values()),
-                        "s": _device_rows(view_s.values()),
-                        "added": list(added),
-                        "changed": list(changed),
-                        "substituted": list(substituted),
-                    },
-                    use_bin_type=True,
-                )
+                pending_blob = pack_pending(view_a.values(), view_s.values(), pending)
                 verified_at = None  # a key change clears "verified in person"
             report: PeerChange | None = None
             if (pending_blob is not None and pending_blob != old_pending) or (removed and not first_seen):
@@ -453,9 +327,9 @@ class LocalState:
                     peer.rpps,
                     peer.profession,
                     peer.organisation,
-                    _pack_devices(pins.values()),
+                    pack_devices(pins.values()),
                     now,
-                    _pack_devices(view_s[k] for k in acked),
+                    pack_devices(view_s[k] for k in acked),
                     pending_blob,
                     verified_at,
                     peer.attested_until,
@@ -479,23 +353,18 @@ class LocalState:
             row = db.execute("SELECT pending FROM peers WHERE user = ?", (user,)).fetchone()
             if row is None or row[0] is None:
                 return None
-            view = msgpack.unpackb(row[0], raw=False)
+            devices, substitutes = pending_view(row[0])
             db.execute(
                 "UPDATE peers SET devices = ?, substitutes = ?, pending = NULL, updated_at = ? "
                 "WHERE user = ?",
-                (
-                    msgpack.packb(view["a"], use_bin_type=True),
-                    msgpack.packb(view["s"], use_bin_type=True),
-                    _now_ms(),
-                    user,
-                ),
+                (devices, substitutes, now_ms(), user),
             )
-        return self._pending_change(user, row[0])
+        return unpack_pending(user, row[0])
 
     def pending_change(self, user: str) -> PeerChange | None:
         """The key change of ``user`` awaiting acceptance, if any."""
         row = self._db.execute("SELECT pending FROM peers WHERE user = ?", (user,)).fetchone()
-        return None if row is None or row[0] is None else self._pending_change(user, row[0])
+        return None if row is None or row[0] is None else unpack_pending(user, row[0])
 
     def set_verified(self, user: str, verified: bool = True) -> None:
         """Mark ``user`` verified in person (or not). Raises LookupError if the
@@ -507,18 +376,8 @@ class LocalState:
             if verified and row[0] is not None:
                 raise ValueError("a key change is pending: accept it first")
             db.execute(
-                "UPDATE peers SET verified_at = ? WHERE user = ?", (_now_ms() if verified else None, user)
+                "UPDATE peers SET verified_at = ? WHERE user = ?", (now_ms() if verified else None, user)
             )
-
-    @staticmethod
-    def _pending_change(user: str, blob: bytes) -> PeerChange:
-        m = msgpack.unpackb(blob, raw=False)
-        return PeerChange(
-            user,
-            added=tuple(m["added"]),
-            changed=tuple(m["changed"]),
-            substituted=tuple(m["substituted"]),
-        )
 
     def get_peer(self, user: str) -> Peer | None:
         """The pinned entry of ``user``, if any (``devices`` are the pins)."""
@@ -531,7 +390,7 @@ class LocalState:
     @classmethod
     def _get_peer(cls, db: sqlite3.Connection, where: str, *args: str) -> Peer | None:
         row = db.execute(
-            f"SELECT {_PEER_COLUMNS} FROM peers WHERE {where} ORDER BY updated_at DESC LIMIT 1",
+            f"SELECT {PEER_COLUMNS} FROM peers WHERE {where} ORDER BY updated_at DESC LIMIT 1",
             args,
         ).fetchone()
         if row is None:
@@ -543,8 +402,8 @@ class LocalState:
             rpps,
             profession,
             organisation,
-            _unpack_devices(devices),
+            unpack_devices(devices),
             attested_until=until,
             verified=verified_at is not None,
-            pending=None if pending is None else cls._pending_change(user, pending),
+            pending=None if pending is None else unpack_pending(user, pending),
         )

@@ -8,6 +8,7 @@ from collections.abc import Callable
 import msgpack
 import pytest
 from miss_client import state as state_module
+from miss_client import state_schema
 from miss_client.errors import ProfileCorrupt
 from miss_client.models import Message, Peer, PeerChange
 from miss_client.profile import Profile
@@ -176,7 +177,7 @@ def test_a_version_1_state_is_migrated_and_keeps_its_pins(make_profile: Callable
     profile = make_profile()
     b1 = device("d_b1")
     db = sqlite3.connect(profile.state_path)
-    db.executescript(f"{state_module._SCHEMA_V1} PRAGMA user_version = 1;")  # as version 1 wrote it
+    db.executescript(f"{state_schema._SCHEMA_V1} PRAGMA user_version = 1;")  # as version 1 wrote it
     db.execute(
         "INSERT INTO peers VALUES (?, ?, ?, ?, ?, ?, ?)",
         ("u_bob", "Dr Bob", "10000000002", "", "", msgpack.packb([[b1.device, b1.sign_pk, b1.box_pk]]), 1),

@@ -1,0 +1,199 @@
+"""The state DB's format: tables, migrations, and how rows encode devices and
+pending key changes.
+
+Tables (``PRAGMA user_version`` = 3):
+
+``messages``  one row per message, keyed by ``(from_user, id)``: message ids
+              are chosen by senders, so they are unique per sender only.
+``seen``      ``(from_user, id)`` of every message recorded; survives
+              deletion of history so that a redelivery is still dropped.
+``receipts``  which recipient devices acknowledged our messages, or refused
+              them (``reason`` set: SPEC §6.5).
+``peers``     each verified peer (our own user included): the identity from
+              their last attestation (``attested_until`` its end), and the
+              **pins** of SPEC §11.2 step 3: ``devices``, the attested device
+              keys the user accepted (the first seen: trust on first use),
+              and ``substitutes``, devices listed by the hub with keys the
+              authority never signed that the user acknowledged (never
+              encrypted to; acknowledging only stops the warning).
+              ``pending`` holds the key change awaiting acceptance (the view
+              to pin on acceptance and what changed), NULL if none;
+              ``verified_at`` when the user marked the peer verified in
+              person (NULL if not, or since a key change);
+              ``attested_from`` the start (``not_before``) of the newest
+              attestation accepted for them: an older one is refused as
+              stale (SPEC §11.2, step 1).
+
+Schema history: version 1 had ``peers`` without the last four columns, its
+``devices`` being the keys of the last lookup (before attestations
+existed). Opening such a DB adds the columns; those keys stay pinned, so
+the first verified attestation is compared with them rather than trusted
+blindly. Version 3 added ``receipts.reason`` and ``peers.attested_from``.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import msgpack
+
+from protocol.frames import DeviceInfo
+
+from .errors import ProfileCorrupt
+from .models import PeerChange
+
+__all__ = [
+    "PEER_COLUMNS",
+    "SCHEMA_VERSION",
+    "device_rows",
+    "open_db",
+    "pack_devices",
+    "pack_pending",
+    "pending_view",
+    "unpack_devices",
+    "unpack_pending",
+]
+
+SCHEMA_VERSION = 3
+
+_SCHEMA_V1 = """
+CREATE TABLE messages (
+    from_user   TEXT    NOT NULL,
+    id          BLOB    NOT NULL,
+    peer        TEXT    NOT NULL,
+    direction   TEXT    NOT NULL CHECK (direction IN ('in', 'out')),
+    from_device TEXT    NOT NULL,
+    sent_at     INTEGER NOT NULL,
+    received_at INTEGER NOT NULL,
+    status      TEXT    NOT NULL,
+    sealed      BLOB    NOT NULL,
+    PRIMARY KEY (from_user, id)
+) WITHOUT ROWID;
+CREATE INDEX messages_by_peer ON messages (peer, sent_at);
+CREATE TABLE seen (
+    from_user TEXT    NOT NULL,
+    id        BLOB    NOT NULL,
+    seen_at   INTEGER NOT NULL,
+    PRIMARY KEY (from_user, id)
+) WITHOUT ROWID;
+CREATE TABLE receipts (
+    id     BLOB    NOT NULL,
+    device TEXT    NOT NULL,
+    user   TEXT    NOT NULL,
+    ts     INTEGER NOT NULL,
+    PRIMARY KEY (id, device)
+) WITHOUT ROWID;
+CREATE TABLE peers (
+    user         TEXT PRIMARY KEY,
+    name         TEXT NOT NULL,
+    rpps         TEXT NOT NULL,
+    profession   TEXT NOT NULL,
+    organisation TEXT NOT NULL,
+    devices      BLOB NOT NULL,
+    updated_at   INTEGER NOT NULL
+);
+CREATE INDEX peers_by_rpps ON peers (rpps);
+"""
+
+#: Each entry migrates from the version before it (index 0: from 1 to 2).
+_MIGRATIONS = (
+    """
+ALTER TABLE peers ADD COLUMN substitutes BLOB NOT NULL DEFAULT x'90';
+ALTER TABLE peers ADD COLUMN pending BLOB;
+ALTER TABLE peers ADD COLUMN verified_at INTEGER;
+ALTER TABLE peers ADD COLUMN attested_until INTEGER NOT NULL DEFAULT 0;
+""",
+    """
+ALTER TABLE receipts ADD COLUMN reason TEXT;
+ALTER TABLE peers ADD COLUMN attested_from INTEGER NOT NULL DEFAULT 0;
+""",
+)
+
+PEER_COLUMNS = (
+    "user, name, rpps, profession, organisation, devices, substitutes, pending, verified_at, attested_until"
+)
+
+
+def device_rows(devices: Iterable[DeviceInfo]) -> list[list[Any]]:
+    return [[d.device, d.sign_pk, d.box_pk] for d in sorted(devices, key=lambda d: d.device)]
+
+
+def pack_devices(devices: Iterable[DeviceInfo]) -> bytes:
+    packed: bytes = msgpack.packb(device_rows(devices), use_bin_type=True)
+    return packed
+
+
+def unpack_devices(blob: bytes) -> tuple[DeviceInfo, ...]:
+    return tuple(DeviceInfo(d, s, b) for d, s, b in msgpack.unpackb(blob, raw=False))
+
+
+def pack_pending(
+    attested: Iterable[DeviceInfo], substitutes: Iterable[DeviceInfo], change: PeerChange
+) -> bytes:
+    """``peers.pending``: the view to pin on acceptance (the attested devices
+    and the substitutes listed) and what changed."""
+    packed: bytes = msgpack.packb(
+        {
+            "a": device_rows(attested),
+            "s": device_rows(substitutes),
+            "added": list(change.added),
+            "changed": list(change.changed),
+            "substituted": list(change.substituted),
+        },
+        use_bin_type=True,
+    )
+    return packed
+
+
+def pending_view(blob: bytes) -> tuple[bytes, bytes]:
+    """The ``devices`` and ``substitutes`` columns to pin from a ``pending`` blob."""
+    view = msgpack.unpackb(blob, raw=False)
+    devices: bytes = msgpack.packb(view["a"], use_bin_type=True)
+    substitutes: bytes = msgpack.packb(view["s"], use_bin_type=True)
+    return devices, substitutes
+
+
+def unpack_pending(user: str, blob: bytes) -> PeerChange:
+    """The change a ``pending`` blob of ``user`` records."""
+    m = msgpack.unpackb(blob, raw=False)
+    return PeerChange(
+        user,
+        added=tuple(m["added"]),
+        changed=tuple(m["changed"]),
+        substituted=tuple(m["substituted"]),
+    )
+
+
+def open_db(path: Path) -> sqlite3.Connection:
+    """Open (creating with mode 0600 if needed) and migrate the state DB at
+    ``path``, in autocommit mode, WAL, ``synchronous=FULL``. Raises
+    ProfileCorrupt if it is unreadable or newer than this client."""
+    path = Path(path)
+    if not path.exists():
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT, 0o600))
+    db = sqlite3.connect(path, isolation_level=None)
+    try:
+        db.execute("PRAGMA journal_mode=WAL")
+        db.execute("PRAGMA synchronous=FULL")
+        version = db.execute("PRAGMA user_version").fetchone()[0]
+        if version > SCHEMA_VERSION:
+            raise ProfileCorrupt(
+                f"state DB schema {version} is newer than this client's ({SCHEMA_VERSION}): upgrade it"
+            )
+        if version < SCHEMA_VERSION:
+            # One transaction from whatever version to the current one: a
+            # crash leaves the old schema, never half of the new one.
+            steps = [] if version else [_SCHEMA_V1]
+            steps += _MIGRATIONS[max(version, 1) - 1 :]
+            db.executescript(f"BEGIN; {''.join(steps)} PRAGMA user_version={SCHEMA_VERSION}; COMMIT;")
+    except sqlite3.DatabaseError as exc:
+        db.close()
+        raise ProfileCorrupt(f"state DB unreadable: {exc}") from None
+    except BaseException:
+        db.close()
+        raise
+    return db
