@@ -1,7 +1,8 @@
 """Composition root: the one place that reads Settings and picks implementations.
 
-``build_store`` and ``build_broker`` turn the configured URLs into a Store
-and a Broker; :class:`HubServer` wires them into a :class:`~miss_server.hub.Hub`
+``build_store``, ``build_broker`` and ``build_limiter`` turn the configured
+URLs into a Store, a Broker and the Limiter of the buckets every node
+shares; :class:`HubServer` wires them into a :class:`~miss_server.hub.Hub`
 and serves WebSocket connections and the HTTP endpoints (``/healthz``,
 ``/metrics``) on one port. Everything else receives its dependencies from
 here through constructors.
@@ -36,12 +37,13 @@ from .guard import Guard
 from .hub import Hub
 from .metrics import Metrics
 from .presence import PresenceService
-from .ratelimit import Limiter, MemoryLimiter, RedisLimiter
+from .ratelimit import Limiter, MemoryLimiter
+from .ratelimit_redis import RedisLimiter
 from .store.base import Store
 from .store.postgres import PostgresStore
 from .store.sqlite import SQLiteStore
 
-__all__ = ["HubServer", "build_broker", "build_store"]
+__all__ = ["HubServer", "build_broker", "build_limiter", "build_store"]
 
 log = logging.getLogger("miss.app")
 
@@ -50,6 +52,8 @@ log = logging.getLogger("miss.app")
 ACCEPT_BATCH = 64
 #: Connections the kernel queues until the hub accepts them.
 LISTEN_BACKLOG = 4096
+#: Broker URLs that name a Redis, which the shared rate limits then use too.
+REDIS_SCHEMES = ("redis://", "rediss://")
 
 
 def build_store(settings: Settings) -> Store:
@@ -64,16 +68,18 @@ def build_broker(settings: Settings) -> tuple[Broker, Presence]:
     """The broker and the presence backend, which share their connection."""
     if settings.broker.startswith("memory://"):
         return MemoryBroker(), MemoryPresence()
-    if settings.broker.startswith(("redis://", "rediss://")):
+    if settings.broker.startswith(REDIS_SCHEMES):
         broker = RedisBroker(settings.broker)
         return broker, RedisPresence(broker)
     raise NotImplementedError(f"broker {settings.broker.split(':', 1)[0]} is not available in this build")
 
 
-def build_limiter(broker: Broker) -> Limiter:
-    """Buckets shared by every node: in Redis when Redis is the broker."""
-    if isinstance(broker, RedisBroker):
-        return RedisLimiter(broker.redis, broker.prefix)
+def build_limiter(settings: Settings) -> Limiter:
+    """The buckets every node shares (addresses, authentication): in the
+    broker's Redis, under its key prefix, when Redis is the broker; in this
+    process otherwise, where the embedded broker's single node sees all."""
+    if settings.broker.startswith(REDIS_SCHEMES):
+        return RedisLimiter.from_url(settings.broker)
     return MemoryLimiter()
 
 
@@ -96,7 +102,7 @@ class HubServer:
             presence_backend, self.broker, self.store, settings.presence_ttl_seconds
         )
         self.audit = AuditTrail(self.store)
-        self.limiter = build_limiter(self.broker)
+        self.limiter = build_limiter(settings)
         self.guard = Guard(settings, self.limiter, self.audit, self.metrics)
         self.hub = Hub(self.store, self.broker, self.presence, settings, self.metrics, self.guard, self.audit)
         total = effective_pending_cap(settings.max_pending)
@@ -129,7 +135,7 @@ class HubServer:
         await self.store.open()
         await self.broker.start()
         self.broker.on_gap(self.hub.on_broker_gap)
-        await self.broker.subscribe(CONTROL_CHANNEL, self.hub.on_control)
+        await self.broker.subscribe(CONTROL_CHANNEL, self.hub.security.on_control)
         tls = None
         if self.settings.tls_cert and self.settings.tls_key:
             tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
@@ -158,7 +164,7 @@ class HubServer:
         self._tasks = [
             asyncio.create_task(self.hub.expire_forever(), name="expiry"),
             asyncio.create_task(self.presence.run_forever(), name="presence"),
-            asyncio.create_task(self.hub.watch_security_forever(), name="security"),
+            asyncio.create_task(self.hub.security.run_forever(), name="security"),
         ]
         if self.settings.authority_public_key is None:
             log.warning(

@@ -19,21 +19,7 @@ from websockets.exceptions import ConnectionClosed
 from websockets.protocol import State
 
 from protocol import errors
-from protocol.frames import (
-    Ack,
-    Auth,
-    Devices,
-    Frame,
-    LinkCode,
-    Lookup,
-    Revoke,
-    Search,
-    Send,
-    SetStatus,
-    Watch,
-    Welcome,
-    encode,
-)
+from protocol.frames import Ack, Auth, Frame, Search, Send, Welcome, encode
 from protocol.session import ServerSession, error_frame
 
 from .admission import GatedConnection
@@ -47,7 +33,6 @@ log = logging.getLogger("miss.connection")
 
 #: Longest pause in reading a device that keeps sending while rate-limited (s).
 MAX_PENALTY = 1.0
-_RID_FRAMES = (Lookup, LinkCode, SetStatus, Watch, Search, Devices, Revoke)
 
 
 def client_address(ws: ServerConnection, trust_forwarded_for: bool) -> str:
@@ -171,13 +156,11 @@ async def _dispatch(
     answer that request only.
 
     Every request spends the device's and the address's budget first
-    (guard.py), a search its own too, an ``ack`` its own ack budget. Then
-    only an attested device of a verified account may go on (SPEC §11.4),
-    except to revoke itself; a ``send`` checks that itself, with its
-    targets. A device over its budget gets ``rate_limited`` and its next
-    frame is read only after the delay (at most MAX_PENALTY); an ack over
-    budget waits for its tokens first. A flood then queues in its own
-    socket, not in the hub."""
+    (guard.py), a search its own too, an ``ack`` its own ack budget; then
+    :meth:`Hub.request`, the dispatch, answers it. A device over its budget
+    gets ``rate_limited`` and its next frame is read only after the delay
+    (at most MAX_PENALTY); an ack over budget waits for its tokens first. A
+    flood then queues in its own socket, not in the hub."""
     penalty = 0.0
     reply: bytes | None = None
     assert session.user_id is not None and session.device_id is not None
@@ -187,40 +170,16 @@ async def _dispatch(
             await hub.ack(session, link, frame)
         else:
             await hub.guard.request(session.user_id, session.device_id, address, search=type(frame) is Search)
-            if type(frame) is not Send and not (type(frame) is Revoke and frame.device == session.device_id):
-                await hub.requester(session)
-            reply = await _request(hub, session, link, frame)
+            reply = await hub.request(session, link, frame)
     except errors.RequestError as exc:
         hub.metrics.errors.labels(exc.code).inc()
         if isinstance(exc, errors.RateLimited) and exc.retry_after_ms:
             penalty = exc.retry_after_ms / 1000
-        reply = error_frame(
-            exc,
-            id=frame.id if type(frame) is Send else None,
-            rid=frame.rid if type(frame) in _RID_FRAMES else None,  # type: ignore[attr-defined]
-        )
+        # The error names the request it answers: a send by its id, any
+        # other request by its rid.
+        message_id = frame.id if type(frame) is Send else None
+        reply = error_frame(exc, id=message_id, rid=getattr(frame, "rid", None))
     if reply is not None:
         await send_frames(ws, [reply])
     if penalty:
         await asyncio.sleep(min(MAX_PENALTY, penalty))
-
-
-async def _request(hub: Hub, session: ServerSession, link: DeviceLink, frame: Frame) -> bytes:
-    """The answer to one admitted request (not an ``ack``)."""
-    if type(frame) is Send:
-        return await hub.send(session, frame)
-    if type(frame) is Lookup:
-        return await hub.lookup(session, frame)
-    if type(frame) is Search:
-        return await hub.search(frame)
-    if type(frame) is LinkCode:
-        return await hub.link_code(session, frame)
-    if type(frame) is SetStatus:
-        return await hub.set_status(session, frame)
-    if type(frame) is Watch:
-        return await hub.watch(session, link, frame)
-    if type(frame) is Devices:
-        return await hub.devices(session, frame)
-    if type(frame) is Revoke:
-        return await hub.revoke(session, frame)
-    raise errors.FrameNotAllowed(frame.TYPE)  # the session's state table admits nothing else

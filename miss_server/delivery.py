@@ -21,18 +21,10 @@ socket, so frames leave in one order:
    at most ``WRITE_BYTES`` waiting in the socket's buffer, and one drain
    page of about ``PAGE_BYTES``.
 
-A wake-up payload is one of:
-
-* ``b"Q" + seq (8 bytes, big-endian) + frame``: a queued message;
-* ``b"R" + seq + frame``: a queued receipt;
-* ``b"F" + seq + frame``: a queued refusal receipt (``refused``), which a
-  link sends only if its client named the ``refusals`` capability (SPEC
-  §6.5): to any other the row does not exist, and waits in the store;
-* ``b"D"``: "drain": rows may exist that no wake-up announced (a resend of
-  an id whose first wake-ups died with a hub node);
-* ``b"X" + error code``: end the connection with that fatal error (e.g.
-  ``session_replaced``: the same device authenticated elsewhere); the peer
-  gets the ``error`` frame, then the close code.
+Wake-ups follow the format of ``wakeup.py``: a row's seq and frame, a
+drain request, or the fatal error that ends the connection. A payload that
+format cannot parse is taken as a drain request (the store tells the
+truth); a tag it does not know is ignored.
 
 Writes are batched: whatever is ready when the task runs (a page of a
 drain, several wake-ups) leaves in one write to the socket, up to
@@ -44,6 +36,10 @@ the next. Receipts, which no one waits for, are held up to
 Frames that are not queued rows (presence pushes) go through :meth:`push`:
 they are sent in order with the rest but never dropped for a drain; a peer
 that lets more than ``PUSH_LIMIT`` of them pile up loses the oldest.
+
+:class:`LocalLinks` is the node's register of its links, by device and by
+user, for whatever must reach the devices connected here (a broker gap, a
+revocation read from the audit log).
 """
 
 from __future__ import annotations
@@ -53,26 +49,30 @@ import contextlib
 import logging
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Iterator
 
 from protocol import errors
-from protocol.frames import Deliver, Delivered, Refused, encode
 from protocol.session import error_frame
 
-from .store.base import Kind, Queued, Store, StoreUnavailable
+from .store.base import Kind, Store, StoreUnavailable
+from .wakeup import (
+    TAG_CLOSE,
+    TAG_DRAIN,
+    TAG_MESSAGE,
+    TAG_RECEIPT,
+    TAG_REFUSAL,
+    MalformedWakeup,
+    parse,
+    row_frame,
+)
+from .wakeup import close_error as wakeup_error
 
-__all__ = ["DeviceLink", "close_wakeup", "row_frame", "row_wakeup"]
+__all__ = ["DeviceLink", "LocalLinks"]
 
 log = logging.getLogger("miss.delivery")
 
-TAG_ROW = ord("Q")
-TAG_RECEIPT = ord("R")
-TAG_REFUSAL = ord("F")
 #: How long a receipt may wait for others to share its write (s).
 RECEIPT_DELAY = 0.05
-TAG_DRAIN = ord("D")
-TAG_CLOSE = ord("X")
-DRAIN_WAKEUP = b"D"
 PUSH_LIMIT = 256
 #: A drain page: at most PAGE rows; the first FIRST_PAGE, the next about
 #: PAGE_BYTES of envelopes by the size of the rows before.
@@ -85,27 +85,6 @@ OUTBOX_BYTES = 1 << 20
 #: The most one write to the socket carries (it carries one frame at least).
 WRITE_BYTES = 256 * 1024
 STORE_RETRY_SECONDS = 1.0
-
-
-def row_frame(row: Queued) -> bytes:
-    """The frame that carries a queued row to its device."""
-    if row.kind is Kind.MESSAGE:
-        return encode(Deliver(row.seq, row.message_id, row.peer_user, row.peer_device, row.ts, row.payload))
-    if row.kind is Kind.REFUSAL:
-        reason = row.payload.decode("ascii")
-        return encode(Refused(row.seq, row.message_id, row.peer_user, row.peer_device, row.ts, reason))
-    return encode(Delivered(row.seq, row.message_id, row.peer_user, row.peer_device, row.ts))
-
-
-_TAGS = {Kind.MESSAGE: b"Q", Kind.RECEIPT: b"R", Kind.REFUSAL: b"F"}
-
-
-def row_wakeup(row: Queued) -> bytes:
-    return _TAGS[row.kind] + row.seq.to_bytes(8, "big") + row_frame(row)
-
-
-def close_wakeup(error: type[errors.FatalError]) -> bytes:
-    return b"X" + error.code.encode()
 
 
 def _now_ms() -> int:
@@ -165,30 +144,39 @@ class DeviceLink:
 
     def on_wakeup(self, payload: bytes) -> None:
         """Broker handler: runs on the event loop, never blocks."""
-        tag = payload[0]
+        try:
+            tag, seq, body = parse(payload)
+        except MalformedWakeup as exc:
+            log.warning("unreadable wake-up, draining", extra={"device": self.device_id, "error": str(exc)})
+            self.request_drain()
+            return
         if tag == TAG_REFUSAL:
             if not self.refusals:
-                return  # the client would not understand it (module doc)
+                return  # the client would not understand it (wakeup.py)
             tag = TAG_RECEIPT  # otherwise it travels like a receipt
-        if tag == TAG_ROW or tag == TAG_RECEIPT:
+        if tag == TAG_MESSAGE or tag == TAG_RECEIPT:
             if not self._need_drain:
-                frame = payload[9:]
-                if len(self._outbox) >= OUTBOX_LIMIT or self._outbox_bytes + len(frame) > OUTBOX_BYTES:
+                if len(self._outbox) >= OUTBOX_LIMIT or self._outbox_bytes + len(body) > OUTBOX_BYTES:
                     self._take_outbox()
                     self._need_drain = True
                 else:
-                    self._outbox.append((int.from_bytes(payload[1:9], "big"), frame))
-                    self._outbox_bytes += len(frame)
-            if tag == TAG_ROW or self._need_drain:
+                    self._outbox.append((seq, body))
+                    self._outbox_bytes += len(body)
+            if tag == TAG_MESSAGE or self._need_drain:
                 self._wake.set()
             elif self._receipt_timer is None:
                 self._receipt_timer = asyncio.get_running_loop().call_later(RECEIPT_DELAY, self._receipts_due)
         elif tag == TAG_DRAIN:
             self.request_drain()
         elif tag == TAG_CLOSE:
-            error = errors.error_class(payload[1:].decode())
-            if issubclass(error, errors.FatalError):
-                asyncio.get_running_loop().create_task(self._end(error()))
+            error = wakeup_error(body)
+            if error is not None:
+                self.end(error)
+
+    def end(self, error: type[errors.FatalError]) -> None:
+        """End the connection with ``error``: the peer gets the ``error``
+        frame, then the close code. Returns at once; a task does it."""
+        asyncio.get_running_loop().create_task(self._end(error()))
 
     def _receipts_due(self) -> None:
         self._receipt_timer = None
@@ -275,3 +263,40 @@ class DeviceLink:
             cursor = rows[-1].seq
             size = sum(len(row.payload) for row in rows) or 1
             limit = max(1, min(PAGE, PAGE_BYTES * len(rows) // size))
+
+
+class LocalLinks:
+    """The links of the devices connected to this node, by device and by
+    user. A device has one link here at most: :meth:`add` replaces an older
+    one, and :meth:`remove` forgets a link only while it is the current one."""
+
+    def __init__(self) -> None:
+        self._links: dict[str, DeviceLink] = {}
+        self._by_user: dict[str, set[str]] = {}  # user id -> ids of their devices connected here
+
+    def __iter__(self) -> Iterator[DeviceLink]:
+        return iter(self._links.values())
+
+    def add(self, user_id: str, link: DeviceLink) -> None:
+        self._links[link.device_id] = link
+        self._by_user.setdefault(user_id, set()).add(link.device_id)
+
+    def remove(self, user_id: str, link: DeviceLink) -> None:
+        if self._links.get(link.device_id) is link:
+            del self._links[link.device_id]
+            local = self._by_user.get(user_id)
+            if local is not None:
+                local.discard(link.device_id)
+                if not local:
+                    del self._by_user[user_id]
+
+    def end_device(self, device_id: str, error: type[errors.FatalError]) -> None:
+        """End the device's connection here, if it has one, with ``error``."""
+        link = self._links.get(device_id)
+        if link is not None:
+            link.end(error)
+
+    def end_user(self, user_id: str, error: type[errors.FatalError]) -> None:
+        """End every connection here of the user's devices with ``error``."""
+        for device_id in list(self._by_user.get(user_id, ())):
+            self.end_device(device_id, error)

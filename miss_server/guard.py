@@ -22,7 +22,7 @@ when not, or says how long to wait. The buckets:
   correct ones would suffer. Every failure and refusal is audited.
 
 Address, authentication and failure buckets are shared by all nodes through
-Redis when Redis is the broker (``ratelimit.RedisLimiter``).
+Redis when Redis is the broker (``ratelimit_redis.RedisLimiter``).
 """
 
 from __future__ import annotations

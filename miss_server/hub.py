@@ -1,5 +1,7 @@
-"""The hub's request handlers: enrollment, authentication, send, ack, lookup,
-directory search, device management.
+"""One hub node's handling of a device: enrollment, authentication, its
+connection's life, and its requests: send, ack, presence, and, through the
+modules that hold them, the directory (``directory.py``) and the account's
+own devices (``devices.py``).
 
 :class:`Hub` holds no I/O of its own: it is given a Store and a Broker (the
 composition root in ``app.py`` picks them) and the connection handler in
@@ -8,73 +10,79 @@ checked. Every handler that answers a request returns the reply frame;
 request errors are raised as :mod:`protocol.errors` exceptions, which the
 connection turns into ``error`` frames.
 
-The hub caches each user's account (``accounts.py``: suspended or not,
-verified until when, which devices are targets) to check a ``send`` without
-a read. The cache is a hint: on any mismatch it is reloaded from the store
-before the sender is told anything is wrong.
+Where a frame is handled
+------------------------
+A client frame passes, in order: the session's state table
+(``protocol/session.py``, ``ALLOWED``), which admits its type in the
+connection's state; the connection handler (``connection.py``), which
+meters it (``guard.py``); then :meth:`Hub.request`, **the dispatch**, which
+checks the requester's rights and calls the frame's handler (an ``ack``
+goes to :meth:`Hub.ack`; ``auth`` and ``enroll``, before, to
+:meth:`Hub.authenticate` and :meth:`Hub.enroll`). A new request frame type
+is admitted in ``ALLOWED``, given a handler, and routed in
+:meth:`Hub.request`.
 
 What a device may ask (SPEC §11.4): only an attested device of a verified,
 unsuspended account may make requests (:meth:`Hub.requester`); any other
 device may authenticate, ack and revoke itself, and nothing else. So a
 device enrolled from a stolen link code cannot act for the account's owner.
 
+The hub caches each user's account (``accounts.py``: suspended or not,
+verified until when, which devices are targets) to check a ``send`` without
+a read. The cache is a hint: on any mismatch it is reloaded from the store
+before the sender is told anything is wrong.
+
 Security events (revocations, suspensions, verifications) reach every node
-twice: at once through the broker when a hub made the change, and through
-the audit log, which every node polls (:meth:`Hub.watch_security_forever`),
-for changes ``miss-admin`` made without a broker at hand. A revoked device
-or a suspended account connected to any node is thus closed within about
-a second.
+twice: at once through the broker when a hub made the change (here), and
+through the audit log, which :attr:`Hub.security` polls
+(``security_feed.py``), for changes ``miss-admin`` made without a broker at
+hand. Wake-ups on the broker follow ``wakeup.py``.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
-from collections import deque
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
-from protocol import attestation, errors
+from protocol import errors
 from protocol.frames import (
     CAP_REFUSALS,
-    MAX_RECIPIENT_DEVICES,
-    MAX_SEARCH_RESULTS,
     Accepted,
     Ack,
     Auth,
-    DeviceEntry,
-    DeviceInfo,
     Devices,
-    DevicesOk,
     Enroll,
+    Frame,
     LinkCode,
-    LinkCodeOk,
     Lookup,
-    LookupOk,
     Ok,
     Revoke,
     Search,
-    SearchOk,
     Send,
     SetStatus,
     Watch,
     Watching,
     encode,
 )
-from protocol.session import ServerSession, State
+from protocol.session import ServerSession
 
 from .accounts import Account, Accounts
 from .audit import AuditTrail
-from .broker.base import CONTROL_CHANNEL, Broker, BrokerUnavailable, device_channel
-from .codes import code_hash, new_code
+from .broker.base import Broker, BrokerUnavailable, device_channel
+from .codes import code_hash
 from .config import Settings
-from .delivery import DRAIN_WAKEUP, DeviceLink, close_wakeup, row_wakeup
+from .delivery import DeviceLink, LocalLinks
+from .devices import AccountDevices
+from .directory import Directory
 from .guard import Guard
 from .metrics import Metrics
 from .presence import PresenceService
-from .store.base import AuditEvent, CodeInvalid, DeviceLimit, NewMessage, Queued, Store, StoreUnavailable
+from .security_feed import SecurityFeed
+from .store.base import CodeInvalid, DeviceLimit, NewMessage, Store, StoreUnavailable
+from .wakeup import DRAIN_WAKEUP, close_wakeup, row_wakeups
 
 __all__ = ["Hub"]
 
@@ -82,33 +90,10 @@ log = logging.getLogger("miss.hub")
 T = TypeVar("T")
 
 STORE_RETRY_MS = 1000
-#: Audit actions that change what a node must enforce (see module doc).
-SECURITY_ACTIONS = [
-    "device.revoked",
-    "device.enrolled",
-    "account.suspended",
-    "account.unsuspended",
-    "account.verified",
-    "account.deleted",
-]
-#: How far back each poll of the audit log looks (ms): events are written
-#: in the background, so one may appear a little after its time.
-SECURITY_WINDOW_MS = 60_000
-#: How old (s) a seq seen by a poll must be before later polls skip every
-#: event up to it (Hub.watch_security_forever).
-SECURITY_SETTLE_SECONDS = 5.0
-#: Events a poll reads at a time; a poll reads pages until one is not full.
-SECURITY_PAGE = 10_000
-#: Users a search asks the store for (MAX_SEARCH_RESULTS and some spare).
-SEARCH_FETCH = MAX_SEARCH_RESULTS + 14
 
 
 def now_ms() -> int:
     return time.time_ns() // 1_000_000
-
-
-def _wakeups(rows: list[Queued]) -> list[tuple[str, bytes]]:
-    return [(device_channel(row.device_id), row_wakeup(row)) for row in rows]
 
 
 class Hub:
@@ -132,9 +117,12 @@ class Hub:
         self.guard = guard
         self.audit = audit
         self.accounts = Accounts(store, settings.authority_public_key)
-        self._links: dict[str, DeviceLink] = {}
-        self._local: dict[str, set[str]] = {}  # user id -> ids of their devices connected here
-        self._seen_events: dict[int, int] = {}  # audit seq -> at, of security events applied
+        self._links = LocalLinks()
+        #: Spreads security events to every node and enforces them here;
+        #: the composition root runs its ``run_forever`` as a task.
+        self.security = SecurityFeed(store, broker, self.accounts, self._links)
+        self.directory = Directory(store, self.accounts)
+        self.devices = AccountDevices(store, self.accounts, self.security, audit, metrics, settings)
 
     # --- authentication -----------------------------------------------------
 
@@ -152,7 +140,7 @@ class Hub:
             raise
         assert device is not None
         if device.revoked:
-            session.state = State.CLOSED
+            session.close()
             self.audit.record(
                 device.user_id,
                 "auth.revoked_device",
@@ -166,7 +154,7 @@ class Hub:
         if account is None or account.suspended:  # the cache may not know of a reinstatement yet
             account = await self._store_call(self.accounts.get(device.user_id, refresh=True))
         if account is None or account.suspended:
-            session.state = State.CLOSED
+            session.close()
             raise errors.AccountSuspended(device.user_id)
 
     async def enroll(self, session: ServerSession, frame: Enroll, address: str) -> None:
@@ -196,7 +184,7 @@ class Hub:
             raise errors.TooManyDevices("enrollment at the device cap") from None
         except ValueError:  # the signing key is already registered
             raise errors.AuthFailed("signing key already enrolled") from None
-        await self._user_changed(device.user_id)
+        await self.security.user_changed(device.user_id)
         self.metrics.enrollments.inc()
         self.audit.record(
             device.user_id,
@@ -232,22 +220,16 @@ class Hub:
         link = DeviceLink(
             device_id, self.store, send, close, self.metrics.deliveries.inc, refusals=CAP_REFUSALS in caps
         )
-        self._links[device_id] = link
-        self._local.setdefault(user_id, set()).add(device_id)
+        self._links.add(user_id, link)
         await self.broker.subscribe(channel, link.on_wakeup)
         link.presence_key = await self.presence.connected(user_id, link)
         self.metrics.authenticated.inc()
         return link
 
     async def detach(self, user_id: str, link: DeviceLink) -> None:
+        """Undo :meth:`attach` once the connection has ended."""
         await link.stop()
-        if self._links.get(link.device_id) is link:
-            del self._links[link.device_id]
-            local = self._local.get(user_id)
-            if local is not None:
-                local.discard(link.device_id)
-                if not local:
-                    del self._local[user_id]
+        self._links.remove(user_id, link)
         channel = device_channel(link.device_id)
         try:
             await self.broker.unsubscribe(channel, link.on_wakeup)
@@ -262,17 +244,37 @@ class Hub:
     def on_broker_gap(self) -> None:
         """Wake-ups may have been lost: every local device reads the store
         again, and presence is re-established."""
-        for link in self._links.values():
+        for link in self._links:
             link.request_drain()
         asyncio.get_running_loop().create_task(self.presence.resync())
 
-    def on_control(self, payload: bytes) -> None:
-        """Node-wide announcements: ``b"I" + user id``: that user's account
-        or devices changed."""
-        if payload[:1] == b"I":
-            self.accounts.forget(payload[1:].decode())
-
     # --- requests -----------------------------------------------------------
+
+    async def request(self, session: ServerSession, link: DeviceLink, frame: Frame) -> bytes:
+        """The dispatch: the answer to one admitted, metered request (any
+        authenticated frame but ``ack``). Only a device that may make
+        requests goes on (:meth:`requester`), except to revoke itself; a
+        ``send`` checks that itself, with its targets."""
+        if type(frame) is Send:
+            return await self.send(session, frame)
+        assert session.user_id is not None and session.device_id is not None
+        if not (type(frame) is Revoke and frame.device == session.device_id):
+            await self.requester(session)
+        if type(frame) is Lookup:
+            return await self._store_call(self.directory.lookup(session.user_id, frame))
+        if type(frame) is Search:
+            return await self._store_call(self.directory.search(frame))
+        if type(frame) is LinkCode:
+            return await self._store_call(self.devices.link_code(session.user_id, session.device_id, frame))
+        if type(frame) is SetStatus:
+            return await self.set_status(session, frame)
+        if type(frame) is Watch:
+            return await self.watch(session, link, frame)
+        if type(frame) is Devices:
+            return await self._store_call(self.devices.devices(session.user_id, frame))
+        if type(frame) is Revoke:
+            return await self._store_call(self.devices.revoke(session.user_id, session.device_id, frame))
+        raise errors.FrameNotAllowed(frame.TYPE)  # the session's state table admits nothing else
 
     async def send(self, session: ServerSession, frame: Send) -> bytes:
         """Accept a message durably, wake its devices, return ``accepted``.
@@ -305,7 +307,7 @@ class Hub:
             return encode(Accepted(frame.id, dup=True))
         self.metrics.accepted.inc()
         self.metrics.envelopes.inc(len(result.queued))
-        await self.wake(_wakeups(result.queued))
+        await self.wake(row_wakeups(result.queued))
         return encode(Accepted(frame.id))
 
     async def ack(self, session: ServerSession, link: DeviceLink, frame: Ack) -> None:
@@ -325,7 +327,7 @@ class Hub:
         self.metrics.acks.inc(len(frame.seqs))
         if refused:
             self.metrics.refusals.inc(len(refused))
-        await self.wake(_wakeups(receipts))
+        await self.wake(row_wakeups(receipts))
 
     async def requester(self, session: ServerSession) -> Account:
         """The requester's account, if this device may make requests: an
@@ -339,106 +341,6 @@ class Hub:
             if account is not None and account.may_send(session.device_id, now):
                 return account
         raise errors.NotVerified(session.device_id)
-
-    async def lookup(self, session: ServerSession, frame: Lookup) -> bytes:
-        """A verified, unsuspended clinician (or the requester's own account)
-        and their active devices, attested ones first (SPEC §11.3)."""
-        if frame.user is not None:
-            user_id = frame.user
-        elif frame.rpps is not None:
-            user = await self._store_call(self.store.find_user_by_rpps(frame.rpps))
-            if user is None:
-                raise errors.UnknownUser("no such user")
-            user_id = user.user_id
-        else:
-            raise errors.UnknownUser("lookup names nobody")
-        account = await self._store_call(self.accounts.get(user_id, refresh=True))
-        if account is None or (user_id != session.user_id and not account.verified(now_ms())):
-            raise errors.UnknownUser("no such user")  # hidden like one that does not exist
-        user = account.user
-        # Attested first (sorted is stable: oldest first within each); at most
-        # what a lookup_ok carries, for accounts from before the device cap.
-        listed = sorted(account.devices, key=lambda d: d.device_id not in account.targets)
-        return encode(
-            LookupOk(
-                rid=frame.rid,
-                user=user.user_id,
-                name=user.name,
-                rpps=user.rpps,
-                profession=user.profession,
-                organisation=user.organisation,
-                devices=tuple(
-                    DeviceInfo(d.device_id, d.sign_pk, d.box_pk) for d in listed[:MAX_RECIPIENT_DEVICES]
-                ),
-                att=user.attestation,
-            )
-        )
-
-    async def search(self, frame: Search) -> bytes:
-        """Attestations of matching clinicians, leaving out those no client
-        would accept (expired, or not readable): they would only take the
-        places of valid ones."""
-        # A few more than the answer holds: an expired attestation is skipped.
-        users = await self._store_call(self.store.search_users(frame.query.strip(), SEARCH_FETCH))
-        now = now_ms()
-        atts = []
-        for user in users:
-            try:
-                if user.attestation is not None and attestation.peek(user.attestation).not_after > now:
-                    atts.append(user.attestation)
-            except attestation.AttestationError:
-                continue
-            if len(atts) == MAX_SEARCH_RESULTS:
-                break
-        return encode(SearchOk(frame.rid, tuple(atts)))
-
-    async def devices(self, session: ServerSession, frame: Devices) -> bytes:
-        assert session.user_id is not None
-        account = await self._store_call(self.accounts.get(session.user_id, refresh=True))
-        assert account is not None
-        entries = tuple(
-            DeviceEntry(d.device_id, d.label, d.created_at, d.device_id in account.targets)
-            for d in account.devices
-        )
-        return encode(DevicesOk(frame.rid, entries))
-
-    async def revoke(self, session: ServerSession, frame: Revoke) -> bytes:
-        """Revoke one of the requester's own devices (SPEC §11.4); the caller
-        checked that the requester may (any device may revoke itself)."""
-        assert session.user_id is not None
-        account = await self._store_call(self.accounts.get(session.user_id, refresh=True))
-        if account is None or frame.device not in {d.device_id for d in account.devices}:
-            raise errors.Forbidden("not one of your active devices")
-        revoked = await self._store_call(self.store.revoke_device(frame.device, now_ms()))
-        if revoked is not None:
-            self.audit.record(
-                session.user_id,
-                "device.revoked",
-                user_id=session.user_id,
-                device_id=frame.device,
-                detail=f"by its owner, from {session.device_id}",
-            )
-            self.metrics.revoked.inc()
-            log.info("device revoked", extra={"user": session.user_id, "device": frame.device})
-            await self._device_revoked(session.user_id, frame.device)
-        return encode(Ok(frame.rid))
-
-    async def link_code(self, session: ServerSession, frame: LinkCode) -> bytes:
-        """A link code, if the user has room under the device cap (SPEC §5.3)."""
-        assert session.user_id is not None
-        code = new_code()
-        now = now_ms()
-        expires = now + int(self.settings.link_code_ttl_minutes * 60_000)
-        try:
-            await self._store_call(
-                self.store.add_link_code(
-                    session.user_id, code_hash(code), expires, now, self.settings.max_devices
-                )
-            )
-        except DeviceLimit:
-            raise errors.TooManyDevices(session.user_id) from None
-        log.info("link code issued", extra={"user": session.user_id, "device": session.device_id})
-        return encode(LinkCodeOk(rid=frame.rid, code=code, expires=expires))
 
     async def set_status(self, session: ServerSession, frame: SetStatus) -> bytes:
         assert session.user_id is not None
@@ -504,87 +406,6 @@ class Hub:
         if extra:
             raise errors.UnknownDevice(f"{len(extra)} unknown target devices")
         raise errors.MissingDevices(sorted(required - targets))
-
-    # --- security events ----------------------------------------------------------
-
-    async def _user_changed(self, user_id: str) -> None:
-        """Every node forgets its cached account of ``user_id``."""
-        self.accounts.forget(user_id)
-        with contextlib.suppress(BrokerUnavailable):
-            await self.broker.publish(CONTROL_CHANNEL, b"I" + user_id.encode())
-
-    async def _device_revoked(self, user_id: str, device_id: str) -> None:
-        """End the device's connection wherever it is, now (the audit log
-        feed is the slower second path)."""
-        await self._user_changed(user_id)
-        try:  # reaches this node's connection of the device too
-            await self.broker.publish(device_channel(device_id), close_wakeup(errors.DeviceRevoked))
-        except BrokerUnavailable:
-            self._close_local(device_id, errors.DeviceRevoked)
-
-    def _close_local(self, device_id: str, error: type[errors.FatalError]) -> None:
-        link = self._links.get(device_id)
-        if link is not None:
-            link.on_wakeup(close_wakeup(error))
-
-    def apply_security_event(self, event: AuditEvent) -> None:
-        """Enforce one security event of the audit log on this node."""
-        if event.user_id is None:
-            return
-        self.accounts.forget(event.user_id)
-        if event.action == "device.revoked" and event.device_id is not None:
-            self._close_local(event.device_id, errors.DeviceRevoked)
-        elif event.action in ("account.suspended", "account.deleted"):
-            for device_id in list(self._local.get(event.user_id, ())):
-                self._close_local(device_id, errors.AccountSuspended)
-
-    async def watch_security_forever(self, interval: float = 0.5) -> None:
-        """Poll the audit log for security events (runs as a task). Events
-        already in the log when the node starts are only marked seen: the
-        store already tells the truth to every later authentication.
-
-        Each poll reads the last minute's events above a cursor, page by
-        page (``SECURITY_PAGE``), oldest first, so that no event is skipped
-        however many come at once. The cursor is the highest seq seen at
-        least ``SECURITY_SETTLE_SECONDS`` ago (an event with a lower seq
-        could only appear later if its transaction stayed open that long).
-        A burst (10,000 devices enrolled at once) is thus read for a few
-        seconds, not at every poll for a minute."""
-        loop = asyncio.get_running_loop()
-        first = True
-        cursor = top = 0  # top: the highest seq seen so far
-        marks: deque[tuple[float, int]] = deque()  # (when, top then)
-        while True:
-            since = now_ms() - SECURITY_WINDOW_MS
-            with contextlib.suppress(StoreUnavailable):  # try again at the next poll
-                after = cursor
-                while True:
-                    page = await self.store.audit_log(
-                        since_at=since,
-                        actions=SECURITY_ACTIONS,
-                        limit=SECURITY_PAGE,
-                        after_seq=after,
-                        oldest=True,
-                    )
-                    for event in page:
-                        if event.seq not in self._seen_events:
-                            self._seen_events[event.seq] = event.at
-                            if not first:
-                                self.apply_security_event(event)
-                    if page:
-                        after = page[-1].seq
-                        top = max(top, after)
-                    if len(page) < SECURITY_PAGE:
-                        break
-                first = False
-                now = loop.time()
-                marks.append((now, top))
-                while marks and marks[0][0] <= now - SECURITY_SETTLE_SECONDS:
-                    cursor = marks.popleft()[1]
-                self._seen_events = {
-                    seq: at for seq, at in self._seen_events.items() if at >= since and seq > cursor
-                }
-            await asyncio.sleep(interval)
 
     async def wake(self, wakeups: list[tuple[str, bytes]]) -> None:
         """Publish wake-ups. A lost one only delays: the row is stored, and

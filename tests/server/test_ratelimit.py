@@ -1,5 +1,5 @@
-"""Token-bucket limits (miss_server/ratelimit.py), run against the in-process
-limiter and against the real Redis on this machine.
+"""Token-bucket limits (miss_server/ratelimit.py, ratelimit_redis.py), run
+against the in-process limiter and against the real Redis on this machine.
 
 Each Redis test uses its own key prefix and deletes its keys afterwards; it
 fails (never skips) when Redis does not answer. Timed tests use slow rates
@@ -16,14 +16,23 @@ import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any
+from urllib.parse import urlencode
 
 import pytest
 import redis.asyncio as aioredis
 from redis.exceptions import ResponseError
 
-from miss_server.ratelimit import Limiter, MemoryLimiter, Rate, RedisLimiter, parse_rate
+from miss_server.app import build_limiter
+from miss_server.config import load_settings
+from miss_server.ratelimit import Limiter, MemoryLimiter, Rate, parse_rate
+from miss_server.ratelimit_redis import RedisLimiter
 
 REDIS_URL = os.environ.get("MISS_TEST_REDIS", "redis://127.0.0.1:6379/0")
+
+
+def redis_url(**query: str) -> str:
+    """REDIS_URL with these query parameters added (``prefix``, ``client_name``)."""
+    return REDIS_URL + ("&" if "?" in REDIS_URL else "?") + urlencode(query)
 
 
 async def _delete_prefix(client: aioredis.Redis, prefix: str) -> None:
@@ -237,6 +246,52 @@ async def test_redis_down_warns_again_after_ten_seconds(caplog: pytest.LogCaptur
         await limiter.take("k", rate)
     await dead.aclose()
     assert len([r for r in caplog.records if r.name == "miss.ratelimit"]) == 2
+
+
+# --- which limiter a hub uses -----------------------------------------------------------------
+
+
+async def test_an_embedded_hub_keeps_its_buckets_in_process() -> None:
+    limiter = build_limiter(load_settings(broker="memory://"))
+    assert isinstance(limiter, MemoryLimiter)
+    await limiter.close()
+
+
+async def test_hubs_on_one_redis_broker_share_buckets_under_its_prefix() -> None:
+    """The limiter follows the broker URL: two nodes configured with the same
+    Redis and prefix draw from one bucket, kept under that prefix; another
+    prefix is another deployment."""
+    async with redis_client() as (client, new_prefix):
+        shared, other = new_prefix(), new_prefix()
+        node1, node2, elsewhere = (
+            build_limiter(load_settings(broker=redis_url(prefix=prefix)))
+            for prefix in (shared, shared, other)
+        )
+        rate = Rate(per_second=1, burst=2)
+        try:
+            assert await node1.take("203.0.113.7", rate) == 0
+            assert await node2.take("203.0.113.7", rate) == 0
+            assert await node1.take("203.0.113.7", rate) > 0
+            assert await elsewhere.take("203.0.113.7", rate) == 0
+            assert await client.exists(f"{shared}:rl:{{203.0.113.7}}", f"{other}:rl:{{203.0.113.7}}") == 2
+        finally:
+            for limiter in (node1, node2, elsewhere):
+                await limiter.close()
+
+
+async def test_a_limiter_from_a_url_closes_its_own_connections() -> None:
+    async with redis_client() as (client, new_prefix):
+        name = "miss_test_" + secrets.token_hex(4)  # Redis lists the limiter's connections by it
+        limiter = RedisLimiter.from_url(redis_url(client_name=name, prefix=new_prefix()))
+        await limiter.take("k", Rate(per_second=1, burst=2))
+        assert name in await _client_names(client)
+        await limiter.close()
+        await asyncio.sleep(0.1)
+        assert name not in await _client_names(client)
+
+
+async def _client_names(client: aioredis.Redis) -> set[str]:
+    return {str(c.get("name", "")) for c in await client.client_list()}
 
 
 # --- MemoryLimiter: exact arithmetic and bounded memory ------------------------------------------

@@ -1,0 +1,167 @@
+"""Security events between hub nodes: each node enforces revocations and
+suspensions on the devices connected to it, whichever node or tool made
+them.
+
+Security events (revocations, suspensions, verifications) reach every node
+twice: at once through the broker when a hub made the change, and through
+the audit log, which every node polls, for changes ``miss-admin`` made
+without a broker at hand. A revoked device or a suspended account connected
+to any node is thus closed within about a second.
+
+Contract
+--------
+:class:`SecurityFeed` is given the store to poll, the broker, the node's
+account cache and the node's :class:`~miss_server.delivery.LocalLinks`.
+
+The fast path, for the hub's handlers: :meth:`SecurityFeed.user_changed`
+(every node forgets its cached account of a user) and
+:meth:`SecurityFeed.device_revoked` (the device's connection ends wherever
+it is). A broker outage is no error to them: the other nodes then learn
+from the audit log. :meth:`SecurityFeed.on_control` is the handler of the
+broker's control channel, whose one announcement is ``b"I" + user id``:
+that user's account or devices changed.
+
+The slow path: run :meth:`SecurityFeed.run_forever` as a task; it never
+returns and survives store outages (it tries again at the next poll). For
+each event it has not applied before, :meth:`SecurityFeed.apply`:
+
+* forgets the user's cached account, so the next request reads the store;
+* ``device.revoked``: ends that device's connection here with
+  ``device_revoked``;
+* ``account.suspended``, ``account.deleted``: ends every connection here of
+  the user's devices with ``account_suspended``.
+
+Events already in the log when the node starts are only marked seen: the
+store already tells the truth to every later authentication.
+
+Theory of operation
+-------------------
+Each poll reads the last ``SECURITY_WINDOW_MS`` of events above a cursor,
+page by page (``SECURITY_PAGE``), oldest first, so that no event is skipped
+however many come at once. Events are written in the background, so one
+may appear a little after its time; the cursor is therefore the highest seq
+seen at least ``SECURITY_SETTLE_SECONDS`` ago (an event with a lower seq
+could only appear later if its transaction stayed open that long). A burst
+(10,000 devices enrolled at once) is thus read for a few seconds, not at
+every poll for a minute.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections import deque
+
+from protocol import errors
+
+from .accounts import Accounts
+from .broker.base import CONTROL_CHANNEL, Broker, BrokerUnavailable, device_channel
+from .delivery import LocalLinks
+from .store.base import AuditEvent, Store, StoreUnavailable
+from .wakeup import close_wakeup
+
+__all__ = ["SECURITY_ACTIONS", "SecurityFeed"]
+
+#: Audit actions that change what a node must enforce (see module doc).
+SECURITY_ACTIONS = [
+    "device.revoked",
+    "device.enrolled",
+    "account.suspended",
+    "account.unsuspended",
+    "account.verified",
+    "account.deleted",
+]
+#: How far back each poll of the audit log looks (ms).
+SECURITY_WINDOW_MS = 60_000
+#: How old (s) a seq seen by a poll must be before later polls skip every
+#: event up to it.
+SECURITY_SETTLE_SECONDS = 5.0
+#: Events a poll reads at a time; a poll reads pages until one is not full.
+SECURITY_PAGE = 10_000
+
+
+def _now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+class SecurityFeed:
+    """Spreads security events to every node and enforces them on this one
+    (see module doc)."""
+
+    def __init__(self, store: Store, broker: Broker, accounts: Accounts, links: LocalLinks) -> None:
+        self._store = store
+        self._broker = broker
+        self._accounts = accounts
+        self._links = links
+        self._seen: dict[int, int] = {}  # audit seq -> at, of the events applied
+
+    # --- through the broker -----------------------------------------------------
+
+    async def user_changed(self, user_id: str) -> None:
+        """Every node forgets its cached account of ``user_id``."""
+        self._accounts.forget(user_id)
+        with contextlib.suppress(BrokerUnavailable):
+            await self._broker.publish(CONTROL_CHANNEL, b"I" + user_id.encode())
+
+    async def device_revoked(self, user_id: str, device_id: str) -> None:
+        """End the device's connection wherever it is, now (the audit log
+        is the slower second path)."""
+        await self.user_changed(user_id)
+        try:  # reaches this node's connection of the device too
+            await self._broker.publish(device_channel(device_id), close_wakeup(errors.DeviceRevoked))
+        except BrokerUnavailable:
+            self._links.end_device(device_id, errors.DeviceRevoked)
+
+    def on_control(self, payload: bytes) -> None:
+        """Broker handler of the control channel (module doc)."""
+        if payload[:1] == b"I":
+            self._accounts.forget(payload[1:].decode())
+
+    # --- through the audit log --------------------------------------------------
+
+    def apply(self, event: AuditEvent) -> None:
+        """Enforce one security event on this node (module doc)."""
+        if event.user_id is None:
+            return
+        self._accounts.forget(event.user_id)
+        if event.action == "device.revoked" and event.device_id is not None:
+            self._links.end_device(event.device_id, errors.DeviceRevoked)
+        elif event.action in ("account.suspended", "account.deleted"):
+            self._links.end_user(event.user_id, errors.AccountSuspended)
+
+    async def run_forever(self, interval: float = 0.5) -> None:
+        """Poll the audit log every ``interval`` seconds (runs as a task)."""
+        loop = asyncio.get_running_loop()
+        first = True
+        cursor = top = 0  # top: the highest seq seen so far
+        marks: deque[tuple[float, int]] = deque()  # (when, top then)
+        while True:
+            since = _now_ms() - SECURITY_WINDOW_MS
+            with contextlib.suppress(StoreUnavailable):  # try again at the next poll
+                after = cursor
+                while True:
+                    page = await self._store.audit_log(
+                        since_at=since,
+                        actions=SECURITY_ACTIONS,
+                        limit=SECURITY_PAGE,
+                        after_seq=after,
+                        oldest=True,
+                    )
+                    for event in page:
+                        if event.seq not in self._seen:
+                            self._seen[event.seq] = event.at
+                            if not first:
+                                self.apply(event)
+                    if page:
+                        after = page[-1].seq
+                        top = max(top, after)
+                    if len(page) < SECURITY_PAGE:
+                        break
+                first = False
+                now = loop.time()
+                marks.append((now, top))
+                while marks and marks[0][0] <= now - SECURITY_SETTLE_SECONDS:
+                    cursor = marks.popleft()[1]
+                self._seen = {seq: at for seq, at in self._seen.items() if at >= since and seq > cursor}
+            await asyncio.sleep(interval)

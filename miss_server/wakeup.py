@@ -1,0 +1,124 @@
+"""The wake-up format: what a hub node publishes on a device's channel
+(``dev:{device_id}``, ``broker/base.py``) and what the node where the device
+is connected reads back (:class:`~miss_server.delivery.DeviceLink`).
+
+A wake-up is one broker payload. Its first byte is a tag:
+
+* ``b"Q" + seq + frame``: a queued message; ``frame`` is its ``deliver``;
+* ``b"R" + seq + frame``: a queued receipt (``delivered``);
+* ``b"F" + seq + frame``: a queued refusal receipt (``refused``), which a
+  link sends only if its client named the ``refusals`` capability (SPEC
+  §6.5): to any other the row does not exist, and waits in the store;
+* ``b"D"``: drain: rows may exist that no wake-up announced (a resend of an
+  id whose first wake-ups died with a hub node, or a connection of the
+  device that ended while a newer one existed);
+* ``b"X" + error code`` (ASCII): end the connection with that fatal error
+  (e.g. ``session_replaced``: the same device authenticated elsewhere).
+
+``seq`` is the row's sequence number in the store, 8 bytes, unsigned
+big-endian. The frame of a row wake-up is, byte for byte, the frame a drain
+of the store sends for that row (:func:`row_frame`): the wake-up carries a
+copy so that the common case costs no read, never the only one (docs/ARCHITECTURE.md,
+guarantee 1).
+
+Reading: :func:`parse` splits a payload into ``(tag, seq, body)``, and
+:func:`close_error` names the error of an ``X`` body. A payload that is
+empty, or a row wake-up with no frame after its seq, raises
+:class:`MalformedWakeup`. A tag this module does not know is returned as it
+is, for the reader to ignore: a newer node may send one during a rolling
+upgrade.
+"""
+
+from __future__ import annotations
+
+from protocol import errors
+from protocol.frames import Deliver, Delivered, Refused, encode
+
+from .broker.base import device_channel
+from .store.base import Kind, Queued
+
+__all__ = [
+    "DRAIN_WAKEUP",
+    "ROW_TAGS",
+    "TAG_CLOSE",
+    "TAG_DRAIN",
+    "TAG_MESSAGE",
+    "TAG_RECEIPT",
+    "TAG_REFUSAL",
+    "MalformedWakeup",
+    "close_error",
+    "close_wakeup",
+    "parse",
+    "row_frame",
+    "row_wakeup",
+    "row_wakeups",
+]
+
+TAG_MESSAGE = ord("Q")
+TAG_RECEIPT = ord("R")
+TAG_REFUSAL = ord("F")
+TAG_DRAIN = ord("D")
+TAG_CLOSE = ord("X")
+#: The tags followed by a seq and a frame.
+ROW_TAGS = frozenset({TAG_MESSAGE, TAG_RECEIPT, TAG_REFUSAL})
+DRAIN_WAKEUP = b"D"
+
+_SEQ_END = 9  # the tag, then 8 bytes of seq
+_TAGS = {Kind.MESSAGE: b"Q", Kind.RECEIPT: b"R", Kind.REFUSAL: b"F"}
+
+
+class MalformedWakeup(ValueError):
+    """A payload on a device channel that is not a wake-up (module doc)."""
+
+
+# --- building -------------------------------------------------------------------
+
+
+def row_frame(row: Queued) -> bytes:
+    """The frame that carries a queued row to its device."""
+    if row.kind is Kind.MESSAGE:
+        return encode(Deliver(row.seq, row.message_id, row.peer_user, row.peer_device, row.ts, row.payload))
+    if row.kind is Kind.REFUSAL:
+        reason = row.payload.decode("ascii")
+        return encode(Refused(row.seq, row.message_id, row.peer_user, row.peer_device, row.ts, reason))
+    return encode(Delivered(row.seq, row.message_id, row.peer_user, row.peer_device, row.ts))
+
+
+def row_wakeup(row: Queued) -> bytes:
+    """The wake-up announcing ``row``, with a copy of its frame."""
+    return _TAGS[row.kind] + row.seq.to_bytes(8, "big") + row_frame(row)
+
+
+def row_wakeups(rows: list[Queued]) -> list[tuple[str, bytes]]:
+    """``(channel, payload)`` of the wake-ups announcing ``rows``, each on
+    its device's channel, in the order of ``rows``."""
+    return [(device_channel(row.device_id), row_wakeup(row)) for row in rows]
+
+
+def close_wakeup(error: type[errors.FatalError]) -> bytes:
+    """The wake-up that ends the device's connection with ``error``."""
+    return b"X" + error.code.encode()
+
+
+# --- reading --------------------------------------------------------------------
+
+
+def parse(payload: bytes) -> tuple[int, int, bytes]:
+    """``(tag, seq, body)`` of a wake-up: for a row wake-up its seq and its
+    frame; for any other tag, seq 0 and the rest of the payload. Raises
+    MalformedWakeup for an empty payload or a row wake-up with no frame."""
+    if not payload:
+        raise MalformedWakeup("empty wake-up")
+    tag = payload[0]
+    if tag in ROW_TAGS:
+        if len(payload) <= _SEQ_END:
+            raise MalformedWakeup(f"row wake-up of {len(payload)} bytes")
+        return tag, int.from_bytes(payload[1:_SEQ_END], "big"), payload[_SEQ_END:]
+    return tag, 0, payload[1:]
+
+
+def close_error(body: bytes) -> type[errors.FatalError] | None:
+    """The fatal error an ``X`` wake-up's body names; None for anything
+    that names no fatal error (a code from a newer node, say)."""
+    error = errors.error_class(body.decode("ascii", "replace"))
+    return error if issubclass(error, errors.FatalError) else None

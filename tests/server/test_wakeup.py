@@ -1,0 +1,133 @@
+"""The wake-up format between hub nodes (miss_server/wakeup.py), and how a
+device's link reads it (miss_server/delivery.py)."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any, cast
+
+import pytest
+
+from miss_server import wakeup
+from miss_server.delivery import DeviceLink
+from miss_server.store.base import Kind, Queued, Store
+from protocol import errors
+from protocol.frames import SERVER_FRAMES, Deliver, Delivered, Refused, decode
+
+MID = bytes(range(16))
+ROWS = [
+    Queued(7, "d_bob", Kind.MESSAGE, MID, "u_alice", "d_alice", 1_700_000_000_000, b"e" * 40),
+    Queued(2**40, "d_alice", Kind.RECEIPT, MID, "u_bob", "d_bob", 1_700_000_000_001, b""),
+    Queued(9, "d_alice", Kind.REFUSAL, MID, "u_bob", "d_bob", 1_700_000_000_002, b"undecryptable"),
+]
+FRAMES = [
+    Deliver(7, MID, "u_alice", "d_alice", 1_700_000_000_000, b"e" * 40),
+    Delivered(2**40, MID, "u_bob", "d_bob", 1_700_000_000_001),
+    Refused(9, MID, "u_bob", "d_bob", 1_700_000_000_002, "undecryptable"),
+]
+
+
+@pytest.mark.parametrize(
+    ("row", "frame"), list(zip(ROWS, FRAMES, strict=True)), ids=["message", "receipt", "refusal"]
+)
+def test_a_row_wakeup_carries_the_frame_the_device_gets(row: Queued, frame: Any) -> None:
+    payload = wakeup.row_wakeup(row)
+    assert payload[:1] == {Kind.MESSAGE: b"Q", Kind.RECEIPT: b"R", Kind.REFUSAL: b"F"}[row.kind]
+    tag, seq, body = wakeup.parse(payload)
+    assert (tag, seq) == (payload[0], row.seq)
+    assert body == wakeup.row_frame(row)
+    assert decode(body, SERVER_FRAMES) == frame
+
+
+def test_row_wakeups_go_to_each_rows_device_in_order() -> None:
+    assert wakeup.row_wakeups(ROWS) == [
+        ("dev:d_bob", wakeup.row_wakeup(ROWS[0])),
+        ("dev:d_alice", wakeup.row_wakeup(ROWS[1])),
+        ("dev:d_alice", wakeup.row_wakeup(ROWS[2])),
+    ]
+
+
+def test_drain_and_close_wakeups_round_trip() -> None:
+    assert wakeup.parse(wakeup.DRAIN_WAKEUP) == (wakeup.TAG_DRAIN, 0, b"")
+    fatal = [errors.SessionReplaced, errors.DeviceRevoked, errors.AccountSuspended]
+    for error in fatal:
+        tag, _, body = wakeup.parse(wakeup.close_wakeup(error))
+        assert tag == wakeup.TAG_CLOSE and wakeup.close_error(body) is error
+
+
+@pytest.mark.parametrize("code", [b"rate_limited", b"a_code_from_the_future", b"\xff\xfe", b""])
+def test_a_close_wakeup_naming_no_fatal_error_names_nothing(code: bytes) -> None:
+    assert wakeup.close_error(wakeup.parse(b"X" + code)[2]) is None
+
+
+@pytest.mark.parametrize("payload", [b"", b"Q", b"R" + bytes(8), b"F" + bytes(5)])
+def test_a_payload_that_is_no_wakeup_is_malformed(payload: bytes) -> None:
+    with pytest.raises(wakeup.MalformedWakeup):
+        wakeup.parse(payload)
+
+
+def test_an_unknown_tag_is_returned_for_the_reader_to_ignore() -> None:
+    assert wakeup.parse(b"Zsomething") == (ord("Z"), 0, b"something")
+
+
+# --- what a link does with them ------------------------------------------------------------------
+
+
+class PendingRows:
+    """The one Store call a link makes: ``pending``, counted."""
+
+    def __init__(self, rows: list[Queued]) -> None:
+        self.rows = rows
+        self.reads = 0
+
+    async def pending(self, device_id: str, after_seq: int, limit: int, now: int) -> list[Queued]:
+        self.reads += 1
+        return [r for r in self.rows if r.device_id == device_id and r.seq > after_seq][:limit]
+
+
+async def _link(rows: list[Queued], *, refusals: bool = False) -> tuple[DeviceLink, PendingRows, list[bytes]]:
+    store = PendingRows(rows)
+    sent: list[bytes] = []
+
+    async def send(frames: list[bytes]) -> None:
+        sent.extend(frames)
+
+    async def close(code: int, reason: str) -> None:
+        sent.append(f"close {code} {reason}".encode())
+
+    link = DeviceLink("d_alice", cast(Store, store), send, close, refusals=refusals)
+    link.start()
+    await asyncio.sleep(0.01)  # the first drain
+    return link, store, sent
+
+
+async def test_a_link_sends_row_wakeups_and_drops_refusals_for_an_old_client() -> None:
+    link, store, sent = await _link([])
+    link.on_wakeup(wakeup.row_wakeup(ROWS[2]))  # a refusal: this client did not name the capability
+    link.on_wakeup(wakeup.row_wakeup(ROWS[1]))
+    await asyncio.sleep(0.1)  # receipts wait up to RECEIPT_DELAY to share a write
+    await link.stop()
+    assert sent == [wakeup.row_frame(ROWS[1])] and store.reads == 1
+
+
+async def test_an_unreadable_wakeup_makes_the_link_read_the_store() -> None:
+    link, store, sent = await _link(ROWS[1:2])
+    assert sent == [wakeup.row_frame(ROWS[1])] and store.reads == 1
+    link.on_wakeup(b"Zfrom a newer node")  # ignored
+    await asyncio.sleep(0.01)
+    assert store.reads == 1
+    link.on_wakeup(b"Q")
+    await asyncio.sleep(0.01)
+    await link.stop()
+    assert store.reads == 2
+    assert sent == [wakeup.row_frame(ROWS[1])]  # in flight already: sent once
+
+
+async def test_a_close_wakeup_ends_the_connection_with_its_error() -> None:
+    link, _, sent = await _link([])
+    link.on_wakeup(wakeup.close_wakeup(errors.DeviceRevoked))
+    await asyncio.sleep(0.01)
+    await link.stop()
+    error = decode(sent[0], SERVER_FRAMES)
+    assert getattr(error, "code", None) == "device_revoked"
+    assert sent[1:] == [b"close 4410 device_revoked"]
