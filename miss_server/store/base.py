@@ -3,7 +3,7 @@
 Every implementation (``sqlite.py`` embedded, ``postgres.py`` production)
 passes the same conformance suite (``tests/server/test_store_conformance.py``).
 
-Contracts that the hub's guarantees rest on (DESIGN.md):
+Contracts that the hub's guarantees rest on (docs/ARCHITECTURE.md, the guarantees):
 
 * :meth:`Store.accept` returns only once the envelopes are durable (committed
   and synced as the backend defines it). It is idempotent per
@@ -58,6 +58,7 @@ __all__ = [
     "NewMessage",
     "Organisation",
     "Queued",
+    "Refusals",
     "SchemaMismatch",
     "Store",
     "StoreUnavailable",
@@ -74,6 +75,11 @@ __all__ = [
 #: the number of calls in it, so this halves the CPU per message of a hub
 #: at 1,000 messages/s (README, Benchmarks).
 COMMIT_INTERVAL = 0.005
+
+
+#: The rows a device refuses in one ack: seq -> reason, a short lowercase
+#: name such as ``sender_unverified`` (SPEC §6.5).
+Refusals = dict[int, str]
 
 
 @dataclass(slots=True)
@@ -258,7 +264,9 @@ class Store(Protocol):
         active devices plus unused, unexpired link codes reach ``max_devices``."""
 
     async def set_status(self, user_id: str, status: str) -> None:
-        """Durably record a clinician's status (available, busy, on_call, off_duty)."""
+        """Durably record a clinician's status (available, busy, on_call,
+        off_duty); raises ValueError for a status not in
+        ``protocol.frames.STATUSES``. An unknown ``user_id``: nothing is written."""
 
     async def statuses(self, user_ids: list[str]) -> dict[str, str]:
         """The status of each existing user among ``user_ids`` (unknown ids are left out)."""
@@ -269,13 +277,7 @@ class Store(Protocol):
         between the two, either way). The viewer always sees themself."""
 
     async def enroll_device(
-        self,
-        code_hash: bytes,
-        sign_pk: bytes,
-        box_pk: bytes,
-        label: str,
-        now: int,
-        max_devices: int | None = None,
+        self, code_hash: bytes, sign_pk: bytes, box_pk: bytes, label: str, now: int, max_devices: int
     ) -> Device:
         """Consume a code and register a device for its user; raises
         CodeInvalid if the code is unknown, used or expired, DeviceLimit if
@@ -357,12 +359,7 @@ class Store(Protocol):
         """Unexpired rows for a device with ``seq > after_seq``, in seq order."""
 
     async def ack(
-        self,
-        device_id: str,
-        seqs: list[int],
-        now: int,
-        expires_at: int,
-        refused: dict[int, str] | None = None,
+        self, device_id: str, seqs: list[int], now: int, expires_at: int, refused: Refusals | None = None
     ) -> list[Queued]:
         """Delete the device's rows with these seqs and those of ``refused``
         (seq -> reason; seqs that are not the device's rows are ignored);

@@ -2,133 +2,83 @@
 
 Theory of operation
 -------------------
-Three modules, one job each:
+Four modules, one job each:
 
-* this one, :class:`PostgresStore`: the pool and its life cycle, migrations,
-  and every call that is one statement or one short transaction (accounts,
-  devices and their revocation, statuses, presence visibility, search,
-  organisations, the audit log, ``pending``, ``expire``);
+* this one, :class:`PostgresStore`: every call that is one statement or one
+  short transaction (accounts, devices and their revocation, statuses,
+  presence visibility, search, organisations, the audit log, ``pending``,
+  ``expire``);
+* ``postgres_pool.py``: the pool and its life cycle, the runners of reads
+  and transactions (retries, durability), the migrations;
 * ``postgres_batch.py``: **group commit** for ``accept`` and ``ack``, the
   writes that keep the hub running (many calls, one transaction, one WAL
-  flush; see its theory of operation);
+  flush), through the function ``miss_group_commit``, PostgreSQL's
+  statement of the rules of accept() and ack();
 * ``postgres_errors.py``: how asyncpg failures become the Store's errors.
-
-Reads (``pending``, ``get_user``...) take a pooled connection, run one
-statement and give it back. Every transaction, the batches' included, runs
-through :meth:`PostgresStore._transaction`. ``synchronous_commit`` is forced
-back on if the server turned it off, so a committed write is durable.
-
-Failures. Every backend failure becomes :class:`StoreUnavailable`; an
-integrity or data error becomes ``ValueError`` (duplicate RPPS, duplicate
-signing key, unknown status). asyncpg pools replace a closed connection at
-the next acquire, so the store recovers by itself once PostgreSQL is back.
-Work that loses its connection *before* ``COMMIT`` was sent rolled back for
-sure, and runs again on a fresh connection (``ATTEMPTS`` in all; the broken
-connection is closed so the pool does not lend it again); a connection lost
-*during* ``COMMIT`` leaves the outcome unknown, which is reported as
-``StoreUnavailable`` and never retried (a resent ``accept`` is then answered
-``duplicate`` by idempotency, and a resent ``ack`` deletes nothing twice). A
-command timeout turns a hung server into ``StoreUnavailable``.
-
-Schema. Versioned SQL in ``migrations/postgres/``, the applied versions in
-``schema_version``. :meth:`PostgresStore.migrate` applies pending ones in one
-transaction under an advisory lock, so hubs and admins migrating at once are
-safe; :meth:`PostgresStore.open` refuses any schema that is not exactly the
-code's version. ``schema`` (argument, or ``?schema=NAME`` in the DSN) puts
-every table in that PostgreSQL schema through the connections' search_path.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import hashlib
-import logging
-import re
-import secrets
-from collections.abc import Awaitable, Callable
-from typing import TypeVar
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+from dataclasses import replace
+from typing import TYPE_CHECKING
 
 import asyncpg
 
-from protocol.frames import STATUSES
-
-from . import migrations as migration_files
 from .base import (
-    AcceptResult,
-    AuditEvent,
     CodeInvalid,
     Device,
     DeviceLimit,
     GroupCommitStats,
     Invitation,
-    Kind,
-    NewMessage,
     Organisation,
-    Queued,
-    SchemaMismatch,
     StoreUnavailable,
     User,
 )
-from .common import SEARCH_MIN_CHARS, SEARCH_SEPARATOR, attested_keys
+from .common import (
+    MAX_BATCH,
+    AuditFilter,
+    SqlDialect,
+    attested_keys,
+    check_status,
+    like_pattern,
+    new_device_id,
+    new_user_id,
+    searchable,
+)
 from .postgres_batch import GroupCommit
-from .postgres_errors import discard_if_broken, is_connection_lost, is_statement_error, reraise
+from .postgres_pool import Database
+from .rows import DEVICE_COLUMNS, QUEUED_COLUMNS, USER_COLUMNS, to_device, to_queued, to_user
+
+if TYPE_CHECKING:  # names the type checker alone needs
+    from typing_extensions import Unpack
+
+    from .base import AcceptResult, AuditEvent, NewMessage, Queued, Refusals
 
 __all__ = ["PostgresStore"]
 
-log = logging.getLogger("miss.store.postgres")
-
-T = TypeVar("T")
-
-DIALECT = "postgres"
-MAX_BATCH = 512
 EXPIRE_BATCH = 10_000
-CLOSE_TIMEOUT = 5.0
-ATTEMPTS = 3  # work that lost its connection before COMMIT runs again on a fresh one, twice at most
-_SCHEMA_NAME = re.compile(r"[a-z_][a-z0-9_]{0,62}")
 
-_USER_COLUMNS = "user_id, name, rpps, profession, organisation, created_at, suspended, status, attestation"
-_DEVICE_COLUMNS = "device_id, user_id, sign_pk, box_pk, label, created_at, revoked_at, attested"
-_QUEUED_COLUMNS = "seq, device_id, kind, message_id, peer_user, peer_device, ts, payload"
-_AUDIT_COLUMNS = "seq, at, actor, action, user_id, device_id, address, detail"
+#: Numbered parameters (``$1``), and lists as arrays.
+POSTGRES = SqlDialect(
+    param=lambda n: f"${n}",
+    one_of=lambda column, param: f"{column} = ANY({param}::text[])",
+    strings=list,
+)
 
-_SCHEMA_VERSION_TABLE = """
-CREATE TABLE IF NOT EXISTS schema_version (
-    version    INTEGER PRIMARY KEY,
-    name       TEXT NOT NULL,
-    applied_at TIMESTAMPTZ NOT NULL DEFAULT now()
-)"""
-
-# Candidates are found by primary key, then kept if the viewer is them, shares
-# their organisation, or is their contact: the viewer's contacts are read once
-# (primary key, contacts_by_b) into a hashed subplan, not looked up per candidate.
-_VISIBLE_USERS = """
-SELECT u.user_id FROM users u
-WHERE u.user_id = ANY($2::text[])
-  AND (u.user_id = $1
-       OR (u.organisation <> '' AND u.organisation = (SELECT organisation FROM users WHERE user_id = $1))
-       OR u.user_id IN (SELECT user_b FROM contacts WHERE user_a = $1
-                        UNION ALL
-                        SELECT user_a FROM contacts WHERE user_b = $1))"""
+_VISIBLE_USERS = POSTGRES.visible_users()
+_PLACES_TAKEN = POSTGRES.places_taken()
 
 # The directory index (migration 0006): the same expression and predicate as
 # users_search, so that a pattern of three characters or more goes through
 # its trigrams. LIKE's escape character is the backslash by default; $1 is
-# the escaped, lower-cased query (_like_pattern). COLLATE "C" as list_users.
+# the escaped, lower-cased query (like_pattern, common.py). COLLATE "C" as list_users.
 _SEARCH_USERS = f"""
-SELECT {_USER_COLUMNS} FROM users
+SELECT {USER_COLUMNS} FROM users
 WHERE attestation IS NOT NULL AND NOT suspended
   AND lower(name || chr(31) || rpps || chr(31) || profession || chr(31) || organisation) LIKE '%' || $1 || '%'
 ORDER BY name COLLATE "C", user_id
 LIMIT $2"""
-
-# Places a user holds under the device cap (SPEC §5.3): active devices and
-# unused, unexpired link codes.
-_PLACES_TAKEN = """
-SELECT (SELECT count(*) FROM devices WHERE user_id = $1 AND revoked_at IS NULL)
-     + (SELECT count(*) FROM enrollment_codes
-        WHERE user_id = $1 AND link AND used_at IS NULL AND expires_at > $2)"""
 
 # Rows are inserted in array order, so the identity hands out seqs in that order.
 _INSERT_AUDIT = """
@@ -150,80 +100,15 @@ _EXPIRE = {
 }
 
 
-# --- connections ----------------------------------------------------------------
-
-
-class _HubConnection(asyncpg.Connection):  # type: ignore[misc]
-    def get_reset_query(self) -> str:
-        # The store changes no session state (no SET beyond _init_connection,
-        # LISTEN, cursors or session locks): skip RESET ALL's round trip on
-        # every release, and keep synchronous_commit as _init_connection set it.
-        return ""
-
-
-async def _init_connection(conn: asyncpg.Connection) -> None:
-    await conn.execute(
-        "SELECT set_config('synchronous_commit', 'on', false) "
-        "WHERE current_setting('synchronous_commit') = 'off'"
-    )
-
-
-def _split_dsn(dsn: str, schema: str | None) -> tuple[str, str | None]:
-    """Take ``?schema=NAME`` out of the DSN (asyncpg would send it to the
-    server as a setting); an explicit ``schema`` must agree with it."""
-    parts = urlsplit(dsn)
-    query = parse_qsl(parts.query, keep_blank_values=True)
-    named = [v for k, v in query if k == "schema"]
-    if len(named) > 1 or (named and schema is not None and named[0] != schema):
-        raise ValueError("conflicting schema names in the store URL and the configuration")
-    chosen = schema if schema is not None else (named[0] if named else None)
-    if chosen is not None and not _SCHEMA_NAME.fullmatch(chosen):
-        raise ValueError(f"schema name {chosen!r}: use lowercase letters, digits and _ (at most 63)")
-    rest = urlencode([(k, v) for k, v in query if k != "schema"])
-    return urlunsplit(parts._replace(query=rest)), chosen
-
-
-def _where(dsn: str, schema: str | None) -> str:
-    """The DSN without credentials, for messages."""
-    parts = urlsplit(dsn)
-    place = f"{parts.netloc.rpartition('@')[2] or 'localhost'}{parts.path}"
-    return f"{place} (schema {schema})" if schema else place
-
-
-# --- rows -----------------------------------------------------------------------
-
-
-def _user(row: asyncpg.Record | None) -> User | None:
-    if row is None:
-        return None
-    return User(row[0], row[1], row[2], row[3], row[4], row[5], bool(row[6]), row[7], row[8])
-
-
-def _device(row: asyncpg.Record | None) -> Device | None:
-    if row is None:
-        return None
-    return Device(row[0], row[1], row[2], row[3], row[4], row[5], row[6] is not None, row[7])
-
-
-def _queued(row: asyncpg.Record) -> Queued:
-    return Queued(row[0], row[1], Kind(row[2]), row[3], row[4], row[5], row[6], row[7])
-
-
-def _audit_event(row: asyncpg.Record) -> AuditEvent:
-    return AuditEvent(row[1], row[2], row[3], row[4], row[5], row[6], row[7], row[0])
-
-
-def _like_pattern(query: str) -> str:
-    """``query`` for ``ILIKE '%' || $1 || '%'``: its own %, _ and \\ are literal."""
-    return query.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
-
-
 def _count(status: str) -> int:
     """The row count of a command status (``UPDATE 1``, ``INSERT 0 1``)."""
     return int(status.split()[-1])
 
 
-# --- the store --------------------------------------------------------------------
+async def _user_where(conn: asyncpg.Connection, column: str, value: str) -> User | None:
+    """The user whose ``column`` (a unique one) holds ``value``."""
+    row = await conn.fetchrow(f"SELECT {USER_COLUMNS} FROM users WHERE {column} = $1", value)
+    return None if row is None else to_user(row)
 
 
 class PostgresStore:
@@ -245,186 +130,64 @@ class PostgresStore:
         max_batch: int = MAX_BATCH,
         application_name: str = "miss-hub",
     ) -> None:
-        self._dsn, self.schema = _split_dsn(dsn, schema)
-        self.where = _where(self._dsn, self.schema)
-        self._pool_min, self._pool_max = pool_min, pool_max
-        self._command_timeout = command_timeout
-        self._connect_timeout = connect_timeout
-        self._acquire_timeout = connect_timeout + command_timeout
+        self._db = Database(
+            dsn,
+            schema,
+            pool_min,
+            pool_max,
+            command_timeout=command_timeout,
+            connect_timeout=connect_timeout,
+            application_name=application_name,
+        )
         self._max_batch = max_batch
-        self.application_name = application_name
-        self._settings = {"application_name": application_name}
-        if self.schema is not None:
-            self._settings["search_path"] = self.schema
-        digest = hashlib.sha256(f"miss-migrate:{self.schema or ''}".encode()).digest()
-        self._migrate_lock = int.from_bytes(digest[:8], "big", signed=True)
-        self._pool: asyncpg.Pool | None = None
         self._group_commit: GroupCommit | None = None
         #: Searches in flight at once: they hold pooled connections, which
         #: authentications and sends must still find (SPEC §11.3).
         self._searches = asyncio.Semaphore(max(1, pool_max // 4))
 
     @property
+    def schema(self) -> str | None:
+        return self._db.schema
+
+    @property
+    def where(self) -> str:
+        """The database (and schema) without credentials, for messages."""
+        return self._db.where
+
+    @property
+    def application_name(self) -> str:
+        return self._db.application_name
+
+    @property
     def group_commit_stats(self) -> GroupCommitStats:
+        """The committer's batching (committed transactions only)."""
         return self._group_commit.stats if self._group_commit is not None else GroupCommitStats()
 
     # --- life cycle ---------------------------------------------------------
 
     async def open(self) -> None:
-        if self._pool is not None:
+        if self._group_commit is not None:
             return
-        try:
-            pool = await asyncpg.create_pool(
-                self._dsn,
-                min_size=self._pool_min,
-                max_size=self._pool_max,
-                command_timeout=self._command_timeout,
-                timeout=self._connect_timeout,
-                server_settings=self._settings,
-                init=_init_connection,
-                connection_class=_HubConnection,
-            )
-        except Exception as exc:
-            raise StoreUnavailable(f"cannot connect to PostgreSQL at {self.where}: {exc}") from exc
-        try:
-            async with pool.acquire(timeout=self._acquire_timeout) as conn:
-                version = await _schema_version(conn)
-        except Exception as exc:
-            await _close_pool(pool)
-            reraise(exc)
-        latest = migration_files.latest_version(DIALECT)
-        if version != latest:
-            await _close_pool(pool)
-            if version is None:
-                raise SchemaMismatch(f"no MiSS schema in {self.where}: run `miss-admin migrate`")
-            if version < latest:
-                raise SchemaMismatch(
-                    f"{self.where} has schema version {version}, this hub needs {latest}: "
-                    "run `miss-admin migrate`"
-                )
-            raise SchemaMismatch(
-                f"{self.where} has schema version {version}, newer than this hub knows ({latest}): "
-                "upgrade the hub (`miss-admin migrate` never downgrades)"
-            )
-        self._pool = pool
-        self._group_commit = GroupCommit(self._transaction, self._max_batch)
+        await self._db.open()
+        self._group_commit = GroupCommit(self._db.transaction, self._max_batch)
 
     async def close(self) -> None:
         if self._group_commit is not None:
             await self._group_commit.stop()  # refuses new calls, commits those already made
             self._group_commit = None
-        pool, self._pool = self._pool, None
-        if pool is not None:
-            await _close_pool(pool)
+        await self._db.close()
 
     async def migrate(self) -> int:
-        """Create the schema if named, apply pending migrations in one
-        transaction under an advisory lock; returns the schema version."""
-        try:
-            conn = await asyncpg.connect(
-                self._dsn, timeout=self._connect_timeout, server_settings=self._settings
-            )
-        except Exception as exc:
-            raise StoreUnavailable(f"cannot connect to PostgreSQL at {self.where}: {exc}") from exc
-        try:
-            await _init_connection(conn)
-            async with conn.transaction():
-                await conn.execute("SELECT pg_advisory_xact_lock($1)", self._migrate_lock)
-                if self.schema is not None:
-                    await conn.execute(f'CREATE SCHEMA IF NOT EXISTS "{self.schema}"')
-                await conn.execute(_SCHEMA_VERSION_TABLE)
-                current = int(await conn.fetchval("SELECT coalesce(max(version), 0) FROM schema_version"))
-                latest = migration_files.latest_version(DIALECT)
-                if current > latest:
-                    raise SchemaMismatch(
-                        f"{self.where} has schema version {current}, newer than this code knows ({latest})"
-                    )
-                for version, name, sql in migration_files.migrations(DIALECT):
-                    if version > current:
-                        await conn.execute(sql)
-                        await conn.execute(
-                            "INSERT INTO schema_version (version, name) VALUES ($1, $2)", version, name
-                        )
-                        log.info("schema migrated", extra={"version": version, "migration": name})
-                        current = version
-                return current
-        except Exception as exc:
-            reraise(exc)
-        finally:
-            await _close_connection(conn)
-
-    def _live_pool(self) -> asyncpg.Pool:
-        if self._pool is None:
-            raise StoreUnavailable("store is closed")
-        return self._pool
-
-    async def _retryable(self, fn: Callable[[asyncpg.Connection], Awaitable[T]]) -> T:
-        """Run a read, or a write that may run twice (expiry), on a pooled
-        connection; retried on a fresh one when the connection was lost."""
-        pool = self._live_pool()
-        for attempt in range(1, ATTEMPTS + 1):
-            try:
-                async with pool.acquire(timeout=self._acquire_timeout) as conn:
-                    with discard_if_broken(conn):
-                        return await fn(conn)
-            except Exception as exc:
-                if attempt < ATTEMPTS and is_connection_lost(exc):
-                    log.warning("connection lost, retrying", extra={"attempt": attempt, "error": str(exc)})
-                    continue
-                reraise(exc)
-        raise AssertionError("unreachable")
-
-    async def _transaction(self, fn: Callable[[asyncpg.Connection], Awaitable[T]]) -> T:
-        """Run ``fn`` in one transaction; raises untranslated errors, except
-        an unknown commit outcome (StoreUnavailable). A connection lost before
-        COMMIT was sent means nothing was written: retry on a fresh one."""
-        pool = self._live_pool()
-        for attempt in range(1, ATTEMPTS + 1):
-            try:
-                async with pool.acquire(timeout=self._acquire_timeout) as conn:
-                    with discard_if_broken(conn):
-                        tx = conn.transaction()
-                        await tx.start()
-                        try:
-                            value = await fn(conn)
-                        except BaseException:
-                            if not conn.is_closed():
-                                with contextlib.suppress(Exception):
-                                    await tx.rollback()
-                            raise
-                        try:
-                            await tx.commit()
-                        except Exception as exc:
-                            if is_statement_error(exc):
-                                raise  # the server answered: it rolled back
-                            log.error("commit outcome unknown", extra={"error": str(exc)})
-                            raise StoreUnavailable(
-                                f"commit outcome unknown: {type(exc).__name__}: {exc}"
-                            ) from exc
-                        return value
-            except Exception as exc:
-                if attempt < ATTEMPTS and is_connection_lost(exc):
-                    log.warning(
-                        "connection lost before commit, retrying",
-                        extra={"attempt": attempt, "error": str(exc)},
-                    )
-                    continue
-                raise
-        raise AssertionError("unreachable")
-
-    async def _write(self, fn: Callable[[asyncpg.Connection], Awaitable[T]]) -> T:
-        try:
-            return await self._transaction(fn)
-        except Exception as exc:
-            reraise(exc)
+        """See :meth:`.postgres_pool.Database.migrate`."""
+        return await self._db.migrate()
 
     # --- accounts and devices -------------------------------------------------
 
     async def create_user(self, name: str, rpps: str, profession: str, organisation: str, now: int) -> User:
-        user = User("u_" + secrets.token_hex(8), name, rpps, profession, organisation, now)
-        await self._write(
+        user = User(new_user_id(), name, rpps, profession, organisation, now)
+        await self._db.write(
             lambda c: c.execute(
-                f"INSERT INTO users ({_USER_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, FALSE, $7, NULL)",
+                f"INSERT INTO users ({USER_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, FALSE, $7, NULL)",
                 user.user_id,
                 name,
                 rpps,
@@ -437,28 +200,20 @@ class PostgresStore:
         return user
 
     async def get_user(self, user_id: str) -> User | None:
-        return _user(
-            await self._retryable(
-                lambda c: c.fetchrow(f"SELECT {_USER_COLUMNS} FROM users WHERE user_id = $1", user_id)
-            )
-        )
+        return await self._db.retryable(lambda c: _user_where(c, "user_id", user_id))
 
     async def find_user_by_rpps(self, rpps: str) -> User | None:
-        return _user(
-            await self._retryable(
-                lambda c: c.fetchrow(f"SELECT {_USER_COLUMNS} FROM users WHERE rpps = $1", rpps)
-            )
-        )
+        return await self._db.retryable(lambda c: _user_where(c, "rpps", rpps))
 
     async def list_users(self) -> list[User]:
         # COLLATE "C": code point order, as SQLite sorts, whatever the database's locale.
-        rows = await self._retryable(
-            lambda c: c.fetch(f'SELECT {_USER_COLUMNS} FROM users ORDER BY name COLLATE "C", user_id')
+        rows = await self._db.retryable(
+            lambda c: c.fetch(f'SELECT {USER_COLUMNS} FROM users ORDER BY name COLLATE "C", user_id')
         )
-        return [u for u in map(_user, rows) if u is not None]
+        return [to_user(r) for r in rows]
 
     async def add_enrollment_code(self, user_id: str, code_hash: bytes, expires_at: int) -> None:
-        await self._write(
+        await self._db.write(
             lambda c: c.execute(
                 "INSERT INTO enrollment_codes (code_hash, user_id, expires_at) VALUES ($1, $2, $3)",
                 code_hash,
@@ -470,12 +225,12 @@ class PostgresStore:
     async def add_link_code(
         self, user_id: str, code_hash: bytes, expires_at: int, now: int, max_devices: int
     ) -> None:
-        async def run(conn: asyncpg.Connection) -> bool:
+        async def run(conn: asyncpg.Connection) -> None:
             # The user's row lock serialises the count and the insert against
             # concurrent link codes and enrollments of the same user.
             await conn.execute("SELECT 1 FROM users WHERE user_id = $1 FOR UPDATE", user_id)
             if await conn.fetchval(_PLACES_TAKEN, user_id, now) >= max_devices:
-                return False
+                raise DeviceLimit(f"{user_id} has {max_devices} devices and link codes")
             await conn.execute(
                 "INSERT INTO enrollment_codes (code_hash, user_id, expires_at, link) "
                 "VALUES ($1, $2, $3, TRUE)",
@@ -483,24 +238,19 @@ class PostgresStore:
                 user_id,
                 expires_at,
             )
-            return True
 
-        if not await self._write(run):
-            raise DeviceLimit(f"{user_id} has {max_devices} devices and link codes")
+        await self._db.write(run)
 
     async def set_status(self, user_id: str, status: str) -> None:
-        """Unknown ``user_id``: nothing is written. Raises ValueError for a
-        status not in ``protocol.frames.STATUSES``."""
-        if status not in STATUSES:
-            raise ValueError(f"unknown status {status!r}")
-        await self._write(
+        check_status(status)  # first: for an unknown user the UPDATE writes nothing, and no CHECK fails
+        await self._db.write(
             lambda c: c.execute("UPDATE users SET status = $1 WHERE user_id = $2", status, user_id)
         )
 
     async def statuses(self, user_ids: list[str]) -> dict[str, str]:
         if not user_ids:
             return {}
-        rows = await self._retryable(
+        rows = await self._db.retryable(
             lambda c: c.fetch("SELECT user_id, status FROM users WHERE user_id = ANY($1::text[])", user_ids)
         )
         return {r[0]: r[1] for r in rows}
@@ -508,19 +258,13 @@ class PostgresStore:
     async def visible_users(self, viewer: str, candidates: list[str]) -> set[str]:
         if not candidates:
             return set()
-        rows = await self._retryable(lambda c: c.fetch(_VISIBLE_USERS, viewer, candidates))
+        rows = await self._db.retryable(lambda c: c.fetch(_VISIBLE_USERS, viewer, candidates))
         return {r[0] for r in rows}
 
     async def enroll_device(
-        self,
-        code_hash: bytes,
-        sign_pk: bytes,
-        box_pk: bytes,
-        label: str,
-        now: int,
-        max_devices: int | None = None,
+        self, code_hash: bytes, sign_pk: bytes, box_pk: bytes, label: str, now: int, max_devices: int
     ) -> Device:
-        device_id = "d_" + secrets.token_hex(8)
+        device_id = new_device_id()
 
         async def run(conn: asyncpg.Connection) -> Device:
             user_id = await conn.fetchval(
@@ -531,17 +275,16 @@ class PostgresStore:
             )
             if user_id is None:
                 raise CodeInvalid("unknown, used or expired code")
-            if max_devices is not None:
-                # The user's row lock: two enrollments at once count each other.
-                await conn.execute("SELECT 1 FROM users WHERE user_id = $1 FOR UPDATE", user_id)
-                active = await conn.fetchval(
-                    "SELECT count(*) FROM devices WHERE user_id = $1 AND revoked_at IS NULL", user_id
-                )
-                if active >= max_devices:  # rolls back the use of the code
-                    raise DeviceLimit(f"{user_id} has {max_devices} active devices")
+            # The user's row lock: two enrollments at once count each other.
+            await conn.execute("SELECT 1 FROM users WHERE user_id = $1 FOR UPDATE", user_id)
+            active = await conn.fetchval(
+                "SELECT count(*) FROM devices WHERE user_id = $1 AND revoked_at IS NULL", user_id
+            )
+            if active >= max_devices:  # rolls back the use of the code
+                raise DeviceLimit(f"{user_id} has {max_devices} active devices")
             # A duplicate signing key fails here and rolls back the use of the code.
             await conn.execute(
-                f"INSERT INTO devices ({_DEVICE_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, NULL, FALSE)",
+                f"INSERT INTO devices ({DEVICE_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, NULL, FALSE)",
                 device_id,
                 user_id,
                 sign_pk,
@@ -551,25 +294,24 @@ class PostgresStore:
             )
             return Device(device_id, user_id, sign_pk, box_pk, label, now)
 
-        return await self._write(run)
+        return await self._db.write(run)
 
     async def get_device(self, device_id: str) -> Device | None:
-        return _device(
-            await self._retryable(
-                lambda c: c.fetchrow(f"SELECT {_DEVICE_COLUMNS} FROM devices WHERE device_id = $1", device_id)
-            )
+        row = await self._db.retryable(
+            lambda c: c.fetchrow(f"SELECT {DEVICE_COLUMNS} FROM devices WHERE device_id = $1", device_id)
         )
+        return None if row is None else to_device(row)
 
     async def user_devices(self, user_id: str, include_revoked: bool = False) -> list[Device]:
         active = "" if include_revoked else " AND revoked_at IS NULL"
-        rows = await self._retryable(
+        rows = await self._db.retryable(
             lambda c: c.fetch(
-                f"SELECT {_DEVICE_COLUMNS} FROM devices WHERE user_id = $1{active} "
+                f"SELECT {DEVICE_COLUMNS} FROM devices WHERE user_id = $1{active} "
                 "ORDER BY created_at, device_id",
                 user_id,
             )
         )
-        return [d for d in map(_device, rows) if d is not None]
+        return [to_device(r) for r in rows]
 
     # --- verification, suspension, revocation ----------------------------------
 
@@ -592,7 +334,7 @@ class PostgresStore:
             )
             return n
 
-        if not await self._write(run):
+        if not await self._db.write(run):
             raise LookupError(f"unknown user {user_id!r}")
 
     async def set_suspended(self, user_id: str, suspended: bool) -> None:
@@ -600,7 +342,7 @@ class PostgresStore:
 
     async def _update_user(self, user_id: str, column: str, value: object) -> None:
         """Set one column of a user's row; LookupError if there is none."""
-        status = await self._write(
+        status = await self._db.write(
             lambda c: c.execute(f"UPDATE users SET {column} = $1 WHERE user_id = $2", value, user_id)
         )
         if not _count(status):
@@ -610,7 +352,7 @@ class PostgresStore:
         async def run(conn: asyncpg.Connection) -> Device | None:
             row = await conn.fetchrow(
                 "UPDATE devices SET revoked_at = $1 WHERE device_id = $2 AND revoked_at IS NULL "
-                f"RETURNING {_DEVICE_COLUMNS}",
+                f"RETURNING {DEVICE_COLUMNS}",
                 now,
                 device_id,
             )
@@ -620,18 +362,18 @@ class PostgresStore:
             # DELETE's snapshot stay until they expire: the hub reads targets
             # from user_devices() before accept, so only a race leaves any.
             await conn.execute("DELETE FROM queue WHERE device_id = $1", device_id)
-            return Device(row[0], row[1], row[2], row[3], row[4], row[5], revoked=False, attested=row[7])
+            return replace(to_device(row), revoked=False)  # as it was
 
-        return await self._write(run)
+        return await self._db.write(run)
 
     async def search_users(self, query: str, limit: int) -> list[User]:
-        if limit <= 0 or len(query) < SEARCH_MIN_CHARS or SEARCH_SEPARATOR in query:
+        if not searchable(query, limit):
             return []
         async with self._searches:
-            rows = await self._retryable(
-                lambda c: c.fetch(_SEARCH_USERS, _like_pattern(query.lower()), limit)
+            rows = await self._db.retryable(
+                lambda c: c.fetch(_SEARCH_USERS, like_pattern(query.lower()), limit)
             )
-        return [u for u in map(_user, rows) if u is not None]
+        return [to_user(r) for r in rows]
 
     async def delete_user(self, user_id: str) -> bool:
         async def run(conn: asyncpg.Connection) -> bool:
@@ -644,12 +386,12 @@ class PostgresStore:
             await conn.execute("DELETE FROM devices WHERE user_id = $1", user_id)
             return bool(_count(await conn.execute("DELETE FROM users WHERE user_id = $1", user_id)))
 
-        return await self._write(run)
+        return await self._db.write(run)
 
     # --- organisations and invitations ------------------------------------------
 
     async def add_organisation(self, name: str, now: int) -> Organisation:
-        status = await self._write(
+        status = await self._db.write(
             lambda c: c.execute(
                 "INSERT INTO organisations (name, created_at) VALUES ($1, $2) ON CONFLICT DO NOTHING",
                 name,
@@ -661,13 +403,13 @@ class PostgresStore:
         return Organisation(name, now)
 
     async def list_organisations(self) -> list[Organisation]:
-        rows = await self._retryable(
+        rows = await self._db.retryable(
             lambda c: c.fetch('SELECT name, created_at FROM organisations ORDER BY name COLLATE "C"')
         )
         return [Organisation(r[0], r[1]) for r in rows]
 
     async def invitations(self, now: int) -> list[Invitation]:
-        rows = await self._retryable(
+        rows = await self._db.retryable(
             lambda c: c.fetch(
                 "SELECT user_id, expires_at FROM enrollment_codes WHERE used_at IS NULL AND expires_at > $1 "
                 'ORDER BY expires_at, user_id COLLATE "C", code_hash',
@@ -690,40 +432,15 @@ class PostgresStore:
             [e.address for e in events],
             [e.detail for e in events],
         ]
-        await self._write(lambda c: c.execute(_INSERT_AUDIT, *columns))
+        await self._db.write(lambda c: c.execute(_INSERT_AUDIT, *columns))
 
-    async def audit_log(
-        self,
-        *,
-        since_at: int = 0,
-        user_id: str | None = None,
-        actions: list[str] | None = None,
-        limit: int = 100,
-        after_seq: int = 0,
-        oldest: bool = False,
-    ) -> list[AuditEvent]:
-        """``actions=[]`` matches nothing."""
-        actions = None if actions is None else list(actions)
-        if limit <= 0 or actions == []:
+    async def audit_log(self, **filters: Unpack[AuditFilter]) -> list[AuditEvent]:
+        """:meth:`Store.audit_log <.base.Store.audit_log>`; ``actions=[]`` matches nothing."""
+        query = POSTGRES.audit_query(filters)
+        if query is None:
             return []
-        # One statement per combination of filters (four in all), so that each
-        # gets a plan of its own rather than a generic one full of ORs.
-        where: list[str] = ["at >= $1", "seq > $2"]
-        args: list[object] = [since_at, after_seq]
-        if user_id is not None:
-            args.append(user_id)
-            where.append(f"user_id = ${len(args)}")
-        if actions is not None:
-            args.append(actions)
-            where.append(f"action = ANY(${len(args)}::text[])")
-        args.append(limit)
-        # The newest (or oldest) ``limit`` that match, handed back oldest first.
-        sql = (
-            f"SELECT {_AUDIT_COLUMNS} FROM audit_log WHERE {' AND '.join(where)} "
-            f"ORDER BY seq {'ASC' if oldest else 'DESC'} LIMIT ${len(args)}"
-        )
-        rows = await self._retryable(lambda c: c.fetch(sql, *args))
-        return [_audit_event(r) for r in (rows if oldest else reversed(rows))]
+        rows = await self._db.retryable(lambda c: c.fetch(query.sql, *query.args))
+        return query.events(rows)
 
     # --- messages -----------------------------------------------------------
 
@@ -736,9 +453,9 @@ class PostgresStore:
         return await self._committer().accept(message)
 
     async def pending(self, device_id: str, after_seq: int, limit: int, now: int) -> list[Queued]:
-        rows = await self._retryable(
+        rows = await self._db.retryable(
             lambda c: c.fetch(
-                f"SELECT {_QUEUED_COLUMNS} FROM queue "
+                f"SELECT {QUEUED_COLUMNS} FROM queue "
                 "WHERE device_id = $1 AND seq > $2 AND expires_at > $3 ORDER BY seq LIMIT $4",
                 device_id,
                 after_seq,
@@ -746,15 +463,10 @@ class PostgresStore:
                 limit,
             )
         )
-        return [_queued(r) for r in rows]
+        return [to_queued(r) for r in rows]
 
     async def ack(
-        self,
-        device_id: str,
-        seqs: list[int],
-        now: int,
-        expires_at: int,
-        refused: dict[int, str] | None = None,
+        self, device_id: str, seqs: list[int], now: int, expires_at: int, refused: Refusals | None = None
     ) -> list[Queued]:
         return await self._committer().ack(device_id, seqs, now, expires_at, refused or {})
 
@@ -768,7 +480,7 @@ class PostgresStore:
                 return str(await conn.execute(sql, now, EXPIRE_BATCH))
 
             while True:
-                n = int((await self._retryable(run)).split()[-1])  # status "DELETE n"
+                n = int((await self._db.retryable(run)).split()[-1])  # status "DELETE n"
                 if table == "queue":
                     deleted += n
                 if n < EXPIRE_BATCH:
@@ -777,27 +489,7 @@ class PostgresStore:
 
     async def count_pending(self, device_id: str) -> int:
         return int(
-            await self._retryable(
+            await self._db.retryable(
                 lambda c: c.fetchval("SELECT count(*) FROM queue WHERE device_id = $1", device_id)
             )
         )
-
-
-async def _schema_version(conn: asyncpg.Connection) -> int | None:
-    if await conn.fetchval("SELECT to_regclass('schema_version')") is None:
-        return None
-    return int(await conn.fetchval("SELECT coalesce(max(version), 0) FROM schema_version"))
-
-
-async def _close_pool(pool: asyncpg.Pool) -> None:
-    try:
-        await asyncio.wait_for(pool.close(), CLOSE_TIMEOUT)
-    except Exception:
-        pool.terminate()
-
-
-async def _close_connection(conn: asyncpg.Connection) -> None:
-    try:
-        await conn.close(timeout=CLOSE_TIMEOUT)
-    except Exception:
-        conn.terminate()

@@ -6,18 +6,21 @@ Writes that keep the hub running, ``accept`` and ``ack``, go through **group
 commit**: a single task, the committer (:class:`GroupCommit`), owns the queue
 of waiting calls. When it wakes it takes every call waiting (up to
 ``max_batch``) and runs them in one transaction, as one call of the
-server-side function ``miss_group_commit`` (migrations 0004, 0006): set-based
+server-side function ``miss_group_commit`` (migration 0007): set-based
 statements over ``unnest`` arrays for the message ids, the contacts, the
 queue rows, the acked rows and their receipts, so a batch costs three round
-trips (``BEGIN``, the call, ``COMMIT``) whatever its size. A caller's
-future resolves only after ``COMMIT`` returned, so "accepted" always means
-"durable" while a busy hub pays one commit (one WAL flush) per batch rather
-than per message. Calls arriving while a commit is in flight wait for the
-next batch, and the next batch starts no sooner than ``COMMIT_INTERVAL``
-after the last commit (``base.py``): a quiet hub adds no latency, a busy
-one batches more. If a statement of a batch fails (bad input, not a lost
-connection) the transaction is rolled back and the batch replayed with one
-savepoint per call, so one bad call fails alone. One transaction is in
+trips (``BEGIN``, the call, ``COMMIT``) whatever its size. That function is
+PostgreSQL's one statement of the rules of accept() and ack(); this module
+only packs the calls into its arrays and hands each caller its rows. A
+caller's future resolves only after ``COMMIT`` returned, so "accepted"
+always means "durable" while a busy hub pays one commit (one WAL flush) per
+batch rather than per message. Calls arriving while a commit is in flight
+wait for the next batch, and the next batch starts no sooner than
+``COMMIT_INTERVAL`` after the last commit
+(:class:`~miss_server.store.common.Pacing`): a quiet hub adds no latency, a
+busy one batches more. If a statement of a batch fails (bad input, not a
+lost connection) the transaction is rolled back and the batch replayed with
+one savepoint per call, so one bad call fails alone. One transaction is in
 flight at a time per store, so within one hub node ``seq`` order is commit
 order.
 
@@ -28,8 +31,8 @@ is inserted once per committer: contacts are never deleted, so the pairs a
 committed batch wrote are remembered (up to ``MAX_KNOWN_CONTACTS``) and not
 sent again, as sqlite.py does.
 
-The store lends the committer its transaction runner (``PostgresStore``'s
-``_transaction``: retries a connection lost before ``COMMIT``, reports an
+The store lends the committer its transaction runner
+(``postgres_pool.Database.transaction``: retries a connection lost before ``COMMIT``, reports an
 unknown commit outcome as :class:`StoreUnavailable`); the committer turns
 failures into each caller's error with ``postgres_errors``.
 """
@@ -46,8 +49,10 @@ from typing import Any
 
 import asyncpg
 
-from .base import COMMIT_INTERVAL, AcceptResult, GroupCommitStats, Kind, NewMessage, Queued, StoreUnavailable
+from .base import AcceptResult, GroupCommitStats, NewMessage, Queued, Refusals, StoreUnavailable
+from .common import Pacing
 from .postgres_errors import failure, is_statement_error
+from .rows import to_queued
 
 __all__ = ["GroupCommit", "Transaction"]
 
@@ -59,7 +64,7 @@ MAX_KNOWN_CONTACTS = 100_000
 #: Runs a function in one transaction on a pooled connection and returns its value.
 Transaction = Callable[[Callable[[asyncpg.Connection], Awaitable[Any]]], Awaitable[Any]]
 
-#: One group commit: migrations/postgres/0006_caps_receipts_search.sql.
+#: One group commit: migrations/postgres/0007_group_commit_receipts.sql.
 _GROUP_COMMIT = "SELECT * FROM miss_group_commit(" + ", ".join(f"${i}" for i in range(1, 20)) + ")"
 
 
@@ -75,7 +80,7 @@ class _Ack:
     seqs: list[int]
     now: int
     expires_at: int
-    refused: dict[int, str]  # seq -> reason
+    refused: Refusals
     future: asyncio.Future[Any]
 
 
@@ -90,13 +95,17 @@ class GroupCommit:
 
     def __init__(self, transaction: Transaction, max_batch: int) -> None:
         self._transaction = transaction
-        self._max_batch = max_batch
+        self._pacing = Pacing(max_batch)
         self._waiting: deque[_Job] = deque()
         self._wakeup = asyncio.Event()
         self._closing = False
         self._contacts: set[tuple[str, str]] = set()  # pairs committed to contacts (module doc)
         self._task = asyncio.create_task(self._loop(), name="miss-postgres-group-commit")
-        self.stats = GroupCommitStats()
+
+    @property
+    def stats(self) -> GroupCommitStats:
+        """Its committed batches (failed ones do not count)."""
+        return self._pacing.stats
 
     async def accept(self, message: NewMessage) -> AcceptResult:
         """:meth:`Store.accept <miss_server.store.base.Store.accept>`, batched."""
@@ -104,7 +113,7 @@ class GroupCommit:
         return result
 
     async def ack(
-        self, device_id: str, seqs: list[int], now: int, expires_at: int, refused: dict[int, str]
+        self, device_id: str, seqs: list[int], now: int, expires_at: int, refused: Refusals
     ) -> list[Queued]:
         """:meth:`Store.ack <miss_server.store.base.Store.ack>`, batched."""
         future = asyncio.get_running_loop().create_future()
@@ -127,7 +136,6 @@ class GroupCommit:
 
     async def _loop(self) -> None:
         loop = asyncio.get_running_loop()
-        last_commit = 0.0
         try:
             while True:
                 if not self._waiting:
@@ -136,31 +144,31 @@ class GroupCommit:
                     self._wakeup.clear()
                     await self._wakeup.wait()
                     continue
-                pause = last_commit + COMMIT_INTERVAL - loop.time()
+                pause = self._pacing.pause(loop.time())
                 if pause > 0 and not self._closing:
                     await asyncio.sleep(pause)
                 batch: list[_Job] = []
-                while self._waiting and len(batch) < self._max_batch:
+                while self._waiting and len(batch) < self._pacing.max_batch:
                     job = self._waiting.popleft()
                     if not job.future.done():  # a cancelled caller was told nothing: skip it
                         batch.append(job)
                 if batch:
-                    await self._commit(batch)
-                    last_commit = loop.time()
+                    committed = await self._commit(batch)
+                    self._pacing.ended(loop.time(), len(batch) if committed else 0)
         except asyncio.CancelledError:
             for job in self._waiting:
                 if not job.future.done():
                     job.future.set_exception(StoreUnavailable("store is closed"))
             raise
 
-    async def _commit(self, batch: list[_Job]) -> None:
+    async def _commit(self, batch: list[_Job]) -> bool:
+        """Run the batch and resolve its callers; whether it committed."""
         try:
             outcomes = await self._run(batch)
         except Exception as exc:  # _run translates; this is the last guard
-            outcomes = [failure(exc) for _ in batch]
+            outcomes, committed = [failure(exc) for _ in batch], False
         else:
-            self.stats.transactions += 1
-            self.stats.calls += len(batch)
+            committed = True
         for job, outcome in zip(batch, outcomes, strict=True):
             if job.future.done():
                 continue
@@ -168,6 +176,7 @@ class GroupCommit:
                 job.future.set_exception(outcome)
             else:
                 job.future.set_result(outcome)
+        return committed
 
     async def _run(self, jobs: list[_Job]) -> list[object]:
         """The fast path, or one savepoint per call; an outcome per job."""
@@ -206,11 +215,12 @@ async def _apply(
     known: AbstractSet[tuple[str, str]],
     learned: set[tuple[str, str]] | None,
 ) -> list[object]:
-    """Run a batch in one call of ``miss_group_commit``: an outcome per job,
-    as sqlite.py's ``_accept`` and ``_ack`` give them. Contact pairs in
-    ``known`` are not written again; the pairs written are added to
+    """Run a batch in one call of ``miss_group_commit``, which decides every
+    outcome (module doc); an outcome per job. Contact pairs in ``known`` are
+    not sent again; the pairs of the messages stored are added to
     ``learned`` (None: not remembered)."""
-    # accept(): the first call of each (sender, id) may store; a repeat in the batch is a duplicate.
+    # accept(): the server stores the first call of each (sender, id) unless
+    # recorded; a repeat within the batch is a duplicate as it would be after it.
     accepts = {i: job.message for i, job in enumerate(jobs) if isinstance(job, _Accept)}
     calls = {i: job for i, job in enumerate(jobs) if isinstance(job, _Ack)}
     first: dict[tuple[str, bytes], int] = {}
@@ -218,14 +228,10 @@ async def _apply(
         first.setdefault((m.sender_user, m.message_id), i)
     keys = sorted(first)  # one lock order for every hub: concurrent resends do not deadlock
     messages = [(i, accepts[i]) for i in first.values()]
-    pairs = [
-        m
-        for _, m in messages
-        if m.sender_user != m.recipient_user and _pair(m.sender_user, m.recipient_user) not in known
-    ]
+    pairs = [m for _, m in messages if _pair(m.sender_user, m.recipient_user) not in known]
     rows = [(i, m, device_id) for i, m in messages for device_id in m.envelopes]
-    # ack(): each (device, seq) belongs to the first call that names it, a
-    # refusal if that call refused it.
+    # ack(): each (device, seq) belongs to the first call that names it, with
+    # that call's reason if it refused it (None: a plain ack).
     acked: dict[tuple[str, int], int] = {}
     for i, call in calls.items():
         for seq in (*call.seqs, *call.refused):
@@ -251,12 +257,12 @@ async def _apply(
         [a[1] for a in acks],
         [a[2].now for a in acks],
         [a[2].expires_at for a in acks],
-        [a[2].refused.get(a[1], "") for a in acks],
+        [a[2].refused.get(a[1]) for a in acks],
     )
-    by_tag: dict[str, list[asyncpg.Record]] = {"I": [], "Q": [], "A": [], "R": []}
+    by_tag: dict[str, list[asyncpg.Record]] = {"I": [], "Q": [], "R": []}
     for r in records:
         by_tag[r["tag"]].append(r)
-    stored = {(r["device_id"], r["message_id"]) for r in by_tag["I"]}
+    stored = {(r["peer_user"], r["message_id"]) for r in by_tag["I"]}
     if learned is not None:
         learned.update(
             _pair(m.sender_user, m.recipient_user) for m in pairs if (m.sender_user, m.message_id) in stored
@@ -273,25 +279,8 @@ async def _apply(
     for i in accepts:
         outcomes[i] = AcceptResult(i not in queued, queued.get(i, []))
     receipts: dict[int, list[Queued]] = {i: [] for i in calls}
-    # (acking device, message id) -> the acked row's seq
-    claimed = {(r["device_id"], r["message_id"]): r["ref"] for r in by_tag["A"]}
     for r in sorted(by_tag["R"], key=lambda r: r["seq"]):
-        seq = claimed[(r["peer_device"], r["message_id"])]
-        job = acked[(r["peer_device"], seq)]
-        reason = calls[job].refused.get(seq)
-        kind, payload = (Kind.RECEIPT, b"") if reason is None else (Kind.REFUSAL, reason.encode())
-        receipts[job].append(
-            Queued(
-                r["seq"],
-                r["device_id"],
-                kind,
-                r["message_id"],
-                r["peer_user"],
-                r["peer_device"],
-                r["ts"],
-                payload,
-            )
-        )
+        receipts[acked[(r["peer_device"], r["ref"])]].append(to_queued(r))
     for i, queued_receipts in receipts.items():
         outcomes[i] = queued_receipts
     return outcomes

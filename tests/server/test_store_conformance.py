@@ -7,17 +7,13 @@ every test here runs on each.
 from __future__ import annotations
 
 import asyncio
-import sqlite3
-from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-import asyncpg
 import pytest
 
 from miss_server.codes import code_hash
-from miss_server.store import migrations
 from miss_server.store.base import (
     COMMIT_INTERVAL,
     AuditEvent,
@@ -30,11 +26,9 @@ from miss_server.store.base import (
     StoreUnavailable,
     User,
 )
-from miss_server.store.postgres import PostgresStore
-from miss_server.store.sqlite import SQLiteStore
 from protocol.frames import STATUSES
-from tests.support.store_fixtures import POSTGRES_DSN, STORES
-from tests.support.store_samples import DAY, NOW, message, user_with_devices
+from tests.support.store_fixtures import STORES
+from tests.support.store_samples import DAY, MAX_DEVICES, NOW, message, user_with_devices
 
 
 @pytest.mark.parametrize("kind", sorted(STORES))
@@ -59,15 +53,15 @@ async def test_users_and_rpps_are_unique(store: Store) -> None:
 async def test_enrollment_codes_are_single_use_and_expire(store: Store) -> None:
     u = await store.create_user("Dr A", "10000000001", "médecin", "CHRU", NOW)
     await store.add_enrollment_code(u.user_id, code_hash("ONE"), NOW + 1000)
-    d = await store.enroll_device(code_hash("ONE"), b"s" * 32, b"b" * 32, "phone", NOW)
+    d = await store.enroll_device(code_hash("ONE"), b"s" * 32, b"b" * 32, "phone", NOW, MAX_DEVICES)
     assert d.user_id == u.user_id and await store.get_device(d.device_id) == d
     with pytest.raises(CodeInvalid):  # used
-        await store.enroll_device(code_hash("ONE"), b"t" * 32, b"b" * 32, "again", NOW)
+        await store.enroll_device(code_hash("ONE"), b"t" * 32, b"b" * 32, "again", NOW, MAX_DEVICES)
     await store.add_enrollment_code(u.user_id, code_hash("TWO"), NOW + 1000)
     with pytest.raises(CodeInvalid):  # expired
-        await store.enroll_device(code_hash("TWO"), b"t" * 32, b"b" * 32, "late", NOW + 1000)
+        await store.enroll_device(code_hash("TWO"), b"t" * 32, b"b" * 32, "late", NOW + 1000, MAX_DEVICES)
     with pytest.raises(CodeInvalid):  # unknown
-        await store.enroll_device(code_hash("NEVER"), b"t" * 32, b"b" * 32, "x", NOW)
+        await store.enroll_device(code_hash("NEVER"), b"t" * 32, b"b" * 32, "x", NOW, MAX_DEVICES)
     assert [x.device_id for x in await store.user_devices(u.user_id)] == [d.device_id]
 
 
@@ -104,6 +98,15 @@ async def test_concurrent_accepts_are_all_stored(store: Store) -> None:
     assert all(not r.duplicate for r in results)
     assert len({r.queued[0].seq for r in results}) == 200
     assert await store.count_pending(b1) == 200
+
+
+async def test_repeats_within_one_batch_are_stored_once(store: Store) -> None:
+    a, (a1,) = await user_with_devices(store, "10000000001", 1)
+    b, (b1,) = await user_with_devices(store, "10000000002", 1)
+    results = await asyncio.gather(*(store.accept(message(i % 10, a, a1, b, [b1])) for i in range(40)))
+    assert sum(not r.duplicate for r in results) == 10
+    assert all(r.duplicate for r in results[10:])
+    assert await store.count_pending(b1) == 10
 
 
 async def test_ack_deletes_and_queues_receipts_for_every_sender_device(store: Store) -> None:
@@ -237,122 +240,6 @@ async def test_contacts_survive_resends_replies_and_notes_to_self(store: Store) 
     assert await store.count_pending(a2) == 3
     assert await store.visible_users(a, [a, c]) == {a, c}
     assert await store.visible_users(c, [a, c]) == {a, c}
-
-
-# --- migrating an existing database ------------------------------------------------------
-
-# A version 1 database in use: four users (one of no organisation), two
-# devices, one message still queued from the clinic (u_c) to the hospital
-# (u_a). Blobs are written by the dialect's formatter.
-V1_DATA = """
-INSERT INTO users (user_id, name, rpps, profession, organisation, created_at, suspended) VALUES
-    ('u_a', 'Dr A', '10000000001', 'médecin', 'CHRU', {now}, FALSE),
-    ('u_b', 'Dr B', '10000000002', 'infirmier', 'CHRU', {earlier}, FALSE),
-    ('u_c', 'Dr C', '10000000003', 'médecin', 'Clinique du Parc', {now}, TRUE),
-    ('u_d', 'Dr D', '10000000004', 'médecin', '', {now}, FALSE);
-INSERT INTO devices (device_id, user_id, sign_pk, box_pk, label, created_at, revoked_at) VALUES
-    ('d_a1', 'u_a', {sign_a}, {box}, 'phone', {now}, NULL),
-    ('d_c1', 'u_c', {sign_c}, {box}, 'desk', {now}, NULL);
-INSERT INTO accepted_ids (sender_user, message_id, expires_at) VALUES ('u_c', {mid}, {expires});
-INSERT INTO queue
-    (device_id, kind, message_id, peer_user, peer_device, recipient_user, ts, expires_at, payload)
-VALUES ('d_a1', 1, {mid}, 'u_c', 'd_c1', 'u_a', {now}, {expires}, {payload});
-"""
-
-
-def _v1_data(blob: Callable[[bytes], str]) -> str:
-    return V1_DATA.format(
-        now=NOW,
-        earlier=NOW - 5,
-        expires=NOW + DAY,
-        sign_a=blob(b"a" * 32),
-        sign_c=blob(b"c" * 32),
-        box=blob(b"b" * 32),
-        mid=blob((1).to_bytes(16, "big")),
-        payload=blob(b"sealed"),
-    )
-
-
-async def _v1_sqlite(store: Store) -> None:
-    assert isinstance(store, SQLiteStore)
-    [(_, _, schema)] = [m for m in migrations.migrations("sqlite") if m[0] == 1]
-    data = _v1_data(lambda b: f"X'{b.hex()}'")
-    store.path.parent.mkdir(parents=True, exist_ok=True)
-    conn = sqlite3.connect(store.path, isolation_level=None)
-    try:
-        conn.executescript(f"BEGIN;\n{schema}\n{data}\nPRAGMA user_version = 1;\nCOMMIT;")
-    finally:
-        conn.close()
-
-
-async def _v1_postgres(store: Store) -> None:
-    assert isinstance(store, PostgresStore) and store.schema is not None
-    [(_, name, schema)] = [m for m in migrations.migrations("postgres") if m[0] == 1]
-    data = _v1_data(lambda b: f"'\\x{b.hex()}'::bytea")
-    conn = await asyncpg.connect(POSTGRES_DSN, server_settings={"search_path": store.schema})
-    try:
-        async with conn.transaction():
-            await conn.execute(f"CREATE SCHEMA {store.schema}")
-            await conn.execute(schema)
-            await conn.execute(
-                "CREATE TABLE schema_version (version INTEGER PRIMARY KEY, name TEXT NOT NULL, "
-                "applied_at TIMESTAMPTZ NOT NULL DEFAULT now())"
-            )
-            await conn.execute("INSERT INTO schema_version (version, name) VALUES (1, $1)", name)
-            await conn.execute(data)
-    finally:
-        await conn.close()
-
-
-V1_BUILDERS: dict[str, Callable[[Store], Any]] = {"sqlite": _v1_sqlite, "postgresql": _v1_postgres}
-
-
-@pytest.mark.parametrize("kind", sorted(STORES))
-async def test_a_version_1_database_migrates_with_its_data(kind: str, tmp_path: Path) -> None:
-    async with STORES[kind](tmp_path) as s:
-        await V1_BUILDERS[kind](s)
-        with pytest.raises(SchemaMismatch, match="migrate"):
-            await s.open()
-        latest = migrations.latest_version("sqlite" if kind == "sqlite" else "postgres")
-        assert latest >= 2 and await s.migrate() == latest
-        await s.open()
-        assert await s.get_user("u_a") == User(
-            "u_a", "Dr A", "10000000001", "médecin", "CHRU", NOW, False, "available"
-        )
-        assert [(u.user_id, u.suspended, u.status) for u in await s.list_users()] == [
-            ("u_a", False, "available"),
-            ("u_b", False, "available"),
-            ("u_c", True, "available"),
-            ("u_d", False, "available"),
-        ]
-        [row] = await s.pending("d_a1", 0, 10, NOW)
-        assert (row.kind, row.message_id, row.peer_user, row.peer_device, row.payload) == (
-            Kind.MESSAGE,
-            (1).to_bytes(16, "big"),
-            "u_c",
-            "d_c1",
-            b"sealed",
-        )
-        assert (await s.accept(message(1, "u_c", "d_c1", "u_a", ["d_a1"]))).duplicate  # ids kept
-        # The message still queued made the two organisations contacts.
-        assert await s.visible_users("u_a", ["u_a", "u_b", "u_c"]) == {"u_a", "u_b", "u_c"}
-        assert await s.visible_users("u_c", ["u_a", "u_b"]) == {"u_a"}
-        # And the new columns and tables work on the migrated data.
-        await s.set_status("u_b", "off_duty")
-        assert await s.statuses(["u_a", "u_b"]) == {"u_a": "available", "u_b": "off_duty"}
-        await s.ack("d_a1", [row.seq], NOW + 1, NOW + DAY)
-        assert await s.count_pending("d_a1") == 0
-        # No receipt: version 1 knew no attestations, and receipts go to attested devices only.
-        assert await s.count_pending("d_c1") == 0
-        # Version 3: the organisations users named, dated by their first user; nobody attested yet.
-        assert await s.list_organisations() == [
-            Organisation("CHRU", NOW - 5),
-            Organisation("Clinique du Parc", NOW),
-        ]
-        assert [u.attestation for u in await s.list_users()] == [None] * 4
-        await s.set_attestation("u_a", b"attested")
-        assert [u.user_id for u in await s.search_users("dr ", 10)] == ["u_a"]
-        assert await s.audit_log() == []
 
 
 async def test_an_empty_organisation_makes_nobody_a_colleague(store: Store) -> None:
@@ -567,7 +454,7 @@ async def test_invitations_are_unused_unexpired_codes_soonest_first(store: Store
         Invitation(a, NOW + 2000),
         Invitation(a, NOW + 3000),
     ]
-    await store.enroll_device(code_hash("B-SOON"), b"s" * 32, b"b" * 32, "phone", NOW + 1)
+    await store.enroll_device(code_hash("B-SOON"), b"s" * 32, b"b" * 32, "phone", NOW + 1, MAX_DEVICES)
     assert await store.invitations(NOW + 1) == [Invitation(a, NOW + 2000), Invitation(a, NOW + 3000)]
     assert await store.invitations(NOW + 2000) == [Invitation(a, NOW + 3000)]
     assert await store.invitations(NOW + 3000) == []
@@ -648,11 +535,12 @@ async def test_expire_keeps_the_audit_log(store: Store) -> None:
 
 async def test_a_steady_stream_of_writes_commits_at_most_once_per_interval(store: Store) -> None:
     """Group commit pacing (store/base.py): calls arriving one at a time,
-    a millisecond apart, share transactions instead of syncing one each."""
+    a millisecond apart, share transactions instead of syncing one each, and
+    the store's counters see every one of them."""
     a, (a1,) = await user_with_devices(store, "10000000001", 1)
     b, (b1,) = await user_with_devices(store, "10000000002", 1)
     stats = store.group_commit_stats  # type: ignore[attr-defined]
-    before = stats.transactions
+    before = replace(stats)
     loop = asyncio.get_running_loop()
     started = loop.time()
     calls = []
@@ -662,5 +550,107 @@ async def test_a_steady_stream_of_writes_commits_at_most_once_per_interval(store
     results = await asyncio.gather(*calls)
     elapsed = loop.time() - started
     assert all(not r.duplicate and len(r.queued) == 1 for r in results)
-    transactions = stats.transactions - before
-    assert transactions <= elapsed / COMMIT_INTERVAL + 2, f"{transactions} commits in {elapsed:.3f} s"
+    transactions = stats.transactions - before.transactions
+    assert stats.calls - before.calls == 100  # every call counted, in some transaction
+    assert 1 <= transactions <= elapsed / COMMIT_INTERVAL + 2, f"{transactions} commits in {elapsed:.3f} s"
+
+
+# --- accept and ack: the rules both dialects state -----------------------------------------
+
+
+async def _unattested_device(store: Store, user_id: str, n: int) -> str:
+    """A device enrolled after the user's attestation, which therefore does not name it."""
+    code = f"LATE-{user_id}-{n}"
+    await store.add_enrollment_code(user_id, code_hash(code), NOW + DAY)
+    device = await store.enroll_device(
+        code_hash(code), bytes([n]) * 32, b"b" * 32, f"late{n}", NOW + n, MAX_DEVICES
+    )
+    return device.device_id
+
+
+@pytest.mark.parametrize("together", [False, True], ids=["one_at_a_time", "batched"])
+async def test_accept_and_ack_rules_give_the_same_outcomes_one_at_a_time_or_batched(
+    store: Store, together: bool
+) -> None:
+    """Every rule of accept() and ack() (store/base.py) in one story. SQLite
+    states them in sqlite.py (_accept, _ack), PostgreSQL in miss_group_commit
+    (migrations/postgres/0007): both must tell it the same, whether the calls
+    come one at a time or ride in one batch."""
+    a, (a1, a2) = await user_with_devices(store, "10000000001", 2)
+    a3 = await _unattested_device(store, a, 7)
+    b, (b1, b2) = await user_with_devices(store, "10000000002", 2)
+    c, (c1,) = await user_with_devices(store, "10000000003", 1, "Clinique du Parc")
+
+    async def run(calls: list[Any]) -> list[Any]:
+        if together:
+            return list(await asyncio.gather(*calls))
+        return [await call for call in calls]
+
+    accepted = await run(
+        [
+            store.accept(message(1, a, a1, b, [b1, b2, a2])),
+            store.accept(message(1, a, a1, b, [b1, b2, a2])),  # a resend: a duplicate
+            store.accept(message(1, c, c1, b, [b1])),  # the same id from another sender
+            store.accept(message(2, a, a1, a, [a2])),  # a note to oneself
+            store.accept(message(3, a, a1, b, [b1])),
+            store.accept(message(4, a, a1, b, [b1])),
+            store.accept(message(5, a, a1, b, [])),  # no envelope at all: still stored
+            store.accept(message(3, a, a1, b, [b1])),  # a resend right behind the first
+        ]
+    )
+    assert [r.duplicate for r in accepted] == [False, True, False, False, False, False, False, True]
+    assert [[q.device_id for q in r.queued] for r in accepted] == [
+        [b1, b2, a2],
+        [],
+        [b1],
+        [a2],
+        [b1],
+        [b1],
+        [],
+        [],
+    ]
+    rows = {(q.message_id[-1], q.peer_user, q.device_id): q for r in accepted for q in r.queued}
+    for q in rows.values():  # what accept() returns is what is stored
+        assert await store.pending(q.device_id, q.seq - 1, 1, NOW) == [q]
+    assert await store.visible_users(c, [a, b]) == {b}  # a message makes contacts; a note to oneself none
+
+    m1_b1, m1_b2, m1_copy = rows[1, a, b1], rows[1, a, b2], rows[1, a, a2]
+    from_c, note, m3, m4 = rows[1, c, b1], rows[2, a, a2], rows[3, a, b1], rows[4, a, b1]
+    later, expiry = NOW + 5, NOW + DAY
+    acks = await run(
+        [
+            store.ack(b1, [m1_b1.seq], later, expiry, {from_c.seq: "spam"}),  # one id, two senders
+            store.ack(b1, [m1_b1.seq], later, expiry),  # acked again: nothing more
+            store.ack(c1, [m1_b2.seq], later, expiry),  # another device's row: ignored
+            store.ack(b1, [10**12], later, expiry),  # a seq that never was
+            store.ack(a2, [m1_copy.seq], later, expiry, {note.seq: "unreadable"}),  # the sender's own
+            store.ack(b1, [m3.seq], later, expiry, {m3.seq: "sender_unverified"}),  # both: refused
+            store.ack(b2, [m1_b2.seq], later, expiry),  # each device of the recipient answers
+            store.ack("d_nobody", [m4.seq], later, expiry),  # an unknown device: ignored
+            store.ack(b1, [], later, expiry, {m4.seq: ""}),  # a refusal with no reason
+        ]
+    )
+
+    def receipts(mid: int, by: str, reason: str | None = None) -> list[tuple[Any, ...]]:
+        """The receipts that a's attested devices get: a1 and a2, never a3."""
+        kind, payload = (Kind.RECEIPT, b"") if reason is None else (Kind.REFUSAL, reason.encode())
+        return [(d, kind, mid, b, by, later, payload) for d in (a1, a2)]
+
+    got = [
+        [(q.device_id, q.kind, q.message_id[-1], q.peer_user, q.peer_device, q.ts, q.payload) for q in r]
+        for r in acks
+    ]
+    assert got == [
+        [*receipts(1, b1), (c1, Kind.REFUSAL, 1, b, b1, later, b"spam")],
+        [],
+        [],
+        [],
+        [],
+        receipts(3, b1, "sender_unverified"),  # acked and refused at once: refused
+        receipts(1, b2),
+        [],
+        receipts(4, b1, ""),
+    ]
+    for q in (q for r in acks for q in r):  # what ack() returns is what is stored
+        assert await store.pending(q.device_id, q.seq - 1, 1, NOW) == [q]
+    assert [await store.count_pending(d) for d in (a1, a2, a3, b1, b2, c1)] == [4, 4, 0, 0, 0, 1]

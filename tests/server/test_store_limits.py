@@ -1,11 +1,12 @@
 """The Store contract added by SPEC revision 2, run against every Store: the
 device cap, attested receipt targets, refusals, the directory index, the
-erasure of an account, and the migration that marks the devices attested
-before it."""
+erasure of an account; and the migrations of databases that older hubs
+wrote, with their data."""
 
 from __future__ import annotations
 
 import sqlite3
+from collections.abc import Callable
 from pathlib import Path
 
 import asyncpg
@@ -13,16 +14,16 @@ import pytest
 
 from miss_server.codes import code_hash
 from miss_server.store import migrations
-from miss_server.store.base import CodeInvalid, DeviceLimit, Kind, SchemaMismatch, Store
+from miss_server.store.base import CodeInvalid, DeviceLimit, Kind, Organisation, SchemaMismatch, Store, User
 from miss_server.store.postgres import PostgresStore
 from miss_server.store.sqlite import SQLiteStore
 from protocol import attestation
 from tests.support.authority import AUTHORITY, verify
 from tests.support.store_fixtures import POSTGRES_DSN, STORES
-from tests.support.store_samples import DAY, NOW, message, user_with_devices
+from tests.support.store_samples import DAY, MAX_DEVICES, NOW, message, user_with_devices
 
 
-async def enroll(store: Store, user_id: str, n: int, *, max_devices: int | None = None) -> str:
+async def enroll(store: Store, user_id: str, n: int, *, max_devices: int = MAX_DEVICES) -> str:
     code = f"ENROLL-{user_id}-{n}"
     await store.add_enrollment_code(user_id, code_hash(code), NOW + DAY)
     d = await store.enroll_device(
@@ -167,7 +168,7 @@ async def test_erasing_an_account_leaves_nothing_of_it_but_what_others_hold(stor
     assert await store.visible_users(b, [a]) == set()
     assert await store.search_users("10000000001", 10) == []
     with pytest.raises(CodeInvalid):
-        await store.enroll_device(code_hash("SPARE"), b"\x05" * 32, b"\x05" * 32, "x", NOW)
+        await store.enroll_device(code_hash("SPARE"), b"\x05" * 32, b"\x05" * 32, "x", NOW, MAX_DEVICES)
     assert not await store.delete_user(a)
     assert to_a.queued and from_a.queued
     # The RPPS number is free for a new account.
@@ -234,6 +235,111 @@ async def _raw_insert(store: Store, statements: list[tuple[str, tuple[object, ..
         await pg.close()
 
 
+async def _run_script(store: Store, sql: str) -> None:
+    """Statements written as an older hub did, in one transaction."""
+    if isinstance(store, SQLiteStore):
+        conn = sqlite3.connect(store.path, isolation_level=None)
+        try:
+            conn.executescript(f"BEGIN;\n{sql}\nCOMMIT;")
+        finally:
+            conn.close()
+        return
+    assert isinstance(store, PostgresStore)
+    pg = await asyncpg.connect(POSTGRES_DSN, server_settings={"search_path": str(store.schema)})
+    try:
+        async with pg.transaction():
+            await pg.execute(sql)
+    finally:
+        await pg.close()
+
+
+# A version 1 database in use: four users (one of no organisation), two
+# devices, one message still queued from the clinic (u_c) to the hospital
+# (u_a). Blobs are written by the dialect's formatter.
+V1_DATA = """
+INSERT INTO users (user_id, name, rpps, profession, organisation, created_at, suspended) VALUES
+    ('u_a', 'Dr A', '10000000001', 'médecin', 'CHRU', {now}, FALSE),
+    ('u_b', 'Dr B', '10000000002', 'infirmier', 'CHRU', {earlier}, FALSE),
+    ('u_c', 'Dr C', '10000000003', 'médecin', 'Clinique du Parc', {now}, TRUE),
+    ('u_d', 'Dr D', '10000000004', 'médecin', '', {now}, FALSE);
+INSERT INTO devices (device_id, user_id, sign_pk, box_pk, label, created_at, revoked_at) VALUES
+    ('d_a1', 'u_a', {sign_a}, {box}, 'phone', {now}, NULL),
+    ('d_c1', 'u_c', {sign_c}, {box}, 'desk', {now}, NULL);
+INSERT INTO accepted_ids (sender_user, message_id, expires_at) VALUES ('u_c', {mid}, {expires});
+INSERT INTO queue
+    (device_id, kind, message_id, peer_user, peer_device, recipient_user, ts, expires_at, payload)
+VALUES ('d_a1', 1, {mid}, 'u_c', 'd_c1', 'u_a', {now}, {expires}, {payload});
+"""
+
+#: How each dialect writes a blob in SQL text.
+BLOBS: dict[str, Callable[[bytes], str]] = {
+    "sqlite": lambda b: f"X'{b.hex()}'",
+    "postgresql": lambda b: f"'\\x{b.hex()}'::bytea",
+}
+
+
+def _v1_data(blob: Callable[[bytes], str]) -> str:
+    return V1_DATA.format(
+        now=NOW,
+        earlier=NOW - 5,
+        expires=NOW + DAY,
+        sign_a=blob(b"a" * 32),
+        sign_c=blob(b"c" * 32),
+        box=blob(b"b" * 32),
+        mid=blob((1).to_bytes(16, "big")),
+        payload=blob(b"sealed"),
+    )
+
+
+@pytest.mark.parametrize("kind", sorted(STORES))
+async def test_a_version_1_database_migrates_with_its_data(kind: str, tmp_path: Path) -> None:
+    async with STORES[kind](tmp_path) as s:
+        await _build_at(s, 1)
+        await _run_script(s, _v1_data(BLOBS[kind]))
+        with pytest.raises(SchemaMismatch, match="migrate"):
+            await s.open()
+        latest = migrations.latest_version("sqlite" if kind == "sqlite" else "postgres")
+        assert latest >= 2 and await s.migrate() == latest
+        await s.open()
+        assert await s.get_user("u_a") == User(
+            "u_a", "Dr A", "10000000001", "médecin", "CHRU", NOW, False, "available"
+        )
+        assert [(u.user_id, u.suspended, u.status) for u in await s.list_users()] == [
+            ("u_a", False, "available"),
+            ("u_b", False, "available"),
+            ("u_c", True, "available"),
+            ("u_d", False, "available"),
+        ]
+        [row] = await s.pending("d_a1", 0, 10, NOW)
+        assert (row.kind, row.message_id, row.peer_user, row.peer_device, row.payload) == (
+            Kind.MESSAGE,
+            (1).to_bytes(16, "big"),
+            "u_c",
+            "d_c1",
+            b"sealed",
+        )
+        assert (await s.accept(message(1, "u_c", "d_c1", "u_a", ["d_a1"]))).duplicate  # ids kept
+        # The message still queued made the two organisations contacts.
+        assert await s.visible_users("u_a", ["u_a", "u_b", "u_c"]) == {"u_a", "u_b", "u_c"}
+        assert await s.visible_users("u_c", ["u_a", "u_b"]) == {"u_a"}
+        # And the new columns and tables work on the migrated data.
+        await s.set_status("u_b", "off_duty")
+        assert await s.statuses(["u_a", "u_b"]) == {"u_a": "available", "u_b": "off_duty"}
+        await s.ack("d_a1", [row.seq], NOW + 1, NOW + DAY)
+        assert await s.count_pending("d_a1") == 0
+        # No receipt: version 1 knew no attestations, and receipts go to attested devices only.
+        assert await s.count_pending("d_c1") == 0
+        # Version 3: the organisations users named, dated by their first user; nobody attested yet.
+        assert await s.list_organisations() == [
+            Organisation("CHRU", NOW - 5),
+            Organisation("Clinique du Parc", NOW),
+        ]
+        assert [u.attestation for u in await s.list_users()] == [None] * 4
+        await s.set_attestation("u_a", b"attested")
+        assert [u.user_id for u in await s.search_users("dr ", 10)] == ["u_a"]
+        assert await s.audit_log() == []
+
+
 @pytest.mark.parametrize("kind", sorted(STORES))
 async def test_devices_attested_before_the_column_are_found_in_their_attestation(
     kind: str, tmp_path: Path
@@ -287,7 +393,7 @@ async def test_devices_attested_before_the_column_are_found_in_their_attestation
 
 
 async def test_the_embedded_store_is_private_to_its_owner(tmp_path: Path) -> None:
-    """Issue 11, point 9: it was created 0755/0644 (who wrote to whom, readable by all)."""
+    """It was created 0755/0644 (who wrote to whom, readable by all)."""
     store = SQLiteStore(tmp_path / "miss-data" / "miss.db")
     await store.migrate()
     await store.open()
@@ -307,7 +413,7 @@ async def test_the_embedded_store_is_private_to_its_owner(tmp_path: Path) -> Non
 
 
 async def test_opening_a_store_that_does_not_exist_creates_nothing(tmp_path: Path) -> None:
-    """Issue 11, point 15: miss-admin in another directory made an empty store."""
+    """Miss-admin in another directory made an empty store."""
     store = SQLiteStore(tmp_path / "nowhere" / "miss.db")
     with pytest.raises(SchemaMismatch, match="no store at"):
         await store.open()

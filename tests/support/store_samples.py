@@ -4,8 +4,12 @@ PostgreSQL-specific), written straight through the Store API."""
 from __future__ import annotations
 
 from miss_server.codes import code_hash
+from miss_server.config import Settings
 from miss_server.store.base import NewMessage, Store
 from tests.support.authority import verify
+
+#: The hub's default cap on a clinician's active devices, for enrollments made straight on a store.
+MAX_DEVICES: int = Settings.model_fields["max_devices"].default
 
 NOW = 1_800_000_000_000
 DAY = 86_400_000
@@ -22,7 +26,7 @@ async def user_with_devices(
         code = f"CODE-{rpps}-{i}"
         await store.add_enrollment_code(user.user_id, code_hash(code), NOW + DAY)
         sign_pk = bytes([i]) + rpps.encode().ljust(31, b"k")
-        d = await store.enroll_device(code_hash(code), sign_pk, b"b" * 32, f"dev{i}", NOW + i)
+        d = await store.enroll_device(code_hash(code), sign_pk, b"b" * 32, f"dev{i}", NOW + i, MAX_DEVICES)
         devices.append(d.device_id)
     if attested and devices:
         await verify(store, user.user_id)

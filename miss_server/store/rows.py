@@ -1,0 +1,57 @@
+"""How both stores read their tables: the column lists, and how a row of
+each becomes one of ``base.py``'s records.
+
+A statement selects ``{USER_COLUMNS}`` (and so on) and hands each row to
+the matching ``to_*`` function, which reads it by position: the same code
+serves a ``sqlite3`` tuple and an ``asyncpg.Record``.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Protocol
+
+from .base import AuditEvent, Device, Kind, Queued, User
+
+__all__ = [
+    "AUDIT_COLUMNS",
+    "DEVICE_COLUMNS",
+    "QUEUED_COLUMNS",
+    "USER_COLUMNS",
+    "Row",
+    "to_audit_event",
+    "to_device",
+    "to_queued",
+    "to_user",
+]
+
+
+class Row(Protocol):
+    """A result row read by position."""
+
+    def __getitem__(self, index: int, /) -> Any: ...
+
+
+USER_COLUMNS = "user_id, name, rpps, profession, organisation, created_at, suspended, status, attestation"
+DEVICE_COLUMNS = "device_id, user_id, sign_pk, box_pk, label, created_at, revoked_at, attested"
+QUEUED_COLUMNS = "seq, device_id, kind, message_id, peer_user, peer_device, ts, payload"
+AUDIT_COLUMNS = "seq, at, actor, action, user_id, device_id, address, detail"
+
+
+def to_user(row: Row) -> User:
+    """The user of a row of ``USER_COLUMNS``."""
+    return User(row[0], row[1], row[2], row[3], row[4], row[5], bool(row[6]), row[7], row[8])
+
+
+def to_device(row: Row) -> Device:
+    """The device of a row of ``DEVICE_COLUMNS``."""
+    return Device(row[0], row[1], row[2], row[3], row[4], row[5], row[6] is not None, bool(row[7]))
+
+
+def to_queued(row: Row) -> Queued:
+    """The queued row of a row of ``QUEUED_COLUMNS``."""
+    return Queued(row[0], row[1], Kind(row[2]), row[3], row[4], row[5], row[6], row[7])
+
+
+def to_audit_event(row: Row) -> AuditEvent:
+    """The event of a row of ``AUDIT_COLUMNS``."""
+    return AuditEvent(row[1], row[2], row[3], row[4], row[5], row[6], row[7], row[0])
