@@ -256,7 +256,8 @@ def frames_document() -> dict[str, Any]:
         frame_vector(
             "deliver",
             s,
-            "the message of vector 'send' delivered to Bob's phone; env is crypto.json envelopes[0].envelope",
+            "the message of vector 'send' delivered to Bob's phone; env is crypto.json "
+            "envelopes.valid[0].envelope",
             Deliver(
                 seq=42, id=MESSAGE_ID, from_user=ALICE, from_device=ALICE_PHONE, ts=T0 + 1300, env=env_bob
             ),
@@ -323,6 +324,20 @@ def frames_document() -> dict[str, Any]:
         ),
         frame_vector(
             "revoke", c, "revoke Alice's laptop from her phone", Revoke(rid=16, device=ALICE_LAPTOP)
+        ),
+        frame_vector("ok_revoke", s, "answer to 'revoke': the laptop is revoked", Ok(rid=16)),
+        frame_vector(
+            "error_forbidden_revoke",
+            s,
+            "forbidden answering a revoke of a device that is not one of the requester's own active devices",
+            Error(code="forbidden", message="not allowed", rid=16),
+        ),
+        frame_vector(
+            "error_rate_limited_auth",
+            s,
+            "rate_limited answering an auth over its address's attempt budget: fatal is false, yet the hub "
+            "closes the connection next (close 1008, reason rate_limited); no id or rid (SPEC §2, §11.5)",
+            Error(code="rate_limited", message="too many requests; retry later", retry_after=1500),
         ),
         frame_vector(
             "lookup_ok_no_devices",
@@ -427,7 +442,7 @@ def frames_document() -> dict[str, Any]:
             "challenge_with_authority_and_caps",
             s,
             "a challenge from a hub configured with the authority key of crypto.json "
-            "attestation.authority_public_key, announcing the 'refusals' capability (SPEC §5.1, §10)",
+            "attestation.authority_pk, announcing the 'refusals' capability (SPEC §5.1, §10)",
             Challenge(
                 v=1,
                 nonce=CHALLENGE_NONCE,
@@ -872,6 +887,7 @@ def crypto_document() -> dict[str, Any]:
         for d, k in KEYS.items()
     ]
     alice, bob = KEYS[ALICE_PHONE], KEYS[BOB_PHONE]
+    authority_pk = bytes(nacl.signing.SigningKey(AUTHORITY_SEED).verify_key)
     auth_msg = crypto.auth_message(CHALLENGE_NONCE, ALICE_PHONE)
     enroll_msg = crypto.enroll_message(CHALLENGE_NONCE, ENROLL_CODE, bob.sign_pk, bob.box_pk)
 
@@ -879,10 +895,11 @@ def crypto_document() -> dict[str, Any]:
         packed = crypto.pack_plaintext(p)
         env = crypto.seal(packed, KEYS[sender], KEYS[recipient].box_pk, nonce=ENVELOPE_NONCE)
         assert crypto.open_envelope(env, KEYS[recipient], KEYS[sender].box_pk) == packed
+        # Keyed as on the wire (SPEC §6.3), not as the Python dataclass names them.
         plaintext: dict[str, Any] = {
             "id": p.id.hex(),
-            "from_user": p.from_user,
-            "to_user": p.to_user,
+            "from": p.from_user,
+            "to": p.to_user,
             "sent_at": p.sent_at,
             "kind": p.kind,
             "body": p.body,
@@ -1045,7 +1062,8 @@ def crypto_document() -> dict[str, Any]:
             "signature": bob.sign(enroll_msg).hex(),
         },
         "envelopes": {
-            "description": "packed_plaintext = msgpack map of the plaintext fields (SPEC §6.3); "
+            "description": "packed_plaintext = msgpack map of the plaintext fields (SPEC §6.3): "
+            "v = 1, then the keys of 'plaintext' in SPEC order (id and reply_to as bin, here in hex); "
             "envelope = nonce(24) || crypto_box(packed_plaintext, nonce, recipient box_pk, "
             "sender box_secret) (SPEC §6.1). "
             "'invalid' envelopes MUST fail to open; 'invalid_plaintexts' MUST be refused after opening.",
@@ -1061,11 +1079,16 @@ def crypto_document() -> dict[str, Any]:
         "attestation": {
             "description": "SPEC §11.1: att = sig(64) || body; body = msgpack ['miss-att', 1, user, "
             "rpps, name, "
-            "profession, organisation, [[device, sign_pk, box_pk] sorted by device], not_before, not_after]; "
-            "sig = Ed25519(authority seed, b'miss.v1/attestation\\x00' || body). Valid from not_before "
-            "(inclusive) to not_after (exclusive).",
+            "profession, organisation, [[device, sign_pk, box_pk] sorted by device id], not_before, "
+            "not_after]; sig = Ed25519(authority seed, b'miss.v1/attestation\\x00' || body). Valid from "
+            "not_before (inclusive) to not_after (exclusive). authority_key_text is the authority public "
+            "key as configured and given to clinicians (standard base64, padded); authority_fingerprint "
+            "is the first 16 bytes of SHA-256(b'miss.v1/authority\\x00' || authority_pk), in 8 groups of "
+            "4 hex digits.",
             "authority_seed": AUTHORITY_SEED.hex(),
-            "authority_pk": bytes(nacl.signing.SigningKey(AUTHORITY_SEED).verify_key).hex(),
+            "authority_pk": authority_pk.hex(),
+            "authority_key_text": attestation.encode_authority_key(authority_pk),
+            "authority_fingerprint": attestation.authority_fingerprint(authority_pk),
             "user": ALICE,
             "rpps": "10101234567",
             "name": "Dr Alice Martin",

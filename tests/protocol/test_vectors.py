@@ -10,6 +10,7 @@ code cannot drift apart.
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import json
 import re
@@ -232,8 +233,8 @@ def plaintext_of(fields: dict[str, Any]) -> crypto.Plaintext:
     reply_to = fields.get("reply_to")
     return crypto.Plaintext(
         id=bytes.fromhex(fields["id"]),
-        from_user=fields["from_user"],
-        to_user=fields["to_user"],
+        from_user=fields["from"],
+        to_user=fields["to"],
         sent_at=fields["sent_at"],
         kind=fields["kind"],
         body=fields["body"],
@@ -256,6 +257,11 @@ def test_envelope_vector(vector: dict[str, Any]) -> None:
 
     assert crypto.open_envelope(envelope, recipient, sender.box_pk) == packed
     assert crypto.unpack_plaintext(packed) == plaintext
+    # SPEC §6.3: the vector's keys are the wire keys, in the table's order after "v".
+    wire = {k: bytes.fromhex(v) if k in ("id", "reply_to") else v for k, v in vector["plaintext"].items()}
+    spec_order = ["id", "from", "to", "sent_at", "kind", "body", "reply_to"]
+    assert list(wire) == [k for k in spec_order if k in wire]
+    assert msgpack.packb({"v": 1, **wire}, use_bin_type=True) == packed
 
 
 @pytest.mark.parametrize("vector", CRYPTO["envelopes"]["invalid"], ids=ids(CRYPTO["envelopes"]["invalid"]))
@@ -344,10 +350,31 @@ def test_attestation_vector() -> None:
     assert att.hex() == v["att"]
     checked = attestation.verify(att, bytes.fromhex(v["authority_pk"]), v["not_before"])
     assert checked.user == v["user"] and [d.device for d in checked.devices] == [d[0] for d in devices]
+    # Valid from not_before (inclusive) to not_after (exclusive).
+    with pytest.raises(attestation.AttestationNotYetValid):
+        attestation.verify(att, bytes.fromhex(v["authority_pk"]), v["not_before"] - 1)
+    attestation.verify(att, bytes.fromhex(v["authority_pk"]), v["not_after"] - 1)
     with pytest.raises(attestation.AttestationExpired):
         attestation.verify(att, bytes.fromhex(v["authority_pk"]), v["not_after"])
     lookup = next(x for x in FRAMES["valid"] if x["name"] == "lookup_ok_attested")
     assert lookup["fields"]["att"] == {"bin": v["att"]}
+
+
+def test_authority_key_text_and_fingerprint_vector() -> None:
+    """SPEC §11.1: the key's text form is padded standard base64 of its 32
+    bytes; its fingerprint the first 16 bytes of a SHA-256, in groups of 4
+    hex digits."""
+    v = CRYPTO["attestation"]
+    pk = bytes.fromhex(v["authority_pk"])
+    assert base64.b64encode(pk).decode() == v["authority_key_text"] == attestation.encode_authority_key(pk)
+    assert attestation.decode_authority_key(f"  {v['authority_key_text']}\n") == pk
+    with pytest.raises(ValueError):
+        attestation.decode_authority_key(v["authority_key_text"].rstrip("="))
+    digest = hashlib.sha256(b"miss.v1/authority\x00" + pk).hexdigest()[:32]
+    fingerprint = " ".join(digest[i : i + 4] for i in range(0, 32, 4))
+    assert fingerprint == v["authority_fingerprint"] == attestation.authority_fingerprint(pk)
+    spec = (PROTOCOL_DIR / "SPEC.md").read_text(encoding="utf-8")
+    assert v["authority_key_text"] in spec and v["authority_fingerprint"] in spec
 
 
 def test_safety_number_vectors_show_symmetry_and_change() -> None:
