@@ -8,21 +8,12 @@ from pathlib import Path
 import pytest
 
 from miss_server.app import HubServer
-from miss_server.config import load_settings
-from tests.support.authority import AUTHORITY_TEXT, UNLIMITED
+from tests.support.inprocess_hub import hub_settings
 
 
 @pytest.fixture
 async def hub(tmp_path: Path) -> AsyncIterator[HubServer]:
-    """A hub on the embedded defaults, on a free port, with its own database,
-    trusting the tests' authority (authority.py), with budgets that only the
-    rate-limit tests (which make their own hub) reach."""
-    settings = load_settings(
-        store=f"sqlite:///{tmp_path}/miss.db",
-        port=0,
-        auth_timeout_seconds=2,
-        authority_key=AUTHORITY_TEXT,
-        **UNLIMITED,
-    )
-    async with HubServer(settings) as server:
+    """A hub in this process (support/inprocess_hub.py: its own database, the
+    tests' authority, budgets out of reach), started and, after the test, stopped."""
+    async with HubServer(hub_settings(tmp_path)) as server:
         yield server

@@ -3,7 +3,7 @@ whose users are verified, and verified clinicians on the real hub."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +13,7 @@ from miss_client.profile import Profile, set_authority
 from miss_server.app import HubServer
 from tests.support.authority import AUTHORITY_PK
 from tests.support.client_fixtures import PASSPHRASE, new_profile
-from tests.support.verified_hubs import AttestedFakeHub, enroll_clinician
+from tests.support.verified_hubs import AttestedFakeHub, ClinicianFactory, enroll_clinician
 
 
 @pytest.fixture
@@ -39,7 +39,7 @@ async def fakehub() -> AsyncIterator[AttestedFakeHub]:
 
 
 @pytest.fixture
-def clinician(hub: HubServer, tmp_path: Path) -> Callable[..., Awaitable[Profile]]:
+def clinician(hub: HubServer, tmp_path: Path) -> ClinicianFactory:
     """``await clinician("alice", "10000000001", verified=True)``: a clinician
     enrolled on the real ``hub`` (profile in ``tmp_path/alice``) and, by
     default, verified by the authority."""

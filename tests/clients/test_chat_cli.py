@@ -479,7 +479,7 @@ async def test_a_suspended_account_is_told_so(cli: Cli, hub: HubServer) -> None:
     assert (rc, err) == (1, "miss-chat: error: your account is suspended; contact your administrator\n")
 
 
-# --- rough edges (issue 11, point 16) ------------------------------------------------------
+# --- rough edges ------------------------------------------------------
 
 
 def test_version(capsys: pytest.CaptureFixture[str]) -> None:
@@ -601,7 +601,7 @@ async def test_a_fatal_error_while_reconnecting_ends_the_chat_with_its_message(
     assert "Traceback" not in err
 
 
-# --- refusals and the hub's authority (issue 11, points 10 and 11), against the real hub --------
+# --- refusals and the hub's authority, against the real hub --------
 
 
 async def test_a_refusal_is_shown_as_not_delivered_in_inbox_and_history(cli: Cli, hub: HubServer) -> None:

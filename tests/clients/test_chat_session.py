@@ -1,5 +1,5 @@
 """``miss-chat chat`` keeps going: through a hub restart, a lost node, and
-one-shot ``miss-chat`` commands on the same profile (issue 11, point 13).
+one-shot ``miss-chat`` commands on the same profile.
 
 The chat runs as a real ``miss-chat`` process with its stdin a pipe (the
 non-terminal mode), so the test reads what a user would: its stdout and

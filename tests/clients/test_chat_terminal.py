@@ -1,5 +1,5 @@
 """``miss-chat`` on a terminal: the interactive chat (prompt_toolkit) and the
-passphrase asked on the terminal (issue 11, point 16). Each test runs a real
+passphrase asked on the terminal. Each test runs a real
 ``miss-chat`` process on a pseudo-terminal, types into it and reads what it
 draws, escape sequences removed."""
 

@@ -3,47 +3,29 @@ watch, PresenceChanged events, and request matching with pushes in between."""
 
 from __future__ import annotations
 
-import asyncio
 from pathlib import Path
 
 import pytest
-from miss_client import Client, Message, PresenceChanged, PresenceInfo, RetryPolicy, enroll
+from miss_client import Client, Message, PresenceChanged, PresenceInfo, RetryPolicy
 from miss_client.errors import BadRecipient
-from miss_client.profile import KDF_INTERACTIVE, Profile
+from miss_client.profile import Profile
 
 from protocol import frames as f
 from protocol.errors import StorageUnavailable, UnknownUser
-from tests.support.authority import AUTHORITY_PK
-from tests.support.client_fixtures import PASSPHRASE
+from tests.support.client_fixtures import next_event
 from tests.support.fakehub import FakeHub, wait_for
+from tests.support.verified_hubs import fake_clinician
 
 ALICE_RPPS, BOB_RPPS, CAROL_RPPS = "10000000001", "10000000002", "10000000003"
-
-
-async def clinician(hub: FakeHub, tmp_path: Path, name: str, rpps: str) -> Profile:
-    user = hub.add_user(f"Dr {name.title()}", rpps)
-    return await enroll(
-        hub.url,
-        hub.invite(user),
-        tmp_path / name,
-        PASSPHRASE,
-        name,
-        authority=AUTHORITY_PK,
-        kdf=KDF_INTERACTIVE,
-    )
 
 
 @pytest.fixture
 async def trio(fakehub: FakeHub, tmp_path: Path) -> tuple[Profile, Profile, Profile]:
     return (
-        await clinician(fakehub, tmp_path, "alice", ALICE_RPPS),
-        await clinician(fakehub, tmp_path, "bob", BOB_RPPS),
-        await clinician(fakehub, tmp_path, "carol", CAROL_RPPS),
+        await fake_clinician(fakehub, tmp_path, "alice", ALICE_RPPS),
+        await fake_clinician(fakehub, tmp_path, "bob", BOB_RPPS),
+        await fake_clinician(fakehub, tmp_path, "carol", CAROL_RPPS),
     )
-
-
-async def next_event(client: Client) -> object:
-    return await asyncio.wait_for(client.receive(), 5)
 
 
 async def no_presence_event(client: Client) -> None:

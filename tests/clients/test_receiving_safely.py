@@ -1,6 +1,6 @@
 """What a device does with messages it cannot accept, and the checks that keep
-a clinician from a profile that could not work (issue 11, points 1, 9, 10,
-11 and 16), through the SDK against the real in-process hub or the fake one.
+a clinician from a profile that could not work, through the SDK against the
+real in-process hub or the fake one.
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ ALICE, BOB, CAROL = "10000000001", "10000000002", "10000000003"
 async def test_a_device_that_cannot_verify_the_sender_refuses_and_the_sender_is_told(
     hub: HubServer, clinician: object, tmp_path: Path
 ) -> None:
-    """Point 10: Bob's profile holds a wrong authority key. Before, his device
+    """Bob's profile holds a wrong authority key. Before, his device
     acked Alice's message as "not from a verified clinician" and Alice saw
     ✓ delivered; now it refuses, and Alice sees the refusal, never delivered."""
     make = clinician  # the fixture: await make(name, rpps, **kw) -> Profile
@@ -61,7 +61,7 @@ async def test_a_device_that_cannot_verify_the_sender_refuses_and_the_sender_is_
 async def test_a_sender_the_hub_lists_beyond_the_limits_holds_that_message_not_the_queue(
     fakehub: AttestedFakeHub, tmp_path: Path
 ) -> None:
-    """Point 1: a lookup_ok listing 65 devices (more than a frame may) made
+    """A lookup_ok listing 65 devices (more than a frame may) made
     the SDK close the connection on that sender's message, at every
     connection: no later message was ever seen."""
     alice = await fake_clinician(fakehub, tmp_path, "alice", ALICE)
@@ -87,7 +87,7 @@ async def test_a_sender_the_hub_lists_beyond_the_limits_holds_that_message_not_t
 async def test_enrolling_with_another_authority_key_than_the_hubs_stops_before_the_code_is_spent(
     hub: HubServer, tmp_path: Path
 ) -> None:
-    """Point 11: the clinician typed the wrong key; before, the profile was
+    """The clinician typed the wrong key; before, the profile was
     made with it and then saw nobody."""
     _, code = await invite(hub, "Dr Alice", ALICE, verified=False)
     wrong = encode_authority_key(bytes(nacl.signing.SigningKey.generate().verify_key))
@@ -101,7 +101,7 @@ async def test_enrolling_with_another_authority_key_than_the_hubs_stops_before_t
 
 
 async def test_plain_ws_is_only_for_a_hub_on_this_machine(tmp_path: Path) -> None:
-    """Point 9: SPEC §2 allows ws:// on loopback only."""
+    """SPEC §2 allows ws:// on loopback only."""
     for url in ("ws://hub.chru-lille.fr/", "ws://10.1.2.3:8765/"):
         with pytest.raises(ConnectionFailed, match="use wss://"):
             await enroll(url, "AAAA-BBBB-CCCC-DDDD", tmp_path / "x", PASSPHRASE, authority=AUTHORITY_PK)
@@ -112,7 +112,7 @@ async def test_plain_ws_is_only_for_a_hub_on_this_machine(tmp_path: Path) -> Non
 async def test_sending_to_oneself_a_short_rpps_or_nothing_is_refused_at_once(
     hub: HubServer, clinician: object
 ) -> None:
-    """Point 16: they said "no device enrolled" and "unknown recipient"."""
+    """They said "no device enrolled" and "unknown recipient"."""
     alice: Profile = await clinician("alice", ALICE)  # type: ignore[operator]
     async with Client.connect(alice) as a:
         with pytest.raises(BadRecipient, match="yourself"):
@@ -127,7 +127,7 @@ async def test_sending_to_oneself_a_short_rpps_or_nothing_is_refused_at_once(
 async def test_the_device_cap_answers_link_codes_with_too_many_devices(
     hub: HubServer, clinician: object, tmp_path: Path
 ) -> None:
-    """Point 1, at the hub: a clinician holds at most max_devices (8)
+    """A clinician holds at most max_devices (8)
     devices, unused link codes included."""
     from protocol.errors import TooManyDevices
 

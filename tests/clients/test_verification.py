@@ -7,8 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable, Callable
-from dataclasses import replace
+from collections.abc import Callable
 from pathlib import Path
 
 import nacl.signing
@@ -23,21 +22,17 @@ from miss_server.store.base import AuditEvent
 from protocol import attestation, crypto
 from protocol import frames as f
 from protocol.errors import AccountSuspended, DeviceRevoked, Forbidden, NoDevices, NotVerified, UnknownUser
-from tests.support.authority import AUTHORITY, DAY_MS, verify
+from tests.support.authority import verify
+from tests.support.clock import DAY_MS, now_ms
+from tests.support.tamper import HostileOperator
 from tests.support.verified_hubs import (
     AttestedFakeHub,
+    ClinicianFactory,
     enroll_linked,
     fake_clinician,
-    hub_sql,
-    overwrite_device_keys,
 )
 
-Enroll = Callable[..., Awaitable[Profile]]
 ALICE, BOB, CAROL, DAVE = "10000000001", "10000000002", "10000000003", "10000000004"
-
-
-def now_ms() -> int:
-    return time.time_ns() // 1_000_000
 
 
 class Changes:
@@ -61,47 +56,19 @@ async def queued(hub: HubServer, *profiles: Profile) -> list[int]:
 # --- SPEC §11.2 step 1-2: peers that are refused ---------------------------------------------
 
 
-def _attestation_of(
-    hub: AttestedFakeHub,
-    user: str,
-    *,
-    key: nacl.signing.SigningKey = AUTHORITY,
-    start: int | None = None,
-    end: int | None = None,
-    as_user: str | None = None,
-) -> bytes:
-    """A crafted attestation of ``user``'s devices on the fake hub."""
-    info = hub.users[user]
-    now = now_ms()
-    devices = tuple(attestation.AttestedDevice(d.device, d.sign_pk, d.box_pk) for d in info.devices.values())
-    att = attestation.Attestation(
-        as_user or info.user,
-        info.rpps,
-        info.name,
-        "médecin",
-        "CHRU",
-        devices,
-        now - 60_000 if start is None else start,
-        now + DAY_MS if end is None else end,
-    )
-    return attestation.sign(att, key)
-
-
 #: What a hostile (or broken) hub serves for bob, by the reason the client refuses him.
 FORGERIES: dict[str, Callable[[AttestedFakeHub, str, str], None]] = {
     "missing": lambda hub, alice, bob: hub.unverified.add(bob),
     "expired": lambda hub, alice, bob: hub.attestations.__setitem__(
-        bob, _attestation_of(hub, bob, start=now_ms() - 2 * DAY_MS, end=now_ms() - DAY_MS)
+        bob, hub.attest(bob, not_before=now_ms() - 2 * DAY_MS, not_after=now_ms() - DAY_MS)
     ),
     "not_yet_valid": lambda hub, alice, bob: hub.attestations.__setitem__(
-        bob, _attestation_of(hub, bob, start=now_ms() + DAY_MS, end=now_ms() + 2 * DAY_MS)
+        bob, hub.attest(bob, not_before=now_ms() + DAY_MS, not_after=now_ms() + 2 * DAY_MS)
     ),
     "signature": lambda hub, alice, bob: hub.attestations.__setitem__(
-        bob, _attestation_of(hub, bob, key=nacl.signing.SigningKey.generate())
+        bob, hub.attest(bob, key=nacl.signing.SigningKey.generate())
     ),
-    "wrong_user": lambda hub, alice, bob: hub.attestations.__setitem__(
-        bob, _attestation_of(hub, bob, as_user=alice)
-    ),
+    "wrong_user": lambda hub, alice, bob: hub.attestations.__setitem__(bob, hub.attest(bob, as_user=alice)),
 }
 
 
@@ -131,8 +98,8 @@ async def test_an_attestation_older_than_one_already_seen_is_refused(
     revocation, to a client that saw the one after it."""
     alice = await fake_clinician(fakehub, tmp_path, "alice", ALICE)
     bob = await fake_clinician(fakehub, tmp_path, "bob", BOB)
-    before = _attestation_of(fakehub, bob.user_id, start=now_ms() - 120_000)
-    fakehub.attestations[bob.user_id] = _attestation_of(fakehub, bob.user_id, start=now_ms() - 60_000)
+    before = fakehub.attest(bob.user_id, not_before=now_ms() - 120_000)
+    fakehub.attestations[bob.user_id] = fakehub.attest(bob.user_id, not_before=now_ms() - 60_000)
     async with Client.connect(alice) as a:
         await a.send(BOB, "avec l'attestation du jour")
         fakehub.attestations[bob.user_id] = before
@@ -145,7 +112,7 @@ async def test_an_attestation_older_than_one_already_seen_is_refused(
 
 @pytest.mark.parametrize("reason", ["missing", "expired", "not_yet_valid", "signature", "wrong_user"])
 async def test_the_real_hub_does_not_list_clinicians_it_does_not_verify(
-    hub: HubServer, clinician: Enroll, reason: str
+    hub: HubServer, clinician: ClinicianFactory, reason: str
 ) -> None:
     """SPEC §11.3: a lookup finds only verified, unsuspended clinicians."""
     alice = await clinician("alice", ALICE)
@@ -157,7 +124,7 @@ async def test_the_real_hub_does_not_list_clinicians_it_does_not_verify(
     elif reason == "signature":
         await verify(hub.store, bob.user_id, key=nacl.signing.SigningKey.generate())
     elif reason == "wrong_user":
-        await hub.store.set_attestation(bob.user_id, await verify(hub.store, alice.user_id))
+        await HostileOperator(hub).give_attestation(bob.user_id, await verify(hub.store, alice.user_id))
     async with Client.connect(alice) as a:
         with pytest.raises(UnknownUser):
             await a.send(BOB, "Bonjour, êtes-vous de garde ?")
@@ -166,7 +133,7 @@ async def test_the_real_hub_does_not_list_clinicians_it_does_not_verify(
 
 
 async def test_a_peer_whose_attestation_does_not_match_its_device_keys_is_never_encrypted_to(
-    hub: HubServer, clinician: Enroll
+    hub: HubServer, clinician: ClinicianFactory
 ) -> None:
     alice = await clinician("alice", ALICE)
     bob = await clinician("bob", BOB, verified=False)
@@ -193,10 +160,12 @@ async def test_a_peer_whose_attestation_does_not_match_its_device_keys_is_never_
     assert await queued(hub, bob) == [0], "nothing was stored for bob"
 
 
-async def test_the_identity_shown_comes_from_the_attestation(hub: HubServer, clinician: Enroll) -> None:
+async def test_the_identity_shown_comes_from_the_attestation(
+    hub: HubServer, clinician: ClinicianFactory
+) -> None:
     alice = await clinician("alice", ALICE)
     bob = await clinician("bob", BOB)
-    hub_sql(hub, "UPDATE users SET name = 'Dr Mallory' WHERE user_id = ?", bob.user_id)
+    await HostileOperator(hub).rename_user(bob.user_id, "Dr Mallory")
     async with Client.connect(alice) as a:
         peer = await a.lookup(rpps=BOB)
         assert (peer.name, peer.rpps, peer.organisation) == ("Dr Bob", BOB, "CHRU Test")
@@ -209,7 +178,7 @@ async def test_the_identity_shown_comes_from_the_attestation(hub: HubServer, cli
 
 
 async def test_a_substituted_device_key_warns_and_nothing_is_sealed_to_it(
-    hub: HubServer, clinician: Enroll, tmp_path: Path
+    hub: HubServer, clinician: ClinicianFactory, tmp_path: Path
 ) -> None:
     alice = await clinician("alice", ALICE)
     bob = await clinician("bob", BOB, label="phone")
@@ -223,7 +192,7 @@ async def test_a_substituted_device_key_warns_and_nothing_is_sealed_to_it(
 
     # The hub turns hostile: it lists its own box key for bob's laptop.
     evil = crypto.DeviceKeys.generate()
-    overwrite_device_keys(hub, laptop.device_id, box_pk=evil.box_pk)
+    await HostileOperator(hub).replace_box_key(laptop.device_id, evil.box_pk)
     seen = Changes()
     async with Client.connect(alice) as a:
         a.on_key_change = seen
@@ -249,7 +218,7 @@ async def test_a_substituted_device_key_warns_and_nothing_is_sealed_to_it(
 
 
 async def test_a_new_device_waits_for_acceptance_then_receives(
-    hub: HubServer, clinician: Enroll, tmp_path: Path
+    hub: HubServer, clinician: ClinicianFactory, tmp_path: Path
 ) -> None:
     alice = await clinician("alice", ALICE)
     bob = await clinician("bob", BOB, label="phone")
@@ -277,7 +246,7 @@ async def test_a_new_device_waits_for_acceptance_then_receives(
 
 
 async def test_a_new_device_of_our_own_waits_for_acceptance(
-    hub: HubServer, clinician: Enroll, tmp_path: Path
+    hub: HubServer, clinician: ClinicianFactory, tmp_path: Path
 ) -> None:
     alice = await clinician("alice", ALICE)
     await clinician("bob", BOB)
@@ -298,7 +267,7 @@ async def test_a_new_device_of_our_own_waits_for_acceptance(
 
 
 async def test_a_device_not_attested_yet_cannot_send(
-    hub: HubServer, clinician: Enroll, tmp_path: Path
+    hub: HubServer, clinician: ClinicianFactory, tmp_path: Path
 ) -> None:
     alice = await clinician("alice", ALICE)
     await clinician("bob", BOB)
@@ -319,7 +288,7 @@ async def test_a_device_not_attested_yet_cannot_send(
 
 
 async def test_verified_in_person_is_cleared_by_a_key_change(
-    hub: HubServer, clinician: Enroll, tmp_path: Path
+    hub: HubServer, clinician: ClinicianFactory, tmp_path: Path
 ) -> None:
     alice = await clinician("alice", ALICE)
     bob = await clinician("bob", BOB)
@@ -341,16 +310,15 @@ async def test_verified_in_person_is_cleared_by_a_key_change(
 
 
 async def test_search_shows_only_clinicians_whose_attestation_verifies(
-    hub: HubServer, clinician: Enroll
+    hub: HubServer, clinician: ClinicianFactory
 ) -> None:
     alice = await clinician("alice", ALICE)
     await clinician("bob", BOB)
     await clinician("carol", CAROL, verified=False)
     dave = await clinician("dave", DAVE)
     # the hub serves a tampered attestation for dave: a name the authority never signed
-    signed = await verify(hub.store, dave.user_id)
-    inflated = replace(attestation.peek(signed), name="Dr Dave, chef de service")
-    await hub.store.set_attestation(dave.user_id, signed[:64] + inflated.body())
+    await verify(hub.store, dave.user_id)
+    await HostileOperator(hub).alter_attestation(dave.user_id, name="Dr Dave, chef de service")
     async with Client.connect(alice) as a:
         found = await a.search("CHRU Test")
         assert [(e.name, e.rpps, e.profession, e.organisation) for e in found] == [
@@ -372,7 +340,7 @@ async def test_search_shows_only_clinicians_whose_attestation_verifies(
 
 
 async def test_devices_are_listed_and_a_lost_one_revoked_from_another(
-    hub: HubServer, clinician: Enroll, tmp_path: Path
+    hub: HubServer, clinician: ClinicianFactory, tmp_path: Path
 ) -> None:
     alice = await clinician("alice", ALICE)
     bob = await clinician("bob", BOB, label="phone")
@@ -403,7 +371,7 @@ async def test_devices_are_listed_and_a_lost_one_revoked_from_another(
         assert [m.id for m in await b.drain(idle=0.3) if isinstance(m, Message)] == [mid]
 
 
-async def test_revoking_this_very_device(hub: HubServer, clinician: Enroll) -> None:
+async def test_revoking_this_very_device(hub: HubServer, clinician: ClinicianFactory) -> None:
     bob = await clinician("bob", BOB)
     async with Client.connect(bob) as b:
         await b.revoke(bob.device_id)
@@ -414,7 +382,9 @@ async def test_revoking_this_very_device(hub: HubServer, clinician: Enroll) -> N
             pass
 
 
-async def test_a_suspended_account_is_disconnected_and_refused(hub: HubServer, clinician: Enroll) -> None:
+async def test_a_suspended_account_is_disconnected_and_refused(
+    hub: HubServer, clinician: ClinicianFactory
+) -> None:
     bob = await clinician("bob", BOB)
     async with Client.connect(bob) as b:
         await hub.store.set_suspended(bob.user_id, True)

@@ -9,18 +9,16 @@ device and opened on the receiving one.
 
 from __future__ import annotations
 
-import asyncio
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from miss_client import KDF_INTERACTIVE, Client, Delivered, Message, Profile, enroll
+from miss_client import Client, Delivered, Message, Profile
 
 from miss_server.app import HubServer
 from protocol import crypto
-from tests.support.authority import AUTHORITY_PK, verify
-from tests.support.client_fixtures import PASSPHRASE
-from tests.support.wire import invite
+from tests.support.client_fixtures import next_event
+from tests.support.verified_hubs import enroll_clinician, enroll_linked
 
 
 @dataclass
@@ -32,23 +30,12 @@ class Clinicians:
 
 @pytest.fixture
 async def people(hub: HubServer, tmp_path: Path) -> Clinicians:
-    _, code_a = await invite(hub, "Dr Alice Martin", "10000000001", verified=False)
-    _, code_b = await invite(hub, "Dr Bob Durand", "10000000002", verified=False)
-    kw = {"authority": AUTHORITY_PK, "kdf": KDF_INTERACTIVE}
-    alice = await enroll(hub.url, code_a, tmp_path / "alice", PASSPHRASE, "desk", **kw)
-    phone = await enroll(hub.url, code_b, tmp_path / "bob-phone", PASSPHRASE, "phone", **kw)
-    await verify(hub.store, phone.user_id)  # only an attested device may link another (SPEC §11.4)
-    async with Client.connect(phone) as c:
-        link, _ = await c.link_code()
-    laptop = await enroll(hub.url, link, tmp_path / "bob-laptop", PASSPHRASE, "laptop", **kw)
+    alice = await enroll_clinician(hub, tmp_path / "alice", "alice martin", "10000000001")
+    # only an attested device may link another (SPEC §11.4); linking verifies Bob again
+    phone = await enroll_clinician(hub, tmp_path / "bob-phone", "bob durand", "10000000002", label="phone")
+    laptop = await enroll_linked(hub, phone, tmp_path / "bob-laptop", "laptop")
     assert laptop.user_id == phone.user_id and laptop.device_id != phone.device_id
-    await verify(hub.store, alice.user_id)
-    await verify(hub.store, phone.user_id)  # again: both of Bob's devices
     return Clinicians(alice, phone, laptop)
-
-
-async def next_event(client: Client, timeout: float = 5.0) -> Message | Delivered:
-    return await asyncio.wait_for(client.receive(), timeout)
 
 
 async def test_online_delivery_to_every_device_with_receipts(people: Clinicians) -> None:

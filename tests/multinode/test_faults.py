@@ -1,4 +1,4 @@
-"""No accepted message is lost when a piece fails (DESIGN.md, guarantee 1).
+"""No accepted message is lost when a piece fails (docs/ARCHITECTURE.md, guarantee 1).
 
 Ten clinicians on one node write 100 messages each to ten others on the
 other node while something breaks. Each test ends by checking, and

@@ -1,4 +1,4 @@
-"""The protocol package is sans-I/O (DESIGN.md, SPEC.md §1): importing any of
+"""The protocol package is sans-I/O (docs/ARCHITECTURE.md, SPEC.md §1): importing any of
 its modules pulls in no event loop, network or database library."""
 
 from __future__ import annotations

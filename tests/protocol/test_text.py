@@ -1,5 +1,5 @@
 """protocol.text.printable: what someone else typed, shown on a terminal
-without acting on it (issue 11, point 9)."""
+without acting on it."""
 
 from __future__ import annotations
 

@@ -2,19 +2,17 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from miss_server.app import HubServer
-from miss_server.config import load_settings
 from miss_server.store.base import Store
-from tests.support.authority import AUTHORITY_TEXT, UNLIMITED
+from tests.support.admin_cli import Admin, on_new_store
+from tests.support.inprocess_hub import HubFactory, hub_settings
 from tests.support.store_fixtures import STORES
-
-HubFactory = Callable[..., Any]
 
 
 @pytest.fixture(params=sorted(STORES))
@@ -29,18 +27,12 @@ async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator
 @pytest.fixture
 async def make_hub(tmp_path: Path) -> AsyncIterator[HubFactory]:
     """``await make_hub(**settings)``: a hub like the ``hub`` fixture's (its own
-    SQLite file, the tests' authority, budgets out of reach), with overrides."""
+    SQLite file, the tests' authority, budgets out of reach), with overrides;
+    every hub made is stopped after the test."""
     started: list[HubServer] = []
 
     async def make(**overrides: Any) -> HubServer:
-        settings = load_settings(
-            store=f"sqlite:///{tmp_path}/miss.db",
-            port=0,
-            auth_timeout_seconds=2,
-            authority_key=AUTHORITY_TEXT,
-            **{**UNLIMITED, **overrides},
-        )
-        server = HubServer(settings)
+        server = HubServer(hub_settings(tmp_path, **overrides))
         await server.start()
         started.append(server)
         return server
@@ -48,3 +40,25 @@ async def make_hub(tmp_path: Path) -> AsyncIterator[HubFactory]:
     yield make
     for server in started:
         await server.stop()
+
+
+@pytest.fixture
+def run(tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> Admin:
+    """``miss-admin`` in-process on a new, migrated SQLite store, run from
+    ``tmp_path`` (no miss-authority.key of the developer's in sight) with no
+    authority in the environment; the tests' authority key is in
+    ``run.key_file``."""
+    monkeypatch.chdir(tmp_path)
+    return on_new_store(tmp_path, capsys, monkeypatch)
+
+
+@pytest.fixture
+def hub_admin(
+    hub: HubServer, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> Admin:
+    """``miss-admin`` in-process on the running ``hub``'s store, run from
+    ``tmp_path``; call it from a thread (``await asyncio.to_thread(hub_admin,
+    ...)``), since it runs an event loop of its own."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MISS_AUTHORITY_KEY_FILE", raising=False)
+    return Admin(hub.settings.store, tmp_path / "authority.key", capsys, monkeypatch)

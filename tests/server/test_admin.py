@@ -21,15 +21,9 @@ import pytest
 
 from miss_server import admin
 from protocol import attestation
-from tests.support.admin_cli import Admin, on_new_store
+from tests.support.admin_cli import Admin
 
 BIN = Path(sys.executable).parent
-
-
-@pytest.fixture
-def run(tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> Admin:
-    monkeypatch.chdir(tmp_path)  # no miss-authority.key of the developer's in sight
-    return on_new_store(tmp_path, capsys, monkeypatch)
 
 
 def admin_process(cwd: Path, *args: str, stdin: str = "") -> subprocess.CompletedProcess[str]:
@@ -59,7 +53,7 @@ def test_authority_init_writes_a_private_key_file_once(run: Admin, tmp_path: Pat
 
 
 def test_authority_init_creates_a_missing_directory_private(tmp_path: Path) -> None:
-    """Issue 11, point 12: the README's `--key-file /secure/miss-authority.key`
+    """The README's `--key-file /secure/miss-authority.key`
     with no /secure gave a traceback."""
     key_file = tmp_path / "secure" / "miss-authority.key"
     out = admin_process(tmp_path, "authority", "init", "--key-file", str(key_file))
@@ -154,11 +148,11 @@ def test_suspend_revoke_and_the_audit_log(run: Admin) -> None:
     assert "--since" in run("audit", "--since", "yesterday", status=1)["error"]
 
 
-# --- the program (issue 11, points 9, 15, 16) --------------------------------------
+# --- the program --------------------------------------
 
 
 def test_miss_admin_names_its_store_and_never_creates_one_but_with_migrate(tmp_path: Path) -> None:
-    """Point 15: run outside the hub's directory, miss-admin silently made an
+    """Run outside the hub's directory, miss-admin silently made an
     empty store, and the administrator saw "no clinicians yet"."""
     elsewhere = tmp_path / "home"
     elsewhere.mkdir()
@@ -188,7 +182,7 @@ def test_miss_admin_names_its_store_and_never_creates_one_but_with_migrate(tmp_p
 
 
 def test_options_after_the_command_and_version(run: Admin, capsys: pytest.CaptureFixture[str]) -> None:
-    """Point 16: `miss-admin audit --json` was refused; there was no --version."""
+    """`miss-admin audit --json` was refused; there was no --version."""
     run("org", "add", "CHRU")
     code, out, err = run.raw("audit", "--json")
     assert code == 0, err
@@ -208,7 +202,7 @@ HOSTILE = "phone\r\x1b[2K\x1b[32mattested\x1b[0m \u202eenilno\u202c\x9b2J"
 
 
 def test_labels_and_names_cannot_act_on_the_terminal(run: Admin) -> None:
-    """Point 9: a device label with CR and ANSI codes could print "attested"
+    """A device label with CR and ANSI codes could print "attested"
     over "NOT attested" in `miss-admin devices`."""
     run("org", "add", "CHRU\x1b[8m")
     invited = run(

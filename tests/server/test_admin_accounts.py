@@ -1,4 +1,4 @@
-"""``miss-admin reinvite``, ``export`` and ``delete`` (issue 11, point 14): a
+"""``miss-admin reinvite``, ``export`` and ``delete``: a
 way back in for a clinician locked out, and the GDPR's access and erasure,
 each audited."""
 
@@ -6,21 +6,14 @@ from __future__ import annotations
 
 import asyncio
 import json
-from pathlib import Path
 
 import pytest
 
 from miss_server.app import HubServer
 from protocol import errors
-from tests.support.admin_cli import Admin, on_new_store
+from tests.support.admin_cli import Admin
 from tests.support.authority import AUTHORITY_TEXT
 from tests.support.wire import enrolled
-
-
-@pytest.fixture
-def run(tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> Admin:
-    monkeypatch.chdir(tmp_path)
-    return on_new_store(tmp_path, capsys, monkeypatch)
 
 
 def test_reinvite_gives_a_locked_out_clinician_a_new_code(
@@ -102,26 +95,22 @@ def test_export_gives_everything_the_store_holds_about_a_clinician(run: Admin) -
     assert "Audit events about them (3):" in text and "device.revoked" in text
 
 
-async def test_delete_asks_then_disconnects_and_erases_the_account(
-    hub: HubServer, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.chdir(tmp_path)
-    run = Admin(hub.settings.store, tmp_path / "authority.key", capsys, monkeypatch)
+async def test_delete_asks_then_disconnects_and_erases_the_account(hub: HubServer, hub_admin: Admin) -> None:
     bob = await enrolled(hub, "Dr Bob", "10000000002")
     laptop = await bob.link()
     alice = await enrolled(hub, "Dr Alice", "10000000001")
     await hub.audit.flush()
 
-    declined = await asyncio.to_thread(run, "delete", "10000000002", status=1, stdin="n\n")
+    declined = await asyncio.to_thread(hub_admin, "delete", "10000000002", status=1, stdin="n\n")
     assert (
         "Delete Dr Bob (RPPS 10000000002)" in declined["error"] and "2 active device(s)" in declined["error"]
     )
     assert "not confirmed: Dr Bob (RPPS 10000000002) is not deleted" in declined["error"]
-    unanswered = await asyncio.to_thread(run, "delete", "10000000002", status=1, stdin="")
+    unanswered = await asyncio.to_thread(hub_admin, "delete", "10000000002", status=1, stdin="")
     assert "--yes" in unanswered["error"]
     assert await hub.store.get_user(bob.user_id) is not None
 
-    deleted = await asyncio.to_thread(run, "delete", "10000000002", stdin="y\n")
+    deleted = await asyncio.to_thread(hub_admin, "delete", "10000000002", stdin="y\n")
 
     assert deleted["deleted"] is True and deleted["revoked"] == [bob.device_id, laptop.device_id]
     # Both devices, connected, are disconnected as revoked.
@@ -130,14 +119,14 @@ async def test_delete_asks_then_disconnects_and_erases_the_account(
         assert close_code == errors.DeviceRevoked.close_code
     error, close_code = await bob.auth_refused()
     assert close_code is not None and error is not None
-    users = await asyncio.to_thread(run, "users")
+    users = await asyncio.to_thread(hub_admin, "users")
     assert [u["rpps"] for u in users["users"]] == ["10000000001"]
-    gone = await asyncio.to_thread(run, "devices", bob.user_id, status=1)
+    gone = await asyncio.to_thread(hub_admin, "devices", bob.user_id, status=1)
     assert "no clinician" in gone["error"]
     assert await hub.store.user_devices(bob.user_id, include_revoked=True) == []
 
     # The audit log keeps what happened to the account, deletion included.
-    events = (await asyncio.to_thread(run, "audit", "--user", bob.user_id))["events"]
+    events = (await asyncio.to_thread(hub_admin, "audit", "--user", bob.user_id))["events"]
     assert [(e["action"], e["device"], e["detail"]) for e in events][-3:] == [
         ("device.revoked", bob.device_id, "account deleted"),
         ("device.revoked", laptop.device_id, "account deleted"),
@@ -146,5 +135,5 @@ async def test_delete_asks_then_disconnects_and_erases_the_account(
     assert [e["action"] for e in events].count("device.enrolled") == 2
 
     # --yes asks nothing (stdin is empty).
-    assert (await asyncio.to_thread(run, "delete", alice.user_id, "--yes"))["deleted"] is True
-    assert (await asyncio.to_thread(run, "users"))["users"] == []
+    assert (await asyncio.to_thread(hub_admin, "delete", alice.user_id, "--yes"))["deleted"] is True
+    assert (await asyncio.to_thread(hub_admin, "users"))["users"] == []

@@ -1,42 +1,20 @@
-"""``miss-admin verify``, ``renew`` and ``revoke`` (SPEC.md §11.1; issue 11,
-points 4 and 8): the administrator sees every device before it is attested
-and attests only those confirmed; revoked devices leave the attestation."""
+"""``miss-admin verify``, ``renew`` and ``revoke`` (SPEC.md §11.1): the
+administrator sees every device before it is attested and attests only
+those confirmed; revoked devices leave the attestation."""
 
 from __future__ import annotations
 
 import asyncio
-import time
-from pathlib import Path
 
 import nacl.signing
-import pytest
 
 from miss_server.app import HubServer
 from miss_server.store.base import Store, User
 from protocol import attestation
-from tests.support.admin_cli import Admin, on_new_store
-from tests.support.authority import DAY_MS, verify
+from tests.support.admin_cli import Admin
+from tests.support.authority import verify
+from tests.support.clock import DAY_MS, now_ms
 from tests.support.wire import enrolled
-
-
-@pytest.fixture
-def run(tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> Admin:
-    monkeypatch.chdir(tmp_path)
-    return on_new_store(tmp_path, capsys, monkeypatch)
-
-
-@pytest.fixture
-def hub_admin(
-    hub: HubServer, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
-) -> Admin:
-    """``miss-admin`` on the running hub's store (call it from a thread)."""
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.delenv("MISS_AUTHORITY_KEY_FILE", raising=False)
-    return Admin(hub.settings.store, tmp_path / "authority.key", capsys, monkeypatch)
-
-
-def now_ms() -> int:
-    return time.time_ns() // 1_000_000
 
 
 def names(found: User | None) -> list[str] | None:
@@ -63,7 +41,7 @@ def validity_days(run: Admin, user: str) -> float:
 async def test_verify_shows_each_device_and_attests_only_those_confirmed(
     hub: HubServer, hub_admin: Admin
 ) -> None:
-    """Point 4: a device enrolled from a stolen link code became attested at
+    """A device enrolled from a stolen link code became attested at
     the next `miss-admin verify`, which signed every active device unseen."""
     bob = await enrolled(hub, "Dr Bob", "10000000002")  # his phone, attested at enrollment
     laptop = await bob.link()
@@ -181,7 +159,7 @@ async def _expiring_in(
 
 
 def test_renew_drops_revoked_devices_and_extends_what_expires(run: Admin) -> None:
-    """Point 8: attestations kept naming revoked devices for up to a year."""
+    """Attestations kept naming revoked devices for up to a year."""
     users = {}
     devices: dict[str, list[str]] = {}
     for i, name in enumerate(["Ana", "Ben", "Cat", "Dan", "Eve", "Fay"]):
@@ -252,7 +230,7 @@ def test_renew_never_signs_again_what_the_authority_did_not_sign(run: Admin) -> 
 
 
 def test_revoke_reissues_the_attestation_without_the_device(run: Admin) -> None:
-    """Point 8: `miss-admin revoke` left the revoked device in the attestation."""
+    """`miss-admin revoke` left the revoked device in the attestation."""
     invited = run.invite()
     phone = run.enroll_device(invited["code"])
     laptop = run.enroll_device(run.new_code(invited["user"]), label="laptop")

@@ -1,4 +1,4 @@
-"""The hub's edges (issue 11, points 7 and 9): connections that have not
+"""The hub's edges: connections that have not
 authenticated are capped per address and in all, and ``/metrics`` answers
 only with its token or to a loopback peer. Real sockets, an in-process hub."""
 

@@ -1,10 +1,10 @@
-"""Issue 11, points 1-7: what one enrolled device (or one address) could
+"""what one enrolled device (or one address) could
 break, each attack run against a real ``miss-server`` with its default
 limits while bystanders talk (tests/support/bystanders.py).
 
 Each test checks the defect is gone (the functional assertion) and prints
 the bystanders' p50/p99 quiet and under the attack, asserting the attacked
-p99 stays within 2 x the quiet one (DESIGN.md guarantee 6). The attacker
+p99 stays within 2 x the quiet one (docs/ARCHITECTURE.md guarantee 6). The attacker
 runs in a process of its own at nice 19 (tests/support/attacker.py); where
 an attack is per address it connects from 127.0.0.2 and up, so that the
 bystanders at 127.0.0.1 keep their address budget, as they would behind

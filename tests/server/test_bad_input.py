@@ -28,7 +28,7 @@ from protocol.frames import (
     Send,
 )
 from tests.support.authority import verify
-from tests.support.wire import RawDevice, invite
+from tests.support.wire import RawDevice, enrolled, invite
 
 
 class Pair:
@@ -50,25 +50,32 @@ class Pair:
 
 @pytest.fixture
 async def pair(hub: HubServer) -> Pair:
-    _, code_a = await invite(hub, "Alice", "10000000001")
-    _, code_b = await invite(hub, "Bob", "10000000002")
-    a, b = RawDevice(hub.url), RawDevice(hub.url)
-    await a.enroll(code_a)
-    await b.enroll(code_b)
+    a = await enrolled(hub, "Alice", "10000000001")
+    b = await enrolled(hub, "Bob", "10000000002")
     return Pair(a, b, await a.lookup(a.user_id), await a.lookup(b.user_id))
 
 
-async def expect_close(dev: RawDevice, error: type[errors.FatalError]) -> None:
-    """The hub sends a fatal ``error`` frame naming the code, then closes with
-    the code's close code."""
-    frame = await dev.recv()
+async def expect_close(dev: RawDevice, error: type[errors.FatalError], timeout: float = 5.0) -> None:
+    """SPEC §7: within ``timeout`` s the hub sends one fatal ``error`` frame
+    naming ``error``'s code, then closes with its close code and the code as
+    the reason."""
+    frame = await dev.recv(timeout=timeout)
     assert isinstance(frame, Error) and frame.fatal and frame.code == error.code, frame
-    assert dev.ws is not None
     with pytest.raises(ConnectionClosed) as closed:
         await dev.recv()
-    assert closed.value.rcvd is not None
-    assert closed.value.rcvd.code == error.close_code
-    assert closed.value.rcvd.reason == error.code
+    assert closed.value.rcvd is not None, "the hub did not close the connection"
+    assert (closed.value.rcvd.code, closed.value.rcvd.reason) == (error.close_code, error.code)
+
+
+async def expect_request_error(dev: RawDevice, error: type[errors.ProtocolError], send: Send) -> Error:
+    """SPEC §7: the hub answers ``send`` with a request error (not fatal,
+    carrying the send's id) naming ``error``'s code, and keeps the connection."""
+    reply = await dev.recv()
+    assert isinstance(reply, Error) and (reply.code, reply.fatal, reply.id) == (error.code, False, send.id), (
+        reply
+    )
+    assert dev.ws is not None and dev.ws.close_code is None, "the connection was closed"
+    return reply
 
 
 async def test_malformed_msgpack_closes_4400(hub: HubServer, pair: Pair) -> None:
@@ -120,7 +127,7 @@ async def test_oversize_frame_closes_1009(hub: HubServer, pair: Pair) -> None:
     assert bad.ws is not None
     await bad.ws.send(b"\x00" * (hub.settings.max_frame_bytes + 1))
     with pytest.raises(ConnectionClosed) as closed:
-        await bad.recv()
+        await bad.recv()  # SPEC §2: no error frame comes first
     assert closed.value.rcvd is not None and closed.value.rcvd.code == errors.CLOSE_TOO_BIG
     await pair.still_served()
 
@@ -196,9 +203,7 @@ async def test_message_for_unknown_device_is_refused_and_connection_kept(pair: P
     envs = dict(send.envs)
     envs["d_ffffffffffffffff"] = next(iter(envs.values()))
     await pair.a.send_frame(Send(send.id, send.sender, send.to, envs))
-    reply = await pair.a.recv()
-    assert isinstance(reply, Error) and not reply.fatal
-    assert reply.code == errors.UnknownDevice.code and reply.id == send.id
+    await expect_request_error(pair.a, errors.UnknownDevice, send)
     # Nothing was stored: the same id, well addressed, is accepted as new.
     await pair.a.send_frame(send)
     assert await pair.a.recv() == Accepted(send.id, dup=False)
@@ -213,16 +218,15 @@ async def test_missing_device_is_named(hub: HubServer, pair: Pair) -> None:
     await verify(hub.store, pair.b.user_id)  # the administrator attests the new device too
     send = pair.a.message(pair.lb, "stale list")  # pair.lb predates the new device
     await pair.a.send_frame(send)
-    reply = await pair.a.recv()
-    assert isinstance(reply, Error) and reply.code == errors.MissingDevices.code
+    reply = await expect_request_error(pair.a, errors.MissingDevices, send)
     assert reply.missing == (second.device_id,)
 
 
 async def test_unknown_recipient(pair: Pair) -> None:
     send = pair.a.message(pair.lb, "x")
     await pair.a.send_frame(Send(send.id, send.sender, "u_ffffffffffffffff", send.envs))
-    reply = await pair.a.recv()
-    assert isinstance(reply, Error) and reply.code == errors.UnknownUser.code and not reply.fatal
+    await expect_request_error(pair.a, errors.UnknownUser, send)
+    await pair.still_served()
 
 
 async def test_invalid_enrollment_code_closes_4402(hub: HubServer, pair: Pair) -> None:
@@ -242,16 +246,8 @@ async def test_auth_timeout_closes_4408(hub: HubServer, pair: Pair) -> None:
     idle = RawDevice(hub.url)
     await idle.open()
     # The test hub allows 2 s to authenticate.
-    await expect_close_after(idle, errors.AuthTimeout, timeout=hub.settings.auth_timeout_seconds + 3)
+    await expect_close(idle, errors.AuthTimeout, timeout=hub.settings.auth_timeout_seconds + 3)
     await pair.still_served()
-
-
-async def expect_close_after(dev: RawDevice, error: type[errors.FatalError], timeout: float) -> None:
-    frame = await dev.recv(timeout=timeout)
-    assert isinstance(frame, Error) and frame.code == error.code
-    with pytest.raises(ConnectionClosed) as closed:
-        await dev.recv()
-    assert closed.value.rcvd is not None and closed.value.rcvd.code == error.close_code
 
 
 async def test_handshake_without_subprotocol_is_refused(hub: HubServer) -> None:
@@ -274,12 +270,8 @@ async def test_many_bad_connections_do_not_disturb_a_conversation(hub: HubServer
         bad = RawDevice(hub.url)
         await bad.open()
         assert bad.ws is not None
-        await bad.ws.send(bytes([0xC1, i % 256]))
-        try:
-            await bad.recv()
-            await bad.recv()
-        except ConnectionClosed:
-            pass
+        await bad.ws.send(bytes([0xC1, i % 256]))  # 0xc1 starts no msgpack value
+        await expect_close(bad, errors.MalformedFrame)
 
     offenders = asyncio.gather(*(offend(i) for i in range(50)))
     for _ in range(5):
@@ -290,6 +282,7 @@ async def test_many_bad_connections_do_not_disturb_a_conversation(hub: HubServer
 async def test_second_connection_of_a_device_replaces_the_first(hub: HubServer, pair: Pair) -> None:
     newer = RawDevice(hub.url, keys=pair.b.keys, device_id=pair.b.device_id, user_id=pair.b.user_id)
     await newer.auth()
+    # SPEC §2 and §7 say 4409 comes without an error frame; this hub sends one first.
     await expect_close(pair.b, errors.SessionReplaced)
     pair.b = newer  # the newer connection gets Bob's messages
     await pair.still_served()
@@ -310,11 +303,8 @@ async def test_a_device_that_stops_reading_harms_nobody_and_loses_nothing(
     hub: HubServer,
     pair: Pair,
 ) -> None:
-    _, code_s = await invite(hub, "Sender", "10000000003")
-    _, code_r = await invite(hub, "Reader", "10000000004")
-    sender, reader = RawDevice(hub.url), RawDevice(hub.url)
-    await sender.enroll(code_s)
-    await reader.enroll(code_r)
+    sender = await enrolled(hub, "Sender", "10000000003")
+    reader = await enrolled(hub, "Reader", "10000000004")
     to_reader = await sender.lookup(reader.user_id)
     assert reader.ws is not None
     # More than the kernel can hold between the hub and the reader (the hub's

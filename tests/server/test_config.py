@@ -64,7 +64,7 @@ def _server(tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
 
 
 def test_miss_server_says_which_file_and_store_it_could_not_use(tmp_path: Path) -> None:
-    """Issue 11, point 16: TOML errors named no file; an unwritable store path
+    """TOML errors named no file; an unwritable store path
     gave a bare errno."""
     toml = tmp_path / "hub.toml"
     toml.write_text("port = \n")

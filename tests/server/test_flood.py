@@ -1,4 +1,4 @@
-"""One device floods while two clinicians talk (DESIGN.md guarantee 5): the
+"""One device floods while two clinicians talk (docs/ARCHITECTURE.md guarantee 5): the
 flooder is throttled, every message of the others arrives, and their latency
 is reported beside a run without the flood (``miss-bench run --scenario
 flood`` measures the same thing properly; this test never judges a speed)."""
@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from protocol.frames import Accepted, Deliver, Delivered
-from tests.support.hubproc import HubProcess
+from tests.support.hubproc import HubProcess, enrolled_clinician
 from tests.support.wire import RawDevice
 
 pytestmark = pytest.mark.slow
@@ -74,14 +74,9 @@ async def test_a_flooder_is_throttled_and_the_others_do_not_notice(tmp_path: Pat
     hub = HubProcess(tmp_path, env={"MISS_RATE_DEVICE": "10/s burst 50"})
     hub.start()
     try:
-        devices = []
-        for name, rpps in (("Dr A", "10000000001"), ("Dr B", "10000000002"), ("Dr Victim", "10000000003")):
-            _, code = await asyncio.to_thread(hub.invite, name, rpps)
-            dev = RawDevice(hub.url)
-            await dev.enroll(code)
-            await asyncio.to_thread(hub.verify, dev.user_id)
-            devices.append(dev)
-        a, b, victim = devices
+        a = await enrolled_clinician(hub, "Dr A", "10000000001")
+        b = await enrolled_clinician(hub, "Dr B", "10000000002")
+        victim = await enrolled_clinician(hub, "Dr Victim", "10000000003")
         await victim.close()
 
         quiet = await converse(a, b)

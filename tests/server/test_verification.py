@@ -8,15 +8,12 @@ import asyncio
 import dataclasses
 import json
 import time
-from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import nacl.signing
 import pytest
 
-from miss_server import admin
-from miss_server import hub as hub_module
+from miss_server import security_feed
 from miss_server.app import HubServer
 from miss_server.store.base import AuditEvent
 from protocol import attestation, crypto, errors
@@ -35,11 +32,11 @@ from protocol.frames import (
     Search,
     SearchOk,
 )
-from tests.support.authority import verify, write_key_file
+from tests.support.admin_cli import Admin
+from tests.support.authority import verify
+from tests.support.clock import now_ms
+from tests.support.inprocess_hub import HubFactory
 from tests.support.wire import RawDevice, enrolled, invite
-
-#: ``make_hub`` (conftest.py): ``await make_hub(**settings)`` starts a hub.
-HubFactory = Callable[..., Any]
 
 
 async def send_text(sender: RawDevice, to: str, body: str) -> Accepted | Error:
@@ -78,11 +75,6 @@ async def refused_lookup(dev: RawDevice, user: str) -> str:
     return reply.code
 
 
-def run_admin(hub: HubServer, *args: str) -> None:
-    """``miss-admin`` against the hub's store, as an administrator types it."""
-    assert admin.main(["--store", hub.settings.store, *args]) == 0
-
-
 # --- verification -------------------------------------------------------------------
 
 
@@ -109,7 +101,7 @@ async def test_unverified_accounts_can_neither_send_nor_be_written_to(hub: HubSe
 async def test_an_invalid_attestation_does_not_verify(hub: HubServer, flaw: str) -> None:
     alice = await enrolled(hub, "Alice", "10000000001", verified=False)
     bob = await enrolled(hub, "Bob", "10000000002")
-    now = time.time_ns() // 1_000_000
+    now = now_ms()
     if flaw == "expired":
         await verify(hub.store, alice.user_id, not_before=now - 10_000, not_after=now - 1)
     elif flaw == "other key":
@@ -180,15 +172,12 @@ async def test_search_answers_with_attestations_of_verified_clinicians_only(hub:
     await enrolled(hub, "Dr Martine Petit", "10000000002", verified=False)
     bob = await enrolled(hub, "Dr Bob Martinez", "10000000003")
     lapsed = await enrolled(hub, "Dr Carole Martin", "10000000004", verified=False)
-    now = time.time_ns() // 1_000_000
+    now = now_ms()
     await verify(hub.store, lapsed.user_id, not_before=now - 10_000, not_after=now - 1)  # expired
     await alice.send_frame(Search(rid=9, query="MARTIN"))
     found = await alice.recv()
     assert isinstance(found, SearchOk) and found.rid == 9
-    people = [
-        attestation.verify(a, hub.settings.authority_public_key or b"", time.time_ns() // 10**6)
-        for a in found.atts
-    ]
+    people = [attestation.verify(a, hub.settings.authority_public_key or b"", now_ms()) for a in found.atts]
     assert [(p.user, p.name) for p in people] == [
         (alice.user_id, "Dr Alice Martin"),
         (bob.user_id, "Dr Bob Martinez"),
@@ -201,11 +190,13 @@ async def test_search_answers_with_attestations_of_verified_clinicians_only(hub:
 # --- suspension and revocation ---------------------------------------------------------------
 
 
-async def test_a_suspended_account_is_disconnected_and_cannot_authenticate(hub: HubServer) -> None:
+async def test_a_suspended_account_is_disconnected_and_cannot_authenticate(
+    hub: HubServer, hub_admin: Admin
+) -> None:
     alice = await enrolled(hub, "Alice", "10000000001")
     bob = await enrolled(hub, "Bob", "10000000002")
     started = time.monotonic()
-    await asyncio.to_thread(run_admin, hub, "suspend", alice.user_id, "--reason", "left the hospital")
+    await asyncio.to_thread(hub_admin, "suspend", alice.user_id, "--reason", "left the hospital")
     error, code = await alice.until_closed(3)
     assert time.monotonic() - started < 2.0
     assert code == errors.AccountSuspended.close_code and error and error.code == "account_suspended"
@@ -218,7 +209,7 @@ async def test_a_suspended_account_is_disconnected_and_cannot_authenticate(hub: 
     reply = await send_sealed(bob, await listing(hub, alice.user_id), own, "are you there?")
     assert isinstance(reply, Error) and reply.code == errors.RecipientNotVerified.code
 
-    await asyncio.to_thread(run_admin, hub, "unsuspend", alice.user_id)
+    await asyncio.to_thread(hub_admin, "unsuspend", alice.user_id)
     assert (await alice.auth()).device == alice.device_id
     events = await hub.store.audit_log(user_id=alice.user_id)
     actions = [(e.action, e.actor.startswith("admin")) for e in events]
@@ -255,10 +246,10 @@ async def test_a_clinician_revokes_a_lost_device_from_another(hub: HubServer) ->
     assert [(e.actor, e.device_id) for e in revoked] == [(phone.user_id, phone.device_id)]
 
 
-async def test_an_administrator_revokes_a_device_within_two_seconds(hub: HubServer) -> None:
+async def test_an_administrator_revokes_a_device_within_two_seconds(hub: HubServer, hub_admin: Admin) -> None:
     alice = await enrolled(hub, "Alice", "10000000001")
     started = time.monotonic()
-    await asyncio.to_thread(run_admin, hub, "revoke", alice.device_id, "--reason", "stolen")
+    await asyncio.to_thread(hub_admin, "revoke", alice.device_id, "--reason", "stolen")
     error, close = await alice.until_closed(3)
     assert time.monotonic() - started < 2.0
     assert close == errors.DeviceRevoked.close_code and error and error.code == "device_revoked"
@@ -270,18 +261,18 @@ async def test_a_burst_of_security_events_is_read_for_seconds_not_a_minute(
 ) -> None:
     """10,000 devices enrolled at once must not make every poll of the audit
     log read them all again for a minute (it stalled the hub's clinicians)."""
-    monkeypatch.setattr(hub_module, "SECURITY_SETTLE_SECONDS", 0.5)
+    monkeypatch.setattr(security_feed, "SECURITY_SETTLE_SECONDS", 0.5)
     polls: list[int] = []
     read = hub.store.audit_log
 
     async def counted(**kwargs: Any) -> list[AuditEvent]:
         events = await read(**kwargs)
-        if kwargs.get("actions") == hub_module.SECURITY_ACTIONS:
+        if kwargs.get("actions") == security_feed.SECURITY_ACTIONS:
             polls.append(len(events))
         return events
 
     monkeypatch.setattr(hub.store, "audit_log", counted)
-    now = time.time_ns() // 1_000_000
+    now = now_ms()
     burst = [
         AuditEvent(now, "hub", "device.enrolled", user_id=f"u_{i}", device_id=f"d_{i}") for i in range(2000)
     ]
@@ -299,17 +290,17 @@ async def test_a_revocation_followed_by_a_larger_burst_is_still_enforced(
     page: a revocation followed, before the next poll, by more events than
     one read returns (another tool enrolling a ward at once) still closes
     the revoked device."""
-    monkeypatch.setattr(hub_module, "SECURITY_SETTLE_SECONDS", 0.5)
+    monkeypatch.setattr(security_feed, "SECURITY_SETTLE_SECONDS", 0.5)
     alice = await enrolled(hub, "Alice", "10000000001")
     await asyncio.sleep(1.0)  # the hub's polls have seen Alice's enrollment and moved on
-    now = time.time_ns() // 1_000_000
+    now = now_ms()
     assert await hub.store.revoke_device(alice.device_id, now) is not None  # as another process would
     revoked = AuditEvent(
         now, "admin:test", "device.revoked", user_id=alice.user_id, device_id=alice.device_id
     )
     burst = [
         AuditEvent(now, "admin:test", "device.enrolled", user_id=f"u_{i}", device_id=f"d_{i}")
-        for i in range(hub_module.SECURITY_PAGE + 500)
+        for i in range(security_feed.SECURITY_PAGE + 500)
     ]
     await hub.store.audit([revoked, *burst])
     error, close = await alice.until_closed(5)
@@ -393,16 +384,9 @@ async def test_wrong_enrollment_codes_hold_the_address_without_refusing_a_good_c
     assert all(real_code not in e.detail for e in await hub.store.audit_log())
 
 
-async def test_admin_commands_write_the_audit_log(
-    hub: HubServer, tmp_path: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
-    key_file = write_key_file(tmp_path / "authority.key")
-    store = hub.settings.store
-
+async def test_admin_commands_write_the_audit_log(hub: HubServer, hub_admin: Admin) -> None:
     async def run(*args: str) -> dict[str, Any]:
-        assert await asyncio.to_thread(admin.main, ["--store", store, "--json", *args]) == 0
-        out: dict[str, Any] = json.loads(capsys.readouterr().out.splitlines()[-1])
-        return out
+        return await asyncio.to_thread(hub_admin, *args)
 
     bob = await enrolled(hub, "Bob", "10000000002")
     await run("org", "add", "CHRU de Lille")
@@ -421,7 +405,7 @@ async def test_admin_commands_write_the_audit_log(
     await dev.enroll(invited["code"])
     assert isinstance(await send_sealed(dev, await listing(hub, bob.user_id), None, "too early"), Error)
     await hub.audit.flush()
-    verified = await run("verify", "10000000009", "--key-file", str(key_file), "--device", dev.device_id)
+    verified = await asyncio.to_thread(hub_admin.with_key, "verify", "10000000009", "--device", dev.device_id)
     assert verified["devices"] == [dev.device_id]
     assert isinstance(await send_text(dev, bob.user_id, "verified now"), Accepted)
 

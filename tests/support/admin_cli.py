@@ -26,6 +26,8 @@ from miss_server.config import load_settings
 from miss_server.store.base import Store
 from protocol import crypto
 from tests.support.authority import write_key_file
+from tests.support.clock import now_ms
+from tests.support.store_samples import MAX_DEVICES
 
 T = TypeVar("T")
 
@@ -94,9 +96,9 @@ class Admin:
         """What a device does on enroll, straight on the store (no hub, so no
         enrollment address in the audit log); its device id."""
         keys = crypto.DeviceKeys.generate()
-        now = time.time_ns() // 1_000_000
+        now = now_ms()
         device = self.on_store(
-            lambda s: s.enroll_device(code_hash(code), keys.sign_pk, keys.box_pk, label, now)
+            lambda s: s.enroll_device(code_hash(code), keys.sign_pk, keys.box_pk, label, now, MAX_DEVICES)
         )
         time.sleep(0.002)  # devices list oldest first: the next one is younger
         return device.device_id
@@ -104,7 +106,7 @@ class Admin:
     def new_code(self, user_id: str) -> str:
         """Another enrollment code for ``user_id``, straight on the store."""
         code = new_code()
-        expires = time.time_ns() // 1_000_000 + 3_600_000
+        expires = now_ms() + 3_600_000
         self.on_store(lambda s: s.add_enrollment_code(user_id, code_hash(code), expires))
         return code
 
@@ -112,19 +114,28 @@ class Admin:
         self, name: str = "Dr A", rpps: str = "10000000001", organisation: str = "CHRU"
     ) -> dict[str, Any]:
         """``miss-admin invite`` (adding the organisation first if needed)."""
-        if organisation not in {o["organisation"] for o in self("orgs")["organisations"]}:
-            self("org", "add", organisation)
-        return self(
-            "invite",
-            "--name",
-            name,
-            "--rpps",
-            rpps,
-            "--profession",
-            "médecin",
-            "--organisation",
-            organisation,
-        )
+        return invite_through(self, name, rpps, organisation)
+
+
+def invite_through(
+    admin_json: Callable[..., dict[str, Any]], name: str, rpps: str, organisation: str
+) -> dict[str, Any]:
+    """``miss-admin invite`` of a physician through ``admin_json`` (which runs
+    ``miss-admin --json ARGS`` and returns its result), adding the
+    organisation first if it does not exist yet; the invitation's JSON."""
+    if organisation not in {o["organisation"] for o in admin_json("orgs")["organisations"]}:
+        admin_json("org", "add", organisation)
+    return admin_json(
+        "invite",
+        "--name",
+        name,
+        "--rpps",
+        rpps,
+        "--profession",
+        "médecin",
+        "--organisation",
+        organisation,
+    )
 
 
 def on_new_store(

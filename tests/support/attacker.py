@@ -1,4 +1,4 @@
-"""The attacks of issue 11, each in a process of its own (started by
+"""The attacks of one enrolled device, each in a process of its own (started by
 ``bystanders.Attacker`` at nice 19) against a real hub.
 
     python -m tests.support.attacker MODE JSON_ARGS

@@ -9,7 +9,6 @@ key, other devices) pass the corresponding argument.
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 import nacl.signing
@@ -17,11 +16,11 @@ import nacl.signing
 from miss_server.authority import LEEWAY_MS, attest, key_file_text
 from miss_server.store.base import Store
 from protocol import attestation
+from tests.support.clock import DAY_MS, now_ms
 
 AUTHORITY = nacl.signing.SigningKey(bytes(range(0x60, 0x80)))
 AUTHORITY_PK = bytes(AUTHORITY.verify_key)
 AUTHORITY_TEXT = attestation.encode_authority_key(AUTHORITY_PK)
-DAY_MS = 86_400_000
 
 #: Budgets that tests which are not about rate limits never reach.
 UNLIMITED = {
@@ -32,10 +31,6 @@ UNLIMITED = {
     "rate_ack": "100000/s burst 100000",
     "rate_search": "100000/s burst 100000",
 }
-
-
-def now_ms() -> int:
-    return time.time_ns() // 1_000_000
 
 
 def write_key_file(path: Path) -> Path:

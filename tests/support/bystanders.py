@@ -1,4 +1,4 @@
-"""Bystanders: what the attack tests measure (DESIGN.md guarantee 6,
+"""Bystanders: what the attack tests measure (docs/ARCHITECTURE.md guarantee 6,
 "whatever one enrolled device sends, other users' latency stays within 2x
 of quiet").
 
@@ -37,6 +37,7 @@ attest clinicians the way an administrator would, and to count queued rows.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import gc
 import json
 import math
@@ -56,7 +57,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 
 from miss_server.app import build_store
@@ -66,13 +66,9 @@ from miss_server.ratelimit import parse_rate
 from miss_server.store.base import Store
 from protocol import crypto
 from protocol.frames import (
-    SUBPROTOCOL,
     Accepted,
-    Auth,
-    Challenge,
     Deliver,
     Delivered,
-    Enroll,
     Error,
     Frame,
     LookupOk,
@@ -80,6 +76,7 @@ from protocol.frames import (
     Welcome,
 )
 from tests.support.authority import verify
+from tests.support.clock import now_ms
 from tests.support.hubproc import HubProcess
 from tests.support.wire import RawDevice
 
@@ -212,13 +209,8 @@ class Device(RawDevice):
 
     local_addr: str | None = None
 
-    async def open(self) -> Challenge:
-        extra: dict[str, Any] = {"local_addr": (self.local_addr, 0)} if self.local_addr else {}
-        self.ws = await connect(self.url, subprotocols=[SUBPROTOCOL], max_size=None, **extra)  # type: ignore[list-item]
-        challenge = await self.recv()
-        assert isinstance(challenge, Challenge)
-        self.nonce = challenge.nonce
-        return challenge
+    def connect_options(self) -> dict[str, Any]:
+        return {"local_addr": (self.local_addr, 0)} if self.local_addr else {}
 
     def identity(self) -> dict[str, str]:
         """What another process needs to authenticate as this device."""
@@ -246,7 +238,7 @@ def new_rpps() -> str:
 
 async def invite(store: Store, name: str, *, organisation: str = "CHRU Attaque") -> tuple[str, str]:
     """A clinician recorded in the store and an invitation code: (user, code)."""
-    now = time.time_ns() // 1_000_000
+    now = now_ms()
     user = await store.create_user(name, new_rpps(), "médecin", organisation, now)
     code = new_code()
     await store.add_enrollment_code(user.user_id, code_hash(code), now + 3_600_000)
@@ -296,8 +288,8 @@ async def auth_answer(dev: RawDevice, sig: bytes | None = None) -> tuple[Frame |
     reply: Frame | None
     try:
         await dev.open()
-        good = dev.keys.sign(crypto.auth_message(dev.nonce, dev.device_id))
-        await dev.send_frame(Auth(1, dev.device_id, good if sig is None else sig))
+        answer = dev.auth_frame()
+        await dev.send_frame(answer if sig is None else dataclasses.replace(answer, sig=sig))
         reply = await dev.recv(timeout=15)
     except ConnectionClosed:
         reply = None
@@ -315,8 +307,7 @@ async def enroll_answer(dev: RawDevice, code: str, label: str = "test") -> tuple
     reply: Frame | None
     try:
         await dev.open()
-        sig = dev.keys.sign(crypto.enroll_message(dev.nonce, code, dev.keys.sign_pk, dev.keys.box_pk))
-        await dev.send_frame(Enroll(1, code, dev.keys.sign_pk, dev.keys.box_pk, label, sig))
+        await dev.send_frame(dev.enroll_frame(code, label))
         reply = await dev.recv(timeout=15)
     except ConnectionClosed:
         reply = None

@@ -3,8 +3,11 @@ so the module name is unique across the test tree)."""
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 
+from miss_client import Client
+from miss_client.models import Event
 from miss_client.profile import KDF_INTERACTIVE, Profile, create_profile
 
 from protocol.crypto import DeviceKeys
@@ -31,3 +34,9 @@ def new_profile(
         label="test",
         kdf=KDF_INTERACTIVE,
     )
+
+
+async def next_event(client: Client, timeout: float = 5.0) -> Event:
+    """The next event ``client`` receives (a message, receipt or presence
+    change); ``TimeoutError`` if none comes within ``timeout`` seconds."""
+    return await asyncio.wait_for(client.receive(), timeout)

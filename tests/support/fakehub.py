@@ -19,7 +19,6 @@ from __future__ import annotations
 import asyncio
 import itertools
 import os
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -30,10 +29,7 @@ from protocol import crypto
 from protocol import frames as f
 from protocol.errors import FatalError, InvalidCode, MissingDevices, ProtocolError, UnknownDevice, UnknownUser
 from protocol.session import ServerSession, error_frame
-
-
-def _now() -> int:
-    return time.time_ns() // 1_000_000
+from tests.support.clock import now_ms
 
 
 @dataclass
@@ -58,6 +54,8 @@ class FakeHub:
         self.send_errors: list[ProtocolError] = []
         #: A fatal error to raise on the next lookup (then close the connection).
         self.fatal_on_lookup: FatalError | None = None
+        #: Errors to answer the next lookups with, in order.
+        self.lookup_errors: list[ProtocolError] = []
         #: Errors to answer the next ``set_status``/``watch`` frames with, in order.
         self.presence_errors: list[ProtocolError] = []
         #: Frames to send, once, just before / just after the next answer to a request with a rid.
@@ -143,7 +141,7 @@ class FakeHub:
         self, device: str, message_id: bytes, from_user: str, from_device: str, env: bytes
     ) -> int:
         return await self.push(
-            device, lambda seq: f.Deliver(seq, message_id, from_user, from_device, _now(), env)
+            device, lambda seq: f.Deliver(seq, message_id, from_user, from_device, now_ms(), env)
         )
 
     # --- connection ------------------------------------------------------------
@@ -172,8 +170,8 @@ class FakeHub:
     async def _frame(self, ws: ServerConnection, session: ServerSession, frame: f.Frame) -> None:
         if isinstance(frame, f.Auth):
             info = self.users.get(self.owner.get(frame.device, ""))
-            device = info.devices.get(frame.device) if info else None
-            session.authenticate(frame, info.user if info else None, device.sign_pk if device else None)
+            known = info.devices.get(frame.device) if info else None
+            session.authenticate(frame, info.user if info else None, known.sign_pk if known else None)
             await self._welcome(ws, session)
             return
         if isinstance(frame, f.Enroll):
@@ -196,29 +194,10 @@ class FakeHub:
             await self._presence_request(ws, session, frame)
             await self._after_reply(ws)
         elif isinstance(frame, f.Lookup):
-            if self.fatal_on_lookup is not None:
-                exc, self.fatal_on_lookup = self.fatal_on_lookup, None
-                raise exc
-            found = self.users.get(frame.user or "") or next(
-                (u for u in self.users.values() if u.rpps == frame.rpps), None
-            )
-            if found is None:
-                await ws.send(error_frame(UnknownUser(), rid=frame.rid))
-                return
-            reply = f.LookupOk(
-                frame.rid,
-                found.user,
-                found.name,
-                found.rpps,
-                "médecin",
-                "CHRU",
-                tuple(found.devices.values()),
-            )
-            await ws.send(f.encode(reply))
-            await self._after_reply(ws)
+            await self._lookup(ws, frame)
         elif isinstance(frame, f.LinkCode):
             assert session.user_id is not None
-            await ws.send(f.encode(f.LinkCodeOk(frame.rid, self.invite(session.user_id), _now() + 900_000)))
+            await ws.send(f.encode(f.LinkCodeOk(frame.rid, self.invite(session.user_id), now_ms() + 900_000)))
             await self._after_reply(ws)
         elif isinstance(frame, f.Send):
             await self._send(ws, session, frame)
@@ -228,6 +207,37 @@ class FakeHub:
                 await self._ack(session.device_id, seq)
             for refusal in frame.refused or ():
                 await self._ack(session.device_id, refusal.seq, refusal.reason)
+
+    async def _lookup(self, ws: ServerConnection, frame: f.Lookup) -> None:
+        if self.fatal_on_lookup is not None:
+            exc, self.fatal_on_lookup = self.fatal_on_lookup, None
+            raise exc
+        if self.lookup_errors:
+            await ws.send(error_frame(self.lookup_errors.pop(0), rid=frame.rid))
+            return
+        found = self.users.get(frame.user or "") or next(
+            (u for u in self.users.values() if u.rpps == frame.rpps), None
+        )
+        if found is None:
+            await ws.send(error_frame(UnknownUser(), rid=frame.rid))
+            return
+        reply = f.LookupOk(
+            frame.rid,
+            found.user,
+            found.name,
+            found.rpps,
+            "médecin",
+            "CHRU",
+            tuple(found.devices.values()),
+            self.lookup_attestation(found.user),
+        )
+        await ws.send(f.encode(reply))
+        await self._after_reply(ws)
+
+    def lookup_attestation(self, user: str) -> bytes | None:
+        """The attestation a ``lookup_ok`` of ``user`` carries: none here
+        (verified_hubs.AttestedFakeHub serves one)."""
+        return None
 
     async def _after_reply(self, ws: ServerConnection) -> None:
         extra, self.after_reply = self.after_reply, []
@@ -302,8 +312,8 @@ class FakeHub:
 
             def receipt(seq: int, d: str = device) -> f.Frame:
                 if refused is None:
-                    return f.Delivered(seq, frame.id, acker, d, _now())
-                return f.Refused(seq, frame.id, acker, d, _now(), refused)
+                    return f.Delivered(seq, frame.id, acker, d, now_ms())
+                return f.Refused(seq, frame.id, acker, d, now_ms(), refused)
 
             await self.push(sender_device, receipt)
 

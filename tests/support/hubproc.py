@@ -13,7 +13,9 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
+from tests.support.admin_cli import invite_through
 from tests.support.authority import AUTHORITY_TEXT, UNLIMITED, write_key_file
 from tests.support.wire import RawDevice
 
@@ -93,7 +95,7 @@ class HubProcess:
         """Stop from a test's event loop, letting its clients answer the close."""
         await asyncio.to_thread(self.stop)
 
-    def admin(self, *args: str, stdin: str = "") -> dict[str, object]:
+    def admin(self, *args: str, stdin: str = "") -> dict[str, Any]:
         """Run ``miss-admin --json ARGS`` against this hub's store, with
         ``stdin`` as the answers to its questions."""
         out = subprocess.run(
@@ -107,39 +109,35 @@ class HubProcess:
         )
         if out.returncode != 0:
             raise RuntimeError(f"miss-admin {' '.join(args)} failed: {out.stderr}")
-        result: dict[str, object] = json.loads(out.stdout)
+        result: dict[str, Any] = json.loads(out.stdout)
         return result
 
     def invite(self, name: str, rpps: str, organisation: str = "CHRU") -> tuple[str, str]:
-        if organisation not in {o["organisation"] for o in self.admin("orgs")["organisations"]}:  # type: ignore[attr-defined]
-            self.admin("org", "add", organisation)
-        r = self.admin(
-            "invite",
-            "--name",
-            name,
-            "--rpps",
-            rpps,
-            "--profession",
-            "médecin",
-            "--organisation",
-            organisation,
-        )
-        return str(r["user"]), str(r["code"])
+        """``miss-admin invite`` (adding the organisation first if needed): (user id, code)."""
+        invited = invite_through(self.admin, name, rpps, organisation)
+        return str(invited["user"]), str(invited["code"])
 
-    def verify(self, user: str) -> dict[str, object]:
+    def verify(self, user: str) -> dict[str, Any]:
         """``miss-admin verify USER`` with the tests' authority key file,
         answering yes for every device it asks about: every active device
         of the user ends up attested, as before verify asked."""
         return self.admin("verify", user, stdin="y\n" * 64)
 
 
+async def enrolled_clinician(hub: HubProcess, name: str, rpps: str) -> RawDevice:
+    """A clinician invited with ``miss-admin invite``, their first device
+    enrolled and connected, then verified with ``miss-admin verify``, as an
+    administrator does after any enrollment."""
+    _, code = await asyncio.to_thread(hub.invite, name, rpps)
+    dev = RawDevice(hub.url)
+    await dev.enroll(code)
+    await asyncio.to_thread(hub.verify, dev.user_id)
+    return dev
+
+
 async def enrolled_pair(hub: HubProcess) -> tuple[RawDevice, RawDevice]:
     """Two clinicians enrolled on ``hub`` and verified, one device each, connected."""
-    _, code_a = hub.invite("Dr Alice Martin", "10000000011")
-    _, code_b = hub.invite("Dr Bob Durand", "10000000012")
-    a, b = RawDevice(hub.url), RawDevice(hub.url)
-    await a.enroll(code_a)
-    await b.enroll(code_b)
-    await asyncio.to_thread(hub.verify, a.user_id)  # miss-admin verify, as after any enrollment
-    await asyncio.to_thread(hub.verify, b.user_id)
-    return a, b
+    return (
+        await enrolled_clinician(hub, "Dr Alice Martin", "10000000011"),
+        await enrolled_clinician(hub, "Dr Bob Durand", "10000000012"),
+    )
