@@ -36,11 +36,11 @@ enforce a revocation, a suspension or a deletion within about a second.
 It reads the same configuration as ``miss-server`` (``--config``,
 ``MISS_*``), so it finds the same store, and says on stderr which store it
 uses. It never creates a SQLite store except with ``migrate``: run from
-another directory, it would otherwise have made an empty one (issue 11,
-point 15). Output is plain text, with what others typed (names, labels)
-made safe for a terminal (``protocol.text``); ``--json`` (before or after
-the command) prints machine-readable JSON instead. Questions (``verify``,
-``delete``) are asked on stderr and answered on stdin, terminal or not.
+another directory, it would otherwise have made an empty one. Output is
+plain text, with what others typed (names, labels) made safe for a
+terminal (``protocol.text``); ``--json`` (before or after the command)
+prints machine-readable JSON instead. Questions (``verify``, ``delete``)
+are asked on stderr and answered on stdin, terminal or not.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """``miss-admin`` commands about one clinician's account: ``invite``,
 ``reinvite``, ``suspend``/``unsuspend``, and the GDPR's ``export`` and
-``delete`` (issue 11, point 14).
+``delete``.
 
 ``delete`` erases what the store holds about the person (account, devices,
 codes, contacts, rows queued for their devices) but not the audit log,

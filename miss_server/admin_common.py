@@ -4,7 +4,7 @@ clinician, the authority key, and the questions asked on stdin.
 
 Every string that someone else typed (a device label, a name, an audit
 detail) goes through :func:`shown` before it reaches the terminal in text
-output (issue 11, point 9); JSON output carries the data as stored.
+output; JSON output carries the data as stored.
 """
 
 from __future__ import annotations

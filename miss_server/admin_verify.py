@@ -5,8 +5,7 @@ authority signs, and keeping it true after revocations (SPEC.md §11.1).
 administrator confirms, one by one on stdin or with ``--device``, with the
 devices the current attestation already vouches for. It never attests a
 device nobody confirmed: a device enrolled from a stolen link code stays
-unattested, and so can do nothing for its owner (SPEC §11.4, issue 11
-point 4).
+unattested, and so can do nothing for its owner (SPEC §11.4).
 
 ``renew`` and ``revoke`` re-issue an attestation for the devices it already
 names that are still active: never one more. "Already attested" is read

@@ -1,6 +1,6 @@
 """The hub's side of the audit log: security events, written in the background.
 
-Who, when, what: never message content, keys or codes (DESIGN.md, guarantee
+Who, when, what: never message content, keys or codes (docs/ARCHITECTURE.md, guarantee
 3). :class:`AuditTrail` queues events and a background task appends them to
 the store in batches, so that a burst of failed authentications costs the
 event loop a list append each, not a database write each. Repetitive events

@@ -95,8 +95,9 @@ class Settings(BaseSettings):
     )
     rate_failed_auth: str = Field(
         "10/min burst 20",
-        description="Failed authentications and wrong enrollment codes per client address and per "
-        "device id; past it, attempts are refused unchecked.",
+        description="Failed authentications and wrong enrollment codes per client address; past it, "
+        "the address's next failed auth is answered after a pause and its enrollments are held "
+        "(at most 3 s each), never refused unchecked.",
     )
     max_envelopes: int = Field(
         64, ge=1, le=64, description="Most envelopes (recipient + own devices) in one message."

@@ -1,7 +1,7 @@
 """Structured logging for the hub: ``key=value`` text or one JSON object a line.
 
 Callers pass context with ``extra={...}``; only those keys and the fixed
-record fields are printed. By policy (DESIGN.md, Operations) nothing logged
+record fields are printed. By policy (docs/ARCHITECTURE.md, guarantee 3) nothing logged
 ever carries a message body, an envelope, a key or a code: log ids and
 counts only.
 """

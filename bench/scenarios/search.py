@@ -1,4 +1,4 @@
-"""``search``: the directory at hospital scale (issue 11, point 6).
+"""``search``: the directory at hospital scale.
 
 ``--users`` verified clinicians (default 57,000, the CHRU of the seed) are
 written straight into the hub's store, each with an attestation signed by

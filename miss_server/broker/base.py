@@ -4,7 +4,7 @@ and know which clinicians are online.
 Broker contract (as centrifuge states it for its brokers): delivery through
 a broker is **at most once**. A published payload reaches the subscriber of
 a channel if one exists at that moment on any node, or nobody. The Store
-always holds the durable copy (DESIGN.md, guarantee 1), so a lost wake-up
+always holds the durable copy (docs/ARCHITECTURE.md, guarantee 1), so a lost wake-up
 costs latency, never a message: a device drains the store on every
 (re)connect, and on every *gap* (the broker tells the hub, through
 :meth:`Broker.on_gap`, when it may have dropped payloads, e.g. after a lost
