@@ -8,6 +8,7 @@ a map that holds a key twice."""
 
 from __future__ import annotations
 
+import dataclasses
 import re
 import time
 from collections.abc import Callable
@@ -27,11 +28,9 @@ from protocol import attestation, crypto, errors
 from protocol.frames import (
     Accepted,
     Ack,
-    Auth,
     Deliver,
     Devices,
     DevicesOk,
-    Enroll,
     Error,
     Frame,
     LookupOk,
@@ -69,10 +68,11 @@ async def send_enroll(dev: RawDevice, code: str, *, signer: crypto.DeviceKeys | 
     """Open a connection and send ``enroll`` for ``dev``'s keys, signed by
     ``signer`` (by default those keys)."""
     await dev.open()
-    keys = dev.keys
-    message = crypto.enroll_message(dev.nonce, code, keys.sign_pk, keys.box_pk)
-    sig = (signer or keys).sign(message)
-    await dev.send_frame(Enroll(1, code, keys.sign_pk, keys.box_pk, "edge", sig))
+    answer = dev.enroll_frame(code, "edge")
+    if signer is not None:  # a forgery: the same frame, signed by other keys
+        message = crypto.enroll_message(dev.nonce, code, dev.keys.sign_pk, dev.keys.box_pk)
+        answer = dataclasses.replace(answer, sig=signer.sign(message))
+    await dev.send_frame(answer)
 
 
 async def another_code(hub: HubServer, user_id: str) -> str:
@@ -86,8 +86,10 @@ async def send_auth(dev: RawDevice, *, signer: crypto.DeviceKeys | None = None) 
     """Open a connection and send ``auth`` for ``dev``'s device id, signed by
     ``signer`` (by default ``dev``'s own keys)."""
     await dev.open()
-    sig = (signer or dev.keys).sign(crypto.auth_message(dev.nonce, dev.device_id))
-    await dev.send_frame(Auth(1, dev.device_id, sig))
+    answer = dev.auth_frame()
+    if signer is not None:  # a forgery: the same frame, signed by other keys
+        answer = dataclasses.replace(answer, sig=signer.sign(crypto.auth_message(dev.nonce, dev.device_id)))
+    await dev.send_frame(answer)
 
 
 def fatal(error: type[errors.FatalError]) -> tuple[list[Frame], int, str]:
