@@ -19,6 +19,7 @@ from miss_client import KDF_INTERACTIVE, Client, Message, Profile, enroll, load_
 
 from tests.support.authority import AUTHORITY_PK
 from tests.support.client_fixtures import PASSPHRASE
+from tests.support.fakehub import wait_for
 from tests.support.hubproc import HubProcess
 
 BIN = Path(sys.executable).parent
@@ -170,7 +171,7 @@ async def test_chat_survives_a_hub_restart_and_a_lost_node(
         await asyncio.to_thread(hub.kill)
         await chat.expect(chat.err, "connection lost (the connection dropped); reconnecting")
         await asyncio.to_thread(hub.start)
-        await wait_until(lambda: sum("connected again" in line for line in chat.err) == 2)
+        await wait_for(lambda: sum("connected again" in line for line in chat.err) == 2, within=10.0)
 
         async with Client.connect(load_profile(bob.directory, PASSPHRASE)) as b:
             await b.send("10000000011", "après")
@@ -182,12 +183,6 @@ async def test_chat_survives_a_hub_restart_and_a_lost_node(
         assert not [line for line in chat.err if "error" in line], chat.err
     finally:
         hub.stop()
-
-
-async def wait_until(predicate: Callable[[], bool], within: float = 10.0) -> None:
-    async with asyncio.timeout(within):
-        while not predicate():
-            await asyncio.sleep(0.02)
 
 
 @pytest.mark.slow
@@ -213,7 +208,7 @@ async def test_one_shot_commands_and_an_open_chat_share_a_profile(
     # coming back: it waits for the one-shot to be done.
     rc, _, err = await miss_chat(alice.directory, "inbox", "--idle", "1.5")
     assert rc == 0 and "error" not in err, err
-    await wait_until(lambda: sum("connected again" in line for line in chat.err) == 2)
+    await wait_for(lambda: sum("connected again" in line for line in chat.err) == 2, within=10.0)
 
     # The chat goes on both ways.
     async with Client.connect(load_profile(bob.directory, PASSPHRASE)) as b:

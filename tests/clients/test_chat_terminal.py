@@ -20,6 +20,7 @@ from pathlib import Path
 import pytest
 from miss_client import Client, Message, Profile, load_profile
 
+from tests.support import verified_hubs
 from tests.support.client_fixtures import PASSPHRASE
 from tests.support.fakehub import FakeHub
 
@@ -121,21 +122,9 @@ async def terminal() -> AsyncIterator[Callable[..., Terminal]]:
 @pytest.fixture
 def fake_clinician(fakehub: FakeHub, tmp_path: Path) -> Callable[..., Awaitable[Profile]]:
     """``await fake_clinician("bob", "10000000002")``: enrolled on the fake hub."""
-    from miss_client import KDF_INTERACTIVE, enroll
-
-    from tests.support.authority import AUTHORITY_PK
 
     async def make(name: str, rpps: str) -> Profile:
-        user = fakehub.add_user(f"Dr {name.title()}", rpps)
-        return await enroll(
-            fakehub.url,
-            fakehub.invite(user),
-            tmp_path / name,
-            PASSPHRASE,
-            name,
-            authority=AUTHORITY_PK,
-            kdf=KDF_INTERACTIVE,
-        )
+        return await verified_hubs.fake_clinician(fakehub, tmp_path, name, rpps)
 
     return make
 

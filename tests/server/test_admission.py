@@ -6,17 +6,16 @@ from __future__ import annotations
 
 import asyncio
 import http.client
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from miss_server.admission import AcceptErrorFilter, PendingGate
+from tests.support.inprocess_hub import HubFactory
 from tests.support.wire import RawDevice, enrolled
 
 #: ``make_hub`` (conftest.py): ``await make_hub(**settings)`` starts a hub.
-HubFactory = Callable[..., Any]
 
 
 async def _silent(port: int, host: str = "127.0.0.1") -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
