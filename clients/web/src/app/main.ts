@@ -1,0 +1,81 @@
+/**
+ * The browser client's entry point: wait for libsodium, then show the
+ * enrollment screen (no device in this browser), the unlock screen, or the
+ * application once unlocked. Locking (or a revoked device) returns here.
+ */
+import { keysFromSecrets } from "../protocol/crypto";
+import { ready } from "../protocol/sodium";
+import { MissClient } from "./client";
+import type { Enrolled } from "./enroll";
+import { setLanguage, language, t } from "./i18n";
+import { LocalState } from "./store";
+import { displayName, MainView } from "./ui/main_view";
+import { enrollScreen, unlockScreen } from "./ui/screens";
+import { h } from "./ui/dom";
+import { storedProfile, type Vault } from "./vault";
+
+const root = document.getElementById("app")!;
+
+function show(el: HTMLElement): void {
+  root.replaceChildren(el);
+  const focus = el.querySelector<HTMLElement>("[autofocus]");
+  focus?.focus();
+}
+
+function fatal(text: string): void {
+  show(h("main", { class: "screen" }, h("div", { class: "card" }, h("h1", {}, t("app.name")), h("p", { class: "form-error", role: "alert" }, text))));
+}
+
+async function start(): Promise<void> {
+  setLanguage(language());
+  document.title = t("app.title");
+  if (!window.isSecureContext || !crypto.subtle) return fatal(t("error.not_secure"));
+  await ready();
+  let profile;
+  try {
+    profile = await storedProfile();
+  } catch {
+    return fatal(t("error.storage"));
+  }
+  if (profile === null) show(enrollScreen(enrolled));
+  else show(unlockScreen(profile, (vault) => void unlocked(vault), () => void start()));
+}
+
+async function enrolled(e: Enrolled): Promise<void> {
+  const client = await open(e.vault);
+  client.adopt(e.ws, e.session, e.backlog);
+}
+
+async function unlocked(vault: Vault): Promise<void> {
+  const client = await open(vault);
+  client.start();
+}
+
+async function open(vault: Vault): Promise<MissClient> {
+  const state = new LocalState(vault, vault.profile.user);
+  await state.load();
+  const keys = keysFromSecrets(vault.secrets.signSeed, vault.secrets.boxSk);
+  const client = new MissClient(vault, keys, state);
+  const view = new MainView(client, () => {
+    client.stop();
+    view.destroy();
+    vault.close();
+    void start();
+  });
+  client.onChange = () => view.render();
+  client.onMessage = (m) => {
+    if (document.visibilityState === "visible" || !("Notification" in window) || Notification.permission !== "granted") return;
+    // The text stays out of the notification: a lock screen is not private.
+    const name = displayName(state.peers.get(m.peer), m.peer);
+    const note = new Notification(t("notify.title"), { body: t("notify.body", { name }), tag: m.peer });
+    note.onclick = () => {
+      window.focus();
+      view.open(m.peer);
+      note.close();
+    };
+  };
+  show(view.root);
+  return client;
+}
+
+void start();

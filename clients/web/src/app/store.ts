@@ -1,0 +1,152 @@
+/**
+ * The local state of one unlocked device: clinicians (pins), messages (the
+ * history and the outbox: outgoing messages not yet accepted), and
+ * conversations (read marks), in memory and written through to the sealed
+ * vault. Every mutation is persisted before the promise it returns
+ * resolves, so a caller that awaits it may ack or send next (SPEC §6.4: a
+ * device acks only what it durably kept).
+ */
+import type { PeerRecord } from "./trust";
+import type { Vault } from "./vault";
+
+export type MessageStatus = "pending" | "accepted" | "failed" | "received";
+
+export interface Receipt {
+  ts: number;
+  /** Set for a refusal (SPEC §6.5), absent for "delivered". */
+  reason?: string;
+}
+
+export interface MessageRecord {
+  /** Message id, lowercase hex. */
+  id: string;
+  /** The other clinician of the conversation. */
+  peer: string;
+  outgoing: boolean;
+  fromUser: string;
+  fromDevice: string;
+  body: string;
+  kind: string;
+  /** Sender's clock (ms). */
+  sentAt: number;
+  /** Ordering time: sentAt for ours, the hub's acceptance time for theirs. */
+  at: number;
+  status: MessageStatus;
+  failure?: string;
+  /** Devices it was sealed for, at the last send. */
+  targets: string[];
+  receipts: Record<string, Receipt>;
+}
+
+export interface Conversation {
+  peer: string;
+  /** Incoming messages at or before this time are read. */
+  lastRead: number;
+  opened: number;
+}
+
+export interface Settings {
+  status?: string;
+}
+
+const key = {
+  peer: (user: string) => `peer:${user}`,
+  message: (m: { fromUser: string; id: string }) => `msg:${m.fromUser}/${m.id}`,
+  conversation: (user: string) => `conv:${user}`,
+  settings: "settings",
+};
+
+export class LocalState {
+  readonly peers = new Map<string, PeerRecord>();
+  /** By `fromUser/id`: one sender cannot collide with another's ids. */
+  readonly messages = new Map<string, MessageRecord>();
+  readonly conversations = new Map<string, Conversation>();
+  settings: Settings = {};
+
+  constructor(
+    private readonly vault: Vault,
+    readonly me: string,
+  ) {}
+
+  async load(): Promise<void> {
+    for (const [k, v] of await this.vault.loadAll()) {
+      if (k.startsWith("peer:")) this.peers.set(k.slice(5), v as PeerRecord);
+      else if (k.startsWith("msg:")) this.messages.set(k.slice(4), v as MessageRecord);
+      else if (k.startsWith("conv:")) this.conversations.set(k.slice(5), v as Conversation);
+      else if (k === key.settings) this.settings = v as Settings;
+    }
+  }
+
+  savePeer(record: PeerRecord): Promise<void> {
+    this.peers.set(record.user, record);
+    return this.vault.put(key.peer(record.user), record);
+  }
+
+  message(fromUser: string, id: string): MessageRecord | undefined {
+    return this.messages.get(`${fromUser}/${id}`);
+  }
+
+  saveMessage(m: MessageRecord): Promise<void> {
+    this.messages.set(`${m.fromUser}/${m.id}`, m);
+    return this.vault.put(key.message(m), m);
+  }
+
+  conversation(peer: string): Conversation {
+    let c = this.conversations.get(peer);
+    if (c === undefined) {
+      c = { peer, lastRead: 0, opened: Date.now() };
+      this.conversations.set(peer, c);
+      void this.vault.put(key.conversation(peer), c);
+    }
+    return c;
+  }
+
+  markRead(peer: string, upTo: number): void {
+    const c = this.conversation(peer);
+    if (upTo > c.lastRead) {
+      c.lastRead = upTo;
+      void this.vault.put(key.conversation(peer), c);
+    }
+  }
+
+  saveSettings(settings: Settings): Promise<void> {
+    this.settings = settings;
+    return this.vault.put(key.settings, settings);
+  }
+
+  /** Messages of one conversation, oldest first. */
+  thread(peer: string): MessageRecord[] {
+    return [...this.messages.values()].filter((m) => m.peer === peer).sort((a, b) => a.at - b.at);
+  }
+
+  /** Outgoing messages recorded but never seen accepted, oldest first. */
+  outbox(): MessageRecord[] {
+    return [...this.messages.values()]
+      .filter((m) => m.outgoing && m.status === "pending")
+      .sort((a, b) => a.at - b.at);
+  }
+
+  unread(peer: string): number {
+    const read = this.conversations.get(peer)?.lastRead ?? 0;
+    let n = 0;
+    for (const m of this.messages.values()) if (m.peer === peer && !m.outgoing && m.at > read) n++;
+    return n;
+  }
+
+  /** Conversations, the one with the newest message (or newest opened) first. */
+  conversationList(): Array<{ peer: string; last: MessageRecord | undefined; at: number }> {
+    const last = new Map<string, MessageRecord>();
+    for (const m of this.messages.values()) {
+      const seen = last.get(m.peer);
+      if (seen === undefined || m.at > seen.at) last.set(m.peer, m);
+    }
+    const peers = new Set([...this.conversations.keys(), ...last.keys()]);
+    return [...peers]
+      .filter((p) => p !== this.me)
+      .map((peer) => {
+        const m = last.get(peer);
+        return { peer, last: m, at: m?.at ?? this.conversations.get(peer)?.opened ?? 0 };
+      })
+      .sort((a, b) => b.at - a.at);
+  }
+}

@@ -1,0 +1,645 @@
+/**
+ * Wire frames of protocol v1 and their codec (SPEC §3, §4), as
+ * protocol/frames.py, frame_base.py, client_frames.py and hub_frames.py.
+ *
+ * A frame is a plain object with its wire keys: `{t: "send", id, from, to,
+ * envs}`, `{t: "deliver", seq, id, from_user, ...}`. `bin` fields are
+ * `Uint8Array`s, `int` fields are `number`s (safe integers: see `decode`),
+ * `envs` is a `Map` (its order is kept), nested maps (`lookup_ok.devices`,
+ * `ack.refused`...) are plain objects. An absent optional field is
+ * `undefined` (omitted on the wire, never nil).
+ *
+ * `decode(data, direction)` applies every decoding rule of SPEC §3.1 and
+ * every field check of the tables, and throws MalformedFrame or
+ * UnknownFrameType (errors.ts), never anything else. `encode(frame)` writes
+ * the canonical bytes of SPEC §3.2, byte-identical to the Python `encode`;
+ * it checks the frame with the same field checks first and throws
+ * MalformedFrame (local) rather than write a frame the peer would refuse.
+ * `decode(encode(f))` equals `f`.
+ */
+import { codePointLength } from "./bytes";
+import { MsgMap, type MsgValue, pack, unpack } from "./codec";
+import { MalformedFrame, ProtocolError, UnknownFrameType } from "./errors";
+
+// --- limits (frame_base.py) ----------------------------------------------------------
+
+export const PROTOCOL_VERSION = 1;
+export const SUBPROTOCOL = "miss.v1";
+/** Largest frame the hub accepts (bytes); larger ones are closed with 1009. */
+export const MAX_FRAME_BYTES = 64 * 1024;
+/** Largest hub frame a client should accept (bytes), as the Python SDK
+ * (`MAX_INCOMING_BYTES`): a `search_ok` can exceed MAX_FRAME_BYTES (SPEC §2). */
+export const MAX_HUB_FRAME_BYTES = 2 * MAX_FRAME_BYTES;
+/** Longest user id, device id, enrollment code, name... (characters). */
+export const MAX_ID_CHARS = 128;
+/** Most envelopes one `send` may carry (recipient devices + own devices). */
+export const MAX_RECIPIENT_DEVICES = 64;
+/** Largest attestation (SPEC §11). */
+export const MAX_ATTESTATION_BYTES = 8192;
+/** Most entries a `search` answers with. */
+export const MAX_SEARCH_RESULTS = 50;
+/** The shortest query a `search` answers (shorter ones: no entry, SPEC §11.3). */
+export const MIN_SEARCH_CHARS = 3;
+/** Most seqs one `ack` carries, and most refusals (SPEC §6.4). */
+export const MAX_ACK_SEQS = 1024;
+export const MAX_ACK_REFUSALS = 64;
+/** The largest `ack` an honest client can send: 1024 seqs and 64 refusals,
+ * each at its widest (frames.py computes it; the tests recompute it). */
+export const MAX_ACK_BYTES = 12762;
+/** Capability (SPEC §10): the client sends `ack.refused` and understands
+ * `refused` receipts (SPEC §6.5). */
+export const CAP_REFUSALS = "refusals";
+/** What the reference hub announces. */
+export const HUB_CAPS: readonly string[] = [CAP_REFUSALS];
+/** Most capabilities one side may name (each 1-32 characters `[a-z0-9_]`). */
+export const MAX_CAPS = 16;
+/** Statuses a clinician can set (SPEC §6.7). */
+export const STATUSES = ["available", "busy", "on_call", "off_duty"] as const;
+export type Status = (typeof STATUSES)[number];
+/** Most users one `watch` may name. */
+export const MAX_WATCH = 512;
+
+// --- frame types -----------------------------------------------------------------------
+
+/** Authenticate as an enrolled device by signing the challenge (SPEC §5.2). */
+export interface Auth {
+  t: "auth";
+  v: number;
+  device: string;
+  sig: Uint8Array;
+  /** Capabilities of the client (SPEC §10); not signed. */
+  caps?: readonly string[];
+}
+/** Register a new device with a one-time code (SPEC §5.1). */
+export interface Enroll {
+  t: "enroll";
+  v: number;
+  code: string;
+  sign_pk: Uint8Array;
+  box_pk: Uint8Array;
+  label: string;
+  sig: Uint8Array;
+  caps?: readonly string[];
+}
+/** One message, as one envelope per target device (SPEC §6.2). */
+export interface Send {
+  t: "send";
+  id: Uint8Array;
+  from: string;
+  to: string;
+  envs: ReadonlyMap<string, Uint8Array>;
+}
+/** One queued message this device refuses, and why (SPEC §6.5). */
+export interface Refusal {
+  seq: number;
+  reason: string;
+}
+/** The device has durably kept these rows, and refuses those (SPEC §6.4, §6.5). */
+export interface Ack {
+  t: "ack";
+  seqs: readonly number[];
+  refused?: readonly Refusal[];
+}
+/** Find a clinician by user id or RPPS number (send exactly one of them). */
+export interface Lookup {
+  t: "lookup";
+  rid: number;
+  user?: string;
+  rpps?: string;
+}
+/** Ask for a one-time code that enrolls another device of the same clinician. */
+export interface LinkCode {
+  t: "link_code";
+  rid: number;
+}
+/** Set the clinician's status (SPEC §6.7). */
+export interface SetStatus {
+  t: "set_status";
+  rid: number;
+  status: Status;
+}
+/** Follow the presence of these users; replaces the previous watch list. */
+export interface Watch {
+  t: "watch";
+  rid: number;
+  users: readonly string[];
+}
+/** Search the directory of verified clinicians (SPEC §11.3). */
+export interface Search {
+  t: "search";
+  rid: number;
+  query: string;
+}
+/** List this clinician's active devices (SPEC §11.4). */
+export interface Devices {
+  t: "devices";
+  rid: number;
+}
+/** Revoke one of this clinician's devices, for ever (SPEC §11.4). */
+export interface Revoke {
+  t: "revoke";
+  rid: number;
+  device: string;
+}
+
+/** The first frame of a connection (SPEC §4, §5). */
+export interface Challenge {
+  t: "challenge";
+  v: number;
+  nonce: Uint8Array;
+  /** The authority key the hub is configured with (SPEC §5.1); never a reason to trust it. */
+  authority?: Uint8Array;
+  caps?: readonly string[];
+}
+export interface Welcome {
+  t: "welcome";
+  user: string;
+  device: string;
+}
+/** The message is durably stored; `dup`: a resend of a stored id. */
+export interface Accepted {
+  t: "accepted";
+  id: Uint8Array;
+  dup: boolean;
+}
+export interface Deliver {
+  t: "deliver";
+  seq: number;
+  id: Uint8Array;
+  from_user: string;
+  from_device: string;
+  ts: number;
+  env: Uint8Array;
+}
+/** Receipt: message `id` reached device `device` of user `user`. */
+export interface Delivered {
+  t: "delivered";
+  seq: number;
+  id: Uint8Array;
+  user: string;
+  device: string;
+  ts: number;
+}
+/** Receipt: device `device` of user `user` refused message `id` (`reason`). */
+export interface Refused {
+  t: "refused";
+  seq: number;
+  id: Uint8Array;
+  user: string;
+  device: string;
+  ts: number;
+  reason: string;
+}
+/** One device of `lookup_ok.devices`. */
+export interface DeviceInfo {
+  device: string;
+  sign_pk: Uint8Array;
+  box_pk: Uint8Array;
+}
+export interface LookupOk {
+  t: "lookup_ok";
+  rid: number;
+  user: string;
+  name: string;
+  rpps: string;
+  profession: string;
+  organisation: string;
+  devices: readonly DeviceInfo[];
+  /** The authority's attestation (attestation.ts): verify it, never trust the hub. */
+  att?: Uint8Array;
+}
+export interface LinkCodeOk {
+  t: "link_code_ok";
+  rid: number;
+  code: string;
+  expires: number;
+}
+/** A request that returns nothing succeeded (`set_status`, `revoke`). */
+export interface Ok {
+  t: "ok";
+  rid: number;
+}
+/** The attestations of the clinicians found; show only those that verify. */
+export interface SearchOk {
+  t: "search_ok";
+  rid: number;
+  atts: readonly Uint8Array[];
+}
+/** One of the clinician's own devices, as `devices_ok` lists them. */
+export interface DeviceEntry {
+  device: string;
+  label: string;
+  created: number;
+  attested: boolean;
+}
+export interface DevicesOk {
+  t: "devices_ok";
+  rid: number;
+  devices: readonly DeviceEntry[];
+}
+/** An error (errors.ts). `id`/`rid` say which request it answers. */
+export interface ErrorFrame {
+  t: "error";
+  code: string;
+  message: string;
+  fatal: boolean;
+  id?: Uint8Array;
+  rid?: number;
+  retry_after?: number;
+  missing?: readonly string[];
+}
+/** One entry of `watching.presence`: a `presence` without `"t"`. */
+export interface PresenceEntry {
+  user: string;
+  status: Status;
+  online: boolean;
+}
+/** A watched user's status and whether any of their devices is online. */
+export interface Presence extends PresenceEntry {
+  t: "presence";
+}
+export interface Watching {
+  t: "watching";
+  rid: number;
+  presence: readonly PresenceEntry[];
+}
+
+export type ClientFrame = Auth | Enroll | Send | Ack | Lookup | LinkCode | SetStatus | Watch | Search | Devices | Revoke;
+export type HubFrame =
+  | Challenge
+  | Welcome
+  | Accepted
+  | Deliver
+  | Delivered
+  | Refused
+  | LookupOk
+  | LinkCodeOk
+  | Ok
+  | Presence
+  | Watching
+  | SearchOk
+  | DevicesOk
+  | ErrorFrame;
+export type Frame = ClientFrame | HubFrame;
+export type FrameType = Frame["t"];
+export type FrameOf<T extends FrameType> = Extract<Frame, { t: T }>;
+
+/** Every client → hub frame type, in the order of SPEC §3.3 (CLIENT_FRAMES). */
+export const CLIENT_FRAME_TYPES: readonly ClientFrame["t"][] = [
+  "auth",
+  "enroll",
+  "send",
+  "ack",
+  "lookup",
+  "link_code",
+  "set_status",
+  "watch",
+  "search",
+  "devices",
+  "revoke",
+];
+/** Every hub → client frame type (SERVER_FRAMES). */
+export const HUB_FRAME_TYPES: readonly HubFrame["t"][] = [
+  "challenge",
+  "welcome",
+  "accepted",
+  "deliver",
+  "delivered",
+  "refused",
+  "lookup_ok",
+  "link_code_ok",
+  "ok",
+  "presence",
+  "watching",
+  "search_ok",
+  "devices_ok",
+  "error",
+];
+
+// --- field checkers (frame_base.py) ----------------------------------------------------
+// A checker returns the field's value if the decoded value is acceptable and
+// throws MalformedFrame otherwise.
+
+type Checker<T = unknown> = (v: MsgValue) => T;
+
+function malformed(what: string): MalformedFrame {
+  return new MalformedFrame(what);
+}
+
+function checkBytes(n?: number, maxLen: number = MAX_FRAME_BYTES): Checker<Uint8Array> {
+  return (v) => {
+    if (!(v instanceof Uint8Array) || (n !== undefined && v.length !== n) || v.length > maxLen) {
+      throw malformed(`expected ${n ?? "some"} bytes`);
+    }
+    return v;
+  };
+}
+
+function checkStr(maxLen: number = MAX_ID_CHARS, allowEmpty = false): Checker<string> {
+  return (v) => {
+    if (typeof v !== "string") throw malformed("expected a non-empty string");
+    const n = codePointLength(v);
+    if (n > maxLen || (n === 0 && !allowEmpty)) throw malformed("expected a non-empty string");
+    return v;
+  };
+}
+
+/** 0 … 2^53 − 1. SPEC §3.1 allows up to 2^63 − 1; a larger integer than
+ * JavaScript numbers hold exactly is refused too (the hub's never are). */
+function checkInt(v: MsgValue): number {
+  if (typeof v === "bigint") {
+    throw malformed(v < 0n || v > 2n ** 63n - 1n ? "expected a non-negative integer" : "integer above 2^53 - 1");
+  }
+  if (typeof v !== "number" || !Number.isSafeInteger(v) || v < 0) {
+    throw malformed("expected a non-negative integer");
+  }
+  return v;
+}
+
+function checkBool(v: MsgValue): boolean {
+  if (typeof v !== "boolean") throw malformed("expected a boolean");
+  return v;
+}
+
+function checkList<T>(item: Checker<T>, maxItems: number): Checker<T[]> {
+  return (v) => {
+    if (!Array.isArray(v) || v.length > maxItems) throw malformed("expected a list");
+    return v.map(item);
+  };
+}
+
+const TOKEN = /^[a-z0-9_]+$/;
+
+/** A short lowercase name: `[a-z0-9_]`, 1 to `maxLen` characters
+ * (capabilities, refusal reasons). */
+function checkToken(maxLen: number): Checker<string> {
+  return (v) => {
+    if (typeof v !== "string" || v.length === 0 || v.length > maxLen || !TOKEN.test(v)) {
+      throw malformed("expected a lowercase name");
+    }
+    return v;
+  };
+}
+
+const checkCaps = checkList(checkToken(32), MAX_CAPS);
+
+function checkEnvs(v: MsgValue): Map<string, Uint8Array> {
+  if (!(v instanceof MsgMap) || v.size === 0 || v.size > MAX_RECIPIENT_DEVICES) {
+    throw malformed("expected a map of device id to envelope");
+  }
+  const checkId = checkStr();
+  const checkEnv = checkBytes(undefined, MAX_FRAME_BYTES);
+  const out = new Map<string, Uint8Array>();
+  for (const [k, env] of v.entries()) {
+    out.set(checkId(k), checkEnv(env)); // a bin key is no device id: refused
+  }
+  return out;
+}
+
+function checkStatus(v: MsgValue): Status {
+  if (typeof v !== "string" || !(STATUSES as readonly string[]).includes(v)) throw malformed("unknown status");
+  return v as Status;
+}
+
+/** A nested map of the given fields (all required). */
+function checkRecord<T>(what: string, fields: readonly (readonly [string, Checker])[]): Checker<T> {
+  return (v) => {
+    if (!(v instanceof MsgMap)) throw malformed(`expected a ${what} map`);
+    const out: Record<string, unknown> = {};
+    for (const [key, check] of fields) {
+      if (!v.has(key)) throw malformed(`${what} lacks '${key}'`);
+      out[key] = check(v.get(key)!);
+    }
+    return out as T;
+  };
+}
+
+const refusal = checkRecord<Refusal>("refusal", [
+  ["seq", checkInt],
+  ["reason", checkToken(32)],
+]);
+const deviceInfo = checkRecord<DeviceInfo>("device", [
+  ["device", checkStr()],
+  ["sign_pk", checkBytes(32)],
+  ["box_pk", checkBytes(32)],
+]);
+const deviceEntry = checkRecord<DeviceEntry>("device entry", [
+  ["device", checkStr()],
+  ["label", checkStr(64, true)],
+  ["created", checkInt],
+  ["attested", checkBool],
+]);
+const PRESENCE_FIELDS: readonly (readonly [string, Checker])[] = [
+  ["user", checkStr()],
+  ["status", checkStatus],
+  ["online", checkBool],
+];
+const presenceEntry = checkRecord<PresenceEntry>("presence", PRESENCE_FIELDS);
+
+// --- the tables of SPEC §3.3 and §3.4 ------------------------------------------------------
+
+interface Field {
+  readonly key: string;
+  readonly check: Checker;
+  readonly optional: boolean;
+  /** For a list of nested maps: their keys, in canonical order. */
+  readonly record?: readonly string[];
+}
+
+interface Schema {
+  readonly type: FrameType;
+  readonly direction: "client" | "hub";
+  readonly fields: readonly Field[];
+}
+
+const req = (key: string, check: Checker, record?: readonly string[]): Field => ({ key, check, optional: false, record });
+const opt = (key: string, check: Checker, record?: readonly string[]): Field => ({ key, check, optional: true, record });
+
+const SCHEMAS = new Map<string, Schema>();
+function schema(type: FrameType, direction: "client" | "hub", fields: Field[]): void {
+  SCHEMAS.set(type, { type, direction, fields });
+}
+
+const id16 = checkBytes(16);
+const rid = req("rid", checkInt);
+
+// Client → hub (SPEC §3.3).
+schema("auth", "client", [req("v", checkInt), req("device", checkStr()), req("sig", checkBytes(64)), opt("caps", checkCaps)]);
+schema("enroll", "client", [
+  req("v", checkInt),
+  req("code", checkStr()),
+  req("sign_pk", checkBytes(32)),
+  req("box_pk", checkBytes(32)),
+  req("label", checkStr(64, true)),
+  req("sig", checkBytes(64)),
+  opt("caps", checkCaps),
+]);
+schema("send", "client", [req("id", id16), req("from", checkStr()), req("to", checkStr()), req("envs", checkEnvs)]);
+schema("ack", "client", [
+  req("seqs", checkList(checkInt, MAX_ACK_SEQS)),
+  opt("refused", checkList(refusal, MAX_ACK_REFUSALS), ["seq", "reason"]),
+]);
+schema("lookup", "client", [rid, opt("user", checkStr()), opt("rpps", checkStr(32))]);
+schema("link_code", "client", [rid]);
+schema("set_status", "client", [rid, req("status", checkStatus)]);
+schema("watch", "client", [rid, req("users", checkList(checkStr(), MAX_WATCH))]);
+schema("search", "client", [rid, req("query", checkStr(64))]);
+schema("devices", "client", [rid]);
+schema("revoke", "client", [rid, req("device", checkStr())]);
+
+// Hub → client (SPEC §3.4).
+schema("challenge", "hub", [req("v", checkInt), req("nonce", checkBytes(32)), opt("authority", checkBytes(32)), opt("caps", checkCaps)]);
+schema("welcome", "hub", [req("user", checkStr()), req("device", checkStr())]);
+schema("accepted", "hub", [req("id", id16), req("dup", checkBool)]);
+schema("deliver", "hub", [
+  req("seq", checkInt),
+  req("id", id16),
+  req("from_user", checkStr()),
+  req("from_device", checkStr()),
+  req("ts", checkInt),
+  req("env", checkBytes()),
+]);
+schema("delivered", "hub", [req("seq", checkInt), req("id", id16), req("user", checkStr()), req("device", checkStr()), req("ts", checkInt)]);
+schema("refused", "hub", [
+  req("seq", checkInt),
+  req("id", id16),
+  req("user", checkStr()),
+  req("device", checkStr()),
+  req("ts", checkInt),
+  req("reason", checkToken(32)),
+]);
+schema("lookup_ok", "hub", [
+  rid,
+  req("user", checkStr()),
+  req("name", checkStr()),
+  req("rpps", checkStr(32)),
+  req("profession", checkStr(MAX_ID_CHARS, true)),
+  req("organisation", checkStr(MAX_ID_CHARS, true)),
+  req("devices", checkList(deviceInfo, MAX_RECIPIENT_DEVICES), ["device", "sign_pk", "box_pk"]),
+  opt("att", checkBytes(undefined, MAX_ATTESTATION_BYTES)),
+]);
+schema("link_code_ok", "hub", [rid, req("code", checkStr()), req("expires", checkInt)]);
+schema("ok", "hub", [rid]);
+schema("presence", "hub", PRESENCE_FIELDS.map(([key, check]) => req(key, check)));
+schema("watching", "hub", [rid, req("presence", checkList(presenceEntry, MAX_WATCH), ["user", "status", "online"])]);
+schema("search_ok", "hub", [rid, req("atts", checkList(checkBytes(undefined, MAX_ATTESTATION_BYTES), MAX_SEARCH_RESULTS))]);
+schema("devices_ok", "hub", [rid, req("devices", checkList(deviceEntry, MAX_RECIPIENT_DEVICES), ["device", "label", "created", "attested"])]);
+schema("error", "hub", [
+  req("code", checkStr()),
+  req("message", checkStr(512)),
+  req("fatal", checkBool),
+  opt("id", id16),
+  opt("rid", checkInt),
+  opt("retry_after", checkInt),
+  opt("missing", checkList(checkStr(), MAX_RECIPIENT_DEVICES)),
+]);
+
+function fromWire(spec: Schema, m: MsgMap): Frame {
+  const out: Record<string, unknown> = { t: spec.type };
+  for (const field of spec.fields) {
+    if (m.has(field.key)) out[field.key] = field.check(m.get(field.key)!);
+    else if (!field.optional) throw malformed(`${spec.type}: missing '${field.key}'`);
+  }
+  return out as unknown as Frame;
+}
+
+// --- the codec -------------------------------------------------------------------------------
+
+/** Which frame types `decode` admits: "hub" = hub → client (what a client
+ * decodes), "client" = client → hub (what the hub decodes), "any" = both. */
+export type Direction = "hub" | "client" | "any";
+
+/**
+ * Parse one frame of `direction` (default "any"). Throws MalformedFrame for
+ * anything that is not one msgpack map of the right shape for its type
+ * (SPEC §3.1), UnknownFrameType for a `"t"` that names no frame type of
+ * that direction; nothing else. Unknown keys are ignored; a key given twice
+ * counts once, with its last value. Integers above 2^53 − 1 are refused as
+ * MalformedFrame (the Python decoder accepts up to 2^63 − 1). No size
+ * check: a client should accept hub frames up to MAX_HUB_FRAME_BYTES.
+ */
+export function decode(data: Uint8Array, direction: "hub"): HubFrame;
+export function decode(data: Uint8Array, direction: "client"): ClientFrame;
+export function decode(data: Uint8Array, direction?: Direction): Frame;
+export function decode(data: Uint8Array, direction: Direction = "any"): Frame {
+  let m: MsgValue;
+  try {
+    m = unpack(data);
+  } catch (err) {
+    throw new MalformedFrame(`not msgpack: ${(err as Error).message}`);
+  }
+  if (!(m instanceof MsgMap)) throw new MalformedFrame("frame is not a map");
+  const kind = m.get("t");
+  if (typeof kind !== "string") throw new MalformedFrame("frame has no type");
+  const spec = SCHEMAS.get(kind);
+  if (spec === undefined || (direction !== "any" && spec.direction !== direction)) {
+    throw new UnknownFrameType(`type '${Array.from(kind).slice(0, 32).join("")}'`);
+  }
+  try {
+    return fromWire(spec, m);
+  } catch (err) {
+    if (err instanceof ProtocolError) throw err;
+    throw new MalformedFrame(String(err));
+  }
+}
+
+/** A frame field's value as a msgpack value (no checks yet). */
+function toMsg(v: unknown, record?: readonly string[]): MsgValue {
+  if (v === null || typeof v === "string" || typeof v === "boolean" || typeof v === "bigint" || v instanceof Uint8Array) {
+    return v;
+  }
+  if (typeof v === "number") {
+    if (!Number.isSafeInteger(v)) throw malformed(`${v} is not an integer`);
+    return v;
+  }
+  if (Array.isArray(v)) return v.map((item) => toMsg(item, record));
+  if (v instanceof Map) {
+    const m = new MsgMap();
+    for (const [k, value] of v) {
+      if (typeof k !== "string") throw malformed("map keys are strings");
+      m.set(k, toMsg(value));
+    }
+    return m;
+  }
+  if (record !== undefined && typeof v === "object") {
+    const m = new MsgMap();
+    const obj = v as Record<string, unknown>;
+    for (const key of record) if (obj[key] !== undefined) m.set(key, toMsg(obj[key]));
+    return m;
+  }
+  throw malformed("a value with no wire form");
+}
+
+/**
+ * The canonical msgpack bytes of `frame` (SPEC §3.2): `"t"` first, then the
+ * fields in the order of the frame's table, absent optional fields omitted,
+ * shortest formats, `str` for strings and `bin` for bytes. Throws
+ * MalformedFrame (local) for a frame that `decode` would refuse, or
+ * UnknownFrameType for an unknown `t`.
+ */
+export function encode(frame: Frame): Uint8Array {
+  const spec = SCHEMAS.get((frame as { t: unknown }).t as string);
+  if (spec === undefined) throw new UnknownFrameType(`cannot encode a frame of type ${String(frame.t)}`);
+  const m = new MsgMap([["t", spec.type]]);
+  const fields = frame as unknown as Record<string, unknown>;
+  for (const field of spec.fields) {
+    const value = fields[field.key];
+    if (value !== undefined) m.set(field.key, toMsg(value, field.record));
+  }
+  fromWire(spec, m); // the same checks as decode
+  try {
+    return pack(m);
+  } catch (err) {
+    throw malformed(`not encodable: ${(err as Error).message}`);
+  }
+}
+
+/** True if `t` is a client → hub frame type. */
+export function isClientFrameType(t: string): t is ClientFrame["t"] {
+  return SCHEMAS.get(t)?.direction === "client";
+}
+
+/** True if `t` is a hub → client frame type. */
+export function isHubFrameType(t: string): t is HubFrame["t"] {
+  return SCHEMAS.get(t)?.direction === "hub";
+}
