@@ -25,6 +25,8 @@ Commands::
     miss-admin delete USER [--yes]           erase a clinician's account (GDPR)
     miss-admin audit [--user U] [--action A] [--since T] [--limit N]
                                              the audit log, oldest first
+    miss-admin web-hash [--dir PATH]         the hash of the browser client's bundle this hub
+                                             serves (or of a copy in PATH), and its files
 
 USER is a user id (``u_...``) or an RPPS number. The authority key file
 (``--key-file``, default ``$MISS_AUTHORITY_KEY_FILE`` or
@@ -53,6 +55,7 @@ import re
 import sys
 from datetime import UTC, datetime
 from importlib.metadata import version
+from pathlib import Path
 from typing import Any
 
 import nacl.signing
@@ -89,6 +92,7 @@ from .app import build_store, embedded_store
 from .authority import create_key_file, load_authority, signed_attestation
 from .config import ConfigError, Settings, load_settings
 from .store.base import SchemaMismatch, Store, StoreUnavailable
+from .web import BUNDLE_DIR, WebBundle
 
 __all__ = ["main"]
 
@@ -115,6 +119,28 @@ async def cmd_authority(store: Store | None, settings: Settings, args: argparse.
         out["text"] = f"wrote {path} (mode 600)\n" + out["text"]
         return out
     return _public_text(load_authority(path))
+
+
+async def cmd_web_hash(store: Store | None, settings: Settings, args: argparse.Namespace) -> dict[str, Any]:
+    """The bundle hash (web.bundle_hash: SHA-256 of index.html, which pins
+    the other files by SRI) and every file the hub would serve, with its size."""
+    directory = Path(args.dir) if args.dir else BUNDLE_DIR
+    try:
+        bundle = WebBundle.load(directory)
+    except FileNotFoundError as exc:
+        raise ValueError(str(exc)) from None
+    sizes = {a.name: len(a.body) for a in bundle.assets.values()}
+    width = max(map(len, sizes))
+    lines = [bundle.hash] + [f"  {name:<{width}}  {size:>9,} bytes" for name, size in sizes.items()]
+    if args.dir is None and not settings.web_client:
+        lines.append("(web_client is off: this hub does not serve it)")
+    return {
+        "hash": bundle.hash,
+        "directory": str(directory.absolute()),
+        "files": [{"name": name, "size": size} for name, size in sizes.items()],
+        "served": args.dir is None and settings.web_client,
+        "text": "\n".join(lines),
+    }
 
 
 async def cmd_org(store: Store, settings: Settings, args: argparse.Namespace) -> dict[str, Any]:
@@ -348,6 +374,14 @@ def _parser() -> argparse.ArgumentParser:
     dele = command("delete", "erase a clinician's account (GDPR)", DELETE_HELP)
     dele.add_argument("user", help="user id or RPPS number")
     dele.add_argument("--yes", action="store_true", help="do not ask for confirmation")
+    web = command(
+        "web-hash",
+        "the hash of the browser client's bundle, and its files",
+        "Print the bundle hash (sha256: and the hex SHA-256 of index.html, which pins the other "
+        "files with SRI) of the browser client this hub serves, then each file and its size. "
+        "Needs no store.",
+    )
+    web.add_argument("--dir", metavar="PATH", help="hash the bundle in PATH (a copy served elsewhere)")
     aud = command("audit", "show the audit log")
     aud.add_argument("--user", help="only events about this user (id or RPPS)")
     aud.add_argument("--action", action="append", help="only this action (repeatable), e.g. auth.failed")
@@ -367,6 +401,8 @@ def _announce_store(settings: Settings) -> None:
 async def _run(settings: Settings, args: argparse.Namespace) -> dict[str, Any]:
     if args.command == "authority":
         return await cmd_authority(None, settings, args)
+    if args.command == "web-hash":
+        return await cmd_web_hash(None, settings, args)
     _announce_store(settings)
     embedded = embedded_store(settings)
     if embedded and args.command != "migrate" and not settings.sqlite_path.exists():

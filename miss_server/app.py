@@ -3,9 +3,9 @@
 ``build_store``, ``build_broker`` and ``build_limiter`` turn the configured
 URLs into a Store, a Broker and the Limiter of the buckets every node
 shares; :class:`HubServer` wires them into a :class:`~miss_server.hub.Hub`
-and serves WebSocket connections and the HTTP endpoints (``/healthz``,
-``/metrics``) on one port. Everything else receives its dependencies from
-here through constructors.
+and serves WebSocket connections, the HTTP endpoints (``/healthz``,
+``/metrics``) and the browser client's files (``web.py``) on one port.
+Everything else receives its dependencies from here through constructors.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ import ssl
 from http import HTTPStatus
 from types import TracebackType
 
-from prometheus_client import CONTENT_TYPE_LATEST
+from prometheus_client import CONTENT_TYPE_LATEST, Counter
 from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.datastructures import Headers
 from websockets.http11 import Request, Response
@@ -42,6 +42,7 @@ from .ratelimit_redis import RedisLimiter
 from .store.base import Store
 from .store.postgres import PostgresStore
 from .store.sqlite import SQLiteStore
+from .web import OriginPolicy, WebBundle, is_upgrade
 
 __all__ = ["HubServer", "build_broker", "build_limiter", "build_store"]
 
@@ -114,6 +115,18 @@ class HubServer:
             lambda scope: self.metrics.pending_refused.labels(scope).inc(),
         )
         self._metrics_token = settings.metrics_token
+        self.origins = OriginPolicy(settings.allowed_origins)
+        self.origin_refused = Counter(
+            "miss_origin_refused_total",
+            "WebSocket upgrades refused for their Origin header (SPEC §2)",
+            registry=self.metrics.registry,
+        )
+        self.web: WebBundle | None = None
+        if settings.web_client:
+            try:
+                self.web = WebBundle.load()  # read once: only these files are ever served
+            except FileNotFoundError as exc:
+                log.warning("web client not served: %s", exc)
         self._server: Server | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._loop_handler: AcceptErrorFilter | None = None
@@ -178,6 +191,7 @@ class HubServer:
                 "store": self.settings.store_display,
                 "broker": self.settings.broker_display,
                 "max_pending": self.gate.total,
+                "web_client": self.web.hash if self.web is not None else "off",
             },
         )
 
@@ -253,8 +267,17 @@ class HubServer:
             body = self.metrics.render()
             headers = Headers([("Content-Type", CONTENT_TYPE_LATEST), ("Content-Length", str(len(body)))])
             return Response(200, "OK", headers, body)
+        upgrade = path == "/" and is_upgrade(request)
+        if not upgrade and self.web is not None and (asset := self.web.asset_for(path)) is not None:
+            return self.web.response(request, asset)
         if path != "/":
             return ws.respond(HTTPStatus.NOT_FOUND, "not found\n")
+        if not self.origins.allows(request):
+            self.origin_refused.inc()
+            # Says what to add to allowed_origins, or that a proxy does not forward Host.
+            seen = {k.lower(): ascii(", ".join(request.headers.get_all(k)))[:200] for k in ("Origin", "Host")}
+            log.info("websocket upgrade refused: origin not allowed", extra=seen)
+            return ws.respond(HTTPStatus.FORBIDDEN, "origin not allowed\n")
         if self.settings.trust_forwarded_for and isinstance(ws, GatedConnection):
             if not ws.admit_forwarded(client_address(ws, True)):
                 return ws.respond(HTTPStatus.SERVICE_UNAVAILABLE, "too many connections\n")

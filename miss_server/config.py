@@ -15,12 +15,13 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit, urlunsplit
 
 from pydantic import Field, ValidationError, field_validator
 from pydantic_settings import (
     BaseSettings,
+    NoDecode,
     PydanticBaseSettingsSource,
     SettingsConfigDict,
     TomlConfigSettingsSource,
@@ -29,6 +30,7 @@ from pydantic_settings import (
 from protocol.attestation import decode_authority_key
 
 from .ratelimit import parse_rate
+from .web import normalise_origin
 
 __all__ = ["ConfigError", "Settings", "load_settings"]
 
@@ -130,6 +132,18 @@ class Settings(BaseSettings):
         description="Take the client address from the last X-Forwarded-For entry (only behind a "
         "reverse proxy that sets it, as deploy/nginx.conf does).",
     )
+    web_client: bool = Field(
+        True,
+        description="Serve the browser client (miss_server/static/) at GET / on the hub's port; "
+        "a WebSocket upgrade on / reaches the hub either way.",
+    )
+    # NoDecode: MISS_ALLOWED_ORIGINS is a comma-separated list, not JSON.
+    allowed_origins: Annotated[tuple[str, ...], NoDecode] = Field(
+        (),
+        description="Origins (https://host[:port]) besides the hub's own whose pages may open a "
+        "WebSocket to it; an upgrade carrying another Origin is refused with 403. "
+        "In the environment: comma-separated.",
+    )
 
     @field_validator("store")
     @classmethod
@@ -143,6 +157,15 @@ class Settings(BaseSettings):
     def _known_broker(cls, v: str) -> str:
         if not v.startswith(("memory://", "redis://", "rediss://")):
             raise ValueError("must be memory:// or start with redis:// or rediss://")
+        return v
+
+    @field_validator("allowed_origins", mode="before")
+    @classmethod
+    def _origins(cls, v: Any) -> Any:
+        if isinstance(v, str):
+            v = [o for o in (part.strip() for part in v.split(",")) if o]
+        if isinstance(v, list | tuple):
+            return tuple(normalise_origin(o) if isinstance(o, str) else o for o in v)
         return v
 
     @field_validator("authority_key")

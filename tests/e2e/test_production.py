@@ -268,6 +268,12 @@ def test_production_runbook_runs_as_written(tmp_path: Path) -> None:
         # The health check through nginx and TLS answers ok.
         (health,) = outputs_of(text, rf"curl .*https://localhost:{proxy}/healthz")
         assert health.strip() == "ok", logs()
+        # The browser client's page, fetched through nginx and TLS, is the
+        # bundle whose hash miss-admin web-hash prints (pipelines interleave
+        # their trace lines, so the two outputs are found by their shapes).
+        published = re.findall(r"^sha256:([0-9a-f]{64})$", text, re.MULTILINE)
+        served = re.findall(r"^([0-9a-f]{64})  -$", text, re.MULTILINE)
+        assert published and published == served, logs()
         # Bob's inbox, read through the proxy, shows Alice's message under her name.
         (inbox,) = outputs_of(text, r"miss-chat --profile \S+/bob inbox")
         assert "Dr Alice Martin (10000000001): Bonjour, un avis sur l'ECG de Mme D. ?" in inbox, logs()
