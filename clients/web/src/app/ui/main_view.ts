@@ -104,12 +104,16 @@ export class MainView {
     );
     // "retrying in 5 s" counts down.
     this.tick = setInterval(() => this.drawConnection(), 1000);
-    document.addEventListener("visibilitychange", () => this.markRead());
+    document.addEventListener("visibilitychange", this.onVisible);
     this.render();
   }
 
+  private readonly onVisible = (): void => this.markRead();
+
+  /** Detach from the document (the app is locked). */
   destroy(): void {
     clearInterval(this.tick);
+    document.removeEventListener("visibilitychange", this.onVisible);
   }
 
   /** Redraw soon (many changes coalesce). A timer, not an animation frame:
