@@ -37,8 +37,32 @@ async function start(): Promise<void> {
   } catch {
     return fatal(t("error.storage"));
   }
+  holding ||= await holdDevice();
+  if (!holding) return fatal(t("error.other_tab"));
   if (profile === null) show(enrollScreen(enrolled));
   else show(unlockScreen(profile, (vault) => void unlocked(vault), () => void start()));
+}
+
+/** Whether this tab holds the device (for the page's life, lock included). */
+let holding = false;
+
+/**
+ * Hold the device for this tab (Web Locks): two tabs of one device would
+ * take the hub's session from each other (`session_replaced`) and write the
+ * same vault. Resolves to false if another tab holds it.
+ */
+async function holdDevice(): Promise<boolean> {
+  if (!("locks" in navigator)) return true;
+  return new Promise((resolve) => {
+    void navigator.locks.request("miss-device", { ifAvailable: true }, (lock) => {
+      if (lock === null) {
+        resolve(false);
+        return undefined;
+      }
+      resolve(true);
+      return new Promise<void>(() => undefined); // released when the page goes
+    });
+  });
 }
 
 async function enrolled(e: Enrolled): Promise<void> {

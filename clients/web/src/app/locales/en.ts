@@ -71,6 +71,7 @@ export const en: Catalogue = {
   "error.no_devices": "{name} has no verified device: nobody could read the message.",
   "error.too_large": "Message too long.",
   "error.generic": "Error: {message}",
+  "error.other_tab": "MiSS is already open in another tab or window of this browser: go on there, or close it and reload this page.",
   "error.storage": "The browser refuses local storage (private browsing?). MiSS cannot work.",
   "error.not_secure":
     "This page is not served in a secure context (https or localhost): the browser refuses cryptography.",
