@@ -307,6 +307,8 @@ export class MissClient {
     const cached = this.lookups.get(user);
     if (!refresh && cached && Date.now() - cached.at < LOOKUP_FRESH_MS) return cached.peer;
     const reply = await this.request<LookupOk>((rid) => ({ t: "lookup", rid, user }));
+    // A hub answering about someone else must not redirect a conversation.
+    if (reply.user !== user) throw new UnverifiedPeer(user, "wrong_user", user === this.me);
     return this.verified(reply);
   }
 
@@ -552,7 +554,8 @@ export class MissClient {
         this.held.set(m.id, e); // stays pending: sent once the cause is gone
       } else {
         this.held.delete(m.id);
-        await this.state.saveMessage({ ...m, status: "failed", failure: e instanceof ProtocolError ? e.code : e.message });
+        const failure = e instanceof ProtocolError ? e.code : e instanceof MessageTooLarge ? "too_large" : e.message;
+        await this.state.saveMessage({ ...m, status: "failed", failure });
       }
     } finally {
       this.inflight.delete(m.id);

@@ -72,6 +72,7 @@ export const en: Catalogue = {
   "error.too_large": "Message too long.",
   "error.generic": "Error: {message}",
   "error.other_tab": "MiSS is already open in another tab or window of this browser: go on there, or close it and reload this page.",
+  "error.offline": "Offline: try again once the connection is back.",
   "error.storage": "The browser refuses local storage (private browsing?). MiSS cannot work.",
   "error.not_secure":
     "This page is not served in a secure context (https or localhost): the browser refuses cryptography.",

@@ -76,6 +76,7 @@ export const fr = {
   "error.too_large": "Message trop long.",
   "error.generic": "Erreur : {message}",
   "error.other_tab": "MiSS est déjà ouvert dans un autre onglet ou une autre fenêtre de ce navigateur : continuez là-bas, ou fermez-le puis rechargez cette page.",
+  "error.offline": "Hors ligne : réessayez une fois la connexion rétablie.",
   "error.storage": "Le navigateur refuse le stockage local (navigation privée ?). MiSS ne peut pas fonctionner.",
   "error.not_secure":
     "Cette page n'est pas servie dans un contexte sécurisé (https ou localhost) : le navigateur refuse la cryptographie.",

@@ -8,6 +8,7 @@
  * `render()` redraws what state may have changed; the composer and the
  * dialogs' inputs are built once so that typing is never interrupted.
  */
+import { ProtocolError } from "../../protocol/errors";
 import { STATUSES } from "../../protocol/frames";
 import type { MissClient } from "../client";
 import { dayLabel, formatDateTime, formatTime, startOfDay, t, type MessageKey } from "../i18n";
@@ -331,7 +332,8 @@ export class MainView {
       return h("span", { class: "receipt pending", "data-testid": "receipt", "data-state": "pending", title: why?.message ?? "" }, " · ◷ ", text);
     }
     if (m.status === "failed") {
-      return h("span", { class: "receipt failed", "data-testid": "receipt", "data-state": "failed" }, " · ✗ ", t("msg.failed", { reason: m.failure ?? "" }));
+      const name = displayName(this.client.state.peers.get(m.peer), m.peer);
+      return h("span", { class: "receipt failed", "data-testid": "receipt", "data-state": "failed" }, " · ✗ ", t("msg.failed", { reason: failureText(m.failure ?? "", name) }));
     }
     const entries = Object.entries(m.receipts);
     const delivered = entries.filter(([, r]) => r.reason === undefined);
@@ -372,6 +374,14 @@ export class MainView {
       )),
     );
   }
+}
+
+/** Why a message was refused for good, as a sentence (codes of SPEC §7). */
+function failureText(code: string, name: string): string {
+  if (code === "too_large") return t("error.too_large");
+  if (code === "no_devices") return t("error.no_devices", { name });
+  if (code === "recipient_not_verified") return t("error.unverified_peer", { name, reason: t("unverified_reason.missing") });
+  return describeError(new ProtocolError(code));
 }
 
 function refusalText(reason: string): string {

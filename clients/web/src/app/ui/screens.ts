@@ -5,6 +5,7 @@
  */
 import { ProtocolError } from "../../protocol/errors";
 import { WrongAuthority } from "../../protocol/session";
+import { ConnectionLost } from "../client";
 import { BadAuthorityKey, Unreachable, defaultServer, enroll, type Enrolled } from "../enroll";
 import { t, type MessageKey } from "../i18n";
 import { MIN_PASSPHRASE_CHARS, Vault, WrongPassphrase, erase, type Profile } from "../vault";
@@ -31,6 +32,7 @@ export function describeError(err: unknown): string {
     return key ? t(key) : t("error.generic", { message: err.code });
   }
   if (err instanceof WrongAuthority) return t("error.authority_mismatch");
+  if (err instanceof ConnectionLost) return t("error.offline");
   if (err instanceof BadAuthorityKey) return t("error.authority_invalid");
   if (err instanceof Unreachable) return t("error.unreachable");
   if (err instanceof WrongPassphrase) return t("error.passphrase_wrong");
