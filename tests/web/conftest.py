@@ -33,47 +33,16 @@ import pytest
 import pytest_asyncio
 from playwright.async_api import Browser, BrowserContext, ConsoleMessage, Page, Playwright, async_playwright
 
-from miss_server.app import HubServer
+from bench.web_startup import CHROMIUM as CHROMIUM_PATH
+from bench.web_startup import CHROMIUM_ARGS
 from miss_server.web import BUNDLE_DIR
+from tests.server.conftest import make_hub  # noqa: F401 - a fixture: in-process hubs, as the server tests make them
 from tests.support.hubproc import HubProcess
-from tests.support.inprocess_hub import HubFactory, hub_settings
 
 ROOT = Path(__file__).resolve().parents[2]
-CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM = Path(CHROMIUM_PATH)
 #: The marks of a browser test module: ``pytestmark = BROWSER_TEST``.
 BROWSER_TEST = [pytest.mark.slow, pytest.mark.asyncio(loop_scope="session")]
-CHROMIUM_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
-
-
-# --- in-process hubs -------------------------------------------------------
-
-
-@pytest.fixture
-async def make_hub(tmp_path: Path) -> AsyncIterator[HubFactory]:
-    """``await make_hub(**settings)``: a hub in this process on
-    support/inprocess_hub.py's settings plus ``settings``; each is stopped
-    after the test."""
-    started: list[HubServer] = []
-
-    async def make(**overrides: Any) -> HubServer:
-        directory = tmp_path / f"hub{len(started)}"
-        directory.mkdir(exist_ok=True)
-        server = HubServer(hub_settings(directory, **overrides))
-        await server.start()
-        started.append(server)
-        return server
-
-    yield make
-    for server in started:
-        await server.stop()
 
 
 # --- a real miss-server serving the browser client ------------------------
