@@ -58,6 +58,7 @@ export interface DirectoryEntry {
 const FINAL_ERRORS = new Set(["auth_failed", "device_revoked", "account_suspended", "session_replaced", "unsupported_version"]);
 
 const REQUEST_TIMEOUT_MS = 30_000;
+const OPEN_TIMEOUT_MS = 15_000;
 const BACKOFF_FIRST_MS = 1_000;
 const BACKOFF_MAX_MS = 30_000;
 const ACK_DELAY_MS = 100;
@@ -164,6 +165,11 @@ export class MissClient {
       return;
     }
     this.wire(ws, new ClientSession());
+    // A connection that neither fails nor authenticates (a silent network)
+    // is given up, and retried like a failure.
+    setTimeout(() => {
+      if (this.ws === ws && this.conn.kind === "connecting") ws.close();
+    }, OPEN_TIMEOUT_MS);
   }
 
   private wire(ws: WebSocket, session: ClientSession): void {
@@ -242,6 +248,7 @@ export class MissClient {
     this.ackTimer = null;
     this.acks = []; // unacked rows come again on the next connection
     this.refusals = [];
+    this.presence.clear(); // unknown until the next `watching`
     if (this.stopped) return;
     if (err instanceof ProtocolError && FINAL_ERRORS.has(err.code)) {
       this.setConn({ kind: "stopped", error: err });
