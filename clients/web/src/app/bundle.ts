@@ -5,8 +5,10 @@
  * page hashes the index.html its own origin serves, so an operator (or a
  * clinician) can compare it with the published value.
  */
+import { toHex } from "../protocol/bytes";
+
 export async function bundleHash(): Promise<string> {
   const response = await fetch(new URL("index.html", location.href), { cache: "no-store" });
   const digest = new Uint8Array(await crypto.subtle.digest("SHA-256", await response.arrayBuffer()));
-  return "sha256:" + [...digest].map((b) => b.toString(16).padStart(2, "0")).join("");
+  return "sha256:" + toHex(digest);
 }

@@ -22,7 +22,7 @@
 import { CAP_REFUSALS, MAX_ACK_REFUSALS, MAX_ACK_SEQS, MAX_FRAME_BYTES, MAX_RECIPIENT_DEVICES, MIN_SEARCH_CHARS, SUBPROTOCOL, encode } from "../protocol/frames";
 import type { Deliver, Delivered, DevicesOk, HubFrame, LinkCodeOk, LookupOk, Presence, Refused, SearchOk, Watching } from "../protocol/frames";
 import * as attestation from "../protocol/attestation";
-import { openEnvelope, packPlaintext, safetyNumber, seal, unpackPlaintext, newMessageId, toHex, type DeviceKeys } from "../protocol/crypto";
+import { openEnvelope, packPlaintext, safetyNumber, seal, unpackPlaintext, newMessageId, fromHex, toHex, type DeviceKeys } from "../protocol/crypto";
 import { ProtocolError } from "../protocol/errors";
 import { ClientSession } from "../protocol/session";
 import { LocalState, type MessageRecord } from "./store";
@@ -586,7 +586,7 @@ export class MissClient {
     for (const d of [...own.devices, ...peer.devices]) if (d.device !== this.device) targets.set(d.device, d.box_pk);
     if (targets.size > MAX_RECIPIENT_DEVICES) throw new MessageTooLarge("too many devices");
     const plaintext = packPlaintext({
-      id: fromHexId(m.id),
+      id: fromHex(m.id),
       fromUser: this.me,
       toUser: peer.user,
       sentAt: m.sentAt,
@@ -595,7 +595,7 @@ export class MissClient {
     });
     const envs = new Map<string, Uint8Array>();
     for (const [device, boxPk] of targets) envs.set(device, seal(plaintext, this.keys, boxPk));
-    const frame = { t: "send" as const, id: fromHexId(m.id), from: this.device, to: peer.user, envs };
+    const frame = { t: "send" as const, id: fromHex(m.id), from: this.device, to: peer.user, envs };
     if (encode(frame).length > MAX_FRAME_BYTES) throw new MessageTooLarge("message too large");
     return frame;
   }
@@ -717,10 +717,4 @@ export class MissClient {
 
 function sleep(ms: number): Promise<void> {
   return new Promise((resolve) => setTimeout(resolve, ms));
-}
-
-function fromHexId(id: string): Uint8Array {
-  const out = new Uint8Array(id.length / 2);
-  for (let i = 0; i < out.length; i++) out[i] = parseInt(id.slice(2 * i, 2 * i + 2), 16);
-  return out;
 }

@@ -17,7 +17,7 @@
  * accepts it (`acceptPending`), and clears "verified in person".
  */
 import * as attestation from "../protocol/attestation";
-import { deviceIdentity } from "../protocol/crypto";
+import { deviceIdentity, equalBytes, toHex } from "../protocol/crypto";
 import type { LookupOk } from "../protocol/frames";
 
 export interface Device {
@@ -109,20 +109,7 @@ export interface Checked {
 const sameDevice = (a: Device, b: Device): boolean =>
   a.device === b.device && equalBytes(a.sign_pk, b.sign_pk) && equalBytes(a.box_pk, b.box_pk);
 
-export function equalBytes(a: Uint8Array, b: Uint8Array): boolean {
-  if (a.length !== b.length) return false;
-  let diff = 0;
-  for (let i = 0; i < a.length; i++) diff |= a[i]! ^ b[i]!;
-  return diff === 0;
-}
-
-const deviceKey = (d: Device): string => `${d.device}:${hex(d.sign_pk)}:${hex(d.box_pk)}`;
-
-function hex(b: Uint8Array): string {
-  let s = "";
-  for (const x of b) s += x.toString(16).padStart(2, "0");
-  return s;
-}
+const deviceKey = (d: Device): string => `${d.device}:${toHex(d.sign_pk)}:${toHex(d.box_pk)}`;
 
 /** Steps 1 and 2 of SPEC §11.2 for one `lookup_ok`; throws UnverifiedPeer. */
 export function checkLookup(
