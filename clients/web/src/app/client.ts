@@ -18,6 +18,33 @@
  *   attested keys, stored, then acked; a message that cannot be read is
  *   refused (SPEC §6.5) and never shown. Receipts are stored, then acked.
  *   Acks go in batches.
+ *
+ * Public API of revision 3 (SPEC §13; stable names, for the interface):
+ * - Conversations: a conversation id is a user id ("u_…") or a team id
+ *   ("t_…", `isTeamId`); `state.conversationList()` lists both.
+ * - `teams(): TeamView[]`, `team(id): TeamView | undefined` (src/app/teams.ts):
+ *   name, org, lifespanMs?, members, admins, head, closed, member, admin,
+ *   problem (null | "tampered" | "diverged"), events [{seq, at, op, by, user}].
+ * - `createTeam(name, org?, lifespanMs?) → Promise<TeamView>`,
+ *   `addMember(team, user)`, `removeMember(team, user)`, `leaveTeam(team)`,
+ *   `promote(team, user)`, `demote(team, user)`: each signs a record, sends
+ *   `team_change`, and resolves once the hub stored it (a `team_conflict`
+ *   refetches the chain and redoes the change once). Errors: ProtocolError
+ *   (`team_forbidden`, `team_full`, …), TeamProblemError when the team is
+ *   tampered/diverged.
+ * - `send(conversationId, text, {lifespanMs?})`: users or teams; a team's
+ *   default lifespan applies unless given; `lifespanFor(conversationId)`
+ *   says the default, `setLifespan(peerUser, ms | null)` sets a 1:1 one.
+ *   A team message held because of a problem has `held.get(id)` a
+ *   TeamProblemError.
+ * - `markRead(conversationId)`: marks read and sends read notices (to the
+ *   senders, or only to our own devices when read receipts are off).
+ *   `readReceipts` (getter) and `setReadReceipts(on)` (persisted).
+ *   Outgoing messages carry `readBy: string[]` (MessageRecord, store.ts).
+ * - `recall(messageId)`: asks the hub to drop undelivered rows, then sends
+ *   a recall notice; messages have `recalled`, `expiresAt`, `expired`
+ *   (plaintext deleted locally: `body` becomes "").
+ * - `onChange` fires on any team change too.
  */
 import { CAP_REFUSALS, MAX_ACK_REFUSALS, MAX_ACK_SEQS, MAX_FRAME_BYTES, MAX_RECIPIENT_DEVICES, MIN_SEARCH_CHARS, SUBPROTOCOL, encode } from "../protocol/frames";
 import type { Deliver, Delivered, DevicesOk, HubFrame, LinkCodeOk, LookupOk, Presence, Refused, SearchOk, Watching } from "../protocol/frames";
@@ -26,6 +53,7 @@ import { openEnvelope, packPlaintext, safetyNumber, seal, unpackPlaintext, newMe
 import { ProtocolError } from "../protocol/errors";
 import { ClientSession } from "../protocol/session";
 import { LocalState, type MessageRecord } from "./store";
+import type { TeamProblem, TeamView } from "./teams";
 import { KeyChangePending, UnverifiedPeer, acceptPending, checkLookup, identities, observePeer, type Device, type Peer, type PeerChange } from "./trust";
 import type { Vault } from "./vault";
 
@@ -40,6 +68,32 @@ export class ConnectionLost extends Error {}
 
 /** The message, sealed for every device, exceeds the frame limit. */
 export class MessageTooLarge extends Error {}
+
+export type { TeamEvent, TeamProblem, TeamView } from "./teams";
+
+/** True for a team id ("t_" + 16 lowercase hex digits), i.e. a team conversation. */
+export function isTeamId(id: string): boolean {
+  return /^t_[0-9a-f]{16}$/.test(id);
+}
+
+/** Nothing can be sent to (or changed in) this team: its chain does not
+ * verify or the hub asked to encrypt to a non-member ("tampered"), or the
+ * hub's head is not in the chain ("diverged"). SPEC §13.4. */
+export class TeamProblemError extends Error {
+  constructor(
+    readonly team: string,
+    readonly problem: Exclude<TeamProblem, null>,
+  ) {
+    super(`team ${team}: ${problem}`);
+    this.name = "TeamProblemError";
+  }
+}
+
+/** Options of `send`. */
+export interface SendOptions {
+  /** Lifespan (ms, 3,600,000 … 2,592,000,000); default: the conversation's. */
+  lifespanMs?: number;
+}
 
 export interface PresenceInfo {
   status: string;
@@ -468,10 +522,97 @@ export class MissClient {
     return { code: reply.code, expires: reply.expires };
   }
 
+  // --- teams (SPEC §13) ------------------------------------------------------------
+
+  /** Every team this device knows of (member or not any more), by name. */
+  teams(): TeamView[] {
+    throw new Error("not implemented");
+  }
+
+  /** One team's view, or undefined when this device never saw it. */
+  team(id: string): TeamView | undefined {
+    void id;
+    throw new Error("not implemented");
+  }
+
+  /** Create a team with us as its first admin; resolves once the hub stored it. */
+  async createTeam(name: string, org = "", lifespanMs?: number): Promise<TeamView> {
+    void name, org, lifespanMs;
+    throw new Error("not implemented");
+  }
+
+  /** Add a verified clinician (admins only). */
+  async addMember(team: string, user: string): Promise<void> {
+    void team, user;
+    throw new Error("not implemented");
+  }
+
+  /** Remove a member (admins only; not oneself: see leaveTeam). */
+  async removeMember(team: string, user: string): Promise<void> {
+    void team, user;
+    throw new Error("not implemented");
+  }
+
+  /** Leave a team (the last admin cannot while others remain). */
+  async leaveTeam(team: string): Promise<void> {
+    void team;
+    throw new Error("not implemented");
+  }
+
+  /** Make a member an admin (admins only). */
+  async promote(team: string, user: string): Promise<void> {
+    void team, user;
+    throw new Error("not implemented");
+  }
+
+  /** Make an admin a member again (admins only; another admin must remain). */
+  async demote(team: string, user: string): Promise<void> {
+    void team, user;
+    throw new Error("not implemented");
+  }
+
+  // --- notices, lifespan, recall (SPEC §13.5, §13.6) -------------------------------
+
+  /** Whether read notices go to senders (persisted setting, default on). */
+  get readReceipts(): boolean {
+    return this.state.settings.readReceipts !== false;
+  }
+
+  async setReadReceipts(on: boolean): Promise<void> {
+    await this.state.saveSettings({ ...this.state.settings, readReceipts: on });
+    this.onChange();
+  }
+
+  /** The default lifespan (ms) of messages to this conversation, if any. */
+  lifespanFor(conversationId: string): number | undefined {
+    void conversationId;
+    throw new Error("not implemented");
+  }
+
+  /** Set (or clear with null) the default lifespan of a 1:1 conversation. */
+  async setLifespan(peer: string, ms: number | null): Promise<void> {
+    void peer, ms;
+    throw new Error("not implemented");
+  }
+
+  /** Mark the conversation read and send the read notices it calls for. */
+  async markRead(conversationId: string): Promise<void> {
+    void conversationId;
+    throw new Error("not implemented");
+  }
+
+  /** Recall one of our messages (hex id): the hub drops undelivered rows,
+   * then a recall notice goes to the conversation; our copy shows "message retiré". */
+  async recall(messageId: string): Promise<void> {
+    void messageId;
+    throw new Error("not implemented");
+  }
+
   // --- sending --------------------------------------------------------------------
 
-  /** Record `text` to `peer` in the outbox, then send it (as soon as it can be). */
-  async send(peer: string, text: string): Promise<MessageRecord> {
+  /** Record `text` to `peer` (a user or a team id) in the outbox, then send
+   * it (as soon as it can be). */
+  async send(peer: string, text: string, options: SendOptions = {}): Promise<MessageRecord> {
     const body = text.trim();
     if (!body) throw new Error("empty message");
     const now = Date.now();

@@ -20,7 +20,7 @@ export interface Receipt {
 export interface MessageRecord {
   /** Message id, lowercase hex. */
   id: string;
-  /** The other clinician of the conversation. */
+  /** The conversation: the other clinician's user id ("u_…"), or a team id ("t_…"). */
   peer: string;
   outgoing: boolean;
   fromUser: string;
@@ -36,6 +36,21 @@ export interface MessageRecord {
   /** Devices it was sealed for, at the last send. */
   targets: string[];
   receipts: Record<string, Receipt>;
+  /** Users who sent a read notice for it (SPEC §13.5), outgoing messages only. */
+  readBy?: string[];
+  /** Set when its sender recalled it (SPEC §13.6): `body` is then "" (the
+   * plaintext is deleted) and the interface says "message retiré". */
+  recalled?: boolean;
+  /** ms (sender's clock): the plaintext is deleted at this time (SPEC §13.6). */
+  expiresAt?: number;
+  /** Set once `expiresAt` passed: `body` is "" and the interface says "message expiré". */
+  expired?: boolean;
+  /** Lifespan asked for at send time (ms), sent as `ttl`; outgoing only. */
+  ttl?: number;
+  /** Team messages: the head of the chain it was (or will be) sent under, hex. */
+  head?: string;
+  /** Read notice sent (or not needed) for this incoming message. */
+  readNoticed?: boolean;
 }
 
 export interface Conversation {
@@ -47,6 +62,11 @@ export interface Conversation {
 
 export interface Settings {
   status?: string;
+  /** Send read notices to senders (SPEC §13.5); default true. When off, a
+   * device notifies only its own user's other devices. */
+  readReceipts?: boolean;
+  /** Default lifespan (ms) of 1:1 conversations, by peer user id (SPEC §13.6). */
+  lifespans?: Record<string, number>;
 }
 
 const key = {
