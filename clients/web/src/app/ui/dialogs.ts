@@ -1,25 +1,28 @@
 /**
  * The dialogs over the main view: directory search (to start a
- * conversation), safety number and "verified in person", own devices
- * (revocation, link codes) and settings (language, notifications, the
- * application's fingerprint, identity, lock). One shows at a time.
+ * conversation), a new care team, a team's members (admin actions, adding
+ * from the directory, leaving), a confirmation, safety number and
+ * "verified in person", own devices (revocation, link codes) and settings
+ * (language, read receipts, notifications, the application's fingerprint,
+ * identity, lock). One shows at a time.
  */
 import { authorityFingerprint } from "../../protocol/attestation";
 import { MIN_SEARCH_CHARS } from "../../protocol/frames";
-import type { MissClient } from "../client";
+import type { DirectoryEntry, MissClient } from "../client";
 import { LANGUAGES, formatDate, formatDateTime, language, setLanguage, t } from "../i18n";
 import { bundleHash } from "../bundle";
 import { fill, h } from "./dom";
 import { displayName } from "./main_view";
 import { describeError } from "./screens";
 import { UnverifiedPeer } from "../trust";
+import { chosenLifespan, lifespanSelect, problemBanner } from "./team_ui";
 
 export class Dialogs {
   readonly root = h("div", { class: "overlay", hidden: true, "data-testid": "dialog-overlay" });
 
   constructor(
     private readonly client: MissClient,
-    private readonly openConversation: (user: string) => void,
+    private readonly openConversation: (id: string) => void,
     private readonly lock: () => void,
   ) {
     this.root.addEventListener("click", (ev) => {
@@ -47,9 +50,49 @@ export class Dialogs {
     return dialog;
   }
 
+  /** Ask before doing something that cannot be undone; `act` on "yes". */
+  confirm(question: string, yes: string, act: () => void): void {
+    this.show(
+      "confirm-dialog",
+      yes,
+      h("p", {}, question),
+      h("div", { class: "actions" },
+        h("button", { class: "secondary", "data-testid": "confirm-cancel", onclick: () => this.close() }, t("confirm.cancel")),
+        h("button", {
+          class: "danger",
+          "data-testid": "confirm-ok",
+          onclick: () => {
+            this.close();
+            act();
+          },
+        }, yes)),
+    );
+  }
+
   search(): void {
+    const { box, status } = this.directory((e, status) => {
+      this.client.startConversation(e.user)
+        .then(() => {
+          this.close();
+          this.openConversation(e.user);
+        })
+        .catch((err) => (status.textContent = this.lookupError(err, e.name)));
+    });
+    this.show("search-dialog", t("search.heading"), box, status);
+    box.querySelector("input")?.focus();
+  }
+
+  /**
+   * The directory search (SPEC §8: attested entries only): a field and its
+   * results; `pick` is called with the entry clicked and the status line.
+   * `mark` may label an entry (and disables it), e.g. "already a member".
+   */
+  private directory(
+    pick: (e: DirectoryEntry, status: HTMLElement) => void,
+    mark: (e: DirectoryEntry) => string | null = () => null,
+  ): { box: HTMLElement; status: HTMLElement } {
     const results = h("ul", { class: "results", "data-testid": "search-results" });
-    const status = h("p", { class: "muted small", role: "status" });
+    const status = h("p", { class: "muted small", role: "status", "data-testid": "search-status" });
     const input = h("input", { type: "search", "data-testid": "search-input", autofocus: true, maxlength: 64, "aria-label": t("search.label") });
     let asked = 0;
     const run = async (): Promise<void> => {
@@ -65,24 +108,20 @@ export class Dialogs {
         const found = await this.client.search(query);
         if (mine !== asked) return;
         status.textContent = found.length ? "" : t("search.none");
-        fill(results, found.map((e) =>
-          h("li", {},
+        fill(results, found.map((e) => {
+          const note = mark(e);
+          return h("li", {},
             h("button", {
               class: "result",
               "data-testid": "search-result",
               "data-user": e.user,
-              onclick: () => {
-                this.client.startConversation(e.user)
-                  .then(() => {
-                    this.close();
-                    this.openConversation(e.user);
-                  })
-                  .catch((err) => (status.textContent = this.lookupError(err, e.name)));
-              },
+              disabled: note !== null,
+              onclick: () => pick(e, status),
             },
-            h("strong", {}, e.name),
+            h("strong", {}, e.name, note ? h("span", { class: "muted small" }, ` (${note})`) : null),
             h("span", { class: "muted small" }, [e.profession, e.organisation, t("search.rpps", { rpps: e.rpps })].filter(Boolean).join(" · "))),
-          )));
+          );
+        }));
       } catch (err) {
         if (mine === asked) status.textContent = describeError(err);
       }
@@ -92,8 +131,141 @@ export class Dialogs {
       clearTimeout(timer);
       timer = setTimeout(() => void run(), 250);
     });
-    this.show("search-dialog", t("search.heading"), h("label", {}, t("search.label"), input), status, results);
-    input.focus();
+    return { box: h("div", {}, h("label", {}, t("search.label"), input), results), status };
+  }
+
+  /** A new care team (SPEC §13.1): name, organisation, default lifespan. */
+  newTeam(): void {
+    const name = h("input", { name: "name", required: true, maxlength: 64, autofocus: true, "data-testid": "team-name" });
+    const org = h("input", { name: "org", maxlength: 128, "data-testid": "team-org" });
+    const lifespan = lifespanSelect("team-lifespan", undefined, t("team.lifespan"));
+    const error = h("p", { class: "form-error", role: "alert", "data-testid": "team-error", hidden: true });
+    const submit = h("button", { type: "submit", class: "primary", "data-testid": "team-create" }, t("team.create"));
+    const form = h("form", { autocomplete: "off" },
+      h("label", {}, t("team.name"), name),
+      h("label", {}, t("team.org"), org),
+      h("label", {}, t("team.lifespan"), lifespan),
+      error,
+      submit);
+    form.addEventListener("submit", (ev) => {
+      ev.preventDefault();
+      const text = name.value.trim();
+      if (!text || [...text].length > 64) {
+        error.textContent = t("team.name_missing");
+        error.hidden = false;
+        return;
+      }
+      error.hidden = true;
+      submit.disabled = true;
+      submit.textContent = t("team.creating");
+      this.client.createTeam(text, org.value.trim(), chosenLifespan(lifespan))
+        .then((team) => {
+          this.close();
+          this.openConversation(team.id);
+        })
+        .catch((err) => {
+          error.textContent = describeError(err);
+          error.hidden = false;
+          submit.disabled = false;
+          submit.textContent = t("team.create");
+        });
+    });
+    this.show("new-team-dialog", t("team.new_heading"), form);
+    name.focus();
+  }
+
+  /**
+   * A team's members, admins marked; for an admin, add (from the
+   * directory), remove, promote and demote; for any member, leave. Every
+   * change is a record this device signs (SPEC §13.2); the list redraws
+   * from the verified chain once the hub stored it.
+   */
+  team(id: string): void {
+    const view = this.client.team(id);
+    if (!view) return;
+    const status = h("p", { class: "muted small", role: "status", "data-testid": "team-status" });
+    const me = this.client.me;
+    const name = (user: string): string => displayName(this.client.state.peers.get(user), user);
+    const act = (work: Promise<void>): void => {
+      status.textContent = "…";
+      work.then(() => this.team(id)).catch((err) => {
+        this.team(id);
+        const again = this.root.querySelector<HTMLElement>('[data-testid="team-status"]');
+        if (again) again.textContent = describeError(err);
+      });
+    };
+    const blocked = view.problem !== null || !view.member || view.closed;
+    const isAdmin = view.admin && !blocked;
+    const rows = view.members.map((user) => {
+      const admin = view.admins.includes(user);
+      return h("li", { class: "member", "data-testid": "team-member", "data-user": user, "data-admin": String(admin) },
+        h("span", { class: "member-name" },
+          h("strong", {}, name(user)),
+          user === me ? h("span", { class: "muted small" }, ` (${t("team.you")})`) : null,
+          admin ? h("span", { class: "admin-badge", "data-testid": "admin-badge" }, t("team.admin")) : null),
+        h("span", { class: "member-actions" },
+          isAdmin && user !== me && !admin
+            ? h("button", { class: "secondary small", "data-testid": "member-promote", onclick: () => act(this.client.promote(id, user)) }, t("team.promote"))
+            : null,
+          isAdmin && user !== me && admin
+            ? h("button", { class: "secondary small", "data-testid": "member-demote", onclick: () => act(this.client.demote(id, user)) }, t("team.demote"))
+            : null,
+          isAdmin && user !== me
+            ? h("button", {
+              class: "danger small",
+              "data-testid": "member-remove",
+              onclick: () => this.confirm(t("team.remove_confirm", { name: name(user), team: view.name }), t("team.remove"), () => {
+                this.team(id);
+                act(this.client.removeMember(id, user));
+              }),
+            }, t("team.remove"))
+            : null));
+    });
+    const add = isAdmin
+      ? h("button", { class: "primary", "data-testid": "team-add", onclick: () => this.addMember(id) }, "+ ", t("team.add_member"))
+      : null;
+    const leave = view.member && !view.closed
+      ? h("button", {
+        class: "danger",
+        "data-testid": "team-leave",
+        onclick: () => this.confirm(t("team.leave_confirm", { team: view.name }), t("team.leave"), () => {
+          this.team(id);
+          act(this.client.leaveTeam(id));
+        }),
+      }, t("team.leave"))
+      : null;
+    this.show(
+      "team-dialog",
+      t("team.heading", { name: view.name }),
+      view.problem ? problemBanner(view.problem) : h("span", { hidden: true }),
+      h("p", { class: "muted small" }, [view.org, t("team.members_count", { count: view.members.length })].filter(Boolean).join(" · ")),
+      h("h3", {}, t("team.members")),
+      h("ul", { class: "members", "data-testid": "team-members" }, rows),
+      status,
+      h("div", { class: "actions" }, add ?? h("span", {}), leave ?? h("span", {})),
+    );
+  }
+
+  /** Add a member to a team, found in the directory (admins only). */
+  private addMember(id: string): void {
+    const view = this.client.team(id);
+    if (!view) return;
+    const { box, status } = this.directory(
+      (e, status) => {
+        status.textContent = "…";
+        this.client.addMember(id, e.user)
+          .then(() => {
+            this.team(id);
+            const again = this.root.querySelector<HTMLElement>('[data-testid="team-status"]');
+            if (again) again.textContent = t("team.added", { name: e.name });
+          })
+          .catch((err) => (status.textContent = this.lookupError(err, e.name)));
+      },
+      (e) => (view.members.includes(e.user) ? t("team.already_member") : null),
+    );
+    this.show("team-add-dialog", t("team.add_heading", { name: view.name }), box, status,
+      h("button", { class: "secondary", "data-testid": "team-add-back", onclick: () => this.team(id) }, t("nav.back")));
+    box.querySelector("input")?.focus();
   }
 
   private lookupError(err: unknown, name: string): string {
@@ -200,6 +372,11 @@ export class Dialogs {
     };
     notifyButton.addEventListener("click", () => void Notification.requestPermission().then(drawNotify));
     drawNotify();
+    const receipts = h("input", { type: "checkbox", "data-testid": "read-receipts-toggle", checked: this.client.readReceipts });
+    receipts.addEventListener("change", () => {
+      const on = receipts.checked;
+      this.client.setReadReceipts(on).catch(() => (receipts.checked = !on));
+    });
     const hash = h("code", { class: "hash", "data-testid": "bundle-hash" }, "…");
     void bundleHash().then((value) => (hash.textContent = value)).catch(() => (hash.textContent = "?"));
     this.show(
@@ -212,6 +389,10 @@ export class Dialogs {
         h("p", { class: "small" }, t("settings.server", { server: profile.server })),
         h("p", { class: "small" }, t("settings.authority", { fingerprint: authorityFingerprint(profile.authority) }))),
       h("section", {}, h("h3", {}, t("settings.language")), languages),
+      h("section", {},
+        h("h3", {}, t("settings.read_receipts")),
+        h("label", { class: "check" }, receipts, " ", t("settings.read_receipts_toggle")),
+        h("p", { class: "muted small" }, t("settings.read_receipts_explain"))),
       h("section", {}, h("h3", {}, t("settings.notifications")), notifyState, notifyButton),
       h("section", {}, h("h3", {}, t("settings.bundle")), h("p", { class: "muted small" }, t("settings.bundle_explain")), hash),
       h("button", { class: "secondary", "data-testid": "lock", onclick: () => this.lock() }, t("settings.lock")),

@@ -1,22 +1,26 @@
 /**
- * The unlocked application: the conversation list (newest first, unread
- * counts, presence and status), the open conversation (attested identity,
- * day separators, per-device receipts, the key-change warning that pauses
- * sending), the composer, and the connection state. On a phone-sized
- * screen one pane shows at a time.
+ * The unlocked application: the conversation list (1:1 conversations and
+ * care teams, newest first, unread counts, presence and status), the open
+ * conversation (attested identity or the team, day separators, the team's
+ * membership changes, per-device receipts, read marks, lifespan and recall,
+ * the key-change warning and the team-problem banner that pause sending),
+ * the composer (with its lifespan picker), and the connection state. On a
+ * phone-sized screen one pane shows at a time.
  *
  * `render()` redraws what state may have changed; the composer and the
  * dialogs' inputs are built once so that typing is never interrupted.
  */
 import { ProtocolError } from "../../protocol/errors";
 import { STATUSES } from "../../protocol/frames";
-import type { MissClient } from "../client";
+import { TeamProblemError, isTeamId, type MissClient } from "../client";
 import { dayLabel, formatDateTime, formatTime, startOfDay, t, type MessageKey } from "../i18n";
 import type { MessageRecord } from "../store";
+import type { TeamEvent, TeamView } from "../teams";
 import { KeyChangePending, UnverifiedPeer, type PeerChange, type PeerRecord } from "../trust";
 import { fill, h } from "./dom";
 import { Dialogs } from "./dialogs";
 import { describeError } from "./screens";
+import { chosenLifespan, eventText, fillLifespans, formatDelay, lifespanSelect, problemBanner } from "./team_ui";
 
 export function describeChange(change: PeerChange): string {
   const parts: string[] = [];
@@ -47,12 +51,21 @@ export class MainView {
   private readonly messages = h("ol", { class: "messages", "data-testid": "messages", "aria-live": "polite" });
   private readonly input = h("textarea", { rows: 2, placeholder: t("conv.placeholder"), "data-testid": "composer-input", "aria-label": t("conv.placeholder") });
   private readonly sendButton = h("button", { type: "submit", class: "primary", "data-testid": "composer-send" }, t("conv.send"));
-  private readonly composer = h("form", { class: "composer", "data-testid": "composer" }, this.input, this.sendButton);
+  private readonly lifespan = lifespanSelect("lifespan-select", undefined, t("lifespan.label"));
+  private readonly composer = h(
+    "form",
+    { class: "composer", "data-testid": "composer" },
+    h("label", { class: "lifespan-pick", title: t("lifespan.label") }, h("span", { class: "lifespan-icon", "aria-hidden": "true" }, "⏱"), this.lifespan),
+    this.input,
+    this.sendButton,
+  );
   private readonly convPane: HTMLElement;
   private readonly dialogs: Dialogs;
   private selected: string | null = null;
-  /** Receipts the user unfolded, by message id: redraws keep them open. */
+  /** Receipts and read lists the user unfolded, by message id: redraws keep them open. */
   private readonly unfolded = new Set<string>();
+  /** Conversations whose markRead is under way (one at a time each). */
+  private readonly marking = new Set<string>();
   private scheduled = false;
   private tick: ReturnType<typeof setInterval>;
 
@@ -60,7 +73,7 @@ export class MainView {
     private readonly client: MissClient,
     onLock: () => void,
   ) {
-    this.dialogs = new Dialogs(client, (user) => this.open(user), onLock);
+    this.dialogs = new Dialogs(client, (id) => this.open(id), onLock);
     for (const s of STATUSES) this.statusSelect.append(h("option", { value: s }, statusLabel(s)));
     this.statusSelect.addEventListener("change", () => {
       client.setStatus(this.statusSelect.value).catch((err) => this.toast(describeError(err)));
@@ -96,6 +109,7 @@ export class MainView {
         h("span", { class: "spacer" }),
         h("label", { class: "status" }, h("span", { class: "sr-only" }, t("status.label")), this.statusSelect),
         h("button", { class: "icon", title: t("nav.new"), "data-testid": "nav-new", onclick: () => this.dialogs.search() }, "+", h("span", { class: "wide-only" }, " ", t("nav.new"))),
+        h("button", { class: "icon", title: t("nav.new_team"), "data-testid": "nav-new-team", onclick: () => this.dialogs.newTeam() }, "👥", h("span", { class: "wide-only" }, " ", t("nav.new_team"))),
         h("button", { class: "icon", title: t("nav.devices"), "data-testid": "nav-devices", onclick: () => this.dialogs.devices() }, "⌨", h("span", { class: "wide-only" }, " ", t("nav.devices"))),
         h("button", { class: "icon", title: t("nav.settings"), "data-testid": "nav-settings", onclick: () => this.dialogs.settings() }, "⚙", h("span", { class: "wide-only" }, " ", t("nav.settings"))),
       ),
@@ -103,8 +117,11 @@ export class MainView {
       h("div", { class: "panes" }, h("nav", { class: "list-pane" }, this.list), this.convPane),
       this.dialogs.root,
     );
-    // "retrying in 5 s" counts down.
-    this.tick = setInterval(() => this.drawConnection(), 1000);
+    // "retrying in 5 s" and "expire dans …" count down.
+    this.tick = setInterval(() => {
+      this.drawConnection();
+      this.drawExpiries();
+    }, 1000);
     document.addEventListener("visibilitychange", this.onVisible);
     this.render();
   }
@@ -128,34 +145,77 @@ export class MainView {
     }, 16);
   }
 
-  open(user: string | null): void {
-    this.selected = user;
-    this.root.classList.toggle("show-conv", user !== null);
-    this.input.value = "";
+  /** Open a conversation: a user id, a team id, or none (null). */
+  open(id: string | null): void {
+    const changed = id !== this.selected;
+    this.selected = id;
+    this.root.classList.toggle("show-conv", id !== null);
+    if (changed) {
+      this.input.value = "";
+      // The conversation's default lifespan (a team's, or the 1:1 setting).
+      fillLifespans(this.lifespan, id === null ? undefined : this.lifespanFor(id), true);
+    }
     this.markRead();
     this.draw();
-    if (user !== null) this.input.focus();
+    if (id !== null && !this.input.disabled) this.input.focus();
   }
 
-  /** The open conversation, seen by the user, has nothing unread. */
+  private lifespanFor(id: string): number | undefined {
+    try {
+      return this.client.lifespanFor(id);
+    } catch {
+      return undefined;
+    }
+  }
+
+  /**
+   * The open conversation, seen by the user, has nothing unread: marked
+   * read, with the read notices it calls for (SPEC §13.5; the client sends
+   * them to the senders, or to our own devices only when receipts are off).
+   */
   private markRead(): void {
-    const peer = this.selected;
+    const id = this.selected;
     const state = this.client.state;
-    if (peer === null || document.visibilityState !== "visible" || state.unread(peer) === 0) return;
-    // Up to the newest message's own time: hub and browser clocks differ.
-    state.markRead(peer, Math.max(...state.thread(peer).map((m) => m.at)));
-    this.render();
+    if (id === null || document.visibilityState !== "visible" || state.unread(id) === 0 || this.marking.has(id)) return;
+    this.marking.add(id);
+    this.client
+      .markRead(id)
+      .catch((err) => console.warn("MiSS: read notices not sent", err))
+      .finally(() => {
+        this.marking.delete(id);
+        this.render();
+      });
   }
 
   private submit(): void {
-    const peer = this.selected;
+    const id = this.selected;
     const text = this.input.value;
-    if (!peer || !text.trim()) return;
+    if (!id || !text.trim() || this.input.disabled) return;
     this.input.value = "";
-    this.client.send(peer, text).catch((err) => {
+    const lifespanMs = chosenLifespan(this.lifespan);
+    this.client.send(id, text, lifespanMs === undefined ? {} : { lifespanMs }).catch((err) => {
       this.input.value = text;
       this.toast(describeError(err));
     });
+  }
+
+  /** Recall one of our messages, once the user confirmed. */
+  private recall(m: MessageRecord): void {
+    this.dialogs.confirm(t("msg.recall_confirm"), t("msg.recall"), () =>
+      this.client.recall(m.id).catch((err) => this.toast(describeError(err))));
+  }
+
+  /** Update the "expire dans …" marks; redraw when one ran out. */
+  private drawExpiries(): void {
+    const now = Date.now();
+    for (const el of this.messages.querySelectorAll<HTMLElement>("[data-expires]")) {
+      const left = Number(el.dataset.expires) - now;
+      if (left <= 0) {
+        this.render();
+        return;
+      }
+      el.textContent = ` · ⏱ ${t("msg.expires_in", { delay: formatDelay(left) })}`;
+    }
   }
 
   toast(text: string): void {
@@ -170,7 +230,7 @@ export class MainView {
     this.drawBanners();
     this.drawList();
     this.drawConversation();
-    const unread = this.client.state.conversationList().reduce((n, c) => n + this.client.state.unread(c.peer), 0);
+    const unread = this.conversations().reduce((n, c) => n + this.client.state.unread(c.id), 0);
     document.title = unread ? `(${unread}) ${t("app.title")}` : t("app.title");
   }
 
@@ -234,12 +294,65 @@ export class MainView {
     return h("span", { class: "presence", "data-testid": "presence", "data-online": p ? String(p.online) : "unknown", "data-status": p?.status ?? "" }, dot, text);
   }
 
+  /** 1:1 conversations and teams, the one with the newest activity first. */
+  private conversations(): Array<{ id: string; last: MessageRecord | undefined; at: number }> {
+    const list = this.client.state.conversationList().map(({ peer, last, at }) => ({ id: peer, last, at }));
+    const seen = new Set(list.map((c) => c.id));
+    for (const team of this.client.teams()) {
+      if (seen.has(team.id)) continue;
+      list.push({ id: team.id, last: undefined, at: team.events.at(-1)?.at ?? 0 });
+    }
+    return list.sort((a, b) => b.at - a.at);
+  }
+
+  /** A user's attested name, or "authority" said in words, or the id. */
+  private readonly nameOf = (user: string): string =>
+    user === "authority" ? t("team.event.authority") : displayName(this.client.state.peers.get(user), user);
+
+  /** The text of a message as the list and the thread show it. */
+  private bodyText(m: MessageRecord): string {
+    if (m.recalled) return t("msg.recalled");
+    if (m.expired || (m.expiresAt !== undefined && m.expiresAt <= Date.now())) return t("msg.expired");
+    return m.body;
+  }
+
   private drawList(): void {
     const state = this.client.state;
-    const items = state.conversationList().map(({ peer, last }) => {
+    const items = this.conversations().map(({ id, last }) => {
+      const unread = state.unread(id);
+      const team = isTeamId(id) ? this.client.team(id) : undefined;
+      const preview = last
+        ? (last.outgoing ? t("list.you") : team ? `${this.nameOf(last.fromUser)} : ` : "") + this.bodyText(last).replace(/\s+/g, " ").slice(0, 80)
+        : "";
+      if (isTeamId(id)) {
+        return h(
+          "li",
+          {},
+          h(
+            "button",
+            {
+              class: `conv-item team${id === this.selected ? " selected" : ""}`,
+              "data-testid": "conv-item",
+              "data-peer": id,
+              "data-team": "true",
+              onclick: () => this.open(id),
+            },
+            h("span", { class: "conv-line" },
+              h("strong", { class: "conv-name" }, h("span", { class: "team-icon", "aria-hidden": "true" }, "👥 "), team?.name ?? id),
+              last && h("time", { class: "muted small" }, formatTime(last.at)),
+            ),
+            h("span", { class: "conv-line" },
+              h("span", { class: "muted small", "data-testid": "member-count" },
+                team ? t("team.members_count", { count: team.members.length }) : "",
+                team?.problem ? h("span", { class: "problem-dot", title: team.problem === "tampered" ? t("team.tampered") : t("team.diverged") }, " ⚠") : null),
+              unread > 0 && h("span", { class: "badge", "data-testid": "unread", title: t("list.unread", { count: unread }) }, String(unread)),
+            ),
+            h("span", { class: "preview muted small" }, preview),
+          ),
+        );
+      }
+      const peer = id;
       const record = state.peers.get(peer);
-      const unread = state.unread(peer);
-      const preview = last ? (last.outgoing ? t("list.you") : "") + last.body.replace(/\s+/g, " ").slice(0, 80) : "";
       return h(
         "li",
         {},
@@ -277,8 +390,13 @@ export class MainView {
       this.composer.hidden = true;
       return;
     }
-    const record = this.client.state.peers.get(peer);
     this.composer.hidden = false;
+    if (isTeamId(peer)) {
+      this.drawTeam(peer);
+      return;
+    }
+    this.setComposer(null);
+    const record = this.client.state.peers.get(peer);
     fill(
       this.convHeader,
       h("button", { class: "icon back", "data-testid": "nav-back", onclick: () => this.open(null), title: t("nav.back") }, "‹"),
@@ -295,39 +413,135 @@ export class MainView {
     const pending = this.client.pendingChange(peer);
     fill(this.convWarning, pending ? this.keyWarning(pending, false) : null);
     this.input.placeholder = pending ? t("conv.paused") : t("conv.placeholder");
+    this.drawThread(this.client.state.thread(peer), [], undefined);
+  }
+
+  /** Enable the composer, or disable it saying why (`reason`). */
+  private setComposer(reason: string | null): void {
+    const blocked = reason !== null;
+    this.input.disabled = blocked;
+    this.sendButton.disabled = blocked;
+    this.lifespan.disabled = blocked;
+    this.composer.dataset.blocked = String(blocked);
+    this.input.placeholder = reason ?? t("conv.placeholder");
+  }
+
+  /** A team's conversation: its header, the problem banner, the thread with its changes. */
+  private drawTeam(id: string): void {
+    const team = this.client.team(id);
+    const count = team ? team.members.length : 0;
+    fill(
+      this.convHeader,
+      h("button", { class: "icon back", "data-testid": "nav-back", onclick: () => this.open(null), title: t("nav.back") }, "‹"),
+      h(
+        "div",
+        { class: "identity", "data-testid": "team-identity", "data-team": id },
+        h("strong", {}, h("span", { "aria-hidden": "true" }, "👥 "), team?.name ?? id),
+        h("span", { class: "muted small" },
+          [team?.org, t("team.members_count", { count }), team?.lifespanMs ? t("team.default_lifespan", { value: formatDelay(team.lifespanMs) }) : null]
+            .filter(Boolean).join(" · ")),
+      ),
+      h("button", { class: "secondary", "data-testid": "team-manage", onclick: () => this.dialogs.team(id) }, "👥 ", t("team.manage")),
+    );
+    const problem = team?.problem ?? null;
+    fill(this.convWarning, problem ? problemBanner(problem) : null);
+    if (problem) this.setComposer(t("team.blocked"));
+    else if (!team || !team.member || team.closed) this.setComposer(t("team.left"));
+    else this.setComposer(null);
+    this.drawThread(this.client.state.thread(id), team?.events ?? [], team);
+  }
+
+  /** Messages and (for a team) membership changes, in time order, by day. */
+  private drawThread(thread: MessageRecord[], events: TeamEvent[], team: TeamView | undefined): void {
     const atBottom = this.messages.scrollHeight - this.messages.scrollTop - this.messages.clientHeight < 40;
-    const thread = this.client.state.thread(peer);
+    const entries: Array<{ at: number; el: () => HTMLElement }> = [
+      ...thread.map((m) => ({ at: m.at, el: () => this.bubble(m, team) })),
+      ...events.map((ev) => ({ at: ev.at, el: () => this.teamEvent(ev, team!) })),
+    ];
+    entries.sort((a, b) => a.at - b.at);
     const items: HTMLElement[] = [];
     let day = -1;
-    for (const m of thread) {
-      const d = startOfDay(m.at);
+    for (const e of entries) {
+      const d = startOfDay(e.at);
       if (d !== day) {
         day = d;
-        items.push(h("li", { class: "day", "data-testid": "day-separator" }, h("span", {}, dayLabel(m.at))));
+        items.push(h("li", { class: "day", "data-testid": "day-separator" }, h("span", {}, dayLabel(e.at))));
       }
-      items.push(this.bubble(m));
+      items.push(e.el());
     }
     if (thread.length === 0) items.push(h("li", { class: "empty muted" }, t("conv.empty")));
     fill(this.messages, items);
     if (atBottom) this.messages.scrollTop = this.messages.scrollHeight;
   }
 
-  private bubble(m: MessageRecord): HTMLElement {
+  private teamEvent(ev: TeamEvent, team: TeamView): HTMLElement {
     return h(
       "li",
-      { class: `msg ${m.outgoing ? "out" : "in"}`, "data-testid": "message", "data-id": m.id, "data-status": m.status },
-      h("p", { class: "body" }, m.body),
-      h("span", { class: "meta muted small" },
-        h("time", { title: formatDateTime(m.at) }, formatTime(m.at)),
-        m.outgoing && m.fromDevice !== this.client.device ? ` · ${t("msg.other_device")}` : "",
-        m.outgoing ? this.receipts(m) : null),
+      { class: "team-event", "data-testid": "team-event", "data-op": ev.op, "data-user": ev.user, "data-seq": ev.seq },
+      h("span", {}, eventText(ev, team, this.nameOf), " · ", h("time", { title: formatDateTime(ev.at) }, formatTime(ev.at))),
     );
   }
 
-  private receipts(m: MessageRecord): HTMLElement {
+  private bubble(m: MessageRecord, team: TeamView | undefined): HTMLElement {
+    const expired = m.expired === true || (m.expiresAt !== undefined && m.expiresAt <= Date.now());
+    const gone = m.recalled === true || expired;
+    const canRecall = m.outgoing && !gone && m.status !== "failed" && m.fromUser === this.client.me;
+    return h(
+      "li",
+      {
+        class: `msg ${m.outgoing ? "out" : "in"}${gone ? " gone" : ""}`,
+        "data-testid": "message",
+        "data-id": m.id,
+        "data-status": m.status,
+        "data-recalled": m.recalled ? "true" : null,
+        "data-expired": expired ? "true" : null,
+      },
+      team && !m.outgoing ? h("span", { class: "sender small", "data-testid": "sender", "data-user": m.fromUser }, this.nameOf(m.fromUser)) : null,
+      h("p", { class: "body" }, m.recalled ? h("em", { "data-testid": "recalled" }, t("msg.recalled")) : expired ? h("em", { "data-testid": "expired" }, t("msg.expired")) : m.body),
+      h("span", { class: "meta muted small" },
+        h("time", { title: formatDateTime(m.at) }, formatTime(m.at)),
+        m.outgoing && m.fromDevice !== this.client.device ? ` · ${t("msg.other_device")}` : "",
+        !gone && m.expiresAt !== undefined
+          ? h("span", { class: "expiry", "data-testid": "expiry", "data-expires": m.expiresAt, title: formatDateTime(m.expiresAt) },
+            ` · ⏱ ${t("msg.expires_in", { delay: formatDelay(m.expiresAt - Date.now()) })}`)
+          : null,
+        m.outgoing && !gone ? this.receipts(m, team) : null,
+        m.outgoing && !gone ? this.readMark(m, team) : null,
+        canRecall ? h("button", { class: "link small recall", "data-testid": "recall", onclick: () => this.recall(m) }, t("msg.recall")) : null),
+    );
+  }
+
+  /**
+   * Who read one of our messages (SPEC §13.5 read notices): "✓✓ Lu" in a
+   * 1:1 conversation; "✓✓ Lu par N" in a team, unfolding to the names.
+   * Nothing while nobody did (or those who did keep receipts off).
+   */
+  private readMark(m: MessageRecord, team: TeamView | undefined): HTMLElement | null {
+    const readers = (m.readBy ?? []).filter((u) => u !== this.client.me);
+    if (readers.length === 0) return null;
+    if (!team) return h("span", { class: "read-mark", "data-testid": "read-mark", "data-count": readers.length }, ` · ✓✓ ${t("msg.read")}`);
+    const key = `read:${m.id}`;
+    return h(
+      "details",
+      {
+        class: "read-mark",
+        "data-testid": "read-mark",
+        "data-count": readers.length,
+        open: this.unfolded.has(key),
+        ontoggle: (ev: Event) => {
+          if ((ev.target as HTMLDetailsElement).open) this.unfolded.add(key);
+          else this.unfolded.delete(key);
+        },
+      },
+      h("summary", {}, ` · ✓✓ ${t("msg.read_by", { count: readers.length })}`),
+      h("ul", {}, readers.map((u) => h("li", { "data-testid": "read-by-user", "data-user": u }, this.nameOf(u)))),
+    );
+  }
+
+  private receipts(m: MessageRecord, team: TeamView | undefined): HTMLElement {
     if (m.status === "pending") {
       const why = this.client.held.get(m.id);
-      const text = why instanceof KeyChangePending ? t("msg.pending_keys") : t("msg.pending");
+      const text = why instanceof KeyChangePending ? t("msg.pending_keys") : why instanceof TeamProblemError ? t("team.blocked") : t("msg.pending");
       // The cause, for whoever hovers (the protocol's words, not a sentence).
       return h("span", { class: "receipt pending", "data-testid": "receipt", "data-state": "pending", title: why?.message ?? "" }, " · ◷ ", text);
     }
@@ -345,10 +559,10 @@ export class MainView {
       summary = ` · ✗ ${t("msg.refused")}`;
       state = "refused";
     } else if (delivered.length === 0) {
-      summary = ` · ✓ ${t("msg.accepted")}`;
+      summary = ` · ${t("msg.accepted")}`;
       state = "accepted";
     } else {
-      summary = ` · ✓✓ ${total > 1 ? t("msg.delivered_count", { count: delivered.length, total }) : t("msg.delivered")}`;
+      summary = ` · ✓ ${total > 1 || team ? t("msg.delivered_count", { count: delivered.length, total }) : t("msg.delivered")}`;
       state = "delivered";
     }
     if (entries.length === 0) return h("span", { class: `receipt ${state}`, "data-testid": "receipt", "data-state": state }, summary);

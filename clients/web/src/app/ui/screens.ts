@@ -5,7 +5,7 @@
  */
 import { ProtocolError } from "../../protocol/errors";
 import { WrongAuthority } from "../../protocol/session";
-import { ConnectionLost } from "../client";
+import { ConnectionLost, TeamProblemError } from "../client";
 import { BadAuthorityKey, Unreachable, defaultServer, enroll, type Enrolled } from "../enroll";
 import { t, type MessageKey } from "../i18n";
 import { MIN_PASSPHRASE_CHARS, Vault, WrongPassphrase, erase, type Profile } from "../vault";
@@ -26,6 +26,13 @@ export function describeError(err: unknown): string {
       session_replaced: "error.session_replaced",
       unsupported_version: "error.unsupported_version",
       unknown_user: "error.unknown_user",
+      unknown_team: "error.unknown_team",
+      not_member: "error.not_member",
+      team_forbidden: "error.team_forbidden",
+      team_conflict: "error.team_conflict",
+      team_full: "error.team_full",
+      bad_team_record: "error.bad_team_record",
+      team_changed: "error.team_changed",
     };
     if (err.code === "rate_limited") return t("error.rate_limited", { seconds });
     const key = known[err.code];
@@ -33,6 +40,7 @@ export function describeError(err: unknown): string {
   }
   if (err instanceof WrongAuthority) return t("error.authority_mismatch");
   if (err instanceof ConnectionLost) return t("error.offline");
+  if (err instanceof TeamProblemError) return err.problem === "tampered" ? t("team.tampered") : t("team.diverged");
   if (err instanceof BadAuthorityKey) return t("error.authority_invalid");
   if (err instanceof Unreachable) return t("error.unreachable");
   if (err instanceof WrongPassphrase) return t("error.passphrase_wrong");
