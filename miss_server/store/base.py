@@ -59,9 +59,13 @@ __all__ = [
     "Organisation",
     "Queued",
     "Refusals",
+    "NewTeamMessage",
     "SchemaMismatch",
     "Store",
     "StoreUnavailable",
+    "TeamAppend",
+    "TeamInfo",
+    "TeamRecordRow",
     "User",
 ]
 
@@ -113,6 +117,10 @@ class Kind(enum.IntEnum):
     MESSAGE = 1  # an envelope: a ``deliver`` frame
     RECEIPT = 2  # a ``delivered`` receipt
     REFUSAL = 3  # a ``refused`` receipt; the payload is the reason (ASCII)
+    #: A team message (SPEC §13.3): the payload is the device's 72-byte key
+    #: wrap, ``body`` the sealed body stored once for every device, ``team``
+    #: the team. Sent only on connections that named the ``teams`` capability.
+    TEAM = 4
 
 
 @dataclass(frozen=True, slots=True)
@@ -220,6 +228,80 @@ class Queued:
     peer_device: str
     ts: int
     payload: bytes
+    #: ``Kind.TEAM`` only: the sealed body and the team it was sent to.
+    body: bytes | None = None
+    team: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class NewTeamMessage:
+    """One accepted ``send`` to a team (SPEC §13.4): ``body`` is stored once,
+    and ``wraps`` maps each target device to its 72-byte key wrap, one lean
+    row each. ``ts`` is the hub's receive time, ``expires_at`` the time its
+    rows and body go (``min(ts + ttl, ts + default expiry)``)."""
+
+    message_id: bytes
+    sender_user: str
+    sender_device: str
+    team: str
+    body: bytes
+    wraps: dict[str, bytes]
+    ts: int
+    expires_at: int
+
+    def queued(self, seq: int, device_id: str) -> Queued:
+        """The queue row of this message for ``device_id``, stored as ``seq``."""
+        return Queued(
+            seq,
+            device_id,
+            Kind.TEAM,
+            self.message_id,
+            self.sender_user,
+            self.sender_device,
+            self.ts,
+            self.wraps[device_id],
+            self.body,
+            self.team,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class TeamRecordRow:
+    """One signed record of a team's chain as stored (SPEC §13.2): its
+    position, the packed record, its signature and its hash (the head once
+    it is the last)."""
+
+    seq: int
+    rec: bytes
+    sig: bytes
+    hash: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class TeamInfo:
+    """A team's state as the hub routes by it, derived from its verified
+    chain: ``seq`` is the number of records, ``head`` the hash of the last;
+    ``creator`` is who the creation record names as ``by`` (``authority``
+    for an administrator's)."""
+
+    team: str
+    name: str
+    org: str
+    lifespan: int | None
+    seq: int
+    head: bytes
+    closed: bool
+    members: frozenset[str]
+    admins: frozenset[str]
+    creator: str
+
+
+class TeamAppend(enum.Enum):
+    """What :meth:`Store.append_team_record` did."""
+
+    OK = "ok"  # stored, the record is the new head
+    CONFLICT = "conflict"  # the chain moved on (or a creation of an existing team): nothing stored
+    FULL = "full"  # a user would pass max_teams_per_user: nothing stored
 
 
 @dataclass(frozen=True, slots=True)
@@ -370,3 +452,51 @@ class Store(Protocol):
         """Delete expired rows, message-id records and codes; returns how many rows."""
 
     async def count_pending(self, device_id: str) -> int: ...
+
+    # --- care teams (SPEC §13) ----------------------------------------------
+
+    async def append_team_record(
+        self, state: TeamInfo, record: TeamRecordRow, *, joining: tuple[str, ...], max_teams: int
+    ) -> TeamAppend:
+        """Store ``record`` as the new head of its team and ``state`` (the
+        team after it, verified by the caller) as the team's current state,
+        atomically, unless the team's stored chain does not end just before
+        ``record.seq`` (a creation, ``seq`` 0, of a team that exists, or a
+        change whose ``seq`` is not the stored number of records): then
+        CONFLICT. FULL if a user of ``joining`` (the one added, or the
+        creator) is already a member of ``max_teams`` teams, or, for a
+        creation by a user, has created ``max_teams`` teams. Nothing is
+        stored unless OK."""
+
+    async def team_info(self, team: str) -> TeamInfo | None:
+        """The team's current state, None for an unknown team."""
+
+    async def team_records(self, team: str, from_seq: int, max_bytes: int) -> tuple[list[TeamRecordRow], bool]:
+        """The records from ``from_seq`` on, in order, as many as fit in
+        ``max_bytes`` of ``rec`` and ``sig`` (at least one when any exists);
+        and whether more follow."""
+
+    async def user_teams(self, user_id: str, limit: int) -> list[tuple[str, int, bytes]]:
+        """``(team, seq, head)`` of the teams the user is a member of, by team id, at most ``limit``."""
+
+    async def list_teams(self) -> list[TeamInfo]:
+        """Every team, by name then id (for administrators)."""
+
+    async def accept_team(self, message: NewTeamMessage) -> AcceptResult:
+        """Durably store a team message: its body once and one row per
+        device of ``wraps``, sharing the seq space of the device's other
+        rows; idempotent per ``(sender_user, message_id)`` as :meth:`accept`."""
+
+    async def recall(self, sender_user: str, message_id: bytes) -> int:
+        """Delete every row of message ``message_id`` from ``sender_user``
+        not acked yet (1:1 envelopes and team rows, for every device) and a
+        team message's body; returns how many rows."""
+
+    async def has_sent(self, sender_user: str, message_id: bytes) -> bool:
+        """Whether the store still records ``message_id`` as accepted from ``sender_user``."""
+
+    async def stored_bytes(self, sender_user: str, message_id: bytes) -> int:
+        """Bytes the store holds now for a message: the sum of the sizes of
+        every column of its rows (8 per integer, the length of each text and
+        blob) in the body row, the device rows and its accepted-id record.
+        Indexes and the engines' per-row headers are not counted."""

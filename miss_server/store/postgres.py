@@ -46,14 +46,25 @@ from .common import (
     new_user_id,
     searchable,
 )
+from . import postgres_teams as teams
 from .postgres_batch import GroupCommit
 from .postgres_pool import Database
-from .rows import DEVICE_COLUMNS, QUEUED_COLUMNS, USER_COLUMNS, to_device, to_queued, to_user
+from .rows import DEVICE_COLUMNS, USER_COLUMNS, to_device, to_user
 
 if TYPE_CHECKING:  # names the type checker alone needs
     from typing_extensions import Unpack
 
-    from .base import AcceptResult, AuditEvent, NewMessage, Queued, Refusals
+    from .base import (
+        AcceptResult,
+        AuditEvent,
+        NewMessage,
+        NewTeamMessage,
+        Queued,
+        Refusals,
+        TeamAppend,
+        TeamInfo,
+        TeamRecordRow,
+    )
 
 __all__ = ["PostgresStore"]
 
@@ -362,6 +373,7 @@ class PostgresStore:
             # DELETE's snapshot stay until they expire: the hub reads targets
             # from user_devices() before accept, so only a race leaves any.
             await conn.execute("DELETE FROM queue WHERE device_id = $1", device_id)
+            await conn.execute("DELETE FROM team_queue WHERE device_id = $1", device_id)
             return replace(to_device(row), revoked=False)  # as it was
 
         return await self._db.write(run)
@@ -381,6 +393,7 @@ class PostgresStore:
                 r[0] for r in await conn.fetch("SELECT device_id FROM devices WHERE user_id = $1", user_id)
             ]
             await conn.execute("DELETE FROM queue WHERE device_id = ANY($1::text[])", devices)
+            await conn.execute("DELETE FROM team_queue WHERE device_id = ANY($1::text[])", devices)
             await conn.execute("DELETE FROM enrollment_codes WHERE user_id = $1", user_id)
             await conn.execute("DELETE FROM contacts WHERE user_a = $1 OR user_b = $1", user_id)
             await conn.execute("DELETE FROM devices WHERE user_id = $1", user_id)
@@ -454,16 +467,9 @@ class PostgresStore:
 
     async def pending(self, device_id: str, after_seq: int, limit: int, now: int) -> list[Queued]:
         rows = await self._db.retryable(
-            lambda c: c.fetch(
-                f"SELECT {QUEUED_COLUMNS} FROM queue "
-                "WHERE device_id = $1 AND seq > $2 AND expires_at > $3 ORDER BY seq LIMIT $4",
-                device_id,
-                after_seq,
-                now,
-                limit,
-            )
+            lambda c: c.fetch(teams.PENDING_UNION, device_id, after_seq, now, limit)
         )
-        return [to_queued(r) for r in rows]
+        return [teams.to_queued_row(r) for r in rows]
 
     async def ack(
         self, device_id: str, seqs: list[int], now: int, expires_at: int, refused: Refusals | None = None
@@ -474,14 +480,14 @@ class PostgresStore:
         """Delete in statements of at most ``EXPIRE_BATCH`` rows, each its own
         short transaction. If interrupted, what was deleted stays deleted."""
         deleted = 0
-        for table, sql in _EXPIRE.items():
+        for table, sql in {**_EXPIRE, **teams.EXPIRE_TEAM}.items():
 
             async def run(conn: asyncpg.Connection, sql: str = sql) -> str:
                 return str(await conn.execute(sql, now, EXPIRE_BATCH))
 
             while True:
                 n = int((await self._db.retryable(run)).split()[-1])  # status "DELETE n"
-                if table == "queue":
+                if table in ("queue", "team_queue"):
                     deleted += n
                 if n < EXPIRE_BATCH:
                     break
@@ -490,6 +496,48 @@ class PostgresStore:
     async def count_pending(self, device_id: str) -> int:
         return int(
             await self._db.retryable(
-                lambda c: c.fetchval("SELECT count(*) FROM queue WHERE device_id = $1", device_id)
+                lambda c: c.fetchval(
+                    "SELECT (SELECT count(*) FROM queue WHERE device_id = $1) "
+                    "+ (SELECT count(*) FROM team_queue WHERE device_id = $1)",
+                    device_id,
+                )
             )
         )
+
+    # --- care teams (SPEC §13; postgres_teams.py) ----------------------------------
+
+    async def append_team_record(
+        self, state: TeamInfo, record: TeamRecordRow, *, joining: tuple[str, ...], max_teams: int
+    ) -> TeamAppend:
+        return await self._db.write(
+            lambda c: teams.append_team_record(c, state, record, tuple(joining), max_teams)
+        )
+
+    async def team_info(self, team: str) -> TeamInfo | None:
+        return await self._db.retryable(lambda c: teams.team_info(c, team))
+
+    async def team_records(self, team: str, from_seq: int, max_bytes: int) -> tuple[list[TeamRecordRow], bool]:
+        return await self._db.retryable(lambda c: teams.team_records(c, team, from_seq, max_bytes))
+
+    async def user_teams(self, user_id: str, limit: int) -> list[tuple[str, int, bytes]]:
+        return await self._db.retryable(lambda c: teams.user_teams(c, user_id, limit))
+
+    async def list_teams(self) -> list[TeamInfo]:
+        return await self._db.retryable(teams.list_teams)
+
+    async def accept_team(self, message: NewTeamMessage) -> AcceptResult:
+        return await self._db.write(lambda c: teams.accept_team(c, message))
+
+    async def recall(self, sender_user: str, message_id: bytes) -> int:
+        return await self._db.write(lambda c: teams.recall(c, sender_user, message_id))
+
+    async def has_sent(self, sender_user: str, message_id: bytes) -> bool:
+        row = await self._db.retryable(
+            lambda c: c.fetchval(
+                "SELECT 1 FROM accepted_ids WHERE sender_user = $1 AND message_id = $2", sender_user, message_id
+            )
+        )
+        return row is not None
+
+    async def stored_bytes(self, sender_user: str, message_id: bytes) -> int:
+        return await self._db.retryable(lambda c: teams.stored_bytes(c, sender_user, message_id))

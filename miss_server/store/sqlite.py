@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from . import migrations
+from . import sqlite_teams as teams
 from .base import (
     AcceptResult,
     CodeInvalid,
@@ -42,14 +43,23 @@ from .common import (
     new_user_id,
     searchable,
 )
-from .rows import DEVICE_COLUMNS, QUEUED_COLUMNS, USER_COLUMNS, to_device, to_queued, to_user
+from .rows import DEVICE_COLUMNS, USER_COLUMNS, to_device, to_user
 from .sqlite_directory import search_directory
 from .sqlite_threads import DIALECT, Conn, Threads, make_private, migrate
 
 if TYPE_CHECKING:  # names the type checker alone needs
     from typing_extensions import Unpack
 
-    from .base import AuditEvent, GroupCommitStats, NewMessage, Refusals
+    from .base import (
+        AuditEvent,
+        GroupCommitStats,
+        NewMessage,
+        NewTeamMessage,
+        Refusals,
+        TeamAppend,
+        TeamInfo,
+        TeamRecordRow,
+    )
 
 __all__ = ["SQLiteStore"]
 
@@ -287,6 +297,7 @@ class SQLiteStore:
             if row is None:
                 return None
             conn.execute("DELETE FROM queue WHERE device_id = ?", (device_id,))
+            conn.execute("DELETE FROM team_queue WHERE device_id = ?", (device_id,))
             # Conn's caches stay true: a revoked device keeps its owner (_ack
             # finds nothing left to delete), and contacts are between users.
             # user_devices() reads the table, never a cache. An accept whose
@@ -306,10 +317,11 @@ class SQLiteStore:
             devices = [
                 d for (d,) in conn.execute("SELECT device_id FROM devices WHERE user_id = ?", (user_id,))
             ]
-            conn.execute(
-                "DELETE FROM queue WHERE device_id IN (SELECT value FROM json_each(?))",
-                (json.dumps(devices),),
-            )
+            for table in ("queue", "team_queue"):
+                conn.execute(
+                    f"DELETE FROM {table} WHERE device_id IN (SELECT value FROM json_each(?))",
+                    (json.dumps(devices),),
+                )
             conn.execute("DELETE FROM enrollment_codes WHERE user_id = ?", (user_id,))
             conn.execute("DELETE FROM contacts WHERE user_a = ? OR user_b = ?", (user_id, user_id))
             conn.execute("DELETE FROM devices WHERE user_id = ?", (user_id,))
@@ -381,12 +393,8 @@ class SQLiteStore:
 
     async def pending(self, device_id: str, after_seq: int, limit: int, now: int) -> list[Queued]:
         def run(conn: sqlite3.Connection) -> list[Queued]:
-            rows = conn.execute(
-                f"SELECT {QUEUED_COLUMNS} FROM queue "
-                "WHERE device_id = ? AND seq > ? AND expires_at > ? ORDER BY seq LIMIT ?",
-                (device_id, after_seq, now, limit),
-            ).fetchall()
-            return [to_queued(r) for r in rows]
+            rows = conn.execute(teams.pending_union, (device_id, after_seq, now, limit)).fetchall()
+            return [teams.to_queued_row(r) for r in rows]
 
         return await self._db.read(run)
 
@@ -398,6 +406,7 @@ class SQLiteStore:
     async def expire(self, now: int) -> int:
         def run(conn: sqlite3.Connection) -> int:
             n = conn.execute("DELETE FROM queue WHERE expires_at <= ?", (now,)).rowcount
+            n += teams.expire_team_rows(conn, now)
             conn.execute("DELETE FROM accepted_ids WHERE expires_at <= ?", (now,))
             conn.execute("DELETE FROM enrollment_codes WHERE expires_at <= ?", (now,))
             return int(n)
@@ -407,9 +416,49 @@ class SQLiteStore:
     async def count_pending(self, device_id: str) -> int:
         return await self._db.read(
             lambda c: int(
-                c.execute("SELECT count(*) FROM queue WHERE device_id = ?", (device_id,)).fetchone()[0]
+                c.execute(
+                    "SELECT (SELECT count(*) FROM queue WHERE device_id = ?1) "
+                    "+ (SELECT count(*) FROM team_queue WHERE device_id = ?1)",
+                    (device_id,),
+                ).fetchone()[0]
             )
         )
+
+    # --- care teams (SPEC §13; sqlite_teams.py) ----------------------------------
+
+    async def append_team_record(
+        self, state: TeamInfo, record: TeamRecordRow, *, joining: tuple[str, ...], max_teams: int
+    ) -> TeamAppend:
+        return await self._db.write(teams.append_team_record, state, record, tuple(joining), max_teams)
+
+    async def team_info(self, team: str) -> TeamInfo | None:
+        return await self._db.read(teams.team_info, team)
+
+    async def team_records(self, team: str, from_seq: int, max_bytes: int) -> tuple[list[TeamRecordRow], bool]:
+        return await self._db.read(teams.team_records, team, from_seq, max_bytes)
+
+    async def user_teams(self, user_id: str, limit: int) -> list[tuple[str, int, bytes]]:
+        return await self._db.read(teams.user_teams, user_id, limit)
+
+    async def list_teams(self) -> list[TeamInfo]:
+        return await self._db.read(teams.list_teams)
+
+    async def accept_team(self, message: NewTeamMessage) -> AcceptResult:
+        return await self._db.write(teams.accept_team, message)
+
+    async def recall(self, sender_user: str, message_id: bytes) -> int:
+        return await self._db.write(teams.recall, sender_user, message_id)
+
+    async def has_sent(self, sender_user: str, message_id: bytes) -> bool:
+        return await self._db.read(
+            lambda c: c.execute(
+                "SELECT 1 FROM accepted_ids WHERE sender_user = ? AND message_id = ?", (sender_user, message_id)
+            ).fetchone()
+            is not None
+        )
+
+    async def stored_bytes(self, sender_user: str, message_id: bytes) -> int:
+        return await self._db.read(teams.stored_bytes, sender_user, message_id)
 
 
 # The rules of accept() and ack() (base.py), as the embedded store states
@@ -467,13 +516,16 @@ def _ack(
         owner = conn.execute("SELECT user_id FROM devices WHERE device_id = ?", (device_id,)).fetchone()
         if owner is not None:
             user = conn.owners[device_id] = owner[0]
+    named = [*seqs, *refused]
     rows = conn.execute(
         "DELETE FROM queue WHERE device_id = ? AND seq IN (SELECT value FROM json_each(?)) "
         "RETURNING seq, kind, message_id, peer_user, recipient_user",
-        (device_id, json.dumps([*seqs, *refused])),
+        (device_id, json.dumps(named)),
     ).fetchall()
     if user is None:
         return []
+    # A team row reads as a message from the body's sender to this device's user.
+    rows += [(*r[:4], user) for r in teams.ack_team_rows(conn, device_id, named)]
     receipts: list[Queued] = []
     sender_devices: dict[str, list[str]] = {}
     for seq, kind, message_id, sender_user, recipient_user in sorted(rows):
