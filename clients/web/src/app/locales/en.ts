@@ -213,6 +213,7 @@ export const en: Catalogue = {
   "duration.minutes": "{n} min",
   "duration.soon": "less than a minute",
 
+  "team.tag": "team",
   "team.new_heading": "New team",
   "team.name": "Team name",
   "team.org": "Organisation (optional)",

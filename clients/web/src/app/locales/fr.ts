@@ -217,6 +217,7 @@ export const fr = {
   "duration.minutes": "{n} min",
   "duration.soon": "moins d'une minute",
 
+  "team.tag": "équipe",
   "team.new_heading": "Nouvelle équipe",
   "team.name": "Nom de l'équipe",
   "team.org": "Organisation (facultatif)",

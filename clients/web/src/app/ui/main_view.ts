@@ -55,7 +55,7 @@ export class MainView {
   private readonly composer = h(
     "form",
     { class: "composer", "data-testid": "composer" },
-    h("label", { class: "lifespan-pick", title: t("lifespan.label") }, h("span", { class: "lifespan-icon", "aria-hidden": "true" }, "⏱"), this.lifespan),
+    h("label", { class: "lifespan-pick", title: t("lifespan.label") }, h("span", { class: "lifespan-icon wide-only muted small" }, t("lifespan.label")), this.lifespan),
     this.input,
     this.sendButton,
   );
@@ -109,7 +109,7 @@ export class MainView {
         h("span", { class: "spacer" }),
         h("label", { class: "status" }, h("span", { class: "sr-only" }, t("status.label")), this.statusSelect),
         h("button", { class: "icon", title: t("nav.new"), "data-testid": "nav-new", onclick: () => this.dialogs.search() }, "+", h("span", { class: "wide-only" }, " ", t("nav.new"))),
-        h("button", { class: "icon", title: t("nav.new_team"), "data-testid": "nav-new-team", onclick: () => this.dialogs.newTeam() }, "👥", h("span", { class: "wide-only" }, " ", t("nav.new_team"))),
+        h("button", { class: "icon", title: t("nav.new_team"), "data-testid": "nav-new-team", onclick: () => this.dialogs.newTeam() }, "+", h("span", { class: "wide-only" }, " ", t("nav.new_team"))),
         h("button", { class: "icon", title: t("nav.devices"), "data-testid": "nav-devices", onclick: () => this.dialogs.devices() }, "⌨", h("span", { class: "wide-only" }, " ", t("nav.devices"))),
         h("button", { class: "icon", title: t("nav.settings"), "data-testid": "nav-settings", onclick: () => this.dialogs.settings() }, "⚙", h("span", { class: "wide-only" }, " ", t("nav.settings"))),
       ),
@@ -214,7 +214,7 @@ export class MainView {
         this.render();
         return;
       }
-      el.textContent = ` · ⏱ ${t("msg.expires_in", { delay: formatDelay(left) })}`;
+      el.textContent = ` · ${t("msg.expires_in", { delay: formatDelay(left) })}`;
     }
   }
 
@@ -338,7 +338,7 @@ export class MainView {
               onclick: () => this.open(id),
             },
             h("span", { class: "conv-line" },
-              h("strong", { class: "conv-name" }, h("span", { class: "team-icon", "aria-hidden": "true" }, "👥 "), team?.name ?? id),
+              h("strong", { class: "conv-name" }, h("span", { class: "team-tag" }, t("team.tag")), team?.name ?? id),
               last && h("time", { class: "muted small" }, formatTime(last.at)),
             ),
             h("span", { class: "conv-line" },
@@ -436,12 +436,12 @@ export class MainView {
       h(
         "div",
         { class: "identity", "data-testid": "team-identity", "data-team": id },
-        h("strong", {}, h("span", { "aria-hidden": "true" }, "👥 "), team?.name ?? id),
+        h("strong", {}, h("span", { class: "team-tag" }, t("team.tag")), team?.name ?? id),
         h("span", { class: "muted small" },
           [team?.org, t("team.members_count", { count }), team?.lifespanMs ? t("team.default_lifespan", { value: formatDelay(team.lifespanMs) }) : null]
             .filter(Boolean).join(" · ")),
       ),
-      h("button", { class: "secondary", "data-testid": "team-manage", onclick: () => this.dialogs.team(id) }, "👥 ", t("team.manage")),
+      h("button", { class: "secondary", "data-testid": "team-manage", onclick: () => this.dialogs.team(id) }, t("team.manage")),
     );
     const problem = team?.problem ?? null;
     fill(this.convWarning, problem ? problemBanner(problem) : null);
@@ -503,7 +503,7 @@ export class MainView {
         m.outgoing && m.fromDevice !== this.client.device ? ` · ${t("msg.other_device")}` : "",
         !gone && m.expiresAt !== undefined
           ? h("span", { class: "expiry", "data-testid": "expiry", "data-expires": m.expiresAt, title: formatDateTime(m.expiresAt) },
-            ` · ⏱ ${t("msg.expires_in", { delay: formatDelay(m.expiresAt - Date.now()) })}`)
+            ` · ${t("msg.expires_in", { delay: formatDelay(m.expiresAt - Date.now()) })}`)
           : null,
         m.outgoing && !gone ? this.receipts(m, team) : null,
         m.outgoing && !gone ? this.readMark(m, team) : null,
