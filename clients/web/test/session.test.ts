@@ -75,6 +75,11 @@ const SAMPLES: Record<HubFrame["t"], HubFrame> = {
   search_ok: { t: "search_ok", rid: 1, atts: [] },
   devices_ok: { t: "devices_ok", rid: 1, devices: [] },
   error: { t: "error", code: "auth_failed", message: "authentication failed", fatal: true },
+  team_ok: { t: "team_ok", rid: 1, team: "t_0123456789abcdef", seq: 0, head: new Uint8Array(32) },
+  teams_ok: { t: "teams_ok", rid: 1, teams: [] },
+  team_chain_ok: { t: "team_chain_ok", rid: 1, team: "t_0123456789abcdef", recs: [], more: false },
+  recall_ok: { t: "recall_ok", rid: 1, id: MID, removed: 0 },
+  team_changed: { t: "team_changed", team: "t_0123456789abcdef", seq: 1, head: new Uint8Array(32) },
 };
 
 const SEND: Send = { t: "send", id: MID, from: "d_1", to: "u_2", envs: new Map([["d_2", crypto.fromHex("78")]]) };
@@ -88,6 +93,10 @@ const REQUEST_OF: Partial<Record<HubFrame["t"], ClientFrame>> = {
   watching: { t: "watch", rid: 1, users: [] },
   search_ok: { t: "search", rid: 1, query: "dupont" },
   devices_ok: { t: "devices", rid: 1 },
+  team_ok: { t: "team_change", rid: 1, team: "t_0123456789abcdef", rec: new Uint8Array(10), sig: new Uint8Array(64) },
+  teams_ok: { t: "teams", rid: 1 },
+  team_chain_ok: { t: "team_chain", rid: 1, team: "t_0123456789abcdef", from: 0 },
+  recall_ok: { t: "recall", rid: 1, id: MID },
 };
 
 /** The `error` frame the hub sends for `err` (session.py's error_frame). */

@@ -46,14 +46,75 @@
  *   (plaintext deleted locally: `body` becomes "").
  * - `onChange` fires on any team change too.
  */
-import { CAP_REFUSALS, MAX_ACK_REFUSALS, MAX_ACK_SEQS, MAX_FRAME_BYTES, MAX_RECIPIENT_DEVICES, MIN_SEARCH_CHARS, SUBPROTOCOL, encode } from "../protocol/frames";
-import type { Deliver, Delivered, DevicesOk, HubFrame, LinkCodeOk, LookupOk, Presence, Refused, SearchOk, Watching } from "../protocol/frames";
+import {
+  CAP_REFUSALS,
+  CAP_TEAMS,
+  MAX_ACK_REFUSALS,
+  MAX_ACK_SEQS,
+  MAX_FRAME_BYTES,
+  MAX_LIFESPAN_MS,
+  MAX_RECIPIENT_DEVICES,
+  MAX_TEAM_CHAIN_BYTES,
+  MAX_WRAPS,
+  MIN_LIFESPAN_MS,
+  MIN_SEARCH_CHARS,
+  SUBPROTOCOL,
+  encode,
+} from "../protocol/frames";
+import type {
+  Deliver,
+  Delivered,
+  DevicesOk,
+  HubFrame,
+  LinkCodeOk,
+  LookupOk,
+  Presence,
+  RecallOk,
+  Refused,
+  SearchOk,
+  Send,
+  TeamChainOk,
+  TeamChanged,
+  TeamOk,
+  TeamsOk,
+  Watching,
+} from "../protocol/frames";
 import * as attestation from "../protocol/attestation";
-import { openEnvelope, packPlaintext, safetyNumber, seal, unpackPlaintext, newMessageId, fromHex, toHex, type DeviceKeys } from "../protocol/crypto";
-import { ProtocolError } from "../protocol/errors";
+import {
+  EnvelopeError,
+  MAX_REFS,
+  equalBytes,
+  openBody,
+  openEnvelope,
+  packPlaintext,
+  safetyNumber,
+  seal,
+  sealBody,
+  unpackPlaintext,
+  unwrapKey,
+  newMessageId,
+  fromHex,
+  toHex,
+  wrapKey,
+  type DeviceKeys,
+  type Plaintext,
+} from "../protocol/crypto";
+import { NotMember, ProtocolError, TeamForbidden } from "../protocol/errors";
 import { ClientSession } from "../protocol/session";
+import { TeamChainError, newTeamId, nextRecord, signRecord, type TeamOp, type TeamRecord } from "../protocol/teams";
 import { LocalState, type MessageRecord } from "./store";
-import type { TeamProblem, TeamView } from "./teams";
+import {
+  emptyTeam,
+  extendTeam,
+  loadTeam,
+  membersAt,
+  strangers,
+  teamTargets,
+  teamView,
+  type KnownTeam,
+  type TeamProblem,
+  type TeamView,
+} from "./teams";
 import { KeyChangePending, UnverifiedPeer, acceptPending, checkLookup, identities, observePeer, type Device, type Peer, type PeerChange } from "./trust";
 import type { Vault } from "./vault";
 
@@ -119,6 +180,10 @@ const ACK_DELAY_MS = 100;
 /** A lookup older than this is refreshed before encrypting to it. */
 const LOOKUP_FRESH_MS = 5_000;
 const SELF_RECHECK_MS = 10_000;
+/** Plaintexts are padded to a multiple of this (SPEC §13.5). */
+const PAD_TO = 256;
+/** How often expired plaintexts are looked for (SPEC §13.6). */
+const SWEEP_MS = 30_000;
 
 interface Waiter {
   resolve: (frame: HubFrame) => void;
@@ -155,6 +220,11 @@ export class MissClient {
   private flushAgain = false;
   private inflight = new Set<string>();
   private stopped = false;
+  /** Verified teams, loaded from state.teams on first use. */
+  private book: Map<string, KnownTeam> | null = null;
+  /** Our own attestation as the last lookup of ourselves gave it (signs team records). */
+  private ownAtt: Uint8Array | null = null;
+  private sweepTimer: ReturnType<typeof setInterval> | null = null;
 
   constructor(
     readonly vault: Vault,
@@ -176,7 +246,14 @@ export class MissClient {
 
   start(): void {
     this.stopped = false;
+    this.startSweep();
     this.connect();
+  }
+
+  private startSweep(): void {
+    if (this.sweepTimer !== null) return;
+    void this.sweepExpired();
+    this.sweepTimer = setInterval(() => void this.sweepExpired(), SWEEP_MS);
   }
 
   /** Close for good (locking the app). */
@@ -184,6 +261,8 @@ export class MissClient {
     this.stopped = true;
     if (this.retryTimer) clearTimeout(this.retryTimer);
     if (this.selfTimer) clearTimeout(this.selfTimer);
+    if (this.sweepTimer) clearInterval(this.sweepTimer);
+    this.sweepTimer = null;
     this.ws?.close(1000, "");
   }
 
@@ -198,6 +277,7 @@ export class MissClient {
   /** Adopt a connection already authenticated by an enrollment. */
   adopt(ws: WebSocket, session: ClientSession, backlog: Uint8Array[]): void {
     this.stopped = false;
+    this.startSweep();
     this.wire(ws, session);
     this.welcomed();
     for (const data of backlog) this.receive(data);
@@ -253,7 +333,7 @@ export class MissClient {
       case "challenged": {
         const authority = session.hubAuthority;
         this.authorityMismatch = authority != null && toHex(authority) !== toHex(this.vault.profile.authority);
-        this.ws!.send(session.auth(this.device, this.keys, [CAP_REFUSALS]));
+        this.ws!.send(session.auth(this.device, this.keys, [CAP_REFUSALS, CAP_TEAMS]));
         break;
       }
       case "welcomed":
@@ -281,6 +361,7 @@ export class MissClient {
   private async afterWelcome(): Promise<void> {
     await this.checkSelf();
     await this.watchAll().catch(() => undefined);
+    await this.syncTeams().catch((err) => console.warn("MiSS: teams", err));
     this.flushOutbox();
   }
 
@@ -395,6 +476,7 @@ export class MissClient {
     const trusted: Device | null = own
       ? { device: this.device, sign_pk: this.keys.signPk, box_pk: this.keys.boxPk }
       : null;
+    if (own && reply.att !== undefined) this.ownAtt = reply.att;
     const seen = observePeer(this.state.peers.get(reply.user), checked, trusted);
     await this.state.savePeer(seen.record);
     const peer: Peer = {
@@ -484,7 +566,7 @@ export class MissClient {
 
   /** Watch ourselves and every conversation's clinician (the list replaces the last). */
   async watchAll(): Promise<void> {
-    const users = [this.me, ...this.state.conversationList().map((c) => c.peer)].slice(0, 512);
+    const users = [this.me, ...this.state.conversationList().map((c) => c.peer).filter((p) => !isTeamId(p))].slice(0, 512);
     const reply = await this.request<Watching>((rid) => ({ t: "watch", rid, users }));
     for (const p of reply.presence) this.presence.set(p.user, { status: p.status, online: p.online });
     this.onChange();
@@ -526,49 +608,197 @@ export class MissClient {
 
   /** Every team this device knows of (member or not any more), by name. */
   teams(): TeamView[] {
-    throw new Error("not implemented");
+    return [...this.teamBook().values()]
+      .map((k) => teamView(k, this.me))
+      .sort((a, b) => a.name.localeCompare(b.name, "fr"));
   }
 
   /** One team's view, or undefined when this device never saw it. */
   team(id: string): TeamView | undefined {
-    void id;
-    throw new Error("not implemented");
+    const known = this.teamBook().get(id);
+    return known ? teamView(known, this.me) : undefined;
   }
 
   /** Create a team with us as its first admin; resolves once the hub stored it. */
   async createTeam(name: string, org = "", lifespanMs?: number): Promise<TeamView> {
-    void name, org, lifespanMs;
-    throw new Error("not implemented");
+    const clean = name.trim();
+    if (clean.length === 0 || [...clean].length > 64) throw new RangeError("a team name has 1 to 64 characters");
+    const id = newTeamId();
+    const known = emptyTeam(id);
+    const record = nextRecord(null, "create", this.me, {
+      ...(await this.signer()),
+      team: id,
+      name: clean,
+      org: org.trim() || undefined,
+      lifespan: lifespanMs,
+    });
+    await this.commitRecord(known, record);
+    this.state.conversation(id);
+    this.onChange();
+    return this.team(id)!;
   }
 
   /** Add a verified clinician (admins only). */
   async addMember(team: string, user: string): Promise<void> {
-    void team, user;
-    throw new Error("not implemented");
+    await this.lookup(user, true); // only a verified clinician is added
+    await this.changeTeam(team, "add", user);
   }
 
   /** Remove a member (admins only; not oneself: see leaveTeam). */
   async removeMember(team: string, user: string): Promise<void> {
-    void team, user;
-    throw new Error("not implemented");
+    await this.changeTeam(team, "remove", user);
   }
 
   /** Leave a team (the last admin cannot while others remain). */
   async leaveTeam(team: string): Promise<void> {
-    void team;
-    throw new Error("not implemented");
+    await this.changeTeam(team, "leave", this.me);
   }
 
   /** Make a member an admin (admins only). */
   async promote(team: string, user: string): Promise<void> {
-    void team, user;
-    throw new Error("not implemented");
+    await this.changeTeam(team, "promote", user);
   }
 
   /** Make an admin a member again (admins only; another admin must remain). */
   async demote(team: string, user: string): Promise<void> {
-    void team, user;
-    throw new Error("not implemented");
+    await this.changeTeam(team, "demote", user);
+  }
+
+  /** The verified teams, loaded from the vault on first use. */
+  private teamBook(): Map<string, KnownTeam> {
+    if (this.book === null) {
+      this.book = new Map();
+      for (const stored of this.state.teams.values()) this.book.set(stored.id, loadTeam(stored, this.vault.profile.authority));
+    }
+    return this.book;
+  }
+
+  private async keepTeam(known: KnownTeam): Promise<void> {
+    this.teamBook().set(known.stored.id, known);
+    await this.state.saveTeam(known.stored);
+    if (known.state?.members.includes(this.me) && !this.state.conversations.has(known.stored.id)) {
+      this.state.conversation(known.stored.id);
+    }
+    this.onChange();
+  }
+
+  private async markProblem(team: string, problem: Exclude<TeamProblem, null>, detail: string): Promise<void> {
+    const known = this.teamBook().get(team) ?? emptyTeam(team);
+    if (known.stored.problem === "tampered" && problem === "diverged") return; // the worse one stays
+    await this.keepTeam({ ...known, stored: { ...known.stored, problem, detail } });
+    console.warn(`MiSS: team ${team} ${problem}: ${detail}`);
+  }
+
+  /** What signs a record from this device: our user, device and attestation. */
+  private async signer(): Promise<{ by: string; device: string; att: Uint8Array; at: number }> {
+    await this.lookup(this.me, true);
+    if (this.ownAtt === null) throw new UnverifiedPeer(this.me, "missing", true);
+    return { by: this.me, device: this.device, att: this.ownAtt, at: Date.now() };
+  }
+
+  /**
+   * Bring a team's chain up to the hub's (SPEC §13.4): fetch the records
+   * after ours, verify each, keep them. A record that does not verify makes
+   * the team "tampered"; a head the hub announces (`hubHead`) that is still
+   * not in the verified chain afterwards makes it "diverged".
+   */
+  async syncTeam(team: string, hubHead?: Uint8Array): Promise<KnownTeam> {
+    let known = this.teamBook().get(team) ?? emptyTeam(team);
+    if (known.stored.problem === "tampered") return known;
+    if (hubHead !== undefined && known.heads.includes(toHex(hubHead))) return known;
+    const authority = this.vault.profile.authority;
+    let more = true;
+    let bytes = 0;
+    while (more) {
+      const from = known.heads.length;
+      let page: TeamChainOk;
+      try {
+        page = await this.request<TeamChainOk>((rid) => ({ t: "team_chain", rid, team, from }));
+      } catch (err) {
+        if (err instanceof ProtocolError && err.code === "unknown_team" && from > 0) break; // nothing after ours
+        throw err;
+      }
+      if (page.team !== team) {
+        await this.markProblem(team, "tampered", "team_chain_ok about another team");
+        return this.teamBook().get(team)!;
+      }
+      try {
+        known = extendTeam(known, page.recs, authority);
+      } catch (err) {
+        if (!(err instanceof TeamChainError)) throw err;
+        await this.keepTeam(known);
+        await this.markProblem(team, "tampered", err.message);
+        return this.teamBook().get(team)!;
+      }
+      for (const e of page.recs) bytes += e.rec.length + e.sig.length;
+      more = page.more && page.recs.length > 0 && bytes < 64 * MAX_TEAM_CHAIN_BYTES;
+    }
+    if (known.state === null) {
+      await this.markProblem(team, "tampered", "the hub gave no creation record");
+      return this.teamBook().get(team)!;
+    }
+    if (hubHead !== undefined && !known.heads.includes(toHex(hubHead))) {
+      known = { ...known, stored: { ...known.stored, problem: "diverged", detail: "the hub's head is not in the chain" } };
+    } else if (known.stored.problem === "diverged") {
+      known = { ...known, stored: { ...known.stored, problem: null, detail: undefined } };
+    }
+    await this.keepTeam(known);
+    return known;
+  }
+
+  /** After welcome: the teams the hub says we are in, each brought up to date. */
+  private async syncTeams(): Promise<void> {
+    if (!this.session?.hubCaps.has(CAP_TEAMS)) return;
+    const reply = await this.request<TeamsOk>((rid) => ({ t: "teams", rid }));
+    const listed = new Set<string>();
+    for (const h of reply.teams) {
+      listed.add(h.team);
+      await this.syncTeam(h.team, h.head).catch((err) => console.warn("MiSS: team sync", err));
+    }
+    // Teams we believe we are in but the hub no longer lists: the chain says why.
+    for (const [id, known] of this.teamBook()) {
+      if (!listed.has(id) && known.state?.members.includes(this.me) && known.stored.problem === null) {
+        await this.syncTeam(id).catch(() => undefined);
+      }
+    }
+  }
+
+  /** Sign `op` on `user` after the verified chain and have the hub store it;
+   * on `team_conflict` fetch the chain and redo the change (twice at most). */
+  private async changeTeam(team: string, op: TeamOp, user: string): Promise<void> {
+    for (let attempt = 0; ; attempt++) {
+      const known = await this.syncTeam(team);
+      if (known.stored.problem !== null) throw new TeamProblemError(team, known.stored.problem);
+      const record = nextRecord(known.state, op, user, await this.signer());
+      try {
+        await this.commitRecord(known, record);
+        return;
+      } catch (err) {
+        if (err instanceof ProtocolError && err.code === "team_conflict" && attempt < 2) continue;
+        throw err;
+      }
+    }
+  }
+
+  /** Check `record` against our chain (rule 3 locally: nothing the hub
+   * would refuse is sent), send it, keep it once the hub stored it. */
+  private async commitRecord(known: KnownTeam, record: TeamRecord): Promise<void> {
+    const signed = signRecord(record, this.keys);
+    let next: KnownTeam;
+    try {
+      next = extendTeam(known, [{ rec: signed.rec, sig: signed.sig }], this.vault.profile.authority);
+    } catch (err) {
+      if (err instanceof TeamChainError && err.reason === "forbidden") throw new TeamForbidden(err.message);
+      throw err;
+    }
+    const ok = await this.request<TeamOk>((rid) => ({ t: "team_change", rid, team: record.team, rec: signed.rec, sig: signed.sig }));
+    if (ok.team !== record.team || ok.seq !== record.seq || !equalBytes(ok.head, signed.hash())) {
+      // The hub says it stored something else: refetch and compare.
+      await this.syncTeam(record.team, ok.head);
+      return;
+    }
+    await this.keepTeam(next);
+    this.flushOutbox(); // messages held for this team may go now
   }
 
   // --- notices, lifespan, recall (SPEC §13.5, §13.6) -------------------------------
@@ -585,27 +815,93 @@ export class MissClient {
 
   /** The default lifespan (ms) of messages to this conversation, if any. */
   lifespanFor(conversationId: string): number | undefined {
-    void conversationId;
-    throw new Error("not implemented");
+    if (isTeamId(conversationId)) return this.teamBook().get(conversationId)?.state?.lifespan ?? undefined;
+    return this.state.settings.lifespans?.[conversationId] ?? undefined;
   }
 
   /** Set (or clear with null) the default lifespan of a 1:1 conversation. */
   async setLifespan(peer: string, ms: number | null): Promise<void> {
-    void peer, ms;
-    throw new Error("not implemented");
+    if (ms !== null && !(Number.isSafeInteger(ms) && ms >= MIN_LIFESPAN_MS && ms <= MAX_LIFESPAN_MS)) {
+      throw new RangeError("a lifespan is between one hour and 30 days");
+    }
+    const lifespans = { ...(this.state.settings.lifespans ?? {}) };
+    if (ms === null) delete lifespans[peer];
+    else lifespans[peer] = ms;
+    await this.state.saveSettings({ ...this.state.settings, lifespans });
+    this.onChange();
   }
 
-  /** Mark the conversation read and send the read notices it calls for. */
+  /** Mark the conversation read and send the read notices it calls for:
+   * to each sender of the messages newly read (with `team` for a team), or,
+   * with read receipts off, to our own other devices only. */
   async markRead(conversationId: string): Promise<void> {
-    void conversationId;
-    throw new Error("not implemented");
+    const fresh = this.state
+      .thread(conversationId)
+      .filter((m) => !m.outgoing && !m.readNoticed && !m.recalled && !m.expired);
+    const upTo = Math.max(0, ...this.state.thread(conversationId).map((m) => m.at));
+    this.state.markRead(conversationId, upTo);
+    if (fresh.length === 0) return;
+    const bySender = new Map<string, string[]>();
+    for (const m of fresh) {
+      await this.state.saveMessage({ ...m, readNoticed: true });
+      const to = this.readReceipts ? m.fromUser : this.me;
+      bySender.set(to, [...(bySender.get(to) ?? []), m.id]);
+    }
+    const team = isTeamId(conversationId) ? conversationId : undefined;
+    for (const [to, ids] of bySender) {
+      for (let i = 0; i < ids.length; i += MAX_REFS) await this.queueNotice(to, "read", ids.slice(i, i + MAX_REFS), team);
+    }
+    this.onChange();
+    this.flushOutbox();
+  }
+
+  private async queueNotice(to: string, kind: "read" | "recall", refs: string[], team?: string): Promise<void> {
+    const now = Date.now();
+    const m: MessageRecord = {
+      id: toHex(newMessageId(now)),
+      peer: to,
+      outgoing: true,
+      fromUser: this.me,
+      fromDevice: this.device,
+      body: "",
+      kind,
+      sentAt: now,
+      at: now,
+      status: "pending",
+      targets: [],
+      receipts: {},
+      refs,
+    };
+    if (team !== undefined) m.team = team;
+    await this.state.saveMessage(m);
   }
 
   /** Recall one of our messages (hex id): the hub drops undelivered rows,
    * then a recall notice goes to the conversation; our copy shows "message retiré". */
   async recall(messageId: string): Promise<void> {
-    void messageId;
-    throw new Error("not implemented");
+    const m = this.state.message(this.me, messageId);
+    if (!m || !m.outgoing || m.kind !== "text") throw new Error("only one's own messages are recalled");
+    if (m.recalled) return;
+    const sent = m.status !== "pending" || this.inflight.has(m.id);
+    if (sent) {
+      await this.request<RecallOk>((rid) => ({ t: "recall", rid, id: fromHex(messageId) }));
+      await this.queueNotice(m.peer, "recall", [m.id]);
+    }
+    await this.state.saveMessage({ ...m, body: "", recalled: true, ...(sent ? {} : { status: "failed" as const, failure: "recalled" }) });
+    this.onChange();
+    this.flushOutbox();
+  }
+
+  /** Delete the plaintext of messages whose lifespan ended (SPEC §13.6). */
+  async sweepExpired(now = Date.now()): Promise<void> {
+    let changed = false;
+    for (const m of [...this.state.messages.values()]) {
+      if (m.expiresAt != null && m.expiresAt <= now && !m.expired) {
+        await this.state.saveMessage({ ...m, body: "", expired: true });
+        changed = true;
+      }
+    }
+    if (changed) this.onChange();
   }
 
   // --- sending --------------------------------------------------------------------
@@ -615,6 +911,10 @@ export class MissClient {
   async send(peer: string, text: string, options: SendOptions = {}): Promise<MessageRecord> {
     const body = text.trim();
     if (!body) throw new Error("empty message");
+    const ttl = options.lifespanMs ?? this.lifespanFor(peer);
+    if (ttl !== undefined && !(Number.isSafeInteger(ttl) && ttl >= MIN_LIFESPAN_MS && ttl <= MAX_LIFESPAN_MS)) {
+      throw new RangeError("a lifespan is between one hour and 30 days");
+    }
     const now = Date.now();
     const m: MessageRecord = {
       id: toHex(newMessageId(now)),
@@ -629,7 +929,12 @@ export class MissClient {
       status: "pending",
       targets: [],
       receipts: {},
+      readBy: [],
     };
+    if (ttl !== undefined) {
+      m.ttl = ttl;
+      m.expiresAt = now + ttl;
+    }
     await this.state.saveMessage(m); // durably recorded before anything is sent
     this.onChange();
     this.flushOutbox();
@@ -672,22 +977,34 @@ export class MissClient {
     if (this.inflight.has(m.id)) return;
     this.inflight.add(m.id);
     try {
+      if (m.expiresAt != null && m.expiresAt <= Date.now()) {
+        await this.state.saveMessage({ ...m, body: "", expired: true, status: "failed", failure: "expired" });
+        return;
+      }
       for (let attempt = 0; attempt < 4; attempt++) {
         const refresh = attempt > 0;
-        const peer = await this.lookup(m.peer, refresh);
-        const own = await this.lookup(this.me, refresh);
-        this.checkSendable(peer, own);
-        const frame = this.buildSend(m, peer, own);
+        const frame = isTeamId(m.peer) ? await this.buildTeamSend(m, refresh) : await this.buildDirectSend(m, refresh);
+        if (frame === null) {
+          // Nobody to send to (a notice to ourselves with no other device).
+          await this.state.saveMessage({ ...m, status: "accepted", targets: [] });
+          return;
+        }
         const bytes = this.session!.send(frame);
         const answer = this.wait(m.id);
         this.ws!.send(bytes);
         try {
           await answer;
           this.held.delete(m.id);
-          await this.state.saveMessage({ ...m, status: "accepted", targets: [...frame.envs.keys()] });
+          const now = this.state.message(this.me, m.id) ?? m; // a recall may have happened meanwhile
+          await this.state.saveMessage({ ...now, status: "accepted", targets: [...frame.envs.keys()] });
           return;
         } catch (err) {
           if (!(err instanceof ProtocolError)) throw err;
+          if (err.code === "team_changed") continue; // buildTeamSend fetches the chain again
+          if (err.code === "missing_devices" && isTeamId(m.peer)) {
+            await this.checkMissing(m.peer, err.missing ?? []);
+            continue;
+          }
           if (err.code === "missing_devices" || err.retryable) {
             if (err.retryAfter) await sleep(err.retryAfter);
             continue; // refresh the device lists and try again
@@ -698,7 +1015,7 @@ export class MissClient {
       throw new ConnectionLost("the hub kept refusing; kept for the next connection");
     } catch (err) {
       const e = err as Error;
-      if (e instanceof ConnectionLost || e instanceof KeyChangePending || e instanceof UnverifiedPeer) {
+      if (e instanceof ConnectionLost || e instanceof KeyChangePending || e instanceof UnverifiedPeer || e instanceof TeamProblemError) {
         this.held.set(m.id, e); // stays pending: sent once the cause is gone
       } else {
         this.held.delete(m.id);
@@ -721,24 +1038,93 @@ export class MissClient {
     }
   }
 
-  private buildSend(m: MessageRecord, peer: Peer, own: Peer) {
+  /** The plaintext of an outbox record, padded to 256 bytes (SPEC §13.5). */
+  private plaintextOf(m: MessageRecord, to: string, head?: Uint8Array): Uint8Array {
+    const p: Plaintext = { id: fromHex(m.id), fromUser: this.me, toUser: to, sentAt: m.sentAt, kind: m.kind, body: m.body };
+    if (head !== undefined) p.head = head;
+    if (m.expiresAt != null) p.expiresAt = m.expiresAt;
+    if (m.refs != null) p.refs = m.refs.map(fromHex);
+    if (m.team != null) p.team = m.team;
+    return packPlaintext(p, PAD_TO);
+  }
+
+  /** Whether the hub speaks revision 3 (lifespans, notices' keys are fine anyway). */
+  private get teamsHub(): boolean {
+    return this.session?.hubCaps.has(CAP_TEAMS) ?? false;
+  }
+
+  private async buildDirectSend(m: MessageRecord, refresh: boolean): Promise<Send | null> {
+    const peer = await this.lookup(m.peer, refresh);
+    const own = await this.lookup(this.me, refresh);
+    this.checkSendable(peer, own);
     if (peer.devices.length === 0) throw new ProtocolError("no_devices", "no verified device", { fatal: false });
     const targets = new Map<string, Uint8Array>();
     for (const d of [...own.devices, ...peer.devices]) if (d.device !== this.device) targets.set(d.device, d.box_pk);
+    if (targets.size === 0) return null;
     if (targets.size > MAX_RECIPIENT_DEVICES) throw new MessageTooLarge("too many devices");
-    const plaintext = packPlaintext({
-      id: fromHex(m.id),
-      fromUser: this.me,
-      toUser: peer.user,
-      sentAt: m.sentAt,
-      kind: m.kind,
-      body: m.body,
-    });
+    const plaintext = this.plaintextOf(m, peer.user);
     const envs = new Map<string, Uint8Array>();
     for (const [device, boxPk] of targets) envs.set(device, seal(plaintext, this.keys, boxPk));
-    const frame = { t: "send" as const, id: fromHex(m.id), from: this.device, to: peer.user, envs };
+    const frame: Send = { t: "send", id: fromHex(m.id), from: this.device, to: peer.user, envs };
+    if (m.ttl != null && this.teamsHub) frame.ttl = m.ttl;
     if (encode(frame).length > MAX_FRAME_BYTES) throw new MessageTooLarge("message too large");
     return frame;
+  }
+
+  /**
+   * A team message (SPEC §13.3, §13.4): the chain fetched and verified, the
+   * targets computed from it (never from the hub), the plaintext sealed once
+   * and its key wrapped for each device of each member and our other devices.
+   */
+  private async buildTeamSend(m: MessageRecord, refresh: boolean): Promise<Send | null> {
+    if (!this.teamsHub) throw new ConnectionLost("this hub does not know teams");
+    const team = m.peer;
+    const known = refresh || !this.teamBook().get(team)?.state ? await this.syncTeam(team) : this.teamBook().get(team)!;
+    if (known.stored.problem !== null) throw new TeamProblemError(team, known.stored.problem);
+    const state = known.state!;
+    if (!state.members.includes(this.me)) throw new NotMember("not a member of this team by its chain");
+    const own = await this.lookup(this.me, refresh);
+    this.checkSendable(own, own);
+    const devices = new Map<string, readonly Device[]>();
+    for (const user of state.members) {
+      const peer = user === this.me ? own : await this.lookup(user, refresh);
+      const pending = this.pendingChange(user);
+      if (pending) throw new KeyChangePending(user, pending, user === this.me);
+      devices.set(user, peer.devices);
+    }
+    const targets = teamTargets(state, this.device, (u) => devices.get(u) ?? []);
+    if (targets.size === 0) return null;
+    if (targets.size > MAX_WRAPS) throw new MessageTooLarge("too many devices");
+    const head = state.head;
+    const [key, body] = sealBody(this.plaintextOf(m, team, head), fromHex(m.id), this.keys);
+    const envs = new Map<string, Uint8Array>();
+    for (const [device, boxPk] of targets) envs.set(device, wrapKey(key, this.keys, boxPk));
+    const frame: Send = { t: "send", id: fromHex(m.id), from: this.device, to: team, envs, body, head };
+    if (m.ttl != null) frame.ttl = m.ttl;
+    if (encode(frame).length > MAX_FRAME_BYTES) throw new MessageTooLarge("message too large");
+    await this.state.saveMessage({ ...(this.state.message(this.me, m.id) ?? m), head: toHex(head) });
+    return frame;
+  }
+
+  /**
+   * The hub wants devices we did not encrypt to. With fresh lookups of every
+   * member (the next attempt), devices of members are targeted; a device
+   * that belongs to no member by our chain means the hub's view of the team
+   * differs from the chain: the team is "tampered", nothing is sent (SPEC §13.4).
+   */
+  private async checkMissing(team: string, missing: readonly string[]): Promise<void> {
+    const state = this.teamBook().get(team)?.state;
+    if (!state) return;
+    const ids = new Set<string>();
+    for (const user of state.members) {
+      const peer = await this.lookup(user, true);
+      for (const d of peer.listed) ids.add(d.device);
+    }
+    const others = strangers(missing, ids);
+    if (others.length > 0) {
+      await this.markProblem(team, "tampered", `the hub asked for devices of non-members: ${others.join(", ")}`);
+      throw new TeamProblemError(team, "tampered");
+    }
   }
 
   // --- receiving ------------------------------------------------------------------
@@ -748,6 +1134,13 @@ export class MissClient {
       const p = frame as Presence;
       this.presence.set(p.user, { status: p.status, online: p.online });
       this.onChange();
+      return;
+    }
+    if (frame.t === "team_changed") {
+      const c = frame as TeamChanged;
+      void this.syncTeam(c.team, c.head)
+        .then(() => this.flushOutbox())
+        .catch((err) => console.warn("MiSS: team sync", err));
       return;
     }
     // One at a time, in order: opening may wait for a lookup.
@@ -792,25 +1185,52 @@ export class MissClient {
       this.refuse(frame.seq, "sender_unverified");
       return;
     }
-    let inner;
+    const ownCopy = frame.from_user === this.me;
+    const team = frame.team;
+    let inner: Plaintext;
     try {
-      inner = unpackPlaintext(openEnvelope(frame.env, this.keys, sender.box_pk));
+      if (frame.body !== undefined) {
+        if (team === undefined) throw new EnvelopeError("a sealed body without its team");
+        const key = unwrapKey(frame.env, this.keys, sender.box_pk);
+        inner = unpackPlaintext(openBody(frame.body, key, frame.id, sender.sign_pk));
+      } else {
+        if (team !== undefined) throw new EnvelopeError("a team message without its body");
+        inner = unpackPlaintext(openEnvelope(frame.env, this.keys, sender.box_pk));
+      }
     } catch {
       this.refuse(frame.seq, "undecryptable");
       return;
     }
-    const ownCopy = frame.from_user === this.me;
-    if (toHex(inner.id) !== id || inner.fromUser !== frame.from_user || (inner.toUser !== this.me && !ownCopy)) {
+    const to = team ?? this.me;
+    if (toHex(inner.id) !== id || inner.fromUser !== frame.from_user || (inner.toUser !== to && !(ownCopy && team === undefined))) {
       this.refuse(frame.seq, "undecryptable");
       return;
     }
+    if (team !== undefined && !(await this.teamSenderOk(team, frame.from_user, inner.head))) {
+      this.refuse(frame.seq, "undecryptable");
+      return;
+    }
+    if (inner.kind === "read" || inner.kind === "recall") {
+      await this.notice(frame.from_user, inner);
+      this.ack(frame.seq);
+      return;
+    }
+    if (inner.kind !== "text") {
+      this.ack(frame.seq); // a kind this version does not know: acked, never shown
+      return;
+    }
+    if (this.state.recalls.has(`${frame.from_user}/${id}`)) {
+      this.ack(frame.seq); // recalled before it arrived
+      return;
+    }
+    const expired = inner.expiresAt !== undefined && inner.expiresAt <= Date.now();
     const m: MessageRecord = {
       id,
-      peer: ownCopy ? inner.toUser : frame.from_user,
+      peer: team ?? (ownCopy ? inner.toUser : frame.from_user),
       outgoing: ownCopy,
       fromUser: frame.from_user,
       fromDevice: frame.from_device,
-      body: inner.body,
+      body: expired ? "" : inner.body,
       kind: inner.kind,
       sentAt: inner.sentAt,
       at: ownCopy ? inner.sentAt : frame.ts,
@@ -818,14 +1238,67 @@ export class MissClient {
       targets: [],
       receipts: {},
     };
+    if (ownCopy) m.readBy = [];
+    if (inner.expiresAt !== undefined) m.expiresAt = inner.expiresAt;
+    if (expired) m.expired = true;
+    if (inner.head !== undefined) m.head = toHex(inner.head);
     await this.state.saveMessage(m); // kept before it is acked
     if (!this.state.conversations.has(m.peer)) {
       this.state.conversation(m.peer);
-      void this.watchAll().catch(() => undefined);
+      if (team === undefined) void this.watchAll().catch(() => undefined);
     }
     this.ack(frame.seq);
     this.onChange();
-    if (!ownCopy) this.onMessage(m, peer);
+    if (!ownCopy && !expired) this.onMessage(m, peer);
+  }
+
+  /**
+   * A team message's sender must be a member by our verified chain, at the
+   * head it names (fetched if unknown). A head still unknown after a fetch
+   * makes the team "diverged"; the message is then kept only if its sender
+   * is a member by our chain now.
+   */
+  private async teamSenderOk(team: string, user: string, head: Uint8Array | undefined): Promise<boolean> {
+    let known = this.teamBook().get(team);
+    const headHex = head ? toHex(head) : undefined;
+    if (!known?.state || (headHex !== undefined && !known.heads.includes(headHex))) {
+      known = await this.syncTeam(team, head);
+    }
+    if (!known.state) return false;
+    const authority = this.vault.profile.authority;
+    const members = headHex !== undefined ? membersAt(known, headHex, authority) : undefined;
+    return (members ?? known.state.members).includes(user);
+  }
+
+  /** A read or recall notice (SPEC §13.5). */
+  private async notice(from: string, inner: Plaintext): Promise<void> {
+    const refs = (inner.refs ?? []).map(toHex);
+    if (inner.kind === "read") {
+      for (const ref of refs) {
+        if (from === this.me) {
+          // Our other device read them: stop showing them unread here.
+          for (const m of this.state.messages.values()) {
+            if (m.id === ref && !m.outgoing && !m.readNoticed) await this.state.saveMessage({ ...m, readNoticed: true });
+          }
+        } else {
+          const m = this.state.message(this.me, ref);
+          if (m && m.outgoing && !(m.readBy ?? []).includes(from)) {
+            await this.state.saveMessage({ ...m, readBy: [...(m.readBy ?? []), from] });
+          }
+        }
+      }
+    } else {
+      // Only the original sender's notice counts: messages are keyed by sender.
+      for (const ref of refs) {
+        const m = this.state.message(from, ref);
+        if (m) {
+          if (!m.recalled) await this.state.saveMessage({ ...m, body: "", recalled: true });
+        } else {
+          await this.state.addRecall(from, ref);
+        }
+      }
+    }
+    this.onChange();
   }
 
   private ack(seq: number): void {

@@ -6,6 +6,7 @@
  * resolves, so a caller that awaits it may ack or send next (SPEC §6.4: a
  * device acks only what it durably kept).
  */
+import type { StoredTeam } from "./teams";
 import type { PeerRecord } from "./trust";
 import type { Vault } from "./vault";
 
@@ -51,6 +52,15 @@ export interface MessageRecord {
   head?: string;
   /** Read notice sent (or not needed) for this incoming message. */
   readNoticed?: boolean;
+  /** Notices (`kind` "read" or "recall"): the message ids concerned, hex. */
+  refs?: string[];
+  /** Notices about team messages: the team. */
+  team?: string;
+}
+
+/** Kinds shown as messages; the others ("read", "recall") are notices. */
+export function isShown(m: MessageRecord): boolean {
+  return m.kind === "text";
 }
 
 export interface Conversation {
@@ -73,7 +83,9 @@ const key = {
   peer: (user: string) => `peer:${user}`,
   message: (m: { fromUser: string; id: string }) => `msg:${m.fromUser}/${m.id}`,
   conversation: (user: string) => `conv:${user}`,
+  team: (id: string) => `team:${id}`,
   settings: "settings",
+  recalls: "recalls",
 };
 
 export class LocalState {
@@ -81,6 +93,10 @@ export class LocalState {
   /** By `fromUser/id`: one sender cannot collide with another's ids. */
   readonly messages = new Map<string, MessageRecord>();
   readonly conversations = new Map<string, Conversation>();
+  /** Teams by id, as verified (see teams.ts). */
+  readonly teams = new Map<string, StoredTeam>();
+  /** `fromUser/id` of messages recalled before they arrived (SPEC §13.5). */
+  readonly recalls = new Set<string>();
   settings: Settings = {};
 
   constructor(
@@ -93,7 +109,9 @@ export class LocalState {
       if (k.startsWith("peer:")) this.peers.set(k.slice(5), v as PeerRecord);
       else if (k.startsWith("msg:")) this.messages.set(k.slice(4), v as MessageRecord);
       else if (k.startsWith("conv:")) this.conversations.set(k.slice(5), v as Conversation);
+      else if (k.startsWith("team:")) this.teams.set(k.slice(5), v as StoredTeam);
       else if (k === key.settings) this.settings = v as Settings;
+      else if (k === key.recalls) for (const r of v as string[]) this.recalls.add(r);
     }
   }
 
@@ -129,27 +147,41 @@ export class LocalState {
     }
   }
 
+  saveTeam(team: StoredTeam): Promise<void> {
+    this.teams.set(team.id, team);
+    return this.vault.put(key.team(team.id), team);
+  }
+
+  /** Remember a recall of a message not received (yet). */
+  addRecall(fromUser: string, id: string): Promise<void> {
+    this.recalls.add(`${fromUser}/${id}`);
+    return this.vault.put(key.recalls, [...this.recalls].slice(-4096));
+  }
+
   saveSettings(settings: Settings): Promise<void> {
     this.settings = settings;
     return this.vault.put(key.settings, settings);
   }
 
-  /** Messages of one conversation, oldest first. */
+  /** Messages of one conversation (a user or a team id), oldest first;
+   * notices are not messages. */
   thread(peer: string): MessageRecord[] {
-    return [...this.messages.values()].filter((m) => m.peer === peer).sort((a, b) => a.at - b.at);
+    return [...this.messages.values()].filter((m) => m.peer === peer && isShown(m)).sort((a, b) => a.at - b.at);
   }
 
   /** Outgoing messages recorded but never seen accepted, oldest first. */
   outbox(): MessageRecord[] {
     return [...this.messages.values()]
-      .filter((m) => m.outgoing && m.status === "pending")
+      .filter((m) => m.outgoing && m.status === "pending" && !m.recalled)
       .sort((a, b) => a.at - b.at);
   }
 
   unread(peer: string): number {
     const read = this.conversations.get(peer)?.lastRead ?? 0;
     let n = 0;
-    for (const m of this.messages.values()) if (m.peer === peer && !m.outgoing && m.at > read) n++;
+    for (const m of this.messages.values()) {
+      if (m.peer === peer && !m.outgoing && m.at > read && isShown(m) && !m.recalled && !m.readNoticed) n++;
+    }
     return n;
   }
 
@@ -157,6 +189,7 @@ export class LocalState {
   conversationList(): Array<{ peer: string; last: MessageRecord | undefined; at: number }> {
     const last = new Map<string, MessageRecord>();
     for (const m of this.messages.values()) {
+      if (!isShown(m)) continue;
       const seen = last.get(m.peer);
       if (seen === undefined || m.at > seen.at) last.set(m.peer, m);
     }

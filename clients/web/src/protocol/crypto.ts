@@ -11,7 +11,10 @@
  *   challenge, bound to a context string (SPEC §5.2).
  * - A message is sealed for each target device with NaCl `crypto_box`
  *   under a random 24-byte nonce: `nonce ‖ crypto_box_easy(...)` (SPEC §6.1).
- * - The inner plaintext repeats the message id and both users (SPEC §6.3).
+ * - The inner plaintext repeats the message id and both users (SPEC §6.3),
+ *   padded to a multiple of 256 bytes by reference clients (SPEC §13.5).
+ * - A team message is sealed once (a signed body under a fresh key K,
+ *   XChaCha20-Poly1305) and K is wrapped for each device (SPEC §13.3).
  *
  * Needs `await ready()` (sodium.ts) first.
  */
@@ -24,6 +27,16 @@ export { compareBytes, concatBytes, equalBytes, fromHex, toHex } from "./bytes";
 export const AUTH_CONTEXT = utf8Encode("miss.v1/auth\0");
 export const ENROLL_CONTEXT = utf8Encode("miss.v1/enroll\0");
 export const SAFETY_CONTEXT = utf8Encode("miss.v1/safety\0");
+/** Signed and authenticated with every sealed body (SPEC §13.3). */
+export const BODY_CONTEXT = utf8Encode("miss.v1/body\0");
+/** Length of a body key K and of the plaintext of a wrap. */
+export const BODY_KEY_BYTES = 32;
+/** A wrap: nonce ‖ crypto_box(K). */
+export const WRAP_BYTES = 24 + 32 + 16;
+/** Plaintext kinds of revision 3 (SPEC §13.5). */
+export const KINDS = ["text", "read", "recall"] as const;
+/** Most ids in a notice's `refs`. */
+export const MAX_REFS = 256;
 /** crypto_box nonce length. */
 export const NONCE_BYTES = 24;
 /** Poly1305 tag length. */
@@ -171,11 +184,22 @@ export interface Plaintext {
   body: string;
   /** Id of the message this one answers (`reply_to`). */
   replyTo?: Uint8Array;
+  /** Team messages: the sender's head of the chain (32 bytes, SPEC §13.5). */
+  head?: Uint8Array;
+  /** ms, sender's clock: delete the plaintext then (`expires_at`, SPEC §13.6). */
+  expiresAt?: number;
+  /** Notices (`read`, `recall`): the message ids concerned (1–256). */
+  refs?: readonly Uint8Array[];
+  /** Notices about team messages: the team. */
+  team?: string;
 }
 
-/** The canonical msgpack of a plaintext (SPEC §6.3): `v`, `id`, `from`,
- * `to`, `sent_at`, `kind`, `body`, then `reply_to` if any. */
-export function packPlaintext(p: Plaintext): Uint8Array {
+/** The canonical msgpack of a plaintext (SPEC §6.3, §13.5): `v`, `id`,
+ * `from`, `to`, `sent_at`, `kind`, `body`, then those of `reply_to`, `head`,
+ * `expires_at`, `refs`, `team` that are set; with `padTo` > 0 (clients pass
+ * 256), a last key `pad` of n zero bytes, n the smallest that makes the
+ * packed length a multiple of `padTo`. */
+export function packPlaintext(p: Plaintext, padTo = 0): Uint8Array {
   const m = new MsgMap([
     ["v", 1],
     ["id", p.id],
@@ -186,6 +210,17 @@ export function packPlaintext(p: Plaintext): Uint8Array {
     ["body", p.body],
   ]);
   if (p.replyTo !== undefined) m.set("reply_to", p.replyTo);
+  if (p.head !== undefined) m.set("head", p.head);
+  if (p.expiresAt !== undefined) m.set("expires_at", p.expiresAt);
+  if (p.refs !== undefined) m.set("refs", [...p.refs]);
+  if (p.team !== undefined) m.set("team", p.team);
+  if (padTo <= 0) return pack(m);
+  if (padTo > 256) throw new RangeError("padTo is at most 256");
+  // With an empty pad first: the key and its bin-8 header are then counted,
+  // and n < 256 keeps the header at two bytes.
+  m.set("pad", new Uint8Array(0));
+  const bare = pack(m).length;
+  m.set("pad", new Uint8Array((padTo - (bare % padTo)) % padTo));
   return pack(m);
 }
 
@@ -217,6 +252,11 @@ export function unpackPlaintext(data: Uint8Array): Plaintext {
   const kind = m.get("kind");
   const body = m.get("body");
   const replyTo = m.get("reply_to") ?? undefined;
+  const head = m.get("head") ?? undefined;
+  const expiresAt = m.get("expires_at") ?? undefined;
+  const refs = m.get("refs") ?? undefined;
+  const team = m.get("team") ?? undefined;
+  const pad = m.get("pad") ?? undefined;
   if (
     !(id instanceof Uint8Array && id.length === MESSAGE_ID_BYTES) ||
     typeof fromUser !== "string" ||
@@ -224,13 +264,98 @@ export function unpackPlaintext(data: Uint8Array): Plaintext {
     typeof sentAt !== "number" ||
     typeof kind !== "string" ||
     typeof body !== "string" ||
-    !(replyTo === undefined || (replyTo instanceof Uint8Array && replyTo.length === MESSAGE_ID_BYTES))
+    !(replyTo === undefined || (replyTo instanceof Uint8Array && replyTo.length === MESSAGE_ID_BYTES)) ||
+    !(head === undefined || (head instanceof Uint8Array && head.length === 32)) ||
+    !(expiresAt === undefined || (typeof expiresAt === "number" && Number.isSafeInteger(expiresAt))) ||
+    !(
+      refs === undefined ||
+      (Array.isArray(refs) &&
+        refs.length >= 1 &&
+        refs.length <= MAX_REFS &&
+        refs.every((r) => r instanceof Uint8Array && r.length === MESSAGE_ID_BYTES))
+    ) ||
+    !(team === undefined || typeof team === "string") ||
+    !(pad === undefined || pad instanceof Uint8Array)
   ) {
     throw new EnvelopeError("bad plaintext fields");
   }
   const p: Plaintext = { id, fromUser, toUser, sentAt, kind, body };
   if (replyTo !== undefined) p.replyTo = replyTo;
+  if (head !== undefined) p.head = head as Uint8Array;
+  if (expiresAt !== undefined) p.expiresAt = expiresAt as number;
+  if (refs !== undefined) p.refs = refs as Uint8Array[];
+  if (team !== undefined) p.team = team as string;
   return p;
+}
+
+// --- sealed bodies (SPEC §13.3) -------------------------------------------------------
+
+/**
+ * Seal a team message once: `[K, body]` with `body = nonce(24) ‖
+ * XChaCha20-Poly1305(sig ‖ plaintext, ad = BODY_CONTEXT ‖ id)` under the
+ * fresh key K, `sig` the sender's Ed25519 signature of `BODY_CONTEXT ‖ id ‖
+ * plaintext`. `key` and `nonce` only for test vectors.
+ */
+export function sealBody(
+  plaintext: Uint8Array,
+  messageId: Uint8Array,
+  sender: Signer,
+  options: { key?: Uint8Array; nonce?: Uint8Array } = {},
+): [Uint8Array, Uint8Array] {
+  const s = sodium();
+  const key = options.key ?? s.randombytes_buf(BODY_KEY_BYTES);
+  const nonce = options.nonce ?? s.randombytes_buf(NONCE_BYTES);
+  if (key.length !== BODY_KEY_BYTES) throw new RangeError("the body key is 32 bytes");
+  if (nonce.length !== NONCE_BYTES) throw new RangeError(`the nonce is ${NONCE_BYTES} bytes`);
+  if (messageId.length !== MESSAGE_ID_BYTES) throw new RangeError("a message id is 16 bytes");
+  const sig = sender.sign(concatBytes(BODY_CONTEXT, messageId, plaintext));
+  const ad = concatBytes(BODY_CONTEXT, messageId);
+  const sealed = s.crypto_aead_xchacha20poly1305_ietf_encrypt(concatBytes(sig, plaintext), ad, null, nonce, key);
+  return [key, concatBytes(nonce, sealed)];
+}
+
+/** Open a sealed body with its key K and check the sending device's
+ * signature; throws EnvelopeError on any failure. */
+export function openBody(body: Uint8Array, key: Uint8Array, messageId: Uint8Array, senderSignPk: Uint8Array): Uint8Array {
+  if (body.length < NONCE_BYTES + 64 + MAC_BYTES) throw new EnvelopeError("body too short");
+  if (key.length !== BODY_KEY_BYTES) throw new EnvelopeError("bad body key");
+  let opened: Uint8Array;
+  try {
+    opened = sodium().crypto_aead_xchacha20poly1305_ietf_decrypt(
+      null,
+      body.subarray(NONCE_BYTES),
+      concatBytes(BODY_CONTEXT, messageId),
+      body.subarray(0, NONCE_BYTES),
+      key,
+    );
+  } catch {
+    throw new EnvelopeError("body does not open");
+  }
+  const sig = opened.subarray(0, 64);
+  const plaintext = opened.slice(64);
+  if (!verifySignature(senderSignPk, concatBytes(BODY_CONTEXT, messageId, plaintext), sig)) {
+    throw new EnvelopeError("body signature does not verify");
+  }
+  return plaintext;
+}
+
+/** Wrap a body key for one device: an envelope (SPEC §6.1) of K, 72 bytes. */
+export function wrapKey(
+  key: Uint8Array,
+  sender: { readonly boxSecret: Uint8Array },
+  recipientBoxPk: Uint8Array,
+  nonce?: Uint8Array,
+): Uint8Array {
+  if (key.length !== BODY_KEY_BYTES) throw new RangeError("the body key is 32 bytes");
+  return seal(key, sender, recipientBoxPk, nonce);
+}
+
+/** Unwrap a body key sealed for `recipient`; EnvelopeError unless it opens
+ * to 32 bytes. */
+export function unwrapKey(wrap: Uint8Array, recipient: { readonly boxSecret: Uint8Array }, senderBoxPk: Uint8Array): Uint8Array {
+  const key = openEnvelope(wrap, recipient, senderBoxPk);
+  if (key.length !== BODY_KEY_BYTES) throw new EnvelopeError("a wrap holds a 32-byte key");
+  return key;
 }
 
 /**

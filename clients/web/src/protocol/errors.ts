@@ -62,6 +62,14 @@ export const ERRORS: { readonly [code: string]: ErrorInfo } = {
   too_many_recipients: { fatal: false, retryable: false, message: "more envelopes than this hub accepts in one message" },
   too_many_devices: { fatal: false, retryable: false, message: "this account has as many devices as it may; revoke one first" },
   forbidden: { fatal: false, retryable: false, message: "not allowed" },
+  // Revision 3 (SPEC §13.7).
+  unknown_team: { fatal: false, retryable: false, message: "no such team" },
+  not_member: { fatal: false, retryable: false, message: "not a member of this team" },
+  team_changed: { fatal: false, retryable: false, message: "the team changed; fetch its chain and resend" },
+  team_forbidden: { fatal: false, retryable: false, message: "this team change is not allowed" },
+  bad_team_record: { fatal: false, retryable: false, message: "the team record is malformed or badly signed" },
+  team_conflict: { fatal: false, retryable: false, message: "the team changed meanwhile; fetch its chain and redo the change" },
+  team_full: { fatal: false, retryable: false, message: "the team or a member has reached the limit of teams or members" },
 };
 
 /** What SPEC §7 says of `code`, or undefined for a code it does not name. */
@@ -290,6 +298,50 @@ export class Forbidden extends RequestError {
   }
 }
 
+export class UnknownTeam extends RequestError {
+  constructor(detail = "", options: Options = {}) {
+    super("unknown_team", detail, options);
+    this.name = "UnknownTeam";
+  }
+}
+export class NotMember extends RequestError {
+  constructor(detail = "", options: Options = {}) {
+    super("not_member", detail, options);
+    this.name = "NotMember";
+  }
+}
+/** A team `send` whose head is not the hub's (wire code `team_changed`). */
+export class StaleTeamHead extends RequestError {
+  constructor(detail = "", options: Options = {}) {
+    super("team_changed", detail, options);
+    this.name = "StaleTeamHead";
+  }
+}
+export class TeamForbidden extends RequestError {
+  constructor(detail = "", options: Options = {}) {
+    super("team_forbidden", detail, options);
+    this.name = "TeamForbidden";
+  }
+}
+export class BadTeamRecord extends RequestError {
+  constructor(detail = "", options: Options = {}) {
+    super("bad_team_record", detail, options);
+    this.name = "BadTeamRecord";
+  }
+}
+export class TeamConflict extends RequestError {
+  constructor(detail = "", options: Options = {}) {
+    super("team_conflict", detail, options);
+    this.name = "TeamConflict";
+  }
+}
+export class TeamFull extends RequestError {
+  constructor(detail = "", options: Options = {}) {
+    super("team_full", detail, options);
+    this.name = "TeamFull";
+  }
+}
+
 /** The class of each code of SPEC §7 (MissingDevices takes `missing` first). */
 export type ErrorClass = new (detail?: string, options?: Options) => ProtocolError;
 
@@ -316,6 +368,13 @@ const BY_CODE: { readonly [code: string]: ErrorClass } = {
   too_many_recipients: TooManyRecipients,
   too_many_devices: TooManyDevices,
   forbidden: Forbidden,
+  unknown_team: UnknownTeam,
+  not_member: NotMember,
+  team_changed: StaleTeamHead,
+  team_forbidden: TeamForbidden,
+  bad_team_record: BadTeamRecord,
+  team_conflict: TeamConflict,
+  team_full: TeamFull,
 };
 
 /** The class of a wire error code, or undefined for a code this side does not know. */

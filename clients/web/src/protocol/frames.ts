@@ -49,8 +49,21 @@ export const MAX_ACK_BYTES = 12762;
 /** Capability (SPEC §10): the client sends `ack.refused` and understands
  * `refused` receipts (SPEC §6.5). */
 export const CAP_REFUSALS = "refusals";
+/** Capability (SPEC §13): care teams, sealed bodies, `team_changed`. */
+export const CAP_TEAMS = "teams";
 /** What the reference hub announces. */
-export const HUB_CAPS: readonly string[] = [CAP_REFUSALS];
+export const HUB_CAPS: readonly string[] = [CAP_REFUSALS, CAP_TEAMS];
+/** Most key wraps one team `send` (with `body`) may carry (SPEC §13.4). */
+export const MAX_WRAPS = 512;
+/** Largest page of `team_chain_ok` records (SPEC §13.4). */
+export const MAX_TEAM_CHAIN_BYTES = 48 * 1024;
+/** Most teams one `teams_ok` lists. */
+export const MAX_TEAMS_LIST = 256;
+/** Largest packed team record (SPEC §13.2). */
+export const MAX_RECORD_BYTES = 12288;
+/** Bounds of a message's lifespan, `send.ttl` (ms, SPEC §13.6). */
+export const MIN_LIFESPAN_MS = 3_600_000;
+export const MAX_LIFESPAN_MS = 2_592_000_000;
 /** Most capabilities one side may name (each 1-32 characters `[a-z0-9_]`). */
 export const MAX_CAPS = 16;
 /** Statuses a clinician can set (SPEC §6.7). */
@@ -87,7 +100,14 @@ export interface Send {
   id: Uint8Array;
   from: string;
   to: string;
+  /** Envelopes, or key wraps when `body` is given (SPEC §13.3). */
   envs: ReadonlyMap<string, Uint8Array>;
+  /** The sealed body of a team message (SPEC §13.3). */
+  body?: Uint8Array;
+  /** The sender's head of the team's chain (32 bytes). */
+  head?: Uint8Array;
+  /** Lifespan in ms (SPEC §13.6). */
+  ttl?: number;
 }
 /** One queued message this device refuses, and why (SPEC §6.5). */
 export interface Refusal {
@@ -142,6 +162,33 @@ export interface Revoke {
   device: string;
 }
 
+/** Add a signed record to a team's chain (SPEC §13.4). */
+export interface TeamChange {
+  t: "team_change";
+  rid: number;
+  team: string;
+  rec: Uint8Array;
+  sig: Uint8Array;
+}
+/** List the teams the user is a member of. */
+export interface Teams {
+  t: "teams";
+  rid: number;
+}
+/** Fetch a team's records from `seq` = `from` on. */
+export interface TeamChain {
+  t: "team_chain";
+  rid: number;
+  team: string;
+  from: number;
+}
+/** Delete the undelivered rows of one of our messages (SPEC §13.6). */
+export interface Recall {
+  t: "recall";
+  rid: number;
+  id: Uint8Array;
+}
+
 /** The first frame of a connection (SPEC §4, §5). */
 export interface Challenge {
   t: "challenge";
@@ -169,7 +216,12 @@ export interface Deliver {
   from_user: string;
   from_device: string;
   ts: number;
+  /** An envelope, or the key wrap of `body`. */
   env: Uint8Array;
+  /** The sealed body of a team message (SPEC §13.3). */
+  body?: Uint8Array;
+  /** The team a team message was sent to. */
+  team?: string;
 }
 /** Receipt: message `id` reached device `device` of user `user`. */
 export interface Delivered {
@@ -264,7 +316,67 @@ export interface Watching {
   presence: readonly PresenceEntry[];
 }
 
-export type ClientFrame = Auth | Enroll | Send | Ack | Lookup | LinkCode | SetStatus | Watch | Search | Devices | Revoke;
+/** A team's head as the hub holds it. */
+export interface TeamHead {
+  team: string;
+  seq: number;
+  head: Uint8Array;
+}
+/** One signed record of a chain (`{rec, sig}`, SPEC §13.2). */
+export interface ChainEntry {
+  rec: Uint8Array;
+  sig: Uint8Array;
+}
+/** The record is stored; `seq` is its position, `head` its hash. */
+export interface TeamOk {
+  t: "team_ok";
+  rid: number;
+  team: string;
+  seq: number;
+  head: Uint8Array;
+}
+export interface TeamsOk {
+  t: "teams_ok";
+  rid: number;
+  teams: readonly TeamHead[];
+}
+export interface TeamChainOk {
+  t: "team_chain_ok";
+  rid: number;
+  team: string;
+  recs: readonly ChainEntry[];
+  more: boolean;
+}
+export interface RecallOk {
+  t: "recall_ok";
+  rid: number;
+  id: Uint8Array;
+  removed: number;
+}
+/** Push: a record was added to a team's chain (not queued, not acked). */
+export interface TeamChanged {
+  t: "team_changed";
+  team: string;
+  seq: number;
+  head: Uint8Array;
+}
+
+export type ClientFrame =
+  | Auth
+  | Enroll
+  | Send
+  | Ack
+  | Lookup
+  | LinkCode
+  | SetStatus
+  | Watch
+  | Search
+  | Devices
+  | Revoke
+  | TeamChange
+  | Teams
+  | TeamChain
+  | Recall;
 export type HubFrame =
   | Challenge
   | Welcome
@@ -279,7 +391,12 @@ export type HubFrame =
   | Watching
   | SearchOk
   | DevicesOk
-  | ErrorFrame;
+  | ErrorFrame
+  | TeamOk
+  | TeamsOk
+  | TeamChainOk
+  | RecallOk
+  | TeamChanged;
 export type Frame = ClientFrame | HubFrame;
 export type FrameType = Frame["t"];
 export type FrameOf<T extends FrameType> = Extract<Frame, { t: T }>;
@@ -297,6 +414,10 @@ export const CLIENT_FRAME_TYPES: readonly ClientFrame["t"][] = [
   "search",
   "devices",
   "revoke",
+  "team_change",
+  "teams",
+  "team_chain",
+  "recall",
 ];
 /** Every hub → client frame type (SERVER_FRAMES). */
 export const HUB_FRAME_TYPES: readonly HubFrame["t"][] = [
@@ -314,6 +435,11 @@ export const HUB_FRAME_TYPES: readonly HubFrame["t"][] = [
   "search_ok",
   "devices_ok",
   "error",
+  "team_ok",
+  "teams_ok",
+  "team_chain_ok",
+  "recall_ok",
+  "team_changed",
 ];
 
 // --- field checkers (frame_base.py) ----------------------------------------------------
@@ -384,7 +510,9 @@ function checkToken(maxLen: number): Checker<string> {
 const checkCaps = checkList(checkToken(32), MAX_CAPS);
 
 function checkEnvs(v: MsgValue): Map<string, Uint8Array> {
-  if (!(v instanceof MsgMap) || v.size === 0 || v.size > MAX_RECIPIENT_DEVICES) {
+  // Up to MAX_WRAPS here; a send without `body` is held to
+  // MAX_RECIPIENT_DEVICES in fromWire (the bound depends on another key).
+  if (!(v instanceof MsgMap) || v.size === 0 || v.size > MAX_WRAPS) {
     throw malformed("expected a map of device id to envelope");
   }
   const checkId = checkStr();
@@ -436,6 +564,29 @@ const PRESENCE_FIELDS: readonly (readonly [string, Checker])[] = [
 ];
 const presenceEntry = checkRecord<PresenceEntry>("presence", PRESENCE_FIELDS);
 
+const TEAM_ID = /^t_[0-9a-f]{16}$/;
+/** A team id: "t_" + 16 lowercase hex digits (SPEC §13.1). */
+function checkTeamId(v: MsgValue): string {
+  if (typeof v !== "string" || !TEAM_ID.test(v)) throw malformed("expected a team id");
+  return v;
+}
+
+function checkLifespan(v: MsgValue): number {
+  const n = checkInt(v);
+  if (n < MIN_LIFESPAN_MS || n > MAX_LIFESPAN_MS) throw malformed("lifespan out of range");
+  return n;
+}
+
+const teamHead = checkRecord<TeamHead>("team head", [
+  ["team", checkTeamId],
+  ["seq", checkInt],
+  ["head", checkBytes(32)],
+]);
+const chainEntry = checkRecord<ChainEntry>("record", [
+  ["rec", checkBytes(undefined, MAX_RECORD_BYTES)],
+  ["sig", checkBytes(64)],
+]);
+
 // --- the tables of SPEC §3.3 and §3.4 ------------------------------------------------------
 
 interface Field {
@@ -474,7 +625,15 @@ schema("enroll", "client", [
   req("sig", checkBytes(64)),
   opt("caps", checkCaps),
 ]);
-schema("send", "client", [req("id", id16), req("from", checkStr()), req("to", checkStr()), req("envs", checkEnvs)]);
+schema("send", "client", [
+  req("id", id16),
+  req("from", checkStr()),
+  req("to", checkStr()),
+  req("envs", checkEnvs),
+  opt("body", checkBytes(undefined, MAX_FRAME_BYTES)),
+  opt("head", checkBytes(32)),
+  opt("ttl", checkLifespan),
+]);
 schema("ack", "client", [
   req("seqs", checkList(checkInt, MAX_ACK_SEQS)),
   opt("refused", checkList(refusal, MAX_ACK_REFUSALS), ["seq", "reason"]),
@@ -486,6 +645,15 @@ schema("watch", "client", [rid, req("users", checkList(checkStr(), MAX_WATCH))])
 schema("search", "client", [rid, req("query", checkStr(64))]);
 schema("devices", "client", [rid]);
 schema("revoke", "client", [rid, req("device", checkStr())]);
+schema("team_change", "client", [
+  rid,
+  req("team", checkTeamId),
+  req("rec", checkBytes(undefined, MAX_RECORD_BYTES)),
+  req("sig", checkBytes(64)),
+]);
+schema("teams", "client", [rid]);
+schema("team_chain", "client", [rid, req("team", checkTeamId), req("from", checkInt)]);
+schema("recall", "client", [rid, req("id", id16)]);
 
 // Hub → client (SPEC §3.4).
 schema("challenge", "hub", [req("v", checkInt), req("nonce", checkBytes(32)), opt("authority", checkBytes(32)), opt("caps", checkCaps)]);
@@ -498,6 +666,8 @@ schema("deliver", "hub", [
   req("from_device", checkStr()),
   req("ts", checkInt),
   req("env", checkBytes()),
+  opt("body", checkBytes(undefined, MAX_FRAME_BYTES)),
+  opt("team", checkTeamId),
 ]);
 schema("delivered", "hub", [req("seq", checkInt), req("id", id16), req("user", checkStr()), req("device", checkStr()), req("ts", checkInt)]);
 schema("refused", "hub", [
@@ -533,12 +703,25 @@ schema("error", "hub", [
   opt("retry_after", checkInt),
   opt("missing", checkList(checkStr(), MAX_RECIPIENT_DEVICES)),
 ]);
+schema("team_ok", "hub", [rid, req("team", checkTeamId), req("seq", checkInt), req("head", checkBytes(32))]);
+schema("teams_ok", "hub", [rid, req("teams", checkList(teamHead, MAX_TEAMS_LIST), ["team", "seq", "head"])]);
+schema("team_chain_ok", "hub", [
+  rid,
+  req("team", checkTeamId),
+  req("recs", checkList(chainEntry, MAX_TEAM_CHAIN_BYTES), ["rec", "sig"]),
+  req("more", checkBool),
+]);
+schema("recall_ok", "hub", [rid, req("id", id16), req("removed", checkInt)]);
+schema("team_changed", "hub", [req("team", checkTeamId), req("seq", checkInt), req("head", checkBytes(32))]);
 
 function fromWire(spec: Schema, m: MsgMap): Frame {
   const out: Record<string, unknown> = { t: spec.type };
   for (const field of spec.fields) {
     if (m.has(field.key)) out[field.key] = field.check(m.get(field.key)!);
     else if (!field.optional) throw malformed(`${spec.type}: missing '${field.key}'`);
+  }
+  if (spec.type === "send" && out.body === undefined && (out.envs as Map<string, Uint8Array>).size > MAX_RECIPIENT_DEVICES) {
+    throw malformed("more than 64 envelopes without a body");
   }
   return out as unknown as Frame;
 }

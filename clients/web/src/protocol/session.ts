@@ -18,7 +18,7 @@
  *
  * Once authenticated, every frame is classified (answers are matched by
  * `rid` or message id, never by arrival order):
- * - `pushed`: a `deliver`, `delivered`, `refused` or `presence`;
+ * - `pushed`: a `deliver`, `delivered`, `refused`, `presence` or `team_changed`;
  * - `answered`: the answer to an outstanding request: `request` is its
  *   `rid`, or for an `accepted` the message id of the `send` (lowercase hex);
  * - `failed`: a request error answering an outstanding request, a non-fatal
@@ -65,8 +65,17 @@ import {
   type Ok,
   PROTOCOL_VERSION,
   type Presence,
+  type Recall,
+  type RecallOk,
   type Refused,
   type Revoke,
+  type TeamChain,
+  type TeamChainOk,
+  type TeamChange,
+  type TeamChanged,
+  type TeamOk,
+  type Teams,
+  type TeamsOk,
   type Search,
   type SearchOk,
   type SetStatus,
@@ -96,11 +105,22 @@ export type ClientState = (typeof ClientState)[keyof typeof ClientState];
 export type HubState = "challenged" | "authenticated" | "closed";
 
 /** Requests answered by `rid`. */
-export type RidRequest = Lookup | LinkCode | SetStatus | Watch | Search | Devices | Revoke;
+export type RidRequest = Lookup | LinkCode | SetStatus | Watch | Search | Devices | Revoke | TeamChange | Teams | TeamChain | Recall;
 /** Frames that answer a request. */
-export type AnswerFrame = LookupOk | LinkCodeOk | Ok | Watching | SearchOk | DevicesOk | Accepted;
+export type AnswerFrame =
+  | LookupOk
+  | LinkCodeOk
+  | Ok
+  | Watching
+  | SearchOk
+  | DevicesOk
+  | Accepted
+  | TeamOk
+  | TeamsOk
+  | TeamChainOk
+  | RecallOk;
 /** Frames the hub sends of its own accord once authenticated. */
-export type PushedFrame = Deliver | Delivered | Refused | Presence;
+export type PushedFrame = Deliver | Delivered | Refused | Presence | TeamChanged;
 /** An outstanding request: its `rid`, or the message id of a `send` in lowercase hex. */
 export type RequestKey = number | string;
 
@@ -114,16 +134,34 @@ export const ANSWERS: Readonly<Record<RidRequest["t"] | "send", AnswerFrame["t"]
   search: "search_ok",
   devices: "devices_ok",
   revoke: "ok",
+  team_change: "team_ok",
+  teams: "teams_ok",
+  team_chain: "team_chain_ok",
+  recall: "recall_ok",
   send: "accepted",
 };
 
 /** Frames the hub pushes once the connection is authenticated. */
-export const PUSHED: ReadonlySet<HubFrame["t"]> = new Set(["deliver", "delivered", "refused", "presence"]);
+export const PUSHED: ReadonlySet<HubFrame["t"]> = new Set(["deliver", "delivered", "refused", "presence", "team_changed"]);
 
 /** Which client frame types the hub admits in each of its states (SPEC §4, table 2). */
 export const ALLOWED: Readonly<Record<HubState, ReadonlySet<ClientFrame["t"]>>> = {
   challenged: new Set(["auth", "enroll"]),
-  authenticated: new Set(["send", "ack", "lookup", "link_code", "set_status", "watch", "search", "devices", "revoke"]),
+  authenticated: new Set([
+    "send",
+    "ack",
+    "lookup",
+    "link_code",
+    "set_status",
+    "watch",
+    "search",
+    "devices",
+    "revoke",
+    "team_change",
+    "teams",
+    "team_chain",
+    "recall",
+  ]),
   closed: new Set(),
 };
 
