@@ -43,6 +43,7 @@ __all__ = [
     "AttestationSignatureInvalid",
     "AttestedDevice",
     "authority_fingerprint",
+    "check_signature",
     "decode_authority_key",
     "encode_authority_key",
     "peek",
@@ -161,14 +162,24 @@ def peek(blob: bytes) -> Attestation:
     return Attestation(user, rpps, name, profession, org, tuple(parsed), nbf, naf)
 
 
-def verify(blob: bytes, authority_pk: bytes, now_ms: int) -> Attestation:
-    """The attestation in ``blob`` if it is signed by ``authority_pk`` and
-    valid at ``now_ms``; raises an AttestationError subclass otherwise."""
+def check_signature(blob: bytes, authority_pk: bytes) -> Attestation:
+    """The attestation in ``blob`` if it is signed by ``authority_pk``,
+    whatever its dates; raises AttestationMalformed or
+    AttestationSignatureInvalid. For statements that outlive an
+    attestation (a team record, SPEC §13.2): the caller checks the validity
+    interval against the instant that matters, never ``now``."""
     attestation = peek(blob)
     try:
         nacl.signing.VerifyKey(authority_pk).verify(CONTEXT + blob[64:], blob[:64])
     except (nacl.exceptions.BadSignatureError, nacl.exceptions.ValueError, TypeError):
         raise AttestationSignatureInvalid("not signed by the verification authority") from None
+    return attestation
+
+
+def verify(blob: bytes, authority_pk: bytes, now_ms: int) -> Attestation:
+    """The attestation in ``blob`` if it is signed by ``authority_pk`` and
+    valid at ``now_ms``; raises an AttestationError subclass otherwise."""
+    attestation = check_signature(blob, authority_pk)
     if now_ms < attestation.not_before:
         raise AttestationNotYetValid("attestation not valid yet")
     if now_ms >= attestation.not_after:

@@ -12,17 +12,23 @@ from typing import Any
 from .frame_base import (
     MAX_ACK_REFUSALS,
     MAX_ACK_SEQS,
+    MAX_FRAME_BYTES,
+    MAX_RECIPIENT_DEVICES,
+    MAX_RECORD_BYTES,
     MAX_WATCH,
+    F,
     Frame,
     Record,
     check_bytes,
     check_caps,
-    check_envs,
     check_int,
+    check_lifespan,
     check_list,
     check_status,
     check_str,
+    check_team_id,
     check_token,
+    check_wraps,
     malformed,
 )
 
@@ -34,11 +40,15 @@ __all__ = [
     "Enroll",
     "LinkCode",
     "Lookup",
+    "Recall",
     "Refusal",
     "Revoke",
     "Search",
     "Send",
     "SetStatus",
+    "TeamChain",
+    "TeamChange",
+    "Teams",
     "Watch",
 ]
 
@@ -86,19 +96,38 @@ class Enroll(Frame):
 
 @dataclass(frozen=True, slots=True)
 class Send(Frame):
-    """One message, as one envelope per target device (SPEC §6.2)."""
+    """One message, as one envelope per target device (SPEC §6.2); or, with
+    ``body``, a sealed body and one key wrap per target device (SPEC §13.3,
+    to a team: ``head`` is then the sender's head of the team's chain).
+    ``ttl``: the message's lifespan in ms (SPEC §13.6)."""
 
     TYPE = "send"
     id: bytes
     sender: str
     to: str
     envs: dict[str, bytes]
+    body: bytes | None = None
+    head: bytes | None = None
+    ttl: int | None = None
     WIRE = (
         ("id", "id", check_bytes(16)),
         ("sender", "from", check_str()),
         ("to", "to", check_str()),
-        ("envs", "envs", check_envs),
+        # Up to MAX_WRAPS here; from_map holds a send without body to 64.
+        ("envs", "envs", check_wraps),
+        ("body", "body", check_bytes(max_len=MAX_FRAME_BYTES)),
+        ("head", "head", check_bytes(32)),
+        ("ttl", "ttl", check_lifespan),
     )
+
+    @classmethod
+    def from_map(cls: type[F], m: dict[str, Any]) -> F:
+        # super(Send, cls): slots=True rebuilds the class, so the zero-argument
+        # form would name the class before the rebuild.
+        frame = super(Send, cls).from_map(m)  # type: ignore[misc, arg-type]
+        if frame.body is None and len(frame.envs) > MAX_RECIPIENT_DEVICES:
+            raise malformed("more than 64 envelopes without a sealed body")
+        return frame  # type: ignore[no-any-return]
 
 
 @dataclass(frozen=True, slots=True)
@@ -206,7 +235,56 @@ class Revoke(Frame):
     WIRE = (("rid", "rid", check_int), ("device", "device", check_str()))
 
 
-#: Every client → hub frame type, in the order of SPEC §3.3.
+@dataclass(frozen=True, slots=True)
+class TeamChange(Frame):
+    """Add a signed record to a team's chain (SPEC §13.4): its creation, or
+    the change following the hub's head. Answered by ``team_ok``."""
+
+    TYPE = "team_change"
+    rid: int
+    team: str
+    rec: bytes
+    sig: bytes
+    WIRE = (
+        ("rid", "rid", check_int),
+        ("team", "team", check_team_id),
+        ("rec", "rec", check_bytes(max_len=MAX_RECORD_BYTES)),
+        ("sig", "sig", check_bytes(64)),
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class Teams(Frame):
+    """List the teams this user is a member of, with the hub's heads."""
+
+    TYPE = "teams"
+    rid: int
+    WIRE = (("rid", "rid", check_int),)
+
+
+@dataclass(frozen=True, slots=True)
+class TeamChain(Frame):
+    """Fetch a team's records from ``seq`` = ``from_seq`` on (wire key ``from``)."""
+
+    TYPE = "team_chain"
+    rid: int
+    team: str
+    from_seq: int
+    WIRE = (("rid", "rid", check_int), ("team", "team", check_team_id), ("from_seq", "from", check_int))
+
+
+@dataclass(frozen=True, slots=True)
+class Recall(Frame):
+    """Delete this user's rows of message ``id`` that no device acked yet
+    (SPEC §13.6). Answered by ``recall_ok``."""
+
+    TYPE = "recall"
+    rid: int
+    id: bytes
+    WIRE = (("rid", "rid", check_int), ("id", "id", check_bytes(16)))
+
+
+#: Every client → hub frame type, in the order of SPEC §3.3 (then §13.4).
 CLIENT_FRAMES: tuple[type[Frame], ...] = (
     Auth,
     Enroll,
@@ -219,4 +297,8 @@ CLIENT_FRAMES: tuple[type[Frame], ...] = (
     Search,
     Devices,
     Revoke,
+    TeamChange,
+    Teams,
+    TeamChain,
+    Recall,
 )

@@ -28,8 +28,8 @@ nothing is sent.
 Once authenticated, every received frame is classified (SPEC §4: answers
 are matched by ``rid`` or message ``id``, never by arrival order):
 
-* :class:`Pushed`: a ``deliver``, ``delivered``, ``refused`` or ``presence``
-  the hub sent of its own accord;
+* :class:`Pushed`: a ``deliver``, ``delivered``, ``refused``, ``presence``
+  or ``team_changed`` the hub sent of its own accord;
 * :class:`Answered`: the answer to an outstanding request, with its ``rid``
   (or, for ``accepted``, the id of the ``send``);
 * :class:`Failed`: a request error answering an outstanding request, a
@@ -95,12 +95,21 @@ from .frames import (
     LookupOk,
     Ok,
     Presence,
+    Recall,
+    RecallOk,
     Refused,
     Revoke,
     Search,
     SearchOk,
     Send,
     SetStatus,
+    TeamChain,
+    TeamChainOk,
+    TeamChange,
+    TeamChanged,
+    TeamOk,
+    Teams,
+    TeamsOk,
     Watch,
     Watching,
     Welcome,
@@ -150,9 +159,13 @@ ANSWERS: dict[type[Frame], type[Frame]] = {
     Devices: DevicesOk,
     Revoke: Ok,
     Send: Accepted,
+    TeamChange: TeamOk,
+    Teams: TeamsOk,
+    TeamChain: TeamChainOk,
+    Recall: RecallOk,
 }
 #: Frames the hub sends of its own accord once the connection is authenticated.
-PUSHED: frozenset[type[Frame]] = frozenset({Deliver, Delivered, Refused, Presence})
+PUSHED: frozenset[type[Frame]] = frozenset({Deliver, Delivered, Refused, Presence, TeamChanged})
 
 #: Which hub frame types each state admits (SPEC §4, the client's side). An
 #: ``error`` is admitted until the session is closed: the hub may report a
@@ -185,7 +198,7 @@ _AUTHENTICATED = ClientState.AUTHENTICATED
 _CLOSED = ClientState.CLOSED
 
 #: The frames :class:`Pushed` carries.
-PushedFrame = Deliver | Delivered | Refused | Presence
+PushedFrame = Deliver | Delivered | Refused | Presence | TeamChanged
 
 
 # --- events -------------------------------------------------------------------
@@ -212,7 +225,8 @@ class Welcomed:
 @dataclass(slots=True)
 class Pushed:
     """A frame the hub sent of its own accord. ``deliver``, ``delivered``
-    and ``refused`` are to be acked (SPEC §6.4); ``presence`` is not."""
+    and ``refused`` are to be acked (SPEC §6.4); ``presence`` and
+    ``team_changed`` are not."""
 
     frame: PushedFrame
 
@@ -528,7 +542,8 @@ class ClientSession:
     def request(self, build: Callable[[int], Frame]) -> tuple[int, bytes]:
         """Allocate a ``rid``, and return it with the bytes of ``build(rid)``,
         a request (``lookup``, ``link_code``, ``set_status``, ``watch``,
-        ``search``, ``devices`` or ``revoke``) now outstanding. Raises
+        ``search``, ``devices``, ``revoke``, ``team_change``, ``teams``,
+        ``team_chain`` or ``recall``) now outstanding. Raises
         FrameNotAllowed unless AUTHENTICATED."""
         rid = next(self._rids)
         while rid in self._requests:  # taken by a request sent with its own rid

@@ -14,6 +14,11 @@ randomness leave the optional ``nonce``/``rand`` arguments out.
 * The inner plaintext is a msgpack map that repeats the message id and the
   users at both ends, so the hub cannot replay a sealed body under another id
   or into another conversation without the recipient noticing (SPEC §6.3).
+* A team message (SPEC §13.3) is sealed **once**: the plaintext, signed by
+  the sending device, is encrypted with XChaCha20-Poly1305 under a fresh
+  32-byte key K bound to the message id; K travels in a 72-byte envelope
+  (a "wrap") per target device. The signature is what stops a member who
+  knows K from forging another body under the sender's name.
 """
 
 from __future__ import annotations
@@ -32,8 +37,15 @@ import nacl.signing
 
 __all__ = [
     "AUTH_CONTEXT",
+    "BODY_CONTEXT",
+    "BODY_KEY_BYTES",
+    "BODY_NONCE_BYTES",
+    "BODY_OVERHEAD",
     "ENROLL_CONTEXT",
+    "KINDS",
+    "MAX_REFS",
     "NONCE_BYTES",
+    "WRAP_BYTES",
     "DeviceKeys",
     "EnvelopeError",
     "Plaintext",
@@ -42,20 +54,41 @@ __all__ = [
     "enroll_message",
     "message_id_time_ms",
     "new_message_id",
+    "open_body",
     "open_envelope",
     "pack_plaintext",
     "safety_number",
     "seal",
+    "seal_body",
     "unpack_plaintext",
+    "unwrap_key",
     "verify_signature",
+    "wrap_key",
 ]
 
 AUTH_CONTEXT = b"miss.v1/auth\x00"
 ENROLL_CONTEXT = b"miss.v1/enroll\x00"
 SAFETY_CONTEXT = b"miss.v1/safety\x00"
+#: Signed with the message id and plaintext of a sealed body, and its AEAD
+#: associated data with the id (SPEC §13.3).
+BODY_CONTEXT = b"miss.v1/body\x00"
 NONCE_BYTES = nacl.bindings.crypto_box_NONCEBYTES  # 24
 #: Poly1305 tag length; PyNaCl exposes no crypto_box_MACBYTES.
 MAC_BYTES = nacl.bindings.crypto_box_ZEROBYTES - nacl.bindings.crypto_box_BOXZEROBYTES  # 16
+#: A sealed body's key K and nonce (XChaCha20-Poly1305, SPEC §13.3).
+BODY_KEY_BYTES = nacl.bindings.crypto_aead_xchacha20poly1305_ietf_KEYBYTES  # 32
+BODY_NONCE_BYTES = nacl.bindings.crypto_aead_xchacha20poly1305_ietf_NPUBBYTES  # 24
+#: len(body) - len(plaintext): nonce, Ed25519 signature, Poly1305 tag.
+BODY_OVERHEAD = BODY_NONCE_BYTES + 64 + MAC_BYTES  # 104
+#: A wrap: the envelope (SPEC §6.1) of a 32-byte key.
+WRAP_BYTES = NONCE_BYTES + MAC_BYTES + BODY_KEY_BYTES  # 72
+#: Kinds of plaintext this version knows (SPEC §13.5); a client acks and
+#: ignores any other.
+KINDS = ("text", "read", "recall")
+#: Most message ids one notice's ``refs`` holds.
+MAX_REFS = 256
+_ID_BYTES = 16
+_HEAD_BYTES = 32
 
 
 class EnvelopeError(Exception):
@@ -136,7 +169,13 @@ def open_envelope(envelope: bytes, recipient: DeviceKeys, sender_box_pk: bytes) 
 
 @dataclass(frozen=True)
 class Plaintext:
-    """The inner message, visible only to devices (SPEC §6.3)."""
+    """The inner message, visible only to devices (SPEC §6.3, §13.5).
+
+    The optional keys of revision 3 come after ``reply_to``, in this order:
+    ``head`` (32 bytes: the sender's head of a team's chain), ``expires_at``
+    (ms, sender's clock), ``refs`` (1-256 message ids of 16 bytes, for
+    ``read`` and ``recall`` notices) and ``team`` (the team a notice sent
+    1:1 is about). ``to_user`` is the team id for a team message."""
 
     id: bytes
     from_user: str
@@ -145,9 +184,18 @@ class Plaintext:
     kind: str = "text"
     body: str = ""
     reply_to: bytes | None = None
+    head: bytes | None = None
+    expires_at: int | None = None
+    refs: tuple[bytes, ...] | None = None
+    team: str | None = None
 
 
-def pack_plaintext(p: Plaintext) -> bytes:
+#: The map header of a plaintext never outgrows a fixmap (at most 13 keys),
+#: so adding ``pad`` adds exactly its key and its bin header and bytes.
+_PAD_KEY = msgpack.packb("pad", use_bin_type=True)
+
+
+def _plaintext_map(p: Plaintext) -> dict[str, Any]:
     m: dict[str, Any] = {
         "v": 1,
         "id": p.id,
@@ -159,16 +207,54 @@ def pack_plaintext(p: Plaintext) -> bytes:
     }
     if p.reply_to is not None:
         m["reply_to"] = p.reply_to
-    packed: bytes = msgpack.packb(m, use_bin_type=True)
+    if p.head is not None:
+        m["head"] = p.head
+    if p.expires_at is not None:
+        m["expires_at"] = p.expires_at
+    if p.refs is not None:
+        m["refs"] = list(p.refs)
+    if p.team is not None:
+        m["team"] = p.team
+    return m
+
+
+def pack_plaintext(p: Plaintext, pad_to: int = 0) -> bytes:
+    """The canonical msgpack bytes of ``p`` (SPEC §6.3, §13.5).
+
+    ``pad_to`` > 0 appends a last key ``pad`` of *n* zero bytes, *n* the
+    smallest count that makes the packed length a multiple of ``pad_to``
+    (reference clients pass 256, so a read notice and a short message have
+    the same size). ``pad_to`` = 0 adds no key: the bytes of revision 2."""
+    if pad_to < 0:
+        raise ValueError("pad_to must be >= 0")
+    m = _plaintext_map(p)
+    if not pad_to:
+        packed: bytes = msgpack.packb(m, use_bin_type=True)
+        return packed
+    m["pad"] = b""
+    # With an empty pad: header(map) + ... + "pad" + c4 00. Each pad byte adds
+    # one byte while n < 256 (bin 8); from 256 on, bin 16 adds one header byte.
+    base = len(msgpack.packb(m, use_bin_type=True))
+    n = -base % pad_to
+    if n > 255:  # only when pad_to > 256: a bin 16 header, one byte longer
+        n = -(base + 1) % pad_to
+        while n < 256:
+            n += pad_to
+    m["pad"] = bytes(n)
+    packed = msgpack.packb(m, use_bin_type=True)
+    assert len(packed) % pad_to == 0, (len(packed), pad_to)
     return packed
 
 
 def unpack_plaintext(data: bytes) -> Plaintext:
-    """Parse an opened envelope; raises EnvelopeError if it is not a v1 plaintext."""
+    """Parse an opened envelope or body; raises EnvelopeError if it is not a
+    v1 plaintext. Unknown keys are ignored, and so is ``pad``'s content;
+    the keys of revision 3 are type-checked when present."""
     try:
         m = msgpack.unpackb(data, raw=False, strict_map_key=True)
         if m["v"] != 1:
             raise EnvelopeError("unknown plaintext version")
+        refs = m.get("refs")
         p = Plaintext(
             id=m["id"],
             from_user=m["from"],
@@ -177,6 +263,10 @@ def unpack_plaintext(data: bytes) -> Plaintext:
             kind=m["kind"],
             body=m["body"],
             reply_to=m.get("reply_to"),
+            head=m.get("head"),
+            expires_at=m.get("expires_at"),
+            refs=tuple(refs) if type(refs) is list else refs,
+            team=m.get("team"),
         )
     except EnvelopeError:
         raise
@@ -185,16 +275,107 @@ def unpack_plaintext(data: bytes) -> Plaintext:
     if not (
         type(m["v"]) is int
         and type(p.id) is bytes
-        and len(p.id) == 16
+        and len(p.id) == _ID_BYTES
         and type(p.from_user) is str
         and type(p.to_user) is str
         and type(p.sent_at) is int
         and type(p.kind) is str
         and type(p.body) is str
-        and (p.reply_to is None or (type(p.reply_to) is bytes and len(p.reply_to) == 16))
+        and (p.reply_to is None or (type(p.reply_to) is bytes and len(p.reply_to) == _ID_BYTES))
+        and (p.head is None or (type(p.head) is bytes and len(p.head) == _HEAD_BYTES))
+        and (p.expires_at is None or (type(p.expires_at) is int and p.expires_at >= 0))
+        and (
+            p.refs is None
+            or (
+                type(p.refs) is tuple
+                and 0 < len(p.refs) <= MAX_REFS
+                and all(type(r) is bytes and len(r) == _ID_BYTES for r in p.refs)
+            )
+        )
+        and (p.team is None or type(p.team) is str)
+        and ("pad" not in m or type(m["pad"]) is bytes)
     ):
         raise EnvelopeError("bad plaintext fields")
     return p
+
+
+# --- sealed bodies (SPEC §13.3) ---------------------------------------------------
+
+
+def seal_body(
+    plaintext: bytes,
+    message_id: bytes,
+    sender: DeviceKeys,
+    *,
+    key: bytes | None = None,
+    nonce: bytes | None = None,
+) -> tuple[bytes, bytes]:
+    """Seal a team message once: returns ``(K, body)``.
+
+    ``body = nonce(24) || XChaCha20-Poly1305(sig || plaintext, ad =
+    BODY_CONTEXT || id, nonce, K)`` where ``sig`` is the sending device's
+    Ed25519 signature of ``BODY_CONTEXT || id || plaintext``. ``key`` and
+    ``nonce`` are fresh random values unless given (vectors only); K must
+    never be reused for another message."""
+    if type(message_id) is not bytes or len(message_id) != _ID_BYTES:
+        raise ValueError("message_id must be 16 bytes")
+    if key is None:
+        key = os.urandom(BODY_KEY_BYTES)
+    if nonce is None:
+        nonce = os.urandom(BODY_NONCE_BYTES)
+    if len(key) != BODY_KEY_BYTES or len(nonce) != BODY_NONCE_BYTES:
+        raise ValueError("a body key is 32 bytes and its nonce 24")
+    sig = sender.sign(BODY_CONTEXT + message_id + plaintext)
+    ciphertext = nacl.bindings.crypto_aead_xchacha20poly1305_ietf_encrypt(
+        sig + plaintext, BODY_CONTEXT + message_id, nonce, key
+    )
+    return key, nonce + ciphertext
+
+
+def open_body(body: bytes, key: bytes, message_id: bytes, sender_sign_pk: bytes) -> bytes:
+    """The plaintext of a sealed body, once decrypted with ``key`` under
+    ``message_id`` and its signature checked with the sending device's
+    ``sender_sign_pk``. Raises EnvelopeError on any failure: wrong key or
+    id, tampered or truncated body, or a body not signed by that device
+    (e.g. re-encrypted by another member who knows K)."""
+    if (
+        type(body) is not bytes
+        or len(body) < BODY_OVERHEAD
+        or type(key) is not bytes
+        or len(key) != BODY_KEY_BYTES
+        or type(message_id) is not bytes
+        or len(message_id) != _ID_BYTES
+    ):
+        raise EnvelopeError("body does not open")
+    try:
+        opened = nacl.bindings.crypto_aead_xchacha20poly1305_ietf_decrypt(
+            body[BODY_NONCE_BYTES:], BODY_CONTEXT + message_id, body[:BODY_NONCE_BYTES], key
+        )
+    except (nacl.exceptions.CryptoError, ValueError, TypeError):
+        raise EnvelopeError("body does not open") from None
+    sig, plaintext = opened[:64], opened[64:]
+    if not verify_signature(sender_sign_pk, BODY_CONTEXT + message_id + plaintext, sig):
+        raise EnvelopeError("body not signed by the sending device")
+    return plaintext
+
+
+def wrap_key(key: bytes, sender: DeviceKeys, recipient_box_pk: bytes, nonce: bytes | None = None) -> bytes:
+    """The wrap of a body key for one device: an envelope (SPEC §6.1) whose
+    plaintext is the 32-byte K, 72 bytes in all."""
+    if len(key) != BODY_KEY_BYTES:
+        raise ValueError("a body key is 32 bytes")
+    return seal(key, sender, recipient_box_pk, nonce)
+
+
+def unwrap_key(wrap: bytes, recipient: DeviceKeys, sender_box_pk: bytes) -> bytes:
+    """K from a wrap sealed for ``recipient`` by the device with
+    ``sender_box_pk``; EnvelopeError if it does not open or is not 32 bytes."""
+    if type(wrap) is not bytes or len(wrap) != WRAP_BYTES:
+        raise EnvelopeError("a wrap is 72 bytes")
+    key = open_envelope(wrap, recipient, sender_box_pk)
+    if len(key) != BODY_KEY_BYTES:  # pragma: no cover - implied by the length check
+        raise EnvelopeError("a wrap holds a 32-byte key")
+    return key
 
 
 def new_message_id(now_ms: int | None = None, rand: bytes | None = None) -> bytes:

@@ -40,7 +40,15 @@ The tree::
         ├── RecipientNotVerified       recipient_not_verified
         ├── TooManyRecipients          too_many_recipients
         ├── TooManyDevices             too_many_devices  (the account's device cap; at enroll: close 1008)
-        └── Forbidden                  forbidden         (e.g. revoking another's device)
+        ├── Forbidden                  forbidden         (e.g. revoking another's device)
+        │   revision 3, care teams (SPEC §13.7):
+        ├── UnknownTeam                unknown_team      (no team this user may see)
+        ├── NotMember                  not_member        (a send to a team the sender is not in)
+        ├── StaleTeamHead              team_changed      (the send's head is not the hub's)
+        ├── TeamForbidden              team_forbidden    (a record breaks §13.2 rule 3; a recall of another's)
+        ├── BadTeamRecord              bad_team_record   (a record breaks §13.2 rules 1-2)
+        ├── TeamConflict               team_conflict     (seq/prev do not follow the hub's head)
+        └── TeamFull                   team_full         (max_team_members, max_teams_per_user)
 
 A frame larger than the size limit is refused by the WebSocket layer itself
 with close code 1009 (message too big) before it is parsed.
@@ -69,6 +77,7 @@ __all__ = [
     "AccountSuspended",
     "AuthFailed",
     "AuthTimeout",
+    "BadTeamRecord",
     "DeviceRevoked",
     "FatalError",
     "Forbidden",
@@ -77,18 +86,24 @@ __all__ = [
     "InvalidCode",
     "MalformedFrame",
     "MissingDevices",
+    "NotMember",
     "NotVerified",
     "ProtocolError",
     "RateLimited",
     "RecipientNotVerified",
     "RequestError",
     "SessionReplaced",
+    "StaleTeamHead",
     "StorageUnavailable",
+    "TeamConflict",
+    "TeamForbidden",
+    "TeamFull",
     "TooManyDevices",
     "TooManyRecipients",
     "UnexpectedFrame",
     "UnknownDevice",
     "UnknownFrameType",
+    "UnknownTeam",
     "UnknownUser",
     "UnsupportedVersion",
     "error_class",
@@ -272,6 +287,44 @@ class Forbidden(RequestError):
     message = "not allowed"
 
 
+class UnknownTeam(RequestError):
+    code = "unknown_team"
+    message = "no such team"
+
+
+class NotMember(RequestError):
+    code = "not_member"
+    message = "the sender is not a member of this team"
+
+
+class StaleTeamHead(RequestError):
+    """A team ``send`` whose ``head`` is not the hub's: the team changed
+    since the sender verified its chain (SPEC §13.4)."""
+
+    code = "team_changed"
+    message = "the team changed; fetch its chain, verify it and resend"
+
+
+class TeamForbidden(RequestError):
+    code = "team_forbidden"
+    message = "this team change or recall is not allowed"
+
+
+class BadTeamRecord(RequestError):
+    code = "bad_team_record"
+    message = "the team record is malformed or its signature does not verify"
+
+
+class TeamConflict(RequestError):
+    code = "team_conflict"
+    message = "the team record does not follow the current head; fetch the chain and retry"
+
+
+class TeamFull(RequestError):
+    code = "team_full"
+    message = "the team, or one of its members, has reached its limit"
+
+
 _BY_CODE: dict[str, type[ProtocolError]] = {
     cls.code: cls
     for cls in (
@@ -297,6 +350,13 @@ _BY_CODE: dict[str, type[ProtocolError]] = {
         TooManyRecipients,
         TooManyDevices,
         Forbidden,
+        UnknownTeam,
+        NotMember,
+        StaleTeamHead,
+        TeamForbidden,
+        BadTeamRecord,
+        TeamConflict,
+        TeamFull,
     )
 }
 

@@ -19,6 +19,7 @@ from .errors import MalformedFrame
 
 __all__ = [
     "CAP_REFUSALS",
+    "CAP_TEAMS",
     "HUB_CAPS",
     "MAX_ACK_REFUSALS",
     "MAX_ACK_SEQS",
@@ -26,14 +27,21 @@ __all__ = [
     "MAX_CAPS",
     "MAX_FRAME_BYTES",
     "MAX_ID_CHARS",
+    "MAX_LIFESPAN_MS",
     "MAX_RECIPIENT_DEVICES",
+    "MAX_RECORD_BYTES",
     "MAX_SEARCH_RESULTS",
+    "MAX_TEAMS_LIST",
+    "MAX_TEAM_CHAIN_BYTES",
     "MAX_WATCH",
+    "MAX_WRAPS",
+    "MIN_LIFESPAN_MS",
     "MIN_SEARCH_CHARS",
     "PROTOCOL_VERSION",
     "STATUSES",
     "SUBPROTOCOL",
     "Checker",
+    "F",
     "Frame",
     "Record",
     "check_bool",
@@ -41,10 +49,13 @@ __all__ = [
     "check_caps",
     "check_envs",
     "check_int",
+    "check_lifespan",
     "check_list",
     "check_status",
     "check_str",
+    "check_team_id",
     "check_token",
+    "check_wraps",
     "malformed",
     "register",
 ]
@@ -70,14 +81,29 @@ MAX_ACK_REFUSALS = 64
 #: ``auth.caps``/``enroll.caps`` by the client. ``refusals``: the client
 #: sends ``ack.refused`` and understands ``refused`` receipts (SPEC §6.5).
 CAP_REFUSALS = "refusals"
+#: ``teams``: care teams, sealed bodies, ``team_changed`` pushes and the
+#: requests of SPEC §13 (revision 3).
+CAP_TEAMS = "teams"
 #: What this hub implementation announces.
-HUB_CAPS = (CAP_REFUSALS,)
+HUB_CAPS = (CAP_REFUSALS, CAP_TEAMS)
 #: Most capabilities one side may name, and their length.
 MAX_CAPS = 16
 #: Statuses a clinician can set (SPEC §6.7).
 STATUSES = ("available", "busy", "on_call", "off_duty")
 #: Most users one ``watch`` may name.
 MAX_WATCH = 512
+#: Most key wraps one ``send`` with a sealed body may carry (SPEC §13.4).
+MAX_WRAPS = 512
+#: Largest packed team record (SPEC §13.2).
+MAX_RECORD_BYTES = 12288
+#: Most bytes of records one ``team_chain_ok`` carries (at least one record).
+MAX_TEAM_CHAIN_BYTES = 48 * 1024
+#: Most teams one ``teams_ok`` lists.
+MAX_TEAMS_LIST = 256
+#: Bounds of a message's lifespan and of a team's default (ms, SPEC §13.6):
+#: one hour to 30 days.
+MIN_LIFESPAN_MS = 3_600_000
+MAX_LIFESPAN_MS = 2_592_000_000
 
 # --- field checkers -------------------------------------------------------
 # A checker returns the value if it is acceptable and raises MalformedFrame
@@ -152,6 +178,34 @@ def check_envs(v: Any) -> dict[str, bytes]:
     for k, env in v.items():
         check_id(k)
         check_env(env)
+    return v
+
+
+def check_wraps(v: Any) -> dict[str, bytes]:
+    """``envs`` of a ``send`` with a sealed body: 1 to MAX_WRAPS key wraps."""
+    if type(v) is not dict or not v or len(v) > MAX_WRAPS:
+        raise malformed("expected a map of device id to key wrap")
+    check_id, check_env = check_str(), check_bytes(max_len=MAX_FRAME_BYTES)
+    for k, env in v.items():
+        check_id(k)
+        check_env(env)
+    return v
+
+
+_HEX_DIGITS = frozenset("0123456789abcdef")
+
+
+def check_team_id(v: Any) -> str:
+    """A team id: ``"t_"`` and 16 lowercase hex digits (SPEC §13.1)."""
+    if type(v) is not str or len(v) != 18 or not v.startswith("t_") or not _HEX_DIGITS.issuperset(v[2:]):
+        raise malformed("expected a team id")
+    return v
+
+
+def check_lifespan(v: Any) -> int:
+    """A lifespan in ms, MIN_LIFESPAN_MS to MAX_LIFESPAN_MS (SPEC §13.6)."""
+    if type(v) is not int or not MIN_LIFESPAN_MS <= v <= MAX_LIFESPAN_MS:
+        raise malformed("expected a lifespan in ms")
     return v
 
 

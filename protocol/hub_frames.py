@@ -11,8 +11,12 @@ from typing import Any
 
 from .frame_base import (
     MAX_ATTESTATION_BYTES,
+    MAX_FRAME_BYTES,
     MAX_RECIPIENT_DEVICES,
+    MAX_RECORD_BYTES,
     MAX_SEARCH_RESULTS,
+    MAX_TEAM_CHAIN_BYTES,
+    MAX_TEAMS_LIST,
     MAX_WATCH,
     Frame,
     Record,
@@ -23,6 +27,7 @@ from .frame_base import (
     check_list,
     check_status,
     check_str,
+    check_team_id,
     check_token,
     malformed,
 )
@@ -30,6 +35,7 @@ from .frame_base import (
 __all__ = [
     "SERVER_FRAMES",
     "Accepted",
+    "ChainEntry",
     "Challenge",
     "Deliver",
     "Delivered",
@@ -41,8 +47,14 @@ __all__ = [
     "LookupOk",
     "Ok",
     "Presence",
+    "RecallOk",
     "Refused",
     "SearchOk",
+    "TeamChainOk",
+    "TeamChanged",
+    "TeamHead",
+    "TeamOk",
+    "TeamsOk",
     "Watching",
     "Welcome",
 ]
@@ -87,6 +99,9 @@ class Accepted(Frame):
 
 @dataclass(frozen=True, slots=True)
 class Deliver(Frame):
+    """A queued message for this device: an envelope, or a sealed body and
+    the wrap of its key (with ``team`` for a team message)."""
+
     TYPE = "deliver"
     seq: int
     id: bytes
@@ -94,6 +109,10 @@ class Deliver(Frame):
     from_device: str
     ts: int
     env: bytes
+    #: A sealed body (SPEC §13.3): ``env`` is then the wrap of its key.
+    body: bytes | None = None
+    #: The team a team message was sent to.
+    team: str | None = None
     WIRE = (
         ("seq", "seq", check_int),
         ("id", "id", check_bytes(16)),
@@ -101,6 +120,8 @@ class Deliver(Frame):
         ("from_device", "from_device", check_str()),
         ("ts", "ts", check_int),
         ("env", "env", check_bytes()),
+        ("body", "body", check_bytes(max_len=MAX_FRAME_BYTES)),
+        ("team", "team", check_team_id),
     )
 
 
@@ -323,6 +344,129 @@ class Watching(Frame):
     WIRE = (("rid", "rid", check_int), ("presence", "presence", check_list(_presence, MAX_WATCH)))
 
 
+# --- revision 3: care teams (SPEC §13.4) ------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class TeamOk(Frame):
+    """Answer to ``team_change``: the record is stored; ``seq`` is the
+    chain's length and ``head`` its new head."""
+
+    TYPE = "team_ok"
+    rid: int
+    team: str
+    seq: int
+    head: bytes
+    WIRE = (
+        ("rid", "rid", check_int),
+        ("team", "team", check_team_id),
+        ("seq", "seq", check_int),
+        ("head", "head", check_bytes(32)),
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class TeamHead(Record):
+    """One team of ``teams_ok``: its id, the hub's chain length and head."""
+
+    team: str
+    seq: int
+    head: bytes
+
+    def to_map(self) -> dict[str, Any]:
+        return {"team": self.team, "seq": self.seq, "head": self.head}
+
+
+def _team_head(v: Any) -> TeamHead:
+    if type(v) is not dict:
+        raise malformed("expected a team map")
+    try:
+        return TeamHead(check_team_id(v["team"]), check_int(v["seq"]), check_bytes(32)(v["head"]))
+    except KeyError as exc:
+        raise malformed(f"team map lacks {exc}") from None
+
+
+@dataclass(frozen=True, slots=True)
+class TeamsOk(Frame):
+    """Answer to ``teams``: the teams the user is a member of."""
+
+    TYPE = "teams_ok"
+    rid: int
+    teams: tuple[TeamHead, ...]
+    WIRE = (("rid", "rid", check_int), ("teams", "teams", check_list(_team_head, MAX_TEAMS_LIST)))
+
+
+@dataclass(frozen=True, slots=True)
+class ChainEntry(Record):
+    """One signed record of ``team_chain_ok`` (``teams.SignedRecord`` on the wire)."""
+
+    rec: bytes
+    sig: bytes
+
+    def to_map(self) -> dict[str, Any]:
+        return {"rec": self.rec, "sig": self.sig}
+
+
+def _chain_entry(v: Any) -> ChainEntry:
+    if type(v) is not dict:
+        raise malformed("expected a record map")
+    try:
+        return ChainEntry(check_bytes(max_len=MAX_RECORD_BYTES)(v["rec"]), check_bytes(64)(v["sig"]))
+    except KeyError as exc:
+        raise malformed(f"record map lacks {exc}") from None
+
+
+#: Most records one ``team_chain_ok`` may list: 48 KiB of the smallest
+#: records (about 100 bytes each, with their signatures) and then some.
+_MAX_CHAIN_ENTRIES = MAX_TEAM_CHAIN_BYTES // 64
+
+
+@dataclass(frozen=True, slots=True)
+class TeamChainOk(Frame):
+    """Answer to ``team_chain``: records from ``seq`` = ``from`` on, in
+    order; ``more`` when others follow (ask again from the next seq)."""
+
+    TYPE = "team_chain_ok"
+    rid: int
+    team: str
+    recs: tuple[ChainEntry, ...]
+    more: bool
+    WIRE = (
+        ("rid", "rid", check_int),
+        ("team", "team", check_team_id),
+        ("recs", "recs", check_list(_chain_entry, _MAX_CHAIN_ENTRIES)),
+        ("more", "more", check_bool),
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class RecallOk(Frame):
+    """Answer to ``recall``: the hub deleted ``removed`` undelivered rows."""
+
+    TYPE = "recall_ok"
+    rid: int
+    id: bytes
+    removed: int
+    WIRE = (("rid", "rid", check_int), ("id", "id", check_bytes(16)), ("removed", "removed", check_int))
+
+
+@dataclass(frozen=True, slots=True)
+class TeamChanged(Frame):
+    """Pushed to the connections of a team's members (and of a user just
+    removed) that named ``teams`` when a record is added: not queued, not
+    acked. Fetch the new records with ``team_chain``."""
+
+    TYPE = "team_changed"
+    team: str
+    seq: int
+    head: bytes
+    WIRE = (
+        ("team", "team", check_team_id),
+        ("seq", "seq", check_int),
+        ("head", "head", check_bytes(32)),
+    )
+
+
 #: Every hub → client frame type.
 SERVER_FRAMES: tuple[type[Frame], ...] = (
     Challenge,
@@ -339,4 +483,9 @@ SERVER_FRAMES: tuple[type[Frame], ...] = (
     SearchOk,
     DevicesOk,
     Error,
+    TeamOk,
+    TeamsOk,
+    TeamChainOk,
+    RecallOk,
+    TeamChanged,
 )

@@ -47,10 +47,14 @@ from .frames import (
     Frame,
     LinkCode,
     Lookup,
+    Recall,
     Revoke,
     Search,
     Send,
     SetStatus,
+    TeamChain,
+    TeamChange,
+    Teams,
     Watch,
     decode,
     encode,
@@ -68,7 +72,25 @@ class State(enum.Enum):
 #: Which client frame types each state accepts (SPEC §4, table 2).
 ALLOWED: dict[State, frozenset[type[Frame]]] = {
     State.CHALLENGED: frozenset({Auth, Enroll}),
-    State.AUTHENTICATED: frozenset({Send, Ack, Lookup, LinkCode, SetStatus, Watch, Search, Devices, Revoke}),
+    State.AUTHENTICATED: frozenset(
+        {
+            Send,
+            Ack,
+            Lookup,
+            LinkCode,
+            SetStatus,
+            Watch,
+            Search,
+            Devices,
+            Revoke,
+            # revision 3 (SPEC §13.4); opt-in: the hub may refuse them from a
+            # connection that did not name the ``teams`` capability.
+            TeamChange,
+            Teams,
+            TeamChain,
+            Recall,
+        }
+    ),
     State.CLOSED: frozenset(),
 }
 

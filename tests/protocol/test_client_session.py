@@ -61,11 +61,21 @@ from protocol.frames import (
     LookupOk,
     Ok,
     Presence,
+    Recall,
+    RecallOk,
     Refused,
     Search,
     SearchOk,
     Send,
     SetStatus,
+    TeamChain,
+    TeamChainOk,
+    TeamChange,
+    TeamChanged,
+    TeamHead,
+    TeamOk,
+    Teams,
+    TeamsOk,
     Watch,
     Watching,
     Welcome,
@@ -77,6 +87,8 @@ AUTHORITY = bytes(range(32))
 OTHER_AUTHORITY = bytes(range(1, 33))
 MID = bytes(range(16))
 CODE = "ABCD-EFGH-JKMN-PQRS"
+TEAM = "t_0123456789abcdef"
+HEAD = bytes(range(32, 64))
 
 #: One frame of every hub → client type.
 SAMPLES: dict[type[Frame], Frame] = {
@@ -94,6 +106,11 @@ SAMPLES: dict[type[Frame], Frame] = {
     SearchOk: SearchOk(1, ()),
     DevicesOk: DevicesOk(1, ()),
     Error: Error("auth_failed", "authentication failed", True),
+    TeamOk: TeamOk(1, TEAM, 1, HEAD),
+    TeamsOk: TeamsOk(1, (TeamHead(TEAM, 1, HEAD),)),
+    TeamChainOk: TeamChainOk(1, TEAM, (), False),
+    RecallOk: RecallOk(1, MID, 2),
+    TeamChanged: TeamChanged(TEAM, 2, HEAD),
 }
 #: The request each answer of SAMPLES answers.
 REQUEST_OF: dict[type[Frame], Frame] = {
@@ -104,6 +121,10 @@ REQUEST_OF: dict[type[Frame], Frame] = {
     Watching: Watch(1, ()),
     SearchOk: Search(1, "dupont"),
     DevicesOk: Devices(1),
+    TeamOk: TeamChange(1, TEAM, b"rec", bytes(64)),
+    TeamsOk: Teams(1),
+    TeamChainOk: TeamChain(1, TEAM, 0),
+    RecallOk: Recall(1, MID),
 }
 
 
@@ -178,7 +199,7 @@ def test_an_auth_signature_is_worthless_on_another_connection() -> None:
 def test_an_enroll_answer_is_accepted_by_the_hub_and_binds_the_keys() -> None:
     keys = crypto.DeviceKeys.generate()
     client, hub = challenged(AUTHORITY)
-    assert client.hub_authority == AUTHORITY and client.hub_caps == {"refusals"}
+    assert client.hub_authority == AUTHORITY and client.hub_caps == {"refusals", "teams"}
     frame = hub.receive(client.enroll(CODE, keys, "Pixel 8", ("refusals",), authority=AUTHORITY))
     assert isinstance(frame, Enroll)
     assert (frame.code, frame.sign_pk, frame.box_pk, frame.label) == (

@@ -7,6 +7,7 @@ import uuid
 from typing import Any
 
 import msgpack
+import nacl.bindings
 import pytest
 
 from protocol import crypto
@@ -303,3 +304,154 @@ def test_safety_number_halves_are_per_user() -> None:
     before = crypto.safety_number("u_a", A_KEYS, "u_b", B_KEYS).split()
     after = crypto.safety_number("u_a", A_KEYS, "u_b", [new_identity()]).split()
     assert before[:6] == after[:6] and before[6:] != after[6:]
+
+
+# --- sealed bodies and key wraps (SPEC §13.3) ------------------------------------------------
+
+TEAM_TEXT = crypto.Plaintext(
+    id=MID, from_user="u_a", to_user="t_00112233445566aa", sent_at=1_767_225_600_000, body="Lit 12 : INR 4,2"
+)
+
+
+def test_sealed_body_round_trip_and_layout() -> None:
+    packed = crypto.pack_plaintext(TEAM_TEXT, pad_to=256)
+    key, body = crypto.seal_body(packed, MID, ALICE)
+    assert len(key) == 32 and len(body) == 24 + 64 + len(packed) + 16 == crypto.BODY_OVERHEAD + len(packed)
+    assert crypto.unpack_plaintext(crypto.open_body(body, key, MID, ALICE.sign_pk)) == TEAM_TEXT
+    # Fresh key and nonce each time.
+    key2, body2 = crypto.seal_body(packed, MID, ALICE)
+    assert key2 != key and body2[:24] != body[:24]
+    # Given key and nonce: deterministic.
+    fixed = crypto.seal_body(packed, MID, ALICE, key=bytes(32), nonce=bytes(24))
+    assert fixed == crypto.seal_body(packed, MID, ALICE, key=bytes(32), nonce=bytes(24))
+
+
+def test_wrap_round_trip() -> None:
+    key, _ = crypto.seal_body(b"x", MID, ALICE)
+    wrap = crypto.wrap_key(key, ALICE, BOB.box_pk)
+    assert len(wrap) == crypto.WRAP_BYTES == 72
+    assert crypto.unwrap_key(wrap, BOB, ALICE.box_pk) == key
+
+
+def test_wrong_wrap_fails() -> None:
+    key, _ = crypto.seal_body(b"x", MID, ALICE)
+    wrap = crypto.wrap_key(key, ALICE, BOB.box_pk)
+    with pytest.raises(crypto.EnvelopeError):
+        crypto.unwrap_key(wrap, MALLORY, ALICE.box_pk)  # not for Mallory
+    with pytest.raises(crypto.EnvelopeError):
+        crypto.unwrap_key(wrap, BOB, MALLORY.box_pk)  # not from Mallory
+    with pytest.raises(crypto.EnvelopeError):
+        crypto.unwrap_key(wrap[:-1], BOB, ALICE.box_pk)
+    # A 72-byte envelope that does not hold a key of 32 bytes.
+    with pytest.raises(crypto.EnvelopeError):
+        crypto.unwrap_key(crypto.seal(b"k" * 31, ALICE, BOB.box_pk) + b"x", BOB, ALICE.box_pk)
+
+
+def test_insider_cannot_forge_a_body_under_the_senders_name() -> None:
+    """Bob, a member, knows K: he re-encrypts another plaintext under K and
+    the same id, signed by himself or not at all. Carol's device, which
+    checks the signature with Alice's key, refuses it."""
+    packed = crypto.pack_plaintext(TEAM_TEXT)
+    key, body = crypto.seal_body(packed, MID, ALICE)
+    forged_text = crypto.pack_plaintext(
+        crypto.Plaintext(**{**TEAM_TEXT.__dict__, "body": "Arrêter l'héparine"})
+    )
+    _, forged = crypto.seal_body(forged_text, MID, BOB, key=key)  # signed by Bob
+    with pytest.raises(crypto.EnvelopeError):
+        crypto.open_body(forged, key, MID, ALICE.sign_pk)
+    assert crypto.open_body(forged, key, MID, BOB.sign_pk) == forged_text  # Bob's own, not Alice's
+    # Alice's signature moved onto another plaintext.
+    nonce = body[:24]
+    inner = nacl.bindings.crypto_aead_xchacha20poly1305_ietf_decrypt(
+        body[24:], crypto.BODY_CONTEXT + MID, nonce, key
+    )
+    spliced = nonce + nacl.bindings.crypto_aead_xchacha20poly1305_ietf_encrypt(
+        inner[:64] + forged_text, crypto.BODY_CONTEXT + MID, nonce, key
+    )
+    with pytest.raises(crypto.EnvelopeError):
+        crypto.open_body(spliced, key, MID, ALICE.sign_pk)
+
+
+def test_tampered_body_or_wrong_id_or_key_fails() -> None:
+    packed = crypto.pack_plaintext(TEAM_TEXT)
+    key, body = crypto.seal_body(packed, MID, ALICE)
+    for i in (0, 23, 24, 60, len(body) - 1):
+        tampered = bytearray(body)
+        tampered[i] ^= 0x01
+        with pytest.raises(crypto.EnvelopeError):
+            crypto.open_body(bytes(tampered), key, MID, ALICE.sign_pk)
+    other_id = crypto.new_message_id(1_767_225_600_001, bytes(10))
+    for args in (
+        (body, key, other_id, ALICE.sign_pk),  # replayed under another id
+        (body, bytes(32), MID, ALICE.sign_pk),
+        (body[: crypto.BODY_OVERHEAD - 1], key, MID, ALICE.sign_pk),
+        (body, key[:31], MID, ALICE.sign_pk),
+        (body, key, MID, b"\x00" * 31),
+    ):
+        with pytest.raises(crypto.EnvelopeError):
+            crypto.open_body(*args)
+
+
+# --- plaintext keys of revision 3 (SPEC §13.5) -----------------------------------------------
+
+
+def test_new_plaintext_keys_round_trip_in_order() -> None:
+    notice = crypto.Plaintext(
+        id=MID,
+        from_user="u_a",
+        to_user="u_b",
+        sent_at=5,
+        kind="read",
+        reply_to=MID,
+        head=b"h" * 32,
+        expires_at=99,
+        refs=(MID, bytes(16)),
+        team="t_00112233445566aa",
+    )
+    packed = crypto.pack_plaintext(notice, pad_to=256)
+    assert len(packed) == 256
+    m = msgpack.unpackb(packed, raw=False)
+    assert " ".join(m) == "v id from to sent_at kind body reply_to head expires_at refs team pad"
+    assert set(m["pad"]) <= {0}
+    assert crypto.unpack_plaintext(packed) == notice
+    assert crypto.KINDS == ("text", "read", "recall")
+
+
+def test_padding_is_the_smallest_multiple() -> None:
+    for n in range(0, 600, 7):
+        p = crypto.Plaintext(MID, "u_a", "u_b", 5, body="x" * n)
+        plain = crypto.pack_plaintext(p)
+        padded = crypto.pack_plaintext(p, pad_to=256)
+        assert len(padded) % 256 == 0
+        # "pad" (4 bytes) + bin 8 header (2 bytes) + n zero bytes, n in 0..255.
+        assert len(plain) + 6 <= len(padded) < len(plain) + 6 + 256
+        assert crypto.unpack_plaintext(padded) == p
+    # No pad_to: the bytes of revision 2, no pad key.
+    assert b"pad" not in crypto.pack_plaintext(TEXT)
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"head": b"h" * 31},
+        {"head": "h" * 32},
+        {"expires_at": -1},
+        {"expires_at": "tomorrow"},
+        {"refs": []},
+        {"refs": [MID] * 257},
+        {"refs": [MID[:15]]},
+        {"refs": MID},
+        {"team": 7},
+        {"pad": "   "},
+    ],
+    ids=repr,
+)
+def test_bad_new_plaintext_keys_are_refused(change: dict[str, Any]) -> None:
+    with pytest.raises(crypto.EnvelopeError):
+        crypto.unpack_plaintext(_mutated(**change))
+
+
+def test_unknown_kind_still_unpacks() -> None:
+    """A client acks and ignores a kind it does not know (SPEC §13.5): the
+    plaintext itself is not refused."""
+    assert crypto.unpack_plaintext(_mutated(kind="later")).kind == "later"

@@ -15,12 +15,19 @@ from protocol.frames import (
     CLIENT_FRAMES,
     MAX_ACK_BYTES,
     MAX_FRAME_BYTES,
+    MAX_LIFESPAN_MS,
+    MAX_RECIPIENT_DEVICES,
+    MAX_RECORD_BYTES,
+    MAX_TEAMS_LIST,
     MAX_WATCH,
+    MAX_WRAPS,
+    MIN_LIFESPAN_MS,
     SERVER_FRAMES,
     STATUSES,
     Accepted,
     Ack,
     Auth,
+    ChainEntry,
     Challenge,
     Deliver,
     Delivered,
@@ -37,6 +44,8 @@ from protocol.frames import (
     LookupOk,
     Ok,
     Presence,
+    Recall,
+    RecallOk,
     Refusal,
     Refused,
     Revoke,
@@ -44,6 +53,14 @@ from protocol.frames import (
     SearchOk,
     Send,
     SetStatus,
+    TeamChain,
+    TeamChainOk,
+    TeamChange,
+    TeamChanged,
+    TeamHead,
+    TeamOk,
+    Teams,
+    TeamsOk,
     Watch,
     Watching,
     Welcome,
@@ -53,6 +70,8 @@ from protocol.frames import (
 
 MID = bytes(range(16))
 PK1, PK2 = b"\x11" * 32, b"\x22" * 32
+TEAM = "t_0123456789abcdef"
+HEAD = b"\x33" * 32
 
 #: One full instance of every frame type (every optional field set).
 SAMPLES: dict[type[Frame], Frame] = {
@@ -61,7 +80,13 @@ SAMPLES: dict[type[Frame], Frame] = {
         v=1, code="ABCD-EFGH-JKMN-PQRS", sign_pk=PK1, box_pk=PK2, label="phone", sig=b"\x02" * 64, caps=()
     ),
     Send: Send(
-        id=MID, sender="d_0000000000000001", to="u_0000000000000002", envs={"d_0000000000000002": b"e" * 60}
+        id=MID,
+        sender="d_0000000000000001",
+        to=TEAM,
+        envs={"d_0000000000000002": b"w" * 72},
+        body=b"b" * 120,
+        head=HEAD,
+        ttl=86_400_000,
     ),
     Ack: Ack(seqs=(1, 2, 3), refused=(Refusal(4, "sender_unverified"), Refusal(5, "undecryptable"))),
     Lookup: Lookup(rid=1, user="u_0000000000000002", rpps="10101234567"),
@@ -71,7 +96,16 @@ SAMPLES: dict[type[Frame], Frame] = {
     Challenge: Challenge(v=1, nonce=b"\x03" * 32, authority=PK1, caps=("refusals", "later_one")),
     Welcome: Welcome(user="u_0000000000000001", device="d_0000000000000001"),
     Accepted: Accepted(id=MID, dup=True),
-    Deliver: Deliver(seq=5, id=MID, from_user="u_1", from_device="d_1", ts=1_767_225_600_000, env=b"e" * 60),
+    Deliver: Deliver(
+        seq=5,
+        id=MID,
+        from_user="u_1",
+        from_device="d_1",
+        ts=1_767_225_600_000,
+        env=b"w" * 72,
+        body=b"b" * 120,
+        team=TEAM,
+    ),
     Delivered: Delivered(seq=6, id=MID, user="u_2", device="d_2", ts=1_767_225_600_001),
     Refused: Refused(seq=7, id=MID, user="u_2", device="d_2", ts=1_767_225_600_002, reason="undecryptable"),
     LookupOk: LookupOk(
@@ -102,6 +136,20 @@ SAMPLES: dict[type[Frame], Frame] = {
             Presence(user="u_0000000000000003", status="off_duty", online=False),
         ),
     ),
+    TeamChange: TeamChange(rid=9, team=TEAM, rec=b"r" * 300, sig=b"\x04" * 64),
+    Teams: Teams(rid=10),
+    TeamChain: TeamChain(rid=11, team=TEAM, from_seq=3),
+    Recall: Recall(rid=12, id=MID),
+    TeamOk: TeamOk(rid=9, team=TEAM, seq=4, head=HEAD),
+    TeamsOk: TeamsOk(rid=10, teams=(TeamHead(TEAM, 4, HEAD), TeamHead("t_fedcba9876543210", 1, PK1))),
+    TeamChainOk: TeamChainOk(
+        rid=11,
+        team=TEAM,
+        recs=(ChainEntry(b"r" * 300, b"\x04" * 64), ChainEntry(b"s" * 200, PK1 + PK2)),
+        more=True,
+    ),
+    RecallOk: RecallOk(rid=12, id=MID, removed=3),
+    TeamChanged: TeamChanged(team=TEAM, seq=5, head=HEAD),
 }
 
 
@@ -217,6 +265,8 @@ REQUIRED = [
     if not (cls is LookupOk and key == "att")
     if not (cls in (Auth, Enroll, Challenge) and key in {"caps", "authority"})
     if not (cls is Ack and key == "refused")
+    if not (cls is Send and key in {"body", "head", "ttl"})
+    if not (cls is Deliver and key in {"body", "team"})
 ]
 
 
@@ -240,6 +290,16 @@ BAD_BOOL = [0, 1, "true", None, b"\x01"]
 BAD_SIG = [b"\x00" * 63, b"\x00" * 65, "s" * 64, None]
 BAD_KEY = [b"\x00" * 31, b"\x00" * 33, "k" * 32, None]
 BAD_TOKEN = ["", "Refusals", "x" * 33, "with space", "é", b"refusals", 1, None]
+BAD_TEAM = [
+    "u_0123456789abcdef",
+    "t_0123456789ABCDEF",
+    "t_0123456789abcde",
+    "t_0123456789abcdef0",
+    "",
+    None,
+    1,
+]
+BAD_HEAD = [b"\x00" * 31, b"\x00" * 33, "h" * 32, None]
 BAD_STATUS = ["away", "on call", "On_Call", "", b"busy", 1, None, ["busy"], {"busy": 1}]
 
 BAD_FIELDS: list[tuple[type[Frame], str, list[Any]]] = [
@@ -268,9 +328,16 @@ BAD_FIELDS: list[tuple[type[Frame], str, list[Any]]] = [
             {b"d_1": b"e"},
             {"": b"e"},
             {"d" * 129: b"e"},
-            {f"d_{i}": b"e" for i in range(65)},
+            {f"d_{i}": b"e" for i in range(MAX_WRAPS + 1)},
             {"d_1": b"e" * (MAX_FRAME_BYTES + 1)},
         ],
+    ),
+    (Send, "body", ["b", None, 7, [b"b"], b"b" * (MAX_FRAME_BYTES + 1)]),
+    (Send, "head", [b"\x00" * 31, b"\x00" * 33, "h" * 32, None]),
+    (
+        Send,
+        "ttl",
+        [MIN_LIFESPAN_MS - 1, MAX_LIFESPAN_MS + 1, -1, 1.0 * MIN_LIFESPAN_MS, True, "86400000", None],
     ),
     (Ack, "seqs", [None, 1, [1, -1], [1, "2"], [1.5], [True], list(range(1025)), {"1": 1}]),
     (
@@ -316,6 +383,8 @@ BAD_FIELDS: list[tuple[type[Frame], str, list[Any]]] = [
     (Deliver, "from_device", BAD_ID),
     (Deliver, "ts", BAD_INT),
     (Deliver, "env", ["env", None, 7, b"e" * (MAX_FRAME_BYTES + 1)]),
+    (Deliver, "body", ["b", None, 7, b"b" * (MAX_FRAME_BYTES + 1)]),
+    (Deliver, "team", BAD_TEAM),
     (Delivered, "seq", BAD_INT),
     (Delivered, "id", BAD_BYTES_16),
     (Delivered, "user", BAD_ID),
@@ -398,6 +467,57 @@ BAD_FIELDS: list[tuple[type[Frame], str, list[Any]]] = [
             [{"user": "u_1", "status": "busy", "online": True}] * (MAX_WATCH + 1),
         ],
     ),
+    (TeamChange, "rid", BAD_INT),
+    (TeamChange, "team", BAD_TEAM),
+    (TeamChange, "rec", ["r", None, 1, b"r" * (MAX_RECORD_BYTES + 1)]),
+    (TeamChange, "sig", BAD_SIG),
+    (Teams, "rid", BAD_INT),
+    (TeamChain, "rid", BAD_INT),
+    (TeamChain, "team", BAD_TEAM),
+    (TeamChain, "from", BAD_INT),
+    (Recall, "rid", BAD_INT),
+    (Recall, "id", BAD_BYTES_16),
+    (TeamOk, "rid", BAD_INT),
+    (TeamOk, "team", BAD_TEAM),
+    (TeamOk, "seq", BAD_INT),
+    (TeamOk, "head", BAD_HEAD),
+    (TeamsOk, "rid", BAD_INT),
+    (
+        TeamsOk,
+        "teams",
+        [
+            None,
+            {"team": TEAM, "seq": 1, "head": HEAD},
+            [TEAM],
+            [{"team": TEAM, "seq": 1}],
+            [{"team": "u_1", "seq": 1, "head": HEAD}],
+            [{"team": TEAM, "seq": -1, "head": HEAD}],
+            [{"team": TEAM, "seq": 1, "head": b"h"}],
+            [{"team": TEAM, "seq": 1, "head": HEAD}] * (MAX_TEAMS_LIST + 1),
+        ],
+    ),
+    (TeamChainOk, "rid", BAD_INT),
+    (TeamChainOk, "team", BAD_TEAM),
+    (
+        TeamChainOk,
+        "recs",
+        [
+            None,
+            {"rec": b"r", "sig": b"s" * 64},
+            [b"r"],
+            [{"rec": b"r"}],
+            [{"rec": "r", "sig": b"s" * 64}],
+            [{"rec": b"r", "sig": b"s" * 63}],
+            [{"rec": b"r" * (MAX_RECORD_BYTES + 1), "sig": b"s" * 64}],
+        ],
+    ),
+    (TeamChainOk, "more", BAD_BOOL),
+    (RecallOk, "rid", BAD_INT),
+    (RecallOk, "id", BAD_BYTES_16),
+    (RecallOk, "removed", BAD_INT),
+    (TeamChanged, "team", BAD_TEAM),
+    (TeamChanged, "seq", BAD_INT),
+    (TeamChanged, "head", BAD_HEAD),
 ]
 
 
@@ -419,6 +539,34 @@ def test_every_wire_key_has_bad_values() -> None:
     assert covered == {(cls, key) for cls in SAMPLES for _, key, _ in cls.WIRE}
 
 
+def _classic_send() -> dict[str, Any]:
+    return {"t": "send", "id": MID, "from": "d_1", "to": "u_2", "envs": {"d_2": b"e" * 60}}
+
+
+def test_a_send_without_body_holds_at_most_64_envelopes() -> None:
+    """The classic 1:1 send keeps its limit (SPEC §13.3): only a sealed body
+    lets ``envs`` hold key wraps for up to MAX_WRAPS devices."""
+    m = _classic_send()
+    m["envs"] = {f"d_{i}": b"e" for i in range(MAX_RECIPIENT_DEVICES)}
+    assert len(decode(pack(m)).envs) == MAX_RECIPIENT_DEVICES  # type: ignore[attr-defined]
+    m["envs"] = {f"d_{i}": b"e" for i in range(MAX_RECIPIENT_DEVICES + 1)}
+    with pytest.raises(MalformedFrame):
+        decode(pack(m))
+    m["body"] = b"b" * 104
+    assert len(decode(pack(m)).envs) == MAX_RECIPIENT_DEVICES + 1  # type: ignore[attr-defined]
+
+
+def test_classic_send_and_deliver_bytes_are_unchanged() -> None:
+    """Without the revision 3 keys, send and deliver encode as before: no
+    new key appears, not even as nil."""
+    m = _classic_send()
+    frame = decode(pack(m))
+    assert frame == Send(MID, "d_1", "u_2", {"d_2": b"e" * 60})
+    assert encode(frame) == pack(m)
+    deliver = Deliver(seq=1, id=MID, from_user="u_1", from_device="d_1", ts=5, env=b"e")
+    assert list(wire(deliver)) == ["t", "seq", "id", "from_user", "from_device", "ts", "env"]
+
+
 @pytest.mark.parametrize(
     ("cls", "key", "good"),
     [
@@ -429,7 +577,12 @@ def test_every_wire_key_has_bad_values() -> None:
         (Ack, "seqs", list(range(1024))),
         (Ack, "seqs", []),
         (Deliver, "ts", 2**63 - 1),
-        (Send, "envs", {f"d_{i}": b"e" for i in range(64)}),
+        (Send, "envs", {f"d_{i}": b"e" for i in range(MAX_WRAPS)}),
+        (Send, "ttl", MIN_LIFESPAN_MS),
+        (Send, "ttl", MAX_LIFESPAN_MS),
+        (TeamChange, "rec", b"r" * MAX_RECORD_BYTES),
+        (TeamsOk, "teams", []),
+        (TeamsOk, "teams", [{"team": TEAM, "seq": 1, "head": HEAD}] * MAX_TEAMS_LIST),
         (Error, "message", "m" * 512),
         (LookupOk, "devices", []),
         (LookupOk, "profession", ""),

@@ -32,12 +32,21 @@ from protocol.frames import (
     LookupOk,
     Ok,
     Presence,
+    Recall,
+    RecallOk,
     Refused,
     Revoke,
     Search,
     SearchOk,
     Send,
     SetStatus,
+    TeamChain,
+    TeamChainOk,
+    TeamChange,
+    TeamChanged,
+    TeamOk,
+    Teams,
+    TeamsOk,
     Watch,
     Watching,
     Welcome,
@@ -52,6 +61,7 @@ OTHER_DEVICE = "d_00000000000000a2"
 KEYS = crypto.DeviceKeys(bytes(range(32)), bytes(range(32, 64)))
 OTHER_KEYS = crypto.DeviceKeys(bytes(range(64, 96)), bytes(range(96, 128)))
 CODE = "7K3M-9QXR-2H4P-VW8N"
+TEAM = "t_00000000000000c1"
 
 
 def auth_frame(
@@ -111,6 +121,14 @@ def sample(cls: type[Frame], session: ServerSession) -> Frame:
         return Devices(rid=1)
     if cls is Revoke:
         return Revoke(rid=1, device="d_1")
+    if cls is TeamChange:
+        return TeamChange(rid=1, team=TEAM, rec=b"r" * 100, sig=b"s" * 64)
+    if cls is Teams:
+        return Teams(rid=1)
+    if cls is TeamChain:
+        return TeamChain(rid=1, team=TEAM, from_seq=0)
+    if cls is Recall:
+        return Recall(rid=1, id=bytes(16))
     assert cls is LinkCode
     return LinkCode(rid=1)
 
@@ -122,7 +140,7 @@ def test_challenge_frame() -> None:
     a, b = ServerSession(), ServerSession(authority=b"\x05" * 32)
     assert a.state is State.CHALLENGED
     frame = decode(a.challenge(), SERVER_FRAMES)
-    assert frame == Challenge(v=1, nonce=a.nonce, caps=("refusals",))
+    assert frame == Challenge(v=1, nonce=a.nonce, caps=("refusals", "teams"))
     assert len(a.nonce) == 32 and a.nonce != b.nonce
     # The authority key the hub is configured with, for enrolling clients (SPEC §5.1).
     other = decode(b.challenge(), SERVER_FRAMES)
@@ -160,6 +178,10 @@ def test_table_covers_every_client_frame_once() -> None:
         Search,
         Devices,
         Revoke,
+        TeamChange,
+        Teams,
+        TeamChain,
+        Recall,
     }
     assert ALLOWED[State.CLOSED] == set()
     assert set(ALLOWED) == set(State)
@@ -167,17 +189,23 @@ def test_table_covers_every_client_frame_once() -> None:
 
 def test_spec_table_2_matches_allowed() -> None:
     """SPEC §4 Table 2 lists, per state, exactly the frames ALLOWED admits
-    and, as not admitted, every other client frame type."""
+    and, as not admitted, every other client frame type; the requests of
+    revision 3 (SPEC §13.4's table) are admitted once authenticated."""
     spec = (Path(protocol.__file__).resolve().parent / "SPEC.md").read_text(encoding="utf-8")
     table = spec.split("*Table 2.", 1)[1].split("*Table 3.", 1)[0]
+    section_13_4 = spec.split("### 13.4", 1)[1].split("### 13.5", 1)[0]
+    revision_3 = set(re.findall(r"^\| `([a-z_]+)` \| `rid`", section_13_4, re.M))
+    assert revision_3 == {"team_change", "teams", "team_chain", "recall"}
     every = {cls.TYPE for cls in CLIENT_FRAMES}
     for state in State:
         row = re.search(rf"^\| {state.name} \| ([^|]*) \| ([^|]*) \|$", table, re.M)
         assert row is not None, state
         admitted = set(re.findall(r"`([a-z_]+)`", row[1]))
+        if state is State.AUTHENTICATED:
+            admitted |= revision_3
         refused = every if row[2].strip() == "everything" else set(re.findall(r"`([a-z_]+)`", row[2]))
         assert admitted == {cls.TYPE for cls in ALLOWED[state]}, state
-        assert refused == every - admitted, state
+        assert refused - revision_3 == every - admitted - revision_3, state
 
 
 @pytest.mark.parametrize(
@@ -225,6 +253,11 @@ SERVER_SAMPLES: list[Frame] = [
     SearchOk(rid=1, atts=(b"a" * 100,)),
     DevicesOk(rid=1, devices=(DeviceEntry("d_a", "phone", 1, False),)),
     Error(code="auth_failed", message="m", fatal=True),
+    TeamOk(rid=1, team=TEAM, seq=1, head=bytes(32)),
+    TeamsOk(rid=1, teams=()),
+    TeamChainOk(rid=1, team=TEAM, recs=(), more=False),
+    RecallOk(rid=1, id=MID, removed=0),
+    TeamChanged(team=TEAM, seq=2, head=bytes(32)),
 ]
 
 

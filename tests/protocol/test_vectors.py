@@ -387,8 +387,9 @@ def test_safety_number_vectors_show_symmetry_and_change() -> None:
 
 
 def test_spec_error_table_matches_errors_module() -> None:
-    """Every row of the SPEC §7 table names the code, fatality, close code and
-    retryability that errors.py gives it, and every error class has a row."""
+    """Every row of the SPEC §7 table (and §13.7's) names the code, fatality,
+    close code and retryability that errors.py gives it, and every error
+    class has a row."""
     spec = (PROTOCOL_DIR / "SPEC.md").read_text(encoding="utf-8")
     section = spec.split("## 7.", 1)[1].split("\n## 8.", 1)[0]
     rows = re.findall(r"^\| `([a-z_]+)` \| (yes|no) \| (\d{4}|—) \|[^|]*\|[^|]*\| (yes|no) \|", section, re.M)
@@ -397,6 +398,14 @@ def test_spec_error_table_matches_errors_module() -> None:
         code: (fatal == "yes", None if close == "—" else int(close), retry == "yes")
         for code, fatal, close, retry in rows
     }
+    # Revision 3's errors have their own table (SPEC §13.7), without close
+    # codes or retries: none is fatal or retryable.
+    section_13_7 = spec.split("### 13.7", 1)[1].split("\n### 13.8", 1)[0]
+    rows_13_7 = re.findall(r"^\| `([a-z_]+)` \| (yes|no) \|", section_13_7, re.M)
+    assert len(rows_13_7) == 7, "no error table found in SPEC §13.7"
+    for code, fatal in rows_13_7:
+        assert code not in table, code
+        table[code] = (fatal == "yes", None, False)
     classes = {cls.code: cls for cls in _error_classes()}
     assert set(table) == set(classes)
     for code, cls in classes.items():
