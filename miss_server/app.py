@@ -148,7 +148,7 @@ class HubServer:
         await self.store.open()
         await self.broker.start()
         self.broker.on_gap(self.hub.on_broker_gap)
-        await self.broker.subscribe(CONTROL_CHANNEL, self.hub.security.on_control)
+        await self.broker.subscribe(CONTROL_CHANNEL, self.hub.on_control)
         tls = None
         if self.settings.tls_cert and self.settings.tls_key:
             tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)

@@ -111,6 +111,12 @@ class Settings(BaseSettings):
         description="Most active devices per clinician (unused link codes count): at most 32, so that a "
         "message to one clinician and the sender's other devices fits in 64 envelopes.",
     )
+    max_team_members: int = Field(
+        100, ge=1, le=200, description="Most members of a care team (SPEC §13.1; at most 200)."
+    )
+    max_teams_per_user: int = Field(
+        64, ge=1, le=10_000, description="Most care teams a clinician is a member of, and creates."
+    )
     max_pending_per_address: int = Field(
         256,
         ge=1,

@@ -61,6 +61,7 @@ from .wakeup import (
     TAG_MESSAGE,
     TAG_RECEIPT,
     TAG_REFUSAL,
+    TAG_TEAM,
     MalformedWakeup,
     parse,
     row_frame,
@@ -96,7 +97,8 @@ class DeviceLink:
 
     ``send`` writes frames to the socket, in order, in as few writes as it
     can; ``close`` closes it with a code and reason. ``refusals``: the
-    client named that capability, so refusal receipts are sent to it. Call
+    client named that capability, so refusal receipts are sent to it;
+    ``teams``: likewise for team messages and ``team_changed`` pushes. Call
     :meth:`start` once, :meth:`acked` when the device acks, and :meth:`stop`
     when the connection ends.
     """
@@ -110,9 +112,11 @@ class DeviceLink:
         on_sent: Callable[[int], None] = lambda n: None,
         *,
         refusals: bool = False,
+        teams: bool = False,
     ) -> None:
         self.device_id = device_id
         self.refusals = refusals
+        self.teams = teams
         #: the connection's presence entry, set by the hub once attached
         self.presence_key = ""
         self._store = store
@@ -154,6 +158,10 @@ class DeviceLink:
             if not self.refusals:
                 return  # the client would not understand it (wakeup.py)
             tag = TAG_RECEIPT  # otherwise it travels like a receipt
+        elif tag == TAG_TEAM:
+            if not self.teams:
+                return  # held in the store for a connection that names ``teams``
+            tag = TAG_MESSAGE  # otherwise it travels like a message
         if tag == TAG_MESSAGE or tag == TAG_RECEIPT:
             if not self._need_drain:
                 if len(self._outbox) >= OUTBOX_LIMIT or self._outbox_bytes + len(body) > OUTBOX_BYTES:
@@ -251,17 +259,24 @@ class DeviceLink:
             await self._send(frames)
             self._on_sent(len(frames))
 
+    def _understood(self, kind: Kind) -> bool:
+        """Whether this connection's client knows the frame of a row of ``kind``
+        (SPEC §6.5, §13): other rows wait in the store for one that does."""
+        if kind is Kind.REFUSAL:
+            return self.refusals
+        if kind is Kind.TEAM:
+            return self.teams
+        return True
+
     async def _drain(self) -> None:
         cursor, limit = 0, FIRST_PAGE
         while True:
             rows = await self._store.pending(self.device_id, cursor, limit, _now_ms())
-            await self._send_rows(
-                (row.seq, row_frame(row)) for row in rows if self.refusals or row.kind is not Kind.REFUSAL
-            )
+            await self._send_rows((row.seq, row_frame(row)) for row in rows if self._understood(row.kind))
             if len(rows) < limit:
                 return
             cursor = rows[-1].seq
-            size = sum(len(row.payload) for row in rows) or 1
+            size = sum(len(row.payload) + len(row.body or b"") for row in rows) or 1
             limit = max(1, min(PAGE, PAGE_BYTES * len(rows) // size))
 
 
@@ -289,6 +304,10 @@ class LocalLinks:
                 local.discard(link.device_id)
                 if not local:
                     del self._by_user[user_id]
+
+    def of_user(self, user_id: str) -> list[DeviceLink]:
+        """The links here of the user's devices."""
+        return [self._links[d] for d in self._by_user.get(user_id, ()) if d in self._links]
 
     def end_device(self, device_id: str, error: type[errors.FatalError]) -> None:
         """End the device's connection here, if it has one, with ``error``."""

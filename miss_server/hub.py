@@ -48,8 +48,11 @@ from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
 from protocol import errors
+from protocol import teams as pt
 from protocol.frames import (
     CAP_REFUSALS,
+    CAP_TEAMS,
+    MAX_WRAPS,
     Accepted,
     Ack,
     Auth,
@@ -60,9 +63,13 @@ from protocol.frames import (
     Lookup,
     Ok,
     Revoke,
+    Recall,
     Search,
     Send,
     SetStatus,
+    TeamChain,
+    TeamChange,
+    Teams,
     Watch,
     Watching,
     encode,
@@ -81,7 +88,8 @@ from .guard import Guard
 from .metrics import Metrics
 from .presence import PresenceService
 from .security_feed import SecurityFeed
-from .store.base import CodeInvalid, DeviceLimit, NewMessage, Store, StoreUnavailable
+from .store.base import CodeInvalid, DeviceLimit, NewMessage, NewTeamMessage, Store, StoreUnavailable
+from .teams import TAG_TEAM_CHANGED, TeamService
 from .wakeup import DRAIN_WAKEUP, close_wakeup, row_wakeups
 
 __all__ = ["Hub"]
@@ -123,6 +131,16 @@ class Hub:
         self.security = SecurityFeed(store, broker, self.accounts, self._links)
         self.directory = Directory(store, self.accounts)
         self.devices = AccountDevices(store, self.accounts, self.security, audit, metrics, settings)
+        self.teams = TeamService(store, broker, self.accounts, self._links, settings)
+        self.security.on_team_changed = self.teams.announce_stored
+
+    def on_control(self, payload: bytes) -> None:
+        """Handler of the broker's control channel: team announcements go to
+        the team service, anything else to the security feed."""
+        if payload[:1] == TAG_TEAM_CHANGED:
+            self.teams.on_control(payload)
+        else:
+            self.security.on_control(payload)
 
     # --- authentication -----------------------------------------------------
 
@@ -218,7 +236,13 @@ class Hub:
         except BrokerUnavailable:
             pass  # an older connection elsewhere keeps a subscription that no one publishes to
         link = DeviceLink(
-            device_id, self.store, send, close, self.metrics.deliveries.inc, refusals=CAP_REFUSALS in caps
+            device_id,
+            self.store,
+            send,
+            close,
+            self.metrics.deliveries.inc,
+            refusals=CAP_REFUSALS in caps,
+            teams=CAP_TEAMS in caps,
         )
         self._links.add(user_id, link)
         await self.broker.subscribe(channel, link.on_wakeup)
@@ -274,6 +298,18 @@ class Hub:
             return await self._store_call(self.devices.devices(session.user_id, frame))
         if type(frame) is Revoke:
             return await self._store_call(self.devices.revoke(session.user_id, session.device_id, frame))
+        if type(frame) is TeamChange:
+            reply = await self._store_call(self.teams.change(frame))
+            self.metrics.team_changes.inc()
+            return reply
+        if type(frame) is Teams:
+            return await self._store_call(self.teams.teams(session.user_id, frame))
+        if type(frame) is TeamChain:
+            return await self._store_call(self.teams.chain(session.user_id, frame))
+        if type(frame) is Recall:
+            reply, removed = await self._store_call(self.teams.recall(session.user_id, frame))
+            self.metrics.recalled.inc(removed)
+            return reply
         raise errors.FrameNotAllowed(frame.TYPE)  # the session's state table admits nothing else
 
     async def send(self, session: ServerSession, frame: Send) -> bytes:
@@ -286,9 +322,15 @@ class Hub:
         the message stored, acknowledged, and announced to no one."""
         assert session.user_id is not None and session.device_id is not None
         started = time.perf_counter()
-        if len(frame.envs) > self.settings.max_envelopes:
+        if len(frame.envs) > (MAX_WRAPS if frame.body is not None else self.settings.max_envelopes):
             raise errors.TooManyRecipients(f"{len(frame.envs)} envelopes")
         now = now_ms()
+        # SPEC §13.6: rows go at ts + ttl, or at the default expiry if sooner.
+        expires_at = now + min(frame.ttl or self.settings.message_ttl_ms, self.settings.message_ttl_ms)
+        if pt.is_team_id(frame.to):
+            return await self._send_to_team(session.user_id, session.device_id, frame, now, expires_at, started)
+        if frame.body is not None or frame.head is not None:
+            raise errors.MalformedFrame("body and head are for a send to a team")
         await self._check_targets(session.user_id, session.device_id, frame, now)
         message = NewMessage(
             message_id=frame.id,
@@ -297,7 +339,7 @@ class Hub:
             recipient_user=frame.to,
             envelopes=frame.envs,
             ts=now,
-            expires_at=now + self.settings.message_ttl_ms,
+            expires_at=expires_at,
         )
         result = await self._store_call(self.store.accept(message))
         self.metrics.accept_seconds.observe(time.perf_counter() - started)
@@ -309,6 +351,58 @@ class Hub:
         self.metrics.envelopes.inc(len(result.queued))
         await self.wake(row_wakeups(result.queued))
         return encode(Accepted(frame.id))
+
+    async def _send_to_team(
+        self, sender_user: str, sender_device: str, frame: Send, now: int, expires_at: int, started: float
+    ) -> bytes:
+        """A ``send`` to a team (SPEC §13.4): the sender's checks of §6.2,
+        then the team's, in order; stores the body once and a row per
+        device of *T*, wakes them, ``accepted``."""
+        await self._store_call(self._check_sender(sender_user, sender_device, now))
+        wanted = frame.envs.keys()
+        required: frozenset[str] = frozenset()
+        for refresh in (False, True):
+            required = await self._store_call(
+                self.teams.targets(
+                    frame.to, sender_user, sender_device, frame.head, frame.body is not None, refresh=refresh
+                )
+            )
+            if wanted == required:
+                break
+        else:
+            extra = wanted - required
+            if extra:
+                raise errors.UnknownDevice(f"{len(extra)} unknown target devices")
+            raise errors.MissingDevices(sorted(required - wanted))
+        assert frame.body is not None
+        message = NewTeamMessage(
+            frame.id, sender_user, sender_device, frame.to, frame.body, frame.envs, now, expires_at
+        )
+        result = await self._store_call(self.store.accept_team(message))
+        self.metrics.accept_seconds.observe(time.perf_counter() - started)
+        if result.duplicate:
+            self.metrics.duplicates.inc()
+            await self.wake([(device_channel(d), DRAIN_WAKEUP) for d in frame.envs])
+            return encode(Accepted(frame.id, dup=True))
+        self.metrics.accepted.inc()
+        self.metrics.team_messages.inc()
+        self.metrics.envelopes.inc(len(result.queued))
+        await self.wake(row_wakeups(result.queued))
+        return encode(Accepted(frame.id))
+
+    async def _check_sender(self, sender_user: str, sender_device: str, now: int) -> None:
+        """The sender's checks of SPEC §6.2: suspended (fatal), then verified
+        with this device attested; a cached refusal is reloaded first."""
+        for refresh in (False, True):
+            sender = await self.accounts.get(sender_user, refresh=refresh)
+            if sender is None or sender.suspended:
+                if refresh:
+                    raise errors.AccountSuspended(sender_user)
+                continue
+            if sender.may_send(sender_device, now):
+                return
+            if refresh:
+                raise errors.NotVerified(sender_device)
 
     async def ack(self, session: ServerSession, link: DeviceLink, frame: Ack) -> None:
         """Forget the acked and refused rows; queue and announce the

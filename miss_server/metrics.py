@@ -27,6 +27,11 @@ class Metrics:
         self.refusals = Counter(
             "miss_messages_refused_total", "Messages a recipient device refused (SPEC §6.5)", registry=r
         )
+        self.team_changes = Counter("miss_team_changes_total", "Team records stored (SPEC §13)", registry=r)
+        self.team_messages = Counter(
+            "miss_team_messages_accepted_total", "Team messages durably accepted (one body each)", registry=r
+        )
+        self.recalled = Counter("miss_rows_recalled_total", "Undelivered rows deleted by recall", registry=r)
         self.pending_refused = Counter(
             "miss_pending_connections_refused_total",
             "Connections closed before their handshake: too many not yet authenticated, by scope",

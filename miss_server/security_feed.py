@@ -52,6 +52,7 @@ import asyncio
 import contextlib
 import time
 from collections import deque
+from collections.abc import Awaitable, Callable
 
 from protocol import errors
 
@@ -71,6 +72,9 @@ SECURITY_ACTIONS = [
     "account.unsuspended",
     "account.verified",
     "account.deleted",
+    # A team record written by miss-admin (SPEC §13): detail is the team id,
+    # user_id the user it concerns; members get ``team_changed``.
+    "team.changed",
 ]
 #: How far back each poll of the audit log looks (ms).
 SECURITY_WINDOW_MS = 60_000
@@ -95,6 +99,10 @@ class SecurityFeed:
         self._accounts = accounts
         self._links = links
         self._seen: dict[int, int] = {}  # audit seq -> at, of the events applied
+        #: Pushes ``team_changed`` for a team (and a user it concerns) to this
+        #: node's connections, given by the hub (teams.py).
+        self.on_team_changed: Callable[[str, list[str]], Awaitable[None]] | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
 
     # --- through the broker -----------------------------------------------------
 
@@ -124,11 +132,22 @@ class SecurityFeed:
         """Enforce one security event on this node (module doc)."""
         if event.user_id is None:
             return
+        if event.action == "team.changed":
+            if self.on_team_changed is not None:
+                task = asyncio.get_running_loop().create_task(self._team_changed(event.detail, event.user_id))
+                self._tasks.add(task)
+                task.add_done_callback(self._tasks.discard)
+            return
         self._accounts.forget(event.user_id)
         if event.action == "device.revoked" and event.device_id is not None:
             self._links.end_device(event.device_id, errors.DeviceRevoked)
         elif event.action in ("account.suspended", "account.deleted"):
             self._links.end_user(event.user_id, errors.AccountSuspended)
+
+    async def _team_changed(self, team: str, user_id: str) -> None:
+        assert self.on_team_changed is not None
+        with contextlib.suppress(StoreUnavailable):  # a push is best effort
+            await self.on_team_changed(team, [user_id])
 
     async def run_forever(self, interval: float = 0.5) -> None:
         """Poll the audit log every ``interval`` seconds (runs as a task)."""

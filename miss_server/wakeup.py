@@ -9,6 +9,9 @@ A wake-up is one broker payload. Its first byte is a tag:
 * ``b"F" + seq + frame``: a queued refusal receipt (``refused``), which a
   link sends only if its client named the ``refusals`` capability (SPEC
   §6.5): to any other the row does not exist, and waits in the store;
+* ``b"T" + seq + frame``: a queued team message (SPEC §13), which a link
+  sends only if its client named the ``teams`` capability; otherwise the
+  row waits in the store, like a refusal;
 * ``b"D"``: drain: rows may exist that no wake-up announced (a resend of an
   id whose first wake-ups died with a hub node, or a connection of the
   device that ended while a newer one existed);
@@ -45,6 +48,7 @@ __all__ = [
     "TAG_MESSAGE",
     "TAG_RECEIPT",
     "TAG_REFUSAL",
+    "TAG_TEAM",
     "MalformedWakeup",
     "close_error",
     "close_wakeup",
@@ -57,14 +61,15 @@ __all__ = [
 TAG_MESSAGE = ord("Q")
 TAG_RECEIPT = ord("R")
 TAG_REFUSAL = ord("F")
+TAG_TEAM = ord("T")
 TAG_DRAIN = ord("D")
 TAG_CLOSE = ord("X")
 #: The tags followed by a seq and a frame.
-ROW_TAGS = frozenset({TAG_MESSAGE, TAG_RECEIPT, TAG_REFUSAL})
+ROW_TAGS = frozenset({TAG_MESSAGE, TAG_RECEIPT, TAG_REFUSAL, TAG_TEAM})
 DRAIN_WAKEUP = b"D"
 
 _SEQ_END = 9  # the tag, then 8 bytes of seq
-_TAGS = {Kind.MESSAGE: b"Q", Kind.RECEIPT: b"R", Kind.REFUSAL: b"F"}
+_TAGS = {Kind.MESSAGE: b"Q", Kind.RECEIPT: b"R", Kind.REFUSAL: b"F", Kind.TEAM: b"T"}
 
 
 class MalformedWakeup(ValueError):
@@ -78,6 +83,19 @@ def row_frame(row: Queued) -> bytes:
     """The frame that carries a queued row to its device."""
     if row.kind is Kind.MESSAGE:
         return encode(Deliver(row.seq, row.message_id, row.peer_user, row.peer_device, row.ts, row.payload))
+    if row.kind is Kind.TEAM:
+        return encode(
+            Deliver(
+                row.seq,
+                row.message_id,
+                row.peer_user,
+                row.peer_device,
+                row.ts,
+                row.payload,
+                body=row.body,
+                team=row.team,
+            )
+        )
     if row.kind is Kind.REFUSAL:
         reason = row.payload.decode("ascii")
         return encode(Refused(row.seq, row.message_id, row.peer_user, row.peer_device, row.ts, reason))
