@@ -6,6 +6,7 @@
     miss-bench run --scenario offline-drain --messages 10000
     miss-bench run --scenario auth-storm --storm 2000
     miss-bench run --scenario fanout --devices 4 --own-devices 3 --rate 200
+    miss-bench run --scenario fanout --team 20 --rate 20 --seconds 5
     miss-bench run --scenario multi-node --rate 1000
     miss-bench run --scenario flood --rate 200 --flood-messages 5000
     miss-bench run --scenario search --users 57000
@@ -94,7 +95,19 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument(
         "--storm", type=int, default=2000, help="auth-storm: devices connecting at once (default 2,000)"
     )
-    r.add_argument("--devices", type=int, default=4, help="fanout: devices of the recipient (default 4)")
+    r.add_argument(
+        "--devices",
+        type=int,
+        help="fanout: devices of the recipient (default 4); with --team, of each member (default 2)",
+    )
+    r.add_argument(
+        "--team",
+        type=int,
+        metavar="N",
+        help="fanout: messages to a care team of N clinicians (SPEC §13), beside 1:1 messages of the "
+        "nearest fan-out in the same run: hub CPU per delivered envelope of each, and bytes stored "
+        "per team message",
+    )
     r.add_argument(
         "--own-devices", type=int, default=3, help="fanout: devices of the sender's clinician (default 3)"
     )
@@ -135,7 +148,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.url and args.authority_key_file is None:
         parser.error("--url needs --authority-key-file (the hub's verification authority)")
     out = Path(args.out)
-    stem = f"{args.scenario}-{'services' if args.scenario == 'multi-node' else args.backend}"
+    kind = f"{args.scenario}-team" if args.scenario == "fanout" and args.team else args.scenario
+    stem = f"{kind}-{'services' if args.scenario == 'multi-node' else args.backend}"
     json_path = args.json or out / f"{stem}.json"
     plot_path = args.plot or out / f"{stem}.png"
     started = time.time()

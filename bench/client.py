@@ -5,11 +5,15 @@ It enrolls with a code, authenticates by signing the challenge (through
 :class:`protocol.client_session.ClientSession`, as the SDK does), seals each
 message for every target device (``crypto_box``), opens what it receives,
 checks the inner plaintext as SPEC §6.3 requires, and acks what it got in
-batches, like the SDK does. The X25519 shared key of each peer is computed
+batches, like the SDK does. A team message (SPEC §13.3) is sealed once as a
+signed body, its key wrapped for each target device; a device opens its wrap,
+then the body, and checks the body's signature and that the plaintext is for
+the team it was delivered as. The X25519 shared key of each peer is computed
 once per peer (``Box``), as a real client would cache it: the envelopes are
 byte-for-byte those of :func:`protocol.crypto.seal` (nonce ‖ crypto_box),
 only without a scalar multiplication per message, which would otherwise make
-the load generator, not the hub, the bottleneck.
+the load generator, not the hub, the bottleneck. The same holds for the
+wraps of a team message's key (:func:`protocol.crypto.wrap_key`).
 """
 
 from __future__ import annotations
@@ -71,6 +75,7 @@ class Device:
         self.spec = spec
         self.index = spec.index
         self.signing_key = nacl.signing.SigningKey(spec.sign_seed)
+        self.keys = crypto.DeviceKeys(spec.sign_seed, spec.box_secret)
         self.box_key = nacl.public.PrivateKey(spec.box_secret)
         self.user_id = ""
         self.device_id = ""
@@ -139,13 +144,15 @@ class Device:
         self.user_id, self.device_id = welcome.user, welcome.device
         await self.close()
 
-    async def authenticate(self, url: str) -> tuple[int, int, int]:
-        """Connect and authenticate (SPEC §5.2). Returns the monotonic ns at
-        which the connection started, the ``auth`` left, and ``welcome`` came."""
+    async def authenticate(self, url: str, caps: tuple[str, ...] | None = None) -> tuple[int, int, int]:
+        """Connect and authenticate (SPEC §5.2), naming ``caps`` (``teams``:
+        the hub sends team messages only to connections that name it, SPEC
+        §13). Returns the monotonic ns at which the connection started, the
+        ``auth`` left, and ``welcome`` came."""
         started = time.monotonic_ns()
         session = await self._challenge(url)
         assert self.ws is not None
-        await self.ws.send(session.auth(self.device_id, self))
+        await self.ws.send(session.auth(self.device_id, self, caps))
         auth_sent = time.monotonic_ns()
         await self._welcome(session)
         return started, auth_sent, time.monotonic_ns()
@@ -182,9 +189,43 @@ class Device:
         }
         return mid, encode(Send(mid, self.device_id, to_user_id, envs))
 
+    def seal_team_send(
+        self, team: str, head: bytes, targets: list[Entry], body: str
+    ) -> tuple[bytes, bytes, int]:
+        """A team ``send`` (SPEC §13.4): the padded plaintext sealed once
+        (``seal_body``), a wrap of its key per target, the sender's ``head``
+        of the chain. Returns (message id, frame, length of the sealed body)."""
+        mid = crypto.new_message_id()
+        plain = crypto.pack_plaintext(
+            crypto.Plaintext(mid, self.user_id, team, time.time_ns() // 1_000_000, "text", body, head=head),
+            pad_to=256,
+        )
+        key, sealed = crypto.seal_body(plain, mid, self.keys)
+        wraps = {
+            t.device_id: bytes(self.box(t).encrypt(key, os.urandom(crypto.NONCE_BYTES))) for t in targets
+        }
+        return mid, encode(Send(mid, self.device_id, team, wraps, body=sealed, head=head)), len(sealed)
+
     def open_deliver(self, frame: Deliver, sender: Entry) -> crypto.Plaintext:
-        """Open and check a ``deliver`` (SPEC §6.3); raises EnvelopeError."""
-        return self._open(frame.env, frame.id, frame.from_user, sender)
+        """Open and check a ``deliver`` (SPEC §6.3, and §13.3 for a team
+        message: the wrap, then the body and its signature, and ``to`` is
+        the team it came as); raises EnvelopeError."""
+        body = getattr(frame, "body", None)
+        if body is None:
+            return self._open(frame.env, frame.id, frame.from_user, sender)
+        team = getattr(frame, "team", None)
+        if len(frame.env) != crypto.NONCE_BYTES + crypto.MAC_BYTES + 32:
+            raise crypto.EnvelopeError("a wrap is 72 bytes")
+        try:
+            key = self.box(sender).decrypt(frame.env)
+        except nacl.exceptions.CryptoError:
+            raise crypto.EnvelopeError("wrap does not open") from None
+        plain = crypto.unpack_plaintext(crypto.open_body(body, key, frame.id, sender.sign_pk))
+        if plain.id != frame.id or plain.from_user != frame.from_user:
+            raise crypto.EnvelopeError("plaintext does not match its deliver frame")
+        if team is None or plain.to_user != team:
+            raise crypto.EnvelopeError("team message for another team")
+        return plain
 
     def open_relayed(self, data: bytes, sender_of: Callable[[str], Entry | None]) -> crypto.Plaintext | None:
         """Open the ``send`` frame the relay forwarded; None if it is not for us."""

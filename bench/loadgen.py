@@ -29,6 +29,13 @@ fast as the socket takes them without waiting for any answer, never sent
 again, and counted under ``flood_*`` so that they stay out of the figures of
 the legitimate traffic; a delivery of a flood message (body ``flood|...``)
 is counted as ``flood_delivered``.
+
+Teams (SPEC §13): a flow may be a team's (``Flow.team``); the worker then
+seals each message once and wraps its key for every target, with the team's
+head it was given (``teams``). The ``team_change`` job sends signed
+membership records from one device and waits for each ``team_ok``; the
+``probe`` job sends a few messages of the first flow one at a time and
+returns their ids, for the orchestrator to measure what the hub stored.
 """
 
 from __future__ import annotations
@@ -48,7 +55,20 @@ from typing import Any
 from websockets.exceptions import ConnectionClosed, InvalidHandshake
 
 from protocol import crypto
-from protocol.frames import SERVER_FRAMES, Accepted, Deliver, Delivered, Error, decode
+from protocol.frames import (
+    CLIENT_FRAMES,
+    SERVER_FRAMES,
+    Accepted,
+    Deliver,
+    Delivered,
+    Error,
+    Send,
+    TeamChange,
+    TeamChanged,
+    TeamOk,
+    decode,
+    encode,
+)
 
 from .client import Device, HubRefused
 from .harness import raise_fd_limit
@@ -81,6 +101,14 @@ class Worker:
         self.users: dict[int, str] = {}
         self.by_device_id: dict[str, Entry] = {}
         self.flows: list[Flow] = []
+        #: Teams of the team flows, by index: (team id, current head of its chain).
+        self.teams: dict[int, tuple[str, bytes]] = {}
+        #: ``auth.caps`` of the connections to a hub (``("teams",)`` when teams are used).
+        self.caps: tuple[str, ...] | None = None
+        #: Requests waiting for their answer: by ``rid`` (team_change) and by message id (probe).
+        self.rid_waiters: dict[int, asyncio.Future[Any]] = {}
+        self.accept_waiters: dict[bytes, asyncio.Future[Any]] = {}
+        self.next_rid = 1
         self.job: asyncio.Task[Any] | None = None
         self.job_name = ""
         self.exit = asyncio.Event()
@@ -146,6 +174,10 @@ class Worker:
             return self.collect()
         if cmd == "flood_prepare":
             return self.flood_prepare(**kw)
+        if cmd == "teams":
+            self.teams = dict(kw["teams"])
+            self.caps = tuple(kw["caps"]) if kw.get("caps") else None
+            return len(self.teams)
         if cmd == "exit":
             self.exit.set()
             return None
@@ -155,6 +187,8 @@ class Worker:
             "run": self.run,
             "blast": self.blast,
             "disconnect": self.disconnect,
+            "team_change": self.team_change,
+            "probe": self.probe,
         }
         if cmd in jobs:
             assert self.job is None, f"job {self.job_name} still running"
@@ -234,7 +268,7 @@ class Worker:
         async def one(dev: Device) -> None:
             try:
                 if self.mode == "hub":
-                    t = await dev.authenticate(urls[dev.index])
+                    t = await dev.authenticate(urls[dev.index], self.caps)
                 else:
                     t = await dev.open_relay(urls[dev.index])
             except TROUBLE as exc:
@@ -271,7 +305,17 @@ class Worker:
 
     def _send_parts(self, flow: Flow) -> tuple[Device, str, list[Entry], Flow]:
         targets = [self.directory[t] for t in flow.targets]
-        return self.devices[flow.sender], self.users[flow.to_user], targets, flow
+        to = self.teams[flow.to_user][0] if flow.team else self.users[flow.to_user]
+        return self.devices[flow.sender], to, targets, flow
+
+    def _seal(self, dev: Device, to: str, targets: list[Entry], flow: Flow, body: str) -> tuple[bytes, bytes]:
+        """(message id, ``send`` frame) of one message of ``flow``: envelopes,
+        or for a team a sealed body and wraps with the team's current head."""
+        if flow.team:
+            team, head = self.teams[flow.to_user]
+            mid, frame, _ = dev.seal_team_send(team, head, targets, body)
+            return mid, frame
+        return dev.seal_send(to, targets, body)
 
     async def _send(self, dev: Device, mid: bytes, frame: bytes, flow: Flow) -> None:
         assert dev.ws is not None
@@ -325,7 +369,7 @@ class Worker:
             elif k % 8 == 0:
                 await asyncio.sleep(0)  # behind schedule: still let the receivers run
             dev, to_user, targets, flow = parts[k % len(parts)]
-            mid, frame = dev.seal_send(to_user, targets, self._body(sched, payload))
+            mid, frame = self._seal(dev, to_user, targets, flow, self._body(sched, payload))
             await self._send(dev, mid, frame, flow)
             self.lag_ns.append(time.monotonic_ns() - sched)
             k += 1
@@ -335,7 +379,7 @@ class Worker:
         loop = asyncio.get_running_loop()
         while time.monotonic_ns() < t_end_ns:
             sched = time.monotonic_ns()
-            mid, frame = dev.seal_send(to_user, targets, self._body(sched, payload))
+            mid, frame = self._seal(dev, to_user, targets, flow, self._body(sched, payload))
             done = loop.create_future()
             self.waiters[mid] = [len(targets), done]
             await self._send(dev, mid, frame, flow)
@@ -353,7 +397,7 @@ class Worker:
         if not self.flows or count <= 0:
             return {}
         dev, to_user, targets, flow = self._send_parts(self.flows[0])
-        frames = [dev.seal_send(to_user, targets, self._body(0, payload)) for _ in range(count)]
+        frames = [self._seal(dev, to_user, targets, flow, self._body(0, payload)) for _ in range(count)]
         if self.mode == "hub":
             self.window = asyncio.Semaphore(window)
             self.all_accepted = asyncio.Event()
@@ -369,6 +413,72 @@ class Worker:
         self.window = self.all_accepted = None
         return {"started_ns": started, "sent_ns": sent, "done_ns": time.monotonic_ns()}
 
+    # --- teams (SPEC §13) ------------------------------------------------------------
+
+    async def _request(self, dev: Device, frame: Any, timeout: float = 30.0) -> Any:
+        """Send a request with a fresh ``rid`` and wait for its answer (or error)."""
+        assert dev.ws is not None
+        rid = self.next_rid
+        self.next_rid += 1
+        done: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self.rid_waiters[rid] = done
+        try:
+            await dev.ws.send(encode(frame(rid)))
+            return await asyncio.wait_for(done, timeout)
+        finally:
+            self.rid_waiters.pop(rid, None)
+
+    async def team_change(self, index: int, team: str, records: list[tuple[bytes, bytes]]) -> dict[str, Any]:
+        """Send ``records`` (packed record, signature), in order, from device
+        ``index`` as ``team_change`` frames, each once the previous one is
+        ``team_ok``. Returns the last answer's ``seq`` and ``head`` and the
+        time taken; raises on an error answer (its code in the message)."""
+        if not records:  # the creator's device is on another worker
+            return {}
+        dev = self.devices[index]
+        started = time.monotonic_ns()
+        answer: Any = None
+        for rec, sig in records:
+            answer = await self._request(dev, lambda rid, rec=rec, sig=sig: TeamChange(rid, team, rec, sig))
+            if isinstance(answer, Error):
+                raise RuntimeError(f"team_change refused: {answer.code} ({answer.message})")
+        assert isinstance(answer, TeamOk)
+        return {"seq": answer.seq, "head": answer.head, "ns": time.monotonic_ns() - started}
+
+    async def probe(self, count: int, payload: int) -> list[tuple[bytes, int, int]]:
+        """Send ``count`` messages of this worker's first flow, one at a time,
+        each once the previous was ``accepted``, outside any measured window
+        (the counters are not touched). Returns, per message: its id, the
+        length of its sealed body (0 for a 1:1 message) and the total length
+        of its envelopes or wraps."""
+        if count <= 0 or not self.flows:
+            return []
+        dev, to, targets, flow = self._send_parts(self.flows[0])
+        assert dev.ws is not None
+        loop = asyncio.get_running_loop()
+        out = []
+        for _ in range(count):
+            body = self._body(time.monotonic_ns(), payload)
+            if flow.team:
+                team, head = self.teams[flow.to_user]
+                mid, frame, body_len = dev.seal_team_send(team, head, targets, body)
+            else:
+                (mid, frame), body_len = dev.seal_send(to, targets, body), 0
+            sent = decode(frame, CLIENT_FRAMES)
+            assert isinstance(sent, Send)
+            envs = sent.envs
+            done: asyncio.Future[Any] = loop.create_future()
+            self.accept_waiters[mid] = done
+            try:
+                await dev.ws.send(frame)
+                answer = await asyncio.wait_for(done, 30)
+            finally:
+                self.accept_waiters.pop(mid, None)
+            if isinstance(answer, Error):
+                raise RuntimeError(f"probe send refused: {answer.code} ({answer.message})")
+            out.append((mid, body_len, sum(len(e) for e in envs.values())))
+        return out
+
     # --- the flooder (flood scenario) ------------------------------------------------
 
     def flood_prepare(self, flow: Flow, count: int, payload: int) -> int:
@@ -381,7 +491,7 @@ class Worker:
         self.flood_ids = set()
         body = FLOOD_MARK.ljust(payload, ".")
         for _ in range(count):
-            mid, frame = dev.seal_send(to_user, targets, body)
+            mid, frame = self._seal(dev, to_user, targets, flow, body)
             self.flood_frames.append(frame)
             self.flood_ids.add(mid)
         return count
@@ -449,10 +559,28 @@ class Worker:
             dev.want_ack(frame.seq)
         elif kind is Accepted:
             assert isinstance(frame, Accepted)
-            self._accepted(frame.id)
+            waiter = self.accept_waiters.get(frame.id)
+            if waiter is not None:
+                if not waiter.done():
+                    waiter.set_result(frame)
+            else:
+                self._accepted(frame.id)
+        elif kind is TeamOk:
+            assert isinstance(frame, TeamOk)
+            rid_waiter = self.rid_waiters.get(frame.rid)
+            if rid_waiter is not None and not rid_waiter.done():
+                rid_waiter.set_result(frame)
+        elif kind is TeamChanged:  # a push of the set-up's records, not an error
+            self.counters["team_changed"] += 1
         elif kind is Error:
             assert isinstance(frame, Error)
-            self._error(frame)
+            rid_waiter = self.rid_waiters.get(frame.rid) if frame.rid is not None else None
+            id_waiter = self.accept_waiters.get(frame.id) if frame.id is not None else None
+            for w in (rid_waiter, id_waiter):
+                if w is not None and not w.done():
+                    w.set_result(frame)
+            if rid_waiter is None and id_waiter is None:
+                self._error(frame)
         else:
             self.counters[f"other:{frame.TYPE}"] += 1
 

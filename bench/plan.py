@@ -26,6 +26,8 @@ class Entry:
     user_id: str
     device_id: str
     box_pk: bytes
+    #: Its Ed25519 key: what checks the signature of a sealed body (SPEC §13.3).
+    sign_pk: bytes = b""
 
 
 @dataclass(frozen=True)
@@ -41,6 +43,11 @@ class Flow:
     #: ``delivered`` receipts one message yields on a hub: one per device of
     #: the recipient, for each device of the sender's clinician (SPEC §6.5)
     receipts: int = 0
+    #: A team message (SPEC §13.3): ``to_user`` is then the index of a team
+    #: (the worker's ``teams``: its id and current head), the plaintext is
+    #: sealed once as a body and each of ``targets`` gets a 72-byte wrap of
+    #: its key. Hub only (the relay has no teams).
+    team: bool = False
 
 
 def relay_ids(index: int, user: int) -> tuple[str, str]:

@@ -7,6 +7,9 @@ WebSocket, like real clients (see ``loadgen``). :func:`verify_all` then
 does what ``miss-admin verify`` does for each of them: it signs, with the
 run's authority key, an attestation of the user and their enrolled devices
 (SPEC §11) and records it, so that the hub lets them send and be sent to.
+:func:`attestations` reads back the signed attestations (a clinician signs
+team records with their own, SPEC §13.2), and :func:`stored_bytes` what the
+store holds for given messages.
 """
 
 from __future__ import annotations
@@ -24,7 +27,7 @@ from miss_server.codes import code_hash, new_code
 from miss_server.config import load_settings
 from miss_server.store.base import Store
 
-__all__ = ["invite_all", "verify_all"]
+__all__ = ["attestations", "invite_all", "stored_bytes", "verify_all"]
 
 CHUNK = 256
 CODE_TTL_MS = 6 * 3_600_000
@@ -96,5 +99,36 @@ async def _verify_all(store_url: str, user_ids: list[str], key: nacl.signing.Sig
             batch = user_ids[start : start + CHUNK]
             attested += sum(await asyncio.gather(*(_verify_one(store, u, key, now) for u in batch)))
         return attested
+    finally:
+        await store.close()
+
+
+def attestations(store_url: str, user_ids: Sequence[str]) -> dict[str, bytes]:
+    """The stored attestation (signed bytes) of each of ``user_ids`` that has one."""
+    return asyncio.run(_attestations(store_url, list(user_ids)))
+
+
+async def _attestations(store_url: str, user_ids: list[str]) -> dict[str, bytes]:
+    store = build_store(load_settings(store=store_url))
+    await store.open()
+    try:
+        users = await asyncio.gather(*(store.get_user(u) for u in user_ids))
+        return {u.user_id: u.attestation for u in users if u is not None and u.attestation is not None}
+    finally:
+        await store.close()
+
+
+def stored_bytes(store_url: str, sender_user: str, message_ids: Sequence[bytes]) -> list[int]:
+    """Bytes the store holds for each message (its rows, and a team
+    message's body, stored once), as the store itself counts them
+    (``Store.stored_bytes``); the messages must not be acked yet."""
+    return asyncio.run(_stored_bytes(store_url, sender_user, list(message_ids)))
+
+
+async def _stored_bytes(store_url: str, sender_user: str, message_ids: list[bytes]) -> list[int]:
+    store = build_store(load_settings(store=store_url))
+    await store.open()
+    try:
+        return [int(await store.stored_bytes(sender_user, mid)) for mid in message_ids]
     finally:
         await store.close()

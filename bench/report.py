@@ -58,8 +58,12 @@ ROWS: list[tuple[str, str, str]] = [
 ]
 
 
-def _section(hub: dict[str, Any], relay: dict[str, Any], ratio: Any) -> list[str]:
-    lines = [f"  {'':28}{'hub':>14}{'relay':>14}{'hub/relay':>12}"]
+def _section(
+    hub: dict[str, Any], relay: dict[str, Any], ratio: Any, names: tuple[str, str] = ("hub", "relay")
+) -> list[str]:
+    """Rows of figures, two sides side by side (by default the hub and the
+    relay; the team ``fanout``: the hub's team messages and its 1:1 ones)."""
+    lines = [f"  {'':28}{names[0]:>14}{names[1]:>14}{names[0] + '/' + names[1]:>12}"]
     for key, label, unit in ROWS:
         if key not in hub and key not in relay:
             continue
@@ -69,7 +73,7 @@ def _section(hub: dict[str, Any], relay: dict[str, Any], ratio: Any) -> list[str
         if key == "cpu_us_per_msg" and ratio is not None:
             extra = f"{ratio:>12.2f}"
         lines.append(f"  {label:28}{_fmt(hub.get(key), unit):>14}{_fmt(relay.get(key), unit):>14}{extra}")
-    for name, side in (("hub", hub), ("relay", relay)):
+    for name, side in zip(names, (hub, relay), strict=True):
         if side.get("errors"):
             shown = ", ".join(f"{k}: {v}" for k, v in list(side["errors"].items())[:6])
             lines.append(f"  {name} errors: {shown}")
@@ -93,16 +97,28 @@ def table(report: dict[str, Any]) -> str:
         f"load on CPU {report['pinning']['loadgen_cpus']}",
         "",
     ]
-    lines += _section(report["hub"], report["relay"], report.get("ratio_cpu"))
+    # The team fanout: the hub's team messages beside its 1:1 ones, no relay.
+    team = "one_to_one" in report
+    names = ("team", "1:1") if team else ("hub", "relay")
+    if team:
+        lines += _section(report["hub"], report["one_to_one"]["hub"], report["team"]["cpu_ratio"], names)
+    else:
+        lines += _section(report["hub"], report["relay"], report.get("ratio_cpu"))
     if report.get("rounds"):
         shown = "; ".join(
             f"{_fmt(o['hub_cpu_us_per_msg'])} ÷ {_fmt(o['relay_cpu_us_per_msg'])} = {_fmt(o['ratio_cpu'])}"
             for o in report["rounds"]
         )
-        lines.append(f"  CPU per unit (µs) in each round, hub ÷ relay (the median round shown): {shown}")
+        lines.append(
+            f"  CPU per unit (µs) in each round, {names[0]} ÷ {names[1]} (the median round shown): {shown}"
+        )
     if "closed_loop" in report:
         c = report["closed_loop"]
-        lines += ["", "closed loop (maximum rate):", *_section(c["hub"], c["relay"], c.get("ratio_cpu"))]
+        lines += [
+            "",
+            "closed loop (maximum rate):",
+            *_section(c["hub"], c["relay"], c.get("ratio_cpu"), names),
+        ]
     if "no_flood" in report:
         q = report["no_flood"]
         lines += [
@@ -146,6 +162,12 @@ def write_plot(report: dict[str, Any], path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     sides = [("hub", report["hub"], "tab:red"), ("relay", report["relay"], "tab:blue")]
     versus = "hub vs bare relay"
+    if "one_to_one" in report:
+        sides = [
+            ("hub, team messages", report["hub"], "tab:red"),
+            ("hub, 1:1 messages", report["one_to_one"]["hub"], "tab:blue"),
+        ]
+        versus = "team vs 1:1 messages on one hub"
     if "no_flood" in report:
         sides = [
             ("hub, flood", report["hub"], "tab:red"),
@@ -156,7 +178,12 @@ def write_plot(report: dict[str, Any], path: Path) -> None:
     fig, axes = plt.subplots(1, 3, figsize=(17, 5))
     unit = report.get("unit", "message")
     title = f"miss-bench {report['scenario']} ({report['backend']}, {report['mode']})"
-    fig.suptitle(title + f": latency and throughput per {unit}, {versus}")
+    note = ""
+    if "team" in report:
+        from .scenarios.fanout import plot_note
+
+        note = "\n" + plot_note(report)
+    fig.suptitle(title + f": latency and throughput per {unit}, {versus}" + note)
 
     ax = axes[0]
     for name, side, color in sides:

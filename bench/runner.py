@@ -75,6 +75,21 @@ class Population:
         self.flows.append(flow)
         return flow
 
+    def add_team_flow(self, sender: int, team: int, members: list[int]) -> Flow:
+        """Messages from device ``sender`` to team number ``team`` whose
+        members are the clinicians ``members`` (the sender's among them):
+        one wrap for every device of every member but the sending device
+        (SPEC §13.4). Receipts are counted as for 1:1: one per device of the
+        other members, for each device of the sender's clinician."""
+        own_user = self.devices[sender].user
+        assert own_user in members, "the sender is a member"
+        targets = tuple(d for u in members for d in self.user_devices[u] if d != sender)
+        others = sum(len(self.user_devices[u]) for u in members if u != own_user)
+        flow = Flow(sender, team, targets, receipts=others * len(self.user_devices[own_user]), team=True)
+        assert all(self.worker_of[t] == self.worker_of[sender] for t in targets), "a flow spans workers"
+        self.flows.append(flow)
+        return flow
+
     def on_worker(self, w: int) -> list[int]:
         return [d.index for d in self.devices if self.worker_of[d.index] == w]
 
@@ -179,7 +194,7 @@ class Run:
         entries = {}
         for d in self.pop.devices:
             user_id, device_id = relay_ids(d.index, d.user)
-            entries[d.index] = Entry(user_id, device_id, _box_pk(d))
+            entries[d.index] = Entry(user_id, device_id, _box_pk(d), _sign_pk(d))
         self._directory("relay", entries, {u: relay_ids(0, u)[0] for u in range(len(self.pop.user_devices))})
         return relay
 
@@ -271,13 +286,32 @@ class Run:
         entries = {}
         for result in results:
             for index, (user_id, device_id) in result.items():
-                entries[index] = Entry(user_id, device_id, _box_pk(pop.devices[index]))
+                entries[index] = Entry(
+                    user_id, device_id, _box_pk(pop.devices[index]), _sign_pk(pop.devices[index])
+                )
         self._hub_directory = (entries, dict(enumerate(user_ids)))
         self.use_hub()
 
     def use_hub(self) -> None:
         """Give the devices their hub identities again (after a relay round)."""
         self._directory("hub", *self._hub_directory)
+
+    @property
+    def hub_users(self) -> dict[int, str]:
+        """The hub's user id of each simulated clinician (after :meth:`enroll`)."""
+        return self._hub_directory[1]
+
+    def set_flows(self, flows: list[Flow]) -> None:
+        """Make ``flows`` the population's traffic, on the hub, from now on
+        (the next phases send these and only these)."""
+        assert self.pop is not None
+        self.pop.flows = list(flows)
+        self.use_hub()
+
+    def set_teams(self, teams: dict[int, tuple[str, bytes]], caps: tuple[str, ...] | None) -> None:
+        """Tell every worker the teams of its team flows (id and current head
+        of the chain), and the ``auth.caps`` its next connections name."""
+        self.pool.call_all("teams", [{"teams": teams, "caps": caps} for _ in range(len(self.pool))])
 
     def hub_device_urls(self) -> dict[int, str]:
         assert self.pop is not None
@@ -529,3 +563,7 @@ class Run:
 
 def _box_pk(spec: DeviceSpec) -> bytes:
     return crypto.DeviceKeys(spec.sign_seed, spec.box_secret).box_pk
+
+
+def _sign_pk(spec: DeviceSpec) -> bytes:
+    return crypto.DeviceKeys(spec.sign_seed, spec.box_secret).sign_pk

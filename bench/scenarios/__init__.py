@@ -30,4 +30,4 @@ EXTRA_WORKERS: dict[str, int] = {"flood": 1}
 
 PLOTS: dict[str, Callable[[dict[str, Any], Path], None]] = {"search": search.plot}
 
-TABLES: dict[str, Callable[[dict[str, Any]], list[str]]] = {"search": search.table}
+TABLES: dict[str, Callable[[dict[str, Any]], list[str]]] = {"search": search.table, "fanout": fanout.table}
