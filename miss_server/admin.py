@@ -25,6 +25,11 @@ Commands::
     miss-admin delete USER [--yes]           erase a clinician's account (GDPR)
     miss-admin audit [--user U] [--action A] [--since T] [--limit N]
                                              the audit log, oldest first
+    miss-admin team create --name N [--org O] [--lifespan 24h] --admin USER [--key-file F]
+    miss-admin team add TEAM USER | miss-admin team remove TEAM USER [--key-file F]
+    miss-admin team list | miss-admin team show TEAM
+                                             care teams, records signed by the authority key
+                                             (admin_teams.py)
     miss-admin web-hash [--dir PATH]         the hash of the browser client's bundle this hub
                                              serves (or of a copy in PATH), and its files
 
@@ -87,6 +92,7 @@ from .admin_common import (
     standing,
     vouches,
 )
+from .admin_teams import add_team_parser, cmd_team
 from .admin_verify import cmd_renew, cmd_revoke, cmd_verify
 from .app import build_store, embedded_store
 from .authority import create_key_file, load_authority, signed_attestation
@@ -273,6 +279,7 @@ COMMANDS: dict[str, Command] = {
     "export": cmd_export,
     "delete": cmd_delete,
     "audit": cmd_audit,
+    "team": cmd_team,
 }
 
 
@@ -382,6 +389,7 @@ def _parser() -> argparse.ArgumentParser:
         "Needs no store.",
     )
     web.add_argument("--dir", metavar="PATH", help="hash the bundle in PATH (a copy served elsewhere)")
+    add_team_parser(command, KEY_FILE_HELP, common)
     aud = command("audit", "show the audit log")
     aud.add_argument("--user", help="only events about this user (id or RPPS)")
     aud.add_argument("--action", action="append", help="only this action (repeatable), e.g. auth.failed")
