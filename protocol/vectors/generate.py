@@ -1,4 +1,4 @@
-"""Write the protocol v1 test vectors: ``frames.json`` and ``crypto.json``.
+"""Write the protocol v1 test vectors: ``frames.json``, ``crypto.json`` and ``teams.json``.
 
 Run by hand, from the repository root, whenever the wire format changes on
 purpose: within v1 only by addition (new frame types such as the presence
@@ -24,17 +24,19 @@ nonces, signatures, encoded frames) is lowercase hex.
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import msgpack
 import nacl.signing
 
-from protocol import attestation, crypto
+from protocol import attestation, crypto, teams
 from protocol.frames import (
     Accepted,
     Ack,
     Auth,
+    ChainEntry,
     Challenge,
     Deliver,
     Delivered,
@@ -51,6 +53,8 @@ from protocol.frames import (
     LookupOk,
     Ok,
     Presence,
+    Recall,
+    RecallOk,
     Refusal,
     Refused,
     Revoke,
@@ -58,6 +62,14 @@ from protocol.frames import (
     SearchOk,
     Send,
     SetStatus,
+    TeamChain,
+    TeamChainOk,
+    TeamChange,
+    TeamChanged,
+    TeamHead,
+    TeamOk,
+    Teams,
+    TeamsOk,
     Watch,
     Watching,
     Welcome,
@@ -89,6 +101,14 @@ MESSAGE_ID = crypto.new_message_id(T0 + 1234, bytes(range(0xF0, 0xFA)))
 MESSAGE_ID_2 = crypto.new_message_id(T0 + 5678, bytes(range(0x10, 0x1A)))
 AUTHORITY_SEED = bytes(range(0x30, 0x50))  # the verification authority's Ed25519 seed (SPEC §11)
 DAY_MS = 86_400_000
+# --- SPEC revision 3 (§13): care teams and sealed bodies
+DAN = "u_0d0d0d0d0d0d0d0d"  # a fourth clinician, named only in team records
+TEAM_ID = "t_c4a2d10000000001"
+AUTHORITY_TEAM_ID = "t_c4a2d10000000002"
+TEAM_MESSAGE_ID = crypto.new_message_id(T0 + 9000, bytes(range(0x20, 0x2A)))
+NOTICE_ID = crypto.new_message_id(T0 + 9500, bytes(range(0x30, 0x3A)))
+BODY_KEY = bytes(range(0x60, 0x80))  # K, 32 bytes
+BODY_NONCE = bytes(range(0x80, 0x98))  # 24 bytes
 
 
 def alice_attestation() -> attestation.Attestation:
@@ -111,11 +131,65 @@ def alice_att() -> bytes:
     return attestation.sign(alice_attestation(), nacl.signing.SigningKey(AUTHORITY_SEED))
 
 
+def bob_att() -> bytes:
+    """Bob's attestation (SPEC §11.1), for his team records (revision 3)."""
+    bob = attestation.Attestation(
+        user=BOB,
+        rpps="10107654321",
+        name="Dr Bob Durand",
+        profession="Cardiologue",
+        organisation="CHRU de Tours",
+        devices=(attestation.AttestedDevice(BOB_PHONE, KEYS[BOB_PHONE].sign_pk, KEYS[BOB_PHONE].box_pk),),
+        not_before=T0,
+        not_after=T0 + 365 * DAY_MS,
+    )
+    return attestation.sign(bob, nacl.signing.SigningKey(AUTHORITY_SEED))
+
+
+#: Who signs team records: user -> (device, attestation).
+SIGNERS = {ALICE: (ALICE_PHONE, alice_att), BOB: (BOB_PHONE, bob_att)}
+
+
+def team_record(
+    state: teams.TeamState | None, op: str, user: str, by: str, at: int, **kw: Any
+) -> teams.SignedRecord:
+    """A record following ``state``, signed by ``by``'s phone (or the authority)."""
+    if by == teams.AUTHORITY:
+        r = teams.next_record(state, op, user, by=by, at=at, **kw)
+        return teams.sign_record_authority(r, nacl.signing.SigningKey(AUTHORITY_SEED))
+    device, att = SIGNERS[by]
+    r = teams.next_record(state, op, user, by=by, device=device, att=att(), at=at, **kw)
+    return teams.sign_record(r, KEYS[device])
+
+
+def main_chain() -> list[tuple[str, teams.SignedRecord, teams.TeamState]]:
+    """The team of teams.json: every operation once, each with its state."""
+    authority_pk = bytes(nacl.signing.SigningKey(AUTHORITY_SEED).verify_key)
+    steps = [
+        ("Alice creates the team from her phone; she is its first admin", "create", ALICE, ALICE,
+         {"team": TEAM_ID, "name": "Cardiologie — garde de nuit", "org": "CHRU de Tours",
+          "lifespan": 7 * DAY_MS}),
+        ("Alice adds Bob", "add", BOB, ALICE, {}),
+        ("Alice adds Carol", "add", CAROL, ALICE, {}),
+        ("Alice makes Bob an admin", "promote", BOB, ALICE, {}),
+        ("Bob makes Alice a member again (another admin remains)", "demote", ALICE, BOB, {}),
+        ("Bob removes Carol", "remove", CAROL, BOB, {}),
+        ("Alice leaves", "leave", ALICE, ALICE, {}),
+    ]  # fmt: skip
+    out: list[tuple[str, teams.SignedRecord, teams.TeamState]] = []
+    state: teams.TeamState | None = None
+    for i, (description, op, user, by, kw) in enumerate(steps):
+        signed = team_record(state, op, user, by, T0 + DAY_MS + i * 60_000, **kw)
+        state = teams.apply_record(state, signed, authority_pk, team=TEAM_ID)
+        out.append((description, signed, state))
+    return out
+
+
 def jsonable(value: Any) -> Any:
     """Python wire value -> JSON, with bytes as {"bin": hex}."""
     if isinstance(value, bytes):
         return {"bin": value.hex()}
-    if isinstance(value, (DeviceInfo, DeviceEntry, Refusal)):
+    if isinstance(value, (DeviceInfo, DeviceEntry, Refusal, TeamHead, ChainEntry)):
         return jsonable(value.to_map())
     if isinstance(value, Presence):  # nested in 'watching': its fields, no "t"
         return jsonable(value.fields_map())
@@ -167,6 +241,40 @@ def sealed(plaintext: crypto.Plaintext, sender: str, recipient: str) -> bytes:
     )
 
 
+def authority_chain() -> list[tuple[str, teams.SignedRecord, teams.TeamState]]:
+    """A team created by the deployment's administrators (``miss-admin team
+    create``): a record signed by the authority key, naming Bob first admin."""
+    authority_pk = bytes(nacl.signing.SigningKey(AUTHORITY_SEED).verify_key)
+    signed = team_record(
+        None, "create", BOB, teams.AUTHORITY, T0 + 2 * DAY_MS, team=AUTHORITY_TEAM_ID, name="Urgences"
+    )
+    state = teams.apply_record(None, signed, authority_pk, team=AUTHORITY_TEAM_ID)
+    return [("the authority creates a team for Bob, its first admin", signed, state)]
+
+
+def team_plaintext() -> crypto.Plaintext:
+    """The team message of crypto.json sealed_bodies.valid[0]."""
+    head = main_chain()[3][1].hash()
+    return crypto.Plaintext(
+        TEAM_MESSAGE_ID,
+        ALICE,
+        TEAM_ID,
+        T0 + 9000,
+        "text",
+        "Lit 12 : INR à 4,2, je suspends la warfarine.",
+        head=head,
+        expires_at=T0 + 9000 + 7 * DAY_MS,
+    )
+
+
+def sealed_team_body() -> tuple[bytes, bytes]:
+    """(packed plaintext padded to 256, sealed body) of the team message."""
+    packed = crypto.pack_plaintext(team_plaintext(), pad_to=256)
+    key, body = crypto.seal_body(packed, TEAM_MESSAGE_ID, KEYS[ALICE_PHONE], key=BODY_KEY, nonce=BODY_NONCE)
+    assert key == BODY_KEY
+    return packed, body
+
+
 def frames_document() -> dict[str, Any]:
     text = crypto.Plaintext(MESSAGE_ID, ALICE, BOB, T0 + 1234, "text", "Bonjour, ECG reçu ?")
     env_bob = sealed(text, ALICE_PHONE, BOB_PHONE)
@@ -174,6 +282,13 @@ def frames_document() -> dict[str, Any]:
     auth_sig = KEYS[ALICE_PHONE].sign(crypto.auth_message(CHALLENGE_NONCE, ALICE_PHONE))
     bob = KEYS[BOB_PHONE]
     enroll_sig = bob.sign(crypto.enroll_message(CHALLENGE_NONCE, ENROLL_CODE, bob.sign_pk, bob.box_pk))
+    chain = main_chain()
+    authority_create = authority_chain()[0][1]
+    _, team_body = sealed_team_body()
+    wrap_bob = crypto.wrap_key(BODY_KEY, KEYS[ALICE_PHONE], KEYS[BOB_PHONE].box_pk, nonce=ENVELOPE_NONCE)
+    wrap_laptop = crypto.wrap_key(
+        BODY_KEY, KEYS[ALICE_PHONE], KEYS[ALICE_LAPTOP].box_pk, nonce=ENVELOPE_NONCE
+    )
     c, s = "client->hub", "hub->client"
     valid = [
         frame_vector(
@@ -510,6 +625,128 @@ def frames_document() -> dict[str, Any]:
                 code="not_verified",
                 message="this account or device is not verified by the authority; ask an administrator",
                 rid=7,
+            ),
+        ),
+        # --- SPEC revision 3 (§13): care teams, sealed bodies, lifespan, recall
+        frame_vector(
+            "team_change",
+            c,
+            "Alice's phone adds Bob to the team: record seq 1 of teams.json chain 'main' (rec, sig)",
+            TeamChange(rid=20, team=TEAM_ID, rec=chain[1][1].rec, sig=chain[1][1].sig),
+        ),
+        frame_vector(
+            "team_ok",
+            s,
+            "answer to 'team_change': the chain now holds 2 records, head = hash of record seq 1",
+            TeamOk(rid=20, team=TEAM_ID, seq=2, head=chain[1][1].hash()),
+        ),
+        frame_vector("teams", c, "list my teams (SPEC §13.4)", Teams(rid=21)),
+        frame_vector(
+            "teams_ok",
+            s,
+            "answer to 'teams': two teams with the hub's chain lengths and heads; nested maps are "
+            "team, seq, head, with no 't'",
+            TeamsOk(
+                rid=21,
+                teams=(
+                    TeamHead(TEAM_ID, 4, chain[3][1].hash()),
+                    TeamHead(AUTHORITY_TEAM_ID, 1, authority_create.hash()),
+                ),
+            ),
+        ),
+        frame_vector("teams_ok_empty", s, "a user in no team", TeamsOk(rid=22, teams=())),
+        frame_vector(
+            "team_chain",
+            c,
+            "fetch the team's records from seq 0 on; the wire key of from_seq is 'from'",
+            TeamChain(rid=23, team=TEAM_ID, from_seq=0),
+        ),
+        frame_vector(
+            "team_chain_ok",
+            s,
+            "answer to 'team_chain': records seq 0 and 1 of chain 'main'; more is true, others follow",
+            TeamChainOk(
+                rid=23,
+                team=TEAM_ID,
+                recs=tuple(ChainEntry(x[1].rec, x[1].sig) for x in chain[:2]),
+                more=True,
+            ),
+        ),
+        frame_vector(
+            "team_changed",
+            s,
+            "pushed to members' connections that named 'teams': the chain grew to 4 records",
+            TeamChanged(team=TEAM_ID, seq=4, head=chain[3][1].hash()),
+        ),
+        frame_vector(
+            "send_team",
+            c,
+            "Alice's phone sends crypto.json sealed_bodies.valid[0] to the team: envs holds key wraps "
+            "(for Bob's phone and Alice's laptop), then body, head (after 4 records) and ttl (7 days)",
+            Send(
+                id=TEAM_MESSAGE_ID,
+                sender=ALICE_PHONE,
+                to=TEAM_ID,
+                envs={BOB_PHONE: wrap_bob, ALICE_LAPTOP: wrap_laptop},
+                body=team_body,
+                head=chain[3][1].hash(),
+                ttl=7 * DAY_MS,
+            ),
+        ),
+        frame_vector(
+            "send_ttl",
+            c,
+            "the 1:1 send of vector 'send' with a lifespan of one hour (the smallest)",
+            Send(
+                id=MESSAGE_ID,
+                sender=ALICE_PHONE,
+                to=BOB,
+                envs={BOB_PHONE: env_bob, ALICE_LAPTOP: env_laptop},
+                ttl=3_600_000,
+            ),
+        ),
+        frame_vector(
+            "deliver_team",
+            s,
+            "the message of vector 'send_team' delivered to Bob's phone: env is its wrap, then body and team",
+            Deliver(
+                seq=48,
+                id=TEAM_MESSAGE_ID,
+                from_user=ALICE,
+                from_device=ALICE_PHONE,
+                ts=T0 + 9100,
+                env=wrap_bob,
+                body=team_body,
+                team=TEAM_ID,
+            ),
+        ),
+        frame_vector(
+            "recall", c, "recall the message of vector 'send' (SPEC §13.6)", Recall(rid=24, id=MESSAGE_ID)
+        ),
+        frame_vector(
+            "recall_ok",
+            s,
+            "answer to 'recall': one row not acked yet was deleted",
+            RecallOk(rid=24, id=MESSAGE_ID, removed=1),
+        ),
+        frame_vector(
+            "error_team_changed",
+            s,
+            "team_changed answering a team send whose head is not the hub's: carries id",
+            Error(
+                code="team_changed",
+                message="the team changed; fetch its chain, verify it and resend",
+                id=TEAM_MESSAGE_ID,
+            ),
+        ),
+        frame_vector(
+            "error_team_conflict",
+            s,
+            "team_conflict answering a team_change whose seq/prev do not follow the hub's head",
+            Error(
+                code="team_conflict",
+                message="the team record does not follow the current head; fetch the chain and retry",
+                rid=20,
             ),
         ),
     ]
@@ -852,6 +1089,70 @@ def frames_document() -> dict[str, Any]:
             "any",
             mal,
         ),
+        # --- SPEC revision 3 (§13)
+        invalid_vector(
+            "send_too_many_envs_without_body",
+            "without body, envs holds at most 64 envelopes (with body, up to 512 key wraps)",
+            pack({**send_map, "envs": {f"d_{i:016x}": b"e" * 72 for i in range(65)}}),
+            "any",
+            mal,
+        ),
+        invalid_vector(
+            "send_too_many_wraps",
+            "with body, envs holds at most 512 key wraps",
+            pack({**send_map, "envs": {f"d_{i:03x}": b"" for i in range(513)}, "body": b"\x00" * 104}),
+            "any",
+            mal,
+        ),
+        invalid_vector(
+            "send_short_head",
+            "head is exactly 32 bytes",
+            pack({**send_map, "body": b"\x00" * 104, "head": b"\x00" * 31}),
+            "any",
+            mal,
+        ),
+        invalid_vector(
+            "send_ttl_too_short",
+            "ttl is 3,600,000 to 2,592,000,000 ms",
+            pack({**send_map, "ttl": 3_599_999}),
+            "any",
+            mal,
+        ),
+        invalid_vector(
+            "send_ttl_too_long",
+            "ttl is 3,600,000 to 2,592,000,000 ms",
+            pack({**send_map, "ttl": 2_592_000_001}),
+            "any",
+            mal,
+        ),
+        invalid_vector(
+            "team_chain_bad_team_id",
+            "a team id is 't_' and 16 lowercase hex digits",
+            pack({"t": "team_chain", "rid": 1, "team": "t_C4A2D10000000001", "from": 0}),
+            "any",
+            mal,
+        ),
+        invalid_vector(
+            "team_chain_from_seq_key",
+            "the wire key is 'from', not 'from_seq'",
+            pack({"t": "team_chain", "rid": 1, "team": TEAM_ID, "from_seq": 0}),
+            "any",
+            mal,
+        ),
+        invalid_vector(
+            "team_change_short_sig",
+            "sig is exactly 64 bytes",
+            pack({"t": "team_change", "rid": 1, "team": TEAM_ID, "rec": b"\x80", "sig": b"\x00" * 63}),
+            "any",
+            mal,
+        ),
+        invalid_vector(
+            "team_changed_from_client",
+            "a hub->client type (team_changed) sent by a client is unknown in that direction",
+            pack({"t": "team_changed", "team": TEAM_ID, "seq": 1, "head": b"\x00" * 32}),
+            "client",
+            unk,
+        ),
     ]
     return {
         "description": (
@@ -1107,6 +1408,333 @@ def crypto_document() -> dict[str, Any]:
             "fingerprint of one user",
             "vectors": safety_numbers,
         },
+        # --- SPEC revision 3 (§13.3, §13.5)
+        "sealed_bodies": sealed_bodies_section(),
+        "padded_plaintexts": padded_plaintexts_section(),
+    }
+
+
+# --- revision 3: sealed bodies, padding (crypto.json) and teams.json -------------
+
+
+def plaintext_json(p: crypto.Plaintext) -> dict[str, Any]:
+    """A plaintext keyed as on the wire (SPEC §6.3, §13.5), bytes in hex."""
+    out: dict[str, Any] = {
+        "id": p.id.hex(),
+        "from": p.from_user,
+        "to": p.to_user,
+        "sent_at": p.sent_at,
+        "kind": p.kind,
+        "body": p.body,
+    }
+    if p.reply_to is not None:
+        out["reply_to"] = p.reply_to.hex()
+    if p.head is not None:
+        out["head"] = p.head.hex()
+    if p.expires_at is not None:
+        out["expires_at"] = p.expires_at
+    if p.refs is not None:
+        out["refs"] = [r.hex() for r in p.refs]
+    if p.team is not None:
+        out["team"] = p.team
+    return out
+
+
+def sealed_bodies_section() -> dict[str, Any]:
+    alice, bob = KEYS[ALICE_PHONE], KEYS[BOB_PHONE]
+    packed, body = sealed_team_body()
+    signed_message = crypto.BODY_CONTEXT + TEAM_MESSAGE_ID + packed
+    wraps = []
+    for recipient in (BOB_PHONE, ALICE_LAPTOP):
+        wrap = crypto.wrap_key(BODY_KEY, alice, KEYS[recipient].box_pk, nonce=ENVELOPE_NONCE)
+        assert crypto.unwrap_key(wrap, KEYS[recipient], alice.box_pk) == BODY_KEY
+        wraps.append({"recipient_device": recipient, "nonce": ENVELOPE_NONCE.hex(), "wrap": wrap.hex()})
+    assert crypto.open_body(body, BODY_KEY, TEAM_MESSAGE_ID, alice.sign_pk) == packed
+    valid = [
+        {
+            "description": "Alice's phone -> the team of teams.json (after 4 records): the plaintext is "
+            "padded to 256 bytes, sealed once, and its key wrapped for Bob's phone and Alice's laptop "
+            "(vectors 'send_team' and 'deliver_team' of frames.json)",
+            "sender_device": ALICE_PHONE,
+            "message_id": TEAM_MESSAGE_ID.hex(),
+            "key": BODY_KEY.hex(),
+            "nonce": BODY_NONCE.hex(),
+            "plaintext": plaintext_json(team_plaintext()),
+            "pad_to": 256,
+            "packed_plaintext": packed.hex(),
+            "signed_message": signed_message.hex(),
+            "signature": alice.sign(signed_message).hex(),
+            "body": body.hex(),
+            "wraps": wraps,
+        }
+    ]
+    tampered = bytearray(body)
+    tampered[-1] ^= 0x01
+    other_text = crypto.pack_plaintext(
+        crypto.Plaintext(TEAM_MESSAGE_ID, ALICE, TEAM_ID, T0 + 9000, "text", "Reprendre la warfarine."),
+        pad_to=256,
+    )
+    # Bob knows K: he seals another plaintext under it and the same id, signed by his phone.
+    _, forged = crypto.seal_body(other_text, TEAM_MESSAGE_ID, bob, key=BODY_KEY, nonce=BODY_NONCE)
+    other_id = crypto.new_message_id(T0 + 9001, bytes(range(0x20, 0x2A)))
+
+    def bad(
+        description: str, b: bytes, key: bytes = BODY_KEY, mid: bytes = TEAM_MESSAGE_ID
+    ) -> dict[str, Any]:
+        try:
+            crypto.open_body(b, key, mid, alice.sign_pk)
+        except crypto.EnvelopeError:
+            pass
+        else:  # pragma: no cover - the generator checks its own vectors
+            raise AssertionError(description)
+        return {
+            "description": description,
+            "sender_device": ALICE_PHONE,
+            "message_id": mid.hex(),
+            "key": key.hex(),
+            "body": b.hex(),
+        }
+
+    invalid = [
+        bad("last byte flipped: the Poly1305 tag fails", bytes(tampered)),
+        bad("opened under another message id (the associated data differs)", body, mid=other_id),
+        bad("opened with another key", body, key=bytes(32)),
+        bad("shorter than nonce + signature + tag (103 bytes)", body[:103]),
+        bad(
+            "insider forgery: Bob, a member who knows K, seals another plaintext under K and the same id; "
+            "its signature is Bob's phone's, not Alice's, so it fails when checked as Alice's",
+            forged,
+        ),
+    ]
+    bad_wrap = crypto.seal(BODY_KEY[:31], alice, bob.box_pk, nonce=ENVELOPE_NONCE)
+    invalid_wraps = [
+        {
+            "description": "the wrap for Bob's phone opened by Alice's laptop",
+            "sender_device": ALICE_PHONE,
+            "recipient_device": ALICE_LAPTOP,
+            "wrap": wraps[0]["wrap"],
+        },
+        {
+            "description": "an envelope of a 31-byte key (71 bytes): a wrap is 72 bytes",
+            "sender_device": ALICE_PHONE,
+            "recipient_device": BOB_PHONE,
+            "wrap": bad_wrap.hex(),
+        },
+    ]
+    return {
+        "description": "SPEC §13.3: signature = Ed25519(sender sign_seed, b'miss.v1/body\\x00' || id || "
+        "packed_plaintext) = signed_message's signature; body = nonce(24) || "
+        "crypto_aead_xchacha20poly1305_ietf_encrypt(signature || packed_plaintext, ad = "
+        "b'miss.v1/body\\x00' || id, nonce, key); each wrap = an envelope (SPEC §6.1) of key from the "
+        "sender's box key to the recipient's, with the given nonce (72 bytes). 'invalid' bodies MUST "
+        "fail to open (with the sender's sign_pk), 'invalid_wraps' MUST fail to unwrap.",
+        "valid": valid,
+        "invalid": invalid,
+        "invalid_wraps": invalid_wraps,
+    }
+
+
+def padded_plaintexts_section() -> dict[str, Any]:
+    read = crypto.Plaintext(
+        NOTICE_ID, BOB, ALICE, T0 + 9500, "read", "", refs=(TEAM_MESSAGE_ID, MESSAGE_ID), team=TEAM_ID
+    )
+    recall = crypto.Plaintext(NOTICE_ID, ALICE, BOB, T0 + 9500, "recall", "", refs=(MESSAGE_ID,))
+    long_text = crypto.Plaintext(MESSAGE_ID_2, BOB, ALICE, T0 + 5678, "text", "Oui, RAS. " * 30)
+    vectors = []
+    for description, p in (
+        ("Bob's read notice to Alice about a team message and a 1:1 message", read),
+        ("Alice's recall notice for the message of vector 'send'", recall),
+        ("a text of 300 characters: padded to 512 bytes", long_text),
+    ):
+        packed = crypto.pack_plaintext(p, pad_to=256)
+        vectors.append(
+            {
+                "description": description,
+                "plaintext": plaintext_json(p),
+                "pad_to": 256,
+                "pad_bytes": len(msgpack.unpackb(packed, raw=False)["pad"]),
+                "packed_plaintext": packed.hex(),
+            }
+        )
+    return {
+        "description": "SPEC §13.5: the plaintext's keys in order (v, id, from, to, sent_at, kind, body, "
+        "reply_to, head, expires_at, refs, team), then 'pad': pad_bytes zero bytes (bin 8), the smallest "
+        "count (0-255) that makes the packed length a multiple of pad_to",
+        "vectors": vectors,
+    }
+
+
+def state_json(state: teams.TeamState) -> dict[str, Any]:
+    return {
+        "team": state.team,
+        "name": state.name,
+        "org": state.org,
+        "lifespan": state.lifespan,
+        "members": sorted(state.members),
+        "admins": sorted(state.admins),
+        "seq": state.seq,
+        "head": state.head.hex(),
+        "closed": state.closed,
+    }
+
+
+def record_json(r: teams.TeamRecord) -> dict[str, Any]:
+    """A record keyed as on the wire, in canonical order, bytes as {"bin": hex}."""
+    return jsonable(msgpack.unpackb(teams.pack_record(r), raw=False))
+
+
+def chain_json(name: str, team: str, steps: list[tuple[str, teams.SignedRecord, teams.TeamState]]) -> Any:
+    return {
+        "name": name,
+        "team": team,
+        "records": [
+            {
+                "description": description,
+                "record": record_json(signed.record()),
+                "rec": signed.rec.hex(),
+                "sig": signed.sig.hex(),
+                "hash": signed.hash().hex(),
+                "state": state_json(state),
+            }
+            for description, signed, state in steps
+        ],
+    }
+
+
+def teams_document() -> dict[str, Any]:
+    authority_pk = bytes(nacl.signing.SigningKey(AUTHORITY_SEED).verify_key)
+    chain = main_chain()
+    states = [x[2] for x in chain]
+    late = T0 + 400 * DAY_MS  # past Alice's attestation (365 days)
+
+    def invalid(name: str, description: str, after: int, signed: teams.SignedRecord, reason: str) -> Any:
+        state = states[after - 1] if after else None
+        try:
+            teams.apply_record(state, signed, authority_pk, team=TEAM_ID)
+        except teams.TeamChainError as exc:
+            assert exc.reason == reason, (name, exc)
+        else:  # pragma: no cover - the generator checks its own vectors
+            raise AssertionError(name)
+        return {
+            "name": name,
+            "description": description,
+            "chain": "main",
+            "after": after,
+            "rec": signed.rec.hex(),
+            "sig": signed.sig.hex(),
+            "reason": reason,
+        }
+
+    # The record that closes the team, for the "after_closed" vector (its 'after' counts it).
+    leave = team_record(states[6], "leave", BOB, BOB, T0 + 3 * DAY_MS)
+    closed = teams.apply_record(states[6], leave, authority_pk, team=TEAM_ID)
+    states.append(closed)
+    s1 = chain[1][1]
+    add_dan = teams.next_record(
+        states[0], "add", DAN, by=ALICE, device=ALICE_PHONE, att=alice_att(), at=T0 + DAY_MS + 1
+    )
+    bad = [
+        invalid(
+            "bad_signature",
+            "record seq 1 with its signature's last byte flipped",
+            1,
+            teams.SignedRecord(s1.rec, s1.sig[:-1] + bytes([s1.sig[-1] ^ 1])),
+            "bad_signature",
+        ),
+        invalid(
+            "signed_by_another_device",
+            "record seq 1 signed by Bob's phone while naming Alice's phone and attestation",
+            1,
+            teams.sign_record(s1.record(), KEYS[BOB_PHONE]),
+            "bad_signature",
+        ),
+        invalid(
+            "broken_prev",
+            "Alice adds Dan at seq 1 with prev = 32 zero bytes instead of the hash of record seq 0",
+            1,
+            teams.sign_record(replace(add_dan, prev=teams.ZERO_HEAD), KEYS[ALICE_PHONE]),
+            "broken_chain",
+        ),
+        invalid(
+            "wrong_seq",
+            "Alice adds Dan after record seq 0 with seq 2 instead of 1 (prev right)",
+            1,
+            teams.sign_record(replace(add_dan, seq=2), KEYS[ALICE_PHONE]),
+            "broken_chain",
+        ),
+        invalid(
+            "non_admin_add",
+            "after 3 records (Alice admin; Bob and Carol members), Bob, not an admin, adds Dan",
+            3,
+            team_record(states[2], "add", DAN, BOB, T0 + DAY_MS + 500_000),
+            "forbidden",
+        ),
+        invalid(
+            "last_admin_leaving",
+            "after 3 records, Alice, the only admin, leaves while Bob and Carol remain",
+            3,
+            team_record(states[2], "leave", ALICE, ALICE, T0 + DAY_MS + 500_000),
+            "forbidden",
+        ),
+        invalid(
+            "attestation_not_valid_at_at",
+            "after 1 record, Alice adds Bob with 'at' 400 days after T0: her attestation (T0 to T0 + 365 "
+            "days) was not valid then",
+            1,
+            team_record(states[0], "add", BOB, ALICE, late),
+            "bad_signature",
+        ),
+        invalid(
+            "create_for_another",
+            "Alice creates a team naming Bob as its first admin (only the authority may)",
+            0,
+            team_record(None, "create", BOB, ALICE, T0 + DAY_MS, team=TEAM_ID, name="X"),
+            "forbidden",
+        ),
+        invalid(
+            "after_closed",
+            "after the 7 records (Bob, the last member, then leaves: closed), Bob adds Dan",
+            8,
+            team_record(closed, "add", DAN, BOB, T0 + 3 * DAY_MS + 1),
+            "forbidden",
+        ),
+        invalid(
+            "unknown_op",
+            "op 'rename' is not an operation of SPEC §13.2",
+            1,
+            teams.sign_record(replace(add_dan, op="rename"), KEYS[ALICE_PHONE]),
+            "malformed",
+        ),
+    ]
+    return {
+        "description": (
+            "MiSS care team chains (SPEC.md §13.2). rec = msgpack map with keys in the order v, team, "
+            "seq, prev, op, user, by, device, at, name, org, lifespan, att (absent ones omitted); sig = "
+            "Ed25519(b'miss.v1/team\\x00' || rec) by the device named (its sign_pk from crypto.json keys) "
+            "or by the authority key when by = 'authority'; hash = BLAKE2b-256(rec || sig); 'state' is the "
+            "team after the record (members and admins sorted; seq = number of records; head = hash of the "
+            "last). Each 'invalid' record MUST be refused, with the reason given, when applied after the "
+            "first 'after' records of the named chain ('after' 8: the 7 records then 'closing_record'). "
+            "Attestations are from authority_pk; Bob's is 'bob_att', Alice's is crypto.json attestation.att."
+        ),
+        "generator": "protocol/vectors/generate.py",
+        "protocol": "miss.v1",
+        "context": teams.TEAM_CONTEXT.hex(),
+        "authority_pk": authority_pk.hex(),
+        "bob_att": bob_att().hex(),
+        "chains": [
+            chain_json("main", TEAM_ID, chain),
+            chain_json("authority", AUTHORITY_TEAM_ID, authority_chain()),
+        ],
+        "closing_record": {
+            "description": "Bob, the last member, leaves after the 7 records of chain 'main': "
+            "the team is closed",
+            "rec": leave.rec.hex(),
+            "sig": leave.sig.hex(),
+            "hash": leave.hash().hex(),
+            "state": state_json(closed),
+        },
+        "invalid": bad,
     }
 
 
@@ -1119,6 +1747,7 @@ def write(name: str, document: dict[str, Any]) -> None:
 def main() -> None:
     write("frames.json", frames_document())
     write("crypto.json", crypto_document())
+    write("teams.json", teams_document())
 
 
 if __name__ == "__main__":

@@ -19,16 +19,18 @@ from pathlib import Path
 from typing import Any
 
 import msgpack
+import nacl.bindings
 import nacl.signing
 import pytest
 
 import protocol
-from protocol import attestation, crypto, errors
+from protocol import attestation, crypto, errors, teams
 from protocol.frames import (
     CLIENT_FRAMES,
     SERVER_FRAMES,
     STATUSES,
     Ack,
+    ChainEntry,
     DeviceEntry,
     DeviceInfo,
     DevicesOk,
@@ -37,6 +39,9 @@ from protocol.frames import (
     LookupOk,
     Presence,
     Refusal,
+    TeamChainOk,
+    TeamHead,
+    TeamsOk,
     Watching,
     decode,
     encode,
@@ -47,6 +52,7 @@ PROTOCOL_DIR = Path(protocol.__file__).resolve().parent
 VECTORS = PROTOCOL_DIR / "vectors"
 FRAMES = json.loads((VECTORS / "frames.json").read_text(encoding="utf-8"))
 CRYPTO = json.loads((VECTORS / "crypto.json").read_text(encoding="utf-8"))
+TEAMS = json.loads((VECTORS / "teams.json").read_text(encoding="utf-8"))
 FRAME_TYPES: dict[str, type[Frame]] = {cls.TYPE: cls for cls in CLIENT_FRAMES + SERVER_FRAMES}
 ALLOWED_BY_DIRECTION = {"client": CLIENT_FRAMES, "server": SERVER_FRAMES, "any": None}
 KEYS = {k["device"]: k for k in CRYPTO["keys"]}
@@ -79,6 +85,10 @@ def build_frame(frame_type: str, fields: dict[str, Any]) -> Frame:
             value = tuple(DeviceEntry(**d) for d in value)
         elif cls is Ack and key == "refused":
             value = tuple(Refusal(**d) for d in value)
+        elif cls is TeamsOk and key == "teams":
+            value = tuple(TeamHead(**d) for d in value)
+        elif cls is TeamChainOk and key == "recs":
+            value = tuple(ChainEntry(**d) for d in value)
         elif isinstance(value, list):
             value = tuple(value)
         kwargs[wire_keys[key]] = value
@@ -98,7 +108,7 @@ def ids(vectors: list[dict[str, Any]]) -> list[str]:
 
 
 def test_files_describe_themselves() -> None:
-    for doc in (FRAMES, CRYPTO):
+    for doc in (FRAMES, CRYPTO, TEAMS):
         assert doc["protocol"] == protocol.SUBPROTOCOL
         assert doc["description"]
     every = (
@@ -125,8 +135,11 @@ def test_every_frame_type_has_a_vector() -> None:
     added = {("challenge", "authority"), ("challenge", "caps"), ("auth", "caps"), ("enroll", "caps")}
     added |= {("ack", "refused")}
     assert added <= {(v["type"], k) for v in FRAMES["valid"] for k in v["fields"]}
+    # SPEC revision 3 (§13.4): the optional keys of send and deliver.
+    added = {("send", "body"), ("send", "head"), ("send", "ttl"), ("deliver", "body"), ("deliver", "team")}
+    assert added <= {(v["type"], k) for v in FRAMES["valid"] for k in v["fields"]}
     codes = {v["fields"]["code"] for v in FRAMES["valid"] if v["type"] == "error"}
-    assert {"too_many_devices", "not_verified"} <= codes
+    assert {"too_many_devices", "not_verified", "team_changed", "team_conflict"} <= codes
     assert {v["error"] for v in FRAMES["invalid"]} == {"malformed_frame", "unknown_frame_type"}
 
 
@@ -177,6 +190,20 @@ def test_frame_vectors_use_the_crypto_vectors() -> None:
     assert by_name["enroll"]["fields"]["sig"]["bin"] == CRYPTO["enroll"]["signature"]
     assert by_name["deliver"]["fields"]["env"]["bin"] == CRYPTO["envelopes"]["valid"][0]["envelope"]
     assert by_name["send"]["fields"]["id"]["bin"] == CRYPTO["message_ids"]["vectors"][0]["id"]
+    # Revision 3: the team frames carry the sealed body, wraps and records of the other files.
+    sealed = CRYPTO["sealed_bodies"]["valid"][0]
+    wraps = {w["recipient_device"]: w["wrap"] for w in sealed["wraps"]}
+    for name in ("send_team", "deliver_team"):
+        assert by_name[name]["fields"]["body"]["bin"] == sealed["body"]
+        assert by_name[name]["fields"]["id"]["bin"] == sealed["message_id"]
+    assert {d: e["bin"] for d, e in by_name["send_team"]["fields"]["envs"].items()} == wraps
+    main = TEAMS["chains"][0]["records"]
+    assert by_name["send_team"]["fields"]["head"]["bin"] == main[3]["hash"] == sealed["plaintext"]["head"]
+    assert by_name["team_change"]["fields"]["rec"]["bin"] == main[1]["rec"]
+    assert by_name["team_ok"]["fields"]["head"]["bin"] == main[1]["hash"]
+    assert [r["rec"]["bin"] for r in by_name["team_chain_ok"]["fields"]["recs"]] == [
+        x["rec"] for x in main[:2]
+    ]
 
 
 # --- crypto.json: keys and signatures ----------------------------------------------------
@@ -230,7 +257,9 @@ def test_enroll_vector() -> None:
 
 
 def plaintext_of(fields: dict[str, Any]) -> crypto.Plaintext:
-    reply_to = fields.get("reply_to")
+    def hex_or_none(key: str) -> bytes | None:
+        return bytes.fromhex(fields[key]) if key in fields else None
+
     return crypto.Plaintext(
         id=bytes.fromhex(fields["id"]),
         from_user=fields["from"],
@@ -238,8 +267,41 @@ def plaintext_of(fields: dict[str, Any]) -> crypto.Plaintext:
         sent_at=fields["sent_at"],
         kind=fields["kind"],
         body=fields["body"],
-        reply_to=bytes.fromhex(reply_to) if reply_to is not None else None,
+        reply_to=hex_or_none("reply_to"),
+        head=hex_or_none("head"),
+        expires_at=fields.get("expires_at"),
+        refs=tuple(bytes.fromhex(r) for r in fields["refs"]) if "refs" in fields else None,
+        team=fields.get("team"),
     )
+
+
+#: SPEC §6.3 and §13.5: the plaintext's keys in order, after "v" (then "pad").
+PLAINTEXT_ORDER = [
+    "id",
+    "from",
+    "to",
+    "sent_at",
+    "kind",
+    "body",
+    "reply_to",
+    "head",
+    "expires_at",
+    "refs",
+    "team",
+]
+
+
+def plaintext_wire(fields: dict[str, Any]) -> dict[str, Any]:
+    """The vector's plaintext as wire values (hex -> bytes), in its order."""
+    out: dict[str, Any] = {}
+    for k, v in fields.items():
+        if k in ("id", "reply_to", "head"):
+            v = bytes.fromhex(v)
+        elif k == "refs":
+            v = [bytes.fromhex(r) for r in v]
+        out[k] = v
+    assert list(out) == [k for k in PLAINTEXT_ORDER if k in out]
+    return {"v": 1, **out}
 
 
 @pytest.mark.parametrize("vector", CRYPTO["envelopes"]["valid"], ids=ids(CRYPTO["envelopes"]["valid"]))
@@ -277,6 +339,161 @@ def test_invalid_envelope_vector(vector: dict[str, Any]) -> None:
 def test_invalid_plaintext_vector(vector: dict[str, Any]) -> None:
     with pytest.raises(crypto.EnvelopeError):
         crypto.unpack_plaintext(bytes.fromhex(vector["packed_plaintext"]))
+
+
+# --- crypto.json: sealed bodies and padding (SPEC §13.3, §13.5) --------------------------------
+
+
+SEALED = CRYPTO["sealed_bodies"]
+
+
+@pytest.mark.parametrize("vector", SEALED["valid"], ids=ids(SEALED["valid"]))
+def test_sealed_body_vector(vector: dict[str, Any]) -> None:
+    sender = device_keys(vector["sender_device"])
+    mid, key, nonce = (bytes.fromhex(vector[k]) for k in ("message_id", "key", "nonce"))
+    plaintext = plaintext_of(vector["plaintext"])
+    packed = crypto.pack_plaintext(plaintext, pad_to=vector["pad_to"])
+    assert packed.hex() == vector["packed_plaintext"] and len(packed) % vector["pad_to"] == 0
+    assert crypto.unpack_plaintext(packed) == plaintext
+    pad = msgpack.unpackb(packed, raw=False)["pad"]
+    assert msgpack.packb({**plaintext_wire(vector["plaintext"]), "pad": pad}, use_bin_type=True) == packed
+
+    k, body = crypto.seal_body(packed, mid, sender, key=key, nonce=nonce)
+    assert (k, body.hex()) == (key, vector["body"])
+    # SPEC §13.3, from the formula, with libsodium's calls.
+    signed = b"miss.v1/body\x00" + mid + packed
+    assert signed.hex() == vector["signed_message"]
+    sig = sender.sign(signed)
+    assert sig.hex() == vector["signature"]
+    aead = nacl.bindings.crypto_aead_xchacha20poly1305_ietf_encrypt(
+        sig + packed, b"miss.v1/body\x00" + mid, nonce, key
+    )
+    assert nonce + aead == body and len(body) == 24 + 64 + len(packed) + 16
+    assert crypto.open_body(body, key, mid, sender.sign_pk) == packed
+
+    for w in vector["wraps"]:
+        recipient = device_keys(w["recipient_device"])
+        wrap = crypto.wrap_key(key, sender, recipient.box_pk, nonce=bytes.fromhex(w["nonce"]))
+        assert wrap.hex() == w["wrap"] and len(wrap) == 72
+        assert wrap == crypto.seal(key, sender, recipient.box_pk, nonce=bytes.fromhex(w["nonce"]))
+        assert crypto.unwrap_key(wrap, recipient, sender.box_pk) == key
+
+
+@pytest.mark.parametrize("vector", SEALED["invalid"], ids=ids(SEALED["invalid"]))
+def test_invalid_sealed_body_vector(vector: dict[str, Any]) -> None:
+    sender = device_keys(vector["sender_device"])
+    mid, key, body = (bytes.fromhex(vector[k]) for k in ("message_id", "key", "body"))
+    with pytest.raises(crypto.EnvelopeError):
+        crypto.open_body(body, key, mid, sender.sign_pk)
+
+
+@pytest.mark.parametrize("vector", SEALED["invalid_wraps"], ids=ids(SEALED["invalid_wraps"]))
+def test_invalid_wrap_vector(vector: dict[str, Any]) -> None:
+    sender, recipient = device_keys(vector["sender_device"]), device_keys(vector["recipient_device"])
+    with pytest.raises(crypto.EnvelopeError):
+        crypto.unwrap_key(bytes.fromhex(vector["wrap"]), recipient, sender.box_pk)
+
+
+PADDED = CRYPTO["padded_plaintexts"]["vectors"]
+
+
+@pytest.mark.parametrize("vector", PADDED, ids=ids(PADDED))
+def test_padded_plaintext_vector(vector: dict[str, Any]) -> None:
+    plaintext = plaintext_of(vector["plaintext"])
+    packed = crypto.pack_plaintext(plaintext, pad_to=vector["pad_to"])
+    assert packed.hex() == vector["packed_plaintext"]
+    assert crypto.unpack_plaintext(packed) == plaintext
+    # SPEC §13.5: "pad" last, n zero bytes, the smallest n making a multiple of pad_to.
+    wire = plaintext_wire(vector["plaintext"])
+    n = vector["pad_bytes"]
+    assert 0 <= n < 256
+    assert msgpack.packb({**wire, "pad": bytes(n)}, use_bin_type=True) == packed
+    assert len(packed) % vector["pad_to"] == 0
+    assert all(len(msgpack.packb({**wire, "pad": bytes(m)}, use_bin_type=True)) % 256 for m in range(n))
+
+
+# --- teams.json (SPEC §13.2) ---------------------------------------------------------------------
+
+TEAM_AUTHORITY_PK = bytes.fromhex(TEAMS["authority_pk"])
+CHAINS = {c["name"]: c for c in TEAMS["chains"]}
+
+
+def test_teams_file_uses_the_crypto_vectors() -> None:
+    assert TEAMS["authority_pk"] == CRYPTO["attestation"]["authority_pk"]
+    assert bytes.fromhex(TEAMS["context"]) == b"miss.v1/team\x00" == teams.TEAM_CONTEXT
+    ops = {r["record"]["op"] for c in TEAMS["chains"] for r in c["records"]}
+    assert ops == set(teams.OPS)
+    assert {r["record"]["by"] for r in CHAINS["authority"]["records"]} == {"authority"}
+    reasons = {v["reason"] for v in TEAMS["invalid"]}
+    assert reasons == set(teams.REASONS)
+
+
+def _signer_pk(record: dict[str, Any]) -> bytes:
+    if record["by"] == "authority":
+        return TEAM_AUTHORITY_PK
+    return bytes.fromhex(KEYS[record["device"]]["sign_pk"])
+
+
+@pytest.mark.parametrize("chain", TEAMS["chains"], ids=lambda c: c["name"])
+def test_team_chain_vector(chain: dict[str, Any]) -> None:
+    state: teams.TeamState | None = None
+    signed_records = []
+    for entry in chain["records"]:
+        rec, sig = bytes.fromhex(entry["rec"]), bytes.fromhex(entry["sig"])
+        # The record's bytes from its fields, in the listed (canonical) order.
+        fields = from_json(entry["record"])
+        assert msgpack.packb(fields, use_bin_type=True) == rec
+        assert list(fields) == [k for k in teams._KEYS if k in fields]
+        record = teams.unpack_record(rec)
+        assert teams.pack_record(record) == rec
+        # SPEC §13.2 formulas: the signature and the hash.
+        assert crypto.verify_signature(_signer_pk(entry["record"]), b"miss.v1/team\x00" + rec, sig)
+        assert hashlib.blake2b(rec + sig, digest_size=32).hexdigest() == entry["hash"]
+        signed = teams.SignedRecord(rec, sig)
+        assert signed.hash().hex() == entry["hash"]
+        state = teams.apply_record(state, signed, TEAM_AUTHORITY_PK, team=chain["team"])
+        want = entry["state"]
+        assert (state.team, state.name, state.org, state.lifespan) == (
+            want["team"],
+            want["name"],
+            want["org"],
+            want["lifespan"],
+        )
+        assert (sorted(state.members), sorted(state.admins)) == (want["members"], want["admins"])
+        assert (state.seq, state.head.hex(), state.closed) == (want["seq"], want["head"], want["closed"])
+        signed_records.append(signed)
+    assert teams.verify_chain(signed_records, TEAM_AUTHORITY_PK, chain["team"]) == state
+
+
+def test_team_closing_record_vector() -> None:
+    main = [
+        teams.SignedRecord(bytes.fromhex(r["rec"]), bytes.fromhex(r["sig"]))
+        for r in CHAINS["main"]["records"]
+    ]
+    closing = TEAMS["closing_record"]
+    main.append(teams.SignedRecord(bytes.fromhex(closing["rec"]), bytes.fromhex(closing["sig"])))
+    state = teams.verify_chain(main, TEAM_AUTHORITY_PK, CHAINS["main"]["team"])
+    assert (
+        state.closed and not state.members and state.head.hex() == closing["hash"] == closing["state"]["head"]
+    )
+
+
+@pytest.mark.parametrize("vector", TEAMS["invalid"], ids=ids(TEAMS["invalid"]))
+def test_invalid_team_record_vector(vector: dict[str, Any]) -> None:
+    chain = CHAINS[vector["chain"]]
+    prefix = [teams.SignedRecord(bytes.fromhex(r["rec"]), bytes.fromhex(r["sig"])) for r in chain["records"]]
+    closing = TEAMS["closing_record"]
+    prefix.append(teams.SignedRecord(bytes.fromhex(closing["rec"]), bytes.fromhex(closing["sig"])))
+    state: teams.TeamState | None = None
+    for signed in prefix[: vector["after"]]:
+        state = teams.apply_record(state, signed, TEAM_AUTHORITY_PK, team=chain["team"])
+    bad = teams.SignedRecord(bytes.fromhex(vector["rec"]), bytes.fromhex(vector["sig"]))
+    with pytest.raises(teams.TeamChainError) as caught:
+        teams.apply_record(state, bad, TEAM_AUTHORITY_PK, team=chain["team"])
+    assert caught.value.reason == vector["reason"]
+    # And the whole chain ending with it is refused.
+    with pytest.raises(teams.TeamChainError):
+        teams.verify_chain([*prefix[: vector["after"]], bad], TEAM_AUTHORITY_PK, chain["team"])
 
 
 # --- crypto.json: message ids and safety numbers ---------------------------------------------
