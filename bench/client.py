@@ -210,10 +210,9 @@ class Device:
         """Open and check a ``deliver`` (SPEC §6.3, and §13.3 for a team
         message: the wrap, then the body and its signature, and ``to`` is
         the team it came as); raises EnvelopeError."""
-        body = getattr(frame, "body", None)
+        body, team = frame.body, frame.team
         if body is None:
             return self._open(frame.env, frame.id, frame.from_user, sender)
-        team = getattr(frame, "team", None)
         if len(frame.env) != crypto.NONCE_BYTES + crypto.MAC_BYTES + 32:
             raise crypto.EnvelopeError("a wrap is 72 bytes")
         try:
