@@ -150,7 +150,7 @@ describe("chain verification", () => {
     expect(reason(() => verifyChain([recs[0]!, recs[1]!, new SignedRecord(forged, recs[2]!.sig)], authority.pk, TEAM))).not.toBe("accepted");
     expect(reason(() => verifyChain([recs[0]!, recs[2]!], authority.pk, TEAM))).toBe("broken_chain");
     expect(reason(() => verifyChain([recs[1]!], authority.pk, TEAM))).toBe("broken_chain");
-    expect(reason(() => verifyChain(recs, authority.pk, "t_ffffffffffffffff"))).toBe("broken_chain");
+    expect(reason(() => verifyChain(recs, authority.pk, "t_ffffffffffffffff"))).toBe("malformed"); // another team's record
     expect(reason(() => verifyChain([], authority.pk, TEAM))).toBe("broken_chain");
   });
 

@@ -31,6 +31,7 @@ import {
   encode,
 } from "../src/protocol/frames";
 import { ClientSession } from "../src/protocol/session";
+import * as teams from "../src/protocol/teams";
 import { ready, sodium } from "../src/protocol/sodium";
 
 // --- the files ---------------------------------------------------------------------
@@ -92,11 +93,16 @@ interface PlaintextJson {
   kind: string;
   body: string;
   reply_to?: string;
+  head?: string;
+  expires_at?: number;
+  refs?: string[];
+  team?: string;
 }
 
 const load = (name: string) => JSON.parse(readFileSync(new URL(`../../../protocol/vectors/${name}`, import.meta.url), "utf8"));
 const FRAMES = load("frames.json") as { description: string; protocol: string; valid: ValidFrame[]; invalid: InvalidFrame[] };
 const CRYPTO = load("crypto.json");
+const TEAMS = load("teams.json");
 const KEYS = new Map<string, KeyVector>((CRYPTO.keys as KeyVector[]).map((k) => [k.device, k]));
 
 const DIRECTIONS: Record<InvalidFrame["decode_as"], Direction> = { client: "client", server: "hub", any: "any" };
@@ -141,6 +147,10 @@ function plaintextOf(p: PlaintextJson): crypto.Plaintext {
     body: p.body,
   };
   if (p.reply_to !== undefined) out.replyTo = fromHex(p.reply_to);
+  if (p.head !== undefined) out.head = fromHex(p.head);
+  if (p.expires_at !== undefined) out.expiresAt = p.expires_at;
+  if (p.refs !== undefined) out.refs = p.refs.map(fromHex);
+  if (p.team !== undefined) out.team = p.team;
   return out;
 }
 
@@ -469,6 +479,169 @@ describe("crypto.json: safety numbers", () => {
 
 // --- none skipped ----------------------------------------------------------------------
 
+// --- revision 3: sealed bodies, padding (crypto.json), chains (teams.json) -----------------
+
+/** A plaintext's wire map from its JSON vector (hex -> bytes for id-like keys). */
+function plaintextWire(p: PlaintextJson): Record<string, unknown> {
+  const bin = new Set(["id", "reply_to", "head"]);
+  return Object.fromEntries(
+    Object.entries(p).map(([k, x]) => [k, bin.has(k) ? fromHex(x as string) : k === "refs" ? (x as string[]).map(fromHex) : x]),
+  );
+}
+
+describe("crypto.json: sealed bodies (SPEC §13.3)", () => {
+  const sb = CRYPTO.sealed_bodies;
+
+  it.each((sb.valid as any[]).map((v) => [v.description, v] as const))("%s", (_d, v) => {
+    const sender = keysOf(v.sender_device);
+    const id = fromHex(v.message_id);
+    const plaintext = plaintextOf(v.plaintext);
+    const packed = crypto.packPlaintext(plaintext, v.pad_to);
+    expect(toHex(packed)).toBe(v.packed_plaintext);
+    expect(packed.length % v.pad_to).toBe(0);
+    const signed = crypto.concatBytes(utf8("miss.v1/body\0"), id, packed);
+    expect(toHex(signed)).toBe(v.signed_message);
+    expect(toHex(sender.sign(signed))).toBe(v.signature);
+    const [key, body] = crypto.sealBody(packed, id, sender, { key: fromHex(v.key), nonce: fromHex(v.nonce) });
+    expect(toHex(key)).toBe(v.key);
+    expect(toHex(body)).toBe(v.body);
+    expect(body.length).toBe(24 + 64 + packed.length + 16);
+    // From the formula with libsodium directly.
+    const s = sodium();
+    const direct = s.crypto_aead_xchacha20poly1305_ietf_encrypt(
+      crypto.concatBytes(fromHex(v.signature), packed),
+      crypto.concatBytes(utf8("miss.v1/body\0"), id),
+      null,
+      fromHex(v.nonce),
+      fromHex(v.key),
+    );
+    expect(toHex(crypto.concatBytes(fromHex(v.nonce), direct))).toBe(v.body);
+    expect(crypto.openBody(body, key, id, sender.signPk)).toStrictEqual(packed);
+    expect(crypto.unpackPlaintext(packed)).toStrictEqual(plaintext);
+    for (const w of v.wraps) {
+      const recipient = keysOf(w.recipient_device);
+      const wrap = crypto.wrapKey(key, sender, recipient.boxPk, fromHex(w.nonce));
+      expect(toHex(wrap)).toBe(w.wrap);
+      expect(wrap.length).toBe(crypto.WRAP_BYTES);
+      expect(crypto.unwrapKey(wrap, recipient, sender.boxPk)).toStrictEqual(key);
+    }
+    tick("sealed_bodies.valid");
+  });
+
+  it.each((sb.invalid as any[]).map((v) => [v.description, v] as const))("body refused: %s", (_d, v) => {
+    const sender = keysOf(v.sender_device);
+    expect(() => crypto.openBody(fromHex(v.body), fromHex(v.key), fromHex(v.message_id), sender.signPk)).toThrow(crypto.EnvelopeError);
+    tick("sealed_bodies.invalid");
+  });
+
+  it.each((sb.invalid_wraps as any[]).map((v) => [v.description, v] as const))("wrap refused: %s", (_d, v) => {
+    const sender = keysOf(v.sender_device);
+    const recipient = keysOf(v.recipient_device);
+    expect(() => crypto.unwrapKey(fromHex(v.wrap), recipient, sender.boxPk)).toThrow(crypto.EnvelopeError);
+    tick("sealed_bodies.invalid_wraps");
+  });
+});
+
+describe("crypto.json: padded plaintexts (SPEC §13.5)", () => {
+  it.each((CRYPTO.padded_plaintexts.vectors as any[]).map((v) => [v.description, v] as const))("%s", (_d, v) => {
+    const plaintext = plaintextOf(v.plaintext);
+    const packed = crypto.packPlaintext(plaintext, v.pad_to);
+    expect(toHex(packed)).toBe(v.packed_plaintext);
+    expect(packed.length % v.pad_to).toBe(0);
+    // From the words: the keys in order, then "pad" as pad_bytes zero bytes.
+    const wire = { v: 1, ...plaintextWire(v.plaintext), pad: new Uint8Array(v.pad_bytes) };
+    expect(toHex(genericPack(wire))).toBe(v.packed_plaintext);
+    expect(crypto.unpackPlaintext(packed)).toStrictEqual(plaintext);
+    tick("padded_plaintexts");
+  });
+});
+
+describe("teams.json: chains (SPEC §13.2)", () => {
+  const authorityPk = fromHex(TEAMS.authority_pk);
+  const chains = new Map<string, any>((TEAMS.chains as any[]).map((c) => [c.name, c]));
+
+  it("the context is the SPEC's", () => {
+    expect(toHex(teams.TEAM_CONTEXT)).toBe(TEAMS.context);
+  });
+
+  /** The record object of a vector (prev and att as bytes; v dropped). */
+  function recordOf(json: Record<string, Json>): teams.TeamRecord {
+    const { v: _v, ...rest } = fromJson(json) as Record<string, unknown>;
+    return rest as unknown as teams.TeamRecord;
+  }
+
+  /** The expected state in the vector's form (members and admins sorted). */
+  function stateJson(st: teams.TeamState) {
+    return {
+      team: st.team,
+      name: st.name,
+      org: st.org,
+      lifespan: st.lifespan ?? null,
+      members: [...st.members].sort(),
+      admins: [...st.admins].sort(),
+      seq: st.seq,
+      head: toHex(st.head),
+      closed: st.closed,
+    };
+  }
+
+  for (const chain of TEAMS.chains as any[]) {
+    it.each((chain.records as any[]).map((r, i) => [`${chain.name} #${i}: ${r.description}`, r, i] as const))("%s", (_d, r, i) => {
+      const record = recordOf(r.record);
+      expect(toHex(teams.packRecord(record))).toBe(r.rec);
+      expect(teams.unpackRecord(fromHex(r.rec))).toStrictEqual(record);
+      // Canonical: a generic packer of the vector's map in its order agrees.
+      expect(toHex(genericPack(fromJson(r.record)))).toBe(r.rec);
+      const signed = new teams.SignedRecord(fromHex(r.rec), fromHex(r.sig));
+      expect(toHex(signed.hash())).toBe(r.hash);
+      if (record.by !== teams.AUTHORITY) {
+        const k = (CRYPTO.keys as KeyVector[]).find((x) => x.device === record.device)!;
+        expect(toHex(teams.signRecord(record, keysOf(k.device)).sig)).toBe(r.sig);
+      }
+      const prefix = (chain.records as any[]).slice(0, i + 1).map((x) => new teams.SignedRecord(fromHex(x.rec), fromHex(x.sig)));
+      const state = teams.verifyChain(prefix, authorityPk, chain.team);
+      expect(stateJson(state)).toEqual(r.state);
+      tick("teams.records");
+    });
+  }
+
+  it("the closing record closes the team", () => {
+    const main = chains.get("main");
+    const c = TEAMS.closing_record;
+    const recs = [...main.records, c].map((x: any) => new teams.SignedRecord(fromHex(x.rec), fromHex(x.sig)));
+    const state = teams.verifyChain(recs, authorityPk, main.team);
+    expect(toHex(recs.at(-1)!.hash())).toBe(c.hash);
+    expect(stateJson(state)).toEqual(c.state);
+    tick("teams.closing_record");
+  });
+
+  it("Bob's attestation is the authority's", () => {
+    const att = attestation.peek(fromHex(TEAMS.bob_att));
+    expect(att.user).toBe("u_fedcba9876543210");
+    attestation.verify(fromHex(TEAMS.bob_att), authorityPk, att.notBefore);
+    tick("teams.bob_att");
+  });
+
+  it.each((TEAMS.invalid as any[]).map((v) => [v.name, v] as const))("refused: %s", (_n, v) => {
+    const chain = chains.get(v.chain);
+    const all = [...chain.records, TEAMS.closing_record];
+    const before = all.slice(0, v.after).map((x: any) => new teams.SignedRecord(fromHex(x.rec), fromHex(x.sig)));
+    const state = v.after === 0 ? null : teams.verifyChain(before, authorityPk, chain.team);
+    const bad = new teams.SignedRecord(fromHex(v.rec), fromHex(v.sig));
+    let caught: unknown;
+    try {
+      teams.applyRecord(state, bad, authorityPk, chain.team);
+    } catch (err) {
+      caught = err;
+    }
+    expect(caught).toBeInstanceOf(teams.TeamChainError);
+    expect((caught as teams.TeamChainError).reason).toBe(v.reason);
+    // And so is any chain that holds it.
+    expect(() => teams.verifyChain([...before, bad], authorityPk, chain.team)).toThrow(teams.TeamChainError);
+    tick("teams.invalid");
+  });
+});
+
 describe("the count", () => {
   it("every vector of the files was checked", () => {
     // The sections of each file, as their descriptions lay them out: a new
@@ -484,8 +657,10 @@ describe("the count", () => {
         "generator",
         "keys",
         "message_ids",
+        "padded_plaintexts",
         "protocol",
         "safety_numbers",
+        "sealed_bodies",
         "users",
       ].sort(),
     );
@@ -502,7 +677,18 @@ describe("the count", () => {
       message_ids: CRYPTO.message_ids.vectors.length,
       attestation: 1,
       safety_numbers: CRYPTO.safety_numbers.vectors.length,
+      "sealed_bodies.valid": CRYPTO.sealed_bodies.valid.length,
+      "sealed_bodies.invalid": CRYPTO.sealed_bodies.invalid.length,
+      "sealed_bodies.invalid_wraps": CRYPTO.sealed_bodies.invalid_wraps.length,
+      padded_plaintexts: CRYPTO.padded_plaintexts.vectors.length,
+      "teams.records": (TEAMS.chains as { records: unknown[] }[]).reduce((n, c) => n + c.records.length, 0),
+      "teams.closing_record": 1,
+      "teams.bob_att": 1,
+      "teams.invalid": TEAMS.invalid.length,
     };
+    expect(Object.keys(TEAMS).sort()).toEqual(
+      ["authority_pk", "bob_att", "chains", "closing_record", "context", "description", "generator", "invalid", "protocol"].sort(),
+    );
     const total = Object.values(expected).reduce((a, b) => a + b, 0);
     expect(Object.fromEntries(checked)).toEqual(expected);
     expect([...checked.values()].reduce((a, b) => a + b, 0)).toBe(total);

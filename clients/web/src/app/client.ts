@@ -705,7 +705,13 @@ export class MissClient {
   async syncTeam(team: string, hubHead?: Uint8Array): Promise<KnownTeam> {
     let known = this.teamBook().get(team) ?? emptyTeam(team);
     if (known.stored.problem === "tampered") return known;
-    if (hubHead !== undefined && known.heads.includes(toHex(hubHead))) return known;
+    if (hubHead !== undefined && known.heads.includes(toHex(hubHead))) {
+      if (known.stored.problem === "diverged" && known.heads.at(-1) === toHex(hubHead)) {
+        known = { ...known, stored: { ...known.stored, problem: null, detail: undefined } };
+        await this.keepTeam(known); // the hub's head is ours again
+      }
+      return known;
+    }
     const authority = this.vault.profile.authority;
     let more = true;
     let bytes = 0;
@@ -739,7 +745,7 @@ export class MissClient {
     }
     if (hubHead !== undefined && !known.heads.includes(toHex(hubHead))) {
       known = { ...known, stored: { ...known.stored, problem: "diverged", detail: "the hub's head is not in the chain" } };
-    } else if (known.stored.problem === "diverged") {
+    } else if (hubHead !== undefined && known.stored.problem === "diverged") {
       known = { ...known, stored: { ...known.stored, problem: null, detail: undefined } };
     }
     await this.keepTeam(known);

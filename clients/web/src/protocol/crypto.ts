@@ -33,6 +33,10 @@ export const BODY_CONTEXT = utf8Encode("miss.v1/body\0");
 export const BODY_KEY_BYTES = 32;
 /** A wrap: nonce ‖ crypto_box(K). */
 export const WRAP_BYTES = 24 + 32 + 16;
+/** XChaCha20-Poly1305 nonce of a sealed body. */
+export const BODY_NONCE_BYTES = 24;
+/** len(body) − len(plaintext): nonce, Ed25519 signature, Poly1305 tag. */
+export const BODY_OVERHEAD = 24 + 64 + 16;
 /** Plaintext kinds of revision 3 (SPEC §13.5). */
 export const KINDS = ["text", "read", "recall"] as const;
 /** Most ids in a notice's `refs`. */
@@ -256,7 +260,7 @@ export function unpackPlaintext(data: Uint8Array): Plaintext {
   const expiresAt = m.get("expires_at") ?? undefined;
   const refs = m.get("refs") ?? undefined;
   const team = m.get("team") ?? undefined;
-  const pad = m.get("pad") ?? undefined;
+  const pad = m.get("pad"); // nil is not bytes: refused, as the Python does
   if (
     !(id instanceof Uint8Array && id.length === MESSAGE_ID_BYTES) ||
     typeof fromUser !== "string" ||
@@ -266,7 +270,7 @@ export function unpackPlaintext(data: Uint8Array): Plaintext {
     typeof body !== "string" ||
     !(replyTo === undefined || (replyTo instanceof Uint8Array && replyTo.length === MESSAGE_ID_BYTES)) ||
     !(head === undefined || (head instanceof Uint8Array && head.length === 32)) ||
-    !(expiresAt === undefined || (typeof expiresAt === "number" && Number.isSafeInteger(expiresAt))) ||
+    !(expiresAt === undefined || (typeof expiresAt === "number" && Number.isSafeInteger(expiresAt) && expiresAt >= 0)) ||
     !(
       refs === undefined ||
       (Array.isArray(refs) &&
@@ -353,6 +357,7 @@ export function wrapKey(
 /** Unwrap a body key sealed for `recipient`; EnvelopeError unless it opens
  * to 32 bytes. */
 export function unwrapKey(wrap: Uint8Array, recipient: { readonly boxSecret: Uint8Array }, senderBoxPk: Uint8Array): Uint8Array {
+  if (wrap.length !== WRAP_BYTES) throw new EnvelopeError("a wrap is 72 bytes");
   const key = openEnvelope(wrap, recipient, senderBoxPk);
   if (key.length !== BODY_KEY_BYTES) throw new EnvelopeError("a wrap holds a 32-byte key");
   return key;

@@ -64,12 +64,12 @@ export const ERRORS: { readonly [code: string]: ErrorInfo } = {
   forbidden: { fatal: false, retryable: false, message: "not allowed" },
   // Revision 3 (SPEC §13.7).
   unknown_team: { fatal: false, retryable: false, message: "no such team" },
-  not_member: { fatal: false, retryable: false, message: "not a member of this team" },
-  team_changed: { fatal: false, retryable: false, message: "the team changed; fetch its chain and resend" },
-  team_forbidden: { fatal: false, retryable: false, message: "this team change is not allowed" },
-  bad_team_record: { fatal: false, retryable: false, message: "the team record is malformed or badly signed" },
-  team_conflict: { fatal: false, retryable: false, message: "the team changed meanwhile; fetch its chain and redo the change" },
-  team_full: { fatal: false, retryable: false, message: "the team or a member has reached the limit of teams or members" },
+  not_member: { fatal: false, retryable: false, message: "the sender is not a member of this team" },
+  team_changed: { fatal: false, retryable: false, message: "the team changed; fetch its chain, verify it and resend" },
+  team_forbidden: { fatal: false, retryable: false, message: "this team change or recall is not allowed" },
+  bad_team_record: { fatal: false, retryable: false, message: "the team record is malformed or its signature does not verify" },
+  team_conflict: { fatal: false, retryable: false, message: "the team record does not follow the current head; fetch the chain and retry" },
+  team_full: { fatal: false, retryable: false, message: "the team, or one of its members, has reached its limit" },
 };
 
 /** What SPEC §7 says of `code`, or undefined for a code it does not name. */

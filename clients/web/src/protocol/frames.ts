@@ -708,7 +708,7 @@ schema("teams_ok", "hub", [rid, req("teams", checkList(teamHead, MAX_TEAMS_LIST)
 schema("team_chain_ok", "hub", [
   rid,
   req("team", checkTeamId),
-  req("recs", checkList(chainEntry, MAX_TEAM_CHAIN_BYTES), ["rec", "sig"]),
+  req("recs", checkList(chainEntry, MAX_TEAM_CHAIN_BYTES / 64), ["rec", "sig"]),
   req("more", checkBool),
 ]);
 schema("recall_ok", "hub", [rid, req("id", id16), req("removed", checkInt)]);

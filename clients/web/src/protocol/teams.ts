@@ -127,10 +127,9 @@ export function unpackRecord(data: Uint8Array): TeamRecord {
   }
   if (!(m instanceof MsgMap)) throw bad("not a map");
   for (const k of m.keys()) if (typeof k !== "string" || !KEYS.has(k)) throw bad("unknown key");
-  const get = (k: string) => {
-    const v = m.get(k);
-    return v === null ? undefined : v; // nil counts as absent
-  };
+  for (const k of ["v", "team", "seq", "prev", "op", "user", "by", "at"]) if (!m.has(k)) throw bad(`missing '${k}'`);
+  // As the Python: a key present with nil is present (and then of the wrong type).
+  const get = (k: string) => m.get(k);
   if (get("v") !== RECORD_VERSION) throw bad("version");
   const team = get("team");
   const seq = get("seq");
@@ -148,14 +147,22 @@ export function unpackRecord(data: Uint8Array): TeamRecord {
   if (!isInt(seq)) throw bad("seq");
   if (!(prev instanceof Uint8Array && prev.length === 32)) throw bad("prev");
   if (typeof op !== "string" || !(OPS as readonly string[]).includes(op)) throw bad("op");
-  if (!isId(user)) throw bad("user");
+  if (!isId(user) || user === AUTHORITY) throw bad("user");
   if (!isId(by)) throw bad("by");
   if (!isInt(at)) throw bad("at");
-  if (device !== undefined && !isId(device)) throw bad("device");
+  if (by === AUTHORITY) {
+    if (device !== undefined || att !== undefined) throw bad("the authority's record names no device or attestation");
+  } else if (!(device !== undefined && att !== undefined && isId(device))) {
+    throw bad("a member's record names its device and attestation");
+  } else if (!(att instanceof Uint8Array && att.length > 0 && att.length <= MAX_ATT_BYTES)) {
+    throw bad("att is not an attestation");
+  }
+  if (op !== "create" && (name !== undefined || org !== undefined || lifespan !== undefined)) {
+    throw bad("name, org and lifespan belong to a creation");
+  }
   if (name !== undefined && !(typeof name === "string" && codePointLength(name) >= 1 && codePointLength(name) <= 64)) throw bad("name");
   if (org !== undefined && !(typeof org === "string" && codePointLength(org) <= 128)) throw bad("org");
   if (lifespan !== undefined && !(isInt(lifespan) && lifespan >= MIN_LIFESPAN_MS && lifespan <= MAX_LIFESPAN_MS)) throw bad("lifespan");
-  if (att !== undefined && !(att instanceof Uint8Array && att.length <= MAX_ATT_BYTES)) throw bad("att");
   const r: TeamRecord = { team, seq, prev, op: op as TeamOp, user, by, at };
   if (device !== undefined) r.device = device as string;
   if (name !== undefined) r.name = name as string;
@@ -200,7 +207,8 @@ export function signRecordAuthority(r: TeamRecord, authoritySeed: Uint8Array): S
 export interface TeamState {
   team: string;
   name: string;
-  org: string;
+  /** null when the creation named none (as the Python's None). */
+  org: string | null;
   lifespan: number | undefined;
   /** In order of joining. */
   members: readonly string[];
@@ -222,44 +230,43 @@ function without(list: readonly string[], user: string): string[] {
  * Throws TeamChainError; returns a new state.
  */
 export function applyRecord(state: TeamState | null, s: SignedRecord, authorityPk: Uint8Array, team: string): TeamState {
-  if (!(s.rec instanceof Uint8Array) || !(s.sig instanceof Uint8Array)) throw new TeamChainError("malformed", "rec and sig are bytes");
-  if (s.rec.length > MAX_RECORD_BYTES) throw new TeamChainError("malformed", "record too large");
+  if (!(s.rec instanceof Uint8Array) || !(s.sig instanceof Uint8Array) || s.sig.length !== 64) {
+    throw new TeamChainError("malformed", "sig is 64 bytes");
+  }
   const r = s.record();
-  // Rule 1: the chain.
+  // Rule 1: a record of this format and team, following the head.
   const seq = state === null ? 0 : state.seq;
   const head = state === null ? ZERO_HEAD : state.head;
-  if (r.team !== team) throw new TeamChainError("broken_chain", "another team's record");
+  if (r.team !== team) throw new TeamChainError("malformed", "record of another team");
   if (r.seq !== seq) throw new TeamChainError("broken_chain", `seq ${r.seq}, expected ${seq}`);
   if (!equalBytes(r.prev, head)) throw new TeamChainError("broken_chain", "prev is not the head");
   // Rule 2: the signature.
   const signed = concatBytes(TEAM_CONTEXT, s.rec);
   if (r.by === AUTHORITY) {
-    if (r.device !== undefined || r.att !== undefined) throw new TeamChainError("malformed", "authority records carry no device nor att");
     if (!verifySignature(authorityPk, signed, s.sig)) throw new TeamChainError("bad_signature", "not the authority's signature");
   } else {
-    if (r.device === undefined || r.att === undefined) throw new TeamChainError("malformed", "device and att are required");
     let att: attestation.Attestation;
     try {
-      att = attestation.verify(r.att, authorityPk, r.at);
+      att = attestation.verify(r.att!, authorityPk, r.at);
     } catch {
       throw new TeamChainError("bad_signature", "the attestation does not verify at the record's time");
     }
     if (att.user !== r.by) throw new TeamChainError("bad_signature", "the attestation is another user's");
-    const dev = att.device(r.device);
+    const dev = att.device(r.device!);
     if (dev === undefined) throw new TeamChainError("bad_signature", "the device is not attested");
     if (!verifySignature(dev.sign_pk, signed, s.sig)) throw new TeamChainError("bad_signature", "the signature does not verify");
   }
   // Rule 3: the operation.
   const forbid = (what: string) => new TeamChainError("forbidden", what);
   const isAuthority = r.by === AUTHORITY;
-  if (r.op === "create") {
-    if (state !== null) throw forbid("create only at seq 0");
-    if (r.name === undefined) throw new TeamChainError("malformed", "a creation has a name");
+  if (state === null || r.op === "create") {
+    if (state !== null || r.op !== "create") throw forbid("a creation is the first record, and only it");
+    if (r.name === undefined) throw forbid("a creation names the team");
     if (!isAuthority && r.by !== r.user) throw forbid("a creator makes themself admin");
     return {
       team,
       name: r.name,
-      org: r.org ?? "",
+      org: r.org ?? null,
       lifespan: r.lifespan,
       members: [r.user],
       admins: [r.user],
@@ -268,16 +275,11 @@ export function applyRecord(state: TeamState | null, s: SignedRecord, authorityP
       closed: false,
     };
   }
-  if (state === null) throw forbid("the first record is a creation");
-  if (r.name !== undefined || r.org !== undefined || r.lifespan !== undefined) {
-    throw new TeamChainError("malformed", "name, org and lifespan are for creation only");
-  }
   if (state.closed) throw forbid("the team is closed");
   const isMember = (u: string) => state.members.includes(u);
   const isAdmin = (u: string) => isAuthority && u === AUTHORITY ? true : state.admins.includes(u);
   let members = [...state.members];
   let admins = [...state.admins];
-  let closed = false;
   switch (r.op) {
     case "add":
       if (!isAdmin(r.by)) throw forbid("only admins add");
@@ -295,7 +297,6 @@ export function applyRecord(state: TeamState | null, s: SignedRecord, authorityP
       if (admins.length === 1 && admins[0] === r.user && members.length > 1) throw forbid("the last admin cannot leave");
       members = without(members, r.user);
       admins = without(admins, r.user);
-      closed = members.length === 0;
       break;
     case "promote":
       if (!isAdmin(r.by)) throw forbid("only admins promote");
@@ -308,7 +309,8 @@ export function applyRecord(state: TeamState | null, s: SignedRecord, authorityP
       admins = without(admins, r.user);
       break;
   }
-  return { ...state, members, admins, seq: state.seq + 1, head: s.hash(), closed };
+  // Closed once the last member left (or the authority removed them).
+  return { ...state, members, admins, seq: state.seq + 1, head: s.hash(), closed: members.length === 0 };
 }
 
 /** Verify a whole chain from its creation; the final state, or TeamChainError
