@@ -39,6 +39,7 @@ import nacl.signing
 
 from . import attestation
 from .crypto import DeviceKeys, verify_signature
+from .errors import BadTeamRecord, RequestError, TeamConflict, TeamForbidden
 from .frame_base import MAX_LIFESPAN_MS, MAX_RECORD_BYTES, MIN_LIFESPAN_MS
 
 __all__ = [
@@ -92,6 +93,14 @@ _KEYS = ("v", "team", "seq", "prev", "op", "user", "by", "device", "at", "name",
 _CREATE_ONLY = ("name", "org", "lifespan")
 
 
+_ERROR_BY_REASON: dict[str, type[RequestError]] = {
+    "malformed": BadTeamRecord,
+    "bad_signature": BadTeamRecord,
+    "broken_chain": TeamConflict,
+    "forbidden": TeamForbidden,
+}
+
+
 class TeamChainError(Exception):
     """A record (and so its chain) that breaks a rule of SPEC §13.2.
     ``reason`` is one of :data:`REASONS`; ``str()`` says what, for logs."""
@@ -101,6 +110,13 @@ class TeamChainError(Exception):
         super().__init__(f"{reason}: {detail}" if detail else reason)
         self.reason = reason
         self.detail = detail
+
+    def request_error(self) -> RequestError:
+        """The error a hub answers a ``team_change`` with (SPEC §13.7):
+        ``bad_team_record`` (malformed, bad signature), ``team_conflict``
+        (does not follow the head) or ``team_forbidden``."""
+        cls = _ERROR_BY_REASON[self.reason]
+        return cls(str(self))
 
 
 def new_team_id() -> str:

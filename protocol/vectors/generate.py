@@ -1580,7 +1580,8 @@ def state_json(state: teams.TeamState) -> dict[str, Any]:
 
 def record_json(r: teams.TeamRecord) -> dict[str, Any]:
     """A record keyed as on the wire, in canonical order, bytes as {"bin": hex}."""
-    return jsonable(msgpack.unpackb(teams.pack_record(r), raw=False))
+    out: dict[str, Any] = jsonable(msgpack.unpackb(teams.pack_record(r), raw=False))
+    return out
 
 
 def chain_json(name: str, team: str, steps: list[tuple[str, teams.SignedRecord, teams.TeamState]]) -> Any:

@@ -400,10 +400,40 @@ def test_answers_are_matched_by_rid_whatever_arrives_in_between() -> None:
     assert client.outstanding == frozenset()
 
 
-@pytest.mark.parametrize("kind", [Deliver, Delivered, Refused, Presence], ids=lambda k: k.TYPE)
+@pytest.mark.parametrize("kind", [Deliver, Delivered, Refused, Presence, TeamChanged], ids=lambda k: k.TYPE)
 def test_pushes_are_classified_as_pushed(kind: type[Frame]) -> None:
     client, _ = authenticated()
     assert client.receive(encode(SAMPLES[kind])) == Pushed(SAMPLES[kind])  # type: ignore[arg-type]
+
+
+def test_team_requests_are_answered_by_rid_and_team_errors_fail_them() -> None:
+    """Revision 3 (SPEC §13.4): team_change, teams, team_chain and recall are
+    matched by rid like the other requests; team_changed is a push."""
+    client, _ = authenticated()
+    rid_change, _ = client.request(lambda rid: TeamChange(rid, TEAM, b"rec", bytes(64)))
+    rid_teams, _ = client.request(lambda rid: Teams(rid))
+    rid_chain, _ = client.request(lambda rid: TeamChain(rid, TEAM, 0))
+    rid_recall, _ = client.request(lambda rid: Recall(rid, MID))
+    pushed = TeamChanged(TEAM, 3, HEAD)
+    assert client.receive(encode(pushed)) == Pushed(pushed)
+    recall_ok = RecallOk(rid_recall, MID, 1)
+    assert client.receive(encode(recall_ok)) == Answered(rid_recall, recall_ok)
+    chain_ok = TeamChainOk(rid_chain, TEAM, (), False)
+    assert client.receive(encode(chain_ok)) == Answered(rid_chain, chain_ok)
+    teams_ok = TeamsOk(rid_teams, (TeamHead(TEAM, 3, HEAD),))
+    assert client.receive(encode(teams_ok)) == Answered(rid_teams, teams_ok)
+    conflict = Error(errors.TeamConflict.code, errors.TeamConflict.message, rid=rid_change)
+    event = client.receive(encode(conflict))
+    assert isinstance(event, Failed) and event.request == rid_change
+    assert isinstance(event.error, errors.TeamConflict) and event.error.remote
+    assert client.outstanding == frozenset()
+
+
+def test_a_stale_team_head_fails_the_send_by_its_id() -> None:
+    client, _ = authenticated()
+    client.send(Send(MID, "d_1", TEAM, {"d_2": b"w" * 72}, body=b"b" * 104, head=HEAD))
+    event = client.receive(encode(Error("team_changed", errors.StaleTeamHead.message, id=MID)))
+    assert isinstance(event, Failed) and isinstance(event.error, errors.StaleTeamHead)
 
 
 def test_an_error_answering_a_request_fails_that_request_only() -> None:
