@@ -225,6 +225,8 @@ export class MissClient {
   /** Our own attestation as the last lookup of ourselves gave it (signs team records). */
   private ownAtt: Uint8Array | null = null;
   private sweepTimer: ReturnType<typeof setInterval> | null = null;
+  /** A member of the team (by id) whose lookup did not verify at the last send. */
+  private unverifiedMembers = new Map<string, string>();
 
   constructor(
     readonly vault: Vault,
@@ -1092,8 +1094,10 @@ export class MissClient {
     const own = await this.lookup(this.me, refresh);
     this.checkSendable(own, own);
     const devices = new Map<string, readonly Device[]>();
+    this.unverifiedMembers.delete(team);
     for (const user of state.members) {
-      const peer = user === this.me ? own : await this.lookup(user, refresh);
+      const peer = user === this.me ? own : await this.memberLookup(team, user, refresh);
+      if (peer === null) continue; // not verified: nothing is encrypted to them (nor does the hub ask)
       const pending = this.pendingChange(user);
       if (pending) throw new KeyChangePending(user, pending, user === this.me);
       devices.set(user, peer.devices);
@@ -1112,6 +1116,20 @@ export class MissClient {
     return frame;
   }
 
+  /** A member as a lookup verifies them, or null (remembered per team)
+   * when they are not a verified clinician now. */
+  private async memberLookup(team: string, user: string, refresh: boolean): Promise<Peer | null> {
+    try {
+      return await this.lookup(user, refresh);
+    } catch (err) {
+      if (err instanceof UnverifiedPeer || (err instanceof ProtocolError && err.code === "unknown_user")) {
+        this.unverifiedMembers.set(team, user);
+        return null;
+      }
+      throw err;
+    }
+  }
+
   /**
    * The hub wants devices we did not encrypt to. With fresh lookups of every
    * member (the next attempt), devices of members are targeted; a device
@@ -1123,10 +1141,15 @@ export class MissClient {
     if (!state) return;
     const ids = new Set<string>();
     for (const user of state.members) {
-      const peer = await this.lookup(user, true);
-      for (const d of peer.listed) ids.add(d.device);
+      const peer = await this.memberLookup(team, user, true);
+      for (const d of peer?.listed ?? []) ids.add(d.device);
     }
     const others = strangers(missing, ids);
+    const unverified = this.unverifiedMembers.get(team);
+    if (others.length > 0 && unverified !== undefined) {
+      // Devices of a member we could not verify, perhaps: not proof of tampering.
+      throw new UnverifiedPeer(unverified, "missing", false);
+    }
     if (others.length > 0) {
       await this.markProblem(team, "tampered", `the hub asked for devices of non-members: ${others.join(", ")}`);
       throw new TeamProblemError(team, "tampered");
