@@ -59,7 +59,12 @@ async def _team(store: Store, team: str) -> TeamInfo:
 
 
 async def _append(
-    store: Store, settings: Settings, key_pk: bytes, info: TeamInfo | None, signed: pt.SignedRecord, joining: tuple[str, ...]
+    store: Store,
+    settings: Settings,
+    key_pk: bytes,
+    info: TeamInfo | None,
+    signed: pt.SignedRecord,
+    joining: tuple[str, ...],
 ) -> TeamInfo:
     """Check and store one authority record; the team after it."""
     rec = signed.record()
@@ -79,7 +84,9 @@ async def _append(
     if outcome is TeamAppend.CONFLICT:
         raise ValueError("the team changed meanwhile: run the command again")
     if outcome is TeamAppend.FULL:
-        raise ValueError(f"{', '.join(joining)} is in max_teams_per_user ({settings.max_teams_per_user}) teams")
+        raise ValueError(
+            f"{', '.join(joining)} is in max_teams_per_user ({settings.max_teams_per_user}) teams"
+        )
     await record(store, "team.changed", user_id=rec.user, detail=rec.team)
     return after
 
@@ -104,7 +111,8 @@ async def cmd_team(store: Store, settings: Settings, args: argparse.Namespace) -
         teams = await store.list_teams()
         rows = [_row(t) for t in teams]
         text = "\n".join(
-            f"{t.team}  {shown(t.name)}  {shown(t.org)}  {len(t.members)} member(s)" + ("  closed" if t.closed else "")
+            f"{t.team}  {shown(t.name)}  {shown(t.org)}  {len(t.members)} member(s)"
+            + ("  closed" if t.closed else "")
             for t in teams
         )
         return {"teams": rows, "text": text or "no teams yet"}
@@ -116,11 +124,13 @@ async def cmd_team(store: Store, settings: Settings, args: argparse.Namespace) -
             rec = pt.unpack_record(r.rec)
             chain.append({"seq": rec.seq, "op": rec.op, "user": rec.user, "by": rec.by, "at": iso(rec.at)})
         names = {}
-        for user in sorted(info.members):
-            found = await store.get_user(user)
-            names[user] = who(found) if found is not None else user
+        for member in sorted(info.members):
+            found = await store.get_user(member)
+            names[member] = who(found) if found is not None else member
         lines = [f"{info.team}  {shown(info.name)}  {shown(info.org)}  head {info.head.hex()[:16]}…"]
-        lines += [f"  {u}  {names[u]}" + ("  admin" if u in info.admins else "") for u in sorted(info.members)]
+        lines += [
+            f"  {u}  {names[u]}" + ("  admin" if u in info.admins else "") for u in sorted(info.members)
+        ]
         lines += [f"  #{c['seq']} {c['op']} {c['user']} by {c['by']} at {c['at']}" for c in chain]
         return {**_row(info), "records": chain, "text": "\n".join(lines)}
 
@@ -131,10 +141,18 @@ async def cmd_team(store: Store, settings: Settings, args: argparse.Namespace) -
         admin = await resolve(store, args.admin)
         lifespan = parse_lifespan(args.lifespan) if args.lifespan else None
         rec = pt.next_record(
-            None, "create", admin.user_id, by=pt.AUTHORITY, at=now, name=args.name.strip(),
-            org=args.org or None, lifespan=lifespan,
+            None,
+            "create",
+            admin.user_id,
+            by=pt.AUTHORITY,
+            at=now,
+            name=args.name.strip(),
+            org=args.org or None,
+            lifespan=lifespan,
         )
-        after = await _append(store, settings, key_pk, None, pt.sign_record_authority(rec, key), (admin.user_id,))
+        after = await _append(
+            store, settings, key_pk, None, pt.sign_record_authority(rec, key), (admin.user_id,)
+        )
         return {**_row(after), "text": f"team {after.team} {shown(after.name)!r} created, admin {who(admin)}"}
     info = await _team(store, args.team)
     user = await resolve(store, args.user)

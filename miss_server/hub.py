@@ -62,8 +62,8 @@ from protocol.frames import (
     LinkCode,
     Lookup,
     Ok,
-    Revoke,
     Recall,
+    Revoke,
     Search,
     Send,
     SetStatus,
@@ -328,7 +328,9 @@ class Hub:
         # SPEC §13.6: rows go at ts + ttl, or at the default expiry if sooner.
         expires_at = now + min(frame.ttl or self.settings.message_ttl_ms, self.settings.message_ttl_ms)
         if pt.is_team_id(frame.to):
-            return await self._send_to_team(session.user_id, session.device_id, frame, now, expires_at, started)
+            return await self._send_to_team(
+                session.user_id, session.device_id, frame, now, expires_at, started
+            )
         if frame.body is not None or frame.head is not None:
             raise errors.MalformedFrame("body and head are for a send to a team")
         await self._check_targets(session.user_id, session.device_id, frame, now)

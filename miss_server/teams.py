@@ -159,7 +159,9 @@ class TeamService:
         if rec.by != pt.AUTHORITY:
             await self._check_signer(rec, now)
         try:
-            state = pt.apply_record(None if info is None else team_state(info), signed, authority_pk, team=frame.team)
+            state = pt.apply_record(
+                None if info is None else team_state(info), signed, authority_pk, team=frame.team
+            )
         except pt.TeamChainError as exc:
             raise _REASONS[exc.reason](str(exc)) from None
         if len(state.members) > self._settings.max_team_members:
@@ -231,8 +233,16 @@ class TeamService:
 
     # --- send to a team ------------------------------------------------------------
 
-    async def targets(self, team: str, sender_user: str, sender_device: str, head: bytes | None,
-                      has_body: bool, *, refresh: bool) -> frozenset[str]:
+    async def targets(
+        self,
+        team: str,
+        sender_user: str,
+        sender_device: str,
+        head: bytes | None,
+        has_body: bool,
+        *,
+        refresh: bool,
+    ) -> frozenset[str]:
         """The target set *T* of a ``send`` to ``team`` (SPEC §13.4), after
         its checks in order: unknown_team, not_member, malformed_frame
         (fatal: ``body`` or ``head`` missing), team_changed. *T* is every
@@ -304,4 +314,3 @@ class TeamService:
         if info is None:
             return
         self.push_local(encode(TeamChanged(team, info.seq, info.head)), info.members | set(users))
-

@@ -56,10 +56,10 @@ __all__ = [
     "Invitation",
     "Kind",
     "NewMessage",
+    "NewTeamMessage",
     "Organisation",
     "Queued",
     "Refusals",
-    "NewTeamMessage",
     "SchemaMismatch",
     "Store",
     "StoreUnavailable",
@@ -471,7 +471,9 @@ class Store(Protocol):
     async def team_info(self, team: str) -> TeamInfo | None:
         """The team's current state, None for an unknown team."""
 
-    async def team_records(self, team: str, from_seq: int, max_bytes: int) -> tuple[list[TeamRecordRow], bool]:
+    async def team_records(
+        self, team: str, from_seq: int, max_bytes: int
+    ) -> tuple[list[TeamRecordRow], bool]:
         """The records from ``from_seq`` on, in order, as many as fit in
         ``max_bytes`` of ``rec`` and ``sig`` (at least one when any exists);
         and whether more follow."""

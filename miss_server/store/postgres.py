@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING
 
 import asyncpg
 
+from . import postgres_teams as teams
 from .base import (
     CodeInvalid,
     Device,
@@ -46,7 +47,6 @@ from .common import (
     new_user_id,
     searchable,
 )
-from . import postgres_teams as teams
 from .postgres_batch import GroupCommit
 from .postgres_pool import Database
 from .rows import DEVICE_COLUMNS, USER_COLUMNS, to_device, to_user
@@ -516,7 +516,9 @@ class PostgresStore:
     async def team_info(self, team: str) -> TeamInfo | None:
         return await self._db.retryable(lambda c: teams.team_info(c, team))
 
-    async def team_records(self, team: str, from_seq: int, max_bytes: int) -> tuple[list[TeamRecordRow], bool]:
+    async def team_records(
+        self, team: str, from_seq: int, max_bytes: int
+    ) -> tuple[list[TeamRecordRow], bool]:
         return await self._db.retryable(lambda c: teams.team_records(c, team, from_seq, max_bytes))
 
     async def user_teams(self, user_id: str, limit: int) -> list[tuple[str, int, bytes]]:
@@ -534,7 +536,9 @@ class PostgresStore:
     async def has_sent(self, sender_user: str, message_id: bytes) -> bool:
         row = await self._db.retryable(
             lambda c: c.fetchval(
-                "SELECT 1 FROM accepted_ids WHERE sender_user = $1 AND message_id = $2", sender_user, message_id
+                "SELECT 1 FROM accepted_ids WHERE sender_user = $1 AND message_id = $2",
+                sender_user,
+                message_id,
             )
         )
         return row is not None

@@ -35,7 +35,8 @@ PENDING_UNION = """
 SELECT seq, device_id, kind, message_id, peer_user, peer_device, ts, payload, NULL::bytea, NULL::text
 FROM queue WHERE device_id = $1 AND seq > $2 AND expires_at > $3
 UNION ALL
-SELECT t.seq, t.device_id, 4::smallint, b.message_id, b.sender_user, b.sender_device, b.ts, t.wrap, b.body, b.team
+SELECT t.seq, t.device_id, 4::smallint, b.message_id, b.sender_user, b.sender_device, b.ts, t.wrap,
+       b.body, b.team
 FROM team_queue t JOIN bodies b ON b.id = t.body_id
 WHERE t.device_id = $1 AND t.seq > $2 AND b.expires_at > $3
 ORDER BY 1 LIMIT $4"""
@@ -87,14 +88,18 @@ async def accept_team(conn: asyncpg.Connection, m: NewTeamMessage) -> AcceptResu
         body_id,
         [m.wraps[d] for d in devices],
     )
-    return AcceptResult(duplicate=False, queued=sorted((m.queued(r[0], r[1]) for r in rows), key=lambda q: q.seq))
+    return AcceptResult(
+        duplicate=False, queued=sorted((m.queued(r[0], r[1]) for r in rows), key=lambda q: q.seq)
+    )
 
 
 async def recall(conn: asyncpg.Connection, sender_user: str, message_id: bytes) -> int:
     n = int(
         (
             await conn.execute(
-                "DELETE FROM queue WHERE kind = 1 AND message_id = $1 AND peer_user = $2", message_id, sender_user
+                "DELETE FROM queue WHERE kind = 1 AND message_id = $1 AND peer_user = $2",
+                message_id,
+                sender_user,
             )
         ).split()[-1]
     )
@@ -107,7 +112,8 @@ async def recall(conn: asyncpg.Connection, sender_user: str, message_id: bytes) 
 
 
 async def stored_bytes(conn: asyncpg.Connection, sender_user: str, message_id: bytes) -> int:
-    """See :meth:`Store.stored_bytes <.base.Store.stored_bytes>` (octet_length as SQLite's length of a blob)."""
+    """See :meth:`Store.stored_bytes <.base.Store.stored_bytes>` (octet_length
+    as SQLite's length of a blob)."""
     total = await conn.fetchval(
         "SELECT coalesce(sum(8 + octet_length(sender_user) + octet_length(message_id)), 0) FROM accepted_ids "
         "WHERE sender_user = $1 AND message_id = $2",
@@ -116,7 +122,8 @@ async def stored_bytes(conn: asyncpg.Connection, sender_user: str, message_id: b
     )
     body = await conn.fetchrow(
         "SELECT id, 8 + octet_length(sender_user) + octet_length(message_id) + octet_length(sender_device) "
-        "+ octet_length(team) + 8 + 8 + octet_length(body) FROM bodies WHERE sender_user = $1 AND message_id = $2",
+        "+ octet_length(team) + 8 + 8 + octet_length(body) FROM bodies "
+        "WHERE sender_user = $1 AND message_id = $2",
         sender_user,
         message_id,
     )
@@ -128,7 +135,8 @@ async def stored_bytes(conn: asyncpg.Connection, sender_user: str, message_id: b
             body[0],
         )
     total += await conn.fetchval(
-        "SELECT coalesce(sum(8 + octet_length(device_id) + 2 + octet_length(message_id) + octet_length(peer_user) "
+        "SELECT coalesce(sum(8 + octet_length(device_id) + 2 + octet_length(message_id) "
+        "+ octet_length(peer_user) "
         "+ octet_length(peer_device) + octet_length(recipient_user) + 8 + 8 + octet_length(payload)), 0) "
         "FROM queue WHERE kind = 1 AND message_id = $1 AND peer_user = $2",
         message_id,
@@ -184,7 +192,8 @@ async def append_team_record(
         record.hash,
     )
     before = {
-        r[0]: r[1] for r in await conn.fetch("SELECT user_id, admin FROM team_members WHERE team = $1", state.team)
+        r[0]: r[1]
+        for r in await conn.fetch("SELECT user_id, admin FROM team_members WHERE team = $1", state.team)
     }
     gone = sorted(before.keys() - state.members)
     if gone:
@@ -194,7 +203,8 @@ async def append_team_record(
     changed = sorted(u for u in state.members if before.get(u) != (u in state.admins))
     if changed:
         await conn.execute(
-            "INSERT INTO team_members (team, user_id, admin) SELECT $1, u, a FROM unnest($2::text[], $3::bool[]) "
+            "INSERT INTO team_members (team, user_id, admin) "
+            "SELECT $1, u, a FROM unnest($2::text[], $3::bool[]) "
             "AS x (u, a) ON CONFLICT (team, user_id) DO UPDATE SET admin = excluded.admin",
             state.team,
             changed,
@@ -238,7 +248,9 @@ async def team_records(
     out: list[TeamRecordRow] = []
     size = 0
     for seq, rec, sig, digest in await conn.fetch(
-        "SELECT seq, rec, sig, hash FROM team_records WHERE team = $1 AND seq >= $2 ORDER BY seq", team, from_seq
+        "SELECT seq, rec, sig, hash FROM team_records WHERE team = $1 AND seq >= $2 ORDER BY seq",
+        team,
+        from_seq,
     ):
         cost = len(rec) + len(sig) + RECORD_OVERHEAD
         if out and size + cost > max_bytes:

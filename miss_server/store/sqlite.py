@@ -434,7 +434,9 @@ class SQLiteStore:
     async def team_info(self, team: str) -> TeamInfo | None:
         return await self._db.read(teams.team_info, team)
 
-    async def team_records(self, team: str, from_seq: int, max_bytes: int) -> tuple[list[TeamRecordRow], bool]:
+    async def team_records(
+        self, team: str, from_seq: int, max_bytes: int
+    ) -> tuple[list[TeamRecordRow], bool]:
         return await self._db.read(teams.team_records, team, from_seq, max_bytes)
 
     async def user_teams(self, user_id: str, limit: int) -> list[tuple[str, int, bytes]]:
@@ -451,10 +453,13 @@ class SQLiteStore:
 
     async def has_sent(self, sender_user: str, message_id: bytes) -> bool:
         return await self._db.read(
-            lambda c: c.execute(
-                "SELECT 1 FROM accepted_ids WHERE sender_user = ? AND message_id = ?", (sender_user, message_id)
-            ).fetchone()
-            is not None
+            lambda c: (
+                c.execute(
+                    "SELECT 1 FROM accepted_ids WHERE sender_user = ? AND message_id = ?",
+                    (sender_user, message_id),
+                ).fetchone()
+                is not None
+            )
         )
 
     async def stored_bytes(self, sender_user: str, message_id: bytes) -> int:

@@ -104,7 +104,9 @@ def expire_team_rows(conn: sqlite3.Connection, now: int) -> int:
         "DELETE FROM team_queue WHERE body_id IN (SELECT id FROM bodies WHERE expires_at <= ?)", (now,)
     ).rowcount
     conn.execute("DELETE FROM bodies WHERE expires_at <= ?", (now,))
-    conn.execute("DELETE FROM bodies WHERE NOT EXISTS (SELECT 1 FROM team_queue t WHERE t.body_id = bodies.id)")
+    conn.execute(
+        "DELETE FROM bodies WHERE NOT EXISTS (SELECT 1 FROM team_queue t WHERE t.body_id = bodies.id)"
+    )
     return int(n)
 
 
@@ -138,7 +140,8 @@ def stored_bytes(conn: sqlite3.Connection, sender_user: str, message_id: bytes) 
     if body is not None:
         total += body[1]
         total += conn.execute(
-            "SELECT coalesce(sum(8 + length(device_id) + 8 + length(wrap)), 0) FROM team_queue WHERE body_id = ?",
+            "SELECT coalesce(sum(8 + length(device_id) + 8 + length(wrap)), 0) "
+            "FROM team_queue WHERE body_id = ?",
             (body[0],),
         ).fetchone()[0]
     total += conn.execute(
@@ -172,9 +175,19 @@ def append_team_record(
         (state.team, record.seq, record.rec, record.sig, record.hash),
     )
     conn.execute(
-        "INSERT INTO teams (team, name, org, lifespan, creator, seq, head, closed) VALUES (?, ?, ?, ?, ?, ?, ?, ?) "
+        "INSERT INTO teams (team, name, org, lifespan, creator, seq, head, closed) "
+        "VALUES (?, ?, ?, ?, ?, ?, ?, ?) "
         "ON CONFLICT (team) DO UPDATE SET seq = excluded.seq, head = excluded.head, closed = excluded.closed",
-        (state.team, state.name, state.org, state.lifespan, state.creator, state.seq, state.head, int(state.closed)),
+        (
+            state.team,
+            state.name,
+            state.org,
+            state.lifespan,
+            state.creator,
+            state.seq,
+            state.head,
+            int(state.closed),
+        ),
     )
     before = dict(
         conn.execute("SELECT user_id, admin FROM team_members WHERE team = ?", (state.team,)).fetchall()

@@ -41,7 +41,9 @@ async def test_team_changes_and_messages_cross_nodes(cluster: Cluster) -> None:
     await store.open()
     try:
         team = Team()
-        assert type(await change(alice, team, "create", alice.user_id, store, AUTHORITY_PK)).__name__ == "TeamOk"
+        assert (
+            type(await change(alice, team, "create", alice.user_id, store, AUTHORITY_PK)).__name__ == "TeamOk"
+        )
         assert type(await change(alice, team, "add", bob.user_id, store, AUTHORITY_PK)).__name__ == "TeamOk"
     finally:
         await store.close()

@@ -19,17 +19,25 @@ from tests.support.wire import invite
 def test_create_add_remove_list_and_show(run: Admin) -> None:
     alice = run.invite("Dr Alice Martin", "10000000001")["user"]
     bob = run.invite("Dr Bob Durand", "10000000002")["user"]
-    made = run.with_key("team", "create", "--name", "Réa nuit", "--org", "CHRU", "--lifespan", "24h",
-                        "--admin", "10000000001")
+    made = run.with_key(
+        "team", "create", "--name", "Réa nuit", "--org", "CHRU", "--lifespan", "24h", "--admin", "10000000001"
+    )
     team = made["team"]
     assert pt.is_team_id(team)
     assert (made["members"], made["admins"], made["lifespan"], made["seq"], made["creator"]) == (
-        [alice], [alice], 86_400_000, 1, "authority")
+        [alice],
+        [alice],
+        86_400_000,
+        1,
+        "authority",
+    )
     added = run.with_key("team", "add", team, bob)
     assert added["members"] == sorted([alice, bob]) and added["seq"] == 2
     shown = run("team", "show", team)
     assert [(r["op"], r["user"], r["by"]) for r in shown["records"]] == [
-        ("create", alice, "authority"), ("add", bob, "authority")]
+        ("create", alice, "authority"),
+        ("add", bob, "authority"),
+    ]
     # The stored chain is what any client verifies with the authority key.
     records, _ = run.on_store(lambda s: s.team_records(team, 0, 1 << 20))
     state = pt.verify_chain([pt.SignedRecord(r.rec, r.sig) for r in records], AUTHORITY_PK, team)
@@ -48,8 +56,12 @@ def test_bad_team_commands_change_nothing(run: Admin) -> None:
     assert "no clinician" in run.with_key("team", "add", team, "10000000099", status=1)["error"]
     assert "no team" in run.with_key("team", "add", "t_0000000000000000", alice, status=1)["error"]
     assert "already a member" in run.with_key("team", "add", team, alice, status=1)["error"]
-    assert "--lifespan" in run.with_key("team", "create", "--name", "X", "--lifespan", "5m", "--admin", alice,
-                                        status=1)["error"]
+    assert (
+        "--lifespan"
+        in run.with_key("team", "create", "--name", "X", "--lifespan", "5m", "--admin", alice, status=1)[
+            "error"
+        ]
+    )
     # Without the authority key nothing can be signed.
     assert run("team", "add", team, alice, "--key-file", "/nonexistent/key", status=1)["error"]
     assert run("team", "show", team)["seq"] == 1
@@ -63,7 +75,9 @@ async def test_a_running_hub_routes_by_and_announces_admin_changes(hub: HubServe
     _, code = await invite(hub, "Dr Bob", "10000000012")
     bob = TeamDevice(hub.url)
     await bob.enroll(code)
-    made = await asyncio.to_thread(hub_admin.with_key, "team", "create", "--name", "Réa", "--admin", alice.user_id)
+    made = await asyncio.to_thread(
+        hub_admin.with_key, "team", "create", "--name", "Réa", "--admin", alice.user_id
+    )
     team_id = made["team"]
     await asyncio.to_thread(hub_admin.with_key, "team", "add", team_id, bob.user_id)
     pushed = await bob.next_of(TeamChanged, timeout=5)

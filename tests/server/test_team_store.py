@@ -29,10 +29,20 @@ def _record(seq: int, tag: str = "") -> TeamRecordRow:
     return TeamRecordRow(seq, rec, b"s" * 64, hashlib.blake2b(rec, digest_size=32).digest())
 
 
-def _state(record: TeamRecordRow, members: set[str], admins: set[str], creator: str, team: str = TEAM) -> TeamInfo:
+def _state(
+    record: TeamRecordRow, members: set[str], admins: set[str], creator: str, team: str = TEAM
+) -> TeamInfo:
     return TeamInfo(
-        team, "Soins intensifs", "CHRU", None, record.seq + 1, record.hash, not members,
-        frozenset(members), frozenset(admins), creator,
+        team,
+        "Soins intensifs",
+        "CHRU",
+        None,
+        record.seq + 1,
+        record.hash,
+        not members,
+        frozenset(members),
+        frozenset(admins),
+        creator,
     )
 
 
@@ -50,11 +60,25 @@ async def _team(store: Store, admin: str, *others: str, team: str = TEAM) -> Tea
     return state
 
 
-def _team_message(mid: int, sender: str, sender_dev: str, targets: list[str], *, ts: int = NOW,
-                  ttl: int = DAY, body: bytes = b"B" * 200) -> NewTeamMessage:
+def _team_message(
+    mid: int,
+    sender: str,
+    sender_dev: str,
+    targets: list[str],
+    *,
+    ts: int = NOW,
+    ttl: int = DAY,
+    body: bytes = b"B" * 200,
+) -> NewTeamMessage:
     return NewTeamMessage(
-        mid.to_bytes(16, "big"), sender, sender_dev, TEAM, body,
-        {d: bytes([mid % 256]) * 72 for d in targets}, ts, ts + ttl,
+        mid.to_bytes(16, "big"),
+        sender,
+        sender_dev,
+        TEAM,
+        body,
+        {d: bytes([mid % 256]) * 72 for d in targets},
+        ts,
+        ts + ttl,
     )
 
 
@@ -67,19 +91,23 @@ async def test_a_chain_grows_one_record_at_a_time_and_members_follow_it(store: S
     assert await store.user_teams(bob, 256) == [(TEAM, 2, state.head)]
     # A creation of an existing team, and a record that does not follow the head: nothing stored.
     again = _record(0, "again")
-    assert await store.append_team_record(
-        _state(again, {bob}, {bob}, bob), again, joining=(bob,), max_teams=64
-    ) is TeamAppend.CONFLICT
+    assert (
+        await store.append_team_record(_state(again, {bob}, {bob}, bob), again, joining=(bob,), max_teams=64)
+        is TeamAppend.CONFLICT
+    )
     stale = _record(1, "stale")
-    assert await store.append_team_record(
-        _state(stale, {alice}, {alice}, alice), stale, joining=(), max_teams=64
-    ) is TeamAppend.CONFLICT
+    assert (
+        await store.append_team_record(
+            _state(stale, {alice}, {alice}, alice), stale, joining=(), max_teams=64
+        )
+        is TeamAppend.CONFLICT
+    )
     assert await store.team_info(TEAM) == state
     # Bob removed: he is no longer routed to, the chain keeps every record.
     r = _record(2)
     after = _state(r, {alice}, {alice}, alice)
     assert await store.append_team_record(after, r, joining=(), max_teams=64) is TeamAppend.OK
-    assert (await store.team_info(TEAM)).members == {alice}
+    assert await store.team_info(TEAM) == after
     assert await store.user_teams(bob, 256) == []
     records, more = await store.team_records(TEAM, 0, 48 * 1024)
     assert [x.seq for x in records] == [0, 1, 2] and not more
@@ -101,17 +129,24 @@ async def test_caps_on_teams_per_user_store_nothing(store: Store) -> None:
     r = _record(1, "t_0000000000000002")
     full = _state(r, {alice, bob}, {alice}, alice, "t_0000000000000002")
     assert await store.append_team_record(full, r, joining=(bob,), max_teams=1) is TeamAppend.FULL
-    assert (await store.team_info("t_0000000000000002")).members == {alice}
+    kept = await store.team_info("t_0000000000000002")
+    assert kept is not None and kept.members == {alice}
     # Alice created one team: at a cap of one she creates no other.
     r0 = _record(0, "x")
-    assert await store.append_team_record(
-        _state(r0, {alice}, {alice}, alice, "t_0000000000000003"), r0, joining=(), max_teams=1
-    ) is TeamAppend.FULL
+    assert (
+        await store.append_team_record(
+            _state(r0, {alice}, {alice}, alice, "t_0000000000000003"), r0, joining=(), max_teams=1
+        )
+        is TeamAppend.FULL
+    )
     assert await store.team_info("t_0000000000000003") is None
     # The authority's creations count for nobody's creations.
-    assert await store.append_team_record(
-        _state(r0, {alice}, {alice}, "authority", "t_0000000000000004"), r0, joining=(), max_teams=1
-    ) is TeamAppend.OK
+    assert (
+        await store.append_team_record(
+            _state(r0, {alice}, {alice}, "authority", "t_0000000000000004"), r0, joining=(), max_teams=1
+        )
+        is TeamAppend.OK
+    )
 
 
 async def test_a_team_message_is_one_body_and_one_lean_row_per_device(store: Store) -> None:
@@ -135,7 +170,11 @@ async def test_a_team_message_is_one_body_and_one_lean_row_per_device(store: Sto
     team_row = rows[0]
     assert (team_row.body, team_row.team, team_row.payload) == (body, TEAM, m.wraps[c1])
     assert (team_row.message_id, team_row.peer_user, team_row.peer_device, team_row.ts) == (
-        m.message_id, alice, a1, NOW)
+        m.message_id,
+        alice,
+        a1,
+        NOW,
+    )
     assert result.queued[3] == team_row
     assert await store.count_pending(c1) == 2
     # A member's ack: a `delivered` receipt for each of alice's attested devices.
@@ -171,7 +210,7 @@ async def test_recall_deletes_what_no_device_acked_and_the_body(store: Store) ->
 
 async def test_team_rows_expire_with_their_ttl_and_bodies_with_their_last_row(store: Store) -> None:
     alice, (a1,) = await user_with_devices(store, "10000000001", 1)
-    bob, (b1,) = await user_with_devices(store, "10000000002", 1)
+    _, (b1,) = await user_with_devices(store, "10000000002", 1)
     short = _team_message(1, alice, a1, [b1], ttl=3_600_000)
     long = _team_message(2, alice, a1, [b1], ttl=DAY)
     await store.accept_team(short)
@@ -189,7 +228,7 @@ async def test_team_rows_expire_with_their_ttl_and_bodies_with_their_last_row(st
 
 async def test_revoking_a_device_drops_its_team_rows(store: Store) -> None:
     alice, (a1,) = await user_with_devices(store, "10000000001", 1)
-    bob, (b1, b2) = await user_with_devices(store, "10000000002", 2)
+    _, (b1, b2) = await user_with_devices(store, "10000000002", 2)
     await store.accept_team(_team_message(1, alice, a1, [b1, b2]))
     await store.revoke_device(b2, NOW)
     assert await store.count_pending(b2) == 0 and await store.count_pending(b1) == 1

@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 
 from miss_server.app import HubServer
+from miss_server.store.base import TeamInfo, TeamRecordRow
 from protocol import crypto
 from protocol import teams as pt
 from protocol.frames import (
@@ -35,7 +36,16 @@ from protocol.frames import (
 from tests.support.authority import AUTHORITY_PK, verify
 from tests.support.inprocess_hub import HubFactory
 from tests.support.pg_hub import postgres_store_url
-from tests.support.team_wire import Team, TeamDevice, attestation_of, change, now_ms, open_team_deliver, sign, team_send
+from tests.support.team_wire import (
+    Team,
+    TeamDevice,
+    attestation_of,
+    change,
+    now_ms,
+    open_team_deliver,
+    sign,
+    team_send,
+)
 from tests.support.wire import invite
 
 _rpps = iter(range(20_000_000_001, 20_000_099_999))
@@ -142,10 +152,14 @@ async def test_membership_changes_follow_the_chain_and_are_pushed(hub: HubServer
     for reader in (bob, carol, alice):
         chain = await reader.ask(TeamChain(rid=6, team=team.team_id, from_seq=0))
         assert isinstance(chain, TeamChainOk) and not chain.more
-        state = pt.verify_chain([pt.SignedRecord(e.rec, e.sig) for e in chain.recs], AUTHORITY_PK, team.team_id)
+        state = pt.verify_chain(
+            [pt.SignedRecord(e.rec, e.sig) for e in chain.recs], AUTHORITY_PK, team.team_id
+        )
         assert state.members == {bob.user_id} and state.head == team.head
     tail = await bob.ask(TeamChain(rid=7, team=team.team_id, from_seq=5))
-    assert isinstance(tail, TeamChainOk) and tail.recs == tuple(ChainEntry(r.rec, r.sig) for r in team.records[5:])
+    assert isinstance(tail, TeamChainOk) and tail.recs == tuple(
+        ChainEntry(r.rec, r.sig) for r in team.records[5:]
+    )
     (stranger,) = await clinician(hub, "Sam")
     await refused(stranger, TeamChain(rid=8, team=team.team_id, from_seq=0), "unknown_team")
     # Bob, the last member, leaves: the team is closed for ever.
@@ -161,7 +175,9 @@ async def test_a_team_message_reaches_every_device_once_with_receipts(hub: HubSe
     await ok(alice[0], team, "create", alice[0].user_id, hub)
     await ok(alice[0], team, "add", bob[0].user_id, hub)
     await ok(alice[0], team, "add", carol[0].user_id, hub)
-    send = team_send(alice[0], team, targets(alice, bob, carol, but=alice[0]), "Patient du lit 12 : glycémie ?")
+    send = team_send(
+        alice[0], team, targets(alice, bob, carol, but=alice[0]), "Patient du lit 12 : glycémie ?"
+    )
     accepted = await alice[0].ask(send)
     assert accepted == Accepted(send.id)
     # Stored once: the body, and at most 150 bytes per device.
@@ -170,9 +186,17 @@ async def test_a_team_message_reaches_every_device_once_with_receipts(hub: HubSe
     for dev in (alice[1], *bob, *carol):
         got = await dev.next_of(Deliver)
         assert (got.id, got.team, got.from_user, got.from_device) == (
-            send.id, team.team_id, alice[0].user_id, alice[0].device_id)
+            send.id,
+            team.team_id,
+            alice[0].user_id,
+            alice[0].device_id,
+        )
         plain = open_team_deliver(dev, got, alice[0])
-        assert (plain.body, plain.to_user, plain.head) == ("Patient du lit 12 : glycémie ?", team.team_id, team.head)
+        assert (plain.body, plain.to_user, plain.head) == (
+            "Patient du lit 12 : glycémie ?",
+            team.team_id,
+            team.head,
+        )
         await dev.ack(got.seq)
     # Each of alice's devices hears from each of bob's and carol's; her own copy earns none.
     for dev in alice:
@@ -211,8 +235,11 @@ async def test_a_removed_or_departed_member_gets_nothing_after(hub: HubServer) -
     late = team_send(carol, team, targets([alice], but=carol), "encore moi")
     await refused(carol, late, "not_member")
     assert not await hub.store.has_sent(carol.user_id, late.id)
-    await refused(carol, team_send(carol, Team(), {alice.device_id: alice.keys.box_pk}, "?", head=bytes(32)),
-                  "unknown_team")
+    await refused(
+        carol,
+        team_send(carol, Team(), {alice.device_id: alice.keys.box_pk}, "?", head=bytes(32)),
+        "unknown_team",
+    )
 
 
 async def test_missing_devices_names_the_members_devices_not_covered(hub: HubServer) -> None:
@@ -225,7 +252,7 @@ async def test_missing_devices_names_the_members_devices_not_covered(hub: HubSer
     assert reply.missing == (bob[1].device_id,)
 
 
-async def _stored(hub: HubServer, team: Team) -> tuple[object, list[object]]:
+async def _stored(hub: HubServer, team: Team) -> tuple[TeamInfo | None, list[TeamRecordRow]]:
     records, _ = await hub.store.team_records(team.team_id, 0, 1 << 30)
     return await hub.store.team_info(team.team_id), records
 
@@ -252,29 +279,41 @@ async def test_bad_changes_are_refused_and_store_nothing(store_url: str | None, 
         # the last admin leaving while others remain
         (alice, frame(sign(alice, team, "leave", alice.user_id, att)), "team_forbidden"),
         # a signature that does not verify
-        (alice, TeamChange(11, team.team_id, sign(alice, team, "add", carol.user_id, att).rec, bytes(64)),
-         "bad_team_record"),
+        (
+            alice,
+            TeamChange(11, team.team_id, sign(alice, team, "add", carol.user_id, att).rec, bytes(64)),
+            "bad_team_record",
+        ),
         # the frame names another team than the record
         (alice, frame(sign(alice, team, "add", carol.user_id, att), pt.new_team_id()), "bad_team_record"),
         # signed with another user's attestation
         (alice, frame(sign(alice, team, "add", carol.user_id, bob_att)), "bad_team_record"),
         # 'at' ten minutes off the hub's clock
-        (alice, frame(sign(alice, team, "add", carol.user_id, att, at=now_ms() - 600_000)), "bad_team_record"),
+        (
+            alice,
+            frame(sign(alice, team, "add", carol.user_id, att, at=now_ms() - 600_000)),
+            "bad_team_record",
+        ),
         # garbage
         (alice, TeamChange(11, team.team_id, b"\x81\xa1v\x02", bytes(64)), "bad_team_record"),
     ]
     # a record that does not follow the head (someone changed the team meanwhile)
+    assert team.state is not None
     stale = Team(team.state, list(team.records), team.team_id)
-    stale.state = pt.TeamState(team.team_id, "x", None, None, team.state.members, team.state.admins, 1,  # type: ignore[union-attr]
-                               team.records[0].hash())
+    stale.state = pt.TeamState(
+        team.team_id, "x", None, None, team.state.members, team.state.admins, 1, team.records[0].hash()
+    )
     cases.append((alice, frame(sign(alice, stale, "add", carol.user_id, att)), "team_conflict"))
     # a creation of a team that exists
     again = Team(team_id=team.team_id)
-    cases.append((alice, frame(sign(alice, again, "create", alice.user_id, att, name="Doublon")), "team_conflict"))
+    cases.append(
+        (alice, frame(sign(alice, again, "create", alice.user_id, att, name="Doublon")), "team_conflict")
+    )
     # a change of a team that does not exist
     ghost = Team(team.state, [], pt.new_team_id())
-    ghost.state = pt.TeamState(ghost.team_id, "x", None, None, frozenset({alice.user_id}),
-                               frozenset({alice.user_id}), 1, bytes(32))
+    ghost.state = pt.TeamState(
+        ghost.team_id, "x", None, None, frozenset({alice.user_id}), frozenset({alice.user_id}), 1, bytes(32)
+    )
     cases.append((alice, frame(sign(alice, ghost, "add", carol.user_id, att), ghost.team_id), "unknown_team"))
     for dev, bad, code in cases:
         await refused(dev, bad, code)
@@ -288,8 +327,14 @@ async def test_bad_changes_are_refused_and_store_nothing(store_url: str | None, 
     await ok(dan, other, "create", dan.user_id, hub)
     third = Team()
     await ok(carol, third, "create", carol.user_id, hub)  # carol: now in 2 teams
-    await refused(dan, frame(sign(dan, other, "add", carol.user_id, await attestation_of(hub.store, dan.user_id)),
-                             other.team_id), "team_full")
+    await refused(
+        dan,
+        frame(
+            sign(dan, other, "add", carol.user_id, await attestation_of(hub.store, dan.user_id)),
+            other.team_id,
+        ),
+        "team_full",
+    )
     assert (await hub.store.team_info(other.team_id)).members == {dan.user_id}  # type: ignore[union-attr]
     await bystanders_still_talk(hub)
 
@@ -378,8 +423,9 @@ async def test_an_authority_created_team_is_routed_like_any(hub: HubServer) -> N
     (alice,) = await clinician(hub, "Alice")
     (bob,) = await clinician(hub, "Bob")
     team = Team()
-    rec = pt.next_record(None, "create", alice.user_id, by=pt.AUTHORITY, at=now_ms(), team=team.team_id,
-                         name="Garde")
+    rec = pt.next_record(
+        None, "create", alice.user_id, by=pt.AUTHORITY, at=now_ms(), team=team.team_id, name="Garde"
+    )
     signed = pt.sign_record_authority(rec, AUTHORITY)
     assert isinstance(await alice.ask(TeamChange(1, team.team_id, signed.rec, signed.sig)), TeamOk)
     team.accepted(signed, AUTHORITY_PK)

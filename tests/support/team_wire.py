@@ -16,10 +16,12 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 from miss_server.store.base import Store
 from protocol import crypto
 from protocol import teams as pt
+from protocol.client_session import answer_auth, answer_enroll
 from protocol.frames import (
     CAP_REFUSALS,
     CAP_TEAMS,
@@ -35,8 +37,9 @@ from protocol.frames import (
     TeamChanged,
     TeamOk,
 )
-from protocol.client_session import answer_auth, answer_enroll
 from tests.support.wire import RawDevice
+
+FT = TypeVar("FT", bound=Frame)
 
 
 @dataclass
@@ -67,7 +70,7 @@ class TeamDevice(RawDevice):
             self.held[:0] = skipped
             return reply
 
-    async def next_of(self, kind: type[Frame], timeout: float = 5.0) -> Frame:
+    async def next_of(self, kind: type[FT], timeout: float = 5.0) -> FT:
         """The next frame of type ``kind``; others read meanwhile are dropped."""
         deadline = time.monotonic() + timeout
         while True:
@@ -129,7 +132,7 @@ async def change(
     Returns the hub's answer."""
     if op == "create" and "name" not in extra:
         extra["name"] = "Réa nuit"
-    signed = sign(dev, team, op, user, await attestation_of(store, dev.user_id), **extra)
+    signed = sign(dev, team, op, user, await attestation_of(store, dev.user_id), **extra)  # type: ignore[arg-type]
     reply = await dev.ask(TeamChange(rid=3, team=team.team_id, rec=signed.rec, sig=signed.sig))
     if isinstance(reply, TeamOk):
         team.accepted(signed, authority_pk)
