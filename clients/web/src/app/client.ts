@@ -227,6 +227,8 @@ export class MissClient {
   private sweepTimer: ReturnType<typeof setInterval> | null = null;
   /** A member of the team (by id) whose lookup did not verify at the last send. */
   private unverifiedMembers = new Map<string, string>();
+  /** The running chain fetch of each team. */
+  private syncing = new Map<string, Promise<KnownTeam>>();
 
   constructor(
     readonly vault: Vault,
@@ -693,8 +695,9 @@ export class MissClient {
 
   /** What signs a record from this device: our user, device and attestation. */
   private async signer(): Promise<{ by: string; device: string; att: Uint8Array; at: number }> {
-    await this.lookup(this.me, true);
+    const own = await this.lookup(this.me, true);
     if (this.ownAtt === null) throw new UnverifiedPeer(this.me, "missing", true);
+    if (!own.devices.some((d) => d.device === this.device)) throw new UnverifiedPeer(this.me, "device_not_attested", true);
     return { by: this.me, device: this.device, att: this.ownAtt, at: Date.now() };
   }
 
@@ -704,7 +707,18 @@ export class MissClient {
    * the team "tampered"; a head the hub announces (`hubHead`) that is still
    * not in the verified chain afterwards makes it "diverged".
    */
-  async syncTeam(team: string, hubHead?: Uint8Array): Promise<KnownTeam> {
+  syncTeam(team: string, hubHead?: Uint8Array): Promise<KnownTeam> {
+    // One at a time per team: two fetches from the same seq must not race.
+    const before = this.syncing.get(team) ?? Promise.resolve();
+    const run = before.catch(() => undefined).then(() => this.syncTeamNow(team, hubHead));
+    this.syncing.set(team, run);
+    void run.catch(() => undefined).finally(() => {
+      if (this.syncing.get(team) === run) this.syncing.delete(team);
+    });
+    return run;
+  }
+
+  private async syncTeamNow(team: string, hubHead?: Uint8Array): Promise<KnownTeam> {
     let known = this.teamBook().get(team) ?? emptyTeam(team);
     if (known.stored.problem === "tampered") return known;
     if (hubHead !== undefined && known.heads.includes(toHex(hubHead))) {

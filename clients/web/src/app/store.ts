@@ -79,6 +79,13 @@ export interface Settings {
   lifespans?: Record<string, number>;
 }
 
+/** Records written before optional fields were left out held them as nil. */
+function withoutNulls<T extends object>(record: T): T {
+  const out = { ...record } as Record<string, unknown>;
+  for (const k of Object.keys(out)) if (out[k] === null) delete out[k];
+  return out as T;
+}
+
 const key = {
   peer: (user: string) => `peer:${user}`,
   message: (m: { fromUser: string; id: string }) => `msg:${m.fromUser}/${m.id}`,
@@ -107,7 +114,7 @@ export class LocalState {
   async load(): Promise<void> {
     for (const [k, v] of await this.vault.loadAll()) {
       if (k.startsWith("peer:")) this.peers.set(k.slice(5), v as PeerRecord);
-      else if (k.startsWith("msg:")) this.messages.set(k.slice(4), v as MessageRecord);
+      else if (k.startsWith("msg:")) this.messages.set(k.slice(4), withoutNulls(v as MessageRecord));
       else if (k.startsWith("conv:")) this.conversations.set(k.slice(5), v as Conversation);
       else if (k.startsWith("team:")) this.teams.set(k.slice(5), v as StoredTeam);
       else if (k === key.settings) this.settings = v as Settings;

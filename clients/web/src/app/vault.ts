@@ -58,7 +58,9 @@ async function open(): Promise<Db> {
 function seal(key: Uint8Array, value: unknown): Uint8Array {
   const s = sodium();
   const nonce = s.randombytes_buf(s.crypto_secretbox_NONCEBYTES);
-  const box = s.crypto_secretbox_easy(pack(value), nonce, key);
+  // An undefined property is left out (not stored as nil): optional fields
+  // read back as absent, never as null.
+  const box = s.crypto_secretbox_easy(pack(value, { ignoreUndefined: true }), nonce, key);
   const out = new Uint8Array(nonce.length + box.length);
   out.set(nonce);
   out.set(box, nonce.length);
