@@ -32,6 +32,7 @@ from protocol.frames import (
     TeamOk,
     Teams,
     TeamsOk,
+    decode,
 )
 from tests.support.authority import AUTHORITY_PK, verify
 from tests.support.inprocess_hub import HubFactory
@@ -452,3 +453,38 @@ async def test_concurrent_changes_one_wins_the_other_conflicts(hub: HubServer) -
     assert sorted(type(r).__name__ for r in replies) == ["Error", "TeamOk"]
     assert [r.code for r in replies if isinstance(r, Error)] == ["team_conflict"]
     assert (await hub.store.team_info(team.team_id)).seq == 2  # type: ignore[union-attr]
+
+
+async def test_a_long_chain_comes_in_pages_of_at_most_48_kib(hub: HubServer) -> None:
+    (alice,) = await clinician(hub, "Alice")
+    (bob,) = await clinician(hub, "Bob")
+    team = Team()
+    await ok(alice, team, "create", alice.user_id, hub)
+    for _ in range(60):
+        await ok(alice, team, "add", bob.user_id, hub)
+        await ok(alice, team, "remove", bob.user_id, hub)
+    got: list[ChainEntry] = []
+    pages = 0
+    while True:
+        await bob.send_frame(TeamChain(rid=20, team=team.team_id, from_seq=len(got)))
+        while not isinstance(page := decode(raw := await bob._recv_bytes()), TeamChainOk):
+            pass  # team_changed pushes of the changes above
+        assert page.recs and len(raw) <= 48 * 1024  # the whole frame
+        got.extend(page.recs)
+        pages += 1
+        if not page.more:
+            break
+    assert pages > 1 and len(got) == 121
+    state = pt.verify_chain([pt.SignedRecord(e.rec, e.sig) for e in got], AUTHORITY_PK, team.team_id)
+    assert state.head == team.head and state.members == {alice.user_id}
+
+
+async def test_team_requests_spend_the_devices_budget(make_hub: HubFactory) -> None:
+    hub = await make_hub(rate_device="1/min burst 3")
+    (alice,) = await clinician(hub, "Alice")
+    team = Team()
+    await ok(alice, team, "create", alice.user_id, hub)  # 1
+    assert isinstance(await alice.ask(Teams(rid=1)), TeamsOk)  # 2
+    assert isinstance(await alice.ask(TeamChain(rid=2, team=team.team_id, from_seq=0)), TeamChainOk)  # 3
+    limited = await refused(alice, Recall(rid=3, id=bytes(16)), "rate_limited")
+    assert limited.rid == 3 and limited.retry_after
