@@ -19,6 +19,8 @@ import { chosenLifespan, lifespanSelect, problemBanner } from "./team_ui";
 
 export class Dialogs {
   readonly root = h("div", { class: "overlay", hidden: true, "data-testid": "dialog-overlay" });
+  /** Team members looked up once for their names (never again in a loop). */
+  private readonly looked = new Set<string>();
 
   constructor(
     private readonly client: MissClient,
@@ -186,6 +188,14 @@ export class Dialogs {
     const status = h("p", { class: "muted small", role: "status", "data-testid": "team-status" });
     const me = this.client.me;
     const name = (user: string): string => displayName(this.client.state.peers.get(user), user);
+    const unknown = view.members.filter((user) => !this.client.state.peers.has(user) && !this.looked.has(user));
+    if (unknown.length) {
+      for (const user of unknown) this.looked.add(user);
+      // Members never met: their attested names, then this list again.
+      void Promise.allSettled(unknown.map((user) => this.client.lookup(user))).then(() => {
+        if (this.root.querySelector(`[data-testid="team-dialog"]`)) this.team(id);
+      });
+    }
     const act = (work: Promise<void>): void => {
       status.textContent = "…";
       work.then(() => this.team(id)).catch((err) => {

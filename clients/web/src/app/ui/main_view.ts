@@ -305,9 +305,23 @@ export class MainView {
     return list.sort((a, b) => b.at - a.at);
   }
 
-  /** A user's attested name, or "authority" said in words, or the id. */
-  private readonly nameOf = (user: string): string =>
-    user === "authority" ? t("team.event.authority") : displayName(this.client.state.peers.get(user), user);
+  /** Users whose attested names are being looked up (team members never met). */
+  private readonly naming = new Set<string>();
+
+  /**
+   * A user's attested name, or "authority" said in words; a team member
+   * this device never looked up shows as their id meanwhile, and is looked
+   * up (verified against the authority, SPEC §11.2) for the next redraw.
+   */
+  private readonly nameOf = (user: string): string => {
+    if (user === "authority") return t("team.event.authority");
+    const record = this.client.state.peers.get(user);
+    if (record === undefined && !this.naming.has(user) && this.client.conn.kind === "online") {
+      this.naming.add(user);
+      this.client.lookup(user).then(() => this.render(), () => undefined);
+    }
+    return displayName(record, user);
+  };
 
   /** The text of a message as the list and the thread show it. */
   private bodyText(m: MessageRecord): string {
@@ -469,7 +483,7 @@ export class MainView {
       }
       items.push(e.el());
     }
-    if (thread.length === 0) items.push(h("li", { class: "empty muted" }, t("conv.empty")));
+    if (entries.length === 0) items.push(h("li", { class: "empty muted" }, t("conv.empty")));
     fill(this.messages, items);
     if (atBottom) this.messages.scrollTop = this.messages.scrollHeight;
   }
