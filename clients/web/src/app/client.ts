@@ -365,7 +365,7 @@ export class MissClient {
   private async afterWelcome(): Promise<void> {
     await this.checkSelf();
     await this.watchAll().catch(() => undefined);
-    await this.syncTeams().catch((err) => console.warn("MiSS: teams", err));
+    if (this.selfCheck === true) await this.syncTeams().catch((err) => console.warn("MiSS: teams", err));
     this.flushOutbox();
   }
 
@@ -562,6 +562,7 @@ export class MissClient {
     await this.checkSelf();
     if (before !== true && this.selfCheck === true) {
       await this.watchAll().catch(() => undefined);
+      await this.syncTeams().catch((err) => console.warn("MiSS: teams", err)); // refused while unverified
       this.flushOutbox();
     }
   }
