@@ -11,7 +11,7 @@ Usage::
     miss-chat --profile DIR set-authority KEY [--replace]   # for a profile from before authorities
     miss-chat --profile DIR whoami                   # ids, server, authority fingerprint
     miss-chat --profile DIR passphrase [--kdf ...]   # change the passphrase (and the hashing cost)
-    miss-chat --profile DIR send RECIPIENT TEXT      # prints "<message id> accepted"
+    miss-chat --profile DIR send RECIPIENT|TEAM TEXT [--lifespan 1h..30d]   # prints "<message id> accepted"
     miss-chat --profile DIR inbox                    # prints what is waiting, then exits
     miss-chat --profile DIR history [PEER]
     miss-chat --profile DIR link                     # a code to enroll another device
@@ -23,7 +23,14 @@ Usage::
     miss-chat --profile DIR revoke DEVICE [--yes]    # revoke one of them, for ever
     miss-chat --profile DIR status [available|busy|on_call|off_duty]   # set; alone: print it
     miss-chat --profile DIR presence RECIPIENT...    # "● Dr X (RPPS) is on call", "○ ... is offline"
-    miss-chat --profile DIR chat RECIPIENT           # a conversation; /quit leaves (see chat_session)
+    miss-chat --profile DIR chat RECIPIENT|TEAM      # a conversation; /quit leaves (see chat_session)
+    miss-chat --profile DIR team create NAME [--org O] [--lifespan 24h]   # a care team (SPEC §13)
+    miss-chat --profile DIR team add|remove|promote|demote TEAM USER
+    miss-chat --profile DIR team leave TEAM
+    miss-chat --profile DIR team list | team show TEAM
+    miss-chat --profile DIR recall MESSAGE_ID        # "message retiré" everywhere it arrived
+    miss-chat --profile DIR read RECIPIENT|TEAM      # mark a conversation read (read notices)
+    miss-chat --profile DIR read-receipts [on|off]   # whether senders learn you read them
     miss-chat --version
 
 RECIPIENT is an RPPS number (11 digits) or a user id (``u_...``); not
@@ -60,6 +67,13 @@ me`` accepts a change of your own devices. ``verify RECIPIENT`` marks a
 clinician verified in person once both read the same safety number; a key
 change clears the mark. ``verify``, ``trust`` and ``revoke`` ask for
 confirmation on stdin unless given ``--yes``.
+
+Care teams (SPEC §13, :mod:`.chat_teams`): TEAM is a team id (``t_...``)
+or the name of a team this profile knows. Who is a member is what the
+chain of signed records this device verified says; if the hub shows
+otherwise, commands say so in French and nothing is sent to the team.
+``--lifespan`` (``1h`` to ``30d``) deletes a message everywhere once over;
+a team's default lifespan applies to its messages unless given.
 
 Exit status: 0 on success, 1 on an expected error (printed as one line on
 stderr, no traceback: wrong passphrase, hub unreachable, unknown recipient,
@@ -100,6 +114,7 @@ from .chat_commands import (
     cmd_whoami,
 )
 from .chat_session import cmd_chat
+from .chat_teams import cmd_read, cmd_read_receipts, cmd_recall, cmd_team
 from .cli_common import PROG, EventPrinter, describe
 from .errors import ClientError, ProfileError
 from .models import STATUSES
@@ -165,8 +180,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="a new passphrase hashing cost (default: keep the profile's)",
     )
     p = add("send", cmd_send, "send one message")
-    p.add_argument("recipient", help="RPPS number or user id")
+    p.add_argument("recipient", help="RPPS number, user id, or team (id or name)")
     p.add_argument("text")
+    p.add_argument("--lifespan", metavar="1h..30d", help="delete the message everywhere after this long")
     p = add("inbox", cmd_inbox, "print waiting messages and receipts, then exit")
     p.add_argument("--idle", type=float, default=0.5, help="seconds without news that end the inbox")
     p = add("history", cmd_history, "print the local history")
@@ -197,6 +213,32 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p = add("presence", cmd_presence, "print the presence of clinicians")
     p.add_argument("recipients", nargs="+", metavar="RECIPIENT", help="RPPS number or user id")
+    p = add("team", cmd_team, "care teams: create, add, remove, leave, promote, demote, list, show")
+    teams = p.add_subparsers(dest="team_command", required=True, metavar="ACTION")
+    t = teams.add_parser("create", help="create a team, with you as its admin")
+    t.add_argument("name")
+    t.add_argument("--org", help="organisation")
+    t.add_argument("--lifespan", metavar="1h..30d", help="the team's default message lifespan")
+    for action, what in (
+        ("add", "add a clinician (admins)"),
+        ("remove", "remove a member (admins)"),
+        ("promote", "make a member an admin (admins)"),
+        ("demote", "make an admin a member again (admins)"),
+    ):
+        t = teams.add_parser(action, help=what)
+        t.add_argument("team", help="team id or name")
+        t.add_argument("user", help="RPPS number or user id")
+    t = teams.add_parser("leave", help="leave a team")
+    t.add_argument("team", help="team id or name")
+    teams.add_parser("list", help="your teams")
+    t = teams.add_parser("show", help="a team's members, as its signed chain says")
+    t.add_argument("team", help="team id or name")
+    p = add("recall", cmd_recall, "recall one of your messages (message retiré)")
+    p.add_argument("id", help="the message id, as `send` printed it")
+    p = add("read", cmd_read, "mark a conversation read (sends read notices)")
+    p.add_argument("conversation", help="RPPS number, user id, or team")
+    p = add("read-receipts", cmd_read_receipts, "whether senders learn that you read their messages")
+    p.add_argument("setting", nargs="?", choices=("on", "off"))
     p = add("chat", cmd_chat, "conversation: a prompt on a terminal, else one message per line of stdin")
     p.add_argument("recipient")
     p.add_argument(

@@ -28,7 +28,7 @@ from .cli_common import (
 from .client import Client
 from .connection import enroll
 from .errors import ClientError
-from .models import Peer, PeerChange, format_id, is_user_id
+from .models import Peer, PeerChange, format_id, is_team_id, is_user_id
 from .profile import (
     KDF_INTERACTIVE,
     KDF_MODERATE,
@@ -37,7 +37,19 @@ from .profile import (
     parse_authority,
     set_authority,
 )
-from .render import Names, clean, format_time, history_line, presence_line, status_label
+from .chat_teams import looks_like_team, resolve_team
+from .render import (
+    Names,
+    clean,
+    format_time,
+    history_line,
+    parse_lifespan,
+    presence_line,
+    status_label,
+    team_event_line,
+    team_problem_line,
+)
+from .teams import chain_events
 
 __all__ = [
     "cmd_devices",
@@ -134,15 +146,26 @@ async def resend_pending(client: Client) -> None:
 async def cmd_send(args: argparse.Namespace) -> int:
     if not args.text.strip():
         raise UsageError("empty message: nothing sent")
-    check_recipient(args.recipient)  # before asking the passphrase
+    lifespan = parse_lifespan(args.lifespan) if getattr(args, "lifespan", None) else None
+    if not is_team_id(args.recipient.strip()):
+        check_recipient(args.recipient)  # before asking the passphrase
     profile = open_profile(args)
+    with profile.open_state() as state:
+        team = resolve_team(state, args.recipient) if looks_like_team(state, args.recipient) else None
+    if team is not None:
+        async with connected(args, profile) as client:
+            warn_key_changes(client)
+            await resend_pending(client)
+            message_id = await client.send(team, args.text, lifespan_ms=lifespan)
+        print(f"{format_id(message_id)} accepted")
+        return 0
     check_recipient(args.recipient, profile)
     async with connected(args, profile) as client:
         warn_key_changes(client)
         await resend_pending(client)
         peer = await client.resolve(args.recipient)
         check_not_self(peer, client)
-        message_id = await client.send(peer.user, args.text)
+        message_id = await client.send(peer.user, args.text, lifespan_ms=lifespan)
     print(f"{format_id(message_id)} accepted")
     return 0
 
@@ -163,7 +186,9 @@ async def cmd_history(args: argparse.Namespace) -> int:
     profile = open_profile(args)
     with profile.open_state() as state:
         peer: str | None = None
-        if args.peer is not None:
+        if args.peer is not None and looks_like_team(state, args.peer):
+            peer = resolve_team(state, args.peer)
+        elif args.peer is not None:
             found = state.find_peer(args.peer)
             if found is not None:
                 peer = found.user
@@ -172,8 +197,21 @@ async def cmd_history(args: argparse.Namespace) -> int:
             else:
                 raise UsageError(f"no conversation with {args.peer!r} in this profile")
         names = Names(state)
-        for entry in state.history(peer, limit=args.limit):
-            print(history_line(entry, names))
+        lines: list[tuple[int, str]] = [
+            (entry.sent_at, history_line(entry, names)) for entry in state.history(peer, limit=args.limit)
+        ]
+        if peer is not None and is_team_id(peer):
+            # The team's membership changes are part of its conversation.
+            view = state.get_team(peer)
+            records = state.team_records(peer)
+            if view is not None and profile.authority_pk is not None:
+                for event in chain_events(peer, view.name, records, profile.authority_pk):
+                    lines.append((event.at, team_event_line(event, names)))
+            lines.sort(key=lambda pair: pair[0])
+            if view is not None and view.problem is not None:
+                lines.append((0, team_problem_line(view)))
+        for _, line in lines:
+            print(line)
     return 0
 
 

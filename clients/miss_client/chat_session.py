@@ -11,6 +11,14 @@ refused the message) and the peer's presence (``● Dr X (RPPS) is on
 call``, ``○ Dr X (RPPS) is offline``: first their current one, then each
 change) are printed as they arrive.
 
+A care team (SPEC §13) is a conversation too: ``chat TEAM`` (its id or its
+name) sends each line to every member of the chain this device verified
+and shows its membership changes as they come; if the hub's view of the
+team is found wrong, the problem is printed in French and lines are not
+sent. Messages shown are marked read (read notices to their senders, or
+only to your own devices with ``read-receipts off``), and read notices of
+others are shown as ``✓✓ lu par …``.
+
 The chat survives the hub: when the connection ends (a restart, a lost
 node, the network), it reconnects with backoff (:mod:`miss_client.reconnect`),
 watches the peer again and resends what is pending, and lines typed
@@ -55,10 +63,11 @@ from .cli_common import (
 )
 from .client import Client
 from .errors import ClientError, ConnectionLost, RequestTimeout
-from .models import Peer, PresenceChanged, PresenceInfo
+from .chat_teams import looks_like_team, resolve_team
+from .models import Message, Peer, PresenceChanged, PresenceInfo, TeamView
 from .profile import Profile
 from .reconnect import CHAT_LOCK, Phase, ProfileLock, Reconnector, Status, is_transient
-from .render import clean, excerpt, outgoing_line, presence_line
+from .render import clean, excerpt, outgoing_line, presence_line, team_problem_line
 from .state import LocalState
 
 __all__ = ["Chat", "cmd_chat", "stdin_is_terminal"]
@@ -106,6 +115,8 @@ class Chat:
         self.names = self.printer.names
         self.lines: asyncio.Queue[str | None] = asyncio.Queue()
         self.peer: Peer | None = None
+        #: The team, when the conversation is one (then ``peer`` stays None).
+        self.team: TeamView | None = None
         self.peer_ready = asyncio.Event()
         #: The connected client, once caught up (None while reconnecting).
         self.client: Client | None = None
@@ -143,10 +154,14 @@ class Chat:
 
     @property
     def recipient_id(self) -> str:
+        if self.team is not None:
+            return self.team.team
         assert self.peer is not None
         return self.peer.user
 
     def prompt(self) -> str:
+        if self.team is not None:
+            return f"{clean(self.team.name)} ▸ "
         return f"{clean(self.peer.name) if self.peer else self.recipient} ▸ "
 
     def toolbar(self) -> str:
@@ -216,24 +231,48 @@ class Chat:
         warn_key_changes(client)
         if not self._authority_warned:
             self._authority_warned = warn_authority_mismatch(client)
-        if self.peer is None:
-            peer = await client.resolve(self.recipient)
-            check_not_self(peer, client)
-            self.peer = peer
-            self.note(f"chatting with {clean(peer.display)}; /quit leaves")
-        await self.watch(client, self.peer)
+        if self.peer is None and self.team is None:
+            if looks_like_team(self.state, self.recipient):
+                self.team = await client.team(resolve_team(self.state, self.recipient))
+                self.note(f"chatting in the team {clean(self.team.name)}; /quit leaves")
+                if self.team.problem is not None:
+                    self.say(team_problem_line(self.team))
+            else:
+                peer = await client.resolve(self.recipient)
+                check_not_self(peer, client)
+                self.peer = peer
+                self.note(f"chatting with {clean(peer.display)}; /quit leaves")
+        if self.peer is not None:
+            await self.watch(client, self.peer)
         await self.catch_up(client)
         self.client = client
         self.peer_ready.set()
+        conversation = self.recipient_id
+        await self.mark_read(client, conversation)
         try:
             async for event in client.events():
-                if isinstance(event, PresenceChanged) and event.user == self.peer.user:
+                if (
+                    isinstance(event, PresenceChanged)
+                    and self.peer is not None
+                    and event.user == self.peer.user
+                ):
                     self.presence = event.info
                 self.say(await self.printer.line(event, client))
+                if isinstance(event, Message) and event.peer == conversation and not event.outgoing_copy:
+                    await self.mark_read(client, conversation)
         finally:
             self.client = None
         # events() ends quietly only after aclose(): a send got no answer.
         raise ConnectionLost("no answer from the hub in time")
+
+    async def mark_read(self, client: Client, conversation: str) -> None:
+        """What the chat shows is read: tell the senders (or our devices)."""
+        try:
+            await client.mark_read(conversation)
+        except (ProtocolError, ClientError) as exc:
+            if client.closed or is_transient(exc):
+                raise
+            self.note(f"read notice not sent: {describe(exc)}")
 
     async def watch(self, client: Client, peer: Peer) -> None:
         """Follow the peer's presence; print it if it is news."""
@@ -293,14 +332,19 @@ class Chat:
             await self.send(text)
 
     async def send(self, text: str) -> None:
-        assert self.peer is not None
-        to = self.peer.user
+        to = self.recipient_id
         message_id = new_message_id()
         sent_at = time.time_ns() // 1_000_000
         self.printer.texts.remember(message_id, text)
         client = self.client
         if client is None:
-            self.state.record_outgoing(message_id, to, sent_at, "text", text)
+            team = self.team.team if self.team is not None else None
+            expires_at = None
+            if self.team is not None and self.team.lifespan is not None:
+                expires_at = sent_at + self.team.lifespan
+            self.state.record_outgoing(
+                message_id, to, sent_at, "text", text, expires_at=expires_at, team=team
+            )
             self.unsent[message_id] = (text, sent_at)
             self.say(outgoing_line(sent_at, to, text, self.names, "not connected: sent once connected again"))
             return
@@ -314,7 +358,8 @@ class Chat:
             # The message waits in the local state (send recorded it, unless
             # the connection ended before), and the next session resends it.
             if message_id not in {e.id for e in self.state.pending_outgoing()}:
-                self.state.record_outgoing(message_id, to, sent_at, "text", text)
+                team = self.team.team if self.team is not None else None
+                self.state.record_outgoing(message_id, to, sent_at, "text", text, team=team)
             self.unsent[message_id] = (text, sent_at)
             self.say(outgoing_line(sent_at, to, text, self.names, f"not sent yet: {trouble(exc)}"))
             if not client.closed:
@@ -397,9 +442,13 @@ class _ChatHandlesReplacement(logging.Filter):
 
 
 async def cmd_chat(args: argparse.Namespace) -> int:
-    check_recipient(args.recipient)  # before asking the passphrase
+    if not args.recipient.strip().startswith("t_"):
+        check_recipient(args.recipient)  # before asking the passphrase
     profile = open_profile(args)
-    check_recipient(args.recipient, profile)
+    with profile.open_state() as state:
+        team = looks_like_team(state, args.recipient)
+    if not team:
+        check_recipient(args.recipient, profile)
     chat_lock = ProfileLock(profile.directory / CHAT_LOCK)
     if not chat_lock.try_acquire():
         raise UsageError(f"another chat is running with this profile ({profile.directory})")

@@ -31,6 +31,9 @@ from protocol.errors import (
     Forbidden,
     InvalidCode,
     NoDevices,
+    NotMember,
+    TeamForbidden,
+    UnknownTeam,
     NotVerified,
     ProtocolError,
     RecipientNotVerified,
@@ -43,6 +46,7 @@ from .errors import (
     ClientError,
     KeyChangePending,
     ProfileNotFound,
+    TeamProblem,
     UnverifiedPeer,
     WrongPassphrase,
 )
@@ -53,7 +57,11 @@ from .models import (
     Peer,
     PeerChange,
     PresenceChanged,
+    ReadBy,
+    Recalled,
     Refused,
+    TeamEvent,
+    TeamProblemFound,
     is_rpps,
 )
 from .profile import Profile, load_profile, profile_exists
@@ -65,8 +73,12 @@ from .render import (
     held_line,
     message_line,
     presence_line,
+    read_line,
     receipt_line,
+    recalled_line,
     refused_line,
+    team_event_line,
+    team_problem_line,
 )
 from .state import LocalState
 
@@ -267,27 +279,41 @@ class EventPrinter:
         self._labels: dict[str, str] | None = None
 
     async def line(self, event: Event, client: Client) -> str:
+        if isinstance(event, TeamProblemFound):
+            return team_problem_line(event)
+        if isinstance(event, TeamEvent):
+            for who in {event.user, event.by} - {"authority"}:
+                await self._know(who, client)
+            return team_event_line(event, self.names)
         if isinstance(event, Message):
-            user = event.peer
-        elif isinstance(event, MessageHeld):
+            user = event.from_user if event.team is not None else event.peer
+        elif isinstance(event, MessageHeld | Recalled):
             user = event.from_user
         else:
             user = event.user
-        if self._state.get_peer(user) is None and not client.closed:
-            try:
-                await client.lookup(user=user)
-            except (ProtocolError, ClientError):
-                pass  # shown by user id then
+        await self._know(user, client)
         if isinstance(event, Message):
             return message_line(event, self.names)
         if isinstance(event, MessageHeld):
             return held_line(event, self.names)
         if isinstance(event, PresenceChanged):
             return presence_line(event, self.names)
+        if isinstance(event, ReadBy):
+            return read_line(event, self.names, self.texts, client.user_id)
+        if isinstance(event, Recalled):
+            return recalled_line(event, self.names)
         labels = await self._own_labels(client) if event.user == client.user_id else {}
         if isinstance(event, Refused):
             return refused_line(event, self.names, self.texts, labels)
         return receipt_line(event, self.names, self.texts, labels)
+
+    async def _know(self, user: str, client: Client) -> None:
+        """Look ``user`` up if the local directory lacks their name."""
+        if user.startswith("u_") and self._state.get_peer(user) is None and not client.closed:
+            try:
+                await client.lookup(user=user)
+            except (ProtocolError, ClientError):
+                pass  # shown by user id then
 
     async def _own_labels(self, client: Client) -> dict[str, str]:
         if self._labels is None and not client.closed:
@@ -347,6 +373,14 @@ def describe(exc: BaseException) -> str:
                 "ask an administrator to run `miss-admin verify`"
             )
         return clean(str(exc))
+    if isinstance(exc, TeamProblem):
+        return clean(str(exc))
+    if isinstance(exc, NotMember):
+        return "vous n'êtes pas membre de cette équipe (not_member)"
+    if isinstance(exc, TeamForbidden):
+        return "refusé : seuls les administrateurs de l'équipe peuvent le faire (ou : dernier administrateur, équipe fermée) (team_forbidden)"
+    if isinstance(exc, UnknownTeam):
+        return "équipe inconnue (unknown_team)"
     if isinstance(exc, ProtocolError):
         return f"{exc.message} ({exc.code})" if type(exc) is not ProtocolError else str(exc)
     return str(exc)

@@ -29,6 +29,15 @@ not by the reader: opening an envelope may need a ``lookup`` of the sender,
 whose answer the reader must stay free to route. Only one consumer should
 read events at a time.
 
+* :class:`~miss_client.teams.Teams` (:mod:`.teams`): care teams (SPEC §13):
+  verified chains of membership records, changes, team targets; synced
+  after ``welcome`` when the hub speaks ``teams``.
+
+Revision 3 also brings read notices (:meth:`Client.mark_read`), recall
+(:meth:`Client.recall`) and lifespans (``send(..., lifespan_ms=)``): the
+local state deletes expired texts on open, before every history read, and
+every :data:`SWEEP_SECONDS` while connected.
+
 The client names the capabilities it speaks (``connection.CLIENT_CAPS``) in
 its ``auth``; :attr:`Client.hub_authority` and :attr:`Client.hub_caps` hold
 what the hub's ``challenge`` announced.
@@ -37,18 +46,31 @@ what the hub's ``challenge`` announced.
 from __future__ import annotations
 
 import asyncio
+import logging
+from collections import deque
 from collections.abc import AsyncIterator, Callable, Iterable
 from contextlib import asynccontextmanager
 
 from websockets.asyncio.client import ClientConnection
 
 from protocol import frames as f
-from protocol.errors import DeviceRevoked
+from protocol.errors import DeviceRevoked, ProtocolError
 
 from .connection import authenticator, handshake, open_websocket
-from .errors import ConnectionFailed, ConnectionLost
+from .errors import ClientError, ConnectionFailed, ConnectionLost, UnknownMessage
 from .inbox import ACK_DELAY, AckBatcher, Inbox
-from .models import Delivered, DirectoryEntry, Event, Message, OwnDevice, Peer, PeerChange, PresenceInfo
+from .models import (
+    Delivered,
+    DirectoryEntry,
+    Event,
+    Message,
+    OwnDevice,
+    Peer,
+    PeerChange,
+    PresenceInfo,
+    TeamView,
+    is_team_id,
+)
 from .outbox import Outbox
 from .peers import Peers
 from .presence import Presence
@@ -56,9 +78,17 @@ from .profile import Profile
 from .requests import Router
 from .retry import RetryPolicy
 from .state import LocalState
+from .teams import Teams
 
 # ACK_DELAY is read from here by bench/client.py, which acks like the SDK.
-__all__ = ["ACK_DELAY", "Client", "RetryPolicy"]
+__all__ = ["ACK_DELAY", "SWEEP_SECONDS", "Client", "RetryPolicy"]
+
+log = logging.getLogger("miss_client")
+
+#: While connected, expired texts are deleted this often (s).
+SWEEP_SECONDS = 30.0
+#: At most this many ids in one read notice (SPEC §13.5).
+MAX_REFS = 256
 
 
 class Client:
@@ -88,12 +118,24 @@ class Client:
         self._presence = Presence(self._router, self._peers)
         self._router.on_answer = self._presence.on_answer
         self._router.on_presence = self._presence.on_push
-        self._outbox = Outbox(self._router, self._peers, profile, state)
+        #: Events produced outside a delivery (team changes, problems),
+        #: handed out by receive() before the next frame.
+        self._events: deque[Event] = deque()
+        self._teams = Teams(self._router, self._peers, profile, state, self._events.append)
+        self._outbox = Outbox(self._router, self._peers, profile, state, self._teams)
         self._acks = AckBatcher(self._router.send)
         refuse = self._acks.refuse if f.CAP_REFUSALS in self.hub_caps else None
         self._inbox = Inbox(
-            state, profile.keys, profile.user_id, self._peers.sender_device, self._acks.ack, refuse
+            state,
+            profile.keys,
+            profile.user_id,
+            self._peers.sender_device,
+            self._acks.ack,
+            refuse,
+            check_team=self._teams.check_head,
         )
+        self._sweeper: asyncio.Task[None] | None = None
+        self._syncing: asyncio.Task[None] | None = None
 
     # --- life cycle ------------------------------------------------------------
 
@@ -132,6 +174,11 @@ class Client:
             raise
         client = cls(ws, profile, local, request_timeout=request_timeout, retry=retry, challenge=challenge)
         client._router.start()
+        client._sweeper = asyncio.create_task(client._sweep(), name="miss-client-sweeper")
+        if f.CAP_TEAMS in client.hub_caps:
+            # In the background: what it finds comes as events, and a hub
+            # slow to answer must not delay the connection.
+            client._syncing = asyncio.create_task(client._sync_teams(), name="miss-client-teams")
         try:
             yield client
         finally:
@@ -183,9 +230,23 @@ class Client:
 
     async def aclose(self) -> None:
         """Close the connection; pending requests raise ConnectionLost. Idempotent."""
+        for task in (self._sweeper, self._syncing):
+            if task is not None:
+                task.cancel()
         if not self._router.closing:
             await self._acks.flush()
         await self._router.aclose()
+
+    async def _sync_teams(self) -> None:
+        try:
+            await self._teams.sync()
+        except (ProtocolError, ClientError) as exc:
+            log.info("teams not synced after welcome: %s", type(exc).__name__)
+
+    async def _sweep(self) -> None:
+        while True:
+            await asyncio.sleep(SWEEP_SECONDS)
+            self.state.sweep_expired()
 
     # --- verified clinicians (SPEC §11.2, §11.3, §8): see miss_client.peers ----------
 
@@ -303,9 +364,24 @@ class Client:
 
     # --- sending: see miss_client.outbox --------------------------------------------------
 
-    async def send(self, to: str, text: str, message_id: bytes | None = None, *, kind: str = "text") -> bytes:
+    async def send(
+        self,
+        to: str,
+        text: str,
+        message_id: bytes | None = None,
+        *,
+        kind: str = "text",
+        lifespan_ms: int | None = None,
+    ) -> bytes:
         """Encrypt ``text`` for every device of ``to`` and our other devices,
         and return the message id once the hub has durably accepted it.
+
+        ``to`` may be a team id (``t_...``, SPEC §13): the message is then
+        sealed once for every attested device of every member of the team's
+        verified chain; raises TeamTampered / TeamDiverged (nothing sent)
+        while the team has a problem, NotMember if we are not a member.
+        ``lifespan_ms`` (1 h to 30 days; a team's default applies unless
+        given) deletes the message everywhere once over (SPEC §13.6).
 
         ``message_id`` (16 bytes) defaults to a fresh UUIDv7; passing the id of
         an earlier attempt resends it without a second copy. The message is
@@ -328,7 +404,7 @@ class Client:
         RequestTimeout or ConnectionLost the message stays ``pending``: it
         may have been accepted, and :meth:`resend_pending` finds out.
         """
-        return await self._outbox.send(to, text, message_id, kind=kind)
+        return await self._outbox.send(to, text, message_id, kind=kind, lifespan_ms=lifespan_ms)
 
     async def resend_pending(self) -> list[bytes]:
         """Resend, with their original ids, messages recorded but never seen
@@ -360,7 +436,12 @@ class Client:
         # ``wait`` bounds the wait for a frame (TimeoutError), never the
         # processing of one, so that a deadline cannot drop a stored event.
         while True:
+            if self._events:
+                return self._events.popleft()
             item = await self._router.next_push(wait)
+            if isinstance(item, f.TeamChanged):
+                await self._teams.on_changed(item)
+                continue
             if not isinstance(item, f.Deliver | f.Delivered | f.Refused):
                 return item
             event = await self._inbox.process(item)
@@ -411,3 +492,119 @@ class Client:
                 out.append(await self._receive(wait))
             except TimeoutError:
                 return out
+
+    # --- care teams (SPEC §13): see miss_client.teams ------------------------------------------
+
+    async def create_team(self, name: str, org: str | None = None, lifespan_ms: int | None = None) -> str:
+        """Create a care team with this clinician as its first admin, and
+        return its id (``t_...``). ``lifespan_ms`` is the team's default
+        message lifespan (1 h to 30 days). Raises ValueError, TeamFull,
+        UnverifiedPeer (this device is not attested)."""
+        return await self._teams.create(name, org, lifespan_ms)
+
+    async def _change(self, team: str, op: str, user: str) -> TeamView:
+        if op not in ("leave",) and not user.startswith("u_"):
+            user = (await self._peers.resolve(user)).user
+        return await self._teams.change(team, op, user)
+
+    async def add_member(self, team: str, user: str) -> TeamView:
+        """Add a verified clinician (user id or RPPS number) to ``team``
+        (admins only: TeamForbidden otherwise). Returns the team's view."""
+        peer = await self._peers.resolve(user)
+        return await self._teams.change(team, "add", peer.user)
+
+    async def remove_member(self, team: str, user: str) -> TeamView:
+        """Remove a member (admins only); they get nothing sent after."""
+        return await self._change(team, "remove", user)
+
+    async def leave_team(self, team: str) -> TeamView:
+        """Leave ``team`` (the last admin must promote someone first, unless
+        alone: the team is then closed)."""
+        return await self._teams.change(team, "leave", self.user_id)
+
+    async def promote(self, team: str, user: str) -> TeamView:
+        """Make a member an admin (admins only)."""
+        return await self._change(team, "promote", user)
+
+    async def demote(self, team: str, user: str) -> TeamView:
+        """Make an admin a member again (admins only; another admin remains)."""
+        return await self._change(team, "demote", user)
+
+    async def teams(self) -> list[TeamView]:
+        """Every team this device knows, as its verified chain says, after
+        fetching what changed (teams we left or were removed from stay
+        listed, without us among the members)."""
+        if f.CAP_TEAMS in self.hub_caps:
+            return await self._teams.sync()
+        return self._teams.views()
+
+    async def team(self, team_id: str) -> TeamView:
+        """One team, brought up to date with the hub and verified (``problem``
+        set if the hub's view of it is wrong). Raises UnknownTeam."""
+        return await self._teams.refresh(team_id)
+
+    # --- notices, recall (SPEC §13.5, §13.6) -------------------------------------------------
+
+    @property
+    def read_receipts(self) -> bool:
+        """Whether read notices go to senders (else only to our own devices)."""
+        return bool(self.state.get_setting("read_receipts", True))
+
+    def set_read_receipts(self, on: bool) -> None:
+        """Turn read receipts on or off for this device (kept in the local state)."""
+        self.state.set_setting("read_receipts", bool(on))
+
+    def _conversation(self, conversation: str) -> str:
+        conversation = conversation.strip()
+        if is_team_id(conversation) or conversation.startswith("u_"):
+            return conversation
+        found = self.state.find_peer(conversation)
+        return found.user if found is not None else self._peers.user_of(conversation)
+
+    async def mark_read(self, conversation: str) -> int:
+        """Mark the unread messages of a conversation (user id, RPPS number or
+        team id) read, and send read notices: to each sender (with the team
+        for team messages), or, with read receipts off, only to our own
+        other devices (only with a hub that speaks ``teams``, revision 3).
+        Returns how many messages were newly read."""
+        conversation = self._conversation(conversation)
+        unread = self.state.unread(conversation)
+        if not unread:
+            return 0
+        by_sender: dict[str, list[bytes]] = {}
+        for sender, message_id in unread:
+            by_sender.setdefault(sender, []).append(message_id)
+        for sender, ids in by_sender.items():
+            self.state.mark_read(ids, sender)
+        team = conversation if is_team_id(conversation) else None
+        if f.CAP_TEAMS not in self.hub_caps:
+            # Notices are revision 3: a peer behind an older hub would show
+            # them as text. Marked read here only.
+            return len(unread)
+        if self.read_receipts:
+            for sender, ids in by_sender.items():
+                for i in range(0, len(ids), MAX_REFS):
+                    await self._outbox.send_notice(sender, "read", ids[i : i + MAX_REFS], team=team)
+        else:
+            ids = [message_id for _, message_id in unread]
+            for i in range(0, len(ids), MAX_REFS):
+                await self._outbox.send_notice(self.user_id, "read", ids[i : i + MAX_REFS], team=team)
+        return len(unread)
+
+    async def recall(self, message_id: bytes) -> int:
+        """Recall one of our messages: the hub deletes its undelivered rows
+        (returns how many), then a recall notice asks every device that has
+        it to delete its text ("message retiré"). Its text is deleted here
+        too. Raises UnknownMessage, TeamForbidden."""
+        entry = self.state.get_message(self.user_id, message_id)
+        if entry is None:
+            raise UnknownMessage("no message of yours with that id on this device")
+        reply = await self._router.request_retrying(lambda rid: f.Recall(rid=rid, id=message_id), "recall")
+        if not isinstance(reply, f.RecallOk):
+            raise ConnectionFailed("the hub answered recall with something else")
+        self.state.recall_message(self.user_id, message_id)
+        if entry.team is not None:
+            await self._outbox.send_notice(entry.team, "recall", [message_id], to_team=True)
+        else:
+            await self._outbox.send_notice(entry.peer, "recall", [message_id])
+        return reply.removed

@@ -23,7 +23,15 @@ The tree::
     ├── ConnectionLost          the connection ended without a protocol error (network, hub shutdown)
     ├── RequestTimeout          the hub did not answer a request in time
     ├── BadRecipient            a recipient string that is neither an RPPS number nor a user id
-    └── MessageTooLarge         the ``send`` frame would exceed MAX_FRAME_BYTES
+    ├── MessageTooLarge         the ``send`` frame would exceed MAX_FRAME_BYTES
+    ├── UnknownMessage          recall: no message of ours with that id in the local history
+    └── TeamProblem             the hub's view of a team is wrong: nothing is sent to it (SPEC §13.4)
+        ├── TeamTampered        a membership nobody signed (a chain that does not verify, or
+        │                       devices of a non-member asked for)
+        └── TeamDiverged        members do not see the same chain (a head we never verified)
+
+A team message refused because this user is not a member raises
+:class:`protocol.errors.NotMember` (from the hub, or from the local chain).
 
 Messages are meant to be shown to a user as is: they never contain key
 material or message text.
@@ -52,6 +60,10 @@ __all__ = [
     "ProfileExists",
     "ProfileNotFound",
     "RequestTimeout",
+    "TeamDiverged",
+    "TeamProblem",
+    "TeamTampered",
+    "UnknownMessage",
     "UnverifiedPeer",
     "WeakPassphrase",
     "WrongPassphrase",
@@ -176,3 +188,32 @@ class BadRecipient(ClientError):
 
 class MessageTooLarge(ClientError):
     """The message, once encrypted for every device, does not fit in one frame."""
+
+
+class UnknownMessage(ClientError):
+    """No message of ours with that id in this device's history."""
+
+
+class TeamProblem(ClientError):
+    """This device found the hub's view of team ``team`` wrong (``problem``:
+    ``tampered`` or ``diverged``); nothing is encrypted to the team while it
+    lasts. The message says it in French, naming the team by ``name``."""
+
+    problem = ""
+
+    def __init__(self, team: str, name: str, text: str) -> None:
+        super().__init__(text)
+        self.team = team
+        self.name = name
+
+
+class TeamTampered(TeamProblem):
+    """The hub presents for the team a membership that nobody signed."""
+
+    problem = "tampered"
+
+
+class TeamDiverged(TeamProblem):
+    """The members of the team do not see the same chain: sending is blocked."""
+
+    problem = "diverged"

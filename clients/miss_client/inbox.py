@@ -35,6 +35,18 @@ frame in arrival order:
 Receipts (``delivered`` and ``refused``) follow the same store-then-ack order
 and are deduplicated by ``(id, device)``.
 
+Revision 3 (SPEC §13): a team message (``deliver`` with ``body`` and
+``team``) is opened by unwrapping its key with the sender device's box key
+and checking the sealed body's signature with its sign key; its plaintext
+must be addressed to ``deliver.team``, and name a head of the chain this
+device verified (``check_team``, :meth:`miss_client.teams.Teams.check_head`:
+a head we never verified, even after fetching the chain, marks the team
+``diverged``). Notices are not stored as messages: a ``read`` notice marks
+our messages read by its sender (or, from our own devices, theirs read
+here), a ``recall`` notice deletes the text of the sender's message (or
+remembers the id, to drop the message if it comes later); kinds this client
+does not know are acked and ignored, never shown.
+
 :class:`AckBatcher` sends those acks and refusals in batches
 (:data:`ACK_DELAY`, :data:`ACK_BATCH`).
 """
@@ -50,7 +62,7 @@ from protocol import frames as f
 from protocol.errors import NotVerified, ProtocolError, RateLimited, StorageUnavailable, UnknownUser
 
 from .errors import ClientError, ConnectionFailed, ConnectionLost, RequestTimeout, UnverifiedPeer
-from .models import Delivered, Event, Message, MessageHeld, Refused, format_id
+from .models import Delivered, Event, Message, MessageHeld, ReadBy, Recalled, Refused, format_id
 from .state import LocalState
 
 __all__ = ["ACK_BATCH", "ACK_DELAY", "AckBatcher", "Inbox", "Undecryptable", "open_delivery"]
@@ -71,6 +83,10 @@ ACK_BATCH = 256
 #: None if that device is not an active device of that user.
 SenderLookup = Callable[[str, str], Awaitable[f.DeviceInfo | None]]
 
+#: Checks a team message's head: ``(team, sender, head) -> None``; raises
+#: LookupError if the sender was not a member at that head.
+TeamCheck = Callable[[str, str, bytes | None], Awaitable[object]]
+
 #: Sender lookups that fail for a reason that may pass: the message is held.
 _NOT_YET = (RequestTimeout, ConnectionFailed, StorageUnavailable, RateLimited, NotVerified)
 
@@ -89,8 +105,16 @@ def open_delivery(frame: f.Deliver, keys: crypto.DeviceKeys, own_user: str, send
     device's box key, and check it against the frame. Raises Undecryptable."""
     if sender.device != frame.from_device:
         raise Undecryptable("keys given for another device than the sender's")
+    team = frame.team if frame.body is not None else None
+    if frame.body is not None and frame.team is None:
+        raise Undecryptable("a sealed body without a team")
     try:
-        inner = crypto.unpack_plaintext(crypto.open_envelope(frame.env, keys, sender.box_pk))
+        if frame.body is not None:
+            key = crypto.unwrap_key(frame.env, keys, sender.box_pk)
+            opened = crypto.open_body(frame.body, key, frame.id, sender.sign_pk)
+        else:
+            opened = crypto.open_envelope(frame.env, keys, sender.box_pk)
+        inner = crypto.unpack_plaintext(opened)
     except crypto.EnvelopeError as exc:
         raise Undecryptable(str(exc)) from None
     if inner.id != frame.id:
@@ -98,7 +122,10 @@ def open_delivery(frame: f.Deliver, keys: crypto.DeviceKeys, own_user: str, send
     if inner.from_user != frame.from_user:
         raise Undecryptable("inner sender differs from the delivery's")
     own_copy = frame.from_user == own_user
-    if inner.to_user != own_user and not own_copy:
+    if team is not None:
+        if inner.to_user != team:
+            raise Undecryptable("addressed to another team")
+    elif inner.to_user != own_user and not own_copy:
         raise Undecryptable("addressed to another user")
     return Message(
         id=frame.id,
@@ -110,6 +137,11 @@ def open_delivery(frame: f.Deliver, keys: crypto.DeviceKeys, own_user: str, send
         kind=inner.kind,
         outgoing_copy=own_copy and inner.to_user != own_user,
         received_at=frame.ts,
+        team=team,
+        expires_at=inner.expires_at,
+        head=inner.head,
+        refs=tuple(inner.refs or ()),
+        notice_team=inner.team,
     )
 
 
@@ -130,6 +162,7 @@ class Inbox:
         find_sender: SenderLookup,
         ack: Callable[[int], Awaitable[None]],
         refuse: Callable[[int, str], Awaitable[None]] | None = None,
+        check_team: TeamCheck | None = None,
     ) -> None:
         self._state = state
         self._keys = keys
@@ -137,6 +170,7 @@ class Inbox:
         self._find_sender = find_sender
         self._ack = ack
         self._refuse = refuse
+        self._check_team = check_team
 
     async def process(self, frame: f.Deliver | f.Delivered | f.Refused) -> Event | None:
         """Store, ack and return the event a frame carries; a MessageHeld for
@@ -167,6 +201,13 @@ class Inbox:
                     "sender device is not one their attestation vouches for", "sender_unverified"
                 )
             message = open_delivery(frame, self._keys, self._own_user, sender)
+            if message.team is not None:
+                if self._check_team is None:
+                    raise Undecryptable("a team message, and this client has no teams")
+                try:
+                    await self._check_team(message.team, message.from_user, message.head)
+                except LookupError as exc:
+                    raise Undecryptable(str(exc), "sender_unverified") from None
         except _NOT_YET as exc:
             log.warning(
                 "holding message %s from %s/%s for the next connection: %s",
@@ -189,9 +230,42 @@ class Inbox:
             else:
                 await self._ack(frame.seq)
             return None
+        if message.kind != "text":
+            event = self._notice(message)
+            self._state.mark_seen(message.from_user, message.id)
+            await self._ack(frame.seq)
+            return event
         new = self._state.record_incoming(message)
         await self._ack(frame.seq)
         return message if new else None
+
+    def _notice(self, notice: Message) -> Event | None:
+        """Apply a notice (SPEC §13.5) to the local state; the event to show, if any."""
+        ts = notice.received_at or notice.sent_at
+        if notice.kind == "read" and notice.refs:
+            if notice.from_user == self._own_user:
+                # Our other device read them: theirs (the notice's "to"), or
+                # anyone's when it was sent to our own user (receipts off).
+                whose = None if notice.to_user == self._own_user else notice.to_user
+                self._state.mark_read(notice.refs, whose, at=ts)
+                return ReadBy(notice.refs, notice.from_user, ts, notice.notice_team or notice.team)
+            new = self._state.record_reads(notice.refs, notice.from_user, ts)
+            if not new:
+                return None
+            return ReadBy(tuple(new), notice.from_user, ts, notice.notice_team or notice.team)
+        if notice.kind == "recall" and notice.refs:
+            # Only the original sender's notice counts: the recall applies to
+            # the messages of the notice's sender alone.
+            event: Event | None = None
+            for ref in notice.refs:
+                conversation = self._state.recall_message(notice.from_user, ref)
+                if event is None:
+                    event = Recalled(
+                        ref, notice.from_user, conversation or notice.peer, conversation is not None
+                    )
+            return event
+        log.info("ignoring a %r notice from %s", notice.kind, notice.from_user)
+        return None
 
 
 class AckBatcher:

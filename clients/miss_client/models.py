@@ -38,8 +38,14 @@ __all__ = [
     "PeerChange",
     "PresenceChanged",
     "PresenceInfo",
+    "ReadBy",
+    "Recalled",
     "Refused",
+    "TeamEvent",
+    "TeamProblemFound",
+    "TeamView",
     "format_id",
+    "is_team_id",
     "is_rpps",
     "is_user_id",
     "now_ms",
@@ -70,6 +76,15 @@ def is_rpps(recipient: str) -> bool:
 def is_user_id(recipient: str) -> bool:
     """Hub-assigned user ids start with ``u_``."""
     return recipient.startswith("u_") and len(recipient) > 2
+
+
+def is_team_id(recipient: str) -> bool:
+    """Team ids are ``t_`` and 16 lowercase hex digits (SPEC §13.1)."""
+    return (
+        len(recipient) == 18
+        and recipient.startswith("t_")
+        and all(c in "0123456789abcdef" for c in recipient[2:])
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,6 +119,9 @@ class Peer:
     attested_until: int = 0
     verified: bool = False
     pending: PeerChange | None = None
+    #: The attestation bytes of the lookup (None for an entry from the local
+    #: state): what a team record signed by this user carries (SPEC §13.2).
+    att: bytes | None = field(default=None, repr=False)
 
     def device(self, device_id: str) -> DeviceInfo | None:
         """The target device with this id, or None if it is not one."""
@@ -212,10 +230,22 @@ class Message:
     kind: str = "text"
     outgoing_copy: bool = False
     received_at: int = 0
+    #: The team of a team message (``to_user`` is then the team id too).
+    team: str | None = None
+    #: When the plaintext is deleted (ms, sender's clock), SPEC §13.6.
+    expires_at: int | None = None
+    #: The sender's head of the team's chain (team messages).
+    head: bytes | None = field(default=None, repr=False)
+    #: Notices (``read``, ``recall``): the message ids concerned, and the
+    #: team they were sent to when they were team messages.
+    refs: tuple[bytes, ...] = field(default=(), repr=False)
+    notice_team: str | None = None
 
     @property
     def peer(self) -> str:
-        """The other end of the conversation."""
+        """The conversation: the team for a team message, else the other end."""
+        if self.team is not None:
+            return self.team
         return self.to_user if self.outgoing_copy else self.from_user
 
 
@@ -285,8 +315,109 @@ class PresenceChanged:
         return PresenceInfo(self.user, self.status, self.online)
 
 
+@dataclass(frozen=True, slots=True)
+class ReadBy:
+    """Event: ``user`` read our messages ``ids`` (their read notice, SPEC
+    §13.5), or, when ``user`` is us, another of our devices read the
+    messages ``ids`` (they are marked read here too)."""
+
+    ids: tuple[bytes, ...]
+    user: str
+    ts: int = 0
+    team: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Recalled:
+    """Event: ``from_user`` recalled message ``id`` (SPEC §13.5): its text
+    was deleted from this device (or it will be dropped if it arrives)."""
+
+    id: bytes
+    from_user: str
+    conversation: str
+    known: bool  # the message was here (and is now "message retiré")
+
+
+@dataclass(frozen=True, slots=True)
+class TeamView:
+    """A care team as its verified chain of records says (SPEC §13.1-§13.2).
+
+    ``members`` and ``admins`` are user ids, sorted; ``lifespan`` the team's
+    default message lifespan (ms) or None; ``head`` the hash of the last
+    verified record and ``seq`` their number. ``problem`` is None, or what
+    this device found wrong with the hub's view of the team:
+    ``"tampered"`` (the hub showed a membership nobody signed) or
+    ``"diverged"`` (members do not see the same chain); nothing is sent to
+    the team while it is set. ``closed``: the last member left."""
+
+    team: str
+    name: str
+    org: str | None
+    lifespan: int | None
+    members: tuple[str, ...]
+    admins: tuple[str, ...]
+    head: bytes
+    seq: int
+    closed: bool = False
+    problem: str | None = None
+
+    def is_member(self, user: str) -> bool:
+        return user in self.members
+
+    def is_admin(self, user: str) -> bool:
+        return user in self.admins
+
+    @property
+    def problem_text(self) -> str | None:
+        """The problem, in French, as the user reads it."""
+        if self.problem == "tampered":
+            return f"Le hub présente pour l'équipe {self.name} une liste de membres que personne n'a signée"
+        if self.problem == "diverged":
+            return "Les membres de l'équipe ne voient pas la même liste : envoi bloqué"
+        return None
+
+
+@dataclass(frozen=True, slots=True)
+class TeamEvent:
+    """Event: a verified change of a team's membership (one record of its
+    chain, SPEC §13.2): ``op`` (create, add, remove, leave, promote,
+    demote) about ``user`` by ``by`` (a user id or ``authority``) at ``at``
+    (ms, signer's clock). ``by_name``: the signer's name from the
+    attestation in the record, if any."""
+
+    team: str
+    team_name: str
+    seq: int
+    op: str
+    user: str
+    by: str
+    at: int
+    by_name: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class TeamProblemFound:
+    """Event: this device found the hub's view of ``team`` wrong
+    (``problem``: ``tampered`` or ``diverged``, see :class:`TeamView`);
+    ``text`` says it in French. Sending to the team is blocked."""
+
+    team: str
+    problem: str
+    text: str
+
+
 #: What :meth:`miss_client.client.Client.events` yields.
-Event = Message | Delivered | Refused | MessageHeld | PresenceChanged
+Event = (
+    Message
+    | Delivered
+    | Refused
+    | MessageHeld
+    | PresenceChanged
+    | ReadBy
+    | Recalled
+    | TeamEvent
+    | TeamProblemFound
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -298,6 +429,12 @@ class HistoryEntry:
     device, ``"received"`` otherwise. ``delivered_to`` lists the recipient
     devices that acknowledged it; ``refused_by`` the ``(device, reason)``
     of those that refused it.
+
+    SPEC §13: ``team`` is the team of a team message (``peer`` is then the
+    team id); ``expires_at`` when its text is deleted; ``gone`` is None, or
+    ``"recalled"``/``"expired"`` once its text was deleted (``body`` is then
+    empty); ``read_at`` when this user read it (incoming); ``read_by`` the
+    users whose read notices named it (outgoing).
     """
 
     id: bytes
@@ -311,3 +448,17 @@ class HistoryEntry:
     status: str
     delivered_to: tuple[str, ...] = field(default=())
     refused_by: tuple[tuple[str, str], ...] = field(default=())
+    team: str | None = None
+    expires_at: int | None = None
+    gone: str | None = None
+    read_at: int | None = None
+    read_by: tuple[str, ...] = field(default=())
+
+    @property
+    def shown_body(self) -> str:
+        """The text, or ``message retiré`` / ``message expiré`` once deleted."""
+        if self.gone == "recalled":
+            return "message retiré"
+        if self.gone == "expired":
+            return "message expiré"
+        return self.body

@@ -17,31 +17,94 @@ retried after ``retry_after``; both a bounded number of times
 ``accepted``, or ``failed`` on a definitive refusal; retryable errors,
 timeouts and lost connections leave it ``pending`` for
 :meth:`Outbox.resend_pending`.
+
+Revision 3 (SPEC §13): every plaintext is padded to a multiple of 256
+bytes; a lifespan adds ``ttl`` to the ``send`` and ``expires_at`` to the
+plaintext. A message to a team (:func:`build_team_send`) is sealed once
+(:func:`protocol.crypto.seal_body`) and its key wrapped for each target
+device of the chain this device verified (:mod:`miss_client.teams`), with
+our head of the chain; ``team_changed`` fetches the chain, re-targets and
+resends with the same id; a ``missing_devices`` naming devices of nobody
+in the verified chain marks the team tampered and sends nothing.
+Notices (read, recall: :meth:`Outbox.send_notice`) are sent like messages
+but not recorded in the history.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
+from dataclasses import replace
 
 from protocol import crypto
 from protocol import frames as f
-from protocol.errors import NoDevices, RequestError
+from protocol import teams as tm
+from protocol.errors import MissingDevices, NoDevices, RequestError, StaleTeamHead
 
-from .errors import BadRecipient, ClientError, KeyChangePending, MessageTooLarge, UnverifiedPeer
-from .models import Peer, format_id, now_ms
+from .errors import BadRecipient, ClientError, KeyChangePending, MessageTooLarge, TeamProblem, UnverifiedPeer
+from .models import Peer, format_id, is_team_id, now_ms
 from .peers import Peers
 from .profile import Profile
 from .requests import Router
 from .retry import RetryPolicy
 from .state import LocalState
+from .teams import Teams
 
-__all__ = ["Outbox", "RetryPolicy", "build_send"]
+__all__ = ["PAD_TO", "TEAM_CHANGED_RESENDS", "Outbox", "RetryPolicy", "build_send", "build_team_send"]
 
 log = logging.getLogger("miss_client")
 
+#: Every plaintext is padded to a multiple of this (SPEC §13.5): a read
+#: notice and a short message have the same size.
+PAD_TO = 256
+#: How many times a team message is re-targeted after ``team_changed``.
+TEAM_CHANGED_RESENDS = 3
+
+
+def check_lifespan(lifespan_ms: int | None) -> None:
+    if lifespan_ms is not None and not f.MIN_LIFESPAN_MS <= lifespan_ms <= f.MAX_LIFESPAN_MS:
+        raise ValueError("a lifespan is between 1 hour and 30 days")
+
+
+def build_team_send(
+    plaintext: bytes,
+    message_id: bytes,
+    keys: crypto.DeviceKeys,
+    own_device: str,
+    team: str,
+    head: bytes,
+    targets: dict[str, bytes],
+    ttl: int | None = None,
+) -> bytes:
+    """The encoded team ``send`` (SPEC §13.3, §13.4): ``plaintext`` sealed
+    once, its key wrapped for each of ``targets`` (``device -> box_pk``).
+    Raises NoDevices without targets, ClientError past MAX_WRAPS,
+    MessageTooLarge past MAX_FRAME_BYTES."""
+    if not targets:
+        raise NoDevices(f"nobody in {team} has an active, verified device")
+    if len(targets) > f.MAX_WRAPS:
+        raise ClientError(f"more than {f.MAX_WRAPS} devices to encrypt for")
+    key, body = crypto.seal_body(plaintext, message_id, keys)
+    wraps = {device: crypto.wrap_key(key, keys, box_pk) for device, box_pk in targets.items()}
+    data = f.encode(
+        f.Send(id=message_id, sender=own_device, to=team, envs=wraps, body=body, head=head, ttl=ttl)
+    )
+    if len(data) > f.MAX_FRAME_BYTES:
+        raise MessageTooLarge(
+            f"message too long: {len(data)} bytes once wrapped for {len(wraps)} devices "
+            f"(limit {f.MAX_FRAME_BYTES})"
+        )
+    return data
+
 
 def build_send(
-    plaintext: bytes, message_id: bytes, keys: crypto.DeviceKeys, own_device: str, peer: Peer, own: Peer
+    plaintext: bytes,
+    message_id: bytes,
+    keys: crypto.DeviceKeys,
+    own_device: str,
+    peer: Peer,
+    own: Peer,
+    ttl: int | None = None,
 ) -> bytes:
     """The encoded ``send`` frame carrying ``plaintext`` (a packed
     :class:`protocol.crypto.Plaintext`) sealed for every target device of
@@ -56,12 +119,12 @@ def build_send(
     """
     targets = {d.device: d.box_pk for d in own.devices if d.device != own_device}
     targets.update((d.device, d.box_pk) for d in peer.devices if d.device != own_device)
-    if not peer.devices or not targets:
+    if not targets or (not peer.devices and peer.user != own.user):
         raise NoDevices(f"{peer.user} has no active, verified device")
     if len(targets) > f.MAX_RECIPIENT_DEVICES:
         raise ClientError(f"more than {f.MAX_RECIPIENT_DEVICES} devices to encrypt for")
     envs = {device: crypto.seal(plaintext, keys, box_pk) for device, box_pk in targets.items()}
-    data = f.encode(f.Send(id=message_id, sender=own_device, to=peer.user, envs=envs))
+    data = f.encode(f.Send(id=message_id, sender=own_device, to=peer.user, envs=envs, ttl=ttl))
     if len(data) > f.MAX_FRAME_BYTES:
         raise MessageTooLarge(
             f"message too long: {len(data)} bytes once encrypted for {len(envs)} devices "
@@ -74,15 +137,26 @@ class Outbox:
     """The send side of one connection (see the module docstring): frames
     through ``router``, recipients through ``peers``, history in ``state``."""
 
-    def __init__(self, router: Router, peers: Peers, profile: Profile, state: LocalState) -> None:
+    def __init__(
+        self, router: Router, peers: Peers, profile: Profile, state: LocalState, teams: Teams
+    ) -> None:
         self._router = router
         self._peers = peers
         self._profile = profile
         self._state = state
+        self._teams = teams
 
-    async def send(self, to: str, text: str, message_id: bytes | None = None, *, kind: str = "text") -> bytes:
-        """Record ``text`` to ``to`` (an RPPS number or user id), send it and
-        return its id once accepted; raises like
+    async def send(
+        self,
+        to: str,
+        text: str,
+        message_id: bytes | None = None,
+        *,
+        kind: str = "text",
+        lifespan_ms: int | None = None,
+    ) -> bytes:
+        """Record ``text`` to ``to`` (an RPPS number, user id or team id),
+        send it and return its id once accepted; raises like
         :meth:`miss_client.client.Client.send`, which has the details."""
         if not text.strip():
             raise ValueError("empty message: nothing to send")
@@ -90,14 +164,52 @@ class Outbox:
             message_id = crypto.new_message_id()
         elif len(message_id) != 16:
             raise ValueError("a message id is 16 bytes")
+        check_lifespan(lifespan_ms)
         me = self._profile.user_id
-        peer = await self._peers.resolve(to)
-        if peer.user == me:
-            raise BadRecipient("you cannot send a message to yourself")
-        self._peers.check_sendable(peer, await self._peers.lookup(user=me))
-        plaintext = crypto.Plaintext(message_id, me, peer.user, now_ms(), kind, text)
-        self._state.record_outgoing(message_id, peer.user, plaintext.sent_at, kind, text)
+        sent_at = now_ms()
+        team: str | None = None
+        if is_team_id(to.strip()):
+            team = to.strip()
+            view = await self._teams.ensure(team)
+            self._teams.sendable(view)
+            if lifespan_ms is None:
+                lifespan_ms = view.lifespan
+            target = team
+        else:
+            peer = await self._peers.resolve(to)
+            if peer.user == me:
+                raise BadRecipient("you cannot send a message to yourself")
+            self._peers.check_sendable(peer, await self._peers.lookup(user=me))
+            target = peer.user
+        expires_at = None if lifespan_ms is None else sent_at + lifespan_ms
+        plaintext = crypto.Plaintext(message_id, me, target, sent_at, kind, text, expires_at=expires_at)
+        self._state.record_outgoing(message_id, target, sent_at, kind, text, expires_at=expires_at, team=team)
         await self._send_recorded(plaintext)
+        return message_id
+
+    async def send_notice(
+        self, to: str, kind: str, refs: Sequence[bytes], *, team: str | None = None, to_team: bool = False
+    ) -> bytes | None:
+        """Send a notice (``kind`` ``read`` or ``recall``, SPEC §13.5) about
+        the messages ``refs``: 1:1 to user ``to`` (our own user included:
+        then to our other devices only), with ``team`` when they were team
+        messages; or, with ``to_team``, to the team ``to``. Not recorded in
+        the history. Returns its id, None if nobody could receive it (our
+        own user without another device)."""
+        if not 1 <= len(refs) <= 256:
+            raise ValueError("a notice names 1 to 256 messages")
+        me = self._profile.user_id
+        message_id = crypto.new_message_id()
+        plaintext = crypto.Plaintext(
+            message_id, me, to, now_ms(), kind, "", refs=tuple(refs), team=None if to_team else team
+        )
+        self._state.mark_seen(me, message_id)
+        try:
+            await self._send_until_accepted(plaintext)
+        except NoDevices:
+            if to == me:
+                return None
+            raise
         return message_id
 
     async def resend_pending(self) -> list[bytes]:
@@ -109,11 +221,17 @@ class Outbox:
         done = []
         for entry in self._state.pending_outgoing():
             plaintext = crypto.Plaintext(
-                entry.id, self._profile.user_id, entry.peer, entry.sent_at, entry.kind, entry.body
+                entry.id,
+                self._profile.user_id,
+                entry.peer,
+                entry.sent_at,
+                entry.kind,
+                entry.body,
+                expires_at=entry.expires_at,
             )
             try:
                 await self._send_recorded(plaintext)
-            except (RequestError, MessageTooLarge, UnverifiedPeer, KeyChangePending) as exc:
+            except (RequestError, MessageTooLarge, UnverifiedPeer, KeyChangePending, TeamProblem) as exc:
                 log.warning("pending message %s not resent: %s", format_id(entry.id), type(exc).__name__)
                 continue
             done.append(entry.id)
@@ -122,7 +240,7 @@ class Outbox:
     async def _send_recorded(self, plaintext: crypto.Plaintext) -> None:
         try:
             await self._send_until_accepted(plaintext)
-        except (RequestError, MessageTooLarge) as exc:
+        except (RequestError, MessageTooLarge, TeamProblem) as exc:
             # A definitive refusal; retryable errors, timeouts and lost
             # connections leave the message pending for resend_pending().
             if not (isinstance(exc, RequestError) and exc.retryable):
@@ -130,10 +248,19 @@ class Outbox:
             raise
         self._state.set_status(plaintext.id, "accepted")
 
+    @staticmethod
+    def _ttl(plaintext: crypto.Plaintext) -> int | None:
+        if plaintext.expires_at is None:
+            return None
+        # A resend keeps the original deadline; the hub wants at least the minimum.
+        return max(plaintext.expires_at - plaintext.sent_at, f.MIN_LIFESPAN_MS)
+
     async def _send_until_accepted(self, plaintext: crypto.Plaintext) -> f.Accepted:
         if self._router.sending(plaintext.id):
             raise ValueError(f"message {format_id(plaintext.id)} is already being sent")
-        packed = crypto.pack_plaintext(plaintext)
+        if is_team_id(plaintext.to_user):
+            return await self._send_team(plaintext)
+        packed = crypto.pack_plaintext(plaintext, pad_to=PAD_TO)
         profile = self._profile
         retrying = self._router.retry.retrying(f"resending {format_id(plaintext.id)}", refresh_devices=True)
         async for attempt in retrying:
@@ -142,7 +269,50 @@ class Outbox:
             peer = await self._peers.lookup(user=plaintext.to_user, refresh=retrying.refresh)
             own = await self._peers.lookup(user=profile.user_id, refresh=retrying.refresh)
             self._peers.check_sendable(peer, own)
-            data = build_send(packed, plaintext.id, profile.keys, profile.device_id, peer, own)
+            data = build_send(
+                packed, plaintext.id, profile.keys, profile.device_id, peer, own, self._ttl(plaintext)
+            )
             with attempt:
                 return await self._router.send_message(plaintext.id, data)
+        raise AssertionError("unreachable: the policy retries until an answer or an error")
+
+    async def _send_team(self, plaintext: crypto.Plaintext) -> f.Accepted:
+        """A team message until accepted: ``team_changed`` refreshes the
+        chain and re-targets (same id), at most TEAM_CHANGED_RESENDS times."""
+        team = plaintext.to_user
+        for round_ in range(TEAM_CHANGED_RESENDS + 1):
+            try:
+                return await self._send_team_once(plaintext)
+            except StaleTeamHead:
+                if round_ == TEAM_CHANGED_RESENDS:
+                    raise
+                log.info("team %s changed: re-targeting %s", team, format_id(plaintext.id))
+                await self._teams.refresh(team)
+        raise AssertionError("unreachable")
+
+    async def _send_team_once(self, plaintext: crypto.Plaintext) -> f.Accepted:
+        profile = self._profile
+        team = plaintext.to_user
+        retrying = self._router.retry.retrying(f"resending {format_id(plaintext.id)}", refresh_devices=True)
+        async for attempt in retrying:
+            view = await self._teams.ensure(team)
+            self._teams.sendable(view)
+            targets = await self._teams.targets(view, refresh=retrying.refresh)
+            packed = crypto.pack_plaintext(replace(plaintext, head=view.head), pad_to=PAD_TO)
+            data = build_team_send(
+                packed,
+                plaintext.id,
+                profile.keys,
+                profile.device_id,
+                team,
+                view.head,
+                targets,
+                self._ttl(plaintext),
+            )
+            with attempt:
+                try:
+                    return await self._router.send_message(plaintext.id, data)
+                except MissingDevices as exc:
+                    await self._teams.check_missing(view, exc.missing)  # raises TeamTampered
+                    raise
         raise AssertionError("unreachable: the policy retries until an answer or an error")

@@ -11,6 +11,12 @@ text (``«Bonjour, un avis sur…»``, from :class:`MessageTexts`) and the devic
 by the short form of its id (``d_1a2b…``), with its label when it is one of
 the user's own devices. A refusal (SPEC §6.5) is always shown as
 ``✗ NOT delivered``, never as delivered (docs/ARCHITECTURE.md, guarantee 7).
+
+Care teams (SPEC §13): a team message shows its team (``[Cardio garde]
+Dr X: …``); membership changes are lines of the conversation in French
+(``Dr X a ajouté Dr Y``); a team whose chain this device could not trust
+shows its problem in French; read notices show ``✓✓ lu par Dr X``;
+recalled and expired texts show ``message retiré`` / ``message expiré``.
 """
 
 from __future__ import annotations
@@ -28,7 +34,13 @@ from .models import (
     Peer,
     PresenceChanged,
     PresenceInfo,
+    ReadBy,
+    Recalled,
     Refused,
+    TeamEvent,
+    TeamProblemFound,
+    TeamView,
+    is_team_id,
 )
 from .state import LocalState
 
@@ -40,6 +52,13 @@ __all__ = [
     "format_time",
     "held_line",
     "history_line",
+    "lifespan_label",
+    "parse_lifespan",
+    "read_line",
+    "recalled_line",
+    "team_event_line",
+    "team_lines",
+    "team_problem_line",
     "message_line",
     "outgoing_line",
     "presence_line",
@@ -93,15 +112,58 @@ def refusal_reason(reason: str) -> str:
 
 
 class Names:
-    """Display names from the local directory (what lookups pinned)."""
+    """Display names from the local directory (what lookups pinned), and
+    team names from the verified chains."""
 
     def __init__(self, state: LocalState) -> None:
         self._state = state
 
     def of(self, user: str) -> str:
-        """``Name (RPPS)`` if the user is in the local directory, else the user id."""
+        """``Name (RPPS)`` if the user is in the local directory, a team's
+        name for a team id, else the id."""
+        if is_team_id(user):
+            return self.team(user)
         peer: Peer | None = self._state.get_peer(user)
         return clean(peer.display) if peer is not None else user
+
+    def short(self, user: str, fallback: str | None = None) -> str:
+        """``Name`` alone (``fallback``, e.g. from an attestation, else the id)."""
+        if user == "authority":
+            return "l'administration"
+        peer: Peer | None = self._state.get_peer(user)
+        if peer is not None:
+            return clean(peer.name)
+        return clean(fallback) if fallback else user
+
+    def team(self, team: str) -> str:
+        view = self._state.get_team(team)
+        return clean(view.name) if view is not None else team
+
+
+#: What a lifespan argument may end with, in ms.
+_LIFESPAN_UNITS = {"m": 60_000, "h": 3_600_000, "d": 86_400_000}
+
+
+def parse_lifespan(text: str) -> int:
+    """``30m``, ``1h``, ``24h``, ``7d`` -> ms (1 h to 30 days, SPEC §13.6);
+    ValueError otherwise."""
+    text = text.strip().lower()
+    unit = _LIFESPAN_UNITS.get(text[-1:]) if text else None
+    if unit is None or not text[:-1].isdigit():
+        raise ValueError(f"a lifespan looks like 1h, 24h or 7d, not {text!r}")
+    ms = int(text[:-1]) * unit
+    if not 3_600_000 <= ms <= 2_592_000_000:
+        raise ValueError("a lifespan is between 1h and 30d")
+    return ms
+
+
+def lifespan_label(ms: int) -> str:
+    """7 j, 24 h, 90 min: a lifespan as people say it."""
+    if ms % 86_400_000 == 0 and ms >= 2 * 86_400_000:
+        return f"{ms // 86_400_000} j"
+    if ms % 3_600_000 == 0:
+        return f"{ms // 3_600_000} h"
+    return f"{ms // 60_000} min"
 
 
 class MessageTexts:
@@ -139,12 +201,84 @@ def _device(device: str, labels: Mapping[str, str]) -> str:
 
 def message_line(message: Message, names: Names) -> str:
     """``[time] Name (RPPS): text``, or ``[time] me → Name (RPPS): text`` for
-    a copy of a message this user sent from another device."""
+    a copy of a message this user sent from another device; a team message
+    starts with ``[Team]``."""
     body = clean(message.body) if message.kind == "text" else f"[{clean(message.kind)}] {clean(message.body)}"
+    if message.expires_at is not None:
+        body += f" (expire le {format_time(message.expires_at)})"
     when = format_time(message.sent_at)
+    if message.team is not None:
+        who = "me" if message.outgoing_copy else names.of(message.from_user)
+        return f"[{when}] [{names.team(message.team)}] {who}: {body}"
     if message.outgoing_copy:
         return f"[{when}] me → {names.of(message.to_user)}: {body}"
     return f"[{when}] {names.of(message.from_user)}: {body}"
+
+
+_TEAM_OPS = {
+    "create": "{by} a créé l'équipe {team}",
+    "add": "{by} a ajouté {user}",
+    "remove": "{by} a retiré {user} de l'équipe",
+    "leave": "{user} a quitté l'équipe",
+    "promote": "{by} a nommé {user} administrateur",
+    "demote": "{by} a retiré à {user} le rôle d'administrateur",
+}
+
+
+def team_event_line(event: TeamEvent, names: Names) -> str:
+    """``[time] [Team] Dr X a ajouté Dr Y``: one verified membership change."""
+    template = _TEAM_OPS.get(event.op, "{by}: " + clean(event.op) + " {user}")
+    text = template.format(
+        by=names.short(event.by, event.by_name),
+        user=names.short(event.user, event.by_name if event.user == event.by else None),
+        team=clean(event.team_name),
+    )
+    return f"[{format_time(event.at)}] [{clean(event.team_name)}] {text}"
+
+
+def team_problem_line(problem: TeamProblemFound | TeamView) -> str:
+    """``! <the problem, in French>``."""
+    text = problem.text if isinstance(problem, TeamProblemFound) else (problem.problem_text or "")
+    return f"! {clean(text)}"
+
+
+def read_line(event: ReadBy, names: Names, texts: MessageTexts, own_user: str) -> str:
+    """``[time] ✓✓ lu par Dr X: «Bonjour…»``; for our own other device,
+    ``… lu sur un autre de vos appareils``."""
+    when = format_time(event.ts) if event.ts else "-"
+    first = event.ids[0] if event.ids else b""
+    more = f" (+{len(event.ids) - 1})" if len(event.ids) > 1 else ""
+    if event.user == own_user:
+        return f"[{when}] ✓✓ lu sur un autre de vos appareils ({len(event.ids)} message(s))"
+    return (
+        f"[{when}] ✓✓ lu par {names.of(event.user)}: {texts.excerpt(first, event.team or event.user)}{more}"
+    )
+
+
+def recalled_line(event: Recalled, names: Names) -> str:
+    """``Dr X a retiré un message`` (``message retiré``)."""
+    where = f"[{names.team(event.conversation)}] " if is_team_id(event.conversation) else ""
+    return f"{where}{names.of(event.from_user)}: message retiré"
+
+
+def team_lines(view: TeamView, names: Names, me: str) -> list[str]:
+    """``team show``: the team, its members (admins marked ★), its problem."""
+    lines = [f"{clean(view.name)}  ({view.team})"]
+    if view.org:
+        lines.append(f"organisation: {clean(view.org)}")
+    if view.lifespan is not None:
+        lines.append(f"durée de vie des messages: {lifespan_label(view.lifespan)}")
+    if view.closed:
+        lines.append("équipe fermée (plus aucun membre)")
+    for user in view.members:
+        star = " ★ admin" if user in view.admins else ""
+        you = " (vous)" if user == me else ""
+        lines.append(f"  {names.of(user)}{star}{you}")
+    if me not in view.members and not view.closed:
+        lines.append("vous n'êtes pas membre de cette équipe")
+    if view.problem is not None:
+        lines.append(team_problem_line(view))
+    return lines
 
 
 def outgoing_line(sent_at: int, to_user: str, text: str, names: Names, note: str = "") -> str:
@@ -207,9 +341,12 @@ def history_line(entry: HistoryEntry, names: Names) -> str:
     recipient kept them, ``✗ NOT delivered: refused by d_1a2b… (reason)``
     for each device that refused them, or their status (pending, failed)."""
     when = format_time(entry.sent_at)
-    body = clean(entry.body)
+    body = clean(entry.shown_body)
+    if entry.gone is None and entry.expires_at is not None:
+        body += f" (expire le {format_time(entry.expires_at)})"
+    where = f"[{names.team(entry.team)}] " if entry.team is not None else ""
     if entry.direction == "in":
-        return f"[{when}] {names.of(entry.from_user)}: {body}"
+        return f"[{when}] {where}{names.of(entry.from_user)}: {body}"
     marks = []
     if entry.delivered_to:
         marks.append("✓")
@@ -218,5 +355,9 @@ def history_line(entry: HistoryEntry, names: Names) -> str:
         marks.append(f"✗ {'' if entry.delivered_to else 'NOT delivered: '}refused by {refusals}")
     elif not entry.delivered_to and entry.status in ("pending", "failed"):
         marks.append(f"({entry.status})")
+    if entry.read_by:
+        marks.append("✓✓ lu par " + ", ".join(names.short(u) for u in entry.read_by))
     mark = f" {' '.join(marks)}" if marks else ""
+    if entry.team is not None:
+        return f"[{when}] {where}me: {body}{mark}"
     return f"[{when}] me → {names.of(entry.peer)}: {body}{mark}"

@@ -10,7 +10,7 @@ background *reader* task (:meth:`Router.start`) owns ``recv``:
   ``rid``, ``accepted`` and ``error`` frames by message ``id``, each to a
   future the caller awaits, whatever else arrives in between. Every answer
   that names a ``rid`` is shown to :attr:`Router.on_answer` first;
-* ``deliver``, ``delivered`` and ``refused`` frames go, untouched, to the
+* ``deliver``, ``delivered``, ``refused`` and ``team_changed`` frames go, untouched, to the
   incoming queue (:meth:`Router.next_push`); ``presence`` pushes go to
   :attr:`Router.on_presence`, which may queue events there too
   (:meth:`Router.post`), in arrival order;
@@ -50,10 +50,21 @@ __all__ = ["Push", "Router"]
 log = logging.getLogger("miss_client")
 
 #: What :meth:`Router.next_push` hands out, in arrival order.
-Push = f.Deliver | f.Delivered | f.Refused | PresenceChanged
+Push = f.Deliver | f.Delivered | f.Refused | f.TeamChanged | PresenceChanged
 
 _CLOSED = object()  # queued by the reader when the connection has ended
-_ANSWERS = (f.LookupOk, f.LinkCodeOk, f.Ok, f.Watching, f.SearchOk, f.DevicesOk)
+_ANSWERS = (
+    f.LookupOk,
+    f.LinkCodeOk,
+    f.Ok,
+    f.Watching,
+    f.SearchOk,
+    f.DevicesOk,
+    f.TeamOk,
+    f.TeamsOk,
+    f.TeamChainOk,
+    f.RecallOk,
+)
 
 
 def _ignore_push(frame: f.Presence) -> None:
@@ -131,7 +142,7 @@ class Router:
             self._incoming.put_nowait(_CLOSED)
             assert self._terminal is not None
             raise self._terminal
-        assert isinstance(item, f.Deliver | f.Delivered | f.Refused | PresenceChanged)
+        assert isinstance(item, f.Deliver | f.Delivered | f.Refused | f.TeamChanged | PresenceChanged)
         return item
 
     # --- requests ------------------------------------------------------------
@@ -249,7 +260,9 @@ class Router:
         log.warning("ignoring a %r frame from the hub that does not decode (%s)", kind, exc.code)
 
     def _dispatch(self, frame: f.Frame) -> None:
-        if isinstance(frame, f.Deliver | f.Delivered | f.Refused):
+        # team_changed is queued in order with deliveries: the consumer
+        # fetches the chain (a request the reader must stay free to route).
+        if isinstance(frame, f.Deliver | f.Delivered | f.Refused | f.TeamChanged):
             self._incoming.put_nowait(frame)
         elif isinstance(frame, f.Presence):
             self.on_presence(frame)

@@ -30,13 +30,22 @@ recorded as pending (and clears ``verified_at``) until
 attestation no longer names are dropped at once. If the attestation goes
 back to the pinned keys, the pending change is dropped.
 
+Revision 3 (SPEC §13): team chains (:meth:`LocalState.save_team`, only
+verified records), recalls and lifespans. A recalled or expired message
+keeps its row (the conversation shows "message retiré" / "message expiré")
+but its text is replaced by an empty one, and the database runs with
+``secure_delete`` and checkpoints its WAL after such a deletion, so the old
+bytes leave the file. Expiry uses :attr:`LocalState.clock` (tests inject
+one); :meth:`LocalState.sweep_expired` runs on open, before every history
+read, and periodically from the client.
+
 Not thread-safe: use one LocalState from one thread (the event loop's).
 """
 
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -49,7 +58,7 @@ import nacl.secret
 from protocol.frames import DeviceInfo
 
 from .errors import ProfileCorrupt
-from .models import HistoryEntry, Message, Peer, PeerChange, now_ms
+from .models import HistoryEntry, Message, Peer, PeerChange, TeamView, now_ms
 from .state_schema import (
     PEER_COLUMNS,
     SCHEMA_VERSION,
@@ -62,6 +71,32 @@ from .state_schema import (
 )
 
 __all__ = ["SCHEMA_VERSION", "LocalState", "Observation"]
+
+_MESSAGE_COLUMNS = (
+    "from_user, id, peer, direction, from_device, sent_at, received_at, status, sealed, "
+    "expires_at, gone, read_at, team"
+)
+_MESSAGE_PLACES = ", ".join("?" * 13)
+_ENTRY_COLUMNS = (
+    "from_user, id, peer, direction, sent_at, received_at, status, sealed, expires_at, gone, read_at, team"
+)
+_TEAM_COLUMNS = "team, name, org, lifespan, members, admins, seq, head, closed, problem"
+
+
+def _team_view(row: tuple[Any, ...]) -> TeamView:
+    team, name, org, lifespan, members, admins, seq, head, closed, problem = row
+    return TeamView(
+        team,
+        name,
+        org,
+        lifespan,
+        tuple(sorted(msgpack.unpackb(members))),
+        tuple(sorted(msgpack.unpackb(admins))),
+        bytes(head),
+        seq,
+        bool(closed),
+        problem,
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,11 +122,16 @@ class LocalState:
         self._box = nacl.secret.SecretBox(storage_key)
         self.own_user = own_user
         self.own_device = own_device
+        #: ms since the epoch; what lifespans are measured against.
+        self.clock: Callable[[], int] = now_ms
 
     @classmethod
     def open(cls, path: Path, storage_key: bytes, own_user: str, own_device: str) -> LocalState:
-        """Open (creating with mode 0600 if needed) and migrate the state DB."""
-        return cls(open_db(path), storage_key, own_user, own_device)
+        """Open (creating with mode 0600 if needed) and migrate the state DB;
+        deletes the texts whose lifespan is over."""
+        state = cls(open_db(path), storage_key, own_user, own_device)
+        state.sweep_expired()
+        return state
 
     def close(self) -> None:
         self._db.close()
@@ -134,6 +174,16 @@ class LocalState:
         row = self._db.execute("SELECT 1 FROM seen WHERE from_user = ? AND id = ?", (from_user, message_id))
         return row.fetchone() is not None
 
+    def mark_seen(self, from_user: str, message_id: bytes) -> bool:
+        """Mark an id seen without a history row (notices, SPEC §13.5);
+        False if it was seen before."""
+        with self._tx() as db:
+            cur = db.execute(
+                "INSERT OR IGNORE INTO seen (from_user, id, seen_at) VALUES (?, ?, ?)",
+                (from_user, message_id, now_ms()),
+            )
+            return cur.rowcount > 0
+
     def record_incoming(self, message: Message) -> bool:
         """Durably record a received message (or own copy) and mark its id seen.
 
@@ -148,8 +198,14 @@ class LocalState:
             )
             if cur.rowcount == 0:
                 return False
+            recalled = db.execute(
+                "SELECT 1 FROM recalled WHERE from_user = ? AND id = ?", (message.from_user, message.id)
+            ).fetchone()
+            if recalled is not None:
+                return False  # its sender recalled it before it came: dropped (SPEC §13.5)
+            expired = message.expires_at is not None and message.expires_at <= self.clock()
             db.execute(
-                "INSERT OR IGNORE INTO messages VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                f"INSERT OR IGNORE INTO messages ({_MESSAGE_COLUMNS}) VALUES ({_MESSAGE_PLACES})",
                 (
                     message.from_user,
                     message.id,
@@ -159,28 +215,49 @@ class LocalState:
                     message.sent_at,
                     message.received_at or now,
                     "received",
-                    self._seal(message.id, message.kind, message.body),
+                    self._seal(message.id, message.kind, "" if expired else message.body),
+                    message.expires_at,
+                    "expired" if expired else None,
+                    None,
+                    message.team,
                 ),
             )
         return True
 
-    def record_outgoing(self, message_id: bytes, to_user: str, sent_at: int, kind: str, body: str) -> None:
-        """Record a message this device is about to send (status ``pending``).
+    def record_outgoing(
+        self,
+        message_id: bytes,
+        to_user: str,
+        sent_at: int,
+        kind: str,
+        body: str,
+        *,
+        expires_at: int | None = None,
+        team: str | None = None,
+    ) -> None:
+        """Record a message this device is about to send (status ``pending``);
+        ``to_user`` is the team id for a team message (``team`` too).
 
         Recording an id that is already there keeps the first row: a resend
         reuses the id and must not duplicate history.
         """
         with self._tx() as db:
             db.execute(
-                "INSERT OR IGNORE INTO messages VALUES (?, ?, ?, 'out', ?, ?, ?, 'pending', ?)",
+                f"INSERT OR IGNORE INTO messages ({_MESSAGE_COLUMNS}) VALUES ({_MESSAGE_PLACES})",
                 (
                     self.own_user,
                     message_id,
                     to_user,
+                    "out",
                     self.own_device,
                     sent_at,
                     sent_at,
+                    "pending",
                     self._seal(message_id, kind, body),
+                    expires_at,
+                    None,
+                    None,
+                    team,
                 ),
             )
             db.execute(
@@ -212,11 +289,12 @@ class LocalState:
             return cur.rowcount > 0
 
     def history(self, peer: str | None = None, limit: int = 100) -> list[HistoryEntry]:
-        """The last ``limit`` messages (with ``peer`` if given), oldest first."""
+        """The last ``limit`` messages (with ``peer``, a user or team id, if
+        given), oldest first; texts whose lifespan is over are deleted first."""
+        self.sweep_expired()
         where, args = ("WHERE peer = ?", [peer]) if peer is not None else ("", [])
         rows = self._db.execute(
-            "SELECT from_user, id, peer, direction, sent_at, received_at, status, sealed FROM messages "
-            f"{where} ORDER BY sent_at DESC, id DESC LIMIT ?",
+            f"SELECT {_ENTRY_COLUMNS} FROM messages {where} ORDER BY sent_at DESC, id DESC LIMIT ?",
             [*args, limit],
         ).fetchall()
         return [self._entry(row) for row in reversed(rows)]
@@ -224,15 +302,233 @@ class LocalState:
     def pending_outgoing(self) -> list[HistoryEntry]:
         """Messages this device recorded but never saw accepted (oldest first)."""
         rows = self._db.execute(
-            "SELECT from_user, id, peer, direction, sent_at, received_at, status, sealed FROM messages "
-            "WHERE from_user = ? AND from_device = ? AND status = 'pending' ORDER BY sent_at, id",
+            f"SELECT {_ENTRY_COLUMNS} FROM messages "
+            "WHERE from_user = ? AND from_device = ? AND status = 'pending' AND gone IS NULL "
+            "ORDER BY sent_at, id",
             (self.own_user, self.own_device),
         ).fetchall()
         return [self._entry(row) for row in rows]
 
+    def get_message(self, from_user: str, message_id: bytes) -> HistoryEntry | None:
+        """One message of the history, if this device has it."""
+        row = self._db.execute(
+            f"SELECT {_ENTRY_COLUMNS} FROM messages WHERE from_user = ? AND id = ?", (from_user, message_id)
+        ).fetchone()
+        return None if row is None else self._entry(row)
+
+    # --- lifespan, recall, reads (SPEC §13.5, §13.6) ---------------------------------
+
+    def _forget_text(self, db: sqlite3.Connection, from_user: str, message_id: bytes, gone: str) -> bool:
+        row = db.execute(
+            "SELECT sealed FROM messages WHERE from_user = ? AND id = ? AND gone IS NULL",
+            (from_user, message_id),
+        ).fetchone()
+        if row is None:
+            return False
+        kind, _ = self._open(message_id, row[0])
+        db.execute(
+            "UPDATE messages SET sealed = ?, gone = ? WHERE from_user = ? AND id = ?",
+            (self._seal(message_id, kind, ""), gone, from_user, message_id),
+        )
+        return True
+
+    def _scrub(self) -> None:
+        # secure_delete zeroes the freed cells of the main file; the WAL still
+        # holds the old page images until a checkpoint copies them back and
+        # truncates it.
+        self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+
+    def sweep_expired(self, now: int | None = None) -> list[tuple[str, bytes]]:
+        """Delete the texts of messages whose ``expires_at`` is past (by
+        :attr:`clock`, or ``now``); returns their ``(from_user, id)``."""
+        now = self.clock() if now is None else now
+        rows = self._db.execute(
+            "SELECT from_user, id FROM messages WHERE expires_at IS NOT NULL AND expires_at <= ? "
+            "AND gone IS NULL",
+            (now,),
+        ).fetchall()
+        if not rows:
+            return []
+        with self._tx() as db:
+            for from_user, message_id in rows:
+                self._forget_text(db, from_user, message_id, "expired")
+        self._scrub()
+        return [(u, i) for u, i in rows]
+
+    def recall_message(self, from_user: str, message_id: bytes) -> str | None:
+        """Apply a recall by ``from_user`` (the original sender) of
+        ``message_id``: its text is deleted and the conversation returned;
+        if this device does not have it, the id is remembered so that the
+        message is dropped if it ever arrives (None)."""
+        with self._tx() as db:
+            row = db.execute(
+                "SELECT peer FROM messages WHERE from_user = ? AND id = ?", (from_user, message_id)
+            ).fetchone()
+            if row is None:
+                db.execute(
+                    "INSERT OR IGNORE INTO recalled (from_user, id, at) VALUES (?, ?, ?)",
+                    (from_user, message_id, now_ms()),
+                )
+                return None
+            self._forget_text(db, from_user, message_id, "recalled")
+            conversation: str = row[0]
+        self._scrub()
+        return conversation
+
+    def is_recalled(self, from_user: str, message_id: bytes) -> bool:
+        """True if ``from_user`` recalled ``message_id`` (had it or not)."""
+        if self._db.execute(
+            "SELECT 1 FROM recalled WHERE from_user = ? AND id = ?", (from_user, message_id)
+        ).fetchone():
+            return True
+        row = self._db.execute(
+            "SELECT gone FROM messages WHERE from_user = ? AND id = ?", (from_user, message_id)
+        ).fetchone()
+        return row is not None and row[0] == "recalled"
+
+    def unread(self, conversation: str) -> list[tuple[str, bytes]]:
+        """``(from_user, id)`` of the incoming text messages of a conversation
+        (a user or team id) not read yet, oldest first."""
+        rows = self._db.execute(
+            "SELECT from_user, id, sealed FROM messages WHERE peer = ? AND direction = 'in' AND gone IS NULL "
+            "AND read_at IS NULL ORDER BY sent_at, id",
+            (conversation,),
+        ).fetchall()
+        return [(u, i) for u, i, sealed in rows if self._open(i, sealed)[0] == "text"]
+
+    def mark_read(self, ids: Iterable[bytes], from_user: str | None = None, at: int | None = None) -> int:
+        """Mark incoming messages read (by ``from_user`` only, if given);
+        returns how many were unread."""
+        at = now_ms() if at is None else at
+        count = 0
+        with self._tx() as db:
+            for message_id in ids:
+                if from_user is None:
+                    cur = db.execute(
+                        "UPDATE messages SET read_at = ? WHERE id = ? AND direction = 'in' AND read_at IS NULL",
+                        (at, message_id),
+                    )
+                else:
+                    cur = db.execute(
+                        "UPDATE messages SET read_at = ? WHERE from_user = ? AND id = ? AND direction = 'in' "
+                        "AND read_at IS NULL",
+                        (at, from_user, message_id),
+                    )
+                count += cur.rowcount
+        return count
+
+    def record_reads(self, ids: Iterable[bytes], user: str, ts: int) -> list[bytes]:
+        """Record that ``user`` read our messages ``ids`` (their read
+        notice); returns the ids that are ours and were not known read by them."""
+        new = []
+        with self._tx() as db:
+            for message_id in ids:
+                own = db.execute(
+                    "SELECT 1 FROM messages WHERE from_user = ? AND id = ?", (self.own_user, message_id)
+                ).fetchone()
+                if own is None:
+                    continue
+                cur = db.execute(
+                    "INSERT OR IGNORE INTO reads (id, user, ts) VALUES (?, ?, ?)", (message_id, user, ts)
+                )
+                if cur.rowcount:
+                    new.append(message_id)
+        return new
+
+    # --- settings ---------------------------------------------------------------
+
+    def get_setting(self, key: str, default: Any = None) -> Any:
+        row = self._db.execute("SELECT value FROM settings WHERE key = ?", (key,)).fetchone()
+        return default if row is None else msgpack.unpackb(row[0], raw=False)
+
+    def set_setting(self, key: str, value: Any) -> None:
+        with self._tx() as db:
+            db.execute(
+                "INSERT OR REPLACE INTO settings (key, value) VALUES (?, ?)",
+                (key, msgpack.packb(value, use_bin_type=True)),
+            )
+
+    # --- teams (SPEC §13.2) ----------------------------------------------------
+
+    def team_records(self, team: str) -> list[tuple[bytes, bytes]]:
+        """The verified chain of ``team`` as ``(rec, sig)`` pairs, in order."""
+        rows = self._db.execute(
+            "SELECT rec, sig FROM team_records WHERE team = ? ORDER BY seq", (team,)
+        ).fetchall()
+        return [(bytes(r), bytes(s)) for r, s in rows]
+
+    def save_team(self, view: TeamView, new_records: Iterable[tuple[int, bytes, bytes, bytes]]) -> None:
+        """Store a team's state and the records ``(seq, rec, sig, hash)`` that
+        extend its stored chain (verified by the caller, whole)."""
+        with self._tx() as db:
+            for seq, rec, sig, digest in new_records:
+                db.execute(
+                    "INSERT OR REPLACE INTO team_records (team, seq, rec, sig, hash) VALUES (?, ?, ?, ?, ?)",
+                    (view.team, seq, rec, sig, digest),
+                )
+            db.execute(
+                "INSERT OR REPLACE INTO teams (team, name, org, lifespan, members, admins, seq, head, "
+                "closed, problem, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, "
+                "coalesce(?, (SELECT problem FROM teams WHERE team = ?)), ?)",
+                (
+                    view.team,
+                    view.name,
+                    view.org,
+                    view.lifespan,
+                    msgpack.packb(list(view.members)),
+                    msgpack.packb(list(view.admins)),
+                    view.seq,
+                    view.head,
+                    int(view.closed),
+                    view.problem,
+                    view.team,
+                    now_ms(),
+                ),
+            )
+
+    def set_team_problem(self, team: str, problem: str | None) -> bool:
+        """Set (or clear) the problem of a known team; True if it changed."""
+        with self._tx() as db:
+            cur = db.execute(
+                "UPDATE teams SET problem = ? WHERE team = ? AND problem IS NOT ?", (problem, team, problem)
+            )
+            return cur.rowcount > 0
+
+    def get_team(self, team: str) -> TeamView | None:
+        row = self._db.execute(f"SELECT {_TEAM_COLUMNS} FROM teams WHERE team = ?", (team,)).fetchone()
+        return None if row is None else _team_view(row)
+
+    def list_teams(self) -> list[TeamView]:
+        rows = self._db.execute(f"SELECT {_TEAM_COLUMNS} FROM teams ORDER BY name, team").fetchall()
+        return [_team_view(row) for row in rows]
+
+    def team_heads(self, team: str) -> list[bytes]:
+        """The hash of each record of the verified chain, in order."""
+        rows = self._db.execute("SELECT hash FROM team_records WHERE team = ? ORDER BY seq", (team,))
+        return [bytes(r[0]) for r in rows]
+
     def _entry(self, row: tuple[Any, ...]) -> HistoryEntry:
-        from_user, message_id, peer, direction, sent_at, received_at, status, sealed = row
+        (
+            from_user,
+            message_id,
+            peer,
+            direction,
+            sent_at,
+            received_at,
+            status,
+            sealed,
+            expires_at,
+            gone,
+            read_at,
+            team,
+        ) = row
         kind, body = self._open(message_id, sealed)
+        read_by: tuple[str, ...] = ()
+        if from_user == self.own_user:
+            read_by = tuple(
+                r[0]
+                for r in self._db.execute("SELECT user FROM reads WHERE id = ? ORDER BY ts", (message_id,))
+            )
         delivered: list[str] = []
         refused: list[tuple[str, str]] = []
         if from_user == self.own_user:
@@ -255,6 +551,11 @@ class LocalState:
             status=status,
             delivered_to=tuple(delivered),
             refused_by=tuple(refused),
+            team=team,
+            expires_at=expires_at,
+            gone=gone,
+            read_at=read_at,
+            read_by=read_by,
         )
 
     # --- directory (pinned keys, SPEC §11.2) -------------------------------------

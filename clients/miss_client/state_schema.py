@@ -1,7 +1,7 @@
 """The state DB's format: tables, migrations, and how rows encode devices and
 pending key changes.
 
-Tables (``PRAGMA user_version`` = 3):
+Tables (``PRAGMA user_version`` = 4):
 
 ``messages``  one row per message, keyed by ``(from_user, id)``: message ids
               are chosen by senders, so they are unique per sender only.
@@ -23,6 +23,27 @@ Tables (``PRAGMA user_version`` = 3):
               ``attested_from`` the start (``not_before``) of the newest
               attestation accepted for them: an older one is refused as
               stale (SPEC §11.2, step 1).
+
+``team_records`` the verified chain of each team (SPEC §13.2): signed
+              records by ``(team, seq)``, each with its hash; only records
+              that verified from the creation on are written.
+``teams``     each team's state as its chain says (name, organisation,
+              default lifespan, members, admins, head, closed) and the
+              ``problem`` this device found (``tampered``, ``diverged``),
+              NULL if none.
+``recalled``  ``(from_user, id)`` of messages recalled by their sender
+              before they arrived here: dropped if they ever do (§13.5).
+``reads``     who read our messages: ``(id, user)`` from their read notices.
+``settings``  this device's settings (``read_receipts``, ...), msgpack values.
+
+``messages`` gained (version 4) ``expires_at`` (ms, NULL: never),
+``gone`` (NULL, ``recalled`` or ``expired``: the plaintext was deleted,
+``sealed`` then holds an empty body), ``read_at`` (when this user read an
+incoming message, here or on another device) and ``team`` (the team of a
+team message; ``peer`` is then the team id too).
+
+The database runs with ``secure_delete=ON``: deleted plaintexts are
+overwritten in the file, not merely unlinked (SPEC §13.6).
 
 Schema history: version 1 had ``peers`` without the last four columns, its
 ``devices`` being the keys of the last lookup (before attestations
@@ -58,7 +79,7 @@ __all__ = [
     "unpack_pending",
 ]
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 
 _SCHEMA_V1 = """
 CREATE TABLE messages (
@@ -110,6 +131,50 @@ ALTER TABLE peers ADD COLUMN attested_until INTEGER NOT NULL DEFAULT 0;
     """
 ALTER TABLE receipts ADD COLUMN reason TEXT;
 ALTER TABLE peers ADD COLUMN attested_from INTEGER NOT NULL DEFAULT 0;
+""",
+    """
+ALTER TABLE messages ADD COLUMN expires_at INTEGER;
+ALTER TABLE messages ADD COLUMN gone TEXT;
+ALTER TABLE messages ADD COLUMN read_at INTEGER;
+ALTER TABLE messages ADD COLUMN team TEXT;
+CREATE INDEX messages_by_expiry ON messages (expires_at) WHERE expires_at IS NOT NULL;
+CREATE TABLE team_records (
+    team TEXT    NOT NULL,
+    seq  INTEGER NOT NULL,
+    rec  BLOB    NOT NULL,
+    sig  BLOB    NOT NULL,
+    hash BLOB    NOT NULL,
+    PRIMARY KEY (team, seq)
+) WITHOUT ROWID;
+CREATE TABLE teams (
+    team       TEXT PRIMARY KEY,
+    name       TEXT    NOT NULL,
+    org        TEXT,
+    lifespan   INTEGER,
+    members    BLOB    NOT NULL,
+    admins     BLOB    NOT NULL,
+    seq        INTEGER NOT NULL,
+    head       BLOB    NOT NULL,
+    closed     INTEGER NOT NULL DEFAULT 0,
+    problem    TEXT,
+    updated_at INTEGER NOT NULL
+);
+CREATE TABLE recalled (
+    from_user TEXT    NOT NULL,
+    id        BLOB    NOT NULL,
+    at        INTEGER NOT NULL,
+    PRIMARY KEY (from_user, id)
+) WITHOUT ROWID;
+CREATE TABLE reads (
+    id   BLOB    NOT NULL,
+    user TEXT    NOT NULL,
+    ts   INTEGER NOT NULL,
+    PRIMARY KEY (id, user)
+) WITHOUT ROWID;
+CREATE TABLE settings (
+    key   TEXT PRIMARY KEY,
+    value BLOB NOT NULL
+);
 """,
 )
 
@@ -177,6 +242,9 @@ def open_db(path: Path) -> sqlite3.Connection:
         os.close(os.open(path, os.O_WRONLY | os.O_CREAT, 0o600))
     db = sqlite3.connect(path, isolation_level=None)
     try:
+        # Deleted plaintexts (recalled, expired) must leave the file, not
+        # linger in free pages (SPEC §13.6).
+        db.execute("PRAGMA secure_delete=ON")
         db.execute("PRAGMA journal_mode=WAL")
         db.execute("PRAGMA synchronous=FULL")
         version = db.execute("PRAGMA user_version").fetchone()[0]

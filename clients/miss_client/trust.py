@@ -76,5 +76,6 @@ def check_lookup(
         substituted=tuple(d.device for d in substitutes),
         unattested=tuple(unattested),
         attested_until=att.not_after,
+        att=reply.att,
     )
     return Checked(peer, tuple(attested.values()), tuple(substitutes), att.not_before)

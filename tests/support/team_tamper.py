@@ -1,0 +1,62 @@
+"""A hub that lies about care teams (SPEC §13.4, §13.8), for the client tests:
+the in-process hub of the ``hub`` fixture, changed behind its back the way
+an operator with a shell on its host could.
+
+* :meth:`TeamOperator.insert_member`: a member row written straight into
+  the hub's SQLite file, with no record in the chain (nobody signed it); the
+  hub then routes by it and asks senders for that user's devices.
+* :meth:`TeamOperator.freeze_chain_for`: the hub's ``team_chain`` answers,
+  for one user only, stop at a given number of records, so that this user
+  and the others see different chains.
+
+Like tests/support/tamper.py, each operation reads its effect back through
+the hub's own reads, so that a test cannot pass because nothing changed.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+
+from miss_server.app import HubServer
+from protocol import frames as f
+
+
+class TeamOperator:
+    """Tampers with the teams ``hub`` serves."""
+
+    def __init__(self, hub: HubServer) -> None:
+        self.hub = hub
+
+    async def insert_member(self, team: str, user_id: str) -> None:
+        """Make ``user_id`` a member of ``team`` in the hub's tables, without
+        any record: the chain still says they are not."""
+        db = sqlite3.connect(self.hub.settings.sqlite_path)
+        try:
+            with db:
+                db.execute(
+                    "INSERT INTO team_members (team, user_id, admin) VALUES (?, ?, 0)", (team, user_id)
+                )
+        finally:
+            db.close()
+        info = await self.hub.store.team_info(team)
+        assert info is not None and user_id in info.members, (
+            f"{user_id} is not a member of {team} for the hub"
+        )
+
+    def freeze_chain_for(self, user_id: str, records: int) -> None:
+        """From now on, ``team_chain`` answers to ``user_id`` hold at most the
+        first ``records`` records of any team (and never ``more``)."""
+        service = self.hub.hub.teams
+        original = service.chain
+
+        async def chain(user: str, frame: f.TeamChain) -> bytes:
+            data = await original(user, frame)
+            if user != user_id:
+                return data
+            reply = f.decode(data, f.SERVER_FRAMES)
+            assert isinstance(reply, f.TeamChainOk)
+            keep = max(0, records - frame.from_seq)
+            frozen = f.TeamChainOk(reply.rid, reply.team, reply.recs[:keep], False)
+            return f.encode(frozen)
+
+        service.chain = chain  # type: ignore[method-assign]
