@@ -36,6 +36,7 @@ from tests.web.browser_steps import (
     open_by_search,
     sdk_clinician,
     send_text,
+    unlock,
 )
 from tests.web.conftest import BROWSER_TEST, PageLog, WebHub, take_screenshot
 
@@ -351,6 +352,21 @@ async def test_a_recall_either_way_shows_message_retire(
             await expect(page.get_by_test_id("messages")).not_to_contain_text(his)
             await expect(page.get_by_test_id("messages")).not_to_contain_text(wrong)
             await take_screenshot(page, "teams-recalled")
+
+            # A lifespan picked in a 1:1 conversation goes with the message and
+            # stays the conversation's default on this device, reload included.
+            await page.get_by_test_id("lifespan-select").select_option(label="24 h")
+            brief = await send_text(page, "Code de la porte : 4512")
+            await expect(brief.get_by_test_id("expiry")).to_contain_text("expire dans 24 h")
+            got_brief = await message_from(bob, alice.user)
+            assert got_brief.body == "Code de la porte : 4512" and got_brief.expires_at is not None
+            assert abs(got_brief.expires_at - got_brief.sent_at - 24 * 3_600_000) < 1_000
+            await page.reload()
+            await unlock(page)
+            await conv_item(page, bob.user_id).click()
+            await expect(page.get_by_test_id("lifespan-select")).to_have_value(str(24 * 3_600_000), timeout=T)
+            await expect(by_id(page, mid)).to_have_attribute("data-recalled", "true", timeout=T)
+            await expect(by_id(page, his_id)).to_have_attribute("data-recalled", "true")
         assert await page_log.problems() == []
 
 

@@ -79,6 +79,13 @@ export class MainView {
       client.setStatus(this.statusSelect.value).catch((err) => this.toast(describeError(err)));
     });
     this.retryButton.addEventListener("click", () => client.reconnectNow());
+    // In a 1:1 conversation the lifespan picked stays its default on this
+    // device (SPEC §13.6); a team's default is in its chain, the pick is per message.
+    this.lifespan.addEventListener("change", () => {
+      const id = this.selected;
+      if (id === null || isTeamId(id)) return;
+      client.setLifespan(id, chosenLifespan(this.lifespan) ?? null).catch((err) => this.toast(describeError(err)));
+    });
     this.composer.addEventListener("submit", (ev) => {
       ev.preventDefault();
       this.submit();
@@ -109,7 +116,7 @@ export class MainView {
         h("span", { class: "spacer" }),
         h("label", { class: "status" }, h("span", { class: "sr-only" }, t("status.label")), this.statusSelect),
         h("button", { class: "icon", title: t("nav.new"), "data-testid": "nav-new", onclick: () => this.dialogs.search() }, "+", h("span", { class: "wide-only" }, " ", t("nav.new"))),
-        h("button", { class: "icon", title: t("nav.new_team"), "data-testid": "nav-new-team", onclick: () => this.dialogs.newTeam() }, "+", h("span", { class: "wide-only" }, " ", t("nav.new_team"))),
+        h("button", { class: "icon", title: t("nav.new_team"), "data-testid": "nav-new-team", onclick: () => this.dialogs.newTeam() }, "+", h("span", { class: "wide-only" }, " ", t("nav.new_team")), h("span", { class: "narrow-only" }, " ", t("team.tag"))),
         h("button", { class: "icon", title: t("nav.devices"), "data-testid": "nav-devices", onclick: () => this.dialogs.devices() }, "⌨", h("span", { class: "wide-only" }, " ", t("nav.devices"))),
         h("button", { class: "icon", title: t("nav.settings"), "data-testid": "nav-settings", onclick: () => this.dialogs.settings() }, "⚙", h("span", { class: "wide-only" }, " ", t("nav.settings"))),
       ),
@@ -153,7 +160,7 @@ export class MainView {
     if (changed) {
       this.input.value = "";
       // The conversation's default lifespan (a team's, or the 1:1 setting).
-      fillLifespans(this.lifespan, id === null ? undefined : this.lifespanFor(id), true);
+      fillLifespans(this.lifespan, id === null ? undefined : this.lifespanFor(id), id !== null && isTeamId(id));
     }
     this.markRead();
     this.draw();
