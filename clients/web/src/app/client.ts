@@ -1024,6 +1024,16 @@ export class MissClient {
         } catch (err) {
           if (!(err instanceof ProtocolError)) throw err;
           if (err.code === "team_changed") continue; // buildTeamSend fetches the chain again
+          if (err.code === "not_member" && isTeamId(m.peer)) {
+            // The chain decides: fetch it; if it still makes us a member,
+            // the hub's view of the team differs from the chain.
+            const known = await this.syncTeam(m.peer);
+            if (known.stored.problem === null && known.state?.members.includes(this.me)) {
+              await this.markProblem(m.peer, "tampered", "the hub says we are not a member; the chain says we are");
+              throw new TeamProblemError(m.peer, "tampered");
+            }
+            throw err;
+          }
           if (err.code === "missing_devices" && isTeamId(m.peer)) {
             await this.checkMissing(m.peer, err.missing ?? []);
             continue;
