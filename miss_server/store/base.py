@@ -35,6 +35,19 @@ Contracts that the hub's guarantees rest on (docs/ARCHITECTURE.md, the guarantee
   nodes poll it (:meth:`Store.audit_log` with ``since_at`` and ``actions``)
   to learn of revocations and suspensions made elsewhere.
 
+* Care teams (SPEC §13): :meth:`Store.append_team_record` stores a record
+  only as the next one of its team's chain (a compare-and-set on the
+  chain's length, so two hub nodes never both extend one head) with the
+  team's state after it, which the hub verified; members and admins are
+  derived from it for routing. A team message (:meth:`Store.accept_team`)
+  is one body row plus one lean row per target device (seq, device, body
+  id, 72-byte wrap) in the same seq space as the device's other rows;
+  :meth:`Store.pending` returns the body with each row (``Kind.TEAM``),
+  :meth:`Store.ack` deletes team rows and queues receipts like a 1:1
+  message's, and rows go with their body at its expiry
+  (``min(ts + ttl, default)``), by :meth:`Store.recall`, or with the
+  device; :meth:`Store.expire` deletes bodies no row refers to.
+
 Errors: every method may raise :class:`StoreUnavailable` when the backend
 cannot be reached; nothing was written in that case.
 """
