@@ -45,6 +45,15 @@
  *   a recall notice; messages have `recalled`, `expiresAt`, `expired`
  *   (plaintext deleted locally: `body` becomes "").
  * - `onChange` fires on any team change too.
+ * - Also public: `syncTeam(id, hubHead?)` (fetch and verify a chain; the
+ *   client calls it after welcome, on `team_changed` and before team sends)
+ *   and `sweepExpired(now?)` (run every 30 s from `start`).
+ * - Problems (SPEC §13.4): a chain that does not verify, a hub asking for
+ *   devices of a non-member, or a hub saying we are not a member while the
+ *   chain says we are → "tampered" (kept for good on this device); a head
+ *   the hub announces that is not in the chain after a fetch → "diverged"
+ *   (cleared when the hub's head is ours again). Either blocks sending and
+ *   changes; messages from members by the chain are still received.
  */
 import {
   CAP_REFUSALS,
