@@ -162,6 +162,25 @@ async def test_a_browser_member_of_an_sdk_team_reads_and_writes(
             await take_screenshot(page, "teams-members-dialog")
             await dialog.get_by_test_id("dialog-close").click()
             await take_screenshot(page, "teams-team-view")
+
+            # Alice leaves: her composer closes, the SDK members' chain says so.
+            await page.get_by_test_id("team-manage").click()
+            await page.get_by_test_id("team-dialog").get_by_test_id("team-leave").click()
+            await expect(page.get_by_test_id("confirm-dialog")).to_contain_text(
+                "Quitter l'équipe « Réanimation — garde » ?"
+            )
+            await confirm(page)
+            await page.get_by_test_id("dialog-close").click()
+            await expect(page.get_by_test_id("composer-input")).to_be_disabled(timeout=T)
+            await expect(page.get_by_test_id("composer-input")).to_have_attribute(
+                "placeholder", "Vous ne faites plus partie de cette équipe : envoi impossible."
+            )
+            await expect(
+                page.get_by_test_id("team-event").filter(has_text="Dr Alice Martin a quitté l'équipe")
+            ).to_have_count(1)
+            await expect(item.get_by_test_id("member-count")).to_have_text("2 membre(s)")
+            left = await bob.team(team)
+            assert set(left.members) == {bob.user_id, claire.user_id}
         assert await page_log.problems() == []
 
 
