@@ -17,9 +17,12 @@ Modules, from the bottom up:
 * :mod:`.requests`: the reader of one connection, matching answers to requests.
 * :mod:`.peers`: verified clinicians: lookups, pins, key changes, safety numbers.
 * :mod:`.presence`: our status and watched clinicians' presence.
+* :mod:`.teams`: care teams (SPEC §13): verified chains of signed
+  membership records, changes, team targets, tampered/diverged detection.
 * :mod:`.outbox` / :mod:`.inbox`: sealing and sending ``send`` frames until
-  accepted; opening and checking ``deliver`` frames, store-then-ack, acks in
-  batches.
+  accepted (team messages sealed once, keys wrapped per device); opening and
+  checking ``deliver`` frames, notices (read, recall), store-then-ack, acks
+  in batches.
 * :mod:`.client`: :class:`Client`, one authenticated connection, the facade
   over the modules above.
 * :mod:`.reconnect`: profile locks, backoff, and reconnecting a long-lived
@@ -33,7 +36,8 @@ The ``miss-chat`` terminal client, on top of the SDK:
   error descriptions.
 * :mod:`.chat_session`: the interactive ``chat`` (prompt or piped stdin,
   reconnecting).
-* :mod:`.chat_commands`: the one-shot commands.
+* :mod:`.chat_commands`: the one-shot commands; :mod:`.chat_teams` those of
+  revision 3 (team, recall, read, read-receipts).
 * :mod:`.chat`: the parser and ``main`` (the ``miss-chat`` entry point).
 
 Quick start::
@@ -47,13 +51,27 @@ Quick start::
         # keys changed: compare client.safety_number(...), then client.accept_keys(...)
         [entry] = await client.search("Durand")          # verified clinicians only
         await client.watch(["10000000001"])        # presence pushes, SPEC §6.7
-        async for event in client.events():        # Message, Delivered, PresenceChanged
+        async for event in client.events():        # Message, Delivered, PresenceChanged, ReadBy, ...
             ...
+        team = await client.create_team("Cardio garde", lifespan_ms=24 * 3_600_000)   # SPEC §13
+        await client.add_member(team, "10000000001")
+        await client.send(team, "Lit 12 : avis ?")   # TeamTampered / TeamDiverged: the hub lies
+        await client.mark_read("10000000001")        # read notices (client.set_read_receipts(False))
+        await client.recall(message_id)              # "message retiré" wherever it arrived
 """
 
 from .client import Client
 from .connection import enroll
-from .errors import AuthorityNotSet, ClientError, KeyChangePending, UnverifiedPeer
+from .errors import (
+    AuthorityNotSet,
+    ClientError,
+    KeyChangePending,
+    TeamDiverged,
+    TeamProblem,
+    TeamTampered,
+    UnknownMessage,
+    UnverifiedPeer,
+)
 from .models import (
     STATUSES,
     Delivered,
@@ -66,7 +84,13 @@ from .models import (
     PeerChange,
     PresenceChanged,
     PresenceInfo,
+    ReadBy,
+    Recalled,
+    TeamEvent,
+    TeamProblemFound,
+    TeamView,
     format_id,
+    is_team_id,
     parse_id,
 )
 from .profile import KDF_INTERACTIVE, KDF_MODERATE, KdfParams, Profile, load_profile, set_authority
@@ -92,10 +116,20 @@ __all__ = [
     "PresenceChanged",
     "PresenceInfo",
     "Profile",
+    "ReadBy",
+    "Recalled",
     "RetryPolicy",
+    "TeamDiverged",
+    "TeamEvent",
+    "TeamProblem",
+    "TeamProblemFound",
+    "TeamTampered",
+    "TeamView",
+    "UnknownMessage",
     "UnverifiedPeer",
     "enroll",
     "format_id",
+    "is_team_id",
     "load_profile",
     "parse_id",
     "set_authority",

@@ -11,6 +11,7 @@ import sys
 from protocol.attestation import authority_fingerprint
 from protocol.errors import UnknownUser
 
+from .chat_teams import find_team, looks_like_team, maybe_team_name, resolve_team
 from .cli_common import (
     PROG,
     EventPrinter,
@@ -37,7 +38,6 @@ from .profile import (
     parse_authority,
     set_authority,
 )
-from .chat_teams import looks_like_team, resolve_team
 from .render import (
     Names,
     clean,
@@ -150,12 +150,16 @@ async def cmd_send(args: argparse.Namespace) -> int:
     if not is_team_id(args.recipient.strip()):
         check_recipient(args.recipient)  # before asking the passphrase
     profile = open_profile(args)
-    with profile.open_state() as state:
-        team = resolve_team(state, args.recipient) if looks_like_team(state, args.recipient) else None
-    if team is not None:
+    if maybe_team_name(args.recipient) or is_team_id(args.recipient.strip()):
         async with connected(args, profile) as client:
             warn_key_changes(client)
             await resend_pending(client)
+            team = await find_team(client, args.recipient)
+            if team is None:
+                raise UsageError(
+                    f"{args.recipient!r} is neither an RPPS number nor a user id (u_...), "
+                    "nor the name of one of your teams"
+                )
             message_id = await client.send(team, args.text, lifespan_ms=lifespan)
         print(f"{format_id(message_id)} accepted")
         return 0

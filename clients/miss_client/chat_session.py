@@ -50,6 +50,7 @@ from typing import TextIO
 from protocol.crypto import new_message_id
 from protocol.errors import ProtocolError, SessionReplaced
 
+from .chat_teams import find_team, looks_like_team, maybe_team_name
 from .cli_common import (
     PROG,
     EventPrinter,
@@ -63,7 +64,6 @@ from .cli_common import (
 )
 from .client import Client
 from .errors import ClientError, ConnectionLost, RequestTimeout
-from .chat_teams import looks_like_team, resolve_team
 from .models import Message, Peer, PresenceChanged, PresenceInfo, TeamView
 from .profile import Profile
 from .reconnect import CHAT_LOCK, Phase, ProfileLock, Reconnector, Status, is_transient
@@ -232,8 +232,9 @@ class Chat:
         if not self._authority_warned:
             self._authority_warned = warn_authority_mismatch(client)
         if self.peer is None and self.team is None:
-            if looks_like_team(self.state, self.recipient):
-                self.team = await client.team(resolve_team(self.state, self.recipient))
+            team = await find_team(client, self.recipient)
+            if team is not None:
+                self.team = await client.team(team)
                 self.note(f"chatting in the team {clean(self.team.name)}; /quit leaves")
                 if self.team.problem is not None:
                     self.say(team_problem_line(self.team))
@@ -446,7 +447,7 @@ async def cmd_chat(args: argparse.Namespace) -> int:
         check_recipient(args.recipient)  # before asking the passphrase
     profile = open_profile(args)
     with profile.open_state() as state:
-        team = looks_like_team(state, args.recipient)
+        team = looks_like_team(state, args.recipient) or maybe_team_name(args.recipient)
     if not team:
         check_recipient(args.recipient, profile)
     chat_lock = ProfileLock(profile.directory / CHAT_LOCK)

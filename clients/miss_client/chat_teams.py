@@ -12,20 +12,30 @@ nothing is sent to the team).
 from __future__ import annotations
 
 import argparse
+import asyncio
 import sys
+
+from protocol.frames import CAP_TEAMS
 
 from .cli_common import PROG, EventPrinter, UsageError, check_recipient, connected, open_profile
 from .client import Client
 from .errors import UnknownMessage
-from .models import TeamView, format_id, is_team_id, parse_id
+from .models import TeamView, format_id, is_rpps, is_team_id, is_user_id, parse_id
 from .render import Names, clean, lifespan_label, parse_lifespan, team_lines, team_problem_line
 from .state import LocalState
+
+#: How long a command waits for the hub's list of teams to find a team by
+#: name it does not know yet (s).
+TEAM_SYNC_WAIT = 3.0
 
 __all__ = [
     "cmd_read",
     "cmd_read_receipts",
     "cmd_recall",
     "cmd_team",
+    "find_team",
+    "looks_like_team",
+    "maybe_team_name",
     "resolve_team",
 ]
 
@@ -47,6 +57,28 @@ def looks_like_team(state: LocalState, text: str) -> bool:
     """True if ``text`` names a team (an id, or a known team's name)."""
     text = text.strip()
     return is_team_id(text) or any(v.name.casefold() == text.casefold() for v in state.list_teams())
+
+
+def maybe_team_name(text: str) -> bool:
+    """True if ``text`` can only be a team's name (not an RPPS number, user
+    or team id): worth fetching the teams to find it."""
+    text = text.strip()
+    return bool(text) and not (is_rpps(text) or is_user_id(text) or is_team_id(text))
+
+
+async def find_team(client: Client, text: str) -> str | None:
+    """The team id that ``text`` names, fetching our teams from the hub if
+    the local state does not know that name; None if it is not a team."""
+    if looks_like_team(client.state, text):
+        return resolve_team(client.state, text)
+    if not maybe_team_name(text) or CAP_TEAMS not in client.hub_caps:
+        return None
+    try:
+        async with asyncio.timeout(TEAM_SYNC_WAIT):
+            await client.teams()
+    except TimeoutError:
+        return None  # a hub that names ``teams`` but does not answer it
+    return resolve_team(client.state, text) if looks_like_team(client.state, text) else None
 
 
 def _summary(view: TeamView, me: str) -> str:
@@ -81,9 +113,10 @@ async def cmd_team(args: argparse.Namespace) -> int:
         if not views:
             print(f"{PROG}: no team yet (`{PROG} team create NAME`)", file=sys.stderr)
         return 0
-    with profile.open_state() as state:
-        team = resolve_team(state, args.team) if not is_team_id(args.team.strip()) else args.team.strip()
     async with connected(args, profile) as client:
+        team = await find_team(client, args.team)
+        if team is None:
+            raise UsageError(f"no team {args.team!r} (`{PROG} team list`)")
         if action == "show":
             view = await client.team(team)
             for line in team_lines(view, Names(client.state), client.user_id):
@@ -126,7 +159,8 @@ async def cmd_recall(args: argparse.Namespace) -> int:
         except UnknownMessage:
             raise UsageError(f"no message of yours with id {args.id} on this device") from None
     print(
-        f"{format_id(message_id)} recalled (message retiré; {removed} undelivered copie(s) deleted by the hub)"
+        f"{format_id(message_id)} recalled (message retiré; "
+        f"{removed} undelivered copie(s) deleted by the hub)"
     )
     return 0
 
@@ -146,14 +180,12 @@ async def cmd_read_receipts(args: argparse.Namespace) -> int:
 
 async def cmd_read(args: argparse.Namespace) -> int:
     profile = open_profile(args)
-    with profile.open_state() as state:
-        if looks_like_team(state, args.conversation):
-            conversation = resolve_team(state, args.conversation)
-        else:
-            check_recipient(args.conversation)
-            found = state.find_peer(args.conversation)
-            conversation = found.user if found is not None else args.conversation.strip()
     async with connected(args, profile) as client:
+        conversation = await find_team(client, args.conversation)
+        if conversation is None:
+            check_recipient(args.conversation)
+            found = client.state.find_peer(args.conversation)
+            conversation = found.user if found is not None else args.conversation.strip()
         await client.drain(idle=0.3, limit=5.0)
         count = await client.mark_read(conversation)
     print(f"{count} message(s) marked read")

@@ -32,12 +32,12 @@ from protocol.errors import (
     InvalidCode,
     NoDevices,
     NotMember,
-    TeamForbidden,
-    UnknownTeam,
     NotVerified,
     ProtocolError,
     RecipientNotVerified,
     SessionReplaced,
+    TeamForbidden,
+    UnknownTeam,
     UnknownUser,
 )
 
@@ -74,8 +74,8 @@ from .render import (
     message_line,
     presence_line,
     read_line,
-    receipt_line,
     recalled_line,
+    receipt_line,
     refused_line,
     team_event_line,
     team_problem_line,
@@ -378,7 +378,10 @@ def describe(exc: BaseException) -> str:
     if isinstance(exc, NotMember):
         return "vous n'êtes pas membre de cette équipe (not_member)"
     if isinstance(exc, TeamForbidden):
-        return "refusé : seuls les administrateurs de l'équipe peuvent le faire (ou : dernier administrateur, équipe fermée) (team_forbidden)"
+        return (
+            "refusé : réservé aux administrateurs de l'équipe, ou dernier administrateur, "
+            "ou équipe fermée (team_forbidden)"
+        )
     if isinstance(exc, UnknownTeam):
         return "équipe inconnue (unknown_team)"
     if isinstance(exc, ProtocolError):

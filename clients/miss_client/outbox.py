@@ -38,7 +38,6 @@ from dataclasses import replace
 
 from protocol import crypto
 from protocol import frames as f
-from protocol import teams as tm
 from protocol.errors import MissingDevices, NoDevices, RequestError, StaleTeamHead
 
 from .errors import BadRecipient, ClientError, KeyChangePending, MessageTooLarge, TeamProblem, UnverifiedPeer

@@ -405,7 +405,8 @@ class LocalState:
             for message_id in ids:
                 if from_user is None:
                     cur = db.execute(
-                        "UPDATE messages SET read_at = ? WHERE id = ? AND direction = 'in' AND read_at IS NULL",
+                        "UPDATE messages SET read_at = ? WHERE id = ? AND direction = 'in' "
+                        "AND read_at IS NULL",
                         (at, message_id),
                     )
                 else:

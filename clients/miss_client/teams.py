@@ -157,7 +157,8 @@ class Teams:
         while True:
             start = from_seq + len(out)
             reply = await self._router.request_retrying(
-                lambda rid: f.TeamChain(rid=rid, team=team, from_seq=start), "team_chain"
+                lambda rid, start=start: f.TeamChain(rid=rid, team=team, from_seq=start),  # type: ignore[misc]
+                "team_chain",
             )
             if not isinstance(reply, f.TeamChainOk) or reply.team != team:
                 raise ConnectionFailed("the hub answered team_chain with something else")
@@ -165,11 +166,22 @@ class Teams:
             if not reply.more or not reply.recs:
                 return out
 
-    def _flag(self, team: str, problem: str, why: str) -> TeamView:
-        """Record a problem with ``team`` (posting it once) and return the view."""
+    def _flag(
+        self, team: str, problem: str, why: str, records: list[tm.SignedRecord] | None = None
+    ) -> TeamView:
+        """Record a problem with ``team`` (posting it once) and return the
+        view; ``records``: what the hub served, for the name of a team this
+        device never verified (members stay unknown: none)."""
         view = self._state.get_team(team)
         if view is None:
-            view = TeamView(team, team, None, None, (), (), tm.ZERO_HEAD, 0, problem=problem)
+            name = team
+            try:
+                first = records[0].record() if records else None
+                if first is not None and first.op == "create" and first.name:
+                    name = first.name
+            except tm.TeamChainError:
+                pass
+            view = TeamView(team, name, None, None, (), (), tm.ZERO_HEAD, 0, problem=problem)
             self._state.save_team(view, [])
             changed = True
         else:
@@ -210,7 +222,7 @@ class Teams:
         try:
             new_state = tm.verify_chain([*stored, *fetched], self._profile.authority, team)
         except tm.TeamChainError as exc:
-            return self._flag(team, "tampered", f"the chain does not verify: {exc.reason}")
+            return self._flag(team, "tampered", f"the chain does not verify: {exc.reason}", fetched)
         return self._store(team, new_state, len(stored), fetched, view.problem if view else None)
 
     def _store(

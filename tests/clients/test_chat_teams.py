@@ -7,6 +7,7 @@ runs in a worker thread, since it starts its own event loop."""
 from __future__ import annotations
 
 import asyncio
+import io
 import re
 from pathlib import Path
 
@@ -142,3 +143,24 @@ async def test_recall_lifespan_and_read_receipts(
     await cli.ok("bob", "inbox")
     assert await cli.ok("bob", "read", ALICE) == "1 message(s) marked read\n"
     assert "lu par" not in await cli.ok("alice", "inbox")
+
+
+async def test_a_chat_with_a_team_sends_to_every_member_and_marks_read(
+    cli: Cli, hub: HubServer, clinician: ClinicianFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    await clinician("alice", ALICE)
+    await clinician("bob", BOB)
+    await clinician("carol", CAROL)
+    await cli.ok("alice", "team", "create", "Garde")
+    await cli.ok("alice", "team", "add", "Garde", BOB)
+    await cli.ok("alice", "team", "add", "Garde", CAROL)
+    await cli.ok("bob", "send", "Garde", "qui est de garde ?")
+    monkeypatch.setattr("sys.stdin", io.StringIO("moi, jusqu'à 20 h\n/quit\n"))
+    out = await cli.ok("alice", "chat", "Garde")
+    assert "[Garde] Dr Bob (10000000002): qui est de garde ?" in out
+    assert "me → Garde: moi, jusqu'à 20 h" in out
+    carol = await cli.ok("carol", "inbox")
+    assert "[Garde] Dr Bob (10000000002): qui est de garde ?" in carol
+    assert "[Garde] Dr Alice (10000000001): moi, jusqu'à 20 h" in carol
+    bob = await cli.ok("bob", "inbox")
+    assert "✓✓ lu par Dr Alice (10000000001): «qui est de garde ?»" in bob

@@ -184,7 +184,7 @@ async def test_recall_before_and_after_delivery(
         assert bob.state.history(alice_p.user_id) == []
     async with connected(alice_p, bob_p) as (alice, bob):
         late = await alice.send(bob_p.user_id, "posologie : 5 mg")
-        [got] = messages(await bob.drain(idle=0.5))
+        assert len(messages(await bob.drain(idle=0.5))) == 1
         sealed = sealed_row(bob_p, alice.user_id, late)
         assert sealed in raw_bytes(bob_p)
         assert await alice.recall(late) == 0
@@ -262,3 +262,42 @@ async def test_read_notices_reach_the_sender_unless_turned_off(
         assert await bob.mark_read(team) == 1
         [read] = [e for e in await alice.drain(idle=0.5) if isinstance(e, ReadBy)]
         assert read.ids == (in_team,) and read.team == team
+
+
+async def test_a_chain_nobody_signed_is_refused_and_blocks_sending(
+    hub: HubServer, clinician: ClinicianFactory, tmp_path: Path
+) -> None:
+    people = await clinicians(hub, clinician, tmp_path, ["alice", "bob", "carol"])
+    async with connected(*(ps[0] for ps in people.values())) as (alice, bob, carol):
+        TeamOperator(hub).forge_chain_for(bob.user_id)
+        team = await alice.create_team("Pédiatrie")
+        await alice.add_member(team, RPPS["bob"])
+        await alice.add_member(team, RPPS["carol"])
+        view = await bob.team(team)
+        assert view.problem == "tampered" and view.members == ()
+        assert view.problem_text == (
+            "Le hub présente pour l'équipe Pédiatrie une liste de membres que personne n'a signée"
+        )
+        with pytest.raises(TeamTampered):
+            await bob.send(team, "bonjour")
+        assert bob.state.team_records(team) == []  # nothing unverified is kept
+        assert (await carol.team(team)).problem is None
+
+
+async def test_a_sender_behind_the_chain_retargets_with_the_same_id(
+    hub: HubServer, clinician: ClinicianFactory, tmp_path: Path
+) -> None:
+    people = await clinicians(hub, clinician, tmp_path, ["alice", "bob", "carol"])
+    async with connected(*(ps[0] for ps in people.values())) as (alice, bob, carol):
+        team = await alice.create_team("Bloc")
+        await alice.add_member(team, RPPS["bob"])
+        await bob.team(team)
+        await alice.add_member(team, RPPS["carol"])
+        # bob has not read the team_changed push: his head is the old one
+        assert carol.user_id not in bob.state.get_team(team).members  # type: ignore[union-attr]
+        message_id = await bob.send(team, "on commence à 8 h")
+        assert carol.user_id in bob.state.get_team(team).members  # type: ignore[union-attr]
+        assert [m.id for m in messages(await carol.drain(idle=0.5), team)] == [message_id]
+        assert [m.id for m in messages(await alice.drain(idle=0.3), team)] == [message_id]
+        [entry] = [e for e in bob.state.history(team) if e.id == message_id]
+        assert entry.status == "accepted"

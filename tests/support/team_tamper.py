@@ -8,6 +8,8 @@ an operator with a shell on its host could.
 * :meth:`TeamOperator.freeze_chain_for`: the hub's ``team_chain`` answers,
   for one user only, stop at a given number of records, so that this user
   and the others see different chains.
+* :meth:`TeamOperator.forge_chain_for`: the hub's ``team_chain`` answers,
+  for one user only, carry records whose signature nobody made.
 
 Like tests/support/tamper.py, each operation reads its effect back through
 the hub's own reads, so that a test cannot pass because nothing changed.
@@ -58,5 +60,25 @@ class TeamOperator:
             keep = max(0, records - frame.from_seq)
             frozen = f.TeamChainOk(reply.rid, reply.team, reply.recs[:keep], False)
             return f.encode(frozen)
+
+        service.chain = chain  # type: ignore[method-assign]
+
+    def forge_chain_for(self, user_id: str) -> None:
+        """From now on, ``team_chain`` answers to ``user_id`` carry every
+        record after the creation with a signature nobody made."""
+        service = self.hub.hub.teams
+        original = service.chain
+
+        async def chain(user: str, frame: f.TeamChain) -> bytes:
+            data = await original(user, frame)
+            if user != user_id:
+                return data
+            reply = f.decode(data, f.SERVER_FRAMES)
+            assert isinstance(reply, f.TeamChainOk)
+            forged = tuple(
+                e if frame.from_seq + i == 0 else f.ChainEntry(e.rec, bytes(64))
+                for i, e in enumerate(reply.recs)
+            )
+            return f.encode(f.TeamChainOk(reply.rid, reply.team, forged, reply.more))
 
         service.chain = chain  # type: ignore[method-assign]
