@@ -101,8 +101,8 @@ async def cmd_team(args: argparse.Namespace) -> int:
     if action == "create":
         lifespan = parse_lifespan(args.lifespan) if args.lifespan else None
         async with connected(args, profile) as client:
-            team = await client.create_team(args.name, args.org, lifespan)
-        print(f"{team} created: {clean(args.name)}")
+            created = await client.create_team(args.name, args.org, lifespan)
+        print(f"{created} created: {clean(args.name)}")
         return 0
     if action == "list":
         async with connected(args, profile) as client:
@@ -114,9 +114,10 @@ async def cmd_team(args: argparse.Namespace) -> int:
             print(f"{PROG}: no team yet (`{PROG} team create NAME`)", file=sys.stderr)
         return 0
     async with connected(args, profile) as client:
-        team = await find_team(client, args.team)
-        if team is None:
+        found = await find_team(client, args.team)
+        if found is None:
             raise UsageError(f"no team {args.team!r} (`{PROG} team list`)")
+        team = found
         if action == "show":
             view = await client.team(team)
             for line in team_lines(view, Names(client.state), client.user_id):

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 from miss_client import Client, Message, Profile
-from miss_client.errors import TeamDiverged, TeamTampered
+from miss_client.errors import TeamDiverged, TeamTampered, UnknownMessage
 from miss_client.models import Event, ReadBy, Recalled, TeamEvent, TeamProblemFound
 
 from miss_server.app import HubServer
@@ -301,3 +301,35 @@ async def test_a_sender_behind_the_chain_retargets_with_the_same_id(
         assert [m.id for m in messages(await alice.drain(idle=0.3), team)] == [message_id]
         [entry] = [e for e in bob.state.history(team) if e.id == message_id]
         assert entry.status == "accepted"
+
+
+async def test_a_team_message_recalled_after_delivery_leaves_every_member(
+    hub: HubServer, clinician: ClinicianFactory, tmp_path: Path
+) -> None:
+    people = await clinicians(hub, clinician, tmp_path, ["alice", "bob", "carol"])
+    bob_p, carol_p = people["bob"][0], people["carol"][0]
+    async with connected(*(ps[0] for ps in people.values())) as (alice, bob, carol):
+        team = await alice.create_team("Oncologie", lifespan_ms=48 * HOUR_MS)
+        await alice.add_member(team, RPPS["bob"])
+        await alice.add_member(team, RPPS["carol"])
+        message_id = await alice.send(team, "résultat du patient X : positif")
+        for client in (bob, carol):
+            assert [m.id for m in messages(await client.drain(idle=0.5), team)] == [message_id]
+        sealed = {p.user_id: sealed_row(p, alice.user_id, message_id) for p in (bob_p, carol_p)}
+        assert await alice.recall(message_id) == 0
+        for client, profile in ((bob, bob_p), (carol, carol_p)):
+            recalls = [e for e in await client.drain(idle=0.5) if isinstance(e, Recalled)]
+            assert [(r.id, r.conversation, r.known) for r in recalls] == [(message_id, team, True)]
+            [entry] = [e for e in client.state.history(team) if e.id == message_id]
+            assert entry.shown_body == "message retiré"
+            assert sealed[profile.user_id] not in raw_bytes(profile)
+        # only the original sender's notice counts: bob cannot recall alice's message
+        again = await alice.send(team, "second message")
+        await bob.drain(idle=0.3)
+        await carol.drain(idle=0.3)
+        with pytest.raises(UnknownMessage):
+            await bob.recall(again)
+        # a recall notice of bob's about it (a modified client) changes nothing
+        await bob._outbox.send_notice(team, "recall", [again], to_team=True)
+        await carol.drain(idle=0.5)
+        assert [e.shown_body for e in carol.state.history(team) if e.id == again] == ["second message"]
