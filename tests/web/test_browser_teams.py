@@ -424,3 +424,36 @@ async def test_a_member_the_hub_added_without_a_record_blocks_sending(
                 later = await events_of(client, 2.0)
                 assert [e for e in later if isinstance(e, Message) and e.from_user == alice.user] == []
         assert await page_log.problems() == []
+
+
+async def test_a_message_past_its_lifespan_shows_message_expire(
+    web_hub: WebHub, page: Page, page_log: PageLog, tmp_path: Path
+) -> None:
+    """The page's clock (Playwright's, not the hub's) runs past the
+    lifespan: both the received and the sent message lose their text."""
+    await page.set_viewport_size(DESKTOP)
+    await page.clock.install()
+    async with evidence("teams-expiry", page_log):
+        alice = await browser_clinician(page, web_hub, "Dr Alice Martin", "10000000161")
+        bob_profile = await sdk_clinician(web_hub, tmp_path / "bob", "Dr Bernard Petit", "10000000162")
+        async with Client.connect(bob_profile) as bob:
+            text = "Mot de passe du poste de garde : tulipe"
+            mid = await bob.send(alice.user, text, lifespan_ms=3_600_000)
+            await conv_item(page, bob.user_id).click()
+            got = by_id(page, mid)
+            await expect(got.locator(".body")).to_have_text(text, timeout=T)
+            await expect(got.get_by_test_id("expiry")).to_contain_text("expire dans 1 h")
+            await page.get_by_test_id("lifespan-select").select_option(label="1 h")
+            mine = await send_text(page, "Noté, merci.")
+            mine_id = bytes.fromhex(await message_id(mine))
+            await expect(mine.get_by_test_id("expiry")).to_contain_text("expire dans 1 h")
+            await message_from(bob, alice.user)
+
+            await page.clock.fast_forward("01:01:00")
+            await expect(got).to_have_attribute("data-expired", "true", timeout=T)
+            await expect(got.locator(".body")).to_have_text("message expiré")
+            await expect(by_id(page, mine_id)).to_have_attribute("data-expired", "true", timeout=T)
+            await expect(page.get_by_test_id("messages")).not_to_contain_text(text)
+            await expect(page.get_by_test_id("messages")).not_to_contain_text("Noté, merci.")
+            await expect(page.get_by_test_id("expiry")).to_have_count(0)
+        assert await page_log.problems() == []

@@ -27,9 +27,10 @@ export const LIFESPANS: ReadonlyArray<readonly [MessageKey, number | null]> = [
 /** "3 h", "2 j", "12 min": the rounded-up size of a delay. */
 export function formatDelay(ms: number): string {
   if (ms < 60_000) return t("duration.soon");
+  const minutes = Math.ceil(ms / 60_000);
+  if (minutes < 60) return t("duration.minutes", { n: minutes });
   if (ms >= 2 * DAY) return t("duration.days", { n: Math.round(ms / DAY) });
-  if (ms >= HOUR) return t("duration.hours", { n: Math.round(ms / HOUR) });
-  return t("duration.minutes", { n: Math.ceil(ms / 60_000) });
+  return t("duration.hours", { n: Math.max(1, Math.round(ms / HOUR)) });
 }
 
 /** The label of a lifespan: its name in the picker, or the delay. */
