@@ -17,6 +17,8 @@ from miss_client.errors import TeamDiverged, TeamTampered, UnknownMessage
 from miss_client.models import Event, ReadBy, Recalled, TeamEvent, TeamProblemFound
 
 from miss_server.app import HubServer
+from protocol import crypto
+from protocol import frames as f
 from protocol.crypto import new_message_id
 from protocol.errors import NotMember
 from tests.support.clock import now_ms
@@ -333,3 +335,28 @@ async def test_a_team_message_recalled_after_delivery_leaves_every_member(
         await bob._outbox.send_notice(team, "recall", [again], to_team=True)
         await carol.drain(idle=0.5)
         assert [e.shown_body for e in carol.state.history(team) if e.id == again] == ["second message"]
+
+
+async def test_a_read_notice_is_as_long_as_a_short_message_on_the_wire(
+    hub: HubServer, clinician: ClinicianFactory, tmp_path: Path
+) -> None:
+    people = await clinicians(hub, clinician, tmp_path, ["alice", "bob"])
+    async with connected(people["alice"][0], people["bob"][0]) as (alice, bob):
+        await alice.send(bob.user_id, "bonjour")
+        await bob.drain(idle=0.5)
+        sent: list[f.Send] = []
+        original = bob._router.send
+
+        async def spy(data: bytes) -> None:
+            frame = f.decode(data, f.CLIENT_FRAMES)
+            if isinstance(frame, f.Send):
+                sent.append(frame)
+            await original(data)
+
+        bob._router.send = spy  # type: ignore[method-assign]
+        await bob.mark_read(alice.user_id)
+        await bob.send(alice.user_id, "ok")
+        await bob.send(alice.user_id, "d'accord, je passe à 15 h")
+        notice, short, longer = (len(next(iter(s.envs.values()))) for s in sent)
+        assert notice == short == longer
+        assert (notice - crypto.NONCE_BYTES - crypto.MAC_BYTES) % 256 == 0
