@@ -243,19 +243,27 @@ async def test_a_browser_admin_creates_a_team_and_manages_its_members(
             await expect(row(claire.user_id)).to_have_count(0, timeout=T)
             await expect(rows).to_have_count(2)
             await take_screenshot(page, "teams-admin-dialog")
+            promoted = await bob.team(team)
+            assert set(promoted.admins) == {alice.user, bob.user_id}
+
+            # "Retirer le rôle d'admin": Bernard is a member again.
+            await row(bob.user_id).get_by_test_id("member-demote").click()
+            await expect(row(bob.user_id)).to_have_attribute("data-admin", "false", timeout=T)
+            await expect(row(bob.user_id).get_by_test_id("admin-badge")).to_have_count(0)
             await page.get_by_test_id("dialog-close").click()
 
-            # The SDK side verifies the same chain: Bernard a member and an admin, Claire gone.
+            # The SDK side verifies the same chain: Bernard a member again, Claire gone.
             seen = await bob.team(team)
             assert (seen.name, seen.org, seen.lifespan) == ("Urgences — nuit", "CHRU de Lille", 8 * 3_600_000)
             assert set(seen.members) == {alice.user, bob.user_id}
-            assert set(seen.admins) == {alice.user, bob.user_id}
+            assert set(seen.admins) == {alice.user}
             assert seen.problem is None
             events = page.get_by_test_id("team-event")
             for text in (
                 "Dr Alice Martin a ajouté Dr Bernard Petit",
                 "Dr Alice Martin a nommé Dr Bernard Petit admin",
                 "Dr Alice Martin a retiré Claire Dubois",
+                "Dr Alice Martin a retiré le rôle d'admin à Dr Bernard Petit",
             ):
                 await expect(events.filter(has_text=text)).to_have_count(1, timeout=T)
 
