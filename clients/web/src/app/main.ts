@@ -5,7 +5,7 @@
  */
 import { keysFromSecrets } from "../protocol/crypto";
 import { ready } from "../protocol/sodium";
-import { MissClient } from "./client";
+import { MissClient, isTeamId } from "./client";
 import type { Enrolled } from "./enroll";
 import { setLanguage, language, t } from "./i18n";
 import { LocalState } from "./store";
@@ -90,8 +90,10 @@ async function open(vault: Vault): Promise<MissClient> {
   client.onMessage = (m) => {
     if (document.visibilityState === "visible" || !("Notification" in window) || Notification.permission !== "granted") return;
     // The text stays out of the notification: a lock screen is not private.
-    const name = displayName(state.peers.get(m.peer), m.peer);
-    const note = new Notification(t("notify.title"), { body: t("notify.body", { name }), tag: m.peer });
+    const name = displayName(state.peers.get(m.fromUser), m.fromUser);
+    const team = isTeamId(m.peer) ? client.team(m.peer) : undefined;
+    const body = team ? t("notify.body_team", { name, team: team.name }) : t("notify.body", { name });
+    const note = new Notification(t("notify.title"), { body, tag: m.peer });
     note.onclick = () => {
       window.focus();
       view.open(m.peer);

@@ -185,6 +185,7 @@ export const en: Catalogue = {
 
   "notify.title": "New message",
   "notify.body": "{name} wrote to you.",
+  "notify.body_team": "{name} wrote in the team \"{team}\".",
 
   "confirm.cancel": "Cancel",
   "nav.new_team": "New team",

@@ -189,6 +189,7 @@ export const fr = {
 
   "notify.title": "Nouveau message",
   "notify.body": "{name} vous a écrit.",
+  "notify.body_team": "{name} a écrit dans l'équipe « {team} ».",
 
   "confirm.cancel": "Annuler",
   "nav.new_team": "Nouvelle équipe",
