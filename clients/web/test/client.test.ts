@@ -185,3 +185,71 @@ describe("teams from the vault", () => {
     expect(new TeamProblemError(TEAM, "tampered").problem).toBe("tampered");
   });
 });
+
+describe("a team's chain as a hostile hub serves it", () => {
+  /**
+   * The hub's answers to `team_chain` are scripted here (a hub that lies is
+   * the point; the real hub never does): `serve` returns the records the
+   * "hub" holds, from the asked seq on.
+   */
+  function scriptedHub(c: MissClient, serve: () => { rec: Uint8Array; sig: Uint8Array }[]) {
+    (c as unknown as { request: (build: (rid: number) => { t: string; from?: number; team?: string }) => Promise<unknown> }).request = async (
+      build,
+    ) => {
+      const frame = build(1);
+      if (frame.t !== "team_chain") throw new Error(`unexpected ${frame.t}`);
+      return { t: "team_chain_ok", rid: 1, team: frame.team, recs: serve().slice(frame.from), more: false };
+    };
+  }
+
+  function person(user: string, device: string) {
+    const keys = DeviceKeys.generate();
+    const att = attestation.sign(
+      {
+        user,
+        rpps: "1",
+        name: user,
+        profession: "",
+        organisation: "",
+        devices: [{ device, sign_pk: keys.signPk, box_pk: keys.boxPk }],
+        notBefore: Date.now() - DAY,
+        notAfter: Date.now() + DAY,
+      },
+      authority.seed,
+    );
+    return { user, device, keys, att, by: { by: user, device, att, at: Date.now() } };
+  }
+
+  it("a head not in the chain after a fetch is 'diverged' until the hub's head is ours again; a bad record is 'tampered'", async () => {
+    const alice = person("u_alice", "d_alice");
+    const bob = person("u_bob", "d_bob");
+    const mallory = person("u_mallory", "d_mallory");
+    const create = signRecord(nextRecord(null, "create", alice.user, { ...alice.by, team: TEAM, name: "Garde" }), alice.keys);
+    const s0 = { team: TEAM, name: "Garde", org: null, lifespan: undefined, members: [alice.user], admins: [alice.user], seq: 1, head: create.hash(), closed: false };
+    const add = signRecord(nextRecord(s0, "add", bob.user, alice.by), alice.keys);
+    const held = [create, add].map((s) => ({ rec: s.rec, sig: s.sig }));
+
+    const { c } = await client("u_bob");
+    scriptedHub(c, () => held);
+    let known = await c.syncTeam(TEAM, add.hash());
+    expect(known.stored.problem).toBeNull();
+    expect(c.team(TEAM)).toMatchObject({ members: ["u_alice", "u_bob"], member: true, problem: null });
+
+    // The hub announces a head its chain does not lead to.
+    known = await c.syncTeam(TEAM, sodium().randombytes_buf(32));
+    expect(c.team(TEAM)!.problem).toBe("diverged");
+    known = await c.syncTeam(TEAM, add.hash());
+    expect(c.team(TEAM)!.problem).toBeNull();
+
+    // Then it slips in a member that no admin added: tampered, for good,
+    // and the team stays as the verified chain says.
+    const s1 = { ...s0, members: [alice.user, bob.user], seq: 2, head: add.hash() };
+    const slipped = signRecord(nextRecord(s1, "add", mallory.user, mallory.by), mallory.keys);
+    held.push({ rec: slipped.rec, sig: slipped.sig });
+    await c.syncTeam(TEAM, slipped.hash());
+    expect(c.team(TEAM)).toMatchObject({ members: ["u_alice", "u_bob"], problem: "tampered" });
+    held.pop();
+    await c.syncTeam(TEAM, add.hash());
+    expect(c.team(TEAM)!.problem).toBe("tampered");
+  });
+});
