@@ -372,6 +372,9 @@ class Hub:
             if wanted == required:
                 break
         else:
+            if len(required) > MAX_WRAPS:
+                # No frame can carry that many wraps: say so rather than ask for more.
+                raise errors.TooManyRecipients(f"{len(required)} target devices")
             extra = wanted - required
             if extra:
                 raise errors.UnknownDevice(f"{len(extra)} unknown target devices")

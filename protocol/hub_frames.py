@@ -18,6 +18,7 @@ from .frame_base import (
     MAX_TEAM_CHAIN_BYTES,
     MAX_TEAMS_LIST,
     MAX_WATCH,
+    MAX_WRAPS,
     Frame,
     Record,
     check_bool,
@@ -297,7 +298,7 @@ class Error(Frame):
         ("id", "id", check_bytes(16)),
         ("rid", "rid", check_int),
         ("retry_after", "retry_after", check_int),
-        ("missing", "missing", check_list(check_str(), MAX_RECIPIENT_DEVICES)),
+        ("missing", "missing", check_list(check_str(), MAX_WRAPS)),
     )
 
 

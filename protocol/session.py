@@ -114,9 +114,11 @@ def error_frame(exc: ProtocolError, *, id: bytes | None = None, rid: int | None 
 class ServerSession:
     """One connection's protocol state. Not thread-safe; one per connection."""
 
-    __slots__ = ("authority", "caps", "device_id", "nonce", "state", "user_id")
+    __slots__ = ("authority", "caps", "device_id", "hub_caps", "nonce", "state", "user_id")
 
-    def __init__(self, nonce: bytes | None = None, authority: bytes | None = None) -> None:
+    def __init__(
+        self, nonce: bytes | None = None, authority: bytes | None = None, hub_caps: tuple[str, ...] = HUB_CAPS
+    ) -> None:
         self.state = State.CHALLENGED
         self.nonce = nonce if nonce is not None else os.urandom(32)
         #: The verification authority key the hub announces (SPEC §5.1).
@@ -125,11 +127,14 @@ class ServerSession:
         self.device_id: str | None = None
         #: Capabilities the client named in its ``auth``/``enroll`` (SPEC §10).
         self.caps: frozenset[str] = frozenset()
+        #: Capabilities this hub announces in its ``challenge`` (a hub that
+        #: implements less of the SPEC, like the tests' scripted one, names fewer).
+        self.hub_caps = hub_caps
 
     def challenge(self) -> bytes:
         """The first frame the hub sends on a new connection: the nonce, the
         authority key (if the hub has one) and the hub's capabilities."""
-        return encode(Challenge(PROTOCOL_VERSION, self.nonce, self.authority, HUB_CAPS))
+        return encode(Challenge(PROTOCOL_VERSION, self.nonce, self.authority, self.hub_caps))
 
     def receive(self, data: bytes) -> Frame:
         """Parse and admit one client frame.

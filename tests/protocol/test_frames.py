@@ -447,7 +447,7 @@ BAD_FIELDS: list[tuple[type[Frame], str, list[Any]]] = [
     (Error, "id", BAD_BYTES_16),
     (Error, "rid", BAD_INT),
     (Error, "retry_after", BAD_INT),
-    (Error, "missing", [None, "d_1", [""], [b"d_1"], ["d_1"] * 65, [1]]),
+    (Error, "missing", [None, "d_1", [""], [b"d_1"], ["d_1"] * (MAX_WRAPS + 1), [1]]),
     (Ok, "rid", BAD_INT),
     (Presence, "user", BAD_ID),
     (Presence, "status", BAD_STATUS),
@@ -717,3 +717,16 @@ def test_fuzz_corrupted_valid_frames(frame: Frame, data: st.DataObject) -> None:
     cut = data.draw(st.integers(0, len(raw)))
     check_decode(bytes(raw[:cut]))
     check_decode(bytes(raw))
+
+
+def test_missing_devices_of_a_team_send_decode_up_to_max_wraps() -> None:
+    """A team ``send`` has up to 512 targets (SPEC §13.4): the hub's
+    ``missing_devices`` answer naming all of them must reach the client."""
+    ids = tuple(f"d_{i:016x}" for i in range(MAX_WRAPS))
+    err = Error(code="missing_devices", message="missing devices", fatal=False, id=bytes(16), missing=ids)
+    assert decode(encode(err)) == err
+    too_many = Error(
+        code="missing_devices", message="missing devices", fatal=False, id=bytes(16), missing=(*ids, "d_x")
+    )
+    with pytest.raises(MalformedFrame):
+        decode(encode(too_many))

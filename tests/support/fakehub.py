@@ -28,6 +28,7 @@ from websockets.exceptions import ConnectionClosed
 from protocol import crypto
 from protocol import frames as f
 from protocol.errors import FatalError, InvalidCode, MissingDevices, ProtocolError, UnknownDevice, UnknownUser
+from protocol.frame_base import CAP_REFUSALS
 from protocol.session import ServerSession, error_frame
 from tests.support.clock import now_ms
 
@@ -147,7 +148,8 @@ class FakeHub:
     # --- connection ------------------------------------------------------------
 
     async def _handle(self, ws: ServerConnection) -> None:
-        session = ServerSession()
+        # It answers no team request (SPEC §13), so it does not announce them.
+        session = ServerSession(hub_caps=(CAP_REFUSALS,))
         await ws.send(session.challenge())
         try:
             async for data in ws:

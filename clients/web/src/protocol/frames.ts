@@ -701,7 +701,7 @@ schema("error", "hub", [
   opt("id", id16),
   opt("rid", checkInt),
   opt("retry_after", checkInt),
-  opt("missing", checkList(checkStr(), MAX_RECIPIENT_DEVICES)),
+  opt("missing", checkList(checkStr(), MAX_WRAPS)),
 ]);
 schema("team_ok", "hub", [rid, req("team", checkTeamId), req("seq", checkInt), req("head", checkBytes(32))]);
 schema("teams_ok", "hub", [rid, req("teams", checkList(teamHead, MAX_TEAMS_LIST), ["team", "seq", "head"])]);
