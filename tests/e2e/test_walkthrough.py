@@ -1,12 +1,15 @@
-"""The README's five-minute walkthrough, command for command, as a user
-types it: ``miss-server`` trusting the verification authority,
+"""The README's five-minute walkthrough and its care team commands, as a
+user types them: ``miss-server`` trusting the verification authority,
 ``miss-admin org add`` and ``invite`` while the hub runs, ``miss-chat enroll
 --authority``, ``miss-admin verify`` once the devices are enrolled, then
-``send``, ``inbox``, ``safety``, ``verify``, ``search``."""
+``send``, ``inbox``, ``safety``, ``verify``, ``search``; then ``team
+create``/``add``/``show``/``leave``, a ``send`` to the team, and ``miss-admin
+team create``/``list``."""
 
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import re
 import subprocess
@@ -102,6 +105,30 @@ async def test_readme_walkthrough(tmp_path: Path) -> None:
             out["verify"] = chat(alice, "verify", "10000000002", "--yes", env=env)
             out["search"] = chat(alice, "search", "Durand", env=env)
             out["again"] = chat(bob, "inbox", env=env)
+            # Care teams, as the README's section shows them.
+            team = "Cardiologie — garde"
+            create = ("team", "create", team, "--org", "CHRU de Lille", "--lifespan", "7d")
+            out["team_create"] = chat(alice, *create, env=env)
+            chat(alice, "team", "add", team, "10000000002", env=env)
+            out["team_sent"] = chat(alice, "send", team, "Patient box 4 : troponine à 3 h ?", env=env)
+            out["team_show"] = chat(bob, "team", "show", team, env=env)
+            out["team_inbox"] = chat(bob, "inbox", env=env)
+            chat(bob, "team", "leave", team, env=env)
+            out["team_after"] = chat(alice, "team", "show", team, env=env)
+            out["admin_team"] = json.dumps(
+                ensure_ascii=False,
+                obj=hub.admin(
+                    "team",
+                    "create",
+                    "--name",
+                    "Pharmacie — astreinte",
+                    "--org",
+                    "CHRU",
+                    "--admin",
+                    "10000000001",
+                ),
+            )
+            out["admin_teams"] = json.dumps(hub.admin("team", "list"), ensure_ascii=False)
             return out
 
         out = await asyncio.to_thread(run)
@@ -122,5 +149,18 @@ async def test_readme_walkthrough(tmp_path: Path) -> None:
         ), out["search"]
         # Bob's inbox is empty the second time: the message was acked.
         assert "Bonjour Bob" not in out["again"]
+        # The team: Bob sees both members and Alice's message; after he left, Alice's view says so.
+        assert "accepted" in out["team_sent"]
+        assert (
+            "Dr Bob Durand (10000000002)" in out["team_show"]
+            and "Dr Alice Martin (10000000001) ★ admin" in out["team_show"]
+        )
+        assert (
+            "[Cardiologie — garde] Dr Alice Martin (10000000001): Patient box 4 : troponine à 3 h ?"
+            in out["team_inbox"]
+        )
+        assert "Dr Alice Martin" in out["team_after"] and "Dr Bob Durand" not in out["team_after"]
+        assert "durée de vie des messages: 7 j" in out["team_show"]
+        assert "Pharmacie — astreinte" in out["admin_teams"] and "Cardiologie" not in out["admin_team"]
     finally:
         await hub.stop_async()
