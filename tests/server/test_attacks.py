@@ -253,6 +253,10 @@ def widest_ack() -> bytes:
     return data
 
 
+# A latency ratio on a shared 2-core machine: one scheduler stall during the
+# attacked window breaks it, while an unmetered flood breaks it every time.
+# So a failure is measured again (twice at most) before it counts.
+@pytest.mark.flaky(reruns=2)
 async def test_acks_are_bounded_and_metered(tmp_path: Path) -> None:
     """An unverified device: an ack over MAX_ACK_BYTES is malformed_frame
     (the widest honest one is not); 50 KB junk acks and then a flood of
