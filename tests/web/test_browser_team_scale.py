@@ -34,6 +34,8 @@ from tests.support.client_fixtures import PASSPHRASE as SDK_PASSPHRASE
 from tests.web.browser_steps import DESKTOP, T, browser_clinician, conv_item, evidence, sdk_linked_device
 from tests.web.conftest import BROWSER_TEST, PageLog, WebHub, take_screenshot
 
+# Runs among the other browser modules (test_browser_*): the session loop
+# the page fixtures share is then current.
 pytestmark = [*BROWSER_TEST, pytest.mark.timeout(300)]
 
 MEMBERS = 20
