@@ -18,6 +18,7 @@ the hub's own reads, so that a test cannot pass because nothing changed.
 from __future__ import annotations
 
 import sqlite3
+from collections.abc import Callable
 
 from miss_server.app import HubServer
 from protocol import frames as f
@@ -45,9 +46,11 @@ class TeamOperator:
             f"{user_id} is not a member of {team} for the hub"
         )
 
-    def freeze_chain_for(self, user_id: str, records: int) -> None:
-        """From now on, ``team_chain`` answers to ``user_id`` hold at most the
-        first ``records`` records of any team (and never ``more``)."""
+    def _rewrite_chain_for(
+        self, user_id: str, rewrite: Callable[[f.TeamChain, f.TeamChainOk], f.TeamChainOk]
+    ) -> None:
+        """From now on, the hub's ``team_chain`` answers to ``user_id`` are
+        ``rewrite(request, answer)``; other users get the true chain."""
         service = self.hub.hub.teams
         original = service.chain
 
@@ -57,28 +60,29 @@ class TeamOperator:
                 return data
             reply = f.decode(data, f.SERVER_FRAMES)
             assert isinstance(reply, f.TeamChainOk)
-            keep = max(0, records - frame.from_seq)
-            frozen = f.TeamChainOk(reply.rid, reply.team, reply.recs[:keep], False)
-            return f.encode(frozen)
+            return f.encode(rewrite(frame, reply))
 
         service.chain = chain  # type: ignore[method-assign]
+
+    def freeze_chain_for(self, user_id: str, records: int) -> None:
+        """From now on, ``team_chain`` answers to ``user_id`` hold at most the
+        first ``records`` records of any team (and never ``more``)."""
+
+        def frozen(frame: f.TeamChain, reply: f.TeamChainOk) -> f.TeamChainOk:
+            keep = max(0, records - frame.from_seq)
+            return f.TeamChainOk(reply.rid, reply.team, reply.recs[:keep], False)
+
+        self._rewrite_chain_for(user_id, frozen)
 
     def forge_chain_for(self, user_id: str) -> None:
         """From now on, ``team_chain`` answers to ``user_id`` carry every
         record after the creation with a signature nobody made."""
-        service = self.hub.hub.teams
-        original = service.chain
 
-        async def chain(user: str, frame: f.TeamChain) -> bytes:
-            data = await original(user, frame)
-            if user != user_id:
-                return data
-            reply = f.decode(data, f.SERVER_FRAMES)
-            assert isinstance(reply, f.TeamChainOk)
-            forged = tuple(
+        def forged(frame: f.TeamChain, reply: f.TeamChainOk) -> f.TeamChainOk:
+            recs = tuple(
                 e if frame.from_seq + i == 0 else f.ChainEntry(e.rec, bytes(64))
                 for i, e in enumerate(reply.recs)
             )
-            return f.encode(f.TeamChainOk(reply.rid, reply.team, forged, reply.more))
+            return f.TeamChainOk(reply.rid, reply.team, recs, reply.more)
 
-        service.chain = chain  # type: ignore[method-assign]
+        self._rewrite_chain_for(user_id, forged)
