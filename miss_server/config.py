@@ -117,6 +117,44 @@ class Settings(BaseSettings):
     max_teams_per_user: int = Field(
         64, ge=1, le=10_000, description="Most care teams a clinician is a member of, and creates."
     )
+    max_roles_per_user: int = Field(
+        16,
+        ge=1,
+        le=1000,
+        description="Most on-call roles a clinician holds by taking them in a client (SPEC §14.1); "
+        "scheduled shifts and administrators' assignments do not count.",
+    )
+    escalation_min_interval_ms: int = Field(
+        60_000,
+        ge=100,
+        le=86_400_000,
+        description="Shortest re-notification interval, step delay and final delay of an urgent "
+        "message's escalation policy (SPEC §14.3; at least 100 ms).",
+    )
+    escalation_max_steps: int = Field(
+        3, ge=0, le=5, description="Most escalation steps (backups) of a policy (at most 5)."
+    )
+    escalation_default_interval_ms: int = Field(
+        120_000,
+        ge=100,
+        le=86_400_000,
+        description="Re-notification interval of an urgent message when neither its role nor an "
+        "organisation sets one.",
+    )
+    escalation_default_final_ms: int = Field(
+        600_000,
+        ge=100,
+        le=86_400_000,
+        description="Time after its last step (after the send when none) an urgent message's sender "
+        "is told nobody acknowledged it, when neither its role nor an organisation sets one.",
+    )
+    escalation_tick_ms: int = Field(
+        250,
+        ge=10,
+        le=60_000,
+        description="How often each node looks for due escalation steps, reminders and final "
+        "deadlines (a step fires at most about this late).",
+    )
     max_pending_per_address: int = Field(
         256,
         ge=1,
@@ -204,6 +242,12 @@ class Settings(BaseSettings):
     def model_post_init(self, __context: Any) -> None:
         if (self.tls_cert is None) != (self.tls_key is None):
             raise ValueError("tls_cert and tls_key go together")
+        floor = self.escalation_min_interval_ms
+        if min(self.escalation_default_interval_ms, self.escalation_default_final_ms) < floor:
+            raise ValueError(
+                "escalation_default_interval_ms and escalation_default_final_ms must be at least "
+                "escalation_min_interval_ms"
+            )
 
     @property
     def store_display(self) -> str:
