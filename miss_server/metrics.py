@@ -31,6 +31,21 @@ class Metrics:
         self.team_messages = Counter(
             "miss_team_messages_accepted_total", "Team messages durably accepted (one body each)", registry=r
         )
+        self.urgent_messages = Counter(
+            "miss_urgent_messages_total", "Urgent messages durably accepted (SPEC §14)", registry=r
+        )
+        self.escalation_steps = Counter(
+            "miss_escalation_steps_total",
+            "Escalation actions performed by this node, by kind (step, final, remind)",
+            ["kind"],
+            registry=r,
+        )
+        self.acknowledgements = Counter(
+            "miss_acknowledgements_total", "First acknowledgements of urgent messages", registry=r
+        )
+        self.role_messages = Counter(
+            "miss_role_messages_accepted_total", "Messages to an on-call role durably accepted", registry=r
+        )
         self.recalled = Counter("miss_rows_recalled_total", "Undelivered rows deleted by recall", registry=r)
         self.pending_refused = Counter(
             "miss_pending_connections_refused_total",
