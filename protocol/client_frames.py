@@ -19,11 +19,13 @@ from .frame_base import (
     F,
     Frame,
     Record,
+    check_bool,
     check_bytes,
     check_caps,
     check_int,
     check_lifespan,
     check_list,
+    check_role_id,
     check_status,
     check_str,
     check_team_id,
@@ -35,6 +37,7 @@ from .frame_base import (
 __all__ = [
     "CLIENT_FRAMES",
     "Ack",
+    "Acknowledge",
     "Auth",
     "Devices",
     "Enroll",
@@ -43,12 +46,17 @@ __all__ = [
     "Recall",
     "Refusal",
     "Revoke",
+    "RoleGet",
+    "RoleLeave",
+    "RoleSearch",
+    "RoleTake",
     "Search",
     "Send",
     "SetStatus",
     "TeamChain",
     "TeamChange",
     "Teams",
+    "Urgent",
     "Watch",
 ]
 
@@ -95,11 +103,40 @@ class Enroll(Frame):
 
 
 @dataclass(frozen=True, slots=True)
+class Urgent(Record):
+    """``send.urgent`` (SPEC §14.4): the message escalates until
+    acknowledged, under the policy that applies, whose ``interval`` and
+    ``final`` (ms) it may override within the hub's bounds. ``Urgent()``
+    (an empty map) takes the policy as it is."""
+
+    interval: int | None = None
+    final: int | None = None
+
+    def to_map(self) -> dict[str, Any]:
+        m: dict[str, Any] = {}
+        if self.interval is not None:
+            m["interval"] = self.interval
+        if self.final is not None:
+            m["final"] = self.final
+        return m
+
+
+def _urgent(v: Any) -> Urgent:
+    if type(v) is not dict:
+        raise malformed("expected an urgent map")
+    return Urgent(
+        check_int(v["interval"]) if "interval" in v else None,
+        check_int(v["final"]) if "final" in v else None,
+    )
+
+
+@dataclass(frozen=True, slots=True)
 class Send(Frame):
     """One message, as one envelope per target device (SPEC §6.2); or, with
     ``body``, a sealed body and one key wrap per target device (SPEC §13.3,
     to a team: ``head`` is then the sender's head of the team's chain).
-    ``ttl``: the message's lifespan in ms (SPEC §13.6)."""
+    ``ttl``: the message's lifespan in ms (SPEC §13.6). ``to`` may be a
+    role id, and ``urgent`` makes the message escalate (SPEC §14.4)."""
 
     TYPE = "send"
     id: bytes
@@ -109,6 +146,7 @@ class Send(Frame):
     body: bytes | None = None
     head: bytes | None = None
     ttl: int | None = None
+    urgent: Urgent | None = None
     WIRE = (
         ("id", "id", check_bytes(16)),
         ("sender", "from", check_str()),
@@ -118,6 +156,7 @@ class Send(Frame):
         ("body", "body", check_bytes(max_len=MAX_FRAME_BYTES)),
         ("head", "head", check_bytes(32)),
         ("ttl", "ttl", check_lifespan),
+        ("urgent", "urgent", _urgent),
     )
 
     @classmethod
@@ -285,7 +324,73 @@ class Recall(Frame):
     WIRE = (("rid", "rid", check_int), ("id", "id", check_bytes(16)))
 
 
-#: Every client → hub frame type, in the order of SPEC §3.3 (then §13.4).
+# --- revision 4: on-call roles and urgent messages (SPEC §14.3) ---------------------
+
+
+@dataclass(frozen=True, slots=True)
+class RoleSearch(Frame):
+    """Find roles whose name or organisation contains ``query``; with
+    ``mine``, the roles this user holds now. Answered by ``role_search_ok``."""
+
+    TYPE = "role_search"
+    rid: int
+    query: str
+    #: Optional on the wire (absent: false).
+    mine: bool | None = None
+    WIRE = (
+        ("rid", "rid", check_int),
+        ("query", "query", check_str(64, allow_empty=True)),
+        ("mine", "mine", check_bool),
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class RoleGet(Frame):
+    """A role, its holders now and its effective policy (``role_ok``)."""
+
+    TYPE = "role_get"
+    rid: int
+    role: str
+    WIRE = (("rid", "rid", check_int), ("role", "role", check_role_id))
+
+
+@dataclass(frozen=True, slots=True)
+class RoleTake(Frame):
+    """Take a role: a handover (the taker becomes its only manual holder),
+    or with ``join`` true, join its holders. Answered by ``role_ok``."""
+
+    TYPE = "role_take"
+    rid: int
+    role: str
+    #: Optional on the wire (absent: false, a handover).
+    join: bool | None = None
+    WIRE = (("rid", "rid", check_int), ("role", "role", check_role_id), ("join", "join", check_bool))
+
+
+@dataclass(frozen=True, slots=True)
+class RoleLeave(Frame):
+    """Stop holding a role manually (a scheduled shift is not affected).
+    Answered by ``role_ok``."""
+
+    TYPE = "role_leave"
+    rid: int
+    role: str
+    WIRE = (("rid", "rid", check_int), ("role", "role", check_role_id))
+
+
+@dataclass(frozen=True, slots=True)
+class Acknowledge(Frame):
+    """Acknowledge urgent message ``id`` of user ``sender``, which this
+    user received (SPEC §14.7). Answered by ``acknowledge_ok``."""
+
+    TYPE = "acknowledge"
+    rid: int
+    id: bytes
+    sender: str
+    WIRE = (("rid", "rid", check_int), ("id", "id", check_bytes(16)), ("sender", "sender", check_str()))
+
+
+#: Every client → hub frame type, in the order of SPEC §3.3 (then §13.4, §14.3).
 CLIENT_FRAMES: tuple[type[Frame], ...] = (
     Auth,
     Enroll,
@@ -302,4 +407,9 @@ CLIENT_FRAMES: tuple[type[Frame], ...] = (
     Teams,
     TeamChain,
     Recall,
+    RoleSearch,
+    RoleGet,
+    RoleTake,
+    RoleLeave,
+    Acknowledge,
 )

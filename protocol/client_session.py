@@ -28,8 +28,9 @@ nothing is sent.
 Once authenticated, every received frame is classified (SPEC §4: answers
 are matched by ``rid`` or message ``id``, never by arrival order):
 
-* :class:`Pushed`: a ``deliver``, ``delivered``, ``refused``, ``presence``
-  or ``team_changed`` the hub sent of its own accord;
+* :class:`Pushed`: a ``deliver``, ``delivered``, ``refused``, ``presence``,
+  ``team_changed``, ``urgent_status``, ``urgent_reminder`` or
+  ``role_changed`` the hub sent of its own accord;
 * :class:`Answered`: the answer to an outstanding request, with its ``rid``
   (or, for ``accepted``, the id of the ``send``);
 * :class:`Failed`: a request error answering an outstanding request, a
@@ -72,6 +73,7 @@ from .errors import (
     FrameNotAllowed,
     MissingDevices,
     ProtocolError,
+    RoleVacant,
     UnexpectedFrame,
     UnsupportedVersion,
     error_class,
@@ -80,6 +82,8 @@ from .frames import (
     PROTOCOL_VERSION,
     SERVER_FRAMES,
     Accepted,
+    Acknowledge,
+    AcknowledgeOk,
     Auth,
     Challenge,
     Deliver,
@@ -99,6 +103,13 @@ from .frames import (
     RecallOk,
     Refused,
     Revoke,
+    RoleChanged,
+    RoleGet,
+    RoleLeave,
+    RoleOk,
+    RoleSearch,
+    RoleSearchOk,
+    RoleTake,
     Search,
     SearchOk,
     Send,
@@ -110,6 +121,8 @@ from .frames import (
     TeamOk,
     Teams,
     TeamsOk,
+    UrgentReminder,
+    UrgentStatus,
     Watch,
     Watching,
     Welcome,
@@ -163,9 +176,16 @@ ANSWERS: dict[type[Frame], type[Frame]] = {
     Teams: TeamsOk,
     TeamChain: TeamChainOk,
     Recall: RecallOk,
+    RoleSearch: RoleSearchOk,
+    RoleGet: RoleOk,
+    RoleTake: RoleOk,
+    RoleLeave: RoleOk,
+    Acknowledge: AcknowledgeOk,
 }
 #: Frames the hub sends of its own accord once the connection is authenticated.
-PUSHED: frozenset[type[Frame]] = frozenset({Deliver, Delivered, Refused, Presence, TeamChanged})
+PUSHED: frozenset[type[Frame]] = frozenset(
+    {Deliver, Delivered, Refused, Presence, TeamChanged, UrgentStatus, UrgentReminder, RoleChanged}
+)
 
 #: Which hub frame types each state admits (SPEC §4, the client's side). An
 #: ``error`` is admitted until the session is closed: the hub may report a
@@ -198,7 +218,9 @@ _AUTHENTICATED = ClientState.AUTHENTICATED
 _CLOSED = ClientState.CLOSED
 
 #: The frames :class:`Pushed` carries.
-PushedFrame = Deliver | Delivered | Refused | Presence | TeamChanged
+PushedFrame = (
+    Deliver | Delivered | Refused | Presence | TeamChanged | UrgentStatus | UrgentReminder | RoleChanged
+)
 
 
 # --- events -------------------------------------------------------------------
@@ -224,9 +246,10 @@ class Welcomed:
 
 @dataclass(slots=True)
 class Pushed:
-    """A frame the hub sent of its own accord. ``deliver``, ``delivered``
-    and ``refused`` are to be acked (SPEC §6.4); ``presence`` and
-    ``team_changed`` are not."""
+    """A frame the hub sent of its own accord. ``deliver``, ``delivered``,
+    ``refused`` and ``urgent_status`` are to be acked (SPEC §6.4, §14.6);
+    ``presence``, ``team_changed``, ``urgent_reminder`` and ``role_changed``
+    are not."""
 
     frame: PushedFrame
 
@@ -327,6 +350,8 @@ def error_from_frame(frame: Error) -> ProtocolError:
     exc: ProtocolError
     if cls is MissingDevices:
         exc = MissingDevices(list(frame.missing or ()), frame.message)
+    elif cls is RoleVacant:
+        exc = RoleVacant(frame.role or "", frame.message, retry_after_ms=frame.retry_after)
     elif cls is ProtocolError:
         exc = ProtocolError(f"{frame.code}: {frame.message}", retry_after_ms=frame.retry_after)
     else:
@@ -543,7 +568,8 @@ class ClientSession:
         """Allocate a ``rid``, and return it with the bytes of ``build(rid)``,
         a request (``lookup``, ``link_code``, ``set_status``, ``watch``,
         ``search``, ``devices``, ``revoke``, ``team_change``, ``teams``,
-        ``team_chain`` or ``recall``) now outstanding. Raises
+        ``team_chain``, ``recall``, ``role_search``, ``role_get``,
+        ``role_take``, ``role_leave`` or ``acknowledge``) now outstanding. Raises
         FrameNotAllowed unless AUTHENTICATED."""
         rid = next(self._rids)
         while rid in self._requests:  # taken by a request sent with its own rid

@@ -26,7 +26,7 @@ from __future__ import annotations
 import hashlib
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import msgpack
@@ -188,9 +188,10 @@ class Plaintext:
     expires_at: int | None = None
     refs: tuple[bytes, ...] | None = None
     team: str | None = None
+    urgent: bool = False
 
 
-#: The map header of a plaintext never outgrows a fixmap (at most 13 keys),
+#: The map header of a plaintext never outgrows a fixmap (at most 14 keys),
 #: so adding ``pad`` adds exactly its key and its bin header and bytes.
 _PAD_KEY = msgpack.packb("pad", use_bin_type=True)
 
@@ -215,19 +216,22 @@ def _plaintext_map(p: Plaintext) -> dict[str, Any]:
         m["refs"] = list(p.refs)
     if p.team is not None:
         m["team"] = p.team
+    if p.urgent:
+        m["urgent"] = True
     return m
 
 
-def pack_plaintext(p: Plaintext, pad_to: int = 0) -> bytes:
+def pack_plaintext(p: Plaintext, pad_to: int = 0, urgent: bool = False) -> bytes:
     """The canonical msgpack bytes of ``p`` (SPEC §6.3, §13.5).
 
     ``pad_to`` > 0 appends a last key ``pad`` of *n* zero bytes, *n* the
     smallest count that makes the packed length a multiple of ``pad_to``
     (reference clients pass 256, so a read notice and a short message have
-    the same size). ``pad_to`` = 0 adds no key: the bytes of revision 2."""
+    the same size). ``pad_to`` = 0 adds no key: the bytes of revision 2.
+    ``urgent`` True packs ``p`` as if ``p.urgent`` were (SPEC §14.5)."""
     if pad_to < 0:
         raise ValueError("pad_to must be >= 0")
-    m = _plaintext_map(p)
+    m = _plaintext_map(replace(p, urgent=True) if urgent and not p.urgent else p)
     if not pad_to:
         packed: bytes = msgpack.packb(m, use_bin_type=True)
         return packed
@@ -267,6 +271,7 @@ def unpack_plaintext(data: bytes) -> Plaintext:
             expires_at=m.get("expires_at"),
             refs=tuple(refs) if type(refs) is list else refs,
             team=m.get("team"),
+            urgent=m.get("urgent", False),
         )
     except EnvelopeError:
         raise
@@ -293,6 +298,7 @@ def unpack_plaintext(data: bytes) -> Plaintext:
             )
         )
         and (p.team is None or type(p.team) is str)
+        and type(p.urgent) is bool
         and ("pad" not in m or type(m["pad"]) is bytes)
     ):
         raise EnvelopeError("bad plaintext fields")

@@ -48,7 +48,15 @@ The tree::
         ├── TeamForbidden              team_forbidden    (a record breaks §13.2 rule 3; a recall of another's)
         ├── BadTeamRecord              bad_team_record   (a record breaks §13.2 rules 1-2)
         ├── TeamConflict               team_conflict     (seq/prev do not follow the hub's head)
-        └── TeamFull                   team_full         (max_team_members, max_teams_per_user)
+        ├── TeamFull                   team_full         (max_team_members, max_teams_per_user)
+        │   revision 4, on-call roles and urgent messages (SPEC §14.9):
+        ├── UnknownRole                unknown_role      (no such role)
+        ├── RoleVacant                 role_vacant       (.role: the role, which nobody holds now)
+        ├── RoleReserved               role_reserved     (held only by the schedule and administrators)
+        ├── RoleForbidden              role_forbidden    (a role of another organisation)
+        ├── RoleFull                   role_full         (max_roles_per_user)
+        ├── PolicyOutOfBounds          policy_out_of_bounds (an urgent override beyond the hub's caps)
+        └── NotRecipient               not_recipient     (acknowledging a message one did not receive)
 
 A frame larger than the size limit is refused by the WebSocket layer itself
 with close code 1009 (message too big) before it is parsed.
@@ -87,11 +95,17 @@ __all__ = [
     "MalformedFrame",
     "MissingDevices",
     "NotMember",
+    "NotRecipient",
     "NotVerified",
+    "PolicyOutOfBounds",
     "ProtocolError",
     "RateLimited",
     "RecipientNotVerified",
     "RequestError",
+    "RoleForbidden",
+    "RoleFull",
+    "RoleReserved",
+    "RoleVacant",
     "SessionReplaced",
     "StaleTeamHead",
     "StorageUnavailable",
@@ -103,6 +117,7 @@ __all__ = [
     "UnexpectedFrame",
     "UnknownDevice",
     "UnknownFrameType",
+    "UnknownRole",
     "UnknownTeam",
     "UnknownUser",
     "UnsupportedVersion",
@@ -325,6 +340,52 @@ class TeamFull(RequestError):
     message = "the team, or one of its members, has reached its limit"
 
 
+class UnknownRole(RequestError):
+    code = "unknown_role"
+    message = "no such role"
+
+
+class RoleVacant(RequestError):
+    """A send to a role nobody holds now (SPEC §14.4). ``role`` is the
+    role's id, carried by the ``error`` frame's ``role`` key."""
+
+    code = "role_vacant"
+    message = "nobody holds this role now; choose another recipient"
+
+    def __init__(self, role: str, detail: str = "", *, retry_after_ms: int | None = None) -> None:
+        super().__init__(detail, retry_after_ms=retry_after_ms)
+        self.role = role
+
+
+class RoleReserved(RequestError):
+    code = "role_reserved"
+    message = "this role is held only through the schedule or by an administrator"
+
+
+class RoleForbidden(RequestError):
+    code = "role_forbidden"
+    message = "this role belongs to another organisation"
+
+
+class RoleFull(RequestError):
+    code = "role_full"
+    message = "the role, or this user, has reached its limit of holders or roles"
+
+
+class PolicyOutOfBounds(RequestError):
+    code = "policy_out_of_bounds"
+    message = "the escalation policy is beyond this hub's bounds"
+
+
+class NotRecipient(RequestError):
+    """An ``acknowledge`` of a message this user did not receive, that was
+    not urgent, or that does not exist: one error for all three, so that
+    the answer reveals nothing (SPEC §14.7)."""
+
+    code = "not_recipient"
+    message = "no urgent message of this sender reached you under this id"
+
+
 _BY_CODE: dict[str, type[ProtocolError]] = {
     cls.code: cls
     for cls in (
@@ -357,6 +418,13 @@ _BY_CODE: dict[str, type[ProtocolError]] = {
         BadTeamRecord,
         TeamConflict,
         TeamFull,
+        UnknownRole,
+        RoleVacant,
+        RoleReserved,
+        RoleForbidden,
+        RoleFull,
+        PolicyOutOfBounds,
+        NotRecipient,
     )
 }
 

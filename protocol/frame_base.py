@@ -18,6 +18,7 @@ from typing import Any, ClassVar, TypeVar
 from .errors import MalformedFrame
 
 __all__ = [
+    "CAP_ONCALL",
     "CAP_REFUSALS",
     "CAP_TEAMS",
     "HUB_CAPS",
@@ -30,6 +31,8 @@ __all__ = [
     "MAX_LIFESPAN_MS",
     "MAX_RECIPIENT_DEVICES",
     "MAX_RECORD_BYTES",
+    "MAX_ROLE_HOLDERS",
+    "MAX_ROLE_RESULTS",
     "MAX_SEARCH_RESULTS",
     "MAX_TEAMS_LIST",
     "MAX_TEAM_CHAIN_BYTES",
@@ -51,6 +54,7 @@ __all__ = [
     "check_int",
     "check_lifespan",
     "check_list",
+    "check_role_id",
     "check_status",
     "check_str",
     "check_team_id",
@@ -84,8 +88,12 @@ CAP_REFUSALS = "refusals"
 #: ``teams``: care teams, sealed bodies, ``team_changed`` pushes and the
 #: requests of SPEC §13 (revision 3).
 CAP_TEAMS = "teams"
+#: ``oncall``: on-call roles, urgent sends, ``acknowledge``, the
+#: ``urgent_status`` rows and the ``urgent_reminder``/``role_changed``
+#: pushes of SPEC §14 (revision 4).
+CAP_ONCALL = "oncall"
 #: What this hub implementation announces.
-HUB_CAPS = (CAP_REFUSALS, CAP_TEAMS)
+HUB_CAPS = (CAP_REFUSALS, CAP_TEAMS, CAP_ONCALL)
 #: Most capabilities one side may name, and their length.
 MAX_CAPS = 16
 #: Statuses a clinician can set (SPEC §6.7).
@@ -104,6 +112,10 @@ MAX_TEAMS_LIST = 256
 #: one hour to 30 days.
 MIN_LIFESPAN_MS = 3_600_000
 MAX_LIFESPAN_MS = 2_592_000_000
+#: Most holders a role has at one time (SPEC §14.1), and most roles one
+#: ``role_search_ok`` lists.
+MAX_ROLE_HOLDERS = 16
+MAX_ROLE_RESULTS = 20
 
 # --- field checkers -------------------------------------------------------
 # A checker returns the value if it is acceptable and raises MalformedFrame
@@ -202,6 +214,13 @@ def check_team_id(v: Any) -> str:
     return v
 
 
+def check_role_id(v: Any) -> str:
+    """A role id: ``"r_"`` and 16 lowercase hex digits (SPEC §14.1)."""
+    if type(v) is not str or len(v) != 18 or not v.startswith("r_") or not _HEX_DIGITS.issuperset(v[2:]):
+        raise malformed("expected a role id")
+    return v
+
+
 def check_lifespan(v: Any) -> int:
     """A lifespan in ms, MIN_LIFESPAN_MS to MAX_LIFESPAN_MS (SPEC §13.6)."""
     if type(v) is not int or not MIN_LIFESPAN_MS <= v <= MAX_LIFESPAN_MS:
@@ -239,7 +258,9 @@ class Frame:
             value = getattr(self, attr)
             if value is None:
                 continue
-            if isinstance(value, tuple):
+            if isinstance(value, Record):
+                value = value.to_map()
+            elif isinstance(value, tuple):
                 value = [
                     v.fields_map() if isinstance(v, Frame) else v.to_map() if isinstance(v, Record) else v
                     for v in value

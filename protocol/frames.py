@@ -15,7 +15,8 @@ f`` and the bytes are canonical (keys in declaration order), which is what
 This module is the one to import from. The definitions live in three
 modules it gathers: :mod:`protocol.frame_base` (limits, field checkers, the
 :class:`Frame` base class), :mod:`protocol.client_frames` (client → hub,
-SPEC §3.3) and :mod:`protocol.hub_frames` (hub → client, SPEC §3.4).
+SPEC §3.3) and :mod:`protocol.hub_frames` (hub → client, SPEC §3.4); the
+escalation policy nested in ``role_ok`` is :class:`protocol.oncall.Policy`.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ import msgpack
 from .client_frames import (
     CLIENT_FRAMES,
     Ack,
+    Acknowledge,
     Auth,
     Devices,
     Enroll,
@@ -33,16 +35,22 @@ from .client_frames import (
     Recall,
     Refusal,
     Revoke,
+    RoleGet,
+    RoleLeave,
+    RoleSearch,
+    RoleTake,
     Search,
     Send,
     SetStatus,
     TeamChain,
     TeamChange,
     Teams,
+    Urgent,
     Watch,
 )
 from .errors import MalformedFrame, UnknownFrameType
 from .frame_base import (
+    CAP_ONCALL,
     CAP_REFUSALS,
     CAP_TEAMS,
     HUB_CAPS,
@@ -55,6 +63,8 @@ from .frame_base import (
     MAX_LIFESPAN_MS,
     MAX_RECIPIENT_DEVICES,
     MAX_RECORD_BYTES,
+    MAX_ROLE_HOLDERS,
+    MAX_ROLE_RESULTS,
     MAX_SEARCH_RESULTS,
     MAX_TEAM_CHAIN_BYTES,
     MAX_TEAMS_LIST,
@@ -71,7 +81,9 @@ from .frame_base import (
 )
 from .hub_frames import (
     SERVER_FRAMES,
+    URGENT_STATES,
     Accepted,
+    AcknowledgeOk,
     ChainEntry,
     Challenge,
     Deliver,
@@ -86,17 +98,25 @@ from .hub_frames import (
     Presence,
     RecallOk,
     Refused,
+    RoleChanged,
+    RoleInfo,
+    RoleOk,
+    RoleSearchOk,
     SearchOk,
     TeamChainOk,
     TeamChanged,
     TeamHead,
     TeamOk,
     TeamsOk,
+    UrgentReminder,
+    UrgentStatus,
     Watching,
     Welcome,
 )
+from .oncall import Policy, Step
 
 __all__ = [
+    "CAP_ONCALL",
     "CAP_REFUSALS",
     "CAP_TEAMS",
     "CLIENT_FRAMES",
@@ -111,6 +131,8 @@ __all__ = [
     "MAX_LIFESPAN_MS",
     "MAX_RECIPIENT_DEVICES",
     "MAX_RECORD_BYTES",
+    "MAX_ROLE_HOLDERS",
+    "MAX_ROLE_RESULTS",
     "MAX_SEARCH_RESULTS",
     "MAX_TEAMS_LIST",
     "MAX_TEAM_CHAIN_BYTES",
@@ -122,8 +144,11 @@ __all__ = [
     "SERVER_FRAMES",
     "STATUSES",
     "SUBPROTOCOL",
+    "URGENT_STATES",
     "Accepted",
     "Ack",
+    "Acknowledge",
+    "AcknowledgeOk",
     "Auth",
     "ChainEntry",
     "Challenge",
@@ -141,6 +166,7 @@ __all__ = [
     "Lookup",
     "LookupOk",
     "Ok",
+    "Policy",
     "Presence",
     "Recall",
     "RecallOk",
@@ -148,10 +174,19 @@ __all__ = [
     "Refusal",
     "Refused",
     "Revoke",
+    "RoleChanged",
+    "RoleGet",
+    "RoleInfo",
+    "RoleLeave",
+    "RoleOk",
+    "RoleSearch",
+    "RoleSearchOk",
+    "RoleTake",
     "Search",
     "SearchOk",
     "Send",
     "SetStatus",
+    "Step",
     "TeamChain",
     "TeamChainOk",
     "TeamChange",
@@ -160,6 +195,9 @@ __all__ = [
     "TeamOk",
     "Teams",
     "TeamsOk",
+    "Urgent",
+    "UrgentReminder",
+    "UrgentStatus",
     "Watch",
     "Watching",
     "Welcome",

@@ -14,6 +14,8 @@ from .frame_base import (
     MAX_FRAME_BYTES,
     MAX_RECIPIENT_DEVICES,
     MAX_RECORD_BYTES,
+    MAX_ROLE_HOLDERS,
+    MAX_ROLE_RESULTS,
     MAX_SEARCH_RESULTS,
     MAX_TEAM_CHAIN_BYTES,
     MAX_TEAMS_LIST,
@@ -26,16 +28,20 @@ from .frame_base import (
     check_caps,
     check_int,
     check_list,
+    check_role_id,
     check_status,
     check_str,
     check_team_id,
     check_token,
     malformed,
 )
+from .oncall import Policy
 
 __all__ = [
     "SERVER_FRAMES",
+    "URGENT_STATES",
     "Accepted",
+    "AcknowledgeOk",
     "ChainEntry",
     "Challenge",
     "Deliver",
@@ -50,12 +56,18 @@ __all__ = [
     "Presence",
     "RecallOk",
     "Refused",
+    "RoleChanged",
+    "RoleInfo",
+    "RoleOk",
+    "RoleSearchOk",
     "SearchOk",
     "TeamChainOk",
     "TeamChanged",
     "TeamHead",
     "TeamOk",
     "TeamsOk",
+    "UrgentReminder",
+    "UrgentStatus",
     "Watching",
     "Welcome",
 ]
@@ -98,6 +110,12 @@ class Accepted(Frame):
     WIRE = (("id", "id", check_bytes(16)), ("dup", "dup", check_bool))
 
 
+def _check_step(v: Any) -> int:
+    if type(v) is not int or not 1 <= v <= 2**63 - 1:
+        raise malformed("expected a step >= 1")
+    return v
+
+
 @dataclass(frozen=True, slots=True)
 class Deliver(Frame):
     """A queued message for this device: an envelope, or a sealed body and
@@ -114,6 +132,13 @@ class Deliver(Frame):
     body: bytes | None = None
     #: The team a team message was sent to.
     team: str | None = None
+    #: The role a role message was sent to, also on its backups' copies (SPEC §14.5).
+    role: str | None = None
+    #: True for an urgent message (a hint: the plaintext's ``urgent`` decides);
+    #: never False on the wire, so False is kept as None.
+    urgent: bool | None = None
+    #: This copy was released at escalation step ``step`` (≥ 1); None for primary rows.
+    step: int | None = None
     WIRE = (
         ("seq", "seq", check_int),
         ("id", "id", check_bytes(16)),
@@ -123,7 +148,14 @@ class Deliver(Frame):
         ("env", "env", check_bytes()),
         ("body", "body", check_bytes(max_len=MAX_FRAME_BYTES)),
         ("team", "team", check_team_id),
+        ("role", "role", check_role_id),
+        ("urgent", "urgent", check_bool),
+        ("step", "step", _check_step),
     )
+
+    def __post_init__(self) -> None:
+        if self.urgent is False:
+            object.__setattr__(self, "urgent", None)
 
 
 @dataclass(frozen=True, slots=True)
@@ -291,6 +323,8 @@ class Error(Frame):
     rid: int | None = None
     retry_after: int | None = None
     missing: tuple[str, ...] | None = None
+    #: The role a ``role_vacant`` is about (SPEC §14.9).
+    role: str | None = None
     WIRE = (
         ("code", "code", check_str()),
         ("message", "message", check_str(512)),
@@ -299,6 +333,7 @@ class Error(Frame):
         ("rid", "rid", check_int),
         ("retry_after", "retry_after", check_int),
         ("missing", "missing", check_list(check_str(), MAX_WRAPS)),
+        ("role", "role", check_role_id),
     )
 
 
@@ -468,6 +503,165 @@ class TeamChanged(Frame):
     )
 
 
+# --- revision 4: on-call roles and urgent messages (SPEC §14.3, §14.6) -------------
+
+#: The states an ``urgent_status`` reports.
+URGENT_STATES = ("escalated", "acknowledged", "unacknowledged")
+
+
+def _policy(v: Any) -> Policy:
+    return Policy.from_map(v)
+
+
+@dataclass(frozen=True, slots=True)
+class RoleInfo(Record):
+    """A role as ``role_ok`` and ``role_search_ok`` show it: its holders now
+    (sorted user ids) and its effective policy, each step with the holders
+    of its target now."""
+
+    role: str
+    name: str
+    org: str
+    reserved: bool
+    holders: tuple[str, ...]
+    policy: Policy
+
+    def to_map(self) -> dict[str, Any]:
+        return {
+            "role": self.role,
+            "name": self.name,
+            "org": self.org,
+            "reserved": self.reserved,
+            "holders": list(self.holders),
+            "policy": self.policy.to_map(),
+        }
+
+
+_check_holders = check_list(check_str(), MAX_ROLE_HOLDERS)
+
+
+def _role_info(v: Any) -> RoleInfo:
+    if type(v) is not dict:
+        raise malformed("expected a role map")
+    try:
+        return RoleInfo(
+            check_role_id(v["role"]),
+            check_str(64)(v["name"]),
+            check_str(128, allow_empty=True)(v["org"]),
+            check_bool(v["reserved"]),
+            _check_holders(v["holders"]),
+            _policy(v["policy"]),
+        )
+    except KeyError as exc:
+        raise malformed(f"role map lacks {exc}") from None
+
+
+@dataclass(frozen=True, slots=True)
+class RoleSearchOk(Frame):
+    """Answer to ``role_search``: at most 20 roles."""
+
+    TYPE = "role_search_ok"
+    rid: int
+    roles: tuple[RoleInfo, ...]
+    WIRE = (("rid", "rid", check_int), ("roles", "roles", check_list(_role_info, MAX_ROLE_RESULTS)))
+
+
+@dataclass(frozen=True, slots=True)
+class RoleOk(Frame):
+    """Answer to ``role_get``, ``role_take`` and ``role_leave``: the role
+    as it is now (after the take or the leave)."""
+
+    TYPE = "role_ok"
+    rid: int
+    info: RoleInfo
+    WIRE = (("rid", "rid", check_int), ("info", "info", _role_info))
+
+
+@dataclass(frozen=True, slots=True)
+class AcknowledgeOk(Frame):
+    """Answer to ``acknowledge``: who acknowledged message ``id`` of
+    ``sender`` first, and when; ``first`` is true if this request did."""
+
+    TYPE = "acknowledge_ok"
+    rid: int
+    id: bytes
+    sender: str
+    user: str
+    device: str
+    at: int
+    first: bool
+    WIRE = (
+        ("rid", "rid", check_int),
+        ("id", "id", check_bytes(16)),
+        ("sender", "sender", check_str()),
+        ("user", "user", check_str()),
+        ("device", "device", check_str()),
+        ("at", "at", check_int),
+        ("first", "first", check_bool),
+    )
+
+
+def _urgent_state(v: Any) -> str:
+    if v not in URGENT_STATES:
+        raise malformed("unknown urgent state")
+    return str(v)
+
+
+@dataclass(frozen=True, slots=True)
+class UrgentStatus(Frame):
+    """A queued row (acked like a ``delivered``) about urgent message ``id``
+    of user ``sender`` (SPEC §14.6): ``escalated`` (step ``step`` released
+    to ``target``), ``acknowledged`` (by ``user``/``device`` at ``ts``) or
+    ``unacknowledged`` (nobody, by the end of the policy). Sent only to
+    connections that named ``oncall``."""
+
+    TYPE = "urgent_status"
+    seq: int
+    id: bytes
+    sender: str
+    state: str
+    step: int
+    ts: int
+    user: str | None = None
+    device: str | None = None
+    target: str | None = None
+    WIRE = (
+        ("seq", "seq", check_int),
+        ("id", "id", check_bytes(16)),
+        ("sender", "sender", check_str()),
+        ("state", "state", _urgent_state),
+        ("step", "step", check_int),
+        ("ts", "ts", check_int),
+        ("user", "user", check_str()),
+        ("device", "device", check_str()),
+        ("target", "target", check_str()),
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class UrgentReminder(Frame):
+    """Pushed (not queued, not acked) to the connected devices of every
+    released recipient of an urgent message not acknowledged yet: the
+    ``n``-th reminder (1, 2, ...)."""
+
+    TYPE = "urgent_reminder"
+    id: bytes
+    sender: str
+    n: int
+    WIRE = (("id", "id", check_bytes(16)), ("sender", "sender", check_str()), ("n", "n", check_int))
+
+
+@dataclass(frozen=True, slots=True)
+class RoleChanged(Frame):
+    """Pushed (not queued, not acked) to the connections of users whose
+    holdership of ``role`` changed: its holders now."""
+
+    TYPE = "role_changed"
+    role: str
+    holders: tuple[str, ...]
+    WIRE = (("role", "role", check_role_id), ("holders", "holders", _check_holders))
+
+
 #: Every hub → client frame type.
 SERVER_FRAMES: tuple[type[Frame], ...] = (
     Challenge,
@@ -489,4 +683,10 @@ SERVER_FRAMES: tuple[type[Frame], ...] = (
     TeamChainOk,
     RecallOk,
     TeamChanged,
+    RoleSearchOk,
+    RoleOk,
+    AcknowledgeOk,
+    UrgentStatus,
+    UrgentReminder,
+    RoleChanged,
 )

@@ -31,6 +31,7 @@ from .errors import (
     MalformedFrame,
     MissingDevices,
     ProtocolError,
+    RoleVacant,
     UnsupportedVersion,
 )
 from .frames import (
@@ -39,6 +40,7 @@ from .frames import (
     MAX_ACK_BYTES,
     PROTOCOL_VERSION,
     Ack,
+    Acknowledge,
     Auth,
     Challenge,
     Devices,
@@ -49,6 +51,10 @@ from .frames import (
     Lookup,
     Recall,
     Revoke,
+    RoleGet,
+    RoleLeave,
+    RoleSearch,
+    RoleTake,
     Search,
     Send,
     SetStatus,
@@ -89,6 +95,12 @@ ALLOWED: dict[State, frozenset[type[Frame]]] = {
             Teams,
             TeamChain,
             Recall,
+            # revision 4 (SPEC §14.3); opt-in like the above, behind ``oncall``.
+            RoleSearch,
+            RoleGet,
+            RoleTake,
+            RoleLeave,
+            Acknowledge,
         }
     ),
     State.CLOSED: frozenset(),
@@ -107,6 +119,7 @@ def error_frame(exc: ProtocolError, *, id: bytes | None = None, rid: int | None 
             rid=rid,
             retry_after=exc.retry_after_ms,
             missing=missing,
+            role=exc.role if isinstance(exc, RoleVacant) else None,
         )
     )
 

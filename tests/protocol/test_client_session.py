@@ -35,6 +35,7 @@ from protocol.errors import (
     MissingDevices,
     ProtocolError,
     RequestError,
+    RoleVacant,
     SessionReplaced,
     StorageUnavailable,
     UnexpectedFrame,
@@ -46,6 +47,8 @@ from protocol.frames import (
     SERVER_FRAMES,
     Accepted,
     Ack,
+    Acknowledge,
+    AcknowledgeOk,
     Auth,
     Challenge,
     Deliver,
@@ -64,6 +67,12 @@ from protocol.frames import (
     Recall,
     RecallOk,
     Refused,
+    RoleChanged,
+    RoleInfo,
+    RoleOk,
+    RoleSearch,
+    RoleSearchOk,
+    RoleTake,
     Search,
     SearchOk,
     Send,
@@ -76,11 +85,14 @@ from protocol.frames import (
     TeamOk,
     Teams,
     TeamsOk,
+    UrgentReminder,
+    UrgentStatus,
     Watch,
     Watching,
     Welcome,
     encode,
 )
+from protocol.oncall import Policy
 from protocol.session import ServerSession, State, error_frame
 
 AUTHORITY = bytes(range(32))
@@ -89,6 +101,8 @@ MID = bytes(range(16))
 CODE = "ABCD-EFGH-JKMN-PQRS"
 TEAM = "t_0123456789abcdef"
 HEAD = bytes(range(32, 64))
+ROLE = "r_0123456789abcdef"
+INFO = RoleInfo(ROLE, "Garde", "CHRU", False, ("u_1",), Policy(120_000, (), 600_000))
 
 #: One frame of every hub → client type.
 SAMPLES: dict[type[Frame], Frame] = {
@@ -111,6 +125,12 @@ SAMPLES: dict[type[Frame], Frame] = {
     TeamChainOk: TeamChainOk(1, TEAM, (), False),
     RecallOk: RecallOk(1, MID, 2),
     TeamChanged: TeamChanged(TEAM, 2, HEAD),
+    RoleSearchOk: RoleSearchOk(1, (INFO,)),
+    RoleOk: RoleOk(1, INFO),
+    AcknowledgeOk: AcknowledgeOk(1, MID, "u_2", "u_1", "d_1", 8, True),
+    UrgentStatus: UrgentStatus(4, MID, "u_1", "escalated", 1, 9, target=ROLE),
+    UrgentReminder: UrgentReminder(MID, "u_2", 1),
+    RoleChanged: RoleChanged(ROLE, ("u_1",)),
 }
 #: The request each answer of SAMPLES answers.
 REQUEST_OF: dict[type[Frame], Frame] = {
@@ -125,6 +145,9 @@ REQUEST_OF: dict[type[Frame], Frame] = {
     TeamsOk: Teams(1),
     TeamChainOk: TeamChain(1, TEAM, 0),
     RecallOk: Recall(1, MID),
+    RoleSearchOk: RoleSearch(1, "garde"),
+    RoleOk: RoleTake(1, ROLE),
+    AcknowledgeOk: Acknowledge(1, MID, "u_2"),
 }
 
 
@@ -199,7 +222,7 @@ def test_an_auth_signature_is_worthless_on_another_connection() -> None:
 def test_an_enroll_answer_is_accepted_by_the_hub_and_binds_the_keys() -> None:
     keys = crypto.DeviceKeys.generate()
     client, hub = challenged(AUTHORITY)
-    assert client.hub_authority == AUTHORITY and client.hub_caps == {"refusals", "teams"}
+    assert client.hub_authority == AUTHORITY and client.hub_caps == {"refusals", "teams", "oncall"}
     frame = hub.receive(client.enroll(CODE, keys, "Pixel 8", ("refusals",), authority=AUTHORITY))
     assert isinstance(frame, Enroll)
     assert (frame.code, frame.sign_pk, frame.box_pk, frame.label) == (
@@ -563,7 +586,13 @@ def test_every_wire_code_has_a_class() -> None:
 
 @pytest.mark.parametrize("cls", wire_error_classes(), ids=lambda c: c.code)
 def test_an_error_frame_maps_back_to_the_class_the_hub_raised(cls: type[ProtocolError]) -> None:
-    raised = MissingDevices(["d_3"]) if cls is MissingDevices else cls(retry_after_ms=500)
+    raised = (
+        MissingDevices(["d_3"])
+        if cls is MissingDevices
+        else RoleVacant(ROLE, retry_after_ms=500)
+        if cls is RoleVacant
+        else cls(retry_after_ms=500)
+    )
     data = error_frame(raised, rid=None if issubclass(cls, FatalError) else 1)
     client, _ = authenticated()
     client.send(Devices(1))
@@ -581,6 +610,8 @@ def test_an_error_frame_maps_back_to_the_class_the_hub_raised(cls: type[Protocol
     assert str(reported) == cls.message
     if cls is not MissingDevices:
         assert reported.retry_after_ms == 500
+    if cls is RoleVacant:
+        assert isinstance(reported, RoleVacant) and reported.role == ROLE
 
 
 @pytest.mark.parametrize(

@@ -26,6 +26,8 @@ from protocol.frames import (
     STATUSES,
     Accepted,
     Ack,
+    Acknowledge,
+    AcknowledgeOk,
     Auth,
     ChainEntry,
     Challenge,
@@ -49,6 +51,14 @@ from protocol.frames import (
     Refusal,
     Refused,
     Revoke,
+    RoleChanged,
+    RoleGet,
+    RoleInfo,
+    RoleLeave,
+    RoleOk,
+    RoleSearch,
+    RoleSearchOk,
+    RoleTake,
     Search,
     SearchOk,
     Send,
@@ -61,17 +71,29 @@ from protocol.frames import (
     TeamOk,
     Teams,
     TeamsOk,
+    Urgent,
+    UrgentReminder,
+    UrgentStatus,
     Watch,
     Watching,
     Welcome,
     decode,
     encode,
 )
+from protocol.oncall import Policy, Step
 
 MID = bytes(range(16))
 PK1, PK2 = b"\x11" * 32, b"\x22" * 32
 TEAM = "t_0123456789abcdef"
 HEAD = b"\x33" * 32
+ROLE = "r_0123456789abcdef"
+ROLE2 = "r_fedcba9876543210"
+POLICY = Policy(
+    interval=120_000,
+    steps=(Step(300_000, role=ROLE2, holders=("u_3", "u_4")), Step(600_000, user="u_5", holders=("u_5",))),
+    final=600_000,
+)
+INFO = RoleInfo(ROLE, "Cardiologie — senior de garde", "CHRU", False, ("u_1", "u_2"), POLICY)
 
 #: One full instance of every frame type (every optional field set).
 SAMPLES: dict[type[Frame], Frame] = {
@@ -87,6 +109,7 @@ SAMPLES: dict[type[Frame], Frame] = {
         body=b"b" * 120,
         head=HEAD,
         ttl=86_400_000,
+        urgent=Urgent(interval=60_000, final=300_000),
     ),
     Ack: Ack(seqs=(1, 2, 3), refused=(Refusal(4, "sender_unverified"), Refusal(5, "undecryptable"))),
     Lookup: Lookup(rid=1, user="u_0000000000000002", rpps="10101234567"),
@@ -105,6 +128,9 @@ SAMPLES: dict[type[Frame], Frame] = {
         env=b"w" * 72,
         body=b"b" * 120,
         team=TEAM,
+        role=ROLE,
+        urgent=True,
+        step=1,
     ),
     Delivered: Delivered(seq=6, id=MID, user="u_2", device="d_2", ts=1_767_225_600_001),
     Refused: Refused(seq=7, id=MID, user="u_2", device="d_2", ts=1_767_225_600_002, reason="undecryptable"),
@@ -125,7 +151,14 @@ SAMPLES: dict[type[Frame], Frame] = {
     Revoke: Revoke(rid=8, device="d_0000000000000002"),
     LinkCodeOk: LinkCodeOk(rid=2, code="ABCD-EFGH-JKMN-PQRS", expires=1_767_226_500_000),
     Error: Error(
-        code="missing_devices", message="m", fatal=False, id=MID, rid=3, retry_after=10, missing=("d_9",)
+        code="missing_devices",
+        message="m",
+        fatal=False,
+        id=MID,
+        rid=3,
+        retry_after=10,
+        missing=("d_9",),
+        role=ROLE,
     ),
     Ok: Ok(rid=4),
     Presence: Presence(user="u_0000000000000002", status="busy", online=True),
@@ -150,6 +183,27 @@ SAMPLES: dict[type[Frame], Frame] = {
     ),
     RecallOk: RecallOk(rid=12, id=MID, removed=3),
     TeamChanged: TeamChanged(team=TEAM, seq=5, head=HEAD),
+    RoleSearch: RoleSearch(rid=13, query="cardio", mine=True),
+    RoleGet: RoleGet(rid=14, role=ROLE),
+    RoleTake: RoleTake(rid=15, role=ROLE, join=True),
+    RoleLeave: RoleLeave(rid=16, role=ROLE),
+    Acknowledge: Acknowledge(rid=17, id=MID, sender="u_1"),
+    RoleSearchOk: RoleSearchOk(rid=13, roles=(INFO,)),
+    RoleOk: RoleOk(rid=14, info=INFO),
+    AcknowledgeOk: AcknowledgeOk(rid=17, id=MID, sender="u_1", user="u_2", device="d_2", at=5, first=True),
+    UrgentStatus: UrgentStatus(
+        seq=8,
+        id=MID,
+        sender="u_1",
+        state="acknowledged",
+        step=1,
+        ts=6,
+        user="u_2",
+        device="d_2",
+        target=ROLE2,
+    ),
+    UrgentReminder: UrgentReminder(id=MID, sender="u_1", n=2),
+    RoleChanged: RoleChanged(role=ROLE, holders=("u_1", "u_2")),
 }
 
 
@@ -261,12 +315,14 @@ REQUIRED = [
     for cls, sample in SAMPLES.items()
     for attr, key, _ in cls.WIRE
     if key not in {"user", "rpps"} or cls is not Lookup
-    if not (cls is Error and key in {"id", "rid", "retry_after", "missing"})
+    if not (cls is Error and key in {"id", "rid", "retry_after", "missing", "role"})
     if not (cls is LookupOk and key == "att")
     if not (cls in (Auth, Enroll, Challenge) and key in {"caps", "authority"})
     if not (cls is Ack and key == "refused")
-    if not (cls is Send and key in {"body", "head", "ttl"})
-    if not (cls is Deliver and key in {"body", "team"})
+    if not (cls is Send and key in {"body", "head", "ttl", "urgent"})
+    if not (cls is Deliver and key in {"body", "team", "role", "urgent", "step"})
+    if not (cls in (RoleSearch, RoleTake) and key in {"mine", "join"})
+    if not (cls is UrgentStatus and key in {"user", "device", "target"})
 ]
 
 
@@ -300,6 +356,27 @@ BAD_TEAM = [
     1,
 ]
 BAD_HEAD = [b"\x00" * 31, b"\x00" * 33, "h" * 32, None]
+BAD_ROLE = [TEAM, "r_0123456789ABCDEF", "r_0123456789abcde", "r_0123456789abcdef0", "", None, 1]
+BAD_HOLDERS = [None, "u_1", [1], [""], ["u"] * 17]
+BAD_INFO = [
+    None,
+    [],
+    {k: v for k, v in INFO.to_map().items() if k != "policy"},
+    {**INFO.to_map(), "role": TEAM},
+    {**INFO.to_map(), "name": ""},
+    {**INFO.to_map(), "name": "n" * 65},
+    {**INFO.to_map(), "org": "o" * 129},
+    {**INFO.to_map(), "reserved": 0},
+    {**INFO.to_map(), "holders": ["u"] * 17},
+    {**INFO.to_map(), "policy": {"interval": 1, "steps": [], "final": -1}},
+    {**INFO.to_map(), "policy": {"interval": 1, "steps": [{"delay": 1}], "final": 1}},
+    {
+        **INFO.to_map(),
+        "policy": {"interval": 1, "steps": [{"delay": 1, "role": ROLE, "user": "u"}], "final": 1},
+    },
+    {**INFO.to_map(), "policy": {"interval": 1, "steps": [{"delay": 1, "user": "u"}] * 6, "final": 1}},
+    {**INFO.to_map(), "policy": {"interval": 1, "final": 1}},
+]
 BAD_STATUS = ["away", "on call", "On_Call", "", b"busy", 1, None, ["busy"], {"busy": 1}]
 
 BAD_FIELDS: list[tuple[type[Frame], str, list[Any]]] = [
@@ -518,6 +595,49 @@ BAD_FIELDS: list[tuple[type[Frame], str, list[Any]]] = [
     (TeamChanged, "team", BAD_TEAM),
     (TeamChanged, "seq", BAD_INT),
     (TeamChanged, "head", BAD_HEAD),
+    (Send, "urgent", [None, [], {"interval": -1}, {"final": "1"}, {"interval": True}]),
+    (Deliver, "role", BAD_ROLE),
+    (Deliver, "urgent", BAD_BOOL),
+    (Deliver, "step", [0, -1, True, "1", None]),
+    (Error, "role", BAD_ROLE),
+    (RoleSearch, "rid", BAD_INT),
+    (RoleSearch, "query", ["q" * 65, None, 1, b"q"]),
+    (RoleSearch, "mine", BAD_BOOL),
+    (RoleGet, "rid", BAD_INT),
+    (RoleGet, "role", BAD_ROLE),
+    (RoleTake, "rid", BAD_INT),
+    (RoleTake, "role", BAD_ROLE),
+    (RoleTake, "join", BAD_BOOL),
+    (RoleLeave, "rid", BAD_INT),
+    (RoleLeave, "role", BAD_ROLE),
+    (Acknowledge, "rid", BAD_INT),
+    (Acknowledge, "id", BAD_BYTES_16),
+    (Acknowledge, "sender", BAD_ID),
+    (RoleSearchOk, "rid", BAD_INT),
+    (RoleSearchOk, "roles", [None, [None], [INFO.to_map()] * 21, *([b] for b in BAD_INFO)]),
+    (RoleOk, "rid", BAD_INT),
+    (RoleOk, "info", BAD_INFO),
+    (AcknowledgeOk, "rid", BAD_INT),
+    (AcknowledgeOk, "id", BAD_BYTES_16),
+    (AcknowledgeOk, "sender", BAD_ID),
+    (AcknowledgeOk, "user", BAD_ID),
+    (AcknowledgeOk, "device", BAD_ID),
+    (AcknowledgeOk, "at", BAD_INT),
+    (AcknowledgeOk, "first", BAD_BOOL),
+    (UrgentStatus, "seq", BAD_INT),
+    (UrgentStatus, "id", BAD_BYTES_16),
+    (UrgentStatus, "sender", BAD_ID),
+    (UrgentStatus, "state", ["Acknowledged", "", None, 1, "pending"]),
+    (UrgentStatus, "step", BAD_INT),
+    (UrgentStatus, "ts", BAD_INT),
+    (UrgentStatus, "user", BAD_ID),
+    (UrgentStatus, "device", BAD_ID),
+    (UrgentStatus, "target", BAD_ID),
+    (UrgentReminder, "id", BAD_BYTES_16),
+    (UrgentReminder, "sender", BAD_ID),
+    (UrgentReminder, "n", BAD_INT),
+    (RoleChanged, "role", BAD_ROLE),
+    (RoleChanged, "holders", BAD_HOLDERS),
 ]
 
 
@@ -556,6 +676,19 @@ def test_a_send_without_body_holds_at_most_64_envelopes() -> None:
     assert len(decode(pack(m)).envs) == MAX_RECIPIENT_DEVICES + 1  # type: ignore[attr-defined]
 
 
+def test_urgent_and_role_keys_stay_off_the_wire_unless_set() -> None:
+    """Revision 4 keys (SPEC §14.5): an empty urgent map is a map; a
+    deliver's urgent is true or absent, never false."""
+    assert wire(Send(MID, "d_1", ROLE, {"d_2": b"w"}, body=b"b", urgent=Urgent()))["urgent"] == {}
+    deliver = Deliver(seq=1, id=MID, from_user="u_1", from_device="d_1", ts=5, env=b"e", urgent=False)
+    assert deliver.urgent is None and "urgent" not in wire(deliver)
+    assert decode(pack({**wire(deliver), "urgent": False})) == deliver
+    assert wire(RoleSearch(1, "")) == {"t": "role_search", "rid": 1, "query": ""}
+    nested = wire(SAMPLES[RoleOk])["info"]
+    assert list(nested) == ["role", "name", "org", "reserved", "holders", "policy"]
+    assert nested["policy"]["steps"][0] == {"delay": 300_000, "role": ROLE2, "holders": ["u_3", "u_4"]}
+
+
 def test_classic_send_and_deliver_bytes_are_unchanged() -> None:
     """Without the revision 3 keys, send and deliver encode as before: no
     new key appears, not even as nil."""
@@ -583,6 +716,13 @@ def test_classic_send_and_deliver_bytes_are_unchanged() -> None:
         (TeamChange, "rec", b"r" * MAX_RECORD_BYTES),
         (TeamsOk, "teams", []),
         (TeamsOk, "teams", [{"team": TEAM, "seq": 1, "head": HEAD}] * MAX_TEAMS_LIST),
+        (RoleSearch, "query", ""),
+        (RoleSearch, "query", "q" * 64),
+        (RoleSearchOk, "roles", [INFO.to_map()] * 20),
+        (RoleChanged, "holders", []),
+        (RoleChanged, "holders", [f"u_{i}" for i in range(16)]),
+        (Send, "urgent", {}),
+        (Deliver, "step", 2**63 - 1),
         (Error, "message", "m" * 512),
         (LookupOk, "devices", []),
         (LookupOk, "profession", ""),

@@ -16,6 +16,8 @@ from protocol.frames import (
     SERVER_FRAMES,
     Accepted,
     Ack,
+    Acknowledge,
+    AcknowledgeOk,
     Auth,
     Challenge,
     Deliver,
@@ -36,6 +38,14 @@ from protocol.frames import (
     RecallOk,
     Refused,
     Revoke,
+    RoleChanged,
+    RoleGet,
+    RoleInfo,
+    RoleLeave,
+    RoleOk,
+    RoleSearch,
+    RoleSearchOk,
+    RoleTake,
     Search,
     SearchOk,
     Send,
@@ -47,12 +57,15 @@ from protocol.frames import (
     TeamOk,
     Teams,
     TeamsOk,
+    UrgentReminder,
+    UrgentStatus,
     Watch,
     Watching,
     Welcome,
     decode,
     encode,
 )
+from protocol.oncall import Policy
 from protocol.session import ALLOWED, ServerSession, State, error_frame
 
 USER = "u_00000000000000a1"
@@ -62,6 +75,7 @@ KEYS = crypto.DeviceKeys(bytes(range(32)), bytes(range(32, 64)))
 OTHER_KEYS = crypto.DeviceKeys(bytes(range(64, 96)), bytes(range(96, 128)))
 CODE = "7K3M-9QXR-2H4P-VW8N"
 TEAM = "t_00000000000000c1"
+ROLE = "r_00000000000000d1"
 
 
 def auth_frame(
@@ -129,6 +143,16 @@ def sample(cls: type[Frame], session: ServerSession) -> Frame:
         return TeamChain(rid=1, team=TEAM, from_seq=0)
     if cls is Recall:
         return Recall(rid=1, id=bytes(16))
+    if cls is RoleSearch:
+        return RoleSearch(rid=1, query="cardio")
+    if cls is RoleGet:
+        return RoleGet(rid=1, role=ROLE)
+    if cls is RoleTake:
+        return RoleTake(rid=1, role=ROLE)
+    if cls is RoleLeave:
+        return RoleLeave(rid=1, role=ROLE)
+    if cls is Acknowledge:
+        return Acknowledge(rid=1, id=bytes(16), sender="u_00000000000000b1")
     assert cls is LinkCode
     return LinkCode(rid=1)
 
@@ -140,7 +164,7 @@ def test_challenge_frame() -> None:
     a, b = ServerSession(), ServerSession(authority=b"\x05" * 32)
     assert a.state is State.CHALLENGED
     frame = decode(a.challenge(), SERVER_FRAMES)
-    assert frame == Challenge(v=1, nonce=a.nonce, caps=("refusals", "teams"))
+    assert frame == Challenge(v=1, nonce=a.nonce, caps=("refusals", "teams", "oncall"))
     assert len(a.nonce) == 32 and a.nonce != b.nonce
     # The authority key the hub is configured with, for enrolling clients (SPEC §5.1).
     other = decode(b.challenge(), SERVER_FRAMES)
@@ -182,6 +206,11 @@ def test_table_covers_every_client_frame_once() -> None:
         Teams,
         TeamChain,
         Recall,
+        RoleSearch,
+        RoleGet,
+        RoleTake,
+        RoleLeave,
+        Acknowledge,
     }
     assert ALLOWED[State.CLOSED] == set()
     assert set(ALLOWED) == set(State)
@@ -196,6 +225,9 @@ def test_spec_table_2_matches_allowed() -> None:
     section_13_4 = spec.split("### 13.4", 1)[1].split("### 13.5", 1)[0]
     revision_3 = set(re.findall(r"^\| `([a-z_]+)` \| `rid`", section_13_4, re.M))
     assert revision_3 == {"team_change", "teams", "team_chain", "recall"}
+    section_14_3 = spec.split("### 14.3", 1)[1].split("### 14.4", 1)[0]
+    revision_3 |= set(re.findall(r"^\| `([a-z_]+)` \| `rid`", section_14_3, re.M))
+    assert revision_3 >= {"role_search", "role_get", "role_take", "role_leave", "acknowledge"}
     every = {cls.TYPE for cls in CLIENT_FRAMES}
     for state in State:
         row = re.search(rf"^\| {state.name} \| ([^|]*) \| ([^|]*) \|$", table, re.M)
@@ -258,6 +290,12 @@ SERVER_SAMPLES: list[Frame] = [
     TeamChainOk(rid=1, team=TEAM, recs=(), more=False),
     RecallOk(rid=1, id=MID, removed=0),
     TeamChanged(team=TEAM, seq=2, head=bytes(32)),
+    RoleSearchOk(rid=1, roles=()),
+    RoleOk(rid=1, info=RoleInfo(ROLE, "Garde", "", True, (), Policy(120_000, (), 600_000))),
+    AcknowledgeOk(rid=1, id=MID, sender="u_b", user="u_a", device="d_a", at=4, first=False),
+    UrgentStatus(seq=4, id=MID, sender="u_a", state="unacknowledged", step=0, ts=5),
+    UrgentReminder(id=MID, sender="u_b", n=1),
+    RoleChanged(role=ROLE, holders=()),
 ]
 
 
