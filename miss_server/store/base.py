@@ -55,25 +55,31 @@ cannot be reached; nothing was written in that case.
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass
-from typing import Protocol
+from dataclasses import dataclass, field
+from typing import Any, Protocol
 
 __all__ = [
     "COMMIT_INTERVAL",
     "AcceptResult",
+    "AckResult",
     "AuditEvent",
     "CodeInvalid",
     "Device",
     "DeviceLimit",
+    "EscalationDue",
+    "EscalationPlan",
     "GroupCommitStats",
     "Invitation",
     "Kind",
     "NewMessage",
     "NewTeamMessage",
+    "OrgPolicy",
     "Organisation",
     "Queued",
     "Refusals",
+    "Role",
     "SchemaMismatch",
+    "Shift",
     "Store",
     "StoreUnavailable",
     "TeamAppend",
@@ -134,6 +140,10 @@ class Kind(enum.IntEnum):
     #: wrap, ``body`` the sealed body stored once for every device, ``team``
     #: the team. Sent only on connections that named the ``teams`` capability.
     TEAM = 4
+    #: An ``urgent_status`` (SPEC §14): the payload is the msgpack array
+    #: ``[state, step, user, device, target]``, ``peer_user`` the urgent
+    #: message's sender. Sent only on connections that named ``oncall``.
+    URGENT_STATUS = 5
 
 
 @dataclass(frozen=True, slots=True)
@@ -241,9 +251,16 @@ class Queued:
     peer_device: str
     ts: int
     payload: bytes
-    #: ``Kind.TEAM`` only: the sealed body and the team it was sent to.
+    #: ``Kind.TEAM`` only: the sealed body and the team it was sent to
+    #: (the ``to`` of the send: a team, role or user id).
     body: bytes | None = None
     team: str | None = None
+    #: ``Kind.TEAM`` only (SPEC §14): the role a role message was sent to,
+    #: whether it is urgent, and the escalation step that released this copy
+    #: (None for a primary row).
+    role: str | None = None
+    urgent: bool = False
+    step: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -251,7 +268,13 @@ class NewTeamMessage:
     """One accepted ``send`` to a team (SPEC §13.4): ``body`` is stored once,
     and ``wraps`` maps each target device to its 72-byte key wrap, one lean
     row each. ``ts`` is the hub's receive time, ``expires_at`` the time its
-    rows and body go (``min(ts + ttl, ts + default expiry)``)."""
+    rows and body go (``min(ts + ttl, ts + default expiry)``).
+
+    Role and urgent messages (SPEC §14) are sealed-body messages too:
+    ``team`` is the ``to`` (a team, role or user id), ``role`` the role of a
+    role message. An urgent one has ``plan`` (its timers) and ``held``:
+    step (1..n) -> device -> wrap, the backups' rows, stored held until
+    their step fires; ``wraps`` are then the primary rows (step 0)."""
 
     message_id: bytes
     sender_user: str
@@ -261,6 +284,10 @@ class NewTeamMessage:
     wraps: dict[str, bytes]
     ts: int
     expires_at: int
+    urgent: bool = False
+    held: dict[int, dict[str, bytes]] = field(default_factory=dict)
+    plan: EscalationPlan | None = None
+    role: str | None = None
 
     def queued(self, seq: int, device_id: str) -> Queued:
         """The queue row of this message for ``device_id``, stored as ``seq``."""
@@ -275,6 +302,9 @@ class NewTeamMessage:
             self.wraps[device_id],
             self.body,
             self.team,
+            self.role,
+            self.urgent,
+            None,
         )
 
 
@@ -315,6 +345,94 @@ class TeamAppend(enum.Enum):
     OK = "ok"  # stored, the record is the new head
     CONFLICT = "conflict"  # the chain moved on (or a creation of an existing team): nothing stored
     FULL = "full"  # a user would pass max_teams_per_user: nothing stored
+
+
+# --- on-call roles and urgent messages (SPEC §14) ------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Role:
+    """An on-call role: ``policy`` is its escalation policy in store form
+    (``protocol.oncall.pack_policy``), None for the organisation's default."""
+
+    role: str
+    name: str
+    org: str
+    reserved: bool
+    policy: bytes | None
+    created_at: int  # ms
+
+
+@dataclass(frozen=True, slots=True)
+class Shift:
+    """A scheduled holdership: ``user_id`` holds ``role`` for ``start <= t < end`` (ms)."""
+
+    role: str
+    user_id: str
+    start: int
+    end: int
+
+
+@dataclass(frozen=True, slots=True)
+class OrgPolicy:
+    """An organisation's default escalation policy (no steps)."""
+
+    org: str
+    interval: int
+    final: int
+
+
+@dataclass(frozen=True, slots=True)
+class EscalationPlan:
+    """One urgent message's timers, stored with it atomically.
+
+    ``deadlines`` are absolute (ms): the release times of steps 1..n, then
+    the final deadline (``Policy.deadlines``). ``targets[k]`` are the users
+    of step k (0 = primary); ``step_targets[k - 1]`` the target id (role or
+    user) of step k, for ``urgent_status.target``."""
+
+    interval: int
+    deadlines: tuple[int, ...]
+    targets: tuple[tuple[str, ...], ...]
+    step_targets: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class EscalationDue:
+    """One action :meth:`Store.due_escalations` performed (and committed).
+
+    ``kind``: ``"step"`` (step ``step`` released: ``released`` are its rows,
+    moved to the queue with new seqs, ``statuses`` the ``escalated`` rows for
+    the sender's devices, ``target`` the step's target id), ``"final"``
+    (``statuses`` the ``unacknowledged`` rows) or ``"remind"`` (``remind_users``
+    are the released recipients to re-notify, ``n`` the reminder's number)."""
+
+    esc_id: int
+    sender_user: str
+    message_id: bytes
+    kind: str
+    step: int
+    target: str | None
+    released: list[Queued]
+    statuses: list[Queued]
+    remind_users: tuple[str, ...]
+    n: int
+
+
+@dataclass(frozen=True, slots=True)
+class AckResult:
+    """What :meth:`Store.acknowledge` did: ``user``/``device``/``at`` are of
+    the FIRST acknowledgement (``first`` when this call made it); ``step``
+    the step reached then; ``statuses`` the ``acknowledged`` rows queued and
+    ``deleted_held`` the held rows deleted (both empty/0 unless ``first``)."""
+
+    first: bool
+    user: str
+    device: str
+    at: int
+    step: int
+    statuses: list[Queued]
+    deleted_held: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -515,3 +633,94 @@ class Store(Protocol):
         every column of its rows (8 per integer, the length of each text and
         blob) in the body row, the device rows and its accepted-id record.
         Indexes and the engines' per-row headers are not counted."""
+
+    # --- on-call roles (SPEC §14) --------------------------------------------------
+
+    async def create_role(self, name: str, org: str, reserved: bool, policy: bytes | None, now: int) -> Role:
+        """Create a role with a fresh id (``protocol.oncall.new_role_id``)."""
+
+    async def get_role(self, role: str) -> Role | None: ...
+
+    async def set_role_policy(self, role: str, policy: bytes | None) -> bool:
+        """Replace the role's policy (None: the organisation's default); False if unknown."""
+
+    async def delete_role(self, role: str) -> bool:
+        """Delete a role with its holders and shifts; False if unknown."""
+
+    async def search_roles(self, query: str, limit: int, now: int) -> list[Role]:
+        """Roles whose name or org contains ``query`` (case and accents
+        folded as :meth:`search_users`; an empty query matches all), by name
+        then id, at most ``limit``."""
+
+    async def list_roles(self) -> list[Role]:
+        """Every role, by org, name, id."""
+
+    async def role_holders(self, role: str, now: int) -> list[str]:
+        """Manual holders and users with a shift ``start <= now < end``,
+        sorted, the first ``MAX_ROLE_HOLDERS`` (16)."""
+
+    async def user_roles(self, user_id: str, now: int) -> list[Role]:
+        """The roles the user holds at ``now`` (manually or by a shift), by name then id."""
+
+    async def take_role(
+        self, role: str, user_id: str, join: bool, now: int, max_roles: int
+    ) -> tuple[bool, list[str]]:
+        """Make the user a manual holder. Without ``join``, a handover: the
+        other manual holders are released (returned). ``(False, [])`` when the
+        user already holds ``max_roles`` other roles manually (``role_full``),
+        or the role is unknown, nothing written; holding it already is ok.
+        Audited ``role.taken`` (with the released users) in the same transaction."""
+
+    async def leave_role(self, role: str, user_id: str) -> bool:
+        """Remove the user's manual holdership (True if there was one);
+        audited ``role.left`` when there was."""
+
+    async def assign_role(self, role: str, user_id: str, now: int) -> bool:
+        """An administrator's: add a manual holder, without the
+        ``max_roles`` cap; False if the role is unknown."""
+
+    async def unassign_role(self, role: str, user_id: str) -> bool:
+        """Remove a manual holder; True if there was one."""
+
+    async def replace_shifts(self, role_shifts: list[Shift], roles: list[str]) -> int:
+        """Import a schedule: atomically replace every shift of ``roles`` by
+        ``role_shifts`` (whose roles must be among ``roles``); returns how
+        many were inserted. Manual holders are left alone."""
+
+    async def shifts(self, role: str, since: int) -> list[Shift]:
+        """The role's shifts with ``end > since``, by start then user."""
+
+    async def set_org_policy(self, org: str, interval: int, final: int) -> None: ...
+
+    async def get_org_policy(self, org: str) -> OrgPolicy | None: ...
+
+    # --- urgent messages (SPEC §14) -------------------------------------------------
+
+    async def due_escalations(self, now: int, limit: int) -> list[EscalationDue]:
+        """Claim and perform every due action of up to ``limit`` escalations
+        (``next_at <= now``), each escalation in its own transaction, exactly
+        once across hub nodes: release the held rows of a due step (moved
+        into the queue with new seqs) with ``escalated`` statuses for the
+        sender, the ``unacknowledged`` statuses at the final deadline, or a
+        reminder (``next_remind`` advances by ``interval``, to ``now +
+        interval`` when far behind: reminders are not caught up). Audits
+        ``urgent.escalated`` / ``urgent.unacknowledged`` in the same
+        transaction (metadata only). Cheap when nothing is due."""
+
+    async def acknowledge(
+        self, sender_user: str, message_id: bytes, user_id: str, device_id: str, now: int, expires_at: int
+    ) -> AckResult | None:
+        """Acknowledge urgent message ``(sender_user, message_id)`` for
+        ``user_id``: None unless the user is a target of a step already
+        released (0 = primary). The first: state ``acknowledged``, held rows
+        deleted, ``acknowledged`` statuses queued (expiring at ``expires_at``)
+        for the sender's and every released recipient's attested devices but
+        ``device_id``, audited ``urgent.acknowledged``; later ones change
+        nothing and report the first (``first=False``)."""
+
+    async def escalation_state(self, sender_user: str, message_id: bytes) -> dict[str, Any] | None:
+        """For tests and administrators: ``{state, step, held, next_at,
+        reminders, ack_user, ack_device, ack_at}``, None if no escalation."""
+
+    async def held_rows(self, sender_user: str, message_id: bytes) -> int:
+        """The message's rows still held (not released)."""
