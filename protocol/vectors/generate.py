@@ -1,4 +1,4 @@
-"""Write the protocol v1 test vectors: ``frames.json``, ``crypto.json`` and ``teams.json``.
+"""Write the protocol v1 test vectors: ``frames.json``, ``crypto.json``, ``teams.json`` and ``oncall.json``.
 
 Run by hand, from the repository root, whenever the wire format changes on
 purpose: within v1 only by addition (new frame types such as the presence
@@ -31,10 +31,12 @@ from typing import Any
 import msgpack
 import nacl.signing
 
-from protocol import attestation, crypto, teams
+from protocol import attestation, crypto, errors, oncall, teams
 from protocol.frames import (
     Accepted,
     Ack,
+    Acknowledge,
+    AcknowledgeOk,
     Auth,
     ChainEntry,
     Challenge,
@@ -55,9 +57,18 @@ from protocol.frames import (
     Presence,
     Recall,
     RecallOk,
+    Record,
     Refusal,
     Refused,
     Revoke,
+    RoleChanged,
+    RoleGet,
+    RoleInfo,
+    RoleLeave,
+    RoleOk,
+    RoleSearch,
+    RoleSearchOk,
+    RoleTake,
     Search,
     SearchOk,
     Send,
@@ -70,6 +81,9 @@ from protocol.frames import (
     TeamOk,
     Teams,
     TeamsOk,
+    Urgent,
+    UrgentReminder,
+    UrgentStatus,
     Watch,
     Watching,
     Welcome,
@@ -109,6 +123,17 @@ TEAM_MESSAGE_ID = crypto.new_message_id(T0 + 9000, bytes(range(0x20, 0x2A)))
 NOTICE_ID = crypto.new_message_id(T0 + 9500, bytes(range(0x30, 0x3A)))
 BODY_KEY = bytes(range(0x60, 0x80))  # K, 32 bytes
 BODY_NONCE = bytes(range(0x80, 0x98))  # 24 bytes
+# --- SPEC revision 4 (§14): on-call roles and urgent messages
+ROLE_ID = "r_9a4d000000000001"  # "Cardiologie — senior de garde", held by Bob
+BACKUP_ROLE_ID = "r_9a4d000000000002"  # "Cardiologie — chef de clinique", held by Carol
+URGENT_MESSAGE_ID = crypto.new_message_id(T0 + 12_000, bytes(range(0x40, 0x4A)))
+URGENT_BODY_KEY = bytes(range(0x98, 0xB8))  # 32 bytes, never the team message's K
+URGENT_BODY_NONCE = bytes(range(0xB8, 0xD0))  # 24 bytes
+ROLE_POLICY = oncall.Policy(
+    interval=120_000,
+    steps=(oncall.Step(300_000, role=BACKUP_ROLE_ID), oncall.Step(600_000, user=DAN)),
+    final=600_000,
+)
 
 
 def alice_attestation() -> attestation.Attestation:
@@ -189,7 +214,7 @@ def jsonable(value: Any) -> Any:
     """Python wire value -> JSON, with bytes as {"bin": hex}."""
     if isinstance(value, bytes):
         return {"bin": value.hex()}
-    if isinstance(value, (DeviceInfo, DeviceEntry, Refusal, TeamHead, ChainEntry)):
+    if isinstance(value, Record):  # DeviceInfo, TeamHead, RoleInfo, Urgent...: its map, no "t"
         return jsonable(value.to_map())
     if isinstance(value, Presence):  # nested in 'watching': its fields, no "t"
         return jsonable(value.fields_map())
@@ -273,6 +298,317 @@ def sealed_team_body() -> tuple[bytes, bytes]:
     key, body = crypto.seal_body(packed, TEAM_MESSAGE_ID, KEYS[ALICE_PHONE], key=BODY_KEY, nonce=BODY_NONCE)
     assert key == BODY_KEY
     return packed, body
+
+
+def urgent_plaintext() -> crypto.Plaintext:
+    """Alice's urgent message to the role ROLE_ID (SPEC §14.5): ``to`` is the role."""
+    return crypto.Plaintext(
+        URGENT_MESSAGE_ID,
+        ALICE,
+        ROLE_ID,
+        T0 + 12_000,
+        "text",
+        "Box 4 : douleur thoracique, sus-décalage ST en inférieur. Besoin d'un avis maintenant.",
+        urgent=True,
+    )
+
+
+def sealed_urgent_body() -> tuple[bytes, bytes]:
+    """(packed plaintext padded to 256, sealed body) of the urgent role message."""
+    packed = crypto.pack_plaintext(urgent_plaintext(), pad_to=256)
+    _, body = crypto.seal_body(
+        packed, URGENT_MESSAGE_ID, KEYS[ALICE_PHONE], key=URGENT_BODY_KEY, nonce=URGENT_BODY_NONCE
+    )
+    return packed, body
+
+
+def role_info(holders: tuple[str, ...] = (BOB,)) -> RoleInfo:
+    """ROLE_ID as role_ok shows it: its policy's steps list their holders now."""
+    policy = oncall.Policy(
+        ROLE_POLICY.interval,
+        (
+            oncall.Step(300_000, role=BACKUP_ROLE_ID, holders=(CAROL,)),
+            oncall.Step(600_000, user=DAN, holders=(DAN,)),
+        ),
+        ROLE_POLICY.final,
+    )
+    return RoleInfo(ROLE_ID, "Cardiologie — senior de garde", "CHRU de Tours", False, holders, policy)
+
+
+def oncall_frame_vectors() -> list[dict[str, Any]]:
+    """frames.json vectors of revision 4 (SPEC §14.3-§14.7)."""
+    _, body = sealed_urgent_body()
+    wrap = {
+        d: crypto.wrap_key(URGENT_BODY_KEY, KEYS[ALICE_PHONE], KEYS[d].box_pk, nonce=ENVELOPE_NONCE)
+        for d in (BOB_PHONE, ALICE_LAPTOP)
+    }
+    c, s = "client->hub", "hub->client"
+    return [
+        frame_vector(
+            "role_search",
+            c,
+            "search roles by name or organisation (SPEC §14.3); mine is absent (false)",
+            RoleSearch(rid=30, query="cardio"),
+        ),
+        frame_vector(
+            "role_search_mine", c, "the roles this user holds now", RoleSearch(rid=31, query="", mine=True)
+        ),
+        frame_vector(
+            "role_search_ok",
+            s,
+            "answer to 'role_search': one role; nested maps role, name, org, reserved, holders, policy "
+            "{interval, steps [{delay, role | user, holders}], final}, with no 't'",
+            RoleSearchOk(rid=30, roles=(role_info(),)),
+        ),
+        frame_vector("role_get", c, "one role with its holders now", RoleGet(rid=32, role=ROLE_ID)),
+        frame_vector(
+            "role_ok",
+            s,
+            "answer to 'role_get'/'role_take'/'role_leave': the role as it is now",
+            RoleOk(rid=32, info=role_info()),
+        ),
+        frame_vector(
+            "role_take",
+            c,
+            "Bob's phone takes the role: a handover (join absent), he becomes its only manual holder",
+            RoleTake(rid=33, role=ROLE_ID),
+        ),
+        frame_vector(
+            "role_take_join", c, "join the role's holders instead", RoleTake(rid=34, role=ROLE_ID, join=True)
+        ),
+        frame_vector(
+            "role_leave",
+            c,
+            "stop holding the role manually; the answer shows no holder left",
+            RoleLeave(rid=35, role=ROLE_ID),
+        ),
+        frame_vector(
+            "role_ok_vacant",
+            s,
+            "answer to 'role_leave': nobody holds the role now",
+            RoleOk(rid=35, info=role_info(())),
+        ),
+        frame_vector(
+            "send_role_urgent",
+            c,
+            "Alice's phone sends crypto.json padded_plaintexts vector 'urgent' to the role, sealed once "
+            "(key URGENT_BODY_KEY, nonce URGENT_BODY_NONCE of the description); envs: wraps for Bob's "
+            "phone (the holder) and Alice's laptop; urgent overrides the interval only",
+            Send(
+                id=URGENT_MESSAGE_ID,
+                sender=ALICE_PHONE,
+                to=ROLE_ID,
+                envs=wrap,
+                body=body,
+                urgent=Urgent(interval=60_000),
+            ),
+        ),
+        frame_vector(
+            "send_urgent_as_is",
+            c,
+            "the same send under the policy as it is: urgent is an empty map",
+            Send(id=URGENT_MESSAGE_ID, sender=ALICE_PHONE, to=ROLE_ID, envs=wrap, body=body, urgent=Urgent()),
+        ),
+        frame_vector(
+            "deliver_urgent_step",
+            s,
+            "a copy released at escalation step 1: role, urgent (true) and step follow body",
+            Deliver(
+                seq=60,
+                id=URGENT_MESSAGE_ID,
+                from_user=ALICE,
+                from_device=ALICE_PHONE,
+                ts=T0 + 12_100,
+                env=wrap[BOB_PHONE],
+                body=body,
+                role=ROLE_ID,
+                urgent=True,
+                step=1,
+            ),
+        ),
+        frame_vector(
+            "deliver_urgent",
+            s,
+            "the primary copy for Bob's phone: no step",
+            Deliver(
+                seq=61,
+                id=URGENT_MESSAGE_ID,
+                from_user=ALICE,
+                from_device=ALICE_PHONE,
+                ts=T0 + 12_100,
+                env=wrap[BOB_PHONE],
+                body=body,
+                role=ROLE_ID,
+                urgent=True,
+            ),
+        ),
+        frame_vector(
+            "acknowledge",
+            c,
+            "Bob's phone acknowledges Alice's urgent message (SPEC §14.7)",
+            Acknowledge(rid=36, id=URGENT_MESSAGE_ID, sender=ALICE),
+        ),
+        frame_vector(
+            "acknowledge_ok",
+            s,
+            "answer to 'acknowledge': this request was the first acknowledgement",
+            AcknowledgeOk(
+                rid=36,
+                id=URGENT_MESSAGE_ID,
+                sender=ALICE,
+                user=BOB,
+                device=BOB_PHONE,
+                at=T0 + 60_000,
+                first=True,
+            ),
+        ),
+        frame_vector(
+            "urgent_status_escalated",
+            s,
+            "queued to Alice's devices: step 1 was released to the backup role",
+            UrgentStatus(
+                seq=62,
+                id=URGENT_MESSAGE_ID,
+                sender=ALICE,
+                state="escalated",
+                step=1,
+                ts=T0 + 312_000,
+                target=BACKUP_ROLE_ID,
+            ),
+        ),
+        frame_vector(
+            "urgent_status_acknowledged",
+            s,
+            "queued to the sender's and the released recipients' devices: Bob's phone acknowledged",
+            UrgentStatus(
+                seq=63,
+                id=URGENT_MESSAGE_ID,
+                sender=ALICE,
+                state="acknowledged",
+                step=1,
+                ts=T0 + 320_000,
+                user=BOB,
+                device=BOB_PHONE,
+            ),
+        ),
+        frame_vector(
+            "urgent_status_unacknowledged",
+            s,
+            "queued to Alice's devices: nobody acknowledged by the end of the policy",
+            UrgentStatus(
+                seq=64, id=URGENT_MESSAGE_ID, sender=ALICE, state="unacknowledged", step=2, ts=T0 + 1_512_000
+            ),
+        ),
+        frame_vector(
+            "urgent_reminder",
+            s,
+            "pushed to the released recipients' connected devices: the second reminder",
+            UrgentReminder(id=URGENT_MESSAGE_ID, sender=ALICE, n=2),
+        ),
+        frame_vector(
+            "role_changed",
+            s,
+            "pushed to the users whose holdership changed: Carol handed the role over to Bob",
+            RoleChanged(role=ROLE_ID, holders=(BOB,)),
+        ),
+        frame_vector(
+            "error_role_vacant",
+            s,
+            "role_vacant answering a send to a role nobody holds: carries id and the role",
+            Error(code="role_vacant", message=errors.RoleVacant.message, id=URGENT_MESSAGE_ID, role=ROLE_ID),
+        ),
+        frame_vector(
+            "error_not_recipient",
+            s,
+            "not_recipient answering an acknowledge",
+            Error(code="not_recipient", message=errors.NotRecipient.message, rid=36),
+        ),
+    ]
+
+
+def oncall_invalid_vectors() -> list[dict[str, Any]]:
+    mal = "malformed_frame"
+    return [
+        invalid_vector(
+            "role_get_team_id",
+            "a role id is 'r_' and 16 lowercase hex digits",
+            pack({"t": "role_get", "rid": 1, "role": TEAM_ID}),
+            "client",
+            mal,
+        ),
+        invalid_vector(
+            "send_urgent_not_a_map",
+            "urgent is a map",
+            pack(
+                {
+                    "t": "send",
+                    "id": MESSAGE_ID,
+                    "from": ALICE_PHONE,
+                    "to": ROLE_ID,
+                    "envs": {BOB_PHONE: b"w"},
+                    "body": b"b",
+                    "urgent": True,
+                }
+            ),
+            "client",
+            mal,
+        ),
+        invalid_vector(
+            "deliver_step_zero",
+            "a step is 1 or more",
+            pack(
+                {
+                    "t": "deliver",
+                    "seq": 1,
+                    "id": MESSAGE_ID,
+                    "from_user": ALICE,
+                    "from_device": ALICE_PHONE,
+                    "ts": T0,
+                    "env": b"e",
+                    "step": 0,
+                }
+            ),
+            "server",
+            mal,
+        ),
+        invalid_vector(
+            "urgent_status_unknown_state",
+            "state is escalated, acknowledged or unacknowledged",
+            pack(
+                {
+                    "t": "urgent_status",
+                    "seq": 1,
+                    "id": MESSAGE_ID,
+                    "sender": ALICE,
+                    "state": "pending",
+                    "step": 0,
+                    "ts": T0,
+                }
+            ),
+            "server",
+            mal,
+        ),
+        invalid_vector(
+            "role_ok_step_two_targets",
+            "a policy step names exactly one of role and user",
+            pack(
+                {
+                    "t": "role_ok",
+                    "rid": 1,
+                    "info": {
+                        **role_info().to_map(),
+                        "policy": {
+                            "interval": 1,
+                            "steps": [{"delay": 1, "role": ROLE_ID, "user": DAN, "holders": []}],
+                            "final": 1,
+                        },
+                    },
+                }
+            ),
+            "server",
+            mal,
+        ),
+    ]
 
 
 def frames_document() -> dict[str, Any]:
@@ -1154,6 +1490,8 @@ def frames_document() -> dict[str, Any]:
             unk,
         ),
     ]
+    valid += oncall_frame_vectors()
+    invalid += oncall_invalid_vectors()
     return {
         "description": (
             "MiSS protocol v1 frame vectors (SPEC.md §3). Each 'valid' vector gives a frame's type, "
@@ -1437,6 +1775,8 @@ def plaintext_json(p: crypto.Plaintext) -> dict[str, Any]:
         out["refs"] = [r.hex() for r in p.refs]
     if p.team is not None:
         out["team"] = p.team
+    if p.urgent:
+        out["urgent"] = True
     return out
 
 
@@ -1545,6 +1885,10 @@ def padded_plaintexts_section() -> dict[str, Any]:
         ("Bob's read notice to Alice about a team message and a 1:1 message", read),
         ("Alice's recall notice for the message of vector 'send'", recall),
         ("a text of 300 characters: padded to 512 bytes", long_text),
+        (
+            "urgent: Alice's urgent message to a role (SPEC §14.5); 'urgent' comes before 'pad'",
+            urgent_plaintext(),
+        ),
     ):
         packed = crypto.pack_plaintext(p, pad_to=256)
         vectors.append(
@@ -1739,6 +2083,141 @@ def teams_document() -> dict[str, Any]:
     }
 
 
+# --- revision 4: oncall.json (SPEC §14.2) ---------------------------------------------
+
+
+def oncall_document() -> dict[str, Any]:
+    sent_at = T0 + 12_000
+    one_step = oncall.Policy(60_000, (oncall.Step(60_000, user=DAN),), 60_000)
+    five = oncall.Policy(100, tuple(oncall.Step(100, user=f"u_{i}") for i in range(5)), 100)
+    valid = []
+    for description, policy, min_ms, max_steps in (
+        ("the role of frames.json vector 'role_ok': a role step, then a user step", ROLE_POLICY, 60_000, 3),
+        ("the deployment default: no step", oncall.Policy(120_000, (), 600_000), 60_000, 3),
+        ("every value at the hub's default floor", one_step, 60_000, 3),
+        ("the protocol's bounds: 5 steps of 100 ms", five, 100, 5),
+        (
+            "the protocol's ceiling",
+            oncall.Policy(oncall.MAX_ESCALATION_MS, (), oncall.MAX_ESCALATION_MS),
+            60_000,
+            3,
+        ),
+    ):
+        policy.check(min_ms, max_steps)
+        valid.append(
+            {
+                "description": description,
+                "policy": policy.to_map(with_holders=False),
+                "packed": oncall.pack_policy(policy).hex(),
+                "min_ms": min_ms,
+                "max_steps": max_steps,
+                "deadlines": policy.deadlines(sent_at),
+            }
+        )
+    out_of_bounds = "policy_out_of_bounds"
+    invalid: list[dict[str, Any]] = []
+    for description, m, min_ms, max_steps in (
+        ("interval below the hub's floor", {"interval": 59_999, "steps": [], "final": 600_000}, 60_000, 3),
+        (
+            "a delay below the hub's floor",
+            {**ROLE_POLICY.to_map(False), "steps": [{"delay": 1_000, "user": DAN}]},
+            60_000,
+            3,
+        ),
+        ("final above MAX_ESCALATION_MS", {"interval": 60_000, "steps": [], "final": 86_400_001}, 60_000, 3),
+        (
+            "below the protocol's floor, whatever the hub says",
+            {"interval": 99, "steps": [], "final": 100},
+            0,
+            3,
+        ),
+        ("more steps than the hub allows", five.to_map(False), 100, 3),
+        (
+            "more steps than the protocol allows, whatever the hub says",
+            {**five.to_map(False), "steps": five.to_map(False)["steps"] * 2},
+            100,
+            99,
+        ),
+    ):
+        error = out_of_bounds
+        try:
+            oncall.Policy.from_map(m).check(min_ms, max_steps)
+        except errors.PolicyOutOfBounds:
+            pass
+        except errors.MalformedFrame:
+            error = "malformed_frame"
+        else:
+            raise AssertionError(description)
+        invalid.append(
+            {
+                "description": description,
+                "policy": m,
+                "min_ms": min_ms,
+                "max_steps": max_steps,
+                "error": error,
+            }
+        )
+    for description, m in (
+        (
+            "a step with both role and user",
+            {"interval": 60_000, "steps": [{"delay": 60_000, "role": ROLE_ID, "user": DAN}], "final": 60_000},
+        ),
+        ("a step with neither", {"interval": 60_000, "steps": [{"delay": 60_000}], "final": 60_000}),
+        (
+            "a step's role is not a role id",
+            {"interval": 60_000, "steps": [{"delay": 60_000, "role": DAN}], "final": 60_000},
+        ),
+        ("no final", {"interval": 60_000, "steps": []}),
+        ("a negative interval", {"interval": -1, "steps": [], "final": 60_000}),
+    ):
+        try:
+            oncall.Policy.from_map(m)
+        except errors.MalformedFrame:
+            pass
+        else:
+            raise AssertionError(description)
+        invalid.append(
+            {
+                "description": description,
+                "policy": m,
+                "min_ms": 60_000,
+                "max_steps": 3,
+                "error": "malformed_frame",
+            }
+        )
+    overrides = []
+    for urgent in (Urgent(), Urgent(interval=60_000), Urgent(final=300_000), Urgent(60_000, 300_000)):
+        p = ROLE_POLICY.with_override(urgent.interval, urgent.final)
+        overrides.append(
+            {
+                "policy": ROLE_POLICY.to_map(False),
+                "urgent": urgent.to_map(),
+                "result": p.to_map(False),
+                "deadlines": p.deadlines(sent_at),
+            }
+        )
+    return {
+        "description": (
+            "SPEC §14.2: escalation policies. 'valid': a policy (store form: steps without holders), its "
+            "canonical msgpack 'packed', the hub's bounds it passes (min_ms: escalation_min_interval_ms, "
+            "max_steps: escalation_max_steps), and 'deadlines' for a send at sent_at: the release time of "
+            "steps 1..n, then the final deadline (each the previous plus a delay; the first from sent_at). "
+            "'invalid': a policy map and the error a hub answers with those bounds (policy_out_of_bounds) or "
+            "a decoder raises (malformed_frame). 'overrides': send.urgent replaces interval and/or final, "
+            "never steps."
+        ),
+        "generator": "protocol/vectors/generate.py",
+        "protocol": "miss.v1",
+        "sent_at": sent_at,
+        "min_escalation_ms": oncall.MIN_ESCALATION_MS,
+        "max_escalation_ms": oncall.MAX_ESCALATION_MS,
+        "max_escalation_steps": oncall.MAX_ESCALATION_STEPS,
+        "valid": valid,
+        "invalid": invalid,
+        "overrides": overrides,
+    }
+
+
 def write(name: str, document: dict[str, Any]) -> None:
     path = HERE / name
     path.write_text(json.dumps(document, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
@@ -1749,6 +2228,7 @@ def main() -> None:
     write("frames.json", frames_document())
     write("crypto.json", crypto_document())
     write("teams.json", teams_document())
+    write("oncall.json", oncall_document())
 
 
 if __name__ == "__main__":

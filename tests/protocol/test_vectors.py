@@ -24,7 +24,7 @@ import nacl.signing
 import pytest
 
 import protocol
-from protocol import attestation, crypto, errors, teams
+from protocol import attestation, crypto, errors, oncall, teams
 from protocol.frames import (
     CLIENT_FRAMES,
     SERVER_FRAMES,
@@ -39,9 +39,14 @@ from protocol.frames import (
     LookupOk,
     Presence,
     Refusal,
+    RoleInfo,
+    RoleOk,
+    RoleSearchOk,
+    Send,
     TeamChainOk,
     TeamHead,
     TeamsOk,
+    Urgent,
     Watching,
     decode,
     encode,
@@ -53,6 +58,7 @@ VECTORS = PROTOCOL_DIR / "vectors"
 FRAMES = json.loads((VECTORS / "frames.json").read_text(encoding="utf-8"))
 CRYPTO = json.loads((VECTORS / "crypto.json").read_text(encoding="utf-8"))
 TEAMS = json.loads((VECTORS / "teams.json").read_text(encoding="utf-8"))
+ONCALL = json.loads((VECTORS / "oncall.json").read_text(encoding="utf-8"))
 FRAME_TYPES: dict[str, type[Frame]] = {cls.TYPE: cls for cls in CLIENT_FRAMES + SERVER_FRAMES}
 ALLOWED_BY_DIRECTION = {"client": CLIENT_FRAMES, "server": SERVER_FRAMES, "any": None}
 KEYS = {k["device"]: k for k in CRYPTO["keys"]}
@@ -89,10 +95,26 @@ def build_frame(frame_type: str, fields: dict[str, Any]) -> Frame:
             value = tuple(TeamHead(**d) for d in value)
         elif cls is TeamChainOk and key == "recs":
             value = tuple(ChainEntry(**d) for d in value)
+        elif cls is RoleSearchOk and key == "roles":
+            value = tuple(role_info(d) for d in value)
+        elif cls is RoleOk and key == "info":
+            value = role_info(value)
+        elif cls is Send and key == "urgent":
+            value = Urgent(value.get("interval"), value.get("final"))
         elif isinstance(value, list):
             value = tuple(value)
         kwargs[wire_keys[key]] = value
     return cls(**kwargs)
+
+
+def role_info(d: dict[str, Any]) -> RoleInfo:
+    """A RoleInfo from its JSON map, built field by field (not via decode)."""
+    steps = tuple(
+        oncall.Step(s["delay"], s.get("role"), s.get("user"), tuple(s["holders"]))
+        for s in d["policy"]["steps"]
+    )
+    policy = oncall.Policy(d["policy"]["interval"], steps, d["policy"]["final"])
+    return RoleInfo(d["role"], d["name"], d["org"], d["reserved"], tuple(d["holders"]), policy)
 
 
 def device_keys(device: str) -> crypto.DeviceKeys:
@@ -108,7 +130,7 @@ def ids(vectors: list[dict[str, Any]]) -> list[str]:
 
 
 def test_files_describe_themselves() -> None:
-    for doc in (FRAMES, CRYPTO, TEAMS):
+    for doc in (FRAMES, CRYPTO, TEAMS, ONCALL):
         assert doc["protocol"] == protocol.SUBPROTOCOL
         assert doc["description"]
     every = (
@@ -140,6 +162,14 @@ def test_every_frame_type_has_a_vector() -> None:
     assert added <= {(v["type"], k) for v in FRAMES["valid"] for k in v["fields"]}
     codes = {v["fields"]["code"] for v in FRAMES["valid"] if v["type"] == "error"}
     assert {"too_many_devices", "not_verified", "team_changed", "team_conflict"} <= codes
+    # SPEC revision 4 (§14.3, §14.5): the optional keys of send, deliver and error.
+    added = {("send", "urgent"), ("deliver", "role"), ("deliver", "urgent"), ("deliver", "step")}
+    added |= {("error", "role"), ("role_search", "mine"), ("role_take", "join")}
+    added |= {("urgent_status", k) for k in ("user", "device", "target")}
+    assert added <= {(v["type"], k) for v in FRAMES["valid"] for k in v["fields"]}
+    assert {"role_vacant", "not_recipient"} <= codes
+    states = {v["fields"]["state"] for v in FRAMES["valid"] if v["type"] == "urgent_status"}
+    assert states == {"escalated", "acknowledged", "unacknowledged"}
     assert {v["error"] for v in FRAMES["invalid"]} == {"malformed_frame", "unknown_frame_type"}
 
 
@@ -272,6 +302,7 @@ def plaintext_of(fields: dict[str, Any]) -> crypto.Plaintext:
         expires_at=fields.get("expires_at"),
         refs=tuple(bytes.fromhex(r) for r in fields["refs"]) if "refs" in fields else None,
         team=fields.get("team"),
+        urgent=fields.get("urgent", False),
     )
 
 
@@ -288,6 +319,7 @@ PLAINTEXT_ORDER = [
     "expires_at",
     "refs",
     "team",
+    "urgent",
 ]
 
 
@@ -623,6 +655,13 @@ def test_spec_error_table_matches_errors_module() -> None:
     for code, fatal in rows_13_7:
         assert code not in table, code
         table[code] = (fatal == "yes", None, False)
+    # Revision 4's errors (SPEC §14.9), likewise none fatal or retryable.
+    section_14_9 = spec.split("### 14.9", 1)[1].split("\n### 14.10", 1)[0]
+    rows_14_9 = re.findall(r"^\| `([a-z_]+)` \| (yes|no) \|", section_14_9, re.M)
+    assert len(rows_14_9) == 7, "no error table found in SPEC §14.9"
+    for code, fatal in rows_14_9:
+        assert code not in table, code
+        table[code] = (fatal == "yes", None, False)
     classes = {cls.code: cls for cls in _error_classes()}
     assert set(table) == set(classes)
     for code, cls in classes.items():
@@ -647,3 +686,57 @@ def test_error_frame_message_matches_errors_module() -> None:
         assert isinstance(frame, Error)
         cls = errors.error_class(frame.code)
         assert (frame.message, frame.fatal) == (cls.message, issubclass(cls, errors.FatalError))
+
+
+# --- oncall.json (SPEC §14.2) ----------------------------------------------------------------
+
+
+def test_oncall_file_names_the_protocol_bounds() -> None:
+    assert ONCALL["min_escalation_ms"] == oncall.MIN_ESCALATION_MS == 100
+    assert ONCALL["max_escalation_ms"] == oncall.MAX_ESCALATION_MS == 86_400_000
+    assert ONCALL["max_escalation_steps"] == oncall.MAX_ESCALATION_STEPS == 5
+    assert {v["error"] for v in ONCALL["invalid"]} == {"policy_out_of_bounds", "malformed_frame"}
+
+
+@pytest.mark.parametrize("vector", ONCALL["valid"], ids=ids(ONCALL["valid"]))
+def test_valid_policy_vector(vector: dict[str, Any]) -> None:
+    policy = oncall.Policy.from_map(vector["policy"])
+    packed = bytes.fromhex(vector["packed"])
+    assert oncall.pack_policy(policy) == packed == msgpack.packb(vector["policy"], use_bin_type=True)
+    assert oncall.unpack_policy(packed) == policy
+    policy.check(vector["min_ms"], vector["max_steps"])
+    assert policy.deadlines(ONCALL["sent_at"]) == vector["deadlines"]
+    # SPEC §14.2: each deadline is the previous one plus a delay, the last plus final.
+    t, expected = ONCALL["sent_at"], []
+    for step in vector["policy"]["steps"]:
+        t += step["delay"]
+        expected.append(t)
+    assert vector["deadlines"] == [*expected, t + vector["policy"]["final"]]
+
+
+@pytest.mark.parametrize("vector", ONCALL["invalid"], ids=ids(ONCALL["invalid"]))
+def test_invalid_policy_vector(vector: dict[str, Any]) -> None:
+    expected = errors.error_class(vector["error"])
+    with pytest.raises(expected):
+        oncall.Policy.from_map(vector["policy"]).check(vector["min_ms"], vector["max_steps"])
+
+
+@pytest.mark.parametrize("vector", ONCALL["overrides"], ids=lambda v: repr(v["urgent"]))
+def test_override_vector(vector: dict[str, Any]) -> None:
+    policy = oncall.Policy.from_map(vector["policy"])
+    urgent = vector["urgent"]
+    result = policy.with_override(urgent.get("interval"), urgent.get("final"))
+    assert result.to_map(with_holders=False) == vector["result"]
+    assert result.steps == policy.steps
+    assert result.deadlines(ONCALL["sent_at"]) == vector["deadlines"]
+
+
+def test_urgent_frames_carry_the_urgent_plaintext() -> None:
+    by_name = {v["name"]: v for v in FRAMES["valid"]}
+    urgent = next(v for v in PADDED if v["plaintext"].get("urgent"))
+    assert urgent["plaintext"]["to"] == by_name["send_role_urgent"]["fields"]["to"]
+    assert by_name["deliver_urgent"]["fields"]["role"] == urgent["plaintext"]["to"]
+    assert by_name["send_role_urgent"]["fields"]["id"]["bin"] == urgent["plaintext"]["id"]
+    policy = by_name["role_ok"]["fields"]["info"]["policy"]
+    strip = [{k: v for k, v in s.items() if k != "holders"} for s in policy["steps"]]
+    assert {**policy, "steps": strip} == ONCALL["valid"][0]["policy"]
