@@ -54,15 +54,17 @@ from collections.abc import Awaitable, Callable, Iterable, Iterator
 from protocol import errors
 from protocol.session import error_frame
 
-from .store.base import Kind, Store, StoreUnavailable
+from .store.base import Kind, Queued, Store, StoreUnavailable
 from .wakeup import (
     TAG_CLOSE,
     TAG_DRAIN,
     TAG_MESSAGE,
+    TAG_ONCALL,
     TAG_RECEIPT,
     TAG_REFUSAL,
     TAG_TEAM,
     MalformedWakeup,
+    is_oncall_row,
     parse,
     row_frame,
 )
@@ -98,7 +100,10 @@ class DeviceLink:
     ``send`` writes frames to the socket, in order, in as few writes as it
     can; ``close`` closes it with a code and reason. ``refusals``: the
     client named that capability, so refusal receipts are sent to it;
-    ``teams``: likewise for team messages and ``team_changed`` pushes. Call
+    ``teams``: likewise for team messages and ``team_changed`` pushes;
+    ``oncall``: likewise for messages to roles, urgent messages, their
+    ``urgent_status`` rows and the ``urgent_reminder`` and ``role_changed``
+    pushes (SPEC §14). Call
     :meth:`start` once, :meth:`acked` when the device acks, and :meth:`stop`
     when the connection ends.
     """
@@ -113,10 +118,12 @@ class DeviceLink:
         *,
         refusals: bool = False,
         teams: bool = False,
+        oncall: bool = False,
     ) -> None:
         self.device_id = device_id
         self.refusals = refusals
         self.teams = teams
+        self.oncall = oncall
         #: the connection's presence entry, set by the hub once attached
         self.presence_key = ""
         self._store = store
@@ -162,6 +169,10 @@ class DeviceLink:
             if not self.teams:
                 return  # held in the store for a connection that names ``teams``
             tag = TAG_MESSAGE  # otherwise it travels like a message
+        elif tag == TAG_ONCALL:
+            if not self.oncall:
+                return  # held in the store for a connection that names ``oncall``
+            tag = TAG_MESSAGE  # urgent: never held back like a receipt
         if tag == TAG_MESSAGE or tag == TAG_RECEIPT:
             if not self._need_drain:
                 if len(self._outbox) >= OUTBOX_LIMIT or self._outbox_bytes + len(body) > OUTBOX_BYTES:
@@ -259,12 +270,14 @@ class DeviceLink:
             await self._send(frames)
             self._on_sent(len(frames))
 
-    def _understood(self, kind: Kind) -> bool:
-        """Whether this connection's client knows the frame of a row of ``kind``
-        (SPEC §6.5, §13): other rows wait in the store for one that does."""
-        if kind is Kind.REFUSAL:
+    def _understood(self, row: Queued) -> bool:
+        """Whether this connection's client knows the frame of ``row``
+        (SPEC §6.5, §13, §14): other rows wait in the store for one that does."""
+        if is_oncall_row(row):
+            return self.oncall
+        if row.kind is Kind.REFUSAL:
             return self.refusals
-        if kind is Kind.TEAM:
+        if row.kind is Kind.TEAM:
             return self.teams
         return True
 
@@ -272,7 +285,7 @@ class DeviceLink:
         cursor, limit = 0, FIRST_PAGE
         while True:
             rows = await self._store.pending(self.device_id, cursor, limit, _now_ms())
-            await self._send_rows((row.seq, row_frame(row)) for row in rows if self._understood(row.kind))
+            await self._send_rows((row.seq, row_frame(row)) for row in rows if self._understood(row))
             if len(rows) < limit:
                 return
             cursor = rows[-1].seq

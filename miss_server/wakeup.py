@@ -12,6 +12,9 @@ A wake-up is one broker payload. Its first byte is a tag:
 * ``b"T" + seq + frame``: a queued team message (SPEC §13), which a link
   sends only if its client named the ``teams`` capability; otherwise the
   row waits in the store, like a refusal;
+* ``b"O" + seq + frame``: a queued on-call row (SPEC §14): a message to a
+  role, an urgent message, or an ``urgent_status``, which a link sends only
+  if its client named the ``oncall`` capability (otherwise the row waits);
 * ``b"D"``: drain: rows may exist that no wake-up announced (a resend of an
   id whose first wake-ups died with a hub node, or a connection of the
   device that ended while a newer one existed);
@@ -34,8 +37,11 @@ upgrade.
 
 from __future__ import annotations
 
+import msgpack
+
 from protocol import errors
-from protocol.frames import Deliver, Delivered, Refused, encode
+from protocol import teams as pt
+from protocol.frames import Deliver, Delivered, Refused, UrgentStatus, encode
 
 from .broker.base import device_channel
 from .store.base import Kind, Queued
@@ -46,12 +52,14 @@ __all__ = [
     "TAG_CLOSE",
     "TAG_DRAIN",
     "TAG_MESSAGE",
+    "TAG_ONCALL",
     "TAG_RECEIPT",
     "TAG_REFUSAL",
     "TAG_TEAM",
     "MalformedWakeup",
     "close_error",
     "close_wakeup",
+    "is_oncall_row",
     "parse",
     "row_frame",
     "row_wakeup",
@@ -62,10 +70,11 @@ TAG_MESSAGE = ord("Q")
 TAG_RECEIPT = ord("R")
 TAG_REFUSAL = ord("F")
 TAG_TEAM = ord("T")
+TAG_ONCALL = ord("O")
 TAG_DRAIN = ord("D")
 TAG_CLOSE = ord("X")
 #: The tags followed by a seq and a frame.
-ROW_TAGS = frozenset({TAG_MESSAGE, TAG_RECEIPT, TAG_REFUSAL, TAG_TEAM})
+ROW_TAGS = frozenset({TAG_MESSAGE, TAG_RECEIPT, TAG_REFUSAL, TAG_TEAM, TAG_ONCALL})
 DRAIN_WAKEUP = b"D"
 
 _SEQ_END = 9  # the tag, then 8 bytes of seq
@@ -79,11 +88,19 @@ class MalformedWakeup(ValueError):
 # --- building -------------------------------------------------------------------
 
 
+def is_oncall_row(row: Queued) -> bool:
+    """Whether only a connection that named ``oncall`` may get ``row``: an
+    ``urgent_status``, or a message to a role or an urgent one (SPEC §14)."""
+    return row.kind is Kind.URGENT_STATUS or (row.kind is Kind.TEAM and (row.role is not None or row.urgent))
+
+
 def row_frame(row: Queued) -> bytes:
     """The frame that carries a queued row to its device."""
     if row.kind is Kind.MESSAGE:
         return encode(Deliver(row.seq, row.message_id, row.peer_user, row.peer_device, row.ts, row.payload))
     if row.kind is Kind.TEAM:
+        # The store keeps what a message was sent to in ``team``: a team,
+        # or for SPEC §14 a role or a user, which the frame does not repeat.
         return encode(
             Deliver(
                 row.seq,
@@ -93,8 +110,16 @@ def row_frame(row: Queued) -> bytes:
                 row.ts,
                 row.payload,
                 body=row.body,
-                team=row.team,
+                team=row.team if row.team is not None and pt.is_team_id(row.team) else None,
+                role=row.role,
+                urgent=True if row.urgent else None,
+                step=row.step,
             )
+        )
+    if row.kind is Kind.URGENT_STATUS:
+        state, step, user, device, target = msgpack.unpackb(row.payload, raw=False)
+        return encode(
+            UrgentStatus(row.seq, row.message_id, row.peer_user, state, step, row.ts, user, device, target)
         )
     if row.kind is Kind.REFUSAL:
         reason = row.payload.decode("ascii")
@@ -104,7 +129,8 @@ def row_frame(row: Queued) -> bytes:
 
 def row_wakeup(row: Queued) -> bytes:
     """The wake-up announcing ``row``, with a copy of its frame."""
-    return _TAGS[row.kind] + row.seq.to_bytes(8, "big") + row_frame(row)
+    tag = b"O" if is_oncall_row(row) else _TAGS[row.kind]
+    return tag + row.seq.to_bytes(8, "big") + row_frame(row)
 
 
 def row_wakeups(rows: list[Queued]) -> list[tuple[str, bytes]]:
