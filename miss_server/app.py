@@ -178,6 +178,7 @@ class HubServer:
             asyncio.create_task(self.hub.expire_forever(), name="expiry"),
             asyncio.create_task(self.presence.run_forever(), name="presence"),
             asyncio.create_task(self.hub.security.run_forever(), name="security"),
+            asyncio.create_task(self.hub.escalator.run_forever(), name="escalation"),
         ]
         if self.settings.authority_public_key is None:
             log.warning(

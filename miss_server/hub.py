@@ -1,7 +1,9 @@
 """One hub node's handling of a device: enrollment, authentication, its
 connection's life, and its requests: send, ack, presence, and, through the
 modules that hold them, the directory (``directory.py``) and the account's
-own devices (``devices.py``).
+own devices (``devices.py``); on-call roles (``roles.py``), sends to a role
+and urgent sends (``urgent_send.py``), and acknowledgements and the timers
+of urgent messages (``escalation.py``).
 
 :class:`Hub` holds no I/O of its own: it is given a Store and a Broker (the
 composition root in ``app.py`` picks them) and the connection handler in
@@ -50,11 +52,13 @@ from typing import TypeVar
 from protocol import errors
 from protocol import teams as pt
 from protocol.frames import (
+    CAP_ONCALL,
     CAP_REFUSALS,
     CAP_TEAMS,
     MAX_WRAPS,
     Accepted,
     Ack,
+    Acknowledge,
     Auth,
     Devices,
     Enroll,
@@ -64,6 +68,10 @@ from protocol.frames import (
     Ok,
     Recall,
     Revoke,
+    RoleGet,
+    RoleLeave,
+    RoleSearch,
+    RoleTake,
     Search,
     Send,
     SetStatus,
@@ -84,12 +92,15 @@ from .config import Settings
 from .delivery import DeviceLink, LocalLinks
 from .devices import AccountDevices
 from .directory import Directory
+from .escalation import TAG_URGENT_REMINDER, Escalator
 from .guard import Guard
 from .metrics import Metrics
 from .presence import PresenceService
+from .roles import TAG_ROLE_CHANGED, RoleService
 from .security_feed import SecurityFeed
 from .store.base import CodeInvalid, DeviceLimit, NewMessage, NewTeamMessage, Store, StoreUnavailable
 from .teams import TAG_TEAM_CHANGED, TeamService
+from .urgent_send import UrgentSend
 from .wakeup import DRAIN_WAKEUP, close_wakeup, row_wakeups
 
 __all__ = ["Hub"]
@@ -133,12 +144,25 @@ class Hub:
         self.devices = AccountDevices(store, self.accounts, self.security, audit, metrics, settings)
         self.teams = TeamService(store, broker, self.accounts, self._links, settings)
         self.security.on_team_changed = self.teams.announce_stored
+        self.roles = RoleService(store, broker, self._links, settings)
+        #: Runs the timers of urgent messages; the composition root runs
+        #: its ``run_forever`` as a task.
+        self.escalator = Escalator(store, broker, self._links, settings, metrics, self.wake)
+        self.urgent = UrgentSend(
+            store, self.accounts, self.teams, self.roles, settings, metrics, self._check_sender, self.wake
+        )
 
     def on_control(self, payload: bytes) -> None:
-        """Handler of the broker's control channel: team announcements go to
-        the team service, anything else to the security feed."""
-        if payload[:1] == TAG_TEAM_CHANGED:
+        """Handler of the broker's control channel: team and role
+        announcements and urgent reminders go to their services, anything
+        else to the security feed."""
+        tag = payload[:1]
+        if tag == TAG_TEAM_CHANGED:
             self.teams.on_control(payload)
+        elif tag == TAG_ROLE_CHANGED:
+            self.roles.on_control(payload)
+        elif tag == TAG_URGENT_REMINDER:
+            self.escalator.on_control(payload)
         else:
             self.security.on_control(payload)
 
@@ -243,6 +267,7 @@ class Hub:
             self.metrics.deliveries.inc,
             refusals=CAP_REFUSALS in caps,
             teams=CAP_TEAMS in caps,
+            oncall=CAP_ONCALL in caps,
         )
         self._links.add(user_id, link)
         await self.broker.subscribe(channel, link.on_wakeup)
@@ -282,8 +307,9 @@ class Hub:
         if type(frame) is Send:
             return await self.send(session, frame)
         assert session.user_id is not None and session.device_id is not None
+        account: Account | None = None
         if not (type(frame) is Revoke and frame.device == session.device_id):
-            await self.requester(session)
+            account = await self.requester(session)
         if type(frame) is Lookup:
             return await self._store_call(self.directory.lookup(session.user_id, frame))
         if type(frame) is Search:
@@ -310,6 +336,19 @@ class Hub:
             reply, removed = await self._store_call(self.teams.recall(session.user_id, frame))
             self.metrics.recalled.inc(removed)
             return reply
+        if type(frame) is Acknowledge:
+            return await self._store_call(
+                self.escalator.acknowledge(session.user_id, session.device_id, frame)
+            )
+        if type(frame) is RoleSearch:
+            return await self._store_call(self.roles.search(session.user_id, frame))
+        if type(frame) is RoleGet:
+            return await self._store_call(self.roles.get(frame))
+        if type(frame) is RoleTake:
+            assert account is not None
+            return await self._store_call(self.roles.take(account, frame))
+        if type(frame) is RoleLeave:
+            return await self._store_call(self.roles.leave(session.user_id, frame))
         raise errors.FrameNotAllowed(frame.TYPE)  # the session's state table admits nothing else
 
     async def send(self, session: ServerSession, frame: Send) -> bytes:
@@ -327,6 +366,10 @@ class Hub:
         now = now_ms()
         # SPEC §13.6: rows go at ts + ttl, or at the default expiry if sooner.
         expires_at = now + min(frame.ttl or self.settings.message_ttl_ms, self.settings.message_ttl_ms)
+        if self.urgent.handles(frame):
+            return await self._store_call(
+                self.urgent.send(session.user_id, session.device_id, frame, now, expires_at, started)
+            )
         if pt.is_team_id(frame.to):
             return await self._send_to_team(
                 session.user_id, session.device_id, frame, now, expires_at, started
