@@ -58,6 +58,7 @@ const MID = Uint8Array.from({ length: 16 }, (_, i) => i);
 const MID_HEX = crypto.toHex(MID);
 const NONCE = new Uint8Array(32).fill(7);
 const CODE = "ABCD-EFGH-JKMN-PQRS";
+const ROLE = "r_0123456789abcdef";
 
 /** One frame of every hub → client type. */
 const SAMPLES: Record<HubFrame["t"], HubFrame> = {
@@ -80,6 +81,16 @@ const SAMPLES: Record<HubFrame["t"], HubFrame> = {
   team_chain_ok: { t: "team_chain_ok", rid: 1, team: "t_0123456789abcdef", recs: [], more: false },
   recall_ok: { t: "recall_ok", rid: 1, id: MID, removed: 0 },
   team_changed: { t: "team_changed", team: "t_0123456789abcdef", seq: 1, head: new Uint8Array(32) },
+  role_search_ok: { t: "role_search_ok", rid: 1, roles: [] },
+  role_ok: {
+    t: "role_ok",
+    rid: 1,
+    info: { role: ROLE, name: "Cardiologie", org: "", reserved: false, holders: [], policy: { interval: 60000, steps: [], final: 600000 } },
+  },
+  acknowledge_ok: { t: "acknowledge_ok", rid: 1, id: MID, sender: "u_2", user: "u_1", device: "d_1", at: 9, first: true },
+  urgent_status: { t: "urgent_status", seq: 4, id: MID, sender: "u_1", state: "escalated", step: 1, ts: 8, target: ROLE },
+  urgent_reminder: { t: "urgent_reminder", id: MID, sender: "u_2", n: 1 },
+  role_changed: { t: "role_changed", role: ROLE, holders: ["u_1"] },
 };
 
 const SEND: Send = { t: "send", id: MID, from: "d_1", to: "u_2", envs: new Map([["d_2", crypto.fromHex("78")]]) };
@@ -97,6 +108,9 @@ const REQUEST_OF: Partial<Record<HubFrame["t"], ClientFrame>> = {
   teams_ok: { t: "teams", rid: 1 },
   team_chain_ok: { t: "team_chain", rid: 1, team: "t_0123456789abcdef", from: 0 },
   recall_ok: { t: "recall", rid: 1, id: MID },
+  role_search_ok: { t: "role_search", rid: 1, query: "cardio" },
+  role_ok: { t: "role_get", rid: 1, role: ROLE },
+  acknowledge_ok: { t: "acknowledge", rid: 1, id: MID, sender: "u_2" },
 };
 
 /** The `error` frame the hub sends for `err` (session.py's error_frame). */
@@ -354,7 +368,7 @@ describe("requests and answers", () => {
     expect(client.outstanding.size).toBe(0);
   });
 
-  it.each(["deliver", "delivered", "refused", "presence"] as const)("a %s is pushed", (t) => {
+  it.each(["deliver", "delivered", "refused", "presence", "urgent_status", "urgent_reminder", "role_changed"] as const)("a %s is pushed", (t) => {
     const client = authenticated();
     expect(client.receive(encode(SAMPLES[t]))).toStrictEqual({ kind: "pushed", frame: SAMPLES[t] });
   });
@@ -489,9 +503,21 @@ describe("errors", () => {
   const codes = Object.keys(ERRORS).sort();
 
   it("every code of SPEC §7 has a class", () => {
-    expect(codes.length).toBe(29); // 22 of SPEC §7, 7 of §13.7
+    expect(codes.length).toBe(36); // 22 of SPEC §7, 7 of §13.7, 7 of §14
     for (const code of codes) expect(errorClass(code)).toBeDefined();
     expect(errorClass("constructor")).toBeUndefined();
+  });
+
+  it("role_vacant carries the role the error frame names", () => {
+    const client = authenticated();
+    client.send({ t: "send", id: MID, from: "d_1", to: ROLE, envs: new Map([["d_2", crypto.fromHex("78")]]), body: new Uint8Array(120) });
+    const frame: ErrorFrame = { t: "error", code: "role_vacant", message: "nobody holds this role now", fatal: false, id: MID, role: ROLE };
+    const event = client.receive(encode(frame));
+    expect(event.kind).toBe("failed");
+    if (event.kind !== "failed") return;
+    expect(event.request).toBe(MID_HEX);
+    expect(event.error.code).toBe("role_vacant");
+    expect(event.error.role).toBe(ROLE);
   });
 
   it.each(codes)("an error frame %s maps back to its class", (code) => {

@@ -28,10 +28,12 @@ import {
   type Direction,
   type Frame,
   decode,
+  decodePolicy,
   encode,
 } from "../src/protocol/frames";
 import { ClientSession } from "../src/protocol/session";
 import * as teams from "../src/protocol/teams";
+import * as oncall from "../src/protocol/oncall";
 import { ready, sodium } from "../src/protocol/sodium";
 
 // --- the files ---------------------------------------------------------------------
@@ -97,12 +99,14 @@ interface PlaintextJson {
   expires_at?: number;
   refs?: string[];
   team?: string;
+  urgent?: boolean;
 }
 
 const load = (name: string) => JSON.parse(readFileSync(new URL(`../../../protocol/vectors/${name}`, import.meta.url), "utf8"));
 const FRAMES = load("frames.json") as { description: string; protocol: string; valid: ValidFrame[]; invalid: InvalidFrame[] };
 const CRYPTO = load("crypto.json");
 const TEAMS = load("teams.json");
+const ONCALL = load("oncall.json");
 const KEYS = new Map<string, KeyVector>((CRYPTO.keys as KeyVector[]).map((k) => [k.device, k]));
 
 const DIRECTIONS: Record<InvalidFrame["decode_as"], Direction> = { client: "client", server: "hub", any: "any" };
@@ -151,6 +155,7 @@ function plaintextOf(p: PlaintextJson): crypto.Plaintext {
   if (p.expires_at !== undefined) out.expiresAt = p.expires_at;
   if (p.refs !== undefined) out.refs = p.refs.map(fromHex);
   if (p.team !== undefined) out.team = p.team;
+  if (p.urgent !== undefined) out.urgent = p.urgent;
   return out;
 }
 
@@ -642,6 +647,54 @@ describe("teams.json: chains (SPEC §13.2)", () => {
   });
 });
 
+describe("oncall.json: escalation policies (SPEC §14.2)", () => {
+  /** A policy of the vectors (store form: no holders) as decoded. */
+  const policyOf = (json: Json): oncall.Policy => decodePolicy(unpack(genericPack(fromJson(json))));
+
+  it("the bounds are the protocol's", () => {
+    expect(ONCALL.protocol).toBe(SUBPROTOCOL);
+    expect(ONCALL.min_escalation_ms).toBe(oncall.MIN_ESCALATION_MS);
+    expect(ONCALL.max_escalation_ms).toBe(oncall.MAX_ESCALATION_MS);
+    expect(ONCALL.max_escalation_steps).toBe(oncall.MAX_ESCALATION_STEPS);
+    tick("oncall.bounds");
+  });
+
+  it.each((ONCALL.valid as any[]).map((v) => [v.description, v] as const))("valid: %s", (_d, v) => {
+    const policy = policyOf(v.policy);
+    expect(toHex(oncall.packPolicy(policy))).toBe(v.packed);
+    expect(toHex(genericPack(fromJson(v.policy)))).toBe(v.packed);
+    expect(oncall.policyProblem(policy, v.min_ms, v.max_steps)).toBeNull();
+    expect(oncall.deadlines(policy, ONCALL.sent_at)).toEqual(v.deadlines);
+    tick("oncall.valid");
+  });
+
+  it.each((ONCALL.invalid as any[]).map((v) => [v.description, v] as const))("invalid: %s", (_d, v) => {
+    let caught: unknown;
+    let problem: string | null = null;
+    try {
+      problem = oncall.policyProblem(policyOf(v.policy), v.min_ms, v.max_steps);
+    } catch (err) {
+      caught = err;
+    }
+    if (v.error === "malformed_frame") {
+      expect(caught).toBeInstanceOf(ProtocolError);
+      expect((caught as ProtocolError).code).toBe("malformed_frame");
+    } else {
+      expect(v.error).toBe("policy_out_of_bounds");
+      expect(caught).toBeUndefined();
+      expect(problem).not.toBeNull();
+    }
+    tick("oncall.invalid");
+  });
+
+  it.each((ONCALL.overrides as any[]).map((v, i) => [i, v] as const))("override %i", (_i, v) => {
+    const result = oncall.withOverride(policyOf(v.policy), v.urgent.interval, v.urgent.final);
+    expect(result).toStrictEqual(policyOf(v.result));
+    expect(oncall.deadlines(result, ONCALL.sent_at)).toEqual(v.deadlines);
+    tick("oncall.overrides");
+  });
+});
+
 describe("the count", () => {
   it("every vector of the files was checked", () => {
     // The sections of each file, as their descriptions lay them out: a new
@@ -685,7 +738,14 @@ describe("the count", () => {
       "teams.closing_record": 1,
       "teams.bob_att": 1,
       "teams.invalid": TEAMS.invalid.length,
+      "oncall.bounds": 1,
+      "oncall.valid": ONCALL.valid.length,
+      "oncall.invalid": ONCALL.invalid.length,
+      "oncall.overrides": ONCALL.overrides.length,
     };
+    expect(Object.keys(ONCALL).sort()).toEqual(
+      ["description", "generator", "protocol", "sent_at", "min_escalation_ms", "max_escalation_ms", "max_escalation_steps", "valid", "invalid", "overrides"].sort(),
+    );
     expect(Object.keys(TEAMS).sort()).toEqual(
       ["authority_pk", "bob_att", "chains", "closing_record", "context", "description", "generator", "invalid", "protocol"].sort(),
     );

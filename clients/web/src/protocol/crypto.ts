@@ -196,11 +196,13 @@ export interface Plaintext {
   refs?: readonly Uint8Array[];
   /** Notices about team messages: the team. */
   team?: string;
+  /** An urgent message (SPEC §14.6): shown as urgent, acknowledged. */
+  urgent?: boolean;
 }
 
 /** The canonical msgpack of a plaintext (SPEC §6.3, §13.5): `v`, `id`,
  * `from`, `to`, `sent_at`, `kind`, `body`, then those of `reply_to`, `head`,
- * `expires_at`, `refs`, `team` that are set; with `padTo` > 0 (clients pass
+ * `expires_at`, `refs`, `team`, `urgent` (only when true) that are set; with `padTo` > 0 (clients pass
  * 256), a last key `pad` of n zero bytes, n the smallest that makes the
  * packed length a multiple of `padTo`. */
 export function packPlaintext(p: Plaintext, padTo = 0): Uint8Array {
@@ -218,6 +220,7 @@ export function packPlaintext(p: Plaintext, padTo = 0): Uint8Array {
   if (p.expiresAt !== undefined) m.set("expires_at", p.expiresAt);
   if (p.refs !== undefined) m.set("refs", [...p.refs]);
   if (p.team !== undefined) m.set("team", p.team);
+  if (p.urgent === true) m.set("urgent", true);
   if (padTo <= 0) return pack(m);
   if (padTo > 256) throw new RangeError("padTo is at most 256");
   // With an empty pad first: the key and its bin-8 header are then counted,
@@ -260,6 +263,7 @@ export function unpackPlaintext(data: Uint8Array): Plaintext {
   const expiresAt = m.get("expires_at") ?? undefined;
   const refs = m.get("refs") ?? undefined;
   const team = m.get("team") ?? undefined;
+  const urgent = m.get("urgent") ?? undefined;
   const pad = m.get("pad"); // nil is not bytes: refused, as the Python does
   if (
     !(id instanceof Uint8Array && id.length === MESSAGE_ID_BYTES) ||
@@ -279,6 +283,7 @@ export function unpackPlaintext(data: Uint8Array): Plaintext {
         refs.every((r) => r instanceof Uint8Array && r.length === MESSAGE_ID_BYTES))
     ) ||
     !(team === undefined || typeof team === "string") ||
+    !(urgent === undefined || typeof urgent === "boolean") ||
     !(pad === undefined || pad instanceof Uint8Array)
   ) {
     throw new EnvelopeError("bad plaintext fields");
@@ -289,6 +294,7 @@ export function unpackPlaintext(data: Uint8Array): Plaintext {
   if (expiresAt !== undefined) p.expiresAt = expiresAt as number;
   if (refs !== undefined) p.refs = refs as Uint8Array[];
   if (team !== undefined) p.team = team as string;
+  if (urgent === true) p.urgent = true;
   return p;
 }
 

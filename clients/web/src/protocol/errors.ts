@@ -70,6 +70,14 @@ export const ERRORS: { readonly [code: string]: ErrorInfo } = {
   bad_team_record: { fatal: false, retryable: false, message: "the team record is malformed or its signature does not verify" },
   team_conflict: { fatal: false, retryable: false, message: "the team record does not follow the current head; fetch the chain and retry" },
   team_full: { fatal: false, retryable: false, message: "the team, or one of its members, has reached its limit" },
+  // Revision 4 (SPEC §14).
+  unknown_role: { fatal: false, retryable: false, message: "no such role" },
+  role_vacant: { fatal: false, retryable: false, message: "nobody holds this role now; choose another recipient" },
+  role_reserved: { fatal: false, retryable: false, message: "this role is held only through the schedule or by an administrator" },
+  role_forbidden: { fatal: false, retryable: false, message: "this role belongs to another organisation" },
+  role_full: { fatal: false, retryable: false, message: "the role, or this user, has reached its limit of holders or roles" },
+  policy_out_of_bounds: { fatal: false, retryable: false, message: "the escalation policy is beyond this hub's bounds" },
+  not_recipient: { fatal: false, retryable: false, message: "no urgent message of this sender reached you under this id" },
 };
 
 /** What SPEC §7 says of `code`, or undefined for a code it does not name. */
@@ -108,6 +116,8 @@ export class ProtocolError extends Error {
   retryAfter: number | undefined;
   /** For `missing_devices`: the device ids without an envelope. */
   missing: readonly string[] | undefined;
+  /** For `role_vacant`: the role nobody holds now (the `error` frame's `role`). */
+  role: string | undefined;
   /** True if the hub reported it, false if this side found it. */
   remote = false;
 
@@ -124,6 +134,7 @@ export class ProtocolError extends Error {
     this.detail = detail;
     this.retryAfter = options.retryAfter;
     this.missing = undefined;
+    this.role = undefined;
   }
 }
 
@@ -342,6 +353,51 @@ export class TeamFull extends RequestError {
   }
 }
 
+export class UnknownRole extends RequestError {
+  constructor(detail = "", options: Options = {}) {
+    super("unknown_role", detail, options);
+    this.name = "UnknownRole";
+  }
+}
+/** A send to a role nobody holds now; `role` is that role. */
+export class RoleVacant extends RequestError {
+  constructor(detail = "", options: Options = {}) {
+    super("role_vacant", detail, options);
+    this.name = "RoleVacant";
+  }
+}
+export class RoleReserved extends RequestError {
+  constructor(detail = "", options: Options = {}) {
+    super("role_reserved", detail, options);
+    this.name = "RoleReserved";
+  }
+}
+export class RoleForbidden extends RequestError {
+  constructor(detail = "", options: Options = {}) {
+    super("role_forbidden", detail, options);
+    this.name = "RoleForbidden";
+  }
+}
+export class RoleFull extends RequestError {
+  constructor(detail = "", options: Options = {}) {
+    super("role_full", detail, options);
+    this.name = "RoleFull";
+  }
+}
+export class PolicyOutOfBounds extends RequestError {
+  constructor(detail = "", options: Options = {}) {
+    super("policy_out_of_bounds", detail, options);
+    this.name = "PolicyOutOfBounds";
+  }
+}
+/** Acknowledging a message we did not receive, that was not urgent, or unknown: one error for all. */
+export class NotRecipient extends RequestError {
+  constructor(detail = "", options: Options = {}) {
+    super("not_recipient", detail, options);
+    this.name = "NotRecipient";
+  }
+}
+
 /** The class of each code of SPEC §7 (MissingDevices takes `missing` first). */
 export type ErrorClass = new (detail?: string, options?: Options) => ProtocolError;
 
@@ -375,6 +431,13 @@ const BY_CODE: { readonly [code: string]: ErrorClass } = {
   bad_team_record: BadTeamRecord,
   team_conflict: TeamConflict,
   team_full: TeamFull,
+  unknown_role: UnknownRole,
+  role_vacant: RoleVacant,
+  role_reserved: RoleReserved,
+  role_forbidden: RoleForbidden,
+  role_full: RoleFull,
+  policy_out_of_bounds: PolicyOutOfBounds,
+  not_recipient: NotRecipient,
 };
 
 /** The class of a wire error code, or undefined for a code this side does not know. */
@@ -396,6 +459,7 @@ export interface ErrorReport {
   readonly fatal: boolean;
   readonly retry_after?: number;
   readonly missing?: readonly string[];
+  readonly role?: string;
 }
 
 /**
@@ -417,6 +481,7 @@ export function errorFromFrame(frame: ErrorReport): ProtocolError {
   } else {
     err = new cls(frame.message, { retryAfter: frame.retry_after });
   }
+  if (frame.role !== undefined) err.role = frame.role;
   err.remote = true;
   return err;
 }

@@ -20,6 +20,22 @@
 import { codePointLength } from "./bytes";
 import { MsgMap, type MsgValue, pack, unpack } from "./codec";
 import { MalformedFrame, ProtocolError, UnknownFrameType } from "./errors";
+import {
+  MAX_ESCALATION_STEPS,
+  MAX_ROLE_HOLDERS,
+  MAX_ROLE_NAME_CHARS,
+  MAX_ROLE_ORG_CHARS,
+  MAX_ROLE_QUERY_CHARS,
+  MAX_ROLE_RESULTS,
+  URGENT_STATES,
+  isRoleId,
+  type Policy,
+  type RoleInfo,
+  type Step,
+  type UrgentState,
+} from "./oncall";
+
+export type { Policy, RoleInfo, Step, UrgentState } from "./oncall";
 
 // --- limits (frame_base.py) ----------------------------------------------------------
 
@@ -51,8 +67,10 @@ export const MAX_ACK_BYTES = 12762;
 export const CAP_REFUSALS = "refusals";
 /** Capability (SPEC §13): care teams, sealed bodies, `team_changed`. */
 export const CAP_TEAMS = "teams";
+/** Capability (SPEC §14): on-call roles, urgent messages, escalation. */
+export const CAP_ONCALL = "oncall";
 /** What the reference hub announces. */
-export const HUB_CAPS: readonly string[] = [CAP_REFUSALS, CAP_TEAMS];
+export const HUB_CAPS: readonly string[] = [CAP_REFUSALS, CAP_TEAMS, CAP_ONCALL];
 /** Most key wraps one team `send` (with `body`) may carry (SPEC §13.4). */
 export const MAX_WRAPS = 512;
 /** Largest page of `team_chain_ok` records (SPEC §13.4). */
@@ -108,6 +126,14 @@ export interface Send {
   head?: Uint8Array;
   /** Lifespan in ms (SPEC §13.6). */
   ttl?: number;
+  /** An urgent message (SPEC §14.5): the policy as is (`{}`), or with
+   * `interval` and/or `final` overridden. */
+  urgent?: Urgent;
+}
+/** `send.urgent`: overrides of the escalation policy (ms). */
+export interface Urgent {
+  interval?: number;
+  final?: number;
 }
 /** One queued message this device refuses, and why (SPEC §6.5). */
 export interface Refusal {
@@ -189,6 +215,40 @@ export interface Recall {
   id: Uint8Array;
 }
 
+/** Find on-call roles by name or organisation, or (`mine`) those we hold (SPEC §14.3). */
+export interface RoleSearch {
+  t: "role_search";
+  rid: number;
+  query: string;
+  mine?: boolean;
+}
+/** One role's description, holders and effective policy. */
+export interface RoleGet {
+  t: "role_get";
+  rid: number;
+  role: string;
+}
+/** Take a role: a handover (the only manual holder), or with `join` beside the others. */
+export interface RoleTake {
+  t: "role_take";
+  rid: number;
+  role: string;
+  join?: boolean;
+}
+/** Stop holding a role (manually; a scheduled shift stays). */
+export interface RoleLeave {
+  t: "role_leave";
+  rid: number;
+  role: string;
+}
+/** Acknowledge an urgent message we received: its escalation stops (SPEC §14.7). */
+export interface Acknowledge {
+  t: "acknowledge";
+  rid: number;
+  id: Uint8Array;
+  sender: string;
+}
+
 /** The first frame of a connection (SPEC §4, §5). */
 export interface Challenge {
   t: "challenge";
@@ -222,6 +282,12 @@ export interface Deliver {
   body?: Uint8Array;
   /** The team a team message was sent to. */
   team?: string;
+  /** The role a role message was sent to (also on backups' copies). */
+  role?: string;
+  /** The hub's hint that the message is urgent (the plaintext decides). */
+  urgent?: boolean;
+  /** This copy was released at escalation step `step` (absent for primary rows). */
+  step?: number;
 }
 /** Receipt: message `id` reached device `device` of user `user`. */
 export interface Delivered {
@@ -299,6 +365,8 @@ export interface ErrorFrame {
   rid?: number;
   retry_after?: number;
   missing?: readonly string[];
+  /** `role_vacant`: the role nobody holds now. */
+  role?: string;
 }
 /** One entry of `watching.presence`: a `presence` without `"t"`. */
 export interface PresenceEntry {
@@ -361,6 +429,56 @@ export interface TeamChanged {
   head: Uint8Array;
 }
 
+/** The roles found (at most 20). */
+export interface RoleSearchOk {
+  t: "role_search_ok";
+  rid: number;
+  roles: readonly RoleInfo[];
+}
+/** Answers `role_get`, `role_take`, `role_leave`: the role as it is now. */
+export interface RoleOk {
+  t: "role_ok";
+  rid: number;
+  info: RoleInfo;
+}
+/** The FIRST acknowledgement of the message (`first`: this request was it). */
+export interface AcknowledgeOk {
+  t: "acknowledge_ok";
+  rid: number;
+  id: Uint8Array;
+  sender: string;
+  user: string;
+  device: string;
+  at: number;
+  first: boolean;
+}
+/** Queued row (acked like receipts): where an urgent message's escalation stands. */
+export interface UrgentStatus {
+  t: "urgent_status";
+  seq: number;
+  id: Uint8Array;
+  sender: string;
+  state: UrgentState;
+  step: number;
+  ts: number;
+  user?: string;
+  device?: string;
+  target?: string;
+}
+/** Push: re-notify the not yet acknowledged urgent message (n = 1, 2, …). */
+export interface UrgentReminder {
+  t: "urgent_reminder";
+  id: Uint8Array;
+  sender: string;
+  n: number;
+}
+/** Push: the holders of `role` changed (we took it, or were released). */
+export interface RoleChanged {
+  t: "role_changed";
+  role: string;
+  holders: readonly string[];
+}
+
 export type ClientFrame =
   | Auth
   | Enroll
@@ -376,7 +494,12 @@ export type ClientFrame =
   | TeamChange
   | Teams
   | TeamChain
-  | Recall;
+  | Recall
+  | RoleSearch
+  | RoleGet
+  | RoleTake
+  | RoleLeave
+  | Acknowledge;
 export type HubFrame =
   | Challenge
   | Welcome
@@ -396,7 +519,13 @@ export type HubFrame =
   | TeamsOk
   | TeamChainOk
   | RecallOk
-  | TeamChanged;
+  | TeamChanged
+  | RoleSearchOk
+  | RoleOk
+  | AcknowledgeOk
+  | UrgentStatus
+  | UrgentReminder
+  | RoleChanged;
 export type Frame = ClientFrame | HubFrame;
 export type FrameType = Frame["t"];
 export type FrameOf<T extends FrameType> = Extract<Frame, { t: T }>;
@@ -418,6 +547,11 @@ export const CLIENT_FRAME_TYPES: readonly ClientFrame["t"][] = [
   "teams",
   "team_chain",
   "recall",
+  "role_search",
+  "role_get",
+  "role_take",
+  "role_leave",
+  "acknowledge",
 ];
 /** Every hub → client frame type (SERVER_FRAMES). */
 export const HUB_FRAME_TYPES: readonly HubFrame["t"][] = [
@@ -440,6 +574,12 @@ export const HUB_FRAME_TYPES: readonly HubFrame["t"][] = [
   "team_chain_ok",
   "recall_ok",
   "team_changed",
+  "role_search_ok",
+  "role_ok",
+  "acknowledge_ok",
+  "urgent_status",
+  "urgent_reminder",
+  "role_changed",
 ];
 
 // --- field checkers (frame_base.py) ----------------------------------------------------
@@ -529,14 +669,14 @@ function checkStatus(v: MsgValue): Status {
   return v as Status;
 }
 
-/** A nested map of the given fields (all required). */
-function checkRecord<T>(what: string, fields: readonly (readonly [string, Checker])[]): Checker<T> {
+/** A nested map of the given fields (required unless marked optional). */
+function checkRecord<T>(what: string, fields: readonly (readonly [string, Checker, "optional"?])[]): Checker<T> {
   return (v) => {
     if (!(v instanceof MsgMap)) throw malformed(`expected a ${what} map`);
     const out: Record<string, unknown> = {};
-    for (const [key, check] of fields) {
-      if (!v.has(key)) throw malformed(`${what} lacks '${key}'`);
-      out[key] = check(v.get(key)!);
+    for (const [key, check, optional] of fields) {
+      if (v.has(key)) out[key] = check(v.get(key)!);
+      else if (optional === undefined) throw malformed(`${what} lacks '${key}'`);
     }
     return out as T;
   };
@@ -577,6 +717,69 @@ function checkLifespan(v: MsgValue): number {
   return n;
 }
 
+/** A role id: "r_" + 16 lowercase hex digits (SPEC §14.1). */
+function checkRoleId(v: MsgValue): string {
+  if (!isRoleId(v)) throw malformed("expected a role id");
+  return v;
+}
+
+const checkHolders = checkList(checkStr(), MAX_ROLE_HOLDERS);
+const checkStepMap = checkRecord<Step>("step", [
+  ["delay", checkInt],
+  ["role", checkRoleId, "optional"],
+  ["user", checkStr(), "optional"],
+  ["holders", checkHolders, "optional"],
+]);
+function checkStep(v: MsgValue): Step {
+  const step = checkStepMap(v);
+  if ((step.role === undefined) === (step.user === undefined)) throw malformed("a step names exactly one of role and user");
+  return { ...step, holders: step.holders ?? [] };
+}
+const checkPolicy = checkRecord<Policy>("policy", [
+  ["interval", checkInt],
+  ["steps", checkList(checkStep, MAX_ESCALATION_STEPS)],
+  ["final", checkInt],
+]);
+const roleInfo = checkRecord<RoleInfo>("role", [
+  ["role", checkRoleId],
+  ["name", checkStr(MAX_ROLE_NAME_CHARS)],
+  ["org", checkStr(MAX_ROLE_ORG_CHARS, true)],
+  ["reserved", checkBool],
+  ["holders", checkHolders],
+  ["policy", checkPolicy],
+]);
+const checkUrgent = checkRecord<Urgent>("urgent", [
+  ["interval", checkInt, "optional"],
+  ["final", checkInt, "optional"],
+]);
+function checkUrgentState(v: MsgValue): UrgentState {
+  if (typeof v !== "string" || !(URGENT_STATES as readonly string[]).includes(v)) throw malformed("unknown urgent state");
+  return v as UrgentState;
+}
+function checkStepNumber(v: MsgValue): number {
+  const n = checkInt(v);
+  if (n < 1) throw malformed("a step is 1 or more");
+  return n;
+}
+function checkTrue(v: MsgValue): boolean {
+  if (v !== true) throw malformed("expected true");
+  return true;
+}
+
+/**
+ * A policy map as decoded msgpack (`Policy.from_map`): throws MalformedFrame
+ * unless it is `{interval, steps, final}` with at most MAX_ESCALATION_STEPS
+ * steps, each naming exactly one of a role id and a user. Bounds are the
+ * hub's business (`policyProblem`).
+ */
+export function decodePolicy(v: MsgValue): Policy {
+  return checkPolicy(v);
+}
+
+/** The wire shape of a RoleInfo, for `encode`: keys in canonical order, nested. */
+const STEP_SHAPE: Shape = ["delay", "role", "user", "holders"];
+const ROLE_SHAPE: Shape = ["role", "name", "org", "reserved", "holders", ["policy", ["interval", ["steps", STEP_SHAPE], "final"]]];
+
 const teamHead = checkRecord<TeamHead>("team head", [
   ["team", checkTeamId],
   ["seq", checkInt],
@@ -589,12 +792,16 @@ const chainEntry = checkRecord<ChainEntry>("record", [
 
 // --- the tables of SPEC §3.3 and §3.4 ------------------------------------------------------
 
+/** The keys of a nested map in canonical order; a `[key, Shape]` entry is
+ * itself a nested map (or a list of them). */
+type Shape = readonly (string | readonly [string, Shape])[];
+
 interface Field {
   readonly key: string;
   readonly check: Checker;
   readonly optional: boolean;
-  /** For a list of nested maps: their keys, in canonical order. */
-  readonly record?: readonly string[];
+  /** For a nested map or a list of them: their keys, in canonical order. */
+  readonly record?: Shape;
 }
 
 interface Schema {
@@ -603,8 +810,8 @@ interface Schema {
   readonly fields: readonly Field[];
 }
 
-const req = (key: string, check: Checker, record?: readonly string[]): Field => ({ key, check, optional: false, record });
-const opt = (key: string, check: Checker, record?: readonly string[]): Field => ({ key, check, optional: true, record });
+const req = (key: string, check: Checker, record?: Shape): Field => ({ key, check, optional: false, record });
+const opt = (key: string, check: Checker, record?: Shape): Field => ({ key, check, optional: true, record });
 
 const SCHEMAS = new Map<string, Schema>();
 function schema(type: FrameType, direction: "client" | "hub", fields: Field[]): void {
@@ -633,6 +840,7 @@ schema("send", "client", [
   opt("body", checkBytes(undefined, MAX_FRAME_BYTES)),
   opt("head", checkBytes(32)),
   opt("ttl", checkLifespan),
+  opt("urgent", checkUrgent, ["interval", "final"]),
 ]);
 schema("ack", "client", [
   req("seqs", checkList(checkInt, MAX_ACK_SEQS)),
@@ -654,6 +862,11 @@ schema("team_change", "client", [
 schema("teams", "client", [rid]);
 schema("team_chain", "client", [rid, req("team", checkTeamId), req("from", checkInt)]);
 schema("recall", "client", [rid, req("id", id16)]);
+schema("role_search", "client", [rid, req("query", checkStr(MAX_ROLE_QUERY_CHARS, true)), opt("mine", checkBool)]);
+schema("role_get", "client", [rid, req("role", checkRoleId)]);
+schema("role_take", "client", [rid, req("role", checkRoleId), opt("join", checkBool)]);
+schema("role_leave", "client", [rid, req("role", checkRoleId)]);
+schema("acknowledge", "client", [rid, req("id", id16), req("sender", checkStr())]);
 
 // Hub → client (SPEC §3.4).
 schema("challenge", "hub", [req("v", checkInt), req("nonce", checkBytes(32)), opt("authority", checkBytes(32)), opt("caps", checkCaps)]);
@@ -668,6 +881,9 @@ schema("deliver", "hub", [
   req("env", checkBytes()),
   opt("body", checkBytes(undefined, MAX_FRAME_BYTES)),
   opt("team", checkTeamId),
+  opt("role", checkRoleId),
+  opt("urgent", checkTrue),
+  opt("step", checkStepNumber),
 ]);
 schema("delivered", "hub", [req("seq", checkInt), req("id", id16), req("user", checkStr()), req("device", checkStr()), req("ts", checkInt)]);
 schema("refused", "hub", [
@@ -702,6 +918,7 @@ schema("error", "hub", [
   opt("rid", checkInt),
   opt("retry_after", checkInt),
   opt("missing", checkList(checkStr(), MAX_WRAPS)),
+  opt("role", checkRoleId),
 ]);
 schema("team_ok", "hub", [rid, req("team", checkTeamId), req("seq", checkInt), req("head", checkBytes(32))]);
 schema("teams_ok", "hub", [rid, req("teams", checkList(teamHead, MAX_TEAMS_LIST), ["team", "seq", "head"])]);
@@ -713,6 +930,30 @@ schema("team_chain_ok", "hub", [
 ]);
 schema("recall_ok", "hub", [rid, req("id", id16), req("removed", checkInt)]);
 schema("team_changed", "hub", [req("team", checkTeamId), req("seq", checkInt), req("head", checkBytes(32))]);
+schema("role_search_ok", "hub", [rid, req("roles", checkList(roleInfo, MAX_ROLE_RESULTS), ROLE_SHAPE)]);
+schema("role_ok", "hub", [rid, req("info", roleInfo, ROLE_SHAPE)]);
+schema("acknowledge_ok", "hub", [
+  rid,
+  req("id", id16),
+  req("sender", checkStr()),
+  req("user", checkStr()),
+  req("device", checkStr()),
+  req("at", checkInt),
+  req("first", checkBool),
+]);
+schema("urgent_status", "hub", [
+  req("seq", checkInt),
+  req("id", id16),
+  req("sender", checkStr()),
+  req("state", checkUrgentState),
+  req("step", checkInt),
+  req("ts", checkInt),
+  opt("user", checkStr()),
+  opt("device", checkStr()),
+  opt("target", checkStr()),
+]);
+schema("urgent_reminder", "hub", [req("id", id16), req("sender", checkStr()), req("n", checkInt)]);
+schema("role_changed", "hub", [req("role", checkRoleId), req("holders", checkHolders)]);
 
 function fromWire(spec: Schema, m: MsgMap): Frame {
   const out: Record<string, unknown> = { t: spec.type };
@@ -767,7 +1008,7 @@ export function decode(data: Uint8Array, direction: Direction = "any"): Frame {
 }
 
 /** A frame field's value as a msgpack value (no checks yet). */
-function toMsg(v: unknown, record?: readonly string[]): MsgValue {
+function toMsg(v: unknown, record?: Shape): MsgValue {
   if (v === null || typeof v === "string" || typeof v === "boolean" || typeof v === "bigint" || v instanceof Uint8Array) {
     return v;
   }
@@ -787,7 +1028,10 @@ function toMsg(v: unknown, record?: readonly string[]): MsgValue {
   if (record !== undefined && typeof v === "object") {
     const m = new MsgMap();
     const obj = v as Record<string, unknown>;
-    for (const key of record) if (obj[key] !== undefined) m.set(key, toMsg(obj[key]));
+    for (const entry of record) {
+      const [key, shape] = typeof entry === "string" ? [entry, undefined] : entry;
+      if (obj[key] !== undefined) m.set(key, toMsg(obj[key], shape));
+    }
     return m;
   }
   throw malformed("a value with no wire form");

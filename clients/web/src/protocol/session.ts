@@ -48,6 +48,17 @@ import {
 } from "./errors";
 import {
   type Accepted,
+  type Acknowledge,
+  type AcknowledgeOk,
+  type RoleChanged,
+  type RoleGet,
+  type RoleLeave,
+  type RoleOk,
+  type RoleSearch,
+  type RoleSearchOk,
+  type RoleTake,
+  type UrgentReminder,
+  type UrgentStatus,
   type Auth,
   type Challenge,
   type ClientFrame,
@@ -105,7 +116,23 @@ export type ClientState = (typeof ClientState)[keyof typeof ClientState];
 export type HubState = "challenged" | "authenticated" | "closed";
 
 /** Requests answered by `rid`. */
-export type RidRequest = Lookup | LinkCode | SetStatus | Watch | Search | Devices | Revoke | TeamChange | Teams | TeamChain | Recall;
+export type RidRequest =
+  | Lookup
+  | LinkCode
+  | SetStatus
+  | Watch
+  | Search
+  | Devices
+  | Revoke
+  | TeamChange
+  | Teams
+  | TeamChain
+  | Recall
+  | RoleSearch
+  | RoleGet
+  | RoleTake
+  | RoleLeave
+  | Acknowledge;
 /** Frames that answer a request. */
 export type AnswerFrame =
   | LookupOk
@@ -118,9 +145,12 @@ export type AnswerFrame =
   | TeamOk
   | TeamsOk
   | TeamChainOk
-  | RecallOk;
+  | RecallOk
+  | RoleSearchOk
+  | RoleOk
+  | AcknowledgeOk;
 /** Frames the hub sends of its own accord once authenticated. */
-export type PushedFrame = Deliver | Delivered | Refused | Presence | TeamChanged;
+export type PushedFrame = Deliver | Delivered | Refused | Presence | TeamChanged | UrgentStatus | UrgentReminder | RoleChanged;
 /** An outstanding request: its `rid`, or the message id of a `send` in lowercase hex. */
 export type RequestKey = number | string;
 
@@ -138,11 +168,25 @@ export const ANSWERS: Readonly<Record<RidRequest["t"] | "send", AnswerFrame["t"]
   teams: "teams_ok",
   team_chain: "team_chain_ok",
   recall: "recall_ok",
+  role_search: "role_search_ok",
+  role_get: "role_ok",
+  role_take: "role_ok",
+  role_leave: "role_ok",
+  acknowledge: "acknowledge_ok",
   send: "accepted",
 };
 
 /** Frames the hub pushes once the connection is authenticated. */
-export const PUSHED: ReadonlySet<HubFrame["t"]> = new Set(["deliver", "delivered", "refused", "presence", "team_changed"]);
+export const PUSHED: ReadonlySet<HubFrame["t"]> = new Set([
+  "deliver",
+  "delivered",
+  "refused",
+  "presence",
+  "team_changed",
+  "urgent_status",
+  "urgent_reminder",
+  "role_changed",
+]);
 
 /** Which client frame types the hub admits in each of its states (SPEC §4, table 2). */
 export const ALLOWED: Readonly<Record<HubState, ReadonlySet<ClientFrame["t"]>>> = {
@@ -161,6 +205,11 @@ export const ALLOWED: Readonly<Record<HubState, ReadonlySet<ClientFrame["t"]>>> 
     "teams",
     "team_chain",
     "recall",
+    "role_search",
+    "role_get",
+    "role_take",
+    "role_leave",
+    "acknowledge",
   ]),
   closed: new Set(),
 };
