@@ -163,7 +163,7 @@ class UrgentSend:
                 account = await self._account(user, now, refresh=refresh)
                 if account is not None:
                     primary |= account.targets
-            if not primary - own - {sender_device}:
+            if refresh and not primary - own - {sender_device}:  # a cached account may be stale
                 raise errors.NoDevices("no holder of the role has an attested device")
             targets = _Targets(primary_users, (primary | own) - {sender_device}, role=role.role)
             if frame.urgent is not None:
