@@ -30,6 +30,9 @@ Commands::
     miss-admin team list | miss-admin team show TEAM
                                              care teams, records signed by the authority key
                                              (admin_teams.py)
+    miss-admin role create|list|show|assign|unassign|import|policy|defaults ...
+                                             on-call roles, their schedule and escalation
+                                             policies (admin_roles.py)
     miss-admin web-hash [--dir PATH]         the hash of the browser client's bundle this hub
                                              serves (or of a copy in PATH), and its files
 
@@ -92,6 +95,7 @@ from .admin_common import (
     standing,
     vouches,
 )
+from .admin_roles import PolicyBeyondCaps, add_role_parser, cmd_role
 from .admin_teams import add_team_parser, cmd_team
 from .admin_verify import cmd_renew, cmd_revoke, cmd_verify
 from .app import build_store, embedded_store
@@ -280,6 +284,7 @@ COMMANDS: dict[str, Command] = {
     "delete": cmd_delete,
     "audit": cmd_audit,
     "team": cmd_team,
+    "role": cmd_role,
 }
 
 
@@ -390,6 +395,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     web.add_argument("--dir", metavar="PATH", help="hash the bundle in PATH (a copy served elsewhere)")
     add_team_parser(command, KEY_FILE_HELP, common)
+    add_role_parser(command, common)
     aud = command("audit", "show the audit log")
     aud.add_argument("--user", help="only events about this user (id or RPPS)")
     aud.add_argument("--action", action="append", help="only this action (repeatable), e.g. auth.failed")
@@ -438,7 +444,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         settings = load_settings(args.config, store=args.store)
         result = asyncio.run(_run(settings, args))
-    except ConfigError as exc:
+    except (ConfigError, PolicyBeyondCaps) as exc:
         print(f"miss-admin: {exc}", file=sys.stderr)
         return 2
     except (SchemaMismatch, StoreUnavailable, LookupError, ValueError, NotImplementedError) as exc:
