@@ -62,6 +62,7 @@ from .wakeup import (
     TAG_ONCALL,
     TAG_RECEIPT,
     TAG_REFUSAL,
+    TAG_STATUS,
     TAG_TEAM,
     MalformedWakeup,
     is_oncall_row,
@@ -101,9 +102,9 @@ class DeviceLink:
     can; ``close`` closes it with a code and reason. ``refusals``: the
     client named that capability, so refusal receipts are sent to it;
     ``teams``: likewise for team messages and ``team_changed`` pushes;
-    ``oncall``: likewise for messages to roles, urgent messages, their
-    ``urgent_status`` rows and the ``urgent_reminder`` and ``role_changed``
-    pushes (SPEC §14). Call
+    ``oncall``: likewise for ``urgent_status`` rows and the
+    ``urgent_reminder`` and ``role_changed`` pushes, and, with ``teams``,
+    for messages to roles and urgent messages (SPEC §14). Call
     :meth:`start` once, :meth:`acked` when the device acks, and :meth:`stop`
     when the connection ends.
     """
@@ -169,9 +170,9 @@ class DeviceLink:
             if not self.teams:
                 return  # held in the store for a connection that names ``teams``
             tag = TAG_MESSAGE  # otherwise it travels like a message
-        elif tag == TAG_ONCALL:
-            if not self.oncall:
-                return  # held in the store for a connection that names ``oncall``
+        elif tag == TAG_ONCALL or tag == TAG_STATUS:
+            if not self.oncall or (tag == TAG_ONCALL and not self.teams):
+                return  # held in the store for a connection that names them
             tag = TAG_MESSAGE  # urgent: never held back like a receipt
         if tag == TAG_MESSAGE or tag == TAG_RECEIPT:
             if not self._need_drain:
@@ -274,6 +275,8 @@ class DeviceLink:
         """Whether this connection's client knows the frame of ``row``
         (SPEC §6.5, §13, §14): other rows wait in the store for one that does."""
         if is_oncall_row(row):
+            return self.oncall and self.teams
+        if row.kind is Kind.URGENT_STATUS:
             return self.oncall
         if row.kind is Kind.REFUSAL:
             return self.refusals

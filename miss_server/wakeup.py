@@ -12,9 +12,11 @@ A wake-up is one broker payload. Its first byte is a tag:
 * ``b"T" + seq + frame``: a queued team message (SPEC §13), which a link
   sends only if its client named the ``teams`` capability; otherwise the
   row waits in the store, like a refusal;
-* ``b"O" + seq + frame``: a queued on-call row (SPEC §14): a message to a
-  role, an urgent message, or an ``urgent_status``, which a link sends only
-  if its client named the ``oncall`` capability (otherwise the row waits);
+* ``b"O" + seq + frame``: a queued message to a role or urgent message
+  (SPEC §14), which a link sends only if its client named both ``teams``
+  (it is a sealed body, §13.3) and ``oncall``; otherwise the row waits;
+* ``b"S" + seq + frame``: a queued ``urgent_status`` (SPEC §14.6), which a
+  link sends only if its client named ``oncall``;
 * ``b"D"``: drain: rows may exist that no wake-up announced (a resend of an
   id whose first wake-ups died with a hub node, or a connection of the
   device that ended while a newer one existed);
@@ -55,6 +57,7 @@ __all__ = [
     "TAG_ONCALL",
     "TAG_RECEIPT",
     "TAG_REFUSAL",
+    "TAG_STATUS",
     "TAG_TEAM",
     "MalformedWakeup",
     "close_error",
@@ -71,14 +74,21 @@ TAG_RECEIPT = ord("R")
 TAG_REFUSAL = ord("F")
 TAG_TEAM = ord("T")
 TAG_ONCALL = ord("O")
+TAG_STATUS = ord("S")
 TAG_DRAIN = ord("D")
 TAG_CLOSE = ord("X")
 #: The tags followed by a seq and a frame.
-ROW_TAGS = frozenset({TAG_MESSAGE, TAG_RECEIPT, TAG_REFUSAL, TAG_TEAM, TAG_ONCALL})
+ROW_TAGS = frozenset({TAG_MESSAGE, TAG_RECEIPT, TAG_REFUSAL, TAG_TEAM, TAG_ONCALL, TAG_STATUS})
 DRAIN_WAKEUP = b"D"
 
 _SEQ_END = 9  # the tag, then 8 bytes of seq
-_TAGS = {Kind.MESSAGE: b"Q", Kind.RECEIPT: b"R", Kind.REFUSAL: b"F", Kind.TEAM: b"T"}
+_TAGS = {
+    Kind.MESSAGE: b"Q",
+    Kind.RECEIPT: b"R",
+    Kind.REFUSAL: b"F",
+    Kind.TEAM: b"T",
+    Kind.URGENT_STATUS: b"S",
+}
 
 
 class MalformedWakeup(ValueError):
@@ -89,9 +99,9 @@ class MalformedWakeup(ValueError):
 
 
 def is_oncall_row(row: Queued) -> bool:
-    """Whether only a connection that named ``oncall`` may get ``row``: an
-    ``urgent_status``, or a message to a role or an urgent one (SPEC §14)."""
-    return row.kind is Kind.URGENT_STATUS or (row.kind is Kind.TEAM and (row.role is not None or row.urgent))
+    """Whether ``row`` is a message to a role or an urgent one (SPEC §14),
+    which only a connection that named ``teams`` and ``oncall`` may get."""
+    return row.kind is Kind.TEAM and (row.role is not None or row.urgent)
 
 
 def row_frame(row: Queued) -> bytes:
