@@ -104,16 +104,17 @@ class UrgentSend:
         self, sender_user: str, sender_device: str, frame: Send, now: int, expires_at: int, started: float
     ) -> bytes:
         """Check, store and announce the send; ``accepted``. Raises the
-        errors of SPEC §14.4 in order: the sender's (§6.2), malformed_frame
-        (fatal: no body, or a head to a role), the target's (unknown_role,
-        role_vacant; unknown_user, recipient_not_verified, no_devices; the
-        team's of §13.4), policy_out_of_bounds, then the devices'."""
+        errors of SPEC §14.4 in order: the sender's (§6.2), unknown_role and
+        role_vacant, malformed_frame (fatal: no body, or a head not to a
+        team), the recipient's (unknown_user, recipient_not_verified,
+        no_devices) or the team's (§13.4), policy_out_of_bounds, then
+        too_many_recipients, unknown_device, missing_devices."""
         await self._check_sender(sender_user, sender_device, now)
+        if is_role_id(frame.to):
+            await self._roles.holders(frame.to, now)  # unknown_role, role_vacant first
         if frame.body is None:
             raise errors.MalformedFrame("a send to a role, or an urgent send, carries a sealed body")
-        if is_role_id(frame.to) and frame.head is not None:
-            raise errors.MalformedFrame("a send to a role carries no head")
-        if not pt.is_team_id(frame.to) and not is_role_id(frame.to) and frame.head is not None:
+        if not pt.is_team_id(frame.to) and frame.head is not None:
             raise errors.MalformedFrame("head is for a send to a team")
         wanted = frame.envs.keys()
         for refresh in (False, True):
