@@ -145,6 +145,7 @@ class Hub:
         self.teams = TeamService(store, broker, self.accounts, self._links, settings)
         self.security.on_team_changed = self.teams.announce_stored
         self.roles = RoleService(store, broker, self._links, settings)
+        self.security.on_role_changed = self.roles.announce_stored
         #: Runs the timers of urgent messages; the composition root runs
         #: its ``run_forever`` as a task.
         self.escalator = Escalator(store, broker, self._links, settings, metrics, self.wake)

@@ -20,6 +20,10 @@ default (interval and final, no steps), else the deployment's
 ``b"R" + msgpack([role, holders, users])`` (the holders after the change and
 the users whose holdership changed), and every node, itself included, pushes
 the frame to its local connections of those users that named ``oncall``.
+An administrator's assignment (``miss-admin role assign``) reaches the hubs
+through the audit log (``role.assigned``/``role.unassigned``,
+``security_feed.py``), which each node polls and turns into the same local
+pushes (:meth:`RoleService.announce_stored`).
 """
 
 from __future__ import annotations
@@ -227,6 +231,13 @@ class RoleService:
             log.warning("role change not announced", extra={"role": role, "error": str(exc)})
             self.on_control(payload)
 
+    async def announce_stored(self, role: str, users: Iterable[str]) -> None:
+        """Push the role's holders now, read from the store, to this node's
+        connections of ``users`` (an administrator's assignment, which each
+        node learns from the audit log: ``security_feed.py``)."""
+        holders = sorted(await self._store.role_holders(role, self._clock()))[:MAX_ROLE_HOLDERS]
+        self._push_local(encode(RoleChanged(role, tuple(holders))), users)
+
     def on_control(self, payload: bytes) -> None:
         """The control channel's role announcements (module doc)."""
         try:
@@ -235,6 +246,10 @@ class RoleService:
         except Exception as exc:  # from a newer node, or garbled: nothing to push
             log.warning("unreadable role announcement", extra={"error": str(exc)})
             return
+        self._push_local(frame, users)
+
+    def _push_local(self, frame: bytes, users: Iterable[str]) -> None:
+        """Hand ``frame`` to this node's connections of ``users`` that named ``oncall``."""
         for user in users:
             for link in self._links.of_user(user):
                 if link.oncall:

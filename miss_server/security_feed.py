@@ -52,7 +52,8 @@ import asyncio
 import contextlib
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
+from typing import Any
 
 from protocol import errors
 
@@ -62,7 +63,7 @@ from .delivery import LocalLinks
 from .store.base import AuditEvent, Store, StoreUnavailable
 from .wakeup import close_wakeup
 
-__all__ = ["SECURITY_ACTIONS", "SecurityFeed"]
+__all__ = ["ROLE_ACTIONS", "SECURITY_ACTIONS", "SecurityFeed"]
 
 #: Audit actions that change what a node must enforce (see module doc).
 SECURITY_ACTIONS = [
@@ -75,7 +76,13 @@ SECURITY_ACTIONS = [
     # A team record written by miss-admin (SPEC §13): detail is the team id,
     # user_id the user it concerns; members get ``team_changed``.
     "team.changed",
+    # An administrator's assignment of an on-call role (SPEC §14.6): detail
+    # starts with the role id; the user gets ``role_changed``.
+    "role.assigned",
+    "role.unassigned",
 ]
+#: The actions of SECURITY_ACTIONS that only call for a ``role_changed`` push.
+ROLE_ACTIONS = frozenset({"role.assigned", "role.unassigned"})
 #: How far back each poll of the audit log looks (ms).
 SECURITY_WINDOW_MS = 60_000
 #: How old (s) a seq seen by a poll must be before later polls skip every
@@ -102,6 +109,9 @@ class SecurityFeed:
         #: Pushes ``team_changed`` for a team (and a user it concerns) to this
         #: node's connections, given by the hub (teams.py).
         self.on_team_changed: Callable[[str, list[str]], Awaitable[None]] | None = None
+        #: Pushes ``role_changed`` for a role to this node's connections of
+        #: the users given, by the hub (roles.py).
+        self.on_role_changed: Callable[[str, list[str]], Awaitable[None]] | None = None
         self._tasks: set[asyncio.Task[None]] = set()
 
     # --- through the broker -----------------------------------------------------
@@ -134,15 +144,27 @@ class SecurityFeed:
             return
         if event.action == "team.changed":
             if self.on_team_changed is not None:
-                task = asyncio.get_running_loop().create_task(self._team_changed(event.detail, event.user_id))
-                self._tasks.add(task)
-                task.add_done_callback(self._tasks.discard)
+                self._spawn(self._team_changed(event.detail, event.user_id))
+            return
+        if event.action in ROLE_ACTIONS:
+            if self.on_role_changed is not None and event.detail:
+                self._spawn(self._role_changed(event.detail.split(" ", 1)[0], event.user_id))
             return
         self._accounts.forget(event.user_id)
         if event.action == "device.revoked" and event.device_id is not None:
             self._links.end_device(event.device_id, errors.DeviceRevoked)
         elif event.action in ("account.suspended", "account.deleted"):
             self._links.end_user(event.user_id, errors.AccountSuspended)
+
+    def _spawn(self, push: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.get_running_loop().create_task(push)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _role_changed(self, role: str, user_id: str) -> None:
+        assert self.on_role_changed is not None
+        with contextlib.suppress(StoreUnavailable):  # a push is best effort
+            await self.on_role_changed(role, [user_id])
 
     async def _team_changed(self, team: str, user_id: str) -> None:
         assert self.on_team_changed is not None
