@@ -29,8 +29,10 @@ is checked before anything is written: one bad line (unknown role or RPPS,
 a clinician who is not verified, an unreadable time, an end not after the
 start) refuses the whole file, naming every bad line with its number. A
 good file replaces, in one transaction (:meth:`Store.replace_shifts`), the
-current and future shifts of every role it names; shifts already over are
-skipped (a week's schedule can be imported on its Wednesday).
+schedule of every role it names (the others keep theirs; manual holders
+stay): a shift in progress or to come that the file does not list is gone.
+Shifts of the file already over are skipped (they make nobody a holder any
+more), so a week's schedule can be imported on its Wednesday.
 
 Every change is written to the audit log, the role id first in ``detail``:
 ``role.created``, ``role.assigned`` / ``role.unassigned`` (with the user),
@@ -219,8 +221,10 @@ def policy_map(policy: Policy, users: list[list[str]] | None = None) -> dict[str
     return policy.to_map(with_holders=users is not None)
 
 
-def policy_text(policy: Policy) -> str:
-    steps = "".join(f", then {s.target} after {_seconds(s.delay)}" for s in policy.steps)
+def policy_text(policy: Policy, labels: dict[str, str] | None = None) -> str:
+    """A policy for people; ``labels`` names step targets (role or user ids)."""
+    named = labels or {}
+    steps = "".join(f", then {named.get(s.target, s.target)} after {_seconds(s.delay)}" for s in policy.steps)
     return (
         f"reminders every {_seconds(policy.interval)}{steps}; "
         f"no acknowledgement after {_seconds(policy.final)} more"
@@ -312,7 +316,12 @@ async def _show(store: Store, settings: Settings, args: argparse.Namespace) -> d
     if upcoming:
         lines.append("upcoming shifts:")
         lines += [f"  {iso(s.start)} → {iso(s.end)}  {names[s.user_id]}" for s in upcoming]
-    lines.append(f"policy ({source}): {policy_text(policy)}")
+    labels = {s.target: names.get(s.target, s.target) for s in policy.steps}
+    for step in policy.steps:
+        if step.role is not None:
+            found = await store.get_role(step.role)
+            labels[step.role] = f"the holders of {shown(found.name)!r}" if found else f"{step.role} (deleted)"
+    lines.append(f"policy ({source}): {policy_text(policy, labels)}")
     return {
         **_row(role),
         "at": iso(at),
@@ -334,7 +343,8 @@ async def _assign(store: Store, settings: Settings, args: argparse.Namespace) ->
         if user.user_id not in holders and len(holders) >= MAX_ROLE_HOLDERS:
             raise ValueError(f"{role.role} has {len(holders)} holders already (at most {MAX_ROLE_HOLDERS})")
         if not await store.assign_role(role.role, user.user_id, now):
-            raise LookupError(f"no role {role.role!r}")  # deleted meanwhile
+            # Deleted, or filled by others, since the checks above.
+            raise ValueError(f"{role.role} is gone or has {MAX_ROLE_HOLDERS} holders now: nothing changed")
         action, verb = "role.assigned", "now holds"
     else:
         if not await store.unassign_role(role.role, user.user_id):
@@ -487,10 +497,7 @@ async def _import(store: Store, settings: Settings, args: argparse.Namespace) ->
     per_role = {r: sum(1 for s in schedule.shifts if s.role == r) for r in sorted(schedule.roles)}
     for role, n in per_role.items():
         await record(store, "role.schedule_imported", detail=f"{role} shifts={n}")
-    lines = [
-        f"{len(schedule.shifts)} shift(s) imported from {path.name}, "
-        "replacing the current and future shifts of:"
-    ]
+    lines = [f"{len(schedule.shifts)} shift(s) imported from {path.name}, replacing the schedule of:"]
     lines += [f"  {_label(schedule.roles[r])}  {n} shift(s)" for r, n in per_role.items()]
     if schedule.skipped:
         lines.append(f"{schedule.skipped} shift(s) already over, skipped")
@@ -554,9 +561,9 @@ def add_role_parser(command: Any, common: argparse.ArgumentParser) -> None:
         p.add_argument("user", help="RPPS number or user id")
     imp = actions.add_parser(
         "import",
-        help="replace the current and future shifts of the roles a CSV file names",
+        help="replace the schedule of the roles a CSV file names",
         description="Read a CSV schedule with the header role,rpps,start,end (times ISO 8601, naive = "
-        "Europe/Paris) and replace the current and future shifts of the roles it names; one bad "
+        "Europe/Paris) and replace the schedule of the roles it names; one bad "
         "line refuses the whole file.",
         parents=[common],
     )
