@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from . import migrations
+from . import sqlite_oncall as oncall
 from . import sqlite_teams as teams
 from .base import (
     AcceptResult,
@@ -81,8 +82,9 @@ def _user_where(conn: sqlite3.Connection, column: str, value: str) -> User | Non
     return None if row is None else to_user(row)
 
 
-class SQLiteStore:
-    """Store on one SQLite file (see :class:`~miss_server.store.base.Store`)."""
+class SQLiteStore(oncall.SQLiteOncall):
+    """Store on one SQLite file (see :class:`~miss_server.store.base.Store`);
+    on-call roles and urgent messages in ``sqlite_oncall.py``."""
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
@@ -298,6 +300,7 @@ class SQLiteStore:
                 return None
             conn.execute("DELETE FROM queue WHERE device_id = ?", (device_id,))
             conn.execute("DELETE FROM team_queue WHERE device_id = ?", (device_id,))
+            conn.execute("DELETE FROM held_queue WHERE device_id = ?", (device_id,))
             # Conn's caches stay true: a revoked device keeps its owner (_ack
             # finds nothing left to delete), and contacts are between users.
             # user_devices() reads the table, never a cache. An accept whose
@@ -317,7 +320,7 @@ class SQLiteStore:
             devices = [
                 d for (d,) in conn.execute("SELECT device_id FROM devices WHERE user_id = ?", (user_id,))
             ]
-            for table in ("queue", "team_queue"):
+            for table in ("queue", "team_queue", "held_queue"):
                 conn.execute(
                     f"DELETE FROM {table} WHERE device_id IN (SELECT value FROM json_each(?))",
                     (json.dumps(devices),),
@@ -406,6 +409,7 @@ class SQLiteStore:
     async def expire(self, now: int) -> int:
         def run(conn: sqlite3.Connection) -> int:
             n = conn.execute("DELETE FROM queue WHERE expires_at <= ?", (now,)).rowcount
+            oncall.expire_oncall(conn, now)
             n += teams.expire_team_rows(conn, now)
             conn.execute("DELETE FROM accepted_ids WHERE expires_at <= ?", (now,))
             conn.execute("DELETE FROM enrollment_codes WHERE expires_at <= ?", (now,))
@@ -446,10 +450,17 @@ class SQLiteStore:
         return await self._db.read(teams.list_teams)
 
     async def accept_team(self, message: NewTeamMessage) -> AcceptResult:
+        if message.held or message.plan is not None:
+            return await self._db.write(oncall.accept_urgent, message)
         return await self._db.write(teams.accept_team, message)
 
     async def recall(self, sender_user: str, message_id: bytes) -> int:
-        return await self._db.write(teams.recall, sender_user, message_id)
+        def run(conn: sqlite3.Connection) -> int:
+            return oncall.recall_oncall(conn, sender_user, message_id) + teams.recall(
+                conn, sender_user, message_id
+            )
+
+        return await self._db.write(run)
 
     async def has_sent(self, sender_user: str, message_id: bytes) -> bool:
         return await self._db.read(

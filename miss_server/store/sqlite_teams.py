@@ -28,6 +28,7 @@ __all__ = [
     "pending_union",
     "recall",
     "stored_bytes",
+    "take_seqs",
     "team_info",
     "team_records",
     "user_teams",
@@ -38,18 +39,20 @@ __all__ = [
 RECORD_OVERHEAD = 16
 
 #: A device's rows of both tables in seq order (pending()): ?1 device,
-#: ?2 after seq, ?3 now, ?4 limit. Columns: QUEUED_COLUMNS, body, team.
+#: ?2 after seq, ?3 now, ?4 limit. Columns: QUEUED_COLUMNS, body, team,
+#: role, urgent, step (SPEC §14).
 pending_union = """
-SELECT seq, device_id, kind, message_id, peer_user, peer_device, ts, payload, NULL, NULL
+SELECT seq, device_id, kind, message_id, peer_user, peer_device, ts, payload, NULL, NULL, NULL, 0, NULL
 FROM queue WHERE device_id = ?1 AND seq > ?2 AND expires_at > ?3
 UNION ALL
-SELECT t.seq, t.device_id, 4, b.message_id, b.sender_user, b.sender_device, b.ts, t.wrap, b.body, b.team
+SELECT t.seq, t.device_id, 4, b.message_id, b.sender_user, b.sender_device, b.ts, t.wrap, b.body, b.team,
+       b.role, b.urgent, t.step
 FROM team_queue t JOIN bodies b ON b.id = t.body_id
 WHERE t.device_id = ?1 AND t.seq > ?2 AND b.expires_at > ?3
 ORDER BY 1 LIMIT ?4"""
 
 
-def _take_seqs(conn: sqlite3.Connection, n: int) -> int:
+def take_seqs(conn: sqlite3.Connection, n: int) -> int:
     """Reserve ``n`` seqs of the queue's counter; returns the first."""
     row = conn.execute("SELECT seq FROM sqlite_sequence WHERE name = 'queue'").fetchone()
     top = conn.execute("SELECT max(seq) FROM queue").fetchone()[0] or 0
@@ -69,11 +72,21 @@ def accept_team(conn: sqlite3.Connection, m: NewTeamMessage) -> AcceptResult:
     if not inserted:
         return AcceptResult(duplicate=True, queued=[])
     body_id = conn.execute(
-        "INSERT INTO bodies (sender_user, message_id, sender_device, team, ts, expires_at, body) "
-        "VALUES (?, ?, ?, ?, ?, ?, ?)",
-        (m.sender_user, m.message_id, m.sender_device, m.team, m.ts, m.expires_at, m.body),
+        "INSERT INTO bodies (sender_user, message_id, sender_device, team, ts, expires_at, body, role, "
+        "urgent) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        (
+            m.sender_user,
+            m.message_id,
+            m.sender_device,
+            m.team,
+            m.ts,
+            m.expires_at,
+            m.body,
+            m.role,
+            int(m.urgent),
+        ),
     ).lastrowid
-    first = _take_seqs(conn, len(m.wraps))
+    first = take_seqs(conn, len(m.wraps))
     rows = [(first + i, device_id, body_id, wrap) for i, (device_id, wrap) in enumerate(m.wraps.items())]
     conn.executemany("INSERT INTO team_queue (seq, device_id, body_id, wrap) VALUES (?, ?, ?, ?)", rows)
     return AcceptResult(duplicate=False, queued=[m.queued(seq, device_id) for seq, device_id, _, _ in rows])
@@ -99,13 +112,15 @@ def ack_team_rows(
 
 
 def expire_team_rows(conn: sqlite3.Connection, now: int) -> int:
-    """Delete expired bodies with their rows, and bodies no row refers to; the number of rows."""
+    """Delete expired bodies with their rows, and bodies no row refers to
+    (neither a queued nor a held one, SPEC §14); the number of rows."""
     n = conn.execute(
         "DELETE FROM team_queue WHERE body_id IN (SELECT id FROM bodies WHERE expires_at <= ?)", (now,)
     ).rowcount
     conn.execute("DELETE FROM bodies WHERE expires_at <= ?", (now,))
     conn.execute(
-        "DELETE FROM bodies WHERE NOT EXISTS (SELECT 1 FROM team_queue t WHERE t.body_id = bodies.id)"
+        "DELETE FROM bodies WHERE NOT EXISTS (SELECT 1 FROM team_queue t WHERE t.body_id = bodies.id) "
+        "AND NOT EXISTS (SELECT 1 FROM held_queue h WHERE h.body_id = bodies.id)"
     )
     return int(n)
 
@@ -142,6 +157,11 @@ def stored_bytes(conn: sqlite3.Connection, sender_user: str, message_id: bytes) 
         total += conn.execute(
             "SELECT coalesce(sum(8 + length(device_id) + 8 + length(wrap)), 0) "
             "FROM team_queue WHERE body_id = ?",
+            (body[0],),
+        ).fetchone()[0]
+        total += conn.execute(  # an urgent message's backups' rows, held (SPEC §14)
+            "SELECT coalesce(sum(8 + 8 + length(device_id) + length(wrap)), 0) FROM held_queue "
+            "WHERE body_id = ?",
             (body[0],),
         ).fetchone()[0]
     total += conn.execute(
@@ -264,4 +284,4 @@ def user_teams(conn: sqlite3.Connection, user_id: str, limit: int) -> list[tuple
 
 def to_queued_row(r: tuple) -> Queued:  # type: ignore[type-arg]
     """A row of :data:`pending_union`."""
-    return Queued(r[0], r[1], Kind(r[2]), r[3], r[4], r[5], r[6], r[7], r[8], r[9])
+    return Queued(r[0], r[1], Kind(r[2]), r[3], r[4], r[5], r[6], r[7], r[8], r[9], r[10], bool(r[11]), r[12])
