@@ -16,9 +16,13 @@ from zoneinfo import ZoneInfo
 import asyncpg
 import pytest
 
+from miss_server.app import HubServer
+from protocol.frames import RoleChanged, RoleGet, RoleOk
 from protocol.oncall import is_role_id
 from tests.support.admin_cli import Admin
+from tests.support.oncall_wire import OncallDevice
 from tests.support.store_fixtures import POSTGRES_DSN
+from tests.support.wire import invite
 
 PARIS = ZoneInfo("Europe/Paris")
 CARDIO = "Cardiologie — senior de garde"
@@ -308,6 +312,20 @@ def test_policies_within_caps_and_defaults(run: Admin) -> None:
         for e in run("audit", "--action", "role.policy_set", "--action", "org.policy_set")["events"]
     ]
     assert actions == ["role.policy_set", "org.policy_set", "role.policy_set"]
+
+
+async def test_a_running_hub_sees_and_announces_admin_assignments(hub: HubServer, hub_admin: Admin) -> None:
+    _, code = await invite(hub, "Dr Bob Durand", "10000000012")
+    bob = OncallDevice(hub.url)
+    await bob.enroll(code)
+    made = await asyncio.to_thread(hub_admin, "role", "create", CARDIO, "--org", "", "--reserved")
+    role = made["role"]
+    await asyncio.to_thread(hub_admin, "role", "assign", role, "10000000012")
+    assert await bob.next_of(RoleChanged, timeout=5) == RoleChanged(role, (bob.user_id,))
+    got = await bob.ask(RoleGet(rid=1, role=role))
+    assert isinstance(got, RoleOk) and got.info.holders == (bob.user_id,) and got.info.reserved
+    await asyncio.to_thread(hub_admin, "role", "unassign", CARDIO, bob.user_id)
+    assert await bob.next_of(RoleChanged, timeout=5) == RoleChanged(role, ())
 
 
 def test_on_postgresql(
