@@ -23,8 +23,11 @@ import pytest
 
 from miss_server.app import HubServer
 from miss_server.logs import JsonFormatter
-from miss_server.store.base import Shift
+from miss_server.store.base import AuditEvent, Shift
 from protocol.frames import (
+    CAP_ONCALL,
+    CAP_REFUSALS,
+    CAP_TEAMS,
     Accepted,
     Acknowledge,
     AcknowledgeOk,
@@ -311,6 +314,58 @@ async def test_a_shift_boundary_changes_the_targets_of_the_next_send(make_hub: H
     assert (await day[0].next_of(Deliver, timeout=2)).id == after.id
     with pytest.raises(TimeoutError):
         pytest.fail(f"the night got {await night[0].recv(timeout=0.3)}")
+
+
+async def test_an_urgent_message_to_a_user_escalates_to_the_policy_of_the_recipients_organisation(
+    make_hub: HubFactory,
+) -> None:
+    """To a user, the organisation's default applies (no steps): reminders,
+    then unacknowledged; a body to a user without ``urgent`` stays a fatal
+    malformed_frame."""
+    hub = await make_hub(**FAST)
+    (s,), (r,) = await clinician(hub, "Sophie"), await clinician(hub, "Remi")
+    await hub.store.set_org_policy(ORG, 150, 400)
+    send = sealed(s, r.user_id, keys([r]), "rappel urgent", urgent=Urgent())
+    await accepted(s, send)
+    got = await r.next_of(Deliver, timeout=2)
+    assert (got.id, got.urgent, got.role, got.team, got.step) == (send.id, True, None, None, None)
+    assert opened(r, got, s).urgent
+    assert (await r.next_of(UrgentReminder, timeout=2)).id == send.id
+    status = await s.next_of(UrgentStatus, timeout=3)
+    assert (status.state, status.id, status.sender) == ("unacknowledged", send.id, s.user_id)
+    await s.send_frame(sealed(s, r.user_id, keys([r]), "corps sans urgence"))
+    error, code = await s.until_closed(3)
+    assert error is not None and error.code == "malformed_frame" and code is not None
+
+
+async def test_oncall_rows_wait_for_a_connection_that_names_oncall(make_hub: HubFactory) -> None:
+    hub = await make_hub(**FAST)
+    (s,), (h,) = await clinician(hub, "Sophie"), await clinician(hub, "Hugo")
+    role = await make_role(hub, "Gériatrie — garde")
+    await assign(hub, role, [h])
+    await h.close()
+    h.caps = (CAP_REFUSALS, CAP_TEAMS)  # a revision 3 client
+    await h.auth()
+    send = sealed(s, role, keys([h]), "pour la garde")
+    await accepted(s, send)
+    with pytest.raises(TimeoutError):
+        pytest.fail(f"unexpected {await h.recv(timeout=0.4)}")
+    assert await hub.store.count_pending(h.device_id) == 1
+    await h.close()
+    h.caps = (CAP_REFUSALS, CAP_TEAMS, CAP_ONCALL)
+    await h.auth()
+    got = await h.next_of(Deliver)
+    assert got.id == send.id and got.role == role and opened(h, got, s).body == "pour la garde"
+
+
+async def test_an_administrators_assignment_is_pushed_to_the_assigned_user(make_hub: HubFactory) -> None:
+    hub = await make_hub(**FAST)
+    (h,) = await clinician(hub, "Hugo")
+    role = await make_role(hub, "Chef de garde", reserved=True)
+    assert await hub.store.assign_role(role, h.user_id, now_ms())
+    # What miss-admin role assign writes; every node polls the audit log.
+    await hub.store.audit([AuditEvent(now_ms(), "admin:test", "role.assigned", h.user_id, None, None, role)])
+    assert await h.next_of(RoleChanged, timeout=3) == RoleChanged(role, (h.user_id,))
 
 
 # --- (d) bad input ---------------------------------------------------------------------
