@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING
 
 import asyncpg
 
+from . import postgres_oncall as oncall
 from . import postgres_teams as teams
 from .base import (
     CodeInvalid,
@@ -122,8 +123,9 @@ async def _user_where(conn: asyncpg.Connection, column: str, value: str) -> User
     return None if row is None else to_user(row)
 
 
-class PostgresStore:
-    """Store on PostgreSQL (see :class:`~miss_server.store.base.Store` and the module doc).
+class PostgresStore(oncall.PostgresOncall):
+    """Store on PostgreSQL (see :class:`~miss_server.store.base.Store` and the
+    module doc); on-call roles and urgent messages in ``postgres_oncall.py``.
 
     ``dsn`` is a ``postgresql://`` URL, optionally with ``?schema=NAME``.
     ``application_name`` names the connections in ``pg_stat_activity``.
@@ -374,6 +376,7 @@ class PostgresStore:
             # from user_devices() before accept, so only a race leaves any.
             await conn.execute("DELETE FROM queue WHERE device_id = $1", device_id)
             await conn.execute("DELETE FROM team_queue WHERE device_id = $1", device_id)
+            await conn.execute("DELETE FROM held_queue WHERE device_id = $1", device_id)
             return replace(to_device(row), revoked=False)  # as it was
 
         return await self._db.write(run)
@@ -394,6 +397,7 @@ class PostgresStore:
             ]
             await conn.execute("DELETE FROM queue WHERE device_id = ANY($1::text[])", devices)
             await conn.execute("DELETE FROM team_queue WHERE device_id = ANY($1::text[])", devices)
+            await conn.execute("DELETE FROM held_queue WHERE device_id = ANY($1::text[])", devices)
             await conn.execute("DELETE FROM enrollment_codes WHERE user_id = $1", user_id)
             await conn.execute("DELETE FROM contacts WHERE user_a = $1 OR user_b = $1", user_id)
             await conn.execute("DELETE FROM devices WHERE user_id = $1", user_id)
@@ -480,7 +484,7 @@ class PostgresStore:
         """Delete in statements of at most ``EXPIRE_BATCH`` rows, each its own
         short transaction. If interrupted, what was deleted stays deleted."""
         deleted = 0
-        for table, sql in {**_EXPIRE, **teams.EXPIRE_TEAM}.items():
+        for table, sql in {**_EXPIRE, **oncall.EXPIRE_ONCALL, **teams.EXPIRE_TEAM}.items():
 
             async def run(conn: asyncpg.Connection, sql: str = sql) -> str:
                 return str(await conn.execute(sql, now, EXPIRE_BATCH))
@@ -528,10 +532,16 @@ class PostgresStore:
         return await self._db.retryable(teams.list_teams)
 
     async def accept_team(self, message: NewTeamMessage) -> AcceptResult:
+        if message.held or message.plan is not None:
+            return await self._db.write(lambda c: oncall.accept_urgent(c, message))
         return await self._db.write(lambda c: teams.accept_team(c, message))
 
     async def recall(self, sender_user: str, message_id: bytes) -> int:
-        return await self._db.write(lambda c: teams.recall(c, sender_user, message_id))
+        async def run(conn: asyncpg.Connection) -> int:
+            held = await oncall.recall_oncall(conn, sender_user, message_id)
+            return held + await teams.recall(conn, sender_user, message_id)
+
+        return await self._db.write(run)
 
     async def has_sent(self, sender_user: str, message_id: bytes) -> bool:
         row = await self._db.retryable(

@@ -31,31 +31,35 @@ __all__ = [
     "user_teams",
 ]
 
+#: Columns: QUEUED_COLUMNS, body, team, role, urgent, step (SPEC §14).
 PENDING_UNION = """
-SELECT seq, device_id, kind, message_id, peer_user, peer_device, ts, payload, NULL::bytea, NULL::text
+SELECT seq, device_id, kind, message_id, peer_user, peer_device, ts, payload, NULL::bytea, NULL::text,
+       NULL::text, FALSE, NULL::int
 FROM queue WHERE device_id = $1 AND seq > $2 AND expires_at > $3
 UNION ALL
 SELECT t.seq, t.device_id, 4::smallint, b.message_id, b.sender_user, b.sender_device, b.ts, t.wrap,
-       b.body, b.team
+       b.body, b.team, b.role, b.urgent, t.step
 FROM team_queue t JOIN bodies b ON b.id = t.body_id
 WHERE t.device_id = $1 AND t.seq > $2 AND b.expires_at > $3
 ORDER BY 1 LIMIT $4"""
 
 #: Expiry of team messages, in statements of at most $2 rows each ($1 now):
-#: expired bodies' rows, expired bodies, then bodies no row refers to.
+#: expired bodies' rows, expired bodies, then bodies no row refers to
+#: (neither queued nor held: ``postgres_oncall.EXPIRE_ONCALL`` runs before).
 EXPIRE_TEAM = {
     "team_queue": "DELETE FROM team_queue WHERE seq = ANY(ARRAY("
     "SELECT t.seq FROM team_queue t JOIN bodies b ON b.id = t.body_id WHERE b.expires_at <= $1 LIMIT $2 "
     "FOR UPDATE OF t SKIP LOCKED))",
     "bodies": "DELETE FROM bodies WHERE id = ANY(ARRAY("
     "SELECT b.id FROM bodies b WHERE b.expires_at <= $1 "
-    "OR NOT EXISTS (SELECT 1 FROM team_queue t WHERE t.body_id = b.id) LIMIT $2 FOR UPDATE SKIP LOCKED))",
+    "OR (NOT EXISTS (SELECT 1 FROM team_queue t WHERE t.body_id = b.id) "
+    "AND NOT EXISTS (SELECT 1 FROM held_queue h WHERE h.body_id = b.id)) LIMIT $2 FOR UPDATE SKIP LOCKED))",
 }
 
 
 def to_queued_row(r: asyncpg.Record) -> Queued:
     """A row of :data:`PENDING_UNION`."""
-    return Queued(r[0], r[1], Kind(r[2]), r[3], r[4], r[5], r[6], r[7], r[8], r[9])
+    return Queued(r[0], r[1], Kind(r[2]), r[3], r[4], r[5], r[6], r[7], r[8], r[9], r[10], r[11], r[12])
 
 
 async def accept_team(conn: asyncpg.Connection, m: NewTeamMessage) -> AcceptResult:
@@ -69,8 +73,8 @@ async def accept_team(conn: asyncpg.Connection, m: NewTeamMessage) -> AcceptResu
     if inserted is None:
         return AcceptResult(duplicate=True, queued=[])
     body_id = await conn.fetchval(
-        "INSERT INTO bodies (sender_user, message_id, sender_device, team, ts, expires_at, body) "
-        "VALUES ($1, $2, $3, $4, $5, $6, $7) RETURNING id",
+        "INSERT INTO bodies (sender_user, message_id, sender_device, team, ts, expires_at, body, role, "
+        "urgent) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) RETURNING id",
         m.sender_user,
         m.message_id,
         m.sender_device,
@@ -78,6 +82,8 @@ async def accept_team(conn: asyncpg.Connection, m: NewTeamMessage) -> AcceptResu
         m.ts,
         m.expires_at,
         m.body,
+        m.role,
+        m.urgent,
     )
     devices = list(m.wraps)
     rows = await conn.fetch(
@@ -132,6 +138,11 @@ async def stored_bytes(conn: asyncpg.Connection, sender_user: str, message_id: b
         total += await conn.fetchval(
             "SELECT coalesce(sum(8 + octet_length(device_id) + 8 + octet_length(wrap)), 0) "
             "FROM team_queue WHERE body_id = $1",
+            body[0],
+        )
+        total += await conn.fetchval(  # an urgent message's backups' rows, held (SPEC §14)
+            "SELECT coalesce(sum(8 + 8 + octet_length(device_id) + octet_length(wrap)), 0) FROM held_queue "
+            "WHERE body_id = $1",
             body[0],
         )
     total += await conn.fetchval(
