@@ -14,6 +14,7 @@ that writes the new row.
 from __future__ import annotations
 
 import json
+import time
 import unicodedata
 from dataclasses import dataclass, replace
 
@@ -33,6 +34,7 @@ __all__ = [
     "fold",
     "initial",
     "next_at",
+    "now_ms",
     "released_users",
     "status_payload",
 ]
@@ -41,6 +43,11 @@ OPEN = "open"
 ACKNOWLEDGED = "acknowledged"
 UNACKNOWLEDGED = "unacknowledged"
 ESCALATED = "escalated"
+
+
+def now_ms() -> int:
+    """The audit time of a ``leave_role``, whose signature has no ``now``."""
+    return int(time.time() * 1000)
 
 
 def fold(text: str) -> str:

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import json
 import sqlite3
-import time
 from typing import TYPE_CHECKING, Any
 
 from protocol.oncall import new_role_id
@@ -471,7 +470,7 @@ class SQLiteOncall:
         return done
 
     async def leave_role(self, role: str, user_id: str) -> bool:
-        return await self._db.write(_leave_role, role, user_id, _now_ms())
+        return await self._db.write(_leave_role, role, user_id, rules.now_ms())
 
     async def assign_role(self, role: str, user_id: str, now: int) -> bool:
         return await self._db.write(_assign_role, role, user_id, now)
@@ -542,8 +541,3 @@ class SQLiteOncall:
 
     async def held_rows(self, sender_user: str, message_id: bytes) -> int:
         return await self._db.read(_held_rows, sender_user, message_id)
-
-
-def _now_ms() -> int:
-    """The audit time of a ``leave_role``, whose signature has no ``now``."""
-    return int(time.time() * 1000)
