@@ -300,6 +300,10 @@ async def test_the_first_acknowledgement_deletes_what_is_held(store: Store) -> N
     assert sorted(q.device_id for q in ack.statuses) == sorted([s.a1, s.a2, s.b1, s.c1])
     assert _status(ack.statuses[0]) == ["acknowledged", 1, s.carol, s.c2, None]
     assert all(q.kind is Kind.URGENT_STATUS for q in ack.statuses)
+    # A status acked by its device earns no receipt.
+    a1_rows = [q for q in ack.statuses if q.device_id == s.a1]
+    assert await store.ack(s.a1, [q.seq for q in a1_rows], NOW + 6001, NOW + DAY) == []
+    assert [q.kind for q in await store.pending(s.a1, 0, 10, NOW + 6001)] == [Kind.URGENT_STATUS]  # escalated
     assert await store.held_rows(s.alice, m.message_id) == 0
     assert await store.pending(s.d1, 0, 10, NOW + 30_000) == []  # dave never gets it
     # Nothing more to do: no step, no reminder, no final.
