@@ -19,7 +19,7 @@ from websockets.exceptions import ConnectionClosed
 from websockets.protocol import State
 
 from protocol import errors
-from protocol.frames import Ack, Auth, Frame, Search, Send, Welcome, encode
+from protocol.frames import Ack, Auth, Frame, RoleSearch, Search, Send, Welcome, encode
 from protocol.session import ServerSession, error_frame
 
 from .admission import GatedConnection
@@ -156,7 +156,7 @@ async def _dispatch(
     answer that request only.
 
     Every request spends the device's and the address's budget first
-    (guard.py), a search its own too, an ``ack`` its own ack budget; then
+    (guard.py), a search (of users or roles) its own too, an ``ack`` its own ack budget; then
     :meth:`Hub.request`, the dispatch, answers it. A device over its budget
     gets ``rate_limited`` and its next frame is read only after the delay
     (at most MAX_PENALTY); an ack over budget waits for its tokens first. A
@@ -169,7 +169,9 @@ async def _dispatch(
             await hub.guard.ack(session.device_id, size)
             await hub.ack(session, link, frame)
         else:
-            await hub.guard.request(session.user_id, session.device_id, address, search=type(frame) is Search)
+            # A role search reads the directory too: it spends the search budget.
+            searches = type(frame) in (Search, RoleSearch)
+            await hub.guard.request(session.user_id, session.device_id, address, search=searches)
             reply = await hub.request(session, link, frame)
     except errors.RequestError as exc:
         hub.metrics.errors.labels(exc.code).inc()
