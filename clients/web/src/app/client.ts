@@ -56,6 +56,7 @@
  *   changes; messages from members by the chain are still received.
  */
 import {
+  CAP_ONCALL,
   CAP_REFUSALS,
   CAP_TEAMS,
   MAX_ACK_REFUSALS,
@@ -86,6 +87,7 @@ import type {
   TeamChanged,
   TeamOk,
   TeamsOk,
+  UrgentStatus,
   Watching,
 } from "../protocol/frames";
 import * as attestation from "../protocol/attestation";
@@ -108,7 +110,9 @@ import {
   type DeviceKeys,
   type Plaintext,
 } from "../protocol/crypto";
-import { NotMember, ProtocolError, TeamForbidden } from "../protocol/errors";
+import { NotMember, ProtocolError, RoleVacant, TeamForbidden } from "../protocol/errors";
+import { isRoleId } from "../protocol/oncall";
+import { Oncall } from "./oncall";
 import { ClientSession } from "../protocol/session";
 import { TeamChainError, newTeamId, nextRecord, signRecord, type TeamOp, type TeamRecord } from "../protocol/teams";
 import { LocalState, type MessageRecord } from "./store";
@@ -163,6 +167,8 @@ export class TeamProblemError extends Error {
 export interface SendOptions {
   /** Lifespan (ms, 3,600,000 … 2,592,000,000); default: the conversation's. */
   lifespanMs?: number;
+  /** Urgent (SPEC §14): escalates until acknowledged, per the recipient's policy. */
+  urgent?: boolean;
 }
 
 export interface PresenceInfo {
@@ -239,12 +245,27 @@ export class MissClient {
   /** The running chain fetch of each team. */
   private syncing = new Map<string, Promise<KnownTeam>>();
 
+  /** On-call roles and urgent messages (oncall.ts). */
+  readonly oncall: Oncall;
+
   constructor(
     readonly vault: Vault,
     readonly keys: DeviceKeys,
     readonly state: LocalState,
   ) {
     addEventListener("online", () => this.reconnectNow());
+    const client = this; // eslint-disable-line @typescript-eslint/no-this-alias
+    this.oncall = new Oncall({
+      get me() {
+        return client.me;
+      },
+      get device() {
+        return client.device;
+      },
+      state,
+      request: (build) => this.request(build),
+      changed: () => this.onChange(),
+    });
   }
 
   get me(): string {
@@ -260,6 +281,7 @@ export class MissClient {
   start(): void {
     this.stopped = false;
     this.startSweep();
+    this.oncall.restore();
     this.connect();
   }
 
@@ -346,7 +368,7 @@ export class MissClient {
       case "challenged": {
         const authority = session.hubAuthority;
         this.authorityMismatch = authority != null && toHex(authority) !== toHex(this.vault.profile.authority);
-        this.ws!.send(session.auth(this.device, this.keys, [CAP_REFUSALS, CAP_TEAMS]));
+        this.ws!.send(session.auth(this.device, this.keys, [CAP_REFUSALS, CAP_TEAMS, CAP_ONCALL]));
         break;
       }
       case "welcomed":
@@ -375,7 +397,13 @@ export class MissClient {
     await this.checkSelf();
     await this.watchAll().catch(() => undefined);
     if (this.selfCheck === true) await this.syncTeams().catch((err) => console.warn("MiSS: teams", err));
+    if (this.selfCheck === true && this.oncallHub) await this.oncall.mine().catch((err) => console.warn("MiSS: roles", err));
     this.flushOutbox();
+  }
+
+  /** Whether the hub speaks revision 4 (roles, urgent messages). */
+  get oncallHub(): boolean {
+    return this.session?.hubCaps.has(CAP_ONCALL) ?? false;
   }
 
   /** A fatal protocol error of ours or the hub's: close, then as closed. */
@@ -572,6 +600,7 @@ export class MissClient {
     if (before !== true && this.selfCheck === true) {
       await this.watchAll().catch(() => undefined);
       await this.syncTeams().catch((err) => console.warn("MiSS: teams", err)); // refused while unverified
+      if (this.oncallHub) await this.oncall.mine().catch((err) => console.warn("MiSS: roles", err));
       this.flushOutbox();
     }
   }
@@ -580,7 +609,7 @@ export class MissClient {
 
   /** Watch ourselves and every conversation's clinician (the list replaces the last). */
   async watchAll(): Promise<void> {
-    const users = [this.me, ...this.state.conversationList().map((c) => c.peer).filter((p) => !isTeamId(p))].slice(0, 512);
+    const users = [this.me, ...this.state.conversationList().map((c) => c.peer).filter((p) => !isTeamId(p) && !isRoleId(p))].slice(0, 512);
     const reply = await this.request<Watching>((rid) => ({ t: "watch", rid, users }));
     for (const p of reply.presence) this.presence.set(p.user, { status: p.status, online: p.online });
     this.onChange();
@@ -941,6 +970,7 @@ export class MissClient {
   /** Record `text` to `peer` (a user or a team id) in the outbox, then send
    * it (as soon as it can be). */
   async send(peer: string, text: string, options: SendOptions = {}): Promise<MessageRecord> {
+    if (isRoleId(peer) && !this.state.conversations.has(peer)) this.state.conversation(peer);
     const body = text.trim();
     if (!body) throw new Error("empty message");
     const ttl = options.lifespanMs ?? this.lifespanFor(peer);
@@ -963,6 +993,11 @@ export class MissClient {
       receipts: {},
       readBy: [],
     };
+    if (options.urgent) {
+      m.urgent = true;
+      m.escalation = { state: "waiting", step: 0, targets: {}, ts: now };
+    }
+    if (isRoleId(peer)) m.role = peer;
     if (ttl !== undefined) {
       m.ttl = ttl;
       m.expiresAt = now + ttl;
@@ -1015,7 +1050,11 @@ export class MissClient {
       }
       for (let attempt = 0; attempt < 4; attempt++) {
         const refresh = attempt > 0;
-        const frame = isTeamId(m.peer) ? await this.buildTeamSend(m, refresh) : await this.buildDirectSend(m, refresh);
+        const frame = isTeamId(m.peer)
+          ? await this.buildTeamSend(m, refresh)
+          : isRoleId(m.peer)
+            ? await this.buildRoleSend(m, refresh)
+            : await this.buildDirectSend(m, refresh);
         if (frame === null) {
           // Nobody to send to (a notice to ourselves with no other device).
           await this.state.saveMessage({ ...m, status: "accepted", targets: [] });
@@ -1087,6 +1126,7 @@ export class MissClient {
     if (m.expiresAt != null) p.expiresAt = m.expiresAt;
     if (m.refs != null) p.refs = m.refs.map(fromHex);
     if (m.team != null) p.team = m.team;
+    if (m.urgent === true) p.urgent = true;
     return packPlaintext(p, PAD_TO);
   }
 
@@ -1106,8 +1146,17 @@ export class MissClient {
     if (targets.size > MAX_RECIPIENT_DEVICES) throw new MessageTooLarge("too many devices");
     const plaintext = this.plaintextOf(m, peer.user);
     const envs = new Map<string, Uint8Array>();
-    for (const [device, boxPk] of targets) envs.set(device, seal(plaintext, this.keys, boxPk));
-    const frame: Send = { t: "send", id: fromHex(m.id), from: this.device, to: peer.user, envs };
+    let frame: Send;
+    if (m.urgent) {
+      // An urgent message is always a sealed body (SPEC §14.5).
+      if (!this.oncallHub) throw new ConnectionLost("this hub does not know urgent messages");
+      const [key, body] = sealBody(plaintext, fromHex(m.id), this.keys);
+      for (const [device, boxPk] of targets) envs.set(device, wrapKey(key, this.keys, boxPk));
+      frame = { t: "send", id: fromHex(m.id), from: this.device, to: peer.user, envs, body, urgent: {} };
+    } else {
+      for (const [device, boxPk] of targets) envs.set(device, seal(plaintext, this.keys, boxPk));
+      frame = { t: "send", id: fromHex(m.id), from: this.device, to: peer.user, envs };
+    }
     if (m.ttl != null && this.teamsHub) frame.ttl = m.ttl;
     if (encode(frame).length > MAX_FRAME_BYTES) throw new MessageTooLarge("message too large");
     return frame;
@@ -1145,8 +1194,48 @@ export class MissClient {
     for (const [device, boxPk] of targets) envs.set(device, wrapKey(key, this.keys, boxPk));
     const frame: Send = { t: "send", id: fromHex(m.id), from: this.device, to: team, envs, body, head };
     if (m.ttl != null) frame.ttl = m.ttl;
+    if (m.urgent) {
+      if (!this.oncallHub) throw new ConnectionLost("this hub does not know urgent messages");
+      frame.urgent = {};
+    }
     if (encode(frame).length > MAX_FRAME_BYTES) throw new MessageTooLarge("message too large");
     await this.state.saveMessage({ ...(this.state.message(this.me, m.id) ?? m), head: toHex(head) });
+    return frame;
+  }
+
+  /**
+   * A message to an on-call role (SPEC §14.4, §14.5): the role's holders
+   * now (`role_get`), each verified like any recipient; the plaintext
+   * sealed once, its key wrapped for every attested device of the holders
+   * and our other devices, and, for an urgent message, of each escalation
+   * step's backups (the hub holds their rows until their step).
+   */
+  private async buildRoleSend(m: MessageRecord, refresh: boolean): Promise<Send | null> {
+    if (!this.oncallHub) throw new ConnectionLost("this hub does not know roles");
+    const role = m.peer;
+    const info = await this.oncall.get(role);
+    if (info.holders.length === 0) throw new RoleVacant("nobody holds this role now");
+    const own = await this.lookup(this.me, refresh);
+    this.checkSendable(own, own);
+    const devices = new Map<string, Uint8Array>();
+    for (const users of this.oncall.targets(info, m.urgent === true)) {
+      for (const user of users) {
+        const peer = user === this.me ? own : await this.memberLookup(role, user, refresh);
+        if (peer === null) continue; // not verified: nothing is encrypted to them
+        const pending = this.pendingChange(user);
+        if (pending) throw new KeyChangePending(user, pending, user === this.me);
+        for (const d of peer.devices) if (d.device !== this.device && !devices.has(d.device)) devices.set(d.device, d.box_pk);
+      }
+    }
+    if (devices.size === 0) return null;
+    if (devices.size > MAX_WRAPS) throw new MessageTooLarge("too many devices");
+    const [key, body] = sealBody(this.plaintextOf(m, role), fromHex(m.id), this.keys);
+    const envs = new Map<string, Uint8Array>();
+    for (const [device, boxPk] of devices) envs.set(device, wrapKey(key, this.keys, boxPk));
+    const frame: Send = { t: "send", id: fromHex(m.id), from: this.device, to: role, envs, body };
+    if (m.ttl != null) frame.ttl = m.ttl;
+    if (m.urgent) frame.urgent = {};
+    if (encode(frame).length > MAX_FRAME_BYTES) throw new MessageTooLarge("message too large");
     return frame;
   }
 
@@ -1199,6 +1288,14 @@ export class MissClient {
       this.onChange();
       return;
     }
+    if (frame.t === "urgent_reminder") {
+      this.oncall.reminder(frame);
+      return;
+    }
+    if (frame.t === "role_changed") {
+      void this.oncall.roleChanged(frame).catch((err) => console.warn("MiSS: role", err));
+      return;
+    }
     if (frame.t === "team_changed") {
       const c = frame as TeamChanged;
       void this.syncTeam(c.team, c.head)
@@ -1209,14 +1306,19 @@ export class MissClient {
     // One at a time, in order: opening may wait for a lookup.
     const session = this.session;
     this.inbound = this.inbound
-      .then(() => this.process(frame as Deliver | Delivered | Refused))
+      .then(() => this.process(frame as Deliver | Delivered | Refused | UrgentStatus))
       .catch((err) => {
         // Not acked: the hub delivers it again on the next connection.
         if (this.session === session && !(err instanceof ConnectionLost)) console.warn("MiSS: frame held", err);
       });
   }
 
-  private async process(frame: Deliver | Delivered | Refused): Promise<void> {
+  private async process(frame: Deliver | Delivered | Refused | UrgentStatus): Promise<void> {
+    if (frame.t === "urgent_status") {
+      await this.oncall.status(frame); // kept before it is acked
+      this.ack(frame.seq);
+      return;
+    }
     if (frame.t === "delivered" || frame.t === "refused") {
       const m = this.state.message(this.me, toHex(frame.id));
       if (m) {
@@ -1250,22 +1352,25 @@ export class MissClient {
     }
     const ownCopy = frame.from_user === this.me;
     const team = frame.team;
+    const role = team === undefined ? frame.role : undefined;
     let inner: Plaintext;
     try {
       if (frame.body !== undefined) {
-        if (team === undefined) throw new EnvelopeError("a sealed body without its team");
         const key = unwrapKey(frame.env, this.keys, sender.box_pk);
         inner = unpackPlaintext(openBody(frame.body, key, frame.id, sender.sign_pk));
+        // A sealed body is a team's, a role's, or an urgent message's (SPEC §13.3, §14.5).
+        if (team === undefined && role === undefined && inner.urgent !== true) throw new EnvelopeError("a sealed body without its team");
       } else {
-        if (team !== undefined) throw new EnvelopeError("a team message without its body");
+        if (team !== undefined || role !== undefined) throw new EnvelopeError("a team or role message without its body");
         inner = unpackPlaintext(openEnvelope(frame.env, this.keys, sender.box_pk));
       }
     } catch {
       this.refuse(frame.seq, "undecryptable");
       return;
     }
-    const to = team ?? this.me;
-    if (toHex(inner.id) !== id || inner.fromUser !== frame.from_user || (inner.toUser !== to && !(ownCopy && team === undefined))) {
+    const to = team ?? role ?? this.me;
+    const direct = team === undefined && role === undefined;
+    if (toHex(inner.id) !== id || inner.fromUser !== frame.from_user || (inner.toUser !== to && !(ownCopy && direct))) {
       this.refuse(frame.seq, "undecryptable");
       return;
     }
@@ -1289,6 +1394,8 @@ export class MissClient {
     const expired = inner.expiresAt !== undefined && inner.expiresAt <= Date.now();
     const m: MessageRecord = {
       id,
+      // A role message shows in the conversation with its sender (the
+      // answer goes to them), our own copy in the role's.
       peer: team ?? (ownCopy ? inner.toUser : frame.from_user),
       outgoing: ownCopy,
       fromUser: frame.from_user,
@@ -1305,14 +1412,23 @@ export class MissClient {
     if (inner.expiresAt !== undefined) m.expiresAt = inner.expiresAt;
     if (expired) m.expired = true;
     if (inner.head !== undefined) m.head = toHex(inner.head);
+    if (inner.urgent === true) m.urgent = true;
+    if (role !== undefined) m.role = role;
+    if (frame.step !== undefined) m.step = frame.step;
+    if (ownCopy && inner.urgent === true) m.escalation = { state: "waiting", step: 0, targets: {}, ts: frame.ts };
+    // The role's name for the alert and the thread (a role is the hub's word, not an identity).
+    if (role !== undefined && !this.oncall.role(role)) await this.oncall.get(role).catch(() => undefined);
     await this.state.saveMessage(m); // kept before it is acked
     if (!this.state.conversations.has(m.peer)) {
       this.state.conversation(m.peer);
-      if (team === undefined) void this.watchAll().catch(() => undefined);
+      if (!isTeamId(m.peer) && !isRoleId(m.peer)) void this.watchAll().catch(() => undefined);
     }
     this.ack(frame.seq);
     this.onChange();
-    if (!ownCopy && !expired) this.onMessage(m, peer);
+    if (!ownCopy && !expired) {
+      this.onMessage(m, peer);
+      this.oncall.received(m);
+    }
   }
 
   /**

@@ -8,7 +8,7 @@
  */
 import { decodeAuthorityKey } from "../protocol/attestation";
 import { generateKeys, type DeviceKeys } from "../protocol/crypto";
-import { CAP_REFUSALS, CAP_TEAMS, SUBPROTOCOL } from "../protocol/frames";
+import { CAP_ONCALL, CAP_REFUSALS, CAP_TEAMS, SUBPROTOCOL } from "../protocol/frames";
 import { ClientSession } from "../protocol/session";
 import { Vault } from "./vault";
 
@@ -59,7 +59,7 @@ export async function enroll(form: EnrollForm): Promise<Enrolled> {
       try {
         const event = session.receive(new Uint8Array(ev.data as ArrayBuffer));
         if (event.kind === "challenged") {
-          ws.send(session.enroll(form.code.trim(), keys, form.label, [CAP_REFUSALS, CAP_TEAMS], { authority }));
+          ws.send(session.enroll(form.code.trim(), keys, form.label, [CAP_REFUSALS, CAP_TEAMS, CAP_ONCALL], { authority }));
         } else if (event.kind === "welcomed") {
           resolve({ user: event.welcome.user, device: event.welcome.device });
         }

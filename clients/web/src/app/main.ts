@@ -11,6 +11,7 @@ import { setLanguage, language, t } from "./i18n";
 import { LocalState } from "./store";
 import { displayName, MainView } from "./ui/main_view";
 import { enrollScreen, unlockScreen } from "./ui/screens";
+import { beep, notifyUrgent, unlockAudio } from "./ui/oncall_ui";
 import { h } from "./ui/dom";
 import { storedProfile, type Vault } from "./vault";
 
@@ -88,6 +89,7 @@ async function open(vault: Vault): Promise<MissClient> {
   });
   client.onChange = () => view.render();
   client.onMessage = (m) => {
+    if (m.urgent) return; // rings through onAlert below
     if (document.visibilityState === "visible" || !("Notification" in window) || Notification.permission !== "granted") return;
     // The text stays out of the notification: a lock screen is not private.
     const name = displayName(state.peers.get(m.fromUser), m.fromUser);
@@ -100,6 +102,15 @@ async function open(vault: Vault): Promise<MissClient> {
       note.close();
     };
   };
+  // An urgent message rings at arrival and at each reminder, visible tab
+  // or not, until someone acknowledges it (SPEC §14).
+  client.oncall.onAlert = (m, alert) => {
+    beep();
+    const name = displayName(state.peers.get(m.fromUser), m.fromUser);
+    notifyUrgent(client, m, alert, name, () => view.open(m.peer));
+  };
+  client.oncall.onReleased = (info) => view.toast(t("role.released", { role: info.name }));
+  unlockAudio();
   show(view.root);
   return client;
 }

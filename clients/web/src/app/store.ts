@@ -6,6 +6,7 @@
  * resolves, so a caller that awaits it may ack or send next (SPEC §6.4: a
  * device acks only what it durably kept).
  */
+import type { RoleInfo } from "../protocol/oncall";
 import type { StoredTeam } from "./teams";
 import type { PeerRecord } from "./trust";
 import type { Vault } from "./vault";
@@ -56,6 +57,35 @@ export interface MessageRecord {
   refs?: string[];
   /** Notices about team messages: the team. */
   team?: string;
+  /** Urgent (SPEC §14): as its plaintext says; alerts until acknowledged. */
+  urgent?: boolean;
+  /** The role it was sent to (a role message, SPEC §14.4). */
+  role?: string;
+  /** Incoming: the escalation step that released this copy (absent: a primary recipient). */
+  step?: number;
+  /** The first acknowledgement, as the hub reported it. */
+  ack?: Acknowledgement;
+  /** Outgoing urgent messages: where the escalation stands (urgent_status rows). */
+  escalation?: Escalation;
+}
+
+/** Who acknowledged an urgent message first, and when (hub's clock, ms). */
+export interface Acknowledgement {
+  user: string;
+  device: string;
+  at: number;
+}
+
+/** The sender's view of an urgent message's escalation. */
+export interface Escalation {
+  /** "waiting": accepted, nothing reported yet. */
+  state: "waiting" | "escalated" | "acknowledged" | "unacknowledged";
+  /** The last step released (0: only the primary recipients). */
+  step: number;
+  /** The target (role or user id) of each released step, by step number. */
+  targets: Record<number, string>;
+  /** When the hub reported the last change (ms). */
+  ts: number;
 }
 
 /** Kinds shown as messages; the others ("read", "recall") are notices. */
@@ -91,6 +121,7 @@ const key = {
   message: (m: { fromUser: string; id: string }) => `msg:${m.fromUser}/${m.id}`,
   conversation: (user: string) => `conv:${user}`,
   team: (id: string) => `team:${id}`,
+  role: (id: string) => `role:${id}`,
   settings: "settings",
   recalls: "recalls",
 };
@@ -104,6 +135,8 @@ export class LocalState {
   readonly teams = new Map<string, StoredTeam>();
   /** `fromUser/id` of messages recalled before they arrived (SPEC §13.5). */
   readonly recalls = new Set<string>();
+  /** On-call roles this device looked up, as the hub last described them (SPEC §14). */
+  readonly roles = new Map<string, RoleInfo>();
   settings: Settings = {};
 
   constructor(
@@ -117,6 +150,7 @@ export class LocalState {
       else if (k.startsWith("msg:")) this.messages.set(k.slice(4), withoutNulls(v as MessageRecord));
       else if (k.startsWith("conv:")) this.conversations.set(k.slice(5), v as Conversation);
       else if (k.startsWith("team:")) this.teams.set(k.slice(5), v as StoredTeam);
+      else if (k.startsWith("role:")) this.roles.set(k.slice(5), v as RoleInfo);
       else if (k === key.settings) this.settings = v as Settings;
       else if (k === key.recalls) for (const r of v as string[]) this.recalls.add(r);
     }
@@ -157,6 +191,11 @@ export class LocalState {
   saveTeam(team: StoredTeam): Promise<void> {
     this.teams.set(team.id, team);
     return this.vault.put(key.team(team.id), team);
+  }
+
+  saveRole(info: RoleInfo): Promise<void> {
+    this.roles.set(info.role, info);
+    return this.vault.put(key.role(info.role), info);
   }
 
   /** Remember a recall of a message not received (yet). */

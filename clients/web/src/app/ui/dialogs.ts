@@ -16,6 +16,8 @@ import { displayName } from "./main_view";
 import { describeError } from "./screens";
 import { UnverifiedPeer } from "../trust";
 import { chosenLifespan, lifespanSelect, problemBanner } from "./team_ui";
+import { roleRow } from "./oncall_ui";
+import type { RoleInfo } from "../../protocol/oncall";
 
 export class Dialogs {
   readonly root = h("div", { class: "overlay", hidden: true, "data-testid": "dialog-overlay" });
@@ -80,8 +82,73 @@ export class Dialogs {
         })
         .catch((err) => (status.textContent = this.lookupError(err, e.name)));
     });
-    this.show("search-dialog", t("search.heading"), box, status);
+    const roles = this.client.oncallHub ? this.roles(box.querySelector("input")!) : null;
+    this.show("search-dialog", t("search.heading"), box, status, ...(roles ? [roles] : []));
     box.querySelector("input")?.focus();
+  }
+
+  /**
+   * The on-call roles of the directory (SPEC §14.3), searched with the same
+   * field: each with its holders now, "Écrire" (a conversation with the
+   * role), "Prendre la garde" / "Rejoindre" / "Quitter". With the field
+   * empty: the roles we hold ("Mes gardes").
+   */
+  private roles(input: HTMLInputElement): HTMLElement {
+    const list = h("ul", { class: "results roles", "data-testid": "role-results" });
+    const heading = h("h3", {}, t("role.heading"));
+    const status = h("p", { class: "muted small", role: "status", "data-testid": "role-status" });
+    const names = new Set<string>();
+    const nameOf = (user: string): string => {
+      const record = this.client.state.peers.get(user);
+      if (record === undefined && !names.has(user) && !this.looked.has(user)) {
+        names.add(user);
+        this.looked.add(user);
+        void this.client.lookup(user).then(() => void run(), () => undefined);
+      }
+      return displayName(record, user);
+    };
+    let asked = 0;
+    let shown: RoleInfo[] = [];
+    const draw = (roles: RoleInfo[]): void => {
+      shown = roles;
+      fill(list, roles.map((info) => roleRow(this.client, info, nameOf, actions)));
+    };
+    const act = (work: Promise<RoleInfo>, done: (info: RoleInfo) => string): void => {
+      status.textContent = "…";
+      work.then((info) => {
+        draw(shown.map((r) => (r.role === info.role ? info : r)));
+        status.textContent = done(info);
+      }, (err) => (status.textContent = describeError(err)));
+    };
+    const actions = {
+      write: (info: RoleInfo) => {
+        this.client.state.conversation(info.role);
+        this.close();
+        this.openConversation(info.role);
+      },
+      take: (info: RoleInfo, join: boolean) => act(this.client.oncall.take(info.role, join), (r) => t("role.taken", { role: r.name })),
+      leave: (info: RoleInfo) => act(this.client.oncall.leave(info.role), (r) => t("role.left", { role: r.name })),
+    };
+    const run = async (): Promise<void> => {
+      const query = input.value.trim();
+      const mine = ++asked;
+      try {
+        const found = query.length === 0 ? await this.client.oncall.mine() : await this.client.oncall.search(query);
+        if (mine !== asked) return;
+        heading.textContent = query.length === 0 ? t("role.mine") : t("role.heading");
+        status.textContent = found.length ? "" : query.length === 0 ? t("role.none_mine") : t("role.none");
+        draw(found);
+      } catch (err) {
+        if (mine === asked) status.textContent = describeError(err);
+      }
+    };
+    let timer: ReturnType<typeof setTimeout> | undefined;
+    input.addEventListener("input", () => {
+      clearTimeout(timer);
+      timer = setTimeout(() => void run(), 250);
+    });
+    void run();
+    return h("section", { class: "role-search", "data-testid": "role-search" }, heading, h("p", { class: "muted small" }, t("role.search_hint")), list, status);
   }
 
   /**

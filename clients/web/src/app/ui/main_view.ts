@@ -21,6 +21,8 @@ import { fill, h } from "./dom";
 import { Dialogs } from "./dialogs";
 import { describeError } from "./screens";
 import { chosenLifespan, eventText, fillLifespans, formatDelay, lifespanSelect, problemBanner } from "./team_ui";
+import { isRoleId } from "../oncall";
+import { ackLine, alertBanners, escalationLine, policyText, roleName, urgentTag } from "./oncall_ui";
 
 export function describeChange(change: PeerChange): string {
   const parts: string[] = [];
@@ -52,10 +54,12 @@ export class MainView {
   private readonly input = h("textarea", { rows: 2, placeholder: t("conv.placeholder"), "data-testid": "composer-input", "aria-label": t("conv.placeholder") });
   private readonly sendButton = h("button", { type: "submit", class: "primary", "data-testid": "composer-send" }, t("conv.send"));
   private readonly lifespan = lifespanSelect("lifespan-select", undefined, t("lifespan.label"));
+  private readonly urgent = h("input", { type: "checkbox", "data-testid": "urgent-toggle", "aria-label": t("urgent.toggle") });
   private readonly composer = h(
     "form",
     { class: "composer", "data-testid": "composer" },
     h("label", { class: "lifespan-pick", title: t("lifespan.label") }, h("span", { class: "lifespan-icon wide-only muted small" }, t("lifespan.label")), this.lifespan),
+    h("label", { class: "urgent-pick", title: t("urgent.toggle_hint") }, this.urgent, h("span", {}, t("urgent.toggle"))),
     this.input,
     this.sendButton,
   );
@@ -159,6 +163,7 @@ export class MainView {
     this.root.classList.toggle("show-conv", id !== null);
     if (changed) {
       this.input.value = "";
+      this.urgent.checked = false;
       // The conversation's default lifespan (a team's, or the 1:1 setting).
       fillLifespans(this.lifespan, id === null ? undefined : this.lifespanFor(id), id !== null && isTeamId(id));
     }
@@ -200,11 +205,21 @@ export class MainView {
     if (!id || !text.trim() || this.input.disabled) return;
     this.input.value = "";
     const lifespanMs = chosenLifespan(this.lifespan);
-    this.client.send(id, text, lifespanMs === undefined ? {} : { lifespanMs }).catch((err) => {
+    const urgent = this.urgent.checked;
+    this.urgent.checked = false;
+    this.client.send(id, text, { ...(lifespanMs === undefined ? {} : { lifespanMs }), ...(urgent ? { urgent } : {}) }).catch((err) => {
       this.input.value = text;
+      this.urgent.checked = urgent;
       this.toast(describeError(err));
     });
   }
+
+  /** Acknowledge an urgent message we received: the alert stops here and everywhere. */
+  private readonly acknowledge = (m: MessageRecord): Promise<void> =>
+    this.client.oncall.acknowledge(m.fromUser, m.id).then(
+      () => this.render(),
+      (err) => this.toast(describeError(err)),
+    );
 
   /** Recall one of our messages, once the user confirmed. */
   private recall(m: MessageRecord): void {
@@ -271,6 +286,7 @@ export class MainView {
     }
     const own = this.client.pendingChange(this.client.me);
     if (own) out.push(this.keyWarning(own, true));
+    out.push(...alertBanners(this.client, this.nameOf, (id) => this.open(id), this.acknowledge));
     fill(this.banners, out);
   }
 
@@ -345,6 +361,30 @@ export class MainView {
       const preview = last
         ? (last.outgoing ? t("list.you") : team ? `${this.nameOf(last.fromUser)} : ` : "") + this.bodyText(last).replace(/\s+/g, " ").slice(0, 80)
         : "";
+      if (isRoleId(id)) {
+        const info = this.roleInfo(id);
+        return h(
+          "li",
+          {},
+          h(
+            "button",
+            {
+              class: `conv-item role${id === this.selected ? " selected" : ""}`,
+              "data-testid": "conv-item",
+              "data-peer": id,
+              "data-role": "true",
+              onclick: () => this.open(id),
+            },
+            h("span", { class: "conv-line" },
+              h("strong", { class: "conv-name" }, h("span", { class: "role-tag" }, t("role.tag")), roleName(this.client, id)),
+              last && h("time", { class: "muted small" }, formatTime(last.at)),
+            ),
+            h("span", { class: "conv-line" },
+              h("span", { class: "muted small" }, info ? (info.holders.length ? t("role.holders", { names: info.holders.map(this.nameOf).join(", ") }) : t("role.vacant")) : "")),
+            h("span", { class: "preview muted small" }, preview),
+          ),
+        );
+      }
       if (isTeamId(id)) {
         return h(
           "li",
@@ -416,6 +456,10 @@ export class MainView {
       this.drawTeam(peer);
       return;
     }
+    if (isRoleId(peer)) {
+      this.drawRole(peer);
+      return;
+    }
     this.setComposer(null);
     const record = this.client.state.peers.get(peer);
     fill(
@@ -443,8 +487,51 @@ export class MainView {
     this.input.disabled = blocked;
     this.sendButton.disabled = blocked;
     this.lifespan.disabled = blocked;
+    this.urgent.disabled = blocked;
     this.composer.dataset.blocked = String(blocked);
     this.input.placeholder = reason ?? t("conv.placeholder");
+  }
+
+  /** Roles asked of the hub once for their names and holders (never again in a loop). */
+  private readonly rolesAsked = new Set<string>();
+
+  /** A role's description, fetched once when this device never had it. */
+  private roleInfo(id: string) {
+    const info = this.client.oncall.role(id);
+    if (!this.rolesAsked.has(id) && this.client.conn.kind === "online") {
+      this.rolesAsked.add(id);
+      this.client.oncall.get(id).then(() => this.render(), () => undefined);
+    }
+    return info;
+  }
+
+  /** A role's conversation (our messages to it): who holds it now, its policy, take or leave. */
+  private drawRole(id: string): void {
+    const info = this.roleInfo(id);
+    const mine = info?.holders.includes(this.client.me) ?? false;
+    const act = (work: Promise<unknown>): void => void work.then(() => this.render(), (err) => this.toast(describeError(err)));
+    fill(
+      this.convHeader,
+      h("button", { class: "icon back", "data-testid": "nav-back", onclick: () => this.open(null), title: t("nav.back") }, "‹"),
+      h(
+        "div",
+        { class: "identity", "data-testid": "role-identity", "data-role": id },
+        h("strong", {}, h("span", { class: "role-tag" }, t("role.tag")), roleName(this.client, id)),
+        h("span", { class: "muted small", "data-testid": "role-holders" },
+          [info?.org, info ? (info.holders.length ? t("role.holders", { names: info.holders.map((u) => (u === this.client.me ? t("role.you") : this.nameOf(u))).join(", ") }) : t("role.vacant")) : null]
+            .filter(Boolean).join(" · ")),
+        info ? h("span", { class: "muted small" }, policyText(info.policy)) : null,
+      ),
+      info && !info.reserved && !mine
+        ? h("button", { class: "secondary", "data-testid": "role-take", onclick: () => act(this.client.oncall.take(id)) }, t("role.take"))
+        : null,
+      info && mine
+        ? h("button", { class: "secondary", "data-testid": "role-leave", onclick: () => act(this.client.oncall.leave(id)) }, t("role.leave"))
+        : null,
+    );
+    fill(this.convWarning);
+    this.setComposer(info && info.holders.length === 0 ? t("error.role_vacant") : null);
+    this.drawThread(this.client.state.thread(id), [], undefined);
   }
 
   /** A team's conversation: its header, the problem banner, the thread with its changes. */
@@ -507,17 +594,26 @@ export class MainView {
     const expired = m.expired === true || (m.expiresAt !== undefined && m.expiresAt <= Date.now());
     const gone = m.recalled === true || expired;
     const canRecall = m.outgoing && !gone && m.status !== "failed" && m.fromUser === this.client.me;
+    const urgent = m.urgent === true && !gone;
     return h(
       "li",
       {
-        class: `msg ${m.outgoing ? "out" : "in"}${gone ? " gone" : ""}`,
+        class: `msg ${m.outgoing ? "out" : "in"}${gone ? " gone" : ""}${urgent ? " urgent" : ""}${urgent && !m.outgoing && !m.ack ? " ringing" : ""}`,
         "data-testid": "message",
         "data-id": m.id,
         "data-status": m.status,
         "data-recalled": m.recalled ? "true" : null,
         "data-expired": expired ? "true" : null,
+        "data-urgent": m.urgent ? "true" : null,
+        "data-acknowledged": m.urgent ? String(m.ack !== undefined) : null,
       },
+      urgent ? urgentTag() : null,
       team && !m.outgoing ? h("span", { class: "sender small", "data-testid": "sender", "data-user": m.fromUser }, this.nameOf(m.fromUser)) : null,
+      m.role && !m.outgoing
+        ? h("span", { class: "to-role small", "data-testid": "to-role", "data-role": m.role },
+          t("urgent.to_role", { role: roleName(this.client, m.role) }),
+          m.step ? ` · ${t("urgent.backup", { step: m.step })}` : "")
+        : null,
       h("p", { class: "body" }, m.recalled ? h("em", { "data-testid": "recalled" }, t("msg.recalled")) : expired ? h("em", { "data-testid": "expired" }, t("msg.expired")) : m.body),
       h("span", { class: "meta muted small" },
         h("time", { title: formatDateTime(m.at) }, formatTime(m.at)),
@@ -528,6 +624,8 @@ export class MainView {
           : null,
         m.outgoing && !gone ? this.receipts(m, team) : null,
         m.outgoing && !gone ? this.readMark(m, team) : null,
+        urgent && m.outgoing ? escalationLine(this.client, m, this.nameOf) : null,
+        urgent && !m.outgoing ? ackLine(this.client, m, this.nameOf, this.acknowledge) : null,
         canRecall ? h("button", { class: "link small recall", "data-testid": "recall", onclick: () => this.recall(m) }, t("msg.recall")) : null),
     );
   }

@@ -33,6 +33,13 @@ export function describeError(err: unknown): string {
       team_full: "error.team_full",
       bad_team_record: "error.bad_team_record",
       team_changed: "error.team_changed",
+      unknown_role: "error.unknown_role",
+      role_vacant: "error.role_vacant",
+      role_reserved: "error.role_reserved",
+      role_forbidden: "error.role_forbidden",
+      role_full: "error.role_full",
+      policy_out_of_bounds: "error.policy_out_of_bounds",
+      not_recipient: "error.not_recipient",
     };
     if (err.code === "rate_limited") return t("error.rate_limited", { seconds });
     const key = known[err.code];
