@@ -8,7 +8,9 @@ Each test asserts what a user notices: an urgent message to the role the
 browser's clinician holds shows with its red "URGENT" band and banner, and
 rings again (banner count, notification, beep) at each of the hub's
 reminders until "Acquitter" is clicked; then the sender is told who
-acknowledged, and nothing rings any more. And the role search of the
+acknowledged, and nothing rings any more (an urgent 1:1 message likewise).
+The browser's own urgent message to a role shows its escalation: the step
+that released a backup, then who acknowledged, or "Aucun acquittement". And the role search of the
 directory shows who is on call, and "Prendre la garde" hands the role over
 (the hub's holders change, the released holder is told at once).
 Screenshots: docs/img/urgent-message.png and docs/img/role-search.png come
@@ -171,6 +173,23 @@ async def test_an_urgent_message_to_the_role_rings_until_acknowledged(
         await asyncio.sleep(1.5)  # several reminder intervals: nothing rings any more
         assert len(await notifications(page)) == rang
         await expect(banner).to_have_count(0)
+
+        # An urgent 1:1 message (the organisation's default policy) rings too.
+        direct = sealed(bob, alice.user, targets, "Rappelez-moi au 4412, urgent.", urgent=Urgent())
+        assert getattr(await bob.ask(direct), "id", None) == direct.id
+        await expect(banner).to_have_count(1, timeout=T)
+        await expect(banner).to_contain_text("Message urgent de Dr Bernard Petit")
+        one = page.locator(f'[data-testid="message"][data-id="{direct.id.hex()}"]')
+        await expect(one).to_have_attribute("data-urgent", "true", timeout=T)
+        await expect(one.get_by_test_id("to-role")).to_have_count(0)
+        await banner.get_by_test_id("acknowledge").click()
+        await expect(one).to_have_attribute("data-acknowledged", "true", timeout=T)
+        await expect(banner).to_have_count(0, timeout=T)
+        status = await until(bob, lambda f: isinstance(f, UrgentStatus) and f.id == direct.id)
+        assert isinstance(status, UrgentStatus) and (status.state, status.user) == (
+            "acknowledged",
+            alice.user,
+        )
         await bob.close()
         assert await page_log.problems() == []
 
