@@ -13,6 +13,7 @@ import * as attestation from "../src/protocol/attestation";
 import { DeviceKeys, fromHex, openBody, toHex, unpackPlaintext, unwrapKey } from "../src/protocol/crypto";
 import type { LookupOk, RoleOk, Send, UrgentStatus } from "../src/protocol/frames";
 import { escalationLevels, type Policy, type RoleInfo } from "../src/protocol/oncall";
+import { NotRecipient } from "../src/protocol/errors";
 import { ready, sodium } from "../src/protocol/sodium";
 import { MissClient } from "../src/app/client";
 import { nextEscalation } from "../src/app/oncall";
@@ -202,8 +203,19 @@ describe("urgent messages", () => {
     // After an unlock, only urgent messages nobody acknowledged ring again.
     const other = "33".repeat(16);
     await state.saveMessage({ ...m, id: other });
+    await state.saveMessage({ ...m, id: "44".repeat(16), recalled: true, body: "" });
     c.oncall.restore();
     expect([...c.oncall.alerts.keys()]).toEqual([`u_alice/${other}`]);
+
+    // The hub no longer knows its escalation for us: it stops ringing here.
+    (c as unknown as { request: () => Promise<unknown> }).request = async () => {
+      throw new NotRecipient("no urgent message of this sender reached you under this id");
+    };
+    await expect(c.oncall.acknowledge("u_alice", other)).rejects.toBeInstanceOf(NotRecipient);
+    expect(c.oncall.alerts.size).toBe(0);
+    expect(state.message("u_alice", other)?.silenced).toBe(true);
+    c.oncall.restore();
+    expect(c.oncall.alerts.size).toBe(0);
     expect(toHex(fromHex(other))).toBe(other);
   });
 });

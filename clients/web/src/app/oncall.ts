@@ -27,6 +27,7 @@ import { fromHex } from "../protocol/crypto";
 import type { AcknowledgeOk, HubFrame, RoleChanged, RoleOk, RoleSearchOk, UrgentReminder, UrgentStatus } from "../protocol/frames";
 import { escalationLevels, isRoleId, type RoleInfo } from "../protocol/oncall";
 import { toHex } from "../protocol/crypto";
+import { ProtocolError } from "../protocol/errors";
 import type { Escalation, LocalState, MessageRecord } from "./store";
 
 /** True for a role id ("r_" + 16 lowercase hex digits), i.e. a role conversation. */
@@ -70,7 +71,7 @@ export class Oncall {
   /** Alerts for urgent messages kept unacknowledged in the vault (after an unlock). */
   restore(): void {
     for (const m of this.host.state.messages.values()) {
-      if (m.urgent && !m.outgoing && m.kind === "text" && !m.ack && !m.recalled) this.ring(m, 0);
+      if (rings(m)) this.ring(m, 0);
     }
   }
 
@@ -155,7 +156,7 @@ export class Oncall {
 
   /** A message just stored: an urgent one from someone else rings until acknowledged. */
   received(m: MessageRecord): void {
-    if (m.urgent && !m.outgoing && !m.ack && m.kind === "text") this.ring(m, 0);
+    if (rings(m)) this.ring(m, 0);
   }
 
   private ring(m: MessageRecord, reminder: number): void {
@@ -172,13 +173,28 @@ export class Oncall {
   /** `urgent_reminder`: ring again, unless it was acknowledged meanwhile. */
   reminder(frame: UrgentReminder): void {
     const m = this.host.state.message(frame.sender, toHex(frame.id));
-    if (!m || !m.urgent || m.ack || m.outgoing) return;
+    if (!m || !rings(m)) {
+      this.alerts.delete(key(frame.sender, toHex(frame.id)));
+      return;
+    }
     this.ring(m, frame.n);
   }
 
   /** Acknowledge an urgent message we received: its escalation stops everywhere. */
   async acknowledge(sender: string, id: string): Promise<AcknowledgeOk> {
-    const reply = await this.host.request<AcknowledgeOk>((rid) => ({ t: "acknowledge", rid, id: fromHex(id), sender }));
+    let reply: AcknowledgeOk;
+    try {
+      reply = await this.host.request<AcknowledgeOk>((rid) => ({ t: "acknowledge", rid, id: fromHex(id), sender }));
+    } catch (err) {
+      if (err instanceof ProtocolError && err.code === "not_recipient") {
+        // The hub knows no escalation of it for us (over long ago): stop ringing.
+        const m = this.host.state.message(sender, id);
+        if (m) await this.host.state.saveMessage({ ...m, silenced: true });
+        this.alerts.delete(key(sender, id));
+        this.host.changed();
+      }
+      throw err;
+    }
     await this.acknowledged(sender, id, { user: reply.user, device: reply.device, at: reply.at });
     return reply;
   }
@@ -209,6 +225,12 @@ export class Oncall {
     await this.host.state.saveMessage({ ...m, escalation: nextEscalation(m.escalation, frame), ...(ack && !m.ack ? { ack } : {}) });
     this.host.changed();
   }
+}
+
+/** Whether an incoming message rings: urgent text from someone else that
+ * nobody acknowledged, neither recalled, expired nor silenced. */
+function rings(m: MessageRecord): boolean {
+  return m.urgent === true && !m.outgoing && m.kind === "text" && !m.ack && !m.recalled && !m.expired && !m.silenced;
 }
 
 /** The escalation after an `urgent_status`; an acknowledgement is final,

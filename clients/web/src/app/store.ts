@@ -65,6 +65,9 @@ export interface MessageRecord {
   step?: number;
   /** The first acknowledgement, as the hub reported it. */
   ack?: Acknowledgement;
+  /** Incoming urgent: the hub refused our acknowledgement (`not_recipient`,
+   * e.g. long after its escalation ended): it rings no more here. */
+  silenced?: boolean;
   /** Outgoing urgent messages: where the escalation stands (urgent_status rows). */
   escalation?: Escalation;
 }

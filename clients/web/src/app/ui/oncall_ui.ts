@@ -105,7 +105,7 @@ export function alertBanners(
   const out: HTMLElement[] = [];
   for (const alert of client.oncall.alerts.values()) {
     const m = client.state.message(alert.sender, alert.id);
-    if (!m) continue;
+    if (!m || m.recalled || m.expired) continue;
     const name = nameOf(alert.sender);
     const text = m.role ? t("urgent.alert_role", { name, role: roleName(client, m.role) }) : t("urgent.alert", { name });
     out.push(
