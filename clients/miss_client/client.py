@@ -32,6 +32,11 @@ read events at a time.
 * :class:`~miss_client.teams.Teams` (:mod:`.teams`): care teams (SPEC §13):
   verified chains of membership records, changes, team targets; synced
   after ``welcome`` when the hub speaks ``teams``.
+* :class:`~miss_client.oncall.Roles` (:mod:`.oncall`, :attr:`Client.roles`):
+  on-call roles and urgent messages (SPEC §14): role requests, the targets
+  of a role send (holders and escalation backups, each verified), statuses,
+  reminders and acknowledgements, recorded in the local state
+  (:mod:`.oncall_state`) so that urgency survives a restart.
 
 Revision 3 also brings read notices (:meth:`Client.mark_read`), recall
 (:meth:`Client.recall`) and lifespans (``send(..., lifespan_ms=)``): the
@@ -71,6 +76,9 @@ from .models import (
     TeamView,
     is_team_id,
 )
+from .oncall import Roles
+from .oncall_models import Acknowledgement, UrgentInfo
+from .oncall_state import OncallState
 from .outbox import Outbox
 from .peers import Peers
 from .presence import Presence
@@ -122,8 +130,10 @@ class Client:
         #: handed out by receive() before the next frame.
         self._events: deque[Event] = deque()
         self._teams = Teams(self._router, self._peers, profile, state, self._events.append)
-        self._outbox = Outbox(self._router, self._peers, profile, state, self._teams)
         self._acks = AckBatcher(self._router.send)
+        #: On-call roles (SPEC §14): ``search``, ``get``, ``take``, ``leave``, ``find``.
+        self.roles = Roles(self._router, self._peers, profile, OncallState(state), self._acks.ack)
+        self._outbox = Outbox(self._router, self._peers, profile, state, self._teams, self.roles)
         refuse = self._acks.refuse if f.CAP_REFUSALS in self.hub_caps else None
         self._inbox = Inbox(
             state,
@@ -133,6 +143,7 @@ class Client:
             self._acks.ack,
             refuse,
             check_team=self._teams.check_head,
+            oncall=self.roles.state,
         )
         self._sweeper: asyncio.Task[None] | None = None
         self._syncing: asyncio.Task[None] | None = None
@@ -372,9 +383,24 @@ class Client:
         *,
         kind: str = "text",
         lifespan_ms: int | None = None,
+        urgent: bool = False,
+        interval_ms: int | None = None,
+        final_ms: int | None = None,
     ) -> bytes:
         """Encrypt ``text`` for every device of ``to`` and our other devices,
         and return the message id once the hub has durably accepted it.
+
+        ``to`` may be a role id (``r_...``, SPEC §14): sealed for the
+        attested devices of whoever the hub says holds it now, each looked
+        up and verified as any recipient (raises RoleVacant if nobody does,
+        UnknownRole). ``urgent`` (to a user, a team or a role) makes the hub
+        re-notify the recipients until one of them acknowledges
+        (:meth:`acknowledge`), and, to a role whose policy has steps, reach
+        each step's backups in turn: their copies are sealed now, for the
+        backups this device verified. ``interval_ms``/``final_ms`` override
+        the policy's within the hub's bounds (PolicyOutOfBounds). What
+        happens next comes as UrgentStatusChanged events and is kept in
+        :meth:`urgent_info`.
 
         ``to`` may be a team id (``t_...``, SPEC §13): the message is then
         sealed once for every attested device of every member of the team's
@@ -404,7 +430,16 @@ class Client:
         RequestTimeout or ConnectionLost the message stays ``pending``: it
         may have been accepted, and :meth:`resend_pending` finds out.
         """
-        return await self._outbox.send(to, text, message_id, kind=kind, lifespan_ms=lifespan_ms)
+        return await self._outbox.send(
+            to,
+            text,
+            message_id,
+            kind=kind,
+            lifespan_ms=lifespan_ms,
+            urgent=urgent,
+            interval_ms=interval_ms,
+            final_ms=final_ms,
+        )
 
     async def resend_pending(self) -> list[bytes]:
         """Resend, with their original ids, messages recorded but never seen
@@ -442,6 +477,18 @@ class Client:
             if isinstance(item, f.TeamChanged):
                 await self._teams.on_changed(item)
                 continue
+            if isinstance(item, f.UrgentStatus):
+                status = await self.roles.on_status(item)
+                if status is not None:
+                    return status
+                continue
+            if isinstance(item, f.UrgentReminder):
+                reminder = self.roles.on_reminder(item)
+                if reminder is not None:
+                    return reminder
+                continue
+            if isinstance(item, f.RoleChanged):
+                return self.roles.on_role_changed(item)
             if not isinstance(item, f.Deliver | f.Delivered | f.Refused):
                 return item
             event = await self._inbox.process(item)
@@ -542,6 +589,27 @@ class Client:
         """One team, brought up to date with the hub and verified (``problem``
         set if the hub's view of it is wrong). Raises UnknownTeam."""
         return await self._teams.refresh(team_id)
+
+    # --- urgent messages (SPEC §14): see miss_client.oncall ----------------------------------------
+
+    async def acknowledge(self, message: Message | tuple[str, bytes]) -> Acknowledgement:
+        """Acknowledge an urgent message we received (the Message, or
+        ``(sender user, id)``): its reminders and escalation stop, and the
+        sender and other recipients learn who acknowledged. Returns the
+        first acknowledgement (another's if someone was faster: ``first``
+        False), recorded in :meth:`urgent_info`. Raises NotRecipient."""
+        return await self.roles.acknowledge(message)
+
+    def urgent_info(self, sender: str, message_id: bytes) -> UrgentInfo | None:
+        """What this device recorded about a role or urgent message of
+        ``sender``: its state (open, escalated, acknowledged by whom,
+        unacknowledged); None for another message."""
+        return self.roles.state.get(sender, message_id)
+
+    def urgent_waiting(self, direction: str | None = None) -> list[UrgentInfo]:
+        """Urgent messages not acknowledged yet, as recorded here (``in``:
+        received, still to acknowledge; ``out``: ours, still escalating)."""
+        return self.roles.state.waiting(direction)
 
     # --- notices, recall (SPEC §13.5, §13.6) -------------------------------------------------
 

@@ -47,6 +47,15 @@ here), a ``recall`` notice deletes the text of the sender's message (or
 remembers the id, to drop the message if it comes later); kinds this client
 does not know are acked and ignored, never shown.
 
+Revision 4 (SPEC §14.5): a sealed body may come without a team: a message
+to a role (``deliver.role``; its plaintext must be addressed to that role),
+an urgent message to this user, or a backup's copy released at an
+escalation ``step`` (addressed to whoever it was sent to, and accepted only
+if its plaintext says ``urgent``: it is shown as "urgent, sent to you as
+backup", in the conversation with its sender). A message is urgent if and
+only if its plaintext says so; its role, urgency and step are recorded
+(:mod:`miss_client.oncall_state`) before the message itself.
+
 :class:`AckBatcher` sends those acks and refusals in batches
 (:data:`ACK_DELAY`, :data:`ACK_BATCH`).
 """
@@ -63,6 +72,7 @@ from protocol.errors import NotVerified, ProtocolError, RateLimited, StorageUnav
 
 from .errors import ClientError, ConnectionFailed, ConnectionLost, RequestTimeout, UnverifiedPeer
 from .models import Delivered, Event, Message, MessageHeld, ReadBy, Recalled, Refused, format_id
+from .oncall_state import OncallState
 from .state import LocalState
 
 __all__ = ["ACK_BATCH", "ACK_DELAY", "AckBatcher", "Inbox", "Undecryptable", "open_delivery"]
@@ -105,9 +115,11 @@ def open_delivery(frame: f.Deliver, keys: crypto.DeviceKeys, own_user: str, send
     device's box key, and check it against the frame. Raises Undecryptable."""
     if sender.device != frame.from_device:
         raise Undecryptable("keys given for another device than the sender's")
-    team = frame.team if frame.body is not None else None
-    if frame.body is not None and frame.team is None:
-        raise Undecryptable("a sealed body without a team")
+    backup = frame.step is not None
+    team = frame.team if frame.body is not None and not backup else None
+    role = frame.role if frame.body is not None else None
+    if frame.body is not None and frame.team is None and role is None and not (frame.urgent or backup):
+        raise Undecryptable("a sealed body without a team, a role or urgency")
     try:
         if frame.body is not None:
             key = crypto.unwrap_key(frame.env, keys, sender.box_pk)
@@ -122,9 +134,18 @@ def open_delivery(frame: f.Deliver, keys: crypto.DeviceKeys, own_user: str, send
     if inner.from_user != frame.from_user:
         raise Undecryptable("inner sender differs from the delivery's")
     own_copy = frame.from_user == own_user
-    if team is not None:
+    if frame.body is not None and frame.team is None and not inner.urgent and role is None:
+        raise Undecryptable("a sealed body to a user that is not urgent")
+    if backup:
+        # A backup's copy was sealed for whoever the message was sent to.
+        if not inner.urgent:
+            raise Undecryptable("a copy released by escalation of a message that is not urgent")
+    elif team is not None:
         if inner.to_user != team:
             raise Undecryptable("addressed to another team")
+    elif role is not None:
+        if inner.to_user != role:
+            raise Undecryptable("addressed to another role")
     elif inner.to_user != own_user and not own_copy:
         raise Undecryptable("addressed to another user")
     return Message(
@@ -142,6 +163,9 @@ def open_delivery(frame: f.Deliver, keys: crypto.DeviceKeys, own_user: str, send
         head=inner.head,
         refs=tuple(inner.refs or ()),
         notice_team=inner.team,
+        role=role,
+        urgent=inner.urgent,
+        step=frame.step,
     )
 
 
@@ -163,6 +187,7 @@ class Inbox:
         ack: Callable[[int], Awaitable[None]],
         refuse: Callable[[int, str], Awaitable[None]] | None = None,
         check_team: TeamCheck | None = None,
+        oncall: OncallState | None = None,
     ) -> None:
         self._state = state
         self._keys = keys
@@ -171,6 +196,7 @@ class Inbox:
         self._ack = ack
         self._refuse = refuse
         self._check_team = check_team
+        self._oncall = oncall
 
     async def process(self, frame: f.Deliver | f.Delivered | f.Refused) -> Event | None:
         """Store, ack and return the event a frame carries; a MessageHeld for
@@ -235,6 +261,10 @@ class Inbox:
             self._state.mark_seen(message.from_user, message.id)
             await self._ack(frame.seq)
             return event
+        if self._oncall is not None and (message.urgent or message.role is not None):
+            self._oncall.record_in(
+                message.from_user, message.id, role=message.role, urgent=message.urgent, step=message.step
+            )
         new = self._state.record_incoming(message)
         await self._ack(frame.seq)
         return message if new else None

@@ -24,6 +24,8 @@ from dataclasses import dataclass, field
 from protocol import crypto
 from protocol.frames import STATUSES, DeviceInfo
 
+from .oncall_models import RoleHoldersChanged, UrgentReminded, UrgentStatusChanged
+
 __all__ = [
     "REFUSAL_REASONS",
     "STATUSES",
@@ -41,9 +43,12 @@ __all__ = [
     "ReadBy",
     "Recalled",
     "Refused",
+    "RoleHoldersChanged",
     "TeamEvent",
     "TeamProblemFound",
     "TeamView",
+    "UrgentReminded",
+    "UrgentStatusChanged",
     "format_id",
     "is_rpps",
     "is_team_id",
@@ -240,6 +245,13 @@ class Message:
     #: team they were sent to when they were team messages.
     refs: tuple[bytes, ...] = field(default=(), repr=False)
     notice_team: str | None = None
+    #: SPEC §14: the role a role message was sent to; ``urgent`` as the
+    #: plaintext says (it must be acknowledged: Client.acknowledge); ``step``:
+    #: this copy reached us as a backup, at that escalation step (``to_user``
+    #: is then whoever it was sent to: a role, a user or a team).
+    role: str | None = None
+    urgent: bool = False
+    step: int | None = None
 
     @property
     def peer(self) -> str:
@@ -417,6 +429,9 @@ Event = (
     | Recalled
     | TeamEvent
     | TeamProblemFound
+    | UrgentReminded
+    | UrgentStatusChanged
+    | RoleHoldersChanged
 )
 
 

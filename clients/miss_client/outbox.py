@@ -28,6 +28,14 @@ resends with the same id; a ``missing_devices`` naming devices of nobody
 in the verified chain marks the team tampered and sends nothing.
 Notices (read, recall: :meth:`Outbox.send_notice`) are sent like messages
 but not recorded in the history.
+
+Revision 4 (SPEC §14): ``to`` may be a role id (sealed for its holders, and
+with ``urgent`` for each escalation step's backups: :mod:`miss_client.oncall`);
+an urgent message to a user is sealed too (:func:`build_sealed_send`), to a
+team it keeps its head. Whether a message is urgent, and the send's override
+of the policy, are recorded (:mod:`miss_client.oncall_state`) before the
+message, so a resend after a reconnection or a restart is urgent again, with
+the same id.
 """
 
 from __future__ import annotations
@@ -39,9 +47,12 @@ from dataclasses import replace
 from protocol import crypto
 from protocol import frames as f
 from protocol.errors import MissingDevices, NoDevices, RequestError, StaleTeamHead
+from protocol.oncall import is_role_id
 
 from .errors import BadRecipient, ClientError, KeyChangePending, MessageTooLarge, TeamProblem, UnverifiedPeer
 from .models import Peer, format_id, is_team_id, now_ms
+from .oncall import Roles, build_sealed_send
+from .oncall_state import OncallState
 from .peers import Peers
 from .profile import Profile
 from .requests import Router
@@ -74,8 +85,9 @@ def build_team_send(
     head: bytes,
     targets: dict[str, bytes],
     ttl: int | None = None,
+    urgent: f.Urgent | None = None,
 ) -> bytes:
-    """The encoded team ``send`` (SPEC §13.3, §13.4): ``plaintext`` sealed
+    """The encoded team ``send`` (SPEC §13.3, §13.4, with ``urgent`` §14.4): ``plaintext`` sealed
     once, its key wrapped for each of ``targets`` (``device -> box_pk``).
     Raises NoDevices without targets, ClientError past MAX_WRAPS,
     MessageTooLarge past MAX_FRAME_BYTES."""
@@ -86,7 +98,16 @@ def build_team_send(
     key, body = crypto.seal_body(plaintext, message_id, keys)
     wraps = {device: crypto.wrap_key(key, keys, box_pk) for device, box_pk in targets.items()}
     data = f.encode(
-        f.Send(id=message_id, sender=own_device, to=team, envs=wraps, body=body, head=head, ttl=ttl)
+        f.Send(
+            id=message_id,
+            sender=own_device,
+            to=team,
+            envs=wraps,
+            body=body,
+            head=head,
+            ttl=ttl,
+            urgent=urgent,
+        )
     )
     if len(data) > f.MAX_FRAME_BYTES:
         raise MessageTooLarge(
@@ -137,13 +158,15 @@ class Outbox:
     through ``router``, recipients through ``peers``, history in ``state``."""
 
     def __init__(
-        self, router: Router, peers: Peers, profile: Profile, state: LocalState, teams: Teams
+        self, router: Router, peers: Peers, profile: Profile, state: LocalState, teams: Teams, roles: Roles
     ) -> None:
         self._router = router
         self._peers = peers
         self._profile = profile
         self._state = state
         self._teams = teams
+        self._roles = roles
+        self._oncall: OncallState = roles.state
 
     async def send(
         self,
@@ -153,9 +176,12 @@ class Outbox:
         *,
         kind: str = "text",
         lifespan_ms: int | None = None,
+        urgent: bool = False,
+        interval_ms: int | None = None,
+        final_ms: int | None = None,
     ) -> bytes:
-        """Record ``text`` to ``to`` (an RPPS number, user id or team id),
-        send it and return its id once accepted; raises like
+        """Record ``text`` to ``to`` (an RPPS number, user id, team id or
+        role id), send it and return its id once accepted; raises like
         :meth:`miss_client.client.Client.send`, which has the details."""
         if not text.strip():
             raise ValueError("empty message: nothing to send")
@@ -167,7 +193,12 @@ class Outbox:
         me = self._profile.user_id
         sent_at = now_ms()
         team: str | None = None
-        if is_team_id(to.strip()):
+        role: str | None = None
+        if (interval_ms is not None or final_ms is not None) and not urgent:
+            raise ValueError("interval_ms and final_ms are for urgent messages")
+        if is_role_id(to.strip()):
+            role = target = to.strip()
+        elif is_team_id(to.strip()):
             team = to.strip()
             view = await self._teams.ensure(team)
             self._teams.sendable(view)
@@ -181,7 +212,13 @@ class Outbox:
             self._peers.check_sendable(peer, await self._peers.lookup(user=me))
             target = peer.user
         expires_at = None if lifespan_ms is None else sent_at + lifespan_ms
-        plaintext = crypto.Plaintext(message_id, me, target, sent_at, kind, text, expires_at=expires_at)
+        plaintext = crypto.Plaintext(
+            message_id, me, target, sent_at, kind, text, expires_at=expires_at, urgent=urgent
+        )
+        if urgent or role is not None:
+            self._oncall.record_out(
+                message_id, role=role, urgent=urgent, interval_ms=interval_ms, final_ms=final_ms
+            )
         self._state.record_outgoing(message_id, target, sent_at, kind, text, expires_at=expires_at, team=team)
         await self._send_recorded(plaintext)
         return message_id
@@ -227,6 +264,7 @@ class Outbox:
                 entry.kind,
                 entry.body,
                 expires_at=entry.expires_at,
+                urgent=self._oncall.override(entry.id) is not None,
             )
             try:
                 await self._send_recorded(plaintext)
@@ -257,8 +295,14 @@ class Outbox:
     async def _send_until_accepted(self, plaintext: crypto.Plaintext) -> f.Accepted:
         if self._router.sending(plaintext.id):
             raise ValueError(f"message {format_id(plaintext.id)} is already being sent")
+        urgent = self._oncall.override(plaintext.id) if plaintext.urgent else None
+        if plaintext.urgent and urgent is None:
+            urgent = f.Urgent()  # not recorded (a caller of the outbox's own): the policy as is
+        if is_role_id(plaintext.to_user):
+            packed = crypto.pack_plaintext(plaintext, pad_to=PAD_TO)
+            return await self._roles.send_role(plaintext, packed, urgent, self._ttl(plaintext))
         if is_team_id(plaintext.to_user):
-            return await self._send_team(plaintext)
+            return await self._send_team(plaintext, urgent)
         packed = crypto.pack_plaintext(plaintext, pad_to=PAD_TO)
         profile = self._profile
         retrying = self._router.retry.retrying(f"resending {format_id(plaintext.id)}", refresh_devices=True)
@@ -268,20 +312,37 @@ class Outbox:
             peer = await self._peers.lookup(user=plaintext.to_user, refresh=retrying.refresh)
             own = await self._peers.lookup(user=profile.user_id, refresh=retrying.refresh)
             self._peers.check_sendable(peer, own)
-            data = build_send(
-                packed, plaintext.id, profile.keys, profile.device_id, peer, own, self._ttl(plaintext)
-            )
+            if urgent is not None:
+                # Urgent messages are always sealed (SPEC §14.4).
+                if not peer.devices:
+                    raise NoDevices(f"{peer.user} has no active, verified device")
+                targets = {d.device: d.box_pk for d in (*own.devices, *peer.devices)}
+                targets.pop(profile.device_id, None)
+                data = build_sealed_send(
+                    packed,
+                    plaintext.id,
+                    profile.keys,
+                    profile.device_id,
+                    peer.user,
+                    targets,
+                    self._ttl(plaintext),
+                    urgent=urgent,
+                )
+            else:
+                data = build_send(
+                    packed, plaintext.id, profile.keys, profile.device_id, peer, own, self._ttl(plaintext)
+                )
             with attempt:
                 return await self._router.send_message(plaintext.id, data)
         raise AssertionError("unreachable: the policy retries until an answer or an error")
 
-    async def _send_team(self, plaintext: crypto.Plaintext) -> f.Accepted:
+    async def _send_team(self, plaintext: crypto.Plaintext, urgent: f.Urgent | None) -> f.Accepted:
         """A team message until accepted: ``team_changed`` refreshes the
         chain and re-targets (same id), at most TEAM_CHANGED_RESENDS times."""
         team = plaintext.to_user
         for round_ in range(TEAM_CHANGED_RESENDS + 1):
             try:
-                return await self._send_team_once(plaintext)
+                return await self._send_team_once(plaintext, urgent)
             except StaleTeamHead:
                 if round_ == TEAM_CHANGED_RESENDS:
                     raise
@@ -289,7 +350,7 @@ class Outbox:
                 await self._teams.refresh(team)
         raise AssertionError("unreachable")
 
-    async def _send_team_once(self, plaintext: crypto.Plaintext) -> f.Accepted:
+    async def _send_team_once(self, plaintext: crypto.Plaintext, urgent: f.Urgent | None) -> f.Accepted:
         profile = self._profile
         team = plaintext.to_user
         retrying = self._router.retry.retrying(f"resending {format_id(plaintext.id)}", refresh_devices=True)
@@ -307,6 +368,7 @@ class Outbox:
                 view.head,
                 targets,
                 self._ttl(plaintext),
+                urgent,
             )
             with attempt:
                 try:

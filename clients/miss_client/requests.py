@@ -10,7 +10,8 @@ background *reader* task (:meth:`Router.start`) owns ``recv``:
   ``rid``, ``accepted`` and ``error`` frames by message ``id``, each to a
   future the caller awaits, whatever else arrives in between. Every answer
   that names a ``rid`` is shown to :attr:`Router.on_answer` first;
-* ``deliver``, ``delivered``, ``refused`` and ``team_changed`` frames go, untouched, to the
+* ``deliver``, ``delivered``, ``refused`` and ``team_changed`` frames (and,
+  SPEC §14, ``urgent_status``, ``urgent_reminder`` and ``role_changed``) go, untouched, to the
   incoming queue (:meth:`Router.next_push`); ``presence`` pushes go to
   :attr:`Router.on_presence`, which may queue events there too
   (:meth:`Router.post`), in arrival order;
@@ -50,7 +51,18 @@ __all__ = ["Push", "Router"]
 log = logging.getLogger("miss_client")
 
 #: What :meth:`Router.next_push` hands out, in arrival order.
-Push = f.Deliver | f.Delivered | f.Refused | f.TeamChanged | PresenceChanged
+Push = (
+    f.Deliver
+    | f.Delivered
+    | f.Refused
+    | f.TeamChanged
+    | f.UrgentStatus
+    | f.UrgentReminder
+    | f.RoleChanged
+    | PresenceChanged
+)
+#: The hub's frames queued in arrival order for the consumer.
+_QUEUED = (f.Deliver, f.Delivered, f.Refused, f.TeamChanged, f.UrgentStatus, f.UrgentReminder, f.RoleChanged)
 
 _CLOSED = object()  # queued by the reader when the connection has ended
 _ANSWERS = (
@@ -64,6 +76,9 @@ _ANSWERS = (
     f.TeamsOk,
     f.TeamChainOk,
     f.RecallOk,
+    f.RoleSearchOk,
+    f.RoleOk,
+    f.AcknowledgeOk,
 )
 
 
@@ -142,7 +157,7 @@ class Router:
             self._incoming.put_nowait(_CLOSED)
             assert self._terminal is not None
             raise self._terminal
-        assert isinstance(item, f.Deliver | f.Delivered | f.Refused | f.TeamChanged | PresenceChanged)
+        assert isinstance(item, (*_QUEUED, PresenceChanged))
         return item
 
     # --- requests ------------------------------------------------------------
@@ -262,7 +277,7 @@ class Router:
     def _dispatch(self, frame: f.Frame) -> None:
         # team_changed is queued in order with deliveries: the consumer
         # fetches the chain (a request the reader must stay free to route).
-        if isinstance(frame, f.Deliver | f.Delivered | f.Refused | f.TeamChanged):
+        if isinstance(frame, _QUEUED):
             self._incoming.put_nowait(frame)
         elif isinstance(frame, f.Presence):
             self.on_presence(frame)

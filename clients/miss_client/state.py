@@ -152,6 +152,18 @@ class LocalState:
             raise
         self._db.execute("COMMIT")
 
+    @contextmanager
+    def transaction(self) -> Iterator[sqlite3.Connection]:
+        """One write transaction on this DB, for the modules that keep their
+        own tables in it (:mod:`miss_client.oncall_state`)."""
+        with self._tx() as db:
+            yield db
+
+    @property
+    def db(self) -> sqlite3.Connection:
+        """The connection, for reads by those modules."""
+        return self._db
+
     # --- sealing -------------------------------------------------------------
 
     def _seal(self, message_id: bytes, kind: str, body: str) -> bytes:

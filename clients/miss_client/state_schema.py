@@ -1,7 +1,7 @@
 """The state DB's format: tables, migrations, and how rows encode devices and
 pending key changes.
 
-Tables (``PRAGMA user_version`` = 4):
+Tables (``PRAGMA user_version`` = 5):
 
 ``messages``  one row per message, keyed by ``(from_user, id)``: message ids
               are chosen by senders, so they are unique per sender only.
@@ -42,6 +42,15 @@ Tables (``PRAGMA user_version`` = 4):
 incoming message, here or on another device) and ``team`` (the team of a
 team message; ``peer`` is then the team id too).
 
+Version 5 (SPEC §14, :mod:`miss_client.oncall_state`) added ``oncall``
+(per role or urgent message, by ``(from_user, id)``: the role it was sent
+to, whether it is urgent, the escalation step of a backup's copy or the
+last step released of ours, and its state: ``open``, ``escalated``,
+``acknowledged`` by whom and when, ``unacknowledged``), ``oncall_log``
+(each status recorded, once) and ``roles`` (roles this device saw: name,
+organisation, holders, whether this user holds it). Metadata only, as the
+hub sees it: no text.
+
 The database runs with ``secure_delete=ON``: deleted plaintexts are
 overwritten in the file, not merely unlinked (SPEC §13.6).
 
@@ -79,7 +88,7 @@ __all__ = [
     "unpack_pending",
 ]
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 
 _SCHEMA_V1 = """
 CREATE TABLE messages (
@@ -174,6 +183,46 @@ CREATE TABLE reads (
 CREATE TABLE settings (
     key   TEXT PRIMARY KEY,
     value BLOB NOT NULL
+);
+""",
+    """
+CREATE TABLE oncall (
+    from_user   TEXT    NOT NULL,
+    id          BLOB    NOT NULL,
+    direction   TEXT    NOT NULL CHECK (direction IN ('in', 'out')),
+    role        TEXT,
+    urgent      INTEGER NOT NULL,
+    step        INTEGER,
+    target      TEXT,
+    state       TEXT    NOT NULL,
+    ack_user    TEXT,
+    ack_device  TEXT,
+    ack_at      INTEGER,
+    reminders   INTEGER NOT NULL DEFAULT 0,
+    interval_ms INTEGER,
+    final_ms    INTEGER,
+    updated_at  INTEGER NOT NULL,
+    PRIMARY KEY (from_user, id)
+) WITHOUT ROWID;
+CREATE INDEX oncall_open ON oncall (state) WHERE urgent = 1;
+CREATE TABLE oncall_log (
+    from_user TEXT    NOT NULL,
+    id        BLOB    NOT NULL,
+    state     TEXT    NOT NULL,
+    step      INTEGER NOT NULL,
+    target    TEXT,
+    user      TEXT,
+    device    TEXT,
+    ts        INTEGER NOT NULL,
+    PRIMARY KEY (from_user, id, state, step)
+) WITHOUT ROWID;
+CREATE TABLE roles (
+    role       TEXT PRIMARY KEY,
+    name       TEXT    NOT NULL,
+    org        TEXT    NOT NULL,
+    reserved   INTEGER NOT NULL,
+    holders    BLOB    NOT NULL,
+    updated_at INTEGER NOT NULL
 );
 """,
 )
