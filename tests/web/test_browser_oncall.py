@@ -271,21 +271,13 @@ async def test_the_sender_sees_the_escalation_then_who_acknowledged_or_that_nobo
         bob = await sender_device(hub, "Dr Bernard Petit", "10000000172")
         carol = await sender_device(hub, "Dr Claire Dubois", "10000000173")
         name = "Réanimation — senior de garde"
+        backup = "Réanimation — senior d'astreinte"
+        made = await asyncio.to_thread(hub.process.admin, "role", "create", backup, "--org", ORG)
+        await asyncio.to_thread(hub.process.admin, "role", "assign", str(made["role"]), carol.user_id)
+        step = f"{made['role']}:0.6"
         created = await asyncio.to_thread(
             hub.process.admin,
-            *(
-                "role",
-                "create",
-                name,
-                "--org",
-                ORG,
-                "--interval",
-                "0.3",
-                "--step",
-                "10000000173:0.6",
-                "--final",
-                "1.5",
-            ),
+            *("role", "create", name, "--org", ORG, "--interval", "0.3", "--step", step, "--final", "1.5"),
         )
         role = str(created["role"])
         await asyncio.to_thread(hub.process.admin, "role", "assign", role, bob.user_id)
@@ -312,8 +304,10 @@ async def test_the_sender_sees_the_escalation_then_who_acknowledged_or_that_nobo
         await expect(shown).to_have_attribute("data-urgent", "true", timeout=T)
         escalation = shown.get_by_test_id("escalation")
 
-        # Bob does not answer: step 1 releases Carol's copy, sealed for her at send time.
-        await expect(escalation).to_have_text(" · Escalade : étape 1 → Dr Claire Dubois", timeout=T)
+        # Bob does not answer: step 1 releases the copy of Carol (the backup
+        # role's holder), sealed for her at send time.
+        await expect(escalation).to_have_text(f" · Escalade : étape 1 → {backup}", timeout=T)
+        await shot(page, tmp_path, "urgent-escalation")
         got = await until(carol, lambda f: isinstance(f, Deliver) and f.step == 1)
         assert isinstance(got, Deliver) and got.role == role and got.urgent
         sender_keys = await bob.ask(Lookup(rid=2, user=alice.user))
@@ -329,8 +323,6 @@ async def test_the_sender_sees_the_escalation_then_who_acknowledged_or_that_nobo
         assert isinstance(ack, AcknowledgeOk) and ack.first and ack.user == carol.user_id
         await expect(escalation).to_contain_text("Acquitté par Dr Claire Dubois à", timeout=T)
         await expect(escalation).to_have_attribute("data-state", "acknowledged")
-        await page.screenshot(path=str(tmp_path / "urgent-escalation.png"))
-        await take_screenshot(page, "urgent-escalation")
 
         # Another urgent message nobody acknowledges: "Aucun acquittement" at the end.
         second = "Deuxième appel : toujours personne au box 7."
@@ -340,6 +332,7 @@ async def test_the_sender_sees_the_escalation_then_who_acknowledged_or_that_nobo
         unanswered = page.get_by_test_id("message").filter(has_text=second).get_by_test_id("escalation")
         await expect(unanswered).to_have_attribute("data-state", "unacknowledged", timeout=T)
         await expect(unanswered).to_have_text(" · Aucun acquittement")
+        await shot(page, tmp_path, "urgent-outcomes")
         for dev in (bob, carol):
             await dev.close()
         assert await page_log.problems() == []

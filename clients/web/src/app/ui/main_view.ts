@@ -505,6 +505,12 @@ export class MainView {
     return info;
   }
 
+  /** A role's name, fetched once when this device never saw the role. */
+  private readonly roleOf = (id: string): string => {
+    this.roleInfo(id);
+    return roleName(this.client, id);
+  };
+
   /** A role's conversation (our messages to it): who holds it now, its policy, take or leave. */
   private drawRole(id: string): void {
     const info = this.roleInfo(id);
@@ -624,7 +630,7 @@ export class MainView {
           : null,
         m.outgoing && !gone ? this.receipts(m, team) : null,
         m.outgoing && !gone ? this.readMark(m, team) : null,
-        urgent && m.outgoing ? escalationLine(this.client, m, this.nameOf) : null,
+        urgent && m.outgoing ? escalationLine(m, this.nameOf, this.roleOf) : null,
         urgent && !m.outgoing ? ackLine(this.client, m, this.nameOf, this.acknowledge) : null,
         canRecall ? h("button", { class: "link small recall", "data-testid": "recall", onclick: () => this.recall(m) }, t("msg.recall")) : null),
     );

@@ -15,7 +15,7 @@ import type { MissClient } from "../client";
 import { formatTime, formatDateTime, language, t } from "../i18n";
 import type { Alert } from "../oncall";
 import type { MessageRecord } from "../store";
-import type { Policy, RoleInfo } from "../../protocol/oncall";
+import { isRoleId, type Policy, type RoleInfo } from "../../protocol/oncall";
 import { h } from "./dom";
 import { formatDelay } from "./team_ui";
 
@@ -70,8 +70,13 @@ export function ackLine(client: MissClient, m: MessageRecord, nameOf: (u: string
   return button;
 }
 
-/** The sender's view of an urgent message's escalation. */
-export function escalationLine(client: MissClient, m: MessageRecord, nameOf: (u: string) => string): HTMLElement | null {
+/** The sender's view of an urgent message's escalation; `roleOf` names a
+ * step's role (fetching it when this device never saw it). */
+export function escalationLine(
+  m: MessageRecord,
+  nameOf: (u: string) => string,
+  roleOf: (role: string) => string,
+): HTMLElement | null {
   const e = m.escalation;
   if (!m.urgent || !m.outgoing || m.status === "pending" || m.status === "failed") return null;
   let text: string;
@@ -84,7 +89,7 @@ export function escalationLine(client: MissClient, m: MessageRecord, nameOf: (u:
     text = t("urgent.unacknowledged");
   } else if (e?.state === "escalated" && e.step > 0) {
     const target = e.targets[e.step];
-    const name = target === undefined ? "?" : target.startsWith("r_") ? roleName(client, target) : nameOf(target);
+    const name = target === undefined ? "?" : isRoleId(target) ? roleOf(target) : nameOf(target);
     text = t("urgent.escalated", { step: e.step, target: name });
   } else {
     text = t("urgent.waiting");
