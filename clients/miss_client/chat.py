@@ -31,6 +31,11 @@ Usage::
     miss-chat --profile DIR recall MESSAGE_ID        # "message retiré" everywhere it arrived
     miss-chat --profile DIR read RECIPIENT|TEAM      # mark a conversation read (read notices)
     miss-chat --profile DIR read-receipts [on|off]   # whether senders learn you read them
+    miss-chat --profile DIR send RECIPIENT|TEAM|ROLE TEXT --urgent   # rings until acknowledged (SPEC §14)
+    miss-chat --profile DIR ack ID                   # acquitter an urgent message you received
+    miss-chat --profile DIR urgent                   # urgent messages not acknowledged yet
+    miss-chat --profile DIR role list | role search TEXT | role show ROLE
+    miss-chat --profile DIR role take ROLE [--join] | role leave ROLE
     miss-chat --version
 
 RECIPIENT is an RPPS number (11 digits) or a user id (``u_...``); not
@@ -75,6 +80,13 @@ otherwise, commands say so in French and nothing is sent to the team.
 ``--lifespan`` (``1h`` to ``30d``) deletes a message everywhere once over;
 a team's default lifespan applies to its messages unless given.
 
+On-call roles and urgent messages (SPEC §14, :mod:`.chat_oncall`): ROLE is
+a role id (``r_...``) or a role's exact name; ``send ROLE`` prints who
+holds it before sending. ``--urgent`` makes a message ring (reminders,
+``\a``) until someone acknowledges it with ``ack ID``, and reach the role's
+backups step by step; the sender sees ``escalade vers … (étape 1)``,
+``acquitté par Dr X à HH:MM`` or ``aucun acquittement``.
+
 Exit status: 0 on success, 1 on an expected error (printed as one line on
 stderr, no traceback: wrong passphrase, hub unreachable, unknown recipient,
 ...), 2 on a usage error, 130 on Ctrl-C.
@@ -113,6 +125,7 @@ from .chat_commands import (
     cmd_verify,
     cmd_whoami,
 )
+from .chat_oncall import cmd_ack, cmd_role, cmd_urgent
 from .chat_session import cmd_chat
 from .chat_teams import cmd_read, cmd_read_receipts, cmd_recall, cmd_team
 from .cli_common import PROG, EventPrinter, describe
@@ -180,9 +193,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="a new passphrase hashing cost (default: keep the profile's)",
     )
     p = add("send", cmd_send, "send one message")
-    p.add_argument("recipient", help="RPPS number, user id, or team (id or name)")
+    p.add_argument("recipient", help="RPPS number, user id, team or role (id or name)")
     p.add_argument("text")
     p.add_argument("--lifespan", metavar="1h..30d", help="delete the message everywhere after this long")
+    p.add_argument(
+        "--urgent", action="store_true", help="urgent: rings until acknowledged, escalates to backups"
+    )
     p = add("inbox", cmd_inbox, "print waiting messages and receipts, then exit")
     p.add_argument("--idle", type=float, default=0.5, help="seconds without news that end the inbox")
     p = add("history", cmd_history, "print the local history")
@@ -239,6 +255,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("conversation", help="RPPS number, user id, or team")
     p = add("read-receipts", cmd_read_receipts, "whether senders learn that you read their messages")
     p.add_argument("setting", nargs="?", choices=("on", "off"))
+    p = add("ack", cmd_ack, "acquitter (acknowledge) an urgent message you received")
+    p.add_argument("id", help="the message id, as shown with the urgent message")
+    add("urgent", cmd_urgent, "urgent messages not acknowledged yet (received and sent)")
+    p = add("role", cmd_role, "on-call roles: list, search, show, take, leave")
+    roles = p.add_subparsers(dest="role_command", required=True, metavar="ACTION")
+    roles.add_parser("list", help="the roles you hold now")
+    r = roles.add_parser("search", help="roles whose name or organisation contains TEXT, with their holders")
+    r.add_argument("text")
+    r = roles.add_parser("show", help="a role, its holders and its escalation")
+    r.add_argument("role", help="role id (r_...) or name")
+    r = roles.add_parser("take", help="take a role (a handover, unless --join)")
+    r.add_argument("role", help="role id (r_...) or name")
+    r.add_argument("--join", action="store_true", help="join its holders instead of taking it over")
+    r = roles.add_parser("leave", help="stop holding a role")
+    r.add_argument("role", help="role id (r_...) or name")
     p = add("chat", cmd_chat, "conversation: a prompt on a terminal, else one message per line of stdin")
     p.add_argument("recipient")
     p.add_argument(

@@ -10,7 +10,9 @@ import sys
 
 from protocol.attestation import authority_fingerprint
 from protocol.errors import UnknownUser
+from protocol.oncall import is_role_id
 
+from .chat_oncall import find_role, maybe_role, print_role_targets
 from .chat_teams import find_team, looks_like_team, maybe_team_name, resolve_team
 from .cli_common import (
     PROG,
@@ -143,25 +145,39 @@ async def resend_pending(client: Client) -> None:
         print(f"{PROG}: resent {len(resent)} message(s) left pending by an earlier run", file=sys.stderr)
 
 
+def accepted_line(message_id: bytes, urgent: bool) -> str:
+    """``<id> accepted``, and for an urgent message what happens next."""
+    if urgent:
+        return f"{format_id(message_id)} accepted — 🔴 URGENT : rappels jusqu'à acquittement"
+    return f"{format_id(message_id)} accepted"
+
+
 async def cmd_send(args: argparse.Namespace) -> int:
     if not args.text.strip():
         raise UsageError("empty message: nothing sent")
     lifespan = parse_lifespan(args.lifespan) if getattr(args, "lifespan", None) else None
-    if not is_team_id(args.recipient.strip()):
+    urgent = bool(getattr(args, "urgent", False))
+    recipient = args.recipient.strip()
+    if not (is_team_id(recipient) or is_role_id(recipient)):
         check_recipient(args.recipient)  # before asking the passphrase
     profile = open_profile(args)
-    if maybe_team_name(args.recipient) or is_team_id(args.recipient.strip()):
+    if maybe_team_name(recipient) or is_team_id(recipient) or is_role_id(recipient):
         async with connected(args, profile) as client:
             warn_key_changes(client)
             await resend_pending(client)
-            team = await find_team(client, args.recipient)
-            if team is None:
-                raise UsageError(
-                    f"{args.recipient!r} is neither an RPPS number nor a user id (u_...), "
-                    "nor the name of one of your teams"
-                )
-            message_id = await client.send(team, args.text, lifespan_ms=lifespan)
-        print(f"{format_id(message_id)} accepted")
+            team = None if is_role_id(recipient) else await find_team(client, recipient)
+            if team is not None:
+                message_id = await client.send(team, args.text, lifespan_ms=lifespan, urgent=urgent)
+            else:
+                role = await find_role(client, recipient) if maybe_role(recipient) else None
+                if role is None:
+                    raise UsageError(
+                        f"{args.recipient!r} is neither an RPPS number nor a user id (u_...), "
+                        "nor the name of one of your teams or of a role"
+                    )
+                await print_role_targets(client, role, urgent)
+                message_id = await client.send(role.role, args.text, lifespan_ms=lifespan, urgent=urgent)
+        print(accepted_line(message_id, urgent))
         return 0
     check_recipient(args.recipient, profile)
     async with connected(args, profile) as client:
@@ -169,8 +185,8 @@ async def cmd_send(args: argparse.Namespace) -> int:
         await resend_pending(client)
         peer = await client.resolve(args.recipient)
         check_not_self(peer, client)
-        message_id = await client.send(peer.user, args.text, lifespan_ms=lifespan)
-    print(f"{format_id(message_id)} accepted")
+        message_id = await client.send(peer.user, args.text, lifespan_ms=lifespan, urgent=urgent)
+    print(accepted_line(message_id, urgent))
     return 0
 
 

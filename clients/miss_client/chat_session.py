@@ -19,6 +19,13 @@ sent. Messages shown are marked read (read notices to their senders, or
 only to your own devices with ``read-receipts off``), and read notices of
 others are shown as ``✓✓ lu par …``.
 
+An on-call role (SPEC §14) is a conversation too: ``chat ROLE`` (its id or
+its name) sends each line to whoever holds it at that moment. In any
+conversation ``/urgent TEXT`` sends TEXT as an urgent message (it rings
+until acknowledged), and ``/ack`` acknowledges the last urgent message
+received (``/ack ID`` another one); urgent messages, their reminders (with
+the terminal's bell) and their statuses are printed as they come.
+
 The chat survives the hub: when the connection ends (a restart, a lost
 node, the network), it reconnects with backoff (:mod:`miss_client.reconnect`),
 watches the peer again and resends what is pending, and lines typed
@@ -50,6 +57,7 @@ from typing import TextIO
 from protocol.crypto import new_message_id
 from protocol.errors import ProtocolError, SessionReplaced
 
+from .chat_oncall import find_role, maybe_role, print_role_targets
 from .chat_teams import find_team, looks_like_team, maybe_team_name
 from .cli_common import (
     PROG,
@@ -64,7 +72,9 @@ from .cli_common import (
 )
 from .client import Client
 from .errors import ClientError, ConnectionLost, RequestTimeout
-from .models import Message, Peer, PresenceChanged, PresenceInfo, TeamView
+from .models import Message, Peer, PresenceChanged, PresenceInfo, TeamView, format_id, parse_id
+from .oncall_models import RoleView
+from .oncall_state import OncallState
 from .profile import Profile
 from .reconnect import CHAT_LOCK, Phase, ProfileLock, Reconnector, Status, is_transient
 from .render import clean, excerpt, outgoing_line, presence_line, team_problem_line
@@ -117,6 +127,10 @@ class Chat:
         self.peer: Peer | None = None
         #: The team, when the conversation is one (then ``peer`` stays None).
         self.team: TeamView | None = None
+        #: The role, when the conversation is one (SPEC §14).
+        self.role: RoleView | None = None
+        #: The last urgent message received: (sender, id), for ``/ack``.
+        self.last_urgent: tuple[str, bytes] | None = None
         self.peer_ready = asyncio.Event()
         #: The connected client, once caught up (None while reconnecting).
         self.client: Client | None = None
@@ -156,12 +170,16 @@ class Chat:
     def recipient_id(self) -> str:
         if self.team is not None:
             return self.team.team
+        if self.role is not None:
+            return self.role.role
         assert self.peer is not None
         return self.peer.user
 
     def prompt(self) -> str:
         if self.team is not None:
             return f"{clean(self.team.name)} ▸ "
+        if self.role is not None:
+            return f"{clean(self.role.name)} ▸ "
         return f"{clean(self.peer.name) if self.peer else self.recipient} ▸ "
 
     def toolbar(self) -> str:
@@ -231,13 +249,25 @@ class Chat:
         warn_key_changes(client)
         if not self._authority_warned:
             self._authority_warned = warn_authority_mismatch(client)
-        if self.peer is None and self.team is None:
+        if self.peer is None and self.team is None and self.role is None:
             team = await find_team(client, self.recipient)
+            role = (
+                await find_role(client, self.recipient)
+                if team is None and maybe_role(self.recipient)
+                else None
+            )
             if team is not None:
                 self.team = await client.team(team)
                 self.note(f"chatting in the team {clean(self.team.name)}; /quit leaves")
                 if self.team.problem is not None:
                     self.say(team_problem_line(self.team))
+            elif role is not None:
+                self.role = role
+                self.note(
+                    f"rôle {clean(role.name)} : chaque ligne va à qui le tient au moment de l'envoi; "
+                    "/quit leaves"
+                )
+                await print_role_targets(client, role, False)
             else:
                 peer = await client.resolve(self.recipient)
                 check_not_self(peer, client)
@@ -259,6 +289,8 @@ class Chat:
                 ):
                     self.presence = event.info
                 self.say(await self.printer.line(event, client))
+                if isinstance(event, Message) and event.urgent and not event.outgoing_copy:
+                    self.last_urgent = (event.from_user, event.id)
                 if isinstance(event, Message) and event.peer == conversation and not event.outgoing_copy:
                     await self.mark_read(client, conversation)
         finally:
@@ -330,9 +362,47 @@ class Chat:
             if not text.strip():
                 self.note("empty message: nothing sent")
                 continue
+            command, _, rest = text.strip().partition(" ")
+            if command == "/ack":
+                await self.acknowledge(rest.strip())
+                continue
+            if command == "/urgent":
+                if not rest.strip():
+                    self.note("/urgent TEXTE : le message urgent à envoyer")
+                    continue
+                await self.send(rest.strip(), urgent=True)
+                continue
             await self.send(text)
 
-    async def send(self, text: str) -> None:
+    async def acknowledge(self, arg: str) -> None:
+        """``/ack [ID]``: acquitter the last urgent message received, or ID."""
+        client = self.client
+        if client is None:
+            self.note("pas connecté : réessayez /ack une fois reconnecté")
+            return
+        target = self.last_urgent
+        if arg:
+            try:
+                message_id = parse_id(arg)
+            except ValueError:
+                self.note(f"{arg!r} n'est pas un identifiant de message")
+                return
+            found = [i for i in client.roles.state.with_id(message_id) if i.from_user != client.user_id]
+            target = (found[0].from_user, message_id) if found else None
+        if target is None:
+            self.note("aucun message urgent à acquitter")
+            return
+        try:
+            ack = await client.acknowledge(target)
+        except (ProtocolError, ClientError) as exc:
+            self.note(f"non acquitté : {describe(exc)}")
+            return
+        if ack.first:
+            self.say(f"acquitté : message {format_id(target[1])} de {self.names.of(target[0])}")
+        else:
+            self.say(f"déjà acquitté par {self.names.short(ack.user)}")
+
+    async def send(self, text: str, urgent: bool = False) -> None:
         to = self.recipient_id
         message_id = new_message_id()
         sent_at = time.time_ns() // 1_000_000
@@ -343,6 +413,8 @@ class Chat:
             expires_at = None
             if self.team is not None and self.team.lifespan is not None:
                 expires_at = sent_at + self.team.lifespan
+            if urgent or self.role is not None:
+                self.record_oncall(message_id, urgent)
             self.state.record_outgoing(
                 message_id, to, sent_at, "text", text, expires_at=expires_at, team=team
             )
@@ -350,7 +422,7 @@ class Chat:
             self.say(outgoing_line(sent_at, to, text, self.names, "not connected: sent once connected again"))
             return
         try:
-            await client.send(to, text, message_id)
+            await client.send(to, text, message_id, urgent=urgent)
         except (ProtocolError, ClientError) as exc:
             retry = isinstance(exc, ConnectionLost | RequestTimeout) or getattr(exc, "retryable", False)
             if not (client.closed or retry):
@@ -359,6 +431,8 @@ class Chat:
             # The message waits in the local state (send recorded it, unless
             # the connection ended before), and the next session resends it.
             if message_id not in {e.id for e in self.state.pending_outgoing()}:
+                if urgent or self.role is not None:
+                    self.record_oncall(message_id, urgent)
                 team = self.team.team if self.team is not None else None
                 self.state.record_outgoing(message_id, to, sent_at, "text", text, team=team)
             self.unsent[message_id] = (text, sent_at)
@@ -366,7 +440,13 @@ class Chat:
             if not client.closed:
                 await client.aclose()  # reconnect: the resend finds out whether the hub has it
             return
-        self.say(outgoing_line(sent_at, to, text, self.names))
+        self.say(outgoing_line(sent_at, to, text, self.names, "🔴 URGENT" if urgent else ""))
+
+    def record_oncall(self, message_id: bytes, urgent: bool) -> None:
+        """Record a role or urgent line typed offline as the SDK would, so
+        that its resend is urgent too (miss_client.oncall_state)."""
+        role = self.role.role if self.role is not None else None
+        OncallState(self.state).record_out(message_id, role=role, urgent=urgent)
 
     async def read_stdin(self) -> None:
         """Lines of stdin, read by a daemon thread (so that a blocked read
@@ -443,12 +523,12 @@ class _ChatHandlesReplacement(logging.Filter):
 
 
 async def cmd_chat(args: argparse.Namespace) -> int:
-    if not args.recipient.strip().startswith("t_"):
+    if not args.recipient.strip().startswith(("t_", "r_")):
         check_recipient(args.recipient)  # before asking the passphrase
     profile = open_profile(args)
     with profile.open_state() as state:
         team = looks_like_team(state, args.recipient) or maybe_team_name(args.recipient)
-    if not team:
+    if not team and not args.recipient.strip().startswith("r_"):
         check_recipient(args.recipient, profile)
     chat_lock = ProfileLock(profile.directory / CHAT_LOCK)
     if not chat_lock.try_acquire():

@@ -60,8 +60,11 @@ from .models import (
     ReadBy,
     Recalled,
     Refused,
+    RoleHoldersChanged,
     TeamEvent,
     TeamProblemFound,
+    UrgentReminded,
+    UrgentStatusChanged,
     is_rpps,
 )
 from .profile import Profile, load_profile, profile_exists
@@ -77,8 +80,11 @@ from .render import (
     recalled_line,
     receipt_line,
     refused_line,
+    reminder_line,
+    role_changed_line,
     team_event_line,
     team_problem_line,
+    urgent_status_line,
 )
 from .state import LocalState
 
@@ -281,6 +287,18 @@ class EventPrinter:
     async def line(self, event: Event, client: Client) -> str:
         if isinstance(event, TeamProblemFound):
             return team_problem_line(event)
+        if isinstance(event, UrgentReminded):
+            await self._know(event.sender, client)
+            return reminder_line(event, self.names)
+        if isinstance(event, UrgentStatusChanged):
+            for who in (event.sender, event.user, event.target):
+                if who is not None:
+                    await self._know(who, client)
+            return urgent_status_line(event, self.names, self.texts, client.user_id)
+        if isinstance(event, RoleHoldersChanged):
+            for who in event.holders:
+                await self._know(who, client)
+            return role_changed_line(event, self.names, client.user_id)
         if isinstance(event, TeamEvent):
             for who in {event.user, event.by} - {"authority"}:
                 await self._know(who, client)
@@ -293,7 +311,9 @@ class EventPrinter:
             user = event.user
         await self._know(user, client)
         if isinstance(event, Message):
-            return message_line(event, self.names)
+            if event.role is not None:
+                await self._know_role(event.role, client)
+            return message_line(event, self.names, self.names.urgent(event.from_user, event.id))
         if isinstance(event, MessageHeld):
             return held_line(event, self.names)
         if isinstance(event, PresenceChanged):
@@ -315,6 +335,14 @@ class EventPrinter:
             except (ProtocolError, ClientError):
                 pass  # shown by user id then
 
+    async def _know_role(self, role: str, client: Client) -> None:
+        """Fetch a role's name if this device does not know it."""
+        if self.names.role(role) == role and not client.closed:
+            try:
+                await client.roles.get(role)
+            except (ProtocolError, ClientError, ValueError):
+                pass  # shown by id then
+
     async def _own_labels(self, client: Client) -> dict[str, str]:
         if self._labels is None and not client.closed:
             try:
@@ -326,6 +354,11 @@ class EventPrinter:
 
 def describe(exc: BaseException) -> str:
     """A one-line, user-facing description of an expected error."""
+    from .chat_oncall import describe_oncall  # it imports this module
+
+    oncall = describe_oncall(exc)
+    if oncall is not None:
+        return oncall
     if isinstance(exc, UnknownUser):
         return "unknown recipient (no such clinician in the directory)"
     if isinstance(exc, AuthFailed):

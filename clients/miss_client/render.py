@@ -17,6 +17,14 @@ Dr X: …``); membership changes are lines of the conversation in French
 (``Dr X a ajouté Dr Y``); a team whose chain this device could not trust
 shows its problem in French; read notices show ``✓✓ lu par Dr X``;
 recalled and expired texts show ``message retiré`` / ``message expiré``.
+
+On-call roles and urgent messages (SPEC §14): a message sent to a role
+names it (``[→ Cardiologie — garde]``); an urgent one starts with
+``🔴 URGENT — à acquitter`` and the command that acknowledges it (then
+``URGENT — acquitté par Dr X à HH:MM``), a backup's copy says so
+(``envoyé à vous en renfort, étape 1``); reminders ring the terminal's bell
+(``\a``); the sender's status lines read ``escalade vers … (étape 1)``,
+``acquitté par Dr X à HH:MM``, ``aucun acquittement``.
 """
 
 from __future__ import annotations
@@ -24,6 +32,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from datetime import datetime
 
+from protocol.oncall import is_role_id
 from protocol.text import printable
 
 from .models import (
@@ -40,8 +49,11 @@ from .models import (
     TeamEvent,
     TeamProblemFound,
     TeamView,
+    format_id,
     is_team_id,
 )
+from .oncall_models import RoleHoldersChanged, RoleView, UrgentInfo, UrgentReminded, UrgentStatusChanged
+from .oncall_state import OncallState
 from .state import LocalState
 
 __all__ = [
@@ -62,12 +74,20 @@ __all__ = [
     "receipt_line",
     "refusal_reason",
     "refused_line",
+    "reminder_line",
+    "role_changed_line",
+    "role_line",
     "short_device",
     "status_label",
     "team_event_line",
     "team_lines",
     "team_problem_line",
+    "urgent_mark",
+    "urgent_status_line",
 ]
+
+#: The terminal's bell: an urgent message and its reminders ring.
+BELL = "\a"
 
 _STATUS_LABELS = {"available": "available", "busy": "busy", "on_call": "on call", "off_duty": "off duty"}
 
@@ -117,12 +137,15 @@ class Names:
 
     def __init__(self, state: LocalState) -> None:
         self._state = state
+        self._oncall = OncallState(state)
 
     def of(self, user: str) -> str:
         """``Name (RPPS)`` if the user is in the local directory, a team's
-        name for a team id, else the id."""
+        name for a team id, a role's for a role id, else the id."""
         if is_team_id(user):
             return self.team(user)
+        if is_role_id(user):
+            return self.role(user)
         peer: Peer | None = self._state.get_peer(user)
         return clean(peer.display) if peer is not None else user
 
@@ -138,6 +161,15 @@ class Names:
     def team(self, team: str) -> str:
         view = self._state.get_team(team)
         return clean(view.name) if view is not None else team
+
+    def role(self, role: str) -> str:
+        """A role's name, as this device last saw it (else its id)."""
+        name = self._oncall.role_name(role)
+        return clean(name) if name is not None else role
+
+    def urgent(self, from_user: str, message_id: bytes) -> UrgentInfo | None:
+        """What this device recorded about a role or urgent message."""
+        return self._oncall.get(from_user, message_id)
 
 
 #: What a lifespan argument may end with, in ms.
@@ -199,14 +231,56 @@ def _device(device: str, labels: Mapping[str, str]) -> str:
     return f"{short_device(device)} ({clean(label)})" if label else short_device(device)
 
 
-def message_line(message: Message, names: Names) -> str:
+def clock(ms: int) -> str:
+    """``HH:MM``, local time."""
+    return datetime.fromtimestamp(ms / 1000).strftime("%H:%M")
+
+
+def urgent_mark(info: UrgentInfo | None, names: Names, *, incoming: bool, message_id: bytes) -> str:
+    """The urgency of a message as its line starts: ``🔴 URGENT — à
+    acquitter (miss-chat ack ID)`` while a received one waits;
+    ``URGENT — acquitté par Dr X à HH:MM`` once done; for ours, where the
+    escalation stands."""
+    if info is None or not info.urgent:
+        return ""
+    if info.state == "acknowledged":
+        who = names.short(info.ack_user) if info.ack_user else "?"
+        at = f" à {clock(info.ack_at)}" if info.ack_at else ""
+        return f"URGENT — acquitté par {who}{at} · "
+    if not incoming:
+        if info.state == "unacknowledged":
+            return "🔴 URGENT — aucun acquittement · "
+        if info.state == "escalated" and info.target:
+            return f"🔴 URGENT — escalade vers {names.of(info.target)} (étape {info.step}) · "
+        return "🔴 URGENT — en attente d'acquittement · "
+    return f"🔴 URGENT — à acquitter (miss-chat ack {format_id(message_id)}) · "
+
+
+def message_line(message: Message, names: Names, info: UrgentInfo | None = None) -> str:
     """``[time] Name (RPPS): text``, or ``[time] me → Name (RPPS): text`` for
     a copy of a message this user sent from another device; a team message
-    starts with ``[Team]``."""
+    starts with ``[Team]``, a role message names the role, an urgent one
+    starts with its :func:`urgent_mark` (and the bell, if not acknowledged);
+    ``info``: its record (else the message's own fields)."""
     body = clean(message.body) if message.kind == "text" else f"[{clean(message.kind)}] {clean(message.body)}"
     if message.expires_at is not None:
         body += f" (expire le {format_time(message.expires_at)})"
     when = format_time(message.sent_at)
+    if message.urgent or message.role is not None:
+        if info is None:
+            info = UrgentInfo(
+                message.from_user, message.id, "in", message.role, message.urgent, message.step, None, "open"
+            )
+        mark = urgent_mark(info, names, incoming=not message.outgoing_copy, message_id=message.id)
+        if message.step is not None:
+            sent_to = names.of(message.to_user)
+            mark += f"envoyé à vous en renfort, étape {message.step} (destinataire : {sent_to}) · "
+        if mark and not message.outgoing_copy and not info.acknowledged:
+            mark = BELL + mark
+        role = f"[→ {names.role(message.role)}] " if message.role is not None and message.step is None else ""
+        if message.outgoing_copy:
+            return f"[{when}] {mark}me → {names.of(message.to_user)}: {body}"
+        return f"[{when}] {mark}{role}{names.of(message.from_user)}: {body}"
     if message.team is not None:
         who = "me" if message.outgoing_copy else names.of(message.from_user)
         return f"[{when}] [{names.team(message.team)}] {who}: {body}"
@@ -339,12 +413,20 @@ def presence_line(presence: PresenceInfo | PresenceChanged, names: Names) -> str
 def history_line(entry: HistoryEntry, names: Names) -> str:
     """One history entry. Outgoing ones end with ``✓`` once a device of the
     recipient kept them, ``✗ NOT delivered: refused by d_1a2b… (reason)``
-    for each device that refused them, or their status (pending, failed)."""
+    for each device that refused them, or their status (pending, failed).
+    An urgent one starts with its :func:`urgent_mark` (from the local
+    record: it survives restarts)."""
     when = format_time(entry.sent_at)
+    info = names.urgent(entry.from_user, entry.id)
+    mark = urgent_mark(info, names, incoming=entry.direction == "in", message_id=entry.id)
+    if info is not None and info.step is not None and entry.direction == "in":
+        mark += f"renfort, étape {info.step} · "
+    if info is not None and info.role is not None and entry.direction == "in" and info.step is None:
+        mark += f"[→ {names.role(info.role)}] "
     body = clean(entry.shown_body)
     if entry.gone is None and entry.expires_at is not None:
         body += f" (expire le {format_time(entry.expires_at)})"
-    where = f"[{names.team(entry.team)}] " if entry.team is not None else ""
+    where = mark + (f"[{names.team(entry.team)}] " if entry.team is not None else "")
     if entry.direction == "in":
         return f"[{when}] {where}{names.of(entry.from_user)}: {body}"
     marks = []
@@ -360,4 +442,67 @@ def history_line(entry: HistoryEntry, names: Names) -> str:
     mark = f" {' '.join(marks)}" if marks else ""
     if entry.team is not None:
         return f"[{when}] {where}me: {body}{mark}"
-    return f"[{when}] me → {names.of(entry.peer)}: {body}{mark}"
+    return f"[{when}] {where}me → {names.of(entry.peer)}: {body}{mark}"
+
+
+def urgent_status_line(event: UrgentStatusChanged, names: Names, texts: MessageTexts, own_user: str) -> str:
+    """A status of an urgent message: for ours, ``🔴 «Bonjour…» : escalade
+    vers Dr Y (étape 1)``, ``✓ «…» acquitté par Dr X à HH:MM``, ``⚠ «…» :
+    aucun acquittement``; for one we received, that someone acknowledged it
+    (its alert stops here)."""
+    when = format_time(event.ts) if event.ts else "-"
+    what = texts.excerpt(event.id, None)
+    if event.state == "acknowledged":
+        who = names.short(event.user) if event.user else "?"
+        if event.user == own_user and event.sender != own_user:
+            return f"[{when}] ✓ URGENT {what} acquitté sur un autre de vos appareils à {clock(event.ts)}"
+        if event.sender == own_user:
+            return f"[{when}] ✓ URGENT {what} acquitté par {who} à {clock(event.ts)}"
+        return (
+            f"[{when}] ✓ URGENT de {names.of(event.sender)} acquitté par {who} à {clock(event.ts)} "
+            "(alerte arrêtée)"
+        )
+    if event.state == "escalated":
+        target = names.of(event.target) if event.target else "?"
+        return f"[{when}] 🔴 URGENT {what} : escalade vers {target} (étape {event.step})"
+    return f"[{when}] ⚠ URGENT {what} : aucun acquittement"
+
+
+def reminder_line(event: UrgentReminded, names: Names) -> str:
+    """``\a🔴 URGENT — rappel n°2 : message de Dr X à acquitter (miss-chat ack ID)``."""
+    return (
+        f"{BELL}🔴 URGENT — rappel n°{event.n} : message de {names.of(event.sender)} à acquitter "
+        f"(miss-chat ack {format_id(event.id)})"
+    )
+
+
+def role_line(view: RoleView, names: Names, me: str) -> str:
+    """``r_… Cardiologie — garde (CHRU) · titulaires : Dr X, Dr Y (vous)``."""
+    holders = ", ".join(names.short(u) + (" (vous)" if u == me else "") for u in view.holders)
+    org = f" ({clean(view.org)})" if view.org else ""
+    reserved = " · réservé (planning ou administrateur)" if view.reserved else ""
+    who = f"titulaires : {holders}" if holders else "vacant (personne ne le tient)"
+    steps = ""
+    if view.policy.steps:
+        steps = " · escalade : " + ", ".join(
+            f"{i}. {names.of(s.target)} après {_duration(s.delay)}"
+            for i, s in enumerate(view.policy.steps, 1)
+        )
+    return f"{view.role}  {clean(view.name)}{org} · {who}{reserved}{steps}"
+
+
+def _duration(ms: int) -> str:
+    if ms % 60_000 == 0:
+        return f"{ms // 60_000} min"
+    if ms % 1000 == 0:
+        return f"{ms // 1000} s"
+    return f"{ms} ms"
+
+
+def role_changed_line(event: RoleHoldersChanged, names: Names, me: str) -> str:
+    """``[rôle] Cardiologie — garde : vous tenez ce rôle (titulaires : …)``
+    or ``… : vous ne tenez plus ce rôle (titulaires : Dr Y)``."""
+    name = clean(event.name) if event.name else names.role(event.role)
+    holders = ", ".join(names.short(u) for u in event.holders) or "personne"
+    mine = "vous tenez ce rôle" if me in event.holders else "vous ne tenez plus ce rôle"
+    return f"[rôle] {name} : {mine} (titulaires : {holders})"
