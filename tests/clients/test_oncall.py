@@ -248,3 +248,18 @@ async def test_urgency_survives_a_restart_and_a_lost_connection(
         assert await alice.resend_pending() == [pending]
         got = await wait_event(bob, is_message(pending))
         assert isinstance(got, Message) and got.urgent and got.body == "Toujours urgent"
+
+
+async def test_an_urgent_message_to_a_care_team(clinician: ClinicianFactory, hub: HubServer) -> None:
+    alice_p, bob_p = await clinician("alice", "10000000051"), await clinician("bob", "10000000052")
+    async with connected(alice_p, bob_p) as (alice, bob):
+        team = await alice.create_team("Cardio garde", ORG)
+        await alice.add_member(team, bob.user_id)
+        message_id = await alice.send(team, "Arrêt cardiaque box 3", urgent=True, interval_ms=200)
+        got = await wait_event(bob, is_message(message_id))
+        assert isinstance(got, Message)
+        assert (got.team, got.urgent, got.role, got.body) == (team, True, None, "Arrêt cardiaque box 3")
+        assert isinstance(await wait_event(bob, lambda e: isinstance(e, UrgentReminded)), UrgentReminded)
+        assert (await bob.acknowledge(got)).first
+        done = await wait_event(alice, is_status("acknowledged"))
+        assert isinstance(done, UrgentStatusChanged) and done.user == bob.user_id
