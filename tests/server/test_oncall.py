@@ -15,6 +15,7 @@ import logging
 import secrets
 import time
 from collections.abc import AsyncIterator, Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +24,7 @@ import pytest
 
 from miss_server.app import HubServer
 from miss_server.logs import JsonFormatter
-from miss_server.store.base import AuditEvent, Shift
+from miss_server.store.base import AuditEvent
 from protocol.frames import (
     CAP_ONCALL,
     CAP_REFUSALS,
@@ -49,6 +50,7 @@ from protocol.frames import (
     UrgentStatus,
 )
 from protocol.oncall import Policy, Step, pack_policy
+from tests.support.admin_cli import Admin
 from tests.support.authority import verify
 from tests.support.inprocess_hub import HubFactory, hub_settings
 from tests.support.oncall_wire import OncallDevice, keys, opened, sealed
@@ -285,22 +287,41 @@ async def test_a_handover_takes_effect_at_once_and_the_released_holder_is_told(m
     assert vacant.role == role and vacant.id is not None
 
 
-async def test_a_shift_boundary_changes_the_targets_of_the_next_send(make_hub: HubFactory) -> None:
+async def test_a_schedule_import_changes_the_targets_at_the_shift_boundary(
+    make_hub: HubFactory, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The administrator imports tonight's schedule with ``miss-admin role
+    import`` while the hub runs; a send just before the boundary reaches the
+    night's holder, one just after the day's, with nothing else to do."""
     hub = await make_hub(**FAST)
     (s,), night, day = (
         await clinician(hub, "Sophie"),
         await clinician(hub, "Nuit"),
         await clinician(hub, "Jour"),
     )
-    role = await make_role(hub, "Urgences — senior")
-    boundary = now_ms() + 1500
-    await hub.store.replace_shifts(
-        [
-            Shift(role, night[0].user_id, boundary - 3_600_000, boundary),
-            Shift(role, day[0].user_id, boundary, boundary + 3_600_000),
-        ],
-        [role],
+    role = await make_role(hub, "Urgences — senior", reserved=True)
+    rpps = {}
+    for who in (night, day):
+        user = await hub.store.get_user(who[0].user_id)
+        assert user is not None
+        rpps[who[0].user_id] = user.rpps
+    boundary = now_ms() + 2500
+
+    def iso(ms: int) -> str:
+        return datetime.fromtimestamp(ms / 1000, tz=UTC).isoformat(timespec="milliseconds")
+
+    schedule = tmp_path / "planning.csv"
+    schedule.write_text(
+        "role,rpps,start,end\n"
+        f"Urgences — senior,{rpps[night[0].user_id]},{iso(boundary - 3_600_000)},{iso(boundary)}\n"
+        f"Urgences — senior,{rpps[day[0].user_id]},{iso(boundary)},{iso(boundary + 3_600_000)}\n",
+        encoding="utf-8",
     )
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MISS_AUTHORITY_KEY_FILE", raising=False)
+    admin = Admin(hub.settings.store, tmp_path / "authority.key", capsys, monkeypatch)
+    await asyncio.to_thread(admin, "role", "import", str(schedule))
+
     info = await s.ask(RoleGet(rid=1, role=role))
     assert isinstance(info, RoleOk) and info.info.holders == (night[0].user_id,)
     before = sealed(s, role, keys(night), "avant la relève")
