@@ -129,6 +129,18 @@ async def test_readme_walkthrough(tmp_path: Path) -> None:
                 ),
             )
             out["admin_teams"] = json.dumps(hub.admin("team", "list"), ensure_ascii=False)
+            # On-call roles and urgent messages, as the README's section shows them.
+            role = "Cardiologie — senior de garde"
+            hub.admin("role", "create", role, "--org", "CHRU de Lille")
+            out["role_take"] = chat(bob, "role", "take", role, env=env)
+            out["role_search"] = chat(alice, "role", "search", "cardio", env=env)
+            out["urgent_sent"] = chat(
+                alice, "send", role, "Box 3 : sus-ST inférieur, avis ?", "--urgent", env=env
+            )
+            out["urgent_inbox"] = chat(bob, "inbox", env=env)
+            sent_id = out["urgent_sent"].split()[0]
+            out["ack"] = chat(bob, "ack", sent_id, env=env)
+            out["urgent_after"] = chat(alice, "urgent", env=env) + chat(alice, "inbox", env=env)
             return out
 
         out = await asyncio.to_thread(run)
@@ -162,5 +174,11 @@ async def test_readme_walkthrough(tmp_path: Path) -> None:
         assert "Dr Alice Martin" in out["team_after"] and "Dr Bob Durand" not in out["team_after"]
         assert "durée de vie des messages: 7 j" in out["team_show"]
         assert "Pharmacie — astreinte" in out["admin_teams"] and "Cardiologie" not in out["admin_team"]
+        # The role: Bob holds it, Alice finds him through it, he acknowledges, she learns it.
+        assert "Dr Bob Durand" in out["role_search"], out["role_search"]
+        assert "accepted" in out["urgent_sent"], out["urgent_sent"]
+        assert "🔴 URGENT — à acquitter" in out["urgent_inbox"], out["urgent_inbox"]
+        assert "Box 3 : sus-ST inférieur, avis ?" in out["urgent_inbox"]
+        assert re.search(r"acquitté par Dr Bob Durand à \d\d:\d\d", out["urgent_after"]), out["urgent_after"]
     finally:
         await hub.stop_async()
