@@ -475,9 +475,33 @@ def captured_logs() -> Iterator[_Captured]:
 async def test_the_marker_of_an_urgent_role_message_is_nowhere(store_url: str | None, tmp_path: Path) -> None:
     """An urgent role message with backups, escalated once, then
     acknowledged: its plaintext marker is in no file of the SQLite store, in
-    no PostgreSQL table (audit log included), and in no log line."""
+    no PostgreSQL table (held rows, escalation rows and audit log included),
+    looked at while step 2's copy is still held and again at the end, and in
+    no log line."""
     marker = "MARKER-" + secrets.token_hex(12)
     schema = None if store_url is None else store_url.split("schema=")[1]
+
+    async def assert_nowhere() -> None:
+        if schema is None:
+            files = [p for p in tmp_path.rglob("*") if p.is_file()]  # noqa: ASYNC240 (small test files)
+            assert any(p.name.startswith("miss.db") for p in files)
+            for path in files:
+                assert marker.encode() not in path.read_bytes(), f"plaintext marker found in {path}"
+            return
+        conn = await asyncpg.connect(POSTGRES_DSN)
+        try:
+            tables = [
+                r["tablename"]
+                for r in await conn.fetch("SELECT tablename FROM pg_tables WHERE schemaname = $1", schema)
+            ]
+            assert {"audit_log", "escalations", "held_queue"} <= set(tables), tables
+            for table in tables:
+                rows = await conn.fetch(f'SELECT t::text AS row FROM "{schema}"."{table}" t')
+                dump = "\n".join(r["row"] for r in rows)
+                assert marker not in dump and marker.encode().hex() not in dump, f"marker in table {table}"
+        finally:
+            await conn.close()
+
     with captured_logs() as logs:
         hub = HubServer(hub_settings(tmp_path, **on(store_url)))
         await hub.start()
@@ -486,7 +510,7 @@ async def test_the_marker_of_an_urgent_role_message_is_nowhere(store_url: str | 
                 await clinician(hub, n) for n in ("Sophie", "Hugo", "Bea", "Basile")
             ]
             policy = Policy(
-                150, (Step(300, user=backup1[0].user_id), Step(2000, user=backup2[0].user_id)), 300
+                150, (Step(300, user=backup1[0].user_id), Step(5000, user=backup2[0].user_id)), 300
             )
             role = await make_role(hub, "Hématologie — garde", policy=policy)
             await assign(hub, role, [h])
@@ -494,6 +518,8 @@ async def test_the_marker_of_an_urgent_role_message_is_nowhere(store_url: str | 
             await accepted(s, send)
             got = await backup1[0].next_of(Deliver, timeout=3)  # escalated to step 1
             assert got.step == 1 and marker in opened(backup1[0], got, s).body  # it did travel
+            assert await hub.store.held_rows(s.user_id, send.id) == 1  # step 2's copy, held
+            await assert_nowhere()
             ack = await backup1[0].ask(Acknowledge(rid=1, id=send.id, sender=s.user_id))
             assert isinstance(ack, AcknowledgeOk) and ack.first
             assert (await s.next_of(UrgentStatus, timeout=2)).state == "escalated"
@@ -501,29 +527,16 @@ async def test_the_marker_of_an_urgent_role_message_is_nowhere(store_url: str | 
         finally:
             await hub.stop()  # flushes the audit log and the store before looking
     assert logs.lines and not [line for line in logs.lines if marker in line]
-    if schema is None:
-        files = [p for p in tmp_path.rglob("*") if p.is_file()]  # noqa: ASYNC240 (the hub is stopped)
-        assert any(p.name.startswith("miss.db") for p in files)
-        for path in files:
-            assert marker.encode() not in path.read_bytes(), f"plaintext marker found in {path}"
-        return
-    conn = await asyncpg.connect(POSTGRES_DSN)
-    try:
-        tables = [
-            r["tablename"]
-            for r in await conn.fetch("SELECT tablename FROM pg_tables WHERE schemaname = $1", schema)
-        ]
-        assert "audit_log" in tables and len(tables) > 5
-        for table in tables:
-            rows = await conn.fetch(f'SELECT t::text AS row FROM "{schema}"."{table}" t')
-            dump = "\n".join(r["row"] for r in rows)
-            assert marker not in dump and marker.encode().hex() not in dump, f"marker in table {table}"
-        events = await conn.fetchval(
-            f"SELECT count(*) FROM \"{schema}\".audit_log WHERE action LIKE 'urgent.%'"
-        )
+    await assert_nowhere()
+    if schema is not None:
+        conn = await asyncpg.connect(POSTGRES_DSN)
+        try:
+            events = await conn.fetchval(
+                f"SELECT count(*) FROM \"{schema}\".audit_log WHERE action LIKE 'urgent.%'"
+            )
+        finally:
+            await conn.close()
         assert events >= 2  # escalated, acknowledged: metadata only
-    finally:
-        await conn.close()
 
 
 # --- (f) every new request spends the device's budget ---------------------------------
