@@ -56,6 +56,7 @@ The tree::
         ├── RoleForbidden              role_forbidden    (a role of another organisation)
         ├── RoleFull                   role_full         (max_roles_per_user)
         ├── PolicyOutOfBounds          policy_out_of_bounds (an urgent override beyond the hub's caps)
+        ├── UrgentLimit                urgent_limit      (max_open_urgent_per_user escalations still open)
         └── NotRecipient               not_recipient     (acknowledging a message one did not receive)
 
 A frame larger than the size limit is refused by the WebSocket layer itself
@@ -121,6 +122,7 @@ __all__ = [
     "UnknownTeam",
     "UnknownUser",
     "UnsupportedVersion",
+    "UrgentLimit",
     "error_class",
 ]
 
@@ -377,6 +379,14 @@ class PolicyOutOfBounds(RequestError):
     message = "the escalation policy is beyond this hub's bounds"
 
 
+class UrgentLimit(RequestError):
+    """An urgent ``send`` while the sender's user already has
+    ``max_open_urgent_per_user`` escalations open (SPEC §14.4)."""
+
+    code = "urgent_limit"
+    message = "too many of your urgent messages are still awaiting acknowledgement"
+
+
 class NotRecipient(RequestError):
     """An ``acknowledge`` of a message this user did not receive, that was
     not urgent, or that does not exist: one error for all three, so that
@@ -424,6 +434,7 @@ _BY_CODE: dict[str, type[ProtocolError]] = {
         RoleForbidden,
         RoleFull,
         PolicyOutOfBounds,
+        UrgentLimit,
         NotRecipient,
     )
 }
