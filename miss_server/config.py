@@ -148,6 +148,13 @@ class Settings(BaseSettings):
         description="Time after its last step (after the send when none) an urgent message's sender "
         "is told nobody acknowledged it, when neither its role nor an organisation sets one.",
     )
+    max_open_urgent_per_user: int = Field(
+        20,
+        ge=1,
+        le=1000,
+        description="Most urgent messages of one clinician still escalating (neither acknowledged, "
+        "unacknowledged nor expired); past it an urgent send answers urgent_limit (SPEC §14.4).",
+    )
     escalation_tick_ms: int = Field(
         250,
         ge=10,
