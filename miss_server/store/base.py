@@ -724,3 +724,8 @@ class Store(Protocol):
 
     async def held_rows(self, sender_user: str, message_id: bytes) -> int:
         """The message's rows still held (not released)."""
+
+    async def open_escalations(self, sender_user: str, now: int) -> int:
+        """How many of ``sender_user``'s escalations are still open (neither
+        acknowledged nor unacknowledged) and unexpired (``expires_at > now``):
+        what ``max_open_urgent_per_user`` caps (SPEC §14.4)."""

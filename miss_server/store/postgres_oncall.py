@@ -577,3 +577,13 @@ class PostgresOncall:
 
     async def held_rows(self, sender_user: str, message_id: bytes) -> int:
         return await self._db.retryable(lambda c: _held_rows(c, sender_user, message_id))
+
+    async def open_escalations(self, sender_user: str, now: int) -> int:
+        return await self._db.retryable(
+            lambda c: c.fetchval(
+                "SELECT count(*) FROM escalations WHERE sender_user = $1 AND state = $2 AND expires_at > $3",
+                sender_user,
+                rules.OPEN,
+                now,
+            )
+        )

@@ -541,3 +541,11 @@ class SQLiteOncall:
 
     async def held_rows(self, sender_user: str, message_id: bytes) -> int:
         return await self._db.read(_held_rows, sender_user, message_id)
+
+    async def open_escalations(self, sender_user: str, now: int) -> int:
+        return await self._db.read(
+            lambda c: c.execute(
+                "SELECT count(*) FROM escalations WHERE sender_user = ? AND state = ? AND expires_at > ?",
+                (sender_user, rules.OPEN, now),
+            ).fetchone()[0]
+        )

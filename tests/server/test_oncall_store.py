@@ -371,6 +371,27 @@ async def test_due_escalations_takes_at_most_limit_escalations(store: Store) -> 
     assert len({d.message_id for d in done}) == 3
 
 
+async def test_open_escalations_counts_the_senders_open_unexpired_ones(store: Store) -> None:
+    """What max_open_urgent_per_user caps: acknowledged, unacknowledged and
+    expired escalations, and other senders', do not count."""
+    s = await Scene().setup(store)
+    assert await store.open_escalations(s.alice, NOW) == 0
+    for mid in (1, 2, 3):
+        await store.accept_team(s.message(mid))
+    await store.accept_team(s.message(4, ttl=HOUR))
+    assert (await store.accept_team(s.message(1))).duplicate  # a resend opens nothing
+    assert await store.open_escalations(s.alice, NOW) == 4
+    assert await store.open_escalations(s.bob, NOW) == 0
+    await store.acknowledge(s.alice, (1).to_bytes(16, "big"), s.bob, s.b1, NOW + 100, NOW + DAY)
+    assert await store.open_escalations(s.alice, NOW + 100) == 3
+    assert await store.open_escalations(s.alice, NOW + HOUR) == 2  # message 4 expired
+    # No acknowledgement by the final deadline: unacknowledged, no longer open.
+    await store.due_escalations(NOW + 5000, 10)
+    await store.due_escalations(NOW + 10_000, 10)
+    await store.due_escalations(NOW + 20_000, 10)
+    assert await store.open_escalations(s.alice, NOW + 20_000) == 0
+
+
 # --- PostgreSQL: several hub nodes -----------------------------------------------------------
 
 

@@ -74,3 +74,5 @@ CREATE TABLE escalations (
 CREATE UNIQUE INDEX escalations_by_message ON escalations (sender_user, message_id);
 CREATE INDEX escalations_due ON escalations (next_at) WHERE next_at IS NOT NULL;
 CREATE INDEX escalations_by_expiry ON escalations (expires_at);
+-- open_escalations counts a sender's open ones (max_open_urgent_per_user).
+CREATE INDEX escalations_open_by_sender ON escalations (sender_user, state);
