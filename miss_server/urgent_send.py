@@ -108,7 +108,8 @@ class UrgentSend:
         role_vacant, malformed_frame (fatal: no body, or a head not to a
         team), the recipient's (unknown_user, recipient_not_verified,
         no_devices) or the team's (§13.4), policy_out_of_bounds, then
-        too_many_recipients, unknown_device, missing_devices."""
+        too_many_recipients, unknown_device, missing_devices, then
+        urgent_limit (a new urgent message over max_open_urgent_per_user)."""
         await self._check_sender(sender_user, sender_device, now)
         if is_role_id(frame.to):
             await self._roles.holders(frame.to, now)  # unknown_role, role_vacant first
@@ -129,6 +130,8 @@ class UrgentSend:
             if extra:
                 raise errors.UnknownDevice(f"{len(extra)} unknown target devices")
             raise errors.MissingDevices(sorted(required - wanted))
+        if targets.policy is not None:
+            await self._check_open(sender_user, frame, now)
         message = self._message(sender_user, sender_device, frame, targets, now, expires_at)
         result = await self._store.accept_team(message)
         self._metrics.accept_seconds.observe(time.perf_counter() - started)
@@ -146,6 +149,16 @@ class UrgentSend:
             self._metrics.team_messages.inc()
         await self._wake(row_wakeups(result.queued))
         return encode(Accepted(frame.id))
+
+    async def _check_open(self, sender_user: str, frame: Send, now: int) -> None:
+        """UrgentLimit for a new urgent message while the sender's user has
+        ``max_open_urgent_per_user`` escalations open; a resend of an
+        accepted one goes on, to be answered ``dup``."""
+        if await self._store.open_escalations(sender_user, now) < self._settings.max_open_urgent_per_user:
+            return
+        if await self._store.has_sent(sender_user, frame.id):
+            return
+        raise errors.UrgentLimit(f"{self._settings.max_open_urgent_per_user} urgent messages still open")
 
     # --- targets -------------------------------------------------------------------
 

@@ -359,6 +359,27 @@ async def test_an_urgent_message_to_a_user_escalates_to_the_policy_of_the_recipi
     assert error is not None and error.code == "malformed_frame" and code is not None
 
 
+async def test_open_urgent_messages_are_capped_per_user_and_a_resend_still_goes(make_hub: HubFactory) -> None:
+    """With two urgent messages escalating, a third is urgent_limit and
+    nothing of it is stored; a resend of the first is still accepted (dup);
+    once one is acknowledged, a new urgent message goes again."""
+    hub = await make_hub(**FAST, max_open_urgent_per_user=2)
+    (s,), (r,) = await clinician(hub, "Sophie"), await clinician(hub, "Remi")
+    await hub.store.set_org_policy(ORG, 5000, 60_000)  # nothing ends on its own during the test
+    first, second = (sealed(s, r.user_id, keys([r]), t, urgent=Urgent()) for t in ("un", "deux"))
+    await accepted(s, first)
+    await accepted(s, second)
+    third = sealed(s, r.user_id, keys([r]), "trois", urgent=Urgent())
+    refusal = await refused(s, third, "urgent_limit")
+    assert refusal.id == third.id and not await hub.store.has_sent(s.user_id, third.id)
+    assert await s.ask(sealed(s, r.user_id, keys([r]), "un", urgent=Urgent(), mid=first.id)) == Accepted(
+        first.id, dup=True
+    )
+    ack = await r.ask(Acknowledge(rid=1, id=first.id, sender=s.user_id))
+    assert isinstance(ack, AcknowledgeOk) and ack.first
+    await accepted(s, third)
+
+
 async def test_oncall_rows_wait_for_a_connection_that_names_oncall(make_hub: HubFactory) -> None:
     hub = await make_hub(**FAST)
     (s,), (h,) = await clinician(hub, "Sophie"), await clinician(hub, "Hugo")
