@@ -31,6 +31,7 @@ from protocol.errors import (
     RoleReserved,
     RoleVacant,
     UnknownRole,
+    UrgentLimit,
 )
 from protocol.frames import CAP_ONCALL
 from protocol.oncall import is_role_id
@@ -67,6 +68,10 @@ ROLE_ERRORS: dict[type[Exception], str] = {
     RoleFull: "trop de titulaires, ou vous tenez déjà autant de rôles que permis : quittez-en un (role_full)",
     PolicyOutOfBounds: "délais d'escalade hors des bornes du hub (policy_out_of_bounds)",
     NotRecipient: "aucun message urgent reçu avec cet identifiant (not_recipient)",
+    UrgentLimit: (
+        "trop de vos messages urgents attendent encore un acquittement : "
+        "attendez qu'ils soient acquittés ou arrivés au bout de leur escalade (urgent_limit)"
+    ),
 }
 
 
