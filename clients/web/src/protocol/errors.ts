@@ -78,6 +78,7 @@ export const ERRORS: { readonly [code: string]: ErrorInfo } = {
   role_full: { fatal: false, retryable: false, message: "the role, or this user, has reached its limit of holders or roles" },
   policy_out_of_bounds: { fatal: false, retryable: false, message: "the escalation policy is beyond this hub's bounds" },
   not_recipient: { fatal: false, retryable: false, message: "no urgent message of this sender reached you under this id" },
+  urgent_limit: { fatal: false, retryable: false, message: "too many of your urgent messages are still awaiting acknowledgement" },
 };
 
 /** What SPEC §7 says of `code`, or undefined for a code it does not name. */
@@ -390,6 +391,13 @@ export class PolicyOutOfBounds extends RequestError {
     this.name = "PolicyOutOfBounds";
   }
 }
+/** An urgent send while too many of our urgent messages are still escalating (SPEC §14.4). */
+export class UrgentLimit extends RequestError {
+  constructor(detail = "", options: Options = {}) {
+    super("urgent_limit", detail, options);
+    this.name = "UrgentLimit";
+  }
+}
 /** Acknowledging a message we did not receive, that was not urgent, or unknown: one error for all. */
 export class NotRecipient extends RequestError {
   constructor(detail = "", options: Options = {}) {
@@ -438,6 +446,7 @@ const BY_CODE: { readonly [code: string]: ErrorClass } = {
   role_full: RoleFull,
   policy_out_of_bounds: PolicyOutOfBounds,
   not_recipient: NotRecipient,
+  urgent_limit: UrgentLimit,
 };
 
 /** The class of a wire error code, or undefined for a code this side does not know. */

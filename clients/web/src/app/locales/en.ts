@@ -315,6 +315,7 @@ export const en: Catalogue = {
   "error.role_forbidden": "This role belongs to another organisation.",
   "error.role_full": "Limit reached: too many roles for you, or too many clinicians on this role.",
   "error.policy_out_of_bounds": "Escalation policy beyond the server's bounds.",
+  "error.urgent_limit": "Too many of your urgent messages are still awaiting acknowledgement.",
   "error.not_recipient": "This urgent message was not addressed to you.",
 
   "time.at": "{date} at {time}",

@@ -319,6 +319,7 @@ export const fr = {
   "error.role_forbidden": "Ce rôle appartient à un autre établissement.",
   "error.role_full": "Limite atteinte : trop de gardes pour vous, ou trop de cliniciens sur ce rôle.",
   "error.policy_out_of_bounds": "Politique d'escalade hors des limites du serveur.",
+  "error.urgent_limit": "Trop de vos messages urgents attendent encore un acquittement.",
   "error.not_recipient": "Ce message urgent ne vous était pas adressé.",
 
   "time.at": "{date} à {time}",

@@ -40,6 +40,7 @@ export function describeError(err: unknown): string {
       role_full: "error.role_full",
       policy_out_of_bounds: "error.policy_out_of_bounds",
       not_recipient: "error.not_recipient",
+      urgent_limit: "error.urgent_limit",
     };
     if (err.code === "rate_limited") return t("error.rate_limited", { seconds });
     const key = known[err.code];
