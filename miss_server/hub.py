@@ -99,7 +99,7 @@ from .presence import PresenceService
 from .roles import TAG_ROLE_CHANGED, RoleService
 from .security_feed import SecurityFeed
 from .store.base import CodeInvalid, DeviceLimit, NewMessage, NewTeamMessage, Store, StoreUnavailable
-from .teams import TAG_TEAM_CHANGED, TeamService
+from .teams import TAG_TEAM_CHANGED, TeamService, target_mismatch
 from .urgent_send import UrgentSend
 from .wakeup import DRAIN_WAKEUP, close_wakeup, row_wakeups
 
@@ -416,13 +416,7 @@ class Hub:
             if wanted == required:
                 break
         else:
-            if len(required) > MAX_WRAPS:
-                # No frame can carry that many wraps: say so rather than ask for more.
-                raise errors.TooManyRecipients(f"{len(required)} target devices")
-            extra = wanted - required
-            if extra:
-                raise errors.UnknownDevice(f"{len(extra)} unknown target devices")
-            raise errors.MissingDevices(sorted(required - wanted))
+            raise target_mismatch(wanted, required)
         assert frame.body is not None
         message = NewTeamMessage(
             frame.id, sender_user, sender_device, frame.to, frame.body, frame.envs, now, expires_at

@@ -38,6 +38,7 @@ from protocol import teams as pt
 from protocol.frames import (
     MAX_TEAM_CHAIN_BYTES,
     MAX_TEAMS_LIST,
+    MAX_WRAPS,
     ChainEntry,
     Recall,
     RecallOk,
@@ -58,7 +59,7 @@ from .config import Settings
 from .delivery import LocalLinks
 from .store.base import Store, TeamAppend, TeamInfo, TeamRecordRow
 
-__all__ = ["AT_LEEWAY_MS", "TAG_TEAM_CHANGED", "TeamService", "team_state"]
+__all__ = ["AT_LEEWAY_MS", "TAG_TEAM_CHANGED", "TeamService", "target_mismatch", "team_state"]
 
 log = logging.getLogger("miss.teams")
 
@@ -111,6 +112,19 @@ def team_info(state: pt.TeamState, creator: str) -> TeamInfo:
         state.admins,
         creator,
     )
+
+
+def target_mismatch(wanted: Iterable[str], required: frozenset[str] | set[str]) -> errors.RequestError:
+    """The error for a sealed-body ``send`` whose wraps do not name exactly
+    its target devices ``required`` (SPEC §13.4, §14.4), in this order:
+    too_many_recipients when no frame can carry that many wraps (say so
+    rather than ask for more), unknown_device, missing_devices."""
+    if len(required) > MAX_WRAPS:
+        return errors.TooManyRecipients(f"{len(required)} target devices")
+    extra = set(wanted) - required
+    if extra:
+        return errors.UnknownDevice(f"{len(extra)} unknown target devices")
+    return errors.MissingDevices(sorted(required - set(wanted)))
 
 
 class TeamService:

@@ -34,7 +34,7 @@ from dataclasses import dataclass, field
 
 from protocol import errors
 from protocol import teams as pt
-from protocol.frames import MAX_WRAPS, Accepted, Send, encode
+from protocol.frames import Accepted, Send, encode
 from protocol.oncall import MAX_ESCALATION_MS, MIN_ESCALATION_MS, Policy, is_role_id
 
 from .accounts import Account, Accounts
@@ -43,7 +43,7 @@ from .config import Settings
 from .metrics import Metrics
 from .roles import RoleService, attested_organisation
 from .store.base import EscalationPlan, NewTeamMessage, Store
-from .teams import TeamService
+from .teams import TeamService, target_mismatch
 from .wakeup import DRAIN_WAKEUP, row_wakeups
 
 __all__ = ["UrgentSend"]
@@ -124,12 +124,7 @@ class UrgentSend:
             if wanted == required:
                 break
         else:
-            if len(required) > MAX_WRAPS:
-                raise errors.TooManyRecipients(f"{len(required)} target devices")
-            extra = wanted - required
-            if extra:
-                raise errors.UnknownDevice(f"{len(extra)} unknown target devices")
-            raise errors.MissingDevices(sorted(required - wanted))
+            raise target_mismatch(wanted, required)
         if targets.policy is not None:
             await self._check_open(sender_user, frame, now)
         message = self._message(sender_user, sender_device, frame, targets, now, expires_at)
