@@ -325,6 +325,14 @@ class LocalLinks:
         """The links here of the user's devices."""
         return [self._links[d] for d in self._by_user.get(user_id, ()) if d in self._links]
 
+    def push(self, frame: bytes, users: Iterable[str], wants: Callable[[DeviceLink], bool]) -> None:
+        """Hand the pushed ``frame`` to this node's links of ``users`` for
+        which ``wants`` holds (the capability the frame needs)."""
+        for user in users:
+            for link in self.of_user(user):
+                if wants(link):
+                    link.push(frame)
+
     def end_device(self, device_id: str, error: type[errors.FatalError]) -> None:
         """End the device's connection here, if it has one, with ``error``."""
         link = self._links.get(device_id)

@@ -147,10 +147,7 @@ class Escalator:
         except Exception as exc:  # from a newer node, or garbled: nothing to push
             log.warning("unreadable reminder", extra={"error": str(exc)})
             return
-        for user in users:
-            for link in self._links.of_user(user):
-                if link.oncall:
-                    link.push(frame)
+        self._links.push(frame, users, lambda link: link.oncall)
 
     # --- acknowledge -------------------------------------------------------------------
 

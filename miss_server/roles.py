@@ -250,7 +250,4 @@ class RoleService:
 
     def _push_local(self, frame: bytes, users: Iterable[str]) -> None:
         """Hand ``frame`` to this node's connections of ``users`` that named ``oncall``."""
-        for user in users:
-            for link in self._links.of_user(user):
-                if link.oncall:
-                    link.push(frame)
+        self._links.push(frame, users, lambda link: link.oncall)

@@ -315,10 +315,7 @@ class TeamService:
 
     def push_local(self, frame: bytes, users: Iterable[str]) -> None:
         """Hand ``frame`` to this node's connections of ``users`` that named ``teams``."""
-        for user in users:
-            for link in self._links.of_user(user):
-                if link.teams:
-                    link.push(frame)
+        self._links.push(frame, users, lambda link: link.teams)
 
     async def announce_stored(self, team: str, users: Iterable[str]) -> None:
         """Push the team's current head, read from the store, to this node's
