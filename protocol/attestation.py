@@ -33,6 +33,8 @@ import msgpack
 import nacl.exceptions
 import nacl.signing
 
+from .rotation import AuthorityKeys, keys_at
+
 __all__ = [
     "CONTEXT",
     "Attestation",
@@ -162,24 +164,33 @@ def peek(blob: bytes) -> Attestation:
     return Attestation(user, rpps, name, profession, org, tuple(parsed), nbf, naf)
 
 
-def check_signature(blob: bytes, authority_pk: bytes) -> Attestation:
+def check_signature(
+    blob: bytes, authority_pk: bytes | AuthorityKeys, at_ms: int | None = None
+) -> Attestation:
     """The attestation in ``blob`` if it is signed by ``authority_pk``,
     whatever its dates; raises AttestationMalformed or
     AttestationSignatureInvalid. For statements that outlive an
     attestation (a team record, SPEC §13.2): the caller checks the validity
-    interval against the instant that matters, never ``now``."""
+    interval against the instant that matters, never ``now``.
+
+    ``authority_pk`` may be the AuthorityKeys of a rotation (SPEC §15): an
+    older key counts when ``at_ms`` <= its ``until`` (``at_ms`` None: the
+    current key only)."""
     attestation = peek(blob)
-    try:
-        nacl.signing.VerifyKey(authority_pk).verify(CONTEXT + blob[64:], blob[:64])
-    except (nacl.exceptions.BadSignatureError, nacl.exceptions.ValueError, TypeError):
-        raise AttestationSignatureInvalid("not signed by the verification authority") from None
-    return attestation
+    for key in keys_at(authority_pk, at_ms):
+        try:
+            nacl.signing.VerifyKey(key).verify(CONTEXT + blob[64:], blob[:64])
+        except (nacl.exceptions.BadSignatureError, nacl.exceptions.ValueError, TypeError):
+            continue
+        return attestation
+    raise AttestationSignatureInvalid("not signed by the verification authority")
 
 
-def verify(blob: bytes, authority_pk: bytes, now_ms: int) -> Attestation:
-    """The attestation in ``blob`` if it is signed by ``authority_pk`` and
+def verify(blob: bytes, authority_pk: bytes | AuthorityKeys, now_ms: int) -> Attestation:
+    """The attestation in ``blob`` if it is signed by ``authority_pk`` (an
+    older key of a rotation only while ``now_ms`` <= its ``until``) and
     valid at ``now_ms``; raises an AttestationError subclass otherwise."""
-    attestation = check_signature(blob, authority_pk)
+    attestation = check_signature(blob, authority_pk, now_ms)
     if now_ms < attestation.not_before:
         raise AttestationNotYetValid("attestation not valid yet")
     if now_ms >= attestation.not_after:

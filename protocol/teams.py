@@ -41,6 +41,7 @@ from . import attestation
 from .crypto import DeviceKeys, verify_signature
 from .errors import BadTeamRecord, RequestError, TeamConflict, TeamForbidden
 from .frame_base import MAX_LIFESPAN_MS, MAX_RECORD_BYTES, MIN_LIFESPAN_MS
+from .rotation import AuthorityKeys, keys_at
 
 __all__ = [
     "AUTHORITY",
@@ -297,16 +298,18 @@ class TeamState:
     closed: bool = False
 
 
-def _check_signature(r: TeamRecord, s: SignedRecord, authority_pk: bytes) -> None:
-    """Rule 2 of SPEC §13.2. Raises TeamChainError("bad_signature")."""
+def _check_signature(r: TeamRecord, s: SignedRecord, authority_pk: bytes | AuthorityKeys) -> None:
+    """Rule 2 of SPEC §13.2. Raises TeamChainError("bad_signature"). An
+    older authority key of a rotation counts for a record whose ``at`` is
+    at most its ``until`` (SPEC §15: a record outlives the key)."""
     message = TEAM_CONTEXT + s.rec
     if r.by == AUTHORITY:
-        if not verify_signature(authority_pk, message, s.sig):
+        if not any(verify_signature(k, message, s.sig) for k in keys_at(authority_pk, r.at)):
             raise TeamChainError("bad_signature", "not signed by the verification authority")
         return
     assert r.att is not None and r.device is not None  # unpack_record saw to it
     try:
-        att = attestation.check_signature(r.att, authority_pk)
+        att = attestation.check_signature(r.att, authority_pk, r.at)
     except attestation.AttestationError as exc:
         raise TeamChainError("bad_signature", f"attestation: {exc}") from None
     if att.user != r.by:
@@ -322,7 +325,9 @@ def _check_signature(r: TeamRecord, s: SignedRecord, authority_pk: bytes) -> Non
         raise TeamChainError("bad_signature", "signature does not verify with the device's key")
 
 
-def apply_record(state: TeamState | None, s: SignedRecord, authority_pk: bytes, *, team: str) -> TeamState:
+def apply_record(
+    state: TeamState | None, s: SignedRecord, authority_pk: bytes | AuthorityKeys, *, team: str
+) -> TeamState:
     """The state after record ``s``, applied to ``state`` (None before the
     creation) of team ``team``, once it passes SPEC §13.2 rules 1-3 in that
     order. Raises TeamChainError (its ``reason`` names the rule broken);
@@ -391,7 +396,9 @@ def apply_record(state: TeamState | None, s: SignedRecord, authority_pk: bytes, 
     )
 
 
-def verify_chain(records: Iterable[SignedRecord], authority_pk: bytes, team: str) -> TeamState:
+def verify_chain(
+    records: Iterable[SignedRecord], authority_pk: bytes | AuthorityKeys, team: str
+) -> TeamState:
     """The state of team ``team`` after its whole chain, from the creation,
     in ``seq`` order. Raises TeamChainError at the first record that breaks
     a rule (``"broken_chain"`` for an empty chain): the whole chain is
