@@ -64,6 +64,38 @@ class Settings(BaseSettings):
     auth_timeout_seconds: float = Field(
         10, gt=0, le=300, description="Time a new connection has to authenticate."
     )
+    handshake_timeout_seconds: float = Field(
+        10,
+        gt=0,
+        le=300,
+        description="Time a new TCP connection has to complete its HTTP request (the WebSocket upgrade, "
+        "or /healthz, /readyz...); then it is closed. With tls_cert, the TLS handshake has as long again.",
+    )
+    ping_interval_seconds: float = Field(
+        20, gt=0, le=3600, description="How often the hub pings each WebSocket connection (liveness)."
+    )
+    ping_timeout_seconds: float = Field(
+        20,
+        gt=0,
+        le=3600,
+        description="Time a connection has to answer a ping; then it is closed with 1011 (keepalive "
+        "ping timeout). A dead client is cut within ping_interval_seconds + ping_timeout_seconds.",
+    )
+    shutdown_grace_seconds: float = Field(
+        20,
+        gt=0,
+        le=3600,
+        description="On SIGTERM or SIGINT, the longest the node takes to drain: tell its clients to go "
+        "elsewhere (close 1001), answer the requests in hand, flush the audit trail; past it, it "
+        "closes what remains and exits anyway.",
+    )
+    shutdown_spread_seconds: float = Field(
+        5,
+        ge=0,
+        le=600,
+        description="Window over which a draining node closes its clients' connections (1001), so that "
+        "their reconnections do not reach the other nodes at once; at most half of shutdown_grace_seconds.",
+    )
     presence_ttl_seconds: float = Field(
         30, ge=1, le=600, description="Longest time a device of a dead hub node still shows online."
     )
@@ -167,6 +199,14 @@ class Settings(BaseSettings):
         ge=1,
         description="Connections not yet authenticated from one client address (at most a quarter of "
         "the max_pending in force).",
+    )
+    max_connections_per_account: int | None = Field(
+        None,
+        ge=1,
+        le=10_000,
+        description="Authenticated connections of one clinician's devices at once, over every hub node "
+        "(a device's own older connections, which the new one replaces, do not count); the next is "
+        "refused with too_many_connections. Default: 3 times max_devices.",
     )
     max_pending: int = Field(
         4096,

@@ -81,6 +81,7 @@ async def serve_connection(ws: ServerConnection, hub: Hub) -> None:
             lambda frames: send_frames(ws, frames),
             ws.close,
             session.caps,
+            capped=isinstance(frame, Auth),  # an enrollment is not: its code is spent (Hub.attach)
         )
         await ws.send(encode(Welcome(session.user_id, session.device_id)))
         link.start()
@@ -103,8 +104,8 @@ async def serve_connection(ws: ServerConnection, hub: Hub) -> None:
         metrics.errors.labels(exc.code).inc()
         try:
             await ws.send(error_frame(exc))
-            # 1013: try again later; 1008: policy violation (too many attempts, devices)
-            policy = isinstance(exc, errors.RateLimited | errors.TooManyDevices)
+            # 1013: try again later; 1008: policy violation (too many attempts, devices, connections)
+            policy = isinstance(exc, errors.RateLimited | errors.TooManyDevices | errors.TooManyConnections)
             await ws.close(1008 if policy else 1013, exc.code)
         except ConnectionClosed:
             pass

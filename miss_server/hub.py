@@ -249,17 +249,21 @@ class Hub:
         send: Callable[[list[bytes]], Awaitable[None]],
         close: Callable[[int, str], Awaitable[None]],
         caps: frozenset[str] = frozenset(),
+        *,
+        capped: bool = True,
     ) -> DeviceLink:
-        """Register a freshly authenticated connection: its device channel and
-        its presence. A previous connection of the same device, on any node,
-        is ended with 4409. The caller sends ``welcome``, then starts the
-        link, so that the device is online for everyone once it is welcomed
-        and its first deliveries follow the ``welcome``."""
+        """Register a freshly authenticated connection: its presence and its
+        device channel. If ``capped``, raises TooManyConnections, with
+        nothing registered and no other connection touched, when the account
+        already has ``connection_cap`` connections of its other devices on
+        every node. A connection that has just enrolled its device is not
+        capped: its single-use code is spent and the device stored, so a
+        refusal would leave a device its client never learns the id of.
+        A previous connection of the same device, on any node, is ended
+        with 4409. The caller sends ``welcome``, then starts the link, so
+        that the device is online for everyone once it is welcomed and its
+        first deliveries follow the ``welcome``."""
         channel = device_channel(device_id)
-        try:  # before subscribing, so that only the older connection hears it
-            await self.broker.publish(channel, close_wakeup(errors.SessionReplaced))
-        except BrokerUnavailable:
-            pass  # an older connection elsewhere keeps a subscription that no one publishes to
         link = DeviceLink(
             device_id,
             self.store,
@@ -270,9 +274,21 @@ class Hub:
             teams=CAP_TEAMS in caps,
             oncall=CAP_ONCALL in caps,
         )
-        self._links.add(user_id, link)
-        await self.broker.subscribe(channel, link.on_wakeup)
-        link.presence_key = await self.presence.connected(user_id, link)
+        # The cap first: a connection it refuses must not end the device's
+        # older one, nor be registered anywhere.
+        cap = self.settings.connection_cap if capped else None
+        link.presence_key = await self.presence.connected(user_id, link, cap)
+        try:
+            try:  # before subscribing, so that only the older connection hears it
+                await self.broker.publish(channel, close_wakeup(errors.SessionReplaced))
+            except BrokerUnavailable:
+                pass  # an older connection elsewhere keeps a subscription that no one publishes to
+            self._links.add(user_id, link)
+            await self.broker.subscribe(channel, link.on_wakeup)
+        except BaseException:
+            self._links.remove(user_id, link)
+            await self.presence.disconnected(user_id, link.presence_key, link)
+            raise
         self.metrics.authenticated.inc()
         return link
 

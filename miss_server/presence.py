@@ -34,6 +34,7 @@ from collections.abc import Iterable
 
 import msgpack
 
+from protocol import errors
 from protocol.frames import Presence as PresenceFrame
 from protocol.frames import encode
 
@@ -73,15 +74,27 @@ class PresenceService:
 
     # --- connections ----------------------------------------------------------
 
-    async def connected(self, user_id: str, link: DeviceLink) -> str:
-        """Record a new authenticated connection; returns its key."""
+    async def connected(self, user_id: str, link: DeviceLink, cap: int | None = None) -> str:
+        """Record a new authenticated connection; returns its key. With
+        ``cap``, raises TooManyConnections (and records nothing) if the user
+        already has ``cap`` live connections of other devices, on any node:
+        the device's own older ones are being replaced, so they do not
+        count. Without a backend to ask, the connection is let in."""
         conn = f"{link.device_id}/{secrets.token_hex(4)}"
-        self._local[conn] = (user_id, link)
         now = _now()
         try:
-            if await self._backend.connect(user_id, conn, now + self._entry_ttl_ms, now):
+            first: bool | None
+            if cap is None:
+                first = await self._backend.connect(user_id, conn, now + self._entry_ttl_ms, now)
+            else:
+                first = await self._backend.connect_capped(user_id, conn, now + self._entry_ttl_ms, now, cap)
+                if first is None:
+                    raise errors.TooManyConnections(f"{cap} connections of other devices")
+            self._local[conn] = (user_id, link)
+            if first:
                 await self.announce(user_id, online=True)
         except (BrokerUnavailable, StoreUnavailable) as exc:
+            self._local[conn] = (user_id, link)
             log.warning("presence not recorded", extra={"error": str(exc)})  # the next refresh will
         return conn
 

@@ -40,6 +40,7 @@ The tree::
         ├── RecipientNotVerified       recipient_not_verified
         ├── TooManyRecipients          too_many_recipients
         ├── TooManyDevices             too_many_devices  (the account's device cap; at enroll: close 1008)
+        ├── TooManyConnections         too_many_connections (retryable; over the account's connection cap)
         ├── Forbidden                  forbidden         (e.g. revoking another's device)
         │   revision 3, care teams (SPEC §13.7):
         ├── UnknownTeam                unknown_team      (no team this user may see)
@@ -113,6 +114,7 @@ __all__ = [
     "TeamConflict",
     "TeamForbidden",
     "TeamFull",
+    "TooManyConnections",
     "TooManyDevices",
     "TooManyRecipients",
     "UnexpectedFrame",
@@ -299,6 +301,16 @@ class TooManyDevices(RequestError):
     message = "this account has as many devices as it may; revoke one first"
 
 
+class TooManyConnections(RequestError):
+    """An authenticated connection over the account's cap of connections
+    at once, on every node (SPEC §11.5): refused after ``auth``/``enroll``,
+    then closed with 1008."""
+
+    code = "too_many_connections"
+    message = "this account has as many connections open as it may; close one or retry later"
+    retryable = True
+
+
 class Forbidden(RequestError):
     code = "forbidden"
     message = "not allowed"
@@ -420,6 +432,7 @@ _BY_CODE: dict[str, type[ProtocolError]] = {
         RecipientNotVerified,
         TooManyRecipients,
         TooManyDevices,
+        TooManyConnections,
         Forbidden,
         UnknownTeam,
         NotMember,

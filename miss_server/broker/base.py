@@ -100,6 +100,13 @@ class Presence(Protocol):
     async def connect(self, user_id: str, conn: str, expires_at: int, now: int) -> bool:
         """Add a live entry; True if the user was offline until now."""
 
+    async def connect_capped(
+        self, user_id: str, conn: str, expires_at: int, now: int, cap: int
+    ) -> bool | None:
+        """:meth:`connect`, unless the user already has ``cap`` live entries
+        of other devices than ``conn``'s (a conn is ``DEVICE/...``): then
+        nothing is added and the answer is None. Check and add are atomic."""
+
     async def disconnect(self, user_id: str, conn: str, now: int) -> bool:
         """Remove an entry; True if the user has no live entry left."""
 

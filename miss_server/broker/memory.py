@@ -59,6 +59,15 @@ class MemoryPresence:
         self._entries.setdefault(user_id, {})[conn] = expires_at
         return was_offline
 
+    async def connect_capped(
+        self, user_id: str, conn: str, expires_at: int, now: int, cap: int
+    ) -> bool | None:
+        device = conn.split("/", 1)[0] + "/"
+        live = self._entries.get(user_id, {}).items()
+        if sum(1 for c, exp in live if exp > now and not c.startswith(device)) >= cap:
+            return None
+        return await self.connect(user_id, conn, expires_at, now)
+
     async def disconnect(self, user_id: str, conn: str, now: int) -> bool:
         entries = self._entries.get(user_id, {})
         if entries.pop(conn, None) is None:

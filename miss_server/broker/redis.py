@@ -282,6 +282,23 @@ redis.call('PEXPIREAT', KEYS[2], ARGV[3], 'GT')
 return live == 0 and 1 or 0
 """
 
+# KEYS[1] exp, KEYS[2] u:{user}; ARGV: as _CONNECT, then cap and the
+# conn's device prefix ("DEVICE/"). -1: the user has cap live entries of
+# other devices, nothing added.
+_CONNECT_CAPPED = """
+local live = redis.call('ZRANGEBYSCORE', KEYS[2], '(' .. ARGV[4], '+inf')
+local prefix, others = ARGV[6], 0
+for _, m in ipairs(live) do
+  if string.sub(m, 1, #prefix) ~= prefix then others = others + 1 end
+end
+if others >= tonumber(ARGV[5]) then return -1 end
+redis.call('ZADD', KEYS[2], ARGV[3], ARGV[2])
+redis.call('ZADD', KEYS[1], ARGV[3], ARGV[1])
+redis.call('PEXPIREAT', KEYS[2], ARGV[3], 'NX')
+redis.call('PEXPIREAT', KEYS[2], ARGV[3], 'GT')
+return #live == 0 and 1 or 0
+"""
+
 # KEYS[1] exp, KEYS[2] u:{user}; ARGV: member, conn, now
 _DISCONNECT = """
 redis.call('ZREM', KEYS[1], ARGV[1])
@@ -337,6 +354,7 @@ class RedisPresence:
         self._exp = f"{tag}:exp"
         self._user_prefix = f"{tag}:u:"
         self._connect = self._redis.register_script(_CONNECT)
+        self._connect_capped = self._redis.register_script(_CONNECT_CAPPED)
         self._disconnect = self._redis.register_script(_DISCONNECT)
         self._sweep = self._redis.register_script(_SWEEP)
         self._refresh = self._redis.register_script(_REFRESH)
@@ -350,6 +368,15 @@ class RedisPresence:
     async def connect(self, user_id: str, conn: str, expires_at: int, now: int) -> bool:
         keys = [self._exp, self._user_prefix + user_id]
         return bool(await self._run(self._connect(keys, [f"{user_id}|{conn}", conn, expires_at, now])))
+
+    async def connect_capped(
+        self, user_id: str, conn: str, expires_at: int, now: int, cap: int
+    ) -> bool | None:
+        keys = [self._exp, self._user_prefix + user_id]
+        device = conn.split("/", 1)[0] + "/"
+        args: list[str | int] = [f"{user_id}|{conn}", conn, expires_at, now, cap, device]
+        added = int(await self._run(self._connect_capped(keys, args)))
+        return None if added < 0 else bool(added)
 
     async def disconnect(self, user_id: str, conn: str, now: int) -> bool:
         keys = [self._exp, self._user_prefix + user_id]
