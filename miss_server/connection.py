@@ -25,6 +25,7 @@ from protocol.session import ServerSession, error_frame
 from .admission import GatedConnection
 from .delivery import DeviceLink
 from .hub import Hub
+from .logs import CONN, REQ, new_conn_id
 
 __all__ = ["serve_connection"]
 
@@ -52,7 +53,9 @@ def _binary(data: str | bytes) -> bytes:
 
 
 async def serve_connection(ws: ServerConnection, hub: Hub) -> None:
-    """Run one connection to its end. Never raises."""
+    """Run one connection to its end. Never raises. Every log line of its
+    task, and of the delivery task it starts, carries its ``conn`` (logs.py)."""
+    CONN.set(new_conn_id())
     metrics = hub.metrics
     metrics.connections.inc()
     session = ServerSession(authority=hub.settings.authority_public_key)
@@ -162,8 +165,30 @@ async def _dispatch(
     gets ``rate_limited`` and its next frame is read only after the delay
     (at most MAX_PENALTY); an ack over budget waits for its tokens first. A
     flood then queues in its own socket, not in the hub."""
+    # The request id of logs.py: a send's message id, which the nodes that
+    # deliver it log too; an ack is no request (its receipts name their sends).
+    rid = getattr(frame, "rid", None)
+    request = frame.id.hex() if type(frame) is Send else None if rid is None else f"{CONN.get()}.{rid}"
+    token = REQ.set(request)
+    try:
+        await _answer(hub, session, link, ws, frame, address, size)
+    finally:
+        REQ.reset(token)
+
+
+async def _answer(
+    hub: Hub,
+    session: ServerSession,
+    link: DeviceLink,
+    ws: ServerConnection,
+    frame: Frame,
+    address: str,
+    size: int,
+) -> None:
+    """:func:`_dispatch`'s work, in the request's logging context."""
     penalty = 0.0
     reply: bytes | None = None
+    outcome = "ok"
     assert session.user_id is not None and session.device_id is not None
     try:
         if type(frame) is Ack:
@@ -176,12 +201,15 @@ async def _dispatch(
             reply = await hub.request(session, link, frame)
     except errors.RequestError as exc:
         hub.metrics.errors.labels(exc.code).inc()
+        outcome = exc.code
         if isinstance(exc, errors.RateLimited) and exc.retry_after_ms:
             penalty = exc.retry_after_ms / 1000
         # The error names the request it answers: a send by its id, any
         # other request by its rid.
         message_id = frame.id if type(frame) is Send else None
         reply = error_frame(exc, id=message_id, rid=getattr(frame, "rid", None))
+    if frame.TYPE != "ack":
+        log.debug("request", extra={"type": frame.TYPE, "outcome": outcome})
     if reply is not None:
         await send_frames(ws, [reply])
     if penalty:

@@ -67,6 +67,7 @@ from .wakeup import (
     MalformedWakeup,
     is_oncall_row,
     parse,
+    request_id,
     row_frame,
 )
 from .wakeup import close_error as wakeup_error
@@ -257,10 +258,13 @@ class DeviceLink:
         most ``WRITE_BYTES``, each taken by the socket before the next."""
         frames: list[bytes] = []
         size = 0
+        debug = log.isEnabledFor(logging.DEBUG)
         for seq, frame in rows:
             if seq in self._inflight:
                 continue
             self._inflight.add(seq)
+            if debug:  # the request id of the send this row comes from (logs.py)
+                log.debug("row sent", extra={"seq": seq, "req": request_id(frame), "device": self.device_id})
             if frames and size + len(frame) > WRITE_BYTES:
                 await self._send(frames)
                 self._on_sent(len(frames))

@@ -29,6 +29,11 @@ of the store sends for that row (:func:`row_frame`): the wake-up carries a
 copy so that the common case costs no read, never the only one (docs/ARCHITECTURE.md,
 guarantee 1).
 
+Request ids: a row wake-up needs no field of its own to carry the request
+that caused it across nodes (logs.py): its frame names the message id,
+which is the id of the ``send`` (of a receipt: of the ``send`` it answers).
+:func:`request_id` reads it back, for the logs only.
+
 Reading: :func:`parse` splits a payload into ``(tag, seq, body)``, and
 :func:`close_error` names the error of an ``X`` body. A payload that is
 empty, or a row wake-up with no frame after its seq, raises
@@ -64,6 +69,7 @@ __all__ = [
     "close_wakeup",
     "is_oncall_row",
     "parse",
+    "request_id",
     "row_frame",
     "row_wakeup",
     "row_wakeups",
@@ -169,6 +175,17 @@ def parse(payload: bytes) -> tuple[int, int, bytes]:
             raise MalformedWakeup(f"row wake-up of {len(payload)} bytes")
         return tag, int.from_bytes(payload[1:_SEQ_END], "big"), payload[_SEQ_END:]
     return tag, 0, payload[1:]
+
+
+def request_id(frame: bytes) -> str | None:
+    """The request id (logs.py) of a row frame: its message id in hex, or
+    None if the frame names none. For logging: it decodes the frame."""
+    try:
+        fields = msgpack.unpackb(frame, raw=False)
+    except (ValueError, msgpack.UnpackException):
+        return None
+    mid = fields.get("id") if isinstance(fields, dict) else None
+    return mid.hex() if isinstance(mid, bytes) else None
 
 
 def close_error(body: bytes) -> type[errors.FatalError] | None:

@@ -60,12 +60,17 @@ class Cluster:
 
 
 @asynccontextmanager
-async def running_cluster(workdir: Path, nodes: int = 2) -> AsyncIterator[Cluster]:
+async def running_cluster(
+    workdir: Path, nodes: int = 2, extra_env: dict[str, str] | None = None
+) -> AsyncIterator[Cluster]:
+    """``nodes`` hubs on a fresh schema and prefix; ``extra_env``: more
+    ``MISS_*`` settings of every node."""
     tag = "miss_test_" + secrets.token_hex(4)
     env = {
         "MISS_STORE": f"{POSTGRES}?schema={tag}",
         "MISS_BROKER": f"{REDIS}?prefix={tag}",
         "MISS_PRESENCE_TTL_SECONDS": str(PRESENCE_TTL),
+        **(extra_env or {}),
     }
     migrate = await asyncio.to_thread(
         subprocess.run,
