@@ -4,8 +4,12 @@
  *
  * Contract:
  * - It keeps one WebSocket open, reconnecting with exponential backoff and
- *   full jitter (1 s doubling to 30 s; at once when the browser says it is
- *   back online); `conn` says where it stands, for the UI. A fatal error
+ *   full jitter (a delay drawn uniformly below 1 s doubling to 30 s, never
+ *   below a `retry_after`; at once when the browser says it is back online);
+ *   `conn` says where it stands, for the UI. A hub that goes away (close
+ *   1001: a node draining in a rolling restart) is routine: `conn.quiet`
+ *   is set while the client reconnects, for a minute, so the interface
+ *   shows a discreet "reconnecting" rather than "offline". A fatal error
  *   that a reconnection cannot mend (revoked, suspended, unknown device,
  *   session taken over elsewhere) stops it: `conn.kind === "stopped"`.
  * - Sending: `send()` records the message in the sealed outbox first, then
@@ -14,6 +18,13 @@
  *   Nothing is encrypted to a clinician whose attestation does not verify,
  *   to keys the authority did not sign, nor while a key change of either
  *   side waits for the user's acceptance (SPEC §11.2).
+ * - Authority key rotation (SPEC §15): a challenge announcing another
+ *   authority key with statements leading there from ours makes the new key
+ *   ours (kept in the vault's profile) and the older ones count until their
+ *   `until`; `rotationNotice` gives the new key's fingerprint for the
+ *   interface. Statements that do not lead there are refused
+ *   (`rotationRefused`, `rotation_refused`): our key stays, like a wrong
+ *   authority (`authorityMismatch`).
  * - Receiving: each `deliver` is opened, checked against the sender's
  *   attested keys, stored, then acked; a message that cannot be read is
  *   refused (SPEC §6.5) and never shown. Receipts are stored, then acked.
@@ -58,6 +69,7 @@
 import {
   CAP_ONCALL,
   CAP_REFUSALS,
+  CAP_ROTATION,
   CAP_TEAMS,
   MAX_ACK_REFUSALS,
   MAX_ACK_SEQS,
@@ -90,7 +102,8 @@ import type {
   UrgentStatus,
   Watching,
 } from "../protocol/frames";
-import * as attestation from "../protocol/attestation";
+import { CLOSE_GOING_AWAY } from "../protocol/errors";
+import { type AuthorityKeys, RotationRefused, consider, keyring, verifyAttestation } from "../protocol/rotation";
 import {
   EnvelopeError,
   MAX_REFS,
@@ -134,7 +147,8 @@ import type { Vault } from "./vault";
 export type ConnState =
   | { kind: "connecting" }
   | { kind: "online" }
-  | { kind: "offline"; retryAt: number }
+  /** `quiet`: after the hub went away (1001), a routine reconnection. */
+  | { kind: "offline"; retryAt: number; quiet?: boolean }
   | { kind: "stopped"; error: Error };
 
 /** The connection ended before an answer came. */
@@ -191,6 +205,8 @@ const REQUEST_TIMEOUT_MS = 30_000;
 const OPEN_TIMEOUT_MS = 15_000;
 const BACKOFF_FIRST_MS = 1_000;
 const BACKOFF_MAX_MS = 30_000;
+/** How long after a 1001 reconnecting counts as routine (conn.quiet). */
+const QUIET_RECONNECT_MS = 60_000;
 const ACK_DELAY_MS = 100;
 /** A lookup older than this is refreshed before encrypting to it. */
 const LOOKUP_FRESH_MS = 5_000;
@@ -210,8 +226,14 @@ export class MissClient {
   conn: ConnState = { kind: "connecting" };
   /** Our own verification: null until known; else true or why not. */
   selfCheck: true | UnverifiedPeer | null = null;
-  /** Set when the hub announces another authority than ours (SPEC §5.1). */
+  /** Set when the hub announces another authority than ours (SPEC §5.1),
+   * with no statement or with statements refused (then `rotationRefused`). */
   authorityMismatch = false;
+  /** Why the last challenge's rotation statements were refused (SPEC §15). */
+  rotationRefused: RotationRefused | null = null;
+  /** The fingerprint of the authority key a rotation made ours during this
+   * session, for the interface to say so; `dismissRotationNotice` clears it. */
+  rotationNotice: string | null = null;
   readonly presence = new Map<string, PresenceInfo>();
   /** Why pending messages are held back, by message id (not persisted). */
   readonly held = new Map<string, Error>();
@@ -229,6 +251,9 @@ export class MissClient {
   private refusals: Array<{ seq: number; reason: string }> = [];
   private ackTimer: ReturnType<typeof setTimeout> | null = null;
   private attempt = 0;
+  /** When the hub last closed with 1001 (going away), until a welcome. */
+  private wentAwayAt: number | null = null;
+  private keyringCache: AuthorityKeys | null = null;
   private retryTimer: ReturnType<typeof setTimeout> | null = null;
   private selfTimer: ReturnType<typeof setTimeout> | null = null;
   private flushing = false;
@@ -351,6 +376,7 @@ export class MissClient {
     };
     ws.onclose = (ev: CloseEvent) => {
       if (this.ws !== ws) return;
+      if (ev.code === CLOSE_GOING_AWAY) this.wentAwayAt = Date.now();
       this.closed(session.connectionClosed(ev.code, ev.reason));
     };
   }
@@ -366,9 +392,8 @@ export class MissClient {
     }
     switch (event.kind) {
       case "challenged": {
-        const authority = session.hubAuthority;
-        this.authorityMismatch = authority != null && toHex(authority) !== toHex(this.vault.profile.authority);
-        this.ws!.send(session.auth(this.device, this.keys, [CAP_REFUSALS, CAP_TEAMS, CAP_ONCALL]));
+        this.considerAuthority(session);
+        this.ws!.send(session.auth(this.device, this.keys, [CAP_REFUSALS, CAP_TEAMS, CAP_ONCALL, CAP_ROTATION]));
         break;
       }
       case "welcomed":
@@ -386,8 +411,58 @@ export class MissClient {
     }
   }
 
+  /**
+   * The challenge's authority key and rotation statements against ours
+   * (SPEC §5.1, §15; rotation.ts `consider`): a valid chain to the announced
+   * key makes it ours (the profile rewritten in the vault); a
+   * refused one leaves our key and flags the mismatch. Either way the
+   * connection goes on (what the hub serves is verified with our keys).
+   */
+  private considerAuthority(session: ClientSession): void {
+    const profile = this.vault.profile;
+    const stored = profile.rotations ?? [];
+    let outcome;
+    try {
+      outcome = consider(profile.authority, stored, session.hubAuthority, session.challenge?.rotations ?? []);
+    } catch (err) {
+      if (!(err instanceof RotationRefused)) throw err;
+      console.warn("MiSS: rotation_refused", err.reason, err.message);
+      this.rotationRefused = err;
+      this.authorityMismatch = true;
+      return;
+    }
+    this.rotationRefused = null;
+    this.authorityMismatch = outcome.kind === "mismatch";
+    if (outcome.kind === "mismatch") return;
+    if (outcome.kind === "rotated") {
+      this.rotationNotice = outcome.fingerprint;
+      void this.vault.setAuthority(outcome.current, outcome.stored);
+    } else if (outcome.stored.length !== stored.length) {
+      void this.vault.setAuthority(profile.authority, outcome.stored); // older keys learnt
+    } else return;
+    // Verified with the new keyring from now on: teams reload, lookups again.
+    this.keyringCache = null;
+    this.book = null;
+    this.lookups.clear();
+    this.onChange();
+  }
+
+  /** The authority keys this browser trusts (SPEC §15): ours, and older
+   * ones of the rotations it accepted while they count. */
+  get authorityKeys(): AuthorityKeys {
+    this.keyringCache ??= keyring(this.vault.profile.authority, this.vault.profile.rotations ?? []);
+    return this.keyringCache;
+  }
+
+  /** The interface showed the rotation notice. */
+  dismissRotationNotice(): void {
+    this.rotationNotice = null;
+    this.onChange();
+  }
+
   private welcomed(): void {
     this.attempt = 0;
+    this.wentAwayAt = null;
     this.lookups.clear(); // device lists may have changed while we were away
     this.setConn({ kind: "online" });
     void this.afterWelcome();
@@ -430,11 +505,13 @@ export class MissClient {
       this.setConn({ kind: "stopped", error: err });
       return;
     }
-    let delay = Math.min(BACKOFF_MAX_MS, BACKOFF_FIRST_MS * 2 ** this.attempt);
-    if (err instanceof ProtocolError && err.retryAfter !== undefined) delay = Math.max(delay, err.retryAfter);
-    delay = delay / 2 + Math.random() * (delay / 2); // jitter: many tabs must not come back at once
+    // Full jitter: the clients a draining node sends away must not all come
+    // back at once (a retry_after is a floor, the jitter added on top).
+    let delay = Math.random() * Math.min(BACKOFF_MAX_MS, BACKOFF_FIRST_MS * 2 ** this.attempt);
+    if (err instanceof ProtocolError && err.retryAfter !== undefined) delay += err.retryAfter;
     this.attempt = Math.min(this.attempt + 1, 10);
-    this.setConn({ kind: "offline", retryAt: Date.now() + delay });
+    const quiet = this.wentAwayAt !== null && Date.now() - this.wentAwayAt < QUIET_RECONNECT_MS;
+    this.setConn(quiet ? { kind: "offline", retryAt: Date.now() + delay, quiet } : { kind: "offline", retryAt: Date.now() + delay });
     this.retryTimer = setTimeout(() => this.connect(), delay);
   }
 
@@ -505,7 +582,7 @@ export class MissClient {
     const own = reply.user === this.me;
     let checked;
     try {
-      checked = checkLookup(reply, this.vault.profile.authority, Date.now(), own, rpps);
+      checked = checkLookup(reply, this.authorityKeys, Date.now(), own, rpps);
       const old = this.state.peers.get(reply.user);
       if (old !== undefined && checked.notBefore < old.attestedFrom) {
         throw new UnverifiedPeer(reply.user, "stale", own);
@@ -567,7 +644,7 @@ export class MissClient {
     const now = Date.now();
     for (const blob of reply.atts) {
       try {
-        const att = attestation.verify(blob, this.vault.profile.authority, now);
+        const att = verifyAttestation(blob, this.authorityKeys, now);
         if (att.user !== this.me && !found.has(att.user)) {
           found.set(att.user, { user: att.user, name: att.name, rpps: att.rpps, profession: att.profession, organisation: att.organisation });
         }
@@ -711,7 +788,7 @@ export class MissClient {
   private teamBook(): Map<string, KnownTeam> {
     if (this.book === null) {
       this.book = new Map();
-      for (const stored of this.state.teams.values()) this.book.set(stored.id, loadTeam(stored, this.vault.profile.authority));
+      for (const stored of this.state.teams.values()) this.book.set(stored.id, loadTeam(stored, this.authorityKeys));
     }
     return this.book;
   }
@@ -767,7 +844,7 @@ export class MissClient {
       }
       return known;
     }
-    const authority = this.vault.profile.authority;
+    const authority = this.authorityKeys;
     let more = true;
     let bytes = 0;
     while (more) {
@@ -847,7 +924,7 @@ export class MissClient {
     const signed = signRecord(record, this.keys);
     let next: KnownTeam;
     try {
-      next = extendTeam(known, [{ rec: signed.rec, sig: signed.sig }], this.vault.profile.authority);
+      next = extendTeam(known, [{ rec: signed.rec, sig: signed.sig }], this.authorityKeys);
     } catch (err) {
       if (err instanceof TeamChainError && err.reason === "forbidden") throw new TeamForbidden(err.message);
       throw err;
@@ -1444,7 +1521,7 @@ export class MissClient {
       known = await this.syncTeam(team, head);
     }
     if (!known.state) return false;
-    const authority = this.vault.profile.authority;
+    const authority = this.authorityKeys;
     const members = headHex !== undefined ? membersAt(known, headHex, authority) : undefined;
     return (members ?? known.state.members).includes(user);
   }

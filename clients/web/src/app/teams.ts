@@ -10,6 +10,7 @@
  * (SPEC §13.4), never from the hub.
  */
 import { toHex } from "../protocol/bytes";
+import type { AuthorityKeys } from "../protocol/rotation";
 import type { ChainEntry } from "../protocol/frames";
 import { SignedRecord, type TeamOp, type TeamRecord, type TeamState, applyRecord, verifyChain } from "../protocol/teams";
 
@@ -79,7 +80,7 @@ function eventOf(r: TeamRecord): TeamEvent {
  * Apply `entries` after what `known` verified (records of seq known.heads.length
  * on); returns the new KnownTeam or throws TeamChainError (nothing changes).
  */
-export function extendTeam(known: KnownTeam, entries: readonly ChainEntry[], authorityPk: Uint8Array): KnownTeam {
+export function extendTeam(known: KnownTeam, entries: readonly ChainEntry[], authorityPk: Uint8Array | AuthorityKeys): KnownTeam {
   let state = known.state;
   const heads = [...known.heads];
   const events = [...known.events];
@@ -96,7 +97,7 @@ export function extendTeam(known: KnownTeam, entries: readonly ChainEntry[], aut
 
 /** Verify a stored team from its creation. A chain that no longer verifies
  * (a vault from an older version, a bug) is "tampered" with no state. */
-export function loadTeam(stored: StoredTeam, authorityPk: Uint8Array): KnownTeam {
+export function loadTeam(stored: StoredTeam, authorityPk: Uint8Array | AuthorityKeys): KnownTeam {
   const empty: KnownTeam = { stored: { ...stored, recs: [] }, state: null, heads: [], events: [] };
   try {
     const known = extendTeam(empty, stored.recs, authorityPk);
@@ -113,7 +114,7 @@ export function emptyTeam(id: string): KnownTeam {
 
 /** Members as of the record whose hash is `headHex`, or undefined if that
  * head is not in the verified chain. */
-export function membersAt(known: KnownTeam, headHex: string, authorityPk: Uint8Array): readonly string[] | undefined {
+export function membersAt(known: KnownTeam, headHex: string, authorityPk: Uint8Array | AuthorityKeys): readonly string[] | undefined {
   const i = known.heads.indexOf(headHex);
   if (i < 0) return undefined;
   if (i === known.heads.length - 1) return known.state!.members;

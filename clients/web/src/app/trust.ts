@@ -19,6 +19,7 @@
 import * as attestation from "../protocol/attestation";
 import { deviceIdentity, equalBytes, toHex } from "../protocol/crypto";
 import type { LookupOk } from "../protocol/frames";
+import { type AuthorityKeys, verifyAttestation } from "../protocol/rotation";
 
 export interface Device {
   device: string;
@@ -111,10 +112,11 @@ const sameDevice = (a: Device, b: Device): boolean =>
 
 const deviceKey = (d: Device): string => `${d.device}:${toHex(d.sign_pk)}:${toHex(d.box_pk)}`;
 
-/** Steps 1 and 2 of SPEC §11.2 for one `lookup_ok`; throws UnverifiedPeer. */
+/** Steps 1 and 2 of SPEC §11.2 for one `lookup_ok`; throws UnverifiedPeer.
+ * `authority`: our key, or our keyring after a rotation (SPEC §15). */
 export function checkLookup(
   reply: LookupOk,
-  authority: Uint8Array,
+  authority: Uint8Array | AuthorityKeys,
   now: number,
   own: boolean,
   rpps?: string,
@@ -122,7 +124,7 @@ export function checkLookup(
   if (reply.att === undefined) throw new UnverifiedPeer(reply.user, "missing", own);
   let att: attestation.Attestation;
   try {
-    att = attestation.verify(reply.att, authority, now);
+    att = verifyAttestation(reply.att, authority, now);
   } catch (err) {
     const reason = (err as { reason?: string }).reason;
     const known = ["malformed", "signature", "not_yet_valid", "expired"];

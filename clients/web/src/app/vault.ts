@@ -7,7 +7,8 @@
  * keys, messages, outbox, pinned peer keys) is a `crypto_secretbox` under
  * that key with its own random nonce. In clear stay only the `profile`
  * record's routing facts: server URL, user and device ids, the authority's
- * public key, the device label, the salt and cost. A wrong passphrase fails
+ * public key and the rotation statements that led to it (public, signed),
+ * the device label, the salt and cost. A wrong passphrase fails
  * the MAC of the sealed device keys: `WrongPassphrase`.
  */
 import { openDB, type IDBPDatabase } from "idb";
@@ -29,7 +30,12 @@ export interface Profile {
   user: string;
   device: string;
   label: string;
+  /** The authority key this browser trusts now (the enrolled one, or the
+   * last one a rotation led to). */
   authority: Uint8Array;
+  /** Rotation statements accepted (SPEC §15), a chain ending at `authority`:
+   * the older keys, each counting until its statement's `until`. */
+  rotations?: Uint8Array[];
   salt: Uint8Array;
   opslimit: number;
   memlimit: number;
@@ -169,6 +175,15 @@ export class Vault {
       db.close();
       throw err;
     }
+  }
+
+  /** Trust `authority` from now on, with the rotation statements that led
+   * to it (SPEC §15): the clear profile is rewritten (after every earlier write). */
+  setAuthority(authority: Uint8Array, rotations: Uint8Array[]): Promise<void> {
+    this.profile.authority = authority;
+    this.profile.rotations = rotations;
+    const profile = { ...this.profile };
+    return this.queue(() => this.db.put("meta", profile, PROFILE_KEY).then(() => undefined));
   }
 
   /** Every record, opened: `[key, value]` pairs. */

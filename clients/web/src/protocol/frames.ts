@@ -20,6 +20,7 @@
 import { codePointLength } from "./bytes";
 import { MsgMap, type MsgValue, pack, unpack } from "./codec";
 import { MalformedFrame, ProtocolError, UnknownFrameType } from "./errors";
+import { MAX_STATEMENTS, MAX_STATEMENT_BYTES } from "./rotation";
 import {
   MAX_ESCALATION_STEPS,
   MAX_ROLE_HOLDERS,
@@ -69,6 +70,8 @@ export const CAP_REFUSALS = "refusals";
 export const CAP_TEAMS = "teams";
 /** Capability (SPEC §14): on-call roles, urgent messages, escalation. */
 export const CAP_ONCALL = "oncall";
+/** Capability (SPEC §15): authority key rotation, `challenge.rotations`. */
+export const CAP_ROTATION = "rotation";
 /** What the reference hub announces. */
 export const HUB_CAPS: readonly string[] = [CAP_REFUSALS, CAP_TEAMS, CAP_ONCALL];
 /** Most key wraps one team `send` (with `body`) may carry (SPEC §13.4). */
@@ -257,6 +260,9 @@ export interface Challenge {
   /** The authority key the hub is configured with (SPEC §5.1); never a reason to trust it. */
   authority?: Uint8Array;
   caps?: readonly string[];
+  /** Rotation statements, oldest first, ending at `authority` (SPEC §15):
+   * how a client trusting an older key comes to trust it (rotation.ts). */
+  rotations?: readonly Uint8Array[];
 }
 export interface Welcome {
   t: "welcome";
@@ -869,7 +875,13 @@ schema("role_leave", "client", [rid, req("role", checkRoleId)]);
 schema("acknowledge", "client", [rid, req("id", id16), req("sender", checkStr())]);
 
 // Hub → client (SPEC §3.4).
-schema("challenge", "hub", [req("v", checkInt), req("nonce", checkBytes(32)), opt("authority", checkBytes(32)), opt("caps", checkCaps)]);
+schema("challenge", "hub", [
+  req("v", checkInt),
+  req("nonce", checkBytes(32)),
+  opt("authority", checkBytes(32)),
+  opt("caps", checkCaps),
+  opt("rotations", checkList(checkBytes(undefined, MAX_STATEMENT_BYTES), MAX_STATEMENTS)),
+]);
 schema("welcome", "hub", [req("user", checkStr()), req("device", checkStr())]);
 schema("accepted", "hub", [req("id", id16), req("dup", checkBool)]);
 schema("deliver", "hub", [

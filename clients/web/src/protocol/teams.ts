@@ -20,6 +20,7 @@ import { codePointLength, concatBytes, equalBytes, toHex, utf8Encode } from "./b
 import { MsgMap, type MsgValue, pack, unpack } from "./codec";
 import { type Signer, verifySignature } from "./crypto";
 import { sodium } from "./sodium";
+import { type AuthorityKeys, verifyAttestation, verifyByAuthority } from "./rotation";
 
 /** Signed before every record (SPEC §13.2). */
 export const TEAM_CONTEXT = utf8Encode("miss.v1/team\0");
@@ -227,9 +228,11 @@ function without(list: readonly string[], user: string): string[] {
  * Apply one signed record to `state` (null before the creation): rules 1–3
  * of SPEC §13.2. `att` is checked as a signature by `authorityPk` whose
  * validity interval contains `rec.at` (a record outlives its attestation).
+ * `authorityPk` may be a keyring (SPEC §15): a key retired by a rotation
+ * counts for records whose `at` is up to its `until`.
  * Throws TeamChainError; returns a new state.
  */
-export function applyRecord(state: TeamState | null, s: SignedRecord, authorityPk: Uint8Array, team: string): TeamState {
+export function applyRecord(state: TeamState | null, s: SignedRecord, authorityPk: Uint8Array | AuthorityKeys, team: string): TeamState {
   if (!(s.rec instanceof Uint8Array) || !(s.sig instanceof Uint8Array) || s.sig.length !== 64) {
     throw new TeamChainError("malformed", "sig is 64 bytes");
   }
@@ -243,11 +246,11 @@ export function applyRecord(state: TeamState | null, s: SignedRecord, authorityP
   // Rule 2: the signature.
   const signed = concatBytes(TEAM_CONTEXT, s.rec);
   if (r.by === AUTHORITY) {
-    if (!verifySignature(authorityPk, signed, s.sig)) throw new TeamChainError("bad_signature", "not the authority's signature");
+    if (!verifyByAuthority(authorityPk, r.at, signed, s.sig)) throw new TeamChainError("bad_signature", "not the authority's signature");
   } else {
     let att: attestation.Attestation;
     try {
-      att = attestation.verify(r.att!, authorityPk, r.at);
+      att = verifyAttestation(r.att!, authorityPk, r.at);
     } catch {
       throw new TeamChainError("bad_signature", "the attestation does not verify at the record's time");
     }
@@ -315,7 +318,7 @@ export function applyRecord(state: TeamState | null, s: SignedRecord, authorityP
 
 /** Verify a whole chain from its creation; the final state, or TeamChainError
  * at the first record that breaks a rule (an empty chain is "broken_chain"). */
-export function verifyChain(records: Iterable<SignedRecord>, authorityPk: Uint8Array, team: string): TeamState {
+export function verifyChain(records: Iterable<SignedRecord>, authorityPk: Uint8Array | AuthorityKeys, team: string): TeamState {
   let state: TeamState | null = null;
   for (const s of records) state = applyRecord(state, s, authorityPk, team);
   if (state === null) throw new TeamChainError("broken_chain", "no records");

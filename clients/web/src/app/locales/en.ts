@@ -11,6 +11,7 @@ export const en: Catalogue = {
   "conn.offline_now": "Offline — retrying…",
   "conn.stopped": "Disconnected",
   "conn.retry": "Retry",
+  "conn.reconnecting": "Reconnecting…",
 
   "status.available": "Available",
   "status.busy": "Busy",
@@ -54,6 +55,9 @@ export const en: Catalogue = {
   "error.authority_invalid": "This authority key is not valid (44 base64 characters).",
   "error.authority_mismatch":
     "The server announces another authority key than the one entered: nothing was sent. Check the key with your administrator.",
+  "authority.rotated": "Verification authority key renewed (fingerprint {fingerprint}), announced by the previous key",
+  "authority.rotation_refused": "New authority key refused: the statement is not signed by the known key",
+  "authority.notice_ok": "OK",
   "error.server_invalid": "Invalid server address (ws:// or wss://).",
   "error.unreachable": "Server unreachable. Check the address and your connection, then try again.",
   "error.too_many_devices": "This account already has the most devices allowed: revoke one from another device.",

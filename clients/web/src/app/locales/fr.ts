@@ -13,6 +13,7 @@ export const fr = {
   "conn.offline_now": "Hors ligne — nouvelle tentative…",
   "conn.stopped": "Déconnecté",
   "conn.retry": "Réessayer",
+  "conn.reconnecting": "Reconnexion…",
 
   "status.available": "Disponible",
   "status.busy": "Occupé·e",
@@ -56,6 +57,9 @@ export const fr = {
   "error.authority_invalid": "Cette clé d'autorité n'est pas valide (44 caractères en base64).",
   "error.authority_mismatch":
     "Le serveur annonce une autre clé d'autorité que celle saisie : rien n'a été envoyé. Vérifiez la clé avec votre administrateur.",
+  "authority.rotated": "Clé de l'autorité de vérification renouvelée (empreinte {fingerprint}), annoncée par l'ancienne clé",
+  "authority.rotation_refused": "Nouvelle clé d'autorité refusée : la déclaration n'est pas signée par la clé connue",
+  "authority.notice_ok": "Compris",
   "error.server_invalid": "Adresse de serveur invalide (ws:// ou wss://).",
   "error.unreachable": "Serveur injoignable. Vérifiez l'adresse et votre connexion, puis réessayez.",
   "error.too_many_devices":

@@ -258,10 +258,13 @@ export class MainView {
 
   private drawConnection(): void {
     const conn = this.client.conn;
-    this.connPill.dataset.state = conn.kind;
-    this.retryButton.hidden = conn.kind !== "offline" && conn.kind !== "stopped";
+    // After a hub went away (1001, a rolling restart), reconnecting is routine: said discreetly.
+    const quiet = conn.kind === "offline" && conn.quiet === true;
+    this.connPill.dataset.state = quiet ? "reconnecting" : conn.kind;
+    this.retryButton.hidden = quiet || (conn.kind !== "offline" && conn.kind !== "stopped");
     if (conn.kind === "online") this.connPill.textContent = t("conn.online");
     else if (conn.kind === "connecting") this.connPill.textContent = t("conn.connecting");
+    else if (quiet) this.connPill.textContent = t("conn.reconnecting");
     else if (conn.kind === "offline") {
       const seconds = Math.ceil((conn.retryAt - Date.now()) / 1000);
       this.connPill.textContent = seconds > 0 ? t("conn.offline", { seconds }) : t("conn.offline_now");
@@ -281,8 +284,19 @@ export class MainView {
           h("button", { class: "link", onclick: () => void this.client.recheckSelf() }, t("self.check_again"))),
       );
     }
-    if (this.client.authorityMismatch) {
+    if (this.client.rotationRefused !== null) {
+      out.push(h("div", { class: "banner danger", "data-testid": "rotation-refused" }, t("authority.rotation_refused")));
+    } else if (this.client.authorityMismatch) {
       out.push(h("div", { class: "banner danger" }, t("error.authority_mismatch")));
+    }
+    const rotated = this.client.rotationNotice;
+    if (rotated !== null) {
+      out.push(
+        h("div", { class: "banner info", "data-testid": "authority-rotated" },
+          t("authority.rotated", { fingerprint: rotated }),
+          " ",
+          h("button", { class: "link", onclick: () => this.client.dismissRotationNotice() }, t("authority.notice_ok"))),
+      );
     }
     const own = this.client.pendingChange(this.client.me);
     if (own) out.push(this.keyWarning(own, true));
