@@ -33,6 +33,8 @@ Commands::
     miss-admin role create|list|show|assign|unassign|import|policy|defaults ...
                                              on-call roles, their schedule and escalation
                                              policies (admin_roles.py)
+    miss-admin backup --to FILE              copy the embedded store while the hub runs, checked
+    miss-admin restore --from FILE           put such a copy in place (hub stopped) (admin_backup.py)
     miss-admin web-hash [--dir PATH]         the hash of the browser client's bundle this hub
                                              serves (or of a copy in PATH), and its files
 
@@ -80,6 +82,7 @@ from .admin_accounts import (
     cmd_reinvite,
     cmd_suspend,
 )
+from .admin_backup import NotEmbedded, add_backup_parser, cmd_backup, cmd_restore
 from .admin_common import (
     DEFAULT_KEY_FILE,
     Command,
@@ -395,6 +398,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     web.add_argument("--dir", metavar="PATH", help="hash the bundle in PATH (a copy served elsewhere)")
     add_team_parser(command, KEY_FILE_HELP, common)
+    add_backup_parser(command)
     add_role_parser(command, common)
     aud = command("audit", "show the audit log")
     aud.add_argument("--user", help="only events about this user (id or RPPS)")
@@ -418,6 +422,8 @@ async def _run(settings: Settings, args: argparse.Namespace) -> dict[str, Any]:
     if args.command == "web-hash":
         return await cmd_web_hash(None, settings, args)
     _announce_store(settings)
+    if args.command in ("backup", "restore"):  # on the file itself, never through a Store
+        return await (cmd_backup if args.command == "backup" else cmd_restore)(None, settings, args)
     embedded = embedded_store(settings)
     if embedded and args.command != "migrate" and not settings.sqlite_path.exists():
         raise ValueError(
@@ -444,7 +450,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         settings = load_settings(args.config, store=args.store)
         result = asyncio.run(_run(settings, args))
-    except (ConfigError, PolicyBeyondCaps) as exc:
+    except (ConfigError, PolicyBeyondCaps, NotEmbedded) as exc:
         print(f"miss-admin: {exc}", file=sys.stderr)
         return 2
     except (SchemaMismatch, StoreUnavailable, LookupError, ValueError, NotImplementedError) as exc:

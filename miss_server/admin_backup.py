@@ -1,0 +1,392 @@
+"""``miss-admin backup`` and ``miss-admin restore``: a copy of the embedded
+(SQLite) store taken while the hub runs, and putting one back.
+
+Commands::
+
+    miss-admin backup --to FILE      copy the store into FILE (mode 600), check the copy,
+                                     say what it holds; the hub keeps running
+    miss-admin restore --from FILE   put a copy in place of the store (the hub stopped)
+
+A PostgreSQL store is backed up with ``pg_dump`` (docs/OPERATIONS.md,
+"Backup and restore"): for it both commands say so and exit 2.
+
+Theory of operation
+-------------------
+**Backup.** SQLite's online backup API (:meth:`sqlite3.Connection.backup`)
+copies the file :data:`STEP_PAGES` pages at a time, sleeping
+:data:`STEP_SLEEP` between steps so the hub's writer gets the file between
+them. A write by the hub between two steps makes SQLite start the copy again
+(that is how the copy stays one consistent instant); on a hub busy enough to
+do that :data:`MAX_RESTARTS` times, the rest is copied in one step, which is
+one read transaction: the store runs in WAL mode, where a reader never
+blocks a writer (the WAL only grows until the copy ends). The copy goes to a
+temporary file beside FILE, created 0600 (it holds who wrote to whom), is
+switched to a rollback journal (one self-contained file), checked with
+``PRAGMA integrity_check`` and for a MiSS schema, flushed to disk, and only
+then renamed to FILE: FILE is a whole, checked copy or is not touched.
+
+**Restore.** The file must be a MiSS database (its tables, a schema version
+this ``miss-admin`` knows: a newer one is refused, an older one is migrated
+by the hub when it starts, as the embedded store always does) and pass
+``integrity_check``. A hub (or another ``miss-admin``) that has the store
+open is detected by asking SQLite for an exclusive lock, which any other
+open connection to a WAL database prevents: the restore is then refused. The
+copy is written beside the store under a temporary name, checked, flushed;
+the current store (if any) is checkpointed into its one file and kept as
+``NAME.before-restore-STAMP``; stale ``-wal``/``-shm`` files are removed (a
+WAL left by a killed hub must never be replayed onto the restored file); the
+copy is renamed into place. A hub started between the check and the rename
+is not detected: stop the hub first.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import secrets
+import shutil
+import sqlite3
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+from .admin_common import iso, now_ms
+from .app import embedded_store
+from .config import Settings
+from .store import migrations
+from .store.sqlite_threads import BUSY_TIMEOUT_MS, DIALECT
+
+__all__ = [
+    "MAX_RESTARTS",
+    "STEP_PAGES",
+    "STEP_SLEEP",
+    "NotEmbedded",
+    "add_backup_parser",
+    "cmd_backup",
+    "cmd_restore",
+]
+
+#: Pages copied per step of the online backup (4 MiB with SQLite's 4 KiB pages).
+STEP_PAGES = 1024
+#: Seconds between two steps: the hub's writer gets the file meanwhile.
+STEP_SLEEP = 0.005
+#: Restarts (the hub wrote between two steps) after which the rest is copied in one step.
+MAX_RESTARTS = 3
+#: Tables every MiSS schema has had since version 1.
+REQUIRED_TABLES = frozenset({"users", "devices", "enrollment_codes", "accepted_ids", "queue"})
+SQLITE_MAGIC = b"SQLite format 3\x00"
+
+
+class NotEmbedded(Exception):
+    """The store is not the embedded one: these commands do not apply (exit 2)."""
+
+
+class _TooBusy(Exception):
+    """The hub wrote between steps MAX_RESTARTS times: copy the rest in one step."""
+
+
+def _refuse_postgres(settings: Settings, verb: str) -> Path:
+    if not embedded_store(settings):
+        raise NotEmbedded(
+            f"the store is {settings.store_display}, not the embedded SQLite store: miss-admin {verb} "
+            "copies only a SQLite store; back PostgreSQL up with pg_dump and restore it with "
+            'pg_restore as docs/OPERATIONS.md ("Backup and restore") says'
+        )
+    return settings.sqlite_path.absolute()
+
+
+def _connect(path: Path, *, read_only: bool = False) -> sqlite3.Connection:
+    """A connection to an existing file (never creates one), waiting for locks as the hub's do."""
+    mode = "ro" if read_only else "rw"
+    conn = sqlite3.connect(
+        f"file:{quote(str(path))}?mode={mode}", uri=True, isolation_level=None, timeout=BUSY_TIMEOUT_MS / 1000
+    )
+    return conn
+
+
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _private_temp(directory: Path, name: str) -> Path:
+    """A new empty file 0600 in ``directory`` (the rename target's, so the rename is atomic)."""
+    path = directory / f".{name}.{secrets.token_hex(4)}.tmp"
+    os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+    return path
+
+
+@contextlib.contextmanager
+def _removed_on_error(path: Path) -> Iterator[None]:
+    try:
+        yield
+    except BaseException:
+        path.unlink(missing_ok=True)
+        raise
+
+
+def _table_names(conn: sqlite3.Connection) -> set[str]:
+    return {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+
+
+def _count(conn: sqlite3.Connection, tables: set[str], table: str, where: str = "") -> int:
+    if table not in tables:
+        return 0  # an older schema, from before that table
+    return int(conn.execute(f"SELECT count(*) FROM {table} {where}").fetchone()[0])
+
+
+def _checked(conn: sqlite3.Connection, what: str) -> dict[str, Any]:
+    """Check that ``conn`` is a sound MiSS database; its schema version and
+    what it holds. Raises ValueError saying what is wrong."""
+    try:
+        problems = [r[0] for r in conn.execute("PRAGMA integrity_check(20)")]
+        tables = _table_names(conn)
+        version = int(conn.execute("PRAGMA user_version").fetchone()[0])
+    except sqlite3.DatabaseError as exc:
+        raise ValueError(f"{what} is not a readable SQLite database ({exc})") from None
+    if problems != ["ok"]:
+        raise ValueError(f"{what} fails SQLite's integrity check: " + "; ".join(problems[:5]))
+    missing = REQUIRED_TABLES - tables
+    if version < 1 or missing:
+        raise ValueError(
+            f"{what} is not a MiSS database (no {', '.join(sorted(missing)) or 'schema version'})"
+        )
+    columns = {r[1] for r in conn.execute("PRAGMA table_info(users)")}
+    counts = {
+        "users": _count(conn, tables, "users"),
+        "devices": _count(conn, tables, "devices", "WHERE revoked_at IS NULL"),
+        "attestations": _count(conn, tables, "users", "WHERE attestation IS NOT NULL")
+        if "attestation" in columns
+        else 0,
+        "teams": _count(conn, tables, "teams", "WHERE closed = 0"),
+        # What devices have not acknowledged yet: 1:1 envelopes (queue kind
+        # 1), team, role and urgent copies (team_queue), backups' copies of
+        # urgent messages held until their escalation step (held_queue).
+        "queued_messages": _count(conn, tables, "queue", "WHERE kind = 1")
+        + _count(conn, tables, "team_queue"),
+        "queued_receipts": _count(conn, tables, "queue", "WHERE kind <> 1"),
+        "held_for_escalation": _count(conn, tables, "held_queue"),
+        "audit_events": _count(conn, tables, "audit_log"),
+    }
+    oldest = None
+    if "queue" in tables:
+        oldest = conn.execute("SELECT min(ts) FROM queue WHERE kind = 1").fetchone()[0]
+    return {"schema_version": version, "integrity": "ok", "counts": counts, "oldest_queued": oldest}
+
+
+def _summary(info: dict[str, Any]) -> str:
+    c = info["counts"]
+    lines = [
+        f"integrity ok, schema version {info['schema_version']} "
+        f"(this miss-admin knows up to {migrations.latest_version(DIALECT)})",
+        f"{c['users']} clinician(s), {c['devices']} active device(s), {c['attestations']} attestation(s), "
+        f"{c['teams']} team(s), {c['audit_events']} audit event(s)",
+        f"queued: {c['queued_messages']} message(s) not yet acknowledged, {c['queued_receipts']} receipt(s), "
+        f"{c['held_for_escalation']} urgent cop(ies) held for escalation"
+        + (f"; oldest queued {iso(info['oldest_queued'])}" if info["oldest_queued"] else ""),
+    ]
+    return "\n".join(lines)
+
+
+def _size(n: int) -> str:
+    if n < 1024:
+        return f"{n} bytes"
+    value, unit = n / 1024, "KiB"
+    for bigger in ("MiB", "GiB"):
+        if value < 1024:
+            break
+        value, unit = value / 1024, bigger
+    return f"{value:.1f} {unit}"
+
+
+def backup(source: Path, dest: Path) -> dict[str, Any]:
+    """Copy the store ``source`` into ``dest`` while a hub may be writing to
+    it (module doc); what the copy holds. Raises ValueError (no store, a
+    copy that does not check) or OSError."""
+    if not source.exists():
+        raise ValueError(
+            f"no store at {source}: pass --store/--config as the hub's, or run from its directory"
+        )
+    dest = dest.absolute()
+    if dest.exists() and dest.samefile(source):
+        raise ValueError(f"{dest} is the store itself")
+    tmp = _private_temp(dest.parent, dest.name)
+    with _removed_on_error(tmp):
+        src = _connect(source)
+        steps = restarts = 0
+        left: int | None = None
+
+        def progress(status: int, remaining: int, total: int) -> None:
+            nonlocal steps, restarts, left
+            steps += 1
+            if left is not None and remaining >= left:  # no progress: the hub wrote, the copy began again
+                restarts += 1
+                if restarts >= MAX_RESTARTS:
+                    raise _TooBusy
+            left = remaining
+            if remaining:
+                # sqlite3's own ``sleep`` pauses only after a busy step: this
+                # pause, with no lock held, is the hub writer's turn.
+                time.sleep(STEP_SLEEP)
+
+        started = time.monotonic()
+        try:
+            dst = sqlite3.connect(tmp, isolation_level=None)
+            try:
+                try:
+                    src.backup(dst, pages=STEP_PAGES, progress=progress)
+                    one_step = False
+                except _TooBusy:
+                    src.backup(dst)  # one read transaction; WAL lets the writers go on
+                    one_step = True
+                dst.execute("PRAGMA journal_mode = DELETE")  # one file, no -wal beside it
+                info = _checked(dst, f"the copy {tmp}")
+            finally:
+                dst.close()
+        except sqlite3.Error as exc:
+            raise ValueError(f"backup of {source} failed: {exc}") from None
+        finally:
+            src.close()
+        _fsync(tmp)
+        os.replace(tmp, dest)
+    _fsync(dest.parent)
+    size = dest.stat().st_size
+    how = f"in {steps} step(s)" + (
+        f", the last one whole after {restarts} restarts (the hub was writing)" if one_step else ""
+    )
+    return {
+        "file": str(dest),
+        "store": str(source),
+        "bytes": size,
+        "seconds": round(time.monotonic() - started, 3),
+        "steps": steps,
+        "restarts": restarts,
+        "taken_at": now_ms(),
+        **info,
+        "text": f"backed up {source} to {dest} ({_size(size)}, mode 600) {how}\n{_summary(info)}",
+    }
+
+
+def _in_use(path: Path) -> bool:
+    """True if another connection has the store open (module doc); as a
+    side effect, a WAL left by a killed hub is checkpointed into the file."""
+    try:
+        conn = sqlite3.connect(f"file:{quote(str(path))}?mode=rw", uri=True, isolation_level=None, timeout=0)
+    except sqlite3.OperationalError:
+        return True
+    try:
+        conn.execute("PRAGMA locking_mode = EXCLUSIVE")
+        conn.execute("BEGIN EXCLUSIVE")
+        conn.execute("ROLLBACK")
+        conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        return False
+    except sqlite3.OperationalError:  # "database is locked"
+        return True
+    finally:
+        conn.close()
+
+
+def _stamp() -> str:
+    return time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+
+
+def restore(source: Path, target: Path) -> dict[str, Any]:
+    """Put the backup ``source`` in place of the store ``target`` (module
+    doc); what it holds. Raises ValueError for a file that is not a MiSS
+    database, one with a newer schema, or a store in use."""
+    source = source.absolute()
+    if not source.is_file():
+        raise ValueError(f"no backup file {source}")
+    with source.open("rb") as fh:
+        if fh.read(len(SQLITE_MAGIC)) != SQLITE_MAGIC:
+            raise ValueError(f"{source} is not a MiSS database (not a SQLite file)")
+    if target.parent.exists():
+        if target.exists() and _in_use(target):
+            raise ValueError(
+                f"{target} is in use (a hub or another miss-admin has it open): stop the hub, then restore"
+            )
+    else:
+        target.parent.mkdir(parents=True)
+        os.chmod(target.parent, 0o700)  # as the hub makes its data directory (sqlite_threads.make_private)
+    tmp = _private_temp(target.parent, target.name)
+    with _removed_on_error(tmp):
+        with source.open("rb") as src, tmp.open("wb") as out:
+            shutil.copyfileobj(src, out, 1 << 20)
+            out.flush()
+            os.fsync(out.fileno())
+        conn = _connect(tmp)
+        try:
+            info = _checked(conn, str(source))
+        finally:
+            conn.close()
+        latest = migrations.latest_version(DIALECT)
+        if info["schema_version"] > latest:
+            raise ValueError(
+                f"{source} has schema version {info['schema_version']}, newer than this MiSS knows "
+                f"({latest}): restore it with the MiSS version that made it"
+            )
+        kept = None
+        if target.exists():
+            if _in_use(target):
+                raise ValueError(f"{target} is in use: stop the hub, then restore")
+            kept = target.with_name(f"{target.name}.before-restore-{_stamp()}")
+            os.replace(target, kept)
+        for suffix in ("-wal", "-shm", "-journal"):
+            Path(f"{target}{suffix}").unlink(missing_ok=True)
+        os.replace(tmp, target)
+    _fsync(target.parent)
+    lines = [f"restored {source} to {target}", _summary(info)]
+    if info["schema_version"] < latest:
+        lines.append(
+            f"schema version {info['schema_version']} < {latest}: the hub migrates it when it starts"
+        )
+    if kept is not None:
+        lines.append(f"the store it replaces is kept as {kept}: delete it once the restore is checked")
+    lines.append(
+        "start the hub: it delivers the queued messages. What happened after the backup was taken "
+        "(enrollments, attestations, revocations, suspensions, deletions, team changes) is not in it: "
+        "do it again (docs/OPERATIONS.md)"
+    )
+    return {
+        "file": str(source),
+        "store": str(target),
+        "replaced": str(kept) if kept else None,
+        **info,
+        "text": "\n".join(lines),
+    }
+
+
+async def cmd_backup(store: object, settings: Settings, args: argparse.Namespace) -> dict[str, Any]:
+    return backup(_refuse_postgres(settings, "backup"), Path(args.to))
+
+
+async def cmd_restore(store: object, settings: Settings, args: argparse.Namespace) -> dict[str, Any]:
+    return restore(Path(getattr(args, "from")), _refuse_postgres(settings, "restore"))
+
+
+def add_backup_parser(command: Any) -> None:
+    """``backup`` and ``restore``, on the parser-making ``command`` of admin.py."""
+    b = command(
+        "backup",
+        "copy the embedded store into a file while the hub runs, and check the copy",
+        "Copy the embedded SQLite store into FILE (mode 600) with SQLite's online backup, "
+        "while the hub runs; check the copy (integrity, MiSS schema) and say what it holds. "
+        "FILE is written whole or not at all. A PostgreSQL store is backed up with pg_dump "
+        "(docs/OPERATIONS.md).",
+    )
+    b.add_argument("--to", required=True, metavar="FILE", help="the backup file (replaced if it exists)")
+    r = command(
+        "restore",
+        "put a backup in place of the embedded store (stop the hub first)",
+        "Put a backup made by `miss-admin backup` in place of the embedded SQLite store: "
+        "refused while a hub has the store open, for a file that is not a MiSS database, "
+        "and for a schema newer than this version knows (an older one is migrated when the "
+        "hub starts). The store replaced is kept beside it as NAME.before-restore-STAMP.",
+    )
+    r.add_argument("--from", required=True, metavar="FILE", help="the backup file")
