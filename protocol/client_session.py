@@ -61,13 +61,14 @@ from __future__ import annotations
 
 import enum
 import itertools
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
 import msgpack
 
-from . import crypto
+from . import crypto, rotation
 from .errors import (
     FatalError,
     FrameNotAllowed,
@@ -148,6 +149,7 @@ __all__ = [
     "WrongAuthority",
     "answer_auth",
     "answer_enroll",
+    "check_authority",
     "error_from_close",
     "error_from_frame",
 ]
@@ -295,14 +297,42 @@ class Signer(Protocol):
 
 class WrongAuthority(Exception):
     """The hub announces another verification authority key than the one the
-    user was given along with the code (SPEC §5.1). Nothing was signed or
-    sent: the code is unused. ``expected`` is the key given, ``announced``
-    the hub's."""
+    user was given along with the code (SPEC §5.1), and no valid chain of
+    rotation statements leads from it to the hub's (SPEC §15). Nothing was
+    signed or sent: the code is unused. ``expected`` is the key given,
+    ``announced`` the hub's; ``refusal`` is the RotationError that refused
+    the hub's statements, None if it sent none."""
 
-    def __init__(self, expected: bytes, announced: bytes) -> None:
+    def __init__(
+        self, expected: bytes, announced: bytes, refusal: rotation.RotationError | None = None
+    ) -> None:
         super().__init__("the hub announces another verification authority key")
         self.expected = expected
         self.announced = announced
+        self.refusal = refusal
+
+
+def check_authority(
+    challenge: Challenge, trusted: bytes | rotation.AuthorityKeys, now_ms: int
+) -> rotation.AuthorityKeys:
+    """The authority keys to trust on this hub (SPEC §15.2): ``trusted``
+    itself if the challenge announces its current key or none; if it
+    announces another, the keys :func:`protocol.rotation.accept_chain`
+    gives for ``challenge.rotations``, provided they end at the announced
+    key. Raises WrongAuthority otherwise (the caller keeps its key and
+    reports ``rotation_refused``)."""
+    held = trusted if isinstance(trusted, rotation.AuthorityKeys) else rotation.AuthorityKeys(trusted)
+    announced = challenge.authority
+    if announced is None or announced == held.current:
+        return held
+    try:
+        keys = rotation.accept_chain(held, challenge.rotations or (), now_ms)
+    except rotation.RotationError as exc:
+        raise WrongAuthority(held.current, announced, exc) from None
+    if keys.current != announced:
+        refusal = rotation.RotationNotTrusted("the statements do not end at the key the hub announces")
+        raise WrongAuthority(held.current, announced, refusal if challenge.rotations else None)
+    return keys
 
 
 def answer_auth(
@@ -322,7 +352,8 @@ def answer_enroll(
     label: str = "",
     caps: tuple[str, ...] | None = None,
     *,
-    authority: bytes | None = None,
+    authority: bytes | rotation.AuthorityKeys | None = None,
+    now_ms: int | None = None,
 ) -> Enroll:
     """The ``enroll`` of a new device with an invitation or link code
     (SPEC §5.1, §5.3) answering ``challenge``: ``keys``' public keys, signed
@@ -330,10 +361,12 @@ def answer_enroll(
 
     ``authority``: the verification authority key the user was given. If
     the challenge announces another one, raises WrongAuthority before
-    signing anything; a hub that announces none is answered (SPEC §5.1).
+    signing anything, unless the challenge's rotation statements lead from
+    ``authority`` to it at ``now_ms`` (:func:`check_authority`, SPEC §15);
+    a hub that announces none is answered (SPEC §5.1).
     """
-    if authority is not None and challenge.authority is not None and challenge.authority != authority:
-        raise WrongAuthority(authority, challenge.authority)
+    if authority is not None:
+        check_authority(challenge, authority, int(time.time() * 1000) if now_ms is None else now_ms)
     sign_pk, box_pk = keys.sign_pk, keys.box_pk
     sig = keys.sign(crypto.enroll_message(challenge.nonce, code, sign_pk, box_pk))
     return Enroll(PROTOCOL_VERSION, code, sign_pk, box_pk, label, sig, caps)
@@ -557,7 +590,7 @@ class ClientSession:
         label: str = "",
         caps: tuple[str, ...] | None = None,
         *,
-        authority: bytes | None = None,
+        authority: bytes | rotation.AuthorityKeys | None = None,
     ) -> bytes:
         """The ``enroll`` answering the challenge (:func:`answer_enroll`), to
         send. Raises FrameNotAllowed unless CHALLENGED, WrongAuthority (the

@@ -20,6 +20,7 @@ from .errors import MalformedFrame
 __all__ = [
     "CAP_ONCALL",
     "CAP_REFUSALS",
+    "CAP_ROTATION",
     "CAP_TEAMS",
     "HUB_CAPS",
     "MAX_ACK_REFUSALS",
@@ -33,6 +34,8 @@ __all__ = [
     "MAX_RECORD_BYTES",
     "MAX_ROLE_HOLDERS",
     "MAX_ROLE_RESULTS",
+    "MAX_ROTATIONS",
+    "MAX_ROTATION_BYTES",
     "MAX_SEARCH_RESULTS",
     "MAX_TEAMS_LIST",
     "MAX_TEAM_CHAIN_BYTES",
@@ -92,6 +95,13 @@ CAP_TEAMS = "teams"
 #: ``urgent_status`` rows and the ``urgent_reminder``/``role_changed``
 #: pushes of SPEC §14 (revision 4).
 CAP_ONCALL = "oncall"
+#: ``rotation``: the hub's authority key was rotated; ``challenge.rotations``
+#: carries the statements from older keys to it (SPEC §15, revision 5).
+#: Announced only by a hub configured with ``authority_rotations``.
+CAP_ROTATION = "rotation"
+#: Most statements ``challenge.rotations`` holds, and the size of each (SPEC §15).
+MAX_ROTATIONS = 8
+MAX_ROTATION_BYTES = 512
 #: What this hub implementation announces.
 HUB_CAPS = (CAP_REFUSALS, CAP_TEAMS, CAP_ONCALL)
 #: Most capabilities one side may name, and their length.

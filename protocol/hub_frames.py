@@ -16,6 +16,8 @@ from .frame_base import (
     MAX_RECORD_BYTES,
     MAX_ROLE_HOLDERS,
     MAX_ROLE_RESULTS,
+    MAX_ROTATION_BYTES,
+    MAX_ROTATIONS,
     MAX_SEARCH_RESULTS,
     MAX_TEAM_CHAIN_BYTES,
     MAX_TEAMS_LIST,
@@ -77,18 +79,22 @@ __all__ = [
 class Challenge(Frame):
     """The first frame of a connection. ``authority``: the verification
     authority key the hub is configured with, for a client to check its own
-    before it enrolls (SPEC §5.1); ``caps``: the hub's capabilities (§10)."""
+    before it enrolls (SPEC §5.1); ``caps``: the hub's capabilities (§10);
+    ``rotations``: the authority's key rotation statements, oldest first,
+    ending at ``authority`` (SPEC §15; checked by the client, not here)."""
 
     TYPE = "challenge"
     v: int
     nonce: bytes
     authority: bytes | None = None
     caps: tuple[str, ...] | None = None
+    rotations: tuple[bytes, ...] | None = None
     WIRE = (
         ("v", "v", check_int),
         ("nonce", "nonce", check_bytes(32)),
         ("authority", "authority", check_bytes(32)),
         ("caps", "caps", check_caps),
+        ("rotations", "rotations", check_list(check_bytes(max_len=MAX_ROTATION_BYTES), MAX_ROTATIONS)),
     )
 
 

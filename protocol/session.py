@@ -34,6 +34,7 @@ from .errors import (
     RoleVacant,
     UnsupportedVersion,
 )
+from .frame_base import CAP_ROTATION
 from .frames import (
     CLIENT_FRAMES,
     HUB_CAPS,
@@ -127,10 +128,14 @@ def error_frame(exc: ProtocolError, *, id: bytes | None = None, rid: int | None 
 class ServerSession:
     """One connection's protocol state. Not thread-safe; one per connection."""
 
-    __slots__ = ("authority", "caps", "device_id", "hub_caps", "nonce", "state", "user_id")
+    __slots__ = ("authority", "caps", "device_id", "hub_caps", "nonce", "rotations", "state", "user_id")
 
     def __init__(
-        self, nonce: bytes | None = None, authority: bytes | None = None, hub_caps: tuple[str, ...] = HUB_CAPS
+        self,
+        nonce: bytes | None = None,
+        authority: bytes | None = None,
+        hub_caps: tuple[str, ...] = HUB_CAPS,
+        rotations: tuple[bytes, ...] = (),
     ) -> None:
         self.state = State.CHALLENGED
         self.nonce = nonce if nonce is not None else os.urandom(32)
@@ -143,11 +148,19 @@ class ServerSession:
         #: Capabilities this hub announces in its ``challenge`` (a hub that
         #: implements less of the SPEC, like the tests' scripted one, names fewer).
         self.hub_caps = hub_caps
+        #: The authority's rotation statements, oldest first, ending at
+        #: ``authority`` (SPEC §15); sent in the challenge when not empty.
+        self.rotations = rotations
 
     def challenge(self) -> bytes:
         """The first frame the hub sends on a new connection: the nonce, the
-        authority key (if the hub has one) and the hub's capabilities."""
-        return encode(Challenge(PROTOCOL_VERSION, self.nonce, self.authority, self.hub_caps))
+        authority key (if the hub has one), the hub's capabilities and the
+        rotation statements (if any: then ``rotation`` is among the caps)."""
+        rotations = self.rotations or None
+        caps = self.hub_caps
+        if rotations is not None and CAP_ROTATION not in caps:
+            caps = (*caps, CAP_ROTATION)
+        return encode(Challenge(PROTOCOL_VERSION, self.nonce, self.authority, caps, rotations))
 
     def receive(self, data: bytes) -> Frame:
         """Parse and admit one client frame.

@@ -116,7 +116,9 @@ SAMPLES: dict[type[Frame], Frame] = {
     LinkCode: LinkCode(rid=2),
     SetStatus: SetStatus(rid=4, status="on_call"),
     Watch: Watch(rid=5, users=("u_0000000000000002", "u_0000000000000003")),
-    Challenge: Challenge(v=1, nonce=b"\x03" * 32, authority=PK1, caps=("refusals", "later_one")),
+    Challenge: Challenge(
+        v=1, nonce=b"\x03" * 32, authority=PK1, caps=("refusals", "later_one"), rotations=(b"\x05" * 300,)
+    ),
     Welcome: Welcome(user="u_0000000000000001", device="d_0000000000000001"),
     Accepted: Accepted(id=MID, dup=True),
     Deliver: Deliver(
@@ -317,7 +319,7 @@ REQUIRED = [
     if key not in {"user", "rpps"} or cls is not Lookup
     if not (cls is Error and key in {"id", "rid", "retry_after", "missing", "role"})
     if not (cls is LookupOk and key == "att")
-    if not (cls in (Auth, Enroll, Challenge) and key in {"caps", "authority"})
+    if not (cls in (Auth, Enroll, Challenge) and key in {"caps", "authority", "rotations"})
     if not (cls is Ack and key == "refused")
     if not (cls is Send and key in {"body", "head", "ttl", "urgent"})
     if not (cls is Deliver and key in {"body", "team", "role", "urgent", "step"})
@@ -450,6 +452,7 @@ BAD_FIELDS: list[tuple[type[Frame], str, list[Any]]] = [
     (Challenge, "nonce", [b"\x00" * 31, b"\x00" * 33, "n" * 32, None]),
     (Challenge, "authority", [b"\x00" * 31, b"\x00" * 33, "k" * 32, None]),
     (Challenge, "caps", [None, "refusals", [1], ["c"] * 17]),
+    (Challenge, "rotations", [None, b"\x05" * 300, [b"\x05" * 513], [b"\x05"] * 9, ["s"]]),
     (Welcome, "user", BAD_ID),
     (Welcome, "device", BAD_ID),
     (Accepted, "id", BAD_BYTES_16),
