@@ -191,7 +191,8 @@ class Acceptor:
     """Accepts the connections of a listening ``server`` in place of asyncio
     (module doc): at most ``batch`` per wake-up; one that ``gate`` would
     refuse is closed at once; the others get ``factory``'s protocol, as
-    asyncio would have given them (``ssl`` for TLS).
+    asyncio would have given them (``tls``, whose handshake has
+    ``tls_timeout`` seconds, asyncio's 60 by default).
 
     ``start`` takes over the server's listening sockets; ``close`` gives
     them back to nobody (call it before closing the server)."""
@@ -205,6 +206,7 @@ class Acceptor:
         by_peer: bool,
         batch: int,
         tls: ssl.SSLContext | None = None,
+        tls_timeout: float | None = None,
     ) -> None:
         self._listening = listening
         self._factory = factory
@@ -212,6 +214,7 @@ class Acceptor:
         self._by_peer = by_peer
         self._batch = batch
         self._tls = tls
+        self._tls_timeout = tls_timeout if tls is not None else None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._tasks: set[asyncio.Task[None]] = set()
 
@@ -260,7 +263,9 @@ class Acceptor:
     async def _connect(self, conn: socket.socket) -> None:
         assert self._loop is not None
         try:
-            await self._loop.connect_accepted_socket(self._factory, conn, ssl=self._tls)
+            await self._loop.connect_accepted_socket(
+                self._factory, conn, ssl=self._tls, ssl_handshake_timeout=self._tls_timeout
+            )
         except (OSError, ssl.SSLError) as exc:  # the peer left, or its TLS handshake failed
             log.debug("connection not set up", extra={"error": str(exc)})
             conn.close()

@@ -4,8 +4,13 @@
 URLs into a Store, a Broker and the Limiter of the buckets every node
 shares; :class:`HubServer` wires them into a :class:`~miss_server.hub.Hub`
 and serves WebSocket connections, the HTTP endpoints (``/healthz``,
-``/metrics``) and the browser client's files (``web.py``) on one port.
-Everything else receives its dependencies from here through constructors.
+``/readyz``, ``/metrics``) and the browser client's files (``web.py``) on
+one port. Everything else receives its dependencies from here through
+constructors.
+
+A node stops in one of two ways: :meth:`HubServer.stop` at once (tests,
+errors at start), or :meth:`HubServer.shutdown`, the graceful drain that
+``miss-server`` runs on SIGTERM (``lifecycle.py`` has its parts).
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ import hmac
 import ipaddress
 import logging
 import ssl
+import time
 from http import HTTPStatus
 from types import TracebackType
 
@@ -35,6 +41,7 @@ from .config import Settings
 from .connection import client_address, serve_connection
 from .guard import Guard
 from .hub import Hub
+from .lifecycle import DrainableConnection, Readiness, cut_remaining, go_away_spread, wait_for_handlers
 from .metrics import Metrics
 from .presence import PresenceService
 from .ratelimit import Limiter, MemoryLimiter
@@ -55,6 +62,9 @@ ACCEPT_BATCH = 64
 LISTEN_BACKLOG = 4096
 #: Broker URLs that name a Redis, which the shared rate limits then use too.
 REDIS_SCHEMES = ("redis://", "rediss://")
+#: Part of the grace period kept for closing the store, the broker and the
+#: audit trail after the connections (at most; a fifth of a short grace).
+TEARDOWN_RESERVE = 2.0
 
 
 def build_store(settings: Settings) -> Store:
@@ -114,6 +124,8 @@ class HubServer:
             total,
             lambda scope: self.metrics.pending_refused.labels(scope).inc(),
         )
+        #: What GET /readyz answers (lifecycle.py).
+        self.readiness = Readiness(self.store, self.broker, self.metrics.registry)
         self._metrics_token = settings.metrics_token
         self.origins = OriginPolicy(settings.allowed_origins)
         self.origin_refused = Counter(
@@ -131,11 +143,19 @@ class HubServer:
         self._tasks: list[asyncio.Task[None]] = []
         self._loop_handler: AcceptErrorFilter | None = None
         self._acceptor: Acceptor | None = None
+        self._stopped = False
+        self._port: int | None = None
 
     @property
     def port(self) -> int:
-        assert self._server is not None, "not started"
-        return int(self._server.sockets[0].getsockname()[1])
+        """The port listened on (kept while draining, once asyncio's socket is closed)."""
+        assert self._port is not None, "not started"
+        return self._port
+
+    @property
+    def websocket_connections(self) -> int:
+        """WebSocket connections open now (handshake done, not closing)."""
+        return len(self._server.connections) if self._server is not None else 0
 
     @property
     def url(self) -> str:
@@ -160,7 +180,7 @@ class HubServer:
             self._handle,
             self.settings.host,
             self.settings.port,
-            create_connection=GatedConnection.factory(
+            create_connection=DrainableConnection.factory(
                 self.gate, by_peer=not self.settings.trust_forwarded_for
             ),
             subprotocols=[SUBPROTOCOL],  # type: ignore[list-item]
@@ -171,7 +191,11 @@ class HubServer:
             ssl=tls,
             server_header="MiSS",
             backlog=LISTEN_BACKLOG,  # a morning reconnect storm must not overflow the SYN queue
+            open_timeout=self.settings.handshake_timeout_seconds,
+            ping_interval=self.settings.ping_interval_seconds,
+            ping_timeout=self.settings.ping_timeout_seconds,
         )
+        self._port = int(self._server.sockets[0].getsockname()[1])
         self._take_over_accept(tls)
         self.audit.start()
         self._tasks = [
@@ -179,6 +203,7 @@ class HubServer:
             asyncio.create_task(self.presence.run_forever(), name="presence"),
             asyncio.create_task(self.hub.security.run_forever(), name="security"),
             asyncio.create_task(self.hub.escalator.run_forever(), name="escalation"),
+            asyncio.create_task(self.readiness.run_forever(), name="readiness"),
         ]
         if self.settings.authority_public_key is None:
             log.warning(
@@ -220,20 +245,89 @@ class HubServer:
             by_peer=not self.settings.trust_forwarded_for,
             batch=ACCEPT_BATCH,
             tls=tls,
+            tls_timeout=self.settings.handshake_timeout_seconds,
         )
         self._acceptor.start()
 
     async def stop(self) -> None:
+        """Stop at once: connections closed with 1001 together, requests in
+        hand not waited for (their clients resend them). Idempotent."""
+        if self._stopped:
+            return
+        self._stopped = True
+        self.readiness.start_draining()
+        self._close_acceptor()
+        await self._cancel_tasks()
+        if self._server is not None:
+            self._server.close()  # closes connections with 1001
+            await self._server.wait_closed()
+        await self._release()
+
+    async def shutdown(self) -> int:
+        """Drain, then stop (SIGTERM; docs/OPERATIONS.md). Returns how many
+        connections the grace period's end cut.
+
+        In order: ``/readyz`` answers 503 ``draining`` and new WebSocket
+        sessions are refused (503); the open connections are told to go away
+        (1001), spread over ``shutdown_spread_seconds`` (at most half the
+        grace), each once its request in hand is answered
+        (lifecycle.DrainableConnection); the listening socket closes; the
+        connection handlers finish (detaching their devices); the audit
+        trail is flushed and the store and broker closed. Whatever is left
+        when ``shutdown_grace_seconds`` is nearly over is cut. Idempotent
+        with :meth:`stop`."""
+        if self._stopped:
+            return 0
+        self._stopped = True
+        assert self._server is not None, "not started"
+        loop = asyncio.get_running_loop()
+        began, grace = time.monotonic(), self.settings.shutdown_grace_seconds
+        deadline = loop.time() + grace
+        spread = min(self.settings.shutdown_spread_seconds, grace / 2)
+        self.readiness.start_draining()
+        self._server.close(close_connections=False)  # upgrades now get 503; the Acceptor still listens
+        log.info(
+            "draining: readiness 503, new sessions refused",
+            extra={
+                "connections": self.websocket_connections,
+                "grace_seconds": grace,
+                "spread_seconds": spread,
+            },
+        )
+        told = await go_away_spread(self._server, spread)
+        self._close_acceptor()
+        log.info("stopped listening; connections told to go away (1001)", extra={"told": told})
+        reserve = min(TEARDOWN_RESERVE, grace / 5)
+        await wait_for_handlers(self._server, deadline - reserve)
+        cut = await cut_remaining(self._server, settle=reserve / 2)
+        if cut:
+            log.warning("grace period over: connections cut", extra={"cut": cut})
+        else:
+            log.info("connections closed, requests in hand answered")
+        await self._cancel_tasks()
+        try:
+            async with asyncio.timeout(max(0.5, deadline - loop.time())):
+                await self._server.wait_closed()
+                await self._release()
+        except TimeoutError:
+            log.warning("grace period over before the store and broker were closed")
+        log.info("shut down", extra={"seconds": round(time.monotonic() - began, 3), "cut": cut})
+        return cut
+
+    def _close_acceptor(self) -> None:
         if self._acceptor is not None:
             self._acceptor.close()
             self._acceptor = None
+
+    async def _cancel_tasks(self) -> None:
         for task in self._tasks:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
-        if self._server is not None:
-            self._server.close()  # closes connections with 1001
-            await self._server.wait_closed()
+        self._tasks = []
+
+    async def _release(self) -> None:
+        """Flush the audit trail, close the limiter, broker and store."""
         await self.audit.stop()
         await self.limiter.close()
         await self.broker.close()
@@ -262,6 +356,11 @@ class HubServer:
         path = request.path.split("?", 1)[0]
         if path == "/healthz":
             return ws.respond(HTTPStatus.OK, "ok\n")
+        if path == "/readyz":
+            problem = self.readiness.problem
+            if problem is None:
+                return ws.respond(HTTPStatus.OK, "ready\n")
+            return ws.respond(HTTPStatus.SERVICE_UNAVAILABLE, f"{problem}\n")
         if path == "/metrics":
             if not self._may_read_metrics(ws, request):
                 return ws.respond(HTTPStatus.FORBIDDEN, "forbidden\n")
@@ -273,6 +372,10 @@ class HubServer:
             return self.web.response(request, asset)
         if path != "/":
             return ws.respond(HTTPStatus.NOT_FOUND, "not found\n")
+        if self.readiness.draining:
+            refused = ws.respond(HTTPStatus.SERVICE_UNAVAILABLE, "draining\n")
+            refused.headers["Retry-After"] = "1"  # another node, or this one restarted
+            return refused
         if not self.origins.allows(request):
             self.origin_refused.inc()
             # Says what to add to allowed_origins, or that a proxy does not forward Host.

@@ -74,6 +74,10 @@ class Broker(Protocol):
 
     async def close(self) -> None: ...
 
+    async def ping(self) -> None:
+        """Raise BrokerUnavailable unless the broker answers and this node's
+        subscriptions are in place (the readiness probe, ``lifecycle.py``)."""
+
     async def subscribe(self, channel: str, handler: Handler) -> None:
         """Route the channel's payloads to ``handler`` on this node. One
         handler per channel per node; subscribing again replaces it. Never

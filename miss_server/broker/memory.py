@@ -25,6 +25,9 @@ class MemoryBroker:
     async def close(self) -> None:
         self._handlers.clear()
 
+    async def ping(self) -> None:
+        return None  # in process: always there
+
     async def subscribe(self, channel: str, handler: Handler) -> None:
         self._handlers[channel] = handler
 

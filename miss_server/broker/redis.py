@@ -138,6 +138,16 @@ class RedisBroker:
         await self._redis.aclose()
         await self._subscriber.aclose()
 
+    async def ping(self) -> None:
+        # Publishes fail while the pub/sub connection is down (wake-ups are
+        # lost until the gap), so that counts as unreachable too.
+        if not self._connected.is_set():
+            raise BrokerUnavailable("Redis pub/sub connection is down")
+        try:
+            await self._redis.ping()
+        except (*_DOWN, RedisError) as exc:
+            raise BrokerUnavailable(f"Redis does not answer: {exc}") from None
+
     async def subscribe(self, channel: str, handler: Handler) -> None:
         new = channel not in self._handlers
         self._handlers[channel] = handler

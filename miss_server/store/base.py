@@ -451,6 +451,10 @@ class Store(Protocol):
 
     async def close(self) -> None: ...
 
+    async def ping(self) -> None:
+        """Run a trivial query; raises StoreUnavailable if the store does not
+        answer (the readiness probe, ``lifecycle.py``, bounds its wait)."""
+
     async def migrate(self) -> int:
         """Bring the schema to the newest version; returns that version."""
 

@@ -190,6 +190,9 @@ class PostgresStore(oncall.PostgresOncall):
             self._group_commit = None
         await self._db.close()
 
+    async def ping(self) -> None:
+        await self._db.retryable(lambda c: c.fetchval("SELECT 1"))
+
     async def migrate(self) -> int:
         """See :meth:`.postgres_pool.Database.migrate`."""
         return await self._db.migrate()

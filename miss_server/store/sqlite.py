@@ -119,6 +119,9 @@ class SQLiteStore(oncall.SQLiteOncall):
     async def close(self) -> None:
         await self._db.stop()
 
+    async def ping(self) -> None:
+        await self._db.read(lambda c: c.execute("SELECT 1").fetchone())
+
     # --- accounts and devices -------------------------------------------------
 
     async def create_user(self, name: str, rpps: str, profession: str, organisation: str, now: int) -> User:
