@@ -1,8 +1,13 @@
 """``miss-server``: run one hub node until SIGINT or SIGTERM.
 
 With no configuration it serves the embedded defaults on 127.0.0.1:8765.
-Exit status: 0 after a clean shutdown, 2 for a configuration error, 1 when
-the store or port cannot be used.
+SIGTERM or SIGINT drains the node (``HubServer.shutdown``: readiness 503,
+clients told to go elsewhere with close 1001, requests in hand answered,
+audit trail flushed) within ``shutdown_grace_seconds``; a second signal
+meanwhile changes nothing (the grace period bounds the wait anyway).
+Exit status: 0 after a shutdown, even one that had to cut connections at
+the end of the grace period, 2 for a configuration error, 1 when the store
+or port cannot be used.
 """
 
 from __future__ import annotations
@@ -35,16 +40,31 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
+#: Beyond the grace period, the longest the drain may take before the
+#: process gives up on it (closing an unreachable store, say) and exits.
+EXIT_SLACK = 5.0
+
+
 async def _run(server: HubServer) -> None:
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
+
+    def on_signal(sig: signal.Signals) -> None:
+        if stop.is_set():
+            log.info("already draining", extra={"signal": sig.name})
+            return
+        log.info("draining on signal", extra={"signal": sig.name})
+        stop.set()
+
     for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
+        loop.add_signal_handler(sig, on_signal, sig)
     await server.start()
     print(f"MiSS hub serving {server.url} (store {server.settings.store_display})", flush=True)
     await stop.wait()
-    log.info("shutting down")
-    await server.stop()
+    try:
+        await asyncio.wait_for(server.shutdown(), server.settings.shutdown_grace_seconds + EXIT_SLACK)
+    except TimeoutError:
+        log.error("shutdown overran the grace period; exiting anyway")
 
 
 def main(argv: list[str] | None = None) -> int:
