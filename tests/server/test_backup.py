@@ -1,13 +1,11 @@
 """``miss-admin backup`` and ``miss-admin restore`` of the embedded store
 (miss_server/admin_backup.py; docs/OPERATIONS.md, "Backup and restore").
 
-The main test backs a running hub up while a clinician sends steadily, wipes
-its data directory, restores, and starts a hub on the restored file: the
-queued messages reach the device that was offline (the SDK decrypts them,
-which it does only for senders whose attestation verifies), the accounts
-authenticate, the team is there, and a restore that brings back a message
-already acknowledged after the backup shows it once (SPEC §6.4: the client
-drops an id it kept). The others check what ``restore`` refuses.
+The main test runs tests/support/backup_scenario.py on a running in-process
+hub: ``miss-admin backup`` (in one-page steps, so that the hub's commits
+restart it) while a clinician sends steadily, the data directory wiped,
+``miss-admin restore``, a hub started on the restored file. The others check
+what ``backup`` and ``restore`` refuse.
 """
 
 from __future__ import annotations
@@ -20,27 +18,16 @@ import time
 from pathlib import Path
 
 import pytest
-from miss_client import Client, Message, Profile
 
 from miss_server import admin_backup
 from miss_server.app import HubServer
 from miss_server.store import migrations
 from miss_server.store.sqlite_threads import DIALECT
 from tests.support.admin_cli import Admin
+from tests.support.backup_scenario import after_backup, before_backup, check_restored, during_backup
 from tests.support.inprocess_hub import hub_settings
-from tests.support.verified_hubs import enroll_clinician
 
 LATEST = migrations.latest_version(DIALECT)
-
-
-def messages(events: list[object]) -> list[Message]:
-    return [e for e in events if isinstance(e, Message)]
-
-
-async def inbox(profile: Profile, url: str) -> list[Message]:
-    """Connect ``profile`` to the hub at ``url``: the new messages it shows."""
-    async with Client.connect(profile, url=url) as client:
-        return messages(await client.drain(idle=1.5))
 
 
 @pytest.mark.slow
@@ -57,56 +44,28 @@ async def test_backup_while_running_then_restore_on_a_wiped_directory(
     hub = HubServer(hub_settings(tmp_path, store=store_url))
     await hub.start()
     try:
-        alice = await enroll_clinician(hub, tmp_path / "alice", "alice", "10000000001")
-        bob = await enroll_clinician(hub, tmp_path / "bob", "bob", "10000000002")
-        carol = await enroll_clinician(hub, tmp_path / "carol", "carol", "10000000003")
-        async with Client.connect(alice) as a:
-            team = await a.create_team("Cardio garde")
-            await a.add_member(team, bob.user_id)
-            queued = {await a.send(bob.user_id, f"avis n°{i} avant la sauvegarde") for i in range(3)}
-            queued.add(await a.send(team, "à l'équipe, avant la sauvegarde"))
-            acked_later = await a.send(carol.user_id, "reçu après la sauvegarde")
-
-            # The backup, in one-page steps so that it spans many of the hub's
-            # commits, while alice keeps sending to carol.
-            monkeypatch.setattr(admin_backup, "STEP_PAGES", 1)
-            sent_during: list[bytes] = []
-            done = asyncio.Event()
-
-            async def steady() -> None:
-                while not done.is_set():
-                    sent_during.append(await a.send(carol.user_id, f"pendant {len(sent_during)}"))
-
-            sender = asyncio.create_task(steady())
-            started = time.monotonic()
-            try:
-                result = await asyncio.to_thread(admin, "backup", "--to", str(backup_file))
-            finally:
-                done.set()
-                await sender
-            took = time.monotonic() - started
-            report = (
-                f"backup: {result['bytes']} bytes in {took:.2f} s, {result['steps']} steps, "
-                f"{result['restarts']} restart(s), {len(sent_during)} message(s) accepted meanwhile"
+        s = await before_backup(hub, tmp_path)
+        # In one-page steps, so that the copy spans many of the hub's commits.
+        monkeypatch.setattr(admin_backup, "STEP_PAGES", 1)
+        started = time.monotonic()
+        result = await during_backup(s, lambda: asyncio.to_thread(admin, "backup", "--to", str(backup_file)))
+        with capsys.disabled():
+            print(
+                f"backup: {result['bytes']} bytes in {time.monotonic() - started:.2f} s, "
+                f"{result['steps']} steps, {result['restarts']} restart(s), "
+                f"{len(s.sent_during)} message(s) accepted meanwhile"
             )
-            with capsys.disabled():
-                print(report)
-            assert result["integrity"] == "ok" and result["schema_version"] == LATEST
-            assert result["steps"] > 1 and len(sent_during) > 0
-            counts = result["counts"]
-            assert counts["users"] == 3 and counts["attestations"] == 3 and counts["teams"] == 1
-            assert counts["devices"] == 3
-            # bob's four (three 1:1, one team copy), carol's first one, and
-            # however many of those sent during the backup it caught.
-            assert 5 <= counts["queued_messages"] <= 5 + len(sent_during)
-            assert backup_file.stat().st_mode & 0o777 == 0o600
-            assert not list(backup_file.parent.glob(".*.tmp"))
-
-            # After the backup: carol keeps (and acks) what was sent to her, and
-            # a message to bob is accepted that the backup does not hold.
-            got = await inbox(carol, hub.url)
-            assert {m.id for m in got} == {acked_later, *sent_during}
-            lost = await a.send(bob.user_id, "après la sauvegarde")
+        assert result["integrity"] == "ok" and result["schema_version"] == LATEST
+        assert result["steps"] > 1 and len(s.sent_during) > 0
+        counts = result["counts"]
+        assert counts["users"] == 3 and counts["attestations"] == 3 and counts["teams"] == 1
+        assert counts["devices"] == 3
+        # bob's four (three 1:1, one team copy), carol's first one, and
+        # however many of those sent during the backup it caught.
+        assert 5 <= counts["queued_messages"] <= 5 + len(s.sent_during)
+        assert backup_file.stat().st_mode & 0o777 == 0o600
+        assert not list(backup_file.parent.glob(".*.tmp"))
+        await after_backup(s, hub.url)
 
         # The hub holds the store: restore refuses to touch it.
         refused = await asyncio.to_thread(admin, "restore", "--from", str(backup_file), status=1)
@@ -120,30 +79,9 @@ async def test_backup_while_running_then_restore_on_a_wiped_directory(
     assert (data / "miss.db").stat().st_mode & 0o777 == 0o600 and data.stat().st_mode & 0o777 == 0o700
 
     async with HubServer(hub_settings(tmp_path, store=store_url)) as hub2:
-        # bob's device, offline all along, gets exactly what was queued at the
-        # backup, decrypted from senders it verified; not what came after.
-        got = await inbox(bob, hub2.url)
-        bodies = sorted(m.body for m in got)
-        with capsys.disabled():
-            print(f"after restore: bob received {len(got)} of {len(queued)} queued message(s)")
-        assert {m.id for m in got} == queued and len(got) == len(queued)
-        assert lost not in {m.id for m in got}
-        assert "à l'équipe, avant la sauvegarde" in bodies
-        assert all(m.from_user == alice.user_id for m in got)
-        # carol acked her messages after the backup: the restored queue sends
-        # them again, and her client shows none of them twice.
-        assert await inbox(carol, hub2.url) == []
-        # The accounts authenticate, the team is there with its members, and
-        # messages flow both ways, to the user and to the team.
-        async with Client.connect(alice, url=hub2.url) as a, Client.connect(bob, url=hub2.url) as b:
-            view = await a.team(team)
-            assert {alice.user_id, bob.user_id} <= set(view.members)
-            fresh = await a.send(bob.user_id, "après la restauration")
-            to_team = await a.send(team, "équipe, après la restauration")
-            new = messages(await b.drain(idle=1.0))
-            assert {m.id for m in new} == {fresh, to_team}
-            answer = await b.send(alice.user_id, "bien reçu")
-            assert answer in {m.id for m in messages(await a.drain(idle=1.0))}
+        line = await check_restored(s, hub2.url)
+    with capsys.disabled():
+        print(line)
 
 
 def _migrated_to(path: Path, version: int) -> None:
