@@ -21,6 +21,7 @@ from collections import OrderedDict
 from dataclasses import dataclass
 
 from protocol import attestation
+from protocol.rotation import AuthorityKeys
 
 from .store.base import Device, Store, User
 
@@ -54,7 +55,11 @@ class Account:
 class Accounts:
     """Account records of one hub node, loaded from the store on demand."""
 
-    def __init__(self, store: Store, authority_pk: bytes | None, max_entries: int = 50_000) -> None:
+    def __init__(
+        self, store: Store, authority_pk: bytes | AuthorityKeys | None, max_entries: int = 50_000
+    ) -> None:
+        """``authority_pk``: the authority key, or the keys of its rotation
+        (an older one counts until its ``until``, SPEC §15)."""
         self.store = store
         self.authority_pk = authority_pk
         self.max_entries = max_entries

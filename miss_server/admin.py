@@ -5,6 +5,10 @@ Commands::
     miss-admin migrate                       create the store or apply schema migrations
     miss-admin authority init [--key-file F] create the verification authority key (SPEC §11.1)
     miss-admin authority show [--key-file F] print its public key, for the hub and clients
+    miss-admin authority rotate --key-file OLD --new-key-file NEW [--overlap-days 30]
+    miss-admin authority reissue --key-file NEW [--previous-key OLD_PUBLIC ...]
+    miss-admin authority retire --statement TEXT
+                                             replace the authority key (SPEC §15, admin_rotation.py)
     miss-admin org add NAME | miss-admin orgs
                                              record / list organisations
     miss-admin invite --name N --rpps R --profession P --organisation O
@@ -99,6 +103,7 @@ from .admin_common import (
     vouches,
 )
 from .admin_roles import PolicyBeyondCaps, add_role_parser, cmd_role
+from .admin_rotation import ROTATION_ACTIONS, add_rotation_arguments, cmd_reissue, cmd_retire, cmd_rotate
 from .admin_teams import add_team_parser, cmd_team
 from .admin_verify import cmd_renew, cmd_revoke, cmd_verify
 from .app import build_store, embedded_store
@@ -247,7 +252,7 @@ async def cmd_users(store: Store, settings: Settings, args: argparse.Namespace) 
 async def cmd_devices(store: Store, settings: Settings, args: argparse.Namespace) -> dict[str, Any]:
     user = await resolve(store, args.user)
     devices = await store.user_devices(user.user_id)
-    authority = settings.authority_public_key
+    authority = settings.authority_keys
     att = attestation_of(user) if authority is None else signed_attestation(user.attestation, authority)
     enrolled = await enrollments(store, user.user_id)
     rows: list[dict[str, Any]] = [
@@ -330,8 +335,9 @@ def _parser() -> argparse.ArgumentParser:
     dev = command("devices", "list a clinician's devices")
     dev.add_argument("user", help="user id or RPPS number")
     auth = command("authority", "create or show the verification authority key")
-    auth.add_argument("action", choices=["init", "show"])
+    auth.add_argument("action", choices=["init", "show", *ROTATION_ACTIONS])
     auth.add_argument("--key-file", help=KEY_FILE_HELP + "; init creates its directory, mode 700")
+    add_rotation_arguments(auth)
     org = command("org", "record an organisation")
     org.add_argument("verb", choices=["add"])
     org.add_argument("name")
@@ -417,7 +423,9 @@ def _announce_store(settings: Settings) -> None:
 
 
 async def _run(settings: Settings, args: argparse.Namespace) -> dict[str, Any]:
-    if args.command == "authority":
+    if args.command == "authority" and args.action not in ("reissue", "retire"):
+        if args.action == "rotate":
+            return await cmd_rotate(settings, args)
         return await cmd_authority(None, settings, args)
     if args.command == "web-hash":
         return await cmd_web_hash(None, settings, args)
@@ -440,6 +448,8 @@ async def _run(settings: Settings, args: argparse.Namespace) -> dict[str, Any]:
         await store.migrate()  # an existing embedded store migrates itself, as the hub does
     await store.open()
     try:
+        if args.command == "authority":  # reissue, retire: the stored attestations
+            return await (cmd_reissue if args.action == "reissue" else cmd_retire)(store, settings, args)
         return await COMMANDS[args.command](store, settings, args)
     finally:
         await store.close()
@@ -464,7 +474,7 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     text = result.pop("text")
     print(json.dumps(result, ensure_ascii=False) if args.json else text)
-    return 0
+    return 1 if result.get("exit") else 0  # authority retire: 1 while attestations depend on the key
 
 
 if __name__ == "__main__":

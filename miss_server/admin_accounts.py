@@ -198,7 +198,7 @@ async def cmd_export(store: Store, settings: Settings, args: argparse.Namespace)
             }
         )
     att = attestation_of(user)
-    authority = settings.authority_public_key
+    authority = settings.authority_keys
     summary: dict[str, Any] | None = None
     if att is not None:
         summary = {

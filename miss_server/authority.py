@@ -25,7 +25,7 @@ from pathlib import Path
 import nacl.exceptions
 import nacl.signing
 
-from protocol import attestation
+from protocol import attestation, rotation
 
 from .store.base import Store
 
@@ -90,23 +90,19 @@ def create_key_file(path: Path, key: nacl.signing.SigningKey) -> None:
         fh.write(key_file_text(key))
 
 
-def signed_attestation(blob: bytes | None, authority_pk: bytes) -> attestation.Attestation | None:
+def signed_attestation(
+    blob: bytes | None, authority_pk: bytes | rotation.AuthorityKeys
+) -> attestation.Attestation | None:
     """The attestation in ``blob`` if the authority signed it, whatever its
     dates (an expired one still says which devices were confirmed); None
-    for no blob, a malformed one or another signer."""
+    for no blob, a malformed one or another signer. With the keys of a
+    rotation, an older key counts only until its ``until`` (SPEC §15)."""
     if blob is None:
         return None
     try:
-        att = attestation.peek(blob)
-        nacl.signing.VerifyKey(authority_pk).verify(attestation.CONTEXT + blob[64:], blob[:64])
-    except (
-        attestation.AttestationError,
-        nacl.exceptions.BadSignatureError,
-        nacl.exceptions.ValueError,
-        TypeError,
-    ):
+        return attestation.check_signature(blob, authority_pk, time.time_ns() // 1_000_000)
+    except attestation.AttestationError:
         return None
-    return att
 
 
 async def attest(

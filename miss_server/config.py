@@ -27,7 +27,8 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
-from protocol.attestation import decode_authority_key
+from protocol import rotation
+from protocol.attestation import decode_authority_key, encode_authority_key
 
 from .ratelimit import parse_rate
 from .web import normalise_origin
@@ -108,6 +109,14 @@ class Settings(BaseSettings):
         None,
         description="Public key (base64) of the verification authority, as `miss-admin authority init` "
         "prints it. Without it no account counts as verified, so nobody can send.",
+    )
+    authority_rotations: tuple[str, ...] = Field(
+        (),
+        description="The verification authority's key rotation statements (base64, oldest first), as "
+        "`miss-admin authority rotate` prints them: a chain from an older key to authority_key. The "
+        "hub sends them in its challenge so that clients move to the new key (SPEC §15), and accepts "
+        "what an older key signed until that statement's end. In TOML a list, in the environment a "
+        "JSON list (MISS_AUTHORITY_ROTATIONS='[\"...\"]').",
     )
     rate_device: str = Field(
         "10/s burst 50",
@@ -287,6 +296,7 @@ class Settings(BaseSettings):
         return v
 
     def model_post_init(self, __context: Any) -> None:
+        self._check_rotations()
         if (self.tls_cert is None) != (self.tls_key is None):
             raise ValueError("tls_cert and tls_key go together")
         floor = self.escalation_min_interval_ms
@@ -322,6 +332,54 @@ class Settings(BaseSettings):
     @property
     def authority_public_key(self) -> bytes | None:
         return decode_authority_key(self.authority_key) if self.authority_key else None
+
+    @property
+    def rotation_statements(self) -> tuple[bytes, ...]:
+        """The statements of ``authority_rotations`` (checked at load)."""
+        return tuple(rotation.decode_text(t) for t in self.authority_rotations)
+
+    @property
+    def authority_keys(self) -> rotation.AuthorityKeys | None:
+        """``authority_key`` and the older keys of ``authority_rotations``
+        with their ``until`` (each counts only up to it: the verifier asks
+        :meth:`protocol.rotation.AuthorityKeys.valid_at`), or None."""
+        current = self.authority_public_key
+        if current is None:
+            return None
+        statements = self.rotation_statements
+        if not statements:
+            return rotation.AuthorityKeys(current)
+        # now=0: keep every older key with its 'until'; verifiers compare it to the instant checked.
+        return rotation.accept_chain(current, statements, 0)
+
+    def _check_rotations(self) -> None:
+        """``authority_rotations`` must be a chain of valid statements ending
+        at ``authority_key``; the ValueError names the first bad statement."""
+        if not self.authority_rotations:
+            return
+        current = self.authority_public_key
+        if current is None:
+            raise ValueError("authority_rotations needs authority_key (the newest key of the chain)")
+        if len(self.authority_rotations) > rotation.MAX_STATEMENTS:
+            raise ValueError(f"authority_rotations: at most {rotation.MAX_STATEMENTS} statements")
+        previous: rotation.Statement | None = None
+        for i, text in enumerate(self.authority_rotations, 1):
+            try:
+                statement = rotation.verify(rotation.decode_text(text))
+            except rotation.RotationError as exc:
+                raise ValueError(f"authority_rotations statement {i} ({text[:16]}...): {exc}") from None
+            if previous is not None and statement.old != previous.new:
+                raise ValueError(
+                    f"authority_rotations statement {i} ({text[:16]}...) does not follow statement {i - 1} "
+                    "(its old key is not the previous statement's new key)"
+                )
+            previous = statement
+        assert previous is not None
+        if previous.new != current:
+            raise ValueError(
+                f"authority_rotations statement {len(self.authority_rotations)} hands over to "
+                f"{encode_authority_key(previous.new)}, not to authority_key"
+            )
 
 
 def _redact(url: str) -> str:

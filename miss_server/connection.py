@@ -58,7 +58,9 @@ async def serve_connection(ws: ServerConnection, hub: Hub) -> None:
     CONN.set(new_conn_id())
     metrics = hub.metrics
     metrics.connections.inc()
-    session = ServerSession(authority=hub.settings.authority_public_key)
+    session = ServerSession(
+        authority=hub.settings.authority_public_key, rotations=hub.settings.rotation_statements
+    )
     link: DeviceLink | None = None
     peer = client_address(ws, hub.settings.trust_forwarded_for)
     try:

@@ -135,7 +135,7 @@ class Hub:
         self.metrics = metrics
         self.guard = guard
         self.audit = audit
-        self.accounts = Accounts(store, settings.authority_public_key)
+        self.accounts = Accounts(store, settings.authority_keys)
         self._links = LocalLinks()
         #: Spreads security events to every node and enforces them here;
         #: the composition root runs its ``run_forever`` as a task.

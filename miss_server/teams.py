@@ -152,7 +152,7 @@ class TeamService:
     async def change(self, frame: TeamChange) -> bytes:
         """Check, store and announce one record; ``team_ok``. Raises the
         errors of SPEC §13.7 (nothing stored then) or StoreUnavailable."""
-        authority_pk = self._settings.authority_public_key
+        authority_pk = self._settings.authority_keys
         if authority_pk is None:
             raise errors.BadTeamRecord("the hub has no authority key")
         signed = pt.SignedRecord(frame.rec, frame.sig)
