@@ -3,12 +3,17 @@
  * answering the hub's challenge, and, on `welcome`, the profile sealed
  * under the chosen passphrase. The authority key the user entered is
  * checked against the one the hub announces before the code is spent
- * (`WrongAuthority`: nothing sent). The connection, now authenticated, is
+ * (`WrongAuthority`: nothing sent), unless the hub's rotation statements
+ * lead from the entered key to the announced one (SPEC §15): then the new
+ * key is the one kept, with the statements (a key handed out on paper before
+ * a rotation still enrolls); statements that do not lead there are
+ * RotationRefused, nothing sent. The connection, now authenticated, is
  * handed over to the client.
  */
 import { decodeAuthorityKey } from "../protocol/attestation";
 import { generateKeys, type DeviceKeys } from "../protocol/crypto";
-import { CAP_ONCALL, CAP_REFUSALS, CAP_TEAMS, SUBPROTOCOL } from "../protocol/frames";
+import { CAP_ONCALL, CAP_REFUSALS, CAP_ROTATION, CAP_TEAMS, SUBPROTOCOL } from "../protocol/frames";
+import { consider } from "../protocol/rotation";
 import { ClientSession } from "../protocol/session";
 import { Vault } from "./vault";
 
@@ -50,6 +55,7 @@ export async function enroll(form: EnrollForm): Promise<Enrolled> {
   ws.binaryType = "arraybuffer";
   const session = new ClientSession();
   const backlog: Uint8Array[] = [];
+  let rotations: Uint8Array[] = [];
   const welcome = await new Promise<{ user: string; device: string }>((resolve, reject) => {
     ws.onmessage = (ev: MessageEvent) => {
       if (session.welcome) {
@@ -59,7 +65,12 @@ export async function enroll(form: EnrollForm): Promise<Enrolled> {
       try {
         const event = session.receive(new Uint8Array(ev.data as ArrayBuffer));
         if (event.kind === "challenged") {
-          ws.send(session.enroll(form.code.trim(), keys, form.label, [CAP_REFUSALS, CAP_TEAMS, CAP_ONCALL], { authority }));
+          const outcome = consider(authority, [], session.hubAuthority, event.challenge.rotations ?? []);
+          if (outcome.kind === "rotated") {
+            authority = outcome.current;
+            rotations = outcome.stored;
+          } else if (outcome.kind === "same") rotations = outcome.stored;
+          ws.send(session.enroll(form.code.trim(), keys, form.label, [CAP_REFUSALS, CAP_TEAMS, CAP_ONCALL, CAP_ROTATION], { authority }));
         } else if (event.kind === "welcomed") {
           resolve({ user: event.welcome.user, device: event.welcome.device });
         }
@@ -75,7 +86,7 @@ export async function enroll(form: EnrollForm): Promise<Enrolled> {
   ws.onclose = null;
   const vault = await Vault.create(
     form.passphrase,
-    { server: form.server, user: welcome.user, device: welcome.device, label: form.label, authority },
+    { server: form.server, user: welcome.user, device: welcome.device, label: form.label, authority, rotations },
     { signSeed: keys.signSeed, boxSk: keys.boxSk },
   );
   return { vault, keys, ws, session, backlog };

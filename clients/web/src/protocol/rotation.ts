@@ -295,7 +295,7 @@ export function consider(
   if (rotations.length === 0) return { kind: "mismatch" };
   const chain = verifyChain(trusted, rotations);
   if (!equalBytes(chain[chain.length - 1]!.new, announced)) {
-    throw new RotationRefused("broken_chain", "the statements do not lead to the key the hub announces");
+    throw new RotationRefused("unknown_key", "the statements do not end at the key the hub announces");
   }
   return { kind: "rotated", current: Uint8Array.from(announced), stored: merge(stored, chain), fingerprint: attestation.authorityFingerprint(announced) };
 }

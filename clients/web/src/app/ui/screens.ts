@@ -4,6 +4,7 @@
  * through a callback and shows every failure as a sentence in the form.
  */
 import { ProtocolError } from "../../protocol/errors";
+import { RotationRefused } from "../../protocol/rotation";
 import { WrongAuthority } from "../../protocol/session";
 import { ConnectionLost, TeamProblemError } from "../client";
 import { BadAuthorityKey, Unreachable, defaultServer, enroll, type Enrolled } from "../enroll";
@@ -47,6 +48,7 @@ export function describeError(err: unknown): string {
     return key ? t(key) : t("error.generic", { message: err.code });
   }
   if (err instanceof WrongAuthority) return t("error.authority_mismatch");
+  if (err instanceof RotationRefused) return t("authority.rotation_refused");
   if (err instanceof ConnectionLost) return t("error.offline");
   if (err instanceof TeamProblemError) return err.problem === "tampered" ? t("team.tampered") : t("team.diverged");
   if (err instanceof BadAuthorityKey) return t("error.authority_invalid");
