@@ -124,6 +124,11 @@ async def open_websocket(url: str, open_timeout: float = 10.0) -> ClientConnecti
         raise ConnectionFailed(f"invalid server URL {url!r} (expected ws://... or wss://...)") from None
     except InvalidStatus as exc:
         status = exc.response.status_code
+        if status == 503:  # a node draining for a restart (its /readyz says so), or overloaded
+            raise ConnectionFailed(
+                f"the hub at {url} takes no new connections now (HTTP 503: restarting or busy); "
+                "try again shortly"
+            ) from None
         raise ConnectionFailed(f"the server at {url} refused the connection (HTTP {status})") from None
     except InvalidHandshake as exc:
         raise ConnectionFailed(f"WebSocket handshake with {url} failed: {exc}") from None

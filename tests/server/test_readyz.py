@@ -20,6 +20,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from miss_client.connection import open_websocket
+from miss_client.errors import ConnectionFailed
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
@@ -111,6 +113,8 @@ async def test_draining_answers_the_request_in_hand_spreads_the_closes_and_ready
     with pytest.raises(InvalidStatus) as refused:
         await connect(hub.url, subprotocols=[SUBPROTOCOL])  # type: ignore[list-item]
     assert refused.value.response.status_code == 503
+    with pytest.raises(ConnectionFailed, match=r"HTTP 503: restarting or busy"):
+        await open_websocket(hub.url)  # what an SDK client's reconnection meets: transient
 
     reply = await alice.recv(timeout=5)
     assert isinstance(reply, Accepted) and reply.id == send.id, reply
