@@ -286,8 +286,12 @@ def _in_use(path: Path) -> bool:
         conn.execute("ROLLBACK")
         conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
         return False
-    except sqlite3.OperationalError:  # "database is locked"
-        return True
+    except sqlite3.OperationalError as exc:
+        if "locked" in str(exc) or "busy" in str(exc):
+            return True
+        return False  # not a database any more: nobody can be using it, and it is kept aside
+    except sqlite3.DatabaseError:  # "file is not a database": likewise
+        return False
     finally:
         conn.close()
 

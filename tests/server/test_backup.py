@@ -145,6 +145,11 @@ def test_restore_refuses_what_is_not_a_miss_backup(run: Admin, tmp_path: Path) -
     kept = Path(result["replaced"])
     assert kept.parent == tmp_path and kept.name.startswith("miss.db.before-restore-")
     assert kept.read_bytes() == before
+    # So does one over a store that is no database any more.
+    store.write_bytes(b"\0" * 100)
+    assert run("restore", "--from", str(good))["counts"]["users"] == 0
+    with sqlite3.connect(store) as conn:
+        assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
 
 
 def test_backup_and_restore_refuse_a_postgres_store(run: Admin, tmp_path: Path) -> None:
