@@ -309,6 +309,7 @@ class HubServer:
             async with asyncio.timeout(max(0.5, deadline - loop.time())):
                 await self._server.wait_closed()
                 await self._release()
+            log.info("audit trail flushed; store and broker closed")
         except TimeoutError:
             log.warning("grace period over before the store and broker were closed")
         log.info("shut down", extra={"seconds": round(time.monotonic() - began, 3), "cut": cut})
