@@ -261,6 +261,7 @@ def _healthcheck_code(args: str) -> list[str]:
     return exec_form(" ".join(words[words.index("CMD") + 1 :]))
 
 
+@pytest.mark.slow
 async def test_the_images_health_check_answers_for_a_running_hub_only(hub: HubServer) -> None:
     """The HEALTHCHECK command itself, run against a real hub's port."""
     command = _healthcheck_code(dict(stages()[-1][1])["HEALTHCHECK"])
@@ -275,6 +276,43 @@ async def test_the_images_health_check_answers_for_a_running_hub_only(hub: HubSe
     closed = hub.port
     await hub.stop()
     assert await asyncio.to_thread(status, closed) != 0
+
+
+@pytest.mark.slow
+def test_the_web_stage_checks_the_bundle_with_only_the_files_it_copies(tmp_path: Path) -> None:
+    """The node stage, replayed in a scratch root: its COPYs (after
+    .dockerignore) and its RUNs but `npm ci`, which needs the npm registry:
+    the checkout's node_modules, installed by the same `npm ci` from the
+    same lock file (tests/web/test_bundle.py), stands in for it."""
+    npm = tool("npm", "the web stage runs `npm run check` (Node.js 20)")
+    rules = dockerignore()
+    root = tmp_path / "stage"
+    workdir = "/"
+    runs: list[list[str]] = []
+    for word, args in stages()[0][1]:
+        if word == "WORKDIR":
+            workdir = args
+        elif word == "COPY":
+            *sources, dest = shlex.split(args)
+            target_dir = root / PurePosixPath(workdir, dest).as_posix().lstrip("/")
+            for source in sources:
+                base = ROOT / source
+                for path in context_files(source, rules):
+                    rel = path.relative_to(base) if base.is_dir() else Path(path.name)
+                    (target_dir / rel).parent.mkdir(parents=True, exist_ok=True)
+                    shutil.copy2(path, target_dir / rel)
+        elif word == "RUN":
+            runs.append(exec_form(args))
+    assert runs[0][:2] == ["npm", "ci"], runs
+    modules = ROOT / "clients/web/node_modules"
+    assert modules.is_dir(), "clients/web/node_modules is missing: run `npm ci` in clients/web"
+    cwd = root / workdir.lstrip("/")
+    (cwd / "node_modules").symlink_to(modules)
+    for command in runs[1:]:
+        assert command[0] == "npm", command
+        out = subprocess.run([npm, *command[1:]], cwd=cwd, capture_output=True, text=True, timeout=300)
+        assert out.returncode == 0, f"{command}: {out.stdout}{out.stderr}"
+        print(out.stdout.strip())
 
 
 @pytest.mark.slow
