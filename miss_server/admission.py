@@ -27,6 +27,12 @@ client address and in all, and refuses one past either cap:
 A connection leaves the count when it authenticates (:meth:`settle`) or
 closes, whichever comes first.
 
+An address counts as :func:`address_key` says, here and in the per-address
+budgets (guard.py): an IPv6 client by its /64, the block a subscriber or a
+LAN gets, since a client that can pick any address of its /64 would
+otherwise pass every per-address cap and, with 4,096 addresses, fill the
+total one that everybody else needs.
+
 :func:`raise_open_file_limit` lifts the process's soft limit on open files
 to its hard limit at start, and :func:`effective_pending_cap` keeps the
 overall cap at a quarter of what the process may open, so that pending
@@ -40,6 +46,8 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import functools
+import ipaddress
 import logging
 import resource
 import socket
@@ -55,6 +63,7 @@ __all__ = [
     "Acceptor",
     "GatedConnection",
     "PendingGate",
+    "address_key",
     "effective_pending_cap",
     "raise_open_file_limit",
 ]
@@ -62,8 +71,26 @@ __all__ = [
 log = logging.getLogger("miss.admission")
 
 
+@functools.lru_cache(maxsize=4096)
+def address_key(address: str) -> str:
+    """What a client address counts as for per-address caps and budgets:
+    an IPv4 address (an IPv4-mapped IPv6 one too) as it is, an IPv6 address
+    by its /64 network (``2001:db8:1:2::/64``), anything else (not an IP
+    address) unchanged."""
+    try:
+        ip = ipaddress.ip_address(address.split("%", 1)[0])
+    except ValueError:
+        return address
+    if isinstance(ip, ipaddress.IPv6Address):
+        if ip.ipv4_mapped is not None:
+            return str(ip.ipv4_mapped)
+        return str(ipaddress.IPv6Network((ip, 64), strict=False))
+    return str(ip)
+
+
 class PendingGate:
-    """Counts connections not authenticated yet, per address and in all."""
+    """Counts connections not authenticated yet, per address (by
+    :func:`address_key`) and in all."""
 
     def __init__(
         self, per_address: int, total: int, on_refused: Callable[[str], None] = lambda scope: None
@@ -85,6 +112,7 @@ class PendingGate:
             self._on_refused("total")
             return False
         if address is not None:
+            address = address_key(address)
             n = self._by_address.get(address, 0)
             if n >= self.per_address:
                 self._on_refused("address")
@@ -98,7 +126,7 @@ class PendingGate:
         if self._count >= self.total:
             self._on_refused("total")
             return False
-        if address is not None and self._by_address.get(address, 0) >= self.per_address:
+        if address is not None and self._by_address.get(address_key(address), 0) >= self.per_address:
             self._on_refused("address")
             return False
         return True
@@ -106,6 +134,7 @@ class PendingGate:
     def admit_forwarded(self, address: str) -> bool:
         """The per-address cap for a connection already counted in the total
         (behind a proxy); False, counting nothing, past it."""
+        address = address_key(address)
         n = self._by_address.get(address, 0)
         if n >= self.per_address:
             self._on_refused("address")
@@ -119,6 +148,7 @@ class PendingGate:
         if counted:
             self._count -= 1
         if address is not None:
+            address = address_key(address)
             n = self._by_address.get(address, 0) - 1
             if n > 0:
                 self._by_address[address] = n

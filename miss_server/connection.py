@@ -34,15 +34,23 @@ log = logging.getLogger("miss.connection")
 
 #: Longest pause in reading a device that keeps sending while rate-limited (s).
 MAX_PENALTY = 1.0
+#: Largest frame before the connection's ``auth``/``enroll`` is accepted
+#: (SPEC §2): the largest ``enroll`` takes about 1,200 bytes. Frames a client sends
+#: while its authentication is checked wait in the connection's queue; at
+#: the full frame size, 4,096 pending connections could make the hub hold
+#: gigabytes for nobody.
+PRE_AUTH_FRAME_BYTES = 8192
 
 
 def client_address(ws: ServerConnection, trust_forwarded_for: bool) -> str:
     """The client's IP address: the peer's, or behind a trusted reverse
     proxy the last entry of ``X-Forwarded-For`` (the one the proxy added)."""
     if trust_forwarded_for and ws.request is not None:
-        forwarded = ws.request.headers.get("X-Forwarded-For")
+        # The proxy appends to the last header; a client may have sent more
+        # than one (``get`` would raise MultipleValuesError).
+        forwarded = ws.request.headers.get_all("X-Forwarded-For")
         if forwarded:
-            return forwarded.rsplit(",", 1)[-1].strip()[:64] or "?"
+            return forwarded[-1].rsplit(",", 1)[-1].strip()[:64] or "?"
     return str(ws.remote_address[0]) if ws.remote_address else "?"
 
 
@@ -63,6 +71,8 @@ async def serve_connection(ws: ServerConnection, hub: Hub) -> None:
     )
     link: DeviceLink | None = None
     peer = client_address(ws, hub.settings.trust_forwarded_for)
+    # Read per frame by the WebSocket parser: restored once authenticated.
+    ws.protocol.max_message_size = min(PRE_AUTH_FRAME_BYTES, hub.settings.max_frame_bytes)
     try:
         await ws.send(session.challenge())
         try:
@@ -77,6 +87,7 @@ async def serve_connection(ws: ServerConnection, hub: Hub) -> None:
         else:
             await hub.enroll(session, frame, peer)  # type: ignore[arg-type]
         assert session.user_id is not None and session.device_id is not None
+        ws.protocol.max_message_size = hub.settings.max_frame_bytes
         log.info("authenticated", extra={"device": session.device_id, "peer": peer})
         if isinstance(ws, GatedConnection):
             ws.settle()  # no longer a pending connection (admission.py)

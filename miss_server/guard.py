@@ -22,7 +22,9 @@ when not, or says how long to wait. The buckets:
   correct ones would suffer. Every failure and refusal is audited.
 
 Address, authentication and failure buckets are shared by all nodes through
-Redis when Redis is the broker (``ratelimit_redis.RedisLimiter``).
+Redis when Redis is the broker (``ratelimit_redis.RedisLimiter``). An
+address's buckets are those of its :func:`~miss_server.admission.address_key`
+(an IPv6 client's /64); the audit trail records the address itself.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ import asyncio
 
 from protocol import errors
 
+from .admission import address_key
 from .audit import AuditTrail
 from .config import Settings
 from .metrics import Metrics
@@ -69,7 +72,7 @@ class Guard:
             wait = self.local.take_now(f"dev:{device_id}", self.device_rate)
             bucket = "device"
         if not wait:
-            wait = await self.shared.take(f"addr:{address}", self.address_rate)
+            wait = await self.shared.take(f"addr:{address_key(address)}", self.address_rate)
             bucket = "address"
         if not wait and search:
             self.local.take_now(f"search:{device_id}", self.search_rate)
@@ -99,7 +102,7 @@ class Guard:
     async def attempt(self, address: str) -> None:
         """An ``auth`` or ``enroll`` about to be checked; raises RateLimited
         if the address has spent its attempts."""
-        wait = await self.shared.take(f"auth:{address}", self.auth_rate)
+        wait = await self.shared.take(f"auth:{address_key(address)}", self.auth_rate)
         if wait:
             self.metrics.throttled.labels("auth").inc()
             self.audit.record(
@@ -114,7 +117,7 @@ class Guard:
     async def enroll_hold(self, address: str) -> float:
         """How long (s) to hold an ``enroll`` from ``address`` before its code
         is checked: 0 unless the address has spent its failures."""
-        wait = await self.shared.peek(f"fail:{address}", self.failed_rate)
+        wait = await self.shared.peek(f"fail:{address_key(address)}", self.failed_rate)
         if not wait:
             return 0.0
         hold = min(MAX_HOLD_SECONDS, wait / 1000)
@@ -132,7 +135,7 @@ class Guard:
         """An attempt failed (bad signature, unknown device, wrong code):
         the pause (s) before its connection is closed, 0 while the address
         has failures to spare."""
-        wait = await self.shared.take(f"fail:{address}", self.failed_rate)
+        wait = await self.shared.take(f"fail:{address_key(address)}", self.failed_rate)
         action = "enroll.failed" if device_id is None else "auth.failed"
         self.audit.record(
             "hub",
