@@ -1,7 +1,8 @@
 """Authority key rotation (SPEC §15) in the browser client: Debian's
 Chromium (Playwright) on the page a real ``miss-server`` subprocess serves,
-restarted (SIGTERM: the hub drains, its clients get close 1001) with new
-authority settings, and a Python SDK clinician on the other end.
+restarted (SIGTERM: the hub drains, its clients get close 1001) with the
+settings ``miss-admin authority rotate`` printed, and a Python SDK
+clinician on the other end.
 
 What the clinician at the browser sees, in order:
 
@@ -18,7 +19,8 @@ What the clinician at the browser sees, in order:
    her vault now holds the new key and the statement, and she keeps
    messaging both ways with the SDK clinician: first under the attestations
    the old key signed (valid until the statement's ``until``), then once
-   ``miss-admin verify`` re-attested both under the new key.
+   ``miss-admin authority reissue`` re-signed both under the new key (and
+   ``authority retire`` says nothing depends on the old key any more).
 4. A colleague given only the old key enrolls another browser: the
    statement leads from it to the announced key, her vault keeps the new
    one, and her message reaches the first clinician.
@@ -30,16 +32,19 @@ from __future__ import annotations
 
 import asyncio
 import json
+import subprocess
 import time
 from pathlib import Path
+from typing import Any
 
 import nacl.signing
 from miss_client import Client, Message
 from playwright.async_api import Browser, Page, expect
 
-from miss_server.authority import key_file_text
+from miss_server.authority import load_authority
 from protocol import attestation, rotation
-from tests.support.authority import AUTHORITY, AUTHORITY_PK
+from tests.support.authority import AUTHORITY_PK
+from tests.support.hubproc import BIN
 from tests.web.browser_steps import (
     DESKTOP,
     T,
@@ -58,8 +63,6 @@ from tests.web.conftest import BROWSER_TEST, PageLog, WebHub, take_screenshot
 
 pytestmark = BROWSER_TEST
 
-NEW = nacl.signing.SigningKey(bytes(range(0xA0, 0xC0)))
-NEW_PK = bytes(NEW.verify_key)
 #: A key nobody trusts, that signs a statement naming the new key.
 STRANGER = nacl.signing.SigningKey(bytes(range(0xC0, 0xE0)))
 DAY_MS = 86_400_000
@@ -91,6 +94,21 @@ async () => {
 async def stored_authority(page: Page) -> tuple[str, list[str]]:
     found = await page.evaluate(READ_PROFILE)
     return str(found["authority"]), [str(r) for r in found["rotations"]]
+
+
+def admin(hub: WebHub, *args: str) -> tuple[int, dict[str, Any]]:
+    """``miss-admin --json ARGS`` with the hub's settings: (exit status, output)."""
+    out = subprocess.run(
+        [str(BIN / "miss-admin"), "--json", *args],
+        cwd=hub.process.workdir,
+        env=hub.process.env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert out.returncode in (0, 1) and out.stdout, out.stderr
+    result: dict[str, Any] = json.loads(out.stdout)
+    return out.returncode, result
 
 
 async def restart_watching(page: Page, hub: WebHub, env: dict[str, str]) -> list[tuple[str, str]]:
@@ -131,14 +149,19 @@ async def test_the_browser_follows_a_rotation_and_refuses_a_statement_of_another
     web_hub: WebHub, browser: Browser, page: Page, page_log: PageLog, tmp_path: Path
 ) -> None:
     await page.set_viewport_size(DESKTOP)
+    # The administrators' rotation, as the operations guide says: the new
+    # key file, the statement and the settings of every node.
     new_key_file = tmp_path / "authority-new.key"
-    new_key_file.write_text(key_file_text(NEW))
-    new_key_file.chmod(0o600)
+    _, rotated = await asyncio.to_thread(
+        admin, web_hub, "authority", "rotate", "--new-key-file", str(new_key_file), "--overlap-days", "30"
+    )
+    new_pk = attestation.decode_authority_key(rotated["public_key"])
+    good = rotation.decode_text(rotated["statement"])
+    assert rotated["authority_rotations"] == [rotated["statement"]]
     now = int(time.time() * 1000)
-    good = rotation.sign(AUTHORITY, NEW, now, now + 30 * DAY_MS)
-    forged = rotation.sign(STRANGER, NEW, now, now + 30 * DAY_MS)
+    forged = rotation.sign(STRANGER, load_authority(new_key_file), now, now + 30 * DAY_MS)
     new_settings = {
-        "MISS_AUTHORITY_KEY": attestation.encode_authority_key(NEW_PK),
+        "MISS_AUTHORITY_KEY": rotated["public_key"],
         "MISS_AUTHORITY_KEY_FILE": str(new_key_file),
     }
     async with evidence("authority-rotation", page_log):
@@ -171,11 +194,11 @@ async def test_the_browser_follows_a_rotation_and_refuses_a_statement_of_another
         seen = await restart_watching(
             page,
             web_hub,
-            {**new_settings, "MISS_AUTHORITY_ROTATIONS": json.dumps([rotation.encode_text(good)])},
+            {**new_settings, "MISS_AUTHORITY_ROTATIONS": json.dumps(rotated["authority_rotations"])},
         )
         print(f"connection pill during the second restart: {seen}")
         assert not [s for s in seen if s[0] in ("offline", "stopped")], seen
-        fingerprint = attestation.authority_fingerprint(NEW_PK)
+        fingerprint = attestation.authority_fingerprint(new_pk)
         notice = page.get_by_test_id("authority-rotated")
         await expect(notice).to_contain_text(
             f"Clé de l'autorité de vérification renouvelée (empreinte {fingerprint}), "
@@ -183,7 +206,7 @@ async def test_the_browser_follows_a_rotation_and_refuses_a_statement_of_another
             timeout=T,
         )
         await expect(refused).to_have_count(0)
-        assert await stored_authority(page) == (NEW_PK.hex(), [good.hex()])
+        assert await stored_authority(page) == (new_pk.hex(), [good.hex()])
         await take_screenshot(page, "authority-rotated")
 
         async with Client.connect(bob_profile) as bob:
@@ -196,10 +219,19 @@ async def test_the_browser_follows_a_rotation_and_refuses_a_statement_of_another
             got = await next_event(bob, lambda e: isinstance(e, Message) and e.body == "Bien reçu")
             assert isinstance(got, Message)
 
-            # Both re-attested under the new key (miss-admin verify with the new
-            # key file); past LOOKUP_FRESH_MS, the page looks both up again.
-            for user in (alice.user, bob.user_id):
-                await asyncio.to_thread(web_hub.process.verify, user)
+            # Both re-attested under the new key (miss-admin authority reissue);
+            # the old key can then be retired; past LOOKUP_FRESH_MS, the page
+            # looks both up again.
+            status, retire = await asyncio.to_thread(
+                admin, web_hub, "authority", "retire", "--statement", rotated["statement"]
+            )
+            assert (status, sorted(retire["users"])) == (1, sorted([alice.user, bob.user_id])), retire
+            _, reissued = await asyncio.to_thread(admin, web_hub, "authority", "reissue")
+            assert sorted(reissued["reissued"]) == sorted([alice.user, bob.user_id]), reissued
+            status, retire = await asyncio.to_thread(
+                admin, web_hub, "authority", "retire", "--statement", rotated["statement"]
+            )
+            assert (status, retire["remaining"]) == (0, 0), retire
             await page.wait_for_timeout(5_500)
             await send_text(page, "Attestations renouvelées")
             got = await next_event(
@@ -214,7 +246,7 @@ async def test_the_browser_follows_a_rotation_and_refuses_a_statement_of_another
         # leads from it to the key the hub announces, and the new key is kept.
         async with another_browser(browser) as (page_c, log_c), evidence("authority-rotation-enroll", log_c):
             carol = await browser_clinician(page_c, web_hub, "Dr Claire Roux", "10000000063")
-            assert await stored_authority(page_c) == (NEW_PK.hex(), [good.hex()])
+            assert await stored_authority(page_c) == (new_pk.hex(), [good.hex()])
             await open_by_search(page_c, "Martin", alice.user)
             await send_text(page_c, "Bonjour, enrôlée avec l'ancienne clé")
             item = conv_item(page, carol.user)
