@@ -25,7 +25,10 @@ client address and in all, and refuses one past either cap:
   the WebSocket handshake, and the hub refuses with HTTP 503.
 
 A connection leaves the count when it authenticates (:meth:`settle`) or
-closes, whichever comes first.
+closes, whichever comes first. One that closes first is reported with the
+stage it reached (:data:`CLOSE_STAGES`), so that the metrics say whether
+half-open connections are being cut by the handshake timeout or clients
+leave before authenticating.
 
 An address counts as :func:`address_key` says, here and in the per-address
 budgets (guard.py): an IPv6 client by its /64, the block a subscriber or a
@@ -59,6 +62,7 @@ from typing import Any, cast
 from websockets.asyncio.server import ServerConnection
 
 __all__ = [
+    "CLOSE_STAGES",
     "AcceptErrorFilter",
     "Acceptor",
     "GatedConnection",
@@ -69,6 +73,13 @@ __all__ = [
 ]
 
 log = logging.getLogger("miss.admission")
+
+#: Where a connection that closed before authenticating had got to:
+#: ``handshake``, its HTTP request never came whole (the handshake timeout
+#: cut it, or the client left); ``http``, a request answered without a
+#: WebSocket (``/healthz``, a file, a refusal); ``auth``, a WebSocket that
+#: no accepted ``auth``/``enroll`` followed (the auth timeout, a failure).
+CLOSE_STAGES = ("handshake", "http", "auth")
 
 
 @functools.lru_cache(maxsize=4096)
@@ -93,11 +104,18 @@ class PendingGate:
     :func:`address_key`) and in all."""
 
     def __init__(
-        self, per_address: int, total: int, on_refused: Callable[[str], None] = lambda scope: None
+        self,
+        per_address: int,
+        total: int,
+        on_refused: Callable[[str], None] = lambda scope: None,
+        on_closed: Callable[[str], None] = lambda stage: None,
     ) -> None:
         self.per_address = per_address
         self.total = total
         self._on_refused = on_refused
+        #: Called with the stage (CLOSE_STAGES) of an admitted connection
+        #: that closed before it authenticated.
+        self.on_closed = on_closed
         self._by_address: dict[str, int] = {}
         self._count = 0
 
@@ -207,6 +225,13 @@ class GatedConnection(ServerConnection):
     def connection_lost(self, exc: Exception | None) -> None:
         if self._refused:
             return  # connection_made stopped before the connection existed
+        if self._pending:
+            if self.request is None:
+                self.gate.on_closed("handshake")
+            elif self.response is None or self.response.status_code != 101:
+                self.gate.on_closed("http")
+            else:
+                self.gate.on_closed("auth")
         self.settle()
         super().connection_lost(exc)
 

@@ -123,7 +123,9 @@ class HubServer:
             min(settings.max_pending_per_address, max(1, total // 4)),
             total,
             lambda scope: self.metrics.pending_refused.labels(scope).inc(),
+            lambda stage: self.metrics.pending_closed.labels(stage).inc(),
         )
+        self.metrics.pending.set_function(lambda: self.gate.pending)
         #: What GET /readyz answers (lifecycle.py).
         self.readiness = Readiness(self.store, self.broker, self.metrics.registry)
         self._metrics_token = settings.metrics_token

@@ -53,6 +53,16 @@ class Metrics:
             ["scope"],
             registry=r,
         )
+        #: Its value is read from the gate (app.py sets the function).
+        self.pending = Gauge("miss_pending_connections", "Connections not authenticated yet", registry=r)
+        self.pending_closed = Counter(
+            "miss_pending_connections_closed_total",
+            "Connections that closed before authenticating, by the stage they reached: handshake "
+            "(no whole HTTP request: handshake timeout or client gone), http (answered without a "
+            "WebSocket), auth (no auth/enroll accepted)",
+            ["stage"],
+            registry=r,
+        )
         self.errors = Counter("miss_errors_total", "Errors sent to peers, by code", ["code"], registry=r)
         self.enrollments = Counter("miss_enrollments_total", "Devices enrolled", registry=r)
         self.throttled = Counter(

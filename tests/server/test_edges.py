@@ -6,6 +6,7 @@ fail on."""
 from __future__ import annotations
 
 import asyncio
+import http.client
 from dataclasses import dataclass
 from types import SimpleNamespace
 from typing import Any, cast
@@ -133,3 +134,41 @@ async def test_the_budgets_count_an_ipv6_client_by_its_64(make_hub: HubFactory) 
     await hub.guard.request("u2", "d2", "2001:db8:7:7::2")
     with pytest.raises(errors.RateLimited):
         await hub.guard.request("u3", "d3", "2001:db8:7:7::3")
+
+
+# --- what happened to the connections that never authenticated ----------------------------------
+
+
+async def test_connections_that_close_unauthenticated_are_counted_by_stage(make_hub: HubFactory) -> None:
+    hub = await make_hub(handshake_timeout_seconds=0.3, auth_timeout_seconds=0.3)
+
+    def stages() -> dict[str, float]:
+        counter = hub.metrics.pending_closed
+        return {s: counter.labels(s)._value.get() for s in ("handshake", "http", "auth")}
+
+    def pending() -> float | None:
+        return hub.metrics.registry.get_sample_value("miss_pending_connections")
+
+    reader, writer = await asyncio.open_connection("127.0.0.1", hub.port)
+    writer.write(b"GET / HTTP/1.1\r\nHost: x\r\n")  # and never the end of the request
+    assert pending() == 1
+    assert await asyncio.wait_for(reader.read(), 5) == b""  # cut by the handshake timeout
+    writer.close()
+    await asyncio.to_thread(_healthz, hub.port)
+    async with connect(hub.url, subprotocols=[SUBPROTOCOL]) as ws:  # type: ignore[list-item]
+        await ws.recv()
+        await asyncio.wait_for(ws.wait_closed(), 5)
+        assert ws.close_code == 4408  # auth_timeout
+    await enrolled(hub, "Dr Alice", "10000000001")  # authenticated: not counted
+    await asyncio.sleep(0.1)
+    assert stages() == {"handshake": 1, "http": 1, "auth": 1}
+    assert pending() == 0
+
+
+def _healthz(port: int) -> None:
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+    try:
+        conn.request("GET", "/healthz")
+        assert conn.getresponse().status == 200
+    finally:
+        conn.close()

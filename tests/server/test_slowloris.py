@@ -148,6 +148,7 @@ async def test_half_open_connections_do_not_keep_clinicians_out(tmp_path: Path) 
             assert time.monotonic() - attack_started < TIMEOUT / 2, "the attack's connections are not all in"
             await asyncio.sleep(0.05)
         cap_full = time.monotonic() - attack_started
+        pending_then = await asyncio.to_thread(hub_metric, hub, "miss_pending_connections")
         traffic = Traffic()
         t0 = time.monotonic()
         await asyncio.wait_for(converse(devices, peers, traffic), 60)
@@ -160,6 +161,8 @@ async def test_half_open_connections_do_not_keep_clinicians_out(tmp_path: Path) 
         last_close = max(c.closed or 0 for c in conns) - attack_started
         refused = hub_metric(hub, "miss_pending_connections_refused_total", scope="address")
         refused_total = hub_metric(hub, "miss_pending_connections_refused_total", scope="total")
+        timed_out = hub_metric(hub, "miss_pending_connections_closed_total", stage="handshake")
+        pending_after = hub_metric(hub, "miss_pending_connections")
     finally:
         await hub.stop_async()
 
@@ -174,7 +177,10 @@ async def test_half_open_connections_do_not_keep_clinicians_out(tmp_path: Path) 
         f"the cap full {cap_full:.2f} s in, {still_open} still open when the clinicians were done\n"
         f"  closed by the hub at once: {len(fast)} (refused at accept, metric scope=address: {refused:.0f}, "
         f"scope=total: {refused_total:.0f})\n"
-        f"  closed by the hub's {TIMEOUT:.0f} s handshake timeout: {len(held)}, after "
+        f"  pending connections (metric, its own request included) when the cap was full: "
+        f"{pending_then:.0f}, after: {pending_after:.0f}\n"
+        f"  closed by the hub's {TIMEOUT:.0f} s handshake timeout: {len(held)} (metric stage=handshake: "
+        f"{timed_out:.0f}), after "
         f"{held[0] if held else 0:.2f}-{held[-1] if held else 0:.2f} s; the last {last_close:.2f} s "
         f"into the attack\n"
         f"  {CLINICIANS} clinicians beside them, in {talked:.2f} s: {traffic}\n"
@@ -191,5 +197,8 @@ async def test_half_open_connections_do_not_keep_clinicians_out(tmp_path: Path) 
     assert per_address * 0.9 <= len(held) <= per_address, len(held)
     assert refused == len(fast), (refused, len(fast))
     assert refused_total == 0
+    assert timed_out == len(held)
+    # Each reading of /metrics counts itself, a connection not authenticated.
+    assert pending_then == per_address + 1 and pending_after == 1
     assert held[0] >= TIMEOUT, held[0]
     assert held[-1] <= TIMEOUT + 3, held[-1]
