@@ -73,8 +73,9 @@ def database() -> Iterator[str]:
         superuser(f"DROP ROLE IF EXISTS {name}")
 
 
-async def run_block(block: str, env: dict[str, str]) -> str:
-    """Run a documented block with bash; its output (stdout and stderr)."""
+async def run_block(block: str, env: dict[str, str], status: int = 0) -> str:
+    """Run a documented block with bash, which must exit with ``status``;
+    its output (stdout and stderr)."""
     proc = await asyncio.create_subprocess_exec(
         "bash",
         "-euo",
@@ -87,7 +88,7 @@ async def run_block(block: str, env: dict[str, str]) -> str:
     )
     out, _ = await asyncio.wait_for(proc.communicate(), 120)
     text = out.decode()
-    assert proc.returncode == 0, f"the documented block failed ({proc.returncode}):\n{text}"
+    assert proc.returncode == status, f"the documented block exited with {proc.returncode}:\n{text}"
     return text
 
 
@@ -135,6 +136,9 @@ async def test_documented_pg_dump_and_restore_bring_back_queued_messages(
                 f"in {took:.2f} s, {len(s.sent_during)} message(s) accepted meanwhile"
             )
         await after_backup(s, hub.url)
+        # While the hub is connected, the restore block refuses to start.
+        early = await run_block(documented("pg_restore -h"), {**env, "BACKUP_FILE": str(dump)}, status=1)
+        assert "still open: stop every hub node first" in early
     finally:
         await hub.stop()
 
