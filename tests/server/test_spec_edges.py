@@ -339,15 +339,19 @@ def test_the_default_budgets_are_the_specs() -> None:
 # --- §3.1: a key twice in a map -----------------------------------------------------------------------
 
 
-async def test_the_hub_reads_the_last_of_a_repeated_key(hub: HubServer) -> None:
+async def test_the_hub_refuses_a_repeated_key(hub: HubServer) -> None:
+    """A key twice in one map is malformed_frame (4400), never "the last one
+    wins": two readers could disagree on which occurrence counts."""
     alice = await enrolled(hub, "Alice", "10000000001")
-    assert alice.ws is not None
     pack = msgpack.packb
-    await alice.ws.send(b"\x83" + pack("t") + pack("devices") + pack("rid") + pack(1) + pack("rid") + pack(2))
-    reply = await alice.recv()
-    assert isinstance(reply, DevicesOk) and reply.rid == 2
-    await alice.ws.send(
-        b"\x83" + pack("t") + pack("auth") + pack("t") + pack("devices") + pack("rid") + pack(3)
+    twice = (
+        b"\x83" + pack("t") + pack("devices") + pack("rid") + pack(1) + pack("rid") + pack(2),
+        b"\x83" + pack("t") + pack("auth") + pack("t") + pack("devices") + pack("rid") + pack(3),
     )
-    reply = await alice.recv()
-    assert isinstance(reply, DevicesOk) and reply.rid == 3
+    for frame in twice:
+        await alice.auth()
+        assert alice.ws is not None
+        await alice.ws.send(frame)
+        error, code = await alice.until_closed(5)
+        assert error is not None and (error.code, error.fatal) == ("malformed_frame", True), error
+        assert code == 4400
