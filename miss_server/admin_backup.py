@@ -17,9 +17,9 @@ copies the file :data:`STEP_PAGES` pages at a time, sleeping
 :data:`STEP_SLEEP` between steps so the hub's writer gets the file between
 them. A write by the hub between two steps makes SQLite start the copy again
 (that is how the copy stays one consistent instant); on a hub busy enough to
-do that :data:`MAX_RESTARTS` times, the rest is copied in one step, which is
-one read transaction: the store runs in WAL mode, where a reader never
-blocks a writer (the WAL only grows until the copy ends). The copy goes to a
+do that :data:`MAX_RESTARTS` times, the whole file is copied again in one
+step, which is one read transaction: the store runs in WAL mode, where a
+reader never blocks a writer (the WAL only grows until the copy ends). The copy goes to a
 temporary file beside FILE, created 0600 (it holds who wrote to whom), is
 switched to a rollback journal (one self-contained file), checked with
 ``PRAGMA integrity_check`` and for a MiSS schema, flushed to disk, and only
