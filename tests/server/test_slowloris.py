@@ -1,7 +1,7 @@
 """Slowloris: 2,000 connections from one address that never finish their
 HTTP handshake do not keep 50 clinicians from connecting and messaging,
 and the hub cuts the half-open ones at its handshake timeout (SPEC §11.5,
-docs/OPERATIONS.md "Edges").
+docs/OPERATIONS.md, "Hardened edges").
 
 A real ``miss-server`` with the default limits (bystanders.LimitedHub) and
 a short ``handshake_timeout_seconds``. From 127.0.0.2, 2,000 TCP
