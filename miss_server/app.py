@@ -60,6 +60,8 @@ log = logging.getLogger("miss.app")
 ACCEPT_BATCH = 64
 #: Connections the kernel queues until the hub accepts them.
 LISTEN_BACKLOG = 4096
+#: Headers by which a proxy names the client it forwards a request for.
+FORWARDING_HEADERS = ("X-Forwarded-For", "Forwarded", "X-Real-IP")
 #: Broker URLs that name a Redis, which the shared rate limits then use too.
 REDIS_SCHEMES = ("redis://", "rediss://")
 #: Part of the grace period kept for closing the store, the broker and the
@@ -392,10 +394,14 @@ class HubServer:
 
     def _may_read_metrics(self, ws: ServerConnection, request: Request) -> bool:
         """With a token, a request that bears it; without, a loopback peer
-        (the socket's, never X-Forwarded-For)."""
+        (the socket's, never X-Forwarded-For) whose request names no other
+        client: a reverse proxy on this machine is a loopback peer too, and
+        one that forwarded /metrics would otherwise show them to anyone."""
         if self._metrics_token is not None:
             given = request.headers.get("Authorization", "")
             return hmac.compare_digest(given.encode(), f"Bearer {self._metrics_token}".encode())
+        if any(request.headers.get_all(name) for name in FORWARDING_HEADERS):
+            return False
         peer = ws.remote_address[0] if ws.remote_address else ""
         try:
             return ipaddress.ip_address(str(peer).split("%", 1)[0]).is_loopback

@@ -172,3 +172,24 @@ def _healthz(port: int) -> None:
         assert conn.getresponse().status == 200
     finally:
         conn.close()
+
+
+# --- /metrics through a reverse proxy on the same machine ---------------------------------------
+
+
+@pytest.mark.parametrize("header", ["X-Forwarded-For", "Forwarded", "X-Real-IP"])
+async def test_metrics_without_a_token_refuse_a_forwarded_request(make_hub: HubFactory, header: str) -> None:
+    """A proxy on the hub's machine connects from loopback: a request it
+    forwards for someone else must not read /metrics on that ground."""
+    hub = await make_hub()
+    assert await asyncio.to_thread(_metrics_status, hub.port, {}) == 200
+    assert await asyncio.to_thread(_metrics_status, hub.port, {header: "203.0.113.9"}) == 403
+
+
+def _metrics_status(port: int, headers: dict[str, str]) -> int:
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+    try:
+        conn.request("GET", "/metrics", headers=headers)
+        return conn.getresponse().status
+    finally:
+        conn.close()
