@@ -7,9 +7,10 @@
  *   full jitter (a delay drawn uniformly below 1 s doubling to 30 s, never
  *   below a `retry_after`; at once when the browser says it is back online);
  *   `conn` says where it stands, for the UI. A hub that goes away (close
- *   1001: a node draining in a rolling restart) is routine: `conn.quiet`
- *   is set while the client reconnects, for a minute, so the interface
- *   shows a discreet "reconnecting" rather than "offline". A fatal error
+ *   1001: a node draining in a rolling restart) is routine: for the first
+ *   10 s after it (`conn.quietUntil`) the interface shows a discreet
+ *   "reconnecting" rather than "offline"; a hub still away after that is
+ *   offline as any other. A fatal error
  *   that a reconnection cannot mend (revoked, suspended, unknown device,
  *   session taken over elsewhere) stops it: `conn.kind === "stopped"`.
  * - Sending: `send()` records the message in the sealed outbox first, then
@@ -147,8 +148,8 @@ import type { Vault } from "./vault";
 export type ConnState =
   | { kind: "connecting" }
   | { kind: "online" }
-  /** `quiet`: after the hub went away (1001), a routine reconnection. */
-  | { kind: "offline"; retryAt: number; quiet?: boolean }
+  /** `quietUntil`: after the hub went away (1001), until then a routine reconnection. */
+  | { kind: "offline"; retryAt: number; quietUntil?: number }
   | { kind: "stopped"; error: Error };
 
 /** The connection ended before an answer came. */
@@ -205,8 +206,10 @@ const REQUEST_TIMEOUT_MS = 30_000;
 const OPEN_TIMEOUT_MS = 15_000;
 const BACKOFF_FIRST_MS = 1_000;
 const BACKOFF_MAX_MS = 30_000;
-/** How long after a 1001 reconnecting counts as routine (conn.quiet). */
-const QUIET_RECONNECT_MS = 60_000;
+/** How long after a 1001 reconnecting counts as routine (conn.quietUntil):
+ * another node takes the device at once in a rolling restart, a lone hub
+ * restarts within seconds. */
+const QUIET_RECONNECT_MS = 10_000;
 const ACK_DELAY_MS = 100;
 /** A lookup older than this is refreshed before encrypting to it. */
 const LOOKUP_FRESH_MS = 5_000;
@@ -510,8 +513,9 @@ export class MissClient {
     let delay = Math.random() * Math.min(BACKOFF_MAX_MS, BACKOFF_FIRST_MS * 2 ** this.attempt);
     if (err instanceof ProtocolError && err.retryAfter !== undefined) delay += err.retryAfter;
     this.attempt = Math.min(this.attempt + 1, 10);
-    const quiet = this.wentAwayAt !== null && Date.now() - this.wentAwayAt < QUIET_RECONNECT_MS;
-    this.setConn(quiet ? { kind: "offline", retryAt: Date.now() + delay, quiet } : { kind: "offline", retryAt: Date.now() + delay });
+    const retryAt = Date.now() + delay;
+    const quietUntil = this.wentAwayAt === null ? 0 : this.wentAwayAt + QUIET_RECONNECT_MS;
+    this.setConn(Date.now() < quietUntil ? { kind: "offline", retryAt, quietUntil } : { kind: "offline", retryAt });
     this.retryTimer = setTimeout(() => this.connect(), delay);
   }
 

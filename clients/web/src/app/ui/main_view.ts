@@ -259,7 +259,7 @@ export class MainView {
   private drawConnection(): void {
     const conn = this.client.conn;
     // After a hub went away (1001, a rolling restart), reconnecting is routine: said discreetly.
-    const quiet = conn.kind === "offline" && conn.quiet === true;
+    const quiet = conn.kind === "offline" && Date.now() < (conn.quietUntil ?? 0);
     this.connPill.dataset.state = quiet ? "reconnecting" : conn.kind;
     this.retryButton.hidden = quiet || (conn.kind !== "offline" && conn.kind !== "stopped");
     if (conn.kind === "online") this.connPill.textContent = t("conn.online");
