@@ -59,7 +59,15 @@ from protocol.frames import (
 from protocol.oncall import is_role_id
 from protocol.session import ServerSession, State
 from protocol.teams import is_team_id
-from tests.fuzz.strategies import Budget, counted, fuzz_settings, msgpack_values, mutated, wire_maps
+from tests.fuzz.strategies import (
+    ALWAYS_MALFORMED,
+    Budget,
+    counted,
+    fuzz_settings,
+    msgpack_values,
+    mutated,
+    wire_maps,
+)
 from tests.support.wire import RawDevice, enrolled
 
 #: Hub frames a device may get at any time, which no request waits for.
@@ -204,7 +212,7 @@ def broken(draw: st.DrawFn) -> tuple[str, Any]:
     _, m = draw(requests())
     if m.get("from", "") is None:
         m["from"] = "d_forged"
-    return "bytes", draw(mutated(m))[1]
+    return "broken", draw(mutated(m))
 
 
 steps = st.one_of(
@@ -214,7 +222,7 @@ steps = st.one_of(
     broken(),
     broken(),
     st.tuples(st.just("bytes"), msgpack_values.map(pack) | st.binary(max_size=40)),
-    st.tuples(st.just("fresh"), requests().map(lambda r: pack(r[1])) | broken().map(lambda r: r[1])),
+    st.tuples(st.just("fresh"), requests().map(lambda r: pack(r[1])) | broken().map(lambda r: r[1][1])),
     st.one_of(
         st.tuples(st.just("text"), st.text(max_size=20)),
         st.tuples(st.just("oversize"), st.integers(MAX_FRAME_BYTES + 1, MAX_FRAME_BYTES + 3000)),
@@ -228,7 +236,7 @@ def outgoing(fuzzer: RawDevice, kind: str, arg: Any) -> bytes:
         if m.get("from", "") is None:
             m["from"] = fuzzer.device_id
         return pack(m)
-    data: bytes = arg
+    data: bytes = arg[1] if kind == "broken" else arg
     return data
 
 
@@ -336,6 +344,8 @@ async def fuzz_one(arena: Arena, kind: str, arg: Any) -> None:
     else:
         data = counted("hub", outgoing(dev, kind, arg))
         outcome = predicted(data, State.AUTHENTICATED, dev.device_id)
+        if kind == "broken" and arg[0] in ALWAYS_MALFORMED:
+            assert isinstance(outcome, MalformedFrame), f"{arg[0]} admitted: {outcome}"
         if isinstance(outcome, FatalError):
             await dev.ws.send(data)
             await expect_fatal(arena, dev, type(outcome))
@@ -368,7 +378,8 @@ hub_budget = Budget(40)
 
 @fuzz_settings(max_examples=200)
 @given(st.lists(steps, min_size=10, max_size=30))
-@example([("bytes", b"\x83\xa1t\xa7devices\xa3rid\x01\xa3rid\x02")])  # a key twice: malformed, not devices
+# A key twice (SPEC §3.1): malformed_frame and 4400, not devices_ok to rid 2.
+@example([("broken", ("duplicate_key", b"\x83\xa1t\xa7devices\xa3rid\x01\xa3rid\x02"))])
 @example([("fresh", b"\x84\xa1t\xa4auth\xa1v\x01\xa6device\xa1d\xa3sig\xc4\x40" + b"\x00" * 64)])
 async def test_hub_answers_every_bad_frame_as_the_spec_says(
     arena: Arena, sequence: list[tuple[str, Any]]
