@@ -90,6 +90,16 @@ def _ignore_answer(rid: int, frame: f.Frame) -> None:
     pass
 
 
+def _retrieved(fut: asyncio.Future[f.Frame] | asyncio.Future[f.Accepted]) -> None:
+    """Mark the outcome of a request's future as seen. When the connection
+    ends while the request is being written (a hub draining closes with
+    1001), the reader fails the future and :meth:`Router.send` raises the
+    same error to the caller: the future's copy must not be reported as
+    "never retrieved"."""
+    if fut.done() and not fut.cancelled():
+        fut.exception()
+
+
 class Router:
     """Requests and their answers over ``ws`` (see the module docstring).
 
@@ -185,6 +195,7 @@ class Router:
             return await self._wait(fut)
         finally:
             self._requests.pop(rid, None)
+            _retrieved(fut)
 
     async def request_retrying(self, build: Callable[[int], f.Frame], what: str) -> f.Frame:
         """:meth:`request` for idempotent requests: retried as :attr:`retry`
@@ -210,6 +221,7 @@ class Router:
             return accepted
         finally:
             self._sends.pop(message_id, None)
+            _retrieved(fut)
 
     async def _wait(self, fut: asyncio.Future[f.Frame] | asyncio.Future[f.Accepted]) -> f.Frame:
         try:
