@@ -208,6 +208,15 @@ async def test_the_browser_follows_a_rotation_and_refuses_a_statement_of_another
         await expect(refused).to_have_count(0)
         assert await stored_authority(page) == (new_pk.hex(), [good.hex()])
         await take_screenshot(page, "authority-rotated")
+        # The settings name both keys while the old one still counts.
+        await page.get_by_test_id("nav-settings").click()
+        dialog = page.get_by_test_id("settings-dialog")
+        await expect(dialog).to_contain_text(f"Empreinte de l'autorité : {fingerprint}", timeout=T)
+        old_fingerprint = attestation.authority_fingerprint(AUTHORITY_PK)
+        await expect(dialog.get_by_test_id("authority-previous")).to_contain_text(
+            f"Ancienne clé de l'autorité {old_fingerprint}, encore valable jusqu'au"
+        )
+        await page.get_by_test_id("dialog-close").click()
 
         async with Client.connect(bob_profile) as bob:
             # Under the attestations the old key signed: still valid.

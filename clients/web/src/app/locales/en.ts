@@ -176,6 +176,7 @@ export const en: Catalogue = {
   "settings.device": "Device: {device}",
   "settings.server": "Server: {server}",
   "settings.authority": "Authority fingerprint: {fingerprint}",
+  "settings.authority_previous": "Previous authority key {fingerprint}, still valid until {until}",
   "settings.language": "Language",
   "settings.notifications": "Desktop notifications",
   "settings.notifications_enable": "Enable notifications",

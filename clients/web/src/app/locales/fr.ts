@@ -180,6 +180,7 @@ export const fr = {
   "settings.device": "Appareil : {device}",
   "settings.server": "Serveur : {server}",
   "settings.authority": "Empreinte de l'autorité : {fingerprint}",
+  "settings.authority_previous": "Ancienne clé de l'autorité {fingerprint}, encore valable jusqu'au {until}",
   "settings.language": "Langue",
   "settings.notifications": "Notifications du bureau",
   "settings.notifications_enable": "Activer les notifications",

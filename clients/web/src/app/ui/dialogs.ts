@@ -464,7 +464,11 @@ export class Dialogs {
         h("p", { class: "small" }, t("settings.user", { user: profile.user })),
         h("p", { class: "small" }, t("settings.device", { device: `${profile.device} (${profile.label})` })),
         h("p", { class: "small" }, t("settings.server", { server: profile.server })),
-        h("p", { class: "small" }, t("settings.authority", { fingerprint: authorityFingerprint(profile.authority) }))),
+        h("p", { class: "small" }, t("settings.authority", { fingerprint: authorityFingerprint(profile.authority) })),
+        // During a rotation's overlap (SPEC §15): the older keys that still count, and until when.
+        ...this.client.authorityKeys.live(Date.now()).map((p) =>
+          h("p", { class: "muted small", "data-testid": "authority-previous" },
+            t("settings.authority_previous", { fingerprint: authorityFingerprint(p.key), until: formatDateTime(p.until) })))),
       h("section", {}, h("h3", {}, t("settings.language")), languages),
       h("section", {},
         h("h3", {}, t("settings.read_receipts")),
