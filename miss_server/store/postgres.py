@@ -191,7 +191,7 @@ class PostgresStore(oncall.PostgresOncall):
         await self._db.close()
 
     async def ping(self) -> None:
-        await self._db.retryable(lambda c: c.fetchval("SELECT 1"))
+        await self._db.ping()
 
     async def migrate(self) -> int:
         """See :meth:`.postgres_pool.Database.migrate`."""

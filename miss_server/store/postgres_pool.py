@@ -284,6 +284,15 @@ class Database:
                 raise
         raise AssertionError("unreachable")
 
+    async def ping(self) -> None:
+        """One ``SELECT 1`` on a pooled connection: no retry, nothing logged
+        (the readiness probe runs it every second, outages included);
+        raises the Store's errors."""
+        try:
+            await self._live_pool().fetchval("SELECT 1")
+        except Exception as exc:
+            reraise(exc)
+
     async def write(self, fn: Callable[[asyncpg.Connection], Awaitable[T]]) -> T:
         """:meth:`transaction`, raising the Store's errors."""
         try:
