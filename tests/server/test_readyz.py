@@ -71,6 +71,7 @@ async def test_draining_answers_the_request_in_hand_spreads_the_closes_and_ready
     hub = await make_hub(
         shutdown_spread_seconds=spread, shutdown_grace_seconds=grace, auth_timeout_seconds=60
     )
+    await hub.readiness.probe()  # SQLite and the in-process broker answer
     assert await get(hub.port, "/readyz") == (200, b"ready\n")
     assert await get(hub.port, "/healthz") == (200, b"ok\n")
 
@@ -166,6 +167,7 @@ async def test_grace_period_cuts_what_does_not_finish(
 async def test_readyz_503_while_postgresql_is_stopped_and_200_after(make_hub: HubFactory) -> None:
     async with postgres_store_url() as url:
         hub = await make_hub(store=url)
+        await hub.readiness.probe()
         assert await get(hub.port, "/readyz") == (200, b"ready\n")
         began = time.monotonic()
         await asyncio.to_thread(pg_ctl, "stop")
@@ -224,6 +226,7 @@ async def test_readyz_503_while_the_broker_is_down_and_200_after(
     port = free_port()
     async with private_redis(port, tmp_path) as start_redis:
         hub = await make_hub(broker=f"redis://127.0.0.1:{port}/0")
+        await hub.readiness.probe()
         assert await get(hub.port, "/readyz") == (200, b"ready\n")
         stop = ["redis-cli", "-p", str(port), "shutdown", "nosave"]
         await asyncio.to_thread(subprocess.run, stop, capture_output=True, timeout=10)
