@@ -74,6 +74,7 @@ from .errors import (
 )
 from .models import (
     STATUSES,
+    AuthorityRotated,
     Delivered,
     DirectoryEntry,
     Event,
@@ -86,6 +87,7 @@ from .models import (
     PresenceInfo,
     ReadBy,
     Recalled,
+    RotationRefused,
     TeamEvent,
     TeamProblemFound,
     TeamView,
@@ -101,6 +103,7 @@ __all__ = [
     "KDF_MODERATE",
     "STATUSES",
     "AuthorityNotSet",
+    "AuthorityRotated",
     "Client",
     "ClientError",
     "Delivered",
@@ -119,6 +122,7 @@ __all__ = [
     "ReadBy",
     "Recalled",
     "RetryPolicy",
+    "RotationRefused",
     "TeamDiverged",
     "TeamEvent",
     "TeamProblem",

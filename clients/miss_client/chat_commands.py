@@ -31,7 +31,7 @@ from .cli_common import (
 from .client import Client
 from .connection import enroll
 from .errors import ClientError
-from .models import Peer, PeerChange, format_id, is_team_id, is_user_id
+from .models import Peer, PeerChange, format_id, is_team_id, is_user_id, now_ms
 from .profile import (
     KDF_INTERACTIVE,
     KDF_MODERATE,
@@ -128,6 +128,13 @@ async def cmd_whoami(args: argparse.Namespace) -> int:
     print(f"server    {profile.server}")
     if profile.authority_fingerprint is not None:
         print(f"authority {profile.authority_fingerprint}")
+        # During a rotation's overlap (SPEC §15): the older keys that still count, and until when.
+        for previous in profile.authority_previous:
+            if previous.until >= now_ms():
+                print(
+                    f"          clé précédente {authority_fingerprint(previous.key)}, "
+                    f"valable jusqu'au {format_time(previous.until)}"
+                )
     else:
         print(f"authority none: run `{PROG} set-authority KEY` with the key your administrator gives you")
     with profile.open_state() as state:
@@ -225,7 +232,7 @@ async def cmd_history(args: argparse.Namespace) -> int:
             view = state.get_team(peer)
             records = state.team_records(peer)
             if view is not None and profile.authority_pk is not None:
-                for event in chain_events(peer, view.name, records, profile.authority_pk):
+                for event in chain_events(peer, view.name, records, profile.authority):
                     lines.append((event.at, team_event_line(event, names)))
             lines.sort(key=lambda pair: pair[0])
             if view is not None and view.problem is not None:

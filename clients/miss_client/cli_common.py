@@ -51,6 +51,7 @@ from .errors import (
     WrongPassphrase,
 )
 from .models import (
+    AuthorityRotated,
     Event,
     Message,
     MessageHeld,
@@ -61,6 +62,7 @@ from .models import (
     Recalled,
     Refused,
     RoleHoldersChanged,
+    RotationRefused,
     TeamEvent,
     TeamProblemFound,
     UrgentReminded,
@@ -233,6 +235,11 @@ async def connected(args: argparse.Namespace, profile: Profile | None = None) ->
         print(f"{PROG}: waiting for another {PROG} command using this profile to finish", file=sys.stderr)
 
     async with session_lock(profile.directory, on_wait=waiting), Client.connect(profile) as client:
+        # A refusal without statements is the plain mismatch the warning below explains.
+        if client.rotation is not None and (
+            not isinstance(client.rotation, RotationRefused) or client.rotation.statements
+        ):
+            print(f"{PROG}: {client.rotation.text}", file=sys.stderr)
         warn_authority_mismatch(client)
         yield client
 
@@ -285,6 +292,8 @@ class EventPrinter:
         self._labels: dict[str, str] | None = None
 
     async def line(self, event: Event, client: Client) -> str:
+        if isinstance(event, AuthorityRotated | RotationRefused):
+            return f"*** {event.text}"  # the French notice of SPEC §15's contract
         if isinstance(event, TeamProblemFound):
             return team_problem_line(event)
         if isinstance(event, UrgentReminded):

@@ -65,6 +65,7 @@ from .connection import authenticator, handshake, open_websocket
 from .errors import ClientError, ConnectionFailed, ConnectionLost, UnknownMessage
 from .inbox import ACK_DELAY, AckBatcher, Inbox
 from .models import (
+    AuthorityRotated,
     Delivered,
     DirectoryEntry,
     Event,
@@ -73,8 +74,10 @@ from .models import (
     Peer,
     PeerChange,
     PresenceInfo,
+    RotationRefused,
     TeamView,
     is_team_id,
+    now_ms,
 )
 from .oncall import Roles
 from .oncall_models import Acknowledgement, UrgentInfo
@@ -82,9 +85,10 @@ from .oncall_state import OncallState
 from .outbox import Outbox
 from .peers import Peers
 from .presence import Presence
-from .profile import Profile
+from .profile import Profile, with_saved_authority
 from .requests import Router
 from .retry import RetryPolicy
+from .rotation import follow_rotation
 from .state import LocalState
 from .teams import Teams
 
@@ -119,6 +123,10 @@ class Client:
         #: any: when it differs from the profile's, every clinician will
         #: look unverified to this client (tell the user).
         self.hub_authority: bytes | None = challenge.authority if challenge else None
+        #: What this connection did about the hub's authority key (SPEC
+        #: §15): followed a rotation, refused one, or None (nothing to do).
+        #: Also the first of :meth:`events`.
+        self.rotation: AuthorityRotated | RotationRefused | None = None
         #: The capabilities the hub announced (SPEC §10).
         self.hub_caps: frozenset[str] = frozenset(challenge.caps or ()) if challenge else frozenset()
         self._router = Router(ws, request_timeout=request_timeout, retry=retry or RetryPolicy())
@@ -171,6 +179,8 @@ class Client:
         DB unless ``state`` is given; closes what it opened on exit.
         """
         profile.authority  # noqa: B018 - raises AuthorityNotSet
+        # A rotation another connection of this profile followed since it was loaded.
+        profile = with_saved_authority(profile)
         ws = await open_websocket(url or profile.server, open_timeout)
         try:
             answer = authenticator(profile.keys, profile.device_id)
@@ -178,12 +188,17 @@ class Client:
             challenge, welcome = await handshake(ws, answer, open_timeout)
             if (welcome.user, welcome.device) != (profile.user_id, profile.device_id):
                 raise ConnectionFailed("the hub welcomed another device than this profile's")
+            # Before anything verifies a peer: a new authority key the old one announced (SPEC §15).
+            profile, rotation_event = follow_rotation(profile, challenge, now_ms())
             own_state = state is None
             local = profile.open_state() if state is None else state
         except BaseException:
             await ws.close()
             raise
         client = cls(ws, profile, local, request_timeout=request_timeout, retry=retry, challenge=challenge)
+        if rotation_event is not None:
+            client.rotation = rotation_event
+            client._events.append(rotation_event)
         client._router.start()
         client._sweeper = asyncio.create_task(client._sweep(), name="miss-client-sweeper")
         if f.CAP_TEAMS in client.hub_caps:

@@ -29,6 +29,7 @@ from .oncall_models import RoleHoldersChanged, UrgentReminded, UrgentStatusChang
 __all__ = [
     "REFUSAL_REASONS",
     "STATUSES",
+    "AuthorityRotated",
     "Delivered",
     "DirectoryEntry",
     "Event",
@@ -44,6 +45,7 @@ __all__ = [
     "Recalled",
     "Refused",
     "RoleHoldersChanged",
+    "RotationRefused",
     "TeamEvent",
     "TeamProblemFound",
     "TeamView",
@@ -418,9 +420,41 @@ class TeamProblemFound:
     text: str
 
 
+@dataclass(frozen=True, slots=True)
+class AuthorityRotated:
+    """Event (first of a connection): the hub announced a new verification
+    authority key with statements signed by the key this profile trusted
+    (SPEC §15), so the profile now trusts ``current``; ``previous`` are the
+    older keys, each counting until its ``until`` (ms). ``text`` says it in
+    French, for the user."""
+
+    current: bytes
+    fingerprint: str
+    previous: tuple[tuple[bytes, int], ...]
+    text: str
+
+
+@dataclass(frozen=True, slots=True)
+class RotationRefused:
+    """Event ``rotation_refused`` (first of a connection): the hub announced
+    another authority key than the profile's without a valid chain of
+    statements from it; the profile keeps its key (clinicians attested by
+    the other key look unverified). ``reason`` says what was wrong,
+    ``text`` the French notice for the user."""
+
+    announced: bytes
+    reason: str
+    text: str
+    #: How many statements the hub sent (0: none, it just announces another key).
+    statements: int = 0
+    code: str = "rotation_refused"
+
+
 #: What :meth:`miss_client.client.Client.events` yields.
 Event = (
-    Message
+    AuthorityRotated
+    | RotationRefused
+    | Message
     | Delivered
     | Refused
     | MessageHeld

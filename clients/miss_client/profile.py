@@ -20,6 +20,13 @@ A profile is a directory (mode 0700) holding two files (mode 0600):
     directory. Message bodies in it are sealed with the storage key, so
     nothing on disk is readable without the passphrase, and changing the
     passphrase only re-seals ``profile.sealed``.
+``authority.sealed`` (only after a key rotation, SPEC §15)
+    The authority keys the client moved to when the hub showed statements
+    signed by the key it trusted: the current key and the older ones with
+    their ``until``, a msgpack map sealed with the storage key (SecretBox,
+    so whoever lacks the passphrase can neither read nor alter it). It
+    overrides the key in ``profile.sealed``, and is written without the
+    passphrase (at connect time); :func:`set_authority` removes it.
 
 A wrong passphrase fails the SecretBox MAC check and raises
 :class:`~miss_client.errors.WrongPassphrase`; so does any alteration of the
@@ -56,6 +63,7 @@ import nacl.utils
 
 from protocol import attestation
 from protocol.crypto import DeviceKeys
+from protocol.rotation import AuthorityKeys, PreviousKey
 
 from .errors import (
     AuthorityNotSet,
@@ -80,11 +88,14 @@ __all__ = [
     "load_profile",
     "parse_authority",
     "profile_exists",
+    "save_authority",
     "set_authority",
+    "with_saved_authority",
     "write_private_file",
 ]
 
 SEALED_FILE = "profile.sealed"
+ROTATION_FILE = "authority.sealed"
 STATE_FILE = "state.db"
 #: Passphrases shorter than this are refused when a profile is created.
 MIN_PASSPHRASE_CHARS = 8
@@ -126,16 +137,21 @@ class Profile:
     #: Ed25519 public key of the verification authority (SPEC §11.1); None
     #: in a profile from before authorities (refused at connect time).
     authority_pk: bytes | None = None
+    #: Older authority keys after a rotation (SPEC §15), newest first: each
+    #: still counts for what it signed until its ``until``.
+    authority_previous: tuple[PreviousKey, ...] = ()
 
     @property
-    def authority(self) -> bytes:
-        """The authority key; raises AuthorityNotSet if the profile has none."""
+    def authority(self) -> AuthorityKeys:
+        """The authority keys to verify with (the current one, and the older
+        ones of a rotation while they count); raises AuthorityNotSet if the
+        profile has none."""
         if self.authority_pk is None:
             raise AuthorityNotSet(
                 "this profile has no verification authority key, so no clinician can be checked: "
                 "set the key your administrator gives you with `miss-chat set-authority KEY`"
             )
-        return self.authority_pk
+        return AuthorityKeys(self.authority_pk, self.authority_previous)
 
     @property
     def authority_fingerprint(self) -> str | None:
@@ -231,7 +247,7 @@ def load_profile(directory: Path, passphrase: str) -> Profile:
         authority = m.get("authority_pk")
         if authority is not None and (type(authority) is not bytes or len(authority) != 32):
             raise ProfileCorrupt("the sealed authority key is not a 32-byte key")
-        return Profile(
+        profile = Profile(
             directory=directory,
             server=m["server"],
             user_id=m["user"],
@@ -244,6 +260,41 @@ def load_profile(directory: Path, passphrase: str) -> Profile:
         )
     except (KeyError, TypeError) as exc:
         raise ProfileCorrupt(f"sealed profile lacks {exc}") from None
+    return with_saved_authority(profile)
+
+
+def with_saved_authority(profile: Profile) -> Profile:
+    """``profile`` with the authority keys of its ``authority.sealed``, if
+    a rotation wrote one (another connection may have, since ``profile``
+    was loaded). Raises ProfileCorrupt for a file that does not open."""
+    path = profile.directory / ROTATION_FILE
+    try:
+        sealed = path.read_bytes()
+    except FileNotFoundError:
+        return profile
+    except OSError as exc:
+        raise ProfileCorrupt(f"cannot read {path}: {exc.strerror or exc}") from None
+    try:
+        m = msgpack.unpackb(nacl.secret.SecretBox(profile.storage_key).decrypt(sealed), raw=False)
+        current = m["current"]
+        previous = tuple(PreviousKey(k, u) for k, u in m["previous"])
+        if m["v"] != 1 or type(current) is not bytes or len(current) != 32:
+            raise ValueError("key")
+        if any(type(p.key) is not bytes or len(p.key) != 32 or type(p.until) is not int for p in previous):
+            raise ValueError("previous")
+    except (nacl.exceptions.CryptoError, ValueError, TypeError, KeyError, msgpack.UnpackException):
+        raise ProfileCorrupt(f"{path} is not this profile's authority file") from None
+    return replace(profile, authority_pk=current, authority_previous=previous)
+
+
+def save_authority(profile: Profile, keys: AuthorityKeys) -> Profile:
+    """Make ``keys`` the profile's authority keys (after a rotation its
+    challenge proved, SPEC §15): written to ``authority.sealed``, sealed
+    with the storage key, atomically. Returns the updated profile."""
+    content = {"v": 1, "current": keys.current, "previous": [[p.key, p.until] for p in keys.previous]}
+    box = nacl.secret.SecretBox(profile.storage_key)
+    write_private_file(profile.directory / ROTATION_FILE, bytes(box.encrypt(msgpack.packb(content))))
+    return replace(profile, authority_pk=keys.current, authority_previous=keys.previous)
 
 
 def change_passphrase(directory: Path, old: str, new: str, kdf: KdfParams | None = None) -> Profile:
@@ -267,8 +318,10 @@ def set_authority(directory: Path, passphrase: str, authority_pk: bytes | str) -
     :func:`load_profile`, and ValueError for a malformed key."""
     key = parse_authority(authority_pk)
     _, _, kdf = _read_header(Path(directory))
-    profile = replace(load_profile(directory, passphrase), authority_pk=key)
+    profile = replace(load_profile(directory, passphrase), authority_pk=key, authority_previous=())
     _seal(profile, passphrase, kdf)
+    # An out-of-band key (a compromised one replaced) ends every rotation followed so far.
+    (Path(directory) / ROTATION_FILE).unlink(missing_ok=True)
     return profile
 
 

@@ -47,6 +47,7 @@ from protocol import attestation
 from protocol import frames as f
 from protocol import teams as tm
 from protocol.errors import BadTeamRecord, NotMember, RequestError, TeamConflict, TeamForbidden, UnknownTeam
+from protocol.rotation import AuthorityKeys
 
 from .errors import ConnectionFailed, TeamDiverged, TeamProblem, TeamTampered, UnverifiedPeer
 from .models import Event, TeamEvent, TeamProblemFound, TeamView, now_ms
@@ -76,19 +77,19 @@ def team_view(state: tm.TeamState, problem: str | None = None) -> TeamView:
     )
 
 
-def _signer_name(record: tm.TeamRecord, authority_pk: bytes) -> str | None:
+def _signer_name(record: tm.TeamRecord, authority_pk: bytes | AuthorityKeys) -> str | None:
     """The signer's name from the attestation the record carries (already
     checked by verify_chain), None for the authority or if unreadable."""
     if record.att is None:
         return None
     try:
-        return attestation.check_signature(record.att, authority_pk).name
+        return attestation.check_signature(record.att, authority_pk, record.at).name
     except attestation.AttestationError:
         return None
 
 
 def chain_events(
-    team: str, name: str, records: Iterable[tuple[bytes, bytes]], authority_pk: bytes
+    team: str, name: str, records: Iterable[tuple[bytes, bytes]], authority_pk: bytes | AuthorityKeys
 ) -> list[TeamEvent]:
     """The membership changes of a stored (verified) chain, for display."""
     out = []

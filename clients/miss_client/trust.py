@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 from protocol import attestation
 from protocol import frames as f
+from protocol.rotation import AuthorityKeys
 
 from .errors import UnverifiedPeer
 from .models import Peer
@@ -40,10 +41,11 @@ class Checked:
 
 
 def check_lookup(
-    reply: f.LookupOk, authority: bytes, now: int, *, own: bool, rpps: str | None = None
+    reply: f.LookupOk, authority: bytes | AuthorityKeys, now: int, *, own: bool, rpps: str | None = None
 ) -> Checked:
     """Check one ``lookup_ok``; raises UnverifiedPeer (``own`` says whether
-    it is our own user, for the message)."""
+    it is our own user, for the message). ``authority``: the key, or the
+    keys of a rotation (an older one counts until its ``until``, SPEC §15)."""
     if reply.att is None:
         raise UnverifiedPeer(reply.user, "missing", "the hub has no attestation of them", own=own)
     try:
