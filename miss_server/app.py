@@ -289,7 +289,9 @@ class HubServer:
         deadline = loop.time() + grace
         spread = min(self.settings.shutdown_spread_seconds, grace / 2)
         self.readiness.start_draining()
-        self._server.close(close_connections=False)  # upgrades now get 503; the Acceptor still listens
+        # Upgrades now get 503; the Acceptor still listens, so that health
+        # checks see "draining" (where asyncio accepts, the port closes now).
+        self._server.close(close_connections=False)
         log.info(
             "draining: readiness 503, new sessions refused",
             extra={
