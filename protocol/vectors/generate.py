@@ -31,7 +31,7 @@ from typing import Any
 import msgpack
 import nacl.signing
 
-from protocol import attestation, crypto, errors, oncall, teams
+from protocol import attestation, crypto, errors, oncall, rotation, teams
 from protocol.frames import (
     Accepted,
     Ack,
@@ -114,6 +114,7 @@ T0 = 1_767_225_600_000  # 2026-01-01T00:00:00Z in ms
 MESSAGE_ID = crypto.new_message_id(T0 + 1234, bytes(range(0xF0, 0xFA)))
 MESSAGE_ID_2 = crypto.new_message_id(T0 + 5678, bytes(range(0x10, 0x1A)))
 AUTHORITY_SEED = bytes(range(0x30, 0x50))  # the verification authority's Ed25519 seed (SPEC §11)
+ROTATED_SEED = bytes(range(0x50, 0x70))  # the authority's key after a rotation (rotation.json)
 DAY_MS = 86_400_000
 # --- SPEC revision 3 (§13): care teams and sealed bodies
 DAN = "u_0d0d0d0d0d0d0d0d"  # a fourth clinician, named only in team records
@@ -899,6 +900,28 @@ def frames_document() -> dict[str, Any]:
                 nonce=CHALLENGE_NONCE,
                 authority=bytes(nacl.signing.SigningKey(AUTHORITY_SEED).verify_key),
                 caps=("refusals",),
+            ),
+        ),
+        # --- SPEC revision 5 (§15): authority key rotation
+        frame_vector(
+            "challenge_with_rotations",
+            s,
+            "a challenge from a hub whose authority key was rotated: 'authority' is the new key "
+            "(rotation.json seed 505152...6f) and 'rotations' the statement k1_to_k2 of rotation.json, "
+            "signed by the key of crypto.json attestation.authority_pk (SPEC §15)",
+            Challenge(
+                v=1,
+                nonce=CHALLENGE_NONCE,
+                authority=bytes(nacl.signing.SigningKey(ROTATED_SEED).verify_key),
+                caps=("refusals", "teams", "oncall", "rotation"),
+                rotations=(
+                    rotation.sign(
+                        nacl.signing.SigningKey(AUTHORITY_SEED),
+                        nacl.signing.SigningKey(ROTATED_SEED),
+                        1_767_225_600_000,
+                        1_769_817_600_000,
+                    ),
+                ),
             ),
         ),
         frame_vector(

@@ -14,6 +14,8 @@ import pytest
 
 import protocol
 from protocol import attestation, rotation, teams
+from protocol.client_session import WrongAuthority, check_authority
+from protocol.frames import Challenge, decode
 
 VECTORS = json.loads(
     (Path(protocol.__file__).resolve().parent / "vectors" / "rotation.json").read_text("utf-8")
@@ -152,3 +154,23 @@ def test_too_long_a_chain_is_refused() -> None:
 def test_empty_chain_keeps_what_is_held() -> None:
     held = rotation.AuthorityKeys(b"\x01" * 32, (rotation.PreviousKey(b"\x02" * 32, 10),))
     assert rotation.accept_chain(held, [], 5) is held
+
+
+def test_frames_vector_challenge_with_rotations_carries_the_statement_vector() -> None:
+    frames = json.loads(
+        (Path(protocol.__file__).resolve().parent / "vectors" / "frames.json").read_text("utf-8")
+    )
+    crypto = json.loads(
+        (Path(protocol.__file__).resolve().parent / "vectors" / "crypto.json").read_text("utf-8")
+    )
+    (vector,) = [v for v in frames["valid"] if v["name"] == "challenge_with_rotations"]
+    challenge = decode(bytes.fromhex(vector["msgpack"]))
+    assert isinstance(challenge, Challenge) and "rotation" in (challenge.caps or ())
+    assert challenge.rotations == (blob_of("k1_to_k2"),)
+    # A client holding crypto.json's authority key follows it to the key announced.
+    trusted = bytes.fromhex(crypto["attestation"]["authority_pk"])
+    keys = check_authority(challenge, trusted, STATEMENTS["k1_to_k2"]["at"])
+    assert keys.current == challenge.authority
+    with pytest.raises(WrongAuthority) as refused:
+        check_authority(challenge, bytes.fromhex(STATEMENTS["x_to_k2"]["old"]), STATEMENTS["k1_to_k2"]["at"])
+    assert isinstance(refused.value.refusal, rotation.RotationNotTrusted)
