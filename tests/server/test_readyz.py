@@ -183,7 +183,7 @@ async def test_readyz_503_while_postgresql_is_stopped_and_200_after(make_hub: Hu
         back = time.monotonic()
         assert await readyz_becomes(hub.port, (200, b"ready\n"), 20)
         again = time.monotonic() - back
-        print(f"\nPostgreSQL stopped: 503 after {noticed:.2f} s; 200 again {again:.2f} s after its start")
+        print(f"\nPostgreSQL stopped: 503 after {noticed:.2f} s; 200 {again:.2f} s after it answered again")
         metrics = (await get(hub.port, "/metrics"))[1]
         assert b"miss_ready 1.0" in metrics
 
