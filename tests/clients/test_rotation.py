@@ -52,6 +52,10 @@ def miss_admin(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, dic
     return code, (json.loads(out.out) if out.out.strip() else {}), out.err
 
 
+#: Texts delivered by :func:`exchange` in the current test.
+DELIVERED: list[str] = []
+
+
 async def exchange(sender: Client, receiver: Client, recipient: str, text: str) -> None:
     """``sender`` sends ``text``; ``receiver`` gets exactly it (both verify each other)."""
     message_id = await sender.send(recipient, text)
@@ -60,6 +64,7 @@ async def exchange(sender: Client, receiver: Client, recipient: str, text: str) 
         for event in await receiver.drain(idle=0.3, limit=5):
             if isinstance(event, Message) and event.id == message_id:
                 assert event.body == text
+                DELIVERED.append(text)
                 return
     raise AssertionError(f"{text!r} was not delivered")
 
@@ -67,6 +72,7 @@ async def exchange(sender: Client, receiver: Client, recipient: str, text: str) 
 async def test_clients_follow_a_rotation_and_keep_messaging(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    DELIVERED.clear()
     store = f"sqlite:///{tmp_path}/miss.db"
     port = free_port()  # one address across restarts: the profiles hold it
     old_file = write_key_file(tmp_path / "old.key")
@@ -82,6 +88,10 @@ async def test_clients_follow_a_rotation_and_keep_messaging(
         async with Client.connect(alice) as a, Client.connect(bob) as b:
             assert a.rotation is None and CAP_ROTATION not in a.hub_caps
             await exchange(a, b, bob.user_id, "avant la rotation")
+            # A care team whose records the old key's attestations sign (SPEC §13.2).
+            team = await a.create_team("Garde cardio")
+            await a.add_member(team, "10000000002")
+            await exchange(a, b, team, "équipe avant la rotation")
         _, carol_code = await invite(hub, "Dr Dave", "10000000004", verified=False)
 
     # 2. The operator rotates: a new key file, the statement, the two config lines.
@@ -146,6 +156,13 @@ async def test_clients_follow_a_rotation_and_keep_messaging(
             await exchange(b, a, alice.user_id, "Alice sous la nouvelle clé")
             await exchange(a, b, bob.user_id, "Bob encore sous l'ancienne")
 
+            # The team chain signed under the old key still verifies; a new record by the
+            # re-attested Alice (new key) extends it.
+            await exchange(b, a, team, "équipe pendant le recouvrement")
+            view = await a.add_member(team, "10000000003")
+            assert len(view.members) == 3
+            await exchange(a, b, team, "équipe à trois")
+
         # 4. retire says what still depends on the old key; reissue re-signs it.
         code, retire, _ = await asyncio.to_thread(
             miss_admin, capsys, "authority", "retire", "--statement", chain[0]
@@ -166,6 +183,8 @@ async def test_clients_follow_a_rotation_and_keep_messaging(
         attestation.check_signature(bob_att.attestation, new_pk)  # same identity, now under the new key
         async with Client.connect(alice) as a, Client.connect(bob) as b:
             await exchange(a, b, bob.user_id, "après la réémission")
+            await exchange(b, a, team, "équipe après la réémission")
+        print(f"rotation: {len(DELIVERED)} messages delivered across the rotation (one-to-one and team)")
 
         # 5. A profile enrolled under the old key can still enroll a new device here (the code
         #    is checked against the chain), and trusts the new key once connected.
