@@ -148,9 +148,13 @@ def check_bytes(n: int | None = None, max_len: int = MAX_FRAME_BYTES) -> Checker
 
 
 def check_str(max_len: int = MAX_ID_CHARS, allow_empty: bool = False) -> Checker:
+    """A string of at most ``max_len`` characters, never holding U+0000
+    (SPEC §3.1): no field has a use for it, and PostgreSQL cannot store it,
+    so a hub on PostgreSQL would fail on the first query naming it."""
+
     def check(v: Any) -> str:
-        if type(v) is not str or len(v) > max_len or (not v and not allow_empty):
-            raise malformed("expected a non-empty string")
+        if type(v) is not str or len(v) > max_len or (not v and not allow_empty) or "\x00" in v:
+            raise malformed("expected a non-empty string without NUL")
         return v
 
     return check
