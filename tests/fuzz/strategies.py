@@ -125,20 +125,22 @@ ints = st.one_of(
     st.integers(0, MAX_INT),
     st.sampled_from([0, 1, 127, 128, 255, 256, 65535, 65536, 2**32 - 1, 2**32, MAX_INT]),
 )
-ids = st.text(
-    st.characters(codec="utf-8", exclude_categories=["Cs"]), min_size=1, max_size=24
-) | st.from_regex(r"\A[ud]_[0-9a-f]{16}\Z")
+#: What a frame's ``str`` may hold: anything but U+0000 (SPEC §3.1).
+chars = st.characters(codec="utf-8", exclude_characters="\x00")
+ids = st.text(chars, min_size=1, max_size=24) | st.from_regex(r"\A[ud]_[0-9a-f]{16}\Z")
 tokens = st.from_regex(r"\A[a-z0-9_]{1,32}\Z")
 team_ids = st.from_regex(r"\At_[0-9a-f]{16}\Z")
 role_ids = st.from_regex(r"\Ar_[0-9a-f]{16}\Z")
 
 
 def _text(min_size: int, max_size: int) -> st.SearchStrategy[str]:
-    short = st.text(min_size=min_size, max_size=min(max_size, 24))
+    short = st.text(chars, min_size=min_size, max_size=min(max_size, 24))
     if max_size <= 24:
         return short
     # Now and then a string at its limit, where an off-by-one would show.
-    return short | st.text(st.characters(codec="ascii"), min_size=max_size, max_size=max_size)
+    return short | st.text(
+        st.characters(codec="ascii", exclude_characters="\x00"), min_size=max_size, max_size=max_size
+    )
 
 
 def _bytes(n: int | None, max_len: int) -> st.SearchStrategy[bytes]:
@@ -276,7 +278,7 @@ ALL_TYPES = sorted(cls.TYPE for cls in CLIENT_FRAMES + SERVER_FRAMES)
 
 #: Mutations after which the bytes never decode: MalformedFrame, always.
 ALWAYS_MALFORMED = frozenset(
-    {"huge_int", "deep", "duplicate_key", "duplicate_nested_key", "truncate", "trailing"}
+    {"huge_int", "nul_in_str", "deep", "duplicate_key", "duplicate_nested_key", "truncate", "trailing"}
 )
 #: Mutations after which the bytes decode to the very frame the map was.
 SAME_FRAME = frozenset({"extra_key", "wide_encoding", "shuffled_keys"})
@@ -352,6 +354,7 @@ MUTATIONS = (
     "drop_key",
     "extra_key",
     "huge_int",
+    "nul_in_str",
     "deep",
     "retype",
     "duplicate_key",
@@ -372,6 +375,9 @@ def mutated(draw: st.DrawFn, m: dict[str, Any]) -> tuple[str, bytes]:
     how = draw(st.sampled_from(MUTATIONS))
     m = dict(m)
     keys = list(m)
+    strings = [k for k in keys if k != "t" and type(m[k]) is str]
+    if how == "nul_in_str" and not strings:
+        how = "truncate"
     if how == "wrong_type":
         m[draw(st.sampled_from(keys))] = draw(msgpack_values)
     elif how == "drop_key":
@@ -383,6 +389,10 @@ def mutated(draw: st.DrawFn, m: dict[str, Any]) -> tuple[str, bytes]:
     elif how == "huge_int":
         ints_at = [k for k in keys if type(m[k]) is int] or keys
         m[draw(st.sampled_from(ints_at))] = draw(st.sampled_from([MAX_INT + 1, 2**64 - 1, -1, -(2**63)]))
+    elif how == "nul_in_str":
+        key = draw(st.sampled_from(strings))
+        at = draw(st.integers(0, len(m[key])))
+        m[key] = m[key][:at] + "\x00" + m[key][at:]
     elif how == "deep":
         # The value of one key inside 1 to 2,000 one-item arrays (past the
         # unpacker's depth limit, 1,024, at the far end).
