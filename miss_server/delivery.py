@@ -65,6 +65,7 @@ from .wakeup import (
     TAG_STATUS,
     TAG_TEAM,
     MalformedWakeup,
+    close_generation,
     is_oncall_row,
     parse,
     request_id,
@@ -128,6 +129,10 @@ class DeviceLink:
         self.oncall = oncall
         #: the connection's presence entry, set by the hub once attached
         self.presence_key = ""
+        #: its device's connections before this one, on every node, plus one
+        #: (hub.py): a ``session_replaced`` of a generation not above this
+        #: one comes from this connection or an older one, and is ignored
+        self.generation = 0
         self._store = store
         self._send = send
         self._close = close
@@ -191,7 +196,8 @@ class DeviceLink:
             self.request_drain()
         elif tag == TAG_CLOSE:
             error = wakeup_error(body)
-            if error is not None:
+            newer = close_generation(body)
+            if error is not None and (newer is None or newer > self.generation):
                 self.end(error)
 
     def end(self, error: type[errors.FatalError]) -> None:

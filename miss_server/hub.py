@@ -44,6 +44,7 @@ hand. Wake-ups on the broker follow ``wakeup.py``.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -260,9 +261,12 @@ class Hub:
         capped: its single-use code is spent and the device stored, so a
         refusal would leave a device its client never learns the id of.
         A previous connection of the same device, on any node, is ended
-        with 4409. The caller sends ``welcome``, then starts the link, so
-        that the device is online for everyone once it is welcomed and its
-        first deliveries follow the ``welcome``."""
+        with 4409; of two that authenticate at once, the one whose presence
+        entry came first (the lower generation, presence.py) is, even if it
+        is the last to subscribe: this one then raises SessionReplaced. The
+        caller sends ``welcome``, then starts the link, so that the device
+        is online for everyone once it is welcomed and its first deliveries
+        follow the ``welcome``."""
         channel = device_channel(device_id)
         link = DeviceLink(
             device_id,
@@ -277,16 +281,33 @@ class Hub:
         # The cap first: a connection it refuses must not end the device's
         # older one, nor be registered anywhere.
         cap = self.settings.connection_cap if capped else None
-        link.presence_key = await self.presence.connected(user_id, link, cap)
+        link.presence_key, link.generation = await self.presence.connected(user_id, link, cap)
+        replaced = errors.SessionReplaced("a newer connection of this device came first")
+        # Generation 0 (Redis did not answer): every older connection ends.
+        ending = close_wakeup(errors.SessionReplaced, link.generation or None)
         try:
-            try:  # before subscribing, so that only the older connection hears it
-                await self.broker.publish(channel, close_wakeup(errors.SessionReplaced))
+            try:  # before subscribing, so that it goes to the older connection (broker/base.py)
+                await self.broker.publish(channel, ending)
             except BrokerUnavailable:
                 pass  # an older connection elsewhere keeps a subscription that no one publishes to
+            # A newer connection of the device here has subscribed already:
+            # this one must not take its subscription (nothing awaits from
+            # here to the subscription's handler being set).
+            if any(
+                other.device_id == device_id and other.generation > link.generation
+                for other in self._links.of_user(user_id)
+            ):
+                raise replaced
             self._links.add(user_id, link)
             await self.broker.subscribe(channel, link.on_wakeup)
+            # A newer connection whose wake-up went out before this one
+            # subscribed was not heard: ask (0: Redis did not answer).
+            if link.generation and await self.presence.newest(device_id) > link.generation:
+                raise replaced
         except BaseException:
-            self._links.remove(user_id, link)
+            self._links.remove(user_id, link)  # each only if still this connection's
+            with contextlib.suppress(Exception):
+                await self.broker.unsubscribe(channel, link.on_wakeup)
             await self.presence.disconnected(user_id, link.presence_key, link)
             raise
         self.metrics.authenticated.inc()

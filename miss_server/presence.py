@@ -74,29 +74,37 @@ class PresenceService:
 
     # --- connections ----------------------------------------------------------
 
-    async def connected(self, user_id: str, link: DeviceLink, cap: int | None = None) -> str:
-        """Record a new authenticated connection; returns its key. With
-        ``cap``, raises TooManyConnections (and records nothing) if the user
-        already has ``cap`` live connections of other devices, on any node:
-        the device's own older ones are being replaced, so they do not
-        count. Without a backend to ask, the connection is let in."""
+    async def connected(self, user_id: str, link: DeviceLink, cap: int | None = None) -> tuple[str, int]:
+        """Record a new authenticated connection; returns its key and its
+        generation (the count of its device's connections so far, on every
+        node; 0 if the backend could not be asked). With ``cap``, raises
+        TooManyConnections (and records nothing) if the user already has
+        ``cap`` live connections of other devices, on any node: the device's
+        own older ones are being replaced, so they do not count. Without a
+        backend to ask, the connection is let in."""
         conn = f"{link.device_id}/{secrets.token_hex(4)}"
         now = _now()
+        generation = 0
         try:
-            first: bool | None
-            if cap is None:
-                first = await self._backend.connect(user_id, conn, now + self._entry_ttl_ms, now)
-            else:
-                first = await self._backend.connect_capped(user_id, conn, now + self._entry_ttl_ms, now, cap)
-                if first is None:
-                    raise errors.TooManyConnections(f"{cap} connections of other devices")
+            claimed = await self._backend.connect_capped(user_id, conn, now + self._entry_ttl_ms, now, cap)
+            if claimed is None:
+                raise errors.TooManyConnections(f"{cap} connections of other devices")
+            first, generation = claimed
             self._local[conn] = (user_id, link)
             if first:
                 await self.announce(user_id, online=True)
         except (BrokerUnavailable, StoreUnavailable) as exc:
             self._local[conn] = (user_id, link)
             log.warning("presence not recorded", extra={"error": str(exc)})  # the next refresh will
-        return conn
+        return conn, generation
+
+    async def newest(self, device_id: str) -> int:
+        """The generation of the device's newest connection, on every node;
+        0 if the backend cannot say."""
+        try:
+            return await self._backend.generation(device_id)
+        except BrokerUnavailable:
+            return 0
 
     async def disconnected(self, user_id: str, conn: str, link: DeviceLink) -> None:
         self._local.pop(conn, None)

@@ -21,7 +21,9 @@ A wake-up is one broker payload. Its first byte is a tag:
   id whose first wake-ups died with a hub node, or a connection of the
   device that ended while a newer one existed);
 * ``b"X" + error code`` (ASCII): end the connection with that fatal error
-  (e.g. ``session_replaced``: the same device authenticated elsewhere).
+  (e.g. ``device_revoked``); ``b"X" + error code + b"/" + generation``
+  (ASCII digits): end it if its generation is lower (``session_replaced``:
+  the same device authenticated on a newer connection, hub.py).
 
 ``seq`` is the row's sequence number in the store, 8 bytes, unsigned
 big-endian. The frame of a row wake-up is, byte for byte, the frame a drain
@@ -66,6 +68,7 @@ __all__ = [
     "TAG_TEAM",
     "MalformedWakeup",
     "close_error",
+    "close_generation",
     "close_wakeup",
     "is_oncall_row",
     "parse",
@@ -155,9 +158,11 @@ def row_wakeups(rows: list[Queued]) -> list[tuple[str, bytes]]:
     return [(device_channel(row.device_id), row_wakeup(row)) for row in rows]
 
 
-def close_wakeup(error: type[errors.FatalError]) -> bytes:
-    """The wake-up that ends the device's connection with ``error``."""
-    return b"X" + error.code.encode()
+def close_wakeup(error: type[errors.FatalError], generation: int | None = None) -> bytes:
+    """The wake-up that ends the device's connection with ``error``; with
+    ``generation``, only the connections of a lower generation."""
+    suffix = b"" if generation is None else b"/%d" % generation
+    return b"X" + error.code.encode() + suffix
 
 
 # --- reading --------------------------------------------------------------------
@@ -191,5 +196,11 @@ def request_id(frame: bytes) -> str | None:
 def close_error(body: bytes) -> type[errors.FatalError] | None:
     """The fatal error an ``X`` wake-up's body names; None for anything
     that names no fatal error (a code from a newer node, say)."""
-    error = errors.error_class(body.decode("ascii", "replace"))
+    error = errors.error_class(body.decode("ascii", "replace").split("/", 1)[0])
     return error if issubclass(error, errors.FatalError) else None
+
+
+def close_generation(body: bytes) -> int | None:
+    """The generation an ``X`` body names (None: every connection)."""
+    _, sep, generation = body.partition(b"/")
+    return int(generation) if sep and generation.isdigit() else None

@@ -105,11 +105,17 @@ class Presence(Protocol):
         """Add a live entry; True if the user was offline until now."""
 
     async def connect_capped(
-        self, user_id: str, conn: str, expires_at: int, now: int, cap: int
-    ) -> bool | None:
-        """:meth:`connect`, unless the user already has ``cap`` live entries
-        of other devices than ``conn``'s (a conn is ``DEVICE/...``): then
-        nothing is added and the answer is None. Check and add are atomic."""
+        self, user_id: str, conn: str, expires_at: int, now: int, cap: int | None
+    ) -> tuple[bool, int] | None:
+        """:meth:`connect`, unless ``cap`` is given and the user already has
+        that many live entries of other devices than ``conn``'s (a conn is
+        ``DEVICE/...``): then nothing is added and the answer is None. Else
+        (whether the user was offline, the connection's generation): the
+        count of connections its device has been given, this one included,
+        on every node. Check, add and count are atomic."""
+
+    async def generation(self, device_id: str) -> int:
+        """The generation of the device's newest connection (0 if none)."""
 
     async def disconnect(self, user_id: str, conn: str, now: int) -> bool:
         """Remove an entry; True if the user has no live entry left."""

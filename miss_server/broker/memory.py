@@ -53,6 +53,7 @@ class MemoryPresence:
 
     def __init__(self) -> None:
         self._entries: dict[str, dict[str, int]] = {}
+        self._generations: dict[str, int] = {}
 
     def _live(self, user_id: str, now: int) -> int:
         return sum(1 for exp in self._entries.get(user_id, {}).values() if exp > now)
@@ -63,13 +64,18 @@ class MemoryPresence:
         return was_offline
 
     async def connect_capped(
-        self, user_id: str, conn: str, expires_at: int, now: int, cap: int
-    ) -> bool | None:
-        device = conn.split("/", 1)[0] + "/"
+        self, user_id: str, conn: str, expires_at: int, now: int, cap: int | None
+    ) -> tuple[bool, int] | None:
+        device = conn.split("/", 1)[0]
         live = self._entries.get(user_id, {}).items()
-        if sum(1 for c, exp in live if exp > now and not c.startswith(device)) >= cap:
+        others = sum(1 for c, exp in live if exp > now and not c.startswith(device + "/"))
+        if cap is not None and others >= cap:
             return None
-        return await self.connect(user_id, conn, expires_at, now)
+        generation = self._generations[device] = self._generations.get(device, 0) + 1
+        return await self.connect(user_id, conn, expires_at, now), generation
+
+    async def generation(self, device_id: str) -> int:
+        return self._generations.get(device_id, 0)
 
     async def disconnect(self, user_id: str, conn: str, now: int) -> bool:
         entries = self._entries.get(user_id, {})

@@ -292,21 +292,25 @@ redis.call('PEXPIREAT', KEYS[2], ARGV[3], 'GT')
 return live == 0 and 1 or 0
 """
 
-# KEYS[1] exp, KEYS[2] u:{user}; ARGV: as _CONNECT, then cap and the
-# conn's device prefix ("DEVICE/"). -1: the user has cap live entries of
-# other devices, nothing added.
+# KEYS[1] exp, KEYS[2] u:{user}, KEYS[3] gen (a hash: device -> generation);
+# ARGV: as _CONNECT, then cap (-1: none) and the conn's device. Returns
+# {-1, 0} when the user has cap live entries of other devices (nothing
+# added), else {1 if the user was offline else 0, the new generation}.
 _CONNECT_CAPPED = """
 local live = redis.call('ZRANGEBYSCORE', KEYS[2], '(' .. ARGV[4], '+inf')
-local prefix, others = ARGV[6], 0
-for _, m in ipairs(live) do
-  if string.sub(m, 1, #prefix) ~= prefix then others = others + 1 end
+local cap, prefix = tonumber(ARGV[5]), ARGV[6] .. '/'
+if cap >= 0 then
+  local others = 0
+  for _, m in ipairs(live) do
+    if string.sub(m, 1, #prefix) ~= prefix then others = others + 1 end
+  end
+  if others >= cap then return {-1, 0} end
 end
-if others >= tonumber(ARGV[5]) then return -1 end
 redis.call('ZADD', KEYS[2], ARGV[3], ARGV[2])
 redis.call('ZADD', KEYS[1], ARGV[3], ARGV[1])
 redis.call('PEXPIREAT', KEYS[2], ARGV[3], 'NX')
 redis.call('PEXPIREAT', KEYS[2], ARGV[3], 'GT')
-return #live == 0 and 1 or 0
+return {#live == 0 and 1 or 0, redis.call('HINCRBY', KEYS[3], ARGV[6], 1)}
 """
 
 # KEYS[1] exp, KEYS[2] u:{user}; ARGV: member, conn, now
@@ -363,6 +367,7 @@ class RedisPresence:
         tag = f"{broker.prefix}:{{presence}}"
         self._exp = f"{tag}:exp"
         self._user_prefix = f"{tag}:u:"
+        self._generations = f"{tag}:gen"
         self._connect = self._redis.register_script(_CONNECT)
         self._connect_capped = self._redis.register_script(_CONNECT_CAPPED)
         self._disconnect = self._redis.register_script(_DISCONNECT)
@@ -380,13 +385,17 @@ class RedisPresence:
         return bool(await self._run(self._connect(keys, [f"{user_id}|{conn}", conn, expires_at, now])))
 
     async def connect_capped(
-        self, user_id: str, conn: str, expires_at: int, now: int, cap: int
-    ) -> bool | None:
-        keys = [self._exp, self._user_prefix + user_id]
-        device = conn.split("/", 1)[0] + "/"
-        args: list[str | int] = [f"{user_id}|{conn}", conn, expires_at, now, cap, device]
-        added = int(await self._run(self._connect_capped(keys, args)))
-        return None if added < 0 else bool(added)
+        self, user_id: str, conn: str, expires_at: int, now: int, cap: int | None
+    ) -> tuple[bool, int] | None:
+        keys = [self._exp, self._user_prefix + user_id, self._generations]
+        device = conn.split("/", 1)[0]
+        limit = -1 if cap is None else cap
+        args: list[str | int] = [f"{user_id}|{conn}", conn, expires_at, now, limit, device]
+        first, generation = await self._run(self._connect_capped(keys, args))
+        return None if int(first) < 0 else (bool(first), int(generation))
+
+    async def generation(self, device_id: str) -> int:
+        return int(await self._run(self._redis.hget(self._generations, device_id)) or 0)
 
     async def disconnect(self, user_id: str, conn: str, now: int) -> bool:
         keys = [self._exp, self._user_prefix + user_id]

@@ -96,7 +96,9 @@ async def redis_prefix() -> AsyncIterator[str]:
 async def test_the_cap_counts_connections_on_every_node(make_hub: HubFactory, redis_prefix: str) -> None:
     async with postgres_store_url() as store:
         broker = f"{REDIS}?prefix={redis_prefix}"
-        node0, node1 = [await make_hub(store=store, broker=broker, max_connections_per_account=1) for _ in "01"]
+        node0, node1 = [
+            await make_hub(store=store, broker=broker, max_connections_per_account=1) for _ in "01"
+        ]
         alice = await enrolled(node0, "Dr Alice", "10000000001")
         phone = await alice.link(node1.url)
         await phone.close()
@@ -118,3 +120,30 @@ async def test_the_cap_counts_connections_on_every_node(make_hub: HubFactory, re
         assert old.close_code == 4409
         assert await still_open(alice)
         assert refused_count(node0) + refused_count(node1) == 1
+
+
+# --- one connection per device, even when two authenticate at once -------------------------------
+
+
+async def test_of_two_connections_of_a_device_at_once_one_is_left(
+    make_hub: HubFactory, redis_prefix: str
+) -> None:
+    """Each authenticates the same device at the same moment (on Redis,
+    where publishing and subscribing take round trips, the older one used
+    to miss the newer one's wake-up in about half the rounds, and both
+    stayed): exactly one is left, the other closed with session_replaced."""
+    hub = await make_hub(broker=f"{REDIS}?prefix={redis_prefix}")
+    alice = await enrolled(hub, "Dr Alice", "10000000001")
+    await alice.close()
+    for _ in range(12):
+        pair = [
+            RawDevice(hub.url, keys=alice.keys, user_id=alice.user_id, device_id=alice.device_id)
+            for _ in "ab"
+        ]
+        await asyncio.gather(*(d.open() for d in pair))
+        await asyncio.gather(*(d.ws.send(d.session.send(d.auth_frame())) for d in pair if d.ws))
+        ended = await asyncio.gather(*(d.until_closed(0.5) for d in pair))
+        assert sorted(code or 0 for _, code in ended) == [0, 4409], ended
+        assert [error.code for error, _ in ended if error is not None] == ["session_replaced"]
+        for d in pair:
+            await d.close()

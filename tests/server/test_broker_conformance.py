@@ -113,6 +113,31 @@ async def test_presence_transitions_are_reported_once(backend: tuple[Broker, Pre
     assert await presence.online(["u1"], now) == set()
 
 
+async def test_capped_connections_count_other_devices_and_number_each_device(
+    backend: tuple[Broker, Presence],
+) -> None:
+    """connect_capped (the per-account cap, hub.py): live entries of the
+    user's other devices count, the device's own and expired ones do not;
+    each connection of a device gets the next generation, refused ones none."""
+    _, presence = backend
+    now = time.time_ns() // 1_000_000
+    assert await presence.connect_capped("u1", "d1/a", now + 10_000, now, 2) == (True, 1)
+    assert await presence.connect_capped("u1", "d2/a", now + 10_000, now, 2) == (False, 1)
+    assert await presence.connect_capped("u1", "d3/a", now + 10_000, now, 2) is None
+    assert await presence.connect_capped("u1", "d1/b", now + 10_000, now, 2) == (
+        False,
+        2,
+    )  # its own: no count
+    assert await presence.connect_capped("u1", "d3/b", now + 10_000, now, None) == (False, 1)  # no cap
+    assert await presence.generation("d1") == 2 and await presence.generation("d9") == 0
+    await presence.connect("u2", "d4/a", now + 1_000, now)
+    assert await presence.connect_capped("u2", "d5/a", now + 10_000, now + 2_000, 1) == (
+        True,
+        1,
+    )  # d4 expired
+    assert await presence.online(["u1"], now) == {"u1"}
+
+
 async def test_expired_entries_are_swept_once(backend: tuple[Broker, Presence]) -> None:
     _, presence = backend
     now = time.time_ns() // 1_000_000
