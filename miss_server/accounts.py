@@ -95,7 +95,10 @@ class Accounts:
                 log.info("attestation not valid", extra={"user": user.user_id, "error": str(exc)})
             else:
                 if att.user == user.user_id:
-                    verified_until = att.not_after
+                    # An older key of a rotation stops counting at its 'until' (SPEC §15).
+                    verified_until = (
+                        attestation.counts_until(user.attestation, self.authority_pk, now_ms()) + 1
+                    )
                     targets = frozenset(
                         d.device_id
                         for d in devices

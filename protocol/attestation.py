@@ -46,6 +46,7 @@ __all__ = [
     "AttestedDevice",
     "authority_fingerprint",
     "check_signature",
+    "counts_until",
     "decode_authority_key",
     "encode_authority_key",
     "peek",
@@ -184,6 +185,25 @@ def check_signature(
             continue
         return attestation
     raise AttestationSignatureInvalid("not signed by the verification authority")
+
+
+def counts_until(blob: bytes, authority_pk: bytes | AuthorityKeys, now_ms: int) -> int:
+    """The last instant (ms) at which an attestation that :func:`verify`
+    accepted at ``now_ms`` still counts: its ``not_after`` - 1, or sooner,
+    the ``until`` of the older key that signed it (SPEC §15), for whoever
+    caches the verdict."""
+    attestation = peek(blob)
+    end = attestation.not_after - 1
+    if not isinstance(authority_pk, AuthorityKeys):
+        return end
+    for key in keys_at(authority_pk, now_ms):
+        try:
+            nacl.signing.VerifyKey(key).verify(CONTEXT + blob[64:], blob[:64])
+        except (nacl.exceptions.BadSignatureError, nacl.exceptions.ValueError, TypeError):
+            continue
+        older = next((p.until for p in authority_pk.previous if p.key == key), None)
+        return end if key == authority_pk.current or older is None else min(end, older)
+    return end
 
 
 def verify(blob: bytes, authority_pk: bytes | AuthorityKeys, now_ms: int) -> Attestation:

@@ -115,6 +115,11 @@ def test_attestation_by_old_key_verifies_during_overlap_only() -> None:
     assert attestation.verify(blob, keys, s["until"]).user == "u"
     with pytest.raises(attestation.AttestationSignatureInvalid):
         attestation.verify(blob, keys, s["until"] + 1)
+    # Whoever caches the verdict (the hub's accounts) learns when it ends: the old key's 'until'.
+    assert attestation.counts_until(blob, keys, s["at"]) == s["until"]
+    assert attestation.counts_until(blob, bytes.fromhex(s["old"]), s["at"]) == att.not_after - 1
+    renewed = attestation.sign(att, sk(s["new_seed"]))
+    assert attestation.counts_until(renewed, keys, s["at"]) == att.not_after - 1
     # A team record outlives 'until': it is judged at its own 'at' (contract change 1).
     rec = teams.next_record(None, "create", "alice", by=teams.AUTHORITY, at=s["until"], name="Garde")
     packed = teams.pack_record(rec)
