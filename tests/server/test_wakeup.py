@@ -131,3 +131,26 @@ async def test_a_close_wakeup_ends_the_connection_with_its_error() -> None:
     error = decode(sent[0], SERVER_FRAMES)
     assert getattr(error, "code", None) == "device_revoked"
     assert sent[1:] == [b"close 4410 device_revoked"]
+
+
+def test_a_session_replaced_wakeup_names_its_generation() -> None:
+    tag, _, body = wakeup.parse(wakeup.close_wakeup(errors.SessionReplaced, 12))
+    assert tag == wakeup.TAG_CLOSE and body == b"session_replaced/12"
+    assert wakeup.close_error(body) is errors.SessionReplaced and wakeup.close_generation(body) == 12
+    assert wakeup.close_generation(b"session_replaced") is None  # from an older node: every connection
+
+
+async def test_a_link_ends_only_on_a_newer_generation() -> None:
+    link, _, sent = await _link([])
+    link.generation = 3
+    for older in (
+        wakeup.close_wakeup(errors.SessionReplaced, 2),
+        wakeup.close_wakeup(errors.SessionReplaced, 3),
+    ):
+        link.on_wakeup(older)  # an older connection's, or its own
+    await asyncio.sleep(0.01)
+    assert sent == []
+    link.on_wakeup(wakeup.close_wakeup(errors.SessionReplaced, 4))
+    await asyncio.sleep(0.01)
+    await link.stop()
+    assert sent[1:] == [b"close 4409 session_replaced"]
