@@ -47,6 +47,7 @@ from protocol.client_session import (
     WrongAuthority,
     answer_auth,
     answer_enroll,
+    check_authority,
     error_from_close,
     error_from_frame,
 )
@@ -64,8 +65,10 @@ from protocol.frames import (
     Frame,
     Welcome,
 )
+from protocol.rotation import AuthorityKeys
 
 from .errors import AuthorityMismatch, ConnectionFailed, ConnectionLost, MessageTooLarge
+from .models import now_ms
 from .profile import (
     KDF_MODERATE,
     KdfParams,
@@ -74,6 +77,7 @@ from .profile import (
     check_passphrase,
     create_profile,
     parse_authority,
+    save_authority,
 )
 
 __all__ = [
@@ -274,8 +278,12 @@ async def enroll(
     check_can_create(profile_dir)
     keys = crypto.DeviceKeys.generate()
 
+    #: The authority keys the hub's challenge proves (a rotation of the key given, SPEC §15).
+    accepted: list[AuthorityKeys] = []
+
     def answer(challenge: Challenge) -> Enroll:
         try:
+            accepted.append(check_authority(challenge, authority_pk, now_ms()))
             return answer_enroll(challenge, code, keys, label, CLIENT_CAPS, authority=authority_pk)
         except WrongAuthority as exc:
             raise AuthorityMismatch(exc.expected, exc.announced) from None
@@ -291,7 +299,7 @@ async def enroll(
             with contextlib.suppress(OSError):
                 profile_dir.rmdir()
         raise
-    return create_profile(
+    profile = create_profile(
         profile_dir,
         passphrase,
         server=url,
@@ -302,3 +310,6 @@ async def enroll(
         kdf=kdf,
         authority_pk=authority_pk,
     )
+    if accepted and accepted[-1].current != authority_pk:  # the key given was rotated: follow it now
+        profile = save_authority(profile, accepted[-1])
+    return profile

@@ -186,8 +186,8 @@ async def test_clients_follow_a_rotation_and_keep_messaging(
             await exchange(b, a, team, "équipe après la réémission")
         print(f"rotation: {len(DELIVERED)} messages delivered across the rotation (one-to-one and team)")
 
-        # 5. A profile enrolled under the old key can still enroll a new device here (the code
-        #    is checked against the chain), and trusts the new key once connected.
+        # 5. A clinician given the old key with their code enrolls here: the hub's key is
+        #    checked against the chain, and the new profile trusts the new key at once.
         dave = await sdk_enroll(
             hub.url,
             carol_code,
@@ -197,7 +197,10 @@ async def test_clients_follow_a_rotation_and_keep_messaging(
             authority=AUTHORITY_PK,
             kdf=KDF_INTERACTIVE,
         )
-        assert dave.authority_pk == AUTHORITY_PK
+        assert dave.authority_pk == new_pk
+        assert load_profile(dave.directory, PASSPHRASE).authority_previous == (
+            rotation.PreviousKey(AUTHORITY_PK, statement.until),
+        )
 
     # 6. A hub announcing a key with a statement some other key signed: refused, key kept.
     other = nacl.signing.SigningKey.generate()
