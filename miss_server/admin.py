@@ -334,7 +334,7 @@ def _parser() -> argparse.ArgumentParser:
     command("users", "list clinicians")
     dev = command("devices", "list a clinician's devices")
     dev.add_argument("user", help="user id or RPPS number")
-    auth = command("authority", "create or show the verification authority key")
+    auth = command("authority", "create, show or rotate the verification authority key (SPEC §11, §15)")
     auth.add_argument("action", choices=["init", "show", *ROTATION_ACTIONS])
     auth.add_argument("--key-file", help=KEY_FILE_HELP + "; init creates its directory, mode 700")
     add_rotation_arguments(auth)
