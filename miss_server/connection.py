@@ -107,7 +107,11 @@ async def serve_connection(ws: ServerConnection, hub: Hub) -> None:
             await _dispatch(hub, session, link, ws, frame, peer, len(data))
     except errors.FatalError as exc:
         metrics.errors.labels(exc.code).inc()
-        log.info(
+        # Before authentication, at debug only: anyone can open connections
+        # and send junk as fast as the hub closes them, and must not be able
+        # to fill its log (the metric counts them; failed auths are audited).
+        log.log(
+            logging.INFO if link is not None or session.device_id is not None else logging.DEBUG,
             "closing on protocol error",
             extra={"code": exc.code, "detail": exc.detail, "device": session.device_id, "peer": peer},
         )

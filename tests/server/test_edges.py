@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import http.client
+import logging
 from dataclasses import dataclass
 from types import SimpleNamespace
 from typing import Any, cast
@@ -193,3 +194,27 @@ def _metrics_status(port: int, headers: dict[str, str]) -> int:
         return conn.getresponse().status
     finally:
         conn.close()
+
+
+# --- what an unauthenticated peer can write to the log -------------------------------------------
+
+
+async def test_junk_before_authentication_is_not_logged_at_info(
+    make_hub: HubFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    hub = await make_hub()
+    alice = await enrolled(hub, "Dr Alice", "10000000001")
+    with caplog.at_level(logging.INFO, logger="miss.connection"):
+        for _ in range(20):
+            assert await close_code_after(hub.url, b"\x00junk") == 4400
+        assert [r for r in caplog.records if r.levelno >= logging.INFO] == []
+        assert hub.metrics.errors.labels("malformed_frame")._value.get() == 20
+        assert alice.ws is not None
+        await alice.ws.send(b"\x00junk")  # an authenticated device's protocol error is worth a line
+        _, code = await alice.until_closed(5)
+        assert code == 4400
+        await asyncio.sleep(0.1)
+    lines = [r for r in caplog.records if r.levelno >= logging.INFO and r.name == "miss.connection"]
+    assert [(r.getMessage(), getattr(r, "device", None)) for r in lines] == [
+        ("closing on protocol error", alice.device_id)
+    ]
