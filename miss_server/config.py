@@ -330,6 +330,11 @@ class Settings(BaseSettings):
         return self.metrics_token_file.read_text().strip() if self.metrics_token_file else None
 
     @property
+    def connection_cap(self) -> int:
+        """``max_connections_per_account``, or its default of 3 times ``max_devices``."""
+        return self.max_connections_per_account or 3 * self.max_devices
+
+    @property
     def authority_public_key(self) -> bytes | None:
         return decode_authority_key(self.authority_key) if self.authority_key else None
 
