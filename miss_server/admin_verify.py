@@ -23,6 +23,7 @@ from typing import Any
 import nacl.signing
 
 from protocol import attestation
+from protocol.rotation import AuthorityKeys
 
 from .admin_common import (
     DAY_MS,
@@ -77,7 +78,8 @@ async def cmd_verify(store: Store, settings: Settings, args: argparse.Namespace)
             f"{', '.join(map(shown, strangers))}: not an active device of {who(user)} "
             f"(its devices: {', '.join(sorted(active))})"
         )
-    current = signed_attestation(user.attestation, bytes(key.verify_key))
+    # An attestation by an older key of a rotation still counts until its end (SPEC §15).
+    current = signed_attestation(user.attestation, settings.authority_keys or bytes(key.verify_key))
     if current is not None and current.user != user.user_id:
         current = None
     enrolled = await enrollments(store, user.user_id)
@@ -161,14 +163,17 @@ async def renew_user(
     now: int,
     horizon: int,
     valid_ms: int,
+    trusted: AuthorityKeys | None = None,
 ) -> dict[str, Any] | None:
     """Re-issue ``user``'s attestation if it names a device that is no longer
     active, or ends before ``horizon``, for the devices it names that are
     still active with the same keys. None if there is nothing to do (an
     expired attestation is left to lapse: clients refuse it already, and
     only ``verify`` vouches for the clinician again), else what was done:
-    ``{"user", "renewed": bool, "why" | "skipped", "text"}``."""
-    old = signed_attestation(user.attestation, bytes(key.verify_key))
+    ``{"user", "renewed": bool, "why" | "skipped", "text"}``. ``trusted``:
+    the configured keys (an attestation by an older key of a rotation is
+    renewed under ``key`` while that key counts, SPEC §15)."""
+    old = signed_attestation(user.attestation, trusted or bytes(key.verify_key))
     if old is not None and old.not_after <= now:
         return None  # clients refuse it already; `miss-admin users` shows it expired
     if old is None or old.user != user.user_id:
@@ -227,7 +232,9 @@ async def cmd_renew(store: Store, settings: Settings, args: argparse.Namespace) 
     for user in await store.list_users():
         if user.attestation is None:
             continue
-        outcome = await renew_user(store, user, key, now=now, horizon=horizon, valid_ms=valid_ms)
+        outcome = await renew_user(
+            store, user, key, now=now, horizon=horizon, valid_ms=valid_ms, trusted=settings.authority_keys
+        )
         if outcome is not None:
             done.append(outcome)
     renewed = sum(1 for r in done if r["renewed"])
@@ -268,7 +275,15 @@ async def cmd_revoke(store: Store, settings: Settings, args: argparse.Namespace)
         result["text"] = "\n".join(lines)
         return result
     now = now_ms()
-    outcome = await renew_user(store, user, key, now=now, horizon=now, valid_ms=_validity_ms(args.days))
+    outcome = await renew_user(
+        store,
+        user,
+        key,
+        now=now,
+        horizon=now,
+        valid_ms=_validity_ms(args.days),
+        trusted=settings.authority_keys,
+    )
     if outcome is not None:
         lines.append(outcome.pop("text"))
         result["reissued"] = outcome["renewed"]
