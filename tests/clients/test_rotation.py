@@ -281,3 +281,39 @@ async def test_miss_chat_prints_the_rotation_notices_and_whoami_the_previous_key
         rc, out, err = await chat("inbox")
         assert "Nouvelle clé d'autorité refusée : la déclaration n'est pas signée par la clé connue" in err
     assert load_profile(alice.directory, PASSPHRASE).authority_pk == new_pk
+
+
+async def test_renew_re_signs_an_old_key_attestation_under_the_new_key(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    new_file = tmp_path / "new.key"
+    code, rotated, err = await asyncio.to_thread(
+        miss_admin,
+        capsys,
+        "authority",
+        "rotate",
+        "--key-file",
+        str(write_key_file(tmp_path / "old.key")),
+        "--new-key-file",
+        str(new_file),
+    )
+    assert code == 0, err
+    chain = [str(t) for t in rotated["authority_rotations"]]  # type: ignore[attr-defined]
+    new_pk = attestation.decode_authority_key(str(rotated["public_key"]))
+    async with HubServer(hub_settings(tmp_path)) as hub:
+        alice = await enroll_clinician(hub, tmp_path / "alice", "alice", "10000000001")
+    monkeypatch.setenv("MISS_STORE", f"sqlite:///{tmp_path}/miss.db")
+    monkeypatch.setenv("MISS_AUTHORITY_KEY", str(rotated["public_key"]))
+    monkeypatch.setenv("MISS_AUTHORITY_ROTATIONS", json.dumps(chain))
+    # The attestation (old key, a day left) is due: renew vouches again, under the new key.
+    code, renewed, err = await asyncio.to_thread(
+        miss_admin, capsys, "renew", "--within", "2", "--key-file", str(new_file)
+    )
+    assert code == 0, err
+    async with HubServer(
+        hub_settings(tmp_path, authority_key=str(rotated["public_key"]), authority_rotations=chain)
+    ) as hub:
+        user = await hub.store.get_user(alice.user_id)
+        assert user is not None and user.attestation is not None
+        attestation.check_signature(user.attestation, new_pk)
+    assert [(r["user"], r["renewed"]) for r in renewed["results"]] == [(alice.user_id, True)]  # type: ignore[attr-defined]
