@@ -153,13 +153,44 @@ class Bystanders:
 
 
 @dataclass
+class Victim:
+    """The clinician the fuzzer's sends go to: reads every frame the hub
+    sends it, which must decode, and acks every queued row."""
+
+    dev: RawDevice
+    rows: dict[str, int] = field(default_factory=dict)
+    failure: BaseException | None = None
+    stopping: bool = False
+
+    async def run(self) -> None:
+        assert self.dev.ws is not None
+        try:
+            while not self.stopping:
+                try:
+                    data = await asyncio.wait_for(self.dev.ws.recv(), 0.1)
+                except TimeoutError:
+                    continue
+                assert isinstance(data, bytes), "the hub sent a text message"
+                frame = decode(data, SERVER_FRAMES)
+                self.rows[frame.TYPE] = self.rows.get(frame.TYPE, 0) + 1
+                seq = getattr(frame, "seq", None)
+                if seq is not None:
+                    await self.dev.ack(seq)
+        except Exception as exc:
+            self.failure = exc
+
+
+@dataclass
 class Arena:
     hub: HubServer
     fuzzer: RawDevice
     bystanders: Bystanders
     errors: HubErrors
     budget: Budget
+    victim: Victim
     reconnects: int = 0
+    #: Seqs of the queued rows the fuzzer read and has not acked yet.
+    unacked: list[int] = field(default_factory=list)
     #: How the hub answered: fatal error codes (and 1009), request error codes, answer types.
     fatal: dict[str, int] = field(default_factory=dict)
     answers: dict[str, int] = field(default_factory=dict)
@@ -189,17 +220,22 @@ async def arena(hub: HubServer) -> AsyncIterator[Arena]:
             await enrolled(hub, "Bruno Témoin", "10000000102"),
         )
         fuzzer = await enrolled(hub, "Fanny Fuzz", "10000000103")
+        victim = Victim(await enrolled(hub, "Victor Cible", "10000000104"))
         bystanders.task = asyncio.create_task(bystanders.run())
-        arena = Arena(hub, fuzzer, bystanders, errors, Budget(30))
+        victim_task = asyncio.create_task(victim.run())
+        arena = Arena(hub, fuzzer, bystanders, errors, Budget(30), victim)
         yield arena
         # After the fuzzing: the bystanders were served all along, and still are.
-        bystanders.stopping = True
+        bystanders.stopping = victim.stopping = True
         await asyncio.wait_for(bystanders.task, 30)
+        await asyncio.wait_for(victim_task, 30)
         assert bystanders.failure is None, repr(bystanders.failure)
+        assert victim.failure is None, repr(victim.failure)
         await bystanders.exchange()
         print(
             f"hub fuzz: {arena.reconnects} reconnections; fatal answers {dict(sorted(arena.fatal.items()))}; "
             f"other answers {dict(sorted(arena.answers.items()))}; "
+            f"the victim read {dict(sorted(victim.rows.items()))}; "
             f"bystanders exchanged {bystanders.exchanged} messages meanwhile "
             f"(slowest {max(bystanders.latencies) * 1000:.0f} ms)"
         )
@@ -217,9 +253,24 @@ def requests(draw: st.DrawFn) -> tuple[str, Any]:
     """A valid client frame's map, mostly with ``from`` set to the fuzzer's
     device for a ``send`` (``None`` there: filled in when sent), so that
     sends get past the forged-sender check into the hub's handling."""
-    m = draw(wire_maps(CLIENT_FRAMES))
+    # One in three a send: the hub's busiest path, and the one with most checks.
+    m = draw(st.one_of(wire_maps(CLIENT_FRAMES), wire_maps(CLIENT_FRAMES), wire_maps((Send,))))
     if m["t"] == "send" and draw(st.integers(0, 4)):
         m["from"] = None
+        if draw(st.booleans()):
+            # To the victim, who exists, is verified and reads everything: the
+            # send goes as far as the hub takes it, delivery included.
+            m["to"], m["envs"] = VICTIM, {VICTIM_DEVICE: draw(st.binary(max_size=200))}
+            shape = draw(st.sampled_from(["as drawn", "plain", "urgent"]))
+            if shape != "as drawn":  # one the hub accepts, mostly
+                for key in ("body", "head", "urgent", "ttl"):
+                    m.pop(key, None)
+            if shape == "urgent":  # SPEC §14.4: a sealed body, within the hub's bounds
+                m["body"] = draw(st.binary(min_size=1, max_size=200))
+                bounded = st.integers(60_000, 86_400_000)
+                m["urgent"] = draw(
+                    st.fixed_dictionaries({}, optional={"interval": bounded, "final": bounded})
+                )
     return "map", m
 
 
@@ -246,11 +297,18 @@ steps = st.one_of(
 )
 
 
-def outgoing(fuzzer: RawDevice, kind: str, arg: Any) -> bytes:
+#: Stand-ins, in generated maps, for the victim's user and device ids.
+VICTIM, VICTIM_DEVICE = "<victim>", "<victim-device>"
+
+
+def outgoing(arena: Arena, kind: str, arg: Any) -> bytes:
     if kind == "map":
         m = dict(arg)
         if m.get("from", "") is None:
-            m["from"] = fuzzer.device_id
+            m["from"] = arena.fuzzer.device_id
+        if m.get("to") == VICTIM:
+            m["to"] = arena.victim.dev.user_id
+            m["envs"] = {arena.victim.dev.device_id: m["envs"][VICTIM_DEVICE]}
         return pack(m)
     data: bytes = arg[1] if kind == "broken" else arg
     return data
@@ -259,8 +317,9 @@ def outgoing(fuzzer: RawDevice, kind: str, arg: Any) -> bytes:
 # --- what the hub must answer ---------------------------------------------------------------
 
 
-async def next_frame(dev: RawDevice, timeout: float = 10) -> Frame:
-    """The next hub frame that is not a push (pushes may come at any time)."""
+async def next_frame(dev: RawDevice, timeout: float = 10, unacked: list[int] | None = None) -> Frame:
+    """The next hub frame that is not a push (pushes may come at any time);
+    the seqs of queued rows read on the way go to ``unacked``."""
     assert dev.ws is not None
     while True:
         data = await asyncio.wait_for(dev.ws.recv(), timeout)
@@ -268,21 +327,24 @@ async def next_frame(dev: RawDevice, timeout: float = 10) -> Frame:
         frame = decode(data, SERVER_FRAMES)
         if not isinstance(frame, PUSHES):
             return frame
+        seq = getattr(frame, "seq", None)
+        if unacked is not None and seq is not None:
+            unacked.append(seq)
 
 
 async def expect_fatal(arena: Arena, dev: RawDevice, error: type[FatalError]) -> None:
     """One fatal ``error`` naming ``error``, then the close (SPEC §7)."""
-    frame = await next_frame(dev)
+    frame = await next_frame(dev, unacked=arena.unacked)
     assert isinstance(frame, Error), frame
     assert (frame.code, frame.fatal, frame.id, frame.rid) == (error.code, True, None, None), frame
-    await expect_close(dev, error.close_code, error.code)
+    await expect_close(arena, dev, error.close_code, error.code)
     arena.note(arena.fatal, error.code)
 
 
-async def expect_close(dev: RawDevice, code: int | None, reason: str | None) -> None:
+async def expect_close(arena: Arena, dev: RawDevice, code: int | None, reason: str | None) -> None:
     assert dev.ws is not None
     with pytest.raises(ConnectionClosed) as closed:
-        await next_frame(dev)
+        await next_frame(dev, unacked=arena.unacked)
     assert closed.value.rcvd is not None, "the hub did not close the connection"
     assert closed.value.rcvd.code == code, closed.value.rcvd
     if reason is not None:
@@ -309,11 +371,11 @@ async def expect_answer(arena: Arena, dev: RawDevice, frame: Frame) -> bool:
     if isinstance(frame, Ack):
         arena.note(arena.answers, "ack")
         return True  # acks have no answer; an error about one (none expected) would show next
-    reply = await next_frame(dev)
+    reply = await next_frame(dev, unacked=arena.unacked)
     if isinstance(reply, Error) and reply.fatal:
         assert isinstance(frame, Send) and misshapen(frame), f"{frame} got the fatal {reply.code}"
         assert (reply.code, reply.id, reply.rid) == (MalformedFrame.code, None, None), reply
-        await expect_close(dev, MalformedFrame.close_code, MalformedFrame.code)
+        await expect_close(arena, dev, MalformedFrame.close_code, MalformedFrame.code)
         arena.note(arena.fatal, "malformed_frame (misshapen send)")
         return False
     arena.note(arena.answers, reply.code if isinstance(reply, Error) else reply.TYPE)
@@ -345,6 +407,9 @@ def predicted(data: bytes, state: State, device_id: str | None) -> Frame | Fatal
 async def fuzz_one(arena: Arena, kind: str, arg: Any) -> None:
     dev = arena.fuzzer
     assert dev.ws is not None
+    if arena.unacked:  # the receipts of the fuzzer's sends that reached the victim
+        await dev.send_frame(Ack(tuple(arena.unacked[:1024])))
+        del arena.unacked[:1024]
     if kind == "text":
         counted("hub", arg.encode())
         await dev.ws.send(arg)
@@ -352,13 +417,13 @@ async def fuzz_one(arena: Arena, kind: str, arg: Any) -> None:
     elif kind == "oversize":
         counted("hub", b"")
         await dev.ws.send(b"\x00" * arg)
-        await expect_close(dev, 1009, None)
+        await expect_close(arena, dev, 1009, None)
         arena.note(arena.fatal, "1009")
     elif kind == "fresh":
         await fresh_connection(arena, counted("hub", arg))
         return
     else:
-        data = counted("hub", outgoing(dev, kind, arg))
+        data = counted("hub", outgoing(arena, kind, arg))
         outcome = predicted(data, State.AUTHENTICATED, dev.device_id)
         if kind == "broken" and arg[0] in ALWAYS_MALFORMED:
             assert isinstance(outcome, MalformedFrame), f"{arg[0]} admitted: {outcome}"
@@ -405,3 +470,4 @@ async def test_hub_answers_every_bad_frame_as_the_spec_says(
         await fuzz_one(arena, kind, arg)
         assert not arena.errors.records, arena.errors.lines()
         assert arena.bystanders.failure is None, repr(arena.bystanders.failure)
+        assert arena.victim.failure is None, repr(arena.victim.failure)
