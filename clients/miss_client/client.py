@@ -77,7 +77,6 @@ from .models import (
     RotationRefused,
     TeamView,
     is_team_id,
-    now_ms,
 )
 from .oncall import Roles
 from .oncall_models import Acknowledgement, UrgentInfo
@@ -189,7 +188,7 @@ class Client:
             if (welcome.user, welcome.device) != (profile.user_id, profile.device_id):
                 raise ConnectionFailed("the hub welcomed another device than this profile's")
             # Before anything verifies a peer: a new authority key the old one announced (SPEC §15).
-            profile, rotation_event = follow_rotation(profile, challenge, now_ms())
+            profile, rotation_event = follow_rotation(profile, challenge)
             own_state = state is None
             local = profile.open_state() if state is None else state
         except BaseException:

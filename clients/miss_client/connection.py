@@ -68,7 +68,6 @@ from protocol.frames import (
 from protocol.rotation import AuthorityKeys
 
 from .errors import AuthorityMismatch, ConnectionFailed, ConnectionLost, MessageTooLarge
-from .models import now_ms
 from .profile import (
     KDF_MODERATE,
     KdfParams,
@@ -283,7 +282,7 @@ async def enroll(
 
     def answer(challenge: Challenge) -> Enroll:
         try:
-            accepted.append(check_authority(challenge, authority_pk, now_ms()))
+            accepted.append(check_authority(challenge, authority_pk, 0))  # every older key kept (rotation.py)
             return answer_enroll(challenge, code, keys, label, CLIENT_CAPS, authority=authority_pk)
         except WrongAuthority as exc:
             raise AuthorityMismatch(exc.expected, exc.announced) from None

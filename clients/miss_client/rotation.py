@@ -36,7 +36,7 @@ UNANNOUNCED_TEXT = "Clé d'autorité du hub refusée : aucune déclaration sign�
 
 
 def follow_rotation(
-    profile: Profile, challenge: Challenge, now: int
+    profile: Profile, challenge: Challenge
 ) -> tuple[Profile, AuthorityRotated | RotationRefused | None]:
     """The profile to use on this connection, and the event to report.
     Saves the profile's new keys when the challenge proves a rotation."""
@@ -45,7 +45,11 @@ def follow_rotation(
         return profile, None
     held = profile.authority
     try:
-        keys = check_authority(challenge, held, now)
+        # At instant 0, so that no older key is dropped however late this
+        # device follows the rotation: a team record signed before its key's
+        # ``until`` still counts after it (SPEC §15), and attestations check
+        # ``until`` against the time of each use, not this one.
+        keys = check_authority(challenge, held, 0)
     except WrongAuthority as exc:
         if exc.refusal is None:
             return profile, RotationRefused(
