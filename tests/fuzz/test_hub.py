@@ -1,7 +1,7 @@
 """Fuzzing the hub's frame handling over real WebSockets (SPEC §2, §4, §7).
 
 A real in-process hub (tests/support/inprocess_hub.py: the tests'
-authority, budgets out of reach), on SQLite and on PostgreSQL in turn; one
+authority, budgets out of reach), on SQLite and on PostgreSQL + Redis in turn; one
 verified clinician's device, the fuzzer, sends generated frames (valid requests with random fields, mutated
 frames, random msgpack and bytes, text messages, an oversize message), and
 fresh connections send one generated frame instead of their ``auth``. Each
@@ -28,6 +28,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
+import secrets
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -36,6 +38,7 @@ from typing import Any
 
 import msgpack
 import pytest
+import redis.asyncio as aioredis
 from hypothesis import example, given
 from hypothesis import strategies as st
 from websockets.asyncio.client import connect
@@ -199,15 +202,30 @@ class Arena:
         table[what] = table.get(what, 0) + 1
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
+REDIS = os.environ.get("MISS_TEST_REDIS", "redis://127.0.0.1:6379/0")
+
+
+@pytest.fixture(params=["sqlite", "postgresql+redis"])
 async def hub(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[HubServer]:
-    """The in-process hub on each store: its SQLite file, or a schema of its
-    own on MISS_TEST_POSTGRES (which must answer)."""
+    """The in-process hub as one node (SQLite, in-process broker), or as a
+    node of a cluster: a schema of its own on MISS_TEST_POSTGRES and a key
+    prefix of its own on MISS_TEST_REDIS (both must answer), removed after."""
     async with contextlib.AsyncExitStack() as stack:
         overrides: dict[str, str] = {}
-        if request.param == "postgresql":
+        if request.param == "postgresql+redis":
+            prefix = "miss_fuzz_" + secrets.token_hex(4)
             overrides["store"] = await stack.enter_async_context(postgres_store_url())
+            overrides["broker"] = f"{REDIS}?prefix={prefix}"
+            stack.push_async_callback(drop_redis_keys, prefix)
         yield await stack.enter_async_context(HubServer(hub_settings(tmp_path, **overrides)))
+
+
+async def drop_redis_keys(prefix: str) -> None:
+    r = aioredis.Redis.from_url(REDIS)
+    keys = [k async for k in r.scan_iter(match=f"{prefix}:*")]
+    if keys:
+        await r.delete(*keys)
+    await r.aclose()
 
 
 @pytest.fixture
