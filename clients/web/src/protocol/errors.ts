@@ -61,6 +61,7 @@ export const ERRORS: { readonly [code: string]: ErrorInfo } = {
   recipient_not_verified: { fatal: false, retryable: false, message: "the recipient is not a verified clinician" },
   too_many_recipients: { fatal: false, retryable: false, message: "more envelopes than this hub accepts in one message" },
   too_many_devices: { fatal: false, retryable: false, message: "this account has as many devices as it may; revoke one first" },
+  too_many_connections: { fatal: false, retryable: true, message: "this account has as many connections open as it may; close one, or try again later" },
   forbidden: { fatal: false, retryable: false, message: "not allowed" },
   // Revision 3 (SPEC §13.7).
   unknown_team: { fatal: false, retryable: false, message: "no such team" },
@@ -398,6 +399,13 @@ export class UrgentLimit extends RequestError {
     this.name = "UrgentLimit";
   }
 }
+/** A connection over the account's cap of open connections, on every node (SPEC §11.5): refused after authentication. */
+export class TooManyConnections extends RequestError {
+  constructor(detail = "", options: Options = {}) {
+    super("too_many_connections", detail, options);
+    this.name = "TooManyConnections";
+  }
+}
 /** Acknowledging a message we did not receive, that was not urgent, or unknown: one error for all. */
 export class NotRecipient extends RequestError {
   constructor(detail = "", options: Options = {}) {
@@ -431,6 +439,7 @@ const BY_CODE: { readonly [code: string]: ErrorClass } = {
   recipient_not_verified: RecipientNotVerified,
   too_many_recipients: TooManyRecipients,
   too_many_devices: TooManyDevices,
+  too_many_connections: TooManyConnections,
   forbidden: Forbidden,
   unknown_team: UnknownTeam,
   not_member: NotMember,

@@ -61,6 +61,7 @@ export const en: Catalogue = {
   "error.server_invalid": "Invalid server address (ws:// or wss://).",
   "error.unreachable": "Server unreachable. Check the address and your connection, then try again.",
   "error.too_many_devices": "This account already has the most devices allowed: revoke one from another device.",
+  "error.too_many_connections": "Too many connections open for this account (tabs, devices): close one; trying again by itself.",
   "error.rate_limited": "Too many attempts: try again in {seconds} s.",
   "error.rate_limited_short": "Too many requests: try again in a moment.",
   "error.storage_unavailable": "The server is briefly unavailable: try again in a moment.",

@@ -64,6 +64,7 @@ export const fr = {
   "error.unreachable": "Serveur injoignable. Vérifiez l'adresse et votre connexion, puis réessayez.",
   "error.too_many_devices":
     "Ce compte a déjà le nombre maximal d'appareils : révoquez-en un depuis un autre appareil.",
+  "error.too_many_connections": "Trop de connexions ouvertes pour ce compte (onglets, appareils) : fermez-en une ; nouvel essai automatique.",
   "error.rate_limited": "Trop de tentatives : réessayez dans {seconds} s.",
   "error.rate_limited_short": "Trop de demandes : réessayez dans un instant.",
   "error.storage_unavailable": "Le serveur est momentanément indisponible : réessayez dans un instant.",

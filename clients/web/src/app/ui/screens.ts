@@ -19,6 +19,7 @@ export function describeError(err: unknown): string {
     const known: Record<string, MessageKey> = {
       invalid_code: "error.code_invalid",
       too_many_devices: "error.too_many_devices",
+      too_many_connections: "error.too_many_connections",
       storage_unavailable: "error.storage_unavailable",
       not_verified: "error.not_verified",
       auth_failed: "error.auth_failed",
