@@ -18,9 +18,10 @@ import argparse
 import asyncio
 import getpass
 import os
+import random
 import sys
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import AsyncExitStack, asynccontextmanager
 from pathlib import Path
 
 from protocol.attestation import authority_fingerprint
@@ -37,6 +38,7 @@ from protocol.errors import (
     RecipientNotVerified,
     SessionReplaced,
     TeamForbidden,
+    TooManyConnections,
     UnknownTeam,
     UnknownUser,
 )
@@ -44,6 +46,7 @@ from protocol.errors import (
 from .client import Client
 from .errors import (
     ClientError,
+    HubBusy,
     KeyChangePending,
     ProfileNotFound,
     TeamProblem,
@@ -227,14 +230,25 @@ async def connected(args: argparse.Namespace, profile: Profile | None = None) ->
     """A one-shot command's connection: holds the profile's ``session.lock``
     while connected (see :mod:`miss_client.reconnect`), so that an open
     chat steps aside and comes back after, and warns about an authority
-    mismatch."""
+    mismatch. A node draining for a rolling restart answers 503
+    (:class:`HubBusy`): the command tries again, :data:`BUSY_TRIES` times
+    in all with the reconnection's backoff and jitter, rather than make the
+    clinician run it again."""
     if profile is None:
         profile = open_profile(args)
 
     def waiting() -> None:
         print(f"{PROG}: waiting for another {PROG} command using this profile to finish", file=sys.stderr)
 
-    async with session_lock(profile.directory, on_wait=waiting), Client.connect(profile) as client:
+    async with session_lock(profile.directory, on_wait=waiting), AsyncExitStack() as stack:
+        for attempt in range(1, BUSY_TRIES + 1):
+            try:
+                client = await stack.enter_async_context(Client.connect(profile))
+                break
+            except HubBusy:
+                if attempt == BUSY_TRIES:
+                    raise
+                await asyncio.sleep(busy_wait(attempt))
         # A refusal without statements is the plain mismatch the warning below explains.
         if client.rotation is not None and (
             not isinstance(client.rotation, RotationRefused) or client.rotation.statements
@@ -242,6 +256,16 @@ async def connected(args: argparse.Namespace, profile: Profile | None = None) ->
             print(f"{PROG}: {client.rotation.text}", file=sys.stderr)
         warn_authority_mismatch(client)
         yield client
+
+
+#: Tries of a one-shot command's connection while nodes answer 503.
+BUSY_TRIES = 4
+
+
+def busy_wait(attempt: int) -> float:
+    """Seconds before try ``attempt + 1``: 0.5 s doubling, with full jitter
+    so that the clients a drained node sent away do not come back together."""
+    return random.uniform(0, 0.5 * 2 ** (attempt - 1))
 
 
 def check_recipient(recipient: str, profile: Profile | None = None) -> None:
@@ -417,6 +441,11 @@ def describe(exc: BaseException) -> str:
         return clean(str(exc))
     if isinstance(exc, TeamProblem):
         return clean(str(exc))
+    if isinstance(exc, TooManyConnections):
+        return (
+            "trop de connexions ouvertes pour ce compte (miss-chat, onglets, appareils) : "
+            "fermez-en une (too_many_connections)"
+        )
     if isinstance(exc, NotMember):
         return "vous n'êtes pas membre de cette équipe (not_member)"
     if isinstance(exc, TeamForbidden):

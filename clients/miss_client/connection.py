@@ -67,7 +67,7 @@ from protocol.frames import (
 )
 from protocol.rotation import AuthorityKeys
 
-from .errors import AuthorityMismatch, ConnectionFailed, ConnectionLost, MessageTooLarge
+from .errors import AuthorityMismatch, ConnectionFailed, ConnectionLost, HubBusy, MessageTooLarge
 from .profile import (
     KDF_MODERATE,
     KdfParams,
@@ -128,7 +128,7 @@ async def open_websocket(url: str, open_timeout: float = 10.0) -> ClientConnecti
     except InvalidStatus as exc:
         status = exc.response.status_code
         if status == 503:  # a node draining for a restart (its /readyz says so), or overloaded
-            raise ConnectionFailed(
+            raise HubBusy(
                 f"the hub at {url} takes no new connections now (HTTP 503: restarting or busy); "
                 "try again shortly"
             ) from None

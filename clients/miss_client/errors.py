@@ -20,6 +20,7 @@ The tree::
     ├── KeyChangePending        a peer's attested keys differ from the pinned ones: accept them first
     ├── AuthorityMismatch       enrolling: the hub uses another authority key than the one given
     ├── ConnectionFailed        could not open a MiSS connection (refused, TLS, HTTP status, no miss.v1)
+    │   └── HubBusy             HTTP 503: the node is draining for a restart, or overloaded
     ├── ConnectionLost          the connection ended without a protocol error (network, hub shutdown)
     ├── RequestTimeout          the hub did not answer a request in time
     ├── BadRecipient            a recipient string that is neither an RPPS number nor a user id
@@ -53,6 +54,7 @@ __all__ = [
     "ClientError",
     "ConnectionFailed",
     "ConnectionLost",
+    "HubBusy",
     "KeyChangePending",
     "MessageTooLarge",
     "ProfileCorrupt",
@@ -167,6 +169,12 @@ class AuthorityMismatch(ClientError):
 
 class ConnectionFailed(ClientError):
     """The WebSocket connection could not be opened or negotiated."""
+
+
+class HubBusy(ConnectionFailed):
+    """The hub answered the upgrade with HTTP 503: a node draining for a
+    rolling restart (its ``/readyz`` says so), or one at its connection
+    caps. Another try a moment later lands on a node that takes it."""
 
 
 class ConnectionLost(ClientError):
