@@ -45,6 +45,7 @@ from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 
 from miss_server.app import HubServer
+from miss_server.connection import PRE_AUTH_FRAME_BYTES
 from protocol.client_session import ANSWERS
 from protocol.errors import AuthFailed, FatalError, MalformedFrame
 from protocol.frames import (
@@ -311,6 +312,10 @@ steps = st.one_of(
     st.one_of(
         st.tuples(st.just("text"), st.text(max_size=20)),
         st.tuples(st.just("oversize"), st.integers(MAX_FRAME_BYTES + 1, MAX_FRAME_BYTES + 3000)),
+        st.tuples(
+            st.just("fresh"),
+            st.integers(PRE_AUTH_FRAME_BYTES - 2, PRE_AUTH_FRAME_BYTES + 2).map(lambda n: b"\x00" * n),
+        ),
     ),
 )
 
@@ -457,12 +462,17 @@ async def fuzz_one(arena: Arena, kind: str, arg: Any) -> None:
 
 
 async def fresh_connection(arena: Arena, data: bytes) -> None:
-    """A new connection whose first frame is ``data`` instead of an ``auth``."""
+    """A new connection whose first frame is ``data`` instead of an ``auth``:
+    over PRE_AUTH_FRAME_BYTES, closed with 1009 unread (SPEC §2)."""
     dev = RawDevice(arena.hub.url)
-    dev.ws = await connect(arena.hub.url, subprotocols=[SUBPROTOCOL])  # type: ignore[list-item]
+    dev.ws = await connect(arena.hub.url, subprotocols=[SUBPROTOCOL], max_size=None)  # type: ignore[list-item]
     try:
         await next_frame(dev)  # the challenge
         await dev.ws.send(data)
+        if len(data) > PRE_AUTH_FRAME_BYTES:
+            await expect_close(arena, dev, 1009, None)
+            arena.note(arena.fatal, "1009 before auth")
+            return
         outcome = predicted(data, State.CHALLENGED, None)
         if isinstance(outcome, Auth | Enroll):
             outcome = AuthFailed()  # a signature made without this connection's nonce
@@ -476,6 +486,8 @@ async def fresh_connection(arena: Arena, data: bytes) -> None:
 @given(st.lists(steps, min_size=10, max_size=30))
 # A key twice (SPEC §3.1): malformed_frame and 4400, not devices_ok to rid 2.
 @example([("broken", ("duplicate_key", b"\x83\xa1t\xa7devices\xa3rid\x01\xa3rid\x02"))])
+# Found by fuzz/atheris_hub.py: a first frame over 8,192 bytes is closed with 1009 (SPEC §2).
+@example([("fresh", b"\x80" * (PRE_AUTH_FRAME_BYTES + 1))])
 # U+0000 in a str (SPEC §3.1): malformed_frame, not a query PostgreSQL fails on (1011).
 @example([("map", {"t": "lookup", "rid": 1, "user": "a\x00b"})])
 @example([("fresh", b"\x84\xa1t\xa4auth\xa1v\x01\xa6device\xa1d\xa3sig\xc4\x40" + b"\x00" * 64)])
