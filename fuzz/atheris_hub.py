@@ -17,9 +17,7 @@ instrumented): some hundreds of inputs a second. Usage::
     python fuzz/atheris_frames.py --seed fuzz/corpus/frames   # the same seeds serve
     python fuzz/atheris_hub.py fuzz/corpus/frames -max_total_time=3600
     python fuzz/atheris_hub.py crash-<sha1>                    # replay one input
-
-A crash becomes ``@example([("bytes", bytes.fromhex("..."))])`` (or
-``("fresh", ...)``) on tests/fuzz/test_hub.py's test.
+    python fuzz/atheris_hub.py --explain crash-<sha1>          # the @example to add
 """
 
 from __future__ import annotations
@@ -92,7 +90,20 @@ def test_one_input(raw: bytes) -> None:
         raise AssertionError(f"the victim failed: {arena.victim.failure!r}")
 
 
+def explain(path: Path) -> str:
+    """The hypothesis ``@example`` that replays a crash file in tests/fuzz."""
+    raw = path.read_bytes()
+    mode, data = MODES[raw[0] % len(MODES)], raw[1:]
+    return (
+        "tests/fuzz/test_hub.py, test_hub_answers_every_bad_frame_as_the_spec_says:\n"
+        f'@example([("{mode}", bytes.fromhex("{data.hex()}"))])'
+    )
+
+
 def main(argv: list[str]) -> None:
+    if len(argv) == 3 and argv[1] == "--explain":
+        print(explain(Path(argv[2])))
+        return
     atheris.Setup(argv, test_one_input)
     atheris.Fuzz()
 
