@@ -35,6 +35,8 @@ import nacl.exceptions
 import nacl.public
 import nacl.signing
 
+from .frame_base import RepeatedKey, unique_map
+
 __all__ = [
     "AUTH_CONTEXT",
     "BODY_CONTEXT",
@@ -255,7 +257,7 @@ def unpack_plaintext(data: bytes) -> Plaintext:
     v1 plaintext. Unknown keys are ignored, and so is ``pad``'s content;
     the keys of revision 3 are type-checked when present."""
     try:
-        m = msgpack.unpackb(data, raw=False, strict_map_key=True)
+        m = msgpack.unpackb(data, raw=False, strict_map_key=True, object_pairs_hook=unique_map)
         if m["v"] != 1:
             raise EnvelopeError("unknown plaintext version")
         refs = m.get("refs")
@@ -275,6 +277,8 @@ def unpack_plaintext(data: bytes) -> Plaintext:
         )
     except EnvelopeError:
         raise
+    except RepeatedKey:
+        raise EnvelopeError("bad plaintext: a key twice in one map") from None
     except Exception as exc:
         raise EnvelopeError(f"bad plaintext: {type(exc).__name__}") from None
     if not (

@@ -50,6 +50,7 @@ __all__ = [
     "F",
     "Frame",
     "Record",
+    "RepeatedKey",
     "check_bool",
     "check_bytes",
     "check_caps",
@@ -65,6 +66,7 @@ __all__ = [
     "check_wraps",
     "malformed",
     "register",
+    "unique_map",
 ]
 
 PROTOCOL_VERSION = 1
@@ -145,6 +147,28 @@ def check_bytes(n: int | None = None, max_len: int = MAX_FRAME_BYTES) -> Checker
         return v
 
     return check
+
+
+class RepeatedKey(ValueError):
+    """A msgpack map that holds one key twice (raised by :func:`unique_map`)."""
+
+
+def unique_map(pairs: list[tuple[Any, Any]]) -> dict[Any, Any]:
+    """Build a decoded map, refusing one that holds a key twice (SPEC §3.1);
+    the ``object_pairs_hook`` of every ``msgpack.unpackb`` of a frame or of
+    signed or sealed content.
+
+    Two readers of such a map may disagree on which occurrence counts (the
+    first, the last), and bytes that mean one thing to the hub and another
+    to a client, or to a reviewer, are an attack surface: the canonical
+    encoding never repeats a key, so no honest sender does. Raises
+    :class:`RepeatedKey` (a ValueError), which each caller turns into its
+    own typed error.
+    """
+    m = dict(pairs)
+    if len(m) != len(pairs):
+        raise RepeatedKey("a key twice in one map")
+    return m
 
 
 def check_str(max_len: int = MAX_ID_CHARS, allow_empty: bool = False) -> Checker:

@@ -21,8 +21,6 @@ escalation policy nested in ``role_ok`` is :class:`protocol.oncall.Policy`.
 
 from __future__ import annotations
 
-from typing import Any
-
 import msgpack
 
 from .client_frames import (
@@ -80,6 +78,7 @@ from .frame_base import (
     Frame,
     Record,
     register,
+    unique_map,
 )
 from .hub_frames import (
     SERVER_FRAMES,
@@ -225,21 +224,6 @@ MAX_ACK_BYTES = len(
 )
 
 
-def _unique_map(pairs: list[tuple[Any, Any]]) -> dict[Any, Any]:
-    """Build a decoded map, refusing one that holds a key twice (SPEC §3.1).
-
-    Two readers of such a map may disagree on which occurrence counts (the
-    first, the last), and a frame that means one thing to the hub and another
-    to a client, or to a reviewer, is an attack surface: the canonical
-    encoding never repeats a key, so no honest sender does. The ValueError
-    becomes MalformedFrame in :func:`decode`.
-    """
-    m = dict(pairs)
-    if len(m) != len(pairs):
-        raise ValueError("a key twice in one map")
-    return m
-
-
 def encode(frame: Frame) -> bytes:
     """Serialize a frame to its canonical msgpack bytes."""
     packed: bytes = _packer.pack(frame.to_map())
@@ -252,7 +236,7 @@ def decode(data: bytes, allowed: tuple[type[Frame], ...] | None = None) -> Frame
     Raises MalformedFrame or UnknownFrameType, nothing else.
     """
     try:
-        m = msgpack.unpackb(data, raw=False, strict_map_key=True, object_pairs_hook=_unique_map)
+        m = msgpack.unpackb(data, raw=False, strict_map_key=True, object_pairs_hook=unique_map)
     except Exception as exc:  # msgpack raises several unrelated types
         raise MalformedFrame(f"not msgpack: {type(exc).__name__}") from None
     if type(m) is not dict:

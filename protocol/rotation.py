@@ -39,6 +39,8 @@ import msgpack
 import nacl.exceptions
 import nacl.signing
 
+from .frame_base import unique_map
+
 __all__ = [
     "CONTEXT",
     "MAX_BYTES",
@@ -175,7 +177,7 @@ def peek(blob: bytes) -> Statement:
         raise RotationMalformed("not a rotation statement")
     body = blob[2 * _SIG :]
     try:
-        m: Any = msgpack.unpackb(body, raw=False, strict_map_key=True)
+        m: Any = msgpack.unpackb(body, raw=False, strict_map_key=True, object_pairs_hook=unique_map)
         if type(m) is not dict or m.get("t") != _MAGIC or m.get("v") != _VERSION:
             raise ValueError("version")
         old, new, at, until = m["old"], m["new"], m["at"], m["until"]

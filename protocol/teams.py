@@ -40,7 +40,7 @@ import nacl.signing
 from . import attestation
 from .crypto import DeviceKeys, verify_signature
 from .errors import BadTeamRecord, RequestError, TeamConflict, TeamForbidden
-from .frame_base import MAX_LIFESPAN_MS, MAX_RECORD_BYTES, MIN_LIFESPAN_MS
+from .frame_base import MAX_LIFESPAN_MS, MAX_RECORD_BYTES, MIN_LIFESPAN_MS, RepeatedKey, unique_map
 from .rotation import AuthorityKeys, keys_at
 
 __all__ = [
@@ -187,7 +187,9 @@ def unpack_record(b: bytes) -> TeamRecord:
     if type(b) is not bytes or len(b) > MAX_RECORD_BYTES:
         raise TeamChainError("malformed", "record too large")
     try:
-        m = msgpack.unpackb(b, raw=False, strict_map_key=True)
+        m = msgpack.unpackb(b, raw=False, strict_map_key=True, object_pairs_hook=unique_map)
+    except RepeatedKey:
+        raise TeamChainError("malformed", "a key twice in one map") from None
     except Exception:  # msgpack raises several unrelated types
         raise TeamChainError("malformed", "not msgpack") from None
     if type(m) is not dict:

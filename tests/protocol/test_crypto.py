@@ -222,6 +222,27 @@ def test_bad_plaintext_is_refused(data: bytes) -> None:
         crypto.unpack_plaintext(data)
 
 
+def _key_twice(packed: bytes, key: str, value: Any) -> bytes:
+    """``packed`` (a fixmap) with ``key`` given once more, last, as ``value``."""
+    assert 0x80 <= packed[0] < 0x8F
+    return bytes([packed[0] + 1]) + packed[1:] + msgpack.packb(key) + msgpack.packb(value, use_bin_type=True)
+
+
+def test_plaintext_with_a_key_twice_is_refused() -> None:
+    """SPEC §3.1: a key twice is refused at any depth, whichever value is
+    the first (two readers must not disagree on what a sealed message says)."""
+    packed = crypto.pack_plaintext(TEXT)
+    for key, value in (("body", "another body"), ("body", TEXT.body), ("from", "u_mallory"), ("v", 1)):
+        with pytest.raises(crypto.EnvelopeError, match="a key twice"):
+            crypto.unpack_plaintext(_key_twice(packed, key, value))
+    # In an unknown key's map too: c"x" -> {"a": 1, "a": 2}.
+    nested = _key_twice(packed, "x", {})[:-1] + bytes.fromhex("82a16101a16102")
+    with pytest.raises(crypto.EnvelopeError, match="a key twice"):
+        crypto.unpack_plaintext(nested)
+    # The same bytes without the repetition are read.
+    assert crypto.unpack_plaintext(_key_twice(packed, "x", {"a": 1})) == TEXT
+
+
 # --- message ids ------------------------------------------------------------------------------------
 
 

@@ -334,6 +334,20 @@ def test_malformed_bytes() -> None:
     refused(None, sign_record_authority(r, AUTHORITY_KEY), "malformed")
 
 
+def test_a_key_twice_is_malformed() -> None:
+    """A record holding a key twice, validly signed, is refused (SPEC §3.1):
+    a reader keeping the first ``user`` and one keeping the last would
+    disagree on whom a signed record adds."""
+    s = create()[0][0]
+    assert 0x80 <= s.rec[0] < 0x8F
+    user = msgpack.unpackb(s.rec, raw=False)["user"]
+    for key, value in (("user", "u_mallory"), ("user", user), ("op", "create")):
+        rec = bytes([s.rec[0] + 1]) + s.rec[1:] + msgpack.packb(key) + msgpack.packb(value)
+        refused(None, SignedRecord(rec, ALICE.keys.sign(teams.TEAM_CONTEXT + rec)), "malformed")
+        with pytest.raises(TeamChainError, match="a key twice"):
+            teams.unpack_record(rec)
+
+
 def test_fork_two_chains_from_one_prefix_have_different_heads() -> None:
     """The hub cannot show two members two histories with the same head."""
     _chain, state = grown()
