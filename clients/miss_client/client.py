@@ -336,7 +336,7 @@ class Client:
         very device is allowed; the hub then closes this connection too, and
         the profile can no longer connect. Raises Forbidden if ``device_id``
         is not one of our active devices."""
-        if not device_id or len(device_id) > f.MAX_ID_CHARS:
+        if not device_id or len(device_id) > f.MAX_ID_CHARS or "\x00" in device_id:
             raise ValueError("a device id looks like d_0123456789abcdef")
         try:
             reply = await self._router.request_retrying(

@@ -68,6 +68,7 @@ from protocol.frames import (
 from protocol.rotation import AuthorityKeys
 
 from .errors import AuthorityMismatch, ConnectionFailed, ConnectionLost, HubBusy, MessageTooLarge
+from .models import check_frame_text
 from .profile import (
     KDF_MODERATE,
     KdfParams,
@@ -266,7 +267,8 @@ async def enroll(
     unused), ConnectionFailed or ConnectionLost after.
     """
     authority_pk = parse_authority(authority)
-    code = code.strip()
+    code = check_frame_text(code.strip(), "an enrollment code")
+    check_frame_text(label, "a device label")
     if not code or len(code) > MAX_ID_CHARS:
         raise ValueError("an enrollment code looks like XXXX-XXXX-XXXX-XXXX")
     if len(label) > 64:

@@ -51,6 +51,7 @@ __all__ = [
     "TeamView",
     "UrgentReminded",
     "UrgentStatusChanged",
+    "check_frame_text",
     "format_id",
     "is_rpps",
     "is_team_id",
@@ -81,8 +82,22 @@ def is_rpps(recipient: str) -> bool:
 
 
 def is_user_id(recipient: str) -> bool:
-    """Hub-assigned user ids start with ``u_``."""
-    return recipient.startswith("u_") and len(recipient) > 2
+    """Hub-assigned user ids start with ``u_`` (and never hold U+0000)."""
+    return recipient.startswith("u_") and len(recipient) > 2 and "\x00" not in recipient
+
+
+def check_frame_text(value: str, what: str) -> str:
+    """``value``, unchanged, if it may go in a frame's string field; raises
+    ValueError ("<what> must not contain U+0000 (NUL)") if it holds U+0000.
+
+    The hub treats a frame string holding U+0000 as ``malformed_frame`` and
+    closes the connection (SPEC §3.1), so whatever a user typed (a search,
+    a device label, an invitation code, a team name...) is checked before it
+    is sent: refused, never silently changed, like the SDK's other bounds.
+    """
+    if "\x00" in value:
+        raise ValueError(f"{what} must not contain U+0000 (NUL)")
+    return value
 
 
 def is_team_id(recipient: str) -> bool:

@@ -47,7 +47,7 @@ from protocol.errors import NoDevices, RoleVacant
 from protocol.oncall import is_role_id
 
 from .errors import ClientError, ConnectionFailed, MessageTooLarge, UnverifiedPeer
-from .models import Message, Peer, format_id
+from .models import Message, Peer, check_frame_text, format_id
 from .oncall_models import Acknowledgement, RoleHoldersChanged, RoleView, UrgentReminded, UrgentStatusChanged
 from .oncall_state import OncallState
 from .peers import Peers
@@ -132,7 +132,7 @@ class Roles:
         """Roles whose name or organisation contains ``query`` (0-64
         characters, case- and accent-insensitive), at most 20; with
         ``mine``, the roles this user holds now (``query`` ignored)."""
-        query = query.strip()
+        query = check_frame_text(query.strip(), "a role search")
         if len(query) > 64:
             raise ValueError("a role search has at most 64 characters")
         reply = await self._router.request_retrying(

@@ -40,7 +40,7 @@ from protocol.errors import UnknownUser
 
 from .errors import BadRecipient, ConnectionFailed, KeyChangePending, UnverifiedPeer
 from .inbox import Undecryptable
-from .models import DirectoryEntry, Peer, PeerChange, is_rpps, is_user_id, now_ms
+from .models import DirectoryEntry, Peer, PeerChange, check_frame_text, is_rpps, is_user_id, now_ms
 from .profile import Profile
 from .requests import Router
 from .state import LocalState
@@ -113,6 +113,7 @@ class Peers:
         """
         if (user is None) == (rpps is None):
             raise ValueError("look up by exactly one of user or rpps")
+        check_frame_text(user if user is not None else rpps or "", "a user id or RPPS number")
         if not refresh:
             cached = self._peers.get(user if user is not None else self._rpps.get(rpps or "", ""))
             if cached is not None:
@@ -181,7 +182,7 @@ class Peers:
         hub's order (by name). Each entry is verified with the authority key
         and described by its attestation only; entries that do not verify
         are dropped (logged at debug level). Nothing is pinned."""
-        query = query.strip()
+        query = check_frame_text(query.strip(), "a search")
         if not f.MIN_SEARCH_CHARS <= len(query) <= 64:
             raise ValueError(f"a search is {f.MIN_SEARCH_CHARS} to 64 characters")
         authority = self._profile.authority

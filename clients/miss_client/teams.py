@@ -50,7 +50,7 @@ from protocol.errors import BadTeamRecord, NotMember, RequestError, TeamConflict
 from protocol.rotation import AuthorityKeys
 
 from .errors import ConnectionFailed, TeamDiverged, TeamProblem, TeamTampered, UnverifiedPeer
-from .models import Event, TeamEvent, TeamProblemFound, TeamView, now_ms
+from .models import Event, TeamEvent, TeamProblemFound, TeamView, check_frame_text, now_ms
 from .peers import Peers
 from .profile import Profile
 from .requests import Router
@@ -367,7 +367,9 @@ class Teams:
 
     async def create(self, name: str, org: str | None = None, lifespan_ms: int | None = None) -> str:
         """Create a team with this user as its first admin; returns its id."""
-        name = name.strip()
+        name = check_frame_text(name.strip(), "a team name")
+        if org is not None:
+            check_frame_text(org, "an organisation")
         if not 1 <= len(name) <= 64:
             raise ValueError("a team name has 1 to 64 characters")
         if org is not None and len(org) > 128:
