@@ -253,3 +253,22 @@ describe("a team's chain as a hostile hub serves it", () => {
     expect(c.team(TEAM)!.problem).toBe("tampered");
   });
 });
+
+describe("typed text in frame strings (SPEC §3.1: U+0000 is malformed_frame)", () => {
+  it("a directory search and a role search are sent without control characters", async () => {
+    const { c } = await client();
+    const sent: Array<Record<string, unknown>> = [];
+    (c as unknown as { request: (build: (rid: number) => Record<string, unknown>) => Promise<unknown> }).request = async (build) => {
+      const frame = build(1);
+      sent.push(frame);
+      return frame.t === "search" ? { t: "search_ok", rid: 1, atts: [] } : { t: "role_search_ok", rid: 1, roles: [] };
+    };
+    expect(await c.search(" Du\0pont\n")).toStrictEqual([]);
+    expect(await c.oncall.search("car\0di\to")).toStrictEqual([]);
+    expect(await c.search("\0\0ab")).toStrictEqual([]); // two characters once cleaned: not sent
+    expect(sent).toStrictEqual([
+      { t: "search", rid: 1, query: "Dupont" },
+      { t: "role_search", rid: 1, query: "cardio" },
+    ]);
+  });
+});

@@ -8,12 +8,12 @@
 import { beforeAll, describe, expect, it } from "vitest";
 
 import { decodeAuthorityKey, encodeAuthorityKey } from "../src/protocol/attestation";
-import { MAX_DEPTH, MsgFloat, MsgMap, MsgpackError, pack, unpack } from "../src/protocol/codec";
+import { MAX_DEPTH, MsgFloat, MsgMap, MsgpackError, RepeatedKeyError, pack, unpack } from "../src/protocol/codec";
 import { fromHex, toHex } from "../src/protocol/crypto";
 import { ProtocolError } from "../src/protocol/errors";
 import { type Frame, decode, encode } from "../src/protocol/frames";
 import { ready } from "../src/protocol/sodium";
-import { printable } from "../src/protocol/text";
+import { fieldText, printable } from "../src/protocol/text";
 
 /** `{t: "link_code", rid: 1, x: <value>}`: an unknown key "x" of the given value. */
 const withX = (valueHex: string) => fromHex("83a174a96c696e6b5f636f6465a3726964" + "01" + "a178" + valueHex);
@@ -60,8 +60,10 @@ describe("unknown keys are ignored, whatever msgpack-python can read in them", (
 });
 
 describe("keys", () => {
-  it("a key twice keeps its last value", () => {
-    expect(decode(fromHex("83a174a96c696e6b5f636f6465a372696401a372696402"))).toStrictEqual({ t: "link_code", rid: 2 });
+  it("a frame holding a key twice is malformed_frame, whichever value comes first (SPEC §3.1)", () => {
+    expect(outcome(fromHex("83a174a96c696e6b5f636f6465a372696401a372696402"))).toBe("malformed_frame");
+    expect(outcome(fromHex("83a174a96c696e6b5f636f6465a372696401a372696401"))).toBe("malformed_frame");
+    expect(outcome(fromHex("83a174a96c696e6b5f636f6465a372696401a174a96c696e6b5f636f6465"))).toBe("malformed_frame");
   });
 
   it("a bin key is ignored like any unknown key, but never names a device in envs", () => {
@@ -71,10 +73,19 @@ describe("keys", () => {
     expect(m.get("t")).toBe(1); // (a bin key in envs: vector send_bin_device_key)
   });
 
-  it("a map keeps a repeated key's first position and last value", () => {
-    const m = unpack(fromHex("83a16101a16202a16103")) as MsgMap;
+  it("a map holding a key twice is refused, at any depth", () => {
+    expect(() => unpack(fromHex("83a16101a16202a16103"))).toThrow(MsgpackError);
+    expect(() => unpack(fromHex("83a16101a16202a16103"))).toThrow("a key twice in one map");
+    expect(() => unpack(fromHex("83a16101a16202a16103"))).toThrow(RepeatedKeyError);
+    expect(() => unpack(fromHex("82c4016101c4016102"))).toThrow(RepeatedKeyError); // bin keys too
+    expect(() => unpack(fromHex("9191" + "82a16101a16102"))).toThrow(RepeatedKeyError); // nested in arrays
+    expect(() => unpack(fromHex("81a17882a16101a16102"))).toThrow(RepeatedKeyError); // nested in a map
+    // Unknown keys of a frame are still read (and refused when repeated).
+    expect(outcome(fromHex("83a174a96c696e6b5f636f6465a372696401a178" + "82a16101a16102"))).toBe("malformed_frame");
+    expect(outcome(fromHex("83a174a96c696e6b5f636f6465a372696401a178" + "82a16101a16202"))).toStrictEqual({ t: "link_code", rid: 1 });
+    const m = unpack(fromHex("82a16101a16202")) as MsgMap;
     expect([...m.entries()]).toStrictEqual([
-      ["a", 3],
+      ["a", 1],
       ["b", 2],
     ]);
   });
@@ -155,6 +166,28 @@ describe("strings", () => {
   it("invalid UTF-8 is refused, and a lone surrogate is never written", () => {
     expect(outcome(fromHex("81a174a2eda080"))).toBe("malformed_frame"); // an encoded surrogate
     expect(() => pack("\ud800")).toThrow(TypeError);
+  });
+});
+
+describe("U+0000 in a frame string (SPEC §3.1)", () => {
+  it("is malformed_frame, in any str field, as the hub refuses it; never encoded", () => {
+    // lookup {rid: 1, user: "u_a\0b"}, search {rid: 1, query: "Du\0pont"}
+    expect(outcome(fromHex("83a174a66c6f6f6b7570a372696401a475736572a5755f610062"))).toBe("malformed_frame");
+    expect(outcome(fromHex("83a174a6736561726368a372696401a57175657279a7447500706f6e74"))).toBe("malformed_frame");
+    expect(outcome(fromHex("83a174a66c6f6f6b7570a372696401a475736572a5755f610162"))).toStrictEqual({ t: "lookup", rid: 1, user: "u_a\x01b" });
+    expect(() => encode({ t: "search", rid: 1, query: "Du\0pont" } as Frame)).toThrow(ProtocolError);
+    const enroll = { t: "enroll", v: 1, code: "7K3M-9QXR", sign_pk: new Uint8Array(32), box_pk: new Uint8Array(32), label: "Pixel 8", sig: new Uint8Array(64) };
+    expect(decode(encode(enroll as Frame))).toStrictEqual(enroll);
+    expect(() => encode({ ...enroll, label: "Pixel\x008" } as Frame)).toThrow("without NUL");
+  });
+});
+
+describe("text.fieldText", () => {
+  it("removes C0, DEL and C1 controls (U+0000 first), trims, and keeps everything else", () => {
+    expect(fieldText(" Du\0pont\t\r\n")).toBe("Dupont");
+    expect(fieldText("\x00\x1f\x7f\x80\x9f")).toBe("");
+    expect(fieldText("  Dr Élodie\u00a0Müller \u{1F600} ")).toBe("Dr Élodie\u00a0Müller \u{1F600}");
+    expect(fieldText("a\u0000b\u200bc")).toBe("ab\u200bc"); // only controls: printable() shows the rest
   });
 });
 

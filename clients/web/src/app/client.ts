@@ -129,6 +129,7 @@ import { isRoleId } from "../protocol/oncall";
 import { Oncall } from "./oncall";
 import { ClientSession } from "../protocol/session";
 import { TeamChainError, newTeamId, nextRecord, signRecord, type TeamOp, type TeamRecord } from "../protocol/teams";
+import { fieldText } from "../protocol/text";
 import { LocalState, type MessageRecord } from "./store";
 import {
   emptyTeam,
@@ -641,7 +642,7 @@ export class MissClient {
   }
 
   async search(query: string): Promise<DirectoryEntry[]> {
-    const q = query.trim();
+    const q = fieldText(query);
     if (q.length < MIN_SEARCH_CHARS || q.length > 64) return [];
     const reply = await this.request<SearchOk>((rid) => ({ t: "search", rid, query: q }));
     const found = new Map<string, DirectoryEntry>();
@@ -745,7 +746,7 @@ export class MissClient {
 
   /** Create a team with us as its first admin; resolves once the hub stored it. */
   async createTeam(name: string, org = "", lifespanMs?: number): Promise<TeamView> {
-    const clean = name.trim();
+    const clean = fieldText(name);
     if (clean.length === 0 || [...clean].length > 64) throw new RangeError("a team name has 1 to 64 characters");
     const id = newTeamId();
     const known = emptyTeam(id);
@@ -753,7 +754,7 @@ export class MissClient {
       ...(await this.signer()),
       team: id,
       name: clean,
-      org: org.trim() || undefined,
+      org: fieldText(org) || undefined,
       lifespan: lifespanMs,
     });
     await this.commitRecord(known, record);

@@ -15,6 +15,7 @@ import { generateKeys, type DeviceKeys } from "../protocol/crypto";
 import { CAP_ONCALL, CAP_REFUSALS, CAP_ROTATION, CAP_TEAMS, SUBPROTOCOL } from "../protocol/frames";
 import { consider } from "../protocol/rotation";
 import { ClientSession } from "../protocol/session";
+import { fieldText } from "../protocol/text";
 import { Vault } from "./vault";
 
 export class Unreachable extends Error {}
@@ -50,6 +51,7 @@ export async function enroll(form: EnrollForm): Promise<Enrolled> {
   } catch {
     throw new BadAuthorityKey("invalid authority key");
   }
+  const label = fieldText(form.label); // sent in a frame string: no controls (SPEC §3.1)
   const keys = generateKeys();
   const ws = new WebSocket(form.server, [SUBPROTOCOL]);
   ws.binaryType = "arraybuffer";
@@ -70,7 +72,7 @@ export async function enroll(form: EnrollForm): Promise<Enrolled> {
             authority = outcome.current;
             rotations = outcome.stored;
           } else if (outcome.kind === "same") rotations = outcome.stored;
-          ws.send(session.enroll(form.code.trim(), keys, form.label, [CAP_REFUSALS, CAP_TEAMS, CAP_ONCALL, CAP_ROTATION], { authority }));
+          ws.send(session.enroll(fieldText(form.code), keys, label, [CAP_REFUSALS, CAP_TEAMS, CAP_ONCALL, CAP_ROTATION], { authority }));
         } else if (event.kind === "welcomed") {
           resolve({ user: event.welcome.user, device: event.welcome.device });
         }
@@ -86,7 +88,7 @@ export async function enroll(form: EnrollForm): Promise<Enrolled> {
   ws.onclose = null;
   const vault = await Vault.create(
     form.passphrase,
-    { server: form.server, user: welcome.user, device: welcome.device, label: form.label, authority, rotations },
+    { server: form.server, user: welcome.user, device: welcome.device, label, authority, rotations },
     { signSeed: keys.signSeed, boxSk: keys.boxSk },
   );
   return { vault, keys, ws, session, backlog };

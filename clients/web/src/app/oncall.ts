@@ -28,6 +28,7 @@ import type { AcknowledgeOk, HubFrame, RoleChanged, RoleOk, RoleSearchOk, Urgent
 import { escalationLevels, isRoleId, type RoleInfo } from "../protocol/oncall";
 import { toHex } from "../protocol/crypto";
 import { ProtocolError } from "../protocol/errors";
+import { fieldText } from "../protocol/text";
 import type { Escalation, LocalState, MessageRecord } from "./store";
 
 /** True for a role id ("r_" + 16 lowercase hex digits), i.e. a role conversation. */
@@ -89,7 +90,7 @@ export class Oncall {
 
   /** Roles whose name or organisation contains `query` (at most 20). */
   async search(query: string): Promise<RoleInfo[]> {
-    const reply = await this.host.request<RoleSearchOk>((rid) => ({ t: "role_search", rid, query: query.trim().slice(0, 64) }));
+    const reply = await this.host.request<RoleSearchOk>((rid) => ({ t: "role_search", rid, query: fieldText(query).slice(0, 64) }));
     return this.keep(reply.roles);
   }
 

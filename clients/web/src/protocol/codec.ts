@@ -15,8 +15,10 @@
  *   `bigint` beyond 2^53 - 1) apart from floats (`MsgFloat`, so that `1.0`
  *   is not `1`), `str` (strict UTF-8) apart from `bin` (`Uint8Array`), ext
  *   values (`MsgExt`). Maps are `MsgMap`s: keys must be `str` or `bin`
- *   (anything else is refused, like `strict_map_key=True`); a key given twice
- *   keeps its first position and its last value, like a Python dict.
+ *   (anything else is refused, like `strict_map_key=True`); a map holding
+ *   one key twice is refused, at any depth (SPEC §3.1: two readers must not
+ *   disagree on which occurrence counts), like the reference's
+ *   `object_pairs_hook`. `str` "t" and `bin` "t" are two keys.
  *   Containers nest at most 1024 deep, msgpack-python's limit; an ext of
  *   type -1 (timestamp) must be a valid timestamp and other negative (reserved)
  *   ext types are refused, as msgpack-python does.
@@ -106,6 +108,14 @@ export class MsgpackError extends Error {
   }
 }
 
+/** A map holding one key twice (SPEC §3.1); the reference's `RepeatedKey`. */
+export class RepeatedKeyError extends MsgpackError {
+  constructor() {
+    super("a key twice in one map");
+    this.name = "RepeatedKeyError";
+  }
+}
+
 /** msgpack-python's nesting limit (its unpacker's stack). */
 export const MAX_DEPTH = 1024;
 
@@ -192,7 +202,9 @@ function readMap(r: Reader, n: number, depth: number): MsgMap {
     if (typeof key !== "string" && !(key instanceof Uint8Array)) {
       throw new MsgpackError("map key is neither str nor bin");
     }
+    const before = out.size;
     out.set(key, readValue(r, depth + 1));
+    if (out.size === before) throw new RepeatedKeyError();
   }
   return out;
 }

@@ -19,7 +19,7 @@
  * Needs `await ready()` (sodium.ts) first.
  */
 import { compareBytes, compareCodePoints, concatBytes, toHex, utf8Encode } from "./bytes";
-import { MsgMap, type MsgValue, pack, unpack } from "./codec";
+import { MsgMap, type MsgValue, pack, RepeatedKeyError, unpack } from "./codec";
 import { sodium } from "./sodium";
 
 export { compareBytes, concatBytes, equalBytes, fromHex, toHex } from "./bytes";
@@ -236,15 +236,15 @@ export function packPlaintext(p: Plaintext, padTo = 0): Uint8Array {
  * plaintext: a map with `v` the integer 1 (not `true`, not `1.0`), a 16-byte
  * `id`, `from`/`to`/`kind`/`body` strings, an integer `sent_at`, and a
  * `reply_to` of 16 bytes if present (nil counts as absent). Unknown keys are
- * ignored; a key twice keeps its last value. `sent_at` beyond ±(2^53 − 1)
+ * ignored; a map holding a key twice is refused (SPEC §3.1). `sent_at` beyond ±(2^53 − 1)
  * is refused (the Python accepts any msgpack integer).
  */
 export function unpackPlaintext(data: Uint8Array): Plaintext {
   let m: MsgValue;
   try {
     m = unpack(data);
-  } catch {
-    throw new EnvelopeError("bad plaintext: not msgpack");
+  } catch (e) {
+    throw new EnvelopeError(e instanceof RepeatedKeyError ? `bad plaintext: ${e.message}` : "bad plaintext: not msgpack");
   }
   if (!(m instanceof MsgMap)) throw new EnvelopeError("bad plaintext: not a map");
   if (!m.has("v")) throw new EnvelopeError("bad plaintext: no 'v'");

@@ -607,11 +607,16 @@ function checkBytes(n?: number, maxLen: number = MAX_FRAME_BYTES): Checker<Uint8
   };
 }
 
+/** A string of at most `maxLen` code points, never holding U+0000 (SPEC
+ * §3.1: no field has a use for it, and a hub on PostgreSQL cannot store it;
+ * the hub refuses it as malformed_frame, so a client refuses it too). */
 function checkStr(maxLen: number = MAX_ID_CHARS, allowEmpty = false): Checker<string> {
   return (v) => {
-    if (typeof v !== "string") throw malformed("expected a non-empty string");
+    if (typeof v !== "string") throw malformed("expected a non-empty string without NUL");
     const n = codePointLength(v);
-    if (n > maxLen || (n === 0 && !allowEmpty)) throw malformed("expected a non-empty string");
+    if (n > maxLen || (n === 0 && !allowEmpty) || v.includes("\0")) {
+      throw malformed("expected a non-empty string without NUL");
+    }
     return v;
   };
 }
@@ -989,8 +994,8 @@ export type Direction = "hub" | "client" | "any";
  * Parse one frame of `direction` (default "any"). Throws MalformedFrame for
  * anything that is not one msgpack map of the right shape for its type
  * (SPEC §3.1), UnknownFrameType for a `"t"` that names no frame type of
- * that direction; nothing else. Unknown keys are ignored; a key given twice
- * counts once, with its last value. Integers above 2^53 − 1 are refused as
+ * that direction; nothing else. Unknown keys are ignored; a map holding a
+ * key twice, at any depth, is MalformedFrame (SPEC §3.1). Integers above 2^53 − 1 are refused as
  * MalformedFrame (the Python decoder accepts up to 2^63 − 1). No size
  * check: a client should accept hub frames up to MAX_HUB_FRAME_BYTES.
  */

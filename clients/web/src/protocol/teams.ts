@@ -17,7 +17,7 @@
  */
 import * as attestation from "./attestation";
 import { codePointLength, concatBytes, equalBytes, toHex, utf8Encode } from "./bytes";
-import { MsgMap, type MsgValue, pack, unpack } from "./codec";
+import { MsgMap, type MsgValue, pack, RepeatedKeyError, unpack } from "./codec";
 import { type Signer, verifySignature } from "./crypto";
 import { sodium } from "./sodium";
 import { type AuthorityKeys, verifyAttestation, verifyByAuthority } from "./rotation";
@@ -123,8 +123,8 @@ export function unpackRecord(data: Uint8Array): TeamRecord {
   let m: MsgValue;
   try {
     m = unpack(data);
-  } catch {
-    throw bad("not msgpack");
+  } catch (e) {
+    throw bad(e instanceof RepeatedKeyError ? e.message : "not msgpack");
   }
   if (!(m instanceof MsgMap)) throw bad("not a map");
   for (const k of m.keys()) if (typeof k !== "string" || !KEYS.has(k)) throw bad("unknown key");

@@ -34,3 +34,18 @@ function standIn(ch: string): string {
 export function printable(text: string): string {
   return text.replace(ACTIVE, standIn);
 }
+
+const CONTROLS = /[\u0000-\u001f\u007f-\u009f]/g;
+
+/**
+ * What a user typed in a one-line field (a search, a device label, an
+ * invitation code, a team name), made fit for a frame's string field: C0
+ * controls (U+0000 to U+001F), DEL and C1 controls (U+0080 to U+009F)
+ * removed, then blanks trimmed at both ends. A frame string holding U+0000
+ * is malformed_frame to the hub, which closes the connection (SPEC §3.1);
+ * the other controls have no place in one line either (a paste can bring a
+ * tab or a line break). Everything else is kept. Pure and total.
+ */
+export function fieldText(text: string): string {
+  return text.replace(CONTROLS, "").trim();
+}
