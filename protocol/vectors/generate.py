@@ -188,6 +188,15 @@ def team_record(
     return teams.sign_record(r, KEYS[device])
 
 
+def _key_twice(r: teams.TeamRecord, key: str, value: Any) -> teams.SignedRecord:
+    """``r`` packed with ``key`` once more, last, as ``value``, signed by its
+    device (Alice's phone): well signed, refused as malformed."""
+    rec = teams.pack_record(r)
+    assert 0x80 <= rec[0] < 0x8F
+    rec = bytes([rec[0] + 1]) + rec[1:] + pack(key) + pack(value)
+    return teams.SignedRecord(rec, KEYS[ALICE_PHONE].sign(teams.TEAM_CONTEXT + rec))
+
+
 def main_chain() -> list[tuple[str, teams.SignedRecord, teams.TeamState]]:
     """The team of teams.json: every operation once, each with its state."""
     authority_pk = bytes(nacl.signing.SigningKey(AUTHORITY_SEED).verify_key)
@@ -1153,6 +1162,59 @@ def frames_document() -> dict[str, Any]:
         ),
         invalid_vector("invalid_utf8", "a str that is not UTF-8", b"\x81\xa1t\xa2\xff\xfe", "any", mal),
         invalid_vector(
+            "devices_key_twice",
+            "a devices request with rid twice (1, then 2): a map never holds a key twice (SPEC §3.1)",
+            b"\x83" + pack("t") + pack("devices") + pack("rid") + pack(1) + pack("rid") + pack(2),
+            "client",
+            mal,
+        ),
+        invalid_vector(
+            "type_key_twice",
+            "a link_code whose 't' comes twice, with the same value both times",
+            b"\x83" + pack("t") + pack("link_code") + pack("rid") + pack(1) + pack("t") + pack("link_code"),
+            "any",
+            mal,
+        ),
+        invalid_vector(
+            "watching_entry_key_twice",
+            "a watching answer whose one presence entry holds 'online' twice: at any depth",
+            b"\x83"
+            + pack("t")
+            + pack("watching")
+            + pack("rid")
+            + pack(11)
+            + pack("presence")
+            + b"\x91\x84"
+            + pack("user")
+            + pack(BOB)
+            + pack("status")
+            + pack("busy")
+            + pack("online")
+            + pack(True)
+            + pack("online")
+            + pack(False),
+            "server",
+            mal,
+        ),
+        invalid_vector(
+            "unknown_key_twice",
+            "a link_code with an unknown key whose map holds a key twice (unknown keys are ignored, "
+            "but still read)",
+            b"\x83"
+            + pack("t")
+            + pack("link_code")
+            + pack("rid")
+            + pack(1)
+            + pack("x")
+            + b"\x82"
+            + pack("a")
+            + pack(1)
+            + pack("a")
+            + pack(2),
+            "any",
+            mal,
+        ),
+        invalid_vector(
             "auth_missing_device",
             "a required key is absent",
             pack({"t": "auth", "v": 1, "sig": auth_sig}),
@@ -1227,6 +1289,20 @@ def frames_document() -> dict[str, Any]:
             "rpps is at most 32 characters",
             pack({"t": "lookup", "rid": 1, "rpps": "1" * 33}),
             "any",
+            mal,
+        ),
+        invalid_vector(
+            "lookup_nul_in_user",
+            "a str never holds U+0000 (SPEC §3.1): user 'u_a\\u0000b'",
+            pack({"t": "lookup", "rid": 1, "user": "u_a\x00b"}),
+            "any",
+            mal,
+        ),
+        invalid_vector(
+            "search_nul_in_query",
+            "a search query holding U+0000",
+            pack({"t": "search", "rid": 1, "query": "Du\x00pont"}),
+            "client",
             mal,
         ),
         invalid_vector(
@@ -1635,6 +1711,12 @@ def crypto_document() -> dict[str, Any]:
         bad_plaintext("reply_to is not a 16-byte id", {**base, "reply_to": b"\x00" * 8}),
         bad_plaintext("not a map", ["v", 1]),
         {"description": "not msgpack", "packed_plaintext": "c1"},
+        {
+            "description": "body twice ('x', then 'y'): a map never holds a key twice (SPEC §3.1)",
+            "packed_plaintext": (
+                bytes([pack(base)[0] + 1]) + pack(base)[1:] + pack("body") + pack("y")
+            ).hex(),
+        },
     ]
 
     message_ids: list[dict[str, Any]] = [
@@ -2065,6 +2147,14 @@ def teams_document() -> dict[str, Any]:
             8,
             team_record(closed, "add", DAN, BOB, T0 + 3 * DAY_MS + 1),
             "forbidden",
+        ),
+        invalid(
+            "user_twice",
+            "Alice adds Dan at seq 1, the record holding 'user' twice (Dan, then Bob), validly signed: "
+            "a map never holds a key twice (SPEC §3.1)",
+            1,
+            _key_twice(add_dan, "user", BOB),
+            "malformed",
         ),
         invalid(
             "unknown_op",
