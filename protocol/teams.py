@@ -170,7 +170,14 @@ def pack_record(r: TeamRecord) -> bytes:
 
 
 def _is_id(v: Any) -> bool:
-    return type(v) is str and 0 < len(v) <= _MAX_ID_CHARS
+    return type(v) is str and 0 < len(v) <= _MAX_ID_CHARS and "\x00" not in v
+
+
+def _is_text(v: Any, max_len: int, min_len: int) -> bool:
+    """A str of ``min_len`` to ``max_len`` characters without U+0000: as in
+    a frame (SPEC §3.1), since the hub stores these in its database, and
+    PostgreSQL cannot hold U+0000."""
+    return type(v) is str and min_len <= len(v) <= max_len and "\x00" not in v
 
 
 def _is_int(v: Any) -> bool:
@@ -225,10 +232,10 @@ def unpack_record(b: bytes) -> TeamRecord:
         raise TeamChainError("malformed", "att is not an attestation")
     if m["op"] != "create" and any(k in m for k in _CREATE_ONLY):
         raise TeamChainError("malformed", "name, org and lifespan belong to a creation")
-    if "name" in m and not (type(m["name"]) is str and 0 < len(m["name"]) <= _MAX_NAME_CHARS):
-        raise TeamChainError("malformed", "name is 1-64 characters")
-    if "org" in m and not (type(m["org"]) is str and len(m["org"]) <= _MAX_ORG_CHARS):
-        raise TeamChainError("malformed", "org is 0-128 characters")
+    if "name" in m and not _is_text(m["name"], _MAX_NAME_CHARS, 1):
+        raise TeamChainError("malformed", "name is 1-64 characters, without U+0000")
+    if "org" in m and not _is_text(m["org"], _MAX_ORG_CHARS, 0):
+        raise TeamChainError("malformed", "org is 0-128 characters, without U+0000")
     if "lifespan" in m and not (
         type(m["lifespan"]) is int and MIN_LIFESPAN_MS <= m["lifespan"] <= MAX_LIFESPAN_MS
     ):

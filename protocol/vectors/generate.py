@@ -2149,6 +2149,14 @@ def teams_document() -> dict[str, Any]:
             "forbidden",
         ),
         invalid(
+            "name_with_nul",
+            "Alice creates a team named 'Réa\\u0000nuit': a str of a record never holds U+0000 "
+            "(as in a frame, SPEC §3.1)",
+            0,
+            team_record(None, "create", ALICE, ALICE, T0 + DAY_MS, team=TEAM_ID, name="Réa\x00nuit"),
+            "malformed",
+        ),
+        invalid(
             "user_twice",
             "Alice adds Dan at seq 1, the record holding 'user' twice (Dan, then Bob), validly signed: "
             "a map never holds a key twice (SPEC §3.1)",

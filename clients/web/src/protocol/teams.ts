@@ -112,7 +112,13 @@ function isInt(v: MsgValue | undefined): v is number {
 }
 
 function isId(v: MsgValue | undefined): v is string {
-  return typeof v === "string" && v.length > 0 && codePointLength(v) <= MAX_ID_CHARS;
+  return typeof v === "string" && v.length > 0 && codePointLength(v) <= MAX_ID_CHARS && !v.includes("\0");
+}
+
+/** A string of `min` to `max` code points without U+0000 (as in a frame,
+ * SPEC §3.1: the hub stores names in a database that cannot hold it). */
+function isText(v: MsgValue | undefined, min: number, max: number): v is string {
+  return typeof v === "string" && codePointLength(v) >= min && codePointLength(v) <= max && !v.includes("\0");
 }
 
 /** Parse a packed record; TeamChainError("malformed") unless every key has
@@ -161,8 +167,8 @@ export function unpackRecord(data: Uint8Array): TeamRecord {
   if (op !== "create" && (name !== undefined || org !== undefined || lifespan !== undefined)) {
     throw bad("name, org and lifespan belong to a creation");
   }
-  if (name !== undefined && !(typeof name === "string" && codePointLength(name) >= 1 && codePointLength(name) <= 64)) throw bad("name");
-  if (org !== undefined && !(typeof org === "string" && codePointLength(org) <= 128)) throw bad("org");
+  if (name !== undefined && !isText(name, 1, 64)) throw bad("name");
+  if (org !== undefined && !isText(org, 0, 128)) throw bad("org");
   if (lifespan !== undefined && !(isInt(lifespan) && lifespan >= MIN_LIFESPAN_MS && lifespan <= MAX_LIFESPAN_MS)) throw bad("lifespan");
   const r: TeamRecord = { team, seq, prev, op: op as TeamOp, user, by, at };
   if (device !== undefined) r.device = device as string;
