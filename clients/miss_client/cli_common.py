@@ -249,10 +249,7 @@ async def connected(args: argparse.Namespace, profile: Profile | None = None) ->
                 if attempt == BUSY_TRIES:
                     raise
                 await asyncio.sleep(busy_wait(attempt))
-        # A refusal without statements is the plain mismatch the warning below explains.
-        if client.rotation is not None and (
-            not isinstance(client.rotation, RotationRefused) or client.rotation.statements
-        ):
+        if client.rotation is not None:
             print(f"{PROG}: {client.rotation.text}", file=sys.stderr)
         warn_authority_mismatch(client)
         yield client

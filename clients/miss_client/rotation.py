@@ -6,11 +6,13 @@ nothing to do. Another key, with ``rotations`` statements leading to it from
 the profile's key, every signature valid: the profile moves to the new key
 (saved in ``authority.sealed``, see :mod:`miss_client.profile`), keeps the
 older keys until their ``until``, and the connection's first event is an
-:class:`~miss_client.models.AuthorityRotated`. Another key without such a
-chain: the profile keeps its key and the first event is a
-:class:`~miss_client.models.RotationRefused` (``rotation_refused``); the
-clinicians attested by the hub's key then look unverified, as before
-rotations existed. A hub cannot forge a statement; withholding one only
+:class:`~miss_client.models.AuthorityRotated`. Another key with statements
+that do not lead there from the profile's key: the profile keeps its key
+and the first event is a :class:`~miss_client.models.RotationRefused`
+(``rotation_refused``). Another key with no statement at all is no
+rotation but a hub of another authority, as before rotations existed: no
+event (``Client.hub_authority`` tells it, miss-chat warns). Either way the
+clinicians attested by the hub's key look unverified. A hub cannot forge a statement; withholding one only
 delays the move, until the old key's ``until`` makes verification fail.
 """
 
@@ -23,16 +25,13 @@ from protocol.frames import Challenge
 from .models import AuthorityRotated, RotationRefused
 from .profile import Profile, save_authority
 
-__all__ = ["ACCEPTED_TEXT", "REFUSED_TEXT", "UNANNOUNCED_TEXT", "follow_rotation"]
+__all__ = ["ACCEPTED_TEXT", "REFUSED_TEXT", "follow_rotation"]
 
 #: The French notices of the contract (with the new key's fingerprint).
 ACCEPTED_TEXT = (
     "Clé de l'autorité de vérification renouvelée (empreinte {fingerprint}), annoncée par l'ancienne clé"
 )
 REFUSED_TEXT = "Nouvelle clé d'autorité refusée : la déclaration n'est pas signée par la clé connue"
-#: When the hub announces another key with no statement at all (a misconfigured hub, or another
-#: authority): miss-chat's longer warning (cli_common.warn_authority_mismatch) says what to do.
-UNANNOUNCED_TEXT = "Clé d'autorité du hub refusée : aucune déclaration signée par la clé connue ne l'annonce"
 
 
 def follow_rotation(
@@ -52,9 +51,10 @@ def follow_rotation(
         keys = check_authority(challenge, held, 0)
     except WrongAuthority as exc:
         if exc.refusal is None:
-            return profile, RotationRefused(
-                announced, "the hub sent no rotation statement", UNANNOUNCED_TEXT, 0
-            )
+            # No statement at all: not a rotation but a hub of another
+            # authority (or misconfigured), as before rotations existed;
+            # ``Client.hub_authority`` tells it, and miss-chat warns.
+            return profile, None
         statements = len(challenge.rotations or ())
         return profile, RotationRefused(announced, str(exc.refusal), REFUSED_TEXT, statements)
     if keys == held:
