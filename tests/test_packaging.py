@@ -45,6 +45,7 @@ from miss_server.__main__ import EXIT_SLACK
 from miss_server.app import HubServer
 from miss_server.config import Settings, load_settings
 from tests.support.authority import AUTHORITY_TEXT
+from tests.support.web_client import installed_web_client
 from tests.support.wire import RawDevice
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -304,8 +305,7 @@ def test_the_web_stage_checks_the_bundle_with_only_the_files_it_copies(tmp_path:
         elif word == "RUN":
             runs.append(exec_form(args))
     assert runs[0][:2] == ["npm", "ci"], runs
-    modules = ROOT / "clients/web/node_modules"
-    assert modules.is_dir(), "clients/web/node_modules is missing: run `npm ci` in clients/web"
+    modules = installed_web_client() / "node_modules"
     cwd = root / workdir.lstrip("/")
     (cwd / "node_modules").symlink_to(modules)
     for command in runs[1:]:
