@@ -391,5 +391,7 @@ async def test_errors_show_in_the_interface(web_hub: WebHub, page: Page, page_lo
         await expect(conn).to_contain_text("Hors ligne")
         await take_screenshot(page, "error-offline")
         await asyncio.to_thread(web_hub.process.start)
-        await expect_online(page, timeout=45_000)
+        # The clinician does not wait for the backoff (up to 30 s): "Réessayer".
+        await page.get_by_test_id("conn-retry").click()
+        await expect_online(page, timeout=T)
         assert await page_log.problems() == []
