@@ -46,6 +46,7 @@ class ContextFilter(logging.Filter):
                 setattr(record, name, value)
         return True
 
+
 _STANDARD = set(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {"message", "asctime", "taskName"}
 
 

@@ -23,7 +23,9 @@ def json_lines(path: Path) -> list[dict[str, Any]]:
 
 
 async def test_a_message_has_one_request_id_on_both_nodes(tmp_path: Path) -> None:
-    async with running_cluster(tmp_path, extra_env={"MISS_LOG_FORMAT": "json", "MISS_LOG_LEVEL": "debug"}) as cluster:
+    async with running_cluster(
+        tmp_path, extra_env={"MISS_LOG_FORMAT": "json", "MISS_LOG_LEVEL": "debug"}
+    ) as cluster:
         alice = await cluster.enroll(0, "Dr Alice", "10000000001")
         bob = await cluster.enroll(1, "Dr Bob", "10000000002")
         lb, la = await alice.lookup(bob.user_id), await alice.lookup(alice.user_id)
