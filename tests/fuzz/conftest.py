@@ -22,6 +22,8 @@ MIN_FRAMES = 10_000
 
 _HERE = Path(__file__).parent
 _deselected: list[str] = []
+#: When the package's last test ended (the terminal summary comes long after).
+_ended: list[float] = []
 
 
 def pytest_deselected(items: list[pytest.Item]) -> None:
@@ -29,7 +31,7 @@ def pytest_deselected(items: list[pytest.Item]) -> None:
 
 
 def _report() -> str:
-    seconds = time.monotonic() - FRAMES.started
+    seconds = (_ended[0] if _ended else time.monotonic()) - FRAMES.started
     parts = ", ".join(f"{name} {n}" for name, n in sorted(FRAMES.by_test.items()))
     return f"fuzz: {FRAMES.total} frames in {seconds:.1f} s ({parts})"
 
@@ -41,6 +43,7 @@ def frame_budget(request: pytest.FixtureRequest) -> Iterator[None]:
     FRAMES.started = time.monotonic()
     failed_before = request.session.testsfailed
     yield
+    _ended.append(time.monotonic())
     print(_report())
     modules = {Path(item.path).name for item in request.session.items if Path(item.path).parent == _HERE}
     everything = modules == {p.name for p in _HERE.glob("test_*.py")} and not _deselected
