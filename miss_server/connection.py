@@ -181,12 +181,9 @@ async def _dispatch(
     :meth:`Hub.request`, the dispatch, answers it. A device over its budget
     gets ``rate_limited`` and its next frame is read only after the delay
     (at most MAX_PENALTY); an ack over budget waits for its tokens first. A
-    flood then queues in its own socket, not in the hub."""
-    # The request id of logs.py: a send's message id, which the nodes that
-    # deliver it log too; an ack is no request (its receipts name their sends).
-    rid = getattr(frame, "rid", None)
-    request = frame.id.hex() if type(frame) is Send else None if rid is None else f"{CONN.get()}.{rid}"
-    token = REQ.set(request)
+    flood then queues in its own socket, not in the hub. Lines logged
+    meanwhile carry the request's id (logs.py)."""
+    token = REQ.set(frame)
     try:
         await _answer(hub, session, link, ws, frame, address, size)
     finally:
@@ -202,7 +199,7 @@ async def _answer(
     address: str,
     size: int,
 ) -> None:
-    """:func:`_dispatch`'s work, in the request's logging context."""
+    """:func:`_dispatch`'s work, with the request in the logging context."""
     penalty = 0.0
     reply: bytes | None = None
     outcome = "ok"

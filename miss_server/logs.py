@@ -22,12 +22,14 @@ import secrets
 import sys
 import time
 
-__all__ = ["CONN", "REQ", "ContextFilter", "new_conn_id", "setup_logging"]
+__all__ = ["CONN", "REQ", "ContextFilter", "new_conn_id", "request_id", "setup_logging"]
 
 #: The connection the running task serves (None outside one).
 CONN: contextvars.ContextVar[str | None] = contextvars.ContextVar("miss_conn", default=None)
-#: The request the running task handles (None between requests).
-REQ: contextvars.ContextVar[str | None] = contextvars.ContextVar("miss_req", default=None)
+#: The request frame the running task handles (None between requests).
+#: Its id (:func:`request_id`) is worked out only when a line is logged, so
+#: that a request costs the hot path a context switch, not a string.
+REQ: contextvars.ContextVar[object | None] = contextvars.ContextVar("miss_req", default=None)
 
 
 def new_conn_id() -> str:
@@ -35,15 +37,30 @@ def new_conn_id() -> str:
     return secrets.token_hex(4)
 
 
+def request_id(frame: object, conn: str | None) -> str | None:
+    """The id of a request ``frame`` in the logs: a ``send``'s message id in
+    hex, another request's ``CONN.RID``; None for a frame without a rid (an
+    ``ack``: its receipts name their sends)."""
+    if getattr(frame, "TYPE", None) == "send":
+        mid = getattr(frame, "id", None)
+        return mid.hex() if isinstance(mid, bytes) else None
+    rid = getattr(frame, "rid", None)
+    return None if rid is None else f"{conn}.{rid}"
+
+
 class ContextFilter(logging.Filter):
     """Adds ``conn`` and ``req`` from the running task's context to every
     record that does not name them itself (``extra``)."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        for name, var in (("conn", CONN), ("req", REQ)):
-            value = var.get()
-            if value is not None and name not in record.__dict__:
-                setattr(record, name, value)
+        conn = CONN.get()
+        if conn is not None and "conn" not in record.__dict__:
+            record.conn = conn
+        frame = REQ.get()
+        if frame is not None and "req" not in record.__dict__:
+            request = request_id(frame, conn)
+            if request is not None:
+                record.req = request
         return True
 
 
