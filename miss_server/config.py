@@ -14,6 +14,7 @@ where it came from; ``miss-server`` prints it and exits with status 2.
 from __future__ import annotations
 
 import os
+from functools import cached_property
 from pathlib import Path
 from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit, urlunsplit
@@ -334,16 +335,16 @@ class Settings(BaseSettings):
         """``max_connections_per_account``, or its default of 3 times ``max_devices``."""
         return self.max_connections_per_account or 3 * self.max_devices
 
-    @property
+    @cached_property  # read per connection and per team change: derived once
     def authority_public_key(self) -> bytes | None:
         return decode_authority_key(self.authority_key) if self.authority_key else None
 
-    @property
+    @cached_property
     def rotation_statements(self) -> tuple[bytes, ...]:
         """The statements of ``authority_rotations`` (checked at load)."""
         return tuple(rotation.decode_text(t) for t in self.authority_rotations)
 
-    @property
+    @cached_property
     def authority_keys(self) -> rotation.AuthorityKeys | None:
         """``authority_key`` and the older keys of ``authority_rotations``
         with their ``until`` (each counts only up to it: the verifier asks
