@@ -120,11 +120,14 @@ LIMIT_SETTINGS = (
 #: The floor under the quiet p99 that :func:`judge` compares with (ms). With
 #: the store in memory (:class:`LimitedHub`) a bystander's message crosses
 #: the hub in 2-4 ms (p50) and the quiet p99 of a window is 4.6-10 ms on this
-#: shared 2-core machine; one scheduler hiccup of a few milliseconds is the
-#: p99 of a window whose messages all take 2 ms. On a machine quieter than
-#: this one, twice a 2.5 ms p99 would be noise: below 5 ms the bound is
-#: 10 ms. It never binds here (every quiet p99 measured was above 4.5 ms).
-FLOOR_MS = 5.0
+#: shared 2-core machine. The p99 of a window of a few hundred samples is its
+#: fifth-slowest message: one scheduler hiccup of a few milliseconds on a
+#: machine CI shares with other jobs moves it by 5-7 ms (CI once measured
+#: 6.4 ms quiet, 12.9 ms attacked, with the attacked p50 at 3.7 ms against
+#: 3.4 ms). Below 10 ms the bound is therefore 20 ms: still far under what
+#: a clinician notices, and far under what an attack that costs bystanders
+#: anything does (tens to hundreds of milliseconds, or refusals).
+FLOOR_MS = 10.0
 
 
 def default_limits() -> dict[str, str]:
