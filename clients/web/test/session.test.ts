@@ -60,6 +60,7 @@ const MID_HEX = crypto.toHex(MID);
 const NONCE = new Uint8Array(32).fill(7);
 const CODE = "ABCD-EFGH-JKMN-PQRS";
 const ROLE = "r_0123456789abcdef";
+const BLOB = "b_0123456789abcdef0123456789abcdef";
 
 /** One frame of every hub → client type. */
 const SAMPLES: Record<HubFrame["t"], HubFrame> = {
@@ -92,6 +93,8 @@ const SAMPLES: Record<HubFrame["t"], HubFrame> = {
   urgent_status: { t: "urgent_status", seq: 4, id: MID, sender: "u_1", state: "escalated", step: 1, ts: 8, target: ROLE },
   urgent_reminder: { t: "urgent_reminder", id: MID, sender: "u_2", n: 1 },
   role_changed: { t: "role_changed", role: ROLE, holders: ["u_1"] },
+  blob_ok: { t: "blob_ok", rid: 1, blob: BLOB, have: 0 },
+  blob_link_ok: { t: "blob_link_ok", rid: 1, blob: BLOB, url: "/blobs/" + "A".repeat(43), size: 41, expires: 10 },
 };
 
 const SEND: Send = { t: "send", id: MID, from: "d_1", to: "u_2", envs: new Map([["d_2", crypto.fromHex("78")]]) };
@@ -108,6 +111,8 @@ const REQUEST_OF: Partial<Record<HubFrame["t"], ClientFrame>> = {
   team_ok: { t: "team_change", rid: 1, team: "t_0123456789abcdef", rec: new Uint8Array(10), sig: new Uint8Array(64) },
   teams_ok: { t: "teams", rid: 1 },
   team_chain_ok: { t: "team_chain", rid: 1, team: "t_0123456789abcdef", from: 0 },
+  blob_ok: { t: "blob_begin", rid: 1, size: 41 },
+  blob_link_ok: { t: "blob_link", rid: 1, blob: BLOB },
   recall_ok: { t: "recall", rid: 1, id: MID },
   role_search_ok: { t: "role_search", rid: 1, query: "cardio" },
   role_ok: { t: "role_get", rid: 1, role: ROLE },

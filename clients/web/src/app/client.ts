@@ -68,6 +68,7 @@
  *   changes; messages from members by the chain are still received.
  */
 import {
+  CAP_BLOBS,
   CAP_ONCALL,
   CAP_REFUSALS,
   CAP_ROTATION,
@@ -127,6 +128,7 @@ import {
 import { NotMember, ProtocolError, RoleVacant, TeamForbidden } from "../protocol/errors";
 import { isRoleId } from "../protocol/oncall";
 import { Oncall } from "./oncall";
+import { AttachmentRefused, Attachments, type Prepared } from "./attachments";
 import { ClientSession } from "../protocol/session";
 import { TeamChainError, newTeamId, nextRecord, signRecord, type TeamOp, type TeamRecord } from "../protocol/teams";
 import { fieldText } from "../protocol/text";
@@ -185,6 +187,8 @@ export interface SendOptions {
   lifespanMs?: number;
   /** Urgent (SPEC §14): escalates until acknowledged, per the recipient's policy. */
   urgent?: boolean;
+  /** Attachments (SPEC §16), encrypted by `attachments.prepare`; uploaded before the message goes. */
+  files?: Prepared[];
 }
 
 export interface PresenceInfo {
@@ -276,6 +280,8 @@ export class MissClient {
 
   /** On-call roles and urgent messages (oncall.ts). */
   readonly oncall: Oncall;
+  /** Attachments: limits, encryption, upload and download (attachments.ts). */
+  readonly attachments: Attachments;
 
   constructor(
     readonly vault: Vault,
@@ -293,6 +299,16 @@ export class MissClient {
       },
       state,
       request: (build) => this.request(build),
+      changed: () => this.onChange(),
+    });
+    this.attachments = new Attachments({
+      request: (build) => this.request(build),
+      get httpBase() {
+        return client.vault.profile.server.replace(/^ws/, "http");
+      },
+      get welcomeLimits() {
+        return client.session?.welcome ?? null;
+      },
       changed: () => this.onChange(),
     });
   }
@@ -397,7 +413,7 @@ export class MissClient {
     switch (event.kind) {
       case "challenged": {
         this.considerAuthority(session);
-        this.ws!.send(session.auth(this.device, this.keys, [CAP_REFUSALS, CAP_TEAMS, CAP_ONCALL, CAP_ROTATION]));
+        this.ws!.send(session.auth(this.device, this.keys, [CAP_REFUSALS, CAP_TEAMS, CAP_ONCALL, CAP_ROTATION, CAP_BLOBS]));
         break;
       }
       case "welcomed":
@@ -1030,7 +1046,8 @@ export class MissClient {
       await this.request<RecallOk>((rid) => ({ t: "recall", rid, id: fromHex(messageId) }));
       await this.queueNotice(m.peer, "recall", [m.id]);
     }
-    await this.state.saveMessage({ ...m, body: "", recalled: true, ...(sent ? {} : { status: "failed" as const, failure: "recalled" }) });
+    this.attachments.drop(m.id);
+    await this.state.saveMessage({ ...m, body: "", atts: undefined, files: undefined, recalled: true, ...(sent ? {} : { status: "failed" as const, failure: "recalled" }) });
     this.onChange();
     this.flushOutbox();
   }
@@ -1040,7 +1057,7 @@ export class MissClient {
     let changed = false;
     for (const m of [...this.state.messages.values()]) {
       if (m.expiresAt != null && m.expiresAt <= now && !m.expired) {
-        await this.state.saveMessage({ ...m, body: "", expired: true });
+        await this.state.saveMessage({ ...m, body: "", atts: undefined, files: undefined, expired: true });
         changed = true;
       }
     }
@@ -1054,7 +1071,9 @@ export class MissClient {
   async send(peer: string, text: string, options: SendOptions = {}): Promise<MessageRecord> {
     if (isRoleId(peer) && !this.state.conversations.has(peer)) this.state.conversation(peer);
     const body = text.trim();
-    if (!body) throw new Error("empty message");
+    const files = options.files ?? [];
+    if (!body && files.length === 0) throw new Error("empty message");
+    if (files.length > 0) this.attachments.check(files);
     const ttl = options.lifespanMs ?? this.lifespanFor(peer);
     if (ttl !== undefined && !(Number.isSafeInteger(ttl) && ttl >= MIN_LIFESPAN_MS && ttl <= MAX_LIFESPAN_MS)) {
       throw new RangeError("a lifespan is between one hour and 30 days");
@@ -1083,6 +1102,10 @@ export class MissClient {
     if (ttl !== undefined) {
       m.ttl = ttl;
       m.expiresAt = now + ttl;
+    }
+    if (files.length > 0) {
+      m.files = files.map((f) => ({ name: f.name, type: f.type, size: f.size, ...(f.thumb ? { thumb: f.thumb } : {}) }));
+      this.attachments.keep(m.id, files);
     }
     await this.state.saveMessage(m); // durably recorded before anything is sent
     this.onChange();
@@ -1122,13 +1145,21 @@ export class MissClient {
     }
   }
 
-  private async sendOne(m: MessageRecord): Promise<void> {
+  private async sendOne(record: MessageRecord): Promise<void> {
+    let m = record;
     if (this.inflight.has(m.id)) return;
     this.inflight.add(m.id);
     try {
       if (m.expiresAt != null && m.expiresAt <= Date.now()) {
-        await this.state.saveMessage({ ...m, body: "", expired: true, status: "failed", failure: "expired" });
+        await this.state.saveMessage({ ...m, body: "", files: undefined, expired: true, status: "failed", failure: "expired" });
         return;
+      }
+      if (m.files !== undefined && m.atts === undefined) {
+        // Uploaded first (resumed after a reconnection); then the message names them.
+        const atts = await this.attachments.upload(m.id);
+        m = { ...(this.state.message(this.me, m.id) ?? m), atts };
+        delete m.files;
+        await this.state.saveMessage(m);
       }
       for (let attempt = 0; attempt < 4; attempt++) {
         const refresh = attempt > 0;
@@ -1150,6 +1181,7 @@ export class MissClient {
           this.held.delete(m.id);
           const now = this.state.message(this.me, m.id) ?? m; // a recall may have happened meanwhile
           await this.state.saveMessage({ ...now, status: "accepted", targets: [...frame.envs.keys()] });
+          this.attachments.drop(m.id);
           return;
         } catch (err) {
           if (!(err instanceof ProtocolError)) throw err;
@@ -1183,7 +1215,8 @@ export class MissClient {
       } else {
         this.held.delete(m.id);
         const failure = e instanceof ProtocolError ? e.code : e instanceof MessageTooLarge ? "too_large" : e.message;
-        await this.state.saveMessage({ ...m, status: "failed", failure });
+        this.attachments.drop(m.id);
+        await this.state.saveMessage({ ...(this.state.message(this.me, m.id) ?? m), status: "failed", failure });
       }
     } finally {
       this.inflight.delete(m.id);
@@ -1209,6 +1242,7 @@ export class MissClient {
     if (m.refs != null) p.refs = m.refs.map(fromHex);
     if (m.team != null) p.team = m.team;
     if (m.urgent === true) p.urgent = true;
+    if (m.atts !== undefined && m.atts.length > 0) p.atts = m.atts;
     return packPlaintext(p, PAD_TO);
   }
 
@@ -1229,12 +1263,15 @@ export class MissClient {
     const plaintext = this.plaintextOf(m, peer.user);
     const envs = new Map<string, Uint8Array>();
     let frame: Send;
-    if (m.urgent) {
-      // An urgent message is always a sealed body (SPEC §14.5).
-      if (!this.oncallHub) throw new ConnectionLost("this hub does not know urgent messages");
+    const blobs = this.blobsOf(m);
+    if (m.urgent || blobs) {
+      // An urgent message, or one with attachments, is always a sealed body (SPEC §14.5, §16).
+      if (m.urgent && !this.oncallHub) throw new ConnectionLost("this hub does not know urgent messages");
       const [key, body] = sealBody(plaintext, fromHex(m.id), this.keys);
       for (const [device, boxPk] of targets) envs.set(device, wrapKey(key, this.keys, boxPk));
-      frame = { t: "send", id: fromHex(m.id), from: this.device, to: peer.user, envs, body, urgent: {} };
+      frame = { t: "send", id: fromHex(m.id), from: this.device, to: peer.user, envs, body };
+      if (m.urgent) frame.urgent = {};
+      if (blobs) frame.blobs = blobs;
     } else {
       for (const [device, boxPk] of targets) envs.set(device, seal(plaintext, this.keys, boxPk));
       frame = { t: "send", id: fromHex(m.id), from: this.device, to: peer.user, envs };
@@ -1280,6 +1317,8 @@ export class MissClient {
       if (!this.oncallHub) throw new ConnectionLost("this hub does not know urgent messages");
       frame.urgent = {};
     }
+    const blobs = this.blobsOf(m);
+    if (blobs) frame.blobs = blobs;
     if (encode(frame).length > MAX_FRAME_BYTES) throw new MessageTooLarge("message too large");
     await this.state.saveMessage({ ...(this.state.message(this.me, m.id) ?? m), head: toHex(head) });
     return frame;
@@ -1317,8 +1356,17 @@ export class MissClient {
     const frame: Send = { t: "send", id: fromHex(m.id), from: this.device, to: role, envs, body };
     if (m.ttl != null) frame.ttl = m.ttl;
     if (m.urgent) frame.urgent = {};
+    const blobs = this.blobsOf(m);
+    if (blobs) frame.blobs = blobs;
     if (encode(frame).length > MAX_FRAME_BYTES) throw new MessageTooLarge("message too large");
     return frame;
+  }
+
+  /** The blob ids a send names (SPEC §16), if the message has attachments. */
+  private blobsOf(m: MessageRecord): string[] | undefined {
+    if (!m.atts?.length) return undefined;
+    if (!this.session?.hubCaps.has(CAP_BLOBS)) throw new ConnectionLost("this hub does not know attachments");
+    return m.atts.map((a) => a.blob);
   }
 
   /** A member as a lookup verifies them, or null (remembered per team)
@@ -1440,8 +1488,10 @@ export class MissClient {
       if (frame.body !== undefined) {
         const key = unwrapKey(frame.env, this.keys, sender.box_pk);
         inner = unpackPlaintext(openBody(frame.body, key, frame.id, sender.sign_pk));
-        // A sealed body is a team's, a role's, or an urgent message's (SPEC §13.3, §14.5).
-        if (team === undefined && role === undefined && inner.urgent !== true) throw new EnvelopeError("a sealed body without its team");
+        // A sealed body is a team's, a role's, an urgent message's or one with attachments (SPEC §13.3, §14.5, §16).
+        if (team === undefined && role === undefined && inner.urgent !== true && !inner.atts?.length) {
+          throw new EnvelopeError("a sealed body without its team");
+        }
       } else {
         if (team !== undefined || role !== undefined) throw new EnvelopeError("a team or role message without its body");
         inner = unpackPlaintext(openEnvelope(frame.env, this.keys, sender.box_pk));
@@ -1495,6 +1545,7 @@ export class MissClient {
     if (expired) m.expired = true;
     if (inner.head !== undefined) m.head = toHex(inner.head);
     if (inner.urgent === true) m.urgent = true;
+    if (inner.atts !== undefined && !expired) m.atts = [...inner.atts];
     if (role !== undefined) m.role = role;
     if (frame.step !== undefined) m.step = frame.step;
     if (ownCopy && inner.urgent === true) m.escalation = { state: "waiting", step: 0, targets: {}, ts: frame.ts };
@@ -1553,7 +1604,7 @@ export class MissClient {
       for (const ref of refs) {
         const m = this.state.message(from, ref);
         if (m) {
-          if (!m.recalled) await this.state.saveMessage({ ...m, body: "", recalled: true });
+          if (!m.recalled) await this.state.saveMessage({ ...m, body: "", atts: undefined, recalled: true });
         } else {
           await this.state.addRecall(from, ref);
         }

@@ -6,6 +6,7 @@
  * resolves, so a caller that awaits it may ack or send next (SPEC §6.4: a
  * device acks only what it durably kept).
  */
+import type { Attachment } from "../protocol/attachments";
 import type { RoleInfo } from "../protocol/oncall";
 import type { StoredTeam } from "./teams";
 import type { PeerRecord } from "./trust";
@@ -70,6 +71,18 @@ export interface MessageRecord {
   silenced?: boolean;
   /** Outgoing urgent messages: where the escalation stands (urgent_status rows). */
   escalation?: Escalation;
+  /** Attachments (SPEC §16) as the plaintext carries them: received, or ours once uploaded. */
+  atts?: Attachment[];
+  /** Ours, before their upload: what the interface shows meanwhile. */
+  files?: PendingFile[];
+}
+
+/** An attachment of ours not uploaded yet (its bytes are in the page's memory). */
+export interface PendingFile {
+  name: string;
+  type: string;
+  size: number;
+  thumb?: Uint8Array;
 }
 
 /** Who acknowledged an urgent message first, and when (hub's clock, ms). */

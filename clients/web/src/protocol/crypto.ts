@@ -21,6 +21,7 @@
 import { compareBytes, compareCodePoints, concatBytes, toHex, utf8Encode } from "./bytes";
 import { MsgMap, type MsgValue, pack, RepeatedKeyError, unpack } from "./codec";
 import { sodium } from "./sodium";
+import { type Attachment, AttachmentError, MAX_ATTACHMENTS_WIRE, attachmentFromMap, attachmentToMap } from "./attachments";
 
 export { compareBytes, concatBytes, equalBytes, fromHex, toHex } from "./bytes";
 
@@ -198,11 +199,13 @@ export interface Plaintext {
   team?: string;
   /** An urgent message (SPEC §14.6): shown as urgent, acknowledged. */
   urgent?: boolean;
+  /** Attachments (SPEC §16): 1-16 descriptors; absent when none. */
+  atts?: readonly Attachment[];
 }
 
 /** The canonical msgpack of a plaintext (SPEC §6.3, §13.5): `v`, `id`,
  * `from`, `to`, `sent_at`, `kind`, `body`, then those of `reply_to`, `head`,
- * `expires_at`, `refs`, `team`, `urgent` (only when true) that are set; with `padTo` > 0 (clients pass
+ * `expires_at`, `refs`, `team`, `urgent` (only when true), `atts` (when not empty) that are set; with `padTo` > 0 (clients pass
  * 256), a last key `pad` of n zero bytes, n the smallest that makes the
  * packed length a multiple of `padTo`. */
 export function packPlaintext(p: Plaintext, padTo = 0): Uint8Array {
@@ -221,6 +224,10 @@ export function packPlaintext(p: Plaintext, padTo = 0): Uint8Array {
   if (p.refs !== undefined) m.set("refs", [...p.refs]);
   if (p.team !== undefined) m.set("team", p.team);
   if (p.urgent === true) m.set("urgent", true);
+  if (p.atts !== undefined && p.atts.length > 0) {
+    if (p.atts.length > MAX_ATTACHMENTS_WIRE) throw new RangeError("at most 16 attachments");
+    m.set("atts", p.atts.map(attachmentToMap));
+  }
   if (padTo <= 0) return pack(m);
   if (padTo > 256) throw new RangeError("padTo is at most 256");
   // With an empty pad first: the key and its bin-8 header are then counted,
@@ -264,6 +271,7 @@ export function unpackPlaintext(data: Uint8Array): Plaintext {
   const refs = m.get("refs") ?? undefined;
   const team = m.get("team") ?? undefined;
   const urgent = m.get("urgent") ?? undefined;
+  const atts = m.get("atts") ?? undefined;
   const pad = m.get("pad"); // nil is not bytes: refused, as the Python does
   if (
     !(id instanceof Uint8Array && id.length === MESSAGE_ID_BYTES) ||
@@ -284,7 +292,8 @@ export function unpackPlaintext(data: Uint8Array): Plaintext {
     ) ||
     !(team === undefined || typeof team === "string") ||
     !(urgent === undefined || typeof urgent === "boolean") ||
-    !(pad === undefined || pad instanceof Uint8Array)
+    !(pad === undefined || pad instanceof Uint8Array) ||
+    (atts !== undefined && kind !== "text")
   ) {
     throw new EnvelopeError("bad plaintext fields");
   }
@@ -295,6 +304,15 @@ export function unpackPlaintext(data: Uint8Array): Plaintext {
   if (refs !== undefined) p.refs = refs as Uint8Array[];
   if (team !== undefined) p.team = team as string;
   if (urgent === true) p.urgent = true;
+  if (atts !== undefined) {
+    if (!Array.isArray(atts) || atts.length < 1 || atts.length > MAX_ATTACHMENTS_WIRE) throw new EnvelopeError("bad plaintext: atts");
+    try {
+      p.atts = atts.map(attachmentFromMap);
+    } catch (e) {
+      if (e instanceof AttachmentError) throw new EnvelopeError(`bad plaintext: ${e.message}`);
+      throw e;
+    }
+  }
   return p;
 }
 

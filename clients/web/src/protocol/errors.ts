@@ -80,6 +80,13 @@ export const ERRORS: { readonly [code: string]: ErrorInfo } = {
   policy_out_of_bounds: { fatal: false, retryable: false, message: "the escalation policy is beyond this hub's bounds" },
   not_recipient: { fatal: false, retryable: false, message: "no urgent message of this sender reached you under this id" },
   urgent_limit: { fatal: false, retryable: false, message: "too many of your urgent messages are still awaiting acknowledgement" },
+  // Revision 6 (SPEC §16).
+  blob_too_large: { fatal: false, retryable: false, message: "the attachment is larger than this hub accepts" },
+  blob_quota: { fatal: false, retryable: false, message: "attachment quota reached; try again later" },
+  unknown_blob: { fatal: false, retryable: false, message: "no such attachment, or it expired or was recalled" },
+  blob_offset: { fatal: false, retryable: false, message: "the upload is not at this offset; resume it" },
+  blob_incomplete: { fatal: false, retryable: false, message: "the upload is not complete" },
+  too_many_attachments: { fatal: false, retryable: false, message: "more attachments than this hub accepts in one message" },
 };
 
 /** What SPEC §7 says of `code`, or undefined for a code it does not name. */
@@ -414,6 +421,49 @@ export class NotRecipient extends RequestError {
   }
 }
 
+/** An upload over the hub's largest attachment (SPEC §16). */
+export class BlobTooLarge extends RequestError {
+  constructor(detail = "", options: Options = {}) {
+    super("blob_too_large", detail, options);
+    this.name = "BlobTooLarge";
+  }
+}
+/** Daily bytes or uploads, open uploads or stored bytes over the cap. */
+export class BlobQuota extends RequestError {
+  constructor(detail = "", options: Options = {}) {
+    super("blob_quota", detail, options);
+    this.name = "BlobQuota";
+  }
+}
+/** Unknown, not ours, incomplete, expired or recalled: one answer for all. */
+export class UnknownBlob extends RequestError {
+  constructor(detail = "", options: Options = {}) {
+    super("unknown_blob", detail, options);
+    this.name = "UnknownBlob";
+  }
+}
+/** `off` is not what the hub holds: resume with `blob_begin {blob}`. */
+export class BlobOffset extends RequestError {
+  constructor(detail = "", options: Options = {}) {
+    super("blob_offset", detail, options);
+    this.name = "BlobOffset";
+  }
+}
+/** `blob_end` before every byte arrived. */
+export class BlobIncomplete extends RequestError {
+  constructor(detail = "", options: Options = {}) {
+    super("blob_incomplete", detail, options);
+    this.name = "BlobIncomplete";
+  }
+}
+/** More blobs in one `send` than the hub's `max_attachments`. */
+export class TooManyAttachments extends RequestError {
+  constructor(detail = "", options: Options = {}) {
+    super("too_many_attachments", detail, options);
+    this.name = "TooManyAttachments";
+  }
+}
+
 /** The class of each code of SPEC §7 (MissingDevices takes `missing` first). */
 export type ErrorClass = new (detail?: string, options?: Options) => ProtocolError;
 
@@ -456,6 +506,12 @@ const BY_CODE: { readonly [code: string]: ErrorClass } = {
   policy_out_of_bounds: PolicyOutOfBounds,
   not_recipient: NotRecipient,
   urgent_limit: UrgentLimit,
+  blob_too_large: BlobTooLarge,
+  blob_quota: BlobQuota,
+  unknown_blob: UnknownBlob,
+  blob_offset: BlobOffset,
+  blob_incomplete: BlobIncomplete,
+  too_many_attachments: TooManyAttachments,
 };
 
 /** The class of a wire error code, or undefined for a code this side does not know. */

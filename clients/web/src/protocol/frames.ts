@@ -17,6 +17,7 @@
  * MalformedFrame (local) rather than write a frame the peer would refuse.
  * `decode(encode(f))` equals `f`.
  */
+import { MAX_ATTACHMENTS_WIRE, PIECE_MAX, isBlobId } from "./attachments";
 import { codePointLength } from "./bytes";
 import { MsgMap, type MsgValue, pack, unpack } from "./codec";
 import { MalformedFrame, ProtocolError, UnknownFrameType } from "./errors";
@@ -72,8 +73,10 @@ export const CAP_TEAMS = "teams";
 export const CAP_ONCALL = "oncall";
 /** Capability (SPEC §15): authority key rotation, `challenge.rotations`. */
 export const CAP_ROTATION = "rotation";
+/** Capability (SPEC §16): encrypted attachments, blob frames, `send.blobs`. */
+export const CAP_BLOBS = "blobs";
 /** What the reference hub announces. */
-export const HUB_CAPS: readonly string[] = [CAP_REFUSALS, CAP_TEAMS, CAP_ONCALL];
+export const HUB_CAPS: readonly string[] = [CAP_REFUSALS, CAP_TEAMS, CAP_ONCALL, CAP_BLOBS];
 /** Most key wraps one team `send` (with `body`) may carry (SPEC §13.4). */
 export const MAX_WRAPS = 512;
 /** Largest page of `team_chain_ok` records (SPEC §13.4). */
@@ -132,6 +135,8 @@ export interface Send {
   /** An urgent message (SPEC §14.5): the policy as is (`{}`), or with
    * `interval` and/or `final` overridden. */
   urgent?: Urgent;
+  /** Blob ids of the message's attachments (SPEC §16; requires `body`). */
+  blobs?: readonly string[];
 }
 /** `send.urgent`: overrides of the escalation policy (ms). */
 export interface Urgent {
@@ -252,6 +257,34 @@ export interface Acknowledge {
   sender: string;
 }
 
+/** Start an upload of `size` ciphertext bytes, or (with `blob`) resume one (SPEC §16). */
+export interface BlobBegin {
+  t: "blob_begin";
+  rid: number;
+  size: number;
+  blob?: string;
+}
+/** Bytes of an upload at offset `off` (1 … PIECE_MAX bytes). */
+export interface BlobPut {
+  t: "blob_put";
+  rid: number;
+  blob: string;
+  off: number;
+  data: Uint8Array;
+}
+/** The upload is complete: the hub makes it durable. */
+export interface BlobEnd {
+  t: "blob_end";
+  rid: number;
+  blob: string;
+}
+/** Ask for a download link (`/blobs/<token>`) to a blob we may read. */
+export interface BlobLink {
+  t: "blob_link";
+  rid: number;
+  blob: string;
+}
+
 /** The first frame of a connection (SPEC §4, §5). */
 export interface Challenge {
   t: "challenge";
@@ -268,6 +301,26 @@ export interface Welcome {
   t: "welcome";
   user: string;
   device: string;
+  /** Most attachments per message (SPEC §16; when we named `blobs`). */
+  att_max?: number;
+  /** Largest attachment, plaintext bytes. */
+  blob_max?: number;
+}
+/** Answer to the blob frames: `have` bytes of `blob` are held. */
+export interface BlobOk {
+  t: "blob_ok";
+  rid: number;
+  blob: string;
+  have: number;
+}
+/** A download link: GET `url` (ranges) until `expires` (ms). */
+export interface BlobLinkOk {
+  t: "blob_link_ok";
+  rid: number;
+  blob: string;
+  url: string;
+  size: number;
+  expires: number;
 }
 /** The message is durably stored; `dup`: a resend of a stored id. */
 export interface Accepted {
@@ -505,7 +558,11 @@ export type ClientFrame =
   | RoleGet
   | RoleTake
   | RoleLeave
-  | Acknowledge;
+  | Acknowledge
+  | BlobBegin
+  | BlobPut
+  | BlobEnd
+  | BlobLink;
 export type HubFrame =
   | Challenge
   | Welcome
@@ -531,7 +588,9 @@ export type HubFrame =
   | AcknowledgeOk
   | UrgentStatus
   | UrgentReminder
-  | RoleChanged;
+  | RoleChanged
+  | BlobOk
+  | BlobLinkOk;
 export type Frame = ClientFrame | HubFrame;
 export type FrameType = Frame["t"];
 export type FrameOf<T extends FrameType> = Extract<Frame, { t: T }>;
@@ -558,6 +617,10 @@ export const CLIENT_FRAME_TYPES: readonly ClientFrame["t"][] = [
   "role_take",
   "role_leave",
   "acknowledge",
+  "blob_begin",
+  "blob_put",
+  "blob_end",
+  "blob_link",
 ];
 /** Every hub → client frame type (SERVER_FRAMES). */
 export const HUB_FRAME_TYPES: readonly HubFrame["t"][] = [
@@ -586,6 +649,8 @@ export const HUB_FRAME_TYPES: readonly HubFrame["t"][] = [
   "urgent_status",
   "urgent_reminder",
   "role_changed",
+  "blob_ok",
+  "blob_link_ok",
 ];
 
 // --- field checkers (frame_base.py) ----------------------------------------------------
@@ -735,6 +800,33 @@ function checkRoleId(v: MsgValue): string {
 }
 
 const checkHolders = checkList(checkStr(), MAX_ROLE_HOLDERS);
+
+/** A blob id: "b_" + 32 lowercase hex digits (SPEC §16). */
+function checkBlobId(v: MsgValue): string {
+  if (!isBlobId(v)) throw malformed("expected a blob id");
+  return v;
+}
+/** 1 … MAX_ATTACHMENTS_WIRE distinct blob ids. */
+function checkBlobList(v: MsgValue): string[] {
+  const ids = checkList(checkBlobId, MAX_ATTACHMENTS_WIRE)(v);
+  if (ids.length === 0 || new Set(ids).size !== ids.length) throw malformed("expected 1 to 16 distinct blob ids");
+  return ids;
+}
+/** The smallest blob: a header and one empty final chunk. */
+function checkBlobSize(v: MsgValue): number {
+  const n = checkInt(v);
+  if (n < 41) throw malformed("a blob is at least 41 bytes");
+  return n;
+}
+const checkPiece = (v: MsgValue): Uint8Array => {
+  if (!(v instanceof Uint8Array) || v.length < 1 || v.length > PIECE_MAX) throw malformed("expected 1 to PIECE_MAX bytes");
+  return v;
+};
+const BLOB_URL = /^\/blobs\/[A-Za-z0-9_-]{43}$/;
+function checkBlobUrl(v: MsgValue): string {
+  if (typeof v !== "string" || !BLOB_URL.test(v)) throw malformed("expected a blob url");
+  return v;
+}
 const checkStepMap = checkRecord<Step>("step", [
   ["delay", checkInt],
   ["role", checkRoleId, "optional"],
@@ -852,6 +944,7 @@ schema("send", "client", [
   opt("head", checkBytes(32)),
   opt("ttl", checkLifespan),
   opt("urgent", checkUrgent, ["interval", "final"]),
+  opt("blobs", checkBlobList),
 ]);
 schema("ack", "client", [
   req("seqs", checkList(checkInt, MAX_ACK_SEQS)),
@@ -878,6 +971,10 @@ schema("role_get", "client", [rid, req("role", checkRoleId)]);
 schema("role_take", "client", [rid, req("role", checkRoleId), opt("join", checkBool)]);
 schema("role_leave", "client", [rid, req("role", checkRoleId)]);
 schema("acknowledge", "client", [rid, req("id", id16), req("sender", checkStr())]);
+schema("blob_begin", "client", [rid, req("size", checkBlobSize), opt("blob", checkBlobId)]);
+schema("blob_put", "client", [rid, req("blob", checkBlobId), req("off", checkInt), req("data", checkPiece)]);
+schema("blob_end", "client", [rid, req("blob", checkBlobId)]);
+schema("blob_link", "client", [rid, req("blob", checkBlobId)]);
 
 // Hub → client (SPEC §3.4).
 schema("challenge", "hub", [
@@ -887,7 +984,7 @@ schema("challenge", "hub", [
   opt("caps", checkCaps),
   opt("rotations", checkList(checkBytes(undefined, MAX_STATEMENT_BYTES), MAX_STATEMENTS)),
 ]);
-schema("welcome", "hub", [req("user", checkStr()), req("device", checkStr())]);
+schema("welcome", "hub", [req("user", checkStr()), req("device", checkStr()), opt("att_max", checkInt), opt("blob_max", checkInt)]);
 schema("accepted", "hub", [req("id", id16), req("dup", checkBool)]);
 schema("deliver", "hub", [
   req("seq", checkInt),
@@ -971,6 +1068,14 @@ schema("urgent_status", "hub", [
 ]);
 schema("urgent_reminder", "hub", [req("id", id16), req("sender", checkStr()), req("n", checkInt)]);
 schema("role_changed", "hub", [req("role", checkRoleId), req("holders", checkHolders)]);
+schema("blob_ok", "hub", [rid, req("blob", checkBlobId), req("have", checkInt)]);
+schema("blob_link_ok", "hub", [
+  rid,
+  req("blob", checkBlobId),
+  req("url", checkBlobUrl),
+  req("size", checkInt),
+  req("expires", checkInt),
+]);
 
 function fromWire(spec: Schema, m: MsgMap): Frame {
   const out: Record<string, unknown> = { t: spec.type };
@@ -981,6 +1086,7 @@ function fromWire(spec: Schema, m: MsgMap): Frame {
   if (spec.type === "send" && out.body === undefined && (out.envs as Map<string, Uint8Array>).size > MAX_RECIPIENT_DEVICES) {
     throw malformed("more than 64 envelopes without a body");
   }
+  if (spec.type === "send" && out.blobs !== undefined && out.body === undefined) throw malformed("blobs without a body");
   return out as unknown as Frame;
 }
 

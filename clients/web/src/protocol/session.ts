@@ -50,6 +50,12 @@ import {
   type Accepted,
   type Acknowledge,
   type AcknowledgeOk,
+  type BlobBegin,
+  type BlobEnd,
+  type BlobLink,
+  type BlobLinkOk,
+  type BlobOk,
+  type BlobPut,
   type RoleChanged,
   type RoleGet,
   type RoleLeave,
@@ -132,7 +138,11 @@ export type RidRequest =
   | RoleGet
   | RoleTake
   | RoleLeave
-  | Acknowledge;
+  | Acknowledge
+  | BlobBegin
+  | BlobPut
+  | BlobEnd
+  | BlobLink;
 /** Frames that answer a request. */
 export type AnswerFrame =
   | LookupOk
@@ -148,7 +158,9 @@ export type AnswerFrame =
   | RecallOk
   | RoleSearchOk
   | RoleOk
-  | AcknowledgeOk;
+  | AcknowledgeOk
+  | BlobOk
+  | BlobLinkOk;
 /** Frames the hub sends of its own accord once authenticated. */
 export type PushedFrame = Deliver | Delivered | Refused | Presence | TeamChanged | UrgentStatus | UrgentReminder | RoleChanged;
 /** An outstanding request: its `rid`, or the message id of a `send` in lowercase hex. */
@@ -173,6 +185,10 @@ export const ANSWERS: Readonly<Record<RidRequest["t"] | "send", AnswerFrame["t"]
   role_take: "role_ok",
   role_leave: "role_ok",
   acknowledge: "acknowledge_ok",
+  blob_begin: "blob_ok",
+  blob_put: "blob_ok",
+  blob_end: "blob_ok",
+  blob_link: "blob_link_ok",
   send: "accepted",
 };
 
@@ -210,6 +226,10 @@ export const ALLOWED: Readonly<Record<HubState, ReadonlySet<ClientFrame["t"]>>> 
     "role_take",
     "role_leave",
     "acknowledge",
+    "blob_begin",
+    "blob_put",
+    "blob_end",
+    "blob_link",
   ]),
   closed: new Set(),
 };

@@ -22,6 +22,7 @@ import { Dialogs } from "./dialogs";
 import { describeError } from "./screens";
 import { chosenLifespan, eventText, fillLifespans, formatDelay, lifespanSelect, problemBanner } from "./team_ui";
 import { isRoleId } from "../oncall";
+import { AttachPicker, Viewer, attachmentsBlock } from "./attach_ui";
 import { ackLine, alertBanners, escalationLine, policyText, roleName, urgentTag } from "./oncall_ui";
 
 export function describeChange(change: PeerChange): string {
@@ -55,14 +56,9 @@ export class MainView {
   private readonly sendButton = h("button", { type: "submit", class: "primary", "data-testid": "composer-send" }, t("conv.send"));
   private readonly lifespan = lifespanSelect("lifespan-select", undefined, t("lifespan.label"));
   private readonly urgent = h("input", { type: "checkbox", "data-testid": "urgent-toggle", "aria-label": t("urgent.toggle") });
-  private readonly composer = h(
-    "form",
-    { class: "composer", "data-testid": "composer" },
-    h("label", { class: "lifespan-pick", title: t("lifespan.label") }, h("span", { class: "lifespan-icon wide-only muted small" }, t("lifespan.label")), this.lifespan),
-    h("label", { class: "urgent-pick", title: t("urgent.toggle_hint") }, this.urgent, h("span", {}, t("urgent.toggle"))),
-    this.input,
-    this.sendButton,
-  );
+  private readonly picker: AttachPicker;
+  private readonly viewer: Viewer;
+  private readonly composer: HTMLFormElement;
   private readonly convPane: HTMLElement;
   private readonly dialogs: Dialogs;
   private selected: string | null = null;
@@ -78,6 +74,19 @@ export class MainView {
     onLock: () => void,
   ) {
     this.dialogs = new Dialogs(client, (id) => this.open(id), onLock);
+    this.picker = new AttachPicker(client, () => undefined);
+    this.viewer = new Viewer(client, (text) => this.toast(text));
+    this.composer = h(
+      "form",
+      { class: "composer", "data-testid": "composer" },
+      this.picker.tray,
+      this.picker.error,
+      h("label", { class: "lifespan-pick", title: t("lifespan.label") }, h("span", { class: "lifespan-icon wide-only muted small" }, t("lifespan.label")), this.lifespan),
+      h("label", { class: "urgent-pick", title: t("urgent.toggle_hint") }, this.urgent, h("span", {}, t("urgent.toggle"))),
+      this.picker.buttons,
+      this.input,
+      this.sendButton,
+    );
     for (const s of STATUSES) this.statusSelect.append(h("option", { value: s }, statusLabel(s)));
     this.statusSelect.addEventListener("change", () => {
       client.setStatus(this.statusSelect.value).catch((err) => this.toast(describeError(err)));
@@ -127,6 +136,7 @@ export class MainView {
       this.banners,
       h("div", { class: "panes" }, h("nav", { class: "list-pane" }, this.list), this.convPane),
       this.dialogs.root,
+      this.viewer.root,
     );
     // "retrying in 5 s" and "expire dans …" count down.
     this.tick = setInterval(() => {
@@ -163,6 +173,7 @@ export class MainView {
     this.root.classList.toggle("show-conv", id !== null);
     if (changed) {
       this.input.value = "";
+      this.picker.clear();
       this.urgent.checked = false;
       // The conversation's default lifespan (a team's, or the 1:1 setting).
       fillLifespans(this.lifespan, id === null ? undefined : this.lifespanFor(id), id !== null && isTeamId(id));
@@ -202,12 +213,17 @@ export class MainView {
   private submit(): void {
     const id = this.selected;
     const text = this.input.value;
-    if (!id || !text.trim() || this.input.disabled) return;
+    const withFiles = this.picker.count > 0;
+    if (!id || (!text.trim() && !withFiles) || this.input.disabled) return;
     this.input.value = "";
     const lifespanMs = chosenLifespan(this.lifespan);
     const urgent = this.urgent.checked;
     this.urgent.checked = false;
-    this.client.send(id, text, { ...(lifespanMs === undefined ? {} : { lifespanMs }), ...(urgent ? { urgent } : {}) }).catch((err) => {
+    const options = { ...(lifespanMs === undefined ? {} : { lifespanMs }), ...(urgent ? { urgent } : {}) };
+    const sent = withFiles
+      ? this.picker.take().then((files) => this.client.send(id, text, { ...options, files }))
+      : this.client.send(id, text, options);
+    sent.catch((err) => {
       this.input.value = text;
       this.urgent.checked = urgent;
       this.toast(describeError(err));
@@ -502,6 +518,7 @@ export class MainView {
     this.sendButton.disabled = blocked;
     this.lifespan.disabled = blocked;
     this.urgent.disabled = blocked;
+    for (const b of this.picker.buttons.querySelectorAll("button")) b.disabled = blocked;
     this.composer.dataset.blocked = String(blocked);
     this.input.placeholder = reason ?? t("conv.placeholder");
   }
@@ -635,6 +652,7 @@ export class MainView {
           m.step ? ` · ${t("urgent.backup", { step: m.step })}` : "")
         : null,
       h("p", { class: "body" }, m.recalled ? h("em", { "data-testid": "recalled" }, t("msg.recalled")) : expired ? h("em", { "data-testid": "expired" }, t("msg.expired")) : m.body),
+      gone ? null : attachmentsBlock(this.client, m, this.viewer),
       h("span", { class: "meta muted small" },
         h("time", { title: formatDateTime(m.at) }, formatTime(m.at)),
         m.outgoing && m.fromDevice !== this.client.device ? ` · ${t("msg.other_device")}` : "",

@@ -3,6 +3,7 @@
  * device, and unlocking it with its passphrase. Each reports success
  * through a callback and shows every failure as a sentence in the form.
  */
+import { AttachmentError, AttachmentRefused, AttachmentUnavailable } from "../attachments";
 import { ProtocolError } from "../../protocol/errors";
 import { RotationRefused } from "../../protocol/rotation";
 import { WrongAuthority } from "../../protocol/session";
@@ -43,11 +44,17 @@ export function describeError(err: unknown): string {
       policy_out_of_bounds: "error.policy_out_of_bounds",
       not_recipient: "error.not_recipient",
       urgent_limit: "error.urgent_limit",
+      too_many_attachments: "error.too_many_attachments",
+      blob_too_large: "error.blob_too_large",
+      blob_quota: "error.blob_quota",
+      unknown_blob: "error.unknown_blob",
     };
     if (err.code === "rate_limited") return t("error.rate_limited", { seconds });
     const key = known[err.code];
     return key ? t(key) : t("error.generic", { message: err.code });
   }
+  if (err instanceof AttachmentRefused || err instanceof AttachmentUnavailable) return err.message;
+  if (err instanceof AttachmentError) return t("att.corrupt");
   if (err instanceof WrongAuthority) return t("error.authority_mismatch");
   if (err instanceof RotationRefused) return t("authority.rotation_refused");
   if (err instanceof ConnectionLost) return t("error.offline");
