@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from .attachments import PIECE_MAX
 from .frame_base import (
     MAX_ACK_REFUSALS,
     MAX_ACK_SEQS,
@@ -19,6 +20,9 @@ from .frame_base import (
     F,
     Frame,
     Record,
+    check_blob_id,
+    check_blob_ids,
+    check_blob_size,
     check_bool,
     check_bytes,
     check_caps,
@@ -39,6 +43,10 @@ __all__ = [
     "Ack",
     "Acknowledge",
     "Auth",
+    "BlobBegin",
+    "BlobEnd",
+    "BlobLink",
+    "BlobPut",
     "Devices",
     "Enroll",
     "LinkCode",
@@ -136,7 +144,9 @@ class Send(Frame):
     ``body``, a sealed body and one key wrap per target device (SPEC §13.3,
     to a team: ``head`` is then the sender's head of the team's chain).
     ``ttl``: the message's lifespan in ms (SPEC §13.6). ``to`` may be a
-    role id, and ``urgent`` makes the message escalate (SPEC §14.4)."""
+    role id, and ``urgent`` makes the message escalate (SPEC §14.4).
+    ``blobs``: the uploaded blobs its attachments name (SPEC §16.4); only
+    with a sealed ``body`` (without one: malformed_frame)."""
 
     TYPE = "send"
     id: bytes
@@ -147,6 +157,7 @@ class Send(Frame):
     head: bytes | None = None
     ttl: int | None = None
     urgent: Urgent | None = None
+    blobs: tuple[str, ...] | None = None
     WIRE = (
         ("id", "id", check_bytes(16)),
         ("sender", "from", check_str()),
@@ -157,6 +168,7 @@ class Send(Frame):
         ("head", "head", check_bytes(32)),
         ("ttl", "ttl", check_lifespan),
         ("urgent", "urgent", _urgent),
+        ("blobs", "blobs", check_blob_ids),
     )
 
     @classmethod
@@ -167,6 +179,10 @@ class Send(Frame):
         # Decoded: so m["envs"] is a map of 1 to MAX_WRAPS entries.
         if "body" not in m and len(m["envs"]) > MAX_RECIPIENT_DEVICES:
             raise malformed("more than 64 envelopes without a sealed body")
+        if "blobs" in m and "body" not in m:
+            # Attachments always travel in a sealed body (SPEC §16.3): the
+            # blobs are linked to the one body every target reads.
+            raise malformed("blobs without a sealed body")
         return frame
 
 
@@ -390,7 +406,69 @@ class Acknowledge(Frame):
     WIRE = (("rid", "rid", check_int), ("id", "id", check_bytes(16)), ("sender", "sender", check_str()))
 
 
-#: Every client → hub frame type, in the order of SPEC §3.3 (then §13.4, §14.3).
+# --- revision 6: encrypted attachments (SPEC §16.4) -----------------------------------
+
+
+def _check_piece(v: Any) -> bytes:
+    if type(v) is not bytes or not 0 < len(v) <= PIECE_MAX:
+        raise malformed("expected 1 to PIECE_MAX bytes")
+    return v
+
+
+@dataclass(frozen=True, slots=True)
+class BlobBegin(Frame):
+    """Start uploading a blob of ``size`` ciphertext bytes; or, with
+    ``blob``, ask how much of that upload the hub holds, to resume it.
+    Answered by ``blob_ok``."""
+
+    TYPE = "blob_begin"
+    rid: int
+    size: int
+    blob: str | None = None
+    WIRE = (("rid", "rid", check_int), ("size", "size", check_blob_size), ("blob", "blob", check_blob_id))
+
+
+@dataclass(frozen=True, slots=True)
+class BlobPut(Frame):
+    """Bytes ``off`` to ``off + len(data)`` of an upload; ``off`` is what
+    the hub holds (the last ``blob_ok.have``). Answered by ``blob_ok``."""
+
+    TYPE = "blob_put"
+    rid: int
+    blob: str
+    off: int
+    data: bytes
+    WIRE = (
+        ("rid", "rid", check_int),
+        ("blob", "blob", check_blob_id),
+        ("off", "off", check_int),
+        ("data", "data", _check_piece),
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class BlobEnd(Frame):
+    """The upload is whole: the hub makes it durable, and a ``send`` may
+    name it. Answered by ``blob_ok`` (``have`` = size)."""
+
+    TYPE = "blob_end"
+    rid: int
+    blob: str
+    WIRE = (("rid", "rid", check_int), ("blob", "blob", check_blob_id))
+
+
+@dataclass(frozen=True, slots=True)
+class BlobLink(Frame):
+    """A short-lived download URL for a blob this device may read.
+    Answered by ``blob_link_ok``."""
+
+    TYPE = "blob_link"
+    rid: int
+    blob: str
+    WIRE = (("rid", "rid", check_int), ("blob", "blob", check_blob_id))
+
+
+#: Every client → hub frame type, in the order of SPEC §3.3 (then §13.4, §14.3, §16.4).
 CLIENT_FRAMES: tuple[type[Frame], ...] = (
     Auth,
     Enroll,
@@ -412,4 +490,8 @@ CLIENT_FRAMES: tuple[type[Frame], ...] = (
     RoleTake,
     RoleLeave,
     Acknowledge,
+    BlobBegin,
+    BlobPut,
+    BlobEnd,
+    BlobLink,
 )

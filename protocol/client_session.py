@@ -86,6 +86,12 @@ from .frames import (
     Acknowledge,
     AcknowledgeOk,
     Auth,
+    BlobBegin,
+    BlobEnd,
+    BlobLink,
+    BlobLinkOk,
+    BlobOk,
+    BlobPut,
     Challenge,
     Deliver,
     Delivered,
@@ -183,6 +189,10 @@ ANSWERS: dict[type[Frame], type[Frame]] = {
     RoleTake: RoleOk,
     RoleLeave: RoleOk,
     Acknowledge: AcknowledgeOk,
+    BlobBegin: BlobOk,
+    BlobPut: BlobOk,
+    BlobEnd: BlobOk,
+    BlobLink: BlobLinkOk,
 }
 #: Frames the hub sends of its own accord once the connection is authenticated.
 PUSHED: frozenset[type[Frame]] = frozenset(
@@ -602,7 +612,8 @@ class ClientSession:
         a request (``lookup``, ``link_code``, ``set_status``, ``watch``,
         ``search``, ``devices``, ``revoke``, ``team_change``, ``teams``,
         ``team_chain``, ``recall``, ``role_search``, ``role_get``,
-        ``role_take``, ``role_leave`` or ``acknowledge``) now outstanding. Raises
+        ``role_take``, ``role_leave``, ``acknowledge`` or a ``blob_*``) now
+        outstanding. Raises
         FrameNotAllowed unless AUTHENTICATED."""
         rid = next(self._rids)
         while rid in self._requests:  # taken by a request sent with its own rid

@@ -35,6 +35,7 @@ import nacl.exceptions
 import nacl.public
 import nacl.signing
 
+from .attachments import MAX_ATTACHMENTS_WIRE, Attachment, AttachmentError
 from .frame_base import RepeatedKey, unique_map
 
 __all__ = [
@@ -177,7 +178,9 @@ class Plaintext:
     ``head`` (32 bytes: the sender's head of a team's chain), ``expires_at``
     (ms, sender's clock), ``refs`` (1-256 message ids of 16 bytes, for
     ``read`` and ``recall`` notices) and ``team`` (the team a notice sent
-    1:1 is about). ``to_user`` is the team id for a team message."""
+    1:1 is about). ``to_user`` is the team id for a team message.
+    ``atts`` (revision 6, SPEC §16.2): 1 to 16 attachment descriptors,
+    packed after every other key but ``pad``; empty: no key."""
 
     id: bytes
     from_user: str
@@ -191,9 +194,10 @@ class Plaintext:
     refs: tuple[bytes, ...] | None = None
     team: str | None = None
     urgent: bool = False
+    atts: tuple[Attachment, ...] = ()
 
 
-#: The map header of a plaintext never outgrows a fixmap (at most 14 keys),
+#: The map header of a plaintext never outgrows a fixmap (at most 15 keys),
 #: so adding ``pad`` adds exactly its key and its bin header and bytes.
 _PAD_KEY = msgpack.packb("pad", use_bin_type=True)
 
@@ -220,6 +224,10 @@ def _plaintext_map(p: Plaintext) -> dict[str, Any]:
         m["team"] = p.team
     if p.urgent:
         m["urgent"] = True
+    if p.atts:
+        if len(p.atts) > MAX_ATTACHMENTS_WIRE:
+            raise ValueError("more than 16 attachments")
+        m["atts"] = [a.to_map() for a in p.atts]
     return m
 
 
@@ -255,12 +263,16 @@ def pack_plaintext(p: Plaintext, pad_to: int = 0, urgent: bool = False) -> bytes
 def unpack_plaintext(data: bytes) -> Plaintext:
     """Parse an opened envelope or body; raises EnvelopeError if it is not a
     v1 plaintext. Unknown keys are ignored, and so is ``pad``'s content;
-    the keys of revision 3 are type-checked when present."""
+    the keys of revision 3 are type-checked when present, and every
+    descriptor of ``atts`` is checked (SPEC §16.2; only in a ``text``)."""
     try:
         m = msgpack.unpackb(data, raw=False, strict_map_key=True, object_pairs_hook=unique_map)
         if m["v"] != 1:
             raise EnvelopeError("unknown plaintext version")
         refs = m.get("refs")
+        atts = m.get("atts")
+        if atts is not None and (type(atts) is not list or not 0 < len(atts) <= MAX_ATTACHMENTS_WIRE):
+            raise EnvelopeError("bad plaintext: atts")
         p = Plaintext(
             id=m["id"],
             from_user=m["from"],
@@ -274,9 +286,12 @@ def unpack_plaintext(data: bytes) -> Plaintext:
             refs=tuple(refs) if type(refs) is list else refs,
             team=m.get("team"),
             urgent=m.get("urgent", False),
+            atts=tuple(Attachment.from_map(a) for a in atts) if atts is not None else (),
         )
     except EnvelopeError:
         raise
+    except AttachmentError as exc:
+        raise EnvelopeError(f"bad plaintext: {exc}") from None
     except RepeatedKey:
         raise EnvelopeError("bad plaintext: a key twice in one map") from None
     except Exception as exc:
@@ -304,6 +319,7 @@ def unpack_plaintext(data: bytes) -> Plaintext:
         and (p.team is None or type(p.team) is str)
         and type(p.urgent) is bool
         and ("pad" not in m or type(m["pad"]) is bytes)
+        and (not p.atts or p.kind == "text")
     ):
         raise EnvelopeError("bad plaintext fields")
     return p

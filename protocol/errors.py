@@ -58,7 +58,14 @@ The tree::
         ├── RoleFull                   role_full         (max_roles_per_user)
         ├── PolicyOutOfBounds          policy_out_of_bounds (an urgent override beyond the hub's caps)
         ├── UrgentLimit                urgent_limit      (max_open_urgent_per_user escalations still open)
-        └── NotRecipient               not_recipient     (acknowledging a message one did not receive)
+        ├── NotRecipient               not_recipient     (acknowledging a message one did not receive)
+        │   revision 6, encrypted attachments (SPEC §16.7):
+        ├── BlobTooLarge               blob_too_large    (a blob_begin over the hub's largest file)
+        ├── BlobQuota                  blob_quota        (uploads or stored bytes over a quota; retry_after)
+        ├── UnknownBlob                unknown_blob      (no blob of that id usable by this device)
+        ├── BlobOffset                 blob_offset       (blob_put.off is not what the hub holds)
+        ├── BlobIncomplete             blob_incomplete   (blob_end before every byte)
+        └── TooManyAttachments         too_many_attachments (send.blobs over max_attachments)
 
 A frame larger than the size limit is refused by the WebSocket layer itself
 with close code 1009 (message too big) before it is parsed.
@@ -88,6 +95,10 @@ __all__ = [
     "AuthFailed",
     "AuthTimeout",
     "BadTeamRecord",
+    "BlobIncomplete",
+    "BlobOffset",
+    "BlobQuota",
+    "BlobTooLarge",
     "DeviceRevoked",
     "FatalError",
     "Forbidden",
@@ -114,10 +125,12 @@ __all__ = [
     "TeamConflict",
     "TeamForbidden",
     "TeamFull",
+    "TooManyAttachments",
     "TooManyConnections",
     "TooManyDevices",
     "TooManyRecipients",
     "UnexpectedFrame",
+    "UnknownBlob",
     "UnknownDevice",
     "UnknownFrameType",
     "UnknownRole",
@@ -408,6 +421,53 @@ class NotRecipient(RequestError):
     message = "no urgent message of this sender reached you under this id"
 
 
+class BlobTooLarge(RequestError):
+    """A ``blob_begin`` whose size is over ``cipher_size`` of the hub's
+    ``max_attachment_bytes`` (SPEC §16.4)."""
+
+    code = "blob_too_large"
+    message = "this file is larger than this hub accepts"
+
+
+class BlobQuota(RequestError):
+    """A ``blob_begin`` over one of the device's or user's quotas: bytes or
+    uploads begun today, uploads open at once, bytes stored (SPEC §16.6).
+    ``retry_after`` (ms) when waiting helps (the next UTC day)."""
+
+    code = "blob_quota"
+    message = "upload quota reached; retry later or remove older attachments"
+    retryable = True
+
+
+class UnknownBlob(RequestError):
+    """A blob this device cannot use: unknown, another's, not complete (in
+    a ``send``), linked to another message, expired or recalled. One error
+    for all of them, so that the answer is no oracle (SPEC §16.4)."""
+
+    code = "unknown_blob"
+    message = "no such attachment is available to you"
+
+
+class BlobOffset(RequestError):
+    """A ``blob_put`` whose ``off`` is not the bytes the hub holds, or that
+    runs past the blob's size: resume with ``blob_begin {blob}``."""
+
+    code = "blob_offset"
+    message = "the upload is not at this offset; ask where it stands and resume"
+
+
+class BlobIncomplete(RequestError):
+    code = "blob_incomplete"
+    message = "the upload is not complete"
+
+
+class TooManyAttachments(RequestError):
+    """A ``send`` naming more blobs than the hub's ``max_attachments``."""
+
+    code = "too_many_attachments"
+    message = "more attachments than this hub accepts in one message"
+
+
 _BY_CODE: dict[str, type[ProtocolError]] = {
     cls.code: cls
     for cls in (
@@ -449,6 +509,12 @@ _BY_CODE: dict[str, type[ProtocolError]] = {
         PolicyOutOfBounds,
         UrgentLimit,
         NotRecipient,
+        BlobTooLarge,
+        BlobQuota,
+        UnknownBlob,
+        BlobOffset,
+        BlobIncomplete,
+        TooManyAttachments,
     )
 }
 

@@ -15,9 +15,11 @@ from collections.abc import Callable
 from dataclasses import dataclass, fields
 from typing import Any, ClassVar, TypeVar
 
+from .attachments import MAX_ATTACHMENTS_WIRE, MIN_CIPHER_SIZE, is_blob_id
 from .errors import MalformedFrame
 
 __all__ = [
+    "CAP_BLOBS",
     "CAP_ONCALL",
     "CAP_REFUSALS",
     "CAP_ROTATION",
@@ -51,6 +53,9 @@ __all__ = [
     "Frame",
     "Record",
     "RepeatedKey",
+    "check_blob_id",
+    "check_blob_ids",
+    "check_blob_size",
     "check_bool",
     "check_bytes",
     "check_caps",
@@ -104,8 +109,11 @@ CAP_ROTATION = "rotation"
 #: Most statements ``challenge.rotations`` holds, and the size of each (SPEC §15).
 MAX_ROTATIONS = 8
 MAX_ROTATION_BYTES = 512
+#: ``blobs``: encrypted attachments: the ``blob_*`` requests, ``send.blobs``
+#: and ``welcome.att_max``/``blob_max`` (SPEC §16, revision 6).
+CAP_BLOBS = "blobs"
 #: What this hub implementation announces.
-HUB_CAPS = (CAP_REFUSALS, CAP_TEAMS, CAP_ONCALL)
+HUB_CAPS = (CAP_REFUSALS, CAP_TEAMS, CAP_ONCALL, CAP_BLOBS)
 #: Most capabilities one side may name, and their length.
 MAX_CAPS = 16
 #: Statuses a clinician can set (SPEC §6.7).
@@ -263,6 +271,30 @@ def check_lifespan(v: Any) -> int:
     """A lifespan in ms, MIN_LIFESPAN_MS to MAX_LIFESPAN_MS (SPEC §13.6)."""
     if type(v) is not int or not MIN_LIFESPAN_MS <= v <= MAX_LIFESPAN_MS:
         raise malformed("expected a lifespan in ms")
+    return v
+
+
+def check_blob_id(v: Any) -> str:
+    """A blob id: ``"b_"`` and 32 lowercase hex digits (SPEC §16.2)."""
+    if not is_blob_id(v):
+        raise malformed("expected a blob id")
+    return str(v)
+
+
+def check_blob_ids(v: Any) -> tuple[str, ...]:
+    """``send.blobs``: 1 to MAX_ATTACHMENTS_WIRE distinct blob ids (SPEC §16.4)."""
+    if type(v) is not list or not 0 < len(v) <= MAX_ATTACHMENTS_WIRE:
+        raise malformed("expected 1 to 16 blob ids")
+    ids = tuple(check_blob_id(x) for x in v)
+    if len(set(ids)) != len(ids):
+        raise malformed("a blob id twice")
+    return ids
+
+
+def check_blob_size(v: Any) -> int:
+    """A blob's length in bytes: at least 41, an empty file's (SPEC §16.1)."""
+    if type(v) is not int or not MIN_CIPHER_SIZE <= v <= 2**63 - 1:
+        raise malformed("expected a blob size >= 41")
     return v
 
 

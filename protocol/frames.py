@@ -23,11 +23,16 @@ from __future__ import annotations
 
 import msgpack
 
+from .attachments import HTTP_PART_MAX, MAX_ATTACHMENTS_WIRE, PIECE_MAX
 from .client_frames import (
     CLIENT_FRAMES,
     Ack,
     Acknowledge,
     Auth,
+    BlobBegin,
+    BlobEnd,
+    BlobLink,
+    BlobPut,
     Devices,
     Enroll,
     LinkCode,
@@ -50,6 +55,7 @@ from .client_frames import (
 )
 from .errors import MalformedFrame, UnknownFrameType
 from .frame_base import (
+    CAP_BLOBS,
     CAP_ONCALL,
     CAP_REFUSALS,
     CAP_TEAMS,
@@ -81,10 +87,13 @@ from .frame_base import (
     unique_map,
 )
 from .hub_frames import (
+    BLOB_URL_PREFIX,
     SERVER_FRAMES,
     URGENT_STATES,
     Accepted,
     AcknowledgeOk,
+    BlobLinkOk,
+    BlobOk,
     ChainEntry,
     Challenge,
     Deliver,
@@ -117,14 +126,18 @@ from .hub_frames import (
 from .oncall import Policy, Step
 
 __all__ = [
+    "BLOB_URL_PREFIX",
+    "CAP_BLOBS",
     "CAP_ONCALL",
     "CAP_REFUSALS",
     "CAP_TEAMS",
     "CLIENT_FRAMES",
+    "HTTP_PART_MAX",
     "HUB_CAPS",
     "MAX_ACK_BYTES",
     "MAX_ACK_REFUSALS",
     "MAX_ACK_SEQS",
+    "MAX_ATTACHMENTS_WIRE",
     "MAX_ATTESTATION_BYTES",
     "MAX_CAPS",
     "MAX_FRAME_BYTES",
@@ -141,6 +154,7 @@ __all__ = [
     "MAX_WRAPS",
     "MIN_LIFESPAN_MS",
     "MIN_SEARCH_CHARS",
+    "PIECE_MAX",
     "PROTOCOL_VERSION",
     "SERVER_FRAMES",
     "STATUSES",
@@ -151,6 +165,12 @@ __all__ = [
     "Acknowledge",
     "AcknowledgeOk",
     "Auth",
+    "BlobBegin",
+    "BlobEnd",
+    "BlobLink",
+    "BlobLinkOk",
+    "BlobOk",
+    "BlobPut",
     "ChainEntry",
     "Challenge",
     "Deliver",

@@ -25,6 +25,7 @@ from .frame_base import (
     MAX_WRAPS,
     Frame,
     Record,
+    check_blob_id,
     check_bool,
     check_bytes,
     check_caps,
@@ -40,10 +41,13 @@ from .frame_base import (
 from .oncall import Policy
 
 __all__ = [
+    "BLOB_URL_PREFIX",
     "SERVER_FRAMES",
     "URGENT_STATES",
     "Accepted",
     "AcknowledgeOk",
+    "BlobLinkOk",
+    "BlobOk",
     "ChainEntry",
     "Challenge",
     "Deliver",
@@ -100,10 +104,21 @@ class Challenge(Frame):
 
 @dataclass(frozen=True, slots=True)
 class Welcome(Frame):
+    """The device is authenticated. To a client that named ``blobs``
+    (SPEC §16.6): ``att_max``, the most attachments one message may carry
+    here, and ``blob_max``, the largest file (plaintext bytes)."""
+
     TYPE = "welcome"
     user: str
     device: str
-    WIRE = (("user", "user", check_str()), ("device", "device", check_str()))
+    att_max: int | None = None
+    blob_max: int | None = None
+    WIRE = (
+        ("user", "user", check_str()),
+        ("device", "device", check_str()),
+        ("att_max", "att_max", check_int),
+        ("blob_max", "blob_max", check_int),
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -669,6 +684,57 @@ class RoleChanged(Frame):
 
 
 #: Every hub → client frame type.
+# --- revision 6: encrypted attachments (SPEC §16.4) -----------------------------------
+
+#: ``blob_link_ok.url``: ``/blobs/`` and a 43-character base64url token.
+BLOB_URL_PREFIX = "/blobs/"
+_B64URL = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_")
+
+
+def _check_blob_url(v: Any) -> str:
+    if (
+        type(v) is not str
+        or len(v) != len(BLOB_URL_PREFIX) + 43
+        or not v.startswith(BLOB_URL_PREFIX)
+        or not _B64URL.issuperset(v[len(BLOB_URL_PREFIX) :])
+    ):
+        raise malformed("expected /blobs/ and a token")
+    return v
+
+
+@dataclass(frozen=True, slots=True)
+class BlobOk(Frame):
+    """Answer to ``blob_begin``, ``blob_put`` and ``blob_end``: the blob's
+    id and ``have``, the bytes of it the hub holds (= its size once whole)."""
+
+    TYPE = "blob_ok"
+    rid: int
+    blob: str
+    have: int
+    WIRE = (("rid", "rid", check_int), ("blob", "blob", check_blob_id), ("have", "have", check_int))
+
+
+@dataclass(frozen=True, slots=True)
+class BlobLinkOk(Frame):
+    """Answer to ``blob_link``: ``url``, a path on the hub's HTTP port that
+    serves the blob (``size`` bytes) until ``expires`` (ms since the epoch,
+    hub's clock), to any holder of it (SPEC §16.5)."""
+
+    TYPE = "blob_link_ok"
+    rid: int
+    blob: str
+    url: str
+    size: int
+    expires: int
+    WIRE = (
+        ("rid", "rid", check_int),
+        ("blob", "blob", check_blob_id),
+        ("url", "url", _check_blob_url),
+        ("size", "size", check_int),
+        ("expires", "expires", check_int),
+    )
+
+
 SERVER_FRAMES: tuple[type[Frame], ...] = (
     Challenge,
     Welcome,
@@ -695,4 +761,6 @@ SERVER_FRAMES: tuple[type[Frame], ...] = (
     UrgentStatus,
     UrgentReminder,
     RoleChanged,
+    BlobOk,
+    BlobLinkOk,
 )

@@ -43,6 +43,10 @@ from .frames import (
     Ack,
     Acknowledge,
     Auth,
+    BlobBegin,
+    BlobEnd,
+    BlobLink,
+    BlobPut,
     Challenge,
     Devices,
     Enroll,
@@ -102,6 +106,11 @@ ALLOWED: dict[State, frozenset[type[Frame]]] = {
             RoleTake,
             RoleLeave,
             Acknowledge,
+            # revision 6 (SPEC §16.4); opt-in, behind ``blobs``.
+            BlobBegin,
+            BlobPut,
+            BlobEnd,
+            BlobLink,
         }
     ),
     State.CLOSED: frozenset(),

@@ -131,6 +131,7 @@ ids = st.text(chars, min_size=1, max_size=24) | st.from_regex(r"\A[ud]_[0-9a-f]{
 tokens = st.from_regex(r"\A[a-z0-9_]{1,32}\Z")
 team_ids = st.from_regex(r"\At_[0-9a-f]{16}\Z")
 role_ids = st.from_regex(r"\Ar_[0-9a-f]{16}\Z")
+blob_ids = st.from_regex(r"\Ab_[0-9a-f]{32}\Z")
 
 
 def _text(min_size: int, max_size: int) -> st.SearchStrategy[str]:
@@ -171,6 +172,11 @@ _PLAIN: dict[Callable[[Any], Any], st.SearchStrategy[Any]] = {
     frame_base.check_role_id: role_ids,
     frame_base.check_lifespan: st.integers(frame_base.MIN_LIFESPAN_MS, frame_base.MAX_LIFESPAN_MS),
     frame_base.check_envs: envs,
+    frame_base.check_blob_id: blob_ids,
+    frame_base.check_blob_ids: st.lists(blob_ids, min_size=1, max_size=4, unique=True),
+    frame_base.check_blob_size: st.integers(41, MAX_INT),
+    client_frames._check_piece: st.binary(min_size=1, max_size=200),
+    hub_frames._check_blob_url: st.from_regex(r"\A/blobs/[A-Za-z0-9_-]{43}\Z"),
     frame_base.check_wraps: envs,
     client_frames._urgent: st.fixed_dictionaries({}, optional={"interval": ints, "final": ints}).map(
         lambda m: {k: m[k] for k in ("interval", "final") if k in m}
@@ -247,7 +253,8 @@ def wire_map(cls: type[Frame]) -> st.SearchStrategy[dict[str, Any]]:
     if cls is client_frames.Send:
         # A send without a sealed body holds at most 64 envelopes: true of
         # every drawn map (envs holds at most 6); a send with one may hold 512.
-        return base
+        # ``blobs`` only with a body (SPEC §16.4).
+        return base.filter(lambda m: "blobs" not in m or "body" in m)
     if cls is client_frames.Ack:
         return base.filter(lambda m: len(msgpack.packb(m, use_bin_type=True)) <= MAX_ACK_BYTES)
     return base

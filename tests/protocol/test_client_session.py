@@ -50,6 +50,10 @@ from protocol.frames import (
     Acknowledge,
     AcknowledgeOk,
     Auth,
+    BlobBegin,
+    BlobLink,
+    BlobLinkOk,
+    BlobOk,
     Challenge,
     Deliver,
     Delivered,
@@ -102,6 +106,7 @@ CODE = "ABCD-EFGH-JKMN-PQRS"
 TEAM = "t_0123456789abcdef"
 HEAD = bytes(range(32, 64))
 ROLE = "r_0123456789abcdef"
+BLOB = "b_" + "0" * 32
 INFO = RoleInfo(ROLE, "Garde", "CHRU", False, ("u_1",), Policy(120_000, (), 600_000))
 
 #: One frame of every hub → client type.
@@ -131,6 +136,8 @@ SAMPLES: dict[type[Frame], Frame] = {
     UrgentStatus: UrgentStatus(4, MID, "u_1", "escalated", 1, 9, target=ROLE),
     UrgentReminder: UrgentReminder(MID, "u_2", 1),
     RoleChanged: RoleChanged(ROLE, ("u_1",)),
+    BlobOk: BlobOk(1, BLOB, 0),
+    BlobLinkOk: BlobLinkOk(1, BLOB, "/blobs/" + "a" * 43, 41, 9),
 }
 #: The request each answer of SAMPLES answers.
 REQUEST_OF: dict[type[Frame], Frame] = {
@@ -148,6 +155,8 @@ REQUEST_OF: dict[type[Frame], Frame] = {
     RoleSearchOk: RoleSearch(1, "garde"),
     RoleOk: RoleTake(1, ROLE),
     AcknowledgeOk: Acknowledge(1, MID, "u_2"),
+    BlobOk: BlobBegin(1, 41),
+    BlobLinkOk: BlobLink(1, BLOB),
 }
 
 
@@ -222,7 +231,7 @@ def test_an_auth_signature_is_worthless_on_another_connection() -> None:
 def test_an_enroll_answer_is_accepted_by_the_hub_and_binds_the_keys() -> None:
     keys = crypto.DeviceKeys.generate()
     client, hub = challenged(AUTHORITY)
-    assert client.hub_authority == AUTHORITY and client.hub_caps == {"refusals", "teams", "oncall"}
+    assert client.hub_authority == AUTHORITY and client.hub_caps == {"refusals", "teams", "oncall", "blobs"}
     frame = hub.receive(client.enroll(CODE, keys, "Pixel 8", ("refusals",), authority=AUTHORITY))
     assert isinstance(frame, Enroll)
     assert (frame.code, frame.sign_pk, frame.box_pk, frame.label) == (

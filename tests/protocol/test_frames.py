@@ -22,6 +22,7 @@ from protocol.frames import (
     MAX_WATCH,
     MAX_WRAPS,
     MIN_LIFESPAN_MS,
+    PIECE_MAX,
     SERVER_FRAMES,
     STATUSES,
     Accepted,
@@ -29,6 +30,12 @@ from protocol.frames import (
     Acknowledge,
     AcknowledgeOk,
     Auth,
+    BlobBegin,
+    BlobEnd,
+    BlobLink,
+    BlobLinkOk,
+    BlobOk,
+    BlobPut,
     ChainEntry,
     Challenge,
     Deliver,
@@ -95,6 +102,8 @@ POLICY = Policy(
 )
 INFO = RoleInfo(ROLE, "Cardiologie — senior de garde", "CHRU", False, ("u_1", "u_2"), POLICY)
 
+BLOB = "b_" + "0123456789abcdef" * 2
+BLOB2 = "b_" + "fedcba9876543210" * 2
 #: One full instance of every frame type (every optional field set).
 SAMPLES: dict[type[Frame], Frame] = {
     Auth: Auth(v=1, device="d_0000000000000001", sig=b"\x01" * 64, caps=("refusals",)),
@@ -110,6 +119,7 @@ SAMPLES: dict[type[Frame], Frame] = {
         head=HEAD,
         ttl=86_400_000,
         urgent=Urgent(interval=60_000, final=300_000),
+        blobs=(BLOB, BLOB2),
     ),
     Ack: Ack(seqs=(1, 2, 3), refused=(Refusal(4, "sender_unverified"), Refusal(5, "undecryptable"))),
     Lookup: Lookup(rid=1, user="u_0000000000000002", rpps="10101234567"),
@@ -119,7 +129,7 @@ SAMPLES: dict[type[Frame], Frame] = {
     Challenge: Challenge(
         v=1, nonce=b"\x03" * 32, authority=PK1, caps=("refusals", "later_one"), rotations=(b"\x05" * 300,)
     ),
-    Welcome: Welcome(user="u_0000000000000001", device="d_0000000000000001"),
+    Welcome: Welcome(user="u_0000000000000001", device="d_0000000000000001", att_max=6, blob_max=20 << 20),
     Accepted: Accepted(id=MID, dup=True),
     Deliver: Deliver(
         seq=5,
@@ -206,6 +216,12 @@ SAMPLES: dict[type[Frame], Frame] = {
     ),
     UrgentReminder: UrgentReminder(id=MID, sender="u_1", n=2),
     RoleChanged: RoleChanged(role=ROLE, holders=("u_1", "u_2")),
+    BlobBegin: BlobBegin(rid=18, size=70_000, blob=BLOB),
+    BlobPut: BlobPut(rid=19, blob=BLOB, off=61_440, data=b"c" * 300),
+    BlobEnd: BlobEnd(rid=20, blob=BLOB),
+    BlobLink: BlobLink(rid=21, blob=BLOB),
+    BlobOk: BlobOk(rid=19, blob=BLOB, have=61_740),
+    BlobLinkOk: BlobLinkOk(rid=21, blob=BLOB, url="/blobs/" + "A-_z" * 10 + "abc", size=70_000, expires=7),
 }
 
 
@@ -321,7 +337,9 @@ REQUIRED = [
     if not (cls is LookupOk and key == "att")
     if not (cls in (Auth, Enroll, Challenge) and key in {"caps", "authority", "rotations"})
     if not (cls is Ack and key == "refused")
-    if not (cls is Send and key in {"body", "head", "ttl", "urgent"})
+    if not (cls is Send and key in {"body", "head", "ttl", "urgent", "blobs"})
+    if not (cls is Welcome and key in {"att_max", "blob_max"})
+    if not (cls is BlobBegin and key == "blob")
     if not (cls is Deliver and key in {"body", "team", "role", "urgent", "step"})
     if not (cls in (RoleSearch, RoleTake) and key in {"mine", "join"})
     if not (cls is UrgentStatus and key in {"user", "device", "target"})
@@ -341,6 +359,24 @@ def test_optional_keys_may_be_missing() -> None:
     assert decode(pack({"t": "error", "code": "c", "message": "m", "fatal": False})) == Error("c", "m")
 
 
+#: Not a blob id: wrong prefix, uppercase, short, long, not a str.
+BAD_BLOB = [
+    None,
+    1,
+    b"b_" + b"0" * 32,
+    "b_" + "0" * 31,
+    "b_" + "0" * 33,
+    "B_" + "0" * 32,
+    "b_" + "A" * 32,
+    "t_" + "0" * 32,
+]
+BAD_BLOBS = [
+    None,
+    [],
+    ["b_" + "0" * 32] * 2,
+    [f"b_{i:032x}" for i in range(17)],
+    *([b] for b in BAD_BLOB),
+]
 BAD_BYTES_16 = ["x" * 16, 16, None, b"\x00" * 15, b"\x00" * 17, [0] * 16]
 BAD_ID = [b"d_1", 1, None, "", "d" * 129, ["d_1"]]
 BAD_INT = [-1, 1.0, True, "1", None, 2**63, b"\x01"]
@@ -641,6 +677,40 @@ BAD_FIELDS: list[tuple[type[Frame], str, list[Any]]] = [
     (UrgentReminder, "n", BAD_INT),
     (RoleChanged, "role", BAD_ROLE),
     (RoleChanged, "holders", BAD_HOLDERS),
+    (Send, "blobs", BAD_BLOBS),
+    (Welcome, "att_max", BAD_INT),
+    (Welcome, "blob_max", BAD_INT),
+    (BlobBegin, "rid", BAD_INT),
+    (BlobBegin, "size", [*BAD_INT, 0, 40]),
+    (BlobBegin, "blob", BAD_BLOB),
+    (BlobPut, "rid", BAD_INT),
+    (BlobPut, "blob", BAD_BLOB),
+    (BlobPut, "off", BAD_INT),
+    (BlobPut, "data", [None, "x", b"", b"x" * (PIECE_MAX + 1)]),
+    (BlobEnd, "rid", BAD_INT),
+    (BlobEnd, "blob", BAD_BLOB),
+    (BlobLink, "rid", BAD_INT),
+    (BlobLink, "blob", BAD_BLOB),
+    (BlobOk, "rid", BAD_INT),
+    (BlobOk, "blob", BAD_BLOB),
+    (BlobOk, "have", BAD_INT),
+    (BlobLinkOk, "rid", BAD_INT),
+    (BlobLinkOk, "blob", BAD_BLOB),
+    (
+        BlobLinkOk,
+        "url",
+        [
+            None,
+            "",
+            "/blobs/" + "a" * 42,
+            "/blobs/" + "a" * 44,
+            "https://x/" + "a" * 40,
+            "/blobs/" + "a" * 42 + "=",
+            "/blobz/" + "a" * 43,
+        ],
+    ),
+    (BlobLinkOk, "size", BAD_INT),
+    (BlobLinkOk, "expires", BAD_INT),
 ]
 
 

@@ -19,6 +19,12 @@ from protocol.frames import (
     Acknowledge,
     AcknowledgeOk,
     Auth,
+    BlobBegin,
+    BlobEnd,
+    BlobLink,
+    BlobLinkOk,
+    BlobOk,
+    BlobPut,
     Challenge,
     Deliver,
     Delivered,
@@ -111,6 +117,9 @@ def closed() -> ServerSession:
 SESSION_IN = {State.CHALLENGED: ServerSession, State.AUTHENTICATED: authenticated, State.CLOSED: closed}
 
 
+BLOB = "b_" + "0" * 32
+
+
 def sample(cls: type[Frame], session: ServerSession) -> Frame:
     """A valid frame of each client type, as seen on ``session``."""
     if cls is Auth:
@@ -153,6 +162,14 @@ def sample(cls: type[Frame], session: ServerSession) -> Frame:
         return RoleLeave(rid=1, role=ROLE)
     if cls is Acknowledge:
         return Acknowledge(rid=1, id=bytes(16), sender="u_00000000000000b1")
+    if cls is BlobBegin:
+        return BlobBegin(rid=1, size=41)
+    if cls is BlobPut:
+        return BlobPut(rid=1, blob=BLOB, off=0, data=b"x" * 41)
+    if cls is BlobEnd:
+        return BlobEnd(rid=1, blob=BLOB)
+    if cls is BlobLink:
+        return BlobLink(rid=1, blob=BLOB)
     assert cls is LinkCode
     return LinkCode(rid=1)
 
@@ -164,7 +181,7 @@ def test_challenge_frame() -> None:
     a, b = ServerSession(), ServerSession(authority=b"\x05" * 32)
     assert a.state is State.CHALLENGED
     frame = decode(a.challenge(), SERVER_FRAMES)
-    assert frame == Challenge(v=1, nonce=a.nonce, caps=("refusals", "teams", "oncall"))
+    assert frame == Challenge(v=1, nonce=a.nonce, caps=("refusals", "teams", "oncall", "blobs"))
     assert len(a.nonce) == 32 and a.nonce != b.nonce
     # The authority key the hub is configured with, for enrolling clients (SPEC §5.1).
     other = decode(b.challenge(), SERVER_FRAMES)
@@ -211,6 +228,10 @@ def test_table_covers_every_client_frame_once() -> None:
         RoleTake,
         RoleLeave,
         Acknowledge,
+        BlobBegin,
+        BlobPut,
+        BlobEnd,
+        BlobLink,
     }
     assert ALLOWED[State.CLOSED] == set()
     assert set(ALLOWED) == set(State)
@@ -296,6 +317,8 @@ SERVER_SAMPLES: list[Frame] = [
     UrgentStatus(seq=4, id=MID, sender="u_a", state="unacknowledged", step=0, ts=5),
     UrgentReminder(id=MID, sender="u_b", n=1),
     RoleChanged(role=ROLE, holders=()),
+    BlobOk(rid=1, blob="b_" + "0" * 32, have=0),
+    BlobLinkOk(rid=1, blob="b_" + "0" * 32, url="/blobs/" + "a" * 43, size=41, expires=9),
 ]
 
 
