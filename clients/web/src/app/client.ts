@@ -572,7 +572,8 @@ export class MissClient {
       try {
         return (await answer) as T;
       } catch (err) {
-        if (err instanceof ProtocolError && err.retryable && tries < 3) {
+        // A wait of more than a minute (a daily quota) is the caller's to report.
+        if (err instanceof ProtocolError && err.retryable && tries < 3 && (err.retryAfter ?? 0) <= 60_000) {
           await sleep(err.retryAfter ?? 1000);
           continue;
         }

@@ -12,7 +12,7 @@
  */
 import { decodeAuthorityKey } from "../protocol/attestation";
 import { generateKeys, type DeviceKeys } from "../protocol/crypto";
-import { CAP_ONCALL, CAP_REFUSALS, CAP_ROTATION, CAP_TEAMS, SUBPROTOCOL } from "../protocol/frames";
+import { CAP_BLOBS, CAP_ONCALL, CAP_REFUSALS, CAP_ROTATION, CAP_TEAMS, SUBPROTOCOL } from "../protocol/frames";
 import { consider } from "../protocol/rotation";
 import { ClientSession } from "../protocol/session";
 import { fieldText } from "../protocol/text";
@@ -72,7 +72,7 @@ export async function enroll(form: EnrollForm): Promise<Enrolled> {
             authority = outcome.current;
             rotations = outcome.stored;
           } else if (outcome.kind === "same") rotations = outcome.stored;
-          ws.send(session.enroll(fieldText(form.code), keys, label, [CAP_REFUSALS, CAP_TEAMS, CAP_ONCALL, CAP_ROTATION], { authority }));
+          ws.send(session.enroll(fieldText(form.code), keys, label, [CAP_REFUSALS, CAP_TEAMS, CAP_ONCALL, CAP_ROTATION, CAP_BLOBS], { authority }));
         } else if (event.kind === "welcomed") {
           resolve({ user: event.welcome.user, device: event.welcome.device });
         }

@@ -81,10 +81,10 @@ export const ERRORS: { readonly [code: string]: ErrorInfo } = {
   not_recipient: { fatal: false, retryable: false, message: "no urgent message of this sender reached you under this id" },
   urgent_limit: { fatal: false, retryable: false, message: "too many of your urgent messages are still awaiting acknowledgement" },
   // Revision 6 (SPEC §16).
-  blob_too_large: { fatal: false, retryable: false, message: "the attachment is larger than this hub accepts" },
-  blob_quota: { fatal: false, retryable: false, message: "attachment quota reached; try again later" },
-  unknown_blob: { fatal: false, retryable: false, message: "no such attachment, or it expired or was recalled" },
-  blob_offset: { fatal: false, retryable: false, message: "the upload is not at this offset; resume it" },
+  blob_too_large: { fatal: false, retryable: false, message: "this file is larger than this hub accepts" },
+  blob_quota: { fatal: false, retryable: true, message: "upload quota reached; retry later or remove older attachments" },
+  unknown_blob: { fatal: false, retryable: false, message: "no such attachment is available to you" },
+  blob_offset: { fatal: false, retryable: false, message: "the upload is not at this offset; ask where it stands and resume" },
   blob_incomplete: { fatal: false, retryable: false, message: "the upload is not complete" },
   too_many_attachments: { fatal: false, retryable: false, message: "more attachments than this hub accepts in one message" },
 };

@@ -36,8 +36,8 @@ export class AttachPicker {
     this.buttons = h(
       "span",
       { class: "att-buttons" },
-      h("button", { type: "button", class: "secondary", title: t("att.attach_hint"), "data-testid": "att-attach", onclick: () => this.fileInput.click() }, "📎 ", t("att.attach")),
-      h("button", { type: "button", class: "secondary narrow-only", title: t("att.camera_hint"), "data-testid": "att-camera", onclick: () => this.cameraInput.click() }, "📷 ", t("att.camera")),
+      h("button", { type: "button", class: "secondary", title: t("att.attach_hint"), "data-testid": "att-attach", onclick: () => this.fileInput.click() }, t("att.attach")),
+      h("button", { type: "button", class: "secondary narrow-only", title: t("att.camera_hint"), "data-testid": "att-camera", onclick: () => this.cameraInput.click() }, t("att.camera")),
       this.fileInput,
       this.cameraInput,
     );
@@ -132,8 +132,9 @@ export class AttachPicker {
   }
 }
 
+/** A file's badge where no thumbnail shows: its kind in three letters. */
 function fileIcon(type: string): string {
-  return type === "application/pdf" ? "📄" : isImageType(type) ? "🖼" : "📎";
+  return type === "application/pdf" ? "PDF" : type === "image/heic" || type === "image/heif" ? "HEIC" : isImageType(type) ? "IMG" : "FICHIER";
 }
 
 /** A message's attachments in its bubble (uploading ones with their progress). */
@@ -171,7 +172,7 @@ export function attachmentsBlock(client: MissClient, m: MessageRecord, viewer: V
             h("img", { class: "att-thumb", "data-testid": "att-thumb", src: thumbUrl(a.thumb), alt: a.name }))
           : h("button", { type: "button", class: "att-card", "data-testid": "att-open", onclick: () => viewer.show(a) },
             h("span", { class: "att-icon" }, fileIcon(a.type))),
-        h("span", { class: "att-meta small" }, h("span", { class: "att-name" }, a.name), h("span", { class: "muted" }, ` · ${formatSize(a.size)}`)),
+        h("span", { class: "att-meta small", title: `${a.name} · ${formatSize(a.size)}` }, a.name),
         h("button", { type: "button", class: "link small", "data-testid": "att-download", onclick: () => void viewer.download(a) }, t("att.download")),
       ),
     ),
