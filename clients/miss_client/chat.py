@@ -32,6 +32,8 @@ Usage::
     miss-chat --profile DIR read RECIPIENT|TEAM      # mark a conversation read (read notices)
     miss-chat --profile DIR read-receipts [on|off]   # whether senders learn you read them
     miss-chat --profile DIR send RECIPIENT|TEAM|ROLE TEXT --urgent   # rings until acknowledged (SPEC §14)
+    miss-chat --profile DIR send RECIPIENT|TEAM [TEXT] --attach FILE...   # images, PDF (SPEC §16)
+    miss-chat --profile DIR save ID DIR [--index N]  # fetch, check and save a message's attachments
     miss-chat --profile DIR ack ID                   # acquitter an urgent message you received
     miss-chat --profile DIR urgent                   # urgent messages not acknowledged yet
     miss-chat --profile DIR role list | role search TEXT | role show ROLE
@@ -87,6 +89,11 @@ holds it before sending. ``--urgent`` makes a message ring (reminders,
 backups step by step; the sender sees ``escalade vers … (étape 1)``,
 ``acquitté par Dr X à HH:MM`` or ``aucun acquittement``.
 
+Attachments (SPEC §16, :mod:`.chat_attachments`): ``send --attach FILE…``
+refuses too many, too large or unaccepted files before uploading anything;
+``history`` and ``inbox`` show ``📎 plaie.jpg — 1,2 Mo, image JPEG`` under
+the message and its id in brackets, which ``save ID DIR`` takes.
+
 Exit status: 0 on success, 1 on an expected error (printed as one line on
 stderr, no traceback: wrong passphrase, hub unreachable, unknown recipient,
 ...), 2 on a usage error, 130 on Ctrl-C.
@@ -107,6 +114,7 @@ from typing import Any
 
 from protocol.errors import ProtocolError
 
+from .chat_attachments import cmd_save
 from .chat_commands import (
     cmd_devices,
     cmd_enroll,
@@ -194,7 +202,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p = add("send", cmd_send, "send one message")
     p.add_argument("recipient", help="RPPS number, user id, team or role (id or name)")
-    p.add_argument("text")
+    p.add_argument("text", nargs="?", default="", help="the text (may be left out with --attach)")
+    p.add_argument(
+        "--attach",
+        nargs="+",
+        action="extend",
+        metavar="FILE",
+        help="attach files (JPEG, PNG, HEIC images or PDF; up to the hub's limit, 6 by default)",
+    )
     p.add_argument("--lifespan", metavar="1h..30d", help="delete the message everywhere after this long")
     p.add_argument(
         "--urgent", action="store_true", help="urgent: rings until acknowledged, escalates to backups"
@@ -270,6 +285,10 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--join", action="store_true", help="join its holders instead of taking it over")
     r = roles.add_parser("leave", help="stop holding a role")
     r.add_argument("role", help="role id (r_...) or name")
+    p = add("save", cmd_save, "fetch, check and save the attachments of a message")
+    p.add_argument("id", help="the message id, as `history` or `inbox` shows it [in brackets]")
+    p.add_argument("directory", help="an existing directory to write the files into")
+    p.add_argument("--index", type=int, help="only the attachment with this number (1, 2, ...)")
     p = add("chat", cmd_chat, "conversation: a prompt on a terminal, else one message per line of stdin")
     p.add_argument("recipient")
     p.add_argument(

@@ -12,6 +12,7 @@ from protocol.attestation import authority_fingerprint
 from protocol.errors import UnknownUser
 from protocol.oncall import is_role_id
 
+from .chat_attachments import ProgressLine, check_attach_args
 from .chat_oncall import find_role, maybe_role, print_role_targets
 from .chat_teams import find_team, looks_like_team, maybe_team_name, resolve_team
 from .cli_common import (
@@ -160,8 +161,10 @@ def accepted_line(message_id: bytes, urgent: bool) -> str:
 
 
 async def cmd_send(args: argparse.Namespace) -> int:
-    if not args.text.strip():
+    attach = check_attach_args(getattr(args, "attach", None))
+    if not args.text.strip() and not attach:
         raise UsageError("empty message: nothing sent")
+    progress = ProgressLine()
     lifespan = parse_lifespan(args.lifespan) if getattr(args, "lifespan", None) else None
     urgent = bool(getattr(args, "urgent", False))
     recipient = args.recipient.strip()
@@ -174,7 +177,14 @@ async def cmd_send(args: argparse.Namespace) -> int:
             await resend_pending(client)
             team = None if is_role_id(recipient) else await find_team(client, recipient)
             if team is not None:
-                message_id = await client.send(team, args.text, lifespan_ms=lifespan, urgent=urgent)
+                message_id = await client.send(
+                    team,
+                    args.text,
+                    lifespan_ms=lifespan,
+                    urgent=urgent,
+                    attachments=attach,
+                    on_progress=progress,
+                )
             else:
                 role = await find_role(client, recipient) if maybe_role(recipient) else None
                 if role is None:
@@ -183,7 +193,14 @@ async def cmd_send(args: argparse.Namespace) -> int:
                         "nor the name of one of your teams or of a role"
                     )
                 await print_role_targets(client, role, urgent)
-                message_id = await client.send(role.role, args.text, lifespan_ms=lifespan, urgent=urgent)
+                message_id = await client.send(
+                    role.role,
+                    args.text,
+                    lifespan_ms=lifespan,
+                    urgent=urgent,
+                    attachments=attach,
+                    on_progress=progress,
+                )
         print(accepted_line(message_id, urgent))
         return 0
     check_recipient(args.recipient, profile)
@@ -192,7 +209,14 @@ async def cmd_send(args: argparse.Namespace) -> int:
         await resend_pending(client)
         peer = await client.resolve(args.recipient)
         check_not_self(peer, client)
-        message_id = await client.send(peer.user, args.text, lifespan_ms=lifespan, urgent=urgent)
+        message_id = await client.send(
+            peer.user,
+            args.text,
+            lifespan_ms=lifespan,
+            urgent=urgent,
+            attachments=attach,
+            on_progress=progress,
+        )
     print(accepted_line(message_id, urgent))
     return 0
 

@@ -38,6 +38,11 @@ read events at a time.
   reminders and acknowledgements, recorded in the local state
   (:mod:`.oncall_state`) so that urgency survives a restart.
 
+* :class:`~miss_client.uploads.Attachments` (:mod:`.uploads`): attachments
+  (SPEC §16): files checked, encrypted to the spool (:mod:`.attachments`),
+  uploaded with resumption (:mod:`.upload_state`), fetched over HTTP
+  (:mod:`.http_fetch`), verified, saved.
+
 Revision 3 also brings read notices (:meth:`Client.mark_read`), recall
 (:meth:`Client.recall`) and lifespans (``send(..., lifespan_ms=)``): the
 local state deletes expired texts on open, before every history read, and
@@ -52,15 +57,19 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 from collections import deque
-from collections.abc import AsyncIterator, Callable, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from contextlib import asynccontextmanager
+from pathlib import Path
 
 from websockets.asyncio.client import ClientConnection
 
 from protocol import frames as f
+from protocol.attachments import Attachment
 from protocol.errors import DeviceRevoked, ProtocolError
 
+from .attachments import SPOOL_DIR
 from .connection import authenticator, handshake, open_websocket
 from .errors import ClientError, ConnectionFailed, ConnectionLost, UnknownMessage
 from .inbox import ACK_DELAY, AckBatcher, Inbox
@@ -90,6 +99,8 @@ from .retry import RetryPolicy
 from .rotation import follow_rotation
 from .state import LocalState
 from .teams import Teams
+from .upload_state import UploadState
+from .uploads import Attachments, Progress, save_attachments
 
 # ACK_DELAY is read from here by bench/client.py, which acks like the SDK.
 __all__ = ["ACK_DELAY", "SWEEP_SECONDS", "Client", "RetryPolicy"]
@@ -115,6 +126,8 @@ class Client:
         request_timeout: float = 30.0,
         retry: RetryPolicy | None = None,
         challenge: f.Challenge | None = None,
+        welcome: f.Welcome | None = None,
+        server: str | None = None,
     ) -> None:
         self.profile = profile
         self.state = state
@@ -140,7 +153,17 @@ class Client:
         self._acks = AckBatcher(self._router.send)
         #: On-call roles (SPEC §14): ``search``, ``get``, ``take``, ``leave``, ``find``.
         self.roles = Roles(self._router, self._peers, profile, OncallState(state), self._acks.ack)
-        self._outbox = Outbox(self._router, self._peers, profile, state, self._teams, self.roles)
+        blobs = welcome is not None and f.CAP_BLOBS in self.hub_caps
+        self._attachments = Attachments(
+            self._router,
+            UploadState(state, profile.directory / SPOOL_DIR),
+            server or profile.server,
+            welcome.att_max if blobs and welcome is not None else None,
+            welcome.blob_max if blobs and welcome is not None else None,
+        )
+        self._outbox = Outbox(
+            self._router, self._peers, profile, state, self._teams, self.roles, self._attachments
+        )
         refuse = self._acks.refuse if f.CAP_REFUSALS in self.hub_caps else None
         self._inbox = Inbox(
             state,
@@ -194,7 +217,16 @@ class Client:
         except BaseException:
             await ws.close()
             raise
-        client = cls(ws, profile, local, request_timeout=request_timeout, retry=retry, challenge=challenge)
+        client = cls(
+            ws,
+            profile,
+            local,
+            request_timeout=request_timeout,
+            retry=retry,
+            challenge=challenge,
+            welcome=welcome,
+            server=url or profile.server,
+        )
         if rotation_event is not None:
             client.rotation = rotation_event
             client._events.append(rotation_event)
@@ -400,9 +432,25 @@ class Client:
         urgent: bool = False,
         interval_ms: int | None = None,
         final_ms: int | None = None,
+        attachments: Sequence[str | os.PathLike[str]] = (),
+        on_progress: Progress | None = None,
     ) -> bytes:
         """Encrypt ``text`` for every device of ``to`` and our other devices,
         and return the message id once the hub has durably accepted it.
+
+        ``attachments`` (SPEC §16): paths of up to :attr:`att_max` files
+        (JPEG, PNG, HEIC/HEIF images or PDF, each at most :attr:`blob_max`
+        bytes); ``text`` may then be empty. Before anything is encrypted or
+        uploaded, raises TooManyAttachments, AttachmentTooLarge,
+        AttachmentTypeNotAllowed (the type is what the bytes say),
+        AttachmentsNotSupported (a hub without ``blobs``) or OSError. Each
+        file is encrypted under a fresh key into the profile's spool, then
+        uploaded (``on_progress(name, have, total)``: bytes of the
+        encrypted file the hub holds); a lost connection leaves the message
+        ``pending`` and :meth:`resend_pending` resumes the upload where the
+        hub stopped. The message is sealed once, also 1:1, and carries the
+        descriptors; the hub's quota errors (BlobQuota, BlobTooLarge...)
+        mark it ``failed``.
 
         ``to`` may be a role id (``r_...``, SPEC §14): sealed for the
         attested devices of whoever the hub says holds it now, each looked
@@ -453,19 +501,67 @@ class Client:
             urgent=urgent,
             interval_ms=interval_ms,
             final_ms=final_ms,
+            attachments=attachments,
+            on_progress=on_progress,
         )
 
-    async def resend_pending(self) -> list[bytes]:
+    async def resend_pending(self, on_progress: Progress | None = None) -> list[bytes]:
         """Resend, with their original ids, messages recorded but never seen
         accepted (e.g. the connection dropped while waiting); the hub answers
         ``dup`` for any it had in fact stored. Returns the ids now accepted.
+        Uploads a lost connection interrupted are finished first, from the
+        bytes the hub holds (``on_progress`` as for :meth:`send`).
 
         A message the hub refuses for good is marked ``failed`` and skipped
         (logged); one to a peer that does not verify or whose key change is
         pending stays ``pending`` and is skipped (logged); connection errors
         and fatal errors propagate.
         """
-        return await self._outbox.resend_pending()
+        return await self._outbox.resend_pending(on_progress)
+
+    # --- attachments (SPEC §16): see miss_client.uploads ------------------------------------
+
+    @property
+    def att_max(self) -> int | None:
+        """Most attachments the hub takes in one message (None: it takes none)."""
+        return self._attachments.att_max
+
+    @property
+    def blob_max(self) -> int | None:
+        """Largest attachment the hub takes, in bytes (None: it takes none)."""
+        return self._attachments.blob_max
+
+    async def fetch_attachment(self, att: Attachment) -> bytes:
+        """The file ``att`` describes (an item of ``Message.attachments``),
+        fetched through an expiring link (``blob_link``, then HTTP GET on
+        the hub's port), verified and decrypted, in memory. Raises
+        AttachmentUnavailable (expired, recalled, or not sent to this
+        device), AttachmentCorrupt (the bytes do not verify: "pièce jointe
+        altérée"), AttachmentsNotSupported."""
+        out = bytearray()
+        await self._attachments.fetch_into(att, out.extend)
+        return bytes(out)
+
+    async def save(
+        self, message: Message | bytes, directory: str | os.PathLike[str], index: int | None = None
+    ) -> list[Path]:
+        """Fetch the attachments of ``message`` (a Message, or the id of a
+        message of the local history), or only its ``index``-th, and write
+        each, once verified, into ``directory`` (which must exist) under
+        its name (`` (2)`` added when the name exists; never outside
+        ``directory``). Returns the paths written, in order. Raises
+        UnknownMessage, IndexError, AttachmentUnavailable, AttachmentCorrupt
+        (that file is not saved; the ones before it are), OSError."""
+        if isinstance(message, bytes):
+            entry = self.state.find_message(message)
+            if entry is None:
+                raise UnknownMessage("no message with that id on this device")
+            atts = entry.attachments
+        else:
+            atts = message.attachments
+        if index is not None:
+            atts = (atts[index],)
+        return await save_attachments(self._attachments, atts, Path(directory))
 
     # --- receiving: see miss_client.inbox ----------------------------------------------------
 

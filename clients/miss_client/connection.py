@@ -53,6 +53,7 @@ from protocol.client_session import (
 )
 from protocol.errors import ProtocolError, UnexpectedFrame, UnsupportedVersion
 from protocol.frames import (
+    CAP_BLOBS,
     CAP_ONCALL,
     CAP_REFUSALS,
     CAP_TEAMS,
@@ -96,7 +97,7 @@ __all__ = [
 #: a ``send`` that fit in MAX_FRAME_BYTES, plus a small header, so allow slack.
 MAX_INCOMING_BYTES = 2 * MAX_FRAME_BYTES
 #: The capabilities this client speaks (SPEC §10), named in ``auth``/``enroll``.
-CLIENT_CAPS = (CAP_REFUSALS, CAP_TEAMS, CAP_ONCALL)
+CLIENT_CAPS = (CAP_REFUSALS, CAP_TEAMS, CAP_ONCALL, CAP_BLOBS)
 
 
 def _loopback(host: str) -> bool:

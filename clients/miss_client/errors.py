@@ -26,10 +26,21 @@ The tree::
     ├── BadRecipient            a recipient string that is neither an RPPS number nor a user id
     ├── MessageTooLarge         the ``send`` frame would exceed MAX_FRAME_BYTES
     ├── UnknownMessage          recall: no message of ours with that id in the local history
-    └── TeamProblem             the hub's view of a team is wrong: nothing is sent to it (SPEC §13.4)
-        ├── TeamTampered        a membership nobody signed (a chain that does not verify, or
-        │                       devices of a non-member asked for)
-        └── TeamDiverged        members do not see the same chain (a head we never verified)
+    ├── TeamProblem             the hub's view of a team is wrong: nothing is sent to it (SPEC §13.4)
+    │   ├── TeamTampered        a membership nobody signed (a chain that does not verify, or
+    │   │                       devices of a non-member asked for)
+    │   └── TeamDiverged        members do not see the same chain (a head we never verified)
+    └── AttachmentProblem       attachments (SPEC §16); messages in French, for the user
+        ├── TooManyAttachments          more files than the hub's ``att_max`` (nothing uploaded)
+        ├── AttachmentTooLarge          a file over the hub's ``blob_max`` (nothing uploaded)
+        ├── AttachmentTypeNotAllowed    a file that is not JPEG, PNG, HEIC/HEIF or PDF (nothing uploaded)
+        ├── AttachmentsNotSupported     the hub does not speak ``blobs``
+        ├── AttachmentUnavailable       expired, recalled, or not for this device (``unknown_blob``, 404)
+        └── AttachmentCorrupt           the bytes fetched do not verify: never saved
+
+The hub's own ``too_many_attachments`` answer to a ``send`` is
+:class:`protocol.errors.TooManyAttachments`, as every hub error; the SDK
+raises this module's :class:`TooManyAttachments` before it gets there.
 
 A team message refused because this user is not a member raises
 :class:`protocol.errors.NotMember` (from the hub, or from the local chain).
@@ -48,6 +59,12 @@ if TYPE_CHECKING:
     from .models import Peer, PeerChange
 
 __all__ = [
+    "AttachmentCorrupt",
+    "AttachmentProblem",
+    "AttachmentTooLarge",
+    "AttachmentTypeNotAllowed",
+    "AttachmentUnavailable",
+    "AttachmentsNotSupported",
     "AuthorityMismatch",
     "AuthorityNotSet",
     "BadRecipient",
@@ -65,6 +82,7 @@ __all__ = [
     "TeamDiverged",
     "TeamProblem",
     "TeamTampered",
+    "TooManyAttachments",
     "UnknownMessage",
     "UnverifiedPeer",
     "WeakPassphrase",
@@ -225,3 +243,69 @@ class TeamDiverged(TeamProblem):
     """The members of the team do not see the same chain: sending is blocked."""
 
     problem = "diverged"
+
+
+class AttachmentProblem(ClientError):
+    """Something about attachments (SPEC §16). The message is French, for
+    the user; it names files, never their content or keys."""
+
+
+class TooManyAttachments(AttachmentProblem):
+    """More files than the hub allows in one message (``att_max`` of its
+    ``welcome``): nothing was encrypted or uploaded."""
+
+    def __init__(self, count: int, limit: int) -> None:
+        super().__init__(f"trop de pièces jointes : {count} (au plus {limit} par message)")
+        self.count = count
+        self.limit = limit
+
+
+class AttachmentTooLarge(AttachmentProblem):
+    """A file larger than the hub accepts (``blob_max`` of its ``welcome``,
+    plaintext bytes): nothing was encrypted or uploaded."""
+
+    def __init__(self, name: str, size: int, limit: int) -> None:
+        from .attachments import describe_size  # it imports this module
+
+        super().__init__(
+            f"{name} est trop volumineux : {describe_size(size)} (au plus {describe_size(limit)} par fichier)"
+        )
+        self.name = name
+        self.size = size
+        self.limit = limit
+
+
+class AttachmentTypeNotAllowed(AttachmentProblem):
+    """A file whose bytes are not an image JPEG, PNG, HEIC/HEIF or a PDF
+    (its name does not count): nothing was encrypted or uploaded."""
+
+    def __init__(self, name: str) -> None:
+        super().__init__(
+            f"{name} : type de fichier non accepté (images JPEG, PNG, HEIC ou documents PDF seulement)"
+        )
+        self.name = name
+
+
+class AttachmentsNotSupported(AttachmentProblem):
+    """The hub does not take attachments (it does not speak ``blobs``)."""
+
+    def __init__(self) -> None:
+        super().__init__("ce hub n'accepte pas les pièces jointes (mettez-le à jour)")
+
+
+class AttachmentUnavailable(AttachmentProblem):
+    """The hub no longer has the attachment for this device: expired,
+    recalled, or not sent to it (``unknown_blob``, HTTP 404: one answer)."""
+
+    def __init__(self, name: str) -> None:
+        super().__init__(f"pièce jointe indisponible : {name} (expirée, retirée ou inconnue)")
+        self.name = name
+
+
+class AttachmentCorrupt(AttachmentProblem):
+    """The bytes fetched for an attachment do not verify (length, hash, a
+    chunk that does not decrypt, a missing final tag): it was not saved."""
+
+    def __init__(self, name: str) -> None:
+        super().__init__(f"pièce jointe altérée : {name} (non enregistrée)")
+        self.name = name

@@ -47,6 +47,13 @@ here), a ``recall`` notice deletes the text of the sender's message (or
 remembers the id, to drop the message if it comes later); kinds this client
 does not know are acked and ignored, never shown.
 
+Revision 6 (SPEC §16): a message with attachments is always a sealed
+body, also 1:1 (without urgency); its plaintext's descriptors become
+``Message.attachments``, stored with its text. The files themselves are
+fetched only when asked (:meth:`Client.fetch_attachment
+<miss_client.client.Client.fetch_attachment>`, :meth:`Client.save
+<miss_client.client.Client.save>`), and checked then.
+
 Revision 4 (SPEC §14.5): a sealed body may come without a team: a message
 to a role (``deliver.role``; its plaintext must be addressed to that role),
 an urgent message to this user, or a backup's copy released at an
@@ -118,8 +125,6 @@ def open_delivery(frame: f.Deliver, keys: crypto.DeviceKeys, own_user: str, send
     backup = frame.step is not None
     team = frame.team if frame.body is not None and not backup else None
     role = frame.role if frame.body is not None else None
-    if frame.body is not None and frame.team is None and role is None and not (frame.urgent or backup):
-        raise Undecryptable("a sealed body without a team, a role or urgency")
     try:
         if frame.body is not None:
             key = crypto.unwrap_key(frame.env, keys, sender.box_pk)
@@ -134,8 +139,11 @@ def open_delivery(frame: f.Deliver, keys: crypto.DeviceKeys, own_user: str, send
     if inner.from_user != frame.from_user:
         raise Undecryptable("inner sender differs from the delivery's")
     own_copy = frame.from_user == own_user
-    if frame.body is not None and frame.team is None and not inner.urgent and role is None:
-        raise Undecryptable("a sealed body to a user that is not urgent")
+    if frame.body is not None and frame.team is None and not inner.urgent and role is None and not inner.atts:
+        # SPEC §13.3, §14.4, §16: sealed 1:1 only when urgent or with attachments.
+        raise Undecryptable("a sealed body to a user that is neither urgent nor with attachments")
+    if inner.atts and inner.kind != "text":
+        raise Undecryptable("attachments on a message that is not a text")
     if backup:
         # A backup's copy was sealed for whoever the message was sent to.
         if not inner.urgent:
@@ -166,6 +174,7 @@ def open_delivery(frame: f.Deliver, keys: crypto.DeviceKeys, own_user: str, send
         role=role,
         urgent=inner.urgent,
         step=frame.step,
+        attachments=tuple(inner.atts),
     )
 
 

@@ -22,6 +22,7 @@ import uuid
 from dataclasses import dataclass, field
 
 from protocol import crypto
+from protocol.attachments import Attachment
 from protocol.frames import STATUSES, DeviceInfo
 
 from .oncall_models import RoleHoldersChanged, UrgentReminded, UrgentStatusChanged
@@ -269,6 +270,10 @@ class Message:
     role: str | None = None
     urgent: bool = False
     step: int | None = None
+    #: SPEC §16: the message's attachments (descriptors: blob id, key, hash,
+    #: size, type, name, thumbnail); fetch with Client.fetch_attachment or
+    #: Client.save.
+    attachments: tuple[Attachment, ...] = field(default=(), repr=False)
 
     @property
     def peer(self) -> str:
@@ -497,7 +502,7 @@ class HistoryEntry:
     SPEC §13: ``team`` is the team of a team message (``peer`` is then the
     team id); ``expires_at`` when its text is deleted; ``gone`` is None, or
     ``"recalled"``/``"expired"`` once its text was deleted (``body`` is then
-    empty); ``read_at`` when this user read it (incoming); ``read_by`` the
+    empty, and ``attachments`` too); ``read_at`` when this user read it (incoming); ``read_by`` the
     users whose read notices named it (outgoing).
     """
 
@@ -517,6 +522,8 @@ class HistoryEntry:
     gone: str | None = None
     read_at: int | None = None
     read_by: tuple[str, ...] = field(default=())
+    #: SPEC §16: its attachments' descriptors (none once recalled or expired).
+    attachments: tuple[Attachment, ...] = field(default=(), repr=False)
 
     @property
     def shown_body(self) -> str:

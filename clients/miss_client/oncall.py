@@ -75,10 +75,12 @@ def build_sealed_send(
     *,
     head: bytes | None = None,
     urgent: f.Urgent | None = None,
+    blobs: tuple[str, ...] = (),
 ) -> bytes:
     """The encoded sealed ``send`` (SPEC §13.3, §14.4) to ``to`` (a role, a
     user or a team with its ``head``): ``plaintext`` sealed once, its key
-    wrapped for each of ``targets`` (``device -> box_pk``). Raises NoDevices
+    wrapped for each of ``targets`` (``device -> box_pk``); ``blobs``: the
+    attachments' blob ids (SPEC §16). Raises NoDevices
     without targets, ClientError past MAX_WRAPS, MessageTooLarge past
     MAX_FRAME_BYTES."""
     if not targets:
@@ -88,7 +90,15 @@ def build_sealed_send(
     key, body = crypto.seal_body(plaintext, message_id, keys)
     wraps = {device: crypto.wrap_key(key, keys, box_pk) for device, box_pk in targets.items()}
     frame = f.Send(
-        id=message_id, sender=own_device, to=to, envs=wraps, body=body, head=head, ttl=ttl, urgent=urgent
+        id=message_id,
+        sender=own_device,
+        to=to,
+        envs=wraps,
+        body=body,
+        head=head,
+        ttl=ttl,
+        urgent=urgent,
+        blobs=blobs or None,
     )
     data = f.encode(frame)
     if len(data) > f.MAX_FRAME_BYTES:
@@ -258,7 +268,15 @@ class Roles:
             view = await self.get(plaintext.to_user)
             targets = await self.targets(view, urgent is not None, refresh=retrying.refresh)
             data = build_sealed_send(
-                packed, plaintext.id, profile.keys, profile.device_id, view.role, targets, ttl, urgent=urgent
+                packed,
+                plaintext.id,
+                profile.keys,
+                profile.device_id,
+                view.role,
+                targets,
+                ttl,
+                urgent=urgent,
+                blobs=tuple(a.blob for a in plaintext.atts),
             )
             with attempt:
                 return await self._router.send_message(plaintext.id, data)

@@ -36,16 +36,27 @@ team it keeps its head. Whether a message is urgent, and the send's override
 of the policy, are recorded (:mod:`miss_client.oncall_state`) before the
 message, so a resend after a reconnection or a restart is urgent again, with
 the same id.
+
+Revision 6 (SPEC §16): a message with attachments
+(:mod:`miss_client.uploads`) is checked against the hub's limits before
+anything else, its files encrypted into the spool, recorded ``pending``
+with their upload records, uploaded, and only then sent, always sealed
+(also 1:1), with ``blobs`` naming the uploaded blobs; its plaintext
+carries the descriptors (``atts``). A resend (:meth:`Outbox.resend_pending`)
+first finishes the uploads a lost connection interrupted, from the bytes
+the hub holds.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Sequence
 from dataclasses import replace
 
 from protocol import crypto
 from protocol import frames as f
+from protocol.attachments import Attachment
 from protocol.errors import MissingDevices, NoDevices, RequestError, StaleTeamHead
 from protocol.oncall import is_role_id
 
@@ -59,6 +70,7 @@ from .requests import Router
 from .retry import RetryPolicy
 from .state import LocalState
 from .teams import Teams
+from .uploads import Attachments, Progress
 
 __all__ = ["PAD_TO", "TEAM_CHANGED_RESENDS", "Outbox", "RetryPolicy", "build_send", "build_team_send"]
 
@@ -86,9 +98,11 @@ def build_team_send(
     targets: dict[str, bytes],
     ttl: int | None = None,
     urgent: f.Urgent | None = None,
+    blobs: Sequence[str] = (),
 ) -> bytes:
-    """The encoded team ``send`` (SPEC §13.3, §13.4, with ``urgent`` §14.4): ``plaintext`` sealed
-    once, its key wrapped for each of ``targets`` (``device -> box_pk``).
+    """The encoded team ``send`` (SPEC §13.3, §13.4, with ``urgent`` §14.4,
+    ``blobs`` §16): ``plaintext`` sealed once, its key wrapped for each of
+    ``targets`` (``device -> box_pk``).
     Raises NoDevices without targets, ClientError past MAX_WRAPS,
     MessageTooLarge past MAX_FRAME_BYTES."""
     if not targets:
@@ -107,6 +121,7 @@ def build_team_send(
             head=head,
             ttl=ttl,
             urgent=urgent,
+            blobs=tuple(blobs) or None,
         )
     )
     if len(data) > f.MAX_FRAME_BYTES:
@@ -115,6 +130,11 @@ def build_team_send(
             f"(limit {f.MAX_FRAME_BYTES})"
         )
     return data
+
+
+def _blobs(plaintext: crypto.Plaintext) -> tuple[str, ...]:
+    """The ``send.blobs`` of a message: its attachments' blob ids."""
+    return tuple(a.blob for a in plaintext.atts)
 
 
 def build_send(
@@ -158,8 +178,16 @@ class Outbox:
     through ``router``, recipients through ``peers``, history in ``state``."""
 
     def __init__(
-        self, router: Router, peers: Peers, profile: Profile, state: LocalState, teams: Teams, roles: Roles
+        self,
+        router: Router,
+        peers: Peers,
+        profile: Profile,
+        state: LocalState,
+        teams: Teams,
+        roles: Roles,
+        attachments: Attachments,
     ) -> None:
+        self._attachments = attachments
         self._router = router
         self._peers = peers
         self._profile = profile
@@ -179,12 +207,18 @@ class Outbox:
         urgent: bool = False,
         interval_ms: int | None = None,
         final_ms: int | None = None,
+        attachments: Sequence[str | os.PathLike[str]] = (),
+        on_progress: Progress | None = None,
     ) -> bytes:
         """Record ``text`` to ``to`` (an RPPS number, user id, team id or
-        role id), send it and return its id once accepted; raises like
-        :meth:`miss_client.client.Client.send`, which has the details."""
-        if not text.strip():
+        role id), with ``attachments`` (file paths), send it and return its
+        id once accepted; raises like :meth:`miss_client.client.Client.send`,
+        which has the details."""
+        files = self._attachments.check(list(attachments)) if attachments else []
+        if not text.strip() and not files:
             raise ValueError("empty message: nothing to send")
+        if files and kind != "text":
+            raise ValueError("only a text message carries attachments")
         if message_id is None:
             message_id = crypto.new_message_id()
         elif len(message_id) != 16:
@@ -212,16 +246,40 @@ class Outbox:
             self._peers.check_sendable(peer, await self._peers.lookup(user=me))
             target = peer.user
         expires_at = None if lifespan_ms is None else sent_at + lifespan_ms
-        plaintext = crypto.Plaintext(
-            message_id, me, target, sent_at, kind, text, expires_at=expires_at, urgent=urgent
-        )
+        spooled = await self._attachments.spool(files) if files else []
         if urgent or role is not None:
             self._oncall.record_out(
                 message_id, role=role, urgent=urgent, interval_ms=interval_ms, final_ms=final_ms
             )
-        self._state.record_outgoing(message_id, target, sent_at, kind, text, expires_at=expires_at, team=team)
+        uploads = self._attachments.uploads
+        self._state.record_outgoing(
+            message_id,
+            target,
+            sent_at,
+            kind,
+            text,
+            expires_at=expires_at,
+            team=team,
+            also=(lambda db: uploads.insert(db, message_id, spooled)) if spooled else None,
+        )
+        atts = await self._upload(message_id, on_progress) if spooled else ()
+        plaintext = crypto.Plaintext(
+            message_id, me, target, sent_at, kind, text, expires_at=expires_at, urgent=urgent, atts=atts
+        )
         await self._send_recorded(plaintext)
         return message_id
+
+    async def _upload(self, message_id: bytes, on_progress: Progress | None) -> tuple[Attachment, ...]:
+        """Finish the uploads of a recorded message; a definitive refusal
+        (a quota, a file the hub finds too large) marks it ``failed`` and
+        drops its spool files, anything else leaves it ``pending``."""
+        try:
+            return await self._attachments.upload(message_id, on_progress)
+        except RequestError as exc:
+            if not exc.retryable:
+                self._state.set_status(message_id, "failed")
+                self._attachments.uploads.discard(message_id)
+            raise
 
     async def send_notice(
         self, to: str, kind: str, refs: Sequence[bytes], *, team: str | None = None, to_team: bool = False
@@ -248,14 +306,22 @@ class Outbox:
             raise
         return message_id
 
-    async def resend_pending(self) -> list[bytes]:
+    async def resend_pending(self, on_progress: Progress | None = None) -> list[bytes]:
         """Resend, with their original ids, messages recorded but never seen
-        accepted; returns the ids now accepted. A message refused for good is
+        accepted (first finishing their uploads, from the bytes the hub
+        holds); returns the ids now accepted. A message refused for good is
         marked ``failed`` and skipped (logged); one to a peer that does not
         verify or whose key change is pending stays ``pending`` and is
         skipped (logged); connection errors and fatal errors propagate."""
         done = []
         for entry in self._state.pending_outgoing():
+            atts = entry.attachments
+            if self._attachments.uploads.rows(entry.id):
+                try:
+                    atts = await self._upload(entry.id, on_progress)
+                except RequestError as exc:
+                    log.warning("pending message %s not resent: %s", format_id(entry.id), exc.code)
+                    continue
             plaintext = crypto.Plaintext(
                 entry.id,
                 self._profile.user_id,
@@ -265,6 +331,7 @@ class Outbox:
                 entry.body,
                 expires_at=entry.expires_at,
                 urgent=self._oncall.override(entry.id) is not None,
+                atts=atts,
             )
             try:
                 await self._send_recorded(plaintext)
@@ -312,8 +379,9 @@ class Outbox:
             peer = await self._peers.lookup(user=plaintext.to_user, refresh=retrying.refresh)
             own = await self._peers.lookup(user=profile.user_id, refresh=retrying.refresh)
             self._peers.check_sendable(peer, own)
-            if urgent is not None:
-                # Urgent messages are always sealed (SPEC §14.4).
+            if urgent is not None or plaintext.atts:
+                # Urgent messages (SPEC §14.4) and messages with attachments
+                # (§16) are always sealed.
                 if not peer.devices:
                     raise NoDevices(f"{peer.user} has no active, verified device")
                 targets = {d.device: d.box_pk for d in (*own.devices, *peer.devices)}
@@ -327,6 +395,7 @@ class Outbox:
                     targets,
                     self._ttl(plaintext),
                     urgent=urgent,
+                    blobs=_blobs(plaintext),
                 )
             else:
                 data = build_send(
@@ -369,6 +438,7 @@ class Outbox:
                 targets,
                 self._ttl(plaintext),
                 urgent,
+                _blobs(plaintext),
             )
             with attempt:
                 try:

@@ -18,6 +18,10 @@ Dr X: …``); membership changes are lines of the conversation in French
 shows its problem in French; read notices show ``✓✓ lu par Dr X``;
 recalled and expired texts show ``message retiré`` / ``message expiré``.
 
+Attachments (SPEC §16): one line each under the message, ``📎 plaie.jpg —
+1,2 Mo, image JPEG``, numbered when there are several (``save ID DIR``
+fetches them; the name is the sender's, cleaned like any text).
+
 On-call roles and urgent messages (SPEC §14): a message sent to a role
 names it (``[→ Cardiologie — garde]``); an urgent one starts with
 ``🔴 URGENT — à acquitter`` and the command that acknowledges it (then
@@ -29,12 +33,14 @@ names it (``[→ Cardiologie — garde]``); an urgent one starts with
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from datetime import datetime
 
+from protocol.attachments import Attachment
 from protocol.oncall import is_role_id
 from protocol.text import printable
 
+from .attachments import describe_size, describe_type
 from .models import (
     Delivered,
     HistoryEntry,
@@ -59,6 +65,7 @@ from .state import LocalState
 __all__ = [
     "MessageTexts",
     "Names",
+    "attachment_line",
     "clean",
     "excerpt",
     "format_time",
@@ -84,6 +91,7 @@ __all__ = [
     "team_problem_line",
     "urgent_mark",
     "urgent_status_line",
+    "with_attachments",
 ]
 
 #: The terminal's bell: an urgent message and its reminders ring.
@@ -106,6 +114,22 @@ def clean(text: str) -> str:
     """``text`` made safe for a terminal (protocol.text.printable), each line
     of it, the lines after the first indented."""
     return "\n    ".join(printable(line) for line in text.split("\n"))
+
+
+def attachment_line(att: Attachment, number: int | None = None) -> str:
+    """``📎 plaie.jpg — 1,2 Mo, image JPEG`` (``📎 2. …`` with a number)."""
+    n = f"{number}. " if number is not None else ""
+    return f"📎 {n}{clean(att.name)} — {describe_size(att.size)}, {clean(describe_type(att.type))}"
+
+
+def with_attachments(line: str, atts: Sequence[Attachment]) -> str:
+    """``line``, then one indented :func:`attachment_line` per attachment."""
+    if not atts:
+        return line
+    numbered = len(atts) > 1
+    return line + "".join(
+        "\n    " + attachment_line(a, i if numbered else None) for i, a in enumerate(atts, 1)
+    )
 
 
 def format_time(ms: int) -> str:
@@ -261,7 +285,16 @@ def message_line(message: Message, names: Names, info: UrgentInfo | None = None)
     a copy of a message this user sent from another device; a team message
     starts with ``[Team]``, a role message names the role, an urgent one
     starts with its :func:`urgent_mark` (and the bell, if not acknowledged);
-    ``info``: its record (else the message's own fields)."""
+    ``info``: its record (else the message's own fields). Its attachments
+    follow, one line each (:func:`with_attachments`), and its id when it
+    has some (what ``save ID DIR`` takes)."""
+    line = _message_line(message, names, info)
+    if message.attachments:
+        line += f" [{format_id(message.id)}]"
+    return with_attachments(line, message.attachments)
+
+
+def _message_line(message: Message, names: Names, info: UrgentInfo | None) -> str:
     body = clean(message.body) if message.kind == "text" else f"[{clean(message.kind)}] {clean(message.body)}"
     if message.expires_at is not None:
         body += f" (expire le {format_time(message.expires_at)})"
@@ -415,7 +448,15 @@ def history_line(entry: HistoryEntry, names: Names) -> str:
     recipient kept them, ``✗ NOT delivered: refused by d_1a2b… (reason)``
     for each device that refused them, or their status (pending, failed).
     An urgent one starts with its :func:`urgent_mark` (from the local
-    record: it survives restarts)."""
+    record: it survives restarts). Its attachments follow, one line each,
+    and its id when it has some (what ``save ID DIR`` takes)."""
+    line = _history_line(entry, names)
+    if entry.attachments:
+        line += f" [{format_id(entry.id)}]"
+    return with_attachments(line, entry.attachments)
+
+
+def _history_line(entry: HistoryEntry, names: Names) -> str:
     when = format_time(entry.sent_at)
     info = names.urgent(entry.from_user, entry.id)
     mark = urgent_mark(info, names, incoming=entry.direction == "in", message_id=entry.id)

@@ -6,7 +6,8 @@ Theory of operation
 background *reader* task (:meth:`Router.start`) owns ``recv``:
 
 * answers are matched to their request: ``lookup_ok``/``link_code_ok``/
-  ``ok``/``watching``/``search_ok``/``devices_ok`` and ``error`` frames by
+  ``ok``/``watching``/``search_ok``/``devices_ok`` (and the others of
+  ``_ANSWERS``, ``blob_ok`` and ``blob_link_ok`` included) and ``error`` frames by
   ``rid``, ``accepted`` and ``error`` frames by message ``id``, each to a
   future the caller awaits, whatever else arrives in between. Every answer
   that names a ``rid`` is shown to :attr:`Router.on_answer` first;
@@ -79,6 +80,8 @@ _ANSWERS = (
     f.RoleSearchOk,
     f.RoleOk,
     f.AcknowledgeOk,
+    f.BlobOk,
+    f.BlobLinkOk,
 )
 
 
@@ -196,6 +199,37 @@ class Router:
         finally:
             self._requests.pop(rid, None)
             _retrieved(fut)
+
+    async def send_request(self, build: Callable[[int], f.Frame]) -> tuple[int, asyncio.Future[f.Frame]]:
+        """Send ``build(rid)`` under a fresh ``rid`` and return the rid and
+        the future of its answer at once, without waiting for it: requests
+        in flight together (an upload's window of ``blob_put``, SPEC §16)
+        leave in the order of the calls. Every pair must then go to
+        :meth:`wait_answer` or :meth:`abandon`. Raises what ended the
+        connection (nothing is then in flight)."""
+        rid = next(self._rids)
+        fut: asyncio.Future[f.Frame] = asyncio.get_running_loop().create_future()
+        self._requests[rid] = fut
+        try:
+            await self.send(f.encode(build(rid)))
+        except BaseException:
+            self.abandon(rid, fut)
+            raise
+        return rid, fut
+
+    async def wait_answer(self, rid: int, fut: asyncio.Future[f.Frame]) -> f.Frame:
+        """The answer to a request of :meth:`send_request`; raises like :meth:`request`."""
+        try:
+            return await self._wait(fut)
+        finally:
+            self.abandon(rid, fut)
+
+    def abandon(self, rid: int, fut: asyncio.Future[f.Frame]) -> None:
+        """Stop waiting for the answer to a request of :meth:`send_request`."""
+        self._requests.pop(rid, None)
+        if not fut.done():
+            fut.cancel()
+        _retrieved(fut)
 
     async def request_retrying(self, build: Callable[[int], f.Frame], what: str) -> f.Frame:
         """:meth:`request` for idempotent requests: retried as :attr:`retry`

@@ -35,7 +35,12 @@ verified records), recalls and lifespans. A recalled or expired message
 keeps its row (the conversation shows "message retiré" / "message expiré")
 but its text is replaced by an empty one, and the database runs with
 ``secure_delete`` and checkpoints its WAL after such a deletion, so the old
-bytes leave the file. Expiry uses :attr:`LocalState.clock` (tests inject
+bytes leave the file.
+
+Revision 6 (SPEC §16): a message's attachment descriptors (keys included)
+are sealed with its text (:meth:`LocalState.set_attachments`), so a recall
+or an expiry deletes them too; attachments still uploading are
+:mod:`miss_client.upload_state`'s. Expiry uses :attr:`LocalState.clock` (tests inject
 one); :meth:`LocalState.sweep_expired` runs on open, before every history
 read, and periodically from the client.
 
@@ -45,7 +50,7 @@ Not thread-safe: use one LocalState from one thread (the event loop's).
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -55,6 +60,7 @@ import msgpack
 import nacl.exceptions
 import nacl.secret
 
+from protocol.attachments import Attachment
 from protocol.frames import DeviceInfo
 
 from .errors import ProfileCorrupt
@@ -62,6 +68,8 @@ from .models import HistoryEntry, Message, Peer, PeerChange, TeamView, now_ms
 from .state_schema import (
     PEER_COLUMNS,
     SCHEMA_VERSION,
+    attachment_from_row,
+    attachment_row,
     open_db,
     pack_devices,
     pack_pending,
@@ -166,18 +174,42 @@ class LocalState:
 
     # --- sealing -------------------------------------------------------------
 
-    def _seal(self, message_id: bytes, kind: str, body: str) -> bytes:
-        inner = msgpack.packb({"id": message_id, "kind": kind, "body": body}, use_bin_type=True)
-        return bytes(self._box.encrypt(inner))
+    def _seal(self, message_id: bytes, kind: str, body: str, atts: Sequence[Attachment] = ()) -> bytes:
+        inner: dict[str, Any] = {"id": message_id, "kind": kind, "body": body}
+        if atts:
+            inner["atts"] = [attachment_row(a) for a in atts]
+        return bytes(self._box.encrypt(msgpack.packb(inner, use_bin_type=True)))
 
-    def _open(self, message_id: bytes, sealed: bytes) -> tuple[str, str]:
+    def _open_all(self, message_id: bytes, sealed: bytes) -> tuple[str, str, tuple[Attachment, ...]]:
         try:
             m = msgpack.unpackb(self._box.decrypt(sealed), raw=False)
             if m["id"] != message_id:
                 raise ValueError("sealed body belongs to another message")
-            return m["kind"], m["body"]
+            atts = tuple(attachment_from_row(row) for row in m.get("atts", ()))
+            return m["kind"], m["body"], atts
         except (nacl.exceptions.CryptoError, ValueError, KeyError, TypeError) as exc:
             raise ProfileCorrupt(f"a history row does not open: {type(exc).__name__}") from None
+
+    def _open(self, message_id: bytes, sealed: bytes) -> tuple[str, str]:
+        kind, body, _ = self._open_all(message_id, sealed)
+        return kind, body
+
+    def seal_data(self, message_id: bytes, data: dict[str, Any]) -> bytes:
+        """``data`` (msgpack-able) sealed under the storage key, bound to
+        ``message_id``: for the modules that keep secrets in their own
+        tables (:mod:`miss_client.upload_state`)."""
+        return bytes(self._box.encrypt(msgpack.packb({"id": message_id, "data": data}, use_bin_type=True)))
+
+    def open_data(self, message_id: bytes, sealed: bytes) -> dict[str, Any]:
+        """Inverse of :meth:`seal_data`; raises ProfileCorrupt."""
+        try:
+            m = msgpack.unpackb(self._box.decrypt(sealed), raw=False)
+            if m["id"] != message_id or not isinstance(m["data"], dict):
+                raise ValueError("sealed data belongs to another message")
+            data: dict[str, Any] = m["data"]
+            return data
+        except (nacl.exceptions.CryptoError, ValueError, KeyError, TypeError) as exc:
+            raise ProfileCorrupt(f"a sealed row does not open: {type(exc).__name__}") from None
 
     # --- messages ------------------------------------------------------------
 
@@ -227,7 +259,12 @@ class LocalState:
                     message.sent_at,
                     message.received_at or now,
                     "received",
-                    self._seal(message.id, message.kind, "" if expired else message.body),
+                    self._seal(
+                        message.id,
+                        message.kind,
+                        "" if expired else message.body,
+                        () if expired else message.attachments,
+                    ),
                     message.expires_at,
                     "expired" if expired else None,
                     None,
@@ -246,9 +283,14 @@ class LocalState:
         *,
         expires_at: int | None = None,
         team: str | None = None,
+        attachments: Sequence[Attachment] = (),
+        also: Callable[[sqlite3.Connection], object] | None = None,
     ) -> None:
         """Record a message this device is about to send (status ``pending``);
-        ``to_user`` is the team id for a team message (``team`` too).
+        ``to_user`` is the team id for a team message (``team`` too);
+        ``attachments``, its descriptors, if known already. ``also`` runs in
+        the same transaction (the uploads of its attachments:
+        :mod:`miss_client.upload_state`).
 
         Recording an id that is already there keeps the first row: a resend
         reuses the id and must not duplicate history.
@@ -265,7 +307,7 @@ class LocalState:
                     sent_at,
                     sent_at,
                     "pending",
-                    self._seal(message_id, kind, body),
+                    self._seal(message_id, kind, body, attachments),
                     expires_at,
                     None,
                     None,
@@ -276,6 +318,31 @@ class LocalState:
                 "INSERT OR IGNORE INTO seen (from_user, id, seen_at) VALUES (?, ?, ?)",
                 (self.own_user, message_id, now_ms()),
             )
+            if also is not None:
+                also(db)
+
+    def set_attachments(
+        self,
+        message_id: bytes,
+        attachments: Sequence[Attachment],
+        also: Callable[[sqlite3.Connection], object] | None = None,
+    ) -> None:
+        """Give our outgoing message ``message_id`` its descriptors (once
+        its files are uploaded); ``also`` runs in the same transaction.
+        Nothing changes for a message whose text is gone (recalled)."""
+        with self._tx() as db:
+            row = db.execute(
+                "SELECT sealed FROM messages WHERE from_user = ? AND id = ? AND gone IS NULL",
+                (self.own_user, message_id),
+            ).fetchone()
+            if row is not None:
+                kind, body = self._open(message_id, row[0])
+                db.execute(
+                    "UPDATE messages SET sealed = ? WHERE from_user = ? AND id = ?",
+                    (self._seal(message_id, kind, body, attachments), self.own_user, message_id),
+                )
+            if also is not None:
+                also(db)
 
     def set_status(self, message_id: bytes, status: str) -> None:
         """Mark an outgoing message ``accepted`` (the hub stored it) or ``failed``."""
@@ -325,6 +392,15 @@ class LocalState:
         """One message of the history, if this device has it."""
         row = self._db.execute(
             f"SELECT {_ENTRY_COLUMNS} FROM messages WHERE from_user = ? AND id = ?", (from_user, message_id)
+        ).fetchone()
+        return None if row is None else self._entry(row)
+
+    def find_message(self, message_id: bytes) -> HistoryEntry | None:
+        """The message of the history with this id, whoever sent it (ids are
+        UUIDv7 chosen by senders: another sender's message with the same id
+        would be an attack; then the one received first)."""
+        row = self._db.execute(
+            f"SELECT {_ENTRY_COLUMNS} FROM messages WHERE id = ? ORDER BY received_at LIMIT 1", (message_id,)
         ).fetchone()
         return None if row is None else self._entry(row)
 
@@ -535,7 +611,7 @@ class LocalState:
             read_at,
             team,
         ) = row
-        kind, body = self._open(message_id, sealed)
+        kind, body, atts = self._open_all(message_id, sealed)
         read_by: tuple[str, ...] = ()
         if from_user == self.own_user:
             read_by = tuple(
@@ -569,6 +645,7 @@ class LocalState:
             gone=gone,
             read_at=read_at,
             read_by=read_by,
+            attachments=atts,
         )
 
     # --- directory (pinned keys, SPEC §11.2) -------------------------------------

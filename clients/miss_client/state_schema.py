@@ -1,7 +1,7 @@
 """The state DB's format: tables, migrations, and how rows encode devices and
 pending key changes.
 
-Tables (``PRAGMA user_version`` = 5):
+Tables (``PRAGMA user_version`` = 6):
 
 ``messages``  one row per message, keyed by ``(from_user, id)``: message ids
               are chosen by senders, so they are unique per sender only.
@@ -51,6 +51,15 @@ last step released of ours, and its state: ``open``, ``escalated``,
 organisation, holders, whether this user holds it). Metadata only, as the
 hub sees it: no text.
 
+Version 6 (SPEC §16, :mod:`miss_client.upload_state`) added ``uploads``:
+one row per attachment of an outgoing message still being uploaded, by
+``(id, idx)``: the spool file holding its ciphertext, the hub's ``blob``
+id once ``blob_begin`` gave one, ``done`` once ``blob_end`` was answered,
+and ``sealed``, its key, hash, size, type, name and thumbnail sealed under
+the storage key. The descriptors of a message (received, or ours once
+uploaded) live in the ``messages`` row's sealed map (``atts``), with its
+text, and leave with it when it is recalled or expires.
+
 The database runs with ``secure_delete=ON``: deleted plaintexts are
 overwritten in the file, not merely unlinked (SPEC §13.6).
 
@@ -71,6 +80,7 @@ from typing import Any
 
 import msgpack
 
+from protocol.attachments import Attachment
 from protocol.frames import DeviceInfo
 
 from .errors import ProfileCorrupt
@@ -79,6 +89,8 @@ from .models import PeerChange
 __all__ = [
     "PEER_COLUMNS",
     "SCHEMA_VERSION",
+    "attachment_from_row",
+    "attachment_row",
     "device_rows",
     "open_db",
     "pack_devices",
@@ -88,7 +100,7 @@ __all__ = [
     "unpack_pending",
 ]
 
-SCHEMA_VERSION = 5
+SCHEMA_VERSION = 6
 
 _SCHEMA_V1 = """
 CREATE TABLE messages (
@@ -225,11 +237,34 @@ CREATE TABLE roles (
     updated_at INTEGER NOT NULL
 );
 """,
+    """
+CREATE TABLE uploads (
+    id     BLOB    NOT NULL,
+    idx    INTEGER NOT NULL,
+    spool  TEXT    NOT NULL,
+    blob   TEXT,
+    done   INTEGER NOT NULL DEFAULT 0,
+    sealed BLOB    NOT NULL,
+    PRIMARY KEY (id, idx)
+) WITHOUT ROWID;
+""",
 )
 
 PEER_COLUMNS = (
     "user, name, rpps, profession, organisation, devices, substitutes, pending, verified_at, attested_until"
 )
+
+
+def attachment_row(att: Attachment) -> dict[str, Any]:
+    """A descriptor as the sealed map of a ``messages`` row keeps it: its
+    wire map (SPEC §16.2)."""
+    return att.to_map()
+
+
+def attachment_from_row(row: dict[str, Any]) -> Attachment:
+    """Inverse of :func:`attachment_row`; AttachmentError (a ValueError) if
+    it does not check."""
+    return Attachment.from_map(row)
 
 
 def device_rows(devices: Iterable[DeviceInfo]) -> list[list[Any]]:

@@ -1,0 +1,89 @@
+"""``miss-chat`` and attachments (SPEC §16): ``save ID DIR``, and what
+``send --attach FILE…`` shows while it uploads.
+
+``send RECIPIENT [TEXT] --attach FILE…`` attaches up to the hub's limit of
+files (6 by default; JPEG, PNG, HEIC/HEIF images or PDF, 20 Mo each by
+default); the text may then be left out. Files are refused before
+anything is uploaded, with the reason in French (``trop de pièces
+jointes``, ``… est trop volumineux``, ``type de fichier non accepté``).
+On a terminal, the upload's progress is shown on stderr.
+
+``history`` and ``inbox`` show each attachment under its message
+(``📎 plaie.jpg — 1,2 Mo, image JPEG``) and the message's id in brackets;
+``save ID DIR`` fetches that message's attachments, checks them and
+writes them into DIR (``plaie (2).jpg`` if ``plaie.jpg`` exists), printing
+each path. An attachment whose bytes do not verify is not written:
+``pièce jointe altérée : plaie.jpg (non enregistrée)``, exit status 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+from .attachments import check_local_file
+from .cli_common import PROG, UsageError, connected
+from .errors import UnknownMessage
+from .models import parse_id
+
+__all__ = ["ProgressLine", "check_attach_args", "cmd_save"]
+
+
+class ProgressLine:
+    """``envoi de plaie.jpg : 45 %`` on stderr, rewritten in place, when
+    stderr is a terminal (nothing otherwise)."""
+
+    def __init__(self) -> None:
+        self.enabled = sys.stderr.isatty()
+        self._last: tuple[str, int] | None = None
+
+    def __call__(self, name: str, have: int, total: int) -> None:
+        if not self.enabled or total <= 0:
+            return
+        percent = have * 100 // total
+        if self._last == (name, percent):
+            return
+        self._last = (name, percent)
+        end = "\n" if have >= total else ""
+        print(f"\r{PROG}: envoi de {name} : {percent} %", end=end, file=sys.stderr, flush=True)
+
+
+def check_attach_args(files: list[str] | None) -> list[str]:
+    """The ``--attach`` files, each one that exists and reads as an
+    accepted type (checked again, with the hub's limits, by the SDK);
+    UsageError for one that does not, before the passphrase is asked."""
+    out = []
+    for name in files or []:
+        problem = check_local_file(Path(name))
+        if problem is not None:
+            raise UsageError(problem)
+        out.append(name)
+    return out
+
+
+async def cmd_save(args: argparse.Namespace) -> int:
+    try:
+        message_id = parse_id(args.id)
+    except ValueError:
+        raise UsageError(
+            f"{args.id!r} n'est pas un identifiant de message (tel que `history` l'affiche)"
+        ) from None
+    directory = Path(args.directory)
+    if not os.path.isdir(directory):  # noqa: ASYNC240 - before connecting: nothing else runs yet
+        raise UsageError(f"{directory} n'est pas un dossier")
+    async with connected(args) as client:
+        entry = client.state.find_message(message_id)
+        if entry is None:
+            raise UnknownMessage("aucun message avec cet identifiant sur cet appareil")
+        if not entry.attachments:
+            raise UsageError("ce message n'a pas de pièce jointe")
+        count = len(entry.attachments)
+        if args.index is not None and not 1 <= args.index <= count:
+            raise UsageError(f"ce message a {count} pièce(s) jointe(s)")
+        for index in range(count) if args.index is None else [args.index - 1]:
+            # One at a time: what was saved is printed even if a later one fails.
+            for path in await client.save(message_id, directory, index):
+                print(path, flush=True)
+    return 0
