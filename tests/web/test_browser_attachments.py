@@ -11,15 +11,19 @@ of docs/WEB_CLIENT.md are taken here (docs/img/attachments-*.png).
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import io
 import random
+import re
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
+import msgpack
 from miss_client import Client, Message
 from PIL import Image, ImageDraw
-from playwright.async_api import Page, WebSocket, expect
+from playwright.async_api import Page, WebSocketRoute, expect
 
 from tests.web.browser_steps import (
     DESKTOP,
@@ -62,6 +66,59 @@ def photo(path: Path, seed: int, size: tuple[int, int], fmt: str) -> Path:
     return path
 
 
+class Wire:
+    """The page's WebSocket, routed by Playwright: the frames it sends, and
+    a cut of the connection after ``cut_after_puts`` ``blob_put`` frames
+    (further connections refused while ``blocked``)."""
+
+    def __init__(self) -> None:
+        self.frames: list[dict[str, Any]] = []
+        self.cut_after_puts: int | None = None
+        self.blocked = False
+        self.cut = asyncio.Event()
+        self.tasks: set[asyncio.Future[None]] = set()
+
+    def later(self, work: Any) -> None:
+        """Run a close coroutine from a synchronous callback, keeping its task."""
+        task = asyncio.ensure_future(work)
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
+
+    def sent(self, t: str) -> list[dict[str, Any]]:
+        return [f for f in self.frames if f.get("t") == t]
+
+    def route(self, ws: WebSocketRoute) -> None:
+        if self.blocked:
+            self.later(ws.close())
+            return
+        server = ws.connect_to_server()
+        dead = False
+
+        def to_hub(data: str | bytes) -> None:
+            nonlocal dead
+            if dead:
+                return
+            frame = msgpack.unpackb(data, raw=False, strict_map_key=False) if isinstance(data, bytes) else {}
+            frame = frame if isinstance(frame, dict) else {}
+            self.frames.append(frame)
+            server.send(data)
+            if self.cut_after_puts is not None and frame.get("t") == "blob_put":
+                self.cut_after_puts -= 1
+                if self.cut_after_puts == 0:
+                    self.cut_after_puts = None
+                    dead = self.blocked = True
+                    self.later(server.close())
+                    self.later(ws.close())
+                    self.cut.set()
+
+        def to_page(data: str | bytes) -> None:
+            if not dead:
+                ws.send(data)
+
+        ws.on_message(to_hub)
+        server.on_message(to_page)
+
+
 def pad_file(source: Path, target: Path, extra: int) -> None:
     """``target``: ``source``'s bytes and ``extra`` zero bytes (still a JPEG to sniff)."""
     target.write_bytes(source.read_bytes() + bytes(extra))
@@ -80,12 +137,8 @@ async def test_six_images_round_trip_between_the_sdk_and_the_browser(
 ) -> None:
     hub = start_web_hub(MISS_MAX_ATTACHMENT_BYTES=str(LIMIT))
     await page.set_viewport_size(DESKTOP)
-    sent_frames: list[bytes] = []
-
-    def on_ws(ws: WebSocket) -> None:
-        ws.on("framesent", lambda payload: sent_frames.append(payload if isinstance(payload, bytes) else b""))
-
-    page.on("websocket", on_ws)
+    wire = Wire()
+    await page.route_web_socket(lambda url: url.startswith(("ws://", "wss://")), wire.route)
     files = tmp_path / "files"
     files.mkdir()
     sdk_photos = [
@@ -156,19 +209,37 @@ async def test_six_images_round_trip_between_the_sdk_and_the_browser(
             )
             await expect(tray).to_have_count(5)
             await page.screenshot(path=str(DOCS_IMG / "attachments-refused.png"))
-            assert not any(b"blob_begin" in f for f in sent_frames), "a refused file started an upload"
+            assert wire.sent("blob_begin") == [], "a refused file started an upload"
 
             await picker.set_input_files(str(web_photos[5]))
             await expect(page.locator('[data-testid="att-pending"][data-ready="true"]')).to_have_count(
                 6, timeout=T
             )
+            # The connection drops during the upload (after the 5th piece):
+            # the progress shows where it stopped; once back, the upload
+            # resumes from what the hub holds, never from 0.
+            wire.cut_after_puts = 5
             await page.get_by_test_id("composer-input").fill("ECG de contrôle")
             await page.get_by_test_id("composer-send").click()
             mine = (
                 page.get_by_test_id("messages").get_by_test_id("message").filter(has_text="ECG de contrôle")
             )
+            await asyncio.wait_for(wire.cut.wait(), 10)
+            progress = mine.get_by_test_id("att-progress")
+            await expect(progress.first).to_contain_text("Envoi… 100 %", timeout=T)
+            await expect(progress.nth(1)).to_have_text(re.compile(r"^ Envoi… \d{1,2} %$"))
+            await expect(mine).to_have_attribute("data-status", "pending")
+            await page.screenshot(path=str(DOCS_IMG / "attachments-upload-interrupted.png"))
+            cut_blob = wire.sent("blob_put")[-1]["blob"]
+            puts_before = len(wire.sent("blob_put"))
+            wire.blocked = False
+            await page.get_by_test_id("conn-retry").click()
             await expect(mine).to_have_attribute("data-status", "accepted", timeout=T)
             await expect(mine.get_by_test_id("att-thumb")).to_have_count(6, timeout=T)
+            resumed = [f for f in wire.sent("blob_begin") if f.get("blob") == cut_blob]
+            assert resumed, "no blob_begin {blob} after the reconnection"
+            again = [f for f in wire.sent("blob_put")[puts_before:] if f["blob"] == cut_blob]
+            assert again and min(f["off"] for f in again) > 0, "the upload started over"
 
             got = await next_event(bob, lambda e: isinstance(e, Message) and e.body == "ECG de contrôle")
             assert isinstance(got, Message)
