@@ -20,7 +20,7 @@ import {
   type Attachment,
 } from "../src/protocol/attachments";
 import { pack, unpack } from "../src/protocol/codec";
-import { EnvelopeError, fromHex, packPlaintext, toHex, unpackPlaintext } from "../src/protocol/crypto";
+import { EnvelopeError, fromHex, keysFromSecrets, openBody, packPlaintext, sealBody, toHex, unpackPlaintext } from "../src/protocol/crypto";
 import { ready, sodium } from "../src/protocol/sodium";
 
 beforeAll(ready);
@@ -105,11 +105,72 @@ describe("descriptors", () => {
 // --- protocol/vectors/attachments.json (part A's generator) ----------------------------------
 
 const VECTORS = new URL("../../../protocol/vectors/attachments.json", import.meta.url);
+const CRYPTO = new URL("../../../protocol/vectors/crypto.json", import.meta.url);
 type Json = any; // eslint-disable-line @typescript-eslint/no-explicit-any
+const A: Json = existsSync(VECTORS) ? JSON.parse(readFileSync(VECTORS, "utf8")) : null;
 
-describe.runIf(existsSync(VECTORS))("attachments.json", () => {
-  const file: Json = existsSync(VECTORS) ? JSON.parse(readFileSync(VECTORS, "utf8")) : {};
-  it("has vectors", () => {
-    expect(Object.keys(file).length).toBeGreaterThan(0);
+/** A descriptor's `fields` ({"bin": hex} for bytes) as an Attachment. */
+function fieldsOf(f: Json): Attachment {
+  const out: Record<string, unknown> = {};
+  for (const [k, v] of Object.entries(f)) out[k] = v !== null && typeof v === "object" && "bin" in (v as object) ? fromHex((v as Json).bin) : v;
+  return out as unknown as Attachment;
+}
+
+describe.runIf(A !== null)("attachments.json", () => {
+  it("constants and cipher sizes", () => {
+    expect(A.constants).toMatchObject({ CHUNK, HEADER_BYTES: 24, ABYTES: 17, THUMB_MAX: 4096, PIECE_MAX: 61440, HTTP_PART_MAX: 1048576, MAX_ATTACHMENTS_WIRE: 16 });
+    for (const v of A.cipher_sizes) expect(cipherSize(v.size)).toBe(v.cipher_size);
+  });
+
+  it("valid blobs decrypt to their plaintext, in one piece and fed in pieces", () => {
+    for (const v of A.blobs.valid) {
+      const blob = fromHex(v.blob);
+      expect(toHex(sodium().crypto_hash_sha256(blob))).toBe(v.hash);
+      const plain = decryptBytes(blob, fromHex(v.key), v.size, fromHex(v.hash));
+      expect(plain.length).toBe(v.size);
+      expect(plain.every((b, i) => b === (i * 31 + 7) % 256)).toBe(true);
+      expect(toHex(sodium().crypto_hash_sha256(plain))).toBe(v.plaintext_sha256);
+      const d = new Decryptor(fromHex(v.key), v.size, fromHex(v.hash));
+      let n = 0;
+      for (let at = 0; at < blob.length; at += 4099) n += d.feed(blob.subarray(at, at + 4099)).length;
+      d.finish();
+      expect(n).toBe(v.size);
+    }
+  });
+
+  it("invalid blobs are refused", () => {
+    for (const v of A.blobs.invalid) {
+      expect(() => decryptBytes(fromHex(v.blob), fromHex(v.key), v.size, fromHex(v.hash)), v.name).toThrow(AttachmentError);
+    }
+  });
+
+  it("descriptors pack to their exact bytes; invalid ones are refused", () => {
+    for (const v of A.descriptors.valid) {
+      const a = fieldsOf(v.fields);
+      expect(toHex(pack(attachmentToMap(a)))).toBe(v.msgpack);
+      expect(attachmentFromMap(unpack(fromHex(v.msgpack)))).toEqual(a);
+    }
+    for (const v of A.descriptors.edge_valid) expect(() => attachmentFromMap(unpack(fromHex(v.msgpack))), v.description).not.toThrow();
+    for (const v of A.descriptors.invalid) expect(() => attachmentFromMap(unpack(fromHex(v.msgpack))), v.description).toThrow(AttachmentError);
+  });
+
+  it("the plaintext with atts: packed, sealed as a body, opened; invalid plaintexts refused", () => {
+    const keys: Json[] = JSON.parse(readFileSync(CRYPTO, "utf8")).keys;
+    for (const v of A.plaintexts.valid) {
+      const sender = keys.find((k) => k.device === v.sender_device);
+      const signer = keysFromSecrets(fromHex(sender.sign_seed), fromHex(sender.box_secret));
+      const packed = fromHex(v.packed_plaintext);
+      const p = unpackPlaintext(packed);
+      expect(p.atts).toEqual(A.descriptors.valid.map((d: Json) => fieldsOf(d.fields)));
+      expect(toHex(packPlaintext(p, v.pad_to))).toBe(v.packed_plaintext);
+      const [, body] = sealBody(packed, fromHex(v.message_id), signer, { key: fromHex(v.body_key), nonce: fromHex(v.nonce) });
+      expect(toHex(body)).toBe(v.body);
+      expect(toHex(openBody(body, fromHex(v.body_key), fromHex(v.message_id), signer.signPk))).toBe(v.packed_plaintext);
+    }
+    for (const v of A.plaintexts.invalid) expect(() => unpackPlaintext(fromHex(v.packed)), v.description).toThrow(EnvelopeError);
+  });
+
+  it("sniffs types as the reference", () => {
+    for (const v of A.sniff) expect(sniffType(fromHex(v.first_bytes), v.name), v.name).toBe(v.type);
   });
 });
