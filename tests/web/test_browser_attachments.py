@@ -191,6 +191,10 @@ async def test_six_images_round_trip_between_the_sdk_and_the_browser(
             big = files / "scanner.jpg"
             pad_file(photo(files / "base.jpg", 200, (400, 300), "JPEG"), big, LIMIT)
             picker = page.get_by_test_id("att-input")
+            assert await picker.get_attribute("multiple") is not None
+            assert await picker.get_attribute("accept") == (
+                "image/jpeg,image/png,image/heic,image/heif,application/pdf"
+            )
             tray = page.get_by_test_id("att-pending")
             error = page.get_by_test_id("att-error")
             await picker.set_input_files([str(p) for p in web_photos])
