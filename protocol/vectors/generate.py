@@ -1,4 +1,5 @@
-"""Write the protocol v1 test vectors: ``frames.json``, ``crypto.json``, ``teams.json`` and ``oncall.json``.
+"""Write the protocol v1 test vectors: ``frames.json``, ``crypto.json``, ``teams.json``, ``oncall.json``
+and (through ``generate_attachments.py``) ``attachments.json``.
 
 Run by hand, from the repository root, whenever the wire format changes on
 purpose: within v1 only by addition (new frame types such as the presence
@@ -1591,6 +1592,12 @@ def frames_document() -> dict[str, Any]:
     ]
     valid += oncall_frame_vectors()
     invalid += oncall_invalid_vectors()
+    # Revision 6 (SPEC §16): in generate_attachments.py, beside attachments.json.
+    from protocol.vectors import generate_attachments
+
+    blob_valid, blob_invalid = generate_attachments.frame_vectors()
+    valid += blob_valid
+    invalid += blob_invalid
     return {
         "description": (
             "MiSS protocol v1 frame vectors (SPEC.md §3). Each 'valid' vector gives a frame's type, "
@@ -2350,6 +2357,9 @@ def main() -> None:
     write("crypto.json", crypto_document())
     write("teams.json", teams_document())
     write("oncall.json", oncall_document())
+    from protocol.vectors import generate_attachments
+
+    generate_attachments.main()
 
 
 if __name__ == "__main__":

@@ -249,6 +249,10 @@ def test_spec_table_2_matches_allowed() -> None:
     section_14_3 = spec.split("### 14.3", 1)[1].split("### 14.4", 1)[0]
     revision_3 |= set(re.findall(r"^\| `([a-z_]+)` \| `rid`", section_14_3, re.M))
     assert revision_3 >= {"role_search", "role_get", "role_take", "role_leave", "acknowledge"}
+    section_16_4 = spec.split("### 16.4", 1)[1].split("### 16.5", 1)[0]
+    revision_6 = set(re.findall(r"^\| `([a-z_]+)` \| `rid`", section_16_4, re.M))
+    assert revision_6 == {"blob_begin", "blob_put", "blob_end", "blob_link"}
+    revision_3 |= revision_6
     every = {cls.TYPE for cls in CLIENT_FRAMES}
     for state in State:
         row = re.search(rf"^\| {state.name} \| ([^|]*) \| ([^|]*) \|$", table, re.M)

@@ -170,6 +170,11 @@ def test_every_frame_type_has_a_vector() -> None:
     assert {"role_vacant", "not_recipient"} <= codes
     states = {v["fields"]["state"] for v in FRAMES["valid"] if v["type"] == "urgent_status"}
     assert states == {"escalated", "acknowledged", "unacknowledged"}
+    # SPEC revision 6 (§16.4): the optional keys of send, welcome and blob_begin, every new error.
+    added = {("send", "blobs"), ("welcome", "att_max"), ("welcome", "blob_max"), ("blob_begin", "blob")}
+    assert added <= {(v["type"], k) for v in FRAMES["valid"] for k in v["fields"]}
+    assert {"blob_too_large", "blob_quota", "unknown_blob", "blob_offset", "blob_incomplete"} <= codes
+    assert "too_many_attachments" in {v["fields"]["code"] for v in FRAMES["valid"] if v["type"] == "error"}
     assert {v["error"] for v in FRAMES["invalid"]} == {"malformed_frame", "unknown_frame_type"}
 
 
@@ -662,6 +667,13 @@ def test_spec_error_table_matches_errors_module() -> None:
     for code, fatal in rows_14_9:
         assert code not in table, code
         table[code] = (fatal == "yes", None, False)
+    # Revision 6's errors (SPEC §16.7), with a retryable column: none fatal.
+    section_16_7 = spec.split("### 16.7", 1)[1].split("\n### 16.8", 1)[0]
+    rows_16_7 = re.findall(r"^\| `([a-z_]+)` \| (yes|no) \| (yes|no) \|", section_16_7, re.M)
+    assert len(rows_16_7) == 6, "no error table found in SPEC §16.7"
+    for code, fatal, retry in rows_16_7:
+        assert code not in table, code
+        table[code] = (fatal == "yes", None, retry == "yes")
     classes = {cls.code: cls for cls in _error_classes()}
     assert set(table) == set(classes)
     for code, cls in classes.items():
