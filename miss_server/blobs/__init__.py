@@ -7,6 +7,8 @@ URL: ``file:///abs/dir`` (:class:`FilesystemBlobStore`) or ``postgresql://…``
 
 from __future__ import annotations
 
+from urllib.parse import unquote, urlsplit
+
 from miss_server.blobs.base import (
     BlobError,
     BlobNotComplete,
@@ -42,4 +44,15 @@ def open_blob_store(url: str) -> BlobStore:
     ``postgresql://…`` or ``postgres://…``: tables of the main store's schema.
     Raises ValueError for anything else.
     """
-    raise NotImplementedError("implementations land in the next commit")
+    parts = urlsplit(url)
+    if parts.scheme == "file":
+        if parts.netloc not in ("", "localhost") or not parts.path.startswith("/"):
+            raise ValueError(f"blob store {url!r}: use file:///absolute/directory")
+        from .filesystem import FilesystemBlobStore
+
+        return FilesystemBlobStore(unquote(parts.path))
+    if parts.scheme in ("postgresql", "postgres"):
+        from .postgres import PostgresBlobStore
+
+        return PostgresBlobStore(url)
+    raise ValueError(f"blob store {url.split(':', 1)[0]!r}: use file:///dir or postgresql://…")

@@ -140,9 +140,10 @@ class BlobStore(Protocol):
     async def put(self, device: str, blob: str, off: int, data: bytes) -> Upload:
         """Append ``data`` (1..PIECE_MAX bytes) at ``off``; returns the new state.
 
-        :class:`UnknownBlob` unless ``device`` began ``blob`` and it is not
-        complete; :class:`BlobOffsetMismatch` (with ``have``) when ``off !=
-        have`` or ``off + len(data) > size``. Nothing is written on error.
+        :class:`UnknownBlob` unless ``device`` began ``blob``;
+        :class:`BlobOffsetMismatch` (with ``have``) when ``off != have`` or
+        ``off + len(data) > size`` (so any put on a complete blob, whose
+        ``have`` is ``size``). Nothing is written on error.
         """
         ...
 
