@@ -2,10 +2,12 @@
 
 ``build_store``, ``build_broker`` and ``build_limiter`` turn the configured
 URLs into a Store, a Broker and the Limiter of the buckets every node
-shares; :class:`HubServer` wires them into a :class:`~miss_server.hub.Hub`
-and serves WebSocket connections, the HTTP endpoints (``/healthz``,
-``/readyz``, ``/metrics``) and the browser client's files (``web.py``) on
-one port. Everything else receives its dependencies from here through
+shares, and ``blobs.open_blob_store`` the attachments' BlobStore;
+:class:`HubServer` wires them into a :class:`~miss_server.hub.Hub` and
+serves WebSocket connections, the HTTP endpoints (``/healthz``,
+``/readyz``, ``/metrics``), attachment downloads (``/blobs/<token>``,
+``blobs/http.py``) and the browser client's files (``web.py``) on one
+port. Everything else receives its dependencies from here through
 constructors.
 
 A node stops in one of two ways: :meth:`HubServer.stop` at once (tests,
@@ -22,6 +24,7 @@ import ipaddress
 import logging
 import ssl
 import time
+from collections.abc import Awaitable
 from http import HTTPStatus
 from types import TracebackType
 
@@ -34,6 +37,9 @@ from protocol.frames import SUBPROTOCOL
 
 from .admission import AcceptErrorFilter, Acceptor, GatedConnection, PendingGate, effective_pending_cap
 from .audit import AuditTrail
+from .blobs import open_blob_store
+from .blobs.http import BlobDownloads
+from .blobs.service import BlobService
 from .broker.base import CONTROL_CHANNEL, Broker, Presence
 from .broker.memory import MemoryBroker, MemoryPresence
 from .broker.redis import RedisBroker, RedisPresence
@@ -117,7 +123,13 @@ class HubServer:
         self.audit = AuditTrail(self.store)
         self.limiter = build_limiter(settings)
         self.guard = Guard(settings, self.limiter, self.audit, self.metrics)
-        self.hub = Hub(self.store, self.broker, self.presence, settings, self.metrics, self.guard, self.audit)
+        #: Attachments' ciphertext (SPEC §16): frames in blobs/service.py, GET /blobs/ in blobs/http.py.
+        self.blob_store = open_blob_store(settings.blob_store_url)
+        self.blobs = BlobService(self.blob_store, settings, self.metrics)
+        self.downloads = BlobDownloads(self.blob_store, settings, self.metrics)
+        self.hub = Hub(
+            self.store, self.broker, self.presence, settings, self.metrics, self.guard, self.audit, self.blobs
+        )
         total = effective_pending_cap(settings.max_pending)
         self.gate = PendingGate(
             # One address never fills the whole gate: with a low open-file
@@ -170,6 +182,7 @@ class HubServer:
         if embedded_store(self.settings):
             await self.store.migrate()
         await self.store.open()
+        await self.blob_store.open()
         await self.broker.start()
         self.broker.on_gap(self.hub.on_broker_gap)
         await self.broker.subscribe(CONTROL_CHANNEL, self.hub.on_control)
@@ -204,6 +217,7 @@ class HubServer:
         self.audit.start()
         self._tasks = [
             asyncio.create_task(self.hub.expire_forever(), name="expiry"),
+            asyncio.create_task(self.blobs.expire_forever(), name="blob-expiry"),
             asyncio.create_task(self.presence.run_forever(), name="presence"),
             asyncio.create_task(self.hub.security.run_forever(), name="security"),
             asyncio.create_task(self.hub.escalator.run_forever(), name="escalation"),
@@ -219,6 +233,7 @@ class HubServer:
             extra={
                 "url": self.url,
                 "store": self.settings.store_display,
+                "blob_store": self.settings.blob_store_display,
                 "broker": self.settings.broker_display,
                 "max_pending": self.gate.total,
                 "web_client": self.web.hash if self.web is not None else "off",
@@ -338,6 +353,7 @@ class HubServer:
         await self.audit.stop()
         await self.limiter.close()
         await self.broker.close()
+        await self.blob_store.close()
         await self.store.close()
         if self._loop_handler is not None:
             asyncio.get_running_loop().set_exception_handler(self._loop_handler.previous)
@@ -359,8 +375,16 @@ class HubServer:
     async def _handle(self, ws: ServerConnection) -> None:
         await serve_connection(ws, self.hub)
 
-    def _process_request(self, ws: ServerConnection, request: Request) -> Response | None:
+    def _process_request(
+        self, ws: ServerConnection, request: Request
+    ) -> Response | Awaitable[Response] | None:
+        """The answer to an HTTP request, or None for a WebSocket upgrade on
+        ``/``. Only a download (``/blobs/...``, which reads the blob store)
+        is answered by a coroutine, which websockets awaits; every other
+        path is answered at once."""
         path = request.path.split("?", 1)[0]
+        if self.downloads.handles(path):
+            return self.downloads.respond(ws, request, path)
         if path == "/healthz":
             return ws.respond(HTTPStatus.OK, "ok\n")
         if path == "/readyz":

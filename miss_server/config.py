@@ -238,6 +238,50 @@ class Settings(BaseSettings):
         description="Serve the browser client (miss_server/static/) at GET / on the hub's port; "
         "a WebSocket upgrade on / reaches the hub either way.",
     )
+    blob_store: str = Field(
+        "",
+        description="Where attachments' encrypted bytes live (SPEC §16): file:///ABSOLUTE/DIR (one file "
+        "per blob and an index.db) or postgresql://... Default: with a sqlite store, the directory "
+        "blobs/ beside its database file; with a postgresql store, that same database.",
+    )
+    max_attachments: int = Field(6, ge=1, le=16, description="Most attachments (blobs) in one message.")
+    max_attachment_bytes: int = Field(
+        20 * 1024 * 1024,
+        ge=1,
+        le=1024 * 1024 * 1024,
+        description="Largest attachment (plaintext bytes; its upload is cipher_size of it).",
+    )
+    blob_quota_bytes_per_day: int = Field(
+        1024**3, ge=1, description="Bytes of uploads one device may begin per UTC day."
+    )
+    blob_quota_per_day: int = Field(500, ge=1, description="Uploads one device may begin per UTC day.")
+    max_open_uploads: int = Field(
+        12, ge=1, le=1000, description="Uploads of one device begun and not yet complete."
+    )
+    blob_stored_bytes_per_user: int = Field(
+        8 * 1024**3, ge=1, description="Bytes of blobs stored for one clinician (all devices) at once."
+    )
+    blob_link_seconds: float = Field(
+        600, gt=0, le=7 * 86_400, description="Lifetime of a download link (/blobs/TOKEN) from blob_link."
+    )
+    blob_upload_ttl_seconds: float = Field(
+        86_400,
+        gt=0,
+        le=30 * 86_400,
+        description="Time an upload (complete or not) may stay unattached to a message before it is deleted.",
+    )
+    rate_blob: str = Field(
+        "400/s burst 800",
+        description="blob_put frames (upload pieces of up to 60 KiB) one device may send: its own "
+        "budget, apart from rate_device (which blob_begin, blob_end and blob_link spend).",
+    )
+    max_blob_downloads: int = Field(
+        32,
+        ge=1,
+        le=10_000,
+        description="Downloads (GET /blobs/...) in progress on one node; the next is answered 503 "
+        "with Retry-After. Each holds at most 1 MiB.",
+    )
     # NoDecode: MISS_ALLOWED_ORIGINS is a comma-separated list, not JSON.
     allowed_origins: Annotated[tuple[str, ...], NoDecode] = Field(
         (),
@@ -251,6 +295,13 @@ class Settings(BaseSettings):
     def _known_store(cls, v: str) -> str:
         if not v.startswith(("sqlite:///", "postgresql://", "postgres://")):
             raise ValueError("must start with sqlite:/// or postgresql://")
+        return v
+
+    @field_validator("blob_store")
+    @classmethod
+    def _known_blob_store(cls, v: str) -> str:
+        if v and not v.startswith(("file:///", "postgresql://", "postgres://")):
+            raise ValueError("must be empty (the default) or start with file:/// or postgresql://")
         return v
 
     @field_validator("broker")
@@ -289,7 +340,7 @@ class Settings(BaseSettings):
         return v
 
     @field_validator(
-        "rate_device", "rate_address", "rate_auth", "rate_failed_auth", "rate_ack", "rate_search"
+        "rate_device", "rate_address", "rate_auth", "rate_failed_auth", "rate_ack", "rate_search", "rate_blob"
     )
     @classmethod
     def _rate(cls, v: str) -> str:
@@ -320,6 +371,21 @@ class Settings(BaseSettings):
     def sqlite_path(self) -> Path:
         """The SQLite database file, for a ``sqlite:///`` store."""
         return Path(self.store.removeprefix("sqlite:///"))
+
+    @property
+    def blob_store_url(self) -> str:
+        """``blob_store``, or its default: ``file://`` the directory ``blobs``
+        beside a sqlite store's database (absolute), the store's URL for a
+        postgresql store."""
+        if self.blob_store:
+            return self.blob_store
+        if self.store.startswith("sqlite:///"):
+            return (self.sqlite_path.resolve().parent / "blobs").as_uri()
+        return self.store
+
+    @property
+    def blob_store_display(self) -> str:
+        return _redact(self.blob_store_url)
 
     @property
     def message_ttl_ms(self) -> int:

@@ -19,7 +19,7 @@ from websockets.exceptions import ConnectionClosed
 from websockets.protocol import State
 
 from protocol import errors
-from protocol.frames import Ack, Auth, Frame, RoleSearch, Search, Send, Welcome, encode
+from protocol.frames import CAP_BLOBS, Ack, Auth, BlobPut, Frame, RoleSearch, Search, Send, Welcome, encode
 from protocol.session import ServerSession, error_frame
 
 from .admission import GatedConnection
@@ -99,7 +99,7 @@ async def serve_connection(ws: ServerConnection, hub: Hub) -> None:
             session.caps,
             capped=isinstance(frame, Auth),  # an enrollment is not: its code is spent (Hub.attach)
         )
-        await ws.send(encode(Welcome(session.user_id, session.device_id)))
+        await ws.send(encode(_welcome(hub, session)))
         link.start()
         async for data in ws:
             frame = session.receive(_binary(data))
@@ -143,6 +143,21 @@ async def serve_connection(ws: ServerConnection, hub: Hub) -> None:
         metrics.connections.dec()
 
 
+def _welcome(hub: Hub, session: ServerSession) -> Welcome:
+    """``welcome``, with the attachment limits for a client that named
+    ``blobs`` (SPEC §16)."""
+    assert session.user_id is not None and session.device_id is not None
+    if CAP_BLOBS in session.caps:
+        settings = hub.settings
+        return Welcome(
+            session.user_id,
+            session.device_id,
+            att_max=settings.max_attachments,
+            blob_max=settings.max_attachment_bytes,
+        )
+    return Welcome(session.user_id, session.device_id)
+
+
 async def send_frames(ws: ServerConnection, frames: list[bytes]) -> None:
     """Send binary frames in one write to the socket.
 
@@ -177,7 +192,8 @@ async def _dispatch(
     answer that request only.
 
     Every request spends the device's and the address's budget first
-    (guard.py), a search (of users or roles) its own too, an ``ack`` its own ack budget; then
+    (guard.py), a search (of users or roles) its own too, an ``ack`` its own ack budget, a
+    ``blob_put`` only its own upload budget; then
     :meth:`Hub.request`, the dispatch, answers it. A device over its budget
     gets ``rate_limited`` and its next frame is read only after the delay
     (at most MAX_PENALTY); an ack over budget waits for its tokens first. A
@@ -208,6 +224,9 @@ async def _answer(
         if type(frame) is Ack:
             await hub.guard.ack(session.device_id, size)
             await hub.ack(session, link, frame)
+        elif type(frame) is BlobPut:  # an upload's pieces have their own budget, and wait for it
+            await hub.guard.blob_put(session.device_id)
+            reply = await hub.request(session, link, frame)
         else:
             # A role search reads the directory too: it spends the search budget.
             searches = type(frame) in (Search, RoleSearch)

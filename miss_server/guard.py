@@ -11,6 +11,11 @@ when not, or says how long to wait. The buckets:
   answer to carry ``rate_limited``: over budget, the frame waits for its
   tokens before it is handled, and the device's socket is not read
   meanwhile (:meth:`Guard.ack`);
+* ``blob:<device>``: its ``blob_put`` frames (upload pieces), which spend
+  neither ``dev:`` nor ``addr:``: an upload is hundreds of pieces, and must
+  not eat the budget of the device's other requests nor of its address's
+  other devices; over budget, the piece waits for its token, like an ack
+  (:meth:`Guard.blob_put`);
 * ``addr:<address>``: requests of every device behind one client address;
 * ``auth:<address>``: authentication and enrollment attempts;
 * ``fail:<address>``: failed authentications and wrong enrollment codes.
@@ -60,6 +65,7 @@ class Guard:
         self.address_rate = parse_rate(settings.rate_address)
         self.auth_rate = parse_rate(settings.rate_auth)
         self.failed_rate = parse_rate(settings.rate_failed_auth)
+        self.blob_rate = parse_rate(settings.rate_blob)
 
     async def request(self, user_id: str, device_id: str, address: str, *, search: bool = False) -> None:
         """One request of an authenticated device (a directory search if
@@ -88,6 +94,14 @@ class Guard:
                 quiet_key=f"rl:{device_id}",
             )
             raise errors.RateLimited(bucket, retry_after_ms=wait)
+
+    async def blob_put(self, device_id: str) -> None:
+        """Pay for one ``blob_put`` before it is handled: over budget, wait
+        (the device's socket is not read meanwhile) until the bucket holds
+        a token, as for an ack. An upload is thus slowed down, never failed."""
+        while wait := self.local.take_now(f"blob:{device_id}", self.blob_rate):
+            self.metrics.throttled.labels("blob").inc()
+            await asyncio.sleep(wait / 1000)
 
     async def ack(self, device_id: str, size: int) -> None:
         """Pay for one ``ack`` frame of ``size`` bytes before it is handled:

@@ -1,9 +1,10 @@
 """One hub node's handling of a device: enrollment, authentication, its
 connection's life, and its requests: send, ack, presence, and, through the
 modules that hold them, the directory (``directory.py``) and the account's
-own devices (``devices.py``); on-call roles (``roles.py``), sends to a role
-and urgent sends (``urgent_send.py``), and acknowledgements and the timers
-of urgent messages (``escalation.py``).
+own devices (``devices.py``); on-call roles (``roles.py``), sends to a role,
+urgent sends and 1:1 sealed bodies (``urgent_send.py``), acknowledgements
+and the timers of urgent messages (``escalation.py``), and attachments
+(``blobs/service.py``).
 
 :class:`Hub` holds no I/O of its own: it is given a Store and a Broker (the
 composition root in ``app.py`` picks them) and the connection handler in
@@ -87,6 +88,7 @@ from protocol.session import ServerSession
 
 from .accounts import Account, Accounts
 from .audit import AuditTrail
+from .blobs.service import BlobService
 from .broker.base import Broker, BrokerUnavailable, device_channel
 from .codes import code_hash
 from .config import Settings
@@ -128,8 +130,11 @@ class Hub:
         metrics: Metrics,
         guard: Guard,
         audit: AuditTrail,
+        blobs: BlobService,
     ) -> None:
         self.store = store
+        #: Attachments (SPEC §16): the blob frames, and the blobs of sends and recalls.
+        self.blobs = blobs
         self.broker = broker
         self.presence = presence
         self.settings = settings
@@ -151,7 +156,15 @@ class Hub:
         #: its ``run_forever`` as a task.
         self.escalator = Escalator(store, broker, self._links, settings, metrics, self.wake)
         self.urgent = UrgentSend(
-            store, self.accounts, self.teams, self.roles, settings, metrics, self._check_sender, self.wake
+            store,
+            self.accounts,
+            self.teams,
+            self.roles,
+            blobs,
+            settings,
+            metrics,
+            self._check_sender,
+            self.wake,
         )
 
     def on_control(self, payload: bytes) -> None:
@@ -348,6 +361,8 @@ class Hub:
         account: Account | None = None
         if not (type(frame) is Revoke and frame.device == session.device_id):
             account = await self.requester(session)
+        if self.blobs.handles(frame):
+            return await self.blobs.request(session.user_id, session.device_id, frame)
         if type(frame) is Lookup:
             return await self._store_call(self.directory.lookup(session.user_id, frame))
         if type(frame) is Search:
@@ -373,6 +388,7 @@ class Hub:
         if type(frame) is Recall:
             reply, removed = await self._store_call(self.teams.recall(session.user_id, frame))
             self.metrics.recalled.inc(removed)
+            await self.blobs.recall(session.user_id, frame.id)  # after: a retry finds the rows gone
             return reply
         if type(frame) is Acknowledge:
             return await self._store_call(
@@ -401,6 +417,7 @@ class Hub:
         started = time.perf_counter()
         if len(frame.envs) > (MAX_WRAPS if frame.body is not None else self.settings.max_envelopes):
             raise errors.TooManyRecipients(f"{len(frame.envs)} envelopes")
+        self.blobs.check_count(frame)
         now = now_ms()
         # SPEC §13.6: rows go at ts + ttl, or at the default expiry if sooner.
         expires_at = now + min(frame.ttl or self.settings.message_ttl_ms, self.settings.message_ttl_ms)
@@ -412,8 +429,8 @@ class Hub:
             return await self._send_to_team(
                 session.user_id, session.device_id, frame, now, expires_at, started
             )
-        if frame.body is not None or frame.head is not None:
-            raise errors.MalformedFrame("body and head are for a send to a team")
+        if frame.body is not None or frame.head is not None:  # a 1:1 body with blobs went to self.urgent
+            raise errors.MalformedFrame("body without urgent or blobs, or head, is for a send to a team")
         await self._check_targets(session.user_id, session.device_id, frame, now)
         message = NewMessage(
             message_id=frame.id,
@@ -455,6 +472,7 @@ class Hub:
         else:
             raise target_mismatch(wanted, required)
         assert frame.body is not None
+        await self.blobs.link(sender_user, sender_device, frame, required, expires_at)
         message = NewTeamMessage(
             frame.id, sender_user, sender_device, frame.to, frame.body, frame.envs, now, expires_at
         )

@@ -72,6 +72,32 @@ class Metrics:
             "miss_devices_revoked_total", "Devices revoked (all nodes' events)", registry=r
         )
         self.expired = Counter("miss_rows_expired_total", "Queued rows deleted at expiry", registry=r)
+        self.blob_bytes_uploaded = Counter(
+            "miss_blob_bytes_uploaded_total", "Attachment bytes (ciphertext) written by blob_put", registry=r
+        )
+        self.blob_bytes_downloaded = Counter(
+            "miss_blob_bytes_downloaded_total",
+            "Attachment bytes (ciphertext) served by GET /blobs/",
+            registry=r,
+        )
+        self.blobs_stored = Counter(
+            "miss_blobs_stored_total", "Uploads completed (blob_end: durable, usable in a send)", registry=r
+        )
+        self.blob_refused = Counter(
+            "miss_blob_uploads_refused_total",
+            "Blob requests refused, by reason (too_large, quota, offset, incomplete, unknown)",
+            ["reason"],
+            registry=r,
+        )
+        self.blob_downloads = Counter(
+            "miss_blob_downloads_total", "GET /blobs/ answers, by HTTP status", ["status"], registry=r
+        )
+        self.blob_downloads_active = Gauge(
+            "miss_blob_downloads_in_progress", "GET /blobs/ responses not yet sent and closed", registry=r
+        )
+        self.blobs_deleted = Counter(
+            "miss_blobs_deleted_total", "Blobs deleted, by cause (expired, recalled)", ["cause"], registry=r
+        )
         self.accept_seconds = Histogram(
             "miss_accept_seconds",
             "Time from a send frame to its durable acceptance",

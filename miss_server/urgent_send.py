@@ -1,4 +1,6 @@
-"""A ``send`` to an on-call role, and an urgent ``send`` to anyone (SPEC §14.4).
+"""A ``send`` to an on-call role, an urgent ``send`` to anyone (SPEC §14.4),
+and a 1:1 ``send`` with a sealed body (revision 6, SPEC §16: a message
+with attachments is always sealed once).
 
 Theory of operation
 -------------------
@@ -10,6 +12,11 @@ with what makes them different in the same transaction:
   holders at send time; for a user, theirs; for a team, its members'
   (the team's checks of §13.4 first); plus, always, the sender's other
   attested devices. Their rows are delivered at once.
+* A 1:1 sealed body with attachments (``blobs``; revision 6) that is not
+  urgent is stored the same way, *P* only, exactly like an urgent 1:1
+  message without its plan: the store's ``team`` is the recipient's user
+  id (``deliver`` does not repeat it), and its rows, like every sealed
+  body's, go to connections that named ``teams``.
 * For an **urgent** send, the effective policy (roles.py) with the send's
   override of ``interval``/``final``, and per step k the devices *T_k* of
   its target's users at send time (a role's holders, or a user), minus the
@@ -22,7 +29,9 @@ with what makes them different in the same transaction:
 The ``envs`` of the frame must name exactly *P* and every *T_k*: a
 device the hub does not expect is ``unknown_device``, an expected one
 missing is ``missing_devices`` (after reloading the accounts once, as for
-any send), more than MAX_WRAPS is ``too_many_recipients``.
+any send), more than MAX_WRAPS is ``too_many_recipients``. The send's
+``blobs`` are linked to the message, for *P* and every *T_k*, before it is
+stored (blobs/service.py).
 """
 
 from __future__ import annotations
@@ -38,6 +47,7 @@ from protocol.frames import Accepted, Send, encode
 from protocol.oncall import MAX_ESCALATION_MS, MIN_ESCALATION_MS, Policy, is_role_id
 
 from .accounts import Account, Accounts
+from .blobs.service import BlobService
 from .broker.base import device_channel
 from .config import Settings
 from .metrics import Metrics
@@ -81,6 +91,7 @@ class UrgentSend:
         accounts: Accounts,
         teams: TeamService,
         roles: RoleService,
+        blobs: BlobService,
         settings: Settings,
         metrics: Metrics,
         check_sender: Callable[[str, str, int], Awaitable[None]],
@@ -90,6 +101,7 @@ class UrgentSend:
         self._accounts = accounts
         self._teams = teams
         self._roles = roles
+        self._blobs = blobs
         self._settings = settings
         self._metrics = metrics
         self._check_sender = check_sender
@@ -97,19 +109,26 @@ class UrgentSend:
 
     @staticmethod
     def handles(frame: Send) -> bool:
-        """Whether ``frame`` is this module's: to a role, or urgent."""
-        return frame.urgent is not None or is_role_id(frame.to)
+        """Whether ``frame`` is this module's: to a role, urgent, or a 1:1
+        sealed body with attachments (revision 6: a 1:1 body without
+        ``urgent`` or ``blobs`` stays malformed, SPEC §13.3)."""
+        return (
+            frame.urgent is not None
+            or is_role_id(frame.to)
+            or (frame.blobs is not None and not pt.is_team_id(frame.to))
+        )
 
     async def send(
         self, sender_user: str, sender_device: str, frame: Send, now: int, expires_at: int, started: float
     ) -> bytes:
-        """Check, store and announce the send; ``accepted``. Raises the
-        errors of SPEC §14.4 in order: the sender's (§6.2), unknown_role and
+        """Check, link its blobs, store and announce the send; ``accepted``.
+        Raises the errors of SPEC §14.4 in order: the sender's (§6.2), unknown_role and
         role_vacant, malformed_frame (fatal: no body, or a head not to a
         team), the recipient's (unknown_user, recipient_not_verified,
         no_devices) or the team's (§13.4), policy_out_of_bounds, then
         too_many_recipients, unknown_device, missing_devices, then
-        urgent_limit (a new urgent message over max_open_urgent_per_user)."""
+        urgent_limit (a new urgent message over max_open_urgent_per_user),
+        then unknown_blob (SPEC §16)."""
         await self._check_sender(sender_user, sender_device, now)
         if is_role_id(frame.to):
             await self._roles.holders(frame.to, now)  # unknown_role, role_vacant first
@@ -127,6 +146,7 @@ class UrgentSend:
             raise target_mismatch(wanted, required)
         if targets.policy is not None:
             await self._check_open(sender_user, frame, now)
+        await self._blobs.link(sender_user, sender_device, frame, required, expires_at)
         message = self._message(sender_user, sender_device, frame, targets, now, expires_at)
         result = await self._store.accept_team(message)
         self._metrics.accept_seconds.observe(time.perf_counter() - started)
@@ -190,7 +210,8 @@ class UrgentSend:
         else:
             recipient = await self._recipient(frame.to, now)
             targets = _Targets([frame.to], (set(recipient.targets) | own) - {sender_device})
-            targets.policy = await self._roles.org_policy(attested_organisation(recipient))
+            if frame.urgent is not None:
+                targets.policy = await self._roles.org_policy(attested_organisation(recipient))
         if frame.urgent is not None:
             assert targets.policy is not None
             targets.policy = self._override(targets.policy, frame)

@@ -46,10 +46,12 @@ INDEX = "index.html"
 
 #: What a served page may do: its own scripts (and WebAssembly), styles,
 #: images and connections (CSP3's 'self' covers ws:/wss: to the same host
-#: and port), nothing inline, no framing, no forms, no plugins.
+#: and port, and fetching /blobs/ from its hub), images it made itself
+#: (blob: URLs of attachments it decrypted, SPEC §16), nothing inline, no
+#: framing, no forms, no plugins.
 CONTENT_SECURITY_POLICY = (
     "default-src 'none'; script-src 'self' 'wasm-unsafe-eval'; style-src 'self'; "
-    "img-src 'self' data:; connect-src 'self'; manifest-src 'self'; base-uri 'none'; "
+    "img-src 'self' data: blob:; connect-src 'self'; manifest-src 'self'; base-uri 'none'; "
     "form-action 'none'; frame-ancestors 'none'"
 )
 SECURITY_HEADERS = (
