@@ -10,6 +10,10 @@ On a terminal, the upload's progress is shown on stderr.
 
 ``history`` and ``inbox`` show each attachment under its message
 (``📎 plaie.jpg — 1,2 Mo, image JPEG``) and the message's id in brackets;
+In ``chat``, ``/joindre FICHIER…`` (or ``/attach``) sends files to the
+conversation (quote names with spaces: ``/joindre "compte rendu.pdf"``).
+
+
 ``save ID DIR`` fetches that message's attachments, checks them and
 writes them into DIR (``plaie (2).jpg`` if ``plaie.jpg`` exists), printing
 each path. An attachment whose bytes do not verify is not written:
@@ -20,15 +24,23 @@ from __future__ import annotations
 
 import argparse
 import os
+import shlex
 import sys
 from pathlib import Path
 
-from .attachments import check_local_file
-from .cli_common import PROG, UsageError, connected
-from .errors import UnknownMessage
-from .models import parse_id
+from protocol.errors import ProtocolError
 
-__all__ = ["ProgressLine", "check_attach_args", "cmd_save"]
+from .attachments import check_local_file
+from .cli_common import PROG, UsageError, connected, describe
+from .client import Client
+from .errors import ClientError, UnknownMessage
+from .models import now_ms, parse_id
+from .render import Names, outgoing_line, with_attachments
+
+__all__ = ["ProgressLine", "chat_attach", "check_attach_args", "cmd_save"]
+
+#: What ``/joindre`` without files says.
+ATTACH_USAGE = "/joindre FICHIER… : les fichiers à envoyer (images JPEG, PNG, HEIC ou documents PDF)"
 
 
 class ProgressLine:
@@ -61,6 +73,28 @@ def check_attach_args(files: list[str] | None) -> list[str]:
             raise UsageError(problem)
         out.append(name)
     return out
+
+
+async def chat_attach(client: Client, to: str, arg: str, names: Names) -> tuple[bool, str]:
+    """``/joindre FICHIER…`` in a chat: send the files to ``to`` (no text).
+    Returns ``(True, the line of the message sent)`` or ``(False, why
+    not)`` (French); a lost connection leaves it pending, as any message."""
+    try:
+        files = check_attach_args(shlex.split(arg))
+    except ValueError as exc:  # unbalanced quotes
+        return False, f"{ATTACH_USAGE} ({exc})"
+    except UsageError as exc:
+        return False, f"non envoyé : {exc}"
+    if not files:
+        return False, ATTACH_USAGE
+    try:
+        message_id = await client.send(to, "", attachments=files, on_progress=ProgressLine())
+    except (ProtocolError, ClientError, OSError) as exc:
+        return False, f"non envoyé : {describe(exc)}"
+    entry = client.state.get_message(client.user_id, message_id)
+    atts = entry.attachments if entry is not None else ()
+    sent_at = entry.sent_at if entry is not None else now_ms()
+    return True, with_attachments(outgoing_line(sent_at, to, "", names), atts)
 
 
 async def cmd_save(args: argparse.Namespace) -> int:

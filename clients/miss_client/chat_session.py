@@ -21,8 +21,9 @@ others are shown as ``✓✓ lu par …``.
 
 An on-call role (SPEC §14) is a conversation too: ``chat ROLE`` (its id or
 its name) sends each line to whoever holds it at that moment. In any
-conversation ``/urgent TEXT`` sends TEXT as an urgent message (it rings
-until acknowledged), and ``/ack`` acknowledges the last urgent message
+conversation ``/joindre FICHIER…`` sends files (SPEC §16,
+:mod:`.chat_attachments`), ``/urgent TEXT`` sends TEXT as an urgent
+message (it rings until acknowledged), and ``/ack`` acknowledges the last urgent message
 received (``/ack ID`` another one); urgent messages, their reminders (with
 the terminal's bell) and their statuses are printed as they come.
 
@@ -57,6 +58,7 @@ from typing import TextIO
 from protocol.crypto import new_message_id
 from protocol.errors import ProtocolError, SessionReplaced
 
+from .chat_attachments import chat_attach
 from .chat_oncall import find_role, maybe_role, print_role_targets
 from .chat_teams import find_team, looks_like_team, maybe_team_name
 from .cli_common import (
@@ -365,6 +367,13 @@ class Chat:
             command, _, rest = text.strip().partition(" ")
             if command == "/ack":
                 await self.acknowledge(rest.strip())
+                continue
+            if command in ("/joindre", "/attach"):
+                if self.client is None:
+                    self.note("pas connecté : réessayez /joindre une fois reconnecté")
+                    continue
+                sent, line = await chat_attach(self.client, self.recipient_id, rest, self.names)
+                (self.say if sent else self.note)(line)
                 continue
             if command == "/urgent":
                 if not rest.strip():

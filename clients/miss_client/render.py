@@ -290,7 +290,7 @@ def message_line(message: Message, names: Names, info: UrgentInfo | None = None)
     has some (what ``save ID DIR`` takes)."""
     line = _message_line(message, names, info)
     if message.attachments:
-        line += f" [{format_id(message.id)}]"
+        line = f"{line.rstrip()} [{format_id(message.id)}]"
     return with_attachments(line, message.attachments)
 
 
@@ -452,7 +452,7 @@ def history_line(entry: HistoryEntry, names: Names) -> str:
     and its id when it has some (what ``save ID DIR`` takes)."""
     line = _history_line(entry, names)
     if entry.attachments:
-        line += f" [{format_id(entry.id)}]"
+        line = f"{line.rstrip()} [{format_id(entry.id)}]"
     return with_attachments(line, entry.attachments)
 
 

@@ -194,13 +194,13 @@ class Attachments:
                 except (BlobOffset, RequestError) as exc:
                     if not (isinstance(exc, BlobOffset) or exc.retryable):
                         raise
-                    stalls = 0 if have > before else stalls + 1
-                    if stalls >= STALLS:
-                        raise
                     if exc.retryable:
                         await asyncio.sleep(self._router.retry.delay(exc))
                     blob, have = await self._begin(message_id, row, blob)
                     report(row.file.name, have, total)
+                    stalls = 0 if have > before else stalls + 1
+                    if stalls >= STALLS:
+                        raise
         end = await self._request(lambda rid: f.BlobEnd(rid=rid, blob=blob), "blob_end")
         if end.blob != blob or end.have != total:
             raise ConnectionFailed("the hub did not complete the upload")
