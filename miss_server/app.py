@@ -126,7 +126,7 @@ class HubServer:
         #: Attachments' ciphertext (SPEC §16): frames in blobs/service.py, GET /blobs/ in blobs/http.py.
         self.blob_store = open_blob_store(settings.blob_store_url)
         self.blobs = BlobService(self.blob_store, settings, self.metrics)
-        self.downloads = BlobDownloads(self.blob_store, settings, self.metrics)
+        self.downloads = BlobDownloads(self.blob_store, settings, self.metrics, self.guard.local)
         self.hub = Hub(
             self.store, self.broker, self.presence, settings, self.metrics, self.guard, self.audit, self.blobs
         )

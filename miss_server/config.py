@@ -275,6 +275,11 @@ class Settings(BaseSettings):
         description="blob_put frames (upload pieces of up to 60 KiB) one device may send: its own "
         "budget, apart from rate_device (which blob_begin, blob_end and blob_link spend).",
     )
+    rate_download: str = Field(
+        "100/s burst 400",
+        description="GET /blobs/... requests (parts of at most 1 MiB) from one client address to one node; "
+        "over it 429 with Retry-After, before the store is read.",
+    )
     max_blob_downloads: int = Field(
         32,
         ge=1,
@@ -340,7 +345,14 @@ class Settings(BaseSettings):
         return v
 
     @field_validator(
-        "rate_device", "rate_address", "rate_auth", "rate_failed_auth", "rate_ack", "rate_search", "rate_blob"
+        "rate_device",
+        "rate_address",
+        "rate_auth",
+        "rate_failed_auth",
+        "rate_ack",
+        "rate_search",
+        "rate_blob",
+        "rate_download",
     )
     @classmethod
     def _rate(cls, v: str) -> str:

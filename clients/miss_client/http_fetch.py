@@ -17,7 +17,8 @@ uses :func:`ssl.create_default_context` for ``wss://``: the system's
 certificate store, or ``SSL_CERT_FILE``/``SSL_CERT_DIR``; the host name
 checked). Redirects are not followed: a capability URL goes to the hub
 only. A 503 (the node's downloads are at ``max_blob_downloads``, or its
-store is unreachable) is retried after its ``Retry-After``, a few times.
+store is unreachable) or a 429 (this address's ``rate_download`` is
+spent) is retried after its ``Retry-After``, a few times.
 
 Errors: :class:`BlobGone` (404: unknown, expired or revoked token: one
 answer), :class:`BlobFetchFailed` (anything else: refused connection, TLS,
@@ -119,7 +120,7 @@ def _get_part(
     except urllib.error.HTTPError as exc:
         if exc.code == 404:
             raise BlobGone("lien de téléchargement inconnu ou expiré (HTTP 404)") from None
-        if exc.code == 503:
+        if exc.code in (429, 503):  # busy node, or this address's download budget spent
             try:
                 wait = float(exc.headers.get("Retry-After", "1"))
             except ValueError:
@@ -154,7 +155,8 @@ async def fetch_blob(url: str, total: int, sink: Callable[[bytes], object], *, t
         except _Busy as exc:
             busy += 1
             if busy > BUSY_RETRIES:
-                raise BlobFetchFailed("le hub est trop occupé pour ce téléchargement (HTTP 503)") from None
+                busy_text = "le hub est trop occupé pour ce téléchargement (HTTP 503 ou 429)"
+                raise BlobFetchFailed(busy_text) from None
             await asyncio.sleep(exc.wait)
             continue
         if have + len(data) > total:

@@ -15,7 +15,10 @@ part in memory, whatever the file's size, and at most
 when the request is read and given back when its connection has closed
 (the part left the socket, or the client is gone), so slow readers count
 too. Over the cap, or when the store cannot be reached: 503 with
-Retry-After.
+Retry-After. Every GET first spends a token of its client address's
+``rate_download`` bucket (node-local, like ``rate_device``): an address
+over it gets 429 with Retry-After before the store is asked anything, so a
+flood of guesses costs the store nothing and other addresses nothing.
 
 One answer, 404, for a token that is malformed, unknown, expired or
 revoked (its blob recalled or expired): nothing tells a guesser more. The
@@ -36,8 +39,11 @@ from websockets.http11 import Request, Response
 
 from protocol.attachments import HTTP_PART_MAX
 
+from ..admission import address_key
 from ..config import Settings
+from ..connection import client_address
 from ..metrics import Metrics
+from ..ratelimit import MemoryLimiter, parse_rate
 from .base import BlobStore, BlobStoreUnavailable, UnknownBlob
 from .service import URL_PREFIX, now_ms, token_hash
 
@@ -89,9 +95,14 @@ class BlobDownloads:
     """Answers ``GET /blobs/...`` (module doc). :meth:`respond` is called by
     the hub's ``process_request`` for any path under ``/blobs/``."""
 
-    def __init__(self, store: BlobStore, settings: Settings, metrics: Metrics) -> None:
+    def __init__(
+        self, store: BlobStore, settings: Settings, metrics: Metrics, limiter: MemoryLimiter
+    ) -> None:
         self.store = store
         self._cap = settings.max_blob_downloads
+        self._rate = parse_rate(settings.rate_download)
+        self._limiter = limiter
+        self._trust_forwarded_for = settings.trust_forwarded_for
         self._metrics = metrics
         self._active = 0
         self._waiters: set[asyncio.Task[None]] = set()
@@ -103,6 +114,11 @@ class BlobDownloads:
 
     async def respond(self, ws: ServerConnection, request: Request, path: str) -> Response:
         """The response to a GET of ``path`` (under ``/blobs/``)."""
+        address = address_key(client_address(ws, self._trust_forwarded_for))
+        if wait := self._limiter.take_now(f"get:{address}", self._rate):
+            refused = ws.respond(HTTPStatus.TOO_MANY_REQUESTS, "too many requests\n")
+            refused.headers["Retry-After"] = str(max(1, -(-wait // 1000)))
+            return self._answer(refused)
         if self._active >= self._cap:
             return self._answer(self._unavailable(ws, "too many downloads\n"))
         self._active += 1

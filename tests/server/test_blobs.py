@@ -331,3 +331,24 @@ async def test_blob_requests_spend_the_devices_budgets(make_hub: HubFactory) -> 
     assert time.monotonic() - started >= 0.15
     await end(alice, ok.blob)
     await refused(alice, BlobLink(rid=1, blob=ok.blob), "rate_limited")  # begin and end spent the burst
+
+
+async def test_one_address_flooding_downloads_is_told_to_wait_before_the_store_is_read(
+    make_hub: HubFactory,
+) -> None:
+    """GET /blobs/ spends its address's rate_download: past it 429 with
+    Retry-After, for valid links and guesses alike, and nothing is read."""
+    hub = await make_hub(rate_download="2/s burst 3")
+    alice, bob = await clinician(hub, "Alice"), await clinician(hub, "Bob")
+    (f,) = await uploaded(alice, File.of(image(5000)))
+    await sent(alice, with_files(alice, bob.user_id, keys([bob]), "", [f]))
+    grant = await link(bob, f.blob_id)
+    served = metric(hub, "miss_blob_bytes_downloaded_total")
+    guesses = ["/blobs/" + secrets.token_urlsafe(32) for _ in range(3)]
+    assert [(await http_get(hub.url, path))[0] for path in guesses] == [404, 404, 404]
+    status, fields, _ = await http_get(hub.url, grant.url)
+    assert (status, fields["retry-after"]) == (429, "1")
+    assert metric(hub, "miss_blob_bytes_downloaded_total") == served  # nothing left the store
+    await asyncio.sleep(0.6)  # one token back
+    status, _, body = await http_get(hub.url, grant.url)
+    assert (status, body) == (200, f.blob)

@@ -285,7 +285,7 @@ export class Attachments {
       const last = Math.min(total, got + HTTP_PART_MAX) - 1;
       const response = await fetch(url, { headers: { Range: `bytes=${got}-${last}` }, cache: "no-store", credentials: "omit", referrerPolicy: "no-referrer" });
       if (response.status === 404) throw new AttachmentUnavailable();
-      if (response.status === 503) {
+      if (response.status === 503 || response.status === 429) {
         await new Promise((r) => setTimeout(r, 1000 * Number(response.headers.get("Retry-After") ?? 1)));
         continue;
       }
