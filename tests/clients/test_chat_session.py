@@ -20,7 +20,7 @@ from miss_client import KDF_INTERACTIVE, Client, Message, Profile, enroll, load_
 from tests.support.authority import AUTHORITY_PK
 from tests.support.client_fixtures import PASSPHRASE
 from tests.support.fakehub import wait_for
-from tests.support.hubproc import HubProcess
+from tests.support.hubproc import HubProcess, invite_on_store, verify_on_store
 
 BIN = Path(sys.executable).parent
 
@@ -135,11 +135,11 @@ async def bob_reads(bob: Profile) -> list[str]:
 
 async def enroll_on(hub: HubProcess, directory: Path, name: str, rpps: str) -> Profile:
     """A clinician on the hub process, enrolled with the SDK and verified."""
-    user, code = await asyncio.to_thread(hub.invite, name, rpps)
+    user, code = await invite_on_store(hub, name, rpps)
     profile = await enroll(
         hub.url, code, directory, PASSPHRASE, "desk", authority=AUTHORITY_PK, kdf=KDF_INTERACTIVE
     )
-    await asyncio.to_thread(hub.verify, user)
+    await verify_on_store(hub, user)
     return profile
 
 

@@ -27,14 +27,18 @@ PER_SENDER = 100
 
 
 async def pairs_across(cluster: Cluster) -> tuple[list[Sender], list[Recipient]]:
+    codes = await cluster.invite_many(
+        [(f"Dr Sender {i}", f"2000000{i:04d}") for i in range(PAIRS)]
+        + [(f"Dr Recipient {i}", f"3000000{i:04d}") for i in range(PAIRS)]
+    )
+    devs = [RawDevice(cluster.urls[0]) for _ in range(PAIRS)] + [
+        RawDevice(cluster.urls[1]) for _ in range(PAIRS)
+    ]
+    for dev, code in zip(devs, codes, strict=True):  # one by one: enrollments are metered per address
+        await dev.enroll(code)
+    await cluster.verify(*(d.user_id for d in devs))
     senders, recipients = [], []
-    for i in range(PAIRS):
-        _, code_s = await asyncio.to_thread(cluster.nodes[0].invite, f"Dr Sender {i}", f"2000000{i:04d}")
-        _, code_r = await asyncio.to_thread(cluster.nodes[0].invite, f"Dr Recipient {i}", f"3000000{i:04d}")
-        s, r = RawDevice(cluster.urls[0]), RawDevice(cluster.urls[1])
-        await s.enroll(code_s)
-        await r.enroll(code_r)
-        await cluster.verify(s.user_id, r.user_id)
+    for s, r in zip(devs[:PAIRS], devs[PAIRS:], strict=True):
         peer, own = await s.lookup(r.user_id), await s.lookup(s.user_id)
         senders.append(Sender(s, peer, own, cluster.urls))
         recipients.append(Recipient(r, s.keys.box_pk, cluster.urls[::-1]))
@@ -42,9 +46,9 @@ async def pairs_across(cluster: Cluster) -> tuple[list[Sender], list[Recipient]]
 
 
 async def run_with_fault(
-    cluster: Cluster, fault: Callable[[], Awaitable[None]], at: int = PAIRS * PER_SENDER * 3 // 10
+    cluster: Cluster, fault: Callable[[list[Sender]], Awaitable[None]], at: int = PAIRS * PER_SENDER * 3 // 10
 ) -> tuple[list[Sender], list[Recipient]]:
-    """Start the traffic, call ``fault`` once ``at`` messages are accepted,
+    """Start the traffic, call ``fault`` (with the senders) once ``at`` messages are accepted,
     let everything finish, then check and print the outcome."""
     senders, recipients = await pairs_across(cluster)
     stop = asyncio.Event()
@@ -56,7 +60,7 @@ async def run_with_fault(
         while sum(len(s.accepted) for s in senders) < at:
             await progress.wait()
             progress.clear()
-        await fault()
+        await fault(senders)
 
     await asyncio.wait_for(asyncio.gather(inject(), *writers), timeout=240)
     delivered = await wait_until(
@@ -83,7 +87,7 @@ async def run_with_fault(
 
 
 async def test_node_killed_with_1000_messages_in_flight(cluster: Cluster) -> None:
-    async def kill_senders_node() -> None:
+    async def kill_senders_node(_: list[Sender]) -> None:
         await asyncio.to_thread(cluster.nodes[0].kill)
 
     senders, _ = await run_with_fault(cluster, kill_senders_node)
@@ -102,7 +106,7 @@ def redis_answers() -> bool:
 
 
 async def test_redis_restarted_mid_flow(cluster: Cluster) -> None:
-    async def restart_redis() -> None:
+    async def restart_redis(_: list[Sender]) -> None:
         await asyncio.to_thread(
             subprocess.run, ["redis-cli", "shutdown", "nosave"], capture_output=True, timeout=10
         )
@@ -126,10 +130,15 @@ def pg_ctl(action: str) -> None:
 
 
 async def test_postgres_stopped_mid_flow(cluster: Cluster) -> None:
-    async def stop_postgres() -> None:
+    async def stop_postgres(senders: list[Sender]) -> None:
         await asyncio.to_thread(pg_ctl, "stop")
         try:
-            await asyncio.sleep(3.0)  # senders meet storage_unavailable meanwhile
+            # The outage lasts until every sender has met storage_unavailable
+            # (and so backed off and retried the same message) at least once.
+            met = await wait_until(
+                lambda: all(s.retryable_errors["storage_unavailable"] for s in senders), 30
+            )
+            assert met, "not every sender was refused while PostgreSQL was down"
         finally:
             await asyncio.to_thread(pg_ctl, "start")
             assert await wait_until(postgres_answers, 30), "PostgreSQL did not come back"

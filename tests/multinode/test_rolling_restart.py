@@ -46,7 +46,7 @@ GRACE = 10.0  # shutdown_grace_seconds of both nodes
 SPREAD = 2.0  # shutdown_spread_seconds
 PER_NODE = 3  # clinicians on each node
 PERIOD = 0.25  # s between two messages of one clinician
-SETTLE = 3.0  # s of steady traffic between steps
+SETTLE = 4  # messages each clinician has accepted, under steady traffic, between steps
 
 
 @pytest.fixture
@@ -139,21 +139,22 @@ async def clinicians(cluster: Cluster, workdir: Path) -> list[Clinician]:
     """PER_NODE clinicians enrolled with the SDK on each node; the i-th of
     node 1 writes to the i-th of node 2 and back."""
     people: list[Clinician] = []
-    for node in range(2):
-        for i in range(PER_NODE):
-            name = f"Dr Node{node} Clin{i}"
-            user, code = await asyncio.to_thread(cluster.nodes[0].invite, name, f"4{node}00000{i:04d}")
-            profile = await enroll(
-                cluster.urls[node],
-                code,
-                workdir / f"n{node}c{i}",
-                PASSPHRASE,
-                "desk",
-                authority=AUTHORITY_PK,
-                kdf=KDF_INTERACTIVE,
-            )
-            await cluster.verify(user)
-            people.append(Clinician(profile, profile.open_state()))
+    codes = await cluster.invite_many(
+        [(f"Dr Node{node} Clin{i}", f"4{node}00000{i:04d}") for node in range(2) for i in range(PER_NODE)]
+    )
+    for n, code in enumerate(codes):
+        node, i = divmod(n, PER_NODE)
+        profile = await enroll(
+            cluster.urls[node],
+            code,
+            workdir / f"n{node}c{i}",
+            PASSPHRASE,
+            "desk",
+            authority=AUTHORITY_PK,
+            kdf=KDF_INTERACTIVE,
+        )
+        people.append(Clinician(profile, profile.open_state()))
+    await cluster.verify(*(p.profile.user_id for p in people))
     for i in range(PER_NODE):
         a, b = people[i], people[PER_NODE + i]
         a.to, b.to = b.profile.user_id, a.profile.user_id
@@ -176,6 +177,16 @@ async def restart(node: HubProcess) -> float:
     return took
 
 
+async def settle(people: list[Clinician]) -> None:
+    """Steady traffic until every clinician has had SETTLE more messages accepted."""
+    before = [len(p.outgoing("accepted")) for p in people]
+    settled = await wait_until(
+        lambda: all(len(p.outgoing("accepted")) >= n + SETTLE for p, n in zip(people, before, strict=True)),
+        30,
+    )
+    assert settled, "traffic did not flow"
+
+
 class Records(logging.Handler):
     def __init__(self) -> None:
         super().__init__(logging.WARNING)
@@ -195,13 +206,13 @@ async def test_rolling_restart_loses_nothing_and_bothers_nobody(cluster: Cluster
         assert await wait_until(lambda: all(p.client is not None for p in people), 20), "not all connected"
         stop = asyncio.Event()
         writers = [asyncio.create_task(p.write_steadily(stop)) for p in people]
-        await asyncio.sleep(SETTLE)
+        await settle(people)
         exits = []
         for node in cluster.nodes:
             exits.append(await restart(node))
             assert await wait_until(lambda: all(p.client is not None for p in people), 30), "not reconnected"
             assert not any(r.done() for r in runs), [r.exception() for r in runs if r.done()]
-            await asyncio.sleep(SETTLE)
+            await settle(people)
         stop.set()
         await asyncio.gather(*writers)
         by_user = {p.profile.user_id: p for p in people}

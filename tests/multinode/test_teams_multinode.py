@@ -5,8 +5,6 @@ either, with its receipts back."""
 
 from __future__ import annotations
 
-import asyncio
-
 import pytest
 
 from protocol.frames import Accepted, Deliver, Delivered, LinkCode, LinkCodeOk, TeamChanged
@@ -18,7 +16,7 @@ pytestmark = pytest.mark.slow
 
 
 async def _clinician(cluster: Cluster, node: int, name: str, rpps: str) -> TeamDevice:
-    _, code = await asyncio.to_thread(cluster.nodes[0].invite, name, rpps)
+    (code,) = await cluster.invite_many([(name, rpps)])
     dev = TeamDevice(cluster.urls[node])
     await dev.enroll(code)
     await cluster.verify(dev.user_id)

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from protocol.frames import Accepted, Deliver, Delivered
-from tests.support.hubproc import HubProcess, enrolled_clinician
+from tests.support.hubproc import HubProcess, enrolled_clinician, invite_on_store, verify_on_store
 from tests.support.wire import RawDevice
 
 pytestmark = pytest.mark.slow
@@ -81,7 +81,7 @@ async def test_a_flooder_is_throttled_and_the_others_do_not_notice(tmp_path: Pat
 
         quiet = await converse(a, b)
 
-        _, code = await asyncio.to_thread(hub.invite, "Dr Flood", "10000000004")
+        _, code = await invite_on_store(hub, "Dr Flood", "10000000004")
         flooder = await asyncio.create_subprocess_exec(
             sys.executable,
             "-m",
@@ -93,7 +93,7 @@ async def test_a_flooder_is_throttled_and_the_others_do_not_notice(tmp_path: Pat
         )
         assert flooder.stdin is not None and flooder.stdout is not None
         ids = json.loads(await flooder.stdout.readline())
-        await asyncio.to_thread(hub.verify, ids["user"])
+        await verify_on_store(hub, ids["user"])
         flooder.stdin.write(b"go\n")
         await flooder.stdin.drain()
         await asyncio.sleep(0.3)  # the flood is on

@@ -20,8 +20,10 @@ from pathlib import Path
 import asyncpg
 import redis.asyncio as aioredis
 
+from miss_server.codes import code_hash, new_code
 from miss_server.store.postgres import PostgresStore
 from tests.support.authority import verify
+from tests.support.clock import now_ms
 from tests.support.hubproc import BIN, HubProcess
 from tests.support.wire import RawDevice
 
@@ -41,11 +43,31 @@ class Cluster:
 
     async def enroll(self, node: int, name: str, rpps: str) -> RawDevice:
         """Invite a clinician, enroll a device on node ``node``, verify them."""
-        _, code = await asyncio.to_thread(self.nodes[0].invite, name, rpps)
+        (code,) = await self.invite_many([(name, rpps)])
         dev = RawDevice(self.urls[node])
         await dev.enroll(code)
         await self.verify(dev.user_id)
         return dev
+
+    async def invite_many(self, people: list[tuple[str, str]], organisation: str = "CHRU") -> list[str]:
+        """Record clinicians (name, RPPS) and an enrollment code for each,
+        straight into PostgreSQL (what ``miss-admin invite`` records, without
+        its two processes, ~0.7 s each, per clinician; the admin tests run the
+        real command); their codes, in order."""
+        store = PostgresStore(self.env["MISS_STORE"])
+        await store.open()
+        try:
+            if organisation not in {o.name for o in await store.list_organisations()}:
+                await store.add_organisation(organisation, now_ms())
+            codes = []
+            for name, rpps in people:
+                user = await store.create_user(name, rpps, "médecin", organisation, now_ms())
+                code = new_code()
+                await store.add_enrollment_code(user.user_id, code_hash(code), now_ms() + 3_600_000)
+                codes.append(code)
+            return codes
+        finally:
+            await store.close()
 
     async def verify(self, *user_ids: str) -> None:
         """Attest users with the tests' authority, straight into PostgreSQL
@@ -83,12 +105,15 @@ async def running_cluster(
     assert migrate.returncode == 0, migrate.stderr
     nodes = [HubProcess(workdir / f"node{i}", env) for i in range(nodes)]
     try:
-        for node in nodes:
-            await asyncio.to_thread(node.start)
+        started = await asyncio.gather(
+            *(asyncio.to_thread(node.start) for node in nodes), return_exceptions=True
+        )
+        for outcome in started:  # every start has ended, so the teardown below stops them all
+            if isinstance(outcome, BaseException):
+                raise outcome
         yield Cluster(nodes, env)
     finally:
-        for node in nodes:
-            await node.stop_async()
+        await asyncio.gather(*(node.stop_async() for node in nodes))
         conn = await asyncpg.connect(POSTGRES)
         await conn.execute(f'DROP SCHEMA IF EXISTS "{tag}" CASCADE')
         await conn.close()

@@ -11,12 +11,18 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
+from miss_server.app import build_store
+from miss_server.codes import code_hash, new_code
+from miss_server.config import load_settings
+from miss_server.store.base import Store
 from tests.support.admin_cli import invite_through
-from tests.support.authority import AUTHORITY_TEXT, UNLIMITED, write_key_file
+from tests.support.authority import AUTHORITY_TEXT, UNLIMITED, verify, write_key_file
+from tests.support.clock import now_ms
 from tests.support.wire import RawDevice
 
 BIN = Path(sys.executable).parent
@@ -130,14 +136,49 @@ class HubProcess:
         return self.admin("verify", user, stdin="y\n" * 64)
 
 
+@asynccontextmanager
+async def opened_store(hub: HubProcess) -> AsyncIterator[Store]:
+    """The hub's store, opened beside the running hub (as ``miss-admin`` does)."""
+    store = build_store(load_settings(store=hub.env["MISS_STORE"]))
+    await store.open()
+    try:
+        yield store
+    finally:
+        await store.close()
+
+
+async def invite_on_store(
+    hub: HubProcess, name: str, rpps: str, organisation: str = "CHRU"
+) -> tuple[str, str]:
+    """What ``miss-admin invite`` records (adding the organisation first if
+    needed), straight on the hub's store: (user id, code). The admin tests
+    run the real ``miss-admin``; a test that only needs clinicians saves the
+    two processes (~0.7 s each) that :meth:`HubProcess.invite` costs."""
+    async with opened_store(hub) as store:
+        if organisation not in {o.name for o in await store.list_organisations()}:
+            await store.add_organisation(organisation, now_ms())
+        user = await store.create_user(name, rpps, "médecin", organisation, now_ms())
+        code = new_code()
+        await store.add_enrollment_code(user.user_id, code_hash(code), now_ms() + 3_600_000)
+        return user.user_id, code
+
+
+async def verify_on_store(hub: HubProcess, user: str) -> None:
+    """What ``miss-admin verify USER`` does (every active device attested),
+    straight on the hub's store with the tests' authority (authority.py)."""
+    async with opened_store(hub) as store:
+        await verify(store, user)
+
+
 async def enrolled_clinician(hub: HubProcess, name: str, rpps: str) -> RawDevice:
-    """A clinician invited with ``miss-admin invite``, their first device
-    enrolled and connected, then verified with ``miss-admin verify``, as an
-    administrator does after any enrollment."""
-    _, code = await asyncio.to_thread(hub.invite, name, rpps)
+    """A clinician invited, their first device enrolled and connected, then
+    verified, as an administrator does after any enrollment (what
+    ``miss-admin invite`` and ``verify`` record, written on the hub's store:
+    :func:`invite_on_store`, :func:`verify_on_store`)."""
+    _, code = await invite_on_store(hub, name, rpps)
     dev = RawDevice(hub.url)
     await dev.enroll(code)
-    await asyncio.to_thread(hub.verify, dev.user_id)
+    await verify_on_store(hub, dev.user_id)
     return dev
 
 

@@ -27,6 +27,7 @@ from playwright.async_api import Browser, Error, Locator, Page, Response, Route,
 
 from tests.support.authority import AUTHORITY_TEXT
 from tests.support.client_fixtures import PASSPHRASE as SDK_PASSPHRASE
+from tests.support.hubproc import invite_on_store, verify_on_store
 from tests.web.conftest import RECORD_CSP_VIOLATIONS, PageLog, WebHub, take_screenshot
 
 #: A wait for anything the user waits for (ms): Argon2id, the hub, a reconnection.
@@ -110,12 +111,13 @@ async def expect_online(page: Page, timeout: float = T) -> None:
 
 
 async def become_verified(page: Page, hub: WebHub, user: str) -> None:
-    """``miss-admin verify`` of ``user`` (who is not verified yet: the page
+    """``user`` verified (what ``miss-admin verify`` records, written on the
+    hub's store: hubproc.verify_on_store) while not verified yet (the page
     shows the self-unverified banner first), then the banner goes away
     ("Vérifier de nouveau" clicked to spare the 10 s recheck)."""
     banner = page.get_by_test_id("self-unverified")
     await expect(banner).to_be_visible(timeout=T)
-    await asyncio.to_thread(hub.process.verify, user)
+    await verify_on_store(hub.process, user)
     for _ in range(3):
         try:
             await banner.get_by_role("button", name="Vérifier de nouveau").click(timeout=2_000)
@@ -132,7 +134,7 @@ async def become_verified(page: Page, hub: WebHub, user: str) -> None:
 async def browser_clinician(page: Page, hub: WebHub, name: str, rpps: str) -> BrowserClinician:
     """Invited by the administrator, enrolled through this page's form,
     then verified: the main view, online, without the unverified banner."""
-    user, code = await asyncio.to_thread(hub.process.invite, name, rpps)
+    user, code = await invite_on_store(hub.process, name, rpps)
     await fill_enroll_form(page, hub, code)
     await expect_online(page)
     await become_verified(page, hub, user)
@@ -141,13 +143,13 @@ async def browser_clinician(page: Page, hub: WebHub, name: str, rpps: str) -> Br
 
 async def sdk_clinician(hub: WebHub, directory: Path, name: str, rpps: str, label: str = "sdk") -> Profile:
     """A clinician enrolled with the Python SDK (its own profile in
-    ``directory``), then verified with ``miss-admin verify``."""
-    user, code = await asyncio.to_thread(hub.process.invite, name, rpps)
+    ``directory``), then verified (what ``miss-admin verify`` records)."""
+    user, code = await invite_on_store(hub.process, name, rpps)
     profile = await enroll(
         hub.ws_url, code, directory, SDK_PASSPHRASE, label, authority=AUTHORITY_TEXT, kdf=KDF_INTERACTIVE
     )
     assert profile.user_id == user
-    await asyncio.to_thread(hub.process.verify, user)
+    await verify_on_store(hub.process, user)
     return profile
 
 

@@ -24,6 +24,7 @@ import pytest
 from miss_client import Client, Delivered, Message
 from playwright.async_api import Browser, Locator, Page, WebSocketRoute, expect
 
+from tests.support.hubproc import invite_on_store, verify_on_store
 from tests.web.browser_steps import (
     DESKTOP,
     PASSPHRASE,
@@ -213,7 +214,7 @@ async def test_a_key_change_of_the_peer_holds_the_message_until_accepted(
             # Bernard links a second device; the administrator verifies him again.
             code, _ = await bob.link_code()
             phone = await sdk_linked_device(web_hub, code, tmp_path / "bob-phone")
-            await asyncio.to_thread(web_hub.process.verify, bob.user_id)
+            await verify_on_store(web_hub.process, bob.user_id)
 
             held = await send_text(page, "Deuxième message, après le changement")
             warning = page.get_by_test_id("key-warning")
@@ -373,7 +374,7 @@ async def test_errors_show_in_the_interface(web_hub: WebHub, page: Page, page_lo
         await take_screenshot(page, "error-invalid-code")
 
         # The right code; then a reload and a wrong passphrase.
-        user, code = await asyncio.to_thread(web_hub.process.invite, "Dr Alice Martin", "10000000061")
+        user, code = await invite_on_store(web_hub.process, "Dr Alice Martin", "10000000061")
         await fill_enroll_form(page, web_hub, code)
         await expect_online(page)
         await page.reload()

@@ -39,6 +39,7 @@ from protocol.frames import (
     Urgent,
     UrgentStatus,
 )
+from tests.support.hubproc import invite_on_store, verify_on_store
 from tests.support.oncall_wire import OncallDevice, sealed
 from tests.web.browser_steps import DESKTOP, T, browser_clinician, evidence
 from tests.web.conftest import BROWSER_TEST, PageLog, WebHub, take_screenshot
@@ -81,11 +82,11 @@ async def alerts_shown(page: Page) -> int:
 
 async def sender_device(hub: WebHub, name: str, rpps: str) -> OncallDevice:
     """A clinician of ORG on a raw device that names ``oncall``, enrolled then verified."""
-    user, code = await asyncio.to_thread(hub.process.invite, name, rpps, ORG)
+    user, code = await invite_on_store(hub.process, name, rpps, ORG)
     dev = OncallDevice(hub.ws_url)
     await dev.enroll(code)
     assert dev.user_id == user
-    await asyncio.to_thread(hub.process.verify, user)
+    await verify_on_store(hub.process, user)
     await dev.close()
     await dev.auth()  # again, now attested
     return dev
