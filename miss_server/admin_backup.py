@@ -7,6 +7,11 @@ Commands::
                                      say what it holds; the hub keeps running
     miss-admin restore --from FILE   put a copy in place of the store (the hub stopped)
 
+With the embedded blob store (a ``file://`` directory, SPEC §16) both also
+cover the attachments: ``backup`` writes them to the directory
+``FILE.blobs`` beside FILE, ``restore`` puts that back in place of the blob
+directory; how is miss_server/blobs/backup.py's business.
+
 A PostgreSQL store is backed up with ``pg_dump`` (docs/OPERATIONS.md,
 "Backup and restore"): for it both commands say so and exit 2.
 
@@ -36,7 +41,9 @@ the current store (if any) is checkpointed into its one file and kept as
 ``NAME.before-restore-STAMP``; stale ``-wal``/``-shm`` files are removed (a
 WAL left by a killed hub must never be replayed onto the restored file); the
 copy is renamed into place. A hub started between the check and the rename
-is not detected: stop the hub first.
+is not detected: stop the hub first. With ``FILE.blobs`` the attachments'
+copy is made and checked before the store is touched (a blob index in use
+refuses the restore), and put in place right after the store.
 """
 
 from __future__ import annotations
@@ -55,6 +62,7 @@ from urllib.parse import quote
 
 from .admin_common import iso, now_ms
 from .app import embedded_store
+from .blobs import backup as blob_backup
 from .config import Settings
 from .store import migrations
 from .store.sqlite_threads import BUSY_TIMEOUT_MS, DIALECT
@@ -300,10 +308,13 @@ def _stamp() -> str:
     return time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
 
 
-def restore(source: Path, target: Path) -> dict[str, Any]:
+def restore(source: Path, target: Path, blobs: Path | None = None, blob_store: str = "") -> dict[str, Any]:
     """Put the backup ``source`` in place of the store ``target`` (module
-    doc); what it holds. Raises ValueError for a file that is not a MiSS
-    database, one with a newer schema, or a store in use."""
+    doc) and, if ``SOURCE.blobs`` exists and ``blobs`` (the blob directory)
+    is given, its attachments in place of that directory; what it holds.
+    ``blob_store`` names a blob store that is no directory (PostgreSQL) for
+    the text. Raises ValueError for a file that is not a MiSS database, one
+    with a newer schema, or a store or blob index in use."""
     source = source.absolute()
     if not source.is_file():
         raise ValueError(f"no backup file {source}")
@@ -318,6 +329,74 @@ def restore(source: Path, target: Path) -> dict[str, Any]:
     else:
         target.parent.mkdir(parents=True)
         os.chmod(target.parent, 0o700)  # as the hub makes its data directory (sqlite_threads.make_private)
+    blob_source = blob_backup.blob_backup_of(source)
+    staged = None
+    if blobs is not None and blob_source.is_dir():
+        # Copied and checked before the store is touched; put in place after it.
+        staged = blob_backup.stage_restore(blob_source, blobs)
+    with _discarded_on_error(staged):
+        info, kept = _restore_store(source, target)
+    blob_info = None
+    if staged is not None:
+        try:
+            blob_info = staged.commit()
+        except (ValueError, OSError) as exc:
+            raise ValueError(f"{target} was restored, but the attachments were not: {exc}") from None
+    lines = [f"restored {source} to {target}", _summary(info)]
+    if info["schema_version"] < migrations.latest_version(DIALECT):
+        lines.append(
+            f"schema version {info['schema_version']} < {migrations.latest_version(DIALECT)}: "
+            "the hub migrates it when it starts"
+        )
+    if kept is not None:
+        lines.append(f"the store it replaces is kept as {kept}: delete it once the restore is checked")
+    lines.append(_restored_blobs_text(blob_info, blob_source, blobs, blob_store))
+    lines.append(
+        "start the hub: it delivers the queued messages. What happened after the backup was taken "
+        "(enrollments, attestations, revocations, suspensions, deletions, team changes) is not in it: "
+        "do it again (docs/OPERATIONS.md)"
+    )
+    return {
+        "file": str(source),
+        "store": str(target),
+        "replaced": str(kept) if kept else None,
+        **info,
+        "blobs": blob_info,
+        "text": "\n".join(lines),
+    }
+
+
+@contextlib.contextmanager
+def _discarded_on_error(staged: blob_backup.StagedRestore | None) -> Iterator[None]:
+    try:
+        yield
+    except BaseException:
+        if staged is not None:
+            staged.discard()
+        raise
+
+
+def _restored_blobs_text(
+    info: dict[str, Any] | None, blob_source: Path, blobs: Path | None, blob_store: str
+) -> str:
+    if blobs is None:
+        return f"attachments: in PostgreSQL ({blob_store}), not in this backup: not restored"
+    if info is None:
+        return (
+            f"attachments NOT restored (no {blob_source}): messages naming them will get 404 / "
+            f"unknown_blob until they expire; {blobs} is untouched"
+        )
+    line = (
+        f"attachments: {info['count']} attachment(s), {blob_backup.mib(info['bytes'])} "
+        f"restored from {blob_source} to {blobs}"
+    )
+    if info["replaced"]:
+        line += f"; the blob directory it replaces is kept as {info['replaced']}"
+    return line
+
+
+def _restore_store(source: Path, target: Path) -> tuple[dict[str, Any], Path | None]:
+    """The database part of :func:`restore`: what the copy holds, where the replaced store is kept."""
     tmp = _private_temp(target.parent, target.name)
     with _removed_on_error(tmp):
         with source.open("rb") as src, tmp.open("wb") as out:
@@ -345,33 +424,50 @@ def restore(source: Path, target: Path) -> dict[str, Any]:
             Path(f"{target}{suffix}").unlink(missing_ok=True)
         os.replace(tmp, target)
     _fsync(target.parent)
-    lines = [f"restored {source} to {target}", _summary(info)]
-    if info["schema_version"] < latest:
-        lines.append(
-            f"schema version {info['schema_version']} < {latest}: the hub migrates it when it starts"
+    return info, kept
+
+
+def backup_with_blobs(source: Path, dest: Path, blobs: Path | None, blob_store: str = "") -> dict[str, Any]:
+    """:func:`backup` of the store ``source`` into ``dest``, then of the blob
+    directory ``blobs`` into ``DEST.blobs`` (miss_server/blobs/backup.py):
+    the result of :func:`backup` with ``blobs`` (what that copy holds, or
+    None) and a line about the attachments in its text. With no blob
+    directory (``blobs`` None: the blob store ``blob_store`` is PostgreSQL;
+    or no such directory yet) no ``DEST.blobs`` is written, and one left by
+    an earlier backup to ``dest`` is removed: it would not match."""
+    result = backup(source, dest)
+    dest = dest.absolute()
+    info = None
+    if blobs is None:
+        line = (
+            f"attachments: in PostgreSQL ({blob_store}), not in this backup: back them up with "
+            "pg_dump (docs/OPERATIONS.md)"
         )
-    if kept is not None:
-        lines.append(f"the store it replaces is kept as {kept}: delete it once the restore is checked")
-    lines.append(
-        "start the hub: it delivers the queued messages. What happened after the backup was taken "
-        "(enrollments, attestations, revocations, suspensions, deletions, team changes) is not in it: "
-        "do it again (docs/OPERATIONS.md)"
-    )
-    return {
-        "file": str(source),
-        "store": str(target),
-        "replaced": str(kept) if kept else None,
-        **info,
-        "text": "\n".join(lines),
-    }
+    else:
+        try:
+            info = blob_backup.backup_blobs(blobs, dest)
+        except (ValueError, OSError) as exc:
+            raise ValueError(f"{dest} was written, but its attachments were not backed up: {exc}") from None
+        line = blob_backup.describe(info)
+        if info is None:
+            line += f" (no blob directory, or no index in it, at {blobs})"
+    if info is None and blob_backup.remove_stale_backup(dest):
+        line += f"; the older {blob_backup.blob_backup_of(dest)} was removed"
+    result["blobs"] = info
+    result["text"] += "\n" + line
+    return result
 
 
 async def cmd_backup(store: object, settings: Settings, args: argparse.Namespace) -> dict[str, Any]:
-    return backup(_refuse_postgres(settings, "backup"), Path(args.to))
+    source = _refuse_postgres(settings, "backup")
+    blobs = blob_backup.blob_directory(settings.blob_store_url)
+    return backup_with_blobs(source, Path(args.to), blobs, settings.blob_store_display)
 
 
 async def cmd_restore(store: object, settings: Settings, args: argparse.Namespace) -> dict[str, Any]:
-    return restore(Path(getattr(args, "from")), _refuse_postgres(settings, "restore"))
+    target = _refuse_postgres(settings, "restore")
+    blobs = blob_backup.blob_directory(settings.blob_store_url)
+    return restore(Path(getattr(args, "from")), target, blobs, settings.blob_store_display)
 
 
 def add_backup_parser(command: Any) -> None:
@@ -381,8 +477,9 @@ def add_backup_parser(command: Any) -> None:
         "copy the embedded store into a file while the hub runs, and check the copy",
         "Copy the embedded SQLite store into FILE (mode 600) with SQLite's online backup, "
         "while the hub runs; check the copy (integrity, MiSS schema) and say what it holds. "
-        "FILE is written whole or not at all. A PostgreSQL store is backed up with pg_dump "
-        "(docs/OPERATIONS.md).",
+        "FILE is written whole or not at all. The attachments of a blob directory (file://) go "
+        "to the directory FILE.blobs beside it, likewise. A PostgreSQL store is backed up with "
+        "pg_dump (docs/OPERATIONS.md).",
     )
     b.add_argument("--to", required=True, metavar="FILE", help="the backup file (replaced if it exists)")
     r = command(
@@ -391,6 +488,7 @@ def add_backup_parser(command: Any) -> None:
         "Put a backup made by `miss-admin backup` in place of the embedded SQLite store: "
         "refused while a hub has the store open, for a file that is not a MiSS database, "
         "and for a schema newer than this version knows (an older one is migrated when the "
-        "hub starts). The store replaced is kept beside it as NAME.before-restore-STAMP.",
+        "hub starts). The store replaced is kept beside it as NAME.before-restore-STAMP. "
+        "FILE.blobs, if beside FILE, replaces the blob directory (kept likewise).",
     )
     r.add_argument("--from", required=True, metavar="FILE", help="the backup file")
