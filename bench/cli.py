@@ -10,6 +10,7 @@
     miss-bench run --scenario multi-node --rate 1000
     miss-bench run --scenario flood --rate 200 --flood-messages 5000
     miss-bench run --scenario search --users 57000
+    miss-bench run --scenario attachments --pairs 4 --messages 5 --files 6 --file-mb 5
 
 See README, "Benchmarks", for what each figure means.
 """
@@ -61,8 +62,9 @@ def _parser() -> argparse.ArgumentParser:
         type=int,
         default=1,
         metavar="N",
-        help="online, fanout, multi-node: measure the relay and the hub N times, alternately, "
-        "and report the round with the median ratio (every round's figures under rounds)",
+        help="online, fanout, multi-node, attachments: measure the relay (attachments: the HTTP "
+        "baseline) and the hub N times, alternately, and report the round with the median ratio "
+        "(every round's figures under rounds)",
     )
     r.add_argument("--json", type=Path, help="JSON report (default OUT/SCENARIO-BACKEND.json)")
     r.add_argument("--plot", type=Path, help="PNG plots (default OUT/SCENARIO-BACKEND.png)")
@@ -84,13 +86,25 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument(
         "--pairs",
         type=int,
-        default=50,
-        help="pairs of clinicians (online, multi-node, flood, connections traffic; default 50)",
+        help="pairs of clinicians (online, multi-node, flood, connections traffic; default 50; "
+        "attachments: default 4)",
     )
     r.add_argument("--payload", type=int, default=256, help="message body size in bytes (default 256)")
     r.add_argument("--connections", type=int, default=10_000, help="connections: how many (default 10,000)")
     r.add_argument(
-        "--messages", type=int, default=10_000, help="offline-drain: messages queued (default 10,000)"
+        "--messages",
+        type=int,
+        help="offline-drain: messages queued (default 10,000); attachments: messages each pair's "
+        "sender sends (default 5)",
+    )
+    r.add_argument(
+        "--files", type=int, default=6, help="attachments: files in each message (default 6, at most 16)"
+    )
+    r.add_argument(
+        "--file-mb",
+        type=float,
+        default=5.0,
+        help="attachments: size of each file in MB of 10^6 bytes (default 5)",
     )
     r.add_argument(
         "--storm", type=int, default=2000, help="auth-storm: devices connecting at once (default 2,000)"
@@ -147,6 +161,11 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.url and args.authority_key_file is None:
         parser.error("--url needs --authority-key-file (the hub's verification authority)")
+    attachments = args.scenario == "attachments"
+    if args.pairs is None:
+        args.pairs = 4 if attachments else 50
+    if args.messages is None:
+        args.messages = 5 if attachments else 10_000
     out = Path(args.out)
     kind = f"{args.scenario}-team" if args.scenario == "fanout" and args.team else args.scenario
     stem = f"{kind}-{'services' if args.scenario == 'multi-node' else args.backend}"

@@ -3,7 +3,8 @@ the scenario's part of the report (``hub``, ``relay``, ``ratio_cpu``...).
 ``EXTRA_WORKERS``: load generator processes a scenario needs beyond
 ``--workers`` (the flooder of ``flood`` has its own). ``PLOTS`` and
 ``TABLES``: a scenario's own plot, and lines of its own under the table,
-for figures that are not the hub-versus-relay kind (``search``)."""
+for figures that are not the hub-versus-relay kind (``search``,
+``attachments``)."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from . import auth_storm, connections, fanout, flood, multi_node, offline_drain, online, search
+from . import attachments, auth_storm, connections, fanout, flood, multi_node, offline_drain, online, search
 
 __all__ = ["EXTRA_WORKERS", "PLOTS", "SCENARIOS", "TABLES"]
 
@@ -24,10 +25,18 @@ SCENARIOS: dict[str, Callable[[Any], dict[str, Any]]] = {
     "multi-node": multi_node.run,
     "flood": flood.run,
     "search": search.run,
+    "attachments": attachments.run,
 }
 
 EXTRA_WORKERS: dict[str, int] = {"flood": 1}
 
-PLOTS: dict[str, Callable[[dict[str, Any], Path], None]] = {"search": search.plot}
+PLOTS: dict[str, Callable[[dict[str, Any], Path], None]] = {
+    "search": search.plot,
+    "attachments": attachments.plot,
+}
 
-TABLES: dict[str, Callable[[dict[str, Any]], list[str]]] = {"search": search.table, "fanout": fanout.table}
+TABLES: dict[str, Callable[[dict[str, Any]], list[str]]] = {
+    "search": search.table,
+    "fanout": fanout.table,
+    "attachments": attachments.table,
+}

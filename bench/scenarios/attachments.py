@@ -1,0 +1,725 @@
+"""``attachments``: encrypted files through the hub (SPEC §16), against a
+plain HTTP file transfer moving the same bytes in the same run.
+
+``--pairs`` pairs of clinicians (one device each; default 4); in each pair
+the first sends the second ``--messages`` messages (default 5), each
+carrying ``--files`` images (default 6) of ``--file-mb`` MB (default 5;
+MB = 10⁶ bytes): random bytes behind a JPEG signature, so that
+:func:`protocol.attachments.sniff_type` takes them for ``image/jpeg``.
+Every file is encrypted under its own key (:func:`encrypt_bytes`) before
+any window starts, so that the load generator's encryption is not in the
+measured time; every blob is distinct.
+
+On the hub (two measured windows, the hub's CPU metered over each):
+
+1. **up**: each sender, its messages one after the other, uploads the
+   files of a message one after the other as the SDK does (``blob_begin``,
+   ``blob_put`` pieces of 60 KiB with 8 in flight, ``blob_end``; see
+   :mod:`bench.blob_wire`), then sends the message naming them (a sealed
+   body, ``accepted`` awaited); the window ends once every recipient has
+   had every message delivered and opened (its descriptors checked).
+2. **down**: each recipient, for each file it was sent, asks ``blob_link``
+   and GETs the link on the hub's port in Range parts of at most 1 MiB,
+   each fed to the :class:`~protocol.attachments.Decryptor` (length,
+   every chunk's tag, the SHA-256 of the descriptor); a file counts as
+   verified once the decryptor's ``finish`` passed and the plaintext is the
+   one sent (its SHA-256).
+
+The **baseline** (:mod:`bench.http_baseline`, started on the same CPU as
+the hub, before it) moves the same blobs the same way: each sender PUTs
+them one after the other (each written and fsync'd), then each recipient
+GETs every one in the same Range parts, through the same client and the
+same decryptor. No authentication, no store, no crypto on the server:
+what moving these bytes over HTTP costs a process at the least.
+
+Figures (``hub`` and ``http_baseline``): MB/s up and down (ciphertext
+bytes ÷ window), CPU ms per MB moved (each window's, and both together),
+peak RSS (``VmHWM``), and ``ratio_cpu``: hub CPU per MB ÷ baseline CPU per
+MB over both windows (the issue's bar: at most 3). The clients run in this
+process, pinned to the load CPUs, as in ``search``; the worker processes
+only enroll the devices.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import os
+import time
+from collections.abc import Awaitable, Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+from protocol.attachments import (
+    HTTP_PART_MAX,
+    MAX_ATTACHMENTS_WIRE,
+    Attachment,
+    cipher_size,
+    encrypt_bytes,
+    sniff_type,
+)
+
+from ..blob_wire import BlobPeer, Refused, Tally, fetch_verified
+from ..client import Device
+from ..harness import UNLIMITED_RATE
+from ..http_baseline import HttpError, put, start_baseline
+from ..measure import CpuMeter, cpu_seconds
+from ..plan import Entry
+from ..runner import Population, Run
+from .common import ratio
+
+__all__ = ["BAR", "plot", "run", "table"]
+
+#: The issue's bar: hub CPU per MB at most this many times the baseline's.
+BAR = 3.0
+MB = 1_000_000
+#: The signature the files start with (a JPEG's SOI and APP0 markers).
+JPEG_MAGIC = b"\xff\xd8\xff\xe0\x00\x10JFIF\x00"
+#: Size of each pair's unmeasured warm-up file.
+WARM_BYTES = 200_000
+#: How often the throughput is sampled for the plot and the progress line (s).
+SAMPLE_S = 0.25
+
+
+@dataclass
+class File:
+    """One file as its sender holds it: encrypted, with its descriptor's parts."""
+
+    name: str
+    size: int
+    key: bytes
+    blob: bytes
+    hash: bytes
+    plain_sha: bytes
+    type: str
+
+    def attachment(self, blob_id: str) -> Attachment:
+        return Attachment(blob_id, self.key, self.hash, self.size, self.type, self.name)
+
+
+def make_file(name: str, size: int) -> File:
+    plain = (JPEG_MAGIC + os.urandom(max(0, size - len(JPEG_MAGIC))))[:size]
+    kind = sniff_type(plain, name)
+    assert kind == "image/jpeg", kind
+    key, blob, digest = encrypt_bytes(plain)
+    return File(name, size, key, blob, digest, hashlib.sha256(plain).digest(), kind)
+
+
+@dataclass
+class Window:
+    """One measured window: wall time, bytes, CPU of the server, the load."""
+
+    seconds: float = 0.0
+    bytes: int = 0
+    cpu: float = 0.0
+    cpu_main: float = 0.0
+    services: dict[str, float] = field(default_factory=dict)
+    loadgen_cpu: float = 0.0
+    #: (seconds since the window began, bytes so far), every SAMPLE_S
+    samples: list[tuple[float, int]] = field(default_factory=list)
+
+
+@contextmanager
+def _pinned(cpus: set[int]) -> Iterator[None]:
+    """This process on ``cpus`` for a while (the clients, off the servers' CPU)."""
+    before = os.sched_getaffinity(0)
+    os.sched_setaffinity(0, cpus)
+    try:
+        yield
+    finally:
+        os.sched_setaffinity(0, before)
+
+
+def peak_rss_kib(pid: int) -> dict[str, int | None]:
+    """``VmHWM`` (the peak resident set so far) and ``VmRSS`` of a process, KiB."""
+    out: dict[str, int | None] = {"VmHWM": None, "VmRSS": None}
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                key = line.split(":", 1)[0]
+                if key in out:
+                    out[key] = int(line.split()[1])
+    except OSError:
+        pass
+    return out
+
+
+async def _window(
+    r: Run,
+    label: str,
+    meters: dict[str, CpuMeter],
+    total: int,
+    moved: Callable[[], int],
+    work: Awaitable[Any],
+) -> tuple[Window, Any]:
+    """Run ``work`` with the meters on; sample ``moved()`` bytes for the
+    progress display and the plot."""
+    win = Window()
+    for m in meters.values():
+        m.start()
+    load0 = cpu_seconds(os.getpid())
+    t0 = time.monotonic()
+    start_bytes = moved()
+    r.progress.start(label, total / MB, "MB")
+    task = asyncio.ensure_future(work)
+    while not task.done():
+        await asyncio.wait([task], timeout=SAMPLE_S)
+        now, done = time.monotonic() - t0, moved() - start_bytes
+        win.samples.append((round(now, 3), done))
+        r.progress.update(done / MB, rate=f"{done / MB / max(now, 1e-9):.1f} MB/s")
+    win.seconds = time.monotonic() - t0
+    cpu = r.stop_meters(meters)
+    win.loadgen_cpu = cpu_seconds(os.getpid()) - load0
+    win.cpu, win.cpu_main = cpu["server"], cpu["server_main_thread"]
+    win.services = {k: v for k, v in cpu.items() if k not in ("server", "server_main_thread")}
+    win.bytes = moved() - start_bytes
+    r.progress.finish(f"{win.bytes / MB:.1f} MB in {win.seconds:.2f} s")
+    return win, task.result()
+
+
+# --- the plan -----------------------------------------------------------------------------
+
+
+@dataclass
+class Plan:
+    pairs: int
+    messages: int
+    files: int
+    file_bytes: int
+    #: files[pair][message][k]
+    data: list[list[list[File]]]
+
+    @property
+    def count(self) -> int:
+        return self.pairs * self.messages * self.files
+
+    @property
+    def cipher_bytes(self) -> int:
+        return self.count * cipher_size(self.file_bytes)
+
+
+def _plan(r: Run) -> Plan:
+    args = r.args
+    if not 1 <= args.files <= MAX_ATTACHMENTS_WIRE:
+        raise SystemExit(f"miss-bench: --files must be 1 to {MAX_ATTACHMENTS_WIRE}")
+    file_bytes = int(args.file_mb * MB)
+    if file_bytes < 1:
+        raise SystemExit("miss-bench: --file-mb must be above 0")
+    plan = Plan(args.pairs, args.messages, args.files, file_bytes, [])
+    r.progress.note(
+        f"attachments: encrypting {plan.count} files of {file_bytes / MB:g} MB "
+        f"({plan.cipher_bytes / MB:,.1f} MB of ciphertext, held in memory)"
+    )
+    plan.data = [
+        [
+            [make_file(f"img-{p}-{m}-{k}.jpg", file_bytes) for k in range(plan.files)]
+            for m in range(plan.messages)
+        ]
+        for p in range(plan.pairs)
+    ]
+    return plan
+
+
+def _verify(plain: bytes, f: File) -> bool:
+    return len(plain) == f.size and hashlib.sha256(plain).digest() == f.plain_sha
+
+
+# --- the baseline -------------------------------------------------------------------------
+
+
+async def _baseline(r: Run, plan: Plan, host: str, port: int, pid: int, tag: str) -> dict[str, Any]:
+    tally = Tally()
+
+    def path(p: int, m: int, k: int) -> str:
+        return f"/files/p{p}-m{m}-f{k}"
+
+    async def put_pair(p: int) -> None:
+        for m, files in enumerate(plan.data[p]):
+            for k, f in enumerate(files):
+                await put(host, port, path(p, m, k), f.blob)
+                tally.up_bytes += len(f.blob)
+                tally.uploads += 1
+
+    async def get_pair(p: int) -> None:
+        for m, files in enumerate(plan.data[p]):
+            for k, f in enumerate(files):
+                att = f.attachment("b_" + "0" * 32)
+                try:
+                    plain = await fetch_verified(host, port, path(p, m, k), len(f.blob), att, tally)
+                except HttpError as exc:
+                    tally.error(f"HTTP {exc.status}")
+                    continue
+                except Exception as exc:
+                    tally.error(type(exc).__name__)
+                    continue
+                if not _verify(plain, f):
+                    tally.verified -= 1
+                    tally.error("plaintext differs")
+
+    async def every(fn: Callable[[int], Awaitable[None]]) -> list[Any]:
+        return await asyncio.gather(*(fn(p) for p in range(plan.pairs)), return_exceptions=True)
+
+    if r.args.warmup > 0:  # unmeasured: a small file each way per pair
+        warm = make_file("warm.jpg", WARM_BYTES)
+        for p in range(plan.pairs):
+            await put(host, port, f"/files/warm{p}", warm.blob)
+            await fetch_verified(
+                host, port, f"/files/warm{p}", len(warm.blob), warm.attachment("b_" + "0" * 32), Tally()
+            )
+    rss0 = peak_rss_kib(pid)["VmRSS"]
+    up, up_errs = await _window(
+        r,
+        f"baseline{tag}: PUT",
+        r.meters([pid], False),
+        plan.cipher_bytes,
+        lambda: tally.up_bytes,
+        every(put_pair),
+    )
+    down, down_errs = await _window(
+        r,
+        f"baseline{tag}: GET",
+        r.meters([pid], False),
+        plan.cipher_bytes,
+        lambda: tally.down_bytes,
+        every(get_pair),
+    )
+    for exc in [*up_errs, *down_errs]:
+        if isinstance(exc, BaseException):
+            tally.error(type(exc).__name__)
+    return _figures(plan, up, down, tally, rss0, peak_rss_kib(pid))
+
+
+# --- the hub ------------------------------------------------------------------------------
+
+
+async def _hub(
+    r: Run,
+    plan: Plan,
+    peers: list[tuple[BlobPeer, BlobPeer]],
+    entries: list[tuple[Entry, Entry]],
+    pid: int,
+    tag: str,
+) -> dict[str, Any]:
+    tally = peers[0][0].tally
+    received: list[list[tuple[Attachment, ...]]] = [[] for _ in range(plan.pairs)]
+
+    async def send_pair(p: int) -> None:
+        sender = peers[p][0]
+        for files in plan.data[p]:
+            atts = []
+            for f in files:
+                blob_id = await sender.upload(f.blob)
+                atts.append(f.attachment(blob_id))
+            await sender.send(entries[p][1].user_id, [entries[p][1]], atts)
+
+    async def receive_pair(p: int, n: int, into: list[tuple[Attachment, ...]]) -> None:
+        recipient = peers[p][1]
+        for _ in range(n):
+            frame = await recipient.delivers.get()
+            into.append(recipient.open(frame, entries[p][0]))
+
+    async def up_pair(p: int) -> None:
+        receiving = asyncio.create_task(receive_pair(p, plan.messages, received[p]))
+        try:
+            await send_pair(p)
+        except BaseException:
+            receiving.cancel()
+            raise
+        await asyncio.wait_for(receiving, 60)
+
+    async def down_pair(p: int) -> None:
+        recipient = peers[p][1]
+        sent = {f.hash: f for files in plan.data[p] for f in files}
+        for atts in received[p]:
+            for att in atts:
+                try:
+                    plain = await recipient.fetch(att)
+                except Refused as exc:
+                    tally.error(exc.code)
+                    continue
+                except HttpError as exc:
+                    tally.error(f"HTTP {exc.status}")
+                    continue
+                except Exception as exc:
+                    tally.error(type(exc).__name__)
+                    continue
+                f = sent.get(att.hash)
+                if f is None or not _verify(plain, f):
+                    tally.verified -= 1
+                    tally.error("plaintext differs")
+
+    async def every(fn: Callable[[int], Awaitable[None]]) -> list[Any]:
+        return await asyncio.gather(*(fn(p) for p in range(plan.pairs)), return_exceptions=True)
+
+    if r.args.warmup > 0:  # unmeasured: one small file per pair, sent and fetched
+        warm = make_file("warm.jpg", WARM_BYTES)
+        scratch = Tally()
+        for p, (sender, recipient) in enumerate(peers):
+            sender.tally = recipient.tally = scratch
+            blob_id = await sender.upload(warm.blob)
+            await sender.send(entries[p][1].user_id, [entries[p][1]], [warm.attachment(blob_id)])
+            (att,) = recipient.open(await asyncio.wait_for(recipient.delivers.get(), 30), entries[p][0])
+            await recipient.fetch(att)
+            sender.tally = recipient.tally = tally
+    services = r.using_services()
+    rss0 = peak_rss_kib(pid)["VmRSS"]
+    up, up_errs = await _window(
+        r,
+        f"hub{tag}: upload and send",
+        r.meters([pid], services),
+        plan.cipher_bytes,
+        lambda: tally.up_bytes,
+        every(up_pair),
+    )
+    down, down_errs = await _window(
+        r,
+        f"hub{tag}: link and GET",
+        r.meters([pid], services),
+        plan.cipher_bytes,
+        lambda: tally.down_bytes,
+        every(down_pair),
+    )
+    for exc in [*up_errs, *down_errs]:
+        if isinstance(exc, Refused):
+            tally.error(exc.code)
+        elif isinstance(exc, BaseException):
+            tally.error(type(exc).__name__)
+    out = _figures(plan, up, down, tally, rss0, peak_rss_kib(pid))
+    out["messages_delivered"] = sum(len(x) for x in received)
+    return out
+
+
+async def _connect(
+    r: Run, pop: Population, host: str, port: int
+) -> tuple[list[tuple[BlobPeer, BlobPeer]], list[tuple[Entry, Entry]]]:
+    tally = Tally()
+    peers: list[tuple[BlobPeer, BlobPeer]] = []
+    entries: list[tuple[Entry, Entry]] = []
+    for a_user, b_user in zip(pop.user_devices[0::2], pop.user_devices[1::2], strict=True):
+        pair = []
+        for index in (a_user[0], b_user[0]):
+            dev = Device(pop.devices[index])
+            entry = r.directory[index]
+            dev.user_id, dev.device_id = entry.user_id, entry.device_id
+            peer = BlobPeer(dev, tally)
+            await peer.connect(r.hub_urls[0], host, port)
+            pair.append(peer)
+        peers.append((pair[0], pair[1]))
+        entries.append((r.directory[a_user[0]], r.directory[b_user[0]]))
+    return peers, entries
+
+
+async def _hub_side(r: Run, plan: Plan, pop: Population, tag: str) -> dict[str, Any]:
+    url = urlsplit(r.hub_urls[0])
+    host, port = url.hostname or "127.0.0.1", url.port or 80
+    peers, entries = await _connect(r, pop, host, port)
+    try:
+        return await _hub(r, plan, peers, entries, r.hub_pids[0], tag)
+    finally:
+        for pair in peers:
+            for peer in pair:
+                await peer.dev.close()
+
+
+# --- figures ------------------------------------------------------------------------------
+
+
+def _per_mb(cpu: float, n: int) -> float | None:
+    """CPU milliseconds per MB of ``n`` bytes."""
+    return round(cpu * 1000 / (n / MB), 3) if n else None
+
+
+def _figures(
+    plan: Plan, up: Window, down: Window, tally: Tally, rss0: int | None, rss: dict[str, int | None]
+) -> dict[str, Any]:
+    moved = up.bytes + down.bytes
+    cpu = up.cpu + down.cpu
+    window = up.seconds + down.seconds
+    out: dict[str, Any] = {
+        # the unit of work: a file downloaded and verified
+        "delivered": tally.verified,
+        "files": plan.count,
+        "complete": tally.verified == plan.count and not tally.errors,
+        "uploads": tally.uploads,
+        "up_bytes": up.bytes,
+        "down_bytes": down.bytes,
+        "up_seconds": round(up.seconds, 3),
+        "down_seconds": round(down.seconds, 3),
+        "up_mb_per_s": round(up.bytes / MB / up.seconds, 2) if up.seconds else None,
+        "down_mb_per_s": round(down.bytes / MB / down.seconds, 2) if down.seconds else None,
+        "cpu_seconds_up": round(up.cpu, 3),
+        "cpu_seconds_down": round(down.cpu, 3),
+        "cpu_seconds": round(cpu, 3),
+        "cpu_ms_per_mb_up": _per_mb(up.cpu, up.bytes),
+        "cpu_ms_per_mb_down": _per_mb(down.cpu, down.bytes),
+        "cpu_ms_per_mb": _per_mb(cpu, moved),
+        "cpu_ms_per_mb_event_loop": _per_mb(up.cpu_main + down.cpu_main, moved),
+        "cpu_ms_per_mb_other_threads": _per_mb(max(0.0, cpu - up.cpu_main - down.cpu_main), moved),
+        "rss_kib_before": rss0,
+        "rss_kib_after": rss["VmRSS"],
+        "peak_rss_kib": rss["VmHWM"],
+        "http_busy": tally.http_busy,
+        "http_limited": tally.http_limited,
+        "errors": dict(tally.errors),
+        "loadgen_cpu_util": round((up.loadgen_cpu + down.loadgen_cpu) / window, 3) if window else None,
+        "timeseries": {
+            "up": [[t, b] for t, b in up.samples],
+            "down": [[t, b] for t, b in down.samples],
+        },
+    }
+    for name in up.services:
+        s = up.services[name] + down.services.get(name, 0.0)
+        out[f"{name}_cpu_seconds"] = round(s, 3)
+        out[f"{name}_cpu_ms_per_mb"] = _per_mb(s, moved)
+    return out
+
+
+# --- the scenario -------------------------------------------------------------------------
+
+
+def hub_blob_settings(plan: Plan) -> dict[str, str]:
+    """The attachment settings of the hub for this load: files of this size
+    allowed, every quota and the ``blob_put`` and download budgets out of
+    reach (the bench measures throughput, not the limits, and every client
+    comes from 127.0.0.1); ``max_blob_downloads`` keeps its default (each
+    recipient downloads one part at a time). Only settings the hub has."""
+    from miss_server.config import Settings
+
+    huge = str(10**15)
+    wanted = {
+        "max_attachments": str(max(6, plan.files)),
+        "max_attachment_bytes": str(max(20 * 1024 * 1024, plan.file_bytes)),
+        "blob_quota_bytes_per_day": huge,
+        "blob_quota_per_day": str(10**9),
+        "blob_stored_bytes_per_user": huge,
+        "max_open_uploads": "1000",
+        "rate_blob": UNLIMITED_RATE,
+        "rate_download": UNLIMITED_RATE,
+    }
+    return {k: v for k, v in wanted.items() if k in Settings.model_fields}
+
+
+def _ratios(hub: dict[str, Any], base: dict[str, Any]) -> dict[str, float | None]:
+    return {
+        "ratio_cpu": ratio(hub["cpu_ms_per_mb"], base["cpu_ms_per_mb"]),
+        "ratio_cpu_up": ratio(hub["cpu_ms_per_mb_up"], base["cpu_ms_per_mb_up"]),
+        "ratio_cpu_down": ratio(hub["cpu_ms_per_mb_down"], base["cpu_ms_per_mb_down"]),
+    }
+
+
+def _baseline_round(r: Run, plan: Plan, tag: str) -> dict[str, Any]:
+    """Start the baseline on the servers' CPU, move the bytes, stop it."""
+    baseline = start_baseline(r.workdir / "baseline", r.server_cpus)
+    r.servers.append(baseline)
+    url = urlsplit(baseline.url)
+    try:
+        with _pinned(r.load_cpus):
+            return asyncio.run(
+                _baseline(r, plan, url.hostname or "127.0.0.1", url.port or 80, baseline.pid, tag)
+            )
+    finally:
+        r.stop(baseline)
+
+
+def run(r: Run) -> dict[str, Any]:
+    """The baseline, then the hub, alone on the servers' CPU each;
+    ``--repeat N``: N such rounds (the hub started and its clinicians
+    enrolled once; every round uploads new blobs), and the round whose ratio
+    is the median is reported, every round's figures under ``attachments.rounds``."""
+    args = r.args
+    if args.url:
+        raise SystemExit("miss-bench: the attachments scenario starts its own hub (and its baseline)")
+    plan = _plan(r)
+    pop = Population(len(r.pool))
+    for p in range(plan.pairs):
+        pop.add_user(1, p)
+        pop.add_user(1, p)
+    r.set_population(pop)
+    settings = hub_blob_settings(plan)
+    count = max(1, args.repeat)
+    rounds: list[dict[str, Any]] = []
+    for k in range(count):
+        tag = f" {k + 1}/{count}" if count > 1 else ""
+        base = _baseline_round(r, plan, tag)
+        if k == 0:
+            r.start_hubs(1, **settings)
+            r.enroll()
+        with _pinned(r.load_cpus):
+            hub = asyncio.run(_hub_side(r, plan, pop, tag))
+        rounds.append({"hub": hub, "http_baseline": base, **_ratios(hub, base)})
+
+    ranked = sorted(rounds, key=lambda o: o["ratio_cpu"] if o["ratio_cpu"] is not None else float("inf"))
+    chosen = ranked[(count - 1) // 2]
+    hub, base = chosen["hub"], chosen["http_baseline"]
+    ratios = _ratios(hub, base)
+    if hub["loadgen_cpu_util"] and hub["loadgen_cpu_util"] > 0.9:
+        r.notes.append(
+            "the clients used more than 90 % of their CPU: MB/s may be the load generator's limit "
+            "(CPU per MB is not affected)"
+        )
+    r.args.seconds = round(hub["up_seconds"] + hub["down_seconds"], 1)
+    out: dict[str, Any] = {
+        "mode": "closed-loop",
+        "unit": "file",
+        "hub": hub,
+        "relay": {},
+        "http_baseline": base,
+        **ratios,
+        "attachments": {
+            **ratios,
+            "bar": BAR,
+            "within_bar": ratios["ratio_cpu"] is not None and ratios["ratio_cpu"] <= BAR,
+            "cipher_bytes_per_file": cipher_size(plan.file_bytes),
+            "http_part_max": HTTP_PART_MAX,
+            "hub_settings": settings,
+        },
+        "params": {
+            "pairs": plan.pairs,
+            "messages": plan.messages,
+            "files": plan.files,
+            "file_mb": plan.file_bytes / MB,
+        },
+    }
+    if count > 1:  # under ``attachments``: the generic table reads a top-level ``rounds`` as µs per message
+        out["attachments"]["rounds"] = [
+            {
+                "hub_cpu_ms_per_mb": o["hub"]["cpu_ms_per_mb"],
+                "baseline_cpu_ms_per_mb": o["http_baseline"]["cpu_ms_per_mb"],
+                "ratio_cpu": o["ratio_cpu"],
+                "hub_up_mb_per_s": o["hub"]["up_mb_per_s"],
+                "hub_down_mb_per_s": o["hub"]["down_mb_per_s"],
+                "baseline_up_mb_per_s": o["http_baseline"]["up_mb_per_s"],
+                "baseline_down_mb_per_s": o["http_baseline"]["down_mb_per_s"],
+            }
+            for o in rounds
+        ]
+    return out
+
+
+# --- output ---------------------------------------------------------------------------------
+
+
+def _f(v: Any, unit: str = "") -> str:
+    if v is None:
+        return "-"
+    if isinstance(v, float):
+        return (f"{v:,.2f}" if abs(v) < 1000 else f"{v:,.0f}") + unit
+    return f"{v:,}{unit}"
+
+
+def table(report: dict[str, Any]) -> list[str]:
+    """The lines of the attachment figures, for the report's table."""
+    h, b, a, p = report["hub"], report["http_baseline"], report["attachments"], report["params"]
+    rows = [
+        ("upload", "up_mb_per_s", " MB/s", None),
+        ("download", "down_mb_per_s", " MB/s", None),
+        ("CPU per MB, upload", "cpu_ms_per_mb_up", " ms", "ratio_cpu_up"),
+        ("CPU per MB, download", "cpu_ms_per_mb_down", " ms", "ratio_cpu_down"),
+        ("CPU per MB, both", "cpu_ms_per_mb", " ms", "ratio_cpu"),
+        ("  in the event loop", "cpu_ms_per_mb_event_loop", " ms", None),
+        ("  in other threads", "cpu_ms_per_mb_other_threads", " ms", None),
+        ("CPU seconds", "cpu_seconds", " s", None),
+        ("peak RSS (VmHWM)", "peak_rss_kib", " KiB", None),
+        ("RSS before the load", "rss_kib_before", " KiB", None),
+        ("postgres CPU per MB", "postgres_cpu_ms_per_mb", " ms", None),
+        ("files verified", "delivered", "", None),
+        ("503 (busy) answers", "http_busy", "", None),
+        ("429 (rate_download) answers", "http_limited", "", None),
+        ("load generator CPU", "loadgen_cpu_util", "", None),
+    ]
+    lines = [
+        "",
+        f"attachments: {p['pairs']} pairs x {p['messages']} messages x {p['files']} files of "
+        f"{p['file_mb']:g} MB ({a['cipher_bytes_per_file']:,} bytes of ciphertext each); MB = 10^6 bytes",
+        f"  {'':28}{'hub':>14}{'HTTP baseline':>16}{'hub/baseline':>14}",
+    ]
+    for label, key, unit, rkey in rows:
+        if key not in h and key not in b:
+            continue
+        extra = f"{_f(report.get(rkey)):>14}" if rkey else ""
+        lines.append(f"  {label:28}{_f(h.get(key), unit):>14}{_f(b.get(key), unit):>16}{extra}")
+    lines.append(
+        f"  bar: hub CPU per MB at most {a['bar']:g}x the baseline's: "
+        f"{'met' if a['within_bar'] else 'NOT MET'} ({_f(report['ratio_cpu'])})"
+    )
+    if a.get("rounds"):
+        shown = "; ".join(
+            f"{_f(o['hub_cpu_ms_per_mb'])} / {_f(o['baseline_cpu_ms_per_mb'])} = {_f(o['ratio_cpu'])}"
+            for o in a["rounds"]
+        )
+        lines.append(f"  CPU ms per MB in each round, hub / baseline (the median round shown): {shown}")
+    for name, side in (("hub", h), ("baseline", b)):
+        if side.get("errors"):
+            lines.append(f"  {name} errors: {side['errors']}")
+        if not side.get("complete"):
+            lines.append(f"  {name}: NOT COMPLETE ({side['delivered']} of {side['files']} files verified)")
+    return lines
+
+
+def plot(report: dict[str, Any], path: Path) -> None:
+    """MB/s and CPU per MB, hub beside the baseline, and throughput over time."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    h, b, p = report["hub"], report["http_baseline"], report["params"]
+    fig, axes = plt.subplots(1, 3, figsize=(17, 5))
+    fig.suptitle(
+        f"miss-bench attachments ({report['backend']}): {p['pairs']} pairs x {p['messages']} messages x "
+        f"{p['files']} files of {p['file_mb']:g} MB, hub vs plain HTTP\n"
+        f"hub CPU per MB ÷ baseline's: {report['ratio_cpu']} (bar {report['attachments']['bar']:g})"
+    )
+    width = 0.38
+
+    def bars(ax: Any, keys: list[tuple[str, str]], ylabel: str, title: str) -> None:
+        xs = range(len(keys))
+        for off, (name, side, color) in (
+            (-width / 2, ("hub", h, "tab:red")),
+            (width / 2, ("HTTP baseline", b, "tab:blue")),
+        ):
+            vals = [side.get(k) or 0 for _, k in keys]
+            rects = ax.bar([x + off for x in xs], vals, width, label=name, color=color)
+            ax.bar_label(rects, labels=[f"{v:.3g}" for v in vals], fontsize=8)
+        ax.set_xticks(list(xs), [label for label, _ in keys])
+        ax.set_ylabel(ylabel)
+        ax.set_title(title)
+        ax.grid(True, axis="y", alpha=0.3)
+        ax.legend()
+
+    bars(
+        axes[0], [("upload", "up_mb_per_s"), ("download", "down_mb_per_s")], "MB/s (ciphertext)", "throughput"
+    )
+    bars(
+        axes[1],
+        [("upload", "cpu_ms_per_mb_up"), ("download", "cpu_ms_per_mb_down"), ("both", "cpu_ms_per_mb")],
+        "server CPU ms per MB moved",
+        "CPU per MB",
+    )
+
+    ax = axes[2]
+    for name, side, color in (("hub", h, "tab:red"), ("HTTP baseline", b, "tab:blue")):
+        offset = 0.0
+        for phase, style in (("up", "-"), ("down", "--")):
+            pts = (side.get("timeseries") or {}).get(phase) or []
+            ts, rates, last_t, last_b = [], [], 0.0, 0
+            for t, n in pts:
+                if t > last_t:
+                    ts.append(offset + t)
+                    rates.append((n - last_b) / MB / (t - last_t))
+                    last_t, last_b = t, n
+            ax.plot(ts, rates, color=color, linestyle=style, label=f"{name} {phase}", drawstyle="steps-post")
+            offset += side.get(f"{phase}_seconds") or 0.0
+    ax.set_xlabel("seconds since the side's upload began (download follows)")
+    ax.set_ylabel("MB/s")
+    ax.set_title("throughput over time")
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=8)
+
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
