@@ -319,7 +319,7 @@ def test_the_web_stage_checks_the_bundle_with_only_the_files_it_copies(tmp_path:
 def test_the_package_built_from_the_docker_context_carries_the_web_bundle(tmp_path: Path) -> None:
     """Copy what the runtime stage COPYs (after .dockerignore), build the
     wheel pip would install from it, and look inside: the hub's browser
-    client (miss_server/static), the migrations and the commands."""
+    client (miss_server/static), the migrations, every module and the commands."""
     rules = dockerignore()
     context = tmp_path / "context"
     for origin, sources, dest in copies():
@@ -365,6 +365,15 @@ def test_the_package_built_from_the_docker_context_carries_the_web_bundle(tmp_pa
         assert any(
             n.startswith(f"miss_server/store/migrations/{dialect}/") and n.endswith(".sql") for n in names
         )
+    # Every module of the installed packages, so that a package missing from
+    # pyproject.toml's list fails here and not at the hub's first import.
+    sources = {"protocol": "protocol", "miss_server": "miss_server", "miss_client": "clients/miss_client"}
+    for package, directory in sources.items():
+        for module in (ROOT / directory).rglob("*.py"):
+            if not (module.parent / "__init__.py").exists():
+                continue  # a script beside the package (protocol/vectors' generators)
+            installed = f"{package}/{module.relative_to(ROOT / directory).as_posix()}"
+            assert installed in names, f"{installed} is not in the wheel (pyproject.toml's packages)"
     assert "miss-server = miss_server.__main__:main" in entry_points
     assert "miss-admin = miss_server.admin:main" in entry_points
     print(f"wheel {wheel.name}: {len(names)} files, web bundle {', '.join(static)}")
