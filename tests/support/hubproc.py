@@ -16,6 +16,7 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
+from miss_server.admin_common import record
 from miss_server.app import build_store
 from miss_server.codes import code_hash, new_code
 from miss_server.config import load_settings
@@ -165,9 +166,13 @@ async def invite_on_store(
 
 async def verify_on_store(hub: HubProcess, user: str) -> None:
     """What ``miss-admin verify USER`` does (every active device attested),
-    straight on the hub's store with the tests' authority (authority.py)."""
+    straight on the hub's store with the tests' authority (authority.py),
+    with its audit event: the running hub polls the audit log to forget its
+    cached account (security_feed), or it could go on sealing to the
+    devices attested before."""
     async with opened_store(hub) as store:
         await verify(store, user)
+        await record(store, "account.verified", user_id=user, detail="tests.support.hubproc.verify_on_store")
 
 
 async def enrolled_clinician(hub: HubProcess, name: str, rpps: str) -> RawDevice:

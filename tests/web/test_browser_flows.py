@@ -24,7 +24,7 @@ import pytest
 from miss_client import Client, Delivered, Message
 from playwright.async_api import Browser, Locator, Page, WebSocketRoute, expect
 
-from tests.support.hubproc import invite_on_store, verify_on_store
+from tests.support.hubproc import invite_on_store
 from tests.web.browser_steps import (
     DESKTOP,
     PASSPHRASE,
@@ -214,7 +214,9 @@ async def test_a_key_change_of_the_peer_holds_the_message_until_accepted(
             # Bernard links a second device; the administrator verifies him again.
             code, _ = await bob.link_code()
             phone = await sdk_linked_device(web_hub, code, tmp_path / "bob-phone")
-            await verify_on_store(web_hub.process, bob.user_id)
+            # The real miss-admin verify: the hub must have forgotten its cached
+            # account (it polls the audit log each second) before Alice sends.
+            await asyncio.to_thread(web_hub.process.verify, bob.user_id)
 
             held = await send_text(page, "Deuxième message, après le changement")
             warning = page.get_by_test_id("key-warning")
