@@ -37,12 +37,16 @@ Commands::
     miss-admin role create|list|show|assign|unassign|import|policy|defaults ...
                                              on-call roles, their schedule and escalation
                                              policies (admin_roles.py)
+    miss-admin service create --name N --ident svc:ID --organisation O [--replies]
+    miss-admin service list [--organisation O] | miss-admin service replies USER on|off
+                                             service accounts of an organisation's systems
+                                             (SPEC §17, admin_services.py)
     miss-admin backup --to FILE              copy the embedded store while the hub runs, checked
     miss-admin restore --from FILE           put such a copy in place (hub stopped) (admin_backup.py)
     miss-admin web-hash [--dir PATH]         the hash of the browser client's bundle this hub
                                              serves (or of a copy in PATH), and its files
 
-USER is a user id (``u_...``) or an RPPS number. The authority key file
+USER is a user id (``u_...``), an RPPS number or a service's ``svc:`` identifier. The authority key file
 (``--key-file``, default ``$MISS_AUTHORITY_KEY_FILE`` or
 ``miss-authority.key``) is read only by ``authority``, ``verify``, ``renew``
 and ``revoke``: keep it off the hub's machine. Every change is written to
@@ -104,6 +108,7 @@ from .admin_common import (
 )
 from .admin_roles import PolicyBeyondCaps, add_role_parser, cmd_role
 from .admin_rotation import ROTATION_ACTIONS, add_rotation_arguments, cmd_reissue, cmd_retire, cmd_rotate
+from .admin_services import add_service_parser, cmd_service
 from .admin_teams import add_team_parser, cmd_team
 from .admin_verify import cmd_renew, cmd_revoke, cmd_verify
 from .app import build_store, embedded_store
@@ -293,6 +298,7 @@ COMMANDS: dict[str, Command] = {
     "audit": cmd_audit,
     "team": cmd_team,
     "role": cmd_role,
+    "service": cmd_service,
 }
 
 
@@ -406,6 +412,7 @@ def _parser() -> argparse.ArgumentParser:
     add_team_parser(command, KEY_FILE_HELP, common)
     add_backup_parser(command)
     add_role_parser(command, common)
+    add_service_parser(command, common)
     aud = command("audit", "show the audit log")
     aud.add_argument("--user", help="only events about this user (id or RPPS)")
     aud.add_argument("--action", action="append", help="only this action (repeatable), e.g. auth.failed")

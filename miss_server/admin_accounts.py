@@ -41,6 +41,7 @@ from .authority import load_authority, signed_attestation
 from .codes import code_hash, new_code
 from .config import Settings
 from .store.base import AuditEvent, Store, User
+from .store.services import is_service_profession
 
 __all__ = [
     "DELETE_HELP",
@@ -51,6 +52,7 @@ __all__ = [
     "cmd_invite",
     "cmd_reinvite",
     "cmd_suspend",
+    "new_code_for",
 ]
 
 RPPS = re.compile(r"^\d{11}$")
@@ -101,7 +103,7 @@ def _authority_text(settings: Settings, args: argparse.Namespace) -> str | None:
     return None
 
 
-async def _new_code(
+async def new_code_for(
     store: Store, settings: Settings, args: argparse.Namespace, user: User, action: str, detail: str
 ) -> dict[str, Any]:
     """An enrollment code for ``user``, recorded (hashed) and audited."""
@@ -123,6 +125,14 @@ async def _new_code(
 
 
 async def cmd_invite(store: Store, settings: Settings, args: argparse.Namespace) -> dict[str, Any]:
+    # SPEC §17.1: an attestation names a service if and only if its
+    # profession is "service"; a clinician can claim neither that nor a svc: identifier.
+    if is_service_profession(args.profession):
+        raise ValueError(
+            "the profession 'service' is reserved for service accounts: miss-admin service create"
+        )
+    if args.rpps.strip().lower().startswith("svc:"):
+        raise ValueError("svc: identifiers are for service accounts: miss-admin service create")
     if not RPPS.match(args.rpps):
         raise ValueError("an RPPS number has 11 digits")
     if args.organisation not in {o.name for o in await store.list_organisations()}:
@@ -135,7 +145,7 @@ async def cmd_invite(store: Store, settings: Settings, args: argparse.Namespace)
         raise ValueError(
             f"RPPS {args.rpps} is already registered (a new code for them: miss-admin reinvite {args.rpps})"
         ) from None
-    out = await _new_code(store, settings, args, user, "account.invited", f"RPPS {user.rpps}")
+    out = await new_code_for(store, settings, args, user, "account.invited", f"RPPS {user.rpps}")
     out["text"] = f"invited {who(user)} as {user.user_id}\n" + out["text"]
     return out
 
@@ -146,7 +156,7 @@ async def cmd_reinvite(store: Store, settings: Settings, args: argparse.Namespac
         raise ValueError(f"{who(user)} is suspended: `miss-admin unsuspend {user.rpps}` first")
     devices = await store.user_devices(user.user_id)
     detail = f"RPPS {user.rpps}, {len(devices)} active device(s) kept"
-    out = await _new_code(store, settings, args, user, "account.reinvited", detail)
+    out = await new_code_for(store, settings, args, user, "account.reinvited", detail)
     kept = (
         f"their {len(devices)} active device(s) stay until revoked (miss-admin devices {user.rpps}, "
         "miss-admin revoke DEVICE)"

@@ -51,8 +51,9 @@ def shown(text: str | None, empty: str = "-") -> str:
 
 
 def who(user: User) -> str:
-    """A clinician as the administrator reads it: name and RPPS number."""
-    return f"{shown(user.name)} (RPPS {user.rpps})"
+    """A clinician as the administrator reads it: name and RPPS number (a
+    service: name and identifier)."""
+    return f"{shown(user.name)} ({'service' if user.service else 'RPPS'} {user.rpps})"
 
 
 def actor() -> str:
@@ -70,8 +71,10 @@ async def record(
 
 
 async def resolve(store: Store, user: str) -> User:
-    """The clinician named by a user id or an RPPS number; raises LookupError."""
-    found = await (store.find_user_by_rpps(user) if user.isdigit() else store.get_user(user))
+    """The clinician named by a user id or an RPPS number, or the service
+    named by its ``svc:`` identifier (SPEC §17.1); raises LookupError."""
+    by_rpps = user.isdigit() or user.startswith("svc:")
+    found = await (store.find_user_by_rpps(user) if by_rpps else store.get_user(user))
     if found is None:
         raise LookupError(f"no clinician {user!r}")
     return found

@@ -123,6 +123,11 @@ class Settings(BaseSettings):
         "10/s burst 50",
         description="Requests (send, lookup, search...) one device may make; acks have their own budget.",
     )
+    rate_service: str = Field(
+        "100/s burst 500",
+        description="Requests one device of a service account may make, instead of rate_device "
+        "(SPEC §17.4): a feed of notices sends more than a person.",
+    )
     rate_ack: str = Field(
         "50/s burst 500",
         description="Ack frames one device may send (each costs 1, plus 1 per full 4 KiB); over it, "
@@ -158,6 +163,12 @@ class Settings(BaseSettings):
     )
     max_teams_per_user: int = Field(
         64, ge=1, le=10_000, description="Most care teams a clinician is a member of, and creates."
+    )
+    max_services_per_org: int = Field(
+        20,
+        ge=1,
+        le=10_000,
+        description="Most service accounts (miss-admin service create) of one organisation (SPEC §17.4).",
     )
     max_roles_per_user: int = Field(
         16,
@@ -346,6 +357,7 @@ class Settings(BaseSettings):
 
     @field_validator(
         "rate_device",
+        "rate_service",
         "rate_address",
         "rate_auth",
         "rate_failed_auth",

@@ -230,7 +230,9 @@ async def _answer(
         else:
             # A role search reads the directory too: it spends the search budget.
             searches = type(frame) in (Search, RoleSearch)
-            await hub.guard.request(session.user_id, session.device_id, address, search=searches)
+            await hub.guard.request(
+                session.user_id, session.device_id, address, search=searches, service=link.service
+            )
             reply = await hub.request(session, link, frame)
     except errors.RequestError as exc:
         hub.metrics.errors.labels(exc.code).inc()

@@ -129,6 +129,9 @@ class DeviceLink:
         self.oncall = oncall
         #: the connection's presence entry, set by the hub once attached
         self.presence_key = ""
+        #: the device is a service account's (SPEC §17.1), set by the hub
+        #: once attached: its requests spend ``rate_service`` (guard.py)
+        self.service = False
         #: its device's connections before this one, on every node, plus one
         #: (hub.py): a ``session_replaced`` of a generation not above this
         #: one comes from this connection or an older one, and is ignored

@@ -46,8 +46,9 @@ class Directory:
         self._accounts = accounts
 
     async def lookup(self, requester: str, frame: Lookup) -> bytes:
-        """A verified, unsuspended clinician (or the ``requester``'s own
-        account) and their active devices, attested ones first."""
+        """A verified, unsuspended clinician or service (or the
+        ``requester``'s own account) and their active devices, attested ones
+        first; ``replies: false`` for a service that refuses replies."""
         if frame.user is not None:
             user_id = frame.user
         elif frame.rpps is not None:
@@ -76,11 +77,13 @@ class Directory:
                     DeviceInfo(d.device_id, d.sign_pk, d.box_pk) for d in listed[:MAX_RECIPIENT_DEVICES]
                 ),
                 att=user.attestation,
+                replies=False if user.refuses_replies else None,  # SPEC §17.2
             )
         )
 
     async def search(self, frame: Search) -> bytes:
-        """Attestations of matching clinicians, leaving out those no client
+        """Attestations of matching clinicians (the store leaves services
+        out, SPEC §17.1), leaving out those no client
         would accept (expired, or not readable): they would only take the
         places of valid ones."""
         # A few more than the answer holds: an expired attestation is skipped.

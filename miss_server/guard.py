@@ -6,6 +6,8 @@ when not, or says how long to wait. The buckets:
 
 * ``dev:<device>``: requests of one authenticated device, acks excepted (in
   this process: a device is connected to one node at a time);
+* ``svc:<device>``: instead of ``dev:``, the requests of a service
+  account's device (SPEC §17.1: a feed sends more than a person);
 * ``search:<device>``: its directory searches, on top of ``dev:``;
 * ``ack:<device>``: its ``ack`` frames, weighed by size. An ack has no
   answer to carry ``rate_limited``: over budget, the frame waits for its
@@ -60,6 +62,7 @@ class Guard:
         self.audit = audit
         self.metrics = metrics
         self.device_rate = parse_rate(settings.rate_device)
+        self.service_rate = parse_rate(settings.rate_service)
         self.search_rate = parse_rate(settings.rate_search)
         self.ack_rate = parse_rate(settings.rate_ack)
         self.address_rate = parse_rate(settings.rate_address)
@@ -67,16 +70,23 @@ class Guard:
         self.failed_rate = parse_rate(settings.rate_failed_auth)
         self.blob_rate = parse_rate(settings.rate_blob)
 
-    async def request(self, user_id: str, device_id: str, address: str, *, search: bool = False) -> None:
+    async def request(
+        self, user_id: str, device_id: str, address: str, *, search: bool = False, service: bool = False
+    ) -> None:
         """One request of an authenticated device (a directory search if
-        ``search``); raises RateLimited."""
+        ``search``; a service account's device, which spends ``rate_service``
+        instead of ``rate_device``, if ``service``); raises RateLimited."""
         wait = 0
         if search:  # peeked first, taken last: a search refused costs no search token
             wait = self.local.peek_now(f"search:{device_id}", self.search_rate)
             bucket = "search"
         if not wait:
-            wait = self.local.take_now(f"dev:{device_id}", self.device_rate)
-            bucket = "device"
+            if service:
+                wait = self.local.take_now(f"svc:{device_id}", self.service_rate)
+                bucket = "service"
+            else:
+                wait = self.local.take_now(f"dev:{device_id}", self.device_rate)
+                bucket = "device"
         if not wait:
             wait = await self.shared.take(f"addr:{address_key(address)}", self.address_rate)
             bucket = "address"

@@ -294,6 +294,16 @@ class Hub:
         # The cap first: a connection it refuses must not end the device's
         # older one, nor be registered anywhere.
         cap = self.settings.connection_cap if capped else None
+        # Whether the account is a service never changes: read once, from
+        # the account authentication has just loaded (a store read only
+        # after an enrollment, which made every node forget it). A store
+        # that fails here must not refuse an enrollment, whose code is
+        # spent: the connection then spends rate_device, the stricter.
+        try:
+            account = await self.accounts.get(user_id)
+        except StoreUnavailable:
+            account = None
+        link.service = account is not None and account.user.service
         link.presence_key, link.generation = await self.presence.connected(user_id, link, cap)
         replaced = errors.SessionReplaced("a newer connection of this device came first")
         # Generation 0 (Redis did not answer): every older connection ends.
@@ -562,9 +572,13 @@ class Hub:
     # --- helpers ------------------------------------------------------------
 
     async def _check_targets(self, sender_user: str, sender_device: str, frame: Send, now: int) -> None:
-        """The sender must be verified and the recipient too, and the
+        """The sender must be verified and the recipient too, the recipient
+        must accept replies if it is a service (SPEC §17.2), and the
         envelopes must cover exactly the target set (SPEC §6.2): the
-        recipient's targets and the sender's other targets."""
+        recipient's targets and the sender's other targets. A refusal read
+        from the account cache is reloaded first; an account the cache says
+        accepts replies is not (every node forgets it when an administrator
+        switches replies off: ``service.replies`` in security_feed.py)."""
         targets = frame.envs.keys()
         sender: Account | None = None
         recipient: Account | None = None
@@ -587,6 +601,12 @@ class Hub:
             if not recipient.verified(now):
                 if refresh:
                     raise errors.RecipientNotVerified(frame.to)
+                continue
+            # SPEC §17.2: a service that does not accept replies; a send to
+            # oneself (read notices, §13.5) is the service's own business.
+            if recipient.user.refuses_replies and frame.to != sender_user:
+                if refresh:
+                    raise errors.RepliesRefused(frame.to)
                 continue
             required = (recipient.targets | sender.targets) - {sender_device}
             if targets == required:

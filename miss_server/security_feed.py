@@ -73,6 +73,9 @@ SECURITY_ACTIONS = [
     "account.unsuspended",
     "account.verified",
     "account.deleted",
+    # miss-admin service replies (SPEC §17.2): the cached account says
+    # whether the service accepts replies, and must be read again.
+    "service.replies",
     # A team record written by miss-admin (SPEC §13): detail is the team id,
     # user_id the user it concerns; members get ``team_changed``.
     "team.changed",

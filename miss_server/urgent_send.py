@@ -125,7 +125,7 @@ class UrgentSend:
         Raises the errors of SPEC §14.4 in order: the sender's (§6.2), unknown_role and
         role_vacant, malformed_frame (fatal: no body, or a head not to a
         team), the recipient's (unknown_user, recipient_not_verified,
-        no_devices) or the team's (§13.4), policy_out_of_bounds, then
+        no_devices, replies_refused: §17.2) or the team's (§13.4), policy_out_of_bounds, then
         too_many_recipients, unknown_device, missing_devices, then
         urgent_limit (a new urgent message over max_open_urgent_per_user),
         then unknown_blob (SPEC §16)."""
@@ -208,7 +208,7 @@ class UrgentSend:
             members = sorted(m for m in info.members if m != sender_user)
             targets = _Targets(members, primary, policy=await self._roles.org_policy(info.org))
         else:
-            recipient = await self._recipient(frame.to, now)
+            recipient = await self._recipient(frame.to, now, sender_user)
             targets = _Targets([frame.to], (set(recipient.targets) | own) - {sender_device})
             if frame.urgent is not None:
                 targets.policy = await self._roles.org_policy(attested_organisation(recipient))
@@ -253,13 +253,17 @@ class UrgentSend:
         account = await self._accounts.get(user_id, refresh=refresh)
         return account if account is not None and account.verified(now) else None
 
-    async def _recipient(self, user_id: str, now: int) -> Account:
-        """The recipient of an urgent 1:1 send, checked as in SPEC §6.2
-        (a cached refusal is reloaded first)."""
+    async def _recipient(self, user_id: str, now: int, sender_user: str) -> Account:
+        """The recipient of an urgent 1:1 send, checked as in SPEC §6.2,
+        then whether it accepts replies (a service, SPEC §17.2; a send to
+        oneself always goes); a cached refusal is reloaded first."""
         for refresh in (False, True):
             account = await self._accounts.get(user_id, refresh=refresh)
             if account is not None and account.verified(now) and account.targets:
-                return account
+                if not account.user.refuses_replies or user_id == sender_user:
+                    return account
+                if refresh:
+                    raise errors.RepliesRefused(user_id)
         if account is None:
             raise errors.UnknownUser("unknown recipient")
         if not account.verified(now):

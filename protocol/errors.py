@@ -65,7 +65,9 @@ The tree::
         ├── UnknownBlob                unknown_blob      (no blob of that id usable by this device)
         ├── BlobOffset                 blob_offset       (blob_put.off is not what the hub holds)
         ├── BlobIncomplete             blob_incomplete   (blob_end before every byte)
-        └── TooManyAttachments         too_many_attachments (send.blobs over max_attachments)
+        ├── TooManyAttachments         too_many_attachments (send.blobs over max_attachments)
+        │   revision 7, services (SPEC §17.5):
+        └── RepliesRefused             replies_refused   (a send to a service that does not accept replies)
 
 A frame larger than the size limit is refused by the WebSocket layer itself
 with close code 1009 (message too big) before it is parsed.
@@ -114,6 +116,7 @@ __all__ = [
     "ProtocolError",
     "RateLimited",
     "RecipientNotVerified",
+    "RepliesRefused",
     "RequestError",
     "RoleForbidden",
     "RoleFull",
@@ -468,6 +471,15 @@ class TooManyAttachments(RequestError):
     message = "more attachments than this hub accepts in one message"
 
 
+class RepliesRefused(RequestError):
+    """A ``send`` whose target is a service (SPEC §17.1) that does not
+    accept replies: nothing was stored. The client should tell its user
+    whom to call instead (the ``reply`` line of the service's notices)."""
+
+    code = "replies_refused"
+    message = "this service does not accept replies"
+
+
 _BY_CODE: dict[str, type[ProtocolError]] = {
     cls.code: cls
     for cls in (
@@ -515,6 +527,7 @@ _BY_CODE: dict[str, type[ProtocolError]] = {
         BlobOffset,
         BlobIncomplete,
         TooManyAttachments,
+        RepliesRefused,
     )
 }
 

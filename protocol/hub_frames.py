@@ -254,6 +254,10 @@ class LookupOk(Frame):
     devices: tuple[DeviceInfo, ...]
     #: The authority's attestation (attestation.py); absent if not verified.
     att: bytes | None = None
+    #: ``False`` only when the user is a service that does not accept
+    #: replies (SPEC §17.2); the hub omits it (``None``) otherwise. A hint:
+    #: the hub refuses such a ``send`` with ``replies_refused`` anyway.
+    replies: bool | None = None
     WIRE = (
         ("rid", "rid", check_int),
         ("user", "user", check_str()),
@@ -263,6 +267,7 @@ class LookupOk(Frame):
         ("organisation", "organisation", check_str(allow_empty=True)),
         ("devices", "devices", check_list(_device_info, MAX_RECIPIENT_DEVICES)),
         ("att", "att", check_bytes(max_len=MAX_ATTESTATION_BYTES)),
+        ("replies", "replies", check_bool),
     )
 
 

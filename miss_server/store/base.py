@@ -79,6 +79,7 @@ __all__ = [
     "Refusals",
     "Role",
     "SchemaMismatch",
+    "ServiceLimit",
     "Shift",
     "Store",
     "StoreUnavailable",
@@ -126,6 +127,10 @@ class DeviceLimit(Exception):
     codes) as the cap allows; nothing was written, the code stays unused."""
 
 
+class ServiceLimit(Exception):
+    """The organisation has as many services as the cap allows; nothing was written."""
+
+
 class SchemaMismatch(Exception):
     """The database schema is not the version this code knows."""
 
@@ -158,6 +163,17 @@ class User:
     status: str = "available"  # one of protocol.frames.STATUSES
     #: The latest attestation of the verification authority (protocol.attestation), if any.
     attestation: bytes | None = None
+    #: A service account (SPEC §17.1): a system of ``organisation``, whose
+    #: ``profession`` is ``"service"`` and ``rpps`` its ``svc:`` identifier.
+    service: bool = False
+    #: Whether others may write to it (SPEC §17.2): always true for a
+    #: clinician; a service's is set by ``miss-admin service replies``.
+    replies: bool = True
+
+    @property
+    def refuses_replies(self) -> bool:
+        """A service that does not accept replies: a ``send`` to it is ``replies_refused``."""
+        return self.service and not self.replies
 
 
 @dataclass(frozen=True, slots=True)
@@ -470,6 +486,24 @@ class Store(Protocol):
     async def list_users(self) -> list[User]:
         """Every clinician, by name."""
 
+    # --- service accounts (SPEC §17.1) ----------------------------------------
+
+    async def create_service(
+        self, name: str, ident: str, organisation: str, replies: bool, now: int, max_per_org: int
+    ) -> User:
+        """Record a service account: ``service`` true, ``profession``
+        ``"service"``, ``rpps`` its identifier ``ident`` (``svc:...``, checked
+        by the caller). Raises ServiceLimit if ``organisation`` already has
+        ``max_per_org`` services (counted in the same transaction), and
+        ValueError if the identifier is taken; nothing is written then."""
+
+    async def list_services(self, organisation: str | None = None) -> list[User]:
+        """The services (of ``organisation``, or of all), by organisation, name, user id."""
+
+    async def set_replies(self, user_id: str, replies: bool) -> None:
+        """Whether the service accepts replies; raises LookupError if
+        ``user_id`` is not a service (a clinician always accepts them)."""
+
     async def add_enrollment_code(self, user_id: str, code_hash: bytes, expires_at: int) -> None:
         """Record an invitation code (an administrator's): it does not count
         under the device cap until it enrolls a device."""
@@ -523,10 +557,11 @@ class Store(Protocol):
         returns it as it was, or None if unknown or already revoked."""
 
     async def search_users(self, query: str, limit: int) -> list[User]:
-        """Users with an attestation, not suspended, whose name, RPPS number,
-        profession or organisation contains ``query`` (case-insensitive, at
-        least for ASCII), by name, at most ``limit``; none for a query of
-        fewer than three characters. Served by an index (SPEC §11.3)."""
+        """Users with an attestation, not suspended and not services (SPEC
+        §17.1), whose name, RPPS number, profession or organisation contains
+        ``query`` (case-insensitive, at least for ASCII), by name, at most
+        ``limit``; none for a query of fewer than three characters. Served
+        by an index (SPEC §11.3)."""
 
     async def delete_user(self, user_id: str) -> bool:
         """Erase an account (GDPR): its row, devices, enrollment codes,

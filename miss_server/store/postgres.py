@@ -51,6 +51,7 @@ from .common import (
 from .postgres_batch import GroupCommit
 from .postgres_pool import Database
 from .rows import DEVICE_COLUMNS, USER_COLUMNS, to_device, to_user
+from .services import PostgresServices
 
 if TYPE_CHECKING:  # names the type checker alone needs
     from typing_extensions import Unpack
@@ -87,7 +88,7 @@ _PLACES_TAKEN = POSTGRES.places_taken()
 # the escaped, lower-cased query (like_pattern, common.py). COLLATE "C" as list_users.
 _SEARCH_USERS = f"""
 SELECT {USER_COLUMNS} FROM users
-WHERE attestation IS NOT NULL AND NOT suspended
+WHERE attestation IS NOT NULL AND NOT suspended AND NOT service
   AND lower(name || chr(31) || rpps || chr(31) || profession || chr(31) || organisation) LIKE '%' || $1 || '%'
 ORDER BY name COLLATE "C", user_id
 LIMIT $2"""
@@ -123,9 +124,10 @@ async def _user_where(conn: asyncpg.Connection, column: str, value: str) -> User
     return None if row is None else to_user(row)
 
 
-class PostgresStore(oncall.PostgresOncall):
+class PostgresStore(oncall.PostgresOncall, PostgresServices):
     """Store on PostgreSQL (see :class:`~miss_server.store.base.Store` and the
-    module doc); on-call roles and urgent messages in ``postgres_oncall.py``.
+    module doc); on-call roles and urgent messages in ``postgres_oncall.py``,
+    service accounts in ``services.py``.
 
     ``dsn`` is a ``postgresql://`` URL, optionally with ``?schema=NAME``.
     ``application_name`` names the connections in ``pg_stat_activity``.
@@ -203,7 +205,8 @@ class PostgresStore(oncall.PostgresOncall):
         user = User(new_user_id(), name, rpps, profession, organisation, now)
         await self._db.write(
             lambda c: c.execute(
-                f"INSERT INTO users ({USER_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, FALSE, $7, NULL)",
+                f"INSERT INTO users ({USER_COLUMNS}) "
+                "VALUES ($1, $2, $3, $4, $5, $6, FALSE, $7, NULL, FALSE, TRUE)",
                 user.user_id,
                 name,
                 rpps,

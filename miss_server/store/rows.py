@@ -31,7 +31,10 @@ class Row(Protocol):
     def __getitem__(self, index: int, /) -> Any: ...
 
 
-USER_COLUMNS = "user_id, name, rpps, profession, organisation, created_at, suspended, status, attestation"
+USER_COLUMNS = (
+    "user_id, name, rpps, profession, organisation, created_at, suspended, status, attestation, "
+    "service, replies"
+)
 DEVICE_COLUMNS = "device_id, user_id, sign_pk, box_pk, label, created_at, revoked_at, attested"
 QUEUED_COLUMNS = "seq, device_id, kind, message_id, peer_user, peer_device, ts, payload"
 AUDIT_COLUMNS = "seq, at, actor, action, user_id, device_id, address, detail"
@@ -39,7 +42,8 @@ AUDIT_COLUMNS = "seq, at, actor, action, user_id, device_id, address, detail"
 
 def to_user(row: Row) -> User:
     """The user of a row of ``USER_COLUMNS``."""
-    return User(row[0], row[1], row[2], row[3], row[4], row[5], bool(row[6]), row[7], row[8])
+    r = row
+    return User(r[0], r[1], r[2], r[3], r[4], r[5], bool(r[6]), r[7], r[8], bool(r[9]), bool(r[10]))
 
 
 def to_device(row: Row) -> Device:

@@ -45,6 +45,7 @@ from .common import (
     searchable,
 )
 from .rows import DEVICE_COLUMNS, USER_COLUMNS, to_device, to_user
+from .services import SQLiteServices
 from .sqlite_directory import search_directory
 from .sqlite_threads import DIALECT, Conn, Threads, make_private, migrate
 
@@ -82,9 +83,10 @@ def _user_where(conn: sqlite3.Connection, column: str, value: str) -> User | Non
     return None if row is None else to_user(row)
 
 
-class SQLiteStore(oncall.SQLiteOncall):
+class SQLiteStore(oncall.SQLiteOncall, SQLiteServices):
     """Store on one SQLite file (see :class:`~miss_server.store.base.Store`);
-    on-call roles and urgent messages in ``sqlite_oncall.py``."""
+    on-call roles and urgent messages in ``sqlite_oncall.py``, service
+    accounts in ``services.py``."""
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
@@ -129,7 +131,7 @@ class SQLiteStore(oncall.SQLiteOncall):
 
         def run(conn: sqlite3.Connection) -> None:
             conn.execute(
-                f"INSERT INTO users ({USER_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, 0, ?, NULL)",
+                f"INSERT INTO users ({USER_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, 0, ?, NULL, 0, 1)",
                 (user.user_id, name, rpps, profession, organisation, now, user.status),
             )
 

@@ -20,13 +20,13 @@ __all__ = ["DIRECTORY_WALK", "search_directory"]
 
 _DIRECTORY_WALK = """
 SELECT u.rowid, s.text FROM users u INDEXED BY users_directory JOIN users_search s ON s.rowid = u.rowid
-WHERE u.attestation IS NOT NULL AND NOT u.suspended
+WHERE u.attestation IS NOT NULL AND NOT u.suspended AND NOT u.service
 ORDER BY u.name, u.user_id
 LIMIT :rows"""
 _SEARCH_MATCHES = f"""
 SELECT {USER_COLUMNS} FROM users
 WHERE rowid IN (SELECT rowid FROM users_search WHERE users_search MATCH :q)
-  AND attestation IS NOT NULL AND NOT suspended
+  AND attestation IS NOT NULL AND NOT suspended AND NOT service
 ORDER BY name, user_id
 LIMIT :limit"""
 _USERS_BY_ROWID = f"""

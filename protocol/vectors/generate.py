@@ -816,6 +816,29 @@ def frames_document() -> dict[str, Any]:
             ),
         ),
         frame_vector(
+            "lookup_ok_service_no_replies",
+            s,
+            "a service account that does not accept replies (SPEC §17.1, §17.2): profession 'service', "
+            "its svc: identifier in rpps, and replies false (the key is present only then)",
+            LookupOk(
+                rid=8,
+                user="u_5e5e5e5e5e5e5e5e",
+                name="CH Provins — Admissions",
+                rpps="svc:provins-adt",
+                profession="service",
+                organisation="CH Provins",
+                devices=(DeviceInfo(BOB_PHONE, KEYS[BOB_PHONE].sign_pk, KEYS[BOB_PHONE].box_pk),),
+                replies=False,
+            ),
+        ),
+        frame_vector(
+            "error_replies_refused",
+            s,
+            "replies_refused answering a send to a service that does not accept replies: the send's id, "
+            "nothing stored (SPEC §17.2, §17.5)",
+            Error(code="replies_refused", message=errors.RepliesRefused.message, id=MESSAGE_ID),
+        ),
+        frame_vector(
             "link_code_ok",
             s,
             "a one-time link code expiring 15 min after T0 (absolute ms)",

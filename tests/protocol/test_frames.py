@@ -155,6 +155,7 @@ SAMPLES: dict[type[Frame], Frame] = {
         organisation="CHRU",
         devices=(DeviceInfo("d_2", PK1, PK2), DeviceInfo("d_3", PK2, PK1)),
         att=b"\x07" * 200,
+        replies=False,
     ),
     Search: Search(rid=6, query="cardio"),
     SearchOk: SearchOk(rid=6, atts=(b"\x07" * 200, b"\x08" * 300)),
@@ -334,7 +335,7 @@ REQUIRED = [
     for attr, key, _ in cls.WIRE
     if key not in {"user", "rpps"} or cls is not Lookup
     if not (cls is Error and key in {"id", "rid", "retry_after", "missing", "role"})
-    if not (cls is LookupOk and key == "att")
+    if not (cls is LookupOk and key in {"att", "replies"})
     if not (cls in (Auth, Enroll, Challenge) and key in {"caps", "authority", "rotations"})
     if not (cls is Ack and key == "refused")
     if not (cls is Send and key in {"body", "head", "ttl", "urgent", "blobs"})
@@ -533,6 +534,7 @@ BAD_FIELDS: list[tuple[type[Frame], str, list[Any]]] = [
         ],
     ),
     (LookupOk, "att", ["a" * 100, None, 7, b"a" * 8193]),
+    (LookupOk, "replies", BAD_BOOL),
     (Search, "rid", BAD_INT),
     (Search, "query", [b"q", None, "", "q" * 65]),
     (SearchOk, "rid", BAD_INT),

@@ -674,6 +674,13 @@ def test_spec_error_table_matches_errors_module() -> None:
     for code, fatal, retry in rows_16_7:
         assert code not in table, code
         table[code] = (fatal == "yes", None, retry == "yes")
+    # Revision 7's error (SPEC §17.5): not fatal, not retryable.
+    section_17_5 = spec.split("### 17.5", 1)[1].split("\n### 17.6", 1)[0]
+    rows_17_5 = re.findall(r"^\| `([a-z_]+)` \| (yes|no) \|", section_17_5, re.M)
+    assert len(rows_17_5) == 1, "no error table found in SPEC §17.5"
+    for code, fatal in rows_17_5:
+        assert code not in table, code
+        table[code] = (fatal == "yes", None, False)
     classes = {cls.code: cls for cls in _error_classes()}
     assert set(table) == set(classes)
     for code, cls in classes.items():
