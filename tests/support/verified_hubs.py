@@ -108,6 +108,15 @@ async def fake_clinician(hub: FakeHub, directory: Path, name: str, rpps: str) ->
     )
 
 
+async def verify_on(hub: HubServer, user_id: str) -> None:
+    """Attest ``user_id`` on the in-process ``hub``'s store, and make the hub
+    forget its cached account at once, as it does within a second of
+    ``miss-admin verify`` (its audit-log poll): a test that writes right
+    after must not race that poll."""
+    await verify(hub.store, user_id)
+    hub.hub.accounts.forget(user_id)
+
+
 async def enroll_clinician(
     hub: HubServer,
     directory: Path,
@@ -126,7 +135,7 @@ async def enroll_clinician(
         hub.url, code, directory, PASSPHRASE, label, authority=AUTHORITY_PK, kdf=KDF_INTERACTIVE
     )
     if verified:
-        await verify(hub.store, profile.user_id)
+        await verify_on(hub, profile.user_id)
     return profile
 
 
@@ -141,5 +150,5 @@ async def enroll_linked(
         hub.url, code, directory, PASSPHRASE, label, authority=AUTHORITY_PK, kdf=KDF_INTERACTIVE
     )
     if verified:
-        await verify(hub.store, profile.user_id)
+        await verify_on(hub, profile.user_id)
     return profile
