@@ -37,6 +37,7 @@ import nacl.signing
 
 from .attachments import MAX_ATTACHMENTS_WIRE, Attachment, AttachmentError
 from .frame_base import RepeatedKey, unique_map
+from .notices import Notice, NoticeError
 
 __all__ = [
     "AUTH_CONTEXT",
@@ -180,7 +181,9 @@ class Plaintext:
     ``read`` and ``recall`` notices) and ``team`` (the team a notice sent
     1:1 is about). ``to_user`` is the team id for a team message.
     ``atts`` (revision 6, SPEC §16.2): 1 to 16 attachment descriptors,
-    packed after every other key but ``pad``; empty: no key."""
+    packed after every other key but ``pad``; empty: no key.
+    ``notice`` (revision 7, SPEC §17.3): a notice, packed after ``atts``
+    and before ``pad``; only in a ``text``."""
 
     id: bytes
     from_user: str
@@ -195,10 +198,12 @@ class Plaintext:
     team: str | None = None
     urgent: bool = False
     atts: tuple[Attachment, ...] = ()
+    notice: Notice | None = None
 
 
-#: The map header of a plaintext never outgrows a fixmap (at most 15 keys),
-#: so adding ``pad`` adds exactly its key and its bin header and bytes.
+#: ``pack_plaintext`` measures the map with an empty ``pad`` already in it,
+#: so the map's header (fixmap, or map 16 when every key is present) is
+#: counted, and each pad byte then adds exactly one byte.
 _PAD_KEY = msgpack.packb("pad", use_bin_type=True)
 
 
@@ -228,6 +233,8 @@ def _plaintext_map(p: Plaintext) -> dict[str, Any]:
         if len(p.atts) > MAX_ATTACHMENTS_WIRE:
             raise ValueError("more than 16 attachments")
         m["atts"] = [a.to_map() for a in p.atts]
+    if p.notice is not None:
+        m["notice"] = p.notice.to_wire()
     return m
 
 
@@ -264,7 +271,8 @@ def unpack_plaintext(data: bytes) -> Plaintext:
     """Parse an opened envelope or body; raises EnvelopeError if it is not a
     v1 plaintext. Unknown keys are ignored, and so is ``pad``'s content;
     the keys of revision 3 are type-checked when present, and every
-    descriptor of ``atts`` is checked (SPEC §16.2; only in a ``text``)."""
+    descriptor of ``atts`` is checked (SPEC §16.2; only in a ``text``), and
+    so is ``notice`` (SPEC §17.3; only in a ``text``)."""
     try:
         m = msgpack.unpackb(data, raw=False, strict_map_key=True, object_pairs_hook=unique_map)
         if m["v"] != 1:
@@ -287,10 +295,11 @@ def unpack_plaintext(data: bytes) -> Plaintext:
             team=m.get("team"),
             urgent=m.get("urgent", False),
             atts=tuple(Attachment.from_map(a) for a in atts) if atts is not None else (),
+            notice=Notice.from_wire(m["notice"]) if "notice" in m else None,
         )
     except EnvelopeError:
         raise
-    except AttachmentError as exc:
+    except (AttachmentError, NoticeError) as exc:
         raise EnvelopeError(f"bad plaintext: {exc}") from None
     except RepeatedKey:
         raise EnvelopeError("bad plaintext: a key twice in one map") from None
@@ -320,6 +329,7 @@ def unpack_plaintext(data: bytes) -> Plaintext:
         and type(p.urgent) is bool
         and ("pad" not in m or type(m["pad"]) is bytes)
         and (not p.atts or p.kind == "text")
+        and (p.notice is None or p.kind == "text")
     ):
         raise EnvelopeError("bad plaintext fields")
     return p

@@ -1,5 +1,5 @@
 """Write the protocol v1 test vectors: ``frames.json``, ``crypto.json``, ``teams.json``, ``oncall.json``
-and (through ``generate_attachments.py``) ``attachments.json``.
+and (through ``generate_attachments.py``, ``generate_notices.py``) ``attachments.json``, ``notices.json``.
 
 Run by hand, from the repository root, whenever the wire format changes on
 purpose: within v1 only by addition (new frame types such as the presence
@@ -2380,9 +2380,10 @@ def main() -> None:
     write("crypto.json", crypto_document())
     write("teams.json", teams_document())
     write("oncall.json", oncall_document())
-    from protocol.vectors import generate_attachments
+    from protocol.vectors import generate_attachments, generate_notices
 
     generate_attachments.main()
+    generate_notices.main()
 
 
 if __name__ == "__main__":
