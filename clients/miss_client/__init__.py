@@ -23,6 +23,7 @@ Modules, from the bottom up:
   accepted (team messages sealed once, keys wrapped per device); opening and
   checking ``deliver`` frames, notices (read, recall), store-then-ack, acks
   in batches.
+* :mod:`.notice_keys`: notices (SPEC §17.3) sent idempotently by a key.
 * :mod:`.client`: :class:`Client`, one authenticated connection, the facade
   over the modules above.
 * :mod:`.reconnect`: profile locks, backoff, and reconnecting a long-lived
@@ -58,7 +59,12 @@ Quick start::
         await client.send(team, "Lit 12 : avis ?")   # TeamTampered / TeamDiverged: the hub lies
         await client.mark_read("10000000001")        # read notices (client.set_read_receipts(False))
         await client.recall(message_id)              # "message retiré" wherever it arrived
+        # An integration server (SPEC §17.3): a card, idempotent by the feed's key.
+        await client.send_notice(Notice("Admission de M. X", "admission", at_ms, (("IPP", "123"),)),
+                                 key="HL7-0001", rpps="10000000001")
 """
+
+from protocol.notices import Notice
 
 from .client import Client
 from .connection import enroll
@@ -66,6 +72,7 @@ from .errors import (
     AuthorityNotSet,
     ClientError,
     KeyChangePending,
+    RepliesNotAccepted,
     TeamDiverged,
     TeamProblem,
     TeamTampered,
@@ -113,6 +120,7 @@ __all__ = [
     "KdfParams",
     "KeyChangePending",
     "Message",
+    "Notice",
     "OwnDevice",
     "Peer",
     "PeerChange",
@@ -121,6 +129,7 @@ __all__ = [
     "Profile",
     "ReadBy",
     "Recalled",
+    "RepliesNotAccepted",
     "RetryPolicy",
     "RotationRefused",
     "TeamDiverged",

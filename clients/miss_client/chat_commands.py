@@ -9,7 +9,7 @@ import socket
 import sys
 
 from protocol.attestation import authority_fingerprint
-from protocol.errors import UnknownUser
+from protocol.errors import RepliesRefused, UnknownUser
 from protocol.oncall import is_role_id
 
 from .chat_attachments import ProgressLine, check_attach_args
@@ -31,8 +31,9 @@ from .cli_common import (
 )
 from .client import Client
 from .connection import enroll
-from .errors import ClientError
+from .errors import ClientError, RepliesNotAccepted
 from .models import Peer, PeerChange, format_id, is_team_id, is_user_id, now_ms
+from .notice_keys import last_notice_reply
 from .profile import (
     KDF_INTERACTIVE,
     KDF_MODERATE,
@@ -209,14 +210,18 @@ async def cmd_send(args: argparse.Namespace) -> int:
         await resend_pending(client)
         peer = await client.resolve(args.recipient)
         check_not_self(peer, client)
-        message_id = await client.send(
-            peer.user,
-            args.text,
-            lifespan_ms=lifespan,
-            urgent=urgent,
-            attachments=attach,
-            on_progress=progress,
-        )
+        try:
+            message_id = await client.send(
+                peer.user,
+                args.text,
+                lifespan_ms=lifespan,
+                urgent=urgent,
+                attachments=attach,
+                on_progress=progress,
+            )
+        except RepliesRefused:
+            # The hub knew better than the lookup: say whom to call (SPEC §17.2).
+            raise RepliesNotAccepted(peer.user, last_notice_reply(client.state, peer.user)) from None
     print(accepted_line(message_id, urgent))
     return 0
 

@@ -56,7 +56,7 @@ from contextlib import contextmanager
 from typing import TextIO
 
 from protocol.crypto import new_message_id
-from protocol.errors import ProtocolError, SessionReplaced
+from protocol.errors import ProtocolError, RepliesRefused, SessionReplaced
 
 from .chat_attachments import chat_attach
 from .chat_oncall import find_role, maybe_role, print_role_targets
@@ -80,6 +80,7 @@ from .oncall_state import OncallState
 from .profile import Profile
 from .reconnect import CHAT_LOCK, Phase, ProfileLock, Reconnector, Status, is_transient
 from .render import clean, excerpt, outgoing_line, presence_line, team_problem_line
+from .render_notices import replies_refused_text
 from .state import LocalState
 
 __all__ = ["Chat", "cmd_chat", "stdin_is_terminal"]
@@ -275,6 +276,9 @@ class Chat:
                 check_not_self(peer, client)
                 self.peer = peer
                 self.note(f"chatting with {clean(peer.display)}; /quit leaves")
+                if peer.service and not peer.replies:
+                    # Before the user types (SPEC §17.2): whom to call instead.
+                    self.note(replies_refused_text(self.state, peer.user))
         if self.peer is not None:
             await self.watch(client, self.peer)
         await self.catch_up(client)
@@ -435,7 +439,10 @@ class Chat:
         except (ProtocolError, ClientError) as exc:
             retry = isinstance(exc, ConnectionLost | RequestTimeout) or getattr(exc, "retryable", False)
             if not (client.closed or retry):
-                self.note(f"not sent: {describe(exc)}")
+                if isinstance(exc, RepliesRefused) and self.peer is not None:
+                    self.note(f"not sent: {replies_refused_text(self.state, self.peer.user)}")
+                else:
+                    self.note(f"not sent: {describe(exc)}")
                 return
             # The message waits in the local state (send recorded it, unless
             # the connection ended before), and the next session resends it.

@@ -63,7 +63,8 @@ def maybe_team_name(text: str) -> bool:
     """True if ``text`` can only be a team's name (not an RPPS number, user
     or team id): worth fetching the teams to find it."""
     text = text.strip()
-    return bool(text) and not (is_rpps(text) or is_user_id(text) or is_team_id(text))
+    service = text.startswith("svc:")  # a service's identifier (SPEC §17.1)
+    return bool(text) and not (is_rpps(text) or is_user_id(text) or is_team_id(text) or service)
 
 
 async def find_team(client: Client, text: str) -> str | None:

@@ -36,6 +36,7 @@ from protocol.errors import (
     NotVerified,
     ProtocolError,
     RecipientNotVerified,
+    RepliesRefused,
     SessionReplaced,
     TeamForbidden,
     TooManyConnections,
@@ -452,6 +453,8 @@ def describe(exc: BaseException) -> str:
         )
     if isinstance(exc, UnknownTeam):
         return "équipe inconnue (unknown_team)"
+    if isinstance(exc, RepliesRefused):
+        return "Ce service n'accepte pas de réponse (replies_refused)"
     if isinstance(exc, ProtocolError):
         return f"{exc.message} ({exc.code})" if type(exc) is not ProtocolError else str(exc)
     return str(exc)

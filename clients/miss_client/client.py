@@ -43,6 +43,10 @@ read events at a time.
   uploaded with resumption (:mod:`.upload_state`), fetched over HTTP
   (:mod:`.http_fetch`), verified, saved.
 
+* :class:`~miss_client.notice_keys.NoticeSender` (:mod:`.notice_keys`):
+  notices (SPEC §17.3), sent idempotently by a caller's key
+  (:meth:`Client.send_notice`, :meth:`Client.notice_id`).
+
 Revision 3 also brings read notices (:meth:`Client.mark_read`), recall
 (:meth:`Client.recall`) and lifespans (``send(..., lifespan_ms=)``): the
 local state deletes expired texts on open, before every history read, and
@@ -67,7 +71,8 @@ from websockets.asyncio.client import ClientConnection
 
 from protocol import frames as f
 from protocol.attachments import Attachment
-from protocol.errors import DeviceRevoked, ProtocolError
+from protocol.errors import DeviceRevoked, ProtocolError, RepliesRefused
+from protocol.notices import Notice
 
 from .attachments import SPOOL_DIR
 from .connection import authenticator, handshake, open_websocket
@@ -87,6 +92,7 @@ from .models import (
     TeamView,
     is_team_id,
 )
+from .notice_keys import NoticeSender
 from .oncall import Roles
 from .oncall_models import Acknowledgement, UrgentInfo
 from .oncall_state import OncallState
@@ -164,6 +170,7 @@ class Client:
         self._outbox = Outbox(
             self._router, self._peers, profile, state, self._teams, self.roles, self._attachments
         )
+        self._notices = NoticeSender(self._outbox, self._peers, state)
         refuse = self._acks.refuse if f.CAP_REFUSALS in self.hub_caps else None
         self._inbox = Inbox(
             state,
@@ -481,7 +488,9 @@ class Client:
         verify, or this device is not attested yet; KeyChangePending if the
         keys of the recipient or of our own user changed since they were
         pinned and the change was not accepted. In both cases nothing is
-        encrypted and nothing recorded.
+        encrypted and nothing recorded. Likewise RepliesNotAccepted for a
+        service whose lookup says it does not accept replies (SPEC §17.2);
+        the hub's own RepliesRefused marks the message ``failed``.
 
         Raises ValueError for an empty message, BadRecipient (also for
         ourselves), UnknownUser (nobody, or nobody verified: SPEC §11.3),
@@ -504,6 +513,49 @@ class Client:
             attachments=attachments,
             on_progress=on_progress,
         )
+
+    async def send_notice(
+        self,
+        notice: Notice,
+        *,
+        key: str,
+        user: str | None = None,
+        rpps: str | None = None,
+        role: str | None = None,
+        text: str | None = None,
+        lifespan_ms: int | None = None,
+    ) -> bytes:
+        """Send ``notice`` (SPEC §17.3) to exactly one of ``user`` (a user
+        id), ``rpps`` (an RPPS number, or a service's ``svc:`` identifier:
+        ``lookup {rpps}``) or ``role`` (a role id: sealed for its holders
+        now), and return its message id once the hub accepted it. Its body
+        is ``text``, or :func:`protocol.notices.render_text` of the notice
+        (what a client that predates notices shows).
+
+        Idempotent by ``key`` (1-200 characters, e.g. an HL7 message control
+        id; :mod:`miss_client.notice_keys`): the first call records ``key``
+        and the id in the transaction that records the message, before
+        anything is sent; a later call with the same key (within 365 days,
+        on this profile) resends that same message, with the same id, while
+        it is ``pending`` or ``failed`` (the hub answers ``dup`` if it had
+        it), and returns its id without sending anything once it was
+        accepted. The first call's content wins.
+
+        Raises ValueError (a bad key, not exactly one recipient, an empty
+        text), NoticeError (never: a Notice is checked when built), and
+        whatever :meth:`send` raises (UnknownUser, UnverifiedPeer,
+        KeyChangePending, RoleVacant, RepliesNotAccepted...). After
+        RequestTimeout or ConnectionLost the notice stays ``pending``:
+        call again with the same key, or :meth:`resend_pending`."""
+        return await self._notices.send(
+            notice, key=key, user=user, rpps=rpps, role=role, text=text, lifespan_ms=lifespan_ms
+        )
+
+    def notice_id(self, key: str) -> bytes | None:
+        """The message id of the notice sent with ``key`` from this profile
+        (within the last 365 days), whatever its status; None if none (so
+        that an integration can recall it: :meth:`recall`)."""
+        return self._notices.keys.get(key)
 
     async def resend_pending(self, on_progress: Progress | None = None) -> list[bytes]:
         """Resend, with their original ids, messages recorded but never seen
@@ -762,7 +814,12 @@ class Client:
         if self.read_receipts:
             for sender, ids in by_sender.items():
                 for i in range(0, len(ids), MAX_REFS):
-                    await self._outbox.send_notice(sender, "read", ids[i : i + MAX_REFS], team=team)
+                    try:
+                        await self._outbox.send_notice(sender, "read", ids[i : i + MAX_REFS], team=team)
+                    except RepliesRefused:
+                        # A service that does not accept replies takes no
+                        # read notice either (SPEC §17.2): read here only.
+                        break
         else:
             ids = [message_id for _, message_id in unread]
             for i in range(0, len(ids), MAX_REFS):

@@ -26,6 +26,7 @@ The tree::
     ├── BadRecipient            a recipient string that is neither an RPPS number nor a user id
     ├── MessageTooLarge         the ``send`` frame would exceed MAX_FRAME_BYTES
     ├── UnknownMessage          recall: no message of ours with that id in the local history
+    ├── RepliesNotAccepted      a service that does not accept replies (SPEC §17.2): nothing encrypted
     ├── TeamProblem             the hub's view of a team is wrong: nothing is sent to it (SPEC §13.4)
     │   ├── TeamTampered        a membership nobody signed (a chain that does not verify, or
     │   │                       devices of a non-member asked for)
@@ -78,6 +79,7 @@ __all__ = [
     "ProfileError",
     "ProfileExists",
     "ProfileNotFound",
+    "RepliesNotAccepted",
     "RequestTimeout",
     "TeamDiverged",
     "TeamProblem",
@@ -218,6 +220,21 @@ class MessageTooLarge(ClientError):
 
 class UnknownMessage(ClientError):
     """No message of ours with that id in this device's history."""
+
+
+class RepliesNotAccepted(ClientError):
+    """``user`` is a service that does not accept replies (its lookup said
+    so, SPEC §17.2): nothing was encrypted nor recorded. ``reply`` is the
+    reply line of its last notice on this device (whom to call instead), if
+    any; ``str()`` is the French text to show."""
+
+    def __init__(self, user: str, reply: str | None = None) -> None:
+        text = "Ce service n'accepte pas de réponse"
+        if reply:
+            text += f". Pour toute question : {reply}"
+        super().__init__(text)
+        self.user = user
+        self.reply = reply
 
 
 class TeamProblem(ClientError):

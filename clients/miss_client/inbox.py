@@ -175,6 +175,7 @@ def open_delivery(frame: f.Deliver, keys: crypto.DeviceKeys, own_user: str, send
         urgent=inner.urgent,
         step=frame.step,
         attachments=tuple(inner.atts),
+        notice=inner.notice,
     )
 
 

@@ -24,11 +24,13 @@ from dataclasses import dataclass, field
 from protocol import crypto
 from protocol.attachments import Attachment
 from protocol.frames import STATUSES, DeviceInfo
+from protocol.notices import Notice
 
 from .oncall_models import RoleHoldersChanged, UrgentReminded, UrgentStatusChanged
 
 __all__ = [
     "REFUSAL_REASONS",
+    "SERVICE_PROFESSION",
     "STATUSES",
     "AuthorityRotated",
     "Delivered",
@@ -60,6 +62,10 @@ __all__ = [
     "now_ms",
     "parse_id",
 ]
+
+
+#: The profession of a service's attestation (SPEC §17.1): never a clinician's.
+SERVICE_PROFESSION = "service"
 
 
 def now_ms() -> int:
@@ -128,6 +134,11 @@ class Peer:
     sent to this peer. ``verified`` is true if the user marked the peer
     verified in person after comparing safety numbers (cleared by any key
     change). ``attested_until`` is the end of the attestation (ms).
+
+    SPEC §17.1: :attr:`service` is true when the verified attestation's
+    profession is ``"service"`` (a system of ``organisation``, never shown
+    as a clinician); ``replies`` is False only when the lookup said the
+    service does not accept replies (``lookup_ok.replies``, §17.2).
     """
 
     user: str
@@ -145,6 +156,12 @@ class Peer:
     #: The attestation bytes of the lookup (None for an entry from the local
     #: state): what a team record signed by this user carries (SPEC §13.2).
     att: bytes | None = field(default=None, repr=False)
+    replies: bool = True
+
+    @property
+    def service(self) -> bool:
+        """True for a service account (its attestation says so, SPEC §17.1)."""
+        return self.profession == SERVICE_PROFESSION
 
     def device(self, device_id: str) -> DeviceInfo | None:
         """The target device with this id, or None if it is not one."""
@@ -161,7 +178,10 @@ class Peer:
 
     @property
     def display(self) -> str:
-        """``Name (RPPS)``, as the chat client shows a sender."""
+        """``Name (RPPS)``, as the chat client shows a sender; a service
+        ``[Service] Name — Organisation``, without its identifier (SPEC §17.1)."""
+        if self.service:
+            return f"[Service] {self.name} — {self.organisation}"
         return f"{self.name} ({self.rpps})"
 
 
@@ -274,6 +294,9 @@ class Message:
     #: size, type, name, thumbnail); fetch with Client.fetch_attachment or
     #: Client.save.
     attachments: tuple[Attachment, ...] = field(default=(), repr=False)
+    #: SPEC §17.3: the notice this message carries, shown as a card (then
+    #: ``body`` is only its text fallback, never trusted to match it).
+    notice: Notice | None = field(default=None, repr=False)
 
     @property
     def peer(self) -> str:
@@ -524,6 +547,8 @@ class HistoryEntry:
     read_by: tuple[str, ...] = field(default=())
     #: SPEC §16: its attachments' descriptors (none once recalled or expired).
     attachments: tuple[Attachment, ...] = field(default=(), repr=False)
+    #: SPEC §17.3: its notice (None once recalled or expired).
+    notice: Notice | None = field(default=None, repr=False)
 
     @property
     def shown_body(self) -> str:

@@ -45,23 +45,41 @@ with their upload records, uploaded, and only then sent, always sealed
 carries the descriptors (``atts``). A resend (:meth:`Outbox.resend_pending`)
 first finishes the uploads a lost connection interrupted, from the bytes
 the hub holds.
+
+Revision 7 (SPEC §17): a message may carry a notice (recorded with it, so a
+resend carries it again: :mod:`miss_client.notice_keys` makes notices
+idempotent); a 1:1 message to a service whose lookup says it does not
+accept replies raises RepliesNotAccepted before anything is recorded, and
+the hub's ``replies_refused`` marks a message ``failed`` like any
+definitive refusal.
 """
 
 from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Sequence
+import sqlite3
+from collections.abc import Callable, Sequence
 from dataclasses import replace
 
 from protocol import crypto
 from protocol import frames as f
 from protocol.attachments import Attachment
 from protocol.errors import MissingDevices, NoDevices, RequestError, StaleTeamHead
+from protocol.notices import Notice
 from protocol.oncall import is_role_id
 
-from .errors import BadRecipient, ClientError, KeyChangePending, MessageTooLarge, TeamProblem, UnverifiedPeer
-from .models import Peer, format_id, is_team_id, now_ms
+from .errors import (
+    BadRecipient,
+    ClientError,
+    KeyChangePending,
+    MessageTooLarge,
+    RepliesNotAccepted,
+    TeamProblem,
+    UnverifiedPeer,
+)
+from .models import HistoryEntry, Peer, format_id, is_team_id, now_ms
+from .notice_keys import last_notice_reply
 from .oncall import Roles, build_sealed_send
 from .oncall_state import OncallState
 from .peers import Peers
@@ -209,14 +227,20 @@ class Outbox:
         final_ms: int | None = None,
         attachments: Sequence[str | os.PathLike[str]] = (),
         on_progress: Progress | None = None,
+        notice: Notice | None = None,
+        also: Callable[[sqlite3.Connection], object] | None = None,
     ) -> bytes:
         """Record ``text`` to ``to`` (an RPPS number, user id, team id or
         role id), with ``attachments`` (file paths), send it and return its
         id once accepted; raises like :meth:`miss_client.client.Client.send`,
-        which has the details."""
+        which has the details. ``notice`` (SPEC §17.3) rides in the
+        plaintext and the record; ``also`` runs in the transaction that
+        records the message (a notice's key, :mod:`miss_client.notice_keys`)."""
         files = self._attachments.check(list(attachments)) if attachments else []
         if not text.strip() and not files:
             raise ValueError("empty message: nothing to send")
+        if notice is not None and (files or kind != "text"):
+            raise ValueError("a notice is a text message without attachments")
         if files and kind != "text":
             raise ValueError("only a text message carries attachments")
         if message_id is None:
@@ -243,6 +267,8 @@ class Outbox:
             peer = await self._peers.resolve(to)
             if peer.user == me:
                 raise BadRecipient("you cannot send a message to yourself")
+            if peer.service and not peer.replies:
+                raise RepliesNotAccepted(peer.user, self._last_reply(peer.user))
             self._peers.check_sendable(peer, await self._peers.lookup(user=me))
             target = peer.user
         expires_at = None if lifespan_ms is None else sent_at + lifespan_ms
@@ -260,11 +286,21 @@ class Outbox:
             text,
             expires_at=expires_at,
             team=team,
-            also=(lambda db: uploads.insert(db, message_id, spooled)) if spooled else None,
+            notice=notice,
+            also=(lambda db: uploads.insert(db, message_id, spooled)) if spooled else also,
         )
         atts = await self._upload(message_id, on_progress) if spooled else ()
         plaintext = crypto.Plaintext(
-            message_id, me, target, sent_at, kind, text, expires_at=expires_at, urgent=urgent, atts=atts
+            message_id,
+            me,
+            target,
+            sent_at,
+            kind,
+            text,
+            expires_at=expires_at,
+            urgent=urgent,
+            atts=atts,
+            notice=notice,
         )
         await self._send_recorded(plaintext)
         return message_id
@@ -315,31 +351,42 @@ class Outbox:
         skipped (logged); connection errors and fatal errors propagate."""
         done = []
         for entry in self._state.pending_outgoing():
-            atts = entry.attachments
-            if self._attachments.uploads.rows(entry.id):
-                try:
-                    atts = await self._upload(entry.id, on_progress)
-                except RequestError as exc:
-                    log.warning("pending message %s not resent: %s", format_id(entry.id), exc.code)
-                    continue
-            plaintext = crypto.Plaintext(
-                entry.id,
-                self._profile.user_id,
-                entry.peer,
-                entry.sent_at,
-                entry.kind,
-                entry.body,
-                expires_at=entry.expires_at,
-                urgent=self._oncall.override(entry.id) is not None,
-                atts=atts,
-            )
             try:
-                await self._send_recorded(plaintext)
+                await self.resend(entry, on_progress)
             except (RequestError, MessageTooLarge, UnverifiedPeer, KeyChangePending, TeamProblem) as exc:
-                log.warning("pending message %s not resent: %s", format_id(entry.id), type(exc).__name__)
+                log.warning(
+                    "pending message %s not resent: %s",
+                    format_id(entry.id),
+                    exc.code if isinstance(exc, RequestError) else type(exc).__name__,
+                )
                 continue
             done.append(entry.id)
         return done
+
+    async def resend(self, entry: HistoryEntry, on_progress: Progress | None = None) -> None:
+        """Send our recorded message ``entry`` again, with its id, its text
+        and its notice, finishing its uploads first; it is then marked
+        ``accepted`` (or ``failed`` on a definitive refusal). Raises like
+        :meth:`send`."""
+        atts = entry.attachments
+        if self._attachments.uploads.rows(entry.id):
+            atts = await self._upload(entry.id, on_progress)
+        plaintext = crypto.Plaintext(
+            entry.id,
+            self._profile.user_id,
+            entry.peer,
+            entry.sent_at,
+            entry.kind,
+            entry.body,
+            expires_at=entry.expires_at,
+            urgent=self._oncall.override(entry.id) is not None,
+            atts=atts,
+            notice=entry.notice,
+        )
+        await self._send_recorded(plaintext)
+
+    def _last_reply(self, peer: str) -> str | None:
+        return last_notice_reply(self._state, peer)
 
     async def _send_recorded(self, plaintext: crypto.Plaintext) -> None:
         try:

@@ -46,12 +46,14 @@ from .requests import Router
 from .state import LocalState
 from .trust import check_lookup
 
-__all__ = ["RPPS_DIGITS", "Peers", "log_key_change"]
+__all__ = ["RPPS_DIGITS", "SERVICE_PREFIX", "Peers", "log_key_change"]
 
 log = logging.getLogger("miss_client")
 
 #: An RPPS number (répertoire partagé des professionnels de santé) has 11 digits.
 RPPS_DIGITS = 11
+#: A service's identifier, in its attestation's ``rpps`` (SPEC §17.1): ``svc:provins-adt``.
+SERVICE_PREFIX = "svc:"
 
 
 def log_key_change(peer: Peer, change: PeerChange) -> None:
@@ -165,11 +167,14 @@ class Peers:
         return peer
 
     async def resolve(self, recipient: str, *, refresh: bool = False) -> Peer:
-        """Look up a recipient given as an RPPS number (11 digits) or a user
-        id (``u_...``); raises BadRecipient for anything else."""
+        """Look up a recipient given as an RPPS number (11 digits), a user
+        id (``u_...``) or a service's identifier (``svc:...``, SPEC §17.1);
+        raises BadRecipient for anything else."""
         recipient = recipient.strip()
         if is_user_id(recipient):
             return await self.lookup(user=recipient, refresh=refresh)
+        if recipient.startswith(SERVICE_PREFIX) and len(recipient) > len(SERVICE_PREFIX):
+            return await self.lookup(rpps=recipient, refresh=refresh)
         if is_rpps(recipient):
             if len(recipient) != RPPS_DIGITS:
                 raise BadRecipient(f"an RPPS number has {RPPS_DIGITS} digits, not {len(recipient)}")

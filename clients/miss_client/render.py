@@ -29,6 +29,10 @@ names it (``[→ Cardiologie — garde]``); an urgent one starts with
 (``envoyé à vous en renfort, étape 1``); reminders ring the terminal's bell
 (``\a``); the sender's status lines read ``escalade vers … (étape 1)``,
 ``acquitté par Dr X à HH:MM``, ``aucun acquittement``.
+
+Notices and services (SPEC §17): a notice shows as a card built from its
+``notice`` map, never from its text (:mod:`.render_notices`); a service as
+``[Service] Name — Organisation`` (:attr:`.models.Peer.display`).
 """
 
 from __future__ import annotations
@@ -60,6 +64,7 @@ from .models import (
 )
 from .oncall_models import RoleHoldersChanged, RoleView, UrgentInfo, UrgentReminded, UrgentStatusChanged
 from .oncall_state import OncallState
+from .render_notices import notice_card
 from .state import LocalState
 
 __all__ = [
@@ -296,6 +301,8 @@ def message_line(message: Message, names: Names, info: UrgentInfo | None = None)
 
 def _message_line(message: Message, names: Names, info: UrgentInfo | None) -> str:
     body = clean(message.body) if message.kind == "text" else f"[{clean(message.kind)}] {clean(message.body)}"
+    if message.notice is not None:
+        body = notice_card(message.notice)
     if message.expires_at is not None:
         body += f" (expire le {format_time(message.expires_at)})"
     when = format_time(message.sent_at)
@@ -465,6 +472,8 @@ def _history_line(entry: HistoryEntry, names: Names) -> str:
     if info is not None and info.role is not None and entry.direction == "in" and info.step is None:
         mark += f"[→ {names.role(info.role)}] "
     body = clean(entry.shown_body)
+    if entry.notice is not None and entry.gone is None:
+        body = notice_card(entry.notice)
     if entry.gone is None and entry.expires_at is not None:
         body += f" (expire le {format_time(entry.expires_at)})"
     where = mark + (f"[{names.team(entry.team)}] " if entry.team is not None else "")

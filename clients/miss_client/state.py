@@ -44,6 +44,11 @@ or an expiry deletes them too; attachments still uploading are
 one); :meth:`LocalState.sweep_expired` runs on open, before every history
 read, and periodically from the client.
 
+Revision 7 (SPEC §17.3): a notice is sealed with its text too (the
+``notice`` key of the sealed map, its wire map), so the card survives a
+restart and leaves with the text; the idempotency keys of the notices sent
+are :mod:`miss_client.notice_keys`'s.
+
 Not thread-safe: use one LocalState from one thread (the event loop's).
 """
 
@@ -62,6 +67,7 @@ import nacl.secret
 
 from protocol.attachments import Attachment
 from protocol.frames import DeviceInfo
+from protocol.notices import Notice
 
 from .errors import ProfileCorrupt
 from .models import HistoryEntry, Message, Peer, PeerChange, TeamView, now_ms
@@ -174,24 +180,36 @@ class LocalState:
 
     # --- sealing -------------------------------------------------------------
 
-    def _seal(self, message_id: bytes, kind: str, body: str, atts: Sequence[Attachment] = ()) -> bytes:
+    def _seal(
+        self,
+        message_id: bytes,
+        kind: str,
+        body: str,
+        atts: Sequence[Attachment] = (),
+        notice: Notice | None = None,
+    ) -> bytes:
         inner: dict[str, Any] = {"id": message_id, "kind": kind, "body": body}
         if atts:
             inner["atts"] = [attachment_row(a) for a in atts]
+        if notice is not None:
+            inner["notice"] = notice.to_wire()
         return bytes(self._box.encrypt(msgpack.packb(inner, use_bin_type=True)))
 
-    def _open_all(self, message_id: bytes, sealed: bytes) -> tuple[str, str, tuple[Attachment, ...]]:
+    def _open_all(
+        self, message_id: bytes, sealed: bytes
+    ) -> tuple[str, str, tuple[Attachment, ...], Notice | None]:
         try:
             m = msgpack.unpackb(self._box.decrypt(sealed), raw=False)
             if m["id"] != message_id:
                 raise ValueError("sealed body belongs to another message")
             atts = tuple(attachment_from_row(row) for row in m.get("atts", ()))
-            return m["kind"], m["body"], atts
+            notice = Notice.from_wire(m["notice"]) if "notice" in m else None
+            return m["kind"], m["body"], atts, notice
         except (nacl.exceptions.CryptoError, ValueError, KeyError, TypeError) as exc:
             raise ProfileCorrupt(f"a history row does not open: {type(exc).__name__}") from None
 
     def _open(self, message_id: bytes, sealed: bytes) -> tuple[str, str]:
-        kind, body, _ = self._open_all(message_id, sealed)
+        kind, body, _, _ = self._open_all(message_id, sealed)
         return kind, body
 
     def seal_data(self, message_id: bytes, data: dict[str, Any]) -> bytes:
@@ -264,6 +282,7 @@ class LocalState:
                         message.kind,
                         "" if expired else message.body,
                         () if expired else message.attachments,
+                        None if expired else message.notice,
                     ),
                     message.expires_at,
                     "expired" if expired else None,
@@ -284,13 +303,16 @@ class LocalState:
         expires_at: int | None = None,
         team: str | None = None,
         attachments: Sequence[Attachment] = (),
+        notice: Notice | None = None,
         also: Callable[[sqlite3.Connection], object] | None = None,
     ) -> None:
         """Record a message this device is about to send (status ``pending``);
         ``to_user`` is the team id for a team message (``team`` too);
-        ``attachments``, its descriptors, if known already. ``also`` runs in
-        the same transaction (the uploads of its attachments:
-        :mod:`miss_client.upload_state`).
+        ``attachments``, its descriptors, if known already; ``notice``, the
+        notice it carries (SPEC §17.3). ``also`` runs in the same
+        transaction (the uploads of its attachments:
+        :mod:`miss_client.upload_state`; a notice's idempotency key:
+        :mod:`miss_client.notice_keys`).
 
         Recording an id that is already there keeps the first row: a resend
         reuses the id and must not duplicate history.
@@ -307,7 +329,7 @@ class LocalState:
                     sent_at,
                     sent_at,
                     "pending",
-                    self._seal(message_id, kind, body, attachments),
+                    self._seal(message_id, kind, body, attachments, notice),
                     expires_at,
                     None,
                     None,
@@ -336,10 +358,10 @@ class LocalState:
                 (self.own_user, message_id),
             ).fetchone()
             if row is not None:
-                kind, body = self._open(message_id, row[0])
+                kind, body, _, notice = self._open_all(message_id, row[0])
                 db.execute(
                     "UPDATE messages SET sealed = ? WHERE from_user = ? AND id = ?",
-                    (self._seal(message_id, kind, body, attachments), self.own_user, message_id),
+                    (self._seal(message_id, kind, body, attachments, notice), self.own_user, message_id),
                 )
             if also is not None:
                 also(db)
@@ -611,7 +633,7 @@ class LocalState:
             read_at,
             team,
         ) = row
-        kind, body, atts = self._open_all(message_id, sealed)
+        kind, body, atts, notice = self._open_all(message_id, sealed)
         read_by: tuple[str, ...] = ()
         if from_user == self.own_user:
             read_by = tuple(
@@ -646,6 +668,7 @@ class LocalState:
             read_at=read_at,
             read_by=read_by,
             attachments=atts,
+            notice=notice,
         )
 
     # --- directory (pinned keys, SPEC §11.2) -------------------------------------

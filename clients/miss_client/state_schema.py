@@ -1,7 +1,7 @@
 """The state DB's format: tables, migrations, and how rows encode devices and
 pending key changes.
 
-Tables (``PRAGMA user_version`` = 6):
+Tables (``PRAGMA user_version`` = 7):
 
 ``messages``  one row per message, keyed by ``(from_user, id)``: message ids
               are chosen by senders, so they are unique per sender only.
@@ -60,6 +60,13 @@ the storage key. The descriptors of a message (received, or ours once
 uploaded) live in the ``messages`` row's sealed map (``atts``), with its
 text, and leave with it when it is recalled or expires.
 
+Version 7 (SPEC §17.3, :mod:`miss_client.notice_keys`) added
+``notice_keys``: the caller-given idempotency key of each notice this
+profile sent (``key``), the message id chosen for it (``id``) and when it
+was recorded (``at``, ms); written in the transaction that records the
+message, kept 365 days. A notice itself lives in the ``messages`` row's
+sealed map (``notice``, its wire map), with its text.
+
 The database runs with ``secure_delete=ON``: deleted plaintexts are
 overwritten in the file, not merely unlinked (SPEC §13.6).
 
@@ -100,7 +107,7 @@ __all__ = [
     "unpack_pending",
 ]
 
-SCHEMA_VERSION = 6
+SCHEMA_VERSION = 7
 
 _SCHEMA_V1 = """
 CREATE TABLE messages (
@@ -247,6 +254,14 @@ CREATE TABLE uploads (
     sealed BLOB    NOT NULL,
     PRIMARY KEY (id, idx)
 ) WITHOUT ROWID;
+""",
+    """
+CREATE TABLE notice_keys (
+    key TEXT    PRIMARY KEY,
+    id  BLOB    NOT NULL,
+    at  INTEGER NOT NULL
+);
+CREATE INDEX notice_keys_by_age ON notice_keys (at);
 """,
 )
 

@@ -79,5 +79,6 @@ def check_lookup(
         unattested=tuple(unattested),
         attested_until=att.not_after,
         att=reply.att,
+        replies=reply.replies is not False,  # SPEC §17.2: only an explicit false
     )
     return Checked(peer, tuple(attested.values()), tuple(substitutes), att.not_before)
