@@ -127,6 +127,7 @@ import {
 } from "../protocol/crypto";
 import { NotMember, ProtocolError, RoleVacant, TeamForbidden } from "../protocol/errors";
 import { isRoleId } from "../protocol/oncall";
+import { isServiceId } from "../protocol/notices";
 import { Oncall } from "./oncall";
 import { AttachmentRefused, Attachments, type Prepared } from "./attachments";
 import { ClientSession } from "../protocol/session";
@@ -658,8 +659,22 @@ export class MissClient {
     this.flushOutbox();
   }
 
+  /**
+   * The directory entries matching `query` (attested only). Services are
+   * never in directory results (SPEC §17.1): a query that is a service's
+   * identifier (`svc:…`) looks that service up instead, verified alike.
+   */
   async search(query: string): Promise<DirectoryEntry[]> {
     const q = fieldText(query);
+    if (isServiceId(q)) {
+      try {
+        const p = await this.lookupRpps(q);
+        return p.user === this.me ? [] : [{ user: p.user, name: p.name, rpps: p.rpps, profession: p.profession, organisation: p.organisation }];
+      } catch (err) {
+        if (err instanceof UnverifiedPeer || (err instanceof ProtocolError && err.code === "unknown_user")) return [];
+        throw err;
+      }
+    }
     if (q.length < MIN_SEARCH_CHARS || q.length > 64) return [];
     const reply = await this.request<SearchOk>((rid) => ({ t: "search", rid, query: q }));
     const found = new Map<string, DirectoryEntry>();
@@ -993,7 +1008,8 @@ export class MissClient {
 
   /** Mark the conversation read and send the read notices it calls for:
    * to each sender of the messages newly read (with `team` for a team), or,
-   * with read receipts off, to our own other devices only. */
+   * with read receipts off (or to a service that refuses replies), to our
+   * own other devices only. */
   async markRead(conversationId: string): Promise<void> {
     const fresh = this.state
       .thread(conversationId)
@@ -1004,7 +1020,9 @@ export class MissClient {
     const bySender = new Map<string, string[]>();
     for (const m of fresh) {
       await this.state.saveMessage({ ...m, readNoticed: true });
-      const to = this.readReceipts ? m.fromUser : this.me;
+      // A service that refuses replies refuses read notices too (SPEC §17.2):
+      // ours then go to our own devices only, as with read receipts off.
+      const to = this.readReceipts && !this.state.peers.get(m.fromUser)?.repliesRefused ? m.fromUser : this.me;
       bySender.set(to, [...(bySender.get(to) ?? []), m.id]);
     }
     const team = isTeamId(conversationId) ? conversationId : undefined;
@@ -1048,7 +1066,7 @@ export class MissClient {
       await this.queueNotice(m.peer, "recall", [m.id]);
     }
     this.attachments.drop(m.id);
-    await this.state.saveMessage({ ...m, body: "", atts: undefined, files: undefined, recalled: true, ...(sent ? {} : { status: "failed" as const, failure: "recalled" }) });
+    await this.state.saveMessage({ ...m, body: "", atts: undefined, notice: undefined, files: undefined, recalled: true, ...(sent ? {} : { status: "failed" as const, failure: "recalled" }) });
     this.onChange();
     this.flushOutbox();
   }
@@ -1058,7 +1076,7 @@ export class MissClient {
     let changed = false;
     for (const m of [...this.state.messages.values()]) {
       if (m.expiresAt != null && m.expiresAt <= now && !m.expired) {
-        await this.state.saveMessage({ ...m, body: "", atts: undefined, files: undefined, expired: true });
+        await this.state.saveMessage({ ...m, body: "", atts: undefined, notice: undefined, files: undefined, expired: true });
         changed = true;
       }
     }
@@ -1218,6 +1236,9 @@ export class MissClient {
         const failure = e instanceof ProtocolError ? e.code : e instanceof MessageTooLarge ? "too_large" : e.message;
         this.attachments.drop(m.id);
         await this.state.saveMessage({ ...(this.state.message(this.me, m.id) ?? m), status: "failed", failure });
+        // The hub refuses replies to this service (SPEC §17.2) although our
+        // hint said otherwise: look it up again, so that the composer says so.
+        if (failure === "replies_refused" && m.kind === "text") void this.lookup(m.peer, true).then(() => this.onChange(), () => undefined);
       }
     } finally {
       this.inflight.delete(m.id);
@@ -1547,6 +1568,7 @@ export class MissClient {
     if (inner.head !== undefined) m.head = toHex(inner.head);
     if (inner.urgent === true) m.urgent = true;
     if (inner.atts !== undefined && !expired) m.atts = [...inner.atts];
+    if (inner.notice !== undefined && !expired) m.notice = inner.notice;
     if (role !== undefined) m.role = role;
     if (frame.step !== undefined) m.step = frame.step;
     if (ownCopy && inner.urgent === true) m.escalation = { state: "waiting", step: 0, targets: {}, ts: frame.ts };
@@ -1605,7 +1627,7 @@ export class MissClient {
       for (const ref of refs) {
         const m = this.state.message(from, ref);
         if (m) {
-          if (!m.recalled) await this.state.saveMessage({ ...m, body: "", atts: undefined, recalled: true });
+          if (!m.recalled) await this.state.saveMessage({ ...m, body: "", atts: undefined, notice: undefined, recalled: true });
         } else {
           await this.state.addRecall(from, ref);
         }

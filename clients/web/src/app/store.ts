@@ -7,6 +7,7 @@
  * device acks only what it durably kept).
  */
 import type { Attachment } from "../protocol/attachments";
+import type { Notice } from "../protocol/notices";
 import type { RoleInfo } from "../protocol/oncall";
 import type { StoredTeam } from "./teams";
 import type { PeerRecord } from "./trust";
@@ -75,6 +76,9 @@ export interface MessageRecord {
   atts?: Attachment[];
   /** Ours, before their upload: what the interface shows meanwhile. */
   files?: PendingFile[];
+  /** A notice (SPEC §17.3) as its plaintext carries it: shown as a card, `body`
+   * being only its text fallback. Dropped with the text on recall or expiry. */
+  notice?: Notice;
 }
 
 /** An attachment of ours not uploaded yet (its bytes are in the page's memory). */
@@ -229,6 +233,16 @@ export class LocalState {
    * notices are not messages. */
   thread(peer: string): MessageRecord[] {
     return [...this.messages.values()].filter((m) => m.peer === peer && isShown(m)).sort((a, b) => a.at - b.at);
+  }
+
+  /** The `reply` line of the newest notice `from` sent (SPEC §17.3: whom
+   * to call instead of replying), or undefined. */
+  lastReply(from: string): string | undefined {
+    let best: MessageRecord | undefined;
+    for (const m of this.messages.values()) {
+      if (m.fromUser === from && !m.outgoing && m.notice?.reply !== undefined && (best === undefined || m.at > best.at)) best = m;
+    }
+    return best?.notice?.reply;
   }
 
   /** Outgoing messages recorded but never seen accepted, oldest first. */

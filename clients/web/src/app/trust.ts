@@ -52,6 +52,9 @@ export interface Peer {
   attestedUntil: number;
   verified: boolean;
   pending: PeerChange | null;
+  /** The hub's hint (`lookup_ok.replies`, SPEC §17.2): false for a service
+   * that does not accept replies. Not a security property. */
+  acceptsReplies: boolean;
 }
 
 /** What this browser remembers of a clinician (sealed in the vault). */
@@ -67,6 +70,8 @@ export interface PeerRecord {
   verifiedAt: number | null;
   attestedUntil: number;
   attestedFrom: number;
+  /** Set when the last lookup said this service does not accept replies (SPEC §17.2). */
+  repliesRefused?: boolean;
 }
 
 /** Why a clinician does not verify (SPEC §11.2 step 1, as trust.py names it). */
@@ -164,6 +169,7 @@ export function checkLookup(
       attestedUntil: att.notAfter,
       verified: false,
       pending: null,
+      acceptsReplies: reply.replies !== false,
     },
     attested: [...attested.values()],
     substitutes,
@@ -235,6 +241,7 @@ export function observePeer(
       verifiedAt,
       attestedUntil: peer.attestedUntil,
       attestedFrom: Math.max(checked.notBefore, old?.attestedFrom ?? 0),
+      ...(peer.acceptsReplies ? {} : { repliesRefused: true }),
     },
     report,
   };

@@ -22,6 +22,7 @@ import { compareBytes, compareCodePoints, concatBytes, toHex, utf8Encode } from 
 import { MsgMap, type MsgValue, pack, RepeatedKeyError, unpack } from "./codec";
 import { sodium } from "./sodium";
 import { type Attachment, AttachmentError, MAX_ATTACHMENTS_WIRE, attachmentFromMap, attachmentToMap } from "./attachments";
+import { type Notice, NoticeError, noticeFromMap, noticeToMap } from "./notices";
 
 export { compareBytes, concatBytes, equalBytes, fromHex, toHex } from "./bytes";
 
@@ -201,11 +202,14 @@ export interface Plaintext {
   urgent?: boolean;
   /** Attachments (SPEC §16): 1-16 descriptors; absent when none. */
   atts?: readonly Attachment[];
+  /** A notice (SPEC §17.3): shown as a card; `body` is only its text fallback. */
+  notice?: Notice;
 }
 
 /** The canonical msgpack of a plaintext (SPEC §6.3, §13.5): `v`, `id`,
  * `from`, `to`, `sent_at`, `kind`, `body`, then those of `reply_to`, `head`,
- * `expires_at`, `refs`, `team`, `urgent` (only when true), `atts` (when not empty) that are set; with `padTo` > 0 (clients pass
+ * `expires_at`, `refs`, `team`, `urgent` (only when true), `atts` (when not empty),
+ * `notice` (SPEC §17.3) that are set; with `padTo` > 0 (clients pass
  * 256), a last key `pad` of n zero bytes, n the smallest that makes the
  * packed length a multiple of `padTo`. */
 export function packPlaintext(p: Plaintext, padTo = 0): Uint8Array {
@@ -228,6 +232,7 @@ export function packPlaintext(p: Plaintext, padTo = 0): Uint8Array {
     if (p.atts.length > MAX_ATTACHMENTS_WIRE) throw new RangeError("at most 16 attachments");
     m.set("atts", p.atts.map(attachmentToMap));
   }
+  if (p.notice !== undefined) m.set("notice", noticeToMap(p.notice));
   if (padTo <= 0) return pack(m);
   if (padTo > 256) throw new RangeError("padTo is at most 256");
   // With an empty pad first: the key and its bin-8 header are then counted,
@@ -272,6 +277,7 @@ export function unpackPlaintext(data: Uint8Array): Plaintext {
   const team = m.get("team") ?? undefined;
   const urgent = m.get("urgent") ?? undefined;
   const atts = m.get("atts") ?? undefined;
+  const notice = m.has("notice") ? m.get("notice") : undefined; // nil is not a notice: refused, as the Python does
   const pad = m.get("pad"); // nil is not bytes: refused, as the Python does
   if (
     !(id instanceof Uint8Array && id.length === MESSAGE_ID_BYTES) ||
@@ -293,7 +299,8 @@ export function unpackPlaintext(data: Uint8Array): Plaintext {
     !(team === undefined || typeof team === "string") ||
     !(urgent === undefined || typeof urgent === "boolean") ||
     !(pad === undefined || pad instanceof Uint8Array) ||
-    (atts !== undefined && kind !== "text")
+    (atts !== undefined && kind !== "text") ||
+    (notice !== undefined && kind !== "text")
   ) {
     throw new EnvelopeError("bad plaintext fields");
   }
@@ -310,6 +317,14 @@ export function unpackPlaintext(data: Uint8Array): Plaintext {
       p.atts = atts.map(attachmentFromMap);
     } catch (e) {
       if (e instanceof AttachmentError) throw new EnvelopeError(`bad plaintext: ${e.message}`);
+      throw e;
+    }
+  }
+  if (notice !== undefined) {
+    try {
+      p.notice = noticeFromMap(notice);
+    } catch (e) {
+      if (e instanceof NoticeError) throw new EnvelopeError(`bad plaintext: ${e.message}`);
       throw e;
     }
   }

@@ -87,6 +87,8 @@ export const ERRORS: { readonly [code: string]: ErrorInfo } = {
   blob_offset: { fatal: false, retryable: false, message: "the upload is not at this offset; ask where it stands and resume" },
   blob_incomplete: { fatal: false, retryable: false, message: "the upload is not complete" },
   too_many_attachments: { fatal: false, retryable: false, message: "more attachments than this hub accepts in one message" },
+  // Revision 7 (SPEC §17.5).
+  replies_refused: { fatal: false, retryable: false, message: "this service does not accept replies" },
 };
 
 /** What SPEC §7 says of `code`, or undefined for a code it does not name. */
@@ -464,6 +466,14 @@ export class TooManyAttachments extends RequestError {
   }
 }
 
+/** A `send` to a service that does not accept replies (SPEC §17.2): nothing was stored. */
+export class RepliesRefused extends RequestError {
+  constructor(detail = "", options: Options = {}) {
+    super("replies_refused", detail, options);
+    this.name = "RepliesRefused";
+  }
+}
+
 /** The class of each code of SPEC §7 (MissingDevices takes `missing` first). */
 export type ErrorClass = new (detail?: string, options?: Options) => ProtocolError;
 
@@ -512,6 +522,7 @@ const BY_CODE: { readonly [code: string]: ErrorClass } = {
   blob_offset: BlobOffset,
   blob_incomplete: BlobIncomplete,
   too_many_attachments: TooManyAttachments,
+  replies_refused: RepliesRefused,
 };
 
 /** The class of a wire error code, or undefined for a code this side does not know. */

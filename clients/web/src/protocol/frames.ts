@@ -384,6 +384,8 @@ export interface LookupOk {
   devices: readonly DeviceInfo[];
   /** The authority's attestation (attestation.ts): verify it, never trust the hub. */
   att?: Uint8Array;
+  /** `false` only for a service that does not accept replies (SPEC §17.2): a hint. */
+  replies?: boolean;
 }
 export interface LinkCodeOk {
   t: "link_code_ok";
@@ -1017,6 +1019,7 @@ schema("lookup_ok", "hub", [
   req("organisation", checkStr(MAX_ID_CHARS, true)),
   req("devices", checkList(deviceInfo, MAX_RECIPIENT_DEVICES), ["device", "sign_pk", "box_pk"]),
   opt("att", checkBytes(undefined, MAX_ATTESTATION_BYTES)),
+  opt("replies", checkBool),
 ]);
 schema("link_code_ok", "hub", [rid, req("code", checkStr()), req("expires", checkInt)]);
 schema("ok", "hub", [rid]);

@@ -147,7 +147,7 @@ export const fr = {
   "keys.removed": "{count} retiré(s)",
 
   "search.heading": "Nouvelle conversation",
-  "search.label": "Nom, RPPS, profession ou établissement (3 caractères au moins)",
+  "search.label": "Nom, RPPS, profession ou établissement (3 caractères au moins), ou identifiant de service (svc:…)",
   "search.none": "Aucun clinicien vérifié trouvé.",
   "search.searching": "Recherche…",
   "search.rpps": "RPPS {rpps}",
@@ -353,6 +353,23 @@ export const fr = {
   "error.blob_too_large": "Pièce jointe trop volumineuse pour ce serveur.",
   "error.blob_quota": "Quota de pièces jointes atteint : réessayez plus tard.",
   "error.unknown_blob": "Pièce jointe expirée ou retirée",
+
+  "service.tag": "Service",
+  "service.tag_hint": "Compte d'un système de l'établissement, pas d'un soignant",
+  "service.no_reply": "Ce service n'accepte pas de réponse",
+  "service.not_member": "un service ne peut pas être membre",
+  "notice.event.admission": "Admission",
+  "notice.event.transfer": "Mutation",
+  "notice.event.discharge": "Sortie",
+  "notice.event.death": "Décès",
+  "notice.event.update": "Mise à jour",
+  "notice.event.other": "Autre",
+  "notice.label": "Avis : {event}",
+  "notice.at": "Événement du",
+  "notice.reply": "Pour toute question : {reply}",
+  "notice.from": "Envoyé par {name}",
+  "notice.fields": "Détails",
+  "error.replies_refused": "Ce service n'accepte pas de réponse.",
 
   "time.at": "{date} à {time}",
 } as const;

@@ -17,6 +17,7 @@ import { describeError } from "./screens";
 import { UnverifiedPeer } from "../trust";
 import { chosenLifespan, lifespanSelect, problemBanner } from "./team_ui";
 import { roleRow } from "./oncall_ui";
+import { isService, serviceTag } from "./notice_ui";
 import type { RoleInfo } from "../../protocol/oncall";
 
 export class Dialogs {
@@ -187,8 +188,9 @@ export class Dialogs {
               disabled: note !== null,
               onclick: () => pick(e, status),
             },
-            h("strong", {}, e.name, note ? h("span", { class: "muted small" }, ` (${note})`) : null),
-            h("span", { class: "muted small" }, [e.profession, e.organisation, t("search.rpps", { rpps: e.rpps })].filter(Boolean).join(" · "))),
+            h("strong", {}, isService(e) ? serviceTag() : null, e.name, note ? h("span", { class: "muted small" }, ` (${note})`) : null),
+            // A service (SPEC §17.1): its organisation, never a profession or an RPPS.
+            h("span", { class: "muted small" }, isService(e) ? e.organisation : [e.profession, e.organisation, t("search.rpps", { rpps: e.rpps })].filter(Boolean).join(" · "))),
           );
         }));
       } catch (err) {
@@ -338,7 +340,8 @@ export class Dialogs {
           })
           .catch((err) => (status.textContent = this.lookupError(err, e.name)));
       },
-      (e) => (view.members.includes(e.user) ? t("team.already_member") : null),
+      // A service is not made a member of a team (SPEC §17.1 allows refusing it).
+      (e) => (view.members.includes(e.user) ? t("team.already_member") : isService(e) ? t("service.not_member") : null),
     );
     this.show("team-add-dialog", t("team.add_heading", { name: view.name }), box, status,
       h("button", { class: "secondary", "data-testid": "team-add-back", onclick: () => this.team(id) }, t("nav.back")));

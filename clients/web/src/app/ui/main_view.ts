@@ -24,6 +24,7 @@ import { chosenLifespan, eventText, fillLifespans, formatDelay, lifespanSelect, 
 import { isRoleId } from "../oncall";
 import { AttachPicker, Viewer, attachmentsBlock } from "./attach_ui";
 import { ackLine, alertBanners, escalationLine, policyText, roleName, urgentTag } from "./oncall_ui";
+import { isService, noReplyPanel, noticeCard, noticePreview, serviceTag } from "./notice_ui";
 
 export function describeChange(change: PeerChange): string {
   const parts: string[] = [];
@@ -52,6 +53,8 @@ export class MainView {
   private readonly convHeader = h("header", { class: "conv-header" });
   private readonly convWarning = h("div", { class: "conv-warning" });
   private readonly messages = h("ol", { class: "messages", "data-testid": "messages", "aria-live": "polite" });
+  /** Instead of the composer, for a service that does not accept replies (SPEC §17.2). */
+  private readonly noReply = h("div", { class: "no-reply-slot", hidden: true });
   private readonly input = h("textarea", { rows: 2, placeholder: t("conv.placeholder"), "data-testid": "composer-input", "aria-label": t("conv.placeholder") });
   private readonly sendButton = h("button", { type: "submit", class: "primary", "data-testid": "composer-send" }, t("conv.send"));
   private readonly lifespan = lifespanSelect("lifespan-select", undefined, t("lifespan.label"));
@@ -116,6 +119,7 @@ export class MainView {
       this.convWarning,
       this.messages,
       this.composer,
+      this.noReply,
     );
     this.root = h(
       "div",
@@ -180,7 +184,11 @@ export class MainView {
     }
     this.markRead();
     this.draw();
-    if (id !== null && !this.input.disabled) this.input.focus();
+    if (id !== null && !this.input.disabled && !this.composer.hidden) this.input.focus();
+    // Whether a service accepts replies is the hub's word of the moment (SPEC §17.2): asked again.
+    if (changed && id !== null && isService(this.client.state.peers.get(id)) && this.client.conn.kind === "online") {
+      this.client.lookup(id, true).then(() => this.render(), () => undefined);
+    }
   }
 
   private lifespanFor(id: string): number | undefined {
@@ -380,7 +388,7 @@ export class MainView {
   private bodyText(m: MessageRecord): string {
     if (m.recalled) return t("msg.recalled");
     if (m.expired || (m.expiresAt !== undefined && m.expiresAt <= Date.now())) return t("msg.expired");
-    return m.body;
+    return m.notice ? noticePreview(m.notice) : m.body;
   }
 
   private drawList(): void {
@@ -453,14 +461,15 @@ export class MainView {
             class: `conv-item${peer === this.selected ? " selected" : ""}`,
             "data-testid": "conv-item",
             "data-peer": peer,
+            "data-service": isService(record) ? "true" : null,
             onclick: () => this.open(peer),
           },
           h("span", { class: "conv-line" },
-            h("strong", { class: "conv-name" }, displayName(record, peer)),
+            h("strong", { class: "conv-name" }, isService(record) ? serviceTag() : null, displayName(record, peer)),
             last && h("time", { class: "muted small" }, formatTime(last.at)),
           ),
           h("span", { class: "conv-line" },
-            this.presenceLine(peer),
+            isService(record) ? h("span", { class: "muted small", "data-testid": "conv-organisation" }, record?.organisation ?? "") : this.presenceLine(peer),
             unread > 0 && h("span", { class: "badge", "data-testid": "unread", title: t("list.unread", { count: unread }) }, String(unread)),
           ),
           h("span", { class: "preview muted small" }, preview),
@@ -474,6 +483,7 @@ export class MainView {
   private drawConversation(): void {
     const peer = this.selected;
     this.convPane.hidden = false;
+    this.noReply.hidden = true;
     if (peer === null) {
       fill(this.convHeader, h("p", { class: "muted" }, t("conv.none")));
       fill(this.convWarning);
@@ -492,22 +502,31 @@ export class MainView {
     }
     this.setComposer(null);
     const record = this.client.state.peers.get(peer);
+    const service = isService(record);
     fill(
       this.convHeader,
       h("button", { class: "icon back", "data-testid": "nav-back", onclick: () => this.open(null), title: t("nav.back") }, "‹"),
       h(
         "div",
-        { class: "identity", "data-testid": "peer-identity" },
-        h("strong", {}, displayName(record, peer)),
+        { class: "identity", "data-testid": "peer-identity", "data-service": service ? "true" : null },
+        h("strong", {}, service ? serviceTag() : null, displayName(record, peer)),
         record?.verifiedAt ? h("span", { class: "verified", "data-testid": "verified-badge" }, " ✓ ", t("conv.verified_badge")) : null,
-        h("span", { class: "muted small" }, [record?.profession, record?.organisation, record ? t("conv.rpps", { rpps: record.rpps }) : null].filter(Boolean).join(" · ")),
-        this.presenceLine(peer),
+        // A service is shown with its organisation only: no profession, no RPPS (SPEC §17.1).
+        service
+          ? h("span", { class: "muted small", "data-testid": "peer-organisation" }, record?.organisation ?? "")
+          : h("span", { class: "muted small" }, [record?.profession, record?.organisation, record ? t("conv.rpps", { rpps: record.rpps }) : null].filter(Boolean).join(" · ")),
+        service ? null : this.presenceLine(peer),
       ),
       h("button", { class: "secondary", "data-testid": "safety-button", onclick: () => this.dialogs.safety(peer) }, t("conv.safety")),
     );
     const pending = this.client.pendingChange(peer);
     fill(this.convWarning, pending ? this.keyWarning(pending, false) : null);
     this.input.placeholder = pending ? t("conv.paused") : t("conv.placeholder");
+    if (service && record?.repliesRefused) {
+      this.composer.hidden = true;
+      fill(this.noReply, noReplyPanel(this.client.state.lastReply(peer)));
+      this.noReply.hidden = false;
+    }
     this.drawThread(this.client.state.thread(peer), [], undefined);
   }
 
@@ -635,13 +654,14 @@ export class MainView {
     return h(
       "li",
       {
-        class: `msg ${m.outgoing ? "out" : "in"}${gone ? " gone" : ""}${urgent ? " urgent" : ""}${urgent && !m.outgoing && !m.ack ? " ringing" : ""}`,
+        class: `msg ${m.outgoing ? "out" : "in"}${gone ? " gone" : ""}${urgent ? " urgent" : ""}${urgent && !m.outgoing && !m.ack ? " ringing" : ""}${m.notice && !gone ? " notice" : ""}`,
         "data-testid": "message",
         "data-id": m.id,
         "data-status": m.status,
         "data-recalled": m.recalled ? "true" : null,
         "data-expired": expired ? "true" : null,
         "data-urgent": m.urgent ? "true" : null,
+        "data-notice": m.notice && !gone ? "true" : null,
         "data-acknowledged": m.urgent ? String(m.ack !== undefined) : null,
       },
       urgent ? urgentTag() : null,
@@ -651,7 +671,9 @@ export class MainView {
           t("urgent.to_role", { role: roleName(this.client, m.role) }),
           m.step ? ` · ${t("urgent.backup", { step: m.step })}` : "")
         : null,
-      h("p", { class: "body" }, m.recalled ? h("em", { "data-testid": "recalled" }, t("msg.recalled")) : expired ? h("em", { "data-testid": "expired" }, t("msg.expired")) : m.body),
+      m.notice && !gone
+        ? noticeCard(m.notice, isService(this.client.state.peers.get(m.fromUser)) || m.outgoing ? undefined : this.nameOf(m.fromUser))
+        : h("p", { class: "body" }, m.recalled ? h("em", { "data-testid": "recalled" }, t("msg.recalled")) : expired ? h("em", { "data-testid": "expired" }, t("msg.expired")) : m.body),
       gone ? null : attachmentsBlock(this.client, m, this.viewer),
       h("span", { class: "meta muted small" },
         h("time", { title: formatDateTime(m.at) }, formatTime(m.at)),
@@ -704,7 +726,13 @@ export class MainView {
     }
     if (m.status === "failed") {
       const name = displayName(this.client.state.peers.get(m.peer), m.peer);
-      return h("span", { class: "receipt failed", "data-testid": "receipt", "data-state": "failed" }, " · ✗ ", t("msg.failed", { reason: failureText(m.failure ?? "", name) }));
+      let reason = failureText(m.failure ?? "", name);
+      if (m.failure === "replies_refused") {
+        // Whom to call instead (SPEC §17.5): the reply line of the service's notices.
+        const reply = this.client.state.lastReply(m.peer);
+        if (reply !== undefined) reason = `${reason} ${t("notice.reply", { reply })}`;
+      }
+      return h("span", { class: "receipt failed", "data-testid": "receipt", "data-state": "failed", "data-failure": m.failure ?? null }, " · ✗ ", t("msg.failed", { reason }));
     }
     const entries = Object.entries(m.receipts);
     const delivered = entries.filter(([, r]) => r.reason === undefined);
@@ -752,6 +780,7 @@ function failureText(code: string, name: string): string {
   if (code === "too_large") return t("error.too_large");
   if (code === "no_devices") return t("error.no_devices", { name });
   if (code === "recipient_not_verified") return t("error.unverified_peer", { name, reason: t("unverified_reason.missing") });
+  if (code === "replies_refused") return t("error.replies_refused");
   return describeError(new ProtocolError(code));
 }
 

@@ -48,6 +48,7 @@ export function describeError(err: unknown): string {
       blob_too_large: "error.blob_too_large",
       blob_quota: "error.blob_quota",
       unknown_blob: "error.unknown_blob",
+      replies_refused: "error.replies_refused",
     };
     if (err.code === "rate_limited") return t("error.rate_limited", { seconds });
     const key = known[err.code];
