@@ -44,6 +44,7 @@ COPY pyproject.toml README.md ./
 COPY protocol/ protocol/
 COPY miss_server/ miss_server/
 COPY clients/miss_client/ clients/miss_client/
+COPY clients/miss_adt/ clients/miss_adt/
 COPY bench/ bench/
 COPY --from=web /src/miss_server/static/ miss_server/static/
 RUN ["pip", "install", "--no-cache-dir", "."]
