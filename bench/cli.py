@@ -11,6 +11,7 @@
     miss-bench run --scenario flood --rate 200 --flood-messages 5000
     miss-bench run --scenario search --users 57000
     miss-bench run --scenario attachments --pairs 4 --messages 5 --files 6 --file-mb 5
+    miss-bench run --scenario adt --rate 50 --seconds 60 --gps 20
 
 See README, "Benchmarks", for what each figure means.
 """
@@ -44,13 +45,13 @@ def _parser() -> argparse.ArgumentParser:
         help="embedded: SQLite + in-process broker; services: PostgreSQL and Redis "
         "from MISS_STORE/MISS_BROKER (default this machine's)",
     )
-    r.add_argument("--seconds", type=float, default=10.0, help="length of each measured load window")
+    r.add_argument("--seconds", type=float, help="length of each measured load window (default 10; adt: 60)")
     r.add_argument(
         "--rate",
         type=float,
         help="messages per second offered in all (open loop); "
         "without it: closed loop, the maximum rate reached (connections: 100, flood: 200; "
-        "search: authentications per second, 50)",
+        "search: authentications per second, 50; adt: ADT messages per second, 50)",
     )
     r.add_argument(
         "--closed-loop",
@@ -105,6 +106,19 @@ def _parser() -> argparse.ArgumentParser:
         type=float,
         default=5.0,
         help="attachments: size of each file in MB of 10^6 bytes (default 5)",
+    )
+    r.add_argument(
+        "--gps",
+        type=int,
+        default=20,
+        help="adt: GPs the feed's patients have, each an SDK device (default 20)",
+    )
+    r.add_argument(
+        "--mllp-connections",
+        type=int,
+        default=4,
+        help="adt: MLLP connections the feed spreads its messages over, one message in flight on each "
+        "(default 4)",
     )
     r.add_argument(
         "--storm", type=int, default=2000, help="auth-storm: devices connecting at once (default 2,000)"
@@ -162,6 +176,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.url and args.authority_key_file is None:
         parser.error("--url needs --authority-key-file (the hub's verification authority)")
     attachments = args.scenario == "attachments"
+    if args.seconds is None:
+        args.seconds = 60.0 if args.scenario == "adt" else 10.0
+    if args.rate is None and args.scenario == "adt":
+        args.rate = 50.0
     if args.pairs is None:
         args.pairs = 4 if attachments else 50
     if args.messages is None:

@@ -4,7 +4,7 @@ the scenario's part of the report (``hub``, ``relay``, ``ratio_cpu``...).
 ``--workers`` (the flooder of ``flood`` has its own). ``PLOTS`` and
 ``TABLES``: a scenario's own plot, and lines of its own under the table,
 for figures that are not the hub-versus-relay kind (``search``,
-``attachments``)."""
+``attachments``, ``adt``)."""
 
 from __future__ import annotations
 
@@ -12,7 +12,18 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from . import attachments, auth_storm, connections, fanout, flood, multi_node, offline_drain, online, search
+from . import (
+    adt,
+    attachments,
+    auth_storm,
+    connections,
+    fanout,
+    flood,
+    multi_node,
+    offline_drain,
+    online,
+    search,
+)
 
 __all__ = ["EXTRA_WORKERS", "PLOTS", "SCENARIOS", "TABLES"]
 
@@ -26,6 +37,7 @@ SCENARIOS: dict[str, Callable[[Any], dict[str, Any]]] = {
     "flood": flood.run,
     "search": search.run,
     "attachments": attachments.run,
+    "adt": adt.run,
 }
 
 EXTRA_WORKERS: dict[str, int] = {"flood": 1}
@@ -33,10 +45,12 @@ EXTRA_WORKERS: dict[str, int] = {"flood": 1}
 PLOTS: dict[str, Callable[[dict[str, Any], Path], None]] = {
     "search": search.plot,
     "attachments": attachments.plot,
+    "adt": adt.plot,
 }
 
 TABLES: dict[str, Callable[[dict[str, Any]], list[str]]] = {
     "search": search.table,
     "fanout": fanout.table,
     "attachments": attachments.table,
+    "adt": adt.table,
 }
