@@ -19,8 +19,9 @@ from miss_client.cli_common import BUSY_TRIES
 
 from miss_server.app import HubServer
 from tests.clients.test_chat_cli import Cli
-from tests.support.authority import AUTHORITY_TEXT, verify
+from tests.support.authority import AUTHORITY_TEXT
 from tests.support.client_fixtures import PASSPHRASE
+from tests.support.verified_hubs import verify_on
 from tests.support.wire import invite
 
 BUSY = b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 9\r\nConnection: close\r\n\r\ndraining\n"
@@ -82,7 +83,7 @@ async def enroll_through(cli: Cli, hub: HubServer, front: DrainingFront, name: s
         name, "enroll", "--server", front.url, "--authority", AUTHORITY_TEXT, code, "--kdf", "interactive"
     )
     assert rc == 0, err
-    await verify(hub.store, user)
+    await verify_on(hub, user)
 
 
 async def test_a_one_shot_send_waits_out_a_draining_node(

@@ -22,9 +22,10 @@ from miss_server.store.base import AuditEvent
 from protocol.attestation import authority_fingerprint, encode_authority_key
 from protocol.crypto import new_message_id
 from protocol.frames import Send
-from tests.support.authority import AUTHORITY_PK, AUTHORITY_TEXT, verify
+from tests.support.authority import AUTHORITY_PK, AUTHORITY_TEXT
 from tests.support.client_fixtures import PASSPHRASE
 from tests.support.fakehub import FakeHub, wait_for
+from tests.support.verified_hubs import verify_on
 from tests.support.wire import invite
 
 SAFETY = re.compile(r"^(\d{5} ){11}\d{5}$", re.M)
@@ -296,7 +297,7 @@ async def enroll_real(cli: Cli, hub: HubServer, name: str, rpps: str, *, verifie
     )
     assert rc == 0, err
     if verified:
-        await verify(hub.store, user)
+        await verify_on(hub, user)
     return user
 
 
@@ -319,7 +320,7 @@ async def link_real(cli: Cli, hub: HubServer, existing: str, name: str) -> str:
         name,
     )
     assert rc == 0, err
-    await verify(hub.store, load_profile(cli.tmp_path / name, PASSPHRASE).user_id)
+    await verify_on(hub, load_profile(cli.tmp_path / name, PASSPHRASE).user_id)
     return out.split("device ")[1].split()[0]
 
 

@@ -27,7 +27,7 @@ from protocol.notices import render_text
 from tests.support.client_fixtures import PASSPHRASE
 from tests.support.clock import now_ms
 from tests.support.notice_fixtures import SERVICE_NAME, SERVICE_ORG, admission, enroll_service, invite_service
-from tests.support.verified_hubs import ClinicianFactory
+from tests.support.verified_hubs import ClinicianFactory, verify_on
 
 
 @contextlib.asynccontextmanager
@@ -202,7 +202,7 @@ async def notify(*args: str) -> tuple[int, dict[str, object], str]:
 async def test_miss_notify_enrolls_sends_once_and_says_why_it_fails(
     clinician: ClinicianFactory, hub: HubServer, tmp_path: Path
 ) -> None:
-    from tests.support.authority import AUTHORITY_TEXT, verify
+    from tests.support.authority import AUTHORITY_TEXT
 
     alice_p = await clinician("alice", "10000000171")
     code = await invite_service(hub)
@@ -222,7 +222,7 @@ async def test_miss_notify_enrolls_sends_once_and_says_why_it_fails(
         "interactive",
     )
     assert rc == 0, err
-    await verify(hub.store, str(out["user"]))
+    await verify_on(hub, str(out["user"]))
     send = [
         "send",
         *profile,

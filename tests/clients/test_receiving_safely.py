@@ -18,9 +18,9 @@ from miss_client.profile import Profile, set_authority
 from miss_server.app import HubServer
 from protocol import crypto
 from protocol.attestation import encode_authority_key
-from tests.support.authority import AUTHORITY_PK, verify
+from tests.support.authority import AUTHORITY_PK
 from tests.support.client_fixtures import PASSPHRASE
-from tests.support.verified_hubs import AttestedFakeHub, fake_clinician
+from tests.support.verified_hubs import AttestedFakeHub, fake_clinician, verify_on
 from tests.support.wire import invite
 
 ALICE, BOB, CAROL = "10000000001", "10000000002", "10000000003"
@@ -146,6 +146,6 @@ async def test_the_device_cap_answers_link_codes_with_too_many_devices(
             for i, (code, _) in enumerate(codes)
         )
     )
-    await verify(hub.store, alice.user_id)
+    await verify_on(hub, alice.user_id)
     async with Client.connect(alice) as a:
         assert len(await a.devices()) == 8

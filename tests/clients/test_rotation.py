@@ -35,10 +35,10 @@ from miss_server.app import HubServer
 from miss_server.config import ConfigError
 from protocol import attestation, rotation
 from protocol.frame_base import CAP_ROTATION
-from tests.support.authority import AUTHORITY, AUTHORITY_PK, AUTHORITY_TEXT, verify, write_key_file
+from tests.support.authority import AUTHORITY, AUTHORITY_PK, AUTHORITY_TEXT, write_key_file
 from tests.support.client_fixtures import PASSPHRASE
 from tests.support.inprocess_hub import hub_settings
-from tests.support.verified_hubs import enroll_clinician
+from tests.support.verified_hubs import enroll_clinician, verify_on
 from tests.support.wire import invite
 
 pytestmark = pytest.mark.slow
@@ -150,7 +150,7 @@ async def test_clients_follow_a_rotation_and_keep_messaging(
             assert stored.authority_pk == new_pk
             assert stored.authority_previous == (rotation.PreviousKey(AUTHORITY_PK, statement.until),)
         # One re-attested under the new key, the other not yet: both still verify.
-        await verify(hub.store, alice.user_id, key=new_key)
+        await verify_on(hub, alice.user_id, key=new_key)
         async with Client.connect(alice) as a, Client.connect(bob) as b:
             assert a.rotation is None and b.rotation is None  # followed once, not at every connection
             await exchange(b, a, alice.user_id, "Alice sous la nouvelle clé")

@@ -30,6 +30,7 @@ from tests.support.verified_hubs import (
     ClinicianFactory,
     enroll_linked,
     fake_clinician,
+    verify_on,
 )
 
 ALICE, BOB, CAROL, DAVE = "10000000001", "10000000002", "10000000003", "10000000004"
@@ -118,13 +119,13 @@ async def test_the_real_hub_does_not_list_clinicians_it_does_not_verify(
     alice = await clinician("alice", ALICE)
     bob = await clinician("bob", BOB, verified=False)
     if reason == "expired":
-        await verify(hub.store, bob.user_id, not_before=now_ms() - 2 * DAY_MS, not_after=now_ms() - DAY_MS)
+        await verify_on(hub, bob.user_id, not_before=now_ms() - 2 * DAY_MS, not_after=now_ms() - DAY_MS)
     elif reason == "not_yet_valid":
-        await verify(hub.store, bob.user_id, not_before=now_ms() + DAY_MS, not_after=now_ms() + 2 * DAY_MS)
+        await verify_on(hub, bob.user_id, not_before=now_ms() + DAY_MS, not_after=now_ms() + 2 * DAY_MS)
     elif reason == "signature":
-        await verify(hub.store, bob.user_id, key=nacl.signing.SigningKey.generate())
+        await verify_on(hub, bob.user_id, key=nacl.signing.SigningKey.generate())
     elif reason == "wrong_user":
-        await HostileOperator(hub).give_attestation(bob.user_id, await verify(hub.store, alice.user_id))
+        await HostileOperator(hub).give_attestation(bob.user_id, await verify_on(hub, alice.user_id))
     async with Client.connect(alice) as a:
         with pytest.raises(UnknownUser):
             await a.send(BOB, "Bonjour, êtes-vous de garde ?")
@@ -317,7 +318,7 @@ async def test_search_shows_only_clinicians_whose_attestation_verifies(
     await clinician("carol", CAROL, verified=False)
     dave = await clinician("dave", DAVE)
     # the hub serves a tampered attestation for dave: a name the authority never signed
-    await verify(hub.store, dave.user_id)
+    await verify_on(hub, dave.user_id)
     await HostileOperator(hub).alter_attestation(dave.user_id, name="Dr Dave, chef de service")
     async with Client.connect(alice) as a:
         found = await a.search("CHRU Test")

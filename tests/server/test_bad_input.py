@@ -27,7 +27,7 @@ from protocol.frames import (
     LookupOk,
     Send,
 )
-from tests.support.authority import verify
+from tests.support.verified_hubs import verify_on
 from tests.support.wire import RawDevice, enrolled, invite
 
 
@@ -215,7 +215,7 @@ async def test_missing_device_is_named(hub: HubServer, pair: Pair) -> None:
     # Bob adds a second device; Alice's stale list misses it.
     _ = await invite(hub, "Carol", "10000000003")
     second = await pair.b.link()
-    await verify(hub.store, pair.b.user_id)  # the administrator attests the new device too
+    await verify_on(hub, pair.b.user_id)  # the administrator attests the new device too
     send = pair.a.message(pair.lb, "stale list")  # pair.lb predates the new device
     await pair.a.send_frame(send)
     reply = await expect_request_error(pair.a, errors.MissingDevices, send)

@@ -108,3 +108,17 @@ def test_bad_security_settings_are_refused_clearly(key: str, value: object, says
     with pytest.raises(ConfigError) as err:
         load_settings(**{key: value})
     assert key in str(err.value) and says in str(err.value)
+
+
+def test_workers_need_the_shared_store_and_broker(monkeypatch: pytest.MonkeyPatch) -> None:
+    for var in ("MISS_CONFIG", "MISS_STORE", "MISS_BROKER", "MISS_WORKERS", "MISS_METRICS_PORT_BASE"):
+        monkeypatch.delenv(var, raising=False)
+    shared = {"store": "postgresql://miss@db/miss", "broker": "redis://redis:6379/0"}
+    assert load_settings(workers=4, **shared).workers == 4
+    assert load_settings().workers == 1  # the embedded default: one process
+    with pytest.raises(ConfigError) as refused:
+        load_settings(workers=2, store=shared["store"])  # the in-process broker reaches no other worker
+    assert "workers = 2 needs the store and broker that several nodes share" in str(refused.value)
+    assert "broker is memory://" in str(refused.value) and "store is" not in str(refused.value)
+    with pytest.raises(ConfigError, match="metrics_port_base"):
+        load_settings(workers=4, metrics_port_base=65533, **shared)

@@ -51,12 +51,12 @@ from protocol.frames import (
 )
 from protocol.oncall import Policy, Step, pack_policy
 from tests.support.admin_cli import Admin
-from tests.support.authority import verify
 from tests.support.inprocess_hub import HubFactory, hub_settings
 from tests.support.oncall_wire import OncallDevice, keys, opened, sealed
 from tests.support.pg_hub import postgres_store_url
 from tests.support.store_fixtures import POSTGRES_DSN
 from tests.support.team_wire import now_ms
+from tests.support.verified_hubs import verify_on
 from tests.support.wire import invite
 
 #: Settings that let a whole escalation run in about a second.
@@ -82,7 +82,7 @@ async def _linked(hub: HubServer, first: OncallDevice) -> OncallDevice:
     assert isinstance(reply, LinkCodeOk), reply
     other = OncallDevice(hub.url)
     await other.enroll(reply.code)
-    await verify(hub.store, first.user_id)
+    await verify_on(hub, first.user_id)
     hub.hub.accounts.forget(first.user_id)
     return other
 

@@ -29,10 +29,11 @@ from protocol.frames import (
     Urgent,
 )
 from tests.support.admin_cli import Admin
-from tests.support.authority import AUTHORITY_PK, verify
+from tests.support.authority import AUTHORITY_PK
 from tests.support.inprocess_hub import HubFactory
 from tests.support.oncall_wire import OncallDevice, keys, sealed
 from tests.support.team_wire import now_ms
+from tests.support.verified_hubs import verify_on
 from tests.support.wire import invite
 
 ORG = "CHRU Test"
@@ -55,7 +56,7 @@ async def service(hub: HubServer, ident: str, *, replies: bool = False) -> Oncal
     await hub.store.add_enrollment_code(user.user_id, code_hash(code), now_ms() + 3_600_000)
     dev = OncallDevice(hub.url)
     await dev.enroll(code)
-    await verify(hub.store, dev.user_id)
+    await verify_on(hub, dev.user_id)
     hub.hub.accounts.forget(dev.user_id)  # as the hub learns of a verification
     return dev
 
@@ -162,7 +163,7 @@ async def test_a_service_refusing_replies_gets_nothing_and_its_notices_go_out(hu
     assert await delivered_text(alice, svc) == "Admission de M. DUPONT Jean"
     # The service's own devices may write to each other (read notices, SPEC §13.5).
     second = await svc.link()
-    await verify(hub.store, svc.user_id)
+    await verify_on(hub, svc.user_id)
     hub.hub.accounts.forget(svc.user_id)
     own = await lookup(svc, svc.user_id)
     own = replace(own, devices=tuple(d for d in own.devices if d.device != svc.device_id))

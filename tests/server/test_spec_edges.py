@@ -40,7 +40,8 @@ from protocol.frames import (
     SearchOk,
     Send,
 )
-from tests.support.authority import AUTHORITY_TEXT, UNLIMITED, verify
+from tests.support.authority import AUTHORITY_TEXT, UNLIMITED
+from tests.support.verified_hubs import verify_on
 from tests.support.wire import RawDevice, enrolled
 
 #: ``make_hub`` (tests/server/conftest.py): ``await make_hub(**settings)``.
@@ -221,7 +222,7 @@ async def test_a_send_to_oneself_reaches_ones_other_devices_without_receipts(hub
     assert isinstance(reply, Error) and (reply.code, reply.id) == ("unknown_device", alone.id)
 
     laptop = await phone.link()
-    await verify(hub.store, phone.user_id)
+    await verify_on(hub, phone.user_id)
     own = await phone.lookup(phone.user_id)
     note = sealed_send(phone, phone.user_id, own, {laptop.device_id})
     assert await phone.ask(note) == Accepted(note.id)
@@ -241,7 +242,7 @@ async def test_a_send_to_oneself_reaches_ones_other_devices_without_receipts(hub
 async def test_a_clinician_without_an_attested_device_gets_nothing(hub: HubServer) -> None:
     alice = await enrolled(hub, "Alice", "10000000001")
     bob = await enrolled(hub, "Bob", "10000000002", verified=False)
-    await verify(hub.store, bob.user_id, devices=[])  # verified, but no device vouched for
+    await verify_on(hub, bob.user_id, devices=[])  # verified, but no device vouched for
     listed = await alice.lookup(bob.user_id)
     assert [d.device for d in listed.devices] == [bob.device_id]  # active, listed, not attested
     to_bob = sealed_send(alice, bob.user_id, listed, {bob.device_id})
@@ -251,7 +252,7 @@ async def test_a_clinician_without_an_attested_device_gets_nothing(hub: HubServe
     # With another device of her own, the target set is that device only,
     # and a send sealed for it alone is accepted: Bob gets nothing.
     laptop = await alice.link()
-    await verify(hub.store, alice.user_id)
+    await verify_on(hub, alice.user_id)
     own = await alice.lookup(alice.user_id)
     copy_only = sealed_send(alice, bob.user_id, own, {laptop.device_id})
     assert await alice.ask(copy_only) == Accepted(copy_only.id)
@@ -268,7 +269,7 @@ async def test_search_folds_case_keeps_accents_and_sorts_by_code_point(hub: HubS
     names = ["anne Martin", "Émile Roux", "Zoé Lefèvre", "Bernard Petit"]
     for i, name in enumerate(names):
         user = await hub.store.create_user(name, f"9990000000{i}", "médecin", "Clinique Xyzzy", now_ms())
-        await verify(hub.store, user.user_id, devices=[])
+        await verify_on(hub, user.user_id, devices=[])
 
     async def found(query: str) -> list[str]:
         reply = await alice.ask(Search(rid=1, query=query))
@@ -289,7 +290,7 @@ async def test_search_folds_case_keeps_accents_and_sorts_by_code_point(hub: HubS
 async def test_revoking_oneself_ends_the_connection_and_others_are_forbidden(hub: HubServer) -> None:
     phone = await enrolled(hub, "Alice", "10000000001")
     laptop = await phone.link()
-    await verify(hub.store, phone.user_id)
+    await verify_on(hub, phone.user_id)
     bob = await enrolled(hub, "Bob", "10000000002")
 
     await laptop.send_frame(Revoke(rid=9, device=laptop.device_id))

@@ -34,7 +34,7 @@ from protocol.frames import (
     TeamsOk,
     decode,
 )
-from tests.support.authority import AUTHORITY_PK, verify
+from tests.support.authority import AUTHORITY_PK
 from tests.support.inprocess_hub import HubFactory
 from tests.support.pg_hub import postgres_store_url
 from tests.support.team_wire import (
@@ -47,6 +47,7 @@ from tests.support.team_wire import (
     sign,
     team_send,
 )
+from tests.support.verified_hubs import verify_on
 from tests.support.wire import invite
 
 _rpps = iter(range(20_000_000_001, 20_000_099_999))
@@ -65,7 +66,7 @@ async def clinician(hub: HubServer, name: str, devices: int = 1, **device: Any) 
         await other.enroll(reply.code)
         out.append(other)
     if devices > 1:
-        await verify(hub.store, first.user_id)
+        await verify_on(hub, first.user_id)
         hub.hub.accounts.forget(first.user_id)
     return out
 

@@ -33,9 +33,9 @@ from protocol.frames import (
     SearchOk,
 )
 from tests.support.admin_cli import Admin
-from tests.support.authority import verify
 from tests.support.clock import now_ms
 from tests.support.inprocess_hub import HubFactory
+from tests.support.verified_hubs import verify_on
 from tests.support.wire import RawDevice, enrolled, invite
 
 
@@ -93,7 +93,7 @@ async def test_unverified_accounts_can_neither_send_nor_be_written_to(hub: HubSe
     assert await hub.store.count_pending(alice.device_id) == 0
 
     # Verified while connected: the next send goes through, no reconnection needed.
-    await verify(hub.store, alice.user_id)
+    await verify_on(hub, alice.user_id)
     assert isinstance(await send_text(alice, bob.user_id, "hello again"), Accepted)
 
 
@@ -103,13 +103,13 @@ async def test_an_invalid_attestation_does_not_verify(hub: HubServer, flaw: str)
     bob = await enrolled(hub, "Bob", "10000000002")
     now = now_ms()
     if flaw == "expired":
-        await verify(hub.store, alice.user_id, not_before=now - 10_000, not_after=now - 1)
+        await verify_on(hub, alice.user_id, not_before=now - 10_000, not_after=now - 1)
     elif flaw == "other key":
-        await verify(hub.store, alice.user_id, key=nacl.signing.SigningKey.generate())
+        await verify_on(hub, alice.user_id, key=nacl.signing.SigningKey.generate())
     else:
         impostor = crypto.DeviceKeys.generate()
         devices = [attestation.AttestedDevice(alice.device_id, impostor.sign_pk, impostor.box_pk)]
-        await verify(hub.store, alice.user_id, devices=devices)
+        await verify_on(hub, alice.user_id, devices=devices)
     reply = await send_sealed(alice, await listing(hub, bob.user_id), None, "hello")
     assert isinstance(reply, Error) and reply.code == errors.NotVerified.code
     assert await refused_lookup(alice, alice.user_id) == errors.NotVerified.code
@@ -144,7 +144,7 @@ async def test_a_linked_device_is_no_target_until_verified_again(hub: HubServer)
         (laptop.device_id, False),
     }
 
-    await verify(hub.store, bob.user_id)  # the administrator attests the laptop too
+    await verify_on(hub, bob.user_id)  # the administrator attests the laptop too
     reply = await send_text(laptop, alice.user_id, "from the laptop")
     assert isinstance(reply, Accepted)
     assert isinstance(await alice.recv(), Deliver)  # the laptop's message
@@ -159,7 +159,7 @@ async def test_too_many_envelopes_are_refused(make_hub: HubFactory) -> None:
     alice = await enrolled(hub, "Alice", "10000000001")
     bob = await enrolled(hub, "Bob", "10000000002")
     await alice.link()
-    await verify(hub.store, alice.user_id)
+    await verify_on(hub, alice.user_id)
     reply = await send_text(alice, bob.user_id, "bob's phone and my laptop: two envelopes")
     assert isinstance(reply, Error) and reply.code == errors.TooManyRecipients.code
 
@@ -173,7 +173,7 @@ async def test_search_answers_with_attestations_of_verified_clinicians_only(hub:
     bob = await enrolled(hub, "Dr Bob Martinez", "10000000003")
     lapsed = await enrolled(hub, "Dr Carole Martin", "10000000004", verified=False)
     now = now_ms()
-    await verify(hub.store, lapsed.user_id, not_before=now - 10_000, not_after=now - 1)  # expired
+    await verify_on(hub, lapsed.user_id, not_before=now - 10_000, not_after=now - 1)  # expired
     await alice.send_frame(Search(rid=9, query="MARTIN"))
     found = await alice.recv()
     assert isinstance(found, SearchOk) and found.rid == 9
@@ -220,7 +220,7 @@ async def test_a_clinician_revokes_a_lost_device_from_another(hub: HubServer) ->
     phone = await enrolled(hub, "Alice", "10000000001")
     bob = await enrolled(hub, "Bob", "10000000002")
     laptop = await phone.link()
-    await verify(hub.store, phone.user_id)
+    await verify_on(hub, phone.user_id)
 
     await laptop.send_frame(Revoke(rid=2, device=bob.device_id))
     forbidden = await laptop.recv()

@@ -12,9 +12,10 @@ from miss_client import KDF_INTERACTIVE, Profile, enroll
 from miss_server.app import HubServer
 from miss_server.codes import code_hash, new_code
 from protocol.notices import Notice
-from tests.support.authority import AUTHORITY_PK, verify
+from tests.support.authority import AUTHORITY_PK
 from tests.support.client_fixtures import PASSPHRASE
 from tests.support.clock import now_ms
+from tests.support.verified_hubs import verify_on
 
 __all__ = ["SERVICE_NAME", "SERVICE_ORG", "admission", "enroll_service", "invite_service"]
 
@@ -41,7 +42,7 @@ async def enroll_service(
     profile = await enroll(
         hub.url, code, directory, PASSPHRASE, "adt", authority=AUTHORITY_PK, kdf=KDF_INTERACTIVE
     )
-    await verify(hub.store, profile.user_id)
+    await verify_on(hub, profile.user_id)
     return profile
 
 

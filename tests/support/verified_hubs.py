@@ -19,6 +19,7 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import Any
 
 import nacl.signing
 from miss_client import KDF_INTERACTIVE, Client, Profile, enroll
@@ -108,13 +109,15 @@ async def fake_clinician(hub: FakeHub, directory: Path, name: str, rpps: str) ->
     )
 
 
-async def verify_on(hub: HubServer, user_id: str) -> None:
-    """Attest ``user_id`` on the in-process ``hub``'s store, and make the hub
+async def verify_on(hub: HubServer, user_id: str, **kw: Any) -> bytes:
+    """Attest ``user_id`` on the in-process ``hub``'s store (authority.verify,
+    with its keyword arguments; returns the attestation), and make the hub
     forget its cached account at once, as it does within a second of
     ``miss-admin verify`` (its audit-log poll): a test that writes right
     after must not race that poll."""
-    await verify(hub.store, user_id)
+    att = await verify(hub.store, user_id, **kw)
     hub.hub.accounts.forget(user_id)
+    return att
 
 
 async def enroll_clinician(
