@@ -8,6 +8,11 @@ meanwhile changes nothing (the grace period bounds the wait anyway).
 Exit status: 0 after a shutdown, even one that had to cut connections at
 the end of the grace period, 2 for a configuration error, 1 when the store
 or port cannot be used.
+
+With ``--workers N`` (``workers``, ``MISS_WORKERS``) above 1 this process
+supervises N worker processes on the same port instead (supervisor.py);
+each worker runs this same entry point with the hidden ``--worker`` flags
+(worker.py).
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
 import signal
 import sys
 from importlib.metadata import version
@@ -25,6 +31,8 @@ from .broker.base import BrokerUnavailable
 from .config import ConfigError, load_settings
 from .logs import setup_logging
 from .store.base import SchemaMismatch, StoreUnavailable
+from .supervisor import run_supervisor
+from .worker import OpsListener, add_worker_metrics, die_with_parent, tag_logs
 
 log = logging.getLogger("miss.server")
 
@@ -37,6 +45,15 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--port", type=int, help="listen port (default 8765)")
     p.add_argument("--store", help="store URL (default sqlite:///miss-data/miss.db)")
     p.add_argument("--broker", help="broker URL (default memory://)")
+    p.add_argument(
+        "--workers",
+        type=int,
+        help="hub processes on this port, one per core (default 1; more need PostgreSQL and Redis)",
+    )
+    # Set by the supervisor on the workers it starts (supervisor.py, worker.py).
+    p.add_argument("--worker", type=int, help=argparse.SUPPRESS)
+    p.add_argument("--parent", type=int, help=argparse.SUPPRESS)
+    p.add_argument("--restarts", type=int, default=0, help=argparse.SUPPRESS)
     return p
 
 
@@ -45,7 +62,7 @@ def _parser() -> argparse.ArgumentParser:
 EXIT_SLACK = 5.0
 
 
-async def _run(server: HubServer) -> None:
+async def _run(server: HubServer, worker: int | None = None) -> None:
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
 
@@ -59,29 +76,56 @@ async def _run(server: HubServer) -> None:
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, on_signal, sig)
     await server.start()
-    print(f"MiSS hub serving {server.url} (store {server.settings.store_display})", flush=True)
+    ops = None
+    if server.settings.metrics_port_base is not None:
+        ops = OpsListener(server, server.settings.metrics_port_base + (worker or 0))
+        try:
+            await ops.start()
+        except OSError:
+            await server.stop()
+            raise
+    if worker is None:
+        print(f"MiSS hub serving {server.url} (store {server.settings.store_display})", flush=True)
+    else:  # the line the supervisor waits for (supervisor.READY_PREFIX)
+        print(f"MiSS worker {worker} serving {server.url} (pid {os.getpid()})", flush=True)
     await stop.wait()
     try:
         await asyncio.wait_for(server.shutdown(), server.settings.shutdown_grace_seconds + EXIT_SLACK)
     except TimeoutError:
         log.error("shutdown overran the grace period; exiting anyway")
+    if ops is not None:  # after the drain, so that its /readyz said "draining" meanwhile
+        await ops.close()
 
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
         settings = load_settings(
-            args.config, host=args.host, port=args.port, store=args.store, broker=args.broker
+            args.config,
+            host=args.host,
+            port=args.port,
+            store=args.store,
+            broker=args.broker,
+            workers=args.workers,
         )
     except ConfigError as exc:
         print(f"miss-server: {exc}", file=sys.stderr)
         return 2
     setup_logging(settings.log_level, settings.log_format)
+    if args.worker is not None:
+        if args.parent is not None and not die_with_parent(args.parent):
+            return 1  # its supervisor is gone already
+        tag_logs(args.worker)
+    elif settings.workers > 1:
+        return run_supervisor(settings, list(sys.argv[1:] if argv is None else argv))
     # Each connection is a file descriptor; the common default of 1,024 is
     # spent by a morning's reconnections (admission.py keeps a quarter spare).
     log.info("open-file limit", extra={"soft": raise_open_file_limit()})
     try:
-        asyncio.run(_run(HubServer(settings)))
+        server = HubServer(settings)
+        if args.worker is not None:
+            add_worker_metrics(server, args.restarts)
+        asyncio.run(_run(server, args.worker))
     except OSError as exc:  # the port is taken, the store's directory cannot be written...
         what = exc.strerror or str(exc)
         where = f" ({exc.filename})" if exc.filename else ""

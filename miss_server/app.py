@@ -208,6 +208,8 @@ class HubServer:
             ssl=tls,
             server_header="MiSS",
             backlog=LISTEN_BACKLOG,  # a morning reconnect storm must not overflow the SYN queue
+            # Workers of one machine listen on the same port; the kernel spreads connections (supervisor.py).
+            reuse_port=self.settings.workers > 1,
             open_timeout=self.settings.handshake_timeout_seconds,
             ping_interval=self.settings.ping_interval_seconds,
             ping_timeout=self.settings.ping_timeout_seconds,
@@ -385,19 +387,8 @@ class HubServer:
         path = request.path.split("?", 1)[0]
         if self.downloads.handles(path):
             return self.downloads.respond(ws, request, path)
-        if path == "/healthz":
-            return ws.respond(HTTPStatus.OK, "ok\n")
-        if path == "/readyz":
-            problem = self.readiness.problem
-            if problem is None:
-                return ws.respond(HTTPStatus.OK, "ready\n")
-            return ws.respond(HTTPStatus.SERVICE_UNAVAILABLE, f"{problem}\n")
-        if path == "/metrics":
-            if not self._may_read_metrics(ws, request):
-                return ws.respond(HTTPStatus.FORBIDDEN, "forbidden\n")
-            body = self.metrics.render()
-            headers = Headers([("Content-Type", CONTENT_TYPE_LATEST), ("Content-Length", str(len(body)))])
-            return Response(200, "OK", headers, body)
+        if (answer := self.ops_response(ws, request, path)) is not None:
+            return answer
         upgrade = path == "/" and is_upgrade(request)
         if not upgrade and self.web is not None and (asset := self.web.asset_for(path)) is not None:
             return self.web.response(request, asset)
@@ -417,6 +408,25 @@ class HubServer:
             if not ws.admit_forwarded(client_address(ws, True)):
                 return ws.respond(HTTPStatus.SERVICE_UNAVAILABLE, "too many connections\n")
         return None  # the WebSocket endpoint
+
+    def ops_response(self, ws: ServerConnection, request: Request, path: str) -> Response | None:
+        """The answer to ``/healthz``, ``/readyz`` or ``/metrics`` (``path``,
+        without its query), None for any other path. A worker's metrics port
+        (worker.py) answers these and nothing else."""
+        if path == "/healthz":
+            return ws.respond(HTTPStatus.OK, "ok\n")
+        if path == "/readyz":
+            problem = self.readiness.problem
+            if problem is None:
+                return ws.respond(HTTPStatus.OK, "ready\n")
+            return ws.respond(HTTPStatus.SERVICE_UNAVAILABLE, f"{problem}\n")
+        if path == "/metrics":
+            if not self._may_read_metrics(ws, request):
+                return ws.respond(HTTPStatus.FORBIDDEN, "forbidden\n")
+            body = self.metrics.render()
+            headers = Headers([("Content-Type", CONTENT_TYPE_LATEST), ("Content-Length", str(len(body)))])
+            return Response(200, "OK", headers, body)
+        return None
 
     def _may_read_metrics(self, ws: ServerConnection, request: Request) -> bool:
         """With a token, a request that bears it; without, a loopback peer

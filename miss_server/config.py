@@ -98,6 +98,22 @@ class Settings(BaseSettings):
         description="Window over which a draining node closes its clients' connections (1001), so that "
         "their reconnections do not reach the other nodes at once; at most half of shutdown_grace_seconds.",
     )
+    workers: int = Field(
+        1,
+        ge=1,
+        le=256,
+        description="Hub processes serving the port on this machine (one per core): with more than one, "
+        "`miss-server` supervises that many worker processes, each a node of its own, sharing the "
+        "port (SO_REUSEPORT); they need a postgresql:// store and a redis:// broker (supervisor.py).",
+    )
+    metrics_port_base: int | None = Field(
+        None,
+        ge=1,
+        le=65535,
+        description="Worker i (from 0) also serves /metrics, /healthz and /readyz, and nothing else, on "
+        "port metrics_port_base + i, so that a scrape reaches each worker (on the shared port, one at "
+        "random). Default: none.",
+    )
     presence_ttl_seconds: float = Field(
         30, ge=1, le=600, description="Longest time a device of a dead hub node still shows online."
     )
@@ -373,6 +389,7 @@ class Settings(BaseSettings):
 
     def model_post_init(self, __context: Any) -> None:
         self._check_rotations()
+        self._check_workers()
         if (self.tls_cert is None) != (self.tls_key is None):
             raise ValueError("tls_cert and tls_key go together")
         floor = self.escalation_min_interval_ms
@@ -447,6 +464,27 @@ class Settings(BaseSettings):
             return rotation.AuthorityKeys(current)
         # now=0: keep every older key with its 'until'; verifiers compare it to the instant checked.
         return rotation.accept_chain(current, statements, 0)
+
+    def _check_workers(self) -> None:
+        """Several workers share only what several nodes share: each is a
+        process of its own, so SQLite (one process owns its file) and the
+        in-process broker (which reaches no other process) cannot serve them."""
+        base = self.metrics_port_base
+        if base is not None and base + self.workers - 1 > 65535:
+            raise ValueError(f"metrics_port_base + {self.workers} workers - 1 must be at most 65535")
+        if self.workers == 1:
+            return
+        wrong = []
+        if not self.store.startswith(("postgresql://", "postgres://")):
+            wrong.append(f"store is {self.store_display}: SQLite is owned by one process; use postgresql://")
+        if not self.broker.startswith(("redis://", "rediss://")):
+            wrong.append(f"broker is {self.broker_display}: it reaches no other process; use redis://")
+        if wrong:
+            raise ValueError(
+                f"workers = {self.workers} needs the store and broker that several nodes share ("
+                + "; ".join(wrong)
+                + "); or set workers = 1, the embedded default"
+            )
 
     def _check_rotations(self) -> None:
         """``authority_rotations`` must be a chain of valid statements ending
