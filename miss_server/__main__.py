@@ -25,6 +25,7 @@ import signal
 import sys
 from importlib.metadata import version
 
+from . import gcpolicy
 from .admission import raise_open_file_limit
 from .app import HubServer
 from .broker.base import BrokerUnavailable
@@ -84,6 +85,7 @@ async def _run(server: HubServer, worker: int | None = None) -> None:
         except OSError:
             await server.stop()
             raise
+    gcpolicy.tune()  # a long-lived server's collector settings (gcpolicy.py says why)
     if worker is None:
         print(f"MiSS hub serving {server.url} (store {server.settings.store_display})", flush=True)
     else:  # the line the supervisor waits for (supervisor.READY_PREFIX)

@@ -481,6 +481,11 @@ class Store(Protocol):
 
     async def get_user(self, user_id: str) -> User | None: ...
 
+    async def get_account(self, user_id: str) -> tuple[User | None, list[Device]]:
+        """The user and their active devices (as :meth:`user_devices`), in
+        one trip to the store: what the hub loads per account
+        (``accounts.py``), once per authentication on a cold node."""
+
     async def find_user_by_rpps(self, rpps: str) -> User | None: ...
 
     async def list_users(self) -> list[User]:

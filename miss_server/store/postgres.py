@@ -221,6 +221,20 @@ class PostgresStore(oncall.PostgresOncall, PostgresServices):
     async def get_user(self, user_id: str) -> User | None:
         return await self._db.retryable(lambda c: _user_where(c, "user_id", user_id))
 
+    async def get_account(self, user_id: str) -> tuple[User | None, list[Device]]:
+        async def run(c: asyncpg.Connection) -> tuple[User | None, list[Device]]:
+            user = await _user_where(c, "user_id", user_id)
+            if user is None:
+                return None, []
+            rows = await c.fetch(
+                f"SELECT {DEVICE_COLUMNS} FROM devices WHERE user_id = $1 AND revoked_at IS NULL "
+                "ORDER BY created_at, device_id",
+                user_id,
+            )
+            return user, [to_device(r) for r in rows]
+
+        return await self._db.retryable(run)
+
     async def find_user_by_rpps(self, rpps: str) -> User | None:
         return await self._db.retryable(lambda c: _user_where(c, "rpps", rpps))
 

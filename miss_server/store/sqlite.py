@@ -141,6 +141,20 @@ class SQLiteStore(oncall.SQLiteOncall, SQLiteServices):
     async def get_user(self, user_id: str) -> User | None:
         return await self._db.read(_user_where, "user_id", user_id)
 
+    async def get_account(self, user_id: str) -> tuple[User | None, list[Device]]:
+        def run(conn: sqlite3.Connection) -> tuple[User | None, list[Device]]:
+            user = _user_where(conn, "user_id", user_id)
+            if user is None:
+                return None, []
+            rows = conn.execute(
+                f"SELECT {DEVICE_COLUMNS} FROM devices WHERE user_id = ? AND revoked_at IS NULL "
+                "ORDER BY created_at, device_id",
+                (user_id,),
+            ).fetchall()
+            return user, [to_device(r) for r in rows]
+
+        return await self._db.read(run)
+
     async def find_user_by_rpps(self, rpps: str) -> User | None:
         return await self._db.read(_user_where, "rpps", rpps)
 

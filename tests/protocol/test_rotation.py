@@ -120,6 +120,16 @@ def test_attestation_by_old_key_verifies_during_overlap_only() -> None:
     assert attestation.counts_until(blob, bytes.fromhex(s["old"]), s["at"]) == att.not_after - 1
     renewed = attestation.sign(att, sk(s["new_seed"]))
     assert attestation.counts_until(renewed, keys, s["at"]) == att.not_after - 1
+    # The hub's single check (accounts.py) says the same as verify + counts_until, and refuses alike.
+    assert attestation.verify_counted(blob, keys, s["at"]) == (att, s["until"])
+    assert attestation.verify_counted(renewed, keys, s["at"]) == (att, att.not_after - 1)
+    assert attestation.verify_counted(blob, bytes.fromhex(s["old"]), s["at"]) == (att, att.not_after - 1)
+    with pytest.raises(attestation.AttestationSignatureInvalid):
+        attestation.verify_counted(blob, keys, s["until"] + 1)
+    with pytest.raises(attestation.AttestationExpired):
+        attestation.verify_counted(renewed, keys, att.not_after)
+    with pytest.raises(attestation.AttestationNotYetValid):
+        attestation.verify_counted(renewed, keys, att.not_before - 1)
     # A team record outlives 'until': it is judged at its own 'at' (contract change 1).
     rec = teams.next_record(None, "create", "alice", by=teams.AUTHORITY, at=s["until"], name="Garde")
     packed = teams.pack_record(rec)

@@ -324,6 +324,18 @@ async def test_revoking_a_device_is_for_ever_and_drops_its_queue(store: Store) -
     assert await store.count_pending(b1) == 0 and await store.count_pending(b2) == 3
 
 
+async def test_get_account_is_the_user_and_their_active_devices(store: Store) -> None:
+    """What the hub loads per account in one trip (accounts.py): the same as
+    get_user and user_devices, a revoked device left out, a suspension seen."""
+    b, (b1, b2) = await user_with_devices(store, "10000000002", 2)
+    await store.revoke_device(b1, NOW + 10)
+    await store.set_suspended(b, True)
+    user, devices = await store.get_account(b)
+    assert user == await store.get_user(b) and user is not None and user.suspended
+    assert devices == await store.user_devices(b) and [d.device_id for d in devices] == [b2]
+    assert await store.get_account("u_nobody") == (None, [])
+
+
 async def test_receipts_skip_a_revoked_sender_device(store: Store) -> None:
     a, (a1, a2) = await user_with_devices(store, "10000000001", 2)
     b, (b1,) = await user_with_devices(store, "10000000002", 1)
