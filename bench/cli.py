@@ -5,6 +5,7 @@
     miss-bench run --scenario connections --connections 10000
     miss-bench run --scenario offline-drain --messages 10000
     miss-bench run --scenario auth-storm --storm 2000
+    miss-bench run --scenario auth-storm --storm 10000 --backend services --hub-workers 2
     miss-bench run --scenario fanout --devices 4 --own-devices 3 --rate 200
     miss-bench run --scenario fanout --team 20 --rate 20 --seconds 5
     miss-bench run --scenario multi-node --rate 1000
@@ -12,6 +13,7 @@
     miss-bench run --scenario search --users 57000
     miss-bench run --scenario attachments --pairs 4 --messages 5 --files 6 --file-mb 5
     miss-bench run --scenario adt --rate 50 --seconds 60 --gps 20
+    miss-bench run --scenario capacity --p99-ms 100 --peak-factor 10
 
 See README, "Benchmarks", for what each figure means.
 """
@@ -28,6 +30,7 @@ from typing import Any
 from .report import table, write_json, write_plot
 from .runner import Run
 from .scenarios import EXTRA_WORKERS, PLOTS, SCENARIOS, TABLES
+from .scenarios.capacity import DEFAULTS as DEFAULT_CAPACITY
 
 __all__ = ["main"]
 
@@ -124,6 +127,14 @@ def _parser() -> argparse.ArgumentParser:
         "--storm", type=int, default=2000, help="auth-storm: devices connecting at once (default 2,000)"
     )
     r.add_argument(
+        "--hub-workers",
+        type=int,
+        default=1,
+        metavar="N",
+        help="auth-storm: run the hub as `miss-server --workers N` (N > 1 needs --backend services); "
+        "its CPU is that of the supervisor and every worker",
+    )
+    r.add_argument(
         "--devices",
         type=int,
         help="fanout: devices of the recipient (default 4); with --team, of each member (default 2)",
@@ -157,6 +168,51 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument(
         "--probes", type=int, default=8, help="search: devices that authenticate in turn (default 8)"
     )
+    cap = r.add_argument_group("capacity", "the search of the highest rate one hub process sustains")
+    cap.add_argument(
+        "--start-rate",
+        type=float,
+        default=DEFAULT_CAPACITY["start_rate"],
+        help="first offered rate, messages/s; doubled while steps pass, then bisected (default 200)",
+    )
+    cap.add_argument("--step-seconds", type=float, help="length of each step (default --seconds, 10)")
+    cap.add_argument(
+        "--p99-ms",
+        type=float,
+        default=DEFAULT_CAPACITY["p99_ms"],
+        help="a step passes with p99 at most this (ms) and nothing lost or refused (default 100)",
+    )
+    cap.add_argument("--max-rate", type=float, help="never offer more than this (messages/s)")
+    cap.add_argument(
+        "--max-steps",
+        type=int,
+        default=DEFAULT_CAPACITY["max_steps"],
+        help="at most this many steps, i.e. rates tried (default 12)",
+    )
+    cap.add_argument(
+        "--confirm",
+        type=int,
+        default=DEFAULT_CAPACITY["confirm"],
+        help="run a failing step again this many times; the rate fails if every attempt failed (default 1)",
+    )
+    cap.add_argument(
+        "--peak-factor",
+        type=float,
+        default=DEFAULT_CAPACITY["peak_factor"],
+        help="a device's traffic at a busy hour ÷ its monthly average (default 10)",
+    )
+    cap.add_argument(
+        "--month-messages",
+        type=float,
+        default=DEFAULT_CAPACITY["month_messages"],
+        help="messages a month of the stated traffic (default the seed's 4,800,000)",
+    )
+    cap.add_argument(
+        "--month-users",
+        type=int,
+        default=DEFAULT_CAPACITY["month_users"],
+        help="users (one device each) who send them (default the seed's 57,000)",
+    )
     r.add_argument(
         "--warmup", type=float, default=1.0, help="unmeasured warm-up before each message window (s)"
     )
@@ -175,6 +231,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.url and args.authority_key_file is None:
         parser.error("--url needs --authority-key-file (the hub's verification authority)")
+    if args.hub_workers > 1 and (args.backend != "services" or args.url):
+        parser.error("--hub-workers above 1 needs --backend services (and no --url)")
     attachments = args.scenario == "attachments"
     if args.seconds is None:
         args.seconds = 60.0 if args.scenario == "adt" else 10.0

@@ -57,7 +57,9 @@ class HubRefused(Exception):
     """The hub answered something else than ``welcome``."""
 
 
-async def open_ws(url: str) -> ClientConnection:
+async def open_ws(url: str, source: str | None = None) -> ClientConnection:
+    """A WebSocket to ``url``, from the local address ``source`` if given
+    (a device of a storm, as from its own address: see Device.source)."""
     return await connect(
         url,
         subprotocols=[SUBPROTOCOL],  # type: ignore[list-item]
@@ -65,6 +67,7 @@ async def open_ws(url: str) -> ClientConnection:
         compression=None,
         open_timeout=60,
         close_timeout=2,
+        local_addr=(source, 0) if source else None,
     )
 
 
@@ -109,8 +112,8 @@ class Device:
         """Detached Ed25519 signature (the session's ``Signer``)."""
         return self.signing_key.sign(message).signature
 
-    async def _challenge(self, url: str) -> ClientSession:
-        self.ws = await open_ws(url)
+    async def _challenge(self, url: str, source: str | None = None) -> ClientSession:
+        self.ws = await open_ws(url, source)
         session = ClientSession()
         try:
             session.receive(await self.ws.recv(decode=False))
@@ -144,13 +147,16 @@ class Device:
         self.user_id, self.device_id = welcome.user, welcome.device
         await self.close()
 
-    async def authenticate(self, url: str, caps: tuple[str, ...] | None = None) -> tuple[int, int, int]:
+    async def authenticate(
+        self, url: str, caps: tuple[str, ...] | None = None, source: str | None = None
+    ) -> tuple[int, int, int]:
         """Connect and authenticate (SPEC §5.2), naming ``caps`` (``teams``:
         the hub sends team messages only to connections that name it, SPEC
-        §13). Returns the monotonic ns at which the connection started, the
-        ``auth`` left, and ``welcome`` came."""
+        §13), from the local address ``source`` if given. Returns the
+        monotonic ns at which the connection started, the ``auth`` left, and
+        ``welcome`` came."""
         started = time.monotonic_ns()
-        session = await self._challenge(url)
+        session = await self._challenge(url, source)
         assert self.ws is not None
         await self.ws.send(session.auth(self.device_id, self, caps))
         auth_sent = time.monotonic_ns()

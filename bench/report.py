@@ -85,7 +85,7 @@ def _section(
 def table(report: dict[str, Any]) -> str:
     params = ", ".join(f"{k}={v}" for k, v in report.get("params", {}).items())
     rate = f"{report['rate_offered']:g}/s offered" if report.get("rate_offered") else "closed loop"
-    if report["mode"] in ("storm", "drain"):
+    if report["mode"] in ("storm", "drain", "capacity-search"):
         rate = report["mode"]
     head = f"miss-bench {report['scenario']} ({report['backend']}): {rate}, {report['seconds']:g} s" + (
         f"; {params}" if params else ""

@@ -320,18 +320,30 @@ class Run:
     # --- phases -------------------------------------------------------------------------
 
     def connect(
-        self, urls: dict[int, str], label: str, concurrency: int | None = 64, indices: list[int] | None = None
+        self,
+        urls: dict[int, str],
+        label: str,
+        concurrency: int | None = 64,
+        indices: list[int] | None = None,
+        sources: int = 0,
     ) -> dict[str, Any]:
-        """Connect (and on a hub authenticate) devices; returns the merged timings."""
+        """Connect (and on a hub authenticate) devices; returns the merged
+        timings. ``sources``: hub connections come from that many loopback
+        addresses (loadgen.Worker.connect)."""
         pop = self.pop
         assert pop is not None
         chosen = set(indices) if indices is not None else {d.index for d in pop.devices}
         per_worker = []
         for w in range(pop.workers):
             mine = [i for i in pop.on_worker(w) if i in chosen]
-            per_worker.append(
-                {"urls": {i: urls[i] for i in mine}, "concurrency": concurrency, "indices": mine}
-            )
+            job: dict[str, Any] = {
+                "urls": {i: urls[i] for i in mine},
+                "concurrency": concurrency,
+                "indices": mine,
+            }
+            if sources:
+                job["sources"] = sources
+            per_worker.append(job)
         self.progress.start(label, len(chosen), "conn")
         results = self.pool.job(
             "connect",

@@ -4,7 +4,7 @@ the scenario's part of the report (``hub``, ``relay``, ``ratio_cpu``...).
 ``--workers`` (the flooder of ``flood`` has its own). ``PLOTS`` and
 ``TABLES``: a scenario's own plot, and lines of its own under the table,
 for figures that are not the hub-versus-relay kind (``search``,
-``attachments``, ``adt``)."""
+``attachments``, ``adt``, ``capacity``)."""
 
 from __future__ import annotations
 
@@ -16,6 +16,7 @@ from . import (
     adt,
     attachments,
     auth_storm,
+    capacity,
     connections,
     fanout,
     flood,
@@ -38,6 +39,7 @@ SCENARIOS: dict[str, Callable[[Any], dict[str, Any]]] = {
     "search": search.run,
     "attachments": attachments.run,
     "adt": adt.run,
+    "capacity": capacity.run,
 }
 
 EXTRA_WORKERS: dict[str, int] = {"flood": 1}
@@ -46,6 +48,7 @@ PLOTS: dict[str, Callable[[dict[str, Any], Path], None]] = {
     "search": search.plot,
     "attachments": attachments.plot,
     "adt": adt.plot,
+    "capacity": capacity.plot,
 }
 
 TABLES: dict[str, Callable[[dict[str, Any]], list[str]]] = {
@@ -53,4 +56,5 @@ TABLES: dict[str, Callable[[dict[str, Any]], list[str]]] = {
     "fanout": fanout.table,
     "attachments": attachments.table,
     "adt": adt.table,
+    "capacity": capacity.table,
 }
