@@ -115,14 +115,6 @@ def _connect(path: Path, *, read_only: bool = False) -> sqlite3.Connection:
     return conn
 
 
-def _fsync(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def _private_temp(directory: Path, name: str) -> Path:
     """A new empty file 0600 in ``directory`` (the rename target's, so the rename is atomic)."""
     path = directory / f".{name}.{secrets.token_hex(4)}.tmp"
@@ -261,9 +253,9 @@ def backup(source: Path, dest: Path) -> dict[str, Any]:
             raise ValueError(f"backup of {source} failed: {exc}") from None
         finally:
             src.close()
-        _fsync(tmp)
+        blob_backup.fsync_path(tmp)
         os.replace(tmp, dest)
-    _fsync(dest.parent)
+    blob_backup.fsync_path(dest.parent)
     size = dest.stat().st_size
     how = f"in {steps} step(s)" + (
         f", the last one whole after {restarts} restarts (the hub was writing)" if one_step else ""
@@ -279,29 +271,6 @@ def backup(source: Path, dest: Path) -> dict[str, Any]:
         **info,
         "text": f"backed up {source} to {dest} ({_size(size)}, mode 600) {how}\n{_summary(info)}",
     }
-
-
-def _in_use(path: Path) -> bool:
-    """True if another connection has the store open (module doc); as a
-    side effect, a WAL left by a killed hub is checkpointed into the file."""
-    try:
-        conn = sqlite3.connect(f"file:{quote(str(path))}?mode=rw", uri=True, isolation_level=None, timeout=0)
-    except sqlite3.OperationalError:
-        return True
-    try:
-        conn.execute("PRAGMA locking_mode = EXCLUSIVE")
-        conn.execute("BEGIN EXCLUSIVE")
-        conn.execute("ROLLBACK")
-        conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-        return False
-    except sqlite3.OperationalError as exc:
-        if "locked" in str(exc) or "busy" in str(exc):
-            return True
-        return False  # not a database any more: nobody can be using it, and it is kept aside
-    except sqlite3.DatabaseError:  # "file is not a database": likewise
-        return False
-    finally:
-        conn.close()
 
 
 def _stamp() -> str:
@@ -322,7 +291,7 @@ def restore(source: Path, target: Path, blobs: Path | None = None, blob_store: s
         if fh.read(len(SQLITE_MAGIC)) != SQLITE_MAGIC:
             raise ValueError(f"{source} is not a MiSS database (not a SQLite file)")
     if target.parent.exists():
-        if target.exists() and _in_use(target):
+        if target.exists() and blob_backup.sqlite_in_use(target):
             raise ValueError(
                 f"{target} is in use (a hub or another miss-admin has it open): stop the hub, then restore"
             )
@@ -416,14 +385,14 @@ def _restore_store(source: Path, target: Path) -> tuple[dict[str, Any], Path | N
             )
         kept = None
         if target.exists():
-            if _in_use(target):
+            if blob_backup.sqlite_in_use(target):
                 raise ValueError(f"{target} is in use: stop the hub, then restore")
             kept = target.with_name(f"{target.name}.before-restore-{_stamp()}")
             os.replace(target, kept)
         for suffix in ("-wal", "-shm", "-journal"):
             Path(f"{target}{suffix}").unlink(missing_ok=True)
         os.replace(tmp, target)
-    _fsync(target.parent)
+    blob_backup.fsync_path(target.parent)
     return info, kept
 
 

@@ -147,6 +147,28 @@ def peak_rss_kib(pid: int) -> dict[str, int | None]:
     return out
 
 
+async def _up_then_down(
+    r: Run,
+    labels: tuple[str, str],
+    pid: int,
+    services: bool,
+    plan: Plan,
+    tally: Tally,
+    work: tuple[Callable[[], Awaitable[list[Any]]], Callable[[], Awaitable[list[Any]]]],
+) -> tuple[Window, Window, list[Any]]:
+    """The two metered windows of one server, the uploads then the
+    downloads (``work``: each starts every pair's part and gathers their
+    outcomes); their windows and every pair's outcome of both, exceptions
+    included."""
+    up, up_outcomes = await _window(
+        r, labels[0], r.meters([pid], services), plan.cipher_bytes, lambda: tally.up_bytes, work[0]()
+    )
+    down, down_outcomes = await _window(
+        r, labels[1], r.meters([pid], services), plan.cipher_bytes, lambda: tally.down_bytes, work[1]()
+    )
+    return up, down, [*up_outcomes, *down_outcomes]
+
+
 async def _window(
     r: Run,
     label: str,
@@ -270,23 +292,16 @@ async def _baseline(r: Run, plan: Plan, host: str, port: int, pid: int, tag: str
                 host, port, f"/files/warm{p}", len(warm.blob), warm.attachment("b_" + "0" * 32), Tally()
             )
     rss0 = peak_rss_kib(pid)["VmRSS"]
-    up, up_errs = await _window(
+    up, down, failures = await _up_then_down(
         r,
-        f"baseline{tag}: PUT",
-        r.meters([pid], False),
-        plan.cipher_bytes,
-        lambda: tally.up_bytes,
-        every(put_pair),
+        (f"baseline{tag}: PUT", f"baseline{tag}: GET"),
+        pid,
+        False,
+        plan,
+        tally,
+        (lambda: every(put_pair), lambda: every(get_pair)),
     )
-    down, down_errs = await _window(
-        r,
-        f"baseline{tag}: GET",
-        r.meters([pid], False),
-        plan.cipher_bytes,
-        lambda: tally.down_bytes,
-        every(get_pair),
-    )
-    for exc in [*up_errs, *down_errs]:
+    for exc in failures:
         if isinstance(exc, BaseException):
             tally.error(type(exc).__name__)
     return _figures(plan, up, down, tally, rss0, peak_rss_kib(pid))
@@ -366,23 +381,16 @@ async def _hub(
             sender.tally = recipient.tally = tally
     services = r.using_services()
     rss0 = peak_rss_kib(pid)["VmRSS"]
-    up, up_errs = await _window(
+    up, down, failures = await _up_then_down(
         r,
-        f"hub{tag}: upload and send",
-        r.meters([pid], services),
-        plan.cipher_bytes,
-        lambda: tally.up_bytes,
-        every(up_pair),
+        (f"hub{tag}: upload and send", f"hub{tag}: link and GET"),
+        pid,
+        services,
+        plan,
+        tally,
+        (lambda: every(up_pair), lambda: every(down_pair)),
     )
-    down, down_errs = await _window(
-        r,
-        f"hub{tag}: link and GET",
-        r.meters([pid], services),
-        plan.cipher_bytes,
-        lambda: tally.down_bytes,
-        every(down_pair),
-    )
-    for exc in [*up_errs, *down_errs]:
+    for exc in failures:
         if isinstance(exc, Refused):
             tally.error(exc.code)
         elif isinstance(exc, BaseException):

@@ -53,9 +53,10 @@ __all__ = [
     "blob_directory",
     "check_blob_dir",
     "describe",
-    "index_in_use",
+    "fsync_path",
     "mib",
     "remove_stale_backup",
+    "sqlite_in_use",
     "stage_restore",
 ]
 
@@ -84,7 +85,8 @@ def mib(n: int) -> str:
     return text if n >= 100 * 1024 or n == 0 else f"{text} ({n} bytes)"
 
 
-def _fsync(path: Path) -> None:
+def fsync_path(path: Path) -> None:
+    """Flush ``path`` (a file, or a directory after a rename in it) to disk."""
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
@@ -253,15 +255,15 @@ def backup_blobs(directory: Path, file: Path) -> dict[str, Any] | None:
         finally:
             dst.close()
         info = check_blob_dir(tmp)
-        _fsync(copy)
-        _fsync(tmp)
+        fsync_path(copy)
+        fsync_path(tmp)
         if final.exists():
             _remove_dir(final)
         os.replace(tmp, final)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    _fsync(final.parent)
+    fsync_path(final.parent)
     return {
         "dir": str(final),
         "source": str(directory),
@@ -273,12 +275,14 @@ def backup_blobs(directory: Path, file: Path) -> dict[str, Any] | None:
     }
 
 
-def index_in_use(index: Path) -> bool:
-    """True if another connection (a hub, a ``miss-admin``) has the blob
-    index open: SQLite refuses an exclusive lock on a WAL database then. As
-    a side effect, a WAL left by a killed hub is checkpointed into the file."""
+def sqlite_in_use(path: Path) -> bool:
+    """True if another connection (a hub, a ``miss-admin``) has the SQLite
+    database at ``path`` open (the store, or the blob index): SQLite refuses
+    an exclusive lock on a WAL database then. As a side effect, a WAL left
+    by a killed hub is checkpointed into the file. A file that is not a
+    database is not in use."""
     try:
-        conn = sqlite3.connect(f"file:{quote(str(index))}?mode=rw", uri=True, isolation_level=None, timeout=0)
+        conn = sqlite3.connect(f"file:{quote(str(path))}?mode=rw", uri=True, isolation_level=None, timeout=0)
     except sqlite3.OperationalError:
         return True
     try:
@@ -297,7 +301,7 @@ def index_in_use(index: Path) -> bool:
 
 def _refuse_in_use(directory: Path) -> None:
     index = directory / INDEX
-    if index.exists() and index_in_use(index):
+    if index.exists() and sqlite_in_use(index):
         raise ValueError(
             f"the blob index {index} is in use (a hub or another miss-admin has it open): "
             "stop the hub, then restore"
@@ -337,7 +341,7 @@ class StagedRestore:
             self.discard()
             raise
         os.chmod(self.directory, 0o700)
-        _fsync(self.directory.parent)
+        fsync_path(self.directory.parent)
         return {
             "dir": str(self.directory),
             "source": str(self.source),
@@ -376,7 +380,7 @@ def stage_restore(source: Path, directory: Path) -> StagedRestore:
             if not _BLOB_ID.fullmatch(blob) or not _copy_prefix(source / blob, tmp / blob, size):
                 raise ValueError(f"{source} lacks the {size} bytes of blob {blob}")
         info = check_blob_dir(tmp)
-        _fsync(tmp)
+        fsync_path(tmp)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

@@ -17,7 +17,7 @@ from collections.abc import Awaitable, Callable
 import pytest
 
 from tests.support.cluster import Cluster
-from tests.support.traffic import Recipient, Sender, wait_until
+from tests.support.traffic import Recipient, Sender, outcome, wait_until
 from tests.support.wire import RawDevice
 
 pytestmark = pytest.mark.slow
@@ -69,20 +69,14 @@ async def run_with_fault(
     stop.set()
     await asyncio.gather(*readers)
 
-    accepted = sum(len(s.accepted) for s in senders)
-    seen = sum(len(r.seen) for r in recipients)
-    redelivered = sum(r.deliveries for r in recipients) - seen
-    missing = sum(len(r.missing(s.accepted)) for s, r in zip(senders, recipients, strict=True))
-    unexpected = sum(len(r.unexpected(s.accepted)) for s, r in zip(senders, recipients, strict=True))
-    retried = sum(sum(s.retryable_errors.values()) for s in senders)
-    reconnects = sum(s.reconnects for s in senders), sum(r.reconnects for r in recipients)
+    got = outcome(senders, recipients)
     print(
-        f"\naccepted {accepted}, delivered {seen} distinct ({redelivered} redeliveries dropped by id), "
-        f"missing {missing}, unexpected {unexpected}; reconnects: senders {reconnects[0]}, "
-        f"recipients {reconnects[1]}; retryable errors {retried}"
+        f"\naccepted {got.accepted}, delivered {got.seen} distinct ({got.redelivered} redeliveries dropped "
+        f"by id), missing {got.missing}, unexpected {got.unexpected}; reconnects: senders "
+        f"{got.sender_reconnects}, recipients {got.recipient_reconnects}; retryable errors {got.retried}"
     )
-    assert accepted == PAIRS * PER_SENDER
-    assert delivered and missing == 0 and unexpected == 0 and seen == accepted
+    assert got.accepted == PAIRS * PER_SENDER
+    assert delivered and got.missing == 0 and got.unexpected == 0 and got.seen == got.accepted
     return senders, recipients
 
 

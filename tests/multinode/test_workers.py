@@ -31,7 +31,7 @@ import pytest
 
 from tests.support.cluster import POSTGRES, REDIS, Cluster, running_cluster
 from tests.support.hubproc import BIN
-from tests.support.traffic import Recipient, Sender, wait_until
+from tests.support.traffic import Recipient, Sender, outcome, wait_until
 from tests.support.wire import RawDevice
 
 pytestmark = pytest.mark.slow
@@ -192,18 +192,14 @@ async def test_worker_killed_under_load(tmp_path: Path) -> None:
         stop.set()
         await asyncio.gather(*readers)
 
-        accepted = sum(len(s.accepted) for s in senders)
-        seen = sum(len(r.seen) for r in recipients)
-        redelivered = sum(r.deliveries for r in recipients) - seen
-        missing = sum(len(r.missing(s.accepted)) for s, r in zip(senders, recipients, strict=True))
-        unexpected = sum(len(r.unexpected(s.accepted)) for s, r in zip(senders, recipients, strict=True))
-        reconnects = sum(s.reconnects for s in senders) + sum(r.reconnects for r in recipients)
+        got = outcome(senders, recipients)
+        reconnects = got.sender_reconnects + got.recipient_reconnects
         print(
-            f"accepted {accepted}, delivered {seen} distinct ({redelivered} redeliveries dropped by id), "
-            f"missing {missing}, unexpected {unexpected}; reconnects {reconnects}"
+            f"accepted {got.accepted}, delivered {got.seen} distinct ({got.redelivered} redeliveries "
+            f"dropped by id), missing {got.missing}, unexpected {got.unexpected}; reconnects {reconnects}"
         )
-        assert accepted == PAIRS * PER_SENDER
-        assert delivered and missing == 0 and unexpected == 0 and seen == accepted
+        assert got.accepted == PAIRS * PER_SENDER
+        assert delivered and got.missing == 0 and got.unexpected == 0 and got.seen == got.accepted
         # Those on the killed worker reconnected (through the same port).
         assert reconnects >= held[0]
 

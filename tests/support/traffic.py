@@ -128,3 +128,36 @@ async def wait_until(predicate: object, timeout: float) -> bool:
             return True
         await asyncio.sleep(0.1)
     return bool(predicate())  # type: ignore[operator]
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What a run of paired senders and recipients came to (the counts the
+    fault tests print and assert): accepted, distinct deliveries, the
+    redeliveries dropped by id, missing and unexpected ones, reconnections
+    of each side and retryable errors the senders met."""
+
+    accepted: int
+    seen: int
+    redelivered: int
+    missing: int
+    unexpected: int
+    sender_reconnects: int
+    recipient_reconnects: int
+    retried: int
+
+
+def outcome(senders: list[Sender], recipients: list[Recipient]) -> Outcome:
+    """The :class:`Outcome` of ``senders[i]`` writing to ``recipients[i]``."""
+    pairs = list(zip(senders, recipients, strict=True))
+    seen = sum(len(r.seen) for r in recipients)
+    return Outcome(
+        accepted=sum(len(s.accepted) for s in senders),
+        seen=seen,
+        redelivered=sum(r.deliveries for r in recipients) - seen,
+        missing=sum(len(r.missing(s.accepted)) for s, r in pairs),
+        unexpected=sum(len(r.unexpected(s.accepted)) for s, r in pairs),
+        sender_reconnects=sum(s.reconnects for s in senders),
+        recipient_reconnects=sum(r.reconnects for r in recipients),
+        retried=sum(sum(s.retryable_errors.values()) for s in senders),
+    )
