@@ -7,10 +7,13 @@ Redis Cluster spreads channels over shards with no change here. One
 dedicated pub/sub connection per node carries every subscription; one
 reader task dispatches each message to its channel's handler. When that
 connection breaks, the reader reconnects with backoff, subscribes to every
-channel again, and only then calls the *gap* callbacks: the hub drains
-every local device from the store, which holds whatever was published
-meanwhile. While the connection is down, :meth:`RedisBroker.publish` fails
-fast with BrokerUnavailable instead of waiting on a dead server.
+channel again, waits until Redis has confirmed every subscription, and
+only then calls the *gap* callbacks: the hub drains every local device from
+the store, which holds whatever was published meanwhile. While the
+connection is down, :meth:`RedisBroker.publish` fails fast with
+BrokerUnavailable instead of waiting on a dead server. A reader that hears
+nothing for ``PING_INTERVAL`` sends a PING, and one that then hears nothing
+for as long again counts the connection as lost.
 
 *Publishes* to Redis are pipelined: every publish made in the same turn of
 the event loop, or while the previous pipeline is in flight, leaves in the
@@ -18,7 +21,10 @@ next pipeline, in call order, and each caller returns once its pipeline has
 been answered. One pipeline is in flight at a time, so Redis receives the
 publishes in call order. A group commit resolves several senders at once,
 and their wake-ups then cost one round trip instead of one each (the
-``multi-node`` bench: README, Benchmarks).
+``multi-node`` bench: README, Benchmarks). The reader and the publisher read
+and write their own connections through ``resp.py``, which parses every
+reply of a chunk at once: redis-py's per-reply machinery was most of a
+node's cost per wake-up.
 
 *Presence* lives in two sorted sets per deployment, under the hash tag
 ``{presence}`` so that a cluster keeps them on one shard: ``exp`` (member
@@ -44,10 +50,11 @@ import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import RedisError
+from redis.exceptions import RedisError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from .base import CONTROL_CHANNEL, DEVICE_PREFIX, BrokerUnavailable, Handler
+from .resp import RespConnection
 
 __all__ = ["RedisBroker", "RedisPresence", "split_prefix"]
 
@@ -55,6 +62,8 @@ log = logging.getLogger("miss.broker.redis")
 
 SUBSCRIBE_CHUNK = 1000
 BACKOFF_MAX = 2.0
+SOCKET_TIMEOUT = 5.0  # a reply that takes longer: Redis is down
+PING_INTERVAL = 10.0  # a silent pub/sub connection is checked this often
 _DOWN = (RedisConnectionError, RedisTimeoutError, OSError, ConnectionError)
 
 
@@ -74,7 +83,7 @@ def _client(url: str, retries: int) -> aioredis.Redis:
         url,
         decode_responses=False,
         socket_connect_timeout=2.0,
-        socket_timeout=5.0,
+        socket_timeout=SOCKET_TIMEOUT,
         health_check_interval=10,
         retry=Retry(NoBackoff(), retries),
     )
@@ -93,12 +102,12 @@ class RedisBroker:
         # Commands get one immediate retry (a stale pooled socket), no more:
         # while Redis is down, publishing must fail fast, not stall senders.
         self._redis = _client(base, retries=1)
-        # The pub/sub connection gets none: redis-py would otherwise reconnect
-        # and resubscribe behind our back, and the payloads published in the
-        # meantime would be lost without the gap that makes devices drain.
+        # The pub/sub and publishing connections are ours (resp.py): the
+        # reader reconnects itself, with a gap (module doc).
         self._subscriber = _client(base, retries=0)
         self._handlers: dict[str, Handler] = {}
-        self._pubsub: Any = None  # redis.asyncio.client.PubSub while connected
+        self._pubsub: RespConnection | None = None  # while subscribed
+        self._publisher: RespConnection | None = None  # opened by the first publish
         self._reader: asyncio.Task[None] | None = None
         self._gap_callbacks: list[Callable[[], None]] = []
         self._connected = asyncio.Event()
@@ -135,6 +144,7 @@ class RedisBroker:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._reader
         await self._drop_pubsub()
+        await self._drop_publisher()
         await self._redis.aclose()
         await self._subscriber.aclose()
 
@@ -153,7 +163,7 @@ class RedisBroker:
         self._handlers[channel] = handler
         if new and self._pubsub is not None:
             try:
-                await self._pubsub.ssubscribe(self._key(channel))
+                self._pubsub.write(("SSUBSCRIBE", self._key(channel)))
             except _DOWN:
                 pass  # the reader resubscribes everything when it reconnects
 
@@ -163,7 +173,7 @@ class RedisBroker:
         del self._handlers[channel]
         if self._pubsub is not None:
             try:
-                await self._pubsub.sunsubscribe(self._key(channel))
+                self._pubsub.write(("SUNSUBSCRIBE", self._key(channel)))
             except _DOWN:
                 pass
 
@@ -209,56 +219,113 @@ class RedisBroker:
             sent, self._sent = self._sent, None
             assert sent is not None
             try:
-                async with self._redis.pipeline(transaction=False) as pipe:
-                    for key, payload in batch:
-                        pipe.spublish(key, payload)
-                    await pipe.execute()
+                await self._publish_batch(batch)
             except asyncio.CancelledError:
                 _settle(sent, BrokerUnavailable("broker closed"))
                 raise
-            except _DOWN as exc:
-                _settle(sent, BrokerUnavailable(str(exc)))
-            except RedisError as exc:
-                _settle(sent, exc)
+            except (*_DOWN, RedisError) as exc:
+                # A reply may be missing or late: the connection is not reused.
+                await self._drop_publisher()
+                _settle(sent, exc if isinstance(exc, ResponseError) else BrokerUnavailable(str(exc)))
             else:
                 if not sent.done():
                     sent.set_result(None)
+
+    async def _publish_batch(self, batch: list[tuple[bytes, bytes]]) -> None:
+        """One pipeline of SPUBLISH on the publishing connection, opened
+        afresh if it is not usable (nothing was written on it then, so the
+        publishes go out once); raises the first error reply."""
+        if self._publisher is None or not self._publisher.usable:
+            await self._drop_publisher()
+            publisher = RespConnection(self._redis)
+            async with asyncio.timeout(SOCKET_TIMEOUT):
+                await publisher.open()
+            self._publisher = publisher
+        self._publisher.write(*(("SPUBLISH", key, payload) for key, payload in batch))
+        for reply in await self._publisher.replies(len(batch), SOCKET_TIMEOUT):
+            if isinstance(reply, ResponseError):
+                raise reply
+
+    async def _drop_publisher(self) -> None:
+        publisher, self._publisher = self._publisher, None
+        if publisher is not None:
+            with contextlib.suppress(Exception):
+                await publisher.close()
 
     def on_gap(self, callback: Callable[[], None]) -> None:
         self._gap_callbacks.append(callback)
 
     # --- the reader -----------------------------------------------------------
 
-    async def _connect_pubsub(self) -> None:
-        pubsub = self._subscriber.pubsub()
+    async def _connect_pubsub(self) -> RespConnection:
+        """Open the pub/sub connection and subscribe to every channel; returns
+        once Redis has confirmed each subscription (messages that arrive
+        meanwhile are dispatched)."""
+        pubsub = RespConnection(self._subscriber)
+        self._pubsub = pubsub  # from here, subscribe() writes on it too (_read_forever drops it on failure)
+        async with asyncio.timeout(SOCKET_TIMEOUT):
+            await pubsub.open()
         # The control channel keeps the connection subscribed even on an idle node.
         channels = [self._key(CONTROL_CHANNEL), *(self._key(c) for c in self._handlers)]
         for i in range(0, len(channels), SUBSCRIBE_CHUNK):
-            await pubsub.ssubscribe(*channels[i : i + SUBSCRIBE_CHUNK])
-        self._pubsub = pubsub
+            pubsub.write(("SSUBSCRIBE", *channels[i : i + SUBSCRIBE_CHUNK]))
+        confirmed = 0
+        async with asyncio.timeout(SOCKET_TIMEOUT + len(channels) / 10_000):
+            while confirmed < len(channels):
+                confirmed += self._handle(await pubsub.read())
+        return pubsub
+
+    async def _listen(self, pubsub: RespConnection) -> None:
+        """Dispatch what the connection brings until it fails (module doc)."""
+        pinged = False
+        while True:
+            try:
+                async with asyncio.timeout(PING_INTERVAL):
+                    values = await pubsub.read()
+            except TimeoutError:
+                if pinged:
+                    raise RedisConnectionError("Redis did not answer a PING") from None
+                pubsub.write(("PING",))
+                pinged = True
+                continue
+            pinged = False
+            self._handle(values)
+
+    def _handle(self, values: list[Any]) -> int:
+        """Dispatch the messages among ``values``; how many subscriptions
+        they confirm. An error reply ends the connection."""
+        confirmed = 0
+        for value in values:
+            if isinstance(value, ResponseError):
+                raise value
+            if not isinstance(value, list) or len(value) != 3:
+                continue  # a PING's answer
+            kind = value[0]
+            if kind == b"smessage":
+                self._dispatch(value[1], value[2])
+            elif kind == b"ssubscribe":
+                confirmed += 1
+        return confirmed
 
     async def _drop_pubsub(self) -> None:
         pubsub, self._pubsub = self._pubsub, None
         if pubsub is not None:
             with contextlib.suppress(Exception):
-                await pubsub.aclose()
+                await pubsub.close()
 
     async def _read_forever(self) -> None:
         backoff = 0.05
         lost = False
         while True:
             try:
-                if self._pubsub is None:
-                    await self._connect_pubsub()
-                    self._connected.set()
-                    backoff = 0.05
-                    if lost:
-                        log.warning("Redis pub/sub reconnected; draining devices from the store")
-                        for callback in self._gap_callbacks:
-                            callback()
-                message = await self._pubsub.get_message(ignore_subscribe_messages=True, timeout=1.0)
-                if message is not None and message["type"] in (b"smessage", "smessage"):
-                    self._dispatch(message["channel"], message["data"])
+                pubsub = await self._connect_pubsub()
+                self._connected.set()
+                backoff = 0.05
+                if lost:
+                    log.warning("Redis pub/sub reconnected; draining devices from the store")
+                    for callback in self._gap_callbacks:
+                        callback()
+                await self._listen(pubsub)
             except asyncio.CancelledError:
                 raise
             except (*_DOWN, RedisError) as exc:

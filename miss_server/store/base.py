@@ -115,7 +115,9 @@ class GroupCommitStats:
 
 
 class StoreUnavailable(Exception):
-    """The backend cannot be reached or failed; nothing was written."""
+    """The backend cannot be reached or failed: nothing was written, or
+    (a connection lost while a commit was in flight) the outcome is unknown
+    and a resend is safe (a resent ``accept`` is answered ``duplicate``)."""
 
 
 class CodeInvalid(Exception):

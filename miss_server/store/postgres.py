@@ -184,7 +184,7 @@ class PostgresStore(oncall.PostgresOncall, PostgresServices):
         if self._group_commit is not None:
             return
         await self._db.open()
-        self._group_commit = GroupCommit(self._db.transaction, self._max_batch)
+        self._group_commit = GroupCommit(self._db.statement, self._db.transaction, self._max_batch)
 
     async def close(self) -> None:
         if self._group_commit is not None:

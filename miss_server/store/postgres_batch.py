@@ -8,21 +8,31 @@ of waiting calls. When it wakes it takes every call waiting (up to
 ``max_batch``) and runs them in one transaction, as one call of the
 server-side function ``miss_group_commit`` (migration 0007): set-based
 statements over ``unnest`` arrays for the message ids, the contacts, the
-queue rows, the acked rows and their receipts, so a batch costs three round
-trips (``BEGIN``, the call, ``COMMIT``) whatever its size. That function is
-PostgreSQL's one statement of the rules of accept() and ack(); this module
-only packs the calls into its arrays and hands each caller its rows. A
-caller's future resolves only after ``COMMIT`` returned, so "accepted"
-always means "durable" while a busy hub pays one commit (one WAL flush) per
-batch rather than per message. Calls arriving while a commit is in flight
-wait for the next batch, and the next batch starts no sooner than
-``COMMIT_INTERVAL`` after the last commit
-(:class:`~miss_server.store.common.Pacing`): a quiet hub adds no latency, a
-busy one batches more. If a statement of a batch fails (bad input, not a
-lost connection) the transaction is rolled back and the batch replayed with
-one savepoint per call, so one bad call fails alone. One transaction is in
-flight at a time per store, so within one hub node ``seq`` order is commit
-order.
+queue rows, the acked rows and their receipts. That call is the batch's
+only statement, so it runs in its own implicit transaction
+(``postgres_pool.Database.statement``): PostgreSQL commits it before it
+answers, and a batch costs one round trip whatever its size (an explicit
+``BEGIN`` and ``COMMIT`` would make three, which is most of a small batch's
+cost on both sides of the socket). That function is PostgreSQL's one
+statement of the rules of accept() and ack(); this module only packs the
+calls into its arrays and hands each caller its rows. A caller's future
+resolves only after the server's answer, which follows the commit, so
+"accepted" always means "durable" while a busy hub pays one commit (one WAL
+flush) per batch rather than per message.
+
+Calls arriving while a commit is in flight wait for the next batch, and the
+next batch starts no sooner than an interval after the last commit
+(:class:`AdaptivePacing`): ``COMMIT_INTERVAL`` on a quiet hub, which adds no
+latency, and longer, up to ``MAX_COMMIT_INTERVAL``, while calls arrive too
+slowly to fill ``TARGET_BATCH`` per batch. That is the case of each of
+several nodes sharing a load: each sees a fraction of the calls, so with a
+fixed interval N nodes would together commit N times as often as one, and
+a commit's fixed cost (a WAL flush, the function call, a round trip, the
+Redis pipeline of the wake-ups it resolves) would be shared by N times
+fewer messages. If a statement of a batch fails (bad input, not a lost
+connection) the batch is replayed in one transaction with one savepoint per
+call, so one bad call fails alone. One batch is in flight at a time per
+store, so within one hub node ``seq`` order is commit order.
 
 Rows that other hubs may insert at the same time (message ids, contact pairs)
 are inserted in sorted order, ids before contacts: every transaction takes
@@ -31,10 +41,12 @@ is inserted once per committer: contacts are never deleted, so the pairs a
 committed batch wrote are remembered (up to ``MAX_KNOWN_CONTACTS``) and not
 sent again, as sqlite.py does.
 
-The store lends the committer its transaction runner
-(``postgres_pool.Database.transaction``: retries a connection lost before ``COMMIT``, reports an
-unknown commit outcome as :class:`StoreUnavailable`); the committer turns
-failures into each caller's error with ``postgres_errors``.
+The store lends the committer its two runners, ``postgres_pool.Database``'s
+``statement`` for a batch (a connection lost once the call may have been
+sent is an unknown outcome, :class:`StoreUnavailable`, never retried: a
+resent ``accept`` is then answered ``duplicate``, a resent ``ack`` deletes
+nothing twice) and ``transaction`` for the replay with savepoints; the
+committer turns failures into each caller's error with ``postgres_errors``.
 """
 
 from __future__ import annotations
@@ -49,19 +61,40 @@ from typing import Any
 
 import asyncpg
 
-from .base import AcceptResult, GroupCommitStats, NewMessage, Queued, Refusals, StoreUnavailable
+from .base import (
+    COMMIT_INTERVAL,
+    AcceptResult,
+    GroupCommitStats,
+    NewMessage,
+    Queued,
+    Refusals,
+    StoreUnavailable,
+)
 from .common import Pacing
 from .postgres_errors import failure, is_statement_error
 from .rows import to_queued
 
-__all__ = ["GroupCommit", "Transaction"]
+__all__ = ["AdaptivePacing", "GroupCommit", "Transaction"]
 
 log = logging.getLogger("miss.store.postgres")
 
 #: Contact pairs a committer remembers before it starts afresh.
 MAX_KNOWN_CONTACTS = 100_000
 
-#: Runs a function in one transaction on a pooled connection and returns its value.
+#: Calls a batch should carry before the interval stops growing (module doc):
+#: one node at 1,000 messages/s (an accept and an ack each) fills it at
+#: ``COMMIT_INTERVAL``, so that node's pace (and latency) is unchanged.
+TARGET_BATCH = 10
+#: The longest interval between commits: at most this much more before
+#: ``accepted`` (and before a receipt leaves), whatever the load.
+MAX_COMMIT_INTERVAL = 0.010
+#: Below this many calls a second, longer intervals would batch nothing
+#: worth a delay: the interval stays ``COMMIT_INTERVAL``.
+BUSY_RATE = 2 / COMMIT_INTERVAL
+#: Weight of the latest batch in the estimated arrival rate.
+RATE_WEIGHT = 0.2
+
+#: Runs a function on a pooled connection, in one transaction, and returns its value.
 Transaction = Callable[[Callable[[asyncpg.Connection], Awaitable[Any]]], Awaitable[Any]]
 
 #: One group commit: migrations/postgres/0007_group_commit_receipts.sql.
@@ -87,15 +120,40 @@ class _Ack:
 _Job = _Accept | _Ack
 
 
+class AdaptivePacing(Pacing):
+    """:class:`~miss_server.store.common.Pacing` whose interval follows the
+    calls' arrival rate, estimated over the last batches: long enough for
+    ``TARGET_BATCH`` calls, within ``COMMIT_INTERVAL`` and
+    ``MAX_COMMIT_INTERVAL``; ``COMMIT_INTERVAL`` below ``BUSY_RATE``."""
+
+    def __init__(self, max_batch: int) -> None:
+        super().__init__(max_batch)
+        self.interval = COMMIT_INTERVAL
+        self._rate = 0.0  # calls per second, moving average
+
+    def pause(self, now: float) -> float:
+        return self._ended + self.interval - now
+
+    def ended(self, now: float, calls: int) -> None:
+        if calls:  # a failed batch says nothing of the load
+            since = now - self._ended  # the calls of this batch arrived in about that time
+            if since > 0:
+                self._rate += RATE_WEIGHT * (calls / since - self._rate)
+            wanted = TARGET_BATCH / self._rate if self._rate >= BUSY_RATE else COMMIT_INTERVAL
+            self.interval = min(max(wanted, COMMIT_INTERVAL), MAX_COMMIT_INTERVAL)
+        super().ended(now, calls)
+
+
 class GroupCommit:
     """One task committing waiting accept/ack calls in batches (module doc).
 
     Made inside a running event loop; :meth:`stop` before dropping it.
     """
 
-    def __init__(self, transaction: Transaction, max_batch: int) -> None:
+    def __init__(self, statement: Transaction, transaction: Transaction, max_batch: int) -> None:
+        self._statement = statement
         self._transaction = transaction
-        self._pacing = Pacing(max_batch)
+        self._pacing = AdaptivePacing(max_batch)
         self._waiting: deque[_Job] = deque()
         self._wakeup = asyncio.Event()
         self._closing = False
@@ -182,7 +240,7 @@ class GroupCommit:
         """The fast path, or one savepoint per call; an outcome per job."""
         learned: set[tuple[str, str]] = set()
         try:
-            outcomes: list[object] = await self._transaction(
+            outcomes: list[object] = await self._statement(
                 lambda conn: _apply(conn, jobs, self._contacts, learned)
             )
         except Exception as exc:

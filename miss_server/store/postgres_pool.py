@@ -4,10 +4,11 @@ life cycle, the runners of reads and transactions, and the migrations.
 Theory of operation
 -------------------
 Reads take a pooled connection, run and give it back
-(:meth:`Database.retryable`); every transaction, the group commit's
-included, runs through :meth:`Database.transaction`. ``synchronous_commit``
-is forced back on if the server turned it off, so a committed write is
-durable.
+(:meth:`Database.retryable`); every transaction runs through
+:meth:`Database.transaction`, except the group commit's batch, one
+statement that the server commits alone (:meth:`Database.statement`, one
+round trip instead of three). ``synchronous_commit`` is forced back on if
+the server turned it off, so a committed write is durable.
 
 Failures. Every backend failure becomes :class:`StoreUnavailable`; an
 integrity or data error becomes ``ValueError`` (``postgres_errors.py``).
@@ -18,8 +19,10 @@ connection (``ATTEMPTS`` in all; the broken connection is closed so the pool
 does not lend it again); a connection lost *during* ``COMMIT`` leaves the
 outcome unknown, which is reported as ``StoreUnavailable`` and never retried
 (a resent ``accept`` is then answered ``duplicate`` by idempotency, and a
-resent ``ack`` deletes nothing twice). A command timeout turns a hung server
-into ``StoreUnavailable``.
+resent ``ack`` deletes nothing twice). The same holds for a lone statement
+once it may have been sent, a command timeout included: the server may
+still commit it. A command timeout turns a hung server into
+``StoreUnavailable``.
 
 Schema. Versioned SQL in ``migrations/postgres/``, the applied versions in
 ``schema_version``. :meth:`Database.migrate` applies pending ones in one
@@ -284,6 +287,36 @@ class Database:
                 raise
         raise AssertionError("unreachable")
 
+    async def statement(self, fn: Callable[[asyncpg.Connection], Awaitable[T]]) -> T:
+        """Run ``fn``, one statement, outside any explicit transaction: the
+        server commits it alone before it answers, so the work costs one
+        round trip where :meth:`transaction` costs three (``BEGIN``, the
+        statement, ``COMMIT``). Raises untranslated errors, except an unknown
+        outcome (StoreUnavailable): a connection lost once the statement may
+        have been sent is never retried, since it may have committed. Only
+        asyncpg's own refusal of a connection it knows closed (nothing sent)
+        runs again on a fresh one."""
+        pool = self._live_pool()
+        for attempt in range(1, ATTEMPTS + 1):
+            try:
+                async with pool.acquire(timeout=self._acquire_timeout) as conn:
+                    with discard_if_broken(conn):
+                        try:
+                            return await fn(conn)
+                        except Exception as exc:
+                            if is_statement_error(exc) or _unsent(exc) or not is_connection_lost(exc):
+                                raise
+                            log.error("statement outcome unknown", extra={"error": str(exc)})
+                            raise StoreUnavailable(
+                                f"commit outcome unknown: {type(exc).__name__}: {exc}"
+                            ) from exc
+            except Exception as exc:
+                if attempt < ATTEMPTS and _unsent(exc):
+                    log.warning("connection closed, retrying", extra={"attempt": attempt, "error": str(exc)})
+                    continue
+                raise
+        raise AssertionError("unreachable")
+
     async def ping(self) -> None:
         """One ``SELECT 1`` on a pooled connection: no retry, nothing logged
         (the readiness probe runs it every second, outages included);
@@ -299,6 +332,11 @@ class Database:
             return await self.transaction(fn)
         except Exception as exc:
             reraise(exc)
+
+
+def _unsent(exc: BaseException) -> bool:
+    """asyncpg refused to use a connection it knew closed: nothing was sent."""
+    return type(exc) is asyncpg.InterfaceError and "connection is closed" in str(exc)
 
 
 async def _schema_version(conn: asyncpg.Connection) -> int | None:

@@ -21,6 +21,7 @@ import redis.asyncio as aioredis
 from miss_server.broker.base import Broker, BrokerUnavailable, Presence
 from miss_server.broker.memory import MemoryBroker, MemoryPresence
 from miss_server.broker.redis import RedisBroker, RedisPresence
+from miss_server.broker.resp import RespConnection
 
 REDIS_URL = os.environ.get("MISS_TEST_REDIS", "redis://127.0.0.1:6379/0")
 
@@ -231,18 +232,19 @@ async def test_redis_publishes_made_at_once_share_one_round_trip_in_call_order(
     pipeline (one round trip to Redis, not one each), in the order they
     were made, and each publisher returns once Redis has them."""
     async with two_redis_nodes() as (_, node_b, inbox):
-        pipelines: list[int] = []
-        real = node_b.redis.pipeline
+        pipelines: list[int] = []  # the SPUBLISH commands of each write to Redis
+        real = RespConnection.write
 
-        def counted(*args: Any, **kwargs: Any) -> Any:
-            pipelines.append(1)
-            return real(*args, **kwargs)
+        def counted(self: RespConnection, *commands: tuple[Any, ...]) -> None:
+            if commands[0][0] == "SPUBLISH":
+                pipelines.append(len(commands))
+            real(self, *commands)
 
-        monkeypatch.setattr(node_b.redis, "pipeline", counted)
+        monkeypatch.setattr(RespConnection, "write", counted)
         payloads = [str(i).encode() for i in range(100)]
         await asyncio.gather(*(node_b.publish("dev:d1", p) for p in payloads))
-        assert len(pipelines) == 1
+        assert pipelines == [100]
         assert await received(inbox, 100) == payloads
         await node_b.publish_many([("dev:d1", b"a"), ("dev:d1", b"b")])
-        assert len(pipelines) == 2
+        assert pipelines == [100, 2]
         assert await received(inbox, 102) == [*payloads, b"a", b"b"]

@@ -21,10 +21,11 @@ import asyncpg
 import pytest
 
 from miss_server.codes import code_hash
-from miss_server.store import postgres
-from miss_server.store.base import AcceptResult, Kind, SchemaMismatch, StoreUnavailable
+from miss_server.store import postgres, postgres_batch
+from miss_server.store.base import COMMIT_INTERVAL, AcceptResult, Kind, SchemaMismatch, StoreUnavailable
 from miss_server.store.migrations import latest_version
 from miss_server.store.postgres import PostgresStore
+from miss_server.store.postgres_batch import AdaptivePacing
 from tests.support.store_samples import DAY, MAX_DEVICES, NOW, message, user_with_devices
 
 DSN = os.environ.get("MISS_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/test")
@@ -279,6 +280,29 @@ async def test_group_commit_batches_concurrent_accepts(
     assert await admin.fetchval(f"SELECT count(*) FROM {schema}.queue WHERE device_id = $1", b1) == 500
 
 
+def test_commit_interval_grows_while_batches_are_small_and_stays_bounded() -> None:
+    """A node that sees a fraction of a busy load waits longer between
+    commits, so its batches fill up; a busy node with full batches and a
+    quiet one keep the shortest interval; none waits longer than the bound."""
+
+    def settle(calls_per_second: float) -> float:
+        pacing = AdaptivePacing(512)
+        now = 0.0
+        for _ in range(200):
+            gap = pacing.interval + 0.001  # the pause, then a commit of 1 ms
+            now += gap
+            pacing.ended(now, max(1, round(calls_per_second * gap)))
+        return pacing.interval
+
+    assert settle(100) == COMMIT_INTERVAL  # quiet: nothing worth a delay
+    assert settle(5000) == COMMIT_INTERVAL  # busy: batches full at the shortest interval
+    assert settle(2000) == pytest.approx(COMMIT_INTERVAL, rel=0.01)  # one node at 1,000 msg/s: its pace
+    half = settle(1000)  # one of two nodes sharing 2,000 calls a second
+    assert COMMIT_INTERVAL < half <= postgres_batch.MAX_COMMIT_INTERVAL
+    assert round(1000 * (half + 0.001)) >= postgres_batch.TARGET_BATCH  # its batches are full again
+    assert settle(500) == postgres_batch.MAX_COMMIT_INTERVAL  # bounded, however slow the calls
+
+
 async def test_accepted_means_committed(store: PostgresStore, admin: asyncpg.Connection, schema: str) -> None:
     a, (a1,) = await user_with_devices(store, "10000000001", 1)
     b, (b1,) = await user_with_devices(store, "10000000002", 1)
@@ -479,8 +503,10 @@ async def test_a_hung_server_is_store_unavailable(
         assert time.monotonic() - started < 5
     finally:
         await blocker.rollback()
-    # Nothing was written by the call that timed out: the resend is not a duplicate.
-    assert not (await s.accept(message(1, a, a1, b, [b1]))).duplicate
+    # The batch that timed out is one statement committed by the server alone
+    # (postgres_pool.Database.statement): it may still commit once the lock
+    # is gone, so its outcome was unknown. The resend stores it exactly once.
+    await s.accept(message(1, a, a1, b, [b1]))
     assert await s.count_pending(b1) == 1
 
 

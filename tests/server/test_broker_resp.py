@@ -1,0 +1,54 @@
+"""The broker's RESP parser (``broker/resp.py``): values split anywhere
+across chunks come out whole, in order, whatever the protocol version."""
+
+from __future__ import annotations
+
+from redis.exceptions import ResponseError
+
+from miss_server.broker.resp import RespParser
+
+# A RESP3 push, a RESP2 pub/sub message, a subscription confirmation, a PONG,
+# an integer reply, an error reply, a null and a map.
+STREAM = (
+    b">3\r\n$8\r\nsmessage\r\n$9\r\nmiss:dev:\r\n$5\r\nhe\r\nl\r\n"
+    b"*3\r\n$8\r\nsmessage\r\n$3\r\nabc\r\n$0\r\n\r\n"
+    b">3\r\n$10\r\nssubscribe\r\n$3\r\nabc\r\n:1\r\n"
+    b"+PONG\r\n"
+    b":42\r\n"
+    b"-ERR wrong\r\n"
+    b"_\r\n"
+    b"%1\r\n+k\r\n:1\r\n"
+)
+EXPECTED = [
+    [b"smessage", b"miss:dev:", b"he\r\nl"],
+    [b"smessage", b"abc", b""],
+    [b"ssubscribe", b"abc", 1],
+    b"PONG",
+    42,
+    "ERR wrong",
+    None,
+    [b"k", 1],
+]
+
+
+def _plain(values: list[object]) -> list[object]:
+    return [str(v) if isinstance(v, ResponseError) else v for v in values]
+
+
+def test_whole_stream_at_once() -> None:
+    assert _plain(RespParser().feed(STREAM)) == EXPECTED
+
+
+def test_every_split_point_gives_the_same_values() -> None:
+    for cut in range(1, len(STREAM)):
+        parser = RespParser()
+        values = parser.feed(STREAM[:cut]) + parser.feed(STREAM[cut:])
+        assert _plain(values) == EXPECTED, cut
+
+
+def test_byte_by_byte() -> None:
+    parser = RespParser()
+    values: list[object] = []
+    for i in range(len(STREAM)):
+        values += parser.feed(STREAM[i : i + 1])
+    assert _plain(values) == EXPECTED
