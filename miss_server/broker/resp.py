@@ -10,7 +10,7 @@ carries a wake-up per message and per receipt. :class:`RespConnection`
 lets redis-py open and authenticate the connection (URL, TLS, AUTH, HELLO,
 SELECT: its ``Connection.connect``), then takes its stream over: commands
 are packed by redis-py and written at once; replies are read a chunk at a
-time and parsed here, every complete value of the chunk in one pass
+time and parsed by hiredis, every complete value of the chunk in one pass
 (:class:`RespParser`). Nothing here retries: a failure is the caller's to
 report (the broker's reconnection and gap, or BrokerUnavailable).
 """
@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+import hiredis
 import redis.asyncio as aioredis
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
@@ -29,67 +30,26 @@ __all__ = ["RespConnection", "RespParser"]
 READ_CHUNK = 65536
 
 #: A RESP value as parsed here: bytes (bulk or simple string), int, None,
-#: ResponseError (an error reply), or a list of them (array, push, set, map as pairs).
+#: ResponseError (an error reply), a list of them (array, push, set) or a dict (map).
 Value = Any
 
 
-class _Incomplete(Exception):
-    """The buffer ends inside a value: wait for more bytes."""
-
-
 class RespParser:
-    """Incremental RESP2/RESP3 parser: :meth:`feed` bytes, get back every
-    value they complete, in order."""
+    """Incremental RESP2/RESP3 parser (hiredis's, in C): :meth:`feed` bytes,
+    get back every value they complete, in order: bytes (bulk and simple
+    strings), int, None, a list (array, push, set), a dict (map), or a
+    ResponseError for an error reply. A byte stream that is not RESP raises
+    ConnectionError."""
 
     def __init__(self) -> None:
-        self._buf = b""
+        self._reader = hiredis.Reader(replyError=ResponseError, protocolError=RedisConnectionError)
 
     def feed(self, data: bytes) -> list[Value]:
-        buf = self._buf + data if self._buf else data
+        self._reader.feed(data)
         values: list[Value] = []
-        pos = 0
-        try:
-            while pos < len(buf):
-                value, pos = self._value(buf, pos)
-                values.append(value)
-        except _Incomplete:
-            pass
-        self._buf = buf[pos:]
+        while (value := self._reader.gets()) is not False:
+            values.append(value)
         return values
-
-    def _value(self, buf: bytes, pos: int) -> tuple[Value, int]:
-        end = buf.find(b"\r\n", pos)
-        if end < 0:
-            raise _Incomplete
-        kind, line, pos = buf[pos : pos + 1], buf[pos + 1 : end], end + 2
-        if kind in b"$=!":  # bulk string, verbatim string, bulk error
-            size = int(line)
-            if size < 0:
-                return None, pos
-            if len(buf) < pos + size + 2:
-                raise _Incomplete
-            data = buf[pos : pos + size]
-            return (ResponseError(data.decode(errors="replace")) if kind == b"!" else data), pos + size + 2
-        if kind in b"*>~%|":  # array, push, set, map (pairs), attribute
-            count = int(line) * (2 if kind in b"%|" else 1)
-            if count < 0:
-                return None, pos
-            items = []
-            for _ in range(count):
-                item, pos = self._value(buf, pos)
-                items.append(item)
-            return items, pos
-        if kind == b":":
-            return int(line), pos
-        if kind == b"+" or kind == b",":
-            return line, pos
-        if kind == b"-":
-            return ResponseError(line.decode(errors="replace")), pos
-        if kind == b"_":
-            return None, pos
-        if kind == b"#":
-            return line == b"t", pos
-        raise RedisConnectionError(f"unexpected RESP type {kind!r}")
 
 
 class RespConnection:

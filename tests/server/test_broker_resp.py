@@ -27,7 +27,7 @@ EXPECTED = [
     42,
     "ERR wrong",
     None,
-    [b"k", 1],
+    {b"k": 1},
 ]
 
 
