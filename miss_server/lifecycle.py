@@ -145,6 +145,8 @@ class DrainableConnection(GatedConnection):
     go away (close 1001) without cutting a request in half (module doc).
     Build it with :meth:`GatedConnection.factory`."""
 
+    __slots__ = ("_closer", "_going_away", "_in_hand")  # as GatedConnection's
+
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._in_hand = False

@@ -559,8 +559,9 @@ def _ack(
     ).fetchall()
     if user is None:
         return []
-    # A team row reads as a message from the body's sender to this device's user.
-    rows += [(*r[:4], user) for r in teams.ack_team_rows(conn, device_id, named)]
+    if len(rows) < len(named):  # seqs are unique over both tables: the rest may be team rows
+        # A team row reads as a message from the body's sender to this device's user.
+        rows += [(*r[:4], user) for r in teams.ack_team_rows(conn, device_id, named)]
     receipts: list[Queued] = []
     sender_devices: dict[str, list[str]] = {}
     for seq, kind, message_id, sender_user, recipient_user in sorted(rows):

@@ -9,7 +9,7 @@ from typing import Any, cast
 import pytest
 
 from miss_server import wakeup
-from miss_server.delivery import DeviceLink
+from miss_server.delivery import RECEIPT_DELAY, DeviceLink
 from miss_server.store.base import Kind, Queued, Store
 from protocol import errors
 from protocol.frames import SERVER_FRAMES, Deliver, Delivered, Refused, decode
@@ -105,9 +105,56 @@ async def test_a_link_sends_row_wakeups_and_drops_refusals_for_an_old_client() -
     link, store, sent = await _link([])
     link.on_wakeup(wakeup.row_wakeup(ROWS[2]))  # a refusal: this client did not name the capability
     link.on_wakeup(wakeup.row_wakeup(ROWS[1]))
-    await asyncio.sleep(0.1)  # receipts wait up to RECEIPT_DELAY to share a write
+    await asyncio.sleep(RECEIPT_DELAY + 0.05)  # receipts wait up to RECEIPT_DELAY to share a write
     await link.stop()
     assert sent == [wakeup.row_frame(ROWS[1])] and store.reads == 1
+
+
+async def test_a_held_receipt_rides_the_answer_to_the_device_and_is_not_sent_again() -> None:
+    link, _, sent = await _link([])
+    link.on_wakeup(wakeup.row_wakeup(ROWS[1]))  # held for RECEIPT_DELAY
+    assert sent == []
+    assert link.take_ready() == [wakeup.row_frame(ROWS[1])]
+    assert link.take_ready() == []
+    await asyncio.sleep(RECEIPT_DELAY + 0.05)  # nothing is left to send
+    link.on_wakeup(wakeup.row_wakeup(ROWS[1]))  # the same row again (a drain met it): in flight
+    assert link.take_ready() == []
+    await link.stop()
+    assert sent == []
+
+
+async def test_no_row_rides_an_answer_while_a_drain_is_due() -> None:
+    link, _, _ = await _link([])
+    link.request_drain()  # rows in the store would come after the outbox's
+    link.on_wakeup(wakeup.row_wakeup(ROWS[1]))
+    assert link.take_ready() == []
+    await asyncio.sleep(0.01)
+    await link.stop()
+
+
+async def test_no_row_rides_an_answer_while_the_link_is_writing() -> None:
+    gate = asyncio.Event()
+    sent: list[bytes] = []
+
+    async def slow_send(frames: list[bytes]) -> None:
+        await gate.wait()  # the socket takes its time
+        sent.extend(frames)
+
+    async def close(code: int, reason: str) -> None:
+        pass
+
+    message = Queued(5, "d_alice", Kind.MESSAGE, MID, "u_bob", "d_bob", 1_700_000_000_000, b"e" * 40)
+    link = DeviceLink("d_alice", cast(Store, PendingRows([])), slow_send, close)
+    link.start()
+    await asyncio.sleep(0.01)
+    link.on_wakeup(wakeup.row_wakeup(message))
+    await asyncio.sleep(0.01)  # the link is writing the message
+    link.on_wakeup(wakeup.row_wakeup(ROWS[1]))  # a newer row: must not overtake it
+    assert link.take_ready() == []
+    gate.set()
+    await asyncio.sleep(RECEIPT_DELAY + 0.05)
+    await link.stop()
+    assert sent == [wakeup.row_frame(message), wakeup.row_frame(ROWS[1])]
 
 
 async def test_an_unreadable_wakeup_makes_the_link_read_the_store() -> None:
