@@ -131,8 +131,9 @@ def _parser() -> argparse.ArgumentParser:
         type=int,
         default=1,
         metavar="N",
-        help="auth-storm: run the hub as `miss-server --workers N` (N > 1 needs --backend services); "
-        "its CPU is that of the supervisor and every worker",
+        help="auth-storm, connections: run the hub as `miss-server --workers N` (N > 1 needs "
+        "--backend services); its CPU (and for connections its RSS) is that of the supervisor and "
+        "every worker",
     )
     r.add_argument(
         "--devices",

@@ -173,9 +173,10 @@ def start_hub(
     return _start(name, [str(BIN / "miss-server")], env, workdir, cpus)
 
 
-def start_relay(workdir: Path, cpus: set[int]) -> ServerProcess:
+def start_relay(workdir: Path, cpus: set[int], name: str = "relay") -> ServerProcess:
+    """``python -m bench.relay`` on a free port (log: ``workdir/NAME.log``)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("MISS_")}
-    return _start("relay", [sys.executable, "-m", "bench.relay", "--port", "0"], env, workdir, cpus)
+    return _start(name, [sys.executable, "-m", "bench.relay", "--port", "0"], env, workdir, cpus)
 
 
 def _with_query(url: str, key: str, value: str) -> str:

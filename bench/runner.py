@@ -167,6 +167,17 @@ class Run:
         if not self.args.keep:
             shutil.rmtree(self.workdir, ignore_errors=True)
 
+    def ensure_workers(self, n: int) -> None:
+        """At least ``n`` load generator processes (``--workers`` raised, and
+        said in the notes): before :meth:`set_population` only."""
+        assert self.pop is None, "the population is spread over the workers already"
+        if len(self.pool) >= n:
+            return
+        self.notes.append(f"load generator processes raised from {len(self.pool)} to {n} (open-file limit)")
+        self.pool.close()
+        self.args.workers += n - len(self.pool)
+        self.pool = WorkerPool(n, self.load_cpus)
+
     def set_population(self, pop: Population) -> None:
         self.pop = pop
         self.pool.call_all(
@@ -188,25 +199,40 @@ class Run:
 
     def start_relay(self) -> ServerProcess:
         """Start the relay and give the devices their relay identities."""
+        return self.start_relays(1)[0]
+
+    def start_relays(self, count: int) -> list[ServerProcess]:
+        """Start ``count`` relay processes and give the devices their relay
+        identities. With more than one, each load generator worker's devices
+        use one of them (:meth:`relay_urls`): a relay forwards only between
+        its own connections, and a flow stays inside one worker."""
         assert self.pop is not None
-        relay = start_relay(self.workdir / "relay", self.server_cpus)
-        self.servers.append(relay)
+        relays = [
+            start_relay(self.workdir / "relay", self.server_cpus, "relay" if count == 1 else f"relay{k}")
+            for k in range(count)
+        ]
+        self.servers.extend(relays)
         entries = {}
         for d in self.pop.devices:
             user_id, device_id = relay_ids(d.index, d.user)
             entries[d.index] = Entry(user_id, device_id, _box_pk(d), _sign_pk(d))
         self._directory("relay", entries, {u: relay_ids(0, u)[0] for u in range(len(self.pop.user_devices))})
-        return relay
+        return relays
 
-    def relay_urls(self, relay: ServerProcess) -> dict[int, str]:
-        """Each device's relay path: its own id, then the targets of its flows."""
-        assert self.pop is not None
+    def relay_urls(self, relay: ServerProcess | list[ServerProcess]) -> dict[int, str]:
+        """Each device's relay path: its own id, then the targets of its
+        flows; with several relays, on that of its load generator worker
+        (worker number modulo the relays)."""
+        pop = self.pop
+        assert pop is not None
+        relays = relay if isinstance(relay, list) else [relay]
         targets: dict[int, list[str]] = {}
-        for f in self.pop.flows:
+        for f in pop.flows:
             targets.setdefault(f.sender, []).extend(self.directory[t].device_id for t in f.targets)
         return {
-            d.index: f"{relay.url}{self.directory[d.index].device_id}/{','.join(targets.get(d.index, []))}"
-            for d in self.pop.devices
+            d.index: f"{relays[pop.worker_of[d.index] % len(relays)].url}"
+            f"{self.directory[d.index].device_id}/{','.join(targets.get(d.index, []))}"
+            for d in pop.devices
         }
 
     def stop(self, server: ServerProcess) -> None:

@@ -50,6 +50,25 @@ def hub_processes(pid: int) -> list[int]:
         return [pid]
 
 
+def start_hub_workers(r: Run, **settings: str) -> int:
+    """Start the hub with these ``MISS_*`` settings, as ``miss-server
+    --workers N`` for ``--hub-workers N`` above 1; returns N."""
+    workers = max(1, getattr(r.args, "hub_workers", 1))
+    if workers > 1:
+        settings["workers"] = str(workers)
+    r.start_hubs(1, **settings)
+    return workers
+
+
+def hub_pids(r: Run, workers: int) -> list[int]:
+    """The hub's processes (the supervisor and its workers), with a note if
+    fewer than ``workers`` workers are found."""
+    pids = [p for pid in r.hub_pids for p in hub_processes(pid)]
+    if workers > 1 and len(pids) != workers + 1:
+        r.notes.append(f"expected {workers} workers under the supervisor, found {len(pids) - 1}")
+    return pids
+
+
 def connect_figures(
     r: Run,
     label: str,
@@ -118,15 +137,11 @@ def run(r: Run) -> dict[str, Any]:
     r.disconnect()
     r.stop(relay)
 
-    workers = max(1, getattr(r.args, "hub_workers", 1))
-    settings = {"handshake_timeout_seconds": STORM_TIMEOUT, "auth_timeout_seconds": STORM_TIMEOUT}
-    if workers > 1:
-        settings["workers"] = str(workers)
-    r.start_hubs(1, **settings)
+    workers = start_hub_workers(
+        r, handshake_timeout_seconds=STORM_TIMEOUT, auth_timeout_seconds=STORM_TIMEOUT
+    )
     r.enroll()
-    pids = [p for pid in r.hub_pids for p in hub_processes(pid)]
-    if workers > 1 and len(pids) != workers + 1:
-        r.notes.append(f"expected {workers} workers under the supervisor, found {len(pids) - 1}")
+    pids = hub_pids(r, workers)
     hub_res = connect_figures(
         r, "hub: auth storm", pids, r.hub_device_urls(), r.using_services(), IN_FLIGHT, sources=SOURCES
     )

@@ -59,6 +59,18 @@ RUNS: dict[str, tuple[str, ...]] = {
         "60",
     ),
     "connections": ("--scenario", "connections", "--connections", "200", "--rate", "50"),
+    "connections-workers": (
+        "--scenario",
+        "connections",
+        "--backend",
+        "services",
+        "--hub-workers",
+        "2",
+        "--connections",
+        "200",
+        "--rate",
+        "50",
+    ),
     "multi-node": ("--scenario", "multi-node", "--rate", "100"),
     # 3 pairs at 30/s: 5/s per device, under the hub's default budget of 10/s
     "flood": ("--scenario", "flood", "--rate", "30", "--flood-messages", "500"),
@@ -210,6 +222,22 @@ def test_connections(runs: dict[str, Future[dict[str, Any]]]) -> None:
     assert isinstance(hub["rss_kib_per_connection"], int | float)
     assert hub["rss_kib_after"] > hub["rss_kib_before"] > 0
     check_messages(hub)
+
+
+def test_connections_across_workers(runs: dict[str, Future[dict[str, Any]]]) -> None:
+    """``--hub-workers 2``: the connections are held by two workers behind
+    one port, and the hub's memory is that of the supervisor and both
+    workers together (issue 19: 50,000 connections take several processes)."""
+    report = runs["connections-workers"].result()
+    assert report["backend"] == "services"
+    params = report["params"]
+    assert params["hub_workers"] == 2 and params["relay_processes"] == 1
+    hub = report["hub"]
+    assert hub["connections"] == 200 and hub["processes"] == 3 and hub["connect_failed"] == 0
+    assert hub["rss_kib_after"] > hub["rss_kib_before"] > 0
+    assert report["relay"]["processes"] == 1
+    check_messages(hub)
+    assert not report["notes"], report["notes"]
 
 
 def test_multi_node(runs: dict[str, Future[dict[str, Any]]]) -> None:
