@@ -51,6 +51,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import random
 import time
 from collections.abc import Awaitable, Callable, Iterable, Iterator
 
@@ -96,7 +97,13 @@ OUTBOX_LIMIT = 2000
 OUTBOX_BYTES = 1 << 20
 #: The most one write to the socket carries (it carries one frame at least).
 WRITE_BYTES = 256 * 1024
+#: A drain that failed (store unreachable) is tried again after a random
+#: delay of up to ``STORE_RETRY_SECONDS * 2**(failures - 1)``, at most
+#: ``STORE_RETRY_MAX``: thousands of links that failed together (a store
+#: outage, a saturated pool) then spread their retries instead of all
+#: coming back each second, which kept a saturated pool saturated.
 STORE_RETRY_SECONDS = 1.0
+STORE_RETRY_MAX = 8.0
 
 
 def _now_ms() -> int:
@@ -299,6 +306,7 @@ class DeviceLink:
         return frames
 
     async def _run(self) -> None:
+        failures = 0  # drains failed in a row
         while True:
             self._busy = False
             await self._wake.wait()
@@ -312,10 +320,13 @@ class DeviceLink:
                 self._take_outbox()  # every frame there is a committed row the drain reads
                 try:
                     await self._drain()
+                    failures = 0
                 except StoreUnavailable as exc:
+                    failures += 1
                     log.warning("drain failed, retrying", extra={"device": self.device_id, "error": str(exc)})
                     self._need_drain = True
-                    await asyncio.sleep(STORE_RETRY_SECONDS)
+                    ceiling = min(STORE_RETRY_MAX, STORE_RETRY_SECONDS * 2 ** min(failures - 1, 8))
+                    await asyncio.sleep(random.uniform(0.1, ceiling))
                     self._wake.set()
                     continue
             if self._outbox and not self._need_drain:

@@ -10,7 +10,7 @@ import pytest
 
 from miss_server import wakeup
 from miss_server.delivery import RECEIPT_DELAY, DeviceLink
-from miss_server.store.base import Kind, Queued, Store
+from miss_server.store.base import Kind, Queued, Store, StoreUnavailable
 from protocol import errors
 from protocol.frames import SERVER_FRAMES, Deliver, Delivered, Refused, decode
 
@@ -201,3 +201,41 @@ async def test_a_link_ends_only_on_a_newer_generation() -> None:
     await asyncio.sleep(0.01)
     await link.stop()
     assert sent[1:] == [b"close 4409 session_replaced"]
+
+
+class FailingRows(PendingRows):
+    """A store that is unreachable for its first ``failures`` reads."""
+
+    def __init__(self, rows: list[Queued], failures: int) -> None:
+        super().__init__(rows)
+        self.failures = failures
+
+    async def pending(self, device_id: str, after_seq: int, limit: int, now: int) -> list[Queued]:
+        if self.failures:
+            self.failures -= 1
+            self.reads += 1
+            raise StoreUnavailable("down")
+        return await super().pending(device_id, after_seq, limit, now)
+
+
+async def test_a_link_whose_store_fails_retries_with_growing_random_delays_and_delivers() -> None:
+    store = FailingRows(ROWS[1:2], failures=2)
+    sent: list[bytes] = []
+
+    async def send(frames: list[bytes]) -> None:
+        sent.extend(frames)
+
+    async def close(code: int, reason: str) -> None:
+        pass
+
+    link = DeviceLink("d_alice", cast(Store, store), send, close)
+    started = asyncio.get_running_loop().time()
+    link.start()
+    # Delays of at most 1 s, then 2 s (STORE_RETRY_SECONDS doubling), not a fixed cadence.
+    for _ in range(60):
+        if sent:
+            break
+        await asyncio.sleep(0.1)
+    await link.stop()
+    assert sent == [wakeup.row_frame(ROWS[1])] and store.reads == 3
+    assert asyncio.get_running_loop().time() - started < 3.5
