@@ -272,10 +272,7 @@ class Database:
                         except Exception as exc:
                             if is_statement_error(exc):
                                 raise  # the server answered: it rolled back
-                            log.error("commit outcome unknown", extra={"error": str(exc)})
-                            raise StoreUnavailable(
-                                f"commit outcome unknown: {type(exc).__name__}: {exc}"
-                            ) from exc
+                            raise _outcome_unknown(exc) from exc
                         return value
             except Exception as exc:
                 if attempt < ATTEMPTS and is_connection_lost(exc):
@@ -306,10 +303,7 @@ class Database:
                         except Exception as exc:
                             if is_statement_error(exc) or _unsent(exc) or not is_connection_lost(exc):
                                 raise
-                            log.error("statement outcome unknown", extra={"error": str(exc)})
-                            raise StoreUnavailable(
-                                f"commit outcome unknown: {type(exc).__name__}: {exc}"
-                            ) from exc
+                            raise _outcome_unknown(exc) from exc
             except Exception as exc:
                 if attempt < ATTEMPTS and _unsent(exc):
                     log.warning("connection closed, retrying", extra={"attempt": attempt, "error": str(exc)})
@@ -332,6 +326,13 @@ class Database:
             return await self.transaction(fn)
         except Exception as exc:
             reraise(exc)
+
+
+def _outcome_unknown(exc: BaseException) -> StoreUnavailable:
+    """The error for a commit that may or may not have happened (logged:
+    an operator may have to look at what the store holds)."""
+    log.error("commit outcome unknown", extra={"error": str(exc)})
+    return StoreUnavailable(f"commit outcome unknown: {type(exc).__name__}: {exc}")
 
 
 def _unsent(exc: BaseException) -> bool:
