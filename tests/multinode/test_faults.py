@@ -20,7 +20,7 @@ from tests.support.cluster import Cluster
 from tests.support.traffic import Recipient, Sender, outcome, wait_until
 from tests.support.wire import RawDevice
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.exclusive]  # stops the shared Redis and PostgreSQL
 
 PAIRS = 10
 PER_SENDER = 100

@@ -207,6 +207,8 @@ async def test_worker_killed_under_load(tmp_path: Path) -> None:
         # ports), and its metrics say so; worker 1 was never touched.
         after = await asyncio.to_thread(worker_pids, supervisor.pid)
         assert after[0] != killed and alive(after[0]) and after[1] == first_pids[1]
+        # The new worker serves its metrics a moment after it shows in /proc.
+        await wait_until(lambda: scrape_or_none(base) is not None, 15)
         restarted = scrape_or_none(base)
         assert restarted is not None and restarted["miss_worker_restarts"] == 1
         assert scrape(base + 1)["miss_worker_restarts"] == 0

@@ -66,7 +66,7 @@ from tests.support.bystanders import (
 )
 from tests.support.client_fixtures import PASSPHRASE
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.exclusive]  # bystanders: attacked vs quiet latency
 
 #: Length of each measured window (s): at 6 messages a second from each of
 #: 12 bystanders, 432 latencies a window.

@@ -164,6 +164,7 @@ async def test_grace_period_cuts_what_does_not_finish(
     assert (await bob.until_closed(2))[1] == 1001
 
 
+@pytest.mark.exclusive  # stops the shared PostgreSQL
 async def test_readyz_503_while_postgresql_is_stopped_and_200_after(make_hub: HubFactory) -> None:
     async with postgres_store_url() as url:
         hub = await make_hub(store=url)

@@ -27,7 +27,7 @@ from miss_server.config import Settings
 from protocol.frames import Accepted, Deliver, Delivered, LookupOk
 from tests.support.bystanders import Device, LimitedHub, clinician, hub_metric, hub_store, percentile
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.exclusive]  # bystanders: attacked vs quiet latency
 
 #: The hub's handshake timeout in this test (s).
 TIMEOUT = 4.0

@@ -231,9 +231,12 @@ async def page(context: BrowserContext) -> Page:
     return await context.new_page()
 
 
-@pytest.fixture
-def page_log(page: Page) -> PageLog:
-    """The console messages and uncaught errors of ``page`` from now on."""
+@pytest_asyncio.fixture(loop_scope="session")
+async def page_log(page: Page) -> PageLog:
+    """The console messages and uncaught errors of ``page`` from now on.
+    Async, on the session loop: ``page.on`` schedules on the running loop,
+    and a synchronous fixture has none once another test has reset the
+    thread's current loop."""
     log = PageLog(page)
     page.on("console", lambda message: log.console.append(message))
     page.on("pageerror", lambda exc: log.errors.append(str(exc)))
