@@ -56,10 +56,10 @@ import resource
 import socket
 import ssl
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any, cast
 
-from websockets.asyncio.server import ServerConnection
+from .keepalive import KeepaliveWheel, KeptConnection
 
 __all__ = [
     "CLOSE_STAGES",
@@ -174,10 +174,27 @@ class PendingGate:
                 self._by_address.pop(address, None)
 
 
-class GatedConnection(ServerConnection):
+class _Frames(list[Any]):
+    """The part of a deque's interface that websockets' queue of received
+    frames uses (``asyncio.messages.SimpleQueue``), on a list: the queue
+    holds a few frames (reading pauses past ``max_queue``), and an empty
+    deque costs 0.7 KiB, an empty list 56 bytes."""
+
+    __slots__ = ()
+
+    def popleft(self) -> Any:
+        return self.pop(0)
+
+    def extendleft(self, items: Iterable[Any]) -> None:
+        # As deque.extendleft: each item in turn goes to the front.
+        self[:0] = reversed(list(items))
+
+
+class GatedConnection(KeptConnection):
     """The hub's WebSocket connection: counted by a :class:`PendingGate`
-    from TCP accept until it authenticates or closes. Build it with
-    :meth:`factory`."""
+    from TCP accept until it authenticates or closes, and kept alive by the
+    node's :class:`~miss_server.keepalive.KeepaliveWheel` if the factory was
+    given one. Build it with :meth:`factory`."""
 
     # Slots: websockets' connection has 27 attributes; past 30, CPython 3.11
     # gives every instance a full dict of its own (1.5 KiB per connection).
@@ -192,11 +209,17 @@ class GatedConnection(ServerConnection):
         self._pending_address: str | None = None
         self._forwarded_address: str | None = None
         self._refused = False
+        # A list, not websockets' deque: appended, removed from and iterated
+        # only, and an empty deque is a 64-slot block (0.7 KiB a connection).
+        self.drain_waiters = cast(Any, [])
 
     @classmethod
-    def factory(cls, gate: PendingGate, *, by_peer: bool) -> type[GatedConnection]:
-        """A subclass bound to ``gate``, for ``serve(create_connection=...)``."""
-        return type("HubConnection", (cls,), {"gate": gate, "by_peer": by_peer})
+    def factory(
+        cls, gate: PendingGate, *, by_peer: bool, keepalive: KeepaliveWheel | None = None
+    ) -> type[GatedConnection]:
+        """A subclass bound to ``gate`` and, if given, to the ``keepalive``
+        wheel (then pass ``ping_interval=None``), for ``serve(create_connection=...)``."""
+        return type("HubConnection", (cls,), {"gate": gate, "by_peer": by_peer, "keepalive_wheel": keepalive})
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         peer = transport.get_extra_info("peername")
@@ -208,6 +231,7 @@ class GatedConnection(ServerConnection):
             return
         self._pending, self._pending_address = True, address
         super().connection_made(transport)
+        self.recv_messages.frames.queue = cast(Any, _Frames())  # as drain_waiters (__init__)
 
     def admit_forwarded(self, address: str) -> bool:
         """Behind a proxy: the per-address cap, once the request names the client."""

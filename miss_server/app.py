@@ -47,6 +47,7 @@ from .config import Settings
 from .connection import client_address, serve_connection
 from .guard import Guard
 from .hub import Hub
+from .keepalive import KeepaliveWheel
 from .lifecycle import DrainableConnection, Readiness, cut_remaining, go_away_spread, wait_for_handlers
 from .metrics import Metrics
 from .presence import PresenceService
@@ -197,8 +198,13 @@ class HubServer:
             self._handle,
             self.settings.host,
             self.settings.port,
+            # One keepalive wheel for every connection, not a task each (keepalive.py).
             create_connection=DrainableConnection.factory(
-                self.gate, by_peer=not self.settings.trust_forwarded_for
+                self.gate,
+                by_peer=not self.settings.trust_forwarded_for,
+                keepalive=KeepaliveWheel(
+                    self.settings.ping_interval_seconds, self.settings.ping_timeout_seconds
+                ),
             ),
             subprotocols=[SUBPROTOCOL],  # type: ignore[list-item]
             process_request=self._process_request,
@@ -211,8 +217,8 @@ class HubServer:
             # Workers of one machine listen on the same port; the kernel spreads connections (supervisor.py).
             reuse_port=self.settings.workers > 1,
             open_timeout=self.settings.handshake_timeout_seconds,
-            ping_interval=self.settings.ping_interval_seconds,
-            ping_timeout=self.settings.ping_timeout_seconds,
+            ping_interval=None,  # the wheel pings (keepalive.py)
+            ping_timeout=None,
         )
         self._port = int(self._server.sockets[0].getsockname()[1])
         self._take_over_accept(tls)
