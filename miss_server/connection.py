@@ -82,8 +82,9 @@ async def serve_connection(ws: ServerConnection, hub: Hub) -> None:
             raise errors.AuthTimeout() from None
         frame = session.receive(_binary(first))
         metrics.frame_received(frame.TYPE)
+        service: bool | None = None  # an enrollment: attach reads the account
         if isinstance(frame, Auth):
-            await hub.authenticate(session, frame, peer)
+            service = await hub.authenticate(session, frame, peer)
         else:
             await hub.enroll(session, frame, peer)  # type: ignore[arg-type]
         assert session.user_id is not None and session.device_id is not None
@@ -99,6 +100,7 @@ async def serve_connection(ws: ServerConnection, hub: Hub) -> None:
             ws.close,
             session.caps,
             capped=isinstance(frame, Auth),  # an enrollment is not: its code is spent (Hub.attach)
+            service=service,
         )
         await ws.send(encode(_welcome(hub, session)))
         link.start()

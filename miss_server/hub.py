@@ -183,13 +183,21 @@ class Hub:
 
     # --- authentication -----------------------------------------------------
 
-    async def authenticate(self, session: ServerSession, frame: Auth, address: str) -> None:
-        """Check an ``auth`` frame; raises AuthFailed, DeviceRevoked,
+    async def authenticate(self, session: ServerSession, frame: Auth, address: str) -> bool:
+        """Check an ``auth`` frame and return whether the account is a
+        service account (for :meth:`attach`); raises AuthFailed, DeviceRevoked,
         AccountSuspended, RateLimited or StorageUnavailable. Earlier
         failures never refuse a good signature (guard.py); a failure from an
-        address that has spent its failures is raised only after a pause."""
+        address that has spent its failures is raised only after a pause.
+
+        The device and its user are read fresh, in one read of the store:
+        a revoked device, a suspended or deleted account is refused. The
+        account's attestation is not checked here: an authenticated device
+        of an unverified account may only ack and revoke itself until the
+        first request that needs more loads and checks its account
+        (:meth:`requester`, :meth:`send`; SPEC §11.4)."""
         await self.guard.attempt(address)
-        device = await self._store_call(self.store.get_device(frame.device))
+        device, user = await self._store_call(self.store.get_device_user(frame.device))
         try:
             session.authenticate(frame, *((device.user_id, device.sign_pk) if device else (None, None)))
         except errors.AuthFailed as exc:
@@ -207,12 +215,10 @@ class Hub:
                 quiet_key=f"rv:{device.device_id}",
             )
             raise errors.DeviceRevoked(device.device_id)
-        account = await self._store_call(self.accounts.get(device.user_id))
-        if account is None or account.suspended:  # the cache may not know of a reinstatement yet
-            account = await self._store_call(self.accounts.get(device.user_id, refresh=True))
-        if account is None or account.suspended:
+        if user is None or user.suspended:
             session.close()
             raise errors.AccountSuspended(device.user_id)
+        return user.service
 
     async def enroll(self, session: ServerSession, frame: Enroll, address: str) -> None:
         """Register the device of an ``enroll`` frame; raises AuthFailed,
@@ -265,6 +271,7 @@ class Hub:
         caps: frozenset[str] = frozenset(),
         *,
         capped: bool = True,
+        service: bool | None = None,
     ) -> DeviceLink:
         """Register a freshly authenticated connection: its presence and its
         device channel. If ``capped``, raises TooManyConnections, with
@@ -279,7 +286,9 @@ class Hub:
         is the last to subscribe: this one then raises SessionReplaced. The
         caller sends ``welcome``, then starts the link, so that the device
         is online for everyone once it is welcomed and its first deliveries
-        follow the ``welcome``."""
+        follow the ``welcome``. ``service``: whether the account is a
+        service account, as :meth:`authenticate` returned it; None (after
+        an enrollment) reads the account."""
         channel = device_channel(device_id)
         link = DeviceLink(
             device_id,
@@ -295,22 +304,24 @@ class Hub:
         # older one, nor be registered anywhere.
         cap = self.settings.connection_cap if capped else None
         # Whether the account is a service never changes: read once, from
-        # the account authentication has just loaded (a store read only
-        # after an enrollment, which made every node forget it). A store
-        # that fails here must not refuse an enrollment, whose code is
-        # spent: the connection then spends rate_device, the stricter.
-        try:
-            account = await self.accounts.get(user_id)
-        except StoreUnavailable:
-            account = None
-        link.service = account is not None and account.user.service
-        link.presence_key, link.generation = await self.presence.connected(user_id, link, cap)
+        # the user authentication has just read (``service``, a read of the
+        # account only after an enrollment). A store that fails here must not
+        # refuse an enrollment, whose code is spent: the connection then
+        # spends rate_device, the stricter.
+        if service is None:
+            try:
+                account = await self.accounts.get(user_id)
+            except StoreUnavailable:
+                account = None
+            service = account is not None and account.user.service
+        link.service = service
+        link.presence_key, link.generation, announced = await self.presence.connected(user_id, link, cap)
         replaced = errors.SessionReplaced("a newer connection of this device came first")
         # Generation 0 (Redis did not answer): every older connection ends.
         ending = close_wakeup(errors.SessionReplaced, link.generation or None)
         try:
             try:  # before subscribing, so that it goes to the older connection (broker/base.py)
-                await self.broker.publish(channel, ending)
+                await self.broker.publish_many([*announced, (channel, ending)])
             except BrokerUnavailable:
                 pass  # an older connection elsewhere keeps a subscription that no one publishes to
             # A newer connection of the device here has subscribed already:

@@ -74,29 +74,31 @@ class PresenceService:
 
     # --- connections ----------------------------------------------------------
 
-    async def connected(self, user_id: str, link: DeviceLink, cap: int | None = None) -> tuple[str, int]:
-        """Record a new authenticated connection; returns its key and its
+    async def connected(
+        self, user_id: str, link: DeviceLink, cap: int | None = None
+    ) -> tuple[str, int, list[tuple[str, bytes]]]:
+        """Record a new authenticated connection; returns its key, its
         generation (the count of its device's connections so far, on every
-        node; 0 if the backend could not be asked). With ``cap``, raises
-        TooManyConnections (and records nothing) if the user already has
-        ``cap`` live connections of other devices, on any node: the device's
-        own older ones are being replaced, so they do not count. Without a
-        backend to ask, the connection is let in."""
+        node; 0 if the backend could not be asked) and the publishes that
+        announce it (the user's ``online`` if they were offline), which the
+        caller makes, with its own in the same round trip. With ``cap``,
+        raises TooManyConnections (and records nothing) if the user already
+        has ``cap`` live connections of other devices, on any node: the
+        device's own older ones are being replaced, so they do not count.
+        Without a backend to ask, the connection is let in."""
         conn = f"{link.device_id}/{secrets.token_hex(4)}"
         now = _now()
-        generation = 0
         try:
             claimed = await self._backend.connect_capped(user_id, conn, now + self._entry_ttl_ms, now, cap)
-            if claimed is None:
-                raise errors.TooManyConnections(f"{cap} connections of other devices")
-            first, generation = claimed
-            self._local[conn] = (user_id, link)
-            if first:
-                await self.announce(user_id, online=True)
         except (BrokerUnavailable, StoreUnavailable) as exc:
             self._local[conn] = (user_id, link)
             log.warning("presence not recorded", extra={"error": str(exc)})  # the next refresh will
-        return conn, generation
+            return conn, 0, []
+        if claimed is None:
+            raise errors.TooManyConnections(f"{cap} connections of other devices")
+        first, generation = claimed
+        self._local[conn] = (user_id, link)
+        return conn, generation, [self.announcement(user_id, online=True)] if first else []
 
     async def newest(self, device_id: str) -> int:
         """The generation of the device's newest connection, on every node;
@@ -156,7 +158,12 @@ class PresenceService:
         (``status`` None: unchanged, the watchers' nodes know it)."""
         if online is None:
             online = user_id in await self._backend.online([user_id], _now())
-        await self._broker.publish(presence_channel(user_id), msgpack.packb([user_id, status, online]))
+        await self._broker.publish(*self.announcement(user_id, online=online, status=status))
+
+    @staticmethod
+    def announcement(user_id: str, *, online: bool, status: str | None = None) -> tuple[str, bytes]:
+        """The ``(channel, payload)`` of :meth:`announce`."""
+        return presence_channel(user_id), msgpack.packb([user_id, status, online])
 
     def _on_presence(self, payload: bytes) -> None:
         user, status, online = msgpack.unpackb(payload)

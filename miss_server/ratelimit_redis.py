@@ -18,10 +18,12 @@ buckets, the defaults for a single address) leases exactly what each take
 asks: one Redis call per take, as without leases.
 
 :meth:`RedisLimiter.from_url` takes the broker's URL (its ``?prefix=``
-names the deployment, as for the broker) and opens a connection pool of its
-own: the limiter depends on Redis, not on the broker, and a pool holds one
-connection per command in flight whichever component sends it, so sharing
-the broker's would save nothing but an idle connection or two.
+names the deployment, as for the broker) and opens a client of its own:
+the limiter depends on Redis, not on the broker. Takes go to Redis in
+pipelines on one connection of that client's settings
+(``broker/resp.py``, :class:`~miss_server.broker.resp.RespPipeline`), so
+that the takes of many connections authenticating at once share round
+trips, and none pays redis-py's per-command machinery.
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ from redis.backoff import NoBackoff
 from redis.exceptions import RedisError, ResponseError
 
 from .broker.redis import split_prefix
+from .broker.resp import RespPipeline, RespScript
 from .ratelimit import MemoryLimiter, Rate, check_cost
 
 __all__ = ["RedisLimiter"]
@@ -122,7 +125,10 @@ class RedisLimiter:
         self._prefix = prefix
         self._redis = redis
         self._owns_redis = False
-        self._script = redis.register_script(_TAKE)
+        # Takes ride in pipelines of their own connection (broker/resp.py): an
+        # authentication storm takes from hundreds of addresses a second.
+        self._pipeline = RespPipeline(redis, "redis-limiter")
+        self._script = RespScript(self._pipeline, _TAKE)
         self._fallback = fallback if fallback is not None else MemoryLimiter()
         self._clock = clock
         self._warned_at = -math.inf
@@ -161,7 +167,7 @@ class RedisLimiter:
         want = max(cost, min(rate.burst / 10, rate.per_second * LEASE_SECONDS))
         try:
             wait, taken = await self._script(
-                keys=[f"{self._prefix}:rl:{{{key}}}"], args=[rate.per_second, rate.burst, cost, mode, want]
+                [f"{self._prefix}:rl:{{{key}}}"], [rate.per_second, rate.burst, cost, mode, want]
             )
         except (RedisError, OSError) as exc:
             if not _is_outage(exc):
@@ -200,5 +206,6 @@ class RedisLimiter:
         it; a client given to the constructor, and the fallback, belong to
         the caller."""
         self._leases.clear()
+        await self._pipeline.close()
         if self._owns_redis:
             await self._redis.aclose()

@@ -21,10 +21,14 @@ next pipeline, in call order, and each caller returns once its pipeline has
 been answered. One pipeline is in flight at a time, so Redis receives the
 publishes in call order. A group commit resolves several senders at once,
 and their wake-ups then cost one round trip instead of one each (the
-``multi-node`` bench: README, Benchmarks). The reader and the publisher read
-and write their own connections through ``resp.py``, which parses every
-reply of a chunk at once: redis-py's per-reply machinery was most of a
-node's cost per wake-up.
+``multi-node`` bench: README, Benchmarks). The presence commands of a
+connection's life (:attr:`RedisBroker.pipeline`: the attach script, the
+generation read, the detach script) ride in the same pipelines, so that an
+authentication storm's hundreds of attaches share their round trips
+(docs/PERFORMANCE.md, "Authentication cost"). The reader and the publisher
+read and write their own connections through ``resp.py``, which parses
+every reply of a chunk at once: redis-py's per-reply machinery was most of
+a node's cost per wake-up.
 
 *Presence* lives in two sorted sets per deployment, under the hash tag
 ``{presence}`` so that a cluster keeps them on one shard: ``exp`` (member
@@ -54,7 +58,7 @@ from redis.exceptions import RedisError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from .base import CONTROL_CHANNEL, DEVICE_PREFIX, BrokerUnavailable, Handler
-from .resp import RespConnection
+from .resp import RespConnection, RespPipeline, RespScript, Value
 
 __all__ = ["RedisBroker", "RedisPresence", "split_prefix"]
 
@@ -89,11 +93,6 @@ def _client(url: str, retries: int) -> aioredis.Redis:
     )
 
 
-def _settle(future: asyncio.Future[None], exc: BaseException) -> None:
-    if not future.done():
-        future.set_exception(exc)
-
-
 class RedisBroker:
     """Wake-ups over Redis sharded pub/sub (see module doc)."""
 
@@ -107,13 +106,13 @@ class RedisBroker:
         self._subscriber = _client(base, retries=0)
         self._handlers: dict[str, Handler] = {}
         self._pubsub: RespConnection | None = None  # while subscribed
-        self._publisher: RespConnection | None = None  # opened by the first publish
+        self._subscriptions: list[tuple[str, bytes]] = []  # (un)subscriptions for the next write
+        self._subscriptions_on: RespConnection | None = None  # ... on this connection
+        #: Publishes and presence commands (module doc), opened by the first.
+        self._pipeline = RespPipeline(self._redis, "redis-broker-publisher", SOCKET_TIMEOUT)
         self._reader: asyncio.Task[None] | None = None
         self._gap_callbacks: list[Callable[[], None]] = []
         self._connected = asyncio.Event()
-        self._outgoing: list[tuple[bytes, bytes]] = []  # (key, payload) for the next pipeline
-        self._sent: asyncio.Future[None] | None = None  # resolves once _outgoing is published
-        self._flusher: asyncio.Task[None] | None = None
 
     @property
     def redis(self) -> aioredis.Redis:
@@ -132,19 +131,12 @@ class RedisBroker:
         await self._connected.wait()
 
     async def close(self) -> None:
-        if self._flusher is not None:
-            self._flusher.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._flusher
-        if self._sent is not None:
-            _settle(self._sent, BrokerUnavailable("broker closed"))
-            self._sent = None
+        await self._pipeline.close()
         if self._reader is not None:
             self._reader.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._reader
         await self._drop_pubsub()
-        await self._drop_publisher()
         await self._redis.aclose()
         await self._subscriber.aclose()
 
@@ -161,21 +153,37 @@ class RedisBroker:
     async def subscribe(self, channel: str, handler: Handler) -> None:
         new = channel not in self._handlers
         self._handlers[channel] = handler
-        if new and self._pubsub is not None:
-            try:
-                self._pubsub.write(("SSUBSCRIBE", self._key(channel)))
-            except _DOWN:
-                pass  # the reader resubscribes everything when it reconnects
+        if new:
+            self._subscription("SSUBSCRIBE", channel)
 
     async def unsubscribe(self, channel: str, handler: Handler) -> None:
         if self._handlers.get(channel) != handler:
             return
         del self._handlers[channel]
-        if self._pubsub is not None:
-            try:
-                self._pubsub.write(("SUNSUBSCRIBE", self._key(channel)))
-            except _DOWN:
-                pass
+        self._subscription("SUNSUBSCRIBE", channel)
+
+    def _subscription(self, verb: str, channel: str) -> None:
+        """Queue a (un)subscription for the pub/sub connection: those of one
+        turn of the event loop leave in one write, in call order (an
+        authentication storm subscribes hundreds of devices a second)."""
+        pubsub = self._pubsub
+        if pubsub is None:
+            return  # the reader subscribes to every channel when it connects
+        if self._subscriptions_on is not pubsub:
+            self._subscriptions, self._subscriptions_on = [], pubsub
+            asyncio.get_running_loop().call_soon(self._write_subscriptions, pubsub)
+        self._subscriptions.append((verb, self._key(channel)))
+
+    def _write_subscriptions(self, pubsub: RespConnection) -> None:
+        if self._subscriptions_on is not pubsub:
+            return  # a newer connection has the queue
+        commands, self._subscriptions, self._subscriptions_on = self._subscriptions, [], None
+        if pubsub is not self._pubsub:
+            return  # lost meanwhile: the reader subscribes to every channel again
+        try:
+            pubsub.write(*commands)
+        except _DOWN:
+            pass  # the reader resubscribes everything when it reconnects
 
     def _deliver_locally(self, channel: str, payload: bytes) -> bool:
         """A device channel subscribed on this node has no subscriber on any
@@ -198,59 +206,25 @@ class RedisBroker:
             await self._publish_remote(remote)
 
     async def _publish_remote(self, messages: list[tuple[str, bytes]]) -> None:
-        """Queue publishes for the next pipeline and wait until it is
-        answered (see module doc)."""
+        """Publish in the next pipeline and wait until it is answered (see
+        module doc); raises BrokerUnavailable, or the first error reply."""
         if not self._connected.is_set():
             raise BrokerUnavailable("Redis connection is down")
-        self._outgoing.extend((self._key(c), p) for c, p in messages)
-        if self._sent is None:
-            self._sent = asyncio.get_running_loop().create_future()
-            # Read the outcome even if every caller was cancelled meanwhile.
-            self._sent.add_done_callback(lambda f: f.cancelled() or f.exception())
-        sent = self._sent
-        if self._flusher is None or self._flusher.done():
-            self._flusher = asyncio.create_task(self._flush(), name="redis-broker-publisher")
-        await asyncio.shield(sent)
-
-    async def _flush(self) -> None:
-        """Publish what is queued, one pipeline at a time, until nothing is."""
-        while self._outgoing:
-            batch, self._outgoing = self._outgoing, []
-            sent, self._sent = self._sent, None
-            assert sent is not None
-            try:
-                await self._publish_batch(batch)
-            except asyncio.CancelledError:
-                _settle(sent, BrokerUnavailable("broker closed"))
-                raise
-            except (*_DOWN, RedisError) as exc:
-                # A reply may be missing or late: the connection is not reused.
-                await self._drop_publisher()
-                _settle(sent, exc if isinstance(exc, ResponseError) else BrokerUnavailable(str(exc)))
-            else:
-                if not sent.done():
-                    sent.set_result(None)
-
-    async def _publish_batch(self, batch: list[tuple[bytes, bytes]]) -> None:
-        """One pipeline of SPUBLISH on the publishing connection, opened
-        afresh if it is not usable (nothing was written on it then, so the
-        publishes go out once); raises the first error reply."""
-        if self._publisher is None or not self._publisher.usable:
-            await self._drop_publisher()
-            publisher = RespConnection(self._redis)
-            async with asyncio.timeout(SOCKET_TIMEOUT):
-                await publisher.open()
-            self._publisher = publisher
-        self._publisher.write(*(("SPUBLISH", key, payload) for key, payload in batch))
-        for reply in await self._publisher.replies(len(batch), SOCKET_TIMEOUT):
+        for reply in await self._pipelined([("SPUBLISH", self._key(c), p) for c, p in messages]):
             if isinstance(reply, ResponseError):
                 raise reply
 
-    async def _drop_publisher(self) -> None:
-        publisher, self._publisher = self._publisher, None
-        if publisher is not None:
-            with contextlib.suppress(Exception):
-                await publisher.close()
+    @property
+    def pipeline(self) -> RespPipeline:
+        """The pipelined connection of the publishes (module doc), which
+        :class:`RedisPresence` shares for a connection's attach and detach."""
+        return self._pipeline
+
+    async def _pipelined(self, commands: list[tuple[Any, ...]]) -> list[Value]:
+        try:
+            return await self._pipeline.call(commands)
+        except RedisConnectionError as exc:
+            raise BrokerUnavailable(str(exc)) from None
 
     def on_gap(self, callback: Callable[[], None]) -> None:
         self._gap_callbacks.append(callback)
@@ -427,7 +401,10 @@ REFRESH_CHUNK = 500
 
 
 class RedisPresence:
-    """Connection entries in Redis sorted sets (see module doc)."""
+    """Connection entries in Redis sorted sets (see module doc). What a
+    connection's attach and detach ask (:meth:`connect_capped`,
+    :meth:`generation`, :meth:`disconnect`) rides in the broker's pipelines;
+    the node's periodic work goes through redis-py."""
 
     def __init__(self, broker: RedisBroker) -> None:
         self._redis = broker.redis
@@ -436,8 +413,9 @@ class RedisPresence:
         self._user_prefix = f"{tag}:u:"
         self._generations = f"{tag}:gen"
         self._connect = self._redis.register_script(_CONNECT)
-        self._connect_capped = self._redis.register_script(_CONNECT_CAPPED)
-        self._disconnect = self._redis.register_script(_DISCONNECT)
+        self._pipeline = broker.pipeline
+        self._connect_capped = RespScript(self._pipeline, _CONNECT_CAPPED)
+        self._disconnect = RespScript(self._pipeline, _DISCONNECT)
         self._sweep = self._redis.register_script(_SWEEP)
         self._refresh = self._redis.register_script(_REFRESH)
 
@@ -462,7 +440,10 @@ class RedisPresence:
         return None if int(first) < 0 else (bool(first), int(generation))
 
     async def generation(self, device_id: str) -> int:
-        return int(await self._run(self._redis.hget(self._generations, device_id)) or 0)
+        [reply] = await self._run(self._pipeline.call([("HGET", self._generations, device_id)]))
+        if isinstance(reply, ResponseError):
+            raise reply
+        return int(reply or 0)
 
     async def disconnect(self, user_id: str, conn: str, now: int) -> bool:
         keys = [self._exp, self._user_prefix + user_id]

@@ -6,26 +6,36 @@ Theory of operation
 redis-py costs tens of microseconds of Python per message it reads or
 publishes (a coroutine chain, a timeout context and a retry wrapper per
 reply, a task per write when a socket timeout is set), and a hub node
-carries a wake-up per message and per receipt. :class:`RespConnection`
+carries a wake-up per message and per receipt, and a few commands per
+authentication (presence, the shared rate limits). :class:`RespConnection`
 lets redis-py open and authenticate the connection (URL, TLS, AUTH, HELLO,
 SELECT: its ``Connection.connect``), then takes its stream over: commands
 are packed by redis-py and written at once; replies are read a chunk at a
 time and parsed by hiredis, every complete value of the chunk in one pass
 (:class:`RespParser`). Nothing here retries: a failure is the caller's to
 report (the broker's reconnection and gap, or BrokerUnavailable).
+
+:class:`RespPipeline` sends commands on one such connection in pipelines:
+every command queued in the same turn of the event loop, or while the
+previous pipeline is in flight, leaves in the next one, in call order, and
+each caller gets its replies once its pipeline has been answered. One
+pipeline is in flight at a time, so Redis runs the commands in call order.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import hashlib
 from typing import Any
 
 import hiredis
 import redis.asyncio as aioredis
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import ResponseError
+from redis.exceptions import RedisError, ResponseError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
-__all__ = ["RespConnection", "RespParser"]
+__all__ = ["RespConnection", "RespParser", "RespPipeline", "RespScript", "Value"]
 
 READ_CHUNK = 65536
 
@@ -102,3 +112,114 @@ class RespConnection:
     async def close(self) -> None:
         self._reader = self._writer = None
         await self._conn.disconnect(nowait=True)
+
+
+#: A pipeline whose replies take longer than this (s): Redis is down.
+PIPELINE_TIMEOUT = 5.0
+_DOWN = (RedisConnectionError, RedisTimeoutError, OSError, ConnectionError, TimeoutError)
+
+
+class RespPipeline:
+    """Commands pipelined on one connection of ``client``'s settings,
+    opened on first use and again after a failure (module doc)."""
+
+    def __init__(self, client: aioredis.Redis, name: str, timeout: float = PIPELINE_TIMEOUT) -> None:
+        self._client = client
+        self._name = name
+        self._timeout = timeout
+        self._conn: RespConnection | None = None
+        self._outgoing: list[tuple[Any, ...]] = []  # the commands of the next pipeline
+        self._sent: asyncio.Future[list[Value]] | None = None  # _outgoing's replies, once answered
+        self._flusher: asyncio.Task[None] | None = None
+
+    async def call(self, commands: list[tuple[Any, ...]]) -> list[Value]:
+        """The replies of ``commands`` (an error reply as the ResponseError
+        it is), once their pipeline has been answered. Raises
+        redis.exceptions.ConnectionError if it was not (the commands may
+        have run). The pipeline's outcome outlives a cancelled caller."""
+        start = len(self._outgoing)
+        self._outgoing.extend(commands)
+        if self._sent is None:
+            self._sent = asyncio.get_running_loop().create_future()
+            # Read the outcome even if every caller was cancelled meanwhile.
+            self._sent.add_done_callback(lambda f: f.cancelled() or f.exception())
+        sent = self._sent
+        if self._flusher is None or self._flusher.done():
+            self._flusher = asyncio.create_task(self._flush(), name=self._name)
+        replies = await asyncio.shield(sent)
+        return replies[start : start + len(commands)]
+
+    async def close(self) -> None:
+        """Fail what is queued, and close the connection."""
+        if self._flusher is not None:
+            self._flusher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._flusher
+        if self._sent is not None:
+            _fail(self._sent, RedisConnectionError("pipeline closed"))
+            self._sent = None
+        self._outgoing = []
+        await self._drop()
+
+    async def _flush(self) -> None:
+        """Send what is queued, one pipeline at a time, until nothing is."""
+        while self._outgoing:
+            batch, self._outgoing = self._outgoing, []
+            sent, self._sent = self._sent, None
+            assert sent is not None
+            try:
+                replies = await self._send(batch)
+            except asyncio.CancelledError:
+                _fail(sent, RedisConnectionError("pipeline closed"))
+                raise
+            except (*_DOWN, RedisError) as exc:
+                # A reply may be missing or late: the connection is not reused.
+                await self._drop()
+                named = str(exc) if isinstance(exc, RedisConnectionError) else f"{type(exc).__name__}: {exc}"
+                _fail(sent, RedisConnectionError(named))
+            else:
+                if not sent.done():
+                    sent.set_result(replies)
+
+    async def _send(self, batch: list[tuple[Any, ...]]) -> list[Value]:
+        """One pipeline, on the connection opened afresh if it is not usable
+        (nothing was written on it then, so the commands go out once)."""
+        if self._conn is None or not self._conn.usable:
+            await self._drop()
+            conn = RespConnection(self._client)
+            async with asyncio.timeout(self._timeout):
+                await conn.open()
+            self._conn = conn
+        self._conn.write(*batch)
+        return await self._conn.replies(len(batch), self._timeout)
+
+    async def _drop(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            with contextlib.suppress(Exception):
+                await conn.close()
+
+
+class RespScript:
+    """A Lua script run through a :class:`RespPipeline`: by its SHA1, and
+    by its text once more if Redis does not know it yet (``NOSCRIPT``)."""
+
+    def __init__(self, pipeline: RespPipeline, text: str) -> None:
+        self._pipeline = pipeline
+        self._text = text
+        self._sha = hashlib.sha1(text.encode(), usedforsecurity=False).hexdigest()
+
+    async def __call__(self, keys: list[str], args: list[Any]) -> Value:
+        """The script's reply; raises its error reply (ResponseError), or
+        redis.exceptions.ConnectionError if Redis did not answer."""
+        [reply] = await self._pipeline.call([("EVALSHA", self._sha, len(keys), *keys, *args)])
+        if isinstance(reply, ResponseError) and str(reply).startswith("NOSCRIPT"):
+            [reply] = await self._pipeline.call([("EVAL", self._text, len(keys), *keys, *args)])
+        if isinstance(reply, ResponseError):
+            raise reply
+        return reply
+
+
+def _fail(future: asyncio.Future[Any], exc: BaseException) -> None:
+    if not future.done():
+        future.set_exception(exc)

@@ -50,7 +50,7 @@ from .common import (
 )
 from .postgres_batch import GroupCommit
 from .postgres_pool import Database
-from .rows import DEVICE_COLUMNS, USER_COLUMNS, to_device, to_user
+from .rows import DEVICE_COLUMNS, USER_COLUMNS, to_device, to_device_user, to_user
 from .services import PostgresServices
 
 if TYPE_CHECKING:  # names the type checker alone needs
@@ -81,6 +81,7 @@ POSTGRES = SqlDialect(
 
 _VISIBLE_USERS = POSTGRES.visible_users()
 _PLACES_TAKEN = POSTGRES.places_taken()
+_DEVICE_USER = POSTGRES.device_user()
 
 # The directory index (migration 0006): the same expression and predicate as
 # users_search, so that a pattern of three characters or more goes through
@@ -334,6 +335,9 @@ class PostgresStore(oncall.PostgresOncall, PostgresServices):
             lambda c: c.fetchrow(f"SELECT {DEVICE_COLUMNS} FROM devices WHERE device_id = $1", device_id)
         )
         return None if row is None else to_device(row)
+
+    async def get_device_user(self, device_id: str) -> tuple[Device | None, User | None]:
+        return to_device_user(await self._db.retryable(lambda c: c.fetchrow(_DEVICE_USER, device_id)))
 
     async def user_devices(self, user_id: str, include_revoked: bool = False) -> list[Device]:
         active = "" if include_revoked else " AND revoked_at IS NULL"

@@ -20,6 +20,7 @@ __all__ = [
     "Row",
     "to_audit_event",
     "to_device",
+    "to_device_user",
     "to_queued",
     "to_user",
 ]
@@ -49,6 +50,21 @@ def to_user(row: Row) -> User:
 def to_device(row: Row) -> Device:
     """The device of a row of ``DEVICE_COLUMNS``."""
     return Device(row[0], row[1], row[2], row[3], row[4], row[5], row[6] is not None, bool(row[7]))
+
+
+_DEVICE_WIDTH = len(DEVICE_COLUMNS.split(", "))
+_USER_END = _DEVICE_WIDTH + len(USER_COLUMNS.split(", "))
+
+
+def to_device_user(row: Row | None) -> tuple[Device | None, User | None]:
+    """The device and user of a row of ``DEVICE_COLUMNS`` then
+    ``USER_COLUMNS`` (the user's all NULL when there is none); no row: neither."""
+    if row is None:
+        return None, None
+    device = to_device(row)
+    if row[_DEVICE_WIDTH] is None:
+        return device, None
+    return device, to_user(tuple(row[i] for i in range(_DEVICE_WIDTH, _USER_END)))
 
 
 def to_queued(row: Row) -> Queued:

@@ -44,7 +44,7 @@ from .common import (
     new_user_id,
     searchable,
 )
-from .rows import DEVICE_COLUMNS, USER_COLUMNS, to_device, to_user
+from .rows import DEVICE_COLUMNS, USER_COLUMNS, to_device, to_device_user, to_user
 from .services import SQLiteServices
 from .sqlite_directory import search_directory
 from .sqlite_threads import DIALECT, Conn, Threads, make_private, migrate
@@ -75,6 +75,7 @@ SQLITE = SqlDialect(
 
 _VISIBLE_USERS = SQLITE.visible_users()
 _PLACES_TAKEN = SQLITE.places_taken()
+_DEVICE_USER = SQLITE.device_user()
 
 
 def _user_where(conn: sqlite3.Connection, column: str, value: str) -> User | None:
@@ -255,6 +256,12 @@ class SQLiteStore(oncall.SQLiteOncall, SQLiteServices):
                 f"SELECT {DEVICE_COLUMNS} FROM devices WHERE device_id = ?", (device_id,)
             ).fetchone()
             return None if row is None else to_device(row)
+
+        return await self._db.read(run)
+
+    async def get_device_user(self, device_id: str) -> tuple[Device | None, User | None]:
+        def run(conn: sqlite3.Connection) -> tuple[Device | None, User | None]:
+            return to_device_user(conn.execute(_DEVICE_USER, (device_id,)).fetchone())
 
         return await self._db.read(run)
 
