@@ -243,10 +243,13 @@ class RedisBroker:
         channels = [self._key(CONTROL_CHANNEL), *(self._key(c) for c in self._handlers)]
         for i in range(0, len(channels), SUBSCRIBE_CHUNK):
             pubsub.write(("SSUBSCRIBE", *channels[i : i + SUBSCRIBE_CHUNK]))
-        confirmed = 0
+        # Only these channels' confirmations count: a device subscribing
+        # meanwhile (subscribe() writes on this connection too) gets one of
+        # its own, which must not stand in for one still unconfirmed.
+        unconfirmed = set(channels)
         async with asyncio.timeout(SOCKET_TIMEOUT + len(channels) / 10_000):
-            while confirmed < len(channels):
-                confirmed += self._handle(await pubsub.read())
+            while unconfirmed:
+                self._handle(await pubsub.read(), unconfirmed)
         return pubsub
 
     async def _listen(self, pubsub: RespConnection) -> None:
@@ -265,10 +268,10 @@ class RedisBroker:
             pinged = False
             self._handle(values)
 
-    def _handle(self, values: list[Any]) -> int:
-        """Dispatch the messages among ``values``; how many subscriptions
-        they confirm. An error reply ends the connection."""
-        confirmed = 0
+    def _handle(self, values: list[Any], unconfirmed: set[bytes] | None = None) -> None:
+        """Dispatch the messages among ``values``, and remove the channels
+        whose subscription they confirm from ``unconfirmed``. An error reply
+        ends the connection."""
         for value in values:
             if isinstance(value, ResponseError):
                 raise value
@@ -277,9 +280,8 @@ class RedisBroker:
             kind = value[0]
             if kind == b"smessage":
                 self._dispatch(value[1], value[2])
-            elif kind == b"ssubscribe":
-                confirmed += 1
-        return confirmed
+            elif kind == b"ssubscribe" and unconfirmed is not None:
+                unconfirmed.discard(value[1])
 
     async def _drop_pubsub(self) -> None:
         pubsub, self._pubsub = self._pubsub, None
