@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import os
+import secrets
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+import redis.asyncio as aioredis
 
 from miss_server.app import HubServer
 from miss_server.store.base import Store
@@ -62,3 +65,18 @@ def hub_admin(
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("MISS_AUTHORITY_KEY_FILE", raising=False)
     return Admin(hub.settings.store, tmp_path / "authority.key", capsys, monkeypatch)
+
+
+REDIS = os.environ.get("MISS_TEST_REDIS", "redis://127.0.0.1:6379/0")
+
+
+@pytest.fixture
+async def redis_prefix() -> AsyncIterator[str]:
+    """A Redis key prefix of this test's own; its keys are deleted afterwards."""
+    prefix = "miss_test_" + secrets.token_hex(4)
+    yield prefix
+    client = aioredis.Redis.from_url(REDIS)
+    keys = [k async for k in client.scan_iter(match=f"{prefix}:*")]
+    if keys:
+        await client.delete(*keys)
+    await client.aclose()

@@ -7,12 +7,9 @@ from __future__ import annotations
 
 import asyncio
 import os
-import secrets
 import time
-from collections.abc import AsyncIterator
 
 import pytest
-import redis.asyncio as aioredis
 
 from miss_server.app import HubServer
 from protocol.frames import Lookup, LookupOk
@@ -79,17 +76,6 @@ async def test_the_default_cap_is_three_times_the_device_cap(make_hub: HubFactor
     assert hub.settings.connection_cap == 6
     hub = await make_hub(max_devices=2, max_connections_per_account=1)
     assert hub.settings.connection_cap == 1
-
-
-@pytest.fixture
-async def redis_prefix() -> AsyncIterator[str]:
-    prefix = "miss_test_" + secrets.token_hex(4)
-    yield prefix
-    client = aioredis.Redis.from_url(REDIS)
-    keys = [k async for k in client.scan_iter(match=f"{prefix}:*")]
-    if keys:
-        await client.delete(*keys)
-    await client.aclose()
 
 
 @pytest.mark.slow

@@ -8,11 +8,8 @@ from __future__ import annotations
 
 import asyncio
 import os
-import secrets
 import time
-from collections.abc import AsyncIterator
 
-import pytest
 import redis.asyncio as aioredis
 
 from miss_server.broker.redis import RedisBroker, RedisPresence
@@ -90,17 +87,6 @@ async def test_an_unverified_account_authenticates_and_may_not_request_until_ver
 
 
 # --- Redis: pipelined commands ---------------------------------------------------------------
-
-
-@pytest.fixture
-async def redis_prefix() -> AsyncIterator[str]:
-    prefix = "miss_test_" + secrets.token_hex(4)
-    yield prefix
-    client = aioredis.Redis.from_url(REDIS)
-    keys = [k async for k in client.scan_iter(match=f"{prefix}:*")]
-    if keys:
-        await client.delete(*keys)
-    await client.aclose()
 
 
 async def test_a_storm_of_attaches_shares_round_trips_and_each_gets_its_own_answer(
