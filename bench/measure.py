@@ -12,7 +12,8 @@ lost (the bench's processes live through the whole window).
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 __all__ = [
@@ -182,3 +183,28 @@ def pid_listening_on(port: int) -> int | None:
         if _socket_inodes(pid) & inodes:
             return pid
     return None
+
+
+@contextmanager
+def pinned(cpus: set[int]) -> Iterator[None]:
+    """This process on ``cpus`` for a while (the clients, off the servers' CPU)."""
+    before = os.sched_getaffinity(0)
+    os.sched_setaffinity(0, cpus)
+    try:
+        yield
+    finally:
+        os.sched_setaffinity(0, before)
+
+
+def peak_rss_kib(pid: int) -> dict[str, int | None]:
+    """``VmHWM`` (the peak resident set so far) and ``VmRSS`` of a process, KiB."""
+    out: dict[str, int | None] = {"VmHWM": None, "VmRSS": None}
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                key = line.split(":", 1)[0]
+                if key in out:
+                    out[key] = int(line.split()[1])
+    except OSError:
+        pass
+    return out

@@ -171,11 +171,12 @@ class Run:
         """At least ``n`` load generator processes (``--workers`` raised, and
         said in the notes): before :meth:`set_population` only."""
         assert self.pop is None, "the population is spread over the workers already"
-        if len(self.pool) >= n:
+        had = len(self.pool)
+        if had >= n:
             return
-        self.notes.append(f"load generator processes raised from {len(self.pool)} to {n} (open-file limit)")
+        self.notes.append(f"load generator processes raised from {had} to {n} (open-file limit)")
         self.pool.close()
-        self.args.workers += n - len(self.pool)
+        self.args.workers += n - had
         self.pool = WorkerPool(n, self.load_cpus)
 
     def set_population(self, pop: Population) -> None:

@@ -296,11 +296,7 @@ class DeviceLink:
         if self._receipt_timer is not None:
             self._receipt_timer.cancel()
             self._receipt_timer = None
-        frames = []
-        for seq, frame in self._take_outbox():
-            if seq not in self._inflight:
-                self._inflight.add(seq)
-                frames.append(frame)
+        frames = [frame for _, frame in self._unsent(self._take_outbox())]
         if frames:
             self._on_sent(len(frames))
         return frames
@@ -334,11 +330,9 @@ class DeviceLink:
                 # full: wake-ups that come meanwhile stay for the next turn.
                 await self._send_rows(self._take_outbox())
 
-    async def _send_rows(self, rows: Iterable[tuple[int, bytes]]) -> None:
-        """Send the rows not already in flight, in order, in writes of at
-        most ``WRITE_BYTES``, each taken by the socket before the next."""
-        frames: list[bytes] = []
-        size = 0
+    def _unsent(self, rows: Iterable[tuple[int, bytes]]) -> Iterator[tuple[int, bytes]]:
+        """The rows not already in flight on this connection, now counted in
+        flight (the caller sends them)."""
         debug = log.isEnabledFor(logging.DEBUG)
         for seq, frame in rows:
             if seq in self._inflight:
@@ -346,6 +340,14 @@ class DeviceLink:
             self._inflight.add(seq)
             if debug:  # the request id of the send this row comes from (logs.py)
                 log.debug("row sent", extra={"seq": seq, "req": request_id(frame), "device": self.device_id})
+            yield seq, frame
+
+    async def _send_rows(self, rows: Iterable[tuple[int, bytes]]) -> None:
+        """Send the rows not already in flight, in order, in writes of at
+        most ``WRITE_BYTES``, each taken by the socket before the next."""
+        frames: list[bytes] = []
+        size = 0
+        for _, frame in self._unsent(rows):
             if frames and size + len(frame) > WRITE_BYTES:
                 await self._send(frames)
                 self._on_sent(len(frames))

@@ -15,6 +15,7 @@ from typing import Any
 from . import (
     adt,
     attachments,
+    attachments_report,
     auth_storm,
     capacity,
     connections,
@@ -46,7 +47,7 @@ EXTRA_WORKERS: dict[str, int] = {"flood": 1}
 
 PLOTS: dict[str, Callable[[dict[str, Any], Path], None]] = {
     "search": search.plot,
-    "attachments": attachments.plot,
+    "attachments": attachments_report.plot,
     "adt": adt.plot,
     "capacity": capacity.plot,
 }
@@ -54,7 +55,7 @@ PLOTS: dict[str, Callable[[dict[str, Any], Path], None]] = {
 TABLES: dict[str, Callable[[dict[str, Any]], list[str]]] = {
     "search": search.table,
     "fanout": fanout.table,
-    "attachments": attachments.table,
+    "attachments": attachments_report.table,
     "adt": adt.table,
     "capacity": capacity.table,
 }

@@ -52,10 +52,9 @@ from miss_adt.service import SENT
 
 from ..adt_feed import Ack, FeedMessage, Gp, MllpFeed, gps_of, plan
 from ..harness import BIN, UNLIMITED_RATE, ServerProcess, raise_fd_limit
-from ..measure import CpuMeter, cpu_seconds
+from ..measure import CpuMeter, cpu_seconds, peak_rss_kib, pinned
 from ..runner import Run
 from .adt_output import figures, plot, table
-from .attachments import _pinned, peak_rss_kib
 
 __all__ = ["plot", "run", "table"]
 
@@ -353,12 +352,12 @@ def run(r: Run) -> dict[str, Any]:
         raise SystemExit(f"miss-bench: {BIN / 'miss-adt'} is missing (pip install -e .)")
     gps = gps_of(args.gps, seed=int.from_bytes(os.urandom(4), "big"))
     r.start_hubs(1, rate_service=UNLIMITED_RATE)
-    with _pinned(r.load_cpus):
+    with pinned(r.load_cpus):
         service, gp_profiles = asyncio.run(_provision(r, gps, r.workdir / "profiles"))
     adt = _start_adt(r, service.directory)
     r.servers.append(adt)
     r.progress.note(f"adt: miss-adt (pid {adt.pid}) listening on {adt.url}")
-    with _pinned(r.load_cpus):
+    with pinned(r.load_cpus):
         out = asyncio.run(_measure(r, service, gp_profiles, gps, adt))
     if not adt.alive():
         r.notes.append(f"miss-adt exited during the run (status {adt.proc.returncode}): see its log")

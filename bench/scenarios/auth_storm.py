@@ -50,10 +50,15 @@ def hub_processes(pid: int) -> list[int]:
         return [pid]
 
 
+def hub_workers(r: Run) -> int:
+    """The hub's worker processes asked for (``--hub-workers``, at least 1)."""
+    return max(1, getattr(r.args, "hub_workers", 1))
+
+
 def start_hub_workers(r: Run, **settings: str) -> int:
     """Start the hub with these ``MISS_*`` settings, as ``miss-server
     --workers N`` for ``--hub-workers N`` above 1; returns N."""
-    workers = max(1, getattr(r.args, "hub_workers", 1))
+    workers = hub_workers(r)
     if workers > 1:
         settings["workers"] = str(workers)
     r.start_hubs(1, **settings)

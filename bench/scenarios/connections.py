@@ -32,7 +32,7 @@ from typing import Any
 from ..harness import start_hub
 from ..measure import rss_kib
 from ..runner import Population, Run
-from .auth_storm import SOURCES, connect_figures, hub_pids, start_hub_workers
+from .auth_storm import SOURCES, connect_figures, hub_pids, hub_workers, start_hub_workers
 from .common import assemble, pairs_population
 
 SETTLE_SECONDS = 3.0
@@ -94,7 +94,7 @@ def run(r: Run) -> dict[str, Any]:
     args = r.args
     if not args.rate:
         args.rate = 100.0
-    workers = max(1, getattr(args, "hub_workers", 1))
+    workers = hub_workers(r)
     _check_capacity(r, workers)
     pop = _population(r)
     r.set_population(pop)
