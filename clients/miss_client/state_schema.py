@@ -82,6 +82,7 @@ from __future__ import annotations
 import os
 import sqlite3
 from collections.abc import Iterable
+from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any
 
@@ -96,6 +97,7 @@ from .models import PeerChange
 __all__ = [
     "PEER_COLUMNS",
     "SCHEMA_VERSION",
+    "StateDatabase",
     "attachment_from_row",
     "attachment_row",
     "device_rows",
@@ -106,6 +108,17 @@ __all__ = [
     "unpack_devices",
     "unpack_pending",
 ]
+
+
+class StateDatabase:
+    """What the parts of :class:`~miss_client.state.LocalState` (its
+    directory, its teams) use of it: the connection, and transactions on it."""
+
+    _db: sqlite3.Connection
+
+    def _tx(self) -> AbstractContextManager[sqlite3.Connection]:
+        raise NotImplementedError  # LocalState's
+
 
 SCHEMA_VERSION = 7
 
