@@ -82,7 +82,15 @@ class RespConnection:
 
     @property
     def usable(self) -> bool:
-        return self._writer is not None and not self._writer.transport.is_closing()
+        """Open, and not closed by the server: a stream keeps its transport
+        open for writing after the peer's EOF, so a connection Redis closed
+        (a restart) would take the next commands and never answer them."""
+        return (
+            self._writer is not None
+            and self._reader is not None
+            and not self._writer.transport.is_closing()
+            and not self._reader.at_eof()
+        )
 
     def write(self, *commands: tuple[Any, ...]) -> None:
         """Queue commands on the socket (no wait: the transport buffers)."""

@@ -3,9 +3,15 @@ across chunks come out whole, in order, whatever the protocol version."""
 
 from __future__ import annotations
 
+import asyncio
+import os
+
+import redis.asyncio as aioredis
 from redis.exceptions import ResponseError
 
-from miss_server.broker.resp import RespParser
+from miss_server.broker.resp import RespParser, RespPipeline
+
+REDIS = os.environ.get("MISS_TEST_REDIS", "redis://127.0.0.1:6379/0")
 
 # A RESP3 push, a RESP2 pub/sub message, a subscription confirmation, a PONG,
 # an integer reply, an error reply, a null and a map.
@@ -52,3 +58,18 @@ def test_byte_by_byte() -> None:
     for i in range(len(STREAM)):
         values += parser.feed(STREAM[i : i + 1])
     assert _plain(values) == EXPECTED
+
+
+async def test_a_pipeline_whose_connection_redis_closed_reconnects_before_sending() -> None:
+    """A Redis restart closes every connection: the pipeline's next commands
+    go on a new connection and are answered, not lost on the closed one."""
+    client = aioredis.Redis.from_url(REDIS)
+    pipeline = RespPipeline(client, "test-pipeline")
+    try:
+        [conn_id] = await pipeline.call([("CLIENT", "ID")])
+        assert await client.client_kill_filter(_id=conn_id) == 1
+        await asyncio.sleep(0.2)  # the server's close reaches the idle connection
+        assert await pipeline.call([("PING",)]) == [b"PONG"]
+    finally:
+        await pipeline.close()
+        await client.aclose()
