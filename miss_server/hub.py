@@ -99,6 +99,7 @@ from .escalation import TAG_URGENT_REMINDER, Escalator
 from .guard import Guard
 from .metrics import Metrics
 from .presence import PresenceService
+from .rewake import Rewake
 from .roles import TAG_ROLE_CHANGED, RoleService
 from .security_feed import SecurityFeed
 from .store.base import CodeInvalid, DeviceLimit, NewMessage, NewTeamMessage, Store, StoreUnavailable
@@ -146,6 +147,9 @@ class Hub:
         #: Spreads security events to every node and enforces them here;
         #: the composition root runs its ``run_forever`` as a task.
         self.security = SecurityFeed(store, broker, self.accounts, self._links)
+        #: Drains owed to devices whose wake-ups a failed publish lost
+        #: (rewake.py); the composition root runs its ``run_forever``.
+        self.rewake = Rewake(broker)
         self.directory = Directory(store, self.accounts)
         self.devices = AccountDevices(store, self.accounts, self.security, audit, metrics, settings)
         self.teams = TeamService(store, broker, self.accounts, self._links, settings)
@@ -632,7 +636,8 @@ class Hub:
 
     async def wake(self, wakeups: list[tuple[str, bytes]]) -> None:
         """Publish wake-ups. A lost one only delays: the row is stored, and
-        a broker outage ends with a gap, which drains every device."""
+        each device whose wake-up was lost is owed a drain, published again
+        until the broker takes it (rewake.py)."""
         if not wakeups:
             return
         try:
@@ -642,6 +647,7 @@ class Hub:
                 await self.broker.publish_many(wakeups)
         except BrokerUnavailable as exc:
             log.warning("wake-ups not published", extra={"count": len(wakeups), "error": str(exc)})
+            self.rewake.add(channel for channel, _ in wakeups)
 
     @staticmethod
     async def _store_call(call: Awaitable[T]) -> T:
