@@ -80,7 +80,7 @@ def build_store(settings: Settings) -> Store:
     if settings.store.startswith("sqlite:///"):
         return SQLiteStore(settings.sqlite_path)
     if settings.store.startswith(("postgresql://", "postgres://")):
-        return PostgresStore(settings.store)
+        return PostgresStore(settings.store, pool_max=settings.store_pool_size)
     raise NotImplementedError(f"store {settings.store.split(':', 1)[0]} is not available in this build")
 
 

@@ -59,6 +59,15 @@ class Settings(BaseSettings):
         "memory://",
         description="memory:// (one node) or redis://host:port/db[?prefix=NAME] (several nodes).",
     )
+    store_pool_size: int = Field(
+        10,
+        ge=2,
+        le=500,
+        description="PostgreSQL connections this node may hold at once (each worker its own): "
+        "a reconnection storm's authentications wait for a free one "
+        "(15 s at most, then storage_unavailable). "
+        "Keep nodes x workers x this under the server's max_connections.",
+    )
     message_ttl_days: float = Field(30, gt=0, le=3650, description="How long undelivered envelopes are kept.")
     invite_ttl_hours: float = Field(72, gt=0, le=24 * 90, description="Lifetime of an invitation code.")
     link_code_ttl_minutes: float = Field(15, gt=0, le=24 * 60, description="Lifetime of a device link code.")

@@ -122,3 +122,18 @@ def test_workers_need_the_shared_store_and_broker(monkeypatch: pytest.MonkeyPatc
     assert "broker is memory://" in str(refused.value) and "store is" not in str(refused.value)
     with pytest.raises(ConfigError, match="metrics_port_base"):
         load_settings(workers=4, metrics_port_base=65533, **shared)
+
+
+def test_the_postgresql_pool_size_reaches_the_store(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``store_pool_size`` bounds the node's PostgreSQL connections (the
+    pool is opened by the store, so this reads what it was given)."""
+    from miss_server.app import build_store
+    from miss_server.store.postgres import PostgresStore
+
+    monkeypatch.delenv("MISS_CONFIG", raising=False)
+    monkeypatch.setenv("MISS_STORE_POOL_SIZE", "40")
+    store = build_store(load_settings(store="postgresql://miss@db/miss"))
+    assert isinstance(store, PostgresStore) and store._db._pool_max == 40
+    monkeypatch.setenv("MISS_STORE_POOL_SIZE", "1")
+    with pytest.raises(ConfigError, match="store_pool_size"):
+        load_settings(store="postgresql://miss@db/miss")
