@@ -10,7 +10,9 @@ carries a wake-up per message and per receipt, and a few commands per
 authentication (presence, the shared rate limits). :class:`RespConnection`
 lets redis-py open and authenticate the connection (URL, TLS, AUTH, HELLO,
 SELECT: its ``Connection.connect``), then takes its stream over: commands
-are packed by redis-py and written at once; replies are read a chunk at a
+are packed by hiredis (``pack_command``, in C: redis-py's own packing loops
+over the arguments in Python, 9 µs a publish and 11 µs a script call) and
+written at once; replies are read a chunk at a
 time and parsed by hiredis, every complete value of the chunk in one pass
 (:class:`RespParser`). Nothing here retries: a failure is the caller's to
 report (the broker's reconnection and gap, or BrokerUnavailable).
@@ -32,7 +34,7 @@ from typing import Any
 import hiredis
 import redis.asyncio as aioredis
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import RedisError, ResponseError
+from redis.exceptions import DataError, RedisError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 __all__ = ["RespConnection", "RespParser", "RespPipeline", "RespScript", "Value"]
@@ -96,7 +98,11 @@ class RespConnection:
         """Queue commands on the socket (no wait: the transport buffers)."""
         if self._writer is None or self._writer.transport.is_closing():
             raise RedisConnectionError("Redis connection closed")
-        self._writer.writelines(self._conn.pack_commands(commands))
+        try:
+            packed = b"".join(map(hiredis.pack_command, commands))
+        except TypeError as exc:  # an argument of no RESP type: redis-py's error, for the callers' handlers
+            raise DataError(str(exc)) from None
+        self._writer.write(packed)
 
     async def read(self) -> list[Value]:
         """The values completed by the next chunk from the socket (maybe

@@ -6,7 +6,9 @@ from __future__ import annotations
 import asyncio
 import os
 
+import pytest
 import redis.asyncio as aioredis
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
 
 from miss_server.broker.resp import RespParser, RespPipeline
@@ -70,6 +72,21 @@ async def test_a_pipeline_whose_connection_redis_closed_reconnects_before_sendin
         assert await client.client_kill_filter(_id=conn_id) == 1
         await asyncio.sleep(0.2)  # the server's close reaches the idle connection
         assert await pipeline.call([("PING",)]) == [b"PONG"]
+    finally:
+        await pipeline.close()
+        await client.aclose()
+
+
+async def test_a_command_redis_cannot_be_sent_fails_its_caller_and_the_pipeline_goes_on() -> None:
+    """An argument of no RESP type (a bug of ours) fails that pipeline's
+    callers at once, as a connection error they handle; the next commands
+    are answered on a fresh connection."""
+    client = aioredis.Redis.from_url(REDIS)
+    pipeline = RespPipeline(client, "test-pipeline")
+    try:
+        with pytest.raises(RedisConnectionError, match="DataError"):
+            await asyncio.wait_for(pipeline.call([("ECHO", None)]), 2)
+        assert await pipeline.call([("ECHO", "still here")]) == [b"still here"]
     finally:
         await pipeline.close()
         await client.aclose()
