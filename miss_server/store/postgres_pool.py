@@ -140,6 +140,9 @@ class Database:
         digest = hashlib.sha256(f"miss-migrate:{self.schema or ''}".encode()).digest()
         self._migrate_lock = int.from_bytes(digest[:8], "big", signed=True)
         self._pool: asyncpg.Pool | None = None
+        #: The readiness probe's connection (:meth:`ping`), outside the pool.
+        self._probe: asyncpg.Connection | None = None
+        self._probe_lock = asyncio.Lock()
 
     # --- life cycle ---------------------------------------------------------
 
@@ -186,6 +189,7 @@ class Database:
 
     async def close(self) -> None:
         pool, self._pool = self._pool, None
+        self._drop_probe()
         if pool is not None:
             await _close_pool(pool)
 
@@ -312,13 +316,31 @@ class Database:
         raise AssertionError("unreachable")
 
     async def ping(self) -> None:
-        """One ``SELECT 1`` on a pooled connection: no retry, nothing logged
-        (the readiness probe runs it every second, outages included);
-        raises the Store's errors."""
-        try:
-            await self._live_pool().fetchval("SELECT 1")
-        except Exception as exc:
-            reraise(exc)
+        """One ``SELECT 1`` on a connection of its own, outside the pool,
+        opened at the first ping and again after any failure: a pool whose
+        connections all serve a reconnection storm is a busy node, not a
+        server out of reach, and must not turn ``/readyz`` to ``store
+        unreachable`` (a load balancer would take every node out at once).
+        No retry, nothing logged (the readiness probe runs it every second,
+        outages included); raises the Store's errors."""
+        self._live_pool()  # closed: StoreUnavailable
+        async with self._probe_lock:
+            try:
+                if self._probe is None or self._probe.is_closed():
+                    self._probe = await asyncpg.connect(
+                        self.dsn, timeout=self._connect_timeout, server_settings=self.settings
+                    )
+                await self._probe.fetchval("SELECT 1", timeout=self._command_timeout)
+            except BaseException as exc:  # a cancelled probe too: its connection's state is unknown
+                self._drop_probe()
+                if isinstance(exc, Exception):
+                    reraise(exc)
+                raise
+
+    def _drop_probe(self) -> None:
+        probe, self._probe = self._probe, None
+        if probe is not None:
+            probe.terminate()
 
     async def write(self, fn: Callable[[asyncpg.Connection], Awaitable[T]]) -> T:
         """:meth:`transaction`, raising the Store's errors."""

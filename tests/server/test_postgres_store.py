@@ -9,6 +9,7 @@ stops the server (others share it). Unreachable PostgreSQL fails, not skips.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import secrets
 import time
@@ -533,3 +534,30 @@ async def test_expire_deletes_in_bounded_batches(
     assert await store.expire(NOW + DAY) == 30
     assert await store.count_pending(b1) == 1
     assert not (await store.accept(message(3, a, a1, b, [b1], ts=NOW + DAY))).duplicate  # its id was freed
+
+
+async def test_the_readiness_probe_is_answered_while_every_pooled_connection_is_busy(
+    make_store: MakeStore, admin: asyncpg.Connection
+) -> None:
+    """A reconnection storm's reads hold every pooled connection: the
+    readiness probe (Store.ping) still gets its answer at once, on a
+    connection of its own, so /readyz does not call PostgreSQL unreachable.
+    A probe whose connection the server ended fails once; the next one
+    connects again."""
+    store = make_store(pool_min=1, pool_max=2)
+    await store.migrate()
+    await store.open()
+    busy = [
+        asyncio.create_task(store._db.retryable(lambda c: c.execute("SELECT pg_sleep(2)"))) for _ in range(2)
+    ]
+    await asyncio.sleep(0.3)  # both pooled connections are in their sleep
+    started = time.monotonic()
+    await asyncio.wait_for(store.ping(), 1.0)
+    assert time.monotonic() - started < 0.5
+    await asyncio.gather(*busy)
+
+    assert await _terminate(admin, store) >= 1  # the probe's connection too (same application_name)
+    await asyncio.sleep(0.2)
+    with contextlib.suppress(StoreUnavailable):
+        await store.ping()  # may fail: its connection was ended under it
+    await asyncio.wait_for(store.ping(), 2.0)
