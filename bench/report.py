@@ -9,7 +9,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-__all__ = ["table", "write_json", "write_plot"]
+__all__ = ["figure", "table", "write_json", "write_plot"]
 
 
 def _fmt(v: Any, unit: str = "") -> str:
@@ -22,6 +22,16 @@ def _fmt(v: Any, unit: str = "") -> str:
     else:
         text = str(v)
     return text + unit
+
+
+def figure(v: Any, unit: str = "") -> str:
+    """A scenario table's cell: ``-`` for none, a float to 2 decimals below
+    1,000 and to units above, an int with thousands separators."""
+    if v is None:
+        return "-"
+    if isinstance(v, float):
+        return (f"{v:,.2f}" if abs(v) < 1000 else f"{v:,.0f}") + unit
+    return f"{v:,}{unit}"
 
 
 #: Rows shown only when one side is not zero.

@@ -77,4 +77,3 @@ class Rewake:
                 log.warning("drains owed not published", extra={"count": len(self._owed), "error": str(exc)})
                 continue
             log.info("drains published for lost wake-ups", extra={"count": len(owed), "attempt": attempt})
-        self._pending.clear()

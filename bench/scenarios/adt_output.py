@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..adt_feed import FeedMessage, Gp
+from ..report import figure as _f
 from ..stats import encoded, latency_summary, percentile_curve, timeseries
 
 if TYPE_CHECKING:
@@ -129,14 +130,6 @@ def figures(
         },
     }
     return {"mode": "fixed-rate", "unit": "ADT message", "hub": hub, "relay": {}, "adt": adt}
-
-
-def _f(v: Any, unit: str = "") -> str:
-    if v is None:
-        return "-"
-    if isinstance(v, float):
-        return (f"{v:,.2f}" if abs(v) < 1000 else f"{v:,.0f}") + unit
-    return f"{v:,}{unit}"
 
 
 def table(report: dict[str, Any]) -> list[str]:

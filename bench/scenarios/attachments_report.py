@@ -6,17 +6,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from ..report import figure as _f
 from .attachments import MB
 
 __all__ = ["plot", "table"]
-
-
-def _f(v: Any, unit: str = "") -> str:
-    if v is None:
-        return "-"
-    if isinstance(v, float):
-        return (f"{v:,.2f}" if abs(v) < 1000 else f"{v:,.0f}") + unit
-    return f"{v:,}{unit}"
 
 
 def table(report: dict[str, Any]) -> list[str]:

@@ -27,11 +27,8 @@ with the bar, and the authentications with themselves.
 from __future__ import annotations
 
 import asyncio
-import os
 import random
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from typing import Any
 
 import nacl.signing
@@ -46,6 +43,7 @@ from protocol.frames import SERVER_FRAMES, Error, Search, SearchOk, decode, enco
 
 from ..client import Device
 from ..harness import UNLIMITED_RATE
+from ..measure import pinned
 from ..plan import DeviceSpec
 from ..runner import Run
 from ..stats import latency_summary, percentile_curve, timeseries
@@ -185,17 +183,6 @@ async def _attest(store_url: str, user_ids: list[str], authority: nacl.signing.S
             await attest(store, user_id, authority, valid_ms=ATTESTATION_TTL_MS)
     finally:
         await store.close()
-
-
-@contextmanager
-def _pinned(cpus: set[int]) -> Iterator[None]:
-    """This thread on ``cpus`` for a while (the clients, off the hub's CPU)."""
-    before = os.sched_getaffinity(0)
-    os.sched_setaffinity(0, cpus)
-    try:
-        yield
-    finally:
-        os.sched_setaffinity(0, before)
 
 
 def _device() -> Device:
@@ -387,12 +374,12 @@ def run(r: Run) -> dict[str, Any]:
     t0 = time.monotonic()
     codes = asyncio.run(_provision(r.store_url, args.users, 1 + probes_n, r.authority))
     provision_s = time.monotonic() - t0
-    with _pinned(r.load_cpus):
+    with pinned(r.load_cpus):
         devices = asyncio.run(_enroll(r.hub_urls[0], codes))
     asyncio.run(_attest(r.store_url, [d.user_id for d in devices], r.authority))
     searcher, probes = devices[0], devices[1:]
     r.progress.note(f"search: {args.searches} searches of each class, one at a time")
-    with _pinned(r.load_cpus):
+    with pinned(r.load_cpus):
         latency = asyncio.run(_search_latency(r, r.hub_urls[0], searcher, args.searches))
 
     # Phase 2: the hub's default per-device and search budgets.
@@ -403,7 +390,7 @@ def run(r: Run) -> dict[str, Any]:
     r.progress.note(
         f"search: {rate:g} authentications/s for {args.seconds:g} s, alone then beside a searcher"
     )
-    with _pinned(r.load_cpus):
+    with pinned(r.load_cpus):
         quiet, loud, searching = asyncio.run(_beside_searcher(r, probes, searcher, rate, args.seconds))
     ratio = round(loud["p99_ms"] / quiet["p99_ms"], 2) if loud["p99_ms"] and quiet["p99_ms"] else None
     out.update(
