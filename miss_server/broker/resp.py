@@ -143,8 +143,12 @@ class RespPipeline:
         self._timeout = timeout
         self._conn: RespConnection | None = None
         self._outgoing: list[tuple[Any, ...]] = []  # the commands of the next pipeline
-        self._sent: asyncio.Future[list[Value]] | None = None  # _outgoing's replies, once answered
+        # Each caller of the next pipeline: its future, and where its commands start and end.
+        self._callers: list[tuple[asyncio.Future[list[Value]], int, int]] = []
         self._flusher: asyncio.Task[None] | None = None
+        # What the flusher waits for while nothing is queued: it lives as
+        # long as the pipeline rather than a task per pipeline sent.
+        self._idle: asyncio.Future[None] | None = None
 
     async def call(self, commands: list[tuple[Any, ...]]) -> list[Value]:
         """The replies of ``commands`` (an error reply as the ResponseError
@@ -153,15 +157,17 @@ class RespPipeline:
         have run). The pipeline's outcome outlives a cancelled caller."""
         start = len(self._outgoing)
         self._outgoing.extend(commands)
-        if self._sent is None:
-            self._sent = asyncio.get_running_loop().create_future()
-            # Read the outcome even if every caller was cancelled meanwhile.
-            self._sent.add_done_callback(lambda f: f.cancelled() or f.exception())
-        sent = self._sent
-        if self._flusher is None or self._flusher.done():
+        # A future per caller, resolved by the flusher: a cancelled caller
+        # cancels only its own, which the flusher then skips, and its
+        # commands go out all the same.
+        future: asyncio.Future[list[Value]] = asyncio.get_running_loop().create_future()
+        self._callers.append((future, start, start + len(commands)))
+        if self._idle is not None:
+            if not self._idle.done():
+                self._idle.set_result(None)
+        elif self._flusher is None or self._flusher.done():
             self._flusher = asyncio.create_task(self._flush(), name=self._name)
-        replies = await asyncio.shield(sent)
-        return replies[start : start + len(commands)]
+        return await future
 
     async def close(self) -> None:
         """Fail what is queued, and close the connection."""
@@ -169,31 +175,36 @@ class RespPipeline:
             self._flusher.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._flusher
-        if self._sent is not None:
-            _fail(self._sent, RedisConnectionError("pipeline closed"))
-            self._sent = None
-        self._outgoing = []
+        _fail_all(self._callers, RedisConnectionError("pipeline closed"))
+        self._outgoing, self._callers = [], []
         await self._drop()
 
     async def _flush(self) -> None:
-        """Send what is queued, one pipeline at a time, until nothing is."""
-        while self._outgoing:
+        """Send what is queued, one pipeline at a time; then wait for more."""
+        while True:
+            if not self._outgoing:
+                self._idle = asyncio.get_running_loop().create_future()
+                try:
+                    await self._idle
+                finally:
+                    self._idle = None
+                continue
             batch, self._outgoing = self._outgoing, []
-            sent, self._sent = self._sent, None
-            assert sent is not None
+            callers, self._callers = self._callers, []
             try:
                 replies = await self._send(batch)
             except asyncio.CancelledError:
-                _fail(sent, RedisConnectionError("pipeline closed"))
+                _fail_all(callers, RedisConnectionError("pipeline closed"))
                 raise
             except (*_DOWN, RedisError) as exc:
                 # A reply may be missing or late: the connection is not reused.
                 await self._drop()
                 named = str(exc) if isinstance(exc, RedisConnectionError) else f"{type(exc).__name__}: {exc}"
-                _fail(sent, RedisConnectionError(named))
+                _fail_all(callers, RedisConnectionError(named))
             else:
-                if not sent.done():
-                    sent.set_result(replies)
+                for future, start, end in callers:
+                    if not future.done():
+                        future.set_result(replies[start:end])
 
     async def _send(self, batch: list[tuple[Any, ...]]) -> list[Value]:
         """One pipeline, on the connection opened afresh if it is not usable
@@ -234,6 +245,8 @@ class RespScript:
         return reply
 
 
-def _fail(future: asyncio.Future[Any], exc: BaseException) -> None:
-    if not future.done():
-        future.set_exception(exc)
+def _fail_all(callers: list[tuple[asyncio.Future[Any], int, int]], exc: BaseException) -> None:
+    """Fail every caller still waiting (a cancelled one is done already)."""
+    for future, _, _ in callers:
+        if not future.done():
+            future.set_exception(exc)

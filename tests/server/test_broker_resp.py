@@ -90,3 +90,31 @@ async def test_a_command_redis_cannot_be_sent_fails_its_caller_and_the_pipeline_
     finally:
         await pipeline.close()
         await client.aclose()
+
+
+async def test_a_cancelled_caller_leaves_its_pipeline_and_the_other_callers_answered() -> None:
+    """Callers of one pipeline each get their own replies; one cancelled
+    while the pipeline is in flight (a connection that closed, say) takes
+    nothing from the others, and its command still runs, as Redis got it."""
+    client = aioredis.Redis.from_url(REDIS)
+    pipeline = RespPipeline(client, "test-pipeline")
+    key = f"miss-test-pipeline-{os.getpid()}"
+    try:
+        # A blocking pop in flight, then commands queued behind it.
+        blocked = asyncio.ensure_future(pipeline.call([("BLPOP", f"{key}-none", "0.3")]))
+        await asyncio.sleep(0.05)
+        first = asyncio.ensure_future(pipeline.call([("INCR", key), ("INCR", key)]))
+        doomed = asyncio.ensure_future(pipeline.call([("INCR", key)]))
+        last = asyncio.ensure_future(pipeline.call([("INCR", key)]))
+        await asyncio.sleep(0.05)
+        doomed.cancel()
+        assert await first == [1, 2]
+        assert await last == [4]  # the cancelled caller's INCR ran: 3
+        assert await blocked == [None]
+        with pytest.raises(asyncio.CancelledError):
+            await doomed
+        assert await pipeline.call([("GET", key)]) == [b"4"]
+    finally:
+        await client.delete(key)
+        await pipeline.close()
+        await client.aclose()
