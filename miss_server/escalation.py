@@ -37,7 +37,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 
 import msgpack
 
@@ -78,7 +78,7 @@ class Escalator:
         links: LocalLinks,
         settings: Settings,
         metrics: Metrics,
-        wake: Callable[[list[tuple[str, bytes]]], Awaitable[None]],
+        wake: Callable[[list[tuple[str, bytes]]], None],
         clock: Callable[[], int] = _now_ms,
     ) -> None:
         self._store = store
@@ -115,7 +115,7 @@ class Escalator:
     async def _performed(self, action: EscalationDue) -> None:
         """Announce what the store did for one due action."""
         self._metrics.escalation_steps.labels(action.kind).inc()
-        await self._wake(row_wakeups([*action.released, *action.statuses]))
+        self._wake(row_wakeups([*action.released, *action.statuses]))
         if action.kind == "remind":
             if action.remind_users:
                 await self.remind(action.message_id, action.sender_user, action.n, action.remind_users)
@@ -166,7 +166,7 @@ class Escalator:
         if result.first:
             self._metrics.acknowledgements.inc()
             log.info("urgent message acknowledged", extra={"step": result.step, "held": result.deleted_held})
-        await self._wake(row_wakeups(result.statuses))
+        self._wake(row_wakeups(result.statuses))
         return encode(
             AcknowledgeOk(
                 frame.rid, frame.id, frame.sender, result.user, result.device, result.at, result.first

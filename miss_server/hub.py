@@ -470,11 +470,11 @@ class Hub:
         self.metrics.accept_seconds.observe(time.perf_counter() - started)
         if result.duplicate:
             self.metrics.duplicates.inc()
-            await self.wake([(device_channel(d), DRAIN_WAKEUP) for d in frame.envs])
+            self.wake([(device_channel(d), DRAIN_WAKEUP) for d in frame.envs])
             return encode(Accepted(frame.id, dup=True))
         self.metrics.accepted.inc()
         self.metrics.envelopes.inc(len(result.queued))
-        await self.wake(row_wakeups(result.queued))
+        self.wake(row_wakeups(result.queued))
         return encode(Accepted(frame.id))
 
     async def _send_to_team(
@@ -505,12 +505,12 @@ class Hub:
         self.metrics.accept_seconds.observe(time.perf_counter() - started)
         if result.duplicate:
             self.metrics.duplicates.inc()
-            await self.wake([(device_channel(d), DRAIN_WAKEUP) for d in frame.envs])
+            self.wake([(device_channel(d), DRAIN_WAKEUP) for d in frame.envs])
             return encode(Accepted(frame.id, dup=True))
         self.metrics.accepted.inc()
         self.metrics.team_messages.inc()
         self.metrics.envelopes.inc(len(result.queued))
-        await self.wake(row_wakeups(result.queued))
+        self.wake(row_wakeups(result.queued))
         return encode(Accepted(frame.id))
 
     async def _check_sender(self, sender_user: str, sender_device: str, now: int) -> None:
@@ -544,7 +544,7 @@ class Hub:
         self.metrics.acks.inc(len(frame.seqs))
         if refused:
             self.metrics.refusals.inc(len(refused))
-        await self.wake(row_wakeups(receipts))
+        self.wake(row_wakeups(receipts))
 
     async def requester(self, session: ServerSession) -> Account:
         """The requester's account, if this device may make requests: an
@@ -634,20 +634,18 @@ class Hub:
             raise errors.UnknownDevice(f"{len(extra)} unknown target devices")
         raise errors.MissingDevices(sorted(required - targets))
 
-    async def wake(self, wakeups: list[tuple[str, bytes]]) -> None:
-        """Publish wake-ups. A lost one only delays: the row is stored, and
-        each device whose wake-up was lost is owed a drain, published again
-        until the broker takes it (rewake.py)."""
-        if not wakeups:
-            return
-        try:
-            if len(wakeups) == 1:
-                await self.broker.publish(*wakeups[0])
-            else:
-                await self.broker.publish_many(wakeups)
-        except BrokerUnavailable as exc:
-            log.warning("wake-ups not published", extra={"count": len(wakeups), "error": str(exc)})
-            self.rewake.add(channel for channel, _ in wakeups)
+    def wake(self, wakeups: list[tuple[str, bytes]]) -> None:
+        """Publish wake-ups, without waiting for the broker: the rows are
+        stored already, so a request's answer (``accepted``) need not wait
+        for Redis. A lost wake-up only delays: each device whose wake-up
+        was lost is owed a drain, published again until the broker takes
+        it (rewake.py)."""
+        if wakeups:
+            self.broker.publish_soon(wakeups, self._wakeups_lost)
+
+    def _wakeups_lost(self, channels: list[str], error: Exception) -> None:
+        log.warning("wake-ups not published", extra={"count": len(channels), "error": str(error)})
+        self.rewake.add(channels)
 
     @staticmethod
     async def _store_call(call: Awaitable[T]) -> T:

@@ -95,7 +95,7 @@ class UrgentSend:
         settings: Settings,
         metrics: Metrics,
         check_sender: Callable[[str, str, int], Awaitable[None]],
-        wake: Callable[[list[tuple[str, bytes]]], Awaitable[None]],
+        wake: Callable[[list[tuple[str, bytes]]], None],
     ) -> None:
         self._store = store
         self._accounts = accounts
@@ -152,7 +152,7 @@ class UrgentSend:
         self._metrics.accept_seconds.observe(time.perf_counter() - started)
         if result.duplicate:
             self._metrics.duplicates.inc()
-            await self._wake([(device_channel(d), DRAIN_WAKEUP) for d in targets.primary])
+            self._wake([(device_channel(d), DRAIN_WAKEUP) for d in targets.primary])
             return encode(Accepted(frame.id, dup=True))
         self._metrics.accepted.inc()
         self._metrics.envelopes.inc(len(result.queued))
@@ -162,7 +162,7 @@ class UrgentSend:
             self._metrics.role_messages.inc()
         elif pt.is_team_id(frame.to):
             self._metrics.team_messages.inc()
-        await self._wake(row_wakeups(result.queued))
+        self._wake(row_wakeups(result.queued))
         return encode(Accepted(frame.id))
 
     async def _check_open(self, sender_user: str, frame: Send, now: int) -> None:

@@ -41,6 +41,7 @@ __all__ = [
     "Broker",
     "BrokerUnavailable",
     "Handler",
+    "LostHandler",
     "Presence",
     "device_channel",
     "presence_channel",
@@ -48,6 +49,9 @@ __all__ = [
 
 #: Called on the event loop with each payload published to a subscribed channel.
 Handler = Callable[[bytes], None]
+
+#: Told of payloads :meth:`Broker.publish_soon` may not have published: their channels, and why.
+LostHandler = Callable[[list[str], Exception], None]
 
 #: Node-wide announcements (e.g. "this user's devices changed").
 CONTROL_CHANNEL = "ctl"
@@ -94,6 +98,13 @@ class Broker(Protocol):
 
     async def publish_many(self, messages: list[tuple[str, bytes]]) -> None:
         """Several :meth:`publish` calls, in order, in as few round trips as possible."""
+
+    def publish_soon(self, messages: list[tuple[str, bytes]], lost: LostHandler) -> None:
+        """:meth:`publish_many` without waiting for the broker: a subscriber
+        on this node gets its payload before this returns, the others' are
+        sent in order after every publish already made. Should some not be
+        published (the broker down, or not answering), ``lost`` is called
+        on the loop, once, with those channels and the error. Never raises."""
 
     def on_gap(self, callback: Callable[[], None]) -> None:
         """Call ``callback`` (on the loop) after payloads may have been lost,

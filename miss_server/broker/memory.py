@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from .base import Handler
+from .base import Handler, LostHandler
 
 __all__ = ["MemoryBroker", "MemoryPresence"]
 
@@ -43,6 +43,12 @@ class MemoryBroker:
     async def publish_many(self, messages: list[tuple[str, bytes]]) -> None:
         for channel, payload in messages:
             await self.publish(channel, payload)
+
+    def publish_soon(self, messages: list[tuple[str, bytes]], lost: LostHandler) -> None:
+        for channel, payload in messages:
+            handler = self._handlers.get(channel)
+            if handler is not None:
+                handler(payload)
 
     def on_gap(self, callback: Callable[[], None]) -> None:
         return None  # nothing is ever lost in process

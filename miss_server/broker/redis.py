@@ -57,7 +57,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from .base import CONTROL_CHANNEL, DEVICE_PREFIX, BrokerUnavailable, Handler
+from .base import CONTROL_CHANNEL, DEVICE_PREFIX, BrokerUnavailable, Handler, LostHandler
 from .resp import RespConnection, RespPipeline, RespScript, Value
 
 __all__ = ["RedisBroker", "RedisPresence", "split_prefix"]
@@ -204,6 +204,20 @@ class RedisBroker:
         remote = [(c, p) for c, p in messages if not self._deliver_locally(c, p)]
         if remote:
             await self._publish_remote(remote)
+
+    def publish_soon(self, messages: list[tuple[str, bytes]], lost: LostHandler) -> None:
+        """Publish in the next pipeline, and return at once (base.py)."""
+        remote = [(c, p) for c, p in messages if not self._deliver_locally(c, p)]
+        if not remote:
+            return
+        channels = [c for c, _ in remote]
+        if not self._connected.is_set():
+            lost(channels, BrokerUnavailable("Redis connection is down"))
+            return
+        self._pipeline.call_soon(
+            [("SPUBLISH", self._key(c), p) for c, p in remote],
+            lambda exc: lost(channels, BrokerUnavailable(str(exc))),
+        )
 
     async def _publish_remote(self, messages: list[tuple[str, bytes]]) -> None:
         """Publish in the next pipeline and wait until it is answered (see

@@ -22,6 +22,8 @@ every command queued in the same turn of the event loop, or while the
 previous pipeline is in flight, leaves in the next one, in call order, and
 each caller gets its replies once its pipeline has been answered. One
 pipeline is in flight at a time, so Redis runs the commands in call order.
+A caller that needs no reply queues its commands with ``call_soon`` and
+does not wait; it hears only of a pipeline that was not answered.
 """
 
 from __future__ import annotations
@@ -29,6 +31,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import logging
+from collections.abc import Callable
 from typing import Any
 
 import hiredis
@@ -40,6 +44,8 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 __all__ = ["RespConnection", "RespParser", "RespPipeline", "RespScript", "Value"]
 
 READ_CHUNK = 65536
+
+log = logging.getLogger("miss.broker.resp")
 
 #: A RESP value as parsed here: bytes (bulk or simple string), int, None,
 #: ResponseError (an error reply), a list of them (array, push, set) or a dict (map).
@@ -128,6 +134,9 @@ class RespConnection:
         await self._conn.disconnect(nowait=True)
 
 
+#: Who waits for a pipeline: a caller's future, or call_soon's failure callback.
+_Caller = asyncio.Future[list[Value]] | Callable[[RedisError], None]
+
 #: A pipeline whose replies take longer than this (s): Redis is down.
 PIPELINE_TIMEOUT = 5.0
 _DOWN = (RedisConnectionError, RedisTimeoutError, OSError, ConnectionError, TimeoutError)
@@ -143,8 +152,9 @@ class RespPipeline:
         self._timeout = timeout
         self._conn: RespConnection | None = None
         self._outgoing: list[tuple[Any, ...]] = []  # the commands of the next pipeline
-        # Each caller of the next pipeline: its future, and where its commands start and end.
-        self._callers: list[tuple[asyncio.Future[list[Value]], int, int]] = []
+        # Each caller of the next pipeline (its future, or call_soon's
+        # callback), and where its commands start and end.
+        self._callers: list[tuple[_Caller, int, int]] = []
         self._flusher: asyncio.Task[None] | None = None
         # What the flusher waits for while nothing is queued: it lives as
         # long as the pipeline rather than a task per pipeline sent.
@@ -155,19 +165,31 @@ class RespPipeline:
         it is), once their pipeline has been answered. Raises
         redis.exceptions.ConnectionError if it was not (the commands may
         have run). The pipeline's outcome outlives a cancelled caller."""
-        start = len(self._outgoing)
-        self._outgoing.extend(commands)
         # A future per caller, resolved by the flusher: a cancelled caller
         # cancels only its own, which the flusher then skips, and its
         # commands go out all the same.
         future: asyncio.Future[list[Value]] = asyncio.get_running_loop().create_future()
-        self._callers.append((future, start, start + len(commands)))
+        self._queue(commands, future)
+        return await future
+
+    def call_soon(self, commands: list[tuple[Any, ...]], failed: Callable[[RedisError], None]) -> None:
+        """Queue ``commands`` for the next pipeline and return at once. Their
+        replies are not handed back, but ``failed`` is called on the loop
+        with the first error reply among them (a ResponseError), or the
+        ConnectionError of a pipeline that was not answered (the commands
+        may have run). For a caller that needs no reply and must not wait
+        for Redis, yet has to know of a loss (a wake-up, ``redis.py``)."""
+        self._queue(commands, failed)
+
+    def _queue(self, commands: list[tuple[Any, ...]], caller: _Caller) -> None:
+        start = len(self._outgoing)
+        self._outgoing.extend(commands)
+        self._callers.append((caller, start, start + len(commands)))
         if self._idle is not None:
             if not self._idle.done():
                 self._idle.set_result(None)
         elif self._flusher is None or self._flusher.done():
             self._flusher = asyncio.create_task(self._flush(), name=self._name)
-        return await future
 
     async def close(self) -> None:
         """Fail what is queued, and close the connection."""
@@ -202,9 +224,14 @@ class RespPipeline:
                 named = str(exc) if isinstance(exc, RedisConnectionError) else f"{type(exc).__name__}: {exc}"
                 _fail_all(callers, RedisConnectionError(named))
             else:
-                for future, start, end in callers:
-                    if not future.done():
-                        future.set_result(replies[start:end])
+                for caller, start, end in callers:
+                    if isinstance(caller, asyncio.Future):
+                        if not caller.done():
+                            caller.set_result(replies[start:end])
+                        continue
+                    error = next((r for r in replies[start:end] if isinstance(r, ResponseError)), None)
+                    if error is not None:
+                        _tell(caller, error)
 
     async def _send(self, batch: list[tuple[Any, ...]]) -> list[Value]:
         """One pipeline, on the connection opened afresh if it is not usable
@@ -245,8 +272,20 @@ class RespScript:
         return reply
 
 
-def _fail_all(callers: list[tuple[asyncio.Future[Any], int, int]], exc: BaseException) -> None:
-    """Fail every caller still waiting (a cancelled one is done already)."""
-    for future, _, _ in callers:
-        if not future.done():
-            future.set_exception(exc)
+def _fail_all(callers: list[tuple[_Caller, int, int]], exc: RedisConnectionError) -> None:
+    """Fail every caller still waiting (a cancelled one is done already),
+    and tell every ``call_soon`` caller."""
+    for caller, _, _ in callers:
+        if isinstance(caller, asyncio.Future):
+            if not caller.done():
+                caller.set_exception(exc)
+        else:
+            _tell(caller, exc)
+
+
+def _tell(failed: Callable[[RedisError], None], exc: RedisError) -> None:
+    """A ``call_soon`` caller's callback; its own failure ends no pipeline."""
+    try:
+        failed(exc)
+    except Exception:
+        log.exception("pipeline failure callback failed")

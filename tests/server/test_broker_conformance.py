@@ -17,6 +17,7 @@ from typing import Any
 
 import pytest
 import redis.asyncio as aioredis
+from redis.exceptions import ConnectionError as RedisConnectionError
 
 from miss_server.broker.base import Broker, BrokerUnavailable, Presence
 from miss_server.broker.memory import MemoryBroker, MemoryPresence
@@ -248,3 +249,68 @@ async def test_redis_publishes_made_at_once_share_one_round_trip_in_call_order(
         await node_b.publish_many([("dev:d1", b"a"), ("dev:d1", b"b")])
         assert pipelines == [100, 2]
         assert await received(inbox, 102) == [*payloads, b"a", b"b"]
+
+
+async def test_publish_soon_delivers_in_order_without_waiting(backend: tuple[Broker, Presence]) -> None:
+    """``publish_soon`` returns at once; its payloads reach the subscriber
+    in order, after those of publishes made before it; nothing is lost."""
+    broker, _ = backend
+    inbox: list[bytes] = []
+    await broker.subscribe("pres:a", inbox.append)
+    lost: list[tuple[list[str], Exception]] = []
+    first = asyncio.ensure_future(broker.publish("pres:a", b"1"))
+    await asyncio.sleep(0)  # the publish is made (Redis: queued in the pipeline), not yet answered
+    messages = [("pres:a", b"2"), ("pres:nobody", b"-"), ("pres:a", b"3")]
+    broker.publish_soon(messages, lambda c, e: lost.append((c, e)))
+    await first
+    assert await received(inbox, 3) == [b"1", b"2", b"3"]
+    assert lost == []
+
+
+async def test_redis_publish_soon_to_a_local_device_is_delivered_before_it_returns() -> None:
+    async with two_redis_nodes() as (node_a, _, inbox):
+        node_a.publish_soon([("dev:d1", b"here")], lambda c, e: pytest.fail("nothing to lose"))
+        assert inbox == [b"here"]
+
+
+async def test_redis_publish_soon_reports_what_a_lost_connection_may_have_lost() -> None:
+    """Wake-ups whose pipeline is not answered (the publisher's connection
+    killed while Redis holds it) are reported lost, with their channels,
+    exactly once; the next publishes go through on a new connection."""
+    async with two_redis_nodes() as (_, node_b, inbox):
+        lost: list[tuple[list[str], Exception]] = []
+        [conn_id] = await node_b.pipeline.call([("CLIENT", "ID")])
+        admin = aioredis.Redis.from_url(REDIS_URL)
+        try:
+            # One pipeline (queued in one turn of the loop): the two wake-ups,
+            # then a pop that blocks in Redis.
+            node_b.publish_soon([("dev:d1", b"w1"), ("dev:d2", b"w2")], lambda c, e: lost.append((c, e)))
+            popped: list[Exception] = []
+            node_b.pipeline.call_soon([("BLPOP", f"{node_b.prefix}:none", "5")], popped.append)
+            await asyncio.sleep(0.1)
+            assert lost == [] and popped == []
+            await admin.client_kill_filter(_id=conn_id)
+            deadline = time.monotonic() + 2
+            while not popped and time.monotonic() < deadline:
+                await asyncio.sleep(0.01)
+        finally:
+            await admin.aclose()
+        assert [type(e) for e in popped] == [RedisConnectionError]
+        assert [c for c, _ in lost] == [["dev:d1", "dev:d2"]]
+        assert isinstance(lost[0][1], BrokerUnavailable)
+        await node_b.publish("dev:d1", b"after")
+        assert (await received(inbox, 2))[-1] == b"after"
+        assert len(lost) == 1
+
+
+async def test_redis_publish_soon_while_redis_is_down_reports_at_once() -> None:
+    async with redis_backed() as (broker, _):
+        assert isinstance(broker, RedisBroker)
+        lost: list[tuple[list[str], Exception]] = []
+        broker._connected.clear()  # as while the reader reconnects
+        try:
+            broker.publish_soon([("dev:x", b"w")], lambda c, e: lost.append((c, e)))
+        finally:
+            broker._connected.set()
+        assert [c for c, _ in lost] == [["dev:x"]]
+        assert isinstance(lost[0][1], BrokerUnavailable)
