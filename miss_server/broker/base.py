@@ -103,8 +103,9 @@ class Broker(Protocol):
         """:meth:`publish_many` without waiting for the broker: a subscriber
         on this node gets its payload before this returns, the others' are
         sent in order after every publish already made. Should some not be
-        published (the broker down, or not answering), ``lost`` is called
-        on the loop, once, with those channels and the error. Never raises."""
+        published (the broker down, not answering, or too far behind to
+        queue more), ``lost`` is called on the loop, once, with those
+        channels and the error. Never raises."""
 
     def on_gap(self, callback: Callable[[], None]) -> None:
         """Call ``callback`` (on the loop) after payloads may have been lost,

@@ -68,6 +68,9 @@ SUBSCRIBE_CHUNK = 1000
 BACKOFF_MAX = 2.0
 SOCKET_TIMEOUT = 5.0  # a reply that takes longer: Redis is down
 PING_INTERVAL = 10.0  # a silent pub/sub connection is checked this often
+#: Payload bytes of wake-ups published without waiting (publish_soon) that
+#: Redis has not answered yet, past which more are reported lost at once.
+MAX_UNANSWERED_BYTES = 32 * 1024 * 1024
 _DOWN = (RedisConnectionError, RedisTimeoutError, OSError, ConnectionError)
 
 
@@ -110,6 +113,7 @@ class RedisBroker:
         self._subscriptions_on: RespConnection | None = None  # ... on this connection
         #: Publishes and presence commands (module doc), opened by the first.
         self._pipeline = RespPipeline(self._redis, "redis-broker-publisher", SOCKET_TIMEOUT)
+        self._unanswered = 0  # payload bytes publish_soon queued that Redis has not answered
         self._reader: asyncio.Task[None] | None = None
         self._gap_callbacks: list[Callable[[], None]] = []
         self._connected = asyncio.Event()
@@ -206,7 +210,11 @@ class RedisBroker:
             await self._publish_remote(remote)
 
     def publish_soon(self, messages: list[tuple[str, bytes]], lost: LostHandler) -> None:
-        """Publish in the next pipeline, and return at once (base.py)."""
+        """Publish in the next pipeline, and return at once (base.py). Past
+        :data:`MAX_UNANSWERED_BYTES` of payloads not yet answered, the new
+        ones are reported lost instead: senders no longer wait for Redis, so
+        while it stalls nothing else bounds what they queue; their devices
+        are owed drains, which cost a channel name each."""
         remote = [(c, p) for c, p in messages if not self._deliver_locally(c, p)]
         if not remote:
             return
@@ -214,10 +222,18 @@ class RedisBroker:
         if not self._connected.is_set():
             lost(channels, BrokerUnavailable("Redis connection is down"))
             return
-        self._pipeline.call_soon(
-            [("SPUBLISH", self._key(c), p) for c, p in remote],
-            lambda exc: lost(channels, BrokerUnavailable(str(exc))),
-        )
+        size = sum(len(p) for _, p in remote)
+        if self._unanswered + size > MAX_UNANSWERED_BYTES:
+            lost(channels, BrokerUnavailable("too many wake-ups waiting for Redis"))
+            return
+        self._unanswered += size
+
+        def done(error: RedisError | None) -> None:
+            self._unanswered -= size
+            if error is not None:
+                lost(channels, BrokerUnavailable(str(error)))
+
+        self._pipeline.call_soon([("SPUBLISH", self._key(c), p) for c, p in remote], done)
 
     async def _publish_remote(self, messages: list[tuple[str, bytes]]) -> None:
         """Publish in the next pipeline and wait until it is answered (see

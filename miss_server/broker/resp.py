@@ -23,7 +23,7 @@ previous pipeline is in flight, leaves in the next one, in call order, and
 each caller gets its replies once its pipeline has been answered. One
 pipeline is in flight at a time, so Redis runs the commands in call order.
 A caller that needs no reply queues its commands with ``call_soon`` and
-does not wait; it hears only of a pipeline that was not answered.
+does not wait; a callback tells it, once, whether they were answered.
 """
 
 from __future__ import annotations
@@ -134,8 +134,8 @@ class RespConnection:
         await self._conn.disconnect(nowait=True)
 
 
-#: Who waits for a pipeline: a caller's future, or call_soon's failure callback.
-_Caller = asyncio.Future[list[Value]] | Callable[[RedisError], None]
+#: Who waits for a pipeline: a caller's future, or call_soon's callback.
+_Caller = asyncio.Future[list[Value]] | Callable[[RedisError | None], None]
 
 #: A pipeline whose replies take longer than this (s): Redis is down.
 PIPELINE_TIMEOUT = 5.0
@@ -172,14 +172,15 @@ class RespPipeline:
         self._queue(commands, future)
         return await future
 
-    def call_soon(self, commands: list[tuple[Any, ...]], failed: Callable[[RedisError], None]) -> None:
+    def call_soon(self, commands: list[tuple[Any, ...]], done: Callable[[RedisError | None], None]) -> None:
         """Queue ``commands`` for the next pipeline and return at once. Their
-        replies are not handed back, but ``failed`` is called on the loop
-        with the first error reply among them (a ResponseError), or the
+        replies are not handed back; once their pipeline has been answered,
+        or has failed, ``done`` is called on the loop, once, with None, the
+        first error reply among them (a ResponseError), or the
         ConnectionError of a pipeline that was not answered (the commands
         may have run). For a caller that needs no reply and must not wait
         for Redis, yet has to know of a loss (a wake-up, ``redis.py``)."""
-        self._queue(commands, failed)
+        self._queue(commands, done)
 
     def _queue(self, commands: list[tuple[Any, ...]], caller: _Caller) -> None:
         start = len(self._outgoing)
@@ -229,9 +230,7 @@ class RespPipeline:
                         if not caller.done():
                             caller.set_result(replies[start:end])
                         continue
-                    error = next((r for r in replies[start:end] if isinstance(r, ResponseError)), None)
-                    if error is not None:
-                        _tell(caller, error)
+                    _tell(caller, next((r for r in replies[start:end] if isinstance(r, ResponseError)), None))
 
     async def _send(self, batch: list[tuple[Any, ...]]) -> list[Value]:
         """One pipeline, on the connection opened afresh if it is not usable
@@ -283,9 +282,9 @@ def _fail_all(callers: list[tuple[_Caller, int, int]], exc: RedisConnectionError
             _tell(caller, exc)
 
 
-def _tell(failed: Callable[[RedisError], None], exc: RedisError) -> None:
+def _tell(done: Callable[[RedisError | None], None], exc: RedisError | None) -> None:
     """A ``call_soon`` caller's callback; its own failure ends no pipeline."""
     try:
-        failed(exc)
+        done(exc)
     except Exception:
         log.exception("pipeline failure callback failed")

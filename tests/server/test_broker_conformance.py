@@ -285,7 +285,7 @@ async def test_redis_publish_soon_reports_what_a_lost_connection_may_have_lost()
             # One pipeline (queued in one turn of the loop): the two wake-ups,
             # then a pop that blocks in Redis.
             node_b.publish_soon([("dev:d1", b"w1"), ("dev:d2", b"w2")], lambda c, e: lost.append((c, e)))
-            popped: list[Exception] = []
+            popped: list[Exception | None] = []
             node_b.pipeline.call_soon([("BLPOP", f"{node_b.prefix}:none", "5")], popped.append)
             await asyncio.sleep(0.1)
             assert lost == [] and popped == []
@@ -314,3 +314,25 @@ async def test_redis_publish_soon_while_redis_is_down_reports_at_once() -> None:
             broker._connected.set()
         assert [c for c, _ in lost] == [["dev:x"]]
         assert isinstance(lost[0][1], BrokerUnavailable)
+
+
+async def test_redis_publish_soon_past_its_byte_cap_reports_loss_at_once(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """While Redis holds the publisher, wake-ups past the cap of bytes not
+    yet answered are reported lost at once (their devices get drains)
+    rather than queued without bound; those within it are delivered, and
+    once Redis answers the cap is free again."""
+    monkeypatch.setattr("miss_server.broker.redis.MAX_UNANSWERED_BYTES", 1000)
+    async with two_redis_nodes() as (_, node_b, inbox):
+        lost: list[list[str]] = []
+        node_b.pipeline.call_soon([("BLPOP", f"{node_b.prefix}:none", "0.5")], lambda e: None)
+        await asyncio.sleep(0.05)
+        node_b.publish_soon([("dev:d1", b"a" * 600)], lambda c, e: lost.append(c))
+        node_b.publish_soon([("dev:d1", b"b" * 600)], lambda c, e: lost.append(c))  # past 1,000
+        assert lost == [["dev:d1"]]
+        assert await received(inbox, 1) == [b"a" * 600]
+        await asyncio.sleep(0.1)
+        node_b.publish_soon([("dev:d1", b"c" * 600)], lambda c, e: lost.append(c))
+        assert await received(inbox, 2) == [b"a" * 600, b"c" * 600]
+        assert lost == [["dev:d1"]]

@@ -120,19 +120,21 @@ async def test_a_cancelled_caller_leaves_its_pipeline_and_the_other_callers_answ
         await client.aclose()
 
 
-async def test_call_soon_hears_of_an_error_reply_and_nothing_else() -> None:
-    """``call_soon`` returns at once; its callback hears of an error reply
-    among its commands, and of nothing when they succeed."""
+async def test_call_soon_is_told_once_of_success_or_of_an_error_reply() -> None:
+    """``call_soon`` returns at once; its callback is called once its
+    pipeline is answered: with None, or with an error reply among its
+    commands."""
     client = aioredis.Redis.from_url(REDIS)
     pipeline = RespPipeline(client, "test-pipeline")
     key = f"miss-test-call-soon-{os.getpid()}"
     try:
-        failed: list[Exception] = []
-        pipeline.call_soon([("SET", key, "text"), ("GET", key)], failed.append)
-        pipeline.call_soon([("INCR", key)], failed.append)  # not an integer
+        told: list[Exception | None] = []
+        pipeline.call_soon([("SET", key, "text"), ("GET", key)], told.append)
+        pipeline.call_soon([("INCR", key)], told.append)  # not an integer
+        assert told == []
         assert await pipeline.call([("GET", key)]) == [b"text"]  # answered after both
-        assert [type(e) for e in failed] == [ResponseError]
-        assert "not an integer" in str(failed[0])
+        assert told[0] is None and isinstance(told[1], ResponseError) and len(told) == 2
+        assert "not an integer" in str(told[1])
     finally:
         await client.delete(key)
         await pipeline.close()
