@@ -105,7 +105,8 @@ class Broker(Protocol):
         sent in order after every publish already made. Should some not be
         published (the broker down, not answering, or too far behind to
         queue more), ``lost`` is called on the loop, once, with those
-        channels and the error. Never raises."""
+        channels and the error. Raises nothing of its own (a local
+        subscriber's handler is called as :meth:`publish` calls it)."""
 
     def on_gap(self, callback: Callable[[], None]) -> None:
         """Call ``callback`` (on the loop) after payloads may have been lost,

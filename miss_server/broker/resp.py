@@ -287,4 +287,4 @@ def _tell(done: Callable[[RedisError | None], None], exc: RedisError | None) -> 
     try:
         done(exc)
     except Exception:
-        log.exception("pipeline failure callback failed")
+        log.exception("pipeline callback failed")
