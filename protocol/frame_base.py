@@ -234,23 +234,23 @@ _check_device_key = check_str()
 _check_envelope = check_bytes(max_len=MAX_FRAME_BYTES)
 
 
-def check_envs(v: Any) -> dict[str, bytes]:
-    if type(v) is not dict or not v or len(v) > MAX_RECIPIENT_DEVICES:
-        raise malformed("expected a map of device id to envelope")
+def _check_device_map(v: Any, most: int, what: str) -> dict[str, bytes]:
+    """1 to ``most`` entries of device id to bytes (an envelope or a key wrap)."""
+    if type(v) is not dict or not v or len(v) > most:
+        raise malformed(f"expected a map of device id to {what}")
     for k, env in v.items():
         _check_device_key(k)
         _check_envelope(env)
     return v
+
+
+def check_envs(v: Any) -> dict[str, bytes]:
+    return _check_device_map(v, MAX_RECIPIENT_DEVICES, "envelope")
 
 
 def check_wraps(v: Any) -> dict[str, bytes]:
     """``envs`` of a ``send`` with a sealed body: 1 to MAX_WRAPS key wraps."""
-    if type(v) is not dict or not v or len(v) > MAX_WRAPS:
-        raise malformed("expected a map of device id to key wrap")
-    for k, env in v.items():
-        _check_device_key(k)
-        _check_envelope(env)
-    return v
+    return _check_device_map(v, MAX_WRAPS, "key wrap")
 
 
 _HEX_DIGITS = frozenset("0123456789abcdef")
