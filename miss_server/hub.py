@@ -637,9 +637,11 @@ class Hub:
     def wake(self, wakeups: list[tuple[str, bytes]]) -> None:
         """Publish wake-ups, without waiting for the broker: the rows are
         stored already, so a request's answer (``accepted``) need not wait
-        for Redis. A lost wake-up only delays: each device whose wake-up
-        was lost is owed a drain, published again until the broker takes
-        it (rewake.py)."""
+        for Redis. They are on the publisher's socket when this returns
+        (``Broker.publish_soon``), so a node killed right after answering
+        has sent them. A lost wake-up only delays: each device whose
+        wake-up was lost is owed a drain, published again until the broker
+        takes it (rewake.py)."""
         if wakeups:
             self.broker.publish_soon(wakeups, self._wakeups_lost)
 

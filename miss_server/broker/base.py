@@ -102,7 +102,10 @@ class Broker(Protocol):
     def publish_soon(self, messages: list[tuple[str, bytes]], lost: LostHandler) -> None:
         """:meth:`publish_many` without waiting for the broker: a subscriber
         on this node gets its payload before this returns, the others' are
-        sent in order after every publish already made. Should some not be
+        sent in order after every publish already made; while the broker is
+        reachable they have left this process when it returns (a node
+        killed next does not lose them: the hub answers ``accepted`` right
+        after). Should some not be
         published (the broker down, not answering, or too far behind to
         queue more), ``lost`` is called on the loop, once, with those
         channels and the error. Raises nothing of its own (a local

@@ -128,7 +128,8 @@ class RedisBroker:
 
     async def start(self) -> None:
         try:
-            await self._redis.ping()
+            # Opens the publisher's connection: the first wake-ups need not wait for it.
+            await self._pipeline.call([("PING",)])
         except _DOWN as exc:
             raise BrokerUnavailable(f"Redis does not answer: {exc}") from None
         self._reader = asyncio.create_task(self._read_forever(), name="redis-broker-reader")

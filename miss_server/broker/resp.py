@@ -17,22 +17,27 @@ time and parsed by hiredis, every complete value of the chunk in one pass
 (:class:`RespParser`). Nothing here retries: a failure is the caller's to
 report (the broker's reconnection and gap, or BrokerUnavailable).
 
-:class:`RespPipeline` sends commands on one such connection in pipelines:
-every command queued in the same turn of the event loop, or while the
-previous pipeline is in flight, leaves in the next one, in call order, and
-each caller gets its replies once its pipeline has been answered. One
-pipeline is in flight at a time, so Redis runs the commands in call order.
-A caller that needs no reply queues its commands with ``call_soon`` and
-does not wait; a callback tells it, once, whether they were answered.
+:class:`RespPipeline` sends commands on one such connection without
+waiting for the replies of those before: the commands of one turn of the
+event loop leave in one write, in call order, and a single reader hands
+the replies out in that order, so each caller gets its own once Redis has
+answered them; Redis runs them in call order, as they share a connection.
+A caller that needs no reply writes its commands with ``call_soon``, which
+puts them on the socket before it returns (with any queued before them)
+and does not wait; a callback tells it, once, whether they were answered.
+That order is what lets the hub answer ``accepted`` before Redis answers
+the message's wake-up: the wake-up is in the kernel's hands first, and a
+hub killed right after the answer does not take it along.
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import hashlib
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import hiredis
@@ -102,12 +107,17 @@ class RespConnection:
 
     def write(self, *commands: tuple[Any, ...]) -> None:
         """Queue commands on the socket (no wait: the transport buffers)."""
-        if self._writer is None or self._writer.transport.is_closing():
-            raise RedisConnectionError("Redis connection closed")
         try:
             packed = b"".join(map(hiredis.pack_command, commands))
         except TypeError as exc:  # an argument of no RESP type: redis-py's error, for the callers' handlers
             raise DataError(str(exc)) from None
+        self.write_packed(packed)
+
+    def write_packed(self, packed: bytes) -> None:
+        """Write commands packed already: handed to the socket at once
+        unless its buffer is full (the transport keeps the rest)."""
+        if self._writer is None or self._writer.transport.is_closing():
+            raise RedisConnectionError("Redis connection closed")
         self._writer.write(packed)
 
     async def read(self) -> list[Value]:
@@ -119,16 +129,6 @@ class RespConnection:
             raise RedisConnectionError("Redis closed the connection")
         return self._parser.feed(data)
 
-    async def replies(self, count: int, timeout: float) -> list[Value]:
-        """Exactly the next ``count`` values, within ``timeout`` seconds."""
-        values: list[Value] = []
-        async with asyncio.timeout(timeout):
-            while len(values) < count:
-                values += await self.read()
-        if len(values) > count:
-            raise RedisConnectionError("more replies than commands")
-        return values
-
     async def close(self) -> None:
         self._reader = self._writer = None
         await self._conn.disconnect(nowait=True)
@@ -137,7 +137,7 @@ class RespConnection:
 #: Who waits for a pipeline: a caller's future, or call_soon's callback.
 _Caller = asyncio.Future[list[Value]] | Callable[[RedisError | None], None]
 
-#: A pipeline whose replies take longer than this (s): Redis is down.
+#: Commands written and not yet answered for this long (s): Redis is down.
 PIPELINE_TIMEOUT = 5.0
 _DOWN = (RedisConnectionError, RedisTimeoutError, OSError, ConnectionError, TimeoutError)
 
@@ -150,99 +150,167 @@ class RespPipeline:
         self._client = client
         self._name = name
         self._timeout = timeout
-        self._conn: RespConnection | None = None
-        self._outgoing: list[tuple[Any, ...]] = []  # the commands of the next pipeline
-        # Each caller of the next pipeline (its future, or call_soon's
-        # callback), and where its commands start and end.
-        self._callers: list[tuple[_Caller, int, int]] = []
-        self._flusher: asyncio.Task[None] | None = None
-        # What the flusher waits for while nothing is queued: it lives as
+        self._conn: RespConnection | None = None  # set once open, until it fails
+        # Commands not written yet (packed), and each one's caller with its
+        # count of commands: those of this turn of the loop, or all of them
+        # while the connection is being opened.
+        self._unsent: list[bytes] = []
+        self._unsent_callers: list[tuple[_Caller, int]] = []
+        self._write_due = False  # a write of the unsent commands is scheduled for the end of this turn
+        # Callers whose commands were written, in write order, each with its
+        # count of commands: replies come back in that order.
+        self._inflight: collections.deque[tuple[_Caller, int]] = collections.deque()
+        self._worker: asyncio.Task[None] | None = None
+        # What the worker waits for while nothing is in flight: it lives as
         # long as the pipeline rather than a task per pipeline sent.
         self._idle: asyncio.Future[None] | None = None
 
     async def call(self, commands: list[tuple[Any, ...]]) -> list[Value]:
         """The replies of ``commands`` (an error reply as the ResponseError
-        it is), once their pipeline has been answered. Raises
-        redis.exceptions.ConnectionError if it was not (the commands may
-        have run). The pipeline's outcome outlives a cancelled caller."""
-        # A future per caller, resolved by the flusher: a cancelled caller
-        # cancels only its own, which the flusher then skips, and its
+        it is), once Redis has answered them. Raises
+        redis.exceptions.ConnectionError if it did not (the commands may
+        have run). Commands of one turn of the loop leave in one write. The
+        outcome outlives a cancelled caller."""
+        # A future per caller, resolved by the worker: a cancelled caller
+        # cancels only its own, which the worker then skips, and its
         # commands go out all the same.
         future: asyncio.Future[list[Value]] = asyncio.get_running_loop().create_future()
-        self._queue(commands, future)
+        self._queue(commands, future, now=False)
         return await future
 
     def call_soon(self, commands: list[tuple[Any, ...]], done: Callable[[RedisError | None], None]) -> None:
-        """Queue ``commands`` for the next pipeline and return at once. Their
-        replies are not handed back; once their pipeline has been answered,
-        or has failed, ``done`` is called on the loop, once, with None, the
-        first error reply among them (a ResponseError), or the
-        ConnectionError of a pipeline that was not answered (the commands
-        may have run). For a caller that needs no reply and must not wait
-        for Redis, yet has to know of a loss (a wake-up, ``redis.py``)."""
-        self._queue(commands, done)
+        """Write ``commands`` now, with any queued before them, and return:
+        while the connection is open they are on its socket when this
+        returns, so a process killed next does not take them along (a
+        wake-up, written before the ``accepted`` it follows: ``redis.py``).
+        Their replies are not handed back; once Redis has answered, or the
+        connection failed, ``done`` is called on the loop, once, with None,
+        the first error reply among them (a ResponseError), or the
+        ConnectionError of commands that were not answered (they may have
+        run)."""
+        self._queue(commands, done, now=True)
 
-    def _queue(self, commands: list[tuple[Any, ...]], caller: _Caller) -> None:
-        start = len(self._outgoing)
-        self._outgoing.extend(commands)
-        self._callers.append((caller, start, start + len(commands)))
+    def _queue(self, commands: list[tuple[Any, ...]], caller: _Caller, now: bool) -> None:
+        try:
+            packed = b"".join(map(hiredis.pack_command, commands))
+        except TypeError as exc:  # an argument of no RESP type: a bug of the caller's
+            _fail_all([(caller, 0)], RedisConnectionError(f"DataError: {exc}"))
+            return
+        self._unsent.append(packed)
+        self._unsent_callers.append((caller, len(commands)))
+        conn = self._conn
+        if conn is None or not conn.usable:
+            self._wake_worker()  # it opens a connection, then writes
+        elif now:
+            self._write(conn)
+        elif not self._write_due:
+            self._write_due = True
+            asyncio.get_running_loop().call_soon(self._write_scheduled)
+
+    def _write_scheduled(self) -> None:
+        self._write_due = False
+        if not self._unsent:
+            return  # the worker wrote them
+        conn = self._conn
+        if conn is not None and conn.usable:
+            self._write(conn)
+        else:
+            self._wake_worker()
+
+    def _write(self, conn: RespConnection) -> None:
+        """Write every unsent command on ``conn``; should it have closed
+        meanwhile, they wait for the worker's next connection."""
+        try:
+            conn.write_packed(b"".join(self._unsent))
+        except RedisConnectionError:
+            self._wake_worker()
+            return
+        self._inflight.extend(self._unsent_callers)
+        self._unsent, self._unsent_callers = [], []
+        self._wake_worker()
+
+    def _wake_worker(self) -> None:
         if self._idle is not None:
             if not self._idle.done():
                 self._idle.set_result(None)
-        elif self._flusher is None or self._flusher.done():
-            self._flusher = asyncio.create_task(self._flush(), name=self._name)
+        elif self._worker is None or self._worker.done():
+            self._worker = asyncio.create_task(self._work(), name=self._name)
 
     async def close(self) -> None:
-        """Fail what is queued, and close the connection."""
-        if self._flusher is not None:
-            self._flusher.cancel()
+        """Fail what is queued or in flight, and close the connection."""
+        if self._worker is not None:
+            self._worker.cancel()
             with contextlib.suppress(asyncio.CancelledError):
-                await self._flusher
-        _fail_all(self._callers, RedisConnectionError("pipeline closed"))
-        self._outgoing, self._callers = [], []
+                await self._worker
+        closed = RedisConnectionError("pipeline closed")
+        _fail_all(self._inflight, closed)
+        _fail_all(self._unsent_callers, closed)
+        self._inflight.clear()
+        self._unsent, self._unsent_callers = [], []
         await self._drop()
 
-    async def _flush(self) -> None:
-        """Send what is queued, one pipeline at a time; then wait for more."""
+    async def _work(self) -> None:
+        """Open the connection when commands wait for one, and hand the
+        replies out in order; then wait for more."""
         while True:
-            if not self._outgoing:
+            if not self._inflight and not self._unsent:
                 self._idle = asyncio.get_running_loop().create_future()
                 try:
                     await self._idle
                 finally:
                     self._idle = None
                 continue
-            batch, self._outgoing = self._outgoing, []
-            callers, self._callers = self._callers, []
+            opened = self._conn is not None and self._conn.usable
             try:
-                replies = await self._send(batch)
+                if not opened:
+                    await self._open()
+                    opened = True
+                if self._unsent:  # what waited for the connection, or this turn's end
+                    self._write(self._conn)  # type: ignore[arg-type]
+                await self._answer()
             except asyncio.CancelledError:
-                _fail_all(callers, RedisConnectionError("pipeline closed"))
                 raise
             except (*_DOWN, RedisError) as exc:
-                # A reply may be missing or late: the connection is not reused.
+                # A reply may be missing or late: the connection is not
+                # reused. Commands not written yet wait for the next one,
+                # unless none could be opened.
                 await self._drop()
                 named = str(exc) if isinstance(exc, RedisConnectionError) else f"{type(exc).__name__}: {exc}"
-                _fail_all(callers, RedisConnectionError(named))
-            else:
-                for caller, start, end in callers:
-                    if isinstance(caller, asyncio.Future):
-                        if not caller.done():
-                            caller.set_result(replies[start:end])
-                        continue
-                    _tell(caller, next((r for r in replies[start:end] if isinstance(r, ResponseError)), None))
+                failed = list(self._inflight)
+                self._inflight.clear()
+                if not opened:
+                    failed += self._unsent_callers
+                    self._unsent, self._unsent_callers = [], []
+                _fail_all(failed, RedisConnectionError(named))
 
-    async def _send(self, batch: list[tuple[Any, ...]]) -> list[Value]:
-        """One pipeline, on the connection opened afresh if it is not usable
-        (nothing was written on it then, so the commands go out once)."""
-        if self._conn is None or not self._conn.usable:
-            await self._drop()
-            conn = RespConnection(self._client)
+    async def _open(self) -> None:
+        """A new connection (nothing was written on the old one since it
+        stopped being usable, so no command goes out twice)."""
+        await self._drop()
+        conn = RespConnection(self._client)
+        async with asyncio.timeout(self._timeout):
+            await conn.open()
+        self._conn = conn
+
+    async def _answer(self) -> None:
+        """Read replies until every caller in flight has its own; no reply
+        for ``timeout`` seconds while some are awaited means Redis is down."""
+        conn = self._conn
+        assert conn is not None
+        values: collections.deque[Value] = collections.deque()
+        while self._inflight:
             async with asyncio.timeout(self._timeout):
-                await conn.open()
-            self._conn = conn
-        self._conn.write(*batch)
-        return await self._conn.replies(len(batch), self._timeout)
+                values.extend(await conn.read())
+            while self._inflight and len(values) >= self._inflight[0][1]:
+                caller, count = self._inflight.popleft()
+                replies = [values.popleft() for _ in range(count)]
+                if isinstance(caller, asyncio.Future):
+                    if not caller.done():
+                        caller.set_result(replies)
+                else:
+                    _tell(caller, next((r for r in replies if isinstance(r, ResponseError)), None))
+        if values:
+            raise RedisConnectionError("more replies than commands")
 
     async def _drop(self) -> None:
         conn, self._conn = self._conn, None
@@ -271,10 +339,10 @@ class RespScript:
         return reply
 
 
-def _fail_all(callers: list[tuple[_Caller, int, int]], exc: RedisConnectionError) -> None:
+def _fail_all(callers: Iterable[tuple[_Caller, int]], exc: RedisConnectionError) -> None:
     """Fail every caller still waiting (a cancelled one is done already),
     and tell every ``call_soon`` caller."""
-    for caller, _, _ in callers:
+    for caller, _ in callers:
         if isinstance(caller, asyncio.Future):
             if not caller.done():
                 caller.set_exception(exc)

@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import asyncio
 import os
+import time
 
 import pytest
+import redis
 import redis.asyncio as aioredis
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
@@ -137,5 +139,72 @@ async def test_call_soon_is_told_once_of_success_or_of_an_error_reply() -> None:
         assert "not an integer" in str(told[1])
     finally:
         await client.delete(key)
+        await pipeline.close()
+        await client.aclose()
+
+
+async def test_call_soon_commands_reach_redis_even_if_the_loop_never_runs_again() -> None:
+    """``call_soon`` puts its commands on the socket before it returns: a
+    hub killed right after (its loop never turning again) has handed them
+    to Redis all the same. The hub relies on it to answer ``accepted``
+    before Redis answers the message's wake-up."""
+    client = aioredis.Redis.from_url(REDIS)
+    check = redis.Redis.from_url(REDIS)
+    pipeline = RespPipeline(client, "test-pipeline")
+    key = f"miss-test-call-soon-order-{os.getpid()}"
+    try:
+        assert await pipeline.call([("PING",)]) == [b"PONG"]  # the connection is open
+        told: list[Exception | None] = []
+        pipeline.call_soon([("RPUSH", key, "first")], told.append)
+        pipeline.call_soon([("RPUSH", key, "second")], told.append)
+        # From here on the loop does not run: only the socket can carry them.
+        deadline = time.monotonic() + 2
+        while check.llen(key) < 2 and time.monotonic() < deadline:
+            time.sleep(0.01)  # noqa: ASYNC251 -- the point: the loop must not run
+        assert check.lrange(key, 0, -1) == [b"first", b"second"]
+        assert told == []  # the replies are read once the loop runs again
+        await asyncio.wait_for(pipeline.call([("PING",)]), 2)
+        assert told == [None, None]
+    finally:
+        check.delete(key)
+        check.close()
+        await pipeline.close()
+        await client.aclose()
+
+
+async def test_callers_in_many_turns_of_the_loop_each_get_their_own_replies_in_order() -> None:
+    """Callers that wait and callers that do not, queued while replies
+    come back, in many turns of the loop: each gets its own replies, and
+    Redis runs every command once, in call order."""
+    client = aioredis.Redis.from_url(REDIS)
+    pipeline = RespPipeline(client, "test-pipeline")
+    key = f"miss-test-pipeline-many-{os.getpid()}"
+    told: list[Exception | None] = []
+
+    async def caller(n: int) -> list[int]:
+        got = []
+        for i in range(20):
+            pipeline.call_soon([("RPUSH", f"{key}-{n}", str(i))], told.append)
+            [length] = await pipeline.call([("LLEN", f"{key}-{n}")])
+            got.append(length)
+            await asyncio.sleep(0.0005 * (n % 3))  # woken by the clock, not by a reply
+        return got
+
+    async def pinger() -> int:
+        pongs = 0
+        for _ in range(200):
+            pongs += await pipeline.call([("PING",)]) == [b"PONG"]
+            await asyncio.sleep(0.0003)
+        return pongs
+
+    try:
+        *results, pongs = await asyncio.wait_for(
+            asyncio.gather(*(caller(n) for n in range(30)), pinger()), 10
+        )
+        assert results == [list(range(1, 21))] * 30
+        assert pongs == 200
+        assert told == [None] * 600
+    finally:
+        await client.delete(*(f"{key}-{n}" for n in range(30)))
         await pipeline.close()
         await client.aclose()
