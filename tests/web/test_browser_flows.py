@@ -214,9 +214,11 @@ async def test_a_key_change_of_the_peer_holds_the_message_until_accepted(
             # Bernard links a second device; the administrator verifies him again.
             code, _ = await bob.link_code()
             phone = await sdk_linked_device(web_hub, code, tmp_path / "bob-phone")
-            # The real miss-admin verify: the hub must have forgotten its cached
-            # account (it polls the audit log each second) before Alice sends.
+            # The real miss-admin verify. The hub must have reloaded its cached
+            # account before Alice sends: its poll of the audit log does within
+            # half a second, a lookup (which reads the account afresh) at once.
             await asyncio.to_thread(web_hub.process.verify, bob.user_id)
+            await bob.lookup(bob.user_id, refresh=True)
 
             held = await send_text(page, "Deuxième message, après le changement")
             warning = page.get_by_test_id("key-warning")
