@@ -47,6 +47,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import time
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
@@ -89,7 +90,7 @@ from protocol.session import ServerSession
 from .accounts import Account, Accounts
 from .audit import AuditTrail
 from .blobs.service import BlobService
-from .broker.base import Broker, BrokerUnavailable, device_channel
+from .broker.base import CONTROL_CHANNEL, Broker, BrokerUnavailable, device_channel
 from .codes import code_hash
 from .config import Settings
 from .delivery import DeviceLink, LocalLinks
@@ -113,6 +114,12 @@ log = logging.getLogger("miss.hub")
 T = TypeVar("T")
 
 STORE_RETRY_MS = 1000
+#: Control message: presence entries of some node expired (it died, or
+#: stalled for most of a TTL); every node drains its devices.
+TAG_NODE_LOST = b"N"
+#: Least time between two drains of every device of a node for it (s): a
+#: dead node's entries expire over a few sweeps, and one drain covers them.
+NODE_LOST_DRAIN_INTERVAL = 10.0
 
 
 def now_ms() -> int:
@@ -150,6 +157,9 @@ class Hub:
         #: Drains owed to devices whose wake-ups a failed publish lost
         #: (rewake.py); the composition root runs its ``run_forever``.
         self.rewake = Rewake(broker)
+        presence.on_expired = self.on_entries_expired
+        self._drained_all_at = -math.inf  # loop time of the last drain for a lost node
+        self._drain_all_timer: asyncio.TimerHandle | None = None
         self.directory = Directory(store, self.accounts)
         self.devices = AccountDevices(store, self.accounts, self.security, audit, metrics, settings)
         self.teams = TeamService(store, broker, self.accounts, self._links, settings)
@@ -182,6 +192,8 @@ class Hub:
             self.roles.on_control(payload)
         elif tag == TAG_URGENT_REMINDER:
             self.escalator.on_control(payload)
+        elif tag == TAG_NODE_LOST:
+            self._drain_all_paced()
         else:
             self.security.on_control(payload)
 
@@ -372,6 +384,42 @@ class Hub:
         for link in self._links:
             link.request_drain()
         asyncio.get_running_loop().create_task(self.presence.resync())
+
+    async def on_entries_expired(self, count: int) -> None:
+        """Presence's sweep deleted ``count`` entries their node stopped
+        refreshing. That node may have died after answering ``accepted``
+        and before its wake-ups left (its publisher's connection being
+        opened again, say): their rows wait in the store, and a recipient
+        that stays connected would get nothing more. Every node is told to
+        drain its devices (:data:`TAG_NODE_LOST`); the store makes up."""
+        log.warning(
+            "presence entries expired: a node stopped; every node drains its devices", extra={"count": count}
+        )
+        try:
+            await self.broker.publish(CONTROL_CHANNEL, TAG_NODE_LOST)
+        except BrokerUnavailable:
+            self._drain_all_paced()  # and the others drain on their broker's gap
+
+    def _drain_all_paced(self) -> None:
+        """Drain every local device, at most once per
+        :data:`NODE_LOST_DRAIN_INTERVAL`: a call meanwhile is kept for the
+        interval's end, so the store reads one drain of every device per
+        interval whatever the number of nodes and sweeps."""
+        if self._drain_all_timer is not None:
+            return  # due already
+        loop = asyncio.get_running_loop()
+        wait = self._drained_all_at + NODE_LOST_DRAIN_INTERVAL - loop.time()
+        if wait > 0:
+            self._drain_all_timer = loop.call_later(wait, self._drain_all)
+        else:
+            self._drain_all()
+
+    def _drain_all(self) -> None:
+        self._drain_all_timer = None
+        self._drained_all_at = asyncio.get_running_loop().time()
+        self.metrics.node_lost_drains.inc()
+        for link in self._links:
+            link.request_drain()
 
     # --- requests -----------------------------------------------------------
 

@@ -26,6 +26,11 @@ class Metrics:
         self.envelopes = Counter("miss_envelopes_stored_total", "Envelopes queued for devices", registry=r)
         self.deliveries = Counter("miss_frames_delivered_total", "deliver/delivered frames sent", registry=r)
         self.acks = Counter("miss_rows_acked_total", "Queued rows acked by devices", registry=r)
+        self.node_lost_drains = Counter(
+            "miss_node_lost_drains_total",
+            "Drains of every local device because a node's presence entries expired (it died or stalled)",
+            registry=r,
+        )
         self.refusals = Counter(
             "miss_messages_refused_total", "Messages a recipient device refused (SPEC §6.5)", registry=r
         )

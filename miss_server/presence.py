@@ -6,7 +6,9 @@ Theory of operation
   authenticated connection is an entry that this node refreshes every
   ``ttl/3``. Entries expire ``2/3·ttl`` after their last refresh, and every
   node sweeps expired entries every ``ttl/3``, so the devices of a node that
-  died show offline within ``ttl``.
+  died show offline within ``ttl``. Entries that expire tell the hub a node
+  stopped (:attr:`PresenceService.on_expired`): it may have died with
+  wake-ups unpublished, so every node drains its devices.
 * **Status** (available, busy, on call, off duty) is a choice the clinician
   makes; it is kept durably in the Store.
 * **Watching.** A device sends ``watch`` with the users it wants to follow;
@@ -30,7 +32,7 @@ import asyncio
 import logging
 import secrets
 import time
-from collections.abc import Iterable
+from collections.abc import Awaitable, Callable, Iterable
 
 import msgpack
 
@@ -67,6 +69,10 @@ class PresenceService:
         self._watching: dict[DeviceLink, set[str]] = {}
         #: last known status of each user watched here
         self._statuses: dict[str, str] = {}
+        #: Called with their count when a sweep deleted expired entries:
+        #: their node stopped refreshing them, so it may have died with
+        #: wake-ups not yet published (the hub's ``on_entries_expired``).
+        self.on_expired: Callable[[int], Awaitable[None]] | None = None
 
     @property
     def _entry_ttl_ms(self) -> int:
@@ -213,11 +219,13 @@ class PresenceService:
         now = _now()
         entries = [(user, conn) for conn, (user, _) in self._local.items()]
         back = await self._backend.refresh(entries, now + self._entry_ttl_ms, now) if entries else []
-        gone = await self._backend.sweep(now)
+        swept = await self._backend.sweep(now)
         for user in back:
             await self.announce(user, online=True)
-        for user in gone:
+        for user in swept.gone:
             await self.announce(user, online=False)
+        if swept.expired and self.on_expired is not None:
+            await self.on_expired(swept.expired)
 
     async def run_forever(self) -> None:
         """Refresh and sweep every ``ttl/3`` (runs as a task)."""

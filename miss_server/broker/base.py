@@ -33,7 +33,7 @@ lost entry came back).
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
 __all__ = [
     "CONTROL_CHANNEL",
@@ -43,6 +43,7 @@ __all__ = [
     "Handler",
     "LostHandler",
     "Presence",
+    "Swept",
     "device_channel",
     "presence_channel",
 ]
@@ -116,6 +117,15 @@ class Broker(Protocol):
         once every subscription is in place again."""
 
 
+class Swept(NamedTuple):
+    """What :meth:`Presence.sweep` deleted. Entries expire only when the
+    node that holds them stopped refreshing them (a node killed, or
+    stalled for most of a TTL): a connection that ends removes its own."""
+
+    gone: list[str]  # users left with no entry: now offline
+    expired: int  # entries deleted
+
+
 class Presence(Protocol):
     async def connect(self, user_id: str, conn: str, expires_at: int, now: int) -> bool:
         """Add a live entry; True if the user was offline until now."""
@@ -140,8 +150,8 @@ class Presence(Protocol):
         """Extend (or re-create) these ``(user, conn)`` entries; returns the
         users that were offline before (their entries had expired or were lost)."""
 
-    async def sweep(self, now: int) -> list[str]:
-        """Delete expired entries; returns the users left with none."""
+    async def sweep(self, now: int) -> Swept:
+        """Delete expired entries; returns how many, and the users left with none."""
 
     async def online(self, user_ids: list[str], now: int) -> set[str]:
         """Which of these users have a live entry."""

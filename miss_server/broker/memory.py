@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from .base import Handler, LostHandler
+from .base import Handler, LostHandler, Swept
 
 __all__ = ["MemoryBroker", "MemoryPresence"]
 
@@ -101,17 +101,18 @@ class MemoryPresence:
             self._entries.setdefault(user_id, {})[conn] = expires_at
         return sorted(set(back))
 
-    async def sweep(self, now: int) -> list[str]:
-        gone = []
+    async def sweep(self, now: int) -> Swept:
+        gone, count = [], 0
         for user_id in list(self._entries):
             entries = self._entries[user_id]
             expired = [c for c, exp in entries.items() if exp <= now]
+            count += len(expired)
             for conn in expired:
                 del entries[conn]
             if expired and not entries:
                 del self._entries[user_id]
                 gone.append(user_id)
-        return gone
+        return Swept(gone, count)
 
     async def online(self, user_ids: list[str], now: int) -> set[str]:
         return {u for u in user_ids if self._live(u, now)}

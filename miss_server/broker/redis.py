@@ -57,7 +57,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from .base import CONTROL_CHANNEL, DEVICE_PREFIX, BrokerUnavailable, Handler, LostHandler
+from .base import CONTROL_CHANNEL, DEVICE_PREFIX, BrokerUnavailable, Handler, LostHandler, Swept
 from .resp import RespConnection, RespPipeline, RespScript, Value
 
 __all__ = ["RedisBroker", "RedisPresence", "split_prefix"]
@@ -491,13 +491,15 @@ class RedisPresence:
             back.update(u.decode() for u in await self._run(self._refresh([self._exp], args)))
         return sorted(back)
 
-    async def sweep(self, now: int) -> list[str]:
+    async def sweep(self, now: int) -> Swept:
         gone: list[str] = []
+        count = 0
         while True:
             removed, *users = await self._run(self._sweep([self._exp], [now, SWEEP_LIMIT, self._user_prefix]))
             gone += [u.decode() for u in users]
+            count += removed
             if removed < SWEEP_LIMIT:  # a full batch may hide more expired entries
-                return sorted(set(gone))
+                return Swept(sorted(set(gone)), count)
 
     async def online(self, user_ids: list[str], now: int) -> set[str]:
         if not user_ids:

@@ -19,7 +19,7 @@ import pytest
 import redis.asyncio as aioredis
 from redis.exceptions import ConnectionError as RedisConnectionError
 
-from miss_server.broker.base import Broker, BrokerUnavailable, Presence
+from miss_server.broker.base import Broker, BrokerUnavailable, Presence, Swept
 from miss_server.broker.memory import MemoryBroker, MemoryPresence
 from miss_server.broker.redis import RedisBroker, RedisPresence
 from miss_server.broker.resp import RespConnection
@@ -146,9 +146,10 @@ async def test_expired_entries_are_swept_once(backend: tuple[Broker, Presence]) 
     await presence.connect("u1", "d1/a", now + 1_000, now)
     await presence.connect("u2", "d2/a", now + 1_000, now)
     await presence.connect("u2", "d2/b", now + 60_000, now)  # u2 has a live device left
-    assert await presence.sweep(now + 500) == []
-    assert sorted(await presence.sweep(now + 2_000)) == ["u1"]
-    assert await presence.sweep(now + 2_000) == []  # reported once
+    assert await presence.sweep(now + 500) == Swept([], 0)
+    # Two entries expired (u2's first device too), one user gone offline.
+    assert await presence.sweep(now + 2_000) == Swept(["u1"], 2)
+    assert await presence.sweep(now + 2_000) == Swept([], 0)  # reported once
     assert await presence.online(["u1", "u2"], now + 2_000) == {"u2"}
 
 
@@ -157,7 +158,7 @@ async def test_refresh_extends_and_recreates(backend: tuple[Broker, Presence]) -
     now = time.time_ns() // 1_000_000
     await presence.connect("u1", "d1/a", now + 1_000, now)
     assert await presence.refresh([("u1", "d1/a")], now + 60_000, now) == []  # still live: no change
-    assert await presence.sweep(now + 2_000) == []
+    assert await presence.sweep(now + 2_000) == Swept([], 0)
     assert await presence.online(["u1"], now + 2_000) == {"u1"}
     # An entry lost (expired, or a Redis restart) comes back, and says so.
     assert await presence.refresh([("u3", "d3/a")], now + 60_000, now) == ["u3"]
