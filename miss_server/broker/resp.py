@@ -191,6 +191,12 @@ class RespPipeline:
         self._queue(commands, done, now=True)
 
     def _queue(self, commands: list[tuple[Any, ...]], caller: _Caller, now: bool) -> None:
+        if not commands:  # no reply would ever come to hand it out
+            if isinstance(caller, asyncio.Future):
+                caller.set_result([])
+            else:
+                _tell(caller, None)
+            return
         try:
             packed = b"".join(map(hiredis.pack_command, commands))
         except TypeError as exc:  # an argument of no RESP type: a bug of the caller's

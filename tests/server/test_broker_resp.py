@@ -154,6 +154,7 @@ async def test_call_soon_commands_reach_redis_even_if_the_loop_never_runs_again(
     key = f"miss-test-call-soon-order-{os.getpid()}"
     try:
         assert await pipeline.call([("PING",)]) == [b"PONG"]  # the connection is open
+        assert await asyncio.wait_for(pipeline.call([]), 1) == []  # nothing to wait for
         told: list[Exception | None] = []
         pipeline.call_soon([("RPUSH", key, "first")], told.append)
         pipeline.call_soon([("RPUSH", key, "second")], told.append)
