@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import itertools
 import logging
 import secrets
 import time
@@ -175,7 +174,9 @@ async def test_unacknowledged_urgent_message_escalates_to_each_backup_then_tells
     reminders = [(t, f) for t, f in h.of(UrgentReminder) if f.id == send.id]
     print(f"\nholder reminders at {[round(t - sent, 2) for t, _ in reminders]} s")
     assert len(reminders) >= 3 and [f.n for _, f in reminders] == list(range(1, len(reminders) + 1))
-    assert all(b - a >= 0.2 for (a, _), (b, _) in itertools.pairwise(reminders))
+    # On the interval's grid (the n-th due n times 0.3 s after the send): never
+    # early. A late one (a loaded machine) shortens the gap to the next.
+    assert all(t - sent >= 0.3 * f.n - 0.02 for t, f in reminders)
     assert reminders[-1][0] - sent < 1.5 + 0.4  # none after the final deadline
     # Backup 1 at step 1, backup 2 at step 2: each opens the original text.
     for dev, step, due in ((b1, 1, 0.5), (b2, 2, 1.0)):
