@@ -157,6 +157,11 @@ class Hub:
         #: Drains owed to devices whose wake-ups a failed publish lost
         #: (rewake.py); the composition root runs its ``run_forever``.
         self.rewake = Rewake(broker)
+        # The wake-ups of this turn of the loop, and the future their senders await (wake_together).
+        self._together: tuple[list[tuple[str, bytes]], asyncio.Future[None]] | None = None
+        self._woken: asyncio.Future[None] | None = (
+            None  # done: what wake_together returns with nothing to wait for
+        )
         presence.on_expired = self.on_entries_expired
         self._drained_all_at = -math.inf  # loop time of the last drain for a lost node
         self._drain_all_timer: asyncio.TimerHandle | None = None
@@ -522,7 +527,7 @@ class Hub:
             return encode(Accepted(frame.id, dup=True))
         self.metrics.accepted.inc()
         self.metrics.envelopes.inc(len(result.queued))
-        self.wake(row_wakeups(result.queued))
+        await self.wake_together(row_wakeups(result.queued))
         return encode(Accepted(frame.id))
 
     async def _send_to_team(
@@ -592,7 +597,7 @@ class Hub:
         self.metrics.acks.inc(len(frame.seqs))
         if refused:
             self.metrics.refusals.inc(len(refused))
-        self.wake(row_wakeups(receipts))
+        self.wake_together(row_wakeups(receipts))  # an ack has no answer to hold
 
     async def requester(self, session: ServerSession) -> Account:
         """The requester's account, if this device may make requests: an
@@ -692,6 +697,38 @@ class Hub:
         takes it (rewake.py)."""
         if wakeups:
             self.broker.publish_soon(wakeups, self._wakeups_lost)
+
+    def wake_together(self, wakeups: list[tuple[str, bytes]]) -> asyncio.Future[None]:
+        """:meth:`wake`: the devices connected here at once, the others in
+        one publish with the wake-ups of every request resumed in this turn
+        of the loop (the sends and acks of one group commit), so that a
+        write to Redis, and the pipeline's work, are paid per batch rather
+        than per message. Returns a future done once they are on the
+        publisher's socket: a send awaits it before its ``accepted``
+        (:meth:`wake` says why); it is done already when none left."""
+        remote = [w for w in wakeups if not self.broker.local(w[0])]
+        if len(remote) < len(wakeups):
+            self.wake([w for w in wakeups if self.broker.local(w[0])])
+        if not remote:
+            if self._woken is None:
+                self._woken = asyncio.get_running_loop().create_future()
+                self._woken.set_result(None)
+            return self._woken
+        together = self._together
+        if together is None:
+            together = self._together = ([], asyncio.get_running_loop().create_future())
+            asyncio.get_running_loop().call_soon(self._wake_together_now)
+        together[0].extend(remote)
+        return together[1]
+
+    def _wake_together_now(self) -> None:
+        assert self._together is not None
+        wakeups, done = self._together
+        self._together = None
+        try:
+            self.wake(wakeups)
+        finally:
+            done.set_result(None)
 
     def _wakeups_lost(self, channels: list[str], error: Exception) -> None:
         log.warning("wake-ups not published", extra={"count": len(channels), "error": str(error)})

@@ -100,6 +100,11 @@ class Broker(Protocol):
     async def publish_many(self, messages: list[tuple[str, bytes]]) -> None:
         """Several :meth:`publish` calls, in order, in as few round trips as possible."""
 
+    def local(self, channel: str) -> bool:
+        """Whether a publish on ``channel`` now reaches its subscriber (if
+        any) without leaving this process: handed over before the publish
+        returns, at no cost of the broker's."""
+
     def publish_soon(self, messages: list[tuple[str, bytes]], lost: LostHandler) -> None:
         """:meth:`publish_many` without waiting for the broker: a subscriber
         on this node gets its payload before this returns, the others' are

@@ -45,6 +45,9 @@ class MemoryBroker:
     async def publish_many(self, messages: list[tuple[str, bytes]]) -> None:
         self.publish_soon(messages, _nothing_lost)
 
+    def local(self, channel: str) -> bool:
+        return True
+
     def publish_soon(self, messages: list[tuple[str, bytes]], lost: LostHandler) -> None:
         """Every publish here is made at once, in process: nothing is lost."""
         for channel, payload in messages:

@@ -190,6 +190,10 @@ class RedisBroker:
         except _DOWN:
             pass  # the reader resubscribes everything when it reconnects
 
+    def local(self, channel: str) -> bool:
+        """A device connected to this node (see :meth:`_deliver_locally`)."""
+        return channel.startswith(DEVICE_PREFIX) and channel in self._handlers
+
     def _deliver_locally(self, channel: str, payload: bytes) -> bool:
         """A device channel subscribed on this node has no subscriber on any
         other (see base.py): hand the payload over without the network."""
