@@ -22,7 +22,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from miss_server.broker.base import Broker, BrokerUnavailable, Presence, Swept
 from miss_server.broker.memory import MemoryBroker, MemoryPresence
 from miss_server.broker.redis import RedisBroker, RedisPresence
-from miss_server.broker.resp import RespConnection
+from tests.support.redis_writes import count_publishes
 
 REDIS_URL = os.environ.get("MISS_TEST_REDIS", "redis://127.0.0.1:6379/0")
 
@@ -234,15 +234,7 @@ async def test_redis_publishes_made_at_once_share_one_round_trip_in_call_order(
     pipeline (one round trip to Redis, not one each), in the order they
     were made, and each publisher returns once Redis has them."""
     async with two_redis_nodes() as (_, node_b, inbox):
-        pipelines: list[int] = []  # the SPUBLISH commands of each write to Redis
-        real = RespConnection.write_packed
-
-        def counted(self: RespConnection, packed: bytes) -> None:
-            if b"SPUBLISH" in packed:
-                pipelines.append(packed.count(b"$8\r\nSPUBLISH\r\n"))
-            real(self, packed)
-
-        monkeypatch.setattr(RespConnection, "write_packed", counted)
+        pipelines = count_publishes(monkeypatch)  # the SPUBLISH commands of each write to Redis
         payloads = [str(i).encode() for i in range(100)]
         await asyncio.gather(*(node_b.publish("dev:d1", p) for p in payloads))
         assert pipelines == [100]

@@ -9,10 +9,10 @@ import os
 
 import pytest
 
-from miss_server.broker.resp import RespConnection
 from protocol.frames import Accepted, Deliver
 from tests.support.inprocess_hub import HubFactory
 from tests.support.pg_hub import postgres_store_url
+from tests.support.redis_writes import count_publishes
 from tests.support.wire import enrolled
 
 REDIS = os.environ.get("MISS_TEST_REDIS", "redis://127.0.0.1:6379/0")
@@ -30,15 +30,7 @@ async def test_sends_stored_together_are_announced_in_one_publish(
         bob = await enrolled(node1, "Dr Bob", "10000000002")
         lookups = [await s.lookup(bob.user_id) for s in senders]
 
-        publishes: list[int] = []  # the SPUBLISH commands of each write to Redis
-        real = RespConnection.write_packed
-
-        def counted(self: RespConnection, packed: bytes) -> None:
-            if b"SPUBLISH" in packed:
-                publishes.append(packed.count(b"SPUBLISH"))
-            real(self, packed)
-
-        monkeypatch.setattr(RespConnection, "write_packed", counted)
+        publishes = count_publishes(monkeypatch)  # the SPUBLISH commands of each write to Redis
         asks = [
             s.ask(s.message(to, f"Lit {i} : glycémie à 0,5 g/l."))
             for i, (s, to) in enumerate(zip(senders, lookups, strict=True))
