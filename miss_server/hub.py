@@ -159,9 +159,7 @@ class Hub:
         self.rewake = Rewake(broker)
         # The wake-ups of this turn of the loop, and the future their senders await (wake_together).
         self._together: tuple[list[tuple[str, bytes]], asyncio.Future[None]] | None = None
-        self._woken: asyncio.Future[None] | None = (
-            None  # done: what wake_together returns with nothing to wait for
-        )
+        self._woken: asyncio.Future[None] | None = None  # a done one, for nothing to wait for
         presence.on_expired = self.on_entries_expired
         self._drained_all_at = -math.inf  # loop time of the last drain for a lost node
         self._drain_all_timer: asyncio.TimerHandle | None = None
