@@ -229,7 +229,7 @@ class HubServer:
             asyncio.create_task(self.presence.run_forever(), name="presence"),
             asyncio.create_task(self.hub.security.run_forever(), name="security"),
             asyncio.create_task(self.hub.escalator.run_forever(), name="escalation"),
-            asyncio.create_task(self.hub.rewake.run_forever(), name="rewake"),
+            asyncio.create_task(self.hub.waker.rewake.run_forever(), name="rewake"),
             asyncio.create_task(self.readiness.run_forever(), name="readiness"),
         ]
         if self.settings.authority_public_key is None:

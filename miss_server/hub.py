@@ -39,7 +39,8 @@ Security events (revocations, suspensions, verifications) reach every node
 twice: at once through the broker when a hub made the change (here), and
 through the audit log, which :attr:`Hub.security` polls
 (``security_feed.py``), for changes ``miss-admin`` made without a broker at
-hand. Wake-ups on the broker follow ``wakeup.py``.
+hand. Wake-ups on the broker follow ``wakeup.py``; :attr:`Hub.waker`
+(``waking.py``) sends them and makes up for lost ones.
 """
 
 from __future__ import annotations
@@ -47,7 +48,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import math
 import time
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
@@ -90,7 +90,7 @@ from protocol.session import ServerSession
 from .accounts import Account, Accounts
 from .audit import AuditTrail
 from .blobs.service import BlobService
-from .broker.base import CONTROL_CHANNEL, Broker, BrokerUnavailable, device_channel
+from .broker.base import Broker, BrokerUnavailable, device_channel
 from .codes import code_hash
 from .config import Settings
 from .delivery import DeviceLink, LocalLinks
@@ -100,13 +100,13 @@ from .escalation import TAG_URGENT_REMINDER, Escalator
 from .guard import Guard
 from .metrics import Metrics
 from .presence import PresenceService
-from .rewake import Rewake
 from .roles import TAG_ROLE_CHANGED, RoleService
 from .security_feed import SecurityFeed
 from .store.base import CodeInvalid, DeviceLimit, NewMessage, NewTeamMessage, Store, StoreUnavailable
 from .teams import TAG_TEAM_CHANGED, TeamService, target_mismatch
 from .urgent_send import UrgentSend
 from .wakeup import DRAIN_WAKEUP, close_wakeup, row_wakeups
+from .waking import TAG_NODE_LOST, Waker
 
 __all__ = ["Hub"]
 
@@ -114,12 +114,6 @@ log = logging.getLogger("miss.hub")
 T = TypeVar("T")
 
 STORE_RETRY_MS = 1000
-#: Control message: presence entries of some node expired (it died, or
-#: stalled for most of a TTL); every node drains its devices.
-TAG_NODE_LOST = b"N"
-#: Least time between two drains of every device of a node for it (s): a
-#: dead node's entries expire over a few sweeps, and one drain covers them.
-NODE_LOST_DRAIN_INTERVAL = 10.0
 
 
 def now_ms() -> int:
@@ -154,15 +148,8 @@ class Hub:
         #: Spreads security events to every node and enforces them here;
         #: the composition root runs its ``run_forever`` as a task.
         self.security = SecurityFeed(store, broker, self.accounts, self._links)
-        #: Drains owed to devices whose wake-ups a failed publish lost
-        #: (rewake.py); the composition root runs its ``run_forever``.
-        self.rewake = Rewake(broker)
-        # The wake-ups of this turn of the loop, and the future their senders await (wake_together).
-        self._together: tuple[list[tuple[str, bytes]], asyncio.Future[None]] | None = None
-        self._woken: asyncio.Future[None] | None = None  # a done one, for nothing to wait for
-        presence.on_expired = self.on_entries_expired
-        self._drained_all_at = -math.inf  # loop time of the last drain for a lost node
-        self._drain_all_timer: asyncio.TimerHandle | None = None
+        #: Wake-ups, and the drains that make up for lost ones (waking.py).
+        self.waker = Waker(broker, self._links, presence, metrics)
         self.directory = Directory(store, self.accounts)
         self.devices = AccountDevices(store, self.accounts, self.security, audit, metrics, settings)
         self.teams = TeamService(store, broker, self.accounts, self._links, settings)
@@ -171,7 +158,7 @@ class Hub:
         self.security.on_role_changed = self.roles.announce_stored
         #: Runs the timers of urgent messages; the composition root runs
         #: its ``run_forever`` as a task.
-        self.escalator = Escalator(store, broker, self._links, settings, metrics, self.wake)
+        self.escalator = Escalator(store, broker, self._links, settings, metrics, self.waker.wake)
         self.urgent = UrgentSend(
             store,
             self.accounts,
@@ -181,7 +168,7 @@ class Hub:
             settings,
             metrics,
             self._check_sender,
-            self.wake,
+            self.waker.wake,
         )
 
     def on_control(self, payload: bytes) -> None:
@@ -196,7 +183,7 @@ class Hub:
         elif tag == TAG_URGENT_REMINDER:
             self.escalator.on_control(payload)
         elif tag == TAG_NODE_LOST:
-            self._drain_all_paced()
+            self.waker.drain_all_paced()
         else:
             self.security.on_control(payload)
 
@@ -384,45 +371,8 @@ class Hub:
     def on_broker_gap(self) -> None:
         """Wake-ups may have been lost: every local device reads the store
         again, and presence is re-established."""
-        for link in self._links:
-            link.request_drain()
+        self.waker.drain_all()
         asyncio.get_running_loop().create_task(self.presence.resync())
-
-    async def on_entries_expired(self, count: int) -> None:
-        """Presence's sweep deleted ``count`` entries their node stopped
-        refreshing. That node may have died after answering ``accepted``
-        and before its wake-ups left (its publisher's connection being
-        opened again, say): their rows wait in the store, and a recipient
-        that stays connected would get nothing more. Every node is told to
-        drain its devices (:data:`TAG_NODE_LOST`); the store makes up."""
-        log.warning(
-            "presence entries expired: a node stopped; every node drains its devices", extra={"count": count}
-        )
-        try:
-            await self.broker.publish(CONTROL_CHANNEL, TAG_NODE_LOST)
-        except BrokerUnavailable:
-            self._drain_all_paced()  # and the others drain on their broker's gap
-
-    def _drain_all_paced(self) -> None:
-        """Drain every local device, at most once per
-        :data:`NODE_LOST_DRAIN_INTERVAL`: a call meanwhile is kept for the
-        interval's end, so the store reads one drain of every device per
-        interval whatever the number of nodes and sweeps."""
-        if self._drain_all_timer is not None:
-            return  # due already
-        loop = asyncio.get_running_loop()
-        wait = self._drained_all_at + NODE_LOST_DRAIN_INTERVAL - loop.time()
-        if wait > 0:
-            self._drain_all_timer = loop.call_later(wait, self._drain_all)
-        else:
-            self._drain_all()
-
-    def _drain_all(self) -> None:
-        self._drain_all_timer = None
-        self._drained_all_at = asyncio.get_running_loop().time()
-        self.metrics.node_lost_drains.inc()
-        for link in self._links:
-            link.request_drain()
 
     # --- requests -----------------------------------------------------------
 
@@ -521,11 +471,11 @@ class Hub:
         self.metrics.accept_seconds.observe(time.perf_counter() - started)
         if result.duplicate:
             self.metrics.duplicates.inc()
-            self.wake([(device_channel(d), DRAIN_WAKEUP) for d in frame.envs])
+            self.waker.wake([(device_channel(d), DRAIN_WAKEUP) for d in frame.envs])
             return encode(Accepted(frame.id, dup=True))
         self.metrics.accepted.inc()
         self.metrics.envelopes.inc(len(result.queued))
-        await self.wake_together(row_wakeups(result.queued))
+        await self.waker.wake_together(row_wakeups(result.queued))
         return encode(Accepted(frame.id))
 
     async def _send_to_team(
@@ -556,12 +506,12 @@ class Hub:
         self.metrics.accept_seconds.observe(time.perf_counter() - started)
         if result.duplicate:
             self.metrics.duplicates.inc()
-            self.wake([(device_channel(d), DRAIN_WAKEUP) for d in frame.envs])
+            self.waker.wake([(device_channel(d), DRAIN_WAKEUP) for d in frame.envs])
             return encode(Accepted(frame.id, dup=True))
         self.metrics.accepted.inc()
         self.metrics.team_messages.inc()
         self.metrics.envelopes.inc(len(result.queued))
-        self.wake(row_wakeups(result.queued))
+        self.waker.wake(row_wakeups(result.queued))
         return encode(Accepted(frame.id))
 
     async def _check_sender(self, sender_user: str, sender_device: str, now: int) -> None:
@@ -595,7 +545,7 @@ class Hub:
         self.metrics.acks.inc(len(frame.seqs))
         if refused:
             self.metrics.refusals.inc(len(refused))
-        self.wake_together(row_wakeups(receipts))  # an ack has no answer to hold
+        self.waker.wake_together(row_wakeups(receipts))  # an ack has no answer to hold
 
     async def requester(self, session: ServerSession) -> Account:
         """The requester's account, if this device may make requests: an
@@ -684,53 +634,6 @@ class Hub:
         if extra:
             raise errors.UnknownDevice(f"{len(extra)} unknown target devices")
         raise errors.MissingDevices(sorted(required - targets))
-
-    def wake(self, wakeups: list[tuple[str, bytes]]) -> None:
-        """Publish wake-ups, without waiting for the broker: the rows are
-        stored already, so a request's answer (``accepted``) need not wait
-        for Redis. They are on the publisher's socket when this returns
-        (``Broker.publish_soon``), so a node killed right after answering
-        has sent them. A lost wake-up only delays: each device whose
-        wake-up was lost is owed a drain, published again until the broker
-        takes it (rewake.py)."""
-        if wakeups:
-            self.broker.publish_soon(wakeups, self._wakeups_lost)
-
-    def wake_together(self, wakeups: list[tuple[str, bytes]]) -> asyncio.Future[None]:
-        """:meth:`wake`: the devices connected here at once, the others in
-        one publish with the wake-ups of every request resumed in this turn
-        of the loop (the sends and acks of one group commit), so that a
-        write to Redis, and the pipeline's work, are paid per batch rather
-        than per message. Returns a future done once they are on the
-        publisher's socket: a send awaits it before its ``accepted``
-        (:meth:`wake` says why); it is done already when none left."""
-        remote = [w for w in wakeups if not self.broker.local(w[0])]
-        if len(remote) < len(wakeups):
-            self.wake([w for w in wakeups if self.broker.local(w[0])])
-        if not remote:
-            if self._woken is None:
-                self._woken = asyncio.get_running_loop().create_future()
-                self._woken.set_result(None)
-            return self._woken
-        together = self._together
-        if together is None:
-            together = self._together = ([], asyncio.get_running_loop().create_future())
-            asyncio.get_running_loop().call_soon(self._wake_together_now)
-        together[0].extend(remote)
-        return together[1]
-
-    def _wake_together_now(self) -> None:
-        assert self._together is not None
-        wakeups, done = self._together
-        self._together = None
-        try:
-            self.wake(wakeups)
-        finally:
-            done.set_result(None)
-
-    def _wakeups_lost(self, channels: list[str], error: Exception) -> None:
-        log.warning("wake-ups not published", extra={"count": len(channels), "error": str(error)})
-        self.rewake.add(channels)
 
     @staticmethod
     async def _store_call(call: Awaitable[T]) -> T:

@@ -71,7 +71,7 @@ class PresenceService:
         self._statuses: dict[str, str] = {}
         #: Called with their count when a sweep deleted expired entries:
         #: their node stopped refreshing them, so it may have died with
-        #: wake-ups not yet published (the hub's ``on_entries_expired``).
+        #: wake-ups not yet published (``Waker.on_entries_expired``, waking.py).
         self.on_expired: Callable[[int], Awaitable[None]] | None = None
 
     @property

@@ -1,5 +1,5 @@
 """A node that dies between ``accepted`` and its wake-ups' publish
-(``Hub.on_entries_expired``): its rows are stored, and its presence entries,
+(``Waker.on_entries_expired``): its rows are stored, and its presence entries,
 no longer refreshed, expire; the node whose sweep deletes them tells every
 node to drain its devices, so a recipient that stayed connected elsewhere
 gets the message without reconnecting."""

@@ -1,4 +1,4 @@
-"""A slow Redis does not hold up ``accepted`` (``Hub.wake``,
+"""A slow Redis does not hold up ``accepted`` (``Waker.wake``,
 ``Broker.publish_soon``): the message is stored before it is answered, so
 the sender hears ``accepted`` at once, and the recipient on another node
 gets the message once Redis takes the wake-up."""

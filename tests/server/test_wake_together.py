@@ -1,5 +1,5 @@
 """The wake-ups of sends that one group commit stored leave in one publish
-(``Hub.wake_together``): fewer writes to Redis than messages, and every
+(``Waker.wake_together``): fewer writes to Redis than messages, and every
 message delivered on the other node."""
 
 from __future__ import annotations

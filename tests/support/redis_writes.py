@@ -1,5 +1,5 @@
 """What a hub writes to Redis, counted: for the tests that check wake-ups
-share writes (``broker/resp.py``, ``Hub.wake_together``)."""
+share writes (``broker/resp.py``, ``Waker.wake_together``)."""
 
 from __future__ import annotations
 
