@@ -27,6 +27,7 @@ from importlib.metadata import version
 from pathlib import Path
 from typing import Any
 
+from .harness import RELAYS
 from .report import table, write_json, write_plot
 from .runner import Run
 from .scenarios import EXTRA_WORKERS, PLOTS, SCENARIOS, TABLES
@@ -85,6 +86,13 @@ def _parser() -> argparse.ArgumentParser:
         type=Path,
         help="with --url (required): the key file of the hub's verification authority "
         "(`miss-admin authority init`), to verify the simulated clinicians",
+    )
+    r.add_argument(
+        "--relay",
+        choices=sorted(RELAYS),
+        default="websockets",
+        help="the baseline: the bare relay on websockets' asyncio server (default), or on its "
+        "sans-I/O layer (bench/relay_sansio.py: what the connection path costs without the asyncio layer)",
     )
     r.add_argument("--workers", type=int, default=2, help="load generator processes (default 2)")
     r.add_argument(
@@ -267,6 +275,7 @@ def main(argv: list[str] | None = None) -> int:
     report: dict[str, Any] = {
         "scenario": args.scenario,
         "backend": args.backend,
+        "baseline": args.relay,  # which relay (harness.RELAYS)
         "seconds": args.seconds,
         "mode": result.pop("mode"),
         "rate_offered": args.rate,

@@ -33,6 +33,7 @@ __all__ = [
     "BIN",
     "DEFAULT_POSTGRES",
     "DEFAULT_REDIS",
+    "RELAYS",
     "UNLIMITED",
     "ServerProcess",
     "Services",
@@ -173,10 +174,17 @@ def start_hub(
     return _start(name, [str(BIN / "miss-server")], env, workdir, cpus)
 
 
-def start_relay(workdir: Path, cpus: set[int], name: str = "relay") -> ServerProcess:
-    """``python -m bench.relay`` on a free port (log: ``workdir/NAME.log``)."""
+#: The relays ``miss-bench run --relay`` can measure the hub against: the
+#: module each runs.
+RELAYS = {"websockets": "bench.relay", "sans-io": "bench.relay_sansio"}
+
+
+def start_relay(
+    workdir: Path, cpus: set[int], name: str = "relay", kind: str = "websockets"
+) -> ServerProcess:
+    """The relay of ``kind`` (:data:`RELAYS`) on a free port (log: ``workdir/NAME.log``)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("MISS_")}
-    return _start(name, [sys.executable, "-m", "bench.relay", "--port", "0"], env, workdir, cpus)
+    return _start(name, [sys.executable, "-m", RELAYS[kind], "--port", "0"], env, workdir, cpus)
 
 
 def _with_query(url: str, key: str, value: str) -> str:

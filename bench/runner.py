@@ -209,7 +209,12 @@ class Run:
         its own connections, and a flow stays inside one worker."""
         assert self.pop is not None
         relays = [
-            start_relay(self.workdir / "relay", self.server_cpus, "relay" if count == 1 else f"relay{k}")
+            start_relay(
+                self.workdir / "relay",
+                self.server_cpus,
+                "relay" if count == 1 else f"relay{k}",
+                kind=getattr(self.args, "relay", "websockets"),
+            )
             for k in range(count)
         ]
         self.servers.extend(relays)

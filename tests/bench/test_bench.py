@@ -33,7 +33,17 @@ pytestmark = pytest.mark.slow
 #: test of this module asks (the module's time is then about a third).
 RUNS: dict[str, tuple[str, ...]] = {
     "online": ("--scenario", "online", "--rate", "200", "--closed-loop"),
-    "online-services": ("--scenario", "online", "--backend", "services", "--rate", "100"),
+    # Two runs measure against the sans-I/O relay: its forwarding and its handshakes.
+    "online-services": (
+        "--scenario",
+        "online",
+        "--backend",
+        "services",
+        "--rate",
+        "100",
+        "--relay",
+        "sans-io",
+    ),
     "fanout": (
         "--scenario",
         "fanout",
@@ -57,6 +67,8 @@ RUNS: dict[str, tuple[str, ...]] = {
         "2",
         "--storm",
         "60",
+        "--relay",
+        "sans-io",
     ),
     "connections": ("--scenario", "connections", "--connections", "200", "--rate", "50"),
     "connections-workers": (
@@ -166,7 +178,9 @@ def test_online_fixed_rate_and_closed_loop(runs: dict[str, Future[dict[str, Any]
 def test_online_services(runs: dict[str, Future[dict[str, Any]]]) -> None:
     report = runs["online-services"].result()
     check_messages(report["hub"])
-    assert report["backend"] == "services"
+    assert report["backend"] == "services" and report["baseline"] == "sans-io"
+    check_messages(report["relay"])
+    assert report["relay"]["frames_per_msg"] == 2.0
     assert report["hub"]["postgres_cpu_us_per_msg"] > 0
     assert report["hub"]["redis_cpu_us_per_msg"] is not None
 
@@ -207,7 +221,8 @@ def test_auth_storm_against_two_workers(runs: dict[str, Future[dict[str, Any]]])
     port, and its CPU is theirs together (the storm's bar is against two
     workers, issue 19)."""
     report = runs["auth-storm-workers"].result()
-    assert report["backend"] == "services"
+    assert report["backend"] == "services" and report["baseline"] == "sans-io"
+    assert report["relay"]["delivered"] == 60 and report["relay"]["failed"] == 0
     assert report["params"]["hub_workers"] == 2 and report["params"]["hub_processes"] == 3
     hub = report["hub"]
     assert hub["delivered"] == 60 and hub["failed"] == 0
