@@ -188,6 +188,8 @@ class DeviceLink:
         self._pushes: list[bytes] = []
         self._inflight: set[int] = set()
         self._need_drain = True
+        #: the drain due is one of many gated together (:meth:`request_drain`)
+        self._drain_gate: asyncio.Semaphore | None = None
         self._wake = _Wake()
         self._task: asyncio.Task[None] | None = None
         self._receipt_timer: asyncio.TimerHandle | None = None
@@ -258,8 +260,17 @@ class DeviceLink:
         self._receipt_timer = None
         self._wake.set()
 
-    def request_drain(self) -> None:
-        """Read the store again: wake-ups may have been lost."""
+    def request_drain(self, gate: asyncio.Semaphore | None = None) -> None:
+        """Read the store again: wake-ups may have been lost. With ``gate``
+        (a drain of every device of the node, :meth:`Waker.drain_all`),
+        each store read of the drain first takes one of the gate's slots,
+        so that thousands of links drained together leave the store's other
+        callers (group commits, authentications) room; a drain asked
+        without one meanwhile is not gated."""
+        if not self._need_drain:
+            self._drain_gate = gate
+        elif gate is None:
+            self._drain_gate = None
         self._need_drain = True
         self._wake.set()
 
@@ -313,13 +324,16 @@ class DeviceLink:
                 await self._send(pushes)
             if self._need_drain:
                 self._need_drain = False
+                gate, self._drain_gate = self._drain_gate, None
                 self._take_outbox()  # every frame there is a committed row the drain reads
                 try:
-                    await self._drain()
+                    await self._drain(gate)
                     failures = 0
                 except StoreUnavailable as exc:
                     failures += 1
                     log.warning("drain failed, retrying", extra={"device": self.device_id, "error": str(exc)})
+                    if not self._need_drain:  # else asked again meanwhile, gated or not
+                        self._drain_gate = gate
                     self._need_drain = True
                     ceiling = min(STORE_RETRY_MAX, STORE_RETRY_SECONDS * 2 ** min(failures - 1, 8))
                     await asyncio.sleep(random.uniform(0.1, ceiling))
@@ -371,10 +385,14 @@ class DeviceLink:
             return self.teams
         return True
 
-    async def _drain(self) -> None:
+    async def _drain(self, gate: asyncio.Semaphore | None) -> None:
         cursor, limit = 0, FIRST_PAGE
         while True:
-            rows = await self._store.pending(self.device_id, cursor, limit, _now_ms())
+            if gate is None:
+                rows = await self._store.pending(self.device_id, cursor, limit, _now_ms())
+            else:  # only the read waits for the gate: a slow reader's socket holds no slot
+                async with gate:
+                    rows = await self._store.pending(self.device_id, cursor, limit, _now_ms())
             await self._send_rows((row.seq, row_frame(row)) for row in rows if self._understood(row))
             if len(rows) < limit:
                 return

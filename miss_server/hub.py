@@ -149,7 +149,9 @@ class Hub:
         #: the composition root runs its ``run_forever`` as a task.
         self.security = SecurityFeed(store, broker, self.accounts, self._links)
         #: Wake-ups, and the drains that make up for lost ones (waking.py).
-        self.waker = Waker(broker, self._links, presence, metrics)
+        self.waker = Waker(
+            broker, self._links, presence, metrics, bulk_reads=max(1, settings.store_pool_size // 2)
+        )
         self.directory = Directory(store, self.accounts)
         self.devices = AccountDevices(store, self.accounts, self.security, audit, metrics, settings)
         self.teams = TeamService(store, broker, self.accounts, self._links, settings)

@@ -23,6 +23,16 @@ wake-up only delays; what is here bounds the delay.
   expire: the node whose sweep deletes them tells every node
   (:data:`TAG_NODE_LOST` on the control channel) to drain all its devices,
   at most once per :data:`NODE_LOST_DRAIN_INTERVAL`.
+* A drain of every device (:meth:`Waker.drain_all`: a broker gap, a lost
+  node) gates its store reads: at most ``bulk_reads`` of them at a time
+  (half the store's pool by default). A node's thousands of devices would
+  otherwise queue as many reads at once on the store's pool, and every
+  group commit, every authentication, would wait behind all of them: after
+  a Redis failover, a 25,000-device node's clinicians would see their
+  ``accepted`` seconds late, or ``storage_unavailable`` once a wait passed
+  the pool's 15 s. The drains take as long as before (the pool was their
+  limit already); the devices' requests, and a drain asked for one device
+  alone, are not gated.
 """
 
 from __future__ import annotations
@@ -53,7 +63,13 @@ class Waker:
     """One node's wake-ups and drains (module doc)."""
 
     def __init__(
-        self, broker: Broker, links: LocalLinks, presence: PresenceService, metrics: Metrics
+        self,
+        broker: Broker,
+        links: LocalLinks,
+        presence: PresenceService,
+        metrics: Metrics,
+        *,
+        bulk_reads: int = 5,
     ) -> None:
         self._broker = broker
         self._links = links
@@ -67,6 +83,8 @@ class Waker:
         presence.on_expired = self.on_entries_expired
         self._drained_all_at = -math.inf  # loop time of the last drain for a lost node
         self._drain_all_timer: asyncio.TimerHandle | None = None
+        #: the store reads a drain of every device may have in flight (module doc)
+        self.bulk_reads = asyncio.Semaphore(bulk_reads)
 
     # --- wake-ups ---------------------------------------------------------------
 
@@ -113,9 +131,10 @@ class Waker:
     # --- drains ------------------------------------------------------------------
 
     def drain_all(self) -> None:
-        """Every local device reads the store again (wake-ups may have been lost)."""
+        """Every local device reads the store again (wake-ups may have been
+        lost), ``bulk_reads`` reads at a time (module doc)."""
         for link in self._links:
-            link.request_drain()
+            link.request_drain(self.bulk_reads)
 
     async def on_entries_expired(self, count: int) -> None:
         """Presence's sweep deleted ``count`` entries their node stopped

@@ -239,3 +239,42 @@ async def test_a_link_whose_store_fails_retries_with_growing_random_delays_and_d
     await link.stop()
     assert sent == [wakeup.row_frame(ROWS[1])] and store.reads == 3
     assert asyncio.get_running_loop().time() - started < 3.5
+
+
+async def test_a_gated_drain_reads_once_the_gate_has_a_slot_and_so_does_its_retry() -> None:
+    """``request_drain(gate)`` (a drain of every device, waking.py): each
+    read waits for a slot of the gate, the read that a failed one leaves
+    owed as well; the row still arrives."""
+    store = FailingRows(ROWS[1:2], failures=0)
+    sent: list[bytes] = []
+
+    async def send(frames: list[bytes]) -> None:
+        sent.extend(frames)
+
+    async def close(code: int, reason: str) -> None:
+        pass
+
+    link = DeviceLink("d_alice", cast(Store, store), send, close)
+    link.start()
+    await asyncio.sleep(0.01)  # the first drain, not gated
+    assert store.reads == 1 and sent == [wakeup.row_frame(ROWS[1])]
+    link.acked((ROWS[1].seq,))  # sent again by the next drain, as after a reconnection
+    sent.clear()
+
+    gate = asyncio.Semaphore(1)
+    await gate.acquire()  # every slot taken by other links' reads
+    link.request_drain(gate)
+    await asyncio.sleep(0.05)
+    assert store.reads == 1  # waiting for the gate
+
+    store.failures = 1
+    gate.release()
+    await asyncio.sleep(0.02)
+    assert store.reads == 2 and not sent  # read, failed; the slot is given back
+    await gate.acquire()  # taken again before the retry's delay (at most 1 s) ends
+    await asyncio.sleep(1.2)
+    assert store.reads == 2 and not sent  # the retry waits for the gate too
+    gate.release()
+    await asyncio.sleep(0.05)
+    await link.stop()
+    assert store.reads == 3 and sent == [wakeup.row_frame(ROWS[1])]
