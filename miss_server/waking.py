@@ -27,10 +27,9 @@ wake-up only delays; what is here bounds the delay.
   node) gates its store reads: at most ``bulk_reads`` of them at a time
   (half the store's pool by default). A node's thousands of devices would
   otherwise queue as many reads at once on the store's pool, and every
-  group commit, every authentication, would wait behind all of them: after
-  a Redis failover, a 25,000-device node's clinicians would see their
-  ``accepted`` seconds late, or ``storage_unavailable`` once a wait passed
-  the pool's 15 s. The drains take as long as before (the pool was their
+  group commit, every authentication, would wait behind all of them (a
+  send's ``accepted`` up to 320 ms late for 3,000 devices, docs/PERFORMANCE.md;
+  in proportion for more). The drains take as long as before (the pool was their
   limit already); the devices' requests, and a drain asked for one device
   alone, are not gated.
 """
