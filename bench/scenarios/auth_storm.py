@@ -26,12 +26,13 @@ of the supervisor and of every worker (:func:`hub_processes`)."""
 
 from __future__ import annotations
 
+import signal
 import time
 from typing import Any
 
 from ..runner import Population, Run
 from ..stats import latency_summary, percentile_curve, timeseries
-from .common import ratio
+from .common import ratio, with_profile
 
 #: Loopback addresses the storm's devices connect from (loadgen.Worker.connect).
 SOURCES = 250
@@ -39,6 +40,8 @@ SOURCES = 250
 IN_FLIGHT = 1000
 #: The hub's handshake and authentication timeouts during the storm (s).
 STORM_TIMEOUT = "60"
+#: py-spy's longest sample of a storm (s); it is stopped when the storm ends.
+STORM_PROFILE_SECONDS = 300
 
 
 def hub_processes(pid: int) -> list[int]:
@@ -82,16 +85,24 @@ def connect_figures(
     services: bool,
     concurrency: int | None,
     sources: int = 0,
+    profile: bool = False,
 ) -> dict[str, Any]:
     """Connect every device (a hub's from ``sources`` addresses) while the
-    meters run; the figures of that."""
+    meters run; the figures of that. ``profile``: py-spy samples the hub
+    meanwhile (``--profile``)."""
     meters = r.meters(pids, services)
+    # --profile: the last of the hub's processes (a worker, under a supervisor),
+    # for as long as the storm lasts (py-spy writes its file when interrupted).
+    spy = with_profile(r, pids[-1:], STORM_PROFILE_SECONDS) if profile else None
     for m in meters.values():
         m.start()
     load0, wall0 = r.pool.cpu_seconds(), time.monotonic()
     result = r.connect(urls, label, concurrency=concurrency, sources=sources)
     wall = time.monotonic() - wall0
     cpu = r.stop_meters(meters)
+    if spy is not None:
+        spy.send_signal(signal.SIGINT)
+        spy.wait(30)
     load_cpu = r.pool.cpu_seconds() - load0
     timings = result["timings"]
     n = len(timings)
@@ -148,7 +159,14 @@ def run(r: Run) -> dict[str, Any]:
     r.enroll()
     pids = hub_pids(r, workers)
     hub_res = connect_figures(
-        r, "hub: auth storm", pids, r.hub_device_urls(), r.using_services(), IN_FLIGHT, sources=SOURCES
+        r,
+        "hub: auth storm",
+        pids,
+        r.hub_device_urls(),
+        r.using_services(),
+        IN_FLIGHT,
+        sources=SOURCES,
+        profile=True,
     )
     r.disconnect()
     return {
