@@ -69,6 +69,7 @@ from protocol.frames import (
     LinkCode,
     Lookup,
     Ok,
+    Ping,
     Recall,
     Revoke,
     RoleGet,
@@ -381,10 +382,12 @@ class Hub:
     async def request(self, session: ServerSession, link: DeviceLink, frame: Frame) -> bytes:
         """The dispatch: the answer to one admitted, metered request (any
         authenticated frame but ``ack``). Only a device that may make
-        requests goes on (:meth:`requester`), except to revoke itself; a
-        ``send`` checks that itself, with its targets."""
+        requests goes on (:meth:`requester`), except to revoke itself or to
+        ping; a ``send`` checks that itself, with its targets."""
         if type(frame) is Send:
             return await self.send(session, frame)
+        if type(frame) is Ping:  # reads nothing, so asks nothing of the account either
+            return encode(Ok(rid=frame.rid))
         assert session.user_id is not None and session.device_id is not None
         account: Account | None = None
         if not (type(frame) is Revoke and frame.device == session.device_id):

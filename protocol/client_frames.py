@@ -51,6 +51,7 @@ __all__ = [
     "Enroll",
     "LinkCode",
     "Lookup",
+    "Ping",
     "Recall",
     "Refusal",
     "Revoke",
@@ -292,6 +293,17 @@ class Revoke(Frame):
 
 
 @dataclass(frozen=True, slots=True)
+class Ping(Frame):
+    """Is the hub still there? Answered ``ok`` (SPEC §4.1, revision 8): a
+    client that has heard nothing for a while sends it, and one that gets
+    no answer either takes the connection for dead."""
+
+    TYPE = "ping"
+    rid: int
+    WIRE = (("rid", "rid", check_int),)
+
+
+@dataclass(frozen=True, slots=True)
 class TeamChange(Frame):
     """Add a signed record to a team's chain (SPEC §13.4): its creation, or
     the change following the hub's head. Answered by ``team_ok``."""
@@ -494,4 +506,5 @@ CLIENT_FRAMES: tuple[type[Frame], ...] = (
     BlobPut,
     BlobEnd,
     BlobLink,
+    Ping,
 )

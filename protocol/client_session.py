@@ -105,6 +105,7 @@ from .frames import (
     Lookup,
     LookupOk,
     Ok,
+    Ping,
     Presence,
     Recall,
     RecallOk,
@@ -193,6 +194,7 @@ ANSWERS: dict[type[Frame], type[Frame]] = {
     BlobPut: BlobOk,
     BlobEnd: BlobOk,
     BlobLink: BlobLinkOk,
+    Ping: Ok,
 }
 #: Frames the hub sends of its own accord once the connection is authenticated.
 PUSHED: frozenset[type[Frame]] = frozenset(

@@ -21,6 +21,7 @@ from .errors import MalformedFrame
 __all__ = [
     "CAP_BLOBS",
     "CAP_ONCALL",
+    "CAP_PING",
     "CAP_REFUSALS",
     "CAP_ROTATION",
     "CAP_TEAMS",
@@ -112,8 +113,12 @@ MAX_ROTATION_BYTES = 512
 #: ``blobs``: encrypted attachments: the ``blob_*`` requests, ``send.blobs``
 #: and ``welcome.att_max``/``blob_max`` (SPEC §16, revision 6).
 CAP_BLOBS = "blobs"
+#: ``ping``: the ``ping`` request, answered ``ok``, by which a client that
+#: cannot see WebSocket pings (a browser) finds out that a silent hub is
+#: still there (SPEC §4.1, revision 8).
+CAP_PING = "ping"
 #: What this hub implementation announces.
-HUB_CAPS = (CAP_REFUSALS, CAP_TEAMS, CAP_ONCALL, CAP_BLOBS)
+HUB_CAPS = (CAP_REFUSALS, CAP_TEAMS, CAP_ONCALL, CAP_BLOBS, CAP_PING)
 #: Most capabilities one side may name, and their length.
 MAX_CAPS = 16
 #: Statuses a clinician can set (SPEC §6.7).

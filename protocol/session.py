@@ -54,6 +54,7 @@ from .frames import (
     Frame,
     LinkCode,
     Lookup,
+    Ping,
     Recall,
     Revoke,
     RoleGet,
@@ -111,6 +112,8 @@ ALLOWED: dict[State, frozenset[type[Frame]]] = {
             BlobPut,
             BlobEnd,
             BlobLink,
+            # revision 8 (SPEC §4.1); answered to any device, even one that did not name ``ping``.
+            Ping,
         }
     ),
     State.CLOSED: frozenset(),

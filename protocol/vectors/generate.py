@@ -55,6 +55,7 @@ from protocol.frames import (
     Lookup,
     LookupOk,
     Ok,
+    Ping,
     Presence,
     Recall,
     RecallOk,
@@ -1621,6 +1622,17 @@ def frames_document() -> dict[str, Any]:
     blob_valid, blob_invalid = generate_attachments.frame_vectors()
     valid += blob_valid
     invalid += blob_invalid
+    # Revision 8 (SPEC §4.1): liveness.
+    valid += [
+        frame_vector("ping", c, "is the hub still there? (SPEC §4.1, capability 'ping')", Ping(rid=40)),
+        frame_vector("ok_ping", s, "answer to 'ping': the hub is there", Ok(rid=40)),
+    ]
+    invalid += [
+        invalid_vector("ping_without_rid", "rid is required", pack({"t": "ping"}), "client", mal),
+        invalid_vector(
+            "ping_rid_as_str", "rid is an integer", pack({"t": "ping", "rid": "40"}), "client", mal
+        ),
+    ]
     return {
         "description": (
             "MiSS protocol v1 frame vectors (SPEC.md §3). Each 'valid' vector gives a frame's type, "

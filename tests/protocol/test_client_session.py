@@ -231,7 +231,13 @@ def test_an_auth_signature_is_worthless_on_another_connection() -> None:
 def test_an_enroll_answer_is_accepted_by_the_hub_and_binds_the_keys() -> None:
     keys = crypto.DeviceKeys.generate()
     client, hub = challenged(AUTHORITY)
-    assert client.hub_authority == AUTHORITY and client.hub_caps == {"refusals", "teams", "oncall", "blobs"}
+    assert client.hub_authority == AUTHORITY and client.hub_caps == {
+        "refusals",
+        "teams",
+        "oncall",
+        "blobs",
+        "ping",
+    }
     frame = hub.receive(client.enroll(CODE, keys, "Pixel 8", ("refusals",), authority=AUTHORITY))
     assert isinstance(frame, Enroll)
     assert (frame.code, frame.sign_pk, frame.box_pk, frame.label) == (

@@ -52,6 +52,7 @@ from protocol.frames import (
     Lookup,
     LookupOk,
     Ok,
+    Ping,
     Presence,
     Recall,
     RecallOk,
@@ -162,6 +163,7 @@ SAMPLES: dict[type[Frame], Frame] = {
     Devices: Devices(rid=7),
     DevicesOk: DevicesOk(rid=7, devices=(DeviceEntry("d_1", "phone", 1_767_225_600_000, True),)),
     Revoke: Revoke(rid=8, device="d_0000000000000002"),
+    Ping: Ping(rid=40),
     LinkCodeOk: LinkCodeOk(rid=2, code="ABCD-EFGH-JKMN-PQRS", expires=1_767_226_500_000),
     Error: Error(
         code="missing_devices",
@@ -556,6 +558,7 @@ BAD_FIELDS: list[tuple[type[Frame], str, list[Any]]] = [
     ),
     (Revoke, "rid", BAD_INT),
     (Revoke, "device", BAD_ID),
+    (Ping, "rid", BAD_INT),
     (LinkCodeOk, "rid", BAD_INT),
     (LinkCodeOk, "code", BAD_ID),
     (LinkCodeOk, "expires", BAD_INT),

@@ -39,6 +39,7 @@ from protocol.frames import (
     Lookup,
     LookupOk,
     Ok,
+    Ping,
     Presence,
     Recall,
     RecallOk,
@@ -144,6 +145,8 @@ def sample(cls: type[Frame], session: ServerSession) -> Frame:
         return Devices(rid=1)
     if cls is Revoke:
         return Revoke(rid=1, device="d_1")
+    if cls is Ping:
+        return Ping(rid=1)
     if cls is TeamChange:
         return TeamChange(rid=1, team=TEAM, rec=b"r" * 100, sig=b"s" * 64)
     if cls is Teams:
@@ -181,7 +184,7 @@ def test_challenge_frame() -> None:
     a, b = ServerSession(), ServerSession(authority=b"\x05" * 32)
     assert a.state is State.CHALLENGED
     frame = decode(a.challenge(), SERVER_FRAMES)
-    assert frame == Challenge(v=1, nonce=a.nonce, caps=("refusals", "teams", "oncall", "blobs"))
+    assert frame == Challenge(v=1, nonce=a.nonce, caps=("refusals", "teams", "oncall", "blobs", "ping"))
     assert len(a.nonce) == 32 and a.nonce != b.nonce
     # The authority key the hub is configured with, for enrolling clients (SPEC §5.1).
     other = decode(b.challenge(), SERVER_FRAMES)
@@ -232,6 +235,7 @@ def test_table_covers_every_client_frame_once() -> None:
         BlobPut,
         BlobEnd,
         BlobLink,
+        Ping,
     }
     assert ALLOWED[State.CLOSED] == set()
     assert set(ALLOWED) == set(State)
@@ -253,6 +257,9 @@ def test_spec_table_2_matches_allowed() -> None:
     revision_6 = set(re.findall(r"^\| `([a-z_]+)` \| `rid`", section_16_4, re.M))
     assert revision_6 == {"blob_begin", "blob_put", "blob_end", "blob_link"}
     revision_3 |= revision_6
+    section_3_3 = spec.split("### 3.3", 1)[1].split("### 3.4", 1)[0]
+    assert "**`ping`** (revision 8" in section_3_3 and "of revision 8 (`ping`" in spec
+    revision_3 |= {"ping"}
     every = {cls.TYPE for cls in CLIENT_FRAMES}
     for state in State:
         row = re.search(rf"^\| {state.name} \| ([^|]*) \| ([^|]*) \|$", table, re.M)
