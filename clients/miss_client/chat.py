@@ -20,6 +20,7 @@ Usage::
     miss-chat --profile DIR trust RECIPIENT|me [--yes]   # accept a key change
     miss-chat --profile DIR search QUERY             # verified clinicians: name, RPPS, profession...
     miss-chat --profile DIR devices                  # your devices
+    miss-chat --profile DIR ping                     # "hub joignable : aller-retour 12 ms"
     miss-chat --profile DIR revoke DEVICE [--yes]    # revoke one of them, for ever
     miss-chat --profile DIR status [available|busy|on_call|off_duty]   # set; alone: print it
     miss-chat --profile DIR presence RECIPIENT...    # "● Dr X (RPPS) is on call", "○ ... is offline"
@@ -122,6 +123,7 @@ from .chat_commands import (
     cmd_inbox,
     cmd_link,
     cmd_passphrase,
+    cmd_ping,
     cmd_presence,
     cmd_revoke,
     cmd_safety,
@@ -231,6 +233,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("search", cmd_search, "search the directory of verified clinicians")
     p.add_argument("query", help="part of a name, RPPS number, profession or organisation")
     add("devices", cmd_devices, "list your devices")
+    add("ping", cmd_ping, "check that the hub answers now, and how fast (SPEC §4.1)")
     p = add("revoke", cmd_revoke, "revoke one of your devices, for ever")
     p.add_argument("device", help="device id (d_...), as `devices` prints it")
     p.add_argument("--yes", action="store_true", help="do not ask for confirmation")

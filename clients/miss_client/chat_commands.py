@@ -62,6 +62,7 @@ __all__ = [
     "cmd_inbox",
     "cmd_link",
     "cmd_passphrase",
+    "cmd_ping",
     "cmd_presence",
     "cmd_revoke",
     "cmd_safety",
@@ -388,6 +389,14 @@ async def cmd_devices(args: argparse.Namespace) -> int:
         label = clean(d.label) or "-"
         current = "  (this device)" if d.current else ""
         print(f"{d.device}  {label}  enrolled {format_time(d.created)}  {state}{current}")
+    return 0
+
+
+async def cmd_ping(args: argparse.Namespace) -> int:
+    """Whether the hub answers now, and its round trip (SPEC §4.1)."""
+    async with connected(args) as client:
+        seconds = await client.ping()
+    print(f"hub joignable : aller-retour {seconds * 1000:.0f} ms")
     return 0
 
 

@@ -397,6 +397,21 @@ class Client:
             raise ConnectionFailed("the hub answered link_code with something else")
         return reply.code, reply.expires
 
+    async def ping(self) -> float:
+        """The hub's round trip now, in seconds: a ``ping`` request answered
+        ``ok`` (SPEC §4.1), or with a hub that does not name the ``ping``
+        capability, a WebSocket ping. Not retried: it measures this moment.
+        Raises RateLimited, RequestTimeout, or what ended the connection."""
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        if f.CAP_PING in self.hub_caps:
+            reply = await self._router.request(lambda rid: f.Ping(rid=rid))
+            if not isinstance(reply, f.Ok):
+                raise ConnectionFailed("the hub answered ping with something else")
+        else:
+            await self._router.ping()
+        return loop.time() - started
+
     # --- presence (SPEC §6.7): see miss_client.presence ----------------------------------
 
     async def set_status(self, status: str) -> None:

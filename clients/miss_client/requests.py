@@ -186,6 +186,22 @@ class Router:
                 await self._reader  # it sets _terminal from the close
             raise self._terminal or ConnectionLost("connection lost") from None
 
+    async def ping(self) -> None:
+        """A WebSocket ping, answered by the hub's pong; raises RequestTimeout
+        or what ended the connection."""
+        if self._terminal is not None:
+            raise self._terminal
+        try:
+            pong = await self._ws.ping()
+            async with asyncio.timeout(self.request_timeout):
+                await pong
+        except TimeoutError:
+            raise RequestTimeout(f"no pong from the hub within {self.request_timeout:g} s") from None
+        except ConnectionClosed:
+            if self._reader is not None:
+                await self._reader
+            raise self._terminal or ConnectionLost("connection lost") from None
+
     async def request(self, build: Callable[[int], f.Frame]) -> f.Frame:
         """Send ``build(rid)`` under a fresh ``rid`` and return its answer.
         Raises the hub's error for it, RequestTimeout, ConnectionFailed (an

@@ -650,3 +650,24 @@ async def test_commands_warn_when_the_hub_announces_another_authority(cli: Cli, 
     rc, _, _ = await cli("alice", "set-authority", AUTHORITY_TEXT, "--replace")
     rc, _, err = await cli("alice", "devices")
     assert (rc, err) == (0, "")
+
+
+async def test_ping_says_that_the_hub_answers_and_how_fast(cli: Cli, hub: HubServer) -> None:
+    """``miss-chat ping`` (SPEC §4.1): with a hub that names ``ping``, the
+    request; a device not verified yet may ping too."""
+    await enroll_real(cli, hub, "claire", "20000000001", verified=False)
+    pings = hub.hub.metrics.frames.labels("ping")
+    before = pings._value.get()
+    rc, out, err = await cli("claire", "ping")
+    assert rc == 0, err
+    assert re.fullmatch(r"hub joignable : aller-retour \d+ ms\n", out), out
+    assert pings._value.get() == before + 1
+
+
+async def test_ping_uses_a_websocket_ping_with_a_hub_that_does_not_name_it(
+    cli: Cli, fakehub: FakeHub
+) -> None:
+    await enroll(cli, fakehub, "alice", "10000000001")
+    rc, out, err = await cli("alice", "ping")
+    assert rc == 0, err
+    assert re.fullmatch(r"hub joignable : aller-retour \d+ ms\n", out), out
