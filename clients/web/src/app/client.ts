@@ -70,6 +70,7 @@
 import {
   CAP_BLOBS,
   CAP_ONCALL,
+  CAP_PING,
   CAP_REFUSALS,
   CAP_ROTATION,
   CAP_TEAMS,
@@ -210,6 +211,14 @@ const FINAL_ERRORS = new Set(["auth_failed", "device_revoked", "account_suspende
 
 const REQUEST_TIMEOUT_MS = 30_000;
 const OPEN_TIMEOUT_MS = 15_000;
+/** Liveness (SPEC §4.1): after this long without a frame from the hub, a
+ * `ping`; once it has gone unanswered (nothing at all received) for
+ * PING_TIMEOUT_MS more, the connection is taken for dead and replaced. A
+ * browser sees no WebSocket ping, so on a network that drops silently this
+ * is how a clinician learns within 35 s that messages no longer arrive. */
+const IDLE_PING_MS = 25_000;
+const PING_TIMEOUT_MS = 10_000;
+const LIVENESS_TICK_MS = 5_000;
 const BACKOFF_FIRST_MS = 1_000;
 const BACKOFF_MAX_MS = 30_000;
 /** How long after a 1001 reconnecting counts as routine (conn.quietUntil):
@@ -274,6 +283,10 @@ export class MissClient {
   /** Our own attestation as the last lookup of ourselves gave it (signs team records). */
   private ownAtt: Uint8Array | null = null;
   private sweepTimer: ReturnType<typeof setInterval> | null = null;
+  /** Liveness (SPEC §4.1): when a frame last came, when our unanswered `ping` left. */
+  private heardAt = 0;
+  private pingedAt: number | null = null;
+  private livenessTimer: ReturnType<typeof setInterval> | null = null;
   /** A member of the team (by id) whose lookup did not verify at the last send. */
   private unverifiedMembers = new Map<string, string>();
   /** The running chain fetch of each team. */
@@ -344,6 +357,7 @@ export class MissClient {
     if (this.selfTimer) clearTimeout(this.selfTimer);
     if (this.sweepTimer) clearInterval(this.sweepTimer);
     this.sweepTimer = null;
+    this.stopLiveness();
     this.ws?.close(1000, "");
   }
 
@@ -393,6 +407,8 @@ export class MissClient {
     this.session = session;
     ws.onmessage = (ev: MessageEvent) => {
       if (this.ws !== ws || !(ev.data instanceof ArrayBuffer)) return;
+      this.heardAt = Date.now();
+      this.pingedAt = null; // any frame answers it
       this.receive(new Uint8Array(ev.data));
     };
     ws.onclose = (ev: CloseEvent) => {
@@ -486,7 +502,42 @@ export class MissClient {
     this.wentAwayAt = null;
     this.lookups.clear(); // device lists may have changed while we were away
     this.setConn({ kind: "online" });
+    this.startLiveness();
     void this.afterWelcome();
+  }
+
+  /** Watch this connection for silence (SPEC §4.1), if the hub answers `ping`. */
+  private startLiveness(): void {
+    this.stopLiveness();
+    this.heardAt = Date.now();
+    this.pingedAt = null;
+    if (!this.session?.hubCaps.has(CAP_PING)) return; // an older hub would close on it
+    this.livenessTimer = setInterval(() => this.checkLiveness(), LIVENESS_TICK_MS);
+  }
+
+  private stopLiveness(): void {
+    if (this.livenessTimer) clearInterval(this.livenessTimer);
+    this.livenessTimer = null;
+    this.pingedAt = null;
+  }
+
+  private checkLiveness(): void {
+    if (this.conn.kind !== "online" || this.ws === null) return;
+    const now = Date.now();
+    if (this.pingedAt !== null) {
+      if (now - this.pingedAt < PING_TIMEOUT_MS) return;
+      // Nothing came since the ping: the connection is dead, whatever the
+      // browser says. Drop it without waiting for a close it would not get.
+      console.warn("MiSS: the hub did not answer for", now - this.heardAt, "ms; reconnecting");
+      const ws = this.ws;
+      this.ws = null;
+      ws.close();
+      this.closed(new ConnectionLost("the hub stopped answering"));
+      return;
+    }
+    if (now - this.heardAt < IDLE_PING_MS) return;
+    this.pingedAt = now;
+    this.request((rid) => ({ t: "ping", rid })).catch(() => undefined); // any frame will do
   }
 
   private async afterWelcome(): Promise<void> {
@@ -513,6 +564,7 @@ export class MissClient {
   private closed(err: Error | null): void {
     this.ws = null;
     this.session = null;
+    this.stopLiveness();
     for (const list of this.waiters.values()) for (const w of list) w.reject(new ConnectionLost("connection lost"));
     this.waiters.clear();
     this.inflight.clear();

@@ -75,8 +75,11 @@ export const CAP_ONCALL = "oncall";
 export const CAP_ROTATION = "rotation";
 /** Capability (SPEC §16): encrypted attachments, blob frames, `send.blobs`. */
 export const CAP_BLOBS = "blobs";
+/** Capability (SPEC §4.1): the `ping` request, answered `ok`; how a browser,
+ * which sees no WebSocket ping, tells a silent hub from a dead connection. */
+export const CAP_PING = "ping";
 /** What the reference hub announces. */
-export const HUB_CAPS: readonly string[] = [CAP_REFUSALS, CAP_TEAMS, CAP_ONCALL, CAP_BLOBS];
+export const HUB_CAPS: readonly string[] = [CAP_REFUSALS, CAP_TEAMS, CAP_ONCALL, CAP_BLOBS, CAP_PING];
 /** Most key wraps one team `send` (with `body`) may carry (SPEC §13.4). */
 export const MAX_WRAPS = 512;
 /** Largest page of `team_chain_ok` records (SPEC §13.4). */
@@ -194,6 +197,11 @@ export interface Revoke {
   t: "revoke";
   rid: number;
   device: string;
+}
+/** Is the hub still there? Answered `ok` (SPEC §4.1, revision 8). */
+export interface Ping {
+  t: "ping";
+  rid: number;
 }
 
 /** Add a signed record to a team's chain (SPEC §13.4). */
@@ -393,7 +401,7 @@ export interface LinkCodeOk {
   code: string;
   expires: number;
 }
-/** A request that returns nothing succeeded (`set_status`, `revoke`). */
+/** A request that returns nothing succeeded (`set_status`, `revoke`, `ping`). */
 export interface Ok {
   t: "ok";
   rid: number;
@@ -564,7 +572,8 @@ export type ClientFrame =
   | BlobBegin
   | BlobPut
   | BlobEnd
-  | BlobLink;
+  | BlobLink
+  | Ping;
 export type HubFrame =
   | Challenge
   | Welcome
@@ -623,6 +632,7 @@ export const CLIENT_FRAME_TYPES: readonly ClientFrame["t"][] = [
   "blob_put",
   "blob_end",
   "blob_link",
+  "ping",
 ];
 /** Every hub → client frame type (SERVER_FRAMES). */
 export const HUB_FRAME_TYPES: readonly HubFrame["t"][] = [
@@ -977,6 +987,7 @@ schema("blob_begin", "client", [rid, req("size", checkBlobSize), opt("blob", che
 schema("blob_put", "client", [rid, req("blob", checkBlobId), req("off", checkInt), req("data", checkPiece)]);
 schema("blob_end", "client", [rid, req("blob", checkBlobId)]);
 schema("blob_link", "client", [rid, req("blob", checkBlobId)]);
+schema("ping", "client", [rid]);
 
 // Hub → client (SPEC §3.4).
 schema("challenge", "hub", [

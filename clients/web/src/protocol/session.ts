@@ -80,6 +80,7 @@ import {
   type Lookup,
   type LookupOk,
   type Ok,
+  type Ping,
   PROTOCOL_VERSION,
   type Presence,
   type Recall,
@@ -142,7 +143,8 @@ export type RidRequest =
   | BlobBegin
   | BlobPut
   | BlobEnd
-  | BlobLink;
+  | BlobLink
+  | Ping;
 /** Frames that answer a request. */
 export type AnswerFrame =
   | LookupOk
@@ -189,6 +191,7 @@ export const ANSWERS: Readonly<Record<RidRequest["t"] | "send", AnswerFrame["t"]
   blob_put: "blob_ok",
   blob_end: "blob_ok",
   blob_link: "blob_link_ok",
+  ping: "ok",
   send: "accepted",
 };
 
@@ -230,6 +233,7 @@ export const ALLOWED: Readonly<Record<HubState, ReadonlySet<ClientFrame["t"]>>> 
     "blob_put",
     "blob_end",
     "blob_link",
+    "ping",
   ]),
   closed: new Set(),
 };
