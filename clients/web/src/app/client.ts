@@ -13,6 +13,10 @@
  *   offline as any other. A fatal error
  *   that a reconnection cannot mend (revoked, suspended, unknown device,
  *   session taken over elsewhere) stops it: `conn.kind === "stopped"`.
+ * - Liveness (SPEC §4.1): with a hub that names `ping`, 25 s without a frame
+ *   send a `ping`, and 10 s more without any frame drop the connection, which
+ *   then reconnects as after any loss: a network that died silently shows
+ *   as "offline" within 35 s instead of "online" for minutes.
  * - Sending: `send()` records the message in the sealed outbox first, then
  *   sends it; whatever is pending is resent with its original id after each
  *   welcome (the hub deduplicates ids: exactly once as users see it).
