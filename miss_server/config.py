@@ -83,7 +83,11 @@ class Settings(BaseSettings):
         "or /healthz, /readyz...); then it is closed. With tls_cert, the TLS handshake has as long again.",
     )
     ping_interval_seconds: float = Field(
-        20, gt=0, le=3600, description="How often the hub pings each WebSocket connection (liveness)."
+        20,
+        gt=0,
+        le=3600,
+        description="How long a WebSocket connection may stay silent before the hub pings it (liveness); "
+        "anything the client sends, its own pings included, counts.",
     )
     ping_timeout_seconds: float = Field(
         20,

@@ -41,6 +41,15 @@ pinged last at most ``ping_interval`` before, and is cut ``ping_timeout``
 after its next ping. A tick is a twentieth of the shorter of the two
 settings, at most 100 ms.
 
+A connection the hub has **heard from** within the interval (any bytes:
+a frame, its own ping, a pong) is alive, and is not pinged: it is looked
+at again ``ping_interval`` after it was last heard. A client that pings
+the hub itself (``websockets``' clients do, every 20 s), or that sends
+anything as often, then costs two frames per interval instead of four,
+and the bound is unchanged: a client last heard at ``h`` is pinged by
+``h + ping_interval`` if it says nothing more, and cut ``ping_timeout``
+after. Noting the time costs one ``loop.time()`` per read.
+
 A connection leaves the wheel when it is lost (``connection_lost``). One
 that is closing (its close handshake begun) is not pinged again; the close
 timeout ends it. The wheel's task ends when it holds no connection and
@@ -76,7 +85,7 @@ class KeptConnection(ServerConnection):
     a ``ping_interval``). Its three slots are the wheel's bookkeeping."""
 
     # Slots, not instance attributes: see GatedConnection (admission.py).
-    __slots__ = ("_ka_key", "_ka_ping", "_ka_sent")
+    __slots__ = ("_ka_heard", "_ka_key", "_ka_ping", "_ka_sent")
 
     keepalive_wheel: KeepaliveWheel | None = None
 
@@ -85,6 +94,11 @@ class KeptConnection(ServerConnection):
         self._ka_key: int | None = None  # the bucket it is in; None: not in the wheel
         self._ka_ping: bytes | None = None  # the payload of the ping not yet answered
         self._ka_sent = 0.0  # when that ping was sent (loop time)
+        self._ka_heard = 0.0  # when bytes from the peer last came (loop time)
+
+    def data_received(self, data: bytes) -> None:
+        self._ka_heard = self.loop.time()
+        super().data_received(data)
 
     def start_keepalive(self) -> None:
         # Called by websockets' serve once the handshake succeeded, before the handler.
@@ -217,6 +231,9 @@ class KeepaliveWheel:
             return
         if conn.protocol.state is not State.OPEN or conn.transport.is_closing():
             return  # closing: no more pings, the close timeout ends it
+        if now - conn._ka_heard < self.interval:  # heard from lately: alive (module doc)
+            self._place(conn, self._ping_key(conn._ka_heard + self.interval))
+            return
         payload = random.getrandbits(32).to_bytes(4, "big")
         try:
             conn.protocol.send_ping(payload)

@@ -151,3 +151,32 @@ async def test_a_peer_whose_socket_is_full_delays_no_other_ping(make_hub: HubFac
     for ws in others:
         await ws.close()
     await sender.close()
+
+
+async def test_a_client_heard_from_within_the_interval_is_not_pinged_and_one_gone_quiet_is(
+    make_hub: HubFactory,
+) -> None:
+    """A client that pings the hub itself (as ``websockets``' clients do)
+    proves it is alive: the hub pings it no more, two frames per interval
+    instead of four. Once it goes quiet it is pinged within the interval,
+    and once it stops answering too it is cut within interval + timeout."""
+    hub = await make_hub(
+        ping_interval_seconds=INTERVAL, ping_timeout_seconds=TIMEOUT, auth_timeout_seconds=60
+    )
+    talker, quiet = await watching(hub.url), await watching(hub.url)
+    began = time.monotonic()
+    while time.monotonic() - began < 6 * INTERVAL:
+        await talker.ping()  # answered: the connection works both ways
+        await asyncio.sleep(INTERVAL / 4)
+    assert talker.pings == [], "the hub pinged a client it heard from all along"
+    assert len(quiet.pings) >= 4  # the silent one was pinged every interval meanwhile
+
+    stopped = time.monotonic()
+    assert await wait_until(lambda: bool(talker.pings), INTERVAL + SLACK)
+    assert talker.pings[0] - stopped <= INTERVAL + SLACK
+    talker.transport.pause_reading()  # and now it answers nothing
+    paused = time.monotonic()
+    assert await wait_until(lambda: _closed_by_hub(hub, talker), INTERVAL + TIMEOUT + 2 * SLACK)
+    print(f"\ncut {time.monotonic() - paused:.2f} s after it went silent ({INTERVAL} s + {TIMEOUT} s)")
+    assert await closed_with(talker) == (1011, "keepalive ping timeout")
+    await quiet.close()
