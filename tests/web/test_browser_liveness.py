@@ -5,7 +5,7 @@ A browser sees no WebSocket ping. On a network that drops without a word
 showing « Connecté » while nothing arrives. Here the hub is stopped with
 SIGSTOP: its sockets stay open and nothing answers, as on such a network.
 The page's clock is Playwright's, moved forward by hand, so the test does
-not wait out the 35 s."""
+not wait out the half minute."""
 
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ from tests.web.conftest import BROWSER_TEST, PageLog, Screenshot, WebHub
 pytestmark = BROWSER_TEST
 
 
-async def test_a_silent_hub_is_noticed_within_35_s_and_the_page_comes_back_when_it_answers(
+async def test_a_silent_hub_is_noticed_within_half_a_minute_and_the_page_comes_back_when_it_answers(
     web_hub: WebHub, page: Page, page_log: PageLog, screenshot: Screenshot
 ) -> None:
     conn = page.get_by_test_id("conn-state")
@@ -31,9 +31,10 @@ async def test_a_silent_hub_is_noticed_within_35_s_and_the_page_comes_back_when_
         assert proc is not None
         proc.send_signal(signal.SIGSTOP)
         try:
-            await page.clock.fast_forward(24_000)  # quiet, not yet long enough to ask
+            # The page looks every 5 s; fast_forward runs each due timer once.
+            await page.clock.fast_forward(17_000)  # quiet, not yet long enough to ask
             await expect(conn).to_have_attribute("data-state", "online")
-            await page.clock.fast_forward(6_000)  # 30 s of silence: the ping leaves
+            await page.clock.fast_forward(5_000)  # 22 s of silence: the ping leaves
             await expect(conn).to_have_attribute("data-state", "online")
             await page.clock.fast_forward(11_000)  # and nothing answers it for 10 s
             await expect(conn).to_have_attribute("data-state", "offline", timeout=T)

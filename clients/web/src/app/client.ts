@@ -13,10 +13,10 @@
  *   offline as any other. A fatal error
  *   that a reconnection cannot mend (revoked, suspended, unknown device,
  *   session taken over elsewhere) stops it: `conn.kind === "stopped"`.
- * - Liveness (SPEC §4.1): with a hub that names `ping`, 25 s without a frame
+ * - Liveness (SPEC §4.1): with a hub that names `ping`, 18 s without a frame
  *   send a `ping`, and 10 s more without any frame drop the connection, which
  *   then reconnects as after any loss: a network that died silently shows
- *   as "offline" within 35 s instead of "online" for minutes.
+ *   as "offline" within 33 s instead of "online" for minutes.
  * - Sending: `send()` records the message in the sealed outbox first, then
  *   sends it; whatever is pending is resent with its original id after each
  *   welcome (the hub deduplicates ids: exactly once as users see it).
@@ -219,8 +219,11 @@ const OPEN_TIMEOUT_MS = 15_000;
  * `ping`; once it has gone unanswered (nothing at all received) for
  * PING_TIMEOUT_MS more, the connection is taken for dead and replaced. A
  * browser sees no WebSocket ping, so on a network that drops silently this
- * is how a clinician learns within 35 s that messages no longer arrive. */
-const IDLE_PING_MS = 25_000;
+ * is how a clinician learns within 33 s (with the tick) that messages no
+ * longer arrive. Under the hub's default ping interval (20 s), so that the
+ * hub, hearing from the page, skips its own pings (keepalive.py): an idle
+ * page costs two frames per 18 s, about what the hub's pings cost. */
+const IDLE_PING_MS = 18_000;
 const PING_TIMEOUT_MS = 10_000;
 const LIVENESS_TICK_MS = 5_000;
 const BACKOFF_FIRST_MS = 1_000;
