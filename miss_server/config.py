@@ -159,8 +159,8 @@ class Settings(BaseSettings):
     )
     rate_ack: str = Field(
         "50/s burst 500",
-        description="Ack frames one device may send (each costs 1, plus 1 per full 4 KiB); over it, "
-        "the device is read more slowly.",
+        description="Ack and ping frames one device may send (each costs 1, plus 1 per full 4 KiB); "
+        "over it, the device is read more slowly.",
     )
     rate_search: str = Field(
         "1/s burst 10", description="Directory searches one device may make, on top of rate_device."

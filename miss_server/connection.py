@@ -19,7 +19,19 @@ from websockets.exceptions import ConnectionClosed
 from websockets.protocol import State
 
 from protocol import errors
-from protocol.frames import CAP_BLOBS, Ack, Auth, BlobPut, Frame, RoleSearch, Search, Send, Welcome, encode
+from protocol.frames import (
+    CAP_BLOBS,
+    Ack,
+    Auth,
+    BlobPut,
+    Frame,
+    Ping,
+    RoleSearch,
+    Search,
+    Send,
+    Welcome,
+    encode,
+)
 from protocol.session import ServerSession, error_frame
 
 from .admission import GatedConnection
@@ -214,8 +226,8 @@ async def _dispatch(
     answer that request only.
 
     Every request spends the device's and the address's budget first
-    (guard.py), a search (of users or roles) its own too, an ``ack`` its own ack budget, a
-    ``blob_put`` only its own upload budget; then
+    (guard.py), a search (of users or roles) its own too, an ``ack`` and a
+    ``ping`` the device's ack budget, a ``blob_put`` only its own upload budget; then
     :meth:`Hub.request`, the dispatch, answers it. A device over its budget
     gets ``rate_limited`` and its next frame is read only after the delay
     (at most MAX_PENALTY); an ack over budget waits for its tokens first. A
@@ -246,6 +258,9 @@ async def _answer(
         if type(frame) is Ack:
             await hub.guard.ack(session.device_id, size)
             await hub.ack(session, link, frame)
+        elif type(frame) is Ping:  # costs what an ack costs, and nothing shared: metered like one
+            await hub.guard.ack(session.device_id, size)
+            reply = await hub.request(session, link, frame)
         elif type(frame) is BlobPut:  # an upload's pieces have their own budget, and wait for it
             await hub.guard.blob_put(session.device_id)
             reply = await hub.request(session, link, frame)
