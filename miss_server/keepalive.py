@@ -82,7 +82,7 @@ MIN_TICK = 0.005
 class KeptConnection(ServerConnection):
     """A server connection kept alive by the class's :attr:`keepalive_wheel`
     wheel, if set (else by ``websockets``' own task, if ``serve`` was given
-    a ``ping_interval``). Its three slots are the wheel's bookkeeping."""
+    a ``ping_interval``). Its four slots are the wheel's bookkeeping."""
 
     # Slots, not instance attributes: see GatedConnection (admission.py).
     __slots__ = ("_ka_heard", "_ka_key", "_ka_ping", "_ka_sent")
