@@ -272,3 +272,54 @@ describe("typed text in frame strings (SPEC §3.1: U+0000 is malformed_frame)", 
     ]);
   });
 });
+
+describe("liveness (SPEC §4.1)", () => {
+  type Live = {
+    conn: { kind: string };
+    ws: { close: () => void } | null;
+    session: { hubCaps: Set<string> } | null;
+    heardAt: number;
+    pingedAt: number | null;
+    checkLiveness: () => void;
+    request: (build: (rid: number) => Record<string, unknown>) => Promise<unknown>;
+  };
+  async function online(caps: string[]): Promise<{ live: Live; sent: string[]; closed: number[] }> {
+    const { c } = await client();
+    const live = c as unknown as Live;
+    const sent: string[] = [];
+    const closed: number[] = [];
+    live.conn = { kind: "online" };
+    live.ws = { close: () => closed.push(1) };
+    live.session = { hubCaps: new Set(caps) };
+    live.request = async (build) => {
+      sent.push(String(build(1).t));
+      return { t: "ok", rid: 1 };
+    };
+    return { live, sent, closed };
+  }
+
+  it("a quiet connection is pinged after 18 s, and dropped when nothing answers 10 s more", async () => {
+    const { live, sent, closed } = await online(["ping"]);
+    live.heardAt = Date.now() - 17_000;
+    live.checkLiveness();
+    expect(sent).toStrictEqual([]); // not quiet long enough
+    live.heardAt = Date.now() - 19_000;
+    live.checkLiveness();
+    live.checkLiveness(); // one ping at a time
+    expect(sent).toStrictEqual(["ping"]);
+    live.pingedAt = Date.now() - 11_000;
+    live.checkLiveness();
+    expect(closed).toStrictEqual([1]);
+    expect(live.conn.kind).toBe("offline");
+    expect(live.ws).toBeNull();
+  });
+
+  it("a hub that does not name the capability is never sent a ping (it would close on it)", async () => {
+    const { live, sent, closed } = await online(["refusals", "teams"]);
+    live.heardAt = Date.now() - 60_000;
+    live.checkLiveness();
+    expect(sent).toStrictEqual([]);
+    expect(closed).toStrictEqual([]);
+    expect(live.conn.kind).toBe("online");
+  });
+});

@@ -16,7 +16,8 @@
  * - Liveness (SPEC §4.1): with a hub that names `ping`, 18 s without a frame
  *   send a `ping`, and 10 s more without any frame drop the connection, which
  *   then reconnects as after any loss: a network that died silently shows
- *   as "offline" within 33 s instead of "online" for minutes.
+ *   as "offline" within 33 s instead of "online" for minutes. A tab that
+ *   comes back into view looks at once (its timers were throttled).
  * - Sending: `send()` records the message in the sealed outbox first, then
  *   sends it; whatever is pending is resent with its original id after each
  *   welcome (the hub deduplicates ids: exactly once as users see it).
@@ -310,6 +311,11 @@ export class MissClient {
     readonly state: LocalState,
   ) {
     addEventListener("online", () => this.reconnectNow());
+    // A hidden tab's timers run once a minute at best: when the clinician
+    // comes back to it, look at the connection at once, not at the next tick.
+    globalThis.document?.addEventListener("visibilitychange", () => {
+      if (document.visibilityState === "visible") this.checkLiveness();
+    });
     const client = this; // eslint-disable-line @typescript-eslint/no-this-alias
     this.oncall = new Oncall({
       get me() {
@@ -530,6 +536,7 @@ export class MissClient {
 
   private checkLiveness(): void {
     if (this.conn.kind !== "online" || this.ws === null) return;
+    if (!this.session?.hubCaps.has(CAP_PING)) return; // an older hub would close on it
     const now = Date.now();
     if (this.pingedAt !== null) {
       if (now - this.pingedAt < PING_TIMEOUT_MS) return;
