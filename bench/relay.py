@@ -17,6 +17,7 @@ import argparse
 import asyncio
 import signal
 import sys
+from collections.abc import Awaitable, Callable
 
 from websockets.asyncio.server import ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
@@ -24,7 +25,10 @@ from websockets.exceptions import ConnectionClosed
 from miss_server.config import Settings
 from protocol.frames import SUBPROTOCOL
 
-__all__ = ["main", "relay_forever"]
+__all__ = ["MAX_SIZE", "main", "relay_cli", "relay_forever", "serving", "stop_signalled"]
+
+#: The hub's default frame limit, so that the hub and the relays take the same frames.
+MAX_SIZE: int = Settings.model_fields["max_frame_bytes"].default
 
 _clients: dict[str, ServerConnection] = {}
 
@@ -50,34 +54,49 @@ async def _handle(ws: ServerConnection) -> None:
             del _clients[me]
 
 
-async def relay_forever(host: str, port: int) -> None:
-    # The hub's default frame limit, so that both take the same frames.
-    max_size = Settings.model_fields["max_frame_bytes"].default
+def stop_signalled() -> asyncio.Event:
+    """An event set by SIGINT or SIGTERM (the bench stops its relays so)."""
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
+    return stop
+
+
+def serving(address: tuple[str, int]) -> None:
+    """The line the harness waits for, as ``miss-server`` prints it."""
+    print(f"relay serving ws://{address[0]}:{address[1]}/", flush=True)
+
+
+def relay_cli(
+    argv: list[str] | None, prog: str, description: str, forever: Callable[[str, int], Awaitable[None]]
+) -> int:
+    """``--host``/``--port``, then ``forever(host, port)`` until signalled."""
+    p = argparse.ArgumentParser(prog=prog, description=description)
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=0)
+    args = p.parse_args(argv)
+    asyncio.run(forever(args.host, args.port))
+    return 0
+
+
+async def relay_forever(host: str, port: int) -> None:
+    stop = stop_signalled()
     async with serve(
         _handle,
         host,
         port,
         subprotocols=[SUBPROTOCOL],  # type: ignore[list-item]
-        max_size=max_size,
+        max_size=MAX_SIZE,
         max_queue=16,
         compression=None,
     ) as server:
-        bound = server.sockets[0].getsockname()
-        print(f"relay serving ws://{bound[0]}:{bound[1]}/", flush=True)
+        serving(server.sockets[0].getsockname())
         await stop.wait()
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m bench.relay", description=__doc__.splitlines()[0])
-    p.add_argument("--host", default="127.0.0.1")
-    p.add_argument("--port", type=int, default=0)
-    args = p.parse_args(argv)
-    asyncio.run(relay_forever(args.host, args.port))
-    return 0
+    return relay_cli(argv, "python -m bench.relay", __doc__.splitlines()[0], relay_forever)
 
 
 if __name__ == "__main__":

@@ -22,9 +22,7 @@ Run as ``python -m bench.relay_sansio [--port 0]``; it prints
 
 from __future__ import annotations
 
-import argparse
 import asyncio
-import signal
 import sys
 
 from websockets.frames import Frame, Opcode
@@ -33,8 +31,9 @@ from websockets.protocol import State
 from websockets.server import ServerProtocol
 from websockets.typing import Subprotocol
 
-from miss_server.config import Settings
 from protocol.frames import SUBPROTOCOL
+
+from .relay import MAX_SIZE, relay_cli, serving, stop_signalled
 
 __all__ = ["LeanRelayConnection", "main", "relay_forever"]
 
@@ -102,26 +101,16 @@ class LeanRelayConnection(asyncio.Protocol):
 
 
 async def relay_forever(host: str, port: int) -> None:
-    # The hub's default frame limit, so that both take the same frames.
-    max_size = Settings.model_fields["max_frame_bytes"].default
+    stop = stop_signalled()
     loop = asyncio.get_running_loop()
-    stop = asyncio.Event()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
-    server = await loop.create_server(lambda: LeanRelayConnection(max_size), host, port)
-    bound = server.sockets[0].getsockname()
-    print(f"relay serving ws://{bound[0]}:{bound[1]}/", flush=True)
+    server = await loop.create_server(lambda: LeanRelayConnection(MAX_SIZE), host, port)
+    serving(server.sockets[0].getsockname())
     await stop.wait()
     server.close()
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m bench.relay_sansio", description=__doc__.splitlines()[0])
-    p.add_argument("--host", default="127.0.0.1")
-    p.add_argument("--port", type=int, default=0)
-    args = p.parse_args(argv)
-    asyncio.run(relay_forever(args.host, args.port))
-    return 0
+    return relay_cli(argv, "python -m bench.relay_sansio", __doc__.splitlines()[0], relay_forever)
 
 
 if __name__ == "__main__":

@@ -85,8 +85,8 @@ class PendingRows:
         return [r for r in self.rows if r.device_id == device_id and r.seq > after_seq][:limit]
 
 
-async def _link(rows: list[Queued], *, refusals: bool = False) -> tuple[DeviceLink, PendingRows, list[bytes]]:
-    store = PendingRows(rows)
+def _recording(store: PendingRows, *, refusals: bool = False) -> tuple[DeviceLink, list[bytes]]:
+    """A link on ``store``, not started, and what it sends (a close as a line)."""
     sent: list[bytes] = []
 
     async def send(frames: list[bytes]) -> None:
@@ -95,7 +95,12 @@ async def _link(rows: list[Queued], *, refusals: bool = False) -> tuple[DeviceLi
     async def close(code: int, reason: str) -> None:
         sent.append(f"close {code} {reason}".encode())
 
-    link = DeviceLink("d_alice", cast(Store, store), send, close, refusals=refusals)
+    return DeviceLink("d_alice", cast(Store, store), send, close, refusals=refusals), sent
+
+
+async def _link(rows: list[Queued], *, refusals: bool = False) -> tuple[DeviceLink, PendingRows, list[bytes]]:
+    store = PendingRows(rows)
+    link, sent = _recording(store, refusals=refusals)
     link.start()
     await asyncio.sleep(0.01)  # the first drain
     return link, store, sent
@@ -220,15 +225,7 @@ class FailingRows(PendingRows):
 
 async def test_a_link_whose_store_fails_retries_with_growing_random_delays_and_delivers() -> None:
     store = FailingRows(ROWS[1:2], failures=2)
-    sent: list[bytes] = []
-
-    async def send(frames: list[bytes]) -> None:
-        sent.extend(frames)
-
-    async def close(code: int, reason: str) -> None:
-        pass
-
-    link = DeviceLink("d_alice", cast(Store, store), send, close)
+    link, sent = _recording(store)
     started = asyncio.get_running_loop().time()
     link.start()
     # Delays of at most 1 s, then 2 s (STORE_RETRY_SECONDS doubling), not a fixed cadence.
@@ -246,15 +243,7 @@ async def test_a_gated_drain_reads_once_the_gate_has_a_slot_and_so_does_its_retr
     read waits for a slot of the gate, the read that a failed one leaves
     owed as well; the row still arrives."""
     store = FailingRows(ROWS[1:2], failures=0)
-    sent: list[bytes] = []
-
-    async def send(frames: list[bytes]) -> None:
-        sent.extend(frames)
-
-    async def close(code: int, reason: str) -> None:
-        pass
-
-    link = DeviceLink("d_alice", cast(Store, store), send, close)
+    link, sent = _recording(store)
     link.start()
     await asyncio.sleep(0.01)  # the first drain, not gated
     assert store.reads == 1 and sent == [wakeup.row_frame(ROWS[1])]
