@@ -114,7 +114,15 @@ def table(report: dict[str, Any]) -> str:
         lines += _section(report["hub"], report["one_to_one"]["hub"], report["team"]["cpu_ratio"], names)
     else:
         lines += _section(report["hub"], report["relay"], report.get("ratio_cpu"))
-    if report.get("rounds"):
+    if report.get("rounds") and "one_node" in report:
+        shown = "; ".join(
+            f"{_fmt(o.get('node_cost'))} ÷ {_fmt(o.get('split_cost'))} = {_fmt(o.get('crossing_cost'))}"
+            for o in report["rounds"]
+        )
+        lines.append(
+            f"  two nodes ÷ one, ÷ two relays ÷ one, in each round (the median round shown): {shown}"
+        )
+    elif report.get("rounds"):
         shown = "; ".join(
             f"{_fmt(o['hub_cpu_us_per_msg'])} ÷ {_fmt(o['relay_cpu_us_per_msg'])} = {_fmt(o['ratio_cpu'])}"
             for o in report["rounds"]
@@ -122,6 +130,15 @@ def table(report: dict[str, Any]) -> str:
         lines.append(
             f"  CPU per unit (µs) in each round, {names[0]} ÷ {names[1]} (the median round shown): {shown}"
         )
+    if "one_node" in report:
+        lines += [
+            "",
+            "the same pairs and load, on one node (hub) and on two relays:",
+            *_section(report["one_node"], report["relay_split"], None, ("one node", "2 relays")),
+            f"  two nodes ÷ one: CPU {_fmt(report.get('node_cost'))} (PostgreSQL "
+            f"{_fmt(report.get('postgres_node_cost'))}); two relays ÷ one: {_fmt(report.get('split_cost'))}"
+            f" (splitting the load); so the crossing: {_fmt(report.get('crossing_cost'))}",
+        ]
     if "closed_loop" in report:
         c = report["closed_loop"]
         lines += [
@@ -178,6 +195,14 @@ def write_plot(report: dict[str, Any], path: Path) -> None:
             ("hub, 1:1 messages", report["one_to_one"]["hub"], "tab:blue"),
         ]
         versus = "team vs 1:1 messages on one hub"
+    if "one_node" in report:
+        sides = [
+            ("two nodes", report["hub"], "tab:red"),
+            ("one node", report["one_node"], "tab:orange"),
+            ("one relay", report["relay"], "tab:blue"),
+            ("two relays", report["relay_split"], "tab:cyan"),
+        ]
+        versus = "two nodes vs one, and two relays vs one"
     if "no_flood" in report:
         sides = [
             ("hub, flood", report["hub"], "tab:red"),

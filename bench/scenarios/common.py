@@ -86,17 +86,19 @@ def message_run(r: Run, pop: Population, nodes: int = 1) -> dict[str, Any]:
     ``--repeat N``: N such rounds (the hubs are started and their clinicians
     enrolled once), and the round whose ratio is the median is reported, with
     every round's CPU figures under ``rounds``. Alternating the two spreads
-    the machine's slow spells over both sides instead of one."""
+    the machine's slow spells over both sides instead of one. Several nodes
+    (``nodes``) add two baselines to each round (:func:`assemble`), and
+    their median round is that of ``node_cost``, the figure their bar is on."""
     r.set_population(pop)
     count = max(1, r.args.repeat)
     rounds = []
+    split = nodes > 1 and len(r.pool) >= nodes
+    if nodes > 1 and not split:
+        r.notes.append(f"no split relay baseline: it needs {nodes} load generator workers (--workers)")
     for k in range(count):
         tag = f" {k + 1}/{count}" if count > 1 else ""
-        relay = r.start_relay()
-        r.connect(r.relay_urls(relay), f"relay{tag}: connect")
-        relay_res = _phases(r, f"relay{tag}", [relay.pid], services=False)
-        r.disconnect()
-        r.stop(relay)
+        relay_res = _relay_phases(r, 1, f"relay{tag}")
+        split_res = _relay_phases(r, nodes, f"{nodes} relays{tag}") if split else None
 
         if k == 0:
             r.start_hubs(nodes)
@@ -106,23 +108,60 @@ def message_run(r: Run, pop: Population, nodes: int = 1) -> dict[str, Any]:
         r.connect(r.hub_device_urls(), f"hub{tag}: connect")
         hub_res = _phases(r, f"hub{tag}", r.hub_pids, services=r.using_services(), profile=k == 0)
         r.disconnect()
-        rounds.append(assemble(hub_res, relay_res))
+        one_res = None
+        if nodes > 1:  # the same pairs and load on the first node alone
+            r.connect({i: r.hub_urls[0] for i in r.hub_device_urls()}, f"one node{tag}: connect")
+            one_res = _phases(r, f"one node{tag}", r.hub_pids[:1], services=r.using_services())
+            r.disconnect()
+        rounds.append(assemble(hub_res, relay_res, split_res, one_res))
     if count == 1:
         return rounds[0]
-    ranked = sorted(rounds, key=lambda o: o["ratio_cpu"] if o["ratio_cpu"] is not None else float("inf"))
+    key = "node_cost" if nodes > 1 else "ratio_cpu"
+    ranked = sorted(rounds, key=lambda o: o.get(key) if o.get(key) is not None else float("inf"))
     out = ranked[(count - 1) // 2]
     out["rounds"] = [
         {
             "hub_cpu_us_per_msg": o["hub"]["cpu_us_per_msg"],
             "relay_cpu_us_per_msg": o["relay"]["cpu_us_per_msg"],
             "ratio_cpu": o["ratio_cpu"],
+            **{f"{side}_cpu_us_per_msg": o[side]["cpu_us_per_msg"] for side in NODE_SIDES if side in o},
+            **{cost: o[cost] for cost in NODE_COSTS if cost in o},
         }
         for o in rounds
     ]
     return out
 
 
-def assemble(hub_res: dict[str, Any], relay_res: dict[str, Any]) -> dict[str, Any]:
+#: What a round of several nodes adds (:func:`assemble`).
+NODE_SIDES = ("relay_split", "one_node")
+NODE_COSTS = ("node_cost", "postgres_node_cost", "split_cost", "crossing_cost")
+
+
+def _relay_phases(r: Run, count: int, label: str) -> dict[str, Any]:
+    """The relay baseline on ``count`` relay processes: with more than one,
+    each load generator worker's pairs use one of them (Run.relay_urls), so
+    the load is split as over several hub nodes, with nothing crossing."""
+    relays = r.start_relays(count)
+    r.connect(r.relay_urls(relays), f"{label}: connect")
+    res = _phases(r, label, [relay.pid for relay in relays], services=False)
+    r.disconnect()
+    for relay in relays:
+        r.stop(relay)
+    return res
+
+
+def assemble(
+    hub_res: dict[str, Any],
+    relay_res: dict[str, Any],
+    split_res: dict[str, Any] | None = None,
+    one_res: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """The round's report. With several hub nodes: ``split_res``, the relays
+    that shared the same load, and ``one_res``, the first node alone with
+    every pair. ``node_cost`` is what the nodes together cost per message
+    against one (the issue's bar); ``split_cost`` what splitting the load
+    over as many processes costs a bare relay (split ÷ one), which is no
+    crossing's doing; ``crossing_cost`` the rest (node_cost ÷ split_cost)."""
     main = "fixed" if "fixed" in hub_res else "closed"
     out: dict[str, Any] = {
         "mode": hub_res[main]["mode"],
@@ -130,6 +169,19 @@ def assemble(hub_res: dict[str, Any], relay_res: dict[str, Any]) -> dict[str, An
         "relay": relay_res[main],
         "ratio_cpu": ratio(hub_res[main]["cpu_us_per_msg"], relay_res[main]["cpu_us_per_msg"]),
     }
+    if split_res is not None:
+        split = split_res[main]["cpu_us_per_msg"]
+        out["relay_split"] = split_res[main]
+        out["split_cost"] = ratio(split, relay_res[main]["cpu_us_per_msg"])
+        out["ratio_cpu_split"] = ratio(hub_res[main]["cpu_us_per_msg"], split)
+    if one_res is not None:
+        one, hub = one_res[main], hub_res[main]
+        out["one_node"] = one
+        out["node_cost"] = ratio(hub["cpu_us_per_msg"], one["cpu_us_per_msg"])
+        pg = "postgres_cpu_us_per_msg"
+        out["postgres_node_cost"] = ratio(hub.get(pg), one.get(pg))
+        if out.get("node_cost") and out.get("split_cost"):
+            out["crossing_cost"] = round(out["node_cost"] / out["split_cost"], 2)
     if main == "fixed" and "closed" in hub_res:
         out["closed_loop"] = {
             "hub": hub_res["closed"],

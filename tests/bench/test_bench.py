@@ -256,12 +256,29 @@ def test_connections_across_workers(runs: dict[str, Future[dict[str, Any]]]) -> 
 
 
 def test_multi_node(runs: dict[str, Future[dict[str, Any]]]) -> None:
+    """Two nodes, and in the same run the baselines that say what a second
+    node costs: one relay, two relays sharing the pairs (each forwards only
+    among its own connections, so a pair sent to the wrong one would lose
+    its messages), and the first node alone with every pair."""
     report = runs["multi-node"].result()
     assert report["backend"] == "services" and report["params"]["nodes"] == 2
-    check_messages(report["hub"])
-    assert report["hub"]["postgres_cpu_us_per_msg"] > 0
+    hub, one, relay, split = (report[k] for k in ("hub", "one_node", "relay", "relay_split"))
+    for side in (hub, one, relay, split):
+        check_side(side)
+        check_messages(side)
+    assert hub["postgres_cpu_us_per_msg"] > 0 and one["postgres_cpu_us_per_msg"] > 0
     # measured, but a second of cross-node wake-ups may cost Redis less than one 10 ms tick
-    assert report["hub"]["redis_cpu_us_per_msg"] >= 0
+    assert hub["redis_cpu_us_per_msg"] >= 0
+    # 10 ms CPU ticks: a brief run may charge a side none, and then has no ratio
+    if relay["cpu_us_per_msg"] and split["cpu_us_per_msg"]:
+        assert report["split_cost"] == pytest.approx(
+            split["cpu_us_per_msg"] / relay["cpu_us_per_msg"], abs=0.01
+        )
+    if hub["cpu_us_per_msg"] and one["cpu_us_per_msg"]:
+        assert report["node_cost"] == pytest.approx(hub["cpu_us_per_msg"] / one["cpu_us_per_msg"], abs=0.01)
+    if report.get("split_cost") and report.get("node_cost"):
+        assert report["crossing_cost"] == pytest.approx(report["node_cost"] / report["split_cost"], abs=0.01)
+    assert not report["notes"], report["notes"]
 
 
 def test_flood(runs: dict[str, Future[dict[str, Any]]]) -> None:
