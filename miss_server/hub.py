@@ -1,10 +1,10 @@
 """One hub node's handling of a device: enrollment, authentication, its
-connection's life, and its requests: send, ack, presence, and, through the
-modules that hold them, the directory (``directory.py``) and the account's
-own devices (``devices.py``); on-call roles (``roles.py``), sends to a role,
-urgent sends and 1:1 sealed bodies (``urgent_send.py``), acknowledgements
-and the timers of urgent messages (``escalation.py``), and attachments
-(``blobs/service.py``).
+connection's life, and its requests: ack, presence, and, through the
+modules that hold them, ``send`` (``sending.py``), the directory
+(``directory.py``) and the account's own devices (``devices.py``); on-call
+roles (``roles.py``), sends to a role, urgent sends and 1:1 sealed bodies
+(``urgent_send.py``), acknowledgements and the timers of urgent messages
+(``escalation.py``), and attachments (``blobs/service.py``).
 
 :class:`Hub` holds no I/O of its own: it is given a Store and a Broker (the
 composition root in ``app.py`` picks them) and the connection handler in
@@ -48,18 +48,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import time
 from collections.abc import Awaitable, Callable
-from typing import TypeVar
 
 from protocol import errors
-from protocol import teams as pt
 from protocol.frames import (
     CAP_ONCALL,
     CAP_REFUSALS,
     CAP_TEAMS,
-    MAX_WRAPS,
-    Accepted,
     Ack,
     Acknowledge,
     Auth,
@@ -88,7 +83,7 @@ from protocol.frames import (
 )
 from protocol.session import ServerSession
 
-from .accounts import Account, Accounts
+from .accounts import Account, Accounts, now_ms
 from .audit import AuditTrail
 from .blobs.service import BlobService
 from .broker.base import Broker, BrokerUnavailable, device_channel
@@ -103,22 +98,15 @@ from .metrics import Metrics
 from .presence import PresenceService
 from .roles import TAG_ROLE_CHANGED, RoleService
 from .security_feed import SecurityFeed
-from .store.base import CodeInvalid, DeviceLimit, NewMessage, NewTeamMessage, Store, StoreUnavailable
-from .teams import TAG_TEAM_CHANGED, TeamService, target_mismatch
-from .urgent_send import UrgentSend
+from .sending import Sending, store_call
+from .store.base import CodeInvalid, DeviceLimit, Store, StoreUnavailable
+from .teams import TAG_TEAM_CHANGED, TeamService
 from .wakeup import DRAIN_WAKEUP, close_wakeup, row_wakeups
 from .waking import TAG_NODE_LOST, Waker
 
 __all__ = ["Hub"]
 
 log = logging.getLogger("miss.hub")
-T = TypeVar("T")
-
-STORE_RETRY_MS = 1000
-
-
-def now_ms() -> int:
-    return time.time_ns() // 1_000_000
 
 
 class Hub:
@@ -162,16 +150,9 @@ class Hub:
         #: Runs the timers of urgent messages; the composition root runs
         #: its ``run_forever`` as a task.
         self.escalator = Escalator(store, broker, self._links, settings, metrics, self.waker.wake)
-        self.urgent = UrgentSend(
-            store,
-            self.accounts,
-            self.teams,
-            self.roles,
-            blobs,
-            settings,
-            metrics,
-            self._check_sender,
-            self.waker.wake,
+        #: The ``send`` request (sending.py).
+        self.sending = Sending(
+            store, self.accounts, self.teams, self.roles, blobs, self.waker, settings, metrics
         )
 
     def on_control(self, payload: bytes) -> None:
@@ -204,9 +185,9 @@ class Hub:
         account's attestation is not checked here: an authenticated device
         of an unverified account may only ack and revoke itself until the
         first request that needs more loads and checks its account
-        (:meth:`requester`, :meth:`send`; SPEC §11.4)."""
+        (:meth:`requester`, ``Sending.send``; SPEC §11.4)."""
         await self.guard.attempt(address)
-        device, user = await self._store_call(self.store.get_device_user(frame.device))
+        device, user = await store_call(self.store.get_device_user(frame.device))
         try:
             session.authenticate(frame, *((device.user_id, device.sign_pk) if device else (None, None)))
         except errors.AuthFailed as exc:
@@ -238,7 +219,7 @@ class Hub:
         session.check_enroll(frame)
         await asyncio.sleep(await self.guard.enroll_hold(address))
         try:
-            device = await self._store_call(
+            device = await store_call(
                 self.store.enroll_device(
                     code_hash(frame.code),
                     frame.sign_pk,
@@ -385,7 +366,8 @@ class Hub:
         requests goes on (:meth:`requester`), except to revoke itself or to
         ping; a ``send`` checks that itself, with its targets."""
         if type(frame) is Send:
-            return await self.send(session, frame)
+            assert session.user_id is not None and session.device_id is not None
+            return await self.sending.send(session.user_id, session.device_id, frame)
         if type(frame) is Ping:  # reads nothing, so asks nothing of the account either
             return encode(Ok(rid=frame.rid))
         assert session.user_id is not None and session.device_id is not None
@@ -395,143 +377,44 @@ class Hub:
         if self.blobs.handles(frame):
             return await self.blobs.request(session.user_id, session.device_id, frame)
         if type(frame) is Lookup:
-            return await self._store_call(self.directory.lookup(session.user_id, frame))
+            return await store_call(self.directory.lookup(session.user_id, frame))
         if type(frame) is Search:
-            return await self._store_call(self.directory.search(frame))
+            return await store_call(self.directory.search(frame))
         if type(frame) is LinkCode:
-            return await self._store_call(self.devices.link_code(session.user_id, session.device_id, frame))
+            return await store_call(self.devices.link_code(session.user_id, session.device_id, frame))
         if type(frame) is SetStatus:
             return await self.set_status(session, frame)
         if type(frame) is Watch:
             return await self.watch(session, link, frame)
         if type(frame) is Devices:
-            return await self._store_call(self.devices.devices(session.user_id, frame))
+            return await store_call(self.devices.devices(session.user_id, frame))
         if type(frame) is Revoke:
-            return await self._store_call(self.devices.revoke(session.user_id, session.device_id, frame))
+            return await store_call(self.devices.revoke(session.user_id, session.device_id, frame))
         if type(frame) is TeamChange:
-            reply = await self._store_call(self.teams.change(frame))
+            reply = await store_call(self.teams.change(frame))
             self.metrics.team_changes.inc()
             return reply
         if type(frame) is Teams:
-            return await self._store_call(self.teams.teams(session.user_id, frame))
+            return await store_call(self.teams.teams(session.user_id, frame))
         if type(frame) is TeamChain:
-            return await self._store_call(self.teams.chain(session.user_id, frame))
+            return await store_call(self.teams.chain(session.user_id, frame))
         if type(frame) is Recall:
-            reply, removed = await self._store_call(self.teams.recall(session.user_id, frame))
+            reply, removed = await store_call(self.teams.recall(session.user_id, frame))
             self.metrics.recalled.inc(removed)
             await self.blobs.recall(session.user_id, frame.id)  # after: a retry finds the rows gone
             return reply
         if type(frame) is Acknowledge:
-            return await self._store_call(
-                self.escalator.acknowledge(session.user_id, session.device_id, frame)
-            )
+            return await store_call(self.escalator.acknowledge(session.user_id, session.device_id, frame))
         if type(frame) is RoleSearch:
-            return await self._store_call(self.roles.search(session.user_id, frame))
+            return await store_call(self.roles.search(session.user_id, frame))
         if type(frame) is RoleGet:
-            return await self._store_call(self.roles.get(frame))
+            return await store_call(self.roles.get(frame))
         if type(frame) is RoleTake:
             assert account is not None
-            return await self._store_call(self.roles.take(account, frame))
+            return await store_call(self.roles.take(account, frame))
         if type(frame) is RoleLeave:
-            return await self._store_call(self.roles.leave(session.user_id, frame))
+            return await store_call(self.roles.leave(session.user_id, frame))
         raise errors.FrameNotAllowed(frame.TYPE)  # the session's state table admits nothing else
-
-    async def send(self, session: ServerSession, frame: Send) -> bytes:
-        """Accept a message durably, wake its devices, return ``accepted``.
-
-        The wake-ups leave *before* the sender hears ``accepted``: a hub
-        that dies in between leaves the sender without an answer, so it
-        resends, and a resend of a stored id (which stores nothing) asks the
-        target devices to drain. The other order would let a node die with
-        the message stored, acknowledged, and announced to no one."""
-        assert session.user_id is not None and session.device_id is not None
-        started = time.perf_counter()
-        if len(frame.envs) > (MAX_WRAPS if frame.body is not None else self.settings.max_envelopes):
-            raise errors.TooManyRecipients(f"{len(frame.envs)} envelopes")
-        self.blobs.check_count(frame)
-        now = now_ms()
-        # SPEC §13.6: rows go at ts + ttl, or at the default expiry if sooner.
-        expires_at = now + min(frame.ttl or self.settings.message_ttl_ms, self.settings.message_ttl_ms)
-        if self.urgent.handles(frame):
-            return await self._store_call(
-                self.urgent.send(session.user_id, session.device_id, frame, now, expires_at, started)
-            )
-        if pt.is_team_id(frame.to):
-            return await self._send_to_team(
-                session.user_id, session.device_id, frame, now, expires_at, started
-            )
-        if frame.body is not None or frame.head is not None:  # a 1:1 body with blobs went to self.urgent
-            raise errors.MalformedFrame("body without urgent or blobs, or head, is for a send to a team")
-        await self._check_targets(session.user_id, session.device_id, frame, now)
-        message = NewMessage(
-            message_id=frame.id,
-            sender_user=session.user_id,
-            sender_device=session.device_id,
-            recipient_user=frame.to,
-            envelopes=frame.envs,
-            ts=now,
-            expires_at=expires_at,
-        )
-        result = await self._store_call(self.store.accept(message))
-        self.metrics.accept_seconds.observe(time.perf_counter() - started)
-        if result.duplicate:
-            self.metrics.duplicates.inc()
-            self.waker.wake([(device_channel(d), DRAIN_WAKEUP) for d in frame.envs])
-            return encode(Accepted(frame.id, dup=True))
-        self.metrics.accepted.inc()
-        self.metrics.envelopes.inc(len(result.queued))
-        await self.waker.wake_together(row_wakeups(result.queued))
-        return encode(Accepted(frame.id))
-
-    async def _send_to_team(
-        self, sender_user: str, sender_device: str, frame: Send, now: int, expires_at: int, started: float
-    ) -> bytes:
-        """A ``send`` to a team (SPEC §13.4): the sender's checks of §6.2,
-        then the team's, in order; stores the body once and a row per
-        device of *T*, wakes them, ``accepted``."""
-        await self._store_call(self._check_sender(sender_user, sender_device, now))
-        wanted = frame.envs.keys()
-        required: frozenset[str] = frozenset()
-        for refresh in (False, True):
-            required = await self._store_call(
-                self.teams.targets(
-                    frame.to, sender_user, sender_device, frame.head, frame.body is not None, refresh=refresh
-                )
-            )
-            if wanted == required:
-                break
-        else:
-            raise target_mismatch(wanted, required)
-        assert frame.body is not None
-        await self.blobs.link(sender_user, sender_device, frame, required, expires_at)
-        message = NewTeamMessage(
-            frame.id, sender_user, sender_device, frame.to, frame.body, frame.envs, now, expires_at
-        )
-        result = await self._store_call(self.store.accept_team(message))
-        self.metrics.accept_seconds.observe(time.perf_counter() - started)
-        if result.duplicate:
-            self.metrics.duplicates.inc()
-            self.waker.wake([(device_channel(d), DRAIN_WAKEUP) for d in frame.envs])
-            return encode(Accepted(frame.id, dup=True))
-        self.metrics.accepted.inc()
-        self.metrics.team_messages.inc()
-        self.metrics.envelopes.inc(len(result.queued))
-        self.waker.wake(row_wakeups(result.queued))
-        return encode(Accepted(frame.id))
-
-    async def _check_sender(self, sender_user: str, sender_device: str, now: int) -> None:
-        """The sender's checks of SPEC §6.2: suspended (fatal), then verified
-        with this device attested; a cached refusal is reloaded first."""
-        for refresh in (False, True):
-            sender = await self.accounts.get(sender_user, refresh=refresh)
-            if sender is None or sender.suspended:
-                if refresh:
-                    raise errors.AccountSuspended(sender_user)
-                continue
-            if sender.may_send(sender_device, now):
-                return
-            if refresh:
-                raise errors.NotVerified(sender_device)
 
     async def ack(self, session: ServerSession, link: DeviceLink, frame: Ack) -> None:
         """Forget the acked and refused rows; queue and announce the
@@ -541,7 +424,7 @@ class Hub:
         if not frame.seqs and not refused:
             return
         now = now_ms()
-        receipts = await self._store_call(
+        receipts = await store_call(
             self.store.ack(
                 session.device_id, list(frame.seqs), now, now + self.settings.message_ttl_ms, refused
             )
@@ -560,19 +443,19 @@ class Hub:
         assert session.user_id is not None and session.device_id is not None
         now = now_ms()
         for refresh in (False, True):
-            account = await self._store_call(self.accounts.get(session.user_id, refresh=refresh))
+            account = await store_call(self.accounts.get(session.user_id, refresh=refresh))
             if account is not None and account.may_send(session.device_id, now):
                 return account
         raise errors.NotVerified(session.device_id)
 
     async def set_status(self, session: ServerSession, frame: SetStatus) -> bytes:
         assert session.user_id is not None
-        await self._store_call(self.presence.set_status(session.user_id, frame.status))
+        await store_call(self.presence.set_status(session.user_id, frame.status))
         return encode(Ok(frame.rid))
 
     async def watch(self, session: ServerSession, link: DeviceLink, frame: Watch) -> bytes:
         assert session.user_id is not None
-        current = await self._store_call(self.presence.watch(session.user_id, link, frame.users))
+        current = await store_call(self.presence.watch(session.user_id, link, frame.users))
         return encode(Watching(frame.rid, tuple(current)))
 
     # --- maintenance ----------------------------------------------------------
@@ -589,61 +472,3 @@ class Hub:
             if n:
                 self.metrics.expired.inc(n)
                 log.info("expired queued rows", extra={"rows": n})
-
-    # --- helpers ------------------------------------------------------------
-
-    async def _check_targets(self, sender_user: str, sender_device: str, frame: Send, now: int) -> None:
-        """The sender must be verified and the recipient too, the recipient
-        must accept replies if it is a service (SPEC §17.2), and the
-        envelopes must cover exactly the target set (SPEC §6.2): the
-        recipient's targets and the sender's other targets. A refusal read
-        from the account cache is reloaded first; an account the cache says
-        accepts replies is not (every node forgets it when an administrator
-        switches replies off: ``service.replies`` in security_feed.py)."""
-        targets = frame.envs.keys()
-        sender: Account | None = None
-        recipient: Account | None = None
-        required: frozenset[str] = frozenset()
-        for refresh in (False, True):
-            sender = await self._store_call(self.accounts.get(sender_user, refresh=refresh))
-            if sender is None or sender.suspended:
-                if refresh:
-                    raise errors.AccountSuspended(sender_user)
-                continue
-            if not sender.may_send(sender_device, now):
-                if refresh:
-                    raise errors.NotVerified(sender_device)
-                continue
-            recipient = await self._store_call(self.accounts.get(frame.to, refresh=refresh))
-            if recipient is None:
-                if refresh:
-                    raise errors.UnknownUser("unknown recipient")
-                continue
-            if not recipient.verified(now):
-                if refresh:
-                    raise errors.RecipientNotVerified(frame.to)
-                continue
-            # SPEC §17.2: a service that does not accept replies; a send to
-            # oneself (read notices, §13.5) is the service's own business.
-            if recipient.user.refuses_replies and frame.to != sender_user:
-                if refresh:
-                    raise errors.RepliesRefused(frame.to)
-                continue
-            required = (recipient.targets | sender.targets) - {sender_device}
-            if targets == required:
-                return
-        assert recipient is not None
-        if not recipient.targets:
-            raise errors.NoDevices("recipient has no device")
-        extra = targets - required
-        if extra:
-            raise errors.UnknownDevice(f"{len(extra)} unknown target devices")
-        raise errors.MissingDevices(sorted(required - targets))
-
-    @staticmethod
-    async def _store_call(call: Awaitable[T]) -> T:
-        try:
-            return await call
-        except StoreUnavailable as exc:
-            log.warning("store unavailable", extra={"error": str(exc)})
-            raise errors.StorageUnavailable(str(exc), retry_after_ms=STORE_RETRY_MS) from None
