@@ -242,7 +242,9 @@ class Store(Protocol):
     async def get_device_user(self, device_id: str) -> tuple[Device | None, User | None]:
         """The device (revoked or not, as :meth:`get_device`) and its user
         (as :meth:`get_user`), in one read: what an authentication needs
-        (hub.py). (None, None) for an unknown device."""
+        (hub.py). (None, None) for an unknown device. The reads asked in one
+        turn of the event loop are made in one statement
+        (``batched_reads.py``): a reconnection storm's."""
 
     async def user_devices(self, user_id: str, include_revoked: bool = False) -> list[Device]:
         """Active (not revoked) devices of a user, oldest first; with

@@ -94,15 +94,16 @@ WHERE {self.one_of("u.user_id", self.param(2))}
                         UNION ALL
                         SELECT user_a FROM contacts WHERE user_b = {viewer}))"""
 
-    def device_user(self) -> str:
-        """:meth:`Store.get_device_user <.base.Store.get_device_user>`:
-        ``DEVICE_COLUMNS`` then ``USER_COLUMNS`` (NULLs if the user is
-        gone) of the device whose id is parameter 1."""
+    def device_users(self) -> str:
+        """:meth:`Store.get_device_user <.base.Store.get_device_user>`, for
+        the devices asked in one turn (batched_reads.py): ``DEVICE_COLUMNS``
+        then ``USER_COLUMNS`` (NULLs if the user is gone) of each device
+        whose id is in the list parameter 1."""
         device = ", ".join(f"d.{c}" for c in DEVICE_COLUMNS.split(", "))
         user = ", ".join(f"u.{c}" for c in USER_COLUMNS.split(", "))
         return f"""
 SELECT {device}, {user} FROM devices d LEFT JOIN users u ON u.user_id = d.user_id
-WHERE d.device_id = {self.param(1)}"""
+WHERE {self.one_of("d.device_id", self.param(1))}"""
 
     def places_taken(self) -> str:
         """The places a user (parameter 1) holds under the device cap at a

@@ -37,6 +37,7 @@ from .base import (
     StoreUnavailable,
     User,
 )
+from .batched_reads import BatchedReads, Page
 from .common import (
     MAX_BATCH,
     AuditFilter,
@@ -50,7 +51,7 @@ from .common import (
 )
 from .postgres_batch import GroupCommit
 from .postgres_pool import Database
-from .rows import DEVICE_COLUMNS, USER_COLUMNS, to_device, to_device_user, to_user
+from .rows import DEVICE_COLUMNS, NO_DEVICE, USER_COLUMNS, to_device, to_device_user, to_user
 from .services import PostgresServices
 
 if TYPE_CHECKING:  # names the type checker alone needs
@@ -81,7 +82,7 @@ POSTGRES = SqlDialect(
 
 _VISIBLE_USERS = POSTGRES.visible_users()
 _PLACES_TAKEN = POSTGRES.places_taken()
-_DEVICE_USER = POSTGRES.device_user()
+_DEVICE_USERS = POSTGRES.device_users()
 
 # The directory index (migration 0006): the same expression and predicate as
 # users_search, so that a pattern of three characters or more goes through
@@ -160,6 +161,10 @@ class PostgresStore(oncall.PostgresOncall, PostgresServices):
         #: Searches in flight at once: they hold pooled connections, which
         #: authentications and sends must still find (SPEC §11.3).
         self._searches = asyncio.Semaphore(max(1, pool_max // 4))
+        #: Authentications' reads, one statement per turn of the loop (batched_reads.py).
+        self._device_users = BatchedReads(self._read_device_users, NO_DEVICE)
+        #: Drains' pages, one statement per turn (a storm's first pages).
+        self._pages: BatchedReads[Page, list[Queued]] = BatchedReads(self._read_pages, [])
 
     @property
     def schema(self) -> str | None:
@@ -337,7 +342,11 @@ class PostgresStore(oncall.PostgresOncall, PostgresServices):
         return None if row is None else to_device(row)
 
     async def get_device_user(self, device_id: str) -> tuple[Device | None, User | None]:
-        return to_device_user(await self._db.retryable(lambda c: c.fetchrow(_DEVICE_USER, device_id)))
+        return await self._device_users.get(device_id)
+
+    async def _read_device_users(self, device_ids: list[str]) -> dict[str, tuple[Device | None, User | None]]:
+        rows = await self._db.retryable(lambda c: c.fetch(_DEVICE_USERS, device_ids))
+        return {row[0]: to_device_user(row) for row in rows}
 
     async def user_devices(self, user_id: str, include_revoked: bool = False) -> list[Device]:
         active = "" if include_revoked else " AND revoked_at IS NULL"
@@ -494,10 +503,20 @@ class PostgresStore(oncall.PostgresOncall, PostgresServices):
         return await self._committer().accept(message)
 
     async def pending(self, device_id: str, after_seq: int, limit: int, now: int) -> list[Queued]:
-        rows = await self._db.retryable(
-            lambda c: c.fetch(teams.PENDING_UNION, device_id, after_seq, now, limit)
+        return await self._pages.get(Page(device_id, after_seq, limit, now))
+
+    async def _read_pages(self, pages: list[Page]) -> dict[Page, list[Queued]]:
+        devices, after, now, limits = (
+            [p.device_id for p in pages],
+            [p.after_seq for p in pages],
+            [p.now for p in pages],
+            [p.limit for p in pages],
         )
-        return [teams.to_queued_row(r) for r in rows]
+        rows = await self._db.retryable(lambda c: c.fetch(teams.PENDING_MANY, devices, after, now, limits))
+        found: dict[Page, list[Queued]] = {page: [] for page in pages}
+        for r in rows:
+            found[pages[r[0] - 1]].append(teams.to_queued_row(r[1:]))
+        return found
 
     async def ack(
         self, device_id: str, seqs: list[int], now: int, expires_at: int, refused: Refusals | None = None

@@ -19,6 +19,7 @@ from .sqlite_teams import RECORD_OVERHEAD
 
 __all__ = [
     "EXPIRE_TEAM",
+    "PENDING_MANY",
     "PENDING_UNION",
     "accept_team",
     "append_team_record",
@@ -42,6 +43,24 @@ SELECT t.seq, t.device_id, 4::smallint, b.message_id, b.sender_user, b.sender_de
 FROM team_queue t JOIN bodies b ON b.id = t.body_id
 WHERE t.device_id = $1 AND t.seq > $2 AND b.expires_at > $3
 ORDER BY 1 LIMIT $4"""
+
+#: The pages of several drains in one statement (batched_reads.py): the
+#: rows of :data:`PENDING_UNION` for each (device, after seq, now, limit) of
+#: the arrays $1 to $4, each page's rows led by the page's index in them.
+PENDING_MANY = """
+SELECT k.i, p.* FROM unnest($1::text[], $2::bigint[], $3::bigint[], $4::int[])
+    WITH ORDINALITY AS k(device_id, after_seq, now, lim, i)
+CROSS JOIN LATERAL (
+SELECT seq, device_id, kind, message_id, peer_user, peer_device, ts, payload, NULL::bytea, NULL::text,
+       NULL::text, FALSE, NULL::int
+FROM queue WHERE device_id = k.device_id AND seq > k.after_seq AND expires_at > k.now
+UNION ALL
+SELECT t.seq, t.device_id, 4::smallint, b.message_id, b.sender_user, b.sender_device, b.ts, t.wrap,
+       b.body, b.team, b.role, b.urgent, t.step
+FROM team_queue t JOIN bodies b ON b.id = t.body_id
+WHERE t.device_id = k.device_id AND t.seq > k.after_seq AND b.expires_at > k.now
+ORDER BY 1 LIMIT k.lim) p
+ORDER BY k.i, p.seq"""
 
 #: Expiry of team messages, in statements of at most $2 rows each ($1 now):
 #: expired bodies' rows, expired bodies, then bodies no row refers to

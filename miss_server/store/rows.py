@@ -15,6 +15,7 @@ from .base import AuditEvent, Device, Kind, Queued, User
 __all__ = [
     "AUDIT_COLUMNS",
     "DEVICE_COLUMNS",
+    "NO_DEVICE",
     "QUEUED_COLUMNS",
     "USER_COLUMNS",
     "Row",
@@ -54,6 +55,10 @@ def to_device(row: Row) -> Device:
 
 _DEVICE_WIDTH = len(DEVICE_COLUMNS.split(", "))
 _USER_END = _DEVICE_WIDTH + len(USER_COLUMNS.split(", "))
+
+
+#: :func:`to_device_user` of no row: an unknown device.
+NO_DEVICE: tuple[Device | None, User | None] = (None, None)
 
 
 def to_device_user(row: Row | None) -> tuple[Device | None, User | None]:

@@ -35,6 +35,7 @@ from .base import (
     SchemaMismatch,
     User,
 )
+from .batched_reads import BatchedReads, Page
 from .common import (
     AuditFilter,
     SqlDialect,
@@ -44,7 +45,7 @@ from .common import (
     new_user_id,
     searchable,
 )
-from .rows import DEVICE_COLUMNS, USER_COLUMNS, to_device, to_device_user, to_user
+from .rows import DEVICE_COLUMNS, NO_DEVICE, USER_COLUMNS, to_device, to_device_user, to_user
 from .services import SQLiteServices
 from .sqlite_directory import search_directory
 from .sqlite_threads import DIALECT, Conn, Threads, make_private, migrate
@@ -75,7 +76,7 @@ SQLITE = SqlDialect(
 
 _VISIBLE_USERS = SQLITE.visible_users()
 _PLACES_TAKEN = SQLITE.places_taken()
-_DEVICE_USER = SQLITE.device_user()
+_DEVICE_USERS = SQLITE.device_users()
 
 
 def _user_where(conn: sqlite3.Connection, column: str, value: str) -> User | None:
@@ -92,6 +93,10 @@ class SQLiteStore(oncall.SQLiteOncall, SQLiteServices):
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
         self._db = Threads(self.path)
+        #: Authentications' reads, one reader job per turn of the loop (batched_reads.py).
+        self._device_users = BatchedReads(self._read_device_users, NO_DEVICE)
+        #: Drains' pages, one reader job per turn (a storm's first pages).
+        self._pages: BatchedReads[Page, list[Queued]] = BatchedReads(self._read_pages, [])
 
     @property
     def group_commit_stats(self) -> GroupCommitStats:
@@ -260,8 +265,12 @@ class SQLiteStore(oncall.SQLiteOncall, SQLiteServices):
         return await self._db.read(run)
 
     async def get_device_user(self, device_id: str) -> tuple[Device | None, User | None]:
-        def run(conn: sqlite3.Connection) -> tuple[Device | None, User | None]:
-            return to_device_user(conn.execute(_DEVICE_USER, (device_id,)).fetchone())
+        return await self._device_users.get(device_id)
+
+    async def _read_device_users(self, device_ids: list[str]) -> dict[str, tuple[Device | None, User | None]]:
+        def run(conn: sqlite3.Connection) -> dict[str, tuple[Device | None, User | None]]:
+            rows = conn.execute(_DEVICE_USERS, (SQLITE.strings(device_ids),)).fetchall()
+            return {row[0]: to_device_user(row) for row in rows}
 
         return await self._db.read(run)
 
@@ -421,9 +430,17 @@ class SQLiteStore(oncall.SQLiteOncall, SQLiteServices):
         return await self._db.write(_accept, message)
 
     async def pending(self, device_id: str, after_seq: int, limit: int, now: int) -> list[Queued]:
-        def run(conn: sqlite3.Connection) -> list[Queued]:
-            rows = conn.execute(teams.pending_union, (device_id, after_seq, now, limit)).fetchall()
-            return [teams.to_queued_row(r) for r in rows]
+        return await self._pages.get(Page(device_id, after_seq, limit, now))
+
+    async def _read_pages(self, pages: list[Page]) -> dict[Page, list[Queued]]:
+        def run(conn: sqlite3.Connection) -> dict[Page, list[Queued]]:
+            # One reader job for the turn's pages, a statement each: SQLite
+            # has no LATERAL join, and the job's hand-off is what costs.
+            found = {}
+            for page in pages:
+                args = (page.device_id, page.after_seq, page.now, page.limit)
+                found[page] = [teams.to_queued_row(r) for r in conn.execute(teams.pending_union, args)]
+            return found
 
         return await self._db.read(run)
 
