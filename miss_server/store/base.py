@@ -317,7 +317,10 @@ class Store(Protocol):
         """Durably queue one envelope per target device (see module doc)."""
 
     async def pending(self, device_id: str, after_seq: int, limit: int, now: int) -> list[Queued]:
-        """Unexpired rows for a device with ``seq > after_seq``, in seq order."""
+        """Unexpired rows for a device with ``seq > after_seq``, in seq order,
+        at most ``limit``. The pages asked in one turn of the event loop are
+        read together (``batched_reads.py``): a reconnection storm's first
+        pages."""
 
     async def ack(
         self, device_id: str, seqs: list[int], now: int, expires_at: int, refused: Refusals | None = None
