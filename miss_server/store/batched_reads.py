@@ -1,14 +1,16 @@
 """Reads of one kind asked in the same turn of the event loop, made together.
 
 An authentication storm makes hundreds of connections read their device and
-its user in the same turn of the loop: each resumes when the rate-limit
-pipeline answers, and they are answered together. On PostgreSQL each read
-cost a pooled acquisition, a statement and its round trip, about as much
-on the hub as on the server (docs/PERFORMANCE.md, "Authentication cost").
-:class:`BatchedReads` gathers the keys asked in one turn and reads them in
-one statement (``WHERE key = ANY(...)``), at most :data:`MAX_KEYS` at a
-time; each caller gets its own answer. A quiet hub pays one turn of the
-loop more per read and the same statement.
+its user in the same turn of the loop (each resumes when the rate-limit
+pipeline answers, and they are answered together), then their first queue
+pages, together again. On PostgreSQL each read cost a pooled acquisition,
+a statement and its round trip, about as much on the hub as on the server
+(docs/PERFORMANCE.md, "The reads of one turn in one statement").
+:class:`BatchedReads` gathers the keys asked in one turn and the store
+reads them in one statement (``WHERE key = ANY(...)``, or a ``LATERAL``
+join for pages), at most :data:`MAX_KEYS` at a time; each caller gets its
+own answer. A quiet hub pays one turn of the loop more per read and the
+same statement.
 
 Contract: :meth:`BatchedReads.get` answers what a read of that one key would
 have, or raises what the batch's read raised (a store failure fails every
