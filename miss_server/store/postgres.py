@@ -515,7 +515,7 @@ class PostgresStore(oncall.PostgresOncall, PostgresServices):
         rows = await self._db.retryable(lambda c: c.fetch(teams.PENDING_MANY, devices, after, now, limits))
         found: dict[Page, list[Queued]] = {page: [] for page in pages}
         for r in rows:
-            found[pages[r[0] - 1]].append(teams.to_queued_row(r[1:]))
+            found[pages[r[0] - 1]].append(teams.to_queued_row(r))
         return found
 
     async def ack(

@@ -20,7 +20,6 @@ from .sqlite_teams import RECORD_OVERHEAD
 __all__ = [
     "EXPIRE_TEAM",
     "PENDING_MANY",
-    "PENDING_UNION",
     "accept_team",
     "append_team_record",
     "list_teams",
@@ -32,21 +31,11 @@ __all__ = [
     "user_teams",
 ]
 
-#: Columns: QUEUED_COLUMNS, body, team, role, urgent, step (SPEC §14).
-PENDING_UNION = """
-SELECT seq, device_id, kind, message_id, peer_user, peer_device, ts, payload, NULL::bytea, NULL::text,
-       NULL::text, FALSE, NULL::int
-FROM queue WHERE device_id = $1 AND seq > $2 AND expires_at > $3
-UNION ALL
-SELECT t.seq, t.device_id, 4::smallint, b.message_id, b.sender_user, b.sender_device, b.ts, t.wrap,
-       b.body, b.team, b.role, b.urgent, t.step
-FROM team_queue t JOIN bodies b ON b.id = t.body_id
-WHERE t.device_id = $1 AND t.seq > $2 AND b.expires_at > $3
-ORDER BY 1 LIMIT $4"""
-
-#: The pages of several drains in one statement (batched_reads.py): the
-#: rows of :data:`PENDING_UNION` for each (device, after seq, now, limit) of
-#: the arrays $1 to $4, each page's rows led by the page's index in them.
+#: The pages of the drains asked in one turn (batched_reads.py), in one
+#: statement: for each (device, after seq, now, limit) of the arrays $1 to
+#: $4, that device's unexpired rows after its seq, queue and team rows in
+#: seq order, at most its limit. Columns: the page's index in the arrays
+#: (from 1), then QUEUED_COLUMNS, body, team, role, urgent, step (SPEC §14).
 PENDING_MANY = """
 SELECT k.i, p.* FROM unnest($1::text[], $2::bigint[], $3::bigint[], $4::int[])
     WITH ORDINALITY AS k(device_id, after_seq, now, lim, i)
@@ -77,8 +66,8 @@ EXPIRE_TEAM = {
 
 
 def to_queued_row(r: asyncpg.Record) -> Queued:
-    """A row of :data:`PENDING_UNION`."""
-    return Queued(r[0], r[1], Kind(r[2]), r[3], r[4], r[5], r[6], r[7], r[8], r[9], r[10], r[11], r[12])
+    """A row of :data:`PENDING_MANY`, after its page index."""
+    return Queued(r[1], r[2], Kind(r[3]), r[4], r[5], r[6], r[7], r[8], r[9], r[10], r[11], r[12], r[13])
 
 
 async def accept_team(conn: asyncpg.Connection, m: NewTeamMessage) -> AcceptResult:
