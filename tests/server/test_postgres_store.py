@@ -297,7 +297,7 @@ def test_commit_interval_grows_while_batches_are_small_and_stays_bounded() -> No
 
     assert settle(100) == COMMIT_INTERVAL  # quiet: nothing worth a delay
     assert settle(5000) == COMMIT_INTERVAL  # busy: batches full at the shortest interval
-    assert settle(2000) == pytest.approx(COMMIT_INTERVAL, rel=0.01)  # one node at 1,000 msg/s: its pace
+    assert settle(2000) == pytest.approx(COMMIT_INTERVAL, rel=0.01)  # a busy node: its pace
     half = settle(1000)  # one of two nodes sharing 2,000 calls a second
     assert COMMIT_INTERVAL < half <= postgres_batch.MAX_COMMIT_INTERVAL
     assert round(1000 * (half + 0.001)) >= postgres_batch.TARGET_BATCH  # its batches are full again
