@@ -207,7 +207,9 @@ class Worker:
 
     def collect(self) -> dict[str, Any]:
         for dev in self.devices.values():
-            self.counters["frames_out"] += dev.acks_sent
+            if dev.acks_sent:
+                self.counters["frames_out"] += dev.acks_sent
+                self.counters["frames:ack"] += dev.acks_sent
             dev.acks_sent = 0
         out = {
             "counters": dict(self.counters),
@@ -336,6 +338,7 @@ class Worker:
         await dev.ws.send(frame)
         self.counters["sent"] += 1
         self.counters["frames_out"] += 1
+        self.counters["frames:send"] += 1
 
     async def run(
         self, t0_ns: int, t_end_ns: int, rate: float | None, payload: int, flood: bool = False
@@ -534,6 +537,8 @@ class Worker:
                 assert isinstance(data, bytes)
                 if dev is not self.flooder:  # the flood's frames are counted apart
                     self.counters["frames_in"] += 1
+                    if self.mode != "hub":
+                        self.counters["frames:relayed"] += 1
                 if self.mode == "hub":
                     self._on_hub_frame(dev, data)
                 else:
@@ -551,6 +556,8 @@ class Worker:
     def _on_hub_frame(self, dev: Device, data: bytes) -> None:
         frame = decode(data, SERVER_FRAMES)
         kind = type(frame)
+        if dev is not self.flooder:
+            self.counters[f"frames:{frame.TYPE}"] += 1
         if kind is Deliver:
             assert isinstance(frame, Deliver)
             sender = self.by_device_id.get(frame.from_device)
@@ -662,4 +669,5 @@ class Worker:
         if entry is not None and entry[2].ws is not None:
             self.counters["resent"] += 1
             self.counters["frames_out"] += 1
+            self.counters["frames:send"] += 1
             asyncio.get_running_loop().create_task(entry[2].ws.send(entry[1]))

@@ -84,6 +84,10 @@ def _section(
             extra = f"{ratio:>12.2f}"
         lines.append(f"  {label:28}{_fmt(hub.get(key), unit):>14}{_fmt(relay.get(key), unit):>14}{extra}")
     for name, side in zip(names, (hub, relay), strict=True):
+        if side.get("frames_per_msg_by_type"):
+            shown = ", ".join(f"{k} {v:.2f}" for k, v in side["frames_per_msg_by_type"].items())
+            lines.append(f"  {name} frames per unit: {shown}")
+    for name, side in zip(names, (hub, relay), strict=True):
         if side.get("errors"):
             shown = ", ".join(f"{k}: {v}" for k, v in list(side["errors"].items())[:6])
             lines.append(f"  {name} errors: {shown}")

@@ -565,6 +565,12 @@ class Run:
                 if delivered
                 else None
             ),
+            # the same, by frame type (``ack``, ``send``, ``deliver``, ...): which frames a change removed
+            "frames_per_msg_by_type": {
+                key.removeprefix("frames:"): round(n / delivered, 2)
+                for key, n in sorted(samples.counters.items())
+                if key.startswith("frames:") and delivered
+            },
             "loadgen_cpu_util": round(load_cpu / window / max(1, len(self.load_cpus)), 3) if window else None,
         }
         for name in ("postgres", "redis"):

@@ -182,6 +182,13 @@ def test_online_fixed_rate_and_closed_loop(runs: dict[str, Future[dict[str, Any]
     # also answers `accepted`, delivers a receipt, and reads the acks (some of them batched).
     assert report["relay"]["frames_per_msg"] == 2.0
     assert 4.0 <= hub["frames_per_msg"] <= 6.0
+    # By type: one of each per message, the acks batched; the types add up to the whole.
+    assert report["relay"]["frames_per_msg_by_type"] == {"relayed": 1.0, "send": 1.0}
+    by_type = hub["frames_per_msg_by_type"]
+    one_each = [by_type[t] for t in ("send", "accepted", "deliver", "delivered")]
+    assert one_each == [pytest.approx(1.0, abs=0.02)] * 4, by_type
+    assert 0 < by_type["ack"] < 1.0, by_type
+    assert sum(by_type.values()) == pytest.approx(hub["frames_per_msg"], abs=0.05)
     for side in (hub, report["relay"]):  # the event loop's share and the rest add up
         parts = side["cpu_us_per_msg_event_loop"] + side["cpu_us_per_msg_other_threads"]
         assert parts == pytest.approx(side["cpu_us_per_msg"], abs=0.2)
