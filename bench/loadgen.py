@@ -208,7 +208,6 @@ class Worker:
     def collect(self) -> dict[str, Any]:
         for dev in self.devices.values():
             if dev.acks_sent:
-                self.counters["frames_out"] += dev.acks_sent
                 self.counters["frames:ack"] += dev.acks_sent
             dev.acks_sent = 0
         out = {
@@ -337,7 +336,6 @@ class Worker:
         self.counters["expected"] += len(flow.targets)
         await dev.ws.send(frame)
         self.counters["sent"] += 1
-        self.counters["frames_out"] += 1
         self.counters["frames:send"] += 1
 
     async def run(
@@ -535,13 +533,11 @@ class Worker:
         try:
             async for data in dev.ws:
                 assert isinstance(data, bytes)
-                if dev is not self.flooder:  # the flood's frames are counted apart
-                    self.counters["frames_in"] += 1
-                    if self.mode != "hub":
-                        self.counters["frames:relayed"] += 1
                 if self.mode == "hub":
                     self._on_hub_frame(dev, data)
                 else:
+                    if dev is not self.flooder:  # the flood's frames are counted apart
+                        self.counters["frames:relayed"] += 1
                     self._on_relayed(dev, data)
         except ConnectionClosed:
             pass
@@ -556,7 +552,7 @@ class Worker:
     def _on_hub_frame(self, dev: Device, data: bytes) -> None:
         frame = decode(data, SERVER_FRAMES)
         kind = type(frame)
-        if dev is not self.flooder:
+        if dev is not self.flooder:  # the flood's frames are counted apart
             self.counters[f"frames:{frame.TYPE}"] += 1
         if kind is Deliver:
             assert isinstance(frame, Deliver)
@@ -668,6 +664,5 @@ class Worker:
         entry = self.outstanding.get(mid)
         if entry is not None and entry[2].ws is not None:
             self.counters["resent"] += 1
-            self.counters["frames_out"] += 1
             self.counters["frames:send"] += 1
             asyncio.get_running_loop().create_task(entry[2].ws.send(entry[1]))

@@ -87,7 +87,6 @@ def _section(
         if side.get("frames_per_msg_by_type"):
             shown = ", ".join(f"{k} {v:.2f}" for k, v in side["frames_per_msg_by_type"].items())
             lines.append(f"  {name} frames per unit: {shown}")
-    for name, side in zip(names, (hub, relay), strict=True):
         if side.get("errors"):
             shown = ", ".join(f"{k}: {v}" for k, v in list(side["errors"].items())[:6])
             lines.append(f"  {name} errors: {shown}")

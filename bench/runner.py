@@ -530,6 +530,9 @@ class Run:
         summary, hist = latency_summary(latencies_us)
         lag, _ = latency_summary((max(1, v // 1000) for v in samples.lag_ns), "send_lag_")
         accept, _ = latency_summary((max(1, v // 1000) for v in samples.accept_ns), "accept_")
+        # frames the load generator wrote or read in the window, by type (loadgen.py's "frames:" counters)
+        counters = sorted(samples.counters.items())
+        frames = {key.removeprefix("frames:"): n for key, n in counters if key.startswith("frames:")}
         out: dict[str, Any] = {
             "delivered": delivered,
             "window_seconds": round(window, 3),
@@ -556,21 +559,11 @@ class Run:
             "accept_p50_ms": accept["accept_p50_ms"],
             "accept_p99_ms": accept["accept_p99_ms"],
             # WebSocket frames the clients wrote and read, per unit: what the server had to handle
-            "frames_per_msg": (
-                round(
-                    (samples.counters.get("frames_in", 0) + samples.counters.get("frames_out", 0))
-                    / delivered,
-                    2,
-                )
-                if delivered
-                else None
-            ),
+            "frames_per_msg": round(sum(frames.values()) / delivered, 2) if delivered else None,
             # the same, by frame type (``ack``, ``send``, ``deliver``, ...): which frames a change removed
-            "frames_per_msg_by_type": {
-                key.removeprefix("frames:"): round(n / delivered, 2)
-                for key, n in sorted(samples.counters.items())
-                if key.startswith("frames:") and delivered
-            },
+            "frames_per_msg_by_type": (
+                {kind: round(n / delivered, 2) for kind, n in frames.items()} if delivered else {}
+            ),
             "loadgen_cpu_util": round(load_cpu / window / max(1, len(self.load_cpus)), 3) if window else None,
         }
         for name in ("postgres", "redis"):
